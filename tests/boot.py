@@ -1,0 +1,279 @@
+"""Boot a ppc64le kernel under qemu and read what its console says about ftrace.
+
+Strategy: run `qemu-system-ppc64 -M pseries` with the console on stdio and `-no-reboot`, so qemu
+exits when the guest panics (`panic=-1` reboots at once; pseries also reports `ibm,os-term`)
+or powers off. Everything a test needs is parsed out of the console text afterwards:
+the kernel's own ftrace messages, the `ftrace_dump_on_oops` dump that the panic prints, and
+`MCOUNTRW-*` marker lines that our init script prints.
+
+Standard library (plus pytest for skip/fail) only; nothing here imports `rewriter`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, NamedTuple, NoReturn
+
+import pytest
+
+# Pinned in corpus/fetch.sh; repeated here because the stamp name is the only "fetch finished" signal.
+KERNEL_PKG: Final = "linux-image-6.1.0-50-powerpc64le"
+KERNEL_VER: Final = "6.1.176-1"
+KERNEL_RELEASE: Final = "6.1.0-50-powerpc64le"
+
+# Verified on the unmodified corpus vmlinux: the root-fs panic prints "Dumping ftrace buffer:" with
+# one `do_one_initcall <-kernel_init_freeable` line per initcall (~540). The filter keeps the ring
+# buffer, and so the dump, small; without it the dump would be the whole boot.
+STANDARD_APPEND: Final = "console=hvc0 panic=-1 ftrace=function ftrace_filter=do_one_initcall ftrace_dump_on_oops"
+
+QEMU: Final = "qemu-system-ppc64"
+# x-vof=on: qemu's built-in Virtual Open Firmware boots `-kernel vmlinux` directly (no SLOF), which is
+# most of why a boot takes ~2 s. TCG cannot emulate the Spectre caps and only warns about them.
+QEMU_ARGS: Final = ("-M", "pseries,x-vof=on", "-cpu", "power9", "-m", "1G",
+                    "-nographic", "-vga", "none", "-no-reboot")
+
+
+# ---------------------------------------------------------------- corpus
+
+def corpus_dir() -> Path | None:
+    """The fetched corpus root (as corpus/fetch.sh computes it), or None if the fetch never completed."""
+    env = os.environ.get("MCOUNTRW_CORPUS")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    root = Path(env) if env else cache / "mcountrw" / "corpus"
+    stamp = root / f".complete-{KERNEL_PKG}-{KERNEL_VER}"
+    vmlinux = root / "root" / "boot" / f"vmlinux-{KERNEL_RELEASE}"
+    return root if stamp.is_file() and vmlinux.is_file() else None
+
+
+def _in_corpus(relative: str) -> Path | None:
+    root = corpus_dir()
+    return None if root is None else root / "root" / relative
+
+
+def corpus_vmlinux() -> Path | None:
+    return _in_corpus(f"boot/vmlinux-{KERNEL_RELEASE}")
+
+
+def corpus_modules_dir() -> Path | None:
+    """The `kernel/` tree of modules, e.g. `corpus_modules_dir() / "fs/nls/nls_utf8.ko"`."""
+    return _in_corpus(f"lib/modules/{KERNEL_RELEASE}/kernel")
+
+
+def corpus_busybox() -> Path | None:
+    return _in_corpus("bin/busybox")
+
+
+class Corpus(NamedTuple):
+    vmlinux: Path
+    modules_dir: Path
+    busybox: Path
+
+
+# ---------------------------------------------------------------- pytest skip / fail
+
+def _missing(reason: str) -> NoReturn:
+    """Skip locally; in CI (MCOUNTRW_REQUIRE_TOOLS=1) a skip would hide a broken runner, so fail."""
+    if os.environ.get("MCOUNTRW_REQUIRE_TOOLS") == "1":
+        pytest.fail(f"{reason} (MCOUNTRW_REQUIRE_TOOLS=1)")
+    pytest.skip(reason)
+
+
+def require_tool(name: str) -> Path:
+    found = shutil.which(name)
+    if found is None:
+        _missing(f"{name} not found on PATH")
+    return Path(found)
+
+
+def require_corpus() -> Corpus:
+    vmlinux, modules_dir, busybox = corpus_vmlinux(), corpus_modules_dir(), corpus_busybox()
+    if vmlinux is None or modules_dir is None or busybox is None:
+        _missing("real corpus not fetched: run corpus/fetch.sh (or set MCOUNTRW_CORPUS)")
+    for path in (modules_dir, busybox):
+        if not path.exists():
+            _missing(f"corpus incomplete: {path} is missing; re-run corpus/fetch.sh")
+    return Corpus(vmlinux, modules_dir, busybox)
+
+
+# ---------------------------------------------------------------- console parsing
+
+@dataclass(frozen=True, slots=True)
+class BootResult:
+    console: str                    # guest console (hvc0) plus qemu's own messages, "\r\n" -> "\n"
+    returncode: int | None          # qemu's exit status; None if we killed it at the timeout
+    timed_out: bool
+    seconds: float                  # wall time of the qemu run
+    ftrace_bug: bool                # "ftrace bug" / "ftrace failed" anywhere (ftrace_bug() prints both)
+    ftrace_entries: int | None      # ftrace: allocating N entries in P pages
+    ftrace_pages: tuple[int, int] | None   # ftrace: allocated N pages with M groups -> (N, M)
+    traced_functions: frozenset[str]       # callees in the ftrace_dump_on_oops dump
+    panicked: bool
+    oopsed: bool                    # an Oops, BUG or WARN ("cut here") anywhere
+    insmod: dict[str, int]          # MCOUNTRW-INSMOD <name> rc=<n>
+    tracer_rc: int | None           # MCOUNTRW-TRACER rc=<n>
+    tainted: int | None             # MCOUNTRW-TAINTED <n>: /proc/sys/kernel/tainted after the insmods
+    available_filter_functions: list[str] | None   # between MCOUNTRW-AFF-BEGIN/END
+    done: bool                      # the init script reached its end (MCOUNTRW-DONE)
+
+
+_TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\] ?")
+# A dumped function-tracer line: "swapper/-1   0..... 68870us : do_one_initcall <-kernel_init_freeable"
+_TRACE_LINE = re.compile(r"^\S.*?\s\d+us : (\S+) <-(\S+)")
+
+
+def _int_match(pattern: str, text: str) -> int | None:
+    m = re.search(pattern, text)
+    return int(m.group(1)) if m else None
+
+
+def _traced_functions(lines: list[str]) -> frozenset[str]:
+    """Callees from the lines after "Dumping ftrace buffer:" (printk prefixes stripped)."""
+    names: set[str] = set()
+    dumping = False
+    for line in lines:
+        body = _TIMESTAMP.sub("", line)
+        if body.startswith("Dumping ftrace buffer:"):
+            dumping = True
+        elif dumping and (m := _TRACE_LINE.match(body)):
+            names.add(m.group(1))
+    return frozenset(names)
+
+
+def _between_markers(lines: list[str], begin: str, end: str) -> list[str] | None:
+    """Lines between two marker lines, minus kernel printk lines that the console interleaved."""
+    if begin not in lines or end not in lines:
+        return None
+    inner = lines[lines.index(begin) + 1:lines.index(end)]
+    return [line for line in inner if not _TIMESTAMP.match(line)]
+
+
+def parse_console(console: str, returncode: int | None, timed_out: bool, seconds: float) -> BootResult:
+    lines = console.splitlines()
+    pages = re.search(r"ftrace: allocated (\d+) pages with (\d+) groups", console)
+    return BootResult(
+        console=console,
+        returncode=returncode,
+        timed_out=timed_out,
+        seconds=seconds,
+        ftrace_bug=bool(re.search(r"ftrace (bug|failed)", console, re.IGNORECASE)),
+        ftrace_entries=_int_match(r"ftrace: allocating (\d+) entries", console),
+        ftrace_pages=(int(pages.group(1)), int(pages.group(2))) if pages else None,
+        traced_functions=_traced_functions(lines),
+        panicked="Kernel panic - not syncing" in console,
+        oopsed=bool(re.search(r"Oops:|BUG:|-\[ cut here \]-", console)),
+        insmod={m.group(1): int(m.group(2))
+                for m in re.finditer(r"MCOUNTRW-INSMOD (\S+) rc=(\d+)", console)},
+        tracer_rc=_int_match(r"MCOUNTRW-TRACER rc=(\d+)", console),
+        tainted=_int_match(r"MCOUNTRW-TAINTED (\d+)", console),
+        available_filter_functions=_between_markers(lines, "MCOUNTRW-AFF-BEGIN", "MCOUNTRW-AFF-END"),
+        done="MCOUNTRW-DONE" in lines,
+    )
+
+
+# ---------------------------------------------------------------- running qemu
+
+def qemu_command(kernel: Path, append: str, initrd: Path | None = None) -> list[str]:
+    if initrd is not None:
+        append = f"{append} rdinit=/init"
+    cmd = [QEMU, *QEMU_ARGS, "-kernel", str(kernel), "-append", append]
+    if initrd is not None:
+        cmd += ["-initrd", str(initrd)]
+    return cmd
+
+
+def boot(kernel: Path, append: str, initrd: Path | None = None, timeout: float = 60) -> BootResult:
+    """Boot `kernel` until qemu exits (panic, poweroff) or `timeout` seconds pass, then kill it."""
+    cmd = qemu_command(kernel, append, initrd)
+    start = time.monotonic()
+    # stdin must not be our terminal: -nographic would put it in raw mode and read Ctrl-A escapes.
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        timed_out = True
+    seconds = time.monotonic() - start
+    console = out.decode("utf-8", "replace").replace("\r\n", "\n")
+    return parse_console(console, None if timed_out else proc.returncode, timed_out, seconds)
+
+
+# ---------------------------------------------------------------- initramfs
+
+# Applets the standard script uses, as /bin symlinks so any init script can say `#!/bin/sh`.
+# A script that needs more can run `/bin/busybox --install -s /bin` after mounting /proc.
+APPLETS: Final = ("sh", "mount", "insmod", "rmmod", "lsmod", "cat", "grep", "head", "wc",
+                  "dmesg", "sleep", "poweroff", "mkdir", "ls", "echo", "sync")
+
+_S_IFDIR, _S_IFREG, _S_IFLNK, _S_IFCHR = 0o040000, 0o100000, 0o120000, 0o020000
+
+
+def _cpio_entry(ino: int, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> bytes:
+    """One "newc" (SVR4, no CRC) record: 110-byte ASCII header, name, data, each padded to 4 bytes.
+
+    mtime, uid and gid are 0 so the same inputs give the same archive.
+    """
+    fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0)
+    header = b"070701" + b"".join(b"%08X" % f for f in fields)
+    record = header + name.encode() + b"\0"
+    record += b"\0" * (-len(record) % 4) + data
+    return record + b"\0" * (-len(record) % 4)
+
+
+def make_initramfs(out: Path, busybox: Path, modules: list[Path], script: str) -> Path:
+    """Write a newc cpio: /init (`script`), /bin/busybox plus applet links, /modules/<name>.ko."""
+    entries: list[tuple[str, int, bytes, tuple[int, int]]] = [
+        (d, _S_IFDIR | 0o755, b"", (0, 0)) for d in ("bin", "dev", "proc", "sys", "modules")]
+    # The kernel's built-in initramfs usually has /dev/console already; init's stdio needs it.
+    entries.append(("dev/console", _S_IFCHR | 0o600, b"", (5, 1)))
+    entries.append(("bin/busybox", _S_IFREG | 0o755, busybox.read_bytes(), (0, 0)))
+    entries += [(f"bin/{a}", _S_IFLNK | 0o777, b"busybox", (0, 0)) for a in APPLETS]
+    entries += [(f"modules/{m.name}", _S_IFREG | 0o644, m.read_bytes(), (0, 0)) for m in modules]
+    entries.append(("init", _S_IFREG | 0o755, script.encode(), (0, 0)))
+    blob = b"".join(_cpio_entry(i + 1, name, mode, data, rdev)
+                    for i, (name, mode, data, rdev) in enumerate(entries))
+    blob += _cpio_entry(0, "TRAILER!!!", 0)
+    out.write_bytes(blob)
+    return out
+
+
+def module_load_script(module_names: list[str], extra: str = "", aff_grep: str | None = None) -> str:
+    """The standard /init: load /modules/<name>.ko in order, show ftrace's view, power off.
+
+    The full available_filter_functions is ~32k lines and takes ~4.5 s on the console under TCG;
+    `aff_grep` (a grep pattern, e.g. `[nls_utf8]` as fixed string) prints only matching lines.
+    Tracing is switched nop -> function with the filter cleared, because `ftrace=function` on the
+    command line already selected "function" and re-selecting the current tracer is a no-op; this
+    way every call site in the kernel and the modules is really enabled, then disabled again
+    (`nop`) so poweroff isn't slowed by tracing every function under TCG.
+    `extra` is shell run after the tracer step, before poweroff.
+    """
+    insmods = "\n".join(
+        f"insmod /modules/{shlex.quote(n)}.ko; echo \"MCOUNTRW-INSMOD {n} rc=$?\"" for n in module_names)
+    aff_filter = "" if aff_grep is None else f" | grep -F -e {shlex.quote(aff_grep)}"
+    return f"""#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t tracefs tracefs /sys/kernel/tracing
+T=/sys/kernel/tracing
+{insmods}
+echo "MCOUNTRW-TAINTED $(cat /proc/sys/kernel/tainted)"
+echo MCOUNTRW-AFF-BEGIN
+cat $T/available_filter_functions{aff_filter}
+echo MCOUNTRW-AFF-END
+echo nop > $T/current_tracer
+echo > $T/set_ftrace_filter
+echo function > $T/current_tracer; echo "MCOUNTRW-TRACER rc=$?"
+echo nop > $T/current_tracer
+{extra}
+echo MCOUNTRW-DONE
+poweroff -f
+"""

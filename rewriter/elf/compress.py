@@ -1,0 +1,79 @@
+"""Compressed modules (.ko.xz, .ko.gz, .ko.zst): recognised by magic, not by name."""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import lzma
+import zlib
+from pathlib import Path
+
+from rewriter.errors import ImageError
+
+
+class Compression(enum.Enum):
+    NONE = "none"
+    XZ = "xz"
+    GZIP = "gzip"
+    ZSTD = "zstd"
+
+
+_MAGIC = {
+    b"\xfd7zXZ\x00": Compression.XZ,
+    b"\x1f\x8b": Compression.GZIP,
+    b"\x28\xb5\x2f\xfd": Compression.ZSTD,
+}
+
+# A module is a few MB at most; a decompression bomb must not exhaust memory.
+MAX_DECOMPRESSED = 1 << 30
+
+
+def detect_compression(head: bytes) -> Compression:
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    return Compression.NONE
+
+
+def decompress(path: Path, data: bytes, kind: Compression) -> bytes:
+    try:
+        if kind is Compression.XZ:
+            d = lzma.LZMADecompressor()
+            out = d.decompress(data, max_length=MAX_DECOMPRESSED)
+            if not d.eof:
+                raise ImageError(f"{path}: truncated or oversized xz data")
+            return out
+        if kind is Compression.GZIP:
+            z = zlib.decompressobj(wbits=31)
+            out = z.decompress(data, MAX_DECOMPRESSED)
+            if not z.eof:
+                raise ImageError(f"{path}: truncated or oversized gzip data")
+            return out
+        if kind is Compression.ZSTD:
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_DECOMPRESSED)
+    except (lzma.LZMAError, zlib.error, gzip.BadGzipFile, EOFError) as e:
+        raise ImageError(f"{path}: corrupt {kind.value} data ({e})") from None
+    except Exception as e:  # zstandard.ZstdError has no stable import path across versions
+        if type(e).__module__.startswith("zstandard"):
+            raise ImageError(f"{path}: corrupt zstd data ({e})") from None
+        raise
+    return data
+
+
+def compress(data: bytes, kind: Compression) -> bytes:
+    """Compress the way the kernel's Makefile.modinst does (xz --check=crc32 --lzma2=dict=1MiB,
+    gzip -n -f -9, zstd -T0 --rm -f -q); byte-identity with the original is not promised."""
+    if kind is Compression.XZ:
+        return lzma.compress(
+            data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
+            filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20}],
+        )  # fmt: skip
+    if kind is Compression.GZIP:
+        return gzip.compress(data, compresslevel=9, mtime=0)
+    if kind is Compression.ZSTD:
+        import zstandard
+
+        return zstandard.ZstdCompressor().compress(data)
+    return data

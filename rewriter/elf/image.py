@@ -1,0 +1,328 @@
+"""The image: one ELF64 PowerPC file, its sections, symbols and relocations as numpy tables.
+
+Naming (as in cle's ``Region``): ``addr`` is a virtual address, ``offset`` a file offset.
+For relocatable files (ET_REL) sections have no address; a place is (section, offset in
+section) and :meth:`Image.offset_of` is not used.
+
+Every structure is bounds-checked when it is first read, so a corrupt or hostile file gives
+one :class:`ImageError` naming the file and the problem, never an IndexError or a huge
+allocation.
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from rewriter.elf import structs as S
+from rewriter.elf.compress import Compression, decompress, detect_compression
+from rewriter.errors import ImageError, UnmappedAddress
+from rewriter.ppc import Addr, Offset
+
+
+class Kind(enum.Enum):
+    VMLINUX = "vmlinux"
+    MODULE = "module"
+    OBJECT = "object"
+    EXECUTABLE = "executable"
+
+
+class Abi(enum.Enum):
+    ELFV1 = "elfv1"
+    ELFV2 = "elfv2"
+
+
+class Section(NamedTuple):
+    index: int
+    name: str
+    type: int
+    flags: int
+    addr: int
+    offset: int
+    size: int
+    link: int
+    info: int
+    entsize: int
+
+    @property
+    def is_exec(self) -> bool:
+        return bool(self.flags & S.SHF_EXECINSTR) and self.type == S.SHT_PROGBITS
+
+    def contains_addr(self, addr: int) -> bool:
+        return bool(self.flags & S.SHF_ALLOC) and self.addr <= addr < self.addr + self.size
+
+
+class Signature(NamedTuple):
+    """A module signature trailer: ``elf_end`` is where the ELF data stops and the
+    PKCS#7 blob, the ``module_signature`` struct and the marker begin."""
+
+    elf_end: int
+    sig_len: int
+
+
+@dataclass(frozen=True)
+class Symbols:
+    """A symbol table as numpy columns plus its string table (names decoded on demand)."""
+
+    table: np.ndarray
+    strtab: bytes
+
+    def name(self, index: int) -> str:
+        return self.name_at(int(self.table["st_name"][index]))
+
+    def name_at(self, st_name: int) -> str:
+        end = self.strtab.find(b"\0", st_name)
+        if end < 0:
+            end = len(self.strtab)
+        return self.strtab[st_name:end].decode("utf-8", "replace")
+
+    def find(self, name: str) -> np.ndarray:
+        """Indexes of the symbols called exactly ``name``.
+
+        Linkers share string tails ("_mcount" inside "__ksymtab__mcount"), so a name can start
+        in the middle of a longer string: match every place the NUL-terminated name occurs."""
+        key = name.encode() + b"\0"
+        places = []
+        pos = self.strtab.find(key)
+        while pos >= 0:
+            places.append(pos)
+            pos = self.strtab.find(key, pos + 1)
+        return np.flatnonzero(np.isin(self.table["st_name"], np.array(places, dtype=np.uint32)))
+
+
+class Image:
+    """A loaded ELF64 PowerPC file. Read-only; edits go through ``rewriter.patch``.
+
+    ``data`` is the whole file as it is on disk after decompression, signature trailer
+    included; the ELF structures never reach past ``elf_end``.
+    """
+
+    def __init__(self, path: Path, data: bytes | mmap.mmap, compression: Compression) -> None:
+        self.path = path
+        self.data = data
+        self.compression = compression
+        self.size = len(data)
+        if self.size < 16:
+            raise self.error("empty file" if self.size == 0 else "not an ELF file (too short)")
+        ident = bytes(data[:16])
+        if ident[:4] != S.ELF_MAGIC:
+            raise self.error("not an ELF file")
+        if ident[4] != S.ELFCLASS64:
+            raise self.error(f"ELF class {ident[4]} is not ELF64 (a 32-bit file?)")
+        if ident[5] not in (S.ELFDATA2LSB, S.ELFDATA2MSB):
+            raise self.error(f"bad ELF data encoding {ident[5]} (not little or big endian)")
+        self.endian: S.Endian = "<" if ident[5] == S.ELFDATA2LSB else ">"
+        self.signature = self._find_signature()
+        self.elf_end = self.signature.elf_end if self.signature else self.size
+        ehdr_dt = S.ehdr_dtype(self.endian)
+        if self.elf_end < ehdr_dt.itemsize:
+            raise self.error("truncated ELF header")
+        self.ehdr = np.frombuffer(data, ehdr_dt, count=1)[0]
+        if int(self.ehdr["e_machine"]) != S.EM_PPC64:
+            raise self.error(f"machine {int(self.ehdr['e_machine'])} is not PowerPC64 (EM_PPC64 = 21)")
+        self.type = int(self.ehdr["e_type"])
+        if self.type not in (S.ET_REL, S.ET_EXEC, S.ET_DYN):
+            raise self.error(f"ELF type {self.type} is not a relocatable, executable or shared file")
+        self.sections = self._read_sections()
+        self._by_name = {s.name: s for s in reversed(self.sections)}
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: Path) -> Image:
+        """Open ``path`` (mmap'ed; .xz/.gz/.zst modules decompressed in memory)."""
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(8)
+                if not head:
+                    raise ImageError(f"{path}: empty file")
+                compression = detect_compression(head)
+                if compression is not Compression.NONE:
+                    fh.seek(0)
+                    data: bytes | mmap.mmap = decompress(path, fh.read(), compression)
+                else:
+                    data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            raise ImageError(f"{path}: {e.strerror or e}") from None
+        return cls(path, data, compression)
+
+    @classmethod
+    def from_bytes(cls, path: Path, data: bytes) -> Image:
+        return cls(path, data, Compression.NONE)
+
+    def error(self, message: str) -> ImageError:
+        return ImageError(f"{self.path}: {message}")
+
+    def _find_signature(self) -> Signature | None:
+        tail = bytes(self.data[-len(S.MODULE_SIG_MAGIC) :])
+        if tail != S.MODULE_SIG_MAGIC:
+            return None
+        struct_end = self.size - len(S.MODULE_SIG_MAGIC)
+        struct_start = struct_end - S.MODULE_SIG_STRUCT_SIZE
+        if struct_start < 0:
+            raise self.error("truncated module signature")
+        sig_len = int.from_bytes(self.data[struct_end - 4 : struct_end], "big")
+        elf_end = struct_start - sig_len
+        if elf_end < 64:
+            raise self.error(f"module signature length {sig_len} runs past the start of the file")
+        return Signature(elf_end, sig_len)
+
+    def _read_sections(self) -> list[Section]:
+        e = self.ehdr
+        shoff, shnum, shentsize = int(e["e_shoff"]), int(e["e_shnum"]), int(e["e_shentsize"])
+        if shoff == 0:
+            raise self.error("no section header table")
+        dt = S.shdr_dtype(self.endian)
+        if shentsize != dt.itemsize:
+            raise self.error(f"section header size {shentsize}, expected {dt.itemsize}")
+        if shnum == 0:
+            # gABI: if e_shnum is 0 and e_shoff is not, the real count is in sh_size of entry 0.
+            self._check_range(shoff, dt.itemsize, "section header 0")
+            shnum = int(np.frombuffer(self.data, dt, count=1, offset=shoff)[0]["sh_size"])
+        self._check_range(shoff, shnum * dt.itemsize, "section header table")
+        table = np.frombuffer(self.data, dt, count=shnum, offset=shoff)
+        strndx = int(e["e_shstrndx"])
+        if strndx == S.SHN_XINDEX:
+            strndx = int(table[0]["sh_link"])
+        if not 0 < strndx < shnum:
+            raise self.error(f"section name string table index {strndx} out of range (0..{shnum - 1})")
+        for i, row in enumerate(table):
+            if int(row["sh_type"]) != S.SHT_NOBITS:
+                self._check_range(int(row["sh_offset"]), int(row["sh_size"]), f"section {i} data")
+        names = self._bytes_of(table[strndx])
+        sections = []
+        for i, row in enumerate(table):
+            name_off = int(row["sh_name"])
+            if name_off >= max(len(names), 1):
+                raise self.error(f"section {i} name index {name_off} out of range")
+            end = names.find(b"\0", name_off)
+            name = names[name_off : end if end >= 0 else len(names)].decode("utf-8", "replace")
+            sections.append(
+                Section(
+                    i, name, int(row["sh_type"]), int(row["sh_flags"]), int(row["sh_addr"]),
+                    int(row["sh_offset"]), int(row["sh_size"]), int(row["sh_link"]),
+                    int(row["sh_info"]), int(row["sh_entsize"]),
+                )  # fmt: skip
+            )
+        return sections
+
+    def _check_range(self, offset: int, size: int, what: str) -> None:
+        if offset < 0 or size < 0 or offset + size > self.elf_end:
+            raise self.error(f"{what} at offset {offset:#x} size {size:#x} runs past the end of the file")
+
+    def _bytes_of(self, row: np.void) -> bytes:
+        off, size = int(row["sh_offset"]), int(row["sh_size"])
+        return bytes(self.data[off : off + size])
+
+    # -- facts ----------------------------------------------------------------------------
+
+    @property
+    def big_endian(self) -> bool:
+        return self.endian == ">"
+
+    @property
+    def byteorder(self) -> str:
+        return "big" if self.big_endian else "little"
+
+    @cached_property
+    def abi(self) -> Abi:
+        """e_flags says 1 or 2 on modern toolchains; if unset, an ``.opd`` section means ELFv1."""
+        flag = int(self.ehdr["e_flags"]) & S.EF_PPC64_ABI
+        if flag == 2:
+            return Abi.ELFV2
+        if flag == 1 or ".opd" in self._by_name:
+            return Abi.ELFV1
+        return Abi.ELFV2 if not self.big_endian else Abi.ELFV1
+
+    @cached_property
+    def kind(self) -> Kind:
+        if self.type == S.ET_REL:
+            return Kind.MODULE if ".modinfo" in self._by_name else Kind.OBJECT
+        if self.symbols is not None and len(self.symbols.find("__start_mcount_loc")):
+            return Kind.VMLINUX
+        if "__ksymtab" in self._by_name:
+            return Kind.VMLINUX
+        return Kind.EXECUTABLE
+
+    # -- sections -------------------------------------------------------------------------
+
+    def section(self, name: str) -> Section | None:
+        return self._by_name.get(name)
+
+    def section_at(self, index: int) -> Section:
+        if not 0 <= index < len(self.sections):
+            raise self.error(f"section index {index} out of range")
+        return self.sections[index]
+
+    def exec_sections(self) -> list[Section]:
+        return [s for s in self.sections if s.is_exec and s.size]
+
+    def section_bytes(self, sec: Section) -> bytes:
+        return bytes(self.data[sec.offset : sec.offset + sec.size])
+
+    def words(self, sec: Section) -> np.ndarray:
+        """The section's 32-bit words, in native byte order (instructions are 4-byte aligned)."""
+        n = sec.size // 4
+        return np.frombuffer(self.data, S.word_dtype(self.endian), count=n, offset=sec.offset).astype(np.uint32)
+
+    def word_at(self, offset: int) -> int:
+        self._check_range(offset, 4, "word")
+        return int.from_bytes(self.data[offset : offset + 4], self.byteorder)
+
+    def table(self, sec: Section, dtype: np.dtype, what: str) -> np.ndarray:
+        if sec.type == S.SHT_NOBITS:
+            raise self.error(f"{what} section {sec.name} has no data")
+        if sec.size % dtype.itemsize:
+            raise self.error(f"{what} section {sec.name} size {sec.size} is not a multiple of {dtype.itemsize}")
+        return np.frombuffer(self.data, dtype, count=sec.size // dtype.itemsize, offset=sec.offset)
+
+    # -- symbols and relocations ----------------------------------------------------------
+
+    @cached_property
+    def symbols(self) -> Symbols | None:
+        """``.symtab`` (None when stripped)."""
+        sec = next((s for s in self.sections if s.type == S.SHT_SYMTAB), None)
+        if sec is None:
+            return None
+        table = self.table(sec, S.sym_dtype(self.endian), "symbol table")
+        strsec = self.section_at(sec.link)
+        if strsec.type != S.SHT_STRTAB:
+            raise self.error(f"symbol table {sec.name} links to {strsec.name}, which is not a string table")
+        strtab = self.section_bytes(strsec)
+        if len(table) and int(table["st_name"].max()) >= max(len(strtab), 1):
+            raise self.error(f"symbol name index out of range of {strsec.name}")
+        return Symbols(table, strtab)
+
+    def relocation_sections(self) -> list[Section]:
+        return [s for s in self.sections if s.type == S.SHT_RELA]
+
+    def relocations(self, sec: Section) -> np.ndarray:
+        rela = self.table(sec, S.rela_dtype(self.endian), "relocation")
+        return rela
+
+    # -- addresses ------------------------------------------------------------------------
+
+    def offset_of(self, addr: int) -> Offset:
+        """File offset of a virtual address in an allocated section with file data."""
+        for sec in self.sections:
+            if sec.type != S.SHT_NOBITS and sec.contains_addr(addr):
+                return Offset(sec.offset + addr - sec.addr)
+        raise UnmappedAddress(f"{self.path}: address {addr:#x} is in no section with file data")
+
+    def addr_of(self, offset: int) -> Addr:
+        for sec in self.sections:
+            if sec.type != S.SHT_NOBITS and sec.flags & S.SHF_ALLOC and sec.offset <= offset < sec.offset + sec.size:
+                return Addr(sec.addr + offset - sec.offset)
+        raise UnmappedAddress(f"{self.path}: file offset {offset:#x} is in no allocated section")
+
+    def section_of_addr(self, addr: int) -> Section | None:
+        for sec in self.sections:
+            if sec.contains_addr(addr) and sec.type != S.SHT_NOBITS:
+                return sec
+        return None

@@ -1,0 +1,138 @@
+"""Byte layouts and constants of ELF64 for PowerPC64: the one place that knows them.
+
+References: the System V gABI (ELF-64 Object File Format, version 1.5) and the
+64-bit ELF V2 ABI Specification, Power Architecture, revision 1.5 (ELFv2), and the
+64-bit PowerPC ELF Application Binary Interface Supplement 1.9 (ELFv1).
+
+Tables are numpy structured dtypes so that a ``frombuffer`` view over the file costs
+nothing: pyelftools builds one object per entry, measured at 1.9 s for the symbols of
+the Debian 6.1 vmlinux and 1.2 ms per module just to list the section headers.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import numpy as np
+
+Endian = Literal["<", ">"]
+
+ELF_MAGIC: Final = b"\x7fELF"
+ELFCLASS64: Final = 2
+ELFDATA2LSB: Final = 1
+ELFDATA2MSB: Final = 2
+EM_PPC64: Final = 21
+EM_PPC: Final = 20
+
+ET_REL: Final = 1
+ET_EXEC: Final = 2
+ET_DYN: Final = 3
+
+EF_PPC64_ABI: Final = 0x3  # e_flags: 0 unspecified, 1 ELFv1, 2 ELFv2
+
+SHN_UNDEF: Final = 0
+SHN_LORESERVE: Final = 0xFF00
+SHN_ABS: Final = 0xFFF1
+SHN_XINDEX: Final = 0xFFFF
+
+SHT_NULL: Final = 0
+SHT_PROGBITS: Final = 1
+SHT_SYMTAB: Final = 2
+SHT_STRTAB: Final = 3
+SHT_RELA: Final = 4
+SHT_DYNAMIC: Final = 6
+SHT_NOBITS: Final = 8
+SHT_DYNSYM: Final = 11
+
+SHF_WRITE: Final = 0x1
+SHF_ALLOC: Final = 0x2
+SHF_EXECINSTR: Final = 0x4
+
+STT_NOTYPE: Final = 0
+STT_OBJECT: Final = 1
+STT_FUNC: Final = 2
+STT_SECTION: Final = 3
+
+DT_NULL: Final = 0
+DT_RELA: Final = 7
+DT_RELASZ: Final = 8
+DT_RELAENT: Final = 9
+DT_RELACOUNT: Final = 0x6FFF_FFF9
+
+# Relocation types used here (ELFv2 ABI, table 3.9 "Relocation Table").
+R_PPC64_NONE: Final = 0
+R_PPC64_REL24: Final = 10  # (S + A - P) >> 2, low24: the branch of `bl`
+R_PPC64_RELATIVE: Final = 22  # B + A
+R_PPC64_ADDR64: Final = 38  # S + A
+
+# Module signature trailer (include/linux/module_signature.h): struct module_signature is
+# 12 bytes (algo, hash, id_type, signer_len, key_id_len, __pad[3], sig_len as big-endian u32)
+# followed by this marker.
+MODULE_SIG_MAGIC: Final = b"~Module signature appended~\n"
+MODULE_SIG_STRUCT_SIZE: Final = 12
+
+
+def ehdr_dtype(e: Endian) -> np.dtype:
+    return np.dtype([
+        ("e_ident", "S16"), ("e_type", e + "u2"), ("e_machine", e + "u2"), ("e_version", e + "u4"),
+        ("e_entry", e + "u8"), ("e_phoff", e + "u8"), ("e_shoff", e + "u8"), ("e_flags", e + "u4"),
+        ("e_ehsize", e + "u2"), ("e_phentsize", e + "u2"), ("e_phnum", e + "u2"),
+        ("e_shentsize", e + "u2"), ("e_shnum", e + "u2"), ("e_shstrndx", e + "u2"),
+    ])  # fmt: skip
+
+
+def shdr_dtype(e: Endian) -> np.dtype:
+    return np.dtype([
+        ("sh_name", e + "u4"), ("sh_type", e + "u4"), ("sh_flags", e + "u8"), ("sh_addr", e + "u8"),
+        ("sh_offset", e + "u8"), ("sh_size", e + "u8"), ("sh_link", e + "u4"), ("sh_info", e + "u4"),
+        ("sh_addralign", e + "u8"), ("sh_entsize", e + "u8"),
+    ])  # fmt: skip
+
+
+def phdr_dtype(e: Endian) -> np.dtype:
+    return np.dtype([
+        ("p_type", e + "u4"), ("p_flags", e + "u4"), ("p_offset", e + "u8"), ("p_vaddr", e + "u8"),
+        ("p_paddr", e + "u8"), ("p_filesz", e + "u8"), ("p_memsz", e + "u8"), ("p_align", e + "u8"),
+    ])  # fmt: skip
+
+
+def sym_dtype(e: Endian) -> np.dtype:
+    return np.dtype([
+        ("st_name", e + "u4"), ("st_info", "u1"), ("st_other", "u1"),
+        ("st_shndx", e + "u2"), ("st_value", e + "u8"), ("st_size", e + "u8"),
+    ])  # fmt: skip
+
+
+def rela_dtype(e: Endian) -> np.dtype:
+    return np.dtype([("r_offset", e + "u8"), ("r_info", e + "u8"), ("r_addend", e + "i8")])
+
+
+def dyn_dtype(e: Endian) -> np.dtype:
+    return np.dtype([("d_tag", e + "i8"), ("d_val", e + "u8")])
+
+
+def word_dtype(e: Endian) -> np.dtype:
+    return np.dtype(e + "u4")
+
+
+def addr_dtype(e: Endian) -> np.dtype:
+    return np.dtype(e + "u8")
+
+
+def r_sym(info: np.ndarray) -> np.ndarray:
+    return info >> np.uint64(32)
+
+
+def r_type(info: np.ndarray) -> np.ndarray:
+    return info & np.uint64(0xFFFF_FFFF)
+
+
+def st_type(info: np.ndarray) -> np.ndarray:
+    return info & np.uint8(0xF)
+
+
+def ppc64_local_entry_offset(st_other: np.ndarray) -> np.ndarray:
+    """ELFv2 ABI 3.4.1 "Symbol Values": bits 5-7 of st_other encode the distance from the
+    global to the local entry point: 0 and 1 mean none, 2..6 mean 4 << (n - 2) bytes (7 reserved)."""
+    n = (st_other.astype(np.int64) >> 5) & 7
+    return np.where((n >= 2) & (n <= 6), np.left_shift(1, n), 0)

@@ -1,0 +1,134 @@
+"""Functions and places: where each function's code starts, in any ABI and file type.
+
+A *place* is one number that names a spot in the image, so that numpy can sort and search
+sites, records and functions together:
+
+* linked images (ET_EXEC/ET_DYN): the virtual address;
+* relocatable files (ET_REL): ``section_index << PLACE_SHIFT | offset_in_section``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rewriter.elf import structs as S
+from rewriter.elf.image import Abi, Image, Section
+
+PLACE_SHIFT = 40  # sections are far smaller than 1 TiB
+
+
+def rel_place(shndx: np.ndarray | int, offset: np.ndarray | int) -> np.ndarray:
+    return (np.asarray(shndx, dtype=np.uint64) << np.uint64(PLACE_SHIFT)) | np.asarray(offset, dtype=np.uint64)
+
+
+def split_place(place: int) -> tuple[int, int]:
+    return place >> PLACE_SHIFT, place & ((1 << PLACE_SHIFT) - 1)
+
+
+@dataclass(frozen=True)
+class Functions:
+    """Function symbols sorted by code start (a place). ``lep`` is the ELFv2 local entry point:
+    the global entry plus the offset in st_other; for ELFv1 and ELFv2 functions without a TOC
+    prologue it equals ``start``. ``name_index`` points into the image's string table."""
+
+    start: np.ndarray
+    lep: np.ndarray
+    end: np.ndarray
+    name_index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def containing(self, places: np.ndarray) -> np.ndarray:
+        """Index of the function each place lies in, or -1. A place past a sized function's end
+        belongs to no function; zero-sized symbols (assembly) extend to the next symbol."""
+        i = np.searchsorted(self.start, places, side="right") - 1
+        ok = i >= 0
+        j = np.where(ok, i, 0)
+        inside = ok & ((self.end[j] > places) | (self.end[j] == self.start[j]))
+        return np.where(inside, i, -1)
+
+
+def _empty() -> Functions:
+    z = np.zeros(0, dtype=np.uint64)
+    return Functions(z, z, z, np.zeros(0, dtype=np.uint32))
+
+
+def functions(image: Image) -> Functions:
+    syms = image.symbols
+    if syms is None:
+        return _empty()
+    t = syms.table
+    shndx = t["st_shndx"].astype(np.int64)
+    is_func = (S.st_type(t["st_info"]) == S.STT_FUNC) & (shndx > 0) & (shndx < S.SHN_LORESERVE)
+    opd = image.section(".opd")
+    if image.abi is Abi.ELFV1 and opd is not None:
+        in_opd = is_func & (shndx == opd.index)
+        code = _opd_code_places(image, opd, t["st_value"][in_opd])
+        starts = [code, _places(image, shndx[is_func & ~in_opd], t["st_value"][is_func & ~in_opd])]
+        sizes = [t["st_size"][in_opd], t["st_size"][is_func & ~in_opd]]
+        names = [t["st_name"][in_opd], t["st_name"][is_func & ~in_opd]]
+        start = np.concatenate(starts)
+        size = np.concatenate(sizes).astype(np.uint64)
+        name = np.concatenate(names)
+        lep = start
+        keep = start != np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+        start, size, name, lep = start[keep], size[keep], name[keep], lep[keep]
+    else:
+        start = _places(image, shndx[is_func], t["st_value"][is_func])
+        size = t["st_size"][is_func].astype(np.uint64)
+        name = t["st_name"][is_func]
+        lep = start + S.ppc64_local_entry_offset(t["st_other"][is_func]).astype(np.uint64)
+    order = np.lexsort((name, start))
+    start, size, name, lep = start[order], size[order], name[order], lep[order]
+    # Aliases share a start: keep the first name in string-table order for a stable answer.
+    first = np.ones(len(start), dtype=bool)
+    first[1:] = start[1:] != start[:-1]
+    start, size, name, lep = start[first], size[first], name[first], lep[first]
+    return Functions(start, lep, start + size, name.astype(np.uint32))
+
+
+def _places(image: Image, shndx: np.ndarray, value: np.ndarray) -> np.ndarray:
+    if image.type == S.ET_REL:
+        return rel_place(shndx, value)
+    return value.astype(np.uint64)
+
+
+def _opd_code_places(image: Image, opd: Section, values: np.ndarray) -> np.ndarray:
+    """ELFv1: a function symbol names its descriptor in .opd, whose first doubleword is the code
+    address (linked) or carries an R_PPC64_ADDR64 relocation to it (relocatable)."""
+    missing = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+    if image.type != S.ET_REL:
+        d = image.table(opd, S.addr_dtype(image.endian), "descriptor")
+        idx = (values.astype(np.int64) - opd.addr) // 8
+        ok = (idx >= 0) & (idx < len(d))
+        return np.where(ok, d[np.where(ok, idx, 0)].astype(np.uint64), missing)
+    out = np.full(len(values), missing, dtype=np.uint64)
+    syms = image.symbols
+    assert syms is not None
+    for rsec in image.relocation_sections():
+        if rsec.info != opd.index:
+            continue
+        rela = image.relocations(rsec)
+        rela = rela[S.r_type(rela["r_info"]) == S.R_PPC64_ADDR64]
+        target = reloc_target_places(image, rela)
+        pos = np.searchsorted(rela["r_offset"], values)
+        hit = pos < len(rela)
+        hit[hit] = rela["r_offset"][pos[hit]] == values[hit]
+        out[hit] = target[pos[hit]]
+    return out
+
+
+def reloc_target_places(image: Image, rela: np.ndarray) -> np.ndarray:
+    """Place named by S + A of each relocation (symbol's section and value plus addend)."""
+    syms = image.symbols
+    assert syms is not None
+    symi = S.r_sym(rela["r_info"]).astype(np.int64)
+    if len(symi) and int(symi.max()) >= len(syms.table):
+        raise image.error("relocation names a symbol past the end of the symbol table")
+    st = syms.table[symi]
+    value = st["st_value"].astype(np.int64) + rela["r_addend"]
+    return rel_place(st["st_shndx"], value.astype(np.uint64))
+

@@ -344,25 +344,31 @@ def _build_sites(
 ) -> tuple[Site, ...]:  # fmt: skip
     syms = image.symbols
     linked = image.type != S.ET_REL
-    names: dict[int, str] = {}
+    sel = np.flatnonzero(keep)
+    # Everything per site is computed as whole columns first: indexing numpy scalars one at a
+    # time in the loop below would cost more than the rest of the scan.
+    ks, offs, places, fis = k[sel].tolist(), (i[sel] * 4).tolist(), cand[sel].tolist(), fi[sel].tolist()
+    calls, recs = is_call[sel].tolist(), is_rec[sel].tolist()
+    states, vars_ = state[sel].tolist(), variants[sel].tolist()
+    targets = ppc.branch_targets(cand[sel], b_word[sel]).tolist()
+    name_index = funcs.name_index.tolist()
+    names: dict[int, str | None] = {}
     sites = []
-    for n in np.flatnonzero(keep).tolist():
-        sec = text.sections[int(k[n])]
-        off = int(i[n]) * 4
-        place = int(cand[n])
-        f = int(fi[n])
+    for n in range(len(sel)):
+        sec = text.sections[ks[n]]
+        f = fis[n]
         name = None
         if f >= 0 and syms is not None:
-            ni = int(funcs.name_index[f])
+            ni = name_index[f]
             name = names.get(ni)
             if name is None:
                 name = names[ni] = syms.name_at(ni)
-        call = bool(is_call[n])
-        target = ppc.branch_target(place, int(b_word[n])) if call and linked else None
+        place = places[n]
+        target = targets[n] if calls[n] and linked else None
         sites.append(
             Site(
-                sec.name, sec.index, off, place if linked else None, name, _VARIANTS[int(variants[n])],
-                _STATES[int(state[n])], bool(is_rec[n]), target, sec.offset + off,
+                sec.name, sec.index, offs[n], place if linked else None, name, _VARIANTS[vars_[n]],
+                _STATES[states[n]], recs[n], target, sec.offset + offs[n],
             )  # fmt: skip
         )
     return tuple(sites)

@@ -1,0 +1,148 @@
+"""The `mcountrw` command. The only module that prints; nothing imports it.
+
+Exit codes (the contract): 0 success, 1 findings (verify mismatch, unsafe plan, no legal route,
+anomalies at --fail-on level), 2 bad input (one line naming the file and the problem).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from rewriter import __version__
+from rewriter.errors import RewriteError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="See, change and prove the ftrace call sites (mflr r0; bl _mcount) of PowerPC64 kernels.",
+)
+
+BAD_INPUT = 2
+FINDINGS = 1
+
+
+def _fail(message: str, code: int = BAD_INPUT) -> NoReturn:
+    typer.echo(f"mcountrw: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _emit(text: str, output: Path | None) -> None:
+    """Write ``text`` to ``output`` atomically, or to stdout."""
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from rewriter.elf.writer import atomic_write
+
+    try:
+        atomic_write(output, text.encode())
+    except RewriteError as e:
+        _fail(str(e))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mcountrw {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """mcountrw: scan, plan, check, rewrite and audit ftrace call sites."""
+
+
+def _parse_int(text: str | None, what: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        _fail(f"{what}: {text!r} is not a number (use 0x... for hex)")
+
+
+# -- scan -----------------------------------------------------------------------------------
+
+
+@app.command()
+def scan(
+    paths: Annotated[list[Path], typer.Argument(help="vmlinux, modules (.ko, .ko.xz/.gz/.zst), objects, or directories")],
+    *,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write here instead of stdout")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="worker processes (default: all cores)")] = 0,
+    mcount_addr: Annotated[
+        str | None, typer.Option("--mcount-addr", help="address of _mcount, for a stripped image")
+    ] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="table: list every site, not the first 20")] = False,
+) -> None:
+    """Find every ftrace call site: its function, variant, state, and whether the kernel records it."""
+    from rewriter.batch import default_jobs, expand, scan_many
+    from rewriter.report import scanfmt
+
+    if fmt not in ("table", "json", "csv"):
+        _fail(f"--format: {fmt!r} is not one of table, json, csv")
+    addr = _parse_int(mcount_addr, "--mcount-addr")
+    files, errors = expand(paths)
+    results = []
+    with _progress(len(files), "scanning") as tick:
+        for outcome in scan_many(files, jobs or default_jobs(), addr, tick):
+            if outcome.scan is not None:
+                results.append(outcome.scan)
+            else:
+                errors.append(outcome.error or f"{outcome.path}: failed")
+    for line in errors:
+        typer.echo(f"mcountrw: error: {line}", err=True)
+    if not results:
+        raise typer.Exit(BAD_INPUT)
+    if fmt == "json":
+        text = json.dumps(scanfmt.scans_json(results, errors), separators=(",", ":")) + "\n"
+    elif fmt == "csv":
+        text = scanfmt.csv_text(results)
+    else:
+        limit = None if show_all or output is not None else 20
+        text = "".join(line + "\n" for r in results for line in scanfmt.table_lines(r, limit))
+    _emit(text, output)
+    if errors:
+        raise typer.Exit(BAD_INPUT)
+
+
+class _progress:
+    """A rich progress bar on stderr when it is a terminal and there is more than one file."""
+
+    def __init__(self, total: int, what: str) -> None:
+        self.total, self.what = total, what
+        self.bar = None
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        if self.total < 2 or not sys.stderr.isatty():
+            return None
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self.bar = Progress(console=Console(stderr=True), transient=True)
+        self.bar.start()
+        task = self.bar.add_task(self.what, total=self.total)
+        return lambda: self.bar.advance(task)  # type: ignore[union-attr]
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run() -> None:
+    """Console-script entry point: no traceback ever reaches the user for a RewriteError."""
+    try:
+        app()
+    except RewriteError as e:
+        typer.echo(f"mcountrw: error: {e}", err=True)
+        sys.exit(BAD_INPUT)

@@ -1,0 +1,90 @@
+"""`mcountrw scan` output: the JSON contract, CSV and a plain table.
+
+JSON (other tools depend on it)::
+
+    {"images": [{"path", "kind", "endian", "abi",
+                 "sites": [{"address", "section", "offset", "function", "variant", "state", "recorded"}],
+                 "records": {"count", "zeroed", "unmatched", "duplicates"},
+                 "summary": {"sites", "by_section", "by_variant", "by_state", "recorded"}}],
+     "errors": ["<path>: <problem>", ...]}
+
+``address`` is null in relocatable files, where ``section`` + ``offset`` name the call slot.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rewriter.sites import Scan, Site, summary
+
+CSV_FIELDS = ("path", "address", "section", "offset", "function", "variant", "state", "recorded")
+
+
+def site_json(site: Site) -> dict[str, Any]:
+    return {
+        "address": site.addr,
+        "section": site.section,
+        "offset": site.offset,
+        "function": site.function,
+        "variant": site.variant.value,
+        "state": site.state.value,
+        "recorded": site.recorded,
+    }
+
+
+def image_json(result: Scan) -> dict[str, Any]:
+    s = summary(result.sites)
+    return {
+        "path": str(result.path),
+        "kind": result.kind.value,
+        "endian": result.endian,
+        "abi": result.abi.value,
+        "sites": [site_json(site) for site in result.sites],
+        "records": {
+            "count": result.records.count,
+            "zeroed": result.records.zeroed,
+            "unmatched": list(result.records.unmatched),
+            "duplicates": list(result.records.duplicates),
+        },
+        "summary": {"sites": len(result.sites), **s},
+    }
+
+
+def scans_json(results: Iterable[Scan], errors: Sequence[str]) -> dict[str, Any]:
+    return {"images": [image_json(r) for r in results], "errors": list(errors)}
+
+
+def csv_text(results: Iterable[Scan]) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(CSV_FIELDS)
+    for r in results:
+        for s in r.sites:
+            addr = f"{s.addr:#x}" if s.addr is not None else ""
+            w.writerow([r.path, addr, s.section, f"{s.offset:#x}", s.function or "", s.variant.value,
+                        s.state.value, int(s.recorded)])  # fmt: skip
+    return out.getvalue()
+
+
+def table_lines(result: Scan, limit: int | None) -> list[str]:
+    """A header line with the counts, then one aligned line per site (``limit`` lines at most)."""
+    s = summary(result.sites)
+    states = ", ".join(f"{v} {k}" for k, v in s["by_state"].items()) or "no sites"
+    unmatched = len(result.records.unmatched)
+    lines = [
+        f"{result.path}: {result.kind.value}, {result.endian}-endian {result.abi.value}, "
+        f"{len(result.sites)} sites ({states}); {result.records.count} records, "
+        f"{s['recorded']['no']} sites unrecorded, {unmatched} records unmatched"
+    ]
+    shown = result.sites if limit is None else result.sites[:limit]
+    for site in shown:
+        lines.append(
+            f"  {site.place:>20}  {site.section:<12} {site.variant.value:<12} {site.state.value:<9}"
+            f" {'rec' if site.recorded else 'UNREC':<5} {site.function or '?'}"
+        )
+    if len(shown) < len(result.sites):
+        lines.append(f"  ... {len(result.sites) - len(shown)} more (use --all, --format json or csv)")
+    return lines

@@ -1,0 +1,104 @@
+"""Instruction words: every constant and encoder agrees with keystone (assemble) and capstone."""
+
+from __future__ import annotations
+
+import capstone
+import keystone
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rewriter import ppc
+
+ENDIANS = [("little", keystone.KS_MODE_LITTLE_ENDIAN), ("big", keystone.KS_MODE_BIG_ENDIAN)]
+
+
+def assemble(text: str, addr: int, order: str) -> int:
+    mode = keystone.KS_MODE_PPC64 | (keystone.KS_MODE_BIG_ENDIAN if order == "big" else keystone.KS_MODE_LITTLE_ENDIAN)
+    encoding, _ = keystone.Ks(keystone.KS_ARCH_PPC, mode).asm(text, addr)
+    return int.from_bytes(bytes(encoding), order)
+
+
+def disassemble(word: int, addr: int, order: str) -> str:
+    mode = capstone.CS_MODE_64 | (capstone.CS_MODE_BIG_ENDIAN if order == "big" else capstone.CS_MODE_LITTLE_ENDIAN)
+    insn = next(capstone.Cs(capstone.CS_ARCH_PPC, mode).disasm(word.to_bytes(4, order), addr, 1))
+    return f"{insn.mnemonic} {insn.op_str}".strip()
+
+
+# Keystone's PPC parser wants plain register numbers; capstone prints r-names.
+@pytest.mark.parametrize("order", ["little", "big"])
+@pytest.mark.parametrize(
+    ("word", "asm", "printed"),
+    [
+        (ppc.NOP, "nop", "nop"),
+        (ppc.MFLR_R0, "mflr 0", "mflr r0"),
+        (ppc.STD_R0_16_R1, "std 0, 16(1)", "std r0, 0x10(r1)"),
+    ],
+)
+def test_constants_match_keystone_and_capstone(word: int, asm: str, printed: str, order: str) -> None:
+    assert assemble(asm, 0x1000, order) == word
+    assert disassemble(word, 0x1000, order) == printed
+
+
+@pytest.mark.parametrize("order", ["little", "big"])
+def test_b_plus_8_is_a_branch_two_words_ahead(order: str) -> None:
+    assert assemble("b 0x1008", 0x1000, order) == ppc.B_PLUS_8
+    assert disassemble(ppc.B_PLUS_8, 0x1000, order) == "b 0x1008"
+
+
+in_range = st.integers(min_value=-(1 << 23), max_value=(1 << 23) - 1).map(lambda w: w * 4)
+# Sources at least 64 MiB up, so every target in range is a positive address keystone accepts.
+src_addr = st.integers(min_value=1 << 24, max_value=(1 << 40)).map(lambda a: a * 4)
+
+
+@given(src=src_addr, delta=in_range)
+def test_bl_agrees_with_keystone_and_capstone(src: int, delta: int) -> None:
+    dst = src + delta
+    word = ppc.bl(src, dst)
+    assert word == assemble(f"bl {dst:#x}", src, "little")
+    mnemonic, operand = disassemble(word, src, "big").split()
+    assert (mnemonic, int(operand, 0)) == ("bl", dst)
+    assert ppc.is_bl(word) and not ppc.is_b(word)
+    assert ppc.branch_target(src, word) == dst
+
+
+@given(src=src_addr, delta=in_range)
+def test_b_agrees_with_keystone_and_round_trips(src: int, delta: int) -> None:
+    dst = src + delta
+    word = ppc.b(src, dst)
+    assert word == assemble(f"b {dst:#x}", src, "big")
+    assert ppc.is_b(word) and not ppc.is_bl(word)
+    assert ppc.branch_target(src, word) == dst
+
+
+@given(src=src_addr, delta=st.one_of(st.integers(min_value=1 << 25), st.integers(max_value=-(1 << 25) - 1)))
+def test_bl_refuses_targets_out_of_range(src: int, delta: int) -> None:
+    with pytest.raises(ppc.EncodingError, match="out of range"):
+        ppc.bl(src, src + (delta & ~3))
+
+
+def test_bl_refuses_misaligned_target() -> None:
+    with pytest.raises(ppc.EncodingError):
+        ppc.bl(0x1000, 0x1002)
+
+
+def test_vectorised_branch_targets_match_scalar() -> None:
+    import numpy as np
+
+    addrs = np.array([0x1000, 0xC000_0000_0200_0000, 0x10], dtype=np.uint64)
+    words = np.array([ppc.bl(0x1000, 0x800), ppc.bl(0xC000_0000_0200_0000, 0xC000_0000_0006_CA9C), ppc.bl(0x10, 0)],
+                     dtype=np.uint32)  # fmt: skip
+    got = ppc.branch_targets(addrs, words).tolist()
+    assert got == [ppc.branch_target(int(a), int(w)) for a, w in zip(addrs, words, strict=True)]
+    assert ppc.bl_mask(words).all()
+
+
+def test_describe_names_site_words() -> None:
+    assert [ppc.describe(w) for w in (ppc.NOP, ppc.MFLR_R0, ppc.B_PLUS_8, ppc.bl(0, 64), 0x7C0803A6)] == [
+        "nop", "mflr", "b+8", "bl", "other",
+    ]  # fmt: skip
+
+
+def test_disassembler_prints_both_endians() -> None:
+    assert ppc.Disassembler(big_endian=False).text(ppc.bl(0x100, 0x80), 0x100) == "bl 0x80"
+    assert ppc.Disassembler(big_endian=True).text(ppc.MFLR_R0) == "mflr r0"

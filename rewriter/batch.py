@@ -55,9 +55,8 @@ def _walk(root: Path) -> tuple[list[Path], list[str]]:
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            if name.endswith(MODULE_SUFFIXES) or name.endswith(".o"):
-                found.append(path)
-            elif not path.is_symlink() and _looks_like_elf(path, errors):
+            by_name = name.endswith(MODULE_SUFFIXES) or name.endswith(".o")
+            if by_name or (not path.is_symlink() and _looks_like_elf(path, errors)):
                 found.append(path)
     return found, errors
 
@@ -83,7 +82,10 @@ def scan_one(path: Path, mcount_addr: int | None = None) -> Outcome:
 
 
 def scan_many(
-    files: Sequence[Path], jobs: int, mcount_addr: int | None = None, progress: Callable[[], None] | None = None
+    files: Sequence[Path],
+    jobs: int,
+    mcount_addr: int | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> Iterator[Outcome]:
     """Outcomes in the order of ``files``."""
     if jobs <= 1 or len(files) <= 1:
@@ -102,4 +104,3 @@ def scan_many(
 
 def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,7 +31,7 @@ from rewriter import ppc
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind, Section
 from rewriter.elf.symbols import Functions, functions, rel_place, reloc_target_places, split_place
-from rewriter.states import Insn, SiteState, Slot, Variant, insn_kind, state_of
+from rewriter.states import Insn, SiteState, Slot, Variant, state_of
 
 MCOUNT_NAMES = ("_mcount", "._mcount")
 
@@ -109,7 +109,7 @@ def scan(image: Image, mcount_addr: int | None = None) -> Scan:
     uniq, counts = np.unique(all_recs, return_counts=True)
     dup = tuple(_place_text(image, int(p)) for p in uniq[counts > 1])
     unmatched_text = tuple(_place_text(image, int(p)) for p in unmatched)
-    records = Records(int(len(all_recs)), zeroed, unmatched_text, dup)
+    records = Records(len(all_recs), zeroed, unmatched_text, dup)
     endian = "big" if image.big_endian else "little"
     return Scan(image.path, image.kind, endian, image.abi, sites, records, tuple(int(e) for e in entries))
 
@@ -125,7 +125,7 @@ class _Text:
         self.base = np.array([base[i] for i in order], dtype=np.uint64)
         self.words = [image.words(s) for s in self.sections]
         places, targets = [], []
-        for sec, b, words in zip(self.sections, self.base.tolist(), self.words, strict=True):
+        for b, words in zip(self.base.tolist(), self.words, strict=True):
             idx = np.flatnonzero(ppc.bl_mask(words)).astype(np.uint64)
             p = np.uint64(b) + idx * np.uint64(4)
             places.append(p)
@@ -243,7 +243,9 @@ def _record_places(image: Image) -> tuple[np.ndarray, np.ndarray, int]:
     pfe_sec = image.section("__patchable_function_entries")
     pfe = np.zeros(0, np.uint64)
     if pfe_sec is not None and pfe_sec.type != S.SHT_NOBITS:
-        pfe = image.table(pfe_sec, S.addr_dtype(image.endian), "__patchable_function_entries").astype(np.uint64)
+        pfe = image.table(pfe_sec, S.addr_dtype(image.endian), "__patchable_function_entries").astype(
+            np.uint64
+        )
         pfe = pfe[pfe != 0] + np.uint64(4)
     zeroed = int(np.count_nonzero(raw == 0))
     return raw[raw != 0], pfe, zeroed
@@ -291,7 +293,13 @@ def _kinds(words: np.ndarray, calls: np.ndarray) -> np.ndarray:
     """Vectorised ``states.insn_kind``."""
     is_bl = ppc.bl_mask(words)
     return np.select(
-        [words == ppc.MFLR_R0, words == ppc.NOP, words == ppc.B_PLUS_8, words == ppc.STD_R0_16_R1, is_bl & calls],
+        [
+            words == ppc.MFLR_R0,
+            words == ppc.NOP,
+            words == ppc.B_PLUS_8,
+            words == ppc.STD_R0_16_R1,
+            is_bl & calls,
+        ],
         [_KIND[Insn.MFLR], _KIND[Insn.NOP], _KIND[Insn.B8], _KIND[Insn.STD], _KIND[Insn.CALL]],
         _KIND[Insn.OTHER],
     )
@@ -331,17 +339,29 @@ def _classify(
     keep = inside & (is_call | (state != _UNKNOWN))
     unmatched = cand[is_rec & ~keep]
     variants = np.where(is_patch, 2, np.where(std_variant, 1, 0))
-    return _build_sites(image, text, funcs, cand, k, i, keep, is_call, is_rec, state, variants, fi, b_word), unmatched
+    return _build_sites(
+        image, text, funcs, cand, k, i, keep, is_call, is_rec, state, variants, fi, b_word
+    ), unmatched
 
 
 _VARIANTS = (Variant.MPROFILE, Variant.MPROFILE_STD, Variant.PATCHABLE)
 
 
 def _build_sites(
-    image: Image, text: _Text, funcs: Functions, cand: np.ndarray, k: np.ndarray, i: np.ndarray,
-    keep: np.ndarray, is_call: np.ndarray, is_rec: np.ndarray, state: np.ndarray, variants: np.ndarray,
-    fi: np.ndarray, b_word: np.ndarray,
-) -> tuple[Site, ...]:  # fmt: skip
+    image: Image,
+    text: _Text,
+    funcs: Functions,
+    cand: np.ndarray,
+    k: np.ndarray,
+    i: np.ndarray,
+    keep: np.ndarray,
+    is_call: np.ndarray,
+    is_rec: np.ndarray,
+    state: np.ndarray,
+    variants: np.ndarray,
+    fi: np.ndarray,
+    b_word: np.ndarray,
+) -> tuple[Site, ...]:
     syms = image.symbols
     linked = image.type != S.ET_REL
     sel = np.flatnonzero(keep)
@@ -367,9 +387,17 @@ def _build_sites(
         target = targets[n] if calls[n] and linked else None
         sites.append(
             Site(
-                sec.name, sec.index, offs[n], place if linked else None, name, _VARIANTS[vars_[n]],
-                _STATES[states[n]], recs[n], target, sec.offset + offs[n],
-            )  # fmt: skip
+                sec.name,
+                sec.index,
+                offs[n],
+                place if linked else None,
+                name,
+                _VARIANTS[vars_[n]],
+                _STATES[states[n]],
+                recs[n],
+                target,
+                sec.offset + offs[n],
+            )
         )
     return tuple(sites)
 

@@ -8,6 +8,7 @@ the kernel's own ftrace messages, the `ftrace_dump_on_oops` dump that the panic 
 
 Standard library (plus pytest for skip/fail) only; nothing here imports `rewriter`.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,16 +31,29 @@ KERNEL_RELEASE: Final = "6.1.0-50-powerpc64le"
 # Verified on the unmodified corpus vmlinux: the root-fs panic prints "Dumping ftrace buffer:" with
 # one `do_one_initcall <-kernel_init_freeable` line per initcall (~540). The filter keeps the ring
 # buffer, and so the dump, small; without it the dump would be the whole boot.
-STANDARD_APPEND: Final = "console=hvc0 panic=-1 ftrace=function ftrace_filter=do_one_initcall ftrace_dump_on_oops"
+STANDARD_APPEND: Final = (
+    "console=hvc0 panic=-1 ftrace=function ftrace_filter=do_one_initcall ftrace_dump_on_oops"
+)
 
 QEMU: Final = "qemu-system-ppc64"
 # x-vof=on: qemu's built-in Virtual Open Firmware boots `-kernel vmlinux` directly (no SLOF), which is
 # most of why a boot takes ~2 s. TCG cannot emulate the Spectre caps and only warns about them.
-QEMU_ARGS: Final = ("-M", "pseries,x-vof=on", "-cpu", "power9", "-m", "1G",
-                    "-nographic", "-vga", "none", "-no-reboot")
+QEMU_ARGS: Final = (
+    "-M",
+    "pseries,x-vof=on",
+    "-cpu",
+    "power9",
+    "-m",
+    "1G",
+    "-nographic",
+    "-vga",
+    "none",
+    "-no-reboot",
+)
 
 
 # ---------------------------------------------------------------- corpus
+
 
 def corpus_dir() -> Path | None:
     """The fetched corpus root (as corpus/fetch.sh computes it), or None if the fetch never completed."""
@@ -77,6 +91,7 @@ class Corpus(NamedTuple):
 
 # ---------------------------------------------------------------- pytest skip / fail
 
+
 def _missing(reason: str) -> NoReturn:
     """Skip locally; in CI (MCOUNTRW_REQUIRE_TOOLS=1) a skip would hide a broken runner, so fail."""
     if os.environ.get("MCOUNTRW_REQUIRE_TOOLS") == "1":
@@ -103,23 +118,24 @@ def require_corpus() -> Corpus:
 
 # ---------------------------------------------------------------- console parsing
 
+
 @dataclass(frozen=True, slots=True)
 class BootResult:
-    console: str                    # guest console (hvc0) plus qemu's own messages, "\r\n" -> "\n"
-    returncode: int | None          # qemu's exit status; None if we killed it at the timeout
+    console: str  # guest console (hvc0) plus qemu's own messages, "\r\n" -> "\n"
+    returncode: int | None  # qemu's exit status; None if we killed it at the timeout
     timed_out: bool
-    seconds: float                  # wall time of the qemu run
-    ftrace_bug: bool                # "ftrace bug" / "ftrace failed" anywhere (ftrace_bug() prints both)
-    ftrace_entries: int | None      # ftrace: allocating N entries in P pages
-    ftrace_pages: tuple[int, int] | None   # ftrace: allocated N pages with M groups -> (N, M)
-    traced_functions: frozenset[str]       # callees in the ftrace_dump_on_oops dump
+    seconds: float  # wall time of the qemu run
+    ftrace_bug: bool  # "ftrace bug" / "ftrace failed" anywhere (ftrace_bug() prints both)
+    ftrace_entries: int | None  # ftrace: allocating N entries in P pages
+    ftrace_pages: tuple[int, int] | None  # ftrace: allocated N pages with M groups -> (N, M)
+    traced_functions: frozenset[str]  # callees in the ftrace_dump_on_oops dump
     panicked: bool
-    oopsed: bool                    # an Oops, BUG or WARN ("cut here") anywhere
-    insmod: dict[str, int]          # MCOUNTRW-INSMOD <name> rc=<n>
-    tracer_rc: int | None           # MCOUNTRW-TRACER rc=<n>
-    tainted: int | None             # MCOUNTRW-TAINTED <n>: /proc/sys/kernel/tainted after the insmods
-    available_filter_functions: list[str] | None   # between MCOUNTRW-AFF-BEGIN/END
-    done: bool                      # the init script reached its end (MCOUNTRW-DONE)
+    oopsed: bool  # an Oops, BUG or WARN ("cut here") anywhere
+    insmod: dict[str, int]  # MCOUNTRW-INSMOD <name> rc=<n>
+    tracer_rc: int | None  # MCOUNTRW-TRACER rc=<n>
+    tainted: int | None  # MCOUNTRW-TAINTED <n>: /proc/sys/kernel/tainted after the insmods
+    available_filter_functions: list[str] | None  # between MCOUNTRW-AFF-BEGIN/END
+    done: bool  # the init script reached its end (MCOUNTRW-DONE)
 
 
 _TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\] ?")
@@ -149,7 +165,7 @@ def _between_markers(lines: list[str], begin: str, end: str) -> list[str] | None
     """Lines between two marker lines, minus kernel printk lines that the console interleaved."""
     if begin not in lines or end not in lines:
         return None
-    inner = lines[lines.index(begin) + 1:lines.index(end)]
+    inner = lines[lines.index(begin) + 1 : lines.index(end)]
     return [line for line in inner if not _TIMESTAMP.match(line)]
 
 
@@ -167,8 +183,7 @@ def parse_console(console: str, returncode: int | None, timed_out: bool, seconds
         traced_functions=_traced_functions(lines),
         panicked="Kernel panic - not syncing" in console,
         oopsed=bool(re.search(r"Oops:|BUG:|-\[ cut here \]-", console)),
-        insmod={m.group(1): int(m.group(2))
-                for m in re.finditer(r"MCOUNTRW-INSMOD (\S+) rc=(\d+)", console)},
+        insmod={m.group(1): int(m.group(2)) for m in re.finditer(r"MCOUNTRW-INSMOD (\S+) rc=(\d+)", console)},
         tracer_rc=_int_match(r"MCOUNTRW-TRACER rc=(\d+)", console),
         tainted=_int_match(r"MCOUNTRW-TAINTED (\d+)", console),
         available_filter_functions=_between_markers(lines, "MCOUNTRW-AFF-BEGIN", "MCOUNTRW-AFF-END"),
@@ -177,6 +192,7 @@ def parse_console(console: str, returncode: int | None, timed_out: bool, seconds
 
 
 # ---------------------------------------------------------------- running qemu
+
 
 def qemu_command(kernel: Path, append: str, initrd: Path | None = None) -> list[str]:
     if initrd is not None:
@@ -192,8 +208,7 @@ def boot(kernel: Path, append: str, initrd: Path | None = None, timeout: float =
     cmd = qemu_command(kernel, append, initrd)
     start = time.monotonic()
     # stdin must not be our terminal: -nographic would put it in raw mode and read Ctrl-A escapes.
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         out, _ = proc.communicate(timeout=timeout)
         timed_out = False
@@ -210,8 +225,24 @@ def boot(kernel: Path, append: str, initrd: Path | None = None, timeout: float =
 
 # Applets the standard script uses, as /bin symlinks so any init script can say `#!/bin/sh`.
 # A script that needs more can run `/bin/busybox --install -s /bin` after mounting /proc.
-APPLETS: Final = ("sh", "mount", "insmod", "rmmod", "lsmod", "cat", "grep", "head", "wc",
-                  "dmesg", "sleep", "poweroff", "mkdir", "ls", "echo", "sync")
+APPLETS: Final = (
+    "sh",
+    "mount",
+    "insmod",
+    "rmmod",
+    "lsmod",
+    "cat",
+    "grep",
+    "head",
+    "wc",
+    "dmesg",
+    "sleep",
+    "poweroff",
+    "mkdir",
+    "ls",
+    "echo",
+    "sync",
+)
 
 _S_IFDIR, _S_IFREG, _S_IFLNK, _S_IFCHR = 0o040000, 0o100000, 0o120000, 0o020000
 
@@ -231,15 +262,17 @@ def _cpio_entry(ino: int, name: str, mode: int, data: bytes = b"", rdev: tuple[i
 def make_initramfs(out: Path, busybox: Path, modules: list[Path], script: str) -> Path:
     """Write a newc cpio: /init (`script`), /bin/busybox plus applet links, /modules/<name>.ko."""
     entries: list[tuple[str, int, bytes, tuple[int, int]]] = [
-        (d, _S_IFDIR | 0o755, b"", (0, 0)) for d in ("bin", "dev", "proc", "sys", "modules")]
+        (d, _S_IFDIR | 0o755, b"", (0, 0)) for d in ("bin", "dev", "proc", "sys", "modules")
+    ]
     # The kernel's built-in initramfs usually has /dev/console already; init's stdio needs it.
     entries.append(("dev/console", _S_IFCHR | 0o600, b"", (5, 1)))
     entries.append(("bin/busybox", _S_IFREG | 0o755, busybox.read_bytes(), (0, 0)))
     entries += [(f"bin/{a}", _S_IFLNK | 0o777, b"busybox", (0, 0)) for a in APPLETS]
     entries += [(f"modules/{m.name}", _S_IFREG | 0o644, m.read_bytes(), (0, 0)) for m in modules]
     entries.append(("init", _S_IFREG | 0o755, script.encode(), (0, 0)))
-    blob = b"".join(_cpio_entry(i + 1, name, mode, data, rdev)
-                    for i, (name, mode, data, rdev) in enumerate(entries))
+    blob = b"".join(
+        _cpio_entry(i + 1, name, mode, data, rdev) for i, (name, mode, data, rdev) in enumerate(entries)
+    )
     blob += _cpio_entry(0, "TRAILER!!!", 0)
     out.write_bytes(blob)
     return out
@@ -257,7 +290,8 @@ def module_load_script(module_names: list[str], extra: str = "", aff_grep: str |
     `extra` is shell run after the tracer step, before poweroff.
     """
     insmods = "\n".join(
-        f"insmod /modules/{shlex.quote(n)}.ko; echo \"MCOUNTRW-INSMOD {n} rc=$?\"" for n in module_names)
+        f'insmod /modules/{shlex.quote(n)}.ko; echo "MCOUNTRW-INSMOD {n} rc=$?"' for n in module_names
+    )
     aff_filter = "" if aff_grep is None else f" | grep -F -e {shlex.quote(aff_grep)}"
     return f"""#!/bin/sh
 mount -t proc proc /proc

@@ -2,12 +2,12 @@
 
 Both boots take ~2-7 s with TCG on a 2-core machine (see tests/boot.py for what is measured).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
 from boot import (
     QEMU,
     STANDARD_APPEND,
@@ -45,15 +45,18 @@ def test_unmodified_vmlinux_boots_to_rootfs_panic_and_dumps_initcall_trace() -> 
 def test_unmodified_signed_module_loads_and_its_functions_are_traceable(tmp_path: Path) -> None:
     require_tool(QEMU)
     corpus = require_corpus()
-    initrd = make_initramfs(tmp_path / "initrd.cpio", corpus.busybox,
-                            [corpus.modules_dir / "fs/nls/nls_utf8.ko"],
-                            module_load_script(["nls_utf8"]))
+    initrd = make_initramfs(
+        tmp_path / "initrd.cpio",
+        corpus.busybox,
+        [corpus.modules_dir / "fs/nls/nls_utf8.ko"],
+        module_load_script(["nls_utf8"]),
+    )
 
     result = boot(corpus.vmlinux, STANDARD_APPEND, initrd, timeout=90)
 
     assert result.done, result.console[-3000:]
     assert result.insmod == {"nls_utf8": 0}
-    assert result.tainted == 0          # Debian's signature verifies against the built-in key
+    assert result.tainted == 0  # Debian's signature verifies against the built-in key
     assert result.available_filter_functions is not None
     assert {"char2uni [nls_utf8]", "uni2char [nls_utf8]"} <= set(result.available_filter_functions)
     assert len(result.available_filter_functions) == CORPUS_FILTER_FUNCTIONS_WITH_NLS_UTF8

@@ -87,7 +87,10 @@ def test_local_entry_points_follow_st_other(corpus) -> None:
     funcs = functions(img)
     syms = img.symbols
     assert syms is not None
-    by_name = {syms.name_at(int(n)): (int(s), int(lep)) for s, lep, n in zip(funcs.start, funcs.lep, funcs.name_index)}
+    by_name = {
+        syms.name_at(int(n)): (int(s), int(lep))
+        for s, lep, n in zip(funcs.start, funcs.lep, funcs.name_index, strict=True)
+    }
     start, lep = by_name["char2uni"]
     assert lep - start == 8
 

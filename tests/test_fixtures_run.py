@@ -9,6 +9,7 @@ Standard library plus pytest only; nothing here imports `rewriter`, so these
 tests check the fixtures themselves, independently of the code under test.
 A missing qemu or cross toolchain skips, or fails under MCOUNTRW_REQUIRE_TOOLS=1.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,11 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 BINARIES: dict[str, dict] = MANIFEST["binaries"]
 RUNNABLE = sorted(p for p, b in BINARIES.items() if b["kind"] == "executable" and b["run"])
-BUILD_TOOLS = [f"{prefix}-{tool}"
-               for prefix in ("powerpc64le-linux-gnu", "powerpc64-linux-gnu")
-               for tool in ("gcc", "objdump", "readelf")]
+BUILD_TOOLS = [
+    f"{prefix}-{tool}"
+    for prefix in ("powerpc64le-linux-gnu", "powerpc64-linux-gnu")
+    for tool in ("gcc", "objdump", "readelf")
+]
 
 MFLR_R0 = 0x7C0802A6
 NOP = 0x60000000
@@ -45,7 +48,7 @@ def require_tool(name: str) -> str:
 
 
 def word_at(path: str, offset: int) -> int:
-    data = (FIXTURES / path).read_bytes()[offset:offset + 4]
+    data = (FIXTURES / path).read_bytes()[offset : offset + 4]
     return int.from_bytes(data, "little" if BINARIES[path]["endian"] == "little" else "big")
 
 
@@ -101,12 +104,18 @@ def test_build_script_reproduces_committed_binaries_byte_for_byte(tmp_path: Path
         require_tool(tool)
     out = tmp_path / "bin"
 
-    subprocess.run(["bash", str(FIXTURES / "build.sh"), str(out), str(tmp_path / "manifest.json")],
-                   check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        ["bash", str(FIXTURES / "build.sh"), str(out), str(tmp_path / "manifest.json")],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
     rebuilt = {f"bin/{p.name}" for p in out.iterdir()}
     assert rebuilt == set(BINARIES)
-    differing = [p for p in sorted(BINARIES)
-                 if (out / Path(p).name).read_bytes() != (FIXTURES / p).read_bytes()]
+    differing = [
+        p for p in sorted(BINARIES) if (out / Path(p).name).read_bytes() != (FIXTURES / p).read_bytes()
+    ]
     assert differing == []
     assert (tmp_path / "manifest.json").read_text() == (FIXTURES / "manifest.json").read_text()

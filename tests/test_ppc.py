@@ -14,13 +14,17 @@ ENDIANS = [("little", keystone.KS_MODE_LITTLE_ENDIAN), ("big", keystone.KS_MODE_
 
 
 def assemble(text: str, addr: int, order: str) -> int:
-    mode = keystone.KS_MODE_PPC64 | (keystone.KS_MODE_BIG_ENDIAN if order == "big" else keystone.KS_MODE_LITTLE_ENDIAN)
+    mode = keystone.KS_MODE_PPC64 | (
+        keystone.KS_MODE_BIG_ENDIAN if order == "big" else keystone.KS_MODE_LITTLE_ENDIAN
+    )
     encoding, _ = keystone.Ks(keystone.KS_ARCH_PPC, mode).asm(text, addr)
     return int.from_bytes(bytes(encoding), order)
 
 
 def disassemble(word: int, addr: int, order: str) -> str:
-    mode = capstone.CS_MODE_64 | (capstone.CS_MODE_BIG_ENDIAN if order == "big" else capstone.CS_MODE_LITTLE_ENDIAN)
+    mode = capstone.CS_MODE_64 | (
+        capstone.CS_MODE_BIG_ENDIAN if order == "big" else capstone.CS_MODE_LITTLE_ENDIAN
+    )
     insn = next(capstone.Cs(capstone.CS_ARCH_PPC, mode).disasm(word.to_bytes(4, order), addr, 1))
     return f"{insn.mnemonic} {insn.op_str}".strip()
 
@@ -86,8 +90,10 @@ def test_vectorised_branch_targets_match_scalar() -> None:
     import numpy as np
 
     addrs = np.array([0x1000, 0xC000_0000_0200_0000, 0x10], dtype=np.uint64)
-    words = np.array([ppc.bl(0x1000, 0x800), ppc.bl(0xC000_0000_0200_0000, 0xC000_0000_0006_CA9C), ppc.bl(0x10, 0)],
-                     dtype=np.uint32)  # fmt: skip
+    words = np.array(
+        [ppc.bl(0x1000, 0x800), ppc.bl(0xC000_0000_0200_0000, 0xC000_0000_0006_CA9C), ppc.bl(0x10, 0)],
+        dtype=np.uint32,
+    )
     got = ppc.branch_targets(addrs, words).tolist()
     assert got == [ppc.branch_target(int(a), int(w)) for a, w in zip(addrs, words, strict=True)]
     assert ppc.bl_mask(words).all()
@@ -95,8 +101,12 @@ def test_vectorised_branch_targets_match_scalar() -> None:
 
 def test_describe_names_site_words() -> None:
     assert [ppc.describe(w) for w in (ppc.NOP, ppc.MFLR_R0, ppc.B_PLUS_8, ppc.bl(0, 64), 0x7C0803A6)] == [
-        "nop", "mflr", "b+8", "bl", "other",
-    ]  # fmt: skip
+        "nop",
+        "mflr",
+        "b+8",
+        "bl",
+        "other",
+    ]
 
 
 def test_disassembler_prints_both_endians() -> None:

@@ -89,13 +89,31 @@ def test_every_module_site_matches_its_own_records(corpus) -> None:
 
 def test_scan_json_contract_on_a_module(corpus) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "rewriter", "scan", "--format", "json", str(corpus.modules_dir / "fs/nls/nls_utf8.ko")],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "rewriter",
+            "scan",
+            "--format",
+            "json",
+            str(corpus.modules_dir / "fs/nls/nls_utf8.ko"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     image = json.loads(out.stdout)["images"][0]
-    assert {k: image[k] for k in ("kind", "endian", "abi")} == {"kind": "module", "endian": "little", "abi": "elfv2"}
+    assert {k: image[k] for k in ("kind", "endian", "abi")} == {
+        "kind": "module",
+        "endian": "little",
+        "abi": "elfv2",
+    }
     sites = {(s["section"], s["offset"], s["function"]) for s in image["sites"]}
     # Independent facts from `readelf -r`: REL24 _mcount at .text+0x14, .text+0xc4, .init.text+0x14.
-    assert sites == {(".text", 0x14, "char2uni"), (".text", 0xC4, "uni2char"), (".init.text", 0x14, "init_nls_utf8")}
+    assert sites == {
+        (".text", 0x14, "char2uni"),
+        (".text", 0xC4, "uni2char"),
+        (".init.text", 0x14, "init_nls_utf8"),
+    }
     assert all(s["address"] is None and s["recorded"] and s["state"] == "enabled" for s in image["sites"])
     assert image["records"]["count"] == 3 and image["records"]["unmatched"] == []

@@ -16,7 +16,8 @@ BINARIES = sorted(p.name for p in (FIXTURES / "bin").iterdir())
 
 def _expected(entry: dict, linked: bool) -> set[tuple]:
     return {
-        (int(s["slot_addr"], 16), s["function"], s["variant"], s["state"], s["recorded"]) for s in entry["sites"]
+        (int(s["slot_addr"], 16), s["function"], s["variant"], s["state"], s["recorded"])
+        for s in entry["sites"]
     }
 
 
@@ -24,7 +25,8 @@ def _found(path: Path) -> tuple[set[tuple], object]:
     result = scan(Image.load(path))
     linked = result.kind.value in ("executable", "vmlinux")
     got = {
-        (s.addr if linked else s.offset, s.function, s.variant.value, s.state.value, s.recorded) for s in result.sites
+        (s.addr if linked else s.offset, s.function, s.variant.value, s.state.value, s.recorded)
+        for s in result.sites
     }
     return got, result
 
@@ -43,7 +45,14 @@ def test_fixture_sites_match_manifest(name: str, manifest: dict) -> None:
 def test_big_endian_elfv1_functions_resolve_through_descriptors(manifest: dict) -> None:
     got, result = _found(FIXTURES / "bin" / "prof-be")
     assert result.abi.value == "elfv1" and result.endian == "big"
-    assert {f for _, f, *_ in got} == {"static_helper", "leaf_add", "nonleaf_calls", "sum8", "fp_mix", "touch_global"}
+    assert {f for _, f, *_ in got} == {
+        "static_helper",
+        "leaf_add",
+        "nonleaf_calls",
+        "sum8",
+        "fp_mix",
+        "touch_global",
+    }
 
 
 def test_every_variant_is_represented() -> None:

@@ -67,9 +67,11 @@ def compress(data: bytes, kind: Compression) -> bytes:
     gzip -n -f -9, zstd -T0 --rm -f -q); byte-identity with the original is not promised."""
     if kind is Compression.XZ:
         return lzma.compress(
-            data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
+            data,
+            format=lzma.FORMAT_XZ,
+            check=lzma.CHECK_CRC32,
             filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20}],
-        )  # fmt: skip
+        )
     if kind is Compression.GZIP:
         return gzip.compress(data, compresslevel=9, mtime=0)
     if kind is Compression.ZSTD:

@@ -205,10 +205,17 @@ class Image:
             name = names[name_off : end if end >= 0 else len(names)].decode("utf-8", "replace")
             sections.append(
                 Section(
-                    i, name, int(row["sh_type"]), int(row["sh_flags"]), int(row["sh_addr"]),
-                    int(row["sh_offset"]), int(row["sh_size"]), int(row["sh_link"]),
-                    int(row["sh_info"]), int(row["sh_entsize"]),
-                )  # fmt: skip
+                    i,
+                    name,
+                    int(row["sh_type"]),
+                    int(row["sh_flags"]),
+                    int(row["sh_addr"]),
+                    int(row["sh_offset"]),
+                    int(row["sh_size"]),
+                    int(row["sh_link"]),
+                    int(row["sh_info"]),
+                    int(row["sh_entsize"]),
+                )
             )
         return sections
 
@@ -269,7 +276,9 @@ class Image:
     def words(self, sec: Section) -> np.ndarray:
         """The section's 32-bit words, in native byte order (instructions are 4-byte aligned)."""
         n = sec.size // 4
-        return np.frombuffer(self.data, S.word_dtype(self.endian), count=n, offset=sec.offset).astype(np.uint32)
+        return np.frombuffer(self.data, S.word_dtype(self.endian), count=n, offset=sec.offset).astype(
+            np.uint32
+        )
 
     def word_at(self, offset: int) -> int:
         self._check_range(offset, 4, "word")
@@ -279,7 +288,9 @@ class Image:
         if sec.type == S.SHT_NOBITS:
             raise self.error(f"{what} section {sec.name} has no data")
         if sec.size % dtype.itemsize:
-            raise self.error(f"{what} section {sec.name} size {sec.size} is not a multiple of {dtype.itemsize}")
+            raise self.error(
+                f"{what} section {sec.name} size {sec.size} is not a multiple of {dtype.itemsize}"
+            )
         return np.frombuffer(self.data, dtype, count=sec.size // dtype.itemsize, offset=sec.offset)
 
     # -- symbols and relocations ----------------------------------------------------------
@@ -317,7 +328,11 @@ class Image:
 
     def addr_of(self, offset: int) -> Addr:
         for sec in self.sections:
-            if sec.type != S.SHT_NOBITS and sec.flags & S.SHF_ALLOC and sec.offset <= offset < sec.offset + sec.size:
+            if (
+                sec.type != S.SHT_NOBITS
+                and sec.flags & S.SHF_ALLOC
+                and sec.offset <= offset < sec.offset + sec.size
+            ):
                 return Addr(sec.addr + offset - sec.offset)
         raise UnmappedAddress(f"{self.path}: file offset {offset:#x} is in no allocated section")
 

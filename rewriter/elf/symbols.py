@@ -20,7 +20,9 @@ PLACE_SHIFT = 40  # sections are far smaller than 1 TiB
 
 
 def rel_place(shndx: np.ndarray | int, offset: np.ndarray | int) -> np.ndarray:
-    return (np.asarray(shndx, dtype=np.uint64) << np.uint64(PLACE_SHIFT)) | np.asarray(offset, dtype=np.uint64)
+    return (np.asarray(shndx, dtype=np.uint64) << np.uint64(PLACE_SHIFT)) | np.asarray(
+        offset, dtype=np.uint64
+    )
 
 
 def split_place(place: int) -> tuple[int, int]:
@@ -131,4 +133,3 @@ def reloc_target_places(image: Image, rela: np.ndarray) -> np.ndarray:
     st = syms.table[symi]
     value = st["st_value"].astype(np.int64) + rela["r_addend"]
     return rel_place(st["st_shndx"], value.astype(np.uint64))
-

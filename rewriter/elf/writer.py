@@ -7,6 +7,7 @@ killed run is easy to recognise and is never mistaken for output.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -47,10 +48,8 @@ def atomic_write(path: Path, data: bytes | bytearray | memoryview, mode: int | N
 
 
 def _remove_quietly(tmp: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(tmp)
-    except OSError:
-        pass
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -64,8 +64,18 @@ def csv_text(results: Iterable[Scan]) -> str:
     for r in results:
         for s in r.sites:
             addr = f"{s.addr:#x}" if s.addr is not None else ""
-            w.writerow([r.path, addr, s.section, f"{s.offset:#x}", s.function or "", s.variant.value,
-                        s.state.value, int(s.recorded)])  # fmt: skip
+            w.writerow(
+                [
+                    r.path,
+                    addr,
+                    s.section,
+                    f"{s.offset:#x}",
+                    s.function or "",
+                    s.variant.value,
+                    s.state.value,
+                    int(s.recorded),
+                ]
+            )
     return out.getvalue()
 
 

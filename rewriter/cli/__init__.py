@@ -1,4 +1,7 @@
-"""The `mcountrw` command. The only module that prints; nothing imports it.
+"""The `mcountrw` command. This package is the only code that prints; nothing outside it imports it.
+
+Each group of commands lives in its own module (``scan`` here; ``plans``, ``rewrite``, ``audit``,
+``prenop``) and registers on :data:`app`; the modules are imported at the bottom of this file.
 
 Exit codes (the contract): 0 success, 1 findings (verify mismatch, unsafe plan, no legal route,
 anomalies at --fail-on level), 2 bad input (one line naming the file and the problem).
@@ -27,12 +30,12 @@ BAD_INPUT = 2
 FINDINGS = 1
 
 
-def _fail(message: str, code: int = BAD_INPUT) -> NoReturn:
+def fail(message: str, code: int = BAD_INPUT) -> NoReturn:
     typer.echo(f"mcountrw: error: {message}", err=True)
     raise typer.Exit(code)
 
 
-def _emit(text: str, output: Path | None) -> None:
+def emit(text: str, output: Path | None) -> None:
     """Write ``text`` to ``output`` atomically, or to stdout."""
     if output is None:
         sys.stdout.write(text)
@@ -43,7 +46,7 @@ def _emit(text: str, output: Path | None) -> None:
     try:
         atomic_write(output, text.encode())
     except RewriteError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 def _version(value: bool) -> None:
@@ -61,13 +64,13 @@ def main(
     """mcountrw: scan, plan, check, rewrite and audit ftrace call sites."""
 
 
-def _parse_int(text: str | None, what: str) -> int | None:
+def parse_int(text: str | None, what: str) -> int | None:
     if text is None:
         return None
     try:
         return int(text, 0)
     except ValueError:
-        _fail(f"{what}: {text!r} is not a number (use 0x... for hex)")
+        fail(f"{what}: {text!r} is not a number (use 0x... for hex)")
 
 
 # -- scan -----------------------------------------------------------------------------------
@@ -75,10 +78,14 @@ def _parse_int(text: str | None, what: str) -> int | None:
 
 @app.command()
 def scan(
-    paths: Annotated[list[Path], typer.Argument(help="vmlinux, modules (.ko, .ko.xz/.gz/.zst), objects, or directories")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="vmlinux, modules (.ko, .ko.xz/.gz/.zst), objects, or directories")
+    ],
     *,
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="write here instead of stdout")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="write here instead of stdout")
+    ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="worker processes (default: all cores)")] = 0,
     mcount_addr: Annotated[
         str | None, typer.Option("--mcount-addr", help="address of _mcount, for a stripped image")
@@ -90,11 +97,11 @@ def scan(
     from rewriter.report import scanfmt
 
     if fmt not in ("table", "json", "csv"):
-        _fail(f"--format: {fmt!r} is not one of table, json, csv")
-    addr = _parse_int(mcount_addr, "--mcount-addr")
+        fail(f"--format: {fmt!r} is not one of table, json, csv")
+    addr = parse_int(mcount_addr, "--mcount-addr")
     files, errors = expand(paths)
     results = []
-    with _progress(len(files), "scanning") as tick:
+    with progress(len(files), "scanning") as tick:
         for outcome in scan_many(files, jobs or default_jobs(), addr, tick):
             if outcome.scan is not None:
                 results.append(outcome.scan)
@@ -111,12 +118,12 @@ def scan(
     else:
         limit = None if show_all or output is not None else 20
         text = "".join(line + "\n" for r in results for line in scanfmt.table_lines(r, limit))
-    _emit(text, output)
+    emit(text, output)
     if errors:
         raise typer.Exit(BAD_INPUT)
 
 
-class _progress:
+class progress:
     """A rich progress bar on stderr when it is a terminal and there is more than one file."""
 
     def __init__(self, total: int, what: str) -> None:
@@ -146,3 +153,7 @@ def run() -> None:
     except RewriteError as e:
         typer.echo(f"mcountrw: error: {e}", err=True)
         sys.exit(BAD_INPUT)
+
+
+# Command modules register themselves on `app`; imported last because they import `app` from here.
+from rewriter.cli import commands  # noqa: E402, F401

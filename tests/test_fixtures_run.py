@@ -100,7 +100,7 @@ def test_executable_prints_expected_output_and_mcount_hits(path: str) -> None:
 
 
 def test_build_script_reproduces_committed_binaries_byte_for_byte(tmp_path: Path) -> None:
-    for tool in BUILD_TOOLS + ["python3"]:
+    for tool in [*BUILD_TOOLS, "python3"]:
         require_tool(tool)
     out = tmp_path / "bin"
 

@@ -1,0 +1,507 @@
+"""Plan the writes that move many ftrace call sites from their current states to their targets.
+
+Strategy: each site is planned on its own, as the cheapest path through :data:`states.TRANSITIONS`
+(fewest barriers, then fewest writes) that the route, the CMODX policy and the mode allow.  A path
+splits into *segments* wherever a write needs a barrier before it.  The global plan then lines the
+sites up segment by segment: segment ``j`` of every site lands between barrier ``j-1`` and barrier
+``j``, its writes in program order inside the segment.  So the plan needs exactly as many barriers as
+the most demanding single site: enabling 40,000 ``nopped`` sites costs one ``synchronize_rcu_tasks``,
+not 40,000.
+
+Plans are symbolic: a :class:`Write` names a site by its index in the caller's request list and a
+slot by name; the patch layer turns them into words (``states.word_for``) and file offsets.
+
+The barrier rule, and the precondition every runtime plan assumes and re-establishes
+----------------------------------------------------------------------------------------
+A task that executed slot A while it read ``nop`` has r0 not holding LR until it passes slot B.
+Writing ``bl`` into B is safe only once every such task has left, which ``synchronize_rcu_tasks``
+guarantees (it waits for every task to pass a voluntary context switch, and none happens between A
+and B).  A plan assumes, at its start, that no task is between A and B with a stale r0 unless A
+reads ``nop``; that holds after boot and after any plan from here, because a plan whose last writes
+leave such a task behind while A no longer reads ``nop`` (e.g. ``nopped -> disabled``) ends with a
+*settle* barrier.  Without it, a later ``disabled -> enabled`` plan (one write, no barrier) would
+race exactly like the 2019 report, only split over two commands.
+
+Stale instruction fetch
+-----------------------
+With ``stale_fetch=True`` a CPU may keep executing the previous contents of a slot until it passes a
+context-synchronising event; ``synchronize_rcu_tasks`` alone does not provide one.  Plans then use
+:attr:`Barrier.ISYNC_RCU_TASKS` (an IPI making every CPU run ``isync``, *then* the RCU-tasks wait)
+between every two writes to a site and after the last one.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple, TypeVar
+
+from rewriter.errors import PlanRejected
+from rewriter.states import (
+    S_WRITES,
+    SLOTS,
+    STATE_SLOTS,
+    Insn,
+    SiteState,
+    Slot,
+    Step,
+    Variant,
+    state_rejection,
+    steps_from,
+)
+
+
+class Route(enum.Enum):
+    """How ``mflr`` goes back into a ``nop``'ed slot A (linuxppc-dev, May 2019)."""
+
+    MFLR_FIRST = "mflr-first"  # Piggin: nop -> mflr, barrier, nop -> bl
+    B8 = "b8"  # Rao: nop -> b+8, barrier, nop -> bl, b+8 -> mflr
+
+
+class Cmodx(enum.Enum):
+    """Which Power ISA's concurrent-modification rules the runtime patcher must obey."""
+
+    V3_0 = "3.0"  # mflr may not be patched while another thread may execute it
+    V3_1 = "3.1"  # relaxed: mflr <-> nop may be patched live
+
+
+class Barrier(enum.Enum):
+    """What separates two stages of a plan."""
+
+    ORDER = "order"  # no barrier: the earlier stage's writes land first (one patcher, program order)
+    RCU_TASKS = "synchronize_rcu_tasks"  # every task has left A..B since the earlier stage
+    ISYNC_RCU_TASKS = "isync+synchronize_rcu_tasks"  # IPI isync on every CPU, then synchronize_rcu_tasks
+
+
+class SiteRequest(NamedTuple):
+    variant: Variant
+    current: SiteState
+    target: SiteState
+
+
+class Write(NamedTuple):
+    """One compare-and-swap of a 4-byte slot: ``site`` indexes the plan's ``sites``."""
+
+    site: int
+    slot: Slot
+    old: Insn
+    new: Insn
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+FORMAT: Final = "mcountrw-plan"
+VERSION: Final = 1
+
+_SLOT_WORDS: Final = {
+    Slot.A: frozenset({Insn.MFLR, Insn.NOP, Insn.B8}),
+    Slot.B: frozenset({Insn.NOP, Insn.CALL}),
+    Slot.S: frozenset({Insn.STD, Insn.NOP}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Stages of writes; the writes of one stage may land in any order.
+
+    ``barriers[i]`` separates ``stages[i]`` from ``stages[i + 1]``; ``settle`` (if not None) runs
+    after the last stage so that the next plan's precondition holds (see the module docstring).
+    ``route``/``cmodx``/``stale_fetch`` record what the plan was made for; ``cmodx`` and
+    ``stale_fetch`` mean nothing when ``runtime`` is False (an offline file rewrite).
+    """
+
+    sites: tuple[SiteRequest, ...]
+    stages: tuple[tuple[Write, ...], ...]
+    barriers: tuple[Barrier, ...]
+    settle: Barrier | None
+    route: Route
+    cmodx: Cmodx
+    runtime: bool
+    stale_fetch: bool = False
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def num_writes(self) -> int:
+        return sum(len(stage) for stage in self.stages)
+
+    @property
+    def num_barriers(self) -> int:
+        """Barriers that wait for other CPUs (``order`` separators cost nothing and are not counted)."""
+        return sum(b is not Barrier.ORDER for b in self.barriers) + (self.settle is not None)
+
+    def to_json(self) -> str:
+        doc = {
+            "format": FORMAT,
+            "version": VERSION,
+            "route": self.route.value,
+            "cmodx": self.cmodx.value,
+            "mode": "runtime" if self.runtime else "offline",
+            "stale_fetch": self.stale_fetch,
+            "sites": [
+                {"variant": r.variant.value, "current": r.current.value, "target": r.target.value}
+                for r in self.sites
+            ],
+            "stages": [
+                [
+                    {"site": w.site, "slot": w.slot.value, "old": w.old.value, "new": w.new.value}
+                    for w in stage
+                ]
+                for stage in self.stages
+            ],
+            "barriers": [b.value for b in self.barriers],
+            "settle": None if self.settle is None else self.settle.value,
+        }
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        """Parse and validate; raises ``ValueError`` saying what is wrong and where."""
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"plan: not JSON: {e}") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError(f'plan: expected an object with "format": "{FORMAT}"')
+        if doc.get("version") != VERSION:
+            raise ValueError(f"plan: expected version {VERSION}, found {doc.get('version')!r}")
+        mode = _field(doc, "mode", str, "plan")
+        if mode not in ("runtime", "offline"):
+            raise ValueError(f'plan: mode: expected "runtime" or "offline", found {mode!r}')
+        sites = tuple(
+            SiteRequest(
+                _enum(Variant, _field(s, "variant", str, f"sites[{i}]"), f"sites[{i}].variant"),
+                _enum(SiteState, _field(s, "current", str, f"sites[{i}]"), f"sites[{i}].current"),
+                _enum(SiteState, _field(s, "target", str, f"sites[{i}]"), f"sites[{i}].target"),
+            )
+            for i, s in enumerate(_field(doc, "sites", list, "plan"))
+        )
+        stages = tuple(
+            tuple(
+                Write(
+                    _field(w, "site", int, f"stages[{j}][{k}]"),
+                    _enum(Slot, _field(w, "slot", str, f"stages[{j}][{k}]"), f"stages[{j}][{k}].slot"),
+                    _enum(Insn, _field(w, "old", str, f"stages[{j}][{k}]"), f"stages[{j}][{k}].old"),
+                    _enum(Insn, _field(w, "new", str, f"stages[{j}][{k}]"), f"stages[{j}][{k}].new"),
+                )
+                for k, w in enumerate(_list(stage, f"stages[{j}]"))
+            )
+            for j, stage in enumerate(_field(doc, "stages", list, "plan"))
+        )
+        settle = doc.get("settle")
+        return cls(
+            sites=sites,
+            stages=stages,
+            barriers=tuple(
+                _enum(Barrier, b, f"barriers[{i}]")
+                for i, b in enumerate(_field(doc, "barriers", list, "plan"))
+            ),
+            settle=None if settle is None else _enum(Barrier, settle, "settle"),
+            route=_enum(Route, _field(doc, "route", str, "plan"), "route"),
+            cmodx=_enum(Cmodx, _field(doc, "cmodx", str, "plan"), "cmodx"),
+            runtime=mode == "runtime",
+            stale_fetch=_field(doc, "stale_fetch", bool, "plan"),
+        )
+
+
+def _field(obj: Any, key: str, kind: type, where: str) -> Any:
+    if not isinstance(obj, dict):
+        raise ValueError(f"plan: {where}: expected an object, found {type(obj).__name__}")
+    if key not in obj:
+        raise ValueError(f"plan: {where}: missing {key!r}")
+    value = obj[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"plan: {where}.{key}: expected {kind.__name__}, found {value!r}")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"plan: {where}: expected a list, found {value!r}")
+    return value
+
+
+def _enum(kind: type[_E], value: Any, where: str) -> _E:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in kind)
+        raise ValueError(f"plan: {where}: expected one of {allowed}, found {value!r}") from None
+
+
+def _validate(p: Plan) -> None:
+    """Structural checks only: whether the writes are safe, and whether each CAS will find its
+    ``old`` word, is for :func:`rewriter.check.check` to say."""
+    if len(p.barriers) != max(len(p.stages) - 1, 0):
+        raise ValueError(
+            f"plan: {len(p.stages)} stages need {max(len(p.stages) - 1, 0)} barriers, found {len(p.barriers)}"
+        )
+    if p.settle is Barrier.ORDER:
+        raise ValueError('plan: settle: "order" is not a barrier; use null')
+    for i, req in enumerate(p.sites):
+        if req.current is SiteState.UNKNOWN or req.target in (SiteState.UNKNOWN, SiteState.BROKEN):
+            raise ValueError(f"plan: sites[{i}]: cannot plan {req.current.value} -> {req.target.value}")
+    for j, stage in enumerate(p.stages):
+        if not stage:
+            raise ValueError(f"plan: stages[{j}] is empty")
+        for k, w in enumerate(stage):
+            where = f"plan: stages[{j}][{k}]"
+            if not 0 <= w.site < len(p.sites):
+                raise ValueError(f"{where}: site {w.site} is not in sites (0..{len(p.sites) - 1})")
+            variant = p.sites[w.site].variant
+            if w.slot not in SLOTS[variant]:
+                raise ValueError(f"{where}: {variant.value} sites have no slot {w.slot.value}")
+            if w.slot is Slot.S and (w.old, w.new) not in S_WRITES:
+                raise ValueError(f"{where}: slot S may only swap std <-> nop")
+            words = _SLOT_WORDS[w.slot]
+            if w.old == w.new or w.old not in words or w.new not in words:
+                raise ValueError(
+                    f"{where}: {w.old.value} -> {w.new.value} is not a write to slot {w.slot.value}"
+                )
+
+
+# ---------------------------------------------------------------- planning one site
+
+
+class _SitePath(NamedTuple):
+    steps: tuple[Step, ...]
+    barrier_before: tuple[bool, ...]  # one per step
+    settle: bool
+
+    @property
+    def cost(self) -> tuple[int, int]:
+        return (sum(self.barrier_before) + self.settle, len(self.steps))
+
+
+def _a(state: SiteState) -> Insn:
+    return STATE_SLOTS[state][0]
+
+
+def _route_allows(route: Route, step: Step, dst: SiteState, target: SiteState) -> bool:
+    if route is Route.MFLR_FIRST:
+        # Piggin: no b+8 anywhere on the way (the start or the target may still be one).
+        return dst is target or dst not in (SiteState.GUARDED, SiteState.ARMED)
+    # Rao: never put mflr straight over a nop; go through b+8, and while the bl is still to come keep
+    # the b+8 (guarded -> armed -> enabled) rather than turn it into mflr on the way.
+    if step.slot is Slot.A and step.new is Insn.MFLR:
+        return step.old is not Insn.NOP and (dst is target or STATE_SLOTS[dst][1] is Insn.CALL)
+    return True
+
+
+def _simple_paths(
+    req: SiteRequest, route: Route, mflr_ok: bool
+) -> Iterator[tuple[tuple[Step, ...], tuple[SiteState, ...]]]:
+    """Every path of legal single writes from ``current`` to ``target`` visiting no state twice."""
+
+    def walk(state: SiteState, steps: tuple[Step, ...], seen: tuple[SiteState, ...]) -> Iterator[Any]:
+        if state is req.target:
+            yield steps, seen
+            return
+        for dst, step in steps_from(req.variant, state).items():
+            if dst in seen or (step.mflr_write and not mflr_ok):
+                continue
+            if _route_allows(route, step, dst, req.target):
+                yield from walk(dst, (*steps, step), (*seen, dst))
+
+    yield from walk(req.current, (), (req.current,))
+
+
+def _cost_path(
+    steps: tuple[Step, ...], states: tuple[SiteState, ...], runtime: bool, stale_fetch: bool
+) -> _SitePath:
+    """Place the barriers a path needs (see :class:`states.Step` for the rule) and whether it must settle."""
+    if not runtime:
+        return _SitePath(steps, (False,) * len(steps), False)
+    if stale_fetch:
+        return _SitePath(steps, tuple(i > 0 for i in range(len(steps))), bool(steps))
+    dirty = _a(states[0]) is Insn.NOP  # a task may be between A and B with a stale r0
+    before = []
+    for step, dst in zip(steps, states[1:], strict=True):
+        needed = step.needs_barrier_before and dirty
+        before.append(needed)
+        if needed:
+            dirty = False
+        if _a(dst) is Insn.NOP:
+            dirty = True
+    return _SitePath(steps, tuple(before), dirty and _a(states[-1]) is not Insn.NOP)
+
+
+def _plan_site(req: SiteRequest, route: Route, cmodx: Cmodx, runtime: bool, stale_fetch: bool) -> _SitePath:
+    for state in (req.current, req.target):
+        reason = state_rejection(req.variant, state)
+        if reason is not None:
+            raise PlanRejected(reason)
+    if req.target is SiteState.BROKEN:
+        raise PlanRejected(
+            f"{req.variant.value}: broken (nop; bl) runs bl with r0 not holding LR; never a target"
+        )
+    if runtime and req.current is SiteState.BROKEN:
+        raise PlanRejected(
+            f"{req.variant.value}: the site is already broken (nop; bl): a CPU may be running bl with "
+            "a stale r0 right now and no runtime plan can undo that; repair the file offline"
+        )
+    mflr_ok = not runtime or cmodx is Cmodx.V3_1
+    paths = [
+        _cost_path(steps, states, runtime, stale_fetch)
+        for steps, states in _simple_paths(req, route, mflr_ok)
+    ]
+    if paths:
+        return min(paths, key=lambda p: p.cost)
+    raise PlanRejected(_why_no_path(req, route, mflr_ok))
+
+
+def _why_no_path(req: SiteRequest, route: Route, mflr_ok: bool) -> str:
+    what = f"{req.variant.value} {req.current.value} -> {req.target.value}"
+    if not mflr_ok and any(_simple_paths(req, route, True)):
+        return (
+            f"{what}: no legal runtime route under --cmodx 3.0: every route writes mflr into or out of "
+            "slot A while other CPUs may be executing it, which ISA 3.0's rules for concurrent modification "
+            "and execution do not allow (ISA 3.1 does); rewrite the file offline, or plan for --cmodx 3.1"
+        )
+    if route is Route.B8 and any(_simple_paths(req, Route.MFLR_FIRST, mflr_ok)):
+        why = state_rejection(req.variant, SiteState.GUARDED) or "the route would write mflr over a nop"
+        return f"{what}: route b8 does not exist here: {why}; use --route mflr-first"
+    return f"{what}: no sequence of legal single-word writes leads there"
+
+
+# ---------------------------------------------------------------- the global plan
+
+
+def plan(
+    requests: Sequence[SiteRequest],
+    route: Route | None = None,
+    cmodx: Cmodx = Cmodx.V3_1,
+    runtime: bool = True,
+    stale_fetch: bool = False,
+) -> Plan:
+    """One plan for every site; raises :class:`PlanRejected` naming the first site with no legal route.
+
+    ``route=None`` picks the route with fewer writes (then fewer barriers; ``mflr-first`` on a tie).
+    ``runtime=False`` plans an offline rewrite: nothing runs concurrently, so no barriers, no CMODX
+    policy and no stale fetch, but writes are still ordered so that no site is ever ``broken``.
+    """
+    if route is None:
+        plans: list[Plan] = []
+        first_error: PlanRejected | None = None
+        for candidate in (Route.MFLR_FIRST, Route.B8):
+            try:
+                plans.append(_plan_route(requests, candidate, cmodx, runtime, stale_fetch))
+            except PlanRejected as e:
+                first_error = first_error or e
+        if not plans:
+            assert first_error is not None
+            raise first_error
+        return min(plans, key=lambda p: (p.num_writes, p.num_barriers))
+    return _plan_route(requests, route, cmodx, runtime, stale_fetch)
+
+
+def _plan_route(
+    requests: Sequence[SiteRequest], route: Route, cmodx: Cmodx, runtime: bool, stale_fetch: bool
+) -> Plan:
+    cache: dict[SiteRequest, _SitePath] = {}  # a kernel has ~40k sites but a handful of distinct requests
+    paths: list[_SitePath] = []
+    for i, req in enumerate(requests):
+        if req not in cache:
+            try:
+                cache[req] = _plan_site(req, route, cmodx, runtime, stale_fetch)
+            except PlanRejected as e:
+                raise PlanRejected(f"site {i}: {e}") from None
+        paths.append(cache[req])
+
+    # Segments are the stretches between barriers: the plan needs as many as the most demanding site.
+    depth = max((sum(p.barrier_before) + 1 for p in paths if p.steps), default=0)
+    placed: dict[tuple[int, int], list[Write]] = {}  # (segment, row within it) -> writes
+    needs_settle = False
+    for i, path in enumerate(paths):
+        segment, row = 0, -1
+        owed = sum(path.barrier_before)  # barriers this site still has to cross
+        for step, before in zip(path.steps, path.barrier_before, strict=True):
+            if before:
+                segment, row, owed = segment + 1, 0, owed - 1
+            elif row >= 0 and depth - 1 - segment > owed + path.settle:
+                # A barrier the site does not need still orders its writes: ride on it instead of
+                # adding an ordered row (e.g. a disable next to an enable finishes in two stages).
+                segment, row = segment + 1, 0
+            else:
+                row += 1
+            placed.setdefault((segment, row), []).append(Write(i, step.slot, step.old, step.new))
+        # A site whose last write is not in the last segment is settled by the barrier after it.
+        needs_settle = needs_settle or (path.settle and segment == depth - 1)
+
+    barrier = Barrier.ISYNC_RCU_TASKS if stale_fetch else Barrier.RCU_TASKS
+    stages: list[tuple[Write, ...]] = []
+    barriers: list[Barrier] = []
+    for segment, row in sorted(placed):
+        if stages:
+            barriers.append(barrier if row == 0 and runtime else Barrier.ORDER)
+        stages.append(tuple(placed[(segment, row)]))
+    return Plan(
+        sites=tuple(requests),
+        stages=tuple(stages),
+        barriers=tuple(barriers),
+        settle=barrier if needs_settle else None,
+        route=route,
+        cmodx=cmodx,
+        runtime=runtime,
+        stale_fetch=stale_fetch,
+    )
+
+
+# ---------------------------------------------------------------- text
+
+
+def _ranges(indices: Sequence[int]) -> str:
+    parts: list[str] = []
+    start = prev = indices[0]
+    for i in [*indices[1:], None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ", ".join(parts)
+
+
+def _barrier_text(b: Barrier) -> str:
+    if b is Barrier.ORDER:
+        return "then, in order (no barrier):"
+    if b is Barrier.RCU_TASKS:
+        return "barrier: synchronize_rcu_tasks()"
+    return "barrier: isync on every CPU (IPI), then synchronize_rcu_tasks()"
+
+
+def render_text(p: Plan) -> str:
+    """A readable plan: what each stage writes, grouped by (slot, old, new), and what separates them."""
+    mode = "runtime" if p.runtime else "offline rewrite (nothing executes concurrently)"
+    policy = f", cmodx {p.cmodx.value}{', stale fetch' if p.stale_fetch else ''}" if p.runtime else ""
+    lines = [
+        f"plan: {len(p.sites)} site(s), route {p.route.value}{policy}, {mode}",
+        f"  {p.num_writes} write(s) in {len(p.stages)} stage(s), {p.num_barriers} barrier(s)",
+    ]
+    requests: dict[SiteRequest, list[int]] = {}
+    for i, req in enumerate(p.sites):
+        requests.setdefault(req, []).append(i)
+    for req, idx in requests.items():
+        lines.append(
+            f"  {req.variant.value} {req.current.value} -> {req.target.value}: site(s) {_ranges(idx)}"
+        )
+    if not p.stages:
+        lines.append("nothing to write: every site is already in its target state")
+    for j, stage in enumerate(p.stages):
+        if j:
+            lines.append(_barrier_text(p.barriers[j - 1]))
+        lines.append(f"stage {j + 1}" + (" (writes land in any order):" if len(stage) > 1 else ":"))
+        groups: dict[tuple[Slot, Insn, Insn], list[int]] = {}
+        for w in stage:
+            groups.setdefault((w.slot, w.old, w.new), []).append(w.site)
+        for (slot, old, new), sites in groups.items():
+            lines.append(
+                f"  {slot.value}: {old.value:>4} -> {new.value:<4}  site(s) {_ranges(sorted(sites))}"
+            )
+    if p.settle is not None:
+        lines.append(_barrier_text(p.settle).replace("barrier:", "settle:", 1))
+    return "\n".join(lines) + "\n"

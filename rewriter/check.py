@@ -134,9 +134,7 @@ class _Found(NamedTuple):
 
 
 def _words(word: Insn) -> str:
-    return {Insn.MFLR: "mflr r0", Insn.NOP: "nop", Insn.B8: "b .+8", Insn.STD: "std r0,16(r1)"}.get(
-        word, "bl _mcount"
-    )
+    return {Insn.MFLR: "mflr r0", Insn.NOP: "nop", Insn.B8: "b .+8", Insn.STD: "std r0,16(r1)"}.get(word, "bl _mcount")
 
 
 def check(
@@ -178,9 +176,7 @@ def check(
         return CheckResult(True, states, None, "", (), site, req, tasks, entries, stale, policy)
     worst = min(found, key=lambda f: list(Violation).index(f.violation))
     trace = _trace(worst, parents, slots)
-    return CheckResult(
-        False, states, worst.violation, worst.reason, trace, site, req, tasks, entries, stale, policy
-    )
+    return CheckResult(False, states, worst.violation, worst.reason, trace, site, req, tasks, entries, stale, policy)
 
 
 def check_all(
@@ -244,7 +240,7 @@ def _search(
             parents[state] = (parent, actor, action)
             queue.append(state)
 
-    while queue:
+    while queue and Violation.STALE_R0_CALL not in found:  # nothing is worse: the first is the shortest
         state = queue.popleft()
         code, op, mask, tasks = state
         between = [i for i, t in enumerate(tasks) if t[0] > 0]
@@ -261,7 +257,7 @@ def _search(
                         f"{code[a_idx].value}: a later plan writing bl without a barrier would race",
                         state,
                     )
-                if t[3] is not None and t[3] != synced(code):
+                if t[3] and t[3] != synced(code):
                     stale_slot = next(s for s, v, w in zip(slots, t[3], code, strict=True) if v != {w})
                     report(
                         Violation.STALE_AFTER,
@@ -288,6 +284,7 @@ def _search(
                             nxt, text = (a_idx + 2, False, left - 1, views), "enters; A: b .+8 lands on B"
                         else:
                             nxt, text = (0, False, left - 1, views), "enters; A: b .+8 skips B; body; returns"
+
                 elif pc < b_idx:  # the gcc-5 std slot: r0 untouched
                     nxt, text = (pc + 1, fresh, left, views), f"S: {_words(word)}"
                 elif word is Insn.NOP:
@@ -302,9 +299,11 @@ def _search(
                         (name, f"B: bl _mcount{stale_note} with r0 NOT = LR  <-- VIOLATION"),
                     )
                     continue
+                if nxt[0] == 0 and nxt[2] == 0 and views is not None:
+                    nxt = (0, False, 0, ())  # done for good: what it could fetch no longer matters
                 new_tasks = (*tasks[:i], nxt, *tasks[i + 1 :])
                 push((code, op, mask, new_tasks), state, name, text + stale_note)
-            if views is not None and views != synced(code):
+            if views and views != synced(code):
                 resynced = (pc, fresh, left, synced(code))
                 push(
                     (code, op, mask, (*tasks[:i], resynced, *tasks[i + 1 :])),
@@ -322,7 +321,7 @@ def _search(
                 push((code, op + 1, 0, tasks), state, "patcher", "synchronize_rcu_tasks() returns")
             continue
         if current == _ISYNC:
-            new_tasks = tuple((t[0], t[1], t[2], synced(code)) for t in tasks)
+            new_tasks = tuple((t[0], t[1], t[2], synced(code) if t[3] else t[3]) for t in tasks)
             push((code, op + 1, 0, new_tasks), state, "patcher", "IPI: every CPU runs isync")
             continue
         assert not isinstance(current, str)
@@ -360,9 +359,7 @@ def _search(
                 )
             done = mask | (1 << j)
             nxt_state = (
-                (new_code, op + 1, 0, new_tasks)
-                if done == (1 << len(current)) - 1
-                else (new_code, op, done, new_tasks)
+                (new_code, op + 1, 0, new_tasks) if done == (1 << len(current)) - 1 else (new_code, op, done, new_tasks)
             )
             if state_of(new_code[a_idx], new_code[b_idx]) is SiteState.BROKEN:
                 report(Violation.BROKEN, f"after {text} the site reads nop; bl (broken)", nxt_state)
@@ -394,17 +391,13 @@ def _trace(
     while link is not None:
         parent, actor, action = link
         steps.append(
-            TraceStep(
-                actor, action, tuple(zip(slots, state[0], strict=True)), tuple(_r0(t) for t in state[3])
-            )
+            TraceStep(actor, action, tuple(zip(slots, state[0], strict=True)), tuple(_r0(t) for t in state[3]))
         )
         state = parent
         link = parents[state]
     steps.reverse()
     if f.last is None:
-        steps.append(
-            TraceStep("checker", "plan done  <-- VIOLATION (see above)", steps[-1].slots if steps else (), ())
-        )
+        steps.append(TraceStep("checker", "plan done  <-- VIOLATION (see above)", steps[-1].slots if steps else (), ()))
     return tuple(steps)
 
 
@@ -482,9 +475,7 @@ def _builtins() -> dict[str, Builtin]:
         "naive-enable": Builtin(
             m,
             nopped,
-            _hand(
-                m, nopped, enabled, [[(a, Insn.NOP, Insn.MFLR)], [(b, Insn.NOP, Insn.CALL)]], [Barrier.ORDER]
-            ),
+            _hand(m, nopped, enabled, [[(a, Insn.NOP, Insn.MFLR)], [(b, Insn.NOP, Insn.CALL)]], [Barrier.ORDER]),
             "the 2019 race: nop -> mflr, then nop -> bl, no barrier",
         ),
         "b8-enable": Builtin(
@@ -505,9 +496,7 @@ def _builtins() -> dict[str, Builtin]:
         "reverse-disable": Builtin(
             m,
             enabled,
-            _hand(
-                m, enabled, nopped, [[(a, Insn.MFLR, Insn.NOP)], [(b, Insn.CALL, Insn.NOP)]], [Barrier.ORDER]
-            ),
+            _hand(m, enabled, nopped, [[(a, Insn.MFLR, Insn.NOP)], [(b, Insn.CALL, Insn.NOP)]], [Barrier.ORDER]),
             "mflr -> nop first, then bl -> nop",
         ),
         "mflr-first-enable-isync": Builtin(

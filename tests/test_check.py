@@ -111,9 +111,27 @@ def test_disable_without_a_barrier_is_unsafe_with_stale_fetch():
     assert check(plan([SiteRequest(M, E, N)], stale_fetch=True), tasks=3).safe
 
 
-def test_isync_after_the_rcu_wait_is_too_late():
-    p = _one(M, N, E, [[(Slot.A, Insn.NOP, Insn.MFLR)], [(Slot.B, Insn.NOP, Insn.CALL)]], [Barrier.RCU_TASKS])
-    assert not check(p, stale_fetch=True).safe  # only RCU between the writes; isync only at the end
+def test_isync_must_come_before_the_bl_write_not_only_at_the_end():
+    p = _one(
+        M,
+        N,
+        E,
+        [[(Slot.A, Insn.NOP, Insn.MFLR)], [(Slot.B, Insn.NOP, Insn.CALL)]],
+        [Barrier.RCU_TASKS],
+        settle=Barrier.ISYNC_RCU_TASKS,
+    )
+    assert check(p, stale_fetch=True).violation is Violation.STALE_R0_CALL
+
+
+def test_without_stale_fetch_tasks_see_writes_made_after_an_isync_barrier():
+    p = _one(
+        M,
+        E,
+        N,
+        [[(Slot.A, Insn.MFLR, Insn.B8)], [(Slot.A, Insn.B8, Insn.NOP)], [(Slot.B, Insn.CALL, Insn.NOP)]],
+        [Barrier.ISYNC_RCU_TASKS, Barrier.ORDER],
+    )
+    assert check(p, stale_fetch=False).violation is Violation.STALE_R0_CALL  # runs the new nop, then bl
 
 
 def test_cmodx_30_flags_patching_mflr():

@@ -142,14 +142,10 @@ class Plan:
             "mode": "runtime" if self.runtime else "offline",
             "stale_fetch": self.stale_fetch,
             "sites": [
-                {"variant": r.variant.value, "current": r.current.value, "target": r.target.value}
-                for r in self.sites
+                {"variant": r.variant.value, "current": r.current.value, "target": r.target.value} for r in self.sites
             ],
             "stages": [
-                [
-                    {"site": w.site, "slot": w.slot.value, "old": w.old.value, "new": w.new.value}
-                    for w in stage
-                ]
+                [{"site": w.site, "slot": w.slot.value, "old": w.old.value, "new": w.new.value} for w in stage]
                 for stage in self.stages
             ],
             "barriers": [b.value for b in self.barriers],
@@ -196,8 +192,7 @@ class Plan:
             sites=sites,
             stages=stages,
             barriers=tuple(
-                _enum(Barrier, b, f"barriers[{i}]")
-                for i, b in enumerate(_field(doc, "barriers", list, "plan"))
+                _enum(Barrier, b, f"barriers[{i}]") for i, b in enumerate(_field(doc, "barriers", list, "plan"))
             ),
             settle=None if settle is None else _enum(Barrier, settle, "settle"),
             route=_enum(Route, _field(doc, "route", str, "plan"), "route"),
@@ -258,9 +253,7 @@ def _validate(p: Plan) -> None:
                 raise ValueError(f"{where}: slot S may only swap std <-> nop")
             words = _SLOT_WORDS[w.slot]
             if w.old == w.new or w.old not in words or w.new not in words:
-                raise ValueError(
-                    f"{where}: {w.old.value} -> {w.new.value} is not a write to slot {w.slot.value}"
-                )
+                raise ValueError(f"{where}: {w.old.value} -> {w.new.value} is not a write to slot {w.slot.value}")
 
 
 # ---------------------------------------------------------------- planning one site
@@ -309,9 +302,7 @@ def _simple_paths(
     yield from walk(req.current, (), (req.current,))
 
 
-def _cost_path(
-    steps: tuple[Step, ...], states: tuple[SiteState, ...], runtime: bool, stale_fetch: bool
-) -> _SitePath:
+def _cost_path(steps: tuple[Step, ...], states: tuple[SiteState, ...], runtime: bool, stale_fetch: bool) -> _SitePath:
     """Place the barriers a path needs (see :class:`states.Step` for the rule) and whether it must settle."""
     if not runtime:
         return _SitePath(steps, (False,) * len(steps), False)
@@ -335,19 +326,14 @@ def _plan_site(req: SiteRequest, route: Route, cmodx: Cmodx, runtime: bool, stal
         if reason is not None:
             raise PlanRejected(reason)
     if req.target is SiteState.BROKEN:
-        raise PlanRejected(
-            f"{req.variant.value}: broken (nop; bl) runs bl with r0 not holding LR; never a target"
-        )
+        raise PlanRejected(f"{req.variant.value}: broken (nop; bl) runs bl with r0 not holding LR; never a target")
     if runtime and req.current is SiteState.BROKEN:
         raise PlanRejected(
             f"{req.variant.value}: the site is already broken (nop; bl): a CPU may be running bl with "
             "a stale r0 right now and no runtime plan can undo that; repair the file offline"
         )
     mflr_ok = not runtime or cmodx is Cmodx.V3_1
-    paths = [
-        _cost_path(steps, states, runtime, stale_fetch)
-        for steps, states in _simple_paths(req, route, mflr_ok)
-    ]
+    paths = [_cost_path(steps, states, runtime, stale_fetch) for steps, states in _simple_paths(req, route, mflr_ok)]
     if paths:
         return min(paths, key=lambda p: p.cost)
     raise PlanRejected(_why_no_path(req, route, mflr_ok))
@@ -398,9 +384,7 @@ def plan(
     return _plan_route(requests, route, cmodx, runtime, stale_fetch)
 
 
-def _plan_route(
-    requests: Sequence[SiteRequest], route: Route, cmodx: Cmodx, runtime: bool, stale_fetch: bool
-) -> Plan:
+def _plan_route(requests: Sequence[SiteRequest], route: Route, cmodx: Cmodx, runtime: bool, stale_fetch: bool) -> Plan:
     cache: dict[SiteRequest, _SitePath] = {}  # a kernel has ~40k sites but a handful of distinct requests
     paths: list[_SitePath] = []
     for i, req in enumerate(requests):
@@ -486,9 +470,7 @@ def render_text(p: Plan) -> str:
     for i, req in enumerate(p.sites):
         requests.setdefault(req, []).append(i)
     for req, idx in requests.items():
-        lines.append(
-            f"  {req.variant.value} {req.current.value} -> {req.target.value}: site(s) {_ranges(idx)}"
-        )
+        lines.append(f"  {req.variant.value} {req.current.value} -> {req.target.value}: site(s) {_ranges(idx)}")
     if not p.stages:
         lines.append("nothing to write: every site is already in its target state")
     for j, stage in enumerate(p.stages):
@@ -499,9 +481,7 @@ def render_text(p: Plan) -> str:
         for w in stage:
             groups.setdefault((w.slot, w.old, w.new), []).append(w.site)
         for (slot, old, new), sites in groups.items():
-            lines.append(
-                f"  {slot.value}: {old.value:>4} -> {new.value:<4}  site(s) {_ranges(sorted(sites))}"
-            )
+            lines.append(f"  {slot.value}: {old.value:>4} -> {new.value:<4}  site(s) {_ranges(sorted(sites))}")
     if p.settle is not None:
         lines.append(_barrier_text(p.settle).replace("barrier:", "settle:", 1))
     return "\n".join(lines) + "\n"

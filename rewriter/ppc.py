@@ -115,9 +115,7 @@ class Disassembler:
     def __init__(self, big_endian: bool) -> None:
         import capstone
 
-        mode = capstone.CS_MODE_64 | (
-            capstone.CS_MODE_BIG_ENDIAN if big_endian else capstone.CS_MODE_LITTLE_ENDIAN
-        )
+        mode = capstone.CS_MODE_64 | (capstone.CS_MODE_BIG_ENDIAN if big_endian else capstone.CS_MODE_LITTLE_ENDIAN)
         self._cs = capstone.Cs(capstone.CS_ARCH_PPC, mode)
         self._order = "big" if big_endian else "little"
 

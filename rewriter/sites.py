@@ -243,9 +243,7 @@ def _record_places(image: Image) -> tuple[np.ndarray, np.ndarray, int]:
     pfe_sec = image.section("__patchable_function_entries")
     pfe = np.zeros(0, np.uint64)
     if pfe_sec is not None and pfe_sec.type != S.SHT_NOBITS:
-        pfe = image.table(pfe_sec, S.addr_dtype(image.endian), "__patchable_function_entries").astype(
-            np.uint64
-        )
+        pfe = image.table(pfe_sec, S.addr_dtype(image.endian), "__patchable_function_entries").astype(np.uint64)
         pfe = pfe[pfe != 0] + np.uint64(4)
     zeroed = int(np.count_nonzero(raw == 0))
     return raw[raw != 0], pfe, zeroed
@@ -339,9 +337,7 @@ def _classify(
     keep = inside & (is_call | (state != _UNKNOWN))
     unmatched = cand[is_rec & ~keep]
     variants = np.where(is_patch, 2, np.where(std_variant, 1, 0))
-    return _build_sites(
-        image, text, funcs, cand, k, i, keep, is_call, is_rec, state, variants, fi, b_word
-    ), unmatched
+    return _build_sites(image, text, funcs, cand, k, i, keep, is_call, is_rec, state, variants, fi, b_word), unmatched
 
 
 _VARIANTS = (Variant.MPROFILE, Variant.MPROFILE_STD, Variant.PATCHABLE)

@@ -83,9 +83,7 @@ def scan(
     ],
     *,
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
-    output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="write here instead of stdout")
-    ] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write here instead of stdout")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="worker processes (default: all cores)")] = 0,
     mcount_addr: Annotated[
         str | None, typer.Option("--mcount-addr", help="address of _mcount, for a stripped image")

@@ -1,1 +1,3 @@
 """Imports every command module so that each registers its commands on ``rewriter.cli.app``."""
+
+from rewriter.cli import rewrite  # noqa: F401

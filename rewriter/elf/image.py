@@ -276,9 +276,7 @@ class Image:
     def words(self, sec: Section) -> np.ndarray:
         """The section's 32-bit words, in native byte order (instructions are 4-byte aligned)."""
         n = sec.size // 4
-        return np.frombuffer(self.data, S.word_dtype(self.endian), count=n, offset=sec.offset).astype(
-            np.uint32
-        )
+        return np.frombuffer(self.data, S.word_dtype(self.endian), count=n, offset=sec.offset).astype(np.uint32)
 
     def word_at(self, offset: int) -> int:
         self._check_range(offset, 4, "word")
@@ -288,9 +286,7 @@ class Image:
         if sec.type == S.SHT_NOBITS:
             raise self.error(f"{what} section {sec.name} has no data")
         if sec.size % dtype.itemsize:
-            raise self.error(
-                f"{what} section {sec.name} size {sec.size} is not a multiple of {dtype.itemsize}"
-            )
+            raise self.error(f"{what} section {sec.name} size {sec.size} is not a multiple of {dtype.itemsize}")
         return np.frombuffer(self.data, dtype, count=sec.size // dtype.itemsize, offset=sec.offset)
 
     # -- symbols and relocations ----------------------------------------------------------
@@ -328,11 +324,7 @@ class Image:
 
     def addr_of(self, offset: int) -> Addr:
         for sec in self.sections:
-            if (
-                sec.type != S.SHT_NOBITS
-                and sec.flags & S.SHF_ALLOC
-                and sec.offset <= offset < sec.offset + sec.size
-            ):
+            if sec.type != S.SHT_NOBITS and sec.flags & S.SHF_ALLOC and sec.offset <= offset < sec.offset + sec.size:
                 return Addr(sec.addr + offset - sec.offset)
         raise UnmappedAddress(f"{self.path}: file offset {offset:#x} is in no allocated section")
 

@@ -20,9 +20,7 @@ PLACE_SHIFT = 40  # sections are far smaller than 1 TiB
 
 
 def rel_place(shndx: np.ndarray | int, offset: np.ndarray | int) -> np.ndarray:
-    return (np.asarray(shndx, dtype=np.uint64) << np.uint64(PLACE_SHIFT)) | np.asarray(
-        offset, dtype=np.uint64
-    )
+    return (np.asarray(shndx, dtype=np.uint64) << np.uint64(PLACE_SHIFT)) | np.asarray(offset, dtype=np.uint64)
 
 
 def split_place(place: int) -> tuple[int, int]:

@@ -1,0 +1,159 @@
+"""`mcountrw apply`, `nop`, `undo`, `verify`: rewrite files, with a patch log, exact undo and verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rewriter.cli import BAD_INPUT, FINDINGS, app, fail, parse_int
+from rewriter.errors import RewriteError
+
+TARGETS = ("enabled", "disabled", "nopped")
+
+Image_ = Annotated[Path, typer.Argument(help="vmlinux, module (.ko[.xz|.gz|.zst]), object or executable")]
+Output = Annotated[Path | None, typer.Option("-o", "--output", help="where to write the rewritten file")]
+Only = Annotated[list[str] | None, typer.Option("--only", help="function name glob to select (repeatable)")]
+Exclude = Annotated[list[str] | None, typer.Option("--exclude", help="function name glob to leave alone (repeatable)")]
+Section = Annotated[list[str] | None, typer.Option("--section", help="select the sites of this section (repeatable)")]
+Addr = Annotated[list[str] | None, typer.Option("--addr", help="select the site with this call-slot address")]
+Route_ = Annotated[str | None, typer.Option("--route", help="mflr-first or b8 (default: fewer writes)")]
+Log_ = Annotated[Path | None, typer.Option("--log", help="patch log (default OUT.mcountrw.jsonl)")]
+Stages = Annotated[Path | None, typer.Option("--stage-images", help="write one complete ELF per plan stage here")]
+Drop = Annotated[bool, typer.Option("--drop-records", help="drop the records of sites whose call slot ends up nop")]
+Strip = Annotated[bool, typer.Option("--strip-signature", help="allow rewriting a signed module (drops the signature)")]
+Dry = Annotated[bool, typer.Option("--dry-run", help="plan, check and report; write nothing")]
+InPlace = Annotated[bool, typer.Option("--in-place", help="replace the input (atomically, once complete)")]
+Backup = Annotated[bool, typer.Option("--backup", help="with --in-place: keep the original as IMAGE.orig")]
+
+
+def _selection(only, exclude, section, addr):  # type: ignore[no-untyped-def]
+    from rewriter.patch import Selection
+
+    addrs = frozenset(parse_int(a, "--addr") or 0 for a in addr or [])
+    return Selection(tuple(only or ()), tuple(exclude or ()), tuple(section or ()), addrs)
+
+
+def _run_apply(image: Path, output: Path | None, target: str, **kw) -> None:  # type: ignore[no-untyped-def]
+    from rewriter.patch import Options
+    from rewriter.plan import Route
+    from rewriter.rewrite import apply_file
+    from rewriter.states import SiteState
+
+    if target not in TARGETS:
+        fail(f"--to: {target!r} is not one of {', '.join(TARGETS)}")
+    route = kw.pop("route")
+    if route is not None and route not in ("mflr-first", "b8"):
+        fail(f"--route: {route!r} is not mflr-first or b8")
+    options = Options(
+        SiteState(target),
+        Route(route) if route else None,
+        drop_records=kw.pop("drop_records"),
+        strip_signature=kw.pop("strip_signature"),
+    )
+    selection = _selection(kw.pop("only"), kw.pop("exclude"), kw.pop("section"), kw.pop("addr"))
+    try:
+        result = apply_file(image, output, selection, options, **kw)
+    except RewriteError as e:
+        fail(str(e))
+    r = result.rewrite
+    stages = len(r.plan.stages) if r.plan else 0
+    barriers = ", ".join(name for _, name in r.barriers) or "none"
+    writes = sum(1 for e in r.edits if type(e).__name__ == "WordWrite")
+    verb = "would change" if result.output is None else "changed"
+    typer.echo(
+        f"{image}: {verb} {len(r.sites)} sites to {target} ({r.unchanged} already {target}); "
+        f"{writes} word writes in {stages} stages, barriers: {barriers}; {len(r.edits) - writes} other edits",
+        err=True,
+    )
+    if result.output is not None:
+        typer.echo(f"wrote {result.output} and {result.log}", err=True)
+    for p in result.stage_images:
+        typer.echo(f"stage image {p}", err=True)
+
+
+@app.command()
+def apply(
+    image: Image_,
+    to: Annotated[str, typer.Option("--to", help="enabled, disabled or nopped")],
+    output: Output = None,
+    *,
+    only: Only = None,
+    exclude: Exclude = None,
+    section: Section = None,
+    addr: Addr = None,
+    route: Route_ = None,
+    log: Log_ = None,
+    stage_images: Stages = None,
+    drop_records: Drop = False,
+    strip_signature: Strip = False,
+    dry_run: Dry = False,
+    in_place: InPlace = False,
+    backup: Backup = False,
+) -> None:
+    """Move the selected sites to a state with a safe plan; compare-and-swap on every word."""
+    _run_apply(image, output, to, only=only, exclude=exclude, section=section, addr=addr, route=route,
+               log_path=log, stage_dir=stage_images, drop_records=drop_records, strip_signature=strip_signature,
+               dry_run=dry_run, in_place=in_place, backup=backup)  # fmt: skip
+
+
+@app.command()
+def nop(
+    image: Image_,
+    output: Output = None,
+    *,
+    only: Only = None,
+    exclude: Exclude = None,
+    section: Section = None,
+    addr: Addr = None,
+    log: Log_ = None,
+    stage_images: Stages = None,
+    drop_records: Drop = False,
+    strip_signature: Strip = False,
+    dry_run: Dry = False,
+    in_place: InPlace = False,
+    backup: Backup = False,
+) -> None:
+    """Offline pre-nopping: `apply --to nopped` (mflr and bl both become nop)."""
+    _run_apply(image, output, "nopped", only=only, exclude=exclude, section=section, addr=addr, route=None,
+               log_path=log, stage_dir=stage_images, drop_records=drop_records, strip_signature=strip_signature,
+               dry_run=dry_run, in_place=in_place, backup=backup)  # fmt: skip
+
+
+@app.command()
+def undo(
+    patched: Annotated[Path, typer.Argument(help="a file written by apply/nop")],
+    log: Annotated[Path, typer.Option("--log", help="its patch log")],
+    output: Output = None,
+    *,
+    in_place: InPlace = False,
+) -> None:
+    """Restore the exact original bytes (relocations, records and signature included)."""
+    from rewriter.rewrite import undo_file
+
+    try:
+        out, record = undo_file(patched, log, output, in_place)
+    except RewriteError as e:
+        fail(str(e))
+    typer.echo(f"wrote {out} (sha256 {record.input.sha256[:16]}..., the original)", err=True)
+
+
+@app.command()
+def verify(
+    original: Annotated[Path, typer.Argument(help="the file before the rewrite")],
+    patched: Annotated[Path, typer.Argument(help="the file after it")],
+    log: Annotated[Path, typer.Option("--log", help="the patch log")],
+) -> None:
+    """Exit 0 iff the byte difference is exactly what the log says; 1 otherwise."""
+    from rewriter.rewrite import verify_files
+
+    try:
+        verdict = verify_files(original, patched, log)
+    except RewriteError as e:
+        fail(str(e))
+    typer.echo(("ok: " if verdict.ok else "MISMATCH: ") + verdict.reason)
+    raise typer.Exit(0 if verdict.ok else FINDINGS)
+
+
+__all__ = ["BAD_INPUT"]

@@ -1,0 +1,274 @@
+"""The patch log: JSON Lines, enough to undo and to verify a rewrite.
+
+Line 1 is a header (tool version, input and output sha256, image kind, the plan); then one line
+per edit in the order it was applied (``write``, ``bytes``, ``rela``, ``truncate``) with a
+``barrier`` line between the stages of the plan; the last line is a footer that counts the lines
+and carries the sha256 of everything before it, so a truncated or edited log is refused.
+
+Keys are sorted and numbers that are words or addresses are hex strings, so logs diff well and
+the same inputs always give the same log (there are no timestamps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from rewriter.edits import BytesEdit, Edit, RelaEdit, Truncate, WordWrite
+from rewriter.errors import LogError
+
+FORMAT: Final = "mcountrw-log"
+VERSION: Final = 1
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """A file as it is on disk (``sha256``, ``size``) and as mcountrw edits it (``content_sha256``:
+    after decompression; the same as ``sha256`` for an uncompressed file)."""
+
+    path: str
+    sha256: str
+    size: int
+    content_sha256: str
+    compression: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "size": self.size,
+            "content_sha256": self.content_sha256,
+            "compression": self.compression,
+        }
+
+
+@dataclass(frozen=True)
+class Log:
+    tool: str
+    kind: str
+    byteorder: str
+    input: FileFacts
+    output: FileFacts
+    target: str
+    plan: dict[str, Any] | None
+    edits: tuple[Edit, ...]
+    barriers: tuple[tuple[int, str], ...]  # (after stage, name)
+    summary: dict[str, Any]
+
+
+def _hex(n: int | None) -> str | None:
+    return None if n is None else f"{n:#x}"
+
+
+def _edit_json(e: Edit, disasm: Any) -> dict[str, Any]:
+    if isinstance(e, WordWrite):
+        return {
+            "type": "write",
+            "stage": e.stage,
+            "address": _hex(e.addr),
+            "offset": _hex(e.offset),
+            "section": e.section,
+            "section_offset": _hex(e.section_offset),
+            "function": e.function,
+            "slot": e.slot,
+            "old": f"{e.old:08x}",
+            "new": f"{e.new:08x}",
+            "old_asm": disasm(e.old, e.addr),
+            "new_asm": disasm(e.new, e.addr),
+            "state_before": e.state_before,
+            "state_after": e.state_after,
+        }
+    if isinstance(e, BytesEdit):
+        return {"type": "bytes", "offset": _hex(e.offset), "old": e.old.hex(), "new": e.new.hex(), "why": e.why}
+    if isinstance(e, RelaEdit):
+        return {
+            "type": "rela",
+            "section": e.section,
+            "offset": _hex(e.offset),
+            "size": e.size,
+            "entsize": e.entsize,
+            "removed": list(e.removed),
+            "entries": [x.hex() for x in e.entries],
+            "keep": e.keep,
+            "why": e.why,
+        }
+    return {"type": "truncate", "size": e.size, "tail": e.tail.hex(), "why": e.why}
+
+
+def dumps(log: Log, disasm: Any) -> str:
+    """The log as text. ``disasm(word, addr) -> str`` prints a word (capstone-style)."""
+    header = {
+        "type": "header",
+        "format": FORMAT,
+        "version": VERSION,
+        "tool": log.tool,
+        "kind": log.kind,
+        "byteorder": log.byteorder,
+        "input": log.input.to_json(),
+        "output": log.output.to_json(),
+        "target": log.target,
+        "plan": log.plan,
+        "summary": log.summary,
+    }
+    lines = [json.dumps(header, sort_keys=True)]
+    barrier_after = dict(log.barriers)
+    stage = 0
+    quote = _Quoter()
+    for e in log.edits:
+        if isinstance(e, WordWrite):
+            while e.stage > stage:
+                if stage in barrier_after:
+                    lines.append(json.dumps({"type": "barrier", "after_stage": stage, "name": barrier_after[stage]}))
+                stage += 1
+            lines.append(_write_line(e, disasm, quote))
+        else:
+            lines.append(json.dumps(_edit_json(e, disasm), sort_keys=True))
+    body = "".join(line + "\n" for line in lines)
+    footer = {"type": "footer", "lines": len(lines), "sha256": hashlib.sha256(body.encode()).hexdigest()}
+    return body + json.dumps(footer, sort_keys=True) + "\n"
+
+
+class _Quoter:
+    """json.dumps of the few distinct strings (functions, sections, mnemonics), once each."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str | None, str] = {}
+
+    def __call__(self, text: str | None) -> str:
+        q = self.cache.get(text)
+        if q is None:
+            q = self.cache[text] = json.dumps(text)
+        return q
+
+
+def _write_line(e: WordWrite, disasm: Any, q: _Quoter) -> str:
+    """The same JSON object as ``_edit_json`` gives, keys sorted, formatted without a dict:
+    a vmlinux rewrite logs 67,380 of these and json.dumps per line would double its run time."""
+    addr = "null" if e.addr is None else f'"{e.addr:#x}"'
+    return (
+        f'{{"address": {addr}, "function": {q(e.function)}, "new": "{e.new:08x}", '
+        f'"new_asm": {q(disasm(e.new, e.addr))}, "offset": "{e.offset:#x}", "old": "{e.old:08x}", '
+        f'"old_asm": {q(disasm(e.old, e.addr))}, "section": {q(e.section)}, '
+        f'"section_offset": "{e.section_offset:#x}", "slot": {q(e.slot)}, "stage": {e.stage}, '
+        f'"state_after": {q(e.state_after)}, "state_before": {q(e.state_before)}, "type": "write"}}'
+    )
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+def load(path: Path) -> Log:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise LogError(f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise LogError(f"{path}: not a patch log (not text)") from None
+    return loads(text, str(path))
+
+
+def loads(text: str, name: str) -> Log:
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        raise LogError(f"{name}: empty patch log")
+    records = [_json_line(line, name, n + 1) for n, line in enumerate(lines)]
+    header, footer = records[0], records[-1]
+    if header.get("type") != "header" or header.get("format") != FORMAT:
+        raise LogError(f"{name}: not an mcountrw patch log (no header)")
+    if header.get("version") != VERSION:
+        raise LogError(f"{name}: patch log version {header.get('version')!r}, this mcountrw reads {VERSION}")
+    if footer.get("type") != "footer":
+        raise LogError(f"{name}: truncated patch log (no footer)")
+    body = "".join(lines[:-1])
+    if footer.get("lines") != len(lines) - 1 or footer.get("sha256") != hashlib.sha256(body.encode()).hexdigest():
+        raise LogError(f"{name}: patch log was edited or truncated (footer checksum does not match)")
+    edits: list[Edit] = []
+    barriers: list[tuple[int, str]] = []
+    for n, rec in enumerate(records[1:-1], start=2):
+        try:
+            if rec.get("type") == "barrier":
+                barriers.append((int(rec["after_stage"]), str(rec["name"])))
+            else:
+                edits.append(_edit_from(rec))
+        except (KeyError, TypeError, ValueError) as e:
+            raise LogError(f"{name}:{n}: malformed {rec.get('type', 'record')} record ({e})") from None
+    try:
+        return Log(
+            tool=str(header["tool"]),
+            kind=str(header["kind"]),
+            byteorder=_byteorder(header["byteorder"]),
+            input=_facts(header["input"]),
+            output=_facts(header["output"]),
+            target=str(header["target"]),
+            plan=header.get("plan"),
+            edits=tuple(edits),
+            barriers=tuple(barriers),
+            summary=dict(header.get("summary") or {}),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise LogError(f"{name}:1: malformed header ({e})") from None
+
+
+def _json_line(line: str, name: str, n: int) -> dict[str, Any]:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        raise LogError(f"{name}:{n}: not JSON (truncated or edited patch log?)") from None
+    if not isinstance(rec, dict):
+        raise LogError(f"{name}:{n}: not a log record")
+    return rec
+
+
+def _byteorder(value: Any) -> str:
+    if value not in ("little", "big"):
+        raise ValueError(f"byteorder {value!r}")
+    return str(value)
+
+
+def _facts(d: dict[str, Any]) -> FileFacts:
+    return FileFacts(str(d["path"]), str(d["sha256"]), int(d["size"]), str(d["content_sha256"]), str(d["compression"]))
+
+
+def _int(value: Any) -> int:
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def _edit_from(rec: dict[str, Any]) -> Edit:
+    kind = rec["type"]
+    if kind == "write":
+        return WordWrite(
+            stage=int(rec["stage"]),
+            offset=_int(rec["offset"]),
+            addr=None if rec["address"] is None else _int(rec["address"]),
+            section=str(rec["section"]),
+            section_offset=_int(rec["section_offset"]),
+            function=rec["function"],
+            slot=str(rec["slot"]),
+            old=int(rec["old"], 16),
+            new=int(rec["new"], 16),
+            state_before=str(rec["state_before"]),
+            state_after=str(rec["state_after"]),
+        )
+    if kind == "bytes":
+        return BytesEdit(_int(rec["offset"]), bytes.fromhex(rec["old"]), bytes.fromhex(rec["new"]), str(rec["why"]))
+    if kind == "rela":
+        entries = tuple(bytes.fromhex(x) for x in rec["entries"])
+        removed = tuple(int(i) for i in rec["removed"])
+        if len(entries) != len(removed) or list(removed) != sorted(set(removed)):
+            raise ValueError("removed indexes and entries do not pair up")
+        keep = rec["keep"]
+        return RelaEdit(
+            str(rec["section"]), _int(rec["offset"]), int(rec["size"]), int(rec["entsize"]), removed, entries,
+            None if keep is None else int(keep), str(rec["why"]),
+        )  # fmt: skip
+    if kind == "truncate":
+        return Truncate(int(rec["size"]), bytes.fromhex(rec["tail"]), str(rec["why"]))
+    raise ValueError(f"unknown record type {kind!r}")
+
+
+def word_writes(edits: Sequence[Edit]) -> list[WordWrite]:
+    return [e for e in edits if isinstance(e, WordWrite)]

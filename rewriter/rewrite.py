@@ -1,0 +1,263 @@
+"""Rewriting files: apply, undo and verify, with the patch log, stage images and atomic output.
+
+This is the only module besides ``elf.writer`` that writes files. Order of writes, so that a run
+killed at any moment leaves nothing half-done: everything is computed and checked in memory
+(the new image is re-scanned and must show the planned states), then the log is written, then
+the output, each atomically (temporary file, fsync, rename). The input is never opened for
+writing; ``--in-place`` replaces it by rename only once the new file is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rewriter import __version__, ppc
+from rewriter.edits import apply_edits, invert_edits
+from rewriter.elf.compress import Compression, compress
+from rewriter.elf.image import Image
+from rewriter.elf.writer import atomic_write
+from rewriter.errors import LogError, OutputError, RewriteError
+from rewriter.log import FileFacts, Log, dumps, load
+from rewriter.patch import Options, Rewrite, Selection, rewrite
+from rewriter.ppc import Disassembler, describe, is_b, is_bl
+from rewriter.sites import Scan, scan
+from rewriter.states import STATE_SLOTS, Insn, SiteState, Slot, insn_kind, state_of, word_for
+
+LOG_SUFFIX = ".mcountrw.jsonl"
+
+
+def default_log_path(output: Path) -> Path:
+    return output.with_name(output.name + LOG_SUFFIX)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    input: Path
+    output: Path | None
+    log: Path | None
+    rewrite: Rewrite
+    scan: Scan
+    stage_images: tuple[Path, ...]
+
+
+def _sha256(data: bytes | bytearray | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _on_disk(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise RewriteError(f"{path}: {e.strerror}") from None
+
+
+def check_output_path(input_path: Path, output: Path | None, in_place: bool) -> Path:
+    if in_place:
+        if output is not None and output.resolve() != input_path.resolve():
+            raise OutputError(f"{output}: --in-place writes the input; do not also give -o")
+        return input_path
+    if output is None:
+        raise OutputError(f"{input_path}: no output: give -o OUT, --in-place or --dry-run")
+    if output.exists() and output.resolve() == input_path.resolve():
+        raise OutputError(f"{output}: output is the input; use --in-place to rewrite it")
+    if output.is_dir():
+        raise OutputError(f"{output}: is a directory")
+    return output
+
+
+def apply_file(
+    path: Path,
+    output: Path | None,
+    selection: Selection,
+    options: Options,
+    *,
+    log_path: Path | None = None,
+    stage_dir: Path | None = None,
+    dry_run: bool = False,
+    in_place: bool = False,
+    backup: bool = False,
+) -> ApplyResult:
+    out = None if dry_run else check_output_path(path, output, in_place)
+    image = Image.load(path)
+    before = scan(image)
+    result = rewrite(image, before, selection, options)
+    check_states(result.content, image, result, options.target)
+    if dry_run or out is None:
+        return ApplyResult(path, None, None, result, before, ())
+    raw = _on_disk(path)
+    new_raw = (
+        compress(result.content, image.compression) if image.compression is not Compression.NONE else result.content
+    )
+    log = log_path or default_log_path(out)
+    stage_paths = _write_stage_images(stage_dir, path, result) if stage_dir else ()
+    text = render_log(image, path, raw, out, new_raw, result, options)
+    atomic_write(log, text.encode(), 0o644)
+    if in_place and backup:
+        atomic_write(path.with_name(path.name + ".orig"), raw)
+    atomic_write(out, new_raw, path.stat().st_mode & 0o7777)
+    written = _on_disk(out)
+    if written != new_raw:
+        raise OutputError(f"{out}: read back differs from what was written")
+    check_states(_content(out, written)[0], image, result, options.target)
+    return ApplyResult(path, out, log, result, before, stage_paths)
+
+
+def check_states(content: bytes, image: Image, result: Rewrite, target: SiteState) -> None:
+    """Read every changed site back from ``content``: its slots must now hold the target state.
+
+    This reads the words themselves rather than re-running the scanner, because a pre-nopped site
+    whose records were dropped, in a function with no symbol, is invisible to a scan."""
+    if not result.sites:
+        return
+    want_a, want_b = STATE_SLOTS[target]
+    b_off = np.array([s.file_offset for s in result.sites], dtype=np.int64)
+    a_off = b_off + np.array([s.slot_delta(Slot.A) for s in result.sites], dtype=np.int64)
+    dt = np.dtype("<u4" if image.byteorder == "little" else ">u4")
+    raw = np.frombuffer(content, np.uint8)
+    a_words = raw[a_off[:, None] + np.arange(4)].copy().view(dt).ravel()
+    b_words = raw[b_off[:, None] + np.arange(4)].copy().view(dt).ravel()
+    ok_a = a_words == word_for(want_a, 0, 0)
+    ok_b = ppc.bl_mask(b_words.astype(np.uint32)) if want_b is Insn.CALL else b_words == word_for(want_b, 0, 0)
+    bad = np.flatnonzero(~(ok_a & ok_b))
+    if len(bad):
+        site = result.sites[int(bad[0])]
+        a = insn_kind(int(a_words[bad[0]]), False)
+        b = insn_kind(int(b_words[bad[0]]), True)
+        found = state_of(a, b).value
+        raise RewriteError(
+            f"{site.place} ({site.function or '?'}): read back {found}, planned {target.value} "
+            f"({len(bad)} sites differ)"
+        )
+
+
+def _write_stage_images(directory: Path, path: Path, result: Rewrite) -> tuple[Path, ...]:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{directory}: {e.strerror}") from None
+    out = []
+    for i, content in enumerate(result.stages, start=1):
+        p = directory / f"{path.name}.stage{i}"
+        atomic_write(p, content, path.stat().st_mode & 0o7777)
+        out.append(p)
+    return tuple(out)
+
+
+def render_log(
+    image: Image, path: Path, raw: bytes, out: Path, new_raw: bytes, result: Rewrite, options: Options
+) -> str:
+    dis = _Printer(Disassembler(image.big_endian))
+    p = result.plan
+    plan_summary = None
+    if p is not None:
+        plan_summary = {
+            "route": p.route.value,
+            "cmodx": p.cmodx.value,
+            "mode": "runtime" if p.runtime else "offline",
+            "stages": len(p.stages),
+            "barriers": [b.value for b in p.barriers],
+            "settle": None if p.settle is None else p.settle.value,
+            "writes": p.num_writes,
+        }
+    log = Log(
+        tool=f"mcountrw {__version__}",
+        kind=image.kind.value,
+        byteorder=image.byteorder,
+        input=_facts(path, raw, image.data, image.compression),
+        output=_facts(out, new_raw, result.content, image.compression),
+        target=options.target.value,
+        plan=plan_summary,
+        edits=result.edits,
+        barriers=result.barriers,
+        summary={
+            "sites_changed": len(result.sites),
+            "sites_already_at_target": result.unchanged,
+            "drop_records": options.drop_records,
+            "strip_signature": options.strip_signature,
+        },
+    )
+    return dumps(log, dis)
+
+
+def _facts(path: Path, raw: bytes, content: bytes | object, compression: Compression) -> FileFacts:
+    sha = _sha256(raw)
+    content_sha = sha if compression is Compression.NONE else _sha256(content)  # type: ignore[arg-type]
+    return FileFacts(str(path), sha, len(raw), content_sha, compression.value)
+
+
+class _Printer:
+    """capstone text for each word; branch words are formatted like capstone prints them (checked
+    in tests) because a capstone call per ``bl`` would cost more than the rest of a vmlinux rewrite."""
+
+    def __init__(self, dis: Disassembler) -> None:
+        self.dis = dis
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, word: int, addr: int | None) -> str:
+        if is_bl(word) or is_b(word):
+            from rewriter.ppc import branch_target
+
+            return f"{describe(word)} {branch_target(addr or 0, word):#x}"
+        text = self.cache.get(word)
+        if text is None:
+            text = self.cache[word] = self.dis.text(word)
+        return text
+
+
+# -- undo and verify ------------------------------------------------------------------------
+
+
+def _content(path: Path, raw: bytes) -> tuple[bytes, Compression]:
+    from rewriter.elf.compress import decompress, detect_compression
+
+    kind = detect_compression(raw[:8])
+    return (decompress(path, raw, kind) if kind is not Compression.NONE else raw), kind
+
+
+def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> tuple[Path, Log]:
+    """Restore the original bytes. Refuses a log made for another file."""
+    log = load(log_path)
+    out = check_output_path(patched, output, in_place)
+    raw = _on_disk(patched)
+    if _sha256(raw) != log.output.sha256:
+        content, kind = _content(patched, raw)
+        if _sha256(content) != log.output.content_sha256:
+            raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output)")
+    content, kind = _content(patched, raw)
+    original = bytes(invert_edits(bytearray(content), log.edits, log.byteorder))
+    if _sha256(original) != log.input.content_sha256:
+        raise LogError(f"{log_path}: undo does not give back the original (sha256 mismatch); log and file disagree")
+    new_raw = compress(original, kind) if kind is not Compression.NONE else original
+    atomic_write(out, new_raw, patched.stat().st_mode & 0o7777)
+    return out, log
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str
+
+
+def verify_files(original: Path, patched: Path, log_path: Path) -> Verdict:
+    """Exit 0 iff the byte difference between the two files is exactly what the log says."""
+    log = load(log_path)
+    orig, _ = _content(original, _on_disk(original))
+    got, _ = _content(patched, _on_disk(patched))
+    if _sha256(orig) != log.input.content_sha256:
+        return Verdict(False, f"{original} is not the file this log was made from (sha256 differs)")
+    try:
+        expected = bytes(apply_edits(bytearray(orig), log.edits, log.byteorder))
+    except RewriteError as e:
+        return Verdict(False, f"replaying the log on {original} fails: {e}")
+    if expected == got:
+        return Verdict(True, f"{patched} differs from {original} exactly as {log_path} says ({len(log.edits)} edits)")
+    if len(expected) != len(got):
+        return Verdict(False, f"{patched}: size {len(got)}, the log says {len(expected)}")
+    import numpy as np
+
+    first = int(np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(expected, np.uint8))[0])
+    return Verdict(False, f"{patched}: offset {first:#x} holds {got[first]:02x}, the log says {expected[first]:02x}")

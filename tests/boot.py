@@ -31,9 +31,7 @@ KERNEL_RELEASE: Final = "6.1.0-50-powerpc64le"
 # Verified on the unmodified corpus vmlinux: the root-fs panic prints "Dumping ftrace buffer:" with
 # one `do_one_initcall <-kernel_init_freeable` line per initcall (~540). The filter keeps the ring
 # buffer, and so the dump, small; without it the dump would be the whole boot.
-STANDARD_APPEND: Final = (
-    "console=hvc0 panic=-1 ftrace=function ftrace_filter=do_one_initcall ftrace_dump_on_oops"
-)
+STANDARD_APPEND: Final = "console=hvc0 panic=-1 ftrace=function ftrace_filter=do_one_initcall ftrace_dump_on_oops"
 
 QEMU: Final = "qemu-system-ppc64"
 # x-vof=on: qemu's built-in Virtual Open Firmware boots `-kernel vmlinux` directly (no SLOF), which is
@@ -270,9 +268,7 @@ def make_initramfs(out: Path, busybox: Path, modules: list[Path], script: str) -
     entries += [(f"bin/{a}", _S_IFLNK | 0o777, b"busybox", (0, 0)) for a in APPLETS]
     entries += [(f"modules/{m.name}", _S_IFREG | 0o644, m.read_bytes(), (0, 0)) for m in modules]
     entries.append(("init", _S_IFREG | 0o755, script.encode(), (0, 0)))
-    blob = b"".join(
-        _cpio_entry(i + 1, name, mode, data, rdev) for i, (name, mode, data, rdev) in enumerate(entries)
-    )
+    blob = b"".join(_cpio_entry(i + 1, name, mode, data, rdev) for i, (name, mode, data, rdev) in enumerate(entries))
     blob += _cpio_entry(0, "TRAILER!!!", 0)
     out.write_bytes(blob)
     return out
@@ -289,9 +285,7 @@ def module_load_script(module_names: list[str], extra: str = "", aff_grep: str |
     (`nop`) so poweroff isn't slowed by tracing every function under TCG.
     `extra` is shell run after the tracer step, before poweroff.
     """
-    insmods = "\n".join(
-        f'insmod /modules/{shlex.quote(n)}.ko; echo "MCOUNTRW-INSMOD {n} rc=$?"' for n in module_names
-    )
+    insmods = "\n".join(f'insmod /modules/{shlex.quote(n)}.ko; echo "MCOUNTRW-INSMOD {n} rc=$?"' for n in module_names)
     aff_filter = "" if aff_grep is None else f" | grep -F -e {shlex.quote(aff_grep)}"
     return f"""#!/bin/sh
 mount -t proc proc /proc

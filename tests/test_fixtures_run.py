@@ -114,8 +114,6 @@ def test_build_script_reproduces_committed_binaries_byte_for_byte(tmp_path: Path
 
     rebuilt = {f"bin/{p.name}" for p in out.iterdir()}
     assert rebuilt == set(BINARIES)
-    differing = [
-        p for p in sorted(BINARIES) if (out / Path(p).name).read_bytes() != (FIXTURES / p).read_bytes()
-    ]
+    differing = [p for p in sorted(BINARIES) if (out / Path(p).name).read_bytes() != (FIXTURES / p).read_bytes()]
     assert differing == []
     assert (tmp_path / "manifest.json").read_text() == (FIXTURES / "manifest.json").read_text()

@@ -14,17 +14,13 @@ ENDIANS = [("little", keystone.KS_MODE_LITTLE_ENDIAN), ("big", keystone.KS_MODE_
 
 
 def assemble(text: str, addr: int, order: str) -> int:
-    mode = keystone.KS_MODE_PPC64 | (
-        keystone.KS_MODE_BIG_ENDIAN if order == "big" else keystone.KS_MODE_LITTLE_ENDIAN
-    )
+    mode = keystone.KS_MODE_PPC64 | (keystone.KS_MODE_BIG_ENDIAN if order == "big" else keystone.KS_MODE_LITTLE_ENDIAN)
     encoding, _ = keystone.Ks(keystone.KS_ARCH_PPC, mode).asm(text, addr)
     return int.from_bytes(bytes(encoding), order)
 
 
 def disassemble(word: int, addr: int, order: str) -> str:
-    mode = capstone.CS_MODE_64 | (
-        capstone.CS_MODE_BIG_ENDIAN if order == "big" else capstone.CS_MODE_LITTLE_ENDIAN
-    )
+    mode = capstone.CS_MODE_64 | (capstone.CS_MODE_BIG_ENDIAN if order == "big" else capstone.CS_MODE_LITTLE_ENDIAN)
     insn = next(capstone.Cs(capstone.CS_ARCH_PPC, mode).disasm(word.to_bytes(4, order), addr, 1))
     return f"{insn.mnemonic} {insn.op_str}".strip()
 

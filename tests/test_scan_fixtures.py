@@ -15,18 +15,14 @@ BINARIES = sorted(p.name for p in (FIXTURES / "bin").iterdir())
 
 
 def _expected(entry: dict, linked: bool) -> set[tuple]:
-    return {
-        (int(s["slot_addr"], 16), s["function"], s["variant"], s["state"], s["recorded"])
-        for s in entry["sites"]
-    }
+    return {(int(s["slot_addr"], 16), s["function"], s["variant"], s["state"], s["recorded"]) for s in entry["sites"]}
 
 
 def _found(path: Path) -> tuple[set[tuple], object]:
     result = scan(Image.load(path))
     linked = result.kind.value in ("executable", "vmlinux")
     got = {
-        (s.addr if linked else s.offset, s.function, s.variant.value, s.state.value, s.recorded)
-        for s in result.sites
+        (s.addr if linked else s.offset, s.function, s.variant.value, s.state.value, s.recorded) for s in result.sites
     }
     return got, result
 

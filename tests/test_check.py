@@ -134,6 +134,13 @@ def test_without_stale_fetch_tasks_see_writes_made_after_an_isync_barrier():
     assert check(p, stale_fetch=False).violation is Violation.STALE_R0_CALL  # runs the new nop, then bl
 
 
+def test_an_isync_barrier_does_not_give_coherent_tasks_stale_fetches():
+    p = _one(
+        M, N, E, [[(Slot.A, Insn.NOP, Insn.MFLR)], [(Slot.B, Insn.NOP, Insn.CALL)]], [Barrier.ISYNC_RCU_TASKS]
+    )
+    assert check(p, stale_fetch=False, tasks=3).safe
+
+
 def test_cmodx_30_flags_patching_mflr():
     result = check(BUILTINS["mflr-first-enable"].plan, cmodx=Cmodx.V3_0)
     assert result.violation is Violation.CMODX

@@ -337,6 +337,8 @@ def _drop_linked_records(image: Image, tables: _RelaTables, sites: Sequence[Site
     rows = tables.current(rela)
     relative = S.r_type(rows["r_info"]) == S.R_PPC64_RELATIVE
     moved = np.flatnonzero(relative & np.isin(rows["r_offset"], entry_addrs))
+    if not len(moved):
+        return edits  # a static executable: its __mcount_loc holds link-time addresses, no relocation
     # reloc_64.S walks DT_RELACOUNT entries (before 6.0) or all DT_RELASZ bytes (6.0 and later,
     # RELATIVE and UADDR64), rewriting each target whatever it holds. Moving the entries past the
     # end of the table and lowering both keeps either walk away from them.

@@ -10,8 +10,10 @@ Strategy:
 3. Read the *records* the kernel will patch from: ``__start_mcount_loc..__stop_mcount_loc`` or
    ``__mcount_loc`` (linked), ``.rela__mcount_loc`` (relocatable), and
    ``__patchable_function_entries`` (both; it points at the first nop, the call slot is next).
-4. A site is a call slot, a recorded place whose slots hold a known state, or a function entry
-   holding ``nop; nop`` or ``b +8; nop``: what a pre-nopped image with dropped records leaves.
+4. A site is a call slot, or a recorded place whose slots hold a known state. A site that was
+   pre-nopped *and* lost its record is not findable from the file alone, and is not guessed at:
+   real code starts with ``nop; nop`` often enough (linker-relaxed TOC loads in every static
+   glibc function, ``do_uaccess_flush`` in vmlinux). Its patch log still names it.
 5. Classify each site by the words in its slots (``states.state_of``) and by where it sits
    relative to its function's local entry point (gcc 5's ``mflr; std; bl`` has the call slot at
    LEP + 8, gcc >= 6's at LEP + 4).
@@ -314,10 +316,7 @@ def _classify(
 ) -> tuple[tuple[Site, ...], np.ndarray]:
     """Sites, and the record places that turned out to be no site."""
     recorded = np.union1d(mcount_recs, patch_recs)
-    # Real kernels have functions that start with two nops of their own (do_uaccess_flush,
-    # write_ciabr in 6.1), so entry patterns only count where records were dropped.
-    entry = _entry_candidates(text, funcs) if zeroed else np.zeros(0, np.uint64)
-    cand = np.union1d(np.union1d(calls, recorded), entry)
+    cand = np.union1d(calls, recorded)
     k, i = text.locate(cand)
     is_call = np.isin(cand, calls)
     is_rec = np.isin(cand, recorded)
@@ -396,15 +395,6 @@ def _build_sites(
             )
         )
     return tuple(sites)
-
-
-def _entry_candidates(text: _Text, funcs: Functions) -> np.ndarray:
-    """Call slots of functions whose entry holds ``nop; nop`` or ``b +8; nop``: sites that were
-    pre-nopped and whose records were dropped, so neither a call nor a record points at them."""
-    k, i = text.locate(funcs.lep)
-    a, b = text.words_at(k, i), text.words_at(k, i + 1)
-    hit = (k >= 0) & (b == ppc.NOP) & ((a == ppc.NOP) | (a == ppc.B_PLUS_8))
-    return funcs.lep[hit] + np.uint64(4)
 
 
 def _section_base(image: Image, sec: Section) -> int:

@@ -133,7 +133,7 @@ def dumps(log: Log, disasm: Any) -> str:
 
 
 class _Quoter:
-    """json.dumps of the few distinct strings (functions, sections, mnemonics), once each."""
+    """JSON string literals of the few distinct strings (functions, sections, states), made once each."""
 
     def __init__(self) -> None:
         self.cache: dict[str | None, str] = {}
@@ -147,14 +147,15 @@ class _Quoter:
 
 def _write_line(e: WordWrite, disasm: Any, q: _Quoter) -> str:
     """The same JSON object as ``_edit_json`` gives, keys sorted, formatted without a dict:
-    a vmlinux rewrite logs 67,380 of these and json.dumps per line would double its run time."""
+    a vmlinux rewrite logs 67,380 of these and json.dumps per line would double its run time.
+    ``disasm`` returns plain ASCII mnemonics and operands, which need no escaping."""
     addr = "null" if e.addr is None else f'"{e.addr:#x}"'
     return (
         f'{{"address": {addr}, "function": {q(e.function)}, "new": "{e.new:08x}", '
-        f'"new_asm": {q(disasm(e.new, e.addr))}, "offset": "{e.offset:#x}", "old": "{e.old:08x}", '
-        f'"old_asm": {q(disasm(e.old, e.addr))}, "section": {q(e.section)}, '
-        f'"section_offset": "{e.section_offset:#x}", "slot": {q(e.slot)}, "stage": {e.stage}, '
-        f'"state_after": {q(e.state_after)}, "state_before": {q(e.state_before)}, "type": "write"}}'
+        f'"new_asm": "{disasm(e.new, e.addr)}", "offset": "{e.offset:#x}", "old": "{e.old:08x}", '
+        f'"old_asm": "{disasm(e.old, e.addr)}", "section": {q(e.section)}, '
+        f'"section_offset": "{e.section_offset:#x}", "slot": "{e.slot}", "stage": {e.stage}, '
+        f'"state_after": "{e.state_after}", "state_before": "{e.state_before}", "type": "write"}}'
     )
 
 

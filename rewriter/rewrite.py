@@ -23,7 +23,7 @@ from rewriter.elf.writer import atomic_write
 from rewriter.errors import LogError, OutputError, RewriteError
 from rewriter.log import FileFacts, Log, dumps, load
 from rewriter.patch import Options, Rewrite, Selection, rewrite
-from rewriter.ppc import Disassembler, describe, is_b, is_bl
+from rewriter.ppc import Disassembler, branch_target, describe, is_b, is_bl
 from rewriter.sites import Scan, scan
 from rewriter.states import STATE_SLOTS, Insn, SiteState, Slot, insn_kind, state_of, word_for
 
@@ -198,13 +198,12 @@ class _Printer:
         self.cache: dict[int, str] = {}
 
     def __call__(self, word: int, addr: int | None) -> str:
-        if is_bl(word) or is_b(word):
-            from rewriter.ppc import branch_target
-
-            return f"{describe(word)} {branch_target(addr or 0, word):#x}"
         text = self.cache.get(word)
-        if text is None:
-            text = self.cache[word] = self.dis.text(word)
+        if text is not None:
+            return text
+        if is_bl(word) or is_b(word):
+            return f"{describe(word)} {branch_target(addr or 0, word):#x}"
+        text = self.cache[word] = self.dis.text(word)
         return text
 
 

@@ -1,3 +1,3 @@
 """Imports every command module so that each registers its commands on ``rewriter.cli.app``."""
 
-from rewriter.cli import rewrite  # noqa: F401
+from rewriter.cli import plans, rewrite  # noqa: F401

@@ -1,0 +1,119 @@
+"""The command line contract: exit codes 0 / 1 findings / 2 bad input, one-line errors, outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES
+
+PROF = FIXTURES / "bin" / "prof-le"
+
+
+def mcountrw(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rewriter", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mcountrw: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for w in words:
+        assert w in lines[0]
+
+
+def test_scan_table_json_and_csv_agree() -> None:
+    table = mcountrw("scan", str(PROF))
+    data = json.loads(mcountrw("scan", "--format", "json", str(PROF)).stdout)
+    csv = mcountrw("scan", "--format", "csv", str(PROF)).stdout.splitlines()
+    assert table.returncode == 0 and "6 sites (6 enabled)" in table.stdout
+    assert len(data["images"][0]["sites"]) == 6 == len(csv) - 1
+    assert csv[0] == "path,address,section,offset,function,variant,state,recorded"
+
+
+def test_scan_of_a_directory_reports_bad_files_and_scans_the_rest(tmp_path: Path) -> None:
+    (tmp_path / "good.o").write_bytes((FIXTURES / "bin" / "clean.o").read_bytes())
+    (tmp_path / "bad.ko").write_bytes(b"\x7fELF this is not an ELF file at all")
+    proc = mcountrw("scan", "--format", "json", str(tmp_path))
+    assert proc.returncode == 2
+    assert "bad.ko" in proc.stderr and proc.stderr.count("\n") == 1
+    images = json.loads(proc.stdout)["images"]
+    assert [Path(i["path"]).name for i in images] == ["good.o"]
+
+
+def test_scan_of_a_missing_file_is_bad_input(tmp_path: Path) -> None:
+    assert_one_line_error(mcountrw("scan", str(tmp_path / "nope")), "nope", "no such file")
+
+
+def test_plan_exits_1_when_no_legal_route() -> None:
+    ok = mcountrw("plan", "--from", "nopped", "--to", "enabled", "--format", "json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["format"] == "mcountrw-plan"
+    refused = mcountrw("plan", "--from", "nopped", "--to", "enabled", "--cmodx", "3.0")
+    assert refused.returncode == 1 and "3.0" in refused.stderr
+
+
+@pytest.mark.parametrize(("name", "code"), [("naive-enable", 1), ("reverse-disable", 1), ("b8-enable", 0),
+                                            ("mflr-first-enable", 0), ("disable", 0)])  # fmt: skip
+def test_check_plan_builtins(name: str, code: int) -> None:
+    proc = mcountrw("check-plan", "--builtin", name)
+    assert proc.returncode == code
+    assert ("SAFE" if code == 0 else "UNSAFE") in proc.stdout
+
+
+def test_check_plan_reads_a_plan_file_and_rejects_garbage(tmp_path: Path) -> None:
+    good = tmp_path / "plan.json"
+    good.write_text(mcountrw("plan", "--from", "enabled", "--to", "nopped", "--format", "json").stdout)
+    assert mcountrw("check-plan", str(good), "--tasks", "3").returncode == 0
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "mcountrw-plan", "version": 1}')
+    assert_one_line_error(mcountrw("check-plan", str(bad)), "bad.json")
+
+
+def test_apply_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
+    copy = tmp_path / "prog"
+    copy.write_bytes(PROF.read_bytes())
+    before = copy.read_bytes()
+    assert_one_line_error(mcountrw("nop", str(copy), "-o", str(copy)), "--in-place")
+    assert copy.read_bytes() == before
+
+
+def test_apply_in_place_with_backup_and_dry_run(tmp_path: Path) -> None:
+    copy = tmp_path / "prog"
+    copy.write_bytes(PROF.read_bytes())
+    dry = mcountrw("nop", str(copy), "--dry-run")
+    assert dry.returncode == 0 and "would change 6 sites" in dry.stderr
+    assert copy.read_bytes() == PROF.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == ["prog"]
+    done = mcountrw("nop", str(copy), "--in-place", "--backup", "--log", str(tmp_path / "log"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "prog.orig").read_bytes() == PROF.read_bytes()
+    assert mcountrw("verify", str(tmp_path / "prog.orig"), str(copy), "--log", str(tmp_path / "log")).returncode == 0
+
+
+def test_verify_exit_codes_and_undo(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert mcountrw("apply", str(PROF), "--to", "disabled", "-o", str(out), "--only", "sum8").returncode == 0
+    log = tmp_path / "out.mcountrw.jsonl"
+    assert mcountrw("verify", str(PROF), str(out), "--log", str(log)).returncode == 0
+    other = FIXTURES / "bin" / "std-le"
+    assert mcountrw("verify", str(other), str(out), "--log", str(log)).returncode == 1
+    back = tmp_path / "back"
+    assert mcountrw("undo", str(out), "--log", str(log), "-o", str(back)).returncode == 0
+    assert back.read_bytes() == PROF.read_bytes()
+    assert_one_line_error(mcountrw("undo", str(PROF), "--log", str(log), "-o", str(tmp_path / "x")), "another file")
+    assert not (tmp_path / "x").exists()
+
+
+def test_signed_module_needs_strip_signature(corpus, tmp_path: Path) -> None:
+    src = corpus.modules_dir / "fs/nls/nls_utf8.ko"
+    assert_one_line_error(mcountrw("nop", str(src), "-o", str(tmp_path / "m.ko")), "signed module", "--strip-signature")
+    assert not (tmp_path / "m.ko").exists()
+    assert mcountrw("nop", str(src), "-o", str(tmp_path / "m.ko"), "--strip-signature").returncode == 0
+
+
+def test_bad_option_values_are_bad_input() -> None:
+    assert_one_line_error(mcountrw("apply", str(PROF), "--to", "sideways", "--dry-run"), "--to")
+    assert_one_line_error(mcountrw("scan", "--format", "xml", str(PROF)), "--format")

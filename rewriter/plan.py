@@ -95,11 +95,17 @@ _E = TypeVar("_E", bound=enum.Enum)
 FORMAT: Final = "mcountrw-plan"
 VERSION: Final = 1
 
-_SLOT_WORDS: Final = {
-    Slot.A: frozenset({Insn.MFLR, Insn.NOP, Insn.B8}),
-    Slot.B: frozenset({Insn.NOP, Insn.CALL}),
-    Slot.S: frozenset({Insn.STD, Insn.NOP}),
-}
+# Tuples, not sets: membership by identity, so validating 67,000 writes hashes no enum members
+# (Enum.__hash__ is a Python-level call).
+_A_WORDS: Final = (Insn.MFLR, Insn.NOP, Insn.B8)
+_B_WORDS: Final = (Insn.NOP, Insn.CALL)
+_S_WORDS: Final = (Insn.STD, Insn.NOP)
+
+
+def _slot_words(slot: Slot) -> tuple[Insn, ...]:
+    if slot is Slot.A:
+        return _A_WORDS
+    return _B_WORDS if slot is Slot.B else _S_WORDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,8 +257,8 @@ def _validate(p: Plan) -> None:
                 raise ValueError(f"{where}: {variant.value} sites have no slot {w.slot.value}")
             if w.slot is Slot.S and (w.old, w.new) not in S_WRITES:
                 raise ValueError(f"{where}: slot S may only swap std <-> nop")
-            words = _SLOT_WORDS[w.slot]
-            if w.old == w.new or w.old not in words or w.new not in words:
+            words = _slot_words(w.slot)
+            if w.old is w.new or w.old not in words or w.new not in words:
                 raise ValueError(f"{where}: {w.old.value} -> {w.new.value} is not a write to slot {w.slot.value}")
 
 
@@ -370,24 +376,48 @@ def plan(
     policy and no stale fetch, but writes are still ordered so that no site is ever ``broken``.
     """
     if route is None:
-        plans: list[Plan] = []
-        first_error: PlanRejected | None = None
-        for candidate in (Route.MFLR_FIRST, Route.B8):
-            try:
-                plans.append(_plan_route(requests, candidate, cmodx, runtime, stale_fetch))
-            except PlanRejected as e:
-                first_error = first_error or e
-        if not plans:
-            assert first_error is not None
-            raise first_error
-        return min(plans, key=lambda p: (p.num_writes, p.num_barriers))
+        route = _cheaper_route(requests, cmodx, runtime, stale_fetch)
     return _plan_route(requests, route, cmodx, runtime, stale_fetch)
+
+
+def _cheaper_route(requests: Sequence[SiteRequest], cmodx: Cmodx, runtime: bool, stale_fetch: bool) -> Route:
+    """The route whose plan has fewer writes, then fewer barriers (``mflr-first`` on a tie).
+
+    Costed on the distinct requests only: a plan's barriers depend on which requests occur, its
+    writes on how often each does, so a whole kernel is priced without planning it twice."""
+    counts: dict[SiteRequest, int] = {}
+    run_start = 0
+    for i in range(1, len(requests) + 1):  # count runs of equal requests: hash once per run
+        if i == len(requests) or requests[i] != requests[run_start]:
+            req = requests[run_start]
+            counts[req] = counts.get(req, 0) + i - run_start
+            run_start = i
+    distinct = list(counts)
+    costs: list[tuple[int, int, int, Route]] = []
+    for order, candidate in enumerate((Route.MFLR_FIRST, Route.B8)):
+        try:
+            p = _plan_route(distinct, candidate, cmodx, runtime, stale_fetch)
+        except PlanRejected:
+            continue
+        per_site = [0] * len(distinct)
+        for stage in p.stages:
+            for w in stage:
+                per_site[w.site] += 1
+        writes = sum(n * counts[req] for n, req in zip(per_site, distinct, strict=True))
+        costs.append((writes, p.num_barriers, order, candidate))
+    if not costs:
+        # Neither route exists: plan the whole list so that the error names the real first site.
+        _plan_route(requests, Route.MFLR_FIRST, cmodx, runtime, stale_fetch)
+    return min(costs)[3]
 
 
 def _plan_route(requests: Sequence[SiteRequest], route: Route, cmodx: Cmodx, runtime: bool, stale_fetch: bool) -> Plan:
     cache: dict[SiteRequest, _SitePath] = {}  # a kernel has ~40k sites but a handful of distinct requests
     paths: list[_SitePath] = []
     for i, req in enumerate(requests):
+        if paths and req == requests[i - 1]:  # runs of equal requests: no hashing of enum members
+            paths.append(paths[-1])
+            continue
         if req not in cache:
             try:
                 cache[req] = _plan_site(req, route, cmodx, runtime, stale_fetch)

@@ -37,7 +37,7 @@ from rewriter.elf.symbols import reloc_target_places
 from rewriter.errors import ImageError, PlanRejected
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, plan
 from rewriter.sites import Scan, Site
-from rewriter.states import STATE_SLOTS, Insn, SiteState, Slot, state_of, word_for
+from rewriter.states import STATE_SLOTS, Insn, SiteState, Slot, Variant, state_of, word_for
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,10 @@ class Rewrite:
     unchanged: int  # selected sites already at the target
 
 
-def rewrite(image: Image, scan: Scan, selection: Selection, options: Options) -> Rewrite:
-    selected = [s for s in scan.sites if selection.matches(s)]
+def rewrite(image: Image, scan: Scan, selection: Selection, options: Options, keep_stages: bool = False) -> Rewrite:
+    """Plan and apply; ``keep_stages`` keeps a copy of the file after each stage (``--stage-images``)."""
+    everything = not (selection.only or selection.exclude or selection.sections or selection.addrs)
+    selected = list(scan.sites) if everything else [s for s in scan.sites if selection.matches(s)]
     todo = [s for s in selected if s.state is not options.target]
     if image.signature is not None and todo and not options.strip_signature:
         raise ImageError(
@@ -94,20 +96,21 @@ def rewrite(image: Image, scan: Scan, selection: Selection, options: Options) ->
             raise ImageError(
                 f"{image.path}: {s.place} ({s.function or '?'}): slots hold unknown words; not touching it"
             )
-    the_plan = _make_plan(image, todo, options) if todo else None
+    groups = _groups(todo)
+    the_plan = _make_plan(image, groups, options) if todo else None
     buf = bytearray(image.data)
     edits: list[Edit] = []
     stages: list[bytes] = []
     tables = _RelaTables(image)
     if the_plan is not None:
-        writes = _resolve(image, scan, todo, the_plan)
-        for stage_writes in writes:
+        for stage_writes in _resolve(image, scan, groups, the_plan):
             stage_edits: list[Edit] = list(stage_writes)
             if image.type == S.ET_REL:
                 stage_edits += tables.drop_call_relocations(image, todo, stage_writes)
             buf = apply_edits(buf, stage_edits, image.byteorder)
             edits += stage_edits
-            stages.append(bytes(buf))
+            if keep_stages:
+                stages.append(bytes(buf))
     final: list[Edit] = []
     if options.drop_records and the_plan is not None:
         gone = [s for s in todo if STATE_SLOTS[options.target][1] is not Insn.CALL]
@@ -121,8 +124,28 @@ def rewrite(image: Image, scan: Scan, selection: Selection, options: Options) ->
     return Rewrite(bytes(buf), tuple(stages), tuple(edits), the_plan, barriers, tuple(todo), len(selected) - len(todo))
 
 
-def _make_plan(image: Image, sites: Sequence[Site], options: Options) -> Plan:
-    requests = [SiteRequest(s.variant, s.state, options.target) for s in sites]
+def _groups(sites: Sequence[Site]) -> list[list[Site]]:
+    """Sites grouped by (variant, state), in order of first appearance: every site of a group takes
+    the same path, so the planner plans each group once (a kernel has ~34,000 sites, ~1 group)."""
+    index: dict[tuple[Variant, SiteState], int] = {}
+    groups: list[list[Site]] = []
+    last: tuple[Variant, SiteState] | None = None
+    n = -1
+    for s in sites:
+        key = (s.variant, s.state)
+        if key != last:  # compare, don't hash enum members, on runs of equal keys
+            n = index.setdefault(key, len(groups))
+            if n == len(groups):
+                groups.append([])
+            last = key
+        groups[n].append(s)
+    return groups
+
+
+def _make_plan(image: Image, groups: Sequence[Sequence[Site]], options: Options) -> Plan:
+    """One plan whose ``sites`` are the groups: a plan's stages and barriers depend only on which
+    requests occur, not on how many sites make each one."""
+    requests = [SiteRequest(g[0].variant, g[0].state, options.target) for g in groups]
     try:
         return plan(requests, options.route, options.cmodx, runtime=True)
     except PlanRejected:
@@ -138,70 +161,53 @@ def _make_plan(image: Image, sites: Sequence[Site], options: Options) -> Plan:
 
 
 class _Step(NamedTuple):
-    """One write of a site's path, with everything that does not depend on the site's address."""
+    """One write of a group's path, with everything that does not depend on the site's address."""
 
-    stage: int
     slot: str
     delta: int
-    old: Insn
-    new: Insn
     before: str
     after: str
     old_word: int | None  # None: a call, encoded per address
     new_word: int | None
 
 
-def _resolve(image: Image, scan: Scan, sites: Sequence[Site], the_plan: Plan) -> list[list[WordWrite]]:
-    """Turn the plan's symbolic writes into words at file offsets.
-
-    Every site with the same (variant, state) follows the same path through the plan, so the
-    per-write work that does not depend on the address is done once per path, not 67,380 times
-    for a whole vmlinux."""
-    per_site: dict[int, list[tuple[int, Write]]] = {}
-    for stage_no, stage in enumerate(the_plan.stages):
-        for w in stage:
-            per_site.setdefault(w.site, []).append((stage_no, w))
+def _resolve(image: Image, scan: Scan, groups: Sequence[Sequence[Site]], the_plan: Plan) -> list[list[WordWrite]]:
+    """Turn the plan's symbolic writes (one per group) into words at file offsets, site by site."""
     entries = sorted(scan.mcount_entries)
-    paths: dict[tuple[object, ...], list[_Step]] = {}
-    out: list[list[WordWrite]] = [[] for _ in the_plan.stages]
-    for i, writes in per_site.items():
-        site = sites[i]
-        key = (site.variant, site.state, *((n, w.slot, w.old, w.new) for n, w in writes))
-        steps = paths.get(key)
-        if steps is None:
-            steps = paths[key] = _path_steps(site, writes)
-        for st in steps:
-            offset = site.file_offset + st.delta
-            addr = None if site.addr is None else site.addr + st.delta
-            here = addr if addr is not None else site.offset + st.delta
-            old = st.old_word if st.old_word is not None else _call(image, here, site, entries)
-            new = st.new_word if st.new_word is not None else _call(image, here, site, entries)
-            out[st.stage].append(
-                WordWrite(st.stage, offset, addr, site.section, site.offset + st.delta, site.function, st.slot,
-                          old, new, st.before, st.after)
-            )  # fmt: skip
+    states = [STATE_SLOTS[g[0].state] for g in groups]  # (A, B) of each group as the plan goes
+    out: list[list[WordWrite]] = []
+    for stage_no, stage in enumerate(the_plan.stages):
+        writes: list[WordWrite] = []
+        for w in stage:
+            group = groups[w.site]
+            st, states[w.site] = _step(group[0], w, states[w.site])
+            for site in group:
+                offset = site.file_offset + st.delta
+                addr = None if site.addr is None else site.addr + st.delta
+                here = addr if addr is not None else site.offset + st.delta
+                old = st.old_word if st.old_word is not None else _call(image, here, site, entries)
+                new = st.new_word if st.new_word is not None else _call(image, here, site, entries)
+                writes.append(
+                    WordWrite(stage_no, offset, addr, site.section, site.offset + st.delta, site.function, st.slot,
+                              old, new, st.before, st.after)
+                )  # fmt: skip
+        out.append(writes)
     return out
 
 
-def _path_steps(site: Site, writes: Sequence[tuple[int, Write]]) -> list[_Step]:
-    a, b = STATE_SLOTS[site.state]
-    steps = []
-    for stage_no, w in writes:
-        delta = site.slot_delta(w.slot)
-        if delta is None:
-            raise PlanRejected(
-                f"{site.place}: plan writes slot {w.slot.value}, which a {site.variant.value} site lacks"
-            )
-        before = state_of(a, b)
-        if w.slot is Slot.A:
-            a = w.new
-        elif w.slot is Slot.B:
-            b = w.new
-        old_word = None if w.old is Insn.CALL else word_for(w.old, 0, 0)
-        new_word = None if w.new is Insn.CALL else word_for(w.new, 0, 0)
-        after = state_of(a, b).value
-        steps.append(_Step(stage_no, w.slot.value, delta, w.old, w.new, before.value, after, old_word, new_word))
-    return steps
+def _step(site: Site, w: Write, ab: tuple[Insn, Insn]) -> tuple[_Step, tuple[Insn, Insn]]:
+    delta = site.slot_delta(w.slot)
+    if delta is None:
+        raise PlanRejected(f"{site.place}: plan writes slot {w.slot.value}, which a {site.variant.value} site lacks")
+    a, b = ab
+    before = state_of(a, b).value
+    if w.slot is Slot.A:
+        a = w.new
+    elif w.slot is Slot.B:
+        b = w.new
+    old_word = None if w.old is Insn.CALL else word_for(w.old, 0, 0)
+    new_word = None if w.new is Insn.CALL else word_for(w.new, 0, 0)
+    return _Step(w.slot.value, delta, before, state_of(a, b).value, old_word, new_word), (a, b)
 
 
 def _call(image: Image, here: int, site: Site, entries: Sequence[int]) -> int:

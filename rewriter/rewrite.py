@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from rewriter import __version__, ppc
-from rewriter.edits import apply_edits, invert_edits
+from rewriter.edits import WordWrite, apply_edits, invert_edits
 from rewriter.elf.compress import Compression, compress
 from rewriter.elf.image import Image
 from rewriter.elf.writer import atomic_write
@@ -84,7 +84,7 @@ def apply_file(
     out = None if dry_run else check_output_path(path, output, in_place)
     image = Image.load(path)
     before = scan(image)
-    result = rewrite(image, before, selection, options)
+    result = rewrite(image, before, selection, options, keep_stages=stage_dir is not None and not dry_run)
     check_states(result.content, image, result, options.target)
     if dry_run or out is None:
         return ApplyResult(path, None, None, result, before, ())
@@ -161,7 +161,8 @@ def render_log(
             "stages": len(p.stages),
             "barriers": [b.value for b in p.barriers],
             "settle": None if p.settle is None else p.settle.value,
-            "writes": p.num_writes,
+            "writes": sum(1 for e in result.edits if isinstance(e, WordWrite)),
+            "requests": [f"{r.variant.value} {r.current.value} -> {r.target.value}" for r in p.sites],
         }
     log = Log(
         tool=f"mcountrw {__version__}",

@@ -125,6 +125,11 @@ def dumps(log: Log, disasm: Any) -> str:
                     lines.append(json.dumps({"type": "barrier", "after_stage": stage, "name": barrier_after[stage]}))
                 stage += 1
             lines.append(_write_line(e, disasm, quote))
+        elif isinstance(e, BytesEdit):
+            lines.append(
+                f'{{"new": "{e.new.hex()}", "offset": "{e.offset:#x}", "old": "{e.old.hex()}", '
+                f'"type": "bytes", "why": {quote(e.why)}}}'
+            )
         else:
             lines.append(json.dumps(_edit_json(e, disasm), sort_keys=True))
     body = "".join(line + "\n" for line in lines)
@@ -149,11 +154,14 @@ def _write_line(e: WordWrite, disasm: Any, q: _Quoter) -> str:
     """The same JSON object as ``_edit_json`` gives, keys sorted, formatted without a dict:
     a vmlinux rewrite logs 67,380 of these and json.dumps per line would double its run time.
     ``disasm`` returns plain ASCII mnemonics and operands, which need no escaping."""
+    cache = q.cache
+    function = cache.get(e.function) or q(e.function)
+    section = cache.get(e.section) or q(e.section)
     addr = "null" if e.addr is None else f'"{e.addr:#x}"'
     return (
-        f'{{"address": {addr}, "function": {q(e.function)}, "new": "{e.new:08x}", '
+        f'{{"address": {addr}, "function": {function}, "new": "{e.new:08x}", '
         f'"new_asm": "{disasm(e.new, e.addr)}", "offset": "{e.offset:#x}", "old": "{e.old:08x}", '
-        f'"old_asm": "{disasm(e.old, e.addr)}", "section": {q(e.section)}, '
+        f'"old_asm": "{disasm(e.old, e.addr)}", "section": {section}, '
         f'"section_offset": "{e.section_offset:#x}", "slot": "{e.slot}", "stage": {e.stage}, '
         f'"state_after": "{e.state_after}", "state_before": "{e.state_before}", "type": "write"}}'
     )

@@ -19,6 +19,24 @@ TMP_SUFFIX = ".mcountrw-tmp"
 
 def atomic_write(path: Path, data: bytes | bytearray | memoryview, mode: int | None = None) -> None:
     """Replace ``path`` with ``data``. ``mode`` defaults to the existing file's, else 0o644."""
+    commit(write_temp(path, data, mode))
+
+
+class Pending:
+    """A complete, fsync'ed temporary file waiting to be renamed over its target."""
+
+    def __init__(self, path: Path, tmp: str) -> None:
+        self.path = path
+        self.tmp = tmp
+
+    def discard(self) -> None:
+        _remove_quietly(self.tmp)
+
+
+def write_temp(path: Path, data: bytes | bytearray | memoryview, mode: int | None = None) -> Pending:
+    """First half of :func:`atomic_write`: write and fsync ``data`` next to ``path``. Lets a caller
+    prepare several files (in threads, overlapping their I/O) and then publish them in the order
+    it chooses, each by an atomic rename."""
     directory = path.parent if str(path.parent) else Path(".")
     if mode is None:
         try:
@@ -37,14 +55,23 @@ def atomic_write(path: Path, data: bytes | bytearray | memoryview, mode: int | N
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
     except OSError as e:
         _remove_quietly(tmp)
         raise OutputError(f"{path}: {e.strerror or e}") from None
     except BaseException:
         _remove_quietly(tmp)
         raise
-    _fsync_dir(directory)
+    return Pending(path, tmp)
+
+
+def commit(pending: Pending) -> None:
+    """Second half: rename the temporary file over its target and make the rename durable."""
+    try:
+        os.replace(pending.tmp, pending.path)
+    except OSError as e:
+        pending.discard()
+        raise OutputError(f"{pending.path}: {e.strerror or e}") from None
+    _fsync_dir(pending.path.parent if str(pending.path.parent) else Path("."))
 
 
 def _remove_quietly(tmp: str) -> None:

@@ -1,8 +1,15 @@
-"""Atomic file output: a temporary file in the target directory, fsync, rename.
+"""Atomic file output: a temporary file in the target directory, fsync, read back, rename.
 
-A run killed at any moment leaves the target either as it was or complete; never partial.
-The temporary name starts with ``.`` and ends with ``.mcountrw-tmp`` so a leftover from a
-killed run is easy to recognise and is never mistaken for output.
+Strategy: nothing is ever written into a file that already exists. Each output is written in full
+to a temporary file beside its target, flushed to the disk (``fsync``), read back and compared
+with what was meant (:func:`write_temp`), and only then renamed over the target (:func:`commit`:
+``os.replace``, atomic on POSIX within one file system) and the directory fsynced. So a run killed
+at any moment, or a disk that fills up, leaves the target either as it was or complete; never
+partial.
+
+A run killed by SIGKILL cannot clean up after itself: its temporary files stay behind. They are
+named ``.<target name>.<random>.mcountrw-tmp`` (hidden, in the target's directory), are never
+taken for output, and can be deleted at any time when no mcountrw is running.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from pathlib import Path
 from rewriter.errors import OutputError
 
 TMP_SUFFIX = ".mcountrw-tmp"
+_READ_BACK_CHUNK = 1 << 24
 
 
 def atomic_write(path: Path, data: bytes | bytearray | memoryview, mode: int | None = None) -> None:
@@ -34,9 +42,10 @@ class Pending:
 
 
 def write_temp(path: Path, data: bytes | bytearray | memoryview, mode: int | None = None) -> Pending:
-    """First half of :func:`atomic_write`: write and fsync ``data`` next to ``path``. Lets a caller
-    prepare several files (in threads, overlapping their I/O) and then publish them in the order
-    it chooses, each by an atomic rename."""
+    """First half of :func:`atomic_write`: write and fsync ``data`` next to ``path``, and read it
+    back: the temporary file holds exactly ``data``, or this raises :class:`OutputError` and
+    removes it. Lets a caller prepare several files (in threads, overlapping their I/O) and then
+    publish them in the order it chooses, each by an atomic rename."""
     directory = path.parent if str(path.parent) else Path(".")
     if mode is None:
         try:
@@ -55,6 +64,7 @@ def write_temp(path: Path, data: bytes | bytearray | memoryview, mode: int | Non
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
+        _check_read_back(path, tmp, data)
     except OSError as e:
         _remove_quietly(tmp)
         raise OutputError(f"{path}: {e.strerror or e}") from None
@@ -72,6 +82,18 @@ def commit(pending: Pending) -> None:
         pending.discard()
         raise OutputError(f"{pending.path}: {e.strerror or e}") from None
     _fsync_dir(pending.path.parent if str(pending.path.parent) else Path("."))
+
+
+def _check_read_back(path: Path, tmp: str, data: bytes | bytearray | memoryview) -> None:
+    """The bytes the file system gives back are the bytes meant."""
+    want = memoryview(data).cast("B")
+    with open(tmp, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size != len(want):
+            raise OutputError(f"{path}: read back {size} bytes, wrote {len(want)}")
+        for start in range(0, len(want), _READ_BACK_CHUNK):
+            if fh.read(_READ_BACK_CHUNK) != want[start : start + _READ_BACK_CHUNK]:
+                raise OutputError(f"{path}: read back differs from what was written near offset {start:#x}")
 
 
 def _remove_quietly(tmp: str) -> None:

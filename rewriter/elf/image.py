@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import enum
 import mmap
+import os
+import stat
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -136,20 +138,37 @@ class Image:
 
     @classmethod
     def load(cls, path: Path) -> Image:
-        """Open ``path`` (mmap'ed; .xz/.gz/.zst modules decompressed in memory)."""
+        """Open ``path`` (mmap'ed; .xz/.gz/.zst modules decompressed in memory).
+
+        Only regular files: a FIFO would block the open (hence ``O_NONBLOCK``) and a device has no
+        size to map. The mapping is read-only and mcountrw never writes into a file it maps (output
+        is a new file renamed into place), but another process truncating the file while it is
+        mapped would still make reads past the new end fault (SIGBUS): see docs/bad-input.md."""
         try:
-            with open(path, "rb") as fh:
-                head = fh.read(8)
-                if not head:
-                    raise ImageError(f"{path}: empty file")
-                compression = detect_compression(head)
-                if compression is not Compression.NONE:
-                    fh.seek(0)
-                    data: bytes | mmap.mmap = decompress(path, fh.read(), compression)
-                else:
-                    data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
             raise ImageError(f"{path}: {e.strerror or e}") from None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise ImageError(f"{path}: is a directory")
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageError(f"{path}: not a regular file (a FIFO, socket or device)")
+            if st.st_size == 0:
+                raise ImageError(f"{path}: empty file")
+            compression = detect_compression(os.pread(fd, 8, 0))
+            if compression is not Compression.NONE:
+                with os.fdopen(os.dup(fd), "rb") as fh:
+                    raw = fh.read()
+                data: bytes | mmap.mmap = decompress(path, raw, compression)
+            else:
+                data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            raise ImageError(f"{path}: {e.strerror or e}") from None
+        except ValueError:  # mmap of a file emptied since the fstat
+            raise ImageError(f"{path}: empty file") from None
+        finally:
+            os.close(fd)
         return cls(path, data, compression)
 
     @classmethod
@@ -192,9 +211,11 @@ class Image:
             strndx = int(table[0]["sh_link"])
         if not 0 < strndx < shnum:
             raise self.error(f"section name string table index {strndx} out of range (0..{shnum - 1})")
-        for i, row in enumerate(table):
-            if int(row["sh_type"]) != S.SHT_NOBITS:
-                self._check_range(int(row["sh_offset"]), int(row["sh_size"]), f"section {i} data")
+        has_data = (table["sh_type"] != S.SHT_NOBITS) & (table["sh_type"] != S.SHT_NULL) & (table["sh_size"] > 0)
+        for i in np.flatnonzero(has_data).tolist():
+            self._check_range(int(table[i]["sh_offset"]), int(table[i]["sh_size"]), f"section {i} data")
+        self._check_program_headers(table)
+        self._check_overlaps(table, has_data, shoff, shnum * dt.itemsize)
         names = self._bytes_of(table[strndx])
         sections = []
         for i, row in enumerate(table):
@@ -218,6 +239,40 @@ class Image:
                 )
             )
         return sections
+
+    def _check_program_headers(self, shdrs: np.ndarray) -> None:
+        """The program header table is not read, but a rewritten file keeps it: it must be whole."""
+        e = self.ehdr
+        phoff, phnum = int(e["e_phoff"]), int(e["e_phnum"])
+        if phnum == 0xFFFF:  # gABI PN_XNUM: the real count is in sh_info of section 0
+            phnum = int(shdrs[0]["sh_info"])
+        if phnum == 0:
+            return
+        dt = S.phdr_dtype(self.endian)
+        if int(e["e_phentsize"]) != dt.itemsize:
+            raise self.error(f"program header size {int(e['e_phentsize'])}, expected {dt.itemsize}")
+        self._check_range(phoff, phnum * dt.itemsize, "program header table")
+
+    def _check_overlaps(self, shdrs: np.ndarray, has_data: np.ndarray, shoff: int, shsize: int) -> None:
+        """No two sections share file bytes, and none covers the ELF header or the section header
+        table: a write meant for one would silently change the other (gABI: "sections in a file
+        may not overlap. No byte in a file resides in more than one section")."""
+        index = np.flatnonzero(has_data)
+        head = np.array([0, shoff], dtype=np.uint64)
+        starts = np.concatenate([head, shdrs["sh_offset"][index].astype(np.uint64)])
+        sizes = np.concatenate([np.array([self.ehdr.dtype.itemsize, shsize], np.uint64), shdrs["sh_size"][index]])
+        what = ["the ELF header", "the section header table", *(f"section {i}" for i in index.tolist())]
+        order = np.argsort(starts, kind="stable")
+        ends = starts[order] + sizes[order]
+        reach = np.maximum.accumulate(ends)
+        clash = np.flatnonzero(starts[order][1:] < reach[:-1])
+        if len(clash):
+            later = int(order[clash[0] + 1])
+            earlier = int(order[int(np.flatnonzero(reach[: clash[0] + 1] > starts[later])[0])])
+            raise self.error(
+                f"{what[later]} at offset {int(starts[later]):#x} overlaps {what[earlier]} "
+                f"({int(starts[earlier]):#x}..{int(starts[earlier] + sizes[earlier]):#x})"
+            )
 
     def _check_range(self, offset: int, size: int, what: str) -> None:
         if offset < 0 or size < 0 or offset + size > self.elf_end:
@@ -287,6 +342,8 @@ class Image:
             raise self.error(f"{what} section {sec.name} has no data")
         if sec.size % dtype.itemsize:
             raise self.error(f"{what} section {sec.name} size {sec.size} is not a multiple of {dtype.itemsize}")
+        if sec.type in (S.SHT_SYMTAB, S.SHT_RELA, S.SHT_DYNAMIC) and sec.entsize not in (0, dtype.itemsize):
+            raise self.error(f"{what} section {sec.name} entry size {sec.entsize}, expected {dtype.itemsize}")
         return np.frombuffer(self.data, dtype, count=sec.size // dtype.itemsize, offset=sec.offset)
 
     # -- symbols and relocations ----------------------------------------------------------

@@ -105,7 +105,15 @@ def scan(image: Image, mcount_addr: int | None = None) -> Scan:
             entries = _entries_from_records(text, mcount_recs)
             call_places = text.bl_places[np.isin(text.bl_targets, entries)]
         elif image.symbols is None:
-            raise image.error("stripped image (no .symtab) and no mcount records: pass --mcount-addr")
+            raise image.error(
+                "stripped image: no .symtab to find _mcount, and no __mcount_loc section to find the records "
+                "(a vmlinux keeps them in .init.data between the stripped __start/__stop_mcount_loc symbols): "
+                "pass --mcount-addr with _mcount's address from System.map"
+            )
+    if image.symbols is None and image.type != S.ET_REL and image.section("__mcount_loc") is None:
+        if mcount_addr is not None and not len(call_places):
+            raise image.error(f"--mcount-addr {mcount_addr:#x}: no bl in this stripped image calls it")
+        mcount_recs, zeroed = _search_record_table(image, text, call_places)
     sites, unmatched = _classify(image, text, funcs, call_places, mcount_recs, patch_recs, zeroed)
     all_recs = np.concatenate([mcount_recs, patch_recs])
     uniq, counts = np.unique(all_recs, return_counts=True)
@@ -272,6 +280,38 @@ def _linked_mcount_table(image: Image) -> np.ndarray:
     return image.table(sec, dt, "__mcount_loc").astype(np.uint64)
 
 
+def _search_record_table(image: Image, text: _Text, calls: np.ndarray) -> tuple[np.ndarray, int]:
+    """Stripped vmlinux: the records sit inside ``.init.data`` and the symbols that bound them are
+    gone, so find them: the table is the run of 8-byte words, each 0 (a dropped record) or an
+    address in the code, that names the most call slots. Function-pointer tables also point into
+    the code, but at function entries, never at a call slot (entry + 4 or + 8)."""
+    best = (0, np.zeros(0, np.uint64))
+    if not len(calls):
+        return best[1], 0
+    slots = np.sort(calls)
+    dt = S.addr_dtype(image.endian)
+    for sec in image.sections:
+        if sec.type != S.SHT_PROGBITS or sec.is_exec or not sec.flags & S.SHF_ALLOC or sec.size < 8:
+            continue
+        skip = -sec.addr % 8
+        values = np.frombuffer(image.data, dt, count=(sec.size - skip) // 8, offset=sec.offset + skip)
+        values = values.astype(np.uint64)
+        k, _ = text.locate(values)
+        code = np.flatnonzero(k >= 0)
+        pos = np.minimum(np.searchsorted(slots, values[code]), len(slots) - 1)
+        hit = code[slots[pos] == values[code]]
+        if not len(hit):
+            continue
+        run = np.cumsum((values != 0) & (k < 0))  # words of one run of `0 or code` share a number
+        score = np.bincount(run[hit])
+        best_run = int(np.argmax(score))
+        if score[best_run] > best[0]:
+            named = hit[run[hit] == best_run]
+            best = (int(score[best_run]), values[int(named[0]) : int(named[-1]) + 1])
+    table = best[1]
+    return table[table != 0], int(np.count_nonzero(table == 0))
+
+
 def _rel_records(image: Image, name: str) -> np.ndarray:
     rsec = image.section(".rela" + name)
     if rsec is None or image.symbols is None:
@@ -325,7 +365,7 @@ def _classify(
     mid = text.words_at(k, i - 1)
     a2 = text.words_at(k, i - 2)
     fi = funcs.containing(cand)
-    lep = np.where(fi >= 0, funcs.lep[np.where(fi >= 0, fi, 0)], 0)
+    lep = funcs.lep_of(fi)
     # gcc 5 puts the call slot at LEP + 8 with `std r0,16(r1)` (or the nop ftrace_init_nop
     # leaves) between; without a function to anchor it, the std word itself decides.
     mid_std = (mid == ppc.STD_R0_16_R1) | (mid == ppc.NOP)

@@ -44,11 +44,19 @@ class Functions:
     def containing(self, places: np.ndarray) -> np.ndarray:
         """Index of the function each place lies in, or -1. A place past a sized function's end
         belongs to no function; zero-sized symbols (assembly) extend to the next symbol."""
+        if not len(self.start):  # a stripped file, or one whose symbols name no function
+            return np.full(len(places), -1, dtype=np.int64)
         i = np.searchsorted(self.start, places, side="right") - 1
         ok = i >= 0
         j = np.where(ok, i, 0)
         inside = ok & ((self.end[j] > places) | (self.end[j] == self.start[j]))
         return np.where(inside, i, -1)
+
+    def lep_of(self, index: np.ndarray) -> np.ndarray:
+        """The local entry point of each function ``index`` (from :meth:`containing`); 0 for -1."""
+        if not len(self.lep):
+            return np.zeros(len(index), dtype=np.uint64)
+        return np.where(index >= 0, self.lep[np.where(index >= 0, index, 0)], np.uint64(0))
 
 
 def _empty() -> Functions:
@@ -104,6 +112,8 @@ def _opd_code_places(image: Image, opd: Section, values: np.ndarray) -> np.ndarr
         d = image.table(opd, S.addr_dtype(image.endian), "descriptor")
         idx = (values.astype(np.int64) - opd.addr) // 8
         ok = (idx >= 0) & (idx < len(d))
+        if not len(d):
+            return np.full(len(values), missing, dtype=np.uint64)
         return np.where(ok, d[np.where(ok, idx, 0)].astype(np.uint64), missing)
     out = np.full(len(values), missing, dtype=np.uint64)
     syms = image.symbols

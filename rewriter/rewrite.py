@@ -10,6 +10,7 @@ writing; ``--in-place`` replaces it by rename only once the new file is complete
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,28 @@ def check_output_path(input_path: Path, output: Path | None, in_place: bool) -> 
         raise OutputError(f"{output}: output is the input; use --in-place to rewrite it")
     if output.is_dir():
         raise OutputError(f"{output}: is a directory")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{output}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{output}: cannot write in {parent}")
     return output
+
+
+def check_side_paths(input_path: Path, out: Path, log: Path, in_place: bool, backup: bool) -> None:
+    """Before any work: the patch log must not land on the input or the output (a log written over
+    the input would destroy it), and an ``--in-place --backup`` copy must not replace an earlier
+    one (a second run would otherwise overwrite the true original with a rewritten file)."""
+    if backup and not in_place:
+        raise OutputError(f"{input_path}: --backup goes with --in-place (with -o the input is left as it is)")
+    for other, what in ((input_path, "the input"), (out, "the output")):
+        if log == other or (log.exists() and other.exists() and log.resolve() == other.resolve()):
+            raise OutputError(f"{log}: the patch log would overwrite {what}")
+    if log.is_dir():
+        raise OutputError(f"{log}: is a directory")
+    saved = input_path.with_name(input_path.name + ".orig")
+    if backup and (saved.exists() or saved.is_symlink()):
+        raise OutputError(f"{saved}: exists (a backup from an earlier run?); move it away or drop --backup")
 
 
 def apply_file(
@@ -82,6 +104,8 @@ def apply_file(
     backup: bool = False,
 ) -> ApplyResult:
     out = None if dry_run else check_output_path(path, output, in_place)
+    if out is not None:
+        check_side_paths(path, out, log_path or default_log_path(out), in_place, backup)
     image = Image.load(path)
     before = scan(image)
     result = rewrite(image, before, selection, options, keep_stages=stage_dir is not None and not dry_run)

@@ -8,8 +8,10 @@ whatever ``--jobs`` is.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import NamedTuple
 
@@ -55,8 +57,10 @@ def _walk(root: Path) -> tuple[list[Path], list[str]]:
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file():
+                continue  # a FIFO would block the read below; links are not followed
             by_name = name.endswith(MODULE_SUFFIXES) or name.endswith(".o")
-            if by_name or (not path.is_symlink() and _looks_like_elf(path, errors)):
+            if by_name or _looks_like_elf(path, errors):
                 found.append(path)
     return found, errors
 
@@ -94,12 +98,23 @@ def scan_many(
             if progress:
                 progress()
         return
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_quiet_worker) as pool:
         chunk = max(1, min(64, len(files) // (jobs * 8)))
-        for outcome in pool.map(scan_one, files, [mcount_addr] * len(files), chunksize=chunk):
-            yield outcome
-            if progress:
-                progress()
+        try:
+            for outcome in pool.map(scan_one, files, [mcount_addr] * len(files), chunksize=chunk):
+                yield outcome
+                if progress:
+                    progress()
+        except BrokenProcessPool:
+            # A worker killed from outside: out of memory, or SIGBUS from a file truncated while
+            # mapped. Which file it held is lost with it.
+            raise RewriteError("a scan worker died (out of memory, or a file truncated while it was read?)") from None
+
+
+def _quiet_worker() -> None:
+    """Ctrl-C reaches the whole process group: workers just stop, and the parent reports it once."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def default_jobs() -> int:

@@ -10,6 +10,8 @@ anomalies at --fail-on level), 2 bad input (one line naming the file and the pro
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -145,12 +147,40 @@ class progress:
 
 
 def run() -> None:
-    """Console-script entry point: no traceback ever reaches the user for a RewriteError."""
+    """Console-script entry point: no traceback ever reaches the user.
+
+    A RewriteError is the user's input; anything else is a bug in mcountrw, still reported in one
+    line (``MCOUNTRW_DEBUG=1`` shows the traceback). SIGTERM and Ctrl-C unwind like an exception,
+    so the temporary files of an unfinished write are removed and no output is left half-written."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         app()
     except RewriteError as e:
         typer.echo(f"mcountrw: error: {e}", err=True)
         sys.exit(BAD_INPUT)
+    except Interrupted as e:
+        typer.echo(f"mcountrw: interrupted by {e.name}: no output was left half-written", err=True)
+        sys.exit(128 + e.signum)
+    except Exception as e:  # the last line of defence: a bug, not the user's input
+        if os.environ.get("MCOUNTRW_DEBUG"):
+            raise
+        typer.echo(f"mcountrw: error: internal error, please report: {type(e).__name__}: {e}", err=True)
+        sys.exit(BAD_INPUT)
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM. Not a KeyboardInterrupt, which click turns into a silent exit; a
+    BaseException so that no ``except Exception`` stops it on its way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    raise Interrupted(signum)
 
 
 # Command modules register themselves on `app`; imported last because they import `app` from here.

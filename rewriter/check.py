@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Final, NamedTuple
@@ -88,33 +88,37 @@ _RCU: Final = "rcu"
 _Op = _OpWrite | str
 
 
-def _barrier_ops(pending: list[Barrier]) -> list[_Op]:
+def _barrier_ops(separators: Sequence[Barrier]) -> list[_Op]:
     """Several separators between two writes of a site act as their strongest one."""
-    if Barrier.ISYNC_RCU_TASKS in pending:
+    if Barrier.ISYNC_RCU_TASKS in separators:
         return [_ISYNC, _RCU]
-    if Barrier.RCU_TASKS in pending:
+    if Barrier.RCU_TASKS in separators:
         return [_RCU]
     return []
 
 
-def _ops_for_site(p: Plan, site: int) -> list[_Op]:
-    slots = SLOTS[p.sites[site].variant]
-    ops: list[_Op] = []
-    pending: list[Barrier] = []
+def _ops_by_site(p: Plan) -> list[tuple[_Op, ...]]:
+    """Each site's own writes and the barriers between them, in one pass over the plan.
+
+    Separators before a site's first write do not concern it; those after its last write (and the
+    settle barrier) are its settle."""
+    slots = [SLOTS[r.variant] for r in p.sites]
+    ops: list[list[_Op]] = [[] for _ in p.sites]
+    last = [-1] * len(p.sites)  # the stage of each site's latest write
     for j, stage in enumerate(p.stages):
-        if j:
-            pending.append(p.barriers[j - 1])
-        writes = tuple((slots.index(w.slot), w.old, w.new, w.slot) for w in stage if w.site == site)
-        if writes:
-            if ops:  # separators before the site's first write do not concern it
-                ops.extend(_barrier_ops(pending))
-            pending = []
-            ops.append(writes)
-    if p.settle is not None:
-        pending.append(p.settle)
-    if ops:
-        ops.extend(_barrier_ops(pending))
-    return ops
+        by_site: dict[int, list[tuple[int, Insn, Insn, Slot]]] = {}
+        for w in stage:
+            by_site.setdefault(w.site, []).append((slots[w.site].index(w.slot), w.old, w.new, w.slot))
+        for site, writes in by_site.items():
+            if last[site] >= 0:
+                ops[site].extend(_barrier_ops(p.barriers[last[site] : j]))
+            ops[site].append(tuple(writes))
+            last[site] = j
+    settle = [] if p.settle is None else [p.settle]
+    for site, stage_index in enumerate(last):
+        if stage_index >= 0:
+            ops[site].extend(_barrier_ops([*p.barriers[stage_index:], *settle]))
+    return [tuple(o) for o in ops]
 
 
 # ---------------------------------------------------------------- the search
@@ -170,7 +174,7 @@ def check(
     slots = SLOTS[req.variant]
     a, b = STATE_SLOTS[req.current]
     code = tuple({Slot.A: a, Slot.S: std_slot, Slot.B: b}[s] for s in slots)
-    ops = _ops_for_site(p, site)
+    ops = list(_ops_by_site(p)[site])
     found, states, parents = _search(req, slots, code, ops, tasks, entries, stale, policy)
     if not found:
         return CheckResult(True, states, None, "", (), site, req, tasks, entries, stale, policy)
@@ -193,10 +197,10 @@ def check_all(
     """
     if not p.sites:
         raise ValueError("the plan has no sites")
-    seen: set[tuple[SiteRequest, str]] = set()
+    seen: set[tuple[SiteRequest, tuple[_Op, ...]]] = set()
     results: list[CheckResult] = []
-    for site, req in enumerate(p.sites):
-        key = (req, repr(_ops_for_site(p, site)))
+    for site, ops in enumerate(_ops_by_site(p)):
+        key = (p.sites[site], ops)
         if key in seen:
             continue
         seen.add(key)

@@ -135,9 +135,7 @@ def test_without_stale_fetch_tasks_see_writes_made_after_an_isync_barrier():
 
 
 def test_an_isync_barrier_does_not_give_coherent_tasks_stale_fetches():
-    p = _one(
-        M, N, E, [[(Slot.A, Insn.NOP, Insn.MFLR)], [(Slot.B, Insn.NOP, Insn.CALL)]], [Barrier.ISYNC_RCU_TASKS]
-    )
+    p = _one(M, N, E, [[(Slot.A, Insn.NOP, Insn.MFLR)], [(Slot.B, Insn.NOP, Insn.CALL)]], [Barrier.ISYNC_RCU_TASKS])
     assert check(p, stale_fetch=False, tasks=3).safe
 
 

@@ -273,9 +273,7 @@ def _min_barriers(variant: Variant, src: SiteState, dst: SiteState) -> int:
     for path in _paths(variant, src, dst):
         writes = []
         for a, b in itertools.pairwise(path):
-            (slot,) = [
-                s for s, x, y in zip((Slot.A, Slot.B), STATE_SLOTS[a], STATE_SLOTS[b], strict=True) if x != y
-            ]
+            (slot,) = [s for s, x, y in zip((Slot.A, Slot.B), STATE_SLOTS[a], STATE_SLOTS[b], strict=True) if x != y]
             writes.append(Write(0, slot, STATE_SLOTS[a][slot is Slot.B], STATE_SLOTS[b][slot is Slot.B]))
         for seps in itertools.product((Barrier.ORDER, Barrier.RCU_TASKS), repeat=len(writes) - 1):
             for settle in (None, Barrier.RCU_TASKS):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from rewriter import __version__, ppc
 from rewriter.edits import WordWrite, apply_edits, invert_edits
 from rewriter.elf.compress import Compression, compress
 from rewriter.elf.image import Image
-from rewriter.elf.writer import atomic_write
+from rewriter.elf.writer import Pending, atomic_write, commit, write_temp
 from rewriter.errors import LogError, OutputError, RewriteError
 from rewriter.log import FileFacts, Log, dumps, load
 from rewriter.patch import Options, Rewrite, Selection, rewrite
@@ -118,15 +119,26 @@ def apply_file(
     )
     log = log_path or default_log_path(out)
     stage_paths = _write_stage_images(stage_dir, path, result) if stage_dir else ()
-    text = render_log(image, path, raw, out, new_raw, result, options)
-    atomic_write(log, text.encode(), 0o644)
-    if in_place and backup:
-        atomic_write(path.with_name(path.name + ".orig"), raw)
-    atomic_write(out, new_raw, path.stat().st_mode & 0o7777)
-    written = _on_disk(out)
-    if written != new_raw:
-        raise OutputError(f"{out}: read back differs from what was written")
-    check_states(_content(out, written)[0], image, result, options.target)
+    mode = path.stat().st_mode & 0o7777
+    # The output's 46 MB are written, fsynced and read back in a thread while the log's 67,000
+    # lines are formatted; nothing is published until both (and the backup) are complete.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        out_future = pool.submit(write_temp, out, new_raw, mode)
+        pending: list[Pending] = []
+        try:
+            pending.append(write_temp(log, render_log(image, path, raw, out, new_raw, result, options).encode(), 0o644))
+            if in_place and backup:
+                pending.append(write_temp(path.with_name(path.name + ".orig"), raw, mode))
+            pending.append(out_future.result())
+        except BaseException:
+            for p in pending:
+                p.discard()
+            if out_future.exception() is None:  # waits for the writer thread: its file must go too
+                out_future.result().discard()
+            raise
+    # The log is published first: an output never exists without the log that can undo it.
+    for p in pending:
+        commit(p)
     return ApplyResult(path, out, log, result, before, stage_paths)
 
 

@@ -203,7 +203,7 @@ def loads(text: str, name: str) -> Log:
                 barriers.append((int(rec["after_stage"]), str(rec["name"])))
             else:
                 edits.append(_edit_from(rec))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise LogError(f"{name}:{n}: malformed {rec.get('type', 'record')} record ({e})") from None
     try:
         return Log(
@@ -218,7 +218,7 @@ def loads(text: str, name: str) -> Log:
             barriers=tuple(barriers),
             summary=dict(header.get("summary") or {}),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise LogError(f"{name}:1: malformed header ({e})") from None
 
 
@@ -246,37 +246,75 @@ def _int(value: Any) -> int:
     return int(value, 16) if isinstance(value, str) else int(value)
 
 
+def _count(value: Any, what: str, limit: int = 1 << 64) -> int:
+    """A non-negative integer below ``limit``: a log whose footer was recomputed after an edit
+    must still not make undo index backwards from the end of a file or loop on a zero stride."""
+    n = _int(value) if not isinstance(value, bool) else -1
+    if not 0 <= n < limit:
+        raise ValueError(f"{what} {value!r} out of range")
+    return n
+
+
 def _edit_from(rec: dict[str, Any]) -> Edit:
     kind = rec["type"]
     if kind == "write":
         return WordWrite(
-            stage=int(rec["stage"]),
-            offset=_int(rec["offset"]),
-            addr=None if rec["address"] is None else _int(rec["address"]),
+            stage=_count(rec["stage"], "stage"),
+            offset=_count(rec["offset"], "offset"),
+            addr=None if rec["address"] is None else _count(rec["address"], "address"),
             section=str(rec["section"]),
-            section_offset=_int(rec["section_offset"]),
-            function=rec["function"],
+            section_offset=_count(rec["section_offset"], "section_offset"),
+            function=None if rec["function"] is None else str(rec["function"]),
             slot=str(rec["slot"]),
-            old=int(rec["old"], 16),
-            new=int(rec["new"], 16),
+            old=_count(int(rec["old"], 16), "old", 1 << 32),
+            new=_count(int(rec["new"], 16), "new", 1 << 32),
             state_before=str(rec["state_before"]),
             state_after=str(rec["state_after"]),
         )
     if kind == "bytes":
-        return BytesEdit(_int(rec["offset"]), bytes.fromhex(rec["old"]), bytes.fromhex(rec["new"]), str(rec["why"]))
+        old, new = bytes.fromhex(rec["old"]), bytes.fromhex(rec["new"])
+        if not old or len(old) != len(new):
+            raise ValueError("old and new bytes differ in length")
+        return BytesEdit(_count(rec["offset"], "offset"), old, new, str(rec["why"]))
     if kind == "rela":
+        entsize = _count(rec["entsize"], "entsize")
+        size = _count(rec["size"], "size")
+        if not entsize or size % entsize:
+            raise ValueError(f"table size {size} is not a multiple of entry size {entsize}")
         entries = tuple(bytes.fromhex(x) for x in rec["entries"])
-        removed = tuple(int(i) for i in rec["removed"])
+        removed = tuple(_count(i, "removed index", size // entsize) for i in rec["removed"])
         if len(entries) != len(removed) or list(removed) != sorted(set(removed)):
             raise ValueError("removed indexes and entries do not pair up")
+        if any(len(x) != entsize for x in entries):
+            raise ValueError(f"an entry is not {entsize} bytes")
         keep = rec["keep"]
         return RelaEdit(
-            str(rec["section"]), _int(rec["offset"]), int(rec["size"]), int(rec["entsize"]), removed, entries,
-            None if keep is None else int(keep), str(rec["why"]),
+            str(rec["section"]), _count(rec["offset"], "offset"), size, entsize, removed, entries,
+            None if keep is None else _count(keep, "keep", size // entsize - len(removed) + 1), str(rec["why"]),
         )  # fmt: skip
     if kind == "truncate":
-        return Truncate(int(rec["size"]), bytes.fromhex(rec["tail"]), str(rec["why"]))
+        return Truncate(_count(rec["size"], "size"), bytes.fromhex(rec["tail"]), str(rec["why"]))
     raise ValueError(f"unknown record type {kind!r}")
+
+
+def check_extent(log: Log, name: str, original_size: int) -> None:
+    """Every edit lies inside the file as the edits before it leave it, replayed from a file of
+    ``original_size`` bytes. The footer checksum catches an accidental edit; this catches a log
+    edited on purpose (footer recomputed) before a replay reads or writes past the end."""
+    size = original_size
+    for n, e in enumerate(log.edits, start=1):
+        if isinstance(e, Truncate):
+            end = e.size + len(e.tail)
+        elif isinstance(e, WordWrite):
+            end = e.offset + 4
+        elif isinstance(e, BytesEdit):
+            end = e.offset + len(e.old)
+        else:
+            end = e.offset + e.size
+        if end > size or (isinstance(e, Truncate) and end != size):
+            raise LogError(f"{name}: edit {n} reaches offset {end:#x}, the file is {size:#x} bytes there")
+        if isinstance(e, Truncate):
+            size = e.size
 
 
 def word_writes(edits: Sequence[Edit]) -> list[WordWrite]:

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from rewriter import __version__, ppc
-from rewriter.edits import WordWrite, apply_edits, invert_edits
+from rewriter.edits import Truncate, WordWrite, apply_edits, invert_edits
 from rewriter.elf.compress import Compression, compress
 from rewriter.elf.image import Image
 from rewriter.elf.writer import Pending, atomic_write, commit, write_temp
 from rewriter.errors import LogError, OutputError, RewriteError
-from rewriter.log import FileFacts, Log, dumps, load
+from rewriter.log import FileFacts, Log, check_extent, dumps, load
 from rewriter.patch import Options, Rewrite, Selection, rewrite
 from rewriter.ppc import Disassembler, branch_target, describe, is_b, is_bl
 from rewriter.sites import Scan, scan
@@ -264,6 +264,9 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
         if _sha256(content) != log.output.content_sha256:
             raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output)")
     content, kind = _content(patched, raw)
+    if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
+        raise OutputError(f"{out}: the output would overwrite the patch log")
+    check_extent(log, str(log_path), len(content) + sum(len(e.tail) for e in log.edits if isinstance(e, Truncate)))
     original = bytes(invert_edits(bytearray(content), log.edits, log.byteorder))
     if _sha256(original) != log.input.content_sha256:
         raise LogError(f"{log_path}: undo does not give back the original (sha256 mismatch); log and file disagree")
@@ -285,6 +288,7 @@ def verify_files(original: Path, patched: Path, log_path: Path) -> Verdict:
     got, _ = _content(patched, _on_disk(patched))
     if _sha256(orig) != log.input.content_sha256:
         return Verdict(False, f"{original} is not the file this log was made from (sha256 differs)")
+    check_extent(log, str(log_path), len(orig))
     try:
         expected = bytes(apply_edits(bytearray(orig), log.edits, log.byteorder))
     except RewriteError as e:

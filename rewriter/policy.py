@@ -1,0 +1,280 @@
+"""Pre-nop policies: which functions stay traceable in a shipped kernel, and which are nopped.
+
+A policy is a small text file, one rule a line, in the pattern language of ftrace's
+``set_ftrace_filter`` / ``set_ftrace_notrace`` (Documentation/trace/ftrace.rst)::
+
+    # keep the initcall tracer, the VFS entry points and all of ext4 traceable
+    default nop
+    keep do_one_initcall
+    keep vfs_*
+    keep :mod:ext4
+    nop  ext4_*_test*:mod:ext4      # ...except these
+
+Rules:
+
+* ``default keep|nop`` -- exactly once: the verdict for a site no rule matches.
+* ``keep PATTERN`` / ``nop PATTERN`` -- one pattern a line. The **last** matching rule decides.
+* ``PATTERN`` is ``FUNCTION[:mod:MODULE][:section:SECTION]``: each part a glob (``*``, ``?``,
+  ``[...]``), matched against the whole name. An empty or missing FUNCTION means ``*``, so
+  ``:mod:ext4`` is every function of ext4 (as in ftrace: "blank search means to match all funcs
+  in the mod"). ``:mod:!NAME`` is every module *but* NAME. ``:mod:`` never matches the core kernel
+  (ftrace's module commands only ever select module functions); ``:section:`` matches the section
+  holding the call site (``.text``, ``.init.text``, ``.text.unlikely``, ...). A site whose function
+  has no symbol has the name ``""``, which only ``*`` matches.
+* ``#`` starts a comment (at the start of a line or after whitespace); blank lines are ignored.
+
+Module names are the kernel's: the file name without ``.ko[.xz|.gz|.zst]``, ``-`` read as ``_``
+(``snd-hda-intel.ko`` is ``snd_hda_intel``), which is what KBUILD_MODNAME and ftrace's
+``[module]`` column show.
+
+Pure: parsing and deciding take values and return values; no files are read here except by
+:func:`load`, and nothing here knows about ELF.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fnmatch import translate
+from pathlib import Path
+from typing import Final
+
+from rewriter.errors import RewriteError
+
+MODULE_SUFFIXES: Final = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
+
+
+class PolicyError(RewriteError):
+    """A policy file that does not parse; the message names the file and line."""
+
+
+class Verb(enum.Enum):
+    KEEP = "keep"  # the site stays as it is: traceable
+    NOP = "nop"  # mflr and bl become nop, and the kernel's record of the site is dropped
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One ftrace-style pattern, compiled. ``module`` None: any file, vmlinux included."""
+
+    text: str
+    function: re.Pattern[str]
+    module: re.Pattern[str] | None
+    module_negated: bool
+    section: re.Pattern[str] | None
+
+    def matches_file(self, module: str | None) -> bool:
+        """Whether this pattern can match any site of a file whose module name is ``module``
+        (None for the core kernel)."""
+        if self.module is None:
+            return True
+        if module is None:
+            return False
+        return bool(self.module.fullmatch(module)) != self.module_negated
+
+    def matches_site(self, function: str, section: str) -> bool:
+        """The per-site part (the file part is :meth:`matches_file`)."""
+        if self.section is not None and not self.section.fullmatch(section):
+            return False
+        return bool(self.function.fullmatch(function))
+
+
+@dataclass(frozen=True)
+class Rule:
+    verb: Verb
+    pattern: Pattern
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.verb.value} {self.pattern.text}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """``rules`` in file order; ``sha256`` of the file's text (for reports)."""
+
+    name: str
+    default: Verb
+    rules: tuple[Rule, ...]
+    sha256: str
+
+    def for_file(self, module: str | None) -> FilePolicy:
+        """The rules that can match in one file, so that per-site decisions skip the rest."""
+        live = tuple((i, r) for i, r in enumerate(self.rules) if r.pattern.matches_file(module))
+        return FilePolicy(self.default, tuple(reversed(live)))
+
+
+@dataclass(frozen=True)
+class FilePolicy:
+    default: Verb
+    rules_last_first: tuple[tuple[int, Rule], ...]
+
+    def decide(self, function: str | None, section: str) -> tuple[Verb, int | None]:
+        """(verdict, index of the deciding rule, or None when the default decides)."""
+        name = function or ""
+        for i, rule in self.rules_last_first:
+            if rule.pattern.matches_site(name, section):
+                return rule.verb, i
+        return self.default, None
+
+
+def module_name(path: Path | str) -> str | None:
+    """The kernel's name for a module file; None for anything else (vmlinux, objects)."""
+    name = Path(path).name
+    for suffix in MODULE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)].replace("-", "_")
+    return None
+
+
+# -- parsing --------------------------------------------------------------------------------
+
+_COMMENT = re.compile(r"(^|\s)#.*$")
+
+
+def load(path: Path) -> Policy:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise PolicyError(f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise PolicyError(f"{path}: not a text file") from None
+    return parse(text, str(path))
+
+
+def parse(text: str, name: str = "<policy>") -> Policy:
+    default: Verb | None = None
+    rules: list[Rule] = []
+    for n, raw in enumerate(text.splitlines(), start=1):
+        line = _COMMENT.sub("", raw).strip()
+        if not line:
+            continue
+        words = line.split()
+        where = f"{name}:{n}"
+        if words[0] == "default":
+            if len(words) != 2 or words[1] not in ("keep", "nop"):
+                raise PolicyError(f"{where}: expected `default keep` or `default nop`, found `{line}`")
+            if default is not None:
+                raise PolicyError(f"{where}: a second `default` line (a policy has exactly one)")
+            default = Verb(words[1])
+            continue
+        if words[0] not in ("keep", "nop"):
+            raise PolicyError(f"{where}: expected `keep PATTERN`, `nop PATTERN` or `default ...`, found `{line}`")
+        if len(words) != 2:
+            raise PolicyError(f"{where}: one pattern a line, found {len(words) - 1} in `{line}`")
+        rules.append(Rule(Verb(words[0]), parse_pattern(words[1], where), n))
+    if default is None:
+        raise PolicyError(f"{name}: no `default keep` or `default nop` line")
+    return Policy(name, default, tuple(rules), hashlib.sha256(text.encode()).hexdigest())
+
+
+def parse_pattern(text: str, where: str = "<pattern>") -> Pattern:
+    """``FUNCTION[:mod:MODULE][:section:SECTION]`` (C identifiers, ``.`` suffixes such as
+    ``.constprop.0``, section and module names never contain ``:``)."""
+    parts = text.split(":")
+    function = parts[0] or "*"
+    commands: dict[str, str] = {}
+    rest = parts[1:]
+    if len(rest) % 2:
+        raise PolicyError(f"{where}: `{text}`: expected FUNCTION[:mod:MODULE][:section:SECTION]")
+    for cmd, arg in zip(rest[::2], rest[1::2], strict=True):
+        if cmd not in ("mod", "section"):
+            raise PolicyError(f"{where}: `{text}`: unknown command `:{cmd}:` (known: :mod:, :section:)")
+        if cmd in commands:
+            raise PolicyError(f"{where}: `{text}`: `:{cmd}:` given twice")
+        if not arg or arg == "!":
+            raise PolicyError(f"{where}: `{text}`: `:{cmd}:` needs a name")
+        commands[cmd] = arg
+    module = commands.get("mod")
+    negated = module is not None and module.startswith("!")
+    if negated:
+        module = module[1:]  # type: ignore[index]
+    section = commands.get("section")
+    return Pattern(
+        text,
+        _glob(function, where, text),
+        None if module is None else _glob(module, where, text),
+        negated,
+        None if section is None else _glob(section, where, text),
+    )
+
+
+def _glob(glob: str, where: str, text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(translate(glob))
+    except re.error as e:
+        raise PolicyError(f"{where}: `{text}`: bad glob `{glob}` ({e})") from None
+
+
+# -- reports --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuleUse:
+    """How one rule (or the default, ``rule`` None) fared over a set of sites: ``matched`` sites
+    its pattern matches, ``decided`` sites it is the last match for, ``examples`` a few of those
+    (``function`` or ``function [module]``), sorted."""
+
+    rule: Rule | None
+    matched: int
+    decided: int
+    examples: tuple[str, ...]
+
+
+EXAMPLES: Final = 4
+
+
+class Tally:
+    """Counts rule matches over many files' sites (for ``policy check``)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.matched = [0] * len(policy.rules)
+        self.decided = [0] * (len(policy.rules) + 1)  # the last slot: the default
+        self.examples: list[set[str]] = [set() for _ in range(len(policy.rules) + 1)]
+        self.verdicts = {Verb.KEEP: 0, Verb.NOP: 0}
+        self.files = 0
+
+    def add_file(self, module: str | None, sites: Sequence[tuple[str | None, str]]) -> None:
+        """``sites``: (function, section) of every site of one file."""
+        self.files += 1
+        fp = self.policy.for_file(module)
+        for function, section in sites:
+            name = function or ""
+            deciding: int | None = None
+            for i, rule in fp.rules_last_first:
+                if rule.pattern.matches_site(name, section):
+                    self.matched[i] += 1
+                    if deciding is None:
+                        deciding = i
+            slot = len(self.policy.rules) if deciding is None else deciding
+            verdict = self.policy.default if deciding is None else self.policy.rules[deciding].verb
+            self.verdicts[verdict] += 1
+            self.decided[slot] += 1
+            ex = self.examples[slot]
+            label = name or "?"
+            if module is not None:
+                label = f"{label} [{module}]"
+            if len(ex) < EXAMPLES * 8:
+                ex.add(label)
+
+    def uses(self) -> list[RuleUse]:
+        out = []
+        for i, rule in enumerate(self.policy.rules):
+            out.append(RuleUse(rule, self.matched[i], self.decided[i], tuple(sorted(self.examples[i]))[:EXAMPLES]))
+        d = len(self.policy.rules)
+        out.append(RuleUse(None, self.decided[d], self.decided[d], tuple(sorted(self.examples[d]))[:EXAMPLES]))
+        return out
+
+    def warnings(self) -> list[str]:
+        out = []
+        for i, rule in enumerate(self.policy.rules):
+            if self.matched[i] == 0:
+                out.append(f"{self.policy.name}:{rule.line}: `{rule}` matches nothing")
+            elif self.decided[i] == 0:
+                out.append(f"{self.policy.name}:{rule.line}: `{rule}` matches {self.matched[i]} sites, "
+                           "but later rules decide every one of them")  # fmt: skip
+        return out

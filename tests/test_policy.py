@@ -1,0 +1,136 @@
+"""Policy files: parsing, ftrace-style patterns, last match wins, and `mcountrw policy check`."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rewriter.policy import PolicyError, Tally, Verb, load, module_name, parse
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def test_last_matching_rule_decides_and_default_covers_the_rest() -> None:
+    p = parse("default nop\nkeep vfs_*\nnop vfs_fsync*\nkeep vfs_fsync_range\n")
+    fp = p.for_file(None)
+    assert fp.decide("vfs_read", ".text") == (Verb.KEEP, 0)
+    assert fp.decide("vfs_fsync", ".text") == (Verb.NOP, 1)
+    assert fp.decide("vfs_fsync_range", ".text") == (Verb.KEEP, 2)
+    assert fp.decide("schedule", ".text") == (Verb.NOP, None)
+
+
+def test_mod_pattern_is_every_function_of_that_module_and_never_the_core_kernel() -> None:
+    p = parse("default nop\nkeep :mod:ext4\n")
+    assert p.for_file("ext4").decide("ext4_fill_super", ".text")[0] is Verb.KEEP
+    assert p.for_file("ext4").decide(None, ".text")[0] is Verb.KEEP  # a site with no symbol
+    assert p.for_file("jbd2").decide("ext4_fill_super", ".text")[0] is Verb.NOP
+    assert p.for_file(None).decide("ext4_fill_super", ".text")[0] is Verb.NOP
+
+
+def test_function_and_module_globs_combine_and_module_negation_excludes_one_module() -> None:
+    p = parse("default keep\nnop *_test*:mod:ext4\nnop trace_*:mod:!ext4\n")
+    assert p.for_file("ext4").decide("ext4_mb_test_x", ".text")[0] is Verb.NOP
+    assert p.for_file("ext4").decide("trace_ext4_x", ".text")[0] is Verb.KEEP
+    assert p.for_file("jbd2").decide("trace_jbd2_x", ".text")[0] is Verb.NOP
+    assert p.for_file(None).decide("trace_x", ".text")[0] is Verb.KEEP  # :mod: never selects vmlinux
+
+
+def test_section_pattern_matches_the_section_of_the_call_site() -> None:
+    p = parse("default keep\nnop :section:.init.text\nkeep do_one_initcall:section:.init.text\n")
+    fp = p.for_file(None)
+    assert fp.decide("start_kernel", ".init.text")[0] is Verb.NOP
+    assert fp.decide("do_one_initcall", ".init.text")[0] is Verb.KEEP
+    assert fp.decide("start_kernel", ".text")[0] is Verb.KEEP
+
+
+def test_globs_match_whole_names_including_gcc_clone_suffixes() -> None:
+    fp = parse("default nop\nkeep vfs_read\nkeep do_*\n").for_file(None)
+    assert fp.decide("vfs_read", ".text")[0] is Verb.KEEP
+    assert fp.decide("vfs_readv", ".text")[0] is Verb.NOP  # no implicit trailing *
+    assert fp.decide("do_sys_open.constprop.0", ".text")[0] is Verb.KEEP
+
+
+def test_comments_and_blank_lines_are_ignored() -> None:
+    p = parse("# header\n\n  default nop   # trailing\nkeep foo#bar  # `#` inside a word is part of it\n")
+    assert p.default is Verb.NOP and [str(r) for r in p.rules] == ["keep foo#bar"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("keep foo\n", "no `default keep` or `default nop` line"),
+        ("default nop\ndefault keep\n", ":2: a second `default` line"),
+        ("default maybe\n", ":1: expected `default keep` or `default nop`"),
+        ("default nop\ntrace foo\n", ":2: expected `keep PATTERN`"),
+        ("default nop\nkeep foo bar\n", ":2: one pattern a line"),
+        ("default nop\nkeep foo:filter:x\n", "unknown command `:filter:`"),
+        ("default nop\nkeep foo:mod:\n", "`:mod:` needs a name"),
+        ("default nop\nkeep foo:mod:a:mod:b\n", "`:mod:` given twice"),
+        ("default nop\nkeep foo:mod\n", "expected FUNCTION[:mod:MODULE][:section:SECTION]"),
+    ],
+)
+def test_bad_policies_are_refused_naming_the_line(text: str, message: str) -> None:
+    with pytest.raises(PolicyError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse(text, "p.policy")
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("kernel/fs/ext4/ext4.ko", "ext4"),
+        ("snd-hda-intel.ko.xz", "snd_hda_intel"),
+        ("a/b/nls_utf8.ko.zst", "nls_utf8"),
+        ("x.ko.gz", "x"),
+        ("vmlinux", None),
+        ("foo.o", None),
+    ],
+)
+def test_module_names_are_the_kernels(path: str, name: str | None) -> None:
+    assert module_name(path) == name
+
+
+def test_tally_counts_matches_and_decisions_and_warns_about_dead_rules() -> None:
+    p = parse("default nop\nkeep vfs_*\nkeep vfs_read\nnop vfs_*\nkeep nothing_here\n", "p")
+    t = Tally(p)
+    t.add_file(None, [("vfs_read", ".text"), ("vfs_write", ".text"), ("schedule", ".text")])
+    uses = t.uses()
+    assert [(u.matched, u.decided) for u in uses] == [(2, 0), (1, 0), (2, 2), (0, 0), (1, 1)]
+    assert uses[-1].rule is None and uses[-1].examples == ("schedule",)
+    assert t.verdicts == {Verb.KEEP: 0, Verb.NOP: 3}
+    warnings = t.warnings()
+    assert any(w.startswith("p:2: `keep vfs_*` matches 2 sites, but later rules decide") for w in warnings)
+    assert any(w.startswith("p:5: `keep nothing_here` matches nothing") for w in warnings)
+
+
+def test_example_policies_parse() -> None:
+    files = sorted(EXAMPLES.glob("*.policy"))
+    assert files
+    for f in files:
+        load(f)
+
+
+NAMES = st.text(alphabet="ab_", min_size=0, max_size=4)
+GLOBS = st.text(alphabet="ab_*?", min_size=1, max_size=4)
+
+
+@given(
+    rules=st.lists(st.tuples(st.sampled_from(["keep", "nop"]), GLOBS, st.none() | GLOBS), max_size=6),
+    default=st.sampled_from(["keep", "nop"]),
+    function=NAMES,
+    module=st.none() | NAMES.filter(bool),
+)
+def test_decision_is_the_last_matching_rule_by_plain_fnmatch(rules, default, function, module) -> None:
+    text = f"default {default}\n" + "".join(
+        f"{verb} {glob}" + (f":mod:{mod}" if mod else "") + "\n" for verb, glob, mod in rules
+    )
+    expected = default
+    for verb, glob, mod in rules:
+        in_file = mod is None or (module is not None and fnmatch.fnmatchcase(module, mod))
+        if in_file and fnmatch.fnmatchcase(function, glob):
+            expected = verb
+    assert parse(text).for_file(module).decide(function, ".text")[0].value == expected

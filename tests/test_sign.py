@@ -1,0 +1,185 @@
+"""Module signing: the trailer sign-file makes, checked with openssl and against a Debian module's."""
+
+from __future__ import annotations
+
+import datetime
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from boot import require_tool
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from rewriter.sign import MARKER, Signer, SignError, module_signature, parse_trailer
+
+BODY = b"\x7fELF" + bytes(range(256)) * 64  # any bytes: the signature does not parse the module
+
+
+def _cert(key, cn: str) -> x509.Certificate:  # type: ignore[no-untyped-def]
+    """Like the kernel's certs/x509.genkey: self-signed, CA:FALSE, digitalSignature."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    start = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+    usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(0x4D434F554E54)
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(usage, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _write_pair(directory: Path, key, name: str, password: bytes | None = None) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    enc = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    key_path, cert_path = directory / f"{name}.key.pem", directory / f"{name}.crt.pem"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc))
+    cert_path.write_bytes(_cert(key, f"mcountrw {name}").public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> dict[str, tuple[Path, Path]]:  # type: ignore[no-untyped-def]
+    """Throwaway keys: RSA-2048 (what kernels default to is 4096; 2048 keeps tests fast) and P-256."""
+    d = tmp_path_factory.mktemp("keys")
+    return {
+        "rsa": _write_pair(d, rsa.generate_private_key(public_exponent=65537, key_size=2048), "rsa"),
+        "other": _write_pair(d, rsa.generate_private_key(public_exponent=65537, key_size=2048), "other"),
+        "ec": _write_pair(d, ec.generate_private_key(ec.SECP256R1()), "ec"),
+    }
+
+
+def openssl_verify(module: Path, cert: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Check a signed module's CMS over the module bytes before the trailer, against ``cert``."""
+    openssl = require_tool("openssl")
+    data = module.read_bytes()
+    trailer = parse_trailer(data)
+    assert trailer is not None
+    (tmp_path / "sig.der").write_bytes(trailer.cms)
+    (tmp_path / "content").write_bytes(data[: trailer.elf_end])
+    cmd = [str(openssl), "cms", "-verify", "-binary", "-inform", "DER", "-in", str(tmp_path / "sig.der"),
+           "-content", str(tmp_path / "content"), "-certfile", str(cert), "-CAfile", str(cert),
+           "-purpose", "any", "-out", "/dev/null"]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def cms_shape(cms: bytes, tmp_path: Path) -> list[str]:
+    """`openssl cms -cmsout -print` with the values that differ per key and per module taken out."""
+    openssl = require_tool("openssl")
+    (tmp_path / "shape.der").write_bytes(cms)
+    out = subprocess.run(
+        [str(openssl), "cms", "-cmsout", "-print", "-inform", "DER", "-in", str(tmp_path / "shape.der")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    keep: list[str] = []
+    for line in out.splitlines():
+        if re.match(r"\s+[0-9a-f]{4} - ", line) or "issuer:" in line or "serialNumber:" in line:
+            continue
+        if line.strip() == "parameter: NULL" and keep and keep[-1].startswith("algorithm: sha"):
+            line = "parameter: <ABSENT> (NULL)"  # RFC 5754: SHA-2 parameters absent or NULL, both read
+        keep.append(line.strip())
+    return keep
+
+
+def test_signature_verifies_with_openssl_against_the_certificate(keys, tmp_path: Path) -> None:
+    key, cert = keys["rsa"]
+    module = tmp_path / "m.ko"
+    module.write_bytes(BODY + Signer.load(key, cert).trailer(BODY))
+    result = openssl_verify(module, cert, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Verification successful" in result.stderr
+
+
+def test_a_changed_module_or_another_certificate_fails_openssl_verification(keys, tmp_path: Path) -> None:
+    key, cert = keys["rsa"]
+    signed = bytearray(BODY + Signer.load(key, cert).trailer(BODY))
+    signed[100] ^= 1
+    module = tmp_path / "m.ko"
+    module.write_bytes(bytes(signed))
+    assert openssl_verify(module, cert, tmp_path).returncode != 0
+    module.write_bytes(BODY + Signer.load(key, cert).trailer(BODY))
+    assert openssl_verify(module, keys["other"][1], tmp_path).returncode != 0
+
+
+def test_ecdsa_keys_sign_too(keys, tmp_path: Path) -> None:
+    key, cert = keys["ec"]
+    module = tmp_path / "m.ko"
+    module.write_bytes(BODY + Signer.load(key, cert, "sha384").trailer(BODY))
+    assert openssl_verify(module, cert, tmp_path).returncode == 0
+    assert not Signer.load(key, cert).deterministic
+
+
+def test_trailer_struct_is_pkcs7_with_big_endian_length_then_the_marker(keys) -> None:
+    key, cert = keys["rsa"]
+    trailer = Signer.load(key, cert).trailer(BODY)
+    parsed = parse_trailer(BODY + trailer)
+    assert parsed is not None and parsed.elf_end == len(BODY)
+    assert trailer.endswith(MARKER)
+    assert (parsed.algo, parsed.hash, parsed.id_type, parsed.signer_len, parsed.key_id_len) == (0, 0, 2, 0, 0)
+    assert parsed.pad == bytes(3)
+    assert trailer[len(parsed.cms) :] == module_signature(len(parsed.cms)) + MARKER
+
+
+def test_rsa_signatures_are_reproducible(keys) -> None:
+    key, cert = keys["rsa"]
+    signer = Signer.load(key, cert)
+    assert signer.deterministic and signer.trailer(BODY) == Signer.load(key, cert).trailer(BODY)
+
+
+def test_trailer_layout_matches_a_debian_signed_module(corpus, keys, tmp_path: Path) -> None:
+    """Same struct bytes but the length, same marker, and the same CMS shape: SignedData,
+    detached, no certificates, no signed attributes, issuer+serial signer, sha256 + rsaEncryption.
+    The one difference is allowed by RFC 5754: cryptography writes NULL digest parameters."""
+    debian = (corpus.modules_dir / "fs/nls/nls_utf8.ko").read_bytes()
+    theirs = parse_trailer(debian)
+    assert theirs is not None
+    key, cert = keys["rsa"]
+    body = debian[: theirs.elf_end]
+    mine_bytes = body + Signer.load(key, cert).trailer(body)
+    mine = parse_trailer(mine_bytes)
+    assert mine is not None and mine.elf_end == theirs.elf_end
+    struct = slice(-len(MARKER) - 12, -len(MARKER) - 4)
+    assert mine_bytes[struct] == debian[struct] == bytes([0, 0, 2, 0, 0, 0, 0, 0])
+    assert mine_bytes.endswith(MARKER) and debian.endswith(MARKER)
+    shape_theirs = cms_shape(theirs.cms, tmp_path)
+    shape_mine = cms_shape(mine.cms, tmp_path)
+    for must in ("contentType: pkcs7-signedData (1.2.840.113549.1.7.2)", "eContent: <ABSENT>",
+                 "d.issuerAndSerialNumber:", "algorithm: sha256 (2.16.840.1.101.3.4.2.1)",
+                 "algorithm: rsaEncryption (1.2.840.113549.1.1.1)"):  # fmt: skip
+        assert must in shape_theirs and must in shape_mine
+    assert shape_mine == [x.replace("parameter: <ABSENT>", "parameter: <ABSENT> (NULL)") for x in shape_theirs]
+
+
+def test_combined_key_and_certificate_file_and_der_certificate_are_accepted(keys, tmp_path: Path) -> None:
+    key, cert = keys["rsa"]
+    both = tmp_path / "signing_key.pem"  # what the kernel's certs/Makefile generates
+    both.write_bytes(key.read_bytes() + cert.read_bytes())
+    der = tmp_path / "signing_key.x509"
+    der.write_bytes(x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.DER))
+    assert Signer.load(both, both).trailer(BODY) == Signer.load(key, der).trailer(BODY)
+
+
+def test_encrypted_key_takes_its_passphrase_from_kbuild_sign_pin(tmp_path: Path, monkeypatch) -> None:
+    key, cert = _write_pair(tmp_path, rsa.generate_private_key(public_exponent=65537, key_size=2048), "enc", b"s3cret")
+    monkeypatch.delenv("KBUILD_SIGN_PIN", raising=False)
+    with pytest.raises(SignError, match="KBUILD_SIGN_PIN"):
+        Signer.load(key, cert)
+    monkeypatch.setenv("KBUILD_SIGN_PIN", "s3cret")
+    Signer.load(key, cert)
+
+
+def test_mismatched_key_and_certificate_and_unknown_hash_are_refused(keys) -> None:
+    with pytest.raises(SignError, match="not for the key"):
+        Signer.load(keys["rsa"][0], keys["other"][1])
+    with pytest.raises(SignError, match="--hash: 'md5'"):
+        Signer.load(*keys["rsa"], "md5")
+    with pytest.raises(SignError, match="not a PEM private key"):
+        Signer.load(keys["rsa"][1], keys["rsa"][1])

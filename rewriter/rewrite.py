@@ -61,13 +61,14 @@ def check_output_path(input_path: Path, output: Path | None, in_place: bool) -> 
     if in_place:
         if output is not None and output.resolve() != input_path.resolve():
             raise OutputError(f"{output}: --in-place writes the input; do not also give -o")
-        return input_path
-    if output is None:
+        output = input_path
+    elif output is None:
         raise OutputError(f"{input_path}: no output: give -o OUT, --in-place or --dry-run")
-    if output.exists() and output.resolve() == input_path.resolve():
+    elif output.exists() and output.resolve() == input_path.resolve():
         raise OutputError(f"{output}: output is the input; use --in-place to rewrite it")
     if output.is_dir():
         raise OutputError(f"{output}: is a directory")
+    # The file is replaced by a rename, so it is the directory that must be writable.
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{output}: directory {parent} does not exist")

@@ -101,5 +101,5 @@ def compress(data: bytes, kind: Compression) -> bytes:
     if kind is Compression.ZSTD:
         import zstandard
 
-        return zstandard.ZstdCompressor().compress(data)
+        return zstandard.ZstdCompressor(write_checksum=True).compress(data)  # the zstd CLI's default
     return data

@@ -204,6 +204,8 @@ class Image:
             # gABI: if e_shnum is 0 and e_shoff is not, the real count is in sh_size of entry 0.
             self._check_range(shoff, dt.itemsize, "section header 0")
             shnum = int(np.frombuffer(self.data, dt, count=1, offset=shoff)[0]["sh_size"])
+            if shnum == 0:
+                raise self.error("no sections (e_shnum and the count in section header 0 are both 0)")
         self._check_range(shoff, shnum * dt.itemsize, "section header table")
         table = np.frombuffer(self.data, dt, count=shnum, offset=shoff)
         strndx = int(e["e_shstrndx"])

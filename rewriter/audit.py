@@ -1,0 +1,622 @@
+"""Audit images: counts, anomalies with a severity each, and the mflr-nop safety of every site.
+
+Strategy: scan the image (``rewriter.sites``), decode its code once and walk every site
+(``rewriter.flow``), then compare what the sites, the records and the symbols say. Each finding is
+an :class:`Anomaly` with a severity from :data:`RULES` (argued there), a place and one line of
+explanation. Many files are audited in worker processes, a chunk of files per task, and rolled up
+by subsystem (the module's directory under ``kernel/``).
+
+Pure data: nothing here prints or writes; ``rewriter.report`` renders an :class:`Audit`.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Final, NamedTuple, TypeVar
+
+import numpy as np
+
+from rewriter import flow, ppc
+from rewriter.elf import structs as S
+from rewriter.elf.image import Abi, Image, Kind
+from rewriter.elf.symbols import PLACE_SHIFT, Functions, split_place
+from rewriter.errors import RewriteError
+from rewriter.sites import Scan, Site, scan
+from rewriter.states import SiteState, Variant
+
+# -- rules ----------------------------------------------------------------------------------
+
+
+class Severity(enum.Enum):
+    NOTE = "note"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+RANK: Final[Mapping[Severity, int]] = {Severity.NOTE: 0, Severity.WARNING: 1, Severity.ERROR: 2}
+
+
+class AnomalyKind(enum.Enum):
+    BROKEN = "broken"
+    R0_LIVE = "r0live"
+    UNRECORDED = "unrecorded"
+    DANGLING = "dangling"
+    DUPLICATE_RECORD = "duplicate-record"
+    UNEXPECTED_WORDS = "unexpected-words"
+    NOT_AT_ENTRY = "not-at-entry"
+    PATCHABLE_BEFORE_GEP = "patchable-before-gep"
+    ABI_MISMATCH = "abi-mismatch"
+    MIXED_STATES = "mixed-states"
+    ZEROED_RECORDS = "zeroed-records"
+
+
+class Rule(NamedTuple):
+    severity: Severity
+    title: str
+    why: str  # the argument for the severity, shown in docs and in SARIF rule help
+
+
+RULES: Final[Mapping[AnomalyKind, Rule]] = {
+    AnomalyKind.BROKEN: Rule(
+        Severity.ERROR,
+        "site in the race state (nop; bl _mcount)",
+        "A CPU that runs it reaches _mcount with r0 not holding LR; _mcount restores LR from r0 and "
+        "the function returns to garbage.",
+    ),
+    AnomalyKind.R0_LIVE: Rule(
+        Severity.WARNING,
+        "the function reads r0 after the site: its mflr r0 must stay",
+        "With mflr r0 in place the code is correct, but nopping it (mcountrw nop, the nopped and "
+        "guarded states) changes what the function does: a warning. Where the mflr is already gone "
+        "(nopped, guarded, broken) the function reads garbage today: an error.",
+    ),
+    AnomalyKind.UNRECORDED: Rule(
+        Severity.WARNING,
+        "call to _mcount with no record",
+        "ftrace never patches a site it has no record of: the bl stays live and calls _mcount on "
+        "every entry, and the function cannot be traced or disabled. A disabled site without a record "
+        "is only a note; a nopped one is what dropping records on purpose leaves, and is not reported.",
+    ),
+    AnomalyKind.DANGLING: Rule(
+        Severity.ERROR,
+        "record that points at no call site",
+        "At boot (or module load) ftrace_make_nop finds an unexpected word there, calls ftrace_bug() "
+        "and disables function tracing for the whole kernel.",
+    ),
+    AnomalyKind.DUPLICATE_RECORD: Rule(
+        Severity.ERROR,
+        "site recorded more than once",
+        "ftrace creates one dyn_ftrace per record; the second ftrace_make_nop of the same address "
+        "finds the nop the first one wrote instead of the bl, and ftrace_bug() disables tracing.",
+    ),
+    AnomalyKind.UNEXPECTED_WORDS: Rule(
+        Severity.ERROR,
+        "site slots hold unexpected instructions",
+        "The kernel validates mflr r0 (or gcc 5's std r0,16(r1)) before the bl and refuses anything "
+        "else with ftrace_bug(); mcountrw cannot plan a route for it either.",
+    ),
+    AnomalyKind.NOT_AT_ENTRY: Rule(
+        Severity.WARNING,
+        "call to _mcount that is not at a function entry",
+        "ftrace attributes a site to the function around it and assumes it is the prologue's "
+        "(ftrace_location, the graph tracer's parent address); a call elsewhere gets traced under "
+        "the wrong assumptions. Not an error: the call itself still works.",
+    ),
+    AnomalyKind.PATCHABLE_BEFORE_GEP: Rule(
+        Severity.ERROR,
+        "patchable-entry nops before the ELFv2 global entry",
+        "Local calls enter at the local entry and skip the nops, so ftrace misses them; the kernel "
+        "rejects such a compiler (arch/powerpc/tools/gcc-check-fpatchable-function-entry.sh).",
+    ),
+    AnomalyKind.ABI_MISMATCH: Rule(
+        Severity.ERROR,
+        "ELFv1/ELFv2 or byte-order mismatch",
+        "The module loader refuses a module whose ABI (e_flags) or byte order differs from the "
+        "kernel's, and a file whose e_flags contradict its own symbols is mis-built.",
+    ),
+    AnomalyKind.MIXED_STATES: Rule(
+        Severity.NOTE,
+        "sites of one variant in more than one state",
+        "A compiler emits every site in one state; a mix means a rewrite that stopped part way or "
+        "a deliberate partial one. Nothing breaks by itself.",
+    ),
+    AnomalyKind.ZEROED_RECORDS: Rule(
+        Severity.NOTE,
+        "zeroed entries in __mcount_loc",
+        "Dropped records (ftrace_process_locs skips zero entries): the sites they named are out of "
+        "ftrace's reach on purpose.",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """One finding. ``addr`` is None in relocatable files, where ``section`` + ``offset`` place it;
+    image-wide findings have neither. ``evidence``: disassembly lines that show it."""
+
+    kind: AnomalyKind
+    severity: Severity
+    message: str
+    addr: int | None = None
+    section: str | None = None
+    offset: int | None = None
+    file_offset: int | None = None
+    function: str | None = None
+    evidence: tuple[str, ...] = ()
+
+    @property
+    def place(self) -> str:
+        if self.addr is not None:
+            return f"{self.addr:#x}"
+        if self.section is not None and self.offset is not None:
+            return f"{self.section}+{self.offset:#x}"
+        return ""
+
+
+# -- per image ------------------------------------------------------------------------------
+
+
+class SiteAudit(NamedTuple):
+    """A site with its mflr-nop safety verdict and, for LIVE and UNKNOWN, disassembly lines."""
+
+    site: Site
+    safety: flow.Safety
+    evidence: tuple[str, ...]
+
+
+class Counts(NamedTuple):
+    sites: int
+    by_section: dict[str, int]
+    by_variant: dict[str, int]
+    by_state: dict[str, int]
+    recorded: int
+    unrecorded: int
+    functions: int  # function symbols (aliases counted once)
+    functions_with_sites: int
+    sites_outside_functions: int
+    init_sites: int  # in .init.text
+    exit_sites: int  # in .exit.text
+    records: int
+    zeroed_records: int
+    unmatched_records: int
+    duplicate_records: int
+
+    @property
+    def functions_without_sites(self) -> int:
+        return self.functions - self.functions_with_sites
+
+
+@dataclass(frozen=True, slots=True)
+class ImageAudit:
+    path: Path
+    group: str
+    kind: Kind
+    endian: str
+    abi: Abi
+    counts: Counts
+    anomalies: tuple[Anomaly, ...]
+    sites: tuple[SiteAudit, ...]
+
+    def safety_counts(self) -> dict[flow.Verdict, int]:
+        found = Counter(s.safety.verdict for s in self.sites)
+        return {v: found[v] for v in flow.Verdict}
+
+
+def audit_image(image: Image, group: str, table: flow.Table, mcount_addr: int | None = None) -> ImageAudit:
+    result = scan(image, mcount_addr)
+    code = flow.load_code(image, result, table)
+    verdicts = flow.safety(code, result.sites)
+    printer = Printer(image, code, ppc.Disassembler(image.big_endian))
+    sites = tuple(
+        SiteAudit(s, v, printer.safety(s, v) if v.verdict is not flow.Verdict.SAFE else ())
+        for s, v in zip(result.sites, verdicts, strict=True)
+    )
+    anomalies = _anomalies(image, result, printer, sites)
+    order = sorted(anomalies, key=lambda a: (-RANK[a.severity], a.kind.value, a.section or "", a.offset or 0))
+    return ImageAudit(
+        image.path, group, result.kind, result.endian, result.abi, _counts(result, code.funcs), tuple(order), sites
+    )
+
+
+def _counts(result: Scan, funcs: Functions) -> Counts:
+    sites = result.sites
+    places = np.array([flow.site_place(s) for s in sites], np.uint64)
+    fi = funcs.containing(places) if len(sites) and len(funcs) else np.full(len(sites), -1, np.int64)
+    by_section = Counter(s.section for s in sites)
+    return Counts(
+        len(sites),
+        dict(sorted(by_section.items())),
+        dict(sorted(Counter(s.variant.value for s in sites).items())),
+        dict(sorted(Counter(s.state.value for s in sites).items())),
+        sum(s.recorded for s in sites),
+        sum(not s.recorded for s in sites),
+        len(funcs),
+        len(np.unique(fi[fi >= 0])),
+        int(np.count_nonzero(fi < 0)),
+        by_section.get(".init.text", 0),
+        by_section.get(".exit.text", 0),
+        result.records.count,
+        result.records.zeroed,
+        len(result.records.unmatched),
+        len(result.records.duplicates),
+    )
+
+
+# -- evidence -------------------------------------------------------------------------------
+
+
+class Printer(NamedTuple):
+    """Disassembly lines for evidence: ``place: word  mnemonic operands``."""
+
+    image: Image
+    code: flow.Code
+    dis: ppc.Disassembler
+
+    def where(self, place: int) -> str:
+        if self.image.type != S.ET_REL:
+            return f"{place:#x}"
+        shndx, off = split_place(place)
+        return f"{self.image.section_at(shndx).name}+{off:#x}"
+
+    def line(self, i: int, note: str = "") -> str:
+        place = self.code.place(i)
+        word = int(self.code.words[i])
+        pc = place if self.image.type != S.ET_REL else split_place(place)[1]  # branch targets in-section
+        text = f"{self.where(place)}: {word:08x}  {self.dis.text(word, pc)}"
+        return f"{text}  <- {note}" if note else text
+
+    def word_index(self, place: int) -> int:
+        return int(self.code.index(np.array([place], np.uint64))[0])
+
+    def slots(self, site: Site) -> list[str]:
+        b = self.word_index(flow.site_place(site))
+        first = b - (2 if site.variant is Variant.MPROFILE_STD else 1)
+        return [self.line(i) for i in range(max(first, 0), b + 1)] if b >= 0 else []
+
+    def safety(self, site: Site, safety: flow.Safety) -> tuple[str, ...]:
+        """The site's words, then the word that decided (the read of r0, or what stopped the walk)."""
+        lines = self.slots(site)
+        if safety.evidence is not None and self.word_index(safety.evidence) >= 0:
+            lines.append(self.line(self.word_index(safety.evidence), safety.why.value if safety.why else ""))
+        return tuple(lines)
+
+
+# -- anomalies ------------------------------------------------------------------------------
+
+_MFLR_PRESENT: Final = frozenset({SiteState.ENABLED, SiteState.DISABLED})
+_LIVE_CALL: Final = frozenset({SiteState.ENABLED, SiteState.ARMED, SiteState.BROKEN})
+
+
+def _at_site(
+    kind: AnomalyKind,
+    site: Site,
+    message: str,
+    evidence: Sequence[str] = (),
+    severity: Severity | None = None,
+) -> Anomaly:
+    return Anomaly(
+        kind,
+        severity or RULES[kind].severity,
+        message,
+        site.addr,
+        site.section,
+        site.offset,
+        site.file_offset,
+        site.function,
+        tuple(evidence),
+    )
+
+
+def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[SiteAudit]) -> list[Anomaly]:
+    found = _abi_anomalies(image)
+    found += _record_anomalies(image, result, printer)
+    found += _mixed_states(result.sites)
+    entries = _entries(printer.code, result.sites)
+    for sa in sites:
+        found += _site_anomalies(printer, sa, entries.get(flow.site_place(sa.site)))
+    return found
+
+
+def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None) -> list[Anomaly]:
+    site, out = sa.site, []
+    if site.state is SiteState.BROKEN:
+        msg = "nop; bl _mcount: reaches _mcount with r0 != LR"
+        out.append(_at_site(AnomalyKind.BROKEN, site, msg, printer.slots(site)))
+    if site.state is SiteState.UNKNOWN:
+        msg = "slots hold neither a site state nor gcc 5's form"
+        out.append(_at_site(AnomalyKind.UNEXPECTED_WORDS, site, msg, printer.slots(site)))
+    if not site.recorded and site.state not in (SiteState.NOPPED, SiteState.GUARDED):
+        if site.state in _LIVE_CALL:
+            msg, sev = "calls _mcount on every entry; ftrace has no record to patch it", Severity.WARNING
+        else:
+            msg, sev = "no record: ftrace cannot enable this site", Severity.NOTE
+        out.append(_at_site(AnomalyKind.UNRECORDED, site, msg, severity=sev))
+    if sa.safety.verdict is flow.Verdict.LIVE:
+        why = (sa.safety.why or flow.Why.READS_R0).value
+        if site.state in _MFLR_PRESENT:
+            msg, sev = f"nopping mflr r0 would change the function: it {why}", Severity.WARNING
+        else:
+            msg, sev = f"mflr r0 is gone ({site.state.value}) and the function {why}", Severity.ERROR
+        out.append(_at_site(AnomalyKind.R0_LIVE, site, msg, sa.evidence, sev))
+    if entry is not None:
+        out += _entry_anomalies(site, entry)
+    return out
+
+
+class _Entry(NamedTuple):
+    function: str | None
+    start: int
+    lep: int
+
+
+def _entries(code: flow.Code, sites: Sequence[Site]) -> dict[int, _Entry]:
+    """The function (start and local entry place) around each site place, for sites inside one."""
+    funcs = code.funcs
+    if not sites or not len(funcs):
+        return {}
+    places = np.array([flow.site_place(s) for s in sites], np.uint64)
+    fi = funcs.containing(places)
+    out = {}
+    for site, place, f in zip(sites, places.tolist(), fi.tolist(), strict=True):
+        if f >= 0:
+            out[place] = _Entry(site.function, int(funcs.start[f]), int(funcs.lep[f]))
+    return out
+
+
+def _entry_anomalies(site: Site, entry: _Entry) -> list[Anomaly]:
+    """Where the call slot sits relative to its function's entries (ELFv2 ABI 3.4.1: the local
+    entry is the global entry plus the st_other offset)."""
+    place = flow.site_place(site)
+    if site.variant is Variant.PATCHABLE:
+        if entry.lep != entry.start and place == entry.start + 4:
+            gap = entry.lep - entry.start
+            msg = f"nops at the global entry, {gap} bytes before the local entry: local calls skip them"
+            return [_at_site(AnomalyKind.PATCHABLE_BEFORE_GEP, site, msg)]
+        if place == entry.lep + 4:
+            return []
+    elif place == entry.lep + (8 if site.variant is Variant.MPROFILE_STD else 4):
+        return []
+    where = f"{site.function or 'function'}+{place - entry.start:#x}"
+    return [_at_site(AnomalyKind.NOT_AT_ENTRY, site, f"call slot at {where}, not right after the local entry")]
+
+
+def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anomaly]:
+    out = []
+    for text in result.records.unmatched:
+        out.append(_dangling(image, printer, text))
+    for text in result.records.duplicates:
+        section, offset, addr = _split_text(image, text)
+        out.append(
+            Anomaly(AnomalyKind.DUPLICATE_RECORD, Severity.ERROR, "recorded more than once", addr, section, offset)
+        )
+    if result.records.zeroed:
+        n = result.records.zeroed
+        out.append(Anomaly(AnomalyKind.ZEROED_RECORDS, Severity.NOTE, f"{n} zeroed __mcount_loc entries"))
+    return out
+
+
+def _split_text(image: Image, text: str) -> tuple[str | None, int | None, int | None]:
+    """(section, offset, addr) of a record place as rewriter.sites writes it."""
+    if text.startswith("0x"):
+        addr = int(text, 16)
+        sec = image.section_of_addr(addr)
+        return (sec.name, addr - sec.addr, addr) if sec is not None else (None, None, addr)
+    name, _, off = text.rpartition("+")
+    return name, int(off, 16), None
+
+
+def _dangling(image: Image, printer: Printer, text: str) -> Anomaly:
+    section, offset, addr = _split_text(image, text)
+    sec = image.section(section) if section is not None else None
+    if addr is not None:
+        place = addr
+    elif sec is not None and offset is not None:
+        place = sec.index << PLACE_SHIFT | offset
+    else:
+        place = -1
+    i = printer.word_index(place) if place >= 0 else -1
+    if i < 0:
+        return Anomaly(AnomalyKind.DANGLING, Severity.ERROR, "record points outside the code", addr, section, offset)
+    word = int(printer.code.words[i])
+    function = _function_name(image, printer.code.funcs, place)
+    file_offset = sec.offset + offset if sec is not None and offset is not None else None
+    msg = f"record points at {printer.dis.text(word)!r}, not a call to _mcount"
+    evidence = (printer.line(i),)
+    return Anomaly(AnomalyKind.DANGLING, Severity.ERROR, msg, addr, section, offset, file_offset, function, evidence)
+
+
+def _function_name(image: Image, funcs: Functions, place: int) -> str | None:
+    if image.symbols is None or not len(funcs):
+        return None
+    f = int(funcs.containing(np.array([place], np.uint64))[0])
+    return image.symbols.name_at(int(funcs.name_index[f])) if f >= 0 else None
+
+
+def _mixed_states(sites: Sequence[Site]) -> list[Anomaly]:
+    out = []
+    for variant in Variant:
+        states = Counter(
+            s.state.value
+            for s in sites
+            if s.variant is variant and s.state not in (SiteState.BROKEN, SiteState.UNKNOWN)
+        )
+        if len(states) > 1:
+            mix = ", ".join(f"{n} {k}" for k, n in sorted(states.items()))
+            out.append(Anomaly(AnomalyKind.MIXED_STATES, Severity.NOTE, f"{variant.value} sites: {mix}"))
+    return out
+
+
+def _abi_anomalies(image: Image) -> list[Anomaly]:
+    """e_flags against the file's own evidence: ``.opd`` descriptors exist only in ELFv1, local
+    entry offsets in st_other only in ELFv2 (ELFv2 ABI 3.4.1)."""
+    flag = int(image.ehdr["e_flags"]) & S.EF_PPC64_ABI
+    out = []
+    if flag == 2 and image.section(".opd") is not None:
+        out.append(Anomaly(AnomalyKind.ABI_MISMATCH, Severity.ERROR, "e_flags say ELFv2 but the file has .opd (ELFv1)"))
+    syms = image.symbols
+    if flag == 1 and syms is not None:
+        is_func = S.st_type(syms.table["st_info"]) == S.STT_FUNC
+        if np.any(S.ppc64_local_entry_offset(syms.table["st_other"][is_func]) > 0):
+            msg = "e_flags say ELFv1 but functions have ELFv2 local entry points"
+            out.append(Anomaly(AnomalyKind.ABI_MISMATCH, Severity.ERROR, msg))
+    return out
+
+
+def cross_image_anomalies(audits: Sequence[ImageAudit]) -> list[ImageAudit]:
+    """Modules whose ABI or byte order differs from the vmlinux audited with them."""
+    kernels = [a for a in audits if a.kind is Kind.VMLINUX]
+    if len(kernels) != 1:
+        return list(audits)
+    k = kernels[0]
+    out = []
+    for a in audits:
+        if a.kind is Kind.MODULE and (a.abi is not k.abi or a.endian != k.endian):
+            msg = f"{a.endian}-endian {a.abi.value} module for a {k.endian}-endian {k.abi.value} kernel"
+            extra = Anomaly(AnomalyKind.ABI_MISMATCH, Severity.ERROR, msg)
+            a = replace(a, anomalies=(extra, *a.anomalies))
+        out.append(a)
+    return out
+
+
+# -- many images ----------------------------------------------------------------------------
+
+
+class Outcome(NamedTuple):
+    path: Path
+    audit: ImageAudit | None
+    error: str | None
+
+
+def group_of(path: Path, roots: Sequence[Path] = ()) -> str:
+    """The subsystem a file belongs to: its directory under ``kernel/`` (``fs/ext4``), else under
+    the directory it was found in, else its own name."""
+    parts = path.parts
+    if "kernel" in parts[:-1]:
+        at = len(parts) - 1 - parts[::-1].index("kernel", 1)
+        return "/".join(parts[at + 1 : -1]) or "kernel"
+    for root in roots:
+        try:
+            rel = path.relative_to(root)
+        except ValueError:
+            continue
+        return str(rel.parent) if str(rel.parent) != "." else root.name
+    return path.name
+
+
+def audit_one(path: Path, group: str, table: flow.Table, mcount_addr: int | None = None) -> Outcome:
+    try:
+        return Outcome(path, audit_image(Image.load(path), group, table, mcount_addr), None)
+    except RewriteError as e:
+        return Outcome(path, None, str(e))
+    except (ValueError, IndexError, OverflowError, MemoryError) as e:
+        # A corrupt file that slipped past the structural checks: one line, as rewriter.batch does.
+        return Outcome(path, None, f"{path}: corrupt ELF data ({type(e).__name__}: {e})")
+
+
+def audit_chunk(items: Sequence[tuple[Path, str]], mcount_addr: int | None = None) -> list[Outcome]:
+    """A worker's task: several files, one instruction table."""
+    table = flow.build_table()
+    return [audit_one(path, group, table, mcount_addr) for path, group in items]
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_chunks(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], jobs: int) -> Iterator[R]:
+    """``fn`` over chunks of ``items`` in worker processes; results in input order.
+
+    A generic form of what ``rewriter.batch.scan_many`` does; kept here until batch grows one.
+    Chunks amortise the per-task cost (pickling, the instruction table) over a few dozen modules.
+    """
+    if jobs <= 1 or len(items) <= 1:
+        yield from fn(items)
+        return
+    size = max(1, min(64, len(items) // (jobs * 8)))
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for results in pool.map(fn, chunks):
+            yield from results
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    images: tuple[ImageAudit, ...]
+    errors: tuple[str, ...]
+
+
+def audit_files(
+    files: Sequence[Path],
+    roots: Sequence[Path] = (),
+    jobs: int = 1,
+    mcount_addr: int | None = None,
+    progress: Callable[[], None] | None = None,
+) -> Audit:
+    items = [(p, group_of(p, roots)) for p in files]
+    audits, errors = [], []
+    for outcome in map_chunks(partial(audit_chunk, mcount_addr=mcount_addr), items, jobs):
+        if outcome.audit is not None:
+            audits.append(outcome.audit)
+        else:
+            errors.append(outcome.error or f"{outcome.path}: failed")
+        if progress is not None:
+            progress()
+    return Audit(tuple(cross_image_anomalies(audits)), tuple(errors))
+
+
+def default_jobs() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# -- roll-up --------------------------------------------------------------------------------
+
+
+class GroupSummary(NamedTuple):
+    group: str
+    images: int
+    sites: int
+    by_state: dict[str, int]
+    safety: dict[str, int]  # safe, live, unknown
+    anomalies: dict[str, int]  # by severity
+    functions: int
+    functions_with_sites: int
+
+
+def summarise(images: Sequence[ImageAudit], group: str) -> GroupSummary:
+    by_state: Counter = Counter()
+    safety: Counter = Counter({v.value: 0 for v in flow.Verdict})
+    anomalies: Counter = Counter({s.value: 0 for s in Severity})
+    functions = with_sites = sites = 0
+    for img in images:
+        by_state.update(img.counts.by_state)
+        safety.update({v.value: n for v, n in img.safety_counts().items()})
+        anomalies.update(a.severity.value for a in img.anomalies)
+        functions += img.counts.functions
+        with_sites += img.counts.functions_with_sites
+        sites += img.counts.sites
+    return GroupSummary(
+        group, len(images), sites, dict(sorted(by_state.items())), dict(safety), dict(anomalies), functions, with_sites
+    )
+
+
+def roll_up(audit: Audit) -> tuple[GroupSummary, ...]:
+    """One summary per group, largest first."""
+    groups: dict[str, list[ImageAudit]] = {}
+    for img in audit.images:
+        groups.setdefault(img.group, []).append(img)
+    out = [summarise(imgs, g) for g, imgs in groups.items()]
+    return tuple(sorted(out, key=lambda s: (-s.sites, s.group)))
+
+
+def fails(audit: Audit, level: Severity | None) -> bool:
+    """True when an anomaly at or above ``level`` exists (None: never)."""
+    if level is None:
+        return False
+    return any(RANK[a.severity] >= RANK[level] for img in audit.images for a in img.anomalies)

@@ -1,0 +1,312 @@
+"""`mcountrw audit --format json`: the contract other tools read. :data:`SCHEMA` is the JSON Schema
+(draft 2020-12) that docs/audit.md prints and the tests validate every output against."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from rewriter import __version__
+from rewriter.audit import AnomalyKind, Audit, GroupSummary, ImageAudit, Severity, roll_up, summarise
+from rewriter.diff import Diff
+from rewriter.flow import Verdict
+from rewriter.sites import Site
+
+FORMAT: Final = "mcountrw-audit/1"
+
+_COUNT = {"type": "integer", "minimum": 0}
+_TALLY = {"type": "object", "additionalProperties": _COUNT}
+_SAFETY_COUNTS = {
+    "safe": _COUNT,
+    "live": _COUNT,
+    "unknown": _COUNT,
+}
+_NULLABLE_INT = {"type": ["integer", "null"]}
+_NULLABLE_STR = {"type": ["string", "null"]}
+_LINES = {"type": "array", "items": {"type": "string"}}
+
+_GROUP = {
+    "type": "object",
+    "required": ["group", "images", "sites", "by_state", "mflr_nop_safety", "anomalies", "functions"],
+    "additionalProperties": False,
+    "properties": {
+        "group": {"type": "string", "description": "directory under kernel/ (fs/ext4), or the file name"},
+        "images": _COUNT,
+        "sites": _COUNT,
+        "by_state": _TALLY,
+        "mflr_nop_safety": {
+            "type": "object",
+            "required": list(_SAFETY_COUNTS),
+            "additionalProperties": False,
+            "properties": _SAFETY_COUNTS,
+        },
+        "anomalies": {
+            "type": "object",
+            "required": [s.value for s in Severity],
+            "additionalProperties": False,
+            "properties": {s.value: _COUNT for s in Severity},
+        },
+        "functions": {
+            "type": "object",
+            "required": ["total", "with_sites"],
+            "additionalProperties": False,
+            "properties": {"total": _COUNT, "with_sites": _COUNT},
+        },
+    },
+}
+
+SCHEMA: Final[Mapping[str, Any]] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "mcountrw audit report",
+    "type": "object",
+    "required": ["format", "tool", "images", "groups", "totals", "errors"],
+    "additionalProperties": False,
+    "properties": {
+        "format": {"const": FORMAT},
+        "tool": {
+            "type": "object",
+            "required": ["name", "version"],
+            "properties": {"name": {"const": "mcountrw"}, "version": {"type": "string"}},
+        },
+        "images": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["path", "group", "kind", "endian", "abi", "counts", "mflr_nop_safety", "anomalies"],
+                "additionalProperties": False,
+                "properties": {
+                    "path": {"type": "string"},
+                    "group": {"type": "string"},
+                    "kind": {"enum": ["vmlinux", "module", "object", "executable"]},
+                    "endian": {"enum": ["little", "big"]},
+                    "abi": {"enum": ["elfv1", "elfv2"]},
+                    "counts": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": [
+                            "sites",
+                            "by_section",
+                            "by_variant",
+                            "by_state",
+                            "recorded",
+                            "unrecorded",
+                            "functions",
+                            "sites_outside_functions",
+                            "init_text_sites",
+                            "exit_text_sites",
+                            "records",
+                        ],
+                        "properties": {
+                            "sites": _COUNT,
+                            "by_section": _TALLY,
+                            "by_variant": _TALLY,
+                            "by_state": _TALLY,
+                            "recorded": _COUNT,
+                            "unrecorded": _COUNT,
+                            "functions": {
+                                "type": "object",
+                                "required": ["total", "with_sites", "without_sites"],
+                                "additionalProperties": False,
+                                "properties": {"total": _COUNT, "with_sites": _COUNT, "without_sites": _COUNT},
+                            },
+                            "sites_outside_functions": _COUNT,
+                            "init_text_sites": _COUNT,
+                            "exit_text_sites": _COUNT,
+                            "records": {
+                                "type": "object",
+                                "required": ["count", "zeroed", "unmatched", "duplicates"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "count": _COUNT,
+                                    "zeroed": _COUNT,
+                                    "unmatched": _COUNT,
+                                    "duplicates": _COUNT,
+                                },
+                            },
+                        },
+                    },
+                    "mflr_nop_safety": {
+                        "type": "object",
+                        "required": ["safe", "live", "unknown", "sites"],
+                        "additionalProperties": False,
+                        "properties": {
+                            **_SAFETY_COUNTS,
+                            "sites": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["address", "section", "offset", "function", "verdict"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "address": _NULLABLE_INT,
+                                        "section": {"type": "string"},
+                                        "offset": _COUNT,
+                                        "function": _NULLABLE_STR,
+                                        "verdict": {"enum": [v.value for v in Verdict]},
+                                        "reason": {"type": "string"},
+                                        "evidence": _LINES,
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    "anomalies": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["kind", "severity", "message", "address", "section", "offset", "function"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "kind": {"enum": [k.value for k in AnomalyKind]},
+                                "severity": {"enum": [s.value for s in Severity]},
+                                "message": {"type": "string"},
+                                "address": _NULLABLE_INT,
+                                "section": _NULLABLE_STR,
+                                "offset": _NULLABLE_INT,
+                                "file_offset": _NULLABLE_INT,
+                                "function": _NULLABLE_STR,
+                                "evidence": _LINES,
+                            },
+                        },
+                    },
+                },
+            },
+        },
+        "groups": {"type": "array", "items": _GROUP},
+        "totals": _GROUP,
+        "errors": {"type": "array", "items": {"type": "string"}},
+    },
+}
+"""Addresses and offsets are integers; ``address`` is null in relocatable files (modules), where
+``section`` + ``offset`` name the place. ``reason`` and ``evidence`` appear on live and unknown
+verdicts only. Image-wide anomalies (mixed states, ABI) have null place fields."""
+
+
+def group_json(g: GroupSummary) -> dict[str, Any]:
+    return {
+        "group": g.group,
+        "images": g.images,
+        "sites": g.sites,
+        "by_state": g.by_state,
+        "mflr_nop_safety": {v.value: g.safety[v.value] for v in Verdict},
+        "anomalies": {s.value: g.anomalies[s.value] for s in Severity},
+        "functions": {"total": g.functions, "with_sites": g.functions_with_sites},
+    }
+
+
+def image_json(img: ImageAudit) -> dict[str, Any]:
+    c = img.counts
+    safety = img.safety_counts()
+    sites = []
+    for sa in img.sites:
+        row: dict[str, Any] = {
+            "address": sa.site.addr,
+            "section": sa.site.section,
+            "offset": sa.site.offset,
+            "function": sa.site.function,
+            "verdict": sa.safety.verdict.value,
+        }
+        if sa.safety.verdict is not Verdict.SAFE:
+            row["reason"] = sa.safety.why.value if sa.safety.why else ""
+            row["evidence"] = list(sa.evidence)
+        sites.append(row)
+    return {
+        "path": str(img.path),
+        "group": img.group,
+        "kind": img.kind.value,
+        "endian": img.endian,
+        "abi": img.abi.value,
+        "counts": {
+            "sites": c.sites,
+            "by_section": c.by_section,
+            "by_variant": c.by_variant,
+            "by_state": c.by_state,
+            "recorded": c.recorded,
+            "unrecorded": c.unrecorded,
+            "functions": {
+                "total": c.functions,
+                "with_sites": c.functions_with_sites,
+                "without_sites": c.functions_without_sites,
+            },
+            "sites_outside_functions": c.sites_outside_functions,
+            "init_text_sites": c.init_sites,
+            "exit_text_sites": c.exit_sites,
+            "records": {
+                "count": c.records,
+                "zeroed": c.zeroed_records,
+                "unmatched": c.unmatched_records,
+                "duplicates": c.duplicate_records,
+            },
+        },
+        "mflr_nop_safety": {**{v.value: safety[v] for v in Verdict}, "sites": sites},
+        "anomalies": [
+            {
+                "kind": a.kind.value,
+                "severity": a.severity.value,
+                "message": a.message,
+                "address": a.addr,
+                "section": a.section,
+                "offset": a.offset,
+                "file_offset": a.file_offset,
+                "function": a.function,
+                "evidence": list(a.evidence),
+            }
+            for a in img.anomalies
+        ],
+    }
+
+
+def audit_json(audit: Audit) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "tool": {"name": "mcountrw", "version": __version__},
+        "images": [image_json(img) for img in audit.images],
+        "groups": [group_json(g) for g in roll_up(audit)],
+        "totals": group_json(summarise(audit.images, "all")),
+        "errors": list(audit.errors),
+    }
+
+
+def _site_ref(site: Site | None) -> dict[str, Any] | None:
+    if site is None:
+        return None
+    return {
+        "address": site.addr,
+        "section": site.section,
+        "offset": site.offset,
+        "variant": site.variant.value,
+        "state": site.state.value,
+        "recorded": site.recorded,
+    }
+
+
+def diff_json(diff: Diff) -> dict[str, Any]:
+    """``{"format": "mcountrw-diff/1", "images": [{"a", "b", "unchanged", "relocated", "records":
+    [a, b], "changes": [{"change", "function", "before", "after", "detail"}]}], "only_a", "only_b",
+    "errors"}``; ``before``/``after`` are null for added/removed sites."""
+    return {
+        "format": "mcountrw-diff/1",
+        "images": [
+            {
+                "a": str(d.a),
+                "b": str(d.b),
+                "unchanged": d.unchanged,
+                "relocated": d.relocated,
+                "records": list(d.records),
+                "changes": [
+                    {
+                        "change": c.change.value,
+                        "function": c.function,
+                        "before": _site_ref(c.before),
+                        "after": _site_ref(c.after),
+                        "detail": c.detail,
+                    }
+                    for c in d.changes
+                ],
+            }
+            for d in diff.images
+        ],
+        "only_a": [str(p) for p in diff.only_a],
+        "only_b": [str(p) for p in diff.only_b],
+        "errors": list(diff.errors),
+    }

@@ -1,0 +1,183 @@
+"""`mcountrw audit --format md`: Markdown for people.
+
+A summary line, the roll-up by subsystem, then a section per image that has something to say
+(anomalies, or sites the safety walk did not prove safe). With few images every image gets its
+section, so the counts of a single vmlinux are always shown.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+from rewriter.audit import Audit, GroupSummary, ImageAudit, Severity, roll_up, summarise
+from rewriter.diff import Diff
+from rewriter.flow import Verdict
+
+DETAIL_ALL_BELOW = 20  # images: show every image's section when there are fewer than this
+MAX_GROUPS = 40
+MAX_SHOWN = 50  # anomalies or verdicts listed per image
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.3f} %" if whole else "n/a"
+
+
+def _tally(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {k}" for k, n in counts.items()) or "none"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return out
+
+
+def _headline(total: GroupSummary) -> list[str]:
+    s = total.safety
+    decided = s["safe"] + s["live"]
+    a = total.anomalies
+    return [
+        f"**{total.images} images, {total.sites} sites** ({_tally(total.by_state)}).",
+        "",
+        f"**mflr-nop safety:** {s['safe']} safe, {s['live']} live, {s['unknown']} unknown "
+        f"({_pct(decided, total.sites)} decided).",
+        "",
+        f"**Anomalies:** {a['error']} errors, {a['warning']} warnings, {a['note']} notes.",
+    ]
+
+
+def _groups(groups: Sequence[GroupSummary]) -> list[str]:
+    rows = [
+        (
+            g.group,
+            g.images,
+            g.sites,
+            _tally(g.by_state),
+            g.safety["safe"],
+            g.safety["live"],
+            g.safety["unknown"],
+            g.anomalies["error"],
+            g.anomalies["warning"],
+            g.anomalies["note"],
+        )
+        for g in groups[:MAX_GROUPS]
+    ]
+    header = ("group", "images", "sites", "states", "safe", "live", "unknown", "errors", "warnings", "notes")
+    out = ["## By subsystem", "", *_table(header, rows)]
+    if len(groups) > MAX_GROUPS:
+        out += ["", f"... and {len(groups) - MAX_GROUPS} smaller groups (see --format json)."]
+    return out
+
+
+def _image(img: ImageAudit) -> list[str]:
+    c = img.counts
+    safety = img.safety_counts()
+    out = [
+        f"### `{img.path}`",
+        "",
+        f"{img.kind.value}, {img.endian}-endian {img.abi.value}, group `{img.group}`.",
+        "",
+        *_table(
+            ("what", "count"),
+            [
+                ("sites", c.sites),
+                ("by section", _tally(c.by_section)),
+                ("by variant", _tally(c.by_variant)),
+                ("by state", _tally(c.by_state)),
+                ("recorded / unrecorded", f"{c.recorded} / {c.unrecorded}"),
+                ("functions with / without sites", f"{c.functions_with_sites} / {c.functions_without_sites}"),
+                ("sites outside any function symbol", c.sites_outside_functions),
+                ("sites in .init.text / .exit.text", f"{c.init_sites} / {c.exit_sites}"),
+                (
+                    "records (zeroed, unmatched, duplicate)",
+                    f"{c.records} ({c.zeroed_records}, {c.unmatched_records}, {c.duplicate_records})",
+                ),
+                (
+                    "mflr-nop safety",
+                    f"{safety[Verdict.SAFE]} safe, {safety[Verdict.LIVE]} live, {safety[Verdict.UNKNOWN]} unknown",
+                ),
+            ],
+        ),
+    ]
+    if img.anomalies:
+        out += ["", "#### Anomalies", ""]
+        for a in img.anomalies[:MAX_SHOWN]:
+            where = " ".join(x for x in (a.place, f"({a.function})" if a.function else "") if x)
+            out.append(f"- **{a.severity.value}** `{a.kind.value}` {where}: {a.message}")
+            out += _code(a.evidence)
+        if len(img.anomalies) > MAX_SHOWN:
+            out.append(f"- ... {len(img.anomalies) - MAX_SHOWN} more")
+    open_sites = [sa for sa in img.sites if sa.safety.verdict is not Verdict.SAFE]
+    if open_sites:
+        out += ["", "#### Sites not proven safe", ""]
+        for sa in open_sites[:MAX_SHOWN]:
+            why = sa.safety.why.value if sa.safety.why else ""
+            out.append(f"- **{sa.safety.verdict.value}** {sa.site.place} ({sa.site.function or '?'}): {why}")
+            out += _code(sa.evidence)
+        if len(open_sites) > MAX_SHOWN:
+            out.append(f"- ... {len(open_sites) - MAX_SHOWN} more")
+    return out
+
+
+def _code(lines: Sequence[str]) -> list[str]:
+    if not lines:
+        return []
+    return ["", "  ```", *(f"  {line}" for line in lines), "  ```", ""]
+
+
+def audit_markdown(audit: Audit) -> str:
+    total = summarise(audit.images, "all")
+    out = ["# mcountrw audit", "", *_headline(total), ""]
+    groups = roll_up(audit)
+    if len(groups) > 1:
+        out += [*_groups(groups), ""]
+    many = len(audit.images) >= DETAIL_ALL_BELOW
+    shown = [
+        img
+        for img in audit.images
+        if not many or img.anomalies or any(sa.safety.verdict is not Verdict.SAFE for sa in img.sites)
+    ]
+    if shown:
+        out += ["## Images" + (" with findings" if many else ""), ""]
+        for img in shown:
+            out += [*_image(img), ""]
+    if audit.errors:
+        out += ["## Errors", "", *(f"- {e}" for e in audit.errors), ""]
+    worst = [s for s in Severity if total.anomalies[s.value]]
+    out.append(f"_Highest severity: {worst[-1].value}._" if worst else "_No anomalies._")
+    return "\n".join(out) + "\n"
+
+
+def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
+    """Changes per image pair; ``limit`` changes listed per pair (None: all)."""
+    out = ["# mcountrw diff", ""]
+    total = sum(len(d.changes) for d in diff.images)
+    out.append(f"**{len(diff.images)} image pairs, {total} changes**; "
+               f"{len(diff.only_a)} files only in A, {len(diff.only_b)} only in B.")  # fmt: skip
+    for d in diff.images:
+        if not d.changes and len(diff.images) > 1:
+            continue
+        counts = Counter(c.change.value for c in d.changes)
+        out += [
+            "",
+            f"## `{d.a}` -> `{d.b}`",
+            "",
+            f"{_tally(dict(sorted(counts.items())))}; {d.unchanged} unchanged ({d.relocated} relocated with "
+            f"their function); records {d.records[0]} -> {d.records[1]}.",
+        ]
+        rows = [
+            (c.change.value, c.function or "?", c.before.place if c.before else "", c.after.place if c.after else "",
+             c.detail)
+            for c in d.changes[:limit]
+        ]  # fmt: skip
+        if rows:
+            out += ["", *_table(("change", "function", "A", "B", "detail"), rows)]
+        if limit is not None and len(d.changes) > limit:
+            out.append(f"\n... {len(d.changes) - limit} more (use --format json)")
+    for title, paths in (("Only in A", diff.only_a), ("Only in B", diff.only_b)):
+        if paths:
+            out += ["", f"## {title}", "", *(f"- `{p}`" for p in paths)]
+    if diff.errors:
+        out += ["", "## Errors", "", *(f"- {e}" for e in diff.errors)]
+    return "\n".join(out) + "\n"

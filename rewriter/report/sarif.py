@@ -1,0 +1,88 @@
+"""`mcountrw audit --format sarif`: SARIF 2.1.0 for CI code scanning.
+
+One run; one rule per anomaly kind (its severity and the argument for it from
+``rewriter.audit.RULES``); one result per anomaly. Binaries have no lines, so a result is placed by
+byte offset in the file (``region.byteOffset``, SARIF 3.30.2), by address
+(``physicalLocation.address``, 3.32) and by function (``logicalLocations``). The mflr-nop safety
+figures travel in the run's property bag.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+from rewriter import __version__
+from rewriter.audit import RULES, Anomaly, AnomalyKind, Audit, ImageAudit, summarise
+
+SCHEMA_URI: Final = "https://json.schemastore.org/sarif-2.1.0.json"
+_LEVEL: Final = {"error": "error", "warning": "warning", "note": "note"}
+
+
+def _uri(path: Path) -> str:
+    return path.as_uri() if path.is_absolute() else path.as_posix()
+
+
+def _rules() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": kind.value,
+            "name": "".join(part.capitalize() for part in kind.value.replace("-", " ").split()),
+            "shortDescription": {"text": rule.title},
+            "fullDescription": {"text": rule.why},
+            "help": {"text": rule.why},
+            "defaultConfiguration": {"level": _LEVEL[rule.severity.value]},
+        }
+        for kind, rule in RULES.items()
+    ]
+
+
+def _location(img_index: int, img: ImageAudit, a: Anomaly) -> dict[str, Any]:
+    physical: dict[str, Any] = {"artifactLocation": {"uri": _uri(img.path), "index": img_index}}
+    if a.file_offset is not None:
+        physical["region"] = {"byteOffset": a.file_offset, "byteLength": 4}
+    if a.addr is not None:
+        physical["address"] = {"absoluteAddress": a.addr}
+    location: dict[str, Any] = {"physicalLocation": physical}
+    if a.function:
+        location["logicalLocations"] = [{"name": a.function, "kind": "function"}]
+    return location
+
+
+def _result(rule_index: dict[AnomalyKind, int], img_index: int, img: ImageAudit, a: Anomaly) -> dict[str, Any]:
+    text = a.message + (f" ({a.place})" if a.place else "")
+    result: dict[str, Any] = {
+        "ruleId": a.kind.value,
+        "ruleIndex": rule_index[a.kind],
+        "level": _LEVEL[a.severity.value],
+        "message": {"text": text},
+        "locations": [_location(img_index, img, a)],
+        # Stable across rebuilds that move code: kind, file name, function, and the place only
+        # when there is no function to name.
+        "partialFingerprints": {
+            "mcountrwAnomaly/v1": f"{a.kind.value}:{img.path.name}:{a.function or a.place or '-'}",
+        },
+    }
+    if a.evidence:
+        result["properties"] = {"evidence": list(a.evidence)}
+    return result
+
+
+def audit_sarif(audit: Audit) -> dict[str, Any]:
+    rule_index = {kind: n for n, kind in enumerate(RULES)}
+    results = [_result(rule_index, n, img, a) for n, img in enumerate(audit.images) for a in img.anomalies]
+    total = summarise(audit.images, "all")
+    run: dict[str, Any] = {
+        "tool": {"driver": {"name": "mcountrw", "version": __version__, "rules": _rules()}},
+        "artifacts": [{"location": {"uri": _uri(img.path)}} for img in audit.images],
+        "results": results,
+        "properties": {"mflr_nop_safety": dict(total.safety), "sites": total.sites, "images": total.images},
+    }
+    if audit.errors:
+        run["invocations"] = [
+            {
+                "executionSuccessful": False,
+                "toolExecutionNotifications": [{"level": "error", "message": {"text": e}} for e in audit.errors],
+            }
+        ]
+    return {"$schema": SCHEMA_URI, "version": "2.1.0", "runs": [run]}

@@ -75,6 +75,27 @@ def cases() -> list[Case]:
             1.0,
             prepare=f"test -f {{tmp}}/vm.keep || {m} nop {v} -o {{tmp}}/vm.keep",
         ),
+        Case(
+            "audit vmlinux",
+            "<= 3 s incl. the mflr-nop safety walk",
+            f"{m} audit --format json -o {{tmp}}/a.json {v}",
+            3.0,
+        ),
+        Case(
+            "audit module tree",
+            "<= 15 s on 2 cores",
+            f"{m} audit --jobs 2 --format json -o {{tmp}}/am.json {mods}",
+            15.0,
+        ),
+        Case(
+            "check-plan T=3 K=2",
+            "< 5 s (each built-in)",
+            " && ".join(
+                f"{m} check-plan --builtin {b} --tasks 3 --entries 2 >/dev/null || test $? = 1"
+                for b in ("naive-enable", "b8-enable", "mflr-first-enable", "disable", "reverse-disable")
+            ),
+            5.0,
+        ),
     ]
 
 

@@ -1,0 +1,70 @@
+"""`mcountrw audit --format sarif`: valid SARIF 2.1.0 (the OASIS schema, vendored in tests/data),
+one result per anomaly with its level and place, one rule per anomaly kind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from conftest import FIXTURES, ROOT
+from typer.testing import CliRunner
+
+from rewriter.audit import RULES
+from rewriter.cli import app
+
+SCHEMA = json.loads((ROOT / "tests" / "data" / "sarif-schema-2.1.0.json").read_text())
+
+
+def _sarif(tmp_path: Path, *paths: Path) -> dict:
+    out = tmp_path / "audit.sarif"
+    result = CliRunner().invoke(
+        app, ["audit", *map(str, paths), "--format", "sarif", "-o", str(out), "--fail-on", "never"]
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
+
+
+def test_schema_is_the_oasis_2_1_0_one() -> None:
+    assert SCHEMA["id"].endswith("/sarif-schema-2.1.0.json") and "2.1.0" in SCHEMA["title"]
+
+
+def test_fixture_report_validates_and_has_one_result_per_anomaly(tmp_path: Path) -> None:
+    doc = _sarif(tmp_path, FIXTURES / "bin")
+    jsonschema.Draft4Validator(SCHEMA).validate(doc)
+    broken = json.loads(json.dumps(doc))
+    broken["runs"][0]["results"][0]["level"] = "fatal"  # not a SARIF level: the schema must say so
+    assert not jsonschema.Draft4Validator(SCHEMA).is_valid(broken)
+    (run,) = doc["runs"]
+    assert [r["id"] for r in run["tool"]["driver"]["rules"]] == [k.value for k in RULES]
+    by_rule = sorted((r["ruleId"], r["level"]) for r in run["results"])
+    assert by_rule == sorted(
+        [("broken", "error")] * 2 + [("dangling", "error")] * 2 + [("r0live", "warning")] * 2
+        + [("unrecorded", "warning")] * 2 + [("patchable-before-gep", "error")] * 2
+    )  # fmt: skip
+    assert run["properties"]["mflr_nop_safety"] == {"safe": 64, "live": 2, "unknown": 0}
+
+
+def test_results_are_placed_by_file_offset_address_and_function(tmp_path: Path, manifest: dict) -> None:
+    doc = _sarif(tmp_path, FIXTURES / "bin" / "anom-broken")
+    (result,) = doc["runs"][0]["results"]
+    site = next(s for s in manifest["binaries"]["bin/anom-broken"]["sites"] if s["function"] == "broken_fn")
+    (loc,) = result["locations"]
+    assert loc["physicalLocation"]["region"]["byteOffset"] == int(site["slot_offset"], 16)
+    assert loc["physicalLocation"]["address"]["absoluteAddress"] == int(site["slot_addr"], 16)
+    assert loc["logicalLocations"] == [{"name": "broken_fn", "kind": "function"}]
+    assert loc["physicalLocation"]["artifactLocation"]["uri"].startswith("file://")
+
+
+def test_a_clean_image_gives_an_empty_valid_run(tmp_path: Path) -> None:
+    doc = _sarif(tmp_path, FIXTURES / "bin" / "clean")
+    jsonschema.Draft4Validator(SCHEMA).validate(doc)
+    assert doc["runs"][0]["results"] == []
+
+
+@pytest.mark.corpus
+def test_vmlinux_report_validates(corpus, tmp_path: Path) -> None:
+    doc = _sarif(tmp_path, corpus.vmlinux)
+    jsonschema.Draft4Validator(SCHEMA).validate(doc)
+    assert doc["runs"][0]["properties"]["mflr_nop_safety"]["safe"] == 33_690

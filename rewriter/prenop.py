@@ -1,0 +1,568 @@
+"""Offline pre-nopping of whole trees: a policy decides, per site, which functions stay traceable.
+
+Strategy: every file is independent, so a tree is a list of :class:`Target` (what to read, where to
+write, its name in the tree, its patch log), processed in worker processes in batches, biggest
+file first (vmlinux takes as long as a thousand modules). Each file goes through
+:func:`prenop_file`:
+
+1. Read it (decompressed). If its patch log exists and the file is that log's *output*, undo the
+   log in memory: the policy is always applied to the **original** file, so one log always leads
+   back to the pristine input, and a changed policy re-derives instead of stacking. This is also
+   the only way to see sites this tool nopped before: a site that is ``nop; nop`` and has lost
+   its record is invisible to :func:`rewriter.sites.scan` by design.
+2. Scan the original and decide each site with the policy (:meth:`Policy.for_file`). The sites to
+   nop are handed to ``rewrite`` as they are, never re-matched by name as globs.
+3. :func:`rewriter.patch.rewrite` to ``nopped`` with dropped records (``--drop-records``: a
+   kernel whose ``ftrace_init`` checks every recorded site stops ftrace at the first that is not
+   ``bl _mcount``), re-signing or stripping a signed module's signature as asked.
+4. If the destination already holds exactly that result and its log says so, nothing is written
+   (``unchanged``): running twice changes nothing. A file with no site to nop is not written
+   either, and gets no log (``nothing to nop``).
+5. Otherwise write the log, then the file, each atomically (``rewriter.elf.writer``), and read the
+   file back.
+
+Logs record the file's path *within the tree* (``kernel/fs/ext4/ext4.ko``), never where the tree
+happens to be, and nothing carries a timestamp, so the same inputs give byte-identical outputs and
+logs wherever they are built. Re-signing keeps that property for RSA keys (PKCS#1 v1.5 is
+deterministic), not for ECDSA ones.
+
+A re-signed module is its log's output (the module nopped, its old signature cut off, exactly as
+``--strip-signature`` logs it) with a new signature trailer appended. The trailer is not in the log:
+the log format has no edit that appends bytes (see docs/prenop.md). ``prenop --undo`` and
+``--verify`` recognise "the log's output plus one trailer"; ``mcountrw undo``/``verify`` on such
+a file say it is not the log's output.
+
+Failures are per file: each failed file is reported with one line and left untouched; the others
+are still done.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import NamedTuple
+
+from rewriter.edits import apply_edits, invert_edits
+from rewriter.elf.compress import Compression, compress, decompress, detect_compression
+from rewriter.elf.image import Image, Kind
+from rewriter.elf.writer import atomic_write, commit, write_temp
+from rewriter.errors import LogError, OutputError, RewriteError
+from rewriter.log import load
+from rewriter.patch import Options, Selection, rewrite
+from rewriter.policy import MODULE_SUFFIXES, Policy, Verb, module_name
+from rewriter.rewrite import LOG_SUFFIX, check_states, render_log
+from rewriter.sign import Signer, SigningKey, parse_trailer
+from rewriter.sites import scan
+from rewriter.states import SiteState
+
+
+class PrenopError(RewriteError):
+    """Bad arguments for a tree, or a file that does not fit its log."""
+
+
+class Status(enum.Enum):
+    NOPPED = "nopped"  # written now
+    UNCHANGED = "unchanged"  # already what the policy gives, by its log: nothing written
+    NOTHING = "nothing to nop"  # the policy keeps every site (or there are none): not written, no log
+    RESTORED = "restored"  # nopped before; the policy now keeps every site: the original written back
+    UNDONE = "undone"
+    ORIGINAL = "already original"  # --undo on a file that is its log's input
+    NO_LOG = "no log"  # --undo/--verify: the file was never changed
+    VERIFIED = "verified"
+    MISMATCH = "mismatch"  # --verify: the file is not what its log says
+    FAILED = "failed"
+
+
+class Target(NamedTuple):
+    source: Path  # the file read
+    dest: Path  # the file written (the source itself with --in-place)
+    rel: str  # its path within the tree, as logs and reports name it
+    log: Path
+    original: Path | None = None  # --verify --against: the pristine file
+
+
+class FileReport(NamedTuple):
+    rel: str
+    status: Status
+    kind: str = ""  # vmlinux, module, ...
+    nopped: int = 0  # sites the log nops (relative to the original file)
+    kept: int = 0  # sites the policy keeps
+    left_recorded: int = 0  # sites to nop that already were nop;nop and stay recorded (see docs/prenop.md)
+    unplaced_records: int = 0  # records that point at no site the scanner knows (out-of-line ftrace?)
+    signature: str = ""  # "", "stripped", "re-signed"
+    message: str = ""  # the error, or what --verify found
+
+
+@dataclass(frozen=True)
+class Settings:
+    policy: Policy
+    strip_signature: bool = False
+    signing: SigningKey | None = None
+    dry_run: bool = False
+    replace_stale_logs: bool = False
+
+
+NOP = Options(SiteState.NOPPED, drop_records=True)
+
+
+# -- targets --------------------------------------------------------------------------------
+
+
+def targets(
+    paths: Sequence[Path],
+    *,
+    output: Path | None,
+    in_place: bool,
+    log_dir: Path | None,
+    against: Path | None = None,
+) -> list[Target]:
+    """One :class:`Target` per file: files named, and modules (``*.ko[.xz|.gz|.zst]``) found below
+    directories named, sorted. Symlinks inside directories are not followed."""
+    if in_place and output is not None:
+        raise PrenopError("give either --in-place or -o OUT, not both")
+    found: list[tuple[Path, str, bool]] = []  # (file, rel, named directly)
+    for path in paths:
+        if path.is_dir():
+            found += [(f, f.relative_to(path).as_posix(), False) for f in _modules_below(path)]
+        elif path.is_file():
+            if in_place and path.is_symlink():
+                raise PrenopError(f"{path}: is a symlink; --in-place would replace the link: name the file itself")
+            found.append((path, path.name, True))
+        else:
+            raise PrenopError(f"{path}: no such file or directory")
+    seen: dict[str, Path] = {}
+    for f, rel, _ in found:
+        if rel in seen:
+            raise PrenopError(f"{f} and {seen[rel]} would share the name {rel} in the output and the logs")
+        seen[rel] = f
+    single_file = len(found) == 1 and found[0][2]
+    out = []
+    for f, rel, _ in found:
+        if in_place or output is None:
+            dest = f
+        elif single_file and not output.is_dir():
+            dest = output
+        else:
+            dest = output / rel
+        log = (log_dir / (rel + LOG_SUFFIX)) if log_dir is not None else dest.with_name(dest.name + LOG_SUFFIX)
+        orig = None
+        if against is not None:
+            orig = against if (single_file and not against.is_dir()) else against / rel
+        out.append(Target(f, dest, rel, log, orig))
+    return out
+
+
+def _modules_below(root: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if name.endswith(MODULE_SUFFIXES) and not p.is_symlink():
+                found.append(p)
+    return sorted(found, key=lambda p: p.relative_to(root).parts)
+
+
+# -- one file -------------------------------------------------------------------------------
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read(path: Path) -> tuple[bytes, bytes, Compression]:
+    """(bytes on disk, content after decompression, compression)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise RewriteError(f"{path}: {e.strerror}") from None
+    kind = detect_compression(raw[:8])
+    return raw, (decompress(path, raw, kind) if kind is not Compression.NONE else raw), kind
+
+
+class LogFacts(NamedTuple):
+    """What a patch log says about its two files (sha256 of their content, after decompression)."""
+
+    input_sha256: str
+    output_sha256: str
+    kind: str
+    sites_changed: int
+
+
+def log_facts(path: Path) -> LogFacts | None:
+    """The header of the log at ``path`` (None if there is none), its footer checksum checked.
+
+    Parsing every line of a log costs more than rewriting the file it describes (a vmlinux log
+    has 67k lines), and most runs need only the two hashes; :func:`rewriter.log.load` reads
+    the edits when a file has to be taken back to its original."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise LogError(f"{path}: {e.strerror}") from None
+    body_end = text.rfind(b"\n", 0, len(text) - 1) + 1
+    try:
+        footer = json.loads(text[body_end:])
+        header = json.loads(text[: text.index(b"\n")])
+        ok = footer["sha256"] == hashlib.sha256(text[:body_end]).hexdigest()
+        facts = LogFacts(
+            str(header["input"]["content_sha256"]),
+            str(header["output"]["content_sha256"]),
+            str(header["kind"]),
+            int(header["summary"]["sites_changed"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        raise LogError(f"{path}: not an mcountrw patch log, or a truncated one") from None
+    if not ok:
+        raise LogError(f"{path}: patch log was edited or truncated (footer checksum does not match)")
+    return facts
+
+
+def _unsigned(content: bytes) -> bytes | None:
+    """``content`` without a trailing module signature; None if it has none."""
+    try:
+        trailer = parse_trailer(content)
+    except RewriteError:
+        return None
+    return None if trailer is None else content[: trailer.elf_end]
+
+
+def _as_output(content: bytes, facts: LogFacts) -> bytes | None:
+    """The log's output inside ``content``: all of it, or all but a signature trailer this tool
+    appended when re-signing; None if ``content`` is not the log's output."""
+    if _sha(content) == facts.output_sha256:
+        return content
+    body = _unsigned(content)
+    return body if body is not None and _sha(body) == facts.output_sha256 else None
+
+
+def _original(t: Target, content: bytes, facts: LogFacts | None, replace_stale: bool) -> tuple[bytes, bool]:
+    """The pristine content behind ``content``, and whether ``content`` is its log's output."""
+    if facts is None:
+        return content, False
+    if _sha(content) == facts.input_sha256:
+        return content, False
+    output = _as_output(content, facts)
+    if output is not None:
+        return _undo_in_memory(t, output, facts), True
+    if replace_stale:
+        return content, False
+    raise PrenopError(
+        f"{t.source}: is neither the input nor the output of {t.log} (rebuilt since?); "
+        "pass --replace-stale-logs to take it as a new input"
+    )
+
+
+def _undo_in_memory(t: Target, output: bytes, facts: LogFacts) -> bytes:
+    log = load(t.log)
+    original = bytes(invert_edits(bytearray(output), log.edits, log.byteorder))
+    if _sha(original) != facts.input_sha256:
+        raise LogError(f"{t.log}: undoing it on {t.source} does not give back its input (sha256 differs)")
+    return original
+
+
+class Output(NamedTuple):
+    path: Path
+    data: bytes
+    mode: int
+
+
+def prenop_file(t: Target, settings: Settings, signer: Signer | None) -> tuple[FileReport, tuple[Output, ...]]:
+    """Decide and rewrite one file in memory; return its report and what to write (see
+    :func:`publish`), in the order it must be published: the log before the file it undoes."""
+    raw, current, compression = _read(t.source)
+    facts = log_facts(t.log)
+    original, was_output = _original(t, current, facts, settings.replace_stale_logs)
+    image = Image(t.source, original, compression)
+    sc = scan(image)
+    module = module_name(t.rel) if image.kind is Kind.MODULE else None
+    decide = settings.policy.for_file(module).decide
+    chosen = [s for s in sc.sites if decide(s.function, s.section)[0] is Verb.NOP]
+    kept = len(sc.sites) - len(chosen)
+    left_recorded = sum(1 for s in chosen if s.state is SiteState.NOPPED and s.recorded)
+    sign = signer is not None and image.kind is Kind.MODULE
+    todo = any(s.state is not SiteState.NOPPED for s in chosen)
+    if image.signature is not None and todo and not (settings.strip_signature or sign):
+        raise RewriteError(
+            f"{t.source}: signed module: nopping invalidates its signature and the kernel would refuse it; "
+            "pass --sign-key/--sign-cert to re-sign, or --strip-signature"
+        )
+    options = replace(NOP, strip_signature=settings.strip_signature or sign)
+    # rewrite() sees only the chosen sites, selected wholesale: the policy has decided already, and
+    # function names may hold glob characters (`[`) that a Selection would reinterpret.
+    result = rewrite(image, replace(sc, sites=tuple(chosen)), Selection(), options)
+    unplaced = len(sc.records.unmatched)
+    report = FileReport(t.rel, Status.NOPPED, image.kind.value, len(result.sites), kept, left_recorded, unplaced)
+    dest_content = current if t.dest == t.source else _read_optional(t.dest)
+    mode = _mode(t.source)
+
+    if not result.sites:
+        # Nothing to nop. If the file was nopped before (the policy changed since), the original
+        # goes back; with -o the output tree still gets its copy of the file.
+        report = report._replace(status=Status.RESTORED if was_output else Status.NOTHING)
+        if dest_content == original or settings.dry_run:
+            return report, ()
+        return report, (Output(t.dest, _encode(original, compression) if was_output else raw, mode),)
+
+    if image.signature is not None and options.strip_signature:
+        report = report._replace(signature="stripped")
+    content = result.content
+    if sign:
+        assert signer is not None
+        content = result.content + signer.trailer(result.content)
+        report = report._replace(signature="re-signed")
+    check_states(content, image, result, SiteState.NOPPED)
+
+    if facts is not None and dest_content is not None and _log_describes(facts, original, dest_content):
+        same = dest_content == content
+        if not same and sign and signer is not None and not signer.deterministic:
+            same = _unsigned(dest_content) == result.content  # ECDSA: a new signature every time
+        if same:
+            return report._replace(status=Status.UNCHANGED), ()
+    if settings.dry_run:
+        return report, ()
+    new_raw = _encode(content, compression)
+    log_raw = new_raw if not sign else _encode(result.content, compression)
+    # A compressed original reconstructed from its log is recompressed here: its log records the
+    # sha256 of that, not of the original .ko.xz (content_sha256, after decompression, is exact).
+    original_raw = raw if not was_output else _encode(original, compression)
+    text = render_log(image, Path(t.rel), original_raw, Path(t.rel), log_raw, result, options)
+    return report, (Output(t.log, text.encode(), 0o644), Output(t.dest, new_raw, mode))
+
+
+def publish(outputs: Sequence[Output]) -> None:
+    """Write every output to a temporary file beside its target (fsync'ed), then rename each over
+    its target in order, then read the last one back. A run killed at any point leaves each
+    target old or new, never partial, and never a rewritten file without the log that undoes it."""
+    pending = []
+    try:
+        for o in outputs:
+            _mkdir(o.path.parent)
+            pending.append(write_temp(o.path, o.data, o.mode))
+    except BaseException:
+        for p in pending:
+            p.discard()
+        raise
+    for p in pending:
+        commit(p)
+    last = outputs[-1]
+    try:
+        if last.path.read_bytes() != last.data:
+            raise OutputError(f"{last.path}: read back differs from what was written")
+    except OSError as e:
+        raise OutputError(f"{last.path}: {e.strerror}") from None
+
+
+def _log_describes(facts: LogFacts, original: bytes, dest_content: bytes) -> bool:
+    return facts.input_sha256 == _sha(original) and _as_output(dest_content, facts) is not None
+
+
+def _encode(content: bytes, compression: Compression) -> bytes:
+    return content if compression is Compression.NONE else compress(content, compression)
+
+
+def _read_optional(path: Path) -> bytes | None:
+    """The content of ``path`` (decompressed), None if there is no such file."""
+    return _read(path)[1] if path.exists() else None
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o7777
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{path}: {e.strerror}") from None
+
+
+# -- undo and verify ------------------------------------------------------------------------
+
+
+def undo_file(t: Target, dry_run: bool = False) -> FileReport:
+    """Give back the original of ``t.source`` (to ``t.dest``) from its log. An uncompressed file
+    comes back byte for byte; a compressed one content-identical (recompressed)."""
+    facts = log_facts(t.log)
+    if facts is None:
+        if t.dest != t.source and not dry_run:
+            _copy_if_different(t.source, t.dest)
+        return FileReport(t.rel, Status.NO_LOG)
+    _, content, compression = _read(t.source)
+    if _sha(content) == facts.input_sha256:
+        if t.dest != t.source and not dry_run:
+            _copy_if_different(t.source, t.dest)
+        return FileReport(t.rel, Status.ORIGINAL, facts.kind)
+    output = _as_output(content, facts)
+    if output is None:
+        raise PrenopError(f"{t.source}: is neither the input nor the output of {t.log}; not undoing it")
+    original = _undo_in_memory(t, output, facts)
+    if not dry_run:
+        publish([Output(t.dest, _encode(original, compression), _mode(t.source))])
+    return FileReport(t.rel, Status.UNDONE, facts.kind, facts.sites_changed)
+
+
+def verify_file(t: Target) -> FileReport:
+    """With ``t.original``: the difference between it and the file is exactly the log's edits.
+    Without: the file is exactly the log's output, and undoing the log gives exactly its input.
+    A signature trailer appended by re-signing is accepted on top of the log's output (openssl
+    checks the signature itself: docs/prenop.md)."""
+    facts = log_facts(t.log)
+    if facts is None:
+        if t.original is not None and _read(t.original)[1] != _read(t.source)[1]:
+            return FileReport(t.rel, Status.MISMATCH, message=f"{t.source} differs from {t.original} and has no log")
+        return FileReport(t.rel, Status.NO_LOG)
+    content = _read(t.source)[1]
+    output = _as_output(content, facts)
+    signature = "re-signed" if output is not None and len(output) != len(content) else ""
+    report = FileReport(t.rel, Status.VERIFIED, facts.kind, facts.sites_changed, signature=signature)
+    if output is None:
+        return report._replace(status=Status.MISMATCH, message=f"{t.source} is not the output of {t.log}")
+    try:
+        if t.original is None:
+            _undo_in_memory(t, output, facts)
+            return report
+        original = _read(t.original)[1]
+        if _sha(original) != facts.input_sha256:
+            return report._replace(status=Status.MISMATCH, message=f"{t.original} is not the input of {t.log}")
+        log = load(t.log)
+        expected = bytes(apply_edits(bytearray(original), log.edits, log.byteorder))
+    except RewriteError as e:
+        return report._replace(status=Status.MISMATCH, message=str(e))
+    if expected != output:
+        return report._replace(status=Status.MISMATCH, message=f"{t.source}: replaying {t.log} on {t.original} "
+                               "gives other bytes")  # fmt: skip
+    return report
+
+
+def _copy_if_different(src: Path, dest: Path) -> None:
+    data = src.read_bytes()
+    if dest.exists() and dest.read_bytes() == data:
+        return
+    _mkdir(dest.parent)
+    atomic_write(dest, data, _mode(src))
+
+
+# -- many files -----------------------------------------------------------------------------
+
+Job = Callable[[Target], FileReport]
+
+
+def _failure(t: Target, e: Exception) -> FileReport:
+    if isinstance(e, RewriteError):
+        return FileReport(t.rel, Status.FAILED, message=str(e))
+    if isinstance(e, ValueError | IndexError | OverflowError | MemoryError):
+        # A corrupt file that slipped past the structural checks: still one line, not a traceback.
+        return FileReport(t.rel, Status.FAILED, message=f"{t.source}: corrupt ELF data ({type(e).__name__}: {e})")
+    raise e
+
+
+def _guarded(t: Target, job: Job) -> FileReport:
+    try:
+        return job(t)
+    except Exception as e:
+        return _failure(t, e)
+
+
+IO_THREADS = 4
+
+
+def _prenop_batch(batch: Sequence[Target], settings: Settings) -> list[FileReport]:
+    """Compute each file on this process, and publish it on a few threads: fsync and rename wait
+    on the disk, not the CPU, so the next file is computed meanwhile."""
+    signer = settings.signing.load() if settings.signing is not None else None
+    reports: list[FileReport] = []
+    writing: list[tuple[int, Future[None]]] = []
+    with ThreadPoolExecutor(IO_THREADS) as io:
+        for t in batch:
+            try:
+                report, outputs = prenop_file(t, settings, signer)
+            except Exception as e:  # _failure re-raises what is not a per-file failure
+                report, outputs = _failure(t, e), ()
+            if outputs:
+                writing.append((len(reports), io.submit(publish, outputs)))
+            reports.append(report)
+        for i, fut in writing:
+            try:
+                fut.result()
+            except Exception as e:
+                reports[i] = _failure(batch[i], e)
+    return reports
+
+
+def _undo_batch(batch: Sequence[Target], dry_run: bool) -> list[FileReport]:
+    return [_guarded(t, lambda t: undo_file(t, dry_run)) for t in batch]
+
+
+def _verify_batch(batch: Sequence[Target], _: object) -> list[FileReport]:
+    return [_guarded(t, verify_file) for t in batch]
+
+
+def run(
+    ts: Sequence[Target], settings: Settings, jobs: int, tick: Callable[[], None] | None = None
+) -> list[FileReport]:
+    """Pre-nop every target; reports in the order of ``ts``."""
+    return _map(_prenop_batch, ts, settings, jobs, tick)
+
+
+def undo(ts: Sequence[Target], jobs: int, tick: Callable[[], None] | None = None, dry_run: bool = False):  # type: ignore[no-untyped-def]
+    return _map(_undo_batch, ts, dry_run, jobs, tick)
+
+
+def verify(ts: Sequence[Target], jobs: int, tick: Callable[[], None] | None = None) -> list[FileReport]:
+    return _map(_verify_batch, ts, None, jobs, tick)
+
+
+BATCH_BYTES = 4 << 20  # a batch is about this much input: one vmlinux alone, or some dozens of modules
+
+
+def _batches(ts: Sequence[Target]) -> list[list[int]]:
+    """Indexes of ``ts`` in batches, biggest files first, so the vmlinux starts at once and the
+    modules fill the other workers around it."""
+    sizes = []
+    for i, t in enumerate(ts):
+        try:
+            sizes.append((t.source.stat().st_size, i))
+        except OSError:
+            sizes.append((0, i))
+    sizes.sort(key=lambda x: (-x[0], x[1]))
+    out: list[list[int]] = []
+    cur: list[int] = []
+    total = 0
+    for size, i in sizes:
+        cur.append(i)
+        total += size
+        if total >= BATCH_BYTES or len(cur) >= 48:
+            out.append(cur)
+            cur, total = [], 0
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _map(fn, ts: Sequence[Target], arg: object, jobs: int, tick: Callable[[], None] | None) -> list[FileReport]:  # type: ignore[no-untyped-def]
+    reports: list[FileReport | None] = [None] * len(ts)
+    batches = _batches(ts)
+    if jobs <= 1 or len(batches) <= 1:
+        for idx in batches:
+            for i, r in zip(idx, fn([ts[i] for i in idx], arg), strict=True):
+                reports[i] = r
+                if tick:
+                    tick()
+        return [r for r in reports if r is not None]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(fn, [ts[i] for i in idx], arg): idx for idx in batches}
+        for fut in as_completed(futures):
+            idx = futures[fut]
+            for i, r in zip(idx, fut.result(), strict=True):
+                reports[i] = r
+                if tick:
+                    tick()
+    return [r for r in reports if r is not None]

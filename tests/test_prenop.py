@@ -1,0 +1,465 @@
+"""`mcountrw prenop`: a policy over whole trees, in place or to a copy; idempotent, reproducible,
+undoable, signed modules re-signed; the build-integration snippets; the result boots."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from boot import STANDARD_APPEND, boot, make_initramfs, module_load_script, require_tool
+from cryptography.hazmat.primitives.asymmetric import rsa
+from test_sign import _write_pair, openssl_verify
+from typer.testing import CliRunner
+
+from rewriter.cli import app
+from rewriter.elf.compress import Compression, detect_compression
+from rewriter.elf.image import Image
+from rewriter.policy import parse
+from rewriter.prenop import PrenopError, Settings, Status, prenop_file, publish, run, targets
+from rewriter.rewrite import verify_files
+from rewriter.sites import scan
+from rewriter.states import SiteState
+
+ROOT = Path(__file__).resolve().parent.parent
+KEEP_CORE = ROOT / "examples" / "keep-core.policy"
+BUILD = ROOT / "docs" / "build-integration"
+
+# A handful of real modules, small and quick: nls_utf8 (4 sites), binfmt_misc (15), and ext4 (851,
+# kept whole by keep-core.policy) with what it needs to load.
+SMALL = ("fs/nls/nls_utf8.ko", "fs/binfmt_misc.ko", "fs/ext4/ext4.ko", "fs/jbd2/jbd2.ko", "fs/mbcache.ko",
+         "lib/crc16.ko")  # fmt: skip
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _shas(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): _sha(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _small_tree(corpus, where: Path, names=SMALL) -> Path:  # type: ignore[no-untyped-def]
+    for name in names:
+        (where / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(corpus.modules_dir / name, where / name)
+    return where
+
+
+def _cli(*args: object) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def _row(output: str, status: str) -> list[str]:
+    """The summary-table row for ``status``: [files, sites nopped, sites kept]."""
+    for line in output.splitlines():
+        if line.strip().startswith(status + "  "):
+            return line.strip()[len(status) :].split()
+    raise AssertionError(f"no `{status}` row in:\n{output}")
+
+
+# -- targets --------------------------------------------------------------------------------
+
+
+def test_targets_mirror_directories_and_refuse_a_name_clash(tmp_path: Path) -> None:
+    tree = tmp_path / "mods"
+    for name in ("a/x.ko", "a/b/y.ko.xz", "z.ko.zst", "notes.txt", "a/x.o"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(b"")
+    (tree / "link.ko").symlink_to(tree / "z.ko.zst")
+    ts = targets([tree], output=tmp_path / "out", in_place=False, log_dir=tmp_path / "logs")
+    assert [t.rel for t in ts] == ["a/b/y.ko.xz", "a/x.ko", "z.ko.zst"]
+    assert ts[1].dest == tmp_path / "out/a/x.ko" and ts[1].log == tmp_path / "logs/a/x.ko.mcountrw.jsonl"
+    (tmp_path / "x.ko").write_bytes(b"")
+    with pytest.raises(PrenopError, match="would share the name"):
+        targets([tree / "a/x.ko", tmp_path / "x.ko"], output=None, in_place=True, log_dir=None)
+    one = targets([tmp_path / "x.ko"], output=tmp_path / "new.ko", in_place=False, log_dir=None)
+    assert one[0].dest == tmp_path / "new.ko" and one[0].log == tmp_path / "new.ko.mcountrw.jsonl"
+
+
+# -- one tree, small ------------------------------------------------------------------------
+
+
+def test_policy_nops_what_it_says_and_keeps_the_rest(corpus, tmp_path: Path) -> None:
+    tree = _small_tree(corpus, tmp_path / "tree", ("fs/binfmt_misc.ko", "fs/nls/nls_utf8.ko"))
+    policy = tmp_path / "p.policy"
+    policy.write_text("default keep\nnop :mod:binfmt_misc\nkeep bm_*_read\nkeep bm_*_write\nnop char2uni\n")
+    code, out = _cli(
+        "prenop", "--policy", policy, "--in-place", "--strip-signature", "--log-dir", tmp_path / "logs", tree
+    )
+    assert code == 0, out
+    binfmt = scan(Image.load(tree / "fs/binfmt_misc.ko"))
+    kept = {"bm_status_read", "bm_entry_read", "bm_register_write", "bm_entry_write", "bm_status_write"}
+    assert {s.function for s in binfmt.sites} == kept
+    assert all(s.state is SiteState.ENABLED and s.recorded for s in binfmt.sites)
+    nls = scan(Image.load(tree / "fs/nls/nls_utf8.ko"))
+    assert "char2uni" not in {s.function for s in nls.sites} and "uni2char" in {s.function for s in nls.sites}
+    assert _row(out, "nopped") == ["2", "11", "7"]  # binfmt_misc 10 of 15, nls_utf8 1 of 3
+
+
+def test_second_run_changes_nothing_and_says_so(corpus, tmp_path: Path) -> None:
+    tree = _small_tree(corpus, tmp_path / "tree")
+    args = ("prenop", "--policy", KEEP_CORE, "--in-place", "--strip-signature", "--log-dir", tmp_path / "logs", tree)
+    code, first = _cli(*args)
+    assert code == 0, first
+    assert _row(first, "nopped")[0] == "4" and _row(first, "nothing to nop") == ["2", "0", "851"]  # ext4, crc16
+    before = _shas(tmp_path)
+    code, second = _cli(*args)
+    assert code == 0, second
+    assert "nothing changed: all 6 files already match the policy" in second
+    assert _row(second, "unchanged")[0] == "4"
+    assert _shas(tmp_path) == before
+
+
+def test_files_with_nothing_to_nop_are_not_written_and_get_no_log(corpus, tmp_path: Path) -> None:
+    tree = _small_tree(corpus, tmp_path / "tree", ("fs/ext4/ext4.ko",))
+    stat = (tree / "fs/ext4/ext4.ko").stat()
+    code, out = _cli("prenop", "--policy", KEEP_CORE, "--in-place", "--log-dir", tmp_path / "logs", tree)
+    assert code == 0, out
+    assert (tree / "fs/ext4/ext4.ko").stat().st_mtime_ns == stat.st_mtime_ns
+    assert not (tmp_path / "logs").exists()
+
+
+def test_outputs_and_logs_are_byte_identical_wherever_the_tree_is(corpus, tmp_path: Path) -> None:
+    results = []
+    for where in ("one", "elsewhere/two"):
+        base = tmp_path / where
+        tree = _small_tree(corpus, base / "in")
+        code, out = _cli("prenop", "--policy", KEEP_CORE, "-o", base / "out", "--strip-signature",
+                         "--log-dir", base / "logs", "--jobs", "2" if where == "one" else "1", tree)  # fmt: skip
+        assert code == 0, out
+        results.append((_shas(base / "out"), _shas(base / "logs")))
+    assert results[0] == results[1]
+    assert len(results[0][0]) == 6 and len(results[0][1]) == 4  # ext4, crc16 copied, no log: nothing to nop
+    assert not any(b"/one/" in p.read_bytes() for p in (tmp_path / "one/logs").rglob("*.jsonl"))
+
+
+def test_a_changed_policy_rederives_from_the_original_and_one_undo_still_restores_it(corpus, tmp_path) -> None:
+    tree = _small_tree(corpus, tmp_path / "tree", ("fs/binfmt_misc.ko",))
+    src = corpus.modules_dir / "fs/binfmt_misc.ko"
+    logs = tmp_path / "logs"
+    narrow, wide = tmp_path / "narrow.policy", tmp_path / "wide.policy"
+    narrow.write_text("default nop\n")
+    wide.write_text("default nop\nkeep bm_*\n")
+    for policy in (narrow, wide):
+        code, out = _cli("prenop", "--policy", policy, "--in-place", "--strip-signature", "--log-dir", logs, tree)
+        assert code == 0, out
+    assert {s.function for s in scan(Image.load(tree / "fs/binfmt_misc.ko")).sites} >= {"bm_status_read"}
+    assert verify_files(src, tree / "fs/binfmt_misc.ko", logs / "fs/binfmt_misc.ko.mcountrw.jsonl").ok
+    keep_all = tmp_path / "all.policy"
+    keep_all.write_text("default keep\n")
+    code, out = _cli("prenop", "--policy", keep_all, "--in-place", "--log-dir", logs, tree)
+    assert code == 0 and _row(out, "restored")[0] == "1", out
+    assert _sha(tree / "fs/binfmt_misc.ko") == _sha(src)
+
+
+def test_undo_restores_every_file_and_a_second_undo_says_so(corpus, tmp_path: Path) -> None:
+    tree = _small_tree(corpus, tmp_path / "tree")
+    logs = tmp_path / "logs"
+    assert _cli("prenop", "--policy", KEEP_CORE, "--in-place", "--strip-signature", "--log-dir", logs, tree)[0] == 0
+    code, out = _cli("prenop", "--undo", "--in-place", "--log-dir", logs, tree)
+    assert code == 0 and _row(out, "undone")[0] == "4", out
+    assert _shas(tree) == {name: _sha(corpus.modules_dir / name) for name in sorted(SMALL)}
+    code, out = _cli("prenop", "--undo", "--in-place", "--log-dir", logs, tree)
+    assert code == 0 and "nothing changed: every file is already its original" in out
+
+
+def test_verify_catches_a_file_changed_after_prenop(corpus, tmp_path: Path) -> None:
+    tree = _small_tree(corpus, tmp_path / "tree", ("fs/binfmt_misc.ko", "fs/nls/nls_utf8.ko"))
+    logs = tmp_path / "logs"
+    assert _cli("prenop", "--policy", KEEP_CORE, "--in-place", "--strip-signature", "--log-dir", logs, tree)[0] == 0
+    code, out = _cli("prenop", "--verify", "--log-dir", logs, tree, "--against", corpus.modules_dir)
+    assert code == 0 and _row(out, "verified")[0] == "2", out
+    data = bytearray((tree / "fs/binfmt_misc.ko").read_bytes())
+    data[0x100] ^= 1
+    (tree / "fs/binfmt_misc.ko").write_bytes(bytes(data))
+    for extra in ((), ("--against", corpus.modules_dir)):
+        code, out = _cli("prenop", "--verify", "--log-dir", logs, tree, *extra)
+        assert code == 1 and "MISMATCH: fs/binfmt_misc.ko" in out, out
+
+
+def test_a_stale_log_is_refused_unless_the_file_is_declared_new(corpus, tmp_path: Path) -> None:
+    """A rebuilt file fits neither side of its old log: by default that file fails (and only it)."""
+    tree = _small_tree(corpus, tmp_path / "tree", ("fs/binfmt_misc.ko", "fs/nls/nls_utf8.ko"))
+    logs = tmp_path / "logs"
+    args = ("prenop", "--policy", KEEP_CORE, "--in-place", "--strip-signature", "--log-dir", logs, tree)
+    assert _cli(*args)[0] == 0
+    shutil.copy2(corpus.modules_dir / "fs/nls/nls_cp437.ko", tree / "fs/nls/nls_utf8.ko")  # "rebuilt"
+    code, out = _cli(*args)
+    assert code == 2 and "nls_utf8.ko: is neither the input nor the output" in out
+    assert _row(out, "unchanged")[0] == "1"
+    code, out = _cli(*args, "--replace-stale-logs")
+    assert code == 0 and _row(out, "nopped")[0] == "1", out
+
+
+def test_signed_modules_need_a_signature_choice_and_only_they_fail(corpus, tmp_path: Path) -> None:
+    tree = _small_tree(corpus, tmp_path / "tree", ("fs/binfmt_misc.ko",))
+    fake = tmp_path / "tree/unsigned.ko"
+    image = Image.load(tree / "fs/binfmt_misc.ko")
+    fake.write_bytes(bytes(image.data[: image.elf_end]))
+    code, out = _cli("prenop", "--policy", KEEP_CORE, "--in-place", "--log-dir", tmp_path / "logs", tree)
+    assert code == 2, out
+    assert "binfmt_misc.ko: signed module" in out and "--sign-key/--sign-cert" in out
+    assert _row(out, "nopped")[0] == "1" and _row(out, "failed")[0] == "1"
+    assert _sha(tree / "fs/binfmt_misc.ko") == _sha(corpus.modules_dir / "fs/binfmt_misc.ko")
+
+
+@pytest.mark.parametrize("kind", [Compression.XZ, Compression.GZIP, Compression.ZSTD])
+def test_compressed_modules_are_recompressed_the_same_way_and_undo_gives_the_same_content(
+    corpus, tmp_path: Path, kind: Compression
+) -> None:
+    from rewriter.elf.compress import compress, decompress
+
+    suffix = {Compression.XZ: ".xz", Compression.GZIP: ".gz", Compression.ZSTD: ".zst"}[kind]
+    plain = (corpus.modules_dir / "fs/binfmt_misc.ko").read_bytes()
+    mod = tmp_path / "tree" / f"binfmt_misc.ko{suffix}"
+    mod.parent.mkdir()
+    mod.write_bytes(compress(plain, kind))
+    logs = tmp_path / "logs"
+    args = ("prenop", "--policy", KEEP_CORE, "--in-place", "--strip-signature", "--log-dir", logs, mod.parent)
+    assert _cli(*args)[0] == 0
+    assert detect_compression(mod.read_bytes()[:8]) is kind
+    assert not scan(Image.load(mod)).sites  # everything nopped, records dropped
+    code, out = _cli(*args)
+    assert code == 0 and "nothing changed" in out
+    assert _cli("prenop", "--undo", "--in-place", "--log-dir", logs, mod.parent)[0] == 0
+    assert decompress(mod, mod.read_bytes(), kind) == plain
+
+
+def test_patchable_entry_sites_that_stay_recorded_are_reported(tmp_path: Path) -> None:
+    """A 6.6+ patchable-entry object is compiled `nop; nop`: nothing to write, but its records stay
+    and the kernel would make the sites traceable. The run says so and exits 1."""
+    obj = tmp_path / "patchable-le.o"
+    shutil.copy2(ROOT / "fixtures/bin/patchable-le.o", obj)
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    code, out = _cli("prenop", "--policy", policy, "--in-place", obj)
+    assert code == 1
+    assert "6 sites in 1 files are already nop;nop but still recorded" in out
+
+
+# -- signing ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def key_pair(tmp_path_factory) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    return _write_pair(
+        tmp_path_factory.mktemp("key"), rsa.generate_private_key(public_exponent=65537, key_size=2048), "k"
+    )
+
+
+def test_resigned_modules_verify_with_openssl_and_undo_brings_back_debians_signature(
+    corpus, tmp_path: Path, key_pair
+) -> None:
+    key, cert = key_pair
+    tree = _small_tree(corpus, tmp_path / "tree", ("fs/binfmt_misc.ko", "fs/nls/nls_utf8.ko"))
+    logs = tmp_path / "logs"
+    args = ("prenop", "--policy", KEEP_CORE, "--in-place", "--sign-key", key, "--sign-cert", cert, "--log-dir", logs)
+    code, out = _cli(*args, tree)
+    assert code == 0 and "module signatures: 2 re-signed" in out, out
+    for name in ("fs/binfmt_misc.ko", "fs/nls/nls_utf8.ko"):
+        result = openssl_verify(tree / name, cert, tmp_path)
+        assert result.returncode == 0, result.stderr
+        image = Image.load(tree / name)
+        assert image.signature is not None and not scan(image).sites
+    code, out = _cli("prenop", "--verify", "--log-dir", logs, tree, "--against", corpus.modules_dir)
+    assert code == 0 and _row(out, "verified")[0] == "2" and "module signatures: 2 re-signed" in out, out
+    code, out = _cli(*args, tree)
+    assert code == 0 and "nothing changed" in out  # RSA signatures are deterministic
+    code, out = _cli("prenop", "--undo", "--in-place", "--log-dir", logs, tree)
+    assert code == 0 and _row(out, "undone")[0] == "2", out
+    for name in ("fs/binfmt_misc.ko", "fs/nls/nls_utf8.ko"):
+        assert _sha(tree / name) == _sha(corpus.modules_dir / name)
+
+
+def test_signing_options_are_checked_before_any_file_is_touched(corpus, tmp_path: Path, key_pair) -> None:
+    tree = _small_tree(corpus, tmp_path / "tree", ("fs/binfmt_misc.ko",))
+    before = _shas(tree)
+    key, _ = key_pair
+    other = _write_pair(tmp_path, rsa.generate_private_key(public_exponent=65537, key_size=2048), "other")[1]
+    code, out = _cli("prenop", "--policy", KEEP_CORE, "--in-place", "--sign-key", key, "--sign-cert", other, tree)
+    assert code == 2 and "not for the key" in out
+    code, out = _cli("prenop", "--policy", KEEP_CORE, "--in-place", "--sign-key", key, tree)
+    assert code == 2 and "--sign-key and --sign-cert go together" in out
+    assert _shas(tree) == before
+
+
+# -- library use ------------------------------------------------------------------------------
+
+
+def test_prenop_file_computes_without_writing_and_publish_writes_log_then_file(corpus, tmp_path: Path) -> None:
+    tree = _small_tree(corpus, tmp_path / "tree", ("fs/nls/nls_utf8.ko",))
+    t = targets([tree], output=tmp_path / "out", in_place=False, log_dir=tmp_path / "logs")[0]
+    report, outputs = prenop_file(t, Settings(parse("default nop\n"), strip_signature=True), None)
+    assert report.status is Status.NOPPED and report.nopped == 3 and report.signature == "stripped"
+    assert [o.path for o in outputs] == [t.log, t.dest] and not t.dest.exists()
+    publish(outputs)
+    assert verify_files(t.source, t.dest, t.log).ok
+
+
+# -- the whole corpus -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_whole_corpus_tree_in_place_verifies_is_idempotent_and_undoes(corpus, tmp_path: Path) -> None:
+    """vmlinux and all 3,126 modules under keep-core.policy, in place on a copy: every file
+    verifies against its log and the pristine corpus, a second run is a no-op, undo restores
+    every file sha256-identically."""
+    vmlinux = tmp_path / "boot" / corpus.vmlinux.name
+    vmlinux.parent.mkdir()
+    shutil.copy2(corpus.vmlinux, vmlinux)
+    modules = tmp_path / "lib/modules" / corpus.modules_dir.parent.name
+    shutil.copytree(corpus.modules_dir.parent, modules, symlinks=True)
+    logs = tmp_path / "logs"
+    args = ("prenop", "--policy", KEEP_CORE, "--in-place", "--strip-signature", "--log-dir", logs, "-j", "2")
+    pristine = {**_shas(modules), "vmlinux": _sha(corpus.vmlinux)}
+
+    code, out = _cli(*args, vmlinux, modules)
+    assert code == 0, out
+    assert _row(out, "nopped") == ["3,103", "190,040", "76"]
+    assert _row(out, "nothing to nop") == ["24", "0", "851"]
+    assert "module signatures: 3,102 stripped" in out
+    sc = scan(Image.load(vmlinux))
+    assert len(sc.sites) == 76 and sc.records.zeroed == 33_690 - 76
+    assert {s.function for s in sc.sites} >= {"do_one_initcall", "vfs_read", "vfs_write"}
+
+    code, out = _cli("prenop", "--verify", "--log-dir", logs, modules, "--against", corpus.modules_dir.parent)
+    assert code == 0 and _row(out, "verified")[:2] == ["3,102", "156,426"], out
+    code, out = _cli("prenop", "--verify", "--log-dir", logs, vmlinux, "--against", corpus.vmlinux)
+    assert code == 0 and _row(out, "verified")[:2] == ["1", "33,614"], out
+
+    after = _shas(tmp_path)
+    code, out = _cli(*args, vmlinux, modules)
+    assert code == 0 and "nothing changed: all 3,127 files already match the policy" in out, out
+    assert _shas(tmp_path) == after
+
+    code, out = _cli("prenop", "--undo", "--in-place", "--log-dir", logs, "-j", "2", vmlinux, modules)
+    assert code == 0 and _row(out, "undone")[:2] == ["3,103", "190,040"], out
+    assert {**_shas(modules), "vmlinux": _sha(vmlinux)} == pristine
+
+
+# -- build integration --------------------------------------------------------------------------
+
+
+def _env_with_mcountrw() -> dict[str, str]:
+    """PATH with this interpreter's mcountrw first, as an installed mcountrw would be."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["MCOUNTRW"] = f"{sys.executable} -m rewriter"
+    return env
+
+
+def test_shell_example_prenops_an_installed_kernel_and_is_idempotent(corpus, tmp_path: Path) -> None:
+    """docs/build-integration/prenop-installed-kernel.sh on a copy of the corpus's install tree
+    (modules only, plus vmlinux): it prenops, verifies, and a second run changes nothing."""
+    sh = require_tool("sh")
+    root = tmp_path / "root"
+    release = corpus.modules_dir.parent.name
+    (root / "boot").mkdir(parents=True)
+    shutil.copy2(corpus.vmlinux, root / "boot" / corpus.vmlinux.name)
+    _small_tree(corpus, root / "lib/modules" / release / "kernel")
+    env = {**_env_with_mcountrw(), "INSTALL_MOD_PATH": str(root), "KERNELRELEASE": release,
+           "VMLINUX": str(root / "boot" / corpus.vmlinux.name), "MCOUNTRW_POLICY": str(KEEP_CORE),
+           "MCOUNTRW_LOG_DIR": str(tmp_path / "logs"), "MCOUNTRW_SIGN": "strip"}  # fmt: skip
+    script = BUILD / "prenop-installed-kernel.sh"
+    first = subprocess.run([str(sh), str(script)], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "verified" in first.stdout
+    assert not scan(Image.load(root / "lib/modules" / release / "kernel/fs/nls/nls_utf8.ko")).sites
+    second = subprocess.run([str(sh), str(script)], env=env, capture_output=True, text=True)
+    assert second.returncode == 0 and "nothing changed" in second.stdout, second.stdout + second.stderr
+
+
+def test_make_fragment_runs_as_a_postlink_step_and_on_a_modules_tree(corpus, tmp_path: Path) -> None:
+    """docs/build-integration/mcountrw.mk: included by a stand-in for arch/powerpc/Makefile.postlink
+    (with kbuild's `cmd` macro) for vmlinux, and its `mcountrw-modules` target for a tree."""
+    make = require_tool("make")
+    vmlinux = tmp_path / "vmlinux"
+    shutil.copy2(corpus.vmlinux, vmlinux)
+    postlink = tmp_path / "Makefile.postlink"
+    postlink.write_text(
+        "# what arch/powerpc/Makefile.postlink looks like, reduced to the mcountrw step\n"
+        "cmd = @set -e; echo '  $(quiet_cmd_$(1))'; $(cmd_$(1))\n"
+        f"include {BUILD / 'mcountrw.mk'}\n"
+        "vmlinux: FORCE\n"
+        "\t$(call cmd,mcountrw_vmlinux)\n"
+        "FORCE:\n"
+    )
+    env = _env_with_mcountrw()
+    common = [f"MCOUNTRW_POLICY={KEEP_CORE}", f"MCOUNTRW_LOG_DIR={tmp_path / 'logs'}", f"MCOUNTRW={env['MCOUNTRW']}"]
+    r = subprocess.run([str(make), "-C", str(tmp_path), "-f", "Makefile.postlink", "vmlinux", *common],
+                       env=env, capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PRENOP  vmlinux" in r.stdout
+    assert {s.function for s in scan(Image.load(vmlinux)).sites} >= {"do_one_initcall"}
+    assert len(scan(Image.load(vmlinux)).sites) == 76
+    tree = _small_tree(corpus, tmp_path / "modlib/kernel", ("fs/nls/nls_utf8.ko", "fs/ext4/ext4.ko"))
+    cmd = [str(make), "-f", str(BUILD / "mcountrw.mk"), "mcountrw-modules", f"MODLIB={tree.parent}",
+           "MCOUNTRW_SIGN_ARGS=--strip-signature", *common]  # fmt: skip
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not scan(Image.load(tree / "fs/nls/nls_utf8.ko")).sites
+
+
+# -- booting ------------------------------------------------------------------------------------
+
+BOOT_MODULES = ("crc16", "mbcache", "jbd2", "ext4")  # in load order
+BOOT_TREE = ("lib/crc16.ko", "fs/mbcache.ko", "fs/jbd2/jbd2.ko", "fs/ext4/ext4.ko")
+
+
+@pytest.fixture(scope="module")
+def prenopped_kernel(corpus, tmp_path_factory) -> tuple[Path, list[Path], Path]:  # type: ignore[no-untyped-def]
+    """keep-core.policy applied to vmlinux and to ext4 with its dependencies (stripped signatures:
+    this kernel does not force signatures and only taints)."""
+    base = tmp_path_factory.mktemp("prenopped")
+    tree = _small_tree(corpus, base / "in", BOOT_TREE)
+    ts = targets([corpus.vmlinux, tree], output=base / "out", in_place=False, log_dir=base / "logs")
+    reports = run(ts, Settings(parse(KEEP_CORE.read_text()), strip_signature=True), 2)
+    assert [r.rel for r in reports] == [corpus.vmlinux.name, *sorted(str(m) for m in BOOT_TREE)]
+    assert [r.status for r in reports] == [Status.NOPPED, Status.NOTHING, Status.NOPPED, Status.NOPPED, Status.NOTHING]
+    mods = [base / "out" / rel for rel in BOOT_TREE]
+    return base / "out" / corpus.vmlinux.name, mods, base
+
+
+@pytest.mark.boot
+def test_prenopped_vmlinux_boots_clean_and_traces_a_kept_function(prenopped_kernel) -> None:
+    vmlinux, _, _ = prenopped_kernel
+    r = boot(vmlinux, STANDARD_APPEND)
+    assert r.panicked and not r.ftrace_bug and not r.oopsed
+    assert r.ftrace_entries == 33_690  # ftrace allocates for the whole table; it skips the zeroed records
+    assert "do_one_initcall" in r.traced_functions
+
+
+@pytest.mark.boot
+def test_prenopped_modules_load_and_only_kept_functions_are_traceable(prenopped_kernel, corpus) -> None:
+    vmlinux, mods, base = prenopped_kernel
+    extra = (
+        "echo vfs_read > $T/set_ftrace_filter\n"
+        "echo function > $T/current_tracer\n"
+        "read -r line < /proc/version\n"  # the shell's read(2); busybox cat would use sendfile
+        "echo 0 > $T/tracing_on\n"
+        "echo \"MCOUNTRW-VFS-READ $(grep -c ' vfs_read <-' $T/trace)\"\n"
+        "echo nop > $T/current_tracer\n"
+    )
+    ramfs = make_initramfs(base / "initrd.cpio", corpus.busybox, mods, module_load_script(list(BOOT_MODULES), extra))
+    r = boot(vmlinux, STANDARD_APPEND, initrd=ramfs, timeout=120)
+    assert r.insmod == {m: 0 for m in BOOT_MODULES}, r.console[-3000:]
+    assert r.tracer_rc == 0 and not r.ftrace_bug and not r.oopsed and r.done
+    aff = r.available_filter_functions or []
+    core = {f for f in aff if " [" not in f}
+    kept = scan(Image.load(vmlinux)).sites
+    assert core <= {s.function for s in kept}
+    assert core >= {s.function for s in kept if s.section == ".text"}  # .init.text is freed after boot
+    assert {"do_one_initcall", "vfs_read", "vfs_write"} <= core
+    by_module = {f.split(" [")[1].rstrip("]") for f in aff if " [" in f}
+    assert by_module == {"ext4"}  # jbd2, mbcache and crc16 were nopped whole
+    ext4_text = {s.function for s in scan(Image.load(mods[-1])).sites if s.section == ".text"}
+    assert {f.split(" [")[0] for f in aff if f.endswith("[ext4]")} >= ext4_text
+    m = re.search(r"MCOUNTRW-VFS-READ (\d+)", r.console)
+    assert m and int(m.group(1)) > 0

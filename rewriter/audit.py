@@ -590,9 +590,9 @@ class GroupSummary(NamedTuple):
 
 
 def summarise(images: Sequence[ImageAudit], group: str) -> GroupSummary:
-    by_state: Counter = Counter()
-    safety: Counter = Counter({v.value: 0 for v in flow.Verdict})
-    anomalies: Counter = Counter({s.value: 0 for s in Severity})
+    by_state: Counter[str] = Counter()
+    safety: Counter[str] = Counter({v.value: 0 for v in flow.Verdict})
+    anomalies: Counter[str] = Counter({s.value: 0 for s in Severity})
     functions = with_sites = sites = 0
     for img in images:
         by_state.update(img.counts.by_state)

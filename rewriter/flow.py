@@ -516,7 +516,8 @@ _BRANCH_RELOCS: Final = np.array([10, 11, 12, 13, 116], np.uint64)  # REL24 REL1
 _REL32: Final = 26
 
 
-class Layout(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Layout:
     """Where the executable sections' words sit: section k starts at place ``base[k]`` and is word
     ``first[k]`` of the flat arrays, ``sizes[k]`` words long (sorted by place)."""
 
@@ -541,7 +542,7 @@ class Layout(NamedTuple):
 
     def places(self, idx: np.ndarray) -> np.ndarray:
         k = np.searchsorted(self.first, idx, side="right") - 1
-        return self.base[k] + (idx - self.first[k]).astype(np.uint64) * np.uint64(4)
+        return np.asarray(self.base[k] + (idx - self.first[k]).astype(np.uint64) * np.uint64(4), np.uint64)
 
 
 @dataclass(frozen=True)
@@ -772,8 +773,8 @@ class _Views(NamedTuple):
 
 
 def _views(code: Code) -> _Views:
-    return _Views(*(memoryview(a) for a in (code.words, code.effect, code.flow, code.target, code.stop,
-                                           code.edge_mark.view(np.uint8))))  # fmt: skip
+    arrays = (code.words, code.effect, code.flow, code.target, code.stop, code.edge_mark.view(np.uint8))
+    return _Views(*(a.data for a in arrays))
 
 
 def walk(code: Code, v: _Views, site: _SiteWords, fn: _Fn) -> tuple[Verdict, Why | None, int | None]:

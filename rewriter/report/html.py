@@ -96,7 +96,7 @@ def _safety_bars(groups: Sequence[GroupSummary], total: GroupSummary) -> list[Ba
     return bars
 
 
-def _site_rows(images: Sequence[ImageAudit]) -> list[list[object]]:
+def _site_rows(images: Sequence[ImageAudit]) -> list[list[str]]:
     rows = []
     for img in images:
         name = img.path.name

@@ -91,9 +91,10 @@ def _state_bars(audit: Audit, groups: Sequence[GroupSummary]) -> tuple[str, list
 
 
 def _safety_bars(groups: Sequence[GroupSummary], total: GroupSummary) -> list[Bar]:
-    bars = [Bar("all", total.safety)]
-    bars += [Bar(g.group, g.safety) for g in groups[: MAX_BARS - 1] if len(groups) > 1]
-    return bars
+    """One bar for everything, or one per group: an 'all' bar beside them would dwarf them."""
+    if len(groups) > 1:
+        return [Bar(g.group, g.safety) for g in groups[:MAX_BARS]]
+    return [Bar("all", total.safety)]
 
 
 def _site_rows(images: Sequence[ImageAudit]) -> list[list[str]]:
@@ -220,7 +221,12 @@ def audit_html(audit: Audit) -> str:
         "<h2>Sites</h2>",
         bar_chart("state-chart", state_title, state_bars, STATE_COLOURS),
         "<h2>mflr-nop safety</h2>",
-        bar_chart("safety-chart", "Sites by verdict", _safety_bars(groups, total), VERDICT_COLOURS),
+        bar_chart(
+            "safety-chart",
+            "Sites by verdict" + (" (largest groups)" if len(groups) > 1 else ""),
+            _safety_bars(groups, total),
+            VERDICT_COLOURS,
+        ),
         "<h2>Anomalies</h2>",
         _anomaly_table(audit.images),
         "<h2>All sites</h2>",

@@ -27,6 +27,8 @@ from rewriter.elf.compress import Compression, decompress, detect_compression
 from rewriter.errors import ImageError, UnmappedAddress
 from rewriter.ppc import Addr, Offset
 
+PN_XNUM = 0xFFFF  # e_phnum: the program header count is in section header 0
+
 
 class Kind(enum.Enum):
     VMLINUX = "vmlinux"
@@ -131,6 +133,7 @@ class Image:
         self.type = int(self.ehdr["e_type"])
         if self.type not in (S.ET_REL, S.ET_EXEC, S.ET_DYN):
             raise self.error(f"ELF type {self.type} is not a relocatable, executable or shared file")
+        self._check_program_headers(None)
         self.sections = self._read_sections()
         self._by_name = {s.name: s for s in reversed(self.sections)}
 
@@ -216,8 +219,8 @@ class Image:
         has_data = (table["sh_type"] != S.SHT_NOBITS) & (table["sh_type"] != S.SHT_NULL) & (table["sh_size"] > 0)
         for i in np.flatnonzero(has_data).tolist():
             self._check_range(int(table[i]["sh_offset"]), int(table[i]["sh_size"]), f"section {i} data")
-        self._check_program_headers(table)
-        self._check_overlaps(table, has_data, shoff, shnum * dt.itemsize)
+        if int(e["e_phnum"]) == PN_XNUM:
+            self._check_program_headers(table)
         names = self._bytes_of(table[strndx])
         sections = []
         for i, row in enumerate(table):
@@ -240,13 +243,25 @@ class Image:
                     int(row["sh_entsize"]),
                 )
             )
+        for sec in sections:
+            # A symbol table names its string table in sh_link; a relocation table its symbol
+            # table in sh_link and the section it applies to in sh_info (gABI, Figure 4-12).
+            links = {S.SHT_SYMTAB: (("sh_link", sec.link),), S.SHT_RELA: (("sh_link", sec.link), ("sh_info", sec.info))}
+            for what, index in links.get(sec.type, ()):
+                if index >= shnum:
+                    raise self.error(
+                        f"section {sec.index} ({sec.name}): {what} {index} names no section (0..{shnum - 1})"
+                    )
+        self._check_overlaps(table, has_data, shoff, shnum * dt.itemsize, [s.name for s in sections])
         return sections
 
-    def _check_program_headers(self, shdrs: np.ndarray) -> None:
+    def _check_program_headers(self, shdrs: np.ndarray | None) -> None:
         """The program header table is not read, but a rewritten file keeps it: it must be whole."""
         e = self.ehdr
         phoff, phnum = int(e["e_phoff"]), int(e["e_phnum"])
-        if phnum == 0xFFFF:  # gABI PN_XNUM: the real count is in sh_info of section 0
+        if phnum == PN_XNUM:  # gABI: the real count is in sh_info of section 0, read later
+            if shdrs is None:
+                return
             phnum = int(shdrs[0]["sh_info"])
         if phnum == 0:
             return
@@ -255,7 +270,9 @@ class Image:
             raise self.error(f"program header size {int(e['e_phentsize'])}, expected {dt.itemsize}")
         self._check_range(phoff, phnum * dt.itemsize, "program header table")
 
-    def _check_overlaps(self, shdrs: np.ndarray, has_data: np.ndarray, shoff: int, shsize: int) -> None:
+    def _check_overlaps(
+        self, shdrs: np.ndarray, has_data: np.ndarray, shoff: int, shsize: int, names: list[str]
+    ) -> None:
         """No two sections share file bytes, and none covers the ELF header or the section header
         table: a write meant for one would silently change the other (gABI: "sections in a file
         may not overlap. No byte in a file resides in more than one section")."""
@@ -263,7 +280,7 @@ class Image:
         head = np.array([0, shoff], dtype=np.uint64)
         starts = np.concatenate([head, shdrs["sh_offset"][index].astype(np.uint64)])
         sizes = np.concatenate([np.array([self.ehdr.dtype.itemsize, shsize], np.uint64), shdrs["sh_size"][index]])
-        what = ["the ELF header", "the section header table", *(f"section {i}" for i in index.tolist())]
+        what = ["the ELF header", "the section header table", *(f"section {i} ({names[i]})" for i in index.tolist())]
         order = np.argsort(starts, kind="stable")
         ends = starts[order] + sizes[order]
         reach = np.maximum.accumulate(ends)

@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from rewriter.edits import apply_edits, invert_edits
 from rewriter.elf.compress import Compression, compress, decompress, detect_compression
@@ -512,7 +512,9 @@ def run(
     return _map(_prenop_batch, ts, settings, jobs, tick)
 
 
-def undo(ts: Sequence[Target], jobs: int, tick: Callable[[], None] | None = None, dry_run: bool = False):  # type: ignore[no-untyped-def]
+def undo(
+    ts: Sequence[Target], jobs: int, tick: Callable[[], None] | None = None, dry_run: bool = False
+) -> list[FileReport]:
     return _map(_undo_batch, ts, dry_run, jobs, tick)
 
 
@@ -547,7 +549,10 @@ def _batches(ts: Sequence[Target]) -> list[list[int]]:
     return out
 
 
-def _map(fn, ts: Sequence[Target], arg: object, jobs: int, tick: Callable[[], None] | None) -> list[FileReport]:  # type: ignore[no-untyped-def]
+Batch = Callable[[Sequence[Target], Any], list[FileReport]]
+
+
+def _map(fn: Batch, ts: Sequence[Target], arg: object, jobs: int, tick: Callable[[], None] | None) -> list[FileReport]:
     reports: list[FileReport | None] = [None] * len(ts)
     batches = _batches(ts)
     if jobs <= 1 or len(batches) <= 1:

@@ -126,7 +126,8 @@ class Signer:
                 cert = x509.load_der_x509_certificate(cert_data)
         except ValueError as e:
             raise SignError(f"{cert_path}: not an X.509 certificate (PEM or DER): {e}") from None
-        if cert.public_key().public_numbers() != key.public_key().public_numbers():
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
             raise SignError(f"{cert_path}: the certificate is not for the key in {key_path}")
         return cls(key, cert, hash_name)
 
@@ -142,7 +143,9 @@ class Signer:
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.serialization import pkcs7
 
-        algo = {"sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+        algo: dict[str, hashes.HashAlgorithm] = {
+            "sha224": hashes.SHA224(), "sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()
+        }  # fmt: skip
         options = [
             pkcs7.PKCS7Options.DetachedSignature,
             pkcs7.PKCS7Options.NoAttributes,
@@ -150,7 +153,7 @@ class Signer:
             pkcs7.PKCS7Options.Binary,
         ]
         builder = pkcs7.PKCS7SignatureBuilder().set_data(module)
-        builder = builder.add_signer(self._cert, self._key, algo[self.hash_name]())  # type: ignore[arg-type]
+        builder = builder.add_signer(self._cert, self._key, algo[self.hash_name])  # type: ignore[arg-type]
         return builder.sign(serialization.Encoding.DER, options)
 
     def trailer(self, module: bytes) -> bytes:

@@ -7,12 +7,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from rewriter.cli import BAD_INPUT, FINDINGS, app, emit, fail, progress
 from rewriter.errors import RewriteError
+
+if TYPE_CHECKING:
+    from rewriter.prenop import Settings
 
 policy_app = typer.Typer(no_args_is_help=True, help="Pre-nop policy files: check what each rule matches.")
 app.add_typer(policy_app, name="policy")
@@ -101,6 +104,7 @@ def prenop(
             reports = P.verify(ts, workers, tick)
         header = f"mcountrw prenop --verify: {len(ts)} files"
     else:
+        assert policy is not None  # checked above
         settings = _settings(policy, strip_signature, sign_key, sign_cert, hash_name, dry_run, replace_stale_logs)
         with progress(len(ts), "pre-nopping") as tick:
             reports = P.run(ts, settings, workers, tick)
@@ -126,16 +130,19 @@ def prenop(
         raise typer.Exit(FINDINGS)
 
 
-def _settings(policy, strip, key, cert, hash_name, dry_run, replace_stale):  # type: ignore[no-untyped-def]
+def _settings(
+    policy: Path, strip: bool, key: Path | None, cert: Path | None, hash_name: str, dry_run: bool, replace_stale: bool
+) -> Settings:
     from rewriter import policy as pol
     from rewriter.prenop import Settings
     from rewriter.sign import SigningKey
 
+    assert (key is None) == (cert is None)
     signing = None
     try:
         rules = pol.load(policy)
         if key is not None:
-            signing = SigningKey(key, cert, hash_name)
+            signing = SigningKey(key, cert, hash_name)  # type: ignore[arg-type]
             signing.load()  # refuse a bad key or certificate before any file is touched
     except RewriteError as e:
         fail(str(e))
@@ -145,7 +152,7 @@ def _settings(policy, strip, key, cert, hash_name, dry_run, replace_stale):  # t
 def _summary(reports: Sequence[Any], logs_only: bool) -> list[str]:
     from rewriter.prenop import Status
 
-    rows = [("status", "files", "sites nopped", "sites kept")]
+    rows: list[tuple[str, ...]] = [("status", "files", "sites nopped", "sites kept")]
     for status in Status:
         rs = [r for r in reports if r.status is status]
         if rs:
@@ -258,7 +265,7 @@ def policy_check(
         f"policy {policy_file}: default {rules.default.value}, {len(rules.rules)} rules; "
         f"{tally.files:,} files, {total:,} sites"
     )
-    rows = [("line", "rule", "matches", "decides", "examples")]
+    rows: list[tuple[str, ...]] = [("line", "rule", "matches", "decides", "examples")]
     for use in tally.uses():
         line = str(use.rule.line) if use.rule else ""
         text = str(use.rule) if use.rule else f"default {rules.default.value}"

@@ -121,9 +121,12 @@ def targets(
     in_place: bool,
     log_dir: Path | None,
     against: Path | None = None,
+    logs_beside_source: bool = False,
 ) -> list[Target]:
     """One :class:`Target` per file: files named, and modules (``*.ko[.xz|.gz|.zst]``) found below
-    directories named, sorted. Symlinks inside directories are not followed."""
+    directories named, sorted. Symlinks inside directories are not followed. Without ``log_dir``
+    a log sits beside the file it describes: the output (prenop), or with ``logs_beside_source``
+    the input (undo and verify read the logs of files prenop wrote)."""
     if in_place and output is not None:
         raise PrenopError("give either --in-place or -o OUT, not both")
     found: list[tuple[Path, str, bool]] = []  # (file, rel, named directly)
@@ -150,7 +153,8 @@ def targets(
             dest = output
         else:
             dest = output / rel
-        log = (log_dir / (rel + LOG_SUFFIX)) if log_dir is not None else dest.with_name(dest.name + LOG_SUFFIX)
+        beside = f if logs_beside_source else dest
+        log = (log_dir / (rel + LOG_SUFFIX)) if log_dir is not None else beside.with_name(beside.name + LOG_SUFFIX)
         orig = None
         if against is not None:
             orig = against if (single_file and not against.is_dir()) else against / rel

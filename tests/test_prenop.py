@@ -170,6 +170,18 @@ def test_undo_restores_every_file_and_a_second_undo_says_so(corpus, tmp_path: Pa
     assert code == 0 and "nothing changed: every file is already its original" in out
 
 
+def test_one_file_to_a_new_name_keeps_its_log_beside_it_for_verify_and_undo(corpus, tmp_path: Path) -> None:
+    src = corpus.modules_dir / "fs/nls/nls_utf8.ko"
+    out = tmp_path / "x.ko"
+    code, text = _cli("prenop", "--policy", KEEP_CORE, "--strip-signature", "-o", out, src)
+    assert code == 0 and (tmp_path / "x.ko.mcountrw.jsonl").exists(), text
+    code, text = _cli("prenop", "--verify", out, "--against", src)
+    assert code == 0 and _row(text, "verified")[0] == "1", text
+    code, text = _cli("prenop", "--undo", out, "-o", tmp_path / "back.ko")
+    assert code == 0 and _row(text, "undone")[0] == "1", text
+    assert _sha(tmp_path / "back.ko") == _sha(src)
+
+
 def test_verify_catches_a_file_changed_after_prenop(corpus, tmp_path: Path) -> None:
     tree = _small_tree(corpus, tmp_path / "tree", ("fs/binfmt_misc.ko", "fs/nls/nls_utf8.ko"))
     logs = tmp_path / "logs"

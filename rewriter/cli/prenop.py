@@ -88,7 +88,9 @@ def prenop(
     if verify and (in_place or output is not None):
         fail("--verify writes nothing: drop --in-place / -o")
     try:
-        ts = P.targets(paths, output=output, in_place=in_place, log_dir=log_dir, against=against)
+        ts = P.targets(
+            paths, output=output, in_place=in_place, log_dir=log_dir, against=against, logs_beside_source=undo or verify
+        )
     except RewriteError as e:
         fail(str(e))
     if not ts:

@@ -2,7 +2,7 @@
 
 Strategy: every file is independent, so a tree is a list of :class:`Target` (what to read, where to
 write, its name in the tree, its patch log), processed in worker processes in batches, biggest
-file first (vmlinux takes as long as a thousand modules). Each file goes through
+file first (a vmlinux takes as long as several hundred modules). Each file goes through
 :func:`prenop_file`:
 
 1. Read it (decompressed). If its patch log exists and the file is that log's *output*, undo the

@@ -1,0 +1,647 @@
+"""Bad input: every class of broken file gives one line naming the file and the problem, exit 2,
+no traceback and no output file; truncating a file at any structure boundary does the same.
+
+Each case of :data:`CASES` is one row of the table in docs/bad-input.md: it takes a committed
+fixture, breaks one thing in it, and says which words the user must see. The library is checked
+for every case (scan, and apply --dry-run) and the real CLI for every case through ``scan`` and
+for a sample through ``nop -o``. The truncation sweep cuts every fixture at the start, the second
+byte, the middle and the last byte of every structure (ELF header, program and section header
+tables, every section's data, the first and last entry of every symbol, relocation and
+``__mcount_loc`` table) and runs the library on each cut.
+
+The helpers at the top (:class:`Elf`, :func:`regions`) are shared with tests/test_fuzz.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import zstandard
+from boot import require_tool
+from conftest import FIXTURES, ROOT
+
+from rewriter.elf import structs as S
+from rewriter.elf.image import Image
+from rewriter.errors import RewriteError
+from rewriter.patch import Options, Selection
+from rewriter.rewrite import apply_file
+from rewriter.sites import scan
+from rewriter.states import SiteState
+
+BIN = FIXTURES / "bin"
+SMALL = sorted(p for p in BIN.iterdir() if p.stat().st_size < 16_384)  # the objects and anom-* executables
+NOP_ALL = Options(SiteState.NOPPED, drop_records=True, strip_signature=True)
+
+
+# -- editing ELF fields by name (shared with test_fuzz.py) ------------------------------------------
+
+
+class Field(NamedTuple):
+    """One numeric field of one structure: where it is and how wide."""
+
+    where: str  # e.g. "ehdr.e_shoff", "shdr[5].sh_size", ".symtab[3].st_name"
+    offset: int
+    size: int
+
+
+class Region(NamedTuple):
+    """One structure's bytes: the ELF header, a header table, a section's data, or one entry."""
+
+    what: str
+    offset: int
+    size: int
+
+
+class Elf:
+    """A mutable copy of a valid ELF64 file with its structures located once (via our own reader,
+    which the valid seeds pass), so that tests can break exactly one field."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = bytearray(data)
+        self.image = Image.from_bytes(Path("seed"), bytes(data))
+        self.e: S.Endian = self.image.endian
+        self.order = self.image.byteorder
+
+    def field(self, dtype: np.dtype, base: int, name: str, where: str) -> Field:
+        sub, off = dtype.fields[name][:2]
+        return Field(where, base + off, sub.itemsize)
+
+    def ehdr(self, name: str) -> Field:
+        return self.field(S.ehdr_dtype(self.e), 0, name, f"ehdr.{name}")
+
+    def shdr(self, section: str | int, name: str) -> Field:
+        sec = self.image.section(section) if isinstance(section, str) else self.image.sections[section]
+        assert sec is not None, section
+        dt = S.shdr_dtype(self.e)
+        base = int(self.image.ehdr["e_shoff"]) + sec.index * dt.itemsize
+        return self.field(dt, base, name, f"shdr[{sec.index}].{name}")
+
+    def entry(self, section: str, index: int, name: str) -> Field:
+        sec = self.image.section(section)
+        assert sec is not None, section
+        dt = {S.SHT_SYMTAB: S.sym_dtype, S.SHT_RELA: S.rela_dtype, S.SHT_DYNAMIC: S.dyn_dtype}.get(sec.type)
+        dtype = dt(self.e) if dt else S.addr_dtype(self.e)
+        if name == "value":  # a plain table of 8-byte words (__mcount_loc)
+            return Field(f"{section}[{index}]", sec.offset + index * 8, 8)
+        return self.field(dtype, sec.offset + index * dtype.itemsize, name, f"{section}[{index}].{name}")
+
+    def get(self, f: Field) -> int:
+        return int.from_bytes(self.data[f.offset : f.offset + f.size], self.order)  # type: ignore[arg-type]
+
+    def set(self, f: Field, value: int) -> Elf:
+        self.data[f.offset : f.offset + f.size] = (value % (1 << (8 * f.size))).to_bytes(f.size, self.order)  # type: ignore[arg-type]
+        return self
+
+    def fields(self) -> list[Field]:
+        """Every numeric field of every header and of every entry of every table (symbols,
+        relocations, dynamic, ``__mcount_loc``); tables of more than 64 entries give their first and
+        last two."""
+        out = [self.ehdr(n) for n in S.ehdr_dtype(self.e).names if n != "e_ident"]
+        phdr = S.phdr_dtype(self.e)
+        for i in range(int(self.image.ehdr["e_phnum"])):
+            base = int(self.image.ehdr["e_phoff"]) + i * phdr.itemsize
+            out += [self.field(phdr, base, n, f"phdr[{i}].{n}") for n in phdr.names]
+        for sec in self.image.sections:
+            out += [self.shdr(sec.index, n) for n in S.shdr_dtype(self.e).names]
+        for sec in self.image.sections:
+            dt = {S.SHT_SYMTAB: S.sym_dtype, S.SHT_RELA: S.rela_dtype, S.SHT_DYNAMIC: S.dyn_dtype}.get(sec.type)
+            if sec.name == "__mcount_loc" and sec.type == S.SHT_PROGBITS:
+                out += [self.entry(sec.name, i, "value") for i in _some(sec.size // 8)]
+            elif dt is not None and self.image.section(sec.name) is sec:
+                dtype = dt(self.e)
+                for i in _some(sec.size // dtype.itemsize):
+                    out += [self.entry(sec.name, i, name) for name in dtype.names]
+        return out
+
+    def bytes(self) -> bytes:
+        return bytes(self.data)
+
+
+def _some(n: int) -> list[int]:
+    return list(range(n)) if n <= 64 else [0, 1, n - 2, n - 1]
+
+
+def regions(data: bytes) -> list[Region]:
+    """The structures of a valid ELF file, for truncation and byte flips."""
+    image = Image.from_bytes(Path("seed"), data)
+    e = image.ehdr
+    out = [Region("ELF header", 0, 64)]
+    phnum = int(e["e_phnum"])
+    if phnum:
+        out.append(Region("program header table", int(e["e_phoff"]), phnum * int(e["e_phentsize"])))
+    out.append(Region("section header table", int(e["e_shoff"]), len(image.sections) * 64))
+    for sec in image.sections:
+        if sec.type in (S.SHT_NULL, S.SHT_NOBITS) or not sec.size:
+            continue
+        out.append(Region(f"section {sec.name}", sec.offset, sec.size))
+        entsize = {S.SHT_SYMTAB: 24, S.SHT_RELA: 24, S.SHT_DYNAMIC: 16}.get(sec.type, 8 if "mcount" in sec.name else 0)
+        if entsize and sec.size >= 2 * entsize:
+            out.append(Region(f"{sec.name} first entry", sec.offset, entsize))
+            out.append(Region(f"{sec.name} last entry", sec.offset + sec.size - entsize, entsize))
+    return out
+
+
+def cut_points(data: bytes) -> list[tuple[int, str]]:
+    """Where to truncate: the start, second byte, middle and last byte of every structure."""
+    cuts: dict[int, str] = {}
+    for r in regions(data):
+        for at, how in ((r.offset, "start"), (r.offset + 1, "+1"), (r.offset + r.size // 2, "middle"),
+                        (r.offset + r.size - 1, "last byte")):  # fmt: skip
+            if 0 <= at < len(data):
+                cuts.setdefault(at, f"{r.what} {how}")
+    return sorted(cuts.items())
+
+
+# -- running the library and the CLI --------------------------------------------------------------
+
+
+def library_error(path: Path) -> str | None:
+    """The one-line error the library gives for ``path`` (scan, then apply --dry-run), or None if
+    both accept it. Anything but a RewriteError propagates and fails the test."""
+    try:
+        scan(Image.load(path))
+        apply_file(path, None, Selection(), NOP_ALL, dry_run=True)
+    except RewriteError as e:
+        return str(e)
+    return None
+
+
+def mcountrw(*args: str, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    return subprocess.run([sys.executable, "-m", "rewriter", *args], capture_output=True, text=True, **kw)
+
+
+def assert_one_line(message: str, path: Path, words: tuple[str, ...]) -> None:
+    assert "\n" not in message.strip(), message
+    assert message.startswith(f"{path}: "), message
+    assert "Traceback" not in message
+    for w in words:
+        assert w in message, f"{w!r} not in {message!r}"
+
+
+def assert_cli_error(proc: subprocess.CompletedProcess[str], *words: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mcountrw: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for w in words:
+        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+# -- the cases: one per row of docs/bad-input.md --------------------------------------------------
+
+
+class Case(NamedTuple):
+    id: str
+    seed: str  # fixture under fixtures/bin
+    make: Callable[[bytes], bytes]
+    words: tuple[str, ...]  # the message must contain each
+
+
+def _ehdr(name: str, value: int) -> Callable[[bytes], bytes]:
+    return lambda d: Elf(d).set(Elf(d).ehdr(name), value).bytes()
+
+
+def _shdr(section: str | int, name: str, value: int | Callable[[Elf], int]) -> Callable[[bytes], bytes]:
+    def make(d: bytes) -> bytes:
+        elf = Elf(d)
+        return elf.set(elf.shdr(section, name), value(elf) if callable(value) else value).bytes()
+
+    return make
+
+
+def _entry(section: str, index: int, name: str, value: int | Callable[[Elf], int]) -> Callable[[bytes], bytes]:
+    def make(d: bytes) -> bytes:
+        elf = Elf(d)
+        return elf.set(elf.entry(section, index, name), value(elf) if callable(value) else value).bytes()
+
+    return make
+
+
+def _ident(index: int, value: int) -> Callable[[bytes], bytes]:
+    return lambda d: d[:index] + bytes([value]) + d[index + 1 :]
+
+
+def _offset_of(section: str) -> Callable[[Elf], int]:
+    return lambda elf: elf.get(elf.shdr(section, "sh_offset"))
+
+
+def _compressed(kind: str, damage: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    def make(d: bytes) -> bytes:
+        zstd = zstandard.ZstdCompressor(write_checksum=True)  # as the zstd CLI writes them
+        packed = {"xz": lzma.compress, "gz": gzip.compress, "zst": zstd.compress}[kind](d)
+        return damage(packed)
+
+    return make
+
+
+def _flip_middle(d: bytes) -> bytes:
+    mid = len(d) // 2
+    return d[:mid] + bytes([d[mid] ^ 0xFF, d[mid + 1] ^ 0x55]) + d[mid + 2 :]
+
+
+def _zstd_claims_a_terabyte(_: bytes) -> bytes:
+    # Frame header: magic, descriptor 0xE0 (single segment, 8-byte content size), content size 2**40,
+    # then a last raw block of 0 bytes. The library would allocate what the header claims.
+    return b"\x28\xb5\x2f\xfd\xe0" + (1 << 40).to_bytes(8, "little") + b"\x01\x00\x00"
+
+
+def _shrink(section: str, by: int) -> Callable[[bytes], bytes]:
+    return _shdr(section, "sh_size", lambda e: e.get(e.shdr(section, "sh_size")) - by)
+
+
+# fmt: off
+CASES = [
+    Case("not-elf", "clean.o", lambda d: b"#!/bin/sh\necho this is a shell script\n", ("not an ELF file",)),
+    Case("empty", "clean.o", lambda d: b"", ("empty file",)),
+    Case("too-short", "clean.o", lambda d: d[:10], ("not an ELF file (too short)",)),
+    Case("truncated-elf-header", "clean.o", lambda d: d[:40], ("truncated ELF header",)),
+    Case("truncated-program-headers", "clean", lambda d: d[: 64 + 20], ("program header table", "runs past")),
+    Case("truncated-section-headers", "clean.o", lambda d: d[:-10], ("section header table", "runs past the end")),
+    Case("truncated-section-data", "clean.o", _shdr(".text", "sh_size", 1 << 20), ("section 1 data", "runs past")),
+    Case("elf32", "clean.o", _ident(4, 1), ("ELF class 1 is not ELF64",)),
+    Case("x86-64", "clean.o", _ehdr("e_machine", 62), ("machine 62 is not PowerPC64",)),
+    Case("ppc32-machine", "clean.o", _ehdr("e_machine", S.EM_PPC), ("machine 20 is not PowerPC64",)),
+    Case("bad-endian-marker", "clean.o", _ident(5, 3), ("bad ELF data encoding 3",)),
+    Case("swapped-endian-marker", "clean.o", _ident(5, 2), ("is not PowerPC64",)),
+    Case("not-rel-exec-dyn", "clean.o", _ehdr("e_type", 4), ("ELF type 4",)),
+    Case("no-section-headers", "clean.o", _ehdr("e_shoff", 0), ("no section header table",)),
+    Case("section-header-size", "clean.o", _ehdr("e_shentsize", 40), ("section header size 40",)),
+    Case("program-header-size", "clean", _ehdr("e_phentsize", 32), ("program header size 32",)),
+    Case("program-headers-outside", "clean", _ehdr("e_phoff", 1 << 40), ("program header table", "runs past")),
+    Case("section-outside-file", "clean.o", _shdr(".text", "sh_offset", 1 << 40), ("section 1 data", "runs past")),
+    Case("section-absurd-size", "clean.o", _shdr(".symtab", "sh_size", (1 << 63) + 24), ("runs past the end",)),
+    Case("section-count-absurd", "clean.o", lambda d: _ehdr("e_shnum", 0)(_shdr(0, "sh_size", 1 << 40)(d)),
+         ("section header table", "runs past")),
+    Case("section-count-zero", "clean.o", _ehdr("e_shnum", 0), ("no sections",)),
+    Case("sections-overlap", "clean.o", _shdr(".rela.text", "sh_offset", _offset_of(".symtab")), ("overlaps",)),
+    Case("section-over-elf-header", "clean.o", _shdr(".text", "sh_offset", 0), ("overlaps the ELF header",)),
+    Case("shstrndx-out-of-range", "clean.o", _ehdr("e_shstrndx", 99), ("string table index 99 out of range",)),
+    Case("section-name-out-of-range", "clean.o", _shdr(".text", "sh_name", 1 << 30), ("name index", "out of range")),
+    Case("symbol-name-out-of-range", "clean.o", _entry(".symtab", 1, "st_name", 1 << 30),
+         ("symbol name index out of range",)),
+    Case("symtab-odd-size", "clean.o", _shrink(".symtab", 5), ("not a multiple of 24",)),
+    Case("symtab-entry-size", "clean.o", _shdr(".symtab", "sh_entsize", 16), ("entry size 16, expected 24",)),
+    Case("symtab-links-nowhere", "clean.o", _shdr(".symtab", "sh_link", 99), ("sh_link 99 names no section",)),
+    Case("symtab-links-to-code", "clean.o", _shdr(".symtab", "sh_link", 1), ("not a string table",)),
+    Case("rela-odd-size", "clean.o", _shrink(".rela.text", 1), ("not a multiple of 24",)),
+    Case("rela-entry-size", "clean.o", _shdr(".rela.text", "sh_entsize", 0xFFFF), ("entry size 65535",)),
+    Case("rela-names-missing-symbol", "clean.o", _entry(".rela__mcount_loc", 0, "r_info", (9999 << 32) | 38),
+         ("relocation names a symbol past the end",)),
+    Case("rela-for-missing-section", "clean.o", _shdr(".rela.text", "sh_info", 99), ("sh_info 99 names no section",)),
+    Case("mcount-loc-odd-size", "clean", _shrink("__mcount_loc", 4), ("__mcount_loc", "not a multiple of 8")),
+    Case("rela-mcount-loc-odd-size", "clean.o", _shdr(".rela__mcount_loc", "sh_size", 0x40), ("not a multiple of 24",)),
+    Case("xz-corrupt", "clean.o", _compressed("xz", _flip_middle), ("xz",)),
+    Case("xz-truncated", "clean.o", _compressed("xz", lambda z: z[: len(z) // 2]), ("truncated xz data",)),
+    Case("gz-corrupt", "clean.o", _compressed("gz", _flip_middle), ("gzip",)),
+    Case("gz-truncated", "clean.o", _compressed("gz", lambda z: z[: len(z) // 2]), ("truncated gzip data",)),
+    Case("zst-corrupt", "clean.o", _compressed("zst", _flip_middle), ("zstd",)),
+    Case("zst-truncated", "clean.o", _compressed("zst", lambda z: z[: len(z) // 2]), ("truncated zstd data",)),
+    Case("zst-claims-a-terabyte", "clean.o", _zstd_claims_a_terabyte, ("corrupt zstd data",)),
+    Case("compressed-not-elf", "clean.o", lambda d: lzma.compress(b"hello"), ("not an ELF file",)),
+    Case("stripped-no-records", "clean", lambda d: _strip_symtab_and_records(d), ("stripped image", "--mcount-addr")),
+]
+# fmt: on
+
+
+def _strip_symtab_and_records(d: bytes) -> bytes:
+    """A stripped image that keeps neither symbols nor a __mcount_loc section (a stripped vmlinux,
+    in miniature): .symtab becomes an unused PROGBITS section, __mcount_loc is renamed away."""
+    elf = Elf(d)
+    elf.set(elf.shdr(".symtab", "sh_type"), S.SHT_PROGBITS)
+    names = elf.image.section_bytes(elf.image.sections[int(elf.image.ehdr["e_shstrndx"])])
+    at = elf.get(elf.shdr(".shstrtab", "sh_offset")) + names.index(b"__mcount_loc\0")
+    elf.data[at : at + 2] = b"XX"
+    return elf.bytes()
+
+
+def _write(tmp_path: Path, case: Case) -> Path:
+    path = tmp_path / f"{case.id}.ko" if case.id.startswith(("xz", "gz", "zst", "compressed")) else tmp_path / case.id
+    path.write_bytes(case.make((BIN / case.seed).read_bytes()))
+    return path
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_library_rejects_bad_input_in_one_line(case: Case, tmp_path: Path) -> None:
+    path = _write(tmp_path, case)
+    message = library_error(path)
+    assert message is not None, f"{case.id} was accepted"
+    assert_one_line(message, path, case.words)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_cli_scan_rejects_bad_input_in_one_line(case: Case, tmp_path: Path) -> None:
+    path = _write(tmp_path, case)
+    assert_cli_error(mcountrw("scan", str(path)), str(path), *case.words)
+
+
+@pytest.mark.parametrize("case_id", ["not-elf", "truncated-section-headers", "x86-64", "sections-overlap",
+                                     "rela-names-missing-symbol", "xz-corrupt", "stripped-no-records"])  # fmt: skip
+def test_cli_nop_of_bad_input_writes_nothing(case_id: str, tmp_path: Path) -> None:
+    case = next(c for c in CASES if c.id == case_id)
+    path = _write(tmp_path, case)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_cli_error(mcountrw("nop", str(path), "-o", str(tmp_path / "out")), str(path), *case.words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no log, no temporary file
+
+
+def test_absurd_sizes_do_not_allocate_gigabytes(tmp_path: Path) -> None:
+    """Under a 1 GiB address-space limit (the interpreter, numpy, capstone and keystone take about
+    half), absurd counts and sizes are still refused in one line, not with a MemoryError."""
+    limit = 1 << 30
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    for case_id in ("section-absurd-size", "section-count-absurd", "zst-claims-a-terabyte", "symtab-odd-size"):
+        path = _write(tmp_path, next(c for c in CASES if c.id == case_id))
+        assert_cli_error(mcountrw("nop", str(path), "--dry-run", preexec_fn=cap), str(path))
+    bomb = tmp_path / "bomb.ko.zst"  # 300 MiB of zeros behind an ELF header, no content size in the frame
+    with open(bomb, "wb") as fh, zstandard.ZstdCompressor(write_content_size=False).stream_writer(fh) as w:
+        w.write((BIN / "clean.o").read_bytes())
+        for _ in range(300):
+            w.write(bytes(1 << 20))
+    assert_cli_error(mcountrw("scan", str(bomb), preexec_fn=cap), str(bomb), "more than 256 MiB")
+
+
+# -- truncation at every structure ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [p.name for p in SMALL] + ["prof-le", "prof-be"])
+def test_truncation_at_every_structure_is_one_line(name: str, tmp_path: Path) -> None:
+    data = (BIN / name).read_bytes()
+    elf_end = Image.from_bytes(Path(name), data).elf_end
+    path = tmp_path / name
+    for at, what in cut_points(data):
+        path.write_bytes(data[:at])
+        message = library_error(path)
+        if at < elf_end:
+            assert message is not None, f"cut at {at:#x} ({what}) accepted"
+            assert_one_line(message, path, ())
+
+
+def test_truncated_signed_module_is_one_line(corpus, tmp_path: Path) -> None:
+    """A signed module: cuts inside the ELF are errors; cuts inside the signature leave an unsigned
+    ELF with trailing bytes, which is fine to scan."""
+    data = (corpus.modules_dir / "fs/nls/nls_utf8.ko").read_bytes()
+    elf_end = Image.from_bytes(Path("m"), data).elf_end
+    path = tmp_path / "nls_utf8.ko"
+    for at, what in [*cut_points(data), (elf_end + 5, "signature"), (len(data) - 3, "signature marker")]:
+        path.write_bytes(data[:at])
+        message = library_error(path)
+        if at < elf_end:
+            assert message is not None, f"cut at {at:#x} ({what}) accepted"
+            assert_one_line(message, path, ())
+
+
+@pytest.mark.parametrize("kind", ["xz", "gz", "zst"])
+def test_truncated_compressed_module_is_one_line(kind: str, tmp_path: Path) -> None:
+    packed = _compressed(kind, lambda z: z)((BIN / "prof-le.o").read_bytes())
+    path = tmp_path / f"m.ko.{kind}"
+    for at in sorted({1, 2, 5, 10, len(packed) // 4, len(packed) // 2, len(packed) - 8, len(packed) - 1}):
+        path.write_bytes(packed[:at])
+        message = library_error(path)
+        assert message is not None, f"cut at {at} accepted"
+        assert_one_line(message, path, ())
+
+
+# -- inputs that are findings, not errors -----------------------------------------------------------
+
+
+def test_mcount_loc_entry_outside_any_section_is_reported_unmatched(tmp_path: Path) -> None:
+    """A record that points nowhere is what scan is for: it is reported (and counted by audit), and a
+    rewrite leaves it alone; the kernel would stop ftrace at boot on it, as it would on the input."""
+    elf = Elf((BIN / "clean").read_bytes())
+    path = tmp_path / "rec-nowhere"
+    path.write_bytes(elf.set(elf.entry("__mcount_loc", 1, "value"), 0xDEAD_BEE0).bytes())
+    result = scan(Image.load(path))
+    assert result.records.unmatched == ("0xdeadbee0",)
+    assert len(result.sites) == 3 and sum(s.recorded for s in result.sites) == 2
+    apply_file(path, None, Selection(), NOP_ALL, dry_run=True)
+
+
+def test_symbols_that_lie_do_not_crash(tmp_path: Path) -> None:
+    """Function symbols in sections that do not exist, or at absurd values: the sites are still found
+    by their words and relocations; functions just lose their names."""
+    elf = Elf((BIN / "clean.o").read_bytes())
+    syms = elf.image.symbols
+    assert syms is not None
+    for i in range(1, len(syms.table)):
+        elf.set(elf.entry(".symtab", i, "st_shndx"), 0xFFF0 - i if i % 2 else 60 + i)
+        elf.set(elf.entry(".symtab", i, "st_value"), (1 << 64) - 8 * i)
+    path = tmp_path / "lying.o"
+    path.write_bytes(elf.bytes())
+    message = library_error(path)
+    assert message is None or message.startswith(f"{path}: ")
+
+
+# -- stripped images ---------------------------------------------------------------------------------
+
+
+def test_stripped_executable_falls_back_to_its_records(tmp_path: Path) -> None:
+    objcopy = require_tool("powerpc64le-linux-gnu-objcopy")
+    for name in ("clean", "anom-unrecorded", "prof-le"):
+        stripped = tmp_path / name
+        subprocess.run([str(objcopy), "--strip-all", str(BIN / name), str(stripped)], check=True)
+        assert Image.load(stripped).symbols is None
+        full, bare = scan(Image.load(BIN / name)), scan(Image.load(stripped))
+        # _mcount is found as the target the recorded `bl`s share, so unrecorded sites are found too.
+        key = [(s.addr, s.state, s.variant, s.recorded) for s in full.sites]
+        assert [(s.addr, s.state, s.variant, s.recorded) for s in bare.sites] == key
+        assert {s.function for s in bare.sites} == {None}
+
+
+@pytest.mark.corpus
+def test_stripped_vmlinux_says_what_is_missing_and_works_with_mcount_addr(corpus, tmp_path: Path) -> None:
+    objcopy = require_tool("powerpc64le-linux-gnu-objcopy")
+    stripped = tmp_path / "vmlinux"
+    subprocess.run([str(objcopy), "--strip-all", str(corpus.vmlinux), str(stripped)], check=True)
+    words = ("no .symtab", "__mcount_loc", "--mcount-addr", "System.map")
+    assert_cli_error(mcountrw("scan", str(stripped)), str(stripped), *words)
+    full = Image.load(corpus.vmlinux)
+    syms = full.symbols
+    assert syms is not None
+    mcount = int(syms.table["st_value"][syms.find("_mcount")[0]])
+    wrong = mcountrw("scan", "--mcount-addr", hex(mcount + 4), str(stripped))
+    assert_cli_error(wrong, "--mcount-addr", "no bl")
+    before, after = scan(full), scan(Image.load(stripped), mcount)
+    # Same sites, states and records (found by their contents), without function names.
+    assert [(s.addr, s.state, s.recorded) for s in after.sites] == [(s.addr, s.state, s.recorded) for s in before.sites]
+    assert after.records == before.records
+
+
+# -- directories, files that are not files, output paths ------------------------------------------
+
+
+def _drop_capabilities() -> None:
+    """Root reads and writes everything: with an empty capability bounding set, the root that
+    ``exec`` starts has no CAP_DAC_OVERRIDE, so file permissions apply to it as to anyone."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_capbset_drop = 24
+    for cap in range(64):
+        prctl(pr_capbset_drop, cap, 0, 0, 0)
+
+
+def _as_unprivileged() -> dict:  # type: ignore[type-arg]
+    return {"preexec_fn": _drop_capabilities} if os.geteuid() == 0 else {}
+
+
+def test_directory_with_unreadable_files_reports_them_and_scans_the_rest() -> None:
+    with tempfile.TemporaryDirectory(prefix="mcountrw-") as top:
+        root = Path(top)
+        root.chmod(0o755)
+        (root / "good.o").write_bytes((BIN / "clean.o").read_bytes())
+        secret = root / "secret.ko"
+        secret.write_bytes((BIN / "clean.o").read_bytes())
+        secret.chmod(0o000)
+        hidden = root / "private"
+        hidden.mkdir()
+        (hidden / "x.o").write_bytes((BIN / "clean.o").read_bytes())
+        hidden.chmod(0o000)
+        os.mkfifo(root / "fifo.ko")  # named like a module: skipped, must not block the scan
+        os.mkfifo(root / "pipe")  # must not block the ELF sniffing either
+        (root / "nested").mkdir()
+        (root / "nested" / "good2.o").write_bytes((BIN / "prof-le.o").read_bytes())
+        for p in (root / "good.o", root / "nested", root / "nested" / "good2.o"):
+            p.chmod(0o755)
+        proc = mcountrw("scan", "--format", "json", str(root), timeout=60, **_as_unprivileged())
+        assert proc.returncode == 2, proc.stderr
+        errors = proc.stderr.strip().splitlines()
+        assert all(line.startswith("mcountrw: error: ") for line in errors) and "Traceback" not in proc.stderr
+        assert any("secret.ko" in line and "Permission denied" in line for line in errors), errors
+        assert any("private" in line and "Permission denied" in line for line in errors), errors
+        assert not any("fifo" in line or "pipe" in line for line in errors), errors  # special files: skipped
+        import json
+
+        scanned = sorted(Path(i["path"]).name for i in json.loads(proc.stdout)["images"])
+        assert scanned == ["good.o", "good2.o"]
+
+
+def test_output_paths_that_cannot_be_written(tmp_path: Path) -> None:
+    src = tmp_path / "prog"
+    shutil.copy(BIN / "clean", src)
+    nowhere = tmp_path / "no" / "such" / "dir" / "out"
+    assert_cli_error(mcountrw("nop", str(src), "-o", str(nowhere)), str(nowhere), "does not exist")
+    assert_cli_error(mcountrw("nop", str(src), "-o", str(src)), "output is the input", "--in-place")
+    assert_cli_error(mcountrw("nop", str(src), "-o", str(tmp_path)), "is a directory")
+    out = tmp_path / "out"
+    assert_cli_error(mcountrw("nop", str(src), "-o", str(out), "--log", str(src)), "would overwrite the input")
+    assert_cli_error(mcountrw("nop", str(src), "-o", str(out), "--log", str(out)), "would overwrite the output")
+    assert_cli_error(mcountrw("nop", str(src), "-o", str(out), "--backup"), "--backup goes with --in-place")
+    (tmp_path / "prog.orig").write_bytes(b"the true original")
+    assert_cli_error(mcountrw("nop", str(src), "--in-place", "--backup"), "prog.orig", "exists")
+    assert (tmp_path / "prog.orig").read_bytes() == b"the true original"
+    assert src.read_bytes() == (BIN / "clean").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prog", "prog.orig"]
+
+
+def test_output_in_a_read_only_directory() -> None:
+    with tempfile.TemporaryDirectory(prefix="mcountrw-") as top:
+        root = Path(top)
+        root.chmod(0o755)
+        locked = root / "locked"
+        locked.mkdir()
+        src = locked / "prog"
+        shutil.copy(BIN / "clean", src)
+        locked.chmod(0o555)
+        try:
+            proc = mcountrw("nop", str(src), "-o", str(locked / "out"), **_as_unprivileged())
+            assert_cli_error(proc, str(locked / "out"), "cannot write in")
+            inplace = mcountrw("nop", str(src), "--in-place", **_as_unprivileged())
+            assert_cli_error(inplace, str(src), "cannot write in")
+            assert src.read_bytes() == (BIN / "clean").read_bytes()
+            assert [p.name for p in locked.iterdir()] == ["prog"]
+        finally:
+            locked.chmod(0o755)
+
+
+def test_input_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert_cli_error(mcountrw("scan", str(fifo), timeout=30), str(fifo), "not a regular file")
+    assert_cli_error(mcountrw("nop", str(tmp_path), "--dry-run"), str(tmp_path), "is a directory")
+    assert_cli_error(mcountrw("scan", "/dev/null"), "/dev/null", "not a regular file")
+    assert_cli_error(mcountrw("nop", str(tmp_path / "missing"), "--dry-run"), "missing", "No such file")
+
+
+# -- patch logs ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def patched(tmp_path: Path) -> tuple[Path, Path, Path]:
+    out = tmp_path / "out"
+    assert mcountrw("nop", str(BIN / "prof-le.o"), "-o", str(out), "--drop-records").returncode == 0
+    return BIN / "prof-le.o", out, tmp_path / "out.mcountrw.jsonl"
+
+
+def test_truncated_log_is_refused(patched: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    original, out, log = patched
+    text = log.read_text()
+    bad = tmp_path / "bad.jsonl"
+    for cut, words in ((len(text) // 2, ("not JSON",)), (text.rstrip("\n").rindex("\n") + 1, ("no footer",)),
+                       (0, ("empty patch log",))):  # fmt: skip
+        bad.write_text(text[:cut])
+        assert_cli_error(mcountrw("undo", str(out), "--log", str(bad), "-o", str(tmp_path / "back")), str(bad), *words)
+        assert_cli_error(mcountrw("verify", str(original), str(out), "--log", str(bad)), str(bad), *words)
+        assert not (tmp_path / "back").exists()
+
+
+def test_edited_log_is_refused(patched: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    original, out, log = patched
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(log.read_text().replace('"new": "60000000"', '"new": "60000001"', 1))
+    for args in (("undo", str(out), "--log", str(bad), "-o", str(tmp_path / "back")),
+                 ("verify", str(original), str(out), "--log", str(bad))):  # fmt: skip
+        assert_cli_error(mcountrw(*args), str(bad), "edited or truncated", "checksum")
+    assert not (tmp_path / "back").exists()
+
+
+def test_log_edited_on_purpose_with_a_new_footer_is_refused(patched: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    original, out, log = patched
+    lines = log.read_text().splitlines()[:-1]
+    for field, value, words in (("offset", "-0x10", ("out of range",)), ("offset", "0x7fffffff", ("reaches offset",)),
+                                ("entsize", 0, ("not a multiple",))):  # fmt: skip
+        records = [json.loads(x) for x in lines]
+        target = next(r for r in records if field in r)
+        target[field] = value
+        body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        footer = {"type": "footer", "lines": len(records), "sha256": hashlib.sha256(body.encode()).hexdigest()}
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(body + json.dumps(footer) + "\n")
+        assert_cli_error(mcountrw("undo", str(out), "--log", str(bad), "-o", str(tmp_path / "back")), str(bad), *words)
+        assert_cli_error(mcountrw("verify", str(original), str(out), "--log", str(bad)), str(bad), *words)
+
+
+def test_log_for_another_file_is_refused(patched: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, out, log = patched
+    other = BIN / "prof-be.o"
+    assert_cli_error(mcountrw("undo", str(other), "--log", str(log), "-o", str(tmp_path / "back")), "another file")
+    verdict = mcountrw("verify", str(other), str(out), "--log", str(log))
+    assert verdict.returncode == 1 and "is not the file this log was made from" in verdict.stdout  # a finding
+    assert_cli_error(mcountrw("undo", str(out), "--log", str(BIN / "clean.o"), "-o", str(tmp_path / "b")), "not text")
+    assert_cli_error(mcountrw("undo", str(out), "--log", str(log), "-o", str(log)), "would overwrite the patch log")
+    assert not (tmp_path / "back").exists()
+
+
+def test_repo_layout_is_what_the_docs_table_names() -> None:
+    """docs/bad-input.md names every case id; keep the table and the tests in step."""
+    table = (ROOT / "docs" / "bad-input.md").read_text()
+    missing = [c.id for c in CASES if f"`{c.id}`" not in table]
+    assert not missing, f"docs/bad-input.md lacks {missing}"

@@ -1,0 +1,319 @@
+"""Fuzzing: ten thousand mutated files through scan, audit and apply --dry-run, with no uncaught
+exception, no hang and no runaway allocation.
+
+Strategy: hypothesis drives a structure-aware mutator. Each input is one seed (the small
+committed fixtures, a corpus module, and xz/gzip/zstd-compressed fixtures) with one to four
+mutations drawn from: set one numeric field of a header or table entry (ELF header, program and
+section headers, the first and last entries of symbol, relocation, dynamic and ``__mcount_loc``
+tables) to a boundary value, a random value, a nearby value or another field's value; flip bytes
+inside one structure; truncate at or near a structure boundary; copy one section header over
+another. Hypothesis is run derandomized (the same inputs on every run) with generation only
+(nothing to shrink: failures are collected, not raised).
+
+Every input goes, in process and through the library, to ``sites.scan``, to ``audit`` when that
+module exists, and to ``rewrite.apply_file(dry_run=True)`` with drawn options. A RewriteError is
+a clean rejection; anything else is a bug. Each input has a time bound (SIGALRM) and the whole run
+an address-space bound, so a hang or a multi-gigabyte allocation is counted, not suffered.
+
+The figures (inputs, rejections, exceptions, hangs, slowest input) are printed, and recorded in
+docs/bad-input.md. A failing input is written out; copy it into tests/fuzz_regressions/, whose
+files :func:`test_fuzz_regressions_stay_fixed` replays on every run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import lzma
+import os
+import resource
+import signal
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+import zstandard
+from boot import corpus_modules_dir, require_corpus
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from test_bad_input import SMALL, Elf, Field, Region, regions
+
+from rewriter.elf.image import Image
+from rewriter.errors import RewriteError
+from rewriter.patch import Options, Selection
+from rewriter.plan import Route
+from rewriter.rewrite import apply_file
+from rewriter.sites import scan
+from rewriter.states import SiteState
+
+INPUTS = int(os.environ.get("MCOUNTRW_FUZZ_INPUTS", "10000"))
+TIME_BOUND = 5.0  # seconds per input, all entry points together; a clean input takes ~3 ms
+MEMORY_BOUND = 1 << 30  # bytes of address space the run may add
+REGRESSIONS = Path(__file__).resolve().parent / "fuzz_regressions"
+
+INTERESTING = (
+    0, 1, 2, 3, 4, 7, 8, 15, 16, 20, 21, 24, 40, 56, 62, 63, 64, 0x7F, 0x80, 0xFF, 0x100, 0xFF00, 0xFFF1,
+    0xFFFE, 0xFFFF, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF, 1 << 32, 1 << 40, 1 << 62, 1 << 63, (1 << 64) - 1,
+)  # fmt: skip
+
+
+# -- seeds ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seed:
+    name: str
+    data: bytes
+    fields: tuple[Field, ...]  # empty for compressed seeds: only their bytes are mutated
+    regions: tuple[Region, ...]
+    originals: tuple[int, ...]  # every field's value in the seed, to borrow from
+
+    @property
+    def order(self) -> str:
+        return "big" if self.data[5:6] == b"\x02" else "little"
+
+
+def _seed(name: str, data: bytes) -> Seed:
+    elf = Elf(data)
+    fields = tuple(elf.fields())
+    return Seed(name, data, fields, tuple(regions(data)), tuple(sorted({elf.get(f) for f in fields})))
+
+
+def _compressed_seed(name: str, data: bytes) -> Seed:
+    return Seed(name, data, (), (Region("compressed stream", 0, len(data)),), ())
+
+
+def load_seeds() -> list[Seed]:
+    seeds = [_seed(p.name, p.read_bytes()) for p in SMALL]
+    modules = corpus_modules_dir()
+    if modules is None or not (modules / "fs/nls/nls_utf8.ko").exists():
+        require_corpus()  # fails in CI; locally the fuzz runs on the fixtures alone
+    else:
+        seeds.append(_seed("nls_utf8.ko", (modules / "fs/nls/nls_utf8.ko").read_bytes()))
+    by_name = {p.name: p.read_bytes() for p in SMALL}
+    seeds.append(_compressed_seed("clean.o.xz", lzma.compress(by_name["clean.o"])))
+    seeds.append(_compressed_seed("prof-le.o.gz", gzip.compress(by_name["prof-le.o"], mtime=0)))
+    zstd = zstandard.ZstdCompressor(write_checksum=True)
+    seeds.append(_compressed_seed("anom-broken.o.zst", zstd.compress(by_name["anom-broken.o"])))
+    return seeds
+
+
+# -- the mutator ----------------------------------------------------------------------------------
+
+
+class FuzzInput(NamedTuple):
+    seed: str
+    data: bytes
+    steps: tuple[str, ...]  # what was done, for the report
+    options: Options
+
+
+@st.composite
+def fuzz_inputs(draw: Callable[..., Any], seeds: list[Seed]) -> FuzzInput:
+    seed = draw(st.sampled_from(seeds))
+    data = bytearray(seed.data)
+    steps: list[str] = []
+    kinds = ["field", "field", "field", "flip", "truncate", "copy-shdr"] if seed.fields else ["flip", "truncate"]
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(kinds))
+        if kind == "field":
+            f = draw(st.sampled_from(seed.fields))
+            old = int.from_bytes(data[f.offset : f.offset + f.size], seed.order)  # type: ignore[arg-type]
+            value = draw(
+                st.one_of(
+                    st.sampled_from(INTERESTING),
+                    st.integers(0, (1 << (8 * f.size)) - 1),
+                    st.integers(-64, 64).map(lambda d, old=old: old + d),
+                    st.sampled_from(seed.originals),
+                )
+            ) % (1 << (8 * f.size))
+            data[f.offset : f.offset + f.size] = value.to_bytes(f.size, seed.order)  # type: ignore[arg-type]
+            steps.append(f"{f.where} {old:#x} -> {value:#x}")
+        elif kind == "flip":
+            r = draw(st.sampled_from(seed.regions))
+            at = r.offset + draw(st.integers(0, max(r.size - 1, 0)))
+            if at < len(data):
+                xor = draw(st.integers(1, 255))
+                data[at] ^= xor
+                steps.append(f"flip {r.what} byte {at:#x} ^ {xor:#x}")
+        elif kind == "truncate":
+            r = draw(st.sampled_from(seed.regions))
+            at = draw(st.sampled_from([r.offset, r.offset + r.size // 2, r.offset + r.size])) + draw(st.integers(-4, 4))
+            at = max(0, min(at, len(data)))
+            del data[at:]
+            steps.append(f"truncate at {at:#x} ({r.what})")
+        else:
+            shdrs = [f for f in seed.fields if f.where.startswith("shdr[") and f.where.endswith(".sh_name")]
+            a, b = draw(st.sampled_from(shdrs)), draw(st.sampled_from(shdrs))
+            if a.offset + 64 <= len(data) and b.offset + 64 <= len(data):
+                data[b.offset : b.offset + 64] = data[a.offset : a.offset + 64]
+                steps.append(f"copy {a.where[:-8]} over {b.where[:-8]}")
+    target = draw(st.sampled_from([SiteState.NOPPED, SiteState.DISABLED, SiteState.ENABLED]))
+    route = draw(st.sampled_from([None, Route.MFLR_FIRST, Route.B8]))
+    options = Options(target, route, drop_records=draw(st.booleans()), strip_signature=draw(st.booleans()))
+    return FuzzInput(seed.name, bytes(data), tuple(steps), options)
+
+
+# -- running one input under bounds -----------------------------------------------------------------
+
+
+class Hang(BaseException):
+    """Raised by SIGALRM; a BaseException so that no ``except Exception`` in the code under test
+    can swallow it."""
+
+
+@contextmanager
+def time_bound(seconds: float) -> Iterator[None]:
+    def expire(signum: int, frame: object) -> None:
+        raise Hang
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def memory_bound(extra: int) -> Iterator[None]:
+    """Cap the address space at what the process has now plus ``extra``: an allocation beyond it
+    raises MemoryError (an uncaught exception, so a bug) instead of swapping the machine."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    status = Path("/proc/self/status").read_text().splitlines()
+    vm = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    cap = vm + extra if hard == resource.RLIM_INFINITY else min(vm + extra, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def audit_entry() -> Callable[[Path], object] | None:
+    """``rewriter.audit``'s per-file entry point, once that module exists (it is being written)."""
+    try:
+        from rewriter import audit  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return getattr(audit, "audit_file", None)
+
+
+def entry_points() -> list[tuple[str, Callable[[Path, Options], object]]]:
+    points: list[tuple[str, Callable[[Path, Options], object]]] = [("scan", lambda p, o: scan(Image.load(p)))]
+    audit = audit_entry()
+    if audit is not None:
+        points.append(("audit", lambda p, o: audit(p)))
+    points.append(("apply --dry-run", lambda p, o: apply_file(p, None, Selection(), o, dry_run=True)))
+    return points
+
+
+@dataclass
+class Figures:
+    inputs: int = 0
+    accepted: Counter[str] = field(default_factory=Counter)  # per entry point
+    rejected: Counter[str] = field(default_factory=Counter)
+    exceptions: list[dict[str, str]] = field(default_factory=list)
+    hangs: list[dict[str, str]] = field(default_factory=list)
+    slowest: float = 0.0
+    slowest_input: str = ""
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "inputs": self.inputs,
+            "accepted": dict(self.accepted),
+            "rejected": dict(self.rejected),
+            "exceptions": len(self.exceptions),
+            "exception_places": dict(Counter(f"{e['entry']} {e['at']} {e['error'][:40]}" for e in self.exceptions)),
+            "hangs": len(self.hangs),
+            "slowest_input_ms": round(self.slowest * 1000, 1),
+            "slowest_input": self.slowest_input,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def run_one(path: Path, case: FuzzInput, points: list[tuple[str, Callable[[Path, Options], object]]],
+            figures: Figures, keep: Path) -> None:  # fmt: skip
+    path.write_bytes(case.data)
+    start = time.perf_counter()
+    try:
+        with time_bound(TIME_BOUND):
+            for name, call in points:
+                try:
+                    call(path, case.options)
+                    figures.accepted[name] += 1
+                except RewriteError as e:
+                    figures.rejected[name] += 1
+                    assert "\n" not in str(e).strip(), f"{name}: multi-line message {e!r}"
+                except Exception as e:
+                    saved = keep / f"{hashlib.sha256(case.data).hexdigest()[:12]}.elf"
+                    saved.write_bytes(case.data)
+                    frame = traceback.extract_tb(e.__traceback__)[-1]
+                    figures.exceptions.append({
+                        "entry": name, "error": f"{type(e).__name__}: {e}"[:200], "seed": case.seed,
+                        "at": f"{Path(frame.filename).name}:{frame.lineno}", "steps": "; ".join(case.steps),
+                        "input": str(saved),
+                    })  # fmt: skip
+    except Hang:
+        saved = keep / f"hang-{hashlib.sha256(case.data).hexdigest()[:12]}.elf"
+        saved.write_bytes(case.data)
+        figures.hangs.append({"seed": case.seed, "steps": "; ".join(case.steps), "input": str(saved)})
+    elapsed = time.perf_counter() - start
+    figures.inputs += 1
+    if elapsed > figures.slowest:
+        figures.slowest, figures.slowest_input = elapsed, f"{case.seed}: {'; '.join(case.steps)}"
+
+
+@pytest.mark.slow
+def test_fuzz_scan_audit_and_dry_run_never_crash_or_hang(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seeds = load_seeds()
+    points = entry_points()
+    figures = Figures()
+    keep = tmp_path / "failing"
+    keep.mkdir()
+    path = tmp_path / "input"
+
+    @settings(max_examples=INPUTS, derandomize=True, database=None, deadline=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(case=fuzz_inputs(seeds))
+    def fuzz(case: FuzzInput) -> None:
+        run_one(path, case, points, figures, keep)
+
+    start = time.perf_counter()
+    with memory_bound(MEMORY_BOUND):
+        fuzz()
+    figures.seconds = time.perf_counter() - start
+    report = figures.as_json()
+    report["entry_points"] = [name for name, _ in points]
+    report["seeds"] = [s.name for s in seeds]
+    with capsys.disabled():
+        print("\nmcountrw fuzz figures: " + json.dumps(report, sort_keys=True))
+        for failure in figures.exceptions[:10] + figures.hangs[:10]:
+            print("  failing input: " + json.dumps(failure, sort_keys=True))
+    if os.environ.get("MCOUNTRW_FUZZ_REPORT"):
+        Path(os.environ["MCOUNTRW_FUZZ_REPORT"]).write_text(json.dumps(report, sort_keys=True, indent=1) + "\n")
+    assert figures.inputs >= INPUTS
+    assert not figures.exceptions, f"{len(figures.exceptions)} uncaught exceptions; first: {figures.exceptions[0]}"
+    assert not figures.hangs, f"{len(figures.hangs)} inputs took over {TIME_BOUND} s; first: {figures.hangs[0]}"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in REGRESSIONS.iterdir() if p.suffix == ".elf"))
+def test_fuzz_regressions_stay_fixed(name: str, tmp_path: Path) -> None:
+    """Inputs that once crashed (see fuzz_regressions/README.md): now each entry point, with every
+    target and drop_records either way, accepts or rejects them in one line."""
+    figures = Figures()
+    data = (REGRESSIONS / name).read_bytes()
+    for target in (SiteState.NOPPED, SiteState.DISABLED, SiteState.ENABLED):
+        for drop in (False, True):
+            case = FuzzInput(name, data, (), Options(target, drop_records=drop, strip_signature=True))
+            run_one(tmp_path / name, case, entry_points(), figures, tmp_path)
+    assert not figures.exceptions and not figures.hangs, figures.exceptions or figures.hangs

@@ -1,0 +1,288 @@
+"""Faults: a run killed at any moment, a full disk or a failed read-back loses nothing and leaves no
+half-written file; apply followed by undo is the identity for any selection and plan.
+
+The kill tests run the real command on the corpus vmlinux (~2.4 s, 46 MB written) and SIGKILL it
+at twenty moments spread over its run, then look at what is on disk: the output is absent or is,
+byte for byte, the output of a complete run (which `verify` accepts against its log); the input
+is untouched; the only other files are the writer's ``.*.mcountrw-tmp`` leftovers, which SIGKILL
+leaves behind by design (docs/bad-input.md). SIGTERM, which can be caught, leaves none.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rewriter.elf import writer
+from rewriter.elf.image import Image
+from rewriter.elf.writer import TMP_SUFFIX
+from rewriter.errors import ImageError, OutputError, PlanRejected
+from rewriter.log import load
+from rewriter.patch import Options, Selection
+from rewriter.plan import Route
+from rewriter.rewrite import apply_file, default_log_path, undo_file, verify_files
+from rewriter.sites import scan
+from rewriter.states import SiteState
+
+BIN = FIXTURES / "bin"
+KILLS = 20
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rewriter", *args]
+
+
+def leftovers(directory: Path, keep: set[str]) -> list[str]:
+    """Files other than ``keep``; each must be a writer temporary file."""
+    extra = sorted(p.name for p in directory.iterdir() if p.name not in keep)
+    assert all(name.startswith(".") and name.endswith(TMP_SUFFIX) for name in extra), extra
+    return extra
+
+
+def kill_at(args: list[str], delay: float, sig: int = signal.SIGKILL) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """One complete, verified run: the output every interrupted run must match if it has one."""
+    work = tmp_path_factory.mktemp("reference")
+    out = work / "vmlinux"
+    start = time.perf_counter()
+    done = subprocess.run(command("nop", str(corpus.vmlinux), "-o", str(out)), capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr
+    assert verify_files(corpus.vmlinux, out, default_log_path(out)).ok
+    return out, seconds
+
+
+@pytest.mark.slow
+@pytest.mark.corpus
+def test_sigkill_at_any_moment_leaves_the_output_absent_or_complete(corpus, reference, tmp_path: Path) -> None:
+    ref, seconds = reference
+    seconds *= 1.25  # the last kills come after the end, even on a loaded machine
+    ref_sha = sha256(ref)
+    input_sha = sha256(corpus.vmlinux)
+    seen = {"absent": 0, "complete": 0, "log only": 0}
+    for i in range(KILLS):
+        work = tmp_path / f"kill{i}"
+        work.mkdir()
+        out = work / "vmlinux"
+        kill_at(command("nop", str(corpus.vmlinux), "-o", str(out)), seconds * (i + 0.5) / KILLS)
+        log = default_log_path(out)
+        leftovers(work, {out.name, log.name})
+        if out.exists():
+            assert sha256(out) == ref_sha, f"kill {i}: {out} exists but is not the complete output"
+            assert verify_files(corpus.vmlinux, out, log).ok  # an output never exists without its log
+            seen["complete"] += 1
+        elif log.exists():
+            assert load(log).output.sha256 == ref_sha  # a whole log (its footer checks), for the output to come
+            seen["log only"] += 1
+        else:
+            seen["absent"] += 1
+        shutil.rmtree(work)
+    assert sha256(corpus.vmlinux) == input_sha
+    assert seen["absent"] and seen["complete"], seen  # the kills really did land before and after
+
+
+@pytest.mark.slow
+@pytest.mark.corpus
+def test_sigkill_during_in_place_keeps_the_original_or_the_complete_result(corpus, reference, tmp_path: Path) -> None:
+    ref, _ = reference
+    original_sha, ref_sha = sha256(corpus.vmlinux), sha256(ref)
+    work = tmp_path / "inplace"
+    target = work / "vmlinux"
+    args = command("nop", str(target), "--in-place", "--backup")
+    work.mkdir()
+    shutil.copy(corpus.vmlinux, target)
+    start = time.perf_counter()
+    assert subprocess.run(args, capture_output=True).returncode == 0
+    seconds = (time.perf_counter() - start) * 1.25  # the last kills come after the end
+    shutil.rmtree(work)
+    outcomes = set()
+    for i in range(KILLS // 2):
+        work.mkdir()
+        shutil.copy(corpus.vmlinux, target)
+        kill_at(args, seconds * (i + 0.5) / (KILLS // 2))
+        backup, log = work / "vmlinux.orig", default_log_path(target)
+        leftovers(work, {target.name, backup.name, log.name})
+        now = sha256(target)
+        assert now in (original_sha, ref_sha), f"kill {i}: the input is neither the original nor the result"
+        if now == ref_sha:
+            # Replaced: the backup and the log were published first.
+            assert sha256(backup) == original_sha
+            assert verify_files(backup, target, log).ok
+        assert not backup.exists() or sha256(backup) == original_sha
+        outcomes.add("rewritten" if now == ref_sha else "original")
+        shutil.rmtree(work)
+    assert outcomes == {"original", "rewritten"}, outcomes
+
+
+@pytest.mark.slow
+@pytest.mark.corpus
+def test_sigterm_cleans_up_and_says_so(corpus, reference, tmp_path: Path) -> None:
+    _, seconds = reference
+    for i, fraction in enumerate((0.3, 0.6, 0.85)):
+        work = tmp_path / f"term{i}"
+        work.mkdir()
+        out = work / "vmlinux"
+        proc = kill_at(command("nop", str(corpus.vmlinux), "-o", str(out)), seconds * fraction, signal.SIGTERM)
+        if proc.returncode == 0:
+            continue  # finished first
+        assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith("mcountrw: interrupted by SIGTERM")
+        assert leftovers(work, {out.name, default_log_path(out).name}) == []
+
+
+# -- a full disk ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1200 KiB tmpfs: room for prof-le (916 KiB) once, not twice."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)], check=True,
+                       capture_output=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {e}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_full_on_a_real_small_file_system(tiny_tmpfs: Path) -> None:
+    src = tiny_tmpfs / "prof-le"
+    shutil.copy(BIN / "prof-le", src)
+    before = sha256(src)
+    for args in (("-o", str(tiny_tmpfs / "out")), ("--in-place",)):
+        proc = subprocess.run(command("nop", str(src), *args), capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "No space left on device" in lines[0], proc.stderr
+        assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["prof-le"]  # no output, no log, no temp
+        assert sha256(src) == before
+
+
+def test_disk_full_while_writing_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC from fsync (where a full disk shows up on file systems that allocate late)."""
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(writer.os, "fsync", full)
+    src = tmp_path / "clean"
+    shutil.copy(BIN / "clean", src)
+    with pytest.raises(OutputError, match="No space left on device"):
+        apply_file(src, tmp_path / "out", Selection(), Options(SiteState.NOPPED))
+    with pytest.raises(OutputError, match="No space left on device"):
+        apply_file(src, None, Selection(), Options(SiteState.NOPPED), in_place=True, backup=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean"]
+    assert src.read_bytes() == (BIN / "clean").read_bytes()
+
+
+def test_a_read_back_that_differs_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that returns other bytes than were written: --in-place keeps the original."""
+    real_fdopen = os.fdopen
+
+    class Corrupting:
+        def __init__(self, fh) -> None:  # type: ignore[no-untyped-def]
+            self.fh = fh
+
+        def write(self, data) -> int:  # type: ignore[no-untyped-def]
+            damaged = bytearray(data)
+            damaged[len(damaged) // 2] ^= 0x01
+            return self.fh.write(damaged)
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(self.fh, name)
+
+        def __enter__(self):  # type: ignore[no-untyped-def]
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()
+
+    monkeypatch.setattr(writer.os, "fdopen", lambda fd, mode: Corrupting(real_fdopen(fd, mode)))
+    src = tmp_path / "prof-le.o"
+    shutil.copy(BIN / "prof-le.o", src)
+    with pytest.raises(OutputError, match="read back differs"):
+        apply_file(src, None, Selection(), Options(SiteState.NOPPED), in_place=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prof-le.o"]
+    assert src.read_bytes() == (BIN / "prof-le.o").read_bytes()
+
+
+def test_in_place_with_backup_keeps_the_original(tmp_path: Path) -> None:
+    src = tmp_path / "std-le"
+    shutil.copy(BIN / "std-le", src)
+    result = apply_file(src, None, Selection(), Options(SiteState.DISABLED), in_place=True, backup=True)
+    assert result.output == src and (tmp_path / "std-le.orig").read_bytes() == (BIN / "std-le").read_bytes()
+    assert verify_files(tmp_path / "std-le.orig", src, default_log_path(src)).ok
+    assert {s.state for s in scan(Image.load(src)).sites} == {SiteState.DISABLED}
+    assert os.stat(src).st_mode == os.stat(BIN / "std-le").st_mode  # the mode is kept
+
+
+# -- apply then undo is the identity ------------------------------------------------------------------
+
+FIXTURE_SITES = {
+    p.name: sorted({s.function for s in scan(Image.load(p)).sites if s.function}) for p in sorted(BIN.iterdir())
+}
+
+
+@st.composite
+def plans(draw, name: str):  # type: ignore[no-untyped-def]
+    functions = FIXTURE_SITES[name]
+    everything = draw(st.booleans()) or not functions
+    chosen = () if everything else tuple(draw(st.lists(st.sampled_from(functions), min_size=1, unique=True)))
+    target = draw(st.sampled_from([SiteState.ENABLED, SiteState.DISABLED, SiteState.NOPPED]))
+    route = draw(st.sampled_from([None, Route.MFLR_FIRST, Route.B8]))
+    return Selection(only=chosen), Options(target, route, drop_records=draw(st.booleans()), strip_signature=True)
+
+
+@settings(max_examples=150, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@given(data=st.data(), name=st.sampled_from(sorted(FIXTURE_SITES)))
+def test_apply_then_undo_is_the_identity(data: st.DataObject, name: str, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    """One to three applies with random selections and plans, each verified against its log, then
+    undone last first: every byte of the original comes back."""
+    work = tmp_path_factory.mktemp("identity")
+    chain = [BIN / name]
+    for step in range(data.draw(st.integers(1, 3))):
+        selection, options = data.draw(plans(name))
+        out = work / f"step{step}"
+        try:
+            apply_file(chain[-1], out, selection, options)
+        except (PlanRejected, ImageError) as e:
+            # Legal refusals: no route for this variant (b +8 over gcc 5's std), a site whose words
+            # are unknown, a broken site the plan will not touch. Nothing may be written then.
+            assert not out.exists() and not default_log_path(out).exists(), e
+            continue
+        assert verify_files(chain[-1], out, default_log_path(out)).ok
+        chain.append(out)
+    for later, earlier in zip(reversed(chain[1:]), reversed(chain[:-1]), strict=True):
+        back = work / (later.name + ".back")
+        undo_file(later, default_log_path(later), back)
+        assert back.read_bytes() == earlier.read_bytes()

@@ -43,18 +43,25 @@ from rewriter.states import STATE_SLOTS, Insn, SiteState, Slot, Variant, state_o
 @dataclass(frozen=True)
 class Selection:
     """Which sites to change: all, or those matching any ``only`` glob (function names), any
-    ``sections`` name or any ``addrs`` (call-slot addresses), minus ``exclude`` globs."""
+    ``sections`` name, any ``addrs`` (call-slot addresses) or any ``places`` ((section index,
+    call-slot offset) pairs, exact: what a policy computes), minus ``exclude`` globs."""
 
     only: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     sections: tuple[str, ...] = ()
     addrs: frozenset[int] = frozenset()
+    places: frozenset[tuple[int, int]] = frozenset()
+
+    @property
+    def everything(self) -> bool:
+        return not (self.only or self.exclude or self.sections or self.addrs or self.places)
 
     def matches(self, site: Site) -> bool:
         name = site.function or ""
-        chosen = not (self.only or self.sections or self.addrs)
+        chosen = not (self.only or self.sections or self.addrs or self.places)
         chosen = chosen or any(fnmatch.fnmatchcase(name, g) for g in self.only)
         chosen = chosen or site.section in self.sections or (site.addr in self.addrs)
+        chosen = chosen or (site.section_index, site.offset) in self.places
         return chosen and not any(fnmatch.fnmatchcase(name, g) for g in self.exclude)
 
 
@@ -83,10 +90,13 @@ class Rewrite:
 
 def rewrite(image: Image, scan: Scan, selection: Selection, options: Options, keep_stages: bool = False) -> Rewrite:
     """Plan and apply; ``keep_stages`` keeps a copy of the file after each stage (``--stage-images``)."""
-    everything = not (selection.only or selection.exclude or selection.sections or selection.addrs)
-    selected = list(scan.sites) if everything else [s for s in scan.sites if selection.matches(s)]
+    selected = list(scan.sites) if selection.everything else [s for s in scan.sites if selection.matches(s)]
     todo = [s for s in selected if s.state is not options.target]
-    if image.signature is not None and todo and not options.strip_signature:
+    # Records go for every selected site whose call slot ends up nop, including sites already
+    # there: on a 6.6+ patchable-entry kernel the compiler's two nops *are* the nopped state.
+    call_gone = STATE_SLOTS[options.target][1] is not Insn.CALL
+    gone = [s for s in selected if s.recorded] if options.drop_records and call_gone else []
+    if image.signature is not None and (todo or gone) and not options.strip_signature:
         raise ImageError(
             f"{image.path}: signed module: any edit invalidates its signature and the kernel would refuse it "
             "(pass --strip-signature to drop it; undo restores it)"
@@ -111,11 +121,8 @@ def rewrite(image: Image, scan: Scan, selection: Selection, options: Options, ke
             edits += stage_edits
             if keep_stages:
                 stages.append(bytes(buf))
-    final: list[Edit] = []
-    if options.drop_records and the_plan is not None:
-        gone = [s for s in todo if STATE_SLOTS[options.target][1] is not Insn.CALL]
-        final += _drop_records(image, tables, gone)
-    if options.strip_signature and image.signature is not None and todo:
+    final: list[Edit] = _drop_records(image, tables, gone)
+    if options.strip_signature and image.signature is not None and (todo or gone):
         tail = bytes(image.data[image.elf_end :])
         final.append(Truncate(image.elf_end, tail, "module signature"))
     buf = apply_edits(buf, final, image.byteorder)

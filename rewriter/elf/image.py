@@ -386,7 +386,18 @@ class Image:
         return [s for s in self.sections if s.type == S.SHT_RELA]
 
     def relocations(self, sec: Section) -> np.ndarray:
+        """The entries of a SHT_RELA section. Each names a symbol by index into the symbol table
+        its sh_link names (gABI "Relocation"): an index past that table is refused here, once,
+        so that no caller indexes past it."""
         rela = self.table(sec, S.rela_dtype(self.endian), "relocation")
+        if len(rela):
+            link = self.sections[sec.link] if 0 < sec.link < len(self.sections) else None
+            symbols = link.size // 24 if link is not None and link.type in (S.SHT_SYMTAB, S.SHT_DYNSYM) else 1
+            if self.symbols is not None and link is not None and link.type == S.SHT_SYMTAB:
+                symbols = min(symbols, len(self.symbols.table))
+            top = int(S.r_sym(rela["r_info"]).max())
+            if top >= symbols:
+                raise self.error(f"relocation section {sec.name} names symbol {top}, past the {symbols} it can name")
         return rela
 
     # -- addresses ------------------------------------------------------------------------

@@ -299,7 +299,7 @@ CASES = [
     Case("rela-odd-size", "clean.o", _shrink(".rela.text", 1), ("not a multiple of 24",)),
     Case("rela-entry-size", "clean.o", _shdr(".rela.text", "sh_entsize", 0xFFFF), ("entry size 65535",)),
     Case("rela-names-missing-symbol", "clean.o", _entry(".rela__mcount_loc", 0, "r_info", (9999 << 32) | 38),
-         ("relocation names a symbol past the end",)),
+         ("relocation section .rela__mcount_loc names symbol 9999, past the 12",)),
     Case("rela-for-missing-section", "clean.o", _shdr(".rela.text", "sh_info", 99), ("sh_info 99 names no section",)),
     Case("mcount-loc-odd-size", "clean", _shrink("__mcount_loc", 4), ("__mcount_loc", "not a multiple of 8")),
     Case("rela-mcount-loc-odd-size", "clean.o", _shdr(".rela__mcount_loc", "sh_size", 0x40), ("not a multiple of 24",)),

@@ -184,7 +184,7 @@ def loads(text: str, name: str) -> Log:
     lines = text.splitlines(keepends=True)
     if not lines:
         raise LogError(f"{name}: empty patch log")
-    records = [_json_line(line, name, n + 1) for n, line in enumerate(lines)]
+    records = _json_lines(lines, name)
     header, footer = records[0], records[-1]
     if header.get("type") != "header" or header.get("format") != FORMAT:
         raise LogError(f"{name}: not an mcountrw patch log (no header)")
@@ -222,6 +222,18 @@ def loads(text: str, name: str) -> Log:
         raise LogError(f"{name}:1: malformed header ({e})") from None
 
 
+def _json_lines(lines: list[str], name: str) -> list[dict[str, Any]]:
+    """Every line parsed in one call (a vmlinux log has 67,000 lines: one json.loads per line
+    costs more than the undo itself); line by line only to say where a broken log breaks."""
+    try:
+        records = json.loads("[" + ",".join(lines) + "]")
+    except (json.JSONDecodeError, RecursionError):
+        records = None
+    if records is None or len(records) != len(lines) or not all(isinstance(r, dict) for r in records):
+        return [_json_line(line, name, n + 1) for n, line in enumerate(lines)]
+    return records
+
+
 def _json_line(line: str, name: str, n: int) -> dict[str, Any]:
     try:
         rec = json.loads(line)
@@ -255,9 +267,37 @@ def _count(value: Any, what: str, limit: int = 1 << 64) -> int:
     return n
 
 
+_HEX = str
+
+
+def _write_from(rec: dict[str, Any]) -> WordWrite | None:
+    """The common case, as ``dumps`` writes it, converted without a call per field; None sends an
+    unusual but maybe valid record (ints instead of hex strings) to the careful path."""
+    offset, addr, section_offset = rec["offset"], rec["address"], rec["section_offset"]
+    stage, old, new = rec["stage"], rec["old"], rec["new"]
+    if not (type(offset) is type(section_offset) is type(old) is type(new) is _HEX and type(stage) is int):
+        return None
+    if addr is not None and type(addr) is not _HEX:
+        return None
+    w = WordWrite(
+        stage, int(offset, 16), None if addr is None else int(addr, 16), str(rec["section"]), int(section_offset, 16),
+        None if rec["function"] is None else str(rec["function"]), str(rec["slot"]), int(old, 16), int(new, 16),
+        str(rec["state_before"]), str(rec["state_after"]),
+    )  # fmt: skip
+    limit = 1 << 64
+    if not (0 <= w.stage < limit and 0 <= w.offset < limit and 0 <= w.section_offset < limit):
+        raise ValueError("stage or offset out of range")
+    if not (0 <= w.old < 1 << 32 and 0 <= w.new < 1 << 32) or (w.addr is not None and not 0 <= w.addr < limit):
+        raise ValueError("word or address out of range")
+    return w
+
+
 def _edit_from(rec: dict[str, Any]) -> Edit:
     kind = rec["type"]
     if kind == "write":
+        fast = _write_from(rec)
+        if fast is not None:
+            return fast
         return WordWrite(
             stage=_count(rec["stage"], "stage"),
             offset=_count(rec["offset"], "offset"),

@@ -89,6 +89,18 @@ def branch_targets(addrs: np.ndarray, words: np.ndarray) -> np.ndarray:
     return addrs.astype(np.uint64) + li.astype(np.uint64)
 
 
+# capstone 5's text for the fixed words (checked against capstone in tests/test_ppc.py), so that a
+# patch log of 67,000 writes needs no capstone call for them; branches are formatted by
+# branch_text, also checked against capstone.
+TEXT: Final = {NOP: "nop", MFLR_R0: "mflr r0", STD_R0_16_R1: "std r0, 0x10(r1)"}
+
+
+def branch_text(src: int, word: int) -> str:
+    """``b``/``bl`` with its absolute target, printed as capstone prints it (hex above 9)."""
+    target = branch_target(src, word) & 0xFFFF_FFFF_FFFF_FFFF
+    return f"{'bl' if word & _LK else 'b'} {target:#x}" if target > 9 else f"{'bl' if word & _LK else 'b'} {target}"
+
+
 def describe(word: int) -> str:
     """A short name for the words a site slot may hold; ``other`` for anything else."""
     if word == NOP:

@@ -25,7 +25,7 @@ from rewriter.elf.writer import Pending, atomic_write, commit, write_temp
 from rewriter.errors import LogError, OutputError, RewriteError
 from rewriter.log import FileFacts, Log, check_extent, dumps, load
 from rewriter.patch import Options, Rewrite, Selection, rewrite
-from rewriter.ppc import Disassembler, branch_target, describe, is_b, is_bl
+from rewriter.ppc import TEXT, Disassembler, branch_text, is_b, is_bl
 from rewriter.sites import Scan, scan
 from rewriter.states import STATE_SLOTS, Insn, SiteState, Slot, insn_kind, state_of, word_for
 
@@ -114,7 +114,8 @@ def apply_file(
     check_states(result.content, image, result, options.target)
     if dry_run or out is None:
         return ApplyResult(path, None, None, result, before, ())
-    raw = _on_disk(path)
+    # An uncompressed input is already mapped: hash and back it up from the mapping, not a re-read.
+    raw = image.data if image.compression is Compression.NONE else _on_disk(path)
     new_raw = (
         compress(result.content, image.compression) if image.compression is not Compression.NONE else result.content
     )
@@ -187,7 +188,7 @@ def _write_stage_images(directory: Path, path: Path, result: Rewrite) -> tuple[P
 def render_log(
     image: Image, path: Path, raw: bytes, out: Path, new_raw: bytes, result: Rewrite, options: Options
 ) -> str:
-    dis = _Printer(Disassembler(image.big_endian))
+    dis = _Printer(image.big_endian)
     p = result.plan
     plan_summary = None
     if p is not None:
@@ -221,26 +222,30 @@ def render_log(
     return dumps(log, dis)
 
 
-def _facts(path: Path, raw: bytes, content: bytes | object, compression: Compression) -> FileFacts:
-    sha = _sha256(raw)
+def _facts(path: Path, raw: bytes | object, content: bytes | object, compression: Compression) -> FileFacts:
+    sha = _sha256(raw)  # type: ignore[arg-type]
     content_sha = sha if compression is Compression.NONE else _sha256(content)  # type: ignore[arg-type]
-    return FileFacts(str(path), sha, len(raw), content_sha, compression.value)
+    return FileFacts(str(path), sha, len(raw), content_sha, compression.value)  # type: ignore[arg-type]
 
 
 class _Printer:
-    """capstone text for each word; branch words are formatted like capstone prints them (checked
-    in tests) because a capstone call per ``bl`` would cost more than the rest of a vmlinux rewrite."""
+    """capstone's text for each word. The fixed words and the branches come from ``ppc`` (checked
+    against capstone in tests): a capstone call per ``bl`` would cost more than the rest of a
+    vmlinux rewrite. Anything else (never written by mcountrw, but logged if found) asks capstone."""
 
-    def __init__(self, dis: Disassembler) -> None:
-        self.dis = dis
-        self.cache: dict[int, str] = {}
+    def __init__(self, big_endian: bool) -> None:
+        self.big_endian = big_endian
+        self.cache: dict[int, str] = dict(TEXT)
+        self.dis: Disassembler | None = None
 
     def __call__(self, word: int, addr: int | None) -> str:
         text = self.cache.get(word)
         if text is not None:
             return text
         if is_bl(word) or is_b(word):
-            return f"{describe(word)} {branch_target(addr or 0, word):#x}"
+            return branch_text(addr or 0, word)
+        if self.dis is None:
+            self.dis = Disassembler(self.big_endian)
         text = self.cache[word] = self.dis.text(word)
         return text
 

@@ -117,3 +117,14 @@ def test_signed_module_needs_strip_signature(corpus, tmp_path: Path) -> None:
 def test_bad_option_values_are_bad_input() -> None:
     assert_one_line_error(mcountrw("apply", str(PROF), "--to", "sideways", "--dry-run"), "--to")
     assert_one_line_error(mcountrw("scan", "--format", "xml", str(PROF)), "--format")
+
+
+def test_fast_scan_json_equals_the_plain_json_dump() -> None:
+    import json as _json
+
+    from rewriter.batch import scan_one
+    from rewriter.report import scanfmt
+
+    results = [scan_one(FIXTURES / "bin" / n).scan for n in ("prof-le", "prof-le.o", "std-le", "anom-dangling")]
+    fast = scanfmt.scans_json_text(results, ['x: "quoted" error'])
+    assert fast == _json.dumps(scanfmt.scans_json(results, ['x: "quoted" error']), separators=(",", ":"))

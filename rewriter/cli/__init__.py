@@ -9,7 +9,6 @@ anomalies at --fail-on level), 2 bad input (one line naming the file and the pro
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -112,7 +111,7 @@ def scan(
     if not results:
         raise typer.Exit(BAD_INPUT)
     if fmt == "json":
-        text = json.dumps(scanfmt.scans_json(results, errors), separators=(",", ":")) + "\n"
+        text = scanfmt.scans_json_text(results, errors) + "\n"
     elif fmt == "csv":
         text = scanfmt.csv_text(results)
     else:

@@ -15,8 +15,10 @@ Edits apply to a ``bytearray`` of the whole (decompressed) file. Pure: no file I
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
+
+import numpy as np
 
 from rewriter.errors import WordMismatch
 from rewriter.ppc import describe
@@ -120,12 +122,57 @@ def _rela_invert(buf: bytearray, e: RelaEdit) -> None:
     buf[e.offset : e.offset + e.size] = b"".join(original)
 
 
-def apply_edits(buf: bytearray, edits: Iterable[Edit], order: str) -> bytearray:
+def _word_runs(edits: Sequence[Edit]) -> list[Edit | list[WordWrite]]:
+    """Edits with each run of word writes of one stage gathered into a list. The writes of one
+    stage touch distinct slots (they may land in any order), so a run is one vectorised
+    compare-and-swap; across stages a slot can be written again, so stages stay in order."""
+    out: list[Edit | list[WordWrite]] = []
+    for e in edits:
+        if type(e) is WordWrite:
+            last = out[-1] if out else None
+            if isinstance(last, list) and last[0].stage == e.stage:
+                last.append(e)
+            else:
+                out.append([e])
+        else:
+            out.append(e)
+    return out
+
+
+def _one_cas(buf: bytearray, w: WordWrite, order: str, forward: bool) -> None:
+    if forward:
+        _word_cas(buf, w, w.old, w.new, order)
+    else:
+        _word_cas(buf, w, w.new, w.old, order)
+
+
+def _run_cas(buf: bytearray, run: Sequence[WordWrite], order: str, forward: bool) -> None:
+    """All of ``run`` as one compare-and-swap: every slot is checked before any is written."""
+    offsets = np.fromiter((w.offset for w in run), np.int64, len(run))
+    if len(run) < 64 or len(np.unique(offsets)) != len(run) or int(offsets.max()) + 4 > len(buf):
+        for w in run:  # small, or a slot written twice in one stage (hand-made log): one by one
+            _one_cas(buf, w, order, forward)
+        return
+    old = np.fromiter((w.old for w in run), np.uint32, len(run))
+    new = np.fromiter((w.new for w in run), np.uint32, len(run))
+    expected, wanted = (old, new) if forward else (new, old)
+    dt = np.dtype("<u4" if order == "little" else ">u4")
+    view = np.frombuffer(buf, np.uint8)
+    where = offsets[:, None] + np.arange(4)
+    found = view[where].copy().view(dt).ravel()
+    bad = np.flatnonzero(found != expected)
+    if len(bad):
+        _one_cas(buf, run[int(bad[0])], order, forward)  # raises, with the usual message
+    view[where] = wanted.astype(dt).view(np.uint8).reshape(-1, 4)
+    del view  # a live export would stop the bytearray from ever being resized
+
+
+def apply_edits(buf: bytearray, edits: Sequence[Edit], order: str) -> bytearray:
     """Apply ``edits`` in order; raises :class:`WordMismatch` on the first unexpected content.
     A :class:`Truncate` returns a new, shorter buffer, so always use the return value."""
-    for e in edits:
-        if isinstance(e, WordWrite):
-            _word_cas(buf, e, e.old, e.new, order)
+    for e in _word_runs(edits):
+        if isinstance(e, list):
+            _run_cas(buf, e, order, forward=True)
         elif isinstance(e, BytesEdit):
             _cas(buf, e.offset, e.old, e.new, f"offset {e.offset:#x} ({e.why})")
         elif isinstance(e, RelaEdit):
@@ -138,9 +185,9 @@ def apply_edits(buf: bytearray, edits: Iterable[Edit], order: str) -> bytearray:
 
 def invert_edits(buf: bytearray, edits: Sequence[Edit], order: str) -> bytearray:
     """Undo ``edits`` (given in the order they were applied), last first."""
-    for e in reversed(edits):
-        if isinstance(e, WordWrite):
-            _word_cas(buf, e, e.new, e.old, order)
+    for e in reversed(_word_runs(edits)):
+        if isinstance(e, list):
+            _run_cas(buf, e, order, forward=False)
         elif isinstance(e, BytesEdit):
             _cas(buf, e.offset, e.new, e.old, f"offset {e.offset:#x} ({e.why})")
         elif isinstance(e, RelaEdit):

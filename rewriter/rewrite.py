@@ -23,7 +23,7 @@ from rewriter.elf.compress import Compression, compress
 from rewriter.elf.image import Image
 from rewriter.elf.writer import Pending, atomic_write, commit, write_temp
 from rewriter.errors import LogError, OutputError, RewriteError
-from rewriter.log import FileFacts, Log, check_extent, dumps, load
+from rewriter.log import FileFacts, Log, body_lines, check_extent, dumps, load
 from rewriter.patch import Options, Rewrite, Selection, rewrite
 from rewriter.ppc import TEXT, Disassembler, branch_text, is_b, is_bl
 from rewriter.sites import Scan, scan
@@ -202,12 +202,18 @@ def render_log(
             "writes": sum(1 for e in result.edits if isinstance(e, WordWrite)),
             "requests": [f"{r.variant.value} {r.current.value} -> {r.target.value}" for r in p.sites],
         }
+    # hashlib lets go of the GIL on large buffers: the two 46 MB sha256s run while the lines format.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        facts_in = pool.submit(_facts, path, raw, image.data, image.compression)
+        facts_out = pool.submit(_facts, out, new_raw, result.content, image.compression)
+        body = body_lines(result.edits, result.barriers, dis)
+        input_facts, output_facts = facts_in.result(), facts_out.result()
     log = Log(
         tool=f"mcountrw {__version__}",
         kind=image.kind.value,
         byteorder=image.byteorder,
-        input=_facts(path, raw, image.data, image.compression),
-        output=_facts(out, new_raw, result.content, image.compression),
+        input=input_facts,
+        output=output_facts,
         target=options.target.value,
         plan=plan_summary,
         edits=result.edits,
@@ -219,7 +225,7 @@ def render_log(
             "strip_signature": options.strip_signature,
         },
     )
-    return dumps(log, dis)
+    return dumps(log, dis, body)
 
 
 def _facts(path: Path, raw: bytes | object, content: bytes | object, compression: Compression) -> FileFacts:

@@ -129,6 +129,7 @@ def body_lines(edits: Sequence[Edit], barriers: Sequence[tuple[int, str]], disas
     stage = 0
     quote = _Quoter()
     quoted = quote.cache
+    fixed: dict[int, str] = getattr(disasm, "cache", {})  # words whose text does not depend on the address
     for e in edits:
         if type(e) is WordWrite:
             # The hot loop of a vmlinux rewrite (67,380 writes): unpacked, cached, no dict per line.
@@ -139,11 +140,13 @@ def body_lines(edits: Sequence[Edit], barriers: Sequence[tuple[int, str]], disas
                 stage += 1
             qf = quoted.get(function) or quote(function)
             qs = quoted.get(section) or quote(section)
-            a = "null" if addr is None else f'"{addr:#x}"'
+            a = "null" if addr is None else f'"{hex(addr)}"'
+            new_asm = fixed.get(new) or disasm(new, addr)
+            old_asm = fixed.get(old) or disasm(old, addr)
             lines.append(
-                f'{{"address": {a}, "function": {qf}, "new": "{new:08x}", "new_asm": "{disasm(new, addr)}", '
-                f'"offset": "{offset:#x}", "old": "{old:08x}", "old_asm": "{disasm(old, addr)}", "section": {qs}, '
-                f'"section_offset": "{section_offset:#x}", "slot": "{slot}", "stage": {n}, '
+                f'{{"address": {a}, "function": {qf}, "new": "{new:08x}", "new_asm": "{new_asm}", '
+                f'"offset": "{hex(offset)}", "old": "{old:08x}", "old_asm": "{old_asm}", "section": {qs}, '
+                f'"section_offset": "{hex(section_offset)}", "slot": "{slot}", "stage": {n}, '
                 f'"state_after": "{after}", "state_before": "{before}", "type": "write"}}'
             )
         elif isinstance(e, BytesEdit):

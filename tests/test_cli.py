@@ -128,3 +128,17 @@ def test_fast_scan_json_equals_the_plain_json_dump() -> None:
     results = [scan_one(FIXTURES / "bin" / n).scan for n in ("prof-le", "prof-le.o", "std-le", "anom-dangling")]
     fast = scanfmt.scans_json_text(results, ['x: "quoted" error'])
     assert fast == _json.dumps(scanfmt.scans_json(results, ['x: "quoted" error']), separators=(",", ":"))
+
+
+def test_write_lines_read_by_pattern_equal_the_json_reading(tmp_path: Path) -> None:
+    """The log reader's fast path for write lines gives exactly what json gives."""
+    import json as _json
+
+    from rewriter.log import _edit_from, load
+
+    out = tmp_path / "out"
+    assert mcountrw("nop", str(FIXTURES / "bin" / "prof-le.o"), "-o", str(out)).returncode == 0
+    log = tmp_path / "out.mcountrw.jsonl"
+    lines = log.read_text().splitlines()
+    slow = [_edit_from(_json.loads(line)) for line in lines[1:-1] if '"type": "barrier"' not in line]
+    assert list(load(log).edits) == slow

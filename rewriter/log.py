@@ -118,7 +118,7 @@ def dumps(log: Log, disasm: Any, body: list[str] | None = None) -> str:
     }
     lines = [json.dumps(header, sort_keys=True)]
     lines += body if body is not None else body_lines(log.edits, log.barriers, disasm)
-    text = "".join(line + "\n" for line in lines)
+    text = "\n".join(lines) + "\n"
     footer = {"type": "footer", "lines": len(lines), "sha256": hashlib.sha256(text.encode()).hexdigest()}
     return text + json.dumps(footer, sort_keys=True) + "\n"
 

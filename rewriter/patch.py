@@ -79,7 +79,7 @@ class Rewrite:
     """What a rewrite did. ``content`` is the whole new file (decompressed); ``stages`` the file
     after each stage of the plan (relocation edits included, record and signature edits not)."""
 
-    content: bytes
+    content: bytes | bytearray  # the bytearray the edits were applied to: a 46 MB copy saved
     stages: tuple[bytes, ...]
     edits: tuple[Edit, ...]
     plan: Plan | None
@@ -128,7 +128,7 @@ def rewrite(image: Image, scan: Scan, selection: Selection, options: Options, ke
     buf = apply_edits(buf, final, image.byteorder)
     edits += final
     barriers = () if the_plan is None else tuple((i, b.value) for i, b in enumerate(the_plan.barriers))
-    return Rewrite(bytes(buf), tuple(stages), tuple(edits), the_plan, barriers, tuple(todo), len(selected) - len(todo))
+    return Rewrite(buf, tuple(stages), tuple(edits), the_plan, barriers, tuple(todo), len(selected) - len(todo))
 
 
 def _groups(sites: Sequence[Site]) -> list[list[Site]]:

@@ -202,12 +202,9 @@ def render_log(
             "writes": sum(1 for e in result.edits if isinstance(e, WordWrite)),
             "requests": [f"{r.variant.value} {r.current.value} -> {r.target.value}" for r in p.sites],
         }
-    # hashlib lets go of the GIL on large buffers: the two 46 MB sha256s run while the lines format.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        facts_in = pool.submit(_facts, path, raw, image.data, image.compression)
-        facts_out = pool.submit(_facts, out, new_raw, result.content, image.compression)
-        body = body_lines(result.edits, result.barriers, dis)
-        input_facts, output_facts = facts_in.result(), facts_out.result()
+    body = body_lines(result.edits, result.barriers, dis)
+    input_facts = _facts(path, raw, image.data, image.compression)
+    output_facts = _facts(out, new_raw, result.content, image.compression)
     log = Log(
         tool=f"mcountrw {__version__}",
         kind=image.kind.value,

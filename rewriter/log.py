@@ -190,7 +190,7 @@ def loads(text: str, name: str) -> Log:
     lines = text.splitlines(keepends=True)
     if not lines:
         raise LogError(f"{name}: empty patch log")
-    writes = _write_lines(lines)
+    writes = _write_lines(lines, text)
     others = [n for n, w in enumerate(writes) if w is None]
     decoded = iter(_json_lines([lines[n] for n in others], name, others))
     records: list[dict[str, Any] | WordWrite] = [w if w is not None else next(decoded) for w in writes]
@@ -240,27 +240,39 @@ def loads(text: str, name: str) -> Log:
 # A write line exactly as body_lines() formats it. Such lines (67,380 for a vmlinux) are read with
 # this pattern, twice as fast as json; anything else, hand-edited or not, goes through json. The
 # footer checksum has already vouched that the text is what mcountrw wrote.
-_STR = r'"(?:[^"\\]|\\.)*"'
-_WRITE_LINE = re.compile(
-    r'\{"address": (null|"0x[0-9a-f]+"), "function": (null|' + _STR + r'), "new": "([0-9a-f]{8})", '
-    r'"new_asm": "[^"\\]*", "offset": "0x([0-9a-f]+)", "old": "([0-9a-f]{8})", "old_asm": "[^"\\]*", '
+_STR = r'"[^"\\\n]*"|"(?:[^"\\\n]|\\.)*"'  # the plain case first: no escapes to step through
+_WRITE_LINES = re.compile(
+    r'^\{"address": (null|"0x[0-9a-f]+"), "function": (null|' + _STR + r'), "new": "([0-9a-f]{8})", '
+    r'"new_asm": "[^"\\\n]*", "offset": "0x([0-9a-f]+)", "old": "([0-9a-f]{8})", "old_asm": "[^"\\\n]*", '
     r'"section": (' + _STR + r'), "section_offset": "0x([0-9a-f]+)", "slot": "([ASB])", "stage": ([0-9]{1,9}), '
-    r'"state_after": "([a-z]+)", "state_before": "([a-z]+)", "type": "write"\}\n?\Z'
+    r'"state_after": "([a-z]+)", "state_before": "([a-z]+)", "type": "write"\}$',
+    re.MULTILINE,
 )
+_WRITE_START = '{"address": '
 
 
-def _write_lines(lines: list[str]) -> list[WordWrite | None]:
-    """Each body line that is a well-formed write line, as a WordWrite; None for every other line."""
+def _unquote(literal: str) -> str:
+    """A JSON string literal's value; json only when it holds an escape."""
+    return json.loads(literal) if "\\" in literal else literal[1:-1]
+
+
+def _write_lines(lines: list[str], text: str) -> list[WordWrite | None]:
+    """Each body line that is a well-formed write line, as a WordWrite; None for every other line.
+
+    All write lines are matched in one pass over the text (one C call instead of 67,380); they line
+    up with the lines that start like one, or, if any such line is malformed, nothing is taken from
+    the pattern and json reads every line (and says where the log is broken)."""
     out: list[WordWrite | None] = [None] * len(lines)
+    starts = [n for n in range(1, len(lines) - 1) if lines[n].startswith(_WRITE_START)]
+    found = _WRITE_LINES.findall(text)
+    if len(found) != len(starts):
+        return out
     strings: dict[str, str | None] = {"null": None}
-    match = _WRITE_LINE.match
-    for n in range(1, len(lines) - 1):
-        m = match(lines[n])
-        if m is None:
-            continue
-        addr, function, new, offset, old, section, section_offset, slot, stage, after, before = m.groups()
-        fn = strings[function] if function in strings else strings.setdefault(function, json.loads(function))
-        sec = strings[section] if section in strings else strings.setdefault(section, json.loads(section))
+    for n, (addr, function, new, offset, old, section, section_offset, slot, stage, after, before) in zip(
+        starts, found, strict=True
+    ):
+        fn = strings[function] if function in strings else strings.setdefault(function, _unquote(function))
+        sec = strings[section] if section in strings else strings.setdefault(section, _unquote(section))
         out[n] = WordWrite(
             int(stage), int(offset, 16), None if addr == "null" else int(addr[1:-1], 16), str(sec),
             int(section_offset, 16), fn, slot, int(old, 16), int(new, 16), before, after,

@@ -142,3 +142,28 @@ def test_write_lines_read_by_pattern_equal_the_json_reading(tmp_path: Path) -> N
     lines = log.read_text().splitlines()
     slow = [_edit_from(_json.loads(line)) for line in lines[1:-1] if '"type": "barrier"' not in line]
     assert list(load(log).edits) == slow
+
+
+def test_log_round_trips_names_that_need_escapes() -> None:
+    from rewriter.edits import WordWrite
+    from rewriter.log import FileFacts, Log, dumps, loads
+
+    facts = FileFacts("a", "0" * 64, 1, "0" * 64, "none")
+    writes = tuple(
+        WordWrite(
+            0,
+            0x40 + 4 * i,
+            None if i else 0x1000,
+            ".text",
+            4 * i,
+            name,
+            "B",
+            0x48000001,
+            0x60000000,
+            "enabled",
+            "disabled",
+        )
+        for i, name in enumerate(['quote"d', "back\\slash", "caf\u00e9", None] * 20)
+    )
+    log = Log("t", "object", "little", facts, facts, "disabled", None, writes, (), {})
+    assert loads(dumps(log, lambda w, a: "nop"), "x").edits == writes

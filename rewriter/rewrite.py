@@ -263,12 +263,21 @@ def _content(path: Path, raw: bytes) -> tuple[bytes, Compression]:
     return (decompress(path, raw, kind) if kind is not Compression.NONE else raw), kind
 
 
+def _read_and_hash(path: Path) -> tuple[bytes, str]:
+    raw = _on_disk(path)
+    return raw, _sha256(raw)
+
+
 def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> tuple[Path, Log]:
     """Restore the original bytes. Refuses a log made for another file."""
-    log = load(log_path)
     out = check_output_path(patched, output, in_place)
-    raw = _on_disk(patched)
-    if _sha256(raw) != log.output.sha256:
+    # The patched file is read and hashed in a thread (hashlib lets go of the GIL) while the log,
+    # 67,000 lines for a vmlinux, is parsed.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        read = pool.submit(_read_and_hash, patched)
+        log = load(log_path)
+        raw, raw_sha = read.result()
+    if raw_sha != log.output.sha256:
         content, kind = _content(patched, raw)
         if _sha256(content) != log.output.content_sha256:
             raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output)")
@@ -276,7 +285,7 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
     if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
         raise OutputError(f"{out}: the output would overwrite the patch log")
     check_extent(log, str(log_path), len(content) + sum(len(e.tail) for e in log.edits if isinstance(e, Truncate)))
-    original = bytes(invert_edits(bytearray(content), log.edits, log.byteorder))
+    original = invert_edits(bytearray(content), log.edits, log.byteorder)
     if _sha256(original) != log.input.content_sha256:
         raise LogError(f"{log_path}: undo does not give back the original (sha256 mismatch); log and file disagree")
     new_raw = compress(original, kind) if kind is not Compression.NONE else original

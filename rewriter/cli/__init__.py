@@ -155,6 +155,13 @@ def run() -> None:
         signal.signal(signum, _interrupt)
     try:
         app()
+    except SystemExit:
+        # The command is over (click ends every run with SystemExit). From here a late signal
+        # finds nothing to protect; left to Python's shutdown, which puts back the default
+        # handlers, it would kill a finished run with -SIGTERM instead of its exit code.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+        raise
     except RewriteError as e:
         typer.echo(f"mcountrw: error: {e}", err=True)
         sys.exit(BAD_INPUT)

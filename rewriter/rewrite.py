@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,13 +123,16 @@ def apply_file(
     log = log_path or default_log_path(out)
     stage_paths = _write_stage_images(stage_dir, path, result) if stage_dir else ()
     mode = path.stat().st_mode & 0o7777
-    # The output's 46 MB are written, fsynced and read back in a thread while the log's 67,000
-    # lines are formatted; nothing is published until both (and the backup) are complete.
+    # The two files are hashed and the output's 46 MB written, fsynced and read back in a thread
+    # while the log's 67,000 lines are formatted (hashlib and file I/O let go of the GIL); nothing
+    # is published until the output, the log and the backup are all complete.
     with ThreadPoolExecutor(max_workers=1) as pool:
+        facts = pool.submit(_file_facts, image, path, raw, out, new_raw, result.content)
         out_future = pool.submit(write_temp, out, new_raw, mode)
         pending: list[Pending] = []
         try:
-            pending.append(write_temp(log, render_log(image, path, raw, out, new_raw, result, options).encode(), 0o644))
+            text = render_log(image, path, raw, out, new_raw, result, options, facts=facts.result)
+            pending.append(write_temp(log, text.encode(), 0o644))
             if in_place and backup:
                 pending.append(write_temp(path.with_name(path.name + ".orig"), raw, mode))
             pending.append(out_future.result())
@@ -185,9 +189,24 @@ def _write_stage_images(directory: Path, path: Path, result: Rewrite) -> tuple[P
     return tuple(out)
 
 
+def _file_facts(
+    image: Image, path: Path, raw: object, out: Path, new_raw: object, content: object
+) -> tuple[FileFacts, FileFacts]:
+    return _facts(path, raw, image.data, image.compression), _facts(out, new_raw, content, image.compression)
+
+
 def render_log(
-    image: Image, path: Path, raw: bytes, out: Path, new_raw: bytes, result: Rewrite, options: Options
+    image: Image,
+    path: Path,
+    raw: bytes,
+    out: Path,
+    new_raw: bytes,
+    result: Rewrite,
+    options: Options,
+    facts: Callable[[], tuple[FileFacts, FileFacts]] | None = None,
 ) -> str:
+    """The patch log's text. ``facts`` gives the input's and output's facts if the caller is
+    already computing them (it is asked once the lines are formatted)."""
     dis = _Printer(image.big_endian)
     p = result.plan
     plan_summary = None
@@ -203,8 +222,10 @@ def render_log(
             "requests": [f"{r.variant.value} {r.current.value} -> {r.target.value}" for r in p.sites],
         }
     body = body_lines(result.edits, result.barriers, dis)
-    input_facts = _facts(path, raw, image.data, image.compression)
-    output_facts = _facts(out, new_raw, result.content, image.compression)
+    if facts is not None:
+        input_facts, output_facts = facts()
+    else:
+        input_facts, output_facts = _file_facts(image, path, raw, out, new_raw, result.content)
     log = Log(
         tool=f"mcountrw {__version__}",
         kind=image.kind.value,

@@ -307,10 +307,21 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
         raise OutputError(f"{out}: the output would overwrite the patch log")
     check_extent(log, str(log_path), len(content) + sum(len(e.tail) for e in log.edits if isinstance(e, Truncate)))
     original = invert_edits(bytearray(content), log.edits, log.byteorder)
-    if _sha256(original) != log.input.content_sha256:
-        raise LogError(f"{log_path}: undo does not give back the original (sha256 mismatch); log and file disagree")
     new_raw = compress(original, kind) if kind is not Compression.NONE else original
-    atomic_write(out, new_raw, patched.stat().st_mode & 0o7777)
+    # Written to its temporary file while the result is hashed; published only if the hash is right.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        written = pool.submit(write_temp, out, new_raw, patched.stat().st_mode & 0o7777)
+        try:
+            right = _sha256(original) == log.input.content_sha256
+        except BaseException:  # Ctrl-C or SIGTERM: the writer's file must not stay behind
+            if written.exception() is None:
+                written.result().discard()
+            raise
+        pending = written.result()
+    if not right:
+        pending.discard()
+        raise LogError(f"{log_path}: undo does not give back the original (sha256 mismatch); log and file disagree")
+    commit(pending)
     return out, log
 
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 import enum
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Final, NamedTuple, TypeVar
+from typing import Final, NamedTuple
 
 import numpy as np
 
 from rewriter import flow, ppc
+from rewriter.batch import map_chunks
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, split_place
@@ -524,26 +524,6 @@ def audit_chunk(items: Sequence[tuple[Path, str]], mcount_addr: int | None = Non
     """A worker's task: several files, one instruction table."""
     table = flow.build_table()
     return [audit_one(path, group, table, mcount_addr) for path, group in items]
-
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def map_chunks(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], jobs: int) -> Iterator[R]:
-    """``fn`` over chunks of ``items`` in worker processes; results in input order.
-
-    A generic form of what ``rewriter.batch.scan_many`` does; kept here until batch grows one.
-    Chunks amortise the per-task cost (pickling, the instruction table) over a few dozen modules.
-    """
-    if jobs <= 1 or len(items) <= 1:
-        yield from fn(items)
-        return
-    size = max(1, min(64, len(items) // (jobs * 8)))
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        for results in pool.map(fn, chunks):
-            yield from results
 
 
 @dataclass(frozen=True, slots=True)

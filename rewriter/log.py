@@ -100,8 +100,8 @@ def _edit_json(e: Edit, disasm: Any) -> dict[str, Any]:
     return {"type": "truncate", "size": e.size, "tail": e.tail.hex(), "why": e.why}
 
 
-def dumps(log: Log, disasm: Any, body: list[str] | None = None) -> str:
-    """The log as text. ``disasm(word, addr) -> str`` prints a word (capstone-style); ``body`` is
+def dumps(log: Log, disasm: Any, body: list[str] | None = None) -> bytes:
+    """The log, UTF-8 encoded. ``disasm(word, addr) -> str`` prints a word (capstone-style); ``body`` is
     :func:`body_lines` of ``log`` if the caller already made it (e.g. while hashing the files)."""
     header = {
         "type": "header",
@@ -118,9 +118,10 @@ def dumps(log: Log, disasm: Any, body: list[str] | None = None) -> str:
     }
     lines = [json.dumps(header, sort_keys=True)]
     lines += body if body is not None else body_lines(log.edits, log.barriers, disasm)
-    text = "\n".join(lines) + "\n"
-    footer = {"type": "footer", "lines": len(lines), "sha256": hashlib.sha256(text.encode()).hexdigest()}
-    return text + json.dumps(footer, sort_keys=True) + "\n"
+    lines.append("")  # the newline after the last line, without another copy of 20 MB
+    data = "\n".join(lines).encode()
+    footer = {"type": "footer", "lines": len(lines) - 1, "sha256": hashlib.sha256(data).hexdigest()}
+    return data + json.dumps(footer, sort_keys=True).encode() + b"\n"
 
 
 def body_lines(edits: Sequence[Edit], barriers: Sequence[tuple[int, str]], disasm: Any) -> list[str]:

@@ -338,7 +338,7 @@ def prenop_file(t: Target, settings: Settings, signer: Signer | None) -> tuple[F
     # sha256 of that, not of the original .ko.xz (content_sha256, after decompression, is exact).
     original_raw = raw if not was_output else _encode(original, compression)
     text = render_log(image, Path(t.rel), original_raw, Path(t.rel), log_raw, result, options)
-    return report, (Output(t.log, text.encode(), 0o644), Output(t.dest, new_raw, mode))
+    return report, (Output(t.log, text, 0o644), Output(t.dest, new_raw, mode))
 
 
 def publish(outputs: Sequence[Output]) -> None:

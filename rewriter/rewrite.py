@@ -132,7 +132,7 @@ def apply_file(
         pending: list[Pending] = []
         try:
             text = render_log(image, path, raw, out, new_raw, result, options, facts=facts.result)
-            pending.append(write_temp(log, text.encode(), 0o644))
+            pending.append(write_temp(log, text, 0o644))
             if in_place and backup:
                 pending.append(write_temp(path.with_name(path.name + ".orig"), raw, mode))
             pending.append(out_future.result())
@@ -204,8 +204,8 @@ def render_log(
     result: Rewrite,
     options: Options,
     facts: Callable[[], tuple[FileFacts, FileFacts]] | None = None,
-) -> str:
-    """The patch log's text. ``facts`` gives the input's and output's facts if the caller is
+) -> bytes:
+    """The patch log (UTF-8). ``facts`` gives the input's and output's facts if the caller is
     already computing them (it is asked once the lines are formatted)."""
     dis = _Printer(image.big_endian)
     p = result.plan

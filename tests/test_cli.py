@@ -166,4 +166,4 @@ def test_log_round_trips_names_that_need_escapes() -> None:
         for i, name in enumerate(['quote"d', "back\\slash", "caf\u00e9", None] * 20)
     )
     log = Log("t", "object", "little", facts, facts, "disabled", None, writes, (), {})
-    assert loads(dumps(log, lambda w, a: "nop"), "x").edits == writes
+    assert loads(dumps(log, lambda w, a: "nop").decode(), "x").edits == writes

@@ -28,7 +28,7 @@ from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, split_place
 from rewriter.errors import RewriteError
-from rewriter.sites import Scan, Site, scan
+from rewriter.sites import RecordPlace, Scan, Site, scan
 from rewriter.states import SiteState, Variant
 
 # -- rules ----------------------------------------------------------------------------------
@@ -389,10 +389,10 @@ def _entry_anomalies(site: Site, entry: _Entry) -> list[Anomaly]:
 
 def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anomaly]:
     out = []
-    for text in result.records.unmatched:
-        out.append(_dangling(image, printer, text))
-    for text in result.records.duplicates:
-        section, offset, addr = _split_text(image, text)
+    for place in result.records.unmatched:
+        out.append(_dangling(image, printer, place))
+    for place in result.records.duplicates:
+        section, offset, addr = place
         out.append(
             Anomaly(AnomalyKind.DUPLICATE_RECORD, Severity.ERROR, "recorded more than once", addr, section, offset)
         )
@@ -402,18 +402,8 @@ def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anom
     return out
 
 
-def _split_text(image: Image, text: str) -> tuple[str | None, int | None, int | None]:
-    """(section, offset, addr) of a record place as rewriter.sites writes it."""
-    if text.startswith("0x"):
-        addr = int(text, 16)
-        sec = image.section_of_addr(addr)
-        return (sec.name, addr - sec.addr, addr) if sec is not None else (None, None, addr)
-    name, _, off = text.rpartition("+")
-    return name, int(off, 16), None
-
-
-def _dangling(image: Image, printer: Printer, text: str) -> Anomaly:
-    section, offset, addr = _split_text(image, text)
+def _dangling(image: Image, printer: Printer, record: RecordPlace) -> Anomaly:
+    section, offset, addr = record
     sec = image.section(section) if section is not None else None
     if addr is not None:
         place = addr

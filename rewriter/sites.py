@@ -67,6 +67,19 @@ class Site(NamedTuple):
         return f"{self.addr:#x}" if self.addr is not None else f"{self.section}+{self.offset:#x}"
 
 
+class RecordPlace(NamedTuple):
+    """Where a record points: a virtual address in a linked image (``section``/``offset`` when a
+    section holds it), a section and offset in a relocatable file (``addr`` None)."""
+
+    section: str | None
+    offset: int | None
+    addr: int | None
+
+    @property
+    def text(self) -> str:
+        return f"{self.addr:#x}" if self.addr is not None else f"{self.section}+{self.offset:#x}"
+
+
 @dataclass(frozen=True, slots=True)
 class Records:
     """What the kernel's tables say. ``count`` counts non-zero records; ``zeroed`` the zero entries
@@ -75,8 +88,8 @@ class Records:
 
     count: int
     zeroed: int
-    unmatched: tuple[str, ...]
-    duplicates: tuple[str, ...]
+    unmatched: tuple[RecordPlace, ...]
+    duplicates: tuple[RecordPlace, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +130,8 @@ def scan(image: Image, mcount_addr: int | None = None) -> Scan:
     sites, unmatched = _classify(image, text, funcs, call_places, mcount_recs, patch_recs, zeroed)
     all_recs = np.concatenate([mcount_recs, patch_recs])
     uniq, counts = np.unique(all_recs, return_counts=True)
-    dup = tuple(_place_text(image, int(p)) for p in uniq[counts > 1])
-    unmatched_text = tuple(_place_text(image, int(p)) for p in unmatched)
+    dup = tuple(_record_place(image, int(p)) for p in uniq[counts > 1])
+    unmatched_text = tuple(_record_place(image, int(p)) for p in unmatched)
     records = Records(len(all_recs), zeroed, unmatched_text, dup)
     endian = "big" if image.big_endian else "little"
     return Scan(image.path, image.kind, endian, image.abi, sites, records, tuple(int(e) for e in entries))
@@ -441,12 +454,13 @@ def _section_base(image: Image, sec: Section) -> int:
     return int(rel_place(sec.index, 0)) if image.type == S.ET_REL else sec.addr
 
 
-def _place_text(image: Image, place: int) -> str:
+def _record_place(image: Image, place: int) -> RecordPlace:
     if image.type != S.ET_REL:
-        return f"{place:#x}"
+        sec = image.section_of_addr(place)
+        return RecordPlace(sec.name, place - sec.addr, place) if sec is not None else RecordPlace(None, None, place)
     shndx, off = split_place(place)
     name = image.sections[shndx].name if 0 <= shndx < len(image.sections) else f"section{shndx}"
-    return f"{name}+{off:#x}"
+    return RecordPlace(name, off, None)
 
 
 # -- summaries ------------------------------------------------------------------------------

@@ -427,7 +427,7 @@ def test_mcount_loc_entry_outside_any_section_is_reported_unmatched(tmp_path: Pa
     path = tmp_path / "rec-nowhere"
     path.write_bytes(elf.set(elf.entry("__mcount_loc", 1, "value"), 0xDEAD_BEE0).bytes())
     result = scan(Image.load(path))
-    assert result.records.unmatched == ("0xdeadbee0",)
+    assert [p.text for p in result.records.unmatched] == ["0xdeadbee0"]
     assert len(result.sites) == 3 and sum(s.recorded for s in result.sites) == 2
     apply_file(path, None, Selection(), NOP_ALL, dry_run=True)
 

@@ -47,8 +47,8 @@ def image_json(result: Scan, with_sites: bool = True) -> dict[str, Any]:
         "records": {
             "count": result.records.count,
             "zeroed": result.records.zeroed,
-            "unmatched": list(result.records.unmatched),
-            "duplicates": list(result.records.duplicates),
+            "unmatched": [p.text for p in result.records.unmatched],
+            "duplicates": [p.text for p in result.records.duplicates],
         },
         "summary": {"sites": len(result.sites), **s},
     }

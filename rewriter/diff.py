@@ -20,7 +20,6 @@ import numpy as np
 
 from rewriter import flow
 from rewriter.elf.image import Image
-from rewriter.elf.symbols import functions
 from rewriter.errors import RewriteError
 from rewriter.sites import Scan, Site, scan
 
@@ -73,7 +72,7 @@ class _Keyed(NamedTuple):
 def _keyed(image: Image, result: Scan) -> dict[tuple[str, int], _Keyed]:
     """Sites keyed by (function name, n-th site of that name in address order); unnamed sites by
     their place, which is all that identifies them."""
-    funcs = functions(image)
+    funcs = result.functions
     places = np.array([flow.site_place(s) for s in result.sites], np.uint64)
     fi = funcs.containing(places) if len(places) and len(funcs) else np.full(len(places), -1, np.int64)
     seen: dict[str, int] = {}

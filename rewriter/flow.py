@@ -67,7 +67,7 @@ import numpy as np
 from rewriter import ppc
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image
-from rewriter.elf.symbols import PLACE_SHIFT, Functions, functions, rel_place, reloc_target_places
+from rewriter.elf.symbols import PLACE_SHIFT, Functions, rel_place, reloc_target_places
 from rewriter.sites import MCOUNT_NAMES, Scan, Site
 from rewriter.states import Variant
 
@@ -646,7 +646,7 @@ def load_code(image: Image, result: Scan, table: Table) -> Code:
         table,
         layout,
         words,
-        functions(image),
+        result.functions,
         result.mcount_entries if linked else (),
         _extable(image, layout),
         None if linked else _branch_relocs(image, layout),

@@ -101,6 +101,7 @@ class Scan:
     sites: tuple[Site, ...]
     records: Records
     mcount_entries: tuple[int, ...]
+    functions: Functions  # the function table the sites were attributed with, for later stages
 
 
 def scan(image: Image, mcount_addr: int | None = None) -> Scan:
@@ -134,7 +135,8 @@ def scan(image: Image, mcount_addr: int | None = None) -> Scan:
     unmatched_text = tuple(_record_place(image, int(p)) for p in unmatched)
     records = Records(len(all_recs), zeroed, unmatched_text, dup)
     endian = "big" if image.big_endian else "little"
-    return Scan(image.path, image.kind, endian, image.abi, sites, records, tuple(int(e) for e in entries))
+    entries_list = tuple(int(e) for e in entries)
+    return Scan(image.path, image.kind, endian, image.abi, sites, records, entries_list, funcs)
 
 
 class _Text:

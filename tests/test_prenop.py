@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from boot import STANDARD_APPEND, boot, make_initramfs, module_load_script, require_tool
+from conftest import FIXTURES
 from cryptography.hazmat.primitives.asymmetric import rsa
 from test_sign import _write_pair, openssl_verify
 from typer.testing import CliRunner
@@ -475,3 +476,24 @@ def test_prenopped_modules_load_and_only_kept_functions_are_traceable(prenopped_
     assert {f.split(" [")[0] for f in aff if f.endswith("[ext4]")} >= ext4_text
     m = re.search(r"MCOUNTRW-VFS-READ (\d+)", r.console)
     assert m and int(m.group(1)) > 0
+
+
+def test_reproducible_flag_is_accepted_and_two_trees_give_the_same_bytes(tmp_path: Path) -> None:
+    """Build scripts pass --reproducible; mcountrw writes no timestamps, so it changes nothing."""
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    outputs = []
+    for name in ("a", "b"):
+        tree = tmp_path / name
+        tree.mkdir()
+        (tree / "clean.o").write_bytes((FIXTURES / "bin" / "clean.o").read_bytes())
+        logs = tmp_path / f"logs-{name}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "rewriter", "prenop", "--policy", str(policy), "--in-place", "--reproducible",
+             "--log-dir", str(logs), str(tree / "clean.o")],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(((tree / "clean.o").read_bytes(), (logs / "clean.o.mcountrw.jsonl").read_bytes()))
+    assert outputs[0] == outputs[1]
+    assert outputs[0][0] != (FIXTURES / "bin" / "clean.o").read_bytes()

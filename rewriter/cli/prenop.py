@@ -62,6 +62,13 @@ def prenop(
         typer.Option("--replace-stale-logs", help="a file that fits neither side of its old log is a new input"),
     ] = False,
     report: Annotated[Path | None, typer.Option("--report", help="also write a JSON report of every file")] = None,
+    reproducible: Annotated[
+        bool,
+        typer.Option(
+            "--reproducible",
+            help="accepted for build scripts: outputs and logs carry no timestamps, so every run is reproducible",
+        ),
+    ] = False,
 ) -> None:
     """Apply a keep/nop policy to vmlinux and whole module trees, with one patch log per file.
 

@@ -452,18 +452,20 @@ class Builtin(NamedTuple):
     summary: str
 
 
-def _hand(
+def hand_plan(
     variant: Variant,
     start: SiteState,
     target: SiteState,
     stages: list[list[tuple[Slot, Insn, Insn]]],
     barriers: list[Barrier],
+    settle: Barrier | None = None,
 ) -> Plan:
+    """A one-site plan written by hand (the built-ins, and tests of plans the planner would not make)."""
     return Plan(
         sites=(SiteRequest(variant, start, target),),
         stages=tuple(tuple(Write(0, *w) for w in stage) for stage in stages),
         barriers=tuple(barriers),
-        settle=None,
+        settle=settle,
         route=Route.MFLR_FIRST,
         cmodx=Cmodx.V3_1,
         runtime=True,
@@ -479,7 +481,7 @@ def _builtins() -> dict[str, Builtin]:
         "naive-enable": Builtin(
             m,
             nopped,
-            _hand(m, nopped, enabled, [[(a, Insn.NOP, Insn.MFLR)], [(b, Insn.NOP, Insn.CALL)]], [Barrier.ORDER]),
+            hand_plan(m, nopped, enabled, [[(a, Insn.NOP, Insn.MFLR)], [(b, Insn.NOP, Insn.CALL)]], [Barrier.ORDER]),
             "the 2019 race: nop -> mflr, then nop -> bl, no barrier",
         ),
         "b8-enable": Builtin(
@@ -500,7 +502,7 @@ def _builtins() -> dict[str, Builtin]:
         "reverse-disable": Builtin(
             m,
             enabled,
-            _hand(m, enabled, nopped, [[(a, Insn.MFLR, Insn.NOP)], [(b, Insn.CALL, Insn.NOP)]], [Barrier.ORDER]),
+            hand_plan(m, enabled, nopped, [[(a, Insn.MFLR, Insn.NOP)], [(b, Insn.CALL, Insn.NOP)]], [Barrier.ORDER]),
             "mflr -> nop first, then bl -> nop",
         ),
         "mflr-first-enable-isync": Builtin(
@@ -512,7 +514,7 @@ def _builtins() -> dict[str, Builtin]:
         "b8-enable-gcc5": Builtin(
             std,
             nopped,
-            _hand(
+            hand_plan(
                 std,
                 nopped,
                 enabled,

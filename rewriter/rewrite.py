@@ -298,11 +298,9 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
         read = pool.submit(_read_and_hash, patched)
         log = load(log_path)
         raw, raw_sha = read.result()
-    if raw_sha != log.output.sha256:
-        content, kind = _content(patched, raw)
-        if _sha256(content) != log.output.content_sha256:
-            raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output)")
     content, kind = _content(patched, raw)
+    if raw_sha != log.output.sha256 and _sha256(content) != log.output.content_sha256:
+        raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output)")
     if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
         raise OutputError(f"{out}: the output would overwrite the patch log")
     check_extent(log, str(log_path), len(content) + sum(len(e.tail) for e in log.edits if isinstance(e, Truncate)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rewriter.check import BUILTINS, Violation, check, check_all, render_trace
+from rewriter.check import BUILTINS, Violation, check, check_all, hand_plan, render_trace
 from rewriter.errors import PlanRejected
 from rewriter.plan import Barrier, Cmodx, Plan, Route, SiteRequest, Write, plan
 from rewriter.states import VARIANT_STATES, Insn, SiteState, Slot, Variant
@@ -25,15 +25,7 @@ VERDICTS = {
 
 
 def _one(variant: Variant, current: SiteState, target: SiteState, stages, barriers, settle=None) -> Plan:
-    return Plan(
-        sites=(SiteRequest(variant, current, target),),
-        stages=tuple(tuple(Write(0, *w) for w in stage) for stage in stages),
-        barriers=tuple(barriers),
-        settle=settle,
-        route=Route.MFLR_FIRST,
-        cmodx=Cmodx.V3_1,
-        runtime=True,
-    )
+    return hand_plan(variant, current, target, stages, barriers, settle)
 
 
 # ---------------------------------------------------------------- the built-ins

@@ -1,34 +1,68 @@
 #!/usr/bin/env bash
-# Fetch the pinned real corpus: Debian's ppc64el kernel image package (and busybox-static for the
-# module-loading initramfs), extracted with dpkg -x into a cache outside git.
+# Fetch the pinned real corpus: Debian's ppc64el kernels of the three ftrace generations (and
+# busybox-static for the module-loading initramfs), extracted with dpkg -x into a cache outside git.
 #
-# Idempotent: a complete extraction is marked with a stamp file and not fetched again.
+#   bookworm  linux-image-6.1.0-50-powerpc64le 6.1.176-1            mprofile  (-pg -mprofile-kernel)
+#   trixie    linux-image-6.12.107+deb13-powerpc64le 6.12.107-1     patchable (-fpatchable-function-entry=2)
+#   sid       linux-binary-7.2.13+deb14-powerpc64le 7.2.13-1        ool       (out-of-line stubs)
+#             linux-modules-7.2.13+deb14-powerpc64le 7.2.13-1       (linux-image-7.2... is a metapackage)
+#
+# Idempotent: each complete extraction is marked with a stamp file and not fetched again.
 # apt-get is pointed at a private lists directory with an architecture override, so the host's
-# apt state (amd64) is left untouched and no foreign architecture is added to dpkg.
+# apt state (amd64) is left untouched and no foreign architecture is added to dpkg. The machine's
+# own apt sources list only bookworm; trixie and sid come from a private sources list built from
+# the archive URI that the machine's apt configuration already uses (no host name is written here).
 set -euo pipefail
 
-KERNEL_PKG=linux-image-6.1.0-50-powerpc64le
-KERNEL_VER=6.1.176-1
-BUSYBOX_PKG=busybox-static
-
 CACHE=${MCOUNTRW_CORPUS:-${XDG_CACHE_HOME:-$HOME/.cache}/mcountrw/corpus}
-STAMP="$CACHE/.complete-$KERNEL_PKG-$KERNEL_VER"
-if [ -f "$STAMP" ]; then
-    echo "$CACHE"
-    exit 0
-fi
+BOOKWORM=(linux-image-6.1.0-50-powerpc64le=6.1.176-1 busybox-static)
+TRIXIE=(linux-image-6.12.107+deb13-powerpc64le=6.12.107-1)
+SID=(linux-binary-7.2.13+deb14-powerpc64le=7.2.13-1 linux-modules-7.2.13+deb14-powerpc64le=7.2.13-1)
 
-mkdir -p "$CACHE/lists/partial" "$CACHE/debs" "$CACHE/root"
-APT=(apt-get -q
-     -oAPT::Architecture=ppc64el -oAPT::Architectures=ppc64el
-     -oDir::State::Lists="$CACHE/lists" -oDir::Cache::Archives="$CACHE/debs"
-     -oDebug::NoLocking=1)
-# A mirror mid-sync can fail one index (seen with bookworm-security); the download below is the real check.
-"${APT[@]}" update >&2 || "${APT[@]}" update >&2 || true
-cd "$CACHE/debs"
-"${APT[@]}" download "$KERNEL_PKG=$KERNEL_VER" "$BUSYBOX_PKG" >&2
-for deb in "$CACHE"/debs/*.deb; do
-    dpkg -x "$deb" "$CACHE/root"
-done
-touch "$STAMP"
+mkdir -p "$CACHE/root"
+
+stamp_of() { echo "$CACHE/.complete-$1"; }
+
+# fetch NAME APT-OPTIONS... -- PACKAGES...: download into a fresh directory, then extract.
+fetch() {
+    local name=$1; shift
+    local opts=()
+    while [ "$1" != "--" ]; do opts+=("$1"); shift; done
+    shift
+    [ -f "$(stamp_of "$name")" ] && return 0
+    local lists="$CACHE/lists-$name" debs="$CACHE/debs-$name"
+    rm -rf "$debs"
+    mkdir -p "$lists/partial" "$debs"
+    local apt=(apt-get -q -oAPT::Architecture=ppc64el -oAPT::Architectures=ppc64el
+               -oDir::State::Lists="$lists" -oDir::Cache::Archives="$debs" -oDebug::NoLocking=1 "${opts[@]}")
+    # A mirror mid-sync can fail one index (seen with bookworm-security); the download is the real check.
+    "${apt[@]}" update >&2 || "${apt[@]}" update >&2 || true
+    (cd "$debs" && "${apt[@]}" download "$@" >&2)
+    for deb in "$debs"/*.deb; do
+        dpkg -x "$deb" "$CACHE/root"
+    done
+    touch "$(stamp_of "$name")"
+}
+
+# The main Debian archive URI of the machine's own apt configuration (the repository that serves
+# its base suite, not -security or -updates).
+archive_uri() {
+    apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 2>/dev/null \
+        | awk '$2 !~ /-/ && $1 !~ /security/ {print $1; exit}'
+}
+
+fetch bookworm -- "${BOOKWORM[@]}"
+
+if [ ! -f "$(stamp_of trixie-sid)" ]; then
+    uri=$(archive_uri)
+    if [ -z "$uri" ]; then
+        echo "corpus/fetch.sh: no Debian archive in this machine's apt configuration" >&2
+        exit 1
+    fi
+    etc="$CACHE/apt-newer"
+    mkdir -p "$etc/sources.list.d"
+    printf 'deb [arch=ppc64el] %s trixie main\ndeb [arch=ppc64el] %s sid main\n' "$uri" "$uri" > "$etc/sources.list"
+    fetch trixie-sid -oDir::Etc::SourceList="$etc/sources.list" -oDir::Etc::SourceParts="$etc/sources.list.d" \
+        -- "${TRIXIE[@]}" "${SID[@]}"
+fi
 echo "$CACHE"

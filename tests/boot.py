@@ -23,10 +23,47 @@ from typing import Final, NamedTuple, NoReturn
 
 import pytest
 
-# Pinned in corpus/fetch.sh; repeated here because the stamp name is the only "fetch finished" signal.
-KERNEL_PKG: Final = "linux-image-6.1.0-50-powerpc64le"
-KERNEL_VER: Final = "6.1.176-1"
+# Pinned in corpus/fetch.sh; repeated here because the stamp names are the only "fetch finished" signal.
 KERNEL_RELEASE: Final = "6.1.0-50-powerpc64le"
+STAMPS: Final = (".complete-bookworm", ".complete-trixie-sid")
+
+
+class Kernel(NamedTuple):
+    """One pinned Debian kernel of the corpus: its ftrace generation and where its files are."""
+
+    name: str  # "6.1", "6.12", "7.2"
+    release: str  # the `uname -r`, as in the module directory's name
+    generation: str  # "mprofile", "patchable", "ool"
+    vmlinux_rel: str  # paths relative to the extraction root
+    modules_rel: str
+
+    def vmlinux(self, root: Path) -> Path:
+        return root / self.vmlinux_rel
+
+    def modules(self, root: Path) -> Path:
+        return root / self.modules_rel
+
+
+KERNELS: Final = {
+    "6.1": Kernel(
+        "6.1", KERNEL_RELEASE, "mprofile", f"boot/vmlinux-{KERNEL_RELEASE}", f"lib/modules/{KERNEL_RELEASE}/kernel"
+    ),
+    "6.12": Kernel(
+        "6.12",
+        "6.12.107+deb13-powerpc64le",
+        "patchable",
+        "boot/vmlinux-6.12.107+deb13-powerpc64le",
+        "usr/lib/modules/6.12.107+deb13-powerpc64le/kernel",
+    ),
+    # linux-binary-7.2.13+deb14 ships the vmlinux as `vmlinuz`: an uncompressed ELF despite its name.
+    "7.2": Kernel(
+        "7.2",
+        "7.2.13+deb14-powerpc64le",
+        "ool",
+        "usr/lib/modules/7.2.13+deb14-powerpc64le/vmlinuz",
+        "usr/lib/modules/7.2.13+deb14-powerpc64le/kernel",
+    ),
+}
 
 # Verified on the unmodified corpus vmlinux: the root-fs panic prints "Dumping ftrace buffer:" with
 # one `do_one_initcall <-kernel_init_freeable` line per initcall (~540). The filter keeps the ring
@@ -58,9 +95,8 @@ def corpus_dir() -> Path | None:
     env = os.environ.get("MCOUNTRW_CORPUS")
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     root = Path(env) if env else cache / "mcountrw" / "corpus"
-    stamp = root / f".complete-{KERNEL_PKG}-{KERNEL_VER}"
-    vmlinux = root / "root" / "boot" / f"vmlinux-{KERNEL_RELEASE}"
-    return root if stamp.is_file() and vmlinux.is_file() else None
+    whole = all((root / stamp).is_file() for stamp in STAMPS)
+    return root if whole and all(k.vmlinux(root / "root").is_file() for k in KERNELS.values()) else None
 
 
 def _in_corpus(relative: str) -> Path | None:
@@ -69,12 +105,12 @@ def _in_corpus(relative: str) -> Path | None:
 
 
 def corpus_vmlinux() -> Path | None:
-    return _in_corpus(f"boot/vmlinux-{KERNEL_RELEASE}")
+    return _in_corpus(KERNELS["6.1"].vmlinux_rel)
 
 
 def corpus_modules_dir() -> Path | None:
-    """The `kernel/` tree of modules, e.g. `corpus_modules_dir() / "fs/nls/nls_utf8.ko"`."""
-    return _in_corpus(f"lib/modules/{KERNEL_RELEASE}/kernel")
+    """The 6.1 `kernel/` tree of modules, e.g. `corpus_modules_dir() / "fs/nls/nls_utf8.ko"`."""
+    return _in_corpus(KERNELS["6.1"].modules_rel)
 
 
 def corpus_busybox() -> Path | None:
@@ -82,6 +118,15 @@ def corpus_busybox() -> Path | None:
 
 
 class Corpus(NamedTuple):
+    """The 6.1 kernel (the first corpus) and busybox; :func:`require_kernel` gives the others."""
+
+    vmlinux: Path
+    modules_dir: Path
+    busybox: Path
+
+
+class KernelFiles(NamedTuple):
+    kernel: Kernel
     vmlinux: Path
     modules_dir: Path
     busybox: Path
@@ -112,6 +157,18 @@ def require_corpus() -> Corpus:
         if not path.exists():
             _missing(f"corpus incomplete: {path} is missing; re-run corpus/fetch.sh")
     return Corpus(vmlinux, modules_dir, busybox)
+
+
+def require_kernel(name: str) -> KernelFiles:
+    """The files of corpus kernel ``name`` ("6.1", "6.12" or "7.2"); skips (fails in CI) without them."""
+    base = require_corpus()
+    root = base.busybox.parent.parent
+    kernel = KERNELS[name]
+    vmlinux, modules_dir = kernel.vmlinux(root), kernel.modules(root)
+    for path in (vmlinux, modules_dir):
+        if not path.exists():
+            _missing(f"corpus incomplete: {path} is missing; re-run corpus/fetch.sh")
+    return KernelFiles(kernel, vmlinux, modules_dir, base.busybox)
 
 
 # ---------------------------------------------------------------- console parsing

@@ -28,8 +28,9 @@ from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, split_place
 from rewriter.errors import RewriteError
+from rewriter.generations import LAYOUTS, Variant
 from rewriter.sites import RecordPlace, Scan, Site, scan
-from rewriter.states import SiteState, Variant
+from rewriter.states import SiteState
 
 # -- rules ----------------------------------------------------------------------------------
 
@@ -227,7 +228,7 @@ def audit_image(image: Image, group: str, table: flow.Table, mcount_addr: int | 
 
 def _counts(result: Scan, funcs: Functions) -> Counts:
     sites = result.sites
-    places = np.array([flow.site_place(s) for s in sites], np.uint64)
+    places = np.array([s.place for s in sites], np.uint64)
     fi = funcs.containing(places) if len(sites) and len(funcs) else np.full(len(sites), -1, np.int64)
     by_section = Counter(s.section for s in sites)
     return Counts(
@@ -276,8 +277,8 @@ class Printer(NamedTuple):
         return int(self.code.index(np.array([place], np.uint64))[0])
 
     def slots(self, site: Site) -> list[str]:
-        b = self.word_index(flow.site_place(site))
-        first = b - (2 if site.variant is Variant.MPROFILE_STD else 1)
+        b = self.word_index(site.place)
+        first = b + LAYOUTS[site.variant].first_offset // 4
         return [self.line(i) for i in range(max(first, 0), b + 1)] if b >= 0 else []
 
     def safety(self, site: Site, safety: flow.Safety) -> tuple[str, ...]:
@@ -320,7 +321,7 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
     found += _mixed_states(result.sites)
     entries = _entries(printer.code, result.sites)
     for sa in sites:
-        found += _site_anomalies(printer, sa, entries.get(flow.site_place(sa.site)))
+        found += _site_anomalies(printer, sa, entries.get(sa.site.place))
     return found
 
 
@@ -361,7 +362,7 @@ def _entries(code: flow.Code, sites: Sequence[Site]) -> dict[int, _Entry]:
     funcs = code.funcs
     if not sites or not len(funcs):
         return {}
-    places = np.array([flow.site_place(s) for s in sites], np.uint64)
+    places = np.array([s.place for s in sites], np.uint64)
     fi = funcs.containing(places)
     out = {}
     for site, place, f in zip(sites, places.tolist(), fi.tolist(), strict=True):
@@ -373,7 +374,7 @@ def _entries(code: flow.Code, sites: Sequence[Site]) -> dict[int, _Entry]:
 def _entry_anomalies(site: Site, entry: _Entry) -> list[Anomaly]:
     """Where the call slot sits relative to its function's entries (ELFv2 ABI 3.4.1: the local
     entry is the global entry plus the st_other offset)."""
-    place = flow.site_place(site)
+    place = site.place
     if site.variant is Variant.PATCHABLE:
         if entry.lep != entry.start and place == entry.start + 4:
             gap = entry.lep - entry.start
@@ -381,7 +382,7 @@ def _entry_anomalies(site: Site, entry: _Entry) -> list[Anomaly]:
             return [_at_site(AnomalyKind.PATCHABLE_BEFORE_GEP, site, msg)]
         if place == entry.lep + 4:
             return []
-    elif place == entry.lep + (8 if site.variant is Variant.MPROFILE_STD else 4):
+    elif place == entry.lep - LAYOUTS[site.variant].first_offset:
         return []
     where = f"{site.function or 'function'}+{place - entry.start:#x}"
     return [_at_site(AnomalyKind.NOT_AT_ENTRY, site, f"call slot at {where}, not right after the local entry")]

@@ -38,8 +38,9 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
+from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Variant
 from rewriter.plan import Barrier, Cmodx, Plan, Route, SiteRequest, Write, plan
-from rewriter.states import SLOTS, STATE_SLOTS, Insn, SiteState, Slot, Variant, state_of
+from rewriter.states import Insn, SiteState, Slot
 
 MAX_TASKS: Final = 3
 MAX_ENTRIES: Final = 4
@@ -102,7 +103,7 @@ def _ops_by_site(p: Plan) -> list[tuple[_Op, ...]]:
 
     Separators before a site's first write do not concern it; those after its last write (and the
     settle barrier) are its settle."""
-    slots = [SLOTS[r.variant] for r in p.sites]
+    slots = [LAYOUTS[r.variant].slots for r in p.sites]
     ops: list[list[_Op]] = [[] for _ in p.sites]
     last = [-1] * len(p.sites)  # the stage of each site's latest write
     for j, stage in enumerate(p.stages):
@@ -171,8 +172,8 @@ def check(
     if not p.runtime:
         tasks, stale = 0, False
     req = p.sites[site]
-    slots = SLOTS[req.variant]
-    a, b = STATE_SLOTS[req.current]
+    slots = LAYOUTS[req.variant].slots
+    a, b = TWO_SLOT_STATES[req.current]
     code = tuple({Slot.A: a, Slot.S: std_slot, Slot.B: b}[s] for s in slots)
     ops = list(_ops_by_site(p)[site])
     found, states, parents = _search(req, slots, code, ops, tasks, entries, stale, policy)
@@ -224,7 +225,8 @@ def _search(
     last_slot = len(slots) - 1
     a_idx = 0
     b_idx = slots.index(Slot.B)
-    target = STATE_SLOTS[req.target]
+    target = TWO_SLOT_STATES[req.target]
+    state_of = LAYOUTS[req.variant].state_of
 
     def synced(code: tuple[Insn, ...]) -> tuple[frozenset[Insn], ...]:
         return tuple(frozenset((w,)) for w in code)
@@ -251,7 +253,7 @@ def _search(
 
         if op == len(ops):  # the patcher is done: the end-of-plan requirements
             if (code[a_idx], code[b_idx]) != target:
-                got = state_of(code[a_idx], code[b_idx]).value
+                got = state_of((code[a_idx], code[b_idx])).value
                 report(Violation.WRONG_FINAL, f"the plan ends in {got}, not {req.target.value}", state)
             for i, t in enumerate(tasks):
                 if t[0] > 0 and not t[1] and code[a_idx] is not Insn.NOP:
@@ -365,7 +367,7 @@ def _search(
             nxt_state = (
                 (new_code, op + 1, 0, new_tasks) if done == (1 << len(current)) - 1 else (new_code, op, done, new_tasks)
             )
-            if state_of(new_code[a_idx], new_code[b_idx]) is SiteState.BROKEN:
+            if state_of((new_code[a_idx], new_code[b_idx])) is SiteState.BROKEN:
                 report(Violation.BROKEN, f"after {text} the site reads nop; bl (broken)", nxt_state)
             push(nxt_state, state, "patcher", text)
     return list(found.values()), len(parents), parents

@@ -18,7 +18,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from rewriter import flow
 from rewriter.elf.image import Image
 from rewriter.errors import RewriteError
 from rewriter.sites import Scan, Site, scan
@@ -73,14 +72,14 @@ def _keyed(image: Image, result: Scan) -> dict[tuple[str, int], _Keyed]:
     """Sites keyed by (function name, n-th site of that name in address order); unnamed sites by
     their place, which is all that identifies them."""
     funcs = result.functions
-    places = np.array([flow.site_place(s) for s in result.sites], np.uint64)
+    places = np.array([s.place for s in result.sites], np.uint64)
     fi = funcs.containing(places) if len(places) and len(funcs) else np.full(len(places), -1, np.int64)
     seen: dict[str, int] = {}
     out = {}
     for site, place, f in sorted(zip(result.sites, places.tolist(), fi.tolist(), strict=True), key=lambda t: t[1]):
         delta = place - int(funcs.start[f]) if f >= 0 else -1
         if site.function is None:
-            out[(f"@{site.place}", 0)] = _Keyed(site, delta)
+            out[(f"@{site.place_text}", 0)] = _Keyed(site, delta)
             continue
         n = seen.get(site.function, 0)
         seen[site.function] = n + 1
@@ -112,10 +111,10 @@ def diff_scans(image_a: Image, scan_a: Scan, image_b: Image, scan_b: Scan) -> Im
         before, after = ka.get(key), kb.get(key)
         if after is None and before is not None:
             s = before.site
-            changes.append(SiteChange(Change.REMOVED, s.function, s, None, f"{s.state.value} site at {s.place}"))
+            changes.append(SiteChange(Change.REMOVED, s.function, s, None, f"{s.state.value} site at {s.place_text}"))
         elif before is None and after is not None:
             s = after.site
-            changes.append(SiteChange(Change.ADDED, s.function, None, s, f"{s.state.value} site at {s.place}"))
+            changes.append(SiteChange(Change.ADDED, s.function, None, s, f"{s.state.value} site at {s.place_text}"))
         elif before is not None and after is not None:
             found = _pair(before, after)
             changes += found

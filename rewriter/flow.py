@@ -67,9 +67,9 @@ import numpy as np
 from rewriter import ppc
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image
-from rewriter.elf.symbols import PLACE_SHIFT, Functions, rel_place, reloc_target_places
+from rewriter.elf.symbols import Functions, rel_place, reloc_target_places
+from rewriter.generations import LAYOUTS, Variant
 from rewriter.sites import MCOUNT_NAMES, Scan, Site
-from rewriter.states import Variant
 
 # -- the instruction table ------------------------------------------------------------------
 
@@ -1068,20 +1068,11 @@ def _case_counts(words: memoryview, j: int, fn: _Fn) -> set[int]:
 # -- per site -------------------------------------------------------------------------------
 
 
-def _slot_a(site: Site) -> int:
-    return -8 if site.variant is Variant.MPROFILE_STD else -4
-
-
-def site_place(site: Site) -> int:
-    """The place of a site's call slot (linked: its address; ET_REL: section index and offset)."""
-    return site.addr if site.addr is not None else site.section_index << PLACE_SHIFT | site.offset
-
-
 def safety(code: Code, sites: Sequence[Site]) -> tuple[Safety, ...]:
     """One :class:`Safety` per site, in order."""
-    places = np.array([site_place(s) for s in sites], np.uint64)
+    places = np.array([s.place for s in sites], np.uint64)
     b_idx = code.index(places).tolist()
-    deltas = np.array([_slot_a(s) for s in sites], np.int64)
+    deltas = np.array([LAYOUTS[s.variant].first_offset for s in sites], np.int64)
     a_idx = code.index(places + deltas.astype(np.uint64)).tolist()
     fns = _function_words(code, places)
     v = _views(code)

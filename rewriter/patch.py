@@ -35,9 +35,10 @@ from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Section
 from rewriter.elf.symbols import reloc_target_places
 from rewriter.errors import ImageError, PlanRejected
+from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Variant
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, plan
 from rewriter.sites import Scan, Site
-from rewriter.states import STATE_SLOTS, Insn, SiteState, Slot, Variant, state_of, word_for
+from rewriter.states import Insn, SiteState, Slot, word_for
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def rewrite(image: Image, scan: Scan, selection: Selection, options: Options, ke
     todo = [s for s in selected if s.state is not options.target]
     # Records go for every selected site whose call slot ends up nop, including sites already
     # there: on a 6.6+ patchable-entry kernel the compiler's two nops *are* the nopped state.
-    call_gone = STATE_SLOTS[options.target][1] is not Insn.CALL
+    call_gone = TWO_SLOT_STATES[options.target][1] is not Insn.CALL
     gone = [s for s in selected if s.recorded] if options.drop_records and call_gone else []
     if image.signature is not None and (todo or gone) and not options.strip_signature:
         raise ImageError(
@@ -104,7 +105,7 @@ def rewrite(image: Image, scan: Scan, selection: Selection, options: Options, ke
     for s in todo:
         if s.state is SiteState.UNKNOWN:
             raise ImageError(
-                f"{image.path}: {s.place} ({s.function or '?'}): slots hold unknown words; not touching it"
+                f"{image.path}: {s.place_text} ({s.function or '?'}): slots hold unknown words; not touching it"
             )
     groups = _groups(todo)
     the_plan = _make_plan(image, groups, options) if todo else None
@@ -181,7 +182,7 @@ class _Step(NamedTuple):
 def _resolve(image: Image, scan: Scan, groups: Sequence[Sequence[Site]], the_plan: Plan) -> list[list[WordWrite]]:
     """Turn the plan's symbolic writes (one per group) into words at file offsets, site by site."""
     entries = sorted(scan.mcount_entries)
-    states = [STATE_SLOTS[g[0].state] for g in groups]  # (A, B) of each group as the plan goes
+    states = [TWO_SLOT_STATES[g[0].state] for g in groups]  # (A, B) of each group as the plan goes
     out: list[list[WordWrite]] = []
     for stage_no, stage in enumerate(the_plan.stages):
         writes: list[WordWrite] = []
@@ -205,16 +206,19 @@ def _resolve(image: Image, scan: Scan, groups: Sequence[Sequence[Site]], the_pla
 def _step(site: Site, w: Write, ab: tuple[Insn, Insn]) -> tuple[_Step, tuple[Insn, Insn]]:
     delta = site.slot_delta(w.slot)
     if delta is None:
-        raise PlanRejected(f"{site.place}: plan writes slot {w.slot.value}, which a {site.variant.value} site lacks")
+        raise PlanRejected(
+            f"{site.place_text}: plan writes slot {w.slot.value}, which a {site.variant.value} site lacks"
+        )
     a, b = ab
-    before = state_of(a, b).value
+    state_of = LAYOUTS[site.variant].state_of
+    before = state_of((a, b)).value
     if w.slot is Slot.A:
         a = w.new
     elif w.slot is Slot.B:
         b = w.new
     old_word = None if w.old is Insn.CALL else word_for(w.old, 0, 0)
     new_word = None if w.new is Insn.CALL else word_for(w.new, 0, 0)
-    return _Step(w.slot.value, delta, before, state_of(a, b).value, old_word, new_word), (a, b)
+    return _Step(w.slot.value, delta, before, state_of((a, b)).value, old_word, new_word), (a, b)
 
 
 def _call(image: Image, here: int, site: Site, entries: Sequence[int]) -> int:

@@ -39,18 +39,8 @@ from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeVar
 
 from rewriter.errors import PlanRejected
-from rewriter.states import (
-    S_WRITES,
-    SLOTS,
-    STATE_SLOTS,
-    Insn,
-    SiteState,
-    Slot,
-    Step,
-    Variant,
-    state_rejection,
-    steps_from,
-)
+from rewriter.generations import LAYOUTS, Variant, state_rejection, steps_from
+from rewriter.states import S_WRITES, Insn, SiteState, Slot, Step
 
 
 class Route(enum.Enum):
@@ -99,13 +89,16 @@ VERSION: Final = 1
 # (Enum.__hash__ is a Python-level call).
 _A_WORDS: Final = (Insn.MFLR, Insn.NOP, Insn.B8)
 _B_WORDS: Final = (Insn.NOP, Insn.CALL)
+_OOL_WORDS: Final = (Insn.NOP, Insn.STUB)
 _S_WORDS: Final = (Insn.STD, Insn.NOP)
 
 
-def _slot_words(slot: Slot) -> tuple[Insn, ...]:
+def _slot_words(variant: Variant, slot: Slot) -> tuple[Insn, ...]:
     if slot is Slot.A:
         return _A_WORDS
-    return _B_WORDS if slot is Slot.B else _S_WORDS
+    if slot is Slot.B:
+        return _OOL_WORDS if variant is Variant.OOL else _B_WORDS
+    return _S_WORDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,11 +246,11 @@ def _validate(p: Plan) -> None:
             if not 0 <= w.site < len(p.sites):
                 raise ValueError(f"{where}: site {w.site} is not in sites (0..{len(p.sites) - 1})")
             variant = p.sites[w.site].variant
-            if w.slot not in SLOTS[variant]:
+            if w.slot not in LAYOUTS[variant].slots:
                 raise ValueError(f"{where}: {variant.value} sites have no slot {w.slot.value}")
             if w.slot is Slot.S and (w.old, w.new) not in S_WRITES:
                 raise ValueError(f"{where}: slot S may only swap std <-> nop")
-            words = _slot_words(w.slot)
+            words = _slot_words(variant, w.slot)
             if w.old is w.new or w.old not in words or w.new not in words:
                 raise ValueError(f"{where}: {w.old.value} -> {w.new.value} is not a write to slot {w.slot.value}")
 
@@ -275,18 +268,25 @@ class _SitePath(NamedTuple):
         return (sum(self.barrier_before) + self.settle, len(self.steps))
 
 
-def _a(state: SiteState) -> Insn:
-    return STATE_SLOTS[state][0]
+def _stale_r0_possible(variant: Variant, state: SiteState) -> bool:
+    """A task may be between A and B with r0 not holding LR: slot A reads ``nop``. Never in the ool
+    layout, which has no slot A (its stub runs ``mflr r0`` right before its ``bl``)."""
+    lay = LAYOUTS[variant]
+    return Slot.A in lay.state_slots and lay.states[state][0] is Insn.NOP
 
 
-def _route_allows(route: Route, step: Step, dst: SiteState, target: SiteState) -> bool:
+def _b(variant: Variant, state: SiteState) -> Insn:
+    return LAYOUTS[variant].states[state][-1]
+
+
+def _route_allows(route: Route, variant: Variant, step: Step, dst: SiteState, target: SiteState) -> bool:
     if route is Route.MFLR_FIRST:
         # Piggin: no b+8 anywhere on the way (the start or the target may still be one).
         return dst is target or dst not in (SiteState.GUARDED, SiteState.ARMED)
     # Rao: never put mflr straight over a nop; go through b+8, and while the bl is still to come keep
     # the b+8 (guarded -> armed -> enabled) rather than turn it into mflr on the way.
     if step.slot is Slot.A and step.new is Insn.MFLR:
-        return step.old is not Insn.NOP and (dst is target or STATE_SLOTS[dst][1] is Insn.CALL)
+        return step.old is not Insn.NOP and (dst is target or _b(variant, dst) is Insn.CALL)
     return True
 
 
@@ -302,28 +302,30 @@ def _simple_paths(
         for dst, step in steps_from(req.variant, state).items():
             if dst in seen or (step.mflr_write and not mflr_ok):
                 continue
-            if _route_allows(route, step, dst, req.target):
+            if _route_allows(route, req.variant, step, dst, req.target):
                 yield from walk(dst, (*steps, step), (*seen, dst))
 
     yield from walk(req.current, (), (req.current,))
 
 
-def _cost_path(steps: tuple[Step, ...], states: tuple[SiteState, ...], runtime: bool, stale_fetch: bool) -> _SitePath:
+def _cost_path(
+    variant: Variant, steps: tuple[Step, ...], states: tuple[SiteState, ...], runtime: bool, stale_fetch: bool
+) -> _SitePath:
     """Place the barriers a path needs (see :class:`states.Step` for the rule) and whether it must settle."""
     if not runtime:
         return _SitePath(steps, (False,) * len(steps), False)
     if stale_fetch:
         return _SitePath(steps, tuple(i > 0 for i in range(len(steps))), bool(steps))
-    dirty = _a(states[0]) is Insn.NOP  # a task may be between A and B with a stale r0
+    dirty = _stale_r0_possible(variant, states[0])
     before = []
     for step, dst in zip(steps, states[1:], strict=True):
         needed = step.needs_barrier_before and dirty
         before.append(needed)
         if needed:
             dirty = False
-        if _a(dst) is Insn.NOP:
+        if _stale_r0_possible(variant, dst):
             dirty = True
-    return _SitePath(steps, tuple(before), dirty and _a(states[-1]) is not Insn.NOP)
+    return _SitePath(steps, tuple(before), dirty and not _stale_r0_possible(variant, states[-1]))
 
 
 def _plan_site(req: SiteRequest, route: Route, cmodx: Cmodx, runtime: bool, stale_fetch: bool) -> _SitePath:
@@ -339,7 +341,10 @@ def _plan_site(req: SiteRequest, route: Route, cmodx: Cmodx, runtime: bool, stal
             "a stale r0 right now and no runtime plan can undo that; repair the file offline"
         )
     mflr_ok = not runtime or cmodx is Cmodx.V3_1
-    paths = [_cost_path(steps, states, runtime, stale_fetch) for steps, states in _simple_paths(req, route, mflr_ok)]
+    paths = [
+        _cost_path(req.variant, steps, states, runtime, stale_fetch)
+        for steps, states in _simple_paths(req, route, mflr_ok)
+    ]
     if paths:
         return min(paths, key=lambda p: p.cost)
     raise PlanRejected(_why_no_path(req, route, mflr_ok))

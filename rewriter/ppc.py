@@ -24,6 +24,7 @@ INSN_SIZE: Final = 4
 NOP: Final = 0x6000_0000  # ori r0,r0,0
 MFLR_R0: Final = 0x7C08_02A6  # mfspr r0,LR
 STD_R0_16_R1: Final = 0xF801_0010  # std r0,16(r1): gcc < 6 saved LR before calling _mcount
+MTLR_R0: Final = 0x7C08_03A6  # mtspr LR,r0: the third word of an ool stub
 B_PLUS_8: Final = 0x4800_0008  # b .+8: skips the call slot (the "guarded" mflr slot)
 
 # I-form branch: primary opcode 18 in bits 0-5, LI in bits 6-29, AA bit 30, LK bit 31.
@@ -77,6 +78,16 @@ def branch_target(src: int, word: int) -> int:
     return src + branch_offset(word)
 
 
+def in_branch_range(delta: int) -> bool:
+    """The kernel's ``is_offset_in_branch_range``: a word-aligned I-form offset in [-32 MiB, +32 MiB)."""
+    return -BRANCH_RANGE <= delta < BRANCH_RANGE and not delta % INSN_SIZE
+
+
+def b_mask(words: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`is_b` over a ``uint32`` array."""
+    return (words & np.uint32(_IFORM_MASK)) == np.uint32(_IFORM_OPCODE)
+
+
 def bl_mask(words: np.ndarray) -> np.ndarray:
     """Vectorised :func:`is_bl` over a ``uint32`` array."""
     return (words & np.uint32(_IFORM_MASK)) == np.uint32(_IFORM_OPCODE | _LK)
@@ -92,7 +103,7 @@ def branch_targets(addrs: np.ndarray, words: np.ndarray) -> np.ndarray:
 # capstone 5's text for the fixed words (checked against capstone in tests/test_ppc.py), so that a
 # patch log of 67,000 writes needs no capstone call for them; branches are formatted by
 # branch_text, also checked against capstone.
-TEXT: Final = {NOP: "nop", MFLR_R0: "mflr r0", STD_R0_16_R1: "std r0, 0x10(r1)"}
+TEXT: Final = {NOP: "nop", MFLR_R0: "mflr r0", MTLR_R0: "mtlr r0", STD_R0_16_R1: "std r0, 0x10(r1)"}
 
 
 def branch_text(src: int, word: int) -> str:
@@ -109,6 +120,8 @@ def describe(word: int) -> str:
         return "mflr"
     if word == STD_R0_16_R1:
         return "std"
+    if word == MTLR_R0:
+        return "mtlr"
     if word == B_PLUS_8:
         return "b+8"
     if is_bl(word):

@@ -24,11 +24,12 @@ from rewriter.elf.compress import Compression, compress
 from rewriter.elf.image import Image
 from rewriter.elf.writer import Pending, atomic_write, commit, write_temp
 from rewriter.errors import LogError, OutputError, RewriteError
+from rewriter.generations import LAYOUTS, TWO_SLOT_STATES
 from rewriter.log import FileFacts, Log, body_lines, check_extent, dumps, load
 from rewriter.patch import Options, Rewrite, Selection, rewrite
 from rewriter.ppc import TEXT, Disassembler, branch_text, is_b, is_bl
 from rewriter.sites import Scan, scan
-from rewriter.states import STATE_SLOTS, Insn, SiteState, Slot, insn_kind, state_of, word_for
+from rewriter.states import Insn, SiteState, Slot, insn_kind, word_for
 
 LOG_SUFFIX = ".mcountrw.jsonl"
 
@@ -155,7 +156,7 @@ def check_states(content: bytes, image: Image, result: Rewrite, target: SiteStat
     whose records were dropped, in a function with no symbol, is invisible to a scan."""
     if not result.sites:
         return
-    want_a, want_b = STATE_SLOTS[target]
+    want_a, want_b = TWO_SLOT_STATES[target]
     b_off = np.array([s.file_offset for s in result.sites], dtype=np.int64)
     a_off = b_off + np.array([s.slot_delta(Slot.A) for s in result.sites], dtype=np.int64)
     dt = np.dtype("<u4" if image.byteorder == "little" else ">u4")
@@ -169,9 +170,9 @@ def check_states(content: bytes, image: Image, result: Rewrite, target: SiteStat
         site = result.sites[int(bad[0])]
         a = insn_kind(int(a_words[bad[0]]), False)
         b = insn_kind(int(b_words[bad[0]]), True)
-        found = state_of(a, b).value
+        found = LAYOUTS[site.variant].state_of((a, b)).value
         raise RewriteError(
-            f"{site.place} ({site.function or '?'}): read back {found}, planned {target.value} "
+            f"{site.place_text} ({site.function or '?'}): read back {found}, planned {target.value} "
             f"({len(bad)} sites differ)"
         )
 

@@ -2,28 +2,32 @@
 
 Strategy:
 
-1. Work out the *mcount entries*: ``_mcount`` (``._mcount`` and ELFv1 descriptors too), any
-   linker stub that is one ``b`` away from it, and ``--mcount-addr`` for stripped files.
-2. Find *call slots*. Linked images: every ``bl`` word in an executable section whose target is
-   an mcount entry, found with numpy over the whole section at once. Relocatable files: every
-   ``R_PPC64_REL24`` against ``_mcount``, since the ``bl`` itself still reads ``bl .``.
-3. Read the *records* the kernel will patch from: ``__start_mcount_loc..__stop_mcount_loc`` or
-   ``__mcount_loc`` (linked), ``.rela__mcount_loc`` (relocatable), and
-   ``__patchable_function_entries`` (both; it points at the first nop, the call slot is next).
-4. A site is a call slot, or a recorded place whose slots hold a known state. A site that was
-   pre-nopped *and* lost its record is not findable from the file alone, and is not guessed at:
-   real code starts with ``nop; nop`` often enough (linker-relaxed TOC loads in every static
-   glibc function, ``do_uaccess_flush`` in vmlinux). Its patch log still names it.
-5. Classify each site by the words in its slots (``states.state_of``) and by where it sits
-   relative to its function's local entry point (gcc 5's ``mflr; std; bl`` has the call slot at
-   LEP + 8, gcc >= 6's at LEP + 4).
+1. Read the *records* the kernel will patch from (:func:`read_records`):
+   ``__start_mcount_loc..__stop_mcount_loc`` in a vmlinux (which holds ``__mcount_loc`` or, since
+   6.6, the compiler's ``__patchable_function_entries``), the ``__mcount_loc`` /
+   ``__patchable_function_entries`` sections of other linked files, and ``.rela__mcount_loc`` /
+   ``.rela__patchable_function_entries`` in relocatable ones. A linked slot's value at run time is
+   the addend of its ``R_PPC64_RELATIVE`` when ``relocate()`` will process one (the file word
+   otherwise): a kernel rewrites every such slot at boot, whatever the file holds.
+2. Work out the *mcount entries* (the mprofile generation only): ``_mcount`` (``._mcount`` and
+   ELFv1 descriptors too), any linker stub that is one ``b`` away from it, and ``--mcount-addr``
+   for stripped files; and the *calls*: every ``bl`` to one of them (linked images, numpy over the
+   whole text at once) or every ``R_PPC64_REL24`` against ``_mcount`` (relocatable files).
+3. Decide the image's :class:`~rewriter.generations.Generation` from its contents
+   (:func:`detect_generation`), unless the caller says.
+4. Candidate call slots: the calls and the records (mprofile: the record *is* the call slot);
+   each record minus the layout's ``record_offset`` (patchable, ool). A site that was pre-nopped
+   *and* lost its record is not findable from the file alone, and is not guessed at: real code
+   starts with ``nop; nop`` often enough. Its patch log still names it.
+5. Classify each by the words in its slots, through the generation table; say what the kernel's
+   boot-time init will make of it, and (ool) which stub area serves it (:func:`stub_areas`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,15 +37,25 @@ from rewriter import ppc
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind, Section
 from rewriter.elf.symbols import Functions, functions, rel_place, reloc_target_places, split_place
-from rewriter.states import Insn, SiteState, Slot, Variant, state_of
+from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
+from rewriter.states import Insn, SiteState
 
 MCOUNT_NAMES = ("_mcount", "._mcount")
+# What a `bl` in a patchable call slot may reach once enabled (ftrace_get_call_inst): the callers,
+# or the trampolines for out-of-range text.
+TRACER_NAMES = ("ftrace_caller", "ftrace_regs_caller", "ftrace_tramp_text", "ftrace_tramp_init")
+STRIPPED_MIN_RECORDS = 1000  # a stripped vmlinux's table, found by search; kernels have tens of thousands
+OOL_AREAS = ("ftrace_ool_stub_text", "ftrace_ool_stub_text_end", "ftrace_ool_stub_inittext")
 
 
 class Site(NamedTuple):
     """One ftrace call site. ``offset`` is the call slot's offset within ``section``; ``addr``
-    its virtual address (None in relocatable files). A NamedTuple rather than a dataclass:
-    a vmlinux has 33,690 of them and a frozen dataclass costs four times as much to build."""
+    its virtual address (None in relocatable files); ``place`` the call slot as a place (see
+    ``rewriter.elf.symbols``). ``record`` is the place the kernel's record names (None when
+    unrecorded). ``boot_state`` is what the kernel's boot-time init leaves (None: init would refuse
+    the site's words, ``ftrace bug``). ``call_target``: linked images, the tracer entry a restored
+    ``bl`` reaches (mprofile), or the ool stub that ``b stub`` reaches. A NamedTuple rather than a
+    dataclass: a vmlinux has 40,000 of them and a frozen dataclass costs four times as much."""
 
     section: str
     section_index: int
@@ -51,19 +65,20 @@ class Site(NamedTuple):
     variant: Variant
     state: SiteState
     recorded: bool
-    call_target: int | None  # linked images: the mcount entry a restored `bl` must reach
+    call_target: int | None
     file_offset: int  # of the call slot
+    place: int
+    record: int | None
+    boot_state: SiteState | None
+    traceable: bool  # after boot, ftrace can trace it (recorded, accepted, not skipped or disabled)
+    stub: str | None  # ool: the stub area that serves it at boot (modules: `.stubs`, carved at load)
 
-    def slot_delta(self, slot: Slot) -> int | None:
+    def slot_delta(self, slot: object) -> int | None:
         """Byte distance from the call slot to ``slot`` (None if the variant has no such slot)."""
-        if slot is Slot.B:
-            return 0
-        if self.variant is Variant.MPROFILE_STD:
-            return -8 if slot is Slot.A else -4
-        return -4 if slot is Slot.A else None
+        return LAYOUTS[self.variant].offset(slot)  # type: ignore[arg-type]
 
     @property
-    def place(self) -> str:
+    def place_text(self) -> str:
         return f"{self.addr:#x}" if self.addr is not None else f"{self.section}+{self.offset:#x}"
 
 
@@ -80,16 +95,49 @@ class RecordPlace(NamedTuple):
         return f"{self.addr:#x}" if self.addr is not None else f"{self.section}+{self.offset:#x}"
 
 
+class RecordTable(NamedTuple):
+    """One table of records, as the rewriter edits it.
+
+    Linked: ``addr``/``file_offset`` of entry 0 and ``values``, the run-time value of each entry
+    (0 for a dropped one). Relocatable: ``section`` is the relocation section
+    (``.rela__mcount_loc``), ``values`` the place each of its rows names."""
+
+    section: str
+    addr: int | None
+    file_offset: int | None
+    values: np.ndarray
+
+
 @dataclass(frozen=True, slots=True)
 class Records:
     """What the kernel's tables say. ``count`` counts non-zero records; ``zeroed`` the zero entries
-    (dropped records, skipped by ftrace_process_locs); ``unmatched`` the places of records that
-    point at no site; ``duplicates`` the places recorded more than once."""
+    (dropped records, skipped by ftrace_process_locs); ``skipped`` the places outside kernel text,
+    which ftrace_process_locs skips too; ``unmatched`` the places of records that point at no site;
+    ``duplicates`` the places recorded more than once."""
 
     count: int
     zeroed: int
     unmatched: tuple[RecordPlace, ...]
     duplicates: tuple[RecordPlace, ...]
+    skipped: tuple[RecordPlace, ...] = ()
+    tables: tuple[RecordTable, ...] = field(default=(), compare=False)  # where they are, for the rewriter
+
+
+class StubArea(NamedTuple):
+    """An ool stub area of a vmlinux: ``count`` stubs of ``stub_size`` bytes (the ``*_count`` word
+    the kernel reads), and ``used``, how many records ftrace_init_ool_stub() will give a stub here
+    (``need`` counts those it wants to but cannot: past ``count``, or out of branch range)."""
+
+    name: str
+    addr: int
+    count: int
+    stub_size: int
+    used: int
+    need: int
+
+    @property
+    def covers(self) -> bool:
+        return self.need == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,41 +150,56 @@ class Scan:
     records: Records
     mcount_entries: tuple[int, ...]
     functions: Functions  # the function table the sites were attributed with, for later stages
+    generation: Generation | None = None
+    stubs: tuple[StubArea, ...] = ()
 
 
-def scan(image: Image, mcount_addr: int | None = None) -> Scan:
+class Detect(NamedTuple):
+    """How :func:`detect_generation` decided (the audit and ``--generation`` errors print it)."""
+
+    generation: Generation | None
+    reason: str
+
+
+def scan(image: Image, mcount_addr: int | None = None, generation: Generation | None = None) -> Scan:
     text = _Text(image)
     funcs = functions(image)
-    if image.type == S.ET_REL:
-        call_places = _rel_call_places(image)
-        entries = np.zeros(0, np.uint64)
-    else:
-        entries = _mcount_entries(image, text, mcount_addr)
-        call_places = text.bl_places[np.isin(text.bl_targets, entries)]
-    mcount_recs, patch_recs, zeroed = _record_places(image)
-    if image.type != S.ET_REL and not len(entries):
-        if len(mcount_recs):
-            entries = _entries_from_records(text, mcount_recs)
-            call_places = text.bl_places[np.isin(text.bl_targets, entries)]
-        elif image.symbols is None:
-            raise image.error(
-                "stripped image: no .symtab to find _mcount, and no __mcount_loc section to find the records "
-                "(a vmlinux keeps them in .init.data between the stripped __start/__stop_mcount_loc symbols): "
-                "pass --mcount-addr with _mcount's address from System.map"
-            )
-    if image.symbols is None and image.type != S.ET_REL and image.section("__mcount_loc") is None:
-        if mcount_addr is not None and not len(call_places):
-            raise image.error(f"--mcount-addr {mcount_addr:#x}: no bl in this stripped image calls it")
-        mcount_recs, zeroed = _search_record_table(image, text, call_places)
-    sites, unmatched = _classify(image, text, funcs, call_places, mcount_recs, patch_recs, zeroed)
-    all_recs = np.concatenate([mcount_recs, patch_recs])
-    uniq, counts = np.unique(all_recs, return_counts=True)
-    dup = tuple(_record_place(image, int(p)) for p in uniq[counts > 1])
-    unmatched_text = tuple(_record_place(image, int(p)) for p in unmatched)
-    records = Records(len(all_recs), zeroed, unmatched_text, dup)
+    tables = read_records(image)
+    entries, calls = _calls(image, text, mcount_addr)
+    if image.symbols is None and image.type != S.ET_REL:
+        if not tables:
+            tables, entries, calls, generation = _stripped(image, text, entries, calls, mcount_addr, generation)
+        elif not len(entries):  # the entry is whatever the recorded `bl` words call most
+            entries = _entries_from_records(text, _nonzero(tables))
+            calls = text.bl_places[np.isin(text.bl_targets, entries)]
+    records = _nonzero(tables)
+    if generation is None:
+        generation = detect_generation(image, text, calls, records).generation
+    places, skipped = _split_skipped(image, records)
+    sites, unmatched = _classify(image, text, funcs, generation, calls, places)
+    stubs: tuple[StubArea, ...] = ()
+    if generation is Generation.OOL and image.type != S.ET_REL:
+        stubs, sites = _with_stubs(image, sites)
+    uniq, counts = np.unique(records, return_counts=True)
+    recs = Records(
+        len(records),
+        _zeroed(image, tables),
+        tuple(_record_place(image, int(p)) for p in unmatched),
+        tuple(_record_place(image, int(p)) for p in uniq[counts > 1]),
+        tuple(_record_place(image, int(p)) for p in skipped),
+        tables,
+    )
     endian = "big" if image.big_endian else "little"
-    entries_list = tuple(int(e) for e in entries)
-    return Scan(image.path, image.kind, endian, image.abi, sites, records, entries_list, funcs)
+    return Scan(
+        image.path, image.kind, endian, image.abi, sites, recs, tuple(int(e) for e in entries), funcs, generation, stubs
+    )
+
+
+def _nonzero(tables: Sequence[RecordTable]) -> np.ndarray:
+    if not tables:
+        return np.zeros(0, np.uint64)
+    values = np.concatenate([t.values for t in tables])
+    return values[values != 0]
 
 
 class _Text:
@@ -178,27 +241,93 @@ class _Text:
             out[m] = words[i[m]]
         return out
 
+    def words_of(self, places: np.ndarray) -> np.ndarray:
+        """The word at each place (0 where no executable section holds it)."""
+        return self.words_at(*self.locate(places))
 
-# -- mcount entries and call slots ----------------------------------------------------------
+
+# -- the generation -------------------------------------------------------------------------
+
+
+def detect_generation(image: Image, text: _Text, calls: np.ndarray, records: np.ndarray) -> Detect:
+    """The image's generation, from what it contains (never from its name).
+
+    1. ool stub areas (``ftrace_ool_stub_text``...): only a 6.13+ out-of-line vmlinux has them.
+    2. calls to an mcount entry, or an ``__mcount_loc`` table: mprofile.
+    3. records that point at ``nop`` words: patchable or ool. ``-fpatchable-function-entry=2``
+       always emits two nops and ``=1`` one, so if every recorded nop is followed by another nop the
+       image is patchable, and a single recorded nop followed by anything else makes it ool
+       (a 7.2 vmlinux: 17,641 of 42,648 are followed by ``mflr r0``, few by a nop).
+    """
+    syms = image.symbols
+    if syms is not None and any(len(syms.find(n)) for n in OOL_AREAS):
+        return Detect(Generation.OOL, "ool stub areas (ftrace_ool_stub_text...)")
+    if len(calls) or _has_mcount_table(image):
+        return Detect(Generation.MPROFILE, "calls to _mcount" if len(calls) else "an __mcount_loc table")
+    if not len(records):
+        return Detect(None, "no records and no call to _mcount")
+    first = text.words_of(records)
+    nops = records[first == ppc.NOP]
+    if not len(nops):
+        return Detect(None, "no record points at a nop or a call to _mcount")
+    alone = int(np.count_nonzero(text.words_of(shift(nops, ppc.INSN_SIZE)) != ppc.NOP))
+    if alone:
+        return Detect(Generation.OOL, f"{alone} recorded nop(s) not followed by a nop: one patchable nop")
+    return Detect(Generation.PATCHABLE, "every recorded nop is followed by a nop: two patchable nops")
+
+
+def _has_mcount_table(image: Image) -> bool:
+    if image.type == S.ET_REL:
+        return image.section(".rela__mcount_loc") is not None
+    return image.section("__mcount_loc") is not None
+
+
+# -- mcount entries and calls (mprofile) ----------------------------------------------------
+
+
+def _calls(image: Image, text: _Text, mcount_addr: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(mcount entries, call-slot places of the calls to them)."""
+    if image.type == S.ET_REL:
+        return np.zeros(0, np.uint64), _rel_call_places(image)
+    entries = _mcount_entries(image, text, mcount_addr)
+    return entries, text.bl_places[np.isin(text.bl_targets, entries)]
 
 
 def _mcount_entries(image: Image, text: _Text, mcount_addr: int | None) -> np.ndarray:
     found: list[int] = [] if mcount_addr is None else [mcount_addr]
     syms = image.symbols
     if syms is not None:
-        opd = image.section(".opd")
-        for i in np.concatenate([syms.find(n) for n in MCOUNT_NAMES]).tolist():
-            row = syms.table[i]
-            if int(row["st_shndx"]) == S.SHN_UNDEF:
-                continue
-            value = int(row["st_value"])
-            if image.abi is Abi.ELFV1 and opd is not None and int(row["st_shndx"]) == opd.index:
-                off = image.offset_of(value)
-                value = int.from_bytes(image.data[off : off + 8], image.byteorder)
-            found.append(value)
+        found.extend(_symbol_addrs(image, MCOUNT_NAMES))
         found.extend(_stub_symbols(image))
     entries = np.unique(np.array(found, dtype=np.uint64))
     return np.union1d(entries, _branch_stubs(text, entries))
+
+
+def _symbol_addrs(image: Image, names: Sequence[str]) -> list[int]:
+    """Code addresses of the defined symbols called ``names`` (ELFv1 descriptors followed)."""
+    syms = image.symbols
+    if syms is None:
+        return []
+    opd = image.section(".opd")
+    out = []
+    for i in np.concatenate([syms.find(n) for n in names]).tolist():
+        row = syms.table[i]
+        if int(row["st_shndx"]) == S.SHN_UNDEF:
+            continue
+        value = int(row["st_value"])
+        if image.abi is Abi.ELFV1 and opd is not None and int(row["st_shndx"]) == opd.index:
+            off = image.offset_of(value)
+            value = int.from_bytes(image.data[off : off + 8], image.byteorder)
+        out.append(value)
+    return out
+
+
+def tracer_entries(image: Image, scan: Scan) -> tuple[int, ...]:
+    """Where an enabled call slot's ``bl`` may go: the mcount entries (mprofile), or ftrace_caller,
+    ftrace_regs_caller and their trampolines (patchable)."""
+    if scan.generation is Generation.MPROFILE:
+        return scan.mcount_entries
+    return tuple(sorted(set(_symbol_addrs(image, TRACER_NAMES))))
 
 
 def _stub_symbols(image: Image) -> list[int]:
@@ -223,7 +352,7 @@ def _branch_stubs(text: _Text, entries: np.ndarray) -> np.ndarray:
     targets = np.unique(text.bl_targets)
     k, i = text.locate(targets)
     words = text.words_at(k, i)
-    is_b = (k >= 0) & ((words & np.uint32(0xFC000003)) == np.uint32(0x48000000))
+    is_b = (k >= 0) & ppc.b_mask(words)
     hop = ppc.branch_targets(targets[is_b], words[is_b])
     return targets[is_b][np.isin(hop, entries)]
 
@@ -256,54 +385,192 @@ def _entries_from_records(text: _Text, records: np.ndarray) -> np.ndarray:
 # -- records --------------------------------------------------------------------------------
 
 
-def _record_places(image: Image) -> tuple[np.ndarray, np.ndarray, int]:
-    """(mcount record places, patchable-entry call-slot places, zeroed entries)."""
+def read_records(image: Image) -> tuple[RecordTable, ...]:
+    """The record tables of ``image`` (none in a file without records)."""
     if image.type == S.ET_REL:
-        mc = _rel_records(image, "__mcount_loc")
-        pfe = _rel_records(image, "__patchable_function_entries") + np.uint64(4)
-        sec = image.section("__mcount_loc")
-        total = sec.size // 8 if sec is not None else 0
-        return mc, pfe, max(total - len(mc), 0)
-    raw = _linked_mcount_table(image)
-    pfe_sec = image.section("__patchable_function_entries")
-    pfe = np.zeros(0, np.uint64)
-    if pfe_sec is not None and pfe_sec.type != S.SHT_NOBITS:
-        pfe = image.table(pfe_sec, S.addr_dtype(image.endian), "__patchable_function_entries").astype(np.uint64)
-        pfe = pfe[pfe != 0] + np.uint64(4)
-    zeroed = int(np.count_nonzero(raw == 0))
-    return raw[raw != 0], pfe, zeroed
+        names = ("__mcount_loc", "__patchable_function_entries")
+        return tuple(t for t in (_rel_table(image, n) for n in names) if t is not None)
+    return tuple(t for t in (_linked_table(image), _linked_patchable_section(image)) if t is not None)
 
 
-def _linked_mcount_table(image: Image) -> np.ndarray:
+def _zeroed(image: Image, tables: Sequence[RecordTable]) -> int:
+    """Zero entries: a linked table's zero slots; in a relocatable file, the slots of a record
+    section that no relocation fills (a dropped record)."""
+    if image.type != S.ET_REL:
+        return sum(int(np.count_nonzero(t.values == 0)) for t in tables)
+    out = 0
+    for t in tables:
+        sec = image.section(t.section.removeprefix(".rela"))
+        if sec is not None:
+            out += max(sec.size // 8 - len(t.values), 0)
+    return out
+
+
+def _rel_table(image: Image, name: str) -> RecordTable | None:
+    rsec = image.section(".rela" + name)
+    if rsec is None or image.symbols is None:
+        return None
+    return RecordTable(rsec.name, None, None, reloc_target_places(image, image.relocations(rsec)))
+
+
+def _linked_table(image: Image) -> RecordTable | None:
+    """``__start_mcount_loc..__stop_mcount_loc`` (a vmlinux), else an ``__mcount_loc`` section."""
     syms = image.symbols
-    dt = S.addr_dtype(image.endian)
     if syms is not None:
         start, stop = syms.find("__start_mcount_loc"), syms.find("__stop_mcount_loc")
         if len(start) and len(stop):
             lo, hi = int(syms.table["st_value"][start[0]]), int(syms.table["st_value"][stop[0]])
             if hi < lo or (hi - lo) % 8:
                 raise image.error(f"__mcount_loc bounds {lo:#x}..{hi:#x} are not a table of 8-byte entries")
-            if hi == lo:
-                return np.zeros(0, np.uint64)
-            off = image.offset_of(lo)
-            if off + (hi - lo) > image.elf_end:
-                raise image.error("__mcount_loc runs past the end of the file")
-            return np.frombuffer(image.data, dt, count=(hi - lo) // 8, offset=off).astype(np.uint64)
+            return _table_at(image, "__mcount_loc", lo, (hi - lo) // 8)
     sec = image.section("__mcount_loc")
     if sec is None or sec.type == S.SHT_NOBITS:
-        return np.zeros(0, np.uint64)
-    return image.table(sec, dt, "__mcount_loc").astype(np.uint64)
+        return None
+    if sec.size % 8:
+        raise image.error(f"__mcount_loc section size {sec.size} is not a multiple of 8")
+    return _table_at(image, sec.name, sec.addr, sec.size // 8)
 
 
-def _search_record_table(image: Image, text: _Text, calls: np.ndarray) -> tuple[np.ndarray, int]:
-    """Stripped vmlinux: the records sit inside ``.init.data`` and the symbols that bound them are
-    gone, so find them: the table is the run of 8-byte words, each 0 (a dropped record) or an
-    address in the code, that names the most call slots. Function-pointer tables also point into
-    the code, but at function entries, never at a call slot (entry + 4 or + 8)."""
-    best = (0, np.zeros(0, np.uint64))
-    if not len(calls):
-        return best[1], 0
-    slots = np.sort(calls)
+def _linked_patchable_section(image: Image) -> RecordTable | None:
+    """A linked file that kept the compiler's ``__patchable_function_entries`` as a section (a
+    vmlinux folds it into the mcount table instead)."""
+    sec = image.section("__patchable_function_entries")
+    if sec is None or sec.type == S.SHT_NOBITS or image.kind is Kind.VMLINUX:
+        return None
+    if sec.size % 8:
+        raise image.error(f"__patchable_function_entries section size {sec.size} is not a multiple of 8")
+    return _table_at(image, sec.name, sec.addr, sec.size // 8)
+
+
+def _table_at(image: Image, name: str, addr: int, count: int) -> RecordTable:
+    if not count:
+        return RecordTable(name, addr, None, np.zeros(0, np.uint64))
+    off = image.offset_of(addr)
+    if off + count * 8 > image.elf_end:
+        raise image.error(f"{name} runs past the end of the file")
+    values = np.frombuffer(image.data, S.addr_dtype(image.endian), count=count, offset=off).astype(np.uint64)
+    return RecordTable(name, addr, off, _relocated(image, addr, values))
+
+
+def _relocated(image: Image, addr: int, values: np.ndarray) -> np.ndarray:
+    """Each slot's value after ``relocate()`` (arch/powerpc/kernel/reloc_64.S): it walks the
+    ``DT_RELASZ`` bytes of ``DT_RELA`` and stores ``r_addend + delta`` over every
+    ``R_PPC64_RELATIVE`` target, so the addend, not the file word, is what the kernel reads
+    (at the link address, delta 0). Entries moved past ``DT_RELASZ`` are never applied."""
+    rela = processed_relative(image)
+    if rela is None or not len(values):
+        return values
+    slots = (rela["r_offset"].astype(np.uint64) - np.uint64(addr)) // np.uint64(8)
+    inside = (
+        (rela["r_offset"] >= addr) & (rela["r_offset"] < addr + 8 * len(values)) & (rela["r_offset"] % 8 == addr % 8)
+    )
+    out = values.copy()
+    out[slots[inside].astype(np.int64)] = rela["r_addend"][inside].astype(np.uint64)
+    return out
+
+
+def processed_relative(image: Image) -> np.ndarray | None:
+    """The ``R_PPC64_RELATIVE`` rows of ``.rela.dyn`` that ``relocate()`` applies (the first
+    ``DT_RELASZ`` bytes), or None without a ``.rela.dyn``. ``.dynamic`` is read by section: these
+    kernels have no PT_DYNAMIC segment."""
+    sec = image.section(".rela.dyn")
+    if sec is None or sec.type != S.SHT_RELA:
+        return None
+    rela = image.relocations(sec)
+    relasz = dynamic_value(image, S.DT_RELASZ)
+    if relasz is not None:
+        rela = rela[: relasz // rela.dtype.itemsize]
+    return rela[S.r_type(rela["r_info"]) == S.R_PPC64_RELATIVE]
+
+
+def dynamic_value(image: Image, tag: int) -> int | None:
+    """The value of ``tag`` in ``.dynamic``, or None."""
+    dyn = image.section(".dynamic")
+    if dyn is None or dyn.type == S.SHT_NOBITS:
+        return None
+    table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
+    hit = np.flatnonzero(table["d_tag"] == tag)
+    return int(table["d_val"][hit[0]]) if len(hit) else None
+
+
+def _split_skipped(image: Image, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(records the kernel processes, records ftrace_process_locs skips: in a vmlinux, those
+    outside ``_stext.._etext`` and ``_sinittext.._einittext``)."""
+    bounds = _kernel_text(image)
+    if bounds is None:
+        return records, np.zeros(0, np.uint64)
+    inside = np.zeros(len(records), bool)
+    for lo, hi in bounds:
+        inside |= (records >= lo) & (records < hi)
+    return records[inside], records[~inside]
+
+
+def _kernel_text(image: Image) -> list[tuple[int, int]] | None:
+    syms = image.symbols
+    if image.kind is not Kind.VMLINUX or syms is None:
+        return None
+    out = []
+    for lo_name, hi_name in (("_stext", "_etext"), ("_sinittext", "_einittext")):
+        lo, hi = syms.find(lo_name), syms.find(hi_name)
+        if len(lo) and len(hi):
+            out.append((int(syms.table["st_value"][lo[0]]), int(syms.table["st_value"][hi[0]])))
+    return out or None
+
+
+# -- stripped images ------------------------------------------------------------------------
+
+
+def _stripped(
+    image: Image,
+    text: _Text,
+    entries: np.ndarray,
+    calls: np.ndarray,
+    mcount_addr: int | None,
+    generation: Generation | None,
+) -> tuple[tuple[RecordTable, ...], np.ndarray, np.ndarray, Generation | None]:
+    """A stripped vmlinux keeps its records inside ``.init.data`` with the symbols that bound them
+    gone: find the table (:func:`_search_record_table`) by what its entries point at, calls to
+    ``_mcount`` (mprofile) or ``nop`` words (patchable, ool)."""
+    if mcount_addr is not None:
+        if not len(calls):
+            raise image.error(f"--mcount-addr {mcount_addr:#x}: no bl in this stripped image calls it")
+        return _found(_search_record_table(image, text, np.sort(calls))), entries, calls, Generation.MPROFILE
+    table = None
+    if generation is not Generation.MPROFILE:
+        table = _search_record_table(image, text, _nop_places(text))
+        # Without --generation, only a table of kernel size is believed: a few function pointers
+        # at nop words are no evidence of patchable entries.
+        if table is not None and generation is None and len(table.values) < STRIPPED_MIN_RECORDS:
+            table = None
+    if table is None:
+        raise image.error(
+            "stripped image: no .symtab to find _mcount, and no __mcount_loc section to find the records "
+            "(a vmlinux keeps them in .init.data between the stripped __start/__stop_mcount_loc symbols): "
+            "pass --mcount-addr with _mcount's address from System.map (mprofile), or --generation patchable|ool"
+        )
+    return _found(table), entries, calls, generation
+
+
+def _found(table: RecordTable | None) -> tuple[RecordTable, ...]:
+    return () if table is None else (table,)
+
+
+def _nop_places(text: _Text) -> np.ndarray:
+    out = [
+        np.uint64(b) + np.flatnonzero(w == ppc.NOP).astype(np.uint64) * np.uint64(4)
+        for b, w in zip(text.base.tolist(), text.words, strict=True)
+    ]
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, np.uint64)
+
+
+def _search_record_table(image: Image, text: _Text, slots: np.ndarray) -> RecordTable | None:
+    """The run of 8-byte words, each 0 (a dropped record) or an address in the code, that names the
+    most of ``slots`` (sorted). Function-pointer tables also point into the code, but at function
+    entries: never at a call slot (entry + 4 or + 8), and at a nop only for the few functions
+    without a TOC prologue, where the table names tens of thousands."""
+    best: tuple[int, RecordTable | None] = (0, None)
+    if not len(slots):
+        return None
     dt = S.addr_dtype(image.endian)
     for sec in image.sections:
         if sec.type != S.SHT_PROGBITS or sec.is_exec or not sec.flags & S.SHF_ALLOC or sec.size < 8:
@@ -322,16 +589,11 @@ def _search_record_table(image: Image, text: _Text, calls: np.ndarray) -> tuple[
         best_run = int(np.argmax(score))
         if score[best_run] > best[0]:
             named = hit[run[hit] == best_run]
-            best = (int(score[best_run]), values[int(named[0]) : int(named[-1]) + 1])
-    table = best[1]
-    return table[table != 0], int(np.count_nonzero(table == 0))
-
-
-def _rel_records(image: Image, name: str) -> np.ndarray:
-    rsec = image.section(".rela" + name)
-    if rsec is None or image.symbols is None:
-        return np.zeros(0, np.uint64)
-    return reloc_target_places(image, image.relocations(rsec))
+            first, last = int(named[0]), int(named[-1])
+            addr = sec.addr + skip + 8 * first
+            table = _table_at(image, f"{sec.name} (searched)", addr, last - first + 1)
+            best = (int(score[best_run]), table)
+    return best[1]
 
 
 # -- classification -------------------------------------------------------------------------
@@ -339,89 +601,141 @@ def _rel_records(image: Image, name: str) -> np.ndarray:
 # Word kinds as small integers, so that a whole image is classified with one table look-up.
 _KINDS = list(Insn)
 _KIND = {k: n for n, k in enumerate(_KINDS)}
-_STATE_TABLE = np.array([[list(SiteState).index(state_of(a, b)) for b in _KINDS] for a in _KINDS])
 _STATES = list(SiteState)
 _UNKNOWN = _STATES.index(SiteState.UNKNOWN)
+_TWO_SLOT_TABLE = np.full((len(_KINDS), len(_KINDS)), _UNKNOWN)
+for _state, (_a, _b) in TWO_SLOT_STATES.items():
+    _TWO_SLOT_TABLE[_KIND[_a], _KIND[_b]] = _STATES.index(_state)
+_ONE_SLOT_TABLE = np.full(len(_KINDS), _UNKNOWN)
+_ONE_SLOT_TABLE[_KIND[Insn.NOP]] = _STATES.index(SiteState.DISABLED)
+_ONE_SLOT_TABLE[_KIND[Insn.STUB]] = _STATES.index(SiteState.ENABLED)
 
 
-def _kinds(words: np.ndarray, calls: np.ndarray) -> np.ndarray:
+def _kinds(words: np.ndarray, calls: np.ndarray, to_stub: np.ndarray | None = None) -> np.ndarray:
     """Vectorised ``states.insn_kind``."""
-    is_bl = ppc.bl_mask(words)
+    stub = np.zeros(len(words), bool) if to_stub is None else to_stub
     return np.select(
         [
             words == ppc.MFLR_R0,
             words == ppc.NOP,
             words == ppc.B_PLUS_8,
             words == ppc.STD_R0_16_R1,
-            is_bl & calls,
+            ppc.bl_mask(words) & calls,
+            ppc.b_mask(words) & stub,
         ],
-        [_KIND[Insn.MFLR], _KIND[Insn.NOP], _KIND[Insn.B8], _KIND[Insn.STD], _KIND[Insn.CALL]],
+        [_KIND[Insn.MFLR], _KIND[Insn.NOP], _KIND[Insn.B8], _KIND[Insn.STD], _KIND[Insn.CALL], _KIND[Insn.STUB]],
         _KIND[Insn.OTHER],
     )
+
+
+class _Columns(NamedTuple):
+    """Per-candidate columns, in the candidates' order."""
+
+    cand: np.ndarray  # call-slot places
+    k: np.ndarray
+    i: np.ndarray
+    b_word: np.ndarray
+    is_call: np.ndarray
+    record: np.ndarray  # the record place, or 0
+    state: np.ndarray
+    variant: np.ndarray  # index into _VARIANTS
+    keep: np.ndarray
+    fi: np.ndarray
+
+
+_VARIANTS = (Variant.MPROFILE, Variant.MPROFILE_STD, Variant.PATCHABLE, Variant.OOL)
 
 
 def _classify(
     image: Image,
     text: _Text,
     funcs: Functions,
+    generation: Generation | None,
     calls: np.ndarray,
-    mcount_recs: np.ndarray,
-    patch_recs: np.ndarray,
-    zeroed: int,
+    records: np.ndarray,
 ) -> tuple[tuple[Site, ...], np.ndarray]:
     """Sites, and the record places that turned out to be no site."""
-    recorded = np.union1d(mcount_recs, patch_recs)
-    cand = np.union1d(calls, recorded)
+    if generation is Generation.MPROFILE or generation is None:
+        cols = _mprofile_columns(text, funcs, calls, records)
+    else:
+        cols = _entry_columns(image, text, funcs, generation, records)
+    unmatched = cols.record[(cols.record != 0) & ~cols.keep]
+    return _build_sites(image, text, funcs, generation, cols), unmatched
+
+
+def _mprofile_columns(text: _Text, funcs: Functions, calls: np.ndarray, records: np.ndarray) -> _Columns:
+    """mprofile: the record is the call slot; A is the word before it, or two before with gcc 5's
+    ``std r0,16(r1)`` between (the call slot at LEP + 8)."""
+    cand = np.union1d(calls, records)
     k, i = text.locate(cand)
     is_call = np.isin(cand, calls)
-    is_rec = np.isin(cand, recorded)
-    is_patch = np.isin(cand, patch_recs)
     b_word = text.words_at(k, i)
     mid = text.words_at(k, i - 1)
     a2 = text.words_at(k, i - 2)
     fi = funcs.containing(cand)
     lep = funcs.lep_of(fi)
-    # gcc 5 puts the call slot at LEP + 8 with `std r0,16(r1)` (or the nop ftrace_init_nop
-    # leaves) between; without a function to anchor it, the std word itself decides.
+    # Without a function to anchor it, the std word itself decides; `nop` there is what a 6.13+
+    # ftrace_init_nop leaves of gcc 5's std.
     mid_std = (mid == ppc.STD_R0_16_R1) | (mid == ppc.NOP)
-    std_variant = np.where(fi >= 0, (cand - lep == 8) & mid_std, mid == ppc.STD_R0_16_R1) & ~is_patch
+    std_variant = np.where(fi >= 0, (cand - lep == 8) & mid_std, mid == ppc.STD_R0_16_R1)
     a_word = np.where(std_variant, a2, mid)
     inside = (k >= 0) & (i >= np.where(std_variant, 2, 1))
-    state = _STATE_TABLE[_kinds(a_word, np.zeros(len(cand), bool)), _kinds(b_word, is_call)]
+    state = _TWO_SLOT_TABLE[_kinds(a_word, np.zeros(len(cand), bool)), _kinds(b_word, is_call)]
     keep = inside & (is_call | (state != _UNKNOWN))
-    unmatched = cand[is_rec & ~keep]
-    variants = np.where(is_patch, 2, np.where(std_variant, 1, 0))
-    return _build_sites(image, text, funcs, cand, k, i, keep, is_call, is_rec, state, variants, fi, b_word), unmatched
+    record = np.where(np.isin(cand, records), cand, np.uint64(0))
+    variant = np.where(std_variant, 1, 0)
+    return _Columns(cand, k, i, b_word, is_call, record, state, variant, keep, fi)
 
 
-_VARIANTS = (Variant.MPROFILE, Variant.MPROFILE_STD, Variant.PATCHABLE)
+def _entry_columns(
+    image: Image, text: _Text, funcs: Functions, generation: Generation, records: np.ndarray
+) -> _Columns:
+    """patchable and ool: the record names the site's first word; the call slot is where the
+    layout says. A ``bl`` in a patchable call slot counts as a call when it reaches the tracer;
+    a ``b`` in an ool one when it reaches a stub area."""
+    lay = LAYOUTS[Variant.PATCHABLE if generation is Generation.PATCHABLE else Variant.OOL]
+    record = np.unique(records)
+    cand = shift(record, -lay.record_offset)
+    k, i = text.locate(cand)
+    b_word = text.words_at(k, i)
+    targets = ppc.branch_targets(cand, b_word)
+    zeros = np.zeros(len(cand), bool)
+    if generation is Generation.PATCHABLE:
+        is_call = ppc.bl_mask(b_word) & np.isin(targets, np.array(_symbol_addrs(image, TRACER_NAMES), np.uint64))
+        a_word = text.words_at(k, i - 1)
+        state = _TWO_SLOT_TABLE[_kinds(a_word, zeros), _kinds(b_word, is_call)]
+        inside = (k >= 0) & (i >= 1)
+        variant = np.full(len(cand), 2)
+    else:
+        is_call = zeros
+        state = _ONE_SLOT_TABLE[_kinds(b_word, zeros, _in_stub_areas(image, targets))]
+        inside = k >= 0
+        variant = np.full(len(cand), 3)
+    keep = inside & (state != _UNKNOWN)
+    return _Columns(cand, k, i, b_word, is_call, record, state, variant, keep, funcs.containing(cand))
+
+
+def _in_stub_areas(image: Image, targets: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(targets), bool)
+    for area in _area_symbols(image):
+        out |= (targets >= area[1]) & (targets < area[1] + area[2])
+    return out
 
 
 def _build_sites(
-    image: Image,
-    text: _Text,
-    funcs: Functions,
-    cand: np.ndarray,
-    k: np.ndarray,
-    i: np.ndarray,
-    keep: np.ndarray,
-    is_call: np.ndarray,
-    is_rec: np.ndarray,
-    state: np.ndarray,
-    variants: np.ndarray,
-    fi: np.ndarray,
-    b_word: np.ndarray,
+    image: Image, text: _Text, funcs: Functions, generation: Generation | None, c: _Columns
 ) -> tuple[Site, ...]:
     syms = image.symbols
     linked = image.type != S.ET_REL
-    sel = np.flatnonzero(keep)
+    sel = np.flatnonzero(c.keep)
     # Everything per site is computed as whole columns first: indexing numpy scalars one at a
     # time in the loop below would cost more than the rest of the scan.
-    ks, offs, places, fis = k[sel].tolist(), (i[sel] * 4).tolist(), cand[sel].tolist(), fi[sel].tolist()
-    calls, recs = is_call[sel].tolist(), is_rec[sel].tolist()
-    states, vars_ = state[sel].tolist(), variants[sel].tolist()
-    targets = ppc.branch_targets(cand[sel], b_word[sel]).tolist()
+    ks, offs, places, fis = c.k[sel].tolist(), (c.i[sel] * 4).tolist(), c.cand[sel].tolist(), c.fi[sel].tolist()
+    calls, recs = c.is_call[sel].tolist(), c.record[sel].tolist()
+    states, vars_ = c.state[sel].tolist(), c.variant[sel].tolist()
+    targets = ppc.branch_targets(c.cand[sel], c.b_word[sel]).tolist()
     name_index = funcs.name_index.tolist()
+    weak_off = generation in (Generation.PATCHABLE, Generation.OOL) and len(funcs) > 0
     names: dict[int, str | None] = {}
     sites = []
     for n in range(len(sel)):
@@ -433,23 +747,129 @@ def _build_sites(
             name = names.get(ni)
             if name is None:
                 name = names[ni] = syms.name_at(ni)
-        place = places[n]
-        target = targets[n] if calls[n] and linked else None
+        variant = _VARIANTS[vars_[n]]
+        state = _STATES[states[n]]
+        record = recs[n] or None
+        boot = boot_state(variant, state, record is not None)
+        traceable = boot is not None and record is not None and not (weak_off and f < 0)
         sites.append(
             Site(
                 sec.name,
                 sec.index,
                 offs[n],
-                place if linked else None,
+                places[n] if linked else None,
                 name,
-                _VARIANTS[vars_[n]],
-                _STATES[states[n]],
-                recs[n],
-                target,
+                variant,
+                state,
+                record is not None,
+                targets[n] if calls[n] and linked else None,
                 sec.offset + offs[n],
+                places[n],
+                record,
+                boot,
+                traceable,
+                ".stubs" if variant is Variant.OOL and not linked and record is not None else None,
             )
         )
     return tuple(sites)
+
+
+def boot_state(variant: Variant, state: SiteState, recorded: bool) -> SiteState | None:
+    """What the kernel's boot-time init leaves: an unrecorded site untouched; a recorded one in its
+    layout's ``booted`` state if it holds the ``built`` words, else None (ftrace_init_nop refuses
+    it: ``expected (...) != found (...)``, ``ftrace bug``, ftrace off for the boot)."""
+    if not recorded:
+        return state
+    lay = LAYOUTS[variant]
+    return lay.booted if state is lay.built else None
+
+
+# -- ool stubs ------------------------------------------------------------------------------
+
+
+def _area_symbols(image: Image) -> list[tuple[str, int, int, int | None]]:
+    """(name, address, size, count word) of each ool stub area the image defines."""
+    syms = image.symbols
+    if syms is None:
+        return []
+    out = []
+    for name in OOL_AREAS:
+        hit = syms.find(name)
+        if not len(hit):
+            continue
+        row = syms.table[hit[0]]
+        count_hit = syms.find(name + "_count")
+        count = None
+        if len(count_hit):
+            off = image.offset_of(int(syms.table["st_value"][count_hit[0]]))
+            count = int.from_bytes(image.data[off : off + 4], image.byteorder)
+        out.append((name, int(row["st_value"]), int(row["st_size"]), count))
+    return out
+
+
+def _with_stubs(image: Image, sites: tuple[Site, ...]) -> tuple[tuple[StubArea, ...], tuple[Site, ...]]:
+    """Simulate ftrace_init_ool_stub() (arch/powerpc/kernel/trace/ftrace.c, 7.2) over the records
+    in the order the kernel sorts them: .init.text records take ``ftrace_ool_stub_inittext`` in
+    turn; .text records take ``ftrace_ool_stub_text`` while it has stubs left and the next one is
+    in branch range, then ``ftrace_ool_stub_text_end``. A record past an area's count (WARN_ON,
+    -EINVAL) or out of range of its stub makes ftrace_bug() turn ftrace off."""
+    areas = {name: (addr, size, count) for name, addr, size, count in _area_symbols(image)}
+    bounds = _kernel_text(image) or []
+    init = bounds[1] if len(bounds) > 1 else (0, 0)
+    used = dict.fromkeys(areas, 0)
+    need = dict.fromkeys(areas, 0)
+    stub_of: dict[int, tuple[str, int | None]] = {}
+    for site in sorted((s for s in sites if s.recorded and s.addr is not None), key=lambda s: s.addr or 0):
+        ip = site.addr or 0
+        name = _area_for(ip, init, areas, used)
+        if name is None:
+            continue
+        addr, size, count = areas[name]
+        stub_size = size // count if count else 0
+        index = used[name]
+        used[name] += 1
+        stub = addr + index * stub_size if stub_size else None
+        ok = count is not None and index < count and stub is not None and _stub_in_range(ip, stub, stub_size)
+        if not ok:
+            need[name] += 1
+            stub = None
+        stub_of[ip] = (name, None if stub is None else stub + stub_size - 16)
+    out = tuple(
+        StubArea(n, a, c or 0, s // c if c else 0, min(used[n], c or 0), need[n]) for n, (a, s, c) in areas.items()
+    )
+    new = tuple(
+        s._replace(stub=stub_of[s.addr][0], call_target=stub_of[s.addr][1]) if s.addr in stub_of else s for s in sites
+    )
+    return out, new
+
+
+def _area_for(
+    ip: int, init: tuple[int, int], areas: dict[str, tuple[int, int, int | None]], used: dict[str, int]
+) -> str | None:
+    if init[0] <= ip < init[1]:
+        return "ftrace_ool_stub_inittext" if "ftrace_ool_stub_inittext" in areas else None
+    text = areas.get("ftrace_ool_stub_text")
+    if text is not None:
+        addr, size, count = text
+        stub_size = size // count if count else 0
+        index = used["ftrace_ool_stub_text"]
+        if count and index < count and ppc.in_branch_range(ip - (addr + index * stub_size)):
+            return "ftrace_ool_stub_text"
+    return "ftrace_ool_stub_text_end" if "ftrace_ool_stub_text_end" in areas else None
+
+
+def _stub_in_range(ip: int, stub: int, stub_size: int) -> bool:
+    """rec->ip reaches insn[0] with ``b``, and insn[3] reaches rec->ip + 4 back."""
+    insn0 = stub + stub_size - 16
+    return ppc.in_branch_range(ip - insn0) and ppc.in_branch_range(ip + 4 - (insn0 + 12))
+
+
+# -- places ---------------------------------------------------------------------------------
+
+
+def shift(places: np.ndarray, delta: int) -> np.ndarray:
+    """``places + delta`` for a signed ``delta``, in uint64 (wrapping like the hardware)."""
+    return places.astype(np.uint64) + np.uint64(delta % (1 << 64))
 
 
 def _section_base(image: Image, sec: Section) -> int:
@@ -463,6 +883,11 @@ def _record_place(image: Image, place: int) -> RecordPlace:
     shndx, off = split_place(place)
     name = image.sections[shndx].name if 0 <= shndx < len(image.sections) else f"section{shndx}"
     return RecordPlace(name, off, None)
+
+
+def place_text(image: Image, place: int) -> str:
+    """A place as users read it: ``0xc000...`` (linked) or ``.text+0x10`` (relocatable)."""
+    return _record_place(image, place).text
 
 
 # -- summaries ------------------------------------------------------------------------------

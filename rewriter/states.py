@@ -1,24 +1,26 @@
-"""Per-site states of an ftrace call site, and the word kinds its slots hold.
+"""Per-site states of an ftrace call site, the word kinds its slots hold, and the legal writes.
 
-A site is the short instruction sequence at a function's entry that ftrace patches:
+A site is the short instruction sequence at a function's entry that ftrace patches. Where its
+slots lie in each generation, and which states each layout has, is the generation table in
+``rewriter.generations``; this module is the state machine those layouts share:
 
-* ``mprofile``      (gcc >= 6, ``-pg -mprofile-kernel``):   A: ``mflr r0``; B: ``bl _mcount``
-* ``mprofile-std``  (gcc 5):  A: ``mflr r0``; S: ``std r0,16(r1)``; B: ``bl _mcount``
-* ``patchable``     (``-fpatchable-function-entry=2``, kernel 6.6+): A: ``nop``; B: ``nop`` as
-  compiled; the kernel's ``ftrace_init_nop`` turns A into ``mflr r0`` and enabling puts ``bl`` in B.
+* the mflr-in-line layouts (mprofile, gcc 5's mprofile-std, patchable): slot A holds ``mflr r0``
+  or a stand-in, slot B the call; the state is read from (A, B) and :data:`TRANSITIONS` lists every
+  legal single-word write;
+* the out-of-line layout (ool, 6.13+): one slot B at the function entry, ``nop`` or ``b stub``;
+  :data:`OOL_TRANSITIONS`. The stub's ``mflr r0; bl ftrace_caller`` is written once at boot, so no
+  write ever leaves a task with r0 not holding LR before a ``bl``: no barrier is needed.
 
-The state of a site is a function of what its A (mflr) and B (call) slots hold; see
-:data:`STATE_SLOTS`.  :data:`TRANSITIONS` lists every legal single-word write between states and
-:data:`VARIANT_STATES` which states each variant may take.  Pure logic: no file I/O.
+Pure logic: no file I/O.
 
-Why ``b +8`` only guards the two-slot ``mprofile`` layout
------------------------------------------------------------
-``b .+8`` in slot A jumps 8 bytes forward.  In ``mprofile`` (A at ``ip-4``, B at ``ip``) that lands
-past B, so a site reading ``b+8; bl`` (``armed``) never calls with a stale r0.  In ``mprofile-std``
-A is at ``ip-8`` and S at ``ip-4``: the jump lands *on* B.  ``b+8; std; bl`` would run ``bl _mcount``
-with r0 not holding LR, i.e. ``broken`` in disguise, so ``guarded``/``armed`` are not states of a
-gcc-5 site and the ``b8`` route does not exist for it (``rewriter.check`` confirms this: the built-in
-``b8-enable-gcc5`` is UNSAFE).
+Why ``b +8`` only guards the two-slot layouts
+---------------------------------------------
+``b .+8`` in slot A jumps 8 bytes forward.  With A at ``ip-4`` and B at ``ip`` (mprofile,
+patchable) that lands past B, so a site reading ``b+8; bl`` (``armed``) never calls with a stale r0.
+In ``mprofile-std`` A is at ``ip-8`` and S at ``ip-4``: the jump lands *on* B.  ``b+8; std; bl``
+would run ``bl _mcount`` with r0 not holding LR, i.e. ``broken`` in disguise, so ``guarded``/``armed``
+are not states of a gcc-5 site and the ``b8`` route does not exist for it (``rewriter.check``
+confirms this: the built-in ``b8-enable-gcc5`` is UNSAFE).
 
 The gcc-5 ``std`` slot (S)
 --------------------------
@@ -36,13 +38,11 @@ the stale-r0 race, and a site's state is read from A and B alone.  What the kern
 
 Either kernel's ``ftrace_init_nop`` expects ``std`` at ``ip-4`` when it first sees a gcc-5 site, so
 mcountrw plans never write S; a plan read from JSON may (``std <-> nop``, see :data:`S_WRITES`), and
-the model checker executes whatever S holds.  Legal orders for gcc-5 sites are therefore those of
-``mprofile`` restricted to ``enabled``/``disabled``/``nopped``, with one more preemption point (at
-S) between A and B, which the checker explores.
+the model checker executes whatever S holds.
 
-``patchable`` follows the kernel's 6.6+ scheme: compiled ``nop; nop``, ``ftrace_init_nop`` writes
-``mflr`` into A (``nopped -> disabled``) before the code can run, and enabling writes only B.
-The kernel has no ``b +8`` state for it, so neither does mcountrw.
+``patchable`` is compiled ``nop; nop``; the kernel's ``ftrace_init_nop`` writes ``mflr`` into A
+(``nopped -> disabled``) before the code can run, and enables by writing only B.  Leaving A a nop
+and writing ``bl`` into B is the 2019 race unchanged, so the same routes apply.
 """
 
 from __future__ import annotations
@@ -53,13 +53,6 @@ from types import MappingProxyType
 from typing import Final, NamedTuple
 
 from rewriter import ppc
-from rewriter.errors import PlanRejected
-
-
-class Variant(enum.Enum):
-    MPROFILE = "mprofile"
-    MPROFILE_STD = "mprofile-std"
-    PATCHABLE = "patchable"
 
 
 class Slot(enum.Enum):
@@ -75,7 +68,10 @@ class Insn(enum.Enum):
     NOP = "nop"
     B8 = "b+8"  # b .+8: jump over the call slot
     STD = "std"  # std r0,16(r1)
-    CALL = "bl"  # bl to the mcount entry (or a stub that leads to it)
+    CALL = "bl"  # bl to the tracer: _mcount, ftrace_caller, or a stub or trampoline that leads there
+    STUB = "b stub"  # ool: b to this site's out-of-line stub
+    MTLR = "mtlr"  # mtlr r0 (ool stub only)
+    BACK = "b ip+4"  # the ool stub's branch back to the function (ool stub only)
     OTHER = "other"
 
 
@@ -89,22 +85,10 @@ class SiteState(enum.Enum):
     UNKNOWN = "unknown"  # the slots hold something else
 
 
-STATE_SLOTS: Final[Mapping[SiteState, tuple[Insn, Insn]]] = {
-    SiteState.ENABLED: (Insn.MFLR, Insn.CALL),
-    SiteState.DISABLED: (Insn.MFLR, Insn.NOP),
-    SiteState.NOPPED: (Insn.NOP, Insn.NOP),
-    SiteState.GUARDED: (Insn.B8, Insn.NOP),
-    SiteState.ARMED: (Insn.B8, Insn.CALL),
-    SiteState.BROKEN: (Insn.NOP, Insn.CALL),
-}
-"""(A, B) per state. The std slot of ``mprofile-std`` sites does not enter the state."""
-
-_STATE_OF: Final[Mapping[tuple[Insn, Insn], SiteState]] = {v: k for k, v in STATE_SLOTS.items()}
-
-
-def insn_kind(word: int, calls_mcount: bool) -> Insn:
-    """Classify one slot word. ``calls_mcount`` says whether a ``bl`` here reaches the mcount entry
-    (decided by the caller: by target address in linked images, by relocation in ET_REL)."""
+def insn_kind(word: int, calls_tracer: bool, to_stub: bool = False) -> Insn:
+    """Classify one slot word. ``calls_tracer`` says whether a ``bl`` here reaches the tracer
+    entry, ``to_stub`` whether a ``b`` here reaches the site's ool stub (decided by the caller: by
+    target address in linked images, by relocation in ET_REL)."""
     if word == ppc.MFLR_R0:
         return Insn.MFLR
     if word == ppc.NOP:
@@ -113,47 +97,24 @@ def insn_kind(word: int, calls_mcount: bool) -> Insn:
         return Insn.B8
     if word == ppc.STD_R0_16_R1:
         return Insn.STD
-    if ppc.is_bl(word) and calls_mcount:
+    if ppc.is_bl(word) and calls_tracer:
         return Insn.CALL
+    if ppc.is_b(word) and to_stub:
+        return Insn.STUB
     return Insn.OTHER
 
 
-def state_of(a: Insn, b: Insn) -> SiteState:
-    """The state named by the A and B slots, or ``UNKNOWN``."""
-    return _STATE_OF.get((a, b), SiteState.UNKNOWN)
-
-
 def word_for(insn: Insn, addr: int, call_target: int) -> int:
-    """The word to write for ``insn`` at ``addr``; a call is re-encoded for this address."""
+    """The word to write for ``insn`` at ``addr``; a call (``bl``) or ``b stub`` is re-encoded for
+    this address and ``call_target`` (the tracer entry, or the site's stub)."""
     if insn is Insn.CALL:
         return ppc.bl(addr, call_target)
+    if insn is Insn.STUB:
+        return ppc.b(addr, call_target)
     words = {Insn.MFLR: ppc.MFLR_R0, Insn.NOP: ppc.NOP, Insn.B8: ppc.B_PLUS_8, Insn.STD: ppc.STD_R0_16_R1}
     if insn not in words:
         raise ValueError(f"no word encodes {insn.value}")
     return words[insn]
-
-
-SLOTS: Final[Mapping[Variant, tuple[Slot, ...]]] = MappingProxyType(
-    {
-        Variant.MPROFILE: (Slot.A, Slot.B),  # A at ip-4, B at ip
-        Variant.MPROFILE_STD: (Slot.A, Slot.S, Slot.B),  # A at ip-8, S at ip-4, B at ip
-        Variant.PATCHABLE: (Slot.A, Slot.B),  # A at ip-4, B at ip
-    }
-)
-"""The slots of a site in address order, 4 bytes apart.  ``b .+8`` in A lands two slots on."""
-
-VARIANT_STATES: Final[Mapping[Variant, frozenset[SiteState]]] = MappingProxyType(
-    {
-        Variant.MPROFILE: frozenset(
-            {SiteState.ENABLED, SiteState.DISABLED, SiteState.NOPPED, SiteState.GUARDED, SiteState.ARMED}
-        ),
-        # b+8 at ip-8 lands on the bl: see the module docstring.
-        Variant.MPROFILE_STD: frozenset({SiteState.ENABLED, SiteState.DISABLED, SiteState.NOPPED}),
-        # the kernel's 6.6+ patchable-entry scheme: nops -> mflr+nop -> mflr+bl.
-        Variant.PATCHABLE: frozenset({SiteState.ENABLED, SiteState.DISABLED, SiteState.NOPPED}),
-    }
-)
-"""The states a site of each variant may be planned into.  ``broken`` is never one of them."""
 
 
 class Step(NamedTuple):
@@ -204,53 +165,19 @@ TRANSITIONS: Final[Mapping[tuple[SiteState, SiteState], Step]] = MappingProxyTyp
 Missing on purpose: any write *into* ``broken`` (``nopped -> broken``, ``enabled -> broken``,
 ``armed -> broken``), and two-word changes.  Rows out of ``broken`` exist for offline repair only:
 at run time a broken site may already be crashing a CPU, and no plan can undo that.
-Restrict to a variant with :func:`step_for` / :func:`steps_from`.
+Restrict to a variant with ``generations.step_for`` / ``generations.steps_from``.
 """
+
+OOL_TRANSITIONS: Final[Mapping[tuple[SiteState, SiteState], Step]] = MappingProxyType(
+    {
+        # The entry word alone: nop <-> b stub. The stub (mflr r0; bl ftrace_caller; mtlr r0;
+        # b ip+4) is never written by a plan, so a task that took the old `b stub` still runs
+        # mflr before its bl, and one that ran the old nop never reaches a bl: no barrier.
+        (SiteState.DISABLED, SiteState.ENABLED): Step(Slot.B, Insn.NOP, Insn.STUB, False, False),
+        (SiteState.ENABLED, SiteState.DISABLED): Step(Slot.B, Insn.STUB, Insn.NOP, False, False),
+    }
+)
+"""``(from, to) -> Step`` for the ool layout."""
 
 S_WRITES: Final[frozenset[tuple[Insn, Insn]]] = frozenset({(Insn.STD, Insn.NOP), (Insn.NOP, Insn.STD)})
 """The writes a plan may make to the gcc-5 S slot; neither changes r0 or the control flow."""
-
-
-_WHY_NOT_A_STATE: Final[Mapping[Variant, str]] = MappingProxyType(
-    {
-        Variant.MPROFILE: "",
-        Variant.MPROFILE_STD: "`b +8` in slot A (ip-8) lands on the bl at ip, so it guards nothing",
-        Variant.PATCHABLE: "the kernel's patchable-entry scheme has no `b +8` state",
-    }
-)
-
-
-def state_rejection(variant: Variant, state: SiteState) -> str | None:
-    """Why ``state`` cannot be planned for a ``variant`` site, or None if it can.
-
-    ``broken`` passes here (a site may be found broken and repaired offline); refusing it as a
-    target, or as a starting point at run time, is the planner's job.
-    """
-    if state is SiteState.UNKNOWN:
-        return f"{variant.value}: a site in state unknown (its slots hold other words) cannot be planned"
-    if state in VARIANT_STATES[variant] or state is SiteState.BROKEN:
-        return None
-    return f"{variant.value}: {state.value} is not a state of this variant: {_WHY_NOT_A_STATE[variant]}"
-
-
-def step_for(variant: Variant, src: SiteState, dst: SiteState) -> Step:
-    """The single write from ``src`` to ``dst`` for ``variant``; raises :class:`PlanRejected` with why not."""
-    for state in (src, dst):
-        reason = state_rejection(variant, state)
-        if reason is not None:
-            raise PlanRejected(reason)
-    if dst is SiteState.BROKEN:
-        raise PlanRejected(f"{variant.value}: {src.value} -> broken would run bl with r0 not holding LR")
-    step = TRANSITIONS.get((src, dst))
-    if step is None:
-        raise PlanRejected(f"{variant.value}: {src.value} -> {dst.value} is not one aligned 4-byte write")
-    return step
-
-
-def steps_from(variant: Variant, src: SiteState) -> dict[SiteState, Step]:
-    """The legal single writes out of ``src`` for ``variant``, keyed by the state they lead to."""
-    return {
-        dst: step
-        for (frm, dst), step in TRANSITIONS.items()
-        if frm is src and state_rejection(variant, frm) is None and dst in VARIANT_STATES[variant]
-    }

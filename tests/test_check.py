@@ -7,7 +7,8 @@ import pytest
 from rewriter.check import BUILTINS, Violation, check, check_all, hand_plan, render_trace
 from rewriter.errors import PlanRejected
 from rewriter.plan import Barrier, Cmodx, Plan, Route, SiteRequest, Write, plan
-from rewriter.states import VARIANT_STATES, Insn, SiteState, Slot, Variant
+from tests_compat import VARIANT_STATES, Variant
+from rewriter.states import Insn, SiteState, Slot
 
 M, STD, PATCH = Variant.MPROFILE, Variant.MPROFILE_STD, Variant.PATCHABLE
 E, D, N = SiteState.ENABLED, SiteState.DISABLED, SiteState.NOPPED

@@ -19,7 +19,8 @@ from rewriter import flow
 from rewriter.elf.image import Image
 from rewriter.elf.symbols import Functions
 from rewriter.sites import Site, scan
-from rewriter.states import SiteState, Variant
+from rewriter.generations import Variant
+from rewriter.states import SiteState
 
 TABLE = flow.build_table()
 
@@ -192,7 +193,10 @@ def _verdict(
         fix[int(i)] = int(f)
     code = flow.build_code(TABLE, layout, np.concatenate([words, mwords]), funcs, [MCOUNT], fix)
     slot = labels["site"]
-    site = Site(".text", 1, slot - BASE, slot, "f", variant, SiteState.ENABLED, True, MCOUNT, slot - BASE)
+    site = Site(
+        ".text", 1, slot - BASE, slot, "f", variant, SiteState.ENABLED, True, MCOUNT, slot - BASE,
+        slot, slot, SiteState.DISABLED, True, None,
+    )  # fmt: skip
     return flow.safety(code, [site])[0]
 
 

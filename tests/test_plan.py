@@ -17,16 +17,8 @@ from hypothesis import strategies as st
 from rewriter.check import check
 from rewriter.errors import PlanRejected
 from rewriter.plan import Barrier, Cmodx, Plan, Route, SiteRequest, Write, plan, render_text
-from rewriter.states import (
-    STATE_SLOTS,
-    VARIANT_STATES,
-    Insn,
-    SiteState,
-    Slot,
-    Variant,
-    state_of,
-    steps_from,
-)
+from tests_compat import STATE_SLOTS, VARIANT_STATES, Variant, state_of, steps_from
+from rewriter.states import Insn, SiteState, Slot
 
 M, STD, PATCH = Variant.MPROFILE, Variant.MPROFILE_STD, Variant.PATCHABLE
 E, D, N, G, ARMED, X = (

@@ -96,13 +96,8 @@ def test_vectorised_branch_targets_match_scalar() -> None:
 
 
 def test_describe_names_site_words() -> None:
-    assert [ppc.describe(w) for w in (ppc.NOP, ppc.MFLR_R0, ppc.B_PLUS_8, ppc.bl(0, 64), 0x7C0803A6)] == [
-        "nop",
-        "mflr",
-        "b+8",
-        "bl",
-        "other",
-    ]
+    words = (ppc.NOP, ppc.MFLR_R0, ppc.B_PLUS_8, ppc.bl(0, 64), ppc.MTLR_R0, 0x3860_0000)
+    assert [ppc.describe(w) for w in words] == ["nop", "mflr", "b+8", "bl", "mtlr", "other"]
 
 
 def test_disassembler_prints_both_endians() -> None:

@@ -10,7 +10,8 @@ from collections import Counter
 from rewriter.batch import expand, scan_many
 from rewriter.elf.image import Image
 from rewriter.sites import scan
-from rewriter.states import SiteState, Variant
+from rewriter.generations import Variant
+from rewriter.states import SiteState
 
 
 def _vmlinux_records(path) -> set[int]:

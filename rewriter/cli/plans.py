@@ -35,8 +35,9 @@ def plan_cmd(
     Exit 1 with the reason when no legal route exists (e.g. a runtime enable of a nopped mflr
     under --cmodx 3.0)."""
     from rewriter.errors import PlanRejected
+    from rewriter.generations import Variant
     from rewriter.plan import Cmodx, Route, SiteRequest, plan, render_text
-    from rewriter.states import SiteState, Variant
+    from rewriter.states import SiteState
 
     if fmt not in ("text", "json"):
         fail(f"--format: {fmt!r} is not text or json")

@@ -106,7 +106,7 @@ def _site_rows(images: Sequence[ImageAudit]) -> list[list[str]]:
             rows.append(
                 [
                     name,
-                    s.place,
+                    s.place_text,
                     s.section,
                     s.function or "",
                     s.variant.value,

@@ -113,7 +113,7 @@ def _image(img: ImageAudit) -> list[str]:
         out += ["", "#### Sites not proven safe", ""]
         for sa in open_sites[:MAX_SHOWN]:
             why = sa.safety.why.value if sa.safety.why else ""
-            out.append(f"- **{sa.safety.verdict.value}** {sa.site.place} ({sa.site.function or '?'}): {why}")
+            out.append(f"- **{sa.safety.verdict.value}** {sa.site.place_text} ({sa.site.function or '?'}): {why}")
             out += _code(sa.evidence)
         if len(open_sites) > MAX_SHOWN:
             out.append(f"- ... {len(open_sites) - MAX_SHOWN} more")
@@ -167,8 +167,8 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
             f"their function); records {d.records[0]} -> {d.records[1]}.",
         ]
         rows = [
-            (c.change.value, c.function or "?", c.before.place if c.before else "", c.after.place if c.after else "",
-             c.detail)
+            (c.change.value, c.function or "?", c.before.place_text if c.before else "",
+             c.after.place_text if c.after else "", c.detail)
             for c in d.changes[:limit]
         ]  # fmt: skip
         if rows:

@@ -123,7 +123,7 @@ def table_lines(result: Scan, limit: int | None) -> list[str]:
     shown = result.sites if limit is None else result.sites[:limit]
     for site in shown:
         lines.append(
-            f"  {site.place:>20}  {site.section:<12} {site.variant.value:<12} {site.state.value:<9}"
+            f"  {site.place_text:>20}  {site.section:<12} {site.variant.value:<12} {site.state.value:<9}"
             f" {'rec' if site.recorded else 'UNREC':<5} {site.function or '?'}"
         )
     if len(shown) < len(result.sites):

@@ -1,0 +1,218 @@
+"""The three generations of ppc64 ftrace call sites, and the one table of their layouts.
+
+Every fact about where a site's words lie, what the compiler leaves there, what the kernel's
+boot-time ``ftrace_init_nop()`` checks and writes, and which words tracing toggles, is a row of
+:data:`LAYOUTS`. Every other module asks this table; none spells out an offset of its own.
+
+==========  =========================  ====================  ==================  ==================
+variant     slots (from the call slot)  record points at      built (in a file)   after boot init
+==========  =========================  ====================  ==================  ==================
+mprofile    A -4, B 0                   B (the ``bl``)        mflr; bl _mcount    mflr; nop
+mprof-std   A -8, S -4, B 0             B (the ``bl``)        mflr; std; bl       mflr; std; nop
+patchable   A -4, B 0                   A (the first nop)     nop; nop            mflr; nop
+ool         B 0                         B (the one nop)       nop                 nop (+ its stub)
+==========  =========================  ====================  ==================  ==================
+
+Sources (Debian's linux-source of each corpus kernel):
+
+* **mprofile** (<= 6.5, ``-pg -mprofile-kernel``): recordmcount records the ``bl _mcount``;
+  ``ftrace_call_adjust()`` returns the address unchanged; the generic ``ftrace_init_nop`` calls
+  ``ftrace_make_nop``, which compares the exact ``bl _mcount`` and writes ``nop``. Enabling writes
+  ``bl ftrace_caller`` (or a trampoline) into B; ``mflr r0`` in A is never patched.
+* **patchable** (6.6-6.12, ``-fpatchable-function-entry=2``): the compiler's
+  ``__patchable_function_entries`` name the *first* nop; ``ftrace_call_adjust()`` adds 4, so the
+  kernel's ``rec->ip`` is B. ``ftrace_init_nop`` checks that A and B are both ``nop`` and writes
+  ``mflr r0`` into A for good; enabling writes only B.
+* **ool** (6.13+, ``CONFIG_PPC_FTRACE_OUT_OF_LINE``, ``-fpatchable-function-entry=1``): one nop
+  at the local entry, recorded as is. ``ftrace_init_nop`` checks only that it is ``nop`` and fills
+  an out-of-line stub ``mflr r0; bl ftrace_caller; mtlr r0; b ip+4`` (``ftrace_init_ool_stub``,
+  no check of the stub's old words); enabling turns the entry into ``b stub``.
+
+In all three the kernel's boot-time check accepts exactly the *built* words at a recorded place
+(anything else: ``expected (...) != found (...)``, ``ftrace bug``, ftrace off for the boot), and
+every recorded site that passes leaves init *disabled*: traceable, not traced.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+from rewriter.errors import PlanRejected
+from rewriter.states import OOL_TRANSITIONS, TRANSITIONS, Insn, SiteState, Slot, Step
+
+
+class Generation(enum.Enum):
+    """How a kernel build lays out its ftrace sites; one per image."""
+
+    MPROFILE = "mprofile"  # <= 6.5: mflr r0; bl _mcount
+    PATCHABLE = "patchable"  # 6.6-6.12: nop; nop
+    OOL = "ool"  # 6.13+: nop, and an out-of-line stub
+
+
+class Variant(enum.Enum):
+    """A site's layout: the generation, refined by the compiler's sequence (gcc 5's ``std``)."""
+
+    MPROFILE = "mprofile"
+    MPROFILE_STD = "mprofile-std"
+    PATCHABLE = "patchable"
+    OOL = "ool"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One row of the generation table.
+
+    ``offsets`` gives each of ``slots`` as a byte distance from the call slot B (the word that
+    becomes the branch to the tracer; the site's address). ``record_offset`` is where the kernel's
+    record points, from B. ``state_slots`` are the slots whose words name the state
+    (``states``: words of ``state_slots`` per state); ``S`` never does. ``built`` is what the
+    compiler leaves and the only state ftrace_init_nop accepts at a recorded site; ``booted`` what
+    it leaves there. ``stub`` is the out-of-line stub that ``b stub`` enters (ool only), written
+    once at boot and never patched again.
+    """
+
+    variant: Variant
+    generation: Generation
+    slots: tuple[Slot, ...]
+    offsets: tuple[int, ...]
+    record_offset: int
+    state_slots: tuple[Slot, ...]
+    states: Mapping[SiteState, tuple[Insn, ...]]
+    transitions: Mapping[tuple[SiteState, SiteState], Step]
+    built: SiteState
+    booted: SiteState
+    stub: tuple[Insn, ...] = ()
+    no_b8: str = ""  # why `guarded`/`armed` are not states of this variant ("" if they are)
+
+    def offset(self, slot: Slot) -> int | None:
+        """Byte distance from the call slot to ``slot``; None if this layout has no such slot."""
+        return self.offsets[self.slots.index(slot)] if slot in self.slots else None
+
+    @property
+    def first_offset(self) -> int:
+        """Distance from the call slot back to the site's first word."""
+        return self.offsets[0]
+
+    def state_of(self, words: tuple[Insn, ...]) -> SiteState:
+        """The state named by the words of ``state_slots``, or ``UNKNOWN``."""
+        return _STATE_OF[self.variant].get(words, SiteState.UNKNOWN)
+
+
+TWO_SLOT_STATES: Final[Mapping[SiteState, tuple[Insn, ...]]] = MappingProxyType(
+    {
+        SiteState.ENABLED: (Insn.MFLR, Insn.CALL),
+        SiteState.DISABLED: (Insn.MFLR, Insn.NOP),
+        SiteState.NOPPED: (Insn.NOP, Insn.NOP),
+        SiteState.GUARDED: (Insn.B8, Insn.NOP),
+        SiteState.ARMED: (Insn.B8, Insn.CALL),
+        SiteState.BROKEN: (Insn.NOP, Insn.CALL),
+    }
+)
+"""(A, B) per state, for the mflr-in-line layouts (mprofile, gcc 5's, patchable)."""
+
+OOL_STATES: Final[Mapping[SiteState, tuple[Insn, ...]]] = MappingProxyType(
+    {SiteState.DISABLED: (Insn.NOP,), SiteState.ENABLED: (Insn.STUB,)}
+)
+"""(B,) per state: the entry word alone; the stub's ``mflr`` runs just before its ``bl``."""
+
+_ALL_TWO_SLOT: Final = frozenset(TWO_SLOT_STATES) - {SiteState.BROKEN}
+_NO_B8: Final = _ALL_TWO_SLOT - {SiteState.GUARDED, SiteState.ARMED}
+_AB: Final = (Slot.A, Slot.B)
+
+LAYOUTS: Final[Mapping[Variant, Layout]] = MappingProxyType(
+    {
+        Variant.MPROFILE: Layout(
+            Variant.MPROFILE, Generation.MPROFILE, _AB, (-4, 0), 0, _AB,
+            MappingProxyType({s: TWO_SLOT_STATES[s] for s in _ALL_TWO_SLOT}), TRANSITIONS,
+            built=SiteState.ENABLED, booted=SiteState.DISABLED,
+        ),
+        Variant.MPROFILE_STD: Layout(
+            Variant.MPROFILE_STD, Generation.MPROFILE, (Slot.A, Slot.S, Slot.B), (-8, -4, 0), 0, _AB,
+            MappingProxyType({s: TWO_SLOT_STATES[s] for s in _NO_B8}), TRANSITIONS,
+            built=SiteState.ENABLED, booted=SiteState.DISABLED,
+            no_b8="`b +8` in slot A (ip-8) lands on the bl at ip, so it guards nothing",
+        ),
+        Variant.PATCHABLE: Layout(
+            Variant.PATCHABLE, Generation.PATCHABLE, _AB, (-4, 0), -4, _AB,
+            MappingProxyType({s: TWO_SLOT_STATES[s] for s in _ALL_TWO_SLOT}), TRANSITIONS,
+            built=SiteState.NOPPED, booted=SiteState.DISABLED,
+        ),
+        Variant.OOL: Layout(
+            Variant.OOL, Generation.OOL, (Slot.B,), (0,), 0, (Slot.B,),
+            OOL_STATES, OOL_TRANSITIONS,
+            built=SiteState.DISABLED, booted=SiteState.DISABLED,
+            stub=(Insn.MFLR, Insn.CALL, Insn.MTLR, Insn.BACK),
+            no_b8="the ool entry is one word: there is no mflr slot to guard",
+        ),
+    }
+)  # fmt: skip
+"""The generation table: one row per site layout."""
+
+_STATE_OF: Final[Mapping[Variant, Mapping[tuple[Insn, ...], SiteState]]] = MappingProxyType(
+    {
+        v: {**{w: s for s, w in (TWO_SLOT_STATES if len(lay.state_slots) == 2 else OOL_STATES).items()}}
+        for v, lay in LAYOUTS.items()
+    }
+)
+
+GENERATION_VARIANTS: Final[Mapping[Generation, tuple[Variant, ...]]] = MappingProxyType(
+    {
+        Generation.MPROFILE: (Variant.MPROFILE, Variant.MPROFILE_STD),
+        Generation.PATCHABLE: (Variant.PATCHABLE,),
+        Generation.OOL: (Variant.OOL,),
+    }
+)
+
+
+def layout(variant: Variant) -> Layout:
+    return LAYOUTS[variant]
+
+
+def default_variant(generation: Generation) -> Variant:
+    """The variant a generation's sites have unless the compiler says otherwise (gcc 5's std)."""
+    return GENERATION_VARIANTS[generation][0]
+
+
+# -- what may be planned ----------------------------------------------------------------------
+
+
+def state_rejection(variant: Variant, state: SiteState) -> str | None:
+    """Why ``state`` cannot be planned for a ``variant`` site, or None if it can.
+
+    ``broken`` passes here for the two-slot layouts (a site may be found broken and repaired
+    offline); refusing it as a target, or as a starting point at run time, is the planner's job.
+    """
+    lay = LAYOUTS[variant]
+    if state is SiteState.UNKNOWN:
+        return f"{variant.value}: a site in state unknown (its slots hold other words) cannot be planned"
+    if state in lay.states or (state is SiteState.BROKEN and len(lay.state_slots) == 2):
+        return None
+    if variant is Variant.OOL:
+        return f"ool: {state.value} is not a state of an ool site (nop is disabled, `b stub` enabled)"
+    return f"{variant.value}: {state.value} is not a state of this variant: {lay.no_b8}"
+
+
+def step_for(variant: Variant, src: SiteState, dst: SiteState) -> Step:
+    """The single write from ``src`` to ``dst`` for ``variant``; raises ``PlanRejected`` with why not."""
+    for state in (src, dst):
+        reason = state_rejection(variant, state)
+        if reason is not None:
+            raise PlanRejected(reason)
+    if dst is SiteState.BROKEN:
+        raise PlanRejected(f"{variant.value}: {src.value} -> broken would run bl with r0 not holding LR")
+    step = LAYOUTS[variant].transitions.get((src, dst))
+    if step is None:
+        raise PlanRejected(f"{variant.value}: {src.value} -> {dst.value} is not one aligned 4-byte write")
+    return step
+
+
+def steps_from(variant: Variant, src: SiteState) -> dict[SiteState, Step]:
+    """The legal single writes out of ``src`` for ``variant``, keyed by the state they lead to."""
+    lay = LAYOUTS[variant]
+    if state_rejection(variant, src) is not None:
+        return {}
+    return {dst: step for (frm, dst), step in lay.transitions.items() if frm is src and dst in lay.states}

@@ -6,6 +6,18 @@ repeat: vmlinux holds dozens of static functions called ``init_once``, so the n-
 in A pairs with the n-th in B). A site whose offset from its function's start changed has *moved*;
 one whose function merely sits elsewhere is only counted as *relocated*. Two trees are compared
 file by file, paired by their path below the tree's root.
+
+Functions are compared too, by name: those with sites only in B (*added*) or only in A
+(*removed*), those whose sites changed generation (6.1's ``mflr; bl _mcount`` to 6.12's
+``nop; nop``: the whole image, when the two builds are of different generations), and those that
+moved from one section to another (``.text`` <-> ``.init.text``: a function that became, or
+stopped being, ``__init``). A name held by functions in two sections (two static functions) has
+no one section, and is never counted as moved.
+
+Across generations a site's words, its variant and its offset from the function's start all
+change by construction (the layout is another), so sites paired across generations are compared
+by what the kernel's boot-time init makes of them (``boot_state``) and by their record, never by
+their words.
 """
 
 from __future__ import annotations
@@ -20,7 +32,11 @@ import numpy as np
 
 from rewriter.elf.image import Image
 from rewriter.errors import RewriteError
+from rewriter.generations import LAYOUTS, Generation
 from rewriter.sites import Scan, Site, scan
+from rewriter.states import SiteState
+
+Generations = tuple[Generation | None, Generation | None]  # overrides for A and B (None: detect)
 
 
 class Change(enum.Enum):
@@ -41,6 +57,23 @@ class SiteChange(NamedTuple):
     detail: str
 
 
+class FunctionChangeKind(enum.Enum):
+    ADDED = "added"  # sites in B only
+    REMOVED = "removed"  # sites in A only
+    GENERATION = "generation"  # its sites' generation differs
+    SECTION = "section"  # in one section in A, another in B
+
+
+class FunctionChange(NamedTuple):
+    """``before``/``after``: the generations (``generation``) or the sections (the others; None on
+    the side that has no such function; sections joined by ``,`` for a name held in several)."""
+
+    change: FunctionChangeKind
+    function: str
+    before: str | None
+    after: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class ImageDiff:
     a: Path
@@ -49,6 +82,16 @@ class ImageDiff:
     unchanged: int  # sites paired with no change
     relocated: int  # of those, sites whose function moved as a whole
     records: tuple[int, int]  # record count in A and in B
+    generations: Generations = (None, None)
+    functions: tuple[FunctionChange, ...] = ()
+    common_functions: int = 0  # names with sites in both
+
+    def function_counts(self) -> dict[str, int]:
+        """How many functions of each kind of change, every kind present (0 when none)."""
+        counts = {k.value: 0 for k in FunctionChangeKind}
+        for f in self.functions:
+            counts[f.change.value] += 1
+        return counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +103,7 @@ class Diff:
 
     @property
     def changed(self) -> bool:
-        return bool(self.only_a or self.only_b or any(d.changes for d in self.images))
+        return bool(self.only_a or self.only_b or any(d.changes or d.functions for d in self.images))
 
 
 class _Keyed(NamedTuple):
@@ -87,7 +130,16 @@ def _keyed(image: Image, result: Scan) -> dict[tuple[str, int], _Keyed]:
     return out
 
 
-def _pair(before: _Keyed, after: _Keyed) -> list[SiteChange]:
+def _generation(site: Site) -> Generation:
+    return LAYOUTS[site.variant].generation
+
+
+def _boot(state: SiteState | None) -> str:
+    return "refused (ftrace bug)" if state is None else state.value
+
+
+def _same_layout(before: _Keyed, after: _Keyed) -> list[SiteChange]:
+    """Two sites of one generation: their words, variant and offset compare directly."""
     a, b = before.site, after.site
     fn = a.function
     out = []
@@ -97,6 +149,18 @@ def _pair(before: _Keyed, after: _Keyed) -> list[SiteChange]:
         out.append(SiteChange(Change.STATE, fn, a, b, f"{a.state.value} -> {b.state.value}"))
     if a.variant is not b.variant:
         out.append(SiteChange(Change.VARIANT, fn, a, b, f"{a.variant.value} -> {b.variant.value}"))
+    return out
+
+
+def _pair(before: _Keyed, after: _Keyed) -> list[SiteChange]:
+    a, b = before.site, after.site
+    fn = a.function
+    if _generation(a) is _generation(b):
+        out = _same_layout(before, after)
+    elif a.boot_state is not b.boot_state:  # across generations only what boot makes of it compares
+        out = [SiteChange(Change.STATE, fn, a, b, f"at boot {_boot(a.boot_state)} -> {_boot(b.boot_state)}")]
+    else:
+        out = []
     if a.recorded != b.recorded:
         change = Change.RECORD_ADDED if b.recorded else Change.RECORD_REMOVED
         out.append(SiteChange(change, fn, a, b, "recorded" if b.recorded else "no longer recorded"))
@@ -120,30 +184,92 @@ def diff_scans(image_a: Image, scan_a: Scan, image_b: Image, scan_b: Scan) -> Im
             changes += found
             if not found:
                 unchanged += 1
-                relocated += before.site.place != after.site.place
+                # the function's start, not the site's place: across generations the layouts differ
+                relocated += before.site.place - before.delta != after.site.place - after.delta
+    functions, common = diff_functions(scan_a, scan_b)
     return ImageDiff(
-        scan_a.path, scan_b.path, tuple(changes), unchanged, relocated, (scan_a.records.count, scan_b.records.count)
+        scan_a.path,
+        scan_b.path,
+        tuple(changes),
+        unchanged,
+        relocated,
+        (scan_a.records.count, scan_b.records.count),
+        (scan_a.generation, scan_b.generation),
+        functions,
+        common,
     )
 
 
-def diff_files(a: Path, b: Path) -> ImageDiff:
+class _Profile(NamedTuple):
+    generations: frozenset[str]
+    sections: frozenset[str]
+
+
+def _profiles(result: Scan) -> dict[str, _Profile]:
+    """Per function name: the generations of its sites' layouts and the sections holding them.
+    Unnamed sites (weak-function bodies, stripped images) belong to no function."""
+    gens: dict[str, set[str]] = {}
+    secs: dict[str, set[str]] = {}
+    for site in result.sites:
+        if site.function is not None:
+            gens.setdefault(site.function, set()).add(_generation(site).value)
+            secs.setdefault(site.function, set()).add(site.section)
+    return {name: _Profile(frozenset(gens[name]), frozenset(secs[name])) for name in gens}
+
+
+def _joined(values: frozenset[str]) -> str:
+    return ",".join(sorted(values))
+
+
+def diff_functions(scan_a: Scan, scan_b: Scan) -> tuple[tuple[FunctionChange, ...], int]:
+    """Function-level changes (moved, removed, added, generation; by name within each), and how
+    many names have sites in both images."""
+    pa, pb = _profiles(scan_a), _profiles(scan_b)
+    common = sorted(pa.keys() & pb.keys())
+    moved = [
+        FunctionChange(FunctionChangeKind.SECTION, n, _joined(pa[n].sections), _joined(pb[n].sections))
+        for n in common
+        if len(pa[n].sections) == 1 == len(pb[n].sections) and pa[n].sections != pb[n].sections
+    ]
+    removed = [
+        FunctionChange(FunctionChangeKind.REMOVED, n, _joined(pa[n].sections), None)
+        for n in sorted(pa.keys() - pb.keys())
+    ]
+    added = [
+        FunctionChange(FunctionChangeKind.ADDED, n, None, _joined(pb[n].sections))
+        for n in sorted(pb.keys() - pa.keys())
+    ]
+    generation = [
+        FunctionChange(FunctionChangeKind.GENERATION, n, _joined(pa[n].generations), _joined(pb[n].generations))
+        for n in common
+        if pa[n].generations != pb[n].generations
+    ]
+    return (*moved, *removed, *added, *generation), len(common)
+
+
+def diff_files(a: Path, b: Path, generations: Generations = (None, None)) -> ImageDiff:
+    """``generations`` overrides the detected generation of A and of B (stripped images)."""
     image_a, image_b = Image.load(a), Image.load(b)
-    return diff_scans(image_a, scan(image_a), image_b, scan(image_b))
+    scan_a = scan(image_a, generation=generations[0])
+    scan_b = scan(image_b, generation=generations[1])
+    return diff_scans(image_a, scan_a, image_b, scan_b)
 
 
 def _relative(files: Sequence[Path], root: Path) -> dict[Path, Path]:
     return {p.relative_to(root): p for p in files}
 
 
-def diff_paths(a: Path, b: Path, files_a: Sequence[Path], files_b: Sequence[Path]) -> Diff:
+def diff_paths(
+    a: Path, b: Path, files_a: Sequence[Path], files_b: Sequence[Path], generations: Generations = (None, None)
+) -> Diff:
     """Two files, or two trees (``files_*`` found below ``a`` and ``b``) paired by relative path."""
     if not a.is_dir() and not b.is_dir():
-        return Diff((diff_files(a, b),), (), (), ())
+        return Diff((diff_files(a, b, generations),), (), (), ())
     ra, rb = _relative(files_a, a), _relative(files_b, b)
     images, errors = [], []
     for rel in sorted(ra.keys() & rb.keys()):
         try:
-            images.append(diff_files(ra[rel], rb[rel]))
+            images.append(diff_files(ra[rel], rb[rel], generations))
         except RewriteError as e:
             errors.append(str(e))
     only_a = tuple(ra[r] for r in sorted(ra.keys() - rb.keys()))

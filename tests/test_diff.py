@@ -1,25 +1,38 @@
 """`mcountrw diff`: matched by function name; a rewritten copy of the corpus vmlinux differs in
-exactly the sites that were rewritten; variants, moves and records on the fixtures; trees."""
+exactly the sites that were rewritten; variants, moves and records on the fixtures; trees; and
+across generations, the functions added, removed, moved between sections and changed in
+generation, checked on the corpus kernels against names read with pyelftools."""
 
 from __future__ import annotations
 
+import bisect
+import functools
 import json
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import pytest
+from boot import KERNELS, Corpus, require_kernel
 from conftest import FIXTURES
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 from typer.testing import CliRunner
 
 from rewriter import ppc
 from rewriter.cli import app
-from rewriter.diff import Change, diff_files, diff_paths
+from rewriter.diff import Change, FunctionChangeKind, diff_files, diff_paths
 from rewriter.elf.image import Image
+from rewriter.generations import LAYOUTS, Variant
 from rewriter.sites import scan
-from rewriter.states import SiteState
+from rewriter.states import SiteState, Slot
 
 
-def _nop_sites(src: Path, dst: Path, every: int) -> set[str]:
+def _order(image: Image) -> Literal["little", "big"]:
+    return "big" if image.big_endian else "little"
+
+
+def _nop_sites(src: Path, dst: Path, every: int) -> set[str | None]:
     """Copy ``src`` and nop both slots (mflr at call slot - 4, bl at the call slot) of every
     ``every``-th site, by writing the words directly; returns the functions changed."""
     shutil.copyfile(src, dst)
@@ -29,7 +42,7 @@ def _nop_sites(src: Path, dst: Path, every: int) -> set[str]:
         for site in sites:
             for offset in (site.file_offset - 4, site.file_offset):
                 fh.seek(offset)
-                fh.write(ppc.NOP.to_bytes(4, image.byteorder))
+                fh.write(ppc.NOP.to_bytes(4, _order(image)))
     return {s.function for s in sites}
 
 
@@ -46,17 +59,62 @@ def test_rewritten_fixture_sites_change_state_only(tmp_path: Path) -> None:
     }
 
 
-def test_other_compiler_options_show_variant_state_and_moves() -> None:
-    d = diff_files(FIXTURES / "bin" / "prof-le.o", FIXTURES / "bin" / "patchable-le.o")
-    kinds = {(c.change, c.function) for c in d.changes}
-    assert (Change.VARIANT, "leaf_add") in kinds and (Change.STATE, "leaf_add") in kinds
-    # touch_global: mprofile slot at LEP+4 = start+12; patchable nops at the symbol, slot start+4
-    assert (Change.MOVED, "touch_global") in kinds
+def test_nops_moved_after_the_global_entry_show_as_moved_sites() -> None:
+    # gcc 12 puts the patchable nops at the symbol, the kernel's compiler after the global entry:
+    # only the two functions with a global entry have their call slot elsewhere (+4 -> +12).
+    d = diff_files(FIXTURES / "bin" / "patchable-le.o", FIXTURES / "bin" / "patchable-lep-le.o")
+    assert {(c.change, c.function, c.detail) for c in d.changes} == {
+        (Change.MOVED, f, f"{f}+0x4 -> {f}+0xc") for f in ("nonleaf_calls", "touch_global")
+    }
+    assert d.functions == () and d.common_functions == 6
+
+
+def test_gcc5_site_rewritten_to_two_words_is_a_variant_change(tmp_path: Path) -> None:
+    """mflr; std; bl -> nop; mflr; bl: the call slot stays, the std form becomes the plain one."""
+    src, dst = FIXTURES / "bin" / "std-le.o", tmp_path / "std-le.o"
+    shutil.copyfile(src, dst)
+    image = Image.load(dst)
+    site = next(s for s in scan(image).sites if s.function == "std_leaf")
+    lay = LAYOUTS[Variant.MPROFILE_STD]
+    with open(dst, "r+b") as fh:
+        for slot, word in ((Slot.A, ppc.NOP), (Slot.S, ppc.MFLR_R0)):
+            fh.seek(site.file_offset + (lay.offset(slot) or 0))
+            fh.write(word.to_bytes(4, _order(image)))
+    d = diff_files(src, dst)
+    assert [(c.change, c.function, c.detail) for c in d.changes] == [
+        (Change.VARIANT, "std_leaf", "mprofile-std -> mprofile")
+    ]
+
+
+@pytest.mark.parametrize(("a", "b"), [("prof-le.o", "ool-le.o"), ("patchable-be.o", "ool-be.o")])
+def test_across_generations_every_function_changes_generation_and_no_site_its_words(a: str, b: str) -> None:
+    """The layouts differ, so words, variants and offsets are not compared; all boot disabled."""
+    d = diff_files(FIXTURES / "bin" / a, FIXTURES / "bin" / b)
+    ga, gb = (scan(Image.load(FIXTURES / "bin" / n)).generation for n in (a, b))
+    assert ga is not None and gb is not None and ga is not gb
+    assert d.generations == (ga, gb)
+    assert d.changes == () and d.unchanged == 6
+    assert {(f.change, f.function, f.before, f.after) for f in d.functions} == {
+        (FunctionChangeKind.GENERATION, f, ga.value, gb.value)
+        for f in ("static_helper", "leaf_add", "nonleaf_calls", "sum8", "fp_mix", "touch_global")
+    }
+
+
+def test_generation_override_is_used_and_checked() -> None:
+    ool = str(FIXTURES / "bin" / "ool-le.o")
+    result = CliRunner().invoke(app, ["diff", ool, ool, "--format", "json", "--generation", "patchable"])
+    assert json.loads(result.output)["images"][0]["generations"] == ["patchable", "patchable"]
+    result = CliRunner().invoke(app, ["diff", ool, ool, "--format", "json"])
+    assert json.loads(result.output)["images"][0]["generations"] == ["ool", "ool"]
+    for bad in (["--generation", "pg"], ["--generation", "ool"] * 3):
+        result = CliRunner().invoke(app, ["diff", ool, ool, *bad])
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
 
 
 def test_dropped_record_is_reported(tmp_path: Path) -> None:
     image = Image.load(FIXTURES / "bin" / "clean")
     sec = image.section("__mcount_loc")
+    assert sec is not None
     data = bytearray(image.data)
     data[sec.offset : sec.offset + 8] = bytes(8)  # zero the first record, as dropping does
     (tmp_path / "clean").write_bytes(bytes(data))
@@ -88,7 +146,7 @@ def test_identical_files_exit_0_and_mixed_arguments_exit_2(tmp_path: Path) -> No
 
 @pytest.mark.corpus
 @pytest.mark.slow
-def test_vmlinux_diff_reports_exactly_the_rewritten_sites(corpus, tmp_path: Path) -> None:
+def test_vmlinux_diff_reports_exactly_the_rewritten_sites(corpus: Corpus, tmp_path: Path) -> None:
     copy = tmp_path / "vmlinux"
     changed = _nop_sites(corpus.vmlinux, copy, 997)
     result = CliRunner().invoke(app, ["diff", str(corpus.vmlinux), str(copy), "--format", "json"])
@@ -107,3 +165,76 @@ def test_diff_paths_of_two_files_is_one_pair() -> None:
     clean = FIXTURES / "bin" / "clean"
     d = diff_paths(clean, clean, [clean], [clean])
     assert len(d.images) == 1 and not d.changed
+
+
+# -- across generations, on the corpus -------------------------------------------------------
+
+
+@functools.cache
+def _recorded_functions(path: Path) -> dict[str, frozenset[str]]:
+    """Name -> sections of the sized FUNC symbols that contain a record of the image's table
+    (``__start_mcount_loc``..``__stop_mcount_loc``), read with pyelftools alone. Aliases (one start,
+    several names: sys_ni_syscall and the syscalls that fall back to it) are named by the one
+    first in the string table, the convention mcountrw follows. The slots are read from the file:
+    in the Debian images each equals its R_PPC64_RELATIVE addend."""
+    with open(path, "rb") as fh:
+        elf = ELFFile(fh)
+        sections = [(x.name, x["sh_addr"], x["sh_size"], x["sh_offset"]) for x in elf.iter_sections()]
+        symtab = elf.get_section_by_name(".symtab")
+        assert isinstance(symtab, SymbolTableSection)
+        bounds: dict[str, int] = {}
+        by_start: dict[int, tuple[int, int, str, str]] = {}
+        for sym in symtab.iter_symbols():
+            if sym.name in ("__start_mcount_loc", "__stop_mcount_loc"):
+                bounds[sym.name] = sym["st_value"]
+            shndx = sym["st_shndx"]
+            if sym["st_info"]["type"] != "STT_FUNC" or sym["st_size"] == 0 or not isinstance(shndx, int):
+                continue
+            key = (sym["st_name"], sym["st_size"], sym.name, sections[shndx][0])
+            by_start[sym["st_value"]] = min(key, by_start.get(sym["st_value"], key))
+        start, stop = bounds["__start_mcount_loc"], bounds["__stop_mcount_loc"]
+        _, addr, _, offset = next(x for x in sections if x[1] <= start < x[1] + x[2])
+        fh.seek(offset + start - addr)
+        table = fh.read(stop - start)
+        order: Literal["little", "big"] = "little" if elf.little_endian else "big"
+    starts = sorted(by_start)
+    out: dict[str, set[str]] = {}
+    for i in range(0, len(table), 8):
+        record = int.from_bytes(table[i : i + 8], order)
+        k = bisect.bisect_right(starts, record) - 1
+        if not record or k < 0:
+            continue
+        _, size, name, section = by_start[starts[k]]
+        if record < starts[k] + size:
+            out.setdefault(name, set()).add(section)
+    return {name: frozenset(secs) for name, secs in out.items()}
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+@pytest.mark.parametrize(("a", "b"), [("6.1", "6.12"), ("6.12", "7.2")])
+def test_vmlinux_diff_across_generations_matches_pyelftools(a: str, b: str) -> None:
+    va, vb = require_kernel(a).vmlinux, require_kernel(b).vmlinux
+    result = CliRunner().invoke(app, ["diff", str(va), str(vb), "--format", "json"])
+    assert result.exit_code == 1, result.output
+    (pair,) = json.loads(result.output)["images"]
+    assert pair["generations"] == [KERNELS[a].generation, KERNELS[b].generation]
+    got: dict[str, set[tuple[str, str | None, str | None]]] = {k.value: set() for k in FunctionChangeKind}
+    for f in pair["functions"]["changes"]:
+        got[f["change"]].add((f["function"], f["before"], f["after"]))
+
+    fa, fb = _recorded_functions(va), _recorded_functions(vb)
+    both = fa.keys() & fb.keys()
+    one = {n for n in both if len(fa[n]) == 1 == len(fb[n]) and fa[n] != fb[n]}
+    assert got == {
+        "added": {(n, None, ",".join(sorted(fb[n]))) for n in fb.keys() - fa.keys()},
+        "removed": {(n, ",".join(sorted(fa[n])), None) for n in fa.keys() - fb.keys()},
+        "generation": {(n, KERNELS[a].generation, KERNELS[b].generation) for n in both},
+        "section": {(n, *fa[n], *fb[n]) for n in one},
+    }
+    assert pair["functions"]["common"] == len(both)
+    assert {(before, after) for _, before, after in got["section"]} <= {
+        (".text", ".init.text"),
+        (".init.text", ".text"),
+    }
+    assert all(len(v) > 0 for v in got.values())  # every kind occurs between these kernels

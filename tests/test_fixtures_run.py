@@ -17,12 +17,13 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
-BINARIES: dict[str, dict] = MANIFEST["binaries"]
+BINARIES: dict[str, dict[str, Any]] = MANIFEST["binaries"]
 RUNNABLE = sorted(p for p, b in BINARIES.items() if b["kind"] == "executable" and b["run"])
 BUILD_TOOLS = [
     f"{prefix}-{tool}"
@@ -66,21 +67,36 @@ def test_committed_binary_is_under_one_megabyte(path: str) -> None:
     assert (FIXTURES / path).stat().st_size < MAX_FIXTURE_BYTES
 
 
+def expected_words(variant: str, state: str) -> list[str]:
+    """The site's words from its first to its call slot, as the fixtures' sources imply them."""
+    first = "mflr" if state in ("enabled", "disabled") else "nop"
+    call = "bl" if state in ("enabled", "broken") else "nop"
+    if variant == "ool":  # one word; `disabled` is the nop the compiler leaves
+        return [call]
+    return [first, "std", call] if variant == "mprofile-std" else [first, call]
+
+
+def word_matches(kind: str, word: int) -> bool:
+    return is_bl(word) if kind == "bl" else word == {"mflr": MFLR_R0, "nop": NOP, "std": STD_R0_16_R1}[kind]
+
+
 @pytest.mark.parametrize("path", sorted(BINARIES))
 def test_site_words_match_declared_variant_and_state(path: str) -> None:
     for site in BINARIES[path]["sites"]:
         slot = int(site["slot_offset"], 16)
-        first = slot - 4 * {"mprofile": 1, "mprofile-std": 2, "patchable": 1}[site["variant"]]
-        state = site["state"]
-        want_first = MFLR_R0 if state in ("enabled", "disabled") else NOP
+        words = expected_words(site["variant"], site["state"])
+        first = slot - 4 * (len(words) - 1)
         where = f"{path}: {site['function']} at offset {slot:#x}"
-        assert word_at(path, first) == want_first, where
-        if site["variant"] == "mprofile-std":
-            assert word_at(path, first + 4) == STD_R0_16_R1, where
-        if state in ("enabled", "broken"):
-            assert is_bl(word_at(path, slot)), where
-        else:
-            assert word_at(path, slot) == NOP, where
+        for n, kind in enumerate(words):
+            assert word_matches(kind, word_at(path, first + 4 * n)), f"{where}: word {n} is not {kind}"
+
+
+@pytest.mark.parametrize("path", sorted(BINARIES))
+def test_every_site_carries_its_binary_generation(path: str) -> None:
+    generation = BINARIES[path]["generation"]
+    allowed = {"mprofile": {"mprofile", "mprofile-std"}, "patchable": {"patchable"}, "ool": {"ool"}}[generation]
+    for site in BINARIES[path]["sites"]:
+        assert site["generation"] == generation and site["variant"] in allowed, site["function"]
 
 
 @pytest.mark.parametrize("path", RUNNABLE)

@@ -4,41 +4,59 @@ the sources and objdump, not by mcountrw), on both endians and every variant."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import FIXTURES
 
 from rewriter.elf.image import Image
-from rewriter.sites import scan
+from rewriter.generations import LAYOUTS
+from rewriter.sites import Scan, place_text, scan
+
+Row = tuple[Any, ...]
 
 BINARIES = sorted(p.name for p in (FIXTURES / "bin").iterdir())
 
 
-def _expected(entry: dict, linked: bool) -> set[tuple]:
-    return {(int(s["slot_addr"], 16), s["function"], s["variant"], s["state"], s["recorded"]) for s in entry["sites"]}
+def _expected(entry: dict[str, Any], linked: bool) -> set[Row]:
+    return {
+        (int(s["slot_addr"], 16), s["function"], s["generation"], s["variant"], s["state"], s["recorded"], s["record"])
+        for s in entry["sites"]
+    }
 
 
-def _found(path: Path) -> tuple[set[tuple], object]:
-    result = scan(Image.load(path))
+def _found(path: Path) -> tuple[set[Row], Scan]:
+    image = Image.load(path)
+    result = scan(image)
     linked = result.kind.value in ("executable", "vmlinux")
     got = {
-        (s.addr if linked else s.offset, s.function, s.variant.value, s.state.value, s.recorded) for s in result.sites
+        (
+            s.addr if linked else s.offset,
+            s.function,
+            LAYOUTS[s.variant].generation.value,  # the generation whose layout the site was read with
+            s.variant.value,
+            s.state.value,
+            s.recorded,
+            None if s.record is None else place_text(image, s.record),
+        )
+        for s in result.sites
     }
     return got, result
 
 
 @pytest.mark.parametrize("name", BINARIES)
-def test_fixture_sites_match_manifest(name: str, manifest: dict) -> None:
+def test_fixture_sites_match_manifest(name: str, manifest: dict[str, Any]) -> None:
     entry = manifest["binaries"][f"bin/{name}"]
     got, result = _found(FIXTURES / "bin" / name)
     assert got == _expected(entry, result.kind.value == "executable")
     assert result.kind.value == entry["kind"]
+    assert result.generation is not None and result.generation.value == entry["generation"]
     assert result.endian == entry["endian"] and result.abi.value == entry["abi"]
     assert result.records.count == entry["num_records"]
     assert len(result.records.unmatched) == len(entry["extra_records"])
 
 
-def test_big_endian_elfv1_functions_resolve_through_descriptors(manifest: dict) -> None:
+def test_big_endian_elfv1_functions_resolve_through_descriptors(manifest: dict[str, Any]) -> None:
     got, result = _found(FIXTURES / "bin" / "prof-be")
     assert result.abi.value == "elfv1" and result.endian == "big"
     assert {f for _, f, *_ in got} == {
@@ -51,8 +69,27 @@ def test_big_endian_elfv1_functions_resolve_through_descriptors(manifest: dict) 
     }
 
 
-def test_every_variant_is_represented() -> None:
-    variants = set()
+def test_every_variant_and_generation_is_represented() -> None:
+    variants, generations = set(), set()
     for name in BINARIES:
-        variants |= {s.variant.value for s in scan(Image.load(FIXTURES / "bin" / name)).sites}
-    assert variants == {"mprofile", "mprofile-std", "patchable"}
+        result = scan(Image.load(FIXTURES / "bin" / name))
+        variants |= {s.variant.value for s in result.sites}
+        generations.add(result.generation.value if result.generation else None)
+    assert variants == {"mprofile", "mprofile-std", "patchable", "ool"}
+    assert generations == {"mprofile", "patchable", "ool"}
+
+
+@pytest.mark.parametrize("name", ["ool-le.o", "ool-be.o"])
+def test_ool_object_has_one_recorded_nop_at_each_local_entry(name: str, manifest: dict[str, Any]) -> None:
+    """The -fpatchable-function-entry=1 shape: the record, the call slot and the one nop are the
+    same word, at the local entry (ELFv2: after the global entry; ELFv1: the code entry). At load
+    the kernel leaves it a nop and carves its stub out of the module's .stubs."""
+    local_entries = {
+        s["function"]: int(s["local_entry_addr"], 16) for s in manifest["binaries"][f"bin/{name}"]["sites"]
+    }
+    result = scan(Image.load(FIXTURES / "bin" / name))
+    assert {s.function: s.offset for s in result.sites} == local_entries
+    for s in result.sites:
+        assert s.record == s.place
+        assert s.boot_state is not None and s.boot_state.value == "disabled"
+        assert s.stub == ".stubs" and s.traceable

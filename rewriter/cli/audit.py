@@ -14,6 +14,7 @@ from rewriter.cli import BAD_INPUT, FINDINGS, app, emit, fail, parse_int, progre
 
 if TYPE_CHECKING:
     from rewriter.audit import Audit
+    from rewriter.diff import Generations
 
 AUDIT_FORMATS = ("md", "json", "html", "sarif")
 DIFF_FORMATS = ("md", "json")
@@ -80,8 +81,16 @@ def diff(
     fmt: Annotated[str, typer.Option("--format", help="md or json")] = "md",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="write here instead of stdout")] = None,
     show_all: Annotated[bool, typer.Option("--all", help="md: list every change, not the first 200")] = False,
+    generation: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--generation",
+            help="mprofile, patchable or ool, for stripped images: once for both, or twice (A's, then B's)",
+        ),
+    ] = None,
 ) -> None:
-    """Sites added, removed, moved, or changed in state, variant or record, matched by function name."""
+    """Functions added, removed, moved between sections or changed in generation, and sites added,
+    removed, moved, or changed in state, variant or record, matched by function name."""
     from rewriter.batch import expand
     from rewriter.diff import diff_paths
     from rewriter.errors import RewriteError
@@ -89,6 +98,7 @@ def diff(
 
     if fmt not in DIFF_FORMATS:
         fail(f"--format: {fmt!r} is not one of {', '.join(DIFF_FORMATS)}")
+    generations = _diff_generations(generation or [])
     for path in (a, b):
         if not path.exists():
             fail(f"{path}: no such file or directory")
@@ -97,7 +107,7 @@ def diff(
     files_a, errors_a = expand([a]) if a.is_dir() else ([a], [])
     files_b, errors_b = expand([b]) if b.is_dir() else ([b], [])
     try:
-        result = diff_paths(a, b, files_a, files_b)
+        result = diff_paths(a, b, files_a, files_b, generations)
     except RewriteError as e:
         fail(str(e))
     errors = [*errors_a, *errors_b, *result.errors]
@@ -112,3 +122,19 @@ def diff(
         raise typer.Exit(BAD_INPUT)
     if result.changed:
         raise typer.Exit(FINDINGS)
+
+
+def _diff_generations(given: list[str]) -> Generations:
+    """``--generation`` given 0, 1 (both images) or 2 times (A's, then B's)."""
+    from rewriter.generations import Generation
+
+    names = [g.value for g in Generation]
+    if len(given) > 2:
+        fail("--generation: give it once (both images) or twice (A's, then B's)")
+    for g in given:
+        if g not in names:
+            fail(f"--generation: {g!r} is not one of {', '.join(names)}")
+    parsed = [Generation(g) for g in given]
+    if not parsed:
+        return (None, None)
+    return (parsed[0], parsed[-1])

@@ -281,15 +281,18 @@ def _site_ref(site: Site | None) -> dict[str, Any] | None:
 
 
 def diff_json(diff: Diff) -> dict[str, Any]:
-    """``{"format": "mcountrw-diff/1", "images": [{"a", "b", "unchanged", "relocated", "records":
-    [a, b], "changes": [{"change", "function", "before", "after", "detail"}]}], "only_a", "only_b",
-    "errors"}``; ``before``/``after`` are null for added/removed sites."""
+    """``{"format": "mcountrw-diff/1", "images": [{"a", "b", "generations": [a, b], "unchanged",
+    "relocated", "records": [a, b], "changes": [{"change", "function", "before", "after", "detail"}],
+    "functions": {"common", "counts": {kind: n}, "changes": [{"change", "function", "before",
+    "after"}]}}], "only_a", "only_b", "errors"}``; site ``before``/``after`` are null for added/removed
+    sites; function ``before``/``after`` are generations or sections (null on the missing side)."""
     return {
         "format": "mcountrw-diff/1",
         "images": [
             {
                 "a": str(d.a),
                 "b": str(d.b),
+                "generations": [g.value if g is not None else None for g in d.generations],
                 "unchanged": d.unchanged,
                 "relocated": d.relocated,
                 "records": list(d.records),
@@ -303,6 +306,14 @@ def diff_json(diff: Diff) -> dict[str, Any]:
                     }
                     for c in d.changes
                 ],
+                "functions": {
+                    "common": d.common_functions,
+                    "counts": d.function_counts(),
+                    "changes": [
+                        {"change": f.change.value, "function": f.function, "before": f.before, "after": f.after}
+                        for f in d.functions
+                    ],
+                },
             }
             for d in diff.images
         ],

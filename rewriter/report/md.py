@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 from rewriter.audit import Audit, GroupSummary, ImageAudit, Severity, roll_up, summarise
-from rewriter.diff import Diff
+from rewriter.diff import Diff, FunctionChangeKind, ImageDiff
 from rewriter.flow import Verdict
 
 DETAIL_ALL_BELOW = 20  # images: show every image's section when there are fewer than this
@@ -149,23 +149,48 @@ def audit_markdown(audit: Audit) -> str:
     return "\n".join(out) + "\n"
 
 
+def _gen(d: ImageDiff, side: int) -> str:
+    g = d.generations[side]
+    return g.value if g is not None else "none"
+
+
+def _diff_functions(d: ImageDiff, limit: int | None) -> list[str]:
+    """The function-level lines of one pair. When every function in both changed generation (two
+    builds of two generations) that is said once instead of listing tens of thousands of names."""
+    n = d.function_counts()
+    out = [
+        f"Generation {_gen(d, 0)} -> {_gen(d, 1)}. Functions with sites: {d.common_functions} in both, "
+        f"{n['added']} added, {n['removed']} removed, {n['generation']} changed generation, "
+        f"{n['section']} moved between sections."
+    ]
+    rows = list(d.functions)
+    if n["generation"] and n["generation"] == d.common_functions:
+        out.append(f"Every function in both changed generation ({_gen(d, 0)} -> {_gen(d, 1)}).")
+        rows = [f for f in rows if f.change is not FunctionChangeKind.GENERATION]
+    table = [(f.change.value, f.function, f.before or "", f.after or "") for f in rows[:limit]]
+    if table:
+        out += ["", *_table(("function change", "function", "A", "B"), table)]
+    if limit is not None and len(rows) > limit:
+        out.append(f"\n... {len(rows) - limit} more functions (use --format json)")
+    return out
+
+
 def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
     """Changes per image pair; ``limit`` changes listed per pair (None: all)."""
     out = ["# mcountrw diff", ""]
     total = sum(len(d.changes) for d in diff.images)
-    out.append(f"**{len(diff.images)} image pairs, {total} changes**; "
+    functions = sum(len(d.functions) for d in diff.images)
+    out.append(f"**{len(diff.images)} image pairs, {total} site changes, {functions} function changes**; "
                f"{len(diff.only_a)} files only in A, {len(diff.only_b)} only in B.")  # fmt: skip
     for d in diff.images:
-        if not d.changes and len(diff.images) > 1:
+        if not d.changes and not d.functions and len(diff.images) > 1:
             continue
         counts = Counter(c.change.value for c in d.changes)
-        out += [
-            "",
-            f"## `{d.a}` -> `{d.b}`",
-            "",
-            f"{_tally(dict(sorted(counts.items())))}; {d.unchanged} unchanged ({d.relocated} relocated with "
-            f"their function); records {d.records[0]} -> {d.records[1]}.",
-        ]
+        out += ["", f"## `{d.a}` -> `{d.b}`", "", *_diff_functions(d, limit), ""]
+        out.append(
+            f"Sites: {_tally(dict(sorted(counts.items())))}; {d.unchanged} unchanged ({d.relocated} relocated "
+            f"with their function); records {d.records[0]} -> {d.records[1]}."
+        )
         rows = [
             (c.change.value, c.function or "?", c.before.place_text if c.before else "",
              c.after.place_text if c.after else "", c.detail)

@@ -449,6 +449,7 @@ def check(
     stale_fetch: bool | None = None,
     cmodx: Cmodx | None = None,
     std_slot: Insn = Insn.STD,
+    _ops: tuple[_Op, ...] | None = None,
 ) -> CheckResult:
     """Explore every interleaving of ``p``'s writes to ``site`` with ``tasks`` tasks.
 
@@ -456,6 +457,7 @@ def check(
     (``p.runtime`` False) is checked with no concurrent task: only the states it passes through.
     ``std_slot`` is what a gcc-5 site's S slot holds at the start (``std`` as compiled, ``nop`` after
     a 6.13+ kernel's ``ftrace_init_nop``); it never changes a verdict, and the tests show that.
+    ``_ops`` is the site's share of the plan when the caller (``check_all``) has it already.
     """
     if not 0 <= site < len(p.sites):
         raise ValueError(f"site {site} is not in the plan (0..{len(p.sites) - 1})")
@@ -471,7 +473,8 @@ def check(
         tasks, stale = 0, False
     req = p.sites[site]
     geo = _GEOMETRY[req.variant]
-    model = _Model(geo, _ops_by_site(p)[site], geo.layout.words(req.target), stale, policy)
+    ops = _ops_by_site(p)[site] if _ops is None else _ops
+    model = _Model(geo, ops, geo.layout.words(req.target), stale, policy)
     found, states, parents = _search(model, _start(geo, req.current, std_slot, tasks, entries, stale))
     if not found:
         return CheckResult(True, states, None, "", (), site, req, tasks, entries, stale, policy)
@@ -509,7 +512,7 @@ def check_all(
         if key in seen:
             continue
         seen.add(key)
-        result = check(p, site=site, tasks=tasks, entries=entries, stale_fetch=stale_fetch, cmodx=cmodx)
+        result = check(p, site=site, tasks=tasks, entries=entries, stale_fetch=stale_fetch, cmodx=cmodx, _ops=ops)
         if not result.safe:
             return result
         results.append(result)

@@ -2,27 +2,44 @@
 
 The model (one site; the plan's writes to other sites cannot affect it)
 ----------------------------------------------------------------------
-* ``tasks`` tasks each enter the function up to ``entries`` times.  Entering executes slot A as it
-  reads: ``mflr r0`` makes r0 hold LR, ``nop`` leaves r0 stale, ``b +8`` jumps two slots on (past B
-  in the two-slot layouts, *onto* B in gcc-5's ``mflr; std; bl``).  Then S (gcc-5 only: ``std`` or
-  ``nop``, neither touches r0), then B: a ``bl`` with a stale r0 is **the violation** (``_mcount``
-  would return through r0 to garbage); a ``bl`` with r0 = LR is traced; a ``nop`` falls through.
-  Then the body (a quiescent point) and the return, folded into the step that leaves B.  A task may
-  be preempted at every instruction boundary: any actor may move at any step.
+* The site is a row of the generation table (``rewriter.generations.LAYOUTS``): its slots, at the
+  offsets the table gives, and for ool the out-of-line stub its entry branches to. Tasks execute
+  the words, and every branch lands where the offsets say:
+
+  - ``mflr r0`` makes r0 hold LR; ``nop`` and gcc 5's ``std r0,16(r1)`` leave r0 alone;
+  - ``b .+8`` jumps 8 bytes on: past B when A is the word before B (mprofile, patchable), *onto* B
+    when A is two words before it (gcc 5's ``mflr; std; bl``);
+  - a ``bl`` to the tracer with r0 not holding LR is **the violation** (the tracer would return
+    through r0 to garbage); with r0 = LR it is traced;
+  - ool: the entry word B is ``nop`` (falls through, untraced) or ``b stub``. The stub is fixed
+    code written once at boot: ``mflr r0; bl ftrace_caller; mtlr r0; b ip+4``. Its ``bl`` is
+    traced iff r0 = LR, like any other.
+
+  Past the site comes the body (a quiescent point) and the return, folded into the step that
+  leaves the site. ``tasks`` tasks each enter the function up to ``entries`` times, and any actor
+  may move at any step, so a task may be preempted at every instruction boundary, inside the stub
+  too.
 * The patcher performs the plan: each write is a compare-and-swap (a mismatch is reported); the
   writes of a stage land in every order; ``synchronize_rcu_tasks`` completes only when no task is
-  between A and B; ``isync+synchronize_rcu_tasks`` first makes every CPU context-synchronise.
+  inside the site or its stub; ``isync+synchronize_rcu_tasks`` first makes every CPU
+  context-synchronise.
 * ``stale_fetch``: a task may execute any word a slot has held since the task's last
   context-synchronising event (an interrupt, i.e. a preemption, or the isync IPI).  This models why
   the 2019 v2 series added an isync IPI: ``synchronize_rcu_tasks`` alone lets a CPU run the old
-  ``nop`` in A after the barrier, and then the new ``bl``.
-* ``cmodx=3.0``: a write that puts ``mflr`` into A or takes it out, while a task may still fetch A,
-  is itself a violation (ISA 3.0's concurrent-modification rules do not cover ``mflr``).
+  ``nop`` in A after the barrier, and then the new ``bl``. Stub words are never written, so a
+  task always fetches them as they are.
+* ``cmodx=3.0``: a write that puts ``mflr`` into a slot or takes it out, while a task may still
+  fetch that slot, is itself a violation (ISA 3.0's concurrent-modification rules do not cover
+  ``mflr``). An ool plan never writes ``mflr`` (the stub's is written once, at boot, before the
+  code runs), so it cannot break this rule.
 
 When the patcher is done the checker also requires: the site reads its target; no task is left
-between A and B with a stale r0 unless A reads ``nop`` (the precondition of the next plan, see
-``rewriter.plan``); and, with ``stale_fetch``, that every task fetches only the final words, so a
-task entering after the plan sees the target's behaviour.
+inside the site with a stale r0 unless A reads ``nop`` (the precondition of the next plan, see
+``rewriter.plan``); and, with ``stale_fetch``, where the site holds an ``mflr`` of its own, that
+every task fetches only the final words, so a task entering after the plan sees the target's
+behaviour. An ool task that still fetches the old entry word runs ``nop`` (untraced once more) or
+the intact stub (traced once more): neither can call with a stale r0, so ool plans need no such
+settle.
 
 Search: breadth-first over hashable tuples with a visited set, so each violation found is one with
 the fewest steps.  The whole space is explored (it is small: thousands of states for T=3, K=2), and
@@ -32,13 +49,15 @@ the most serious violation found is reported.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
-from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Variant
+from rewriter import ppc
+from rewriter.generations import LAYOUTS, Generation, Layout, Variant
 from rewriter.plan import Barrier, Cmodx, Plan, Route, SiteRequest, Write, plan
 from rewriter.states import Insn, SiteState, Slot
 
@@ -49,7 +68,7 @@ MAX_ENTRIES: Final = 4
 class Violation(enum.Enum):
     """What went wrong, most serious first (the order in which they are reported)."""
 
-    STALE_R0_CALL = "bl-with-stale-r0"  # the 2019 race: _mcount returns to garbage
+    STALE_R0_CALL = "bl-with-stale-r0"  # the 2019 race: the tracer returns to garbage
     CMODX = "cmodx"  # mflr patched while it may be executing, under ISA 3.0
     CAS_MISMATCH = "cas-mismatch"  # a write found a word other than its ``old``
     BROKEN = "broken"  # the site read nop; bl (even if no task ran it)
@@ -62,7 +81,8 @@ class TraceStep(NamedTuple):
     actor: str  # "CPU0", "CPU1", ... (tasks) or "patcher"
     action: str
     slots: tuple[tuple[Slot, Insn], ...]  # the site after this step
-    r0: tuple[str, ...]  # each task's r0 after this step: "LR", "stale" or "" (not between A and B)
+    r0: tuple[str, ...]  # each task's r0 after this step: "LR", "stale" or "" (outside the site)
+    at: tuple[str, ...] = ()  # each task's next word inside the site ("B", "stub[1]"), or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +99,111 @@ class CheckResult:
     stale_fetch: bool
     cmodx: Cmodx
     sites_checked: int = 1  # check_all: how many distinct (request, writes) sites were explored
+
+
+# ---------------------------------------------------------------- the site as code
+
+_CALLEE: Final[Mapping[Generation, str]] = MappingProxyType(
+    {
+        Generation.MPROFILE: "_mcount",  # the word the 2019 thread patched
+        Generation.PATCHABLE: "ftrace_caller",
+        Generation.OOL: "ftrace_caller",
+    }
+)
+_ASM: Final[Mapping[Insn, str]] = MappingProxyType(
+    {Insn.MFLR: "mflr r0", Insn.NOP: "nop", Insn.B8: "b .+8", Insn.STD: "std r0,16(r1)", Insn.MTLR: "mtlr r0"}
+)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """One layout as code: pc 0 is outside the function (entering executes the site's first word),
+    pc 1..n-1 the site's other slots in address order, pc n.. the words of the ool stub."""
+
+    layout: Layout
+    by_offset: Mapping[int, int]  # offset from the call slot -> pc of the slot there
+    callee: str
+
+    @classmethod
+    def of(cls, lay: Layout) -> _Geometry:
+        if list(lay.offsets) != sorted(lay.offsets):
+            raise ValueError(f"{lay.variant.value}: slots must be listed in address order")
+        by_offset = MappingProxyType({off: pc for pc, off in enumerate(lay.offsets)})
+        return cls(lay, by_offset, _CALLEE[lay.generation])
+
+    @property
+    def n(self) -> int:
+        return len(self.layout.slots)
+
+    def name(self, pc: int) -> str:
+        return self.layout.slots[pc].value if pc < self.n else f"stub[{pc - self.n}]"
+
+    def land(self, offset: int) -> int:
+        """The pc of the site word at ``offset`` from the call slot; 0 past the site (the body)."""
+        if offset in self.by_offset:
+            return self.by_offset[offset]
+        if offset <= self.layout.offsets[-1]:
+            raise ValueError(f"{self.layout.variant.value}: a branch lands at {offset:+d}, inside no slot")
+        return 0
+
+    def fallthrough(self, pc: int) -> int:
+        if pc < self.n:
+            return self.land(self.layout.offsets[pc] + ppc.INSN_SIZE)
+        return pc + 1  # stub words are consecutive; its last word branches back
+
+    def branch(self, pc: int, word: Insn) -> int:
+        """Where the branch ``word`` at ``pc`` goes."""
+        if word is Insn.B8:
+            return self.land(self.layout.offsets[pc] + ppc.branch_offset(ppc.B_PLUS_8))
+        if word is Insn.STUB:
+            return self.n
+        call_slot = self.layout.offset(Slot.B)
+        assert call_slot is not None
+        return self.land(call_slot + ppc.INSN_SIZE)  # the stub's `b ip+4`: the word after the entry
+
+    def state_words(self, code: tuple[Insn, ...]) -> tuple[Insn, ...]:
+        return tuple(code[self.layout.slots.index(s)] for s in self.layout.state_slots)
+
+
+_GEOMETRY: Final[Mapping[Variant, _Geometry]] = MappingProxyType({v: _Geometry.of(lay) for v, lay in LAYOUTS.items()})
+
+
+class _Exec(NamedTuple):
+    pc: int  # where the task goes next; 0: it has left the function
+    fresh: bool  # r0 holds LR
+    text: str
+    crash: bool  # a bl with r0 not holding LR: the task does not go on
+
+
+def _execute(geo: _Geometry, pc: int, word: Insn, fresh: bool) -> _Exec:
+    """One instruction: ``word`` executed at ``pc`` by a task whose r0 holds LR iff ``fresh``."""
+    what = _ASM.get(word, word.value)
+    if word is Insn.CALL:
+        what = f"bl {geo.callee}"
+        if not fresh:
+            return _Exec(pc, fresh, f"{'enters; ' * (pc == 0)}{geo.name(pc)}: {what}", True)
+        what += " (r0 = LR): traced"
+    if word in (Insn.B8, Insn.STUB, Insn.BACK):
+        nxt = geo.branch(pc, word)
+    elif word in _ASM or word is Insn.CALL:
+        nxt = geo.fallthrough(pc)
+    else:
+        raise ValueError(f"{geo.name(pc)}: {word.value} is not a word of an ftrace site")
+    if word is Insn.MFLR:
+        fresh, what = True, what + " (r0 = LR)"
+    elif pc == 0 and nxt != 0 and word in (Insn.NOP, Insn.STD):
+        what += " (r0 not set)"
+    if word is Insn.B8:
+        what += f" lands on {geo.name(nxt)}" if nxt else " skips " + _skipped(geo, pc)
+    if nxt == 0:
+        fresh, what = False, what + "; body; returns"
+    return _Exec(nxt, fresh, f"{'enters; ' * (pc == 0)}{geo.name(pc)}: {what}", False)
+
+
+def _skipped(geo: _Geometry, pc: int) -> str:
+    start = geo.layout.offsets[pc]
+    end = start + ppc.branch_offset(ppc.B_PLUS_8)
+    return ", ".join(s.value for s, off in zip(geo.layout.slots, geo.layout.offsets, strict=True) if start < off < end)
 
 
 # ---------------------------------------------------------------- compiling a plan for one site
@@ -124,11 +249,34 @@ def _ops_by_site(p: Plan) -> list[tuple[_Op, ...]]:
 
 # ---------------------------------------------------------------- the search
 
-# A task: (pc, r0 holds LR, entries left, views).  pc 0 = outside (about to enter, i.e. execute
-# A); pc i > 0 = about to execute slot i, so "between A and B" is pc > 0.  views is None without
-# stale fetch, else per slot the frozenset of words the task may still fetch.
+# A task: (pc, r0 holds LR, entries left, views).  pc 0 = outside (about to enter, i.e. execute the
+# site's first word); pc > 0 = inside the site or its stub, about to execute that word.  views is
+# None without stale fetch, else per site slot the frozenset of words the task may still fetch.
 _Task = tuple[int, bool, int, tuple[frozenset[Insn], ...] | None]
 _State = tuple[tuple[Insn, ...], int, int, tuple[_Task, ...]]  # code, op index, done mask, tasks
+_Parents = dict[_State, tuple[_State, str, str] | None]
+
+
+@dataclass(frozen=True)
+class _Model:
+    geo: _Geometry
+    ops: tuple[_Op, ...]
+    target: tuple[Insn, ...]  # the target's words in the state slots
+    stale: bool
+    cmodx: Cmodx
+
+
+class _Problem(NamedTuple):
+    violation: Violation
+    reason: str
+    crash: str | None  # the violating move's text, when it is reported at the state it leaves
+
+
+class _Move(NamedTuple):
+    next: _State | None  # None: the move leads nowhere (a crash, a failed CAS)
+    actor: str
+    action: str
+    problems: tuple[_Problem, ...] = ()
 
 
 class _Found(NamedTuple):
@@ -138,8 +286,158 @@ class _Found(NamedTuple):
     last: tuple[str, str] | None  # the violating move, when it leads nowhere (a crash, a failed CAS)
 
 
-def _words(word: Insn) -> str:
-    return {Insn.MFLR: "mflr r0", Insn.NOP: "nop", Insn.B8: "b .+8", Insn.STD: "std r0,16(r1)"}.get(word, "bl _mcount")
+def _synced(code: tuple[Insn, ...]) -> tuple[frozenset[Insn], ...]:
+    return tuple(frozenset((w,)) for w in code)
+
+
+def _exposed(geo: _Geometry, task: _Task) -> bool:
+    """Inside the site with r0 not holding LR. Never so inside an ool stub: it starts with
+    ``mflr r0`` and is never written, so only its first word is ever reached with a stale r0."""
+    pc, fresh = task[0], task[1]
+    return 0 < pc < geo.n and not fresh
+
+
+def _search(m: _Model, start: _State) -> tuple[list[_Found], int, _Parents]:
+    parents: _Parents = {start: None}
+    found: dict[Violation, _Found] = {}
+    queue: deque[_State] = deque([start])
+    while queue and Violation.STALE_R0_CALL not in found:  # nothing is worse: the first is the shortest
+        state = queue.popleft()
+        if state[1] == len(m.ops):  # the patcher is done: the end-of-plan requirements
+            for problem in _end_problems(m, state):
+                found.setdefault(problem.violation, _Found(problem.violation, problem.reason, state, None))
+        for move in itertools.chain(_task_moves(m, state), _patcher_moves(m, state)):
+            for problem in move.problems:
+                if problem.crash is not None:
+                    at, last = state, (move.actor, problem.crash)
+                else:
+                    assert move.next is not None
+                    at, last = move.next, None
+                found.setdefault(problem.violation, _Found(problem.violation, problem.reason, at, last))
+            if move.next is not None and move.next not in parents:
+                parents[move.next] = (state, move.actor, move.action)
+                queue.append(move.next)
+    return list(found.values()), len(parents), parents
+
+
+def _end_problems(m: _Model, state: _State) -> Iterator[_Problem]:
+    code, _, _, tasks = state
+    words = m.geo.state_words(code)
+    if words != m.target:
+        got = m.geo.layout.state_of(words).value
+        want = m.geo.layout.state_of(m.target).value
+        yield _Problem(Violation.WRONG_FINAL, f"the plan ends in {got}, not {want}", None)
+    a = m.geo.layout.slots.index(Slot.A) if Slot.A in m.geo.layout.slots else None
+    for i, t in enumerate(tasks):
+        if _exposed(m.geo, t) and (a is None or code[a] is not Insn.NOP):
+            held = "no mflr slot" if a is None else f"A reading {code[a].value}"
+            yield _Problem(
+                Violation.UNSETTLED,
+                f"the plan ends with CPU{i} inside the site (before {m.geo.name(t[0])}) with a stale r0 "
+                f"and {held}: a later plan writing bl without a barrier would race",
+                None,
+            )
+        if m.geo.layout.mflr_in_site and t[3] and t[3] != _synced(code):
+            stale_slot = next(s for s, v, w in zip(m.geo.layout.slots, t[3], code, strict=True) if v != {w})
+            yield _Problem(
+                Violation.STALE_AFTER,
+                f"the plan ends while CPU{i} may still fetch the old word in slot {stale_slot.value}",
+                None,
+            )
+
+
+def _task_moves(m: _Model, state: _State) -> Iterator[_Move]:
+    code, op, mask, tasks = state
+    for i, (pc, fresh, left, views) in enumerate(tasks):
+        if pc == 0 and left == 0:
+            continue
+        if pc >= m.geo.n:
+            options = [m.geo.layout.stub[pc - m.geo.n]]  # written once at boot: never stale
+        elif views is not None:
+            options = sorted(views[pc], key=lambda w: w.value)
+        else:
+            options = [code[pc]]
+        for word in options:
+            yield _task_move(m, state, i, word)
+        if views and views != _synced(code):
+            resynced = (pc, fresh, left, _synced(code))
+            yield _Move(
+                (code, op, mask, (*tasks[:i], resynced, *tasks[i + 1 :])),
+                f"CPU{i}",
+                "interrupted (context synchronising): now fetches the current words",
+            )
+
+
+def _task_move(m: _Model, state: _State, i: int, word: Insn) -> _Move:
+    code, op, mask, tasks = state
+    pc, fresh, left, views = tasks[i]
+    name = f"CPU{i}"
+    note = " (stale fetch)" if pc < m.geo.n and word is not code[pc] else ""
+    ex = _execute(m.geo, pc, word, fresh)
+    if ex.crash:
+        reason = f"{name} executes bl {m.geo.callee} with r0 not holding LR{note}"
+        crash = f"{ex.text}{note} with r0 NOT = LR  <-- VIOLATION"
+        return _Move(None, name, ex.text, (_Problem(Violation.STALE_R0_CALL, reason, crash),))
+    nxt: _Task = (ex.pc, ex.fresh, left - (pc == 0), views)
+    if nxt[0] == 0 and nxt[2] == 0 and views is not None:
+        nxt = (0, False, 0, ())  # done for good: what it could fetch no longer matters
+    return _Move((code, op, mask, (*tasks[:i], nxt, *tasks[i + 1 :])), name, ex.text + note)
+
+
+def _patcher_moves(m: _Model, state: _State) -> Iterator[_Move]:
+    code, op, mask, tasks = state
+    if op == len(m.ops):
+        return
+    current = m.ops[op]
+    if current == _RCU:
+        if not any(t[0] > 0 for t in tasks):  # inside the site or its stub: no voluntary switch there
+            yield _Move((code, op + 1, 0, tasks), "patcher", "synchronize_rcu_tasks() returns")
+        return
+    if current == _ISYNC:
+        synced = tuple((t[0], t[1], t[2], _synced(code) if t[3] else t[3]) for t in tasks)
+        yield _Move((code, op + 1, 0, synced), "patcher", "IPI: every CPU runs isync")
+        return
+    assert not isinstance(current, str)
+    for j, write in enumerate(current):
+        if not mask & (1 << j):
+            yield _write_move(m, state, j, write)
+
+
+def _may_fetch(tasks: tuple[_Task, ...], idx: int) -> bool:
+    """Some task may still fetch slot ``idx``: it can still enter, or it is inside before it."""
+    return any(t[2] > 0 or 0 < t[0] <= idx for t in tasks)
+
+
+def _write_move(m: _Model, state: _State, j: int, write: tuple[int, Insn, Insn, Slot]) -> _Move:
+    code, op, mask, tasks = state
+    idx, old, new, slot = write
+    text = f"{slot.value}: {old.value} -> {new.value}"
+    if code[idx] is not old:
+        reason = f"the write {text} expects {old.value} but slot {slot.value} reads {code[idx].value}"
+        crash = f"{text}: CAS finds {code[idx].value}  <-- VIOLATION"
+        return _Move(None, "patcher", text, (_Problem(Violation.CAS_MISMATCH, reason, crash),))
+    problems: list[_Problem] = []
+    if m.cmodx is Cmodx.V3_0 and Insn.MFLR in (old, new) and _may_fetch(tasks, idx):
+        reason = (
+            f"{text} is patched while a CPU may be executing slot {slot.value}; ISA 3.0's concurrent "
+            "modification rules do not cover mflr"
+        )
+        problems.append(_Problem(Violation.CMODX, reason, f"{text}  <-- VIOLATION under --cmodx 3.0"))
+    new_code = (*code[:idx], new, *code[idx + 1 :])
+    new_tasks = tasks
+    if m.stale:  # every task may now fetch the new word too, until it context-synchronises
+        new_tasks = tuple(
+            (t[0], t[1], t[2], tuple(v | {new} if k == idx else v for k, v in enumerate(t[3] or ()))) for t in tasks
+        )
+    done = mask | (1 << j)
+    stage_done = done == (1 << len(m.ops[op])) - 1
+    nxt = (new_code, op + 1, 0, new_tasks) if stage_done else (new_code, op, done, new_tasks)
+    if m.geo.layout.state_of(m.geo.state_words(new_code)) is SiteState.BROKEN:
+        problems.append(_Problem(Violation.BROKEN, f"after {text} the site reads nop; bl (broken)", None))
+    return _Move(nxt, "patcher", text, tuple(problems))
+
+
+# ---------------------------------------------------------------- the entry points
 
 
 def check(
@@ -151,6 +449,7 @@ def check(
     stale_fetch: bool | None = None,
     cmodx: Cmodx | None = None,
     std_slot: Insn = Insn.STD,
+    _ops: tuple[_Op, ...] | None = None,
 ) -> CheckResult:
     """Explore every interleaving of ``p``'s writes to ``site`` with ``tasks`` tasks.
 
@@ -158,6 +457,7 @@ def check(
     (``p.runtime`` False) is checked with no concurrent task: only the states it passes through.
     ``std_slot`` is what a gcc-5 site's S slot holds at the start (``std`` as compiled, ``nop`` after
     a 6.13+ kernel's ``ftrace_init_nop``); it never changes a verdict, and the tests show that.
+    ``_ops`` is the site's share of the plan when the caller (``check_all``) has it already.
     """
     if not 0 <= site < len(p.sites):
         raise ValueError(f"site {site} is not in the plan (0..{len(p.sites) - 1})")
@@ -172,16 +472,23 @@ def check(
     if not p.runtime:
         tasks, stale = 0, False
     req = p.sites[site]
-    slots = LAYOUTS[req.variant].slots
-    a, b = TWO_SLOT_STATES[req.current]
-    code = tuple({Slot.A: a, Slot.S: std_slot, Slot.B: b}[s] for s in slots)
-    ops = list(_ops_by_site(p)[site])
-    found, states, parents = _search(req, slots, code, ops, tasks, entries, stale, policy)
+    geo = _GEOMETRY[req.variant]
+    ops = _ops_by_site(p)[site] if _ops is None else _ops
+    model = _Model(geo, ops, geo.layout.words(req.target), stale, policy)
+    found, states, parents = _search(model, _start(geo, req.current, std_slot, tasks, entries, stale))
     if not found:
         return CheckResult(True, states, None, "", (), site, req, tasks, entries, stale, policy)
     worst = min(found, key=lambda f: list(Violation).index(f.violation))
-    trace = _trace(worst, parents, slots)
+    trace = _trace(worst, parents, geo)
     return CheckResult(False, states, worst.violation, worst.reason, trace, site, req, tasks, entries, stale, policy)
+
+
+def _start(geo: _Geometry, current: SiteState, std_slot: Insn, ntasks: int, entries: int, stale: bool) -> _State:
+    lay = geo.layout
+    words = dict(zip(lay.state_slots, lay.words(current), strict=True))
+    code = tuple(words.get(s, std_slot) for s in lay.slots)  # S, the one slot no state names
+    task: _Task = (0, False, entries, _synced(code) if stale else None)
+    return (code, 0, 0, (task,) * ntasks)
 
 
 def check_all(
@@ -205,206 +512,49 @@ def check_all(
         if key in seen:
             continue
         seen.add(key)
-        result = check(p, site=site, tasks=tasks, entries=entries, stale_fetch=stale_fetch, cmodx=cmodx)
+        result = check(p, site=site, tasks=tasks, entries=entries, stale_fetch=stale_fetch, cmodx=cmodx, _ops=ops)
         if not result.safe:
             return result
         results.append(result)
     return replace(results[0], states=sum(r.states for r in results), sites_checked=len(results))
 
 
-def _search(
-    req: SiteRequest,
-    slots: tuple[Slot, ...],
-    code0: tuple[Insn, ...],
-    ops: list[_Op],
-    ntasks: int,
-    entries: int,
-    stale: bool,
-    cmodx: Cmodx,
-) -> tuple[list[_Found], int, dict[_State, tuple[_State, str, str] | None]]:
-    last_slot = len(slots) - 1
-    a_idx = 0
-    b_idx = slots.index(Slot.B)
-    target = TWO_SLOT_STATES[req.target]
-    state_of = LAYOUTS[req.variant].state_of
-
-    def synced(code: tuple[Insn, ...]) -> tuple[frozenset[Insn], ...]:
-        return tuple(frozenset((w,)) for w in code)
-
-    task0: _Task = (0, False, entries, synced(code0) if stale else None)
-    start: _State = (code0, 0, 0, (task0,) * ntasks)
-    parents: dict[_State, tuple[_State, str, str] | None] = {start: None}
-    found: dict[Violation, _Found] = {}
-    queue: deque[_State] = deque([start])
-
-    def report(v: Violation, reason: str, state: _State, last: tuple[str, str] | None = None) -> None:
-        if v not in found:
-            found[v] = _Found(v, reason, state, last)
-
-    def push(state: _State, parent: _State, actor: str, action: str) -> None:
-        if state not in parents:
-            parents[state] = (parent, actor, action)
-            queue.append(state)
-
-    while queue and Violation.STALE_R0_CALL not in found:  # nothing is worse: the first is the shortest
-        state = queue.popleft()
-        code, op, mask, tasks = state
-        between = [i for i, t in enumerate(tasks) if t[0] > 0]
-
-        if op == len(ops):  # the patcher is done: the end-of-plan requirements
-            if (code[a_idx], code[b_idx]) != target:
-                got = state_of((code[a_idx], code[b_idx])).value
-                report(Violation.WRONG_FINAL, f"the plan ends in {got}, not {req.target.value}", state)
-            for i, t in enumerate(tasks):
-                if t[0] > 0 and not t[1] and code[a_idx] is not Insn.NOP:
-                    report(
-                        Violation.UNSETTLED,
-                        f"the plan ends with CPU{i} between A and B with a stale r0 while A reads "
-                        f"{code[a_idx].value}: a later plan writing bl without a barrier would race",
-                        state,
-                    )
-                if t[3] and t[3] != synced(code):
-                    stale_slot = next(s for s, v, w in zip(slots, t[3], code, strict=True) if v != {w})
-                    report(
-                        Violation.STALE_AFTER,
-                        f"the plan ends while CPU{i} may still fetch the old word in slot {stale_slot.value}",
-                        state,
-                    )
-
-        # ---- tasks
-        for i, (pc, fresh, left, views) in enumerate(tasks):
-            name = f"CPU{i}"
-            if pc == 0 and left == 0:
-                continue
-            options = sorted(views[pc], key=lambda w: w.value) if views is not None else [code[pc]]
-            for word in options:
-                stale_note = " (stale fetch)" if word is not code[pc] else ""
-                nxt: _Task | None = None
-                if pc == 0:
-                    if word is Insn.MFLR:
-                        nxt, text = (1, True, left - 1, views), "enters; A: mflr r0 (r0 = LR)"
-                    elif word is Insn.NOP:
-                        nxt, text = (1, False, left - 1, views), "enters; A: nop (r0 not set)"
-                    else:  # b .+8 lands two slots on
-                        if a_idx + 2 <= last_slot:
-                            nxt, text = (a_idx + 2, False, left - 1, views), "enters; A: b .+8 lands on B"
-                        else:
-                            nxt, text = (0, False, left - 1, views), "enters; A: b .+8 skips B; body; returns"
-
-                elif pc < b_idx:  # the gcc-5 std slot: r0 untouched
-                    nxt, text = (pc + 1, fresh, left, views), f"S: {_words(word)}"
-                elif word is Insn.NOP:
-                    nxt, text = (0, False, left, views), "B: nop; body; returns"
-                elif fresh:
-                    nxt, text = (0, False, left, views), "B: bl _mcount (r0 = LR): traced; body; returns"
-                else:
-                    report(
-                        Violation.STALE_R0_CALL,
-                        f"{name} executes bl _mcount with r0 not holding LR{stale_note}",
-                        state,
-                        (name, f"B: bl _mcount{stale_note} with r0 NOT = LR  <-- VIOLATION"),
-                    )
-                    continue
-                if nxt[0] == 0 and nxt[2] == 0 and views is not None:
-                    nxt = (0, False, 0, ())  # done for good: what it could fetch no longer matters
-                new_tasks = (*tasks[:i], nxt, *tasks[i + 1 :])
-                push((code, op, mask, new_tasks), state, name, text + stale_note)
-            if views and views != synced(code):
-                resynced = (pc, fresh, left, synced(code))
-                push(
-                    (code, op, mask, (*tasks[:i], resynced, *tasks[i + 1 :])),
-                    state,
-                    name,
-                    "interrupted (context synchronising): now fetches the current words",
-                )
-
-        # ---- patcher
-        if op == len(ops):
-            continue
-        current = ops[op]
-        if current == _RCU:
-            if not between:
-                push((code, op + 1, 0, tasks), state, "patcher", "synchronize_rcu_tasks() returns")
-            continue
-        if current == _ISYNC:
-            new_tasks = tuple((t[0], t[1], t[2], synced(code) if t[3] else t[3]) for t in tasks)
-            push((code, op + 1, 0, new_tasks), state, "patcher", "IPI: every CPU runs isync")
-            continue
-        assert not isinstance(current, str)
-        for j, (idx, old, new, slot) in enumerate(current):
-            if mask & (1 << j):
-                continue
-            text = f"{slot.value}: {old.value} -> {new.value}"
-            if code[idx] is not old:
-                report(
-                    Violation.CAS_MISMATCH,
-                    f"the write {text} expects {old.value} but slot {slot.value} reads {code[idx].value}",
-                    state,
-                    ("patcher", f"{text}: CAS finds {code[idx].value}  <-- VIOLATION"),
-                )
-                continue
-            new_code = (*code[:idx], new, *code[idx + 1 :])
-            if (
-                cmodx is Cmodx.V3_0
-                and slot is Slot.A
-                and Insn.MFLR in (old, new)
-                and any(t[2] > 0 for t in tasks)  # a task that can still enter may be fetching A
-            ):
-                report(
-                    Violation.CMODX,
-                    f"{text} is patched while a CPU may be executing slot A; ISA 3.0's concurrent "
-                    "modification rules do not cover mflr",
-                    state,
-                    ("patcher", f"{text}  <-- VIOLATION under --cmodx 3.0"),
-                )
-            new_tasks = tasks
-            if stale:
-                new_tasks = tuple(
-                    (t[0], t[1], t[2], tuple(v | {new} if k == idx else v for k, v in enumerate(t[3] or ())))
-                    for t in tasks
-                )
-            done = mask | (1 << j)
-            nxt_state = (
-                (new_code, op + 1, 0, new_tasks) if done == (1 << len(current)) - 1 else (new_code, op, done, new_tasks)
-            )
-            if state_of((new_code[a_idx], new_code[b_idx])) is SiteState.BROKEN:
-                report(Violation.BROKEN, f"after {text} the site reads nop; bl (broken)", nxt_state)
-            push(nxt_state, state, "patcher", text)
-    return list(found.values()), len(parents), parents
+# ---------------------------------------------------------------- traces
 
 
-def _r0(task: _Task) -> str:
-    if task[0] == 0:
-        return ""
-    return "LR" if task[1] else "stale"
+def _trace_step(actor: str, action: str, state: _State, geo: _Geometry) -> TraceStep:
+    slots = tuple(zip(geo.layout.slots, state[0], strict=True))
+    r0 = tuple("" if t[0] == 0 else "LR" if t[1] else "stale" for t in state[3])
+    at = tuple("" if t[0] == 0 else geo.name(t[0]) for t in state[3])
+    return TraceStep(actor, action, slots, r0, at)
 
 
 def _trace(
-    f: _Found, parents: Mapping[_State, tuple[_State, str, str] | None], slots: tuple[Slot, ...]
+    f: _Found, parents: Mapping[_State, tuple[_State, str, str] | None], geo: _Geometry
 ) -> tuple[TraceStep, ...]:
     steps: list[TraceStep] = []
     state = f.state
     if f.last is not None:  # the move that crashed (or failed) leads to no state of its own
-        steps.append(
-            TraceStep(
-                f.last[0],
-                f.last[1],
-                tuple(zip(slots, state[0], strict=True)),
-                tuple(_r0(t) for t in state[3]),
-            )
-        )
+        steps.append(_trace_step(f.last[0], f.last[1], state, geo))
     link = parents[state]
     while link is not None:
         parent, actor, action = link
-        steps.append(
-            TraceStep(actor, action, tuple(zip(slots, state[0], strict=True)), tuple(_r0(t) for t in state[3]))
-        )
+        steps.append(_trace_step(actor, action, state, geo))
         state = parent
         link = parents[state]
     steps.reverse()
     if f.last is None:
         steps.append(TraceStep("checker", "plan done  <-- VIOLATION (see above)", steps[-1].slots if steps else (), ()))
     return tuple(steps)
+
+
+def _cell(step: TraceStep, col: str) -> str:
+    if step.actor == col or (col == "patcher" and step.actor == "checker"):
+        return step.action
+    if col.startswith("CPU") and step.r0 and step.r0[int(col[3:])]:
+        k = int(col[3:])
+        return f"  : (before {step.at[k]}, r0 {step.r0[k]})" if step.at else f"  : (r0 {step.r0[k]})"
+    return ""
 
 
 def render_trace(result: CheckResult) -> str:
@@ -420,21 +570,12 @@ def render_trace(result: CheckResult) -> str:
         return f"SAFE: {what}: {result.states} states explored\n"
     assert result.violation is not None
     head = f"UNSAFE ({result.violation.value}): {result.reason}\n  {what}: {result.states} states explored\n"
-    actors = sorted({s.actor for s in result.trace if s.actor.startswith("CPU")})
-    columns = [*actors, "patcher"]
+    columns = [*sorted({s.actor for s in result.trace if s.actor.startswith("CPU")}), "patcher"]
     slot_names = [s.value for s, _ in result.trace[0].slots] if result.trace and result.trace[0].slots else []
-    rows: list[list[str]] = []
-    for n, step in enumerate(result.trace, 1):
-        row = [str(n)]
-        for col in columns:
-            if step.actor == col or (col == "patcher" and step.actor == "checker"):
-                row.append(step.action)
-            elif col.startswith("CPU") and step.r0 and step.r0[int(col[3:])]:
-                row.append(f"  : (between A and B, r0 {step.r0[int(col[3:])]})")
-            else:
-                row.append("")
-        row += [w.value for _, w in step.slots] or [""] * len(slot_names)
-        rows.append(row)
+    rows = [
+        [str(n), *(_cell(step, col) for col in columns), *([w.value for _, w in step.slots] or [""] * len(slot_names))]
+        for n, step in enumerate(result.trace, 1)
+    ]
     header = ["#", *columns, *slot_names]
     widths = [max(len(r[k]) for r in [header, *rows]) for k in range(len(header))]
     lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
@@ -474,65 +615,73 @@ def hand_plan(
     )
 
 
-def _builtins() -> dict[str, Builtin]:
+def _naive_enable(variant: Variant) -> Plan:
+    """The 2019 order: ``nop -> mflr`` in A, then ``nop -> bl`` in B, with no barrier between."""
+    a, b = (Slot.A, Insn.NOP, Insn.MFLR), (Slot.B, Insn.NOP, Insn.CALL)
+    return hand_plan(variant, SiteState.NOPPED, SiteState.ENABLED, [[a], [b]], [Barrier.ORDER])
+
+
+def _mprofile_builtins() -> dict[str, Builtin]:
     m, std = Variant.MPROFILE, Variant.MPROFILE_STD
     nopped, enabled = SiteState.NOPPED, SiteState.ENABLED
     enable = [SiteRequest(m, nopped, enabled)]
     a, b = Slot.A, Slot.B
+    gcc5_b8 = [[(a, Insn.NOP, Insn.B8)], [(b, Insn.NOP, Insn.CALL)], [(a, Insn.B8, Insn.MFLR)]]
+    reverse = [[(a, Insn.MFLR, Insn.NOP)], [(b, Insn.CALL, Insn.NOP)]]
     return {
-        "naive-enable": Builtin(
-            m,
-            nopped,
-            hand_plan(m, nopped, enabled, [[(a, Insn.NOP, Insn.MFLR)], [(b, Insn.NOP, Insn.CALL)]], [Barrier.ORDER]),
-            "the 2019 race: nop -> mflr, then nop -> bl, no barrier",
-        ),
+        "naive-enable": Builtin(m, nopped, _naive_enable(m), "the 2019 race: nop -> mflr, then nop -> bl, no barrier"),
         "b8-enable": Builtin(
-            m,
-            nopped,
-            plan(enable, route=Route.B8),
-            "Rao: nop -> b+8, synchronize_rcu_tasks, nop -> bl, b+8 -> mflr",
+            m, nopped, plan(enable, route=Route.B8), "Rao: nop -> b+8, synchronize_rcu_tasks, nop -> bl, b+8 -> mflr"
         ),
         "mflr-first-enable": Builtin(
-            m,
-            nopped,
-            plan(enable, route=Route.MFLR_FIRST),
-            "Piggin: nop -> mflr, synchronize_rcu_tasks, nop -> bl",
+            m, nopped, plan(enable, route=Route.MFLR_FIRST), "Piggin: nop -> mflr, synchronize_rcu_tasks, nop -> bl"
         ),
         "disable": Builtin(
             m, enabled, plan([SiteRequest(m, enabled, nopped)]), "bl -> nop, then mflr -> nop, no barrier"
         ),
         "reverse-disable": Builtin(
-            m,
-            enabled,
-            hand_plan(m, enabled, nopped, [[(a, Insn.MFLR, Insn.NOP)], [(b, Insn.CALL, Insn.NOP)]], [Barrier.ORDER]),
-            "mflr -> nop first, then bl -> nop",
+            m, enabled, hand_plan(m, enabled, nopped, reverse, [Barrier.ORDER]), "mflr -> nop first, then bl -> nop"
         ),
         "mflr-first-enable-isync": Builtin(
-            m,
-            nopped,
-            plan(enable, stale_fetch=True),
-            "mflr-first with an isync IPI before each synchronize_rcu_tasks",
+            m, nopped, plan(enable, stale_fetch=True), "mflr-first with an isync IPI before each synchronize_rcu_tasks"
         ),
         "b8-enable-gcc5": Builtin(
             std,
             nopped,
-            hand_plan(
-                std,
-                nopped,
-                enabled,
-                [[(a, Insn.NOP, Insn.B8)], [(b, Insn.NOP, Insn.CALL)], [(a, Insn.B8, Insn.MFLR)]],
-                [Barrier.RCU_TASKS, Barrier.ORDER],
-            ),
+            hand_plan(std, nopped, enabled, gcc5_b8, [Barrier.RCU_TASKS, Barrier.ORDER]),
             "Rao's order on a gcc-5 mflr; std; bl site, where b .+8 lands on the bl",
         ),
         "mflr-first-enable-gcc5": Builtin(
-            std,
-            nopped,
-            plan([SiteRequest(std, nopped, enabled)]),
-            "Piggin's order on a gcc-5 mflr; std; bl site",
+            std, nopped, plan([SiteRequest(std, nopped, enabled)]), "Piggin's order on a gcc-5 mflr; std; bl site"
         ),
     }
 
 
-BUILTINS: Final[Mapping[str, Builtin]] = MappingProxyType(_builtins())
+def _current_builtins() -> dict[str, Builtin]:
+    """The 6.12 (patchable) and 7.2 (ool) sites of issue 11."""
+    patch, ool = Variant.PATCHABLE, Variant.OOL
+    nopped, disabled, enabled = SiteState.NOPPED, SiteState.DISABLED, SiteState.ENABLED
+    return {
+        "patchable-naive-enable": Builtin(
+            patch,
+            nopped,
+            _naive_enable(patch),
+            "6.12 site whose A was left nop: nop -> mflr, then nop -> bl, no barrier (the 2019 race, unchanged)",
+        ),
+        "patchable-b8-enable": Builtin(
+            patch,
+            nopped,
+            plan([SiteRequest(patch, nopped, enabled)], route=Route.B8),
+            "6.12: nop -> b+8, synchronize_rcu_tasks, nop -> bl, b+8 -> mflr",
+        ),
+        "ool-enable": Builtin(
+            ool, disabled, plan([SiteRequest(ool, disabled, enabled)]), "7.2: entry nop -> b stub, no barrier"
+        ),
+        "ool-disable": Builtin(
+            ool, enabled, plan([SiteRequest(ool, enabled, disabled)]), "7.2: entry b stub -> nop, no barrier"
+        ),
+    }
+
+
+BUILTINS: Final[Mapping[str, Builtin]] = MappingProxyType({**_mprofile_builtins(), **_current_builtins()})
 """Named plans for ``mcountrw check-plan --builtin NAME``; each is a one-site plan."""

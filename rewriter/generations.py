@@ -101,6 +101,20 @@ class Layout:
         """The state named by the words of ``state_slots``, or ``UNKNOWN``."""
         return _STATE_OF[self.variant].get(words, SiteState.UNKNOWN)
 
+    def words(self, state: SiteState) -> tuple[Insn, ...]:
+        """The words of ``state_slots`` in ``state``; ``broken`` included where it can be read (two
+        slots: ``nop; bl``). Raises ``KeyError`` for a state this layout cannot hold."""
+        if state is SiteState.BROKEN and len(self.state_slots) == 2:
+            return TWO_SLOT_STATES[state]
+        return self.states[state]
+
+    @property
+    def mflr_in_site(self) -> bool:
+        """Some state puts ``mflr r0`` in the site itself, so a task may be inside the site with r0
+        not yet holding LR (the 2019 race). False for ool: its ``mflr r0`` is the stub's first word,
+        right before the stub's ``bl``, and the stub is never written after boot."""
+        return any(Insn.MFLR in words for words in self.states.values())
+
 
 TWO_SLOT_STATES: Final[Mapping[SiteState, tuple[Insn, ...]]] = MappingProxyType(
     {

@@ -1,9 +1,10 @@
 """Plan the writes that move many ftrace call sites from their current states to their targets.
 
-Strategy: each site is planned on its own, as the cheapest path through :data:`states.TRANSITIONS`
-(fewest barriers, then fewest writes) that the route, the CMODX policy and the mode allow.  A path
-splits into *segments* wherever a write needs a barrier before it.  The global plan then lines the
-sites up segment by segment: segment ``j`` of every site lands between barrier ``j-1`` and barrier
+Strategy: each site is planned on its own, as the cheapest path through its layout's transitions
+(``generations.steps_from``: :data:`states.TRANSITIONS`, or :data:`states.OOL_TRANSITIONS`), fewest
+barriers, then fewest writes, that the route, the CMODX policy and the mode allow.  A path splits
+into *segments* wherever a write needs a barrier before it.  The global plan then lines the sites
+up segment by segment: segment ``j`` of every site lands between barrier ``j-1`` and barrier
 ``j``, its writes in program order inside the segment.  So the plan needs exactly as many barriers as
 the most demanding single site: enabling 40,000 ``nopped`` sites costs one ``synchronize_rcu_tasks``,
 not 40,000.
@@ -28,6 +29,23 @@ With ``stale_fetch=True`` a CPU may keep executing the previous contents of a sl
 context-synchronising event; ``synchronize_rcu_tasks`` alone does not provide one.  Plans then use
 :attr:`Barrier.ISYNC_RCU_TASKS` (an IPI making every CPU run ``isync``, *then* the RCU-tasks wait)
 between every two writes to a site and after the last one.
+
+Per generation (the layouts of ``rewriter.generations``)
+-------------------------------------------------------
+* **mprofile** (6.1) and **patchable** (6.12) sites have an ``mflr`` slot A before the call slot B,
+  so both routes and every rule above apply. A patchable site boots ``disabled`` (the kernel writes
+  ``mflr`` into A once, at init); ``nopped`` is what the file holds, and getting out of it at run
+  time is the 2019 problem again (``check`` built-ins ``patchable-naive-enable`` and
+  ``patchable-b8-enable``).
+* **ool** (6.13+, 7.2) sites are one word, ``nop`` (disabled) or ``b stub`` (enabled). Enabling and
+  disabling are one write with no barrier and no settle: the ``mflr r0`` runs inside the stub right
+  before the stub's ``bl``, and the stub is written once at boot, so no write can leave a task
+  about to call the tracer with a stale r0. With stale fetch too: a CPU that still runs the old
+  entry word skips the stub (untraced once more) or runs the intact stub (traced once more). Both
+  routes plan the same single write.
+* CMODX: under ``--cmodx 3.0`` the rows that write ``mflr`` are refused at run time in every
+  generation. An ool plan never writes ``mflr`` (``nop <-> b`` are both in the ISA's patch class),
+  so no ool plan is ever refused, or flagged by the checker, for CMODX.
 """
 
 from __future__ import annotations
@@ -97,7 +115,7 @@ def _slot_words(variant: Variant, slot: Slot) -> tuple[Insn, ...]:
     if slot is Slot.A:
         return _A_WORDS
     if slot is Slot.B:
-        return _OOL_WORDS if variant is Variant.OOL else _B_WORDS
+        return _OOL_WORDS if LAYOUTS[variant].stub else _B_WORDS
     return _S_WORDS
 
 
@@ -236,8 +254,13 @@ def _validate(p: Plan) -> None:
     if p.settle is Barrier.ORDER:
         raise ValueError('plan: settle: "order" is not a barrier; use null')
     for i, req in enumerate(p.sites):
+        if i and req == p.sites[i - 1]:  # runs of equal requests: checked once
+            continue
         if req.current is SiteState.UNKNOWN or req.target in (SiteState.UNKNOWN, SiteState.BROKEN):
             raise ValueError(f"plan: sites[{i}]: cannot plan {req.current.value} -> {req.target.value}")
+        reason = state_rejection(req.variant, req.current) or state_rejection(req.variant, req.target)
+        if reason is not None:
+            raise ValueError(f"plan: sites[{i}]: {reason}")
     for j, stage in enumerate(p.stages):
         if not stage:
             raise ValueError(f"plan: stages[{j}] is empty")
@@ -272,11 +295,12 @@ def _stale_r0_possible(variant: Variant, state: SiteState) -> bool:
     """A task may be between A and B with r0 not holding LR: slot A reads ``nop``. Never in the ool
     layout, which has no slot A (its stub runs ``mflr r0`` right before its ``bl``)."""
     lay = LAYOUTS[variant]
-    return Slot.A in lay.state_slots and lay.states[state][0] is Insn.NOP
+    return lay.mflr_in_site and lay.words(state)[lay.state_slots.index(Slot.A)] is Insn.NOP
 
 
 def _b(variant: Variant, state: SiteState) -> Insn:
-    return LAYOUTS[variant].states[state][-1]
+    lay = LAYOUTS[variant]
+    return lay.words(state)[lay.state_slots.index(Slot.B)]
 
 
 def _route_allows(route: Route, variant: Variant, step: Step, dst: SiteState, target: SiteState) -> bool:
@@ -315,7 +339,10 @@ def _cost_path(
     if not runtime:
         return _SitePath(steps, (False,) * len(steps), False)
     if stale_fetch:
-        return _SitePath(steps, tuple(i > 0 for i in range(len(steps))), bool(steps))
+        # ool: no settle. A CPU that still fetches the old entry word runs nop (untraced once more)
+        # or the intact stub (traced once more); neither can reach a bl with a stale r0.
+        settle = bool(steps) and LAYOUTS[variant].mflr_in_site
+        return _SitePath(steps, tuple(i > 0 for i in range(len(steps))), settle)
     dirty = _stale_r0_possible(variant, states[0])
     before = []
     for step, dst in zip(steps, states[1:], strict=True):
@@ -497,13 +524,16 @@ def render_text(p: Plan) -> str:
     """A readable plan: what each stage writes, grouped by (slot, old, new), and what separates them."""
     mode = "runtime" if p.runtime else "offline rewrite (nothing executes concurrently)"
     policy = f", cmodx {p.cmodx.value}{', stale fetch' if p.stale_fetch else ''}" if p.runtime else ""
-    lines = [
-        f"plan: {len(p.sites)} site(s), route {p.route.value}{policy}, {mode}",
-        f"  {p.num_writes} write(s) in {len(p.stages)} stage(s), {p.num_barriers} barrier(s)",
-    ]
     requests: dict[SiteRequest, list[int]] = {}
     for i, req in enumerate(p.sites):
         requests.setdefault(req, []).append(i)
+    # A route says how mflr goes back into slot A; one-word (ool) sites have no A.
+    routed = any(LAYOUTS[r.variant].mflr_in_site for r in requests) or not requests
+    route = p.route.value if routed else "none (one-word sites)"
+    lines = [
+        f"plan: {len(p.sites)} site(s), route {route}{policy}, {mode}",
+        f"  {p.num_writes} write(s) in {len(p.stages)} stage(s), {p.num_barriers} barrier(s)",
+    ]
     for req, idx in requests.items():
         lines.append(f"  {req.variant.value} {req.current.value} -> {req.target.value}: site(s) {_ranges(idx)}")
     if not p.stages:

@@ -42,7 +42,9 @@ the model checker executes whatever S holds.
 
 ``patchable`` is compiled ``nop; nop``; the kernel's ``ftrace_init_nop`` writes ``mflr`` into A
 (``nopped -> disabled``) before the code can run, and enables by writing only B.  Leaving A a nop
-and writing ``bl`` into B is the 2019 race unchanged, so the same routes apply.
+and writing ``bl`` into B is the 2019 race unchanged, so the same routes apply (``rewriter.check``
+built-ins ``patchable-naive-enable``, UNSAFE, and ``patchable-b8-enable``, SAFE; ``ool-enable`` and
+``ool-disable`` prove the one-word ool writes SAFE with no barrier).
 """
 
 from __future__ import annotations

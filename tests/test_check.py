@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
+from types import MappingProxyType
+
 import pytest
 
+from rewriter import check as checker
 from rewriter.check import BUILTINS, Violation, check, check_all, hand_plan, render_trace
 from rewriter.errors import PlanRejected
+from rewriter.generations import LAYOUTS, Variant
 from rewriter.plan import Barrier, Cmodx, Plan, Route, SiteRequest, Write, plan
-from tests_compat import VARIANT_STATES, Variant
 from rewriter.states import Insn, SiteState, Slot
 
-M, STD, PATCH = Variant.MPROFILE, Variant.MPROFILE_STD, Variant.PATCHABLE
+M, STD, PATCH, OOL = Variant.MPROFILE, Variant.MPROFILE_STD, Variant.PATCHABLE, Variant.OOL
 E, D, N = SiteState.ENABLED, SiteState.DISABLED, SiteState.NOPPED
 
 VERDICTS = {
@@ -22,6 +28,10 @@ VERDICTS = {
     "mflr-first-enable-isync": True,
     "b8-enable-gcc5": False,
     "mflr-first-enable-gcc5": True,
+    "patchable-naive-enable": False,
+    "patchable-b8-enable": True,
+    "ool-enable": True,
+    "ool-disable": True,
 }
 
 
@@ -63,31 +73,88 @@ def test_naive_enable_renders_as_a_cpu_table():
     assert text.startswith("UNSAFE (bl-with-stale-r0)")
     header = text.splitlines()[2]
     assert "CPU0" in header and "patcher" in header
-    assert "between A and B, r0 stale" in text
+    assert "(before B, r0 stale)" in text
 
 
-def test_reverse_disable_runs_nop_then_live_bl():
-    result = check(BUILTINS["reverse-disable"].plan)
-    actions = [s.action for s in result.trace]
-    assert actions[0] == "A: mflr -> nop"
-    assert "enters; A: nop" in actions[1]
-    assert "bl _mcount" in actions[2]
+# ---------------------------------------------------------------- 6.12 (patchable) and 7.2 (ool)
 
 
-def test_b8_on_a_gcc5_site_jumps_onto_the_bl():
-    result = check(BUILTINS["b8-enable-gcc5"].plan)
-    assert any("b .+8 lands on B" in s.action for s in result.trace)
+def test_patchable_naive_enable_is_the_2019_race_unchanged():
+    """A 6.12 site whose A was left nop, enabled the 2019 way: the same trace as on mprofile."""
+    result = check(BUILTINS["patchable-naive-enable"].plan, tasks=3, entries=2)
+    assert result.violation is Violation.STALE_R0_CALL
+    mprofile = check(BUILTINS["naive-enable"].plan, tasks=3, entries=2)
+    assert [(s.actor, s.r0) for s in result.trace] == [(s.actor, s.r0) for s in mprofile.trace]
+    assert [s.action for s in result.trace[:3]] == ["enters; A: nop (r0 not set)", "A: nop -> mflr", "B: nop -> bl"]
+    assert result.trace[-1].action == "B: bl ftrace_caller with r0 NOT = LR  <-- VIOLATION"
 
 
-@pytest.mark.parametrize("name", ["mflr-first-enable-gcc5", "b8-enable-gcc5"])
-def test_the_gcc5_std_slot_never_changes_a_verdict(name):
+def test_a_bl_written_while_a_stays_nop_is_unsafe_even_for_one_task():
+    p = _one(PATCH, N, E, [[(Slot.B, Insn.NOP, Insn.CALL)]], [])
+    result = check(p, tasks=1, entries=1)
+    assert result.violation is Violation.STALE_R0_CALL
+    assert check(p, tasks=3).violation is Violation.STALE_R0_CALL
+
+
+def test_patchable_b8_enable_is_raos_order_and_waits_for_the_tasks():
+    p = BUILTINS["patchable-b8-enable"].plan
+    assert [[(w.slot, w.old, w.new) for w in stage] for stage in p.stages] == [
+        [(Slot.A, Insn.NOP, Insn.B8)],
+        [(Slot.B, Insn.NOP, Insn.CALL)],
+        [(Slot.A, Insn.B8, Insn.MFLR)],
+    ]
+    assert p.barriers == (Barrier.RCU_TASKS, Barrier.ORDER)
+    # The barrier is for the tasks that ran A's nop before the b+8 landed: without it they race.
+    no_wait = dataclasses.replace(p, barriers=(Barrier.ORDER, Barrier.ORDER))
+    assert check(no_wait, tasks=3).violation is Violation.STALE_R0_CALL
+    from_nop = _one(PATCH, N, E, [[(Slot.B, Insn.NOP, Insn.CALL)], [(Slot.A, Insn.NOP, Insn.B8)]], [Barrier.ORDER])
+    assert check(from_nop).violation is Violation.STALE_R0_CALL
+
+
+@pytest.mark.parametrize("name", ["ool-enable", "ool-disable"])
+def test_ool_builtins_are_one_write_and_safe_under_every_model(name):
     p = BUILTINS[name].plan
-    assert check(p, std_slot=Insn.STD).safe == check(p, std_slot=Insn.NOP).safe
+    assert len(p.stages) == 1 and p.num_writes == 1 and p.num_barriers == 0
+    for stale in (False, True):
+        for cmodx in Cmodx:
+            result = check(p, tasks=3, entries=2, stale_fetch=stale, cmodx=cmodx)
+            assert result.safe, render_trace(result)
 
 
-def test_check_t3_k2_is_fast_enough_to_run_everywhere():
-    result = check(BUILTINS["mflr-first-enable-isync"].plan, tasks=3, entries=2)
-    assert result.safe and result.states < 100_000
+def test_ool_enable_then_disable_without_any_barrier_is_safe():
+    p = _one(OOL, D, D, [[(Slot.B, Insn.NOP, Insn.STUB)], [(Slot.B, Insn.STUB, Insn.NOP)]], [Barrier.ORDER])
+    assert check(p, tasks=3, entries=2, stale_fetch=True).safe
+
+
+def _with_stub(monkeypatch: pytest.MonkeyPatch, stub: tuple[Insn, ...]) -> None:
+    """Model a 7.2 kernel whose boot-time stub were different (the checker must notice)."""
+    lay = dataclasses.replace(LAYOUTS[OOL], stub=stub)
+    geometry = {**checker._GEOMETRY, OOL: checker._Geometry.of(lay)}
+    monkeypatch.setattr(checker, "_GEOMETRY", MappingProxyType(geometry))
+
+
+def test_the_stub_is_executed_word_by_word_and_its_mflr_is_what_makes_ool_safe(monkeypatch):
+    _with_stub(monkeypatch, (Insn.NOP, Insn.CALL, Insn.MTLR, Insn.BACK))
+    result = check(BUILTINS["ool-disable"].plan, tasks=1, entries=1)
+    assert result.violation is Violation.STALE_R0_CALL
+    assert [s.action for s in result.trace] == [
+        "enters; B: b stub",
+        "stub[0]: nop",
+        "stub[1]: bl ftrace_caller with r0 NOT = LR  <-- VIOLATION",
+    ]
+    assert result.trace[1].at == ("stub[1]",) and result.trace[1].r0 == ("stale",)
+
+
+def test_a_task_inside_the_stub_holds_up_synchronize_rcu_tasks():
+    """RCU tasks waits for tasks in trampolines: the patcher passes the barrier only when no task is
+    in the site or its stub."""
+    geo = checker._GEOMETRY[OOL]
+    model = checker._Model(geo, (checker._RCU,), (Insn.NOP,), False, Cmodx.V3_1)
+    for pc in range(geo.n, geo.n + len(geo.layout.stub)):
+        inside = ((Insn.STUB,), 0, 0, ((0, False, 1, None), (pc, pc > geo.n, 1, None)))
+        assert list(checker._patcher_moves(model, inside)) == [], geo.name(pc)
+    outside = ((Insn.STUB,), 0, 0, ((0, False, 1, None), (0, False, 0, None)))
+    assert [m.action for m in checker._patcher_moves(model, outside)] == ["synchronize_rcu_tasks() returns"]
 
 
 # ---------------------------------------------------------------- the other models
@@ -172,10 +239,10 @@ def test_offline_plans_are_checked_without_tasks_but_still_may_not_break():
 
 
 def test_check_all_covers_every_site():
-    p = plan([SiteRequest(M, N, E)] * 100 + [SiteRequest(STD, E, N), SiteRequest(PATCH, N, E)])
-    result = check_all(p, tasks=2)
-    assert result.safe and result.sites_checked == 3
-    assert "3 distinct sites" in render_trace(result)
+    requests = [SiteRequest(M, N, E)] * 100 + [SiteRequest(STD, E, N), SiteRequest(PATCH, N, E), SiteRequest(OOL, D, E)]
+    result = check_all(plan(requests), tasks=2)
+    assert result.safe and result.sites_checked == 4
+    assert "4 distinct sites" in render_trace(result)
 
 
 def test_check_rejects_out_of_range_parameters():
@@ -194,11 +261,11 @@ def test_safe_result_reports_states_explored():
 # ---------------------------------------------------------------- every plan the planner emits
 
 
-def _pairs():
-    for variant, states in VARIANT_STATES.items():
-        for current in [*sorted(states, key=lambda s: s.value), SiteState.BROKEN]:
-            for target in sorted(states, key=lambda s: s.value):
-                yield variant, current, target
+def _pairs(variant: Variant):
+    states = sorted(LAYOUTS[variant].states, key=lambda s: s.value)
+    for current in [*states, SiteState.BROKEN]:
+        for target in states:
+            yield current, target
 
 
 MODES = {
@@ -211,9 +278,10 @@ MODES = {
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("route", list(Route), ids=lambda r: r.value)
-def test_every_plan_the_planner_emits_is_safe(route, mode):
+@pytest.mark.parametrize("variant", list(Variant), ids=lambda v: v.value)
+def test_every_plan_the_planner_emits_is_safe(variant, route, mode):
     planned = 0
-    for variant, current, target in _pairs():
+    for current, target in _pairs(variant):
         try:
             p = plan([SiteRequest(variant, current, target)], route=route, **MODES[mode])
         except PlanRejected:
@@ -222,10 +290,41 @@ def test_every_plan_the_planner_emits_is_safe(route, mode):
         for tasks in (2, 3):
             result = check(p, tasks=tasks, entries=2)
             assert result.safe, render_trace(result)
-    assert planned >= 8  # even under cmodx 3.0: the bl-only and b+8-only moves
+    if variant is OOL:
+        assert planned == 4  # disabled/enabled to disabled/enabled, in every mode and on both routes
+    else:
+        assert planned >= 5  # even under cmodx 3.0: the bl-only (and b+8-only) moves, and staying put
 
 
 def test_mflr_first_plans_every_pair_at_runtime_except_from_broken():
-    for variant, current, target in _pairs():
-        if current is not SiteState.BROKEN:
-            plan([SiteRequest(variant, current, target)], route=Route.MFLR_FIRST)
+    for variant in Variant:
+        for current, target in _pairs(variant):
+            if current is not SiteState.BROKEN:
+                plan([SiteRequest(variant, current, target)], route=Route.MFLR_FIRST)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _mcountrw(command: str) -> subprocess.CompletedProcess[str]:
+    """Run ``mcountrw COMMAND`` (arguments split on spaces)."""
+    args = [sys.executable, "-m", "rewriter", *command.split()]
+    return subprocess.run(args, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize("name", ["patchable-naive-enable", "patchable-b8-enable", "ool-enable", "ool-disable"])
+def test_cli_check_plan_runs_the_new_builtins_for_three_tasks(name):
+    proc = _mcountrw(f"check-plan --builtin {name} --tasks 3 --entries 2")
+    assert proc.returncode == (0 if VERDICTS[name] else 1), proc.stderr
+    if VERDICTS[name]:
+        assert proc.stdout.startswith(f"{name}: SAFE (") and "3 tasks x 2 entries" in proc.stdout
+    else:
+        assert f"{name}: UNSAFE: CPU0 executes bl ftrace_caller with r0 not holding LR" in proc.stdout
+        assert "(before B, r0 stale)" in proc.stdout and "r0 NOT = LR  <-- VIOLATION" in proc.stdout
+
+
+def test_cli_check_plan_of_an_ool_plan_file(tmp_path):
+    path = tmp_path / "ool.json"
+    path.write_text(_mcountrw("plan --generation ool --from disabled --to enabled --format json").stdout)
+    proc = _mcountrw(f"check-plan {path} --tasks 3 --stale-fetch --cmodx 3.0")
+    assert proc.returncode == 0 and "SAFE" in proc.stdout

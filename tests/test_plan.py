@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -16,11 +18,11 @@ from hypothesis import strategies as st
 
 from rewriter.check import check
 from rewriter.errors import PlanRejected
+from rewriter.generations import LAYOUTS, Variant, steps_from
 from rewriter.plan import Barrier, Cmodx, Plan, Route, SiteRequest, Write, plan, render_text
-from tests_compat import STATE_SLOTS, VARIANT_STATES, Variant, state_of, steps_from
 from rewriter.states import Insn, SiteState, Slot
 
-M, STD, PATCH = Variant.MPROFILE, Variant.MPROFILE_STD, Variant.PATCHABLE
+M, STD, PATCH, OOL = Variant.MPROFILE, Variant.MPROFILE_STD, Variant.PATCHABLE, Variant.OOL
 E, D, N, G, ARMED, X = (
     SiteState.ENABLED,
     SiteState.DISABLED,
@@ -35,10 +37,18 @@ def _writes(p: Plan) -> list[list[tuple[Slot, Insn, Insn]]]:
     return [[(w.slot, w.old, w.new) for w in stage] for stage in p.stages]
 
 
+def _state(variant: Variant, slots: dict[Slot, Insn]) -> SiteState:
+    lay = LAYOUTS[variant]
+    return lay.state_of(tuple(slots[s] for s in lay.state_slots))
+
+
 def _walk(p: Plan) -> list[SiteState]:
     """Apply the plan stage by stage (each site has at most one write per stage, checked here),
     compare-and-swapping, and return each site's final state; fail on any broken state on the way."""
-    slots = [dict(zip((Slot.A, Slot.B), STATE_SLOTS[r.current], strict=True)) for r in p.sites]
+    lays = [LAYOUTS[r.variant] for r in p.sites]
+    slots = [
+        dict(zip(lay.state_slots, lay.words(r.current), strict=True)) for lay, r in zip(lays, p.sites, strict=True)
+    ]
     for stage in p.stages:
         assert len({w.site for w in stage}) == len(stage), "two writes to one site in one stage"
         for w in stage:
@@ -46,8 +56,8 @@ def _walk(p: Plan) -> list[SiteState]:
                 continue
             assert slots[w.site][w.slot] is w.old, f"CAS would fail: {w}"
             slots[w.site][w.slot] = w.new
-            assert state_of(slots[w.site][Slot.A], slots[w.site][Slot.B]) is not X, f"broken after {w}"
-    return [state_of(s[Slot.A], s[Slot.B]) for s in slots]
+            assert _state(p.sites[w.site].variant, slots[w.site]) is not X, f"broken after {w}"
+    return [_state(r.variant, s) for r, s in zip(p.sites, slots, strict=True)]
 
 
 # ---------------------------------------------------------------- routes and barriers
@@ -164,9 +174,52 @@ def test_unknown_sites_are_refused_naming_the_site():
         plan([SiteRequest(M, E, N), SiteRequest(M, SiteState.UNKNOWN, N)])
 
 
-def test_guarded_is_not_a_patchable_state():
-    with pytest.raises(PlanRejected, match="patchable-entry scheme"):
-        plan([SiteRequest(PATCH, N, G)])
+@pytest.mark.parametrize("route", list(Route), ids=lambda r: r.value)
+def test_patchable_sites_plan_like_mprofile_on_both_routes(route):
+    """A at ip-4, B at ip in both layouts: the same writes, barriers and settles."""
+    for current, target in itertools.product(LAYOUTS[PATCH].states, repeat=2):
+        for runtime in (True, False):
+            mine = plan([SiteRequest(PATCH, current, target)], route=route, runtime=runtime)
+            theirs = plan([SiteRequest(M, current, target)], route=route, runtime=runtime)
+            assert (mine.stages, mine.barriers, mine.settle) == (theirs.stages, theirs.barriers, theirs.settle)
+    assert _walk(plan([SiteRequest(PATCH, N, G)])) == [G]
+
+
+def test_patchable_enable_from_nopped_is_refused_under_cmodx_30_like_mprofile():
+    with pytest.raises(PlanRejected, match=r"--cmodx 3\.0"):
+        plan([SiteRequest(PATCH, N, E)], cmodx=Cmodx.V3_0)
+    assert _writes(plan([SiteRequest(PATCH, D, E)], cmodx=Cmodx.V3_0)) == [[(Slot.B, Insn.NOP, Insn.CALL)]]
+
+
+OOL_MODES = {
+    "runtime-3.1": dict(cmodx=Cmodx.V3_1),
+    "runtime-3.0": dict(cmodx=Cmodx.V3_0),
+    "runtime-stale": dict(stale_fetch=True),
+    "offline": dict(runtime=False),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(OOL_MODES))
+@pytest.mark.parametrize("route", [None, *Route], ids=lambda r: getattr(r, "value", "default"))
+def test_ool_enable_and_disable_are_one_write_with_no_barrier_and_no_settle(route, mode):
+    for current, target, old, new in ((D, E, Insn.NOP, Insn.STUB), (E, D, Insn.STUB, Insn.NOP)):
+        p = plan([SiteRequest(OOL, current, target)], route=route, **OOL_MODES[mode])
+        assert _writes(p) == [[(Slot.B, old, new)]]
+        assert p.barriers == () and p.settle is None and p.num_barriers == 0
+        assert check(p, tasks=3).safe
+
+
+@pytest.mark.parametrize("state", [N, G, ARMED, X])
+def test_ool_sites_have_no_nopped_guarded_armed_or_broken_state(state):
+    with pytest.raises(PlanRejected, match="not a state of an ool site"):
+        plan([SiteRequest(OOL, state, E)], runtime=False)
+    with pytest.raises(PlanRejected, match="not a state of an ool site"):
+        plan([SiteRequest(OOL, D, state)], runtime=False)
+
+
+def test_ool_disable_rides_along_a_whole_kernel_mprofile_enable():
+    p = plan([SiteRequest(M, N, E), SiteRequest(OOL, E, D), SiteRequest(PATCH, D, E)])
+    assert p.num_barriers == 1 and _walk(p) == [E, D, E]
 
 
 def test_offline_enable_still_orders_the_writes_so_the_file_is_never_broken():
@@ -187,6 +240,30 @@ def test_stale_fetch_plans_isync_before_each_barrier_and_settle():
 def test_json_round_trips():
     p = plan([SiteRequest(M, N, E), SiteRequest(STD, E, N), SiteRequest(PATCH, N, D)], stale_fetch=True)
     assert Plan.from_json(p.to_json()) == p
+
+
+def test_json_of_an_ool_plan_names_the_variant_and_the_stub_branch():
+    p = plan([SiteRequest(OOL, D, E)])
+    doc = json.loads(p.to_json())
+    assert doc["version"] == 1
+    assert doc["sites"] == [{"variant": "ool", "current": "disabled", "target": "enabled"}]
+    assert doc["stages"] == [[{"site": 0, "slot": "B", "old": "nop", "new": "b stub"}]]
+    assert Plan.from_json(p.to_json()) == p
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["sites"][0].update(current="nopped"), "nopped is not a state of an ool site"),
+        (lambda d: d["stages"][0][0].update(slot="A"), "ool sites have no slot A"),
+        (lambda d: d["stages"][0][0].update(new="bl"), "not a write to slot B"),
+    ],
+)
+def test_from_json_rejects_what_an_ool_site_cannot_hold(edit, message):
+    doc = json.loads(plan([SiteRequest(OOL, D, E)]).to_json())
+    edit(doc)
+    with pytest.raises(ValueError, match=message):
+        Plan.from_json(json.dumps(doc))
 
 
 def _doc() -> dict:
@@ -262,11 +339,14 @@ def _paths(variant: Variant, src: SiteState, dst: SiteState) -> list[list[SiteSt
 def _min_barriers(variant: Variant, src: SiteState, dst: SiteState) -> int:
     """Fewest barriers of any single-site plan the model checker accepts (the planner is not used)."""
     best = None
+    lay = LAYOUTS[variant]
     for path in _paths(variant, src, dst):
         writes = []
         for a, b in itertools.pairwise(path):
-            (slot,) = [s for s, x, y in zip((Slot.A, Slot.B), STATE_SLOTS[a], STATE_SLOTS[b], strict=True) if x != y]
-            writes.append(Write(0, slot, STATE_SLOTS[a][slot is Slot.B], STATE_SLOTS[b][slot is Slot.B]))
+            (write,) = [
+                Write(0, s, x, y) for s, x, y in zip(lay.state_slots, lay.words(a), lay.words(b), strict=True) if x != y
+            ]
+            writes.append(write)
         for seps in itertools.product((Barrier.ORDER, Barrier.RCU_TASKS), repeat=len(writes) - 1):
             for settle in (None, Barrier.RCU_TASKS):
                 cost = sum(s is Barrier.RCU_TASKS for s in seps) + (settle is not None)
@@ -291,9 +371,9 @@ def _min_barriers(variant: Variant, src: SiteState, dst: SiteState) -> int:
 def min_barriers() -> dict[tuple[Variant, SiteState, SiteState], int]:
     return {
         (v, a, b): _min_barriers(v, a, b)
-        for v, states in VARIANT_STATES.items()
-        for a in states
-        for b in states
+        for v, lay in LAYOUTS.items()
+        for a in lay.states
+        for b in lay.states
         if a is not b
     }
 
@@ -302,8 +382,8 @@ _REQUESTS = st.sampled_from(Variant).flatmap(
     lambda v: st.builds(
         SiteRequest,
         st.just(v),
-        st.sampled_from(sorted(VARIANT_STATES[v], key=lambda s: s.value)),
-        st.sampled_from(sorted(VARIANT_STATES[v], key=lambda s: s.value)),
+        st.sampled_from(sorted(LAYOUTS[v].states, key=lambda s: s.value)),
+        st.sampled_from(sorted(LAYOUTS[v].states, key=lambda s: s.value)),
     )
 )
 
@@ -326,3 +406,50 @@ def test_every_route_either_plans_safely_or_refuses(requests, route):
         assert route is Route.B8 and "route b8" in str(e)
         return
     assert _walk(p) == [r.target for r in requests]
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _mcountrw(command: str) -> subprocess.CompletedProcess[str]:
+    """Run ``mcountrw COMMAND`` (arguments split on spaces)."""
+    args = [sys.executable, "-m", "rewriter", *command.split()]
+    return subprocess.run(args, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "write"), [("disabled", "enabled", "nop -> b stub"), ("enabled", "disabled", "b stub -> nop")]
+)
+def test_cli_ool_plan_is_one_stage_and_no_barrier(src, dst, write):
+    proc = _mcountrw(f"plan --generation ool --from {src} --to {dst}")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 write(s) in 1 stage(s), 0 barrier(s)" in proc.stdout
+    assert f"ool {src} -> {dst}: site(s) 0" in proc.stdout
+    assert f"B: {write}" in " ".join(proc.stdout.split())
+    assert "stage 2" not in proc.stdout and "synchronize_rcu_tasks" not in proc.stdout
+
+
+def test_cli_ool_plan_from_nopped_is_refused_in_one_line_with_exit_1():
+    """plan's convention: a request with no legal route (here: a state ool sites do not have) exits 1."""
+    proc = _mcountrw("plan --generation ool --from nopped --to enabled")
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nopped is not a state of an ool site" in lines[0]
+
+
+def test_cli_generation_picks_its_default_variant_and_variant_still_works():
+    patch = _mcountrw("plan --generation patchable --from nopped --to enabled --route b8 --format json")
+    doc = json.loads(patch.stdout)
+    assert doc["sites"][0]["variant"] == "patchable" and len(doc["stages"]) == 3
+    std = _mcountrw("plan --variant mprofile-std --from nopped --to enabled --format json")
+    assert json.loads(std.stdout)["sites"][0]["variant"] == "mprofile-std"
+    both = _mcountrw("plan --generation mprofile --variant mprofile-std --from enabled --to disabled")
+    assert both.returncode == 0 and "mprofile-std enabled -> disabled" in both.stdout
+    default = _mcountrw("plan --from enabled --to disabled")
+    assert "mprofile enabled -> disabled" in default.stdout
+
+
+def test_cli_generation_and_variant_must_agree():
+    proc = _mcountrw("plan --generation ool --variant patchable --from disabled --to enabled")
+    assert proc.returncode == 2 and "not a variant of --generation ool" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from rewriter.cli import BAD_INPUT, FINDINGS, app, emit, fail
 
+if TYPE_CHECKING:
+    from rewriter.generations import Variant
 
-def _enum(kind, value: str, option: str):  # type: ignore[no-untyped-def]
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _enum(kind: type[_E], value: str, option: str) -> _E:
     try:
         return kind(value)
     except ValueError:
@@ -20,10 +27,22 @@ def _enum(kind, value: str, option: str):  # type: ignore[no-untyped-def]
 
 @app.command("plan")
 def plan_cmd(
-    from_: Annotated[str, typer.Option("--from", help="current state: enabled, disabled, nopped, guarded, armed")],
+    from_: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="current state: enabled or disabled (traced or not, at run time, in every generation); "
+            "mprofile and patchable also nopped, guarded, armed (and broken, offline)",
+        ),
+    ],
     to: Annotated[str, typer.Option("--to", help="target state")],
     *,
-    variant: Annotated[str, typer.Option(help="mprofile, mprofile-std or patchable")] = "mprofile",
+    generation: Annotated[
+        str | None, typer.Option(help="mprofile (6.1), patchable (6.12) or ool (7.2); picks its default variant")
+    ] = None,
+    variant: Annotated[
+        str | None, typer.Option(help="mprofile, mprofile-std, patchable or ool (default: mprofile)")
+    ] = None,
     route: Annotated[str | None, typer.Option(help="mflr-first or b8 (default: fewer writes)")] = None,
     cmodx: Annotated[str, typer.Option(help="ISA rules for live patching: 3.0 or 3.1")] = "3.1",
     offline: Annotated[bool, typer.Option(help="plan a file rewrite (nothing executes concurrently)")] = False,
@@ -32,16 +51,15 @@ def plan_cmd(
 ) -> None:
     """Plan the writes (stages and barriers) that move a site from one state to another.
 
-    Exit 1 with the reason when no legal route exists (e.g. a runtime enable of a nopped mflr
-    under --cmodx 3.0)."""
+    Exit 1 with the reason when no legal route exists: e.g. a runtime enable of a nopped mflr
+    under --cmodx 3.0, or a state the generation's sites do not have (--from nopped on ool)."""
     from rewriter.errors import PlanRejected
-    from rewriter.generations import Variant
     from rewriter.plan import Cmodx, Route, SiteRequest, plan, render_text
     from rewriter.states import SiteState
 
     if fmt not in ("text", "json"):
         fail(f"--format: {fmt!r} is not text or json")
-    request = SiteRequest(_enum(Variant, variant, "--variant"), _enum(SiteState, from_, "--from"),
+    request = SiteRequest(_variant(generation, variant), _enum(SiteState, from_, "--from"),
                           _enum(SiteState, to, "--to"))  # fmt: skip
     the_route = _enum(Route, route, "--route") if route else None
     try:
@@ -50,6 +68,20 @@ def plan_cmd(
         typer.echo(f"mcountrw: no legal route: {e}", err=True)
         raise typer.Exit(FINDINGS) from None
     emit(p.to_json() if fmt == "json" else render_text(p) + "\n", output)
+
+
+def _variant(generation: str | None, variant: str | None) -> Variant:
+    """--variant as given, else the default variant of --generation, else mprofile; both must agree."""
+    from rewriter.generations import GENERATION_VARIANTS, Generation, Variant, default_variant
+
+    gen = _enum(Generation, generation, "--generation") if generation else None
+    if variant is None:
+        return default_variant(gen) if gen is not None else Variant.MPROFILE
+    var = _enum(Variant, variant, "--variant")
+    if gen is not None and var not in GENERATION_VARIANTS[gen]:
+        names = ", ".join(v.value for v in GENERATION_VARIANTS[gen])
+        fail(f"--variant {var.value} is not a variant of --generation {gen.value} ({names})")
+    return var
 
 
 @app.command("check-plan")
@@ -73,7 +105,7 @@ def check_plan(
 
     if list_builtins:
         for name, b in BUILTINS.items():
-            typer.echo(f"{name:<20} {b.variant.value} from {b.start.value}: {b.summary}")
+            typer.echo(f"{name:<24} {b.variant.value} from {b.start.value}: {b.summary}")
         return
     if (plan_file is None) == (builtin is None):
         fail("give exactly one of PLAN.json or --builtin NAME")

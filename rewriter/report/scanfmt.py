@@ -41,8 +41,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from rewriter.elf.image import Kind
 from rewriter.elf.symbols import split_place
@@ -76,28 +75,33 @@ WHY: Final = {
 }
 
 
-@dataclass(frozen=True)
-class Boot:
-    """What the kernel makes of one image at boot (or module load), as far as the report says."""
+class Boot(NamedTuple):
+    """What the kernel makes of one image at boot (or module load), as far as the report says:
+    ``refused`` recorded sites whose words ftrace_init_nop() refuses, ``unmatched`` records that
+    name no site (init refuses those words too), ``no_stub`` ool records that get no stub (past
+    an area's count, or out of branch range), and ``ftrace_off``, why ftrace_bug() then turns
+    ftrace off for the boot (None if it does not). Any of these stops ftrace_update_code() and
+    kills ftrace for everything, not just the one site. (Records outside kernel text are skipped
+    by ftrace_process_locs() and harm nothing.)"""
 
-    refused: int  # recorded sites whose words ftrace_init_nop() refuses
-    no_stub: int  # ool records that get no stub (past an area's count, or out of branch range)
-
-    @property
-    def ftrace_off(self) -> str | None:
-        """Why ftrace_bug() turns ftrace off for the boot, or None. Either failure stops
-        ftrace_update_code() and kills ftrace for everything, not just the one site."""
-        why = []
-        if self.refused:
-            why.append(f"{self.refused} recorded site(s) hold words ftrace_init_nop() refuses")
-        if self.no_stub:
-            why.append(f"{self.no_stub} record(s) get no ool stub")
-        return "; ".join(why) + ": ftrace bug at boot" if why else None
+    refused: int
+    unmatched: int
+    no_stub: int
+    ftrace_off: str | None
 
 
 def boot_of(result: Scan) -> Boot:
     refused = sum(1 for s in result.sites if s.record is not None and s.boot_state is None)
-    return Boot(refused, sum(a.need for a in result.stubs))
+    unmatched = len(result.records.unmatched)
+    no_stub = sum(a.need for a in result.stubs)
+    why = []
+    if refused:
+        why.append(f"{refused} recorded site(s) hold words ftrace_init_nop() refuses")
+    if unmatched:
+        why.append(f"{unmatched} record(s) name no site: init refuses the words there")
+    if no_stub:
+        why.append(f"{no_stub} record(s) get no ool stub")
+    return Boot(refused, unmatched, no_stub, "; ".join(why) + ": ftrace bug at boot" if why else None)
 
 
 def untraceable(site: Site, boot: Boot) -> Untraceable | None:
@@ -143,7 +147,7 @@ def _record_json(site: Site) -> int | str | None:
 
 
 def site_json(site: Site, boot: Boot | None = None) -> dict[str, Any]:
-    boot = boot or Boot(0, 0)
+    boot = boot or Boot(0, 0, 0, None)
     return {
         "address": site.addr,
         "section": site.section,
@@ -235,12 +239,14 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
             s = quoted[text] = json.dumps(text)
         return s
 
+    on = boot.ftrace_off is None
     parts = []
     for s in sites:
         addr = "null" if s.addr is None else str(s.addr)
         record = "null" if s.record is None else (str(s.record) if s.addr is not None else q(_rel_record(s)))
         booted = "null" if s.boot_state is None else f'"{s.boot_state.value}"'
-        traceable = "true" if untraceable(s, boot) is None else "false"
+        # untraceable(s, boot) is None, inlined: a module tree has 180,000 sites
+        traceable = "true" if s.traceable and on else "false"
         parts.append(
             f'{{"address":{addr},"section":{q(s.section)},"offset":{s.offset},"function":{q(s.function)},'
             f'"variant":"{s.variant.value}","state":"{s.state.value}","recorded":{"true" if s.recorded else "false"},'
@@ -344,6 +350,8 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
             f"  records name the word {abs(offset)} bytes {'before' if offset < 0 else 'after'} each call slot "
             "(the kernel's ftrace_call_adjust() moves them onto it): `record` in --format json/csv"
         )
+    if result.sites and not len(result.functions):
+        out.append("  no function symbols: sites are unnamed" + _blind(result.generation))
     for reason in Untraceable:
         if why[reason]:
             out.append(f"  not traceable: {why[reason]} {reason.value}: {WHY[reason]}")
@@ -351,6 +359,19 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
     if stubs:
         out.append("  " + _stubs_line(stubs, result.records.count))
     return out
+
+
+def _blind(generation: Generation | None) -> str:
+    """What a scan without symbols cannot tell: the kernel's test_for_valid_rec() (patchable, ool)
+    disables records in no function, and ool stub areas are found by their symbols."""
+    if generation is Generation.PATCHABLE:
+        return "; weak-function bodies (which the kernel disables) cannot be told: `traceable` may count a few too many"
+    if generation is Generation.OOL:
+        return (
+            "; weak-function bodies (which the kernel disables) cannot be told, and ool stub areas cannot be "
+            "found: `traceable` may count a few too many"
+        )
+    return ""
 
 
 def _stubs_line(stubs: Sequence[dict[str, Any]], records: int) -> str:

@@ -135,11 +135,16 @@ def record_text(site: Site) -> str | None:
 
 
 def _rel_record(site: Site) -> str:
+    name, off = _rel_parts(site)
+    return f"{name}+{off:#x}"
+
+
+def _rel_parts(site: Site) -> tuple[str, int]:
+    """(section name, offset) of a relocatable site's record."""
     assert site.record is not None
     shndx, off = split_place(site.record)
     # A record names a place in its own site's section (sites.py locates the call slot from it).
-    name = site.section if shndx == site.section_index else f"section{shndx}"
-    return f"{name}+{off:#x}"
+    return (site.section if shndx == site.section_index else f"section{shndx}"), off
 
 
 def _record_json(site: Site) -> int | str | None:
@@ -243,7 +248,11 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
     parts = []
     for s in sites:
         addr = "null" if s.addr is None else str(s.addr)
-        record = "null" if s.record is None else (str(s.record) if s.addr is not None else q(_rel_record(s)))
+        if s.record is None or s.addr is not None:
+            record = "null" if s.record is None else str(s.record)
+        else:  # "section+0xoff": the quoted section name, then a tail that needs no escaping
+            name, off = _rel_parts(s)
+            record = f'{q(name)[:-1]}+{off:#x}"'
         booted = "null" if s.boot_state is None else f'"{s.boot_state.value}"'
         # untraceable(s, boot) is None, inlined: a module tree has 180,000 sites
         traceable = "true" if s.traceable and on else "false"

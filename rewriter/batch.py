@@ -17,6 +17,7 @@ from typing import NamedTuple, TypeVar
 from rewriter.elf.image import Image
 from rewriter.elf.structs import ELF_MAGIC
 from rewriter.errors import RewriteError
+from rewriter.generations import Generation
 from rewriter.sites import Scan, scan
 
 T = TypeVar("T")
@@ -77,9 +78,10 @@ def _looks_like_elf(path: Path, errors: list[str]) -> bool:
     return head.startswith(ELF_MAGIC)
 
 
-def scan_one(path: Path, mcount_addr: int | None = None) -> Outcome:
+def scan_one(path: Path, mcount_addr: int | None = None, generation: Generation | None = None) -> Outcome:
+    """``generation`` overrides the scanner's detection (``--generation``, for stripped images)."""
     try:
-        return Outcome(path, scan(Image.load(path), mcount_addr), None)
+        return Outcome(path, scan(Image.load(path), mcount_addr, generation), None)
     except RewriteError as e:
         return Outcome(path, None, str(e))
     except (ValueError, IndexError, OverflowError, MemoryError) as e:
@@ -110,8 +112,10 @@ def map_chunks(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], jobs: i
             raise RewriteError("a worker died (out of memory, or a file truncated while it was read?)") from None
 
 
-def _scan_chunk(paths: Sequence[Path], mcount_addr: int | None = None) -> list[Outcome]:
-    return [scan_one(p, mcount_addr) for p in paths]
+def _scan_chunk(
+    paths: Sequence[Path], mcount_addr: int | None = None, generation: Generation | None = None
+) -> list[Outcome]:
+    return [scan_one(p, mcount_addr, generation) for p in paths]
 
 
 def scan_many(
@@ -119,9 +123,11 @@ def scan_many(
     jobs: int,
     mcount_addr: int | None = None,
     progress: Callable[[], None] | None = None,
+    generation: Generation | None = None,
 ) -> Iterator[Outcome]:
     """Outcomes in the order of ``files``."""
-    for outcome in map_chunks(partial(_scan_chunk, mcount_addr=mcount_addr), files, jobs):
+    chunk = partial(_scan_chunk, mcount_addr=mcount_addr, generation=generation)
+    for outcome in map_chunks(chunk, files, jobs):
         yield outcome
         if progress:
             progress()

@@ -36,13 +36,16 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import translate
 from pathlib import Path
-from typing import Final
+from types import MappingProxyType
+from typing import Final, NamedTuple
 
 from rewriter.errors import RewriteError
+from rewriter.generations import Generation
 
 MODULE_SUFFIXES: Final = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
 
@@ -52,8 +55,21 @@ class PolicyError(RewriteError):
 
 
 class Verb(enum.Enum):
-    KEEP = "keep"  # the site stays as it is: traceable
-    NOP = "nop"  # mflr and bl become nop, and the kernel's record of the site is dropped
+    KEEP = "keep"  # the site stays as it is: traceable (unless the kernel could not trace it anyway)
+    NOP = "nop"  # the kernel's record of the site is dropped, and its words made nop (see NOP_MEANS)
+
+
+NOP_MEANS: Final[Mapping[Generation, str]] = MappingProxyType(
+    {
+        Generation.MPROFILE: "`mflr r0; bl _mcount` become `nop; nop` and the records are dropped",
+        Generation.PATCHABLE: "the records are dropped; the words stay the `nop; nop` the compiler left, "
+        "so boot never writes `mflr r0` there",
+        Generation.OOL: "the records are dropped; the entry stays the `nop` the compiler left, and its ool stub unused",
+    }
+)
+"""What ``nop`` does to a site, per generation. The kernel's boot-time init accepts only the
+compiler's words at a recorded place, so on patchable and ool kernels, whose sites are built as
+nops, nopping a site *is* dropping its record (docs/prenop.md)."""
 
 
 @dataclass(frozen=True)
@@ -227,8 +243,19 @@ class RuleUse:
 EXAMPLES: Final = 4
 
 
+class SiteFacts(NamedTuple):
+    """What ``policy check`` needs of a site: its names, and why the kernel could not trace it
+    after boot even if kept (None: it could; e.g. ``weak-body``, ``unrecorded``)."""
+
+    function: str | None
+    section: str
+    untraceable: str | None = None
+
+
 class Tally:
-    """Counts rule matches over many files' sites (for ``policy check``)."""
+    """Counts rule matches over many files' sites (for ``policy check``), and what the verdicts
+    mean: kept sites that are traceable after boot (and why the others are not), nopped sites per
+    generation (``NOP_MEANS``)."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -237,12 +264,20 @@ class Tally:
         self.examples: list[set[str]] = [set() for _ in range(len(policy.rules) + 1)]
         self.verdicts = {Verb.KEEP: 0, Verb.NOP: 0}
         self.files = 0
+        self.generations: Counter[Generation | None] = Counter()  # files per generation
+        self.kept_untraceable: Counter[str] = Counter()  # kept sites the kernel cannot trace, by reason
+        self.nopped: Counter[Generation | None] = Counter()  # nopped sites per generation
 
-    def add_file(self, module: str | None, sites: Sequence[tuple[str | None, str]]) -> None:
-        """``sites``: (function, section) of every site of one file."""
+    @property
+    def kept_traceable(self) -> int:
+        return self.verdicts[Verb.KEEP] - sum(self.kept_untraceable.values())
+
+    def add_file(self, module: str | None, sites: Sequence[SiteFacts], generation: Generation | None = None) -> None:
+        """``sites``: every site of one file, whose generation is ``generation``."""
         self.files += 1
+        self.generations[generation] += 1
         fp = self.policy.for_file(module)
-        for function, section in sites:
+        for function, section, why_not in sites:
             name = function or ""
             deciding: int | None = None
             for i, rule in fp.rules_last_first:
@@ -253,6 +288,10 @@ class Tally:
             slot = len(self.policy.rules) if deciding is None else deciding
             verdict = self.policy.default if deciding is None else self.policy.rules[deciding].verb
             self.verdicts[verdict] += 1
+            if verdict is Verb.NOP:
+                self.nopped[generation] += 1
+            elif why_not is not None:
+                self.kept_untraceable[why_not] += 1
             self.decided[slot] += 1
             ex = self.examples[slot]
             label = name or "?"

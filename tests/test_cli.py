@@ -11,6 +11,7 @@ import pytest
 from conftest import FIXTURES
 
 PROF = FIXTURES / "bin" / "prof-le"
+ROOT = FIXTURES.parent
 
 
 def mcountrw(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -30,9 +31,68 @@ def test_scan_table_json_and_csv_agree() -> None:
     table = mcountrw("scan", str(PROF))
     data = json.loads(mcountrw("scan", "--format", "json", str(PROF)).stdout)
     csv = mcountrw("scan", "--format", "csv", str(PROF)).stdout.splitlines()
-    assert table.returncode == 0 and "6 sites (6 enabled)" in table.stdout
+    assert table.returncode == 0
+    assert "generation mprofile: 6 sites (6 enabled->disabled), 6 traceable after boot" in table.stdout
+    assert data["images"][0]["generation"] == "mprofile"
     assert len(data["images"][0]["sites"]) == 6 == len(csv) - 1
-    assert csv[0] == "path,address,section,offset,function,variant,state,recorded"
+    # The first eight columns are the old contract; new ones only ever go at the end.
+    assert csv[0] == (
+        "path,address,section,offset,function,variant,state,recorded,generation,record,boot_state,traceable,stub,source"
+    )
+    for row in csv[1:]:
+        cols = row.split(",")
+        # mprofile: the record names the call slot itself.
+        assert cols[8:] == ["mprofile", cols[1], "disabled", "1", "", "image"]
+
+
+def test_scan_table_marks_what_the_kernel_cannot_trace() -> None:
+    """An unrecorded site stays as it is and is untraceable; a recorded site holding words the
+    kernel's init refuses turns ftrace off for the whole boot, so no site is traceable."""
+    unrec = mcountrw("scan", str(FIXTURES / "bin" / "anom-unrecorded")).stdout.splitlines()
+    assert "(2 enabled->disabled, 1 enabled->enabled), 2 traceable after boot" in unrec[0]
+    row = next(line for line in unrec if line.endswith(" unrecorded_fn"))
+    assert row.split()[3:6] == ["enabled->enabled", "UNREC", "NO"]
+    broken = mcountrw("scan", str(FIXTURES / "bin" / "anom-broken")).stdout.splitlines()
+    assert "(1 broken->refused, 2 enabled->disabled), 0 traceable after boot" in broken[0]
+    assert broken[1].startswith("  FTRACE OFF after boot: 1 recorded site(s) hold words ftrace_init_nop() refuses")
+    assert next(line for line in broken if line.endswith(" broken_fn")).split()[3:6] == ["broken->REFUSED", "rec", "NO"]
+    image = json.loads(mcountrw("scan", "--format", "json", str(FIXTURES / "bin" / "anom-broken")).stdout)["images"][0]
+    assert [s["boot_state"] for s in image["sites"]] == ["disabled", None, "disabled"]
+    assert not any(s["traceable"] for s in image["sites"]) and image["summary"]["ftrace_off"]
+    assert image["summary"]["untraceable"] == {"unrecorded": 0, "refused": 1, "weak-body": 0, "ftrace-off": 2}
+
+
+def test_scan_patchable_object_names_the_first_nop_as_its_record() -> None:
+    table = mcountrw("scan", str(FIXTURES / "bin" / "patchable-le.o")).stdout
+    assert "generation patchable: 6 sites (6 nopped->disabled), 6 traceable after boot" in table
+    assert "records name the word 4 bytes before each call slot" in table
+    image = json.loads(mcountrw("scan", "--format", "json", str(FIXTURES / "bin" / "patchable-le.o")).stdout)
+    site = image["images"][0]["sites"][0]
+    assert site == {
+        "address": None, "section": ".text", "offset": 4, "function": "static_helper", "variant": "patchable",
+        "state": "nopped", "recorded": True, "record": ".text+0x0", "boot_state": "disabled", "traceable": True,
+        "stub": None, "source": "image",
+    }  # fmt: skip
+
+
+def test_scan_generation_overrides_detection() -> None:
+    forced = json.loads(mcountrw("scan", "--format", "json", "--generation", "patchable", str(PROF)).stdout)
+    image = forced["images"][0]
+    # prof-le's records name `bl _mcount` words: read as patchable entries, none is a site.
+    assert image["generation"] == "patchable" and image["records"]["count"] == 6
+    assert len(image["records"]["unmatched"]) == 6 - len(image["sites"])
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("scan", "--generation", "gcc5"), ("--generation", "'gcc5'", "mprofile, patchable, ool")),
+        (("scan", "--generation", "ool", "--mcount-addr", "0x100"), ("--mcount-addr", "mprofile")),
+        (("policy", "check", "--generation", "6.12", str(ROOT / "examples" / "keep-core.policy")), ("--generation",)),
+    ],
+)
+def test_bad_generation_is_bad_input(args: tuple[str, ...], words: tuple[str, ...]) -> None:
+    assert_one_line_error(mcountrw(*args, str(PROF)), *words)
 
 
 def test_scan_of_a_directory_reports_bad_files_and_scans_the_rest(tmp_path: Path) -> None:
@@ -125,7 +185,8 @@ def test_fast_scan_json_equals_the_plain_json_dump() -> None:
     from rewriter.batch import scan_one
     from rewriter.report import scanfmt
 
-    results = [scan_one(FIXTURES / "bin" / n).scan for n in ("prof-le", "prof-le.o", "std-le", "anom-dangling")]
+    names = ("prof-le", "prof-le.o", "std-le", "anom-dangling", "anom-broken", "anom-unrecorded", "patchable-le.o")
+    results = [scan_one(FIXTURES / "bin" / n).scan for n in names]
     fast = scanfmt.scans_json_text(results, ['x: "quoted" error'])
     assert fast == _json.dumps(scanfmt.scans_json(results, ['x: "quoted" error']), separators=(",", ":"))
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from rewriter.cli import app
-from rewriter.policy import PolicyError, Tally, Verb, load, module_name, parse
+from rewriter.generations import Generation
+from rewriter.policy import NOP_MEANS, PolicyError, SiteFacts, Tally, Verb, load, module_name, parse
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -99,7 +100,7 @@ def test_module_names_are_the_kernels(path: str, name: str | None) -> None:
 def test_tally_counts_matches_and_decisions_and_warns_about_dead_rules() -> None:
     p = parse("default nop\nkeep vfs_*\nkeep vfs_read\nnop vfs_*\nkeep nothing_here\n", "p")
     t = Tally(p)
-    t.add_file(None, [("vfs_read", ".text"), ("vfs_write", ".text"), ("schedule", ".text")])
+    t.add_file(None, [SiteFacts("vfs_read", ".text"), SiteFacts("vfs_write", ".text"), SiteFacts("schedule", ".text")])
     uses = t.uses()
     assert [(u.matched, u.decided) for u in uses] == [(2, 0), (1, 0), (2, 2), (0, 0), (1, 1)]
     assert uses[-1].rule is None and uses[-1].examples == ("schedule",)
@@ -107,6 +108,28 @@ def test_tally_counts_matches_and_decisions_and_warns_about_dead_rules() -> None
     warnings = t.warnings()
     assert any(w.startswith("p:2: `keep vfs_*` matches 2 sites, but later rules decide") for w in warnings)
     assert any(w.startswith("p:5: `keep nothing_here` matches nothing") for w in warnings)
+
+
+def test_tally_says_which_kept_sites_the_kernel_cannot_trace_and_nops_per_generation() -> None:
+    p = parse("default keep\nnop *_slow\n", "p")
+    t = Tally(p)
+    t.add_file(None, [SiteFacts("a", ".text"), SiteFacts(None, ".text", "weak-body"), SiteFacts("b_slow", ".text")],
+               Generation.PATCHABLE)  # fmt: skip
+    t.add_file("m", [SiteFacts("c_slow", ".text", "weak-body"), SiteFacts("d", ".text")], Generation.OOL)
+    assert t.verdicts == {Verb.KEEP: 3, Verb.NOP: 2}
+    # A nopped site is untraceable whatever it was; a kept one only if the kernel could trace it.
+    assert t.kept_traceable == 2 and t.kept_untraceable == {"weak-body": 1}
+    assert t.nopped == {Generation.PATCHABLE: 1, Generation.OOL: 1}
+    assert t.generations == {Generation.PATCHABLE: 1, Generation.OOL: 1} and t.files == 2
+
+
+def test_nop_means_dropping_the_record_where_sites_are_built_as_nops() -> None:
+    """The kernel's init accepts only the compiler's words at a recorded place: on patchable and
+    ool kernels, whose sites are built as nops, the words stay and only the record goes."""
+    assert set(NOP_MEANS) == set(Generation)
+    for g in (Generation.PATCHABLE, Generation.OOL):
+        assert NOP_MEANS[g].startswith("the records are dropped; the ") and "stay" in NOP_MEANS[g]
+    assert "become `nop; nop`" in NOP_MEANS[Generation.MPROFILE]
 
 
 def test_example_policies_parse() -> None:
@@ -142,18 +165,52 @@ def test_decision_is_the_last_matching_rule_by_plain_fnmatch(rules, default, fun
 
 
 @pytest.mark.corpus
+@pytest.mark.slow
 def test_policy_check_counts_each_rule_over_the_corpus(corpus, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app, ["policy", "check", str(EXAMPLES / "keep-core.policy"), str(corpus.vmlinux), str(corpus.modules_dir)]
     )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert "3,127 files, 190,967 sites" in lines[0]
+    assert "3,127 files (mprofile 3,104, 23 with no sites), 190,967 sites" in lines[0]
     row = next(line for line in lines if "keep do_one_initcall" in line).split()
     assert row[-3:] == ["1", "1", "do_one_initcall"]
     ext4 = next(line for line in lines if "keep :mod:ext4" in line).split()
     assert ext4[3:5] == ["851", "851"]
-    assert "result: keep 927 sites traceable, nop 190,040" in result.output
+    assert "result: keep 927 sites (927 traceable after boot), nop 190,040 (untraceable: records dropped)" in lines
+    assert f"  nop on mprofile (190,040 sites): {NOP_MEANS[Generation.MPROFILE]}" in lines
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "generation"), [("6.12", Generation.PATCHABLE), ("7.2", Generation.OOL)])
+def test_policy_check_on_patchable_and_ool_kernels(name: str, generation: Generation, tmp_path: Path) -> None:
+    """Every site of the vmlinux is counted under its own function and section; keeping a weak
+    body (in no function, the kernel disables it) is not counted as keeping it traceable."""
+    from boot import require_kernel
+
+    from rewriter.elf.image import Image
+    from rewriter.sites import scan
+
+    kernel = require_kernel(name)
+    policy = tmp_path / "p.policy"
+    policy.write_text("default keep\nnop :section:.init.text\nkeep do_one_initcall\n")
+    result = CliRunner().invoke(app, ["policy", "check", str(policy), str(kernel.vmlinux)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    sites = scan(Image.load(kernel.vmlinux)).sites
+    init = sum(s.section == ".init.text" for s in sites)
+    weak_kept = sum(not s.traceable and s.section != ".init.text" for s in sites)
+    assert (len(sites), init) == {"6.12": (38_791, 1_634), "7.2": (42_648, 1_759)}[name] and weak_kept > 200
+    assert f"1 files ({generation.value} 1), {len(sites):,} sites" in lines[0]
+    assert next(line for line in lines if "nop :section:.init.text" in line).split()[3:5] == [f"{init:,}"] * 2
+    assert next(line for line in lines if "keep do_one_initcall" in line).split()[3:6] == ["1", "1", "do_one_initcall"]
+    kept = len(sites) - init
+    assert (
+        f"result: keep {kept:,} sites ({kept - weak_kept:,} traceable after boot; not traceable anyway: "
+        f"{weak_kept} weak-body), nop {init:,} (untraceable: records dropped)"
+    ) in lines
+    assert f"  nop on {generation.value} ({init:,} sites): {NOP_MEANS[generation]}" in lines
 
 
 @pytest.mark.corpus

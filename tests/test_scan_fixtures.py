@@ -93,3 +93,31 @@ def test_ool_object_has_one_recorded_nop_at_each_local_entry(name: str, manifest
         assert s.record == s.place
         assert s.boot_state is not None and s.boot_state.value == "disabled"
         assert s.stub == ".stubs" and s.traceable
+
+
+GENERATION_OF_VARIANT = {"mprofile": "mprofile", "mprofile-std": "mprofile", "patchable": "patchable", "ool": "ool"}
+
+
+@pytest.mark.parametrize("name", BINARIES)
+def test_fixture_records_and_generation_match_manifest(name: str, manifest: dict) -> None:
+    """``record`` (the place the kernel's record names, as JSON says it) is the manifest's
+    ``record_addr``, and the generation follows from the variants the manifest lists."""
+    from rewriter.report.scanfmt import image_json
+
+    entry = manifest["binaries"][f"bin/{name}"]
+    image = image_json(scan(Image.load(FIXTURES / "bin" / name)))
+    linked = image["kind"] == "executable"
+    expected = {
+        (int(s["slot_addr"], 16), int(s["record_addr"], 16) if "record_addr" in s else None) for s in entry["sites"]
+    }
+    got = set()
+    for s in image["sites"]:
+        record = s["record"]
+        if record is not None and not linked:
+            section, off = record.split("+")
+            assert section == s["section"]
+            record = int(off, 16)
+        got.add((s["address"] if linked else s["offset"], record))
+    assert got == expected
+    generations = {GENERATION_OF_VARIANT[s["variant"]] for s in entry["sites"]}
+    assert len(generations) == 1 and image["generation"] == generations.pop()

@@ -13,12 +13,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from rewriter import __version__
 from rewriter.errors import RewriteError
+
+if TYPE_CHECKING:
+    from rewriter.generations import Generation
 
 app = typer.Typer(
     add_completion=False,
@@ -74,6 +77,23 @@ def parse_int(text: str | None, what: str) -> int | None:
         fail(f"{what}: {text!r} is not a number (use 0x... for hex)")
 
 
+def parse_generation(text: str | None, mcount_addr: int | None = None) -> Generation | None:
+    """``--generation``: None (detect it from the image), or the generation named."""
+    from rewriter.generations import Generation
+
+    if text is None:
+        return None
+    names = [g.value for g in Generation]
+    if text not in names:
+        fail(f"--generation: {text!r} is not one of {', '.join(names)}")
+    if mcount_addr is not None and text != Generation.MPROFILE.value:
+        fail(f"--mcount-addr names _mcount, which only the mprofile generation calls (not {text})")
+    return Generation(text)
+
+
+GENERATION_HELP = "mprofile, patchable or ool: override the generation detected from the image (stripped images)"
+
+
 # -- scan -----------------------------------------------------------------------------------
 
 
@@ -90,18 +110,23 @@ def scan(
         str | None, typer.Option("--mcount-addr", help="address of _mcount, for a stripped image")
     ] = None,
     show_all: Annotated[bool, typer.Option("--all", help="table: list every site, not the first 20")] = False,
+    generation: Annotated[str | None, typer.Option("--generation", help=GENERATION_HELP)] = None,
 ) -> None:
-    """Find every ftrace call site: its function, variant, state, and whether the kernel records it."""
+    """Find every ftrace call site: its function, state in the file and after boot, and its record.
+
+    Each image says its generation (mprofile <= 6.5, patchable 6.6-6.12, ool 6.13+), how many
+    sites ftrace can trace after boot, and (ool) whether its stubs cover its records."""
     from rewriter.batch import default_jobs, expand, scan_many
     from rewriter.report import scanfmt
 
     if fmt not in ("table", "json", "csv"):
         fail(f"--format: {fmt!r} is not one of table, json, csv")
     addr = parse_int(mcount_addr, "--mcount-addr")
+    gen = parse_generation(generation, addr)
     files, errors = expand(paths)
     results = []
     with progress(len(files), "scanning") as tick:
-        for outcome in scan_many(files, jobs or default_jobs(), addr, tick):
+        for outcome in scan_many(files, jobs or default_jobs(), addr, tick, gen):
             if outcome.scan is not None:
                 results.append(outcome.scan)
             else:

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from rewriter.cli import BAD_INPUT, FINDINGS, app, emit, fail, progress
+from rewriter.cli import BAD_INPUT, FINDINGS, GENERATION_HELP, app, emit, fail, parse_generation, progress
 from rewriter.errors import RewriteError
 
 if TYPE_CHECKING:
+    from rewriter.generations import Generation
+    from rewriter.policy import Policy, Tally
     from rewriter.prenop import Settings
 
 policy_app = typer.Typer(no_args_is_help=True, help="Pre-nop policy files: check what each rule matches.")
@@ -245,14 +247,18 @@ def policy_check(
     images: Annotated[list[Path], typer.Argument(metavar="IMAGE...", help="vmlinux, modules or directories")],
     *,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="worker processes (default: all cores)")] = 0,
+    generation: Annotated[str | None, typer.Option("--generation", help=GENERATION_HELP)] = None,
 ) -> None:
-    """Show what each rule matches (sites, the sites it decides, a few names); warn about rules that
-    match nothing or are always overridden (exit 1 if there are any)."""
+    """Show what each rule matches (sites, the sites it decides, a few names), and what keeping and
+    nopping mean for the kernel's generation; warn about rules that match nothing or are always
+    overridden (exit 1 if there are any)."""
     from rewriter import policy as pol
     from rewriter.batch import default_jobs, scan_many
     from rewriter.elf.image import Kind
     from rewriter.prenop import targets
+    from rewriter.report.scanfmt import boot_of, generation_of, untraceable
 
+    gen = parse_generation(generation)
     try:
         rules = pol.load(policy_file)
         files = [t.source for t in targets(images, output=None, in_place=False, log_dir=None)]
@@ -261,19 +267,42 @@ def policy_check(
     tally = pol.Tally(rules)
     errors = []
     with progress(len(files), "scanning") as tick:
-        for outcome in scan_many(files, jobs or default_jobs(), None, tick):
+        for outcome in scan_many(files, jobs or default_jobs(), None, tick, gen):
             if outcome.scan is None:
                 errors.append(outcome.error or f"{outcome.path}: failed")
                 continue
-            module = pol.module_name(outcome.path) if outcome.scan.kind is Kind.MODULE else None
-            tally.add_file(module, [(s.function, s.section) for s in outcome.scan.sites])
+            sc = outcome.scan
+            module = pol.module_name(outcome.path) if sc.kind is Kind.MODULE else None
+            boot = boot_of(sc)
+            facts = []
+            for s in sc.sites:
+                why = untraceable(s, boot)
+                facts.append(pol.SiteFacts(s.function, s.section, None if why is None else why.value))
+            tally.add_file(module, facts, generation_of(sc))
     for line in errors:
         typer.echo(f"mcountrw: error: {line}", err=True)
+    typer.echo("\n".join(_check_lines(policy_file, rules, tally)))
+    warnings = tally.warnings()
+    for w in warnings:
+        typer.echo(f"warning: {w}")
+    if errors:
+        raise typer.Exit(BAD_INPUT)
+    if warnings:
+        raise typer.Exit(FINDINGS)
+
+
+def _check_lines(policy_file: Path, rules: Policy, tally: Tally) -> list[str]:
+    """The header (files per generation), one row per rule, and what the verdicts mean."""
+    from rewriter import policy as pol
+
     total = sum(tally.verdicts.values())
-    typer.echo(
+    gens = [f"{g.value} {n:,}" for g, n in sorted(tally.generations.items(), key=_gen_key) if g is not None]
+    if tally.generations[None]:
+        gens.append(f"{tally.generations[None]:,} with no sites")
+    lines = [
         f"policy {policy_file}: default {rules.default.value}, {len(rules.rules)} rules; "
-        f"{tally.files:,} files, {total:,} sites"
-    )
+        f"{tally.files:,} files ({', '.join(gens)}), {total:,} sites"
+    ]
     rows: list[tuple[str, ...]] = [("line", "rule", "matches", "decides", "examples")]
     for use in tally.uses():
         line = str(use.rule.line) if use.rule else ""
@@ -282,13 +311,19 @@ def policy_check(
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         cells = (r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]), r[3].rjust(widths[3]), r[4])
-        typer.echo("  " + "  ".join(cells).rstrip())
+        lines.append("  " + "  ".join(cells).rstrip())
     keep, nop = tally.verdicts[pol.Verb.KEEP], tally.verdicts[pol.Verb.NOP]
-    typer.echo(f"result: keep {keep:,} sites traceable, nop {nop:,}")
-    warnings = tally.warnings()
-    for w in warnings:
-        typer.echo(f"warning: {w}")
-    if errors:
-        raise typer.Exit(BAD_INPUT)
-    if warnings:
-        raise typer.Exit(FINDINGS)
+    not_traceable = ", ".join(f"{n:,} {why}" for why, n in sorted(tally.kept_untraceable.items()))
+    lines.append(
+        f"result: keep {keep:,} sites ({tally.kept_traceable:,} traceable after boot"
+        + (f"; not traceable anyway: {not_traceable}" if not_traceable else "")
+        + f"), nop {nop:,} (untraceable: records dropped)"
+    )
+    for g, n in sorted(tally.nopped.items(), key=_gen_key):
+        meaning = "the records are dropped" if g is None else pol.NOP_MEANS[g]
+        lines.append(f"  nop on {'unknown' if g is None else g.value} ({n:,} sites): {meaning}")
+    return lines
+
+
+def _gen_key(item: tuple[Generation | None, int]) -> str:
+    return "" if item[0] is None else str(item[0].value)

@@ -1,30 +1,158 @@
 """`mcountrw scan` output: the JSON contract, CSV and a plain table.
 
-JSON (other tools depend on it)::
+JSON (other tools depend on it: fields are added, never renamed or dropped)::
 
-    {"images": [{"path", "kind", "endian", "abi",
-                 "sites": [{"address", "section", "offset", "function", "variant", "state", "recorded"}],
-                 "records": {"count", "zeroed", "unmatched", "duplicates"},
-                 "summary": {"sites", "by_section", "by_variant", "by_state", "recorded"}}],
+    {"images": [{"path", "kind", "endian", "abi", "generation",
+                 "sites": [{"address", "section", "offset", "function", "variant", "state", "recorded",
+                            "record", "boot_state", "traceable", "stub", "source"}],
+                 "records": {"count", "zeroed", "skipped", "unmatched", "duplicates"},
+                 "stubs": [{"name", "address", "count", "stub_size", "used", "need", "covers"}],
+                 "summary": {"sites", "by_section", "by_variant", "by_state", "recorded",
+                             "by_boot_state", "traceable", "untraceable", "ftrace_off"}}],
      "errors": ["<path>: <problem>", ...]}
 
-``address`` is null in relocatable files, where ``section`` + ``offset`` name the call slot.
+* ``generation``: ``mprofile`` (<= 6.5), ``patchable`` (6.6-6.12) or ``ool`` (6.13+), detected from
+  the image's contents or given with ``--generation``; null for an image with no sites and no records.
+* ``address`` / ``section`` + ``offset``: the *call slot*, the word that becomes the branch to the
+  tracer (``address`` is null in relocatable files). ``state``: what the file's words are now.
+* ``record``: the place the kernel's record names: the call slot itself (mprofile, ool) or the
+  first nop, 4 bytes before it (patchable). An int in linked images, ``"section+0xoff"`` in
+  relocatable ones; null when no record names the site.
+* ``boot_state``: what the kernel's boot-time ``ftrace_init_nop()`` leaves (``disabled`` for every
+  site built as the compiler left it; an unrecorded site is untouched); null when init would refuse
+  the words: ``ftrace bug``, and ftrace is off for the whole boot.
+* ``traceable``: ftrace can trace the function after boot. False for an unrecorded site, for one
+  init refuses, for a weak-function body the kernel disables (``untraceable`` counts each reason),
+  and for every site when ``ftrace_off`` names why ftrace is off for the boot.
+* ``stub``: ool only, the stub area that serves the site (``ftrace_ool_stub_text``,
+  ``ftrace_ool_stub_text_end``, ``ftrace_ool_stub_inittext``; ``.stubs`` in a module, carved out at
+  load). The image's ``stubs`` list the areas; a module's one entry has a null ``address`` and
+  ``stub_size`` (set at load by the kernel's config), one stub per table entry.
+* ``source``: ``"image"``, read from the file's words and records. (Sites known only from a patch
+  log will say ``"log"``.)
+* ``summary.by_boot_state`` counts null as ``"refused"``.
 """
 
 from __future__ import annotations
 
 import csv
+import enum
 import io
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Final, NamedTuple
 
+from rewriter.elf.image import Kind
+from rewriter.elf.symbols import split_place
+from rewriter.generations import LAYOUTS, Generation
 from rewriter.sites import Scan, Site, summary
 
-CSV_FIELDS = ("path", "address", "section", "offset", "function", "variant", "state", "recorded")
+SOURCE_IMAGE: Final = "image"  # a site read from the image (a patch log's sites will be "log")
+REFUSED: Final = "refused"  # boot_state null, in counts and in the table
+
+CSV_FIELDS = (
+    "path", "address", "section", "offset", "function", "variant", "state", "recorded",
+    "generation", "record", "boot_state", "traceable", "stub", "source",
+)  # fmt: skip
 
 
-def site_json(site: Site) -> dict[str, Any]:
+class Untraceable(enum.Enum):
+    """Why ftrace cannot trace a site after boot; the first that applies."""
+
+    UNRECORDED = "unrecorded"
+    REFUSED = "refused"
+    WEAK_BODY = "weak-body"
+    FTRACE_OFF = "ftrace-off"
+
+
+WHY: Final = {
+    Untraceable.UNRECORDED: "no kernel record: ftrace never patches them",
+    Untraceable.REFUSED: "their words are not what ftrace_init_nop() expects: ftrace bug, ftrace off for the boot",
+    Untraceable.WEAK_BODY: "in no sized function, the bodies of overridden weak functions: "
+    "the kernel marks them FTRACE_FL_DISABLED, being more than FTRACE_MCOUNT_MAX_OFFSET past a symbol",
+    Untraceable.FTRACE_OFF: "ftrace is off for the whole boot (see above)",
+}
+
+
+class Boot(NamedTuple):
+    """What the kernel makes of one image at boot (or module load), as far as the report says:
+    ``refused`` recorded sites whose words ftrace_init_nop() refuses, ``unmatched`` records that
+    name no site (init refuses those words too), ``no_stub`` ool records that get no stub (past
+    an area's count, or out of branch range), and ``ftrace_off``, why ftrace_bug() then turns
+    ftrace off for the boot (None if it does not). Any of these stops ftrace_update_code() and
+    kills ftrace for everything, not just the one site. (Records outside kernel text are skipped
+    by ftrace_process_locs() and harm nothing.)"""
+
+    refused: int
+    unmatched: int
+    no_stub: int
+    ftrace_off: str | None
+
+
+def boot_of(result: Scan) -> Boot:
+    refused = sum(1 for s in result.sites if s.record is not None and s.boot_state is None)
+    unmatched = len(result.records.unmatched)
+    no_stub = sum(a.need for a in result.stubs)
+    why = []
+    if refused:
+        why.append(f"{refused} recorded site(s) hold words ftrace_init_nop() refuses")
+    if unmatched:
+        why.append(f"{unmatched} record(s) name no site: init refuses the words there")
+    if no_stub:
+        why.append(f"{no_stub} record(s) get no ool stub")
+    return Boot(refused, unmatched, no_stub, "; ".join(why) + ": ftrace bug at boot" if why else None)
+
+
+def untraceable(site: Site, boot: Boot) -> Untraceable | None:
+    """Why ``site`` is not traceable after boot, or None if it is. ``Site.traceable`` is the
+    per-site verdict; the image-wide ``ftrace_off`` overrides it."""
+    if site.record is None:
+        return Untraceable.UNRECORDED
+    if site.boot_state is None:
+        return Untraceable.REFUSED
+    if not site.traceable:
+        return Untraceable.WEAK_BODY
+    if boot.ftrace_off is not None:
+        return Untraceable.FTRACE_OFF
+    return None
+
+
+def generation_of(result: Scan) -> Generation | None:
+    """The image's generation as reported: none for an image with no sites and no records."""
+    if not result.sites and not result.records.count and not result.records.zeroed:
+        return None
+    return result.generation
+
+
+def record_text(site: Site) -> str | None:
+    """``record`` as the table and CSV show it: ``0x...`` or ``section+0xoff``."""
+    if site.record is None:
+        return None
+    if site.addr is not None:
+        return f"{site.record:#x}"
+    return _rel_record(site)
+
+
+def _rel_record(site: Site) -> str:
+    name, off = _rel_parts(site)
+    return f"{name}+{off:#x}"
+
+
+def _rel_parts(site: Site) -> tuple[str, int]:
+    """(section name, offset) of a relocatable site's record."""
+    assert site.record is not None
+    shndx, off = split_place(site.record)
+    # A record names a place in its own site's section (sites.py locates the call slot from it).
+    return (site.section if shndx == site.section_index else f"section{shndx}"), off
+
+
+def _record_json(site: Site) -> int | str | None:
+    return site.record if site.record is None or site.addr is not None else _rel_record(site)
+
+
+def site_json(site: Site, boot: Boot | None = None) -> dict[str, Any]:
+    boot = boot or Boot(0, 0, 0, None)
     return {
         "address": site.addr,
         "section": site.section,
@@ -33,25 +161,63 @@ def site_json(site: Site) -> dict[str, Any]:
         "variant": site.variant.value,
         "state": site.state.value,
         "recorded": site.recorded,
+        "record": _record_json(site),
+        "boot_state": None if site.boot_state is None else site.boot_state.value,
+        "traceable": untraceable(site, boot) is None,
+        "stub": site.stub,
+        "source": SOURCE_IMAGE,
     }
+
+
+def stubs_json(result: Scan) -> list[dict[str, Any]]:
+    """The ool stub areas: a vmlinux's, as the kernel's ``*_count`` words size them; a module's
+    ``.stubs``, which the loader sizes for one stub per ``__patchable_function_entries`` entry."""
+    out = [
+        {"name": a.name, "address": a.addr, "count": a.count, "stub_size": a.stub_size,
+         "used": a.used, "need": a.need, "covers": a.covers}
+        for a in result.stubs
+    ]  # fmt: skip
+    if not out and result.kind in (Kind.MODULE, Kind.OBJECT) and result.generation is Generation.OOL:
+        used = sum(1 for s in result.sites if s.stub is not None)
+        count = result.records.count + result.records.zeroed
+        out.append({"name": ".stubs", "address": None, "count": count, "stub_size": None,
+                    "used": used, "need": 0, "covers": True})  # fmt: skip
+    return out
 
 
 def image_json(result: Scan, with_sites: bool = True) -> dict[str, Any]:
     s = summary(result.sites)
+    boot = boot_of(result)
+    why = Counter(untraceable(site, boot) for site in result.sites)
+    generation = generation_of(result)
     return {
         "path": str(result.path),
         "kind": result.kind.value,
         "endian": result.endian,
         "abi": result.abi.value,
-        "sites": [site_json(site) for site in result.sites] if with_sites else [],
+        "generation": None if generation is None else generation.value,
+        "sites": [site_json(site, boot) for site in result.sites] if with_sites else [],
         "records": {
             "count": result.records.count,
             "zeroed": result.records.zeroed,
+            "skipped": [p.text for p in result.records.skipped],
             "unmatched": [p.text for p in result.records.unmatched],
             "duplicates": [p.text for p in result.records.duplicates],
         },
-        "summary": {"sites": len(result.sites), **s},
+        "stubs": stubs_json(result),
+        "summary": {
+            "sites": len(result.sites),
+            **s,
+            "by_boot_state": dict(sorted(Counter(_boot_text(site) for site in result.sites).items())),
+            "traceable": why[None],
+            "untraceable": {u.value: why[u] for u in Untraceable},
+            "ftrace_off": boot.ftrace_off,
+        },
     }
+
+
+def _boot_text(site: Site) -> str:
+    return REFUSED if site.boot_state is None else site.boot_state.value
 
 
 def scans_json(results: Iterable[Scan], errors: Sequence[str]) -> dict[str, Any]:
@@ -65,11 +231,11 @@ def scans_json_text(results: Sequence[Scan], errors: Sequence[str]) -> str:
     for r in results:
         head = image_json(r, with_sites=False)
         text = json.dumps(head, separators=(",", ":"))
-        images.append(text.replace('"sites":[]', '"sites":[' + _sites_text(r.sites) + "]", 1))
+        images.append(text.replace('"sites":[]', '"sites":[' + _sites_text(r.sites, boot_of(r)) + "]", 1))
     return '{"images":[' + ",".join(images) + '],"errors":' + json.dumps(list(errors), separators=(",", ":")) + "}"
 
 
-def _sites_text(sites: Sequence[Site]) -> str:
+def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
     quoted: dict[str | None, str] = {}
 
     def q(text: str | None) -> str:
@@ -78,54 +244,156 @@ def _sites_text(sites: Sequence[Site]) -> str:
             s = quoted[text] = json.dumps(text)
         return s
 
+    on = boot.ftrace_off is None
     parts = []
     for s in sites:
         addr = "null" if s.addr is None else str(s.addr)
+        if s.record is None or s.addr is not None:
+            record = "null" if s.record is None else str(s.record)
+        else:  # "section+0xoff": the quoted section name, then a tail that needs no escaping
+            name, off = _rel_parts(s)
+            record = f'{q(name)[:-1]}+{off:#x}"'
+        booted = "null" if s.boot_state is None else f'"{s.boot_state.value}"'
+        # untraceable(s, boot) is None, inlined: a module tree has 180,000 sites
+        traceable = "true" if s.traceable and on else "false"
         parts.append(
             f'{{"address":{addr},"section":{q(s.section)},"offset":{s.offset},"function":{q(s.function)},'
-            f'"variant":"{s.variant.value}","state":"{s.state.value}","recorded":{"true" if s.recorded else "false"}}}'
+            f'"variant":"{s.variant.value}","state":"{s.state.value}","recorded":{"true" if s.recorded else "false"},'
+            f'"record":{record},"boot_state":{booted},"traceable":{traceable},"stub":{q(s.stub)},'
+            f'"source":"{SOURCE_IMAGE}"}}'
         )
     return ",".join(parts)
 
 
 def csv_text(results: Iterable[Scan]) -> str:
+    """One row per site; the image's ``generation`` is repeated on each of its rows."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(CSV_FIELDS)
     for r in results:
+        boot = boot_of(r)
+        generation = generation_of(r)
+        gen = "" if generation is None else generation.value
         for s in r.sites:
-            addr = f"{s.addr:#x}" if s.addr is not None else ""
             w.writerow(
                 [
                     r.path,
-                    addr,
+                    f"{s.addr:#x}" if s.addr is not None else "",
                     s.section,
                     f"{s.offset:#x}",
                     s.function or "",
                     s.variant.value,
                     s.state.value,
                     int(s.recorded),
+                    gen,
+                    record_text(s) or "",
+                    "" if s.boot_state is None else s.boot_state.value,
+                    int(untraceable(s, boot) is None),
+                    s.stub or "",
+                    SOURCE_IMAGE,
                 ]
             )
     return out.getvalue()
 
 
+# -- the table ------------------------------------------------------------------------------
+
+
 def table_lines(result: Scan, limit: int | None) -> list[str]:
-    """A header line with the counts, then one aligned line per site (``limit`` lines at most)."""
-    s = summary(result.sites)
-    states = ", ".join(f"{v} {k}" for k, v in s["by_state"].items()) or "no sites"
-    unmatched = len(result.records.unmatched)
-    lines = [
-        f"{result.path}: {result.kind.value}, {result.endian}-endian {result.abi.value}, "
-        f"{len(result.sites)} sites ({states}); {result.records.count} records, "
-        f"{s['recorded']['no']} sites unrecorded, {unmatched} records unmatched"
-    ]
+    """A summary line, notes (why sites are untraceable, ool stubs), then one aligned line per
+    site (``limit`` lines at most). The state column is ``file->boot``: a patchable site's
+    ``nopped->disabled`` is traceable, although its file words are two nops."""
+    boot = boot_of(result)
+    why = Counter(untraceable(site, boot) for site in result.sites)
+    lines = [_head(result, why[None]), *_notes(result, boot, why)]
     shown = result.sites if limit is None else result.sites[:limit]
+    if shown:
+        lines.append(_row("call slot", "section", "variant", "file->boot", "rec", "traceable", "function"))
     for site in shown:
+        reason = untraceable(site, boot)
         lines.append(
-            f"  {site.place_text:>20}  {site.section:<12} {site.variant.value:<12} {site.state.value:<9}"
-            f" {'rec' if site.recorded else 'UNREC':<5} {site.function or '?'}"
+            _row(
+                site.place_text,
+                site.section,
+                site.variant.value,
+                f"{site.state.value}->{_boot_text(site) if site.boot_state else REFUSED.upper()}",
+                "rec" if site.recorded else "UNREC",
+                "yes" if reason is None else f"NO {reason.value}",
+                (site.function or "?") + (f"  [{site.stub}]" if site.stub else ""),
+            )
         )
     if len(shown) < len(result.sites):
         lines.append(f"  ... {len(result.sites) - len(shown)} more (use --all, --format json or csv)")
     return lines
+
+
+def _row(place: str, section: str, variant: str, states: str, rec: str, trace: str, function: str) -> str:
+    return f"  {place:>20}  {section:<12} {variant:<12} {states:<19} {rec:<5} {trace:<13} {function}"
+
+
+def _head(result: Scan, traceable: int) -> str:
+    generation = generation_of(result)
+    pairs = Counter(f"{s.state.value}->{_boot_text(s)}" for s in result.sites)
+    states = ", ".join(f"{n} {k}" for k, n in sorted(pairs.items())) or "no sites"
+    rec = result.records
+    unrecorded = sum(1 for s in result.sites if not s.recorded)
+    return (
+        f"{result.path}: {result.kind.value}, {result.endian}-endian {result.abi.value}, "
+        f"generation {'none' if generation is None else generation.value}: "
+        f"{len(result.sites)} sites ({states}), {traceable} traceable {_after(result)}; "
+        f"{rec.count} records ({rec.zeroed} zeroed, {len(rec.skipped)} skipped, {len(rec.unmatched)} unmatched), "
+        f"{unrecorded} sites unrecorded"
+    )
+
+
+def _after(result: Scan) -> str:
+    return "once loaded" if result.kind is Kind.MODULE else "after boot"
+
+
+def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[str]:
+    out = []
+    if boot.ftrace_off is not None:
+        out.append(f"  FTRACE OFF {_after(result)}: {boot.ftrace_off}")
+    for offset in sorted({LAYOUTS[s.variant].record_offset for s in result.sites if s.record is not None} - {0}):
+        out.append(
+            f"  records name the word {abs(offset)} bytes {'before' if offset < 0 else 'after'} each call slot "
+            "(the kernel's ftrace_call_adjust() moves them onto it): `record` in --format json/csv"
+        )
+    if result.sites and not len(result.functions):
+        out.append("  no function symbols: sites are unnamed" + _blind(result.generation))
+    for reason in Untraceable:
+        if why[reason]:
+            out.append(f"  not traceable: {why[reason]} {reason.value}: {WHY[reason]}")
+    stubs = stubs_json(result)
+    if stubs:
+        out.append("  " + _stubs_line(stubs, result.records.count))
+    return out
+
+
+def _blind(generation: Generation | None) -> str:
+    """What a scan without symbols cannot tell: the kernel's test_for_valid_rec() (patchable, ool)
+    disables records in no function, and ool stub areas are found by their symbols."""
+    if generation is Generation.PATCHABLE:
+        return "; weak-function bodies (which the kernel disables) cannot be told: `traceable` may count a few too many"
+    if generation is Generation.OOL:
+        return (
+            "; weak-function bodies (which the kernel disables) cannot be told, and ool stub areas cannot be "
+            "found: `traceable` may count a few too many"
+        )
+    return ""
+
+
+def _stubs_line(stubs: Sequence[dict[str, Any]], records: int) -> str:
+    if stubs[0]["address"] is None:
+        return (
+            f"ool stubs: .stubs, carved out at load, one per table entry ({stubs[0]['count']}): "
+            f"serve {stubs[0]['used']} of {records} records"
+        )
+    sizes = {a["stub_size"] for a in stubs}
+    size = f" ({sizes.pop()} B each)" if len(sizes) == 1 else ""
+    parts = [f"{a['name']} {a['used']} of {a['count']} used" + ("" if size else f" ({a['stub_size']} B each)")
+             for a in stubs]  # fmt: skip
+    need = sum(a["need"] for a in stubs)
+    spare = sum(a["count"] - a["used"] for a in stubs)
+    verdict = f"cover all {records} records, {spare} spare" if not need else f"{need} records get no stub"
+    return f"ool stubs{size}: " + ", ".join(parts) + f": {verdict}"

@@ -837,10 +837,17 @@ def _with_stubs(image: Image, sites: tuple[Site, ...]) -> tuple[tuple[StubArea, 
     out = tuple(
         StubArea(n, a, c or 0, s // c if c else 0, min(used[n], c or 0), need[n]) for n, (a, s, c) in areas.items()
     )
-    new = tuple(
-        s._replace(stub=stub_of[s.addr][0], call_target=stub_of[s.addr][1]) if s.addr in stub_of else s for s in sites
-    )
-    return out, new
+    return out, tuple(_served(s, stub_of.get(s.addr)) if s.addr in stub_of else s for s in sites)
+
+
+def _served(site: Site, stub: tuple[str, int | None] | None) -> Site:
+    """The site with its stub; one that gets none fails ftrace_init_ool_stub: ftrace_bug(), so the
+    kernel's init refuses it like a wrong word (boot_state None)."""
+    assert stub is not None
+    name, addr = stub
+    if addr is None:
+        return site._replace(stub=name, call_target=None, boot_state=None, traceable=False)
+    return site._replace(stub=name, call_target=addr)
 
 
 def _area_for(

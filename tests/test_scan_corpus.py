@@ -259,6 +259,30 @@ def test_ool_stub_areas_cover_the_72_records_exactly() -> None:
 
 
 @pytest.mark.slow
+def test_one_stub_too_few_leaves_the_last_init_record_without_a_stub(tmp_path: Path) -> None:
+    """ftrace_init_ool_stub(): WARN_ON(index > count) -> -EINVAL -> ftrace_bug(). Lower the inittext
+    count word in a copy: the last .init.text record (in the kernel's sorted order) gets no stub,
+    and it alone is refused at boot."""
+    kernel = require_kernel("7.2")
+    facts = vmlinux_facts(kernel.vmlinux)
+    data = bytearray(kernel.vmlinux.read_bytes())
+    with kernel.vmlinux.open("rb") as fh:
+        elf = ELFFile(fh)
+        count_sym = elf.get_section_by_name(".symtab").get_symbol_by_name("ftrace_ool_stub_inittext_count")[0]
+        offset = next(elf.address_offsets(count_sym["st_value"]))
+    count = int.from_bytes(data[offset : offset + 4], "little")
+    assert count == facts.areas["ftrace_ool_stub_inittext"][2]
+    data[offset : offset + 4] = (count - 1).to_bytes(4, "little")
+    result = scan(Image.from_bytes(tmp_path / "vmlinux", bytes(data)))
+    area = next(a for a in result.stubs if a.name == "ftrace_ool_stub_inittext")
+    assert (area.count, area.used, area.need, area.covers) == (count - 1, count - 1, 1, False)
+    refused = [s for s in result.sites if s.boot_state is None]
+    init_base, init_data = facts.text[".init.text"]
+    last_init = max(s.record for s in result.sites if init_base <= s.record < init_base + len(init_data))
+    assert [s.record for s in refused] == [last_init] and not refused[0].traceable
+
+
+@pytest.mark.slow
 def test_stripped_vmlinux_scans_with_generation_given(tmp_path: Path) -> None:
     from boot import require_tool
 

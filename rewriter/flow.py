@@ -1191,6 +1191,17 @@ def _case_counts(words: memoryview, j: int, fn: _Fn) -> set[int]:
 
 def safety(code: Code, sites: Sequence[Site]) -> tuple[Safety, ...]:
     """One :class:`Safety` per site, in order. A layout without an mflr slot (ool) is ``N_A``."""
+    asked = [n for n, s in enumerate(sites) if LAYOUTS[s.variant].offset(Slot.A) is not None]
+    out = [_NOT_ASKED] * len(sites)
+    for n, verdict in zip(asked, _walk_sites(code, [sites[n] for n in asked]), strict=True):
+        out[n] = verdict
+    return tuple(out)
+
+
+_NOT_ASKED: Final = Safety(Verdict.N_A, Why.OUT_OF_LINE, None)
+
+
+def _walk_sites(code: Code, sites: Sequence[Site]) -> list[Safety]:
     places = np.array([s.place for s in sites], np.uint64)
     b_idx = code.index(places).tolist()
     deltas = np.array([LAYOUTS[s.variant].first_offset for s in sites], np.int64)
@@ -1200,9 +1211,6 @@ def safety(code: Code, sites: Sequence[Site]) -> tuple[Safety, ...]:
     out = []
     for n in range(len(sites)):
         a, b = a_idx[n], b_idx[n]
-        if LAYOUTS[sites[n].variant].offset(Slot.A) is None:
-            out.append(Safety(Verdict.N_A, Why.OUT_OF_LINE, None))
-            continue
         if a < 0 or b < 0:
             out.append(Safety(Verdict.UNKNOWN, Why.NO_FUNCTION, None))
             continue
@@ -1212,7 +1220,7 @@ def safety(code: Code, sites: Sequence[Site]) -> tuple[Safety, ...]:
         lr_slot = LR_SAVE if s_word == ppc.STD_R0_16_R1 else None
         verdict, why, at = walk(code, v, _SiteWords(a, b, lr_slot), fn)
         out.append(Safety(verdict, why, None if at is None else code.place(at)))
-    return tuple(out)
+    return out
 
 
 def _function_words(code: Code, places: np.ndarray) -> list[_Fn]:

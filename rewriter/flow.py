@@ -807,6 +807,14 @@ def _views(code: Code) -> _Views:
     return _Views(*(a.data for a in arrays))
 
 
+Copies = tuple[tuple[int, int], ...]
+"""Registers other than r0 that hold unknown bits of r0's ``mflr`` value, as (register, bits),
+sorted: a word that reads r0 and writes another register passes the bits on instead of deciding
+LIVE at once. amdgpu.ko ``link_enc_cfg_is_link_enc_avail`` (6.12) builds a struct in r0 with
+``rldimi`` and compares one byte of it: ``xor r10,r10,r0; andi. r10,r10,0xff00``; the xor
+copies r0's unknown high half into r10 and the andi. masks it away."""
+
+
 def walk(code: Code, v: _Views, site: _SiteWords, fn: _Fn) -> tuple[Verdict, Why | None, int | None]:
     """Depth-first walk from the word after the site's last slot; the slots themselves are part of
     the site (A nopped, B transparent, S executed before the walk starts).
@@ -817,53 +825,77 @@ def walk(code: Code, v: _Views, site: _SiteWords, fn: _Fn) -> tuple[Verdict, Why
     no memory holds the value; see :func:`frame_step`). ``copies``: other registers holding some
     of those bits (:data:`Copies`). A (word, state) pair is looked at once.
     """
-    words, effect, flow, target, stop, mark = v
-    fixups, entries, mcount, table = code.fixups, code.entries, code.mcount, code.table
-    own = (fn.start, fn.lep)
-    seen: set[int | tuple[int, int, int | None, Copies]] = set()
-    unknown: tuple[Why, int] | None = None
-    # reached: 0 sequentially, 1 by a branch (a function start is fine), 2 just after an always-trap
-    stack: list[tuple[int, int, int, int | None, Copies]] = [(site.b + 1, 0, ALL_BITS, site.lr_slot, ())]
-    while stack:
-        i, reached, taint, slot, copies = stack.pop()
+    walker = _Walker(code, v, site, fn)
+    try:
+        return walker.run()
+    except _Live as found:
+        return Verdict.LIVE, found.why, found.at
+
+
+class _Live(Exception):
+    """A read of the value: it decides the whole walk, from however deep in a path it is found."""
+
+    def __init__(self, why: Why, at: int) -> None:
+        super().__init__(why.value)
+        self.why, self.at = why, at
+
+
+_State = tuple[int, int | None, Copies]  # taint, slot, copies
+_Path = tuple[int, int, int, int | None, Copies]  # word, reached, taint, slot, copies
+# reached: 0 sequentially, 1 by a branch (a function start is fine), 2 just after an always-trap
+
+
+class _Walker:
+    """One site's walk: the paths still to follow, the (word, state) pairs seen, and the first
+    reason a path could not be followed (which makes the verdict UNKNOWN unless a read is found)."""
+
+    def __init__(self, code: Code, v: _Views, site: _SiteWords, fn: _Fn) -> None:
+        self.code, self.v, self.site, self.fn = code, v, site, fn
+        self.own = (fn.start, fn.lep)
+        self.seen: set[int | tuple[int, int, int | None, Copies]] = set()
+        self.unknown: tuple[Why, int] | None = None
+        self.stack: list[_Path] = [(site.b + 1, 0, ALL_BITS, site.lr_slot, ())]
+
+    def run(self) -> tuple[Verdict, Why | None, int | None]:
+        while self.stack:
+            self._follow(*self.stack.pop())
+        if self.unknown is not None:
+            return Verdict.UNKNOWN, self.unknown[0], self.unknown[1]
+        return Verdict.SAFE, None, None
+
+    def _stuck(self, why: Why, j: int) -> None:
+        self.unknown = self.unknown or (why, j)
+
+    def _follow(self, i: int, reached: int, taint: int, slot: int | None, copies: Copies) -> None:
+        """One path, word by word, until it ends, meets a state already seen, or forks (the
+        other branch goes on the stack). Words that neither touch r0 nor branch are skipped,
+        unless memory or another register holds the value."""
+        stop, mark, effect, flow = self.v.stop, self.v.mark, self.v.effect, self.v.flow
+        site, seen, fixups = self.site, self.seen, self.code.fixups
         while True:
-            # Words that neither touch r0 nor branch are skipped, unless memory or another
-            # register holds the value.
             plain = slot is None and not copies
             j = stop[i] if plain else i
             key = j if taint == ALL_BITS and plain else (j, taint, slot, copies)
             if key in seen:
-                break
+                return
             seen.add(key)
             if site.a <= j <= site.b:
                 i, reached = j + 1, 0
                 continue
             if mark[j] and not (reached == 1 and j == i):
                 if reached != 2:  # BUG()'s trap as a function's last word never returns
-                    unknown = unknown or (Why.FALLS_OFF, j)
-                break
+                    self._stuck(Why.FALLS_OFF, j)
+                return
             if j in fixups:
-                stack.append((fixups[j], 1, taint, slot, copies))
+                self.stack.append((fixups[j], 1, taint, slot, copies))
             e = effect[j]
             if e & _INVALID:
-                unknown = unknown or (Why.UNDECODED, j)
-                break
-            if slot is not None:
-                slot = frame_step(code, words[j], slot)
-                if slot is _RELOADS:
-                    return Verdict.LIVE, Why.RELOADS_LR_SAVE, j
-                if slot is _LOST:
-                    unknown = unknown or (Why.STACK_POINTER, j)
-                    break
-            if copies or (e & _READ and taint):
-                moved = data_step(table, words[j], e, taint, copies)
-                if isinstance(moved, Why):
-                    return Verdict.LIVE, moved, j
-                taint, copies = moved
-            elif e & _WRITE:
-                taint = 0
-            if not taint and slot is None and not copies:
-                break
+                self._stuck(Why.UNDECODED, j)
+                return
+            state = self._data(j, e, taint, slot, copies)
+            if state is None:
+                return
+            taint, slot, copies = state
             f = flow[j]
             if f == _NEXT:
                 i, reached = j + 1, 0
@@ -871,72 +903,95 @@ def walk(code: Code, v: _Views, site: _SiteWords, fn: _Fn) -> tuple[Verdict, Why
             if f == _TRAP:
                 i, reached = j + 1, 2
                 continue
-            if f in (_RETURN, _COND_RETURN):
-                if copies and copies_escape(copies, call=False):
-                    return Verdict.LIVE, Why.PASSES_COPY, j
-                if f == _RETURN:
-                    break
-                i, reached = j + 1, 0
-                continue
-            if f in (_INDIRECT_CALL, _COND_INDIRECT_CALL):
-                if copies and copies_escape(copies, call=True):
-                    return Verdict.LIVE, Why.PASSES_COPY, j
-                if f == _COND_INDIRECT_CALL:
-                    i, reached = j + 1, 0
-                    continue
-                # r0 is clobbered; a copy in memory or a non-volatile register outlives the call
-                copies = after_call(copies)
-                if slot is None and not copies:
-                    break
-                i, reached, taint = j + 1, 0, 0
-                continue
-            if f in (_INDIRECT, _COND_INDIRECT):
-                jumps = jump_table(v, j, fn) if f == _INDIRECT else None
-                if jumps is None:
-                    unknown = unknown or (Why.INDIRECT_JUMP, j)
-                    if f == _INDIRECT:
-                        break
-                    i, reached = j + 1, 0
-                    continue
-                stack.extend((t, 1, taint, slot, copies) for t in jumps)
-                break
-            if f == _STOP:
-                unknown = unknown or (Why.CANNOT_FOLLOW, j)
-                break
-            t = target[j]
-            if f in (_CALL, _COND_CALL):
-                if taint and (t == TARGET_MCOUNT or t in mcount):
-                    return Verdict.LIVE, Why.CALLS_MCOUNT, j
-                if t == j + 1:  # bl .+4 / bcl 20,31,.+4: reads the PC, not a call
-                    i, reached = j + 1, 0
-                    continue
-                if fn.start <= t < fn.end and t not in own:
-                    unknown = unknown or (Why.LOCAL_CALL, j)
-                    break
-                if copies and copies_escape(copies, call=True):
-                    return Verdict.LIVE, Why.PASSES_COPY, j
-                if f == _CALL:
-                    copies = after_call(copies)
-                if f == _COND_CALL or slot is not None or copies:
-                    i, reached, taint = j + 1, 0, taint if f == _COND_CALL else 0
-                    continue
-                break
-            # a relative jump, always or on a condition
-            if taint and (t == TARGET_MCOUNT or t in mcount):
-                return Verdict.LIVE, Why.CALLS_MCOUNT, j
-            if t == TARGET_OUTSIDE:
-                unknown = unknown or (Why.OUTSIDE, j)
-            elif t >= 0 and (t not in entries or t in own):
-                stack.append((t, 1, taint, slot, copies))
-            elif copies and copies_escape(copies, call=False):  # a tail call
-                return Verdict.LIVE, Why.PASSES_COPY, j
-            if f == _COND:
-                i, reached = j + 1, 0
-                continue
-            break
-    if unknown is not None:
-        return Verdict.UNKNOWN, unknown[0], unknown[1]
-    return Verdict.SAFE, None, None
+            state = self._branch(j, f, state)
+            if state is None:
+                return
+            i, reached = j + 1, 0
+            taint, slot, copies = state
+
+    def _data(self, j: int, e: int, taint: int, slot: int | None, copies: Copies) -> _State | None:
+        """The state after word ``j``'s data effect; None when the path ends (nothing left to
+        follow, or r1 moved in a way not modelled)."""
+        word = self.v.words[j]
+        if slot is not None:
+            slot = frame_step(self.code, word, slot)
+            if slot is _RELOADS:
+                raise _Live(Why.RELOADS_LR_SAVE, j)
+            if slot is _LOST:
+                self._stuck(Why.STACK_POINTER, j)
+                return None
+        if copies or (e & _READ and taint):
+            moved = data_step(self.code.table, word, e, taint, copies)
+            if isinstance(moved, Why):
+                raise _Live(moved, j)
+            taint, copies = moved
+        elif e & _WRITE:
+            taint = 0
+        if not taint and slot is None and not copies:
+            return None
+        return taint, slot, copies
+
+    def _branch(self, j: int, f: int, state: _State) -> _State | None:
+        """Control flow out of word ``j``: targets go on the stack; returns the state to go on with
+        at ``j + 1``, or None when the path ends here."""
+        if f in (_RETURN, _COND_RETURN):
+            self._hand_on(state[2], j, call=False)
+            return state if f == _COND_RETURN else None
+        if f in (_INDIRECT_CALL, _COND_INDIRECT_CALL):
+            self._hand_on(state[2], j, call=True)
+            return state if f == _COND_INDIRECT_CALL else _after_call(state)
+        if f in (_INDIRECT, _COND_INDIRECT):
+            jumps = jump_table(self.v, j, self.fn) if f == _INDIRECT else None
+            if jumps is not None:
+                self.stack.extend((t, 1, *state) for t in jumps)
+                return None
+            self._stuck(Why.INDIRECT_JUMP, j)
+            return state if f == _COND_INDIRECT else None
+        if f == _STOP:
+            self._stuck(Why.CANNOT_FOLLOW, j)
+            return None
+        t = self.v.target[j]
+        if state[0] and (t == TARGET_MCOUNT or t in self.code.mcount):
+            raise _Live(Why.CALLS_MCOUNT, j)
+        if f in (_CALL, _COND_CALL):
+            return self._call(j, f, t, state)
+        return self._jump(j, f, t, state)
+
+    def _call(self, j: int, f: int, t: int, state: _State) -> _State | None:
+        """A relative ``bl`` (or ``bcl``) to ``t``."""
+        if t == j + 1:  # bl .+4 / bcl 20,31,.+4: reads the PC, not a call
+            return state
+        fn = self.fn
+        if fn.start <= t < fn.end and t not in self.own:
+            self._stuck(Why.LOCAL_CALL, j)
+            return None
+        self._hand_on(state[2], j, call=True)
+        return state if f == _COND_CALL else _after_call(state)
+
+    def _jump(self, j: int, f: int, t: int, state: _State) -> _State | None:
+        """A relative branch to ``t``, always or on a condition. A branch to another function's
+        entry (or, in ET_REL, to an undefined symbol) is a tail call."""
+        if t == TARGET_OUTSIDE:
+            self._stuck(Why.OUTSIDE, j)
+        elif t >= 0 and (t not in self.code.entries or t in self.own):
+            self.stack.append((t, 1, *state))
+        else:
+            self._hand_on(state[2], j, call=False)
+        return state if f == _COND else None
+
+    @staticmethod
+    def _hand_on(copies: Copies, j: int, call: bool) -> None:
+        if copies and copies_escape(copies, call):
+            raise _Live(Why.PASSES_COPY, j)
+
+
+def _after_call(state: _State) -> _State | None:
+    """What survives a call: r0 is clobbered; a copy in memory or a non-volatile register lives on."""
+    _, slot, copies = state
+    copies = after_call(copies)
+    if slot is None and not copies:
+        return None
+    return 0, slot, copies
 
 
 # -- gcc 5: the copy of r0 in the LR save doubleword ----------------------------------------
@@ -1072,13 +1127,6 @@ def transfer(word: int, taints: Mapping[int, int]) -> tuple[int | None, int] | N
     return dest, out
 
 
-Copies = tuple[tuple[int, int], ...]
-"""Registers other than r0 that hold unknown bits of r0's ``mflr`` value, as (register, bits),
-sorted: a word that reads r0 and writes another register passes the bits on instead of deciding
-LIVE at once. amdgpu.ko ``link_enc_cfg_is_link_enc_avail`` (6.12) builds a struct in r0 with
-``rldimi`` and compares one byte of it: ``xor r10,r10,r0; andi. r10,r10,0xff00``; the xor
-copies r0's unknown high half into r10 and the andi. masks it away."""
-
 _FIELDS: Final = ((Gpr.RT, 21), (Gpr.RA, 16), (Gpr.RB, 11), (Gpr.RC, 6))
 _SCRATCH: Final = frozenset({11, 12})  # volatile, neither argument nor result (ELFv2 ABI Table 2.19)
 _NON_VOLATILE: Final = 14  # r14-r31 survive a call (the callee saves them)
@@ -1156,7 +1204,8 @@ def jump_table(v: _Views, j: int, fn: _Fn) -> list[int] | None:
     bits make it a distance of at least 64 MiB), and the number of cases the code allows: N + 1
     for some ``cmpli rI,N`` earlier in the function (gcc may share one compare between several
     switches, or keep its CR field for a while), or 2^k when the index is cut to k bits by an
-    ``rlwinm rI,rJ,2,MB,29`` or ``rldicl``/``srdi`` just before.
+    ``rlwinm rI,rJ,2,MB,29``, ``rldicl``/``srdi`` or (gcc 14, 6.12 ``is_reg64``) ``rldic rI,rJ,2,59``
+    just before.
     """
     words = v.words
     if fn.end < 0:
@@ -1180,9 +1229,14 @@ def _case_counts(words: memoryview, j: int, fn: _Fn) -> set[int]:
             counts.add((w & 0xFFFF) + 1)
         elif back > j - 12 and w >> 26 == 21 and (w >> 1) & 31 == 29:  # rlwinm rI,rJ,SH,MB,29
             counts.add(1 << (30 - ((w >> 6) & 31)))
-        elif back > j - 12 and w >> 26 == 30 and (w >> 2) & 7 == 0:  # rldicl rI,rJ,SH,MB (srdi)
+        elif back > j - 12 and w >> 26 == 30 and (w >> 2) & 7 in (0, 2):
             mb6 = (w >> 5) & 0x3F
-            counts.add(1 << (64 - ((mb6 & 1) << 5 | mb6 >> 1)))
+            mb = (mb6 & 1) << 5 | mb6 >> 1
+            if (w >> 2) & 7 == 0:  # rldicl rI,rJ,SH,MB (srdi): 64 - MB bits
+                counts.add(1 << (64 - mb))
+            else:  # rldic rI,rJ,SH,MB: the index cut and scaled at once, 64 - SH - MB bits
+                sh = (w >> 11) & 31 | ((w >> 1) & 1) << 5
+                counts.add(1 << max(64 - sh - mb, 0))
     return counts
 
 

@@ -242,6 +242,15 @@ def test_docs_print_the_schema_the_code_uses() -> None:
     assert json.loads(block.group(1)) == json.loads(json.dumps(jsonfmt.SCHEMA))
 
 
+def test_docs_give_every_anomaly_kind_its_severity() -> None:
+    text = (ROOT / "docs" / "audit.md").read_text()
+    table = text.split("## Anomalies and their severities", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `([a-z0-9-]+)` \| ([a-z, ()]+?) \|", table, re.M))
+    assert set(rows) == {k.value for k in AnomalyKind}
+    for kind, rule in audit.RULES.items():
+        assert rows[kind.value].startswith(rule.severity.value), kind
+
+
 # -- the corpus -------------------------------------------------------------------------------
 
 # Per kernel: sites; records in weak-function bodies (no sized FUNC holds them), and how many of

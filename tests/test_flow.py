@@ -305,6 +305,18 @@ def test_gcc_jump_table_is_followed_to_every_case() -> None:
     assert _verdict(_switch("mr 3, 0")).verdict is flow.Verdict.LIVE
 
 
+def test_gcc14_jump_table_bounded_by_rldic_is_followed() -> None:
+    """6.12 vmlinux is_reg64.isra.0: the index is cut to 3 bits and scaled by one `rldic r,r,2,59`."""
+
+    def lines(case1: str) -> list[str]:
+        return [*_site(), "rldic 3, 3, 2, 61", "lwax 9, 10, 3", "add 9, 9, 10", "mtctr 9", "bctr", "table:",
+                ".long {c0}-{table}", ".long {c1}-{table}", "c0:", "li 3, 5", "blr", "c1:", case1, "blr",
+                "f_end:"]  # fmt: skip
+
+    assert _verdict(lines("li 3, 7")).verdict is flow.Verdict.SAFE
+    assert _verdict(lines("mr 3, 0")).verdict is flow.Verdict.LIVE
+
+
 def test_jump_table_whose_bound_disagrees_is_unknown() -> None:
     lines = [line.replace("cmplwi 3, 1", "cmplwi 3, 5") for line in _switch("li 3, 7")]
     assert _verdict(lines).verdict is flow.Verdict.UNKNOWN

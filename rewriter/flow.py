@@ -1204,8 +1204,8 @@ def jump_table(v: _Views, j: int, fn: _Fn) -> list[int] | None:
     bits make it a distance of at least 64 MiB), and the number of cases the code allows: N + 1
     for some ``cmpli rI,N`` earlier in the function (gcc may share one compare between several
     switches, or keep its CR field for a while), or 2^k when the index is cut to k bits by an
-    ``rlwinm rI,rJ,2,MB,29``, ``rldicl``/``srdi`` or (gcc 14, 6.12 ``is_reg64``) ``rldic rI,rJ,2,59``
-    just before.
+    ``rlwinm rI,rJ,2,MB,29``, ``rldicl``/``srdi`` or ``rldic rI,rJ,2,MB`` (6.12 ``is_reg64``, 6.1
+    ``get_clock_source``) just before.
     """
     words = v.words
     if fn.end < 0:

@@ -28,9 +28,9 @@ from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, split_place
 from rewriter.errors import RewriteError
-from rewriter.generations import LAYOUTS, Variant
-from rewriter.sites import RecordPlace, Scan, Site, scan
-from rewriter.states import SiteState
+from rewriter.generations import LAYOUTS, Generation, Variant, default_variant
+from rewriter.sites import RecordPlace, Scan, Site, StubArea, scan, weak_offsets
+from rewriter.states import Insn, SiteState, word_for
 
 # -- rules ----------------------------------------------------------------------------------
 
@@ -54,8 +54,12 @@ class AnomalyKind(enum.Enum):
     NOT_AT_ENTRY = "not-at-entry"
     PATCHABLE_BEFORE_GEP = "patchable-before-gep"
     ABI_MISMATCH = "abi-mismatch"
+    BOOT_REFUSED = "boot-refused"
+    OOL_STUBS = "ool-stubs"
     MIXED_STATES = "mixed-states"
     ZEROED_RECORDS = "zeroed-records"
+    SKIPPED_RECORDS = "skipped-records"
+    WEAK_BODY = "weak-body"
 
 
 class Rule(NamedTuple):
@@ -74,9 +78,12 @@ RULES: Final[Mapping[AnomalyKind, Rule]] = {
     AnomalyKind.R0_LIVE: Rule(
         Severity.WARNING,
         "the function reads r0 after the site: its mflr r0 must stay",
-        "With mflr r0 in place the code is correct, but nopping it (mcountrw nop, the nopped and "
-        "guarded states) changes what the function does: a warning. Where the mflr is already gone "
-        "(nopped, guarded, broken) the function reads garbage today: an error.",
+        "mprofile: with mflr r0 in place the code is correct, but nopping it (mcountrw nop, the "
+        "nopped and guarded states) changes what the function does: a warning. Where the mflr is "
+        "already gone (nopped, guarded, broken) the function reads garbage today: an error. "
+        "patchable: the compiler left nop; nop and the kernel's ftrace_init_nop() makes the first "
+        "one mflr r0, so the body reads LR after boot and the caller's r0 before: a warning that the "
+        "first nop must not stay a nop. ool: never (the mflr lives in the stub).",
     ),
     AnomalyKind.UNRECORDED: Rule(
         Severity.WARNING,
@@ -88,8 +95,9 @@ RULES: Final[Mapping[AnomalyKind, Rule]] = {
     AnomalyKind.DANGLING: Rule(
         Severity.ERROR,
         "record that points at no call site",
-        "At boot (or module load) ftrace_make_nop finds an unexpected word there, calls ftrace_bug() "
-        "and disables function tracing for the whole kernel.",
+        "At boot (or module load) ftrace_init_nop() finds an unexpected word there (mprofile: no bl "
+        "_mcount; patchable and ool: no nop), calls ftrace_bug() and disables function tracing for the "
+        "whole kernel.",
     ),
     AnomalyKind.DUPLICATE_RECORD: Rule(
         Severity.ERROR,
@@ -105,7 +113,7 @@ RULES: Final[Mapping[AnomalyKind, Rule]] = {
     ),
     AnomalyKind.NOT_AT_ENTRY: Rule(
         Severity.WARNING,
-        "call to _mcount that is not at a function entry",
+        "site that is not at its function's entry",
         "ftrace attributes a site to the function around it and assumes it is the prologue's "
         "(ftrace_location, the graph tracer's parent address); a call elsewhere gets traced under "
         "the wrong assumptions. Not an error: the call itself still works.",
@@ -122,6 +130,22 @@ RULES: Final[Mapping[AnomalyKind, Rule]] = {
         "The module loader refuses a module whose ABI (e_flags) or byte order differs from the "
         "kernel's, and a file whose e_flags contradict its own symbols is mis-built.",
     ),
+    AnomalyKind.BOOT_REFUSED: Rule(
+        Severity.ERROR,
+        "recorded site whose words the kernel's boot-time init refuses",
+        "ftrace_init_nop() accepts only the words the compiler left (mprofile: bl _mcount; patchable: "
+        "nop; nop; ool: nop) and prints `expected (...) != found (...)`; ftrace_bug() then turns "
+        "function tracing off for the whole boot (for a module: at load). A rewritten site must lose "
+        "its record.",
+    ),
+    AnomalyKind.OOL_STUBS: Rule(
+        Severity.ERROR,
+        "ool stubs that do not cover the records",
+        "ftrace_init_ool_stub() gives every record a stub of its area (7.2: ftrace_ool_stub_text while "
+        "in range, then ftrace_ool_stub_text_end; .init.text: ftrace_ool_stub_inittext). A record "
+        "past an area's *_count (WARN_ON(index > count)) or out of branch range of its stub gets "
+        "-EINVAL, and ftrace_bug() turns function tracing off for the whole boot.",
+    ),
     AnomalyKind.MIXED_STATES: Rule(
         Severity.NOTE,
         "sites of one variant in more than one state",
@@ -133,6 +157,21 @@ RULES: Final[Mapping[AnomalyKind, Rule]] = {
         "zeroed entries in __mcount_loc",
         "Dropped records (ftrace_process_locs skips zero entries): the sites they named are out of "
         "ftrace's reach on purpose.",
+    ),
+    AnomalyKind.SKIPPED_RECORDS: Rule(
+        Severity.NOTE,
+        "records outside kernel text",
+        "ftrace_process_locs() skips vmlinux records outside _stext.._etext and "
+        "_sinittext.._einittext: nothing is patched there and nothing breaks.",
+    ),
+    AnomalyKind.WEAK_BODY: Rule(
+        Severity.NOTE,
+        "record in the body of an overridden weak function",
+        "The linker kept the body of a weak function that a strong one replaced, and dropped its "
+        "symbol; its record stays. Where FTRACE_MCOUNT_MAX_OFFSET is defined (powerpc 6.12, 7.2: 16) "
+        "test_for_valid_rec() marks a record further than that from its kallsyms symbol "
+        "FTRACE_FL_DISABLED; 6.1 defines none, and the record stays traceable under the preceding "
+        "symbol's name. Either way it passes the boot checks.",
     ),
 }
 
@@ -188,14 +227,30 @@ class Counts(NamedTuple):
     zeroed_records: int
     unmatched_records: int
     duplicate_records: int
+    skipped_records: int  # outside kernel text: ftrace_process_locs skips them
+    weak_bodies: int  # recorded sites in no function symbol: bodies of overridden weak functions
 
     @property
     def functions_without_sites(self) -> int:
         return self.functions - self.functions_with_sites
 
 
+QUESTIONS: Final[Mapping[Generation | None, str]] = {
+    Generation.MPROFILE: "may the mflr r0 before bl _mcount be nopped: is r0 dead after the site?",
+    Generation.PATCHABLE: "may the first nop stay a nop (the kernel makes it mflr r0 at boot): does the body "
+    "never read r0 as LR before writing it?",
+    Generation.OOL: "n/a: the mflr r0 lives in the out-of-line stub, right before its bl; the entry has none",
+    None: "may the site's mflr r0 be nopped: is r0 dead after the site?",
+}
+"""What the mflr-nop safety verdict answers, per generation (``rewriter.flow`` argues each)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ImageAudit:
+    """``generation`` as the scan decided it; ``stubs`` the ool stub areas of a vmlinux (what
+    ftrace_init_ool_stub() will hand out; empty otherwise: a module's are carved from ``.stubs`` at
+    load, one per record)."""
+
     path: Path
     group: str
     kind: Kind
@@ -204,10 +259,16 @@ class ImageAudit:
     counts: Counts
     anomalies: tuple[Anomaly, ...]
     sites: tuple[SiteAudit, ...]
+    generation: Generation | None = None
+    stubs: tuple[StubArea, ...] = ()
 
     def safety_counts(self) -> dict[flow.Verdict, int]:
         found = Counter(s.safety.verdict for s in self.sites)
         return {v: found[v] for v in flow.Verdict}
+
+    @property
+    def question(self) -> str:
+        return QUESTIONS[self.generation]
 
 
 def audit_image(image: Image, group: str, table: flow.Table, mcount_addr: int | None = None) -> ImageAudit:
@@ -216,14 +277,19 @@ def audit_image(image: Image, group: str, table: flow.Table, mcount_addr: int | 
     verdicts = flow.safety(code, result.sites)
     printer = Printer(image, code, ppc.Disassembler(image.big_endian))
     sites = tuple(
-        SiteAudit(s, v, printer.safety(s, v) if v.verdict is not flow.Verdict.SAFE else ())
+        SiteAudit(s, v, printer.safety(s, v) if v.verdict in _SHOWN else ())
         for s, v in zip(result.sites, verdicts, strict=True)
     )
     anomalies = _anomalies(image, result, printer, sites)
     order = sorted(anomalies, key=lambda a: (-RANK[a.severity], a.kind.value, a.section or "", a.offset or 0))
+    counts = _counts(result, code.funcs)
     return ImageAudit(
-        image.path, group, result.kind, result.endian, result.abi, _counts(result, code.funcs), tuple(order), sites
-    )
+        image.path, group, result.kind, result.endian, result.abi, counts, tuple(order), sites, result.generation,
+        result.stubs,
+    )  # fmt: skip
+
+
+_SHOWN: Final = frozenset({flow.Verdict.LIVE, flow.Verdict.UNKNOWN})  # verdicts that carry evidence
 
 
 def _counts(result: Scan, funcs: Functions) -> Counts:
@@ -247,7 +313,17 @@ def _counts(result: Scan, funcs: Functions) -> Counts:
         result.records.zeroed,
         len(result.records.unmatched),
         len(result.records.duplicates),
+        len(result.records.skipped),
+        len(_weak_bodies(sites, funcs)),
     )
+
+
+def _weak_bodies(sites: Sequence[Site], funcs: Functions) -> list[Site]:
+    """Recorded sites that no sized function symbol contains, in an image that has function
+    symbols (without any, every site would be one)."""
+    if not len(funcs):
+        return []
+    return [s for s in sites if s.recorded and s.function is None]
 
 
 # -- evidence -------------------------------------------------------------------------------
@@ -318,21 +394,26 @@ def _at_site(
 def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[SiteAudit]) -> list[Anomaly]:
     found = _abi_anomalies(image)
     found += _record_anomalies(image, result, printer)
+    found += _stub_anomalies(result.stubs)
     found += _mixed_states(result.sites)
     entries = _entries(printer.code, result.sites)
     for sa in sites:
         found += _site_anomalies(printer, sa, entries.get(sa.site.place))
+    weak = _weak_bodies(result.sites, printer.code.funcs)
+    found += [_weak_body(image, printer.code.funcs, result.weak_max_offset, s) for s in weak]
     return found
 
 
 def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None) -> list[Anomaly]:
     site, out = sa.site, []
     if site.state is SiteState.BROKEN:
-        msg = "nop; bl _mcount: reaches _mcount with r0 != LR"
+        msg = "nop; bl to the tracer: reaches it with r0 != LR"
         out.append(_at_site(AnomalyKind.BROKEN, site, msg, printer.slots(site)))
-    if site.state is SiteState.UNKNOWN:
+    elif site.state is SiteState.UNKNOWN:
         msg = "slots hold neither a site state nor gcc 5's form"
         out.append(_at_site(AnomalyKind.UNEXPECTED_WORDS, site, msg, printer.slots(site)))
+    elif site.recorded and site.boot_state is None:
+        out.append(_at_site(AnomalyKind.BOOT_REFUSED, site, _refusal(printer, site), printer.slots(site)))
     if not site.recorded and site.state not in (SiteState.NOPPED, SiteState.GUARDED):
         if site.state in _LIVE_CALL:
             msg, sev = "calls _mcount on every entry; ftrace has no record to patch it", Severity.WARNING
@@ -340,14 +421,93 @@ def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None) -> li
             msg, sev = "no record: ftrace cannot enable this site", Severity.NOTE
         out.append(_at_site(AnomalyKind.UNRECORDED, site, msg, severity=sev))
     if sa.safety.verdict is flow.Verdict.LIVE:
-        why = (sa.safety.why or flow.Why.READS_R0).value
-        if site.state in _MFLR_PRESENT:
-            msg, sev = f"nopping mflr r0 would change the function: it {why}", Severity.WARNING
-        else:
-            msg, sev = f"mflr r0 is gone ({site.state.value}) and the function {why}", Severity.ERROR
-        out.append(_at_site(AnomalyKind.R0_LIVE, site, msg, sa.evidence, sev))
+        out.append(_r0live(site, sa))
     if entry is not None:
         out += _entry_anomalies(site, entry)
+    return out
+
+
+def _r0live(site: Site, sa: SiteAudit) -> Anomaly:
+    """The severity argued in RULES: patchable is always a warning (the kernel writes the mflr)."""
+    why = (sa.safety.why or flow.Why.READS_R0).value
+    if site.variant is Variant.PATCHABLE:
+        msg, sev = f"the first nop must become mflr r0 (as ftrace_init_nop makes it): the body {why}", Severity.WARNING
+    elif site.state in _MFLR_PRESENT:
+        msg, sev = f"nopping mflr r0 would change the function: it {why}", Severity.WARNING
+    else:
+        msg, sev = f"mflr r0 is gone ({site.state.value}) and the function {why}", Severity.ERROR
+    return _at_site(AnomalyKind.R0_LIVE, site, msg, sa.evidence, sev)
+
+
+def _expected_text(insn: Insn) -> str:
+    """What the kernel prints for the word it expected: a fixed word in hex, a call as ``bl``."""
+    if insn is Insn.CALL:
+        return "bl"
+    return f"{word_for(insn, 0, 0):08x}"
+
+
+def kernel_complaint(printer: Printer, variant: Variant, call_place: int) -> str | None:
+    """``<place>: expected (...) != found (...)`` for the first slot, in the order ftrace_init_nop
+    checks them, whose word is not what the compiler leaves there (6.12/7.2 ftrace_validate_inst;
+    a call only needs to be a ``bl``); None if every slot holds it."""
+    lay = LAYOUTS[variant]
+    for slot, want in zip(lay.state_slots, lay.states[lay.built], strict=True):
+        place = call_place + (lay.offset(slot) or 0)
+        i = printer.word_index(place)
+        if i < 0:
+            return f"{printer.where(place)}: expected ({_expected_text(want)}) != found (no code)"
+        word = int(printer.code.words[i])
+        if ppc.is_bl(word) if want is Insn.CALL else word == word_for(want, 0, 0):
+            continue
+        return f"{printer.where(place)}: expected ({_expected_text(want)}) != found ({word:08x})"
+    return None
+
+
+def _refusal(printer: Printer, site: Site) -> str:
+    """The kernel's complaint about a recorded site that is not in its layout's built state."""
+    said = kernel_complaint(printer, site.variant, site.place)
+    why = (
+        f"a {site.state.value} {site.variant.value} site keeps its record; ftrace_init_nop() refuses it and "
+        "ftrace_bug() turns function tracing off"
+    )
+    return f"{said}: {why}" if said else why
+
+
+def _weak_body(image: Image, funcs: Functions, max_offset: int | None, site: Site) -> Anomaly:
+    """Say what the kernel does with the record (kernel/trace/ftrace.c test_for_valid_rec())."""
+    place = np.array([site.place], np.uint64)
+    offset = int(weak_offsets(funcs, place)[0])
+    name = _function_name(image, funcs, place[0], preceding=True) if offset >= 0 else None
+    near = f"{name}+{offset:#x}" if name else "no symbol before it"
+    if max_offset is None:
+        msg = (
+            f"no function symbol; nearest is {near}. This kernel has no test_for_valid_rec() (powerpc 6.1 "
+            f"defines no FTRACE_MCOUNT_MAX_OFFSET): the record stays traceable, listed as {name or 'its address'}"
+        )
+    elif offset < 0 or offset > max_offset:
+        msg = (
+            f"no function symbol; nearest is {near}, past FTRACE_MCOUNT_MAX_OFFSET ({max_offset}): "
+            "test_for_valid_rec() marks it FTRACE_FL_DISABLED (never traced; the boot checks still apply)"
+        )
+    else:
+        msg = (
+            f"no function symbol; nearest is {near}, within FTRACE_MCOUNT_MAX_OFFSET ({max_offset}): "
+            f"test_for_valid_rec() keeps it, traceable as a second record of {name}"
+        )
+    return _at_site(AnomalyKind.WEAK_BODY, site, msg)
+
+
+def _stub_anomalies(stubs: Sequence[StubArea]) -> list[Anomaly]:
+    out = []
+    for area in stubs:
+        if area.covers:
+            continue
+        msg = (
+            f"{area.name}: {area.count} stubs, {area.used + area.need} records want one here and {area.need} get "
+            "none (past ftrace_ool_stub_*_count or out of branch range): ftrace_init_ool_stub() returns -EINVAL "
+            "and ftrace_bug() turns function tracing off"
+        )
+        out.append(Anomaly(AnomalyKind.OOL_STUBS, Severity.ERROR, msg, area.addr, function=area.name))
     return out
 
 
@@ -391,7 +551,7 @@ def _entry_anomalies(site: Site, entry: _Entry) -> list[Anomaly]:
 def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anomaly]:
     out = []
     for place in result.records.unmatched:
-        out.append(_dangling(image, printer, place))
+        out.append(_dangling(image, printer, place, result.generation))
     for place in result.records.duplicates:
         section, offset, addr = place
         out.append(
@@ -400,10 +560,25 @@ def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anom
     if result.records.zeroed:
         n = result.records.zeroed
         out.append(Anomaly(AnomalyKind.ZEROED_RECORDS, Severity.NOTE, f"{n} zeroed __mcount_loc entries"))
+    skipped = result.records.skipped
+    if skipped:
+        first = skipped[0]
+        msg = (
+            f"{len(skipped)} records outside kernel text (the first at {first.text}): ftrace_process_locs() skips them"
+        )
+        out.append(Anomaly(AnomalyKind.SKIPPED_RECORDS, Severity.NOTE, msg, first.addr, first.section, first.offset))
     return out
 
 
-def _dangling(image: Image, printer: Printer, record: RecordPlace) -> Anomaly:
+_RECORD_WANTS: Final[Mapping[Generation | None, str]] = {
+    Generation.MPROFILE: "a call to _mcount",
+    Generation.PATCHABLE: "the first of two nops",
+    Generation.OOL: "a nop",
+    None: "a call site",
+}
+
+
+def _dangling(image: Image, printer: Printer, record: RecordPlace, generation: Generation | None) -> Anomaly:
     section, offset, addr = record
     sec = image.section(section) if section is not None else None
     if addr is not None:
@@ -418,15 +593,24 @@ def _dangling(image: Image, printer: Printer, record: RecordPlace) -> Anomaly:
     word = int(printer.code.words[i])
     function = _function_name(image, printer.code.funcs, place)
     file_offset = sec.offset + offset if sec is not None and offset is not None else None
-    msg = f"record points at {printer.dis.text(word)!r}, not a call to _mcount"
+    msg = f"record points at {printer.dis.text(word)!r}, not {_RECORD_WANTS[generation]}"
+    if generation in (Generation.PATCHABLE, Generation.OOL):
+        variant = default_variant(generation)
+        said = kernel_complaint(printer, variant, place - LAYOUTS[variant].record_offset)
+        msg = f"{said}: {msg}" if said else msg
     evidence = (printer.line(i),)
     return Anomaly(AnomalyKind.DANGLING, Severity.ERROR, msg, addr, section, offset, file_offset, function, evidence)
 
 
-def _function_name(image: Image, funcs: Functions, place: int) -> str | None:
+def _function_name(image: Image, funcs: Functions, place: int, preceding: bool = False) -> str | None:
+    """The function containing ``place`` (``preceding``: the nearest one starting at or before it)."""
     if image.symbols is None or not len(funcs):
         return None
-    f = int(funcs.containing(np.array([place], np.uint64))[0])
+    places = np.array([place], np.uint64)
+    if preceding:
+        f = int(np.searchsorted(funcs.start, places, side="right")[0]) - 1
+    else:
+        f = int(funcs.containing(places)[0])
     return image.symbols.name_at(int(funcs.name_index[f])) if f >= 0 else None
 
 

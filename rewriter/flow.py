@@ -1,28 +1,42 @@
 """The mflr-nop safety walk: may the ``mflr r0`` of a site be nopped without changing its function?
 
-The question
-------------
-A site is ``mflr r0; bl _mcount`` (gcc 5: ``mflr r0; std r0,16(r1); bl _mcount``). Nopping the
-``mflr`` (states ``nopped`` and ``guarded``) is only harmless if the function never uses the value
-that ``mflr`` put in r0. Execution after the call slot sees r0 = LR in both legal states of the slot:
+The question, per generation
+----------------------------
+* **mprofile** (``mflr r0; bl _mcount``; gcc 5: ``mflr r0; std r0,16(r1); bl _mcount``). Nopping
+  the ``mflr`` (states ``nopped`` and ``guarded``) is only harmless if the function never uses the
+  value that ``mflr`` put in r0.
+* **patchable** (``nop; nop``; the kernel's ``ftrace_init_nop`` makes the first ``mflr r0`` for
+  good). Could the first nop stay a nop? Only if the body never reads r0 as LR before writing it:
+  the same question, asked of the same words (slot A is the first nop, B the second).
+* **ool** (one ``nop``; ``b stub`` when traced): not applicable. The ``mflr r0`` runs in the
+  out-of-line stub right before its ``bl`` and ``mtlr r0`` restores LR there; the function's own
+  entry has no ``mflr`` to nop (``N_A``, not walked).
+
+Execution after the call slot sees r0 = LR in both legal states of the slot:
 
 * slot B is a ``nop``: r0 still holds what ``mflr`` loaded;
 * slot B calls ``ftrace_caller``: it returns through ``ld r0,_LINK(r1); mtlr r0`` (or, for the graph
   tracer, ``mflr r0; std r0,LRSAVE(r1)``), so r0 = LR on return again
-  (arch/powerpc/kernel/trace/ftrace_64_mprofile.S, "Restore possibly modified LR").
+  (arch/powerpc/kernel/trace/ftrace_64_mprofile.S in 6.1 and ftrace_entry.S ``ftrace_regs_exit``
+  in 6.12: "Restore possibly modified LR").
 
 So slot B is transparent for the question and the walk treats both slots as no-ops. What remains
-is a data-flow question with one bit: from the word after slot A, does some path *read* r0 before an
-instruction *defines* it? The answer per site is a :class:`Verdict`:
+is a data-flow question: from the word after slot A, does some path *read* the value r0 holds
+before an instruction *defines* it? The walk carries the bits of r0 still unknown (64 at first),
+and the registers an instruction copied some of them into. The answer per site is a
+:class:`Verdict`:
 
-* ``SAFE``: every path defines r0, returns, or leaves through a call, before any read;
-* ``LIVE``: some path reads r0 (the evidence is that instruction): nopping ``mflr`` changes what
-  the function does (gcc 5's own ``std r0,16(r1)`` in slot S is such a read, on purpose);
-* ``UNKNOWN``: no read was found but some path could not be followed (the reason says which).
+* ``SAFE``: every path defines r0 (and its copies), returns, or leaves through a call, before any
+  read;
+* ``LIVE``: some path reads r0 or a copy (the evidence is that instruction): nopping ``mflr``
+  changes what the function does (gcc 5's own ``std r0,16(r1)`` in slot S is such a read, on
+  purpose);
+* ``UNKNOWN``: no read was found but some path could not be followed (the reason says which);
+* ``N_A``: the question does not arise (ool).
 
-The walk is a depth-first search over the control-flow graph, one visit per instruction (the
-state is a single bit, so a second visit cannot find anything new). It follows branches wherever
-they go in the image's code; a function's symbol bounds matter only to notice falling off its end.
+The walk is a depth-first search over the control-flow graph, one visit per instruction and state
+(the unknown bits, the gcc-5 save slot, the copies). It follows branches wherever they go in the
+image's code; a function's symbol bounds matter only to notice falling off its end.
 
 ABI rules the walk relies on (64-Bit ELF V2 ABI Specification, OpenPOWER, 2.2.1.1 "Register
 Roles", Table 2.19: r0 is "volatile register used in function prologs"; r3-r10 carry arguments):
@@ -33,7 +47,10 @@ Roles", Table 2.19: r0 is "volatile register used in function prologs"; r3-r10 c
   take r0 as an argument is ``_mcount`` itself (the -mprofile-kernel convention), so a call or
   branch to an mcount entry *is* a read;
 * a branch to another function's entry is a tail call, and ends the path for the same reason;
-* a return (``blr``) ends the path: r0 is volatile, so the caller cannot rely on it either.
+* a return (``blr``) ends the path: r0 is volatile, so the caller cannot rely on it either;
+* a copy of r0's bits in r3-r10 ("parameter and return values") at a call, a return or a tail call
+  is a read; so is one in a non-volatile register (r14-r31, and r1, r2, r13) at a return, which the
+  caller expects kept; a call keeps copies in r14-r31 and clobbers r11 and r12.
 
 Other rules:
 
@@ -70,6 +87,7 @@ from rewriter.elf.image import Image
 from rewriter.elf.symbols import Functions, rel_place, reloc_target_places
 from rewriter.generations import LAYOUTS, Variant
 from rewriter.sites import MCOUNT_NAMES, Scan, Site
+from rewriter.states import Slot
 
 # -- the instruction table ------------------------------------------------------------------
 
@@ -374,6 +392,14 @@ Sources: Power ISA v3.1 (Book I chapters 2-3, 4 "Floating-Point", 6-7 VMX/VSX; B
 privileged ones), and the instruction histogram of the Debian 6.1 vmlinux and modules; the test
 suite checks the decoder against capstone on real code. Unknown words stop the walk (UNKNOWN).
 """
+
+_RA_BASE: Final = frozenset(
+    [m for m, _ in (*_LOADS_X, *_STORES_X, *_RB_ONLY_X)]
+    + ["addi", "addis", "isel", "lxvp", "lq", "lfdp", "ld", "lwa", "stxsd", "std", "stq"]
+    + ["lwz", "lbz", "lhz", "lha", "stw", "stb", "sth", "lfs", "lfd", "stfs", "stfd"]
+)
+"""Rows whose RA field is ``(RA|0)``: the value 0 when it names r0 (so not in ``reads``), but a
+read of any other register it names (a base address, or isel's first choice)."""
 
 XNOP: Final = 0x6800_0000  # xori 0,0,0
 _OR_R0_R0_R0: Final = 0x7C00_0378  # mr r0,r0
@@ -711,12 +737,15 @@ class Verdict(enum.Enum):
     SAFE = "safe"
     LIVE = "live"
     UNKNOWN = "unknown"
+    N_A = "n/a"  # ool: the site has no mflr of its own (the stub's mflr runs right before its bl)
 
 
 class Why(enum.Enum):
     """Why a walk ended LIVE or UNKNOWN."""
 
     READS_R0 = "reads r0 before anything redefines it"
+    READS_COPY = "uses bits of r0's value that an earlier instruction copied to another register"
+    PASSES_COPY = "hands bits of r0's value to a callee or the caller in a register"
     CALLS_MCOUNT = "passes r0 to _mcount (its argument in the -mprofile-kernel ABI)"
     INDIRECT_JUMP = "indirect jump (bctr): targets not known"
     FALLS_OFF = "runs past the end of the function"
@@ -727,6 +756,7 @@ class Why(enum.Enum):
     STACK_POINTER = "changes r1 while the LR save doubleword holds r0's copy"
     UNDECODED = "word not in the instruction table (or an invalid form)"
     NO_FUNCTION = "site outside any function symbol and its code"
+    OUT_OF_LINE = "ool: the mflr r0 is in the out-of-line stub, right before its bl; the entry has none to nop"
 
 
 class Safety(NamedTuple):
@@ -754,7 +784,7 @@ _READ, _WRITE, _INVALID = int(Effect.READ), int(Effect.WRITE), int(Effect.INVALI
 _NEXT, _JUMP, _COND, _CALL, _COND_CALL = (int(Flow.NEXT), int(Flow.JUMP), int(Flow.COND), int(Flow.CALL),
                                           int(Flow.COND_CALL))  # fmt: skip
 _RETURN, _INDIRECT_CALL = int(Flow.RETURN), int(Flow.INDIRECT_CALL)
-_MAY_END = frozenset({int(Flow.COND_RETURN), int(Flow.COND_INDIRECT_CALL)})
+_COND_RETURN, _COND_INDIRECT_CALL = int(Flow.COND_RETURN), int(Flow.COND_INDIRECT_CALL)
 _INDIRECT, _COND_INDIRECT = int(Flow.INDIRECT), int(Flow.COND_INDIRECT)
 _TRAP, _STOP = int(Flow.TRAP), int(Flow.STOP)
 ALL_BITS: Final = (1 << 64) - 1
@@ -777,64 +807,95 @@ def _views(code: Code) -> _Views:
     return _Views(*(a.data for a in arrays))
 
 
+Copies = tuple[tuple[int, int], ...]
+"""Registers other than r0 that hold unknown bits of r0's ``mflr`` value, as (register, bits),
+sorted: a word that reads r0 and writes another register passes the bits on instead of deciding
+LIVE at once. amdgpu.ko ``link_enc_cfg_is_link_enc_avail`` (6.12) builds a struct in r0 with
+``rldimi`` and compares one byte of it: ``xor r10,r10,r0; andi. r10,r10,0xff00``; the xor
+copies r0's unknown high half into r10 and the andi. masks it away."""
+
+
 def walk(code: Code, v: _Views, site: _SiteWords, fn: _Fn) -> tuple[Verdict, Why | None, int | None]:
     """Depth-first walk from the word after the site's last slot; the slots themselves are part of
     the site (A nopped, B transparent, S executed before the walk starts).
 
-    The state of a path is (taint, slot). ``taint`` has a bit set for every bit of r0 that still
-    holds the ``mflr`` value (all 64 at first; see :func:`transfer`). ``slot`` is, for gcc-5 sites
-    only, the offset from r1 of the LR save doubleword that slot S filled from r0 (None when no
-    memory holds the value; see :func:`frame_step`). A (word, state) pair is looked at once.
+    The state of a path is (taint, slot, copies). ``taint`` has a bit set for every bit of r0 that
+    still holds the ``mflr`` value (all 64 at first; see :func:`transfer`). ``slot`` is, for gcc-5
+    sites only, the offset from r1 of the LR save doubleword that slot S filled from r0 (None when
+    no memory holds the value; see :func:`frame_step`). ``copies``: other registers holding some
+    of those bits (:data:`Copies`). A (word, state) pair is looked at once.
     """
-    words, effect, flow, target, stop, mark = v
-    fixups, entries, mcount = code.fixups, code.entries, code.mcount
-    own = (fn.start, fn.lep)
-    seen: set[int | tuple[int, int, int | None]] = set()
-    unknown: tuple[Why, int] | None = None
-    # reached: 0 sequentially, 1 by a branch (a function start is fine), 2 just after an always-trap
-    stack: list[tuple[int, int, int, int | None]] = [(site.b + 1, 0, ALL_BITS, site.lr_slot)]
-    while stack:
-        i, reached, taint, slot = stack.pop()
+    walker = _Walker(code, v, site, fn)
+    try:
+        return walker.run()
+    except _Live as found:
+        return Verdict.LIVE, found.why, found.at
+
+
+class _Live(Exception):
+    """A read of the value: it decides the whole walk, from however deep in a path it is found."""
+
+    def __init__(self, why: Why, at: int) -> None:
+        super().__init__(why.value)
+        self.why, self.at = why, at
+
+
+_State = tuple[int, int | None, Copies]  # taint, slot, copies
+_Path = tuple[int, int, int, int | None, Copies]  # word, reached, taint, slot, copies
+# reached: 0 sequentially, 1 by a branch (a function start is fine), 2 just after an always-trap
+
+
+class _Walker:
+    """One site's walk: the paths still to follow, the (word, state) pairs seen, and the first
+    reason a path could not be followed (which makes the verdict UNKNOWN unless a read is found)."""
+
+    def __init__(self, code: Code, v: _Views, site: _SiteWords, fn: _Fn) -> None:
+        self.code, self.v, self.site, self.fn = code, v, site, fn
+        self.own = (fn.start, fn.lep)
+        self.seen: set[int | tuple[int, int, int | None, Copies]] = set()
+        self.unknown: tuple[Why, int] | None = None
+        self.stack: list[_Path] = [(site.b + 1, 0, ALL_BITS, site.lr_slot, ())]
+
+    def run(self) -> tuple[Verdict, Why | None, int | None]:
+        while self.stack:
+            self._follow(*self.stack.pop())
+        if self.unknown is not None:
+            return Verdict.UNKNOWN, self.unknown[0], self.unknown[1]
+        return Verdict.SAFE, None, None
+
+    def _stuck(self, why: Why, j: int) -> None:
+        self.unknown = self.unknown or (why, j)
+
+    def _follow(self, i: int, reached: int, taint: int, slot: int | None, copies: Copies) -> None:
+        """One path, word by word, until it ends, meets a state already seen, or forks (the
+        other branch goes on the stack). Words that neither touch r0 nor branch are skipped,
+        unless memory or another register holds the value."""
+        stop, mark, effect, flow = self.v.stop, self.v.mark, self.v.effect, self.v.flow
+        site, seen, fixups = self.site, self.seen, self.code.fixups
         while True:
-            # Words that neither touch r0 nor branch are skipped, unless memory holds the value.
-            j = stop[i] if slot is None else i
-            key = j if taint == ALL_BITS and slot is None else (j, taint, slot)
+            plain = slot is None and not copies
+            j = stop[i] if plain else i
+            key = j if taint == ALL_BITS and plain else (j, taint, slot, copies)
             if key in seen:
-                break
+                return
             seen.add(key)
             if site.a <= j <= site.b:
                 i, reached = j + 1, 0
                 continue
             if mark[j] and not (reached == 1 and j == i):
                 if reached != 2:  # BUG()'s trap as a function's last word never returns
-                    unknown = unknown or (Why.FALLS_OFF, j)
-                break
+                    self._stuck(Why.FALLS_OFF, j)
+                return
             if j in fixups:
-                stack.append((fixups[j], 1, taint, slot))
+                self.stack.append((fixups[j], 1, taint, slot, copies))
             e = effect[j]
             if e & _INVALID:
-                unknown = unknown or (Why.UNDECODED, j)
-                break
-            if slot is not None:
-                slot = frame_step(code, words[j], slot)
-                if slot is _RELOADS:
-                    return Verdict.LIVE, Why.RELOADS_LR_SAVE, j
-                if slot is _LOST:
-                    unknown = unknown or (Why.STACK_POINTER, j)
-                    break
-            if e & _READ and taint:
-                moved = transfer(words[j], taint)
-                if moved is None:
-                    return Verdict.LIVE, Why.READS_R0, j
-                writes_r0, left = moved
-                if writes_r0:
-                    taint = left
-                elif left:
-                    return Verdict.LIVE, Why.READS_R0, j
-            elif e & _WRITE:
-                taint = 0
-            if not taint and slot is None:
-                break
+                self._stuck(Why.UNDECODED, j)
+                return
+            state = self._data(j, e, taint, slot, copies)
+            if state is None:
+                return
+            taint, slot, copies = state
             f = flow[j]
             if f == _NEXT:
                 i, reached = j + 1, 0
@@ -842,58 +903,95 @@ def walk(code: Code, v: _Views, site: _SiteWords, fn: _Fn) -> tuple[Verdict, Why
             if f == _TRAP:
                 i, reached = j + 1, 2
                 continue
-            if f == _RETURN:
-                break
-            if f == _INDIRECT_CALL:  # r0 is clobbered; a copy in memory outlives the call
-                if slot is None:
-                    break
-                i, reached, taint = j + 1, 0, 0
-                continue
-            if f in _MAY_END:
-                i, reached = j + 1, 0
-                continue
-            if f in (_INDIRECT, _COND_INDIRECT):
-                table = jump_table(v, j, fn) if f == _INDIRECT else None
-                if table is None:
-                    unknown = unknown or (Why.INDIRECT_JUMP, j)
-                    if f == _INDIRECT:
-                        break
-                    i, reached = j + 1, 0
-                    continue
-                stack.extend((t, 1, taint, slot) for t in table)
-                break
-            if f == _STOP:
-                unknown = unknown or (Why.CANNOT_FOLLOW, j)
-                break
-            t = target[j]
-            if f in (_CALL, _COND_CALL):
-                if taint and (t == TARGET_MCOUNT or t in mcount):
-                    return Verdict.LIVE, Why.CALLS_MCOUNT, j
-                if t == j + 1:  # bl .+4 / bcl 20,31,.+4: reads the PC, not a call
-                    i, reached = j + 1, 0
-                    continue
-                if fn.start <= t < fn.end and t not in own:
-                    unknown = unknown or (Why.LOCAL_CALL, j)
-                    break
-                if f == _COND_CALL or slot is not None:
-                    i, reached, taint = j + 1, 0, taint if f == _COND_CALL else 0
-                    continue
-                break
-            # a relative jump, always or on a condition
-            if taint and (t == TARGET_MCOUNT or t in mcount):
-                return Verdict.LIVE, Why.CALLS_MCOUNT, j
-            if t == TARGET_OUTSIDE:
-                unknown = unknown or (Why.OUTSIDE, j)
-            elif t >= 0 and (t not in entries or t in own):
-                stack.append((t, 1, taint, slot))
-            # else a tail call to another function (or ET_REL: to an undefined symbol)
-            if f == _COND:
-                i, reached = j + 1, 0
-                continue
-            break
-    if unknown is not None:
-        return Verdict.UNKNOWN, unknown[0], unknown[1]
-    return Verdict.SAFE, None, None
+            state = self._branch(j, f, state)
+            if state is None:
+                return
+            i, reached = j + 1, 0
+            taint, slot, copies = state
+
+    def _data(self, j: int, e: int, taint: int, slot: int | None, copies: Copies) -> _State | None:
+        """The state after word ``j``'s data effect; None when the path ends (nothing left to
+        follow, or r1 moved in a way not modelled)."""
+        word = self.v.words[j]
+        if slot is not None:
+            slot = frame_step(self.code, word, slot)
+            if slot is _RELOADS:
+                raise _Live(Why.RELOADS_LR_SAVE, j)
+            if slot is _LOST:
+                self._stuck(Why.STACK_POINTER, j)
+                return None
+        if copies or (e & _READ and taint):
+            moved = data_step(self.code.table, word, e, taint, copies)
+            if isinstance(moved, Why):
+                raise _Live(moved, j)
+            taint, copies = moved
+        elif e & _WRITE:
+            taint = 0
+        if not taint and slot is None and not copies:
+            return None
+        return taint, slot, copies
+
+    def _branch(self, j: int, f: int, state: _State) -> _State | None:
+        """Control flow out of word ``j``: targets go on the stack; returns the state to go on with
+        at ``j + 1``, or None when the path ends here."""
+        if f in (_RETURN, _COND_RETURN):
+            self._hand_on(state[2], j, call=False)
+            return state if f == _COND_RETURN else None
+        if f in (_INDIRECT_CALL, _COND_INDIRECT_CALL):
+            self._hand_on(state[2], j, call=True)
+            return state if f == _COND_INDIRECT_CALL else _after_call(state)
+        if f in (_INDIRECT, _COND_INDIRECT):
+            jumps = jump_table(self.v, j, self.fn) if f == _INDIRECT else None
+            if jumps is not None:
+                self.stack.extend((t, 1, *state) for t in jumps)
+                return None
+            self._stuck(Why.INDIRECT_JUMP, j)
+            return state if f == _COND_INDIRECT else None
+        if f == _STOP:
+            self._stuck(Why.CANNOT_FOLLOW, j)
+            return None
+        t = self.v.target[j]
+        if state[0] and (t == TARGET_MCOUNT or t in self.code.mcount):
+            raise _Live(Why.CALLS_MCOUNT, j)
+        if f in (_CALL, _COND_CALL):
+            return self._call(j, f, t, state)
+        return self._jump(j, f, t, state)
+
+    def _call(self, j: int, f: int, t: int, state: _State) -> _State | None:
+        """A relative ``bl`` (or ``bcl``) to ``t``."""
+        if t == j + 1:  # bl .+4 / bcl 20,31,.+4: reads the PC, not a call
+            return state
+        fn = self.fn
+        if fn.start <= t < fn.end and t not in self.own:
+            self._stuck(Why.LOCAL_CALL, j)
+            return None
+        self._hand_on(state[2], j, call=True)
+        return state if f == _COND_CALL else _after_call(state)
+
+    def _jump(self, j: int, f: int, t: int, state: _State) -> _State | None:
+        """A relative branch to ``t``, always or on a condition. A branch to another function's
+        entry (or, in ET_REL, to an undefined symbol) is a tail call."""
+        if t == TARGET_OUTSIDE:
+            self._stuck(Why.OUTSIDE, j)
+        elif t >= 0 and (t not in self.code.entries or t in self.own):
+            self.stack.append((t, 1, *state))
+        else:
+            self._hand_on(state[2], j, call=False)
+        return state if f == _COND else None
+
+    @staticmethod
+    def _hand_on(copies: Copies, j: int, call: bool) -> None:
+        if copies and copies_escape(copies, call):
+            raise _Live(Why.PASSES_COPY, j)
+
+
+def _after_call(state: _State) -> _State | None:
+    """What survives a call: r0 is clobbered; a copy in memory or a non-volatile register lives on."""
+    _, slot, copies = state
+    copies = after_call(copies)
+    if slot is None and not copies:
+        return None
+    return 0, slot, copies
 
 
 # -- gcc 5: the copy of r0 in the LR save doubleword ----------------------------------------
@@ -970,24 +1068,26 @@ def _carry_up(taint: int) -> int:
 _STORE_BYTES: Final[Mapping[int, int]] = {38: 0xFF, 44: 0xFFFF, 36: 0xFFFF_FFFF}  # stb, sth, stw
 _STORE_X_BYTES: Final[Mapping[int, int]] = {215: 0xFF, 407: 0xFFFF, 151: 0xFFFF_FFFF}  # stbx sthx stwx
 _LOGICAL: Final = frozenset({28, 60, 444, 412, 316, 476, 124, 284})  # and andc or orc xor nand nor eqv
-_ZERO_SELF: Final = frozenset({316, 60})  # xor r,r0,r0 and andc r,r0,r0 are 0 whatever r0 holds
+_ZERO_SELF: Final = frozenset({316, 60})  # xor r,rA,rA and andc r,rA,rA are 0 whatever rA holds
+_SELF_CANCEL: Final = frozenset({40, 8, 136})  # subf, subfc, subfe
 
 
-def transfer(word: int, taint: int) -> tuple[bool, int] | None:
-    """How a word that reads r0 moves the unknown bits ``taint`` of r0.
+def transfer(word: int, taints: Mapping[int, int]) -> tuple[int | None, int] | None:
+    """How a word that reads unknown bits moves them.
 
-    Returns (writes r0, unknown bits of its result), or None when the result may depend on the
-    unknown bits in a way not modelled here: a real read. gcc builds bit-fields in a register it
-    never initialised and overwrites every bit it keeps (chcr.ko ``get_aes_decrypt_key``:
+    ``taints`` maps a register to its bits that still hold (a function of) the ``mflr`` value:
+    r0 and the copies made from it. Returns (the register written, or None for a store; the
+    unknown bits of the value written), or None when the result may depend on the unknown bits in
+    a way not modelled here: a real read. gcc builds bit-fields in a register it never
+    initialised and overwrites every bit it keeps (chcr.ko ``get_aes_decrypt_key``:
     ``clrrwi r0,r0,16; or r0,r0,r4; ...; rlwimi r0,r5,16,0,15``): that names r0 as a source
     without depending on it. Record forms (Rc = 1, ``andi.``) and OE set CR0/XER from the
     result, so they only pass if none of its bits is unknown.
     """
     p = word >> 26
     rs, ra, rb = (word >> 21) & 31, (word >> 16) & 31, (word >> 11) & 31
-    t_rs = taint if rs == 0 else 0
-    t_ra = taint if ra == 0 else 0
-    t_rb = taint if rb == 0 else 0
+    t_rs, t_ra, t_rb = taints.get(rs, 0), taints.get(ra, 0), taints.get(rb, 0)
+    base = t_ra if ra else 0  # (RA|0): r0 as a base register is the value 0
     xo10 = (word >> 1) & 0x3FF
     record = bool(word & 1)
     out: int | None = None
@@ -1006,19 +1106,88 @@ def transfer(word: int, taint: int) -> tuple[bool, int] | None:
         imm = (word & 0xFFFF) << (16 if p & 1 else 0)
         out = t_rs & ~imm if p <= 25 else (t_rs & imm if p >= 28 else t_rs)
         record = p >= 28
+    elif p in (14, 15):  # addi, addis: rT = (RA|0) + imm
+        dest, out, record = rs, _carry_up(base), False
     elif p == 31 and xo10 in _LOGICAL:
-        out = 0 if rs == rb == 0 and xo10 in _ZERO_SELF else t_rs | t_rb
+        out = 0 if rs == rb and xo10 in _ZERO_SELF else t_rs | t_rb
+    elif p == 31 and xo10 & 0x1FF in _SELF_CANCEL and ra == rb:
+        # subf rT,rA,rA is 0; subfc gives 0 with CA = 1; subfe gives CA - 1 (gcc's carry-to-mask
+        # idiom, lpfc.ko lpfc_check_clean_addr_bit: `subfe r0,r0,r0`): none depends on rA.
+        dest, out = rs, 0
     elif p == 31 and xo10 & 0x1FF in (266, 40):  # add, subf
         dest = rs
-        out = 0 if ra == rb == 0 and xo10 & 0x1FF == 40 else _carry_up(t_ra | t_rb)
+        out = _carry_up(t_ra | t_rb)
         record = record or bool(xo10 & 0x200)
-    elif p in _STORE_BYTES and rs == 0:
-        dest, out, record = None, taint & _STORE_BYTES[p], False
-    elif p == 31 and xo10 in _STORE_X_BYTES and rs == 0 and rb != 0:
-        dest, out, record = None, taint & _STORE_X_BYTES[xo10], False
+    elif p in _STORE_BYTES and not base:
+        dest, out, record = None, t_rs & _STORE_BYTES[p], False
+    elif p == 31 and xo10 in _STORE_X_BYTES and not base and not t_rb:
+        dest, out, record = None, t_rs & _STORE_X_BYTES[xo10], False
     if out is None or (record and out):
         return None
-    return dest == 0, out
+    return dest, out
+
+
+_FIELDS: Final = ((Gpr.RT, 21), (Gpr.RA, 16), (Gpr.RB, 11), (Gpr.RC, 6))
+_SCRATCH: Final = frozenset({11, 12})  # volatile, neither argument nor result (ELFv2 ABI Table 2.19)
+_NON_VOLATILE: Final = 14  # r14-r31 survive a call (the callee saves them)
+
+
+def copy_fields(table: Table, word: int, copies: Mapping[int, int]) -> tuple[list[int], list[int]]:
+    """The copy registers a word reads and those it only writes, by the table (a ``(RA|0)``
+    field naming a register other than r0 is a read of it)."""
+    row = row_of(table, word)
+    ra_base = row.mnemonic in _RA_BASE
+    read, written = [], []
+    for field, shift in _FIELDS:
+        reg = (word >> shift) & 31
+        if reg not in copies:
+            continue
+        if field in row.reads or (field is Gpr.RA and ra_base):
+            read.append(reg)
+        elif field in row.writes:
+            written.append(reg)
+    return read, written
+
+
+def data_step(table: Table, word: int, effect: int, taint: int, copies: Copies) -> tuple[int, Copies] | Why:
+    """The unknown bits of r0 and of its copies after ``word``; a :class:`Why` when the word uses
+    them (LIVE)."""
+    regs = dict(copies)
+    read, written = copy_fields(table, word, regs) if regs else ([], [])
+    reads_r0 = bool(effect & _READ and taint)
+    if not (reads_r0 or read):
+        if effect & _WRITE:
+            taint = 0
+        for reg in written:
+            del regs[reg]
+        return taint, tuple(sorted(regs.items()))
+    moved = transfer(word, {**regs, 0: taint})
+    why = Why.READS_COPY if read else Why.READS_R0
+    if moved is None:
+        return why
+    dest, out = moved
+    if dest is None:
+        if out:
+            return why
+    elif dest == 0:
+        taint = out
+    elif out:
+        regs[dest] = out
+    else:
+        regs.pop(dest, None)
+    return taint, tuple(sorted(regs.items()))
+
+
+def copies_escape(copies: Copies, call: bool) -> bool:
+    """Whether a call (``call``) or a return or tail call hands a copy on: in an argument register
+    (r3-r10: "parameter and return values", ELFv2 ABI 2.2.1.1), or, at a return, in a register the caller expects kept
+    (r1, r2, r13-r31); a call passes r1, r2 and r13 to the callee as well."""
+    return any(reg not in _SCRATCH and (not call or reg < _NON_VOLATILE) for reg, _ in copies)
+
+
+def after_call(copies: Copies) -> Copies:
+    """The copies a call leaves: those in non-volatile registers."""
+    return tuple(c for c in copies if c[0] >= _NON_VOLATILE)
 
 
 def jump_table(v: _Views, j: int, fn: _Fn) -> list[int] | None:
@@ -1035,7 +1204,8 @@ def jump_table(v: _Views, j: int, fn: _Fn) -> list[int] | None:
     bits make it a distance of at least 64 MiB), and the number of cases the code allows: N + 1
     for some ``cmpli rI,N`` earlier in the function (gcc may share one compare between several
     switches, or keep its CR field for a while), or 2^k when the index is cut to k bits by an
-    ``rlwinm rI,rJ,2,MB,29`` or ``rldicl``/``srdi`` just before.
+    ``rlwinm rI,rJ,2,MB,29``, ``rldicl``/``srdi`` or ``rldic rI,rJ,2,MB`` (6.12 ``is_reg64``, 6.1
+    ``get_clock_source``) just before.
     """
     words = v.words
     if fn.end < 0:
@@ -1059,9 +1229,14 @@ def _case_counts(words: memoryview, j: int, fn: _Fn) -> set[int]:
             counts.add((w & 0xFFFF) + 1)
         elif back > j - 12 and w >> 26 == 21 and (w >> 1) & 31 == 29:  # rlwinm rI,rJ,SH,MB,29
             counts.add(1 << (30 - ((w >> 6) & 31)))
-        elif back > j - 12 and w >> 26 == 30 and (w >> 2) & 7 == 0:  # rldicl rI,rJ,SH,MB (srdi)
+        elif back > j - 12 and w >> 26 == 30 and (w >> 2) & 7 in (0, 2):
             mb6 = (w >> 5) & 0x3F
-            counts.add(1 << (64 - ((mb6 & 1) << 5 | mb6 >> 1)))
+            mb = (mb6 & 1) << 5 | mb6 >> 1
+            if (w >> 2) & 7 == 0:  # rldicl rI,rJ,SH,MB (srdi): 64 - MB bits
+                counts.add(1 << (64 - mb))
+            else:  # rldic rI,rJ,SH,MB: the index cut and scaled at once, 64 - SH - MB bits
+                sh = (w >> 11) & 31 | ((w >> 1) & 1) << 5
+                counts.add(1 << max(64 - sh - mb, 0))
     return counts
 
 
@@ -1069,7 +1244,18 @@ def _case_counts(words: memoryview, j: int, fn: _Fn) -> set[int]:
 
 
 def safety(code: Code, sites: Sequence[Site]) -> tuple[Safety, ...]:
-    """One :class:`Safety` per site, in order."""
+    """One :class:`Safety` per site, in order. A layout without an mflr slot (ool) is ``N_A``."""
+    asked = [n for n, s in enumerate(sites) if LAYOUTS[s.variant].offset(Slot.A) is not None]
+    out = [_NOT_ASKED] * len(sites)
+    for n, verdict in zip(asked, _walk_sites(code, [sites[n] for n in asked]), strict=True):
+        out[n] = verdict
+    return tuple(out)
+
+
+_NOT_ASKED: Final = Safety(Verdict.N_A, Why.OUT_OF_LINE, None)
+
+
+def _walk_sites(code: Code, sites: Sequence[Site]) -> list[Safety]:
     places = np.array([s.place for s in sites], np.uint64)
     b_idx = code.index(places).tolist()
     deltas = np.array([LAYOUTS[s.variant].first_offset for s in sites], np.int64)
@@ -1088,7 +1274,7 @@ def safety(code: Code, sites: Sequence[Site]) -> tuple[Safety, ...]:
         lr_slot = LR_SAVE if s_word == ppc.STD_R0_16_R1 else None
         verdict, why, at = walk(code, v, _SiteWords(a, b, lr_slot), fn)
         out.append(Safety(verdict, why, None if at is None else code.place(at)))
-    return tuple(out)
+    return out
 
 
 def _function_words(code: Code, places: np.ndarray) -> list[_Fn]:

@@ -46,6 +46,12 @@ MCOUNT_NAMES = ("_mcount", "._mcount")
 TRACER_NAMES = ("ftrace_caller", "ftrace_regs_caller", "ftrace_tramp_text", "ftrace_tramp_init")
 STRIPPED_MIN_RECORDS = 1000  # a stripped vmlinux's table, found by search; kernels have tens of thousands
 OOL_AREAS = ("ftrace_ool_stub_text", "ftrace_ool_stub_text_end", "ftrace_ool_stub_inittext")
+# arch/powerpc/include/asm/ftrace.h (6.12, 7.2): 16 with MPROFILE_KERNEL or
+# ARCH_USING_PATCHABLE_FUNCTION_ENTRY; 6.1 defines none. kernel/trace/ftrace.c test_for_valid_rec()
+# marks a record FTRACE_FL_DISABLED when kallsyms puts rec->ip more than this past its symbol: the
+# body of an overridden weak function, whose own symbol the linker dropped.
+FTRACE_MCOUNT_MAX_OFFSET = 16
+WEAK_CHECK_SYMBOL = "ftrace_check_for_weak_functions"  # the initcall that runs test_for_valid_rec()
 
 
 class Site(NamedTuple):
@@ -152,6 +158,7 @@ class Scan:
     functions: Functions  # the function table the sites were attributed with, for later stages
     generation: Generation | None = None
     stubs: tuple[StubArea, ...] = ()
+    weak_max_offset: int | None = None  # FTRACE_MCOUNT_MAX_OFFSET, or None: no test_for_valid_rec()
 
 
 class Detect(NamedTuple):
@@ -176,7 +183,8 @@ def scan(image: Image, mcount_addr: int | None = None, generation: Generation | 
     if generation is None:
         generation = detect_generation(image, text, calls, records).generation
     places, skipped = _split_skipped(image, records)
-    sites, unmatched = _classify(image, text, funcs, generation, calls, places)
+    weak = weak_max_offset(image, generation)
+    sites, unmatched = _classify(image, text, funcs, generation, calls, places, weak)
     stubs: tuple[StubArea, ...] = ()
     if generation is Generation.OOL and image.type != S.ET_REL:
         stubs, sites = _with_stubs(image, sites)
@@ -190,9 +198,32 @@ def scan(image: Image, mcount_addr: int | None = None, generation: Generation | 
         tables,
     )
     endian = "big" if image.big_endian else "little"
-    return Scan(
-        image.path, image.kind, endian, image.abi, sites, recs, tuple(int(e) for e in entries), funcs, generation, stubs
-    )
+    mcount = tuple(int(e) for e in entries)
+    return Scan(image.path, image.kind, endian, image.abi, sites, recs, mcount, funcs, generation, stubs, weak)
+
+
+def weak_max_offset(image: Image, generation: Generation | None) -> int | None:
+    """How far past its kallsyms symbol test_for_valid_rec() still accepts a record, or None when
+    the kernel has no such check. A vmlinux with symbols says so itself: its
+    ``ftrace_check_for_weak_functions`` initcall exists exactly when FTRACE_MCOUNT_MAX_OFFSET is
+    defined (6.12 and 7.2 have it, 6.1 not). Otherwise the generation decides: every kernel with
+    patchable or ool sites defines it; mprofile is taken to be 6.1's (no check)."""
+    syms = image.symbols
+    if image.kind is Kind.VMLINUX and syms is not None and len(syms.table):
+        return FTRACE_MCOUNT_MAX_OFFSET if len(syms.find(WEAK_CHECK_SYMBOL)) else None
+    if generation in (Generation.PATCHABLE, Generation.OOL):
+        return FTRACE_MCOUNT_MAX_OFFSET
+    return None
+
+
+def weak_offsets(funcs: Functions, places: np.ndarray) -> np.ndarray:
+    """Distance from the nearest function symbol at or before each place (what kallsyms_lookup()
+    reports as the offset), or -1 where none precedes it."""
+    if not len(funcs) or not len(places):
+        return np.full(len(places), -1, np.int64)
+    i = np.searchsorted(funcs.start, places, side="right") - 1
+    start = funcs.start[np.maximum(i, 0)]
+    return np.where(i >= 0, places.astype(np.int64) - start.astype(np.int64), -1)
 
 
 def _nonzero(tables: Sequence[RecordTable]) -> np.ndarray:
@@ -653,6 +684,7 @@ def _classify(
     generation: Generation | None,
     calls: np.ndarray,
     records: np.ndarray,
+    weak: int | None = None,
 ) -> tuple[tuple[Site, ...], np.ndarray]:
     """Sites, and the record places that turned out to be no site."""
     if generation is Generation.MPROFILE or generation is None:
@@ -660,7 +692,7 @@ def _classify(
     else:
         cols = _entry_columns(image, text, funcs, generation, records)
     unmatched = cols.record[(cols.record != 0) & ~cols.keep]
-    return _build_sites(image, text, funcs, generation, cols), unmatched
+    return _build_sites(image, text, funcs, weak, cols), unmatched
 
 
 def _mprofile_columns(text: _Text, funcs: Functions, calls: np.ndarray, records: np.ndarray) -> _Columns:
@@ -722,9 +754,7 @@ def _in_stub_areas(image: Image, targets: np.ndarray) -> np.ndarray:
     return out
 
 
-def _build_sites(
-    image: Image, text: _Text, funcs: Functions, generation: Generation | None, c: _Columns
-) -> tuple[Site, ...]:
+def _build_sites(image: Image, text: _Text, funcs: Functions, weak: int | None, c: _Columns) -> tuple[Site, ...]:
     syms = image.symbols
     linked = image.type != S.ET_REL
     sel = np.flatnonzero(c.keep)
@@ -735,7 +765,8 @@ def _build_sites(
     states, vars_ = c.state[sel].tolist(), c.variant[sel].tolist()
     targets = ppc.branch_targets(c.cand[sel], c.b_word[sel]).tolist()
     name_index = funcs.name_index.tolist()
-    weak_off = generation in (Generation.PATCHABLE, Generation.OOL) and len(funcs) > 0
+    # rec->ip is the call slot in every generation (6.12's ftrace_call_adjust adds 4 to the record)
+    disabled = (weak_offsets(funcs, c.cand[sel]) > weak).tolist() if weak is not None else [False] * len(sel)
     names: dict[int, str | None] = {}
     sites = []
     for n in range(len(sel)):
@@ -751,7 +782,7 @@ def _build_sites(
         state = _STATES[states[n]]
         record = recs[n] or None
         boot = boot_state(variant, state, record is not None)
-        traceable = boot is not None and record is not None and not (weak_off and f < 0)
+        traceable = boot is not None and record is not None and not disabled[n]
         sites.append(
             Site(
                 sec.name,

@@ -18,8 +18,8 @@ from conftest import FIXTURES
 from rewriter import flow
 from rewriter.elf.image import Image
 from rewriter.elf.symbols import Functions
-from rewriter.sites import Site, scan
 from rewriter.generations import Variant
+from rewriter.sites import Site, scan
 from rewriter.states import SiteState
 
 TABLE = flow.build_table()
@@ -305,6 +305,18 @@ def test_gcc_jump_table_is_followed_to_every_case() -> None:
     assert _verdict(_switch("mr 3, 0")).verdict is flow.Verdict.LIVE
 
 
+def test_gcc14_jump_table_bounded_by_rldic_is_followed() -> None:
+    """6.12 vmlinux is_reg64.isra.0: the index is cut to 3 bits and scaled by one `rldic r,r,2,59`."""
+
+    def lines(case1: str) -> list[str]:
+        return [*_site(), "rldic 3, 3, 2, 61", "lwax 9, 10, 3", "add 9, 9, 10", "mtctr 9", "bctr", "table:",
+                ".long {c0}-{table}", ".long {c1}-{table}", "c0:", "li 3, 5", "blr", "c1:", case1, "blr",
+                "f_end:"]  # fmt: skip
+
+    assert _verdict(lines("li 3, 7")).verdict is flow.Verdict.SAFE
+    assert _verdict(lines("mr 3, 0")).verdict is flow.Verdict.LIVE
+
+
 def test_jump_table_whose_bound_disagrees_is_unknown() -> None:
     lines = [line.replace("cmplwi 3, 1", "cmplwi 3, 5") for line in _switch("li 3, 7")]
     assert _verdict(lines).verdict is flow.Verdict.UNKNOWN
@@ -334,6 +346,52 @@ def test_store_of_only_the_defined_bytes_is_safe() -> None:
 
 def test_xor_of_r0_with_itself_is_a_definition() -> None:
     assert _verdict([*_site(), "xor 0, 0, 0", "mr 3, 0", "blr", "f_end:"]).verdict is flow.Verdict.SAFE
+
+
+def test_carry_to_mask_of_r0_with_itself_is_a_definition() -> None:
+    """lpfc.ko lpfc_check_clean_addr_bit (6.12): `subfe r0,r0,r0` is CA - 1 whatever r0 holds."""
+    assert _verdict([*_site(), "subfe 0, 0, 0", "mr 3, 0", "blr", "f_end:"]).verdict is flow.Verdict.SAFE
+    assert _verdict([*_site(), "subfc 0, 0, 0", "mr 3, 0", "blr", "f_end:"]).verdict is flow.Verdict.SAFE
+    assert _verdict([*_site(), "subfe 0, 4, 0", "mr 3, 0", "blr", "f_end:"]).verdict is flow.Verdict.LIVE
+
+
+def _amdgpu(use: str) -> list[str]:
+    """amdgpu.ko link_enc_cfg_is_link_enc_avail (6.12): r0's low word is defined, the xor copies its
+    unknown high word into r10, and ``use`` decides whether that matters."""
+    return [*_site(), "rldimi 0, 12, 0, 32", "rldimi 0, 31, 0, 56", "xor 10, 10, 0", use, "li 3, 0", "blr", "f_end:"]
+
+
+def test_copy_of_unknown_bits_masked_away_is_safe() -> None:
+    assert _verdict(_amdgpu("andi. 10, 10, 0xff00")).verdict is flow.Verdict.SAFE
+
+
+def test_copy_of_unknown_bits_used_is_live_at_the_use() -> None:
+    lines = _amdgpu("std 10, 0(3)")
+    got = _verdict(lines)
+    assert got.verdict is flow.Verdict.LIVE and got.why is flow.Why.READS_COPY
+    assert got.evidence == BASE + 4 * 5  # f: mflr, bl, rldimi, rldimi, xor, std
+    assert _verdict(_amdgpu("andis. 10, 10, 0xff00")).verdict is flow.Verdict.SAFE  # bits 24-31: r12's
+    assert _verdict(_amdgpu("rldicl. 10, 10, 32, 32")).verdict is flow.Verdict.LIVE  # the high word
+
+
+@pytest.mark.parametrize(
+    ("lines", "verdict"),
+    [
+        (["mr 9, 0", "blr"], flow.Verdict.LIVE),  # r3-r10 carry return values
+        (["mr 11, 0", "blr"], flow.Verdict.SAFE),  # volatile, not a result
+        (["mr 31, 0", "blr"], flow.Verdict.LIVE),  # non-volatile: the caller expects it kept
+        (["mr 4, 0", "bl {g}", "li 3, 0", "blr"], flow.Verdict.LIVE),  # an argument
+        (["mr 12, 0", "bl {g}", "li 3, 0", "blr"], flow.Verdict.SAFE),  # clobbered by the call
+        (["mr 31, 0", "bl {g}", "mr 3, 31", "blr"], flow.Verdict.LIVE),  # kept across the call
+        (["mr 31, 0", "li 31, 1", "blr"], flow.Verdict.SAFE),  # overwritten first
+        (["mr 10, 0", "ld 3, 8(10)", "blr"], flow.Verdict.LIVE),  # a base register is a read
+    ],
+)
+def test_copies_in_other_registers_follow_the_abi(lines: list[str], verdict: flow.Verdict) -> None:
+    got = _verdict(
+        [*_site(), *lines, "f_end:", "g:", "blr", "g_end:"], functions=[("f", "f_end", 0), ("g", "g_end", 0)]
+    )
+    assert got.verdict is verdict
 
 
 def test_gcc5_lr_save_copy_reloaded_is_live() -> None:
@@ -407,3 +465,17 @@ def test_vmlinux_is_decided_at_every_site(corpus) -> None:
     assert counts[flow.Verdict.LIVE] == 0
     assert counts[flow.Verdict.SAFE] >= 0.999 * len(result.sites)
     assert seconds < 5  # ~0.6 s here; the bench holds the real budget
+
+
+def test_ool_site_has_no_mflr_to_nop() -> None:
+    """ool: the mflr r0 lives in the out-of-line stub; even a body that reads r0 is not walked."""
+    got = _verdict(["f:", "site:", "nop", "mr 3, 0", "blr", "f_end:"], variant=Variant.OOL)
+    assert got == flow.Safety(flow.Verdict.N_A, flow.Why.OUT_OF_LINE, None)
+
+
+def test_patchable_site_asks_whether_the_first_nop_may_stay() -> None:
+    """patchable: slot A is the first nop; a body that reads r0 before writing it is live."""
+    lines = ["f:", "nop", "site:", "nop", "mr 3, 0", "blr", "f_end:"]
+    assert _verdict(lines, variant=Variant.PATCHABLE).verdict is flow.Verdict.LIVE
+    lines = ["f:", "nop", "site:", "nop", "mflr 0", "std 0, 16(1)", "blr", "f_end:"]
+    assert _verdict(lines, variant=Variant.PATCHABLE).verdict is flow.Verdict.SAFE

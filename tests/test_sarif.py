@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from boot import require_kernel
 from conftest import FIXTURES, ROOT
 from typer.testing import CliRunner
 
@@ -43,7 +44,8 @@ def test_fixture_report_validates_and_has_one_result_per_anomaly(tmp_path: Path)
         [("broken", "error")] * 2 + [("dangling", "error")] * 2 + [("r0live", "warning")] * 2
         + [("unrecorded", "warning")] * 2 + [("patchable-before-gep", "error")] * 2
     )  # fmt: skip
-    assert run["properties"]["mflr_nop_safety"] == {"safe": 64, "live": 2, "unknown": 0}
+    assert run["properties"]["mflr_nop_safety"] == {"safe": 64, "live": 2, "unknown": 0, "n/a": 0}
+    assert {a["properties"]["generation"] for a in run["artifacts"]} == {"mprofile", "patchable"}
 
 
 def test_results_are_placed_by_file_offset_address_and_function(tmp_path: Path, manifest: dict) -> None:
@@ -68,3 +70,18 @@ def test_vmlinux_report_validates(corpus, tmp_path: Path) -> None:
     doc = _sarif(tmp_path, corpus.vmlinux)
     jsonschema.Draft4Validator(SCHEMA).validate(doc)
     assert doc["runs"][0]["properties"]["mflr_nop_safety"]["safe"] == 33_690
+
+
+@pytest.mark.corpus
+def test_ool_vmlinux_report_validates_with_its_stubs_and_weak_body_notes(tmp_path: Path) -> None:
+    doc = _sarif(tmp_path, require_kernel("7.2").vmlinux)
+    jsonschema.Draft4Validator(SCHEMA).validate(doc)
+    (run,) = doc["runs"]
+    assert run["properties"]["mflr_nop_safety"] == {"safe": 0, "live": 0, "unknown": 0, "n/a": 42_648}
+    (artifact,) = run["artifacts"]
+    assert artifact["properties"]["generation"] == "ool"
+    assert [(a["name"], a["covers"]) for a in artifact["properties"]["ool_stubs"]] == [
+        ("ftrace_ool_stub_text", True), ("ftrace_ool_stub_text_end", True), ("ftrace_ool_stub_inittext", True)
+    ]  # fmt: skip
+    assert {(r["ruleId"], r["level"]) for r in run["results"]} == {("weak-body", "note")}
+    assert len(run["results"]) == 285

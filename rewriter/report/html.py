@@ -14,6 +14,7 @@ from typing import Final, NamedTuple
 
 from rewriter.audit import Audit, GroupSummary, ImageAudit, roll_up, summarise
 from rewriter.flow import Verdict
+from rewriter.report.md import safety_text, stub_text
 from rewriter.states import SiteState
 
 STATE_COLOURS: Final[Mapping[str, str]] = {
@@ -29,9 +30,13 @@ VERDICT_COLOURS: Final[Mapping[str, str]] = {
     Verdict.SAFE.value: "#2ca02c",
     Verdict.LIVE.value: "#d62728",
     Verdict.UNKNOWN.value: "#ff9f1c",
+    Verdict.N_A.value: "#b0b0b0",
 }
 MAX_BARS = 25
-SITE_COLUMNS: Final = ("image", "place", "section", "function", "variant", "state", "recorded", "verdict", "reason")
+MAX_IMAGE_ROWS = 50
+SITE_COLUMNS: Final = (
+    "image", "place", "section", "function", "variant", "state", "recorded", "traceable", "stub", "verdict", "reason",
+)  # fmt: skip
 
 
 class Bar(NamedTuple):
@@ -112,11 +117,31 @@ def _site_rows(images: Sequence[ImageAudit]) -> list[list[str]]:
                     s.variant.value,
                     s.state.value,
                     "yes" if s.recorded else "no",
+                    "yes" if s.traceable else "no",
+                    s.stub or "",
                     sa.safety.verdict.value,
                     sa.safety.why.value if sa.safety.why else "",
                 ]
             )
     return rows
+
+
+def _image_table(images: Sequence[ImageAudit]) -> str:
+    """Per image: its generation, what the safety verdict asks there, and (ool) its stub areas."""
+    rows = []
+    for img in images[:MAX_IMAGE_ROWS]:
+        stubs = "<br>".join(f"{_esc(a.name)}: {_esc(stub_text(a))}" for a in img.stubs)
+        rows.append(
+            f"<tr><td>{_esc(img.path.name)}</td><td>{_esc(img.generation.value if img.generation else '')}</td>"
+            f"<td>{img.counts.sites}</td><td>{img.counts.weak_bodies}</td><td>{_esc(img.question)}</td>"
+            f"<td class='ev'>{stubs}</td></tr>"
+        )
+    head = (
+        "<tr><th>image</th><th>generation</th><th>sites</th><th>weak-function bodies</th>"
+        "<th>mflr-nop question</th><th>ool stubs</th></tr>"
+    )
+    more = f"<p>... and {len(images) - MAX_IMAGE_ROWS} more images.</p>" if len(images) > MAX_IMAGE_ROWS else ""
+    return f"<table id='images'><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>{more}"
 
 
 def _anomaly_table(images: Sequence[ImageAudit]) -> str:
@@ -206,8 +231,7 @@ def audit_html(audit: Audit) -> str:
     groups = roll_up(audit)
     total = summarise(audit.images, "all")
     state_title, state_bars = _state_bars(audit, groups)
-    s, a = total.safety, total.anomalies
-    decided = 100 * (s["safe"] + s["live"]) / total.sites if total.sites else 0.0
+    a = total.anomalies
     head = "".join(f"<th>{_esc(c)}</th>" for c in SITE_COLUMNS)
     parts = [
         "<!doctype html>",
@@ -215,9 +239,9 @@ def audit_html(audit: Audit) -> str:
         "<title>mcountrw audit</title>",
         f"<style>{_STYLE}</style></head><body>",
         "<h1>mcountrw audit</h1>",
-        f"<p id='summary'>{total.images} images, {total.sites} sites. mflr-nop safety: {s['safe']} safe, "
-        f"{s['live']} live, {s['unknown']} unknown ({decided:.3f} % decided). Anomalies: {a['error']} errors, "
-        f"{a['warning']} warnings, {a['note']} notes.</p>",
+        f"<p id='summary'>{total.images} images, {total.sites} sites. mflr-nop safety: "
+        f"{_esc(safety_text(total.safety))}. Anomalies: {a['error']} errors, {a['warning']} warnings, "
+        f"{a['note']} notes.</p>",
         "<h2>Sites</h2>",
         bar_chart("state-chart", state_title, state_bars, STATE_COLOURS),
         "<h2>mflr-nop safety</h2>",
@@ -227,6 +251,8 @@ def audit_html(audit: Audit) -> str:
             _safety_bars(groups, total),
             VERDICT_COLOURS,
         ),
+        "<h2>Images</h2>",
+        _image_table(audit.images),
         "<h2>Anomalies</h2>",
         _anomaly_table(audit.images),
         "<h2>All sites</h2>",

@@ -10,20 +10,31 @@ from rewriter import __version__
 from rewriter.audit import AnomalyKind, Audit, GroupSummary, ImageAudit, Severity, roll_up, summarise
 from rewriter.diff import Diff
 from rewriter.flow import Verdict
-from rewriter.sites import Site
+from rewriter.generations import Generation
+from rewriter.sites import Site, StubArea
 
 FORMAT: Final = "mcountrw-audit/1"
 
 _COUNT = {"type": "integer", "minimum": 0}
 _TALLY = {"type": "object", "additionalProperties": _COUNT}
-_SAFETY_COUNTS = {
-    "safe": _COUNT,
-    "live": _COUNT,
-    "unknown": _COUNT,
-}
+_SAFETY_COUNTS = {v.value: _COUNT for v in Verdict}  # safe, live, unknown, n/a (ool)
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _NULLABLE_STR = {"type": ["string", "null"]}
 _LINES = {"type": "array", "items": {"type": "string"}}
+_STUB_AREA = {
+    "type": "object",
+    "required": ["name", "address", "count", "stub_size", "used", "need", "covers"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"},
+        "address": {"type": "integer"},
+        "count": _COUNT,
+        "stub_size": _COUNT,
+        "used": _COUNT,
+        "need": _COUNT,
+        "covers": {"type": "boolean"},
+    },
+}
 
 _GROUP = {
     "type": "object",
@@ -72,7 +83,18 @@ SCHEMA: Final[Mapping[str, Any]] = {
             "type": "array",
             "items": {
                 "type": "object",
-                "required": ["path", "group", "kind", "endian", "abi", "counts", "mflr_nop_safety", "anomalies"],
+                "required": [
+                    "path",
+                    "group",
+                    "kind",
+                    "endian",
+                    "abi",
+                    "generation",
+                    "counts",
+                    "ool_stubs",
+                    "mflr_nop_safety",
+                    "anomalies",
+                ],
                 "additionalProperties": False,
                 "properties": {
                     "path": {"type": "string"},
@@ -80,6 +102,8 @@ SCHEMA: Final[Mapping[str, Any]] = {
                     "kind": {"enum": ["vmlinux", "module", "object", "executable"]},
                     "endian": {"enum": ["little", "big"]},
                     "abi": {"enum": ["elfv1", "elfv2"]},
+                    "generation": {"enum": [*(g.value for g in Generation), None]},
+                    "ool_stubs": {"type": "array", "items": _STUB_AREA},
                     "counts": {
                         "type": "object",
                         "additionalProperties": False,
@@ -94,6 +118,7 @@ SCHEMA: Final[Mapping[str, Any]] = {
                             "sites_outside_functions",
                             "init_text_sites",
                             "exit_text_sites",
+                            "weak_bodies",
                             "records",
                         ],
                         "properties": {
@@ -112,25 +137,28 @@ SCHEMA: Final[Mapping[str, Any]] = {
                             "sites_outside_functions": _COUNT,
                             "init_text_sites": _COUNT,
                             "exit_text_sites": _COUNT,
+                            "weak_bodies": _COUNT,
                             "records": {
                                 "type": "object",
-                                "required": ["count", "zeroed", "unmatched", "duplicates"],
+                                "required": ["count", "zeroed", "unmatched", "duplicates", "skipped"],
                                 "additionalProperties": False,
                                 "properties": {
                                     "count": _COUNT,
                                     "zeroed": _COUNT,
                                     "unmatched": _COUNT,
                                     "duplicates": _COUNT,
+                                    "skipped": _COUNT,
                                 },
                             },
                         },
                     },
                     "mflr_nop_safety": {
                         "type": "object",
-                        "required": ["safe", "live", "unknown", "sites"],
+                        "required": [*_SAFETY_COUNTS, "question", "sites"],
                         "additionalProperties": False,
                         "properties": {
                             **_SAFETY_COUNTS,
+                            "question": {"type": "string"},
                             "sites": {
                                 "type": "array",
                                 "items": {
@@ -179,7 +207,8 @@ SCHEMA: Final[Mapping[str, Any]] = {
 }
 """Addresses and offsets are integers; ``address`` is null in relocatable files (modules), where
 ``section`` + ``offset`` name the place. ``reason`` and ``evidence`` appear on live and unknown
-verdicts only. Image-wide anomalies (mixed states, ABI) have null place fields."""
+verdicts only; an ``n/a`` verdict's reason is the image's ``question``. Image-wide anomalies (mixed
+states, ABI) have null place fields."""
 
 
 def group_json(g: GroupSummary) -> dict[str, Any]:
@@ -191,6 +220,18 @@ def group_json(g: GroupSummary) -> dict[str, Any]:
         "mflr_nop_safety": {v.value: g.safety[v.value] for v in Verdict},
         "anomalies": {s.value: g.anomalies[s.value] for s in Severity},
         "functions": {"total": g.functions, "with_sites": g.functions_with_sites},
+    }
+
+
+def stub_json(area: StubArea) -> dict[str, Any]:
+    return {
+        "name": area.name,
+        "address": area.addr,
+        "count": area.count,
+        "stub_size": area.stub_size,
+        "used": area.used,
+        "need": area.need,
+        "covers": area.covers,
     }
 
 
@@ -206,7 +247,7 @@ def image_json(img: ImageAudit) -> dict[str, Any]:
             "function": sa.site.function,
             "verdict": sa.safety.verdict.value,
         }
-        if sa.safety.verdict is not Verdict.SAFE:
+        if sa.safety.verdict in (Verdict.LIVE, Verdict.UNKNOWN):
             row["reason"] = sa.safety.why.value if sa.safety.why else ""
             row["evidence"] = list(sa.evidence)
         sites.append(row)
@@ -216,6 +257,7 @@ def image_json(img: ImageAudit) -> dict[str, Any]:
         "kind": img.kind.value,
         "endian": img.endian,
         "abi": img.abi.value,
+        "generation": img.generation.value if img.generation else None,
         "counts": {
             "sites": c.sites,
             "by_section": c.by_section,
@@ -231,14 +273,17 @@ def image_json(img: ImageAudit) -> dict[str, Any]:
             "sites_outside_functions": c.sites_outside_functions,
             "init_text_sites": c.init_sites,
             "exit_text_sites": c.exit_sites,
+            "weak_bodies": c.weak_bodies,
             "records": {
                 "count": c.records,
                 "zeroed": c.zeroed_records,
                 "unmatched": c.unmatched_records,
                 "duplicates": c.duplicate_records,
+                "skipped": c.skipped_records,
             },
         },
-        "mflr_nop_safety": {**{v.value: safety[v] for v in Verdict}, "sites": sites},
+        "ool_stubs": [stub_json(a) for a in img.stubs],
+        "mflr_nop_safety": {**{v.value: safety[v] for v in Verdict}, "question": img.question, "sites": sites},
         "anomalies": [
             {
                 "kind": a.kind.value,

@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
-from rewriter.audit import Audit, GroupSummary, ImageAudit, Severity, roll_up, summarise
+from rewriter.audit import Anomaly, Audit, GroupSummary, ImageAudit, Severity, roll_up, summarise
 from rewriter.diff import Diff, FunctionChangeKind, ImageDiff
+from rewriter.elf.image import Kind
 from rewriter.flow import Verdict
+from rewriter.generations import Generation
+from rewriter.sites import StubArea
 
 DETAIL_ALL_BELOW = 20  # images: show every image's section when there are fewer than this
 MAX_GROUPS = 40
@@ -33,15 +36,22 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]
     return out
 
 
+def safety_text(safety: Mapping[str, int]) -> str:
+    """``N safe, N live, N unknown[, N n/a] (P % decided)``: decided among the sites the question
+    applies to (ool sites are n/a)."""
+    na = safety[Verdict.N_A.value]
+    asked = safety["safe"] + safety["live"] + safety["unknown"]
+    text = f"{safety['safe']} safe, {safety['live']} live, {safety['unknown']} unknown"
+    text += f", {na} n/a" if na else ""
+    return f"{text} ({_pct(safety['safe'] + safety['live'], asked)} decided)" if asked else text
+
+
 def _headline(total: GroupSummary) -> list[str]:
-    s = total.safety
-    decided = s["safe"] + s["live"]
     a = total.anomalies
     return [
         f"**{total.images} images, {total.sites} sites** ({_tally(total.by_state)}).",
         "",
-        f"**mflr-nop safety:** {s['safe']} safe, {s['live']} live, {s['unknown']} unknown "
-        f"({_pct(decided, total.sites)} decided).",
+        f"**mflr-nop safety:** {safety_text(total.safety)}.",
         "",
         f"**Anomalies:** {a['error']} errors, {a['warning']} warnings, {a['note']} notes.",
     ]
@@ -57,48 +67,59 @@ def _groups(groups: Sequence[GroupSummary]) -> list[str]:
             g.safety["safe"],
             g.safety["live"],
             g.safety["unknown"],
+            g.safety[Verdict.N_A.value],
             g.anomalies["error"],
             g.anomalies["warning"],
             g.anomalies["note"],
         )
         for g in groups[:MAX_GROUPS]
     ]
-    header = ("group", "images", "sites", "states", "safe", "live", "unknown", "errors", "warnings", "notes")
+    header = ("group", "images", "sites", "states", "safe", "live", "unknown", "n/a", "errors", "warnings", "notes")
     out = ["## By subsystem", "", *_table(header, rows)]
     if len(groups) > MAX_GROUPS:
         out += ["", f"... and {len(groups) - MAX_GROUPS} smaller groups (see --format json)."]
     return out
 
 
-def _image(img: ImageAudit) -> list[str]:
+def _counts_rows(img: ImageAudit) -> list[tuple[str, object]]:
     c = img.counts
-    safety = img.safety_counts()
+    safety = {v.value: n for v, n in img.safety_counts().items()}
+    rows: list[tuple[str, object]] = [
+        ("generation", img.generation.value if img.generation else "none (no sites or records)"),
+        ("sites", c.sites),
+        ("by section", _tally(c.by_section)),
+        ("by variant", _tally(c.by_variant)),
+        ("by state", _tally(c.by_state)),
+        ("recorded / unrecorded", f"{c.recorded} / {c.unrecorded}"),
+        ("functions with / without sites", f"{c.functions_with_sites} / {c.functions_without_sites}"),
+        ("sites outside any function symbol", c.sites_outside_functions),
+        ("records in weak-function bodies", c.weak_bodies),
+        ("sites in .init.text / .exit.text", f"{c.init_sites} / {c.exit_sites}"),
+        (
+            "records (zeroed, unmatched, duplicate, outside kernel text)",
+            f"{c.records} ({c.zeroed_records}, {c.unmatched_records}, {c.duplicate_records}, {c.skipped_records})",
+        ),
+    ]
+    rows += [(f"ool stubs: `{a.name}`", stub_text(a)) for a in img.stubs]
+    if img.generation is Generation.OOL and not img.stubs and img.kind is Kind.MODULE:
+        rows.append(("ool stubs", "carved from `.stubs` at load, one per record (module_64.c setup_ftrace_ool_stubs)"))
+    rows += [("mflr-nop safety", safety_text(safety)), ("the question", img.question)]
+    return rows
+
+
+def stub_text(area: StubArea) -> str:
+    """``used / count stubs of N bytes, covers`` (or how many records get none)."""
+    short = "covers its records" if area.covers else f"**{area.need} records get none**"
+    return f"{area.used} / {area.count} stubs of {area.stub_size} bytes used; {short}"
+
+
+def _image(img: ImageAudit) -> list[str]:
     out = [
         f"### `{img.path}`",
         "",
         f"{img.kind.value}, {img.endian}-endian {img.abi.value}, group `{img.group}`.",
         "",
-        *_table(
-            ("what", "count"),
-            [
-                ("sites", c.sites),
-                ("by section", _tally(c.by_section)),
-                ("by variant", _tally(c.by_variant)),
-                ("by state", _tally(c.by_state)),
-                ("recorded / unrecorded", f"{c.recorded} / {c.unrecorded}"),
-                ("functions with / without sites", f"{c.functions_with_sites} / {c.functions_without_sites}"),
-                ("sites outside any function symbol", c.sites_outside_functions),
-                ("sites in .init.text / .exit.text", f"{c.init_sites} / {c.exit_sites}"),
-                (
-                    "records (zeroed, unmatched, duplicate)",
-                    f"{c.records} ({c.zeroed_records}, {c.unmatched_records}, {c.duplicate_records})",
-                ),
-                (
-                    "mflr-nop safety",
-                    f"{safety[Verdict.SAFE]} safe, {safety[Verdict.LIVE]} live, {safety[Verdict.UNKNOWN]} unknown",
-                ),
-            ],
-        ),
+        *_table(("what", "count"), _counts_rows(img)),
     ]
     if img.anomalies:
         out += ["", "#### Anomalies", ""]
@@ -107,8 +128,8 @@ def _image(img: ImageAudit) -> list[str]:
             out.append(f"- **{a.severity.value}** `{a.kind.value}` {where}: {a.message}")
             out += _code(a.evidence)
         if len(img.anomalies) > MAX_SHOWN:
-            out.append(f"- ... {len(img.anomalies) - MAX_SHOWN} more")
-    open_sites = [sa for sa in img.sites if sa.safety.verdict is not Verdict.SAFE]
+            out.append(f"- ... {len(img.anomalies) - MAX_SHOWN} more ({_tally(_by_kind(img.anomalies))})")
+    open_sites = [sa for sa in img.sites if sa.safety.verdict in _OPEN]
     if open_sites:
         out += ["", "#### Sites not proven safe", ""]
         for sa in open_sites[:MAX_SHOWN]:
@@ -118,6 +139,13 @@ def _image(img: ImageAudit) -> list[str]:
         if len(open_sites) > MAX_SHOWN:
             out.append(f"- ... {len(open_sites) - MAX_SHOWN} more")
     return out
+
+
+_OPEN = (Verdict.LIVE, Verdict.UNKNOWN)
+
+
+def _by_kind(anomalies: Sequence[Anomaly]) -> dict[str, int]:
+    return dict(sorted(Counter(f"{a.severity.value} {a.kind.value}" for a in anomalies).items()))
 
 
 def _code(lines: Sequence[str]) -> list[str]:
@@ -134,9 +162,7 @@ def audit_markdown(audit: Audit) -> str:
         out += [*_groups(groups), ""]
     many = len(audit.images) >= DETAIL_ALL_BELOW
     shown = [
-        img
-        for img in audit.images
-        if not many or img.anomalies or any(sa.safety.verdict is not Verdict.SAFE for sa in img.sites)
+        img for img in audit.images if not many or img.anomalies or any(sa.safety.verdict in _OPEN for sa in img.sites)
     ]
     if shown:
         out += ["## Images" + (" with findings" if many else ""), ""]

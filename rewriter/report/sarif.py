@@ -4,7 +4,8 @@ One run; one rule per anomaly kind (its severity and the argument for it from
 ``rewriter.audit.RULES``); one result per anomaly. Binaries have no lines, so a result is placed by
 byte offset in the file (``region.byteOffset``, SARIF 3.30.2), by address
 (``physicalLocation.address``, 3.32) and by function (``logicalLocations``). The mflr-nop safety
-figures travel in the run's property bag.
+figures travel in the run's property bag; each artifact's bag holds the image's generation, the
+question its safety verdict answers, and (ool) its stub areas.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Final
 
 from rewriter import __version__
 from rewriter.audit import RULES, Anomaly, AnomalyKind, Audit, ImageAudit, summarise
+from rewriter.report.jsonfmt import stub_json
 
 SCHEMA_URI: Final = "https://json.schemastore.org/sarif-2.1.0.json"
 _LEVEL: Final = {"error": "error", "warning": "warning", "note": "note"}
@@ -68,13 +70,25 @@ def _result(rule_index: dict[AnomalyKind, int], img_index: int, img: ImageAudit,
     return result
 
 
+def _artifact(img: ImageAudit) -> dict[str, Any]:
+    """The image, with what SARIF has no field for in its property bag (SARIF 3.8)."""
+    return {
+        "location": {"uri": _uri(img.path)},
+        "properties": {
+            "generation": img.generation.value if img.generation else None,
+            "mflr_nop_question": img.question,
+            "ool_stubs": [stub_json(a) for a in img.stubs],
+        },
+    }
+
+
 def audit_sarif(audit: Audit) -> dict[str, Any]:
     rule_index = {kind: n for n, kind in enumerate(RULES)}
     results = [_result(rule_index, n, img, a) for n, img in enumerate(audit.images) for a in img.anomalies]
     total = summarise(audit.images, "all")
     run: dict[str, Any] = {
         "tool": {"driver": {"name": "mcountrw", "version": __version__, "rules": _rules()}},
-        "artifacts": [{"location": {"uri": _uri(img.path)}} for img in audit.images],
+        "artifacts": [_artifact(img) for img in audit.images],
         "results": results,
         "properties": {"mflr_nop_safety": dict(total.safety), "sites": total.sites, "images": total.images},
     }

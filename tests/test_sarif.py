@@ -31,7 +31,7 @@ def test_schema_is_the_oasis_2_1_0_one() -> None:
     assert SCHEMA["id"].endswith("/sarif-schema-2.1.0.json") and "2.1.0" in SCHEMA["title"]
 
 
-def test_fixture_report_validates_and_has_one_result_per_anomaly(tmp_path: Path) -> None:
+def test_fixture_report_validates_and_has_one_result_per_anomaly(tmp_path: Path, manifest: dict) -> None:
     doc = _sarif(tmp_path, FIXTURES / "bin")
     jsonschema.Draft4Validator(SCHEMA).validate(doc)
     broken = json.loads(json.dumps(doc))
@@ -44,8 +44,16 @@ def test_fixture_report_validates_and_has_one_result_per_anomaly(tmp_path: Path)
         [("broken", "error")] * 2 + [("dangling", "error")] * 2 + [("r0live", "warning")] * 2
         + [("unrecorded", "warning")] * 2 + [("patchable-before-gep", "error")] * 2
     )  # fmt: skip
-    assert run["properties"]["mflr_nop_safety"] == {"safe": 64, "live": 2, "unknown": 0, "n/a": 0}
-    assert {a["properties"]["generation"] for a in run["artifacts"]} == {"mprofile", "patchable"}
+    sites = [s for b in manifest["binaries"].values() for s in b["sites"]]
+    ool = sum(s["generation"] == "ool" for s in sites)  # the mflr lives in the stub: n/a
+    live = 2  # anom-r0live and anom-r0live.o, one r0live_fn each
+    assert run["properties"]["mflr_nop_safety"] == {
+        "safe": len(sites) - ool - live,
+        "live": live,
+        "unknown": 0,
+        "n/a": ool,
+    }
+    assert {a["properties"]["generation"] for a in run["artifacts"]} == {"mprofile", "patchable", "ool"}
 
 
 def test_results_are_placed_by_file_offset_address_and_function(tmp_path: Path, manifest: dict) -> None:

@@ -19,8 +19,10 @@ from test_sign import _write_pair, openssl_verify
 from typer.testing import CliRunner
 
 from rewriter.cli import app
+from rewriter.edits import WordWrite
 from rewriter.elf.compress import Compression, detect_compression
 from rewriter.elf.image import Image
+from rewriter.log import load
 from rewriter.policy import parse
 from rewriter.prenop import PrenopError, Settings, Status, prenop_file, publish, run, targets
 from rewriter.rewrite import verify_files
@@ -224,7 +226,7 @@ def test_signed_modules_need_a_signature_choice_and_only_they_fail(corpus, tmp_p
 
 
 @pytest.mark.parametrize("kind", [Compression.XZ, Compression.GZIP, Compression.ZSTD])
-def test_compressed_modules_are_recompressed_the_same_way_and_undo_gives_the_same_content(
+def test_compressed_modules_are_recompressed_the_same_way_and_undo_gives_the_same_bytes(
     corpus, tmp_path: Path, kind: Compression
 ) -> None:
     from rewriter.elf.compress import compress, decompress
@@ -233,7 +235,8 @@ def test_compressed_modules_are_recompressed_the_same_way_and_undo_gives_the_sam
     plain = (corpus.modules_dir / "fs/binfmt_misc.ko").read_bytes()
     mod = tmp_path / "tree" / f"binfmt_misc.ko{suffix}"
     mod.parent.mkdir()
-    mod.write_bytes(compress(plain, kind))
+    packed = compress(plain, kind)
+    mod.write_bytes(packed)
     logs = tmp_path / "logs"
     args = ("prenop", "--policy", KEEP_CORE, "--in-place", "--strip-signature", "--log-dir", logs, mod.parent)
     assert _cli(*args)[0] == 0
@@ -242,19 +245,28 @@ def test_compressed_modules_are_recompressed_the_same_way_and_undo_gives_the_sam
     code, out = _cli(*args)
     assert code == 0 and "nothing changed" in out
     assert _cli("prenop", "--undo", "--in-place", "--log-dir", logs, mod.parent)[0] == 0
-    assert decompress(mod, mod.read_bytes(), kind) == plain
+    assert mod.read_bytes() == packed and decompress(mod, packed, kind) == plain
 
 
-def test_patchable_entry_sites_that_stay_recorded_are_reported(tmp_path: Path) -> None:
-    """A 6.6+ patchable-entry object is compiled `nop; nop`: nothing to write, but its records stay
-    and the kernel would make the sites traceable. The run says so and exits 1."""
+def test_patchable_entry_object_loses_its_records_and_no_word_changes(tmp_path: Path) -> None:
+    """A 6.6+ patchable-entry object is compiled `nop; nop`: pre-nopping it drops its records
+    (`.rela__patchable_function_entries` rows) and writes no word; a rerun changes nothing and
+    --undo gives the object back byte for byte."""
     obj = tmp_path / "patchable-le.o"
     shutil.copy2(ROOT / "fixtures/bin/patchable-le.o", obj)
+    before = scan(Image.load(obj))
+    assert before.records.count == 6 and all(s.recorded for s in before.sites)
     policy = tmp_path / "p.policy"
     policy.write_text("default nop\n")
     code, out = _cli("prenop", "--policy", policy, "--in-place", obj)
-    assert code == 1
-    assert "6 sites in 1 files are already nop;nop but still recorded" in out
+    assert code == 0 and "already nop;nop" not in out
+    assert scan(Image.load(obj)).records.count == 0
+    log = load(obj.with_name(obj.name + ".mcountrw.jsonl"))
+    assert not [e for e in log.edits if isinstance(e, WordWrite)]
+    assert log.summary["records_dropped"] == 6
+    assert _cli("prenop", "--policy", policy, "--in-place", obj)[0] == 0
+    assert _cli("prenop", "--undo", "--in-place", obj)[0] == 0
+    assert obj.read_bytes() == (ROOT / "fixtures/bin/patchable-le.o").read_bytes()
 
 
 # -- signing ----------------------------------------------------------------------------------

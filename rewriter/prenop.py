@@ -199,7 +199,7 @@ class LogFacts(NamedTuple):
     input_sha256: str
     output_sha256: str
     kind: str
-    sites_changed: int
+    sites_changed: int  # sites whose words changed, or whose records went if more (patchable, ool)
 
 
 def log_facts(path: Path) -> LogFacts | None:
@@ -223,7 +223,8 @@ def log_facts(path: Path) -> LogFacts | None:
             str(header["input"]["content_sha256"]),
             str(header["output"]["content_sha256"]),
             str(header["kind"]),
-            int(header["summary"]["sites_changed"]),
+            # patchable and ool: no word changes, the records are what goes
+            max(int(header["summary"]["sites_changed"]), int(header["summary"].get("records_dropped", 0))),
         )
     except (ValueError, KeyError, TypeError):
         raise LogError(f"{path}: not an mcountrw patch log, or a truncated one") from None

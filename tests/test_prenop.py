@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from boot import STANDARD_APPEND, boot, make_initramfs, module_load_script, require_tool
+from boot import STANDARD_APPEND, boot, make_initramfs, module_load_script, require_kernel, require_tool
 from conftest import FIXTURES
 from cryptography.hazmat.primitives.asymmetric import rsa
 from test_sign import _write_pair, openssl_verify
@@ -31,6 +31,7 @@ from rewriter.states import SiteState
 
 ROOT = Path(__file__).resolve().parent.parent
 KEEP_CORE = ROOT / "examples" / "keep-core.policy"
+RECORDS = {"6.12": 38_791, "7.2": 42_648}  # the vmlinux record tables
 BUILD = ROOT / "docs" / "build-integration"
 
 # A handful of real modules, small and quick: nls_utf8 (4 sites), binfmt_misc (15), and ext4 (851,
@@ -367,6 +368,52 @@ def test_whole_corpus_tree_in_place_verifies_is_idempotent_and_undoes(corpus, tm
     code, out = _cli("prenop", "--undo", "--in-place", "--log-dir", logs, "-j", "2", vmlinux, modules)
     assert code == 0 and _row(out, "undone")[:2] == ["3,103", "190,040"], out
     assert {**_shas(modules), "vmlinux": _sha(vmlinux)} == pristine
+
+
+@pytest.mark.slow
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", ["6.12", "7.2"])
+def test_patchable_and_ool_trees_lose_records_only_verify_rerun_and_undo_to_the_same_bytes(
+    name: str, tmp_path: Path
+) -> None:
+    """vmlinux, fs/nls (.ko.xz) and ext4 of the 6.12 and 7.2 trees under keep-core.policy, in place
+    on a copy: no word changes (the sites already are nops), the nopped sites' records go, each
+    rewritten module is xz again as Kbuild makes it; verify, a second run is a no-op, and undo gives
+    every file back sha256-identical, compressed bytes included."""
+    k = require_kernel(name)
+    vmlinux = tmp_path / "boot" / "vmlinux"
+    vmlinux.parent.mkdir()
+    shutil.copy2(k.vmlinux, vmlinux)
+    modules = tmp_path / "kernel"
+    for sub in ("fs/nls", "fs/ext4"):
+        shutil.copytree(k.modules_dir / sub, modules / sub)
+    pristine = _shas(tmp_path)
+    logs = tmp_path.parent / f"{tmp_path.name}-logs"
+    args = ("prenop", "--policy", KEEP_CORE, "--in-place", "--strip-signature", "--log-dir", logs, "-j", "2")
+
+    code, out = _cli(*args, vmlinux, modules)
+    assert code == 0 and "already nop;nop" not in out, out
+    kept = [s for s in scan(Image.load(k.vmlinux)).sites if s.function == "do_one_initcall" or
+            (s.function or "").startswith("vfs_")]  # fmt: skip
+    after = scan(Image.load(vmlinux))
+    assert after.records.count == len(kept) and {s.function for s in after.sites} == {s.function for s in kept}
+    log = load(logs / "vmlinux.mcountrw.jsonl")
+    assert not [e for e in log.edits if isinstance(e, WordWrite)]
+    assert log.summary["records_dropped"] == RECORDS[name] - len(kept)
+    nls = [p for p in sorted((k.modules_dir / "fs/nls").iterdir()) if scan(Image.load(p)).sites]
+    assert _row(out, "nopped")[0] == str(len(nls) + 1)  # and ext4, kept whole, is not written:
+    assert _sha(modules / "fs/ext4/ext4.ko.xz") == _sha(k.modules_dir / "fs/ext4/ext4.ko.xz")
+    assert all(detect_compression((modules / "fs/nls" / p.name).read_bytes()[:8]) is Compression.XZ for p in nls)
+
+    code, out = _cli("prenop", "--verify", "--log-dir", logs, vmlinux, "--against", k.vmlinux)
+    assert code == 0 and _row(out, "verified")[:2] == ["1", f"{RECORDS[name] - len(kept):,}"], out
+    code, out = _cli("prenop", "--verify", "--log-dir", logs, modules)
+    assert code == 0, out
+    done = _shas(tmp_path)
+    code, out = _cli(*args, vmlinux, modules)
+    assert code == 0 and "nothing changed" in out and _shas(tmp_path) == done, out
+    code, out = _cli("prenop", "--undo", "--in-place", "--log-dir", logs, "-j", "2", vmlinux, modules)
+    assert code == 0 and _shas(tmp_path) == pristine, out
 
 
 # -- build integration --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ trees with their .ko.xz bytes, and the results booted under qemu (the judge).
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import lzma
 import shutil
@@ -20,11 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from boot import require_kernel, require_tool
+from boot import (
+    QEMU,
+    STANDARD_APPEND,
+    KernelFiles,
+    boot,
+    make_initramfs,
+    module_load_script,
+    require_kernel,
+    require_tool,
+)
 from conftest import FIXTURES
 
 from rewriter.batch import map_chunks
-from rewriter.edits import BytesEdit, RelaEdit, WordWrite
+from rewriter.edits import BytesEdit, RelaEdit, WordWrite, apply_edits
 from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, decompress, recipe_of
 from rewriter.elf.image import Image
@@ -273,3 +283,114 @@ def test_every_module_round_trips_to_its_compressed_bytes(name: str, tmp_path: P
     print(f"{name}: {len(results)} modules ({rewritten} with records) round-tripped in {seconds:.0f} s")
     assert rewritten > 0.9 * len(results)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# -- boots (qemu is the judge) ---------------------------------------------------------------
+
+BOOT_TIMEOUT = 120
+# do_one_initcall plus a second function traced once at boot, so that the filter is never empty:
+# with do_one_initcall's own record gone, an empty filter would trace every function (a boot of
+# 11-21 s and a dump of millions of lost events).
+TWO_FILTERS = STANDARD_APPEND.replace(
+    "ftrace_filter=do_one_initcall", "ftrace_filter=do_one_initcall,kernel_init_freeable"
+)
+
+
+def _aff_then_panic_script() -> str:
+    """/init: print available_filter_functions between markers, then exit: the kernel panics
+    ("Attempted to kill init!") and ftrace_dump_on_oops dumps the trace."""
+    return """#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t tracefs tracefs /sys/kernel/tracing
+echo MCOUNTRW-AFF-BEGIN
+cat /sys/kernel/tracing/available_filter_functions
+echo MCOUNTRW-AFF-END
+echo MCOUNTRW-DONE
+exit 0
+"""
+
+
+@pytest.fixture(scope="module", params=NEW)
+def new_kernel(request: pytest.FixtureRequest) -> KernelFiles:
+    require_tool(QEMU)
+    return require_kernel(request.param)
+
+
+@pytest.mark.boot
+@pytest.mark.corpus
+def test_all_but_do_one_initcall_dropped_boots_clean_with_one_traceable_function(
+    new_kernel: KernelFiles, tmp_path: Path
+) -> None:
+    out = tmp_path / "vmlinux"
+    r = apply_file(new_kernel.vmlinux, out, Selection(exclude=("do_one_initcall",)), NOP_DROP).rewrite
+    assert len(r.dropped) == RECORDS[new_kernel.kernel.name] - 1 and not r.sites
+    ramfs = make_initramfs(tmp_path / "initrd.cpio", new_kernel.busybox, [], _aff_then_panic_script())
+    b = boot(out, STANDARD_APPEND, initrd=ramfs, timeout=BOOT_TIMEOUT)
+    assert b.done and b.panicked and not b.ftrace_bug and not b.timed_out, b.console[-3000:]
+    assert b.ftrace_entries == 1  # zeroed slots are skipped before counting (6.1 counted them)
+    assert "do_one_initcall" in b.traced_functions
+    assert b.available_filter_functions == ["do_one_initcall"]
+    print(f"{new_kernel.kernel.name}: {b.seconds:.1f} s, allocating {b.ftrace_entries} entries")
+
+
+@pytest.mark.boot
+@pytest.mark.corpus
+def test_do_one_initcall_alone_dropped_is_absent_from_the_trace(new_kernel: KernelFiles, tmp_path: Path) -> None:
+    out = tmp_path / "vmlinux"
+    apply_file(new_kernel.vmlinux, out, Selection(only=("do_one_initcall",)), NOP_DROP)
+    b = boot(out, TWO_FILTERS, timeout=BOOT_TIMEOUT)
+    assert b.panicked and not b.ftrace_bug and not b.timed_out, b.console[-3000:]
+    assert b.ftrace_entries == RECORDS[new_kernel.kernel.name] - 1
+    assert "kernel_init_freeable" in b.traced_functions  # the tracer works...
+    assert "do_one_initcall" not in b.traced_functions  # ...and the dropped function is gone from it
+
+
+@pytest.mark.boot
+@pytest.mark.corpus
+def test_a_recorded_place_rewritten_without_dropping_its_record_is_an_ftrace_bug(
+    new_kernel: KernelFiles, tmp_path: Path
+) -> None:
+    """The negative control. 6.12: `--keep-records` builds it (mflr r0 in do_one_initcall's first
+    nop, what the kernel itself would write there). 7.2 has no such state (its one word is nop or
+    `b stub`, and a stub is only filled at boot), so the test writes `b .+4`, a branch to the next
+    word that changes nothing but the word, with the library."""
+    out = tmp_path / "vmlinux"
+    site = next(s for s in scan(Image.load(new_kernel.vmlinux)).sites if s.function == "do_one_initcall")
+    if new_kernel.kernel.name == "6.12":
+        kept = Options(SiteState.DISABLED, keep_records=True)
+        apply_file(new_kernel.vmlinux, out, Selection(only=("do_one_initcall",)), kept)
+        found = "7c0802a6"
+    else:
+        b4 = WordWrite(0, site.file_offset, site.addr, site.section, site.offset, site.function, "B",
+                       0x60000000, 0x48000004, "disabled", "unknown")  # fmt: skip
+        out.write_bytes(apply_edits(bytearray(new_kernel.vmlinux.read_bytes()), [b4], "little"))
+        found = "48000004"
+    b = boot(out, STANDARD_APPEND, timeout=BOOT_TIMEOUT)
+    assert b.ftrace_bug, b.console[-3000:]
+    assert f"expected (60000000) != found ({found})" in b.console
+
+
+@pytest.mark.boot
+@pytest.mark.corpus
+def test_prenopped_module_loads_and_only_its_kept_functions_are_traceable(
+    new_kernel: KernelFiles, tmp_path: Path
+) -> None:
+    """binfmt_misc (no dependencies) with every site but the bm_*_read/_write handlers dropped,
+    signature stripped, decompressed for busybox's insmod."""
+    src = new_kernel.modules_dir / "fs/binfmt_misc.ko.xz"
+    out = tmp_path / "binfmt_misc.ko.xz"
+    kept = ("bm_*_read", "bm_*_write")
+    r = apply_file(src, out, Selection(exclude=kept), NOP_DROP).rewrite
+    names = {s.function for s in scan(Image.load(src)).sites}
+    expect = {n for n in names if n is not None and any(fnmatch.fnmatchcase(n, g) for g in kept)}
+    assert len(expect) >= 4 and len(r.dropped) == len(names) - len(expect)
+    plain = tmp_path / "binfmt_misc.ko"
+    plain.write_bytes(decompress(out, out.read_bytes(), Compression.XZ))
+    script = module_load_script(["binfmt_misc"], aff_grep="[binfmt_misc]")
+    ramfs = make_initramfs(tmp_path / "initrd.cpio", new_kernel.busybox, [plain], script)
+    b = boot(new_kernel.vmlinux, STANDARD_APPEND, initrd=ramfs, timeout=BOOT_TIMEOUT)
+    assert b.done and b.insmod == {"binfmt_misc": 0} and b.tracer_rc == 0, b.console[-3000:]
+    assert not b.ftrace_bug
+    aff = b.available_filter_functions or []
+    assert {line.split()[0] for line in aff if line.endswith("[binfmt_misc]")} == expect

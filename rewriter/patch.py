@@ -202,9 +202,7 @@ def _goals(image: Image, sites: Sequence[Site], target: SiteState) -> Mapping[Va
     for variant in {s.variant for s in sites}:
         goal = target_state(variant, target)
         lay = LAYOUTS[variant]
-        if lay.generation is not Generation.MPROFILE and any(
-            w in (Insn.CALL, Insn.STUB) for w in words_of(variant, goal)
-        ):
+        if lay.generation is not Generation.MPROFILE and any(w in _BRANCHES for w in words_of(variant, goal)):
             raise PlanRejected(
                 f"{image.path}: {variant.value}: {goal.value} ({_words_text(variant, goal)}) is not written offline: "
                 f"the kernel's boot-time ftrace_init_nop accepts only {_words_text(variant, lay.built)} at a recorded "
@@ -212,10 +210,6 @@ def _goals(image: Image, sites: Sequence[Site], target: SiteState) -> Mapping[Va
             )
         goals[variant] = goal
     return goals
-
-
-def _built(variant: Variant) -> SiteState:
-    return LAYOUTS[variant].built
 
 
 def _call_slot_nop(variant: Variant, state: SiteState) -> bool:

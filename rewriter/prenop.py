@@ -251,19 +251,32 @@ def _as_output(content: bytes, facts: LogFacts) -> bytes | None:
     return body if body is not None and _sha(body) == facts.output_sha256 else None
 
 
-def _original(
-    t: Target, raw: bytes, content: bytes, compression: Compression, facts: LogFacts | None, replace_stale: bool
-) -> tuple[bytes, bytes, bool]:
-    """The pristine content behind ``content`` and its file bytes, and whether ``content`` is its
-    log's output."""
+class _Original(NamedTuple):
+    """The pristine file behind what is on disk: its content, and how to get its file bytes
+    (``raw`` as read, or compressed again by the old log's recipe: a whole xz compression, so only
+    done when they are written or logged, never on a rerun that changes nothing)."""
+
+    content: bytes
+    raw: bytes | None  # None: rebuild from ``log``
+    log: Log | None
+    was_output: bool  # what is on disk is the old log's output
+
+    def file_bytes(self, t: Target, compression: Compression) -> bytes:
+        if self.raw is not None:
+            return self.raw
+        assert self.log is not None
+        return _original_file(t, self.log, self.content, compression)
+
+
+def _original(t: Target, raw: bytes, content: bytes, facts: LogFacts | None, replace_stale: bool) -> _Original:
     if facts is None or _sha(content) == facts.input_sha256:
-        return content, raw, False
+        return _Original(content, raw, None, False)
     output = _as_output(content, facts)
     if output is not None:
         original, log = _undo_with_log(t, output, facts)
-        return original, _original_file(t, log, original, compression), True
+        return _Original(original, None, log, True)
     if replace_stale:
-        return content, raw, False
+        return _Original(content, raw, None, False)
     raise PrenopError(
         f"{t.source}: is neither the input nor the output of {t.log} (rebuilt since?); "
         "pass --replace-stale-logs to take it as a new input"
@@ -304,7 +317,8 @@ def prenop_file(t: Target, settings: Settings, signer: Signer | None) -> tuple[F
     :func:`publish`), in the order it must be published: the log before the file it undoes."""
     raw, current, compression = _read(t.source)
     facts = log_facts(t.log)
-    original, original_raw, was_output = _original(t, raw, current, compression, facts, settings.replace_stale_logs)
+    orig = _original(t, raw, current, facts, settings.replace_stale_logs)
+    original, was_output = orig.content, orig.was_output
     image = Image(t.source, original, compression)
     sc = scan(image)
     module = module_name(t.rel) if image.kind is Kind.MODULE else None
@@ -330,7 +344,7 @@ def prenop_file(t: Target, settings: Settings, signer: Signer | None) -> tuple[F
         report = report._replace(status=Status.RESTORED if was_output else Status.NOTHING)
         if dest_content == original or settings.dry_run:
             return report, ()
-        return report, (Output(t.dest, original_raw if was_output else raw, mode),)
+        return report, (Output(t.dest, orig.file_bytes(t, compression), mode),)
 
     if image.signature is not None and options.strip_signature:
         report = report._replace(signature="stripped")
@@ -349,6 +363,7 @@ def prenop_file(t: Target, settings: Settings, signer: Signer | None) -> tuple[F
             return report._replace(status=Status.UNCHANGED), ()
     if settings.dry_run:
         return report, ()
+    original_raw = orig.file_bytes(t, compression)
     restore = restore_of(original_raw, original, compression)
     new_raw = bytes(output_bytes(content, compression, restore))
     log_raw = new_raw if not sign else bytes(output_bytes(result.content, compression, restore))
@@ -415,23 +430,32 @@ def _mkdir(path: Path) -> None:
 def undo_file(t: Target, dry_run: bool = False) -> FileReport:
     """Give back the original of ``t.source`` (to ``t.dest``) from its log, byte for byte: a
     compressed file is compressed again by its log's recipe (or taken from the log), and checked."""
+    report, outputs = undo_compute(t, dry_run)
+    if outputs:
+        publish(outputs)
+    return report
+
+
+def undo_compute(t: Target, dry_run: bool = False) -> tuple[FileReport, tuple[Output, ...]]:
+    """:func:`undo_file` up to what to write (a copy of an unchanged file is written at once)."""
     facts = log_facts(t.log)
     if facts is None:
         if t.dest != t.source and not dry_run:
             _copy_if_different(t.source, t.dest)
-        return FileReport(t.rel, Status.NO_LOG)
+        return FileReport(t.rel, Status.NO_LOG), ()
     _, content, compression = _read(t.source)
     if _sha(content) == facts.input_sha256:
         if t.dest != t.source and not dry_run:
             _copy_if_different(t.source, t.dest)
-        return FileReport(t.rel, Status.ORIGINAL, facts.kind)
+        return FileReport(t.rel, Status.ORIGINAL, facts.kind), ()
     output = _as_output(content, facts)
     if output is None:
         raise PrenopError(f"{t.source}: is neither the input nor the output of {t.log}; not undoing it")
     original, log = _undo_with_log(t, output, facts)
-    if not dry_run:
-        publish([Output(t.dest, _original_file(t, log, original, compression), _mode(t.source))])
-    return FileReport(t.rel, Status.UNDONE, facts.kind, facts.sites_changed)
+    report = FileReport(t.rel, Status.UNDONE, facts.kind, facts.sites_changed)
+    if dry_run:
+        return report, ()
+    return report, (Output(t.dest, _original_file(t, log, original, compression), _mode(t.source)),)
 
 
 def verify_file(t: Target) -> FileReport:
@@ -499,16 +523,18 @@ def _guarded(t: Target, job: Job) -> FileReport:
 IO_THREADS = 4
 
 
-def _prenop_batch(batch: Sequence[Target], settings: Settings) -> list[FileReport]:
+Compute = Callable[[Target], tuple[FileReport, tuple["Output", ...]]]
+
+
+def _compute_then_publish(batch: Sequence[Target], compute: Compute) -> list[FileReport]:
     """Compute each file on this process, and publish it on a few threads: fsync and rename wait
     on the disk, not the CPU, so the next file is computed meanwhile."""
-    signer = settings.signing.load() if settings.signing is not None else None
     reports: list[FileReport] = []
     writing: list[tuple[int, Future[None]]] = []
     with ThreadPoolExecutor(IO_THREADS) as io:
         for t in batch:
             try:
-                report, outputs = prenop_file(t, settings, signer)
+                report, outputs = compute(t)
             except Exception as e:  # _failure re-raises what is not a per-file failure
                 report, outputs = _failure(t, e), ()
             if outputs:
@@ -522,8 +548,13 @@ def _prenop_batch(batch: Sequence[Target], settings: Settings) -> list[FileRepor
     return reports
 
 
+def _prenop_batch(batch: Sequence[Target], settings: Settings) -> list[FileReport]:
+    signer = settings.signing.load() if settings.signing is not None else None
+    return _compute_then_publish(batch, lambda t: prenop_file(t, settings, signer))
+
+
 def _undo_batch(batch: Sequence[Target], dry_run: bool) -> list[FileReport]:
-    return [_guarded(t, lambda t: undo_file(t, dry_run)) for t in batch]
+    return _compute_then_publish(batch, lambda t: undo_compute(t, dry_run))
 
 
 def _verify_batch(batch: Sequence[Target], _: object) -> list[FileReport]:

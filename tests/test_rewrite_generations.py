@@ -38,7 +38,7 @@ from rewriter.edits import BytesEdit, RelaEdit, WordWrite, apply_edits
 from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, decompress, recipe_of
 from rewriter.elf.image import Image
-from rewriter.errors import PlanRejected
+from rewriter.errors import ImageError, PlanRejected
 from rewriter.log import load
 from rewriter.patch import Options, Selection
 from rewriter.rewrite import apply_file, undo_file, verify_files
@@ -144,6 +144,29 @@ def test_ool_stub_counts_are_logged_before_and_after(tmp_path: Path) -> None:
     assert "before ftrace_ool_stub_text 32768/32768" in proc.stderr
     # the kernel fills ftrace_ool_stub_text first: the record freed is one fewer in text_end
     assert "after ftrace_ool_stub_text 32768/32768, ftrace_ool_stub_text_end 8120/8121" in proc.stderr
+
+
+@pytest.mark.corpus
+def test_an_image_whose_records_exceed_its_stubs_is_never_written(tmp_path: Path) -> None:
+    """7.2 has no spare stub (32768 + 8121 + 1759 records for as many stubs). With one init stub
+    fewer in the input, dropping a .text record still leaves the init records one over: refused,
+    since ftrace_init_ool_stub would WARN and ftrace_bug() turn ftrace off."""
+    k = require_kernel("7.2")
+    image = Image.load(k.vmlinux)
+    assert image.symbols is not None
+    count_at = image.offset_of(
+        int(image.symbols.table["st_value"][image.symbols.find("ftrace_ool_stub_inittext_count")[0]])
+    )
+    data = bytearray(k.vmlinux.read_bytes())
+    assert int.from_bytes(data[count_at : count_at + 4], "little") == 1_759
+    data[count_at : count_at + 4] = (1_758).to_bytes(4, "little")
+    short = tmp_path / "short"
+    short.write_bytes(data)
+    with pytest.raises(ImageError, match="ftrace_ool_stub_inittext: 1758 stubs, 1759 records"):
+        apply_file(short, tmp_path / "out", Selection(only=("do_one_initcall",)), NOP_DROP)
+    assert not (tmp_path / "out").exists()
+    r = apply_file(short, tmp_path / "out", Selection(sections=(".init.text",)), NOP_DROP).rewrite
+    assert r.stubs is not None and [(c.area, c.used) for c in r.stubs[1]][-1] == ("ftrace_ool_stub_inittext", 0)
 
 
 # -- what is refused -------------------------------------------------------------------------

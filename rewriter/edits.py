@@ -177,9 +177,11 @@ def apply_edits(buf: bytearray, edits: Sequence[Edit], order: str) -> bytearray:
             _cas(buf, e.offset, e.old, e.new, f"offset {e.offset:#x} ({e.why})")
         elif isinstance(e, RelaEdit):
             _rela_apply(buf, e)
-        else:
+        elif isinstance(e, Truncate):
             _check_tail(buf, e)
             buf = buf[: e.size]
+        else:  # a lone WordWrite is always gathered into a run by _word_runs
+            raise TypeError(f"unexpected edit {e!r}")
     return buf
 
 
@@ -192,6 +194,8 @@ def invert_edits(buf: bytearray, edits: Sequence[Edit], order: str) -> bytearray
             _cas(buf, e.offset, e.new, e.old, f"offset {e.offset:#x} ({e.why})")
         elif isinstance(e, RelaEdit):
             _rela_invert(buf, e)
+        elif not isinstance(e, Truncate):
+            raise TypeError(f"unexpected edit {e!r}")
         else:
             if len(buf) != e.size:
                 raise WordMismatch(f"file size: expected {e.size} != found {len(buf)} ({e.why})")

@@ -5,6 +5,10 @@ per edit in the order it was applied (``write``, ``bytes``, ``rela``, ``truncate
 ``barrier`` line between the stages of the plan; the last line is a footer that counts the lines
 and carries the sha256 of everything before it, so a truncated or edited log is refused.
 
+A compressed input is described so that undo gives its exact bytes back: the header's
+``recompress`` is the recipe that turns its content into those bytes (``rewriter.elf.compress``),
+or, when no recipe does, an ``original`` line before the footer carries the bytes themselves.
+
 Keys are sorted and numbers that are words or addresses are hex strings, so logs diff well and
 the same inputs always give the same log (there are no timestamps).
 """
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from rewriter.edits import BytesEdit, Edit, RelaEdit, Truncate, WordWrite
+from rewriter.elf.compress import Recipe
 from rewriter.errors import LogError
 
 FORMAT: Final = "mcountrw-log"
@@ -59,6 +64,8 @@ class Log:
     edits: tuple[Edit, ...]
     barriers: tuple[tuple[int, str], ...]  # (after stage, name)
     summary: dict[str, Any]
+    recipe: Recipe | None = None  # compressed input: how its content becomes its bytes again
+    original: bytes | None = None  # compressed input that no recipe rebuilds: its bytes
 
 
 def _hex(n: int | None) -> str | None:
@@ -116,8 +123,13 @@ def dumps(log: Log, disasm: Any, body: list[str] | None = None) -> bytes:
         "plan": log.plan,
         "summary": log.summary,
     }
+    if log.input.compression != "none":
+        header["recompress"] = None if log.recipe is None else log.recipe.to_json()
     lines = [json.dumps(header, sort_keys=True)]
     lines += body if body is not None else body_lines(log.edits, log.barriers, disasm)
+    if log.original is not None:
+        why = "the compressed input, which no recipe rebuilds from its content"
+        lines.append(json.dumps({"type": "original", "data": log.original.hex(), "why": why}, sort_keys=True))
     lines.append("")  # the newline after the last line, without another copy of 20 MB
     data = "\n".join(lines).encode()
     footer = {"type": "footer", "lines": len(lines) - 1, "sha256": hashlib.sha256(data).hexdigest()}
@@ -209,6 +221,7 @@ def loads(text: str, name: str) -> Log:
         raise LogError(f"{name}: patch log was edited or truncated (footer checksum does not match)")
     edits: list[Edit] = []
     barriers: list[tuple[int, str]] = []
+    original = None
     for n, rec in enumerate(records[1:-1], start=2):
         if type(rec) is WordWrite:
             edits.append(rec)
@@ -217,6 +230,8 @@ def loads(text: str, name: str) -> Log:
         try:
             if rec.get("type") == "barrier":
                 barriers.append((int(rec["after_stage"]), str(rec["name"])))
+            elif rec.get("type") == "original":
+                original = bytes.fromhex(rec["data"])
             else:
                 edits.append(_edit_from(rec))
         except (KeyError, TypeError, ValueError, OverflowError) as e:
@@ -233,6 +248,8 @@ def loads(text: str, name: str) -> Log:
             edits=tuple(edits),
             barriers=tuple(barriers),
             summary=dict(header.get("summary") or {}),
+            recipe=None if header.get("recompress") is None else Recipe.from_json(header["recompress"]),
+            original=original,
         )
     except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise LogError(f"{name}:1: malformed header ({e})") from None
@@ -285,6 +302,7 @@ def _json_lines(lines: list[str], name: str, numbers: list[int]) -> list[dict[st
     """Every line parsed in one call (a vmlinux log has 67,000 lines: one json.loads per line
     costs more than the undo itself); line by line only to say where a broken log breaks.
     ``numbers`` are the lines' indexes in the log, for the message."""
+    records: list[dict[str, Any]] | None
     try:
         records = json.loads("[" + ",".join(lines) + "]")
     except (json.JSONDecodeError, RecursionError):

@@ -9,13 +9,22 @@ walk the plan stage by stage on a copy of the file:
   the loader would otherwise patch a branch offset into the nop. The entry is taken out of its
   ``.rela`` table (not turned into ``R_PPC64_NONE``, which the ppc64 module loader refuses:
   ``Unknown ADD relocation: 0``) in the same stage as the write, so every stage image loads;
-* with ``drop_records``, sites whose call slot ends up ``nop`` lose their records, because the
-  kernel checks every recorded site at boot and stops ftrace at the first that is not
-  ``bl _mcount``: in a linked image the ``__mcount_loc`` entry is zeroed (ftrace_process_locs
-  skips zeros) and its ``R_PPC64_RELATIVE`` moves past the ``DT_RELACOUNT`` entries that
-  ``arch/powerpc/kernel/reloc_64.S`` rewrites unconditionally at boot; in a relocatable file the
-  ``.rela__mcount_loc`` entry goes, so the record stays 0;
+* with ``drop_records``, sites whose call slot ends up ``nop`` lose their records: in a linked
+  image the record table's slot is zeroed (ftrace_process_locs skips zeros) and its
+  ``R_PPC64_RELATIVE`` moves past the ``DT_RELASZ`` bytes that ``arch/powerpc/kernel/reloc_64.S``
+  applies at boot (it would write the slot back from the addend); in a relocatable file the
+  record's ``R_PPC64_ADDR64`` leaves ``.rela__mcount_loc`` / ``.rela__patchable_function_entries``,
+  so the record stays 0;
 * a signed module loses its signature only when asked (``strip_signature``).
+
+The boot rule (checked by booting the three corpus kernels): the kernel's boot-time
+``ftrace_init_nop`` accepts at a recorded place only the words the compiler built there
+(``LAYOUTS[v].built``: 6.1 ``mflr r0; bl _mcount``, 6.12 ``nop; nop``, 7.2 ``nop``); anything else
+is ``expected (...) != found (...)``, ``ftrace bug``, and ftrace is off for the boot. So a rewrite
+of a vmlinux or module that would leave a recorded place holding other words is refused, unless
+the same rewrite drops that record (``drop_records``) or the caller builds such an image on
+purpose (``keep_records``: the negative control of the boot tests). On patchable and ool kernels
+the sites are built as nops: pre-nopping them is dropping their records, and no word is written.
 
 The result is in memory; ``rewriter.rewrite`` writes files. No printing, no file I/O here.
 """
@@ -23,22 +32,25 @@ The result is in memory; ``rewriter.rewrite`` writes files. No printing, no file
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import numpy as np
 
 from rewriter import ppc
 from rewriter.edits import BytesEdit, Edit, RelaEdit, Truncate, WordWrite, apply_edits
 from rewriter.elf import structs as S
-from rewriter.elf.image import Image, Section
-from rewriter.elf.symbols import reloc_target_places
-from rewriter.errors import ImageError, PlanRejected
-from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Variant
+from rewriter.elf.image import Image, Kind, Section
+from rewriter.errors import ImageError, PlanRejected, RewriteError
+from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, plan
-from rewriter.sites import Scan, Site
+from rewriter.sites import Scan, Site, dynamic_value, scan
 from rewriter.states import Insn, SiteState, Slot, word_for
+
+BOOTED_KINDS: Final = (Kind.VMLINUX, Kind.MODULE)
+"""Files whose records a kernel checks at boot or at module load (the boot rule applies to them)."""
+_BRANCHES: Final = (Insn.CALL, Insn.STUB)  # words encoded per address
 
 
 @dataclass(frozen=True)
@@ -68,47 +80,93 @@ class Selection:
 
 @dataclass(frozen=True)
 class Options:
+    """``target`` is a state name (``nopped`` means every word of the site a nop: on ool, whose
+    one word has no ``nopped`` state, that is ``disabled``). ``drop_records`` drops the records of
+    sites whose call slot ends up nop; ``keep_records`` allows leaving a recorded place holding
+    words the kernel refuses at boot (for negative controls only)."""
+
     target: SiteState
     route: Route | None = None
     cmodx: Cmodx = Cmodx.V3_1
     drop_records: bool = False
     strip_signature: bool = False
+    keep_records: bool = False
+
+
+class StubCount(NamedTuple):
+    """ool: an area of stubs, how many it has (``stubs``) and how many records it serves (``used``).
+    A module's stubs are carved out of ``.stubs`` at load, one per ``__patchable_function_entries``
+    slot (module_64.c: sh_size / 8), zeroed slots included. (``stubs``, not ``count``: a tuple has
+    a ``count`` method.)"""
+
+    area: str
+    stubs: int
+    used: int
 
 
 @dataclass(frozen=True)
 class Rewrite:
     """What a rewrite did. ``content`` is the whole new file (decompressed); ``stages`` the file
-    after each stage of the plan (relocation edits included, record and signature edits not)."""
+    after each stage of the plan (relocation edits included, record and signature edits not).
+    ``dropped``: the sites whose records go; ``stubs`` (ool): the stub counts before and after."""
 
     content: bytes | bytearray  # the bytearray the edits were applied to: a 46 MB copy saved
     stages: tuple[bytes, ...]
     edits: tuple[Edit, ...]
     plan: Plan | None
     barriers: tuple[tuple[int, str], ...]
-    sites: tuple[Site, ...]  # the sites changed, as they were before
+    sites: tuple[Site, ...]  # the sites whose words changed, as they were before
     unchanged: int  # selected sites already at the target
+    dropped: tuple[Site, ...] = ()
+    stubs: tuple[tuple[StubCount, ...], tuple[StubCount, ...]] | None = None
+
+
+def target_state(variant: Variant, target: SiteState) -> SiteState:
+    """The state ``target`` names for a ``variant`` site: itself, except ``nopped`` on a layout
+    without it (ool), where it is the state whose words are all ``nop``."""
+    lay = LAYOUTS[variant]
+    if target is SiteState.NOPPED and target not in lay.states:
+        for state, words in lay.states.items():
+            if all(w is Insn.NOP for w in words):
+                return state
+    return target
+
+
+def words_of(variant: Variant, state: SiteState) -> tuple[Insn, ...]:
+    """The words of ``state_slots`` for ``state`` (``broken`` too, for the two-slot layouts)."""
+    lay = LAYOUTS[variant]
+    return lay.states[state] if state in lay.states else TWO_SLOT_STATES[state]
+
+
+def _words_text(variant: Variant, state: SiteState) -> str:
+    return "; ".join("mflr r0" if w is Insn.MFLR else w.value for w in words_of(variant, state))
 
 
 def rewrite(image: Image, scan: Scan, selection: Selection, options: Options, keep_stages: bool = False) -> Rewrite:
     """Plan and apply; ``keep_stages`` keeps a copy of the file after each stage (``--stage-images``)."""
+    if options.drop_records and options.keep_records:
+        raise RewriteError(f"{image.path}: --drop-records and --keep-records contradict each other")
     selected = list(scan.sites) if selection.everything else [s for s in scan.sites if selection.matches(s)]
-    todo = [s for s in selected if s.state is not options.target]
-    # Records go for every selected site whose call slot ends up nop, including sites already
-    # there: on a 6.6+ patchable-entry kernel the compiler's two nops *are* the nopped state.
-    call_gone = TWO_SLOT_STATES[options.target][1] is not Insn.CALL
-    gone = [s for s in selected if s.recorded] if options.drop_records and call_gone else []
+    goals = _goals(image, selected, options.target)
+    if len(goals) == 1:  # the usual case: one layout, and no enum hashed per site
+        (goal,) = goals.values()
+        todo = [s for s in selected if s.state is not goal]
+    else:
+        todo = [s for s in selected if s.state is not goals[s.variant]]
+    gone = _records_to_drop(selected, goals) if options.drop_records else []
     if image.signature is not None and (todo or gone) and not options.strip_signature:
         raise ImageError(
             f"{image.path}: signed module: any edit invalidates its signature and the kernel would refuse it "
             "(pass --strip-signature to drop it; undo restores it)"
         )
+    _check_boot_rule(image, selected, todo, gone, goals, options)
     for s in todo:
         if s.state is SiteState.UNKNOWN:
             raise ImageError(
                 f"{image.path}: {s.place_text} ({s.function or '?'}): slots hold unknown words; not touching it"
             )
     groups = _groups(todo)
-    the_plan = _make_plan(image, groups, options) if todo else None
+    the_plan = _make_plan(image, groups, goals, options) if todo else None
     buf = bytearray(image.data)
     edits: list[Edit] = []
     stages: list[bytes] = []
@@ -122,14 +180,85 @@ def rewrite(image: Image, scan: Scan, selection: Selection, options: Options, ke
             edits += stage_edits
             if keep_stages:
                 stages.append(bytes(buf))
-    final: list[Edit] = _drop_records(image, tables, gone)
+    final: list[Edit] = _drop_records(image, scan, tables, gone)
     if options.strip_signature and image.signature is not None and (todo or gone):
         tail = bytes(image.data[image.elf_end :])
         final.append(Truncate(image.elf_end, tail, "module signature"))
     buf = apply_edits(buf, final, image.byteorder)
     edits += final
     barriers = () if the_plan is None else tuple((i, b.value) for i, b in enumerate(the_plan.barriers))
-    return Rewrite(buf, tuple(stages), tuple(edits), the_plan, barriers, tuple(todo), len(selected) - len(todo))
+    stubs = _stub_counts(image, scan, final, buf)
+    return Rewrite(
+        buf, tuple(stages), tuple(edits), the_plan, barriers, tuple(todo), len(selected) - len(todo), tuple(gone), stubs
+    )
+
+
+def _goals(image: Image, sites: Sequence[Site], target: SiteState) -> Mapping[Variant, SiteState]:
+    """The target state of each variant present. A patchable or ool site is never made to call the
+    tracer offline: the kernel's boot-time init accepts only nops at a recorded place, a call left
+    unrecorded would never be managed by ftrace, and an ool ``b stub`` would enter a stub that only
+    the boot fills (the file's stubs are zero). The running kernel enables sites itself."""
+    goals = {}
+    for variant in {s.variant for s in sites}:
+        goal = target_state(variant, target)
+        lay = LAYOUTS[variant]
+        if lay.generation is not Generation.MPROFILE and any(w in _BRANCHES for w in words_of(variant, goal)):
+            raise PlanRejected(
+                f"{image.path}: {variant.value}: {goal.value} ({_words_text(variant, goal)}) is not written offline: "
+                f"the kernel's boot-time ftrace_init_nop accepts only {_words_text(variant, lay.built)} at a recorded "
+                "place (ftrace bug otherwise) and enables sites itself at run time (echo function > current_tracer)"
+            )
+        goals[variant] = goal
+    return goals
+
+
+def _call_slot_nop(variant: Variant, state: SiteState) -> bool:
+    lay = LAYOUTS[variant]
+    return words_of(variant, state)[lay.state_slots.index(Slot.B)] is Insn.NOP
+
+
+def _records_to_drop(selected: Sequence[Site], goals: Mapping[Variant, SiteState]) -> list[Site]:
+    """Every selected recorded site whose call slot ends up nop, including sites already there:
+    on a patchable or ool kernel the compiler's nops *are* the nopped state."""
+    nop_at_end = {v for v, g in goals.items() if _call_slot_nop(v, g)}
+    if len(goals) == 1:
+        return [s for s in selected if s.recorded] if nop_at_end else []
+    return [s for s in selected if s.recorded and s.variant in nop_at_end]
+
+
+def _check_boot_rule(
+    image: Image,
+    selected: Sequence[Site],
+    todo: Sequence[Site],
+    gone: Sequence[Site],
+    goals: Mapping[Variant, SiteState],
+    options: Options,
+) -> None:
+    """Refuse a vmlinux or module that the kernel would refuse at boot (see the module docstring)."""
+    if image.kind not in BOOTED_KINDS or options.keep_records:
+        return
+    dropped = {s.place for s in gone}
+    bad = [
+        s for s in todo if s.recorded and s.place not in dropped and goals[s.variant] is not LAYOUTS[s.variant].built
+    ]
+    if bad:
+        s, goal = bad[0], goals[bad[0].variant]
+        more = f" (and {len(bad) - 1} more sites)" if len(bad) > 1 else ""
+        raise PlanRejected(
+            f"{image.path}: {s.place_text} ({s.function or '?'}){more}: would hold {goal.value} "
+            f"({_words_text(s.variant, goal)}) at a recorded place, but the kernel's boot-time ftrace_init_nop "
+            f"accepts only {_words_text(s.variant, LAYOUTS[s.variant].built)} there (expected != found, ftrace bug, "
+            "ftrace off for the boot): add --drop-records (or --keep-records to build that image on purpose)"
+        )
+    if options.target is SiteState.NOPPED and not options.drop_records and not todo:
+        kept = [s for s in selected if s.recorded and LAYOUTS[s.variant].generation is not Generation.MPROFILE]
+        if kept:
+            gen = LAYOUTS[kept[0].variant].generation.value
+            raise PlanRejected(
+                f"{image.path}: {gen}: the {len(kept)} selected sites already are nop as built, and their records "
+                "keep them traceable (the kernel patches them at boot): pre-nopping them means dropping their "
+                "records: add --drop-records"
+            )
 
 
 def _groups(sites: Sequence[Site]) -> list[list[Site]]:
@@ -150,10 +279,12 @@ def _groups(sites: Sequence[Site]) -> list[list[Site]]:
     return groups
 
 
-def _make_plan(image: Image, groups: Sequence[Sequence[Site]], options: Options) -> Plan:
+def _make_plan(
+    image: Image, groups: Sequence[Sequence[Site]], goals: Mapping[Variant, SiteState], options: Options
+) -> Plan:
     """One plan whose ``sites`` are the groups: a plan's stages and barriers depend only on which
     requests occur, not on how many sites make each one."""
-    requests = [SiteRequest(g[0].variant, g[0].state, options.target) for g in groups]
+    requests = [SiteRequest(g[0].variant, g[0].state, goals[g[0].variant]) for g in groups]
     try:
         return plan(requests, options.route, options.cmodx, runtime=True)
     except PlanRejected:
@@ -175,26 +306,28 @@ class _Step(NamedTuple):
     delta: int
     before: str
     after: str
-    old_word: int | None  # None: a call, encoded per address
+    old_word: int | None  # None: a branch (bl or b stub), encoded per address
     new_word: int | None
+    old: Insn
+    new: Insn
 
 
 def _resolve(image: Image, scan: Scan, groups: Sequence[Sequence[Site]], the_plan: Plan) -> list[list[WordWrite]]:
     """Turn the plan's symbolic writes (one per group) into words at file offsets, site by site."""
     entries = sorted(scan.mcount_entries)
-    states = [TWO_SLOT_STATES[g[0].state] for g in groups]  # (A, B) of each group as the plan goes
+    words = [words_of(g[0].variant, g[0].state) for g in groups]  # each group's words as the plan goes
     out: list[list[WordWrite]] = []
     for stage_no, stage in enumerate(the_plan.stages):
         writes: list[WordWrite] = []
         for w in stage:
             group = groups[w.site]
-            st, states[w.site] = _step(group[0], w, states[w.site])
+            st, words[w.site] = _step(group[0], w, words[w.site])
             for site in group:
                 offset = site.file_offset + st.delta
                 addr = None if site.addr is None else site.addr + st.delta
                 here = addr if addr is not None else site.offset + st.delta
-                old = st.old_word if st.old_word is not None else _call(image, here, site, entries)
-                new = st.new_word if st.new_word is not None else _call(image, here, site, entries)
+                old = st.old_word if st.old_word is not None else _branch(image, here, offset, site, entries, st.old)
+                new = st.new_word if st.new_word is not None else _branch(image, here, None, site, entries, st.new)
                 writes.append(
                     WordWrite(stage_no, offset, addr, site.section, site.offset + st.delta, site.function, st.slot,
                               old, new, st.before, st.after)
@@ -203,22 +336,30 @@ def _resolve(image: Image, scan: Scan, groups: Sequence[Sequence[Site]], the_pla
     return out
 
 
-def _step(site: Site, w: Write, ab: tuple[Insn, Insn]) -> tuple[_Step, tuple[Insn, Insn]]:
+def _step(site: Site, w: Write, words: tuple[Insn, ...]) -> tuple[_Step, tuple[Insn, ...]]:
     delta = site.slot_delta(w.slot)
     if delta is None:
         raise PlanRejected(
             f"{site.place_text}: plan writes slot {w.slot.value}, which a {site.variant.value} site lacks"
         )
-    a, b = ab
-    state_of = LAYOUTS[site.variant].state_of
-    before = state_of((a, b)).value
-    if w.slot is Slot.A:
-        a = w.new
-    elif w.slot is Slot.B:
-        b = w.new
-    old_word = None if w.old is Insn.CALL else word_for(w.old, 0, 0)
-    new_word = None if w.new is Insn.CALL else word_for(w.new, 0, 0)
-    return _Step(w.slot.value, delta, before, state_of((a, b)).value, old_word, new_word), (a, b)
+    lay = LAYOUTS[site.variant]
+    before = lay.state_of(words).value
+    if w.slot in lay.state_slots:
+        i = lay.state_slots.index(w.slot)
+        words = (*words[:i], w.new, *words[i + 1 :])
+    old_word = None if w.old in _BRANCHES else word_for(w.old, 0, 0)
+    new_word = None if w.new in _BRANCHES else word_for(w.new, 0, 0)
+    return _Step(w.slot.value, delta, before, lay.state_of(words).value, old_word, new_word, w.old, w.new), words
+
+
+def _branch(image: Image, here: int, offset: int | None, site: Site, entries: Sequence[int], insn: Insn) -> int:
+    """A branch word of a write: a ``bl`` to the tracer encoded for ``here``, or the ``b stub`` an
+    ool site holds (read at ``offset``: only ever the old word, since offline writes never make one)."""
+    if insn is Insn.CALL:
+        return _call(image, here, site, entries)
+    if offset is None:
+        raise PlanRejected(f"{site.place_text}: `b stub` is written only by the running kernel")
+    return image.word_at(offset)
 
 
 def _call(image: Image, here: int, site: Site, entries: Sequence[int]) -> int:
@@ -281,6 +422,7 @@ class _RelaTables:
 
     def _sh_size_edit(self, sec: Section, old: int, new: int) -> BytesEdit:
         dt = S.shdr_dtype(self.image.endian)
+        assert dt.fields is not None
         field = int(self.image.ehdr["e_shoff"]) + sec.index * dt.itemsize + dt.fields["sh_size"][1]
         order = self.image.byteorder
         return BytesEdit(field, old.to_bytes(8, order), new.to_bytes(8, order), f"{sec.name} sh_size")  # type: ignore[arg-type]
@@ -314,72 +456,84 @@ class _RelaTables:
 # -- records --------------------------------------------------------------------------------
 
 
-def _drop_records(image: Image, tables: _RelaTables, sites: Sequence[Site]) -> list[Edit]:
+def _drop_records(image: Image, scan: Scan, tables: _RelaTables, sites: Sequence[Site]) -> list[Edit]:
+    """Edits that drop the records of ``sites``, found where the scan read them (``Scan.records.tables``)."""
     if not sites:
         return []
+    want = np.unique(np.array([s.record for s in sites], dtype=np.uint64))
     if image.type == S.ET_REL:
-        return _drop_rel_records(image, tables, sites)
-    return _drop_linked_records(image, tables, sites)
-
-
-def _drop_rel_records(image: Image, tables: _RelaTables, sites: Sequence[Site]) -> list[Edit]:
-    from rewriter.elf.symbols import rel_place
-
-    edits: list[Edit] = []
-    for name, adjust in ((".rela__mcount_loc", 0), (".rela__patchable_function_entries", 4)):
-        rsec = image.section(name)
-        if rsec is None:
-            continue
-        rows = tables.current(rsec)
-        places = reloc_target_places(image, rows) + np.uint64(adjust)
-        want = rel_place(np.array([s.section_index for s in sites]), np.array([s.offset for s in sites]))
-        edits += tables.remove(rsec, np.flatnonzero(np.isin(places, want)), "record of a nopped site")
+        edits, found = _drop_rel_records(image, scan, tables, want)
+    else:
+        edits, found = _drop_linked_records(image, scan, tables, want)
+    if len(found) != len(want):
+        missing = int(np.setdiff1d(want, found)[0])
+        raise ImageError(f"{image.path}: --drop-records: no record table entry names {missing:#x}")
     return edits
 
 
-def _drop_linked_records(image: Image, tables: _RelaTables, sites: Sequence[Site]) -> list[Edit]:
-    """Zero the ``__mcount_loc`` entries; move their RELATIVE relocations out of DT_RELACOUNT."""
-    table_addr, table = _linked_record_table(image)
-    want = np.array([s.addr for s in sites], dtype=np.uint64)
-    idx = np.flatnonzero(np.isin(table, want))
-    order = image.byteorder
+def _drop_rel_records(image: Image, scan: Scan, tables: _RelaTables, want: np.ndarray) -> tuple[list[Edit], np.ndarray]:
+    """Relocatable: the record's R_PPC64_ADDR64 leaves its ``.rela`` section, the slot stays 0."""
     edits: list[Edit] = []
-    entry_addrs = np.uint64(table_addr) + idx.astype(np.uint64) * np.uint64(8)
-    table_off = image.offset_of(table_addr)
-    for i, value in zip(idx.tolist(), table[idx].tolist(), strict=True):
-        edits.append(BytesEdit(table_off + 8 * i, value.to_bytes(8, order), bytes(8), "__mcount_loc entry"))  # type: ignore[arg-type]
+    found = []
+    for t in scan.records.tables:
+        rsec = image.section(t.section)
+        hit = np.flatnonzero(np.isin(t.values, want))
+        if rsec is None or not len(hit):
+            continue
+        edits += tables.remove(rsec, hit, "record of a nopped site")
+        found.append(t.values[hit])
+    return edits, np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
+
+
+def _drop_linked_records(
+    image: Image, scan: Scan, tables: _RelaTables, want: np.ndarray
+) -> tuple[list[Edit], np.ndarray]:
+    """Linked: zero the table slots; move their RELATIVE relocations out of what relocate() applies."""
+    edits: list[Edit] = []
+    found = []
+    slot_addrs = []
+    for t in scan.records.tables:
+        hit = np.flatnonzero(np.isin(t.values, want))
+        if t.addr is None or t.file_offset is None or not len(hit):
+            continue
+        found.append(t.values[hit])
+        slot_addrs.append(np.uint64(t.addr) + hit.astype(np.uint64) * np.uint64(8))
+        for i in hit.tolist():
+            off = t.file_offset + 8 * i
+            old = bytes(image.data[off : off + 8])
+            if old != bytes(8):
+                edits.append(BytesEdit(off, old, bytes(8), f"{t.section} entry"))
+    if not found:
+        return edits, np.zeros(0, np.uint64)
+    edits += _move_relatives(image, tables, np.concatenate(slot_addrs))
+    return edits, np.unique(np.concatenate(found))
+
+
+def _move_relatives(image: Image, tables: _RelaTables, slot_addrs: np.ndarray) -> list[Edit]:
+    """reloc_64.S walks DT_RELACOUNT entries (before 6.0) or all DT_RELASZ bytes (6.0 and later,
+    RELATIVE and UADDR64), storing each addend over its target whatever the target holds. Moving
+    the entries past the end of the table and lowering both keeps either walk away from them."""
     rela = image.section(".rela.dyn")
-    if rela is None or not len(idx):
-        return edits
+    if rela is None:
+        return []  # a static executable: its table holds link-time addresses, no relocation
     rows = tables.current(rela)
     relative = S.r_type(rows["r_info"]) == S.R_PPC64_RELATIVE
-    moved = np.flatnonzero(relative & np.isin(rows["r_offset"], entry_addrs))
+    moved = np.flatnonzero(relative & np.isin(rows["r_offset"], slot_addrs))
     if not len(moved):
-        return edits  # a static executable: its __mcount_loc holds link-time addresses, no relocation
-    # reloc_64.S walks DT_RELACOUNT entries (before 6.0) or all DT_RELASZ bytes (6.0 and later,
-    # RELATIVE and UADDR64), rewriting each target whatever it holds. Moving the entries past the
-    # end of the table and lowering both keeps either walk away from them.
-    edits += tables.remove(rela, moved, "RELATIVE of a dropped __mcount_loc entry", keep_tail=True)
-    edits += _dynamic_edits(image, len(moved), int(np.count_nonzero(moved < _dyn_value(image, S.DT_RELACOUNT))))
-    return edits
-
-
-def _dyn_value(image: Image, tag: int) -> int:
-    dyn = image.section(".dynamic")
-    if dyn is None:
-        return 0
-    table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
-    hit = np.flatnonzero(table["d_tag"] == tag)
-    return int(table["d_val"][hit[0]]) if len(hit) else 0
+        return []
+    counted = int(np.count_nonzero(moved < (dynamic_value(image, S.DT_RELACOUNT) or 0)))
+    edits = tables.remove(rela, moved, "RELATIVE of a dropped record", keep_tail=True)
+    return edits + _dynamic_edits(image, len(moved), counted)
 
 
 def _dynamic_edits(image: Image, removed: int, removed_counted: int) -> list[Edit]:
-    """Lower DT_RELASZ by the removed entries and DT_RELACOUNT by those it counted."""
+    """Lower DT_RELASZ by the removed entries and DT_RELACOUNT by those it counted. ``.dynamic`` is
+    read by section: these kernels have no PT_DYNAMIC segment."""
     dyn = image.section(".dynamic")
     if dyn is None:
         raise ImageError(f"{image.path}: --drop-records: .rela.dyn without .dynamic")
     table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
-    entsize = _dyn_value(image, S.DT_RELAENT) or 24
+    entsize = dynamic_value(image, S.DT_RELAENT) or 24
     order = image.byteorder
     edits: list[Edit] = []
     for tag, name, less in (
@@ -396,16 +550,32 @@ def _dynamic_edits(image: Image, removed: int, removed_counted: int) -> list[Edi
     return edits
 
 
-def _linked_record_table(image: Image) -> tuple[int, np.ndarray]:
-    syms = image.symbols
-    if syms is not None:
-        lo, hi = syms.find("__start_mcount_loc"), syms.find("__stop_mcount_loc")
-        if len(lo) and len(hi):
-            start, stop = int(syms.table["st_value"][lo[0]]), int(syms.table["st_value"][hi[0]])
-            off = image.offset_of(start)
-            dt = S.addr_dtype(image.endian)
-            return start, np.frombuffer(image.data, dt, count=(stop - start) // 8, offset=off).astype(np.uint64)
-    sec = image.section("__mcount_loc")
-    if sec is None:
-        raise ImageError(f"{image.path}: --drop-records: no __mcount_loc table")
-    return sec.addr, image.table(sec, S.addr_dtype(image.endian), "__mcount_loc").astype(np.uint64)
+# -- ool stubs ------------------------------------------------------------------------------
+
+
+def _stub_counts(
+    image: Image, before: Scan, edits: Sequence[Edit], content: bytes | bytearray
+) -> tuple[tuple[StubCount, ...], tuple[StubCount, ...]] | None:
+    """ool: the stub areas before and after, read from the new file itself. Dropping records only
+    leaves stubs spare; an image whose records exceed its stubs (ftrace_init_ool_stub's WARN_ON,
+    then ftrace bug) is refused all the same, whoever made it so."""
+    if before.generation is not Generation.OOL:
+        return None
+    if image.type == S.ET_REL:
+        sec = image.section("__patchable_function_entries")
+        count = sec.size // 8 if sec is not None else 0
+        removed = sum(len(e.removed) for e in edits if isinstance(e, RelaEdit))
+        return (StubCount(".stubs", count, before.records.count),), (
+            StubCount(".stubs", count, before.records.count - removed),
+        )
+    areas = before.stubs
+    if any(isinstance(e, BytesEdit) for e in edits):
+        areas = scan(Image.from_bytes(image.path, bytes(content)), generation=Generation.OOL).stubs
+    short = [a for a in areas if not a.covers]
+    if short:
+        raise ImageError(
+            f"{image.path}: {short[0].name}: {short[0].count} stubs, {short[0].used + short[0].need} records want "
+            "one: ftrace_init_ool_stub would fail (ftrace bug)"
+        )
+    counts = [tuple(StubCount(a.name, a.count, a.used) for a in s) for s in (before.stubs, areas)]
+    return counts[0], counts[1]

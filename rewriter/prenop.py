@@ -12,14 +12,17 @@ file first (a vmlinux takes as long as several hundred modules). Each file goes 
    its record is invisible to :func:`rewriter.sites.scan` by design.
 2. Scan the original and decide each site with the policy (:meth:`Policy.for_file`). The sites to
    nop are handed to ``rewrite`` as they are, never re-matched by name as globs.
-3. :func:`rewriter.patch.rewrite` to ``nopped`` with dropped records (``--drop-records``: a
-   kernel whose ``ftrace_init`` checks every recorded site stops ftrace at the first that is not
-   ``bl _mcount``), re-signing or stripping a signed module's signature as asked.
+3. :func:`rewriter.patch.rewrite` to ``nopped`` with dropped records (``--drop-records``: the
+   kernel's boot-time init accepts at a recorded place only the words the compiler built there).
+   On 6.1 (mprofile) that nops ``mflr`` and ``bl`` and drops the records; on 6.12 (patchable) and
+   7.2 (ool) the sites already are nops as built, so only their records go. A signed module's
+   signature is re-signed or stripped as asked.
 4. If the destination already holds exactly that result and its log says so, nothing is written
    (``unchanged``): running twice changes nothing. A file with no site to nop is not written
    either, and gets no log (``nothing to nop``).
 5. Otherwise write the log, then the file, each atomically (``rewriter.elf.writer``), and read the
-   file back.
+   file back. A compressed file is compressed again the way its original was (its log's recipe,
+   ``rewriter.elf.compress``), so that undo gives back the original's exact bytes.
 
 Logs record the file's path *within the tree* (``kernel/fs/ext4/ext4.ko``), never where the tree
 happens to be, and nothing carries a timestamp, so the same inputs give byte-identical outputs and
@@ -49,16 +52,16 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rewriter.edits import apply_edits, invert_edits
-from rewriter.elf.compress import Compression, compress, decompress, detect_compression
+from rewriter.elf.compress import Compression, decompress, detect_compression
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.writer import atomic_write, commit, write_temp
 from rewriter.errors import LogError, OutputError, RewriteError
-from rewriter.log import load
-from rewriter.patch import Options, Selection, rewrite
+from rewriter.log import Log, load
+from rewriter.patch import Options, Selection, rewrite, target_state
 from rewriter.policy import MODULE_SUFFIXES, Policy, Verb, module_name
-from rewriter.rewrite import LOG_SUFFIX, check_states, render_log
+from rewriter.rewrite import LOG_SUFFIX, check_states, original_bytes, output_bytes, render_log, restore_of
 from rewriter.sign import Signer, SigningKey, parse_trailer
-from rewriter.sites import scan
+from rewriter.sites import Site, scan
 from rewriter.states import SiteState
 
 
@@ -93,8 +96,8 @@ class FileReport(NamedTuple):
     kind: str = ""  # vmlinux, module, ...
     nopped: int = 0  # sites the log nops (relative to the original file)
     kept: int = 0  # sites the policy keeps
-    left_recorded: int = 0  # sites to nop that already were nop;nop and stay recorded (see docs/prenop.md)
-    unplaced_records: int = 0  # records that point at no site the scanner knows (out-of-line ftrace?)
+    left_recorded: int = 0  # sites to nop whose records stay (a record the rewriter could not drop)
+    unplaced_records: int = 0  # records that point at no site the scanner knows
     signature: str = ""  # "", "stripped", "re-signed"
     message: str = ""  # the error, or what --verify found
 
@@ -196,7 +199,7 @@ class LogFacts(NamedTuple):
     input_sha256: str
     output_sha256: str
     kind: str
-    sites_changed: int
+    sites_changed: int  # sites whose words changed, or whose records went if more (patchable, ool)
 
 
 def log_facts(path: Path) -> LogFacts | None:
@@ -220,7 +223,8 @@ def log_facts(path: Path) -> LogFacts | None:
             str(header["input"]["content_sha256"]),
             str(header["output"]["content_sha256"]),
             str(header["kind"]),
-            int(header["summary"]["sites_changed"]),
+            # patchable and ool: no word changes, the records are what goes
+            max(int(header["summary"]["sites_changed"]), int(header["summary"].get("records_dropped", 0))),
         )
     except (ValueError, KeyError, TypeError):
         raise LogError(f"{path}: not an mcountrw patch log, or a truncated one") from None
@@ -247,17 +251,32 @@ def _as_output(content: bytes, facts: LogFacts) -> bytes | None:
     return body if body is not None and _sha(body) == facts.output_sha256 else None
 
 
-def _original(t: Target, content: bytes, facts: LogFacts | None, replace_stale: bool) -> tuple[bytes, bool]:
-    """The pristine content behind ``content``, and whether ``content`` is its log's output."""
-    if facts is None:
-        return content, False
-    if _sha(content) == facts.input_sha256:
-        return content, False
+class _Original(NamedTuple):
+    """The pristine file behind what is on disk: its content, and how to get its file bytes
+    (``raw`` as read, or compressed again by the old log's recipe: a whole xz compression, so only
+    done when they are written or logged, never on a rerun that changes nothing)."""
+
+    content: bytes
+    raw: bytes | None  # None: rebuild from ``log``
+    log: Log | None
+    was_output: bool  # what is on disk is the old log's output
+
+    def file_bytes(self, t: Target, compression: Compression) -> bytes:
+        if self.raw is not None:
+            return self.raw
+        assert self.log is not None
+        return _original_file(t, self.log, self.content, compression)
+
+
+def _original(t: Target, raw: bytes, content: bytes, facts: LogFacts | None, replace_stale: bool) -> _Original:
+    if facts is None or _sha(content) == facts.input_sha256:
+        return _Original(content, raw, None, False)
     output = _as_output(content, facts)
     if output is not None:
-        return _undo_in_memory(t, output, facts), True
+        original, log = _undo_with_log(t, output, facts)
+        return _Original(original, None, log, True)
     if replace_stale:
-        return content, False
+        return _Original(content, raw, None, False)
     raise PrenopError(
         f"{t.source}: is neither the input nor the output of {t.log} (rebuilt since?); "
         "pass --replace-stale-logs to take it as a new input"
@@ -265,11 +284,26 @@ def _original(t: Target, content: bytes, facts: LogFacts | None, replace_stale: 
 
 
 def _undo_in_memory(t: Target, output: bytes, facts: LogFacts) -> bytes:
+    return _undo_with_log(t, output, facts)[0]
+
+
+def _undo_with_log(t: Target, output: bytes, facts: LogFacts) -> tuple[bytes, Log]:
     log = load(t.log)
     original = bytes(invert_edits(bytearray(output), log.edits, log.byteorder))
     if _sha(original) != facts.input_sha256:
         raise LogError(f"{t.log}: undoing it on {t.source} does not give back its input (sha256 differs)")
-    return original
+    return original, log
+
+
+def _original_file(t: Target, log: Log, original: bytes, compression: Compression) -> bytes:
+    """The original file's bytes (compressed as it was), checked against the log's sha256."""
+    raw, want = original_bytes(log, original, compression)
+    if want is not None and _sha(bytes(raw)) != want:
+        raise LogError(
+            f"{t.log}: the original content of {t.source} is back, but compressing it again does not give the "
+            f"original {compression.value} bytes (sha256 differs: another liblzma than the one that made it?)"
+        )
+    return bytes(raw)
 
 
 class Output(NamedTuple):
@@ -283,44 +317,41 @@ def prenop_file(t: Target, settings: Settings, signer: Signer | None) -> tuple[F
     :func:`publish`), in the order it must be published: the log before the file it undoes."""
     raw, current, compression = _read(t.source)
     facts = log_facts(t.log)
-    original, was_output = _original(t, current, facts, settings.replace_stale_logs)
+    orig = _original(t, raw, current, facts, settings.replace_stale_logs)
+    original, was_output = orig.content, orig.was_output
     image = Image(t.source, original, compression)
     sc = scan(image)
     module = module_name(t.rel) if image.kind is Kind.MODULE else None
     decide = settings.policy.for_file(module).decide
     chosen = [s for s in sc.sites if decide(s.function, s.section)[0] is Verb.NOP]
-    kept = len(sc.sites) - len(chosen)
-    left_recorded = sum(1 for s in chosen if s.state is SiteState.NOPPED and s.recorded)
     sign = signer is not None and image.kind is Kind.MODULE
-    todo = any(s.state is not SiteState.NOPPED for s in chosen)
-    if image.signature is not None and todo and not (settings.strip_signature or sign):
-        raise RewriteError(
-            f"{t.source}: signed module: nopping invalidates its signature and the kernel would refuse it; "
-            "pass --sign-key/--sign-cert to re-sign, or --strip-signature"
-        )
+    _check_signed(t, image, chosen, settings.strip_signature or sign)
     options = replace(NOP, strip_signature=settings.strip_signature or sign)
     # rewrite() sees only the chosen sites, selected wholesale: the policy has decided already, and
     # function names may hold glob characters (`[`) that a Selection would reinterpret.
     result = rewrite(image, replace(sc, sites=tuple(chosen)), Selection(), options)
-    unplaced = len(sc.records.unmatched)
-    report = FileReport(t.rel, Status.NOPPED, image.kind.value, len(result.sites), kept, left_recorded, unplaced)
+    nopped = len({s.place for s in result.sites} | {s.place for s in result.dropped})
+    left = sum(1 for s in chosen if s.recorded) - len(result.dropped)
+    report = FileReport(
+        t.rel, Status.NOPPED, image.kind.value, nopped, len(sc.sites) - len(chosen), left, len(sc.records.unmatched)
+    )
     dest_content = current if t.dest == t.source else _read_optional(t.dest)
     mode = _mode(t.source)
 
-    if not result.sites:
+    if not result.edits:
         # Nothing to nop. If the file was nopped before (the policy changed since), the original
         # goes back; with -o the output tree still gets its copy of the file.
         report = report._replace(status=Status.RESTORED if was_output else Status.NOTHING)
         if dest_content == original or settings.dry_run:
             return report, ()
-        return report, (Output(t.dest, _encode(original, compression) if was_output else raw, mode),)
+        return report, (Output(t.dest, orig.file_bytes(t, compression), mode),)
 
     if image.signature is not None and options.strip_signature:
         report = report._replace(signature="stripped")
     content = result.content
     if sign:
         assert signer is not None
-        content = result.content + signer.trailer(result.content)
+        content = result.content + signer.trailer(bytes(result.content))
         report = report._replace(signature="re-signed")
     check_states(content, image, result, SiteState.NOPPED)
 
@@ -332,13 +363,22 @@ def prenop_file(t: Target, settings: Settings, signer: Signer | None) -> tuple[F
             return report._replace(status=Status.UNCHANGED), ()
     if settings.dry_run:
         return report, ()
-    new_raw = _encode(content, compression)
-    log_raw = new_raw if not sign else _encode(result.content, compression)
-    # A compressed original reconstructed from its log is recompressed here: its log records the
-    # sha256 of that, not of the original .ko.xz (content_sha256, after decompression, is exact).
-    original_raw = raw if not was_output else _encode(original, compression)
-    text = render_log(image, Path(t.rel), original_raw, Path(t.rel), log_raw, result, options)
+    original_raw = orig.file_bytes(t, compression)
+    restore = restore_of(original_raw, original, compression)
+    new_raw = bytes(output_bytes(content, compression, restore))
+    log_raw = new_raw if not sign else bytes(output_bytes(result.content, compression, restore))
+    text = render_log(image, Path(t.rel), original_raw, Path(t.rel), log_raw, result, options, restore=restore)
     return report, (Output(t.log, text, 0o644), Output(t.dest, new_raw, mode))
+
+
+def _check_signed(t: Target, image: Image, chosen: Sequence[Site], resolved: bool) -> None:
+    # On patchable and ool kernels the chosen sites already are nops: their records are the change.
+    todo = any(s.recorded or s.state is not target_state(s.variant, SiteState.NOPPED) for s in chosen)
+    if image.signature is not None and todo and not resolved:
+        raise RewriteError(
+            f"{t.source}: signed module: nopping invalidates its signature and the kernel would refuse it; "
+            "pass --sign-key/--sign-cert to re-sign, or --strip-signature"
+        )
 
 
 def publish(outputs: Sequence[Output]) -> None:
@@ -368,10 +408,6 @@ def _log_describes(facts: LogFacts, original: bytes, dest_content: bytes) -> boo
     return facts.input_sha256 == _sha(original) and _as_output(dest_content, facts) is not None
 
 
-def _encode(content: bytes, compression: Compression) -> bytes:
-    return content if compression is Compression.NONE else compress(content, compression)
-
-
 def _read_optional(path: Path) -> bytes | None:
     """The content of ``path`` (decompressed), None if there is no such file."""
     return _read(path)[1] if path.exists() else None
@@ -392,25 +428,34 @@ def _mkdir(path: Path) -> None:
 
 
 def undo_file(t: Target, dry_run: bool = False) -> FileReport:
-    """Give back the original of ``t.source`` (to ``t.dest``) from its log. An uncompressed file
-    comes back byte for byte; a compressed one content-identical (recompressed)."""
+    """Give back the original of ``t.source`` (to ``t.dest``) from its log, byte for byte: a
+    compressed file is compressed again by its log's recipe (or taken from the log), and checked."""
+    report, outputs = undo_compute(t, dry_run)
+    if outputs:
+        publish(outputs)
+    return report
+
+
+def undo_compute(t: Target, dry_run: bool = False) -> tuple[FileReport, tuple[Output, ...]]:
+    """:func:`undo_file` up to what to write (a copy of an unchanged file is written at once)."""
     facts = log_facts(t.log)
     if facts is None:
         if t.dest != t.source and not dry_run:
             _copy_if_different(t.source, t.dest)
-        return FileReport(t.rel, Status.NO_LOG)
+        return FileReport(t.rel, Status.NO_LOG), ()
     _, content, compression = _read(t.source)
     if _sha(content) == facts.input_sha256:
         if t.dest != t.source and not dry_run:
             _copy_if_different(t.source, t.dest)
-        return FileReport(t.rel, Status.ORIGINAL, facts.kind)
+        return FileReport(t.rel, Status.ORIGINAL, facts.kind), ()
     output = _as_output(content, facts)
     if output is None:
         raise PrenopError(f"{t.source}: is neither the input nor the output of {t.log}; not undoing it")
-    original = _undo_in_memory(t, output, facts)
-    if not dry_run:
-        publish([Output(t.dest, _encode(original, compression), _mode(t.source))])
-    return FileReport(t.rel, Status.UNDONE, facts.kind, facts.sites_changed)
+    original, log = _undo_with_log(t, output, facts)
+    report = FileReport(t.rel, Status.UNDONE, facts.kind, facts.sites_changed)
+    if dry_run:
+        return report, ()
+    return report, (Output(t.dest, _original_file(t, log, original, compression), _mode(t.source)),)
 
 
 def verify_file(t: Target) -> FileReport:
@@ -478,16 +523,18 @@ def _guarded(t: Target, job: Job) -> FileReport:
 IO_THREADS = 4
 
 
-def _prenop_batch(batch: Sequence[Target], settings: Settings) -> list[FileReport]:
+Compute = Callable[[Target], tuple[FileReport, tuple["Output", ...]]]
+
+
+def _compute_then_publish(batch: Sequence[Target], compute: Compute) -> list[FileReport]:
     """Compute each file on this process, and publish it on a few threads: fsync and rename wait
     on the disk, not the CPU, so the next file is computed meanwhile."""
-    signer = settings.signing.load() if settings.signing is not None else None
     reports: list[FileReport] = []
     writing: list[tuple[int, Future[None]]] = []
     with ThreadPoolExecutor(IO_THREADS) as io:
         for t in batch:
             try:
-                report, outputs = prenop_file(t, settings, signer)
+                report, outputs = compute(t)
             except Exception as e:  # _failure re-raises what is not a per-file failure
                 report, outputs = _failure(t, e), ()
             if outputs:
@@ -501,8 +548,13 @@ def _prenop_batch(batch: Sequence[Target], settings: Settings) -> list[FileRepor
     return reports
 
 
+def _prenop_batch(batch: Sequence[Target], settings: Settings) -> list[FileReport]:
+    signer = settings.signing.load() if settings.signing is not None else None
+    return _compute_then_publish(batch, lambda t: prenop_file(t, settings, signer))
+
+
 def _undo_batch(batch: Sequence[Target], dry_run: bool) -> list[FileReport]:
-    return [_guarded(t, lambda t: undo_file(t, dry_run)) for t in batch]
+    return _compute_then_publish(batch, lambda t: undo_compute(t, dry_run))
 
 
 def _verify_batch(batch: Sequence[Target], _: object) -> list[FileReport]:

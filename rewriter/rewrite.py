@@ -10,26 +10,28 @@ writing; ``--in-place`` replaces it by rename only once the new file is complete
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from rewriter import __version__, ppc
 from rewriter.edits import Truncate, WordWrite, apply_edits, invert_edits
-from rewriter.elf.compress import Compression, compress
+from rewriter.elf.compress import Compression, Recipe, compress, recipe_of
 from rewriter.elf.image import Image
 from rewriter.elf.writer import Pending, atomic_write, commit, write_temp
-from rewriter.errors import LogError, OutputError, RewriteError
-from rewriter.generations import LAYOUTS, TWO_SLOT_STATES
+from rewriter.errors import ImageError, LogError, OutputError, RewriteError
+from rewriter.generations import LAYOUTS
 from rewriter.log import FileFacts, Log, body_lines, check_extent, dumps, load
-from rewriter.patch import Options, Rewrite, Selection, rewrite
+from rewriter.patch import Options, Rewrite, Selection, rewrite, target_state, words_of
 from rewriter.ppc import TEXT, Disassembler, branch_text, is_b, is_bl
 from rewriter.sites import Scan, scan
-from rewriter.states import Insn, SiteState, Slot, insn_kind, word_for
+from rewriter.states import Insn, SiteState, insn_kind, word_for
 
 LOG_SUFFIX = ".mcountrw.jsonl"
 
@@ -118,9 +120,9 @@ def apply_file(
         return ApplyResult(path, None, None, result, before, ())
     # An uncompressed input is already mapped: hash and back it up from the mapping, not a re-read.
     raw = image.data if image.compression is Compression.NONE else _on_disk(path)
-    new_raw = (
-        compress(result.content, image.compression) if image.compression is not Compression.NONE else result.content
-    )
+    restore = restore_of(raw, image.data, image.compression)
+    # Nothing changed (a module without records): its bytes as they are, not compressed again.
+    new_raw = output_bytes(result.content, image.compression, restore) if result.edits else bytes(raw)
     log = log_path or default_log_path(out)
     stage_paths = _write_stage_images(stage_dir, path, result) if stage_dir else ()
     mode = path.stat().st_mode & 0o7777
@@ -132,7 +134,7 @@ def apply_file(
         out_future = pool.submit(write_temp, out, new_raw, mode)
         pending: list[Pending] = []
         try:
-            text = render_log(image, path, raw, out, new_raw, result, options, facts=facts.result)
+            text = render_log(image, path, raw, out, new_raw, result, options, facts=facts.result, restore=restore)
             pending.append(write_temp(log, text, 0o644))
             if in_place and backup:
                 pending.append(write_temp(path.with_name(path.name + ".orig"), raw, mode))
@@ -149,32 +151,70 @@ def apply_file(
     return ApplyResult(path, out, log, result, before, stage_paths)
 
 
-def check_states(content: bytes, image: Image, result: Rewrite, target: SiteState) -> None:
+class Restore(NamedTuple):
+    """How a compressed input's exact bytes come back from its content: by a ``recipe``, or, when
+    none rebuilds them, kept as they are (``original``). Both None for an uncompressed file."""
+
+    recipe: Recipe | None = None
+    original: bytes | None = None
+
+
+def restore_of(raw: bytes | bytearray | mmap.mmap, content: bytes | mmap.mmap, kind: Compression) -> Restore:
+    if kind is Compression.NONE:
+        return Restore()
+    recipe = recipe_of(bytes(raw), bytes(content), kind)
+    return Restore(recipe, None if recipe is not None else bytes(raw))
+
+
+def output_bytes(content: bytes | bytearray, kind: Compression, restore: Restore) -> bytes | bytearray:
+    """The file to write for ``content``: compressed as its input was (Kbuild's settings if no
+    recipe describes the input)."""
+    if kind is Compression.NONE:
+        return content
+    return compress(content, restore.recipe or kind)
+
+
+def check_states(content: bytes | bytearray, image: Image, result: Rewrite, target: SiteState) -> None:
     """Read every changed site back from ``content``: its slots must now hold the target state.
 
     This reads the words themselves rather than re-running the scanner, because a pre-nopped site
     whose records were dropped, in a function with no symbol, is invisible to a scan."""
-    if not result.sites:
+    sites = result.sites
+    if not sites:
         return
-    want_a, want_b = TWO_SLOT_STATES[target]
-    b_off = np.array([s.file_offset for s in result.sites], dtype=np.int64)
-    a_off = b_off + np.array([s.slot_delta(Slot.A) for s in result.sites], dtype=np.int64)
     dt = np.dtype("<u4" if image.byteorder == "little" else ">u4")
     raw = np.frombuffer(content, np.uint8)
-    a_words = raw[a_off[:, None] + np.arange(4)].copy().view(dt).ravel()
-    b_words = raw[b_off[:, None] + np.arange(4)].copy().view(dt).ravel()
-    ok_a = a_words == word_for(want_a, 0, 0)
-    ok_b = ppc.bl_mask(b_words.astype(np.uint32)) if want_b is Insn.CALL else b_words == word_for(want_b, 0, 0)
-    bad = np.flatnonzero(~(ok_a & ok_b))
+    b_off = np.array([s.file_offset for s in sites], dtype=np.int64)
+    ok = np.ones(len(sites), bool)
+    variants = {s.variant for s in sites}
+    for v in variants:
+        idx = np.arange(len(sites)) if len(variants) == 1 else np.flatnonzero([s.variant is v for s in sites])
+        lay = LAYOUTS[v]
+        for slot, want in zip(lay.state_slots, words_of(v, target_state(v, target)), strict=True):
+            off = b_off[idx] + (lay.offset(slot) or 0)
+            words = raw[off[:, None] + np.arange(4)].copy().view(dt).ravel().astype(np.uint32)
+            ok[idx] &= _holds(words, want)
+    bad = np.flatnonzero(~ok)
     if len(bad):
-        site = result.sites[int(bad[0])]
-        a = insn_kind(int(a_words[bad[0]]), False)
-        b = insn_kind(int(b_words[bad[0]]), True)
-        found = LAYOUTS[site.variant].state_of((a, b)).value
+        site = sites[int(bad[0])]
+        lay = LAYOUTS[site.variant]
+        found = []
+        for slot in lay.state_slots:
+            at = site.file_offset + (lay.offset(slot) or 0)
+            found.append(insn_kind(int.from_bytes(content[at : at + 4], image.byteorder), True, True))  # type: ignore[arg-type]
         raise RewriteError(
-            f"{site.place_text} ({site.function or '?'}): read back {found}, planned {target.value} "
-            f"({len(bad)} sites differ)"
+            f"{site.place_text} ({site.function or '?'}): read back {lay.state_of(tuple(found)).value}, "
+            f"planned {target_state(site.variant, target).value} ({len(bad)} sites differ)"
         )
+
+
+def _holds(words: np.ndarray, want: Insn) -> np.ndarray:
+    if want is Insn.CALL:
+        return ppc.bl_mask(words)
+    if want is Insn.STUB:
+        return ppc.b_mask(words)
+    same: np.ndarray = words == word_for(want, 0, 0)
+    return same
 
 
 def _write_stage_images(directory: Path, path: Path, result: Rewrite) -> tuple[Path, ...]:
@@ -199,15 +239,17 @@ def _file_facts(
 def render_log(
     image: Image,
     path: Path,
-    raw: bytes,
+    raw: bytes | bytearray | mmap.mmap,
     out: Path,
-    new_raw: bytes,
+    new_raw: bytes | bytearray,
     result: Rewrite,
     options: Options,
     facts: Callable[[], tuple[FileFacts, FileFacts]] | None = None,
+    restore: Restore | None = None,
 ) -> bytes:
     """The patch log (UTF-8). ``facts`` gives the input's and output's facts if the caller is
-    already computing them (it is asked once the lines are formatted)."""
+    already computing them (it is asked once the lines are formatted); ``restore`` says how a
+    compressed input's bytes come back (:func:`restore_of`)."""
     dis = _Printer(image.big_endian)
     p = result.plan
     plan_summary = None
@@ -237,14 +279,30 @@ def render_log(
         plan=plan_summary,
         edits=result.edits,
         barriers=result.barriers,
-        summary={
-            "sites_changed": len(result.sites),
-            "sites_already_at_target": result.unchanged,
-            "drop_records": options.drop_records,
-            "strip_signature": options.strip_signature,
-        },
+        summary=_summary(result, options),
+        recipe=None if restore is None else restore.recipe,
+        original=None if restore is None else restore.original,
     )
     return dumps(log, dis, body)
+
+
+def _summary(result: Rewrite, options: Options) -> dict[str, object]:
+    out: dict[str, object] = {
+        "sites_changed": len(result.sites),
+        "sites_already_at_target": result.unchanged,
+        "drop_records": options.drop_records,
+        "strip_signature": options.strip_signature,
+    }
+    if result.dropped:
+        out["records_dropped"] = len(result.dropped)
+    if options.keep_records:
+        out["keep_records"] = True  # recorded places may hold words the kernel refuses: a negative control
+    if result.stubs is not None:
+        out["ool_stubs"] = {
+            when: [{"area": c.area, "stubs": c.stubs, "used": c.used} for c in counts]
+            for when, counts in zip(("before", "after"), result.stubs, strict=True)
+        }
+    return out
 
 
 def _facts(path: Path, raw: bytes | object, content: bytes | object, compression: Compression) -> FileFacts:
@@ -306,22 +364,41 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
         raise OutputError(f"{out}: the output would overwrite the patch log")
     check_extent(log, str(log_path), len(content) + sum(len(e.tail) for e in log.edits if isinstance(e, Truncate)))
     original = invert_edits(bytearray(content), log.edits, log.byteorder)
-    new_raw = compress(original, kind) if kind is not Compression.NONE else original
+    new_raw, raw_want = original_bytes(log, original, kind)
     # Written to its temporary file while the result is hashed; published only if the hash is right.
     with ThreadPoolExecutor(max_workers=1) as pool:
         written = pool.submit(write_temp, out, new_raw, patched.stat().st_mode & 0o7777)
         try:
             right = _sha256(original) == log.input.content_sha256
+            exact = raw_want is None or _sha256(new_raw) == raw_want
         except BaseException:  # Ctrl-C or SIGTERM: the writer's file must not stay behind
             if written.exception() is None:
                 written.result().discard()
             raise
         pending = written.result()
-    if not right:
+    if not (right and exact):
         pending.discard()
-        raise LogError(f"{log_path}: undo does not give back the original (sha256 mismatch); log and file disagree")
+        if not right:
+            raise LogError(f"{log_path}: undo does not give back the original (sha256 mismatch); log and file disagree")
+        raise LogError(
+            f"{log_path}: undo gives back the original content, but compressing it again does not give the "
+            f"original {kind.value} bytes (sha256 differs: another liblzma than the one that made the file?)"
+        )
     commit(pending)
     return out, log
+
+
+def original_bytes(log: Log, content: bytes | bytearray, kind: Compression) -> tuple[bytes | bytearray, str | None]:
+    """The original file from its restored ``content``, and the sha256 it must have (None: an older
+    log without a recipe, which promises the content only). ``kind`` is how the patched file is
+    compressed: the original was compressed the same way."""
+    if kind is Compression.NONE:
+        return content, None  # the content's own sha256 is checked
+    if log.original is not None:
+        return log.original, log.input.sha256
+    if log.recipe is not None:
+        return compress(content, log.recipe), log.input.sha256
+    return compress(content, kind), None
 
 
 @dataclass(frozen=True)
@@ -334,7 +411,10 @@ def verify_files(original: Path, patched: Path, log_path: Path) -> Verdict:
     """Exit 0 iff the byte difference between the two files is exactly what the log says."""
     log = load(log_path)
     orig, _ = _content(original, _on_disk(original))
-    got, _ = _content(patched, _on_disk(patched))
+    try:
+        got, _ = _content(patched, _on_disk(patched))
+    except ImageError as e:  # e.g. one flipped byte in a .ko.xz: its check fails
+        return Verdict(False, str(e))
     if _sha256(orig) != log.input.content_sha256:
         return Verdict(False, f"{original} is not the file this log was made from (sha256 differs)")
     check_extent(log, str(log_path), len(orig))

@@ -12,15 +12,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from boot import STANDARD_APPEND, boot, make_initramfs, module_load_script, require_tool
+from boot import STANDARD_APPEND, boot, make_initramfs, module_load_script, require_kernel, require_tool
 from conftest import FIXTURES
 from cryptography.hazmat.primitives.asymmetric import rsa
 from test_sign import _write_pair, openssl_verify
 from typer.testing import CliRunner
 
 from rewriter.cli import app
+from rewriter.edits import WordWrite
 from rewriter.elf.compress import Compression, detect_compression
 from rewriter.elf.image import Image
+from rewriter.log import load
 from rewriter.policy import parse
 from rewriter.prenop import PrenopError, Settings, Status, prenop_file, publish, run, targets
 from rewriter.rewrite import verify_files
@@ -29,6 +31,7 @@ from rewriter.states import SiteState
 
 ROOT = Path(__file__).resolve().parent.parent
 KEEP_CORE = ROOT / "examples" / "keep-core.policy"
+RECORDS = {"6.12": 38_791, "7.2": 42_648}  # the vmlinux record tables
 BUILD = ROOT / "docs" / "build-integration"
 
 # A handful of real modules, small and quick: nls_utf8 (4 sites), binfmt_misc (15), and ext4 (851,
@@ -224,7 +227,7 @@ def test_signed_modules_need_a_signature_choice_and_only_they_fail(corpus, tmp_p
 
 
 @pytest.mark.parametrize("kind", [Compression.XZ, Compression.GZIP, Compression.ZSTD])
-def test_compressed_modules_are_recompressed_the_same_way_and_undo_gives_the_same_content(
+def test_compressed_modules_are_recompressed_the_same_way_and_undo_gives_the_same_bytes(
     corpus, tmp_path: Path, kind: Compression
 ) -> None:
     from rewriter.elf.compress import compress, decompress
@@ -233,7 +236,8 @@ def test_compressed_modules_are_recompressed_the_same_way_and_undo_gives_the_sam
     plain = (corpus.modules_dir / "fs/binfmt_misc.ko").read_bytes()
     mod = tmp_path / "tree" / f"binfmt_misc.ko{suffix}"
     mod.parent.mkdir()
-    mod.write_bytes(compress(plain, kind))
+    packed = compress(plain, kind)
+    mod.write_bytes(packed)
     logs = tmp_path / "logs"
     args = ("prenop", "--policy", KEEP_CORE, "--in-place", "--strip-signature", "--log-dir", logs, mod.parent)
     assert _cli(*args)[0] == 0
@@ -242,19 +246,28 @@ def test_compressed_modules_are_recompressed_the_same_way_and_undo_gives_the_sam
     code, out = _cli(*args)
     assert code == 0 and "nothing changed" in out
     assert _cli("prenop", "--undo", "--in-place", "--log-dir", logs, mod.parent)[0] == 0
-    assert decompress(mod, mod.read_bytes(), kind) == plain
+    assert mod.read_bytes() == packed and decompress(mod, packed, kind) == plain
 
 
-def test_patchable_entry_sites_that_stay_recorded_are_reported(tmp_path: Path) -> None:
-    """A 6.6+ patchable-entry object is compiled `nop; nop`: nothing to write, but its records stay
-    and the kernel would make the sites traceable. The run says so and exits 1."""
+def test_patchable_entry_object_loses_its_records_and_no_word_changes(tmp_path: Path) -> None:
+    """A 6.6+ patchable-entry object is compiled `nop; nop`: pre-nopping it drops its records
+    (`.rela__patchable_function_entries` rows) and writes no word; a rerun changes nothing and
+    --undo gives the object back byte for byte."""
     obj = tmp_path / "patchable-le.o"
     shutil.copy2(ROOT / "fixtures/bin/patchable-le.o", obj)
+    before = scan(Image.load(obj))
+    assert before.records.count == 6 and all(s.recorded for s in before.sites)
     policy = tmp_path / "p.policy"
     policy.write_text("default nop\n")
     code, out = _cli("prenop", "--policy", policy, "--in-place", obj)
-    assert code == 1
-    assert "6 sites in 1 files are already nop;nop but still recorded" in out
+    assert code == 0 and "kept their records" not in out
+    assert scan(Image.load(obj)).records.count == 0
+    log = load(obj.with_name(obj.name + ".mcountrw.jsonl"))
+    assert not [e for e in log.edits if isinstance(e, WordWrite)]
+    assert log.summary["records_dropped"] == 6
+    assert _cli("prenop", "--policy", policy, "--in-place", obj)[0] == 0
+    assert _cli("prenop", "--undo", "--in-place", obj)[0] == 0
+    assert obj.read_bytes() == (ROOT / "fixtures/bin/patchable-le.o").read_bytes()
 
 
 # -- signing ----------------------------------------------------------------------------------
@@ -355,6 +368,52 @@ def test_whole_corpus_tree_in_place_verifies_is_idempotent_and_undoes(corpus, tm
     code, out = _cli("prenop", "--undo", "--in-place", "--log-dir", logs, "-j", "2", vmlinux, modules)
     assert code == 0 and _row(out, "undone")[:2] == ["3,103", "190,040"], out
     assert {**_shas(modules), "vmlinux": _sha(vmlinux)} == pristine
+
+
+@pytest.mark.slow
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", ["6.12", "7.2"])
+def test_patchable_and_ool_trees_lose_records_only_verify_rerun_and_undo_to_the_same_bytes(
+    name: str, tmp_path: Path
+) -> None:
+    """vmlinux, fs/nls (.ko.xz) and ext4 of the 6.12 and 7.2 trees under keep-core.policy, in place
+    on a copy: no word changes (the sites already are nops), the nopped sites' records go, each
+    rewritten module is xz again as Kbuild makes it; verify, a second run is a no-op, and undo gives
+    every file back sha256-identical, compressed bytes included."""
+    k = require_kernel(name)
+    vmlinux = tmp_path / "boot" / "vmlinux"
+    vmlinux.parent.mkdir()
+    shutil.copy2(k.vmlinux, vmlinux)
+    modules = tmp_path / "kernel"
+    for sub in ("fs/nls", "fs/ext4"):
+        shutil.copytree(k.modules_dir / sub, modules / sub)
+    pristine = _shas(tmp_path)
+    logs = tmp_path.parent / f"{tmp_path.name}-logs"
+    args = ("prenop", "--policy", KEEP_CORE, "--in-place", "--strip-signature", "--log-dir", logs, "-j", "2")
+
+    code, out = _cli(*args, vmlinux, modules)
+    assert code == 0 and "kept their records" not in out, out
+    kept = [s for s in scan(Image.load(k.vmlinux)).sites if s.function == "do_one_initcall" or
+            (s.function or "").startswith("vfs_")]  # fmt: skip
+    after = scan(Image.load(vmlinux))
+    assert after.records.count == len(kept) and {s.function for s in after.sites} == {s.function for s in kept}
+    log = load(logs / "vmlinux.mcountrw.jsonl")
+    assert not [e for e in log.edits if isinstance(e, WordWrite)]
+    assert log.summary["records_dropped"] == RECORDS[name] - len(kept)
+    nls = [p for p in sorted((k.modules_dir / "fs/nls").iterdir()) if scan(Image.load(p)).sites]
+    assert _row(out, "nopped")[0] == str(len(nls) + 1)  # and ext4, kept whole, is not written:
+    assert _sha(modules / "fs/ext4/ext4.ko.xz") == _sha(k.modules_dir / "fs/ext4/ext4.ko.xz")
+    assert all(detect_compression((modules / "fs/nls" / p.name).read_bytes()[:8]) is Compression.XZ for p in nls)
+
+    code, out = _cli("prenop", "--verify", "--log-dir", logs, vmlinux, "--against", k.vmlinux)
+    assert code == 0 and _row(out, "verified")[:2] == ["1", f"{RECORDS[name] - len(kept):,}"], out
+    code, out = _cli("prenop", "--verify", "--log-dir", logs, modules)
+    assert code == 0, out
+    done = _shas(tmp_path)
+    code, out = _cli(*args, vmlinux, modules)
+    assert code == 0 and "nothing changed" in out and _shas(tmp_path) == done, out
+    code, out = _cli("prenop", "--undo", "--in-place", "--log-dir", logs, "-j", "2", vmlinux, modules)
+    assert code == 0 and _shas(tmp_path) == pristine, out
 
 
 # -- build integration --------------------------------------------------------------------------

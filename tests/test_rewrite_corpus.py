@@ -117,7 +117,7 @@ def test_do_one_initcall_alone_prenopped_is_no_longer_traced(corpus, tmp_path: P
 def test_prenopped_without_dropping_records_is_an_ftrace_bug(corpus, tmp_path: Path) -> None:
     """The negative control: the kernel checks every recorded site, so the check is live."""
     out = tmp_path / "vmlinux"
-    apply_file(corpus.vmlinux, out, Selection(only=("do_one_initcall",)), Options(SiteState.NOPPED))
+    apply_file(corpus.vmlinux, out, Selection(only=("do_one_initcall",)), Options(SiteState.NOPPED, keep_records=True))
     r = boot(out, STANDARD_APPEND)
     assert r.ftrace_bug
 

@@ -197,16 +197,14 @@ def _notes(reports: Sequence[Any], undo: bool, verify: bool) -> list[str]:
     left = [r for r in reports if r.left_recorded]
     if left:
         out.append(
-            f"warning: {sum(r.left_recorded for r in left):,} sites in {len(left)} files are already nop;nop but still "
-            "recorded, and the records stay: the kernel will still patch them (patchable-entry builds: see "
-            "docs/prenop.md). First: " + left[0].rel
+            f"warning: {sum(r.left_recorded for r in left):,} sites in {len(left)} files that the policy nops kept "
+            "their records: the kernel will still patch them (docs/prenop.md). First: " + left[0].rel
         )
     unplaced = [r for r in reports if r.unplaced_records]
     if unplaced:
         out.append(
             f"warning: {sum(r.unplaced_records for r in unplaced):,} records in {len(unplaced)} files point at no "
-            "site mcountrw recognises, and were left alone (out-of-line ftrace? see docs/prenop.md). First: "
-            + unplaced[0].rel
+            "site mcountrw recognises, and were left alone. First: " + unplaced[0].rel
         )
     done = [r for r in reports if r.status is not Status.FAILED]
     if not undo and not verify and done and all(r.status in (Status.UNCHANGED, Status.NOTHING) for r in done):

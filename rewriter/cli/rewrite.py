@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from rewriter.cli import BAD_INPUT, FINDINGS, app, fail, parse_int
 from rewriter.errors import RewriteError
+
+if TYPE_CHECKING:
+    from rewriter.patch import Selection
 
 TARGETS = ("enabled", "disabled", "nopped")
 
@@ -22,13 +25,22 @@ Route_ = Annotated[str | None, typer.Option("--route", help="mflr-first or b8 (d
 Log_ = Annotated[Path | None, typer.Option("--log", help="patch log (default OUT.mcountrw.jsonl)")]
 Stages = Annotated[Path | None, typer.Option("--stage-images", help="write one complete ELF per plan stage here")]
 Drop = Annotated[bool, typer.Option("--drop-records", help="drop the records of sites whose call slot ends up nop")]
+Keep = Annotated[
+    bool,
+    typer.Option(
+        "--keep-records",
+        help="allow a recorded place to hold words the kernel refuses at boot (ftrace bug): negative controls only",
+    ),
+]
 Strip = Annotated[bool, typer.Option("--strip-signature", help="allow rewriting a signed module (drops the signature)")]
 Dry = Annotated[bool, typer.Option("--dry-run", help="plan, check and report; write nothing")]
 InPlace = Annotated[bool, typer.Option("--in-place", help="replace the input (atomically, once complete)")]
 Backup = Annotated[bool, typer.Option("--backup", help="with --in-place: keep the original as IMAGE.orig")]
 
 
-def _selection(only, exclude, section, addr):  # type: ignore[no-untyped-def]
+def _selection(
+    only: list[str] | None, exclude: list[str] | None, section: list[str] | None, addr: list[str] | None
+) -> Selection:
     from rewriter.patch import Selection
 
     addrs = frozenset(parse_int(a, "--addr") or 0 for a in addr or [])
@@ -46,11 +58,15 @@ def _run_apply(image: Path, output: Path | None, target: str, **kw) -> None:  # 
     route = kw.pop("route")
     if route is not None and route not in ("mflr-first", "b8"):
         fail(f"--route: {route!r} is not mflr-first or b8")
+    drop, keep = kw.pop("drop_records"), kw.pop("keep_records")
+    if drop and keep:
+        fail("give --drop-records or --keep-records, not both")
     options = Options(
         SiteState(target),
         Route(route) if route else None,
-        drop_records=kw.pop("drop_records"),
+        drop_records=drop,
         strip_signature=kw.pop("strip_signature"),
+        keep_records=keep,
     )
     selection = _selection(kw.pop("only"), kw.pop("exclude"), kw.pop("section"), kw.pop("addr"))
     try:
@@ -62,11 +78,15 @@ def _run_apply(image: Path, output: Path | None, target: str, **kw) -> None:  # 
     barriers = ", ".join(name for _, name in r.barriers) or "none"
     writes = sum(1 for e in r.edits if type(e).__name__ == "WordWrite")
     verb = "would change" if result.output is None else "changed"
+    dropped = f"; {len(r.dropped)} records dropped" if r.dropped else ""
     typer.echo(
-        f"{image}: {verb} {len(r.sites)} sites to {target} ({r.unchanged} already {target}); "
+        f"{image}: {verb} {len(r.sites)} sites to {target} ({r.unchanged} already {target}){dropped}; "
         f"{writes} word writes in {stages} stages, barriers: {barriers}; {len(r.edits) - writes} other edits",
         err=True,
     )
+    if r.stubs is not None:
+        before, after = (", ".join(f"{c.area} {c.used}/{c.stubs}" for c in side) for side in r.stubs)
+        typer.echo(f"ool stubs used/available: before {before}; after {after}", err=True)
     if result.output is not None:
         typer.echo(f"wrote {result.output} and {result.log}", err=True)
     for p in result.stage_images:
@@ -87,15 +107,20 @@ def apply(
     log: Log_ = None,
     stage_images: Stages = None,
     drop_records: Drop = False,
+    keep_records: Keep = False,
     strip_signature: Strip = False,
     dry_run: Dry = False,
     in_place: InPlace = False,
     backup: Backup = False,
 ) -> None:
-    """Move the selected sites to a state with a safe plan; compare-and-swap on every word."""
+    """Move the selected sites to a state with a safe plan; compare-and-swap on every word.
+
+    A vmlinux or module is refused if a recorded place would hold words the kernel's boot-time
+    ftrace init refuses (docs/rewrite.md: per generation); patchable and ool sites are never made
+    `enabled` offline (the running kernel enables them)."""
     _run_apply(image, output, to, only=only, exclude=exclude, section=section, addr=addr, route=route,
-               log_path=log, stage_dir=stage_images, drop_records=drop_records, strip_signature=strip_signature,
-               dry_run=dry_run, in_place=in_place, backup=backup)  # fmt: skip
+               log_path=log, stage_dir=stage_images, drop_records=drop_records, keep_records=keep_records,
+               strip_signature=strip_signature, dry_run=dry_run, in_place=in_place, backup=backup)  # fmt: skip
 
 
 @app.command()
@@ -110,15 +135,18 @@ def nop(
     log: Log_ = None,
     stage_images: Stages = None,
     drop_records: Drop = False,
+    keep_records: Keep = False,
     strip_signature: Strip = False,
     dry_run: Dry = False,
     in_place: InPlace = False,
     backup: Backup = False,
 ) -> None:
-    """Offline pre-nopping: `apply --to nopped` (mflr and bl both become nop)."""
+    """Offline pre-nopping: `apply --to nopped`. 6.1 (mprofile): mflr and bl both become nop;
+    6.12 (patchable) and 7.2 (ool): the sites already are nop as built, so --drop-records drops
+    their records and writes no word."""
     _run_apply(image, output, "nopped", only=only, exclude=exclude, section=section, addr=addr, route=None,
-               log_path=log, stage_dir=stage_images, drop_records=drop_records, strip_signature=strip_signature,
-               dry_run=dry_run, in_place=in_place, backup=backup)  # fmt: skip
+               log_path=log, stage_dir=stage_images, drop_records=drop_records, keep_records=keep_records,
+               strip_signature=strip_signature, dry_run=dry_run, in_place=in_place, backup=backup)  # fmt: skip
 
 
 @app.command()

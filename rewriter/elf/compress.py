@@ -7,6 +7,7 @@ import gzip
 import lzma
 import zlib
 from pathlib import Path
+from typing import Final, NamedTuple
 
 from rewriter.errors import ImageError
 
@@ -86,20 +87,206 @@ def _unzstd(path: Path, data: bytes) -> bytes:
     return b"".join(out)
 
 
-def compress(data: bytes, kind: Compression) -> bytes:
-    """Compress the way the kernel's Makefile.modinst does (xz --check=crc32 --lzma2=dict=1MiB,
-    gzip -n -f -9, zstd -T0 --rm -f -q); byte-identity with the original is not promised."""
-    if kind is Compression.XZ:
-        return lzma.compress(
-            data,
-            format=lzma.FORMAT_XZ,
-            check=lzma.CHECK_CRC32,
-            filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20}],
-        )
-    if kind is Compression.GZIP:
-        return gzip.compress(data, compresslevel=9, mtime=0)
-    if kind is Compression.ZSTD:
-        import zstandard
+# -- output -----------------------------------------------------------------------------------
+#
+# A rewritten module is written in its own compression, and undo must give back the original
+# compressed bytes exactly (sha256), so each input is described by a :class:`Recipe`: what it
+# takes to compress the content again into those very bytes.
+#
+# * xz: scripts/Makefile.modinst runs ``xz --check=crc32 --lzma2=dict=1MiB``. From xz 5.6 on the
+#   CLI compresses with threads by default, and the threaded encoder (liblzma stream_encoder_mt.c)
+#   cuts the input into blocks of 3 x dict size, encodes each alone, writes each block's compressed
+#   and uncompressed sizes into its header, and reserves every header's room for the largest sizes
+#   a block could have (20 bytes here, where the sizes need 16). The LZMA2 data of each block is
+#   what the single-block encoder gives for that piece. The container is read back from the input
+#   (:func:`recipe_of`) and rebuilt around python's raw LZMA2 encoder (:func:`_xz`); this gives the
+#   Debian 6.12 and 7.2 module trees back byte for byte (every module: tests/test_rewrite_generations.py).
+# * gzip: Makefile.modinst runs ``gzip -n -f`` (level 6). GNU gzip has its own deflate, not
+#   zlib's, so its bytes are checked, not assumed: a recipe only if zlib gives them back.
+# * zstd: ``zstd --rm -f -q`` (level 3, content size and checksum in the frame): checked the same way.
 
-        return zstandard.ZstdCompressor(write_checksum=True).compress(data)  # the zstd CLI's default
-    return data
+KBUILD_XZ_DICT: Final = 1 << 20
+_XZ_CHECKS: Final = {0: 0, 1: 4}  # xz check id -> its size: none, CRC32 (the ones rebuilt here)
+_LZMA2_ID: Final = 0x21
+
+
+class Recipe(NamedTuple):
+    """How to compress content into the bytes a given compressor made.
+
+    xz only: ``block_size`` uncompressed bytes per block (0: one block), ``header_size`` of every
+    block header, whether headers carry the block's sizes, the LZMA2 ``dict_size``, the ``check``
+    id (1: CRC32)."""
+
+    kind: Compression
+    block_size: int = 0
+    header_size: int = 0
+    sizes_in_headers: bool = False
+    dict_size: int = KBUILD_XZ_DICT
+    check: int = 1
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind.value,
+            "block_size": self.block_size,
+            "header_size": self.header_size,
+            "sizes_in_headers": self.sizes_in_headers,
+            "dict_size": self.dict_size,
+            "check": self.check,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> Recipe:
+        ints = [d[k] for k in ("block_size", "header_size", "dict_size", "check")]
+        if not all(type(v) is int and 0 <= v < 1 << 40 for v in ints) or type(d["sizes_in_headers"]) is not bool:
+            raise ValueError(f"recipe {d!r}")
+        block_size, header_size, dict_size, check = (int(v) for v in ints)  # type: ignore[call-overload]
+        kind = Compression(d["kind"])
+        return cls(kind, block_size, header_size, bool(d["sizes_in_headers"]), dict_size, check)
+
+
+KBUILD: Final = {
+    # xz 5.6+ as Debian's trixie and sid builds ran it: threaded, 3 MiB blocks, 20-byte headers.
+    Compression.XZ: Recipe(Compression.XZ, 3 * KBUILD_XZ_DICT, 20, True),
+    Compression.GZIP: Recipe(Compression.GZIP),
+    Compression.ZSTD: Recipe(Compression.ZSTD),
+}
+"""What ``make modules_install`` would write, for content whose original bytes say nothing."""
+
+
+def compress(data: bytes | bytearray, how: Compression | Recipe) -> bytes:
+    """Compress ``data`` by a recipe, or as Kbuild does for a compression kind."""
+    recipe = KBUILD.get(how) if isinstance(how, Compression) else how
+    if recipe is None:
+        return bytes(data)
+    if recipe.kind is Compression.XZ:
+        return _xz(data, recipe)
+    if recipe.kind is Compression.GZIP:
+        return gzip.compress(data, compresslevel=6, mtime=0)
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data)
+
+
+def recipe_of(raw: bytes, content: bytes, kind: Compression) -> Recipe | None:
+    """How to get ``raw`` back from ``content`` (its decompression), or None if it cannot be
+    rebuilt and must be kept as it is. xz is read from its container and trusted to be Kbuild's
+    LZMA2 (undo checks the sha256); gzip and zstd are cheap to compress, so they are checked."""
+    if kind is Compression.XZ:
+        return _xz_recipe(raw, len(content))
+    recipe = KBUILD.get(kind)
+    if recipe is None or compress(content, recipe) != raw:
+        return None
+    return recipe
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _crc(data: bytes) -> bytes:
+    return zlib.crc32(data).to_bytes(4, "little")
+
+
+def _pad4(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 4)
+
+
+def _dict_props(dict_size: int) -> int:
+    """The LZMA2 property byte: the smallest encoded dictionary size that holds ``dict_size``."""
+    for p in range(41):
+        if (2 | (p & 1)) << (p // 2 + 11) >= dict_size:
+            return p
+    return 40
+
+
+def _xz(data: bytes | bytearray, r: Recipe) -> bytes:
+    """The xz format (tukaani.org/xz/xz-file-format.txt): stream header, blocks, index, footer."""
+    flags = bytes((0, r.check))
+    out = [b"\xfd7zXZ\x00" + flags + _crc(flags)]
+    filters = [{"id": lzma.FILTER_LZMA2, "dict_size": r.dict_size}]
+    records = []
+    step = r.block_size or max(len(data), 1)
+    for start in range(0, max(len(data), 1), step):
+        piece = bytes(data[start : start + step])
+        packed = lzma.compress(piece, format=lzma.FORMAT_RAW, filters=filters)
+        sizes = _varint(len(packed)) + _varint(len(piece)) if r.sizes_in_headers else b""
+        body = bytes((0xC0 if r.sizes_in_headers else 0,)) + sizes + bytes((_LZMA2_ID, 1, _dict_props(r.dict_size)))
+        size = max(r.header_size, (1 + len(body) + 4 + 3) // 4 * 4)
+        header = bytes((size // 4 - 1,)) + body
+        header += bytes(size - 4 - len(header))
+        header += _crc(header)
+        check = _crc(piece) if r.check == 1 else b""
+        out.append(header + _pad4(packed) + check)
+        records.append((len(header) + len(packed) + len(check), len(piece)))
+    index = _pad4(b"\x00" + _varint(len(records)) + b"".join(_varint(u) + _varint(n) for u, n in records))
+    index += _crc(index)
+    backward = (len(index) // 4 - 1).to_bytes(4, "little") + flags
+    out.append(index + _crc(backward) + backward + b"YZ")
+    return b"".join(out)
+
+
+def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    for i in range(9):
+        byte = raw[pos + i]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos + i + 1
+    raise ValueError("varint")
+
+
+def _xz_recipe(raw: bytes, content_size: int) -> Recipe | None:
+    """The recipe an xz file was made with, if :func:`_xz` can make it: one stream, a CRC32 (or no)
+    check, LZMA2 alone, equal blocks but the last, equal headers. Anything else: None."""
+    try:
+        return _parse_xz(raw, content_size)
+    except (ValueError, IndexError):
+        return None
+
+
+def _parse_xz(raw: bytes, content_size: int) -> Recipe | None:
+    check = raw[7]
+    if raw[6] or check not in _XZ_CHECKS or raw[-2:] != b"YZ" or raw[-4:-2] != raw[6:8]:
+        return None
+    index_size = (int.from_bytes(raw[-8:-4], "little") + 1) * 4
+    index_at = len(raw) - 12 - index_size
+    if raw[index_at] != 0:
+        return None
+    count, pos = _read_varint(raw, index_at + 1)
+    blocks = []
+    for _ in range(count):
+        unpadded, pos = _read_varint(raw, pos)
+        size, pos = _read_varint(raw, pos)
+        blocks.append((unpadded, size))
+    headers = set()
+    block_at = 12
+    props = set()
+    for unpadded, _ in blocks:
+        header_size = (raw[block_at] + 1) * 4
+        flags = raw[block_at + 1]
+        sized = flags & 0xC0
+        if flags & 0x3F or sized not in (0, 0xC0):
+            return None
+        pos = block_at + 2
+        if sized:
+            pos = _read_varint(raw, _read_varint(raw, pos)[1])[1]
+        if raw[pos : pos + 2] != bytes((_LZMA2_ID, 1)):
+            return None
+        props.add(raw[pos + 2])
+        headers.add((header_size, bool(sized)))
+        block_at += unpadded + (-unpadded % 4)
+    sizes = [size for _, size in blocks]
+    if block_at != index_at or len(headers) != 1 or len(props) != 1 or sum(sizes) != content_size:
+        return None
+    block_size = sizes[0] if len(sizes) > 1 else 0
+    if any(s != block_size for s in sizes[:-1]) or (block_size and sizes[-1] > block_size):
+        return None
+    (header_size, sized_headers), (p,) = headers.pop(), props
+    dict_size = (2 | (p & 1)) << (p // 2 + 11)
+    return Recipe(Compression.XZ, block_size, header_size, sized_headers, dict_size, check)

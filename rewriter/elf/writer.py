@@ -15,6 +15,7 @@ taken for output, and can be deleted at any time when no mcountrw is running.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import tempfile
 from pathlib import Path
@@ -25,7 +26,7 @@ TMP_SUFFIX = ".mcountrw-tmp"
 _READ_BACK_CHUNK = 1 << 24
 
 
-def atomic_write(path: Path, data: bytes | bytearray | memoryview, mode: int | None = None) -> None:
+def atomic_write(path: Path, data: bytes | bytearray | memoryview | mmap.mmap, mode: int | None = None) -> None:
     """Replace ``path`` with ``data``. ``mode`` defaults to the existing file's, else 0o644."""
     commit(write_temp(path, data, mode))
 
@@ -41,7 +42,7 @@ class Pending:
         _remove_quietly(self.tmp)
 
 
-def write_temp(path: Path, data: bytes | bytearray | memoryview, mode: int | None = None) -> Pending:
+def write_temp(path: Path, data: bytes | bytearray | memoryview | mmap.mmap, mode: int | None = None) -> Pending:
     """First half of :func:`atomic_write`: write and fsync ``data`` next to ``path``, and read it
     back: the temporary file holds exactly ``data``, or this raises :class:`OutputError` and
     removes it. Lets a caller prepare several files (in threads, overlapping their I/O) and then
@@ -84,7 +85,7 @@ def commit(pending: Pending) -> None:
     _fsync_dir(pending.path.parent if str(pending.path.parent) else Path("."))
 
 
-def _check_read_back(path: Path, tmp: str, data: bytes | bytearray | memoryview) -> None:
+def _check_read_back(path: Path, tmp: str, data: bytes | bytearray | memoryview | mmap.mmap) -> None:
     """The bytes the file system gives back are the bytes meant."""
     want = memoryview(data).cast("B")
     with open(tmp, "rb") as fh:

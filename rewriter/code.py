@@ -43,14 +43,8 @@ class CodeView:
     @classmethod
     def of_words(cls, bases: Sequence[int], words: Sequence[np.ndarray], sections: Sequence[Section] = ()) -> CodeView:
         """The view of sections that start at ``bases`` (ascending) and hold ``words``."""
-        sizes = np.array([len(w) for w in words], np.int64)
-        first = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         flat = np.concatenate([np.asarray(w, np.uint32) for w in words]) if words else np.zeros(0, np.uint32)
-        base = np.array(bases, np.uint64)
-        idx = np.flatnonzero(ppc.bl_mask(flat))
-        bl_places = _places(base, first, idx)
-        bl_targets = ppc.branch_targets(bl_places, flat[idx])
-        return cls(tuple(sections), base, first, sizes, flat, bl_places, bl_targets)
+        return _view(tuple(sections), np.array(bases, np.uint64), np.array([len(w) for w in words], np.int64), flat)
 
     def __len__(self) -> int:
         return len(self.words)
@@ -113,13 +107,30 @@ def _places(base: np.ndarray, first: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.asarray(base[k] + (idx - first[k]).astype(np.uint64) * np.uint64(ppc.INSN_SIZE), np.uint64)
 
 
+def _view(sections: tuple[Section, ...], base: np.ndarray, sizes: np.ndarray, flat: np.ndarray) -> CodeView:
+    first = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    bl_places, bl_targets = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)]
+    for k in range(len(sizes)):  # per section: a place is then a multiply-add, no search
+        words = flat[int(first[k]) : int(first[k] + sizes[k])]
+        idx = np.flatnonzero(ppc.bl_mask(words)).astype(np.uint64)
+        bl_places.append(base[k] + idx * np.uint64(ppc.INSN_SIZE))
+        bl_targets.append(ppc.branch_targets(bl_places[-1], words[idx.astype(np.int64)]))
+    return CodeView(sections, base, first, sizes, flat, np.concatenate(bl_places), np.concatenate(bl_targets))
+
+
 def code_view(image: Image) -> CodeView:
     """The view of ``image``'s executable sections (relocatable files: by section index, which is
-    their place order)."""
-    sections = [s for s in image.exec_sections() if s.type == S.SHT_PROGBITS]
+    their place order). The words are converted from the file straight into the flat array (what
+    ``Image.words`` does per section, without a second copy to join them)."""
+    found = [s for s in image.exec_sections() if s.type == S.SHT_PROGBITS]
     linked = image.type != S.ET_REL
-    base = [s.addr if linked else int(rel_place(s.index, 0)) for s in sections]
-    order = np.argsort(np.array(base, dtype=np.uint64), kind="stable")
-    return CodeView.of_words(
-        [base[i] for i in order], [image.words(sections[i]) for i in order], [sections[i] for i in order]
-    )
+    places = [s.addr if linked else int(rel_place(s.index, 0)) for s in found]
+    order = np.argsort(np.array(places, dtype=np.uint64), kind="stable").tolist()
+    sections = tuple(found[i] for i in order)
+    sizes = np.array([s.size // ppc.INSN_SIZE for s in sections], np.int64)
+    flat = np.empty(int(sizes.sum()), np.uint32)
+    at = 0
+    for sec, n in zip(sections, sizes.tolist(), strict=True):
+        flat[at : at + n] = np.frombuffer(image.data, S.word_dtype(image.endian), count=n, offset=sec.offset)
+        at += n
+    return _view(sections, np.array([places[i] for i in order], np.uint64), sizes, flat)

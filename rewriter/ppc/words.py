@@ -100,11 +100,12 @@ def bl_mask(words: np.ndarray) -> np.ndarray:
 
 def branch_offsets(words: np.ndarray) -> np.ndarray:
     """Vectorised :func:`branch_offset` (``int64``)."""
-    w = words.astype(np.uint32, copy=False)
+    w = words.astype(np.int64)
+    off = ((w & LI_MASK) ^ (1 << 25)) - (1 << 25)  # sign-extended
     bform = primary(w) == OP_BC
-    off = np.where(bform, w & np.uint32(BD_MASK), w & np.uint32(LI_MASK)).astype(np.int64)
-    sign = np.where(bform, 1 << 15, 1 << 25)
-    return np.where(off & sign, off - 2 * sign, off)
+    if bform.any():  # the scan asks about bl words only: skip this pass for them
+        off[bform] = ((w[bform] & BD_MASK) ^ (1 << 15)) - (1 << 15)
+    return np.asarray(off, np.int64)
 
 
 def branch_targets(addrs: np.ndarray, words: np.ndarray) -> np.ndarray:

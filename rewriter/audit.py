@@ -275,7 +275,7 @@ class ImageAudit:
 
 def audit_image(image: Image, group: str, table: Table, mcount_addr: int | None = None) -> ImageAudit:
     view = code_view(image)  # laid out once, for the scan and the walk
-    result = scan(image, mcount_addr)
+    result = scan(image, mcount_addr, text=view)
     code = flow.load_code(image, result, table, view)
     verdicts = flow.safety(code, result.sites)
     printer = Printer(image, code, ppc.Disassembler(image.big_endian))

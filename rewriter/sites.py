@@ -91,11 +91,13 @@ class Site(NamedTuple):
 
 class RecordPlace(NamedTuple):
     """Where a record points: a virtual address in a linked image (``section``/``offset`` when a
-    section holds it), a section and offset in a relocatable file (``addr`` None)."""
+    section holds it), a section and offset in a relocatable file (``addr`` None); ``place``, the
+    same as a place (see ``rewriter.elf.symbols``), so that no later stage rebuilds it."""
 
     section: str | None
     offset: int | None
     addr: int | None
+    place: int
 
     @property
     def text(self) -> str:
@@ -869,10 +871,12 @@ def shift(places: np.ndarray, delta: int) -> np.ndarray:
 def _record_place(image: Image, place: int) -> RecordPlace:
     if image.type != S.ET_REL:
         sec = image.section_of_addr(place)
-        return RecordPlace(sec.name, place - sec.addr, place) if sec is not None else RecordPlace(None, None, place)
+        if sec is None:
+            return RecordPlace(None, None, place, place)
+        return RecordPlace(sec.name, place - sec.addr, place, place)
     shndx, off = split_place(place)
     name = image.sections[shndx].name if 0 <= shndx < len(image.sections) else f"section{shndx}"
-    return RecordPlace(name, off, None)
+    return RecordPlace(name, off, None, place)
 
 
 def place_text(image: Image, place: int) -> str:

@@ -27,7 +27,7 @@ from rewriter.batch import map_chunks
 from rewriter.code import code_view
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind
-from rewriter.elf.symbols import PLACE_SHIFT, Functions, split_place
+from rewriter.elf.symbols import Functions, split_place
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, Generation, Variant, default_variant
 from rewriter.ppc.table import Table, build_table
@@ -554,7 +554,7 @@ def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anom
     for place in result.records.unmatched:
         out.append(_dangling(image, printer, place, result.generation))
     for place in result.records.duplicates:
-        section, offset, addr = place
+        section, offset, addr, _ = place
         out.append(
             Anomaly(AnomalyKind.DUPLICATE_RECORD, Severity.ERROR, "recorded more than once", addr, section, offset)
         )
@@ -580,15 +580,9 @@ _RECORD_WANTS: Final[Mapping[Generation | None, str]] = {
 
 
 def _dangling(image: Image, printer: Printer, record: RecordPlace, generation: Generation | None) -> Anomaly:
-    section, offset, addr = record
+    section, offset, addr, place = record
     sec = image.section(section) if section is not None else None
-    if addr is not None:
-        place = addr
-    elif sec is not None and offset is not None:
-        place = sec.index << PLACE_SHIFT | offset
-    else:
-        place = -1
-    i = printer.word_index(place) if place >= 0 else -1
+    i = printer.word_index(place)
     if i < 0:
         return Anomaly(AnomalyKind.DANGLING, Severity.ERROR, "record points outside the code", addr, section, offset)
     word = int(printer.code.words[i])

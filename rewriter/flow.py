@@ -605,27 +605,28 @@ def transfer(table: Table, word: int, taints: Mapping[int, int]) -> tuple[int | 
     m = row_of(table, word).mnemonic
     rs, t_rs, t_ra, t_rb = rt(word), taints.get(rt(word), 0), taints.get(ra(word), 0), taints.get(rb(word), 0)
     base = t_ra if ra(word) else 0  # (RA|0): r0 as a base register is the value 0
-    moved: tuple[int | None, int | None, bool] = (ra(word), None, bool(record(word)))  # dest, out, record
+    dest: int | None = ra(word)
+    out: int | None = None
+    rec = bool(record(word))
     if m in ("rlwimi", "rlwinm"):
         bits = mask(mb(word) + 32, me(word) + 32)
-        moved = (ra(word), (rotl32(t_rs, rb(word)) & bits) | (t_ra & ~bits if m == "rlwimi" else 0), moved[2])
+        out = (rotl32(t_rs, rb(word)) & bits) | (t_ra & ~bits if m == "rlwimi" else 0)
     elif m in _ROTATE_64:
-        moved = (ra(word), _rotate64(m, word, t_rs, t_ra), moved[2])
+        out = _rotate64(m, word, t_rs, t_ra)
     elif m in _IMMEDIATE_LOGICAL:
-        moved = (ra(word), _immediate_logical(m, word, t_rs), m.endswith("."))
+        out, rec = _immediate_logical(m, word, t_rs), m.endswith(".")
     elif m in ("addi", "addis"):  # rT = (RA|0) + imm
-        moved = (rs, _carry_up(base), False)
+        dest, out, rec = rs, _carry_up(base), False
     elif m in _LOGICAL:
-        moved = (ra(word), 0 if rs == rb(word) and m in _ZERO_SELF else t_rs | t_rb, moved[2])
+        out = 0 if rs == rb(word) and m in _ZERO_SELF else t_rs | t_rb
     elif m in _SELF_CANCEL and ra(word) == rb(word):
         # subf rT,rA,rA is 0; subfc gives 0 with CA = 1; subfe gives CA - 1 (gcc's carry-to-mask
         # idiom, lpfc.ko lpfc_check_clean_addr_bit: `subfe r0,r0,r0`): none depends on rA.
-        moved = (rs, 0, moved[2])
+        dest, out = rs, 0
     elif m in ("add", "subf"):
-        moved = (rs, _carry_up(t_ra | t_rb), moved[2] or bool(oe(word)))
+        dest, out, rec = rs, _carry_up(t_ra | t_rb), rec or bool(oe(word))
     elif m in _STORE_BYTES and not base and not (m.endswith("x") and t_rb):
-        moved = (None, t_rs & _STORE_BYTES[m], False)
-    dest, out, rec = moved
+        dest, out, rec = None, t_rs & _STORE_BYTES[m], False
     if out is None or (rec and out):
         return None
     return dest, out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Section
 from rewriter.elf.symbols import rel_place
 
-OUTSIDE = -1
+OUTSIDE: Final = -1
 """The word number of a place that no executable section holds."""
 
 
@@ -30,7 +31,8 @@ OUTSIDE = -1
 class CodeView:
     """Section k starts at place ``base[k]``, is word ``first[k]`` of ``words`` and ``sizes[k]``
     words long (sections sorted by place). ``bl_places``/``bl_targets``: every relative ``bl``
-    and where its offset goes (in ET_REL, where a relocation says: the offset means nothing)."""
+    and where its offset goes (in ET_REL that target means nothing: relocations say where a call
+    goes)."""
 
     sections: tuple[Section, ...]
     base: np.ndarray  # uint64
@@ -45,9 +47,6 @@ class CodeView:
         """The view of sections that start at ``bases`` (ascending) and hold ``words``."""
         flat = np.concatenate([np.asarray(w, np.uint32) for w in words]) if words else np.zeros(0, np.uint32)
         return _view(tuple(sections), np.array(bases, np.uint64), np.array([len(w) for w in words], np.int64), flat)
-
-    def __len__(self) -> int:
-        return len(self.words)
 
     def index(self, places: np.ndarray) -> np.ndarray:
         """Word number of each place (``int64``), or :data:`OUTSIDE`."""
@@ -94,10 +93,6 @@ class CodeView:
         if not len(self.words):
             return np.zeros(len(i), np.uint32)
         return np.where(i >= 0, self.words[np.maximum(i, 0)], 0).astype(np.uint32)
-
-    def section_words(self, k: int) -> np.ndarray:
-        """The words of section slot ``k``."""
-        return self.words[int(self.first[k]) : int(self.first[k] + self.sizes[k])]
 
 
 def _places(base: np.ndarray, first: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -24,11 +24,13 @@ import numpy as np
 
 from rewriter import flow, ppc
 from rewriter.batch import map_chunks
+from rewriter.code import code_view
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind
-from rewriter.elf.symbols import PLACE_SHIFT, Functions, split_place
+from rewriter.elf.symbols import Functions, split_place
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, Generation, Variant, default_variant
+from rewriter.ppc.table import Table, build_table
 from rewriter.sites import RecordPlace, Scan, Site, StubArea, scan, weak_offsets
 from rewriter.states import Insn, SiteState, word_for
 
@@ -271,9 +273,10 @@ class ImageAudit:
         return QUESTIONS[self.generation]
 
 
-def audit_image(image: Image, group: str, table: flow.Table, mcount_addr: int | None = None) -> ImageAudit:
-    result = scan(image, mcount_addr)
-    code = flow.load_code(image, result, table)
+def audit_image(image: Image, group: str, table: Table, mcount_addr: int | None = None) -> ImageAudit:
+    view = code_view(image)  # laid out once, for the scan and the walk
+    result = scan(image, mcount_addr, text=view)
+    code = flow.load_code(image, result, table, view)
     verdicts = flow.safety(code, result.sites)
     printer = Printer(image, code, ppc.Disassembler(image.big_endian))
     sites = tuple(
@@ -354,7 +357,7 @@ class Printer(NamedTuple):
 
     def slots(self, site: Site) -> list[str]:
         b = self.word_index(site.place)
-        first = b + LAYOUTS[site.variant].first_offset // 4
+        first = b + LAYOUTS[site.variant].first_offset // ppc.INSN_SIZE
         return [self.line(i) for i in range(max(first, 0), b + 1)] if b >= 0 else []
 
     def safety(self, site: Site, safety: flow.Safety) -> tuple[str, ...]:
@@ -535,14 +538,12 @@ def _entry_anomalies(site: Site, entry: _Entry) -> list[Anomaly]:
     """Where the call slot sits relative to its function's entries (ELFv2 ABI 3.4.1: the local
     entry is the global entry plus the st_other offset)."""
     place = site.place
-    if site.variant is Variant.PATCHABLE:
-        if entry.lep != entry.start and place == entry.start + 4:
-            gap = entry.lep - entry.start
-            msg = f"nops at the global entry, {gap} bytes before the local entry: local calls skip them"
-            return [_at_site(AnomalyKind.PATCHABLE_BEFORE_GEP, site, msg)]
-        if place == entry.lep + 4:
-            return []
-    elif place == entry.lep - LAYOUTS[site.variant].first_offset:
+    first = place + LAYOUTS[site.variant].first_offset  # the site's first word
+    if site.variant is Variant.PATCHABLE and entry.lep != entry.start and first == entry.start:
+        gap = entry.lep - entry.start
+        msg = f"nops at the global entry, {gap} bytes before the local entry: local calls skip them"
+        return [_at_site(AnomalyKind.PATCHABLE_BEFORE_GEP, site, msg)]
+    if first == entry.lep:
         return []
     where = f"{site.function or 'function'}+{place - entry.start:#x}"
     return [_at_site(AnomalyKind.NOT_AT_ENTRY, site, f"call slot at {where}, not right after the local entry")]
@@ -553,7 +554,7 @@ def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anom
     for place in result.records.unmatched:
         out.append(_dangling(image, printer, place, result.generation))
     for place in result.records.duplicates:
-        section, offset, addr = place
+        section, offset, addr, _ = place
         out.append(
             Anomaly(AnomalyKind.DUPLICATE_RECORD, Severity.ERROR, "recorded more than once", addr, section, offset)
         )
@@ -579,15 +580,9 @@ _RECORD_WANTS: Final[Mapping[Generation | None, str]] = {
 
 
 def _dangling(image: Image, printer: Printer, record: RecordPlace, generation: Generation | None) -> Anomaly:
-    section, offset, addr = record
+    section, offset, addr, place = record
     sec = image.section(section) if section is not None else None
-    if addr is not None:
-        place = addr
-    elif sec is not None and offset is not None:
-        place = sec.index << PLACE_SHIFT | offset
-    else:
-        place = -1
-    i = printer.word_index(place) if place >= 0 else -1
+    i = printer.word_index(place)
     if i < 0:
         return Anomaly(AnomalyKind.DANGLING, Severity.ERROR, "record points outside the code", addr, section, offset)
     word = int(printer.code.words[i])
@@ -685,7 +680,7 @@ def group_of(path: Path, roots: Sequence[Path] = ()) -> str:
     return path.name
 
 
-def audit_one(path: Path, group: str, table: flow.Table, mcount_addr: int | None = None) -> Outcome:
+def audit_one(path: Path, group: str, table: Table, mcount_addr: int | None = None) -> Outcome:
     try:
         return Outcome(path, audit_image(Image.load(path), group, table, mcount_addr), None)
     except RewriteError as e:
@@ -697,7 +692,7 @@ def audit_one(path: Path, group: str, table: flow.Table, mcount_addr: int | None
 
 def audit_chunk(items: Sequence[tuple[Path, str]], mcount_addr: int | None = None) -> list[Outcome]:
     """A worker's task: several files, one instruction table."""
-    table = flow.build_table()
+    table = build_table()
     return [audit_one(path, group, table, mcount_addr) for path, group in items]
 
 

@@ -59,7 +59,7 @@ from typing import Final, NamedTuple
 from rewriter import ppc
 from rewriter.generations import LAYOUTS, Generation, Layout, Variant
 from rewriter.plan import Barrier, Cmodx, Plan, Route, SiteRequest, Write, plan
-from rewriter.states import Insn, SiteState, Slot
+from rewriter.states import PLAIN, Insn, SiteState, Slot
 
 MAX_TASKS: Final = 3
 MAX_ENTRIES: Final = 4
@@ -111,8 +111,10 @@ _CALLEE: Final[Mapping[Generation, str]] = MappingProxyType(
     }
 )
 _ASM: Final[Mapping[Insn, str]] = MappingProxyType(
-    {Insn.MFLR: "mflr r0", Insn.NOP: "nop", Insn.B8: "b .+8", Insn.STD: "std r0,16(r1)", Insn.MTLR: "mtlr r0"}
+    {PLAIN[k]: ppc.relative_text(w) for w, k in ppc.FIXED.items() if k in PLAIN}
+    | {Insn.MTLR: ppc.relative_text(ppc.MTLR_R0)}
 )
+"""How a trace prints the fixed words: ppc's text (a site has no address here: ``b .+8``)."""
 
 
 @dataclass(frozen=True)

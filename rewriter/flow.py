@@ -67,7 +67,8 @@ Other rules:
 Speed
 -----
 Capstone decodes about 0.4 M words/s, and the vmlinux has 3.7 M words of text. Instead every word
-is classified once with numpy from the opcode fields (the :data:`ROWS` table), and the walk in
+of the image's code view (``rewriter.code``: the one the scan laid out) is classified once with
+numpy from the opcode fields (``rewriter.ppc.table``), and the walk in
 Python only stops at the few words that matter (branches, r0 uses, function starts): the rest are
 skipped with a precomputed "next word of interest" array.
 """
@@ -75,500 +76,55 @@ skipped with a precomputed "next word of interest" array.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 import numpy as np
 
 from rewriter import ppc
+from rewriter.code import OUTSIDE, CodeView, code_view
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image
 from rewriter.elf.symbols import Functions, rel_place, reloc_target_places
-from rewriter.generations import LAYOUTS, Variant
+from rewriter.generations import LAYOUTS
+from rewriter.ppc.fields import (
+    ALL_BITS,
+    MD_RLDIC,
+    MD_RLDICL,
+    OP_CMPLI,
+    OP_RLD,
+    OP_RLWINM,
+    R1,
+    d16,
+    ds,
+    mask,
+    mb,
+    md_mb,
+    md_sh,
+    md_xo,
+    me,
+    oe,
+    primary,
+    ra,
+    rb,
+    record,
+    rotl32,
+    rotl64,
+    rt,
+    ui16,
+)
+from rewriter.ppc.table import Effect, Flow, Table, decode, gpr_fields, row_of, written_gprs
 from rewriter.sites import MCOUNT_NAMES, Scan, Site
 from rewriter.states import Slot
-
-# -- the instruction table ------------------------------------------------------------------
-
-
-class Gpr(enum.Flag):
-    """Instruction fields that name a general-purpose register."""
-
-    NONE = 0
-    RT = enum.auto()  # bits 6-10: RT or RS
-    RA = enum.auto()  # bits 11-15
-    RB = enum.auto()  # bits 16-20
-    RC = enum.auto()  # bits 21-25: the third source of the VA-form maddld family
-
-
-class Flow(enum.IntEnum):
-    """Where execution goes after a word."""
-
-    NEXT = 0  # the next word
-    JUMP = 1  # relative branch, always taken
-    COND = 2  # relative branch, taken or not
-    CALL = 3  # relative branch and link, always
-    COND_CALL = 4  # relative branch and link, or the next word
-    RETURN = 5  # blr
-    COND_RETURN = 6  # blr, or the next word
-    INDIRECT = 7  # bctr: a computed jump
-    COND_INDIRECT = 8  # bcctr with a condition
-    INDIRECT_CALL = 9  # bctrl, blrl
-    COND_INDIRECT_CALL = 10  # the same with a condition
-    TRAP = 11  # trap always (TO = 31): BUG() or WARN()
-    STOP = 12  # rfid, sc, absolute and bctar branches: the walk cannot follow
-    INVALID = 13  # not an instruction the table knows, or an invalid form
-
-
-class Row(NamedTuple):
-    """One instruction (or family) of the table.
-
-    ``xo`` lists the values of the primary opcode's extended-opcode key (:data:`XO_KEY`) that the
-    row claims; ``None`` claims every key of the primary not claimed by another row. ``reads``
-    and ``writes`` name the GPR fields; a field used as ``(RA|0)`` is not a read. ``update``: RA
-    is also written, and RA = 0 is an invalid form.
-    """
-
-    mnemonic: str
-    primary: int
-    xo: tuple[int, ...] | None
-    reads: Gpr
-    writes: Gpr
-    flow: Flow = Flow.NEXT
-    update: bool = False
-
-
-XO_KEY: Final[Mapping[int, tuple[int, int]]] = {
-    # primary: (shift, bits) of the key that tells its instructions apart
-    4: (0, 11),  # VX-form xo in bits 21-31 (VA-form xo is its low 6 bits)
-    16: (0, 2),  # bc: AA, LK
-    18: (0, 2),  # b: AA, LK
-    19: (0, 11),  # XL-form xo in bits 21-30, and LK (bit 31)
-    30: (1, 4),  # MD-form xo in bits 27-29 (bit 30 is sh5), MDS-form xo in bits 27-30
-    31: (1, 10),  # X-form xo in bits 21-30 (bit 31 is Rc, which only sets CR0)
-    56: (0, 0),
-    57: (0, 2),  # DS-form xo
-    58: (0, 2),
-    62: (0, 2),
-}
-"""Primaries not listed have one row for every word."""
-
-NO: Final = Gpr.NONE
-RT, RA, RB, RC = Gpr.RT, Gpr.RA, Gpr.RB, Gpr.RC
-
-
-def _oe(xo: int) -> tuple[int, ...]:
-    """XO-form: a 9-bit xo whose bit 21 (OE) is part of the 10-bit key."""
-    return (xo, xo | 0x200)
-
-
-def _md(xo: int) -> tuple[int, ...]:
-    """MD-form: a 3-bit xo above the sh5 bit."""
-    return (xo << 1, xo << 1 | 1)
-
-
-def _xs(xo: int) -> tuple[int, ...]:
-    """XS-form (sradi, extswsli): a 9-bit xo above the sh5 bit."""
-    return (xo << 1, xo << 1 | 1)
-
-
-def _isel() -> tuple[int, ...]:
-    """A-form isel: 5-bit xo 15 under a BC field that fills the rest of the 10-bit key."""
-    return tuple(bc << 5 | 15 for bc in range(32))
-
-
-def _va(xo: int) -> tuple[int, ...]:
-    """VA-form (primary 4): a 6-bit xo under an RC field that fills the rest of the 11-bit key."""
-    return tuple(rc << 6 | xo for rc in range(32))
-
-
-def _xl(xo: int, lk: int = 0) -> tuple[int, ...]:
-    """XL-form (primary 19): xo and LK."""
-    return (xo << 1 | lk,)
-
-
-def _addpcis() -> tuple[int, ...]:
-    """DX-form addpcis: 5-bit xo 2 in bits 26-30; bits 16-25 and 31 hold the immediate."""
-    return tuple(k for k in range(1 << 11) if (k >> 1) & 0x1F == 2)
-
-
-def _x31(reads: Gpr, writes: Gpr, pairs: Iterable[tuple[str, int]], update: bool = False) -> list[Row]:
-    return [Row(m, 31, (xo,), reads, writes, update=update) for m, xo in pairs]
-
-
-_LOADS_X: Final = (
-    ("lbzx", 87), ("lhzx", 279), ("lhax", 343), ("lwzx", 23), ("lwax", 341), ("ldx", 21),
-    ("lhbrx", 790), ("lwbrx", 534), ("ldbrx", 532), ("lbarx", 52), ("lharx", 116), ("lwarx", 20),
-    ("ldarx", 84), ("lqarx", 276), ("lwzcix", 789), ("lhzcix", 821), ("lbzcix", 853), ("ldcix", 885),
-)  # fmt: skip
-_LOADS_UX: Final = (("lbzux", 119), ("lhzux", 311), ("lhaux", 375), ("lwzux", 55), ("lwaux", 373), ("ldux", 53))
-_STORES_X: Final = (
-    ("stbx", 215), ("sthx", 407), ("stwx", 151), ("stdx", 149), ("sthbrx", 918), ("stwbrx", 662),
-    ("stdbrx", 660), ("stbcx.", 694), ("sthcx.", 726), ("stwcx.", 150), ("stdcx.", 214), ("stqcx.", 182),
-    ("stbcix", 981), ("sthcix", 949), ("stwcix", 917), ("stdcix", 1013),
-)  # fmt: skip
-_STORES_UX: Final = (("stbux", 247), ("sthux", 439), ("stwux", 183), ("stdux", 181))
-# FP, VMX and VSX indexed loads and stores, and cache and message instructions: (RA|0) + RB.
-_RB_ONLY_X: Final = (
-    ("lfsx", 535), ("lfdx", 599), ("lfiwax", 855), ("lfiwzx", 887), ("stfsx", 663), ("stfdx", 727),
-    ("stfiwx", 983), ("lvx", 103), ("lvxl", 359), ("stvx", 231), ("stvxl", 487), ("lvebx", 7),
-    ("lvehx", 39), ("lvewx", 71), ("stvebx", 135), ("stvehx", 167), ("stvewx", 199), ("lvsl", 6),
-    ("lvsr", 38), ("lxvd2x", 844), ("lxvw4x", 780), ("stxvd2x", 972), ("stxvw4x", 908), ("lxsdx", 588),
-    ("stxsdx", 716), ("lxsiwzx", 12), ("lxsiwax", 76), ("stxsiwx", 140), ("lxsspx", 524),
-    ("stxsspx", 652), ("lxvdsx", 332), ("lxvx", 268), ("stxvx", 396), ("lxvb16x", 876), ("lxvh8x", 812),
-    ("stxvb16x", 1004), ("stxvh8x", 940), ("lxsibzx", 781), ("lxsihzx", 813), ("stxsibx", 909),
-    ("stxsihx", 941), ("lxvwsx", 364), ("lxvl", 269), ("lxvll", 301), ("stxvl", 397), ("stxvll", 429),
-    ("dcbf", 86), ("dcbst", 54), ("dcbt", 278), ("dcbtst", 246), ("dcbz", 1014), ("icbi", 982),
-    ("dcbi", 470), ("icbt", 22), ("copy", 774), ("paste.", 902), ("slbie", 434), ("msgsndp", 142),
-    ("msgclrp", 174), ("msgsnd", 206), ("msgclr", 238), ("mtvsrdd", 435),
-)  # fmt: skip
-_FP_UX: Final = (("lfsux", 567), ("lfdux", 631), ("stfsux", 695), ("stfdux", 759))
-_ARITH_XO: Final = (
-    ("add", 266), ("addc", 10), ("adde", 138), ("subf", 40), ("subfc", 8), ("subfe", 136), ("mullw", 235),
-    ("mulld", 233), ("divw", 491), ("divwu", 459), ("divd", 489), ("divdu", 457), ("divwe", 427),
-    ("divweu", 395), ("divde", 425), ("divdeu", 393),
-)  # fmt: skip
-_UNARY_XO: Final = (("addme", 234), ("addze", 202), ("subfme", 232), ("subfze", 200), ("neg", 104))
-_ARITH_X: Final = (
-    ("mulhw", 75), ("mulhwu", 11), ("mulhd", 73), ("mulhdu", 9), ("modsw", 779), ("moduw", 267),
-    ("modsd", 777), ("modud", 265),
-)  # fmt: skip
-# Logical and shift instructions: RS (the RT field) and RB in, RA out.
-_LOGICAL_X: Final = (
-    ("and", 28), ("andc", 60), ("or", 444), ("orc", 412), ("xor", 316), ("nand", 476), ("nor", 124),
-    ("eqv", 284), ("slw", 24), ("srw", 536), ("sraw", 792), ("sld", 27), ("srd", 539), ("srad", 794),
-    ("cmpb", 508), ("bpermd", 252),
-)  # fmt: skip
-_UNARY_X: Final = (
-    ("srawi", 824), ("cntlzw", 26), ("cntlzd", 58), ("cnttzw", 538), ("cnttzd", 570), ("popcntb", 122),
-    ("popcntw", 378), ("popcntd", 506), ("prtyw", 154), ("prtyd", 186), ("extsb", 954), ("extsh", 922),
-    ("extsw", 986), ("brh", 219), ("brw", 155), ("brd", 187),
-)  # fmt: skip
-_NO_GPR_X: Final = (
-    ("sync", 598), ("eieio", 854), ("msgsync", 886), ("tlbsync", 566), ("slbia", 498), ("slbsync", 338),
-    ("wait", 30), ("dss", 822), ("clrbhrb", 430), ("cp_abort", 838), ("mcrxrx", 576), ("mcrxr", 512),
-)  # fmt: skip
-
-ROWS: Final[tuple[Row, ...]] = (
-    Row("attn", 0, None, NO, NO, Flow.INVALID),
-    Row("prefix", 1, None, NO, NO, Flow.INVALID),  # ISA 3.1 prefixed instructions: not modelled
-    Row("tdi", 2, None, RA, NO, Flow.TRAP),
-    Row("twi", 3, None, RA, NO, Flow.TRAP),
-    Row("vector", 4, None, NO, NO),  # VMX/VSX arithmetic: vector registers only, except these:
-    Row("maddhd", 4, _va(48), RA | RB | RC, RT),
-    Row("maddhdu", 4, _va(49), RA | RB | RC, RT),
-    Row("maddld", 4, _va(51), RA | RB | RC, RT),
-    Row("vextublx", 4, (1549,), RA, RT),
-    Row("vextuhlx", 4, (1613,), RA, RT),
-    Row("vextuwlx", 4, (1677,), RA, RT),
-    Row("vextubrx", 4, (1805,), RA, RT),
-    Row("vextuhrx", 4, (1869,), RA, RT),
-    Row("vextuwrx", 4, (1933,), RA, RT),
-    Row("vclzlsbb", 4, (1538,), NO, RT),  # and vctzlsbb: the RA field is a sub-opcode
-    # ISA 3.1 vector instructions with GPR operands (mask moves, inserts): not modelled.
-    Row("vmask", 4, (1602,), NO, NO, Flow.INVALID),
-    Row(
-        "vins", 4, (15, 79, 143, 207, 271, 335, 399, 463, 527, 591, 655, 719, 783, 847, 911, 975), NO, NO, Flow.INVALID
-    ),
-    Row("vextdvlx", 4, sum((_va(x) for x in range(24, 30)), ()), NO, NO, Flow.INVALID),
-    Row("unassigned", 5, None, NO, NO, Flow.INVALID),
-    Row("lxvp", 6, None, NO, NO),
-    Row("mulli", 7, None, RA, RT),
-    Row("subfic", 8, None, RA, RT),
-    Row("unassigned", 9, None, NO, NO, Flow.INVALID),
-    Row("cmpli", 10, None, RA, NO),
-    Row("cmpi", 11, None, RA, NO),
-    Row("addic", 12, None, RA, RT),
-    Row("addic.", 13, None, RA, RT),
-    Row("addi", 14, None, NO, RT),  # (RA|0): li
-    Row("addis", 15, None, NO, RT),  # (RA|0): lis
-    Row("bc", 16, (0,), NO, NO, Flow.COND),
-    Row("bcl", 16, (1,), NO, NO, Flow.COND_CALL),
-    Row("bca", 16, (2, 3), NO, NO, Flow.STOP),
-    Row("sc", 17, None, NO, NO, Flow.STOP),
-    Row("b", 18, (0,), NO, NO, Flow.JUMP),
-    Row("bl", 18, (1,), NO, NO, Flow.CALL),
-    Row("ba", 18, (2, 3), NO, NO, Flow.STOP),
-    Row("unassigned", 19, None, NO, NO, Flow.INVALID),
-    Row("mcrf", 19, _xl(0), NO, NO),
-    Row("bclr", 19, _xl(16), NO, NO, Flow.COND_RETURN),
-    Row("bclrl", 19, _xl(16, 1), NO, NO, Flow.COND_INDIRECT_CALL),
-    Row("bcctr", 19, _xl(528), NO, NO, Flow.COND_INDIRECT),
-    Row("bcctrl", 19, _xl(528, 1), NO, NO, Flow.COND_INDIRECT_CALL),
-    Row("bctar", 19, _xl(560) + _xl(560, 1), NO, NO, Flow.STOP),
-    Row("isync", 19, _xl(150), NO, NO),
-    Row("cr", 19, sum((_xl(x) for x in (33, 129, 193, 225, 257, 289, 417, 449)), ()), NO, NO),
-    Row("rfid", 19, sum((_xl(x) for x in (18, 82, 274, 306)), ()), NO, NO, Flow.STOP),  # hrfid rfscv urfid
-    Row("stop", 19, sum((_xl(x) for x in (370, 396, 434, 466, 498)), ()), NO, NO, Flow.STOP),  # nap doze
-    Row("addpcis", 19, _addpcis(), NO, RT),
-    Row("rlwimi", 20, None, RT | RA, RA),
-    Row("rlwinm", 21, None, RT, RA),
-    Row("unassigned", 22, None, NO, NO, Flow.INVALID),
-    Row("rlwnm", 23, None, RT | RB, RA),
-    Row("ori", 24, None, RT, RA),
-    Row("oris", 25, None, RT, RA),
-    Row("xori", 26, None, RT, RA),
-    Row("xoris", 27, None, RT, RA),
-    Row("andi.", 28, None, RT, RA),
-    Row("andis.", 29, None, RT, RA),
-    Row("unassigned", 30, None, NO, NO, Flow.INVALID),
-    Row("rldicl", 30, _md(0), RT, RA),
-    Row("rldicr", 30, _md(1), RT, RA),
-    Row("rldic", 30, _md(2), RT, RA),
-    Row("rldimi", 30, _md(3), RT | RA, RA),
-    Row("rldcl", 30, (8,), RT | RB, RA),
-    Row("rldcr", 30, (9,), RT | RB, RA),
-    Row("unassigned", 31, None, NO, NO, Flow.INVALID),
-    *_x31(RB, RT, _LOADS_X),
-    *_x31(RA | RB, RT | RA, _LOADS_UX, update=True),
-    *_x31(RT | RB, NO, _STORES_X),
-    *_x31(RT | RA | RB, RA, _STORES_UX, update=True),
-    *_x31(RB, NO, _RB_ONLY_X),
-    *_x31(RA | RB, RA, _FP_UX, update=True),
-    *[Row(m, 31, _oe(xo), RA | RB, RT) for m, xo in _ARITH_XO],
-    *[Row(m, 31, _oe(xo), RA, RT) for m, xo in _UNARY_XO],
-    *_x31(RA | RB, RT, _ARITH_X),
-    *_x31(RT | RB, RA, _LOGICAL_X),
-    *_x31(RT, RA, _UNARY_X),
-    Row("sradi", 31, _xs(413), RT, RA),
-    Row("extswsli", 31, _xs(445), RT, RA),
-    *_x31(NO, NO, _NO_GPR_X),
-    Row("cmp", 31, (0,), RA | RB, NO),
-    Row("cmpl", 31, (32,), RA | RB, NO),
-    Row("cmprb", 31, (192,), RA | RB, NO),
-    Row("cmpeqb", 31, (224,), RA | RB, NO),
-    Row("tw", 31, (4,), RA | RB, NO, Flow.TRAP),
-    Row("td", 31, (68,), RA | RB, NO, Flow.TRAP),
-    Row("isel", 31, _isel(), RB, RT),  # RT = CR[BC] ? (RA|0) : RB
-    Row("mfspr", 31, (339,), NO, RT),
-    Row("mftb", 31, (371,), NO, RT),
-    Row("mtspr", 31, (467,), RT, NO),
-    Row("mfcr", 31, (19,), NO, RT),
-    Row("mtcrf", 31, (144,), RT, NO),
-    Row("mfmsr", 31, (83,), NO, RT),
-    Row("mtmsr", 31, (146,), RT, NO),
-    Row("mtmsrd", 31, (178,), RT, NO),
-    Row("setb", 31, (128,), NO, RT),
-    Row("setbc", 31, (384, 416, 448, 480), NO, RT),
-    Row("darn", 31, (755,), NO, RT),
-    Row("mfbhrbe", 31, (302,), NO, RT),
-    # tlbie, tlbiel: ISA 3.0 put RS in the RT field, which ISA 2.07 (POWER8) reserved; the kernel
-    # emits the old one-operand form for POWER7/8 with that field 0, and the new form with an "r"
-    # operand gcc must load first. So RS = 0 is the reserved field, not a read of r0.
-    Row("tlbie", 31, (306, 274), RB, NO),
-    Row("slbmte", 31, (402,), RT | RB, NO),
-    Row("slbmfee", 31, (915, 851, 979), RB, RT),  # slbmfev, slbfee.
-    Row("mfvsrd", 31, (51, 115, 307), NO, RA),  # mfvsrwz, mfvsrld
-    Row("mtvsrd", 31, (179, 211, 243, 403), RA, NO),  # mtvsrwa, mtvsrwz, mtvsrws
-    Row("lq", 56, None, NO, RT),
-    Row("lfdp", 57, (0, 2, 3), NO, NO),  # lxsd, lxssp
-    Row("unassigned", 57, (1,), NO, NO, Flow.INVALID),
-    Row("ld", 58, (0,), NO, RT),
-    Row("ldu", 58, (1,), RA, RT | RA, update=True),
-    Row("lwa", 58, (2,), NO, RT),
-    Row("unassigned", 58, (3,), NO, NO, Flow.INVALID),
-    Row("fp", 59, None, NO, NO),
-    Row("vsx", 60, None, NO, NO),
-    Row("stxsd", 61, None, NO, NO),  # stfdp, stxsd, stxssp, lxv, stxv: (RA|0), no GPR
-    Row("std", 62, (0,), RT, NO),
-    Row("stdu", 62, (1,), RT | RA, RA, update=True),
-    Row("stq", 62, (2,), RT, NO),
-    Row("unassigned", 62, (3,), NO, NO, Flow.INVALID),
-    Row("fp", 63, None, NO, NO),
-    # D-form loads and stores: (RA|0) + D, and the update forms RA + D with RA written back.
-    *[Row(m, p, None, NO, RT) for m, p in (("lwz", 32), ("lbz", 34), ("lhz", 40), ("lha", 42))],
-    *[Row(m, p, None, RA, RT | RA, update=True) for m, p in (("lwzu", 33), ("lbzu", 35), ("lhzu", 41), ("lhau", 43))],
-    *[Row(m, p, None, RT, NO) for m, p in (("stw", 36), ("stb", 38), ("sth", 44))],
-    *[Row(m, p, None, RT | RA, RA, update=True) for m, p in (("stwu", 37), ("stbu", 39), ("sthu", 45))],
-    Row("lmw", 46, None, NO, NO, Flow.INVALID),  # loads RT..r31: not modelled (never in ppc64 code)
-    Row("stmw", 47, None, NO, NO, Flow.INVALID),
-    *[Row(m, p, None, NO, NO) for m, p in (("lfs", 48), ("lfd", 50), ("stfs", 52), ("stfd", 54))],
-    *[Row(m, p, None, RA, RA, update=True) for m, p in (("lfsu", 49), ("lfdu", 51), ("stfsu", 53), ("stfdu", 55))],
-)
-"""Every instruction the walk knows, with its GPR reads and writes and its control flow.
-
-Sources: Power ISA v3.1 (Book I chapters 2-3, 4 "Floating-Point", 6-7 VMX/VSX; Book III for the
-privileged ones), and the instruction histogram of the Debian 6.1 vmlinux and modules; the test
-suite checks the decoder against capstone on real code. Unknown words stop the walk (UNKNOWN).
-"""
-
-_RA_BASE: Final = frozenset(
-    [m for m, _ in (*_LOADS_X, *_STORES_X, *_RB_ONLY_X)]
-    + ["addi", "addis", "isel", "lxvp", "lq", "lfdp", "ld", "lwa", "stxsd", "std", "stq"]
-    + ["lwz", "lbz", "lhz", "lha", "stw", "stb", "sth", "lfs", "lfd", "stfs", "stfd"]
-)
-"""Rows whose RA field is ``(RA|0)``: the value 0 when it names r0 (so not in ``reads``), but a
-read of any other register it names (a base address, or isel's first choice)."""
-
-XNOP: Final = 0x6800_0000  # xori 0,0,0
-_OR_R0_R0_R0: Final = 0x7C00_0378  # mr r0,r0
-
-
-class Table(NamedTuple):
-    """:data:`ROWS` as dense numpy look-ups: ``slot[offset[primary] + key]`` is a row number."""
-
-    rows: tuple[Row, ...]
-    offset: np.ndarray  # per primary
-    shift: np.ndarray
-    mask: np.ndarray
-    slot: np.ndarray
-    reads: np.ndarray  # per row: Gpr bits
-    writes: np.ndarray
-    flow: np.ndarray
-    update: np.ndarray
-
-
-def build_table(rows: Sequence[Row] = ROWS) -> Table:
-    """Lay the rows out densely; raises ValueError if two rows claim the same word."""
-    shift = np.zeros(64, np.uint32)
-    mask = np.zeros(64, np.uint32)
-    offset = np.zeros(64, np.int64)
-    total = 0
-    for p in range(64):
-        sh, bits = XO_KEY.get(p, (0, 0))
-        shift[p], mask[p], offset[p] = sh, (1 << bits) - 1, total
-        total += 1 << bits
-    slot = np.full(total, -1, np.int16)
-    for n, row in enumerate(rows):
-        if row.xo is None:
-            span = slice(int(offset[row.primary]), int(offset[row.primary]) + int(mask[row.primary]) + 1)
-            if (slot[span] >= 0).any():
-                raise ValueError(f"{row.mnemonic}: default row of primary {row.primary} must come first")
-            slot[span] = n
-    defaults = slot.copy()
-    for n, row in enumerate(rows):
-        for key in row.xo or ():
-            at = int(offset[row.primary]) + key
-            if key > mask[row.primary] or slot[at] != defaults[at]:
-                raise ValueError(f"{row.mnemonic}: primary {row.primary} key {key} is taken or out of range")
-            slot[at] = n
-    if (slot < 0).any():
-        missing = sorted({p for p in range(64) if (slot[offset[p] : offset[p] + mask[p] + 1] < 0).any()})
-        raise ValueError(f"primaries without a default row: {missing}")
-    return Table(
-        tuple(rows),
-        offset,
-        shift,
-        mask,
-        slot,
-        np.array([r.reads.value for r in rows], np.uint8),
-        np.array([r.writes.value for r in rows], np.uint8),
-        np.array([int(r.flow) for r in rows], np.uint8),
-        np.array([r.update for r in rows], bool),
-    )
-
-
-class Effect(enum.IntFlag):
-    """What a word does to r0 (after the ``(RA|0)`` and nop rules)."""
-
-    NONE = 0
-    READ = 1
-    WRITE = 2
-    INVALID = 4
-
-
-class Decoded(NamedTuple):
-    row: np.ndarray  # int16: index into Table.rows
-    effect: np.ndarray  # uint8: Effect bits
-    flow: np.ndarray  # uint8: Flow
-
-
-def decode(table: Table, words: np.ndarray) -> Decoded:
-    """Classify every word at once (uint32 in native order). Written for speed: 3.7 M words of
-    vmlinux text take about 0.2 s."""
-    w = words.astype(np.uint32, copy=False)
-    primary = w >> np.uint32(26)
-    key = (w >> table.shift[primary]) & table.mask[primary]
-    row = table.slot[table.offset[primary] + key]
-    f5 = np.uint32(31)
-    # Which of RT, RA, RB, RC hold 0, as Gpr bits, so that one AND per word says "names r0".
-    zero = (
-        ((w >> np.uint32(21)) & f5 == 0).view(np.uint8)
-        | ((w >> np.uint32(16)) & f5 == 0).view(np.uint8) << 1
-        | ((w >> np.uint32(11)) & f5 == 0).view(np.uint8) << 2
-        | ((w >> np.uint32(6)) & f5 == 0).view(np.uint8) << 3
-    )
-    flow = table.flow[row]
-    trap = flow == Flow.TRAP
-    trap_always = trap & ((w >> np.uint32(21)) & f5 == 31)  # TO = 31 traps whatever the operands hold
-    flow[trap & ~trap_always] = Flow.NEXT
-    quiet = (w == ppc.NOP) | (w == XNOP) | (w == _OR_R0_R0_R0)
-    read = ((table.reads[row] & zero) != 0) & ~trap_always & ~quiet
-    write = ((table.writes[row] & zero) != 0) & ~read & ~quiet
-    invalid = (flow == Flow.INVALID) | (table.update[row] & (zero & 2 != 0))
-    effect = read.view(np.uint8) | write.view(np.uint8) << 1 | invalid.view(np.uint8) << 2
-    flow[invalid] = Flow.INVALID
-    _refine_branches(w, flow)
-    return Decoded(row, effect, flow)
-
-
-_UNCONDITIONAL: Final[Mapping[Flow, Flow]] = {
-    Flow.COND: Flow.JUMP,
-    Flow.COND_CALL: Flow.CALL,
-    Flow.COND_RETURN: Flow.RETURN,
-    Flow.COND_INDIRECT: Flow.INDIRECT,
-    Flow.COND_INDIRECT_CALL: Flow.INDIRECT_CALL,
-}
-
-
-def _refine_branches(w: np.ndarray, flow: np.ndarray) -> None:
-    """A BO with both "ignore CR" and "ignore CTR" bits (0b1z1zz) branches always."""
-    idx = np.flatnonzero(np.isin(flow, np.array([int(f) for f in _UNCONDITIONAL], np.uint8)))
-    always = ((w[idx] >> np.uint32(21)) & 0x14) == 0x14
-    for cond, uncond in _UNCONDITIONAL.items():
-        flow[idx[always & (flow[idx] == cond)]] = uncond
-
-
-def branch_offsets(w: np.ndarray) -> np.ndarray:
-    """Signed byte offsets of I-form (primary 18) and B-form (primary 16) branch words."""
-    w = w.astype(np.uint32, copy=False)
-    iform = (w >> np.uint32(26)) == 18
-    off = np.where(iform, w & np.uint32(0x03FF_FFFC), w & np.uint32(0xFFFC)).astype(np.int64)
-    sign = np.where(iform, 1 << 25, 1 << 15)
-    return np.where(off & sign, off - 2 * sign, off)
-
 
 # -- the image's code -----------------------------------------------------------------------
 
 # Targets that are not a word of the code:
-TARGET_NONE: Final = -1
+TARGET_OUTSIDE: Final = OUTSIDE  # lands in no executable section
 TARGET_EXTERNAL: Final = -2  # ET_REL: a branch to an undefined symbol (a function elsewhere)
 TARGET_MCOUNT: Final = -3  # ET_REL: a branch to _mcount
-TARGET_OUTSIDE: Final = -4  # lands in no executable section
-
-# ELFv2 ABI 3.5.3 "Relocation Types": the branch relocations.
-_BRANCH_RELOCS: Final = np.array([10, 11, 12, 13, 116], np.uint64)  # REL24 REL14 REL14_BRTAKEN/NTAKEN REL24_NOTOC
-_REL32: Final = 26
-
-
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """Where the executable sections' words sit: section k starts at place ``base[k]`` and is word
-    ``first[k]`` of the flat arrays, ``sizes[k]`` words long (sorted by place)."""
-
-    base: np.ndarray  # uint64
-    first: np.ndarray  # int64
-    sizes: np.ndarray  # int64
-
-    def index(self, places: np.ndarray) -> np.ndarray:
-        """Word number of each place, or TARGET_OUTSIDE."""
-        places = np.asarray(places, np.uint64)
-        if not len(self.base):
-            return np.full(len(places), TARGET_OUTSIDE, np.int64)
-        k = np.searchsorted(self.base, places, side="right").astype(np.int64) - 1
-        kk = np.maximum(k, 0)
-        rel = places.astype(np.int64) - self.base[kk].astype(np.int64)  # wraps: addresses are unsigned
-        ok = (k >= 0) & (rel >= 0) & (rel % 4 == 0) & (rel // 4 < self.sizes[kk])
-        return np.where(ok, self.first[kk] + rel // 4, TARGET_OUTSIDE)
-
-    def place(self, i: int) -> int:
-        k = int(np.searchsorted(self.first, i, side="right")) - 1
-        return int(self.base[k]) + 4 * (i - int(self.first[k]))
-
-    def places(self, idx: np.ndarray) -> np.ndarray:
-        k = np.searchsorted(self.first, idx, side="right") - 1
-        return np.asarray(self.base[k] + (idx - self.first[k]).astype(np.uint64) * np.uint64(4), np.uint64)
+TARGET_NONE: Final = -4  # not a relative branch
 
 
 @dataclass(frozen=True)
@@ -581,8 +137,8 @@ class Code:
     ``fixups`` maps a faulting word to its exception fixup, ``mcount`` the mcount entries.
     """
 
-    layout: Layout
-    words: np.ndarray
+    view: CodeView
+    words: np.ndarray  # the view's words and a sentinel past the last section
     row: np.ndarray
     effect: np.ndarray
     flow: np.ndarray
@@ -596,10 +152,10 @@ class Code:
     table: Table
 
     def index(self, places: np.ndarray) -> np.ndarray:
-        return self.layout.index(places)
+        return self.view.index(places)
 
     def place(self, i: int) -> int:
-        return self.layout.place(i)
+        return self.view.place(i)
 
 
 class Relocated(NamedTuple):
@@ -612,74 +168,66 @@ class Relocated(NamedTuple):
 
 def build_code(
     table: Table,
-    layout: Layout,
-    words: np.ndarray,
+    view: CodeView,
     funcs: Functions,
     mcount_places: Sequence[int] = (),
     fixups: Mapping[int, int] | None = None,
     relocated: Relocated | None = None,
 ) -> Code:
-    """Decode ``words`` (every executable section, in ``layout`` order) and resolve branches.
+    """Decode the words of ``view`` and resolve branches.
 
     Places are virtual addresses in linked images and ``rel_place`` numbers in ET_REL files;
     ``funcs`` uses the same kind of place. Tests build small synthetic images through here.
     """
-    words = np.concatenate([np.asarray(words, np.uint32), np.zeros(1, np.uint32)])
+    words = np.concatenate([view.words, np.zeros(1, np.uint32)])
     n = len(words)
     dec = decode(table, words)
     flow, effect = dec.flow, dec.effect
     flow[-1] = Flow.INVALID  # a sentinel past the last section
     target = np.full(n, TARGET_NONE, np.int64)
     idx = np.flatnonzero(np.isin(flow[:-1], np.array([Flow.JUMP, Flow.COND, Flow.CALL, Flow.COND_CALL], np.uint8)))
-    target[idx] = layout.index(layout.places(idx) + branch_offsets(words[idx]).astype(np.uint64))
+    target[idx] = view.index(ppc.branch_targets(view.places(idx), words[idx]))
     if relocated is not None:
         target[relocated.at] = relocated.target
-    starts = layout.index(funcs.start)
+    starts = view.index(funcs.start)
     sized = funcs.end > funcs.start
-    ends = layout.index(funcs.end[sized] - np.uint64(4)) + 1
+    ends = view.index(funcs.end[sized] - np.uint64(ppc.INSN_SIZE)) + 1
     edge_mark = np.zeros(n, bool)
     edge_mark[starts[starts >= 0]] = True
     edge_mark[ends[ends > 0]] = True
-    edge_mark[layout.first] = True
+    edge_mark[view.first] = True
     edge_mark[-1] = True
     fixups = dict(fixups or {})
     interesting = (effect != 0) | (flow != Flow.NEXT) | edge_mark
     interesting[np.fromiter(fixups, np.int64, len(fixups))] = True
     pos = np.where(interesting, np.arange(n), n - 1)
     stop = np.minimum.accumulate(pos[::-1])[::-1].astype(np.int64)
-    entries = np.concatenate([starts, layout.index(funcs.lep)])
-    mcount = layout.index(np.array(mcount_places, np.uint64))
+    entries = np.concatenate([starts, view.index(funcs.lep)])
+    mcount = view.index(np.array(mcount_places, np.uint64))
     return Code(
-        layout, words, dec.row, effect, flow, target, stop, edge_mark,
+        view, words, dec.row, effect, flow, target, stop, edge_mark,
         frozenset(int(e) for e in entries if e >= 0), fixups, frozenset(int(m) for m in mcount if m >= 0),
         funcs, table,
     )  # fmt: skip
 
 
-def load_code(image: Image, result: Scan, table: Table) -> Code:
-    """Decode the executable sections of ``image`` and resolve branch targets."""
+def load_code(image: Image, result: Scan, table: Table, view: CodeView | None = None) -> Code:
+    """Decode the executable sections of ``image`` and resolve branch targets. ``view``: the code
+    view the scan used, so that an audit lays the text out once (built here when not given)."""
+    if view is None:
+        view = code_view(image)
     linked = image.type != S.ET_REL
-    secs = sorted(
-        (s for s in image.exec_sections() if s.type == S.SHT_PROGBITS),
-        key=lambda s: s.addr if linked else s.index,
-    )
-    base = np.array([s.addr if linked else int(rel_place(s.index, 0)) for s in secs], np.uint64)
-    sizes = np.array([s.size // 4 for s in secs], np.int64)
-    first = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    layout = Layout(base, first, sizes)
-    words = np.concatenate([image.words(s) for s in secs]) if secs else np.zeros(0, np.uint32)
     return build_code(
         table,
-        layout,
-        words,
+        view,
         result.functions,
         result.mcount_entries if linked else (),
-        _extable(image, layout),
-        None if linked else _branch_relocs(image, layout),
+        _extable(image, view),
+        None if linked else _branch_relocs(image, view),
     )
 
 
-def _branch_relocs(image: Image, layout: Layout) -> Relocated:
+def _branch_relocs(image: Image, view: CodeView) -> Relocated:
     """ET_REL: a branch's own offset means nothing where a relocation names its target."""
     syms = image.symbols
     ats, dests = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
@@ -691,20 +239,20 @@ def _branch_relocs(image: Image, layout: Layout) -> Relocated:
         if sec is None or not sec.is_exec:
             continue
         rela = image.relocations(rsec)
-        rela = rela[np.isin(S.r_type(rela["r_info"]), _BRANCH_RELOCS)]
+        rela = rela[np.isin(S.r_type(rela["r_info"]), S.BRANCH_RELOCS)]
         if not len(rela):
             continue
-        at = layout.index(rel_place(sec.index, rela["r_offset"]))
+        at = view.index(rel_place(sec.index, rela["r_offset"]))
         symi = S.r_sym(rela["r_info"]).astype(np.int64)
         undefined = syms.table["st_shndx"][symi] == S.SHN_UNDEF
-        dest = layout.index(reloc_target_places(image, rela))
+        dest = view.index(reloc_target_places(image, rela))
         dest = np.where(undefined, np.where(np.isin(symi, mcount_syms), TARGET_MCOUNT, TARGET_EXTERNAL), dest)
         ats.append(at[at >= 0])
         dests.append(dest[at >= 0])
     return Relocated(np.concatenate(ats), np.concatenate(dests))
 
 
-def _extable(image: Image, layout: Layout) -> dict[int, int]:
+def _extable(image: Image, view: CodeView) -> dict[int, int]:
     """``__ex_table``: pairs of 32-bit self-relative offsets (insn, fixup), as the kernel's
     ARCH_HAS_RELATIVE_EXTABLE lays them out (arch/powerpc/include/asm/extable.h)."""
     sec = image.section("__ex_table")
@@ -713,14 +261,14 @@ def _extable(image: Image, layout: Layout) -> dict[int, int]:
     if image.type != S.ET_REL:
         raw = image.table(sec, np.dtype(image.endian + "i4"), "__ex_table").astype(np.int64)
         field = np.uint64(sec.addr) + np.uint64(4) * np.arange(len(raw), dtype=np.uint64)
-        dest = layout.index(field + raw.astype(np.uint64))  # wraps like the hardware
+        dest = view.index(field + raw.astype(np.uint64))  # wraps like the hardware
         return {int(i): int(f) for i, f in zip(dest[0::2], dest[1::2], strict=True) if i >= 0 and f >= 0}
     rsec = image.section(".rela__ex_table")
     if rsec is None or image.symbols is None:
         return {}
     rela = image.relocations(rsec)
-    rela = rela[S.r_type(rela["r_info"]) == _REL32]
-    dest = layout.index(reloc_target_places(image, rela))
+    rela = rela[S.r_type(rela["r_info"]) == S.R_PPC64_REL32]
+    dest = view.index(reloc_target_places(image, rela))
     by_field = dict(zip(rela["r_offset"].tolist(), dest.tolist(), strict=True))
     out = {}
     for off in range(0, sec.size, 8):
@@ -787,7 +335,6 @@ _RETURN, _INDIRECT_CALL = int(Flow.RETURN), int(Flow.INDIRECT_CALL)
 _COND_RETURN, _COND_INDIRECT_CALL = int(Flow.COND_RETURN), int(Flow.COND_INDIRECT_CALL)
 _INDIRECT, _COND_INDIRECT = int(Flow.INDIRECT), int(Flow.COND_INDIRECT)
 _TRAP, _STOP = int(Flow.TRAP), int(Flow.STOP)
-ALL_BITS: Final = (1 << 64) - 1
 
 
 class _Views(NamedTuple):
@@ -1012,52 +559,20 @@ def frame_step(code: Code, word: int, slot: int) -> int | None:
     Not counted: stack unwinders (backtraces, ``__builtin_return_address(1)``) that read the
     doubleword from a callee; they print or record it, they do not return through it.
     """
-    p, rt, ra = word >> 26, (word >> 21) & 31, (word >> 16) & 31
-    d = word & 0xFFFF
-    d = d - 0x10000 if d & 0x8000 else d
-    if p == 62 and ra == 1 and word & 3 == 1 and rt == 1:  # stdu r1,d(r1)
-        return slot - (d & ~3)
-    if p == 14 and rt == 1 and ra == 1:  # addi r1,r1,d
-        return slot - d
-    if p == 58 and ra == 1 and word & 3 == 0 and d == slot:  # ld rX,slot(r1)
-        return _RELOADS
-    if p == 62 and ra == 1 and word & 3 == 0 and d == slot:  # std rX,slot(r1)
-        return None
-    return _LOST if 1 in written_gprs(code.table, word) else slot
-
-
-def row_of(table: Table, word: int) -> Row:
-    """The table row of one word (the scalar form of :func:`decode`)."""
-    p = word >> 26
-    return table.rows[int(table.slot[int(table.offset[p]) + ((word >> int(table.shift[p])) & int(table.mask[p]))])]
-
-
-def written_gprs(table: Table, word: int) -> set[int]:
-    """The GPR numbers a word writes, by the table."""
-    row = row_of(table, word)
-    fields = {Gpr.RT: (word >> 21) & 31, Gpr.RA: (word >> 16) & 31, Gpr.RB: (word >> 11) & 31}
-    return {reg for field, reg in fields.items() if field in row.writes}
+    mnemonic = row_of(code.table, word).mnemonic
+    if ra(word) == R1:
+        if mnemonic == "stdu" and rt(word) == R1:  # stdu r1,d(r1)
+            return slot - ds(word)
+        if mnemonic == "addi" and rt(word) == R1:  # addi r1,r1,d
+            return slot - d16(word)
+        if mnemonic == "ld" and ds(word) == slot:  # ld rX,slot(r1)
+            return _RELOADS
+        if mnemonic == "std" and ds(word) == slot:  # std rX,slot(r1)
+            return None
+    return _LOST if R1 in written_gprs(code.table, word) else slot
 
 
 # -- partial definitions of r0 --------------------------------------------------------------
-
-
-def _mask(mb: int, me: int) -> int:
-    """MASK(mb, me) of the Power ISA: ones from bit mb to bit me (bit 0 is the MSB), wrapping."""
-    if mb <= me:
-        return ((1 << (64 - mb)) - 1) ^ ((1 << (63 - me)) - 1)
-    return _mask(0, me) | _mask(mb, 63)
-
-
-def _rotl64(x: int, n: int) -> int:
-    n &= 63
-    return ((x << n) | (x >> (64 - n))) & ALL_BITS if n else x
-
-
-def _rotl32(x: int, n: int) -> int:
-    """ROTL32: the low word, doubled into both halves, rotated as 64 bits."""
-    lo = x & 0xFFFF_FFFF
-    return _rotl64(lo | lo << 32, n)
 
 
 def _carry_up(taint: int) -> int:
@@ -1065,14 +580,17 @@ def _carry_up(taint: int) -> int:
     return (ALL_BITS ^ ((taint & -taint) - 1)) if taint else 0
 
 
-_STORE_BYTES: Final[Mapping[int, int]] = {38: 0xFF, 44: 0xFFFF, 36: 0xFFFF_FFFF}  # stb, sth, stw
-_STORE_X_BYTES: Final[Mapping[int, int]] = {215: 0xFF, 407: 0xFFFF, 151: 0xFFFF_FFFF}  # stbx sthx stwx
-_LOGICAL: Final = frozenset({28, 60, 444, 412, 316, 476, 124, 284})  # and andc or orc xor nand nor eqv
-_ZERO_SELF: Final = frozenset({316, 60})  # xor r,rA,rA and andc r,rA,rA are 0 whatever rA holds
-_SELF_CANCEL: Final = frozenset({40, 8, 136})  # subf, subfc, subfe
+_STORE_BYTES: Final[Mapping[str, int]] = {
+    "stb": 0xFF, "sth": 0xFFFF, "stw": 0xFFFF_FFFF, "stbx": 0xFF, "sthx": 0xFFFF, "stwx": 0xFFFF_FFFF
+}  # fmt: skip
+_LOGICAL: Final = frozenset({"and", "andc", "or", "orc", "xor", "nand", "nor", "eqv"})
+_ZERO_SELF: Final = frozenset({"xor", "andc"})  # xor r,rA,rA and andc r,rA,rA are 0 whatever rA holds
+_SELF_CANCEL: Final = frozenset({"subf", "subfc", "subfe"})
+_IMMEDIATE_LOGICAL: Final = frozenset({"ori", "oris", "xori", "xoris", "andi.", "andis."})
+_ROTATE_64: Final = ("rldicl", "rldicr", "rldic", "rldimi")  # by MD-form xo
 
 
-def transfer(word: int, taints: Mapping[int, int]) -> tuple[int | None, int] | None:
+def transfer(table: Table, word: int, taints: Mapping[int, int]) -> tuple[int | None, int] | None:
     """How a word that reads unknown bits moves them.
 
     ``taints`` maps a register to its bits that still hold (a function of) the ``mflr`` value:
@@ -1084,50 +602,57 @@ def transfer(word: int, taints: Mapping[int, int]) -> tuple[int | None, int] | N
     without depending on it. Record forms (Rc = 1, ``andi.``) and OE set CR0/XER from the
     result, so they only pass if none of its bits is unknown.
     """
-    p = word >> 26
-    rs, ra, rb = (word >> 21) & 31, (word >> 16) & 31, (word >> 11) & 31
-    t_rs, t_ra, t_rb = taints.get(rs, 0), taints.get(ra, 0), taints.get(rb, 0)
-    base = t_ra if ra else 0  # (RA|0): r0 as a base register is the value 0
-    xo10 = (word >> 1) & 0x3FF
-    record = bool(word & 1)
+    m = row_of(table, word).mnemonic
+    rs, t_rs, t_ra, t_rb = rt(word), taints.get(rt(word), 0), taints.get(ra(word), 0), taints.get(rb(word), 0)
+    base = t_ra if ra(word) else 0  # (RA|0): r0 as a base register is the value 0
+    dest: int | None = ra(word)
     out: int | None = None
-    dest: int | None = ra
-    if p in (20, 21):  # rlwimi, rlwinm
-        m = _mask(((word >> 6) & 31) + 32, ((word >> 1) & 31) + 32)
-        out = (_rotl32(t_rs, rb) & m) | (t_ra & ~m if p == 20 else 0)
-    elif p == 30 and (word >> 2) & 7 <= 3:  # rldicl, rldicr, rldic, rldimi
-        sh = rb | ((word >> 1) & 1) << 5
-        mb6 = (word >> 5) & 0x3F
-        mbe = (mb6 & 1) << 5 | mb6 >> 1
-        xo = (word >> 2) & 7
-        m = (_mask(mbe, 63), _mask(0, mbe), _mask(mbe, 63 - sh), _mask(mbe, 63 - sh))[xo]
-        out = (_rotl64(t_rs, sh) & m) | (t_ra & ~m & ALL_BITS if xo == 3 else 0)
-    elif 24 <= p <= 29:  # ori oris xori xoris andi. andis.
-        imm = (word & 0xFFFF) << (16 if p & 1 else 0)
-        out = t_rs & ~imm if p <= 25 else (t_rs & imm if p >= 28 else t_rs)
-        record = p >= 28
-    elif p in (14, 15):  # addi, addis: rT = (RA|0) + imm
-        dest, out, record = rs, _carry_up(base), False
-    elif p == 31 and xo10 in _LOGICAL:
-        out = 0 if rs == rb and xo10 in _ZERO_SELF else t_rs | t_rb
-    elif p == 31 and xo10 & 0x1FF in _SELF_CANCEL and ra == rb:
+    rec = bool(record(word))
+    if m in ("rlwimi", "rlwinm"):
+        bits = mask(mb(word) + 32, me(word) + 32)
+        out = (rotl32(t_rs, rb(word)) & bits) | (t_ra & ~bits if m == "rlwimi" else 0)
+    elif m in _ROTATE_64:
+        out = _rotate64(m, word, t_rs, t_ra)
+    elif m in _IMMEDIATE_LOGICAL:
+        out, rec = _immediate_logical(m, word, t_rs), m.endswith(".")
+    elif m in ("addi", "addis"):  # rT = (RA|0) + imm
+        dest, out, rec = rs, _carry_up(base), False
+    elif m in _LOGICAL:
+        out = 0 if rs == rb(word) and m in _ZERO_SELF else t_rs | t_rb
+    elif m in _SELF_CANCEL and ra(word) == rb(word):
         # subf rT,rA,rA is 0; subfc gives 0 with CA = 1; subfe gives CA - 1 (gcc's carry-to-mask
         # idiom, lpfc.ko lpfc_check_clean_addr_bit: `subfe r0,r0,r0`): none depends on rA.
         dest, out = rs, 0
-    elif p == 31 and xo10 & 0x1FF in (266, 40):  # add, subf
-        dest = rs
-        out = _carry_up(t_ra | t_rb)
-        record = record or bool(xo10 & 0x200)
-    elif p in _STORE_BYTES and not base:
-        dest, out, record = None, t_rs & _STORE_BYTES[p], False
-    elif p == 31 and xo10 in _STORE_X_BYTES and not base and not t_rb:
-        dest, out, record = None, t_rs & _STORE_X_BYTES[xo10], False
-    if out is None or (record and out):
+    elif m in ("add", "subf"):
+        dest, out, rec = rs, _carry_up(t_ra | t_rb), rec or bool(oe(word))
+    elif m in _STORE_BYTES and not base and not (m.endswith("x") and t_rb):
+        dest, out, rec = None, t_rs & _STORE_BYTES[m], False
+    if out is None or (rec and out):
         return None
     return dest, out
 
 
-_FIELDS: Final = ((Gpr.RT, 21), (Gpr.RA, 16), (Gpr.RB, 11), (Gpr.RC, 6))
+def _rotate64(m: str, word: int, t_rs: int, t_ra: int) -> int:
+    """rldicl, rldicr, rldic, rldimi: rotate left by SH, then MASK(MB, 63), MASK(0, ME) (rldicr's
+    field is ME), or MASK(MB, 63 - SH)."""
+    sh, mbe = md_sh(word), md_mb(word)
+    if m == "rldicl":
+        bits = mask(mbe, 63)
+    elif m == "rldicr":
+        bits = mask(0, mbe)
+    else:
+        bits = mask(mbe, 63 - sh)
+    return (rotl64(t_rs, sh) & bits) | (t_ra & ~bits & ALL_BITS if m == "rldimi" else 0)
+
+
+def _immediate_logical(m: str, word: int, t_rs: int) -> int:
+    """ori and xori keep the unknown bits the immediate leaves alone; andi. keeps those it selects."""
+    imm = ui16(word) << (16 if m.startswith(("oris", "xoris", "andis")) else 0)
+    if m.startswith("and"):
+        return t_rs & imm
+    return t_rs & ~imm if m.startswith("or") else t_rs
+
+
 _SCRATCH: Final = frozenset({11, 12})  # volatile, neither argument nor result (ELFv2 ABI Table 2.19)
 _NON_VOLATILE: Final = 14  # r14-r31 survive a call (the callee saves them)
 
@@ -1135,16 +660,13 @@ _NON_VOLATILE: Final = 14  # r14-r31 survive a call (the callee saves them)
 def copy_fields(table: Table, word: int, copies: Mapping[int, int]) -> tuple[list[int], list[int]]:
     """The copy registers a word reads and those it only writes, by the table (a ``(RA|0)``
     field naming a register other than r0 is a read of it)."""
-    row = row_of(table, word)
-    ra_base = row.mnemonic in _RA_BASE
     read, written = [], []
-    for field, shift in _FIELDS:
-        reg = (word >> shift) & 31
+    for reg, is_read, is_written in gpr_fields(table, word):
         if reg not in copies:
             continue
-        if field in row.reads or (field is Gpr.RA and ra_base):
+        if is_read:
             read.append(reg)
-        elif field in row.writes:
+        elif is_written:
             written.append(reg)
     return read, written
 
@@ -1161,7 +683,7 @@ def data_step(table: Table, word: int, effect: int, taint: int, copies: Copies) 
         for reg in written:
             del regs[reg]
         return taint, tuple(sorted(regs.items()))
-    moved = transfer(word, {**regs, 0: taint})
+    moved = transfer(table, word, {**regs, 0: taint})
     why = Why.READS_COPY if read else Why.READS_R0
     if moved is None:
         return why
@@ -1212,31 +734,34 @@ def jump_table(v: _Views, j: int, fn: _Fn) -> list[int] | None:
         return None
     base, k, targets = j + 1, j + 1, []
     while k < fn.end:
-        off = words[k] - (1 << 32) if words[k] & 0x8000_0000 else words[k]
-        t = base + (off >> 2)
-        if off & 3 or not fn.start <= t < fn.end or base <= t <= k:
+        off = _signed32(words[k])
+        t = base + off // ppc.INSN_SIZE
+        if off % ppc.INSN_SIZE or not fn.start <= t < fn.end or base <= t <= k:
             break
         targets.append(t)
         k += 1
     return targets if targets and len(targets) in _case_counts(words, j, fn) else None
 
 
+def _signed32(data: int) -> int:
+    """A 32-bit data word as the signed distance it holds."""
+    return data - (1 << 32) if data >= 1 << 31 else data
+
+
 def _case_counts(words: memoryview, j: int, fn: _Fn) -> set[int]:
     counts = set()
     for back in range(j - 1, max(fn.start, 0) - 1, -1):
         w = words[back]
-        if w >> 26 == 10:  # cmpli
-            counts.add((w & 0xFFFF) + 1)
-        elif back > j - 12 and w >> 26 == 21 and (w >> 1) & 31 == 29:  # rlwinm rI,rJ,SH,MB,29
-            counts.add(1 << (30 - ((w >> 6) & 31)))
-        elif back > j - 12 and w >> 26 == 30 and (w >> 2) & 7 in (0, 2):
-            mb6 = (w >> 5) & 0x3F
-            mb = (mb6 & 1) << 5 | mb6 >> 1
-            if (w >> 2) & 7 == 0:  # rldicl rI,rJ,SH,MB (srdi): 64 - MB bits
-                counts.add(1 << (64 - mb))
+        op = primary(w)
+        if op == OP_CMPLI:
+            counts.add(ui16(w) + 1)
+        elif back > j - 12 and op == OP_RLWINM and me(w) == 29:  # rlwinm rI,rJ,SH,MB,29
+            counts.add(1 << (30 - mb(w)))
+        elif back > j - 12 and op == OP_RLD and md_xo(w) in (MD_RLDICL, MD_RLDIC):
+            if md_xo(w) == MD_RLDICL:  # rldicl rI,rJ,SH,MB (srdi): 64 - MB bits
+                counts.add(1 << (64 - md_mb(w)))
             else:  # rldic rI,rJ,SH,MB: the index cut and scaled at once, 64 - SH - MB bits
-                sh = (w >> 11) & 31 | ((w >> 1) & 1) << 5
-                counts.add(1 << max(64 - sh - mb, 0))
+                counts.add(1 << max(64 - md_sh(w) - md_mb(w), 0))
     return counts
 
 
@@ -1270,7 +795,8 @@ def _walk_sites(code: Code, sites: Sequence[Site]) -> list[Safety]:
             continue
         fn = fns[n] if fns[n].start >= 0 else _Fn(a, a, -1)
         # gcc 5: slot S (std r0,16(r1)) ran, so the value also sits in the LR save doubleword.
-        s_word = v.words[b - 1] if sites[n].variant is Variant.MPROFILE_STD else None
+        s_offset = LAYOUTS[sites[n].variant].offset(Slot.S)
+        s_word = None if s_offset is None else v.words[b + s_offset // ppc.INSN_SIZE]
         lr_slot = LR_SAVE if s_word == ppc.STD_R0_16_R1 else None
         verdict, why, at = walk(code, v, _SiteWords(a, b, lr_slot), fn)
         out.append(Safety(verdict, why, None if at is None else code.place(at)))

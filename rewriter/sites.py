@@ -34,11 +34,12 @@ from typing import NamedTuple
 import numpy as np
 
 from rewriter import ppc
+from rewriter.code import CodeView, code_view
 from rewriter.elf import structs as S
-from rewriter.elf.image import Abi, Image, Kind, Section
+from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.symbols import Functions, functions, rel_place, reloc_target_places, split_place
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
-from rewriter.states import Insn, SiteState
+from rewriter.states import PLAIN, Insn, SiteState
 
 MCOUNT_NAMES = ("_mcount", "._mcount")
 # What a `bl` in a patchable call slot may reach once enabled (ftrace_get_call_inst): the callers,
@@ -90,11 +91,13 @@ class Site(NamedTuple):
 
 class RecordPlace(NamedTuple):
     """Where a record points: a virtual address in a linked image (``section``/``offset`` when a
-    section holds it), a section and offset in a relocatable file (``addr`` None)."""
+    section holds it), a section and offset in a relocatable file (``addr`` None); ``place``, the
+    same as a place (see ``rewriter.elf.symbols``), so that no later stage rebuilds it."""
 
     section: str | None
     offset: int | None
     addr: int | None
+    place: int
 
     @property
     def text(self) -> str:
@@ -168,8 +171,13 @@ class Detect(NamedTuple):
     reason: str
 
 
-def scan(image: Image, mcount_addr: int | None = None, generation: Generation | None = None) -> Scan:
-    text = _Text(image)
+def scan(
+    image: Image, mcount_addr: int | None = None, generation: Generation | None = None, text: CodeView | None = None
+) -> Scan:
+    """The sites and records of ``image``. ``text``: its code view, when the caller has one (an
+    audit lays the text out once for the scan and the walk)."""
+    if text is None:
+        text = code_view(image)
     funcs = functions(image)
     tables = read_records(image)
     entries, calls = _calls(image, text, mcount_addr)
@@ -233,54 +241,10 @@ def _nonzero(tables: Sequence[RecordTable]) -> np.ndarray:
     return values[values != 0]
 
 
-class _Text:
-    """The executable sections as word arrays indexed by place, and every ``bl`` in them."""
-
-    def __init__(self, image: Image) -> None:
-        self.sections = [s for s in image.exec_sections() if s.type == S.SHT_PROGBITS]
-        base = [_section_base(image, s) for s in self.sections]
-        order = np.argsort(np.array(base, dtype=np.uint64), kind="stable")
-        self.sections = [self.sections[i] for i in order]
-        self.base = np.array([base[i] for i in order], dtype=np.uint64)
-        self.words = [image.words(s) for s in self.sections]
-        places, targets = [], []
-        for b, words in zip(self.base.tolist(), self.words, strict=True):
-            idx = np.flatnonzero(ppc.bl_mask(words)).astype(np.uint64)
-            p = np.uint64(b) + idx * np.uint64(4)
-            places.append(p)
-            # In ET_REL the target of `bl .` means nothing; relocations say where it goes.
-            targets.append(ppc.branch_targets(p, words[idx.astype(np.int64)]))
-        self.bl_places = np.concatenate(places) if places else np.zeros(0, np.uint64)
-        self.bl_targets = np.concatenate(targets) if targets else np.zeros(0, np.uint64)
-
-    def locate(self, places: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(section slot in ``self.sections`` or -1, word index within it) for each place."""
-        k = np.searchsorted(self.base, places, side="right").astype(np.int64) - 1
-        sizes = np.array([len(w) for w in self.words], dtype=np.int64)
-        kk = np.where(k >= 0, k, 0)
-        if not len(self.base):
-            return np.full(len(places), -1), np.zeros(len(places), np.int64)
-        rel = places.astype(np.int64) - self.base[kk].astype(np.int64)
-        ok = (k >= 0) & (rel >= 0) & (rel % 4 == 0) & (rel // 4 < sizes[kk])
-        return np.where(ok, k, -1), np.where(ok, rel // 4, 0)
-
-    def words_at(self, k: np.ndarray, i: np.ndarray) -> np.ndarray:
-        """Word ``i`` of section slot ``k`` (0 where out of range)."""
-        out = np.zeros(len(k), dtype=np.uint32)
-        for slot, words in enumerate(self.words):
-            m = (k == slot) & (i >= 0) & (i < len(words))
-            out[m] = words[i[m]]
-        return out
-
-    def words_of(self, places: np.ndarray) -> np.ndarray:
-        """The word at each place (0 where no executable section holds it)."""
-        return self.words_at(*self.locate(places))
-
-
 # -- the generation -------------------------------------------------------------------------
 
 
-def detect_generation(image: Image, text: _Text, calls: np.ndarray, records: np.ndarray) -> Detect:
+def detect_generation(image: Image, text: CodeView, calls: np.ndarray, records: np.ndarray) -> Detect:
     """The image's generation, from what it contains (never from its name).
 
     1. ool stub areas (``ftrace_ool_stub_text``...): only a 6.13+ out-of-line vmlinux has them.
@@ -316,7 +280,7 @@ def _has_mcount_table(image: Image) -> bool:
 # -- mcount entries and calls (mprofile) ----------------------------------------------------
 
 
-def _calls(image: Image, text: _Text, mcount_addr: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _calls(image: Image, text: CodeView, mcount_addr: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(mcount entries, call-slot places of the calls to them)."""
     if image.type == S.ET_REL:
         return np.zeros(0, np.uint64), _rel_call_places(image)
@@ -324,7 +288,7 @@ def _calls(image: Image, text: _Text, mcount_addr: int | None) -> tuple[np.ndarr
     return entries, text.bl_places[np.isin(text.bl_targets, entries)]
 
 
-def _mcount_entries(image: Image, text: _Text, mcount_addr: int | None) -> np.ndarray:
+def _mcount_entries(image: Image, text: CodeView, mcount_addr: int | None) -> np.ndarray:
     found: list[int] = [] if mcount_addr is None else [mcount_addr]
     syms = image.symbols
     if syms is not None:
@@ -375,7 +339,7 @@ def _stub_symbols(image: Image) -> list[int]:
     return out
 
 
-def _branch_stubs(text: _Text, entries: np.ndarray) -> np.ndarray:
+def _branch_stubs(text: CodeView, entries: np.ndarray) -> np.ndarray:
     """``bl`` targets that are a plain ``b`` to an mcount entry: linker long-branch stubs,
     found even in a stripped file."""
     if not len(entries):
@@ -404,7 +368,7 @@ def _rel_call_places(image: Image) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.uint64)
 
 
-def _entries_from_records(text: _Text, records: np.ndarray) -> np.ndarray:
+def _entries_from_records(text: CodeView, records: np.ndarray) -> np.ndarray:
     """Stripped image: the mcount entry is whatever the recorded ``bl`` words call most."""
     hit = np.isin(text.bl_places, records)
     if not hit.any():
@@ -553,7 +517,7 @@ def _kernel_text(image: Image) -> list[tuple[int, int]] | None:
 
 def _stripped(
     image: Image,
-    text: _Text,
+    text: CodeView,
     entries: np.ndarray,
     calls: np.ndarray,
     mcount_addr: int | None,
@@ -586,15 +550,11 @@ def _found(table: RecordTable | None) -> tuple[RecordTable, ...]:
     return () if table is None else (table,)
 
 
-def _nop_places(text: _Text) -> np.ndarray:
-    out = [
-        np.uint64(b) + np.flatnonzero(w == ppc.NOP).astype(np.uint64) * np.uint64(4)
-        for b, w in zip(text.base.tolist(), text.words, strict=True)
-    ]
-    return np.sort(np.concatenate(out)) if out else np.zeros(0, np.uint64)
+def _nop_places(text: CodeView) -> np.ndarray:
+    return np.sort(text.places(np.flatnonzero(text.words == ppc.NOP)))
 
 
-def _search_record_table(image: Image, text: _Text, slots: np.ndarray) -> RecordTable | None:
+def _search_record_table(image: Image, text: CodeView, slots: np.ndarray) -> RecordTable | None:
     """The run of 8-byte words, each 0 (a dropped record) or an address in the code, that names the
     most of ``slots`` (sorted). Function-pointer tables also point into the code, but at function
     entries: never at a call slot (entry + 4 or + 8), and at a nop only for the few functions
@@ -642,21 +602,19 @@ _ONE_SLOT_TABLE[_KIND[Insn.NOP]] = _STATES.index(SiteState.DISABLED)
 _ONE_SLOT_TABLE[_KIND[Insn.STUB]] = _STATES.index(SiteState.ENABLED)
 
 
+# ppc.kinds numbers -> _KINDS numbers, for the kinds that mean the same in every slot (states.PLAIN)
+_PLAIN_KIND = np.array([_KIND[PLAIN.get(k, Insn.OTHER)] for k in ppc.KINDS])
+_BL, _B = ppc.KINDS.index(ppc.Kind.BL), ppc.KINDS.index(ppc.Kind.B)
+
+
 def _kinds(words: np.ndarray, calls: np.ndarray, to_stub: np.ndarray | None = None) -> np.ndarray:
     """Vectorised ``states.insn_kind``."""
-    stub = np.zeros(len(words), bool) if to_stub is None else to_stub
-    return np.select(
-        [
-            words == ppc.MFLR_R0,
-            words == ppc.NOP,
-            words == ppc.B_PLUS_8,
-            words == ppc.STD_R0_16_R1,
-            ppc.bl_mask(words) & calls,
-            ppc.b_mask(words) & stub,
-        ],
-        [_KIND[Insn.MFLR], _KIND[Insn.NOP], _KIND[Insn.B8], _KIND[Insn.STD], _KIND[Insn.CALL], _KIND[Insn.STUB]],
-        _KIND[Insn.OTHER],
-    )
+    kinds = ppc.kinds(words)
+    out: np.ndarray = _PLAIN_KIND[kinds]
+    out[(kinds == _BL) & calls] = _KIND[Insn.CALL]
+    if to_stub is not None:
+        out[(kinds == _B) & to_stub] = _KIND[Insn.STUB]
+    return out
 
 
 class _Columns(NamedTuple):
@@ -679,7 +637,7 @@ _VARIANTS = (Variant.MPROFILE, Variant.MPROFILE_STD, Variant.PATCHABLE, Variant.
 
 def _classify(
     image: Image,
-    text: _Text,
+    text: CodeView,
     funcs: Functions,
     generation: Generation | None,
     calls: np.ndarray,
@@ -695,7 +653,7 @@ def _classify(
     return _build_sites(image, text, funcs, weak, cols), unmatched
 
 
-def _mprofile_columns(text: _Text, funcs: Functions, calls: np.ndarray, records: np.ndarray) -> _Columns:
+def _mprofile_columns(text: CodeView, funcs: Functions, calls: np.ndarray, records: np.ndarray) -> _Columns:
     """mprofile: the record is the call slot; A is the word before it, or two before with gcc 5's
     ``std r0,16(r1)`` between (the call slot at LEP + 8)."""
     cand = np.union1d(calls, records)
@@ -720,7 +678,7 @@ def _mprofile_columns(text: _Text, funcs: Functions, calls: np.ndarray, records:
 
 
 def _entry_columns(
-    image: Image, text: _Text, funcs: Functions, generation: Generation, records: np.ndarray
+    image: Image, text: CodeView, funcs: Functions, generation: Generation, records: np.ndarray
 ) -> _Columns:
     """patchable and ool: the record names the site's first word; the call slot is where the
     layout says. A ``bl`` in a patchable call slot counts as a call when it reaches the tracer;
@@ -754,7 +712,7 @@ def _in_stub_areas(image: Image, targets: np.ndarray) -> np.ndarray:
     return out
 
 
-def _build_sites(image: Image, text: _Text, funcs: Functions, weak: int | None, c: _Columns) -> tuple[Site, ...]:
+def _build_sites(image: Image, text: CodeView, funcs: Functions, weak: int | None, c: _Columns) -> tuple[Site, ...]:
     syms = image.symbols
     linked = image.type != S.ET_REL
     sel = np.flatnonzero(c.keep)
@@ -910,17 +868,15 @@ def shift(places: np.ndarray, delta: int) -> np.ndarray:
     return places.astype(np.uint64) + np.uint64(delta % (1 << 64))
 
 
-def _section_base(image: Image, sec: Section) -> int:
-    return int(rel_place(sec.index, 0)) if image.type == S.ET_REL else sec.addr
-
-
 def _record_place(image: Image, place: int) -> RecordPlace:
     if image.type != S.ET_REL:
         sec = image.section_of_addr(place)
-        return RecordPlace(sec.name, place - sec.addr, place) if sec is not None else RecordPlace(None, None, place)
+        if sec is None:
+            return RecordPlace(None, None, place, place)
+        return RecordPlace(sec.name, place - sec.addr, place, place)
     shndx, off = split_place(place)
     name = image.sections[shndx].name if 0 <= shndx < len(image.sections) else f"section{shndx}"
-    return RecordPlace(name, off, None)
+    return RecordPlace(name, off, None, place)
 
 
 def place_text(image: Image, place: int) -> str:

@@ -87,23 +87,23 @@ class SiteState(enum.Enum):
     UNKNOWN = "unknown"  # the slots hold something else
 
 
+PLAIN: Final[Mapping[ppc.Kind, Insn]] = MappingProxyType(
+    {ppc.Kind.MFLR: Insn.MFLR, ppc.Kind.NOP: Insn.NOP, ppc.Kind.B8: Insn.B8, ppc.Kind.STD: Insn.STD}
+)
+"""The word kinds that mean the same in every slot. A ``bl`` is a CALL and a ``b`` a STUB only
+where they go (:func:`insn_kind`); ``mtlr r0`` belongs to the ool stub, and in a slot is OTHER."""
+
+
 def insn_kind(word: int, calls_tracer: bool, to_stub: bool = False) -> Insn:
     """Classify one slot word. ``calls_tracer`` says whether a ``bl`` here reaches the tracer
     entry, ``to_stub`` whether a ``b`` here reaches the site's ool stub (decided by the caller: by
     target address in linked images, by relocation in ET_REL)."""
-    if word == ppc.MFLR_R0:
-        return Insn.MFLR
-    if word == ppc.NOP:
-        return Insn.NOP
-    if word == ppc.B_PLUS_8:
-        return Insn.B8
-    if word == ppc.STD_R0_16_R1:
-        return Insn.STD
-    if ppc.is_bl(word) and calls_tracer:
-        return Insn.CALL
-    if ppc.is_b(word) and to_stub:
-        return Insn.STUB
-    return Insn.OTHER
+    kind = ppc.kind(word)
+    if kind is ppc.Kind.BL:
+        return Insn.CALL if calls_tracer else Insn.OTHER
+    if kind is ppc.Kind.B:
+        return Insn.STUB if to_stub else Insn.OTHER
+    return PLAIN.get(kind, Insn.OTHER)
 
 
 def word_for(insn: Insn, addr: int, call_target: int) -> int:
@@ -113,10 +113,13 @@ def word_for(insn: Insn, addr: int, call_target: int) -> int:
         return ppc.bl(addr, call_target)
     if insn is Insn.STUB:
         return ppc.b(addr, call_target)
-    words = {Insn.MFLR: ppc.MFLR_R0, Insn.NOP: ppc.NOP, Insn.B8: ppc.B_PLUS_8, Insn.STD: ppc.STD_R0_16_R1}
-    if insn not in words:
+    if insn not in _PLAIN_WORDS:
         raise ValueError(f"no word encodes {insn.value}")
-    return words[insn]
+    return _PLAIN_WORDS[insn]
+
+
+_PLAIN_WORDS: Final[Mapping[Insn, int]] = MappingProxyType({PLAIN[k]: w for w, k in ppc.FIXED.items() if k in PLAIN})
+"""The one word of each insn in :data:`PLAIN`."""
 
 
 class Step(NamedTuple):

@@ -24,11 +24,12 @@ from rewriter.batch import expand
 from rewriter.cli import app
 from rewriter.elf.image import Image
 from rewriter.generations import Generation
+from rewriter.ppc.table import build_table
 from rewriter.report import jsonfmt, md
 from rewriter.sites import scan
 
 BINARIES = sorted(p.name for p in (FIXTURES / "bin").iterdir())
-TABLE = flow.build_table()
+TABLE = build_table()
 
 # The severity each seeded kind must carry (rewriter.audit.RULES argues them; r0live is a warning
 # because the fixture's mflr is still in place).

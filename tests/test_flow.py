@@ -16,13 +16,15 @@ import pytest
 from conftest import FIXTURES
 
 from rewriter import flow
+from rewriter.code import CodeView
 from rewriter.elf.image import Image
 from rewriter.elf.symbols import Functions
 from rewriter.generations import Variant
+from rewriter.ppc import fields, table
 from rewriter.sites import Site, scan
 from rewriter.states import SiteState
 
-TABLE = flow.build_table()
+TABLE = table.build_table()
 
 # -- the table against capstone ---------------------------------------------------------------
 
@@ -52,7 +54,7 @@ CAPSTONE_SHOWS_RA0 = {"lwzcix", "lhzcix", "lbzcix", "ldcix", "stwcix", "sthcix",
 R0 = re.compile(r"(?<![\w.])r0(?![\w])")
 
 
-def _same_instruction(row: flow.Row, mnemonic: str) -> bool:
+def _same_instruction(row: table.Row, mnemonic: str) -> bool:
     raw = mnemonic.rstrip("+-")
     base = ALIAS.get(raw.rstrip("."), raw.rstrip("."))
     if row.mnemonic in WHOLE_PRIMARY:
@@ -70,10 +72,11 @@ def _same_instruction(row: flow.Row, mnemonic: str) -> bool:
     return base == row.mnemonic.rstrip(".")
 
 
-def _names_r0(row: flow.Row, word: int) -> bool:
-    fields = row.reads | row.writes
-    values = ((flow.Gpr.RT, word >> 21), (flow.Gpr.RA, word >> 16), (flow.Gpr.RB, word >> 11), (flow.Gpr.RC, word >> 6))
-    return any(f in fields and v & 31 == 0 for f, v in values)
+def _names_r0(row: table.Row, word: int) -> bool:
+    named = row.reads | row.writes
+    gpr = table.Gpr
+    values = ((gpr.RT, word >> 21), (gpr.RA, word >> 16), (gpr.RB, word >> 11), (gpr.RC, word >> 6))
+    return any(f in named and v & 31 == 0 for f, v in values)
 
 
 def disagreements(words: np.ndarray, order: str) -> Counter:
@@ -86,8 +89,8 @@ def disagreements(words: np.ndarray, order: str) -> Counter:
     bad: Counter = Counter()
     for offset, _size, mnemonic, op_str in cs.disasm_lite(data, 0):
         word = int(words[offset // 4])
-        row = flow.row_of(TABLE, word)
-        if mnemonic == ".byte" or row.flow is flow.Flow.INVALID or (row.update and (word >> 16) & 31 == 0):
+        row = table.row_of(TABLE, word)
+        if mnemonic == ".byte" or row.flow is table.Flow.INVALID or (row.update and (word >> 16) & 31 == 0):
             continue  # not an instruction, or an invalid form
         if not _same_instruction(row, mnemonic):
             bad["mnemonic", row.mnemonic, mnemonic] += 1
@@ -99,10 +102,10 @@ def disagreements(words: np.ndarray, order: str) -> Counter:
 
 
 def test_table_rows_claim_disjoint_words() -> None:
-    table = flow.build_table()
-    assert len(table.rows) == len(flow.ROWS)
+    built = table.build_table()
+    assert len(built.rows) == len(table.ROWS)
     with pytest.raises(ValueError, match="taken"):
-        flow.build_table((*flow.ROWS, flow.Row("again", 31, (266,), flow.Gpr.NONE, flow.Gpr.NONE)))
+        table.build_table((*table.ROWS, table.Row("again", 31, (266,), table.Gpr.NONE, table.Gpr.NONE)))
 
 
 @pytest.mark.parametrize("name", ["prof-le", "prof-be", "std-le", "anom-r0live.o", "patchable-le.o"])
@@ -179,7 +182,7 @@ def _verdict(
     offset); the site's call slot is labelled ``site``. An ``mcount`` function sits at MCOUNT."""
     words, labels = _assemble(lines)
     mwords, _ = _assemble(["blr"], MCOUNT)
-    layout = flow.Layout(np.array([BASE, MCOUNT], np.uint64), np.array([0, len(words)]), np.array([len(words), 1]))
+    view = CodeView.of_words([BASE, MCOUNT], [words, mwords])
     spans = sorted([(labels[s], labels[e], lep) for s, e, lep in functions] + [(MCOUNT, MCOUNT + 4, 0)])
     funcs = Functions(
         np.array([s for s, _, _ in spans], np.uint64),
@@ -189,9 +192,9 @@ def _verdict(
     )
     fix = {}
     for insn, handler in (fixups or {}).items():
-        i, f = layout.index(np.array([labels[insn], labels[handler]], np.uint64))
+        i, f = view.index(np.array([labels[insn], labels[handler]], np.uint64))
         fix[int(i)] = int(f)
-    code = flow.build_code(TABLE, layout, np.concatenate([words, mwords]), funcs, [MCOUNT], fix)
+    code = flow.build_code(TABLE, view, funcs, [MCOUNT], fix)
     slot = labels["site"]
     site = Site(
         ".text", 1, slot - BASE, slot, "f", variant, SiteState.ENABLED, True, MCOUNT, slot - BASE,
@@ -420,7 +423,7 @@ def test_gcc5_reload_through_a_moved_stack_pointer_is_tracked() -> None:
     ("mb", "me", "mask"), [(0, 63, (1 << 64) - 1), (63, 63, 1), (32, 47, 0xFFFF_0000), (62, 1, 0xC000_0000_0000_0003)]
 )
 def test_mask_follows_the_isa_bit_numbering(mb: int, me: int, mask: int) -> None:
-    assert flow._mask(mb, me) == mask
+    assert fields.mask(mb, me) == mask
 
 
 # -- fixtures and corpus ----------------------------------------------------------------------

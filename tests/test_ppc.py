@@ -1,4 +1,4 @@
-"""Instruction words: every constant and encoder agrees with keystone (assemble) and capstone."""
+"""Instruction words and fields: every constant, encoder and extractor agrees with keystone (assemble) and capstone."""
 
 from __future__ import annotations
 
@@ -117,3 +117,67 @@ def test_branch_text_is_capstones(src: int, delta: int, link: bool) -> None:
     assume(dst >= 0)  # keystone-free, but capstone prints negative targets as huge unsigned ones
     word = ppc.bl(src, dst) if link else ppc.b(src, dst)
     assert ppc.branch_text(src, word) == disassemble(word, src, "little")
+
+
+@pytest.mark.parametrize("order", ["little", "big"])
+@pytest.mark.parametrize(("word", "asm"), [(ppc.XNOP, "xori 0, 0, 0"), (ppc.MR_R0_R0, "or 0, 0, 0")])
+def test_quiet_words_match_keystone(word: int, asm: str, order: str) -> None:
+    assert assemble(asm, 0x1000, order) == word
+
+
+bc_delta = st.integers(min_value=-(1 << 13), max_value=(1 << 13) - 1).map(lambda w: w * 4)
+
+
+@given(src=src_addr, delta=bc_delta, link=st.booleans())
+def test_conditional_branch_offset_agrees_with_keystone(src: int, delta: int, link: bool) -> None:
+    """B-form (bc, bcl): the same branch_offset, scalar and vectorised, as for I-form words."""
+    import numpy as np
+
+    word = assemble(f"{'bnel' if link else 'bne'} 0, {src + delta:#x}", src, "little")
+    assert ppc.branch_offset(word) == delta
+    assert ppc.branch_target(src, word) == src + delta
+    assert ppc.branch_offsets(np.array([word], np.uint32)).tolist() == [delta]
+
+
+@given(words=st.lists(st.integers(min_value=0, max_value=(1 << 32) - 1), max_size=50), src=src_addr)
+def test_vectorised_kinds_and_offsets_match_scalar(words: list[int], src: int) -> None:
+    import numpy as np
+
+    words += [*ppc.FIXED, ppc.bl(src, src + 8), ppc.b(src, src - 8), 0x4182_FFF8]
+    arr = np.array(words, np.uint32)
+    assert [ppc.KINDS[k] for k in ppc.kinds(arr).tolist()] == [ppc.kind(w) for w in words]
+    assert ppc.branch_offsets(arr).tolist() == [ppc.branch_offset(w) for w in words]
+
+
+def test_relative_text_prints_site_words_without_an_address() -> None:
+    assert ppc.relative_text(ppc.B_PLUS_8) == "b .+8"
+    assert ppc.relative_text(ppc.bl(0x100, 0x80)) == "bl .-128"
+    assert ppc.relative_text(ppc.STD_R0_16_R1) == ppc.TEXT[ppc.STD_R0_16_R1]
+    assert ppc.relative_text(0x3860_0000) == ".long 0x38600000"
+
+
+@pytest.mark.parametrize(
+    ("asm", "fields"),
+    [
+        ("std 0, -16(1)", {"primary": 62, "rt": 0, "ra": 1, "ds": -16, "ds_xo": 0}),
+        ("stdu 1, -112(1)", {"primary": 62, "rt": 1, "ra": 1, "ds": -112, "ds_xo": 1}),
+        ("addi 3, 4, -1", {"primary": 14, "rt": 3, "ra": 4, "d16": -1}),
+        ("rlwinm 3, 4, 2, 5, 29", {"primary": 21, "rt": 4, "ra": 3, "rb": 2, "mb": 5, "me": 29}),
+        ("rldicl 3, 4, 62, 40", {"primary": 30, "md_xo": 0, "md_sh": 62, "md_mb": 40}),
+        ("rldic 3, 4, 2, 33", {"primary": 30, "md_xo": 2, "md_sh": 2, "md_mb": 33}),
+        ("add. 3, 4, 5", {"primary": 31, "xo9": 266, "oe": 0, "record": 1, "rb": 5}),
+        ("cmplwi 3, 7", {"primary": 10, "ra": 3, "ui16": 7}),
+    ],
+)
+def test_field_extractors_read_what_keystone_wrote(asm: str, fields: dict[str, int]) -> None:
+    from rewriter.ppc import fields as f
+
+    word = assemble(asm, 0x1000, "little")
+    assert {name: getattr(f, name)(word) for name in fields} == fields
+
+
+def test_isa_mask_and_rotate() -> None:
+    from rewriter.ppc import fields as f
+
+    assert f.mask(32, 47) == 0xFFFF_0000 and f.mask(62, 1) == 0xC000_0000_0000_0003
+    assert f.rotl64(1 << 63, 1) == 1 and f.rotl32(0x8000_0001, 1) == 0x0000_0003_0000_0003

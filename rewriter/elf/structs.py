@@ -62,8 +62,18 @@ DT_RELACOUNT: Final = 0x6FFF_FFF9
 # Relocation types used here (ELFv2 ABI, table 3.9 "Relocation Table").
 R_PPC64_NONE: Final = 0
 R_PPC64_REL24: Final = 10  # (S + A - P) >> 2, low24: the branch of `bl`
+R_PPC64_REL14: Final = 11  # (S + A - P) >> 2, low14: the branch of `bc`
+R_PPC64_REL14_BRTAKEN: Final = 12  # the same, with a "taken" hint
+R_PPC64_REL14_BRNTAKEN: Final = 13  # the same, with a "not taken" hint
 R_PPC64_RELATIVE: Final = 22  # B + A
+R_PPC64_REL32: Final = 26  # S + A - P, word32: the self-relative fields of __ex_table
 R_PPC64_ADDR64: Final = 38  # S + A
+R_PPC64_REL24_NOTOC: Final = 116  # (S + A - P) >> 2, low24: a `bl` that needs no TOC restore
+
+BRANCH_RELOCS: Final = np.array(
+    [R_PPC64_REL24, R_PPC64_REL14, R_PPC64_REL14_BRTAKEN, R_PPC64_REL14_BRNTAKEN, R_PPC64_REL24_NOTOC], np.uint64
+)
+"""The relocations that name the target of a relative branch."""
 
 # Module signature trailer (include/linux/module_signature.h): struct module_signature is
 # 12 bytes (algo, hash, id_type, signer_len, key_id_len, __pad[3], sig_len as big-endian u32)

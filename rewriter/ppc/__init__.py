@@ -1,0 +1,83 @@
+"""The Power ISA as mcountrw knows it: the one home of instruction knowledge.
+
+* :mod:`rewriter.ppc.words`: the fixed words and branches of ftrace sites, their encoders, names
+  and text; re-exported here, so ``from rewriter import ppc`` gives ``ppc.NOP``, ``ppc.bl``...;
+* :mod:`rewriter.ppc.fields`: named extractors for instruction fields, the primary opcodes, and
+  the ISA's MASK and ROTL;
+* :mod:`rewriter.ppc.table`: the decoder table of every instruction the mflr-nop walk knows.
+
+Nothing here imports the rest of ``rewriter``, and no other module shifts or masks an instruction
+word itself (tests/test_isa_home.py holds them to it).
+"""
+
+from rewriter.ppc.words import (
+    B_PLUS_8,
+    BRANCH_RANGE,
+    FIXED,
+    INSN_SIZE,
+    KINDS,
+    MFLR_R0,
+    MR_R0_R0,
+    MTLR_R0,
+    NOP,
+    STD_R0_16_R1,
+    TEXT,
+    XNOP,
+    Addr,
+    Disassembler,
+    EncodingError,
+    Kind,
+    Offset,
+    b,
+    b_mask,
+    bl,
+    bl_mask,
+    branch_offset,
+    branch_offsets,
+    branch_target,
+    branch_targets,
+    branch_text,
+    describe,
+    in_branch_range,
+    is_b,
+    is_bl,
+    kind,
+    kinds,
+    relative_text,
+)
+
+__all__ = [
+    "BRANCH_RANGE",
+    "B_PLUS_8",
+    "FIXED",
+    "INSN_SIZE",
+    "KINDS",
+    "MFLR_R0",
+    "MR_R0_R0",
+    "MTLR_R0",
+    "NOP",
+    "STD_R0_16_R1",
+    "TEXT",
+    "XNOP",
+    "Addr",
+    "Disassembler",
+    "EncodingError",
+    "Kind",
+    "Offset",
+    "b",
+    "b_mask",
+    "bl",
+    "bl_mask",
+    "branch_offset",
+    "branch_offsets",
+    "branch_target",
+    "branch_targets",
+    "branch_text",
+    "describe",
+    "in_branch_range",
+    "is_b",
+    "is_bl",
+    "kind",
+    "kinds",
+    "relative_text",
+]

@@ -1,0 +1,204 @@
+"""Instruction words: the fixed words and branches that ftrace sites hold, their encoders, their
+names and their text.
+
+It deals in 32-bit ``int`` words (or numpy ``uint32`` arrays of them); byte order belongs to
+``rewriter.elf``. Each function has a vectorised twin where the scan needs one (``is_bl`` and
+``bl_mask``, ``kind`` and ``kinds``, ``branch_offset`` and ``branch_offsets``).
+
+References: Power ISA v3.1, Book I, 2.4 "Branch Instructions" (I-form: opcode 18, LI (24 bits,
+word offset), AA, LK; B-form: opcode 16, BO, BI, BD (14 bits), AA, LK) and 3.3.13 "Move To/From
+System Register" (mfspr).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final, Literal, NewType
+
+import numpy as np
+
+from rewriter.ppc.fields import AA, BD_MASK, LI_MASK, LK, OP_B, OP_BC, bd, li, primary
+
+Addr = NewType("Addr", int)
+"""A virtual address (or, in a relocatable file, an offset within one section)."""
+
+Offset = NewType("Offset", int)
+"""A file offset."""
+
+INSN_SIZE: Final = 4
+
+NOP: Final = 0x6000_0000  # ori r0,r0,0
+XNOP: Final = 0x6800_0000  # xori r0,r0,0: the ISA's "executed no-op"
+MR_R0_R0: Final = 0x7C00_0378  # or r0,r0,r0: moves r0 onto itself
+MFLR_R0: Final = 0x7C08_02A6  # mfspr r0,LR
+STD_R0_16_R1: Final = 0xF801_0010  # std r0,16(r1): gcc < 6 saved LR before calling _mcount
+MTLR_R0: Final = 0x7C08_03A6  # mtspr LR,r0: the third word of an ool stub
+B_PLUS_8: Final = 0x4800_0008  # b .+8: skips the call slot (the "guarded" mflr slot)
+
+# I-form branch: primary opcode 18 in bits 0-5, LI in bits 6-29, AA bit 30, LK bit 31.
+_IFORM_OPCODE: Final = OP_B << 26
+_IFORM_MASK: Final = 0xFC00_0000 | AA | LK  # opcode + AA + LK
+BRANCH_RANGE: Final = 1 << 25  # LI is a signed 26-bit byte offset: [-32 MiB, +32 MiB)
+
+
+class EncodingError(ValueError):
+    """A branch cannot be encoded (target out of range or misaligned)."""
+
+
+def _iform(src: int, dst: int, link: bool) -> int:
+    delta = dst - src
+    if delta % INSN_SIZE or not -BRANCH_RANGE <= delta < BRANCH_RANGE:
+        mnemonic = "bl" if link else "b"
+        raise EncodingError(f"{src:#x}: {mnemonic} to {dst:#x} out of range")
+    return _IFORM_OPCODE | (delta & LI_MASK) | (LK if link else 0)
+
+
+def bl(src: int, dst: int) -> int:
+    """Encode ``bl dst`` placed at ``src`` (relative, AA=0, LK=1)."""
+    return _iform(src, dst, link=True)
+
+
+def b(src: int, dst: int) -> int:
+    """Encode ``b dst`` placed at ``src`` (relative, AA=0, LK=0)."""
+    return _iform(src, dst, link=False)
+
+
+def is_bl(word: int) -> bool:
+    """True for a relative ``bl`` (I-form, AA=0, LK=1)."""
+    return (word & _IFORM_MASK) == (_IFORM_OPCODE | LK)
+
+
+def is_b(word: int) -> bool:
+    """True for a relative ``b`` (I-form, AA=0, LK=0)."""
+    return (word & _IFORM_MASK) == _IFORM_OPCODE
+
+
+def branch_offset(word: int) -> int:
+    """The signed byte offset of a relative branch word: B-form (primary 16) or I-form (any other)."""
+    return bd(word) if primary(word) == OP_BC else li(word)
+
+
+def branch_target(src: int, word: int) -> int:
+    """Where the relative branch ``word`` at ``src`` goes."""
+    return src + branch_offset(word)
+
+
+def in_branch_range(delta: int) -> bool:
+    """The kernel's ``is_offset_in_branch_range``: a word-aligned I-form offset in [-32 MiB, +32 MiB)."""
+    return -BRANCH_RANGE <= delta < BRANCH_RANGE and not delta % INSN_SIZE
+
+
+def b_mask(words: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`is_b` over a ``uint32`` array."""
+    return np.asarray((words & np.uint32(_IFORM_MASK)) == np.uint32(_IFORM_OPCODE), bool)
+
+
+def bl_mask(words: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`is_bl` over a ``uint32`` array."""
+    return np.asarray((words & np.uint32(_IFORM_MASK)) == np.uint32(_IFORM_OPCODE | LK), bool)
+
+
+def branch_offsets(words: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`branch_offset` (``int64``)."""
+    w = words.astype(np.int64)
+    off = ((w & LI_MASK) ^ (1 << 25)) - (1 << 25)  # sign-extended
+    bform = primary(w) == OP_BC
+    if bform.any():  # the scan asks about bl words only: skip this pass for them
+        off[bform] = ((w[bform] & BD_MASK) ^ (1 << 15)) - (1 << 15)
+    return np.asarray(off, np.int64)
+
+
+def branch_targets(addrs: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`branch_target` (``uint64`` addresses, wrap-around like the hardware)."""
+    return addrs.astype(np.uint64) + branch_offsets(words).astype(np.uint64)
+
+
+# -- what a site slot holds, by its bits alone ---------------------------------------------------
+
+
+class Kind(enum.Enum):
+    """The words a site slot may hold. Whether a ``bl`` reaches the tracer, or a ``b`` the site's
+    stub, depends on where they go: ``rewriter.states.insn_kind`` decides that."""
+
+    NOP = "nop"
+    MFLR = "mflr"
+    STD = "std"
+    MTLR = "mtlr"
+    B8 = "b+8"
+    BL = "bl"
+    B = "b"
+    OTHER = "other"
+
+
+FIXED: Final = {NOP: Kind.NOP, MFLR_R0: Kind.MFLR, STD_R0_16_R1: Kind.STD, MTLR_R0: Kind.MTLR, B_PLUS_8: Kind.B8}
+"""The one word of each fixed kind."""
+
+KINDS: Final = tuple(Kind)
+""":class:`Kind` by the small integers :func:`kinds` returns."""
+
+
+def kind(word: int) -> Kind:
+    """What a slot word is; ``b .+8`` is B8, not B."""
+    fixed = FIXED.get(word)
+    if fixed is not None:
+        return fixed
+    if is_bl(word):
+        return Kind.BL
+    return Kind.B if is_b(word) else Kind.OTHER
+
+
+def kinds(words: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`kind`: indexes into :data:`KINDS`."""
+    fixed = [(word, k) for word, k in FIXED.items()]
+    conditions = [words == word for word, _ in fixed] + [bl_mask(words), b_mask(words)]
+    choices = [KINDS.index(k) for _, k in fixed] + [KINDS.index(Kind.BL), KINDS.index(Kind.B)]
+    return np.select(conditions, choices, KINDS.index(Kind.OTHER))
+
+
+def describe(word: int) -> str:
+    """A short name for the words a site slot may hold; ``other`` for anything else."""
+    return kind(word).value
+
+
+# -- text --------------------------------------------------------------------------------------
+
+# capstone 5's text for the fixed words (checked against capstone in tests/test_ppc.py), so that a
+# patch log of 67,000 writes needs no capstone call for them; branches are formatted by
+# branch_text, also checked against capstone.
+TEXT: Final = {NOP: "nop", MFLR_R0: "mflr r0", MTLR_R0: "mtlr r0", STD_R0_16_R1: "std r0, 0x10(r1)"}
+
+
+def branch_text(src: int, word: int) -> str:
+    """``b``/``bl`` with its absolute target, printed as capstone prints it (hex above 9)."""
+    target = branch_target(src, word) & 0xFFFF_FFFF_FFFF_FFFF
+    mnemonic = "bl" if word & LK else "b"
+    return f"{mnemonic} {target:#x}" if target > 9 else f"{mnemonic} {target}"
+
+
+def relative_text(word: int) -> str:
+    """A site word without an address: :data:`TEXT`, or an I-form branch as ``b .+8``."""
+    if word in TEXT:
+        return TEXT[word]
+    if is_b(word) or is_bl(word):
+        return f"{'bl' if word & LK else 'b'} .{branch_offset(word):+d}"
+    return f".long {word:#010x}"
+
+
+class Disassembler:
+    """Capstone, for printing words: ``0x...: expected 4bffa1d1 (bl 0x...)``.
+
+    One instance per endianness; pass it in rather than keeping a module-level handle.
+    """
+
+    def __init__(self, big_endian: bool) -> None:
+        import capstone  # type: ignore[import-untyped]
+
+        mode = capstone.CS_MODE_64 | (capstone.CS_MODE_BIG_ENDIAN if big_endian else capstone.CS_MODE_LITTLE_ENDIAN)
+        self._cs = capstone.Cs(capstone.CS_ARCH_PPC, mode)
+        self._order: Literal["little", "big"] = "big" if big_endian else "little"
+
+    def text(self, word: int, addr: int = 0) -> str:
+        """``mnemonic operands`` of one word, or ``.long 0x...`` if capstone cannot decode it."""
+        for insn in self._cs.disasm(word.to_bytes(4, self._order), addr, 1):
+            return f"{insn.mnemonic} {insn.op_str}".strip()
+        return f".long {word:#010x}"

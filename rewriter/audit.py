@@ -415,7 +415,8 @@ def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None) -> li
     elif site.state is SiteState.UNKNOWN:
         msg = "slots hold neither a site state nor gcc 5's form"
         out.append(_at_site(AnomalyKind.UNEXPECTED_WORDS, site, msg, printer.slots(site)))
-    elif site.recorded and site.boot_state is None:
+    elif site.recorded and site.boot_state is None and site.state is not LAYOUTS[site.variant].built:
+        # (a refused site with the built words lacks an ool stub: ool-stubs reports that, once)
         out.append(_at_site(AnomalyKind.BOOT_REFUSED, site, _refusal(printer, site), printer.slots(site)))
     if not site.recorded and site.state not in (SiteState.NOPPED, SiteState.GUARDED):
         if site.state in _LIVE_CALL:

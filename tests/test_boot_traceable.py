@@ -1,0 +1,53 @@
+"""The kernel itself judges `traceable`: booted under qemu, each unmodified Debian kernel lists in
+available_filter_functions exactly the .text sites that `scan` calls traceable after boot.
+
+After init the kernel frees .init.text and its records, so the file holds one line per .text
+record. A record that test_for_valid_rec() disabled (a weak-function body more than
+FTRACE_MCOUNT_MAX_OFFSET past its kallsyms symbol; 6.6+ only) is listed as
+``__ftrace_invalid_address___<offset>`` (kernel/trace/ftrace.c print_rec()), so the count of those
+lines is the kernel's own count of what scan must call untraceable. The file is counted inside the
+guest (busybox wc/grep): printing ~40,000 lines over the emulated console would take seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from boot import QEMU, STANDARD_APPEND, boot, make_initramfs, require_kernel, require_tool
+
+from rewriter.elf.image import Image
+from rewriter.sites import scan
+
+pytestmark = [pytest.mark.boot, pytest.mark.corpus]
+
+COUNT_SCRIPT = """#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t tracefs tracefs /sys/kernel/tracing
+A=/sys/kernel/tracing/available_filter_functions
+echo "MCOUNTRW-AFF-LINES $(wc -l < $A)"
+echo "MCOUNTRW-AFF-INVALID $(grep -c __ftrace_invalid_address $A)"
+echo MCOUNTRW-DONE
+poweroff -f
+"""
+
+
+@pytest.mark.parametrize("name", ["6.1", "6.12", "7.2"])
+def test_available_filter_functions_are_exactly_the_traceable_text_sites(name: str, tmp_path: Path) -> None:
+    require_tool(QEMU)
+    kernel = require_kernel(name)
+    result = scan(Image.load(kernel.vmlinux))
+    text = [s for s in result.sites if s.section == ".text" and s.recorded]
+    traceable = sum(s.traceable for s in text)
+
+    initrd = make_initramfs(tmp_path / "initrd.cpio", kernel.busybox, [], COUNT_SCRIPT)
+    booted = boot(kernel.vmlinux, STANDARD_APPEND, initrd, timeout=90)
+
+    assert booted.done and not booted.ftrace_bug, booted.console[-3000:]
+    lines = re.search(r"MCOUNTRW-AFF-LINES (\d+)", booted.console)
+    invalid = re.search(r"MCOUNTRW-AFF-INVALID (\d+)", booted.console)
+    assert lines is not None and invalid is not None, booted.console[-3000:]
+    assert int(lines.group(1)) == len(text)
+    assert int(invalid.group(1)) == len(text) - traceable

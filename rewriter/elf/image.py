@@ -17,6 +17,7 @@ import os
 import stat
 from dataclasses import dataclass
 from functools import cached_property
+from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -225,13 +226,15 @@ class Image:
         rows = table.tolist()
         has_data = [i for i, r in enumerate(rows) if r[1] not in (S.SHT_NOBITS, S.SHT_NULL) and r[5] > 0]
         for i in has_data:
-            self._check_range(rows[i][4], rows[i][5], f"section {i} data")
+            if rows[i][4] + rows[i][5] > self.elf_end:  # the fields are unsigned: only the end can be wrong
+                self._check_range(rows[i][4], rows[i][5], f"section {i} data")
         if int(e["e_phnum"]) == PN_XNUM:
             self._check_program_headers(table)
         names = bytes(self.data[rows[strndx][4] : rows[strndx][4] + rows[strndx][5]])
         sections = []
+        names_end = max(len(names), 1)
         for i, (name_off, typ, flags, addr, offset, size, link, info, _, entsize) in enumerate(rows):
-            if name_off >= max(len(names), 1):
+            if name_off >= names_end:
                 raise self.error(f"section {i} name index {name_off} out of range")
             end = names.find(b"\0", name_off)
             name = names[name_off : end if end >= 0 else len(names)].decode("utf-8", "replace")
@@ -243,6 +246,7 @@ class Image:
     def _check_links(self, sections: list[Section]) -> None:
         """A symbol table names its string table in sh_link; a relocation table its symbol table in
         sh_link and the section it applies to in sh_info (gABI, Figure 4-12)."""
+        n = len(sections)
         for sec in sections:
             if sec.type == S.SHT_SYMTAB:
                 links: tuple[tuple[str, int], ...] = (("sh_link", sec.link),)
@@ -251,10 +255,8 @@ class Image:
             else:
                 continue
             for what, index in links:
-                if index >= len(sections):
-                    raise self.error(
-                        f"section {sec.index} ({sec.name}): {what} {index} names no section (0..{len(sections) - 1})"
-                    )
+                if index >= n:
+                    raise self.error(f"section {sec.index} ({sec.name}): {what} {index} names no section (0..{n - 1})")
 
     def _check_program_headers(self, shdrs: np.ndarray | None) -> None:
         """The program header table is not read, but a rewritten file keeps it: it must be whole."""
@@ -277,7 +279,7 @@ class Image:
         may not overlap. No byte in a file resides in more than one section")."""
         spans = [(0, self.ehdr.dtype.itemsize, -2), (shoff, shsize, -1)]
         spans += [(sections[i].offset, sections[i].size, i) for i in has_data]
-        spans.sort(key=lambda span: span[0])  # stable: equal starts keep header, table, index order
+        spans.sort(key=itemgetter(0))  # stable: equal starts keep header, table, index order
         reach = 0
         for n, (start, size, index) in enumerate(spans):
             if n and start < reach:

@@ -6,11 +6,13 @@ Usage: python3 bench/run.py [--repeat N] [--only NAME ...] [--write bench/RESULT
 Every case runs as a real command (a fresh process, as a user would run it), N times; the table
 shows the median wall time, the best, the median CPU time (user + system) and the peak resident
 memory of the largest process (from wait4's rusage, children included). On a machine other work
-shares, the CPU time says what the wall time cannot: the work a case itself did. Anchors are the tools a kernel developer would otherwise use
-(binutils objdump, piped into grep where there is an `_mcount` to grep for) and, for compressed
-module trees, the floor: `xz -dc` over the same files with the same parallelism. Cases run in
-order, each right after its anchor. The corpus must be fetched (bash corpus/fetch.sh); cases of a
-kernel missing from it are skipped with a note.
+shares, the CPU time says what the wall time cannot: the work a case itself did.
+
+Anchors are the tools a kernel developer would otherwise use (binutils objdump, piped into grep
+where there is an `_mcount` to grep for) and, for compressed module trees, the floor: `xz -dc` over
+the same files with the same parallelism. An anchor and the cases measured against it take turns,
+so that a change in the machine's load falls on both sides of a ratio. The corpus must be fetched
+(bash corpus/fetch.sh); cases of a kernel missing from it are skipped with a note.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import NamedTuple, TypeVar
 from rewriter.elf.image import Image
 from rewriter.elf.structs import ELF_MAGIC
 from rewriter.errors import RewriteError
+from rewriter.generations import Generation
 from rewriter.sites import Scan, scan
 
 T = TypeVar("T")
@@ -106,9 +107,10 @@ def _looks_like_elf(path: Path, errors: list[str]) -> bool:
     return head.startswith(ELF_MAGIC)
 
 
-def scan_one(path: Path, mcount_addr: int | None = None) -> Outcome:
+def scan_one(path: Path, mcount_addr: int | None = None, generation: Generation | None = None) -> Outcome:
+    """``generation`` overrides the scanner's detection (``--generation``, for stripped images)."""
     try:
-        return Outcome(path, scan(Image.load(path), mcount_addr), None)
+        return Outcome(path, scan(Image.load(path), mcount_addr, generation), None)
     except RewriteError as e:
         return Outcome(path, None, str(e))
     except (ValueError, IndexError, OverflowError, MemoryError) as e:
@@ -162,21 +164,25 @@ def render_many(
     render: Callable[[Scan], str],
     mcount_addr: int | None = None,
     progress: Callable[[], None] | None = None,
+    generation: Generation | None = None,
 ) -> Iterator[Rendered]:
     """Like :func:`scan_many`, but each worker formats its scans with ``render`` (a module-level
     function, or a ``partial`` of one) and sends back only the text. A module tree's Scan objects
     (175,941 sites in 6.12's) cost more to pickle and unpickle than to format, and the parent
     would unpickle them alone while the workers wait."""
-    for rendered in map_chunks(partial(_render_chunk, render=render, mcount_addr=mcount_addr), files, jobs):
+    chunk = partial(_render_chunk, render=render, mcount_addr=mcount_addr, generation=generation)
+    for rendered in map_chunks(chunk, files, jobs):
         yield rendered
         if progress:
             progress()
 
 
-def _render_chunk(paths: Sequence[Path], render: Callable[[Scan], str], mcount_addr: int | None) -> list[Rendered]:
+def _render_chunk(
+    paths: Sequence[Path], render: Callable[[Scan], str], mcount_addr: int | None, generation: Generation | None
+) -> list[Rendered]:
     out = []
     for path in paths:
-        outcome = scan_one(path, mcount_addr)
+        outcome = scan_one(path, mcount_addr, generation)
         out.append(Rendered(path, None if outcome.scan is None else render(outcome.scan), outcome.error))
     return out
 

@@ -4,9 +4,15 @@
 Usage: python3 bench/run.py [--repeat N] [--only NAME ...] [--write bench/RESULTS.md]
 
 Every case runs as a real command (a fresh process, as a user would run it), N times; the table
-shows the median wall time, the best, and the peak resident memory of the slowest run (from
-wait4's rusage, children included). Anchors are the tools a kernel developer would otherwise use
-(binutils objdump piped into grep). The corpus must be fetched (bash corpus/fetch.sh).
+shows the median wall time, the best, the median CPU time (user + system) and the peak resident
+memory of the largest process (from wait4's rusage, children included). On a machine other work
+shares, the CPU time says what the wall time cannot: the work a case itself did.
+
+Anchors are the tools a kernel developer would otherwise use (binutils objdump, piped into grep
+where there is an `_mcount` to grep for) and, for compressed module trees, the floor: `xz -dc` over
+the same files with the same parallelism. An anchor and the cases measured against it take turns,
+so that a change in the machine's load falls on both sides of a ratio. The corpus must be fetched
+(bash corpus/fetch.sh); cases of a kernel missing from it are skipped with a note.
 """
 
 from __future__ import annotations
@@ -23,12 +29,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from boot import KERNELS  # noqa: E402  (the one home of the corpus paths)
+
 CORPUS = Path(os.environ.get("MCOUNTRW_CORPUS") or Path.home() / ".cache/mcountrw/corpus") / "root"
-VMLINUX = CORPUS / "boot/vmlinux-6.1.0-50-powerpc64le"
-MODULES = CORPUS / "lib/modules/6.1.0-50-powerpc64le/kernel"
+VMLINUX = KERNELS["6.1"].vmlinux(CORPUS)
+MODULES = KERNELS["6.1"].modules(CORPUS)
 OBJDUMP = "powerpc64le-linux-gnu-objdump"
+XZ = "xz"
+# Run from the checkout, so that `-m rewriter` is this tree's package whatever is installed.
 MCOUNTRW = [sys.executable, "-m", "rewriter"]
 
 
@@ -40,6 +52,10 @@ class Case:
     limit: float | None = None  # seconds, if the target is absolute
     anchor: str | None = None  # name of the case this one is compared with
     prepare: str | None = None  # shell command run (untimed) before each repetition
+    # At most this many times the anchor's median: 0.25 is ">= 4x the anchor's speed", 1.3 is
+    # "within 1.3x the floor's time".
+    max_ratio: float | None = None
+    needs: Path | None = None  # the case is skipped when this corpus file is missing
 
 
 def cases() -> list[Case]:
@@ -105,21 +121,77 @@ def cases() -> list[Case]:
             ),
             5.0,
         ),
+        *new_kernel_cases(m),
     ]
 
 
-def run_once(command: str, tmp: str) -> tuple[float, int, int]:
-    """(wall seconds, peak RSS in MB of the process tree's largest member, exit status)."""
+def new_kernel_cases(m: str) -> list[Case]:
+    """6.12 (patchable) and 7.2 (ool): no `bl _mcount` any more, so the vmlinux anchor is objdump's
+    disassembly alone; their modules are .ko.xz, so the module tree's anchor is the floor of just
+    decompressing it: `xz -dc` over the same files, two at a time like `scan --jobs 2`."""
+    out = []
+    for name, tree_target in (
+        ("6.12", "<= 1.3x the xz floor, 2 cores"),
+        ("7.2", "for the record (<= 1.3x the xz floor)"),
+    ):
+        kernel = KERNELS[name]
+        v, mods = shlex.quote(str(kernel.vmlinux(CORPUS))), shlex.quote(str(kernel.modules(CORPUS)))
+        vm, tree = kernel.vmlinux(CORPUS), kernel.modules(CORPUS)
+        out += [
+            Case(f"objdump -d vmlinux {name}", "anchor", f"{OBJDUMP} -d {v} >/dev/null", needs=vm),
+            Case(
+                f"scan vmlinux {name}",
+                ">= 4x objdump -d",
+                f"{m} scan --format json -o {{tmp}}/v{name}.json {v}",
+                anchor=f"objdump -d vmlinux {name}",
+                max_ratio=0.25,
+                needs=vm,
+            ),
+            Case(
+                f"xz -dc module tree {name}",
+                "floor",
+                f"find {mods} -name '*.ko.xz' -print0 | xargs -0 -P2 -n 64 {XZ} -dc >/dev/null",
+                needs=tree,
+            ),
+            Case(
+                f"scan module tree {name}",
+                tree_target,
+                f"{m} scan --jobs 2 --format json -o {{tmp}}/m{name}.json {mods}",
+                anchor=f"xz -dc module tree {name}",
+                max_ratio=1.3,
+                needs=tree,
+            ),
+        ]
+    return out
+
+
+class Run(NamedTuple):
+    wall: float  # seconds
+    cpu: float  # user + system seconds of the whole process tree
+    rss: int  # peak resident MB of the tree's largest member
+
+
+class Result(NamedTuple):
+    median: float
+    best: float
+    cpu: float  # median
+    peak: int
+
+
+def run_once(command: str, tmp: str) -> Run:
     start = time.perf_counter()
     proc = subprocess.Popen(
-        ["bash", "-o", "pipefail", "-c", command.format(tmp=tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        ["bash", "-o", "pipefail", "-c", command.format(tmp=tmp)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
     )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if status:
         err = proc.stderr.read().decode() if proc.stderr else ""
         raise SystemExit(f"bench: command failed ({status}): {command}\n{err}")
-    return wall, usage.ru_maxrss // 1024, status
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss // 1024)
 
 
 def machine() -> str:
@@ -138,6 +210,93 @@ def machine() -> str:
     )
 
 
+def groups(selected: list[Case]) -> list[list[Case]]:
+    """Each anchor with the cases measured against it, the rest alone. A group's cases take turns
+    (anchor, case, anchor, case...) so that a change in the machine's load from other work falls
+    on both sides of a ratio alike."""
+    out: list[list[Case]] = []
+    home: dict[str, list[Case]] = {}
+    for case in selected:
+        group = home.get(case.anchor) if case.anchor else None
+        if group is None:
+            group = []
+            out.append(group)
+        group.append(case)
+        home[case.name] = group
+    return out
+
+
+def verdict(case: Case, med: float, results: dict[str, Result]) -> str:
+    parts = []
+    if case.limit is not None:
+        parts.append("meets" if med <= case.limit else "MISSES")
+    if case.anchor and case.anchor in results:
+        base = results[case.anchor].median
+        ratio = med / base
+        if case.max_ratio is not None:
+            parts.append("meets" if ratio <= case.max_ratio else "MISSES")
+        parts.append(f"{base / med:.1f}x the anchor" if ratio < 1 else f"{ratio:.2f}x the anchor's time")
+    return "; ".join(parts)
+
+
+def select(only: list[str] | None) -> tuple[list[Case], list[str]]:
+    """The cases to run (a named case brings its anchor) and a note for each one skipped."""
+    every = cases()
+    wanted = set(only or (c.name for c in every))
+    wanted |= {c.anchor for c in every if c.name in wanted and c.anchor}
+    chosen, notes = [], []
+    for case in every:
+        if case.name not in wanted:
+            continue
+        if case.needs is not None and not case.needs.exists():
+            notes.append(f"skipped {case.name}: {case.needs} is not in the corpus (bash corpus/fetch.sh)")
+            continue
+        chosen.append(case)
+    return chosen, notes
+
+
+def measure(selected: list[Case], repeat: int, tmp: str) -> dict[str, Result]:
+    """(median, best, peak RSS) per case, printing each row as soon as its group is done."""
+    results: dict[str, Result] = {}
+    for group in groups(selected):
+        runs: dict[str, list[Run]] = {c.name: [] for c in group}
+        for _ in range(repeat):
+            for case in group:
+                if case.prepare:
+                    subprocess.run(["bash", "-c", case.prepare.format(tmp=tmp)], check=True, capture_output=True)
+                runs[case.name].append(run_once(case.command, tmp))
+        for case in group:
+            walls = [r.wall for r in runs[case.name]]
+            cpu = statistics.median(r.cpu for r in runs[case.name])
+            results[case.name] = Result(statistics.median(walls), min(walls), cpu, max(r.rss for r in runs[case.name]))
+            print(row(case, results), flush=True)
+    return results
+
+
+def row(case: Case, results: dict[str, Result]) -> str:
+    r = results[case.name]
+    return (
+        f"| {case.name} | {r.median:.3f} | {r.best:.3f} | {r.cpu:.2f} | {r.peak} | {case.target} "
+        f"| {verdict(case, r.median, results)} |"
+    )
+
+
+def load() -> str:
+    """The load average, and how many processes other than ours were running on a CPU."""
+    one, five, _ = os.getloadavg()
+    mine = {os.getpid(), *(int(p) for p in os.listdir(f"/proc/{os.getpid()}/task"))}
+    running = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        running += stat[stat.rindex(")") + 2] == "R"
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min); {running} other process(es) running"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
@@ -147,40 +306,27 @@ def main() -> int:
     if not VMLINUX.exists():
         print("bench: corpus missing: run bash corpus/fetch.sh", file=sys.stderr)
         return 2
-    if not shutil.which(OBJDUMP):
-        print(f"bench: {OBJDUMP} missing (apt-get install binutils-powerpc64le-linux-gnu)", file=sys.stderr)
-        return 2
-    results: dict[str, tuple[float, float, int]] = {}
-    rows = []
+    for tool, package in ((OBJDUMP, "binutils-powerpc64le-linux-gnu"), (XZ, "xz-utils")):
+        if not shutil.which(tool):
+            print(f"bench: {tool} missing (apt-get install {package})", file=sys.stderr)
+            return 2
+    selected, notes = select(args.only)
+    for note in notes:
+        print(f"bench: {note}", file=sys.stderr)
+    before = load()
     with tempfile.TemporaryDirectory(prefix="mcountrw-bench-") as tmp:
-        for case in cases():
-            if args.only and case.name not in args.only and case.anchor not in (args.only or []):
-                continue
-            walls, peak = [], 0
-            for _ in range(args.repeat):
-                if case.prepare:
-                    subprocess.run(["bash", "-c", case.prepare.format(tmp=tmp)], check=True, capture_output=True)
-                wall, rss, _ = run_once(case.command, tmp)
-                walls.append(wall)
-                peak = max(peak, rss)
-            med = statistics.median(walls)
-            results[case.name] = (med, min(walls), peak)
-            verdict = ""
-            if case.limit is not None:
-                verdict = "meets" if med <= case.limit else "MISSES"
-            if case.anchor and case.anchor in results:
-                ratio = results[case.anchor][0] / med
-                verdict += f"; {ratio:.1f}x the anchor"
-            rows.append(f"| {case.name} | {med:.3f} | {min(walls):.3f} | {peak} | {case.target} | {verdict} |")
-            print(rows[-1], flush=True)
+        results = measure(selected, args.repeat, tmp)
     table = "\n".join(
         [
             f"Machine: {machine()}  ",
-            f"Date: {time.strftime('%Y-%m-%d')}; repetitions: {args.repeat}; command: `python3 bench/run.py`",
+            f"Date: {time.strftime('%Y-%m-%d')}; repetitions: {args.repeat}, each group's cases taking turns; "
+            "command: `python3 bench/run.py`  ",
+            f"Load before: {before}; after: {load()}",
+            *(f"Note: {n}" for n in notes),
             "",
-            "| case | median s | best s | peak RSS MB | target | verdict |",
-            "| --- | ---: | ---: | ---: | --- | --- |",
-            *rows,
+            "| case | median s | best s | CPU s | peak RSS MB | target | verdict |",
+            "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+            *(row(c, results) for c in selected),
         ]
     )
     if args.write:

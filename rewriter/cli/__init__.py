@@ -116,7 +116,9 @@ def scan(
 
     Each image says its generation (mprofile <= 6.5, patchable 6.6-6.12, ool 6.13+), how many
     sites ftrace can trace after boot, and (ool) whether its stubs cover its records."""
-    from rewriter.batch import default_jobs, expand, scan_many
+    from functools import partial
+
+    from rewriter.batch import default_jobs, expand, render_many
     from rewriter.report import scanfmt
 
     if fmt not in ("table", "json", "csv"):
@@ -124,24 +126,28 @@ def scan(
     addr = parse_int(mcount_addr, "--mcount-addr")
     gen = parse_generation(generation, addr)
     files, errors = expand(paths)
-    results = []
+    if fmt == "json":
+        render = scanfmt.image_json_text
+    elif fmt == "csv":
+        render = scanfmt.csv_rows_text
+    else:
+        render = partial(scanfmt.table_text, limit=None if show_all or output is not None else 20)
+    texts = []
     with progress(len(files), "scanning") as tick:
-        for outcome in scan_many(files, jobs or default_jobs(), addr, tick, gen):
-            if outcome.scan is not None:
-                results.append(outcome.scan)
+        # Each worker formats what it scanned: only text comes back (see rewriter.batch.render_many).
+        for rendered in render_many(files, jobs or default_jobs(), render, addr, tick, gen):
+            if rendered.text is not None:
+                texts.append(rendered.text)
             else:
-                errors.append(outcome.error or f"{outcome.path}: failed")
+                errors.append(rendered.error or f"{rendered.path}: failed")
     for line in errors:
         typer.echo(f"mcountrw: error: {line}", err=True)
-    if not results:
+    if not texts:
         raise typer.Exit(BAD_INPUT)
     if fmt == "json":
-        text = scanfmt.scans_json_text(results, errors) + "\n"
-    elif fmt == "csv":
-        text = scanfmt.csv_text(results)
+        text = scanfmt.join_images_json(texts, errors) + "\n"
     else:
-        limit = None if show_all or output is not None else 20
-        text = "".join(line + "\n" for r in results for line in scanfmt.table_lines(r, limit))
+        text = (scanfmt.CSV_HEADER if fmt == "csv" else "") + "".join(texts)
     emit(text, output)
     if errors:
         raise typer.Exit(BAD_INPUT)

@@ -227,11 +227,19 @@ def scans_json(results: Iterable[Scan], errors: Sequence[str]) -> dict[str, Any]
 def scans_json_text(results: Sequence[Scan], errors: Sequence[str]) -> str:
     """``json.dumps(scans_json(...), separators=(",", ":"))``, with the site lists formatted
     directly: 157,277 dicts for a module tree would cost more than scanning it (tested equal)."""
-    images = []
-    for r in results:
-        head = image_json(r, with_sites=False)
-        text = json.dumps(head, separators=(",", ":"))
-        images.append(text.replace('"sites":[]', '"sites":[' + _sites_text(r.sites, boot_of(r)) + "]", 1))
+    return join_images_json([image_json_text(r) for r in results], errors)
+
+
+def image_json_text(result: Scan) -> str:
+    """One image of :func:`scans_json_text`. A batch scan makes it in the worker that scanned the
+    file: a text pickles back to the parent far faster than a :class:`Scan`."""
+    head = image_json(result, with_sites=False)
+    text = json.dumps(head, separators=(",", ":"))
+    return text.replace('"sites":[]', '"sites":[' + _sites_text(result.sites, boot_of(result)) + "]", 1)
+
+
+def join_images_json(images: Sequence[str], errors: Sequence[str]) -> str:
+    """The whole document from the texts of :func:`image_json_text`."""
     return '{"images":[' + ",".join(images) + '],"errors":' + json.dumps(list(errors), separators=(",", ":")) + "}"
 
 
@@ -267,33 +275,43 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
 
 def csv_text(results: Iterable[Scan]) -> str:
     """One row per site; the image's ``generation`` is repeated on each of its rows."""
+    return CSV_HEADER + "".join(csv_rows_text(r) for r in results)
+
+
+CSV_HEADER = ",".join(CSV_FIELDS) + "\n"
+
+
+def csv_rows_text(result: Scan) -> str:
+    """One image's rows of :func:`csv_text`, without the header."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(CSV_FIELDS)
-    for r in results:
-        boot = boot_of(r)
-        generation = generation_of(r)
-        gen = "" if generation is None else generation.value
-        for s in r.sites:
-            w.writerow(
-                [
-                    r.path,
-                    f"{s.addr:#x}" if s.addr is not None else "",
-                    s.section,
-                    f"{s.offset:#x}",
-                    s.function or "",
-                    s.variant.value,
-                    s.state.value,
-                    int(s.recorded),
-                    gen,
-                    record_text(s) or "",
-                    "" if s.boot_state is None else s.boot_state.value,
-                    int(untraceable(s, boot) is None),
-                    s.stub or "",
-                    SOURCE_IMAGE,
-                ]
-            )
+    boot = boot_of(result)
+    generation = generation_of(result)
+    gen = "" if generation is None else generation.value
+    for s in result.sites:
+        w.writerow(
+            [
+                result.path,
+                f"{s.addr:#x}" if s.addr is not None else "",
+                s.section,
+                f"{s.offset:#x}",
+                s.function or "",
+                s.variant.value,
+                s.state.value,
+                int(s.recorded),
+                gen,
+                record_text(s) or "",
+                "" if s.boot_state is None else s.boot_state.value,
+                int(untraceable(s, boot) is None),
+                s.stub or "",
+                SOURCE_IMAGE,
+            ]
+        )
     return out.getvalue()
+
+
+def table_text(result: Scan, limit: int | None) -> str:
+    return "".join(line + "\n" for line in table_lines(result, limit))
 
 
 # -- the table ------------------------------------------------------------------------------

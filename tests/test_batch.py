@@ -1,0 +1,61 @@
+"""Many files at once (rewriter.batch): which files a directory holds, and reports made in workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import FIXTURES
+
+from rewriter.batch import expand, scan_one
+from rewriter.report import scanfmt
+
+BIN = FIXTURES / "bin"
+
+
+def test_a_directory_is_walked_depth_first_sorted_without_following_links(tmp_path: Path) -> None:
+    elf = (BIN / "clean.o").read_bytes()
+    for rel in ("b.o", "a.ko.xz", "z/deep/c.o", "m/d.ko", "m/e", "m/notes.txt", "real/f.o"):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"plain text, not ELF" if rel.endswith(".txt") else elf)
+    (tmp_path / "m" / "link.o").symlink_to(tmp_path / "b.o")  # a link to a file: not followed
+    (tmp_path / "linked").symlink_to(tmp_path / "real")  # a link to a directory: not entered
+    os.mkfifo(tmp_path / "m" / "pipe.ko")  # named like a module, but would block a read
+    files, errors = expand([tmp_path])
+    assert errors == []
+    # Each directory's files (sorted, by name or by their ELF magic) before its subdirectories.
+    expect = ["a.ko.xz", "b.o", "m/d.ko", "m/e", "real/f.o", "z/deep/c.o"]
+    assert [str(p.relative_to(tmp_path)) for p in files] == expect
+
+
+def _scan(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rewriter", "scan", *args], capture_output=True, text=True)
+
+
+def test_reports_made_in_workers_are_the_one_process_report(tmp_path: Path) -> None:
+    """Each worker formats the scans it made; joined in input order they must be, byte for byte,
+    the report of one process, in every format, including the error lines of bad files."""
+    names = ["prof-le", "prof-le.o", "std-le", "patchable-le.o", "anom-dangling", "anom-broken.o", "clean.o"]
+    for name in names:
+        (tmp_path / name).write_bytes((BIN / name).read_bytes())
+    (tmp_path / "bad.ko").write_bytes(b"\x7fELF but nothing else")
+    reports = {}
+    for fmt in ("json", "csv", "table"):
+        one = _scan("--jobs", "1", "--format", fmt, str(tmp_path))
+        two = _scan("--jobs", "2", "--format", fmt, str(tmp_path))
+        assert one.returncode == two.returncode == 2, two.stderr  # bad.ko
+        assert (one.stdout, one.stderr) == (two.stdout, two.stderr)
+        reports[fmt] = two.stdout
+    files, _ = expand([tmp_path])
+    outcomes = [scan_one(p) for p in files]
+    scans = [o.scan for o in outcomes if o.scan is not None]
+    errors = [o.error for o in outcomes if o.error is not None]
+    assert len(scans) == len(names) and len(errors) == 1
+    assert reports["json"] == scanfmt.scans_json_text(scans, errors) + "\n"
+    assert json.loads(reports["json"]) == scanfmt.scans_json(scans, errors)
+    assert reports["csv"] == scanfmt.csv_text(scans)
+    assert reports["table"] == "".join(line + "\n" for s in scans for line in scanfmt.table_lines(s, 20))

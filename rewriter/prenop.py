@@ -12,7 +12,7 @@ file first (a vmlinux takes as long as several hundred modules). Each file goes 
    its record is invisible to :func:`rewriter.sites.scan` by design.
 2. Scan the original and decide each site with the policy (:meth:`Policy.for_file`). The sites to
    nop are handed to ``rewrite`` as they are, never re-matched by name as globs.
-3. :func:`rewriter.patch.rewrite` to ``nopped`` with dropped records (``--drop-records``: the
+3. :func:`rewriter.rewrite.rewrite` to ``nopped`` with dropped records (``--drop-records``: the
    kernel's boot-time init accepts at a recorded place only the words the compiler built there).
    On 6.1 (mprofile) that nops ``mflr`` and ``bl`` and drops the records; on 6.12 (patchable) and
    7.2 (ool) the sites already are nops as built, so only their records go. A signed module's
@@ -56,10 +56,10 @@ from rewriter.elf.compress import Compression, decompress, detect_compression
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.writer import atomic_write, commit, write_temp
 from rewriter.errors import LogError, OutputError, RewriteError
+from rewriter.files import LOG_SUFFIX, check_states, original_bytes, output_bytes, render_log, restore_of
 from rewriter.log import Log, load
-from rewriter.patch import Options, Selection, rewrite, target_state
 from rewriter.policy import MODULE_SUFFIXES, Policy, Verb, module_name
-from rewriter.rewrite import LOG_SUFFIX, check_states, original_bytes, output_bytes, render_log, restore_of
+from rewriter.rewrite import Options, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey, parse_trailer
 from rewriter.sites import Site, scan
 from rewriter.states import SiteState

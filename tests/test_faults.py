@@ -30,10 +30,10 @@ from rewriter.elf import writer
 from rewriter.elf.image import Image
 from rewriter.elf.writer import TMP_SUFFIX
 from rewriter.errors import ImageError, OutputError, PlanRejected
+from rewriter.files import apply_file, default_log_path, undo_file, verify_files
 from rewriter.log import load
-from rewriter.patch import Options, Selection
 from rewriter.plan import Route
-from rewriter.rewrite import apply_file, default_log_path, undo_file, verify_files
+from rewriter.rewrite import Options, Selection
 from rewriter.sites import scan
 from rewriter.states import SiteState
 

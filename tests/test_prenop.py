@@ -22,10 +22,10 @@ from rewriter.cli import app
 from rewriter.edits import WordWrite
 from rewriter.elf.compress import Compression, detect_compression
 from rewriter.elf.image import Image
+from rewriter.files import verify_files
 from rewriter.log import load
 from rewriter.policy import parse
 from rewriter.prenop import PrenopError, Settings, Status, prenop_file, publish, run, targets
-from rewriter.rewrite import verify_files
 from rewriter.sites import scan
 from rewriter.states import SiteState
 

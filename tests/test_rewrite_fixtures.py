@@ -14,9 +14,9 @@ from conftest import FIXTURES
 
 from rewriter.elf.image import Image
 from rewriter.errors import PlanRejected
-from rewriter.patch import Options, Selection
+from rewriter.files import apply_file, undo_file, verify_files
 from rewriter.plan import Route
-from rewriter.rewrite import apply_file, undo_file, verify_files
+from rewriter.rewrite import Options, Selection
 from rewriter.sites import scan
 from rewriter.states import SiteState
 

@@ -39,9 +39,9 @@ from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, decompress, recipe_of
 from rewriter.elf.image import Image
 from rewriter.errors import ImageError, PlanRejected
+from rewriter.files import apply_file, undo_file, verify_files
 from rewriter.log import load
-from rewriter.patch import Options, Selection
-from rewriter.rewrite import apply_file, undo_file, verify_files
+from rewriter.rewrite import Options, Selection
 from rewriter.sites import dynamic_value, processed_relative, scan
 from rewriter.states import SiteState
 

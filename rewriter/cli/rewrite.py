@@ -11,7 +11,7 @@ from rewriter.cli import BAD_INPUT, FINDINGS, app, fail, parse_int
 from rewriter.errors import RewriteError
 
 if TYPE_CHECKING:
-    from rewriter.patch import Selection
+    from rewriter.rewrite import Selection
 
 TARGETS = ("enabled", "disabled", "nopped")
 
@@ -41,16 +41,16 @@ Backup = Annotated[bool, typer.Option("--backup", help="with --in-place: keep th
 def _selection(
     only: list[str] | None, exclude: list[str] | None, section: list[str] | None, addr: list[str] | None
 ) -> Selection:
-    from rewriter.patch import Selection
+    from rewriter.rewrite import Selection
 
     addrs = frozenset(parse_int(a, "--addr") or 0 for a in addr or [])
     return Selection(tuple(only or ()), tuple(exclude or ()), tuple(section or ()), addrs)
 
 
 def _run_apply(image: Path, output: Path | None, target: str, **kw) -> None:  # type: ignore[no-untyped-def]
-    from rewriter.patch import Options
+    from rewriter.files import apply_file
     from rewriter.plan import Route
-    from rewriter.rewrite import apply_file
+    from rewriter.rewrite import Options
     from rewriter.states import SiteState
 
     if target not in TARGETS:
@@ -158,7 +158,7 @@ def undo(
     in_place: InPlace = False,
 ) -> None:
     """Restore the exact original bytes (relocations, records and signature included)."""
-    from rewriter.rewrite import undo_file
+    from rewriter.files import undo_file
 
     try:
         out, record = undo_file(patched, log, output, in_place)
@@ -174,7 +174,7 @@ def verify(
     log: Annotated[Path, typer.Option("--log", help="the patch log")],
 ) -> None:
     """Exit 0 iff the byte difference is exactly what the log says; 1 otherwise."""
-    from rewriter.rewrite import verify_files
+    from rewriter.files import verify_files
 
     try:
         verdict = verify_files(original, patched, log)

@@ -1,5 +1,5 @@
-"""Apply a plan to an image: plan writes become words, plus the relocation and record edits that
-keep a rewritten file loadable.
+"""A rewrite in memory: select sites, plan, and turn the plan's writes into compare-and-swap edits,
+plus the relocation and record edits that keep a rewritten file loadable.
 
 Strategy: select sites, ask the planner for one plan that takes them to the target state, then
 walk the plan stage by stage on a copy of the file:
@@ -26,7 +26,9 @@ the same rewrite drops that record (``drop_records``) or the caller builds such 
 purpose (``keep_records``: the negative control of the boot tests). On patchable and ool kernels
 the sites are built as nops: pre-nopping them is dropping their records, and no word is written.
 
-The result is in memory; ``rewriter.files`` writes files. No printing, no file I/O here.
+The new file is then read back in memory: every changed site must hold the target state's words
+(:class:`InternalError` if not: that is mcountrw's mistake, not the input's). The result is in
+memory; ``rewriter.files`` writes files. No printing, no file I/O here.
 """
 
 from __future__ import annotations
@@ -39,14 +41,14 @@ from typing import Final, NamedTuple
 import numpy as np
 
 from rewriter import ppc
-from rewriter.edits import BytesEdit, Edit, RelaEdit, Truncate, WordWrite, apply_edits
+from rewriter.edits import BytesEdit, Edit, RelaEdit, Truncate, WordWrite, apply_edits, byteorder
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind, Section
-from rewriter.errors import ImageError, PlanRejected, RewriteError
+from rewriter.errors import ImageError, InternalError, NoRoute, PlanRejected, RewriteError
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, plan
 from rewriter.sites import Scan, Site, dynamic_value, scan
-from rewriter.states import Insn, SiteState, Slot, word_for
+from rewriter.states import Insn, SiteState, Slot, insn_kind, word_for
 
 BOOTED_KINDS: Final = (Kind.VMLINUX, Kind.MODULE)
 """Files whose records a kernel checks at boot or at module load (the boot rule applies to them)."""
@@ -74,7 +76,8 @@ class Selection:
         chosen = not (self.only or self.sections or self.addrs or self.places)
         chosen = chosen or any(fnmatch.fnmatchcase(name, g) for g in self.only)
         chosen = chosen or site.section in self.sections or (site.addr in self.addrs)
-        chosen = chosen or (site.section_index, site.offset) in self.places
+        section_offset = site.offset  # Site.offset is the call slot's offset in its section
+        chosen = chosen or (site.section_index, section_offset) in self.places
         return chosen and not any(fnmatch.fnmatchcase(name, g) for g in self.exclude)
 
 
@@ -119,6 +122,11 @@ class Rewrite:
     unchanged: int  # selected sites already at the target
     dropped: tuple[Site, ...] = ()
     stubs: tuple[tuple[StubCount, ...], tuple[StubCount, ...]] | None = None
+
+    @property
+    def word_writes(self) -> int:
+        """How many of ``edits`` are the plan's word writes (the others have no stage)."""
+        return sum(1 for e in self.edits if e.stage is not None)
 
 
 def target_state(variant: Variant, target: SiteState) -> SiteState:
@@ -167,6 +175,7 @@ def rewrite(image: Image, scan: Scan, selection: Selection, options: Options, ke
             )
     groups = _groups(todo)
     the_plan = _make_plan(image, groups, goals, options) if todo else None
+    order = byteorder(image.byteorder)
     buf = bytearray(image.data)
     edits: list[Edit] = []
     stages: list[bytes] = []
@@ -176,18 +185,20 @@ def rewrite(image: Image, scan: Scan, selection: Selection, options: Options, ke
             stage_edits: list[Edit] = list(stage_writes)
             if image.type == S.ET_REL:
                 stage_edits += tables.drop_call_relocations(image, todo, stage_writes)
-            buf = apply_edits(buf, stage_edits, image.byteorder)
+            buf = apply_edits(buf, stage_edits, order)
             edits += stage_edits
             if keep_stages:
                 stages.append(bytes(buf))
-    final: list[Edit] = _drop_records(image, scan, tables, gone)
+    records, rows = _drop_records(image, scan, tables, gone)
+    final = list(records)
     if options.strip_signature and image.signature is not None and (todo or gone):
         tail = bytes(image.data[image.elf_end :])
         final.append(Truncate(image.elf_end, tail, "module signature"))
-    buf = apply_edits(buf, final, image.byteorder)
+    buf = apply_edits(buf, final, order)
     edits += final
     barriers = () if the_plan is None else tuple((i, b.value) for i, b in enumerate(the_plan.barriers))
-    stubs = _stub_counts(image, scan, final, buf)
+    stubs = _stub_counts(image, scan, rows, bool(records), buf)
+    _read_back(buf, image, todo, goals)
     return Rewrite(
         buf, tuple(stages), tuple(edits), the_plan, barriers, tuple(todo), len(selected) - len(todo), tuple(gone), stubs
     )
@@ -293,7 +304,7 @@ def _make_plan(
         try:
             return plan(requests, options.route, options.cmodx, runtime=False)
         except PlanRejected as e:
-            raise PlanRejected(f"{image.path}: {e}") from None
+            raise NoRoute(f"{image.path}: {e}") from None
 
 
 # -- plan writes -> words -------------------------------------------------------------------
@@ -302,10 +313,10 @@ def _make_plan(
 class _Step(NamedTuple):
     """One write of a group's path, with everything that does not depend on the site's address."""
 
-    slot: str
+    slot: Slot
     delta: int
-    before: str
-    after: str
+    before: SiteState
+    after: SiteState
     old_word: int | None  # None: a branch (bl or b stub), encoded per address
     new_word: int | None
     old: Insn
@@ -324,12 +335,13 @@ def _resolve(image: Image, scan: Scan, groups: Sequence[Sequence[Site]], the_pla
             st, words[w.site] = _step(group[0], w, words[w.site])
             for site in group:
                 offset = site.file_offset + st.delta
+                section_offset = site.offset + st.delta  # Site.offset: the call slot's, in its section
                 addr = None if site.addr is None else site.addr + st.delta
-                here = addr if addr is not None else site.offset + st.delta
+                here = addr if addr is not None else section_offset
                 old = st.old_word if st.old_word is not None else _branch(image, here, offset, site, entries, st.old)
                 new = st.new_word if st.new_word is not None else _branch(image, here, None, site, entries, st.new)
                 writes.append(
-                    WordWrite(stage_no, offset, addr, site.section, site.offset + st.delta, site.function, st.slot,
+                    WordWrite(stage_no, offset, addr, site.section, section_offset, site.function, st.slot,
                               old, new, st.before, st.after)
                 )  # fmt: skip
         out.append(writes)
@@ -343,13 +355,13 @@ def _step(site: Site, w: Write, words: tuple[Insn, ...]) -> tuple[_Step, tuple[I
             f"{site.place_text}: plan writes slot {w.slot.value}, which a {site.variant.value} site lacks"
         )
     lay = LAYOUTS[site.variant]
-    before = lay.state_of(words).value
+    before = lay.state_of(words)
     if w.slot in lay.state_slots:
         i = lay.state_slots.index(w.slot)
         words = (*words[:i], w.new, *words[i + 1 :])
     old_word = None if w.old in _BRANCHES else word_for(w.old, 0, 0)
     new_word = None if w.new in _BRANCHES else word_for(w.new, 0, 0)
-    return _Step(w.slot.value, delta, before, lay.state_of(words).value, old_word, new_word, w.old, w.new), words
+    return _Step(w.slot, delta, before, lay.state_of(words), old_word, new_word, w.old, w.new), words
 
 
 def _branch(image: Image, here: int, offset: int | None, site: Site, entries: Sequence[int], insn: Insn) -> int:
@@ -424,18 +436,19 @@ class _RelaTables:
         dt = S.shdr_dtype(self.image.endian)
         assert dt.fields is not None
         field = int(self.image.ehdr["e_shoff"]) + sec.index * dt.itemsize + dt.fields["sh_size"][1]
-        order = self.image.byteorder
-        return BytesEdit(field, old.to_bytes(8, order), new.to_bytes(8, order), f"{sec.name} sh_size")  # type: ignore[arg-type]
+        order = byteorder(self.image.byteorder)
+        return BytesEdit(field, old.to_bytes(8, order), new.to_bytes(8, order), f"{sec.name} sh_size")
 
     def drop_call_relocations(self, image: Image, sites: Sequence[Site], writes: Sequence[WordWrite]) -> list[Edit]:
         """REL24 relocations of call slots this stage turns into ``nop``."""
-        nopped = {(w.section, w.section_offset) for w in writes if w.slot == "B" and w.new == ppc.NOP}
+        nopped = {(w.section, w.section_offset) for w in writes if w.slot is Slot.B and w.new == ppc.NOP}
         if not nopped:
             return []
         by_target: dict[int, list[int]] = {}
         for s in sites:
-            if (s.section, s.offset) in nopped:
-                by_target.setdefault(s.section_index, []).append(s.offset)
+            section_offset = s.offset  # the call slot's, in its section (= the REL24's r_offset)
+            if (s.section, section_offset) in nopped:
+                by_target.setdefault(s.section_index, []).append(section_offset)
         edits: list[Edit] = []
         for rsec in image.relocation_sections():
             offsets = by_target.get(rsec.info)
@@ -456,22 +469,25 @@ class _RelaTables:
 # -- records --------------------------------------------------------------------------------
 
 
-def _drop_records(image: Image, scan: Scan, tables: _RelaTables, sites: Sequence[Site]) -> list[Edit]:
-    """Edits that drop the records of ``sites``, found where the scan read them (``Scan.records.tables``)."""
+def _drop_records(image: Image, scan: Scan, tables: _RelaTables, sites: Sequence[Site]) -> tuple[list[Edit], int]:
+    """Edits that drop the records of ``sites``, found where the scan read them
+    (``Scan.records.tables``), and how many table entries they take out."""
     if not sites:
-        return []
+        return [], 0
     want = np.unique(np.array([s.record for s in sites], dtype=np.uint64))
     if image.type == S.ET_REL:
-        edits, found = _drop_rel_records(image, scan, tables, want)
+        edits, found, rows = _drop_rel_records(image, scan, tables, want)
     else:
-        edits, found = _drop_linked_records(image, scan, tables, want)
+        edits, found, rows = _drop_linked_records(image, scan, tables, want)
     if len(found) != len(want):
         missing = int(np.setdiff1d(want, found)[0])
         raise ImageError(f"{image.path}: --drop-records: no record table entry names {missing:#x}")
-    return edits
+    return edits, rows
 
 
-def _drop_rel_records(image: Image, scan: Scan, tables: _RelaTables, want: np.ndarray) -> tuple[list[Edit], np.ndarray]:
+def _drop_rel_records(
+    image: Image, scan: Scan, tables: _RelaTables, want: np.ndarray
+) -> tuple[list[Edit], np.ndarray, int]:
     """Relocatable: the record's R_PPC64_ADDR64 leaves its ``.rela`` section, the slot stays 0."""
     edits: list[Edit] = []
     found = []
@@ -482,12 +498,13 @@ def _drop_rel_records(image: Image, scan: Scan, tables: _RelaTables, want: np.nd
             continue
         edits += tables.remove(rsec, hit, "record of a nopped site")
         found.append(t.values[hit])
-    return edits, np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
+    rows = sum(len(f) for f in found)
+    return edits, np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64), rows
 
 
 def _drop_linked_records(
     image: Image, scan: Scan, tables: _RelaTables, want: np.ndarray
-) -> tuple[list[Edit], np.ndarray]:
+) -> tuple[list[Edit], np.ndarray, int]:
     """Linked: zero the table slots; move their RELATIVE relocations out of what relocate() applies."""
     edits: list[Edit] = []
     found = []
@@ -504,9 +521,9 @@ def _drop_linked_records(
             if old != bytes(8):
                 edits.append(BytesEdit(off, old, bytes(8), f"{t.section} entry"))
     if not found:
-        return edits, np.zeros(0, np.uint64)
+        return edits, np.zeros(0, np.uint64), 0
     edits += _move_relatives(image, tables, np.concatenate(slot_addrs))
-    return edits, np.unique(np.concatenate(found))
+    return edits, np.unique(np.concatenate(found)), sum(len(f) for f in found)
 
 
 def _move_relatives(image: Image, tables: _RelaTables, slot_addrs: np.ndarray) -> list[Edit]:
@@ -534,7 +551,7 @@ def _dynamic_edits(image: Image, removed: int, removed_counted: int) -> list[Edi
         raise ImageError(f"{image.path}: --drop-records: .rela.dyn without .dynamic")
     table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
     entsize = dynamic_value(image, S.DT_RELAENT) or 24
-    order = image.byteorder
+    order = byteorder(image.byteorder)
     edits: list[Edit] = []
     for tag, name, less in (
         (S.DT_RELASZ, "DT_RELASZ", removed * entsize),
@@ -546,7 +563,7 @@ def _dynamic_edits(image: Image, removed: int, removed_counted: int) -> list[Edi
         i = int(hit[0])
         old = int(table["d_val"][i])
         field = dyn.offset + i * table.dtype.itemsize + 8
-        edits.append(BytesEdit(field, old.to_bytes(8, order), (old - less).to_bytes(8, order), name))  # type: ignore[arg-type]
+        edits.append(BytesEdit(field, old.to_bytes(8, order), (old - less).to_bytes(8, order), name))
     return edits
 
 
@@ -554,22 +571,22 @@ def _dynamic_edits(image: Image, removed: int, removed_counted: int) -> list[Edi
 
 
 def _stub_counts(
-    image: Image, before: Scan, edits: Sequence[Edit], content: bytes | bytearray
+    image: Image, before: Scan, removed: int, changed: bool, content: bytes | bytearray
 ) -> tuple[tuple[StubCount, ...], tuple[StubCount, ...]] | None:
-    """ool: the stub areas before and after, read from the new file itself. Dropping records only
-    leaves stubs spare; an image whose records exceed its stubs (ftrace_init_ool_stub's WARN_ON,
-    then ftrace bug) is refused all the same, whoever made it so."""
+    """ool: the stub areas before and after ``removed`` records went (``changed``: the record
+    tables were edited), read from the new file itself. Dropping records only leaves stubs spare;
+    an image whose records exceed its stubs (ftrace_init_ool_stub's WARN_ON, then ftrace bug) is
+    refused all the same, whoever made it so."""
     if before.generation is not Generation.OOL:
         return None
     if image.type == S.ET_REL:
         sec = image.section("__patchable_function_entries")
         count = sec.size // 8 if sec is not None else 0
-        removed = sum(len(e.removed) for e in edits if isinstance(e, RelaEdit))
         return (StubCount(".stubs", count, before.records.count),), (
             StubCount(".stubs", count, before.records.count - removed),
         )
     areas = before.stubs
-    if any(isinstance(e, BytesEdit) for e in edits):
+    if changed:
         areas = scan(Image.from_bytes(image.path, bytes(content)), generation=Generation.OOL).stubs
     short = [a for a in areas if not a.covers]
     if short:
@@ -579,3 +596,52 @@ def _stub_counts(
         )
     counts = [tuple(StubCount(a.name, a.count, a.used) for a in s) for s in (before.stubs, areas)]
     return counts[0], counts[1]
+
+
+# -- reading the result back ----------------------------------------------------------------
+
+
+def _read_back(
+    content: bytes | bytearray, image: Image, sites: Sequence[Site], goals: Mapping[Variant, SiteState]
+) -> None:
+    """Read every changed site back from ``content``: its slots must now hold its goal state.
+
+    This reads the words themselves rather than re-running the scanner, because a pre-nopped site
+    whose records were dropped, in a function with no symbol, is invisible to a scan. A site that
+    does not read back is mcountrw's own mistake: :class:`InternalError`."""
+    if not sites:
+        return
+    order = byteorder(image.byteorder)
+    dt = np.dtype("<u4" if order == "little" else ">u4")
+    raw = np.frombuffer(content, np.uint8)
+    b_off = np.array([s.file_offset for s in sites], dtype=np.int64)
+    ok = np.ones(len(sites), bool)
+    variants = {s.variant for s in sites}
+    for v in variants:
+        idx = np.arange(len(sites)) if len(variants) == 1 else np.flatnonzero([s.variant is v for s in sites])
+        lay = LAYOUTS[v]
+        for slot, want in zip(lay.state_slots, words_of(v, goals[v]), strict=True):
+            off = b_off[idx] + (lay.offset(slot) or 0)
+            words = raw[off[:, None] + np.arange(4)].copy().view(dt).ravel().astype(np.uint32)
+            ok[idx] &= _holds(words, want)
+    bad = np.flatnonzero(~ok)
+    if len(bad):
+        site = sites[int(bad[0])]
+        lay = LAYOUTS[site.variant]
+        found = []
+        for slot in lay.state_slots:
+            at = site.file_offset + (lay.offset(slot) or 0)
+            found.append(insn_kind(int.from_bytes(content[at : at + 4], order), True, True))
+        raise InternalError(
+            f"{site.place_text} ({site.function or '?'}): read back {lay.state_of(tuple(found)).value}, "
+            f"planned {goals[site.variant].value} ({len(bad)} sites differ)"
+        )
+
+
+def _holds(words: np.ndarray, want: Insn) -> np.ndarray:
+    if want is Insn.CALL:
+        return ppc.bl_mask(words)
+    if want is Insn.STUB:
+        return ppc.b_mask(words)
+    same: np.ndarray = words == word_for(want, 0, 0)
+    return same

@@ -191,7 +191,9 @@ def test_a_recorded_place_left_unbuilt_is_refused_unless_its_record_goes(name: s
         assert "mflr r0; nop" in line and not out.exists()
         kept = Options(SiteState.DISABLED, keep_records=True)
         r = apply_file(k.vmlinux, out, Selection(only=("do_one_initcall",)), kept).rewrite
-        assert [(e.slot, e.old, e.new) for e in r.edits if isinstance(e, WordWrite)] == [(Slot.A, 0x60000000, 0x7C0802A6)]
+        assert [(e.slot, e.old, e.new) for e in r.edits if isinstance(e, WordWrite)] == [
+            (Slot.A, 0x60000000, 0x7C0802A6)
+        ]
         assert load(_log(out)).header.summary["keep_records"] is True
         dropped = Options(SiteState.DISABLED, drop_records=True)
         assert len(apply_file(k.vmlinux, out, Selection(only=("do_one_initcall",)), dropped).rewrite.dropped) == 1

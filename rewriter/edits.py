@@ -150,15 +150,15 @@ class WordWrite(NamedTuple):
         if fast is not None:
             return fast
         return cls(
-            stage=count(rec["stage"], "stage"),
-            offset=count(rec["offset"], "offset"),
-            addr=None if rec["address"] is None else count(rec["address"], "address"),
+            stage=_count(rec["stage"], "stage"),
+            offset=_count(rec["offset"], "offset"),
+            addr=None if rec["address"] is None else _count(rec["address"], "address"),
             section=str(rec["section"]),
-            section_offset=count(rec["section_offset"], "section_offset"),
+            section_offset=_count(rec["section_offset"], "section_offset"),
             function=None if rec["function"] is None else str(rec["function"]),
             slot=Slot(rec["slot"]),
-            old=count(int(rec["old"], 16), "old", 1 << 32),
-            new=count(int(rec["new"], 16), "new", 1 << 32),
+            old=_count(int(rec["old"], 16), "old", 1 << 32),
+            new=_count(int(rec["new"], 16), "new", 1 << 32),
             state_before=SiteState(rec["state_before"]),
             state_after=SiteState(rec["state_after"]),
         )
@@ -323,7 +323,7 @@ class BytesEdit(NamedTuple):
         old, new = bytes.fromhex(rec["old"]), bytes.fromhex(rec["new"])
         if not old or len(old) != len(new):
             raise ValueError("old and new bytes differ in length")
-        return cls(count(rec["offset"], "offset"), old, new, str(rec["why"]))
+        return cls(_count(rec["offset"], "offset"), old, new, str(rec["why"]))
 
 
 def _cas(buf: bytearray, offset: int, old: bytes, new: bytes, what: str) -> None:
@@ -432,20 +432,20 @@ class RelaEdit(NamedTuple):
 
     @classmethod
     def from_json(cls, rec: Mapping[str, Any]) -> RelaEdit:
-        entsize = count(rec["entsize"], "entsize")
-        size = count(rec["size"], "size")
+        entsize = _count(rec["entsize"], "entsize")
+        size = _count(rec["size"], "size")
         if not entsize or size % entsize:
             raise ValueError(f"table size {size} is not a multiple of entry size {entsize}")
         entries = tuple(bytes.fromhex(x) for x in rec["entries"])
-        removed = tuple(count(i, "removed index", size // entsize) for i in rec["removed"])
+        removed = tuple(_count(i, "removed index", size // entsize) for i in rec["removed"])
         if len(entries) != len(removed) or list(removed) != sorted(set(removed)):
             raise ValueError("removed indexes and entries do not pair up")
         if any(len(x) != entsize for x in entries):
             raise ValueError(f"an entry is not {entsize} bytes")
         keep = rec["keep"]
         return cls(
-            str(rec["section"]), count(rec["offset"], "offset"), size, entsize, removed, entries,
-            None if keep is None else count(keep, "keep", size // entsize - len(removed) + 1), str(rec["why"]),
+            str(rec["section"]), _count(rec["offset"], "offset"), size, entsize, removed, entries,
+            None if keep is None else _count(keep, "keep", size // entsize - len(removed) + 1), str(rec["why"]),
         )  # fmt: skip
 
 
@@ -496,7 +496,7 @@ class Truncate(NamedTuple):
 
     @classmethod
     def from_json(cls, rec: Mapping[str, Any]) -> Truncate:
-        return cls(count(rec["size"], "size"), bytes.fromhex(rec["tail"]), str(rec["why"]))
+        return cls(_count(rec["size"], "size"), bytes.fromhex(rec["tail"]), str(rec["why"]))
 
 
 Edit: TypeAlias = WordWrite | BytesEdit | RelaEdit | Truncate
@@ -510,7 +510,7 @@ KINDS: Final[Mapping[str, Callable[[Mapping[str, Any]], Edit]]] = {
 """A log line's ``type`` -> how to read that kind of edit back."""
 
 
-def count(value: Any, what: str, limit: int = 1 << 64) -> int:
+def _count(value: Any, what: str, limit: int = 1 << 64) -> int:
     """A non-negative integer below ``limit`` (an int, or a hex string as the log writes offsets):
     a log whose footer was recomputed after an edit must still not make undo index backwards
     from the end of a file or loop on a zero stride."""

@@ -24,15 +24,9 @@ from rewriter.elf.compress import Compression, Restore, decompress, detect_compr
 from rewriter.elf.image import Image
 from rewriter.elf.writer import Pending, atomic_write, commit, write_temp
 from rewriter.errors import ImageError, LogError, OutputError, RewriteError
-from rewriter.log import Data, FileFacts, Log, check_extent, load, render
+from rewriter.log import Data, FileFacts, Log, check_extent, default_log_path, load, render
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
 from rewriter.sites import Scan, scan
-
-LOG_SUFFIX = ".mcountrw.jsonl"
-
-
-def default_log_path(output: Path) -> Path:
-    return output.with_name(output.name + LOG_SUFFIX)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,13 @@ from rewriter.rewrite import Options, Rewrite
 
 FORMAT: Final = "mcountrw-log"
 VERSION: Final = 1
+LOG_SUFFIX: Final = ".mcountrw.jsonl"
+"""A file's log is, by default, the file's name and this, beside it."""
+
+
+def default_log_path(output: Path) -> Path:
+    return output.with_name(output.name + LOG_SUFFIX)
+
 
 Data: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
 
@@ -291,7 +298,7 @@ def read_header(path: Path) -> Header | None:
     try:
         footer = json.loads(text[body_end:])
         header = Header.from_json(json.loads(text[: text.index(b"\n")]))
-        header.sites_touched  # noqa: B018 -- what prenop reports: checked here, with the rest
+        _ = header.sites_touched  # what prenop reports: a log without it is refused here, with the rest
         ok = footer["sha256"] == hashlib.sha256(text[:body_end]).hexdigest()
     except (ValueError, KeyError, TypeError):
         raise LogError(f"{path}: not an mcountrw patch log, or a truncated one") from None

@@ -55,8 +55,7 @@ from rewriter.elf.compress import Compression, Restore, decompress, detect_compr
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.writer import NewFile, publish
 from rewriter.errors import LogError, RewriteError
-from rewriter.files import LOG_SUFFIX
-from rewriter.log import FileFacts, Header, Log, load, read_header, render
+from rewriter.log import LOG_SUFFIX, FileFacts, Header, Log, load, read_header, render
 from rewriter.policy import MODULE_SUFFIXES, Policy, Verb, module_name
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey, parse_trailer

@@ -31,8 +31,8 @@ from rewriter.elf import writer
 from rewriter.elf.image import Image
 from rewriter.elf.writer import TMP_SUFFIX
 from rewriter.errors import ImageError, InternalError, OutputError, PlanRejected, RewriteError
-from rewriter.files import apply_file, default_log_path, undo_file, verify_files
-from rewriter.log import load
+from rewriter.files import apply_file, undo_file, verify_files
+from rewriter.log import default_log_path, load
 from rewriter.plan import Route
 from rewriter.rewrite import Options, Selection
 from rewriter.sites import scan

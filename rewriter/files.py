@@ -175,6 +175,14 @@ def _content(path: Path, raw: bytes) -> tuple[bytes, Compression]:
     return (decompress(path, raw, kind) if kind is not Compression.NONE else raw), kind
 
 
+def read_file(path: Path) -> tuple[bytes, bytes, Compression]:
+    """(bytes on disk, content after decompression, compression): a file as undo, verify and
+    prenop read it (compression recognised by magic, not by name)."""
+    raw = _on_disk(path)
+    content, kind = _content(path, raw)
+    return raw, content, kind
+
+
 def _read_and_hash(path: Path) -> tuple[bytes, str]:
     raw = _on_disk(path)
     return raw, _sha256(raw)
@@ -232,9 +240,9 @@ class VerifyResult:
 def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
     """Exit 0 iff the byte difference between the two files is exactly what the log says."""
     log = load(log_path)
-    orig, _ = _content(original, _on_disk(original))
+    orig = read_file(original)[1]
     try:
-        got, _ = _content(patched, _on_disk(patched))
+        got = read_file(patched)[1]
     except ImageError as e:  # e.g. one flipped byte in a .ko.xz: its check fails
         return VerifyResult(False, str(e))
     if _sha256(orig) != log.header.input.content_sha256:

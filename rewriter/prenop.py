@@ -51,10 +51,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rewriter.edits import byteorder
-from rewriter.elf.compress import Compression, Restore, decompress, detect_compression
+from rewriter.elf.compress import Compression, Restore
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.writer import NewFile, publish
 from rewriter.errors import LogError, RewriteError
+from rewriter.files import read_file
 from rewriter.log import LOG_SUFFIX, FileFacts, Header, Log, load, read_header, render
 from rewriter.policy import MODULE_SUFFIXES, Policy, Verb, module_name
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
@@ -181,16 +182,6 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read(path: Path) -> tuple[bytes, bytes, Compression]:
-    """(bytes on disk, content after decompression, compression)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise RewriteError(f"{path}: {e.strerror}") from None
-    kind = detect_compression(raw[:8])
-    return raw, (decompress(path, raw, kind) if kind is not Compression.NONE else raw), kind
-
-
 def _unsigned(content: bytes) -> bytes | None:
     """``content`` without a trailing module signature; None if it has none."""
     try:
@@ -264,7 +255,7 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     """Decide and rewrite one file in memory; return its report and what to write (see
     :func:`rewriter.elf.writer.publish`), in the order it must be published: the log before the
     file it undoes."""
-    raw, current, compression = _read(t.source)
+    raw, current, compression = read_file(t.source)
     facts = read_header(t.log)
     orig = _original(t, raw, current, facts, settings.replace_stale_logs)
     original, was_output = orig.content, orig.was_output
@@ -351,7 +342,7 @@ def _log_describes(facts: Header, original: bytes, dest_content: bytes) -> bool:
 
 def _read_optional(path: Path) -> bytes | None:
     """The content of ``path`` (decompressed), None if there is no such file."""
-    return _read(path)[1] if path.exists() else None
+    return read_file(path)[1] if path.exists() else None
 
 
 def _mode(path: Path) -> int:
@@ -370,7 +361,7 @@ def undo_target(t: Target, dry_run: bool = False) -> tuple[FileReport, tuple[New
         if t.dest != t.source and not dry_run:
             _copy_if_different(t.source, t.dest)
         return FileReport(t.rel, Status.NO_LOG), ()
-    _, content, compression = _read(t.source)
+    _, content, compression = read_file(t.source)
     if _sha(content) == facts.input.content_sha256:
         if t.dest != t.source and not dry_run:
             _copy_if_different(t.source, t.dest)
@@ -392,10 +383,10 @@ def verify_target(t: Target) -> FileReport:
     checks the signature itself: docs/prenop.md)."""
     facts = read_header(t.log)
     if facts is None:
-        if t.original is not None and _read(t.original)[1] != _read(t.source)[1]:
+        if t.original is not None and read_file(t.original)[1] != read_file(t.source)[1]:
             return FileReport(t.rel, Status.MISMATCH, message=f"{t.source} differs from {t.original} and has no log")
         return FileReport(t.rel, Status.NO_LOG)
-    content = _read(t.source)[1]
+    content = read_file(t.source)[1]
     output = _as_output(content, facts)
     signature = "re-signed" if output is not None and len(output) != len(content) else ""
     report = FileReport(t.rel, Status.VERIFIED, facts.kind, facts.sites_touched, signature=signature)
@@ -405,7 +396,7 @@ def verify_target(t: Target) -> FileReport:
         if t.original is None:
             _undo_with_log(t, output, facts)
             return report
-        original = _read(t.original)[1]
+        original = read_file(t.original)[1]
         if _sha(original) != facts.input.content_sha256:
             return report._replace(status=Status.MISMATCH, message=f"{t.original} is not the input of {t.log}")
         expected = bytes(load(t.log).replay(original))

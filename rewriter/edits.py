@@ -10,12 +10,12 @@ undoing it is the same operation with old and new exchanged. Four kinds cover ev
   the freed tail is zero) or moved to sit after the first ``keep`` remaining entries;
 * :class:`Truncate`   the module signature trailer cut off the end of the file.
 
-Each kind applies and reverts itself (``apply``/``revert``; a run of consecutive edits of one
-kind through ``apply_run``/``revert_run``, which for word writes is one vectorised
-compare-and-swap per stage), says how far into the file it reaches (``reach``) and how it changes
-the file's size (``growth``; an edit that does reaches the end of the file), writes and reads its own
-patch-log line (``to_line``, ``from_json``; :data:`KINDS` maps a line's ``type`` to its reader).
-The log around those lines (header, barriers, footer) is ``rewriter.log``'s.
+Each kind applies and reverts itself (``apply``/``revert``), says how far into the file it reaches
+(``reach``) and how it changes the file's size (``growth``: an edit that does works at the end of
+the file), and writes and reads its own patch-log line (``to_line``, ``from_json``; :data:`KINDS`
+maps a line's ``type`` to its reader). Only word writes have a ``stage``: the writes of one stage
+touch distinct slots, so they go together as one vectorised compare-and-swap. The log around
+those lines (header, barriers, footer) is ``rewriter.log``'s.
 
 Edits apply to a ``bytearray`` of the whole (decompressed) file. Pure: no file I/O.
 """
@@ -107,18 +107,6 @@ class WordWrite(NamedTuple):
         _word_cas(buf, self, self.new, self.old, order)
         return buf
 
-    @classmethod
-    def apply_run(cls, buf: bytearray, run: Sequence[Edit], order: ByteOrder) -> bytearray:
-        for _, stage in groupby(_writes(run), _STAGE):
-            _stage_cas(buf, list(stage), order, forward=True)
-        return buf
-
-    @classmethod
-    def revert_run(cls, buf: bytearray, run: Sequence[Edit], order: ByteOrder) -> bytearray:
-        for _, stage in groupby(_writes(run), _STAGE):
-            _stage_cas(buf, list(stage), order, forward=False)
-        return buf
-
     def reach(self) -> int:
         return self.offset + 4
 
@@ -173,7 +161,7 @@ _STATES: Final[Mapping[str, SiteState]] = {s.value: s for s in SiteState}
 
 
 def _writes(run: Sequence[Edit]) -> Sequence[WordWrite]:
-    """A run handed to a WordWrite classmethod: :func:`apply_edits` groups edits by their kind."""
+    """Edits with a stage: the plan's word writes (every other kind's ``stage`` is None)."""
     return cast("Sequence[WordWrite]", run)
 
 
@@ -296,14 +284,6 @@ class BytesEdit(NamedTuple):
         _cas(buf, self.offset, self.new, self.old, f"offset {self.offset:#x} ({self.why})")
         return buf
 
-    @classmethod
-    def apply_run(cls, buf: bytearray, run: Sequence[Edit], order: ByteOrder) -> bytearray:
-        return _one_by_one(buf, run, order, forward=True)
-
-    @classmethod
-    def revert_run(cls, buf: bytearray, run: Sequence[Edit], order: ByteOrder) -> bytearray:
-        return _one_by_one(buf, run, order, forward=False)
-
     def reach(self) -> int:
         return self.offset + len(self.old)
 
@@ -398,14 +378,6 @@ class RelaEdit(NamedTuple):
         buf[self.offset : self.offset + self.size] = b"".join(original)
         return buf
 
-    @classmethod
-    def apply_run(cls, buf: bytearray, run: Sequence[Edit], order: ByteOrder) -> bytearray:
-        return _one_by_one(buf, run, order, forward=True)
-
-    @classmethod
-    def revert_run(cls, buf: bytearray, run: Sequence[Edit], order: ByteOrder) -> bytearray:
-        return _one_by_one(buf, run, order, forward=False)
-
     def reach(self) -> int:
         return self.offset + self.size
 
@@ -474,14 +446,6 @@ class Truncate(NamedTuple):
             raise WordMismatch(f"file size: expected {self.size} != found {len(buf)} ({self.why})")
         return buf + self.tail
 
-    @classmethod
-    def apply_run(cls, buf: bytearray, run: Sequence[Edit], order: ByteOrder) -> bytearray:
-        return _one_by_one(buf, run, order, forward=True)
-
-    @classmethod
-    def revert_run(cls, buf: bytearray, run: Sequence[Edit], order: ByteOrder) -> bytearray:
-        return _one_by_one(buf, run, order, forward=False)
-
     def reach(self) -> int:
         return self.size + len(self.tail)
 
@@ -523,21 +487,23 @@ def _count(value: Any, what: str, limit: int = 1 << 64) -> int:
 # -- sequences of edits ---------------------------------------------------------------------
 
 
-def _kind(e: Edit) -> type[Edit]:
-    return type(e)
-
-
 def apply_edits(buf: bytearray, edits: Sequence[Edit], order: ByteOrder) -> bytearray:
     """Apply ``edits`` in order; raises :class:`WordMismatch` on the first unexpected content.
-    Consecutive edits of one kind go to that kind together (word writes: one compare-and-swap
-    per stage). An edit may return a new buffer (a cut), so always use the return value."""
-    for kind, run in groupby(edits, _kind):
-        buf = kind.apply_run(buf, list(run), order)
+    The word writes of one stage go together, as one compare-and-swap; the other edits one by
+    one. An edit may return a new buffer (a cut), so always use the return value."""
+    for stage, run in groupby(edits, _STAGE):
+        if stage is None:
+            buf = _one_by_one(buf, list(run), order, forward=True)
+        else:
+            _stage_cas(buf, _writes(list(run)), order, forward=True)
     return buf
 
 
 def invert_edits(buf: bytearray, edits: Sequence[Edit], order: ByteOrder) -> bytearray:
     """Undo ``edits`` (given in the order they were applied), last first."""
-    for kind, run in groupby(reversed(edits), _kind):
-        buf = kind.revert_run(buf, list(run), order)
+    for stage, run in groupby(reversed(edits), _STAGE):
+        if stage is None:
+            buf = _one_by_one(buf, list(run), order, forward=False)
+        else:
+            _stage_cas(buf, _writes(list(run)), order, forward=False)
     return buf

@@ -131,7 +131,7 @@ def _write_outputs(image: Image, result: Rewrite, options: Options, out: Path, l
         pending: list[Pending] = []
         try:
             order = byteorder(image.byteorder)
-            text = render(image.kind.value, order, result, options, facts.result, restore)
+            text = render(image.kind, order, result, options, facts.result, restore)
             pending.append(write_temp(log, text, 0o644))
             if backup is not None:
                 pending.append(write_temp(backup, raw, mode))

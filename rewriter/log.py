@@ -38,8 +38,10 @@ from rewriter.edits import (
     write_lines_in,
 )
 from rewriter.elf.compress import Compression, Recipe, Restore, compress
+from rewriter.elf.image import Kind
 from rewriter.errors import LogError
 from rewriter.rewrite import Options, Rewrite
+from rewriter.states import SiteState
 
 FORMAT: Final = "mcountrw-log"
 VERSION: Final = 1
@@ -67,13 +69,13 @@ class FileFacts:
     sha256: str
     size: int
     content_sha256: str
-    compression: str
+    compression: Compression
 
     @classmethod
     def of(cls, path: Path, raw: Data, content: Data, compression: Compression) -> FileFacts:
         sha = _sha256(raw)
         content_sha = sha if compression is Compression.NONE else _sha256(content)
-        return cls(str(path), sha, len(raw), content_sha, compression.value)
+        return cls(str(path), sha, len(raw), content_sha, compression)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -81,12 +83,13 @@ class FileFacts:
             "sha256": self.sha256,
             "size": self.size,
             "content_sha256": self.content_sha256,
-            "compression": self.compression,
+            "compression": self.compression.value,
         }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> FileFacts:
-        return cls(str(d["path"]), str(d["sha256"]), int(d["size"]), str(d["content_sha256"]), str(d["compression"]))
+        path, sha, content_sha = str(d["path"]), str(d["sha256"]), str(d["content_sha256"])
+        return cls(path, sha, int(d["size"]), content_sha, Compression(d["compression"]))
 
 
 @dataclass(frozen=True)
@@ -95,11 +98,11 @@ class Header:
     come back (``recipe``; None: by an ``original`` line, or, in an older log, not promised)."""
 
     tool: str
-    kind: str
+    kind: Kind
     byteorder: ByteOrder
     input: FileFacts
     output: FileFacts
-    target: str
+    target: SiteState
     plan: dict[str, Any] | None
     summary: dict[str, Any]
     recipe: Recipe | None = None
@@ -116,15 +119,15 @@ class Header:
             "format": FORMAT,
             "version": VERSION,
             "tool": self.tool,
-            "kind": self.kind,
+            "kind": self.kind.value,
             "byteorder": self.byteorder,
             "input": self.input.to_json(),
             "output": self.output.to_json(),
-            "target": self.target,
+            "target": self.target.value,
             "plan": self.plan,
             "summary": self.summary,
         }
-        if self.input.compression != Compression.NONE.value:
+        if self.input.compression is not Compression.NONE:
             header["recompress"] = None if self.recipe is None else self.recipe.to_json()
         return header
 
@@ -132,11 +135,11 @@ class Header:
     def from_json(cls, rec: Mapping[str, Any]) -> Header:
         return cls(
             tool=str(rec["tool"]),
-            kind=str(rec["kind"]),
+            kind=Kind(rec["kind"]),
             byteorder=byteorder(rec["byteorder"]),
             input=FileFacts.from_json(rec["input"]),
             output=FileFacts.from_json(rec["output"]),
-            target=str(rec["target"]),
+            target=SiteState(rec["target"]),
             plan=rec.get("plan"),
             summary=dict(rec.get("summary") or {}),
             recipe=None if rec.get("recompress") is None else Recipe.from_json(rec["recompress"]),
@@ -179,7 +182,7 @@ class Log:
 
 
 def render(
-    image_kind: str,
+    image_kind: Kind,
     order: ByteOrder,
     result: Rewrite,
     options: Options,
@@ -197,7 +200,7 @@ def render(
         byteorder=order,
         input=input_facts,
         output=output_facts,
-        target=options.target.value,
+        target=options.target,
         plan=_plan_json(result),
         summary=_summary(result, options),
         recipe=restore.recipe,

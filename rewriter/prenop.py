@@ -322,7 +322,7 @@ def _log_and_file(
         FileFacts.of(rel, original_raw, orig.content, compression),
         FileFacts.of(rel, log_raw, result.content, compression),
     )
-    text = render(image.kind.value, byteorder(image.byteorder), result, options, lambda: facts, restore)
+    text = render(image.kind, byteorder(image.byteorder), result, options, lambda: facts, restore)
     return NewFile(t.log, text, 0o644), NewFile(t.dest, new_raw, mode)
 
 
@@ -365,12 +365,12 @@ def undo_target(t: Target, dry_run: bool = False) -> tuple[FileReport, tuple[New
     if _sha(content) == facts.input.content_sha256:
         if t.dest != t.source and not dry_run:
             _copy_if_different(t.source, t.dest)
-        return FileReport(t.rel, Status.ORIGINAL, facts.kind), ()
+        return FileReport(t.rel, Status.ORIGINAL, facts.kind.value), ()
     output = _as_output(content, facts)
     if output is None:
         raise PrenopError(f"{t.source}: is neither the input nor the output of {t.log}; not undoing it")
     original, log = _undo_with_log(t, output, facts)
-    report = FileReport(t.rel, Status.UNDONE, facts.kind, facts.sites_touched)
+    report = FileReport(t.rel, Status.UNDONE, facts.kind.value, facts.sites_touched)
     if dry_run:
         return report, ()
     return report, (NewFile(t.dest, _original_file(t, log, original, compression), _mode(t.source)),)
@@ -389,7 +389,7 @@ def verify_target(t: Target) -> FileReport:
     content = read_file(t.source)[1]
     output = _as_output(content, facts)
     signature = "re-signed" if output is not None and len(output) != len(content) else ""
-    report = FileReport(t.rel, Status.VERIFIED, facts.kind, facts.sites_touched, signature=signature)
+    report = FileReport(t.rel, Status.VERIFIED, facts.kind.value, facts.sites_touched, signature=signature)
     if output is None:
         return report._replace(status=Status.MISMATCH, message=f"{t.source} is not the output of {t.log}")
     try:

@@ -211,10 +211,12 @@ def test_write_lines_read_by_pattern_equal_the_json_reading(tmp_path: Path) -> N
 
 def test_log_round_trips_names_that_need_escapes() -> None:
     from rewriter.edits import WordWrite
+    from rewriter.elf.compress import Compression
+    from rewriter.elf.image import Kind
     from rewriter.log import FileFacts, Header, Log, dumps, loads
     from rewriter.states import SiteState, Slot
 
-    facts = FileFacts("a", "0" * 64, 1, "0" * 64, "none")
+    facts = FileFacts("a", "0" * 64, 1, "0" * 64, Compression.NONE)
     writes = tuple(
         WordWrite(
             0,
@@ -231,5 +233,5 @@ def test_log_round_trips_names_that_need_escapes() -> None:
         )
         for i, name in enumerate(['quote"d', "back\\slash", "caf\u00e9", None] * 20)
     )
-    log = Log(Header("t", "object", "little", facts, facts, "disabled", None, {}), writes)
+    log = Log(Header("t", Kind.OBJECT, "little", facts, facts, SiteState.DISABLED, None, {}), writes)
     assert loads(dumps(log).decode(), "x").edits == writes

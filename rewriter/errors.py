@@ -27,9 +27,19 @@ class PlanRejected(RewriteError):
     """No legal route exists, or the model checker found a bad interleaving."""
 
 
+class NoRoute(PlanRejected):
+    """The planner found no legal route for a rewrite's sites: a finding (exit 1, as ``plan`` says
+    it), not bad input."""
+
+
 class LogError(RewriteError):
     """A patch log that is truncated, edited, or for another file."""
 
 
 class OutputError(RewriteError):
     """The output cannot be written (unwritable, same as input without --in-place, disk full)."""
+
+
+class InternalError(Exception):
+    """Something mcountrw itself got wrong: a rewrite whose result does not read back as planned.
+    Not a :class:`RewriteError` (those are the user's input, exit 2): the CLI asks for a report."""

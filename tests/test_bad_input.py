@@ -35,8 +35,8 @@ from conftest import FIXTURES, ROOT
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image
 from rewriter.errors import RewriteError
-from rewriter.patch import Options, Selection
-from rewriter.rewrite import apply_file
+from rewriter.files import apply_file
+from rewriter.rewrite import Options, Selection
 from rewriter.sites import scan
 from rewriter.states import SiteState
 

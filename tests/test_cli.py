@@ -198,21 +198,25 @@ def test_write_lines_read_by_pattern_equal_the_json_reading(tmp_path: Path) -> N
     """The log reader's fast path for write lines gives exactly what json gives."""
     import json as _json
 
-    from rewriter.log import _edit_from, load
+    from rewriter.edits import KINDS
+    from rewriter.log import load
 
     out = tmp_path / "out"
     assert mcountrw("nop", str(FIXTURES / "bin" / "prof-le.o"), "-o", str(out)).returncode == 0
     log = tmp_path / "out.mcountrw.jsonl"
-    lines = log.read_text().splitlines()
-    slow = [_edit_from(_json.loads(line)) for line in lines[1:-1] if '"type": "barrier"' not in line]
+    records = [_json.loads(line) for line in log.read_text().splitlines()[1:-1]]
+    slow = [KINDS[r["type"]](r) for r in records if r["type"] != "barrier"]
     assert list(load(log).edits) == slow
 
 
 def test_log_round_trips_names_that_need_escapes() -> None:
     from rewriter.edits import WordWrite
-    from rewriter.log import FileFacts, Log, dumps, loads
+    from rewriter.elf.compress import Compression
+    from rewriter.elf.image import Kind
+    from rewriter.log import FileFacts, Header, Log, dumps, loads
+    from rewriter.states import SiteState, Slot
 
-    facts = FileFacts("a", "0" * 64, 1, "0" * 64, "none")
+    facts = FileFacts("a", "0" * 64, 1, "0" * 64, Compression.NONE)
     writes = tuple(
         WordWrite(
             0,
@@ -221,13 +225,13 @@ def test_log_round_trips_names_that_need_escapes() -> None:
             ".text",
             4 * i,
             name,
-            "B",
+            Slot.B,
             0x48000001,
             0x60000000,
-            "enabled",
-            "disabled",
+            SiteState.ENABLED,
+            SiteState.DISABLED,
         )
         for i, name in enumerate(['quote"d', "back\\slash", "caf\u00e9", None] * 20)
     )
-    log = Log("t", "object", "little", facts, facts, "disabled", None, writes, (), {})
-    assert loads(dumps(log, lambda w, a: "nop").decode(), "x").edits == writes
+    log = Log(Header("t", Kind.OBJECT, "little", facts, facts, SiteState.DISABLED, None, {}), writes)
+    assert loads(dumps(log).decode(), "x").edits == writes

@@ -152,8 +152,8 @@ def _settings(
     signing = None
     try:
         rules = pol.load(policy)
-        if key is not None:
-            signing = SigningKey(key, cert, hash_name)  # type: ignore[arg-type]
+        if key is not None and cert is not None:
+            signing = SigningKey(key, cert, hash_name)
             signing.load()  # refuse a bad key or certificate before any file is touched
     except RewriteError as e:
         fail(str(e))

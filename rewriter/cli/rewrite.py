@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 
-from rewriter.cli import BAD_INPUT, FINDINGS, app, fail, parse_int
-from rewriter.errors import RewriteError
+from rewriter.cli import FINDINGS, app, fail, parse_int
+from rewriter.errors import NoRoute, RewriteError
 
 if TYPE_CHECKING:
-    from rewriter.patch import Selection
+    from rewriter.rewrite import Options, Selection
 
 TARGETS = ("enabled", "disabled", "nopped")
 
@@ -41,42 +41,53 @@ Backup = Annotated[bool, typer.Option("--backup", help="with --in-place: keep th
 def _selection(
     only: list[str] | None, exclude: list[str] | None, section: list[str] | None, addr: list[str] | None
 ) -> Selection:
-    from rewriter.patch import Selection
+    from rewriter.rewrite import Selection
 
     addrs = frozenset(parse_int(a, "--addr") or 0 for a in addr or [])
     return Selection(tuple(only or ()), tuple(exclude or ()), tuple(section or ()), addrs)
 
 
-def _run_apply(image: Path, output: Path | None, target: str, **kw) -> None:  # type: ignore[no-untyped-def]
-    from rewriter.patch import Options
+class _Writing(NamedTuple):
+    """Where and how ``apply`` and ``nop`` write (``apply_file``'s keyword arguments)."""
+
+    log_path: Path | None
+    stage_dir: Path | None
+    dry_run: bool
+    in_place: bool
+    backup: bool
+
+
+def _options(target: str, route: str | None, drop: bool, keep: bool, strip: bool) -> Options:
     from rewriter.plan import Route
-    from rewriter.rewrite import apply_file
+    from rewriter.rewrite import Options
     from rewriter.states import SiteState
 
     if target not in TARGETS:
         fail(f"--to: {target!r} is not one of {', '.join(TARGETS)}")
-    route = kw.pop("route")
     if route is not None and route not in ("mflr-first", "b8"):
         fail(f"--route: {route!r} is not mflr-first or b8")
-    drop, keep = kw.pop("drop_records"), kw.pop("keep_records")
     if drop and keep:
         fail("give --drop-records or --keep-records, not both")
-    options = Options(
-        SiteState(target),
-        Route(route) if route else None,
-        drop_records=drop,
-        strip_signature=kw.pop("strip_signature"),
-        keep_records=keep,
+    return Options(
+        SiteState(target), Route(route) if route else None, drop_records=drop, strip_signature=strip, keep_records=keep
     )
-    selection = _selection(kw.pop("only"), kw.pop("exclude"), kw.pop("section"), kw.pop("addr"))
+
+
+def _run_apply(image: Path, output: Path | None, options: Options, selection: Selection, writing: _Writing) -> None:
+    from rewriter.files import apply_file
+
     try:
-        result = apply_file(image, output, selection, options, **kw)
+        result = apply_file(image, output, selection, options, **writing._asdict())
+    except NoRoute as e:
+        typer.echo(f"mcountrw: no legal route: {e}", err=True)  # a finding, as `plan` reports it
+        raise typer.Exit(FINDINGS) from None
     except RewriteError as e:
         fail(str(e))
     r = result.rewrite
+    target = options.target.value
     stages = len(r.plan.stages) if r.plan else 0
     barriers = ", ".join(name for _, name in r.barriers) or "none"
-    writes = sum(1 for e in r.edits if type(e).__name__ == "WordWrite")
+    writes = r.word_writes
     verb = "would change" if result.output is None else "changed"
     dropped = f"; {len(r.dropped)} records dropped" if r.dropped else ""
     typer.echo(
@@ -118,9 +129,9 @@ def apply(
     A vmlinux or module is refused if a recorded place would hold words the kernel's boot-time
     ftrace init refuses (docs/rewrite.md: per generation); patchable and ool sites are never made
     `enabled` offline (the running kernel enables them)."""
-    _run_apply(image, output, to, only=only, exclude=exclude, section=section, addr=addr, route=route,
-               log_path=log, stage_dir=stage_images, drop_records=drop_records, keep_records=keep_records,
-               strip_signature=strip_signature, dry_run=dry_run, in_place=in_place, backup=backup)  # fmt: skip
+    options = _options(to, route, drop_records, keep_records, strip_signature)
+    selection = _selection(only, exclude, section, addr)
+    _run_apply(image, output, options, selection, _Writing(log, stage_images, dry_run, in_place, backup))
 
 
 @app.command()
@@ -144,9 +155,9 @@ def nop(
     """Offline pre-nopping: `apply --to nopped`. 6.1 (mprofile): mflr and bl both become nop;
     6.12 (patchable) and 7.2 (ool): the sites already are nop as built, so --drop-records drops
     their records and writes no word."""
-    _run_apply(image, output, "nopped", only=only, exclude=exclude, section=section, addr=addr, route=None,
-               log_path=log, stage_dir=stage_images, drop_records=drop_records, keep_records=keep_records,
-               strip_signature=strip_signature, dry_run=dry_run, in_place=in_place, backup=backup)  # fmt: skip
+    options = _options("nopped", None, drop_records, keep_records, strip_signature)
+    selection = _selection(only, exclude, section, addr)
+    _run_apply(image, output, options, selection, _Writing(log, stage_images, dry_run, in_place, backup))
 
 
 @app.command()
@@ -158,13 +169,13 @@ def undo(
     in_place: InPlace = False,
 ) -> None:
     """Restore the exact original bytes (relocations, records and signature included)."""
-    from rewriter.rewrite import undo_file
+    from rewriter.files import undo_file
 
     try:
         out, record = undo_file(patched, log, output, in_place)
     except RewriteError as e:
         fail(str(e))
-    typer.echo(f"wrote {out} (sha256 {record.input.sha256[:16]}..., the original)", err=True)
+    typer.echo(f"wrote {out} (sha256 {record.header.input.sha256[:16]}..., the original)", err=True)
 
 
 @app.command()
@@ -174,14 +185,11 @@ def verify(
     log: Annotated[Path, typer.Option("--log", help="the patch log")],
 ) -> None:
     """Exit 0 iff the byte difference is exactly what the log says; 1 otherwise."""
-    from rewriter.rewrite import verify_files
+    from rewriter.files import verify_files
 
     try:
-        verdict = verify_files(original, patched, log)
+        result = verify_files(original, patched, log)
     except RewriteError as e:
         fail(str(e))
-    typer.echo(("ok: " if verdict.ok else "MISMATCH: ") + verdict.reason)
-    raise typer.Exit(0 if verdict.ok else FINDINGS)
-
-
-__all__ = ["BAD_INPUT"]
+    typer.echo(("ok: " if result.ok else "MISMATCH: ") + result.reason)
+    raise typer.Exit(0 if result.ok else FINDINGS)

@@ -18,7 +18,9 @@ import contextlib
 import mmap
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from rewriter.errors import OutputError
 
@@ -83,6 +85,45 @@ def commit(pending: Pending) -> None:
         pending.discard()
         raise OutputError(f"{pending.path}: {e.strerror or e}") from None
     _fsync_dir(pending.path.parent if str(pending.path.parent) else Path("."))
+
+
+class NewFile(NamedTuple):
+    """A file to publish: its target, its complete bytes, its mode."""
+
+    path: Path
+    data: bytes
+    mode: int
+
+
+def publish(files: Sequence[NewFile]) -> None:
+    """Write every file to a temporary file beside its target (fsync'ed, read back), then rename
+    each over its target in order (directories made as needed), then read the last one back. A
+    run killed at any point leaves each target old or new, never partial, and a caller that puts
+    a log before the file it undoes never leaves a rewritten file without its log."""
+    pending = []
+    try:
+        for f in files:
+            _mkdir(f.path.parent)
+            pending.append(write_temp(f.path, f.data, f.mode))
+    except BaseException:
+        for p in pending:
+            p.discard()
+        raise
+    for p in pending:
+        commit(p)
+    last = files[-1]
+    try:
+        if last.path.read_bytes() != last.data:
+            raise OutputError(f"{last.path}: read back differs from what was written")
+    except OSError as e:
+        raise OutputError(f"{last.path}: {e.strerror}") from None
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{path}: {e.strerror}") from None
 
 
 def _check_read_back(path: Path, tmp: str, data: bytes | bytearray | memoryview | mmap.mmap) -> None:

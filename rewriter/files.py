@@ -1,0 +1,264 @@
+"""Rewriting files: apply, undo and verify on files, with the patch log, stage images and atomic output.
+
+The rewrite itself is computed in memory (``rewriter.rewrite``, which also reads the result back:
+every changed site must hold the planned words); this module reads the input, writes the log and
+the output, and undoes and verifies them. Order of writes, so that a run killed at any moment
+leaves nothing half-done: the log, the optional backup and the output are each written to a
+temporary file beside their target, fsynced and read back (``rewriter.elf.writer``), and only
+then renamed into place, log first. The input is never opened for writing; ``--in-place``
+replaces it by that final rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rewriter.edits import byteorder
+from rewriter.elf.compress import Compression, Restore, decompress, detect_compression
+from rewriter.elf.image import Image
+from rewriter.elf.writer import Pending, atomic_write, commit, write_temp
+from rewriter.errors import ImageError, LogError, OutputError, RewriteError
+from rewriter.log import Data, FileFacts, Log, check_extent, default_log_path, load, render
+from rewriter.rewrite import Options, Rewrite, Selection, rewrite
+from rewriter.sites import Scan, scan
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    input: Path
+    output: Path | None
+    log: Path | None
+    rewrite: Rewrite
+    scan: Scan
+    stage_images: tuple[Path, ...]
+
+
+def _sha256(data: Data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _on_disk(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise RewriteError(f"{path}: {e.strerror}") from None
+
+
+def check_output_path(input_path: Path, output: Path | None, in_place: bool) -> Path:
+    if in_place:
+        if output is not None and output.resolve() != input_path.resolve():
+            raise OutputError(f"{output}: --in-place writes the input; do not also give -o")
+        output = input_path
+    elif output is None:
+        raise OutputError(f"{input_path}: no output: give -o OUT, --in-place or --dry-run")
+    elif output.exists() and output.resolve() == input_path.resolve():
+        raise OutputError(f"{output}: output is the input; use --in-place to rewrite it")
+    if output.is_dir():
+        raise OutputError(f"{output}: is a directory")
+    # The file is replaced by a rename, so it is the directory that must be writable.
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{output}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{output}: cannot write in {parent}")
+    return output
+
+
+def check_side_paths(input_path: Path, out: Path, log: Path, in_place: bool, backup: bool) -> None:
+    """Before any work: the patch log must not land on the input or the output (a log written over
+    the input would destroy it), and an ``--in-place --backup`` copy must not replace an earlier
+    one (a second run would otherwise overwrite the true original with a rewritten file)."""
+    if backup and not in_place:
+        raise OutputError(f"{input_path}: --backup goes with --in-place (with -o the input is left as it is)")
+    for other, what in ((input_path, "the input"), (out, "the output")):
+        if log == other or (log.exists() and other.exists() and log.resolve() == other.resolve()):
+            raise OutputError(f"{log}: the patch log would overwrite {what}")
+    if log.is_dir():
+        raise OutputError(f"{log}: is a directory")
+    saved = input_path.with_name(input_path.name + ".orig")
+    if backup and (saved.exists() or saved.is_symlink()):
+        raise OutputError(f"{saved}: exists (a backup from an earlier run?); move it away or drop --backup")
+
+
+def apply_file(
+    path: Path,
+    output: Path | None,
+    selection: Selection,
+    options: Options,
+    *,
+    log_path: Path | None = None,
+    stage_dir: Path | None = None,
+    dry_run: bool = False,
+    in_place: bool = False,
+    backup: bool = False,
+) -> ApplyResult:
+    out = None if dry_run else check_output_path(path, output, in_place)
+    if out is not None:
+        check_side_paths(path, out, log_path or default_log_path(out), in_place, backup)
+    image = Image.load(path)
+    before = scan(image)
+    result = rewrite(image, before, selection, options, keep_stages=stage_dir is not None and not dry_run)
+    if dry_run or out is None:
+        return ApplyResult(path, None, None, result, before, ())
+    log = log_path or default_log_path(out)
+    stage_paths = _write_stage_images(stage_dir, path, result) if stage_dir else ()
+    backup_path = path.with_name(path.name + ".orig") if in_place and backup else None
+    _write_outputs(image, result, options, out, log, backup_path)
+    return ApplyResult(path, out, log, result, before, stage_paths)
+
+
+def _write_outputs(image: Image, result: Rewrite, options: Options, out: Path, log: Path, backup: Path | None) -> None:
+    """The output, its log and the backup (if any), published only once all three are complete."""
+    path = image.path
+    # An uncompressed input is already mapped: hash and back it up from the mapping, not a re-read.
+    raw = image.data if image.compression is Compression.NONE else _on_disk(path)
+    restore = Restore.of(raw, image.data, image.compression)
+    # Nothing changed (a module without records): its bytes as they are, not compressed again.
+    new_raw = restore.compressed(result.content, image.compression) if result.edits else bytes(raw)
+    mode = path.stat().st_mode & 0o7777
+    # The two files are hashed and the output's 46 MB written, fsynced and read back in a thread
+    # while the log's 67,000 lines are formatted (hashlib and file I/O let go of the GIL); nothing
+    # is published until the output, the log and the backup are all complete.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        facts = pool.submit(_file_facts, image, raw, out, new_raw, result.content)
+        out_future = pool.submit(write_temp, out, new_raw, mode)
+        pending: list[Pending] = []
+        try:
+            order = byteorder(image.byteorder)
+            text = render(image.kind, order, result, options, facts.result, restore)
+            pending.append(write_temp(log, text, 0o644))
+            if backup is not None:
+                pending.append(write_temp(backup, raw, mode))
+            pending.append(out_future.result())
+        except BaseException:
+            for p in pending:
+                p.discard()
+            if out_future.exception() is None:  # waits for the writer thread: its file must go too
+                out_future.result().discard()
+            raise
+    # The log is published first: an output never exists without the log that can undo it.
+    for p in pending:
+        commit(p)
+
+
+def _write_stage_images(directory: Path, path: Path, result: Rewrite) -> tuple[Path, ...]:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{directory}: {e.strerror}") from None
+    out = []
+    for i, content in enumerate(result.stages, start=1):
+        p = directory / f"{path.name}.stage{i}"
+        atomic_write(p, content, path.stat().st_mode & 0o7777)
+        out.append(p)
+    return tuple(out)
+
+
+def _file_facts(image: Image, raw: Data, out: Path, new_raw: Data, content: Data) -> tuple[FileFacts, FileFacts]:
+    return (
+        FileFacts.of(image.path, raw, image.data, image.compression),
+        FileFacts.of(out, new_raw, content, image.compression),
+    )
+
+
+# -- undo and verify ------------------------------------------------------------------------
+
+
+def _content(path: Path, raw: bytes) -> tuple[bytes, Compression]:
+    kind = detect_compression(raw[:8])
+    return (decompress(path, raw, kind) if kind is not Compression.NONE else raw), kind
+
+
+def read_file(path: Path) -> tuple[bytes, bytes, Compression]:
+    """(bytes on disk, content after decompression, compression): a file as undo, verify and
+    prenop read it (compression recognised by magic, not by name)."""
+    raw = _on_disk(path)
+    content, kind = _content(path, raw)
+    return raw, content, kind
+
+
+def _read_and_hash(path: Path) -> tuple[bytes, str]:
+    raw = _on_disk(path)
+    return raw, _sha256(raw)
+
+
+def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> tuple[Path, Log]:
+    """Restore the original bytes. Refuses a log made for another file."""
+    out = check_output_path(patched, output, in_place)
+    # The patched file is read and hashed in a thread (hashlib lets go of the GIL) while the log,
+    # 67,000 lines for a vmlinux, is parsed.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        read = pool.submit(_read_and_hash, patched)
+        log = load(log_path)
+        raw, raw_sha = read.result()
+    content, kind = _content(patched, raw)
+    facts = log.header
+    if raw_sha != facts.output.sha256 and _sha256(content) != facts.output.content_sha256:
+        raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output)")
+    if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
+        raise OutputError(f"{out}: the output would overwrite the patch log")
+    check_extent(log, str(log_path), log.input_size(len(content)))
+    original = log.revert(content)
+    new_raw, raw_want = log.original_file(original, kind)
+    # Written to its temporary file while the result is hashed; published only if the hash is right.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        written = pool.submit(write_temp, out, new_raw, patched.stat().st_mode & 0o7777)
+        try:
+            right = _sha256(original) == facts.input.content_sha256
+            exact = raw_want is None or _sha256(new_raw) == raw_want
+        except BaseException:  # Ctrl-C or SIGTERM: the writer's file must not stay behind
+            if written.exception() is None:
+                written.result().discard()
+            raise
+        pending = written.result()
+    if not (right and exact):
+        pending.discard()
+        if not right:
+            raise LogError(f"{log_path}: undo does not give back the original (sha256 mismatch); log and file disagree")
+        raise LogError(
+            f"{log_path}: undo gives back the original content, but compressing it again does not give the "
+            f"original {kind.value} bytes (sha256 differs: another liblzma than the one that made the file?)"
+        )
+    commit(pending)
+    return out, log
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What ``verify`` found: ``ok`` iff the two files differ exactly as the log says; ``reason`` says how."""
+
+    ok: bool
+    reason: str
+
+
+def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
+    """Exit 0 iff the byte difference between the two files is exactly what the log says."""
+    log = load(log_path)
+    orig = read_file(original)[1]
+    try:
+        got = read_file(patched)[1]
+    except ImageError as e:  # e.g. one flipped byte in a .ko.xz: its check fails
+        return VerifyResult(False, str(e))
+    if _sha256(orig) != log.header.input.content_sha256:
+        return VerifyResult(False, f"{original} is not the file this log was made from (sha256 differs)")
+    check_extent(log, str(log_path), len(orig))
+    try:
+        expected = bytes(log.replay(orig))
+    except RewriteError as e:
+        return VerifyResult(False, f"replaying the log on {original} fails: {e}")
+    if expected == got:
+        return VerifyResult(
+            True, f"{patched} differs from {original} exactly as {log_path} says ({len(log.edits)} edits)"
+        )
+    if len(expected) != len(got):
+        return VerifyResult(False, f"{patched}: size {len(got)}, the log says {len(expected)}")
+    first = int(np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(expected, np.uint8))[0])
+    return VerifyResult(
+        False, f"{patched}: offset {first:#x} holds {got[first]:02x}, the log says {expected[first]:02x}"
+    )

@@ -86,7 +86,7 @@ def test_scan_generation_overrides_detection() -> None:
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (("scan", "--generation", "gcc5"), ("--generation", "'gcc5'", "mprofile, patchable, ool")),
+        (("scan", "--generation", "gcc5"), ("--generation", "'gcc5'", "'mprofile', 'patchable', 'ool'")),
         (("scan", "--generation", "ool", "--mcount-addr", "0x100"), ("--mcount-addr", "mprofile")),
         (("policy", "check", "--generation", "6.12", str(ROOT / "examples" / "keep-core.policy")), ("--generation",)),
     ],

@@ -87,7 +87,7 @@ def message_of(error: Exception, kind: ErrorKind) -> str:
     if isinstance(error, click.ClickException):
         ctx = getattr(error, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if isinstance(ctx, click.Context) else ""
-        return error.format_message() + hint
+        return " ".join(error.format_message().split()) + hint  # click lists some choices one per line
     return str(error)
 
 

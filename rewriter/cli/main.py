@@ -15,6 +15,7 @@ from rewriter.cli import audit, plans, prenop, rewrite, scan
 from rewriter.cli.exits import Commands, Interrupted, interrupt, report
 
 app = typer.Typer(
+    name="mcountrw",  # CliRunner's program name too, so its messages read as the command's
     cls=Commands,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -70,5 +70,5 @@ def run() -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)
         raise
-    except Interrupted as e:  # a signal between two commands' steps, outside the app's own guard
+    except Interrupted as e:  # a signal while click starts or ends the run, outside Commands' guard
         raise SystemExit(report(e)) from None

@@ -37,11 +37,19 @@ class Mode(enum.Enum):
     VERIFY = "verify"
 
 
+class Output(enum.Enum):
+    """Whether a mode needs --in-place or -o."""
+
+    REQUIRED = "required"
+    OPTIONAL = "optional"  # a dry run may name where it would write
+    REFUSED = "refused"  # --verify writes nothing
+
+
 class _Takes(NamedTuple):
     """What a mode takes and does."""
 
     policy: bool  # --policy required, signing options allowed; False: all three refused (the logs decide)
-    output: bool | None  # --in-place or -o: True required, None optional, False refused
+    output: Output  # --in-place or -o
     against: bool  # --against allowed
     dry_run: bool  # decide everything, write nothing
     doing: str  # the progress bar's label
@@ -49,11 +57,11 @@ class _Takes(NamedTuple):
 
 MODES: Final[Mapping[Mode, _Takes]] = MappingProxyType(
     {
-        Mode.PRENOP: _Takes(policy=True, output=True, against=False, dry_run=False, doing="pre-nopping"),
-        Mode.DRY_RUN: _Takes(policy=True, output=None, against=False, dry_run=True, doing="pre-nopping"),
-        Mode.UNDO: _Takes(policy=False, output=True, against=False, dry_run=False, doing="undoing"),
-        Mode.UNDO_DRY_RUN: _Takes(policy=False, output=None, against=False, dry_run=True, doing="undoing"),
-        Mode.VERIFY: _Takes(policy=False, output=False, against=True, dry_run=False, doing="verifying"),
+        Mode.PRENOP: _Takes(policy=True, output=Output.REQUIRED, against=False, dry_run=False, doing="pre-nopping"),
+        Mode.DRY_RUN: _Takes(policy=True, output=Output.OPTIONAL, against=False, dry_run=True, doing="pre-nopping"),
+        Mode.UNDO: _Takes(policy=False, output=Output.REQUIRED, against=False, dry_run=False, doing="undoing"),
+        Mode.UNDO_DRY_RUN: _Takes(policy=False, output=Output.OPTIONAL, against=False, dry_run=True, doing="undoing"),
+        Mode.VERIFY: _Takes(policy=False, output=Output.REFUSED, against=True, dry_run=False, doing="verifying"),
     }
 )
 
@@ -184,9 +192,9 @@ def _check_options(mode: Mode, args: _Args) -> None:
     if not takes.policy and (args.policy is not None or args.sign_key is not None or args.strip_signature):
         raise ArgumentError("--undo and --verify take no --policy or signing options: the logs say what was done")
     writes = args.in_place or args.output is not None
-    if takes.output is True and not writes:
+    if takes.output is Output.REQUIRED and not writes:
         raise ArgumentError("no output: give --in-place or -o OUT (or --dry-run)")
-    if takes.output is False and writes:
+    if takes.output is Output.REFUSED and writes:
         raise ArgumentError("--verify writes nothing: drop --in-place / -o")
 
 

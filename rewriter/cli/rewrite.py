@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 
-from rewriter.cli import FINDINGS, app, fail, parse_int
-from rewriter.errors import NoRoute, RewriteError
+from rewriter.cli.common import address
+from rewriter.cli.exits import findings_if
+from rewriter.errors import ArgumentError
+from rewriter.plan import Route
 
 if TYPE_CHECKING:
+    from rewriter.files import ApplyResult
     from rewriter.rewrite import Options, Selection
 
-TARGETS = ("enabled", "disabled", "nopped")
+
+class Target(enum.Enum):
+    """The states a file rewrite moves sites to (the others are run-time states, or never a goal)."""
+
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+    NOPPED = "nopped"
+
 
 Image_ = Annotated[Path, typer.Argument(help="vmlinux, module (.ko[.xz|.gz|.zst]), object or executable")]
 Output = Annotated[Path | None, typer.Option("-o", "--output", help="where to write the rewritten file")]
 Only = Annotated[list[str] | None, typer.Option("--only", help="function name glob to select (repeatable)")]
 Exclude = Annotated[list[str] | None, typer.Option("--exclude", help="function name glob to leave alone (repeatable)")]
 Section = Annotated[list[str] | None, typer.Option("--section", help="select the sites of this section (repeatable)")]
-Addr = Annotated[list[str] | None, typer.Option("--addr", help="select the site with this call-slot address")]
-Route_ = Annotated[str | None, typer.Option("--route", help="mflr-first or b8 (default: fewer writes)")]
+Addr = Annotated[
+    list[int] | None, typer.Option("--addr", parser=address, help="select the site with this call-slot address")
+]
+Route_ = Annotated[Route | None, typer.Option("--route", help="default: the route with fewer writes")]
 Log_ = Annotated[Path | None, typer.Option("--log", help="patch log (default OUT.mcountrw.jsonl)")]
 Stages = Annotated[Path | None, typer.Option("--stage-images", help="write one complete ELF per plan stage here")]
 Drop = Annotated[bool, typer.Option("--drop-records", help="drop the records of sites whose call slot ends up nop")]
@@ -39,12 +52,11 @@ Backup = Annotated[bool, typer.Option("--backup", help="with --in-place: keep th
 
 
 def _selection(
-    only: list[str] | None, exclude: list[str] | None, section: list[str] | None, addr: list[str] | None
+    only: list[str] | None, exclude: list[str] | None, section: list[str] | None, addr: list[int] | None
 ) -> Selection:
     from rewriter.rewrite import Selection
 
-    addrs = frozenset(parse_int(a, "--addr") or 0 for a in addr or [])
-    return Selection(tuple(only or ()), tuple(exclude or ()), tuple(section or ()), addrs)
+    return Selection(tuple(only or ()), tuple(exclude or ()), tuple(section or ()), frozenset(addr or ()))
 
 
 class _Writing(NamedTuple):
@@ -57,32 +69,23 @@ class _Writing(NamedTuple):
     backup: bool
 
 
-def _options(target: str, route: str | None, drop: bool, keep: bool, strip: bool) -> Options:
-    from rewriter.plan import Route
+def _options(target: Target, route: Route | None, drop: bool, keep: bool, strip: bool) -> Options:
     from rewriter.rewrite import Options
     from rewriter.states import SiteState
 
-    if target not in TARGETS:
-        fail(f"--to: {target!r} is not one of {', '.join(TARGETS)}")
-    if route is not None and route not in ("mflr-first", "b8"):
-        fail(f"--route: {route!r} is not mflr-first or b8")
     if drop and keep:
-        fail("give --drop-records or --keep-records, not both")
-    return Options(
-        SiteState(target), Route(route) if route else None, drop_records=drop, strip_signature=strip, keep_records=keep
-    )
+        raise ArgumentError("give --drop-records or --keep-records, not both")
+    return Options(SiteState(target.value), route, drop_records=drop, strip_signature=strip, keep_records=keep)
 
 
 def _run_apply(image: Path, output: Path | None, options: Options, selection: Selection, writing: _Writing) -> None:
     from rewriter.files import apply_file
 
-    try:
-        result = apply_file(image, output, selection, options, **writing._asdict())
-    except NoRoute as e:
-        typer.echo(f"mcountrw: no legal route: {e}", err=True)  # a finding, as `plan` reports it
-        raise typer.Exit(FINDINGS) from None
-    except RewriteError as e:
-        fail(str(e))
+    result = apply_file(image, output, selection, options, **writing._asdict())  # NoRoute: exit 1
+    _print_applied(image, options, result)
+
+
+def _print_applied(image: Path, options: Options, result: ApplyResult) -> None:
     r = result.rewrite
     target = options.target.value
     stages = len(r.plan.stages) if r.plan else 0
@@ -104,10 +107,9 @@ def _run_apply(image: Path, output: Path | None, options: Options, selection: Se
         typer.echo(f"stage image {p}", err=True)
 
 
-@app.command()
 def apply(
     image: Image_,
-    to: Annotated[str, typer.Option("--to", help="enabled, disabled or nopped")],
+    to: Annotated[Target, typer.Option("--to", help="the state to move the selected sites to")],
     output: Output = None,
     *,
     only: Only = None,
@@ -134,7 +136,6 @@ def apply(
     _run_apply(image, output, options, selection, _Writing(log, stage_images, dry_run, in_place, backup))
 
 
-@app.command()
 def nop(
     image: Image_,
     output: Output = None,
@@ -155,12 +156,11 @@ def nop(
     """Offline pre-nopping: `apply --to nopped`. 6.1 (mprofile): mflr and bl both become nop;
     6.12 (patchable) and 7.2 (ool): the sites already are nop as built, so --drop-records drops
     their records and writes no word."""
-    options = _options("nopped", None, drop_records, keep_records, strip_signature)
+    options = _options(Target.NOPPED, None, drop_records, keep_records, strip_signature)
     selection = _selection(only, exclude, section, addr)
     _run_apply(image, output, options, selection, _Writing(log, stage_images, dry_run, in_place, backup))
 
 
-@app.command()
 def undo(
     patched: Annotated[Path, typer.Argument(help="a file written by apply/nop")],
     log: Annotated[Path, typer.Option("--log", help="its patch log")],
@@ -171,14 +171,10 @@ def undo(
     """Restore the exact original bytes (relocations, records and signature included)."""
     from rewriter.files import undo_file
 
-    try:
-        out, record = undo_file(patched, log, output, in_place)
-    except RewriteError as e:
-        fail(str(e))
+    out, record = undo_file(patched, log, output, in_place)
     typer.echo(f"wrote {out} (sha256 {record.header.input.sha256[:16]}..., the original)", err=True)
 
 
-@app.command()
 def verify(
     original: Annotated[Path, typer.Argument(help="the file before the rewrite")],
     patched: Annotated[Path, typer.Argument(help="the file after it")],
@@ -187,9 +183,6 @@ def verify(
     """Exit 0 iff the byte difference is exactly what the log says; 1 otherwise."""
     from rewriter.files import verify_files
 
-    try:
-        result = verify_files(original, patched, log)
-    except RewriteError as e:
-        fail(str(e))
+    result = verify_files(original, patched, log)
     typer.echo(("ok: " if result.ok else "MISMATCH: ") + result.reason)
-    raise typer.Exit(0 if result.ok else FINDINGS)
+    findings_if(not result.ok)

@@ -222,7 +222,7 @@ def no_site_cause(image: Image, found: Scan, hints: ScanHints) -> str:
         earlier = "its sites were nopped by an earlier rewrite whose patch log is not here"
     zeroed = found.records.zeroed
     if zeroed and not found.records.count:
-        return f"its {zeroed} records are all zeroed and no call to _mcount is left: {earlier}"
+        return f"its {zeroed} records are all zeroed (--drop-records) and no call to _mcount is left: {earlier}"
     if image.symbols is None and image.type != S.ET_REL and not hints.given:
         return (
             "a stripped image (no .symtab): pass --mcount-addr with _mcount's address from System.map (mprofile), "

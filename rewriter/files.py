@@ -228,6 +228,8 @@ def no_site_cause(image: Image, found: Scan, hints: ScanHints) -> str:
             "a stripped image (no .symtab): pass --mcount-addr with _mcount's address from System.map (mprofile), "
             "or --generation patchable|ool"
         )
+    if hints.mcount_addr is not None:
+        return f"no bl calls --mcount-addr {hints.mcount_addr:#x} and no record names a site: is it _mcount's address?"
     if _defines_mcount(image, found):
         return f"_mcount is there but nothing calls it and there are no records: {earlier}"
     return (

@@ -83,21 +83,26 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
 
 
-def _try(fd: int, path: Path, wait: bool, waiting: Callable[[Path, int | None], None] | None) -> None:
-    """Take the exclusive lock on ``fd``; without ``wait``, raise :class:`Locked` if it is held."""
+def _try(fd: int, path: Path, wait: bool, waiting: Callable[[Path, int | None], None] | None) -> bool:
+    """Take the exclusive lock on ``fd``: True once held; False if it was held but its holder is
+    gone by the time we look (try again). Without ``wait``, raise :class:`Locked` naming the
+    holder if it is still there."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return
+        return True
     except OSError as e:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise RewriteError(f"{path}: cannot lock it ({e.strerror})") from None
     pid = holder(os.fstat(fd))
+    if pid is None and not wait:
+        return False  # released meanwhile (or /proc/locks is not there: the retries end that)
     who = f"pid {pid}" if pid is not None else "another process"
     if not wait:
         raise Locked(f"{path}: locked by {who} (another mcountrw run rewriting it?); pass --wait to wait for it")
     if waiting is not None:
         waiting(path, pid)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    return True
 
 
 def lock_one(path: Path, wait: bool, waiting: Callable[[Path, int | None], None] | None = None) -> int:
@@ -106,14 +111,13 @@ def lock_one(path: Path, wait: bool, waiting: Callable[[Path, int | None], None]
     for _ in range(_RETRIES):
         fd = _open(path)
         try:
-            _try(fd, path, wait, waiting)
-            if _same_file(fd, path):
+            if _try(fd, path, wait, waiting) and _same_file(fd, path):
                 return fd
         except BaseException:
             os.close(fd)
             raise
-        os.close(fd)  # replaced by the run we waited for: lock what the path names now
-    raise RewriteError(f"{path}: replaced {_RETRIES} times while being locked")
+        os.close(fd)  # its holder went, or replaced the file: lock what the path names now
+    raise Locked(f"{path}: locked by another process (another mcountrw run rewriting it?); pass --wait to wait for it")
 
 
 @contextlib.contextmanager

@@ -2,13 +2,14 @@
 
 An edit carries what it expects to find as well as what it writes, so that applying it is a
 compare-and-swap (like the kernel's ``ftrace_modify_code``: read, validate, then patch) and
-undoing it is the same operation with old and new exchanged. Four kinds cover everything:
+undoing it is the same operation with old and new exchanged. These kinds cover everything:
 
 * :class:`WordWrite`  one instruction slot of a site (the plan's writes, resolved to words);
 * :class:`BytesEdit`  a few raw bytes: a zeroed ``__mcount_loc`` entry, ``sh_size``, ``DT_RELACOUNT``;
 * :class:`RelaEdit`   entries taken out of a relocation table, either dropped (the table shrinks,
   the freed tail is zero) or moved to sit after the first ``keep`` remaining entries;
-* :class:`Truncate`   the module signature trailer cut off the end of the file.
+* :class:`Truncate`   the module signature trailer cut off the end of the file;
+* :class:`Append`     a new signature trailer appended (``prenop --sign-key`` re-signs a module).
 
 Each kind applies and reverts itself (``apply``/``revert``), says how far into the file it reaches
 (``reach``) and how it changes the file's size (``growth``: an edit that does works at the end of
@@ -463,13 +464,59 @@ class Truncate(NamedTuple):
         return cls(_count(rec["size"], "size"), bytes.fromhex(rec["tail"]), str(rec["why"]))
 
 
-Edit: TypeAlias = WordWrite | BytesEdit | RelaEdit | Truncate
+class Append(NamedTuple):
+    """``tail`` appended to a file of ``size`` bytes: the signature trailer of a re-signed module
+    (``prenop --sign-key``). In the log, so that the log's output is the signed file itself and
+    ``undo``/``verify`` take it as they take any other output."""
+
+    size: int  # the file's size before the edit
+    tail: bytes  # what is appended
+    why: str
+
+    @property
+    def stage(self) -> None:
+        """Not one of the plan's word writes."""
+        return None
+
+    def apply(self, buf: bytearray, order: ByteOrder) -> bytearray:
+        if len(buf) != self.size:
+            raise WordMismatch(f"file size: expected {self.size} != found {len(buf)} (before appending the {self.why})")
+        return buf + self.tail
+
+    def revert(self, buf: bytearray, order: ByteOrder) -> bytearray:
+        if len(buf) != self.size + len(self.tail) or bytes(buf[self.size :]) != self.tail:
+            raise WordMismatch(f"offset {self.size:#x}: the file does not end with the appended {self.why}")
+        return buf[: self.size]
+
+    def reach(self) -> int:
+        """Where it writes: at the end of the file as the edits before it leave it."""
+        return self.size
+
+    @property
+    def growth(self) -> int:
+        return len(self.tail)
+
+    def to_line(self, text: LineText) -> str:
+        return json.dumps(
+            {"type": "append", "size": self.size, "tail": self.tail.hex(), "why": self.why}, sort_keys=True
+        )
+
+    @classmethod
+    def from_json(cls, rec: Mapping[str, Any]) -> Append:
+        tail = bytes.fromhex(rec["tail"])
+        if not tail:
+            raise ValueError("nothing to append")
+        return cls(_count(rec["size"], "size"), tail, str(rec["why"]))
+
+
+Edit: TypeAlias = WordWrite | BytesEdit | RelaEdit | Truncate | Append
 
 KINDS: Final[Mapping[str, Callable[[Mapping[str, Any]], Edit]]] = {
     "write": WordWrite.from_json,
     "bytes": BytesEdit.from_json,
     "rela": RelaEdit.from_json,
     "truncate": Truncate.from_json,
+    "append": Append.from_json,
 }
 """A log line's ``type`` -> how to read that kind of edit back."""
 

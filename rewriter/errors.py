@@ -35,6 +35,13 @@ class NoRoute(PlanRejected):
     alike), not bad input."""
 
 
+class NothingToDo(RewriteError):
+    """A rewriting command that finds nothing to do for a reason other than "already done": no
+    site at all in the file, or a selection that matches no site. A finding (exit 1), not bad
+    input: the file is fine, but the change asked for cannot happen, and a run that reported
+    success at changing nothing would hide that."""
+
+
 class PlanFormatError(RewriteError):
     """A plan file that cannot be read, or is not a well-formed plan (JSON, fields, writes)."""
 

@@ -6,13 +6,22 @@ the output, and undoes and verifies them. Order of writes, so that a run killed 
 leaves nothing half-done: the log, the optional backup and the output are each written to a
 temporary file beside their target, fsynced and read back (``rewriter.elf.writer``), and only
 then renamed into place, log first. The input is never opened for writing; ``--in-place``
-replaces it by that final rename.
+replaces it by that final rename. (One writer at a time: the caller holds ``rewriter.lock`` on a
+file it rewrites in place; the CLI takes it before it reads anything.)
+
+No silent no-ops: a rewrite that finds no site at all in the file, or whose selection matches no
+site, raises :class:`NothingToDo` (exit 1) naming the likely cause (:func:`check_something_to_do`)
+instead of reporting success at changing nothing. A rewrite whose sites are all at the target
+already is a rerun, a no-op by design: it succeeds, and in place it writes nothing (rewriting
+the file and its log would replace the log that leads back to the original with one that leads
+nowhere).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +29,28 @@ from pathlib import Path
 import numpy as np
 
 from rewriter.edits import byteorder
+from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, Restore, decompress, detect_compression
 from rewriter.elf.image import Image
 from rewriter.elf.writer import Pending, atomic_write, commit, write_temp
-from rewriter.errors import ImageError, LogError, OutputError, RewriteError
+from rewriter.errors import ImageError, LogError, NothingToDo, OutputError, RewriteError
+from rewriter.generations import Generation
 from rewriter.log import Data, FileFacts, Log, check_extent, default_log_path, load, render
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
-from rewriter.sites import Scan, scan
+from rewriter.sites import MCOUNT_NAMES, Scan, Site, scan
+
+
+@dataclass(frozen=True)
+class ScanHints:
+    """What a stripped image may need to be scanned: ``--mcount-addr`` (``_mcount``'s address,
+    from System.map) and ``--generation`` (see ``rewriter.sites.scan``)."""
+
+    mcount_addr: int | None = None
+    generation: Generation | None = None
+
+    @property
+    def given(self) -> bool:
+        return self.mcount_addr is not None or self.generation is not None
 
 
 @dataclass(frozen=True)
@@ -97,15 +121,17 @@ def apply_file(
     dry_run: bool = False,
     in_place: bool = False,
     backup: bool = False,
+    hints: ScanHints = ScanHints(),
 ) -> ApplyResult:
     out = None if dry_run else check_output_path(path, output, in_place)
     if out is not None:
         check_side_paths(path, out, log_path or default_log_path(out), in_place, backup)
     image = Image.load(path)
-    before = scan(image)
+    before = scan(image, hints.mcount_addr, hints.generation)
+    check_something_to_do(image, before, selection, hints)
     result = rewrite(image, before, selection, options, keep_stages=stage_dir is not None and not dry_run)
-    if dry_run or out is None:
-        return ApplyResult(path, None, None, result, before, ())
+    if dry_run or out is None or (in_place and not result.edits):
+        return ApplyResult(path, None, None, result, before, ())  # in place and already done: nothing to write
     log = log_path or default_log_path(out)
     stage_paths = _write_stage_images(stage_dir, path, result) if stage_dir else ()
     backup_path = path.with_name(path.name + ".orig") if in_place and backup else None
@@ -165,6 +191,85 @@ def _file_facts(image: Image, raw: Data, out: Path, new_raw: Data, content: Data
         FileFacts.of(image.path, raw, image.data, image.compression),
         FileFacts.of(out, new_raw, content, image.compression),
     )
+
+
+# -- no silent no-ops -----------------------------------------------------------------------
+
+
+def known_sites(image: Image, found: Scan) -> tuple[Site, ...]:
+    """Every site known for this file: the one question the no-op checks ask. Today that is what
+    the image's scan finds; the patch log beside the file will add the sites only it remembers
+    (a pre-nopped site whose record was dropped is invisible in the image)."""
+    return found.sites
+
+
+def _defines_mcount(image: Image, found: Scan) -> bool:
+    if found.mcount_entries:
+        return True
+    syms = image.symbols
+    return syms is not None and any(len(syms.find(n)) for n in MCOUNT_NAMES)
+
+
+def no_site_cause(image: Image, found: Scan, hints: ScanHints) -> str:
+    """Why a file shows no ftrace site at all, the likeliest cause first, as the end of one line."""
+    log = default_log_path(image.path)
+    if log.exists():
+        earlier = (
+            f"its sites were nopped by an earlier rewrite: its patch log {log.name} is here "
+            f"(`mcountrw undo {image.path} --log {log}` gives the original back)"
+        )
+    else:
+        earlier = "its sites were nopped by an earlier rewrite whose patch log is not here"
+    zeroed = found.records.zeroed
+    if zeroed and not found.records.count:
+        return f"its {zeroed} records are all zeroed (--drop-records) and no call to _mcount is left: {earlier}"
+    if image.symbols is None and image.type != S.ET_REL and not hints.given:
+        return (
+            "a stripped image (no .symtab): pass --mcount-addr with _mcount's address from System.map (mprofile), "
+            "or --generation patchable|ool"
+        )
+    if hints.mcount_addr is not None:
+        return f"no bl calls --mcount-addr {hints.mcount_addr:#x} and no record names a site: is it _mcount's address?"
+    if _defines_mcount(image, found):
+        return f"_mcount is there but nothing calls it and there are no records: {earlier}"
+    return (
+        "no records (__mcount_loc, __patchable_function_entries) and no bl to an mcount entry: "
+        "not built with -pg -mprofile-kernel or -fpatchable-function-entry?"
+    )
+
+
+def unmatched_selection(sites: Sequence[Site], selection: Selection) -> list[str]:
+    """Each part of ``selection`` (``--only``, ``--exclude``, ``--section``, ``--addr``) that
+    matches none of ``sites``, as the option that names it."""
+    parts = [(f"--only {g}", Selection(only=(g,))) for g in selection.only]
+    parts += [(f"--exclude {g}", Selection(only=(g,))) for g in selection.exclude]
+    parts += [(f"--section {name}", Selection(sections=(name,))) for name in selection.sections]
+    parts += [(f"--addr {a:#x}", Selection(addrs=frozenset({a}))) for a in sorted(selection.addrs)]
+    return [text for text, part in parts if not any(part.matches(s) for s in sites)]
+
+
+def check_something_to_do(image: Image, found: Scan, selection: Selection, hints: ScanHints) -> None:
+    """Raise :class:`NothingToDo` if the file has no site at all, or ``selection`` matches none
+    (or one of its parts matches none: a mistyped ``--exclude`` would otherwise change the very
+    function it meant to spare)."""
+    sites = known_sites(image, found)
+    if not sites:
+        raise NothingToDo(f"{image.path}: no ftrace call site found: {no_site_cause(image, found, hints)}")
+    if selection.everything:
+        return
+    missing = unmatched_selection(sites, selection)
+    if missing:
+        verb = "matches" if len(missing) == 1 else "match"
+        raise NothingToDo(f"{image.path}: {', '.join(missing)}: {verb} none of its {len(sites)} sites")
+    if not any(selection.matches(s) for s in sites):
+        raise NothingToDo(f"{image.path}: {selection_text(selection)}: leaves none of its {len(sites)} sites")
+
+
+def selection_text(selection: Selection) -> str:
+    """``selection`` as the options that make it."""
+    parts = [f"--only {g}" for g in selection.only] + [f"--exclude {g}" for g in selection.exclude]
+    parts += [f"--section {name}" for name in selection.sections] + [f"--addr {a:#x}" for a in sorted(selection.addrs)]
+    return " ".join(parts) or "every site"
 
 
 # -- undo and verify ------------------------------------------------------------------------

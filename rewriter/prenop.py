@@ -19,7 +19,8 @@ file first (a vmlinux takes as long as several hundred modules). Each file goes 
    signature is re-signed or stripped as asked.
 4. If the destination already holds exactly that result and its log says so, nothing is written
    (``unchanged``): running twice changes nothing. A file with no site to nop is not written
-   either, and gets no log (``nothing to nop``).
+   either, and gets no log (``nothing to nop``; a file with no site at all says why in its
+   message: ``rewriter.files.no_site_cause``).
 5. Otherwise write the log, then the file, each atomically (``rewriter.elf.writer``), and read the
    file back. A compressed file is compressed again the way its original was (its log's recipe,
    ``rewriter.elf.compress``), so that undo gives back the original's exact bytes.
@@ -29,11 +30,12 @@ happens to be, and nothing carries a timestamp, so the same inputs give byte-ide
 logs wherever they are built. Re-signing keeps that property for RSA keys (PKCS#1 v1.5 is
 deterministic), not for ECDSA ones.
 
-A re-signed module is its log's output (the module nopped, its old signature cut off, exactly as
-``--strip-signature`` logs it) with a new signature trailer appended. The trailer is not in the log:
-the log format has no edit that appends bytes (see docs/prenop.md). ``prenop --undo`` and
-``--verify`` recognise "the log's output plus one trailer"; ``mcountrw undo``/``verify`` on such
-a file say it is not the log's output.
+A re-signed module is its log's output: the module nopped, its old signature cut off (a
+``truncate`` edit, exactly as ``--strip-signature`` logs it), and the new signature trailer
+appended (an ``append`` edit), so that ``mcountrw undo`` and ``mcountrw verify`` take it like any
+other output. (Logs written before the ``append`` edit existed describe the module without its
+new trailer; ``prenop --undo`` and ``--verify`` still recognise "the log's output plus one
+trailer" for them.)
 
 Failures are per file: each failed file is reported with one line and left untouched; the others
 are still done.
@@ -46,16 +48,16 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from rewriter.edits import byteorder
+from rewriter.edits import Append, byteorder
 from rewriter.elf.compress import Compression, Restore
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.writer import NewFile, publish
 from rewriter.errors import LogError, RewriteError
-from rewriter.files import read_file
+from rewriter.files import ScanHints, known_sites, no_site_cause, read_file
 from rewriter.log import LOG_SUFFIX, FileFacts, Header, Log, load, read_header, render
 from rewriter.policy import MODULE_SUFFIXES, Policy, Verb, module_name
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
@@ -71,7 +73,7 @@ class PrenopError(RewriteError):
 class Status(enum.Enum):
     NOPPED = "nopped"  # written now
     UNCHANGED = "unchanged"  # already what the policy gives, by its log: nothing written
-    NOTHING = "nothing to nop"  # the policy keeps every site (or there are none): not written, no log
+    NOTHING = "nothing to nop"  # the policy keeps every site, or there are none (the message says why)
     RESTORED = "restored"  # nopped before; the policy now keeps every site: the original written back
     UNDONE = "undone"
     ORIGINAL = "already original"  # --undo on a file that is its log's input
@@ -98,7 +100,13 @@ class FileReport(NamedTuple):
     left_recorded: int = 0  # sites to nop whose records stay (a record the rewriter could not drop)
     unplaced_records: int = 0  # records that point at no site the scanner knows
     signature: str = ""  # "", "stripped", "re-signed"
-    message: str = ""  # the error, or what --verify found
+    message: str = ""  # the error, what --verify found, or why a file has no sites
+    rules: frozenset[int] = frozenset()  # the policy rules (indexes) that decide at least one site
+
+    @property
+    def no_sites(self) -> bool:
+        """The file has no ftrace site at all (``message`` says the likely cause)."""
+        return self.status is Status.NOTHING and bool(self.message)
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,7 @@ class Settings:
     signing: SigningKey | None = None
     dry_run: bool = False
     replace_stale_logs: bool = False
+    hints: ScanHints = field(default_factory=ScanHints)  # --mcount-addr, --generation: a stripped vmlinux
 
 
 NOP = Options(SiteState.NOPPED, drop_records=True)
@@ -192,8 +201,9 @@ def _unsigned(content: bytes) -> bytes | None:
 
 
 def _as_output(content: bytes, facts: Header) -> bytes | None:
-    """The log's output inside ``content``: all of it, or all but a signature trailer this tool
-    appended when re-signing; None if ``content`` is not the log's output."""
+    """The log's output inside ``content``: all of it, or (a log written before re-signing was
+    logged as an ``append`` edit) all but the signature trailer appended then; None if
+    ``content`` is not the log's output."""
     if _sha(content) == facts.output.content_sha256:
         return content
     body = _unsigned(content)
@@ -232,8 +242,8 @@ def _original(t: Target, raw: bytes, content: bytes, facts: Header | None, repla
     )
 
 
-def _undo_with_log(t: Target, output: bytes, facts: Header) -> tuple[bytes, Log]:
-    log = load(t.log)
+def _undo_with_log(t: Target, output: bytes, facts: Header, log: Log | None = None) -> tuple[bytes, Log]:
+    log = load(t.log) if log is None else log
     original = bytes(log.revert(output))
     if _sha(original) != facts.input.content_sha256:
         raise LogError(f"{t.log}: undoing it on {t.source} does not give back its input (sha256 differs)")
@@ -260,10 +270,16 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     orig = _original(t, raw, current, facts, settings.replace_stale_logs)
     original, was_output = orig.content, orig.was_output
     image = Image(t.source, original, compression)
-    sc = scan(image)
+    sc = scan(image, settings.hints.mcount_addr, settings.hints.generation)
     module = module_name(t.rel) if image.kind is Kind.MODULE else None
     decide = settings.policy.for_file(module).decide
-    chosen = [s for s in sc.sites if decide(s.function, s.section)[0] is Verb.NOP]
+    chosen = []
+    rules = set()
+    for s in sc.sites:
+        verb, rule = decide(s.function, s.section)
+        rules.add(rule)
+        if verb is Verb.NOP:
+            chosen.append(s)
     sign = signer is not None and image.kind is Kind.MODULE
     _check_signed(t, image, chosen, settings.strip_signature or sign)
     options = replace(NOP, strip_signature=settings.strip_signature or sign)
@@ -273,8 +289,9 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     nopped = len({s.place for s in result.sites} | {s.place for s in result.dropped})
     left = sum(1 for s in chosen if s.recorded) - len(result.dropped)
     report = FileReport(
-        t.rel, Status.NOPPED, image.kind.value, nopped, len(sc.sites) - len(chosen), left, len(sc.records.unmatched)
-    )
+        t.rel, Status.NOPPED, image.kind.value, nopped, len(sc.sites) - len(chosen), left, len(sc.records.unmatched),
+        rules=frozenset(r for r in rules if r is not None),
+    )  # fmt: skip
     dest_content = current if t.dest == t.source else _read_optional(t.dest)
     mode = _mode(t.source)
 
@@ -282,45 +299,51 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
         # Nothing to nop. If the file was nopped before (the policy changed since), the original
         # goes back; with -o the output tree still gets its copy of the file.
         report = report._replace(status=Status.RESTORED if was_output else Status.NOTHING)
+        if not known_sites(image, sc):
+            report = report._replace(message=no_site_cause(image, sc, settings.hints))
         if dest_content == original or settings.dry_run:
             return report, ()
         return report, (NewFile(t.dest, orig.file_bytes(t, compression), mode),)
 
     if image.signature is not None and options.strip_signature:
         report = report._replace(signature="stripped")
-    content = result.content
     if sign:
         assert signer is not None
-        content = result.content + signer.trailer(bytes(result.content))
+        result = _signed(result, signer)
         report = report._replace(signature="re-signed")
 
+    content = result.content
     if facts is not None and dest_content is not None and _log_describes(facts, original, dest_content):
         same = dest_content == content
         if not same and sign and signer is not None and not signer.deterministic:
-            same = _unsigned(dest_content) == result.content  # ECDSA: a new signature every time
+            same = _unsigned(dest_content) == _unsigned(bytes(content))  # ECDSA: a new signature every time
         if same:
             return report._replace(status=Status.UNCHANGED), ()
     if settings.dry_run:
         return report, ()
-    return report, _log_and_file(t, orig, image, result, options, content, mode)
+    return report, _log_and_file(t, orig, image, result, options, mode)
+
+
+def _signed(result: Rewrite, signer: Signer) -> Rewrite:
+    """``result`` with a new signature trailer appended, as one more edit of its log."""
+    trailer = signer.trailer(bytes(result.content))
+    append = Append(len(result.content), trailer, "module signature (re-signed)")
+    return replace(result, content=result.content + trailer, edits=(*result.edits, append))
 
 
 def _log_and_file(
-    t: Target, orig: _Original, image: Image, result: Rewrite, options: Options, content: bytes | bytearray, mode: int
+    t: Target, orig: _Original, image: Image, result: Rewrite, options: Options, mode: int
 ) -> tuple[NewFile, NewFile]:
-    """The log of ``result`` and the new file (``content``: the rewritten module, maybe re-signed),
-    compressed as the original was. A re-signed module's log describes it without its new
-    trailer (the log's output plus one trailer: see the module docstring)."""
+    """The log of ``result`` and the new file (the rewritten module, maybe re-signed: its trailer
+    is the log's last edit), compressed as the original was."""
     compression = image.compression
     original_raw = orig.file_bytes(t, compression)
     restore = Restore.of(original_raw, orig.content, compression)
-    new_raw = bytes(restore.compressed(content, compression))
-    signed = len(content) != len(result.content)
-    log_raw = bytes(restore.compressed(result.content, compression)) if signed else new_raw
+    new_raw = bytes(restore.compressed(result.content, compression))
     rel = Path(t.rel)  # logs name the file by its path in the tree, never where the tree is
     facts = (
         FileFacts.of(rel, original_raw, orig.content, compression),
-        FileFacts.of(rel, log_raw, result.content, compression),
+        FileFacts.of(rel, new_raw, result.content, compression),
     )
     text = render(image.kind, byteorder(image.byteorder), result, options, lambda: facts, restore)
     return NewFile(t.log, text, 0o644), NewFile(t.dest, new_raw, mode)
@@ -388,18 +411,20 @@ def verify_target(t: Target) -> FileReport:
         return FileReport(t.rel, Status.NO_LOG)
     content = read_file(t.source)[1]
     output = _as_output(content, facts)
-    signature = "re-signed" if output is not None and len(output) != len(content) else ""
-    report = FileReport(t.rel, Status.VERIFIED, facts.kind.value, facts.sites_touched, signature=signature)
+    report = FileReport(t.rel, Status.VERIFIED, facts.kind.value, facts.sites_touched)
     if output is None:
         return report._replace(status=Status.MISMATCH, message=f"{t.source} is not the output of {t.log}")
     try:
+        log = load(t.log)
+        resigned = len(output) != len(content) or any(isinstance(e, Append) for e in log.edits)
+        report = report._replace(signature="re-signed" if resigned else "")
         if t.original is None:
-            _undo_with_log(t, output, facts)
+            _undo_with_log(t, output, facts, log)
             return report
         original = read_file(t.original)[1]
         if _sha(original) != facts.input.content_sha256:
             return report._replace(status=Status.MISMATCH, message=f"{t.original} is not the input of {t.log}")
-        expected = bytes(load(t.log).replay(original))
+        expected = bytes(log.replay(original))
     except RewriteError as e:
         return report._replace(status=Status.MISMATCH, message=str(e))
     if expected != output:

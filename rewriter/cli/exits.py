@@ -10,7 +10,8 @@ code  meaning
 ====  ========================================================================================
 0     success
 1     findings: a verify mismatch, an unsafe plan, no legal route (:class:`NoRoute`), anomalies
-      at ``--fail-on``, a policy rule that matches nothing, a difference (``diff``)
+      at ``--fail-on``, a policy rule that matches nothing, a difference (``diff``), a rewrite
+      with nothing to do (:class:`NothingToDo`: no site at all, a selection matching none)
 2     bad input: one line ``mcountrw: error: <file>: <problem>`` and nothing written; a bad
       option value or a missing option is bad input too
 3     internal error (:class:`InternalError`, or any other exception: a bug): one line asking for
@@ -32,7 +33,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from rewriter.errors import InternalError, NoRoute, RewriteError
+from rewriter.errors import InternalError, NoRoute, NothingToDo, RewriteError
 
 
 class ExitCode(enum.IntEnum):
@@ -51,6 +52,7 @@ class ErrorKind(NamedTuple):
 EXIT_CODES: Final[tuple[ErrorKind, ...]] = (
     # First match wins: a subclass comes before its base.
     ErrorKind(NoRoute, ExitCode.FINDINGS, "no legal route"),  # in `plan` and `apply` alike
+    ErrorKind(NothingToDo, ExitCode.FINDINGS, "nothing to do"),  # no site at all, or a selection matching none
     ErrorKind(RewriteError, ExitCode.BAD_INPUT, "error"),  # the input: a file, a log, an option
     ErrorKind(click.ClickException, ExitCode.BAD_INPUT, "error"),  # the command line: a choice, a missing option
     ErrorKind(InternalError, ExitCode.INTERNAL, "internal error"),  # "this cannot happen"

@@ -15,9 +15,20 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, NamedTuple
 import click
 import typer
 
-from rewriter.cli.common import GenerationOption, Jobs, emit, print_errors, progress, workers
+from rewriter.cli.common import (
+    GenerationOption,
+    Jobs,
+    McountAddr,
+    check_mcount_addr,
+    emit,
+    print_errors,
+    progress,
+    workers,
+)
 from rewriter.cli.exits import bad_input_if, findings_if
-from rewriter.errors import ArgumentError
+from rewriter.cli.rewrite import Wait, say_waiting
+from rewriter.errors import ArgumentError, NothingToDo
+from rewriter.lock import hold
 from rewriter.sign import HASHES
 
 if TYPE_CHECKING:
@@ -81,6 +92,8 @@ class _Args:
     hash_name: str
     against: Path | None
     replace_stale_logs: bool
+    mcount_addr: int | None = None
+    generation: Generation | None = None
 
 
 Paths = Annotated[
@@ -141,6 +154,9 @@ def prenop(
     replace_stale_logs: ReplaceStaleLogs = False,
     report: Report = None,
     reproducible: Reproducible = False,
+    mcount_addr: McountAddr = None,
+    generation: GenerationOption = None,
+    wait: Wait = False,
 ) -> None:
     """Apply a keep/nop policy to vmlinux and whole module trees, with one patch log per file.
 
@@ -151,21 +167,71 @@ def prenop(
 
     mode = _mode(undo, verify, dry_run)
     args = _Args(paths, policy, in_place, output, log_dir, strip_signature, sign_key, sign_cert, hash_name, against,
-                 replace_stale_logs)  # fmt: skip
+                 replace_stale_logs, mcount_addr, generation)  # fmt: skip
     _check_options(mode, args)
-    ts = _targets(mode, args)
-    settings = _settings(mode, args)  # the policy, key and certificate are read before any file is touched
-    n = workers(jobs)
-    start = time.monotonic()
-    reports = _execute(mode, ts, settings, n)
-    seconds = time.monotonic() - start
+    # One writer at a time: the lock is taken before any file or log is read (docs/prenop.md).
+    with hold(_locked_paths(mode, args), wait, say_waiting):
+        ts = _targets(mode, args)
+        settings = _settings(mode, args)  # the policy, key and certificate are read before any file is touched
+        n = workers(jobs)
+        start = time.monotonic()
+        reports = _execute(mode, ts, settings, n)
+        seconds = time.monotonic() - start
     header = _header(mode, args, settings, len(ts))
     _print_reports(mode, reports, header)
+    for line in _rule_warnings(settings, reports):
+        typer.echo(line)
     typer.echo(f"done in {seconds:.1f} s with {n} worker(s)", err=True)
     if report is not None:
         emit(json.dumps(_report_json(reports, header), indent=1, sort_keys=True) + "\n", report)
     bad_input_if([r.message for r in reports if r.status is Status.FAILED])
+    _nothing_to_do(mode, reports)
     findings_if(any(r.status is Status.MISMATCH or r.left_recorded for r in reports))
+
+
+def _locked_paths(mode: Mode, args: _Args) -> list[Path]:
+    """What a run that writes holds the lock on (``rewriter.lock``): the files and trees it
+    rewrites in place, the output tree (made first, so that two runs that would both create it
+    still meet at one lock) and the log directory, if it exists (one that does not is made only
+    when a log is written; the locks on the tree cover the run meanwhile). Runs that write
+    nothing lock nothing."""
+    takes = MODES[mode]
+    if takes.dry_run or takes.output is Output.REFUSED:
+        return []
+    out = list(args.paths) if args.in_place else []
+    if args.output is not None and (len(args.paths) > 1 or args.paths[0].is_dir() or args.output.is_dir()):
+        try:
+            args.output.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ArgumentError(f"{args.output}: {e.strerror}") from None
+        out.append(args.output)
+    if args.log_dir is not None and args.log_dir.is_dir():
+        out.append(args.log_dir)
+    return out
+
+
+def _nothing_to_do(mode: Mode, reports: Sequence[FileReport]) -> None:
+    """A policy run in which no file has any ftrace site at all did nothing, and says so (exit 1)."""
+    from rewriter.prenop import Status
+
+    done = [r for r in reports if r.status is not Status.FAILED]
+    if MODES[mode].policy and done and all(r.no_sites for r in done):
+        raise NothingToDo(f"no ftrace call site in any of the {len(done)} files; {done[0].rel}: {done[0].message}")
+
+
+def _rule_warnings(settings: Settings | None, reports: Sequence[FileReport]) -> list[str]:
+    """The policy's rules that decide no site in any of these files (a mistyped pattern, or a
+    policy for more of the kernel than this tree): one line each. Not an error: a policy written
+    for a whole kernel is often applied to part of it."""
+    if settings is None:
+        return []
+    used = frozenset().union(*(r.rules for r in reports))
+    p = settings.policy
+    return [
+        f"warning: {p.name}:{rule.line}: `{rule}` decides no site in these {len(reports):,} files"
+        for i, rule in enumerate(p.rules)
+        if i not in used
+    ]
 
 
 def _mode(undo: bool, verify: bool, dry_run: bool) -> Mode:
@@ -230,7 +296,11 @@ def _settings(mode: Mode, args: _Args) -> Settings | None:
     if args.sign_key is not None and args.sign_cert is not None:
         signing = SigningKey(args.sign_key, args.sign_cert, args.hash_name)
         signing.load()
-    return Settings(rules, args.strip_signature, signing, takes.dry_run, args.replace_stale_logs)
+    from rewriter.files import ScanHints
+
+    check_mcount_addr(args.generation, args.mcount_addr)
+    hints = ScanHints(args.mcount_addr, args.generation)
+    return Settings(rules, args.strip_signature, signing, takes.dry_run, args.replace_stale_logs, hints)
 
 
 def _execute(mode: Mode, ts: Sequence[Target], settings: Settings | None, jobs: int) -> list[FileReport]:
@@ -316,7 +386,14 @@ def _notes(reports: Sequence[FileReport], mode: Mode) -> list[str]:
             "site mcountrw recognises, and were left alone. First: " + unplaced[0].rel
         )
     done = [r for r in reports if r.status is not Status.FAILED]
-    if MODES[mode].policy and done and all(r.status in (Status.UNCHANGED, Status.NOTHING) for r in done):
+    bare = [r for r in done if r.no_sites]
+    if MODES[mode].policy and bare and len(bare) < len(done):
+        out.append(f"note: {len(bare):,} files have no ftrace site at all; first: {bare[0].rel}: {bare[0].message}")
+    if (
+        MODES[mode].policy
+        and len(bare) < len(done)
+        and all(r.status in (Status.UNCHANGED, Status.NOTHING) for r in done)
+    ):
         out.append(f"nothing changed: all {len(done):,} files already match the policy")
     undoing = mode in (Mode.UNDO, Mode.UNDO_DRY_RUN)
     if undoing and done and all(r.status in (Status.ORIGINAL, Status.NO_LOG) for r in done):

@@ -8,13 +8,15 @@ from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 
-from rewriter.cli.common import address
+from rewriter.cli.common import GenerationOption, McountAddr, address, check_mcount_addr
 from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError
+from rewriter.generations import Generation
+from rewriter.lock import hold
 from rewriter.plan import Route
 
 if TYPE_CHECKING:
-    from rewriter.files import ApplyResult
+    from rewriter.files import ApplyResult, ScanHints
     from rewriter.rewrite import Options, Selection
 
 
@@ -49,6 +51,16 @@ Strip = Annotated[bool, typer.Option("--strip-signature", help="allow rewriting 
 Dry = Annotated[bool, typer.Option("--dry-run", help="plan, check and report; write nothing")]
 InPlace = Annotated[bool, typer.Option("--in-place", help="replace the input (atomically, once complete)")]
 Backup = Annotated[bool, typer.Option("--backup", help="with --in-place: keep the original as IMAGE.orig")]
+Wait = Annotated[
+    bool,
+    typer.Option("--wait", help="with --in-place: wait for another run that holds the file's lock (default: exit 2)"),
+]
+
+
+def say_waiting(path: Path, pid: int | None) -> None:
+    """``rewriter.lock``'s ``waiting``: one line saying what this run waits for."""
+    who = f"pid {pid}" if pid is not None else "another process"
+    typer.echo(f"mcountrw: waiting for {who}, which holds the lock on {path}", err=True)
 
 
 def _selection(
@@ -69,6 +81,20 @@ class _Writing(NamedTuple):
     backup: bool
 
 
+class _Run(NamedTuple):
+    """How ``apply`` and ``nop`` scan a stripped image, and wait for a lock."""
+
+    mcount_addr: int | None
+    generation: Generation | None
+    wait: bool
+
+    def hints(self) -> ScanHints:
+        from rewriter.files import ScanHints
+
+        check_mcount_addr(self.generation, self.mcount_addr)
+        return ScanHints(self.mcount_addr, self.generation)
+
+
 def _options(target: Target, route: Route | None, drop: bool, keep: bool, strip: bool) -> Options:
     from rewriter.rewrite import Options
     from rewriter.states import SiteState
@@ -78,16 +104,23 @@ def _options(target: Target, route: Route | None, drop: bool, keep: bool, strip:
     return Options(SiteState(target.value), route, drop_records=drop, strip_signature=strip, keep_records=keep)
 
 
-def _run_apply(image: Path, output: Path | None, options: Options, selection: Selection, writing: _Writing) -> None:
-    from rewriter.files import apply_file
+def _run_apply(
+    image: Path, output: Path | None, options: Options, selection: Selection, writing: _Writing, run: _Run
+) -> None:
+    # The lock is taken before anything is read (or numpy loaded): it covers the whole run.
+    with hold([image] if writing.in_place and not writing.dry_run else [], run.wait, say_waiting):
+        from rewriter.files import apply_file
 
-    result = apply_file(image, output, selection, options, **writing._asdict())  # NoRoute: exit 1
-    _print_applied(image, options, result)
+        result = apply_file(image, output, selection, options, **writing._asdict(), hints=run.hints())  # NoRoute: 1
+    _print_applied(image, options, result, writing)
 
 
-def _print_applied(image: Path, options: Options, result: ApplyResult) -> None:
+def _print_applied(image: Path, options: Options, result: ApplyResult, writing: _Writing) -> None:
     r = result.rewrite
     target = options.target.value
+    if not r.edits:
+        _print_already(image, target, result, writing)
+        return
     stages = len(r.plan.stages) if r.plan else 0
     barriers = ", ".join(name for _, name in r.barriers) or "none"
     writes = r.word_writes
@@ -105,6 +138,32 @@ def _print_applied(image: Path, options: Options, result: ApplyResult) -> None:
         typer.echo(f"wrote {result.output} and {result.log}", err=True)
     for p in result.stage_images:
         typer.echo(f"stage image {p}", err=True)
+    if writing.stage_dir is not None and not writing.dry_run and not result.stage_images:
+        typer.echo(
+            f"no stage image written to {writing.stage_dir}: this rewrite writes no word (records only)", err=True
+        )
+
+
+def _print_already(image: Path, target: str, result: ApplyResult, writing: _Writing) -> None:
+    """A rerun: every selected site is at the target already (exit 0, by design)."""
+    zeroed = result.scan.records.zeroed
+    hidden = (
+        f" ({zeroed} zeroed records: sites an earlier rewrite nopped are not seen without its patch log)"
+        if zeroed
+        else ""
+    )
+    if result.output is not None:
+        written = f"; wrote {result.output} (a copy) and {result.log}"
+    elif writing.in_place and not writing.dry_run:
+        written = "; nothing written (the file and its patch log stay as they are)"
+    else:
+        written = ""
+    stage = f"; no stage image written to {writing.stage_dir}" if writing.stage_dir is not None else ""
+    typer.echo(
+        f"{image}: nothing to change: all {result.rewrite.unchanged} selected sites are already {target}"
+        f"{hidden}{written}{stage}",
+        err=True,
+    )
 
 
 def apply(
@@ -125,6 +184,9 @@ def apply(
     dry_run: Dry = False,
     in_place: InPlace = False,
     backup: Backup = False,
+    mcount_addr: McountAddr = None,
+    generation: GenerationOption = None,
+    wait: Wait = False,
 ) -> None:
     """Move the selected sites to a state with a safe plan; compare-and-swap on every word.
 
@@ -133,7 +195,8 @@ def apply(
     `enabled` offline (the running kernel enables them)."""
     options = _options(to, route, drop_records, keep_records, strip_signature)
     selection = _selection(only, exclude, section, addr)
-    _run_apply(image, output, options, selection, _Writing(log, stage_images, dry_run, in_place, backup))
+    writing = _Writing(log, stage_images, dry_run, in_place, backup)
+    _run_apply(image, output, options, selection, writing, _Run(mcount_addr, generation, wait))
 
 
 def nop(
@@ -152,13 +215,17 @@ def nop(
     dry_run: Dry = False,
     in_place: InPlace = False,
     backup: Backup = False,
+    mcount_addr: McountAddr = None,
+    generation: GenerationOption = None,
+    wait: Wait = False,
 ) -> None:
     """Offline pre-nopping: `apply --to nopped`. 6.1 (mprofile): mflr and bl both become nop;
     6.12 (patchable) and 7.2 (ool): the sites already are nop as built, so --drop-records drops
     their records and writes no word."""
     options = _options(Target.NOPPED, None, drop_records, keep_records, strip_signature)
     selection = _selection(only, exclude, section, addr)
-    _run_apply(image, output, options, selection, _Writing(log, stage_images, dry_run, in_place, backup))
+    writing = _Writing(log, stage_images, dry_run, in_place, backup)
+    _run_apply(image, output, options, selection, writing, _Run(mcount_addr, generation, wait))
 
 
 def undo(
@@ -167,11 +234,13 @@ def undo(
     output: Output = None,
     *,
     in_place: InPlace = False,
+    wait: Wait = False,
 ) -> None:
     """Restore the exact original bytes (relocations, records and signature included)."""
-    from rewriter.files import undo_file
+    with hold([patched] if in_place else [], wait, say_waiting):
+        from rewriter.files import undo_file
 
-    out, record = undo_file(patched, log, output, in_place)
+        out, record = undo_file(patched, log, output, in_place)
     typer.echo(f"wrote {out} (sha256 {record.header.input.sha256[:16]}..., the original)", err=True)
 
 

@@ -31,7 +31,7 @@ from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, Generation, Variant, default_variant
 from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
-from rewriter.sites import RecordPlace, Scan, Site, StubArea, scan, weak_offsets
+from rewriter.sites import RecordPlace, Scan, Site, Source, StubArea, scan, weak_offsets
 from rewriter.states import Insn, SiteState, word_for
 
 # -- rules ----------------------------------------------------------------------------------
@@ -233,6 +233,7 @@ class Counts(NamedTuple):
     duplicate_records: int
     skipped_records: int  # outside kernel text: ftrace_process_locs skips them
     weak_bodies: int  # recorded sites in no function symbol: bodies of overridden weak functions
+    from_log: int = 0  # sites only the image's patch log knows (rewriter.known)
 
     @property
     def functions_without_sites(self) -> int:
@@ -323,6 +324,7 @@ def _counts(result: Scan, funcs: Functions) -> Counts:
         len(result.records.duplicates),
         len(result.records.skipped),
         len(_weak_bodies(sites, funcs)),
+        sum(1 for s in sites if s.source is Source.LOG),
     )
 
 

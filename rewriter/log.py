@@ -24,7 +24,7 @@ import mmap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
 from rewriter import __version__
 from rewriter.edits import (
@@ -481,43 +481,52 @@ def loads(text: str, name: str, sites: bool = True) -> Log:
     lines = text.splitlines(keepends=True)
     if not lines:
         raise LogError(f"{name}: empty patch log")
-    records = _records(lines, text, name, skip_sites=True)  # read below, all at once
+    records = _records(lines, text, name, skip_sites=True)  # site lines: read below, all at once
     header_rec, footer = records[0], records[-1]
     _check_frame(header_rec, footer, lines, name)
     assert isinstance(header_rec, dict)
-    edits: list[Edit] = []
-    barriers: list[tuple[int, str]] = []
-    written_otherwise: list[SiteLine] = []  # site lines not as mcountrw writes them (keys in another order)
-    original = None
+    body = _Body([], [], [], None)
     for n, rec in enumerate(records[1:-1], start=2):
-        if rec is None:  # a site line, left unread
-            continue
-        if not isinstance(rec, dict):  # a write line, read by the fast path
-            edits.append(rec)
-            continue
-        try:
-            kind = rec["type"]
-            if kind == "barrier":
-                barriers.append((int(rec["after_stage"]), str(rec["name"])))
-            elif kind == "original":
-                original = bytes.fromhex(rec["data"])
-            elif kind == LINE_TYPE:
-                written_otherwise.append(SiteLine.from_json(rec))
-            elif kind in KINDS:
-                edits.append(KINDS[kind](rec))
-            else:
-                raise ValueError(f"unknown record type {kind!r}")
-        except (KeyError, TypeError, ValueError, OverflowError) as e:
-            raise LogError(f"{name}:{n}: malformed {rec.get('type', 'record')} record ({e})") from None
+        if isinstance(rec, dict):
+            body = _read_line(rec, body, f"{name}:{n}")
+        elif rec is not None:  # a write line, read by the fast path (None: a site line)
+            body.edits.append(rec)
     try:
         header = Header.from_json(header_rec)
     except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise LogError(f"{name}:1: malformed header ({e})") from None
     try:
-        site_lines = (*_site_lines(lines, name), *written_otherwise) if sites else ()
+        site_lines = (*_site_lines(lines, name), *body.sites) if sites else ()
     except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise LogError(f"{name}: malformed site line ({e})") from None
-    return Log(header, tuple(edits), tuple(barriers), original, site_lines)
+    return Log(header, tuple(body.edits), tuple(body.barriers), body.original, site_lines)
+
+
+class _Body(NamedTuple):
+    """The lines of a log between header and footer, as they are read."""
+
+    edits: list[Edit]
+    barriers: list[tuple[int, str]]
+    sites: list[SiteLine]  # site lines not as mcountrw writes them (keys in another order)
+    original: bytes | None
+
+
+def _read_line(rec: dict[str, Any], body: _Body, where: str) -> _Body:
+    try:
+        kind = rec["type"]
+        if kind == "barrier":
+            body.barriers.append((int(rec["after_stage"]), str(rec["name"])))
+        elif kind == "original":
+            return body._replace(original=bytes.fromhex(rec["data"]))
+        elif kind == LINE_TYPE:
+            body.sites.append(SiteLine.from_json(rec))
+        elif kind in KINDS:
+            body.edits.append(KINDS[kind](rec))
+        else:
+            raise ValueError(f"unknown record type {kind!r}")
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise LogError(f"{where}: malformed {rec.get('type', 'record')} record ({e})") from None
+    return body
 
 
 def _check_frame(

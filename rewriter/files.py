@@ -115,6 +115,9 @@ def apply_file(
     if known is not None:
         before = with_log(before, known.sites, known.path)
         history = by_place(known.sites)
+    # `before` now holds every site there is: the image's and those only its log knows
+    # (`before.log` says whether a log was read). A rewrite that finds none at all is where the
+    # "no site, neither in the image nor in a log" refusal of issue 12 belongs.
     result = rewrite(image, before, selection, options, stage_dir is not None and not dry_run, history)
     warnings = () if warning is None else (warning,)
     base = None if known is None else known.base
@@ -178,7 +181,7 @@ def _write_outputs(
             if out_future.exception() is None:  # waits for the writer thread: its file must go too
                 out_future.result().discard()
             raise
-    if moved and known is not None:
+    if moved and known is not None:  # a write beside the input: under the same lock as the output
         os.replace(known.path, archived_log(known))
     # The log is published first: an output never exists without the log that can undo it.
     for p in pending:

@@ -137,6 +137,8 @@ def test_a_call_without_its_relocation_and_without_a_log_is_refused(tmp_path: Pa
     src = FIXTURES / "bin" / "prof-le.o"
     nopped = tmp_path / "nopped.o"
     apply_file(src, nopped, Selection(), Options(SiteState.NOPPED))  # records kept: still found
+    with_log = apply_file(nopped, tmp_path / "back.o", Selection(), ENABLE)  # the log has the REL24s
+    assert len(with_log.rewrite.sites) == 6 and (tmp_path / "back.o").read_bytes() == src.read_bytes()
     default_log_path(nopped).unlink()
     with pytest.raises(ImageError, match="R_PPC64_REL24"):
         apply_file(nopped, None, Selection(), ENABLE, dry_run=True)

@@ -110,12 +110,22 @@ def _print_applied(image: Path, options: Options, result: ApplyResult) -> None:
         f"{writes} word writes in {stages} stages, barriers: {barriers}; {len(r.edits) - writes} other edits",
         err=True,
     )
+    if result.scan.log is not None:
+        from rewriter.sites import Source
+
+        logged = [s for s in result.scan.sites if s.source is Source.LOG]
+        chosen = {s.place for s in (*r.sites, *r.restored)}
+        typer.echo(
+            f"{len(logged)} sites known only from {result.scan.log}; {sum(s.place in chosen for s in logged)} of them "
+            "selected and changed",
+            err=True,
+        )
     if r.stubs is not None:
         before, after = (", ".join(f"{c.area} {c.used}/{c.stubs}" for c in side) for side in r.stubs)
         typer.echo(f"ool stubs used/available: before {before}; after {after}", err=True)
     if result.output is not None:
         typer.echo(f"wrote {result.output} and {result.log}", err=True)
-    if result.base is not None:
+    if result.base is not None and result.output is not None:
         typer.echo(f"the log builds on {result.base.path} (the input's log)", err=True)
     for p in result.stage_images:
         typer.echo(f"stage image {p}", err=True)

@@ -29,8 +29,9 @@ from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.symbols import Functions, split_place
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, Generation, Variant, default_variant
+from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
-from rewriter.sites import RecordPlace, Scan, Site, StubArea, scan, weak_offsets
+from rewriter.sites import RecordPlace, Scan, Site, Source, StubArea, scan, weak_offsets
 from rewriter.states import Insn, SiteState, word_for
 
 # -- rules ----------------------------------------------------------------------------------
@@ -232,6 +233,7 @@ class Counts(NamedTuple):
     duplicate_records: int
     skipped_records: int  # outside kernel text: ftrace_process_locs skips them
     weak_bodies: int  # recorded sites in no function symbol: bodies of overridden weak functions
+    from_log: int = 0  # sites only the image's patch log knows (rewriter.known)
 
     @property
     def functions_without_sites(self) -> int:
@@ -274,9 +276,12 @@ class ImageAudit:
         return QUESTIONS[self.generation]
 
 
-def audit_image(image: Image, group: str, table: Table, mcount_addr: int | None = None) -> ImageAudit:
+def audit_image(
+    image: Image, group: str, table: Table, mcount_addr: int | None = None, logs: Mapping[Path, Path] | None = None
+) -> ImageAudit:
+    """``logs``: the patch logs found to describe files (``log.log_of``): their sites count too."""
     view = code_view(image)  # laid out once, for the scan and the walk
-    result = scan(image, mcount_addr, text=view)
+    result = logged(scan(image, mcount_addr, text=view), logs or {})
     code = flow.load_code(image, result, table, view)
     verdicts = flow.safety(code, result.sites)
     printer = Printer(image, code, ppc.Disassembler(image.big_endian))
@@ -319,6 +324,7 @@ def _counts(result: Scan, funcs: Functions) -> Counts:
         len(result.records.duplicates),
         len(result.records.skipped),
         len(_weak_bodies(sites, funcs)),
+        sum(1 for s in sites if s.source is Source.LOG),
     )
 
 
@@ -684,9 +690,11 @@ def group_of(path: Path, roots: Sequence[Path] = ()) -> str:
     return path.name
 
 
-def audit_one(path: Path, group: str, table: Table, mcount_addr: int | None = None) -> AuditedFile:
+def audit_one(
+    path: Path, group: str, table: Table, mcount_addr: int | None = None, logs: Mapping[Path, Path] | None = None
+) -> AuditedFile:
     try:
-        return AuditedFile(path, audit_image(Image.load(path), group, table, mcount_addr), None)
+        return AuditedFile(path, audit_image(Image.load(path), group, table, mcount_addr, logs), None)
     except RewriteError as e:
         return AuditedFile(path, None, str(e))
     except (ValueError, IndexError, OverflowError, MemoryError) as e:
@@ -694,10 +702,12 @@ def audit_one(path: Path, group: str, table: Table, mcount_addr: int | None = No
         return AuditedFile(path, None, f"{path}: corrupt ELF data ({type(e).__name__}: {e})")
 
 
-def audit_chunk(items: Sequence[tuple[Path, str]], mcount_addr: int | None = None) -> list[AuditedFile]:
+def audit_chunk(
+    items: Sequence[tuple[Path, str]], mcount_addr: int | None = None, logs: Mapping[Path, Path] | None = None
+) -> list[AuditedFile]:
     """A worker's task: several files, one instruction table."""
     table = build_table()
-    return [audit_one(path, group, table, mcount_addr) for path, group in items]
+    return [audit_one(path, group, table, mcount_addr, logs) for path, group in items]
 
 
 @dataclass(frozen=True, slots=True)
@@ -712,10 +722,11 @@ def audit_files(
     jobs: int = 1,
     mcount_addr: int | None = None,
     progress: Callable[[], None] | None = None,
+    logs: Mapping[Path, Path] | None = None,
 ) -> Audit:
     items = [(p, group_of(p, roots)) for p in files]
     audits, errors = [], []
-    for outcome in map_chunks(partial(audit_chunk, mcount_addr=mcount_addr), items, jobs):
+    for outcome in map_chunks(partial(audit_chunk, mcount_addr=mcount_addr, logs=logs), items, jobs):
         if outcome.audit is not None:
             audits.append(outcome.audit)
         else:

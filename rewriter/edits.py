@@ -2,12 +2,14 @@
 
 An edit carries what it expects to find as well as what it writes, so that applying it is a
 compare-and-swap (like the kernel's ``ftrace_modify_code``: read, validate, then patch) and
-undoing it is the same operation with old and new exchanged. These kinds cover everything:
+undoing it is the same operation with old and new exchanged. Six kinds cover everything:
 
 * :class:`WordWrite`  one instruction slot of a site (the plan's writes, resolved to words);
 * :class:`BytesEdit`  a few raw bytes: a zeroed ``__mcount_loc`` entry, ``sh_size``, ``DT_RELACOUNT``;
 * :class:`RelaEdit`   entries taken out of a relocation table, either dropped (the table shrinks,
   the freed tail is zero) or moved to sit after the first ``keep`` remaining entries;
+* :class:`RelaPut`    entries put back at given indexes, from the zeroed tail or from elsewhere in
+  the table (a restore: what a ``RelaEdit`` took out comes back);
 * :class:`Truncate`   the module signature trailer cut off the end of the file;
 * :class:`Append`     a new signature trailer appended (``prenop --sign-key`` re-signs a module).
 
@@ -422,6 +424,107 @@ class RelaEdit(NamedTuple):
         )  # fmt: skip
 
 
+class RelaPut(NamedTuple):
+    """Entries put (back) into a relocation table at the indexes ``to`` of the table after the edit,
+    taken from its zeroed tail (``source`` None: the table grows into the bytes a drop freed) or
+    moved from the indexes ``source`` of the table before it (e.g. from past ``DT_RELASZ`` back into
+    what ``relocate()`` applies). What a restore does to what a :class:`RelaEdit` took out;
+    ``entries[i]`` goes from ``source[i]`` to ``to[i]``, and ``to`` ascends."""
+
+    section: str
+    offset: int  # file offset of the relocation table
+    size: int  # the bytes edited: the table after the edit (with ``source``, before it too)
+    entsize: int
+    to: tuple[int, ...]  # the entries' indexes in the table after the edit, ascending
+    entries: tuple[bytes, ...]
+    source: tuple[int, ...] | None  # None: from the zeroed tail; else their indexes before the edit
+    why: str
+
+    @property
+    def stage(self) -> None:
+        """Not one of the plan's word writes."""
+        return None
+
+    def _rows(self, buf: bytearray) -> np.ndarray:
+        return np.frombuffer(bytes(buf[self.offset : self.offset + self.size]), np.uint8).reshape(-1, self.entsize)
+
+    def _take(self, rows: np.ndarray, indexes: Sequence[int] | None) -> np.ndarray:
+        """``rows`` without the entries: at ``indexes``, or (None) the zeroed rows at the end."""
+        n = len(self.entries)
+        if indexes is None:
+            if rows[len(rows) - n :].any():
+                raise WordMismatch(f"{self.section}: expected {n} zeroed entries at the end of the table")
+            return rows[: len(rows) - n]
+        for i, entry in zip(indexes, self.entries, strict=True):
+            if i >= len(rows) or rows[i].tobytes() != entry:
+                found = rows[i].tobytes().hex() if i < len(rows) else "nothing"
+                raise WordMismatch(f"{self.section}[{i}]: expected {entry.hex()} != found {found}")
+        return np.delete(rows, list(indexes), axis=0)
+
+    def _put(self, rest: np.ndarray, indexes: Sequence[int] | None) -> bytes:
+        """``rest`` with the entries at ``indexes`` (None: zeroed rows after it)."""
+        entries = np.frombuffer(b"".join(self.entries), np.uint8).reshape(-1, self.entsize)
+        if indexes is None:
+            return rest.tobytes() + bytes(entries.size)
+        out = np.empty((len(rest) + len(entries), self.entsize), np.uint8)
+        mine = np.zeros(len(out), bool)
+        mine[list(indexes)] = True
+        out[np.flatnonzero(mine)] = entries[np.argsort(indexes, kind="stable")]
+        out[~mine] = rest
+        return out.tobytes()
+
+    def apply(self, buf: bytearray, order: ByteOrder) -> bytearray:
+        rest = self._take(self._rows(buf), self.source)
+        buf[self.offset : self.offset + self.size] = self._put(rest, self.to)
+        return buf
+
+    def revert(self, buf: bytearray, order: ByteOrder) -> bytearray:
+        rest = self._take(self._rows(buf), self.to)
+        buf[self.offset : self.offset + self.size] = self._put(rest, self.source)
+        return buf
+
+    def reach(self) -> int:
+        return self.offset + self.size
+
+    @property
+    def growth(self) -> int:
+        """How many bytes the edit adds to the file (negative: takes off its end)."""
+        return 0
+
+    def to_line(self, text: LineText) -> str:
+        return json.dumps(
+            {
+                "type": "rela-put",
+                "section": self.section,
+                "offset": f"{self.offset:#x}",
+                "size": self.size,
+                "entsize": self.entsize,
+                "to": list(self.to),
+                "entries": [x.hex() for x in self.entries],
+                "source": None if self.source is None else list(self.source),
+                "why": self.why,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, rec: Mapping[str, Any]) -> RelaPut:
+        entsize = _count(rec["entsize"], "entsize")
+        size = _count(rec["size"], "size")
+        if not entsize or size % entsize:
+            raise ValueError(f"table size {size} is not a multiple of entry size {entsize}")
+        rows = size // entsize
+        entries = tuple(bytes.fromhex(x) for x in rec["entries"])
+        to = tuple(_count(i, "index", rows) for i in rec["to"])
+        source = None if rec["source"] is None else tuple(_count(i, "index", rows) for i in rec["source"])
+        if len(to) != len(entries) or list(to) != sorted(set(to)) or any(len(x) != entsize for x in entries):
+            raise ValueError("indexes and entries do not pair up")
+        if source is not None and (len(source) != len(to) or len(set(source)) != len(source)):
+            raise ValueError("source and destination indexes do not pair up")
+        offset = _count(rec["offset"], "offset")
+        return cls(str(rec["section"]), offset, size, entsize, to, entries, source, str(rec["why"]))
+
+
 # -- the end of the file --------------------------------------------------------------------
 
 
@@ -509,12 +612,13 @@ class Append(NamedTuple):
         return cls(_count(rec["size"], "size"), tail, str(rec["why"]))
 
 
-Edit: TypeAlias = WordWrite | BytesEdit | RelaEdit | Truncate | Append
+Edit: TypeAlias = WordWrite | BytesEdit | RelaEdit | RelaPut | Truncate | Append
 
 KINDS: Final[Mapping[str, Callable[[Mapping[str, Any]], Edit]]] = {
     "write": WordWrite.from_json,
     "bytes": BytesEdit.from_json,
     "rela": RelaEdit.from_json,
+    "rela-put": RelaPut.from_json,
     "truncate": Truncate.from_json,
     "append": Append.from_json,
 }

@@ -35,7 +35,8 @@ from rewriter.elf.image import Image
 from rewriter.elf.writer import Pending, atomic_write, commit, write_temp
 from rewriter.errors import ImageError, LogError, NothingToDo, OutputError, RewriteError
 from rewriter.generations import Generation
-from rewriter.log import Data, FileFacts, Log, check_extent, default_log_path, load, render
+from rewriter.known import by_place, with_log
+from rewriter.log import Base, Data, FileFacts, Known, Log, check_extent, default_log_path, for_file, load, render
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
 from rewriter.sites import MCOUNT_NAMES, Scan, Site, scan
 
@@ -59,8 +60,10 @@ class ApplyResult:
     output: Path | None
     log: Path | None
     rewrite: Rewrite
-    scan: Scan
+    scan: Scan  # with the sites only the input's log knows
     stage_images: tuple[Path, ...]
+    base: Base | None = None  # the input's log, which the new log names
+    warnings: tuple[str, ...] = ()  # one line each: a log beside the input that was not its log
 
 
 def _sha256(data: Data) -> str:
@@ -122,29 +125,63 @@ def apply_file(
     in_place: bool = False,
     backup: bool = False,
     hints: ScanHints = ScanHints(),
+    input_log: Path | None = None,
 ) -> ApplyResult:
+    """``input_log``: the patch log of ``path`` (default: the one beside it, if it is its log):
+    the sites only it knows are selected and restored like the others, and the new log names it
+    as its base."""
     out = None if dry_run else check_output_path(path, output, in_place)
     if out is not None:
         check_side_paths(path, out, log_path or default_log_path(out), in_place, backup)
     image = Image.load(path)
     before = scan(image, hints.mcount_addr, hints.generation)
+    known, warning = _input_log(image, input_log)
+    history = {}
+    if known is not None:
+        # every site there is: the image's and those only its log knows (`before.log` says which log)
+        before = with_log(before, known.sites, known.path)
+        history = by_place(known.sites)
     check_something_to_do(image, before, selection, hints)
-    result = rewrite(image, before, selection, options, keep_stages=stage_dir is not None and not dry_run)
-    if dry_run or out is None or (in_place and not result.edits):
-        return ApplyResult(path, None, None, result, before, ())  # in place and already done: nothing to write
+    result = rewrite(image, before, selection, options, stage_dir is not None and not dry_run, history)
+    warnings = () if warning is None else (warning,)
+    base = None if known is None else known.base
+    if dry_run or out is None or (in_place and not result.edits):  # in place and already done: nothing to write
+        return ApplyResult(path, None, None, result, before, (), base, warnings)
     log = log_path or default_log_path(out)
     stage_paths = _write_stage_images(stage_dir, path, result) if stage_dir else ()
     backup_path = path.with_name(path.name + ".orig") if in_place and backup else None
-    _write_outputs(image, result, options, out, log, backup_path)
-    return ApplyResult(path, out, log, result, before, stage_paths)
+    base = _write_outputs(image, result, options, out, log, backup_path, known)
+    return ApplyResult(path, out, log, result, before, stage_paths, base, warnings)
 
 
-def _write_outputs(image: Image, result: Rewrite, options: Options, out: Path, log: Path, backup: Path | None) -> None:
-    """The output, its log and the backup (if any), published only once all three are complete."""
+def _input_log(image: Image, explicit: Path | None) -> tuple[Known | None, str | None]:
+    """The input's own patch log, and a warning if the one beside it is not (``log.for_file``).
+    The file is hashed only if there is a log to compare it with."""
+    if explicit is None and not default_log_path(image.path).is_file():
+        return None, None
+    raw = image.data if image.compression is Compression.NONE else _on_disk(image.path)
+    content_sha = None if image.compression is Compression.NONE else _sha256(image.data)
+    return for_file(image.path, _sha256(raw), explicit, content_sha)
+
+
+def archived_log(base: Known) -> Path:
+    """Where a base log goes when the new log takes its name (``--in-place`` with the default log):
+    beside it, its sha256 in its name, so that the chain stays whole and each step undoable."""
+    name = base.path.name.removesuffix(".jsonl")
+    return base.path.with_name(f"{name}.{base.sha256[:12]}.jsonl")
+
+
+def _write_outputs(
+    image: Image, result: Rewrite, options: Options, out: Path, log: Path, backup: Path | None, known: Known | None
+) -> Base | None:
+    """The output, its log and the backup (if any), published only once all three are complete.
+    Returns the base the new log names (moved aside first if the new log takes its place)."""
     path = image.path
     # An uncompressed input is already mapped: hash and back it up from the mapping, not a re-read.
     raw = image.data if image.compression is Compression.NONE else _on_disk(path)
     restore = Restore.of(raw, image.data, image.compression)
+    moved = known is not None and _same_file(known.path, log)
+    base = None if known is None else Base(str(archived_log(known)), known.sha256) if moved else known.base
     # Nothing changed (a module without records): its bytes as they are, not compressed again.
     new_raw = restore.compressed(result.content, image.compression) if result.edits else bytes(raw)
     mode = path.stat().st_mode & 0o7777
@@ -157,7 +194,7 @@ def _write_outputs(image: Image, result: Rewrite, options: Options, out: Path, l
         pending: list[Pending] = []
         try:
             order = byteorder(image.byteorder)
-            text = render(image.kind, order, result, options, facts.result, restore)
+            text = render(image.kind, order, result, options, facts.result, restore, base)
             pending.append(write_temp(log, text, 0o644))
             if backup is not None:
                 pending.append(write_temp(backup, raw, mode))
@@ -168,9 +205,16 @@ def _write_outputs(image: Image, result: Rewrite, options: Options, out: Path, l
             if out_future.exception() is None:  # waits for the writer thread: its file must go too
                 out_future.result().discard()
             raise
+    if moved and known is not None:  # a write beside the input: under the same lock as the output
+        os.replace(known.path, archived_log(known))
     # The log is published first: an output never exists without the log that can undo it.
     for p in pending:
         commit(p)
+    return base
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a == b or (a.exists() and b.exists() and a.resolve() == b.resolve())
 
 
 def _write_stage_images(directory: Path, path: Path, result: Rewrite) -> tuple[Path, ...]:
@@ -197,9 +241,9 @@ def _file_facts(image: Image, raw: Data, out: Path, new_raw: Data, content: Data
 
 
 def known_sites(image: Image, found: Scan) -> tuple[Site, ...]:
-    """Every site known for this file: the one question the no-op checks ask. Today that is what
-    the image's scan finds; the patch log beside the file will add the sites only it remembers
-    (a pre-nopped site whose record was dropped is invisible in the image)."""
+    """Every site known for this file: the one question the no-op checks ask. ``found`` already
+    holds the sites only the file's patch log remembers (a pre-nopped site whose record was
+    dropped is invisible in the image), added by ``known.with_log`` when the log was read."""
     return found.sites
 
 
@@ -300,7 +344,7 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
     # 67,000 lines for a vmlinux, is parsed.
     with ThreadPoolExecutor(max_workers=1) as pool:
         read = pool.submit(_read_and_hash, patched)
-        log = load(log_path)
+        log = load(log_path, sites=False)
         raw, raw_sha = read.result()
     content, kind = _content(patched, raw)
     facts = log.header
@@ -344,7 +388,7 @@ class VerifyResult:
 
 def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
     """Exit 0 iff the byte difference between the two files is exactly what the log says."""
-    log = load(log_path)
+    log = load(log_path, sites=False)
     orig = read_file(original)[1]
     try:
         got = read_file(patched)[1]

@@ -1,8 +1,10 @@
 """The patch log (JSON Lines): how it is built and read; enough to undo and to verify a rewrite.
 
-Line 1 is a header (tool version, input and output sha256, image kind, the plan); then one line
-per edit in the order it was applied (each kind writes and reads its own: ``rewriter.edits``)
-with a ``barrier`` line between the stages of the plan; the last line is a footer that counts the
+Line 1 is a header (tool version, input and output sha256, image kind, the plan, and the log this
+one builds on: ``base``); then one line per edit in the order it was applied (each kind writes and
+reads its own: ``rewriter.edits``) with a ``barrier`` line between the stages of the plan; then one
+``site`` line per site the rewrite touched or an earlier one left changed (``rewriter.known``:
+information, not edits; undo and verify skip them); the last line is a footer that counts the
 lines and carries the sha256 of everything before it, so a truncated or edited log is refused.
 
 A compressed input is described so that undo gives its exact bytes back: the header's
@@ -22,7 +24,7 @@ import mmap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
 from rewriter import __version__
 from rewriter.edits import (
@@ -40,11 +42,15 @@ from rewriter.edits import (
 from rewriter.elf.compress import Compression, Recipe, Restore, compress
 from rewriter.elf.image import Kind
 from rewriter.errors import LogError
+from rewriter.known import LINE_TYPE, SiteLine, site_lines_in, with_log
 from rewriter.rewrite import Options, Rewrite
+from rewriter.sites import Scan
 from rewriter.states import SiteState
 
 FORMAT: Final = "mcountrw-log"
-VERSION: Final = 1
+VERSION: Final = 2
+"""2: ``site`` lines and the header's ``base`` (a version-1 reader would refuse the new lines)."""
+READS: Final = (1, 2)
 LOG_SUFFIX: Final = ".mcountrw.jsonl"
 """A file's log is, by default, the file's name and this, beside it."""
 
@@ -93,6 +99,21 @@ class FileFacts:
 
 
 @dataclass(frozen=True)
+class Base:
+    """The log a rewrite builds on (its input's log): where it is and its own sha256."""
+
+    path: str
+    sha256: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any] | None) -> Base | None:
+        return None if d is None else cls(str(d["path"]), str(d["sha256"]))
+
+
+@dataclass(frozen=True)
 class Header:
     """The first line: what was rewritten into what, how, and (compressed input) how its bytes
     come back (``recipe``; None: by an ``original`` line, or, in an older log, not promised)."""
@@ -106,12 +127,18 @@ class Header:
     plan: dict[str, Any] | None
     summary: dict[str, Any]
     recipe: Recipe | None = None
+    base: Base | None = None
 
     @property
     def sites_touched(self) -> int:
-        """Sites whose words changed, or whose records went if more (patchable and ool: no word
-        changes, the records are what goes)."""
-        return max(int(self.summary["sites_changed"]), int(self.summary.get("records_dropped", 0)))
+        """Sites whose words changed, or whose records went or came back if more (patchable and
+        ool: no word changes, the records are what goes or comes back)."""
+        counts = ("sites_changed", "records_dropped", "records_restored")
+        return max(int(self.summary.get(k, 0)) for k in counts)
+
+    def describes(self, sha256: str, content_sha256: str | None = None) -> bool:
+        """Whether this log's output is the file with these hashes (on disk, or decompressed)."""
+        return sha256 == self.output.sha256 or content_sha256 == self.output.content_sha256
 
     def to_json(self) -> dict[str, Any]:
         header = {
@@ -126,6 +153,7 @@ class Header:
             "target": self.target.value,
             "plan": self.plan,
             "summary": self.summary,
+            "base": None if self.base is None else self.base.to_json(),
         }
         if self.input.compression is not Compression.NONE:
             header["recompress"] = None if self.recipe is None else self.recipe.to_json()
@@ -143,6 +171,7 @@ class Header:
             plan=rec.get("plan"),
             summary=dict(rec.get("summary") or {}),
             recipe=None if rec.get("recompress") is None else Recipe.from_json(rec["recompress"]),
+            base=Base.from_json(rec.get("base")),
         )
 
 
@@ -152,6 +181,7 @@ class Log:
     edits: tuple[Edit, ...]
     barriers: tuple[tuple[int, str], ...] = ()  # (after stage, name)
     original: bytes | None = None  # compressed input that no recipe rebuilds: its bytes
+    sites: tuple[SiteLine, ...] = ()  # information for later rewrites, not edits
 
     def replay(self, content: bytes | bytearray) -> bytearray:
         """``content`` (the input's) with every edit applied, as the rewrite left it."""
@@ -188,11 +218,13 @@ def render(
     options: Options,
     facts: Callable[[], tuple[FileFacts, FileFacts]],
     restore: Restore,
+    base: Base | None = None,
 ) -> bytes:
     """The patch log of ``result`` (UTF-8). ``facts`` gives the input's and output's
     :class:`FileFacts`; it is asked only once the lines are formatted, so that a caller can hash
-    the files meanwhile. ``restore`` says how a compressed input's bytes come back."""
-    body = body_lines(result.edits, result.barriers, order)
+    the files meanwhile. ``restore`` says how a compressed input's bytes come back; ``base``
+    names the input's own log, if it has one."""
+    body = body_lines(result.edits, result.barriers, order) + site_lines(result.site_lines)
     input_facts, output_facts = facts()
     header = Header(
         tool=f"mcountrw {__version__}",
@@ -204,8 +236,10 @@ def render(
         plan=_plan_json(result),
         summary=_summary(result, options),
         recipe=restore.recipe,
+        base=base,
     )
-    return dumps(Log(header, result.edits, result.barriers, restore.original), body)
+    log = Log(header, result.edits, result.barriers, restore.original, result.site_lines)
+    return dumps(log, body)
 
 
 def _plan_json(result: Rewrite) -> dict[str, Any] | None:
@@ -233,6 +267,8 @@ def _summary(result: Rewrite, options: Options) -> dict[str, Any]:
     }
     if result.dropped:
         out["records_dropped"] = len(result.dropped)
+    if result.restored:
+        out["records_restored"] = len(result.restored)
     if options.keep_records:
         out["keep_records"] = True  # recorded places may hold words the kernel refuses: a negative control
     if result.stubs is not None:
@@ -246,7 +282,9 @@ def _summary(result: Rewrite, options: Options) -> dict[str, Any]:
 def dumps(log: Log, body: list[str] | None = None) -> bytes:
     """The log, UTF-8 encoded. ``body`` is :func:`body_lines` of ``log`` if the caller made it already."""
     lines = [json.dumps(log.header.to_json(), sort_keys=True)]
-    lines += body if body is not None else body_lines(log.edits, log.barriers, log.header.byteorder)
+    if body is None:
+        body = body_lines(log.edits, log.barriers, log.header.byteorder) + site_lines(log.sites)
+    lines += body
     if log.original is not None:
         why = "the compressed input, which no recipe rebuilds from its content"
         lines.append(json.dumps({"type": "original", "data": log.original.hex(), "why": why}, sort_keys=True))
@@ -254,6 +292,11 @@ def dumps(log: Log, body: list[str] | None = None) -> bytes:
     data = "\n".join(lines).encode()
     footer = {"type": "footer", "lines": len(lines) - 1, "sha256": hashlib.sha256(data).hexdigest()}
     return data + json.dumps(footer, sort_keys=True).encode() + b"\n"
+
+
+def site_lines(sites: Sequence[SiteLine]) -> list[str]:
+    quoted: dict[str | None, str] = {}
+    return [line.to_line(quoted) for line in sites]
 
 
 def body_lines(edits: Sequence[Edit], barriers: Sequence[tuple[int, str]], order: ByteOrder) -> list[str]:
@@ -275,14 +318,16 @@ def body_lines(edits: Sequence[Edit], barriers: Sequence[tuple[int, str]], order
 # -- reading --------------------------------------------------------------------------------
 
 
-def load(path: Path) -> Log:
+def load(path: Path, sites: bool = True) -> Log:
+    """The log at ``path``; ``sites=False`` leaves its site lines unread (``Log.sites`` empty):
+    undo and verify need only the edits, and a vmlinux log has 33,689 site lines."""
     try:
         text = path.read_text()
     except OSError as e:
         raise LogError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise LogError(f"{path}: not a patch log (not text)") from None
-    return loads(text, str(path))
+    return loads(text, str(path), sites)
 
 
 def read_header(path: Path) -> Header | None:
@@ -310,42 +355,182 @@ def read_header(path: Path) -> Header | None:
     return header
 
 
-def loads(text: str, name: str) -> Log:
+@dataclass(frozen=True)
+class Known:
+    """A patch log as a source of sites: its header and ``site`` lines, and the sha256 of the log
+    file itself (what a log built on this one names as its ``base``)."""
+
+    path: Path
+    sha256: str
+    header: Header
+    sites: tuple[SiteLine, ...]
+
+    @property
+    def base(self) -> Base:
+        return Base(str(self.path), self.sha256)
+
+
+SITE_LINE_START: Final = '{"at": '
+"""How every ``site`` line begins (keys sorted: ``at`` first), and no other kind's line."""
+
+
+def load_known(path: Path) -> Known:
+    """The header and site lines of the log at ``path``, its footer checksum checked; the edits
+    are not read (a vmlinux log has 67,000 of them, and a scan needs none)."""
+    try:
+        raw = path.read_bytes()
+        text = raw.decode()
+    except OSError as e:
+        raise LogError(f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise LogError(f"{path}: not a patch log (not text)") from None
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        raise LogError(f"{path}: empty patch log")
+    first = _json_line(lines[0], str(path), 1)
+    _check_frame(first, _json_line(lines[-1], str(path), len(lines)), lines, str(path))
+    try:
+        header = Header.from_json(first)
+        sites = _site_lines(lines, str(path))
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise LogError(f"{path}: malformed header or site line ({e})") from None
+    return Known(path, hashlib.sha256(raw).hexdigest(), header, sites)
+
+
+def _site_lines(lines: list[str], name: str) -> tuple[SiteLine, ...]:
+    """The site lines among ``lines``: read by the pattern of :func:`site_lines_in` when every one
+    is as mcountrw writes it, else each by json (which says where a broken one breaks)."""
+    numbers = [n for n in range(1, len(lines) - 1) if lines[n].startswith(SITE_LINE_START)]
+    text = "".join(lines[n] for n in numbers)
+    fast = site_lines_in(text)
+    if len(fast) == len(numbers):
+        return tuple(fast)
+    return tuple(SiteLine.from_json(rec) for rec in _json_lines([lines[n] for n in numbers], name, numbers))
+
+
+def for_file(
+    path: Path, sha256: str, explicit: Path | None = None, content_sha256: str | None = None
+) -> tuple[Known | None, str | None]:
+    """The patch log whose output is the file at ``path`` (its ``sha256`` given, and for a
+    compressed file its content's), read as a source of sites, and a warning; as :func:`log_of`
+    decides, but reading the log once."""
+    chosen = explicit if explicit is not None else default_log_path(path)
+    if explicit is None and not chosen.is_file():
+        return None, None
+    try:
+        known = load_known(chosen)
+    except LogError as e:
+        if explicit is not None:
+            raise
+        return None, f"{e}: ignored"
+    warning = _judge(known.header, path, chosen, explicit is not None, sha256, content_sha256)
+    return (None, warning) if warning is not None else (known, None)
+
+
+def log_of(
+    path: Path, sha256: str, explicit: Path | None = None, content_sha256: str | None = None
+) -> tuple[Path | None, str | None]:
+    """Which patch log describes the file at ``path`` (its ``sha256`` given, and for a compressed
+    file its content's), and a warning; only the header is read.
+
+    ``explicit`` (``--log``) must be that file's log: :class:`LogError` otherwise, naming both
+    hashes. Without it the log beside the file (:func:`default_log_path`) is used if its output is
+    this file; if it is not, or cannot be read, it is ignored with a one-line warning (a log left
+    beside a file that was changed since, or restored by undo, describes another file)."""
+    chosen = explicit if explicit is not None else default_log_path(path)
+    try:
+        header = read_header(chosen)
+    except LogError as e:
+        if explicit is not None:
+            raise
+        return None, f"{e}: ignored"
+    if header is None:
+        if explicit is not None:
+            raise LogError(f"{explicit}: no such file")
+        return None, None
+    warning = _judge(header, path, chosen, explicit is not None, sha256, content_sha256)
+    return (None, warning) if warning is not None else (chosen, None)
+
+
+def _judge(
+    header: Header, path: Path, log: Path, explicit: bool, sha256: str, content_sha256: str | None
+) -> str | None:
+    """None if ``header``'s output is the file; else the warning (raised, for an explicit log)."""
+    if header.describes(sha256, content_sha256):
+        return None
+    if explicit:
+        raise LogError(
+            f"{log}: not the log of {path}: its output has sha256 {header.output.sha256}, the file has {sha256}"
+        )
+    return (
+        f"{log}: ignored: its output has sha256 {header.output.sha256[:16]}..., {path} has {sha256[:16]}... "
+        "(changed since, or undone)"
+    )
+
+
+def logged(result: Scan, logs: Mapping[Path, Path]) -> Scan:
+    """``result`` with the sites of its file's patch log (``logs`` maps files to the logs found to
+    describe them, by :func:`log_of`), or as it is if there is none."""
+    log = logs.get(result.path)
+    if log is None:
+        return result
+    return with_log(result, load_known(log).sites, log)
+
+
+def loads(text: str, name: str, sites: bool = True) -> Log:
     lines = text.splitlines(keepends=True)
     if not lines:
         raise LogError(f"{name}: empty patch log")
-    records = _records(lines, text, name)
+    records = _records(lines, text, name, skip_sites=True)  # site lines: read below, all at once
     header_rec, footer = records[0], records[-1]
     _check_frame(header_rec, footer, lines, name)
     assert isinstance(header_rec, dict)
-    edits: list[Edit] = []
-    barriers: list[tuple[int, str]] = []
-    original = None
+    body = _Body([], [], [], None)
     for n, rec in enumerate(records[1:-1], start=2):
-        if not isinstance(rec, dict):  # a write line, read by the fast path
-            edits.append(rec)
-            continue
-        try:
-            kind = rec["type"]
-            if kind == "barrier":
-                barriers.append((int(rec["after_stage"]), str(rec["name"])))
-            elif kind == "original":
-                original = bytes.fromhex(rec["data"])
-            elif kind in KINDS:
-                edits.append(KINDS[kind](rec))
-            else:
-                raise ValueError(f"unknown record type {kind!r}")
-        except (KeyError, TypeError, ValueError, OverflowError) as e:
-            raise LogError(f"{name}:{n}: malformed {rec.get('type', 'record')} record ({e})") from None
+        if isinstance(rec, dict):
+            body = _read_line(rec, body, f"{name}:{n}")
+        elif rec is not None:  # a write line, read by the fast path (None: a site line)
+            body.edits.append(rec)
     try:
         header = Header.from_json(header_rec)
     except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise LogError(f"{name}:1: malformed header ({e})") from None
-    return Log(header, tuple(edits), tuple(barriers), original)
+    try:
+        site_lines = (*_site_lines(lines, name), *body.sites) if sites else ()
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise LogError(f"{name}: malformed site line ({e})") from None
+    return Log(header, tuple(body.edits), tuple(body.barriers), body.original, site_lines)
+
+
+class _Body(NamedTuple):
+    """The lines of a log between header and footer, as they are read."""
+
+    edits: list[Edit]
+    barriers: list[tuple[int, str]]
+    sites: list[SiteLine]  # site lines not as mcountrw writes them (keys in another order)
+    original: bytes | None
+
+
+def _read_line(rec: dict[str, Any], body: _Body, where: str) -> _Body:
+    try:
+        kind = rec["type"]
+        if kind == "barrier":
+            body.barriers.append((int(rec["after_stage"]), str(rec["name"])))
+        elif kind == "original":
+            return body._replace(original=bytes.fromhex(rec["data"]))
+        elif kind == LINE_TYPE:
+            body.sites.append(SiteLine.from_json(rec))
+        elif kind in KINDS:
+            body.edits.append(KINDS[kind](rec))
+        else:
+            raise ValueError(f"unknown record type {kind!r}")
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise LogError(f"{where}: malformed {rec.get('type', 'record')} record ({e})") from None
+    return body
 
 
 def _check_frame(
-    header: dict[str, Any] | WordWrite, footer: dict[str, Any] | WordWrite, lines: list[str], name: str
+    header: dict[str, Any] | WordWrite | None, footer: dict[str, Any] | WordWrite | None, lines: list[str], name: str
 ) -> None:
     """The first line is an mcountrw header of a version this code reads; the last a footer whose
     checksum covers every line before it."""
@@ -353,8 +538,9 @@ def _check_frame(
         raise LogError(f"{name}: not an mcountrw patch log (no header)")
     if header.get("type") != "header" or header.get("format") != FORMAT:
         raise LogError(f"{name}: not an mcountrw patch log (no header)")
-    if header.get("version") != VERSION:
-        raise LogError(f"{name}: patch log version {header.get('version')!r}, this mcountrw reads {VERSION}")
+    if header.get("version") not in READS:
+        versions = " and ".join(str(v) for v in READS)
+        raise LogError(f"{name}: patch log version {header.get('version')!r}, this mcountrw reads {versions}")
     if footer.get("type") != "footer":
         raise LogError(f"{name}: truncated patch log (no footer)")
     body = "".join(lines[:-1])
@@ -362,8 +548,11 @@ def _check_frame(
         raise LogError(f"{name}: patch log was edited or truncated (footer checksum does not match)")
 
 
-def _records(lines: list[str], text: str, name: str) -> list[dict[str, Any] | WordWrite]:
-    """Each line as a WordWrite (a well-formed write line) or a parsed JSON object.
+def _records(
+    lines: list[str], text: str, name: str, skip_sites: bool = False
+) -> list[dict[str, Any] | WordWrite | None]:
+    """Each line as a WordWrite (a well-formed write line), a parsed JSON object, or (a site line,
+    with ``skip_sites``) None.
 
     All write lines are matched in one pass over the text; they line up with the body lines that
     start like one, or, if any such line is malformed, nothing is taken from the pattern and json
@@ -372,9 +561,12 @@ def _records(lines: list[str], text: str, name: str) -> list[dict[str, Any] | Wo
     starts = [n for n in range(1, len(lines) - 1) if lines[n].startswith(WRITE_LINE_START)]
     writes = write_lines_in(text)
     fast: dict[int, WordWrite] = dict(zip(starts, writes, strict=True)) if len(writes) == len(starts) else {}
-    others = [n for n in range(len(lines)) if n not in fast]
+    skipped = set()
+    if skip_sites:
+        skipped = {n for n in range(1, len(lines) - 1) if lines[n].startswith(SITE_LINE_START)}
+    others = [n for n in range(len(lines)) if n not in fast and n not in skipped]
     decoded = iter(_json_lines([lines[n] for n in others], name, others))
-    return [fast[n] if n in fast else next(decoded) for n in range(len(lines))]
+    return [fast[n] if n in fast else None if n in skipped else next(decoded) for n in range(len(lines))]
 
 
 def _json_lines(lines: list[str], name: str, numbers: list[int]) -> list[dict[str, Any]]:

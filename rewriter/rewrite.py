@@ -41,11 +41,13 @@ from typing import Final, NamedTuple
 import numpy as np
 
 from rewriter import ppc
-from rewriter.edits import BytesEdit, Edit, RelaEdit, Truncate, WordWrite, apply_edits, byteorder
+from rewriter.edits import BytesEdit, Edit, RelaEdit, RelaPut, Truncate, WordWrite, apply_edits, byteorder
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind, Section
+from rewriter.elf.symbols import rel_place
 from rewriter.errors import ImageError, InternalError, NoRoute, PlanRejected, RewriteError
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
+from rewriter.known import Moment, Origin, RecordSlot, RelaEntry, SiteLine, Touched, lines_after
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, plan
 from rewriter.sites import Scan, Site, dynamic_value, scan
 from rewriter.states import Insn, SiteState, Slot, insn_kind, word_for
@@ -111,7 +113,8 @@ class StubCount(NamedTuple):
 class Rewrite:
     """What a rewrite did. ``content`` is the whole new file (decompressed); ``stages`` the file
     after each stage of the plan (relocation edits included, record and signature edits not).
-    ``dropped``: the sites whose records go; ``stubs`` (ool): the stub counts before and after."""
+    ``dropped``: the sites whose records go, ``restored`` those whose records come back; ``stubs``
+    (ool): the stub counts before and after."""
 
     content: bytes | bytearray  # the bytearray the edits were applied to: a 46 MB copy saved
     stages: tuple[bytes, ...]
@@ -122,6 +125,8 @@ class Rewrite:
     unchanged: int  # selected sites already at the target
     dropped: tuple[Site, ...] = ()
     stubs: tuple[tuple[StubCount, ...], tuple[StubCount, ...]] | None = None
+    restored: tuple[Site, ...] = ()  # sites whose records came back (from the patch log)
+    site_lines: tuple[SiteLine, ...] = ()  # the log's `site` lines (rewriter.known)
 
     @property
     def word_writes(self) -> int:
@@ -150,19 +155,84 @@ def _words_text(variant: Variant, state: SiteState) -> str:
     return "; ".join("mflr r0" if w is Insn.MFLR else w.value for w in words_of(variant, state))
 
 
-def rewrite(image: Image, scan: Scan, selection: Selection, options: Options, keep_stages: bool = False) -> Rewrite:
-    """Plan and apply; ``keep_stages`` keeps a copy of the file after each stage (``--stage-images``)."""
+class _Choice(NamedTuple):
+    """Which sites a rewrite touches: ``todo`` change words, ``gone`` lose their records, ``back``
+    get their records back (from the patch log); ``goals`` is each variant's target state."""
+
+    selected: list[Site]
+    goals: Mapping[Variant, SiteState]
+    todo: list[Site]
+    gone: list[Site]
+    back: list[Site]
+
+
+def rewrite(
+    image: Image,
+    scan: Scan,
+    selection: Selection,
+    options: Options,
+    keep_stages: bool = False,
+    history: Mapping[int, SiteLine] | None = None,
+) -> Rewrite:
+    """Plan and apply; ``keep_stages`` keeps a copy of the file after each stage (``--stage-images``).
+    ``history``: the site lines of the input's patch log by place (``rewriter.known``), which say
+    how to bring back what an earlier rewrite took out: a call's target and relocation, a record."""
+    history = history or {}
+    c = _choose(image, scan, selection, options, history)
+    groups = _groups(c.todo)
+    the_plan = _make_plan(image, groups, c.goals, options) if c.todo else None
+    order = byteorder(image.byteorder)
+    buf = bytearray(image.data)
+    edits: list[Edit] = []
+    stages: list[bytes] = []
+    tables = _RelaTables(image)
+    if the_plan is not None:
+        for stage_writes in _resolve(image, scan, groups, the_plan):
+            stage_edits: list[Edit] = list(stage_writes)
+            if image.type == S.ET_REL:
+                stage_edits += tables.drop_call_relocations(image, c.todo, stage_writes)
+                stage_edits += tables.put_call_relocations(image, c.todo, stage_writes, history)
+            buf = apply_edits(buf, stage_edits, order)
+            edits += stage_edits
+            if keep_stages:
+                stages.append(bytes(buf))
+    records, rows, facts = _drop_records(image, scan, tables, c.gone)
+    records += _restore_records(image, tables, c.back, history)
+    final = list(records)
+    if options.strip_signature and image.signature is not None and (c.todo or c.gone or c.back):
+        tail = bytes(image.data[image.elf_end :])
+        final.append(Truncate(image.elf_end, tail, "module signature"))
+    buf = apply_edits(buf, final, order)
+    edits += final
+    barriers = () if the_plan is None else tuple((i, b.value) for i, b in enumerate(the_plan.barriers))
+    stubs = _stub_counts(image, scan, rows - len(c.back), bool(records), buf)
+    _read_back(buf, image, c.todo, c.goals)
+    _read_back_restored(buf, image, scan, c, tables.put_calls)
+    lines = lines_after(_touched(c, tables.taken, facts), history)  # what bringing each back needs
+    return Rewrite(
+        buf, tuple(stages), tuple(edits), the_plan, barriers, tuple(c.todo), len(c.selected) - len(c.todo),
+        tuple(c.gone), stubs, tuple(c.back), lines,
+    )  # fmt: skip
+
+
+def _choose(
+    image: Image, scan: Scan, selection: Selection, options: Options, history: Mapping[int, SiteLine]
+) -> _Choice:
     if options.drop_records and options.keep_records:
         raise RewriteError(f"{image.path}: --drop-records and --keep-records contradict each other")
     selected = list(scan.sites) if selection.everything else [s for s in scan.sites if selection.matches(s)]
-    goals = _goals(image, selected, options.target)
+    if history:
+        selected = [_with_target(s, history) for s in selected]
+    restorable = _restorable(selected, history, options)
+    goals = _goals(image, selected, options.target, restoring=bool(restorable))
     if len(goals) == 1:  # the usual case: one layout, and no enum hashed per site
         (goal,) = goals.values()
         todo = [s for s in selected if s.state is not goal]
     else:
         todo = [s for s in selected if s.state is not goals[s.variant]]
     gone = _records_to_drop(selected, goals) if options.drop_records else []
-    if image.signature is not None and (todo or gone) and not options.strip_signature:
+    back = [s for s in restorable if goals[s.variant] is LAYOUTS[s.variant].built]
+    if image.signature is not None and (todo or gone or back) and not options.strip_signature:
         raise ImageError(
             f"{image.path}: signed module: any edit invalidates its signature and the kernel would refuse it "
             "(pass --strip-signature to drop it; undo restores it)"
@@ -173,52 +243,81 @@ def rewrite(image: Image, scan: Scan, selection: Selection, options: Options, ke
             raise ImageError(
                 f"{image.path}: {s.place_text} ({s.function or '?'}): slots hold unknown words; not touching it"
             )
-    groups = _groups(todo)
-    the_plan = _make_plan(image, groups, goals, options) if todo else None
-    order = byteorder(image.byteorder)
-    buf = bytearray(image.data)
-    edits: list[Edit] = []
-    stages: list[bytes] = []
-    tables = _RelaTables(image)
-    if the_plan is not None:
-        for stage_writes in _resolve(image, scan, groups, the_plan):
-            stage_edits: list[Edit] = list(stage_writes)
-            if image.type == S.ET_REL:
-                stage_edits += tables.drop_call_relocations(image, todo, stage_writes)
-            buf = apply_edits(buf, stage_edits, order)
-            edits += stage_edits
-            if keep_stages:
-                stages.append(bytes(buf))
-    records, rows = _drop_records(image, scan, tables, gone)
-    final = list(records)
-    if options.strip_signature and image.signature is not None and (todo or gone):
-        tail = bytes(image.data[image.elf_end :])
-        final.append(Truncate(image.elf_end, tail, "module signature"))
-    buf = apply_edits(buf, final, order)
-    edits += final
-    barriers = () if the_plan is None else tuple((i, b.value) for i, b in enumerate(the_plan.barriers))
-    stubs = _stub_counts(image, scan, rows, bool(records), buf)
-    _read_back(buf, image, todo, goals)
-    return Rewrite(
-        buf, tuple(stages), tuple(edits), the_plan, barriers, tuple(todo), len(selected) - len(todo), tuple(gone), stubs
-    )
+    return _Choice(selected, goals, todo, gone, back)
 
 
-def _goals(image: Image, sites: Sequence[Site], target: SiteState) -> Mapping[Variant, SiteState]:
+def _with_target(site: Site, history: Mapping[int, SiteLine]) -> Site:
+    """A linked site with no call now (nopped) calls again where it called in the original file."""
+    if site.call_target is not None or site.addr is None:
+        return site
+    line = history.get(site.place)
+    if line is None or line.origin.call_target is None:
+        return site
+    return site._replace(call_target=line.origin.call_target)
+
+
+def _restorable(selected: Sequence[Site], history: Mapping[int, SiteLine], options: Options) -> list[Site]:
+    """Selected sites that an earlier rewrite unrecorded and whose records the log can put back,
+    when the target brings sites back (not ``nopped``, not with ``--drop-records``)."""
+    if not history or options.target is SiteState.NOPPED or options.drop_records:
+        return []
+    out = []
+    for s in selected:
+        line = None if s.recorded else history.get(s.place)
+        if line is not None and line.original.recorded and line.origin.record:
+            out.append(s)
+    return out
+
+
+class _Taken(NamedTuple):
+    """What dropping records took out, by record place: linked images' table slots, and the
+    records' relocations (RELATIVE, or a relocatable file's ADDR64)."""
+
+    slots: dict[int, RecordSlot]
+    relocations: dict[int, RelaEntry]
+
+
+def _touched(c: _Choice, calls: Mapping[int, RelaEntry], records: _Taken) -> list[Touched]:
+    """Every site the rewrite changed (words, record gone or back), as :func:`lines_after` takes
+    them; ``calls`` and ``records``: the call relocations and the records it took out."""
+    changed = {s.place: s for s in (*c.todo, *c.gone, *c.back)}
+    words = {s.place for s in c.todo}
+    gone = {s.place for s in c.gone}
+    back = {s.place for s in c.back}
+    out = []
+    slots, relocations = records
+    for place, s in changed.items():
+        state = c.goals[s.variant] if place in words else s.state
+        recorded = (s.recorded and place not in gone) or place in back
+        record = s.record if place in gone and s.record is not None else -1  # -1: no place
+        origin = Origin(None, calls.get(place), slots.get(record), relocations.get(record))
+        out.append(Touched(s, Moment(state, recorded), origin))
+    return out
+
+
+def _goals(
+    image: Image, sites: Sequence[Site], target: SiteState, restoring: bool = False
+) -> Mapping[Variant, SiteState]:
     """The target state of each variant present. A patchable or ool site is never made to call the
     tracer offline: the kernel's boot-time init accepts only nops at a recorded place, a call left
     unrecorded would never be managed by ftrace, and an ool ``b stub`` would enter a stub that only
-    the boot fills (the file's stubs are zero). The running kernel enables sites itself."""
+    the boot fills (the file's stubs are zero). The running kernel enables sites itself, so there
+    ``enabled`` can only mean bringing back sites an earlier rewrite unrecorded (``restoring``):
+    their words as built, and their records back."""
     goals = {}
     for variant in {s.variant for s in sites}:
         goal = target_state(variant, target)
         lay = LAYOUTS[variant]
         if lay.generation is not Generation.MPROFILE and any(w in _BRANCHES for w in words_of(variant, goal)):
-            raise PlanRejected(
-                f"{image.path}: {variant.value}: {goal.value} ({_words_text(variant, goal)}) is not written offline: "
-                f"the kernel's boot-time ftrace_init_nop accepts only {_words_text(variant, lay.built)} at a recorded "
-                "place (ftrace bug otherwise) and enables sites itself at run time (echo function > current_tracer)"
-            )
+            if not restoring:
+                raise PlanRejected(
+                    f"{image.path}: {variant.value}: {goal.value} ({_words_text(variant, goal)}) is not written "
+                    f"offline: the kernel's boot-time ftrace_init_nop accepts only {_words_text(variant, lay.built)} "
+                    "at a recorded place (ftrace bug otherwise) and enables sites itself at run time "
+                    "(echo function > current_tracer); sites an earlier rewrite unrecorded come back this way "
+                    "when their patch log is read"
+                )
+            goal = lay.built
         goals[variant] = goal
     return goals
 
@@ -403,6 +502,8 @@ class _RelaTables:
         self.image = image
         self.rows: dict[int, np.ndarray] = {}
         self.size: dict[int, int] = {}
+        self.taken: dict[int, RelaEntry] = {}  # the REL24s of call slots nopped, by site place
+        self.put_calls: set[int] = set()  # sites whose REL24 came back from the patch log
 
     def current(self, sec: Section) -> np.ndarray:
         if sec.index not in self.rows:
@@ -428,11 +529,11 @@ class _RelaTables:
         )
         self.rows[sec.index] = left
         new_size = self.size[sec.index] - len(indexes) * entsize
-        edits: list[Edit] = [edit, self._sh_size_edit(sec, self.size[sec.index], new_size)]
+        edits: list[Edit] = [edit, self.sh_size_edit(sec, self.size[sec.index], new_size)]
         self.size[sec.index] = new_size
         return edits
 
-    def _sh_size_edit(self, sec: Section, old: int, new: int) -> BytesEdit:
+    def sh_size_edit(self, sec: Section, old: int, new: int) -> BytesEdit:
         dt = S.shdr_dtype(self.image.endian)
         assert dt.fields is not None
         field = int(self.image.ehdr["e_shoff"]) + sec.index * dt.itemsize + dt.fields["sh_size"][1]
@@ -462,31 +563,119 @@ class _RelaTables:
                     f"{image.path}: {rsec.name}: expected {len(offsets)} R_PPC64_REL24 for the nopped call slots, "
                     f"found {len(found)}"
                 )
+            for i in found.tolist():
+                place = int(rel_place(rsec.info, int(rows["r_offset"][i])))
+                self.taken[place] = RelaEntry(rsec.name, rows[i : i + 1].tobytes())
             edits += self.remove(rsec, found, "R_PPC64_REL24 of a nopped call slot")
         return edits
+
+    def put(self, sec: Section, entries: Sequence[bytes], why: str) -> list[Edit]:
+        """Put ``entries`` back into ``sec`` where their ``r_offset`` sorts them (the order the
+        assembler left, so that putting back every entry a drop took out gives the original
+        bytes), growing the table into its zeroed tail, and raise its ``sh_size``."""
+        rows = self.current(sec)
+        entsize = sec.entsize or rows.dtype.itemsize
+        size = self.size[sec.index]
+        new_size = size + len(entries) * entsize
+        _check_room(self.image, sec, sec.offset + size, sec.offset + new_size)
+        new = np.frombuffer(b"".join(entries), rows.dtype)
+        order = np.argsort(new["r_offset"], kind="stable")
+        at = _sorted_positions(rows["r_offset"], new["r_offset"][order])
+        put = tuple(entries[i] for i in order.tolist())
+        edit = RelaPut(sec.name, sec.offset, new_size, entsize, at, put, None, why)
+        self.rows[sec.index] = np.insert(rows, np.array(at) - np.arange(len(at)), new[order])
+        self.size[sec.index] = new_size
+        return [edit, self.sh_size_edit(sec, size, new_size)]
+
+    def put_call_relocations(
+        self, image: Image, sites: Sequence[Site], writes: Sequence[WordWrite], history: Mapping[int, SiteLine]
+    ) -> list[Edit]:
+        """The REL24 of each call slot this stage turns into a ``bl`` and whose table lacks one
+        (a nop took it out), put back from the patch log: without it the loader leaves ``bl .``,
+        a branch to itself."""
+        called = {(w.section, w.section_offset) for w in writes if w.slot is Slot.B and ppc.is_bl(w.new)}
+        wanted: dict[str, list[bytes]] = {}
+        for s in sites:
+            if (s.section, s.offset) not in called or self._has_call_relocation(s):
+                continue
+            line = history.get(s.place)
+            if line is None or line.origin.call_relocation is None:
+                raise ImageError(
+                    f"{image.path}: {s.place_text} ({s.function or '?'}): a call here needs its R_PPC64_REL24, "
+                    "which the rewrite that nopped it took out and no patch log read here names "
+                    "(give the log of this file with --input-log)"
+                )
+            wanted.setdefault(line.origin.call_relocation.section, []).append(line.origin.call_relocation.entry)
+            self.put_calls.add(s.place)
+        edits: list[Edit] = []
+        for name, entries in wanted.items():
+            edits += self.put(_rela_section(image, name), entries, "R_PPC64_REL24 of a restored call")
+        return edits
+
+    def _has_call_relocation(self, site: Site) -> bool:
+        for rsec in self.image.relocation_sections():
+            if rsec.info == site.section_index:
+                rows = self.current(rsec)
+                hit = (S.r_type(rows["r_info"]) == S.R_PPC64_REL24) & (rows["r_offset"] == site.offset)
+                if hit.any():
+                    return True
+        return False
+
+
+def _rela_section(image: Image, name: str) -> Section:
+    sec = image.section(name)
+    if sec is None or sec.type != S.SHT_RELA:
+        raise ImageError(f"{image.path}: the patch log puts a relocation back into {name}, which is no RELA table here")
+    return sec
+
+
+def _sorted_positions(rows: np.ndarray, new: np.ndarray) -> tuple[int, ...]:
+    """Where each of ``new`` (ascending) lands among ``rows`` once all are inserted: after the
+    equal or smaller values if ``rows`` ascend, else at the end."""
+    if len(rows) > 1 and not bool(np.all(rows[1:] >= rows[:-1])):
+        k = np.full(len(new), len(rows))
+    else:
+        k = np.searchsorted(rows, new, side="right")
+    return tuple((k + np.arange(len(new))).tolist())
+
+
+def _check_room(image: Image, sec: Section, start: int, end: int) -> None:
+    """A table grows only into bytes that are zero and no other section's: the tail a drop freed."""
+    start = max(start, sec.offset + sec.size)  # the table's own bytes are zeroed by a drop in this rewrite
+    no_room = f"{image.path}: {sec.name}: no room to put relocations back"
+    for other in image.sections:
+        mapped = other.index != sec.index and other.type != S.SHT_NOBITS and other.size
+        if mapped and other.offset < end and start < other.offset + other.size:
+            raise ImageError(f"{no_room} (it would reach {other.name})")
+    if end > image.elf_end or (start < end and any(image.data[start:end])):
+        raise ImageError(f"{no_room} (the bytes after it are not free)")
 
 
 # -- records --------------------------------------------------------------------------------
 
 
-def _drop_records(image: Image, scan: Scan, tables: _RelaTables, sites: Sequence[Site]) -> tuple[list[Edit], int]:
+def _drop_records(
+    image: Image, scan: Scan, tables: _RelaTables, sites: Sequence[Site]
+) -> tuple[list[Edit], int, _Taken]:
     """Edits that drop the records of ``sites``, found where the scan read them
-    (``Scan.records.tables``), and how many table entries they take out."""
+    (``Scan.records.tables``), how many table entries they take out, and what each record
+    place had (its slot, its relocation) for the log's site lines."""
+    facts = _Taken({}, {})
     if not sites:
-        return [], 0
+        return [], 0, facts
     want = np.unique(np.array([s.record for s in sites], dtype=np.uint64))
     if image.type == S.ET_REL:
-        edits, found, rows = _drop_rel_records(image, scan, tables, want)
+        edits, found, rows = _drop_rel_records(image, scan, tables, want, facts)
     else:
-        edits, found, rows = _drop_linked_records(image, scan, tables, want)
+        edits, found, rows = _drop_linked_records(image, scan, tables, want, facts)
     if len(found) != len(want):
         missing = int(np.setdiff1d(want, found)[0])
         raise ImageError(f"{image.path}: --drop-records: no record table entry names {missing:#x}")
-    return edits, rows
+    return edits, rows, facts
 
 
 def _drop_rel_records(
-    image: Image, scan: Scan, tables: _RelaTables, want: np.ndarray
+    image: Image, scan: Scan, tables: _RelaTables, want: np.ndarray, facts: _Taken
 ) -> tuple[list[Edit], np.ndarray, int]:
     """Relocatable: the record's R_PPC64_ADDR64 leaves its ``.rela`` section, the slot stays 0."""
     edits: list[Edit] = []
@@ -496,14 +685,17 @@ def _drop_rel_records(
         hit = np.flatnonzero(np.isin(t.values, want))
         if rsec is None or not len(hit):
             continue
+        rows = tables.current(rsec)
+        for i in hit.tolist():
+            facts.relocations[int(t.values[i])] = RelaEntry(rsec.name, rows[i : i + 1].tobytes())
         edits += tables.remove(rsec, hit, "record of a nopped site")
         found.append(t.values[hit])
-    rows = sum(len(f) for f in found)
-    return edits, np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64), rows
+    rows_out = sum(len(f) for f in found)
+    return edits, np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64), rows_out
 
 
 def _drop_linked_records(
-    image: Image, scan: Scan, tables: _RelaTables, want: np.ndarray
+    image: Image, scan: Scan, tables: _RelaTables, want: np.ndarray, facts: _Taken
 ) -> tuple[list[Edit], np.ndarray, int]:
     """Linked: zero the table slots; move their RELATIVE relocations out of what relocate() applies."""
     edits: list[Edit] = []
@@ -515,18 +707,22 @@ def _drop_linked_records(
             continue
         found.append(t.values[hit])
         slot_addrs.append(np.uint64(t.addr) + hit.astype(np.uint64) * np.uint64(8))
-        for i in hit.tolist():
+        table = bytes(image.data[t.file_offset : t.file_offset + 8 * len(t.values)])
+        zero = bytes(8)
+        why = f"{t.section} entry"
+        for i, value in zip(hit.tolist(), t.values[hit].tolist(), strict=True):
             off = t.file_offset + 8 * i
-            old = bytes(image.data[off : off + 8])
-            if old != bytes(8):
-                edits.append(BytesEdit(off, old, bytes(8), f"{t.section} entry"))
+            old = table[8 * i : 8 * i + 8]
+            facts.slots.setdefault(value, RecordSlot(t.section, off, t.addr + 8 * i, old))
+            if old != zero:
+                edits.append(BytesEdit(off, old, zero, why))
     if not found:
         return edits, np.zeros(0, np.uint64), 0
-    edits += _move_relatives(image, tables, np.concatenate(slot_addrs))
+    edits += _move_relatives(image, tables, np.concatenate(slot_addrs), facts)
     return edits, np.unique(np.concatenate(found)), sum(len(f) for f in found)
 
 
-def _move_relatives(image: Image, tables: _RelaTables, slot_addrs: np.ndarray) -> list[Edit]:
+def _move_relatives(image: Image, tables: _RelaTables, slot_addrs: np.ndarray, facts: _Taken) -> list[Edit]:
     """reloc_64.S walks DT_RELACOUNT entries (before 6.0) or all DT_RELASZ bytes (6.0 and later,
     RELATIVE and UADDR64), storing each addend over its target whatever the target holds. Moving
     the entries past the end of the table and lowering both keeps either walk away from them."""
@@ -538,32 +734,131 @@ def _move_relatives(image: Image, tables: _RelaTables, slot_addrs: np.ndarray) -
     moved = np.flatnonzero(relative & np.isin(rows["r_offset"], slot_addrs))
     if not len(moved):
         return []
+    by_slot = {slot.addr: value for value, slot in facts.slots.items()}
+    entries = rows[moved].tobytes()
+    size = rows.dtype.itemsize
+    for n, r_offset in enumerate(rows["r_offset"][moved].tolist()):
+        value = by_slot.get(r_offset)
+        if value is not None:
+            facts.relocations[value] = RelaEntry(rela.name, entries[n * size : (n + 1) * size])
     counted = int(np.count_nonzero(moved < (dynamic_value(image, S.DT_RELACOUNT) or 0)))
     edits = tables.remove(rela, moved, "RELATIVE of a dropped record", keep_tail=True)
-    return edits + _dynamic_edits(image, len(moved), counted)
+    return edits + _dynamic_edits(image, -len(moved), -counted)
 
 
-def _dynamic_edits(image: Image, removed: int, removed_counted: int) -> list[Edit]:
-    """Lower DT_RELASZ by the removed entries and DT_RELACOUNT by those it counted. ``.dynamic`` is
-    read by section: these kernels have no PT_DYNAMIC segment."""
+# -- restoring records ----------------------------------------------------------------------
+
+
+def _restore_records(
+    image: Image, tables: _RelaTables, sites: Sequence[Site], history: Mapping[int, SiteLine]
+) -> list[Edit]:
+    """Edits that put back the records of ``sites`` as the patch log says the original had them."""
+    if not sites:
+        return []
+    origins = [history[s.place].origin for s in sites]
+    if image.type == S.ET_REL:
+        wanted: dict[str, list[bytes]] = {}
+        for o in origins:
+            if o.record_relocation is not None:
+                wanted.setdefault(o.record_relocation.section, []).append(o.record_relocation.entry)
+        edits: list[Edit] = []
+        for name, entries in wanted.items():
+            edits += tables.put(_rela_section(image, name), entries, "record of a restored site")
+        return edits
+    slots = [_slot_back(image, o.record_slot) for o in origins if o.record_slot is not None]
+    entries = [o.record_relocation.entry for o in origins if o.record_relocation is not None]
+    return [e for e in slots if e is not None] + _return_relatives(image, tables, entries)
+
+
+def _slot_back(image: Image, slot: RecordSlot) -> BytesEdit | None:
+    """The table slot's original value, over the zero a drop left (None: it holds it already)."""
+    now = bytes(image.data[slot.offset : slot.offset + 8])
+    if now == slot.value:
+        return None
+    if now != bytes(8):
+        raise ImageError(
+            f"{image.path}: {slot.table} slot at offset {slot.offset:#x}: expected 0 (a dropped record) "
+            f"!= found {now.hex()}"
+        )
+    return BytesEdit(slot.offset, now, slot.value, f"{slot.table} entry")
+
+
+def _return_relatives(image: Image, tables: _RelaTables, entries: Sequence[bytes]) -> list[Edit]:
+    """Move restored records' RELATIVE entries from past the end of ``.rela.dyn`` (where a drop put
+    them) back among the ones relocate() applies, where their r_offset sorts them (the linker's
+    order: putting every one back gives the original table), and raise DT_RELASZ, DT_RELACOUNT
+    and ``sh_size``."""
+    rela = image.section(".rela.dyn")
+    if rela is None or not entries:
+        return []
+    rows = tables.current(rela)
+    entsize = rela.entsize or rows.dtype.itemsize
+    size = tables.size[rela.index]
+    tail = _tail_rows(image, rela, rela.offset + size, entsize)
+    where = {tail[i].tobytes(): i for i in range(len(tail))}
+    missing = [e for e in entries if e not in where]
+    if missing:
+        applied = {rows[i : i + 1].tobytes() for i in range(len(rows))}
+        lost = [e for e in missing if e not in applied]
+        if lost:
+            raise ImageError(
+                f"{image.path}: .rela.dyn: the RELATIVE entry {lost[0].hex()} of a restored record is not past "
+                "the end of the table, where the rewrite that dropped it moved it"
+            )
+        entries = [e for e in entries if e in where]  # the others are applied already
+        if not entries:
+            return []
+    new = np.frombuffer(b"".join(entries), rows.dtype)
+    order = np.argsort(new["r_offset"], kind="stable")
+    put = [entries[i] for i in order.tolist()]
+    source = tuple(len(rows) + where[e] for e in put)
+    counted = dynamic_value(image, S.DT_RELACOUNT)
+    prefix = rows["r_offset"][: counted if counted is not None else len(rows)]
+    at = _sorted_positions(prefix, new["r_offset"][order])
+    span = (max(source) + 1) * entsize
+    edit = RelaPut(rela.name, rela.offset, span, entsize, at, tuple(put), source, "RELATIVE of a restored record")
+    tables.rows[rela.index] = np.insert(rows, np.array(at) - np.arange(len(at)), new[order])
+    tables.size[rela.index] = size + len(put) * entsize
+    edits: list[Edit] = [edit, tables.sh_size_edit(rela, size, size + len(put) * entsize)]
+    return edits + _dynamic_edits(image, len(put), len(put) if counted is not None else 0)
+
+
+def _tail_rows(image: Image, rela: Section, start: int, entsize: int) -> np.ndarray:
+    """The whole entries between the end of a table and the next section (or the end of the ELF
+    data): where a drop keeps the RELATIVE entries it moves out."""
+    end = image.elf_end
+    for other in image.sections:
+        if other.type != S.SHT_NOBITS and other.size and start <= other.offset < end and other.index != rela.index:
+            end = other.offset
+    shoff = int(image.ehdr["e_shoff"])
+    if start <= shoff < end:
+        end = shoff
+    n = max(end - start, 0) // entsize
+    return np.frombuffer(image.data, np.uint8, count=n * entsize, offset=start).reshape(n, entsize)
+
+
+def _dynamic_edits(image: Image, entries: int, counted: int) -> list[Edit]:
+    """Change DT_RELASZ by ``entries`` entries and DT_RELACOUNT by ``counted`` (negative: lower
+    them, as a drop does; positive: raise them, as a restore does). ``.dynamic`` is read by
+    section: these kernels have no PT_DYNAMIC segment."""
     dyn = image.section(".dynamic")
     if dyn is None:
-        raise ImageError(f"{image.path}: --drop-records: .rela.dyn without .dynamic")
+        raise ImageError(f"{image.path}: records: .rela.dyn without .dynamic")
     table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
     entsize = dynamic_value(image, S.DT_RELAENT) or 24
     order = byteorder(image.byteorder)
     edits: list[Edit] = []
-    for tag, name, less in (
-        (S.DT_RELASZ, "DT_RELASZ", removed * entsize),
-        (S.DT_RELACOUNT, "DT_RELACOUNT", removed_counted),
+    for tag, name, change in (
+        (S.DT_RELASZ, "DT_RELASZ", entries * entsize),
+        (S.DT_RELACOUNT, "DT_RELACOUNT", counted),
     ):
         hit = np.flatnonzero(table["d_tag"] == tag)
-        if not len(hit) or not less:
+        if not len(hit) or not change:
             continue
         i = int(hit[0])
         old = int(table["d_val"][i])
         field = dyn.offset + i * table.dtype.itemsize + 8
-        edits.append(BytesEdit(field, old.to_bytes(8, order), (old - less).to_bytes(8, order), name))
+        edits.append(BytesEdit(field, old.to_bytes(8, order), (old + change).to_bytes(8, order), name))
     return edits
 
 
@@ -636,6 +931,24 @@ def _read_back(
             f"{site.place_text} ({site.function or '?'}): read back {lay.state_of(tuple(found)).value}, "
             f"planned {goals[site.variant].value} ({len(bad)} sites differ)"
         )
+
+
+def _read_back_restored(content: bytes | bytearray, image: Image, before: Scan, c: _Choice, calls: set[int]) -> None:
+    """A scan of the new file finds every site whose record came back, recorded, and every site
+    whose call relocation came back, calling (relocatable files find calls by their REL24). A
+    site that does not is mcountrw's own mistake: :class:`InternalError`."""
+    if not c.back and not calls:
+        return
+    after = scan(Image.from_bytes(image.path, bytes(content)), generation=before.generation)
+    found = {s.place: s for s in after.sites}
+    for s in c.back:
+        again = found.get(s.place)
+        if again is None or not again.recorded:
+            raise InternalError(f"{s.place_text} ({s.function or '?'}): record put back, but a scan does not find it")
+    for place in calls:
+        again = found.get(place)
+        if again is None or again.state is not c.goals[again.variant]:
+            raise InternalError(f"{place:#x}: call relocation put back, but a scan does not find the call")
 
 
 def _holds(words: np.ndarray, want: Insn) -> np.ndarray:

@@ -5,15 +5,16 @@ difference, as diff(1) does), 2 bad input."""
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rewriter.cli.common import Jobs, McountAddr, OutputFile, emit, print_errors, progress, workers
+from rewriter.cli.common import Jobs, LogFile, McountAddr, OutputFile, emit, logs_for, print_errors, progress, workers
 from rewriter.cli.exits import ExitCode, bad_input_if, findings_if
-from rewriter.errors import ArgumentError, ImageError
+from rewriter.errors import ArgumentError, ImageError, LogError
 from rewriter.generations import Generation
 
 if TYPE_CHECKING:
@@ -61,15 +62,18 @@ def audit(
     ] = FailOn.ERROR,
     jobs: Jobs = 0,
     mcount_addr: McountAddr = None,
+    log: LogFile = None,
 ) -> None:
-    """Counts, anomalies and the mflr-nop safety of every site, per image and by subsystem."""
+    """Counts, anomalies and the mflr-nop safety of every site, per image and by subsystem (with
+    the sites only an image's patch log knows)."""
     from rewriter.audit import audit_files, fails
     from rewriter.batch import expand
 
     files, errors = expand(paths)
     roots = [p for p in paths if p.is_dir()]
+    logs = logs_for(files, log)
     with progress(len(files), "auditing") as tick:
-        result = audit_files(files, roots, workers(jobs), mcount_addr, tick)
+        result = audit_files(files, roots, workers(jobs), mcount_addr, tick, logs)
     errors += result.errors
     print_errors(errors)
     if not result.images:
@@ -102,9 +106,19 @@ def diff(
         list[Generation] | None,
         typer.Option("--generation", help="for stripped images: once for both, or twice (A's, then B's)"),
     ] = None,
+    log: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--log",
+            help="a patch log of A or B (which one: the one whose output it is); default: each file's log "
+            "beside it, when its output is that file",
+        ),
+    ] = None,
 ) -> None:
     """Functions added, removed, moved between sections or changed in generation, and sites added,
-    removed, moved, or changed in state, variant or record, matched by function name."""
+    removed, moved, or changed in state, variant or record, matched by function name. Sites only
+    an image's patch log knows take part, so a site a rewrite nopped and unrecorded reads as
+    changed, not removed."""
     from rewriter.batch import expand
     from rewriter.diff import diff_paths
     from rewriter.report import jsonfmt, md
@@ -117,7 +131,8 @@ def diff(
         raise ArgumentError(f"{a} and {b}: compare two files or two directories, not one of each")
     files_a, errors_a = expand([a]) if a.is_dir() else ([a], [])
     files_b, errors_b = expand([b]) if b.is_dir() else ([b], [])
-    result = diff_paths(a, b, files_a, files_b, generations)
+    logs = _diff_logs(a, b, files_a, files_b, log or [])
+    result = diff_paths(a, b, files_a, files_b, generations, logs)
     errors = [*errors_a, *errors_b, *result.errors]
     print_errors(errors)
     if fmt is DiffFormat.JSON:
@@ -127,6 +142,32 @@ def diff(
     emit(text, output)
     bad_input_if(errors)
     findings_if(result.changed)
+
+
+def _diff_logs(a: Path, b: Path, files_a: list[Path], files_b: list[Path], given: list[Path]) -> dict[Path, Path]:
+    """Each file's log: ``--log`` (at most one for each of the two files), given to the file whose
+    output it is (one that describes neither is refused, exit 2, naming the three hashes), else
+    the logs beside the files."""
+    from rewriter.log import read_header
+
+    if not given:
+        return logs_for([*files_a, *files_b], None)
+    if a.is_dir() or b.is_dir() or len(given) > 2:
+        raise ArgumentError("--log: give the logs of the two files (at most two), not of trees")
+    shas = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b)}
+    out = {}
+    for log in given:
+        header = read_header(log)
+        if header is None:
+            raise LogError(f"{log}: no such file")
+        owner = next((p for p in (a, b) if header.describes(shas[p])), None)
+        if owner is None:
+            raise LogError(
+                f"{log}: the log of neither file: its output has sha256 {header.output.sha256}, "
+                f"{a} has {shas[a]}, {b} has {shas[b]}"
+            )
+        out[owner] = log
+    return out
 
 
 def _diff_generations(given: list[Generation]) -> Generations:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -30,6 +31,35 @@ McountAddr = Annotated[
     int | None, typer.Option("--mcount-addr", parser=address, help="address of _mcount, for a stripped image")
 ]
 GenerationOption = Annotated[Generation | None, typer.Option("--generation", help=GENERATION_HELP)]
+LOG_HELP: Final = (
+    "the image's patch log, a source of the sites an earlier rewrite hid (default: IMAGE.mcountrw.jsonl "
+    "beside it, when its output is the image)"
+)
+LogFile = Annotated[Path | None, typer.Option("--log", help=LOG_HELP)]
+
+
+def logs_for(files: Sequence[Path], explicit: Path | None) -> dict[Path, Path]:
+    """The patch log of each file that has one: ``--log`` (for one file; refused, exit 2, if its
+    output is not that file), else the log beside each file when its output is that file. A log
+    beside a file that it does not describe is ignored, with one warning line."""
+    from rewriter.log import default_log_path, log_of
+
+    if explicit is not None and len(files) != 1:
+        raise ArgumentError(f"--log {explicit}: names the log of one image, and {len(files)} were given")
+    out = {}
+    for path in files:
+        if explicit is None and not default_log_path(path).is_file():
+            continue
+        try:
+            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            continue  # the scan says what is wrong with the file
+        log, warning = log_of(path, sha, explicit)
+        if warning is not None:
+            typer.echo(f"mcountrw: warning: {warning}", err=True)
+        if log is not None:
+            out[path] = log
+    return out
 
 
 def workers(jobs: int) -> int:

@@ -18,9 +18,11 @@ import typer
 from rewriter.cli.common import (
     GenerationOption,
     Jobs,
+    LogFile,
     McountAddr,
     check_mcount_addr,
     emit,
+    logs_for,
     print_errors,
     progress,
     workers,
@@ -432,17 +434,18 @@ def policy_check(
     *,
     jobs: Jobs = 0,
     generation: GenerationOption = None,
+    log: LogFile = None,
 ) -> None:
     """Show what each rule matches (sites, the sites it decides, a few names), and what keeping and
     nopping mean for the kernel's generation; warn about rules that match nothing or are always
-    overridden (exit 1 if there are any)."""
+    overridden (exit 1 if there are any). Sites only an image's patch log knows count too."""
     from rewriter import policy as pol
     from rewriter.prenop import targets
 
     rules = pol.load(policy_file)
     files = [t.source for t in targets(images, output=None, in_place=False, log_dir=None)]
     tally = pol.Tally(rules)
-    errors = _tally_files(tally, files, workers(jobs), generation)
+    errors = _tally_files(tally, files, workers(jobs), generation, logs_for(files, log))
     print_errors(errors)
     typer.echo("\n".join(_check_lines(policy_file, rules, tally)))
     warnings = tally.warnings()
@@ -452,12 +455,15 @@ def policy_check(
     findings_if(bool(warnings))
 
 
-def _tally_files(tally: Tally, files: Sequence[Path], jobs: int, generation: Generation | None) -> list[str]:
-    """Scan ``files`` and count what the policy decides for each site; the lines of the files that
-    could not be scanned."""
+def _tally_files(
+    tally: Tally, files: Sequence[Path], jobs: int, generation: Generation | None, logs: Mapping[Path, Path]
+) -> list[str]:
+    """Scan ``files`` and count what the policy decides for each site (with the sites of their
+    patch logs, ``logs``); the lines of the files that could not be scanned."""
     from rewriter import policy as pol
     from rewriter.batch import scan_many
     from rewriter.elf.image import Kind
+    from rewriter.log import logged
     from rewriter.report.scanfmt import boot_of, generation_of, untraceable
 
     errors = []
@@ -466,7 +472,7 @@ def _tally_files(tally: Tally, files: Sequence[Path], jobs: int, generation: Gen
             if outcome.scan is None:
                 errors.append(outcome.error or f"{outcome.path}: failed")
                 continue
-            sc = outcome.scan
+            sc = logged(outcome.scan, logs)
             module = pol.module_name(outcome.path) if sc.kind is Kind.MODULE else None
             boot = boot_of(sc)
             facts = []

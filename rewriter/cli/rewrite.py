@@ -38,6 +38,14 @@ Addr = Annotated[
 ]
 Route_ = Annotated[Route | None, typer.Option("--route", help="default: the route with fewer writes")]
 Log_ = Annotated[Path | None, typer.Option("--log", help="patch log (default OUT.mcountrw.jsonl)")]
+InputLog = Annotated[
+    Path | None,
+    typer.Option(
+        "--input-log",
+        help="IMAGE's own patch log: its sites, nopped and unrecorded by an earlier rewrite, can be selected and "
+        "brought back (default: IMAGE.mcountrw.jsonl beside it, when its output is IMAGE)",
+    ),
+]
 Stages = Annotated[Path | None, typer.Option("--stage-images", help="write one complete ELF per plan stage here")]
 Drop = Annotated[bool, typer.Option("--drop-records", help="drop the records of sites whose call slot ends up nop")]
 Keep = Annotated[
@@ -79,6 +87,7 @@ class _Writing(NamedTuple):
     dry_run: bool
     in_place: bool
     backup: bool
+    input_log: Path | None
 
 
 class _Run(NamedTuple):
@@ -112,6 +121,8 @@ def _run_apply(
         from rewriter.files import apply_file
 
         result = apply_file(image, output, selection, options, **writing._asdict(), hints=run.hints())  # NoRoute: 1
+    for warning in result.warnings:
+        typer.echo(f"mcountrw: warning: {warning}", err=True)
     _print_applied(image, options, result, writing)
 
 
@@ -126,16 +137,29 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
     writes = r.word_writes
     verb = "would change" if result.output is None else "changed"
     dropped = f"; {len(r.dropped)} records dropped" if r.dropped else ""
+    dropped += f"; {len(r.restored)} records restored" if r.restored else ""
     typer.echo(
         f"{image}: {verb} {len(r.sites)} sites to {target} ({r.unchanged} already {target}){dropped}; "
         f"{writes} word writes in {stages} stages, barriers: {barriers}; {len(r.edits) - writes} other edits",
         err=True,
     )
+    if result.scan.log is not None:
+        from rewriter.sites import Source
+
+        logged = [s for s in result.scan.sites if s.source is Source.LOG]
+        chosen = {s.place for s in (*r.sites, *r.restored)}
+        typer.echo(
+            f"{len(logged)} sites known only from {result.scan.log}; {sum(s.place in chosen for s in logged)} of them "
+            "selected and changed",
+            err=True,
+        )
     if r.stubs is not None:
         before, after = (", ".join(f"{c.area} {c.used}/{c.stubs}" for c in side) for side in r.stubs)
         typer.echo(f"ool stubs used/available: before {before}; after {after}", err=True)
     if result.output is not None:
         typer.echo(f"wrote {result.output} and {result.log}", err=True)
+    if result.base is not None and result.output is not None:
+        typer.echo(f"the log builds on {result.base.path} (the input's log)", err=True)
     for p in result.stage_images:
         typer.echo(f"stage image {p}", err=True)
     if writing.stage_dir is not None and not writing.dry_run and not result.stage_images:
@@ -187,15 +211,18 @@ def apply(
     mcount_addr: McountAddr = None,
     generation: GenerationOption = None,
     wait: Wait = False,
+    input_log: InputLog = None,
 ) -> None:
     """Move the selected sites to a state with a safe plan; compare-and-swap on every word.
 
     A vmlinux or module is refused if a recorded place would hold words the kernel's boot-time
     ftrace init refuses (docs/rewrite.md: per generation); patchable and ool sites are never made
-    `enabled` offline (the running kernel enables them)."""
+    `enabled` offline (the running kernel enables them). Sites an earlier rewrite nopped and
+    unrecorded come back from IMAGE's patch log with `--to enabled`: words, call relocations and
+    records (on patchable and ool, the records alone)."""
     options = _options(to, route, drop_records, keep_records, strip_signature)
     selection = _selection(only, exclude, section, addr)
-    writing = _Writing(log, stage_images, dry_run, in_place, backup)
+    writing = _Writing(log, stage_images, dry_run, in_place, backup, input_log)
     _run_apply(image, output, options, selection, writing, _Run(mcount_addr, generation, wait))
 
 
@@ -218,13 +245,14 @@ def nop(
     mcount_addr: McountAddr = None,
     generation: GenerationOption = None,
     wait: Wait = False,
+    input_log: InputLog = None,
 ) -> None:
     """Offline pre-nopping: `apply --to nopped`. 6.1 (mprofile): mflr and bl both become nop;
     6.12 (patchable) and 7.2 (ool): the sites already are nop as built, so --drop-records drops
     their records and writes no word."""
     options = _options(Target.NOPPED, None, drop_records, keep_records, strip_signature)
     selection = _selection(only, exclude, section, addr)
-    writing = _Writing(log, stage_images, dry_run, in_place, backup)
+    writing = _Writing(log, stage_images, dry_run, in_place, backup, input_log)
     _run_apply(image, output, options, selection, writing, _Run(mcount_addr, generation, wait))
 
 
@@ -242,6 +270,9 @@ def undo(
 
         out, record = undo_file(patched, log, output, in_place)
     typer.echo(f"wrote {out} (sha256 {record.header.input.sha256[:16]}..., the original)", err=True)
+    base = record.header.base
+    if base is not None:
+        typer.echo(f"its own log: {base.path} (undo with it for the step before)", err=True)
 
 
 def verify(

@@ -13,10 +13,12 @@ import typer
 from rewriter.cli.common import (
     GenerationOption,
     Jobs,
+    LogFile,
     McountAddr,
     OutputFile,
     check_mcount_addr,
     emit,
+    logs_for,
     print_errors,
     progress,
     workers,
@@ -47,17 +49,23 @@ def scan(
     mcount_addr: McountAddr = None,
     show_all: Annotated[bool, typer.Option("--all", help="table: list every site, not the first 20")] = False,
     generation: GenerationOption = None,
+    log: LogFile = None,
 ) -> None:
     """Find every ftrace call site: its function, state in the file and after boot, and its record.
 
     Each image says its generation (mprofile <= 6.5, patchable 6.6-6.12, ool 6.13+), how many
-    sites ftrace can trace after boot, and (ool) whether its stubs cover its records."""
+    sites ftrace can trace after boot, and (ool) whether its stubs cover its records. Sites that
+    only the image's patch log knows (nopped and unrecorded by an earlier rewrite) are listed too,
+    marked LOG (`"source": "log"` in JSON and CSV)."""
     from rewriter.batch import expand, render_many
     from rewriter.report import scanfmt
 
     check_mcount_addr(generation, mcount_addr)
     files, errors = expand(paths)
     render = _renderer(fmt, show_all or output is not None)
+    logs = logs_for(files, log)
+    if logs:
+        render = partial(_render_logged, render=render, logs=logs)
     texts = []
     with progress(len(files), "scanning") as tick:
         # Each worker formats what it scanned: only text comes back (see rewriter.batch.render_many).
@@ -75,6 +83,13 @@ def scan(
         text = (scanfmt.CSV_HEADER if fmt is ScanFormat.CSV else "") + "".join(texts)
     emit(text, output)
     bad_input_if(errors)
+
+
+def _render_logged(result: Scan, render: Callable[[Scan], str], logs: dict[Path, Path]) -> str:
+    """``render`` of the scan with its log's sites, in the worker that scanned it."""
+    from rewriter.log import logged
+
+    return render(logged(result, logs))
 
 
 def _renderer(fmt: ScanFormat, every_row: bool) -> Callable[[Scan], str]:

@@ -141,7 +141,7 @@ def apply_file(
         # every site there is: the image's and those only its log knows (`before.log` says which log)
         before = with_log(before, known.sites, known.path)
         history = by_place(known.sites)
-    check_something_to_do(image, before, selection, hints)
+    check_something_to_do(image, before, selection, hints, warning)
     result = rewrite(image, before, selection, options, stage_dir is not None and not dry_run, history)
     warnings = () if warning is None else (warning,)
     base = None if known is None else known.base
@@ -254,10 +254,15 @@ def _defines_mcount(image: Image, found: Scan) -> bool:
     return syms is not None and any(len(syms.find(n)) for n in MCOUNT_NAMES)
 
 
-def no_site_cause(image: Image, found: Scan, hints: ScanHints) -> str:
-    """Why a file shows no ftrace site at all, the likeliest cause first, as the end of one line."""
+def no_site_cause(image: Image, found: Scan, hints: ScanHints, log_warning: str | None = None) -> str:
+    """Why a file shows no ftrace site at all, the likeliest cause first, as the end of one line.
+    ``log_warning``: why the log beside the file was not read (it describes another file)."""
     log = default_log_path(image.path)
-    if log.exists():
+    if log.exists() and log_warning is not None:
+        earlier = (
+            f"its sites were nopped by an earlier rewrite, but the patch log beside it is not its log ({log_warning})"
+        )
+    elif log.exists():
         earlier = (
             f"its sites were nopped by an earlier rewrite: its patch log {log.name} is here "
             f"(`mcountrw undo {image.path} --log {log}` gives the original back)"
@@ -292,13 +297,16 @@ def unmatched_selection(sites: Sequence[Site], selection: Selection) -> list[str
     return [text for text, part in parts if not any(part.matches(s) for s in sites)]
 
 
-def check_something_to_do(image: Image, found: Scan, selection: Selection, hints: ScanHints) -> None:
+def check_something_to_do(
+    image: Image, found: Scan, selection: Selection, hints: ScanHints, log_warning: str | None = None
+) -> None:
     """Raise :class:`NothingToDo` if the file has no site at all, or ``selection`` matches none
     (or one of its parts matches none: a mistyped ``--exclude`` would otherwise change the very
     function it meant to spare)."""
     sites = known_sites(image, found)
     if not sites:
-        raise NothingToDo(f"{image.path}: no ftrace call site found: {no_site_cause(image, found, hints)}")
+        cause = no_site_cause(image, found, hints, log_warning)
+        raise NothingToDo(f"{image.path}: no ftrace call site found: {cause}")
     if selection.everything:
         return
     missing = unmatched_selection(sites, selection)

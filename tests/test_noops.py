@@ -75,32 +75,51 @@ def _listing(d: Path) -> list[str]:
 
 
 def test_the_issues_test_program_nopped_then_applied_says_its_sites_were_nopped_earlier(tmp_path: Path) -> None:
+    """With its patch log beside it, the nopped program's sites come back from the log (issue 12);
+    without the log nothing is left to find, and the refusal says why."""
     prog = no_records(tmp_path)
     done = mcountrw("nop", str(prog), "-o", str(tmp_path / "all"))
     assert done.returncode == 0 and "changed 3 sites to nopped" in done.stderr, done.stderr
-    before = _listing(tmp_path)
-    proc = mcountrw("apply", str(tmp_path / "all"), "--to", "enabled", "-o", str(tmp_path / "en"),
-                    "--stage-images", str(tmp_path / "st"))  # fmt: skip
-    words = (
-        "no ftrace call site found",
-        "_mcount is there",
-        "nopped by an earlier rewrite",
-        "all.mcountrw.jsonl is here",
-    )
-    line = assert_nothing_to_do(proc, f"{tmp_path / 'all'}: ", *words, "mcountrw undo")
-    assert _listing(tmp_path) == before, line  # no output, no log, no stage image
+    back = mcountrw("apply", str(tmp_path / "all"), "--to", "enabled", "-o", str(tmp_path / "en"))
+    assert back.returncode == 0, back.stderr
+    assert _sha(tmp_path / "en") == _sha(prog)  # the log's sites came back, word for word
     default_log_path(tmp_path / "all").unlink()
+    before = _listing(tmp_path)
+    proc = mcountrw("apply", str(tmp_path / "all"), "--to", "enabled", "-o", str(tmp_path / "en2"),
+                    "--stage-images", str(tmp_path / "st"))  # fmt: skip
+    words = ("no ftrace call site found", "_mcount is there", "nopped by an earlier rewrite")
+    line = assert_nothing_to_do(proc, f"{tmp_path / 'all'}: ", *words, "whose patch log is not here")
+    assert _listing(tmp_path) == before, line  # no output, no log, no stage image
     assert_nothing_to_do(mcountrw("nop", str(tmp_path / "all"), "--in-place"), "whose patch log is not here")
+
+
+def test_a_stale_log_beside_the_file_is_named_but_not_used(tmp_path: Path) -> None:
+    """A log beside the file that is not its log (another output's hash) is not read, and the
+    refusal says so, without suggesting an undo that log cannot do."""
+    prog = no_records(tmp_path)
+    assert mcountrw("nop", str(prog), "-o", str(tmp_path / "all")).returncode == 0
+    log = default_log_path(tmp_path / "all")
+    text = log.read_text()
+    (tmp_path / "other").write_bytes((tmp_path / "all").read_bytes() + b"\0")  # same sites, another hash
+    default_log_path(tmp_path / "other").write_text(text)
+    proc = mcountrw("apply", str(tmp_path / "other"), "--to", "enabled", "--dry-run")
+    line = assert_nothing_to_do(proc, "the patch log beside it is not its log", "other.mcountrw.jsonl: ignored")
+    assert "mcountrw undo" not in line  # that log would not undo this file
 
 
 def test_dropped_records_name_the_earlier_rewrite(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert mcountrw("nop", str(BIN / "clean"), "-o", str(out), "--drop-records").returncode == 0
+    rerun = mcountrw("nop", str(out), "--in-place", "--drop-records")  # its log knows the sites: a no-op
+    assert rerun.returncode == 0 and "nothing to change" in rerun.stderr, rerun.stderr
+    default_log_path(out).unlink()
     proc = mcountrw("nop", str(out), "--in-place", "--drop-records")
     assert_nothing_to_do(proc, "its 3 records are all zeroed (--drop-records)", "earlier rewrite")
     # the same for a relocatable object: its records' relocations went, the slots stay zero
     obj = tmp_path / "obj.o"
     assert mcountrw("nop", str(BIN / "prof-le.o"), "-o", str(obj), "--drop-records").returncode == 0
+    assert mcountrw("apply", str(obj), "--to", "enabled", "--dry-run").returncode == 0  # back from its log
+    default_log_path(obj).unlink()
     assert_nothing_to_do(mcountrw("apply", str(obj), "--to", "enabled", "--dry-run"), "its 6 records are all zeroed")
 
 

@@ -88,6 +88,8 @@ def check_output_path(input_path: Path, output: Path | None, in_place: bool) -> 
         raise OutputError(f"{output}: output is the input; use --in-place to rewrite it")
     if output.is_dir():
         raise OutputError(f"{output}: is a directory")
+    if output.exists() and not output.is_file():
+        raise OutputError(f"{output}: not a regular file (a device or FIFO): the output replaces it by a rename")
     # The file is replaced by a rename, so it is the directory that must be writable.
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():

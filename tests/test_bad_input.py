@@ -549,6 +549,27 @@ def test_output_paths_that_cannot_be_written(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prog", "prog.orig"]
 
 
+def test_reports_go_into_a_fifo_and_rewrites_refuse_one(tmp_path: Path) -> None:
+    """A report to a FIFO or device (`-o /dev/null`) is written into it; renaming a temporary file
+    over it would replace the node itself. A rewritten ELF is never sent there: refused, the FIFO kept."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    proc = mcountrw("scan", str(BIN / "clean"), "-o", str(fifo))
+    reader.join(timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert b"generation mprofile" in got[0]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert_cli_error(mcountrw("nop", str(BIN / "clean"), "-o", str(fifo)), str(fifo), "not a regular file")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
 def test_output_in_a_read_only_directory() -> None:
     with tempfile.TemporaryDirectory(prefix="mcountrw-") as top:
         root = Path(top)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import stat
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,8 +30,27 @@ _READ_BACK_CHUNK = 1 << 24
 
 
 def atomic_write(path: Path, data: bytes | bytearray | memoryview | mmap.mmap, mode: int | None = None) -> None:
-    """Replace ``path`` with ``data``. ``mode`` defaults to the existing file's, else 0o644."""
+    """Replace ``path`` with ``data``. ``mode`` defaults to the existing file's, else 0o644.
+
+    A report sent to a device or a FIFO (``-o /dev/null``, ``-o /dev/stdout``) is written into it:
+    renaming a temporary file over it would replace the device node itself."""
+    if _special(path):
+        try:
+            with open(path, "wb") as fh:
+                fh.write(data)
+        except OSError as e:
+            raise OutputError(f"{path}: {e.strerror or e}") from None
+        return
     commit(write_temp(path, data, mode))
+
+
+def _special(path: Path) -> bool:
+    """``path`` exists and is not a regular file (a device, FIFO or socket; not a directory)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode)
 
 
 class Pending:
@@ -78,7 +98,11 @@ def write_temp(path: Path, data: bytes | bytearray | memoryview | mmap.mmap, mod
 
 
 def commit(pending: Pending) -> None:
-    """Second half: rename the temporary file over its target and make the rename durable."""
+    """Second half: rename the temporary file over its target and make the rename durable. Never
+    over a device or FIFO: that would replace the node itself (callers refuse such outputs first)."""
+    if _special(pending.path):
+        pending.discard()
+        raise OutputError(f"{pending.path}: not a regular file (a device or FIFO): an output is replaced by a rename")
     try:
         os.replace(pending.tmp, pending.path)
     except OSError as e:

@@ -87,6 +87,22 @@ class Symbols:
             end = len(self.strtab)
         return self.strtab[st_name:end].decode("utf-8", "replace")
 
+    def names_at(self, st_names: list[int]) -> list[str]:
+        """:meth:`name_at` of each index. A kernel's string table is ASCII: it is then decoded once
+        and cut as text, not once per name."""
+        text = self._text
+        if text is None:
+            return [self.name_at(i) for i in st_names]
+        out = []
+        for i in st_names:
+            end = text.find("\0", i)
+            out.append(text[i:end] if end >= 0 else text[i:])
+        return out
+
+    @cached_property
+    def _text(self) -> str | None:
+        return self.strtab.decode("ascii") if self.strtab.isascii() else None
+
     def find(self, name: str) -> np.ndarray:
         """Indexes of the symbols called exactly ``name``.
 
@@ -103,6 +119,17 @@ class Symbols:
         if len(places) == 1:  # np.isin costs ten times a comparison on a module's table
             return np.flatnonzero(self.table["st_name"] == places[0])
         return np.flatnonzero(np.isin(self.table["st_name"], np.array(places, dtype=np.uint32)))
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """The whole file, to its end whatever ``size`` (from fstat) said. Plain reads on the
+    descriptor: a file object around a dup of it cost more than the read of a small module."""
+    parts: list[bytes] = []
+    while True:
+        part = os.read(fd, max(size, 1 << 16))
+        if not part:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.append(part)
 
 
 class Image:
@@ -166,9 +193,7 @@ class Image:
                 raise ImageError(f"{path}: empty file")
             compression = detect_compression(os.pread(fd, 8, 0))
             if compression is not Compression.NONE:
-                with os.fdopen(os.dup(fd), "rb") as fh:
-                    raw = fh.read()
-                data: bytes | mmap.mmap = decompress(path, raw, compression)
+                data: bytes | mmap.mmap = decompress(path, _read_all(fd, st.st_size), compression)
             else:
                 data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         except OSError as e:
@@ -231,17 +256,32 @@ class Image:
         if int(e["e_phnum"]) == PN_XNUM:
             self._check_program_headers(table)
         names = bytes(self.data[rows[strndx][4] : rows[strndx][4] + rows[strndx][5]])
-        sections = []
-        names_end = max(len(names), 1)
-        for i, (name_off, typ, flags, addr, offset, size, link, info, _, entsize) in enumerate(rows):
-            if name_off >= names_end:
-                raise self.error(f"section {i} name index {name_off} out of range")
-            end = names.find(b"\0", name_off)
-            name = names[name_off : end if end >= 0 else len(names)].decode("utf-8", "replace")
-            sections.append(Section(i, name, typ, flags, addr, offset, size, link, info, entsize))
+        # The table's columns, then every Section in one pass (Section._make: a tuple from a tuple,
+        # not a call with ten arguments per section).
+        name_off, typ, flags, addr, offset, size, link, info, _, entsize = zip(*rows, strict=True)
+        named = self._section_names(name_off, names)
+        fields = zip(range(shnum), named, typ, flags, addr, offset, size, link, info, entsize, strict=True)
+        sections = list(map(Section._make, fields))
         self._check_links(sections)
         self._check_overlaps(sections, has_data, shoff, shnum * dt.itemsize)
         return sections
+
+    def _section_names(self, offsets: tuple[int, ...], names: bytes) -> list[str]:
+        """Each section's name, from its offset into the names section (ASCII in every kernel:
+        then decoded once and cut as text)."""
+        out = []
+        end = max(len(names), 1)
+        text = names.decode("ascii") if names.isascii() else None
+        for i, at in enumerate(offsets):
+            if at >= end:
+                raise self.error(f"section {i} name index {at} out of range")
+            if text is not None:
+                stop = text.find("\0", at)
+                out.append(text[at:stop] if stop >= 0 else text[at:])
+            else:
+                stop = names.find(b"\0", at)
+                out.append(names[at : stop if stop >= 0 else len(names)].decode("utf-8", "replace"))
+        return out
 
     def _check_links(self, sections: list[Section]) -> None:
         """A symbol table names its string table in sh_link; a relocation table its symbol table in
@@ -342,7 +382,8 @@ class Image:
         return self.sections[index]
 
     def exec_sections(self) -> list[Section]:
-        return [s for s in self.sections if s.is_exec and s.size]
+        """Sections of code (``is_exec``) with bytes in them."""
+        return [s for s in self.sections if s.flags & S.SHF_EXECINSTR and s.type == S.SHT_PROGBITS and s.size]
 
     def section_bytes(self, sec: Section) -> bytes:
         return bytes(self.data[sec.offset : sec.offset + sec.size])

@@ -26,8 +26,9 @@ Strategy:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -196,12 +197,11 @@ def scan(
     stubs: tuple[StubArea, ...] = ()
     if generation is Generation.OOL and image.type != S.ET_REL:
         stubs, sites = _with_stubs(image, sites)
-    uniq, counts = np.unique(records, return_counts=True)
     recs = Records(
         len(records),
         _zeroed(image, tables),
         tuple(_record_place(image, int(p)) for p in unmatched),
-        tuple(_record_place(image, int(p)) for p in uniq[counts > 1]),
+        tuple(_record_place(image, int(p)) for p in _repeated(records)),
         tuple(_record_place(image, int(p)) for p in skipped),
         tables,
     )
@@ -261,11 +261,12 @@ def detect_generation(image: Image, text: CodeView, calls: np.ndarray, records: 
         return Detect(Generation.MPROFILE, "calls to _mcount" if len(calls) else "an __mcount_loc table")
     if not len(records):
         return Detect(None, "no records and no call to _mcount")
-    first = text.words_of(records)
-    nops = records[first == ppc.NOP]
-    if not len(nops):
+    # the words at each record and after it, in one look-up (each is a fixed cost in a module)
+    words = text.words_of(np.concatenate([records, shift(records, ppc.INSN_SIZE)]))
+    nop = words[: len(records)] == ppc.NOP
+    if not nop.any():
         return Detect(None, "no record points at a nop or a call to _mcount")
-    alone = int(np.count_nonzero(text.words_of(shift(nops, ppc.INSN_SIZE)) != ppc.NOP))
+    alone = int(np.count_nonzero(nop & (words[len(records) :] != ppc.NOP)))
     if alone:
         return Detect(Generation.OOL, f"{alone} recorded nop(s) not followed by a nop: one patchable nop")
     return Detect(Generation.PATCHABLE, "every recorded nop is followed by a nop: two patchable nops")
@@ -303,9 +304,12 @@ def _symbol_addrs(image: Image, names: Sequence[str]) -> list[int]:
     syms = image.symbols
     if syms is None:
         return []
+    found = [hit for hit in (syms.find(n) for n in names) if len(hit)]
+    if not found:  # a module defines no tracer and no _mcount
+        return []
     opd = image.section(".opd")
     out = []
-    for i in np.concatenate([syms.find(n) for n in names]).tolist():
+    for i in np.concatenate(found).tolist():
         row = syms.table[i]
         if int(row["st_shndx"]) == S.SHN_UNDEF:
             continue
@@ -357,6 +361,8 @@ def _rel_call_places(image: Image) -> np.ndarray:
     if syms is None:
         return np.zeros(0, np.uint64)
     mcount_syms = np.concatenate([syms.find(n) for n in MCOUNT_NAMES]).astype(np.uint64)
+    if not len(mcount_syms):  # patchable and ool modules call no _mcount: skip their relocations
+        return np.zeros(0, np.uint64)
     out = []
     for rsec in image.relocation_sections():
         target = image.section_at(rsec.info) if rsec.info else None
@@ -607,11 +613,12 @@ _PLAIN_KIND = np.array([_KIND[PLAIN.get(k, Insn.OTHER)] for k in ppc.KINDS])
 _BL, _B = ppc.KINDS.index(ppc.Kind.BL), ppc.KINDS.index(ppc.Kind.B)
 
 
-def _kinds(words: np.ndarray, calls: np.ndarray, to_stub: np.ndarray | None = None) -> np.ndarray:
-    """Vectorised ``states.insn_kind``."""
+def _kinds(words: np.ndarray, calls: np.ndarray | None = None, to_stub: np.ndarray | None = None) -> np.ndarray:
+    """Vectorised ``states.insn_kind`` (``calls``, ``to_stub``: None where no word can be one)."""
     kinds = ppc.kinds(words)
     out: np.ndarray = _PLAIN_KIND[kinds]
-    out[(kinds == _BL) & calls] = _KIND[Insn.CALL]
+    if calls is not None:
+        out[(kinds == _BL) & calls] = _KIND[Insn.CALL]
     if to_stub is not None:
         out[(kinds == _B) & to_stub] = _KIND[Insn.STUB]
     return out
@@ -670,7 +677,7 @@ def _mprofile_columns(text: CodeView, funcs: Functions, calls: np.ndarray, recor
     std_variant = np.where(fi >= 0, (cand - lep == 8) & mid_std, mid == ppc.STD_R0_16_R1)
     a_word = np.where(std_variant, a2, mid)
     inside = (k >= 0) & (i >= np.where(std_variant, 2, 1))
-    state = _TWO_SLOT_TABLE[_kinds(a_word, np.zeros(len(cand), bool)), _kinds(b_word, is_call)]
+    state = _TWO_SLOT_TABLE[_kinds(a_word), _kinds(b_word, is_call)]
     keep = inside & (is_call | (state != _UNKNOWN))
     record = np.where(np.isin(cand, records), cand, np.uint64(0))
     variant = np.where(std_variant, 1, 0)
@@ -682,85 +689,120 @@ def _entry_columns(
 ) -> _Columns:
     """patchable and ool: the record names the site's first word; the call slot is where the
     layout says. A ``bl`` in a patchable call slot counts as a call when it reaches the tracer;
-    a ``b`` in an ool one when it reaches a stub area."""
+    a ``b`` in an ool one when it reaches a stub area. (A module defines neither: its columns
+    take a dozen numpy calls, each a fixed cost that its few dozen records cannot amortise.)"""
     lay = LAYOUTS[Variant.PATCHABLE if generation is Generation.PATCHABLE else Variant.OOL]
-    record = np.unique(records)
+    record = _distinct(records)
     cand = shift(record, -lay.record_offset)
     k, i = text.locate(cand)
     b_word = text.words_at(k, i)
-    targets = ppc.branch_targets(cand, b_word)
-    zeros = np.zeros(len(cand), bool)
     if generation is Generation.PATCHABLE:
-        is_call = ppc.bl_mask(b_word) & np.isin(targets, np.array(_symbol_addrs(image, TRACER_NAMES), np.uint64))
+        is_call = _reaching(cand, b_word, np.array(_symbol_addrs(image, TRACER_NAMES), np.uint64), ppc.bl_mask)
         a_word = text.words_at(k, i - 1)
-        state = _TWO_SLOT_TABLE[_kinds(a_word, zeros), _kinds(b_word, is_call)]
+        state = _TWO_SLOT_TABLE[_kinds(a_word), _kinds(b_word, is_call)]
         inside = (k >= 0) & (i >= 1)
-        variant = np.full(len(cand), 2)
+        variant = np.full(len(cand), _VARIANTS.index(Variant.PATCHABLE))
     else:
-        is_call = zeros
-        state = _ONE_SLOT_TABLE[_kinds(b_word, zeros, _in_stub_areas(image, targets))]
+        is_call = np.zeros(len(cand), bool)
+        state = _ONE_SLOT_TABLE[_kinds(b_word, None, _in_stub_areas(image, cand, b_word))]
         inside = k >= 0
-        variant = np.full(len(cand), 3)
+        variant = np.full(len(cand), _VARIANTS.index(Variant.OOL))
     keep = inside & (state != _UNKNOWN)
     return _Columns(cand, k, i, b_word, is_call, record, state, variant, keep, funcs.containing(cand))
 
 
-def _in_stub_areas(image: Image, targets: np.ndarray) -> np.ndarray:
+def _reaching(
+    places: np.ndarray, words: np.ndarray, targets: np.ndarray, mask: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Which ``words`` (at ``places``) are branches of ``mask``'s kind that reach one of
+    ``targets``; no branch is decoded when there is no target (a module defines no tracer)."""
+    if not len(targets):
+        return np.zeros(len(places), bool)
+    return mask(words) & np.isin(ppc.branch_targets(places, words), targets)
+
+
+def _in_stub_areas(image: Image, places: np.ndarray, words: np.ndarray) -> np.ndarray | None:
+    """Which ``b`` words at ``places`` reach an ool stub area (None: the image has no area)."""
+    areas = _area_symbols(image)
+    if not areas:
+        return None
+    targets = ppc.branch_targets(places, words)
     out = np.zeros(len(targets), bool)
-    for area in _area_symbols(image):
+    for area in areas:
         out |= (targets >= area[1]) & (targets < area[1] + area[2])
     return out
 
 
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` for a 1-D array, in a few calls: np.unique's own checks cost 25 us a
+    call, on the few dozen records of a module."""
+    ordered = np.sort(values)
+    first = np.ones(len(ordered), bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    return ordered[first]
+
+
+def _repeated(values: np.ndarray) -> np.ndarray:
+    """The values that occur more than once, each once, sorted (as :func:`_distinct`)."""
+    ordered = np.sort(values)
+    same = ordered[1:] == ordered[:-1]
+    # the second of each run of equal values: equal to the one before, which is not a repeat
+    second = same.copy()
+    second[1:] &= ~same[:-1]
+    out: np.ndarray = ordered[1:][second]
+    return out
+
+
 def _build_sites(image: Image, text: CodeView, funcs: Functions, weak: int | None, c: _Columns) -> tuple[Site, ...]:
-    syms = image.symbols
-    linked = image.type != S.ET_REL
+    """The kept candidates as Sites. Each field is made as a whole column (numpy, or one list
+    comprehension over a column) and the tuples by one ``map``: a loop body per site, with its
+    calls and look-ups, cost as much as the rest of a module's scan (0.6 of 2 s on 6.12's tree)."""
     sel = np.flatnonzero(c.keep)
-    # Everything per site is computed as whole columns first: indexing numpy scalars one at a
-    # time in the loop below would cost more than the rest of the scan.
-    ks, offs, places, fis = c.k[sel].tolist(), (c.i[sel] * 4).tolist(), c.cand[sel].tolist(), c.fi[sel].tolist()
-    calls, recs = c.is_call[sel].tolist(), c.record[sel].tolist()
-    states, vars_ = c.state[sel].tolist(), c.variant[sel].tolist()
-    targets = ppc.branch_targets(c.cand[sel], c.b_word[sel]).tolist()
-    name_index = funcs.name_index.tolist()
+    linked = image.type != S.ET_REL
+    ks, places, recs = c.k[sel], c.cand[sel], c.record[sel]
+    variant, state, recorded = c.variant[sel], c.state[sel], recs != 0
+    rec = recorded.astype(np.intp)  # an index into the tables below
+    offs = c.i[sel] * ppc.INSN_SIZE
+    secs = [text.sections[k] for k in ks.tolist()]
     # rec->ip is the call slot in every generation (6.12's ftrace_call_adjust adds 4 to the record)
-    disabled = (weak_offsets(funcs, c.cand[sel]) > weak).tolist() if weak is not None else [False] * len(sel)
-    names: dict[int, str | None] = {}
-    sites = []
-    for n in range(len(sel)):
-        sec = text.sections[ks[n]]
-        f = fis[n]
-        name = None
-        if f >= 0 and syms is not None:
-            ni = name_index[f]
-            name = names.get(ni)
-            if name is None:
-                name = names[ni] = syms.name_at(ni)
-        variant = _VARIANTS[vars_[n]]
-        state = _STATES[states[n]]
-        record = recs[n] or None
-        boot = boot_state(variant, state, record is not None)
-        traceable = boot is not None and record is not None and not disabled[n]
-        sites.append(
-            Site(
-                sec.name,
-                sec.index,
-                offs[n],
-                places[n] if linked else None,
-                name,
-                variant,
-                state,
-                record is not None,
-                targets[n] if calls[n] and linked else None,
-                sec.offset + offs[n],
-                places[n],
-                record,
-                boot,
-                traceable,
-                ".stubs" if variant is Variant.OOL and not linked and record is not None else None,
-            )
+    enabled = recorded if weak is None else recorded & (weak_offsets(funcs, places) <= weak)
+    n = len(sel)
+    nothing: list[None] = [None] * n
+    stubs = nothing if linked else _STUB_NAME[(variant == _VARIANTS.index(Variant.OOL)) * rec].tolist()
+    return tuple(
+        map(
+            Site,
+            [sec.name for sec in secs],
+            [sec.index for sec in secs],
+            offs.tolist(),
+            places.tolist() if linked else nothing,
+            _function_names(image, funcs, c.fi[sel]),
+            _VARIANT_OF[variant].tolist(),
+            _STATE_OF[state].tolist(),
+            recorded.tolist(),
+            _call_targets(places, c.b_word[sel], c.is_call[sel]) if linked else nothing,
+            [sec.offset + off for sec, off in zip(secs, offs.tolist(), strict=True)],
+            places.tolist(),
+            [r or None for r in recs.tolist()],
+            _BOOT_STATE[variant, state, rec].tolist(),
+            (_BOOTS[variant, state, rec] & enabled).tolist(),
+            stubs,
         )
-    return tuple(sites)
+    )
+
+
+def _function_names(image: Image, funcs: Functions, fi: np.ndarray) -> list[str | None]:
+    """The name of function ``fi`` of each site (None for -1, or without symbols)."""
+    syms = image.symbols
+    if syms is None or not len(funcs):
+        return [None] * len(fi)
+    names = syms.names_at(funcs.name_index[np.maximum(fi, 0)].tolist())
+    return [name if f >= 0 else None for name, f in zip(names, fi.tolist(), strict=True)]
+
+
+def _call_targets(places: np.ndarray, words: np.ndarray, is_call: np.ndarray) -> list[int | None]:
+    targets = ppc.branch_targets(places, words).tolist()
+    return [t if call else None for t, call in zip(targets, is_call.tolist(), strict=True)]
 
 
 def boot_state(variant: Variant, state: SiteState, recorded: bool) -> SiteState | None:
@@ -771,6 +813,17 @@ def boot_state(variant: Variant, state: SiteState, recorded: bool) -> SiteState 
         return state
     lay = LAYOUTS[variant]
     return lay.booted if state is lay.built else None
+
+
+# boot_state() by (index in _VARIANTS, index in _STATES, recorded), made once from it: the sites
+# of an image look it up all at once. _BOOTS: the kernel's init accepts the site (not None).
+_BOOT_STATE = np.array(
+    [[[boot_state(v, st, bool(r)) for r in (0, 1)] for st in _STATES] for v in _VARIANTS], dtype=object
+)
+_BOOTS = _BOOT_STATE != None  # noqa: E711 (element-wise, on an object array)
+_VARIANT_OF = np.array(_VARIANTS, dtype=object)
+_STATE_OF = np.array(_STATES, dtype=object)
+_STUB_NAME = np.array([None, ".stubs"], dtype=object)  # a module's ool sites: the .stubs the loader carves
 
 
 # -- ool stubs ------------------------------------------------------------------------------
@@ -889,9 +942,13 @@ def place_text(image: Image, place: int) -> str:
 
 def summary(sites: Sequence[Site]) -> dict[str, dict[str, int]]:
     """Counts by section, variant and state, and how many are recorded."""
+    recorded = sum(map(attrgetter("recorded"), sites))
     return {
-        "by_section": dict(sorted(Counter(s.section for s in sites).items())),
-        "by_variant": dict(sorted(Counter(s.variant.value for s in sites).items())),
-        "by_state": dict(sorted(Counter(s.state.value for s in sites).items())),
-        "recorded": {"yes": sum(s.recorded for s in sites), "no": sum(not s.recorded for s in sites)},
+        "by_section": dict(sorted(Counter(map(attrgetter("section"), sites)).items())),
+        # `_value_`, the attribute behind Enum.value: in Python 3.11 `.value` is a Python-level
+        # property and counting the members themselves calls the Python-level Enum.__hash__,
+        # ~0.3 us a site each (a module tree has 176,000).
+        "by_variant": dict(sorted(Counter(map(attrgetter("variant._value_"), sites)).items())),
+        "by_state": dict(sorted(Counter(map(attrgetter("state._value_"), sites)).items())),
+        "recorded": {"yes": recorded, "no": len(sites) - recorded},
     }

@@ -145,7 +145,7 @@ def scan(
     if not texts:
         raise typer.Exit(BAD_INPUT)
     if fmt == "json":
-        text = scanfmt.join_images_json(texts, errors) + "\n"
+        text = scanfmt.join_images_json(texts, errors, end="\n")
     else:
         text = (scanfmt.CSV_HEADER if fmt == "csv" else "") + "".join(texts)
     emit(text, output)

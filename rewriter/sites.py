@@ -25,20 +25,22 @@ Strategy:
 
 from __future__ import annotations
 
+import struct
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import numpy as np
 
 from rewriter import ppc
 from rewriter.code import CodeView, code_view
 from rewriter.elf import structs as S
-from rewriter.elf.image import Abi, Image, Kind
-from rewriter.elf.symbols import Functions, functions, rel_place, reloc_target_places, split_place
+from rewriter.elf.image import Abi, Image, Kind, Section
+from rewriter.elf.symbols import PLACE_SHIFT, Functions, functions, rel_place, reloc_target_places, split_place
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
 from rewriter.states import PLAIN, Insn, SiteState
 
@@ -177,12 +179,14 @@ def scan(
 ) -> Scan:
     """The sites and records of ``image``. ``text``: its code view, when the caller has one (an
     audit lays the text out once for the scan and the walk)."""
+    if image.type == S.ET_REL:
+        return _scan_relocatable(image, generation, text)
     if text is None:
         text = code_view(image)
     funcs = functions(image)
     tables = read_records(image)
     entries, calls = _calls(image, text, mcount_addr)
-    if image.symbols is None and image.type != S.ET_REL:
+    if image.symbols is None:
         if not tables:
             tables, entries, calls, generation = _stripped(image, text, entries, calls, mcount_addr, generation)
         elif not len(entries):  # the entry is whatever the recorded `bl` words call most
@@ -195,9 +199,55 @@ def scan(
     weak = weak_max_offset(image, generation)
     sites, unmatched = _classify(image, text, funcs, generation, calls, places, weak)
     stubs: tuple[StubArea, ...] = ()
-    if generation is Generation.OOL and image.type != S.ET_REL:
+    if generation is Generation.OOL:
         stubs, sites = _with_stubs(image, sites)
-    recs = Records(
+    recs = _records(image, tables, records, unmatched, skipped)
+    mcount = tuple(int(e) for e in entries)
+    return Scan(image.path, image.kind, _endian(image), image.abi, sites, recs, mcount, funcs, generation, stubs, weak)
+
+
+def _scan_relocatable(image: Image, generation: Generation | None, text: CodeView | None) -> Scan:
+    """:func:`scan` of a relocatable file: its calls come from relocations, its records name
+    places by section (no stripped-table search, no stub areas: the loader makes a module's)."""
+    funcs = functions(image)
+    tables = read_records(image)
+    calls = _rel_call_places(image)
+    records = _nonzero(tables)
+    distinct = sorted(set(records.tolist()))
+    # the words at each distinct record, read once for the detection and the sites
+    found: list[tuple[Section, int, int, int | None] | None] | None = None
+    if generation is None:
+        detect = _detect_by_symbols(image, calls, records)
+        if detect is None:
+            found = ModuleCode(image).at_records(distinct)
+            detect = _detect_by_words(*_record_words(found, distinct, records))
+        generation = detect.generation
+    weak = weak_max_offset(image, generation)
+    if generation is not None and _plain_module(image, generation, records):
+        words = ModuleCode(image).at_records(distinct) if found is None else found
+        sites, unmatched = _module_sites(image, words, distinct, funcs, generation, weak)
+    else:
+        text = code_view(image) if text is None else text
+        sites, unmatched = _classify(image, text, funcs, generation, calls, records, weak)
+    recs = _records(image, tables, records, unmatched, np.zeros(0, np.uint64))
+    return Scan(image.path, image.kind, _endian(image), image.abi, sites, recs, (), funcs, generation, (), weak)
+
+
+def _record_words(
+    found: list[tuple[Section, int, int, int | None] | None], distinct: list[int], records: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The word at each record and after it (0 where none), as ``CodeView.words_of`` gives them,
+    from the words read at the distinct records."""
+    first = np.array([0 if w is None else w[2] for w in found], np.uint32)
+    after = np.array([0 if w is None or w[3] is None else w[3] for w in found], np.uint32)
+    at = np.searchsorted(np.array(distinct, np.uint64), records)  # each record's distinct one
+    return first[at], after[at]
+
+
+def _records(
+    image: Image, tables: tuple[RecordTable, ...], records: np.ndarray, unmatched: np.ndarray, skipped: np.ndarray
+) -> Records:
+    return Records(
         len(records),
         _zeroed(image, tables),
         tuple(_record_place(image, int(p)) for p in unmatched),
@@ -205,9 +255,10 @@ def scan(
         tuple(_record_place(image, int(p)) for p in skipped),
         tables,
     )
-    endian = "big" if image.big_endian else "little"
-    mcount = tuple(int(e) for e in entries)
-    return Scan(image.path, image.kind, endian, image.abi, sites, recs, mcount, funcs, generation, stubs, weak)
+
+
+def _endian(image: Image) -> str:
+    return "big" if image.big_endian else "little"
 
 
 def weak_max_offset(image: Image, generation: Generation | None) -> int | None:
@@ -254,6 +305,16 @@ def detect_generation(image: Image, text: CodeView, calls: np.ndarray, records: 
        image is patchable, and a single recorded nop followed by anything else makes it ool
        (a 7.2 vmlinux: 17,641 of 42,648 are followed by ``mflr r0``, few by a nop).
     """
+    found = _detect_by_symbols(image, calls, records)
+    if found is not None:
+        return found
+    # the words at each record and after it, in one look-up (each is a fixed cost in a module)
+    words = text.words_of(np.concatenate([records, shift(records, ppc.INSN_SIZE)]))
+    return _detect_by_words(words[: len(records)], words[len(records) :])
+
+
+def _detect_by_symbols(image: Image, calls: np.ndarray, records: np.ndarray) -> Detect | None:
+    """Steps 1 and 2 of :func:`detect_generation`, and no records: None when the words decide."""
     syms = image.symbols
     if syms is not None and any(len(syms.find(n)) for n in OOL_AREAS):
         return Detect(Generation.OOL, "ool stub areas (ftrace_ool_stub_text...)")
@@ -261,12 +322,15 @@ def detect_generation(image: Image, text: CodeView, calls: np.ndarray, records: 
         return Detect(Generation.MPROFILE, "calls to _mcount" if len(calls) else "an __mcount_loc table")
     if not len(records):
         return Detect(None, "no records and no call to _mcount")
-    # the words at each record and after it, in one look-up (each is a fixed cost in a module)
-    words = text.words_of(np.concatenate([records, shift(records, ppc.INSN_SIZE)]))
-    nop = words[: len(records)] == ppc.NOP
+    return None
+
+
+def _detect_by_words(first: np.ndarray, after: np.ndarray) -> Detect:
+    """Step 3 of :func:`detect_generation`, from the word at each record and the word after it."""
+    nop = first == ppc.NOP
     if not nop.any():
         return Detect(None, "no record points at a nop or a call to _mcount")
-    alone = int(np.count_nonzero(nop & (words[len(records) :] != ppc.NOP)))
+    alone = int(np.count_nonzero(nop & (after != ppc.NOP)))
     if alone:
         return Detect(Generation.OOL, f"{alone} recorded nop(s) not followed by a nop: one patchable nop")
     return Detect(Generation.PATCHABLE, "every recorded nop is followed by a nop: two patchable nops")
@@ -282,9 +346,8 @@ def _has_mcount_table(image: Image) -> bool:
 
 
 def _calls(image: Image, text: CodeView, mcount_addr: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(mcount entries, call-slot places of the calls to them)."""
-    if image.type == S.ET_REL:
-        return np.zeros(0, np.uint64), _rel_call_places(image)
+    """(mcount entries, call-slot places of the calls to them), in a linked image (a relocatable
+    file's are its relocations: :func:`_rel_call_places`)."""
     entries = _mcount_entries(image, text, mcount_addr)
     return entries, text.bl_places[np.isin(text.bl_targets, entries)]
 
@@ -824,6 +887,120 @@ _BOOTS = _BOOT_STATE != None  # noqa: E711 (element-wise, on an object array)
 _VARIANT_OF = np.array(_VARIANTS, dtype=object)
 _STATE_OF = np.array(_STATES, dtype=object)
 _STUB_NAME = np.array([None, ".stubs"], dtype=object)  # a module's ool sites: the .stubs the loader carves
+
+
+# -- modules --------------------------------------------------------------------------------
+
+_U64: Final = (1 << 64) - 1
+_OFFSET_MASK: Final = (1 << PLACE_SHIFT) - 1
+# A word's kind where no `bl` reaches a tracer and no `b` a stub (a module defines neither):
+# the _KINDS number of each fixed word that means the same in every slot, OTHER for any other.
+_PLAIN_KIND_OF_WORD: Final = {w: _KIND[PLAIN[k]] for w, k in ppc.FIXED.items() if k in PLAIN}
+_OTHER: Final = _KIND[Insn.OTHER]
+_TWO_SLOT_ROWS: Final = _TWO_SLOT_TABLE.tolist()
+_ONE_SLOT_ROW: Final = _ONE_SLOT_TABLE.tolist()
+
+
+class ModuleCode:
+    """A relocatable file's code read a word at a time: the scalar twin of
+    :class:`~rewriter.code.CodeView` for the few dozen places a module's scan reads. A place
+    names its section by index (``rewriter.elf.symbols``), and no section reaches the 1 TiB its
+    offset could, so the section of a place is a dict look-up, not a search."""
+
+    def __init__(self, image: Image) -> None:
+        self._sections = {s.index: s for s in image.exec_sections()}
+        self._data = image.data
+        self._one = struct.Struct(image.endian + "I")
+        self._two = struct.Struct(image.endian + "II")
+
+    def at_records(self, places: list[int]) -> list[tuple[Section, int, int, int | None] | None]:
+        """For each place: its section, its offset there, the word at it and the word after it
+        (None past the section's end); None where no executable section has a word at the place.
+        One pass and one unpack a place: the words of every site of a module, and of its
+        generation's detection (as ``CodeView.words_of`` at each place and 4 bytes on)."""
+        sections, data, one, two = self._sections, self._data, self._one, self._two
+        size = ppc.INSN_SIZE
+        out: list[tuple[Section, int, int, int | None] | None] = []
+        for place in places:
+            sec = sections.get(place >> PLACE_SHIFT)
+            offset = place & _OFFSET_MASK
+            if sec is None or offset % size or offset + size > sec.size:
+                out.append(None)
+            elif offset + 2 * size <= sec.size:
+                out.append((sec, offset, *two.unpack_from(data, sec.offset + offset)))
+            else:
+                out.append((sec, offset, one.unpack_from(data, sec.offset + offset)[0], None))
+        return out
+
+
+def _plain_module(image: Image, generation: Generation, records: np.ndarray) -> bool:
+    """Whether :func:`_module_sites` can classify this relocatable file's sites: patchable or
+    ool, no tracer entry nor stub area defined (no slot word can be a call or a stub), and
+    places below 2**62 (no wrap-around, and the numpy twin's int64 weak offsets). Every module."""
+    if generation not in (Generation.PATCHABLE, Generation.OOL):
+        return False
+    if len(records) and int(records.max()) >= 1 << 62:
+        return False
+    return not _symbol_addrs(image, TRACER_NAMES) and not _area_symbols(image)
+
+
+def _module_sites(
+    image: Image,
+    found: list[tuple[Section, int, int, int | None] | None],
+    distinct: list[int],
+    funcs: Functions,
+    generation: Generation,
+    weak: int | None,
+) -> tuple[tuple[Site, ...], np.ndarray]:
+    """The patchable or ool sites of a plain module (:func:`_plain_module`) from its distinct
+    records (sorted) and the words there (``ModuleCode.at_records``), in plain Python: the scalar
+    twin of :func:`_entry_columns` and :func:`_build_sites`, which give the same sites
+    (tests/test_scan_fixtures.py), but whose numpy calls cost ~0.15 ms a file, each a fixed cost,
+    against ~2 us a record here (a module has 56 on average, half of them 13 or fewer)."""
+    variant = Variant.PATCHABLE if generation is Generation.PATCHABLE else Variant.OOL
+    lay = LAYOUTS[variant]
+    stub = ".stubs" if variant is Variant.OOL else None  # the loader carves one per record
+    shift_b = -lay.record_offset  # from the record to the call slot: 4 (patchable) or 0 (ool)
+    kind_of, other = _PLAIN_KIND_OF_WORD.get, _OTHER
+    starts, ends = funcs.start.tolist(), funcs.end.tolist()
+    rows, functions_at, unmatched = [], [], []
+    for record, at in zip(distinct, found, strict=True):
+        if at is None:
+            unmatched.append(record)
+            continue
+        sec, offset, word, after = at
+        # the ool call slot is the record's word; the patchable slots A and B, it and the next
+        if variant is Variant.OOL:
+            state = _ONE_SLOT_ROW[kind_of(word, other)]
+        else:
+            state = _UNKNOWN if after is None else _TWO_SLOT_ROWS[kind_of(word, other)][kind_of(after, other)]
+        if state == _UNKNOWN:
+            unmatched.append(record)
+            continue
+        place = record + shift_b
+        i = bisect_right(starts, place) - 1  # Functions.containing and weak_offsets, for one place
+        fi = i if i >= 0 and (ends[i] > place or ends[i] == starts[i]) else -1
+        enabled = weak is None or i < 0 or place - starts[i] <= weak
+        boot = lay.booted if _STATES[state] is lay.built else None
+        rows.append((sec, offset + shift_b, place, record, _STATES[state], boot, boot is not None and enabled))
+        functions_at.append(fi)
+    sites = tuple(
+        Site._make(
+            (sec.name, sec.index, off, None, name, variant, st, True, None, sec.offset + off, pl, rec, boot, ok, stub)
+        )
+        for (sec, off, pl, rec, st, boot, ok), name in zip(rows, _names(image, funcs, functions_at), strict=True)
+    )
+    return sites, np.array(unmatched, np.uint64)
+
+
+def _names(image: Image, funcs: Functions, indexes: list[int]) -> list[str | None]:
+    """The name of function ``i`` for each ``i`` of ``indexes`` (None for -1)."""
+    syms = image.symbols
+    if syms is None:
+        return [None] * len(indexes)
+    name_index = funcs.name_index.tolist()
+    found = iter(syms.names_at([name_index[i] for i in indexes if i >= 0]))
+    return [next(found) if i >= 0 else None for i in indexes]
 
 
 # -- ool stubs ------------------------------------------------------------------------------

@@ -182,6 +182,9 @@ def run() -> None:
     A RewriteError is the user's input; anything else is a bug in mcountrw, still reported in one
     line (``MCOUNTRW_DEBUG=1`` shows the traceback). SIGTERM and Ctrl-C unwind like an exception,
     so the temporary files of an unfinished write are removed and no output is left half-written."""
+    # mcountrw makes no BLAS call, and at numpy's import OpenBLAS starts a thread per core that
+    # spins a while: 60 ms of CPU, 50 ms of serial start-up before a module tree's workers fork.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     try:

@@ -229,7 +229,7 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     else:
         text = code_view(image) if text is None else text
         sites, unmatched = _classify(image, text, funcs, generation, calls, records, weak)
-    recs = _records(image, tables, records, unmatched, np.zeros(0, np.uint64))
+    recs = _records(image, tables, records, unmatched, np.zeros(0, np.uint64), len(distinct))
     return Scan(image.path, image.kind, _endian(image), image.abi, sites, recs, (), funcs, generation, (), weak)
 
 
@@ -245,13 +245,20 @@ def _record_words(
 
 
 def _records(
-    image: Image, tables: tuple[RecordTable, ...], records: np.ndarray, unmatched: np.ndarray, skipped: np.ndarray
+    image: Image,
+    tables: tuple[RecordTable, ...],
+    records: np.ndarray,
+    unmatched: np.ndarray,
+    skipped: np.ndarray,
+    distinct: int | None = None,
 ) -> Records:
+    """``distinct``: how many distinct records, when the caller knows (none repeated if all)."""
+    repeated = _repeated(records) if distinct is None or distinct < len(records) else ()
     return Records(
         len(records),
         _zeroed(image, tables),
         tuple(_record_place(image, int(p)) for p in unmatched),
-        tuple(_record_place(image, int(p)) for p in _repeated(records)),
+        tuple(_record_place(image, int(p)) for p in repeated),
         tuple(_record_place(image, int(p)) for p in skipped),
         tables,
     )
@@ -423,9 +430,10 @@ def _rel_call_places(image: Image) -> np.ndarray:
     syms = image.symbols
     if syms is None:
         return np.zeros(0, np.uint64)
-    mcount_syms = np.concatenate([syms.find(n) for n in MCOUNT_NAMES]).astype(np.uint64)
-    if not len(mcount_syms):  # patchable and ool modules call no _mcount: skip their relocations
+    found = [hit for hit in map(syms.find, MCOUNT_NAMES) if len(hit)]
+    if not found:  # patchable and ool modules call no _mcount: skip their relocations
         return np.zeros(0, np.uint64)
+    mcount_syms = np.concatenate(found).astype(np.uint64)
     out = []
     for rsec in image.relocation_sections():
         target = image.section_at(rsec.info) if rsec.info else None
@@ -941,6 +949,11 @@ def _plain_module(image: Image, generation: Generation, records: np.ndarray) -> 
         return False
     if len(records) and int(records.max()) >= 1 << 62:
         return False
+    syms = image.symbols
+    # Every name of TRACER_NAMES and OOL_AREAS has "ftrace_" in it: one search of the string table
+    # instead of seven, for the modules that name nothing of ftrace's (most).
+    if syms is not None and b"ftrace_" not in syms.strtab:
+        return True
     return not _symbol_addrs(image, TRACER_NAMES) and not _area_symbols(image)
 
 

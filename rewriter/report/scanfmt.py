@@ -40,7 +40,8 @@ import enum
 import io
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from json.encoder import encode_basestring_ascii
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
 
@@ -259,7 +260,7 @@ def image_json_text(result: Scan) -> str:
     """One image of :func:`scans_json_text`. A batch scan makes it in the worker that scanned the
     file: a text pickles back to the parent far faster than a :class:`Scan`."""
     head = image_json(result, with_sites=False)
-    text = json.dumps(head, separators=(",", ":"))
+    text = _COMPACT.encode(head)
     return text.replace('"sites":[]', '"sites":[' + _sites_text(result.sites, boot_of(result)) + "]", 1)
 
 
@@ -270,7 +271,7 @@ def join_images_json(images: Sequence[str], errors: Sequence[str], end: str = ""
     parts = ['{"images":[']
     for n, image in enumerate(images):
         parts += (",", image) if n else (image,)
-    parts += ('],"errors":', json.dumps(list(errors), separators=(",", ":")), "}", end)
+    parts += ('],"errors":', _COMPACT.encode(list(errors)), "}", end)
     return "".join(parts)
 
 
@@ -285,15 +286,15 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
     for site in sites:
         section, shndx, offset, addr, function, variant, state, recorded = site[:8]
         record, booted, traceable, stub = site[11:]
-        sec = quoted.get(section) or quoted.setdefault(section, json.dumps(section))
-        func = quoted.get(function) or quoted.setdefault(function, json.dumps(function))
+        sec = quoted.get(section) or quoted.setdefault(section, _quote(section))
+        func = quoted.get(function) or quoted.setdefault(function, _quote(function))
         if record is None:
             rec = "null"
         elif addr is not None:
             rec = str(record)
         else:  # "section+0xoff": the quoted section name, then a tail that needs no escaping
             at, off = split_place(record)
-            name = sec if at == shndx else json.dumps(f"section{at}")  # see _rel_parts
+            name = sec if at == shndx else _quote(f"section{at}")  # see _rel_parts
             rec = f'{name[:-1]}+{off:#x}"'
         # untraceable(s, boot) is None, inlined
         parts.append(
@@ -301,12 +302,17 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
             f'"variant":"{variant._value_}","state":"{state._value_}","recorded":{"true" if recorded else "false"},'
             f'"record":{rec},"boot_state":{"null" if booted is None else _QUOTE + booted._value_ + _QUOTE},'
             f'"traceable":{"true" if traceable and on else "false"},'
-            f'"stub":{quoted.get(stub) or quoted.setdefault(stub, json.dumps(stub))},"source":"{SOURCE_IMAGE}"}}'
+            f'"stub":{quoted.get(stub) or quoted.setdefault(stub, _quote(stub))},"source":"{SOURCE_IMAGE}"}}'
         )
     return ",".join(parts)
 
 
 _QUOTE: Final = '"'
+# json.dumps(x, separators=(",", ":")) builds its encoder anew on every call; this is the same one.
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"))
+# What json.dumps(str) returns (with ensure_ascii, its default), without its two Python-level calls.
+# Typed for Any: _sites_text's look-ups hold None ("null") from the start, so None never reaches it.
+_quote: Final[Callable[[Any], str]] = encode_basestring_ascii
 
 
 def csv_text(results: Iterable[Scan]) -> str:

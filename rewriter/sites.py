@@ -975,8 +975,9 @@ def _module_sites(
     stub = ".stubs" if variant is Variant.OOL else None  # the loader carves one per record
     shift_b = -lay.record_offset  # from the record to the call slot: 4 (patchable) or 0 (ool)
     kind_of, other = _PLAIN_KIND_OF_WORD.get, _OTHER
-    starts, ends = funcs.start.tolist(), funcs.end.tolist()
-    rows, functions_at, unmatched = [], [], []
+    starts, ends, names = funcs.start.tolist(), funcs.end.tolist(), funcs.name_index.tolist()
+    name_at = None if image.symbols is None else image.symbols.name_at
+    sites, unmatched = [], []
     for record, at in zip(distinct, found, strict=True):
         if at is None:
             unmatched.append(record)
@@ -990,30 +991,15 @@ def _module_sites(
         if state == _UNKNOWN:
             unmatched.append(record)
             continue
-        place = record + shift_b
+        place, offset = record + shift_b, offset + shift_b
         i = bisect_right(starts, place) - 1  # Functions.containing and weak_offsets, for one place
-        fi = i if i >= 0 and (ends[i] > place or ends[i] == starts[i]) else -1
+        name = name_at(names[i]) if i >= 0 and (ends[i] > place or ends[i] == starts[i]) and name_at else None
         enabled = weak is None or i < 0 or place - starts[i] <= weak
-        boot = lay.booted if _STATES[state] is lay.built else None
-        rows.append((sec, offset + shift_b, place, record, _STATES[state], boot, boot is not None and enabled))
-        functions_at.append(fi)
-    sites = tuple(
-        Site._make(
-            (sec.name, sec.index, off, None, name, variant, st, True, None, sec.offset + off, pl, rec, boot, ok, stub)
-        )
-        for (sec, off, pl, rec, st, boot, ok), name in zip(rows, _names(image, funcs, functions_at), strict=True)
-    )
-    return sites, np.array(unmatched, np.uint64)
-
-
-def _names(image: Image, funcs: Functions, indexes: list[int]) -> list[str | None]:
-    """The name of function ``i`` for each ``i`` of ``indexes`` (None for -1)."""
-    syms = image.symbols
-    if syms is None:
-        return [None] * len(indexes)
-    name_index = funcs.name_index.tolist()
-    found = iter(syms.names_at([name_index[i] for i in indexes if i >= 0]))
-    return [next(found) if i >= 0 else None for i in indexes]
+        st = _STATES[state]
+        boot = lay.booted if st is lay.built else None
+        fields = (sec.name, sec.index, offset, None, name, variant, st, True, None, sec.offset + offset, place, record)
+        sites.append(Site._make((*fields, boot, boot is not None and enabled, stub)))
+    return tuple(sites), np.array(unmatched, np.uint64)
 
 
 # -- ool stubs ------------------------------------------------------------------------------

@@ -101,6 +101,10 @@ class Symbols:
         return self.name_at(int(self.table["st_name"][index]))
 
     def name_at(self, st_name: int) -> str:
+        text = self._text
+        if text is not None:  # see names_at
+            end = text.find("\0", st_name)
+            return text[st_name:end] if end >= 0 else text[st_name:]
         end = self.strtab.find(b"\0", st_name)
         if end < 0:
             end = len(self.strtab)

@@ -207,8 +207,11 @@ def stubs_json(result: Scan) -> list[dict[str, Any]]:
 
 
 def image_json(result: Scan, with_sites: bool = True) -> dict[str, Any]:
+    return _image_json(result, boot_of(result), with_sites)
+
+
+def _image_json(result: Scan, boot: Boot, with_sites: bool) -> dict[str, Any]:
     s = summary(result.sites)
-    boot = boot_of(result)
     why = why_counts(result.sites, boot)
     generation = generation_of(result)
     return {
@@ -259,9 +262,9 @@ def scans_json_text(results: Sequence[Scan], errors: Sequence[str]) -> str:
 def image_json_text(result: Scan) -> str:
     """One image of :func:`scans_json_text`. A batch scan makes it in the worker that scanned the
     file: a text pickles back to the parent far faster than a :class:`Scan`."""
-    head = image_json(result, with_sites=False)
-    text = _COMPACT.encode(head)
-    return text.replace('"sites":[]', '"sites":[' + _sites_text(result.sites, boot_of(result)) + "]", 1)
+    boot = boot_of(result)
+    text = _COMPACT.encode(_image_json(result, boot, with_sites=False))
+    return text.replace('"sites":[]', '"sites":[' + _sites_text(result.sites, boot) + "]", 1)
 
 
 def join_images_json(images: Sequence[str], errors: Sequence[str], end: str = "") -> str:

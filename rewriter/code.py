@@ -111,7 +111,9 @@ def _places(base: np.ndarray, first: np.ndarray, idx: np.ndarray) -> np.ndarray:
 def _view(
     sections: tuple[Section, ...], base: np.ndarray, sizes: np.ndarray, flat: np.ndarray, linked: bool = True
 ) -> CodeView:
-    first = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    # where each section's words start (empty without sections: [0] there made words_at index an
+    # empty `sizes`, an IndexError that tests/test_fuzz.py found on main)
+    first = (np.cumsum(sizes) - sizes).astype(np.int64)
     bl_places, bl_targets = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)]
     # Only linked images call through `bl` targets; in a module this pass was a tenth of the scan.
     for k in range(len(sizes) if linked else 0):  # per section: a place is then a multiply-add, no search

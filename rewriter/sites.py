@@ -997,8 +997,9 @@ def _module_sites(
         enabled = weak is None or i < 0 or place - starts[i] <= weak
         st = _STATES[state]
         boot = lay.booted if st is lay.built else None
-        fields = (sec.name, sec.index, offset, None, name, variant, st, True, None, sec.offset + offset, place, record)
-        sites.append(Site._make((*fields, boot, boot is not None and enabled, stub)))
+        fields = (sec.name, sec.index, offset, None, name, variant, st, True, None, sec.offset + offset, place,
+                  record, boot, boot is not None and enabled, stub)  # fmt: skip
+        sites.append(Site._make(fields))
     return tuple(sites), np.array(unmatched, np.uint64)
 
 

@@ -290,7 +290,7 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
         section, shndx, offset, addr, function, variant, state, recorded = site[:8]
         record, booted, traceable, stub = site[11:]
         sec = quoted.get(section) or quoted.setdefault(section, _quote(section))
-        func = quoted.get(function) or quoted.setdefault(function, _quote(function))
+        func = "null" if function is None else _quote(function)  # names rarely repeat: no look-up
         if record is None:
             rec = "null"
         elif addr is not None:

@@ -12,7 +12,6 @@ Pure data: nothing here prints or writes; ``rewriter.report`` renders an :class:
 from __future__ import annotations
 
 import enum
-import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -30,8 +29,9 @@ from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.symbols import Functions, split_place
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, Generation, Variant, default_variant
+from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
-from rewriter.sites import RecordPlace, Scan, Site, StubArea, scan, weak_offsets
+from rewriter.sites import RecordPlace, Scan, Site, Source, StubArea, scan, weak_offsets
 from rewriter.states import Insn, SiteState, word_for
 
 # -- rules ----------------------------------------------------------------------------------
@@ -64,20 +64,22 @@ class AnomalyKind(enum.Enum):
     WEAK_BODY = "weak-body"
 
 
-class Rule(NamedTuple):
+class AnomalyRule(NamedTuple):
+    """What an anomaly kind means: its severity, title and why (a SARIF rule; not a policy rule)."""
+
     severity: Severity
     title: str
     why: str  # the argument for the severity, shown in docs and in SARIF rule help
 
 
-RULES: Final[Mapping[AnomalyKind, Rule]] = {
-    AnomalyKind.BROKEN: Rule(
+RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
+    AnomalyKind.BROKEN: AnomalyRule(
         Severity.ERROR,
         "site in the race state (nop; bl _mcount)",
         "A CPU that runs it reaches _mcount with r0 not holding LR; _mcount restores LR from r0 and "
         "the function returns to garbage.",
     ),
-    AnomalyKind.R0_LIVE: Rule(
+    AnomalyKind.R0_LIVE: AnomalyRule(
         Severity.WARNING,
         "the function reads r0 after the site: its mflr r0 must stay",
         "mprofile: with mflr r0 in place the code is correct, but nopping it (mcountrw nop, the "
@@ -87,52 +89,52 @@ RULES: Final[Mapping[AnomalyKind, Rule]] = {
         "one mflr r0, so the body reads LR after boot and the caller's r0 before: a warning that the "
         "first nop must not stay a nop. ool: never (the mflr lives in the stub).",
     ),
-    AnomalyKind.UNRECORDED: Rule(
+    AnomalyKind.UNRECORDED: AnomalyRule(
         Severity.WARNING,
         "call to _mcount with no record",
         "ftrace never patches a site it has no record of: the bl stays live and calls _mcount on "
         "every entry, and the function cannot be traced or disabled. A disabled site without a record "
         "is only a note; a nopped one is what dropping records on purpose leaves, and is not reported.",
     ),
-    AnomalyKind.DANGLING: Rule(
+    AnomalyKind.DANGLING: AnomalyRule(
         Severity.ERROR,
         "record that points at no call site",
         "At boot (or module load) ftrace_init_nop() finds an unexpected word there (mprofile: no bl "
         "_mcount; patchable and ool: no nop), calls ftrace_bug() and disables function tracing for the "
         "whole kernel.",
     ),
-    AnomalyKind.DUPLICATE_RECORD: Rule(
+    AnomalyKind.DUPLICATE_RECORD: AnomalyRule(
         Severity.ERROR,
         "site recorded more than once",
         "ftrace creates one dyn_ftrace per record; the second ftrace_make_nop of the same address "
         "finds the nop the first one wrote instead of the bl, and ftrace_bug() disables tracing.",
     ),
-    AnomalyKind.UNEXPECTED_WORDS: Rule(
+    AnomalyKind.UNEXPECTED_WORDS: AnomalyRule(
         Severity.ERROR,
         "site slots hold unexpected instructions",
         "The kernel validates mflr r0 (or gcc 5's std r0,16(r1)) before the bl and refuses anything "
         "else with ftrace_bug(); mcountrw cannot plan a route for it either.",
     ),
-    AnomalyKind.NOT_AT_ENTRY: Rule(
+    AnomalyKind.NOT_AT_ENTRY: AnomalyRule(
         Severity.WARNING,
         "site that is not at its function's entry",
         "ftrace attributes a site to the function around it and assumes it is the prologue's "
         "(ftrace_location, the graph tracer's parent address); a call elsewhere gets traced under "
         "the wrong assumptions. Not an error: the call itself still works.",
     ),
-    AnomalyKind.PATCHABLE_BEFORE_GEP: Rule(
+    AnomalyKind.PATCHABLE_BEFORE_GEP: AnomalyRule(
         Severity.ERROR,
         "patchable-entry nops before the ELFv2 global entry",
         "Local calls enter at the local entry and skip the nops, so ftrace misses them; the kernel "
         "rejects such a compiler (arch/powerpc/tools/gcc-check-fpatchable-function-entry.sh).",
     ),
-    AnomalyKind.ABI_MISMATCH: Rule(
+    AnomalyKind.ABI_MISMATCH: AnomalyRule(
         Severity.ERROR,
         "ELFv1/ELFv2 or byte-order mismatch",
         "The module loader refuses a module whose ABI (e_flags) or byte order differs from the "
         "kernel's, and a file whose e_flags contradict its own symbols is mis-built.",
     ),
-    AnomalyKind.BOOT_REFUSED: Rule(
+    AnomalyKind.BOOT_REFUSED: AnomalyRule(
         Severity.ERROR,
         "recorded site whose words the kernel's boot-time init refuses",
         "ftrace_init_nop() accepts only the words the compiler left (mprofile: bl _mcount; patchable: "
@@ -140,7 +142,7 @@ RULES: Final[Mapping[AnomalyKind, Rule]] = {
         "function tracing off for the whole boot (for a module: at load). A rewritten site must lose "
         "its record.",
     ),
-    AnomalyKind.OOL_STUBS: Rule(
+    AnomalyKind.OOL_STUBS: AnomalyRule(
         Severity.ERROR,
         "ool stubs that do not cover the records",
         "ftrace_init_ool_stub() gives every record a stub of its area (7.2: ftrace_ool_stub_text while "
@@ -148,25 +150,25 @@ RULES: Final[Mapping[AnomalyKind, Rule]] = {
         "past an area's *_count (WARN_ON(index > count)) or out of branch range of its stub gets "
         "-EINVAL, and ftrace_bug() turns function tracing off for the whole boot.",
     ),
-    AnomalyKind.MIXED_STATES: Rule(
+    AnomalyKind.MIXED_STATES: AnomalyRule(
         Severity.NOTE,
         "sites of one variant in more than one state",
         "A compiler emits every site in one state; a mix means a rewrite that stopped part way or "
         "a deliberate partial one. Nothing breaks by itself.",
     ),
-    AnomalyKind.ZEROED_RECORDS: Rule(
+    AnomalyKind.ZEROED_RECORDS: AnomalyRule(
         Severity.NOTE,
         "zeroed entries in __mcount_loc",
         "Dropped records (ftrace_process_locs skips zero entries): the sites they named are out of "
         "ftrace's reach on purpose.",
     ),
-    AnomalyKind.SKIPPED_RECORDS: Rule(
+    AnomalyKind.SKIPPED_RECORDS: AnomalyRule(
         Severity.NOTE,
         "records outside kernel text",
         "ftrace_process_locs() skips vmlinux records outside _stext.._etext and "
         "_sinittext.._einittext: nothing is patched there and nothing breaks.",
     ),
-    AnomalyKind.WEAK_BODY: Rule(
+    AnomalyKind.WEAK_BODY: AnomalyRule(
         Severity.NOTE,
         "record in the body of an overridden weak function",
         "The linker kept the body of a weak function that a strong one replaced, and dropped its "
@@ -231,6 +233,7 @@ class Counts(NamedTuple):
     duplicate_records: int
     skipped_records: int  # outside kernel text: ftrace_process_locs skips them
     weak_bodies: int  # recorded sites in no function symbol: bodies of overridden weak functions
+    from_log: int = 0  # sites only the image's patch log knows (rewriter.known)
 
     @property
     def functions_without_sites(self) -> int:
@@ -273,9 +276,12 @@ class ImageAudit:
         return QUESTIONS[self.generation]
 
 
-def audit_image(image: Image, group: str, table: Table, mcount_addr: int | None = None) -> ImageAudit:
+def audit_image(
+    image: Image, group: str, table: Table, mcount_addr: int | None = None, logs: Mapping[Path, Path] | None = None
+) -> ImageAudit:
+    """``logs``: the patch logs found to describe files (``log.log_of``): their sites count too."""
     view = code_view(image)  # laid out once, for the scan and the walk
-    result = scan(image, mcount_addr, text=view)
+    result = logged(scan(image, mcount_addr, text=view), logs or {})
     code = flow.load_code(image, result, table, view)
     verdicts = flow.safety(code, result.sites)
     printer = Printer(image, code, ppc.Disassembler(image.big_endian))
@@ -318,6 +324,7 @@ def _counts(result: Scan, funcs: Functions) -> Counts:
         len(result.records.duplicates),
         len(result.records.skipped),
         len(_weak_bodies(sites, funcs)),
+        sum(1 for s in sites if s.source is Source.LOG),
     )
 
 
@@ -659,7 +666,9 @@ def cross_image_anomalies(audits: Sequence[ImageAudit]) -> list[ImageAudit]:
 # -- many images ----------------------------------------------------------------------------
 
 
-class Outcome(NamedTuple):
+class AuditedFile(NamedTuple):
+    """One file's audit, or the one line saying why it has none (a worker's answer)."""
+
     path: Path
     audit: ImageAudit | None
     error: str | None
@@ -681,20 +690,24 @@ def group_of(path: Path, roots: Sequence[Path] = ()) -> str:
     return path.name
 
 
-def audit_one(path: Path, group: str, table: Table, mcount_addr: int | None = None) -> Outcome:
+def audit_one(
+    path: Path, group: str, table: Table, mcount_addr: int | None = None, logs: Mapping[Path, Path] | None = None
+) -> AuditedFile:
     try:
-        return Outcome(path, audit_image(Image.load(path), group, table, mcount_addr), None)
+        return AuditedFile(path, audit_image(Image.load(path), group, table, mcount_addr, logs), None)
     except RewriteError as e:
-        return Outcome(path, None, str(e))
+        return AuditedFile(path, None, str(e))
     except (ValueError, IndexError, OverflowError, MemoryError) as e:
         # A corrupt file that slipped past the structural checks: one line, as rewriter.batch does.
-        return Outcome(path, None, f"{path}: corrupt ELF data ({type(e).__name__}: {e})")
+        return AuditedFile(path, None, f"{path}: corrupt ELF data ({type(e).__name__}: {e})")
 
 
-def audit_chunk(items: Sequence[tuple[Path, str]], mcount_addr: int | None = None) -> list[Outcome]:
+def audit_chunk(
+    items: Sequence[tuple[Path, str]], mcount_addr: int | None = None, logs: Mapping[Path, Path] | None = None
+) -> list[AuditedFile]:
     """A worker's task: several files, one instruction table."""
     table = build_table()
-    return [audit_one(path, group, table, mcount_addr) for path, group in items]
+    return [audit_one(path, group, table, mcount_addr, logs) for path, group in items]
 
 
 @dataclass(frozen=True, slots=True)
@@ -709,10 +722,11 @@ def audit_files(
     jobs: int = 1,
     mcount_addr: int | None = None,
     progress: Callable[[], None] | None = None,
+    logs: Mapping[Path, Path] | None = None,
 ) -> Audit:
     items = [(p, group_of(p, roots)) for p in files]
     audits, errors = [], []
-    for outcome in map_chunks(partial(audit_chunk, mcount_addr=mcount_addr), items, jobs):
+    for outcome in map_chunks(partial(audit_chunk, mcount_addr=mcount_addr, logs=logs), items, jobs):
         if outcome.audit is not None:
             audits.append(outcome.audit)
         else:
@@ -720,10 +734,6 @@ def audit_files(
         if progress is not None:
             progress()
     return Audit(tuple(cross_image_anomalies(audits)), tuple(errors))
-
-
-def default_jobs() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # -- roll-up --------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from types import MappingProxyType
 from typing import Final, NamedTuple
 
 from rewriter import ppc
+from rewriter.errors import ArgumentError
 from rewriter.generations import LAYOUTS, Generation, Layout, Variant
 from rewriter.plan import Barrier, Cmodx, Plan, Route, SiteRequest, Write, plan
 from rewriter.states import PLAIN, Insn, SiteState, Slot
@@ -460,15 +461,16 @@ def check(
     ``std_slot`` is what a gcc-5 site's S slot holds at the start (``std`` as compiled, ``nop`` after
     a 6.13+ kernel's ``ftrace_init_nop``); it never changes a verdict, and the tests show that.
     ``_ops`` is the site's share of the plan when the caller (``check_all``) has it already.
+    Raises :class:`~rewriter.errors.ArgumentError` for a site, task or entry count out of range.
     """
     if not 0 <= site < len(p.sites):
-        raise ValueError(f"site {site} is not in the plan (0..{len(p.sites) - 1})")
+        raise ArgumentError(f"site {site} is not in the plan (0..{len(p.sites) - 1})")
     if not 1 <= tasks <= MAX_TASKS:
-        raise ValueError(f"tasks must be 1..{MAX_TASKS}, not {tasks}")
+        raise ArgumentError(f"tasks must be 1..{MAX_TASKS}, not {tasks}")
     if not 1 <= entries <= MAX_ENTRIES:
-        raise ValueError(f"entries must be 1..{MAX_ENTRIES}, not {entries}")
+        raise ArgumentError(f"entries must be 1..{MAX_ENTRIES}, not {entries}")
     if std_slot not in (Insn.STD, Insn.NOP):
-        raise ValueError("std_slot must be std or nop")
+        raise ArgumentError("std_slot must be std or nop")
     stale = p.stale_fetch if stale_fetch is None else stale_fetch
     policy = p.cmodx if cmodx is None else cmodx
     if not p.runtime:
@@ -506,7 +508,7 @@ def check_all(
     Returns the first UNSAFE result, else a SAFE one whose ``states`` is the total explored.
     """
     if not p.sites:
-        raise ValueError("the plan has no sites")
+        raise ArgumentError("the plan has no sites")
     seen: set[tuple[SiteRequest, tuple[_Op, ...]]] = set()
     results: list[CheckResult] = []
     for site, ops in enumerate(_ops_by_site(p)):

@@ -23,7 +23,7 @@ their words.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -33,6 +33,7 @@ import numpy as np
 from rewriter.elf.image import Image
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, Generation
+from rewriter.log import logged
 from rewriter.sites import Scan, Site, scan
 from rewriter.states import SiteState
 
@@ -247,11 +248,14 @@ def diff_functions(scan_a: Scan, scan_b: Scan) -> tuple[tuple[FunctionChange, ..
     return (*moved, *removed, *added, *generation), len(common)
 
 
-def diff_files(a: Path, b: Path, generations: Generations = (None, None)) -> ImageDiff:
-    """``generations`` overrides the detected generation of A and of B (stripped images)."""
+def diff_files(
+    a: Path, b: Path, generations: Generations = (None, None), logs: Mapping[Path, Path] | None = None
+) -> ImageDiff:
+    """``generations`` overrides the detected generation of A and of B (stripped images); ``logs``
+    names the patch logs that describe the files (``log.log_of``): their sites take part."""
     image_a, image_b = Image.load(a), Image.load(b)
-    scan_a = scan(image_a, generation=generations[0])
-    scan_b = scan(image_b, generation=generations[1])
+    scan_a = logged(scan(image_a, generation=generations[0]), logs or {})
+    scan_b = logged(scan(image_b, generation=generations[1]), logs or {})
     return diff_scans(image_a, scan_a, image_b, scan_b)
 
 
@@ -260,16 +264,21 @@ def _relative(files: Sequence[Path], root: Path) -> dict[Path, Path]:
 
 
 def diff_paths(
-    a: Path, b: Path, files_a: Sequence[Path], files_b: Sequence[Path], generations: Generations = (None, None)
+    a: Path,
+    b: Path,
+    files_a: Sequence[Path],
+    files_b: Sequence[Path],
+    generations: Generations = (None, None),
+    logs: Mapping[Path, Path] | None = None,
 ) -> Diff:
     """Two files, or two trees (``files_*`` found below ``a`` and ``b``) paired by relative path."""
     if not a.is_dir() and not b.is_dir():
-        return Diff((diff_files(a, b, generations),), (), (), ())
+        return Diff((diff_files(a, b, generations, logs),), (), (), ())
     ra, rb = _relative(files_a, a), _relative(files_b, b)
     images, errors = [], []
     for rel in sorted(ra.keys() & rb.keys()):
         try:
-            images.append(diff_files(ra[rel], rb[rel], generations))
+            images.append(diff_files(ra[rel], rb[rel], generations, logs))
         except RewriteError as e:
             errors.append(str(e))
     only_a = tuple(ra[r] for r in sorted(ra.keys() - rb.keys()))

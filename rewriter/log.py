@@ -1,34 +1,69 @@
-"""The patch log: JSON Lines, enough to undo and to verify a rewrite.
+"""The patch log (JSON Lines): how it is built and read; enough to undo and to verify a rewrite.
 
-Line 1 is a header (tool version, input and output sha256, image kind, the plan); then one line
-per edit in the order it was applied (``write``, ``bytes``, ``rela``, ``truncate``) with a
-``barrier`` line between the stages of the plan; the last line is a footer that counts the lines
-and carries the sha256 of everything before it, so a truncated or edited log is refused.
+Line 1 is a header (tool version, input and output sha256, image kind, the plan, and the log this
+one builds on: ``base``); then one line per edit in the order it was applied (each kind writes and
+reads its own: ``rewriter.edits``) with a ``barrier`` line between the stages of the plan; then one
+``site`` line per site the rewrite touched or an earlier one left changed (``rewriter.known``:
+information, not edits; undo and verify skip them); the last line is a footer that counts the
+lines and carries the sha256 of everything before it, so a truncated or edited log is refused.
 
 A compressed input is described so that undo gives its exact bytes back: the header's
 ``recompress`` is the recipe that turns its content into those bytes (``rewriter.elf.compress``),
 or, when no recipe does, an ``original`` line before the footer carries the bytes themselves.
 
 Keys are sorted and numbers that are words or addresses are hex strings, so logs diff well and
-the same inputs always give the same log (there are no timestamps).
+the same inputs always give the same log (there are no timestamps). This module is the only one
+that knows the layout of a log; the rest ask it for a :class:`Log` or a :class:`Header`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-from collections.abc import Sequence
+import mmap
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple, TypeAlias
 
-from rewriter.edits import BytesEdit, Edit, RelaEdit, Truncate, WordWrite
-from rewriter.elf.compress import Recipe
+from rewriter import __version__
+from rewriter.edits import (
+    KINDS,
+    WRITE_LINE_START,
+    ByteOrder,
+    Edit,
+    LineText,
+    WordWrite,
+    apply_edits,
+    byteorder,
+    invert_edits,
+    write_lines_in,
+)
+from rewriter.elf.compress import Compression, Recipe, Restore, compress
+from rewriter.elf.image import Kind
 from rewriter.errors import LogError
+from rewriter.known import LINE_TYPE, SiteLine, site_lines_in, with_log
+from rewriter.rewrite import Options, Rewrite
+from rewriter.sites import Scan
+from rewriter.states import SiteState
 
 FORMAT: Final = "mcountrw-log"
-VERSION: Final = 1
+VERSION: Final = 2
+"""2: ``site`` lines and the header's ``base`` (a version-1 reader would refuse the new lines)."""
+READS: Final = (1, 2)
+LOG_SUFFIX: Final = ".mcountrw.jsonl"
+"""A file's log is, by default, the file's name and this, beside it."""
+
+
+def default_log_path(output: Path) -> Path:
+    return output.with_name(output.name + LOG_SUFFIX)
+
+
+Data: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
+
+
+def _sha256(data: Data) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -40,7 +75,13 @@ class FileFacts:
     sha256: str
     size: int
     content_sha256: str
-    compression: str
+    compression: Compression
+
+    @classmethod
+    def of(cls, path: Path, raw: Data, content: Data, compression: Compression) -> FileFacts:
+        sha = _sha256(raw)
+        content_sha = sha if compression is Compression.NONE else _sha256(content)
+        return cls(str(path), sha, len(raw), content_sha, compression)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,85 +89,202 @@ class FileFacts:
             "sha256": self.sha256,
             "size": self.size,
             "content_sha256": self.content_sha256,
-            "compression": self.compression,
+            "compression": self.compression.value,
         }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> FileFacts:
+        path, sha, content_sha = str(d["path"]), str(d["sha256"]), str(d["content_sha256"])
+        return cls(path, sha, int(d["size"]), content_sha, Compression(d["compression"]))
+
+
+@dataclass(frozen=True)
+class Base:
+    """The log a rewrite builds on (its input's log): where it is and its own sha256."""
+
+    path: str
+    sha256: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any] | None) -> Base | None:
+        return None if d is None else cls(str(d["path"]), str(d["sha256"]))
+
+
+@dataclass(frozen=True)
+class Header:
+    """The first line: what was rewritten into what, how, and (compressed input) how its bytes
+    come back (``recipe``; None: by an ``original`` line, or, in an older log, not promised)."""
+
+    tool: str
+    kind: Kind
+    byteorder: ByteOrder
+    input: FileFacts
+    output: FileFacts
+    target: SiteState
+    plan: dict[str, Any] | None
+    summary: dict[str, Any]
+    recipe: Recipe | None = None
+    base: Base | None = None
+
+    @property
+    def sites_touched(self) -> int:
+        """Sites whose words changed, or whose records went or came back if more (patchable and
+        ool: no word changes, the records are what goes or comes back)."""
+        counts = ("sites_changed", "records_dropped", "records_restored")
+        return max(int(self.summary.get(k, 0)) for k in counts)
+
+    def describes(self, sha256: str, content_sha256: str | None = None) -> bool:
+        """Whether this log's output is the file with these hashes (on disk, or decompressed)."""
+        return sha256 == self.output.sha256 or content_sha256 == self.output.content_sha256
+
+    def to_json(self) -> dict[str, Any]:
+        header = {
+            "type": "header",
+            "format": FORMAT,
+            "version": VERSION,
+            "tool": self.tool,
+            "kind": self.kind.value,
+            "byteorder": self.byteorder,
+            "input": self.input.to_json(),
+            "output": self.output.to_json(),
+            "target": self.target.value,
+            "plan": self.plan,
+            "summary": self.summary,
+            "base": None if self.base is None else self.base.to_json(),
+        }
+        if self.input.compression is not Compression.NONE:
+            header["recompress"] = None if self.recipe is None else self.recipe.to_json()
+        return header
+
+    @classmethod
+    def from_json(cls, rec: Mapping[str, Any]) -> Header:
+        return cls(
+            tool=str(rec["tool"]),
+            kind=Kind(rec["kind"]),
+            byteorder=byteorder(rec["byteorder"]),
+            input=FileFacts.from_json(rec["input"]),
+            output=FileFacts.from_json(rec["output"]),
+            target=SiteState(rec["target"]),
+            plan=rec.get("plan"),
+            summary=dict(rec.get("summary") or {}),
+            recipe=None if rec.get("recompress") is None else Recipe.from_json(rec["recompress"]),
+            base=Base.from_json(rec.get("base")),
+        )
 
 
 @dataclass(frozen=True)
 class Log:
-    tool: str
-    kind: str
-    byteorder: str
-    input: FileFacts
-    output: FileFacts
-    target: str
-    plan: dict[str, Any] | None
+    header: Header
     edits: tuple[Edit, ...]
-    barriers: tuple[tuple[int, str], ...]  # (after stage, name)
-    summary: dict[str, Any]
-    recipe: Recipe | None = None  # compressed input: how its content becomes its bytes again
+    barriers: tuple[tuple[int, str], ...] = ()  # (after stage, name)
     original: bytes | None = None  # compressed input that no recipe rebuilds: its bytes
+    sites: tuple[SiteLine, ...] = ()  # information for later rewrites, not edits
+
+    def replay(self, content: bytes | bytearray) -> bytearray:
+        """``content`` (the input's) with every edit applied, as the rewrite left it."""
+        return apply_edits(bytearray(content), self.edits, self.header.byteorder)
+
+    def input_size(self, output_size: int) -> int:
+        """The size of the content the edits were applied to, from the size they left."""
+        return output_size - sum(e.growth for e in self.edits)
+
+    def revert(self, content: bytes | bytearray) -> bytearray:
+        """``content`` (the output's) with every edit undone, last first."""
+        return invert_edits(bytearray(content), self.edits, self.header.byteorder)
+
+    def original_file(self, content: bytes | bytearray, kind: Compression) -> tuple[bytes | bytearray, str | None]:
+        """The original file from its restored ``content``, and the sha256 it must have (None: an
+        older log without a recipe, which promises the content only). ``kind`` is how the patched
+        file is compressed: the original was compressed the same way."""
+        if kind is Compression.NONE:
+            return content, None  # the content's own sha256 is checked
+        if self.original is not None:
+            return self.original, self.header.input.sha256
+        if self.header.recipe is not None:
+            return compress(content, self.header.recipe), self.header.input.sha256
+        return compress(content, kind), None
 
 
-def _hex(n: int | None) -> str | None:
-    return None if n is None else f"{n:#x}"
+# -- building -------------------------------------------------------------------------------
 
 
-def _edit_json(e: Edit, disasm: Any) -> dict[str, Any]:
-    if isinstance(e, WordWrite):
-        return {
-            "type": "write",
-            "stage": e.stage,
-            "address": _hex(e.addr),
-            "offset": _hex(e.offset),
-            "section": e.section,
-            "section_offset": _hex(e.section_offset),
-            "function": e.function,
-            "slot": e.slot,
-            "old": f"{e.old:08x}",
-            "new": f"{e.new:08x}",
-            "old_asm": disasm(e.old, e.addr),
-            "new_asm": disasm(e.new, e.addr),
-            "state_before": e.state_before,
-            "state_after": e.state_after,
-        }
-    if isinstance(e, BytesEdit):
-        return {"type": "bytes", "offset": _hex(e.offset), "old": e.old.hex(), "new": e.new.hex(), "why": e.why}
-    if isinstance(e, RelaEdit):
-        return {
-            "type": "rela",
-            "section": e.section,
-            "offset": _hex(e.offset),
-            "size": e.size,
-            "entsize": e.entsize,
-            "removed": list(e.removed),
-            "entries": [x.hex() for x in e.entries],
-            "keep": e.keep,
-            "why": e.why,
-        }
-    return {"type": "truncate", "size": e.size, "tail": e.tail.hex(), "why": e.why}
+def render(
+    image_kind: Kind,
+    order: ByteOrder,
+    result: Rewrite,
+    options: Options,
+    facts: Callable[[], tuple[FileFacts, FileFacts]],
+    restore: Restore,
+    base: Base | None = None,
+) -> bytes:
+    """The patch log of ``result`` (UTF-8). ``facts`` gives the input's and output's
+    :class:`FileFacts`; it is asked only once the lines are formatted, so that a caller can hash
+    the files meanwhile. ``restore`` says how a compressed input's bytes come back; ``base``
+    names the input's own log, if it has one."""
+    body = body_lines(result.edits, result.barriers, order) + site_lines(result.site_lines)
+    input_facts, output_facts = facts()
+    header = Header(
+        tool=f"mcountrw {__version__}",
+        kind=image_kind,
+        byteorder=order,
+        input=input_facts,
+        output=output_facts,
+        target=options.target,
+        plan=_plan_json(result),
+        summary=_summary(result, options),
+        recipe=restore.recipe,
+        base=base,
+    )
+    log = Log(header, result.edits, result.barriers, restore.original, result.site_lines)
+    return dumps(log, body)
 
 
-def dumps(log: Log, disasm: Any, body: list[str] | None = None) -> bytes:
-    """The log, UTF-8 encoded. ``disasm(word, addr) -> str`` prints a word (capstone-style); ``body`` is
-    :func:`body_lines` of ``log`` if the caller already made it (e.g. while hashing the files)."""
-    header = {
-        "type": "header",
-        "format": FORMAT,
-        "version": VERSION,
-        "tool": log.tool,
-        "kind": log.kind,
-        "byteorder": log.byteorder,
-        "input": log.input.to_json(),
-        "output": log.output.to_json(),
-        "target": log.target,
-        "plan": log.plan,
-        "summary": log.summary,
+def _plan_json(result: Rewrite) -> dict[str, Any] | None:
+    p = result.plan
+    if p is None:
+        return None
+    return {
+        "route": p.route.value,
+        "cmodx": p.cmodx.value,
+        "mode": "runtime" if p.runtime else "offline",
+        "stages": len(p.stages),
+        "barriers": [b.value for b in p.barriers],
+        "settle": None if p.settle is None else p.settle.value,
+        "writes": result.word_writes,
+        "requests": [f"{r.variant.value} {r.current.value} -> {r.target.value}" for r in p.sites],
     }
-    if log.input.compression != "none":
-        header["recompress"] = None if log.recipe is None else log.recipe.to_json()
-    lines = [json.dumps(header, sort_keys=True)]
-    lines += body if body is not None else body_lines(log.edits, log.barriers, disasm)
+
+
+def _summary(result: Rewrite, options: Options) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "sites_changed": len(result.sites),
+        "sites_already_at_target": result.unchanged,
+        "drop_records": options.drop_records,
+        "strip_signature": options.strip_signature,
+    }
+    if result.dropped:
+        out["records_dropped"] = len(result.dropped)
+    if result.restored:
+        out["records_restored"] = len(result.restored)
+    if options.keep_records:
+        out["keep_records"] = True  # recorded places may hold words the kernel refuses: a negative control
+    if result.stubs is not None:
+        out["ool_stubs"] = {
+            when: [{"area": c.area, "stubs": c.stubs, "used": c.used} for c in counts]
+            for when, counts in zip(("before", "after"), result.stubs, strict=True)
+        }
+    return out
+
+
+def dumps(log: Log, body: list[str] | None = None) -> bytes:
+    """The log, UTF-8 encoded. ``body`` is :func:`body_lines` of ``log`` if the caller made it already."""
+    lines = [json.dumps(log.header.to_json(), sort_keys=True)]
+    if body is None:
+        body = body_lines(log.edits, log.barriers, log.header.byteorder) + site_lines(log.sites)
+    lines += body
     if log.original is not None:
         why = "the compressed input, which no recipe rebuilds from its content"
         lines.append(json.dumps({"type": "original", "data": log.original.hex(), "why": why}, sort_keys=True))
@@ -136,166 +294,279 @@ def dumps(log: Log, disasm: Any, body: list[str] | None = None) -> bytes:
     return data + json.dumps(footer, sort_keys=True).encode() + b"\n"
 
 
-def body_lines(edits: Sequence[Edit], barriers: Sequence[tuple[int, str]], disasm: Any) -> list[str]:
-    """One line per edit, with a barrier line between stages."""
+def site_lines(sites: Sequence[SiteLine]) -> list[str]:
+    quoted: dict[str | None, str] = {}
+    return [line.to_line(quoted) for line in sites]
+
+
+def body_lines(edits: Sequence[Edit], barriers: Sequence[tuple[int, str]], order: ByteOrder) -> list[str]:
+    """One line per edit, and a barrier line before the first write of each stage that follows one."""
+    text = LineText(order)
     lines: list[str] = []
     barrier_after = dict(barriers)
     stage = 0
-    quote = _Quoter()
-    quoted = quote.cache
-    fixed: dict[int, str] = getattr(disasm, "cache", {})  # words whose text does not depend on the address
     for e in edits:
-        if type(e) is WordWrite:
-            # The hot loop of a vmlinux rewrite (67,380 writes): unpacked, cached, no dict per line.
-            n, offset, addr, section, section_offset, function, slot, old, new, before, after = e
-            while n > stage:
-                if stage in barrier_after:
-                    lines.append(json.dumps({"type": "barrier", "after_stage": stage, "name": barrier_after[stage]}))
-                stage += 1
-            qf = quoted.get(function) or quote(function)
-            qs = quoted.get(section) or quote(section)
-            a = "null" if addr is None else f'"{hex(addr)}"'
-            new_asm = fixed.get(new) or disasm(new, addr)
-            old_asm = fixed.get(old) or disasm(old, addr)
-            lines.append(
-                f'{{"address": {a}, "function": {qf}, "new": "{new:08x}", "new_asm": "{new_asm}", '
-                f'"offset": "{hex(offset)}", "old": "{old:08x}", "old_asm": "{old_asm}", "section": {qs}, '
-                f'"section_offset": "{hex(section_offset)}", "slot": "{slot}", "stage": {n}, '
-                f'"state_after": "{after}", "state_before": "{before}", "type": "write"}}'
-            )
-        elif isinstance(e, BytesEdit):
-            lines.append(
-                f'{{"new": "{e.new.hex()}", "offset": "{e.offset:#x}", "old": "{e.old.hex()}", '
-                f'"type": "bytes", "why": {quote(e.why)}}}'
-            )
-        else:
-            lines.append(json.dumps(_edit_json(e, disasm), sort_keys=True))
+        n = e.stage
+        while n is not None and n > stage:
+            if stage in barrier_after:
+                lines.append(json.dumps({"type": "barrier", "after_stage": stage, "name": barrier_after[stage]}))
+            stage += 1
+        lines.append(e.to_line(text))
     return lines
-
-
-class _Quoter:
-    """JSON string literals of the few distinct strings (functions, sections, states), made once each."""
-
-    def __init__(self) -> None:
-        self.cache: dict[str | None, str] = {}
-
-    def __call__(self, text: str | None) -> str:
-        q = self.cache.get(text)
-        if q is None:
-            q = self.cache[text] = json.dumps(text)
-        return q
 
 
 # -- reading --------------------------------------------------------------------------------
 
 
-def load(path: Path) -> Log:
+def load(path: Path, sites: bool = True) -> Log:
+    """The log at ``path``; ``sites=False`` leaves its site lines unread (``Log.sites`` empty):
+    undo and verify need only the edits, and a vmlinux log has 33,689 site lines."""
     try:
         text = path.read_text()
     except OSError as e:
         raise LogError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise LogError(f"{path}: not a patch log (not text)") from None
-    return loads(text, str(path))
+    return loads(text, str(path), sites)
 
 
-def loads(text: str, name: str) -> Log:
+def read_header(path: Path) -> Header | None:
+    """The header of the log at ``path`` (None if there is none), its footer checksum checked.
+
+    Parsing every line of a log costs more than rewriting the file it describes (a vmlinux log
+    has 67k lines), and most runs need only the two hashes; :func:`load` reads the edits when a
+    file has to be taken back to its original."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise LogError(f"{path}: {e.strerror}") from None
+    body_end = text.rfind(b"\n", 0, len(text) - 1) + 1
+    try:
+        footer = json.loads(text[body_end:])
+        header = Header.from_json(json.loads(text[: text.index(b"\n")]))
+        _ = header.sites_touched  # what prenop reports: a log without it is refused here, with the rest
+        ok = footer["sha256"] == hashlib.sha256(text[:body_end]).hexdigest()
+    except (ValueError, KeyError, TypeError):
+        raise LogError(f"{path}: not an mcountrw patch log, or a truncated one") from None
+    if not ok:
+        raise LogError(f"{path}: patch log was edited or truncated (footer checksum does not match)")
+    return header
+
+
+@dataclass(frozen=True)
+class Known:
+    """A patch log as a source of sites: its header and ``site`` lines, and the sha256 of the log
+    file itself (what a log built on this one names as its ``base``)."""
+
+    path: Path
+    sha256: str
+    header: Header
+    sites: tuple[SiteLine, ...]
+
+    @property
+    def base(self) -> Base:
+        return Base(str(self.path), self.sha256)
+
+
+SITE_LINE_START: Final = '{"at": '
+"""How every ``site`` line begins (keys sorted: ``at`` first), and no other kind's line."""
+
+
+def load_known(path: Path) -> Known:
+    """The header and site lines of the log at ``path``, its footer checksum checked; the edits
+    are not read (a vmlinux log has 67,000 of them, and a scan needs none)."""
+    try:
+        raw = path.read_bytes()
+        text = raw.decode()
+    except OSError as e:
+        raise LogError(f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise LogError(f"{path}: not a patch log (not text)") from None
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        raise LogError(f"{path}: empty patch log")
+    first = _json_line(lines[0], str(path), 1)
+    _check_frame(first, _json_line(lines[-1], str(path), len(lines)), lines, str(path))
+    try:
+        header = Header.from_json(first)
+        sites = _site_lines(lines, str(path))
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise LogError(f"{path}: malformed header or site line ({e})") from None
+    return Known(path, hashlib.sha256(raw).hexdigest(), header, sites)
+
+
+def _site_lines(lines: list[str], name: str) -> tuple[SiteLine, ...]:
+    """The site lines among ``lines``: read by the pattern of :func:`site_lines_in` when every one
+    is as mcountrw writes it, else each by json (which says where a broken one breaks)."""
+    numbers = [n for n in range(1, len(lines) - 1) if lines[n].startswith(SITE_LINE_START)]
+    text = "".join(lines[n] for n in numbers)
+    fast = site_lines_in(text)
+    if len(fast) == len(numbers):
+        return tuple(fast)
+    return tuple(SiteLine.from_json(rec) for rec in _json_lines([lines[n] for n in numbers], name, numbers))
+
+
+def for_file(
+    path: Path, sha256: str, explicit: Path | None = None, content_sha256: str | None = None
+) -> tuple[Known | None, str | None]:
+    """The patch log whose output is the file at ``path`` (its ``sha256`` given, and for a
+    compressed file its content's), read as a source of sites, and a warning; as :func:`log_of`
+    decides, but reading the log once."""
+    chosen = explicit if explicit is not None else default_log_path(path)
+    if explicit is None and not chosen.is_file():
+        return None, None
+    try:
+        known = load_known(chosen)
+    except LogError as e:
+        if explicit is not None:
+            raise
+        return None, f"{e}: ignored"
+    warning = _judge(known.header, path, chosen, explicit is not None, sha256, content_sha256)
+    return (None, warning) if warning is not None else (known, None)
+
+
+def log_of(
+    path: Path, sha256: str, explicit: Path | None = None, content_sha256: str | None = None
+) -> tuple[Path | None, str | None]:
+    """Which patch log describes the file at ``path`` (its ``sha256`` given, and for a compressed
+    file its content's), and a warning; only the header is read.
+
+    ``explicit`` (``--log``) must be that file's log: :class:`LogError` otherwise, naming both
+    hashes. Without it the log beside the file (:func:`default_log_path`) is used if its output is
+    this file; if it is not, or cannot be read, it is ignored with a one-line warning (a log left
+    beside a file that was changed since, or restored by undo, describes another file)."""
+    chosen = explicit if explicit is not None else default_log_path(path)
+    try:
+        header = read_header(chosen)
+    except LogError as e:
+        if explicit is not None:
+            raise
+        return None, f"{e}: ignored"
+    if header is None:
+        if explicit is not None:
+            raise LogError(f"{explicit}: no such file")
+        return None, None
+    warning = _judge(header, path, chosen, explicit is not None, sha256, content_sha256)
+    return (None, warning) if warning is not None else (chosen, None)
+
+
+def _judge(
+    header: Header, path: Path, log: Path, explicit: bool, sha256: str, content_sha256: str | None
+) -> str | None:
+    """None if ``header``'s output is the file; else the warning (raised, for an explicit log)."""
+    if header.describes(sha256, content_sha256):
+        return None
+    if explicit:
+        raise LogError(
+            f"{log}: not the log of {path}: its output has sha256 {header.output.sha256}, the file has {sha256}"
+        )
+    return (
+        f"{log}: ignored: its output has sha256 {header.output.sha256[:16]}..., {path} has {sha256[:16]}... "
+        "(changed since, or undone)"
+    )
+
+
+def logged(result: Scan, logs: Mapping[Path, Path]) -> Scan:
+    """``result`` with the sites of its file's patch log (``logs`` maps files to the logs found to
+    describe them, by :func:`log_of`), or as it is if there is none."""
+    log = logs.get(result.path)
+    if log is None:
+        return result
+    return with_log(result, load_known(log).sites, log)
+
+
+def loads(text: str, name: str, sites: bool = True) -> Log:
     lines = text.splitlines(keepends=True)
     if not lines:
         raise LogError(f"{name}: empty patch log")
-    writes = _write_lines(lines, text)
-    others = [n for n, w in enumerate(writes) if w is None]
-    decoded = iter(_json_lines([lines[n] for n in others], name, others))
-    records: list[dict[str, Any] | WordWrite] = [w if w is not None else next(decoded) for w in writes]
-    header, footer = records[0], records[-1]
+    records = _records(lines, text, name, skip_sites=True)  # site lines: read below, all at once
+    header_rec, footer = records[0], records[-1]
+    _check_frame(header_rec, footer, lines, name)
+    assert isinstance(header_rec, dict)
+    body = _Body([], [], [], None)
+    for n, rec in enumerate(records[1:-1], start=2):
+        if isinstance(rec, dict):
+            body = _read_line(rec, body, f"{name}:{n}")
+        elif rec is not None:  # a write line, read by the fast path (None: a site line)
+            body.edits.append(rec)
+    try:
+        header = Header.from_json(header_rec)
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise LogError(f"{name}:1: malformed header ({e})") from None
+    try:
+        site_lines = (*_site_lines(lines, name), *body.sites) if sites else ()
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise LogError(f"{name}: malformed site line ({e})") from None
+    return Log(header, tuple(body.edits), tuple(body.barriers), body.original, site_lines)
+
+
+class _Body(NamedTuple):
+    """The lines of a log between header and footer, as they are read."""
+
+    edits: list[Edit]
+    barriers: list[tuple[int, str]]
+    sites: list[SiteLine]  # site lines not as mcountrw writes them (keys in another order)
+    original: bytes | None
+
+
+def _read_line(rec: dict[str, Any], body: _Body, where: str) -> _Body:
+    try:
+        kind = rec["type"]
+        if kind == "barrier":
+            body.barriers.append((int(rec["after_stage"]), str(rec["name"])))
+        elif kind == "original":
+            return body._replace(original=bytes.fromhex(rec["data"]))
+        elif kind == LINE_TYPE:
+            body.sites.append(SiteLine.from_json(rec))
+        elif kind in KINDS:
+            body.edits.append(KINDS[kind](rec))
+        else:
+            raise ValueError(f"unknown record type {kind!r}")
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise LogError(f"{where}: malformed {rec.get('type', 'record')} record ({e})") from None
+    return body
+
+
+def _check_frame(
+    header: dict[str, Any] | WordWrite | None, footer: dict[str, Any] | WordWrite | None, lines: list[str], name: str
+) -> None:
+    """The first line is an mcountrw header of a version this code reads; the last a footer whose
+    checksum covers every line before it."""
     if not isinstance(header, dict) or not isinstance(footer, dict):
         raise LogError(f"{name}: not an mcountrw patch log (no header)")
     if header.get("type") != "header" or header.get("format") != FORMAT:
         raise LogError(f"{name}: not an mcountrw patch log (no header)")
-    if header.get("version") != VERSION:
-        raise LogError(f"{name}: patch log version {header.get('version')!r}, this mcountrw reads {VERSION}")
+    if header.get("version") not in READS:
+        versions = " and ".join(str(v) for v in READS)
+        raise LogError(f"{name}: patch log version {header.get('version')!r}, this mcountrw reads {versions}")
     if footer.get("type") != "footer":
         raise LogError(f"{name}: truncated patch log (no footer)")
     body = "".join(lines[:-1])
     if footer.get("lines") != len(lines) - 1 or footer.get("sha256") != hashlib.sha256(body.encode()).hexdigest():
         raise LogError(f"{name}: patch log was edited or truncated (footer checksum does not match)")
-    edits: list[Edit] = []
-    barriers: list[tuple[int, str]] = []
-    original = None
-    for n, rec in enumerate(records[1:-1], start=2):
-        if type(rec) is WordWrite:
-            edits.append(rec)
-            continue
-        assert isinstance(rec, dict)
-        try:
-            if rec.get("type") == "barrier":
-                barriers.append((int(rec["after_stage"]), str(rec["name"])))
-            elif rec.get("type") == "original":
-                original = bytes.fromhex(rec["data"])
-            else:
-                edits.append(_edit_from(rec))
-        except (KeyError, TypeError, ValueError, OverflowError) as e:
-            raise LogError(f"{name}:{n}: malformed {rec.get('type', 'record')} record ({e})") from None
-    try:
-        return Log(
-            tool=str(header["tool"]),
-            kind=str(header["kind"]),
-            byteorder=_byteorder(header["byteorder"]),
-            input=_facts(header["input"]),
-            output=_facts(header["output"]),
-            target=str(header["target"]),
-            plan=header.get("plan"),
-            edits=tuple(edits),
-            barriers=tuple(barriers),
-            summary=dict(header.get("summary") or {}),
-            recipe=None if header.get("recompress") is None else Recipe.from_json(header["recompress"]),
-            original=original,
-        )
-    except (KeyError, TypeError, ValueError, OverflowError) as e:
-        raise LogError(f"{name}:1: malformed header ({e})") from None
 
 
-# A write line exactly as body_lines() formats it. Such lines (67,380 for a vmlinux) are read with
-# this pattern, twice as fast as json; anything else, hand-edited or not, goes through json. The
-# footer checksum has already vouched that the text is what mcountrw wrote.
-_STR = r'"[^"\\\n]*"|"(?:[^"\\\n]|\\.)*"'  # the plain case first: no escapes to step through
-_WRITE_LINES = re.compile(
-    r'^\{"address": (null|"0x[0-9a-f]+"), "function": (null|' + _STR + r'), "new": "([0-9a-f]{8})", '
-    r'"new_asm": "[^"\\\n]*", "offset": "0x([0-9a-f]+)", "old": "([0-9a-f]{8})", "old_asm": "[^"\\\n]*", '
-    r'"section": (' + _STR + r'), "section_offset": "0x([0-9a-f]+)", "slot": "([ASB])", "stage": ([0-9]{1,9}), '
-    r'"state_after": "([a-z]+)", "state_before": "([a-z]+)", "type": "write"\}$',
-    re.MULTILINE,
-)
-_WRITE_START = '{"address": '
+def _records(
+    lines: list[str], text: str, name: str, skip_sites: bool = False
+) -> list[dict[str, Any] | WordWrite | None]:
+    """Each line as a WordWrite (a well-formed write line), a parsed JSON object, or (a site line,
+    with ``skip_sites``) None.
 
-
-def _unquote(literal: str) -> str:
-    """A JSON string literal's value; json only when it holds an escape."""
-    return json.loads(literal) if "\\" in literal else literal[1:-1]
-
-
-def _write_lines(lines: list[str], text: str) -> list[WordWrite | None]:
-    """Each body line that is a well-formed write line, as a WordWrite; None for every other line.
-
-    All write lines are matched in one pass over the text (one C call instead of 67,380); they line
-    up with the lines that start like one, or, if any such line is malformed, nothing is taken from
-    the pattern and json reads every line (and says where the log is broken)."""
-    out: list[WordWrite | None] = [None] * len(lines)
-    starts = [n for n in range(1, len(lines) - 1) if lines[n].startswith(_WRITE_START)]
-    found = _WRITE_LINES.findall(text)
-    if len(found) != len(starts):
-        return out
-    strings: dict[str, str | None] = {"null": None}
-    for n, (addr, function, new, offset, old, section, section_offset, slot, stage, after, before) in zip(
-        starts, found, strict=True
-    ):
-        fn = strings[function] if function in strings else strings.setdefault(function, _unquote(function))
-        sec = strings[section] if section in strings else strings.setdefault(section, _unquote(section))
-        out[n] = WordWrite(
-            int(stage), int(offset, 16), None if addr == "null" else int(addr[1:-1], 16), str(sec),
-            int(section_offset, 16), fn, slot, int(old, 16), int(new, 16), before, after,
-        )  # fmt: skip
-    return out
+    All write lines are matched in one pass over the text; they line up with the body lines that
+    start like one, or, if any such line is malformed, nothing is taken from the pattern and json
+    reads every line (and says where the log is broken). The footer checksum, checked next, vouches
+    that the text is what mcountrw wrote."""
+    starts = [n for n in range(1, len(lines) - 1) if lines[n].startswith(WRITE_LINE_START)]
+    writes = write_lines_in(text)
+    fast: dict[int, WordWrite] = dict(zip(starts, writes, strict=True)) if len(writes) == len(starts) else {}
+    skipped = set()
+    if skip_sites:
+        skipped = {n for n in range(1, len(lines) - 1) if lines[n].startswith(SITE_LINE_START)}
+    others = [n for n in range(len(lines)) if n not in fast and n not in skipped]
+    decoded = iter(_json_lines([lines[n] for n in others], name, others))
+    return [fast[n] if n in fast else None if n in skipped else next(decoded) for n in range(len(lines))]
 
 
 def _json_lines(lines: list[str], name: str, numbers: list[int]) -> list[dict[str, Any]]:
@@ -322,118 +593,14 @@ def _json_line(line: str, name: str, n: int) -> dict[str, Any]:
     return rec
 
 
-def _byteorder(value: Any) -> str:
-    if value not in ("little", "big"):
-        raise ValueError(f"byteorder {value!r}")
-    return str(value)
-
-
-def _facts(d: dict[str, Any]) -> FileFacts:
-    return FileFacts(str(d["path"]), str(d["sha256"]), int(d["size"]), str(d["content_sha256"]), str(d["compression"]))
-
-
-def _int(value: Any) -> int:
-    return int(value, 16) if isinstance(value, str) else int(value)
-
-
-def _count(value: Any, what: str, limit: int = 1 << 64) -> int:
-    """A non-negative integer below ``limit``: a log whose footer was recomputed after an edit
-    must still not make undo index backwards from the end of a file or loop on a zero stride."""
-    n = _int(value) if not isinstance(value, bool) else -1
-    if not 0 <= n < limit:
-        raise ValueError(f"{what} {value!r} out of range")
-    return n
-
-
-_HEX = str
-
-
-def _write_from(rec: dict[str, Any]) -> WordWrite | None:
-    """The common case, as ``dumps`` writes it, converted without a call per field; None sends an
-    unusual but maybe valid record (ints instead of hex strings) to the careful path."""
-    offset, addr, section_offset = rec["offset"], rec["address"], rec["section_offset"]
-    stage, old, new = rec["stage"], rec["old"], rec["new"]
-    if not (type(offset) is type(section_offset) is type(old) is type(new) is _HEX and type(stage) is int):
-        return None
-    if addr is not None and type(addr) is not _HEX:
-        return None
-    w = WordWrite(
-        stage, int(offset, 16), None if addr is None else int(addr, 16), str(rec["section"]), int(section_offset, 16),
-        None if rec["function"] is None else str(rec["function"]), str(rec["slot"]), int(old, 16), int(new, 16),
-        str(rec["state_before"]), str(rec["state_after"]),
-    )  # fmt: skip
-    limit = 1 << 64
-    if not (0 <= w.stage < limit and 0 <= w.offset < limit and 0 <= w.section_offset < limit):
-        raise ValueError("stage or offset out of range")
-    if not (0 <= w.old < 1 << 32 and 0 <= w.new < 1 << 32) or (w.addr is not None and not 0 <= w.addr < limit):
-        raise ValueError("word or address out of range")
-    return w
-
-
-def _edit_from(rec: dict[str, Any]) -> Edit:
-    kind = rec["type"]
-    if kind == "write":
-        fast = _write_from(rec)
-        if fast is not None:
-            return fast
-        return WordWrite(
-            stage=_count(rec["stage"], "stage"),
-            offset=_count(rec["offset"], "offset"),
-            addr=None if rec["address"] is None else _count(rec["address"], "address"),
-            section=str(rec["section"]),
-            section_offset=_count(rec["section_offset"], "section_offset"),
-            function=None if rec["function"] is None else str(rec["function"]),
-            slot=str(rec["slot"]),
-            old=_count(int(rec["old"], 16), "old", 1 << 32),
-            new=_count(int(rec["new"], 16), "new", 1 << 32),
-            state_before=str(rec["state_before"]),
-            state_after=str(rec["state_after"]),
-        )
-    if kind == "bytes":
-        old, new = bytes.fromhex(rec["old"]), bytes.fromhex(rec["new"])
-        if not old or len(old) != len(new):
-            raise ValueError("old and new bytes differ in length")
-        return BytesEdit(_count(rec["offset"], "offset"), old, new, str(rec["why"]))
-    if kind == "rela":
-        entsize = _count(rec["entsize"], "entsize")
-        size = _count(rec["size"], "size")
-        if not entsize or size % entsize:
-            raise ValueError(f"table size {size} is not a multiple of entry size {entsize}")
-        entries = tuple(bytes.fromhex(x) for x in rec["entries"])
-        removed = tuple(_count(i, "removed index", size // entsize) for i in rec["removed"])
-        if len(entries) != len(removed) or list(removed) != sorted(set(removed)):
-            raise ValueError("removed indexes and entries do not pair up")
-        if any(len(x) != entsize for x in entries):
-            raise ValueError(f"an entry is not {entsize} bytes")
-        keep = rec["keep"]
-        return RelaEdit(
-            str(rec["section"]), _count(rec["offset"], "offset"), size, entsize, removed, entries,
-            None if keep is None else _count(keep, "keep", size // entsize - len(removed) + 1), str(rec["why"]),
-        )  # fmt: skip
-    if kind == "truncate":
-        return Truncate(_count(rec["size"], "size"), bytes.fromhex(rec["tail"]), str(rec["why"]))
-    raise ValueError(f"unknown record type {kind!r}")
-
-
 def check_extent(log: Log, name: str, original_size: int) -> None:
     """Every edit lies inside the file as the edits before it leave it, replayed from a file of
-    ``original_size`` bytes. The footer checksum catches an accidental edit; this catches a log
-    edited on purpose (footer recomputed) before a replay reads or writes past the end."""
+    ``original_size`` bytes; an edit that changes the size reaches exactly the end of the file.
+    The footer checksum catches an accidental edit; this catches a log edited on purpose (footer
+    recomputed) before a replay reads or writes past the end."""
     size = original_size
     for n, e in enumerate(log.edits, start=1):
-        if isinstance(e, Truncate):
-            end = e.size + len(e.tail)
-        elif isinstance(e, WordWrite):
-            end = e.offset + 4
-        elif isinstance(e, BytesEdit):
-            end = e.offset + len(e.old)
-        else:
-            end = e.offset + e.size
-        if end > size or (isinstance(e, Truncate) and end != size):
+        end, growth = e.reach(), e.growth
+        if end > size or (growth and end != size):
             raise LogError(f"{name}: edit {n} reaches offset {end:#x}, the file is {size:#x} bytes there")
-        if isinstance(e, Truncate):
-            size = e.size
-
-
-def word_writes(edits: Sequence[Edit]) -> list[WordWrite]:
-    return [e for e in edits if isinstance(e, WordWrite)]
+        size += growth

@@ -56,7 +56,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeVar
 
-from rewriter.errors import PlanRejected
+from rewriter.errors import NoRoute, PlanFormatError, PlanRejected
 from rewriter.generations import LAYOUTS, Variant, state_rejection, steps_from
 from rewriter.states import S_WRITES, Insn, SiteState, Slot, Step
 
@@ -171,19 +171,27 @@ class Plan:
         return json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"  # compact: 158k sites is 25 MB, not 48
 
     @classmethod
-    def from_json(cls, text: str) -> Plan:
-        """Parse and validate; raises ``ValueError`` saying what is wrong and where."""
+    def from_json(cls, text: str, source: str = "plan") -> Plan:
+        """Parse and validate a plan file (a plan names at least one site); raises
+        :class:`PlanFormatError` starting ``source:`` and saying what is wrong and where."""
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"plan: not JSON: {e}") from None
+            raise PlanFormatError(f"{source}: not JSON: {e}") from None
+        try:
+            return cls._from_doc(doc)
+        except PlanFormatError as e:
+            raise PlanFormatError(f"{source}: {e}") from None
+
+    @classmethod
+    def _from_doc(cls, doc: Any) -> Plan:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise ValueError(f'plan: expected an object with "format": "{FORMAT}"')
+            raise PlanFormatError(f'expected an object with "format": "{FORMAT}"')
         if doc.get("version") != VERSION:
-            raise ValueError(f"plan: expected version {VERSION}, found {doc.get('version')!r}")
+            raise PlanFormatError(f"expected version {VERSION}, found {doc.get('version')!r}")
         mode = _field(doc, "mode", str, "plan")
         if mode not in ("runtime", "offline"):
-            raise ValueError(f'plan: mode: expected "runtime" or "offline", found {mode!r}')
+            raise PlanFormatError(f'mode: expected "runtime" or "offline", found {mode!r}')
         sites = tuple(
             SiteRequest(
                 _enum(Variant, _field(s, "variant", str, f"sites[{i}]"), f"sites[{i}].variant"),
@@ -192,6 +200,8 @@ class Plan:
             )
             for i, s in enumerate(_field(doc, "sites", list, "plan"))
         )
+        if not sites:
+            raise PlanFormatError("sites: empty (a plan names at least one site)")
         stages = tuple(
             tuple(
                 Write(
@@ -219,20 +229,23 @@ class Plan:
         )
 
 
+# The helpers below raise PlanFormatError without the file's name; from_json puts it in front.
+
+
 def _field(obj: Any, key: str, kind: type, where: str) -> Any:
     if not isinstance(obj, dict):
-        raise ValueError(f"plan: {where}: expected an object, found {type(obj).__name__}")
+        raise PlanFormatError(f"{where}: expected an object, found {type(obj).__name__}")
     if key not in obj:
-        raise ValueError(f"plan: {where}: missing {key!r}")
+        raise PlanFormatError(f"{where}: missing {key!r}")
     value = obj[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"plan: {where}.{key}: expected {kind.__name__}, found {value!r}")
+        raise PlanFormatError(f"{where}.{key}: expected {kind.__name__}, found {value!r}")
     return value
 
 
 def _list(value: Any, where: str) -> list[Any]:
     if not isinstance(value, list):
-        raise ValueError(f"plan: {where}: expected a list, found {value!r}")
+        raise PlanFormatError(f"{where}: expected a list, found {value!r}")
     return value
 
 
@@ -241,41 +254,44 @@ def _enum(kind: type[_E], value: Any, where: str) -> _E:
         return kind(value)
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in kind)
-        raise ValueError(f"plan: {where}: expected one of {allowed}, found {value!r}") from None
+        raise PlanFormatError(f"{where}: expected one of {allowed}, found {value!r}") from None
 
 
 def _validate(p: Plan) -> None:
     """Structural checks only: whether the writes are safe, and whether each CAS will find its
     ``old`` word, is for :func:`rewriter.check.check` to say."""
     if len(p.barriers) != max(len(p.stages) - 1, 0):
-        raise ValueError(
-            f"plan: {len(p.stages)} stages need {max(len(p.stages) - 1, 0)} barriers, found {len(p.barriers)}"
+        raise PlanFormatError(
+            f"{len(p.stages)} stages need {max(len(p.stages) - 1, 0)} barriers, found {len(p.barriers)}"
         )
     if p.settle is Barrier.ORDER:
-        raise ValueError('plan: settle: "order" is not a barrier; use null')
+        raise PlanFormatError('settle: "order" is not a barrier; use null')
     for i, req in enumerate(p.sites):
         if i and req == p.sites[i - 1]:  # runs of equal requests: checked once
             continue
         if req.current is SiteState.UNKNOWN or req.target in (SiteState.UNKNOWN, SiteState.BROKEN):
-            raise ValueError(f"plan: sites[{i}]: cannot plan {req.current.value} -> {req.target.value}")
+            raise PlanFormatError(f"sites[{i}]: cannot plan {req.current.value} -> {req.target.value}")
         reason = state_rejection(req.variant, req.current) or state_rejection(req.variant, req.target)
         if reason is not None:
-            raise ValueError(f"plan: sites[{i}]: {reason}")
+            raise PlanFormatError(f"sites[{i}]: {reason}")
     for j, stage in enumerate(p.stages):
         if not stage:
-            raise ValueError(f"plan: stages[{j}] is empty")
+            raise PlanFormatError(f"stages[{j}] is empty")
         for k, w in enumerate(stage):
-            where = f"plan: stages[{j}][{k}]"
-            if not 0 <= w.site < len(p.sites):
-                raise ValueError(f"{where}: site {w.site} is not in sites (0..{len(p.sites) - 1})")
-            variant = p.sites[w.site].variant
-            if w.slot not in LAYOUTS[variant].slots:
-                raise ValueError(f"{where}: {variant.value} sites have no slot {w.slot.value}")
-            if w.slot is Slot.S and (w.old, w.new) not in S_WRITES:
-                raise ValueError(f"{where}: slot S may only swap std <-> nop")
-            words = _slot_words(variant, w.slot)
-            if w.old is w.new or w.old not in words or w.new not in words:
-                raise ValueError(f"{where}: {w.old.value} -> {w.new.value} is not a write to slot {w.slot.value}")
+            _validate_write(p, w, f"stages[{j}][{k}]")
+
+
+def _validate_write(p: Plan, w: Write, where: str) -> None:
+    if not 0 <= w.site < len(p.sites):
+        raise PlanFormatError(f"{where}: site {w.site} is not in sites (0..{len(p.sites) - 1})")
+    variant = p.sites[w.site].variant
+    if w.slot not in LAYOUTS[variant].slots:
+        raise PlanFormatError(f"{where}: {variant.value} sites have no slot {w.slot.value}")
+    if w.slot is Slot.S and (w.old, w.new) not in S_WRITES:
+        raise PlanFormatError(f"{where}: slot S may only swap std <-> nop")
+    words = _slot_words(variant, w.slot)
+    if w.old is w.new or w.old not in words or w.new not in words:
+        raise PlanFormatError(f"{where}: {w.old.value} -> {w.new.value} is not a write to slot {w.slot.value}")
 
 
 # ---------------------------------------------------------------- planning one site
@@ -401,7 +417,7 @@ def plan(
     runtime: bool = True,
     stale_fetch: bool = False,
 ) -> Plan:
-    """One plan for every site; raises :class:`PlanRejected` naming the first site with no legal route.
+    """One plan for every site; raises :class:`NoRoute` naming the first site with no legal route.
 
     ``route=None`` picks the route with fewer writes (then fewer barriers; ``mflr-first`` on a tie).
     ``runtime=False`` plans an offline rewrite: nothing runs concurrently, so no barriers, no CMODX
@@ -454,7 +470,7 @@ def _plan_route(requests: Sequence[SiteRequest], route: Route, cmodx: Cmodx, run
             try:
                 cache[req] = _plan_site(req, route, cmodx, runtime, stale_fetch)
             except PlanRejected as e:
-                raise PlanRejected(f"site {i}: {e}") from None
+                raise NoRoute(f"site {i}: {e}") from None
         paths.append(cache[req])
 
     # Segments are the stretches between barriers: the plan needs as many as the most demanding site.

@@ -3,7 +3,7 @@
 Strategy: every file is independent, so a tree is a list of :class:`Target` (what to read, where to
 write, its name in the tree, its patch log), processed in worker processes in batches, biggest
 file first (a vmlinux takes as long as several hundred modules). Each file goes through
-:func:`prenop_file`:
+:func:`prenop_target`:
 
 1. Read it (decompressed). If its patch log exists and the file is that log's *output*, undo the
    log in memory: the policy is always applied to the **original** file, so one log always leads
@@ -12,14 +12,15 @@ file first (a vmlinux takes as long as several hundred modules). Each file goes 
    its record is invisible to :func:`rewriter.sites.scan` by design.
 2. Scan the original and decide each site with the policy (:meth:`Policy.for_file`). The sites to
    nop are handed to ``rewrite`` as they are, never re-matched by name as globs.
-3. :func:`rewriter.patch.rewrite` to ``nopped`` with dropped records (``--drop-records``: the
+3. :func:`rewriter.rewrite.rewrite` to ``nopped`` with dropped records (``--drop-records``: the
    kernel's boot-time init accepts at a recorded place only the words the compiler built there).
    On 6.1 (mprofile) that nops ``mflr`` and ``bl`` and drops the records; on 6.12 (patchable) and
    7.2 (ool) the sites already are nops as built, so only their records go. A signed module's
    signature is re-signed or stripped as asked.
 4. If the destination already holds exactly that result and its log says so, nothing is written
    (``unchanged``): running twice changes nothing. A file with no site to nop is not written
-   either, and gets no log (``nothing to nop``).
+   either, and gets no log (``nothing to nop``; a file with no site at all says why in its
+   message: ``rewriter.files.no_site_cause``).
 5. Otherwise write the log, then the file, each atomically (``rewriter.elf.writer``), and read the
    file back. A compressed file is compressed again the way its original was (its log's recipe,
    ``rewriter.elf.compress``), so that undo gives back the original's exact bytes.
@@ -29,11 +30,12 @@ happens to be, and nothing carries a timestamp, so the same inputs give byte-ide
 logs wherever they are built. Re-signing keeps that property for RSA keys (PKCS#1 v1.5 is
 deterministic), not for ECDSA ones.
 
-A re-signed module is its log's output (the module nopped, its old signature cut off, exactly as
-``--strip-signature`` logs it) with a new signature trailer appended. The trailer is not in the log:
-the log format has no edit that appends bytes (see docs/prenop.md). ``prenop --undo`` and
-``--verify`` recognise "the log's output plus one trailer"; ``mcountrw undo``/``verify`` on such
-a file say it is not the log's output.
+A re-signed module is its log's output: the module nopped, its old signature cut off (a
+``truncate`` edit, exactly as ``--strip-signature`` logs it), and the new signature trailer
+appended (an ``append`` edit), so that ``mcountrw undo`` and ``mcountrw verify`` take it like any
+other output. (Logs written before the ``append`` edit existed describe the module without its
+new trailer; ``prenop --undo`` and ``--verify`` still recognise "the log's output plus one
+trailer" for them.)
 
 Failures are per file: each failed file is reported with one line and left untouched; the others
 are still done.
@@ -43,23 +45,22 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from rewriter.edits import apply_edits, invert_edits
-from rewriter.elf.compress import Compression, decompress, detect_compression
+from rewriter.edits import Append, byteorder
+from rewriter.elf.compress import Compression, Restore
 from rewriter.elf.image import Image, Kind
-from rewriter.elf.writer import atomic_write, commit, write_temp
-from rewriter.errors import LogError, OutputError, RewriteError
-from rewriter.log import Log, load
-from rewriter.patch import Options, Selection, rewrite, target_state
+from rewriter.elf.writer import NewFile, publish
+from rewriter.errors import LogError, RewriteError
+from rewriter.files import ScanHints, known_sites, no_site_cause, read_file
+from rewriter.log import LOG_SUFFIX, FileFacts, Header, Log, load, read_header, render
 from rewriter.policy import MODULE_SUFFIXES, Policy, Verb, module_name
-from rewriter.rewrite import LOG_SUFFIX, check_states, original_bytes, output_bytes, render_log, restore_of
+from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey, parse_trailer
 from rewriter.sites import Site, scan
 from rewriter.states import SiteState
@@ -72,7 +73,7 @@ class PrenopError(RewriteError):
 class Status(enum.Enum):
     NOPPED = "nopped"  # written now
     UNCHANGED = "unchanged"  # already what the policy gives, by its log: nothing written
-    NOTHING = "nothing to nop"  # the policy keeps every site (or there are none): not written, no log
+    NOTHING = "nothing to nop"  # the policy keeps every site, or there are none (the message says why)
     RESTORED = "restored"  # nopped before; the policy now keeps every site: the original written back
     UNDONE = "undone"
     ORIGINAL = "already original"  # --undo on a file that is its log's input
@@ -99,7 +100,13 @@ class FileReport(NamedTuple):
     left_recorded: int = 0  # sites to nop whose records stay (a record the rewriter could not drop)
     unplaced_records: int = 0  # records that point at no site the scanner knows
     signature: str = ""  # "", "stripped", "re-signed"
-    message: str = ""  # the error, or what --verify found
+    message: str = ""  # the error, what --verify found, or why a file has no sites
+    rules: frozenset[int] = frozenset()  # the policy rules (indexes) that decide at least one site
+
+    @property
+    def no_sites(self) -> bool:
+        """The file has no ftrace site at all (``message`` says the likely cause)."""
+        return self.status is Status.NOTHING and bool(self.message)
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,7 @@ class Settings:
     signing: SigningKey | None = None
     dry_run: bool = False
     replace_stale_logs: bool = False
+    hints: ScanHints = field(default_factory=ScanHints)  # --mcount-addr, --generation: a stripped vmlinux
 
 
 NOP = Options(SiteState.NOPPED, drop_records=True)
@@ -183,56 +191,6 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read(path: Path) -> tuple[bytes, bytes, Compression]:
-    """(bytes on disk, content after decompression, compression)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise RewriteError(f"{path}: {e.strerror}") from None
-    kind = detect_compression(raw[:8])
-    return raw, (decompress(path, raw, kind) if kind is not Compression.NONE else raw), kind
-
-
-class LogFacts(NamedTuple):
-    """What a patch log says about its two files (sha256 of their content, after decompression)."""
-
-    input_sha256: str
-    output_sha256: str
-    kind: str
-    sites_changed: int  # sites whose words changed, or whose records went if more (patchable, ool)
-
-
-def log_facts(path: Path) -> LogFacts | None:
-    """The header of the log at ``path`` (None if there is none), its footer checksum checked.
-
-    Parsing every line of a log costs more than rewriting the file it describes (a vmlinux log
-    has 67k lines), and most runs need only the two hashes; :func:`rewriter.log.load` reads
-    the edits when a file has to be taken back to its original."""
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise LogError(f"{path}: {e.strerror}") from None
-    body_end = text.rfind(b"\n", 0, len(text) - 1) + 1
-    try:
-        footer = json.loads(text[body_end:])
-        header = json.loads(text[: text.index(b"\n")])
-        ok = footer["sha256"] == hashlib.sha256(text[:body_end]).hexdigest()
-        facts = LogFacts(
-            str(header["input"]["content_sha256"]),
-            str(header["output"]["content_sha256"]),
-            str(header["kind"]),
-            # patchable and ool: no word changes, the records are what goes
-            max(int(header["summary"]["sites_changed"]), int(header["summary"].get("records_dropped", 0))),
-        )
-    except (ValueError, KeyError, TypeError):
-        raise LogError(f"{path}: not an mcountrw patch log, or a truncated one") from None
-    if not ok:
-        raise LogError(f"{path}: patch log was edited or truncated (footer checksum does not match)")
-    return facts
-
-
 def _unsigned(content: bytes) -> bytes | None:
     """``content`` without a trailing module signature; None if it has none."""
     try:
@@ -242,13 +200,14 @@ def _unsigned(content: bytes) -> bytes | None:
     return None if trailer is None else content[: trailer.elf_end]
 
 
-def _as_output(content: bytes, facts: LogFacts) -> bytes | None:
-    """The log's output inside ``content``: all of it, or all but a signature trailer this tool
-    appended when re-signing; None if ``content`` is not the log's output."""
-    if _sha(content) == facts.output_sha256:
+def _as_output(content: bytes, facts: Header) -> bytes | None:
+    """The log's output inside ``content``: all of it, or (a log written before re-signing was
+    logged as an ``append`` edit) all but the signature trailer appended then; None if
+    ``content`` is not the log's output."""
+    if _sha(content) == facts.output.content_sha256:
         return content
     body = _unsigned(content)
-    return body if body is not None and _sha(body) == facts.output_sha256 else None
+    return body if body is not None and _sha(body) == facts.output.content_sha256 else None
 
 
 class _Original(NamedTuple):
@@ -268,8 +227,8 @@ class _Original(NamedTuple):
         return _original_file(t, self.log, self.content, compression)
 
 
-def _original(t: Target, raw: bytes, content: bytes, facts: LogFacts | None, replace_stale: bool) -> _Original:
-    if facts is None or _sha(content) == facts.input_sha256:
+def _original(t: Target, raw: bytes, content: bytes, facts: Header | None, replace_stale: bool) -> _Original:
+    if facts is None or _sha(content) == facts.input.content_sha256:
         return _Original(content, raw, None, False)
     output = _as_output(content, facts)
     if output is not None:
@@ -283,21 +242,17 @@ def _original(t: Target, raw: bytes, content: bytes, facts: LogFacts | None, rep
     )
 
 
-def _undo_in_memory(t: Target, output: bytes, facts: LogFacts) -> bytes:
-    return _undo_with_log(t, output, facts)[0]
-
-
-def _undo_with_log(t: Target, output: bytes, facts: LogFacts) -> tuple[bytes, Log]:
-    log = load(t.log)
-    original = bytes(invert_edits(bytearray(output), log.edits, log.byteorder))
-    if _sha(original) != facts.input_sha256:
+def _undo_with_log(t: Target, output: bytes, facts: Header, log: Log | None = None) -> tuple[bytes, Log]:
+    log = load(t.log) if log is None else log
+    original = bytes(log.revert(output))
+    if _sha(original) != facts.input.content_sha256:
         raise LogError(f"{t.log}: undoing it on {t.source} does not give back its input (sha256 differs)")
     return original, log
 
 
 def _original_file(t: Target, log: Log, original: bytes, compression: Compression) -> bytes:
     """The original file's bytes (compressed as it was), checked against the log's sha256."""
-    raw, want = original_bytes(log, original, compression)
+    raw, want = log.original_file(original, compression)
     if want is not None and _sha(bytes(raw)) != want:
         raise LogError(
             f"{t.log}: the original content of {t.source} is back, but compressing it again does not give the "
@@ -306,24 +261,25 @@ def _original_file(t: Target, log: Log, original: bytes, compression: Compressio
     return bytes(raw)
 
 
-class Output(NamedTuple):
-    path: Path
-    data: bytes
-    mode: int
-
-
-def prenop_file(t: Target, settings: Settings, signer: Signer | None) -> tuple[FileReport, tuple[Output, ...]]:
+def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple[FileReport, tuple[NewFile, ...]]:
     """Decide and rewrite one file in memory; return its report and what to write (see
-    :func:`publish`), in the order it must be published: the log before the file it undoes."""
-    raw, current, compression = _read(t.source)
-    facts = log_facts(t.log)
+    :func:`rewriter.elf.writer.publish`), in the order it must be published: the log before the
+    file it undoes."""
+    raw, current, compression = read_file(t.source)
+    facts = read_header(t.log)
     orig = _original(t, raw, current, facts, settings.replace_stale_logs)
     original, was_output = orig.content, orig.was_output
     image = Image(t.source, original, compression)
-    sc = scan(image)
+    sc = scan(image, settings.hints.mcount_addr, settings.hints.generation)
     module = module_name(t.rel) if image.kind is Kind.MODULE else None
     decide = settings.policy.for_file(module).decide
-    chosen = [s for s in sc.sites if decide(s.function, s.section)[0] is Verb.NOP]
+    chosen = []
+    rules = set()
+    for s in sc.sites:
+        verb, rule = decide(s.function, s.section)
+        rules.add(rule)
+        if verb is Verb.NOP:
+            chosen.append(s)
     sign = signer is not None and image.kind is Kind.MODULE
     _check_signed(t, image, chosen, settings.strip_signature or sign)
     options = replace(NOP, strip_signature=settings.strip_signature or sign)
@@ -333,8 +289,9 @@ def prenop_file(t: Target, settings: Settings, signer: Signer | None) -> tuple[F
     nopped = len({s.place for s in result.sites} | {s.place for s in result.dropped})
     left = sum(1 for s in chosen if s.recorded) - len(result.dropped)
     report = FileReport(
-        t.rel, Status.NOPPED, image.kind.value, nopped, len(sc.sites) - len(chosen), left, len(sc.records.unmatched)
-    )
+        t.rel, Status.NOPPED, image.kind.value, nopped, len(sc.sites) - len(chosen), left, len(sc.records.unmatched),
+        rules=frozenset(r for r in rules if r is not None),
+    )  # fmt: skip
     dest_content = current if t.dest == t.source else _read_optional(t.dest)
     mode = _mode(t.source)
 
@@ -342,33 +299,54 @@ def prenop_file(t: Target, settings: Settings, signer: Signer | None) -> tuple[F
         # Nothing to nop. If the file was nopped before (the policy changed since), the original
         # goes back; with -o the output tree still gets its copy of the file.
         report = report._replace(status=Status.RESTORED if was_output else Status.NOTHING)
+        if not known_sites(image, sc):
+            report = report._replace(message=no_site_cause(image, sc, settings.hints))
         if dest_content == original or settings.dry_run:
             return report, ()
-        return report, (Output(t.dest, orig.file_bytes(t, compression), mode),)
+        return report, (NewFile(t.dest, orig.file_bytes(t, compression), mode),)
 
     if image.signature is not None and options.strip_signature:
         report = report._replace(signature="stripped")
-    content = result.content
     if sign:
         assert signer is not None
-        content = result.content + signer.trailer(bytes(result.content))
+        result = _signed(result, signer)
         report = report._replace(signature="re-signed")
-    check_states(content, image, result, SiteState.NOPPED)
 
+    content = result.content
     if facts is not None and dest_content is not None and _log_describes(facts, original, dest_content):
         same = dest_content == content
         if not same and sign and signer is not None and not signer.deterministic:
-            same = _unsigned(dest_content) == result.content  # ECDSA: a new signature every time
+            same = _unsigned(dest_content) == _unsigned(bytes(content))  # ECDSA: a new signature every time
         if same:
             return report._replace(status=Status.UNCHANGED), ()
     if settings.dry_run:
         return report, ()
+    return report, _log_and_file(t, orig, image, result, options, mode)
+
+
+def _signed(result: Rewrite, signer: Signer) -> Rewrite:
+    """``result`` with a new signature trailer appended, as one more edit of its log."""
+    trailer = signer.trailer(bytes(result.content))
+    append = Append(len(result.content), trailer, "module signature (re-signed)")
+    return replace(result, content=result.content + trailer, edits=(*result.edits, append))
+
+
+def _log_and_file(
+    t: Target, orig: _Original, image: Image, result: Rewrite, options: Options, mode: int
+) -> tuple[NewFile, NewFile]:
+    """The log of ``result`` and the new file (the rewritten module, maybe re-signed: its trailer
+    is the log's last edit), compressed as the original was."""
+    compression = image.compression
     original_raw = orig.file_bytes(t, compression)
-    restore = restore_of(original_raw, original, compression)
-    new_raw = bytes(output_bytes(content, compression, restore))
-    log_raw = new_raw if not sign else bytes(output_bytes(result.content, compression, restore))
-    text = render_log(image, Path(t.rel), original_raw, Path(t.rel), log_raw, result, options, restore=restore)
-    return report, (Output(t.log, text, 0o644), Output(t.dest, new_raw, mode))
+    restore = Restore.of(original_raw, orig.content, compression)
+    new_raw = bytes(restore.compressed(result.content, compression))
+    rel = Path(t.rel)  # logs name the file by its path in the tree, never where the tree is
+    facts = (
+        FileFacts.of(rel, original_raw, orig.content, compression),
+        FileFacts.of(rel, new_raw, result.content, compression),
+    )
+    text = render(image.kind, byteorder(image.byteorder), result, options, lambda: facts, restore)
+    return NewFile(t.log, text, 0o644), NewFile(t.dest, new_raw, mode)
 
 
 def _check_signed(t: Target, image: Image, chosen: Sequence[Site], resolved: bool) -> None:
@@ -381,108 +359,72 @@ def _check_signed(t: Target, image: Image, chosen: Sequence[Site], resolved: boo
         )
 
 
-def publish(outputs: Sequence[Output]) -> None:
-    """Write every output to a temporary file beside its target (fsync'ed), then rename each over
-    its target in order, then read the last one back. A run killed at any point leaves each
-    target old or new, never partial, and never a rewritten file without the log that undoes it."""
-    pending = []
-    try:
-        for o in outputs:
-            _mkdir(o.path.parent)
-            pending.append(write_temp(o.path, o.data, o.mode))
-    except BaseException:
-        for p in pending:
-            p.discard()
-        raise
-    for p in pending:
-        commit(p)
-    last = outputs[-1]
-    try:
-        if last.path.read_bytes() != last.data:
-            raise OutputError(f"{last.path}: read back differs from what was written")
-    except OSError as e:
-        raise OutputError(f"{last.path}: {e.strerror}") from None
-
-
-def _log_describes(facts: LogFacts, original: bytes, dest_content: bytes) -> bool:
-    return facts.input_sha256 == _sha(original) and _as_output(dest_content, facts) is not None
+def _log_describes(facts: Header, original: bytes, dest_content: bytes) -> bool:
+    return facts.input.content_sha256 == _sha(original) and _as_output(dest_content, facts) is not None
 
 
 def _read_optional(path: Path) -> bytes | None:
     """The content of ``path`` (decompressed), None if there is no such file."""
-    return _read(path)[1] if path.exists() else None
+    return read_file(path)[1] if path.exists() else None
 
 
 def _mode(path: Path) -> int:
     return path.stat().st_mode & 0o7777
 
 
-def _mkdir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{path}: {e.strerror}") from None
-
-
 # -- undo and verify ------------------------------------------------------------------------
 
 
-def undo_file(t: Target, dry_run: bool = False) -> FileReport:
+def undo_target(t: Target, dry_run: bool = False) -> tuple[FileReport, tuple[NewFile, ...]]:
     """Give back the original of ``t.source`` (to ``t.dest``) from its log, byte for byte: a
-    compressed file is compressed again by its log's recipe (or taken from the log), and checked."""
-    report, outputs = undo_compute(t, dry_run)
-    if outputs:
-        publish(outputs)
-    return report
-
-
-def undo_compute(t: Target, dry_run: bool = False) -> tuple[FileReport, tuple[Output, ...]]:
-    """:func:`undo_file` up to what to write (a copy of an unchanged file is written at once)."""
-    facts = log_facts(t.log)
+    compressed file is compressed again by its log's recipe (or taken from the log), and checked.
+    Returns what to write (a copy of an unchanged file is written at once)."""
+    facts = read_header(t.log)
     if facts is None:
         if t.dest != t.source and not dry_run:
             _copy_if_different(t.source, t.dest)
         return FileReport(t.rel, Status.NO_LOG), ()
-    _, content, compression = _read(t.source)
-    if _sha(content) == facts.input_sha256:
+    _, content, compression = read_file(t.source)
+    if _sha(content) == facts.input.content_sha256:
         if t.dest != t.source and not dry_run:
             _copy_if_different(t.source, t.dest)
-        return FileReport(t.rel, Status.ORIGINAL, facts.kind), ()
+        return FileReport(t.rel, Status.ORIGINAL, facts.kind.value), ()
     output = _as_output(content, facts)
     if output is None:
         raise PrenopError(f"{t.source}: is neither the input nor the output of {t.log}; not undoing it")
     original, log = _undo_with_log(t, output, facts)
-    report = FileReport(t.rel, Status.UNDONE, facts.kind, facts.sites_changed)
+    report = FileReport(t.rel, Status.UNDONE, facts.kind.value, facts.sites_touched)
     if dry_run:
         return report, ()
-    return report, (Output(t.dest, _original_file(t, log, original, compression), _mode(t.source)),)
+    return report, (NewFile(t.dest, _original_file(t, log, original, compression), _mode(t.source)),)
 
 
-def verify_file(t: Target) -> FileReport:
+def verify_target(t: Target) -> FileReport:
     """With ``t.original``: the difference between it and the file is exactly the log's edits.
     Without: the file is exactly the log's output, and undoing the log gives exactly its input.
     A signature trailer appended by re-signing is accepted on top of the log's output (openssl
     checks the signature itself: docs/prenop.md)."""
-    facts = log_facts(t.log)
+    facts = read_header(t.log)
     if facts is None:
-        if t.original is not None and _read(t.original)[1] != _read(t.source)[1]:
+        if t.original is not None and read_file(t.original)[1] != read_file(t.source)[1]:
             return FileReport(t.rel, Status.MISMATCH, message=f"{t.source} differs from {t.original} and has no log")
         return FileReport(t.rel, Status.NO_LOG)
-    content = _read(t.source)[1]
+    content = read_file(t.source)[1]
     output = _as_output(content, facts)
-    signature = "re-signed" if output is not None and len(output) != len(content) else ""
-    report = FileReport(t.rel, Status.VERIFIED, facts.kind, facts.sites_changed, signature=signature)
+    report = FileReport(t.rel, Status.VERIFIED, facts.kind.value, facts.sites_touched)
     if output is None:
         return report._replace(status=Status.MISMATCH, message=f"{t.source} is not the output of {t.log}")
     try:
-        if t.original is None:
-            _undo_in_memory(t, output, facts)
-            return report
-        original = _read(t.original)[1]
-        if _sha(original) != facts.input_sha256:
-            return report._replace(status=Status.MISMATCH, message=f"{t.original} is not the input of {t.log}")
         log = load(t.log)
-        expected = bytes(apply_edits(bytearray(original), log.edits, log.byteorder))
+        resigned = len(output) != len(content) or any(isinstance(e, Append) for e in log.edits)
+        report = report._replace(signature="re-signed" if resigned else "")
+        if t.original is None:
+            _undo_with_log(t, output, facts, log)
+            return report
+        original = read_file(t.original)[1]
+        if _sha(original) != facts.input.content_sha256:
+            return report._replace(status=Status.MISMATCH, message=f"{t.original} is not the input of {t.log}")
+        expected = bytes(log.replay(original))
     except RewriteError as e:
         return report._replace(status=Status.MISMATCH, message=str(e))
     if expected != output:
@@ -495,8 +437,7 @@ def _copy_if_different(src: Path, dest: Path) -> None:
     data = src.read_bytes()
     if dest.exists() and dest.read_bytes() == data:
         return
-    _mkdir(dest.parent)
-    atomic_write(dest, data, _mode(src))
+    publish([NewFile(dest, data, _mode(src))])
 
 
 # -- many files -----------------------------------------------------------------------------
@@ -523,7 +464,7 @@ def _guarded(t: Target, job: Job) -> FileReport:
 IO_THREADS = 4
 
 
-Compute = Callable[[Target], tuple[FileReport, tuple["Output", ...]]]
+Compute = Callable[[Target], tuple[FileReport, tuple[NewFile, ...]]]
 
 
 def _compute_then_publish(batch: Sequence[Target], compute: Compute) -> list[FileReport]:
@@ -550,15 +491,15 @@ def _compute_then_publish(batch: Sequence[Target], compute: Compute) -> list[Fil
 
 def _prenop_batch(batch: Sequence[Target], settings: Settings) -> list[FileReport]:
     signer = settings.signing.load() if settings.signing is not None else None
-    return _compute_then_publish(batch, lambda t: prenop_file(t, settings, signer))
+    return _compute_then_publish(batch, lambda t: prenop_target(t, settings, signer))
 
 
 def _undo_batch(batch: Sequence[Target], dry_run: bool) -> list[FileReport]:
-    return _compute_then_publish(batch, lambda t: undo_compute(t, dry_run))
+    return _compute_then_publish(batch, lambda t: undo_target(t, dry_run))
 
 
 def _verify_batch(batch: Sequence[Target], _: object) -> list[FileReport]:
-    return [_guarded(t, verify_file) for t in batch]
+    return [_guarded(t, verify_target) for t in batch]
 
 
 def run(

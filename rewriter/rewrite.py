@@ -1,188 +1,913 @@
-"""Rewriting files: apply, undo and verify, with the patch log, stage images and atomic output.
+"""A rewrite in memory: select sites, plan, and turn the plan's writes into compare-and-swap edits,
+plus the relocation and record edits that keep a rewritten file loadable.
 
-This is the only module besides ``elf.writer`` that writes files. Order of writes, so that a run
-killed at any moment leaves nothing half-done: everything is computed and checked in memory
-(the new image is re-scanned and must show the planned states), then the log is written, then
-the output, each atomically (temporary file, fsync, rename). The input is never opened for
-writing; ``--in-place`` replaces it by rename only once the new file is complete.
+Strategy: select sites, ask the planner for one plan that takes them to the target state, then
+walk the plan stage by stage on a copy of the file:
+
+* every slot write is a compare-and-swap against the word the scan found (``edits.WordWrite``);
+* in a relocatable file (.o/.ko) a call slot that becomes ``nop`` loses its ``R_PPC64_REL24``:
+  the loader would otherwise patch a branch offset into the nop. The entry is taken out of its
+  ``.rela`` table (not turned into ``R_PPC64_NONE``, which the ppc64 module loader refuses:
+  ``Unknown ADD relocation: 0``) in the same stage as the write, so every stage image loads;
+* with ``drop_records``, sites whose call slot ends up ``nop`` lose their records: in a linked
+  image the record table's slot is zeroed (ftrace_process_locs skips zeros) and its
+  ``R_PPC64_RELATIVE`` moves past the ``DT_RELASZ`` bytes that ``arch/powerpc/kernel/reloc_64.S``
+  applies at boot (it would write the slot back from the addend); in a relocatable file the
+  record's ``R_PPC64_ADDR64`` leaves ``.rela__mcount_loc`` / ``.rela__patchable_function_entries``,
+  so the record stays 0;
+* a signed module loses its signature only when asked (``strip_signature``).
+
+The boot rule (checked by booting the three corpus kernels): the kernel's boot-time
+``ftrace_init_nop`` accepts at a recorded place only the words the compiler built there
+(``LAYOUTS[v].built``: 6.1 ``mflr r0; bl _mcount``, 6.12 ``nop; nop``, 7.2 ``nop``); anything else
+is ``expected (...) != found (...)``, ``ftrace bug``, and ftrace is off for the boot. So a rewrite
+of a vmlinux or module that would leave a recorded place holding other words is refused, unless
+the same rewrite drops that record (``drop_records``) or the caller builds such an image on
+purpose (``keep_records``: the negative control of the boot tests). On patchable and ool kernels
+the sites are built as nops: pre-nopping them is dropping their records, and no word is written.
+
+The new file is then read back in memory: every changed site must hold the target state's words
+(:class:`InternalError` if not: that is mcountrw's mistake, not the input's). The result is in
+memory; ``rewriter.files`` writes files. No printing, no file I/O here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import mmap
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import fnmatch
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import numpy as np
 
-from rewriter import __version__, ppc
-from rewriter.edits import Truncate, WordWrite, apply_edits, invert_edits
-from rewriter.elf.compress import Compression, Recipe, compress, recipe_of
-from rewriter.elf.image import Image
-from rewriter.elf.writer import Pending, atomic_write, commit, write_temp
-from rewriter.errors import ImageError, LogError, OutputError, RewriteError
-from rewriter.generations import LAYOUTS
-from rewriter.log import FileFacts, Log, body_lines, check_extent, dumps, load
-from rewriter.patch import Options, Rewrite, Selection, rewrite, target_state, words_of
-from rewriter.ppc import TEXT, Disassembler, branch_text, is_b, is_bl
-from rewriter.sites import Scan, scan
-from rewriter.states import Insn, SiteState, insn_kind, word_for
+from rewriter import ppc
+from rewriter.edits import BytesEdit, Edit, RelaEdit, RelaPut, Truncate, WordWrite, apply_edits, byteorder
+from rewriter.elf import structs as S
+from rewriter.elf.image import Image, Kind, Section
+from rewriter.elf.symbols import rel_place
+from rewriter.errors import ImageError, InternalError, NoRoute, PlanRejected, RewriteError
+from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
+from rewriter.known import Moment, Origin, RecordSlot, RelaEntry, SiteLine, Touched, lines_after
+from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, plan
+from rewriter.sites import Scan, Site, dynamic_value, scan
+from rewriter.states import Insn, SiteState, Slot, insn_kind, word_for
 
-LOG_SUFFIX = ".mcountrw.jsonl"
-
-
-def default_log_path(output: Path) -> Path:
-    return output.with_name(output.name + LOG_SUFFIX)
+BOOTED_KINDS: Final = (Kind.VMLINUX, Kind.MODULE)
+"""Files whose records a kernel checks at boot or at module load (the boot rule applies to them)."""
+_BRANCHES: Final = (Insn.CALL, Insn.STUB)  # words encoded per address
 
 
 @dataclass(frozen=True)
-class ApplyResult:
-    input: Path
-    output: Path | None
-    log: Path | None
-    rewrite: Rewrite
-    scan: Scan
-    stage_images: tuple[Path, ...]
+class Selection:
+    """Which sites to change: all, or those matching any ``only`` glob (function names), any
+    ``sections`` name, any ``addrs`` (call-slot addresses) or any ``places`` ((section index,
+    call-slot offset) pairs, exact: what a policy computes), minus ``exclude`` globs."""
+
+    only: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    sections: tuple[str, ...] = ()
+    addrs: frozenset[int] = frozenset()
+    places: frozenset[tuple[int, int]] = frozenset()
+
+    @property
+    def everything(self) -> bool:
+        return not (self.only or self.exclude or self.sections or self.addrs or self.places)
+
+    def matches(self, site: Site) -> bool:
+        name = site.function or ""
+        chosen = not (self.only or self.sections or self.addrs or self.places)
+        chosen = chosen or any(fnmatch.fnmatchcase(name, g) for g in self.only)
+        chosen = chosen or site.section in self.sections or (site.addr in self.addrs)
+        section_offset = site.offset  # Site.offset is the call slot's offset in its section
+        chosen = chosen or (site.section_index, section_offset) in self.places
+        return chosen and not any(fnmatch.fnmatchcase(name, g) for g in self.exclude)
 
 
-def _sha256(data: bytes | bytearray | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
+@dataclass(frozen=True)
+class Options:
+    """``target`` is a state name (``nopped`` means every word of the site a nop: on ool, whose
+    one word has no ``nopped`` state, that is ``disabled``). ``drop_records`` drops the records of
+    sites whose call slot ends up nop; ``keep_records`` allows leaving a recorded place holding
+    words the kernel refuses at boot (for negative controls only)."""
+
+    target: SiteState
+    route: Route | None = None
+    cmodx: Cmodx = Cmodx.V3_1
+    drop_records: bool = False
+    strip_signature: bool = False
+    keep_records: bool = False
 
 
-def _on_disk(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise RewriteError(f"{path}: {e.strerror}") from None
+class StubCount(NamedTuple):
+    """ool: an area of stubs, how many it has (``stubs``) and how many records it serves (``used``).
+    A module's stubs are carved out of ``.stubs`` at load, one per ``__patchable_function_entries``
+    slot (module_64.c: sh_size / 8), zeroed slots included. (``stubs``, not ``count``: a tuple has
+    a ``count`` method.)"""
+
+    area: str
+    stubs: int
+    used: int
 
 
-def check_output_path(input_path: Path, output: Path | None, in_place: bool) -> Path:
-    if in_place:
-        if output is not None and output.resolve() != input_path.resolve():
-            raise OutputError(f"{output}: --in-place writes the input; do not also give -o")
-        output = input_path
-    elif output is None:
-        raise OutputError(f"{input_path}: no output: give -o OUT, --in-place or --dry-run")
-    elif output.exists() and output.resolve() == input_path.resolve():
-        raise OutputError(f"{output}: output is the input; use --in-place to rewrite it")
-    if output.is_dir():
-        raise OutputError(f"{output}: is a directory")
-    # The file is replaced by a rename, so it is the directory that must be writable.
-    parent = output.parent if str(output.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{output}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{output}: cannot write in {parent}")
-    return output
+@dataclass(frozen=True)
+class Rewrite:
+    """What a rewrite did. ``content`` is the whole new file (decompressed); ``stages`` the file
+    after each stage of the plan (relocation edits included, record and signature edits not).
+    ``dropped``: the sites whose records go, ``restored`` those whose records come back; ``stubs``
+    (ool): the stub counts before and after."""
+
+    content: bytes | bytearray  # the bytearray the edits were applied to: a 46 MB copy saved
+    stages: tuple[bytes, ...]
+    edits: tuple[Edit, ...]
+    plan: Plan | None
+    barriers: tuple[tuple[int, str], ...]
+    sites: tuple[Site, ...]  # the sites whose words changed, as they were before
+    unchanged: int  # selected sites already at the target
+    dropped: tuple[Site, ...] = ()
+    stubs: tuple[tuple[StubCount, ...], tuple[StubCount, ...]] | None = None
+    restored: tuple[Site, ...] = ()  # sites whose records came back (from the patch log)
+    site_lines: tuple[SiteLine, ...] = ()  # the log's `site` lines (rewriter.known)
+
+    @property
+    def word_writes(self) -> int:
+        """How many of ``edits`` are the plan's word writes (the others have no stage)."""
+        return sum(1 for e in self.edits if e.stage is not None)
 
 
-def check_side_paths(input_path: Path, out: Path, log: Path, in_place: bool, backup: bool) -> None:
-    """Before any work: the patch log must not land on the input or the output (a log written over
-    the input would destroy it), and an ``--in-place --backup`` copy must not replace an earlier
-    one (a second run would otherwise overwrite the true original with a rewritten file)."""
-    if backup and not in_place:
-        raise OutputError(f"{input_path}: --backup goes with --in-place (with -o the input is left as it is)")
-    for other, what in ((input_path, "the input"), (out, "the output")):
-        if log == other or (log.exists() and other.exists() and log.resolve() == other.resolve()):
-            raise OutputError(f"{log}: the patch log would overwrite {what}")
-    if log.is_dir():
-        raise OutputError(f"{log}: is a directory")
-    saved = input_path.with_name(input_path.name + ".orig")
-    if backup and (saved.exists() or saved.is_symlink()):
-        raise OutputError(f"{saved}: exists (a backup from an earlier run?); move it away or drop --backup")
+def target_state(variant: Variant, target: SiteState) -> SiteState:
+    """The state ``target`` names for a ``variant`` site: itself, except ``nopped`` on a layout
+    without it (ool), where it is the state whose words are all ``nop``."""
+    lay = LAYOUTS[variant]
+    if target is SiteState.NOPPED and target not in lay.states:
+        for state, words in lay.states.items():
+            if all(w is Insn.NOP for w in words):
+                return state
+    return target
 
 
-def apply_file(
-    path: Path,
-    output: Path | None,
+def words_of(variant: Variant, state: SiteState) -> tuple[Insn, ...]:
+    """The words of ``state_slots`` for ``state`` (``broken`` too, for the two-slot layouts)."""
+    lay = LAYOUTS[variant]
+    return lay.states[state] if state in lay.states else TWO_SLOT_STATES[state]
+
+
+def _words_text(variant: Variant, state: SiteState) -> str:
+    return "; ".join("mflr r0" if w is Insn.MFLR else w.value for w in words_of(variant, state))
+
+
+class _Choice(NamedTuple):
+    """Which sites a rewrite touches: ``todo`` change words, ``gone`` lose their records, ``back``
+    get their records back (from the patch log); ``goals`` is each variant's target state."""
+
+    selected: list[Site]
+    goals: Mapping[Variant, SiteState]
+    todo: list[Site]
+    gone: list[Site]
+    back: list[Site]
+
+
+def rewrite(
+    image: Image,
+    scan: Scan,
     selection: Selection,
     options: Options,
-    *,
-    log_path: Path | None = None,
-    stage_dir: Path | None = None,
-    dry_run: bool = False,
-    in_place: bool = False,
-    backup: bool = False,
-) -> ApplyResult:
-    out = None if dry_run else check_output_path(path, output, in_place)
-    if out is not None:
-        check_side_paths(path, out, log_path or default_log_path(out), in_place, backup)
-    image = Image.load(path)
-    before = scan(image)
-    result = rewrite(image, before, selection, options, keep_stages=stage_dir is not None and not dry_run)
-    check_states(result.content, image, result, options.target)
-    if dry_run or out is None:
-        return ApplyResult(path, None, None, result, before, ())
-    # An uncompressed input is already mapped: hash and back it up from the mapping, not a re-read.
-    raw = image.data if image.compression is Compression.NONE else _on_disk(path)
-    restore = restore_of(raw, image.data, image.compression)
-    # Nothing changed (a module without records): its bytes as they are, not compressed again.
-    new_raw = output_bytes(result.content, image.compression, restore) if result.edits else bytes(raw)
-    log = log_path or default_log_path(out)
-    stage_paths = _write_stage_images(stage_dir, path, result) if stage_dir else ()
-    mode = path.stat().st_mode & 0o7777
-    # The two files are hashed and the output's 46 MB written, fsynced and read back in a thread
-    # while the log's 67,000 lines are formatted (hashlib and file I/O let go of the GIL); nothing
-    # is published until the output, the log and the backup are all complete.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        facts = pool.submit(_file_facts, image, path, raw, out, new_raw, result.content)
-        out_future = pool.submit(write_temp, out, new_raw, mode)
-        pending: list[Pending] = []
+    keep_stages: bool = False,
+    history: Mapping[int, SiteLine] | None = None,
+) -> Rewrite:
+    """Plan and apply; ``keep_stages`` keeps a copy of the file after each stage (``--stage-images``).
+    ``history``: the site lines of the input's patch log by place (``rewriter.known``), which say
+    how to bring back what an earlier rewrite took out: a call's target and relocation, a record."""
+    history = history or {}
+    c = _choose(image, scan, selection, options, history)
+    groups = _groups(c.todo)
+    the_plan = _make_plan(image, groups, c.goals, options) if c.todo else None
+    order = byteorder(image.byteorder)
+    buf = bytearray(image.data)
+    edits: list[Edit] = []
+    stages: list[bytes] = []
+    tables = _RelaTables(image)
+    if the_plan is not None:
+        for stage_writes in _resolve(image, scan, groups, the_plan):
+            stage_edits: list[Edit] = list(stage_writes)
+            if image.type == S.ET_REL:
+                stage_edits += tables.drop_call_relocations(image, c.todo, stage_writes)
+                stage_edits += tables.put_call_relocations(image, c.todo, stage_writes, history)
+            buf = apply_edits(buf, stage_edits, order)
+            edits += stage_edits
+            if keep_stages:
+                stages.append(bytes(buf))
+    records, rows, facts = _drop_records(image, scan, tables, c.gone)
+    records += _restore_records(image, tables, c.back, history)
+    final = list(records)
+    if options.strip_signature and image.signature is not None and (c.todo or c.gone or c.back):
+        tail = bytes(image.data[image.elf_end :])
+        final.append(Truncate(image.elf_end, tail, "module signature"))
+    buf = apply_edits(buf, final, order)
+    edits += final
+    barriers = () if the_plan is None else tuple((i, b.value) for i, b in enumerate(the_plan.barriers))
+    stubs = _stub_counts(image, scan, rows - len(c.back), bool(records), buf)
+    _read_back(buf, image, c.todo, c.goals)
+    _read_back_restored(buf, image, scan, c, tables.put_calls)
+    lines = lines_after(_touched(c, tables.taken, facts), history)  # what bringing each back needs
+    return Rewrite(
+        buf, tuple(stages), tuple(edits), the_plan, barriers, tuple(c.todo), len(c.selected) - len(c.todo),
+        tuple(c.gone), stubs, tuple(c.back), lines,
+    )  # fmt: skip
+
+
+def _choose(
+    image: Image, scan: Scan, selection: Selection, options: Options, history: Mapping[int, SiteLine]
+) -> _Choice:
+    if options.drop_records and options.keep_records:
+        raise RewriteError(f"{image.path}: --drop-records and --keep-records contradict each other")
+    selected = list(scan.sites) if selection.everything else [s for s in scan.sites if selection.matches(s)]
+    if history:
+        selected = [_with_target(s, history) for s in selected]
+    restorable = _restorable(selected, history, options)
+    goals = _goals(image, selected, options.target, restoring=bool(restorable))
+    if len(goals) == 1:  # the usual case: one layout, and no enum hashed per site
+        (goal,) = goals.values()
+        todo = [s for s in selected if s.state is not goal]
+    else:
+        todo = [s for s in selected if s.state is not goals[s.variant]]
+    gone = _records_to_drop(selected, goals) if options.drop_records else []
+    back = [s for s in restorable if goals[s.variant] is LAYOUTS[s.variant].built]
+    if image.signature is not None and (todo or gone or back) and not options.strip_signature:
+        raise ImageError(
+            f"{image.path}: signed module: any edit invalidates its signature and the kernel would refuse it "
+            "(pass --strip-signature to drop it; undo restores it)"
+        )
+    _check_boot_rule(image, selected, todo, gone, goals, options)
+    for s in todo:
+        if s.state is SiteState.UNKNOWN:
+            raise ImageError(
+                f"{image.path}: {s.place_text} ({s.function or '?'}): slots hold unknown words; not touching it"
+            )
+    return _Choice(selected, goals, todo, gone, back)
+
+
+def _with_target(site: Site, history: Mapping[int, SiteLine]) -> Site:
+    """A linked site with no call now (nopped) calls again where it called in the original file."""
+    if site.call_target is not None or site.addr is None:
+        return site
+    line = history.get(site.place)
+    if line is None or line.origin.call_target is None:
+        return site
+    return site._replace(call_target=line.origin.call_target)
+
+
+def _restorable(selected: Sequence[Site], history: Mapping[int, SiteLine], options: Options) -> list[Site]:
+    """Selected sites that an earlier rewrite unrecorded and whose records the log can put back,
+    when the target brings sites back (not ``nopped``, not with ``--drop-records``)."""
+    if not history or options.target is SiteState.NOPPED or options.drop_records:
+        return []
+    out = []
+    for s in selected:
+        line = None if s.recorded else history.get(s.place)
+        if line is not None and line.original.recorded and line.origin.record:
+            out.append(s)
+    return out
+
+
+class _Taken(NamedTuple):
+    """What dropping records took out, by record place: linked images' table slots, and the
+    records' relocations (RELATIVE, or a relocatable file's ADDR64)."""
+
+    slots: dict[int, RecordSlot]
+    relocations: dict[int, RelaEntry]
+
+
+def _touched(c: _Choice, calls: Mapping[int, RelaEntry], records: _Taken) -> list[Touched]:
+    """Every site the rewrite changed (words, record gone or back), as :func:`lines_after` takes
+    them; ``calls`` and ``records``: the call relocations and the records it took out."""
+    changed = {s.place: s for s in (*c.todo, *c.gone, *c.back)}
+    words = {s.place for s in c.todo}
+    gone = {s.place for s in c.gone}
+    back = {s.place for s in c.back}
+    out = []
+    slots, relocations = records
+    for place, s in changed.items():
+        state = c.goals[s.variant] if place in words else s.state
+        recorded = (s.recorded and place not in gone) or place in back
+        record = s.record if place in gone and s.record is not None else -1  # -1: no place
+        origin = Origin(None, calls.get(place), slots.get(record), relocations.get(record))
+        out.append(Touched(s, Moment(state, recorded), origin))
+    return out
+
+
+def _goals(
+    image: Image, sites: Sequence[Site], target: SiteState, restoring: bool = False
+) -> Mapping[Variant, SiteState]:
+    """The target state of each variant present. A patchable or ool site is never made to call the
+    tracer offline: the kernel's boot-time init accepts only nops at a recorded place, a call left
+    unrecorded would never be managed by ftrace, and an ool ``b stub`` would enter a stub that only
+    the boot fills (the file's stubs are zero). The running kernel enables sites itself, so there
+    ``enabled`` can only mean bringing back sites an earlier rewrite unrecorded (``restoring``):
+    their words as built, and their records back."""
+    goals = {}
+    for variant in {s.variant for s in sites}:
+        goal = target_state(variant, target)
+        lay = LAYOUTS[variant]
+        if lay.generation is not Generation.MPROFILE and any(w in _BRANCHES for w in words_of(variant, goal)):
+            if not restoring:
+                raise PlanRejected(
+                    f"{image.path}: {variant.value}: {goal.value} ({_words_text(variant, goal)}) is not written "
+                    f"offline: the kernel's boot-time ftrace_init_nop accepts only {_words_text(variant, lay.built)} "
+                    "at a recorded place (ftrace bug otherwise) and enables sites itself at run time "
+                    "(echo function > current_tracer); sites an earlier rewrite unrecorded come back this way "
+                    "when their patch log is read"
+                )
+            goal = lay.built
+        goals[variant] = goal
+    return goals
+
+
+def _call_slot_nop(variant: Variant, state: SiteState) -> bool:
+    lay = LAYOUTS[variant]
+    return words_of(variant, state)[lay.state_slots.index(Slot.B)] is Insn.NOP
+
+
+def _records_to_drop(selected: Sequence[Site], goals: Mapping[Variant, SiteState]) -> list[Site]:
+    """Every selected recorded site whose call slot ends up nop, including sites already there:
+    on a patchable or ool kernel the compiler's nops *are* the nopped state."""
+    nop_at_end = {v for v, g in goals.items() if _call_slot_nop(v, g)}
+    if len(goals) == 1:
+        return [s for s in selected if s.recorded] if nop_at_end else []
+    return [s for s in selected if s.recorded and s.variant in nop_at_end]
+
+
+def _check_boot_rule(
+    image: Image,
+    selected: Sequence[Site],
+    todo: Sequence[Site],
+    gone: Sequence[Site],
+    goals: Mapping[Variant, SiteState],
+    options: Options,
+) -> None:
+    """Refuse a vmlinux or module that the kernel would refuse at boot (see the module docstring)."""
+    if image.kind not in BOOTED_KINDS or options.keep_records:
+        return
+    dropped = {s.place for s in gone}
+    bad = [
+        s for s in todo if s.recorded and s.place not in dropped and goals[s.variant] is not LAYOUTS[s.variant].built
+    ]
+    if bad:
+        s, goal = bad[0], goals[bad[0].variant]
+        more = f" (and {len(bad) - 1} more sites)" if len(bad) > 1 else ""
+        raise PlanRejected(
+            f"{image.path}: {s.place_text} ({s.function or '?'}){more}: would hold {goal.value} "
+            f"({_words_text(s.variant, goal)}) at a recorded place, but the kernel's boot-time ftrace_init_nop "
+            f"accepts only {_words_text(s.variant, LAYOUTS[s.variant].built)} there (expected != found, ftrace bug, "
+            "ftrace off for the boot): add --drop-records (or --keep-records to build that image on purpose)"
+        )
+    if options.target is SiteState.NOPPED and not options.drop_records and not todo:
+        kept = [s for s in selected if s.recorded and LAYOUTS[s.variant].generation is not Generation.MPROFILE]
+        if kept:
+            gen = LAYOUTS[kept[0].variant].generation.value
+            raise PlanRejected(
+                f"{image.path}: {gen}: the {len(kept)} selected sites already are nop as built, and their records "
+                "keep them traceable (the kernel patches them at boot): pre-nopping them means dropping their "
+                "records: add --drop-records"
+            )
+
+
+def _groups(sites: Sequence[Site]) -> list[list[Site]]:
+    """Sites grouped by (variant, state), in order of first appearance: every site of a group takes
+    the same path, so the planner plans each group once (a kernel has ~34,000 sites, ~1 group)."""
+    index: dict[tuple[Variant, SiteState], int] = {}
+    groups: list[list[Site]] = []
+    last: tuple[Variant, SiteState] | None = None
+    n = -1
+    for s in sites:
+        key = (s.variant, s.state)
+        if key != last:  # compare, don't hash enum members, on runs of equal keys
+            n = index.setdefault(key, len(groups))
+            if n == len(groups):
+                groups.append([])
+            last = key
+        groups[n].append(s)
+    return groups
+
+
+def _make_plan(
+    image: Image, groups: Sequence[Sequence[Site]], goals: Mapping[Variant, SiteState], options: Options
+) -> Plan:
+    """One plan whose ``sites`` are the groups: a plan's stages and barriers depend only on which
+    requests occur, not on how many sites make each one."""
+    requests = [SiteRequest(g[0].variant, g[0].state, goals[g[0].variant]) for g in groups]
+    try:
+        return plan(requests, options.route, options.cmodx, runtime=True)
+    except PlanRejected:
+        # No legal *runtime* route (e.g. under CMODX 3.0); a file is not executing, so the
+        # offline plan, which only avoids `broken`, is still correct for it.
         try:
-            text = render_log(image, path, raw, out, new_raw, result, options, facts=facts.result, restore=restore)
-            pending.append(write_temp(log, text, 0o644))
-            if in_place and backup:
-                pending.append(write_temp(path.with_name(path.name + ".orig"), raw, mode))
-            pending.append(out_future.result())
-        except BaseException:
-            for p in pending:
-                p.discard()
-            if out_future.exception() is None:  # waits for the writer thread: its file must go too
-                out_future.result().discard()
-            raise
-    # The log is published first: an output never exists without the log that can undo it.
-    for p in pending:
-        commit(p)
-    return ApplyResult(path, out, log, result, before, stage_paths)
+            return plan(requests, options.route, options.cmodx, runtime=False)
+        except PlanRejected as e:
+            raise NoRoute(f"{image.path}: {e}") from None
 
 
-class Restore(NamedTuple):
-    """How a compressed input's exact bytes come back from its content: by a ``recipe``, or, when
-    none rebuilds them, kept as they are (``original``). Both None for an uncompressed file."""
-
-    recipe: Recipe | None = None
-    original: bytes | None = None
+# -- plan writes -> words -------------------------------------------------------------------
 
 
-def restore_of(raw: bytes | bytearray | mmap.mmap, content: bytes | mmap.mmap, kind: Compression) -> Restore:
-    if kind is Compression.NONE:
-        return Restore()
-    recipe = recipe_of(bytes(raw), bytes(content), kind)
-    return Restore(recipe, None if recipe is not None else bytes(raw))
+class _Step(NamedTuple):
+    """One write of a group's path, with everything that does not depend on the site's address."""
+
+    slot: Slot
+    delta: int
+    before: SiteState
+    after: SiteState
+    old_word: int | None  # None: a branch (bl or b stub), encoded per address
+    new_word: int | None
+    old: Insn
+    new: Insn
 
 
-def output_bytes(content: bytes | bytearray, kind: Compression, restore: Restore) -> bytes | bytearray:
-    """The file to write for ``content``: compressed as its input was (Kbuild's settings if no
-    recipe describes the input)."""
-    if kind is Compression.NONE:
-        return content
-    return compress(content, restore.recipe or kind)
+def _resolve(image: Image, scan: Scan, groups: Sequence[Sequence[Site]], the_plan: Plan) -> list[list[WordWrite]]:
+    """Turn the plan's symbolic writes (one per group) into words at file offsets, site by site."""
+    entries = sorted(scan.mcount_entries)
+    words = [words_of(g[0].variant, g[0].state) for g in groups]  # each group's words as the plan goes
+    out: list[list[WordWrite]] = []
+    for stage_no, stage in enumerate(the_plan.stages):
+        writes: list[WordWrite] = []
+        for w in stage:
+            group = groups[w.site]
+            st, words[w.site] = _step(group[0], w, words[w.site])
+            for site in group:
+                offset = site.file_offset + st.delta
+                section_offset = site.offset + st.delta  # Site.offset: the call slot's, in its section
+                addr = None if site.addr is None else site.addr + st.delta
+                here = addr if addr is not None else section_offset
+                old = st.old_word if st.old_word is not None else _branch(image, here, offset, site, entries, st.old)
+                new = st.new_word if st.new_word is not None else _branch(image, here, None, site, entries, st.new)
+                writes.append(
+                    WordWrite(stage_no, offset, addr, site.section, section_offset, site.function, st.slot,
+                              old, new, st.before, st.after)
+                )  # fmt: skip
+        out.append(writes)
+    return out
 
 
-def check_states(content: bytes | bytearray, image: Image, result: Rewrite, target: SiteState) -> None:
-    """Read every changed site back from ``content``: its slots must now hold the target state.
+def _step(site: Site, w: Write, words: tuple[Insn, ...]) -> tuple[_Step, tuple[Insn, ...]]:
+    delta = site.slot_delta(w.slot)
+    if delta is None:
+        raise PlanRejected(
+            f"{site.place_text}: plan writes slot {w.slot.value}, which a {site.variant.value} site lacks"
+        )
+    lay = LAYOUTS[site.variant]
+    before = lay.state_of(words)
+    if w.slot in lay.state_slots:
+        i = lay.state_slots.index(w.slot)
+        words = (*words[:i], w.new, *words[i + 1 :])
+    old_word = None if w.old in _BRANCHES else word_for(w.old, 0, 0)
+    new_word = None if w.new in _BRANCHES else word_for(w.new, 0, 0)
+    return _Step(w.slot, delta, before, lay.state_of(words), old_word, new_word, w.old, w.new), words
+
+
+def _branch(image: Image, here: int, offset: int | None, site: Site, entries: Sequence[int], insn: Insn) -> int:
+    """A branch word of a write: a ``bl`` to the tracer encoded for ``here``, or the ``b stub`` an
+    ool site holds (read at ``offset``: only ever the old word, since offline writes never make one)."""
+    if insn is Insn.CALL:
+        return _call(image, here, site, entries)
+    if offset is None:
+        raise PlanRejected(f"{site.place_text}: `b stub` is written only by the running kernel")
+    return image.word_at(offset)
+
+
+def _call(image: Image, here: int, site: Site, entries: Sequence[int]) -> int:
+    if image.type == S.ET_REL:
+        # `bl .`: the REL24 relocation supplies the offset; the loader masks it in.
+        return ppc.bl(0, 0)
+    target = site.call_target if site.call_target is not None else _reachable(here, entries)
+    try:
+        return ppc.bl(here, target)
+    except ppc.EncodingError as e:
+        raise ImageError(f"{image.path}: {e}") from None
+
+
+def _reachable(addr: int, entries: Sequence[int]) -> int:
+    for e in sorted(entries, key=lambda e: abs(e - addr)):
+        if -ppc.BRANCH_RANGE <= e - addr < ppc.BRANCH_RANGE:
+            return e
+    raise ImageError(f"{addr:#x}: no mcount entry within branch range")
+
+
+# -- relocation tables ----------------------------------------------------------------------
+
+
+class _RelaTables:
+    """The current rows of the relocation tables this rewrite edits, so that each RelaEdit is
+    computed against the table as the previous edits left it."""
+
+    def __init__(self, image: Image) -> None:
+        self.image = image
+        self.rows: dict[int, np.ndarray] = {}
+        self.size: dict[int, int] = {}
+        self.taken: dict[int, RelaEntry] = {}  # the REL24s of call slots nopped, by site place
+        self.put_calls: set[int] = set()  # sites whose REL24 came back from the patch log
+
+    def current(self, sec: Section) -> np.ndarray:
+        if sec.index not in self.rows:
+            self.rows[sec.index] = self.image.relocations(sec).copy()
+            self.size[sec.index] = sec.size
+        return self.rows[sec.index]
+
+    def remove(self, sec: Section, indexes: np.ndarray, why: str, keep_tail: bool = False) -> list[Edit]:
+        """Take rows out of ``sec`` (indexes into its current rows) and lower its ``sh_size``.
+
+        The freed tail of the table is zeroed, or with ``keep_tail`` holds the removed entries
+        (still in the file, past the end of the table)."""
+        rows = self.current(sec)
+        indexes = np.unique(indexes)
+        if not len(indexes):
+            return []
+        entries = tuple(rows[i : i + 1].tobytes() for i in indexes.tolist())
+        left = np.delete(rows, indexes)
+        keep = len(left) if keep_tail else None
+        entsize = sec.entsize or rows.dtype.itemsize
+        edit = RelaEdit(
+            sec.name, sec.offset, self.size[sec.index], entsize, tuple(indexes.tolist()), entries, keep, why
+        )
+        self.rows[sec.index] = left
+        new_size = self.size[sec.index] - len(indexes) * entsize
+        edits: list[Edit] = [edit, self.sh_size_edit(sec, self.size[sec.index], new_size)]
+        self.size[sec.index] = new_size
+        return edits
+
+    def sh_size_edit(self, sec: Section, old: int, new: int) -> BytesEdit:
+        dt = S.shdr_dtype(self.image.endian)
+        assert dt.fields is not None
+        field = int(self.image.ehdr["e_shoff"]) + sec.index * dt.itemsize + dt.fields["sh_size"][1]
+        order = byteorder(self.image.byteorder)
+        return BytesEdit(field, old.to_bytes(8, order), new.to_bytes(8, order), f"{sec.name} sh_size")
+
+    def drop_call_relocations(self, image: Image, sites: Sequence[Site], writes: Sequence[WordWrite]) -> list[Edit]:
+        """REL24 relocations of call slots this stage turns into ``nop``."""
+        nopped = {(w.section, w.section_offset) for w in writes if w.slot is Slot.B and w.new == ppc.NOP}
+        if not nopped:
+            return []
+        by_target: dict[int, list[int]] = {}
+        for s in sites:
+            section_offset = s.offset  # the call slot's, in its section (= the REL24's r_offset)
+            if (s.section, section_offset) in nopped:
+                by_target.setdefault(s.section_index, []).append(section_offset)
+        edits: list[Edit] = []
+        for rsec in image.relocation_sections():
+            offsets = by_target.get(rsec.info)
+            if not offsets:
+                continue
+            rows = self.current(rsec)
+            hit = (S.r_type(rows["r_info"]) == S.R_PPC64_REL24) & np.isin(rows["r_offset"], offsets)
+            found = np.flatnonzero(hit)
+            if len(found) != len(offsets):
+                raise ImageError(
+                    f"{image.path}: {rsec.name}: expected {len(offsets)} R_PPC64_REL24 for the nopped call slots, "
+                    f"found {len(found)}"
+                )
+            for i in found.tolist():
+                place = int(rel_place(rsec.info, int(rows["r_offset"][i])))
+                self.taken[place] = RelaEntry(rsec.name, rows[i : i + 1].tobytes())
+            edits += self.remove(rsec, found, "R_PPC64_REL24 of a nopped call slot")
+        return edits
+
+    def put(self, sec: Section, entries: Sequence[bytes], why: str) -> list[Edit]:
+        """Put ``entries`` back into ``sec`` where their ``r_offset`` sorts them (the order the
+        assembler left, so that putting back every entry a drop took out gives the original
+        bytes), growing the table into its zeroed tail, and raise its ``sh_size``."""
+        rows = self.current(sec)
+        entsize = sec.entsize or rows.dtype.itemsize
+        size = self.size[sec.index]
+        new_size = size + len(entries) * entsize
+        _check_room(self.image, sec, sec.offset + size, sec.offset + new_size)
+        new = np.frombuffer(b"".join(entries), rows.dtype)
+        order = np.argsort(new["r_offset"], kind="stable")
+        at = _sorted_positions(rows["r_offset"], new["r_offset"][order])
+        put = tuple(entries[i] for i in order.tolist())
+        edit = RelaPut(sec.name, sec.offset, new_size, entsize, at, put, None, why)
+        self.rows[sec.index] = np.insert(rows, np.array(at) - np.arange(len(at)), new[order])
+        self.size[sec.index] = new_size
+        return [edit, self.sh_size_edit(sec, size, new_size)]
+
+    def put_call_relocations(
+        self, image: Image, sites: Sequence[Site], writes: Sequence[WordWrite], history: Mapping[int, SiteLine]
+    ) -> list[Edit]:
+        """The REL24 of each call slot this stage turns into a ``bl`` and whose table lacks one
+        (a nop took it out), put back from the patch log: without it the loader leaves ``bl .``,
+        a branch to itself."""
+        called = {(w.section, w.section_offset) for w in writes if w.slot is Slot.B and ppc.is_bl(w.new)}
+        wanted: dict[str, list[bytes]] = {}
+        for s in sites:
+            if (s.section, s.offset) not in called or self._has_call_relocation(s):
+                continue
+            line = history.get(s.place)
+            if line is None or line.origin.call_relocation is None:
+                raise ImageError(
+                    f"{image.path}: {s.place_text} ({s.function or '?'}): a call here needs its R_PPC64_REL24, "
+                    "which the rewrite that nopped it took out and no patch log read here names "
+                    "(give the log of this file with --input-log)"
+                )
+            wanted.setdefault(line.origin.call_relocation.section, []).append(line.origin.call_relocation.entry)
+            self.put_calls.add(s.place)
+        edits: list[Edit] = []
+        for name, entries in wanted.items():
+            edits += self.put(_rela_section(image, name), entries, "R_PPC64_REL24 of a restored call")
+        return edits
+
+    def _has_call_relocation(self, site: Site) -> bool:
+        for rsec in self.image.relocation_sections():
+            if rsec.info == site.section_index:
+                rows = self.current(rsec)
+                hit = (S.r_type(rows["r_info"]) == S.R_PPC64_REL24) & (rows["r_offset"] == site.offset)
+                if hit.any():
+                    return True
+        return False
+
+
+def _rela_section(image: Image, name: str) -> Section:
+    sec = image.section(name)
+    if sec is None or sec.type != S.SHT_RELA:
+        raise ImageError(f"{image.path}: the patch log puts a relocation back into {name}, which is no RELA table here")
+    return sec
+
+
+def _sorted_positions(rows: np.ndarray, new: np.ndarray) -> tuple[int, ...]:
+    """Where each of ``new`` (ascending) lands among ``rows`` once all are inserted: after the
+    equal or smaller values if ``rows`` ascend, else at the end."""
+    if len(rows) > 1 and not bool(np.all(rows[1:] >= rows[:-1])):
+        k = np.full(len(new), len(rows))
+    else:
+        k = np.searchsorted(rows, new, side="right")
+    return tuple((k + np.arange(len(new))).tolist())
+
+
+def _check_room(image: Image, sec: Section, start: int, end: int) -> None:
+    """A table grows only into bytes that are zero and no other section's: the tail a drop freed."""
+    start = max(start, sec.offset + sec.size)  # the table's own bytes are zeroed by a drop in this rewrite
+    no_room = f"{image.path}: {sec.name}: no room to put relocations back"
+    for other in image.sections:
+        mapped = other.index != sec.index and other.type != S.SHT_NOBITS and other.size
+        if mapped and other.offset < end and start < other.offset + other.size:
+            raise ImageError(f"{no_room} (it would reach {other.name})")
+    if end > image.elf_end or (start < end and any(image.data[start:end])):
+        raise ImageError(f"{no_room} (the bytes after it are not free)")
+
+
+# -- records --------------------------------------------------------------------------------
+
+
+def _drop_records(
+    image: Image, scan: Scan, tables: _RelaTables, sites: Sequence[Site]
+) -> tuple[list[Edit], int, _Taken]:
+    """Edits that drop the records of ``sites``, found where the scan read them
+    (``Scan.records.tables``), how many table entries they take out, and what each record
+    place had (its slot, its relocation) for the log's site lines."""
+    facts = _Taken({}, {})
+    if not sites:
+        return [], 0, facts
+    want = np.unique(np.array([s.record for s in sites], dtype=np.uint64))
+    if image.type == S.ET_REL:
+        edits, found, rows = _drop_rel_records(image, scan, tables, want, facts)
+    else:
+        edits, found, rows = _drop_linked_records(image, scan, tables, want, facts)
+    if len(found) != len(want):
+        missing = int(np.setdiff1d(want, found)[0])
+        raise ImageError(f"{image.path}: --drop-records: no record table entry names {missing:#x}")
+    return edits, rows, facts
+
+
+def _drop_rel_records(
+    image: Image, scan: Scan, tables: _RelaTables, want: np.ndarray, facts: _Taken
+) -> tuple[list[Edit], np.ndarray, int]:
+    """Relocatable: the record's R_PPC64_ADDR64 leaves its ``.rela`` section, the slot stays 0."""
+    edits: list[Edit] = []
+    found = []
+    for t in scan.records.tables:
+        rsec = image.section(t.section)
+        hit = np.flatnonzero(np.isin(t.values, want))
+        if rsec is None or not len(hit):
+            continue
+        rows = tables.current(rsec)
+        for i in hit.tolist():
+            facts.relocations[int(t.values[i])] = RelaEntry(rsec.name, rows[i : i + 1].tobytes())
+        edits += tables.remove(rsec, hit, "record of a nopped site")
+        found.append(t.values[hit])
+    rows_out = sum(len(f) for f in found)
+    return edits, np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64), rows_out
+
+
+def _drop_linked_records(
+    image: Image, scan: Scan, tables: _RelaTables, want: np.ndarray, facts: _Taken
+) -> tuple[list[Edit], np.ndarray, int]:
+    """Linked: zero the table slots; move their RELATIVE relocations out of what relocate() applies."""
+    edits: list[Edit] = []
+    found = []
+    slot_addrs = []
+    for t in scan.records.tables:
+        hit = np.flatnonzero(np.isin(t.values, want))
+        if t.addr is None or t.file_offset is None or not len(hit):
+            continue
+        found.append(t.values[hit])
+        slot_addrs.append(np.uint64(t.addr) + hit.astype(np.uint64) * np.uint64(8))
+        table = bytes(image.data[t.file_offset : t.file_offset + 8 * len(t.values)])
+        zero = bytes(8)
+        why = f"{t.section} entry"
+        for i, value in zip(hit.tolist(), t.values[hit].tolist(), strict=True):
+            off = t.file_offset + 8 * i
+            old = table[8 * i : 8 * i + 8]
+            facts.slots.setdefault(value, RecordSlot(t.section, off, t.addr + 8 * i, old))
+            if old != zero:
+                edits.append(BytesEdit(off, old, zero, why))
+    if not found:
+        return edits, np.zeros(0, np.uint64), 0
+    edits += _move_relatives(image, tables, np.concatenate(slot_addrs), facts)
+    return edits, np.unique(np.concatenate(found)), sum(len(f) for f in found)
+
+
+def _move_relatives(image: Image, tables: _RelaTables, slot_addrs: np.ndarray, facts: _Taken) -> list[Edit]:
+    """reloc_64.S walks DT_RELACOUNT entries (before 6.0) or all DT_RELASZ bytes (6.0 and later,
+    RELATIVE and UADDR64), storing each addend over its target whatever the target holds. Moving
+    the entries past the end of the table and lowering both keeps either walk away from them."""
+    rela = image.section(".rela.dyn")
+    if rela is None:
+        return []  # a static executable: its table holds link-time addresses, no relocation
+    rows = tables.current(rela)
+    relative = S.r_type(rows["r_info"]) == S.R_PPC64_RELATIVE
+    moved = np.flatnonzero(relative & np.isin(rows["r_offset"], slot_addrs))
+    if not len(moved):
+        return []
+    by_slot = {slot.addr: value for value, slot in facts.slots.items()}
+    entries = rows[moved].tobytes()
+    size = rows.dtype.itemsize
+    for n, r_offset in enumerate(rows["r_offset"][moved].tolist()):
+        value = by_slot.get(r_offset)
+        if value is not None:
+            facts.relocations[value] = RelaEntry(rela.name, entries[n * size : (n + 1) * size])
+    counted = int(np.count_nonzero(moved < (dynamic_value(image, S.DT_RELACOUNT) or 0)))
+    edits = tables.remove(rela, moved, "RELATIVE of a dropped record", keep_tail=True)
+    return edits + _dynamic_edits(image, -len(moved), -counted)
+
+
+# -- restoring records ----------------------------------------------------------------------
+
+
+def _restore_records(
+    image: Image, tables: _RelaTables, sites: Sequence[Site], history: Mapping[int, SiteLine]
+) -> list[Edit]:
+    """Edits that put back the records of ``sites`` as the patch log says the original had them."""
+    if not sites:
+        return []
+    origins = [history[s.place].origin for s in sites]
+    if image.type == S.ET_REL:
+        wanted: dict[str, list[bytes]] = {}
+        for o in origins:
+            if o.record_relocation is not None:
+                wanted.setdefault(o.record_relocation.section, []).append(o.record_relocation.entry)
+        edits: list[Edit] = []
+        for name, entries in wanted.items():
+            edits += tables.put(_rela_section(image, name), entries, "record of a restored site")
+        return edits
+    slots = [_slot_back(image, o.record_slot) for o in origins if o.record_slot is not None]
+    entries = [o.record_relocation.entry for o in origins if o.record_relocation is not None]
+    return [e for e in slots if e is not None] + _return_relatives(image, tables, entries)
+
+
+def _slot_back(image: Image, slot: RecordSlot) -> BytesEdit | None:
+    """The table slot's original value, over the zero a drop left (None: it holds it already)."""
+    now = bytes(image.data[slot.offset : slot.offset + 8])
+    if now == slot.value:
+        return None
+    if now != bytes(8):
+        raise ImageError(
+            f"{image.path}: {slot.table} slot at offset {slot.offset:#x}: expected 0 (a dropped record) "
+            f"!= found {now.hex()}"
+        )
+    return BytesEdit(slot.offset, now, slot.value, f"{slot.table} entry")
+
+
+def _return_relatives(image: Image, tables: _RelaTables, entries: Sequence[bytes]) -> list[Edit]:
+    """Move restored records' RELATIVE entries from past the end of ``.rela.dyn`` (where a drop put
+    them) back among the ones relocate() applies, where their r_offset sorts them (the linker's
+    order: putting every one back gives the original table), and raise DT_RELASZ, DT_RELACOUNT
+    and ``sh_size``."""
+    rela = image.section(".rela.dyn")
+    if rela is None or not entries:
+        return []
+    rows = tables.current(rela)
+    entsize = rela.entsize or rows.dtype.itemsize
+    size = tables.size[rela.index]
+    tail = _tail_rows(image, rela, rela.offset + size, entsize)
+    where = {tail[i].tobytes(): i for i in range(len(tail))}
+    missing = [e for e in entries if e not in where]
+    if missing:
+        applied = {rows[i : i + 1].tobytes() for i in range(len(rows))}
+        lost = [e for e in missing if e not in applied]
+        if lost:
+            raise ImageError(
+                f"{image.path}: .rela.dyn: the RELATIVE entry {lost[0].hex()} of a restored record is not past "
+                "the end of the table, where the rewrite that dropped it moved it"
+            )
+        entries = [e for e in entries if e in where]  # the others are applied already
+        if not entries:
+            return []
+    new = np.frombuffer(b"".join(entries), rows.dtype)
+    order = np.argsort(new["r_offset"], kind="stable")
+    put = [entries[i] for i in order.tolist()]
+    source = tuple(len(rows) + where[e] for e in put)
+    counted = dynamic_value(image, S.DT_RELACOUNT)
+    prefix = rows["r_offset"][: counted if counted is not None else len(rows)]
+    at = _sorted_positions(prefix, new["r_offset"][order])
+    span = (max(source) + 1) * entsize
+    edit = RelaPut(rela.name, rela.offset, span, entsize, at, tuple(put), source, "RELATIVE of a restored record")
+    tables.rows[rela.index] = np.insert(rows, np.array(at) - np.arange(len(at)), new[order])
+    tables.size[rela.index] = size + len(put) * entsize
+    edits: list[Edit] = [edit, tables.sh_size_edit(rela, size, size + len(put) * entsize)]
+    return edits + _dynamic_edits(image, len(put), len(put) if counted is not None else 0)
+
+
+def _tail_rows(image: Image, rela: Section, start: int, entsize: int) -> np.ndarray:
+    """The whole entries between the end of a table and the next section (or the end of the ELF
+    data): where a drop keeps the RELATIVE entries it moves out."""
+    end = image.elf_end
+    for other in image.sections:
+        if other.type != S.SHT_NOBITS and other.size and start <= other.offset < end and other.index != rela.index:
+            end = other.offset
+    shoff = int(image.ehdr["e_shoff"])
+    if start <= shoff < end:
+        end = shoff
+    n = max(end - start, 0) // entsize
+    return np.frombuffer(image.data, np.uint8, count=n * entsize, offset=start).reshape(n, entsize)
+
+
+def _dynamic_edits(image: Image, entries: int, counted: int) -> list[Edit]:
+    """Change DT_RELASZ by ``entries`` entries and DT_RELACOUNT by ``counted`` (negative: lower
+    them, as a drop does; positive: raise them, as a restore does). ``.dynamic`` is read by
+    section: these kernels have no PT_DYNAMIC segment."""
+    dyn = image.section(".dynamic")
+    if dyn is None:
+        raise ImageError(f"{image.path}: records: .rela.dyn without .dynamic")
+    table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
+    entsize = dynamic_value(image, S.DT_RELAENT) or 24
+    order = byteorder(image.byteorder)
+    edits: list[Edit] = []
+    for tag, name, change in (
+        (S.DT_RELASZ, "DT_RELASZ", entries * entsize),
+        (S.DT_RELACOUNT, "DT_RELACOUNT", counted),
+    ):
+        hit = np.flatnonzero(table["d_tag"] == tag)
+        if not len(hit) or not change:
+            continue
+        i = int(hit[0])
+        old = int(table["d_val"][i])
+        field = dyn.offset + i * table.dtype.itemsize + 8
+        edits.append(BytesEdit(field, old.to_bytes(8, order), (old + change).to_bytes(8, order), name))
+    return edits
+
+
+# -- ool stubs ------------------------------------------------------------------------------
+
+
+def _stub_counts(
+    image: Image, before: Scan, removed: int, changed: bool, content: bytes | bytearray
+) -> tuple[tuple[StubCount, ...], tuple[StubCount, ...]] | None:
+    """ool: the stub areas before and after ``removed`` records went (``changed``: the record
+    tables were edited), read from the new file itself. Dropping records only leaves stubs spare;
+    an image whose records exceed its stubs (ftrace_init_ool_stub's WARN_ON, then ftrace bug) is
+    refused all the same, whoever made it so."""
+    if before.generation is not Generation.OOL:
+        return None
+    if image.type == S.ET_REL:
+        sec = image.section("__patchable_function_entries")
+        count = sec.size // 8 if sec is not None else 0
+        return (StubCount(".stubs", count, before.records.count),), (
+            StubCount(".stubs", count, before.records.count - removed),
+        )
+    areas = before.stubs
+    if changed:
+        areas = scan(Image.from_bytes(image.path, bytes(content)), generation=Generation.OOL).stubs
+    short = [a for a in areas if not a.covers]
+    if short:
+        raise ImageError(
+            f"{image.path}: {short[0].name}: {short[0].count} stubs, {short[0].used + short[0].need} records want "
+            "one: ftrace_init_ool_stub would fail (ftrace bug)"
+        )
+    counts = [tuple(StubCount(a.name, a.count, a.used) for a in s) for s in (before.stubs, areas)]
+    return counts[0], counts[1]
+
+
+# -- reading the result back ----------------------------------------------------------------
+
+
+def _read_back(
+    content: bytes | bytearray, image: Image, sites: Sequence[Site], goals: Mapping[Variant, SiteState]
+) -> None:
+    """Read every changed site back from ``content``: its slots must now hold its goal state.
 
     This reads the words themselves rather than re-running the scanner, because a pre-nopped site
-    whose records were dropped, in a function with no symbol, is invisible to a scan."""
-    sites = result.sites
+    whose records were dropped, in a function with no symbol, is invisible to a scan. A site that
+    does not read back is mcountrw's own mistake: :class:`InternalError`."""
     if not sites:
         return
-    dt = np.dtype("<u4" if image.byteorder == "little" else ">u4")
+    order = byteorder(image.byteorder)
+    dt = np.dtype("<u4" if order == "little" else ">u4")
     raw = np.frombuffer(content, np.uint8)
     b_off = np.array([s.file_offset for s in sites], dtype=np.int64)
     ok = np.ones(len(sites), bool)
@@ -190,7 +915,7 @@ def check_states(content: bytes | bytearray, image: Image, result: Rewrite, targ
     for v in variants:
         idx = np.arange(len(sites)) if len(variants) == 1 else np.flatnonzero([s.variant is v for s in sites])
         lay = LAYOUTS[v]
-        for slot, want in zip(lay.state_slots, words_of(v, target_state(v, target)), strict=True):
+        for slot, want in zip(lay.state_slots, words_of(v, goals[v]), strict=True):
             off = b_off[idx] + (lay.offset(slot) or 0)
             words = raw[off[:, None] + np.arange(4)].copy().view(dt).ravel().astype(np.uint32)
             ok[idx] &= _holds(words, want)
@@ -201,11 +926,29 @@ def check_states(content: bytes | bytearray, image: Image, result: Rewrite, targ
         found = []
         for slot in lay.state_slots:
             at = site.file_offset + (lay.offset(slot) or 0)
-            found.append(insn_kind(int.from_bytes(content[at : at + 4], image.byteorder), True, True))  # type: ignore[arg-type]
-        raise RewriteError(
+            found.append(insn_kind(int.from_bytes(content[at : at + 4], order), True, True))
+        raise InternalError(
             f"{site.place_text} ({site.function or '?'}): read back {lay.state_of(tuple(found)).value}, "
-            f"planned {target_state(site.variant, target).value} ({len(bad)} sites differ)"
+            f"planned {goals[site.variant].value} ({len(bad)} sites differ)"
         )
+
+
+def _read_back_restored(content: bytes | bytearray, image: Image, before: Scan, c: _Choice, calls: set[int]) -> None:
+    """A scan of the new file finds every site whose record came back, recorded, and every site
+    whose call relocation came back, calling (relocatable files find calls by their REL24). A
+    site that does not is mcountrw's own mistake: :class:`InternalError`."""
+    if not c.back and not calls:
+        return
+    after = scan(Image.from_bytes(image.path, bytes(content)), generation=before.generation)
+    found = {s.place: s for s in after.sites}
+    for s in c.back:
+        again = found.get(s.place)
+        if again is None or not again.recorded:
+            raise InternalError(f"{s.place_text} ({s.function or '?'}): record put back, but a scan does not find it")
+    for place in calls:
+        again = found.get(place)
+        if again is None or again.state is not c.goals[again.variant]:
+            raise InternalError(f"{place:#x}: call relocation put back, but a scan does not find the call")
 
 
 def _holds(words: np.ndarray, want: Insn) -> np.ndarray:
@@ -215,218 +958,3 @@ def _holds(words: np.ndarray, want: Insn) -> np.ndarray:
         return ppc.b_mask(words)
     same: np.ndarray = words == word_for(want, 0, 0)
     return same
-
-
-def _write_stage_images(directory: Path, path: Path, result: Rewrite) -> tuple[Path, ...]:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{directory}: {e.strerror}") from None
-    out = []
-    for i, content in enumerate(result.stages, start=1):
-        p = directory / f"{path.name}.stage{i}"
-        atomic_write(p, content, path.stat().st_mode & 0o7777)
-        out.append(p)
-    return tuple(out)
-
-
-def _file_facts(
-    image: Image, path: Path, raw: object, out: Path, new_raw: object, content: object
-) -> tuple[FileFacts, FileFacts]:
-    return _facts(path, raw, image.data, image.compression), _facts(out, new_raw, content, image.compression)
-
-
-def render_log(
-    image: Image,
-    path: Path,
-    raw: bytes | bytearray | mmap.mmap,
-    out: Path,
-    new_raw: bytes | bytearray,
-    result: Rewrite,
-    options: Options,
-    facts: Callable[[], tuple[FileFacts, FileFacts]] | None = None,
-    restore: Restore | None = None,
-) -> bytes:
-    """The patch log (UTF-8). ``facts`` gives the input's and output's facts if the caller is
-    already computing them (it is asked once the lines are formatted); ``restore`` says how a
-    compressed input's bytes come back (:func:`restore_of`)."""
-    dis = _Printer(image.big_endian)
-    p = result.plan
-    plan_summary = None
-    if p is not None:
-        plan_summary = {
-            "route": p.route.value,
-            "cmodx": p.cmodx.value,
-            "mode": "runtime" if p.runtime else "offline",
-            "stages": len(p.stages),
-            "barriers": [b.value for b in p.barriers],
-            "settle": None if p.settle is None else p.settle.value,
-            "writes": sum(1 for e in result.edits if isinstance(e, WordWrite)),
-            "requests": [f"{r.variant.value} {r.current.value} -> {r.target.value}" for r in p.sites],
-        }
-    body = body_lines(result.edits, result.barriers, dis)
-    if facts is not None:
-        input_facts, output_facts = facts()
-    else:
-        input_facts, output_facts = _file_facts(image, path, raw, out, new_raw, result.content)
-    log = Log(
-        tool=f"mcountrw {__version__}",
-        kind=image.kind.value,
-        byteorder=image.byteorder,
-        input=input_facts,
-        output=output_facts,
-        target=options.target.value,
-        plan=plan_summary,
-        edits=result.edits,
-        barriers=result.barriers,
-        summary=_summary(result, options),
-        recipe=None if restore is None else restore.recipe,
-        original=None if restore is None else restore.original,
-    )
-    return dumps(log, dis, body)
-
-
-def _summary(result: Rewrite, options: Options) -> dict[str, object]:
-    out: dict[str, object] = {
-        "sites_changed": len(result.sites),
-        "sites_already_at_target": result.unchanged,
-        "drop_records": options.drop_records,
-        "strip_signature": options.strip_signature,
-    }
-    if result.dropped:
-        out["records_dropped"] = len(result.dropped)
-    if options.keep_records:
-        out["keep_records"] = True  # recorded places may hold words the kernel refuses: a negative control
-    if result.stubs is not None:
-        out["ool_stubs"] = {
-            when: [{"area": c.area, "stubs": c.stubs, "used": c.used} for c in counts]
-            for when, counts in zip(("before", "after"), result.stubs, strict=True)
-        }
-    return out
-
-
-def _facts(path: Path, raw: bytes | object, content: bytes | object, compression: Compression) -> FileFacts:
-    sha = _sha256(raw)  # type: ignore[arg-type]
-    content_sha = sha if compression is Compression.NONE else _sha256(content)  # type: ignore[arg-type]
-    return FileFacts(str(path), sha, len(raw), content_sha, compression.value)  # type: ignore[arg-type]
-
-
-class _Printer:
-    """capstone's text for each word. The fixed words and the branches come from ``ppc`` (checked
-    against capstone in tests): a capstone call per ``bl`` would cost more than the rest of a
-    vmlinux rewrite. Anything else (never written by mcountrw, but logged if found) asks capstone."""
-
-    def __init__(self, big_endian: bool) -> None:
-        self.big_endian = big_endian
-        self.cache: dict[int, str] = dict(TEXT)
-        self.dis: Disassembler | None = None
-
-    def __call__(self, word: int, addr: int | None) -> str:
-        text = self.cache.get(word)
-        if text is not None:
-            return text
-        if is_bl(word) or is_b(word):
-            return branch_text(addr or 0, word)
-        if self.dis is None:
-            self.dis = Disassembler(self.big_endian)
-        text = self.cache[word] = self.dis.text(word)
-        return text
-
-
-# -- undo and verify ------------------------------------------------------------------------
-
-
-def _content(path: Path, raw: bytes) -> tuple[bytes, Compression]:
-    from rewriter.elf.compress import decompress, detect_compression
-
-    kind = detect_compression(raw[:8])
-    return (decompress(path, raw, kind) if kind is not Compression.NONE else raw), kind
-
-
-def _read_and_hash(path: Path) -> tuple[bytes, str]:
-    raw = _on_disk(path)
-    return raw, _sha256(raw)
-
-
-def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> tuple[Path, Log]:
-    """Restore the original bytes. Refuses a log made for another file."""
-    out = check_output_path(patched, output, in_place)
-    # The patched file is read and hashed in a thread (hashlib lets go of the GIL) while the log,
-    # 67,000 lines for a vmlinux, is parsed.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        read = pool.submit(_read_and_hash, patched)
-        log = load(log_path)
-        raw, raw_sha = read.result()
-    content, kind = _content(patched, raw)
-    if raw_sha != log.output.sha256 and _sha256(content) != log.output.content_sha256:
-        raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output)")
-    if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
-        raise OutputError(f"{out}: the output would overwrite the patch log")
-    check_extent(log, str(log_path), len(content) + sum(len(e.tail) for e in log.edits if isinstance(e, Truncate)))
-    original = invert_edits(bytearray(content), log.edits, log.byteorder)
-    new_raw, raw_want = original_bytes(log, original, kind)
-    # Written to its temporary file while the result is hashed; published only if the hash is right.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        written = pool.submit(write_temp, out, new_raw, patched.stat().st_mode & 0o7777)
-        try:
-            right = _sha256(original) == log.input.content_sha256
-            exact = raw_want is None or _sha256(new_raw) == raw_want
-        except BaseException:  # Ctrl-C or SIGTERM: the writer's file must not stay behind
-            if written.exception() is None:
-                written.result().discard()
-            raise
-        pending = written.result()
-    if not (right and exact):
-        pending.discard()
-        if not right:
-            raise LogError(f"{log_path}: undo does not give back the original (sha256 mismatch); log and file disagree")
-        raise LogError(
-            f"{log_path}: undo gives back the original content, but compressing it again does not give the "
-            f"original {kind.value} bytes (sha256 differs: another liblzma than the one that made the file?)"
-        )
-    commit(pending)
-    return out, log
-
-
-def original_bytes(log: Log, content: bytes | bytearray, kind: Compression) -> tuple[bytes | bytearray, str | None]:
-    """The original file from its restored ``content``, and the sha256 it must have (None: an older
-    log without a recipe, which promises the content only). ``kind`` is how the patched file is
-    compressed: the original was compressed the same way."""
-    if kind is Compression.NONE:
-        return content, None  # the content's own sha256 is checked
-    if log.original is not None:
-        return log.original, log.input.sha256
-    if log.recipe is not None:
-        return compress(content, log.recipe), log.input.sha256
-    return compress(content, kind), None
-
-
-@dataclass(frozen=True)
-class Verdict:
-    ok: bool
-    reason: str
-
-
-def verify_files(original: Path, patched: Path, log_path: Path) -> Verdict:
-    """Exit 0 iff the byte difference between the two files is exactly what the log says."""
-    log = load(log_path)
-    orig, _ = _content(original, _on_disk(original))
-    try:
-        got, _ = _content(patched, _on_disk(patched))
-    except ImageError as e:  # e.g. one flipped byte in a .ko.xz: its check fails
-        return Verdict(False, str(e))
-    if _sha256(orig) != log.input.content_sha256:
-        return Verdict(False, f"{original} is not the file this log was made from (sha256 differs)")
-    check_extent(log, str(log_path), len(orig))
-    try:
-        expected = bytes(apply_edits(bytearray(orig), log.edits, log.byteorder))
-    except RewriteError as e:
-        return Verdict(False, f"replaying the log on {original} fails: {e}")
-    if expected == got:
-        return Verdict(True, f"{patched} differs from {original} exactly as {log_path} says ({len(log.edits)} edits)")
-    if len(expected) != len(got):
-        return Verdict(False, f"{patched}: size {len(got)}, the log says {len(expected)}")
-    import numpy as np
-
-    first = int(np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(expected, np.uint8))[0])
-    return Verdict(False, f"{patched}: offset {first:#x} holds {got[first]:02x}, the log says {expected[first]:02x}")

@@ -33,9 +33,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple, TypeAlias
 
 from rewriter.errors import RewriteError
+
+if TYPE_CHECKING:  # cryptography is imported only by the code that signs (it costs 0.1 s to import)
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 MARKER: Final = b"~Module signature appended~\n"
 PKEY_ID_PKCS7: Final = 2
@@ -95,7 +101,7 @@ class SigningKey:
 class Signer:
     """A loaded key and certificate. Build once, sign many modules."""
 
-    def __init__(self, key: object, cert: object, hash_name: str) -> None:
+    def __init__(self, key: PrivateKey, cert: x509.Certificate, hash_name: str) -> None:
         self._key = key
         self._cert = cert
         self.hash_name = hash_name
@@ -143,7 +149,7 @@ class Signer:
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.serialization import pkcs7
 
-        algo: dict[str, hashes.HashAlgorithm] = {
+        algo: dict[str, hashes.SHA224 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512] = {
             "sha224": hashes.SHA224(), "sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()
         }  # fmt: skip
         options = [
@@ -153,7 +159,7 @@ class Signer:
             pkcs7.PKCS7Options.Binary,
         ]
         builder = pkcs7.PKCS7SignatureBuilder().set_data(module)
-        builder = builder.add_signer(self._cert, self._key, algo[self.hash_name])  # type: ignore[arg-type]
+        builder = builder.add_signer(self._cert, self._key, algo[self.hash_name])
         return builder.sign(serialization.Encoding.DER, options)
 
     def trailer(self, module: bytes) -> bytes:

@@ -25,6 +25,7 @@ Strategy:
 
 from __future__ import annotations
 
+import enum
 import struct
 from bisect import bisect_right
 from collections import Counter
@@ -58,6 +59,14 @@ FTRACE_MCOUNT_MAX_OFFSET = 16
 WEAK_CHECK_SYMBOL = "ftrace_check_for_weak_functions"  # the initcall that runs test_for_valid_rec()
 
 
+class Source(enum.Enum):
+    """Where a site is known from: the image's words and records, or only a patch log (a site an
+    earlier rewrite nopped and unrecorded is not findable in the image; ``rewriter.known``)."""
+
+    IMAGE = "image"
+    LOG = "log"
+
+
 class Site(NamedTuple):
     """One ftrace call site. ``offset`` is the call slot's offset within ``section``; ``addr``
     its virtual address (None in relocatable files); ``place`` the call slot as a place (see
@@ -82,6 +91,7 @@ class Site(NamedTuple):
     boot_state: SiteState | None
     traceable: bool  # after boot, ftrace can trace it (recorded, accepted, not skipped or disabled)
     stub: str | None  # ool: the stub area that serves it at boot (modules: `.stubs`, carved at load)
+    source: Source = Source.IMAGE
 
     def slot_delta(self, slot: object) -> int | None:
         """Byte distance from the call slot to ``slot`` (None if the variant has no such slot)."""
@@ -165,6 +175,7 @@ class Scan:
     generation: Generation | None = None
     stubs: tuple[StubArea, ...] = ()
     weak_max_offset: int | None = None  # FTRACE_MCOUNT_MAX_OFFSET, or None: no test_for_valid_rec()
+    log: Path | None = None  # the patch log its `Source.LOG` sites come from (rewriter.known)
 
 
 class Detect(NamedTuple):
@@ -998,7 +1009,7 @@ def _module_sites(
         st = _STATES[state]
         boot = lay.booted if st is lay.built else None
         fields = (sec.name, sec.index, offset, None, name, variant, st, True, None, sec.offset + offset, place,
-                  record, boot, boot is not None and enabled, stub)  # fmt: skip
+                  record, boot, boot is not None and enabled, stub, Source.IMAGE)  # fmt: skip
         sites.append(Site._make(fields))
     return tuple(sites), np.array(unmatched, np.uint64)
 

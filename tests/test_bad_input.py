@@ -35,8 +35,8 @@ from conftest import FIXTURES, ROOT
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image
 from rewriter.errors import RewriteError
-from rewriter.patch import Options, Selection
-from rewriter.rewrite import apply_file
+from rewriter.files import apply_file
+from rewriter.rewrite import Options, Selection
 from rewriter.sites import scan
 from rewriter.states import SiteState
 
@@ -547,6 +547,27 @@ def test_output_paths_that_cannot_be_written(tmp_path: Path) -> None:
     assert (tmp_path / "prog.orig").read_bytes() == b"the true original"
     assert src.read_bytes() == (BIN / "clean").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prog", "prog.orig"]
+
+
+def test_reports_go_into_a_fifo_and_rewrites_refuse_one(tmp_path: Path) -> None:
+    """A report to a FIFO or device (`-o /dev/null`) is written into it; renaming a temporary file
+    over it would replace the node itself. A rewritten ELF is never sent there: refused, the FIFO kept."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    proc = mcountrw("scan", str(BIN / "clean"), "-o", str(fifo))
+    reader.join(timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert b"generation mprofile" in got[0]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert_cli_error(mcountrw("nop", str(BIN / "clean"), "-o", str(fifo)), str(fifo), "not a regular file")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
 
 
 def test_output_in_a_read_only_directory() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from rewriter import check as checker
 from rewriter.check import BUILTINS, Violation, check, check_all, hand_plan, render_trace
-from rewriter.errors import PlanRejected
+from rewriter.errors import ArgumentError, PlanRejected
 from rewriter.generations import LAYOUTS, Variant
 from rewriter.plan import Barrier, Cmodx, Plan, Route, SiteRequest, Write, plan
 from rewriter.states import Insn, SiteState, Slot
@@ -247,9 +247,9 @@ def test_check_all_covers_every_site():
 
 def test_check_rejects_out_of_range_parameters():
     p = BUILTINS["disable"].plan
-    with pytest.raises(ValueError, match="tasks"):
+    with pytest.raises(ArgumentError, match="tasks"):
         check(p, tasks=4)
-    with pytest.raises(ValueError, match="site"):
+    with pytest.raises(ArgumentError, match="site"):
         check(p, site=1)
 
 

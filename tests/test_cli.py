@@ -1,14 +1,37 @@
-"""The command line contract: exit codes 0 / 1 findings / 2 bad input, one-line errors, outputs."""
+"""The command line contract: exit codes 0 / 1 findings / 2 bad input / 3 internal error on every path
+(the console script and CliRunner), one-line errors, outputs, and the old command lines."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import re
+import shlex
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
+from click.testing import Result
 from conftest import FIXTURES
+from typer.models import CommandInfo
+from typer.testing import CliRunner
+
+from rewriter.cli import app
+from rewriter.cli.audit import AuditFormat, DiffFormat, FailOn
+from rewriter.cli.exits import EXIT_CODES, ExitCode, kind_of
+from rewriter.cli.plans import PlanFormat
+from rewriter.cli.rewrite import Target
+from rewriter.cli.scan import ScanFormat
+from rewriter.errors import InternalError, NoRoute, PlanFormatError, PlanRejected
+from rewriter.generations import Generation, Variant
+from rewriter.plan import Cmodx, Route
+from rewriter.ppc import EncodingError
+from rewriter.states import SiteState
 
 PROF = FIXTURES / "bin" / "prof-le"
 ROOT = FIXTURES.parent
@@ -86,7 +109,7 @@ def test_scan_generation_overrides_detection() -> None:
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (("scan", "--generation", "gcc5"), ("--generation", "'gcc5'", "mprofile, patchable, ool")),
+        (("scan", "--generation", "gcc5"), ("--generation", "'gcc5'", "'mprofile', 'patchable', 'ool'")),
         (("scan", "--generation", "ool", "--mcount-addr", "0x100"), ("--mcount-addr", "mprofile")),
         (("policy", "check", "--generation", "6.12", str(ROOT / "examples" / "keep-core.policy")), ("--generation",)),
     ],
@@ -198,21 +221,25 @@ def test_write_lines_read_by_pattern_equal_the_json_reading(tmp_path: Path) -> N
     """The log reader's fast path for write lines gives exactly what json gives."""
     import json as _json
 
-    from rewriter.log import _edit_from, load
+    from rewriter.edits import KINDS
+    from rewriter.log import load
 
     out = tmp_path / "out"
     assert mcountrw("nop", str(FIXTURES / "bin" / "prof-le.o"), "-o", str(out)).returncode == 0
     log = tmp_path / "out.mcountrw.jsonl"
-    lines = log.read_text().splitlines()
-    slow = [_edit_from(_json.loads(line)) for line in lines[1:-1] if '"type": "barrier"' not in line]
+    records = [_json.loads(line) for line in log.read_text().splitlines()[1:-1]]
+    slow = [KINDS[r["type"]](r) for r in records if r["type"] not in ("barrier", "site")]  # site lines: not edits
     assert list(load(log).edits) == slow
 
 
 def test_log_round_trips_names_that_need_escapes() -> None:
     from rewriter.edits import WordWrite
-    from rewriter.log import FileFacts, Log, dumps, loads
+    from rewriter.elf.compress import Compression
+    from rewriter.elf.image import Kind
+    from rewriter.log import FileFacts, Header, Log, dumps, loads
+    from rewriter.states import SiteState, Slot
 
-    facts = FileFacts("a", "0" * 64, 1, "0" * 64, "none")
+    facts = FileFacts("a", "0" * 64, 1, "0" * 64, Compression.NONE)
     writes = tuple(
         WordWrite(
             0,
@@ -221,13 +248,331 @@ def test_log_round_trips_names_that_need_escapes() -> None:
             ".text",
             4 * i,
             name,
-            "B",
+            Slot.B,
             0x48000001,
             0x60000000,
-            "enabled",
-            "disabled",
+            SiteState.ENABLED,
+            SiteState.DISABLED,
         )
         for i, name in enumerate(['quote"d', "back\\slash", "caf\u00e9", None] * 20)
     )
-    log = Log("t", "object", "little", facts, facts, "disabled", None, writes, (), {})
-    assert loads(dumps(log, lambda w, a: "nop").decode(), "x").edits == writes
+    log = Log(Header("t", Kind.OBJECT, "little", facts, facts, SiteState.DISABLED, None, {}), writes)
+    assert loads(dumps(log).decode(), "x").edits == writes
+
+
+# -- one exit-code table, on every path ------------------------------------------------------------
+# rewriter.cli.exits: 0 success, 1 findings, 2 bad input (one line), 3 internal error. The same
+# table must hold through the console script's path (python3 -m rewriter) and typer's CliRunner.
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def assert_same_on_both_paths(args: tuple[str, ...], code: int) -> str:
+    """Run ``args`` in a subprocess and through CliRunner: the same code, the same stderr."""
+    proc, result = mcountrw(*args), invoke(*args)
+    assert proc.returncode == result.exit_code == code, (proc.returncode, result.exit_code, proc.stderr)
+    assert proc.stderr == result.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stderr
+
+
+EXIT_CASES = [
+    pytest.param(("scan", "/nonexistent/vmlinux"), 2, "/nonexistent/vmlinux", id="missing-file"),
+    pytest.param(("nop", str(ROOT / "README.md"), "--dry-run"), 2, "not an ELF file", id="not-elf"),
+    pytest.param(("scan", "--format", "xml", str(PROF)), 2, "'xml' is not one of 'table', 'json', 'csv'", id="choice"),
+    pytest.param(("apply", str(PROF), "--to", "sideways", "--dry-run"), 2, "--to", id="choice-to"),
+    pytest.param(("plan", "--from", "nopped", "--to", "on"), 2, "--to", id="choice-state"),
+    pytest.param(("audit", str(PROF), "--fail-on", "sometimes"), 2, "--fail-on", id="choice-fail-on"),
+    pytest.param(("plan", "--from", "enabled", "--to", "nopped", "--cmodx", "2.0"), 2, "--cmodx", id="choice-cmodx"),
+    pytest.param(("apply", str(PROF), "--to", "nopped", "--route", "b16"), 2, "--route", id="choice-route"),
+    pytest.param(("check-plan", "--builtin", "b8-enable", "--tasks", "9"), 2, "--tasks", id="range"),
+    pytest.param(("scan", "--mcount-addr", "zz", str(PROF)), 2, "'zz' is not a number", id="address"),
+    pytest.param(
+        ("apply", str(PROF), "--dry-run"),
+        2,
+        "Missing option '--to'. Choose from: enabled, disabled, nopped",
+        id="missing-option",
+    ),
+    pytest.param(("frobnicate",), 2, "No such command 'frobnicate'", id="no-such-command"),
+    pytest.param(("prenop", "--undo", "--verify", "x"), 2, "give --undo or --verify, not both", id="options"),
+    pytest.param(("plan", "--from", "nopped", "--to", "enabled", "--cmodx", "3.0"), 1, "", id="no-route"),
+    pytest.param(("check-plan", "--builtin", "naive-enable"), 1, None, id="unsafe"),
+    pytest.param(("audit", str(FIXTURES / "bin" / "anom-broken"), "--format", "json"), 1, None, id="anomalies"),
+    pytest.param(("scan", str(PROF)), 0, None, id="ok"),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "words"), EXIT_CASES)
+def test_exit_codes_are_the_same_on_every_path(args: tuple[str, ...], code: int, words: str | None) -> None:
+    stderr = assert_same_on_both_paths(args, code)
+    if words is None:  # findings and success say nothing on stderr
+        assert stderr == ""
+    elif code == 1:
+        assert stderr.startswith("mcountrw: no legal route: site 0: ") and stderr.count("\n") == 1
+    else:
+        assert stderr.startswith("mcountrw: error: ") and stderr.count("\n") == 1, stderr
+        assert words in stderr
+
+
+def test_no_legal_route_in_apply_is_a_finding_on_both_paths(tmp_path: Path) -> None:
+    nopped, out = tmp_path / "nopped", tmp_path / "enabled"
+    assert mcountrw("nop", str(FIXTURES / "bin" / "std-le"), "-o", str(nopped)).returncode == 0
+    stderr = assert_same_on_both_paths(("apply", str(nopped), "--to", "enabled", "--route", "b8", "-o", str(out)), 1)
+    assert stderr.startswith("mcountrw: no legal route: ") and "guards nothing" in stderr
+    assert not out.exists()
+
+
+def test_a_bad_plan_file_is_bad_input_naming_the_file(tmp_path: Path) -> None:
+    plan = tmp_path / "p.json"
+    plan.write_text('{"format": "mcountrw-plan", "version": 1, "mode": "offline", "sites": []}')
+    stderr = assert_same_on_both_paths(("check-plan", str(plan)), 2)
+    assert stderr == f"mcountrw: error: {plan}: sites: empty (a plan names at least one site)\n"
+    plan.write_bytes(b"\xff\xfe")
+    assert (
+        assert_same_on_both_paths(("check-plan", str(plan)), 2)
+        == f"mcountrw: error: {plan}: not a plan (not UTF-8 text)\n"
+    )
+    missing = tmp_path / "missing.json"
+    stderr = assert_same_on_both_paths(("check-plan", str(missing)), 2)
+    assert stderr == f"mcountrw: error: {missing}: No such file or directory\n"
+
+
+BOOM = "read back enabled, planned nopped (6 sites differ)"
+RAISE_IN_APPLY = """
+import sys
+import rewriter.files
+from rewriter.errors import InternalError
+def boom(*args, **kwargs):
+    raise {error}
+rewriter.files.apply_file = boom
+sys.argv = ["mcountrw", *sys.argv[1:]]
+from rewriter.cli import run
+run()
+"""
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (f"InternalError({BOOM!r})", f"mcountrw: internal error: {BOOM}; "),
+        ("KeyError('slot')", "mcountrw: internal error: KeyError: 'slot'; "),  # any other exception: a bug
+    ],
+)
+def test_internal_errors_exit_3_and_ask_for_a_report(
+    error: str, line: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rewriter.files
+
+    args = ("nop", str(PROF), "-o", str(tmp_path / "out"))
+    script = RAISE_IN_APPLY.format(error=error)
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+
+    def boom(*_: object, **__: object) -> None:
+        exec(f"raise {error}", {"InternalError": InternalError})
+
+    monkeypatch.setattr(rewriter.files, "apply_file", boom)
+    result = invoke(*args)
+    assert proc.returncode == result.exit_code == 3
+    assert proc.stderr == result.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(line)
+    assert "please report it with the command line" in proc.stderr and "mcountrw --version" in proc.stderr
+    # MCOUNTRW_DEBUG=1: the traceback, for the report.
+    env = {**os.environ, "MCOUNTRW_DEBUG": "1"}
+    debug = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_table_has_one_row_per_kind_and_subclasses_first() -> None:
+    kinds = [row.error for row in EXIT_CODES]
+    assert kind_of(NoRoute("x")).code is ExitCode.FINDINGS
+    assert kind_of(PlanRejected("x")).code is ExitCode.BAD_INPUT
+    assert kind_of(PlanFormatError("x")).code is ExitCode.BAD_INPUT
+    assert kind_of(EncodingError("x")).code is ExitCode.BAD_INPUT
+    assert kind_of(InternalError("x")).code is ExitCode.INTERNAL
+    assert kind_of(ZeroDivisionError()).code is ExitCode.INTERNAL
+    for i, a in enumerate(kinds):  # a row after its base would never match
+        assert not any(issubclass(a, b) for b in kinds[:i]), a
+
+
+# -- prenop: one mode, its options checked in one place ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--undo", "--verify"), "give --undo or --verify, not both"),
+        (("--policy", "p", "--in-place", "--against", "x"), "--against goes with --verify"),
+        (("--undo", "--in-place", "--against", "x"), "--against goes with --verify"),
+        (("--policy", "p", "--in-place", "--sign-key", "k"), "--sign-key and --sign-cert go together"),
+        (("--policy", "p", "--in-place", "--sign-key", "k", "--sign-cert", "c", "--strip-signature"),
+         "give --sign-key/--sign-cert (re-sign) or --strip-signature, not both"),
+        (("--in-place",), "--policy FILE is required (or --undo / --verify)"),
+        (("--dry-run",), "--policy FILE is required (or --undo / --verify)"),
+        (("--undo", "--in-place", "--policy", "p"), "--undo and --verify take no --policy or signing options"),
+        (("--verify", "--strip-signature"), "--undo and --verify take no --policy or signing options"),
+        (("--policy", "p"), "no output: give --in-place or -o OUT (or --dry-run)"),
+        (("--undo",), "no output: give --in-place or -o OUT (or --dry-run)"),
+        (("--verify", "-o", "out"), "--verify writes nothing: drop --in-place / -o"),
+        (("--policy", "p", "--in-place", "--hash", "md5"), "'md5' is not one of 'sha256', 'sha384', 'sha512'"),
+    ],
+)  # fmt: skip
+def test_prenop_refuses_options_that_do_not_go_together(args: tuple[str, ...], message: str, tmp_path: Path) -> None:
+    """Checked before anything is read: the paths and the policy named do not even exist."""
+    result = invoke("prenop", *args, str(tmp_path / "nowhere"))
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert result.stderr.startswith("mcountrw: error: ") and message in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "mode"),
+    [
+        ((False, False, False), "PRENOP"),
+        ((False, False, True), "DRY_RUN"),
+        ((True, False, False), "UNDO"),
+        ((True, False, True), "UNDO_DRY_RUN"),
+        ((False, True, False), "VERIFY"),
+        ((False, True, True), "VERIFY"),  # --verify writes nothing anyway; --dry-run was always accepted with it
+    ],
+)
+def test_prenop_mode_is_one_value(flags: tuple[bool, bool, bool], mode: str) -> None:
+    from rewriter.cli.prenop import MODES, Mode, _mode
+
+    assert _mode(*flags) is Mode[mode]
+    assert set(MODES) == set(Mode)
+
+
+# -- the command lines of the docs and the build scripts still parse, and mean the same -------------
+
+
+def _commands(typer_app: typer.Typer, prefix: str = "") -> Iterator[tuple[str, CommandInfo]]:
+    for info in typer_app.registered_commands:
+        yield prefix + (info.name or ""), info
+    for group in typer_app.registered_groups:
+        assert group.typer_instance is not None
+        yield from _commands(group.typer_instance, f"{prefix}{group.name} ")
+
+
+def parse(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[str, dict[str, Any]]:
+    """The command a line runs and the values its function is called with, as typer converts them;
+    each command's function is replaced by one that only records them."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    for name, info in _commands(app):
+        assert info.callback is not None
+
+        def record(fn: Callable[..., None], name: str = name) -> Callable[..., None]:
+            @functools.wraps(fn)
+            def recorded(**kwargs: Any) -> None:
+                seen.append((name, kwargs))
+
+            return recorded
+
+        monkeypatch.setattr(info, "callback", record(info.callback))
+    result = invoke(*args)
+    assert result.exit_code == 0 and len(seen) == 1, (args, result.output)
+    return seen[0]
+
+
+OLD_LINES = [
+    # README.md, docs/*.md
+    ("scan --format json -o sites.json K", "scan", {"fmt": ScanFormat.JSON, "output": Path("sites.json")}),
+    ("scan --mcount-addr 0xc000000000001234 --generation mprofile K", "scan",
+     {"mcount_addr": 0xC000000000001234, "generation": Generation.MPROFILE}),
+    ("scan -j 2 --all --format csv K", "scan", {"jobs": 2, "show_all": True, "fmt": ScanFormat.CSV}),
+    ("plan --from nopped --to enabled --cmodx 3.0", "plan",
+     {"from_": SiteState.NOPPED, "to": SiteState.ENABLED, "cmodx": Cmodx.V3_0, "fmt": PlanFormat.TEXT}),
+    ("plan --generation ool --from disabled --to enabled --format json", "plan",
+     {"generation": Generation.OOL, "fmt": PlanFormat.JSON, "cmodx": Cmodx.V3_1}),
+    ("plan --variant mprofile-std --route b8 --offline --from enabled --to nopped", "plan",
+     {"variant": Variant.MPROFILE_STD, "route": Route.B8, "offline": True}),
+    ("check-plan --builtin b8-enable --tasks 3", "check-plan", {"builtin": "b8-enable", "tasks": 3, "entries": 2}),
+    ("check-plan plan.json --cmodx 3.0 --no-stale-fetch --entries 4", "check-plan",
+     {"plan_file": Path("plan.json"), "cmodx": Cmodx.V3_0, "stale_fetch": False, "entries": 4}),
+    ("nop K -o vmlinux.nop --exclude do_one_initcall --drop-records", "nop",
+     {"output": Path("vmlinux.nop"), "exclude": ["do_one_initcall"], "drop_records": True}),
+    ("apply prog --to disabled -o prog.off --stage-images stages/", "apply",
+     {"to": Target.DISABLED, "stage_images": Path("stages")}),
+    ("apply prog --to nopped --addr 0x10000eb4 --addr 4096 --route mflr-first --dry-run", "apply",
+     {"to": Target.NOPPED, "addr": [0x10000EB4, 4096], "route": Route.MFLR_FIRST, "dry_run": True}),
+    ("verify K vmlinux.nop --log vmlinux.nop.mcountrw.jsonl", "verify", {"log": Path("vmlinux.nop.mcountrw.jsonl")}),
+    ("undo vmlinux.nop --log L --in-place", "undo", {"in_place": True, "output": None}),
+    ("audit K M --format sarif -o audit.sarif --fail-on warning", "audit",
+     {"fmt": AuditFormat.SARIF, "fail_on": FailOn.WARNING, "paths": [Path("K"), Path("M")]}),
+    ("audit M -j 2 --format html -o audit.html", "audit",
+     {"jobs": 2, "fmt": AuditFormat.HTML, "fail_on": FailOn.ERROR}),
+    ("diff old/kernel new/kernel --format json --generation patchable --generation ool", "diff",
+     {"fmt": DiffFormat.JSON, "generation": [Generation.PATCHABLE, Generation.OOL]}),
+    ("policy check examples/keep-core.policy K M --generation patchable", "policy check",
+     {"policy_file": Path("examples/keep-core.policy"), "images": [Path("K"), Path("M")],
+      "generation": Generation.PATCHABLE}),
+    # docs/build-integration/mcountrw.mk and prenop-installed-kernel.sh
+    ("prenop --policy ftrace.policy --in-place --replace-stale-logs --log-dir logs/vmlinux --jobs 4 vmlinux",
+     "prenop", {"policy": Path("ftrace.policy"), "in_place": True, "replace_stale_logs": True, "jobs": 4}),
+    ("prenop --policy P --in-place --replace-stale-logs --log-dir logs/modules "
+     "--sign-key certs/signing_key.pem --sign-cert certs/signing_key.x509 --hash sha512 MODLIB", "prenop",
+     {"sign_key": Path("certs/signing_key.pem"), "sign_cert": Path("certs/signing_key.x509"), "hash_name": "sha512"}),
+    ("prenop --undo --in-place --log-dir logs/modules MODLIB", "prenop", {"undo": True, "in_place": True}),
+    ("prenop --verify --log-dir logs vmlinux MODULES --against pristine", "prenop",
+     {"verify": True, "against": Path("pristine")}),
+    ("prenop --policy P --dry-run --report r.json --reproducible -o out T", "prenop",
+     {"dry_run": True, "report": Path("r.json"), "reproducible": True, "hash_name": "sha256"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("line", "command", "params"), OLD_LINES, ids=[line for line, _, _ in OLD_LINES])
+def test_old_command_lines_parse_and_mean_the_same(
+    line: str, command: str, params: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, parsed = parse(monkeypatch, *line.split())
+    assert path == command
+    for name, value in params.items():
+        assert parsed[name] == value, name
+
+
+def _doc_lines() -> list[str]:
+    """Every `mcountrw ...` line of a code block in README.md and docs/*.md that is a real command
+    line (not a synopsis with | [ ] or ( )), continuation lines joined, comments dropped."""
+    lines = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        block, pending = False, ""
+        for raw in doc.read_text().splitlines():
+            if raw.startswith("```"):
+                block = not block
+                continue
+            text = (pending + raw).rstrip()
+            pending = text[:-1] + " " if block and text.endswith("\\") else ""
+            command = text.strip().removeprefix("$ ")
+            if block and not pending and command.startswith("mcountrw "):
+                command = command.split(" # ")[0].strip()
+                if not any(c in command for c in "|[]()"):
+                    lines.append(command)
+    return lines
+
+
+def test_every_command_line_in_the_docs_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = _doc_lines()
+    assert len(lines) >= 25 and "mcountrw check-plan --builtin b8-enable --tasks 3" in lines
+    for line in lines:
+        words = shlex.split(line)[1:]
+        assert parse(monkeypatch, *words)[0] in (words[0], f"{words[0]} {words[1]}")
+
+
+def test_the_build_scripts_use_only_options_that_exist() -> None:
+    """mcountrw.mk and prenop-installed-kernel.sh: every --option they pass to mcountrw exists."""
+    prenop_options = {o for p in typer.main.get_command(app).commands["prenop"].params for o in p.opts}  # type: ignore[attr-defined]
+    for script in ("mcountrw.mk", "prenop-installed-kernel.sh"):
+        text = (ROOT / "docs" / "build-integration" / script).read_text()
+        used = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", text))
+        assert used and used <= prenop_options | {"--jobs"}, used - prenop_options
+
+
+def test_help_and_version_and_completion() -> None:
+    assert mcountrw("--version").stdout.startswith("mcountrw ")
+    assert "Usage: mcountrw scan" in invoke("scan", "--help").output
+    completion = subprocess.run([sys.executable, "-m", "rewriter"], capture_output=True, text=True,
+                                env={**os.environ, "_MCOUNTRW_COMPLETE": "complete_bash",
+                                     "COMP_WORDS": "mcountrw apply x --to ", "COMP_CWORD": "4"})  # fmt: skip
+    assert completion.stdout.split() == ["enabled", "disabled", "nopped"]

@@ -26,14 +26,15 @@ from conftest import FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rewriter import rewrite as rewrite_module
 from rewriter.elf import writer
 from rewriter.elf.image import Image
 from rewriter.elf.writer import TMP_SUFFIX
-from rewriter.errors import ImageError, OutputError, PlanRejected
-from rewriter.log import load
-from rewriter.patch import Options, Selection
+from rewriter.errors import ImageError, InternalError, NothingToDo, OutputError, PlanRejected, RewriteError
+from rewriter.files import apply_file, undo_file, verify_files
+from rewriter.log import default_log_path, load
 from rewriter.plan import Route
-from rewriter.rewrite import apply_file, default_log_path, undo_file, verify_files
+from rewriter.rewrite import Options, Selection
 from rewriter.sites import scan
 from rewriter.states import SiteState
 
@@ -70,7 +71,9 @@ def reference(corpus, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, f
     work = tmp_path_factory.mktemp("reference")
     out = work / "vmlinux"
     start = time.perf_counter()
-    done = subprocess.run(command("nop", str(corpus.vmlinux), "-o", str(out)), capture_output=True, text=True)
+    done = subprocess.run(
+        command("nop", str(corpus.vmlinux), "-o", str(out), "--drop-records"), capture_output=True, text=True
+    )
     seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stderr
     assert verify_files(corpus.vmlinux, out, default_log_path(out)).ok
@@ -89,7 +92,7 @@ def test_sigkill_at_any_moment_leaves_the_output_absent_or_complete(corpus, refe
         work = tmp_path / f"kill{i}"
         work.mkdir()
         out = work / "vmlinux"
-        kill_at(command("nop", str(corpus.vmlinux), "-o", str(out)), seconds * (i + 0.5) / KILLS)
+        kill_at(command("nop", str(corpus.vmlinux), "-o", str(out), "--drop-records"), seconds * (i + 0.5) / KILLS)
         log = default_log_path(out)
         leftovers(work, {out.name, log.name})
         if out.exists():
@@ -97,7 +100,7 @@ def test_sigkill_at_any_moment_leaves_the_output_absent_or_complete(corpus, refe
             assert verify_files(corpus.vmlinux, out, log).ok  # an output never exists without its log
             seen["complete"] += 1
         elif log.exists():
-            assert load(log).output.sha256 == ref_sha  # a whole log (its footer checks), for the output to come
+            assert load(log).header.output.sha256 == ref_sha  # a whole log (its footer checks), for the output to come
             seen["log only"] += 1
         else:
             seen["absent"] += 1
@@ -113,7 +116,7 @@ def test_sigkill_during_in_place_keeps_the_original_or_the_complete_result(corpu
     original_sha, ref_sha = sha256(corpus.vmlinux), sha256(ref)
     work = tmp_path / "inplace"
     target = work / "vmlinux"
-    args = command("nop", str(target), "--in-place", "--backup")
+    args = command("nop", str(target), "--in-place", "--backup", "--drop-records")
     work.mkdir()
     shutil.copy(corpus.vmlinux, target)
     start = time.perf_counter()
@@ -147,7 +150,9 @@ def test_sigterm_cleans_up_and_says_so(corpus, reference, tmp_path: Path) -> Non
         work = tmp_path / f"term{i}"
         work.mkdir()
         out = work / "vmlinux"
-        proc = kill_at(command("nop", str(corpus.vmlinux), "-o", str(out)), seconds * fraction, signal.SIGTERM)
+        proc = kill_at(
+            command("nop", str(corpus.vmlinux), "-o", str(out), "--drop-records"), seconds * fraction, signal.SIGTERM
+        )
         if proc.returncode == 0:
             continue  # finished first
         assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
@@ -235,6 +240,21 @@ def test_a_read_back_that_differs_publishes_nothing(tmp_path: Path, monkeypatch:
     assert src.read_bytes() == (BIN / "prof-le.o").read_bytes()
 
 
+def test_a_rewrite_that_does_not_read_back_is_an_internal_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the edits did not leave the planned words (here: they are not applied at all), that is
+    mcountrw's own mistake: InternalError, which is no RewriteError (those say the input is bad),
+    and nothing is written."""
+    monkeypatch.setattr(rewrite_module, "apply_edits", lambda buf, edits, order: buf)
+    src = tmp_path / "prof-le"
+    shutil.copy(BIN / "prof-le", src)
+    with pytest.raises(InternalError, match=r"read back enabled, planned nopped \(6 sites differ\)") as caught:
+        apply_file(src, tmp_path / "out", Selection(), Options(SiteState.NOPPED, drop_records=True))
+    assert not isinstance(caught.value, RewriteError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prof-le"]
+
+
 def test_in_place_with_backup_keeps_the_original(tmp_path: Path) -> None:
     src = tmp_path / "std-le"
     shutil.copy(BIN / "std-le", src)
@@ -275,9 +295,10 @@ def test_apply_then_undo_is_the_identity(data: st.DataObject, name: str, tmp_pat
         out = work / f"step{step}"
         try:
             apply_file(chain[-1], out, selection, options)
-        except (PlanRejected, ImageError) as e:
+        except (PlanRejected, ImageError, NothingToDo) as e:
             # Legal refusals: no route for this variant (b +8 over gcc 5's std), a site whose words
-            # are unknown, a broken site the plan will not touch. Nothing may be written then.
+            # are unknown, a broken site the plan will not touch, nothing left to select (an earlier
+            # step nopped the sites and dropped their records). Nothing may be written then.
             assert not out.exists() and not default_log_path(out).exists(), e
             continue
         assert verify_files(chain[-1], out, default_log_path(out)).ok

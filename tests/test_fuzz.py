@@ -47,9 +47,9 @@ from test_bad_input import SMALL, Elf, Field, Region, regions
 
 from rewriter.elf.image import Image
 from rewriter.errors import RewriteError
-from rewriter.patch import Options, Selection
+from rewriter.files import apply_file
 from rewriter.plan import Route
-from rewriter.rewrite import apply_file
+from rewriter.rewrite import Options, Selection
 from rewriter.sites import scan
 from rewriter.states import SiteState
 

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rewriter.check import check
-from rewriter.errors import PlanRejected
+from rewriter.errors import PlanFormatError, PlanRejected
 from rewriter.generations import LAYOUTS, Variant, steps_from
 from rewriter.plan import Barrier, Cmodx, Plan, Route, SiteRequest, Write, plan, render_text
 from rewriter.states import Insn, SiteState, Slot
@@ -262,7 +262,7 @@ def test_json_of_an_ool_plan_names_the_variant_and_the_stub_branch():
 def test_from_json_rejects_what_an_ool_site_cannot_hold(edit, message):
     doc = json.loads(plan([SiteRequest(OOL, D, E)]).to_json())
     edit(doc)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(PlanFormatError, match=message):
         Plan.from_json(json.dumps(doc))
 
 
@@ -288,12 +288,12 @@ def _doc() -> dict:
 def test_from_json_rejects_bad_input_with_a_clear_message(edit, message):
     doc = _doc()
     edit(doc)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(PlanFormatError, match=message):
         Plan.from_json(json.dumps(doc))
 
 
 def test_from_json_rejects_non_json():
-    with pytest.raises(ValueError, match="not JSON"):
+    with pytest.raises(PlanFormatError, match="not JSON"):
         Plan.from_json("{")
 
 

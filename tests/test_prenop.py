@@ -22,10 +22,11 @@ from rewriter.cli import app
 from rewriter.edits import WordWrite
 from rewriter.elf.compress import Compression, detect_compression
 from rewriter.elf.image import Image
+from rewriter.elf.writer import publish
+from rewriter.files import verify_files
 from rewriter.log import load
 from rewriter.policy import parse
-from rewriter.prenop import PrenopError, Settings, Status, prenop_file, publish, run, targets
-from rewriter.rewrite import verify_files
+from rewriter.prenop import PrenopError, Settings, Status, prenop_target, run, targets
 from rewriter.sites import scan
 from rewriter.states import SiteState
 
@@ -264,7 +265,7 @@ def test_patchable_entry_object_loses_its_records_and_no_word_changes(tmp_path: 
     assert scan(Image.load(obj)).records.count == 0
     log = load(obj.with_name(obj.name + ".mcountrw.jsonl"))
     assert not [e for e in log.edits if isinstance(e, WordWrite)]
-    assert log.summary["records_dropped"] == 6
+    assert log.header.summary["records_dropped"] == 6
     assert _cli("prenop", "--policy", policy, "--in-place", obj)[0] == 0
     assert _cli("prenop", "--undo", "--in-place", obj)[0] == 0
     assert obj.read_bytes() == (ROOT / "fixtures/bin/patchable-le.o").read_bytes()
@@ -319,10 +320,10 @@ def test_signing_options_are_checked_before_any_file_is_touched(corpus, tmp_path
 # -- library use ------------------------------------------------------------------------------
 
 
-def test_prenop_file_computes_without_writing_and_publish_writes_log_then_file(corpus, tmp_path: Path) -> None:
+def test_prenop_target_computes_without_writing_and_publish_writes_log_then_file(corpus, tmp_path: Path) -> None:
     tree = _small_tree(corpus, tmp_path / "tree", ("fs/nls/nls_utf8.ko",))
     t = targets([tree], output=tmp_path / "out", in_place=False, log_dir=tmp_path / "logs")[0]
-    report, outputs = prenop_file(t, Settings(parse("default nop\n"), strip_signature=True), None)
+    report, outputs = prenop_target(t, Settings(parse("default nop\n"), strip_signature=True), None)
     assert report.status is Status.NOPPED and report.nopped == 3 and report.signature == "stripped"
     assert [o.path for o in outputs] == [t.log, t.dest] and not t.dest.exists()
     publish(outputs)
@@ -399,7 +400,7 @@ def test_patchable_and_ool_trees_lose_records_only_verify_rerun_and_undo_to_the_
     assert after.records.count == len(kept) and {s.function for s in after.sites} == {s.function for s in kept}
     log = load(logs / "vmlinux.mcountrw.jsonl")
     assert not [e for e in log.edits if isinstance(e, WordWrite)]
-    assert log.summary["records_dropped"] == RECORDS[name] - len(kept)
+    assert log.header.summary["records_dropped"] == RECORDS[name] - len(kept)
     nls = [p for p in sorted((k.modules_dir / "fs/nls").iterdir()) if scan(Image.load(p)).sites]
     assert _row(out, "nopped")[0] == str(len(nls) + 1)  # and ext4, kept whole, is not written:
     assert _sha(modules / "fs/ext4/ext4.ko.xz") == _sha(k.modules_dir / "fs/ext4/ext4.ko.xz")

@@ -10,8 +10,8 @@ import pytest
 from boot import STANDARD_APPEND, boot, make_initramfs, module_load_script
 
 from rewriter.elf.image import Image
-from rewriter.patch import Options, Selection
-from rewriter.rewrite import apply_file, undo_file, verify_files
+from rewriter.files import apply_file, undo_file, verify_files
+from rewriter.rewrite import Options, Selection
 from rewriter.sites import scan
 from rewriter.states import SiteState
 

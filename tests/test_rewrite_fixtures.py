@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,10 @@ from boot import require_tool
 from conftest import FIXTURES
 
 from rewriter.elf.image import Image
-from rewriter.errors import PlanRejected
-from rewriter.patch import Options, Selection
+from rewriter.errors import NoRoute
+from rewriter.files import apply_file, undo_file, verify_files
 from rewriter.plan import Route
-from rewriter.rewrite import apply_file, undo_file, verify_files
+from rewriter.rewrite import Options, Selection
 from rewriter.sites import scan
 from rewriter.states import SiteState
 
@@ -65,8 +66,13 @@ def test_every_state_and_stage_runs_with_the_same_results(name: str, route: Rout
     if name == "std-le" and route is Route.B8:
         # gcc 5's `mflr; std; bl`: a `b +8` in the mflr slot lands on the bl; the planner says so.
         apply_to(original, tmp_path / "nopped", SiteState.NOPPED)
-        with pytest.raises(PlanRejected, match="guards nothing"):
+        with pytest.raises(NoRoute, match="guards nothing"):
             apply_to(tmp_path / "nopped", tmp_path / "enabled", SiteState.ENABLED, route)
+        # ... and the command says it as `plan` does: a finding (exit 1), not bad input.
+        cmd = ["apply", tmp_path / "nopped", "--to", "enabled", "--route", "b8", "-o", tmp_path / "enabled"]
+        proc = subprocess.run([sys.executable, "-m", "rewriter", *map(str, cmd)], capture_output=True, text=True)
+        assert proc.returncode == 1 and proc.stderr.startswith("mcountrw: no legal route: "), proc.stderr
+        assert proc.stderr.count("\n") == 1 and not (tmp_path / "enabled").exists()
         return
     seen: set[SiteState] = set()
     chain = [

@@ -39,11 +39,11 @@ from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, decompress, recipe_of
 from rewriter.elf.image import Image
 from rewriter.errors import ImageError, PlanRejected
+from rewriter.files import apply_file, undo_file, verify_files
 from rewriter.log import load
-from rewriter.patch import Options, Selection
-from rewriter.rewrite import apply_file, undo_file, verify_files
+from rewriter.rewrite import Options, Selection
 from rewriter.sites import dynamic_value, processed_relative, scan
-from rewriter.states import SiteState
+from rewriter.states import SiteState, Slot
 
 NOP_DROP = Options(SiteState.NOPPED, drop_records=True, strip_signature=True)
 RECORDS = {"6.12": 38_791, "7.2": 42_648}
@@ -130,7 +130,7 @@ def test_ool_stub_counts_are_logged_before_and_after(tmp_path: Path) -> None:
     k = require_kernel("7.2")
     out = tmp_path / "vmlinuz"
     apply_file(k.vmlinux, out, Selection(sections=(".init.text",)), NOP_DROP)
-    stubs = load(_log(out)).summary["ool_stubs"]
+    stubs = load(_log(out)).header.summary["ool_stubs"]
     before = {a["area"]: (a["stubs"], a["used"]) for a in stubs["before"]}
     after = {a["area"]: (a["stubs"], a["used"]) for a in stubs["after"]}
     assert before == {
@@ -191,8 +191,10 @@ def test_a_recorded_place_left_unbuilt_is_refused_unless_its_record_goes(name: s
         assert "mflr r0; nop" in line and not out.exists()
         kept = Options(SiteState.DISABLED, keep_records=True)
         r = apply_file(k.vmlinux, out, Selection(only=("do_one_initcall",)), kept).rewrite
-        assert [(e.slot, e.old, e.new) for e in r.edits if isinstance(e, WordWrite)] == [("A", 0x60000000, 0x7C0802A6)]
-        assert load(_log(out)).summary["keep_records"] is True
+        assert [(e.slot, e.old, e.new) for e in r.edits if isinstance(e, WordWrite)] == [
+            (Slot.A, 0x60000000, 0x7C0802A6)
+        ]
+        assert load(_log(out)).header.summary["keep_records"] is True
         dropped = Options(SiteState.DISABLED, drop_records=True)
         assert len(apply_file(k.vmlinux, out, Selection(only=("do_one_initcall",)), dropped).rewrite.dropped) == 1
     _one_line_error(_cli("apply", k.vmlinux, "--to", "enabled", "--dry-run"), "is not written offline")
@@ -223,11 +225,11 @@ def test_a_ko_xz_is_written_as_kbuild_would_and_undo_gives_its_bytes(name: str, 
     raw = out.read_bytes()
     recipe = recipe_of(raw, lzma.decompress(raw), Compression.XZ)
     assert recipe is not None and (recipe.dict_size, recipe.check, recipe.header_size) == (1 << 20, 1, 20)
-    assert load(_log(out)).recipe == recipe and load(_log(out)).original is None
+    assert load(_log(out)).header.recipe == recipe and load(_log(out)).original is None
     after = scan(Image.load(out))
     assert after.records.count == 0 and after.records.zeroed == 3 and Image.load(out).signature is None
     if name == "7.2":
-        stubs = load(_log(out)).summary["ool_stubs"]
+        stubs = load(_log(out)).header.summary["ool_stubs"]
         assert stubs == {"before": [{"area": ".stubs", "stubs": 3, "used": 3}],
                          "after": [{"area": ".stubs", "stubs": 3, "used": 0}]}  # fmt: skip
     undo_file(out, _log(out), tmp_path / "back.ko.xz")
@@ -243,7 +245,7 @@ def test_a_compressor_no_recipe_rebuilds_is_kept_in_the_log(tmp_path: Path) -> N
     out = tmp_path / "out.o.xz"
     apply_file(src, out, Selection(), Options(SiteState.NOPPED, drop_records=True))
     log = load(_log(out))
-    assert log.recipe is None and log.original == src.read_bytes()
+    assert log.header.recipe is None and log.original == src.read_bytes()
     assert decompress(out, out.read_bytes(), Compression.XZ) != plain
     undo_file(out, _log(out), tmp_path / "back.o.xz")
     assert (tmp_path / "back.o.xz").read_bytes() == src.read_bytes()
@@ -385,8 +387,8 @@ def test_a_recorded_place_rewritten_without_dropping_its_record_is_an_ftrace_bug
         apply_file(new_kernel.vmlinux, out, Selection(only=("do_one_initcall",)), kept)
         found = "7c0802a6"
     else:
-        b4 = WordWrite(0, site.file_offset, site.addr, site.section, site.offset, site.function, "B",
-                       0x60000000, 0x48000004, "disabled", "unknown")  # fmt: skip
+        b4 = WordWrite(0, site.file_offset, site.addr, site.section, site.offset, site.function, Slot.B,
+                       0x60000000, 0x48000004, SiteState.DISABLED, SiteState.UNKNOWN)  # fmt: skip
         out.write_bytes(apply_edits(bytearray(new_kernel.vmlinux.read_bytes()), [b4], "little"))
         found = "48000004"
     b = boot(out, STANDARD_APPEND, timeout=BOOT_TIMEOUT)

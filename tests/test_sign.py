@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -183,3 +186,65 @@ def test_mismatched_key_and_certificate_and_unknown_hash_are_refused(keys) -> No
         Signer.load(*keys["rsa"], "md5")
     with pytest.raises(SignError, match="not a PEM private key"):
         Signer.load(keys["rsa"][1], keys["rsa"][1])
+
+
+# -- re-signed modules through mcountrw undo and verify ----------------------------------------
+
+
+def test_appended_trailer_is_an_edit_that_applies_reverts_and_reads_back(keys) -> None:
+    from rewriter.edits import KINDS, Append, LineText, Truncate, apply_edits, invert_edits
+    from rewriter.errors import WordMismatch
+
+    key, cert = keys["rsa"]
+    old = Signer.load(key, cert).trailer(BODY)
+    new = Signer.load(*keys["other"]).trailer(BODY)
+    edits = [Truncate(len(BODY), old, "module signature"), Append(len(BODY), new, "module signature (re-signed)")]
+    signed = apply_edits(bytearray(BODY + old), edits, "little")
+    assert bytes(signed) == BODY + new
+    assert bytes(invert_edits(bytearray(signed), edits, "little")) == BODY + old
+    line = json.loads(edits[1].to_line(LineText("little")))
+    assert line["type"] == "append" and KINDS["append"](line) == edits[1]
+    with pytest.raises(WordMismatch, match="does not end with the appended"):
+        edits[1].revert(bytearray(BODY + old), "little")
+    with pytest.raises(WordMismatch, match="file size"):
+        edits[1].apply(bytearray(BODY + b"x"), "little")
+
+
+@pytest.mark.corpus
+def test_resigned_modules_verify_and_undo_with_the_single_file_commands(keys, tmp_path: Path) -> None:
+    """prenop --sign-key logs the new trailer (an ``append`` edit after the ``truncate`` of the old
+    one), so ``mcountrw verify`` passes on the re-signed module and ``mcountrw undo`` gives back
+    Debian's signed original, sha256 for sha256; a 6.12 .ko.xz comes back compressed as it was."""
+    from boot import require_kernel
+
+    modules = [(require_kernel("6.1").modules_dir / "fs/nls/nls_utf8.ko", "rsa")]
+    modules.append((require_kernel("6.12").modules_dir / "fs/nls/nls_utf8.ko.xz", "ec"))
+    policy = tmp_path / "all.policy"
+    policy.write_text("default nop\n")
+    for n, (original, which) in enumerate(modules):
+        key, cert = keys[which]
+        tree = tmp_path / f"tree{n}"
+        tree.mkdir()
+        module = tree / original.name
+        module.write_bytes(original.read_bytes())
+        proc = _mcountrw("prenop", "--policy", policy, "--in-place", "--sign-key", key, "--sign-cert", cert, tree)
+        assert proc.returncode == 0 and "module signatures: 1 re-signed" in proc.stdout, proc.stdout + proc.stderr
+        log = module.with_name(module.name + ".mcountrw.jsonl")
+        types = [json.loads(line)["type"] for line in log.read_text().splitlines()]
+        assert types[-3:] == ["truncate", "append", "footer"]
+        if which == "rsa":
+            plain = tmp_path / "plain.ko"
+            plain.write_bytes(module.read_bytes())
+            assert openssl_verify(plain, cert, tmp_path).returncode == 0
+        proc = _mcountrw("verify", original, module, "--log", log)
+        assert proc.returncode == 0 and proc.stdout.startswith("ok: "), proc.stdout + proc.stderr
+        back = tmp_path / f"back{n}{original.suffix}"
+        proc = _mcountrw("undo", module, "--log", log, "-o", back)
+        assert proc.returncode == 0, proc.stderr
+        assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(original.read_bytes()).digest()
+        proc = _mcountrw("undo", module, "--log", log, "--in-place")
+        assert proc.returncode == 0 and module.read_bytes() == original.read_bytes(), proc.stderr
+
+
+def _mcountrw(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rewriter", *map(str, args)], capture_output=True, text=True)

@@ -4,137 +4,176 @@ difference, as diff(1) does), 2 bad input."""
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rewriter.cli import BAD_INPUT, FINDINGS, app, emit, fail, parse_int, progress
+from rewriter.cli.common import Jobs, LogFile, McountAddr, OutputFile, emit, logs_for, print_errors, progress, workers
+from rewriter.cli.exits import ExitCode, bad_input_if, findings_if
+from rewriter.errors import ArgumentError, ImageError, LogError
+from rewriter.generations import Generation
 
 if TYPE_CHECKING:
-    from rewriter.audit import Audit
+    from rewriter.audit import Audit, Severity
     from rewriter.diff import Generations
 
-AUDIT_FORMATS = ("md", "json", "html", "sarif")
-DIFF_FORMATS = ("md", "json")
-FAIL_LEVELS = ("error", "warning", "note", "never")
+
+class AuditFormat(enum.Enum):
+    MD = "md"
+    JSON = "json"
+    HTML = "html"
+    SARIF = "sarif"
 
 
-@app.command()
+class DiffFormat(enum.Enum):
+    MD = "md"
+    JSON = "json"
+
+
+class FailOn(enum.Enum):
+    """``--fail-on``: the least severe anomaly that makes ``audit`` exit 1, or never."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    NOTE = "note"
+    NEVER = "never"
+
+    @property
+    def severity(self) -> Severity | None:
+        from rewriter.audit import Severity
+
+        return None if self is FailOn.NEVER else Severity(self.value)
+
+
+DIFF_ROWS = 200  # md on a terminal lists the first changes only (--all: every one)
+
+
 def audit(
     paths: Annotated[list[Path], typer.Argument(help="vmlinux, modules, objects, or directories of them")],
     *,
-    fmt: Annotated[str, typer.Option("--format", help="md, json, html or sarif")] = "md",
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="write here instead of stdout")] = None,
+    fmt: Annotated[AuditFormat, typer.Option("--format", help="the report's format")] = AuditFormat.MD,
+    output: OutputFile = None,
     fail_on: Annotated[
-        str, typer.Option("--fail-on", help="exit 1 if anomalies at or above: error, warning, note, never")
-    ] = "error",
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="worker processes (default: all cores)")] = 0,
-    mcount_addr: Annotated[
-        str | None, typer.Option("--mcount-addr", help="address of _mcount, for a stripped image")
-    ] = None,
+        FailOn, typer.Option("--fail-on", help="exit 1 if there are anomalies at or above this severity")
+    ] = FailOn.ERROR,
+    jobs: Jobs = 0,
+    mcount_addr: McountAddr = None,
+    log: LogFile = None,
 ) -> None:
-    """Counts, anomalies and the mflr-nop safety of every site, per image and by subsystem."""
-    from rewriter.audit import Severity, audit_files, default_jobs, fails
+    """Counts, anomalies and the mflr-nop safety of every site, per image and by subsystem (with
+    the sites only an image's patch log knows)."""
+    from rewriter.audit import audit_files, fails
     from rewriter.batch import expand
 
-    if fmt not in AUDIT_FORMATS:
-        fail(f"--format: {fmt!r} is not one of {', '.join(AUDIT_FORMATS)}")
-    if fail_on not in FAIL_LEVELS:
-        fail(f"--fail-on: {fail_on!r} is not one of {', '.join(FAIL_LEVELS)}")
-    addr = parse_int(mcount_addr, "--mcount-addr")
     files, errors = expand(paths)
     roots = [p for p in paths if p.is_dir()]
+    logs = logs_for(files, log)
     with progress(len(files), "auditing") as tick:
-        result = audit_files(files, roots, jobs or default_jobs(), addr, tick)
+        result = audit_files(files, roots, workers(jobs), mcount_addr, tick, logs)
     errors += result.errors
-    for line in errors:
-        typer.echo(f"mcountrw: error: {line}", err=True)
+    print_errors(errors)
     if not result.images:
-        raise typer.Exit(BAD_INPUT)
+        raise typer.Exit(ExitCode.BAD_INPUT)
     emit(_render_audit(result, fmt), output)
-    if errors:
-        raise typer.Exit(BAD_INPUT)
-    level = None if fail_on == "never" else Severity(fail_on)
-    if fails(result, level):
-        raise typer.Exit(FINDINGS)
+    bad_input_if(errors)
+    findings_if(fails(result, fail_on.severity))
 
 
-def _render_audit(result: Audit, fmt: str) -> str:
+def _render_audit(result: Audit, fmt: AuditFormat) -> str:
     from rewriter.report import html, jsonfmt, md, sarif
 
-    if fmt == "json":
+    if fmt is AuditFormat.JSON:
         return json.dumps(jsonfmt.audit_json(result), separators=(",", ":")) + "\n"
-    if fmt == "sarif":
+    if fmt is AuditFormat.SARIF:
         return json.dumps(sarif.audit_sarif(result), indent=1) + "\n"
-    if fmt == "html":
+    if fmt is AuditFormat.HTML:
         return html.audit_html(result)
     return md.audit_markdown(result)
 
 
-@app.command()
 def diff(
     a: Annotated[Path, typer.Argument(help="the first image, or a tree of modules")],
     b: Annotated[Path, typer.Argument(help="the second image, or a tree of modules")],
     *,
-    fmt: Annotated[str, typer.Option("--format", help="md or json")] = "md",
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="write here instead of stdout")] = None,
+    fmt: Annotated[DiffFormat, typer.Option("--format", help="the report's format")] = DiffFormat.MD,
+    output: OutputFile = None,
     show_all: Annotated[bool, typer.Option("--all", help="md: list every change, not the first 200")] = False,
     generation: Annotated[
-        list[str] | None,
+        list[Generation] | None,
+        typer.Option("--generation", help="for stripped images: once for both, or twice (A's, then B's)"),
+    ] = None,
+    log: Annotated[
+        list[Path] | None,
         typer.Option(
-            "--generation",
-            help="mprofile, patchable or ool, for stripped images: once for both, or twice (A's, then B's)",
+            "--log",
+            help="a patch log of A or B (which one: the one whose output it is); default: each file's log "
+            "beside it, when its output is that file",
         ),
     ] = None,
 ) -> None:
     """Functions added, removed, moved between sections or changed in generation, and sites added,
-    removed, moved, or changed in state, variant or record, matched by function name."""
+    removed, moved, or changed in state, variant or record, matched by function name. Sites only
+    an image's patch log knows take part, so a site a rewrite nopped and unrecorded reads as
+    changed, not removed."""
     from rewriter.batch import expand
     from rewriter.diff import diff_paths
-    from rewriter.errors import RewriteError
     from rewriter.report import jsonfmt, md
 
-    if fmt not in DIFF_FORMATS:
-        fail(f"--format: {fmt!r} is not one of {', '.join(DIFF_FORMATS)}")
     generations = _diff_generations(generation or [])
     for path in (a, b):
         if not path.exists():
-            fail(f"{path}: no such file or directory")
+            raise ImageError(f"{path}: no such file or directory")
     if a.is_dir() != b.is_dir():
-        fail(f"{a} and {b}: compare two files or two directories, not one of each")
+        raise ArgumentError(f"{a} and {b}: compare two files or two directories, not one of each")
     files_a, errors_a = expand([a]) if a.is_dir() else ([a], [])
     files_b, errors_b = expand([b]) if b.is_dir() else ([b], [])
-    try:
-        result = diff_paths(a, b, files_a, files_b, generations)
-    except RewriteError as e:
-        fail(str(e))
+    logs = _diff_logs(a, b, files_a, files_b, log or [])
+    result = diff_paths(a, b, files_a, files_b, generations, logs)
     errors = [*errors_a, *errors_b, *result.errors]
-    for line in errors:
-        typer.echo(f"mcountrw: error: {line}", err=True)
-    if fmt == "json":
+    print_errors(errors)
+    if fmt is DiffFormat.JSON:
         text = json.dumps(jsonfmt.diff_json(result), separators=(",", ":")) + "\n"
     else:
-        text = md.diff_markdown(result, None if show_all or output is not None else 200)
+        text = md.diff_markdown(result, None if show_all or output is not None else DIFF_ROWS)
     emit(text, output)
-    if errors:
-        raise typer.Exit(BAD_INPUT)
-    if result.changed:
-        raise typer.Exit(FINDINGS)
+    bad_input_if(errors)
+    findings_if(result.changed)
 
 
-def _diff_generations(given: list[str]) -> Generations:
+def _diff_logs(a: Path, b: Path, files_a: list[Path], files_b: list[Path], given: list[Path]) -> dict[Path, Path]:
+    """Each file's log: ``--log`` (at most one for each of the two files), given to the file whose
+    output it is (one that describes neither is refused, exit 2, naming the three hashes), else
+    the logs beside the files."""
+    from rewriter.log import read_header
+
+    if not given:
+        return logs_for([*files_a, *files_b], None)
+    if a.is_dir() or b.is_dir() or len(given) > 2:
+        raise ArgumentError("--log: give the logs of the two files (at most two), not of trees")
+    shas = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b)}
+    out = {}
+    for log in given:
+        header = read_header(log)
+        if header is None:
+            raise LogError(f"{log}: no such file")
+        owner = next((p for p in (a, b) if header.describes(shas[p])), None)
+        if owner is None:
+            raise LogError(
+                f"{log}: the log of neither file: its output has sha256 {header.output.sha256}, "
+                f"{a} has {shas[a]}, {b} has {shas[b]}"
+            )
+        out[owner] = log
+    return out
+
+
+def _diff_generations(given: list[Generation]) -> Generations:
     """``--generation`` given 0, 1 (both images) or 2 times (A's, then B's)."""
-    from rewriter.generations import Generation
-
-    names = [g.value for g in Generation]
     if len(given) > 2:
-        fail("--generation: give it once (both images) or twice (A's, then B's)")
-    for g in given:
-        if g not in names:
-            fail(f"--generation: {g!r} is not one of {', '.join(names)}")
-    parsed = [Generation(g) for g in given]
-    if not parsed:
+        raise ArgumentError("--generation: give it once (both images) or twice (A's, then B's)")
+    if not given:
         return (None, None)
-    return (parsed[0], parsed[-1])
+    return (given[0], given[-1])

@@ -2,165 +2,346 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Annotated, Any, Final, NamedTuple
 
+import click
 import typer
 
-from rewriter.cli import BAD_INPUT, FINDINGS, GENERATION_HELP, app, emit, fail, parse_generation, progress
-from rewriter.errors import RewriteError
+from rewriter.cli.common import (
+    GenerationOption,
+    Jobs,
+    LogFile,
+    McountAddr,
+    check_mcount_addr,
+    emit,
+    logs_for,
+    print_errors,
+    progress,
+    workers,
+)
+from rewriter.cli.exits import bad_input_if, findings_if
+from rewriter.cli.rewrite import Wait, say_waiting
+from rewriter.errors import ArgumentError, NothingToDo
+from rewriter.lock import hold
+from rewriter.sign import HASHES
 
 if TYPE_CHECKING:
     from rewriter.generations import Generation
     from rewriter.policy import Policy, Tally
-    from rewriter.prenop import Settings
+    from rewriter.prenop import FileReport, Settings, Target
 
-policy_app = typer.Typer(no_args_is_help=True, help="Pre-nop policy files: check what each rule matches.")
-app.add_typer(policy_app, name="policy")
+
+class Mode(enum.Enum):
+    """What one `prenop` run does. --undo, --verify and --dry-run choose it in :func:`_mode`, and
+    :func:`_check_options` is the one place that says which other options go with it."""
+
+    PRENOP = "prenop"
+    DRY_RUN = "prenop --dry-run"
+    UNDO = "undo"
+    UNDO_DRY_RUN = "undo --dry-run"
+    VERIFY = "verify"
+
+
+class Output(enum.Enum):
+    """Whether a mode needs --in-place or -o."""
+
+    REQUIRED = "required"
+    OPTIONAL = "optional"  # a dry run may name where it would write
+    REFUSED = "refused"  # --verify writes nothing
+
+
+class _Takes(NamedTuple):
+    """What a mode takes and does."""
+
+    policy: bool  # --policy required, signing options allowed; False: all three refused (the logs decide)
+    output: Output  # --in-place or -o
+    against: bool  # --against allowed
+    dry_run: bool  # decide everything, write nothing
+    doing: str  # the progress bar's label
+
+
+MODES: Final[Mapping[Mode, _Takes]] = MappingProxyType(
+    {
+        Mode.PRENOP: _Takes(policy=True, output=Output.REQUIRED, against=False, dry_run=False, doing="pre-nopping"),
+        Mode.DRY_RUN: _Takes(policy=True, output=Output.OPTIONAL, against=False, dry_run=True, doing="pre-nopping"),
+        Mode.UNDO: _Takes(policy=False, output=Output.REQUIRED, against=False, dry_run=False, doing="undoing"),
+        Mode.UNDO_DRY_RUN: _Takes(policy=False, output=Output.OPTIONAL, against=False, dry_run=True, doing="undoing"),
+        Mode.VERIFY: _Takes(policy=False, output=Output.REFUSED, against=True, dry_run=False, doing="verifying"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class _Args:
+    """The options of one `prenop` run, but for the mode flags and --jobs."""
+
+    paths: Sequence[Path]
+    policy: Path | None
+    in_place: bool
+    output: Path | None
+    log_dir: Path | None
+    strip_signature: bool
+    sign_key: Path | None
+    sign_cert: Path | None
+    hash_name: str
+    against: Path | None
+    replace_stale_logs: bool
+    mcount_addr: int | None = None
+    generation: Generation | None = None
+
 
 Paths = Annotated[
     list[Path],
     typer.Argument(help="vmlinux, modules (.ko[.xz|.gz|.zst]), or directories (every module below them)"),
 ]
+PolicyFile = Annotated[Path | None, typer.Option("--policy", help="the policy file (see docs/prenop.md)")]
+InPlace = Annotated[bool, typer.Option("--in-place", help="replace each file (atomically, once complete)")]
+OutputTree = Annotated[
+    Path | None,
+    typer.Option("-o", "--output", help="output directory mirroring the inputs (or, for one file, the file)"),
+]
+LogDir = Annotated[
+    Path | None,
+    typer.Option("--log-dir", help="patch logs go here, mirroring the tree (default: beside each file)"),
+]
+StripSignature = Annotated[
+    bool, typer.Option("--strip-signature", help="drop the signature of rewritten signed modules")
+]
+SignKey = Annotated[Path | None, typer.Option("--sign-key", help="re-sign rewritten modules with this key")]
+SignCert = Annotated[Path | None, typer.Option("--sign-cert", help="...and this X.509 certificate")]
+Hash = Annotated[str, typer.Option("--hash", click_type=click.Choice(HASHES), help="signature digest")]
+Undo = Annotated[bool, typer.Option("--undo", help="restore every file from its patch log")]
+Verify = Annotated[bool, typer.Option("--verify", help="check every file against its patch log; writes nothing")]
+Against = Annotated[
+    Path | None, typer.Option("--against", help="--verify: the pristine tree (or file) to compare with")
+]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="decide and plan every file; write nothing")]
+ReplaceStaleLogs = Annotated[
+    bool, typer.Option("--replace-stale-logs", help="a file that fits neither side of its old log is a new input")
+]
+Report = Annotated[Path | None, typer.Option("--report", help="also write a JSON report of every file")]
+Reproducible = Annotated[
+    bool,
+    typer.Option(
+        "--reproducible",
+        help="accepted for build scripts: outputs and logs carry no timestamps, so every run is reproducible",
+    ),
+]
 
 
-@app.command()
 def prenop(
     paths: Paths,
     *,
-    policy: Annotated[Path | None, typer.Option("--policy", help="the policy file (see docs/prenop.md)")] = None,
-    in_place: Annotated[bool, typer.Option("--in-place", help="replace each file (atomically, once complete)")] = False,
-    output: Annotated[
-        Path | None,
-        typer.Option("-o", "--output", help="output directory mirroring the inputs (or, for one file, the file)"),
-    ] = None,
-    log_dir: Annotated[
-        Path | None,
-        typer.Option("--log-dir", help="patch logs go here, mirroring the tree (default: beside each file)"),
-    ] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="worker processes (default: all cores)")] = 0,
-    strip_signature: Annotated[
-        bool, typer.Option("--strip-signature", help="drop the signature of rewritten signed modules")
-    ] = False,
-    sign_key: Annotated[Path | None, typer.Option("--sign-key", help="re-sign rewritten modules with this key")] = None,
-    sign_cert: Annotated[Path | None, typer.Option("--sign-cert", help="...and this X.509 certificate")] = None,
-    hash_name: Annotated[
-        str, typer.Option("--hash", help="signature digest: sha256, sha384, sha512, sha224")
-    ] = "sha256",
-    undo: Annotated[bool, typer.Option("--undo", help="restore every file from its patch log")] = False,
-    verify: Annotated[
-        bool, typer.Option("--verify", help="check every file against its patch log; writes nothing")
-    ] = False,
-    against: Annotated[
-        Path | None, typer.Option("--against", help="--verify: the pristine tree (or file) to compare with")
-    ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="decide and plan every file; write nothing")] = False,
-    replace_stale_logs: Annotated[
-        bool,
-        typer.Option("--replace-stale-logs", help="a file that fits neither side of its old log is a new input"),
-    ] = False,
-    report: Annotated[Path | None, typer.Option("--report", help="also write a JSON report of every file")] = None,
-    reproducible: Annotated[
-        bool,
-        typer.Option(
-            "--reproducible",
-            help="accepted for build scripts: outputs and logs carry no timestamps, so every run is reproducible",
-        ),
-    ] = False,
+    policy: PolicyFile = None,
+    in_place: InPlace = False,
+    output: OutputTree = None,
+    log_dir: LogDir = None,
+    jobs: Jobs = 0,
+    strip_signature: StripSignature = False,
+    sign_key: SignKey = None,
+    sign_cert: SignCert = None,
+    hash_name: Hash = "sha256",
+    undo: Undo = False,
+    verify: Verify = False,
+    against: Against = None,
+    dry_run: DryRun = False,
+    replace_stale_logs: ReplaceStaleLogs = False,
+    report: Report = None,
+    reproducible: Reproducible = False,
+    mcount_addr: McountAddr = None,
+    generation: GenerationOption = None,
+    wait: Wait = False,
 ) -> None:
     """Apply a keep/nop policy to vmlinux and whole module trees, with one patch log per file.
 
     Sites the policy nops become `nop; nop` and lose their kernel records (--drop-records), so the
     kernel boots without an ftrace bug. Idempotent, reproducible, exactly undoable (--undo).
     """
-    from rewriter import prenop as P
-    from rewriter.batch import default_jobs
+    from rewriter.prenop import Status
 
-    if undo and verify:
-        fail("give --undo or --verify, not both")
-    if against is not None and not verify:
-        fail("--against goes with --verify")
-    if (sign_key is None) != (sign_cert is None):
-        fail("--sign-key and --sign-cert go together")
-    if sign_key is not None and strip_signature:
-        fail("give --sign-key/--sign-cert (re-sign) or --strip-signature, not both")
-    if not (undo or verify) and policy is None:
-        fail("--policy FILE is required (or --undo / --verify)")
-    if (undo or verify) and (policy is not None or sign_key is not None or strip_signature):
-        fail("--undo and --verify take no --policy or signing options: the logs say what was done")
-    if not (verify or dry_run) and not in_place and output is None:
-        fail("no output: give --in-place or -o OUT (or --dry-run)")
-    if verify and (in_place or output is not None):
-        fail("--verify writes nothing: drop --in-place / -o")
-    try:
-        ts = P.targets(
-            paths, output=output, in_place=in_place, log_dir=log_dir, against=against, logs_beside_source=undo or verify
-        )
-    except RewriteError as e:
-        fail(str(e))
-    if not ts:
-        fail(f"no vmlinux or module found in {', '.join(map(str, paths))}")
-    workers = jobs or default_jobs()
-    start = time.monotonic()
-    if undo:
-        with progress(len(ts), "undoing") as tick:
-            reports = P.undo(ts, workers, tick, dry_run)
-        header = f"mcountrw prenop --undo: {len(ts)} files"
-    elif verify:
-        with progress(len(ts), "verifying") as tick:
-            reports = P.verify(ts, workers, tick)
-        header = f"mcountrw prenop --verify: {len(ts)} files"
-    else:
-        assert policy is not None  # checked above
-        settings = _settings(policy, strip_signature, sign_key, sign_cert, hash_name, dry_run, replace_stale_logs)
-        with progress(len(ts), "pre-nopping") as tick:
-            reports = P.run(ts, settings, workers, tick)
-        header = f"mcountrw prenop: policy {policy} (sha256 {settings.policy.sha256[:12]}), {len(ts)} files" + (
-            " (dry run: nothing written)" if dry_run else ""
-        )
-    seconds = time.monotonic() - start
-    for r in reports:
-        if r.status is P.Status.FAILED:
-            typer.echo(f"mcountrw: error: {r.message}", err=True)
-        elif r.status is P.Status.MISMATCH:
-            typer.echo(f"MISMATCH: {r.rel}: {r.message}", err=True)
-    typer.echo("\n".join([header, *_summary(reports, undo or verify)]))
-    for line in _notes(reports, undo, verify):
+    mode = _mode(undo, verify, dry_run)
+    args = _Args(paths, policy, in_place, output, log_dir, strip_signature, sign_key, sign_cert, hash_name, against,
+                 replace_stale_logs, mcount_addr, generation)  # fmt: skip
+    _check_options(mode, args)
+    # One writer at a time: the lock is taken before any file or log is read (docs/prenop.md).
+    with hold(_locked_paths(mode, args), wait, say_waiting):
+        ts = _targets(mode, args)
+        settings = _settings(mode, args)  # the policy, key and certificate are read before any file is touched
+        n = workers(jobs)
+        start = time.monotonic()
+        reports = _execute(mode, ts, settings, n)
+        seconds = time.monotonic() - start
+    header = _header(mode, args, settings, len(ts))
+    _print_reports(mode, reports, header)
+    for line in _rule_warnings(settings, reports):
         typer.echo(line)
-    sys.stdout.flush()
-    typer.echo(f"done in {seconds:.1f} s with {workers} worker(s)", err=True)
+    typer.echo(f"done in {seconds:.1f} s with {n} worker(s)", err=True)
     if report is not None:
-        emit(json.dumps(_report_json(reports, policy, header), indent=1, sort_keys=True) + "\n", report)
-    if any(r.status is P.Status.FAILED for r in reports):
-        raise typer.Exit(BAD_INPUT)
-    if any(r.status is P.Status.MISMATCH for r in reports) or any(r.left_recorded for r in reports):
-        raise typer.Exit(FINDINGS)
+        emit(json.dumps(_report_json(reports, header), indent=1, sort_keys=True) + "\n", report)
+    bad_input_if([r.message for r in reports if r.status is Status.FAILED])
+    _nothing_to_do(mode, reports)
+    findings_if(any(r.status is Status.MISMATCH or r.left_recorded for r in reports))
 
 
-def _settings(
-    policy: Path, strip: bool, key: Path | None, cert: Path | None, hash_name: str, dry_run: bool, replace_stale: bool
-) -> Settings:
+def _locked_paths(mode: Mode, args: _Args) -> list[Path]:
+    """What a run that writes holds the lock on (``rewriter.lock``): the files and trees it
+    rewrites in place, the output tree (made first, so that two runs that would both create it
+    still meet at one lock) and the log directory, if it exists (one that does not is made only
+    when a log is written; the locks on the tree cover the run meanwhile). Runs that write
+    nothing lock nothing."""
+    takes = MODES[mode]
+    if takes.dry_run or takes.output is Output.REFUSED:
+        return []
+    out = list(args.paths) if args.in_place else []
+    if args.output is not None and (len(args.paths) > 1 or args.paths[0].is_dir() or args.output.is_dir()):
+        try:
+            args.output.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ArgumentError(f"{args.output}: {e.strerror}") from None
+        out.append(args.output)
+    if args.log_dir is not None and args.log_dir.is_dir():
+        out.append(args.log_dir)
+    return out
+
+
+def _nothing_to_do(mode: Mode, reports: Sequence[FileReport]) -> None:
+    """A policy run in which no file has any ftrace site at all did nothing, and says so (exit 1)."""
+    from rewriter.prenop import Status
+
+    done = [r for r in reports if r.status is not Status.FAILED]
+    if MODES[mode].policy and done and all(r.no_sites for r in done):
+        raise NothingToDo(f"no ftrace call site in any of the {len(done)} files; {done[0].rel}: {done[0].message}")
+
+
+def _rule_warnings(settings: Settings | None, reports: Sequence[FileReport]) -> list[str]:
+    """The policy's rules that decide no site in any of these files (a mistyped pattern, or a
+    policy for more of the kernel than this tree): one line each. Not an error: a policy written
+    for a whole kernel is often applied to part of it."""
+    if settings is None:
+        return []
+    used = frozenset().union(*(r.rules for r in reports))
+    p = settings.policy
+    return [
+        f"warning: {p.name}:{rule.line}: `{rule}` decides no site in these {len(reports):,} files"
+        for i, rule in enumerate(p.rules)
+        if i not in used
+    ]
+
+
+def _mode(undo: bool, verify: bool, dry_run: bool) -> Mode:
+    if undo and verify:
+        raise ArgumentError("give --undo or --verify, not both")
+    if verify:
+        return Mode.VERIFY  # writes nothing anyway: --dry-run changes nothing
+    if undo:
+        return Mode.UNDO_DRY_RUN if dry_run else Mode.UNDO
+    return Mode.DRY_RUN if dry_run else Mode.PRENOP
+
+
+def _check_options(mode: Mode, args: _Args) -> None:
+    """Refuse options that do not go with ``mode`` or with each other, before anything is read."""
+    takes = MODES[mode]
+    if args.against is not None and not takes.against:
+        raise ArgumentError("--against goes with --verify")
+    if (args.sign_key is None) != (args.sign_cert is None):
+        raise ArgumentError("--sign-key and --sign-cert go together")
+    if args.sign_key is not None and args.strip_signature:
+        raise ArgumentError("give --sign-key/--sign-cert (re-sign) or --strip-signature, not both")
+    if takes.policy and args.policy is None:
+        raise ArgumentError("--policy FILE is required (or --undo / --verify)")
+    if not takes.policy and (args.policy is not None or args.sign_key is not None or args.strip_signature):
+        raise ArgumentError("--undo and --verify take no --policy or signing options: the logs say what was done")
+    writes = args.in_place or args.output is not None
+    if takes.output is Output.REQUIRED and not writes:
+        raise ArgumentError("no output: give --in-place or -o OUT (or --dry-run)")
+    if takes.output is Output.REFUSED and writes:
+        raise ArgumentError("--verify writes nothing: drop --in-place / -o")
+
+
+def _targets(mode: Mode, args: _Args) -> list[Target]:
+    from rewriter.prenop import targets
+
+    ts = targets(
+        args.paths,
+        output=args.output,
+        in_place=args.in_place,
+        log_dir=args.log_dir,
+        against=args.against,
+        logs_beside_source=not MODES[mode].policy,  # undo and verify find each log beside its file
+    )
+    if not ts:
+        raise ArgumentError(f"no vmlinux or module found in {', '.join(map(str, args.paths))}")
+    return ts
+
+
+def _settings(mode: Mode, args: _Args) -> Settings | None:
+    """What pre-nopping needs (None for undo and verify): the policy, read and checked, and the
+    signing key, loaded so that a bad key or certificate is refused before any file is touched."""
     from rewriter import policy as pol
     from rewriter.prenop import Settings
     from rewriter.sign import SigningKey
 
-    assert (key is None) == (cert is None)
+    takes = MODES[mode]
+    if not takes.policy:
+        return None
+    assert args.policy is not None  # _check_options: the modes that take a policy require it
+    rules = pol.load(args.policy)
     signing = None
-    try:
-        rules = pol.load(policy)
-        if key is not None:
-            signing = SigningKey(key, cert, hash_name)  # type: ignore[arg-type]
-            signing.load()  # refuse a bad key or certificate before any file is touched
-    except RewriteError as e:
-        fail(str(e))
-    return Settings(rules, strip, signing, dry_run, replace_stale)
+    if args.sign_key is not None and args.sign_cert is not None:
+        signing = SigningKey(args.sign_key, args.sign_cert, args.hash_name)
+        signing.load()
+    from rewriter.files import ScanHints
+
+    check_mcount_addr(args.generation, args.mcount_addr)
+    hints = ScanHints(args.mcount_addr, args.generation)
+    return Settings(rules, args.strip_signature, signing, takes.dry_run, args.replace_stale_logs, hints)
 
 
-def _summary(reports: Sequence[Any], logs_only: bool) -> list[str]:
+def _execute(mode: Mode, ts: Sequence[Target], settings: Settings | None, jobs: int) -> list[FileReport]:
+    from rewriter import prenop as P
+
+    takes = MODES[mode]
+    with progress(len(ts), takes.doing) as tick:
+        if settings is not None:
+            return P.run(ts, settings, jobs, tick)
+        if mode is Mode.VERIFY:
+            return P.verify(ts, jobs, tick)
+        return P.undo(ts, jobs, tick, takes.dry_run)
+
+
+def _header(mode: Mode, args: _Args, settings: Settings | None, files: int) -> str:
+    if mode is Mode.VERIFY:
+        return f"mcountrw prenop --verify: {files} files"
+    if settings is None:
+        return f"mcountrw prenop --undo: {files} files"
+    dry = " (dry run: nothing written)" if MODES[mode].dry_run else ""
+    return f"mcountrw prenop: policy {args.policy} (sha256 {settings.policy.sha256[:12]}), {files} files{dry}"
+
+
+def _print_reports(mode: Mode, reports: Sequence[FileReport], header: str) -> None:
+    """Failures and mismatches on stderr, one line each; the summary table and notes on stdout."""
+    from rewriter.prenop import Status
+
+    for r in reports:
+        if r.status is Status.FAILED:
+            typer.echo(f"mcountrw: error: {r.message}", err=True)
+        elif r.status is Status.MISMATCH:
+            typer.echo(f"MISMATCH: {r.rel}: {r.message}", err=True)
+    typer.echo("\n".join([header, *_summary(reports, logs_only=not MODES[mode].policy)]))
+    for line in _notes(reports, mode):
+        typer.echo(line)
+    sys.stdout.flush()
+
+
+def _summary(reports: Sequence[FileReport], logs_only: bool) -> list[str]:
     from rewriter.prenop import Status
 
     rows: list[tuple[str, ...]] = [("status", "files", "sites nopped", "sites kept")]
@@ -184,7 +365,7 @@ def _summary(reports: Sequence[Any], logs_only: bool) -> list[str]:
     return lines
 
 
-def _notes(reports: Sequence[Any], undo: bool, verify: bool) -> list[str]:
+def _notes(reports: Sequence[FileReport], mode: Mode) -> list[str]:
     from rewriter.prenop import Status
 
     out = []
@@ -207,14 +388,22 @@ def _notes(reports: Sequence[Any], undo: bool, verify: bool) -> list[str]:
             "site mcountrw recognises, and were left alone. First: " + unplaced[0].rel
         )
     done = [r for r in reports if r.status is not Status.FAILED]
-    if not undo and not verify and done and all(r.status in (Status.UNCHANGED, Status.NOTHING) for r in done):
+    bare = [r for r in done if r.no_sites]
+    if MODES[mode].policy and bare and len(bare) < len(done):
+        out.append(f"note: {len(bare):,} files have no ftrace site at all; first: {bare[0].rel}: {bare[0].message}")
+    if (
+        MODES[mode].policy
+        and len(bare) < len(done)
+        and all(r.status in (Status.UNCHANGED, Status.NOTHING) for r in done)
+    ):
         out.append(f"nothing changed: all {len(done):,} files already match the policy")
-    if undo and done and all(r.status in (Status.ORIGINAL, Status.NO_LOG) for r in done):
+    undoing = mode in (Mode.UNDO, Mode.UNDO_DRY_RUN)
+    if undoing and done and all(r.status in (Status.ORIGINAL, Status.NO_LOG) for r in done):
         out.append("nothing changed: every file is already its original")
     return out
 
 
-def _report_json(reports: Sequence[Any], policy: Path | None, header: str) -> dict[str, Any]:
+def _report_json(reports: Sequence[FileReport], header: str) -> dict[str, Any]:
     return {
         "format": "mcountrw-prenop-report",
         "version": 1,
@@ -239,37 +428,51 @@ def _report_json(reports: Sequence[Any], policy: Path | None, header: str) -> di
 # -- policy check ---------------------------------------------------------------------------
 
 
-@policy_app.command("check")
 def policy_check(
     policy_file: Annotated[Path, typer.Argument(metavar="POLICY", help="the policy file")],
     images: Annotated[list[Path], typer.Argument(metavar="IMAGE...", help="vmlinux, modules or directories")],
     *,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="worker processes (default: all cores)")] = 0,
-    generation: Annotated[str | None, typer.Option("--generation", help=GENERATION_HELP)] = None,
+    jobs: Jobs = 0,
+    generation: GenerationOption = None,
+    log: LogFile = None,
 ) -> None:
     """Show what each rule matches (sites, the sites it decides, a few names), and what keeping and
     nopping mean for the kernel's generation; warn about rules that match nothing or are always
-    overridden (exit 1 if there are any)."""
+    overridden (exit 1 if there are any). Sites only an image's patch log knows count too."""
     from rewriter import policy as pol
-    from rewriter.batch import default_jobs, scan_many
-    from rewriter.elf.image import Kind
     from rewriter.prenop import targets
+
+    rules = pol.load(policy_file)
+    files = [t.source for t in targets(images, output=None, in_place=False, log_dir=None)]
+    tally = pol.Tally(rules)
+    errors = _tally_files(tally, files, workers(jobs), generation, logs_for(files, log))
+    print_errors(errors)
+    typer.echo("\n".join(_check_lines(policy_file, rules, tally)))
+    warnings = tally.warnings()
+    for w in warnings:
+        typer.echo(f"warning: {w}")
+    bad_input_if(errors)
+    findings_if(bool(warnings))
+
+
+def _tally_files(
+    tally: Tally, files: Sequence[Path], jobs: int, generation: Generation | None, logs: Mapping[Path, Path]
+) -> list[str]:
+    """Scan ``files`` and count what the policy decides for each site (with the sites of their
+    patch logs, ``logs``); the lines of the files that could not be scanned."""
+    from rewriter import policy as pol
+    from rewriter.batch import scan_many
+    from rewriter.elf.image import Kind
+    from rewriter.log import logged
     from rewriter.report.scanfmt import boot_of, generation_of, untraceable
 
-    gen = parse_generation(generation)
-    try:
-        rules = pol.load(policy_file)
-        files = [t.source for t in targets(images, output=None, in_place=False, log_dir=None)]
-    except RewriteError as e:
-        fail(str(e))
-    tally = pol.Tally(rules)
     errors = []
     with progress(len(files), "scanning") as tick:
-        for outcome in scan_many(files, jobs or default_jobs(), None, tick, gen):
+        for outcome in scan_many(files, jobs, None, tick, generation):
             if outcome.scan is None:
                 errors.append(outcome.error or f"{outcome.path}: failed")
                 continue
-            sc = outcome.scan
+            sc = logged(outcome.scan, logs)
             module = pol.module_name(outcome.path) if sc.kind is Kind.MODULE else None
             boot = boot_of(sc)
             facts = []
@@ -277,16 +480,7 @@ def policy_check(
                 why = untraceable(s, boot)
                 facts.append(pol.SiteFacts(s.function, s.section, None if why is None else why.value))
             tally.add_file(module, facts, generation_of(sc))
-    for line in errors:
-        typer.echo(f"mcountrw: error: {line}", err=True)
-    typer.echo("\n".join(_check_lines(policy_file, rules, tally)))
-    warnings = tally.warnings()
-    for w in warnings:
-        typer.echo(f"warning: {w}")
-    if errors:
-        raise typer.Exit(BAD_INPUT)
-    if warnings:
-        raise typer.Exit(FINDINGS)
+    return errors
 
 
 def _check_lines(policy_file: Path, rules: Policy, tally: Tally) -> list[str]:

@@ -2,27 +2,50 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 
-from rewriter.cli import BAD_INPUT, FINDINGS, app, fail, parse_int
-from rewriter.errors import RewriteError
+from rewriter.cli.common import GenerationOption, McountAddr, address, check_mcount_addr
+from rewriter.cli.exits import findings_if
+from rewriter.errors import ArgumentError
+from rewriter.generations import Generation
+from rewriter.lock import hold
+from rewriter.plan import Route
 
 if TYPE_CHECKING:
-    from rewriter.patch import Selection
+    from rewriter.files import ApplyResult, ScanHints
+    from rewriter.rewrite import Options, Selection
 
-TARGETS = ("enabled", "disabled", "nopped")
+
+class Target(enum.Enum):
+    """The states a file rewrite moves sites to (the others are run-time states, or never a goal)."""
+
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+    NOPPED = "nopped"
+
 
 Image_ = Annotated[Path, typer.Argument(help="vmlinux, module (.ko[.xz|.gz|.zst]), object or executable")]
 Output = Annotated[Path | None, typer.Option("-o", "--output", help="where to write the rewritten file")]
 Only = Annotated[list[str] | None, typer.Option("--only", help="function name glob to select (repeatable)")]
 Exclude = Annotated[list[str] | None, typer.Option("--exclude", help="function name glob to leave alone (repeatable)")]
 Section = Annotated[list[str] | None, typer.Option("--section", help="select the sites of this section (repeatable)")]
-Addr = Annotated[list[str] | None, typer.Option("--addr", help="select the site with this call-slot address")]
-Route_ = Annotated[str | None, typer.Option("--route", help="mflr-first or b8 (default: fewer writes)")]
+Addr = Annotated[
+    list[int] | None, typer.Option("--addr", parser=address, help="select the site with this call-slot address")
+]
+Route_ = Annotated[Route | None, typer.Option("--route", help="default: the route with fewer writes")]
 Log_ = Annotated[Path | None, typer.Option("--log", help="patch log (default OUT.mcountrw.jsonl)")]
+InputLog = Annotated[
+    Path | None,
+    typer.Option(
+        "--input-log",
+        help="IMAGE's own patch log: its sites, nopped and unrecorded by an earlier rewrite, can be selected and "
+        "brought back (default: IMAGE.mcountrw.jsonl beside it, when its output is IMAGE)",
+    ),
+]
 Stages = Annotated[Path | None, typer.Option("--stage-images", help="write one complete ELF per plan stage here")]
 Drop = Annotated[bool, typer.Option("--drop-records", help="drop the records of sites whose call slot ends up nop")]
 Keep = Annotated[
@@ -36,67 +59,140 @@ Strip = Annotated[bool, typer.Option("--strip-signature", help="allow rewriting 
 Dry = Annotated[bool, typer.Option("--dry-run", help="plan, check and report; write nothing")]
 InPlace = Annotated[bool, typer.Option("--in-place", help="replace the input (atomically, once complete)")]
 Backup = Annotated[bool, typer.Option("--backup", help="with --in-place: keep the original as IMAGE.orig")]
+Wait = Annotated[
+    bool,
+    typer.Option("--wait", help="with --in-place: wait for another run that holds the file's lock (default: exit 2)"),
+]
+
+
+def say_waiting(path: Path, pid: int | None) -> None:
+    """``rewriter.lock``'s ``waiting``: one line saying what this run waits for."""
+    who = f"pid {pid}" if pid is not None else "another process"
+    typer.echo(f"mcountrw: waiting for {who}, which holds the lock on {path}", err=True)
 
 
 def _selection(
-    only: list[str] | None, exclude: list[str] | None, section: list[str] | None, addr: list[str] | None
+    only: list[str] | None, exclude: list[str] | None, section: list[str] | None, addr: list[int] | None
 ) -> Selection:
-    from rewriter.patch import Selection
+    from rewriter.rewrite import Selection
 
-    addrs = frozenset(parse_int(a, "--addr") or 0 for a in addr or [])
-    return Selection(tuple(only or ()), tuple(exclude or ()), tuple(section or ()), addrs)
+    return Selection(tuple(only or ()), tuple(exclude or ()), tuple(section or ()), frozenset(addr or ()))
 
 
-def _run_apply(image: Path, output: Path | None, target: str, **kw) -> None:  # type: ignore[no-untyped-def]
-    from rewriter.patch import Options
-    from rewriter.plan import Route
-    from rewriter.rewrite import apply_file
+class _Writing(NamedTuple):
+    """Where and how ``apply`` and ``nop`` write (``apply_file``'s keyword arguments)."""
+
+    log_path: Path | None
+    stage_dir: Path | None
+    dry_run: bool
+    in_place: bool
+    backup: bool
+    input_log: Path | None
+
+
+class _Run(NamedTuple):
+    """How ``apply`` and ``nop`` scan a stripped image, and wait for a lock."""
+
+    mcount_addr: int | None
+    generation: Generation | None
+    wait: bool
+
+    def hints(self) -> ScanHints:
+        from rewriter.files import ScanHints
+
+        check_mcount_addr(self.generation, self.mcount_addr)
+        return ScanHints(self.mcount_addr, self.generation)
+
+
+def _options(target: Target, route: Route | None, drop: bool, keep: bool, strip: bool) -> Options:
+    from rewriter.rewrite import Options
     from rewriter.states import SiteState
 
-    if target not in TARGETS:
-        fail(f"--to: {target!r} is not one of {', '.join(TARGETS)}")
-    route = kw.pop("route")
-    if route is not None and route not in ("mflr-first", "b8"):
-        fail(f"--route: {route!r} is not mflr-first or b8")
-    drop, keep = kw.pop("drop_records"), kw.pop("keep_records")
     if drop and keep:
-        fail("give --drop-records or --keep-records, not both")
-    options = Options(
-        SiteState(target),
-        Route(route) if route else None,
-        drop_records=drop,
-        strip_signature=kw.pop("strip_signature"),
-        keep_records=keep,
-    )
-    selection = _selection(kw.pop("only"), kw.pop("exclude"), kw.pop("section"), kw.pop("addr"))
-    try:
-        result = apply_file(image, output, selection, options, **kw)
-    except RewriteError as e:
-        fail(str(e))
+        raise ArgumentError("give --drop-records or --keep-records, not both")
+    return Options(SiteState(target.value), route, drop_records=drop, strip_signature=strip, keep_records=keep)
+
+
+def _run_apply(
+    image: Path, output: Path | None, options: Options, selection: Selection, writing: _Writing, run: _Run
+) -> None:
+    # The lock is taken before anything is read (or numpy loaded): it covers the whole run.
+    with hold([image] if writing.in_place and not writing.dry_run else [], run.wait, say_waiting):
+        from rewriter.files import apply_file
+
+        result = apply_file(image, output, selection, options, **writing._asdict(), hints=run.hints())  # NoRoute: 1
+    for warning in result.warnings:
+        typer.echo(f"mcountrw: warning: {warning}", err=True)
+    _print_applied(image, options, result, writing)
+
+
+def _print_applied(image: Path, options: Options, result: ApplyResult, writing: _Writing) -> None:
     r = result.rewrite
+    target = options.target.value
+    if not r.edits:
+        _print_already(image, target, result, writing)
+        return
     stages = len(r.plan.stages) if r.plan else 0
     barriers = ", ".join(name for _, name in r.barriers) or "none"
-    writes = sum(1 for e in r.edits if type(e).__name__ == "WordWrite")
+    writes = r.word_writes
     verb = "would change" if result.output is None else "changed"
     dropped = f"; {len(r.dropped)} records dropped" if r.dropped else ""
+    dropped += f"; {len(r.restored)} records restored" if r.restored else ""
     typer.echo(
         f"{image}: {verb} {len(r.sites)} sites to {target} ({r.unchanged} already {target}){dropped}; "
         f"{writes} word writes in {stages} stages, barriers: {barriers}; {len(r.edits) - writes} other edits",
         err=True,
     )
+    if result.scan.log is not None:
+        from rewriter.sites import Source
+
+        logged = [s for s in result.scan.sites if s.source is Source.LOG]
+        chosen = {s.place for s in (*r.sites, *r.restored)}
+        typer.echo(
+            f"{len(logged)} sites known only from {result.scan.log}; {sum(s.place in chosen for s in logged)} of them "
+            "selected and changed",
+            err=True,
+        )
     if r.stubs is not None:
         before, after = (", ".join(f"{c.area} {c.used}/{c.stubs}" for c in side) for side in r.stubs)
         typer.echo(f"ool stubs used/available: before {before}; after {after}", err=True)
     if result.output is not None:
         typer.echo(f"wrote {result.output} and {result.log}", err=True)
+    if result.base is not None and result.output is not None:
+        typer.echo(f"the log builds on {result.base.path} (the input's log)", err=True)
     for p in result.stage_images:
         typer.echo(f"stage image {p}", err=True)
+    if writing.stage_dir is not None and not writing.dry_run and not result.stage_images:
+        typer.echo(
+            f"no stage image written to {writing.stage_dir}: this rewrite writes no word (records only)", err=True
+        )
 
 
-@app.command()
+def _print_already(image: Path, target: str, result: ApplyResult, writing: _Writing) -> None:
+    """A rerun: every selected site is at the target already (exit 0, by design)."""
+    zeroed = result.scan.records.zeroed
+    hidden = (
+        f" ({zeroed} zeroed records: sites an earlier rewrite nopped are not seen without its patch log)"
+        if zeroed
+        else ""
+    )
+    if result.output is not None:
+        written = f"; wrote {result.output} (a copy) and {result.log}"
+    elif writing.in_place and not writing.dry_run:
+        written = "; nothing written (the file and its patch log stay as they are)"
+    else:
+        written = ""
+    stage = f"; no stage image written to {writing.stage_dir}" if writing.stage_dir is not None else ""
+    typer.echo(
+        f"{image}: nothing to change: all {result.rewrite.unchanged} selected sites are already {target}"
+        f"{hidden}{written}{stage}",
+        err=True,
+    )
+
+
 def apply(
     image: Image_,
-    to: Annotated[str, typer.Option("--to", help="enabled, disabled or nopped")],
+    to: Annotated[Target, typer.Option("--to", help="the state to move the selected sites to")],
     output: Output = None,
     *,
     only: Only = None,
@@ -112,18 +208,24 @@ def apply(
     dry_run: Dry = False,
     in_place: InPlace = False,
     backup: Backup = False,
+    mcount_addr: McountAddr = None,
+    generation: GenerationOption = None,
+    wait: Wait = False,
+    input_log: InputLog = None,
 ) -> None:
     """Move the selected sites to a state with a safe plan; compare-and-swap on every word.
 
     A vmlinux or module is refused if a recorded place would hold words the kernel's boot-time
     ftrace init refuses (docs/rewrite.md: per generation); patchable and ool sites are never made
-    `enabled` offline (the running kernel enables them)."""
-    _run_apply(image, output, to, only=only, exclude=exclude, section=section, addr=addr, route=route,
-               log_path=log, stage_dir=stage_images, drop_records=drop_records, keep_records=keep_records,
-               strip_signature=strip_signature, dry_run=dry_run, in_place=in_place, backup=backup)  # fmt: skip
+    `enabled` offline (the running kernel enables them). Sites an earlier rewrite nopped and
+    unrecorded come back from IMAGE's patch log with `--to enabled`: words, call relocations and
+    records (on patchable and ool, the records alone)."""
+    options = _options(to, route, drop_records, keep_records, strip_signature)
+    selection = _selection(only, exclude, section, addr)
+    writing = _Writing(log, stage_images, dry_run, in_place, backup, input_log)
+    _run_apply(image, output, options, selection, writing, _Run(mcount_addr, generation, wait))
 
 
-@app.command()
 def nop(
     image: Image_,
     output: Output = None,
@@ -140,48 +242,47 @@ def nop(
     dry_run: Dry = False,
     in_place: InPlace = False,
     backup: Backup = False,
+    mcount_addr: McountAddr = None,
+    generation: GenerationOption = None,
+    wait: Wait = False,
+    input_log: InputLog = None,
 ) -> None:
     """Offline pre-nopping: `apply --to nopped`. 6.1 (mprofile): mflr and bl both become nop;
     6.12 (patchable) and 7.2 (ool): the sites already are nop as built, so --drop-records drops
     their records and writes no word."""
-    _run_apply(image, output, "nopped", only=only, exclude=exclude, section=section, addr=addr, route=None,
-               log_path=log, stage_dir=stage_images, drop_records=drop_records, keep_records=keep_records,
-               strip_signature=strip_signature, dry_run=dry_run, in_place=in_place, backup=backup)  # fmt: skip
+    options = _options(Target.NOPPED, None, drop_records, keep_records, strip_signature)
+    selection = _selection(only, exclude, section, addr)
+    writing = _Writing(log, stage_images, dry_run, in_place, backup, input_log)
+    _run_apply(image, output, options, selection, writing, _Run(mcount_addr, generation, wait))
 
 
-@app.command()
 def undo(
     patched: Annotated[Path, typer.Argument(help="a file written by apply/nop")],
     log: Annotated[Path, typer.Option("--log", help="its patch log")],
     output: Output = None,
     *,
     in_place: InPlace = False,
+    wait: Wait = False,
 ) -> None:
     """Restore the exact original bytes (relocations, records and signature included)."""
-    from rewriter.rewrite import undo_file
+    with hold([patched] if in_place else [], wait, say_waiting):
+        from rewriter.files import undo_file
 
-    try:
         out, record = undo_file(patched, log, output, in_place)
-    except RewriteError as e:
-        fail(str(e))
-    typer.echo(f"wrote {out} (sha256 {record.input.sha256[:16]}..., the original)", err=True)
+    typer.echo(f"wrote {out} (sha256 {record.header.input.sha256[:16]}..., the original)", err=True)
+    base = record.header.base
+    if base is not None:
+        typer.echo(f"its own log: {base.path} (undo with it for the step before)", err=True)
 
 
-@app.command()
 def verify(
     original: Annotated[Path, typer.Argument(help="the file before the rewrite")],
     patched: Annotated[Path, typer.Argument(help="the file after it")],
     log: Annotated[Path, typer.Option("--log", help="the patch log")],
 ) -> None:
     """Exit 0 iff the byte difference is exactly what the log says; 1 otherwise."""
-    from rewriter.rewrite import verify_files
+    from rewriter.files import verify_files
 
-    try:
-        verdict = verify_files(original, patched, log)
-    except RewriteError as e:
-        fail(str(e))
-    typer.echo(("ok: " if verdict.ok else "MISMATCH: ") + verdict.reason)
-    raise typer.Exit(0 if verdict.ok else FINDINGS)
-
-
-__all__ = ["BAD_INPUT"]
+    result = verify_files(original, patched, log)
+    typer.echo(("ok: " if result.ok else "MISMATCH: ") + result.reason)
+    findings_if(not result.ok)

@@ -1,11 +1,14 @@
-"""Compressed modules (.ko.xz, .ko.gz, .ko.zst): recognised by magic, not by name."""
+"""Compressed modules (.ko.xz, .ko.gz, .ko.zst): recognised by magic, not by name; read, and written
+again so that the original compressed bytes can always come back (:class:`Restore`)."""
 
 from __future__ import annotations
 
 import enum
 import gzip
 import lzma
+import mmap
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -135,13 +138,20 @@ class Recipe(NamedTuple):
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, object]) -> Recipe:
+    def from_json(cls, d: Mapping[str, object]) -> Recipe:
         ints = [d[k] for k in ("block_size", "header_size", "dict_size", "check")]
-        if not all(type(v) is int and 0 <= v < 1 << 40 for v in ints) or type(d["sizes_in_headers"]) is not bool:
+        sized = d["sizes_in_headers"]
+        if not isinstance(sized, bool):
             raise ValueError(f"recipe {d!r}")
-        block_size, header_size, dict_size, check = (int(v) for v in ints)  # type: ignore[call-overload]
-        kind = Compression(d["kind"])
-        return cls(kind, block_size, header_size, bool(d["sizes_in_headers"]), dict_size, check)
+        block_size, header_size, dict_size, check = (_small_int(v, d) for v in ints)
+        return cls(Compression(d["kind"]), block_size, header_size, sized, dict_size, check)
+
+
+def _small_int(value: object, recipe: Mapping[str, object]) -> int:
+    """A recipe's number: an int (not a bool) in [0, 2**40)."""
+    if type(value) is not int or not 0 <= value < 1 << 40:
+        raise ValueError(f"recipe {dict(recipe)!r}")
+    return value
 
 
 KBUILD: Final = {
@@ -177,6 +187,28 @@ def recipe_of(raw: bytes, content: bytes, kind: Compression) -> Recipe | None:
     if recipe is None or compress(content, recipe) != raw:
         return None
     return recipe
+
+
+class Restore(NamedTuple):
+    """How a compressed input's exact bytes come back from its content: by a ``recipe``, or, when
+    none rebuilds them, kept as they are (``original``). Both None for an uncompressed file."""
+
+    recipe: Recipe | None = None
+    original: bytes | None = None
+
+    @classmethod
+    def of(cls, raw: bytes | bytearray | mmap.mmap, content: bytes | mmap.mmap, kind: Compression) -> Restore:
+        if kind is Compression.NONE:
+            return cls()
+        recipe = recipe_of(bytes(raw), bytes(content), kind)
+        return cls(recipe, None if recipe is not None else bytes(raw))
+
+    def compressed(self, content: bytes | bytearray, kind: Compression) -> bytes | bytearray:
+        """The file to write for ``content``: compressed as its input was (Kbuild's settings if no
+        recipe describes the input); ``content`` itself if ``kind`` is none."""
+        if kind is Compression.NONE:
+            return content
+        return compress(content, self.recipe or kind)
 
 
 def _varint(n: int) -> bytes:

@@ -17,8 +17,11 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import stat
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from rewriter.errors import OutputError
 
@@ -27,8 +30,27 @@ _READ_BACK_CHUNK = 1 << 24
 
 
 def atomic_write(path: Path, data: bytes | bytearray | memoryview | mmap.mmap, mode: int | None = None) -> None:
-    """Replace ``path`` with ``data``. ``mode`` defaults to the existing file's, else 0o644."""
+    """Replace ``path`` with ``data``. ``mode`` defaults to the existing file's, else 0o644.
+
+    A report sent to a device or a FIFO (``-o /dev/null``, ``-o /dev/stdout``) is written into it:
+    renaming a temporary file over it would replace the device node itself."""
+    if _special(path):
+        try:
+            with open(path, "wb") as fh:
+                fh.write(data)
+        except OSError as e:
+            raise OutputError(f"{path}: {e.strerror or e}") from None
+        return
     commit(write_temp(path, data, mode))
+
+
+def _special(path: Path) -> bool:
+    """``path`` exists and is not a regular file (a device, FIFO or socket; not a directory)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode)
 
 
 class Pending:
@@ -76,13 +98,56 @@ def write_temp(path: Path, data: bytes | bytearray | memoryview | mmap.mmap, mod
 
 
 def commit(pending: Pending) -> None:
-    """Second half: rename the temporary file over its target and make the rename durable."""
+    """Second half: rename the temporary file over its target and make the rename durable. Never
+    over a device or FIFO: that would replace the node itself (callers refuse such outputs first)."""
+    if _special(pending.path):
+        pending.discard()
+        raise OutputError(f"{pending.path}: not a regular file (a device or FIFO): an output is replaced by a rename")
     try:
         os.replace(pending.tmp, pending.path)
     except OSError as e:
         pending.discard()
         raise OutputError(f"{pending.path}: {e.strerror or e}") from None
     _fsync_dir(pending.path.parent if str(pending.path.parent) else Path("."))
+
+
+class NewFile(NamedTuple):
+    """A file to publish: its target, its complete bytes, its mode."""
+
+    path: Path
+    data: bytes
+    mode: int
+
+
+def publish(files: Sequence[NewFile]) -> None:
+    """Write every file to a temporary file beside its target (fsync'ed, read back), then rename
+    each over its target in order (directories made as needed), then read the last one back. A
+    run killed at any point leaves each target old or new, never partial, and a caller that puts
+    a log before the file it undoes never leaves a rewritten file without its log."""
+    pending = []
+    try:
+        for f in files:
+            _mkdir(f.path.parent)
+            pending.append(write_temp(f.path, f.data, f.mode))
+    except BaseException:
+        for p in pending:
+            p.discard()
+        raise
+    for p in pending:
+        commit(p)
+    last = files[-1]
+    try:
+        if last.path.read_bytes() != last.data:
+            raise OutputError(f"{last.path}: read back differs from what was written")
+    except OSError as e:
+        raise OutputError(f"{last.path}: {e.strerror}") from None
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{path}: {e.strerror}") from None
 
 
 def _check_read_back(path: Path, tmp: str, data: bytes | bytearray | memoryview | mmap.mmap) -> None:

@@ -6,7 +6,8 @@
   the ISA's MASK and ROTL;
 * :mod:`rewriter.ppc.table`: the decoder table of every instruction the mflr-nop walk knows.
 
-Nothing here imports the rest of ``rewriter``, and no other module shifts or masks an instruction
+Nothing here imports the rest of ``rewriter`` but :mod:`rewriter.errors` (for
+:class:`EncodingError`'s base), and no other module shifts or masks an instruction
 word itself (tests/test_isa_home.py holds them to it).
 """
 

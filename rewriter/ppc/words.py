@@ -17,6 +17,7 @@ from typing import Final, Literal, NewType
 
 import numpy as np
 
+from rewriter.errors import RewriteError
 from rewriter.ppc.fields import AA, BD_MASK, LI_MASK, LK, OP_B, OP_BC, bd, li, primary
 
 Addr = NewType("Addr", int)
@@ -41,8 +42,10 @@ _IFORM_MASK: Final = 0xFC00_0000 | AA | LK  # opcode + AA + LK
 BRANCH_RANGE: Final = 1 << 25  # LI is a signed 26-bit byte offset: [-32 MiB, +32 MiB)
 
 
-class EncodingError(ValueError):
-    """A branch cannot be encoded (target out of range or misaligned)."""
+class EncodingError(RewriteError):
+    """A branch cannot be encoded (target out of range or misaligned). A project error like every
+    other, so that no caller needs to know ppc's own exceptions; the one import from the rest of
+    ``rewriter`` (errors.py imports nothing)."""
 
 
 def _iform(src: int, dst: int, link: bool) -> int:

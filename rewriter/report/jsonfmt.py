@@ -138,6 +138,7 @@ SCHEMA: Final[Mapping[str, Any]] = {
                             "init_text_sites": _COUNT,
                             "exit_text_sites": _COUNT,
                             "weak_bodies": _COUNT,
+                            "from_log": _COUNT,
                             "records": {
                                 "type": "object",
                                 "required": ["count", "zeroed", "unmatched", "duplicates", "skipped"],
@@ -274,6 +275,7 @@ def image_json(img: ImageAudit) -> dict[str, Any]:
             "init_text_sites": c.init_sites,
             "exit_text_sites": c.exit_sites,
             "weak_bodies": c.weak_bodies,
+            "from_log": c.from_log,
             "records": {
                 "count": c.records,
                 "zeroed": c.zeroed_records,

@@ -91,6 +91,7 @@ def _counts_rows(img: ImageAudit) -> list[tuple[str, object]]:
         ("by variant", _tally(c.by_variant)),
         ("by state", _tally(c.by_state)),
         ("recorded / unrecorded", f"{c.recorded} / {c.unrecorded}"),
+        *([("sites known only from the patch log", c.from_log)] if c.from_log else []),
         ("functions with / without sites", f"{c.functions_with_sites} / {c.functions_without_sites}"),
         ("sites outside any function symbol", c.sites_outside_functions),
         ("records in weak-function bodies", c.weak_bodies),

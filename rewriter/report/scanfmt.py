@@ -2,13 +2,13 @@
 
 JSON (other tools depend on it: fields are added, never renamed or dropped)::
 
-    {"images": [{"path", "kind", "endian", "abi", "generation",
+    {"images": [{"path", "kind", "endian", "abi", "generation", "log",
                  "sites": [{"address", "section", "offset", "function", "variant", "state", "recorded",
                             "record", "boot_state", "traceable", "stub", "source"}],
                  "records": {"count", "zeroed", "skipped", "unmatched", "duplicates"},
                  "stubs": [{"name", "address", "count", "stub_size", "used", "need", "covers"}],
                  "summary": {"sites", "by_section", "by_variant", "by_state", "recorded",
-                             "by_boot_state", "traceable", "untraceable", "ftrace_off"}}],
+                             "by_boot_state", "traceable", "untraceable", "ftrace_off", "by_source"}}],
      "errors": ["<path>: <problem>", ...]}
 
 * ``generation``: ``mprofile`` (<= 6.5), ``patchable`` (6.6-6.12) or ``ool`` (6.13+), detected from
@@ -28,8 +28,10 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
   ``ftrace_ool_stub_text_end``, ``ftrace_ool_stub_inittext``; ``.stubs`` in a module, carved out at
   load). The image's ``stubs`` list the areas; a module's one entry has a null ``address`` and
   ``stub_size`` (set at load by the kernel's config), one stub per table entry.
-* ``source``: ``"image"``, read from the file's words and records. (Sites known only from a patch
-  log will say ``"log"``.)
+* ``source``: ``"image"``, read from the file's words and records, or ``"log"``: known only from
+  the image's patch log (``log``, the path of the log read; null when none was), a site an earlier
+  rewrite nopped and unrecorded, which no scan of the file can find (``rewriter.known``). Its
+  ``state`` is the one the log says the rewrite left (the log's output is this very file).
 * ``summary.by_boot_state`` counts null as ``"refused"``.
 """
 
@@ -48,9 +50,8 @@ from typing import Any, Final, NamedTuple
 from rewriter.elf.image import Kind
 from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation
-from rewriter.sites import Scan, Site, summary
+from rewriter.sites import Scan, Site, Source, summary
 
-SOURCE_IMAGE: Final = "image"  # a site read from the image (a patch log's sites will be "log")
 REFUSED: Final = "refused"  # boot_state null, in counts and in the table
 
 CSV_FIELDS = (
@@ -186,7 +187,7 @@ def site_json(site: Site, boot: Boot | None = None) -> dict[str, Any]:
         "boot_state": None if site.boot_state is None else site.boot_state.value,
         "traceable": untraceable(site, boot) is None,
         "stub": site.stub,
-        "source": SOURCE_IMAGE,
+        "source": site.source.value,
     }
 
 
@@ -220,6 +221,7 @@ def _image_json(result: Scan, boot: Boot, with_sites: bool) -> dict[str, Any]:
         "endian": result.endian,
         "abi": result.abi.value,
         "generation": None if generation is None else generation.value,
+        "log": None if result.log is None else str(result.log),
         "sites": [site_json(site, boot) for site in result.sites] if with_sites else [],
         "records": {
             "count": result.records.count,
@@ -236,8 +238,14 @@ def _image_json(result: Scan, boot: Boot, with_sites: bool) -> dict[str, Any]:
             "traceable": why[None],
             "untraceable": {u.value: why[u] for u in Untraceable},
             "ftrace_off": boot.ftrace_off,
+            "by_source": {src.value: n for src, n in _by_source(result.sites).items()},
         },
     }
+
+
+def _by_source(sites: Sequence[Site]) -> dict[Source, int]:
+    logged = sum(1 for s in sites if s.source is Source.LOG)
+    return {Source.IMAGE: len(sites) - logged, Source.LOG: logged}
 
 
 def _boot_text(site: Site) -> str:
@@ -288,7 +296,7 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
     parts = []
     for site in sites:
         section, shndx, offset, addr, function, variant, state, recorded = site[:8]
-        record, booted, traceable, stub = site[11:]
+        record, booted, traceable, stub, source = site[11:]
         sec = quoted.get(section) or quoted.setdefault(section, _quote(section))
         func = "null" if function is None else _quote(function)  # names rarely repeat: no look-up
         if record is None:
@@ -305,7 +313,7 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
             f'"variant":"{variant._value_}","state":"{state._value_}","recorded":{"true" if recorded else "false"},'
             f'"record":{rec},"boot_state":{"null" if booted is None else _QUOTE + booted._value_ + _QUOTE},'
             f'"traceable":{"true" if traceable and on else "false"},'
-            f'"stub":{quoted.get(stub) or quoted.setdefault(stub, _quote(stub))},"source":"{SOURCE_IMAGE}"}}'
+            f'"stub":{quoted.get(stub) or quoted.setdefault(stub, _quote(stub))},"source":"{source._value_}"}}'
         )
     return ",".join(parts)
 
@@ -349,7 +357,7 @@ def csv_rows_text(result: Scan) -> str:
                 "" if s.boot_state is None else s.boot_state.value,
                 int(untraceable(s, boot) is None),
                 s.stub or "",
-                SOURCE_IMAGE,
+                s.source.value,
             ]
         )
     return out.getvalue()
@@ -380,7 +388,7 @@ def table_lines(result: Scan, limit: int | None) -> list[str]:
                 site.section,
                 site.variant.value,
                 f"{site.state.value}->{_boot_text(site) if site.boot_state else REFUSED.upper()}",
-                "rec" if site.recorded else "UNREC",
+                "LOG" if site.source is Source.LOG else "rec" if site.recorded else "UNREC",
                 "yes" if reason is None else f"NO {reason.value}",
                 (site.function or "?") + (f"  [{site.stub}]" if site.stub else ""),
             )
@@ -400,10 +408,12 @@ def _head(result: Scan, traceable: int) -> str:
     states = ", ".join(f"{n} {k}" for k, n in sorted(pairs.items())) or "no sites"
     rec = result.records
     unrecorded = sum(1 for s in result.sites if not s.recorded)
+    logged = _by_source(result.sites)[Source.LOG]
+    from_log = f", {logged} of them from the patch log" if logged else ""
     return (
         f"{result.path}: {result.kind.value}, {result.endian}-endian {result.abi.value}, "
         f"generation {'none' if generation is None else generation.value}: "
-        f"{len(result.sites)} sites ({states}), {traceable} traceable {_after(result)}; "
+        f"{len(result.sites)} sites ({states}{from_log}), {traceable} traceable {_after(result)}; "
         f"{rec.count} records ({rec.zeroed} zeroed, {len(rec.skipped)} skipped, {len(rec.unmatched)} unmatched), "
         f"{unrecorded} sites unrecorded"
     )
@@ -417,6 +427,12 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
     out = []
     if boot.ftrace_off is not None:
         out.append(f"  FTRACE OFF {_after(result)}: {boot.ftrace_off}")
+    logged = _by_source(result.sites)[Source.LOG]
+    if result.log is not None:
+        out.append(
+            f"  LOG: {logged} sites known only from the patch log {result.log} (an earlier rewrite nopped and "
+            "unrecorded them: no scan of the file finds them)"
+        )
     for offset in sorted({LAYOUTS[s.variant].record_offset for s in result.sites if s.record is not None} - {0}):
         out.append(
             f"  records name the word {abs(offset)} bytes {'before' if offset < 0 else 'after'} each call slot "

@@ -1,0 +1,109 @@
+"""What the command modules share: option types, writing the output, the progress bar."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Annotated, Final
+
+import typer
+
+from rewriter.errors import ArgumentError
+from rewriter.generations import Generation
+
+
+def address(text: str) -> int:
+    """``--mcount-addr``, ``--addr``: an address as C writes it (``0xc000000000001234``, ``4096``)."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number (use 0x... for hex)") from None
+
+
+GENERATION_HELP: Final = "override the generation detected from the image (stripped images)"
+
+Jobs = Annotated[int, typer.Option("--jobs", "-j", min=0, help="worker processes (default: all cores)")]
+OutputFile = Annotated[Path | None, typer.Option("-o", "--output", help="write here instead of stdout")]
+McountAddr = Annotated[
+    int | None, typer.Option("--mcount-addr", parser=address, help="address of _mcount, for a stripped image")
+]
+GenerationOption = Annotated[Generation | None, typer.Option("--generation", help=GENERATION_HELP)]
+LOG_HELP: Final = (
+    "the image's patch log, a source of the sites an earlier rewrite hid (default: IMAGE.mcountrw.jsonl "
+    "beside it, when its output is the image)"
+)
+LogFile = Annotated[Path | None, typer.Option("--log", help=LOG_HELP)]
+
+
+def logs_for(files: Sequence[Path], explicit: Path | None) -> dict[Path, Path]:
+    """The patch log of each file that has one: ``--log`` (for one file; refused, exit 2, if its
+    output is not that file), else the log beside each file when its output is that file. A log
+    beside a file that it does not describe is ignored, with one warning line."""
+    from rewriter.log import default_log_path, log_of
+
+    if explicit is not None and len(files) != 1:
+        raise ArgumentError(f"--log {explicit}: names the log of one image, and {len(files)} were given")
+    out = {}
+    for path in files:
+        if explicit is None and not default_log_path(path).is_file():
+            continue
+        try:
+            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            continue  # the scan says what is wrong with the file
+        log, warning = log_of(path, sha, explicit)
+        if warning is not None:
+            typer.echo(f"mcountrw: warning: {warning}", err=True)
+        if log is not None:
+            out[path] = log
+    return out
+
+
+def workers(jobs: int) -> int:
+    """``--jobs``: 0 means every core this process may run on."""
+    from rewriter.batch import default_jobs
+
+    return jobs or default_jobs()
+
+
+def check_mcount_addr(generation: Generation | None, mcount_addr: int | None) -> None:
+    if mcount_addr is not None and generation is not None and generation is not Generation.MPROFILE:
+        raise ArgumentError(
+            f"--mcount-addr names _mcount, which only the mprofile generation calls (not {generation.value})"
+        )
+
+
+def emit(text: str, output: Path | None) -> None:
+    """Write ``text`` to ``output`` atomically, or to stdout."""
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from rewriter.elf.writer import atomic_write
+
+    atomic_write(output, text.encode())
+
+
+def print_errors(errors: Sequence[str]) -> None:
+    """One line per file that could not be read (the command goes on with the others)."""
+    for line in errors:
+        typer.echo(f"mcountrw: error: {line}", err=True)
+
+
+@contextlib.contextmanager
+def progress(total: int, what: str) -> Iterator[Callable[[], None] | None]:
+    """A rich progress bar on stderr when it is a terminal and there is more than one file; the
+    ``tick`` to call per file done, or None (no bar)."""
+    if total < 2 or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    bar = Progress(console=Console(stderr=True), transient=True)
+    task = bar.add_task(what, total=total)
+    with bar:
+        yield lambda: bar.advance(task)

@@ -1,0 +1,423 @@
+"""Rewriting files: apply, undo and verify on files, with the patch log, stage images and atomic output.
+
+The rewrite itself is computed in memory (``rewriter.rewrite``, which also reads the result back:
+every changed site must hold the planned words); this module reads the input, writes the log and
+the output, and undoes and verifies them. Order of writes, so that a run killed at any moment
+leaves nothing half-done: the log, the optional backup and the output are each written to a
+temporary file beside their target, fsynced and read back (``rewriter.elf.writer``), and only
+then renamed into place, log first. The input is never opened for writing; ``--in-place``
+replaces it by that final rename. (One writer at a time: the caller holds ``rewriter.lock`` on a
+file it rewrites in place; the CLI takes it before it reads anything.)
+
+No silent no-ops: a rewrite that finds no site at all in the file, or whose selection matches no
+site, raises :class:`NothingToDo` (exit 1) naming the likely cause (:func:`check_something_to_do`)
+instead of reporting success at changing nothing. A rewrite whose sites are all at the target
+already is a rerun, a no-op by design: it succeeds, and in place it writes nothing (rewriting
+the file and its log would replace the log that leads back to the original with one that leads
+nowhere).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rewriter.edits import byteorder
+from rewriter.elf import structs as S
+from rewriter.elf.compress import Compression, Restore, decompress, detect_compression
+from rewriter.elf.image import Image
+from rewriter.elf.writer import Pending, atomic_write, commit, write_temp
+from rewriter.errors import ImageError, LogError, NothingToDo, OutputError, RewriteError
+from rewriter.generations import Generation
+from rewriter.known import by_place, with_log
+from rewriter.log import Base, Data, FileFacts, Known, Log, check_extent, default_log_path, for_file, load, render
+from rewriter.rewrite import Options, Rewrite, Selection, rewrite
+from rewriter.sites import MCOUNT_NAMES, Scan, Site, scan
+
+
+@dataclass(frozen=True)
+class ScanHints:
+    """What a stripped image may need to be scanned: ``--mcount-addr`` (``_mcount``'s address,
+    from System.map) and ``--generation`` (see ``rewriter.sites.scan``)."""
+
+    mcount_addr: int | None = None
+    generation: Generation | None = None
+
+    @property
+    def given(self) -> bool:
+        return self.mcount_addr is not None or self.generation is not None
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    input: Path
+    output: Path | None
+    log: Path | None
+    rewrite: Rewrite
+    scan: Scan  # with the sites only the input's log knows
+    stage_images: tuple[Path, ...]
+    base: Base | None = None  # the input's log, which the new log names
+    warnings: tuple[str, ...] = ()  # one line each: a log beside the input that was not its log
+
+
+def _sha256(data: Data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _on_disk(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise RewriteError(f"{path}: {e.strerror}") from None
+
+
+def check_output_path(input_path: Path, output: Path | None, in_place: bool) -> Path:
+    if in_place:
+        if output is not None and output.resolve() != input_path.resolve():
+            raise OutputError(f"{output}: --in-place writes the input; do not also give -o")
+        output = input_path
+    elif output is None:
+        raise OutputError(f"{input_path}: no output: give -o OUT, --in-place or --dry-run")
+    elif output.exists() and output.resolve() == input_path.resolve():
+        raise OutputError(f"{output}: output is the input; use --in-place to rewrite it")
+    if output.is_dir():
+        raise OutputError(f"{output}: is a directory")
+    if output.exists() and not output.is_file():
+        raise OutputError(f"{output}: not a regular file (a device or FIFO): the output replaces it by a rename")
+    # The file is replaced by a rename, so it is the directory that must be writable.
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{output}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{output}: cannot write in {parent}")
+    return output
+
+
+def check_side_paths(input_path: Path, out: Path, log: Path, in_place: bool, backup: bool) -> None:
+    """Before any work: the patch log must not land on the input or the output (a log written over
+    the input would destroy it), and an ``--in-place --backup`` copy must not replace an earlier
+    one (a second run would otherwise overwrite the true original with a rewritten file)."""
+    if backup and not in_place:
+        raise OutputError(f"{input_path}: --backup goes with --in-place (with -o the input is left as it is)")
+    for other, what in ((input_path, "the input"), (out, "the output")):
+        if log == other or (log.exists() and other.exists() and log.resolve() == other.resolve()):
+            raise OutputError(f"{log}: the patch log would overwrite {what}")
+    if log.is_dir():
+        raise OutputError(f"{log}: is a directory")
+    saved = input_path.with_name(input_path.name + ".orig")
+    if backup and (saved.exists() or saved.is_symlink()):
+        raise OutputError(f"{saved}: exists (a backup from an earlier run?); move it away or drop --backup")
+
+
+def apply_file(
+    path: Path,
+    output: Path | None,
+    selection: Selection,
+    options: Options,
+    *,
+    log_path: Path | None = None,
+    stage_dir: Path | None = None,
+    dry_run: bool = False,
+    in_place: bool = False,
+    backup: bool = False,
+    hints: ScanHints = ScanHints(),
+    input_log: Path | None = None,
+) -> ApplyResult:
+    """``input_log``: the patch log of ``path`` (default: the one beside it, if it is its log):
+    the sites only it knows are selected and restored like the others, and the new log names it
+    as its base."""
+    out = None if dry_run else check_output_path(path, output, in_place)
+    if out is not None:
+        check_side_paths(path, out, log_path or default_log_path(out), in_place, backup)
+    image = Image.load(path)
+    before = scan(image, hints.mcount_addr, hints.generation)
+    known, warning = _input_log(image, input_log)
+    history = {}
+    if known is not None:
+        # every site there is: the image's and those only its log knows (`before.log` says which log)
+        before = with_log(before, known.sites, known.path)
+        history = by_place(known.sites)
+    check_something_to_do(image, before, selection, hints, warning)
+    result = rewrite(image, before, selection, options, stage_dir is not None and not dry_run, history)
+    warnings = () if warning is None else (warning,)
+    base = None if known is None else known.base
+    if dry_run or out is None or (in_place and not result.edits):  # in place and already done: nothing to write
+        return ApplyResult(path, None, None, result, before, (), base, warnings)
+    log = log_path or default_log_path(out)
+    stage_paths = _write_stage_images(stage_dir, path, result) if stage_dir else ()
+    backup_path = path.with_name(path.name + ".orig") if in_place and backup else None
+    base = _write_outputs(image, result, options, out, log, backup_path, known)
+    return ApplyResult(path, out, log, result, before, stage_paths, base, warnings)
+
+
+def _input_log(image: Image, explicit: Path | None) -> tuple[Known | None, str | None]:
+    """The input's own patch log, and a warning if the one beside it is not (``log.for_file``).
+    The file is hashed only if there is a log to compare it with."""
+    if explicit is None and not default_log_path(image.path).is_file():
+        return None, None
+    raw = image.data if image.compression is Compression.NONE else _on_disk(image.path)
+    content_sha = None if image.compression is Compression.NONE else _sha256(image.data)
+    return for_file(image.path, _sha256(raw), explicit, content_sha)
+
+
+def archived_log(base: Known) -> Path:
+    """Where a base log goes when the new log takes its name (``--in-place`` with the default log):
+    beside it, its sha256 in its name, so that the chain stays whole and each step undoable."""
+    name = base.path.name.removesuffix(".jsonl")
+    return base.path.with_name(f"{name}.{base.sha256[:12]}.jsonl")
+
+
+def _write_outputs(
+    image: Image, result: Rewrite, options: Options, out: Path, log: Path, backup: Path | None, known: Known | None
+) -> Base | None:
+    """The output, its log and the backup (if any), published only once all three are complete.
+    Returns the base the new log names (moved aside first if the new log takes its place)."""
+    path = image.path
+    # An uncompressed input is already mapped: hash and back it up from the mapping, not a re-read.
+    raw = image.data if image.compression is Compression.NONE else _on_disk(path)
+    restore = Restore.of(raw, image.data, image.compression)
+    moved = known is not None and _same_file(known.path, log)
+    base = None if known is None else Base(str(archived_log(known)), known.sha256) if moved else known.base
+    # Nothing changed (a module without records): its bytes as they are, not compressed again.
+    new_raw = restore.compressed(result.content, image.compression) if result.edits else bytes(raw)
+    mode = path.stat().st_mode & 0o7777
+    # The two files are hashed and the output's 46 MB written, fsynced and read back in a thread
+    # while the log's 67,000 lines are formatted (hashlib and file I/O let go of the GIL); nothing
+    # is published until the output, the log and the backup are all complete.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        facts = pool.submit(_file_facts, image, raw, out, new_raw, result.content)
+        out_future = pool.submit(write_temp, out, new_raw, mode)
+        pending: list[Pending] = []
+        try:
+            order = byteorder(image.byteorder)
+            text = render(image.kind, order, result, options, facts.result, restore, base)
+            pending.append(write_temp(log, text, 0o644))
+            if backup is not None:
+                pending.append(write_temp(backup, raw, mode))
+            pending.append(out_future.result())
+        except BaseException:
+            for p in pending:
+                p.discard()
+            if out_future.exception() is None:  # waits for the writer thread: its file must go too
+                out_future.result().discard()
+            raise
+    if moved and known is not None:  # a write beside the input: under the same lock as the output
+        os.replace(known.path, archived_log(known))
+    # The log is published first: an output never exists without the log that can undo it.
+    for p in pending:
+        commit(p)
+    return base
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a == b or (a.exists() and b.exists() and a.resolve() == b.resolve())
+
+
+def _write_stage_images(directory: Path, path: Path, result: Rewrite) -> tuple[Path, ...]:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{directory}: {e.strerror}") from None
+    out = []
+    for i, content in enumerate(result.stages, start=1):
+        p = directory / f"{path.name}.stage{i}"
+        atomic_write(p, content, path.stat().st_mode & 0o7777)
+        out.append(p)
+    return tuple(out)
+
+
+def _file_facts(image: Image, raw: Data, out: Path, new_raw: Data, content: Data) -> tuple[FileFacts, FileFacts]:
+    return (
+        FileFacts.of(image.path, raw, image.data, image.compression),
+        FileFacts.of(out, new_raw, content, image.compression),
+    )
+
+
+# -- no silent no-ops -----------------------------------------------------------------------
+
+
+def known_sites(image: Image, found: Scan) -> tuple[Site, ...]:
+    """Every site known for this file: the one question the no-op checks ask. ``found`` already
+    holds the sites only the file's patch log remembers (a pre-nopped site whose record was
+    dropped is invisible in the image), added by ``known.with_log`` when the log was read."""
+    return found.sites
+
+
+def _defines_mcount(image: Image, found: Scan) -> bool:
+    if found.mcount_entries:
+        return True
+    syms = image.symbols
+    return syms is not None and any(len(syms.find(n)) for n in MCOUNT_NAMES)
+
+
+def no_site_cause(image: Image, found: Scan, hints: ScanHints, log_warning: str | None = None) -> str:
+    """Why a file shows no ftrace site at all, the likeliest cause first, as the end of one line.
+    ``log_warning``: why the log beside the file was not read (it describes another file)."""
+    log = default_log_path(image.path)
+    if log.exists() and log_warning is not None:
+        earlier = (
+            f"its sites were nopped by an earlier rewrite, but the patch log beside it is not its log ({log_warning})"
+        )
+    elif log.exists():
+        earlier = (
+            f"its sites were nopped by an earlier rewrite: its patch log {log.name} is here "
+            f"(`mcountrw undo {image.path} --log {log}` gives the original back)"
+        )
+    else:
+        earlier = "its sites were nopped by an earlier rewrite whose patch log is not here"
+    zeroed = found.records.zeroed
+    if zeroed and not found.records.count:
+        return f"its {zeroed} records are all zeroed (--drop-records) and no call to _mcount is left: {earlier}"
+    if image.symbols is None and image.type != S.ET_REL and not hints.given:
+        return (
+            "a stripped image (no .symtab): pass --mcount-addr with _mcount's address from System.map (mprofile), "
+            "or --generation patchable|ool"
+        )
+    if hints.mcount_addr is not None:
+        return f"no bl calls --mcount-addr {hints.mcount_addr:#x} and no record names a site: is it _mcount's address?"
+    if _defines_mcount(image, found):
+        return f"_mcount is there but nothing calls it and there are no records: {earlier}"
+    return (
+        "no records (__mcount_loc, __patchable_function_entries) and no bl to an mcount entry: "
+        "not built with -pg -mprofile-kernel or -fpatchable-function-entry?"
+    )
+
+
+def unmatched_selection(sites: Sequence[Site], selection: Selection) -> list[str]:
+    """Each part of ``selection`` (``--only``, ``--exclude``, ``--section``, ``--addr``) that
+    matches none of ``sites``, as the option that names it."""
+    parts = [(f"--only {g}", Selection(only=(g,))) for g in selection.only]
+    parts += [(f"--exclude {g}", Selection(only=(g,))) for g in selection.exclude]
+    parts += [(f"--section {name}", Selection(sections=(name,))) for name in selection.sections]
+    parts += [(f"--addr {a:#x}", Selection(addrs=frozenset({a}))) for a in sorted(selection.addrs)]
+    return [text for text, part in parts if not any(part.matches(s) for s in sites)]
+
+
+def check_something_to_do(
+    image: Image, found: Scan, selection: Selection, hints: ScanHints, log_warning: str | None = None
+) -> None:
+    """Raise :class:`NothingToDo` if the file has no site at all, or ``selection`` matches none
+    (or one of its parts matches none: a mistyped ``--exclude`` would otherwise change the very
+    function it meant to spare)."""
+    sites = known_sites(image, found)
+    if not sites:
+        cause = no_site_cause(image, found, hints, log_warning)
+        raise NothingToDo(f"{image.path}: no ftrace call site found: {cause}")
+    if selection.everything:
+        return
+    missing = unmatched_selection(sites, selection)
+    if missing:
+        verb = "matches" if len(missing) == 1 else "match"
+        raise NothingToDo(f"{image.path}: {', '.join(missing)}: {verb} none of its {len(sites)} sites")
+    if not any(selection.matches(s) for s in sites):
+        raise NothingToDo(f"{image.path}: {selection_text(selection)}: leaves none of its {len(sites)} sites")
+
+
+def selection_text(selection: Selection) -> str:
+    """``selection`` as the options that make it."""
+    parts = [f"--only {g}" for g in selection.only] + [f"--exclude {g}" for g in selection.exclude]
+    parts += [f"--section {name}" for name in selection.sections] + [f"--addr {a:#x}" for a in sorted(selection.addrs)]
+    return " ".join(parts) or "every site"
+
+
+# -- undo and verify ------------------------------------------------------------------------
+
+
+def _content(path: Path, raw: bytes) -> tuple[bytes, Compression]:
+    kind = detect_compression(raw[:8])
+    return (decompress(path, raw, kind) if kind is not Compression.NONE else raw), kind
+
+
+def read_file(path: Path) -> tuple[bytes, bytes, Compression]:
+    """(bytes on disk, content after decompression, compression): a file as undo, verify and
+    prenop read it (compression recognised by magic, not by name)."""
+    raw = _on_disk(path)
+    content, kind = _content(path, raw)
+    return raw, content, kind
+
+
+def _read_and_hash(path: Path) -> tuple[bytes, str]:
+    raw = _on_disk(path)
+    return raw, _sha256(raw)
+
+
+def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> tuple[Path, Log]:
+    """Restore the original bytes. Refuses a log made for another file."""
+    out = check_output_path(patched, output, in_place)
+    # The patched file is read and hashed in a thread (hashlib lets go of the GIL) while the log,
+    # 67,000 lines for a vmlinux, is parsed.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        read = pool.submit(_read_and_hash, patched)
+        log = load(log_path, sites=False)
+        raw, raw_sha = read.result()
+    content, kind = _content(patched, raw)
+    facts = log.header
+    if raw_sha != facts.output.sha256 and _sha256(content) != facts.output.content_sha256:
+        raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output)")
+    if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
+        raise OutputError(f"{out}: the output would overwrite the patch log")
+    check_extent(log, str(log_path), log.input_size(len(content)))
+    original = log.revert(content)
+    new_raw, raw_want = log.original_file(original, kind)
+    # Written to its temporary file while the result is hashed; published only if the hash is right.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        written = pool.submit(write_temp, out, new_raw, patched.stat().st_mode & 0o7777)
+        try:
+            right = _sha256(original) == facts.input.content_sha256
+            exact = raw_want is None or _sha256(new_raw) == raw_want
+        except BaseException:  # Ctrl-C or SIGTERM: the writer's file must not stay behind
+            if written.exception() is None:
+                written.result().discard()
+            raise
+        pending = written.result()
+    if not (right and exact):
+        pending.discard()
+        if not right:
+            raise LogError(f"{log_path}: undo does not give back the original (sha256 mismatch); log and file disagree")
+        raise LogError(
+            f"{log_path}: undo gives back the original content, but compressing it again does not give the "
+            f"original {kind.value} bytes (sha256 differs: another liblzma than the one that made the file?)"
+        )
+    commit(pending)
+    return out, log
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What ``verify`` found: ``ok`` iff the two files differ exactly as the log says; ``reason`` says how."""
+
+    ok: bool
+    reason: str
+
+
+def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
+    """Exit 0 iff the byte difference between the two files is exactly what the log says."""
+    log = load(log_path, sites=False)
+    orig = read_file(original)[1]
+    try:
+        got = read_file(patched)[1]
+    except ImageError as e:  # e.g. one flipped byte in a .ko.xz: its check fails
+        return VerifyResult(False, str(e))
+    if _sha256(orig) != log.header.input.content_sha256:
+        return VerifyResult(False, f"{original} is not the file this log was made from (sha256 differs)")
+    check_extent(log, str(log_path), len(orig))
+    try:
+        expected = bytes(log.replay(orig))
+    except RewriteError as e:
+        return VerifyResult(False, f"replaying the log on {original} fails: {e}")
+    if expected == got:
+        return VerifyResult(
+            True, f"{patched} differs from {original} exactly as {log_path} says ({len(log.edits)} edits)"
+        )
+    if len(expected) != len(got):
+        return VerifyResult(False, f"{patched}: size {len(got)}, the log says {len(expected)}")
+    first = int(np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(expected, np.uint8))[0])
+    return VerifyResult(
+        False, f"{patched}: offset {first:#x} holds {got[first]:02x}, the log says {expected[first]:02x}"
+    )

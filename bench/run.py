@@ -83,13 +83,14 @@ def cases() -> list[Case]:
             4.0,
             "objdump module tree",
         ),
-        Case("nop vmlinux", "<= 1.0 s incl. output and log", f"{m} nop {v} -o {{tmp}}/vm.nop", 1.0),
+        # --drop-records: a nopped call slot keeps no record (what boots; rewrite refuses otherwise)
+        Case("nop vmlinux", "<= 1.0 s incl. output and log", f"{m} nop --drop-records {v} -o {{tmp}}/vm.nop", 1.0),
         Case(
             "undo vmlinux",
             "<= 1.0 s",
             f"{m} undo {{tmp}}/vm.keep --log {{tmp}}/vm.keep.mcountrw.jsonl -o {{tmp}}/vm.back",
             1.0,
-            prepare=f"test -f {{tmp}}/vm.keep || {m} nop {v} -o {{tmp}}/vm.keep",
+            prepare=f"test -f {{tmp}}/vm.keep || {m} nop --drop-records {v} -o {{tmp}}/vm.keep",
         ),
         Case(
             "audit vmlinux",

@@ -220,18 +220,22 @@ def test_fast_scan_json_equals_the_plain_json_dump() -> None:
 
 
 def test_write_lines_read_by_pattern_equal_the_json_reading(tmp_path: Path) -> None:
-    """The log reader's fast path for write lines gives exactly what json gives."""
+    """The log reader's fast path for write lines gives exactly what json gives, and the writer's
+    fast path writes exactly what json writes (sorted keys)."""
     import json as _json
 
     from rewriter.edits import KINDS
     from rewriter.log import load
 
     out = tmp_path / "out"
-    assert mcountrw("nop", str(FIXTURES / "bin" / "prof-le.o"), "-o", str(out)).returncode == 0
+    assert mcountrw("nop", str(FIXTURES / "bin" / "prof-le.o"), "-o", str(out), "--drop-records").returncode == 0
     log = tmp_path / "out.mcountrw.jsonl"
-    records = [_json.loads(line) for line in log.read_text().splitlines()[1:-1]]
-    slow = [KINDS[r["type"]](r) for r in records if r["type"] not in ("barrier", "site")]  # site lines: not edits
-    assert list(load(log).edits) == slow
+    lines = log.read_text().splitlines()[1:-1]
+    records = [_json.loads(line) for line in lines]
+    slow = [KINDS[r["type"]](r) for r in records if r["type"] not in ("barrier", "sites")]  # sites lines: not edits
+    assert list(load(log).edits) == slow and len(slow) > 12
+    writes = [line for line, r in zip(lines, records, strict=True) if r["type"] == "write"]
+    assert len(writes) == 12 and all(_json.dumps(_json.loads(w), sort_keys=True) == w for w in writes)
 
 
 def test_log_round_trips_names_that_need_escapes() -> None:

@@ -7,6 +7,7 @@ in input order so that output is reproducible whatever ``--jobs`` is.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
@@ -109,13 +110,50 @@ def _looks_like_elf(path: Path, errors: list[str]) -> bool:
 
 def scan_one(path: Path, mcount_addr: int | None = None, generation: Generation | None = None) -> Outcome:
     """``generation`` overrides the scanner's detection (``--generation``, for stripped images)."""
+    image, error = _attempt(path, Image.load, path)
+    if image is None:
+        return Outcome(path, None, error)
+    return _scan_loaded(path, image, mcount_addr, generation)
+
+
+def _scan_loaded(path: Path, image: Image, mcount_addr: int | None, generation: Generation | None) -> Outcome:
+    result, error = _attempt(path, scan, image, mcount_addr, generation)
+    return Outcome(path, result, error)
+
+
+def _attempt(path: Path, fn: Callable[..., R], *args: object) -> tuple[R | None, str | None]:
+    """``fn(*args)``, or None and the one-line error for ``path``."""
     try:
-        return Outcome(path, scan(Image.load(path), mcount_addr, generation), None)
+        return fn(*args), None
     except RewriteError as e:
-        return Outcome(path, None, str(e))
+        return None, str(e)
     except (ValueError, IndexError, OverflowError, MemoryError) as e:
         # A corrupt file that slipped past the structural checks: still one line, not a traceback.
-        return Outcome(path, None, f"{path}: corrupt ELF data ({type(e).__name__}: {e})")
+        return None, f"{path}: corrupt ELF data ({type(e).__name__}: {e})"
+
+
+# How many decompressed bytes a worker holds while it loads files ahead of scanning them.
+LOAD_AHEAD = 32 << 20
+
+
+def _scanned(paths: Sequence[Path], mcount_addr: int | None, generation: Generation | None) -> Iterator[Outcome]:
+    """:func:`scan_one` of each path, in order, but the files are loaded (read and decompressed)
+    a run at a time, up to :data:`LOAD_AHEAD` bytes, before any of them is scanned. Measured on
+    6.12's tree (3,154 .ko.xz): everything but decompression took 2.5 s of CPU when each scan
+    followed its own file's decompression and 1.9 s this way, the decompressor and the scan no
+    longer evicting each other's code and data from the caches file by file."""
+    at = 0
+    while at < len(paths):
+        run: list[tuple[Path, Image | None, str | None]] = []
+        held = 0
+        while at < len(paths) and (not run or held < LOAD_AHEAD):
+            image, error = _attempt(paths[at], Image.load, paths[at])
+            run.append((paths[at], image, error))
+            held += 0 if image is None else image.size
+            at += 1
+        for path, image, error in run:
+            yield Outcome(path, None, error) if image is None else _scan_loaded(path, image, mcount_addr, generation)
+        del run
 
 
 def map_chunks(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], jobs: int) -> Iterator[R]:
@@ -129,22 +167,39 @@ def map_chunks(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], jobs: i
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    size = max(1, min(64, len(items) // (jobs * 8)))
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_quiet_worker) as pool:
-        try:
-            for results in pool.map(fn, chunks):
-                yield from results
-        except BrokenProcessPool:
-            # A worker killed from outside: out of memory, or SIGBUS from a file truncated while
-            # mapped. Which file it held is lost with it.
-            raise RewriteError("a worker died (out of memory, or a file truncated while it was read?)") from None
+    # The workers are forked: what the parent holds now (modules, imports) is never garbage, and
+    # frozen the collector in a worker does not walk it, nor copy the pages it would touch.
+    gc.freeze()
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_quiet_worker) as pool:
+            try:
+                for results in pool.map(fn, chunks_of(items, jobs)):
+                    yield from results
+            except BrokenProcessPool:
+                # A worker killed from outside: out of memory, or SIGBUS from a file truncated while
+                # mapped. Which file it held is lost with it.
+                raise RewriteError("a worker died (out of memory, or a file truncated while it was read?)") from None
+    finally:
+        gc.unfreeze()
+
+
+def chunks_of(items: Sequence[T], jobs: int) -> list[Sequence[T]]:
+    """Up to 64 items a chunk, fewer towards the end (an eighth of what is left, shared by the
+    workers; at least 4): the last chunks are small, so that no worker is left with a long one
+    while the others have finished."""
+    out = []
+    at = 0
+    while at < len(items):
+        size = max(4, min(64, (len(items) - at) // (jobs * 8)))
+        out.append(items[at : at + size])
+        at += size
+    return out
 
 
 def _scan_chunk(
     paths: Sequence[Path], mcount_addr: int | None = None, generation: Generation | None = None
 ) -> list[Outcome]:
-    return [scan_one(p, mcount_addr, generation) for p in paths]
+    return list(_scanned(paths, mcount_addr, generation))
 
 
 def scan_many(
@@ -185,9 +240,8 @@ def _render_chunk(
     paths: Sequence[Path], render: Callable[[Scan], str], mcount_addr: int | None, generation: Generation | None
 ) -> list[Rendered]:
     out = []
-    for path in paths:
-        outcome = scan_one(path, mcount_addr, generation)
-        out.append(Rendered(path, None if outcome.scan is None else render(outcome.scan), outcome.error))
+    for outcome in _scanned(paths, mcount_addr, generation):
+        out.append(Rendered(outcome.path, None if outcome.scan is None else render(outcome.scan), outcome.error))
     return out
 
 

@@ -31,8 +31,8 @@ OUTSIDE: Final = -1
 class CodeView:
     """Section k starts at place ``base[k]``, is word ``first[k]`` of ``words`` and ``sizes[k]``
     words long (sections sorted by place). ``bl_places``/``bl_targets``: every relative ``bl``
-    and where its offset goes (in ET_REL that target means nothing: relocations say where a call
-    goes)."""
+    and where its offset goes, in linked images only (empty in ET_REL, where that target means
+    nothing: relocations say where a call goes)."""
 
     sections: tuple[Section, ...]
     base: np.ndarray  # uint64
@@ -53,12 +53,19 @@ class CodeView:
         places = np.asarray(places, np.uint64)
         if not len(self.base):
             return np.full(len(places), OUTSIDE, np.int64)
-        k = np.searchsorted(self.base, places, side="right").astype(np.int64) - 1
-        kk = np.maximum(k, 0)
-        rel = places.astype(np.int64) - self.base[kk].astype(np.int64)  # wraps: addresses are unsigned
-        size = ppc.INSN_SIZE
-        ok = (k >= 0) & (rel >= 0) & (rel % size == 0) & (rel // size < self.sizes[kk])
-        return np.where(ok, self.first[kk] + rel // size, OUTSIDE)
+        k, word, ok = self._find(places)
+        return np.where(ok, self.first[k] + word, OUTSIDE)
+
+    def _find(self, places: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(section slot, word within it, whether the place is a word of that section) per place,
+        for a view with sections. A handful of numpy calls: a module's scan makes a few of these
+        look-ups, each of them once a cost fixed per call, not per place."""
+        k = np.searchsorted(self.base, places, side="right") - 1
+        # base[k] <= place where k >= 0: the unsigned difference is the distance, read as int64 so
+        # that no comparison mixes signed and unsigned (numpy 1 compares those as floats).
+        rel = (places - self.base[k]).view(np.int64)
+        ok = (k >= 0) & (rel >= 0) & (rel < self.sizes[k] * ppc.INSN_SIZE) & (rel % ppc.INSN_SIZE == 0)
+        return k, rel // ppc.INSN_SIZE, ok
 
     def place(self, i: int) -> int:
         """The place of word ``i``."""
@@ -71,12 +78,11 @@ class CodeView:
 
     def locate(self, places: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(section slot in ``sections`` or -1, word number within that section, 0 where none)."""
-        i = self.index(places)
-        if not len(self.first):
-            return np.full(len(i), -1, np.int64), np.zeros(len(i), np.int64)
-        k = np.searchsorted(self.first, np.maximum(i, 0), side="right").astype(np.int64) - 1
-        inside = i >= 0
-        return np.where(inside, k, -1), np.where(inside, i - self.first[np.maximum(k, 0)], 0)
+        places = np.asarray(places, np.uint64)
+        if not len(self.base):
+            return np.full(len(places), -1, np.int64), np.zeros(len(places), np.int64)
+        k, word, ok = self._find(places)
+        return np.where(ok, k, -1), np.where(ok, word, 0)
 
     def words_at(self, k: np.ndarray, i: np.ndarray) -> np.ndarray:
         """Word ``i`` of section slot ``k`` (0 where ``k`` is -1 or ``i`` is out of the section)."""
@@ -102,10 +108,15 @@ def _places(base: np.ndarray, first: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.asarray(base[k] + (idx - first[k]).astype(np.uint64) * np.uint64(ppc.INSN_SIZE), np.uint64)
 
 
-def _view(sections: tuple[Section, ...], base: np.ndarray, sizes: np.ndarray, flat: np.ndarray) -> CodeView:
-    first = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+def _view(
+    sections: tuple[Section, ...], base: np.ndarray, sizes: np.ndarray, flat: np.ndarray, linked: bool = True
+) -> CodeView:
+    # where each section's words start (empty without sections: [0] there made words_at index an
+    # empty `sizes`, an IndexError that tests/test_fuzz.py found on main)
+    first = (np.cumsum(sizes) - sizes).astype(np.int64)
     bl_places, bl_targets = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)]
-    for k in range(len(sizes)):  # per section: a place is then a multiply-add, no search
+    # Only linked images call through `bl` targets; in a module this pass was a tenth of the scan.
+    for k in range(len(sizes) if linked else 0):  # per section: a place is then a multiply-add, no search
         words = flat[int(first[k]) : int(first[k] + sizes[k])]
         idx = np.flatnonzero(ppc.bl_mask(words)).astype(np.uint64)
         bl_places.append(base[k] + idx * np.uint64(ppc.INSN_SIZE))
@@ -117,15 +128,19 @@ def code_view(image: Image) -> CodeView:
     """The view of ``image``'s executable sections (relocatable files: by section index, which is
     their place order). The words are converted from the file straight into the flat array (what
     ``Image.words`` does per section, without a second copy to join them)."""
-    found = [s for s in image.exec_sections() if s.type == S.SHT_PROGBITS]
+    found = image.exec_sections()  # SHT_PROGBITS only
     linked = image.type != S.ET_REL
-    places = [s.addr if linked else int(rel_place(s.index, 0)) for s in found]
-    order = np.argsort(np.array(places, dtype=np.uint64), kind="stable").tolist()
-    sections = tuple(found[i] for i in order)
-    sizes = np.array([s.size // ppc.INSN_SIZE for s in sections], np.int64)
-    flat = np.empty(int(sizes.sum()), np.uint32)
+    if linked:
+        places = np.array([s.addr for s in found], np.uint64)
+    else:
+        places = rel_place(np.array([s.index for s in found], np.uint64), 0)
+    order = np.argsort(places, kind="stable")
+    sections = tuple(found[i] for i in order.tolist())
+    counts = [s.size // ppc.INSN_SIZE for s in sections]
+    flat = np.empty(sum(counts), np.uint32)
     at = 0
-    for sec, n in zip(sections, sizes.tolist(), strict=True):
-        flat[at : at + n] = np.frombuffer(image.data, S.word_dtype(image.endian), count=n, offset=sec.offset)
+    dtype = S.word_dtype(image.endian)
+    for sec, n in zip(sections, counts, strict=True):
+        flat[at : at + n] = np.frombuffer(image.data, dtype, count=n, offset=sec.offset)
         at += n
-    return _view(sections, np.array([places[i] for i in order], np.uint64), sizes, flat)
+    return _view(sections, places[order], np.array(counts, np.int64), flat, linked)

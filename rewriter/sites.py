@@ -26,19 +26,22 @@ Strategy:
 from __future__ import annotations
 
 import enum
+import struct
+from bisect import bisect_right
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import numpy as np
 
 from rewriter import ppc
 from rewriter.code import CodeView, code_view
 from rewriter.elf import structs as S
-from rewriter.elf.image import Abi, Image, Kind
-from rewriter.elf.symbols import Functions, functions, rel_place, reloc_target_places, split_place
+from rewriter.elf.image import Abi, Image, Kind, Section
+from rewriter.elf.symbols import PLACE_SHIFT, Functions, functions, rel_place, reloc_target_places, split_place
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
 from rewriter.states import PLAIN, Insn, SiteState
 
@@ -187,12 +190,14 @@ def scan(
 ) -> Scan:
     """The sites and records of ``image``. ``text``: its code view, when the caller has one (an
     audit lays the text out once for the scan and the walk)."""
+    if image.type == S.ET_REL:
+        return _scan_relocatable(image, generation, text)
     if text is None:
         text = code_view(image)
     funcs = functions(image)
     tables = read_records(image)
     entries, calls = _calls(image, text, mcount_addr)
-    if image.symbols is None and image.type != S.ET_REL:
+    if image.symbols is None:
         if not tables:
             tables, entries, calls, generation = _stripped(image, text, entries, calls, mcount_addr, generation)
         elif not len(entries):  # the entry is whatever the recorded `bl` words call most
@@ -205,20 +210,73 @@ def scan(
     weak = weak_max_offset(image, generation)
     sites, unmatched = _classify(image, text, funcs, generation, calls, places, weak)
     stubs: tuple[StubArea, ...] = ()
-    if generation is Generation.OOL and image.type != S.ET_REL:
+    if generation is Generation.OOL:
         stubs, sites = _with_stubs(image, sites)
-    uniq, counts = np.unique(records, return_counts=True)
-    recs = Records(
+    recs = _records(image, tables, records, unmatched, skipped)
+    mcount = tuple(int(e) for e in entries)
+    return Scan(image.path, image.kind, _endian(image), image.abi, sites, recs, mcount, funcs, generation, stubs, weak)
+
+
+def _scan_relocatable(image: Image, generation: Generation | None, text: CodeView | None) -> Scan:
+    """:func:`scan` of a relocatable file: its calls come from relocations, its records name
+    places by section (no stripped-table search, no stub areas: the loader makes a module's)."""
+    funcs = functions(image)
+    tables = read_records(image)
+    calls = _rel_call_places(image)
+    records = _nonzero(tables)
+    distinct = sorted(set(records.tolist()))
+    # the words at each distinct record, read once for the detection and the sites
+    found: list[tuple[Section, int, int, int | None] | None] | None = None
+    if generation is None:
+        detect = _detect_by_symbols(image, calls, records)
+        if detect is None:
+            found = ModuleCode(image).at_records(distinct)
+            detect = _detect_by_words(*_record_words(found, distinct, records))
+        generation = detect.generation
+    weak = weak_max_offset(image, generation)
+    if generation is not None and _plain_module(image, generation, records):
+        words = ModuleCode(image).at_records(distinct) if found is None else found
+        sites, unmatched = _module_sites(image, words, distinct, funcs, generation, weak)
+    else:
+        text = code_view(image) if text is None else text
+        sites, unmatched = _classify(image, text, funcs, generation, calls, records, weak)
+    recs = _records(image, tables, records, unmatched, np.zeros(0, np.uint64), len(distinct))
+    return Scan(image.path, image.kind, _endian(image), image.abi, sites, recs, (), funcs, generation, (), weak)
+
+
+def _record_words(
+    found: list[tuple[Section, int, int, int | None] | None], distinct: list[int], records: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The word at each record and after it (0 where none), as ``CodeView.words_of`` gives them,
+    from the words read at the distinct records."""
+    first = np.array([0 if w is None else w[2] for w in found], np.uint32)
+    after = np.array([0 if w is None or w[3] is None else w[3] for w in found], np.uint32)
+    at = np.searchsorted(np.array(distinct, np.uint64), records)  # each record's distinct one
+    return first[at], after[at]
+
+
+def _records(
+    image: Image,
+    tables: tuple[RecordTable, ...],
+    records: np.ndarray,
+    unmatched: np.ndarray,
+    skipped: np.ndarray,
+    distinct: int | None = None,
+) -> Records:
+    """``distinct``: how many distinct records, when the caller knows (none repeated if all)."""
+    repeated = _repeated(records) if distinct is None or distinct < len(records) else ()
+    return Records(
         len(records),
         _zeroed(image, tables),
         tuple(_record_place(image, int(p)) for p in unmatched),
-        tuple(_record_place(image, int(p)) for p in uniq[counts > 1]),
+        tuple(_record_place(image, int(p)) for p in repeated),
         tuple(_record_place(image, int(p)) for p in skipped),
         tables,
     )
-    endian = "big" if image.big_endian else "little"
-    mcount = tuple(int(e) for e in entries)
-    return Scan(image.path, image.kind, endian, image.abi, sites, recs, mcount, funcs, generation, stubs, weak)
+
+
+def _endian(image: Image) -> str:
+    return "big" if image.big_endian else "little"
 
 
 def weak_max_offset(image: Image, generation: Generation | None) -> int | None:
@@ -265,6 +323,16 @@ def detect_generation(image: Image, text: CodeView, calls: np.ndarray, records: 
        image is patchable, and a single recorded nop followed by anything else makes it ool
        (a 7.2 vmlinux: 17,641 of 42,648 are followed by ``mflr r0``, few by a nop).
     """
+    found = _detect_by_symbols(image, calls, records)
+    if found is not None:
+        return found
+    # the words at each record and after it, in one look-up (each is a fixed cost in a module)
+    words = text.words_of(np.concatenate([records, shift(records, ppc.INSN_SIZE)]))
+    return _detect_by_words(words[: len(records)], words[len(records) :])
+
+
+def _detect_by_symbols(image: Image, calls: np.ndarray, records: np.ndarray) -> Detect | None:
+    """Steps 1 and 2 of :func:`detect_generation`, and no records: None when the words decide."""
     syms = image.symbols
     if syms is not None and any(len(syms.find(n)) for n in OOL_AREAS):
         return Detect(Generation.OOL, "ool stub areas (ftrace_ool_stub_text...)")
@@ -272,11 +340,15 @@ def detect_generation(image: Image, text: CodeView, calls: np.ndarray, records: 
         return Detect(Generation.MPROFILE, "calls to _mcount" if len(calls) else "an __mcount_loc table")
     if not len(records):
         return Detect(None, "no records and no call to _mcount")
-    first = text.words_of(records)
-    nops = records[first == ppc.NOP]
-    if not len(nops):
+    return None
+
+
+def _detect_by_words(first: np.ndarray, after: np.ndarray) -> Detect:
+    """Step 3 of :func:`detect_generation`, from the word at each record and the word after it."""
+    nop = first == ppc.NOP
+    if not nop.any():
         return Detect(None, "no record points at a nop or a call to _mcount")
-    alone = int(np.count_nonzero(text.words_of(shift(nops, ppc.INSN_SIZE)) != ppc.NOP))
+    alone = int(np.count_nonzero(nop & (after != ppc.NOP)))
     if alone:
         return Detect(Generation.OOL, f"{alone} recorded nop(s) not followed by a nop: one patchable nop")
     return Detect(Generation.PATCHABLE, "every recorded nop is followed by a nop: two patchable nops")
@@ -292,9 +364,8 @@ def _has_mcount_table(image: Image) -> bool:
 
 
 def _calls(image: Image, text: CodeView, mcount_addr: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(mcount entries, call-slot places of the calls to them)."""
-    if image.type == S.ET_REL:
-        return np.zeros(0, np.uint64), _rel_call_places(image)
+    """(mcount entries, call-slot places of the calls to them), in a linked image (a relocatable
+    file's are its relocations: :func:`_rel_call_places`)."""
     entries = _mcount_entries(image, text, mcount_addr)
     return entries, text.bl_places[np.isin(text.bl_targets, entries)]
 
@@ -314,9 +385,12 @@ def _symbol_addrs(image: Image, names: Sequence[str]) -> list[int]:
     syms = image.symbols
     if syms is None:
         return []
+    found = [hit for hit in (syms.find(n) for n in names) if len(hit)]
+    if not found:  # a module defines no tracer and no _mcount
+        return []
     opd = image.section(".opd")
     out = []
-    for i in np.concatenate([syms.find(n) for n in names]).tolist():
+    for i in np.concatenate(found).tolist():
         row = syms.table[i]
         if int(row["st_shndx"]) == S.SHN_UNDEF:
             continue
@@ -367,7 +441,10 @@ def _rel_call_places(image: Image) -> np.ndarray:
     syms = image.symbols
     if syms is None:
         return np.zeros(0, np.uint64)
-    mcount_syms = np.concatenate([syms.find(n) for n in MCOUNT_NAMES]).astype(np.uint64)
+    found = [hit for hit in map(syms.find, MCOUNT_NAMES) if len(hit)]
+    if not found:  # patchable and ool modules call no _mcount: skip their relocations
+        return np.zeros(0, np.uint64)
+    mcount_syms = np.concatenate(found).astype(np.uint64)
     out = []
     for rsec in image.relocation_sections():
         target = image.section_at(rsec.info) if rsec.info else None
@@ -618,11 +695,12 @@ _PLAIN_KIND = np.array([_KIND[PLAIN.get(k, Insn.OTHER)] for k in ppc.KINDS])
 _BL, _B = ppc.KINDS.index(ppc.Kind.BL), ppc.KINDS.index(ppc.Kind.B)
 
 
-def _kinds(words: np.ndarray, calls: np.ndarray, to_stub: np.ndarray | None = None) -> np.ndarray:
-    """Vectorised ``states.insn_kind``."""
+def _kinds(words: np.ndarray, calls: np.ndarray | None = None, to_stub: np.ndarray | None = None) -> np.ndarray:
+    """Vectorised ``states.insn_kind`` (``calls``, ``to_stub``: None where no word can be one)."""
     kinds = ppc.kinds(words)
     out: np.ndarray = _PLAIN_KIND[kinds]
-    out[(kinds == _BL) & calls] = _KIND[Insn.CALL]
+    if calls is not None:
+        out[(kinds == _BL) & calls] = _KIND[Insn.CALL]
     if to_stub is not None:
         out[(kinds == _B) & to_stub] = _KIND[Insn.STUB]
     return out
@@ -681,7 +759,7 @@ def _mprofile_columns(text: CodeView, funcs: Functions, calls: np.ndarray, recor
     std_variant = np.where(fi >= 0, (cand - lep == 8) & mid_std, mid == ppc.STD_R0_16_R1)
     a_word = np.where(std_variant, a2, mid)
     inside = (k >= 0) & (i >= np.where(std_variant, 2, 1))
-    state = _TWO_SLOT_TABLE[_kinds(a_word, np.zeros(len(cand), bool)), _kinds(b_word, is_call)]
+    state = _TWO_SLOT_TABLE[_kinds(a_word), _kinds(b_word, is_call)]
     keep = inside & (is_call | (state != _UNKNOWN))
     record = np.where(np.isin(cand, records), cand, np.uint64(0))
     variant = np.where(std_variant, 1, 0)
@@ -693,85 +771,120 @@ def _entry_columns(
 ) -> _Columns:
     """patchable and ool: the record names the site's first word; the call slot is where the
     layout says. A ``bl`` in a patchable call slot counts as a call when it reaches the tracer;
-    a ``b`` in an ool one when it reaches a stub area."""
+    a ``b`` in an ool one when it reaches a stub area. (A module defines neither: its columns
+    take a dozen numpy calls, each a fixed cost that its few dozen records cannot amortise.)"""
     lay = LAYOUTS[Variant.PATCHABLE if generation is Generation.PATCHABLE else Variant.OOL]
-    record = np.unique(records)
+    record = _distinct(records)
     cand = shift(record, -lay.record_offset)
     k, i = text.locate(cand)
     b_word = text.words_at(k, i)
-    targets = ppc.branch_targets(cand, b_word)
-    zeros = np.zeros(len(cand), bool)
     if generation is Generation.PATCHABLE:
-        is_call = ppc.bl_mask(b_word) & np.isin(targets, np.array(_symbol_addrs(image, TRACER_NAMES), np.uint64))
+        is_call = _reaching(cand, b_word, np.array(_symbol_addrs(image, TRACER_NAMES), np.uint64), ppc.bl_mask)
         a_word = text.words_at(k, i - 1)
-        state = _TWO_SLOT_TABLE[_kinds(a_word, zeros), _kinds(b_word, is_call)]
+        state = _TWO_SLOT_TABLE[_kinds(a_word), _kinds(b_word, is_call)]
         inside = (k >= 0) & (i >= 1)
-        variant = np.full(len(cand), 2)
+        variant = np.full(len(cand), _VARIANTS.index(Variant.PATCHABLE))
     else:
-        is_call = zeros
-        state = _ONE_SLOT_TABLE[_kinds(b_word, zeros, _in_stub_areas(image, targets))]
+        is_call = np.zeros(len(cand), bool)
+        state = _ONE_SLOT_TABLE[_kinds(b_word, None, _in_stub_areas(image, cand, b_word))]
         inside = k >= 0
-        variant = np.full(len(cand), 3)
+        variant = np.full(len(cand), _VARIANTS.index(Variant.OOL))
     keep = inside & (state != _UNKNOWN)
     return _Columns(cand, k, i, b_word, is_call, record, state, variant, keep, funcs.containing(cand))
 
 
-def _in_stub_areas(image: Image, targets: np.ndarray) -> np.ndarray:
+def _reaching(
+    places: np.ndarray, words: np.ndarray, targets: np.ndarray, mask: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Which ``words`` (at ``places``) are branches of ``mask``'s kind that reach one of
+    ``targets``; no branch is decoded when there is no target (a module defines no tracer)."""
+    if not len(targets):
+        return np.zeros(len(places), bool)
+    return mask(words) & np.isin(ppc.branch_targets(places, words), targets)
+
+
+def _in_stub_areas(image: Image, places: np.ndarray, words: np.ndarray) -> np.ndarray | None:
+    """Which ``b`` words at ``places`` reach an ool stub area (None: the image has no area)."""
+    areas = _area_symbols(image)
+    if not areas:
+        return None
+    targets = ppc.branch_targets(places, words)
     out = np.zeros(len(targets), bool)
-    for area in _area_symbols(image):
+    for area in areas:
         out |= (targets >= area[1]) & (targets < area[1] + area[2])
     return out
 
 
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` for a 1-D array, in a few calls: np.unique's own checks cost 25 us a
+    call, on the few dozen records of a module."""
+    ordered = np.sort(values)
+    first = np.ones(len(ordered), bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    return ordered[first]
+
+
+def _repeated(values: np.ndarray) -> np.ndarray:
+    """The values that occur more than once, each once, sorted (as :func:`_distinct`)."""
+    ordered = np.sort(values)
+    same = ordered[1:] == ordered[:-1]
+    # the second of each run of equal values: equal to the one before, which is not a repeat
+    second = same.copy()
+    second[1:] &= ~same[:-1]
+    out: np.ndarray = ordered[1:][second]
+    return out
+
+
 def _build_sites(image: Image, text: CodeView, funcs: Functions, weak: int | None, c: _Columns) -> tuple[Site, ...]:
-    syms = image.symbols
-    linked = image.type != S.ET_REL
+    """The kept candidates as Sites. Each field is made as a whole column (numpy, or one list
+    comprehension over a column) and the tuples by one ``map``: a loop body per site, with its
+    calls and look-ups, cost as much as the rest of a module's scan (0.6 of 2 s on 6.12's tree)."""
     sel = np.flatnonzero(c.keep)
-    # Everything per site is computed as whole columns first: indexing numpy scalars one at a
-    # time in the loop below would cost more than the rest of the scan.
-    ks, offs, places, fis = c.k[sel].tolist(), (c.i[sel] * 4).tolist(), c.cand[sel].tolist(), c.fi[sel].tolist()
-    calls, recs = c.is_call[sel].tolist(), c.record[sel].tolist()
-    states, vars_ = c.state[sel].tolist(), c.variant[sel].tolist()
-    targets = ppc.branch_targets(c.cand[sel], c.b_word[sel]).tolist()
-    name_index = funcs.name_index.tolist()
+    linked = image.type != S.ET_REL
+    ks, places, recs = c.k[sel], c.cand[sel], c.record[sel]
+    variant, state, recorded = c.variant[sel], c.state[sel], recs != 0
+    rec = recorded.astype(np.intp)  # an index into the tables below
+    offs = c.i[sel] * ppc.INSN_SIZE
+    secs = [text.sections[k] for k in ks.tolist()]
     # rec->ip is the call slot in every generation (6.12's ftrace_call_adjust adds 4 to the record)
-    disabled = (weak_offsets(funcs, c.cand[sel]) > weak).tolist() if weak is not None else [False] * len(sel)
-    names: dict[int, str | None] = {}
-    sites = []
-    for n in range(len(sel)):
-        sec = text.sections[ks[n]]
-        f = fis[n]
-        name = None
-        if f >= 0 and syms is not None:
-            ni = name_index[f]
-            name = names.get(ni)
-            if name is None:
-                name = names[ni] = syms.name_at(ni)
-        variant = _VARIANTS[vars_[n]]
-        state = _STATES[states[n]]
-        record = recs[n] or None
-        boot = boot_state(variant, state, record is not None)
-        traceable = boot is not None and record is not None and not disabled[n]
-        sites.append(
-            Site(
-                sec.name,
-                sec.index,
-                offs[n],
-                places[n] if linked else None,
-                name,
-                variant,
-                state,
-                record is not None,
-                targets[n] if calls[n] and linked else None,
-                sec.offset + offs[n],
-                places[n],
-                record,
-                boot,
-                traceable,
-                ".stubs" if variant is Variant.OOL and not linked and record is not None else None,
-            )
+    enabled = recorded if weak is None else recorded & (weak_offsets(funcs, places) <= weak)
+    n = len(sel)
+    nothing: list[None] = [None] * n
+    stubs = nothing if linked else _STUB_NAME[(variant == _VARIANTS.index(Variant.OOL)) * rec].tolist()
+    return tuple(
+        map(
+            Site,
+            [sec.name for sec in secs],
+            [sec.index for sec in secs],
+            offs.tolist(),
+            places.tolist() if linked else nothing,
+            _function_names(image, funcs, c.fi[sel]),
+            _VARIANT_OF[variant].tolist(),
+            _STATE_OF[state].tolist(),
+            recorded.tolist(),
+            _call_targets(places, c.b_word[sel], c.is_call[sel]) if linked else nothing,
+            [sec.offset + off for sec, off in zip(secs, offs.tolist(), strict=True)],
+            places.tolist(),
+            [r or None for r in recs.tolist()],
+            _BOOT_STATE[variant, state, rec].tolist(),
+            (_BOOTS[variant, state, rec] & enabled).tolist(),
+            stubs,
         )
-    return tuple(sites)
+    )
+
+
+def _function_names(image: Image, funcs: Functions, fi: np.ndarray) -> list[str | None]:
+    """The name of function ``fi`` of each site (None for -1, or without symbols)."""
+    syms = image.symbols
+    if syms is None or not len(funcs):
+        return [None] * len(fi)
+    names = syms.names_at(funcs.name_index[np.maximum(fi, 0)].tolist())
+    return [name if f >= 0 else None for name, f in zip(names, fi.tolist(), strict=True)]
+
+
+def _call_targets(places: np.ndarray, words: np.ndarray, is_call: np.ndarray) -> list[int | None]:
+    targets = ppc.branch_targets(places, words).tolist()
+    return [t if call else None for t, call in zip(targets, is_call.tolist(), strict=True)]
 
 
 def boot_state(variant: Variant, state: SiteState, recorded: bool) -> SiteState | None:
@@ -782,6 +895,123 @@ def boot_state(variant: Variant, state: SiteState, recorded: bool) -> SiteState 
         return state
     lay = LAYOUTS[variant]
     return lay.booted if state is lay.built else None
+
+
+# boot_state() by (index in _VARIANTS, index in _STATES, recorded), made once from it: the sites
+# of an image look it up all at once. _BOOTS: the kernel's init accepts the site (not None).
+_BOOT_STATE = np.array(
+    [[[boot_state(v, st, bool(r)) for r in (0, 1)] for st in _STATES] for v in _VARIANTS], dtype=object
+)
+_BOOTS = _BOOT_STATE != None  # noqa: E711 (element-wise, on an object array)
+_VARIANT_OF = np.array(_VARIANTS, dtype=object)
+_STATE_OF = np.array(_STATES, dtype=object)
+_STUB_NAME = np.array([None, ".stubs"], dtype=object)  # a module's ool sites: the .stubs the loader carves
+
+
+# -- modules --------------------------------------------------------------------------------
+
+_U64: Final = (1 << 64) - 1
+_OFFSET_MASK: Final = (1 << PLACE_SHIFT) - 1
+# A word's kind where no `bl` reaches a tracer and no `b` a stub (a module defines neither):
+# the _KINDS number of each fixed word that means the same in every slot, OTHER for any other.
+_PLAIN_KIND_OF_WORD: Final = {w: _KIND[PLAIN[k]] for w, k in ppc.FIXED.items() if k in PLAIN}
+_OTHER: Final = _KIND[Insn.OTHER]
+_TWO_SLOT_ROWS: Final = _TWO_SLOT_TABLE.tolist()
+_ONE_SLOT_ROW: Final = _ONE_SLOT_TABLE.tolist()
+
+
+class ModuleCode:
+    """A relocatable file's code read a word at a time: the scalar twin of
+    :class:`~rewriter.code.CodeView` for the few dozen places a module's scan reads. A place
+    names its section by index (``rewriter.elf.symbols``), and no section reaches the 1 TiB its
+    offset could, so the section of a place is a dict look-up, not a search."""
+
+    def __init__(self, image: Image) -> None:
+        self._sections = {s.index: s for s in image.exec_sections()}
+        self._data = image.data
+        self._one = struct.Struct(image.endian + "I")
+        self._two = struct.Struct(image.endian + "II")
+
+    def at_records(self, places: list[int]) -> list[tuple[Section, int, int, int | None] | None]:
+        """For each place: its section, its offset there, the word at it and the word after it
+        (None past the section's end); None where no executable section has a word at the place.
+        One pass and one unpack a place: the words of every site of a module, and of its
+        generation's detection (as ``CodeView.words_of`` at each place and 4 bytes on)."""
+        sections, data, one, two = self._sections, self._data, self._one, self._two
+        size = ppc.INSN_SIZE
+        out: list[tuple[Section, int, int, int | None] | None] = []
+        for place in places:
+            sec = sections.get(place >> PLACE_SHIFT)
+            offset = place & _OFFSET_MASK
+            if sec is None or offset % size or offset + size > sec.size:
+                out.append(None)
+            elif offset + 2 * size <= sec.size:
+                out.append((sec, offset, *two.unpack_from(data, sec.offset + offset)))
+            else:
+                out.append((sec, offset, one.unpack_from(data, sec.offset + offset)[0], None))
+        return out
+
+
+def _plain_module(image: Image, generation: Generation, records: np.ndarray) -> bool:
+    """Whether :func:`_module_sites` can classify this relocatable file's sites: patchable or
+    ool, no tracer entry nor stub area defined (no slot word can be a call or a stub), and
+    places below 2**62 (no wrap-around, and the numpy twin's int64 weak offsets). Every module."""
+    if generation not in (Generation.PATCHABLE, Generation.OOL):
+        return False
+    if len(records) and int(records.max()) >= 1 << 62:
+        return False
+    syms = image.symbols
+    # Every name of TRACER_NAMES and OOL_AREAS has "ftrace_" in it: one search of the string table
+    # instead of seven, for the modules that name nothing of ftrace's (most).
+    if syms is not None and b"ftrace_" not in syms.strtab:
+        return True
+    return not _symbol_addrs(image, TRACER_NAMES) and not _area_symbols(image)
+
+
+def _module_sites(
+    image: Image,
+    found: list[tuple[Section, int, int, int | None] | None],
+    distinct: list[int],
+    funcs: Functions,
+    generation: Generation,
+    weak: int | None,
+) -> tuple[tuple[Site, ...], np.ndarray]:
+    """The patchable or ool sites of a plain module (:func:`_plain_module`) from its distinct
+    records (sorted) and the words there (``ModuleCode.at_records``), in plain Python: the scalar
+    twin of :func:`_entry_columns` and :func:`_build_sites`, which give the same sites
+    (tests/test_scan_fixtures.py), but whose numpy calls cost ~0.15 ms a file, each a fixed cost,
+    against ~2 us a record here (a module has 56 on average, half of them 13 or fewer)."""
+    variant = Variant.PATCHABLE if generation is Generation.PATCHABLE else Variant.OOL
+    lay = LAYOUTS[variant]
+    stub = ".stubs" if variant is Variant.OOL else None  # the loader carves one per record
+    shift_b = -lay.record_offset  # from the record to the call slot: 4 (patchable) or 0 (ool)
+    kind_of, other = _PLAIN_KIND_OF_WORD.get, _OTHER
+    starts, ends, names = funcs.start.tolist(), funcs.end.tolist(), funcs.name_index.tolist()
+    name_at = None if image.symbols is None else image.symbols.name_at
+    sites, unmatched = [], []
+    for record, at in zip(distinct, found, strict=True):
+        if at is None:
+            unmatched.append(record)
+            continue
+        sec, offset, word, after = at
+        # the ool call slot is the record's word; the patchable slots A and B, it and the next
+        if variant is Variant.OOL:
+            state = _ONE_SLOT_ROW[kind_of(word, other)]
+        else:
+            state = _UNKNOWN if after is None else _TWO_SLOT_ROWS[kind_of(word, other)][kind_of(after, other)]
+        if state == _UNKNOWN:
+            unmatched.append(record)
+            continue
+        place, offset = record + shift_b, offset + shift_b
+        i = bisect_right(starts, place) - 1  # Functions.containing and weak_offsets, for one place
+        name = name_at(names[i]) if i >= 0 and (ends[i] > place or ends[i] == starts[i]) and name_at else None
+        enabled = weak is None or i < 0 or place - starts[i] <= weak
+        st = _STATES[state]
+        boot = lay.booted if st is lay.built else None
+        fields = (sec.name, sec.index, offset, None, name, variant, st, True, None, sec.offset + offset, place,
+                  record, boot, boot is not None and enabled, stub, Source.IMAGE)  # fmt: skip
+        sites.append(Site._make(fields))
+    return tuple(sites), np.array(unmatched, np.uint64)
 
 
 # -- ool stubs ------------------------------------------------------------------------------
@@ -900,9 +1130,13 @@ def place_text(image: Image, place: int) -> str:
 
 def summary(sites: Sequence[Site]) -> dict[str, dict[str, int]]:
     """Counts by section, variant and state, and how many are recorded."""
+    recorded = sum(map(attrgetter("recorded"), sites))
     return {
-        "by_section": dict(sorted(Counter(s.section for s in sites).items())),
-        "by_variant": dict(sorted(Counter(s.variant.value for s in sites).items())),
-        "by_state": dict(sorted(Counter(s.state.value for s in sites).items())),
-        "recorded": {"yes": sum(s.recorded for s in sites), "no": sum(not s.recorded for s in sites)},
+        "by_section": dict(sorted(Counter(map(attrgetter("section"), sites)).items())),
+        # `_value_`, the attribute behind Enum.value: in Python 3.11 `.value` is a Python-level
+        # property and counting the members themselves calls the Python-level Enum.__hash__,
+        # ~0.3 us a site each (a module tree has 176,000).
+        "by_variant": dict(sorted(Counter(map(attrgetter("variant._value_"), sites)).items())),
+        "by_state": dict(sorted(Counter(map(attrgetter("state._value_"), sites)).items())),
+        "recorded": {"yes": recorded, "no": len(sites) - recorded},
     }

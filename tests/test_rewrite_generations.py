@@ -38,7 +38,7 @@ from rewriter.edits import BytesEdit, RelaEdit, WordWrite, apply_edits
 from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, decompress, recipe_of
 from rewriter.elf.image import Image
-from rewriter.errors import ImageError, PlanRejected
+from rewriter.errors import ImageError, NothingToDo, PlanRejected
 from rewriter.files import apply_file, undo_file, verify_files
 from rewriter.log import load
 from rewriter.rewrite import Options, Selection
@@ -274,7 +274,12 @@ def _module_round_trip(jobs: Sequence[tuple[Path, Path]]) -> list[tuple[str, boo
     out_list = []
     for src, work in jobs:
         out = work / src.name
-        r = apply_file(src, out, Selection(), NOP_DROP).rewrite
+        try:
+            r = apply_file(src, out, Selection(), NOP_DROP).rewrite
+        except NothingToDo:
+            # a module without any site is refused, not copied; it must truly have none
+            out_list.append((str(src), False, len(scan(Image.load(src))) == 0, not out.exists(), True))
+            continue
         ok = verify_files(src, out, _log(out)).ok
         data = bytearray(out.read_bytes())
         data[len(data) // 2] ^= 0x40

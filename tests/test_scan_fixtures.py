@@ -10,7 +10,7 @@ import pytest
 from conftest import FIXTURES
 
 from rewriter.elf.image import Image
-from rewriter.generations import LAYOUTS
+from rewriter.generations import LAYOUTS, Generation
 from rewriter.sites import Scan, place_text, scan
 
 Row = tuple[Any, ...]
@@ -121,3 +121,49 @@ def test_fixture_records_and_generation_match_manifest(name: str, manifest: dict
     assert got == expected
     generations = {GENERATION_OF_VARIANT[s["variant"]] for s in entry["sites"]}
     assert len(generations) == 1 and image["generation"] == generations.pop()
+
+
+TWIN_OBJECTS = sorted(n for n in BINARIES if n.endswith(".o") and n.startswith(("patchable", "ool")))
+
+
+def _twin_sites(image: Image, generation: Generation | None = None) -> tuple[Any, Any]:
+    """A module's sites from the scan (its plain-Python path) and from the numpy path it twins."""
+    from rewriter import sites as S
+    from rewriter.code import code_view
+    from rewriter.elf.symbols import functions
+
+    result = scan(image, generation=generation)
+    records = S._nonzero(S.read_records(image))
+    assert result.generation is not None and S._plain_module(image, result.generation, records)
+    numpy = S._classify(
+        image, code_view(image), functions(image), result.generation, S._rel_call_places(image), records, 16
+    )
+    return (result.sites, [r.place for r in result.records.unmatched]), (numpy[0], numpy[1].tolist())
+
+
+@pytest.mark.parametrize("name", TWIN_OBJECTS)
+def test_module_path_gives_the_numpy_paths_sites(name: str) -> None:
+    """``sites._module_sites`` (plain Python, for modules) against ``_entry_columns`` and
+    ``_build_sites`` (numpy): the same sites and unmatched records, on the fixture and on copies
+    whose recorded words were overwritten (no longer a state: unmatched) or shifted."""
+    from rewriter.sites import OOL_AREAS, TRACER_NAMES
+
+    assert all("ftrace_" in n for n in TRACER_NAMES + OOL_AREAS)  # _plain_module's one search
+    path = FIXTURES / "bin" / name
+    image = Image.load(path)
+    python, numpy = _twin_sites(image)
+    assert python == numpy and python[0]
+    data = bytearray(image.data)
+    order = "big" if image.big_endian else "little"
+    # nop, mflr r0, b .+8, trap, bl .+0: states, non-states, a call that reaches no tracer
+    words = (0x60000000, 0x7C0802A6, 0x48000008, 0x7FE00008, 0x48000001)
+    for n, site in enumerate(image_sites := scan(image).sites):
+        delta = 4 * (n % 2 - 1)  # the word before the call slot (slot A if patchable), the call slot
+        if 0 <= site.offset + delta < image.sections[site.section_index].size - 3:
+            at = site.file_offset + delta
+            data[at : at + 4] = words[n % len(words)].to_bytes(4, order)
+    changed = Image.from_bytes(path, bytes(data))
+    for generation in (None, scan(image).generation):  # detected (the changes may change it), and given
+        python, numpy = _twin_sites(changed, generation)
+        assert python == numpy
+        assert python[0] != image_sites and python[1]

@@ -15,7 +15,13 @@ when it is first asked for: the entry point never builds it.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
+
+# mcountrw makes no BLAS call, and at numpy's import OpenBLAS starts a thread per core that spins a
+# while: 60 ms of CPU, 50 ms of serial start-up before a module tree's workers fork. Set before any
+# command module (and so numpy) is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from rewriter.cli.main import full_app, run
 

@@ -78,7 +78,7 @@ def scan(
     if not texts:
         raise typer.Exit(ExitCode.BAD_INPUT)
     if fmt is ScanFormat.JSON:
-        text = scanfmt.join_images_json(texts, errors) + "\n"
+        text = scanfmt.join_images_json(texts, errors, end="\n")
     else:
         text = (scanfmt.CSV_HEADER if fmt is ScanFormat.CSV else "") + "".join(texts)
     emit(text, output)

@@ -15,11 +15,12 @@ import enum
 import mmap
 import os
 import stat
+import struct
 from dataclasses import dataclass
 from functools import cached_property
 from operator import itemgetter
 from pathlib import Path
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import numpy as np
 
@@ -29,6 +30,24 @@ from rewriter.errors import ImageError, UnmappedAddress
 from rewriter.ppc import Addr, Offset
 
 PN_XNUM = 0xFFFF  # e_phnum: the program header count is in section header 0
+
+
+def _unpacker(endian: S.Endian, dtype: np.dtype) -> struct.Struct:
+    """The ``struct`` twin of a table of unsigned integer fields in ``endian`` order: it reads a
+    module's few dozen rows into tuples at a third of what ``np.frombuffer(...).tolist()`` costs."""
+    codes = {1: "B", 2: "H", 4: "I", 8: "Q"}
+    fields = [dtype[name] for name in dtype.names or ()]
+    assert all(field.kind == "u" for field in fields)
+    return struct.Struct(endian + "".join(codes[field.itemsize] for field in fields))
+
+
+# The table layouts, built once for each byte order (a structured dtype takes microseconds to
+# build, and every file asks for these).
+_EHDR: Final = {e: S.ehdr_dtype(e) for e in ("<", ">")}
+_SHDR: Final = {e: S.shdr_dtype(e) for e in ("<", ">")}
+_SHDR_ROWS: Final = {e: _unpacker(e, _SHDR[e]) for e in ("<", ">")}
+_SYM: Final = {e: S.sym_dtype(e) for e in ("<", ">")}
+_RELA: Final = {e: S.rela_dtype(e) for e in ("<", ">")}
 
 
 class Kind(enum.Enum):
@@ -82,10 +101,30 @@ class Symbols:
         return self.name_at(int(self.table["st_name"][index]))
 
     def name_at(self, st_name: int) -> str:
+        text = self._text
+        if text is not None:  # see names_at
+            end = text.find("\0", st_name)
+            return text[st_name:end] if end >= 0 else text[st_name:]
         end = self.strtab.find(b"\0", st_name)
         if end < 0:
             end = len(self.strtab)
         return self.strtab[st_name:end].decode("utf-8", "replace")
+
+    def names_at(self, st_names: list[int]) -> list[str]:
+        """:meth:`name_at` of each index. A kernel's string table is ASCII: it is then decoded once
+        and cut as text, not once per name."""
+        text = self._text
+        if text is None:
+            return [self.name_at(i) for i in st_names]
+        out = []
+        for i in st_names:
+            end = text.find("\0", i)
+            out.append(text[i:end] if end >= 0 else text[i:])
+        return out
+
+    @cached_property
+    def _text(self) -> str | None:
+        return self.strtab.decode("ascii") if self.strtab.isascii() else None
 
     def find(self, name: str) -> np.ndarray:
         """Indexes of the symbols called exactly ``name``.
@@ -103,6 +142,17 @@ class Symbols:
         if len(places) == 1:  # np.isin costs ten times a comparison on a module's table
             return np.flatnonzero(self.table["st_name"] == places[0])
         return np.flatnonzero(np.isin(self.table["st_name"], np.array(places, dtype=np.uint32)))
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """The whole file, to its end whatever ``size`` (from fstat) said. Plain reads on the
+    descriptor: a file object around a dup of it cost more than the read of a small module."""
+    parts: list[bytes] = []
+    while True:
+        part = os.read(fd, max(size, 1 << 16))
+        if not part:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.append(part)
 
 
 class Image:
@@ -129,7 +179,7 @@ class Image:
         self.endian: S.Endian = "<" if ident[5] == S.ELFDATA2LSB else ">"
         self.signature = self._find_signature()
         self.elf_end = self.signature.elf_end if self.signature else self.size
-        ehdr_dt = S.ehdr_dtype(self.endian)
+        ehdr_dt = _EHDR[self.endian]
         if self.elf_end < ehdr_dt.itemsize:
             raise self.error("truncated ELF header")
         self.ehdr = np.frombuffer(data, ehdr_dt, count=1)[0]
@@ -166,9 +216,7 @@ class Image:
                 raise ImageError(f"{path}: empty file")
             compression = detect_compression(os.pread(fd, 8, 0))
             if compression is not Compression.NONE:
-                with os.fdopen(os.dup(fd), "rb") as fh:
-                    raw = fh.read()
-                data: bytes | mmap.mmap = decompress(path, raw, compression)
+                data: bytes | mmap.mmap = decompress(path, _read_all(fd, st.st_size), compression)
             else:
                 data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         except OSError as e:
@@ -205,7 +253,7 @@ class Image:
         shoff, shnum, shentsize = int(e["e_shoff"]), int(e["e_shnum"]), int(e["e_shentsize"])
         if shoff == 0:
             raise self.error("no section header table")
-        dt = S.shdr_dtype(self.endian)
+        dt = _SHDR[self.endian]
         if shentsize != dt.itemsize:
             raise self.error(f"section header size {shentsize}, expected {dt.itemsize}")
         if shnum == 0:
@@ -215,57 +263,71 @@ class Image:
             if shnum == 0:
                 raise self.error("no sections (e_shnum and the count in section header 0 are both 0)")
         self._check_range(shoff, shnum * dt.itemsize, "section header table")
-        table = np.frombuffer(self.data, dt, count=shnum, offset=shoff)
+        # Python tuples at once: reading numpy fields one at a time would cost a third of a
+        # module's whole scan (~60 sections x 10 fields).
+        rows = list(_SHDR_ROWS[self.endian].iter_unpack(memoryview(self.data)[shoff : shoff + shnum * dt.itemsize]))
         strndx = int(e["e_shstrndx"])
         if strndx == S.SHN_XINDEX:
-            strndx = int(table[0]["sh_link"])
+            strndx = rows[0][6]  # sh_link
         if not 0 < strndx < shnum:
             raise self.error(f"section name string table index {strndx} out of range (0..{shnum - 1})")
-        # One conversion to Python tuples: reading numpy fields one at a time would cost a third
-        # of a module's whole scan (~60 sections x 10 fields).
-        rows = table.tolist()
-        has_data = [i for i, r in enumerate(rows) if r[1] not in (S.SHT_NOBITS, S.SHT_NULL) and r[5] > 0]
+        nobits, null, elf_end = S.SHT_NOBITS, S.SHT_NULL, self.elf_end
+        has_data = [i for i, r in enumerate(rows) if r[5] and r[1] != nobits and r[1] != null]
         for i in has_data:
-            if rows[i][4] + rows[i][5] > self.elf_end:  # the fields are unsigned: only the end can be wrong
+            if rows[i][4] + rows[i][5] > elf_end:  # the fields are unsigned: only the end can be wrong
                 self._check_range(rows[i][4], rows[i][5], f"section {i} data")
         if int(e["e_phnum"]) == PN_XNUM:
-            self._check_program_headers(table)
+            self._check_program_headers(rows[0][7])  # sh_info
         names = bytes(self.data[rows[strndx][4] : rows[strndx][4] + rows[strndx][5]])
-        sections = []
-        names_end = max(len(names), 1)
-        for i, (name_off, typ, flags, addr, offset, size, link, info, _, entsize) in enumerate(rows):
-            if name_off >= names_end:
-                raise self.error(f"section {i} name index {name_off} out of range")
-            end = names.find(b"\0", name_off)
-            name = names[name_off : end if end >= 0 else len(names)].decode("utf-8", "replace")
-            sections.append(Section(i, name, typ, flags, addr, offset, size, link, info, entsize))
+        # The table's columns, then every Section in one pass (Section._make: a tuple from a tuple,
+        # not a call with ten arguments per section).
+        name_off, typ, flags, addr, offset, size, link, info, _, entsize = zip(*rows, strict=True)
+        named = self._section_names(name_off, names)
+        fields = zip(range(shnum), named, typ, flags, addr, offset, size, link, info, entsize, strict=True)
+        sections = list(map(Section._make, fields))
         self._check_links(sections)
         self._check_overlaps(sections, has_data, shoff, shnum * dt.itemsize)
         return sections
+
+    def _section_names(self, offsets: tuple[int, ...], names: bytes) -> list[str]:
+        """Each section's name, from its offset into the names section (ASCII in every kernel:
+        then decoded once and cut as text)."""
+        out = []
+        end = max(len(names), 1)
+        text = names.decode("ascii") if names.isascii() else None
+        for i, at in enumerate(offsets):
+            if at >= end:
+                raise self.error(f"section {i} name index {at} out of range")
+            if text is not None:
+                stop = text.find("\0", at)
+                out.append(text[at:stop] if stop >= 0 else text[at:])
+            else:
+                stop = names.find(b"\0", at)
+                out.append(names[at : stop if stop >= 0 else len(names)].decode("utf-8", "replace"))
+        return out
 
     def _check_links(self, sections: list[Section]) -> None:
         """A symbol table names its string table in sh_link; a relocation table its symbol table in
         sh_link and the section it applies to in sh_info (gABI, Figure 4-12)."""
         n = len(sections)
-        for sec in sections:
+        for sec in [s for s in sections if s.type == S.SHT_SYMTAB or s.type == S.SHT_RELA]:
             if sec.type == S.SHT_SYMTAB:
                 links: tuple[tuple[str, int], ...] = (("sh_link", sec.link),)
-            elif sec.type == S.SHT_RELA:
-                links = (("sh_link", sec.link), ("sh_info", sec.info))
             else:
-                continue
+                links = (("sh_link", sec.link), ("sh_info", sec.info))
             for what, index in links:
                 if index >= n:
                     raise self.error(f"section {sec.index} ({sec.name}): {what} {index} names no section (0..{n - 1})")
 
-    def _check_program_headers(self, shdrs: np.ndarray | None) -> None:
-        """The program header table is not read, but a rewritten file keeps it: it must be whole."""
+    def _check_program_headers(self, count: int | None) -> None:
+        """The program header table is not read, but a rewritten file keeps it: it must be whole.
+        ``count``: sh_info of section 0, once read, for PN_XNUM."""
         e = self.ehdr
         phoff, phnum = int(e["e_phoff"]), int(e["e_phnum"])
         if phnum == PN_XNUM:  # gABI: the real count is in sh_info of section 0, read later
-            if shdrs is None:
+            if count is None:
                 return
-            phnum = int(shdrs[0]["sh_info"])
+            phnum = count
         if phnum == 0:
             return
         dt = S.phdr_dtype(self.endian)
@@ -278,18 +340,19 @@ class Image:
         table: a write meant for one would silently change the other (gABI: "sections in a file
         may not overlap. No byte in a file resides in more than one section")."""
         spans = [(0, self.ehdr.dtype.itemsize, -2), (shoff, shsize, -1)]
-        spans += [(sections[i].offset, sections[i].size, i) for i in has_data]
+        spans += [(sec.offset, sec.size, sec.index) for sec in map(sections.__getitem__, has_data)]
         spans.sort(key=itemgetter(0))  # stable: equal starts keep header, table, index order
         reach = 0
         for n, (start, size, index) in enumerate(spans):
-            if n and start < reach:
+            if start < reach and n:
                 # The earliest span reaching past this start: the first whose end lies beyond it.
                 other, other_size, other_index = next(span for span in spans[:n] if span[0] + span[1] > start)
                 raise self.error(
                     f"{self._span_name(sections, index)} at offset {start:#x} overlaps "
                     f"{self._span_name(sections, other_index)} ({other:#x}..{other + other_size:#x})"
                 )
-            reach = max(reach, start + size)
+            if start + size > reach:
+                reach = start + size
 
     @staticmethod
     def _span_name(sections: list[Section], index: int) -> str:
@@ -342,7 +405,8 @@ class Image:
         return self.sections[index]
 
     def exec_sections(self) -> list[Section]:
-        return [s for s in self.sections if s.is_exec and s.size]
+        """Sections of code (``is_exec``) with bytes in them."""
+        return [s for s in self.sections if s.flags & S.SHF_EXECINSTR and s.type == S.SHT_PROGBITS and s.size]
 
     def section_bytes(self, sec: Section) -> bytes:
         return bytes(self.data[sec.offset : sec.offset + sec.size])
@@ -373,7 +437,7 @@ class Image:
         sec = next((s for s in self.sections if s.type == S.SHT_SYMTAB), None)
         if sec is None:
             return None
-        table = self.table(sec, S.sym_dtype(self.endian), "symbol table")
+        table = self.table(sec, _SYM[self.endian], "symbol table")
         strsec = self.section_at(sec.link)
         if strsec.type != S.SHT_STRTAB:
             raise self.error(f"symbol table {sec.name} links to {strsec.name}, which is not a string table")
@@ -389,7 +453,7 @@ class Image:
         """The entries of a SHT_RELA section. Each names a symbol by index into the symbol table
         its sh_link names (gABI "Relocation"): an index past that table is refused here, once,
         so that no caller indexes past it."""
-        rela = self.table(sec, S.rela_dtype(self.endian), "relocation")
+        rela = self.table(sec, _RELA[self.endian], "relocation")
         if len(rela):
             link = self.sections[sec.link] if 0 < sec.link < len(self.sections) else None
             symbols = link.size // 24 if link is not None and link.type in (S.SHT_SYMTAB, S.SHT_DYNSYM) else 1

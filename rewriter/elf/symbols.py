@@ -85,16 +85,17 @@ def functions(image: Image) -> Functions:
         keep = start != np.uint64(0xFFFF_FFFF_FFFF_FFFF)
         start, size, name, lep = start[keep], size[keep], name[keep], lep[keep]
     else:
-        start = _places(image, shndx[is_func], t["st_value"][is_func])
-        size = t["st_size"][is_func].astype(np.uint64)
-        name = t["st_name"][is_func]
-        lep = start + S.ppc64_local_entry_offset(t["st_other"][is_func]).astype(np.uint64)
+        f = t[is_func]  # the rows once, then their fields: each numpy call is a fixed cost in a module
+        start = _places(image, f["st_shndx"], f["st_value"])
+        size = f["st_size"].astype(np.uint64)
+        name = f["st_name"]
+        lep = start + S.ppc64_local_entry_offset(f["st_other"]).astype(np.uint64)
     order = np.lexsort((name, start))
-    start, size, name, lep = start[order], size[order], name[order], lep[order]
     # Aliases share a start: keep the first name in string-table order for a stable answer.
-    first = np.ones(len(start), dtype=bool)
-    first[1:] = start[1:] != start[:-1]
-    start, size, name, lep = start[first], size[first], name[first], lep[first]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = start[order[1:]] != start[order[:-1]]
+    keep = order[first]
+    start, size, name, lep = start[keep], size[keep], name[keep], lep[keep]
     return Functions(start, lep, start + size, name.astype(np.uint32))
 
 

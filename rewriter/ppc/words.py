@@ -150,12 +150,21 @@ def kind(word: int) -> Kind:
     return Kind.B if is_b(word) else Kind.OTHER
 
 
+_FIXED_WORDS: Final = np.array(sorted(FIXED), np.uint32)
+_FIXED_KINDS: Final = np.array([KINDS.index(FIXED[w]) for w in sorted(FIXED)], np.intp)
+
+
 def kinds(words: np.ndarray) -> np.ndarray:
-    """Vectorised :func:`kind`: indexes into :data:`KINDS`."""
-    fixed = [(word, k) for word, k in FIXED.items()]
-    conditions = [words == word for word, _ in fixed] + [bl_mask(words), b_mask(words)]
-    choices = [KINDS.index(k) for _, k in fixed] + [KINDS.index(Kind.BL), KINDS.index(Kind.B)]
-    return np.select(conditions, choices, KINDS.index(Kind.OTHER))
+    """Vectorised :func:`kind`: indexes into :data:`KINDS` (``intp``).
+
+    A fixed word wins over the branch it may also be (``b .+8`` is B8), as in :func:`kind`. One
+    search of the sorted fixed words, not a comparison per fixed word: ``np.select`` over seven
+    conditions cost 0.1 ms a call, a third of a module's whole scan."""
+    iform = np.asarray(words, np.uint32) & np.uint32(_IFORM_MASK)
+    branch = np.where(iform == _IFORM_OPCODE | LK, KINDS.index(Kind.BL), KINDS.index(Kind.OTHER))
+    branch = np.where(iform == _IFORM_OPCODE, KINDS.index(Kind.B), branch)
+    at = np.minimum(np.searchsorted(_FIXED_WORDS, words), len(_FIXED_WORDS) - 1)
+    return np.where(_FIXED_WORDS[at] == words, _FIXED_KINDS[at], branch).astype(np.intp)
 
 
 def describe(word: int) -> str:

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from test_sign import _write_pair, openssl_verify
 from typer.testing import CliRunner
 
+from rewriter.batch import map_chunks
 from rewriter.cli import app
 from rewriter.edits import WordWrite
 from rewriter.elf.compress import Compression, detect_compression
@@ -371,50 +373,85 @@ def test_whole_corpus_tree_in_place_verifies_is_idempotent_and_undoes(corpus, tm
     assert {**_shas(modules), "vmlinux": _sha(vmlinux)} == pristine
 
 
+def _kept_by_keep_core(module: str, function: str | None) -> bool:
+    """keep-core.policy spelled out: do_one_initcall, vfs_* and every function of ext4."""
+    return module == "ext4" or function == "do_one_initcall" or (function or "").startswith("vfs_")
+
+
+def _keep_core_counts(paths: Sequence[Path]) -> list[tuple[int, int]]:
+    """(sites, of them kept by keep-core.policy) of each module, from its scan."""
+    out = []
+    for path in paths:
+        module = path.name.split(".ko")[0].replace("-", "_")
+        sites = scan(Image.load(path)).sites
+        out.append((len(sites), sum(_kept_by_keep_core(module, s.function) for s in sites)))
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.corpus
 @pytest.mark.parametrize("name", ["6.12", "7.2"])
-def test_patchable_and_ool_trees_lose_records_only_verify_rerun_and_undo_to_the_same_bytes(
+def test_whole_patchable_and_ool_trees_lose_records_only_verify_rerun_and_undo_to_the_same_bytes(
     name: str, tmp_path: Path
 ) -> None:
-    """vmlinux, fs/nls (.ko.xz) and ext4 of the 6.12 and 7.2 trees under keep-core.policy, in place
-    on a copy: no word changes (the sites already are nops), the nopped sites' records go, each
-    rewritten module is xz again as Kbuild makes it; verify, a second run is a no-op, and undo gives
-    every file back sha256-identical, compressed bytes included."""
+    """keep-core.policy over the whole 6.12 and 7.2 trees (vmlinux and every .ko.xz), in place on a
+    copy: no word changes (the sites already are nops), the nopped sites' records go, each rewritten
+    module is xz again as Kbuild makes it and only those are written; every file verifies against
+    the pristine tree, a second run is a no-op, and undo gives every file back sha256-identical,
+    compressed bytes included. The expected counts come from the scan and the policy spelled out."""
     k = require_kernel(name)
     vmlinux = tmp_path / "boot" / "vmlinux"
     vmlinux.parent.mkdir()
     shutil.copy2(k.vmlinux, vmlinux)
     modules = tmp_path / "kernel"
-    for sub in ("fs/nls", "fs/ext4"):
-        shutil.copytree(k.modules_dir / sub, modules / sub)
+    shutil.copytree(k.modules_dir, modules)
     pristine = _shas(tmp_path)
     logs = tmp_path.parent / f"{tmp_path.name}-logs"
     args = ("prenop", "--policy", KEEP_CORE, "--in-place", "--strip-signature", "--log-dir", logs, "-j", "2")
 
+    vm_sites = scan(Image.load(k.vmlinux)).sites
+    vm_kept = [s for s in vm_sites if _kept_by_keep_core("vmlinux", s.function)]
+    paths = sorted(k.modules_dir.rglob("*.ko.xz"))
+    counts = list(map_chunks(_keep_core_counts, paths, 2))
+    touched = [p for p, (n, kept) in zip(paths, counts, strict=True) if n > kept]
+    mod_nopped = sum(n - kept for n, kept in counts)
+
     code, out = _cli(*args, vmlinux, modules)
     assert code == 0 and "kept their records" not in out, out
-    kept = [s for s in scan(Image.load(k.vmlinux)).sites if s.function == "do_one_initcall" or
-            (s.function or "").startswith("vfs_")]  # fmt: skip
+    nopped = len(vm_sites) - len(vm_kept) + mod_nopped
+    kept = len(vm_kept) + sum(kept for _, kept in counts)
+    assert _row(out, "nopped") == [f"{len(touched) + 1:,}", f"{nopped:,}", f"{kept - _kept_in_untouched(counts):,}"]
+    assert _row(out, "nothing to nop")[0] == f"{len(paths) - len(touched):,}"
+    assert f"module signatures: {len(touched):,} stripped" in out
     after = scan(Image.load(vmlinux))
-    assert after.records.count == len(kept) and {s.function for s in after.sites} == {s.function for s in kept}
+    assert after.records.count == len(vm_kept) and {s.function for s in after.sites} == {s.function for s in vm_kept}
     log = load(logs / "vmlinux.mcountrw.jsonl")
     assert not [e for e in log.edits if isinstance(e, WordWrite)]
-    assert log.header.summary["records_dropped"] == RECORDS[name] - len(kept)
-    nls = [p for p in sorted((k.modules_dir / "fs/nls").iterdir()) if scan(Image.load(p)).sites]
-    assert _row(out, "nopped")[0] == str(len(nls) + 1)  # and ext4, kept whole, is not written:
-    assert _sha(modules / "fs/ext4/ext4.ko.xz") == _sha(k.modules_dir / "fs/ext4/ext4.ko.xz")
-    assert all(detect_compression((modules / "fs/nls" / p.name).read_bytes()[:8]) is Compression.XZ for p in nls)
+    assert log.header.summary["records_dropped"] == RECORDS[name] - len(vm_kept)
+    now = _shas(tmp_path)
+    changed = {f"kernel/{p.relative_to(k.modules_dir).as_posix()}" for p in touched} | {"boot/vmlinux"}
+    assert {f for f in pristine if now[f] != pristine[f]} == changed
+    assert all(detect_compression((modules / p.relative_to(k.modules_dir)).read_bytes()[:8]) is Compression.XZ
+               for p in touched)  # fmt: skip
 
     code, out = _cli("prenop", "--verify", "--log-dir", logs, vmlinux, "--against", k.vmlinux)
-    assert code == 0 and _row(out, "verified")[:2] == ["1", f"{RECORDS[name] - len(kept):,}"], out
-    code, out = _cli("prenop", "--verify", "--log-dir", logs, modules)
-    assert code == 0, out
-    done = _shas(tmp_path)
+    assert code == 0 and _row(out, "verified")[:2] == ["1", f"{RECORDS[name] - len(vm_kept):,}"], out
+    code, out = _cli("prenop", "--verify", "--log-dir", logs, "-j", "2", modules, "--against", k.modules_dir)
+    assert code == 0 and _row(out, "verified")[:2] == [f"{len(touched):,}", f"{mod_nopped:,}"], out
     code, out = _cli(*args, vmlinux, modules)
-    assert code == 0 and "nothing changed" in out and _shas(tmp_path) == done, out
+    assert code == 0 and f"nothing changed: all {len(paths) + 1:,} files already match the policy" in out, out
+    assert _shas(tmp_path) == now
     code, out = _cli("prenop", "--undo", "--in-place", "--log-dir", logs, "-j", "2", vmlinux, modules)
-    assert code == 0 and _shas(tmp_path) == pristine, out
+    assert code == 0 and _row(out, "undone")[:2] == [f"{len(touched) + 1:,}", f"{nopped:,}"], out
+    assert _shas(tmp_path) == pristine
+    shutil.rmtree(tmp_path, ignore_errors=True)
+    shutil.rmtree(logs, ignore_errors=True)
+
+
+def _kept_in_untouched(counts: Sequence[tuple[int, int]]) -> int:
+    """Sites kept in modules left alone (all their sites kept): the summary counts them on the
+    `nothing to nop` row, not the `nopped` one."""
+    return sum(kept for n, kept in counts if n == kept)
 
 
 # -- build integration --------------------------------------------------------------------------

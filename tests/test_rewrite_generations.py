@@ -278,7 +278,7 @@ def _module_round_trip(jobs: Sequence[tuple[Path, Path]]) -> list[tuple[str, boo
             r = apply_file(src, out, Selection(), NOP_DROP).rewrite
         except NothingToDo:
             # a module without any site is refused, not copied; it must truly have none
-            out_list.append((str(src), False, len(scan(Image.load(src))) == 0, not out.exists(), True))
+            out_list.append((str(src), False, not scan(Image.load(src)).sites, not out.exists(), True))
             continue
         ok = verify_files(src, out, _log(out)).ok
         data = bytearray(out.read_bytes())

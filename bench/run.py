@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark: mcountrw's speed targets, each measured side by side with its anchor in one run.
 
-Usage: python3 bench/run.py [--repeat N] [--only NAME ...] [--write bench/RESULTS.md]
+Usage: python3 bench/run.py [--repeat N] [--only NAME ...] [--against DIR ...] [--write bench/RESULTS.md]
 
 Every case runs as a real command (a fresh process, as a user would run it), N times; the table
 shows the median wall time, the best, the median CPU time (user + system) and the peak resident
@@ -13,6 +13,12 @@ where there is an `_mcount` to grep for) and, for compressed module trees, the f
 the same files with the same parallelism. An anchor and the cases measured against it take turns,
 so that a change in the machine's load falls on both sides of a ratio. The corpus must be fetched
 (bash corpus/fetch.sh); cases of a kernel missing from it are skipped with a note.
+
+Side by side with other checkouts (``--against DIR``, e.g. a ``git worktree`` of an older commit):
+every case that runs mcountrw also runs, in turn with it, as the same command line with DIR's
+mcountrw (its own scratch directory, its own prepare step, so that an older tool undoes the log it
+wrote itself); the verdict says how much slower or faster this tree is than each, by median wall
+time and by median CPU time. A case the other checkout cannot run (a newer feature) says so.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,8 +46,13 @@ VMLINUX = KERNELS["6.1"].vmlinux(CORPUS)
 MODULES = KERNELS["6.1"].modules(CORPUS)
 OBJDUMP = "powerpc64le-linux-gnu-objdump"
 XZ = "xz"
-# Run from the checkout, so that `-m rewriter` is this tree's package whatever is installed.
-MCOUNTRW = [sys.executable, "-m", "rewriter"]
+TOOL = "{mcountrw}"  # where a command runs mcountrw: this tree's, or a checkout's given by --against
+
+
+def tool(checkout: Path) -> str:
+    """The checkout's mcountrw, whatever is installed: its tree first on the path, and not the
+    current directory's (``-P``), so that this tree and an older one are run the same way."""
+    return f"env PYTHONPATH={shlex.quote(str(checkout))} {shlex.quote(sys.executable)} -P -m rewriter"
 
 
 @dataclass(frozen=True)
@@ -56,11 +67,53 @@ class Case:
     # "within 1.3x the floor's time".
     max_ratio: float | None = None
     needs: Path | None = None  # the case is skipped when this corpus file is missing
+    since: str | None = None  # the commit that brought what the case measures (older checkouts lack it)
+    checkout: Path = ROOT  # whose mcountrw runs it
+    twin_of: str | None = None  # the case this one repeats with another checkout (--against)
+
+    @property
+    def runs_mcountrw(self) -> bool:
+        return TOOL in self.command or TOOL in (self.prepare or "")
+
+    def shell(self, text: str, tmp: str) -> str:
+        """``text`` (the command or the prepare step) ready for bash: a twin has a scratch
+        directory of its own, so that each tool reads only the files it wrote."""
+        if self.twin_of is not None:
+            tmp = f"{tmp}/{self.checkout.name}"
+        return text.replace(TOOL, tool(self.checkout)).format(tmp=tmp)
+
+
+def twin(case: Case, checkout: Path) -> Case:
+    """``case`` as ``checkout``'s mcountrw runs it."""
+    name = f"{case.name} @{label(checkout)}"
+    return replace(case, name=name, target=f"{case.name}, {label(checkout)}", checkout=checkout, twin_of=case.name,
+                   anchor=None, limit=None, max_ratio=None)  # fmt: skip
+
+
+def comparable(case: Case, checkout: Path) -> bool:
+    """Whether ``checkout`` runs ``case`` as this tree does: it runs mcountrw, and the checkout has
+    what the case measures (an older tool may accept the same command line and do less)."""
+    if not case.runs_mcountrw:
+        return False
+    if case.since is None:
+        return True
+    ancestor = ["git", "-C", str(checkout), "merge-base", "--is-ancestor", case.since, "HEAD"]
+    return subprocess.run(ancestor, capture_output=True).returncode == 0
+
+
+def label(checkout: Path) -> str:
+    """A checkout's short commit name (its directory's name if it is no git work tree)."""
+    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else checkout.name
 
 
 def cases() -> list[Case]:
-    m = " ".join(shlex.quote(a) for a in MCOUNTRW)
+    m = TOOL
     v, mods = shlex.quote(str(VMLINUX)), shlex.quote(str(MODULES))
+    # What a pre-nop of a 6.1 vmlinux does (issue 12): every site nopped and unrecorded but the
+    # one the boot needs; the kernel refuses nopped words at a recorded place without --drop-records.
+    nop_args = "--drop-records --exclude do_one_initcall"
+    keep = f"test -f {{tmp}}/vm.keep || {m} nop {v} -o {{tmp}}/vm.keep {nop_args}"
     return [
         Case("objdump vmlinux", "anchor", f"{OBJDUMP} -d {v} | grep -c '<_mcount>'"),
         Case(
@@ -83,15 +136,34 @@ def cases() -> list[Case]:
             4.0,
             "objdump module tree",
         ),
-        # --drop-records: a nopped call slot keeps no record (what boots; rewrite refuses otherwise)
-        Case("nop vmlinux", "<= 1.0 s incl. output and log", f"{m} nop --drop-records {v} -o {{tmp}}/vm.nop", 1.0),
+        Case(
+            "nop vmlinux",
+            "<= 1.0 s incl. output and log",
+            f"{m} nop {v} -o {{tmp}}/vm.nop {nop_args}",
+            1.0,
+        ),
         Case(
             "undo vmlinux",
             "<= 1.0 s",
             f"{m} undo {{tmp}}/vm.keep --log {{tmp}}/vm.keep.mcountrw.jsonl -o {{tmp}}/vm.back",
             1.0,
-            prepare=f"test -f {{tmp}}/vm.keep || {m} nop --drop-records {v} -o {{tmp}}/vm.keep",
+            prepare=keep,
         ),
+        Case(
+            "verify vmlinux",
+            "for the record",
+            f"{m} verify {v} {{tmp}}/vm.keep --log {{tmp}}/vm.keep.mcountrw.jsonl",
+            prepare=keep,
+        ),
+        Case(
+            "apply vfs_* back",
+            "for the record (75 sites of the nopped vmlinux back from its log, which it carries on)",
+            f"{m} apply --to enabled --only 'vfs_*' {{tmp}}/vm.keep -o {{tmp}}/vm.vfs",
+            prepare=keep,
+            since="4ebea38",  # the patch log as a source of sites (issue 12)
+        ),
+        Case("start-up --version", "for the record (no numpy, no audit imported)", f"{m} --version"),
+        Case("start-up --help", "for the record", f"{m} --help"),
         Case(
             "audit vmlinux",
             "<= 3 s incl. the mflr-nop safety walk",
@@ -170,6 +242,7 @@ class Run(NamedTuple):
     wall: float  # seconds
     cpu: float  # user + system seconds of the whole process tree
     rss: int  # peak resident MB of the tree's largest member
+    failed: str | None = None  # a twin the other checkout cannot run: its error
 
 
 class Result(NamedTuple):
@@ -177,22 +250,27 @@ class Result(NamedTuple):
     best: float
     cpu: float  # median
     peak: int
+    failed: str | None = None
 
 
-def run_once(command: str, tmp: str) -> Run:
+def run_once(case: Case, tmp: str) -> Run:
+    """One run of ``case``; a failure ends the benchmark, except a twin's (the older checkout may
+    lack the feature): that is reported in its row."""
+    command = case.shell(case.command, tmp)
     start = time.perf_counter()
     proc = subprocess.Popen(
-        ["bash", "-o", "pipefail", "-c", command.format(tmp=tmp)],
+        ["bash", "-o", "pipefail", "-c", command],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=ROOT,
     )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    if status:
-        err = proc.stderr.read().decode() if proc.stderr else ""
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if status and case.twin_of is None:
         raise SystemExit(f"bench: command failed ({status}): {command}\n{err}")
-    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss // 1024)
+    failed = (err.strip().splitlines() or [f"exit status {status}"])[-1] if status else None
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss // 1024, failed)
 
 
 def machine() -> str:
@@ -218,7 +296,8 @@ def groups(selected: list[Case]) -> list[list[Case]]:
     out: list[list[Case]] = []
     home: dict[str, list[Case]] = {}
     for case in selected:
-        group = home.get(case.anchor) if case.anchor else None
+        joins = case.twin_of or case.anchor
+        group = home.get(joins) if joins else None
         if group is None:
             group = []
             out.append(group)
@@ -227,7 +306,10 @@ def groups(selected: list[Case]) -> list[list[Case]]:
     return out
 
 
-def verdict(case: Case, med: float, results: dict[str, Result]) -> str:
+def verdict(case: Case, med: float, results: dict[str, Result], twins: list[Case]) -> str:
+    if case.twin_of is not None:
+        failed = results[case.name].failed
+        return f"cannot run it: {failed}" if failed else ""
     parts = []
     if case.limit is not None:
         parts.append("meets" if med <= case.limit else "MISSES")
@@ -237,14 +319,24 @@ def verdict(case: Case, med: float, results: dict[str, Result]) -> str:
         if case.max_ratio is not None:
             parts.append("meets" if ratio <= case.max_ratio else "MISSES")
         parts.append(f"{base / med:.1f}x the anchor" if ratio < 1 else f"{ratio:.2f}x the anchor's time")
+    mine = results[case.name]
+    for other in twins:
+        r = results.get(other.name)
+        if r is None or r.failed:
+            continue
+        wall, cpu = mine.median / r.median - 1, mine.cpu / r.cpu - 1 if r.cpu else 0.0
+        worse = " (SLOWER)" if wall > 0.05 else ""
+        parts.append(f"{wall:+.0%} wall, {cpu:+.0%} CPU vs {label(other.checkout)}{worse}")
     return "; ".join(parts)
 
 
-def select(only: list[str] | None) -> tuple[list[Case], list[str]]:
-    """The cases to run (a named case brings its anchor) and a note for each one skipped."""
-    every = cases()
+def select(only: list[str] | None, against: list[Path]) -> tuple[list[Case], list[str]]:
+    """The cases to run (a named case brings its anchor; each one that runs mcountrw, its twins
+    with the ``against`` checkouts, right after it) and a note for each one skipped."""
+    every = [c for case in cases() for c in (case, *(twin(case, d) for d in against if comparable(case, d)))]
     wanted = set(only or (c.name for c in every))
     wanted |= {c.anchor for c in every if c.name in wanted and c.anchor}
+    wanted |= {c.name for c in every if c.twin_of in wanted}
     chosen, notes = [], []
     for case in every:
         if case.name not in wanted:
@@ -259,26 +351,34 @@ def select(only: list[str] | None) -> tuple[list[Case], list[str]]:
 def measure(selected: list[Case], repeat: int, tmp: str) -> dict[str, Result]:
     """(median, best, peak RSS) per case, printing each row as soon as its group is done."""
     results: dict[str, Result] = {}
+    for d in {c.checkout for c in selected if c.twin_of is not None}:
+        os.makedirs(f"{tmp}/{d.name}", exist_ok=True)
     for group in groups(selected):
         runs: dict[str, list[Run]] = {c.name: [] for c in group}
         for _ in range(repeat):
             for case in group:
                 if case.prepare:
-                    subprocess.run(["bash", "-c", case.prepare.format(tmp=tmp)], check=True, capture_output=True)
-                runs[case.name].append(run_once(case.command, tmp))
+                    prepared = subprocess.run(["bash", "-c", case.shell(case.prepare, tmp)], capture_output=True)
+                    if prepared.returncode and case.twin_of is None:
+                        raise SystemExit(f"bench: {case.name}: prepare failed:\n{prepared.stderr.decode()}")
+                runs[case.name].append(run_once(case, tmp))
         for case in group:
-            walls = [r.wall for r in runs[case.name]]
-            cpu = statistics.median(r.cpu for r in runs[case.name])
-            results[case.name] = Result(statistics.median(walls), min(walls), cpu, max(r.rss for r in runs[case.name]))
-            print(row(case, results), flush=True)
+            done = runs[case.name]
+            walls = [r.wall for r in done]
+            failed = next((r.failed for r in done if r.failed), None)
+            cpu = statistics.median(r.cpu for r in done)
+            results[case.name] = Result(statistics.median(walls), min(walls), cpu, max(r.rss for r in done), failed)
+        for case in group:
+            print(row(case, results, selected), flush=True)
     return results
 
 
-def row(case: Case, results: dict[str, Result]) -> str:
+def row(case: Case, results: dict[str, Result], selected: list[Case]) -> str:
     r = results[case.name]
+    twins = [c for c in selected if c.twin_of == case.name]
     return (
         f"| {case.name} | {r.median:.3f} | {r.best:.3f} | {r.cpu:.2f} | {r.peak} | {case.target} "
-        f"| {verdict(case, r.median, results)} |"
+        f"| {verdict(case, r.median, results, twins)} |"
     )
 
 
@@ -303,6 +403,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--write", type=Path)
+    ap.add_argument(
+        "--against", type=Path, action="append", default=[], help="also run each mcountrw case with this checkout"
+    )
     args = ap.parse_args()
     if not VMLINUX.exists():
         print("bench: corpus missing: run bash corpus/fetch.sh", file=sys.stderr)
@@ -311,7 +414,8 @@ def main() -> int:
         if not shutil.which(tool):
             print(f"bench: {tool} missing (apt-get install {package})", file=sys.stderr)
             return 2
-    selected, notes = select(args.only)
+    against = [d.resolve() for d in args.against]
+    selected, notes = select(args.only, against)
     for note in notes:
         print(f"bench: {note}", file=sys.stderr)
     before = load()
@@ -321,13 +425,13 @@ def main() -> int:
         [
             f"Machine: {machine()}  ",
             f"Date: {time.strftime('%Y-%m-%d')}; repetitions: {args.repeat}, each group's cases taking turns; "
-            "command: `python3 bench/run.py`  ",
+            f"command: `python3 bench/run.py{''.join(f' --against {label(d)}' for d in against)}`  ",
             f"Load before: {before}; after: {load()}",
             *(f"Note: {n}" for n in notes),
             "",
             "| case | median s | best s | CPU s | peak RSS MB | target | verdict |",
             "| --- | ---: | ---: | ---: | ---: | --- | --- |",
-            *(row(c, results) for c in selected),
+            *(row(c, results, selected) for c in selected),
         ]
     )
     if args.write:

@@ -35,6 +35,7 @@ from rewriter.elf.image import Image
 from rewriter.elf.writer import Pending, atomic_write, commit, write_temp
 from rewriter.errors import ImageError, LogError, NothingToDo, OutputError, RewriteError
 from rewriter.generations import Generation
+from rewriter.heap import collector_paused
 from rewriter.known import by_place, with_log
 from rewriter.log import Base, Data, FileFacts, Known, Log, check_extent, default_log_path, for_file, load, render
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
@@ -115,6 +116,7 @@ def check_side_paths(input_path: Path, out: Path, log: Path, in_place: bool, bac
         raise OutputError(f"{saved}: exists (a backup from an earlier run?); move it away or drop --backup")
 
 
+@collector_paused()
 def apply_file(
     path: Path,
     output: Path | None,
@@ -347,6 +349,7 @@ def _read_and_hash(path: Path) -> tuple[bytes, str]:
     return raw, _sha256(raw)
 
 
+@collector_paused()
 def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> tuple[Path, Log]:
     """Restore the original bytes. Refuses a log made for another file."""
     out = check_output_path(patched, output, in_place)
@@ -396,6 +399,7 @@ class VerifyResult:
     reason: str
 
 
+@collector_paused()
 def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
     """Exit 0 iff the byte difference between the two files is exactly what the log says."""
     log = load(log_path, sites=False)

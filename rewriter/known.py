@@ -2,16 +2,26 @@
 
 A site that a rewrite nops *and* unrecords is no longer findable in the image: ``rewriter.sites``
 finds sites by their calls and their records, and code that starts with ``nop; nop`` is too common
-to guess at. So every rewrite writes one ``site`` line per site it touched (its words or its
-record) into its patch log: where the site is, its state and whether it is recorded (originally,
-before this step and after it), and its *origin*, what the original file had that a restore puts
-back: the call target of its ``bl``, its ``R_PPC64_REL24`` (relocatable files), its record table
-slot and value, and the record's relocation (``R_PPC64_RELATIVE`` in ``.rela.dyn``, or the
-``R_PPC64_ADDR64`` of ``.rela__mcount_loc`` / ``.rela__patchable_function_entries``).
+to guess at. So every rewrite writes into its patch log, for each site it touched (its words or
+its record): where the site is, its state and whether it is recorded (originally, before this step
+and after it), and its *origin*, what the original file had that a restore puts back: the call
+target of its ``bl``, its ``R_PPC64_REL24`` (relocatable files), its record table slot and value,
+and the record's relocation (``R_PPC64_RELATIVE`` in ``.rela.dyn``, or the ``R_PPC64_ADDR64`` of
+``.rela__mcount_loc`` / ``.rela__patchable_function_entries``).
 
-A log names the log it builds on (the header's ``base``) and carries forward the lines of the
-sites still not back to their original state, so the newest log alone describes every site that
-the chain of rewrites changed. Site lines are information, not edits: undo and verify ignore them.
+A log names the log it builds on (the header's ``base``) and carries forward the sites still not
+back to their original state, so the newest log alone describes every site that the chain of
+rewrites changed. Site information is not an edit: undo and verify skip it.
+
+How a log holds it (format version 3; :func:`group_lines`, :func:`read_groups`): a few ``sites``
+lines, one per group of sites that share their section, layout and moments, each a set of columns
+(one entry per site). What the log's edits already hold is referenced by edit number, not
+repeated: the original ``bl`` (the write that replaced it: its address and old word give the
+target), a relocation entry a :class:`~rewriter.edits.RelaEdit` took out (``[edit, entry]``), a
+record slot's old value (the bytes edit that zeroed it); a fact no edit of this log holds (a line
+carried forward, a restore) is written out. Version 2 wrote one JSON ``site`` line per site
+(``SiteLine.from_json``, :func:`site_lines_in`: still read); a vmlinux's 33,689 of them were half
+of its log and a third of a pre-nop's time.
 
 :func:`with_log` adds the sites that only the log knows to a scan (``Site.source`` is
 ``Source.LOG``); :func:`lines_after` makes the lines of the next log. Pure: no file I/O.
@@ -24,14 +34,19 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
+from rewriter import ppc
+from rewriter.edits import BytesEdit, Edit, RelaEdit, WordWrite
 from rewriter.elf.symbols import PLACE_SHIFT
 from rewriter.generations import LAYOUTS, Variant
 from rewriter.sites import Scan, Site, Source, boot_state
-from rewriter.states import SiteState
+from rewriter.states import SiteState, Slot
 
-LINE_TYPE = "site"
+LINE_TYPE: Final = "site"
+"""The type of a version-2 site line (one per site)."""
+GROUP_TYPE: Final = "sites"
+"""The type of a version-3 sites line (a group of sites, column by column)."""
 
 
 class RelaEntry(NamedTuple):
@@ -40,17 +55,19 @@ class RelaEntry(NamedTuple):
     section: str
     entry: bytes
 
-    def to_json(self) -> dict[str, str]:
-        return {"entry": self.entry.hex(), "section": self.section}
-
     @classmethod
     def from_json(cls, d: Mapping[str, Any] | None) -> RelaEntry | None:
         if d is None:
             return None
-        entry = bytes.fromhex(d["entry"])
-        if len(entry) not in (16, 24):  # Elf64_Rel, Elf64_Rela
-            raise ValueError(f"a relocation entry of {len(entry)} bytes")
-        return cls(str(d["section"]), entry)
+        return cls.of(d["section"], d["entry"])
+
+    @classmethod
+    def of(cls, section: Any, entry: Any) -> RelaEntry:
+        """From a section name and the entry's hex (as a log writes it); ``ValueError`` if malformed."""
+        raw = bytes.fromhex(entry)
+        if len(raw) not in (16, 24):  # Elf64_Rel, Elf64_Rela
+            raise ValueError(f"a relocation entry of {len(raw)} bytes")
+        return cls(_text(section), raw)
 
 
 class RecordSlot(NamedTuple):
@@ -61,14 +78,6 @@ class RecordSlot(NamedTuple):
     offset: int
     addr: int
     value: bytes
-
-    def to_json(self) -> dict[str, str]:
-        return {
-            "address": f"{self.addr:#x}",
-            "offset": f"{self.offset:#x}",
-            "table": self.table,
-            "value": self.value.hex(),
-        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any] | None) -> RecordSlot | None:
@@ -98,14 +107,6 @@ class Origin(NamedTuple):
             self.record_relocation or other.record_relocation,
         )
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "call_relocation": None if self.call_relocation is None else self.call_relocation.to_json(),
-            "call_target": None if self.call_target is None else f"{self.call_target:#x}",
-            "record_relocation": None if self.record_relocation is None else self.record_relocation.to_json(),
-            "record_slot": None if self.record_slot is None else self.record_slot.to_json(),
-        }
-
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Origin:
         target = d["call_target"]
@@ -130,7 +131,7 @@ class Moment(NamedTuple):
 
 
 class SiteLine(NamedTuple):
-    """One ``site`` line of a patch log. ``section_offset`` is the call slot's offset in its
+    """One site as a patch log describes it. ``section_offset`` is the call slot's offset in its
     section, ``file_offset`` in the file, ``addr`` its address (None in relocatable files), as
     ``Site`` has them; ``original``: the site in the first file of the chain; ``before`` and
     ``after``: around the rewrite that last touched it (a line carried forward unchanged keeps
@@ -173,58 +174,9 @@ class SiteLine(NamedTuple):
             boot_state(self.variant, state, recorded), False, None, Source.LOG,
         )  # fmt: skip
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "type": LINE_TYPE,
-            "at": {
-                "address": None if self.addr is None else f"{self.addr:#x}",
-                "offset": f"{self.file_offset:#x}",
-                "section": self.section,
-                "section_index": self.section_index,
-                "section_offset": f"{self.section_offset:#x}",
-            },
-            "function": self.function,
-            "generation": LAYOUTS[self.variant].generation.value,
-            "variant": self.variant.value,
-            "state": {k: m.state.value for k, m in self._moments()},
-            "recorded": {k: m.recorded for k, m in self._moments()},
-            "restore": self.origin.to_json(),
-        }
-
-    def _moments(self) -> tuple[tuple[str, Moment], ...]:
-        return (("after", self.after), ("before", self.before), ("original", self.original))
-
-    def to_line(self, quoted: dict[str | None, str] | None = None) -> str:
-        """``json.dumps(self.to_json(), sort_keys=True)``, formatted directly: a vmlinux log has
-        33,689 of these lines, and json's encoder would double the time a pre-nop takes (tested
-        equal). ``quoted``: the JSON literals of names made so far, shared between lines."""
-        q = {} if quoted is None else quoted
-        a = "null" if self.addr is None else f'"{self.addr:#x}"'
-        o = self.origin
-        target = "null" if o.call_target is None else f'"{o.call_target:#x}"'
-        slot = o.record_slot
-        slot_text = (
-            "null"
-            if slot is None
-            else f'{{"address": "{slot.addr:#x}", "offset": "{slot.offset:#x}", "table": {_quote(q, slot.table)}, '
-            f'"value": "{slot.value.hex()}"}}'
-        )
-        moments = self.after, self.before, self.original
-        after, before, original = (m.state._value_ for m in moments)
-        rec_after, rec_before, rec_original = ("true" if m.recorded else "false" for m in moments)
-        return (
-            f'{{"at": {{"address": {a}, "offset": "{self.file_offset:#x}", "section": {_quote(q, self.section)}, '
-            f'"section_index": {self.section_index}, "section_offset": "{self.section_offset:#x}"}}, '
-            f'"function": {_quote(q, self.function)}, "generation": "{LAYOUTS[self.variant].generation._value_}", '
-            f'"recorded": {{"after": {rec_after}, "before": {rec_before}, "original": {rec_original}}}, '
-            f'"restore": {{"call_relocation": {_rela_text(q, o.call_relocation)}, "call_target": {target}, '
-            f'"record_relocation": {_rela_text(q, o.record_relocation)}, "record_slot": {slot_text}}}, '
-            f'"state": {{"after": "{after}", "before": "{before}", "original": "{original}"}}, '
-            f'"type": "{LINE_TYPE}", "variant": "{self.variant._value_}"}}'
-        )
-
     @classmethod
     def from_json(cls, rec: Mapping[str, Any]) -> SiteLine:
+        """From a version-2 ``site`` line."""
         at, state, recorded = rec["at"], rec["state"], rec["recorded"]
         original, before, after = (
             Moment(SiteState(state[k]), _bool(recorded[k])) for k in ("original", "before", "after")
@@ -241,8 +193,9 @@ class SiteLine(NamedTuple):
         )  # fmt: skip
 
 
-# A site line exactly as SiteLine.to_line formats it. A vmlinux log's 33,689 site lines are read
-# with this pattern, four times as fast as json and from_json; any other line goes through json.
+# A version-2 site line exactly as mcountrw wrote it (keys sorted, ", " and ": " between items). A
+# vmlinux log's 33,689 site lines are read with this pattern, four times as fast as json and
+# from_json; any other line goes through json.
 _STR = r'"[^"\\\n]*"|"(?:[^"\\\n]|\\.)*"'  # the plain case first: no escapes to step through
 _HEX = r'"0x([0-9a-f]+)"'
 _RELA = r'null|\{"entry": "([0-9a-f]+)", "section": (' + _STR + r")\}"
@@ -282,8 +235,8 @@ _MOMENTS: Final = {(s.value, r): Moment(s, r == "true") for s in SiteState for r
 
 
 def site_lines_in(text: str) -> list[SiteLine]:
-    """Every site line of ``text`` that is exactly as :meth:`SiteLine.to_line` writes it, in
-    order, read in one pass. The caller checks that they line up with the lines that start like
+    """Every version-2 site line of ``text`` that is exactly as mcountrw wrote it, in order, read
+    in one pass. The caller checks that they line up with the lines that start like
     one; a line this pattern does not match is read by json (and refused there if malformed)."""
     strings: dict[str, str | None] = {"null": None}
     out = []
@@ -321,23 +274,16 @@ def _unquote(literal: str) -> str | None:
     return str(json.loads(literal)) if "\\" in literal else literal[1:-1]
 
 
-def _quote(quoted: dict[str | None, str], text: str | None) -> str:
-    q = quoted.get(text)
-    if q is None:
-        q = quoted[text] = json.dumps(text)
-    return q
-
-
-def _rela_text(quoted: dict[str | None, str], rela: RelaEntry | None) -> str:
-    if rela is None:
-        return "null"
-    return f'{{"entry": "{rela.entry.hex()}", "section": {_quote(quoted, rela.section)}}}'
-
-
 def _hex(value: Any) -> int:
     if not isinstance(value, str) or not value.startswith("0x"):
         raise ValueError(f"{value!r} is not a hex number")
     return _count(int(value, 16))
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a string")
+    return value
 
 
 def _count(value: Any) -> int:
@@ -350,6 +296,251 @@ def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{value!r} is not true or false")
     return value
+
+
+# -- version 3: sites lines, a group of sites each, column by column ------------------------
+
+GROUP_LINE_START: Final = '{"columns": '
+"""How every sites line begins (keys sorted: ``columns`` first), and no other line of a log."""
+_COLUMNS: Final = ("call_relocation", "call_target", "record_relocation", "record_slot")
+"""The origin's columns, left out of a group whose sites have none of that fact."""
+
+
+class _Refs:
+    """Where the edits of a log hold the facts a site's origin repeats: the first write that
+    replaced a branch at each call slot, the first 8-byte bytes edit at each offset (a record
+    slot zeroed) and each entry a RelaEdit took out. A fact is referenced only if the edit holds
+    exactly it; anything else is written out."""
+
+    def __init__(self, edits: Sequence[Edit]) -> None:
+        self.edits = edits
+        self.calls: dict[int, int] = {}
+        self.slots: dict[int, int] = {}
+        self.relas: dict[tuple[str, bytes], list[int]] = {}
+        calls, slots = self.calls, self.slots
+        call_slot = Slot.B
+        for n, e in enumerate(edits):
+            if isinstance(e, WordWrite):
+                if e.slot is call_slot and e.offset not in calls and (ppc.is_bl(e.old) or ppc.is_b(e.old)):
+                    calls[e.offset] = n
+            elif isinstance(e, BytesEdit):
+                if len(e.old) == 8 and e.offset not in slots:
+                    slots[e.offset] = n
+            elif isinstance(e, RelaEdit):
+                for k, entry in enumerate(e.entries):
+                    self.relas.setdefault((e.section, entry), [n, k])
+
+    def call(self, line: SiteLine) -> int | str | None:
+        target = line.origin.call_target
+        if target is None:
+            return None
+        n = self.calls.get(line.file_offset)
+        if n is not None:
+            w = cast(WordWrite, self.edits[n])
+            if ppc.branch_target(cast(int, w.addr), w.old) == target:
+                return n
+        return hex(target)
+
+    def slot(self, slot: RecordSlot | None) -> int | list[str] | None:
+        if slot is None:
+            return None
+        n = self.slots.get(slot.offset)
+        if n is not None and cast(BytesEdit, self.edits[n]).old == slot.value:
+            return n
+        return [hex(slot.offset), slot.value.hex()]
+
+    def rela(self, rela: RelaEntry | None) -> list[int] | list[str] | None:
+        if rela is None:
+            return None
+        ref = self.relas.get(rela)  # a RelaEntry is its (section, entry) tuple
+        return ref if ref is not None else [rela.section, rela.entry.hex()]
+
+
+def _group_key(line: SiteLine) -> tuple[Any, ...]:
+    """What the sites of one sites line share: section, the bases their offsets are added to,
+    layout, moments, and the record table their slots are in."""
+    slot = line.origin.record_slot
+    offset = line.section_offset
+    return (
+        line.section, line.section_index, None if line.addr is None else line.addr - offset,
+        line.file_offset - offset, line.variant, line.original, line.before, line.after,
+        None if slot is None else slot.table, None if slot is None else slot.addr - slot.offset,
+    )  # fmt: skip
+
+
+def group_lines(lines: Sequence[SiteLine], edits: Sequence[Edit]) -> list[str]:
+    """The sites lines of a log whose edits are ``edits``: one per group of ``lines`` (see the
+    module docstring), in the order each group first appears."""
+    refs = _Refs(edits)
+    groups: dict[tuple[Any, ...], list[SiteLine]] = {}
+    group: list[SiteLine] = []
+    last: SiteLine | None = None
+    for line in lines:
+        # Neighbours (place order) mostly share a group: the key is hashed only where they do not.
+        if last is None or not _same_group(line, last):
+            group = groups.setdefault(_group_key(line), [])
+        group.append(line)
+        last = line
+    return [json.dumps(_group_json(key, group, refs), sort_keys=True) for key, group in groups.items()]
+
+
+def _same_group(a: SiteLine, b: SiteLine) -> bool:
+    sa, sb = a.origin.record_slot, b.origin.record_slot
+    return (
+        a.section_index == b.section_index and a.section == b.section and a.variant is b.variant
+        and a.after == b.after and a.before == b.before and a.original == b.original
+        and (a.addr is None) == (b.addr is None)
+        and (a.addr is None or b.addr is None or a.addr - a.section_offset == b.addr - b.section_offset)
+        and a.file_offset - a.section_offset == b.file_offset - b.section_offset
+        and (sa is None) == (sb is None)
+        and (sa is None or sb is None or (sa.table == sb.table and sa.addr - sa.offset == sb.addr - sb.offset))
+    )  # fmt: skip
+
+
+def _group_json(key: tuple[Any, ...], group: Sequence[SiteLine], refs: _Refs) -> dict[str, Any]:
+    section, index, addr_base, offset_base, variant, original, before, after, table, table_delta = key
+    columns: dict[str, list[Any]] = {
+        "section_offset": [hex(line.section_offset) for line in group],
+        "function": [line.function for line in group],
+        "call_target": [refs.call(line) for line in group],
+        "call_relocation": [refs.rela(line.origin.call_relocation) for line in group],
+        "record_slot": [refs.slot(line.origin.record_slot) for line in group],
+        "record_relocation": [refs.rela(line.origin.record_relocation) for line in group],
+    }
+    for name in _COLUMNS:
+        if not any(v is not None for v in columns[name]):
+            del columns[name]
+    moments = (("after", after), ("before", before), ("original", original))
+    return {
+        "type": GROUP_TYPE,
+        "section": {
+            "name": section,
+            "index": index,
+            "address": None if addr_base is None else hex(addr_base),
+            "offset": hex(offset_base),
+        },
+        "variant": variant.value,
+        "generation": LAYOUTS[variant].generation.value,
+        "state": {k: m.state.value for k, m in moments},
+        "recorded": {k: m.recorded for k, m in moments},
+        "record_table": None if table is None else {"name": table, "address_minus_offset": hex(table_delta)},
+        "sites": len(group),
+        "columns": columns,
+    }
+
+
+def read_groups(records: Sequence[Mapping[str, Any]], edits: Sequence[Edit]) -> list[SiteLine]:
+    """The sites of a log's sites lines (parsed JSON), the references resolved against the log's
+    ``edits``, in place order; ``ValueError`` (or ``KeyError``, ``TypeError``) if one is malformed."""
+    out: list[SiteLine] = []
+    for rec in records:
+        out += _read_group(rec, edits)
+    out.sort(key=_line_place)
+    return out
+
+
+def _line_place(line: SiteLine) -> int:
+    return line.place
+
+
+class _Head(NamedTuple):
+    """What the sites of a group share, read from its sites line."""
+
+    section: str
+    section_index: int
+    addr_base: int | None
+    offset_base: int
+    variant: Variant
+    moments: tuple[Moment, Moment, Moment]  # original, before, after
+    table: str | None
+    table_delta: int
+
+
+def _head(rec: Mapping[str, Any]) -> _Head:
+    if rec["type"] != GROUP_TYPE:
+        raise ValueError(f"a {rec['type']!r} line among the sites lines")
+    at, state, recorded, table = rec["section"], rec["state"], rec["recorded"], rec["record_table"]
+    variant = Variant(rec["variant"])
+    if LAYOUTS[variant].generation.value != rec["generation"]:
+        raise ValueError(f"variant {variant.value} is not of generation {rec['generation']!r}")
+    original, before, after = (Moment(SiteState(state[k]), _bool(recorded[k])) for k in ("original", "before", "after"))
+    return _Head(
+        _text(at["name"]), _count(at["index"]), None if at["address"] is None else _hex(at["address"]),
+        _hex(at["offset"]), variant, (original, before, after), None if table is None else _text(table["name"]),
+        0 if table is None else int(_text(table["address_minus_offset"]), 16),
+    )  # fmt: skip
+
+
+def _read_group(rec: Mapping[str, Any], edits: Sequence[Edit]) -> list[SiteLine]:
+    head = _head(rec)
+    n = _count(rec["sites"])
+    columns = rec["columns"]
+    offsets = [_hex(x) for x in columns["section_offset"]]
+    functions = [None if f is None else _text(f) for f in columns["function"]]
+    origins = [columns.get(name) or [None] * n for name in _COLUMNS]
+    if any(len(c) != n for c in (offsets, functions, *origins)):
+        raise ValueError(f"a sites line of {n} sites has columns of other lengths")
+    original, before, after = head.moments
+    a, o = head.addr_base, head.offset_base
+    out = []
+    for offset, function, call_rela, call, record_rela, slot in zip(offsets, functions, *origins, strict=True):
+        file_offset = o + offset
+        origin = Origin(
+            _call_target(call, file_offset, edits), _rela_of(call_rela, edits), _slot_of(slot, head, edits),
+            _rela_of(record_rela, edits),
+        )  # fmt: skip
+        addr = None if a is None else a + offset
+        out.append(SiteLine(
+            head.section, head.section_index, offset, addr, file_offset, function, head.variant, original, before,
+            after, origin,
+        ))  # fmt: skip
+    return out
+
+
+def _edit(edits: Sequence[Edit], n: Any, kind: type[Any]) -> Any:
+    if type(n) is not int or not 0 <= n < len(edits) or type(edits[n]) is not kind:
+        raise ValueError(f"{n!r} names no {kind.__name__} of this log")
+    return edits[n]
+
+
+def _call_target(value: Any, file_offset: int, edits: Sequence[Edit]) -> int | None:
+    if value is None:
+        return None
+    if type(value) is str:
+        return _hex(value)
+    w: WordWrite = _edit(edits, value, WordWrite)
+    if w.offset != file_offset or w.addr is None or not (ppc.is_bl(w.old) or ppc.is_b(w.old)):
+        raise ValueError(f"edit {value} replaces no branch at the site's call slot")
+    return ppc.branch_target(w.addr, w.old)
+
+
+def _slot_of(value: Any, head: _Head, edits: Sequence[Edit]) -> RecordSlot | None:
+    if value is None:
+        return None
+    if head.table is None:
+        raise ValueError("a record slot in a sites line without a record table")
+    if type(value) is int:
+        e: BytesEdit = _edit(edits, value, BytesEdit)
+        offset, old = e.offset, e.old
+    else:
+        offset, old = _hex(value[0]), bytes.fromhex(value[1])
+    if len(old) != 8:
+        raise ValueError(f"a record slot of {len(old)} bytes")
+    return RecordSlot(head.table, offset, offset + head.table_delta, old)
+
+
+def _rela_of(value: Any, edits: Sequence[Edit]) -> RelaEntry | None:
+    if value is None:
+        return None
+    if len(value) != 2:
+        raise ValueError(f"{value!r} is no relocation entry")
+    if type(value[0]) is str:
+        return RelaEntry.of(value[0], value[1])
+    r: RelaEdit = _edit(edits, value[0], RelaEdit)
+    k = value[1]
+    if type(k) is not int or not 0 <= k < len(r.entries):
+        raise ValueError(f"edit {value[0]} took out no entry {k!r}")
+    return RelaEntry(r.section, r.entries[k])
 
 
 # -- a scan with the log's sites ------------------------------------------------------------
@@ -377,7 +568,8 @@ def by_place(lines: Iterable[SiteLine]) -> dict[int, SiteLine]:
 
 class Touched(NamedTuple):
     """A site a rewrite touched: as it was (``site``), as it is after (``after``), and what this
-    rewrite learned of its origin from the file (a relocation or record it took out)."""
+    rewrite learned of its origin from the file (its call target, a relocation or record it took
+    out)."""
 
     site: Site
     after: Moment
@@ -388,19 +580,16 @@ def lines_after(touched: Sequence[Touched], base: Mapping[int, SiteLine]) -> tup
     """The site lines of a rewrite's log: one per touched site (its origin and original state
     taken from the base log's line where there is one), and the base log's lines of the sites it
     did not touch that are not back to their original state; in place order."""
-    out = {}
-    for t in touched:
-        s = t.site
+    out: dict[int, SiteLine] = {}
+    for s, after, own in touched:
         before = Moment(s.state, s.recorded)
-        earlier = base.get(s.place)
-        own = t.origin if s.call_target is None else t.origin._replace(call_target=s.call_target)
-        origin = own if earlier is None else earlier.origin.filled(own)
-        original = before if earlier is None else earlier.original
+        earlier = base.get(s.place) if base else None
+        origin, original = (own, before) if earlier is None else (earlier.origin.filled(own), earlier.original)
         out[s.place] = SiteLine(
             s.section, s.section_index, s.offset, s.addr, s.file_offset, s.function, s.variant,
-            original, before, t.after, origin,
+            original, before, after, origin,
         )  # fmt: skip
     for place, line in base.items():
-        if place not in out and line.changed:
+        if place not in out and line.after != line.original:
             out[place] = line
     return tuple(out[p] for p in sorted(out))

@@ -2,10 +2,11 @@
 
 Line 1 is a header (tool version, input and output sha256, image kind, the plan, and the log this
 one builds on: ``base``); then one line per edit in the order it was applied (each kind writes and
-reads its own: ``rewriter.edits``) with a ``barrier`` line between the stages of the plan; then one
-``site`` line per site the rewrite touched or an earlier one left changed (``rewriter.known``:
-information, not edits; undo and verify skip them); the last line is a footer that counts the
-lines and carries the sha256 of everything before it, so a truncated or edited log is refused.
+reads its own: ``rewriter.edits``) with a ``barrier`` line between the stages of the plan; then a
+few ``sites`` lines describing every site the rewrite touched or an earlier one left changed,
+column by column, referring to the edits for what they hold (``rewriter.known``: information,
+not edits; undo and verify skip them); the last line is a footer that counts the lines and
+carries the sha256 of everything before it, so a truncated or edited log is refused.
 
 A compressed input is described so that undo gives its exact bytes back: the header's
 ``recompress`` is the recipe that turns its content into those bytes (``rewriter.elf.compress``),
@@ -21,10 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import groupby
+from operator import attrgetter
 from pathlib import Path
-from typing import Any, Final, NamedTuple, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias, cast
 
 from rewriter import __version__
 from rewriter.edits import (
@@ -37,20 +40,33 @@ from rewriter.edits import (
     apply_edits,
     byteorder,
     invert_edits,
+    write_lines,
     write_lines_in,
 )
 from rewriter.elf.compress import Compression, Recipe, Restore, compress
 from rewriter.elf.image import Kind
 from rewriter.errors import LogError
-from rewriter.known import LINE_TYPE, SiteLine, site_lines_in, with_log
+from rewriter.heap import collector_paused
+from rewriter.known import (
+    GROUP_LINE_START,
+    GROUP_TYPE,
+    LINE_TYPE,
+    SiteLine,
+    group_lines,
+    read_groups,
+    site_lines_in,
+    with_log,
+)
 from rewriter.rewrite import Options, Rewrite
 from rewriter.sites import Scan
 from rewriter.states import SiteState
 
 FORMAT: Final = "mcountrw-log"
-VERSION: Final = 2
-"""2: ``site`` lines and the header's ``base`` (a version-1 reader would refuse the new lines)."""
-READS: Final = (1, 2)
+VERSION: Final = 3
+"""2: ``site`` lines (one per site) and the header's ``base`` (a version-1 reader would refuse the
+new lines); 3: ``sites`` lines instead (a group of sites each, column by column, referring to the
+edits), a tenth of the bytes and of the time."""
+READS: Final = (1, 2, 3)
 LOG_SUFFIX: Final = ".mcountrw.jsonl"
 """A file's log is, by default, the file's name and this, beside it."""
 
@@ -211,6 +227,7 @@ class Log:
 # -- building -------------------------------------------------------------------------------
 
 
+@collector_paused()
 def render(
     image_kind: Kind,
     order: ByteOrder,
@@ -224,7 +241,7 @@ def render(
     :class:`FileFacts`; it is asked only once the lines are formatted, so that a caller can hash
     the files meanwhile. ``restore`` says how a compressed input's bytes come back; ``base``
     names the input's own log, if it has one."""
-    body = body_lines(result.edits, result.barriers, order) + site_lines(result.site_lines)
+    body = body_lines(result.edits, result.barriers, order) + group_lines(result.site_lines, result.edits)
     input_facts, output_facts = facts()
     header = Header(
         tool=f"mcountrw {__version__}",
@@ -283,7 +300,7 @@ def dumps(log: Log, body: list[str] | None = None) -> bytes:
     """The log, UTF-8 encoded. ``body`` is :func:`body_lines` of ``log`` if the caller made it already."""
     lines = [json.dumps(log.header.to_json(), sort_keys=True)]
     if body is None:
-        body = body_lines(log.edits, log.barriers, log.header.byteorder) + site_lines(log.sites)
+        body = body_lines(log.edits, log.barriers, log.header.byteorder) + group_lines(log.sites, log.edits)
     lines += body
     if log.original is not None:
         why = "the compressed input, which no recipe rebuilds from its content"
@@ -294,24 +311,21 @@ def dumps(log: Log, body: list[str] | None = None) -> bytes:
     return data + json.dumps(footer, sort_keys=True).encode() + b"\n"
 
 
-def site_lines(sites: Sequence[SiteLine]) -> list[str]:
-    quoted: dict[str | None, str] = {}
-    return [line.to_line(quoted) for line in sites]
-
-
 def body_lines(edits: Sequence[Edit], barriers: Sequence[tuple[int, str]], order: ByteOrder) -> list[str]:
     """One line per edit, and a barrier line before the first write of each stage that follows one."""
     text = LineText(order)
     lines: list[str] = []
     barrier_after = dict(barriers)
     stage = 0
-    for e in edits:
-        n = e.stage
-        while n is not None and n > stage:
+    for n, run in groupby(edits, attrgetter("stage")):
+        if n is None:
+            lines += [e.to_line(text) for e in run]
+            continue
+        while n > stage:
             if stage in barrier_after:
                 lines.append(json.dumps({"type": "barrier", "after_stage": stage, "name": barrier_after[stage]}))
             stage += 1
-        lines.append(e.to_line(text))
+        lines += write_lines(cast("Iterator[WordWrite]", run), text)  # only word writes have a stage
     return lines
 
 
@@ -371,12 +385,14 @@ class Known:
 
 
 SITE_LINE_START: Final = '{"at": '
-"""How every ``site`` line begins (keys sorted: ``at`` first), and no other kind's line."""
+"""How every version-2 ``site`` line begins (keys sorted: ``at`` first), and no other kind's line."""
+_SITE_INFO: Final = {2: SITE_LINE_START, 3: GROUP_LINE_START}
+"""How the lines that describe sites begin, by format version (version 1 has none)."""
 
 
 def load_known(path: Path) -> Known:
-    """The header and site lines of the log at ``path``, its footer checksum checked; the edits
-    are not read (a vmlinux log has 67,000 of them, and a scan needs none)."""
+    """The log at ``path`` as a source of sites: its header and site lines, its footer checksum
+    checked (the edits are read too: the sites lines of version 3 refer to them)."""
     try:
         raw = path.read_bytes()
         text = raw.decode()
@@ -384,28 +400,18 @@ def load_known(path: Path) -> Known:
         raise LogError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise LogError(f"{path}: not a patch log (not text)") from None
-    lines = text.splitlines(keepends=True)
-    if not lines:
-        raise LogError(f"{path}: empty patch log")
-    first = _json_line(lines[0], str(path), 1)
-    _check_frame(first, _json_line(lines[-1], str(path), len(lines)), lines, str(path))
-    try:
-        header = Header.from_json(first)
-        sites = _site_lines(lines, str(path))
-    except (KeyError, TypeError, ValueError, OverflowError) as e:
-        raise LogError(f"{path}: malformed header or site line ({e})") from None
-    return Known(path, hashlib.sha256(raw).hexdigest(), header, sites)
+    log = loads(text, str(path))
+    return Known(path, hashlib.sha256(raw).hexdigest(), log.header, log.sites)
 
 
-def _site_lines(lines: list[str], name: str) -> tuple[SiteLine, ...]:
-    """The site lines among ``lines``: read by the pattern of :func:`site_lines_in` when every one
-    is as mcountrw writes it, else each by json (which says where a broken one breaks)."""
-    numbers = [n for n in range(1, len(lines) - 1) if lines[n].startswith(SITE_LINE_START)]
-    text = "".join(lines[n] for n in numbers)
-    fast = site_lines_in(text)
+def _site_lines(lines: list[str], numbers: list[int], name: str) -> list[SiteLine]:
+    """The version-2 site lines ``numbers`` of ``lines``: read by the pattern of
+    :func:`site_lines_in` when every one is as mcountrw wrote it, else each by json (which says
+    where a broken one breaks)."""
+    fast = site_lines_in("".join(lines[n] for n in numbers))
     if len(fast) == len(numbers):
-        return tuple(fast)
-    return tuple(SiteLine.from_json(rec) for rec in _json_lines([lines[n] for n in numbers], name, numbers))
+        return fast
+    return [SiteLine.from_json(rec) for rec in _json_lines([lines[n] for n in numbers], name, numbers)]
 
 
 def for_file(
@@ -477,29 +483,47 @@ def logged(result: Scan, logs: Mapping[Path, Path]) -> Scan:
     return with_log(result, load_known(log).sites, log)
 
 
+@collector_paused()
 def loads(text: str, name: str, sites: bool = True) -> Log:
+    """The log in ``text`` (``name`` says where, in messages); ``sites=False`` leaves its site
+    information unread, as :func:`load`."""
     lines = text.splitlines(keepends=True)
     if not lines:
         raise LogError(f"{name}: empty patch log")
-    records = _records(lines, text, name, skip_sites=True)  # site lines: read below, all at once
+    version = _json_line(lines[0], name, 1).get("version")
+    records, aside = _records(lines, text, name, _SITE_INFO.get(version) if type(version) is int else None)
     header_rec, footer = records[0], records[-1]
-    _check_frame(header_rec, footer, lines, name)
+    _check_frame(header_rec, footer, text, lines, name)
     assert isinstance(header_rec, dict)
-    body = _Body([], [], [], None)
+    body = _Body([], [], [], [], None)
     for n, rec in enumerate(records[1:-1], start=2):
-        if isinstance(rec, dict):
-            body = _read_line(rec, body, f"{name}:{n}")
-        elif rec is not None:  # a write line, read by the fast path (None: a site line)
+        if type(rec) is WordWrite:  # a write line, read by the fast path
             body.edits.append(rec)
+        elif rec is not None:  # (None: site information, read below)
+            body = _read_line(cast(dict[str, Any], rec), body, f"{name}:{n}")
     try:
         header = Header.from_json(header_rec)
     except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise LogError(f"{name}:1: malformed header ({e})") from None
-    try:
-        site_lines = (*_site_lines(lines, name), *body.sites) if sites else ()
-    except (KeyError, TypeError, ValueError, OverflowError) as e:
-        raise LogError(f"{name}: malformed site line ({e})") from None
-    return Log(header, tuple(body.edits), tuple(body.barriers), body.original, site_lines)
+    edits = tuple(body.edits)
+    site_lines: tuple[SiteLine, ...] = ()
+    if sites:
+        try:
+            site_lines = _read_sites(lines, aside, body, edits, version, name)
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise LogError(f"{name}: malformed site line ({e})") from None
+    return Log(header, edits, tuple(body.barriers), body.original, site_lines)
+
+
+def _read_sites(
+    lines: list[str], aside: list[int], body: _Body, edits: tuple[Edit, ...], version: object, name: str
+) -> tuple[SiteLine, ...]:
+    """The sites the log describes: version 2's site lines (``aside``: those as mcountrw wrote
+    them; ``body.sites`` any other), or version 3's sites lines, resolved against ``edits``."""
+    if version == 2:
+        return (*_site_lines(lines, aside, name), *body.sites)
+    groups = [*_json_lines([lines[n] for n in aside], name, aside), *body.groups]
+    return tuple(read_groups(groups, edits)) if groups else ()
 
 
 class _Body(NamedTuple):
@@ -507,7 +531,8 @@ class _Body(NamedTuple):
 
     edits: list[Edit]
     barriers: list[tuple[int, str]]
-    sites: list[SiteLine]  # site lines not as mcountrw writes them (keys in another order)
+    sites: list[SiteLine]  # version-2 site lines not as mcountrw wrote them (keys in another order)
+    groups: list[dict[str, Any]]  # version-3 sites lines not as mcountrw writes them
     original: bytes | None
 
 
@@ -520,6 +545,8 @@ def _read_line(rec: dict[str, Any], body: _Body, where: str) -> _Body:
             return body._replace(original=bytes.fromhex(rec["data"]))
         elif kind == LINE_TYPE:
             body.sites.append(SiteLine.from_json(rec))
+        elif kind == GROUP_TYPE:
+            body.groups.append(rec)
         elif kind in KINDS:
             body.edits.append(KINDS[kind](rec))
         else:
@@ -530,7 +557,11 @@ def _read_line(rec: dict[str, Any], body: _Body, where: str) -> _Body:
 
 
 def _check_frame(
-    header: dict[str, Any] | WordWrite | None, footer: dict[str, Any] | WordWrite | None, lines: list[str], name: str
+    header: dict[str, Any] | WordWrite | None,
+    footer: dict[str, Any] | WordWrite | None,
+    text: str,
+    lines: list[str],
+    name: str,
 ) -> None:
     """The first line is an mcountrw header of a version this code reads; the last a footer whose
     checksum covers every line before it."""
@@ -539,34 +570,48 @@ def _check_frame(
     if header.get("type") != "header" or header.get("format") != FORMAT:
         raise LogError(f"{name}: not an mcountrw patch log (no header)")
     if header.get("version") not in READS:
-        versions = " and ".join(str(v) for v in READS)
+        versions = ", ".join(str(v) for v in READS[:-1]) + f" and {READS[-1]}"
         raise LogError(f"{name}: patch log version {header.get('version')!r}, this mcountrw reads {versions}")
     if footer.get("type") != "footer":
         raise LogError(f"{name}: truncated patch log (no footer)")
-    body = "".join(lines[:-1])
-    if footer.get("lines") != len(lines) - 1 or footer.get("sha256") != hashlib.sha256(body.encode()).hexdigest():
+    body = text[: len(text) - len(lines[-1])].encode()
+    if footer.get("lines") != len(lines) - 1 or footer.get("sha256") != hashlib.sha256(body).hexdigest():
         raise LogError(f"{name}: patch log was edited or truncated (footer checksum does not match)")
 
 
 def _records(
-    lines: list[str], text: str, name: str, skip_sites: bool = False
-) -> list[dict[str, Any] | WordWrite | None]:
-    """Each line as a WordWrite (a well-formed write line), a parsed JSON object, or (a site line,
-    with ``skip_sites``) None.
+    lines: list[str], text: str, name: str, aside: str | None
+) -> tuple[list[dict[str, Any] | WordWrite | None], list[int]]:
+    """Each line as a WordWrite (a well-formed write line) or a parsed JSON object, but the lines
+    between header and footer that start with ``aside`` (site information: None here), whose
+    numbers come second.
 
-    All write lines are matched in one pass over the text; they line up with the body lines that
-    start like one, or, if any such line is malformed, nothing is taken from the pattern and json
-    reads every line (and says where the log is broken). The footer checksum, checked next, vouches
-    that the text is what mcountrw wrote."""
-    starts = [n for n in range(1, len(lines) - 1) if lines[n].startswith(WRITE_LINE_START)]
-    writes = write_lines_in(text)
-    fast: dict[int, WordWrite] = dict(zip(starts, writes, strict=True)) if len(writes) == len(starts) else {}
-    skipped = set()
-    if skip_sites:
-        skipped = {n for n in range(1, len(lines) - 1) if lines[n].startswith(SITE_LINE_START)}
-    others = [n for n in range(len(lines)) if n not in fast and n not in skipped]
-    decoded = iter(_json_lines([lines[n] for n in others], name, others))
-    return [fast[n] if n in fast else None if n in skipped else next(decoded) for n in range(len(lines))]
+    All write lines are matched in one pass over the part of the text that holds them; they line
+    up with the body lines that start like one, or, if any such line is malformed, nothing is
+    taken from the pattern and json reads every line (and says where the log is broken). The
+    footer checksum, checked next, vouches that the text is what mcountrw wrote."""
+    starts: list[int] = []
+    put_aside: list[int] = []
+    others = [0]
+    for n in range(1, len(lines) - 1):
+        line = lines[n]
+        if line.startswith(WRITE_LINE_START):
+            starts.append(n)
+        elif aside is not None and line.startswith(aside):
+            put_aside.append(n)
+        else:
+            others.append(n)
+    others.append(len(lines) - 1)
+    records: list[dict[str, Any] | WordWrite | None] = [None] * len(lines)
+    writes = write_lines_in(text) if starts else []
+    if len(writes) == len(starts):
+        for n, w in zip(starts, writes, strict=True):
+            records[n] = w
+    else:
+        others = sorted(others + starts)
+    for n, rec in zip(others, _json_lines([lines[n] for n in others], name, others), strict=True):
+        records[n] = rec
+    return records, put_aside
 
 
 def _json_lines(lines: list[str], name: str, numbers: list[int]) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import typer
 from click.testing import Result
@@ -218,18 +220,22 @@ def test_fast_scan_json_equals_the_plain_json_dump() -> None:
 
 
 def test_write_lines_read_by_pattern_equal_the_json_reading(tmp_path: Path) -> None:
-    """The log reader's fast path for write lines gives exactly what json gives."""
+    """The log reader's fast path for write lines gives exactly what json gives, and the writer's
+    fast path writes exactly what json writes (sorted keys)."""
     import json as _json
 
     from rewriter.edits import KINDS
     from rewriter.log import load
 
     out = tmp_path / "out"
-    assert mcountrw("nop", str(FIXTURES / "bin" / "prof-le.o"), "-o", str(out)).returncode == 0
+    assert mcountrw("nop", str(FIXTURES / "bin" / "prof-le.o"), "-o", str(out), "--drop-records").returncode == 0
     log = tmp_path / "out.mcountrw.jsonl"
-    records = [_json.loads(line) for line in log.read_text().splitlines()[1:-1]]
-    slow = [KINDS[r["type"]](r) for r in records if r["type"] not in ("barrier", "site")]  # site lines: not edits
-    assert list(load(log).edits) == slow
+    lines = log.read_text().splitlines()[1:-1]
+    records = [_json.loads(line) for line in lines]
+    slow = [KINDS[r["type"]](r) for r in records if r["type"] not in ("barrier", "sites")]  # sites lines: not edits
+    assert list(load(log).edits) == slow and len(slow) > 12
+    writes = [line for line, r in zip(lines, records, strict=True) if r["type"] == "write"]
+    assert len(writes) == 12 and all(_json.dumps(_json.loads(w), sort_keys=True) == w for w in writes)
 
 
 def test_log_round_trips_names_that_need_escapes() -> None:
@@ -576,3 +582,52 @@ def test_help_and_version_and_completion() -> None:
                                 env={**os.environ, "_MCOUNTRW_COMPLETE": "complete_bash",
                                      "COMP_WORDS": "mcountrw apply x --to ", "COMP_CWORD": "4"})  # fmt: skip
     assert completion.stdout.split() == ["enabled", "disabled", "nopped"]
+
+
+# -- start-up: a command imports only what it needs ------------------------------------------
+
+
+def test_the_entry_point_lists_the_commands_as_the_full_app_does() -> None:
+    """`mcountrw --help` lists each command from the table in rewriter.cli.main, without importing
+    it: the table's summaries are the commands' own, and the listing is the full app's."""
+    from rewriter.cli.main import COMMANDS, GROUPS, entry_app
+
+    group = typer.main.get_group(app)
+    assert list(group.commands) == [*COMMANDS, *GROUPS]
+    for name, entry in COMMANDS.items():
+        assert entry.summary == inspect.cleandoc(group.commands[name].help or "").split("\n\n")[0], name
+    for name, sub in GROUPS.items():
+        built = group.commands[name]
+        assert isinstance(built, click.Group) and built.help == sub.summary
+        assert list(built.commands) == list(sub.commands)
+        for command, entry in sub.commands.items():
+            assert entry.summary == inspect.cleandoc(built.commands[command].help or "").split("\n\n")[0]
+    for args in (["--help"], [], ["policy", "--help"], ["nop", "--help"], ["scna"]):
+        lazy, full = CliRunner().invoke(entry_app(), args), CliRunner().invoke(app, args)
+        assert (lazy.exit_code, lazy.output) == (full.exit_code, full.output), args
+
+
+@pytest.mark.parametrize(
+    ("args", "loaded"),
+    [
+        (["--version"], set()),
+        (["--help"], set()),
+        (["undo", "--help"], {"rewriter.cli.rewrite"}),
+        (["policy", "check", "--help"], {"rewriter.cli.prenop", "rewriter.cli.rewrite"}),
+    ],
+)
+def test_start_up_imports_only_what_the_command_needs(args: list[str], loaded: set[str]) -> None:
+    """`mcountrw --version` and `--help` import no command module, no numpy and no audit (a
+    third of a second of start-up); a command imports its own module."""
+    probe = (
+        "import sys\nfrom rewriter.cli import run\nsys.argv = ['mcountrw', *sys.argv[1:]]\ntry:\n    run()\n"
+        "except SystemExit:\n    pass\nprint(' '.join(m for m in sys.modules if m.startswith(('rewriter', 'numpy'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True)
+    from rewriter.cli.main import COMMANDS
+
+    modules = set(done.stdout.splitlines()[-1].split())
+    commands = modules & {entry.module for entry in COMMANDS.values()}
+    assert commands == loaded
+    if not loaded:
+        assert "numpy" not in modules and "rewriter.audit" not in modules

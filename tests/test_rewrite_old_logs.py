@@ -3,12 +3,15 @@
 The logs there were written by the code at commit 78bbe7c (how: tests/data/README.md). They hold
 every kind of line: word writes with and without addresses, raw bytes, relocation tables, a cut
 signature, a compressed input rebuilt by a recipe (`recompress`) and one kept whole (`original`).
-A newer mcountrw may write more fields, but must read these and give back the original bytes."""
+A newer mcountrw may write more fields, but must read these and give back the original bytes.
+Those in tests/data/v2-logs were written by 1d28d7f (format version 2: one JSON `site` line per
+site, a chain of two): they must also still serve as a source of sites."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES
 
+from rewriter.known import SiteLine, site_lines_in
 from rewriter.log import load
 
 OLD = Path(__file__).resolve().parent / "data" / "old-logs"
@@ -89,14 +93,83 @@ def test_the_same_rewrite_today_writes_the_same_lines(case: str, tmp_path: Path)
     assert done.returncode == 0, done.stderr
     assert out.read_bytes() == patched.read_bytes()
     old, new = _lines(_log(patched)), _lines(_log(out))
-    # New since these logs: version 2, the header's `base` (null: the input had no log) and one
-    # `site` line per site touched (rewriter.known), after the edits.
-    sites = [rec for rec in new if rec["type"] == "site"]
-    assert (new[0].pop("version"), new[0].pop("base"), old[0].pop("version")) == (2, None, 1)
-    assert [rec for rec in new if rec["type"] != "site"] == old
+    # New since these logs: version 3, the header's `base` (null: the input had no log) and a few
+    # `sites` lines describing the sites touched (rewriter.known), after the edits.
+    sites = [rec for rec in new if rec["type"] == "sites"]
+    assert (new[0].pop("version"), new[0].pop("base"), old[0].pop("version")) == (3, None, 1)
+    assert [rec for rec in new if rec["type"] != "sites"] == old
     types = [rec["type"] for rec in new]
-    first = types.index("site")
-    assert len(sites) == old[0]["summary"]["sites_changed"] and types[first : first + len(sites)] == ["site"] * len(
-        sites
-    )
+    first = types.index("sites")
+    assert sum(rec["sites"] for rec in sites) == old[0]["summary"]["sites_changed"]
+    assert types[first : first + len(sites)] == ["sites"] * len(sites)
     assert set(types[first + len(sites) :]) <= {"original"}  # after the edits, before the original bytes
+
+
+# -- version 2 (tests/data/v2-logs): one JSON site line per site ------------------------------
+
+V2 = Path(__file__).resolve().parent / "data" / "v2-logs"
+V2_CASES = {  # patched file: its original (the fixture, or the first step of a chain)
+    "prof-be.o.nop": FIXTURES / "bin" / "prof-be.o",
+    "prof-be.o.back": V2 / "prof-be.o.nop",
+    "patchable-le.o.nop": FIXTURES / "bin" / "patchable-le.o",
+    "ool-be.o.nop": FIXTURES / "bin" / "ool-be.o",
+}
+
+
+@pytest.mark.parametrize("patched", sorted(V2_CASES))
+def test_a_version_2_log_undoes_and_verifies(patched: str, tmp_path: Path) -> None:
+    original, patched_path = V2_CASES[patched], V2 / patched
+    back = tmp_path / "back"
+    undo = mcountrw("undo", patched_path, "--log", _log(patched_path), "-o", back)
+    assert undo.returncode == 0, undo.stderr
+    assert back.read_bytes() == original.read_bytes()
+    verify = mcountrw("verify", original, patched_path, "--log", _log(patched_path))
+    assert verify.returncode == 0 and verify.stdout.startswith("ok: "), verify.stdout + verify.stderr
+
+
+def _v2_linked(tmp_path: Path) -> tuple[Path, Path]:
+    """prof-le nopped, then leaf_add back, as the version-2 logs say (replayed on the fixture)."""
+    nop, back = tmp_path / "prof-le.nop", tmp_path / "prof-le.back"
+    for src, dst in ((FIXTURES / "bin" / "prof-le", nop), (nop, back)):
+        log = load(V2 / f"{dst.name}.mcountrw.jsonl")
+        dst.write_bytes(bytes(log.replay(src.read_bytes())))
+        assert _sha(dst.read_bytes()) == log.header.output.sha256
+        shutil.copy(V2 / f"{dst.name}.mcountrw.jsonl", _log(dst))
+    return nop, back
+
+
+def test_version_2_site_lines_read_as_json_reads_them(tmp_path: Path) -> None:
+    """The pattern that reads version-2 site lines in one pass agrees with json, line by line."""
+    for path in sorted(V2.glob("*.jsonl")):
+        text = path.read_text()
+        written = [line for line in text.splitlines() if line.startswith('{"at": ')]
+        assert written, path
+        assert site_lines_in(text) == [SiteLine.from_json(json.loads(w)) for w in written] == list(load(path).sites)
+
+
+@pytest.mark.parametrize("linked", [False, True])
+def test_a_version_2_log_is_a_source_of_sites_and_brings_them_back(linked: bool, tmp_path: Path) -> None:
+    """A scan with a version-2 log sees the sites only it knows; restoring from it gives the very
+    bytes the version-2 mcountrw wrote, and so does the same chain run today (version 3)."""
+    if linked:
+        nop, expected = _v2_linked(tmp_path)
+        original, name = FIXTURES / "bin" / "prof-le", "prof-le"
+    else:
+        nop, expected = tmp_path / "prof-be.o.nop", V2 / "prof-be.o.back"
+        shutil.copy(V2 / nop.name, nop)
+        shutil.copy(_log(V2 / nop.name), _log(nop))
+        original, name = FIXTURES / "bin" / "prof-be.o", "prof-be.o"
+    seen = json.loads(mcountrw("scan", nop, "--format", "json").stdout)["images"][0]
+    assert seen["summary"]["by_source"]["log"] == (5 if linked else 6)
+    again = tmp_path / "again"
+    done = mcountrw("apply", "--to", "enabled", "--only", "leaf_add", nop, "-o", again)
+    assert done.returncode == 0, done.stderr
+    assert again.read_bytes() == expected.read_bytes()
+    today = tmp_path / "today"
+    today.mkdir()
+    args = ["--exclude", "sum8"] if linked else []
+    assert mcountrw("nop", original, "-o", today / f"{name}.nop", "--drop-records", *args).returncode == 0
+    restored = mcountrw("apply", "--to", "enabled", "--only", "leaf_add", today / f"{name}.nop", "-o", today / "back")
+    assert restored.returncode == 0, restored.stderr
+    assert (today / "back").read_bytes() == expected.read_bytes()
+    assert load(_log(today / "back")).header.to_json()["version"] == 3

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES
 
-from rewriter.edits import RelaEdit, RelaPut, apply_edits, invert_edits
+from rewriter.edits import BytesEdit, RelaEdit, RelaPut, WordWrite, apply_edits, invert_edits
 from rewriter.errors import LogError, WordMismatch
 from rewriter.files import apply_file
-from rewriter.known import SiteLine, site_lines_in
+from rewriter.known import GROUP_LINE_START
 from rewriter.log import default_log_path, dumps, load, load_known, loads
 from rewriter.rewrite import Options, Selection
 from rewriter.states import SiteState
@@ -51,24 +51,85 @@ def nopped(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", ["prof-le", "prof-be.o", "std-le.o", "patchable-le.o", "ool-be.o"])
-def test_site_lines_are_written_and_read_exactly_as_json_would(name: str, tmp_path: Path) -> None:
-    """The formatter and the pattern reader are fast paths: they must agree with json."""
+def test_sites_lines_read_back_as_the_rewrite_made_them(name: str, tmp_path: Path) -> None:
+    """A few `sites` lines (version 3), column by column, read back as the rewrite's site lines by
+    load and load_known alike; each is exactly what json writes with sorted keys."""
     out = tmp_path / name
     lines = apply_file(FIXTURES / "bin" / name, out, Selection(), NOP_DROP).rewrite.site_lines
     assert lines
     text = default_log_path(out).read_text()
-    written = [line for line in text.splitlines() if line.startswith('{"at": ')]
-    assert written == [json.dumps(line.to_json(), sort_keys=True) for line in lines]
-    assert [SiteLine.from_json(json.loads(w)) for w in written] == list(lines) == site_lines_in(text)
+    groups = [line for line in text.splitlines() if line.startswith(GROUP_LINE_START)]
+    assert groups and all(json.dumps(json.loads(g), sort_keys=True) == g for g in groups)
+    assert sum(json.loads(g)["sites"] for g in groups) == len(lines)
     assert list(load(default_log_path(out)).sites) == list(lines) == list(load_known(default_log_path(out)).sites)
 
 
-def test_a_site_line_with_escapes_round_trips(nopped: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "columns"),
+    [("prof-le", {"call_target": WordWrite, "record_slot": BytesEdit}),
+     ("prof-be.o", {"call_relocation": RelaEdit, "record_relocation": RelaEdit}),
+     ("patchable-le.o", {"record_relocation": RelaEdit})],
+)  # fmt: skip
+def test_sites_lines_refer_to_the_edits_instead_of_repeating_them(
+    name: str, columns: dict[str, type], tmp_path: Path
+) -> None:
+    """The original bl (the write that replaced it), the relocation entries taken out and the record
+    slots' old values are the edits' own: a sites line names the edit, it does not copy it."""
+    out = tmp_path / name
+    apply_file(FIXTURES / "bin" / name, out, Selection(), NOP_DROP)
+    log = load(default_log_path(out))
+    text = default_log_path(out).read_text()
+    sites = [line for line in text.splitlines() if line.startswith(GROUP_LINE_START)]
+    (group,) = [json.loads(line) for line in sites]
+    assert set(group["columns"]) == {"section_offset", "function", *columns}
+    for column, kind in columns.items():
+        for ref in group["columns"][column]:
+            edit = log.edits[ref if isinstance(ref, int) else ref[0]]
+            assert type(edit) is kind, (column, ref)
+    for e in log.edits:
+        held = [e.old] if isinstance(e, BytesEdit) else list(e.entries) if isinstance(e, RelaEdit) else []
+        assert not any(h.hex() in sites[0] for h in held if len(h) >= 8)
+
+
+def test_a_sites_line_with_escapes_round_trips(nopped: Path) -> None:
     log = load(default_log_path(nopped))
     odd = log.sites[0]._replace(function='we"ird\\name\u00e9', section=".text\ttab")
     text = dumps(log.__class__(log.header, log.edits, log.barriers, log.original, (odd,))).decode()
     assert loads(text, "x").sites == (odd,)
-    assert odd.to_line() == json.dumps(odd.to_json(), sort_keys=True)
+
+
+def test_a_chain_writes_out_what_its_edits_do_not_hold(tmp_path: Path) -> None:
+    """A log built on another carries forward the sites still nopped: their facts are in the base
+    log's edits, not in this log's, so they are written out; the newest log alone describes them."""
+    nop = tmp_path / "prof-le.nop"
+    first = apply_file(FIXTURES / "bin" / "prof-le", nop, Selection(), NOP_DROP).rewrite.site_lines
+    back = tmp_path / "prof-le.back"
+    second = apply_file(nop, back, Selection(only=("sum8",)), Options(SiteState.ENABLED)).rewrite.site_lines
+    carried = [line for line in first if line.function != "sum8"]
+    assert [line for line in second if line.function != "sum8"] == carried
+    assert list(load_known(default_log_path(back)).sites) == list(second)
+    groups = [json.loads(line) for line in default_log_path(back).read_text().splitlines()
+              if line.startswith(GROUP_LINE_START)]  # fmt: skip
+    inline = [g for g in groups if g["sites"] == len(carried)]
+    assert len(inline) == 1 and all(isinstance(t, str) for t in inline[0]["columns"]["call_target"])
+
+
+def test_a_sites_line_naming_the_wrong_edit_is_refused(nopped: Path) -> None:
+    """A reference must name an edit of the right kind at the right place (a log edited on purpose,
+    its footer recomputed, is still refused in one line; undo, which reads no site, still reads it)."""
+    import hashlib
+
+    lines = default_log_path(nopped).read_text().splitlines()[:-1]
+    n = next(i for i, line in enumerate(lines) if line.startswith(GROUP_LINE_START))
+    group = json.loads(lines[n])
+    group["columns"]["call_target"][0] = group["columns"]["record_slot"][0]  # a bytes edit, not a write
+    lines[n] = json.dumps(group, sort_keys=True)
+    body = "\n".join(lines) + "\n"
+    footer = {"type": "footer", "lines": len(lines), "sha256": hashlib.sha256(body.encode()).hexdigest()}
+    text = body + json.dumps(footer, sort_keys=True) + "\n"
+    with pytest.raises(LogError, match=r"malformed site line .*names no WordWrite"):
+        loads(text, "edited")
+    assert len(loads(text, "edited", sites=False).edits) == len(load(default_log_path(nopped)).edits)
 
 
 def test_undo_and_verify_ignore_the_site_lines(nopped: Path) -> None:
@@ -78,8 +139,8 @@ def test_undo_and_verify_ignore_the_site_lines(nopped: Path) -> None:
 
 
 def test_a_log_of_a_newer_format_is_refused_in_one_line(nopped: Path, tmp_path: Path) -> None:
-    text = default_log_path(nopped).read_text().replace('"version": 2', '"version": 3', 1)
-    with pytest.raises(LogError, match="version 3, this mcountrw reads 1 and 2"):
+    text = default_log_path(nopped).read_text().replace('"version": 3', '"version": 4', 1)
+    with pytest.raises(LogError, match="version 4, this mcountrw reads 1, 2 and 3"):
         loads(text, "newer")
 
 

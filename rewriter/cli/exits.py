@@ -23,6 +23,7 @@ code  meaning
 from __future__ import annotations
 
 import contextlib
+import difflib
 import enum
 import os
 import signal
@@ -139,6 +140,19 @@ class Commands(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         with exit_codes():
             return super().invoke(ctx)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """As click's, which suggests the closest names for a mistyped command: typer adds the
+        same suggestion again, and the entry point's group (commands built only as they are used)
+        must suggest from :meth:`list_commands`, not from the commands built so far."""
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as e:
+            e.message = e.message.split(" Did you mean ", 1)[0]  # typer's copy of click's suggestion
+            e.possibilities = difflib.get_close_matches(e.command_name, self.list_commands(ctx)) or None
+            raise
 
 
 def findings_if(found: bool) -> None:

@@ -1,27 +1,121 @@
 """The `mcountrw` app, assembled in one place from the command modules, and its entry point.
 
-The command modules define plain functions and know nothing of the app; this module imports them
-and registers each under its name, so no module imports the one that imports it."""
+The command modules define plain functions and know nothing of the app; this module registers
+each under its name, so no module imports the one that imports it. The table :data:`COMMANDS` says
+where each command lives, and the entry point imports a command's module only when that command
+runs or its own ``--help`` is asked for: ``mcountrw --version`` and ``mcountrw --help`` import
+neither the command modules nor numpy (a third of a second of start-up on the build machines),
+and ``mcountrw undo`` imports only what undo needs. :func:`full_app` registers every command at
+once: the same app, for typer's test runner and for what inspects the app (the docs' command
+lines are parsed against it)."""
 
 from __future__ import annotations
 
+import functools
+import importlib
 import signal
-from typing import Annotated
+from collections.abc import Iterable
+from typing import Annotated, Any, Final, NamedTuple
 
+import click
 import typer
 
 from rewriter import __version__
-from rewriter.cli import audit, plans, prenop, rewrite, scan
 from rewriter.cli.exits import Commands, Interrupted, interrupt, report
 
-app = typer.Typer(
-    name="mcountrw",  # CliRunner's program name too, so its messages read as the command's
-    cls=Commands,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="See, change and prove the ftrace call sites (mflr r0; bl _mcount) of PowerPC64 kernels.",
-)
-policy_app = typer.Typer(no_args_is_help=True, help="Pre-nop policy files: check what each rule matches.")
+
+class Entry(NamedTuple):
+    """Where a command's function lives, and what ``mcountrw --help`` lists for it: the first
+    paragraph of its docstring (tests hold the two equal), so that the list needs no import."""
+
+    module: str
+    function: str
+    summary: str
+
+
+COMMANDS: Final[dict[str, Entry]] = {
+    "scan": Entry(
+        "rewriter.cli.scan",
+        "scan",
+        "Find every ftrace call site: its function, state in the file and after boot, and its record.",
+    ),
+    "audit": Entry(
+        "rewriter.cli.audit",
+        "audit",
+        "Counts, anomalies and the mflr-nop safety of every site, per image and by subsystem (with\n"
+        "the sites only an image's patch log knows).",
+    ),
+    "diff": Entry(
+        "rewriter.cli.audit",
+        "diff",
+        "Functions added, removed, moved between sections or changed in generation, and sites added,\n"
+        "removed, moved, or changed in state, variant or record, matched by function name. Sites only\n"
+        "an image's patch log knows take part, so a site a rewrite nopped and unrecorded reads as\n"
+        "changed, not removed.",
+    ),
+    "plan": Entry(
+        "rewriter.cli.plans",
+        "plan",
+        "Plan the writes (stages and barriers) that move a site from one state to another.",
+    ),
+    "check-plan": Entry(
+        "rewriter.cli.plans",
+        "check_plan",
+        "Model-check a plan: every interleaving of tasks and writes. Exit 0 SAFE, 1 UNSAFE (trace printed).",
+    ),
+    "apply": Entry(
+        "rewriter.cli.rewrite",
+        "apply",
+        "Move the selected sites to a state with a safe plan; compare-and-swap on every word.",
+    ),
+    "nop": Entry(
+        "rewriter.cli.rewrite",
+        "nop",
+        "Offline pre-nopping: `apply --to nopped`. 6.1 (mprofile): mflr and bl both become nop;\n"
+        "6.12 (patchable) and 7.2 (ool): the sites already are nop as built, so --drop-records drops\n"
+        "their records and writes no word.",
+    ),
+    "undo": Entry(
+        "rewriter.cli.rewrite",
+        "undo",
+        "Restore the exact original bytes (relocations, records and signature included).",
+    ),
+    "verify": Entry(
+        "rewriter.cli.rewrite",
+        "verify",
+        "Exit 0 iff the byte difference is exactly what the log says; 1 otherwise.",
+    ),
+    "prenop": Entry(
+        "rewriter.cli.prenop",
+        "prenop",
+        "Apply a keep/nop policy to vmlinux and whole module trees, with one patch log per file.",
+    ),
+}
+"""Every command, in the order ``--help`` lists them."""
+
+
+class Group(NamedTuple):
+    """A group of commands (``mcountrw policy check``)."""
+
+    summary: str  # its help, all of it
+    commands: dict[str, Entry]
+
+
+GROUPS: Final[dict[str, Group]] = {
+    "policy": Group(
+        "Pre-nop policy files: check what each rule matches.",
+        {
+            "check": Entry(
+                "rewriter.cli.prenop",
+                "policy_check",
+                "Show what each rule matches (sites, the sites it decides, a few names), and what keeping and\n"
+                "nopping mean for the kernel's generation; warn about rules that match nothing or are always\n"
+                "overridden (exit 1 if there are any). Sites only an image's patch log knows count too.",
+            )
+        },
+    ),
+}
+"""Every group, listed after the commands."""
 
 
 def _version(value: bool) -> None:
@@ -30,7 +124,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
@@ -39,18 +132,84 @@ def main(
     """mcountrw: scan, plan, check, rewrite and audit ftrace call sites."""
 
 
-app.command("scan")(scan.scan)
-app.command("audit")(audit.audit)
-app.command("diff")(audit.diff)
-app.command("plan")(plans.plan)
-app.command("check-plan")(plans.check_plan)
-app.command("apply")(rewrite.apply)
-app.command("nop")(rewrite.nop)
-app.command("undo")(rewrite.undo)
-app.command("verify")(rewrite.verify)
-app.command("prenop")(prenop.prenop)
-policy_app.command("check")(prenop.policy_check)
-app.add_typer(policy_app, name="policy")
+def _app(cls: type[Commands]) -> typer.Typer:
+    """The app with no command yet: its options (``--version``), help and click group class."""
+    app = typer.Typer(
+        name="mcountrw",  # CliRunner's program name too, so its messages read as the command's
+        cls=cls,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        help="See, change and prove the ftrace call sites (mflr r0; bl _mcount) of PowerPC64 kernels.",
+    )
+    app.callback()(main)
+    return app
+
+
+def _function(entry: Entry) -> Any:
+    return getattr(importlib.import_module(entry.module), entry.function)
+
+
+def _register(app: typer.Typer, names: Iterable[str]) -> typer.Typer:
+    """``app`` with the commands and groups ``names`` registered (their modules imported)."""
+    for name in names:
+        if name in COMMANDS:
+            app.command(name)(_function(COMMANDS[name]))
+            continue
+        group = GROUPS[name]
+        sub = typer.Typer(no_args_is_help=True, help=group.summary)
+        for command, entry in group.commands.items():
+            sub.command(command)(_function(entry))
+        app.add_typer(sub, name=name)
+    return app
+
+
+@functools.cache  # one app per process, as a module-level app would be; built on first use
+def full_app() -> typer.Typer:
+    """Every command registered: what typer's ``CliRunner`` runs and what tests inspect."""
+    return _register(_app(Commands), [*COMMANDS, *GROUPS])
+
+
+class LazyCommands(Commands):
+    """The entry point's click group: a command is built (its module imported) when it is looked
+    up to be run; listed (``--help``, shell completion), it is a stand-in carrying the summary
+    from :data:`COMMANDS`, so that the list imports nothing."""
+
+    listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*COMMANDS, *GROUPS]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        if cmd_name not in COMMANDS and cmd_name not in GROUPS:
+            return None
+        if self.listing:
+            entry = COMMANDS.get(cmd_name)
+            return click.Command(cmd_name, help=entry.summary if entry else GROUPS[cmd_name].summary)
+        # Built exactly as the full app builds it: a group of its own, with the one command in it.
+        command = typer.main.get_group(_register(typer.Typer(), [cmd_name])).commands[cmd_name]
+        self.commands[cmd_name] = command
+        return command
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.listing = False
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
+        self.listing = True
+        try:
+            return super().shell_complete(ctx, incomplete)
+        finally:
+            self.listing = False
+
+
+def entry_app() -> typer.Typer:
+    """The app the entry point runs: commands built as they are looked up (:class:`LazyCommands`)."""
+    return _app(LazyCommands)
 
 
 def run() -> None:
@@ -62,7 +221,7 @@ def run() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, interrupt)
     try:
-        app(prog_name="mcountrw")
+        entry_app()(prog_name="mcountrw")
     except SystemExit:
         # The command is over (click ends every run with SystemExit). From here a late signal
         # finds nothing to protect; left to Python's shutdown, which puts back the default

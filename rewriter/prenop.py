@@ -52,7 +52,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from rewriter.edits import Append, byteorder
+from rewriter.edits import Append
 from rewriter.elf.compress import Compression, Restore
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.writer import NewFile, publish
@@ -345,7 +345,7 @@ def _log_and_file(
         FileFacts.of(rel, original_raw, orig.content, compression),
         FileFacts.of(rel, new_raw, result.content, compression),
     )
-    text = render(image.kind, byteorder(image.byteorder), result, options, lambda: facts, restore)
+    text = render(image.kind, image.byteorder, result, options, lambda: facts, restore)
     return NewFile(t.log, text, 0o644), NewFile(t.dest, new_raw, mode)
 
 

@@ -43,7 +43,7 @@ from typing import Final, NamedTuple, cast
 import numpy as np
 
 from rewriter import ppc
-from rewriter.edits import BytesEdit, Edit, RelaEdit, RelaPut, Truncate, WordWrite, apply_edits, byteorder
+from rewriter.edits import BytesEdit, Edit, RelaEdit, RelaPut, Truncate, WordWrite, apply_edits
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind, Section
 from rewriter.elf.symbols import rel_place
@@ -204,7 +204,7 @@ def rewrite(
     c = _choose(image, scan, selection, options, history)
     groups = _groups(c.todo)
     the_plan = _make_plan(image, groups, c.goals, options) if c.todo else None
-    order = byteorder(image.byteorder)
+    order = image.byteorder
     buf = bytearray(image.data)
     edits: list[Edit] = []
     stages: list[bytes] = []
@@ -594,7 +594,7 @@ class _RelaTables:
         dt = S.shdr_dtype(self.image.endian)
         assert dt.fields is not None
         field = int(self.image.ehdr["e_shoff"]) + sec.index * dt.itemsize + dt.fields["sh_size"][1]
-        order = byteorder(self.image.byteorder)
+        order = self.image.byteorder
         return BytesEdit(field, old.to_bytes(8, order), new.to_bytes(8, order), f"{sec.name} sh_size")
 
     def drop_call_relocations(self, image: Image, sites: Sequence[Site], writes: Sequence[WordWrite]) -> list[Edit]:
@@ -905,7 +905,7 @@ def _dynamic_edits(image: Image, entries: int, counted: int) -> list[Edit]:
         raise ImageError(f"{image.path}: records: .rela.dyn without .dynamic")
     table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
     entsize = dynamic_value(image, S.DT_RELAENT) or 24
-    order = byteorder(image.byteorder)
+    order = image.byteorder
     edits: list[Edit] = []
     for tag, name, change in (
         (S.DT_RELASZ, "DT_RELASZ", entries * entsize),
@@ -965,7 +965,7 @@ def _read_back(
     does not read back is mcountrw's own mistake: :class:`InternalError`."""
     if not sites:
         return
-    order = byteorder(image.byteorder)
+    order = image.byteorder
     dt = np.dtype("<u4" if order == "little" else ">u4")
     raw = np.frombuffer(content, np.uint8)
     b_off = np.array([s.file_offset for s in sites], dtype=np.int64)

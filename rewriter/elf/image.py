@@ -371,7 +371,7 @@ class Image:
         return self.endian == ">"
 
     @property
-    def byteorder(self) -> str:
+    def byteorder(self) -> S.ByteOrder:
         return "big" if self.big_endian else "little"
 
     @cached_property

@@ -307,7 +307,8 @@ def _nonzero(tables: Sequence[RecordTable]) -> np.ndarray:
     if not tables:
         return np.zeros(0, np.uint64)
     values = np.concatenate([t.values for t in tables])
-    return values[values != 0]
+    nonzero: np.ndarray = values[values != 0]
+    return nonzero
 
 
 # -- the generation -------------------------------------------------------------------------
@@ -434,7 +435,8 @@ def _branch_stubs(text: CodeView, entries: np.ndarray) -> np.ndarray:
     words = text.words_at(k, i)
     is_b = (k >= 0) & ppc.b_mask(words)
     hop = ppc.branch_targets(targets[is_b], words[is_b])
-    return targets[is_b][np.isin(hop, entries)]
+    stubs: np.ndarray = targets[is_b][np.isin(hop, entries)]
+    return stubs
 
 
 def _rel_call_places(image: Image) -> np.ndarray:
@@ -563,7 +565,8 @@ def processed_relative(image: Image) -> np.ndarray | None:
     relasz = dynamic_value(image, S.DT_RELASZ)
     if relasz is not None:
         rela = rela[: relasz // rela.dtype.itemsize]
-    return rela[S.r_type(rela["r_info"]) == S.R_PPC64_RELATIVE]
+    relative: np.ndarray = rela[S.r_type(rela["r_info"]) == S.R_PPC64_RELATIVE]
+    return relative
 
 
 def dynamic_value(image: Image, tag: int) -> int | None:

@@ -228,7 +228,7 @@ def stub_json(area: StubArea) -> dict[str, Any]:
     return {
         "name": area.name,
         "address": area.addr,
-        "count": area.count,
+        "count": area.stub_count,
         "stub_size": area.stub_size,
         "used": area.used,
         "need": area.need,

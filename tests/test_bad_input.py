@@ -98,10 +98,10 @@ class Elf:
         return self.field(dtype, sec.offset + index * dtype.itemsize, name, f"{section}[{index}].{name}")
 
     def get(self, f: Field) -> int:
-        return int.from_bytes(self.data[f.offset : f.offset + f.size], self.order)  # type: ignore[arg-type]
+        return int.from_bytes(self.data[f.offset : f.offset + f.size], self.order)
 
     def set(self, f: Field, value: int) -> Elf:
-        self.data[f.offset : f.offset + f.size] = (value % (1 << (8 * f.size))).to_bytes(f.size, self.order)  # type: ignore[arg-type]
+        self.data[f.offset : f.offset + f.size] = (value % (1 << (8 * f.size))).to_bytes(f.size, self.order)
         return self
 
     def fields(self) -> list[Field]:

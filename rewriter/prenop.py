@@ -271,15 +271,7 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     original, was_output = orig.content, orig.was_output
     image = Image(t.source, original, compression)
     sc = scan(image, settings.hints.mcount_addr, settings.hints.generation)
-    module = module_name(t.rel) if image.kind is Kind.MODULE else None
-    decide = settings.policy.for_file(module).decide
-    chosen = []
-    rules = set()
-    for s in sc.sites:
-        verb, rule = decide(s.function, s.section)
-        rules.add(rule)
-        if verb is Verb.NOP:
-            chosen.append(s)
+    chosen, rules = _policy_choice(settings.policy, module_name(t.rel) if image.kind is Kind.MODULE else None, sc.sites)
     sign = signer is not None and image.kind is Kind.MODULE
     _check_signed(t, image, chosen, settings.strip_signature or sign)
     options = replace(NOP, strip_signature=settings.strip_signature or sign)
@@ -290,7 +282,7 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     left = sum(1 for s in chosen if s.recorded) - len(result.dropped)
     report = FileReport(
         t.rel, Status.NOPPED, image.kind.value, nopped, len(sc.sites) - len(chosen), left, len(sc.records.unmatched),
-        rules=frozenset(r for r in rules if r is not None),
+        rules=rules,
     )  # fmt: skip
     dest_content = current if t.dest == t.source else _read_optional(t.dest)
     mode = _mode(t.source)
@@ -312,16 +304,38 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
         result = _signed(result, signer)
         report = report._replace(signature="re-signed")
 
-    content = result.content
-    if facts is not None and dest_content is not None and _log_describes(facts, original, dest_content):
-        same = dest_content == content
-        if not same and sign and signer is not None and not signer.deterministic:
-            same = _unsigned(dest_content) == _unsigned(bytes(content))  # ECDSA: a new signature every time
-        if same:
-            return report._replace(status=Status.UNCHANGED), ()
+    if _already_there(facts, original, dest_content, result.content, signer if sign else None):
+        return report._replace(status=Status.UNCHANGED), ()
     if settings.dry_run:
         return report, ()
     return report, _log_and_file(t, orig, image, result, options, mode)
+
+
+def _policy_choice(policy: Policy, module: str | None, sites: Sequence[Site]) -> tuple[list[Site], frozenset[int]]:
+    """The sites ``policy`` nops in one file (``module``: its module name, None for a vmlinux), and
+    the rules that decided any of its sites."""
+    decide = policy.for_file(module).decide
+    chosen = []
+    rules = set()
+    for s in sites:
+        verb, rule = decide(s.function, s.section)
+        if rule is not None:
+            rules.add(rule)
+        if verb is Verb.NOP:
+            chosen.append(s)
+    return chosen, frozenset(rules)
+
+
+def _already_there(
+    facts: Header | None, original: bytes, dest_content: bytes | None, content: bytes | bytearray, signer: Signer | None
+) -> bool:
+    """Whether the destination already holds ``content``, as the log beside it says. A module
+    re-signed with ECDSA (``signer``) gets a new signature every time: it is compared without it."""
+    if facts is None or dest_content is None or not _log_describes(facts, original, dest_content):
+        return False
+    if dest_content == content:
+        return True
+    return signer is not None and not signer.deterministic and _unsigned(dest_content) == _unsigned(bytes(content))
 
 
 def _signed(result: Rewrite, signer: Signer) -> Rewrite:

@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
+from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.elf.image import Image
 from rewriter.elf.structs import ELF_MAGIC
 from rewriter.errors import RewriteError
@@ -23,8 +24,6 @@ from rewriter.sites import Scan, scan
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
 
 
 class Outcome(NamedTuple):

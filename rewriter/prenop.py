@@ -53,13 +53,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rewriter.edits import Append
-from rewriter.elf.compress import Compression, Restore
+from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.writer import NewFile, publish
 from rewriter.errors import LogError, RewriteError
 from rewriter.files import ScanHints, known_sites, no_site_cause, read_file
 from rewriter.log import LOG_SUFFIX, FileFacts, Header, Log, load, read_header, render
-from rewriter.policy import MODULE_SUFFIXES, Policy, Verb, module_name
+from rewriter.policy import Policy, Verb, module_name
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey, parse_trailer
 from rewriter.sites import Site, scan

@@ -47,11 +47,13 @@ import enum
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
+from rewriter.batch import map_batches
 from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
@@ -512,7 +514,7 @@ def _undo_batch(batch: Sequence[Target], dry_run: bool) -> list[FileReport]:
     return _compute_then_publish(batch, lambda t: undo_target(t, dry_run))
 
 
-def _verify_batch(batch: Sequence[Target], _: object) -> list[FileReport]:
+def _verify_batch(batch: Sequence[Target]) -> list[FileReport]:
     return [_guarded(t, verify_target) for t in batch]
 
 
@@ -520,17 +522,17 @@ def run(
     ts: Sequence[Target], settings: Settings, jobs: int, tick: Callable[[], None] | None = None
 ) -> list[FileReport]:
     """Pre-nop every target; reports in the order of ``ts``."""
-    return _map(_prenop_batch, ts, settings, jobs, tick)
+    return _map(partial(_prenop_batch, settings=settings), ts, jobs, tick)
 
 
 def undo(
     ts: Sequence[Target], jobs: int, tick: Callable[[], None] | None = None, dry_run: bool = False
 ) -> list[FileReport]:
-    return _map(_undo_batch, ts, dry_run, jobs, tick)
+    return _map(partial(_undo_batch, dry_run=dry_run), ts, jobs, tick)
 
 
 def verify(ts: Sequence[Target], jobs: int, tick: Callable[[], None] | None = None) -> list[FileReport]:
-    return _map(_verify_batch, ts, None, jobs, tick)
+    return _map(_verify_batch, ts, jobs, tick)
 
 
 BATCH_BYTES = 4 << 20  # a batch is about this much input: one vmlinux alone, or some dozens of modules
@@ -560,25 +562,19 @@ def _batches(ts: Sequence[Target]) -> list[list[int]]:
     return out
 
 
-Batch = Callable[[Sequence[Target], Any], list[FileReport]]
+Batch = Callable[[Sequence[Target]], list[FileReport]]
 
 
-def _map(fn: Batch, ts: Sequence[Target], arg: object, jobs: int, tick: Callable[[], None] | None) -> list[FileReport]:
+def _map(fn: Batch, ts: Sequence[Target], jobs: int, tick: Callable[[], None] | None) -> list[FileReport]:
+    """``fn`` over :func:`_batches` of ``ts`` in batch's worker pool (on this process with one job
+    or one batch); a tick per file as its batch ends, and the reports in the order of ``ts``.
+    Workers keep the parent's signal handlers: they publish files, and an interrupt must unwind
+    them so that no temporary file is left."""
     reports: list[FileReport | None] = [None] * len(ts)
     batches = _batches(ts)
-    if jobs <= 1 or len(batches) <= 1:
-        for idx in batches:
-            for i, r in zip(idx, fn([ts[i] for i in idx], arg), strict=True):
-                reports[i] = r
-                if tick:
-                    tick()
-        return [r for r in reports if r is not None]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(fn, [ts[i] for i in idx], arg): idx for idx in batches}
-        for fut in as_completed(futures):
-            idx = futures[fut]
-            for i, r in zip(idx, fut.result(), strict=True):
-                reports[i] = r
-                if tick:
-                    tick()
+    for b, results in map_batches(fn, [[ts[i] for i in idx] for idx in batches], jobs, quiet_workers=False):
+        for i, r in zip(batches[b], results, strict=True):
+            reports[i] = r
+            if tick:
+                tick()
     return [r for r in reports if r is not None]

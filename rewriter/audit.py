@@ -514,7 +514,7 @@ def _stub_anomalies(stubs: Sequence[StubArea]) -> list[Anomaly]:
         if area.covers:
             continue
         msg = (
-            f"{area.name}: {area.count} stubs, {area.used + area.need} records want one here and {area.need} get "
+            f"{area.name}: {area.stub_count} stubs, {area.used + area.need} records want one here and {area.need} get "
             "none (past ftrace_ool_stub_*_count or out of branch range): ftrace_init_ool_stub() returns -EINVAL "
             "and ftrace_bug() turns function tracing off"
         )

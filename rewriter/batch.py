@@ -11,20 +11,23 @@ import gc
 import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
+from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.elf.image import Image
 from rewriter.elf.structs import ELF_MAGIC
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
 from rewriter.sites import Scan, scan
 
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
 T = TypeVar("T")
 R = TypeVar("R")
-
-MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
 
 
 class Outcome(NamedTuple):
@@ -163,6 +166,34 @@ def map_chunks(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], jobs: i
     if jobs <= 1 or len(items) <= 1:
         yield from fn(items)
         return
+    with worker_pool(jobs) as pool:
+        for results in pool.map(fn, chunks_of(items, jobs)):
+            yield from results
+
+
+def map_batches(
+    fn: Callable[[Sequence[T]], list[R]], batches: Sequence[Sequence[T]], jobs: int, quiet_workers: bool = True
+) -> Iterator[tuple[int, list[R]]]:
+    """``fn`` over each of ``batches`` (the caller chose them); ``(index of the batch, its results)``
+    as each batch ends. With ``jobs`` <= 1 or one batch, on this process in the order given; else in
+    ``jobs`` worker processes (:func:`worker_pool`), in the order they finish."""
+    if jobs <= 1 or len(batches) <= 1:
+        for b, batch in enumerate(batches):
+            yield b, fn(batch)
+        return
+    from concurrent.futures import as_completed
+
+    with worker_pool(jobs, quiet_workers) as pool:
+        futures = {pool.submit(fn, batch): b for b, batch in enumerate(batches)}
+        for done in as_completed(futures):
+            yield futures[done], done.result()
+
+
+@contextmanager
+def worker_pool(jobs: int, quiet_workers: bool = True) -> Iterator[ProcessPoolExecutor]:
+    """The one pool of worker processes. ``quiet_workers``: Ctrl-C and SIGTERM just end a worker
+    (it only reads); otherwise a worker keeps the handlers it was forked with, and a signal unwinds
+    it like the parent, so that the files it was writing leave no temporary files behind."""
     # Imported here: the process pool machinery costs 17 ms to import, a fifth of a vmlinux scan.
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -171,14 +202,12 @@ def map_chunks(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], jobs: i
     # frozen the collector in a worker does not walk it, nor copy the pages it would touch.
     gc.freeze()
     try:
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_quiet_worker) as pool:
-            try:
-                for results in pool.map(fn, chunks_of(items, jobs)):
-                    yield from results
-            except BrokenProcessPool:
-                # A worker killed from outside: out of memory, or SIGBUS from a file truncated while
-                # mapped. Which file it held is lost with it.
-                raise RewriteError("a worker died (out of memory, or a file truncated while it was read?)") from None
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_quiet_worker if quiet_workers else None) as pool:
+            yield pool
+    except BrokenProcessPool:
+        # A worker killed from outside: out of memory, or SIGBUS from a file truncated while
+        # mapped. Which file it held is lost with it.
+        raise RewriteError("a worker died (out of memory, or a file truncated while it was read?)") from None
     finally:
         gc.unfreeze()
 

@@ -133,7 +133,7 @@ def code_view(image: Image) -> CodeView:
     if linked:
         places = np.array([s.addr for s in found], np.uint64)
     else:
-        places = rel_place(np.array([s.index for s in found], np.uint64), 0)
+        places = rel_place(np.array([s.shndx for s in found], np.uint64), 0)
     order = np.argsort(places, kind="stable")
     sections = tuple(found[i] for i in order.tolist())
     counts = [s.size // ppc.INSN_SIZE for s in sections]

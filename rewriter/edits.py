@@ -30,16 +30,14 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import groupby
 from operator import attrgetter
-from typing import Any, Final, Literal, NamedTuple, TypeAlias, cast
+from typing import Any, Final, NamedTuple, TypeAlias, cast
 
 import numpy as np
 
 from rewriter import ppc
+from rewriter.elf.structs import ByteOrder
 from rewriter.errors import WordMismatch
 from rewriter.states import SiteState, Slot
-
-ByteOrder: TypeAlias = Literal["little", "big"]
-"""The one spelling of byte order in the rewriting code (``int.from_bytes``'s)."""
 
 
 def byteorder(value: object) -> ByteOrder:

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from rewriter.edits import byteorder
 from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, Restore, decompress, detect_compression
 from rewriter.elf.image import Image
@@ -197,7 +196,7 @@ def _write_outputs(
         out_future = pool.submit(write_temp, out, new_raw, mode)
         pending: list[Pending] = []
         try:
-            order = byteorder(image.byteorder)
+            order = image.byteorder
             text = render(image.kind, order, result, options, facts.result, restore, base)
             pending.append(write_temp(log, text, 0o644))
             if backup is not None:

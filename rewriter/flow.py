@@ -242,7 +242,7 @@ def _branch_relocs(image: Image, view: CodeView) -> Relocated:
         rela = rela[np.isin(S.r_type(rela["r_info"]), S.BRANCH_RELOCS)]
         if not len(rela):
             continue
-        at = view.index(rel_place(sec.index, rela["r_offset"]))
+        at = view.index(rel_place(sec.shndx, rela["r_offset"]))
         symi = S.r_sym(rela["r_info"]).astype(np.int64)
         undefined = syms.table["st_shndx"][symi] == S.SHN_UNDEF
         dest = view.index(reloc_target_places(image, rela))

@@ -33,7 +33,6 @@ from rewriter import __version__
 from rewriter.edits import (
     KINDS,
     WRITE_LINE_START,
-    ByteOrder,
     Edit,
     LineText,
     WordWrite,
@@ -45,6 +44,7 @@ from rewriter.edits import (
 )
 from rewriter.elf.compress import Compression, Recipe, Restore, compress
 from rewriter.elf.image import Kind
+from rewriter.elf.structs import ByteOrder
 from rewriter.errors import LogError
 from rewriter.heap import collector_paused
 from rewriter.known import (

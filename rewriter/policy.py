@@ -44,10 +44,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
+from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
-
-MODULE_SUFFIXES: Final = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
 
 
 class PolicyError(RewriteError):

@@ -47,19 +47,21 @@ import enum
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from rewriter.edits import Append, byteorder
-from rewriter.elf.compress import Compression, Restore
+from rewriter.batch import map_batches
+from rewriter.edits import Append
+from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.writer import NewFile, publish
 from rewriter.errors import LogError, RewriteError
 from rewriter.files import ScanHints, known_sites, no_site_cause, read_file
 from rewriter.log import LOG_SUFFIX, FileFacts, Header, Log, load, read_header, render
-from rewriter.policy import MODULE_SUFFIXES, Policy, Verb, module_name
+from rewriter.policy import Policy, Verb, module_name
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey, parse_trailer
 from rewriter.sites import Site, scan
@@ -271,15 +273,7 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     original, was_output = orig.content, orig.was_output
     image = Image(t.source, original, compression)
     sc = scan(image, settings.hints.mcount_addr, settings.hints.generation)
-    module = module_name(t.rel) if image.kind is Kind.MODULE else None
-    decide = settings.policy.for_file(module).decide
-    chosen = []
-    rules = set()
-    for s in sc.sites:
-        verb, rule = decide(s.function, s.section)
-        rules.add(rule)
-        if verb is Verb.NOP:
-            chosen.append(s)
+    chosen, rules = _policy_choice(settings.policy, module_name(t.rel) if image.kind is Kind.MODULE else None, sc.sites)
     sign = signer is not None and image.kind is Kind.MODULE
     _check_signed(t, image, chosen, settings.strip_signature or sign)
     options = replace(NOP, strip_signature=settings.strip_signature or sign)
@@ -290,7 +284,7 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     left = sum(1 for s in chosen if s.recorded) - len(result.dropped)
     report = FileReport(
         t.rel, Status.NOPPED, image.kind.value, nopped, len(sc.sites) - len(chosen), left, len(sc.records.unmatched),
-        rules=frozenset(r for r in rules if r is not None),
+        rules=rules,
     )  # fmt: skip
     dest_content = current if t.dest == t.source else _read_optional(t.dest)
     mode = _mode(t.source)
@@ -312,16 +306,38 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
         result = _signed(result, signer)
         report = report._replace(signature="re-signed")
 
-    content = result.content
-    if facts is not None and dest_content is not None and _log_describes(facts, original, dest_content):
-        same = dest_content == content
-        if not same and sign and signer is not None and not signer.deterministic:
-            same = _unsigned(dest_content) == _unsigned(bytes(content))  # ECDSA: a new signature every time
-        if same:
-            return report._replace(status=Status.UNCHANGED), ()
+    if _already_there(facts, original, dest_content, result.content, signer if sign else None):
+        return report._replace(status=Status.UNCHANGED), ()
     if settings.dry_run:
         return report, ()
     return report, _log_and_file(t, orig, image, result, options, mode)
+
+
+def _policy_choice(policy: Policy, module: str | None, sites: Sequence[Site]) -> tuple[list[Site], frozenset[int]]:
+    """The sites ``policy`` nops in one file (``module``: its module name, None for a vmlinux), and
+    the rules that decided any of its sites."""
+    decide = policy.for_file(module).decide
+    chosen = []
+    rules = set()
+    for s in sites:
+        verb, rule = decide(s.function, s.section)
+        if rule is not None:
+            rules.add(rule)
+        if verb is Verb.NOP:
+            chosen.append(s)
+    return chosen, frozenset(rules)
+
+
+def _already_there(
+    facts: Header | None, original: bytes, dest_content: bytes | None, content: bytes | bytearray, signer: Signer | None
+) -> bool:
+    """Whether the destination already holds ``content``, as the log beside it says. A module
+    re-signed with ECDSA (``signer``) gets a new signature every time: it is compared without it."""
+    if facts is None or dest_content is None or not _log_describes(facts, original, dest_content):
+        return False
+    if dest_content == content:
+        return True
+    return signer is not None and not signer.deterministic and _unsigned(dest_content) == _unsigned(bytes(content))
 
 
 def _signed(result: Rewrite, signer: Signer) -> Rewrite:
@@ -345,7 +361,7 @@ def _log_and_file(
         FileFacts.of(rel, original_raw, orig.content, compression),
         FileFacts.of(rel, new_raw, result.content, compression),
     )
-    text = render(image.kind, byteorder(image.byteorder), result, options, lambda: facts, restore)
+    text = render(image.kind, image.byteorder, result, options, lambda: facts, restore)
     return NewFile(t.log, text, 0o644), NewFile(t.dest, new_raw, mode)
 
 
@@ -498,7 +514,7 @@ def _undo_batch(batch: Sequence[Target], dry_run: bool) -> list[FileReport]:
     return _compute_then_publish(batch, lambda t: undo_target(t, dry_run))
 
 
-def _verify_batch(batch: Sequence[Target], _: object) -> list[FileReport]:
+def _verify_batch(batch: Sequence[Target]) -> list[FileReport]:
     return [_guarded(t, verify_target) for t in batch]
 
 
@@ -506,17 +522,17 @@ def run(
     ts: Sequence[Target], settings: Settings, jobs: int, tick: Callable[[], None] | None = None
 ) -> list[FileReport]:
     """Pre-nop every target; reports in the order of ``ts``."""
-    return _map(_prenop_batch, ts, settings, jobs, tick)
+    return _map(partial(_prenop_batch, settings=settings), ts, jobs, tick)
 
 
 def undo(
     ts: Sequence[Target], jobs: int, tick: Callable[[], None] | None = None, dry_run: bool = False
 ) -> list[FileReport]:
-    return _map(_undo_batch, ts, dry_run, jobs, tick)
+    return _map(partial(_undo_batch, dry_run=dry_run), ts, jobs, tick)
 
 
 def verify(ts: Sequence[Target], jobs: int, tick: Callable[[], None] | None = None) -> list[FileReport]:
-    return _map(_verify_batch, ts, None, jobs, tick)
+    return _map(_verify_batch, ts, jobs, tick)
 
 
 BATCH_BYTES = 4 << 20  # a batch is about this much input: one vmlinux alone, or some dozens of modules
@@ -546,25 +562,19 @@ def _batches(ts: Sequence[Target]) -> list[list[int]]:
     return out
 
 
-Batch = Callable[[Sequence[Target], Any], list[FileReport]]
+Batch = Callable[[Sequence[Target]], list[FileReport]]
 
 
-def _map(fn: Batch, ts: Sequence[Target], arg: object, jobs: int, tick: Callable[[], None] | None) -> list[FileReport]:
+def _map(fn: Batch, ts: Sequence[Target], jobs: int, tick: Callable[[], None] | None) -> list[FileReport]:
+    """``fn`` over :func:`_batches` of ``ts`` in batch's worker pool (on this process with one job
+    or one batch); a tick per file as its batch ends, and the reports in the order of ``ts``.
+    Workers keep the parent's signal handlers: they publish files, and an interrupt must unwind
+    them so that no temporary file is left."""
     reports: list[FileReport | None] = [None] * len(ts)
     batches = _batches(ts)
-    if jobs <= 1 or len(batches) <= 1:
-        for idx in batches:
-            for i, r in zip(idx, fn([ts[i] for i in idx], arg), strict=True):
-                reports[i] = r
-                if tick:
-                    tick()
-        return [r for r in reports if r is not None]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(fn, [ts[i] for i in idx], arg): idx for idx in batches}
-        for fut in as_completed(futures):
-            idx = futures[fut]
-            for i, r in zip(idx, fut.result(), strict=True):
-                reports[i] = r
-                if tick:
-                    tick()
+    for b, results in map_batches(fn, [[ts[i] for i in idx] for idx in batches], jobs, quiet_workers=False):
+        for i, r in zip(batches[b], results, strict=True):
+            reports[i] = r
+            if tick:
+                tick()
     return [r for r in reports if r is not None]

@@ -43,7 +43,7 @@ from typing import Final, NamedTuple, cast
 import numpy as np
 
 from rewriter import ppc
-from rewriter.edits import BytesEdit, Edit, RelaEdit, RelaPut, Truncate, WordWrite, apply_edits, byteorder
+from rewriter.edits import BytesEdit, Edit, RelaEdit, RelaPut, Truncate, WordWrite, apply_edits
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind, Section
 from rewriter.elf.symbols import rel_place
@@ -204,7 +204,7 @@ def rewrite(
     c = _choose(image, scan, selection, options, history)
     groups = _groups(c.todo)
     the_plan = _make_plan(image, groups, c.goals, options) if c.todo else None
-    order = byteorder(image.byteorder)
+    order = image.byteorder
     buf = bytearray(image.data)
     edits: list[Edit] = []
     stages: list[bytes] = []
@@ -561,10 +561,10 @@ class _RelaTables:
         self.put_calls: set[int] = set()  # sites whose REL24 came back from the patch log
 
     def current(self, sec: Section) -> np.ndarray:
-        if sec.index not in self.rows:
-            self.rows[sec.index] = self.image.relocations(sec).copy()
-            self.size[sec.index] = sec.size
-        return self.rows[sec.index]
+        if sec.shndx not in self.rows:
+            self.rows[sec.shndx] = self.image.relocations(sec).copy()
+            self.size[sec.shndx] = sec.size
+        return self.rows[sec.shndx]
 
     def remove(self, sec: Section, indexes: np.ndarray, why: str, keep_tail: bool = False) -> list[Edit]:
         """Take rows out of ``sec`` (indexes into its current rows) and lower its ``sh_size``.
@@ -582,19 +582,19 @@ class _RelaTables:
         left = np.delete(rows, indexes)
         keep = len(left) if keep_tail else None
         edit = RelaEdit(
-            sec.name, sec.offset, self.size[sec.index], entsize, tuple(indexes.tolist()), entries, keep, why
+            sec.name, sec.offset, self.size[sec.shndx], entsize, tuple(indexes.tolist()), entries, keep, why
         )
-        self.rows[sec.index] = left
-        new_size = self.size[sec.index] - len(indexes) * entsize
-        edits: list[Edit] = [edit, self.sh_size_edit(sec, self.size[sec.index], new_size)]
-        self.size[sec.index] = new_size
+        self.rows[sec.shndx] = left
+        new_size = self.size[sec.shndx] - len(indexes) * entsize
+        edits: list[Edit] = [edit, self.sh_size_edit(sec, self.size[sec.shndx], new_size)]
+        self.size[sec.shndx] = new_size
         return edits
 
     def sh_size_edit(self, sec: Section, old: int, new: int) -> BytesEdit:
         dt = S.shdr_dtype(self.image.endian)
         assert dt.fields is not None
-        field = int(self.image.ehdr["e_shoff"]) + sec.index * dt.itemsize + dt.fields["sh_size"][1]
-        order = byteorder(self.image.byteorder)
+        field = int(self.image.ehdr["e_shoff"]) + sec.shndx * dt.itemsize + dt.fields["sh_size"][1]
+        order = self.image.byteorder
         return BytesEdit(field, old.to_bytes(8, order), new.to_bytes(8, order), f"{sec.name} sh_size")
 
     def drop_call_relocations(self, image: Image, sites: Sequence[Site], writes: Sequence[WordWrite]) -> list[Edit]:
@@ -632,7 +632,7 @@ class _RelaTables:
         bytes), growing the table into its zeroed tail, and raise its ``sh_size``."""
         rows = self.current(sec)
         entsize = sec.entsize or rows.dtype.itemsize
-        size = self.size[sec.index]
+        size = self.size[sec.shndx]
         new_size = size + len(entries) * entsize
         _check_room(self.image, sec, sec.offset + size, sec.offset + new_size)
         new = np.frombuffer(b"".join(entries), rows.dtype)
@@ -640,8 +640,8 @@ class _RelaTables:
         at = _sorted_positions(rows["r_offset"], new["r_offset"][order])
         put = tuple(entries[i] for i in order.tolist())
         edit = RelaPut(sec.name, sec.offset, new_size, entsize, at, put, None, why)
-        self.rows[sec.index] = np.insert(rows, np.array(at) - np.arange(len(at)), new[order])
-        self.size[sec.index] = new_size
+        self.rows[sec.shndx] = np.insert(rows, np.array(at) - np.arange(len(at)), new[order])
+        self.size[sec.shndx] = new_size
         return [edit, self.sh_size_edit(sec, size, new_size)]
 
     def put_call_relocations(
@@ -701,7 +701,7 @@ def _check_room(image: Image, sec: Section, start: int, end: int) -> None:
     start = max(start, sec.offset + sec.size)  # the table's own bytes are zeroed by a drop in this rewrite
     no_room = f"{image.path}: {sec.name}: no room to put relocations back"
     for other in image.sections:
-        mapped = other.index != sec.index and other.type != S.SHT_NOBITS and other.size
+        mapped = other.shndx != sec.shndx and other.type != S.SHT_NOBITS and other.size
         if mapped and other.offset < end and start < other.offset + other.size:
             raise ImageError(f"{no_room} (it would reach {other.name})")
     if end > image.elf_end or (start < end and any(image.data[start:end])):
@@ -852,7 +852,7 @@ def _return_relatives(image: Image, tables: _RelaTables, entries: Sequence[bytes
         return []
     rows = tables.current(rela)
     entsize = rela.entsize or rows.dtype.itemsize
-    size = tables.size[rela.index]
+    size = tables.size[rela.shndx]
     tail = _tail_rows(image, rela, rela.offset + size, entsize)
     where = {tail[i].tobytes(): i for i in range(len(tail))}
     missing = [e for e in entries if e not in where]
@@ -876,8 +876,8 @@ def _return_relatives(image: Image, tables: _RelaTables, entries: Sequence[bytes
     at = _sorted_positions(prefix, new["r_offset"][order])
     span = (max(source) + 1) * entsize
     edit = RelaPut(rela.name, rela.offset, span, entsize, at, tuple(put), source, "RELATIVE of a restored record")
-    tables.rows[rela.index] = np.insert(rows, np.array(at) - np.arange(len(at)), new[order])
-    tables.size[rela.index] = size + len(put) * entsize
+    tables.rows[rela.shndx] = np.insert(rows, np.array(at) - np.arange(len(at)), new[order])
+    tables.size[rela.shndx] = size + len(put) * entsize
     edits: list[Edit] = [edit, tables.sh_size_edit(rela, size, size + len(put) * entsize)]
     return edits + _dynamic_edits(image, len(put), len(put) if counted is not None else 0)
 
@@ -887,7 +887,7 @@ def _tail_rows(image: Image, rela: Section, start: int, entsize: int) -> np.ndar
     data): where a drop keeps the RELATIVE entries it moves out."""
     end = image.elf_end
     for other in image.sections:
-        if other.type != S.SHT_NOBITS and other.size and start <= other.offset < end and other.index != rela.index:
+        if other.type != S.SHT_NOBITS and other.size and start <= other.offset < end and other.shndx != rela.shndx:
             end = other.offset
     shoff = int(image.ehdr["e_shoff"])
     if start <= shoff < end:
@@ -905,7 +905,7 @@ def _dynamic_edits(image: Image, entries: int, counted: int) -> list[Edit]:
         raise ImageError(f"{image.path}: records: .rela.dyn without .dynamic")
     table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
     entsize = dynamic_value(image, S.DT_RELAENT) or 24
-    order = byteorder(image.byteorder)
+    order = image.byteorder
     edits: list[Edit] = []
     for tag, name, change in (
         (S.DT_RELASZ, "DT_RELASZ", entries * entsize),
@@ -945,10 +945,10 @@ def _stub_counts(
     short = [a for a in areas if not a.covers]
     if short:
         raise ImageError(
-            f"{image.path}: {short[0].name}: {short[0].count} stubs, {short[0].used + short[0].need} records want "
+            f"{image.path}: {short[0].name}: {short[0].stub_count} stubs, {short[0].used + short[0].need} records want "
             "one: ftrace_init_ool_stub would fail (ftrace bug)"
         )
-    counts = [tuple(StubCount(a.name, a.count, a.used) for a in s) for s in (before.stubs, areas)]
+    counts = [tuple(StubCount(a.name, a.stub_count, a.used) for a in s) for s in (before.stubs, areas)]
     return counts[0], counts[1]
 
 
@@ -965,7 +965,7 @@ def _read_back(
     does not read back is mcountrw's own mistake: :class:`InternalError`."""
     if not sites:
         return
-    order = byteorder(image.byteorder)
+    order = image.byteorder
     dt = np.dtype("<u4" if order == "little" else ">u4")
     raw = np.frombuffer(content, np.uint8)
     b_off = np.array([s.file_offset for s in sites], dtype=np.int64)

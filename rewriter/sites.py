@@ -146,13 +146,13 @@ class Records:
 
 
 class StubArea(NamedTuple):
-    """An ool stub area of a vmlinux: ``count`` stubs of ``stub_size`` bytes (the ``*_count`` word
-    the kernel reads), and ``used``, how many records ftrace_init_ool_stub() will give a stub here
-    (``need`` counts those it wants to but cannot: past ``count``, or out of branch range)."""
+    """An ool stub area of a vmlinux: ``stub_count`` stubs of ``stub_size`` bytes (the ``*_count``
+    word the kernel reads), and ``used``, how many records ftrace_init_ool_stub() will give a stub
+    here (``need`` counts those it wants to but cannot: past ``stub_count``, or out of branch range)."""
 
     name: str
     addr: int
-    count: int
+    stub_count: int
     stub_size: int
     used: int
     need: int
@@ -307,7 +307,8 @@ def _nonzero(tables: Sequence[RecordTable]) -> np.ndarray:
     if not tables:
         return np.zeros(0, np.uint64)
     values = np.concatenate([t.values for t in tables])
-    return values[values != 0]
+    nonzero: np.ndarray = values[values != 0]
+    return nonzero
 
 
 # -- the generation -------------------------------------------------------------------------
@@ -395,7 +396,7 @@ def _symbol_addrs(image: Image, names: Sequence[str]) -> list[int]:
         if int(row["st_shndx"]) == S.SHN_UNDEF:
             continue
         value = int(row["st_value"])
-        if image.abi is Abi.ELFV1 and opd is not None and int(row["st_shndx"]) == opd.index:
+        if image.abi is Abi.ELFV1 and opd is not None and int(row["st_shndx"]) == opd.shndx:
             off = image.offset_of(value)
             value = int.from_bytes(image.data[off : off + 8], image.byteorder)
         out.append(value)
@@ -434,7 +435,8 @@ def _branch_stubs(text: CodeView, entries: np.ndarray) -> np.ndarray:
     words = text.words_at(k, i)
     is_b = (k >= 0) & ppc.b_mask(words)
     hop = ppc.branch_targets(targets[is_b], words[is_b])
-    return targets[is_b][np.isin(hop, entries)]
+    stubs: np.ndarray = targets[is_b][np.isin(hop, entries)]
+    return stubs
 
 
 def _rel_call_places(image: Image) -> np.ndarray:
@@ -452,7 +454,7 @@ def _rel_call_places(image: Image) -> np.ndarray:
             continue
         rela = image.relocations(rsec)
         hit = (S.r_type(rela["r_info"]) == S.R_PPC64_REL24) & np.isin(S.r_sym(rela["r_info"]), mcount_syms)
-        out.append(rel_place(target.index, rela["r_offset"][hit]))
+        out.append(rel_place(target.shndx, rela["r_offset"][hit]))
     return np.concatenate(out) if out else np.zeros(0, np.uint64)
 
 
@@ -563,7 +565,8 @@ def processed_relative(image: Image) -> np.ndarray | None:
     relasz = dynamic_value(image, S.DT_RELASZ)
     if relasz is not None:
         rela = rela[: relasz // rela.dtype.itemsize]
-    return rela[S.r_type(rela["r_info"]) == S.R_PPC64_RELATIVE]
+    relative: np.ndarray = rela[S.r_type(rela["r_info"]) == S.R_PPC64_RELATIVE]
+    return relative
 
 
 def dynamic_value(image: Image, tag: int) -> int | None:
@@ -855,7 +858,7 @@ def _build_sites(image: Image, text: CodeView, funcs: Functions, weak: int | Non
         map(
             Site,
             [sec.name for sec in secs],
-            [sec.index for sec in secs],
+            [sec.shndx for sec in secs],
             offs.tolist(),
             places.tolist() if linked else nothing,
             _function_names(image, funcs, c.fi[sel]),
@@ -927,7 +930,7 @@ class ModuleCode:
     offset could, so the section of a place is a dict look-up, not a search."""
 
     def __init__(self, image: Image) -> None:
-        self._sections = {s.index: s for s in image.exec_sections()}
+        self._sections = {s.shndx: s for s in image.exec_sections()}
         self._data = image.data
         self._one = struct.Struct(image.endian + "I")
         self._two = struct.Struct(image.endian + "II")
@@ -1008,7 +1011,7 @@ def _module_sites(
         enabled = weak is None or i < 0 or place - starts[i] <= weak
         st = _STATES[state]
         boot = lay.booted if st is lay.built else None
-        fields = (sec.name, sec.index, offset, None, name, variant, st, True, None, sec.offset + offset, place,
+        fields = (sec.name, sec.shndx, offset, None, name, variant, st, True, None, sec.offset + offset, place,
                   record, boot, boot is not None and enabled, stub, Source.IMAGE)  # fmt: skip
         sites.append(Site._make(fields))
     return tuple(sites), np.array(unmatched, np.uint64)

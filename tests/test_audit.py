@@ -291,7 +291,7 @@ def test_vmlinux_audit_has_no_errors_or_warnings_and_notes_weak_bodies(name: str
     assert safety[flow.Verdict.LIVE] == 0
     if img.generation is Generation.OOL:
         assert safety[flow.Verdict.N_A] == sites
-        assert [(a.name, a.count, a.used, a.covers) for a in img.stubs] == [
+        assert [(a.name, a.stub_count, a.used, a.covers) for a in img.stubs] == [
             ("ftrace_ool_stub_text", 32_768, 32_768, True),
             ("ftrace_ool_stub_text_end", 8_121, 8_121, True),
             ("ftrace_ool_stub_inittext", 1_759, 1_759, True),
@@ -390,7 +390,7 @@ def test_ool_stubs_short_of_the_records_are_an_error_and_skipped_records_a_note(
     assert errors[0].message.startswith(f"{victim.addr:#x}: expected (60000000) != found (7c0802a6)")
     assert "1758 stubs, 1759 records want one here and 1 get none" in errors[1].message
     inittext = {a.name: a for a in img.stubs}["ftrace_ool_stub_inittext"]
-    assert (inittext.count, inittext.used, inittext.need, inittext.covers) == (1_758, 1_758, 1, False)
+    assert (inittext.stub_count, inittext.used, inittext.need, inittext.covers) == (1_758, 1_758, 1, False)
     (skipped,) = [a for a in img.anomalies if a.kind is AnomalyKind.SKIPPED_RECORDS]
     assert skipped.severity is Severity.NOTE and skipped.addr == outside and "1 records outside" in skipped.message
     assert img.counts.sites == 42_646 and img.counts.skipped_records == 1

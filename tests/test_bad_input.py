@@ -85,8 +85,8 @@ class Elf:
         sec = self.image.section(section) if isinstance(section, str) else self.image.sections[section]
         assert sec is not None, section
         dt = S.shdr_dtype(self.e)
-        base = int(self.image.ehdr["e_shoff"]) + sec.index * dt.itemsize
-        return self.field(dt, base, name, f"shdr[{sec.index}].{name}")
+        base = int(self.image.ehdr["e_shoff"]) + sec.shndx * dt.itemsize
+        return self.field(dt, base, name, f"shdr[{sec.shndx}].{name}")
 
     def entry(self, section: str, index: int, name: str) -> Field:
         sec = self.image.section(section)
@@ -98,10 +98,10 @@ class Elf:
         return self.field(dtype, sec.offset + index * dtype.itemsize, name, f"{section}[{index}].{name}")
 
     def get(self, f: Field) -> int:
-        return int.from_bytes(self.data[f.offset : f.offset + f.size], self.order)  # type: ignore[arg-type]
+        return int.from_bytes(self.data[f.offset : f.offset + f.size], self.order)
 
     def set(self, f: Field, value: int) -> Elf:
-        self.data[f.offset : f.offset + f.size] = (value % (1 << (8 * f.size))).to_bytes(f.size, self.order)  # type: ignore[arg-type]
+        self.data[f.offset : f.offset + f.size] = (value % (1 << (8 * f.size))).to_bytes(f.size, self.order)
         return self
 
     def fields(self) -> list[Field]:
@@ -114,7 +114,7 @@ class Elf:
             base = int(self.image.ehdr["e_phoff"]) + i * phdr.itemsize
             out += [self.field(phdr, base, n, f"phdr[{i}].{n}") for n in phdr.names]
         for sec in self.image.sections:
-            out += [self.shdr(sec.index, n) for n in S.shdr_dtype(self.e).names]
+            out += [self.shdr(sec.shndx, n) for n in S.shdr_dtype(self.e).names]
         for sec in self.image.sections:
             dt = {S.SHT_SYMTAB: S.sym_dtype, S.SHT_RELA: S.rela_dtype, S.SHT_DYNAMIC: S.dyn_dtype}.get(sec.type)
             if sec.name == "__mcount_loc" and sec.type == S.SHT_PROGBITS:

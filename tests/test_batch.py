@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from conftest import FIXTURES
 
-from rewriter.batch import expand, scan_one
+from rewriter.batch import expand, map_batches, scan_one
 from rewriter.report import scanfmt
 
 BIN = FIXTURES / "bin"
@@ -59,3 +61,19 @@ def test_reports_made_in_workers_are_the_one_process_report(tmp_path: Path) -> N
     assert json.loads(reports["json"]) == scanfmt.scans_json(scans, errors)
     assert reports["csv"] == scanfmt.csv_text(scans)
     assert reports["table"] == "".join(line + "\n" for s in scans for line in scanfmt.table_lines(s, 20))
+
+
+def _default_sigint(batch: Sequence[int]) -> list[tuple[int, bool]]:
+    """Each item, and whether this process leaves SIGINT to the default action (a quiet worker)."""
+    return [(i, signal.getsignal(signal.SIGINT) == signal.SIG_DFL) for i in batch]
+
+
+def test_map_batches_gives_each_batch_its_results_in_process_and_in_workers() -> None:
+    """The one pool serves prenop's batches too: every batch once, with its own results; in order
+    on this process with one job; in workers, quiet ones unless the caller needs them to unwind."""
+    batches = [[0, 1, 2], [3], [4, 5], [6, 7, 8, 9]]
+    here = list(map_batches(_default_sigint, batches, 1))
+    assert here == [(b, [(i, False) for i in batch]) for b, batch in enumerate(batches)]
+    for quiet in (True, False):
+        done = dict(map_batches(_default_sigint, batches, 2, quiet_workers=quiet))
+        assert done == {b: [(i, quiet) for i in batch] for b, batch in enumerate(batches)}

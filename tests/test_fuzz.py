@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 from test_bad_input import SMALL, Elf, Field, Region, regions
 
 from rewriter.elf.image import Image
+from rewriter.elf.structs import ByteOrder
 from rewriter.errors import RewriteError
 from rewriter.files import apply_file
 from rewriter.plan import Route
@@ -76,7 +77,7 @@ class Seed:
     originals: tuple[int, ...]  # every field's value in the seed, to borrow from
 
     @property
-    def order(self) -> str:
+    def order(self) -> ByteOrder:
         return "big" if self.data[5:6] == b"\x02" else "little"
 
 
@@ -125,7 +126,7 @@ def fuzz_inputs(draw: Callable[..., Any], seeds: list[Seed]) -> FuzzInput:
         kind = draw(st.sampled_from(kinds))
         if kind == "field":
             f = draw(st.sampled_from(seed.fields))
-            old = int.from_bytes(data[f.offset : f.offset + f.size], seed.order)  # type: ignore[arg-type]
+            old = int.from_bytes(data[f.offset : f.offset + f.size], seed.order)
             value = draw(
                 st.one_of(
                     st.sampled_from(INTERESTING),
@@ -134,7 +135,7 @@ def fuzz_inputs(draw: Callable[..., Any], seeds: list[Seed]) -> FuzzInput:
                     st.sampled_from(seed.originals),
                 )
             ) % (1 << (8 * f.size))
-            data[f.offset : f.offset + f.size] = value.to_bytes(f.size, seed.order)  # type: ignore[arg-type]
+            data[f.offset : f.offset + f.size] = value.to_bytes(f.size, seed.order)
             steps.append(f"{f.where} {old:#x} -> {value:#x}")
         elif kind == "flip":
             r = draw(st.sampled_from(seed.regions))

@@ -258,7 +258,8 @@ def test_ool_stub_areas_cover_the_72_records_exactly() -> None:
     assert set(areas) == set(OOL_AREAS) == set(facts.areas)
     for name, (addr, size, count) in facts.areas.items():
         a = areas[name]
-        assert (a.addr, a.count, a.stub_size, a.used, a.need) == (addr, count, size // count, count, 0) and a.covers
+        assert a.covers
+        assert (a.addr, a.stub_count, a.stub_size, a.used, a.need) == (addr, count, size // count, count, 0)
     assert [facts.areas[a][2] for a in OOL_AREAS] == [32_768, 8_121, 1_759]
     assert sum(a.used for a in result.stubs) == len(result.sites) == 42_648
     # ftrace_init_ool_stub(): init-text records take the inittext stubs; .text records take
@@ -294,7 +295,7 @@ def test_one_stub_too_few_leaves_the_last_init_record_without_a_stub(tmp_path: P
     data[offset : offset + 4] = (count - 1).to_bytes(4, "little")
     result = scan(Image.from_bytes(tmp_path / "vmlinux", bytes(data)))
     area = next(a for a in result.stubs if a.name == "ftrace_ool_stub_inittext")
-    assert (area.count, area.used, area.need, area.covers) == (count - 1, count - 1, 1, False)
+    assert (area.stub_count, area.used, area.need, area.covers) == (count - 1, count - 1, 1, False)
     refused = [s for s in result.sites if s.boot_state is None]
     init_base, init_data = facts.text[".init.text"]
     last_init = max(s.record for s in result.sites if init_base <= s.record < init_base + len(init_data))

@@ -231,7 +231,8 @@ def test_resigned_modules_verify_and_undo_with_the_single_file_commands(keys, tm
         assert proc.returncode == 0 and "module signatures: 1 re-signed" in proc.stdout, proc.stdout + proc.stderr
         log = module.with_name(module.name + ".mcountrw.jsonl")
         types = [json.loads(line)["type"] for line in log.read_text().splitlines()]
-        edits = [t for t in types if t not in ("site", "sites")]  # site lines describe what was there; edits come in order
+        # site lines describe what was there; edits come in order
+        edits = [t for t in types if t not in ("site", "sites")]
         assert edits[-3:] == ["truncate", "append", "footer"]
         if which == "rsa":
             plain = tmp_path / "plain.ko"

@@ -23,7 +23,6 @@ code  meaning
 from __future__ import annotations
 
 import contextlib
-import difflib
 import enum
 import os
 import signal
@@ -150,9 +149,10 @@ class Commands(TyperGroup):
         try:
             return super().resolve_command(ctx, args)
         except click.exceptions.NoSuchCommand as e:
-            e.message = e.message.split(" Did you mean ", 1)[0]  # typer's copy of click's suggestion
-            e.possibilities = difflib.get_close_matches(e.command_name, self.list_commands(ctx)) or None
-            raise
+            # A new error, not an edited one (click 8.5 makes the fields Final); click keeps the close
+            # matches among the names it is given, as difflib.get_close_matches does.
+            message = e.message.split(" Did you mean ", 1)[0]  # typer's copy of click's suggestion
+            raise click.exceptions.NoSuchCommand(e.command_name, message, self.list_commands(ctx), e.ctx) from e
 
 
 def findings_if(found: bool) -> None:

@@ -14,6 +14,10 @@ from typing import Final, NamedTuple
 
 from rewriter.errors import ImageError
 
+MODULE_SUFFIXES: Final = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
+"""The names of kernel module files: plain, or compressed as modules_install leaves them. A tree
+walk finds modules by these; reading one goes by magic (:func:`detect_compression`), not by name."""
+
 
 class Compression(enum.Enum):
     NONE = "none"

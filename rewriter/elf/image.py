@@ -63,7 +63,7 @@ class Abi(enum.Enum):
 
 
 class Section(NamedTuple):
-    index: int
+    shndx: int  # its index in the section header table (st_shndx, sh_link and sh_info name it)
     name: str
     type: int
     flags: int
@@ -317,7 +317,7 @@ class Image:
                 links = (("sh_link", sec.link), ("sh_info", sec.info))
             for what, index in links:
                 if index >= n:
-                    raise self.error(f"section {sec.index} ({sec.name}): {what} {index} names no section (0..{n - 1})")
+                    raise self.error(f"section {sec.shndx} ({sec.name}): {what} {index} names no section (0..{n - 1})")
 
     def _check_program_headers(self, count: int | None) -> None:
         """The program header table is not read, but a rewritten file keeps it: it must be whole.
@@ -340,7 +340,7 @@ class Image:
         table: a write meant for one would silently change the other (gABI: "sections in a file
         may not overlap. No byte in a file resides in more than one section")."""
         spans = [(0, self.ehdr.dtype.itemsize, -2), (shoff, shsize, -1)]
-        spans += [(sec.offset, sec.size, sec.index) for sec in map(sections.__getitem__, has_data)]
+        spans += [(sec.offset, sec.size, sec.shndx) for sec in map(sections.__getitem__, has_data)]
         spans.sort(key=itemgetter(0))  # stable: equal starts keep header, table, index order
         reach = 0
         for n, (start, size, index) in enumerate(spans):
@@ -371,7 +371,7 @@ class Image:
         return self.endian == ">"
 
     @property
-    def byteorder(self) -> str:
+    def byteorder(self) -> S.ByteOrder:
         return "big" if self.big_endian else "little"
 
     @cached_property

@@ -15,7 +15,8 @@ from typing import Final, Literal
 
 import numpy as np
 
-Endian = Literal["<", ">"]
+Endian = Literal["<", ">"]  # numpy and struct spell byte order this way
+ByteOrder = Literal["little", "big"]  # int.from_bytes and the logs spell it this way
 
 ELF_MAGIC: Final = b"\x7fELF"
 ELFCLASS64: Final = 2

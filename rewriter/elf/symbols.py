@@ -73,7 +73,7 @@ def functions(image: Image) -> Functions:
     is_func = (S.st_type(t["st_info"]) == S.STT_FUNC) & (shndx > 0) & (shndx < S.SHN_LORESERVE)
     opd = image.section(".opd")
     if image.abi is Abi.ELFV1 and opd is not None:
-        in_opd = is_func & (shndx == opd.index)
+        in_opd = is_func & (shndx == opd.shndx)
         code = _opd_code_places(image, opd, t["st_value"][in_opd])
         starts = [code, _places(image, shndx[is_func & ~in_opd], t["st_value"][is_func & ~in_opd])]
         sizes = [t["st_size"][in_opd], t["st_size"][is_func & ~in_opd]]
@@ -120,7 +120,7 @@ def _opd_code_places(image: Image, opd: Section, values: np.ndarray) -> np.ndarr
     syms = image.symbols
     assert syms is not None
     for rsec in image.relocation_sections():
-        if rsec.info != opd.index:
+        if rsec.info != opd.shndx:
             continue
         rela = image.relocations(rsec)
         rela = rela[S.r_type(rela["r_info"]) == S.R_PPC64_ADDR64]

@@ -7,7 +7,18 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from rewriter import __version__
-from rewriter.audit import AnomalyKind, Audit, GroupSummary, ImageAudit, Severity, roll_up, summarise
+from rewriter.audit import (
+    Anomaly,
+    AnomalyKind,
+    Audit,
+    Counts,
+    GroupSummary,
+    ImageAudit,
+    Severity,
+    SiteAudit,
+    roll_up,
+    summarise,
+)
 from rewriter.diff import Diff
 from rewriter.flow import Verdict
 from rewriter.generations import Generation
@@ -228,7 +239,7 @@ def stub_json(area: StubArea) -> dict[str, Any]:
     return {
         "name": area.name,
         "address": area.addr,
-        "count": area.count,
+        "count": area.stub_count,
         "stub_size": area.stub_size,
         "used": area.used,
         "need": area.need,
@@ -236,22 +247,66 @@ def stub_json(area: StubArea) -> dict[str, Any]:
     }
 
 
+def site_safety_json(sa: SiteAudit) -> dict[str, Any]:
+    """One site's mflr-nop verdict; live and unknown ones say why and on what evidence."""
+    row: dict[str, Any] = {
+        "address": sa.site.addr,
+        "section": sa.site.section,
+        "offset": sa.site.offset,
+        "function": sa.site.function,
+        "verdict": sa.safety.verdict.value,
+    }
+    if sa.safety.verdict in (Verdict.LIVE, Verdict.UNKNOWN):
+        row["reason"] = sa.safety.why.value if sa.safety.why else ""
+        row["evidence"] = list(sa.evidence)
+    return row
+
+
+def counts_json(c: Counts) -> dict[str, Any]:
+    return {
+        "sites": c.sites,
+        "by_section": c.by_section,
+        "by_variant": c.by_variant,
+        "by_state": c.by_state,
+        "recorded": c.recorded,
+        "unrecorded": c.unrecorded,
+        "functions": {
+            "total": c.functions,
+            "with_sites": c.functions_with_sites,
+            "without_sites": c.functions_without_sites,
+        },
+        "sites_outside_functions": c.sites_outside_functions,
+        "init_text_sites": c.init_sites,
+        "exit_text_sites": c.exit_sites,
+        "weak_bodies": c.weak_bodies,
+        "from_log": c.from_log,
+        "records": {
+            "count": c.records,
+            "zeroed": c.zeroed_records,
+            "unmatched": c.unmatched_records,
+            "duplicates": c.duplicate_records,
+            "skipped": c.skipped_records,
+        },
+    }
+
+
+def anomaly_json(a: Anomaly) -> dict[str, Any]:
+    return {
+        "kind": a.kind.value,
+        "severity": a.severity.value,
+        "message": a.message,
+        "address": a.addr,
+        "section": a.section,
+        "offset": a.offset,
+        "file_offset": a.file_offset,
+        "function": a.function,
+        "evidence": list(a.evidence),
+    }
+
+
 def image_json(img: ImageAudit) -> dict[str, Any]:
-    c = img.counts
     safety = img.safety_counts()
-    sites = []
-    for sa in img.sites:
-        row: dict[str, Any] = {
-            "address": sa.site.addr,
-            "section": sa.site.section,
-            "offset": sa.site.offset,
-            "function": sa.site.function,
-            "verdict": sa.safety.verdict.value,
-        }
-        if sa.safety.verdict in (Verdict.LIVE, Verdict.UNKNOWN):
-            row["reason"] = sa.safety.why.value if sa.safety.why else ""
-            row["evidence"] = list(sa.evidence)
-        sites.append(row)
+    sites = [site_safety_json(sa) for sa in img.sites]
     return {
         "path": str(img.path),
         "group": img.group,
@@ -259,47 +314,10 @@ def image_json(img: ImageAudit) -> dict[str, Any]:
         "endian": img.endian,
         "abi": img.abi.value,
         "generation": img.generation.value if img.generation else None,
-        "counts": {
-            "sites": c.sites,
-            "by_section": c.by_section,
-            "by_variant": c.by_variant,
-            "by_state": c.by_state,
-            "recorded": c.recorded,
-            "unrecorded": c.unrecorded,
-            "functions": {
-                "total": c.functions,
-                "with_sites": c.functions_with_sites,
-                "without_sites": c.functions_without_sites,
-            },
-            "sites_outside_functions": c.sites_outside_functions,
-            "init_text_sites": c.init_sites,
-            "exit_text_sites": c.exit_sites,
-            "weak_bodies": c.weak_bodies,
-            "from_log": c.from_log,
-            "records": {
-                "count": c.records,
-                "zeroed": c.zeroed_records,
-                "unmatched": c.unmatched_records,
-                "duplicates": c.duplicate_records,
-                "skipped": c.skipped_records,
-            },
-        },
+        "counts": counts_json(img.counts),
         "ool_stubs": [stub_json(a) for a in img.stubs],
         "mflr_nop_safety": {**{v.value: safety[v] for v in Verdict}, "question": img.question, "sites": sites},
-        "anomalies": [
-            {
-                "kind": a.kind.value,
-                "severity": a.severity.value,
-                "message": a.message,
-                "address": a.addr,
-                "section": a.section,
-                "offset": a.offset,
-                "file_offset": a.file_offset,
-                "function": a.function,
-                "evidence": list(a.evidence),
-            }
-            for a in img.anomalies
-        ],
+        "anomalies": [anomaly_json(a) for a in img.anomalies],
     }
 
 

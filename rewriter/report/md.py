@@ -111,7 +111,7 @@ def _counts_rows(img: ImageAudit) -> list[tuple[str, object]]:
 def stub_text(area: StubArea) -> str:
     """``used / count stubs of N bytes, covers`` (or how many records get none)."""
     short = "covers its records" if area.covers else f"**{area.need} records get none**"
-    return f"{area.used} / {area.count} stubs of {area.stub_size} bytes used; {short}"
+    return f"{area.used} / {area.stub_count} stubs of {area.stub_size} bytes used; {short}"
 
 
 def _image(img: ImageAudit) -> list[str]:

@@ -195,7 +195,7 @@ def stubs_json(result: Scan) -> list[dict[str, Any]]:
     """The ool stub areas: a vmlinux's, as the kernel's ``*_count`` words size them; a module's
     ``.stubs``, which the loader sizes for one stub per ``__patchable_function_entries`` entry."""
     out = [
-        {"name": a.name, "address": a.addr, "count": a.count, "stub_size": a.stub_size,
+        {"name": a.name, "address": a.addr, "count": a.stub_count, "stub_size": a.stub_size,
          "used": a.used, "need": a.need, "covers": a.covers}
         for a in result.stubs
     ]  # fmt: skip

@@ -173,7 +173,7 @@ def _print_already(image: Path, target: str, result: ApplyResult, writing: _Writ
     zeroed = result.scan.records.zeroed
     hidden = (
         f" ({zeroed} zeroed records: sites an earlier rewrite nopped are not seen without its patch log)"
-        if zeroed
+        if zeroed and result.scan.log is None  # with the log read, those sites are among the selected
         else ""
     )
     if result.output is not None:

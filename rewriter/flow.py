@@ -786,6 +786,8 @@ def _walk_sites(code: Code, sites: Sequence[Site]) -> list[Safety]:
     deltas = np.array([LAYOUTS[s.variant].first_offset for s in sites], np.int64)
     a_idx = code.index(places + deltas.astype(np.uint64)).tolist()
     fns = _function_words(code, places)
+    quick = _overwritten_at_once(code, np.array(a_idx, np.int64), np.array(b_idx, np.int64)).tolist()
+    s_offsets = {variant: LAYOUTS[variant].offset(Slot.S) for variant in {s.variant for s in sites}}
     v = _views(code)
     out = []
     for n in range(len(sites)):
@@ -793,14 +795,35 @@ def _walk_sites(code: Code, sites: Sequence[Site]) -> list[Safety]:
         if a < 0 or b < 0:
             out.append(Safety(Verdict.UNKNOWN, Why.NO_FUNCTION, None))
             continue
-        fn = fns[n] if fns[n].start >= 0 else _Fn(a, a, -1)
         # gcc 5: slot S (std r0,16(r1)) ran, so the value also sits in the LR save doubleword.
-        s_offset = LAYOUTS[sites[n].variant].offset(Slot.S)
+        s_offset = s_offsets[sites[n].variant]
         s_word = None if s_offset is None else v.words[b + s_offset // ppc.INSN_SIZE]
         lr_slot = LR_SAVE if s_word == ppc.STD_R0_16_R1 else None
+        if quick[n] and lr_slot is None:
+            out.append(_SAFE_AT_ONCE)
+            continue
+        fn = fns[n] if fns[n].start >= 0 else _Fn(a, a, -1)
         verdict, why, at = walk(code, v, _SiteWords(a, b, lr_slot), fn)
         out.append(Safety(verdict, why, None if at is None else code.place(at)))
     return out
+
+
+_SAFE_AT_ONCE: Final = Safety(Verdict.SAFE, None, None)
+
+
+def _overwritten_at_once(code: Code, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per site, whether the first word after its slots that the walk looks at (``stop``) writes
+    r0 without reading it, and is neither a function edge nor an exception fixup: the walk would
+    end there, SAFE, with nothing on its stack. More than half the sites of a vmlinux end so
+    (18,108 of 6.1's 33,690: mostly the function's own ``mflr r0``); one vectorised test for all
+    of them takes a quarter off the safety pass (0.40 s -> 0.30 s on 6.1), same verdicts."""
+    known = (a >= 0) & (b >= 0)
+    first = code.stop[np.where(known, b + 1, 0)]
+    effect = code.effect[first]
+    quick = known & ~code.edge_mark[first] & ((effect & (_READ | _INVALID)) == 0) & ((effect & _WRITE) != 0)
+    if code.fixups:
+        quick &= ~np.isin(first, np.fromiter(code.fixups, np.int64, len(code.fixups)))
+    return quick
 
 
 def _function_words(code: Code, places: np.ndarray) -> list[_Fn]:

@@ -820,7 +820,7 @@ def _overwritten_at_once(code: Code, a: np.ndarray, b: np.ndarray) -> np.ndarray
     known = (a >= 0) & (b >= 0)
     first = code.stop[np.where(known, b + 1, 0)]
     effect = code.effect[first]
-    quick = known & ~code.edge_mark[first] & ((effect & (_READ | _INVALID)) == 0) & ((effect & _WRITE) != 0)
+    quick: np.ndarray = known & ~code.edge_mark[first] & ((effect & (_READ | _INVALID)) == 0) & ((effect & _WRITE) != 0)
     if code.fixups:
         quick &= ~np.isin(first, np.fromiter(code.fixups, np.int64, len(code.fixups)))
     return quick

@@ -13,7 +13,7 @@ System Register" (mfspr).
 from __future__ import annotations
 
 import enum
-from typing import Final, Literal, NewType
+from typing import Any, Final, Literal, NewType
 
 import numpy as np
 
@@ -203,14 +203,17 @@ class Disassembler:
     """
 
     def __init__(self, big_endian: bool) -> None:
-        import capstone  # type: ignore[import-untyped]
-
-        mode = capstone.CS_MODE_64 | (capstone.CS_MODE_BIG_ENDIAN if big_endian else capstone.CS_MODE_LITTLE_ENDIAN)
-        self._cs = capstone.Cs(capstone.CS_ARCH_PPC, mode)
+        self._big = big_endian
+        self._cs: Any = None  # made on first use: most audits print no word, and capstone's import costs 16 ms
         self._order: Literal["little", "big"] = "big" if big_endian else "little"
 
     def text(self, word: int, addr: int = 0) -> str:
         """``mnemonic operands`` of one word, or ``.long 0x...`` if capstone cannot decode it."""
+        if self._cs is None:
+            import capstone  # type: ignore[import-untyped]
+
+            endian = capstone.CS_MODE_BIG_ENDIAN if self._big else capstone.CS_MODE_LITTLE_ENDIAN
+            self._cs = capstone.Cs(capstone.CS_ARCH_PPC, capstone.CS_MODE_64 | endian)
         for insn in self._cs.disasm(word.to_bytes(4, self._order), addr, 1):
             return f"{insn.mnemonic} {insn.op_str}".strip()
         return f".long {word:#010x}"

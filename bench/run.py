@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -295,6 +295,17 @@ class Result(NamedTuple):
     failed: str | None = None
 
 
+# Python as an installed tool runs: from its bytecode. An environment with PYTHONDONTWRITEBYTECODE
+# (this machine's has it) makes every run compile each module it imports from source, ~0.1 s for an
+# audit, which would weigh on a bigger checkout more; so the checkouts are compiled before the runs.
+ENV: Final = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def compile_checkouts(checkouts: set[Path]) -> None:
+    for checkout in sorted(checkouts):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(checkout / "rewriter")], check=True, env=ENV)
+
+
 def run_once(case: Case, tmp: str) -> Run:
     """One run of ``case``; a failure ends the benchmark, except a twin's (the older checkout may
     lack the feature): that is reported in its row."""
@@ -305,6 +316,7 @@ def run_once(case: Case, tmp: str) -> Run:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=ROOT,
+        env=ENV,
     )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -400,7 +412,8 @@ def measure(selected: list[Case], repeat: int, tmp: str) -> dict[str, Result]:
         for _ in range(repeat):
             for case in group:
                 if case.prepare:
-                    prepared = subprocess.run(["bash", "-c", case.shell(case.prepare, tmp)], capture_output=True)
+                    prepare = ["bash", "-c", case.shell(case.prepare, tmp)]
+                    prepared = subprocess.run(prepare, capture_output=True, env=ENV)
                     if prepared.returncode and case.twin_of is None:
                         raise SystemExit(f"bench: {case.name}: prepare failed:\n{prepared.stderr.decode()}")
                 runs[case.name].append(run_once(case, tmp))
@@ -460,6 +473,7 @@ def main() -> int:
     selected, notes = select(args.only, against)
     for note in notes:
         print(f"bench: {note}", file=sys.stderr)
+    compile_checkouts({ROOT, *against})
     before = load()
     with tempfile.TemporaryDirectory(prefix="mcountrw-bench-") as tmp:
         results = measure(selected, args.repeat, tmp)
@@ -467,7 +481,8 @@ def main() -> int:
         [
             f"Machine: {machine()}  ",
             f"Date: {time.strftime('%Y-%m-%d')}; repetitions: {args.repeat}, each group's cases taking turns; "
-            f"command: `python3 bench/run.py{''.join(f' --against {label(d)}' for d in against)}`  ",
+            f"command: `python3 bench/run.py{''.join(f' --against {label(d)}' for d in against)}`; "
+            "bytecode compiled first  ",
             f"Load before: {before}; after: {load()}",
             *(f"Note: {n}" for n in notes),
             "",

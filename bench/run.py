@@ -227,6 +227,13 @@ def new_kernel_cases(m: str) -> list[Case]:
                 needs=tree,
             ),
             Case(
+                f"lzma alone module tree {name}",
+                "for the record: Python's lzma over the same files, 2 processes, no scan (bench/lzma_alone.py)",
+                f"{shlex.quote(sys.executable)} bench/lzma_alone.py --jobs 2 {mods}",
+                anchor=f"xz -dc module tree {name}",
+                needs=tree,
+            ),
+            Case(
                 f"scan module tree {name}",
                 tree_target,
                 f"{m} scan --jobs 2 --format json -o {{tmp}}/m{name}.json {mods}",

@@ -114,7 +114,7 @@ from rewriter.ppc.fields import (
     rt,
     ui16,
 )
-from rewriter.ppc.table import Effect, Flow, Table, decode, gpr_fields, row_of, written_gprs
+from rewriter.ppc.table import Effect, Flow, Table, decode, flow_in, gpr_fields, row_of, written_gprs
 from rewriter.sites import MCOUNT_NAMES, Scan, Site
 from rewriter.states import Slot
 
@@ -185,7 +185,7 @@ def build_code(
     flow, effect = dec.flow, dec.effect
     flow[-1] = Flow.INVALID  # a sentinel past the last section
     target = np.full(n, TARGET_NONE, np.int64)
-    idx = np.flatnonzero(np.isin(flow[:-1], np.array([Flow.JUMP, Flow.COND, Flow.CALL, Flow.COND_CALL], np.uint8)))
+    idx = np.flatnonzero(flow_in(flow[:-1], (Flow.JUMP, Flow.COND, Flow.CALL, Flow.COND_CALL)))
     target[idx] = view.index(ppc.branch_targets(view.places(idx), words[idx]))
     if relocated is not None:
         target[relocated.at] = relocated.target
@@ -200,8 +200,7 @@ def build_code(
     fixups = dict(fixups or {})
     interesting = (effect != 0) | (flow != Flow.NEXT) | edge_mark
     interesting[np.fromiter(fixups, np.int64, len(fixups))] = True
-    pos = np.where(interesting, np.arange(n), n - 1)
-    stop = np.minimum.accumulate(pos[::-1])[::-1].astype(np.int64)
+    stop = _next_true(interesting)
     entries = np.concatenate([starts, view.index(funcs.lep)])
     mcount = view.index(np.array(mcount_places, np.uint64))
     return Code(
@@ -209,6 +208,14 @@ def build_code(
         frozenset(int(e) for e in entries if e >= 0), fixups, frozenset(int(m) for m in mcount if m >= 0),
         funcs, table,
     )  # fmt: skip
+
+
+def _next_true(mark: np.ndarray) -> np.ndarray:
+    """For each index, the first index at or after it where ``mark`` is set (the last one must
+    be). Each marked index repeated over the run of words that ends at it: half the time of a
+    reversed ``minimum.accumulate`` over 3.7 M words."""
+    at = np.flatnonzero(mark)
+    return np.repeat(at, np.diff(at, prepend=-1)).astype(np.int64, copy=False)
 
 
 def load_code(image: Image, result: Scan, table: Table, view: CodeView | None = None) -> Code:
@@ -785,29 +792,32 @@ def _walk_sites(code: Code, sites: Sequence[Site]) -> list[Safety]:
     b_idx = code.index(places).tolist()
     deltas = np.array([LAYOUTS[s.variant].first_offset for s in sites], np.int64)
     a_idx = code.index(places + deltas.astype(np.uint64)).tolist()
-    fns = _function_words(code, places)
     quick = _overwritten_at_once(code, np.array(a_idx, np.int64), np.array(b_idx, np.int64)).tolist()
     s_offsets = {variant: LAYOUTS[variant].offset(Slot.S) for variant in {s.variant for s in sites}}
     v = _views(code)
-    out = []
+    out: list[Safety] = []
+    walks: list[tuple[int, _SiteWords]] = []  # the sites settled by a walk, and where it starts
     for n in range(len(sites)):
         a, b = a_idx[n], b_idx[n]
         if a < 0 or b < 0:
-            out.append(Safety(Verdict.UNKNOWN, Why.NO_FUNCTION, None))
+            out.append(_NO_FUNCTION)
             continue
         # gcc 5: slot S (std r0,16(r1)) ran, so the value also sits in the LR save doubleword.
         s_offset = s_offsets[sites[n].variant]
         s_word = None if s_offset is None else v.words[b + s_offset // ppc.INSN_SIZE]
         lr_slot = LR_SAVE if s_word == ppc.STD_R0_16_R1 else None
-        if quick[n] and lr_slot is None:
-            out.append(_SAFE_AT_ONCE)
-            continue
-        fn = fns[n] if fns[n].start >= 0 else _Fn(a, a, -1)
-        verdict, why, at = walk(code, v, _SiteWords(a, b, lr_slot), fn)
-        out.append(Safety(verdict, why, None if at is None else code.place(at)))
+        out.append(_SAFE_AT_ONCE)
+        if not quick[n] or lr_slot is not None:
+            walks.append((n, _SiteWords(a, b, lr_slot)))
+    # The functions around the walked sites only: a quick verdict needs none (18,108 of 6.1's).
+    fns = _function_words(code, places[np.array([n for n, _ in walks], np.int64)])
+    for (n, words), fn in zip(walks, fns, strict=True):
+        verdict, why, at = walk(code, v, words, fn if fn.start >= 0 else _Fn(words.a, words.a, -1))
+        out[n] = Safety(verdict, why, None if at is None else code.place(at))
     return out
 
 
+_NO_FUNCTION: Final = Safety(Verdict.UNKNOWN, Why.NO_FUNCTION, None)
 _SAFE_AT_ONCE: Final = Safety(Verdict.SAFE, None, None)
 
 

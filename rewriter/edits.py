@@ -29,6 +29,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import groupby
+from json.encoder import encode_basestring_ascii
 from operator import attrgetter
 from typing import Any, Final, NamedTuple, TypeAlias, cast
 
@@ -78,9 +79,12 @@ class LineText:
         return text
 
     def quote(self, text: str | None) -> str:
+        """``json.dumps(text)``. A string goes straight to the C function json.dumps ends in
+        (``ensure_ascii``, its default): a vmlinux log quotes 33,689 function names, nearly all
+        distinct, and json.dumps's Python layers were 45 ms of a ``nop``."""
         q = self.quoted.get(text)
         if q is None:
-            q = self.quoted[text] = json.dumps(text)
+            q = self.quoted[text] = "null" if text is None else encode_basestring_ascii(text)
         return q
 
     def word(self, key: str, word: int, addr: int | None) -> str:

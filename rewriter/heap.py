@@ -15,6 +15,18 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
+_freeze_after = False
+
+
+def freeze_after_pauses() -> None:
+    """From now on, what exists when the outermost pause ends is frozen (``gc.freeze``): the
+    collector never walks it again. For a process that ends soon after its work (the CLI): a
+    vmlinux ``nop`` made two million objects during its pauses, and the first collection after
+    them walked them all, 34 ms on the way out. Frozen objects are still freed when their last
+    reference goes; only a reference cycle among them would outlive the process's need of it."""
+    global _freeze_after
+    _freeze_after = True
+
 
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
@@ -26,4 +38,6 @@ def collector_paused() -> Iterator[None]:
         yield
     finally:
         if was:
+            if _freeze_after:
+                gc.freeze()
             gc.enable()

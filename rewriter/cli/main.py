@@ -22,6 +22,7 @@ import typer
 
 from rewriter import __version__
 from rewriter.cli.exits import Commands, Interrupted, interrupt, report
+from rewriter.heap import freeze_after_pauses
 
 
 class Entry(NamedTuple):
@@ -220,6 +221,7 @@ def run() -> None:
     removed and no output is left half-written."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, interrupt)
+    freeze_after_pauses()  # the process ends with the command
     try:
         entry_app()(prog_name="mcountrw")
     except SystemExit:

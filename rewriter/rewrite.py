@@ -46,7 +46,7 @@ from rewriter import ppc
 from rewriter.edits import BytesEdit, Edit, RelaEdit, RelaPut, Truncate, WordWrite, apply_edits
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind, Section
-from rewriter.elf.symbols import rel_place
+from rewriter.elf.symbols import PLACE_SHIFT
 from rewriter.errors import ImageError, InternalError, NoRoute, PlanRejected, RewriteError
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
 from rewriter.heap import collector_paused
@@ -620,9 +620,12 @@ class _RelaTables:
                     f"{image.path}: {rsec.name}: expected {len(offsets)} R_PPC64_REL24 for the nopped call slots, "
                     f"found {len(found)}"
                 )
-            for i in found.tolist():
-                place = int(rel_place(rsec.info, int(rows["r_offset"][i])))
-                self.taken[place] = RelaEntry(rsec.name, rows[i : i + 1].tobytes())
+            # Each entry's bytes and place in one pass of plain ints: numpy per entry (a scalar
+            # rel_place, a one-row slice) cost 2-4 us against 0.2, and a 6.1 tree's prenop takes
+            # out some 150,000 of them.
+            raw, size, base = rows[found].tobytes(), rows.dtype.itemsize, rsec.info << PLACE_SHIFT
+            for k, r_offset in enumerate(rows["r_offset"][found].tolist()):
+                self.taken[base | r_offset] = RelaEntry(rsec.name, raw[k * size : (k + 1) * size])
             edits += self.remove(rsec, found, "R_PPC64_REL24 of a nopped call slot")
         return edits
 

@@ -38,7 +38,7 @@ from typing import Any, Final, NamedTuple, cast
 
 from rewriter import ppc
 from rewriter.edits import BytesEdit, Edit, RelaEdit, WordWrite
-from rewriter.elf.symbols import PLACE_SHIFT
+from rewriter.elf.symbols import join_place
 from rewriter.generations import LAYOUTS, Variant
 from rewriter.sites import Scan, Site, Source, boot_state
 from rewriter.states import SiteState, Slot
@@ -155,7 +155,7 @@ class SiteLine(NamedTuple):
         """The call slot as a place (``rewriter.elf.symbols``), as ``Site.place``."""
         if self.addr is not None:
             return self.addr
-        return self.section_index << PLACE_SHIFT | self.section_offset
+        return join_place(self.section_index, self.section_offset)
 
     @property
     def changed(self) -> bool:

@@ -23,7 +23,13 @@ def rel_place(shndx: np.ndarray | int, offset: np.ndarray | int) -> np.ndarray:
     return (np.asarray(shndx, dtype=np.uint64) << np.uint64(PLACE_SHIFT)) | np.asarray(offset, dtype=np.uint64)
 
 
+def join_place(shndx: int, offset: int) -> int:
+    """:func:`rel_place` of one place, as a Python int (no numpy scalar in a per-entry loop)."""
+    return shndx << PLACE_SHIFT | offset
+
+
 def split_place(place: int) -> tuple[int, int]:
+    """The inverse of :func:`join_place`: (section index, offset in it)."""
     return place >> PLACE_SHIFT, place & ((1 << PLACE_SHIFT) - 1)
 
 

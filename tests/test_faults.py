@@ -307,3 +307,39 @@ def test_apply_then_undo_is_the_identity(data: st.DataObject, name: str, tmp_pat
         back = work / (later.name + ".back")
         undo_file(later, default_log_path(later), back)
         assert back.read_bytes() == earlier.read_bytes()
+
+
+def test_a_report_is_replaced_whole_but_not_forced_to_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reports (scan/audit/plan -o) are renamed into place without an fsync; rewritten files are
+    fsynced: a failing fsync stops the second and never reaches the first."""
+    synced: list[int] = []
+
+    def failing(fd: int) -> None:
+        synced.append(fd)
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(writer.os, "fsync", failing)
+    report = tmp_path / "report.json"
+    report.write_text("old")
+    writer.atomic_write(report, b'{"new": true}\n', durable=False)
+    assert report.read_bytes() == b'{"new": true}\n' and synced == []
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left
+    image = tmp_path / "image"
+    with pytest.raises(OutputError, match="Input/output error"):
+        writer.atomic_write(image, b"rewritten")
+    assert synced and not image.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_a_report_on_a_full_disk_leaves_nothing(tiny_tmpfs: Path) -> None:
+    """Not fsynced, a report still fails whole on a full file system: one line, exit 2, no file."""
+    filler = tiny_tmpfs / "filler"
+    with open(filler, "wb", buffering=0) as fh, pytest.raises(OSError, match="No space left"):
+        while True:  # fill the file system to its last block
+            fh.write(b"\0" * 4096)
+    proc = subprocess.run(command("scan", "--format", "json", "-o", str(tiny_tmpfs / "r.json"), str(BIN / "prof-le")),
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0], proc.stderr
+    assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["filler"]

@@ -77,14 +77,15 @@ def check_mcount_addr(generation: Generation | None, mcount_addr: int | None) ->
 
 
 def emit(text: str, output: Path | None) -> None:
-    """Write ``text`` to ``output`` atomically, or to stdout."""
+    """Write ``text`` to ``output`` atomically (a report: not forced to the disk, see
+    ``rewriter.elf.writer``), or to stdout."""
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
     from rewriter.elf.writer import atomic_write
 
-    atomic_write(output, text.encode())
+    atomic_write(output, text.encode(), durable=False)
 
 
 def print_errors(errors: Sequence[str]) -> None:

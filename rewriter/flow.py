@@ -82,7 +82,7 @@ from typing import Final, NamedTuple
 
 import numpy as np
 
-from rewriter import ppc
+from rewriter import arrays, ppc
 from rewriter.code import OUTSIDE, CodeView, code_view
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image
@@ -246,14 +246,14 @@ def _branch_relocs(image: Image, view: CodeView) -> Relocated:
         if sec is None or not sec.is_exec:
             continue
         rela = image.relocations(rsec)
-        rela = rela[np.isin(S.r_type(rela["r_info"]), S.BRANCH_RELOCS)]
+        rela = rela[arrays.member(S.r_type(rela["r_info"]), S.BRANCH_RELOCS)]
         if not len(rela):
             continue
         at = view.index(rel_place(sec.shndx, rela["r_offset"]))
         symi = S.r_sym(rela["r_info"]).astype(np.int64)
         undefined = syms.table["st_shndx"][symi] == S.SHN_UNDEF
         dest = view.index(reloc_target_places(image, rela))
-        dest = np.where(undefined, np.where(np.isin(symi, mcount_syms), TARGET_MCOUNT, TARGET_EXTERNAL), dest)
+        dest = np.where(undefined, np.where(arrays.member(symi, mcount_syms), TARGET_MCOUNT, TARGET_EXTERNAL), dest)
         ats.append(at[at >= 0])
         dests.append(dest[at >= 0])
     return Relocated(np.concatenate(ats), np.concatenate(dests))
@@ -832,7 +832,7 @@ def _overwritten_at_once(code: Code, a: np.ndarray, b: np.ndarray) -> np.ndarray
     effect = code.effect[first]
     quick: np.ndarray = known & ~code.edge_mark[first] & ((effect & (_READ | _INVALID)) == 0) & ((effect & _WRITE) != 0)
     if code.fixups:
-        quick &= ~np.isin(first, np.fromiter(code.fixups, np.int64, len(code.fixups)))
+        quick &= ~arrays.member(first, np.fromiter(code.fixups, np.int64, len(code.fixups)))
     return quick
 
 

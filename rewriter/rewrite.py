@@ -42,7 +42,7 @@ from typing import Final, NamedTuple, cast
 
 import numpy as np
 
-from rewriter import ppc
+from rewriter import arrays, ppc
 from rewriter.edits import BytesEdit, Edit, RelaEdit, RelaPut, Truncate, WordWrite, apply_edits
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind, Section
@@ -613,7 +613,7 @@ class _RelaTables:
             if not offsets:
                 continue
             rows = self.current(rsec)
-            hit = (S.r_type(rows["r_info"]) == S.R_PPC64_REL24) & np.isin(rows["r_offset"], offsets)
+            hit = (S.r_type(rows["r_info"]) == S.R_PPC64_REL24) & arrays.member(rows["r_offset"], offsets)
             found = np.flatnonzero(hit)
             if len(found) != len(offsets):
                 raise ImageError(
@@ -742,7 +742,7 @@ def _drop_rel_records(
     found = []
     for t in scan.records.tables:
         rsec = image.section(t.section)
-        hit = np.flatnonzero(np.isin(t.values, want))
+        hit = np.flatnonzero(arrays.member(t.values, want))
         if rsec is None or not len(hit):
             continue
         rows = tables.current(rsec)
@@ -762,7 +762,7 @@ def _drop_linked_records(
     found = []
     slot_addrs = []
     for t in scan.records.tables:
-        hit = np.flatnonzero(np.isin(t.values, want))
+        hit = np.flatnonzero(arrays.member(t.values, want))
         if t.addr is None or t.file_offset is None or not len(hit):
             continue
         found.append(t.values[hit])
@@ -794,7 +794,7 @@ def _move_relatives(image: Image, tables: _RelaTables, slot_addrs: np.ndarray, f
         return []  # a static executable: its table holds link-time addresses, no relocation
     rows = tables.current(rela)
     relative = S.r_type(rows["r_info"]) == S.R_PPC64_RELATIVE
-    moved = np.flatnonzero(relative & np.isin(rows["r_offset"], slot_addrs))
+    moved = np.flatnonzero(relative & arrays.member(rows["r_offset"], slot_addrs))
     if not len(moved):
         return []
     by_slot = {slot.addr: value for value, slot in facts.slots.items()}

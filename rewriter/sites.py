@@ -37,7 +37,7 @@ from typing import Final, NamedTuple
 
 import numpy as np
 
-from rewriter import ppc
+from rewriter import arrays, ppc
 from rewriter.code import CodeView, code_view
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind, Section
@@ -202,7 +202,7 @@ def scan(
             tables, entries, calls, generation = _stripped(image, text, entries, calls, mcount_addr, generation)
         elif not len(entries):  # the entry is whatever the recorded `bl` words call most
             entries = _entries_from_records(text, _nonzero(tables))
-            calls = text.bl_places[np.isin(text.bl_targets, entries)]
+            calls = text.bl_places[arrays.member(text.bl_targets, entries)]
     records = _nonzero(tables)
     if generation is None:
         generation = detect_generation(image, text, calls, records).generation
@@ -264,7 +264,7 @@ def _records(
     distinct: int | None = None,
 ) -> Records:
     """``distinct``: how many distinct records, when the caller knows (none repeated if all)."""
-    repeated = _repeated(records) if distinct is None or distinct < len(records) else ()
+    repeated = arrays.repeated(records) if distinct is None or distinct < len(records) else ()
     return Records(
         len(records),
         _zeroed(image, tables),
@@ -368,7 +368,7 @@ def _calls(image: Image, text: CodeView, mcount_addr: int | None) -> tuple[np.nd
     """(mcount entries, call-slot places of the calls to them), in a linked image (a relocatable
     file's are its relocations: :func:`_rel_call_places`)."""
     entries = _mcount_entries(image, text, mcount_addr)
-    return entries, text.bl_places[np.isin(text.bl_targets, entries)]
+    return entries, text.bl_places[arrays.member(text.bl_targets, entries)]
 
 
 def _mcount_entries(image: Image, text: CodeView, mcount_addr: int | None) -> np.ndarray:
@@ -435,7 +435,7 @@ def _branch_stubs(text: CodeView, entries: np.ndarray) -> np.ndarray:
     words = text.words_at(k, i)
     is_b = (k >= 0) & ppc.b_mask(words)
     hop = ppc.branch_targets(targets[is_b], words[is_b])
-    stubs: np.ndarray = targets[is_b][np.isin(hop, entries)]
+    stubs: np.ndarray = targets[is_b][arrays.member(hop, entries)]
     return stubs
 
 
@@ -453,14 +453,14 @@ def _rel_call_places(image: Image) -> np.ndarray:
         if target is None or not target.is_exec:
             continue
         rela = image.relocations(rsec)
-        hit = (S.r_type(rela["r_info"]) == S.R_PPC64_REL24) & np.isin(S.r_sym(rela["r_info"]), mcount_syms)
+        hit = (S.r_type(rela["r_info"]) == S.R_PPC64_REL24) & arrays.member(S.r_sym(rela["r_info"]), mcount_syms)
         out.append(rel_place(target.shndx, rela["r_offset"][hit]))
     return np.concatenate(out) if out else np.zeros(0, np.uint64)
 
 
 def _entries_from_records(text: CodeView, records: np.ndarray) -> np.ndarray:
     """Stripped image: the mcount entry is whatever the recorded ``bl`` words call most."""
-    hit = np.isin(text.bl_places, records)
+    hit = arrays.member(text.bl_places, records)
     if not hit.any():
         return np.zeros(0, np.uint64)
     values, counts = np.unique(text.bl_targets[hit], return_counts=True)
@@ -750,7 +750,7 @@ def _mprofile_columns(text: CodeView, funcs: Functions, calls: np.ndarray, recor
     ``std r0,16(r1)`` between (the call slot at LEP + 8)."""
     cand = np.union1d(calls, records)
     k, i = text.locate(cand)
-    is_call = np.isin(cand, calls)
+    is_call = arrays.member(cand, calls)
     b_word = text.words_at(k, i)
     mid = text.words_at(k, i - 1)
     a2 = text.words_at(k, i - 2)
@@ -764,7 +764,7 @@ def _mprofile_columns(text: CodeView, funcs: Functions, calls: np.ndarray, recor
     inside = (k >= 0) & (i >= np.where(std_variant, 2, 1))
     state = _TWO_SLOT_TABLE[_kinds(a_word), _kinds(b_word, is_call)]
     keep = inside & (is_call | (state != _UNKNOWN))
-    record = np.where(np.isin(cand, records), cand, np.uint64(0))
+    record = np.where(arrays.member(cand, records), cand, np.uint64(0))
     variant = np.where(std_variant, 1, 0)
     return _Columns(cand, k, i, b_word, is_call, record, state, variant, keep, fi)
 
@@ -777,7 +777,7 @@ def _entry_columns(
     a ``b`` in an ool one when it reaches a stub area. (A module defines neither: its columns
     take a dozen numpy calls, each a fixed cost that its few dozen records cannot amortise.)"""
     lay = LAYOUTS[Variant.PATCHABLE if generation is Generation.PATCHABLE else Variant.OOL]
-    record = _distinct(records)
+    record = arrays.distinct(records)
     cand = shift(record, -lay.record_offset)
     k, i = text.locate(cand)
     b_word = text.words_at(k, i)
@@ -803,7 +803,8 @@ def _reaching(
     ``targets``; no branch is decoded when there is no target (a module defines no tracer)."""
     if not len(targets):
         return np.zeros(len(places), bool)
-    return mask(words) & np.isin(ppc.branch_targets(places, words), targets)
+    out: np.ndarray = mask(words) & arrays.member(ppc.branch_targets(places, words), targets)
+    return out
 
 
 def _in_stub_areas(image: Image, places: np.ndarray, words: np.ndarray) -> np.ndarray | None:
@@ -815,26 +816,6 @@ def _in_stub_areas(image: Image, places: np.ndarray, words: np.ndarray) -> np.nd
     out = np.zeros(len(targets), bool)
     for area in areas:
         out |= (targets >= area[1]) & (targets < area[1] + area[2])
-    return out
-
-
-def _distinct(values: np.ndarray) -> np.ndarray:
-    """``np.unique(values)`` for a 1-D array, in a few calls: np.unique's own checks cost 25 us a
-    call, on the few dozen records of a module."""
-    ordered = np.sort(values)
-    first = np.ones(len(ordered), bool)
-    first[1:] = ordered[1:] != ordered[:-1]
-    return ordered[first]
-
-
-def _repeated(values: np.ndarray) -> np.ndarray:
-    """The values that occur more than once, each once, sorted (as :func:`_distinct`)."""
-    ordered = np.sort(values)
-    same = ordered[1:] == ordered[:-1]
-    # the second of each run of equal values: equal to the one before, which is not a repeat
-    second = same.copy()
-    second[1:] &= ~same[:-1]
-    out: np.ndarray = ordered[1:][second]
     return out
 
 

@@ -35,7 +35,7 @@ from typing import Any, Final, NamedTuple, TypeAlias, cast
 
 import numpy as np
 
-from rewriter import ppc
+from rewriter import arrays, ppc
 from rewriter.elf.structs import ByteOrder
 from rewriter.errors import WordMismatch
 from rewriter.states import SiteState, Slot
@@ -438,7 +438,7 @@ class RelaEdit(NamedTuple):
             index = self.removed[i]
             found = rows[index].tobytes().hex() if index < len(rows) else "nothing"
             raise WordMismatch(f"{self.section}[{index}]: expected {self.entries[i].hex()} != found {found}")
-        kept = np.delete(rows, removed, axis=0)
+        kept = arrays.without(rows, removed)
         if self.keep is None:
             new = kept.tobytes() + bytes(len(self.entries) * self.entsize)
         else:
@@ -544,7 +544,7 @@ class RelaPut(NamedTuple):
             if i >= len(rows) or rows[i].tobytes() != entry:
                 found = rows[i].tobytes().hex() if i < len(rows) else "nothing"
                 raise WordMismatch(f"{self.section}[{i}]: expected {entry.hex()} != found {found}")
-        return np.delete(rows, list(indexes), axis=0)
+        return arrays.without(rows, list(indexes))
 
     def _put(self, rest: np.ndarray, indexes: Sequence[int] | None) -> bytes:
         """``rest`` with the entries at ``indexes`` (None: zeroed rows after it)."""

@@ -572,14 +572,14 @@ class _RelaTables:
         The freed tail of the table is zeroed, or with ``keep_tail`` holds the removed entries
         (still in the file, past the end of the table)."""
         rows = self.current(sec)
-        indexes = np.unique(indexes)
+        indexes = arrays.distinct(indexes)
         if not len(indexes):
             return []
         entsize = sec.entsize or rows.dtype.itemsize
         size = rows.dtype.itemsize
         taken = rows[indexes].tobytes()  # one copy, cut into entries (not a numpy slice per entry)
         entries = tuple(taken[i : i + size] for i in range(0, len(taken), size))
-        left = np.delete(rows, indexes)
+        left = arrays.without(rows, indexes)
         keep = len(left) if keep_tail else None
         edit = RelaEdit(
             sec.name, sec.offset, self.size[sec.shndx], entsize, tuple(indexes.tolist()), entries, keep, why
@@ -723,7 +723,7 @@ def _drop_records(
     facts = _Taken({}, {})
     if not sites:
         return [], 0, facts
-    want = np.unique(np.array([s.record for s in sites], dtype=np.uint64))
+    want = arrays.distinct(np.array([s.record for s in sites], dtype=np.uint64))
     if image.type == S.ET_REL:
         edits, found, rows = _drop_rel_records(image, scan, tables, want, facts)
     else:
@@ -751,7 +751,7 @@ def _drop_rel_records(
         edits += tables.remove(rsec, hit, "record of a nopped site")
         found.append(t.values[hit])
     rows_out = sum(len(f) for f in found)
-    return edits, np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64), rows_out
+    return edits, arrays.distinct(np.concatenate(found)) if found else np.zeros(0, np.uint64), rows_out
 
 
 def _drop_linked_records(
@@ -782,7 +782,7 @@ def _drop_linked_records(
     if not found:
         return edits, np.zeros(0, np.uint64), 0
     edits += _move_relatives(image, tables, np.concatenate(slot_addrs), facts)
-    return edits, np.unique(np.concatenate(found)), sum(len(f) for f in found)
+    return edits, arrays.distinct(np.concatenate(found)), sum(len(f) for f in found)
 
 
 def _move_relatives(image: Image, tables: _RelaTables, slot_addrs: np.ndarray, facts: _Taken) -> list[Edit]:

@@ -748,7 +748,7 @@ def _classify(
 def _mprofile_columns(text: CodeView, funcs: Functions, calls: np.ndarray, records: np.ndarray) -> _Columns:
     """mprofile: the record is the call slot; A is the word before it, or two before with gcc 5's
     ``std r0,16(r1)`` between (the call slot at LEP + 8)."""
-    cand = np.union1d(calls, records)
+    cand = arrays.distinct(np.concatenate((calls, records)))
     k, i = text.locate(cand)
     is_call = arrays.member(cand, calls)
     b_word = text.words_at(k, i)

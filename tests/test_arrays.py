@@ -54,3 +54,14 @@ def test_distinct_and_repeated(values: np.ndarray) -> None:
     assert np.array_equal(arrays.distinct(values), np.unique(values))
     uniq, counts = np.unique(values, return_counts=True)
     assert np.array_equal(arrays.repeated(values), uniq[counts > 1])
+
+
+@given(st.integers(0, 40).flatmap(lambda n: st.tuples(st.just(n), st.lists(st.integers(0, max(n - 1, 0)), max_size=n))))
+def test_without_is_delete(case: tuple[int, list[int]]) -> None:
+    n, indexes = case
+    if not n:
+        indexes = []
+    rows = np.arange(n * 3, dtype=np.uint8).reshape(n, 3)
+    want = np.delete(rows, indexes, axis=0)
+    assert np.array_equal(arrays.without(rows, indexes), want)
+    assert np.array_equal(arrays.without(rows, np.array(indexes, np.int64)), want)

@@ -57,7 +57,7 @@ from rewriter.batch import map_batches
 from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
-from rewriter.elf.writer import NewFile, publish
+from rewriter.elf.writer import NewFile, land, publish, stage
 from rewriter.errors import LogError, RewriteError
 from rewriter.files import ScanHints, known_sites, no_site_cause, read_file
 from rewriter.log import LOG_SUFFIX, FileFacts, Header, Log, load, read_header, render
@@ -484,18 +484,20 @@ Compute = Callable[[Target], tuple[FileReport, tuple[NewFile, ...]]]
 
 
 def _compute_then_publish(batch: Sequence[Target], compute: Compute) -> list[FileReport]:
-    """Compute each file on this process, and publish it on a few threads: fsync and rename wait
-    on the disk, not the CPU, so the next file is computed meanwhile."""
+    """Compute each file on this process and write its outputs to their temporary files here
+    (``stage``); fsync and rename them on a few threads (``land``): those wait on the disk, not
+    the CPU, so the next file is computed meanwhile."""
     reports: list[FileReport] = []
     writing: list[tuple[int, Future[None]]] = []
     with ThreadPoolExecutor(IO_THREADS) as io:
         for t in batch:
             try:
                 report, outputs = compute(t)
+                staged = stage(outputs) if outputs else []
             except Exception as e:  # _failure re-raises what is not a per-file failure
-                report, outputs = _failure(t, e), ()
-            if outputs:
-                writing.append((len(reports), io.submit(publish, outputs)))
+                report, staged = _failure(t, e), []
+            if staged:
+                writing.append((len(reports), io.submit(land, staged)))
             reports.append(report)
         for i, fut in writing:
             try:

@@ -1,9 +1,10 @@
 """Atomic file output: a temporary file in the target directory, fsync, read back, rename.
 
 Strategy: nothing is ever written into a file that already exists. Each output is written in full
-to a temporary file beside its target, flushed to the disk (``fsync``), read back and compared
-with what was meant (:func:`write_temp`), and only then renamed over the target (:func:`commit`:
-``os.replace``, atomic on POSIX within one file system) and the directory fsynced. So a run killed
+to a temporary file beside its target, read back and compared with what was meant, flushed to the
+disk (``fsync``; :func:`write_temp`, or :func:`stage` then :func:`land` to fsync on another
+thread), and only then renamed over the target (:func:`commit`: ``os.replace``, atomic on POSIX
+within one file system) and the directory fsynced. So a run killed
 at any moment, or a disk that fills up, leaves the target either as it was or complete; never
 partial.
 

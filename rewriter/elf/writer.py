@@ -80,6 +80,8 @@ class Pending:
         """Flush the temporary file to the disk (a no-op once done, or for a report)."""
         if self.synced:
             return
+        # Opened again, not kept open since the write: a batch of small modules stages hundreds
+        # of files before an I/O thread lands them.
         try:
             fd = os.open(self.tmp, os.O_RDONLY)
             try:
@@ -175,9 +177,10 @@ class NewFile(NamedTuple):
 
 def publish(files: Sequence[NewFile]) -> None:
     """Write every file to a temporary file beside its target (fsync'ed, read back), then rename
-    each over its target in order (directories made as needed), then read the last one back. A
-    run killed at any point leaves each target old or new, never partial, and a caller that puts
-    a log before the file it undoes never leaves a rewritten file without its log."""
+    each over its target in order (directories made as needed), then check that the last target
+    is the file written (its device and inode). A run killed at any point leaves each target old
+    or new, never partial, and a caller that puts a log before the file it undoes never leaves a
+    rewritten file without its log."""
     land(stage(files))
 
 
@@ -242,17 +245,13 @@ def _check_read_back(path: Path, fd: int, data: bytes | bytearray | memoryview |
 
 def _pread_all(fd: int, size: int, offset: int) -> bytes:
     """``size`` bytes at ``offset`` (fewer only at the end of the file)."""
-    first = os.pread(fd, size, offset)
-    if len(first) == size or not first:
-        return first
-    parts = [first]
-    got = len(first)
-    while got < size:
-        more = os.pread(fd, size - got, offset + got)
-        if not more:
+    parts = []
+    while size:
+        part = os.pread(fd, size, offset)
+        if not part:
             break
-        parts.append(more)
-        got += len(more)
+        parts.append(part)
+        size, offset = size - len(part), offset + len(part)
     return b"".join(parts)
 
 

@@ -1,5 +1,5 @@
 """`python3 -m rewriter`: the same entry point as the `mcountrw` command."""
 
-from rewriter.cli import run
+from rewriter.cli import run_process
 
-run()
+run_process()

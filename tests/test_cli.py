@@ -284,6 +284,41 @@ def assert_same_on_both_paths(args: tuple[str, ...], code: int) -> str:
     return proc.stderr
 
 
+END_PROBE = """
+import atexit, sys
+atexit.register(lambda: sys.stderr.write("shutdown ran\\n"))
+from rewriter.cli import {entry}
+sys.argv = ["mcountrw", *sys.argv[1:]]
+{entry}()
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("scan", "--format", "json", str(FIXTURES / "bin")), 0),  # 31 kB of stdout, flushed in pieces
+        (("audit", str(FIXTURES / "bin" / "anom-r0live"), "--fail-on", "warning"), 1),
+        (("scan", "/nonexistent/vmlinux"), 2),
+    ],
+)
+def test_the_process_ends_with_its_command(args: tuple[str, ...], code: int) -> None:
+    """``run_process`` (the console script, ``python3 -m rewriter``) ends the process once the
+    command is over, without Python's shutdown (``end_now``): an atexit hook never runs, yet the
+    exit code and every byte of stdout and stderr are the command's, as with ``run`` alone, which
+    leaves the ending to Python."""
+    ends = {
+        entry: subprocess.run(
+            [sys.executable, "-c", END_PROBE.format(entry=entry), *args], capture_output=True, text=True
+        )
+        for entry in ("run_process", "run")
+    }
+    fast, slow = ends["run_process"], ends["run"]
+    assert fast.returncode == slow.returncode == code, (fast.stderr, slow.stderr)
+    assert slow.stderr.endswith("shutdown ran\n") and "shutdown ran" not in fast.stderr
+    assert fast.stderr == slow.stderr.removesuffix("shutdown ran\n")
+    assert fast.stdout == slow.stdout and (fast.stdout or code == 2)
+
+
 EXIT_CASES = [
     pytest.param(("scan", "/nonexistent/vmlinux"), 2, "/nonexistent/vmlinux", id="missing-file"),
     pytest.param(("nop", str(ROOT / "README.md"), "--dry-run"), 2, "not an ELF file", id="not-elf"),

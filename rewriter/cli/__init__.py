@@ -1,7 +1,7 @@
 """The `mcountrw` command. This package is the only code that prints; nothing outside it imports it.
 
 * :mod:`~rewriter.cli.main` assembles the app from the command modules (each imported only when
-  its command runs) and holds ``run``, the entry point;
+  its command runs) and holds ``run_process``, the entry point (``run``: the same without ending the process);
 * :mod:`~rewriter.cli.exits` is the exit-code table (0 success, 1 findings, 2 bad input, 3 internal
   error), applied to every command however the app is called;
 * :mod:`~rewriter.cli.common` holds the option types and helpers the commands share;
@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 # command module (and so numpy) is imported.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from rewriter.cli.main import full_app, run
+from rewriter.cli.main import full_app, run, run_process
 
 if TYPE_CHECKING:
     import typer
 
-__all__ = ["app", "run"]
+__all__ = ["app", "run", "run_process"]
 
 
 def __getattr__(name: str) -> typer.Typer:

@@ -8,9 +8,23 @@ Messages name the file (or address) and say what was expected and what was found
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """``text`` with each character that is not printable (a newline, a tab, the ESC of a terminal
+    escape sequence) written as its Python escape, ``\\n`` or ``\\x1b``: messages quote a file's
+    own names (sections, symbols) and paths as they are, and a corrupt string table can hold any
+    byte. Printable text, ASCII or not, is left alone, so the escape is done once however often
+    it is applied."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class RewriteError(Exception):
     """Base of every error mcountrw reports to the user: the input is bad (exit 2), unless a
-    subclass says otherwise (:class:`NoRoute`)."""
+    subclass says otherwise (:class:`NoRoute`). Its message is one line (:func:`one_line`)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(one_line(a) if isinstance(a, str) else a for a in args))
 
 
 class ImageError(RewriteError):

@@ -8,12 +8,12 @@ Messages name the file (or address) and say what was expected and what was found
 from __future__ import annotations
 
 
-def one_line(text: str) -> str:
+def printable(text: str) -> str:
     """``text`` with each character that is not printable (a newline, a tab, the ESC of a terminal
-    escape sequence) written as its Python escape, ``\\n`` or ``\\x1b``: messages quote a file's
-    own names (sections, symbols) and paths as they are, and a corrupt string table can hold any
-    byte. Printable text, ASCII or not, is left alone, so the escape is done once however often
-    it is applied."""
+    escape sequence) written as its Python escape, ``\\n`` or ``\\x1b``: what a message or a
+    report quotes from a file (its section and symbol names) or from the command line (paths) must
+    not break a line nor drive the terminal, and a corrupt or hostile string table can hold any
+    byte. Printable text, ASCII or not, is left alone: escaping twice changes nothing."""
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
@@ -21,10 +21,10 @@ def one_line(text: str) -> str:
 
 class RewriteError(Exception):
     """Base of every error mcountrw reports to the user: the input is bad (exit 2), unless a
-    subclass says otherwise (:class:`NoRoute`). Its message is one line (:func:`one_line`)."""
+    subclass says otherwise (:class:`NoRoute`). Its message is one line (:func:`printable`)."""
 
     def __init__(self, *args: object) -> None:
-        super().__init__(*(one_line(a) if isinstance(a, str) else a for a in args))
+        super().__init__(*(printable(a) if isinstance(a, str) else a for a in args))
 
 
 class ImageError(RewriteError):

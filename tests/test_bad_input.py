@@ -15,8 +15,10 @@ The helpers at the top (:class:`Elf`, :func:`regions`) are shared with tests/tes
 from __future__ import annotations
 
 import gzip
+import json
 import lzma
 import os
+import pickle
 import resource
 import shutil
 import subprocess
@@ -34,7 +36,7 @@ from conftest import FIXTURES, ROOT
 
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image
-from rewriter.errors import RewriteError
+from rewriter.errors import ImageError, RewriteError
 from rewriter.files import apply_file
 from rewriter.rewrite import Options, Selection
 from rewriter.sites import scan
@@ -666,3 +668,49 @@ def test_repo_layout_is_what_the_docs_table_names() -> None:
     table = (ROOT / "docs" / "bad-input.md").read_text()
     missing = [c.id for c in CASES if f"`{c.id}`" not in table]
     assert not missing, f"docs/bad-input.md lacks {missing}"
+
+
+# -- names that would break a line or drive a terminal ---------------------------------------------
+
+HOSTILE = "le\x1b[2J\nd"  # the length of "leaf_add": ESC, "clear the screen", a newline
+
+
+def _hostile_names(tmp_path: Path) -> Path:
+    """patchable-le.o with the function ``leaf_add`` renamed to :data:`HOSTILE` and ``.text``'s
+    name's last but one letter made a tab (``.te\\tt``), byte for byte in their string tables
+    (``.text`` is the tail of ``.rela.text`` there, which the tab renames too)."""
+    data = (BIN / "patchable-le.o").read_bytes()
+    assert data.count(b"\0leaf_add\0") == 1 and data.count(b"\0.rela.text\0") == 1
+    data = data.replace(b"\0leaf_add\0", b"\0" + HOSTILE.encode() + b"\0")
+    data = data.replace(b"\0.rela.text\0", b"\0.rela.te\tt\0")
+    path = tmp_path / "hostile.o"
+    path.write_bytes(data)
+    return path
+
+
+def test_names_from_the_file_are_printed_escaped(tmp_path: Path) -> None:
+    """A string table can hold any byte: every report shows a name's unprintable characters as
+    Python escapes (``\\x1b``, ``\\n``, ``\\t``), so that no name breaks a line of the table or a
+    message, nor sends the terminal an escape sequence. Printable names are left alone."""
+    path = _hostile_names(tmp_path)
+    shown = "le\\x1b[2J\\nd"
+    table = mcountrw("scan", str(path))
+    assert table.returncode == 0, table.stderr
+    assert not any(c in table.stdout for c in "\x1b\t"), table.stdout
+    rows = [line for line in table.stdout.splitlines() if "patchable" in line and "rec" in line]
+    assert [row.split()[-1] for row in rows].count(shown) == 1, table.stdout
+    assert all(".te\\tt" in row for row in rows if "+0x" in row), table.stdout
+    sites = json.loads(mcountrw("scan", "--format", "json", str(path)).stdout)["images"][0]["sites"]
+    assert shown in [s["function"] for s in sites] and "static_helper" in [s["function"] for s in sites]
+    assert {s["section"] for s in sites} == {".te\\tt"}
+    audit = mcountrw("audit", "--format", "md", str(path))
+    assert not any(c in audit.stdout for c in "\x1b\t") and ".te\\tt+0x" in audit.stdout, audit.stdout
+
+
+def test_error_messages_stay_one_line_whatever_the_names() -> None:
+    """A RewriteError's message is one line however it was built (here, from a section name read
+    out of a note when a corrupt header moved the names): printable text is kept as it is, and
+    escaping twice (a message pickled back from a worker) changes nothing."""
+    e = ImageError("m.ko: section 32 (\x1b[31m\nname\u2028) overlaps section 2 (é)")
+    assert str(e) == "m.ko: section 32 (\\x1b[31m\\nname\\u2028) overlaps section 2 (é)"
+    assert str(pickle.loads(pickle.dumps(e))) == str(e)

@@ -36,11 +36,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import pytest
 import zstandard
-from boot import corpus_modules_dir, require_corpus
+from boot import KERNELS, corpus_dir, corpus_modules_dir, require_corpus
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from test_bad_input import SMALL, Elf, Field, Region, regions
@@ -91,6 +91,10 @@ def _compressed_seed(name: str, data: bytes) -> Seed:
     return Seed(name, data, (), (Region("compressed stream", 0, len(data)),), ())
 
 
+# Modules of the current kernels (patchable 6.12, ool 7.2; signed, .ko.xz), fuzzed decompressed.
+NEW_MODULES: Final = ("fs/nls/nls_utf8.ko.xz", "crypto/zstd.ko.xz")
+
+
 def load_seeds() -> list[Seed]:
     seeds = [_seed(p.name, p.read_bytes()) for p in SMALL]
     modules = corpus_modules_dir()
@@ -98,6 +102,12 @@ def load_seeds() -> list[Seed]:
         require_corpus()  # fails in CI; locally the fuzz runs on the fixtures alone
     else:
         seeds.append(_seed("nls_utf8.ko", (modules / "fs/nls/nls_utf8.ko").read_bytes()))
+        root = corpus_dir()
+        assert root is not None  # corpus_modules_dir found it
+        for kernel in ("6.12", "7.2"):
+            tree = KERNELS[kernel].modules(root / "root")
+            for rel in NEW_MODULES:
+                seeds.append(_seed(f"{kernel} {Path(rel).name[:-3]}", lzma.decompress((tree / rel).read_bytes())))
     by_name = {p.name: p.read_bytes() for p in SMALL}
     seeds.append(_compressed_seed("clean.o.xz", lzma.compress(by_name["clean.o"])))
     seeds.append(_compressed_seed("prof-le.o.gz", gzip.compress(by_name["prof-le.o"], mtime=0)))

@@ -27,7 +27,7 @@ import numpy as np
 from rewriter import arrays
 from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, decompress, detect_compression
-from rewriter.errors import ImageError, UnmappedAddress
+from rewriter.errors import ImageError, UnmappedAddress, printable
 from rewriter.ppc import Addr, Offset
 
 PN_XNUM = 0xFFFF  # e_phnum: the program header count is in section header 0
@@ -109,7 +109,7 @@ class Symbols:
         end = self.strtab.find(b"\0", st_name)
         if end < 0:
             end = len(self.strtab)
-        return self.strtab[st_name:end].decode("utf-8", "replace")
+        return printable(self.strtab[st_name:end].decode("utf-8", "replace"))
 
     def names_at(self, st_names: list[int]) -> list[str]:
         """:meth:`name_at` of each index. A kernel's string table is ASCII: it is then decoded once
@@ -125,7 +125,7 @@ class Symbols:
 
     @cached_property
     def _text(self) -> str | None:
-        return self.strtab.decode("ascii") if self.strtab.isascii() else None
+        return _printable_ascii(self.strtab)
 
     def find(self, name: str) -> np.ndarray:
         """Indexes of the symbols called exactly ``name``.
@@ -141,6 +141,16 @@ class Symbols:
         if not places:  # most look-ups are for names an image lacks: skip the table
             return np.zeros(0, dtype=np.intp)
         return np.flatnonzero(arrays.member(self.table["st_name"], places))
+
+
+def _printable_ascii(strings: bytes) -> str | None:
+    """A string table as text, when every name in it is printable ASCII (every kernel's): the
+    names are then cut from it as they are. None otherwise: each name is decoded on its own and
+    :func:`~rewriter.errors.printable` escapes what would break a line or drive a terminal."""
+    if not strings.isascii():
+        return None
+    text = strings.decode("ascii")
+    return text if text.replace("\0", "").isprintable() else None
 
 
 def _read_all(fd: int, size: int) -> bytes:
@@ -289,11 +299,11 @@ class Image:
         return sections
 
     def _section_names(self, offsets: tuple[int, ...], names: bytes) -> list[str]:
-        """Each section's name, from its offset into the names section (ASCII in every kernel:
-        then decoded once and cut as text)."""
+        """Each section's name, from its offset into the names section (printable ASCII in every
+        kernel: then decoded once and cut as text; see :func:`_printable_ascii`)."""
         out = []
         end = max(len(names), 1)
-        text = names.decode("ascii") if names.isascii() else None
+        text = _printable_ascii(names)
         for i, at in enumerate(offsets):
             if at >= end:
                 raise self.error(f"section {i} name index {at} out of range")
@@ -302,7 +312,7 @@ class Image:
                 out.append(text[at:stop] if stop >= 0 else text[at:])
             else:
                 stop = names.find(b"\0", at)
-                out.append(names[at : stop if stop >= 0 else len(names)].decode("utf-8", "replace"))
+                out.append(printable(names[at : stop if stop >= 0 else len(names)].decode("utf-8", "replace")))
         return out
 
     def _check_links(self, sections: list[Section]) -> None:

@@ -714,3 +714,17 @@ def test_error_messages_stay_one_line_whatever_the_names() -> None:
     e = ImageError("m.ko: section 32 (\x1b[31m\nname\u2028) overlaps section 2 (é)")
     assert str(e) == "m.ko: section 32 (\\x1b[31m\\nname\\u2028) overlaps section 2 (é)"
     assert str(pickle.loads(pickle.dumps(e))) == str(e)
+
+
+def test_paths_are_printed_escaped(tmp_path: Path) -> None:
+    """A file's own path can hold a newline or an ESC too (a tree unpacked from anywhere): the
+    table's and the Markdown audit's headings and every error line show it escaped."""
+    evil = tmp_path / "a\x1b[31m\nb.o"
+    shutil.copy(BIN / "prof-le.o", evil)
+    shown = str(tmp_path / "a\\x1b[31m\\nb.o")
+    table = mcountrw("scan", str(tmp_path))
+    assert table.returncode == 0 and table.stdout.startswith(f"{shown}: object,"), table
+    audit = mcountrw("audit", "--format", "md", str(evil))
+    assert f"### `{shown}`" in audit.stdout and "\x1b" not in audit.stdout, audit.stdout
+    missing = mcountrw("scan", str(evil) + "\n.gone")
+    assert_cli_error(missing, f"{shown}\\n.gone: no such file or directory")

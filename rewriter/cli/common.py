@@ -11,7 +11,7 @@ from typing import Annotated, Final
 
 import typer
 
-from rewriter.errors import ArgumentError
+from rewriter.errors import ArgumentError, printable
 from rewriter.generations import Generation
 
 
@@ -91,7 +91,7 @@ def emit(text: str, output: Path | None) -> None:
 def print_errors(errors: Sequence[str]) -> None:
     """One line per file that could not be read (the command goes on with the others)."""
     for line in errors:
-        typer.echo(f"mcountrw: error: {line}", err=True)
+        typer.echo(f"mcountrw: error: {printable(line)}", err=True)
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from rewriter.errors import InternalError, NoRoute, NothingToDo, RewriteError
+from rewriter.errors import InternalError, NoRoute, NothingToDo, RewriteError, printable
 
 
 class ExitCode(enum.IntEnum):
@@ -99,7 +99,7 @@ def report(error: Exception | Interrupted) -> int:
         typer.echo(f"mcountrw: interrupted by {error.name}: no output was left half-written", err=True)
         return 128 + error.signum
     kind = kind_of(error)
-    typer.echo(f"mcountrw: {kind.label}: {message_of(error, kind)}", err=True)
+    typer.echo(f"mcountrw: {kind.label}: {printable(message_of(error, kind))}", err=True)
     return int(kind.code)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from rewriter.audit import Anomaly, Audit, GroupSummary, ImageAudit, Severity, roll_up, summarise
 from rewriter.diff import Diff, FunctionChangeKind, ImageDiff
 from rewriter.elf.image import Kind
+from rewriter.errors import printable
 from rewriter.flow import Verdict
 from rewriter.generations import Generation
 from rewriter.sites import StubArea
@@ -60,7 +61,7 @@ def _headline(total: GroupSummary) -> list[str]:
 def _groups(groups: Sequence[GroupSummary]) -> list[str]:
     rows = [
         (
-            g.group,
+            printable(g.group),
             g.images,
             g.sites,
             _tally(g.by_state),
@@ -116,9 +117,9 @@ def stub_text(area: StubArea) -> str:
 
 def _image(img: ImageAudit) -> list[str]:
     out = [
-        f"### `{img.path}`",
+        f"### `{printable(str(img.path))}`",
         "",
-        f"{img.kind.value}, {img.endian}-endian {img.abi.value}, group `{img.group}`.",
+        f"{img.kind.value}, {img.endian}-endian {img.abi.value}, group `{printable(img.group)}`.",
         "",
         *_table(("what", "count"), _counts_rows(img)),
     ]
@@ -229,7 +230,7 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
             out.append(f"\n... {len(d.changes) - limit} more (use --format json)")
     for title, paths in (("Only in A", diff.only_a), ("Only in B", diff.only_b)):
         if paths:
-            out += ["", f"## {title}", "", *(f"- `{p}`" for p in paths)]
+            out += ["", f"## {title}", "", *(f"- `{printable(str(p))}`" for p in paths)]
     if diff.errors:
-        out += ["", "## Errors", "", *(f"- {e}" for e in diff.errors)]
+        out += ["", "## Errors", "", *(f"- {printable(e)}" for e in diff.errors)]
     return "\n".join(out) + "\n"

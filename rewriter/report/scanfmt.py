@@ -49,6 +49,7 @@ from typing import Any, Final, NamedTuple
 
 from rewriter.elf.image import Kind
 from rewriter.elf.symbols import split_place
+from rewriter.errors import printable
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.sites import Scan, Site, Source, summary
 
@@ -411,7 +412,7 @@ def _head(result: Scan, traceable: int) -> str:
     logged = _by_source(result.sites)[Source.LOG]
     from_log = f", {logged} of them from the patch log" if logged else ""
     return (
-        f"{result.path}: {result.kind.value}, {result.endian}-endian {result.abi.value}, "
+        f"{printable(str(result.path))}: {result.kind.value}, {result.endian}-endian {result.abi.value}, "
         f"generation {'none' if generation is None else generation.value}: "
         f"{len(result.sites)} sites ({states}{from_log}), {traceable} traceable {_after(result)}; "
         f"{rec.count} records ({rec.zeroed} zeroed, {len(rec.skipped)} skipped, {len(rec.unmatched)} unmatched), "

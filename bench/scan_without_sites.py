@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 
 # rewriter.cli first: it sets OPENBLAS_NUM_THREADS before numpy is imported, as the tool does.
-from rewriter.cli import run  # isort: skip
+from rewriter.cli import run_process  # isort: skip
 
 import numpy as np
 
@@ -34,7 +34,7 @@ def main() -> None:
         sys.exit("bench/scan_without_sites.py: rewriter.sites._module_sites is gone; update this script")
     rewriter.sites._module_sites = _no_sites  # type: ignore[assignment]
     sys.argv = ["mcountrw", "scan", *sys.argv[1:]]
-    run()
+    run_process()
 
 
 if __name__ == "__main__":

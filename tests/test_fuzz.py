@@ -1,8 +1,8 @@
-"""Fuzzing: ten thousand mutated files through scan, audit and apply --dry-run, with no uncaught
-exception, no hang and no runaway allocation.
+"""Fuzzing: ten thousand mutated files through scan, audit and apply (then verify and undo), with
+no uncaught exception, no hang and no runaway allocation.
 
 Strategy: hypothesis drives a structure-aware mutator. Each input is one seed (the small
-committed fixtures, a corpus module, and xz/gzip/zstd-compressed fixtures) with one to four
+committed fixtures, corpus modules, and xz/gzip/zstd-compressed fixtures) with one to four
 mutations drawn from: set one numeric field of a header or table entry (ELF header, program and
 section headers, the first and last entries of symbol, relocation, dynamic and ``__mcount_loc``
 tables) to a boundary value, a random value, a nearby value or another field's value; flip bytes
@@ -11,8 +11,9 @@ another. Hypothesis is run derandomized (the same inputs on every run) with gene
 (nothing to shrink: failures are collected, not raised).
 
 Every input goes, in process and through the library, to ``sites.scan``, to ``audit`` when that
-module exists, and to ``rewrite.apply_file(dry_run=True)`` with drawn options. A RewriteError is
-a clean rejection; anything else is a bug. Each input has a time bound (SIGALRM) and the whole run
+module exists, and to ``rewrite.apply_file`` with drawn options, for real: what it accepts must
+verify against its log and undo to the input byte for byte (:func:`apply_verify_undo`). A
+RewriteError is a clean rejection; anything else is a bug. Each input has a time bound (SIGALRM) and the whole run
 an address-space bound, so a hang or a multi-gigabyte allocation is counted, not suffered.
 
 The figures (inputs, rejections, exceptions, hangs, slowest input) are printed, and recorded in
@@ -48,7 +49,8 @@ from test_bad_input import SMALL, Elf, Field, Region, regions
 from rewriter.elf.image import Image
 from rewriter.elf.structs import ByteOrder
 from rewriter.errors import RewriteError
-from rewriter.files import apply_file
+from rewriter.files import apply_file, undo_file, verify_files
+from rewriter.log import LOG_SUFFIX
 from rewriter.plan import Route
 from rewriter.rewrite import Options, Selection
 from rewriter.sites import scan
@@ -230,8 +232,27 @@ def entry_points() -> list[tuple[str, Callable[[Path, Options], object]]]:
     audit = audit_entry()
     if audit is not None:
         points.append(("audit", lambda p, o: audit(p)))
-    points.append(("apply --dry-run", lambda p, o: apply_file(p, None, Selection(), o, dry_run=True)))
+    points.append(("apply, verify, undo", apply_verify_undo))
     return points
+
+
+def apply_verify_undo(path: Path, options: Options) -> None:
+    """``apply`` for real; an apply the library accepts must then verify against its own log and
+    undo to the input byte for byte: a RewriteError there is a bug, not a rejection."""
+    out, back = path.with_name(path.name + ".out"), path.with_name(path.name + ".back")
+    log = out.with_name(out.name + LOG_SUFFIX)
+    for old in (out, back, log):
+        old.unlink(missing_ok=True)
+    result = apply_file(path, out, Selection(), options)
+    if result.output is None or result.log is None:
+        return
+    try:
+        verdict = verify_files(path, out, result.log)
+        undo_file(out, result.log, back)
+    except RewriteError as e:
+        raise AssertionError(f"an accepted apply, then {type(e).__name__}: {e}") from None
+    assert verdict.ok, verdict.reason
+    assert back.read_bytes() == path.read_bytes(), "undo did not give the input back byte for byte"
 
 
 @dataclass
@@ -292,7 +313,7 @@ def run_one(path: Path, case: FuzzInput, points: list[tuple[str, Callable[[Path,
 
 
 @pytest.mark.slow
-def test_fuzz_scan_audit_and_dry_run_never_crash_or_hang(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fuzz_scan_audit_and_apply_never_crash_or_hang(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     seeds = load_seeds()
     points = entry_points()
     figures = Figures()

@@ -112,8 +112,8 @@ class Symbols:
         return printable(self.strtab[st_name:end].decode("utf-8", "replace"))
 
     def names_at(self, st_names: list[int]) -> list[str]:
-        """:meth:`name_at` of each index. A kernel's string table is ASCII: it is then decoded once
-        and cut as text, not once per name."""
+        """:meth:`name_at` of each index. A kernel's string table is printable ASCII: it is then
+        decoded once and cut as text, not once per name."""
         text = self._text
         if text is None:
             return [self.name_at(i) for i in st_names]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,7 @@ import numpy as np
 from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, Restore, decompress, detect_compression
 from rewriter.elf.image import Image
-from rewriter.elf.writer import Pending, atomic_write, commit, write_temp
+from rewriter.elf.writer import Pending, atomic_write, commit_all, write_temp
 from rewriter.errors import ImageError, LogError, NothingToDo, OutputError, RewriteError
 from rewriter.generations import Generation
 from rewriter.heap import collector_paused
@@ -191,28 +191,32 @@ def _write_outputs(
     # The two files are hashed and the output's 46 MB written, fsynced and read back in a thread
     # while the log's 67,000 lines are formatted (hashlib and file I/O let go of the GIL); nothing
     # is published until the output, the log and the backup are all complete.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        facts = pool.submit(_file_facts, image, raw, out, new_raw, result.content)
-        out_future = pool.submit(write_temp, out, new_raw, mode)
-        pending: list[Pending] = []
-        try:
-            order = image.byteorder
-            text = render(image.kind, order, result, options, facts.result, restore, base)
-            pending.append(write_temp(log, text, 0o644))
-            if backup is not None:
-                pending.append(write_temp(backup, raw, mode))
-            pending.append(out_future.result())
-        except BaseException:
-            for p in pending:
-                p.discard()
-            if out_future.exception() is None:  # waits for the writer thread: its file must go too
-                out_future.result().discard()
-            raise
-    if moved and known is not None:  # a write beside the input: under the same lock as the output
-        os.replace(known.path, archived_log(known))
-    # The log is published first: an output never exists without the log that can undo it.
-    for p in pending:
-        commit(p)
+    pending: list[Pending] = []
+    # Everything staged is discarded if the run stops before it is published, an interruption
+    # included: while the writer thread is joined at the end of the `with`, or between renames.
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            facts = pool.submit(_file_facts, image, raw, out, new_raw, result.content)
+            out_future = pool.submit(write_temp, out, new_raw, mode)
+            try:
+                order = image.byteorder
+                text = render(image.kind, order, result, options, facts.result, restore, base)
+                pending.append(write_temp(log, text, 0o644))
+                if backup is not None:
+                    pending.append(write_temp(backup, raw, mode))
+                pending.append(out_future.result())
+            except BaseException:
+                if out_future.exception() is None:  # waits for the writer thread: its file must go too
+                    out_future.result().discard()
+                raise
+        if moved and known is not None:  # a write beside the input: under the same lock as the output
+            os.replace(known.path, archived_log(known))
+        # The log is published first: an output never exists without the log that can undo it.
+        commit_all(pending)
+    except BaseException:
+        for p in pending:
+            p.discard()
+        raise
     return base
 
 
@@ -368,25 +372,25 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
     original = log.revert(content)
     new_raw, raw_want = log.original_file(original, kind)
     # Written to its temporary file while the result is hashed; published only if the hash is right.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        written = pool.submit(write_temp, out, new_raw, patched.stat().st_mode & 0o7777)
-        try:
+    mode = patched.stat().st_mode & 0o7777
+    written: Future[Pending] | None = None
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            written = pool.submit(write_temp, out, new_raw, mode)
             right = _sha256(original) == facts.input.content_sha256
             exact = raw_want is None or _sha256(new_raw) == raw_want
-        except BaseException:  # Ctrl-C or SIGTERM: the writer's file must not stay behind
-            if written.exception() is None:
-                written.result().discard()
-            raise
-        pending = written.result()
-    if not (right and exact):
-        pending.discard()
         if not right:
             raise LogError(f"{log_path}: undo does not give back the original (sha256 mismatch); log and file disagree")
-        raise LogError(
-            f"{log_path}: undo gives back the original content, but compressing it again does not give the "
-            f"original {kind.value} bytes (sha256 differs: another liblzma than the one that made the file?)"
-        )
-    commit(pending)
+        if not exact:
+            raise LogError(
+                f"{log_path}: undo gives back the original content, but compressing it again does not give the "
+                f"original {kind.value} bytes (sha256 differs: another liblzma than the one that made the file?)"
+            )
+        commit_all([written.result()])
+    except BaseException:  # a mismatch, Ctrl-C or SIGTERM (even while the pool is joined): no file stays behind
+        if written is not None and written.exception() is None:  # waits for the writer thread
+            written.result().discard()
+        raise
     return out, log
 
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,56 @@ def test_sigterm_cleans_up_and_says_so(corpus, reference, tmp_path: Path) -> Non
         assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
         assert proc.stderr.strip().splitlines()[-1].startswith("mcountrw: interrupted by SIGTERM")
         assert leftovers(work, {out.name, default_log_path(out).name}) == []
+
+
+# -- a signal between writing and publishing ---------------------------------------------------------
+# A signal can land after the temporary files are complete and before they are renamed: while the
+# writer thread is joined, or between two renames. test_sigterm_cleans_up_and_says_so once left the
+# log's and the output's temporary files there, on a loaded machine; these put the signal there.
+
+
+class _SignalAtJoin(ThreadPoolExecutor):
+    """The writer pool, with a SIGTERM (as the handler raises it) landing as the pool is joined."""
+
+    def __exit__(self, *exc: object) -> bool | None:
+        super().__exit__(*exc)
+        raise KeyboardInterrupt
+
+
+def test_a_signal_while_the_writer_is_joined_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rewriter.files
+
+    """apply (the output, its log) and undo (the original) each stop with nothing written."""
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(rewriter.files, "ThreadPoolExecutor", _SignalAtJoin)
+        apply_file(BIN / "prof-le", tmp_path / "out", Selection(), Options(SiteState.NOPPED))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    done = tmp_path / "done"
+    apply_file(BIN / "prof-le", done, Selection(), Options(SiteState.NOPPED))
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(rewriter.files, "ThreadPoolExecutor", _SignalAtJoin)
+        undo_file(done, default_log_path(done), tmp_path / "back")
+    assert leftovers(tmp_path, {done.name, default_log_path(done).name}) == []
+
+
+def test_a_signal_between_two_renames_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log is renamed first, then the signal: the output's temporary file goes, the log
+    stays (a log without its output is harmless; an output without its log is what must never be)."""
+    renames = []
+    real = writer.commit
+
+    def commit_then_signal(pending: writer.Pending) -> None:
+        if renames:
+            raise KeyboardInterrupt
+        real(pending)
+        renames.append(pending.path)
+
+    monkeypatch.setattr(writer, "commit", commit_then_signal)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        apply_file(BIN / "prof-le", out, Selection(), Options(SiteState.NOPPED))
+    assert renames == [default_log_path(out)]
+    assert leftovers(tmp_path, {default_log_path(out).name}) == []
 
 
 # -- a full disk ------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def atomic_write(
         except OSError as e:
             raise OutputError(f"{path}: {e.strerror or e}") from None
         return
-    commit(write_temp(path, data, mode, durable))
+    commit_all([write_temp(path, data, mode, durable)])
 
 
 def _special(path: Path) -> bool:
@@ -75,6 +75,7 @@ class Pending:
         self.durable = durable
         self.synced = synced or not durable
         self.written = written  # (st_dev, st_ino) of the temporary file, once read back
+        self.committed = False  # renamed over its target: nothing left to discard
 
     def sync(self) -> None:
         """Flush the temporary file to the disk (a no-op once done, or for a report)."""
@@ -94,7 +95,11 @@ class Pending:
         self.synced = True
 
     def discard(self) -> None:
-        _remove_quietly(self.tmp)
+        """Remove the temporary file, unless it has been renamed over its target already: a
+        caller's cleanup can discard everything it staged, whatever was published before an
+        interruption."""
+        if not self.committed:
+            _remove_quietly(self.tmp)
 
 
 def write_temp(
@@ -163,8 +168,22 @@ def commit(pending: Pending) -> None:
     except OSError as e:
         pending.discard()
         raise OutputError(f"{pending.path}: {e.strerror or e}") from None
+    pending.committed = True
     if pending.durable:
         _fsync_dir(pending.path.parent if str(pending.path.parent) else Path("."))
+
+
+def commit_all(pending: Sequence[Pending]) -> None:
+    """:func:`commit` each in order. If one fails, or a signal (Ctrl-C, SIGTERM) interrupts the
+    run meanwhile, every temporary file not yet renamed is removed: a target is either published
+    or left as it was, and no temporary file stays behind."""
+    try:
+        for p in pending:
+            commit(p)
+    except BaseException:
+        for p in pending:
+            p.discard()
+        raise
 
 
 class NewFile(NamedTuple):
@@ -211,8 +230,7 @@ def land(pending: Sequence[Pending]) -> None:
         for p in pending:
             p.discard()
         raise
-    for p in pending:
-        commit(p)
+    commit_all(pending)
     last = pending[-1]
     try:
         same = os.stat(last.path)

@@ -642,6 +642,27 @@ def test_the_entry_point_lists_the_commands_as_the_full_app_does() -> None:
         assert (lazy.exit_code, lazy.output) == (full.exit_code, full.output), args
 
 
+def test_the_command_list_shows_each_summary_as_one_paragraph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The summaries are docstring paragraphs, wrapped at 100 columns; listed with their line
+    breaks, rich ended each row early and began a new one mid-sentence. On a terminal wide enough,
+    each summary is one unbroken row, in the entry point's list and the full app's alike."""
+    import typer.rich_utils
+
+    from rewriter.cli.main import COMMANDS, GROUPS, entry_app
+
+    # typer reads TERMINAL_WIDTH once, when it is imported
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 400)
+    assert any("\n" in e.summary for e in COMMANDS.values())  # the case this is about
+    for built in (entry_app(), app):
+        listing = CliRunner().invoke(built, ["--help"]).output
+        for name, entry in COMMANDS.items():
+            assert f"{name}  " in listing and entry.listed in listing, name
+        for name, group in GROUPS.items():
+            sub = CliRunner().invoke(built, [name, "--help"]).output
+            for entry in group.commands.values():
+                assert entry.listed in sub, name
+
+
 @pytest.mark.parametrize(
     ("args", "loaded"),
     [

@@ -35,6 +35,12 @@ class Entry(NamedTuple):
     function: str
     summary: str
 
+    @property
+    def listed(self) -> str:
+        """The summary as one line, as the command list shows it: rich prints a help text's line
+        breaks as they are, and the list's column then ends each line early."""
+        return " ".join(self.summary.split())
+
 
 COMMANDS: Final[dict[str, Entry]] = {
     "scan": Entry(
@@ -156,12 +162,12 @@ def _register(app: typer.Typer, names: Iterable[str]) -> typer.Typer:
     """``app`` with the commands and groups ``names`` registered (their modules imported)."""
     for name in names:
         if name in COMMANDS:
-            app.command(name)(_function(COMMANDS[name]))
+            app.command(name, short_help=COMMANDS[name].listed)(_function(COMMANDS[name]))
             continue
         group = GROUPS[name]
         sub = typer.Typer(no_args_is_help=True, help=group.summary)
         for command, entry in group.commands.items():
-            sub.command(command)(_function(entry))
+            sub.command(command, short_help=entry.listed)(_function(entry))
         app.add_typer(sub, name=name)
     return app
 
@@ -189,7 +195,9 @@ class LazyCommands(Commands):
             return None
         if self.listing:
             entry = COMMANDS.get(cmd_name)
-            return click.Command(cmd_name, help=entry.summary if entry else GROUPS[cmd_name].summary)
+            if entry is None:
+                return click.Command(cmd_name, help=GROUPS[cmd_name].summary)
+            return click.Command(cmd_name, help=entry.summary, short_help=entry.listed)
         # Built exactly as the full app builds it: a group of its own, with the one command in it.
         command = typer.main.get_group(_register(typer.Typer(), [cmd_name])).commands[cmd_name]
         self.commands[cmd_name] = command

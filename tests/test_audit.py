@@ -76,6 +76,20 @@ def test_live_verdict_is_shown_with_the_instruction_that_reads_r0() -> None:
     assert "std r0, 0x10(r1)  <- reads r0" in md.audit_markdown(audit.Audit((got,), ()))
 
 
+def test_the_headlines_count_in_the_singular_and_the_plural() -> None:
+    """Say "1 image, 1 warning", not "1 images, 1 warnings": in the Markdown and the HTML headline."""
+    from rewriter.report import html
+
+    one = _audit(FIXTURES / "bin" / "anom-r0live")  # one image, one warning
+    two = audit.Audit((one, _audit(FIXTURES / "bin" / "prof-le")), ())
+    sites = len(one.sites)
+    assert f"**1 image, {sites} site{'' if sites == 1 else 's'}**" in md.audit_markdown(audit.Audit((one,), ()))
+    assert "**Anomalies:** 0 errors, 1 warning, 0 notes." in md.audit_markdown(audit.Audit((one,), ()))
+    assert "**2 images, " in md.audit_markdown(two)
+    page = html.audit_html(audit.Audit((one,), ()))
+    assert f"<p id='summary'>1 image, {sites} site" in page and "Anomalies: 0 errors, 1 warning, 0 notes." in page
+
+
 # -- anomalies made by editing copies of the fixtures -----------------------------------------
 
 

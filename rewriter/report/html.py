@@ -14,7 +14,7 @@ from typing import Final, NamedTuple
 
 from rewriter.audit import Audit, GroupSummary, ImageAudit, roll_up, summarise
 from rewriter.flow import Verdict
-from rewriter.report.md import safety_text, stub_text
+from rewriter.report.md import anomaly_text, counted, safety_text, stub_text
 from rewriter.states import SiteState
 
 STATE_COLOURS: Final[Mapping[str, str]] = {
@@ -239,9 +239,8 @@ def audit_html(audit: Audit) -> str:
         "<title>mcountrw audit</title>",
         f"<style>{_STYLE}</style></head><body>",
         "<h1>mcountrw audit</h1>",
-        f"<p id='summary'>{total.images} images, {total.sites} sites. mflr-nop safety: "
-        f"{_esc(safety_text(total.safety))}. Anomalies: {a['error']} errors, {a['warning']} warnings, "
-        f"{a['note']} notes.</p>",
+        f"<p id='summary'>{counted(total.images, 'image')}, {counted(total.sites, 'site')}. mflr-nop safety: "
+        f"{_esc(safety_text(total.safety))}. Anomalies: {anomaly_text(a)}.</p>",
         "<h2>Sites</h2>",
         bar_chart("state-chart", state_title, state_bars, STATE_COLOURS),
         "<h2>mflr-nop safety</h2>",

@@ -47,14 +47,23 @@ def safety_text(safety: Mapping[str, int]) -> str:
     return f"{text} ({_pct(safety['safe'] + safety['live'], asked)} decided)" if asked else text
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 image``, ``0 images``, ``2 images``: a headline reads as a sentence."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def anomaly_text(anomalies: Mapping[str, int]) -> str:
+    """``N errors, N warnings, N notes``."""
+    return ", ".join(counted(anomalies[s.value], s.value) for s in (Severity.ERROR, Severity.WARNING, Severity.NOTE))
+
+
 def _headline(total: GroupSummary) -> list[str]:
-    a = total.anomalies
     return [
-        f"**{total.images} images, {total.sites} sites** ({_tally(total.by_state)}).",
+        f"**{counted(total.images, 'image')}, {counted(total.sites, 'site')}** ({_tally(total.by_state)}).",
         "",
         f"**mflr-nop safety:** {safety_text(total.safety)}.",
         "",
-        f"**Anomalies:** {a['error']} errors, {a['warning']} warnings, {a['note']} notes.",
+        f"**Anomalies:** {anomaly_text(total.anomalies)}.",
     ]
 
 

@@ -136,6 +136,9 @@ def test_trees_pair_files_by_relative_path(tmp_path: Path) -> None:
     assert [Path(p).name for p in doc["only_a"]] == ["only-a.o"] and doc["only_b"] == []
     (pair,) = doc["images"]
     assert {c["change"] for c in pair["changes"]} == {"state"}
+    assert len(pair["changes"]) == 1  # every third site of clean.o's three
+    md = CliRunner().invoke(app, ["diff", str(a), str(b)]).output
+    assert "**1 image pair, 1 site change, 0 function changes**; 1 file only in A, 0 only in B." in md
 
 
 def test_identical_files_exit_0_and_mixed_arguments_exit_2(tmp_path: Path) -> None:

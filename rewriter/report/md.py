@@ -217,8 +217,14 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
     out = ["# mcountrw diff", ""]
     total = sum(len(d.changes) for d in diff.images)
     functions = sum(len(d.functions) for d in diff.images)
-    out.append(f"**{len(diff.images)} image pairs, {total} site changes, {functions} function changes**; "
-               f"{len(diff.only_a)} files only in A, {len(diff.only_b)} only in B.")  # fmt: skip
+    pairs, sites, funcs = (
+        counted(len(diff.images), "image pair"),
+        counted(total, "site change"),
+        counted(functions, "function change"),
+    )
+    out.append(
+        f"**{pairs}, {sites}, {funcs}**; {counted(len(diff.only_a), 'file')} only in A, {len(diff.only_b)} only in B."
+    )
     for d in diff.images:
         if not d.changes and not d.functions and len(diff.images) > 1:
             continue

@@ -31,6 +31,7 @@ from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, Generation, Variant, default_variant
 from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
+from rewriter.prose import counted
 from rewriter.sites import RecordPlace, Scan, Site, Source, StubArea, scan, weak_offsets
 from rewriter.states import Insn, SiteState, word_for
 
@@ -573,7 +574,8 @@ def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anom
     if skipped:
         first = skipped[0]
         msg = (
-            f"{len(skipped)} records outside kernel text (the first at {first.text}): ftrace_process_locs() skips them"
+            f"{counted(len(skipped), 'record')} outside kernel text (the first at {first.text}): "
+            "ftrace_process_locs() skips them"
         )
         out.append(Anomaly(AnomalyKind.SKIPPED_RECORDS, Severity.NOTE, msg, first.addr, first.section, first.offset))
     return out

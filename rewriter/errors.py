@@ -7,16 +7,7 @@ Messages name the file (or address) and say what was expected and what was found
 
 from __future__ import annotations
 
-
-def printable(text: str) -> str:
-    """``text`` with each character that is not printable (a newline, a tab, the ESC of a terminal
-    escape sequence) written as its Python escape, ``\\n`` or ``\\x1b``: what a message or a
-    report quotes from a file (its section and symbol names) or from the command line (paths) must
-    not break a line nor drive the terminal, and a corrupt or hostile string table can hold any
-    byte. Printable text, ASCII or not, is left alone: escaping twice changes nothing."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+from rewriter.prose import printable
 
 
 class RewriteError(Exception):

@@ -406,7 +406,7 @@ def test_ool_stubs_short_of_the_records_are_an_error_and_skipped_records_a_note(
     inittext = {a.name: a for a in img.stubs}["ftrace_ool_stub_inittext"]
     assert (inittext.stub_count, inittext.used, inittext.need, inittext.covers) == (1_758, 1_758, 1, False)
     (skipped,) = [a for a in img.anomalies if a.kind is AnomalyKind.SKIPPED_RECORDS]
-    assert skipped.severity is Severity.NOTE and skipped.addr == outside and "1 records outside" in skipped.message
+    assert skipped.severity is Severity.NOTE and skipped.addr == outside and "1 record outside" in skipped.message
     assert img.counts.sites == 42_646 and img.counts.skipped_records == 1
     result = _run(str(path), "--format", "sarif", "-o", str(tmp_path / "a.sarif"))
     assert result.exit_code == 1

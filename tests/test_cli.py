@@ -687,3 +687,17 @@ def test_start_up_imports_only_what_the_command_needs(args: list[str], loaded: s
     assert commands == loaded
     if not loaded:
         assert "numpy" not in modules and "rewriter.audit" not in modules
+
+
+def test_summaries_count_in_the_singular_and_the_plural(tmp_path: Path) -> None:
+    """apply's and scan's summary lines say "1 site", "1 record", not "1 sites", "1 records"."""
+    out = tmp_path / "one"
+    src = str(FIXTURES / "bin" / "prof-le")
+    one = CliRunner().invoke(
+        app, ["apply", src, "--to", "nopped", "--only", "leaf_add", "--drop-records", "-o", str(out)]
+    )
+    assert one.exit_code == 0, one.output
+    assert "changed 1 site to nopped (0 already nopped); 1 record dropped; 2 word writes in 2 stages" in one.output
+    head = CliRunner().invoke(app, ["scan", str(out)]).output.splitlines()[0]
+    assert ": 6 sites (" in head and "1 of them from the patch log" in head
+    assert head.endswith("5 records (1 zeroed, 0 skipped, 0 unmatched), 1 site unrecorded"), head

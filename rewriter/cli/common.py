@@ -11,8 +11,9 @@ from typing import Annotated, Final
 
 import typer
 
-from rewriter.errors import ArgumentError, printable
+from rewriter.errors import ArgumentError
 from rewriter.generations import Generation
+from rewriter.prose import printable
 
 
 def address(text: str) -> int:

@@ -33,7 +33,8 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from rewriter.errors import InternalError, NoRoute, NothingToDo, RewriteError, printable
+from rewriter.errors import InternalError, NoRoute, NothingToDo, RewriteError
+from rewriter.prose import printable
 
 
 class ExitCode(enum.IntEnum):

@@ -14,6 +14,7 @@ from rewriter.errors import ArgumentError
 from rewriter.generations import Generation
 from rewriter.lock import hold
 from rewriter.plan import Route
+from rewriter.prose import counted
 
 if TYPE_CHECKING:
     from rewriter.files import ApplyResult, ScanHints
@@ -136,11 +137,12 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
     barriers = ", ".join(name for _, name in r.barriers) or "none"
     writes = r.word_writes
     verb = "would change" if result.output is None else "changed"
-    dropped = f"; {len(r.dropped)} records dropped" if r.dropped else ""
-    dropped += f"; {len(r.restored)} records restored" if r.restored else ""
+    dropped = f"; {counted(len(r.dropped), 'record')} dropped" if r.dropped else ""
+    dropped += f"; {counted(len(r.restored), 'record')} restored" if r.restored else ""
     typer.echo(
-        f"{image}: {verb} {len(r.sites)} sites to {target} ({r.unchanged} already {target}){dropped}; "
-        f"{writes} word writes in {stages} stages, barriers: {barriers}; {len(r.edits) - writes} other edits",
+        f"{image}: {verb} {counted(len(r.sites), 'site')} to {target} ({r.unchanged} already {target}){dropped}; "
+        f"{counted(writes, 'word write')} in {counted(stages, 'stage')}, barriers: {barriers}; "
+        f"{counted(len(r.edits) - writes, 'other edit')}",
         err=True,
     )
     if result.scan.log is not None:

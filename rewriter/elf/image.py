@@ -27,8 +27,9 @@ import numpy as np
 from rewriter import arrays
 from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, decompress, detect_compression
-from rewriter.errors import ImageError, UnmappedAddress, printable
+from rewriter.errors import ImageError, UnmappedAddress
 from rewriter.ppc import Addr, Offset
+from rewriter.prose import printable
 
 PN_XNUM = 0xFFFF  # e_phnum: the program header count is in section header 0
 
@@ -146,7 +147,7 @@ class Symbols:
 def _printable_ascii(strings: bytes) -> str | None:
     """A string table as text, when every name in it is printable ASCII (every kernel's): the
     names are then cut from it as they are. None otherwise: each name is decoded on its own and
-    :func:`~rewriter.errors.printable` escapes what would break a line or drive a terminal."""
+    :func:`~rewriter.prose.printable` escapes what would break a line or drive a terminal."""
     if not strings.isascii():
         return None
     text = strings.decode("ascii")

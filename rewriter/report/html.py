@@ -14,7 +14,8 @@ from typing import Final, NamedTuple
 
 from rewriter.audit import Audit, GroupSummary, ImageAudit, roll_up, summarise
 from rewriter.flow import Verdict
-from rewriter.report.md import anomaly_text, counted, safety_text, stub_text
+from rewriter.prose import counted
+from rewriter.report.md import anomaly_text, safety_text, stub_text
 from rewriter.states import SiteState
 
 STATE_COLOURS: Final[Mapping[str, str]] = {

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from rewriter.audit import Anomaly, Audit, GroupSummary, ImageAudit, Severity, roll_up, summarise
 from rewriter.diff import Diff, FunctionChangeKind, ImageDiff
 from rewriter.elf.image import Kind
-from rewriter.errors import printable
 from rewriter.flow import Verdict
 from rewriter.generations import Generation
+from rewriter.prose import counted, printable
 from rewriter.sites import StubArea
 
 DETAIL_ALL_BELOW = 20  # images: show every image's section when there are fewer than this
@@ -45,11 +45,6 @@ def safety_text(safety: Mapping[str, int]) -> str:
     text = f"{safety['safe']} safe, {safety['live']} live, {safety['unknown']} unknown"
     text += f", {na} n/a" if na else ""
     return f"{text} ({_pct(safety['safe'] + safety['live'], asked)} decided)" if asked else text
-
-
-def counted(n: int, noun: str) -> str:
-    """``1 image``, ``0 images``, ``2 images``: a headline reads as a sentence."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def anomaly_text(anomalies: Mapping[str, int]) -> str:

@@ -49,8 +49,8 @@ from typing import Any, Final, NamedTuple
 
 from rewriter.elf.image import Kind
 from rewriter.elf.symbols import split_place
-from rewriter.errors import printable
 from rewriter.generations import LAYOUTS, Generation
+from rewriter.prose import counted, printable
 from rewriter.sites import Scan, Site, Source, summary
 
 REFUSED: Final = "refused"  # boot_state null, in counts and in the table
@@ -414,9 +414,9 @@ def _head(result: Scan, traceable: int) -> str:
     return (
         f"{printable(str(result.path))}: {result.kind.value}, {result.endian}-endian {result.abi.value}, "
         f"generation {'none' if generation is None else generation.value}: "
-        f"{len(result.sites)} sites ({states}{from_log}), {traceable} traceable {_after(result)}; "
-        f"{rec.count} records ({rec.zeroed} zeroed, {len(rec.skipped)} skipped, {len(rec.unmatched)} unmatched), "
-        f"{unrecorded} sites unrecorded"
+        f"{counted(len(result.sites), 'site')} ({states}{from_log}), {traceable} traceable {_after(result)}; "
+        f"{counted(rec.count, 'record')} ({rec.zeroed} zeroed, {len(rec.skipped)} skipped, "
+        f"{len(rec.unmatched)} unmatched), {counted(unrecorded, 'site')} unrecorded"
     )
 
 

@@ -1,0 +1,20 @@
+"""Text for people: names from files and the command line made safe to print, and counts that read
+as sentences. No imports, so that any layer (``rewriter.errors`` too) may use it."""
+
+from __future__ import annotations
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 site``, ``0 sites``, ``2 sites``: every noun mcountrw counts takes an s."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def printable(text: str) -> str:
+    """``text`` with each character that is not printable (a newline, a tab, the ESC of a terminal
+    escape sequence) written as its Python escape, ``\\n`` or ``\\x1b``: what a message or a
+    report quotes from a file (its section and symbol names) or from the command line (paths) must
+    not break a line nor drive the terminal, and a corrupt or hostile string table can hold any
+    byte. Printable text, ASCII or not, is left alone: escaping twice changes nothing."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

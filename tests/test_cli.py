@@ -701,3 +701,5 @@ def test_summaries_count_in_the_singular_and_the_plural(tmp_path: Path) -> None:
     head = CliRunner().invoke(app, ["scan", str(out)]).output.splitlines()[0]
     assert ": 6 sites (" in head and "1 of them from the patch log" in head
     assert head.endswith("5 records (1 zeroed, 0 skipped, 0 unmatched), 1 site unrecorded"), head
+    again = CliRunner().invoke(app, ["nop", str(out), "--only", "leaf_add", "-o", str(tmp_path / "again")])
+    assert again.exit_code == 0 and "nothing to change: the 1 selected site is already nopped; wrote" in again.output

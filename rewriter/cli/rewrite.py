@@ -185,9 +185,10 @@ def _print_already(image: Path, target: str, result: ApplyResult, writing: _Writ
     else:
         written = ""
     stage = f"; no stage image written to {writing.stage_dir}" if writing.stage_dir is not None else ""
+    n = result.rewrite.unchanged
+    already = f"the 1 selected site is already {target}" if n == 1 else f"all {n} selected sites are already {target}"
     typer.echo(
-        f"{image}: nothing to change: all {result.rewrite.unchanged} selected sites are already {target}"
-        f"{hidden}{written}{stage}",
+        f"{image}: nothing to change: {already}{hidden}{written}{stage}",
         err=True,
     )
 

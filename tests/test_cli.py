@@ -625,38 +625,45 @@ def test_help_and_version_and_completion() -> None:
 def test_the_entry_point_lists_the_commands_as_the_full_app_does() -> None:
     """`mcountrw --help` lists each command from the table in rewriter.cli.main, without importing
     it: the table's summaries are the commands' own, and the listing is the full app's."""
-    from rewriter.cli.main import COMMANDS, GROUPS, entry_app
+    from rewriter.cli.main import COMMANDS, GROUPS, entry_app, unwrapped
 
     group = typer.main.get_group(app)
     assert list(group.commands) == [*COMMANDS, *GROUPS]
     for name, entry in COMMANDS.items():
-        assert entry.summary == inspect.cleandoc(group.commands[name].help or "").split("\n\n")[0], name
+        doc = inspect.getdoc(group.commands[name].callback) or ""
+        assert entry.summary == doc.split("\n\n")[0], name
+        assert group.commands[name].help == unwrapped(doc), name
     for name, sub in GROUPS.items():
         built = group.commands[name]
         assert isinstance(built, click.Group) and built.help == sub.summary
         assert list(built.commands) == list(sub.commands)
         for command, entry in sub.commands.items():
-            assert entry.summary == inspect.cleandoc(built.commands[command].help or "").split("\n\n")[0]
+            assert entry.summary == (inspect.getdoc(built.commands[command].callback) or "").split("\n\n")[0]
     for args in (["--help"], [], ["policy", "--help"], ["nop", "--help"], ["scna"]):
         lazy, full = CliRunner().invoke(entry_app(), args), CliRunner().invoke(app, args)
         assert (lazy.exit_code, lazy.output) == (full.exit_code, full.output), args
 
 
-def test_the_command_list_shows_each_summary_as_one_paragraph(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The summaries are docstring paragraphs, wrapped at 100 columns; listed with their line
+def test_help_shows_each_paragraph_unbroken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The help texts are docstring paragraphs, wrapped at 100 columns; shown with their line
     breaks, rich ended each row early and began a new one mid-sentence. On a terminal wide enough,
-    each summary is one unbroken row, in the entry point's list and the full app's alike."""
+    each paragraph is one unbroken row: the summaries in the command list and every paragraph of a
+    command's page, in the entry point's app and the full app alike."""
     import typer.rich_utils
 
-    from rewriter.cli.main import COMMANDS, GROUPS, entry_app
+    from rewriter.cli.main import COMMANDS, GROUPS, entry_app, unwrapped
 
     # typer reads TERMINAL_WIDTH once, when it is imported
-    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 400)
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 1000)
     assert any("\n" in e.summary for e in COMMANDS.values())  # the case this is about
     for built in (entry_app(), app):
         listing = CliRunner().invoke(built, ["--help"]).output
         for name, entry in COMMANDS.items():
             assert f"{name}  " in listing and entry.listed in listing, name
+            page = CliRunner().invoke(built, [name, "--help"]).output
+            doc = inspect.getdoc(typer.main.get_group(app).commands[name].callback) or ""
+            for paragraph in unwrapped(doc).split("\n\n"):  # the command's page: every paragraph
+                assert paragraph in page, (name, paragraph)
         for name, group in GROUPS.items():
             sub = CliRunner().invoke(built, [name, "--help"]).output
             for entry in group.commands.values():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 import signal
 import sys
@@ -37,9 +38,8 @@ class Entry(NamedTuple):
 
     @property
     def listed(self) -> str:
-        """The summary as one line, as the command list shows it: rich prints a help text's line
-        breaks as they are, and the list's column then ends each line early."""
-        return " ".join(self.summary.split())
+        """The summary as one line, as the command list shows it (see :func:`unwrapped`)."""
+        return unwrapped(self.summary)
 
 
 COMMANDS: Final[dict[str, Entry]] = {
@@ -158,16 +158,28 @@ def _function(entry: Entry) -> Any:
     return getattr(importlib.import_module(entry.module), entry.function)
 
 
+def unwrapped(text: str) -> str:
+    """``text``'s paragraphs, each on one line. Docstrings are wrapped at 100 columns, and rich
+    prints a help text's line breaks as they are: at 80 columns each line then ended early and the
+    next began mid-sentence. Rich wraps a one-line paragraph to the terminal itself."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
+
+
+def _command(app: typer.Typer, name: str, entry: Entry) -> None:
+    function = _function(entry)
+    app.command(name, help=unwrapped(inspect.getdoc(function) or ""), short_help=entry.listed)(function)
+
+
 def _register(app: typer.Typer, names: Iterable[str]) -> typer.Typer:
     """``app`` with the commands and groups ``names`` registered (their modules imported)."""
     for name in names:
         if name in COMMANDS:
-            app.command(name, short_help=COMMANDS[name].listed)(_function(COMMANDS[name]))
+            _command(app, name, COMMANDS[name])
             continue
         group = GROUPS[name]
         sub = typer.Typer(no_args_is_help=True, help=group.summary)
         for command, entry in group.commands.items():
-            sub.command(command, short_help=entry.listed)(_function(entry))
+            _command(sub, command, entry)
         app.add_typer(sub, name=name)
     return app
 

@@ -60,6 +60,7 @@ from rewriter import ppc
 from rewriter.errors import ArgumentError
 from rewriter.generations import LAYOUTS, Generation, Layout, Variant
 from rewriter.plan import Barrier, Cmodx, Plan, Route, SiteRequest, Write, plan
+from rewriter.prose import counted
 from rewriter.states import PLAIN, Insn, SiteState, Slot
 
 MAX_TASKS: Final = 3
@@ -569,7 +570,8 @@ def render_trace(result: CheckResult) -> str:
     else:
         subject = f"{result.sites_checked} distinct sites"
     stale = ", stale fetch" if result.stale_fetch else ""
-    what = f"{subject}, {result.tasks} task(s) x {result.entries} entries, cmodx {result.cmodx.value}{stale}"
+    entries = f"{result.entries} {'entry' if result.entries == 1 else 'entries'}"
+    what = f"{subject}, {counted(result.tasks, 'task')} x {entries}, cmodx {result.cmodx.value}{stale}"
     if result.safe:
         return f"SAFE: {what}: {result.states} states explored\n"
     assert result.violation is not None

@@ -58,6 +58,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from rewriter.errors import NoRoute, PlanFormatError, PlanRejected
 from rewriter.generations import LAYOUTS, Variant, state_rejection, steps_from
+from rewriter.prose import counted
 from rewriter.states import S_WRITES, Insn, SiteState, Slot, Step
 
 
@@ -516,6 +517,7 @@ def _plan_route(requests: Sequence[SiteRequest], route: Route, cmodx: Cmodx, run
 
 
 def _ranges(indices: Sequence[int]) -> str:
+    """``site 3`` or ``sites 0-2, 5``."""
     parts: list[str] = []
     start = prev = indices[0]
     for i in [*indices[1:], None]:
@@ -525,7 +527,7 @@ def _ranges(indices: Sequence[int]) -> str:
         parts.append(str(start) if start == prev else f"{start}-{prev}")
         if i is not None:
             start = prev = i
-    return ", ".join(parts)
+    return ("site " if len(indices) == 1 else "sites ") + ", ".join(parts)
 
 
 def _barrier_text(b: Barrier) -> str:
@@ -547,11 +549,12 @@ def render_text(p: Plan) -> str:
     routed = any(LAYOUTS[r.variant].mflr_in_site for r in requests) or not requests
     route = p.route.value if routed else "none (one-word sites)"
     lines = [
-        f"plan: {len(p.sites)} site(s), route {route}{policy}, {mode}",
-        f"  {p.num_writes} write(s) in {len(p.stages)} stage(s), {p.num_barriers} barrier(s)",
+        f"plan: {counted(len(p.sites), 'site')}, route {route}{policy}, {mode}",
+        f"  {counted(p.num_writes, 'write')} in {counted(len(p.stages), 'stage')}, "
+        f"{counted(p.num_barriers, 'barrier')}",
     ]
     for req, idx in requests.items():
-        lines.append(f"  {req.variant.value} {req.current.value} -> {req.target.value}: site(s) {_ranges(idx)}")
+        lines.append(f"  {req.variant.value} {req.current.value} -> {req.target.value}: {_ranges(idx)}")
     if not p.stages:
         lines.append("nothing to write: every site is already in its target state")
     for j, stage in enumerate(p.stages):
@@ -562,7 +565,7 @@ def render_text(p: Plan) -> str:
         for w in stage:
             groups.setdefault((w.slot, w.old, w.new), []).append(w.site)
         for (slot, old, new), sites in groups.items():
-            lines.append(f"  {slot.value}: {old.value:>4} -> {new.value:<4}  site(s) {_ranges(sorted(sites))}")
+            lines.append(f"  {slot.value}: {old.value:>4} -> {new.value:<4}  {_ranges(sorted(sites))}")
     if p.settle is not None:
         lines.append(_barrier_text(p.settle).replace("barrier:", "settle:", 1))
     return "\n".join(lines) + "\n"

@@ -43,6 +43,7 @@ from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind, Section
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, functions, rel_place, reloc_target_places, split_place
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
+from rewriter.prose import counted
 from rewriter.states import PLAIN, Insn, SiteState
 
 MCOUNT_NAMES = ("_mcount", "._mcount")
@@ -351,7 +352,7 @@ def _detect_by_words(first: np.ndarray, after: np.ndarray) -> Detect:
         return Detect(None, "no record points at a nop or a call to _mcount")
     alone = int(np.count_nonzero(nop & (after != ppc.NOP)))
     if alone:
-        return Detect(Generation.OOL, f"{alone} recorded nop(s) not followed by a nop: one patchable nop")
+        return Detect(Generation.OOL, f"{counted(alone, 'recorded nop')} not followed by a nop: one patchable nop")
     return Detect(Generation.PATCHABLE, "every recorded nop is followed by a nop: two patchable nops")
 
 

@@ -79,7 +79,7 @@ def test_scan_table_marks_what_the_kernel_cannot_trace() -> None:
     assert row.split()[3:6] == ["enabled->enabled", "UNREC", "NO"]
     broken = mcountrw("scan", str(FIXTURES / "bin" / "anom-broken")).stdout.splitlines()
     assert "(1 broken->refused, 2 enabled->disabled), 0 traceable after boot" in broken[0]
-    assert broken[1].startswith("  FTRACE OFF after boot: 1 recorded site(s) hold words ftrace_init_nop() refuses")
+    assert broken[1].startswith("  FTRACE OFF after boot: 1 recorded site with words ftrace_init_nop() refuses")
     assert next(line for line in broken if line.endswith(" broken_fn")).split()[3:6] == ["broken->REFUSED", "rec", "NO"]
     image = json.loads(mcountrw("scan", "--format", "json", str(FIXTURES / "bin" / "anom-broken")).stdout)["images"][0]
     assert [s["boot_state"] for s in image["sites"]] == ["disabled", None, "disabled"]
@@ -710,3 +710,18 @@ def test_summaries_count_in_the_singular_and_the_plural(tmp_path: Path) -> None:
     assert head.endswith("5 records (1 zeroed, 0 skipped, 0 unmatched), 1 site unrecorded"), head
     again = CliRunner().invoke(app, ["nop", str(out), "--only", "leaf_add", "-o", str(tmp_path / "again")])
     assert again.exit_code == 0 and "nothing to change: the 1 selected site is already nopped; wrote" in again.output
+
+
+def test_the_docs_runs_are_what_the_commands_print() -> None:
+    """Every ```` $ mcountrw ... ```` block in docs/ shows the command's real stdout, byte for byte."""
+    from conftest import ROOT
+
+    runs = [
+        (doc.name, m.group(1), m.group(2))
+        for doc in sorted((ROOT / "docs").glob("*.md"))
+        for m in re.finditer(r"```\n\$ mcountrw ([^\n]*)\n(.*?)```", doc.read_text(), re.S)
+    ]
+    assert runs  # docs/state-machine.md has two
+    for doc, args, shown in runs:
+        got = CliRunner().invoke(app, shlex.split(args))
+        assert got.stdout == shown, (doc, args)

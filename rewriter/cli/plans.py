@@ -15,6 +15,7 @@ from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, PlanFormatError
 from rewriter.generations import Generation, Variant
 from rewriter.plan import Cmodx, Route
+from rewriter.prose import counted
 from rewriter.states import SiteState
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def plan(
 
     request = SiteRequest(_variant(generation, variant), from_, to)
     p = make_plan([request], route, cmodx, runtime=not offline)  # NoRoute: exit 1, the table says
-    emit(p.to_json() if fmt is PlanFormat.JSON else render_text(p) + "\n", output)
+    emit(p.to_json() if fmt is PlanFormat.JSON else render_text(p), output)
 
 
 def _variant(generation: Generation | None, variant: Variant | None) -> Variant:
@@ -103,10 +104,11 @@ def check_plan(
         name, p = str(plan_file), _read_plan(plan_file)
     result = check_all(p, tasks=tasks, entries=entries, stale_fetch=stale_fetch, cmodx=cmodx)
     if result.safe:
-        typer.echo(f"{name}: SAFE ({result.states} states explored, {tasks} tasks x {entries} entries)")
+        many = f"{counted(tasks, 'task')} x {entries} {'entry' if entries == 1 else 'entries'}"
+        typer.echo(f"{name}: SAFE ({result.states} states explored, {many})")
     else:
         typer.echo(f"{name}: UNSAFE: {result.reason}")
-        typer.echo(render_trace(result))
+        typer.echo(render_trace(result), nl=False)  # its lines end with their newlines
     findings_if(not result.safe)
 
 

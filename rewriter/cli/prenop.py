@@ -31,6 +31,7 @@ from rewriter.cli.exits import bad_input_if, findings_if
 from rewriter.cli.rewrite import Wait, say_waiting
 from rewriter.errors import ArgumentError, NothingToDo
 from rewriter.lock import hold
+from rewriter.prose import counted
 from rewriter.sign import HASHES
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ def prenop(
     _print_reports(mode, reports, header)
     for line in _rule_warnings(settings, reports):
         typer.echo(line)
-    typer.echo(f"done in {seconds:.1f} s with {n} worker(s)", err=True)
+    typer.echo(f"done in {seconds:.1f} s with {counted(n, 'worker')}", err=True)
     if report is not None:
         emit(json.dumps(_report_json(reports, header), indent=1, sort_keys=True) + "\n", report)
     bad_input_if([r.message for r in reports if r.status is Status.FAILED])

@@ -100,11 +100,11 @@ def boot_of(result: Scan) -> Boot:
     no_stub = sum(a.need for a in result.stubs)
     why = []
     if refused:
-        why.append(f"{refused} recorded site(s) hold words ftrace_init_nop() refuses")
+        why.append(f"{counted(refused, 'recorded site')} with words ftrace_init_nop() refuses")
     if unmatched:
-        why.append(f"{unmatched} record(s) name no site: init refuses the words there")
+        why.append(f"{counted(unmatched, 'record')} naming no site: init refuses the words there")
     if no_stub:
-        why.append(f"{no_stub} record(s) get no ool stub")
+        why.append(f"{counted(no_stub, 'record')} without an ool stub")
     return Boot(refused, unmatched, no_stub, "; ".join(why) + ": ftrace bug at boot" if why else None)
 
 

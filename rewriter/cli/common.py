@@ -26,7 +26,9 @@ def address(text: str) -> int:
 
 GENERATION_HELP: Final = "override the generation detected from the image (stripped images)"
 
-Jobs = Annotated[int, typer.Option("--jobs", "-j", min=0, help="worker processes (default: all cores)")]
+Jobs = Annotated[
+    int, typer.Option("--jobs", "-j", min=0, show_default=False, help="worker processes (default 0: one per core)")
+]
 OutputFile = Annotated[Path | None, typer.Option("-o", "--output", help="write here instead of stdout")]
 McountAddr = Annotated[
     int | None, typer.Option("--mcount-addr", parser=address, help="address of _mcount, for a stripped image")

@@ -570,7 +570,7 @@ def render_trace(result: CheckResult) -> str:
     else:
         subject = f"{result.sites_checked} distinct sites"
     stale = ", stale fetch" if result.stale_fetch else ""
-    entries = f"{result.entries} {'entry' if result.entries == 1 else 'entries'}"
+    entries = counted(result.entries, "entry", "entries")
     what = f"{subject}, {counted(result.tasks, 'task')} x {entries}, cmodx {result.cmodx.value}{stale}"
     if result.safe:
         return f"SAFE: {what}: {result.states} states explored\n"

@@ -4,9 +4,10 @@ as sentences. No imports, so that any layer (``rewriter.errors`` too) may use it
 from __future__ import annotations
 
 
-def counted(n: int, noun: str) -> str:
-    """``1 site``, ``0 sites``, ``2 sites``: every noun mcountrw counts takes an s."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 site``, ``0 sites``, ``2 sites``; ``plural`` for a noun that takes more than an s
+    (``1 entry``, ``2 entries``)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
 
 
 def printable(text: str) -> str:

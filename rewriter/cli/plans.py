@@ -104,7 +104,7 @@ def check_plan(
         name, p = str(plan_file), _read_plan(plan_file)
     result = check_all(p, tasks=tasks, entries=entries, stale_fetch=stale_fetch, cmodx=cmodx)
     if result.safe:
-        many = f"{counted(tasks, 'task')} x {entries} {'entry' if entries == 1 else 'entries'}"
+        many = f"{counted(tasks, 'task')} x {counted(entries, 'entry', 'entries')}"
         typer.echo(f"{name}: SAFE ({result.states} states explored, {many})")
     else:
         typer.echo(f"{name}: UNSAFE: {result.reason}")

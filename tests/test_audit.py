@@ -413,3 +413,15 @@ def test_ool_stubs_short_of_the_records_are_an_error_and_skipped_records_a_note(
     sarif = json.loads((tmp_path / "a.sarif").read_text())
     stubs = sarif["runs"][0]["artifacts"][0]["properties"]["ool_stubs"]
     assert [s["covers"] for s in stubs] == [True, True, False]
+
+
+def test_percentages_are_whole_only_when_exact() -> None:
+    assert [md.percent(n, d) for n, d in ((6, 6), (0, 6), (33_689, 33_690), (999_999, 10**6), (1, 10**6))] == [
+        "100 %",
+        "0 %",
+        "99.997 %",
+        "99.999 %",
+        "0.001 %",
+    ]
+    assert md.percent(0, 0) == "n/a"
+    assert "(100 % decided)" in md.audit_markdown(audit.Audit((_audit(FIXTURES / "bin" / "prof-le"),), ()))

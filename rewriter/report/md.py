@@ -23,8 +23,14 @@ MAX_GROUPS = 40
 MAX_SHOWN = 50  # anomalies or verdicts listed per image
 
 
-def _pct(part: int, whole: int) -> str:
-    return f"{100 * part / whole:.3f} %" if whole else "n/a"
+def percent(part: int, whole: int) -> str:
+    """``100 %`` and ``0 %`` exactly when they are; otherwise three decimals that never round to
+    either (33,689 of 33,690 is ``99.997 %``, and one short of a million ``99.999 %``, not 100)."""
+    if not whole:
+        return "n/a"
+    if part in (0, whole):
+        return f"{100 * part // whole} %"
+    return f"{min(max(100 * part / whole, 0.001), 99.999):.3f} %"
 
 
 def _tally(counts: Mapping[str, int]) -> str:
@@ -44,7 +50,7 @@ def safety_text(safety: Mapping[str, int]) -> str:
     asked = safety["safe"] + safety["live"] + safety["unknown"]
     text = f"{safety['safe']} safe, {safety['live']} live, {safety['unknown']} unknown"
     text += f", {na} n/a" if na else ""
-    return f"{text} ({_pct(safety['safe'] + safety['live'], asked)} decided)" if asked else text
+    return f"{text} ({percent(safety['safe'] + safety['live'], asked)} decided)" if asked else text
 
 
 def anomaly_text(anomalies: Mapping[str, int]) -> str:

@@ -562,6 +562,11 @@ def _cell(step: TraceStep, col: str) -> str:
     return ""
 
 
+def workload(tasks: int, entries: int) -> str:
+    """What a check explored: ``2 tasks x 2 entries``."""
+    return f"{counted(tasks, 'task')} x {counted(entries, 'entry', 'entries')}"
+
+
 def render_trace(result: CheckResult) -> str:
     """SAFE with the number of states, or UNSAFE with the trace as a CPU0 | CPU1 | patcher table."""
     req = result.request
@@ -570,8 +575,7 @@ def render_trace(result: CheckResult) -> str:
     else:
         subject = f"{result.sites_checked} distinct sites"
     stale = ", stale fetch" if result.stale_fetch else ""
-    entries = counted(result.entries, "entry", "entries")
-    what = f"{subject}, {counted(result.tasks, 'task')} x {entries}, cmodx {result.cmodx.value}{stale}"
+    what = f"{subject}, {workload(result.tasks, result.entries)}, cmodx {result.cmodx.value}{stale}"
     if result.safe:
         return f"SAFE: {what}: {result.states} states explored\n"
     assert result.violation is not None

@@ -15,7 +15,6 @@ from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, PlanFormatError
 from rewriter.generations import Generation, Variant
 from rewriter.plan import Cmodx, Route
-from rewriter.prose import counted
 from rewriter.states import SiteState
 
 if TYPE_CHECKING:
@@ -89,7 +88,7 @@ def check_plan(
     ] = None,
 ) -> None:
     """Model-check a plan: every interleaving of tasks and writes. Exit 0 SAFE, 1 UNSAFE (trace printed)."""
-    from rewriter.check import check_all, render_trace
+    from rewriter.check import check_all, render_trace, workload
 
     if list_builtins:
         for name, b in BUILTINS.items():
@@ -104,8 +103,7 @@ def check_plan(
         name, p = str(plan_file), _read_plan(plan_file)
     result = check_all(p, tasks=tasks, entries=entries, stale_fetch=stale_fetch, cmodx=cmodx)
     if result.safe:
-        many = f"{counted(tasks, 'task')} x {counted(entries, 'entry', 'entries')}"
-        typer.echo(f"{name}: SAFE ({result.states} states explored, {many})")
+        typer.echo(f"{name}: SAFE ({result.states} states explored, {workload(tasks, entries)})")
     else:
         typer.echo(f"{name}: UNSAFE: {result.reason}")
         typer.echo(render_trace(result), nl=False)  # its lines end with their newlines

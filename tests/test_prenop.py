@@ -124,6 +124,16 @@ def test_second_run_changes_nothing_and_says_so(corpus, tmp_path: Path) -> None:
     assert _shas(tmp_path) == before
 
 
+def test_a_run_where_files_failed_does_not_say_every_file_matches(corpus, tmp_path: Path) -> None:
+    """Signed modules without a signature option fail; the closing line must not read as if all were fine."""
+    tree = _small_tree(corpus, tmp_path / "tree")
+    code, out = _cli("prenop", "--policy", KEEP_CORE, "--dry-run", tree)
+    assert code == 2, out
+    assert _row(out, "failed")[0] == "4" and _row(out, "nothing to nop") == ["2", "0", "851"]
+    line = "nothing changed: the 2 files that did not fail already match the policy; 4 failed (errors on stderr)"
+    assert line in out.splitlines() and "all 2 files" not in out
+
+
 def test_files_with_nothing_to_nop_are_not_written_and_get_no_log(corpus, tmp_path: Path) -> None:
     tree = _small_tree(corpus, tmp_path / "tree", ("fs/ext4/ext4.ko",))
     stat = (tree / "fs/ext4/ext4.ko").stat()
@@ -174,7 +184,7 @@ def test_undo_restores_every_file_and_a_second_undo_says_so(corpus, tmp_path: Pa
     assert code == 0 and _row(out, "undone")[0] == "4", out
     assert _shas(tree) == {name: _sha(corpus.modules_dir / name) for name in sorted(SMALL)}
     code, out = _cli("prenop", "--undo", "--in-place", "--log-dir", logs, tree)
-    assert code == 0 and "nothing changed: every file is already its original" in out
+    assert code == 0 and "nothing changed: all 6 files already are their originals" in out
 
 
 def test_one_file_to_a_new_name_keeps_its_log_beside_it_for_verify_and_undo(corpus, tmp_path: Path) -> None:

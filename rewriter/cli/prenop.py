@@ -163,8 +163,10 @@ def prenop(
 ) -> None:
     """Apply a keep/nop policy to vmlinux and whole module trees, with one patch log per file.
 
-    Sites the policy nops become `nop; nop` and lose their kernel records (--drop-records), so the
-    kernel boots without an ftrace bug. Idempotent, reproducible, exactly undoable (--undo).
+    Sites the policy nops lose their kernel records, so the kernel boots without an ftrace bug and
+    never traces them: on mprofile kernels (up to 6.5) their `mflr r0; bl _mcount` also become
+    `nop; nop`; on patchable and ool kernels (6.6 and later) their words already are the compiler's
+    nops and stay so. Idempotent, reproducible, exactly undoable (--undo).
     """
     from rewriter.prenop import Status
 
@@ -392,16 +394,25 @@ def _notes(reports: Sequence[FileReport], mode: Mode) -> list[str]:
     bare = [r for r in done if r.no_sites]
     if MODES[mode].policy and bare and len(bare) < len(done):
         out.append(f"note: {len(bare):,} files have no ftrace site at all; first: {bare[0].rel}: {bare[0].message}")
+    failed = len(reports) - len(done)
     if (
         MODES[mode].policy
         and len(bare) < len(done)
         and all(r.status in (Status.UNCHANGED, Status.NOTHING) for r in done)
     ):
-        out.append(f"nothing changed: all {len(done):,} files already match the policy")
+        out.append(_nothing_changed(len(done), failed, "already match the policy"))
     undoing = mode in (Mode.UNDO, Mode.UNDO_DRY_RUN)
     if undoing and done and all(r.status in (Status.ORIGINAL, Status.NO_LOG) for r in done):
-        out.append("nothing changed: every file is already its original")
+        out.append(_nothing_changed(len(done), failed, "already are their originals"))
     return out
+
+
+def _nothing_changed(done: int, failed: int, state: str) -> str:
+    """The closing line of a run that changed no file: with files that failed, it must not read as if
+    every file were fine."""
+    if not failed:
+        return f"nothing changed: all {done:,} files {state}"
+    return f"nothing changed: the {done:,} files that did not fail {state}; {failed:,} failed (errors on stderr)"
 
 
 def _report_json(reports: Sequence[FileReport], header: str) -> dict[str, Any]:

@@ -107,8 +107,12 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
     AnomalyKind.DUPLICATE_RECORD: AnomalyRule(
         Severity.ERROR,
         "site recorded more than once",
-        "ftrace creates one dyn_ftrace per record; the second ftrace_make_nop of the same address "
-        "finds the nop the first one wrote instead of the bl, and ftrace_bug() disables tracing.",
+        "ftrace creates one dyn_ftrace per record (ftrace_process_locs() does not merge equal ones), and "
+        "the second fails where the first changed the words, so ftrace_bug() disables tracing. mprofile: "
+        "at boot the second ftrace_make_nop() finds the nop the first wrote instead of the bl; patchable: "
+        "at boot the second ftrace_init_nop() finds the mflr r0 the first wrote instead of a nop; ool: "
+        "both pass the boot check (the entry stays a nop) and each takes a stub, but enabling the second "
+        "finds the first one's b stub instead of a nop.",
     ),
     AnomalyKind.UNEXPECTED_WORDS: AnomalyRule(
         Severity.ERROR,

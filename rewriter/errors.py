@@ -2,7 +2,7 @@
 exit codes (its ``EXIT_CODES`` table; the README's "Exit codes" lists it).
 
 Messages name the file (or address) and say what was expected and what was found, ftrace-style:
-``0xc000000000123450: expected 4bffa1d1 (bl), found 60000000 (nop)``.
+``0xc000000000123450: expected 4bffa1d1 (bl) != found 60000000 (nop)``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Strategy:
    *and* lost its record is not findable from the file alone, and is not guessed at: real code
    starts with ``nop; nop`` often enough. Its patch log still names it.
 5. Classify each by the words in its slots, through the generation table; say what the kernel's
-   boot-time init will make of it, and (ool) which stub area serves it (:func:`stub_areas`).
+   boot-time init will make of it, and (ool) which stub area serves it (:func:`_with_stubs`).
 """
 
 from __future__ import annotations

@@ -179,6 +179,9 @@ def test_policy_check_counts_each_rule_over_the_corpus(corpus, tmp_path: Path) -
     assert ext4[3:5] == ["851", "851"]
     assert "result: keep 927 sites (927 traceable after boot), nop 190,040 (untraceable: records dropped)" in lines
     assert f"  nop on mprofile (190,040 sites): {NOP_MEANS[Generation.MPROFILE]}" in lines
+    # docs/prenop.md shows this run: it must stay what the command prints
+    shown = (EXAMPLES.parent / "docs" / "prenop.md").read_text().split("On the corpus:\n\n```\n", 1)[1]
+    assert shown.split("```", 1)[0] == result.output.replace(f"{EXAMPLES.parent}/", "")
 
 
 @pytest.mark.corpus

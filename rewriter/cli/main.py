@@ -148,7 +148,8 @@ def _app(cls: type[Commands]) -> typer.Typer:
         cls=cls,
         no_args_is_help=True,
         pretty_exceptions_enable=False,
-        help="See, change and prove the ftrace call sites (mflr r0; bl _mcount) of PowerPC64 kernels.",
+        help="See, change and prove the ftrace call sites of PowerPC64 kernels: mprofile (mflr r0; bl _mcount), "
+        "patchable (nop; nop) and ool (nop, with a stub out of line).",
     )
     app.callback()(main)
     return app

@@ -12,7 +12,8 @@ Reports (``-o`` of scan, audit, plan, diff) are written the same way but not for
 (``durable=False``): a reader still sees the old file or the whole new one, never part of one, but
 after a power cut the file may be lost. A report is made again by running the command again; the
 rewritten images, patch logs and backups are not, and stay fsynced and read back. (An fsync of a
-module tree's 43 MB scan report was a tenth of the whole scan.)
+module tree's 43 MB scan report took from a hundredth to a tenth of the whole scan here, with the
+disk's load.)
 
 A run killed by SIGKILL cannot clean up after itself: its temporary files stay behind. They are
 named ``.<target name>.<random>.mcountrw-tmp`` (hidden, in the target's directory), are never

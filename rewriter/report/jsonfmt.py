@@ -1,5 +1,6 @@
-"""`mcountrw audit --format json`: the contract other tools read. :data:`SCHEMA` is the JSON Schema
-(draft 2020-12) that docs/audit.md prints and the tests validate every output against."""
+"""`mcountrw audit --format json` and `mcountrw diff --format json`: the contract other tools read.
+:data:`SCHEMA` is the audit's JSON Schema (draft 2020-12) that docs/audit.md prints and the tests
+validate every output against."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""`mcountrw audit --format md`: Markdown for people.
+"""`mcountrw audit --format md` and `mcountrw diff`: Markdown for people.
 
 A summary line, the roll-up by subsystem, then a section per image that has something to say
 (anomalies, or sites the safety walk did not prove safe). With few images every image gets its
-section, so the counts of a single vmlinux are always shown.
+section, so the counts of a single vmlinux are always shown. A diff (:func:`diff_markdown`) is a
+headline and a section per image pair: its function changes, then its site changes.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -353,8 +354,27 @@ def _read_and_hash(path: Path) -> tuple[bytes, str]:
 
 
 @collector_paused()
-def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> tuple[Path, Log]:
-    """Restore the original bytes. Refuses a log made for another file."""
+class Settled(NamedTuple):
+    """The logs beside a file undone in place: ``beside`` now describes it (None: no log does)."""
+
+    beside: Path | None
+    came_from: Path | None  # the archived name the base log was moved back from
+
+
+class Undone(NamedTuple):
+    """What ``undo`` did: the file written, the log it undid, and (``--in-place`` with the file's own
+    log beside it) the log now beside the file: its base's, put back under the default name, or
+    None when the file is the original again and the undone step's log was removed."""
+
+    output: Path
+    log: Log
+    settled: Settled | None
+
+
+def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> Undone:
+    """Restore the input bytes of the step ``log_path`` describes. Refuses a log made for another
+    file. In place with the file's own log (the default name beside it), the logs are settled too
+    (:func:`_settle_logs`), so that the log beside the file describes what it now is."""
     out = check_output_path(patched, output, in_place)
     # The patched file is read and hashed in a thread (hashlib lets go of the GIL) while the log,
     # 67,000 lines for a vmlinux, is parsed.
@@ -391,7 +411,30 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
         if written is not None and written.exception() is None:  # waits for the writer thread
             written.result().discard()
         raise
-    return out, log
+    own_log = in_place and _same_file(log_path, default_log_path(patched))
+    return Undone(out, log, _settle_logs(log_path, log) if own_log else None)
+
+
+def _settle_logs(log_path: Path, log: Log) -> Settled | None:
+    """After an in-place undo with the file's own log: an in-place rewrite had moved the log it
+    built on aside (:func:`archived_log`); it describes the file again and takes its name back,
+    replacing the undone step's log. With no base the file is the original, and the undone
+    step's log, which would describe a file that no longer exists, is removed. Left as it is
+    (None) when the archived base is missing or is not the log the header names."""
+    base = log.header.base
+    if base is None:
+        log_path.unlink(missing_ok=True)
+        return Settled(None, None)
+    # Looked for beside the log, whatever directory the rewrite was run from.
+    archived = log_path.with_name(Path(base.path).name)
+    try:
+        right = archived != log_path and _sha256(archived.read_bytes()) == base.sha256
+    except OSError:
+        return None
+    if not right:
+        return None
+    os.replace(archived, log_path)
+    return Settled(log_path, archived)
 
 
 @dataclass(frozen=True)

@@ -172,3 +172,35 @@ def test_nopped_object_links_and_runs_without_its_calls(tmp_path: Path) -> None:
     proc = run(exe, "qemu-ppc64le-static")
     assert proc.returncode == 0
     assert "mcount total 0" in proc.stdout and "leaf_add(2, 5) = 11" in proc.stdout
+
+
+def test_undo_in_place_step_by_step_keeps_the_log_beside_the_file_true(tmp_path: Path) -> None:
+    """Two in-place rewrites, then two in-place undos with the log beside the file: after the first
+    undo that log is the first rewrite's again (so the sites it nopped stay known and a second undo
+    finds it), and after the second the file is the original and no log is left to describe
+    a file that no longer exists. Only the last undo may call its output the original."""
+    from typer.testing import CliRunner
+
+    from rewriter.cli import app
+    from rewriter.log import default_log_path
+
+    work = tmp_path / "prog"
+    work.write_bytes((FIXTURES / "bin" / "prof-le").read_bytes())
+    log = default_log_path(work)
+    for name in ("leaf_add", "sum8"):
+        done = CliRunner().invoke(app, ["nop", str(work), "--in-place", "--drop-records", "--only", name])
+        assert done.exit_code == 0, done.output
+    first = CliRunner().invoke(app, ["undo", str(work), "--log", str(log), "--in-place"])
+    assert first.exit_code == 0, first.output
+    assert "the input of the step undone, not the original" in first.output and "is back at" in first.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prog", "prog.mcountrw.jsonl"]
+    seen = CliRunner().invoke(app, ["scan", str(work)])
+    assert (
+        seen.exit_code == 0
+        and "6 sites (5 enabled->disabled, 1 nopped->nopped, 1 of them from the patch log)" in seen.output
+    ), seen.output
+    second = CliRunner().invoke(app, ["undo", str(work), "--log", str(log), "--in-place"])
+    assert second.exit_code == 0, second.output
+    assert ", the original)" in second.output and f"removed {log}" in second.output
+    assert work.read_bytes() == (FIXTURES / "bin" / "prof-le").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prog"]

@@ -271,10 +271,17 @@ def undo(
     with hold([patched] if in_place else [], wait, say_waiting):
         from rewriter.files import undo_file
 
-        out, record = undo_file(patched, log, output, in_place)
-    typer.echo(f"wrote {out} (sha256 {record.header.input.sha256[:16]}..., the original)", err=True)
-    base = record.header.base
-    if base is not None:
+        done = undo_file(patched, log, output, in_place)
+    base = done.log.header.base
+    what = "the original" if base is None else "the input of the step undone, not the original"
+    typer.echo(f"wrote {done.output} (sha256 {done.log.header.input.sha256[:16]}..., {what})", err=True)
+    settled = done.settled
+    if settled is not None and settled.beside is None:
+        typer.echo(f"removed {log}: the step it describes is undone", err=True)
+    elif settled is not None:
+        back = f"its own log is back at {settled.beside} (from {settled.came_from})"
+        typer.echo(f"{back}: undo with it for the step before", err=True)
+    elif base is not None:
         typer.echo(f"its own log: {base.path} (undo with it for the step before)", err=True)
 
 

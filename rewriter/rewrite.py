@@ -53,7 +53,7 @@ from rewriter.heap import collector_paused
 from rewriter.known import Moment, Origin, RecordSlot, RelaEntry, SiteLine, Touched, lines_after
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, plan
 from rewriter.sites import Scan, Site, dynamic_value, scan
-from rewriter.states import Insn, SiteState, Slot, insn_kind, word_for
+from rewriter.states import Insn, SiteState, Slot, insn_kind, word_for, words_text
 
 BOOTED_KINDS: Final = (Kind.VMLINUX, Kind.MODULE)
 """Files whose records a kernel checks at boot or at module load (the boot rule applies to them)."""
@@ -174,7 +174,7 @@ def words_of(variant: Variant, state: SiteState) -> tuple[Insn, ...]:
 
 
 def _words_text(variant: Variant, state: SiteState) -> str:
-    return "; ".join("mflr r0" if w is Insn.MFLR else w.value for w in words_of(variant, state))
+    return words_text(words_of(variant, state))
 
 
 class _Choice(NamedTuple):

@@ -77,6 +77,11 @@ class Insn(enum.Enum):
     OTHER = "other"
 
 
+def words_text(words: tuple[Insn, ...]) -> str:
+    """Slot words as people write them: ``mflr r0; nop``."""
+    return "; ".join("mflr r0" if w is Insn.MFLR else w.value for w in words)
+
+
 class SiteState(enum.Enum):
     ENABLED = "enabled"  # mflr r0; bl _mcount
     DISABLED = "disabled"  # mflr r0; nop

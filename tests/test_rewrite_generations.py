@@ -424,3 +424,24 @@ def test_prenopped_module_loads_and_only_its_kept_functions_are_traceable(
     assert not b.ftrace_bug
     aff = b.available_filter_functions or []
     assert {line.split()[0] for line in aff if line.endswith("[binfmt_misc]")} == expect
+
+
+@pytest.mark.parametrize(("name", "words"), [("patchable-le.o", "nop; nop"), ("ool-be.o", "nop")])
+def test_a_records_only_rewrite_says_what_the_kernel_makes_of_the_sites(name: str, words: str, tmp_path: Path) -> None:
+    """Nopping a patchable or ool site writes no word: the summary says the sites become untraceable
+    (and, brought back, traceable again) with their words unchanged, never "N already nopped",
+    a state ool does not even have."""
+    from typer.testing import CliRunner
+
+    from rewriter.cli import app
+
+    src, nopped, back = FIXTURES / "bin" / name, tmp_path / "n.o", tmp_path / "e.o"
+    done = CliRunner().invoke(app, ["nop", str(src), "--drop-records", "-o", str(nopped)])
+    assert done.exit_code == 0, done.output
+    line = f"made 6 sites untraceable after boot: records dropped, words unchanged ({words}); 0 word writes"
+    assert line in done.output and "already nopped" not in done.output, done.output
+    done = CliRunner().invoke(app, ["apply", str(nopped), "--to", "enabled", "-o", str(back)])
+    assert done.exit_code == 0, done.output
+    line = f"made 6 sites traceable after boot again: records restored, words unchanged ({words}); 0 word writes"
+    assert line in done.output and "already enabled" not in done.output, done.output
+    assert back.read_bytes() == src.read_bytes()

@@ -18,7 +18,7 @@ from rewriter.prose import counted
 
 if TYPE_CHECKING:
     from rewriter.files import ApplyResult, ScanHints
-    from rewriter.rewrite import Options, Selection
+    from rewriter.rewrite import Options, Rewrite, Selection, StubCount
 
 
 class Target(enum.Enum):
@@ -136,28 +136,33 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
     stages = len(r.plan.stages) if r.plan else 0
     barriers = ", ".join(name for _, name in r.barriers) or "none"
     writes = r.word_writes
-    verb = "would change" if result.output is None else "changed"
-    dropped = f"; {counted(len(r.dropped), 'record')} dropped" if r.dropped else ""
-    dropped += f"; {counted(len(r.restored), 'record')} restored" if r.restored else ""
-    typer.echo(
-        f"{image}: {verb} {counted(len(r.sites), 'site')} to {target} ({r.unchanged} already {target}){dropped}; "
-        f"{counted(writes, 'word write')} in {counted(stages, 'stage')}, barriers: {barriers}; "
-        f"{counted(len(r.edits) - writes, 'other edit')}",
-        err=True,
-    )
+    others = counted(len(r.edits) - writes, "other edit")
+    if not writes and bool(r.dropped) != bool(r.restored):
+        from rewriter.report.scanfmt import when_traced
+
+        line = _records_only(r, result.output is None, when_traced(result.scan))
+        typer.echo(f"{image}: {line}; 0 word writes; {others}", err=True)
+    else:
+        verb = "would change" if result.output is None else "changed"
+        dropped = f"; {counted(len(r.dropped), 'record')} dropped" if r.dropped else ""
+        dropped += f"; {counted(len(r.restored), 'record')} restored" if r.restored else ""
+        typer.echo(
+            f"{image}: {verb} {counted(len(r.sites), 'site')} to {target} ({r.unchanged} already {target}){dropped}; "
+            f"{counted(writes, 'word write')} in {counted(stages, 'stage')}, barriers: {barriers}; {others}",
+            err=True,
+        )
     if result.scan.log is not None:
         from rewriter.sites import Source
 
         logged = [s for s in result.scan.sites if s.source is Source.LOG]
         chosen = {s.place for s in (*r.sites, *r.restored)}
         typer.echo(
-            f"{len(logged)} sites known only from {result.scan.log}; {sum(s.place in chosen for s in logged)} of them "
-            "selected and changed",
+            f"{counted(len(logged), 'site')} known only from {result.scan.log}; "
+            f"{sum(s.place in chosen for s in logged)} of them selected and changed",
             err=True,
         )
     if r.stubs is not None:
-        before, after = (", ".join(f"{c.area} {c.used}/{c.stubs}" for c in side) for side in r.stubs)
-        typer.echo(f"ool stubs used/available: before {before}; after {after}", err=True)
+        typer.echo(_stub_counts(r.stubs), err=True)
     if result.output is not None:
         typer.echo(f"wrote {result.output} and {result.log}", err=True)
     if result.base is not None and result.output is not None:
@@ -168,6 +173,29 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
         typer.echo(
             f"no stage image written to {writing.stage_dir}: this rewrite writes no word (records only)", err=True
         )
+
+
+def _records_only(r: Rewrite, dry_run: bool, when: str) -> str:
+    """A rewrite that only drops or only restores records (patchable and ool sites already are nop
+    as built): said as what the kernel will make of the sites, and the words they keep, rather than
+    as a move to a state they were in already (ool has no `nopped` state at all)."""
+    from rewriter.generations import LAYOUTS
+    from rewriter.states import words_text
+
+    sites = r.dropped or r.restored
+    words = sorted({words_text(LAYOUTS[s.variant].words(s.state)) for s in sites})
+    n = counted(len(sites), "site")
+    verb = "would make" if dry_run else "made"
+    if r.dropped:
+        return f"{verb} {n} untraceable {when}: records dropped, words unchanged ({', '.join(words)})"
+    return f"{verb} {n} traceable {when} again: records restored, words unchanged ({', '.join(words)})"
+
+
+def _stub_counts(stubs: tuple[tuple[StubCount, ...], tuple[StubCount, ...]]) -> str:
+    if not stubs[0] and not stubs[1]:
+        return "ool stubs: no stub area found (a stripped image, or --generation ool on an image without stubs?)"
+    before, after = (", ".join(f"{c.area} {c.used}/{c.stubs}" for c in side) for side in stubs)
+    return f"ool stubs used/available: before {before}; after {after}"
 
 
 def _print_already(image: Path, target: str, result: ApplyResult, writing: _Writing) -> None:

@@ -414,20 +414,21 @@ def _head(result: Scan, traceable: int) -> str:
     return (
         f"{printable(str(result.path))}: {result.kind.value}, {result.endian}-endian {result.abi.value}, "
         f"generation {'none' if generation is None else generation.value}: "
-        f"{counted(len(result.sites), 'site')} ({states}{from_log}), {traceable} traceable {_after(result)}; "
+        f"{counted(len(result.sites), 'site')} ({states}{from_log}), {traceable} traceable {when_traced(result)}; "
         f"{counted(rec.count, 'record')} ({rec.zeroed} zeroed, {len(rec.skipped)} skipped, "
         f"{len(rec.unmatched)} unmatched), {counted(unrecorded, 'site')} unrecorded"
     )
 
 
-def _after(result: Scan) -> str:
+def when_traced(result: Scan) -> str:
+    """When a site of this image can first be traced: "after boot", or "once loaded" (a module)."""
     return "once loaded" if result.kind is Kind.MODULE else "after boot"
 
 
 def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[str]:
     out = []
     if boot.ftrace_off is not None:
-        out.append(f"  FTRACE OFF {_after(result)}: {boot.ftrace_off}")
+        out.append(f"  FTRACE OFF {when_traced(result)}: {boot.ftrace_off}")
     logged = _by_source(result.sites)[Source.LOG]
     if result.log is not None:
         out.append(

@@ -349,6 +349,14 @@ def _detect_by_words(first: np.ndarray, after: np.ndarray) -> Detect:
     """Step 3 of :func:`detect_generation`, from the word at each record and the word after it."""
     nop = first == ppc.NOP
     if not nop.any():
+        # What only an offline rewrite leaves at a patchable record (the compiler's first nop made
+        # `mflr r0` or `b +8`): an ool record is its one nop, or `b stub` once the kernel runs.
+        rewritten = int(np.count_nonzero((first == ppc.MFLR_R0) | (first == ppc.B_PLUS_8)))
+        if rewritten:
+            return Detect(
+                Generation.PATCHABLE,
+                f"{counted(rewritten, 'record')} at `mflr r0` or `b +8`: patchable sites rewritten offline",
+            )
         return Detect(None, "no record points at a nop or a call to _mcount")
     alone = int(np.count_nonzero(nop & (after != ppc.NOP)))
     if alone:

@@ -40,6 +40,7 @@ from rewriter.elf.compress import Compression, decompress, recipe_of
 from rewriter.elf.image import Image
 from rewriter.errors import ImageError, NothingToDo, PlanRejected
 from rewriter.files import apply_file, undo_file, verify_files
+from rewriter.generations import Generation
 from rewriter.log import load
 from rewriter.rewrite import Options, Selection
 from rewriter.sites import dynamic_value, processed_relative, scan
@@ -445,3 +446,16 @@ def test_a_records_only_rewrite_says_what_the_kernel_makes_of_the_sites(name: st
     line = f"made 6 sites traceable after boot again: records restored, words unchanged ({words}); 0 word writes"
     assert line in done.output and "already enabled" not in done.output, done.output
     assert back.read_bytes() == src.read_bytes()
+
+
+def test_a_patchable_site_rewritten_with_its_record_kept_is_still_seen_as_patchable(tmp_path: Path) -> None:
+    """`apply --to disabled --keep-records` leaves `mflr r0; nop` at recorded places (an image the
+    kernel refuses at boot, built on purpose): the scan must still read the generation from the
+    words at the records, find the sites in the file itself (not only in the patch log), and
+    match every record to them, so that the audit reports each refused site once."""
+    out = tmp_path / "kr.o"
+    apply_file(FIXTURES / "bin" / "patchable-le.o", out, Selection(), Options(SiteState.DISABLED, keep_records=True))
+    result = scan(Image.load(out))
+    assert result.generation is Generation.PATCHABLE
+    assert len(result.sites) == 6 and {s.state for s in result.sites} == {SiteState.DISABLED}
+    assert all(s.recorded for s in result.sites) and not result.records.unmatched

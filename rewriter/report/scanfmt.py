@@ -430,11 +430,13 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
     if boot.ftrace_off is not None:
         out.append(f"  FTRACE OFF {when_traced(result)}: {boot.ftrace_off}")
     logged = _by_source(result.sites)[Source.LOG]
-    if result.log is not None:
+    if result.log is not None and logged:
         out.append(
-            f"  LOG: {logged} sites known only from the patch log {result.log} (an earlier rewrite nopped and "
-            "unrecorded them: no scan of the file finds them)"
+            f"  LOG: {counted(logged, 'site')} known only from the patch log {result.log} (an earlier rewrite "
+            "dropped their records, and their words call nothing: no scan of the file finds them)"
         )
+    elif result.log is not None:
+        out.append(f"  LOG: the patch log {result.log} was read; the file itself shows every site it names")
     for offset in sorted({LAYOUTS[s.variant].record_offset for s in result.sites if s.record is not None} - {0}):
         out.append(
             f"  records name the word {abs(offset)} bytes {'before' if offset < 0 else 'after'} each call slot "

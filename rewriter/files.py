@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rewriter.elf import structs as S
-from rewriter.elf.compress import Compression, Restore, decompress, detect_compression
+from rewriter.elf.compress import SUFFIX, Compression, Restore, compression_named, decompress, detect_compression
 from rewriter.elf.image import Image
 from rewriter.elf.writer import Pending, atomic_write, commit_all, write_temp
 from rewriter.errors import ImageError, LogError, NothingToDo, OutputError, RewriteError
@@ -76,6 +76,18 @@ def _on_disk(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise RewriteError(f"{path}: {e.strerror}") from None
+
+
+def check_output_name(output: Path, compression: Compression) -> None:
+    """The output is compressed as its input was (so that undo gives those bytes back): a name that
+    says otherwise (``-o m.ko`` from an ``.ko.xz``, ``-o x.ko.xz`` from an ``.ko``) would make a
+    file that modprobe, or the next tool, reads wrongly. A name that says nothing is accepted."""
+    named = compression_named(output)
+    if named is None or named is compression:
+        return
+    said, data = ("uncompressed" if c is Compression.NONE else f"{c.value}-compressed" for c in (named, compression))
+    want = f"end it in {SUFFIX[compression]}" if compression is not Compression.NONE else "drop its suffix"
+    raise OutputError(f"{output}: its name says {said}, but the output is {data} like its input: {want}")
 
 
 def check_output_path(input_path: Path, output: Path | None, in_place: bool) -> Path:
@@ -138,6 +150,8 @@ def apply_file(
     if out is not None:
         check_side_paths(path, out, log_path or default_log_path(out), in_place, backup)
     image = Image.load(path)
+    if out is not None and not in_place:
+        check_output_name(out, image.compression)
     before = scan(image, hints.mcount_addr, hints.generation)
     known, warning = _input_log(image, input_log)
     history = {}
@@ -231,8 +245,11 @@ def _write_stage_images(directory: Path, path: Path, result: Rewrite) -> tuple[P
     except OSError as e:
         raise OutputError(f"{directory}: {e.strerror}") from None
     out = []
+    # A stage image is the decompressed ELF: named without the input's compression suffix.
+    named = compression_named(path)
+    name = path.name if named is None else path.name.removesuffix(SUFFIX[named])
     for i, content in enumerate(result.stages, start=1):
-        p = directory / f"{path.name}.stage{i}"
+        p = directory / f"{name}.stage{i}"
         atomic_write(p, content, path.stat().st_mode & 0o7777)
         out.append(p)
     return tuple(out)
@@ -383,6 +400,8 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
         log = load(log_path, sites=False)
         raw, raw_sha = read.result()
     content, kind = _content(patched, raw)
+    if not in_place:
+        check_output_name(out, kind)
     facts = log.header
     if raw_sha != facts.output.sha256 and _sha256(content) != facts.output.content_sha256:
         raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output)")

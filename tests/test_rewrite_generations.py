@@ -459,3 +459,28 @@ def test_a_patchable_site_rewritten_with_its_record_kept_is_still_seen_as_patcha
     assert result.generation is Generation.PATCHABLE
     assert len(result.sites) == 6 and {s.state for s in result.sites} == {SiteState.DISABLED}
     assert all(s.recorded for s in result.sites) and not result.records.unmatched
+
+
+def test_an_output_named_for_another_compression_is_refused_and_stage_images_are_named_as_elf(tmp_path: Path) -> None:
+    """The output is compressed as its input was: `-o m.ko` from an .ko.xz (or `-o x.o.xz` from an
+    ELF) would name xz data as an ELF (or the reverse), so it is refused, exit 2, nothing written;
+    a name that says nothing is accepted. Stage images are the decompressed ELF, named without .xz."""
+    from typer.testing import CliRunner
+
+    from rewriter.cli import app
+
+    src = tmp_path / "m.ko.xz"
+    src.write_bytes(lzma.compress((FIXTURES / "bin" / "patchable-le.o").read_bytes(), check=lzma.CHECK_CRC32))
+    for out, said in ((tmp_path / "plain.ko", "uncompressed"), (tmp_path / "x.ko.gz", "gzip-compressed")):
+        done = CliRunner().invoke(app, ["nop", str(src), "--drop-records", "-o", str(out)])
+        assert done.exit_code == 2 and f"its name says {said}, but the output is xz-compressed" in done.output
+        assert not out.exists() and not (tmp_path / (out.name + ".mcountrw.jsonl")).exists()
+    plain = FIXTURES / "bin" / "patchable-le.o"
+    done = CliRunner().invoke(app, ["nop", str(plain), "--drop-records", "-o", str(tmp_path / "x.o.xz")])
+    assert done.exit_code == 2 and "drop its suffix" in done.output and not (tmp_path / "x.o.xz").exists()
+    stages = tmp_path / "stages"
+    args = ["apply", str(src), "--to", "disabled", "--keep-records", "-o", str(tmp_path / "out")]
+    done = CliRunner().invoke(app, [*args, "--stage-images", str(stages)])
+    assert done.exit_code == 0, done.output
+    assert [p.name for p in stages.iterdir()] == ["m.ko.stage1"]
+    assert (stages / "m.ko.stage1").read_bytes()[:4] == b"\x7fELF"

@@ -10,6 +10,7 @@ import mmap
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Final, NamedTuple
 
 from rewriter.errors import ImageError
@@ -38,6 +39,21 @@ MAX_DECOMPRESSED = 256 << 20
 # zstd feeds input in pieces this small: one block can expand at most 128 KiB per 4 input bytes
 # (an RLE block), so a piece never yields more than 32 MiB past the cap.
 _ZSTD_PIECE = 1024
+
+
+SUFFIX: Final[Mapping[Compression, str]] = MappingProxyType(
+    {Compression.NONE: "", Compression.XZ: ".xz", Compression.GZIP: ".gz", Compression.ZSTD: ".zst"}
+)
+"""The file-name suffix each compression is known by (modules_install's, and xz/gzip/zstd's own)."""
+
+
+def compression_named(path: Path) -> Compression | None:
+    """The compression a file's name claims: by its suffix, or none for a module named ``.ko``;
+    None when the name says nothing (``vmlinux``, ``out``, ``prog.o``)."""
+    for kind, suffix in SUFFIX.items():
+        if suffix and path.name.endswith(suffix):
+            return kind
+    return Compression.NONE if path.name.endswith(".ko") else None
 
 
 def detect_compression(head: bytes) -> Compression:

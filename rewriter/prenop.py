@@ -430,14 +430,15 @@ def verify_target(t: Target) -> FileReport:
     report = FileReport(t.rel, Status.VERIFIED, facts.kind.value, facts.sites_touched)
     if output is None:
         return report._replace(status=Status.MISMATCH, message=f"{t.source} is not the output of {t.log}")
+    # A pristine file that cannot be read is bad input (failed, exit 2), not a finding: read outside the try.
+    original = None if t.original is None else read_file(t.original)[1]
     try:
         log = load(t.log)
         resigned = len(output) != len(content) or any(isinstance(e, Append) for e in log.edits)
         report = report._replace(signature="re-signed" if resigned else "")
-        if t.original is None:
+        if original is None:
             _undo_with_log(t, output, facts, log)
             return report
-        original = read_file(t.original)[1]
         if _sha(original) != facts.input.content_sha256:
             return report._replace(status=Status.MISMATCH, message=f"{t.original} is not the input of {t.log}")
         expected = bytes(log.replay(original))

@@ -213,6 +213,17 @@ def test_verify_catches_a_file_changed_after_prenop(corpus, tmp_path: Path) -> N
         assert code == 1 and "MISMATCH: fs/binfmt_misc.ko" in out, out
 
 
+def test_verify_against_a_missing_pristine_file_fails_rather_than_mismatches(corpus, tmp_path: Path) -> None:
+    """A pristine file that cannot be read is bad input (failed, exit 2), not a finding about the tree."""
+    tree = _small_tree(corpus, tmp_path / "tree", ("fs/binfmt_misc.ko", "fs/nls/nls_utf8.ko"))
+    logs = tmp_path / "logs"
+    assert _cli("prenop", "--policy", KEEP_CORE, "--in-place", "--strip-signature", "--log-dir", logs, tree)[0] == 0
+    pristine = _small_tree(corpus, tmp_path / "pristine", ("fs/binfmt_misc.ko",))
+    code, out = _cli("prenop", "--verify", "--log-dir", logs, tree, "--against", pristine)
+    assert code == 2 and _row(out, "verified")[0] == "1" and _row(out, "failed")[0] == "1", out
+    assert "MISMATCH" not in out and "nls_utf8.ko: No such file or directory" in out, out
+
+
 def test_a_stale_log_is_refused_unless_the_file_is_declared_new(corpus, tmp_path: Path) -> None:
     """A rebuilt file fits neither side of its old log: by default that file fails (and only it)."""
     tree = _small_tree(corpus, tmp_path / "tree", ("fs/binfmt_misc.ko", "fs/nls/nls_utf8.ko"))

@@ -24,6 +24,19 @@ def address(text: str) -> int:
         raise typer.BadParameter(f"{text!r} is not a number (use 0x... for hex)") from None
 
 
+def call_slot_address(text: str) -> int:
+    """``--addr``: an :func:`address`. ``SECTION+0xOFF`` is how scan shows a site of a module or
+    object: a relocatable file is not linked, so its sites have no address and no ``--addr`` can
+    name one; the message says what selects them instead of that it is not a number."""
+    section, plus, _ = text.partition("+")
+    if plus and section and not section[0].isdigit():
+        raise typer.BadParameter(
+            f"{text!r} is a place in a section: a module's or object's sites have no address "
+            "(select them with --section and --only)"
+        )
+    return address(text)
+
+
 GENERATION_HELP: Final = "override the generation detected from the image (stripped images)"
 
 Jobs = Annotated[

@@ -174,10 +174,13 @@ def prenop(
     args = _Args(paths, policy, in_place, output, log_dir, strip_signature, sign_key, sign_cert, hash_name, against,
                  replace_stale_logs, mcount_addr, generation)  # fmt: skip
     _check_options(mode, args)
-    # One writer at a time: the lock is taken before any file or log is read (docs/prenop.md).
+    # Refused inputs (the paths, the policy, the key) exit 2 before _locked_paths makes the output
+    # tree, so that such a run leaves no directory behind. Only names are listed and the policy,
+    # key and certificate read, none of which a run writes: the lock is still taken before any
+    # input file or log is read (docs/prenop.md).
+    ts = _targets(mode, args)
+    settings = _settings(mode, args)
     with hold(_locked_paths(mode, args), wait, say_waiting):
-        ts = _targets(mode, args)
-        settings = _settings(mode, args)  # the policy, key and certificate are read before any file is touched
         n = workers(jobs)
         start = time.monotonic()
         reports = _execute(mode, ts, settings, n)
@@ -196,10 +199,11 @@ def prenop(
 
 def _locked_paths(mode: Mode, args: _Args) -> list[Path]:
     """What a run that writes holds the lock on (``rewriter.lock``): the files and trees it
-    rewrites in place, the output tree (made first, so that two runs that would both create it
-    still meet at one lock) and the log directory, if it exists (one that does not is made only
-    when a log is written; the locks on the tree cover the run meanwhile). Runs that write
-    nothing lock nothing."""
+    rewrites in place, the output tree (made here, so that two runs that would both create it
+    still meet at one lock; called once the inputs and the policy are known good, so that a
+    refused run makes no directory) and the log directory, if it exists (one that does not is
+    made only when a log is written; the locks on the tree cover the run meanwhile). Runs that
+    write nothing lock nothing."""
     takes = MODES[mode]
     if takes.dry_run or takes.output is Output.REFUSED:
         return []
@@ -262,6 +266,8 @@ def _check_options(mode: Mode, args: _Args) -> None:
         raise ArgumentError("--policy FILE is required (or --undo / --verify)")
     if not takes.policy and (args.policy is not None or args.sign_key is not None or args.strip_signature):
         raise ArgumentError("--undo and --verify take no --policy or signing options: the logs say what was done")
+    if args.in_place and args.output is not None:
+        raise ArgumentError("give either --in-place or -o OUT, not both")
     writes = args.in_place or args.output is not None
     if takes.output is Output.REQUIRED and not writes:
         raise ArgumentError("no output: give --in-place or -o OUT (or --dry-run)")

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 
-from rewriter.cli.common import GenerationOption, McountAddr, address, check_mcount_addr
+from rewriter.cli.common import GenerationOption, McountAddr, call_slot_address, check_mcount_addr
 from rewriter.cli.exits import findings_if
-from rewriter.errors import ArgumentError
+from rewriter.errors import ArgumentError, NothingToDo
 from rewriter.generations import Generation
 from rewriter.lock import hold
 from rewriter.plan import Route
@@ -31,11 +31,40 @@ class Target(enum.Enum):
 
 Image_ = Annotated[Path, typer.Argument(help="vmlinux, module (.ko[.xz|.gz|.zst]), object or executable")]
 Output = Annotated[Path | None, typer.Option("-o", "--output", help="where to write the rewritten file")]
-Only = Annotated[list[str] | None, typer.Option("--only", help="function name glob to select (repeatable)")]
-Exclude = Annotated[list[str] | None, typer.Option("--exclude", help="function name glob to leave alone (repeatable)")]
-Section = Annotated[list[str] | None, typer.Option("--section", help="select the sites of this section (repeatable)")]
+# The selection options combine as rewriter.rewrite.Selection does: --only, --section and --addr
+# add up (a site any one of them matches is selected; none of them given: every site), and
+# --exclude takes sites out of that. Each help says so, since `--section S --only F` reads as "F in S".
+Only = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--only",
+        help="function name glob to select (repeatable); --only, --section and --addr add up: a site any one of "
+        "them matches is selected",
+    ),
+]
+Exclude = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude",
+        help="function name glob to leave alone (repeatable): taken out of what --only, --section and --addr "
+        "select (or of every site)",
+    ),
+]
+Section = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--section", help="select the sites of this section (repeatable); adds to --only and --addr, never narrows them"
+    ),
+]
 Addr = Annotated[
-    list[int] | None, typer.Option("--addr", parser=address, help="select the site with this call-slot address")
+    list[int] | None,
+    typer.Option(
+        "--addr",
+        parser=call_slot_address,
+        metavar="ADDRESS",
+        help="select the site with this call-slot address (repeatable; a module's or object's sites have none); "
+        "adds to --only and --section",
+    ),
 ]
 Route_ = Annotated[Route | None, typer.Option("--route", help="default: the route with fewer writes")]
 Log_ = Annotated[Path | None, typer.Option("--log", help="patch log (default OUT.mcountrw.jsonl)")]
@@ -121,10 +150,31 @@ def _run_apply(
     with hold([image] if writing.in_place and not writing.dry_run else [], run.wait, say_waiting):
         from rewriter.files import apply_file
 
-        result = apply_file(image, output, selection, options, **writing._asdict(), hints=run.hints())  # NoRoute: 1
+        try:
+            result = apply_file(image, output, selection, options, **writing._asdict(), hints=run.hints())  # NoRoute: 1
+        except NothingToDo as e:
+            raise _with_addr_note(e, image, selection) from None
     for warning in result.warnings:
         typer.echo(f"mcountrw: warning: {warning}", err=True)
     _print_applied(image, options, result, writing)
+
+
+def _with_addr_note(error: NothingToDo, image: Path, selection: Selection) -> NothingToDo:
+    """``error``, with a note when ``--addr`` was given for a module or object: a relocatable file
+    is not linked, so its sites have no address (scan shows them as SECTION+0xOFF) and no
+    ``--addr`` can select one, which "matches none of its sites" alone does not say. The image is
+    loaded again on this path only (``apply_file`` loaded it, so it loads)."""
+    if not selection.addrs:
+        return error
+    from rewriter.elf import structs as S
+    from rewriter.elf.image import Image
+
+    if Image.load(image).type != S.ET_REL:
+        return error
+    return NothingToDo(
+        f"{error} (a module's or object's sites have no address, scan shows them as SECTION+0xOFF: "
+        "select them with --section and --only)"
+    )
 
 
 def _print_applied(image: Path, options: Options, result: ApplyResult, writing: _Writing) -> None:
@@ -296,6 +346,7 @@ def undo(
     wait: Wait = False,
 ) -> None:
     """Restore the exact original bytes (relocations, records and signature included)."""
+    _check_undo_output(patched, output, in_place)
     with hold([patched] if in_place else [], wait, say_waiting):
         from rewriter.files import undo_file
 
@@ -311,6 +362,13 @@ def undo(
         typer.echo(f"{back}: undo with it for the step before", err=True)
     elif base is not None:
         typer.echo(f"its own log: {base.path} (undo with it for the step before)", err=True)
+
+
+def _check_undo_output(patched: Path, output: Path | None, in_place: bool) -> None:
+    """Said here, not by ``rewriter.files``: its line offers --dry-run, which apply and nop have
+    and undo has not."""
+    if output is None and not in_place:
+        raise ArgumentError(f"{patched}: no output: give -o OUT or --in-place")
 
 
 def verify(

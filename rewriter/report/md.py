@@ -140,8 +140,7 @@ def _image(img: ImageAudit) -> list[str]:
             where = " ".join(x for x in (a.place, f"({a.function})" if a.function else "") if x)
             out.append(f"- **{a.severity.value}** `{a.kind.value}` {where}: {a.message}")
             out += _code(a.evidence)
-        if len(img.anomalies) > MAX_SHOWN:
-            out.append(f"- ... {len(img.anomalies) - MAX_SHOWN} more ({_tally(_by_kind(img.anomalies))})")
+        out += _more_anomalies(img.anomalies[MAX_SHOWN:])
     open_sites = [sa for sa in img.sites if sa.safety.verdict in _OPEN]
     if open_sites:
         out += ["", "#### Sites not proven safe", ""]
@@ -155,6 +154,15 @@ def _image(img: ImageAudit) -> list[str]:
 
 
 _OPEN = (Verdict.LIVE, Verdict.UNKNOWN)
+
+
+def _more_anomalies(left_out: Sequence[Anomaly]) -> list[str]:
+    """The line that stands for the anomalies not listed: how many, and of which kinds. The
+    breakdown counts those left out only, so that it adds up to the number before it (it counted
+    every anomaly of the image: ``212 more (262 note weak-body)``)."""
+    if not left_out:
+        return []
+    return [f"- ... {len(left_out)} more ({_tally(_by_kind(left_out))})"]
 
 
 def _by_kind(anomalies: Sequence[Anomaly]) -> dict[str, int]:

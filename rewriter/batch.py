@@ -1,7 +1,7 @@
 """Many files at once: expand directories, scan in parallel, keep going past bad files.
 
 Each worker process loads and scans one file and sends back the finished :class:`Scan` (or, from
-:func:`render_many`, the text made of it), or the one-line error for that file. Results come back
+:func:`render_many`, the report made of it), or the one-line error for that file. Results come back
 in input order so that output is reproducible whatever ``--jobs`` is.
 """
 
@@ -12,9 +12,10 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.elf.image import Image
@@ -36,11 +37,13 @@ class Outcome(NamedTuple):
     error: str | None
 
 
-class Rendered(NamedTuple):
-    """A file's scan as the text a report prints, made where it was scanned."""
+@dataclass(frozen=True)
+class Rendered(Generic[R]):
+    """A file's scan as a report needs it, made where it was scanned: its text, or its text and
+    the counts a closing line adds up (a dataclass: a generic NamedTuple needs Python 3.11)."""
 
     path: Path
-    text: str | None
+    report: R | None
     error: str | None
 
 
@@ -249,15 +252,16 @@ def scan_many(
 def render_many(
     files: Sequence[Path],
     jobs: int,
-    render: Callable[[Scan], str],
+    render: Callable[[Scan], R],
     mcount_addr: int | None = None,
     progress: Callable[[], None] | None = None,
     generation: Generation | None = None,
-) -> Iterator[Rendered]:
+) -> Iterator[Rendered[R]]:
     """Like :func:`scan_many`, but each worker formats its scans with ``render`` (a module-level
-    function, or a ``partial`` of one) and sends back only the text. A module tree's Scan objects
-    (175,941 sites in 6.12's) cost more to pickle and unpickle than to format, and the parent
-    would unpickle them alone while the workers wait."""
+    function, or a ``partial`` of one) and sends back only what it made: text, and small counts
+    if the report needs them. A module tree's Scan objects (175,941 sites in 6.12's) cost more to
+    pickle and unpickle than to format, and the parent would unpickle them alone while the
+    workers wait."""
     chunk = partial(_render_chunk, render=render, mcount_addr=mcount_addr, generation=generation)
     for rendered in map_chunks(chunk, files, jobs):
         yield rendered
@@ -266,8 +270,8 @@ def render_many(
 
 
 def _render_chunk(
-    paths: Sequence[Path], render: Callable[[Scan], str], mcount_addr: int | None, generation: Generation | None
-) -> list[Rendered]:
+    paths: Sequence[Path], render: Callable[[Scan], R], mcount_addr: int | None, generation: Generation | None
+) -> list[Rendered[R]]:
     out = []
     for outcome in _scanned(paths, mcount_addr, generation):
         out.append(Rendered(outcome.path, None if outcome.scan is None else render(outcome.scan), outcome.error))

@@ -60,7 +60,9 @@ def test_reports_made_in_workers_are_the_one_process_report(tmp_path: Path) -> N
     assert reports["json"] == scanfmt.scans_json_text(scans, errors) + "\n"
     assert json.loads(reports["json"]) == scanfmt.scans_json(scans, errors)
     assert reports["csv"] == scanfmt.csv_text(scans)
-    assert reports["table"] == "".join(line + "\n" for s in scans for line in scanfmt.table_lines(s, 20))
+    table = "".join(line + "\n" for s in scans for line in scanfmt.table_lines(s, 20))
+    totals = scanfmt.add_totals(scanfmt.table_text_totals(s, 20)[1] for s in scans)
+    assert reports["table"] == table + scanfmt.total_line(totals, len(errors)) + "\n"
 
 
 def _default_sigint(batch: Sequence[int]) -> list[tuple[int, bool]]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -26,7 +26,14 @@ from rewriter.cli.common import (
 from rewriter.cli.exits import ExitCode, bad_input_if
 
 if TYPE_CHECKING:
+    from rewriter.report.scanfmt import Totals
     from rewriter.sites import Scan
+
+T = TypeVar("T")
+
+# What a worker sends back for one image: its text, and for the table the counts of its summary
+# line (None in JSON and CSV, which carry their own and must not change).
+Piece = tuple[str, "Totals | None"]
 
 
 class ScanFormat(enum.Enum):
@@ -55,8 +62,9 @@ def scan(
 
     Each image says its generation (mprofile <= 6.5, patchable 6.6-6.12, ool 6.13+), how many
     sites ftrace can trace after boot, and (ool) whether its stubs cover its records. Sites that
-    only the image's patch log knows (nopped and unrecorded by an earlier rewrite) are listed too,
-    marked LOG (`"source": "log"` in JSON and CSV)."""
+    only the image's patch log knows (their records dropped by an earlier rewrite) are listed too,
+    marked LOG (`"source": "log"` in JSON and CSV). The table of several files closes with a
+    `total:` line: images, sites, traceable sites, records, and errors if any file failed."""
     from rewriter.batch import expand, render_many
     from rewriter.report import scanfmt
 
@@ -67,11 +75,13 @@ def scan(
     if logs:
         render = partial(_render_logged, render=render, logs=logs)
     texts = []
+    totals = []
     with progress(len(files), "scanning") as tick:
-        # Each worker formats what it scanned: only text comes back (see rewriter.batch.render_many).
+        # Each worker formats what it scanned: only text and counts come back (rewriter.batch.render_many).
         for rendered in render_many(files, workers(jobs), render, mcount_addr, tick, generation):
-            if rendered.text is not None:
-                texts.append(rendered.text)
+            if rendered.report is not None:
+                texts.append(rendered.report[0])
+                totals.append(rendered.report[1])
             else:
                 errors.append(rendered.error or f"{rendered.path}: failed")
     print_errors(errors)
@@ -81,22 +91,44 @@ def scan(
         text = scanfmt.join_images_json(texts, errors, end="\n")
     else:
         text = (scanfmt.CSV_HEADER if fmt is ScanFormat.CSV else "") + "".join(texts)
+    if _closes_with_total(fmt, files):
+        text += _total_line(totals, len(errors))
     emit(text, output)
     bad_input_if(errors)
 
 
-def _render_logged(result: Scan, render: Callable[[Scan], str], logs: dict[Path, Path]) -> str:
+def _closes_with_total(fmt: ScanFormat, files: Sequence[Path]) -> bool:
+    """Only a table, and only of several files: one image's summary line is its own total, and
+    JSON and CSV stay as they were (other tools parse them and add up what they need)."""
+    return fmt is ScanFormat.TABLE and len(files) > 1
+
+
+def _total_line(totals: list[Totals | None], errors: int) -> str:
+    """The table's closing line over several files, added up from the counts each worker sent
+    back with its text (not parsed out of the text). Also when only one of them could be read:
+    the line then says how many errors the counts leave out."""
+    from rewriter.report import scanfmt
+
+    return scanfmt.total_line(scanfmt.add_totals(t for t in totals if t is not None), errors) + "\n"
+
+
+def _render_logged(result: Scan, render: Callable[[Scan], T], logs: dict[Path, Path]) -> T:
     """``render`` of the scan with its log's sites, in the worker that scanned it."""
     from rewriter.log import logged
 
     return render(logged(result, logs))
 
 
-def _renderer(fmt: ScanFormat, every_row: bool) -> Callable[[Scan], str]:
+def _renderer(fmt: ScanFormat, every_row: bool) -> Callable[[Scan], Piece]:
     from rewriter.report import scanfmt
 
     if fmt is ScanFormat.JSON:
-        return scanfmt.image_json_text
+        return partial(_uncounted, render=scanfmt.image_json_text)
     if fmt is ScanFormat.CSV:
-        return scanfmt.csv_rows_text
-    return partial(scanfmt.table_text, limit=None if every_row else TABLE_ROWS)
+        return partial(_uncounted, render=scanfmt.csv_rows_text)
+    return partial(scanfmt.table_text_totals, limit=None if every_row else TABLE_ROWS)
+
+
+def _uncounted(result: Scan, render: Callable[[Scan], str]) -> Piece:
+    """``render``'s text, with no counts: only the table closes with a total line."""
+    return render(result), None

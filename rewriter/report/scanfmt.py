@@ -368,16 +368,79 @@ def table_text(result: Scan, limit: int | None) -> str:
     return "".join(line + "\n" for line in table_lines(result, limit))
 
 
+def table_text_totals(result: Scan, limit: int | None) -> tuple[str, Totals]:
+    """:func:`table_text`, and the counts its summary line states, for a batch's closing
+    :func:`total_line`. A worker sends both back: the parent adds the counts up without the
+    :class:`Scan` (which costs more to pickle than to format, ``rewriter.batch.render_many``)."""
+    lines, totals = _table(result, limit)
+    return "".join(line + "\n" for line in lines), totals
+
+
 # -- the table ------------------------------------------------------------------------------
+
+
+class Totals(NamedTuple):
+    """What the summary lines of a table count, summed over images by :func:`add_totals`."""
+
+    images: int
+    modules: int  # of the images; their sites are traceable "once loaded", the others' "after boot"
+    sites: int
+    traceable: int
+    records: int
+    unrecorded: int
+
+
+NO_TOTALS: Final = Totals(0, 0, 0, 0, 0, 0)
+
+
+def image_totals(result: Scan, traceable: int) -> Totals:
+    """One image's :class:`Totals`; ``traceable`` as :func:`untraceable` counts them (it needs the
+    image's :class:`Boot`)."""
+    unrecorded = sum(1 for s in result.sites if not s.recorded)
+    module = 1 if result.kind is Kind.MODULE else 0
+    return Totals(1, module, len(result.sites), traceable, result.records.count, unrecorded)
+
+
+def add_totals(parts: Iterable[Totals]) -> Totals:
+    """Field by field."""
+    total = NO_TOTALS
+    for part in parts:
+        total = Totals(*(mine + theirs for mine, theirs in zip(total, part, strict=True)))
+    return total
+
+
+def total_line(totals: Totals, errors: int) -> str:
+    """The line that closes a table of several images: the sums of what their summary lines say,
+    and how many errors (files that could not be scanned; on stderr) the counts leave out."""
+    line = (
+        f"total: {counted(totals.images, 'image')}, {counted(totals.sites, 'site')}, "
+        f"{totals.traceable} traceable {_after_all(totals)}; {counted(totals.records, 'record')}, "
+        f"{counted(totals.unrecorded, 'site')} unrecorded"
+    )
+    return line + (f"; {counted(errors, 'error')} (on stderr)" if errors else "")
+
+
+def _after_all(totals: Totals) -> str:
+    """:func:`when_traced` of every image: modules count once loaded, the others after boot."""
+    if totals.modules == totals.images:
+        return "once loaded"
+    return "after boot" if not totals.modules else "after boot or once loaded"
 
 
 def table_lines(result: Scan, limit: int | None) -> list[str]:
     """A summary line, notes (why sites are untraceable, ool stubs), then one aligned line per
     site (``limit`` lines at most). The state column is ``file->boot``: a patchable site's
     ``nopped->disabled`` is traceable, although its file words are two nops."""
+    return _table(result, limit)[0]
+
+
+def _table(result: Scan, limit: int | None) -> tuple[list[str], Totals]:
+    """:func:`table_lines`, and the counts of its summary line (made from them: the total line
+    adds up exactly what each image's summary said)."""
     boot = boot_of(result)
     why = Counter(untraceable(site, boot) for site in result.sites)
-    lines = [_head(result, why[None]), *_notes(result, boot, why)]
+    totals = image_totals(result, why[None])
+    lines = [_head(result, totals), *_notes(result, boot, why)]
     shown = result.sites if limit is None else result.sites[:limit]
     if shown:
         lines.append(_row("call slot", "section", "variant", "file->boot", "rec", "traceable", "function"))
@@ -396,27 +459,26 @@ def table_lines(result: Scan, limit: int | None) -> list[str]:
         )
     if len(shown) < len(result.sites):
         lines.append(f"  ... {len(result.sites) - len(shown)} more (use --all, --format json or csv)")
-    return lines
+    return lines, totals
 
 
 def _row(place: str, section: str, variant: str, states: str, rec: str, trace: str, function: str) -> str:
     return f"  {place:>20}  {section:<12} {variant:<12} {states:<19} {rec:<5} {trace:<13} {function}"
 
 
-def _head(result: Scan, traceable: int) -> str:
+def _head(result: Scan, totals: Totals) -> str:
     generation = generation_of(result)
     pairs = Counter(f"{s.state.value}->{_boot_text(s)}" for s in result.sites)
     states = ", ".join(f"{n} {k}" for k, n in sorted(pairs.items())) or "no sites"
     rec = result.records
-    unrecorded = sum(1 for s in result.sites if not s.recorded)
     logged = _by_source(result.sites)[Source.LOG]
     from_log = f", {logged} of them from the patch log" if logged else ""
     return (
         f"{printable(str(result.path))}: {result.kind.value}, {result.endian}-endian {result.abi.value}, "
         f"generation {'none' if generation is None else generation.value}: "
-        f"{counted(len(result.sites), 'site')} ({states}{from_log}), {traceable} traceable {when_traced(result)}; "
-        f"{counted(rec.count, 'record')} ({rec.zeroed} zeroed, {len(rec.skipped)} skipped, "
-        f"{len(rec.unmatched)} unmatched), {counted(unrecorded, 'site')} unrecorded"
+        f"{counted(totals.sites, 'site')} ({states}{from_log}), {totals.traceable} traceable {when_traced(result)}; "
+        f"{counted(totals.records, 'record')} ({rec.zeroed} zeroed, {len(rec.skipped)} skipped, "
+        f"{len(rec.unmatched)} unmatched), {counted(totals.unrecorded, 'site')} unrecorded"
     )
 
 

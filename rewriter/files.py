@@ -90,13 +90,16 @@ def check_output_name(output: Path, compression: Compression) -> None:
     raise OutputError(f"{output}: its name says {said}, but the output is {data} like its input: {want}")
 
 
-def check_output_path(input_path: Path, output: Path | None, in_place: bool) -> Path:
+def check_output_path(input_path: Path, output: Path | None, in_place: bool, dry_run_option: bool = True) -> Path:
+    """Where the output goes. ``dry_run_option``: the command has ``--dry-run`` (apply, nop; undo
+    has not), so the line for no output offers it."""
     if in_place:
         if output is not None and output.resolve() != input_path.resolve():
             raise OutputError(f"{output}: --in-place writes the input; do not also give -o")
         output = input_path
     elif output is None:
-        raise OutputError(f"{input_path}: no output: give -o OUT, --in-place or --dry-run")
+        offers = "-o OUT, --in-place or --dry-run" if dry_run_option else "-o OUT or --in-place"
+        raise OutputError(f"{input_path}: no output: give {offers}")
     elif output.exists() and output.resolve() == input_path.resolve():
         raise OutputError(f"{output}: output is the input; use --in-place to rewrite it")
     if output.is_dir():
@@ -392,7 +395,7 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
     """Restore the input bytes of the step ``log_path`` describes. Refuses a log made for another
     file. In place with the file's own log (the default name beside it), the logs are settled too
     (:func:`_settle_logs`), so that the log beside the file describes what it now is."""
-    out = check_output_path(patched, output, in_place)
+    out = check_output_path(patched, output, in_place, dry_run_option=False)
     # The patched file is read and hashed in a thread (hashlib lets go of the GIL) while the log,
     # 67,000 lines for a vmlinux, is parsed.
     with ThreadPoolExecutor(max_workers=1) as pool:

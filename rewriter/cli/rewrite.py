@@ -346,7 +346,6 @@ def undo(
     wait: Wait = False,
 ) -> None:
     """Restore the exact original bytes (relocations, records and signature included)."""
-    _check_undo_output(patched, output, in_place)
     with hold([patched] if in_place else [], wait, say_waiting):
         from rewriter.files import undo_file
 
@@ -362,13 +361,6 @@ def undo(
         typer.echo(f"{back}: undo with it for the step before", err=True)
     elif base is not None:
         typer.echo(f"its own log: {base.path} (undo with it for the step before)", err=True)
-
-
-def _check_undo_output(patched: Path, output: Path | None, in_place: bool) -> None:
-    """Said here, not by ``rewriter.files``: its line offers --dry-run, which apply and nop have
-    and undo has not."""
-    if output is None and not in_place:
-        raise ArgumentError(f"{patched}: no output: give -o OUT or --in-place")
 
 
 def verify(

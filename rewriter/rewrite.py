@@ -134,7 +134,8 @@ class StubCount(NamedTuple):
 @dataclass(frozen=True)
 class Rewrite:
     """What a rewrite did. ``content`` is the whole new file (decompressed); ``stages`` the file
-    after each stage of the plan (relocation edits included, record and signature edits not).
+    after each stage of the plan (relocation edits included, record edits not; a signature the
+    rewrite strips is gone from every stage, which it no longer matches).
     ``dropped``: the sites whose records go, ``restored`` those whose records come back; ``stubs``
     (ool): the stub counts before and after."""
 
@@ -209,6 +210,9 @@ def rewrite(
     edits: list[Edit] = []
     stages: list[bytes] = []
     tables = _RelaTables(image)
+    stripping = options.strip_signature and image.signature is not None and bool(c.todo or c.gone or c.back)
+    # A stage image is only loadable without the old signature: the words it signed have changed.
+    stage_end = image.elf_end if stripping else len(buf)
     if the_plan is not None:
         for stage_writes in _resolve(image, scan, groups, the_plan):
             stage_edits: list[Edit] = list(stage_writes)
@@ -218,11 +222,11 @@ def rewrite(
             buf = apply_edits(buf, stage_edits, order)
             edits += stage_edits
             if keep_stages:
-                stages.append(bytes(buf))
+                stages.append(bytes(buf[:stage_end]))
     records, rows, facts = _drop_records(image, scan, tables, c.gone)
     records += _restore_records(image, tables, c.back, history)
     final = list(records)
-    if options.strip_signature and image.signature is not None and (c.todo or c.gone or c.back):
+    if stripping:
         tail = bytes(image.data[image.elf_end :])
         final.append(Truncate(image.elf_end, tail, "module signature"))
     buf = apply_edits(buf, final, order)

@@ -202,6 +202,25 @@ def test_signed_module_needs_strip_signature(corpus, tmp_path: Path) -> None:
     )
 
 
+def test_signed_module_stage_images_lose_the_signature_too(corpus, tmp_path: Path) -> None:
+    """Every stage image of a signed module rewritten with --strip-signature ends where the ELF
+    ends, as the output does: the old signature no longer matches their words."""
+    from rewriter.elf.image import Image
+
+    src = corpus.modules_dir / "fs/nls/nls_utf8.ko"
+    signed = Image.load(src)
+    assert signed.signature is not None and signed.elf_end < len(signed.data)
+    args = ("nop", str(src), "-o", str(tmp_path / "m.ko"), "--strip-signature", "--drop-records")
+    assert mcountrw(*args, "--stage-images", str(tmp_path / "st")).returncode == 0
+    stages = sorted((tmp_path / "st").iterdir())
+    assert stages
+    for stage in stages:
+        data = stage.read_bytes()
+        assert len(data) == signed.elf_end, stage.name
+        assert Image.load(stage).signature is None, stage.name
+    assert Image.load(tmp_path / "m.ko").signature is None
+
+
 def test_bad_option_values_are_bad_input() -> None:
     assert_one_line_error(mcountrw("apply", str(PROF), "--to", "sideways", "--dry-run"), "--to")
     assert_one_line_error(mcountrw("scan", "--format", "xml", str(PROF)), "--format")

@@ -177,6 +177,8 @@ class Scan:
     stubs: tuple[StubArea, ...] = ()
     weak_max_offset: int | None = None  # FTRACE_MCOUNT_MAX_OFFSET, or None: no test_for_valid_rec()
     log: Path | None = None  # the patch log its `Source.LOG` sites come from (rewriter.known)
+    # What the image's contents say, when --generation gave another generation: obeyed, and said.
+    overridden: Detect | None = None
 
 
 class Detect(NamedTuple):
@@ -205,8 +207,11 @@ def scan(
             entries = _entries_from_records(text, _nonzero(tables))
             calls = text.bl_places[arrays.member(text.bl_targets, entries)]
     records = _nonzero(tables)
+    overridden = None
     if generation is None:
         generation = detect_generation(image, text, calls, records).generation
+    else:
+        overridden = _contradicted(generation, detect_generation(image, text, calls, records))
     places, skipped = _split_skipped(image, records)
     weak = weak_max_offset(image, generation)
     sites, unmatched = _classify(image, text, funcs, generation, calls, places, weak)
@@ -215,7 +220,16 @@ def scan(
         stubs, sites = _with_stubs(image, sites)
     recs = _records(image, tables, records, unmatched, skipped)
     mcount = tuple(int(e) for e in entries)
-    return Scan(image.path, image.kind, _endian(image), image.abi, sites, recs, mcount, funcs, generation, stubs, weak)
+    return Scan(
+        image.path, image.kind, _endian(image), image.abi, sites, recs, mcount, funcs, generation, stubs, weak,
+        overridden=overridden,
+    )  # fmt: skip
+
+
+def _contradicted(given: Generation, detected: Detect) -> Detect | None:
+    """``detected`` when it names another generation than ``--generation`` gave (None when the
+    contents cannot tell, as in a stripped image with no records: what the option is for)."""
+    return detected if detected.generation not in (None, given) else None
 
 
 def _scan_relocatable(image: Image, generation: Generation | None, text: CodeView | None) -> Scan:
@@ -228,11 +242,12 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     distinct = sorted(set(records.tolist()))
     # the words at each distinct record, read once for the detection and the sites
     found: list[tuple[Section, int, int, int | None] | None] | None = None
+    detect = _detect_by_symbols(image, calls, records)
+    if detect is None:
+        found = ModuleCode(image).at_records(distinct)
+        detect = _detect_by_words(*_record_words(found, distinct, records))
+    overridden = None if generation is None else _contradicted(generation, detect)
     if generation is None:
-        detect = _detect_by_symbols(image, calls, records)
-        if detect is None:
-            found = ModuleCode(image).at_records(distinct)
-            detect = _detect_by_words(*_record_words(found, distinct, records))
         generation = detect.generation
     weak = weak_max_offset(image, generation)
     if generation is not None and _plain_module(image, generation, records):
@@ -242,7 +257,10 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
         text = code_view(image) if text is None else text
         sites, unmatched = _classify(image, text, funcs, generation, calls, records, weak)
     recs = _records(image, tables, records, unmatched, np.zeros(0, np.uint64), len(distinct))
-    return Scan(image.path, image.kind, _endian(image), image.abi, sites, recs, (), funcs, generation, (), weak)
+    return Scan(
+        image.path, image.kind, _endian(image), image.abi, sites, recs, (), funcs, generation, (), weak,
+        overridden=overridden,
+    )  # fmt: skip
 
 
 def _record_words(

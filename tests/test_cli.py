@@ -106,6 +106,24 @@ def test_scan_generation_overrides_detection() -> None:
     # prof-le's records name `bl _mcount` words: read as patchable entries, none is a site.
     assert image["generation"] == "patchable" and image["records"]["count"] == 6
     assert len(image["records"]["unmatched"]) == 6 - len(image["sites"])
+    # obeyed, and said: the JSON names what the contents say, the table says it in a line
+    assert image["generation_override"] == {"detected": "mprofile", "reason": "calls to _mcount"}
+    table = mcountrw("scan", "--generation", "patchable", str(PROF)).stdout.splitlines()
+    assert table[1] == (
+        "  --generation patchable overrides what the image says: mprofile (calls to _mcount); "
+        "what follows is the image read as patchable"
+    )
+
+
+def test_scan_generation_that_agrees_overrides_nothing() -> None:
+    for args in (("--generation", "mprofile"), ()):
+        image = json.loads(mcountrw("scan", "--format", "json", *args, str(PROF)).stdout)["images"][0]
+        assert image["generation"] == "mprofile" and image["generation_override"] is None
+    obj = str(FIXTURES / "bin" / "patchable-le.o")
+    forced = json.loads(mcountrw("scan", "--format", "json", "--generation", "ool", obj).stdout)["images"][0]
+    assert forced["generation_override"] == {
+        "detected": "patchable", "reason": "every recorded nop is followed by a nop: two patchable nops"
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(

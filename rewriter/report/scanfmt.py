@@ -2,7 +2,7 @@
 
 JSON (other tools depend on it: fields are added, never renamed or dropped)::
 
-    {"images": [{"path", "kind", "endian", "abi", "generation", "log",
+    {"images": [{"path", "kind", "endian", "abi", "generation", "log", "generation_override",
                  "sites": [{"address", "section", "offset", "function", "variant", "state", "recorded",
                             "record", "boot_state", "traceable", "stub", "source"}],
                  "records": {"count", "zeroed", "skipped", "unmatched", "duplicates"},
@@ -13,6 +13,8 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
 
 * ``generation``: ``mprofile`` (<= 6.5), ``patchable`` (6.6-6.12) or ``ool`` (6.13+), detected from
   the image's contents or given with ``--generation``; null for an image with no sites and no records.
+* ``generation_override``: null, or ``{"detected", "reason"}`` when ``--generation`` gave another
+  generation than the image's contents say (the scan obeys the option; this says what it overrode).
 * ``address`` / ``section`` + ``offset``: the *call slot*, the word that becomes the branch to the
   tracer (``address`` is null in relocatable files). ``state``: what the file's words are now.
 * ``record``: the place the kernel's record names: the call slot itself (mprofile, ool) or the
@@ -223,6 +225,7 @@ def _image_json(result: Scan, boot: Boot, with_sites: bool) -> dict[str, Any]:
         "abi": result.abi.value,
         "generation": None if generation is None else generation.value,
         "log": None if result.log is None else str(result.log),
+        "generation_override": _override_json(result),
         "sites": [site_json(site, boot) for site in result.sites] if with_sites else [],
         "records": {
             "count": result.records.count,
@@ -242,6 +245,13 @@ def _image_json(result: Scan, boot: Boot, with_sites: bool) -> dict[str, Any]:
             "by_source": {src.value: n for src, n in _by_source(result.sites).items()},
         },
     }
+
+
+def _override_json(result: Scan) -> dict[str, str] | None:
+    over = result.overridden
+    return (
+        None if over is None or over.generation is None else {"detected": over.generation.value, "reason": over.reason}
+    )
 
 
 def _by_source(sites: Sequence[Site]) -> dict[Source, int]:
@@ -489,6 +499,12 @@ def when_traced(result: Scan) -> str:
 
 def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[str]:
     out = []
+    over = result.overridden
+    if over is not None and over.generation is not None and result.generation is not None:
+        out.append(
+            f"  --generation {result.generation.value} overrides what the image says: {over.generation.value} "
+            f"({over.reason}); what follows is the image read as {result.generation.value}"
+        )
     if boot.ftrace_off is not None:
         out.append(f"  FTRACE OFF {when_traced(result)}: {boot.ftrace_off}")
     logged = _by_source(result.sites)[Source.LOG]

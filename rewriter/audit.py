@@ -282,11 +282,17 @@ class ImageAudit:
 
 
 def audit_image(
-    image: Image, group: str, table: Table, mcount_addr: int | None = None, logs: Mapping[Path, Path] | None = None
+    image: Image,
+    group: str,
+    table: Table,
+    mcount_addr: int | None = None,
+    logs: Mapping[Path, Path] | None = None,
+    generation: Generation | None = None,
 ) -> ImageAudit:
-    """``logs``: the patch logs found to describe files (``log.log_of``): their sites count too."""
+    """``logs``: the patch logs found to describe files (``log.log_of``): their sites count too.
+    ``generation``: the scan's, when the caller overrides what it would detect (``--generation``)."""
     view = code_view(image)  # laid out once, for the scan and the walk
-    result = logged(scan(image, mcount_addr, text=view), logs or {})
+    result = logged(scan(image, mcount_addr, generation, text=view), logs or {})
     code = flow.load_code(image, result, table, view)
     verdicts = flow.safety(code, result.sites)
     printer = Printer(image, code, ppc.Disassembler(image.big_endian))
@@ -697,10 +703,15 @@ def group_of(path: Path, roots: Sequence[Path] = ()) -> str:
 
 
 def audit_one(
-    path: Path, group: str, table: Table, mcount_addr: int | None = None, logs: Mapping[Path, Path] | None = None
+    path: Path,
+    group: str,
+    table: Table,
+    mcount_addr: int | None = None,
+    logs: Mapping[Path, Path] | None = None,
+    generation: Generation | None = None,
 ) -> AuditedFile:
     try:
-        return AuditedFile(path, audit_image(Image.load(path), group, table, mcount_addr, logs), None)
+        return AuditedFile(path, audit_image(Image.load(path), group, table, mcount_addr, logs, generation), None)
     except RewriteError as e:
         return AuditedFile(path, None, str(e))
     except (ValueError, IndexError, OverflowError, MemoryError) as e:
@@ -709,11 +720,14 @@ def audit_one(
 
 
 def audit_chunk(
-    items: Sequence[tuple[Path, str]], mcount_addr: int | None = None, logs: Mapping[Path, Path] | None = None
+    items: Sequence[tuple[Path, str]],
+    mcount_addr: int | None = None,
+    logs: Mapping[Path, Path] | None = None,
+    generation: Generation | None = None,
 ) -> list[AuditedFile]:
     """A worker's task: several files, one instruction table."""
     table = build_table()
-    return [audit_one(path, group, table, mcount_addr, logs) for path, group in items]
+    return [audit_one(path, group, table, mcount_addr, logs, generation) for path, group in items]
 
 
 @dataclass(frozen=True, slots=True)
@@ -729,10 +743,13 @@ def audit_files(
     mcount_addr: int | None = None,
     progress: Callable[[], None] | None = None,
     logs: Mapping[Path, Path] | None = None,
+    generation: Generation | None = None,
 ) -> Audit:
+    """``generation``: every file's, overriding what each scan would detect (``--generation``)."""
     items = [(p, group_of(p, roots)) for p in files]
     audits, errors = [], []
-    for outcome in map_chunks(partial(audit_chunk, mcount_addr=mcount_addr, logs=logs), items, jobs):
+    task = partial(audit_chunk, mcount_addr=mcount_addr, logs=logs, generation=generation)
+    for outcome in map_chunks(task, items, jobs):
         if outcome.audit is not None:
             audits.append(outcome.audit)
         else:

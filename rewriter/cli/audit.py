@@ -12,7 +12,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rewriter.cli.common import Jobs, LogFile, McountAddr, OutputFile, emit, logs_for, print_errors, progress, workers
+from rewriter.cli.common import (
+    GenerationOption,
+    Jobs,
+    LogFile,
+    McountAddr,
+    OutputFile,
+    check_mcount_addr,
+    emit,
+    logs_for,
+    print_errors,
+    progress,
+    workers,
+)
 from rewriter.cli.exits import ExitCode, bad_input_if, findings_if
 from rewriter.errors import ArgumentError, ImageError, LogError
 from rewriter.generations import Generation
@@ -62,6 +74,7 @@ def audit(
     ] = FailOn.ERROR,
     jobs: Jobs = 0,
     mcount_addr: McountAddr = None,
+    generation: GenerationOption = None,
     log: LogFile = None,
 ) -> None:
     """Counts, anomalies and the mflr-nop safety of every site, per image and by subsystem (with
@@ -69,11 +82,12 @@ def audit(
     from rewriter.audit import audit_files, fails
     from rewriter.batch import expand
 
+    check_mcount_addr(generation, mcount_addr)
     files, errors = expand(paths)
     roots = [p for p in paths if p.is_dir()]
     logs = logs_for(files, log)
     with progress(len(files), "auditing") as tick:
-        result = audit_files(files, roots, workers(jobs), mcount_addr, tick, logs)
+        result = audit_files(files, roots, workers(jobs), mcount_addr, tick, logs, generation)
     errors += result.errors
     print_errors(errors)
     if not result.images:

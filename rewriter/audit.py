@@ -32,7 +32,7 @@ from rewriter.generations import LAYOUTS, Generation, Variant, default_variant
 from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
 from rewriter.prose import counted
-from rewriter.sites import RecordPlace, Scan, Site, Source, StubArea, scan, weak_offsets
+from rewriter.sites import OOL_AREAS, RecordPlace, Scan, Site, Source, StubArea, scan, weak_offsets
 from rewriter.states import Insn, SiteState, word_for
 
 # -- rules ----------------------------------------------------------------------------------
@@ -59,10 +59,12 @@ class AnomalyKind(enum.Enum):
     ABI_MISMATCH = "abi-mismatch"
     BOOT_REFUSED = "boot-refused"
     OOL_STUBS = "ool-stubs"
+    OOL_STUBS_UNCHECKED = "ool-stubs-unchecked"
     MIXED_STATES = "mixed-states"
     ZEROED_RECORDS = "zeroed-records"
     SKIPPED_RECORDS = "skipped-records"
     WEAK_BODY = "weak-body"
+    NO_SYMBOLS = "no-symbols"
 
 
 class AnomalyRule(NamedTuple):
@@ -155,6 +157,16 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         "past an area's *_count (WARN_ON(index > count)) or out of branch range of its stub gets "
         "-EINVAL, and ftrace_bug() turns function tracing off for the whole boot.",
     ),
+    AnomalyKind.OOL_STUBS_UNCHECKED: AnomalyRule(
+        Severity.WARNING,
+        "ool vmlinux whose stub areas were not found: stub coverage unchecked",
+        "The areas (ftrace_ool_stub_text, _text_end, _inittext) and their *_count words are found by "
+        "their symbols; a stripped vmlinux has none, so the check behind ool-stubs, an error, cannot "
+        "run. Not an error: nothing is known to be short, and a kernel built as it was is sized to its "
+        "records. A warning, not a note: if a rewrite or a bad build left an area short, this kernel "
+        "would turn function tracing off at boot and this audit could not say so. Modules are never "
+        "reported: the loader carves their stubs from .stubs, one per record.",
+    ),
     AnomalyKind.MIXED_STATES: AnomalyRule(
         Severity.NOTE,
         "sites of one variant in more than one state",
@@ -181,6 +193,17 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         "test_for_valid_rec() marks a record further than that from its kallsyms symbol "
         "FTRACE_FL_DISABLED; 6.1 defines none, and the record stays traceable under the preceding "
         "symbol's name. Either way it passes the boot checks.",
+    ),
+    AnomalyKind.NO_SYMBOLS: AnomalyRule(
+        Severity.NOTE,
+        "no function symbols: the checks that need them did not run",
+        "Sites are unnamed, and what is told by function symbols cannot be: weak-body (patchable, "
+        "ool: the kernel disables those records, so traceable may count a few too many), not-at-entry "
+        "and patchable-before-gep (where a site sits in its function); the mflr-nop walk has no "
+        "function edges, so more sites stay unknown (and are listed). None of these turns ftrace off: "
+        "weak bodies and sites away from the entry are notes and warnings, and a compiler that puts "
+        "the nops before the global entry fails the kernel's gcc-check-fpatchable-function-entry.sh, "
+        "so no patchable kernel is built with one. A note: the report is complete for everything else.",
     ),
 }
 
@@ -255,11 +278,19 @@ QUESTIONS: Final[Mapping[Generation | None, str]] = {
 """What the mflr-nop safety verdict answers, per generation (``rewriter.flow`` argues each)."""
 
 
+class StubGap(NamedTuple):
+    """Records of an ool vmlinux whose stub area was not found (``reason``: why not): whether
+    they get a stub at boot is unchecked."""
+
+    records: int
+    reason: str
+
+
 @dataclass(frozen=True, slots=True)
 class ImageAudit:
     """``generation`` as the scan decided it; ``stubs`` the ool stub areas of a vmlinux (what
     ftrace_init_ool_stub() will hand out; empty otherwise: a module's are carved from ``.stubs`` at
-    load, one per record)."""
+    load, one per record); ``stub_gap`` the records of an ool vmlinux whose area was not found."""
 
     path: Path
     group: str
@@ -271,6 +302,7 @@ class ImageAudit:
     sites: tuple[SiteAudit, ...]
     generation: Generation | None = None
     stubs: tuple[StubArea, ...] = ()
+    stub_gap: StubGap | None = None
 
     def safety_counts(self) -> dict[flow.Verdict, int]:
         found = Counter(s.safety.verdict for s in self.sites)
@@ -279,6 +311,11 @@ class ImageAudit:
     @property
     def question(self) -> str:
         return QUESTIONS[self.generation]
+
+    @property
+    def unnamed(self) -> bool:
+        """Sites but no function symbols: the counts that need them (weak bodies) are unknown."""
+        return self.counts.sites > 0 and not self.counts.functions
 
 
 def audit_image(
@@ -300,12 +337,13 @@ def audit_image(
         SiteAudit(s, v, printer.safety(s, v) if v.verdict in _SHOWN else ())
         for s, v in zip(result.sites, verdicts, strict=True)
     )
-    anomalies = _anomalies(image, result, printer, sites)
+    gap = stub_gap(image, result)
+    anomalies = _anomalies(image, result, printer, sites) + _blind_spots(result, gap)
     order = sorted(anomalies, key=lambda a: (-RANK[a.severity], a.kind.value, a.section or "", a.offset or 0))
     counts = _counts(result, code.funcs)
     return ImageAudit(
         image.path, group, result.kind, result.endian, result.abi, counts, tuple(order), sites, result.generation,
-        result.stubs,
+        result.stubs, gap,
     )  # fmt: skip
 
 
@@ -517,6 +555,49 @@ def _weak_body(image: Image, funcs: Functions, max_offset: int | None, site: Sit
             f"test_for_valid_rec() keeps it, traceable as a second record of {name}"
         )
     return _at_site(AnomalyKind.WEAK_BODY, site, msg)
+
+
+def stub_gap(image: Image, result: Scan) -> StubGap | None:
+    """The recorded sites of an ool vmlinux that no stub area was found for (the scan leaves
+    their ``stub`` None; one whose area is short has the area's name), or None if there are none.
+    Only a vmlinux: a module's stubs are carved at load, and other executables are no kernel."""
+    if result.kind is not Kind.VMLINUX or result.generation is not Generation.OOL:
+        return None
+    records = sum(1 for s in result.sites if s.recorded and s.stub is None)
+    if not records:
+        return None
+    syms = image.symbols
+    if syms is None or not len(syms.table):
+        return StubGap(records, "no symbols")
+    missing = [name for name in OOL_AREAS if not len(syms.find(name))]
+    return StubGap(records, f"no {' or '.join(missing) or 'stub area'} symbol")
+
+
+def _blind_spots(result: Scan, gap: StubGap | None) -> list[Anomaly]:
+    """What the audit could not check, said as findings so that no report reads as clean for it."""
+    out = []
+    if gap is not None:
+        msg = (
+            f"ool stub areas not found ({gap.reason}): whether {counted(gap.records, 'record')} get a stub at "
+            "boot is unchecked (where an area is short, ftrace_init_ool_stub() fails and ftrace_bug() turns "
+            "function tracing off: ool-stubs); audit the unstripped vmlinux to check it"
+        )
+        out.append(Anomaly(AnomalyKind.OOL_STUBS_UNCHECKED, Severity.WARNING, msg))
+    if result.sites and not len(result.functions):
+        out.append(Anomaly(AnomalyKind.NO_SYMBOLS, Severity.NOTE, _unchecked_without_symbols(result.generation)))
+    return out
+
+
+def _unchecked_without_symbols(generation: Generation | None) -> str:
+    """The checks an image without function symbols does not get, per generation (RULES argues
+    why none of them turns ftrace off)."""
+    checks = ["weak-body", "not-at-entry"] + (["patchable-before-gep"] if generation is Generation.PATCHABLE else [])
+    msg = f"no function symbols: sites are unnamed, and these checks did not run: {', '.join(checks)}"
+    if generation in (Generation.PATCHABLE, Generation.OOL):
+        msg += "; the kernel disables records in weak-function bodies, so `traceable` may count a few too many"
+    if generation is not Generation.OOL:
+        msg += "; the mflr-nop walk has no function edges, so more sites stay unknown"
+    return msg
 
 
 def _stub_anomalies(stubs: Sequence[StubArea]) -> list[Anomaly]:

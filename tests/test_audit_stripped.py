@@ -11,8 +11,13 @@ import json
 import os
 from pathlib import Path
 
+import jsonschema
+import pytest
+from boot import require_kernel
 from test_bad_input import assert_cli_error, mcountrw
-from test_stripped import BIN, strip
+from test_stripped import BIN, mcount_of, strip
+
+from rewriter.report import jsonfmt
 
 
 def _audit_json(*args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
@@ -68,3 +73,109 @@ def test_audit_help_gives_generation_the_help_scan_gives_it() -> None:
 
     assert generation_help("audit") == generation_help("scan")
     assert "override the generation detected from the image (stripped images)" in generation_help("audit")
+
+
+# -- what a stripped image could not check --------------------------------------------------------
+
+
+def test_stripped_executable_notes_the_checks_that_need_symbols(tmp_path: Path) -> None:
+    """The same file with symbols gets no note; stripped, one image-wide note names the checks
+    that did not run, and the weak-body count reads "unknown" instead of 0."""
+    full = mcountrw("audit", str(BIN / "clean"))
+    assert full.returncode == 0 and "no-symbols" not in full.stdout and "_No anomalies._" in full.stdout
+    bare = strip(BIN / "clean", tmp_path / "clean")
+    code, doc = _audit_json(str(bare))
+    jsonschema.validate(doc, jsonfmt.SCHEMA)
+    (img,) = doc["images"]
+    (note,) = img["anomalies"]
+    assert code == 0 and (note["kind"], note["severity"], note["address"]) == ("no-symbols", "note", None)
+    assert "did not run: weak-body, not-at-entry" in note["message"] and "mflr-nop walk" in note["message"]
+    assert img["ool_stubs_unchecked"] is None and img["ool_stubs"] == []
+    proc = mcountrw("audit", str(bare))
+    assert "| records in weak-function bodies | unknown (no function symbols) |" in proc.stdout
+    assert "- **note** `no-symbols`: no function symbols: sites are unnamed" in proc.stdout
+    assert "_Highest severity: note._" in proc.stdout and "ool stubs" not in proc.stdout
+
+
+def test_unchecked_ool_stubs_show_in_every_format() -> None:
+    """The renderers, given an ool vmlinux audit whose stub areas were not found (the corpus test
+    below makes a real one): md row and anomaly, JSON field and anomaly, SARIF rule and result, HTML."""
+    from dataclasses import replace
+
+    from rewriter import audit
+    from rewriter.elf.image import Kind
+    from rewriter.generations import Generation
+    from rewriter.ppc.table import build_table
+    from rewriter.report import html, md, sarif
+
+    outcome = audit.audit_one(BIN / "ool-le.o", "fixtures", build_table())
+    assert outcome.audit is not None and outcome.audit.stub_gap is None  # an object: no stub areas to find
+    assert not [a for a in outcome.audit.anomalies if a.kind is audit.AnomalyKind.OOL_STUBS_UNCHECKED]
+    gap = audit.StubGap(7, "no symbols")
+    warning = audit.Anomaly(audit.AnomalyKind.OOL_STUBS_UNCHECKED, audit.Severity.WARNING, "coverage unchecked")
+    img = replace(outcome.audit, kind=Kind.VMLINUX, generation=Generation.OOL, stub_gap=gap, anomalies=(warning,))
+    report = audit.Audit((img,), ())
+    text = md.audit_markdown(report)
+    assert "| ool stubs | not found (no symbols): coverage of 7 records unchecked |" in text
+    assert "- **warning** `ool-stubs-unchecked`: coverage unchecked" in text
+    doc = jsonfmt.audit_json(report)
+    jsonschema.validate(doc, jsonfmt.SCHEMA)
+    assert doc["images"][0]["ool_stubs_unchecked"] == {"records": 7, "reason": "no symbols"}
+    run = sarif.audit_sarif(report)["runs"][0]
+    assert "ool-stubs-unchecked" in [r["id"] for r in run["tool"]["driver"]["rules"]]
+    ((rule_id, level),) = [(r["ruleId"], r["level"]) for r in run["results"]]
+    assert (rule_id, level) == ("ool-stubs-unchecked", "warning")
+    assert run["artifacts"][0]["properties"]["ool_stubs_unchecked"] == {"records": 7, "reason": "no symbols"}
+    page = html.audit_html(report)
+    assert "not found (no symbols): coverage of 7 records unchecked" in page and "ool-stubs-unchecked" in page
+
+
+# -- the corpus, stripped -------------------------------------------------------------------------
+
+
+@pytest.mark.corpus
+def test_stripped_ool_vmlinux_says_its_stub_coverage_is_unchecked(tmp_path: Path) -> None:
+    """7.2 stripped: its records are found by search, but not its stub areas. The audit used to
+    say "_No anomalies_" and exit 0 with --fail-on warning; now it warns, in every format."""
+    bare = strip(require_kernel("7.2").vmlinux, tmp_path / "vmlinux")
+    proc = mcountrw("audit", str(bare), "--fail-on", "warning")
+    assert proc.returncode == 1, proc.stderr
+    assert "| ool stubs | not found (no symbols): coverage of 42648 records unchecked |" in proc.stdout
+    assert "- **warning** `ool-stubs-unchecked`: ool stub areas not found (no symbols)" in proc.stdout
+    assert "**Anomalies:** 0 errors, 1 warning, 1 note." in proc.stdout
+    assert "_Highest severity: warning._" in proc.stdout
+    code, doc = _audit_json(str(bare))
+    jsonschema.validate(doc, jsonfmt.SCHEMA)
+    (img,) = doc["images"]
+    assert code == 0 and img["generation"] == "ool" and img["ool_stubs"] == []
+    assert img["ool_stubs_unchecked"] == {"records": 42_648, "reason": "no symbols"}
+    assert sorted((a["kind"], a["severity"]) for a in img["anomalies"]) == [
+        ("no-symbols", "note"),
+        ("ool-stubs-unchecked", "warning"),
+    ]
+    proc = mcountrw("audit", str(bare), "--format", "sarif")
+    run = json.loads(proc.stdout)["runs"][0]
+    assert "ool-stubs-unchecked" in [r["id"] for r in run["tool"]["driver"]["rules"]]
+    assert sorted((r["ruleId"], r["level"]) for r in run["results"]) == [
+        ("no-symbols", "note"),
+        ("ool-stubs-unchecked", "warning"),
+    ]
+    proc = mcountrw("audit", str(bare), "--format", "html")
+    assert "not found (no symbols): coverage of 42648 records unchecked" in proc.stdout
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", ["6.1", "6.12"])
+def test_stripped_mprofile_and_patchable_vmlinux_get_a_note_and_no_false_errors(name: str, tmp_path: Path) -> None:
+    """No stubs to miss: the one thing said is the note. 6.1 needs _mcount's address (System.map)."""
+    bare = strip(require_kernel(name).vmlinux, tmp_path / "vmlinux")
+    extra = ["--mcount-addr", hex(mcount_of(require_kernel(name).vmlinux))] if name == "6.1" else []
+    generation = "mprofile" if name == "6.1" else "patchable"
+    for args in (extra, [*extra, "--generation", generation]):
+        code, doc = _audit_json(str(bare), "--fail-on", "warning", *args)
+        (img,) = doc["images"]
+        assert code == 0 and img["generation"] == generation and img["ool_stubs_unchecked"] is None
+        ((kind, severity),) = [(a["kind"], a["severity"]) for a in img["anomalies"]]
+        assert (kind, severity) == ("no-symbols", "note")
+        assert img["mflr_nop_safety"]["live"] == 0
+    assert ("patchable-before-gep" in img["anomalies"][0]["message"]) is (name == "6.12")

@@ -15,7 +15,7 @@ from typing import Final, NamedTuple
 from rewriter.audit import Audit, GroupSummary, ImageAudit, roll_up, summarise
 from rewriter.flow import Verdict
 from rewriter.prose import counted
-from rewriter.report.md import anomaly_text, safety_text, stub_text
+from rewriter.report.md import anomaly_text, safety_text, stub_gap_text, stub_text, weak_bodies_text
 from rewriter.states import SiteState
 
 STATE_COLOURS: Final[Mapping[str, str]] = {
@@ -132,9 +132,11 @@ def _image_table(images: Sequence[ImageAudit]) -> str:
     rows = []
     for img in images[:MAX_IMAGE_ROWS]:
         stubs = "<br>".join(f"{_esc(a.name)}: {_esc(stub_text(a))}" for a in img.stubs)
+        if img.stub_gap is not None:
+            stubs += _esc(stub_gap_text(img.stub_gap))
         rows.append(
             f"<tr><td>{_esc(img.path.name)}</td><td>{_esc(img.generation.value if img.generation else '')}</td>"
-            f"<td>{img.counts.sites}</td><td>{img.counts.weak_bodies}</td><td>{_esc(img.question)}</td>"
+            f"<td>{img.counts.sites}</td><td>{_esc(weak_bodies_text(img))}</td><td>{_esc(img.question)}</td>"
             f"<td class='ev'>{stubs}</td></tr>"
         )
     head = (

@@ -17,6 +17,7 @@ from rewriter.audit import (
     ImageAudit,
     Severity,
     SiteAudit,
+    StubGap,
     roll_up,
     summarise,
 )
@@ -33,6 +34,12 @@ _SAFETY_COUNTS = {v.value: _COUNT for v in Verdict}  # safe, live, unknown, n/a 
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _NULLABLE_STR = {"type": ["string", "null"]}
 _LINES = {"type": "array", "items": {"type": "string"}}
+_STUB_GAP = {
+    "type": ["object", "null"],
+    "required": ["records", "reason"],
+    "additionalProperties": False,
+    "properties": {"records": _COUNT, "reason": {"type": "string"}},
+}
 _STUB_AREA = {
     "type": "object",
     "required": ["name", "address", "count", "stub_size", "used", "need", "covers"],
@@ -116,6 +123,7 @@ SCHEMA: Final[Mapping[str, Any]] = {
                     "abi": {"enum": ["elfv1", "elfv2"]},
                     "generation": {"enum": [*(g.value for g in Generation), None]},
                     "ool_stubs": {"type": "array", "items": _STUB_AREA},
+                    "ool_stubs_unchecked": _STUB_GAP,
                     "counts": {
                         "type": "object",
                         "additionalProperties": False,
@@ -248,6 +256,11 @@ def stub_json(area: StubArea) -> dict[str, Any]:
     }
 
 
+def stub_gap_json(gap: StubGap | None) -> dict[str, Any] | None:
+    """An ool vmlinux's records whose stub area was not found (ool-stubs-unchecked), else null."""
+    return None if gap is None else {"records": gap.records, "reason": gap.reason}
+
+
 def site_safety_json(sa: SiteAudit) -> dict[str, Any]:
     """One site's mflr-nop verdict; live and unknown ones say why and on what evidence."""
     row: dict[str, Any] = {
@@ -317,6 +330,7 @@ def image_json(img: ImageAudit) -> dict[str, Any]:
         "generation": img.generation.value if img.generation else None,
         "counts": counts_json(img.counts),
         "ool_stubs": [stub_json(a) for a in img.stubs],
+        "ool_stubs_unchecked": stub_gap_json(img.stub_gap),
         "mflr_nop_safety": {**{v.value: safety[v] for v in Verdict}, "question": img.question, "sites": sites},
         "anomalies": [anomaly_json(a) for a in img.anomalies],
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
-from rewriter.audit import Anomaly, Audit, GroupSummary, ImageAudit, Severity, roll_up, summarise
+from rewriter.audit import Anomaly, Audit, GroupSummary, ImageAudit, Severity, StubGap, roll_up, summarise
 from rewriter.diff import Diff, FunctionChangeKind, ImageDiff
 from rewriter.elf.image import Kind
 from rewriter.flow import Verdict
@@ -106,7 +106,7 @@ def _counts_rows(img: ImageAudit) -> list[tuple[str, object]]:
         *([("sites known only from the patch log", c.from_log)] if c.from_log else []),
         ("functions with / without sites", f"{c.functions_with_sites} / {c.functions_without_sites}"),
         ("sites outside any function symbol", c.sites_outside_functions),
-        ("records in weak-function bodies", c.weak_bodies),
+        ("records in weak-function bodies", weak_bodies_text(img)),
         ("sites in .init.text / .exit.text", f"{c.init_sites} / {c.exit_sites}"),
         (
             "records (zeroed, unmatched, duplicate, outside kernel text)",
@@ -114,10 +114,22 @@ def _counts_rows(img: ImageAudit) -> list[tuple[str, object]]:
         ),
     ]
     rows += [(f"ool stubs: `{a.name}`", stub_text(a)) for a in img.stubs]
+    if img.stub_gap is not None:
+        rows.append(("ool stubs", stub_gap_text(img.stub_gap)))
     if img.generation is Generation.OOL and not img.stubs and img.kind is Kind.MODULE:
         rows.append(("ool stubs", "carved from `.stubs` at load, one per record (module_64.c setup_ftrace_ool_stubs)"))
     rows += [("mflr-nop safety", safety_text(safety)), ("the question", img.question)]
     return rows
+
+
+def weak_bodies_text(img: ImageAudit) -> str:
+    """The count, or why there is none: without function symbols no body can be told (no-symbols)."""
+    return "unknown (no function symbols)" if img.unnamed else str(img.counts.weak_bodies)
+
+
+def stub_gap_text(gap: StubGap) -> str:
+    """``not found (no symbols): coverage of N records unchecked`` (ool-stubs-unchecked)."""
+    return f"not found ({gap.reason}): coverage of {counted(gap.records, 'record')} unchecked"
 
 
 def stub_text(area: StubArea) -> str:
@@ -137,8 +149,8 @@ def _image(img: ImageAudit) -> list[str]:
     if img.anomalies:
         out += ["", "#### Anomalies", ""]
         for a in img.anomalies[:MAX_SHOWN]:
-            where = " ".join(x for x in (a.place, f"({a.function})" if a.function else "") if x)
-            out.append(f"- **{a.severity.value}** `{a.kind.value}` {where}: {a.message}")
+            head = " ".join(x for x in (f"`{a.kind.value}`", a.place, f"({a.function})" if a.function else "") if x)
+            out.append(f"- **{a.severity.value}** {head}: {a.message}")
             out += _code(a.evidence)
         out += _more_anomalies(img.anomalies[MAX_SHOWN:])
     open_sites = [sa for sa in img.sites if sa.safety.verdict in _OPEN]

@@ -5,7 +5,7 @@ One run; one rule per anomaly kind (its severity and the argument for it from
 byte offset in the file (``region.byteOffset``, SARIF 3.30.2), by address
 (``physicalLocation.address``, 3.32) and by function (``logicalLocations``). The mflr-nop safety
 figures travel in the run's property bag; each artifact's bag holds the image's generation, the
-question its safety verdict answers, and (ool) its stub areas.
+question its safety verdict answers, and (ool) its stub areas, or the records whose area was not found.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from rewriter import __version__
 from rewriter.audit import RULES, Anomaly, AnomalyKind, Audit, ImageAudit, summarise
-from rewriter.report.jsonfmt import stub_json
+from rewriter.report.jsonfmt import stub_gap_json, stub_json
 
 SCHEMA_URI: Final = "https://json.schemastore.org/sarif-2.1.0.json"
 _LEVEL: Final = {"error": "error", "warning": "warning", "note": "note"}
@@ -78,6 +78,7 @@ def _artifact(img: ImageAudit) -> dict[str, Any]:
             "generation": img.generation.value if img.generation else None,
             "mflr_nop_question": img.question,
             "ool_stubs": [stub_json(a) for a in img.stubs],
+            "ool_stubs_unchecked": stub_gap_json(img.stub_gap),
         },
     }
 

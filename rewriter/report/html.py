@@ -131,9 +131,9 @@ def _image_table(images: Sequence[ImageAudit]) -> str:
     """Per image: its generation, what the safety verdict asks there, and (ool) its stub areas."""
     rows = []
     for img in images[:MAX_IMAGE_ROWS]:
-        stubs = "<br>".join(f"{_esc(a.name)}: {_esc(stub_text(a))}" for a in img.stubs)
-        if img.stub_gap is not None:
-            stubs += _esc(stub_gap_text(img.stub_gap))
+        areas = [f"{_esc(a.name)}: {_esc(stub_text(a))}" for a in img.stubs]
+        gap = [] if img.stub_gap is None else [_esc(stub_gap_text(img.stub_gap))]
+        stubs = "<br>".join(areas + gap)
         rows.append(
             f"<tr><td>{_esc(img.path.name)}</td><td>{_esc(img.generation.value if img.generation else '')}</td>"
             f"<td>{img.counts.sites}</td><td>{_esc(weak_bodies_text(img))}</td><td>{_esc(img.question)}</td>"

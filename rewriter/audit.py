@@ -65,6 +65,7 @@ class AnomalyKind(enum.Enum):
     SKIPPED_RECORDS = "skipped-records"
     WEAK_BODY = "weak-body"
     NO_SYMBOLS = "no-symbols"
+    GENERATION_OVERRIDE = "generation-override"
 
 
 class AnomalyRule(NamedTuple):
@@ -204,6 +205,14 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         "weak bodies and sites away from the entry are notes and warnings, and a compiler that puts "
         "the nops before the global entry fails the kernel's gcc-check-fpatchable-function-entry.sh, "
         "so no patchable kernel is built with one. A note: the report is complete for everything else.",
+    ),
+    AnomalyKind.GENERATION_OVERRIDE: AnomalyRule(
+        Severity.WARNING,
+        "--generation contradicts what the image's contents say",
+        "The audit obeys --generation (meant for stripped images, where the contents cannot tell) and "
+        "reads every site by that generation's layout, so its other findings are about the image as "
+        "it would be if the option were right. A warning, not an error: the option may be right (an "
+        "image rewritten oddly), but a report on a misread kernel must not look clean.",
     ),
 }
 
@@ -585,6 +594,13 @@ def _blind_spots(result: Scan, gap: StubGap | None) -> list[Anomaly]:
         out.append(Anomaly(AnomalyKind.OOL_STUBS_UNCHECKED, Severity.WARNING, msg))
     if result.sites and not len(result.functions):
         out.append(Anomaly(AnomalyKind.NO_SYMBOLS, Severity.NOTE, _unchecked_without_symbols(result.generation)))
+    over = result.overridden
+    if over is not None and over.generation is not None and result.generation is not None:
+        msg = (
+            f"--generation {result.generation.value} overrides what the image says: {over.generation.value} "
+            f"({over.reason}); every finding here reads the image as {result.generation.value}"
+        )
+        out.append(Anomaly(AnomalyKind.GENERATION_OVERRIDE, Severity.WARNING, msg))
     return out
 
 

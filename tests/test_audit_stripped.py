@@ -44,6 +44,21 @@ def test_generation_overrides_what_the_audit_detects_in_a_stripped_file(tmp_path
     assert len(dangling) == 3 and all(a["severity"] == "error" for a in dangling)
     assert all("expected (60000000) != found (" in a["message"] for a in dangling)
     assert all(a["message"].endswith("not the first of two nops") for a in dangling)
+    # the contents say mprofile (the bl words call one entry most): obeyed, and warned of
+    (override,) = [a for a in img["anomalies"] if a["kind"] == "generation-override"]
+    assert override["severity"] == "warning"
+    assert override["message"].startswith("--generation patchable overrides what the image says: mprofile (")
+
+
+def test_generation_that_agrees_is_no_anomaly() -> None:
+    for args in ((), ("--generation", "ool")):
+        _, doc = _audit_json(str(BIN / "ool-le.o"), *args)
+        assert not [a for a in doc["images"][0]["anomalies"] if a["kind"] == "generation-override"]
+    proc = mcountrw("audit", str(BIN / "ool-le.o"), "--generation", "patchable")
+    assert (
+        "- **warning** `generation-override`: --generation patchable overrides what the image says: ool "
+        "(6 recorded nops not followed by a nop: one patchable nop); every finding here reads the image as patchable"
+    ) in proc.stdout
 
 
 def test_generation_reaches_every_worker_of_a_tree(tmp_path: Path) -> None:

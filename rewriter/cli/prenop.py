@@ -28,7 +28,7 @@ from rewriter.cli.common import (
     workers,
 )
 from rewriter.cli.exits import bad_input_if, findings_if
-from rewriter.cli.rewrite import Wait, say_waiting
+from rewriter.cli.rewrite import say_waiting
 from rewriter.errors import ArgumentError, NothingToDo
 from rewriter.lock import hold
 from rewriter.prose import counted
@@ -97,6 +97,7 @@ class _Args:
     replace_stale_logs: bool
     mcount_addr: int | None = None
     generation: Generation | None = None
+    wait: bool = False
 
 
 Paths = Annotated[
@@ -127,6 +128,15 @@ Against = Annotated[
 DryRun = Annotated[bool, typer.Option("--dry-run", help="decide and plan every file; write nothing")]
 ReplaceStaleLogs = Annotated[
     bool, typer.Option("--replace-stale-logs", help="a file that fits neither side of its old log is a new input")
+]
+# Not rewrite.py's Wait: prenop locks the output tree and the log directory too, not only what it
+# rewrites in place (_locked_paths).
+Wait = Annotated[
+    bool,
+    typer.Option(
+        "--wait",
+        help="wait for another run that holds the lock on a file or tree this run writes (default: exit 2)",
+    ),
 ]
 Report = Annotated[Path | None, typer.Option("--report", help="also write a JSON report of every file")]
 Reproducible = Annotated[
@@ -172,7 +182,7 @@ def prenop(
 
     mode = _mode(undo, verify, dry_run)
     args = _Args(paths, policy, in_place, output, log_dir, strip_signature, sign_key, sign_cert, hash_name, against,
-                 replace_stale_logs, mcount_addr, generation)  # fmt: skip
+                 replace_stale_logs, mcount_addr, generation, wait)  # fmt: skip
     _check_options(mode, args)
     # Refused inputs (the paths, the policy, the key) exit 2 before _locked_paths makes the output
     # tree, so that such a run leaves no directory behind. Only names are listed and the policy,
@@ -273,6 +283,9 @@ def _check_options(mode: Mode, args: _Args) -> None:
         raise ArgumentError("no output: give --in-place or -o OUT (or --dry-run)")
     if takes.output is Output.REFUSED and writes:
         raise ArgumentError("--verify writes nothing: drop --in-place / -o")
+    # A dry run keeps --wait (the command line of the run it previews); --verify never writes.
+    if takes.output is Output.REFUSED and args.wait:
+        raise ArgumentError("--verify writes nothing and takes no lock: drop --wait")
 
 
 def _targets(mode: Mode, args: _Args) -> list[Target]:

@@ -95,6 +95,15 @@ Wait = Annotated[
 ]
 
 
+def check_wait(image: Path, wait: bool, in_place: bool) -> None:
+    """``--wait`` waits for the lock an ``--in-place`` run takes on its file. A run writing ``-o OUT``
+    takes none (OUT is a new file, renamed into place whole), so ``--wait`` there would be accepted
+    and do nothing, as if it guarded the run. With ``--dry-run`` it is accepted: a dry run is the
+    same command line as the run it previews, and takes no lock only because it writes nothing."""
+    if wait and not in_place:
+        raise ArgumentError(f"{image}: --wait goes with --in-place (only an in-place run takes the file's lock)")
+
+
 def say_waiting(path: Path, pid: int | None) -> None:
     """``rewriter.lock``'s ``waiting``: one line saying what this run waits for."""
     who = f"pid {pid}" if pid is not None else "another process"
@@ -146,6 +155,7 @@ def _options(target: Target, route: Route | None, drop: bool, keep: bool, strip:
 def _run_apply(
     image: Path, output: Path | None, options: Options, selection: Selection, writing: _Writing, run: _Run
 ) -> None:
+    check_wait(image, run.wait, writing.in_place)
     # The lock is taken before anything is read (or numpy loaded): it covers the whole run.
     with hold([image] if writing.in_place and not writing.dry_run else [], run.wait, say_waiting):
         from rewriter.files import apply_file
@@ -346,6 +356,7 @@ def undo(
     wait: Wait = False,
 ) -> None:
     """Restore the exact original bytes (relocations, records and signature included)."""
+    check_wait(patched, wait, in_place)
     with hold([patched] if in_place else [], wait, say_waiting):
         from rewriter.files import undo_file
 

@@ -1,0 +1,75 @@
+"""Options and inputs that used to be accepted without a word (a user review): `--wait` without a
+lock to wait for, `--mcount-addr` on an image whose generation calls no _mcount, `diff` of a
+vmlinux with a module, a prenop refused for a lock leaving its empty output tree, and `undo` /
+`verify` of a file that already is the original."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from conftest import FIXTURES
+from typer.testing import CliRunner
+
+from rewriter.cli import app
+
+BIN = FIXTURES / "bin"
+
+
+def invoke(*args: object) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line(result: Result, code: int, label: str, *words: str) -> str:
+    line = result.stderr.strip()
+    assert result.exit_code == code and "\n" not in line, result.output
+    assert line.startswith(f"mcountrw: {label}: ") and "Traceback" not in result.output, line
+    for w in words:
+        assert w in line, line
+    return line
+
+
+def _listing(root: Path) -> dict[str, str]:
+    """Every path below ``root``, files by their sha256 and directories as such."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in root.rglob("*")
+    }
+
+
+# -- --wait: only where a lock is taken ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["nop", "apply", "undo"])
+def test_wait_without_in_place_is_refused_and_writes_nothing(command: str, tmp_path: Path) -> None:
+    f = tmp_path / "clean"
+    shutil.copy2(BIN / "clean", f)
+    log = tmp_path / "log"
+    if command == "undo":
+        assert invoke("nop", BIN / "clean", "-o", f, "--log", log).exit_code == 0
+    before = _listing(tmp_path)
+    args = {
+        "nop": ("nop", f, "-o", tmp_path / "out"),
+        "apply": ("apply", f, "--to", "nopped", "-o", tmp_path / "out"),
+        "undo": ("undo", f, "--log", log, "-o", tmp_path / "out"),
+    }[command]
+    result = invoke(*args, "--wait")
+    assert_one_line(result, 2, "error", str(f), "--wait goes with --in-place")
+    assert _listing(tmp_path) == before
+
+
+def test_wait_with_in_place_is_still_taken(tmp_path: Path) -> None:
+    f = tmp_path / "clean"
+    shutil.copy2(BIN / "clean", f)
+    assert invoke("nop", f, "--in-place", "--wait").exit_code == 0
+
+
+def test_prenop_verify_refuses_wait(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    shutil.copy2(BIN / "prof-le.o", tree / "m.ko")
+    result = invoke("prenop", "--verify", "--wait", tree)
+    assert_one_line(result, 2, "error", "--verify writes nothing and takes no lock: drop --wait")

@@ -42,6 +42,7 @@ from rewriter.code import CodeView, code_view
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind, Section
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, functions, rel_place, reloc_target_places, split_place
+from rewriter.errors import ArgumentError
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
 from rewriter.prose import counted
 from rewriter.states import PLAIN, Insn, SiteState
@@ -212,6 +213,7 @@ def scan(
         generation = detect_generation(image, text, calls, records).generation
     else:
         overridden = _contradicted(generation, detect_generation(image, text, calls, records))
+    check_mcount_addr(generation, mcount_addr, image.path)
     places, skipped = _split_skipped(image, records)
     weak = weak_max_offset(image, generation)
     sites, unmatched = _classify(image, text, funcs, generation, calls, places, weak)
@@ -230,6 +232,20 @@ def _contradicted(given: Generation, detected: Detect) -> Detect | None:
     """``detected`` when it names another generation than ``--generation`` gave (None when the
     contents cannot tell, as in a stripped image with no records: what the option is for)."""
     return detected if detected.generation not in (None, given) else None
+
+
+def check_mcount_addr(generation: Generation | None, mcount_addr: int | None, path: Path | None = None) -> None:
+    """Refuse ``--mcount-addr`` for an image of a generation that calls no ``_mcount`` (patchable,
+    ool): there it selects nothing and means nothing, and a run that ignored it would let a user
+    believe it mattered. The one home of the rule: the CLI asks it about an explicit
+    ``--generation`` before anything is read (no ``path``), :func:`scan` about the generation it
+    detected in a linked image (naming the file). A relocatable file is never asked: its calls
+    come from its relocations, not from an address, and the option, one per run over a tree,
+    names the stripped vmlinux's ``_mcount`` beside modules that have none of their own."""
+    if mcount_addr is None or generation is None or generation is Generation.MPROFILE:
+        return
+    message = f"--mcount-addr names _mcount, which only the mprofile generation calls (not {generation.value})"
+    raise ArgumentError(message if path is None else f"{path}: {message}")
 
 
 def _scan_relocatable(image: Image, generation: Generation | None, text: CodeView | None) -> Scan:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,45 @@ def test_prenop_verify_refuses_wait(tmp_path: Path) -> None:
     shutil.copy2(BIN / "prof-le.o", tree / "m.ko")
     result = invoke("prenop", "--verify", "--wait", tree)
     assert_one_line(result, 2, "error", "--verify writes nothing and takes no lock: drop --wait")
+
+
+# -- --mcount-addr: only where sites call _mcount -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def linked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The patchable and ool fixture objects linked into executables: images whose generation the
+    scan detects (a relocatable file's calls come from relocations, never from --mcount-addr)."""
+    from boot import require_tool
+
+    ld = require_tool("powerpc64le-linux-gnu-ld")
+    d = tmp_path_factory.mktemp("linked")
+    out = {}
+    for gen in ("patchable", "ool"):
+        out[gen] = d / f"{gen}-le"
+        subprocess.run([ld, "-e", "0", "-o", out[gen], BIN / f"{gen}-le.o"], check=True)
+    return out
+
+
+@pytest.mark.parametrize("gen", ["patchable", "ool"])
+@pytest.mark.parametrize("command", ["nop", "scan", "prenop"])
+def test_mcount_addr_on_a_detected_patchable_or_ool_image_is_refused(
+    command: str, gen: str, linked: dict[str, Path], tmp_path: Path
+) -> None:
+    image = tmp_path / f"{gen}-le"
+    shutil.copy2(linked[gen], image)
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    before = _listing(tmp_path)
+    args = {
+        "nop": ("nop", image, "--drop-records", "-o", tmp_path / "out"),
+        "scan": ("scan", image),
+        "prenop": ("prenop", "--policy", policy, "-o", tmp_path / "out", image),
+    }[command]
+    result = invoke(*args, "--mcount-addr", "0x10000000")
+    want = f"mcountrw: error: {image}: --mcount-addr names _mcount, which only the mprofile generation calls"
+    want += f" (not {gen})"
+    # prenop, a run over many files, reports the file among the others: its line, then the time taken
+    assert result.exit_code == 2 and result.stderr.splitlines()[0] == want, result.output
+    assert "Traceback" not in result.output
+    assert _listing(tmp_path) == before

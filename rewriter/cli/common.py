@@ -86,10 +86,12 @@ def workers(jobs: int) -> int:
 
 
 def check_mcount_addr(generation: Generation | None, mcount_addr: int | None) -> None:
-    if mcount_addr is not None and generation is not None and generation is not Generation.MPROFILE:
-        raise ArgumentError(
-            f"--mcount-addr names _mcount, which only the mprofile generation calls (not {generation.value})"
-        )
+    """``--mcount-addr`` with an explicit ``--generation`` other than mprofile: refused before any
+    file is read (``rewriter.sites.check_mcount_addr``, which the scan asks again about the
+    generation it detects)."""
+    from rewriter.sites import check_mcount_addr as check
+
+    check(generation, mcount_addr)
 
 
 def emit(text: str, output: Path | None) -> None:

@@ -30,8 +30,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from rewriter.elf.image import Image
-from rewriter.errors import RewriteError
+from rewriter.elf import structs as S
+from rewriter.elf.image import Image, Kind
+from rewriter.errors import ArgumentError, RewriteError
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.log import logged
 from rewriter.sites import Scan, Site, scan
@@ -254,9 +255,27 @@ def diff_files(
     """``generations`` overrides the detected generation of A and of B (stripped images); ``logs``
     names the patch logs that describe the files (``log.log_of``): their sites take part."""
     image_a, image_b = Image.load(a), Image.load(b)
+    check_comparable(image_a, image_b)
     scan_a = logged(scan(image_a, generation=generations[0]), logs or {})
     scan_b = logged(scan(image_b, generation=generations[1]), logs or {})
     return diff_scans(image_a, scan_a, image_b, scan_b)
+
+
+def check_comparable(image_a: Image, image_b: Image) -> None:
+    """Refuse a module paired with a linked image (a vmlinux, an executable): the module's functions
+    are not in the vmlinux, so every one would read as removed and every function of the other as
+    added, a report that looks like a result and says nothing. Two vmlinux, two modules, a module
+    and the object it was built from, vmlinux.o and vmlinux (sites before and after the link) all
+    compare: sites are matched by function name."""
+    module = next((i for i in (image_a, image_b) if i.kind is Kind.MODULE), None)
+    linked = next((i for i in (image_a, image_b) if i.type != S.ET_REL), None)
+    if module is None or linked is None:
+        return
+    raise ArgumentError(
+        f"{image_a.path} ({image_a.kind.value}) and {image_b.path} ({image_b.kind.value}): a module compares "
+        f"with a module or the object it was built from, not with a linked {linked.kind.value}: "
+        "diff two vmlinux, two modules or two trees"
+    )
 
 
 def _relative(files: Sequence[Path], root: Path) -> dict[Path, Path]:
@@ -271,8 +290,11 @@ def diff_paths(
     generations: Generations = (None, None),
     logs: Mapping[Path, Path] | None = None,
 ) -> Diff:
-    """Two files, or two trees (``files_*`` found below ``a`` and ``b``) paired by relative path."""
-    if not a.is_dir() and not b.is_dir():
+    """Two files, or two trees (``files_*`` found below ``a`` and ``b``) paired by relative path;
+    a file and a tree are refused (a tree's files have no one counterpart in a file)."""
+    if a.is_dir() != b.is_dir():
+        raise ArgumentError(f"{a} and {b}: compare two files or two directories, not one of each")
+    if not a.is_dir():
         return Diff((diff_files(a, b, generations, logs),), (), (), ())
     ra, rb = _relative(files_a, a), _relative(files_b, b)
     images, errors = [], []

@@ -116,3 +116,54 @@ def test_mcount_addr_on_a_detected_patchable_or_ool_image_is_refused(
     assert result.exit_code == 2 and result.stderr.splitlines()[0] == want, result.output
     assert "Traceback" not in result.output
     assert _listing(tmp_path) == before
+
+
+# -- diff: a module compares with a module, not with a vmlinux -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``prof-le.o`` made a module (a ``.modinfo`` section) and ``prof-le`` a vmlinux (a
+    ``__ksymtab`` section): what ``Image.kind`` goes by, on fixtures small enough to diff at once."""
+    from boot import require_tool
+
+    objcopy = require_tool("powerpc64le-linux-gnu-objcopy")
+    d = tmp_path_factory.mktemp("kinds")
+    (d / "modinfo").write_bytes(b"license=GPL\0")
+    (d / "ksymtab").write_bytes(bytes(8))
+    module, vmlinux = d / "m.ko", d / "vmlinux"
+    subprocess.run([objcopy, "--add-section", f".modinfo={d / 'modinfo'}", BIN / "prof-le.o", module], check=True)
+    subprocess.run([objcopy, "--add-section", f"__ksymtab={d / 'ksymtab'}", BIN / "prof-le", vmlinux], check=True)
+    return {"module": module, "vmlinux": vmlinux, "object": BIN / "prof-le.o", "executable": BIN / "prof-le"}
+
+
+@pytest.mark.parametrize(("a", "b"), [("vmlinux", "module"), ("module", "vmlinux"), ("module", "executable")])
+def test_diff_of_a_module_with_a_linked_image_is_refused_naming_both(
+    a: str, b: str, kinds: dict[str, Path], tmp_path: Path
+) -> None:
+    report = tmp_path / "report.md"
+    result = invoke("diff", kinds[a], kinds[b], "-o", report)
+    linked = b if a == "module" else a
+    assert_one_line(
+        result, 2, "error", f"{kinds[a]} ({a}) and {kinds[b]} ({b})", f"not with a linked {linked}", "two modules"
+    )
+    assert not report.exists()
+
+
+@pytest.mark.parametrize(
+    ("a", "b"), [("vmlinux", "vmlinux"), ("module", "module"), ("module", "object"), ("object", "executable")]
+)
+def test_diff_of_images_of_one_kind_or_a_module_and_its_object_still_compares(
+    a: str, b: str, kinds: dict[str, Path]
+) -> None:
+    result = invoke("diff", kinds[a], kinds[b], "--format", "json")
+    assert result.exit_code in (0, 1) and result.stderr == "", result.output
+
+
+def test_diff_paths_refuses_a_file_and_a_tree(tmp_path: Path) -> None:
+    from rewriter.diff import diff_paths
+    from rewriter.errors import ArgumentError
+
+    clean = BIN / "clean"
+    with pytest.raises(ArgumentError, match="compare two files or two directories, not one of each"):
+        diff_paths(clean, tmp_path, [clean], [])

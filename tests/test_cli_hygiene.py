@@ -167,3 +167,37 @@ def test_diff_paths_refuses_a_file_and_a_tree(tmp_path: Path) -> None:
     clean = BIN / "clean"
     with pytest.raises(ArgumentError, match="compare two files or two directories, not one of each"):
         diff_paths(clean, tmp_path, [clean], [])
+
+
+# -- prenop refused for a lock: no output tree left behind ----------------------------------------
+
+
+@pytest.mark.parametrize("out", ["OUT", "new/parents/OUT"])
+def test_prenop_refused_for_a_held_log_dir_lock_leaves_no_output_tree(out: str, tmp_path: Path) -> None:
+    from rewriter.lock import hold
+
+    tree, logs = tmp_path / "tree", tmp_path / "logs"
+    tree.mkdir()
+    logs.mkdir()
+    shutil.copy2(BIN / "prof-le.o", tree / "m.ko")
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    before = _listing(tmp_path)
+    with hold([logs]):  # another run, as far as the lock can tell (another open file description)
+        result = invoke("prenop", "--policy", policy, "-o", tmp_path / out, "--log-dir", logs, tree)
+    assert_one_line(result, 2, "error", f"{logs}: locked by pid", "pass --wait")
+    assert _listing(tmp_path) == before
+
+
+def test_prenop_refused_for_a_lock_keeps_an_output_tree_that_was_there(tmp_path: Path) -> None:
+    from rewriter.lock import hold
+
+    tree, logs, out = tmp_path / "tree", tmp_path / "logs", tmp_path / "OUT"
+    for d in (tree, logs, out):
+        d.mkdir()
+    shutil.copy2(BIN / "prof-le.o", tree / "m.ko")
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    with hold([logs]):
+        assert invoke("prenop", "--policy", policy, "-o", out, "--log-dir", logs, tree).exit_code == 2
+    assert out.is_dir()

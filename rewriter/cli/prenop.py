@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -184,13 +185,13 @@ def prenop(
     args = _Args(paths, policy, in_place, output, log_dir, strip_signature, sign_key, sign_cert, hash_name, against,
                  replace_stale_logs, mcount_addr, generation, wait)  # fmt: skip
     _check_options(mode, args)
-    # Refused inputs (the paths, the policy, the key) exit 2 before _locked_paths makes the output
-    # tree, so that such a run leaves no directory behind. Only names are listed and the policy,
-    # key and certificate read, none of which a run writes: the lock is still taken before any
-    # input file or log is read (docs/prenop.md).
+    # Refused inputs (the paths, the policy, the key) exit 2 before _locked makes the output tree,
+    # so that such a run leaves no directory behind. Only names are listed and the policy, key and
+    # certificate read, none of which a run writes: the lock is still taken before any input file
+    # or log is read (docs/prenop.md).
     ts = _targets(mode, args)
     settings = _settings(mode, args)
-    with hold(_locked_paths(mode, args), wait, say_waiting):
+    with _locked(mode, args, wait):
         n = workers(jobs)
         start = time.monotonic()
         reports = _execute(mode, ts, settings, n)
@@ -207,23 +208,72 @@ def prenop(
     findings_if(any(r.status is Status.MISMATCH or r.left_recorded for r in reports))
 
 
+@contextlib.contextmanager
+def _locked(mode: Mode, args: _Args, wait: bool) -> Iterator[None]:
+    """Make the output tree (:func:`_output_tree`) and hold the locks of the run
+    (:func:`_locked_paths`) for the ``with`` block. A run that does not get them (another run
+    holds one and there is no ``--wait``, or it is interrupted while it waits) removes the
+    directories it made, so that a run refused for a lock leaves no directory behind either. The
+    tree is made before the locks are taken, not after: every path is then locked in the one
+    order of ``rewriter.lock``, and two runs that would both create the tree meet at its lock."""
+    made = _make_tree(_output_tree(mode, args))
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(hold(_locked_paths(mode, args), wait, say_waiting))
+        except BaseException:
+            _remove_empty(made)
+            raise
+        yield
+
+
+def _output_tree(mode: Mode, args: _Args) -> Path | None:
+    """The output directory of a run that writes one (``-o`` for a tree or for several files)."""
+    takes = MODES[mode]
+    if takes.dry_run or takes.output is Output.REFUSED or args.output is None:
+        return None
+    if len(args.paths) > 1 or args.paths[0].is_dir() or args.output.is_dir():
+        return args.output
+    return None
+
+
+def _make_tree(tree: Path | None) -> list[Path]:
+    """Make ``tree`` and its missing parents; the directories this made, outermost first."""
+    if tree is None:
+        return []
+    missing = [d for d in (tree, *tree.parents) if not d.exists()][::-1]
+    try:
+        tree.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _remove_empty(missing)
+        raise ArgumentError(f"{tree}: {e.strerror}") from None
+    return missing
+
+
+def _remove_empty(made: Sequence[Path]) -> None:
+    """Remove the directories ``made`` (outermost first) that are still empty, innermost first.
+    Only empty ones: another run that found the tree just made and took it over (it holds its
+    lock) may have written into it; one that found it empty and is about to write stops with a
+    "No such file or directory" line and writes nothing, which loses nothing."""
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            return  # not empty, or gone: its parents are not ours to judge either
+
+
 def _locked_paths(mode: Mode, args: _Args) -> list[Path]:
     """What a run that writes holds the lock on (``rewriter.lock``): the files and trees it
-    rewrites in place, the output tree (made here, so that two runs that would both create it
-    still meet at one lock; called once the inputs and the policy are known good, so that a
-    refused run makes no directory) and the log directory, if it exists (one that does not is
-    made only when a log is written; the locks on the tree cover the run meanwhile). Runs that
-    write nothing lock nothing."""
+    rewrites in place, the output tree (made by :func:`_locked` before, so that two runs that
+    would both create it still meet at one lock) and the log directory, if it exists (one that
+    does not is made only when a log is written; the locks on the tree cover the run meanwhile).
+    Runs that write nothing lock nothing."""
     takes = MODES[mode]
     if takes.dry_run or takes.output is Output.REFUSED:
         return []
     out = list(args.paths) if args.in_place else []
-    if args.output is not None and (len(args.paths) > 1 or args.paths[0].is_dir() or args.output.is_dir()):
-        try:
-            args.output.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ArgumentError(f"{args.output}: {e.strerror}") from None
-        out.append(args.output)
+    tree = _output_tree(mode, args)
+    if tree is not None:
+        out.append(tree)
     if args.log_dir is not None and args.log_dir.is_dir():
         out.append(args.log_dir)
     return out

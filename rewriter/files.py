@@ -37,7 +37,19 @@ from rewriter.errors import ImageError, LogError, NothingToDo, OutputError, Rewr
 from rewriter.generations import Generation
 from rewriter.heap import collector_paused
 from rewriter.known import by_place, with_log
-from rewriter.log import Base, Data, FileFacts, Known, Log, check_extent, default_log_path, for_file, load, render
+from rewriter.log import (
+    Base,
+    Data,
+    FileFacts,
+    Header,
+    Known,
+    Log,
+    check_extent,
+    default_log_path,
+    for_file,
+    load,
+    render,
+)
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
 from rewriter.sites import MCOUNT_NAMES, Scan, Site, scan
 
@@ -389,6 +401,9 @@ class Undone(NamedTuple):
     output: Path
     log: Log
     settled: Settled | None
+    # The file already was the log's input (undone before): nothing undone; with -o the output is
+    # a copy of it, in place nothing was written and the logs stay as they are.
+    already_input: bool = False
 
 
 def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> Undone:
@@ -406,10 +421,16 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
     if not in_place:
         check_output_name(out, kind)
     facts = log.header
-    if raw_sha != facts.output.sha256 and _sha256(content) != facts.output.content_sha256:
+    content_sha = _sha256(content)
+    already = _is_input(facts, raw_sha, content_sha) and not _is_output(facts, raw_sha, content_sha)
+    if not already and not _is_output(facts, raw_sha, content_sha):
         raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output)")
     if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
         raise OutputError(f"{out}: the output would overwrite the patch log")
+    if already:  # undone before: a rerun, which writes the copy -o asks for and changes nothing in place
+        if not in_place:
+            atomic_write(out, raw, patched.stat().st_mode & 0o7777)
+        return Undone(out, log, None, already_input=True)
     check_extent(log, str(log_path), log.input_size(len(content)))
     original = log.revert(content)
     new_raw, raw_want = log.original_file(original, kind)
@@ -435,6 +456,16 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
         raise
     own_log = in_place and _same_file(log_path, default_log_path(patched))
     return Undone(out, log, _settle_logs(log_path, log) if own_log else None)
+
+
+def _is_output(facts: Header, raw_sha: str, content_sha: str) -> bool:
+    """The file is the log's output: its bytes, or (a module compressed again) its content."""
+    return raw_sha == facts.output.sha256 or content_sha == facts.output.content_sha256
+
+
+def _is_input(facts: Header, raw_sha: str, content_sha: str) -> bool:
+    """The file is the log's input (an undo already gave it back): its bytes, or its content."""
+    return raw_sha == facts.input.sha256 or content_sha == facts.input.content_sha256
 
 
 def _settle_logs(log_path: Path, log: Log) -> Settled | None:
@@ -465,6 +496,7 @@ class VerifyResult:
 
     ok: bool
     reason: str
+    already_input: bool = False  # not ok: the patched file is the log's input (undone since)
 
 
 @collector_paused()
@@ -486,6 +518,14 @@ def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
     if expected == got:
         return VerifyResult(
             True, f"{patched} differs from {original} exactly as {log_path} says ({len(log.edits)} edits)"
+        )
+    if _sha256(got) == log.header.input.content_sha256:
+        what = "the original" if log.header.base is None else "the input of the step it describes"
+        return VerifyResult(
+            False,
+            f"{patched} already is {what} (the input of {log_path}, sha256 {log.header.input.sha256[:16]}...), "
+            "not its output: undone since, or never rewritten",
+            already_input=True,
         )
     if len(expected) != len(got):
         return VerifyResult(False, f"{patched}: size {len(got)}, the log says {len(expected)}")

@@ -78,7 +78,7 @@ class Status(enum.Enum):
     NOTHING = "nothing to nop"  # the policy keeps every site, or there are none (the message says why)
     RESTORED = "restored"  # nopped before; the policy now keeps every site: the original written back
     UNDONE = "undone"
-    ORIGINAL = "already original"  # --undo on a file that is its log's input
+    ORIGINAL = "already original"  # --undo, --verify: the file is its log's input (undone before)
     NO_LOG = "no log"  # --undo/--verify: the file was never changed
     VERIFIED = "verified"
     MISMATCH = "mismatch"  # --verify: the file is not what its log says
@@ -428,6 +428,10 @@ def verify_target(t: Target) -> FileReport:
     content = read_file(t.source)[1]
     output = _as_output(content, facts)
     report = FileReport(t.rel, Status.VERIFIED, facts.kind.value, facts.sites_touched)
+    if output is None and _sha(content) == facts.input.content_sha256:
+        # Not a mismatch, which would read as a broken file: the tree was undone (--undo keeps the logs).
+        message = f"{t.source} already is the original (the input of {t.log}), not its output: undone since?"
+        return report._replace(status=Status.ORIGINAL, nopped=0, message=message)
     if output is None:
         return report._replace(status=Status.MISMATCH, message=f"{t.source} is not the output of {t.log}")
     # A pristine file that cannot be read is bad input (failed, exit 2), not a finding: read outside the try.

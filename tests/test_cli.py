@@ -206,8 +206,11 @@ def test_verify_exit_codes_and_undo(tmp_path: Path) -> None:
     back = tmp_path / "back"
     assert mcountrw("undo", str(out), "--log", str(log), "-o", str(back)).returncode == 0
     assert back.read_bytes() == PROF.read_bytes()
-    assert_one_line_error(mcountrw("undo", str(PROF), "--log", str(log), "-o", str(tmp_path / "x")), "another file")
+    assert_one_line_error(mcountrw("undo", str(other), "--log", str(log), "-o", str(tmp_path / "x")), "another file")
     assert not (tmp_path / "x").exists()
+    # PROF is the log's input: not another file, the original (tests/test_cli_hygiene.py)
+    again = mcountrw("undo", str(PROF), "--log", str(log), "-o", str(tmp_path / "x"))
+    assert again.returncode == 0 and "nothing to undo: it already is the original" in again.stderr
 
 
 def test_signed_module_needs_strip_signature(corpus, tmp_path: Path) -> None:

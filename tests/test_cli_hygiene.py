@@ -201,3 +201,64 @@ def test_prenop_refused_for_a_lock_keeps_an_output_tree_that_was_there(tmp_path:
     with hold([logs]):
         assert invoke("prenop", "--policy", policy, "-o", out, "--log-dir", logs, tree).exit_code == 2
     assert out.is_dir()
+
+
+# -- undo and verify of a file that already is the original ---------------------------------------
+
+
+@pytest.fixture
+def undone(tmp_path: Path) -> tuple[Path, Path]:
+    """``clean`` nopped to ``out`` with its log, then undone to ``orig``: (orig, the log)."""
+    out, log, orig = tmp_path / "out", tmp_path / "log", tmp_path / "orig"
+    assert invoke("nop", BIN / "clean", "-o", out, "--log", log).exit_code == 0
+    assert invoke("undo", out, "--log", log, "-o", orig).exit_code == 0
+    return orig, log
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_undo_of_a_file_already_undone_says_so_and_copies_it(undone: tuple[Path, Path], tmp_path: Path) -> None:
+    orig, log = undone
+    again = tmp_path / "again"
+    result = invoke("undo", orig, "--log", log, "-o", again)
+    assert result.exit_code == 0, result.output  # a rerun: the output is what undo gives
+    line = result.stderr.strip()
+    assert line == (
+        f"{orig}: nothing to undo: it already is the original (the input of {log}, sha256 {_sha(orig)[:16]}...); "
+        f"wrote {again} (a copy of it)"
+    )
+    assert _sha(again) == _sha(orig) == _sha(BIN / "clean")
+
+
+def test_undo_in_place_of_a_file_already_undone_writes_nothing(undone: tuple[Path, Path], tmp_path: Path) -> None:
+    orig, log = undone
+    before = _listing(tmp_path)
+    result = invoke("undo", orig, "--log", log, "--in-place")
+    assert result.exit_code == 0 and result.stderr.strip().endswith("; nothing written"), result.output
+    assert "nothing to undo: it already is the original" in result.stderr
+    assert _listing(tmp_path) == before
+
+
+def test_verify_of_a_file_already_undone_says_it_is_the_original(undone: tuple[Path, Path]) -> None:
+    orig, log = undone
+    result = invoke("verify", BIN / "clean", orig, "--log", log)
+    assert result.exit_code == 1  # verify's contract: 0 only for the log's output
+    assert result.stdout.startswith(f"already original: {orig} already is the original (the input of {log}")
+    assert "MISMATCH" not in result.output and "another file" not in result.output
+
+
+def test_prenop_verify_of_an_undone_tree_says_already_original(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    shutil.copy2(BIN / "prof-le.o", tree / "m.ko")
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    assert invoke("prenop", "--policy", policy, "--in-place", tree).exit_code == 0
+    assert invoke("prenop", "--undo", "--in-place", tree).exit_code == 0  # keeps the logs
+    result = invoke("prenop", "--verify", tree)
+    assert result.exit_code == 1, result.output
+    assert f"already original: m.ko: {tree / 'm.ko'} already is the original" in result.stderr
+    assert "MISMATCH" not in result.output
+    assert "  already original      1             0" in result.stdout

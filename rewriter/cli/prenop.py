@@ -205,7 +205,17 @@ def prenop(
         emit(json.dumps(_report_json(reports, header), indent=1, sort_keys=True) + "\n", report)
     bad_input_if([r.message for r in reports if r.status is Status.FAILED])
     _nothing_to_do(mode, reports)
-    findings_if(any(r.status is Status.MISMATCH or r.left_recorded for r in reports))
+    findings_if(any(_finding(mode, r) for r in reports))
+
+
+def _finding(mode: Mode, report: FileReport) -> bool:
+    """A file that exits 1: a mismatch, a site the policy nops left recorded, or under --verify a
+    file that already is its log's input (undone since: not what the log says the tree holds, but
+    no broken file either; --undo takes the same file as a rerun)."""
+    from rewriter.prenop import Status
+
+    undone = mode is Mode.VERIFY and report.status is Status.ORIGINAL
+    return report.status is Status.MISMATCH or bool(report.left_recorded) or undone
 
 
 @contextlib.contextmanager
@@ -407,6 +417,8 @@ def _print_reports(mode: Mode, reports: Sequence[FileReport], header: str) -> No
             typer.echo(f"mcountrw: error: {r.message}", err=True)
         elif r.status is Status.MISMATCH:
             typer.echo(f"MISMATCH: {r.rel}: {r.message}", err=True)
+        elif r.status is Status.ORIGINAL and r.message:  # --verify (--undo says it in the table)
+            typer.echo(f"already original: {r.rel}: {r.message}", err=True)
     typer.echo("\n".join([header, *_summary(reports, logs_only=not MODES[mode].policy)]))
     for line in _notes(reports, mode):
         typer.echo(line)

@@ -17,7 +17,7 @@ from rewriter.plan import Route
 from rewriter.prose import counted
 
 if TYPE_CHECKING:
-    from rewriter.files import ApplyResult, ScanHints
+    from rewriter.files import ApplyResult, ScanHints, Undone
     from rewriter.rewrite import Options, Rewrite, Selection, StubCount
 
 
@@ -362,6 +362,9 @@ def undo(
 
         done = undo_file(patched, log, output, in_place)
     base = done.log.header.base
+    if done.already_input:
+        _print_already_undone(patched, log, done)
+        return
     what = "the original" if base is None else "the input of the step undone, not the original"
     typer.echo(f"wrote {done.output} (sha256 {done.log.header.input.sha256[:16]}..., {what})", err=True)
     settled = done.settled
@@ -374,6 +377,19 @@ def undo(
         typer.echo(f"its own log: {base.path} (undo with it for the step before)", err=True)
 
 
+def _print_already_undone(patched: Path, log: Path, done: Undone) -> None:
+    """An undo rerun: the file already is the log's input. Exit 0, as a rewrite's rerun (the file is
+    what undo gives), but said plainly rather than as an undo done."""
+    facts = done.log.header
+    what = "the original" if facts.base is None else "the input of the step the log describes, not the original"
+    written = "nothing written" if done.output == patched else f"wrote {done.output} (a copy of it)"
+    typer.echo(
+        f"{patched}: nothing to undo: it already is {what} (the input of {log}, sha256 "
+        f"{facts.input.sha256[:16]}...); {written}",
+        err=True,
+    )
+
+
 def verify(
     original: Annotated[Path, typer.Argument(help="the file before the rewrite")],
     patched: Annotated[Path, typer.Argument(help="the file after it")],
@@ -383,5 +399,6 @@ def verify(
     from rewriter.files import verify_files
 
     result = verify_files(original, patched, log)
-    typer.echo(("ok: " if result.ok else "MISMATCH: ") + result.reason)
+    label = "ok: " if result.ok else "already original: " if result.already_input else "MISMATCH: "
+    typer.echo(label + result.reason)
     findings_if(not result.ok)

@@ -32,7 +32,7 @@ from rewriter.generations import LAYOUTS, Generation, Variant, default_variant
 from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
 from rewriter.prose import counted
-from rewriter.sites import OOL_AREAS, RecordPlace, Scan, Site, Source, StubArea, scan, weak_offsets
+from rewriter.sites import OOL_AREAS, RecordPlace, Scan, Site, Source, StubArea, override_text, scan, weak_offsets
 from rewriter.states import Insn, SiteState, word_for
 
 # -- rules ----------------------------------------------------------------------------------
@@ -594,12 +594,9 @@ def _blind_spots(result: Scan, gap: StubGap | None) -> list[Anomaly]:
         out.append(Anomaly(AnomalyKind.OOL_STUBS_UNCHECKED, Severity.WARNING, msg))
     if result.sites and not len(result.functions):
         out.append(Anomaly(AnomalyKind.NO_SYMBOLS, Severity.NOTE, _unchecked_without_symbols(result.generation)))
-    over = result.overridden
-    if over is not None and over.generation is not None and result.generation is not None:
-        msg = (
-            f"--generation {result.generation.value} overrides what the image says: {over.generation.value} "
-            f"({over.reason}); every finding here reads the image as {result.generation.value}"
-        )
+    overrode = override_text(result)
+    if overrode is not None and result.generation is not None:
+        msg = f"{overrode}; every finding here reads the image as {result.generation.value}"
         out.append(Anomaly(AnomalyKind.GENERATION_OVERRIDE, Severity.WARNING, msg))
     return out
 

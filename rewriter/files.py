@@ -50,8 +50,9 @@ from rewriter.log import (
     load,
     render,
 )
+from rewriter.prose import counted
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
-from rewriter.sites import MCOUNT_NAMES, Scan, Site, scan
+from rewriter.sites import MCOUNT_NAMES, Scan, Site, override_text, scan
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ def apply_file(
         history = by_place(known.sites)
     check_something_to_do(image, before, selection, hints, warning)
     result = rewrite(image, before, selection, options, stage_dir is not None and not dry_run, history)
-    warnings = () if warning is None else (warning,)
+    warnings = tuple(w for w in (warning, _override_warning(image, before)) if w is not None)
     base = None if known is None else known.base
     if dry_run or out is None or (in_place and not result.edits):  # in place and already done: nothing to write
         return ApplyResult(path, None, None, result, before, (), base, warnings)
@@ -185,6 +186,14 @@ def apply_file(
     backup_path = path.with_name(path.name + ".orig") if in_place and backup else None
     base = _write_outputs(image, result, options, out, log, backup_path, known)
     return ApplyResult(path, out, log, result, before, stage_paths, base, warnings)
+
+
+def _override_warning(image: Image, found: Scan) -> str | None:
+    """A rewrite obeys ``--generation`` as the scan does; one that contradicts the image is said."""
+    overrode = override_text(found)
+    if overrode is None or found.generation is None:
+        return None
+    return f"{image.path}: {overrode}; the rewrite reads the image as {found.generation.value}"
 
 
 def _input_log(image: Image, explicit: Path | None) -> tuple[Known | None, str | None]:
@@ -309,6 +318,9 @@ def no_site_cause(image: Image, found: Scan, hints: ScanHints, log_warning: str 
         )
     else:
         earlier = "its sites were nopped by an earlier rewrite whose patch log is not here"
+    overrode = override_text(found)
+    if overrode is not None:  # the likeliest cause when given: the records name another layout's sites
+        return f"{overrode}; none of its {counted(found.records.count, 'record')} names a site of that layout"
     zeroed = found.records.zeroed
     if zeroed and not found.records.count:
         return f"its {zeroed} records are all zeroed (--drop-records) and no call to _mcount is left: {earlier}"

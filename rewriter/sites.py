@@ -228,6 +228,14 @@ def scan(
     )  # fmt: skip
 
 
+def override_text(result: Scan) -> str | None:
+    """What ``--generation`` overrode, in words every command uses, or None if it overrode nothing."""
+    over, given = result.overridden, result.generation
+    if over is None or over.generation is None or given is None:
+        return None
+    return f"--generation {given.value} overrides what the image says: {over.generation.value} ({over.reason})"
+
+
 def _contradicted(given: Generation, detected: Detect) -> Detect | None:
     """``detected`` when it names another generation than ``--generation`` gave (None when the
     contents cannot tell, as in a stripped image with no records: what the option is for)."""

@@ -115,6 +115,27 @@ def test_scan_generation_overrides_detection() -> None:
     )
 
 
+def test_rewrite_with_a_contradicting_generation_says_so(tmp_path: Path) -> None:
+    """A rewrite obeys --generation as scan does and warns; where the override leaves no site, the
+    nothing-to-do line names the override as the cause, not a missing -pg build."""
+    patchable = str(FIXTURES / "bin" / "patchable-le.o")
+    out = tmp_path / "p.o"
+    proc = mcountrw("nop", patchable, "--generation", "ool", "--drop-records", "-o", str(out))
+    assert proc.returncode == 0 and out.exists()
+    assert proc.stderr.splitlines()[0] == (
+        f"mcountrw: warning: {patchable}: --generation ool overrides what the image says: patchable (every "
+        "recorded nop is followed by a nop: two patchable nops); the rewrite reads the image as ool"
+    )
+    assert "warning" not in mcountrw("nop", patchable, "--drop-records", "-o", str(tmp_path / "q.o")).stderr
+    ool = str(FIXTURES / "bin" / "ool-le.o")
+    proc = mcountrw("nop", ool, "--generation", "patchable", "--drop-records", "-o", str(tmp_path / "o.o"))
+    assert proc.returncode == 1 and not (tmp_path / "o.o").exists()
+    assert proc.stderr.strip().endswith(
+        "no ftrace call site found: --generation patchable overrides what the image says: ool (6 recorded nops "
+        "not followed by a nop: one patchable nop); none of its 6 records names a site of that layout"
+    )
+
+
 def test_scan_generation_that_agrees_overrides_nothing() -> None:
     for args in (("--generation", "mprofile"), ()):
         image = json.loads(mcountrw("scan", "--format", "json", *args, str(PROF)).stdout)["images"][0]

@@ -53,7 +53,7 @@ from rewriter.elf.image import Kind
 from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.prose import counted, printable
-from rewriter.sites import Scan, Site, Source, summary
+from rewriter.sites import Scan, Site, Source, override_text, summary
 
 REFUSED: Final = "refused"  # boot_state null, in counts and in the table
 
@@ -499,12 +499,9 @@ def when_traced(result: Scan) -> str:
 
 def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[str]:
     out = []
-    over = result.overridden
-    if over is not None and over.generation is not None and result.generation is not None:
-        out.append(
-            f"  --generation {result.generation.value} overrides what the image says: {over.generation.value} "
-            f"({over.reason}); what follows is the image read as {result.generation.value}"
-        )
+    overrode = override_text(result)
+    if overrode is not None and result.generation is not None:
+        out.append(f"  {overrode}; what follows is the image read as {result.generation.value}")
     if boot.ftrace_off is not None:
         out.append(f"  FTRACE OFF {when_traced(result)}: {boot.ftrace_off}")
     logged = _by_source(result.sites)[Source.LOG]

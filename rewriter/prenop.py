@@ -64,7 +64,7 @@ from rewriter.log import LOG_SUFFIX, FileFacts, Header, Log, load, read_header, 
 from rewriter.policy import Policy, Verb, module_name
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey, parse_trailer
-from rewriter.sites import Site, scan
+from rewriter.sites import Site, override_text, scan
 from rewriter.states import SiteState
 
 
@@ -104,6 +104,7 @@ class FileReport(NamedTuple):
     signature: str = ""  # "", "stripped", "re-signed"
     message: str = ""  # the error, what --verify found, or why a file has no sites
     rules: frozenset[int] = frozenset()  # the policy rules (indexes) that decide at least one site
+    overrode: str = ""  # what --generation overrode in this file (sites.override_text), if anything
 
     @property
     def no_sites(self) -> bool:
@@ -284,7 +285,7 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     left = sum(1 for s in chosen if s.recorded) - len(result.dropped)
     report = FileReport(
         t.rel, Status.NOPPED, image.kind.value, nopped, len(sc.sites) - len(chosen), left, len(sc.records.unmatched),
-        rules=rules,
+        rules=rules, overrode=override_text(sc) or "",
     )  # fmt: skip
     dest_content = current if t.dest == t.source else _read_optional(t.dest)
     mode = _mode(t.source)

@@ -4,6 +4,7 @@ undoable, signed modules re-signed; the build-integration snippets; the result b
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -292,6 +293,30 @@ def test_patchable_entry_object_loses_its_records_and_no_word_changes(tmp_path: 
     assert _cli("prenop", "--policy", policy, "--in-place", obj)[0] == 0
     assert _cli("prenop", "--undo", "--in-place", obj)[0] == 0
     assert obj.read_bytes() == (ROOT / "fixtures/bin/patchable-le.o").read_bytes()
+
+
+def test_a_generation_that_contradicts_files_is_obeyed_and_warned_of_once(tmp_path: Path) -> None:
+    """--generation over a tree reads every file as it says; the files whose contents say otherwise
+    are counted in one warning (and named in the JSON report), not one line each."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("patchable-le", "patchable-be", "ool-le"):  # a directory is searched for modules
+        shutil.copy2(ROOT / "fixtures/bin" / f"{name}.o", tree / f"{name}.ko")
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    report = tmp_path / "r.json"
+    code, out = _cli("prenop", "--policy", policy, "--generation", "ool", "--dry-run", "--report", report, tree)
+    assert code == 0
+    (line,) = [x for x in out.splitlines() if "--generation" in x]
+    assert line == (
+        "warning: --generation contradicts the contents of 2 files, read as it says all the same. First: "
+        "patchable-be.ko: --generation ool overrides what the image says: patchable (every recorded nop is "
+        "followed by a nop: two patchable nops)"
+    )
+    files = {f["path"]: f["generation_override"] for f in json.loads(report.read_text())["files"]}
+    assert files["ool-le.ko"] is None and files["patchable-le.ko"].startswith("--generation ool overrides")
+    code, out = _cli("prenop", "--policy", policy, "--dry-run", tree)
+    assert code == 0 and "--generation" not in out
 
 
 # -- signing ----------------------------------------------------------------------------------

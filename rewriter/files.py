@@ -52,7 +52,7 @@ from rewriter.log import (
 )
 from rewriter.prose import counted
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
-from rewriter.sites import MCOUNT_NAMES, Scan, Site, override_text, scan
+from rewriter.sites import MCOUNT_NAMES, Scan, Site, check_mcount_addr_alone, override_text, scan
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,7 @@ def apply_file(
     image = Image.load(path)
     if out is not None and not in_place:
         check_output_name(out, image.compression)
+    check_mcount_addr_alone(image, hints.mcount_addr)
     before = scan(image, hints.mcount_addr, hints.generation)
     known, warning = _input_log(image, input_log)
     history = {}

@@ -256,6 +256,17 @@ def check_mcount_addr(generation: Generation | None, mcount_addr: int | None, pa
     raise ArgumentError(message if path is None else f"{path}: {message}")
 
 
+def check_mcount_addr_alone(image: Image, mcount_addr: int | None) -> None:
+    """Refuse ``--mcount-addr`` for a relocatable file rewritten on its own: :func:`check_mcount_addr`
+    lets it pass a module because one option serves a whole run, but with one module named there is
+    no linked image for it to mean anything in, and ignoring it would read as if it had mattered."""
+    if mcount_addr is not None and image.type == S.ET_REL:
+        raise ArgumentError(
+            f"{image.path}: --mcount-addr has no meaning for a module or object: its calls to _mcount are found "
+            "by their relocations (the option is for a stripped vmlinux)"
+        )
+
+
 def _scan_relocatable(image: Image, generation: Generation | None, text: CodeView | None) -> Scan:
     """:func:`scan` of a relocatable file: its calls come from relocations, its records name
     places by section (no stripped-table search, no stub areas: the loader makes a module's)."""

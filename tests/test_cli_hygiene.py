@@ -118,6 +118,26 @@ def test_mcount_addr_on_a_detected_patchable_or_ool_image_is_refused(
     assert _listing(tmp_path) == before
 
 
+@pytest.mark.parametrize("command", ["nop", "apply"])
+@pytest.mark.parametrize("name", ["prof-le.o", "patchable-le.o", "ool-be.o"])
+def test_mcount_addr_for_one_relocatable_file_rewritten_alone_is_refused(
+    command: str, name: str, tmp_path: Path
+) -> None:
+    """A module's or object's calls come from its relocations, in every generation: with one such
+    file named, --mcount-addr has nothing to mean and used to be ignored without a word."""
+    image = tmp_path / name
+    shutil.copy2(BIN / name, image)
+    before = _listing(tmp_path)
+    target = ("--to", "disabled") if command == "apply" else ()
+    result = invoke(command, image, *target, "--drop-records", "-o", tmp_path / "out", "--mcount-addr", "0x10")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        f"mcountrw: error: {image}: --mcount-addr has no meaning for a module or object: its calls to _mcount "
+        "are found by their relocations (the option is for a stripped vmlinux)"
+    ]
+    assert _listing(tmp_path) == before
+
+
 # -- diff: a module compares with a module, not with a vmlinux -------------------------------------
 
 

@@ -282,6 +282,13 @@ def _relative(files: Sequence[Path], root: Path) -> dict[Path, Path]:
     return {p.relative_to(root): p for p in files}
 
 
+def check_pairable(a: Path, b: Path) -> None:
+    """Two files or two trees: a tree's files have no one counterpart in a file. The CLI asks
+    before it searches the trees, :func:`diff_paths` again for its other callers."""
+    if a.is_dir() != b.is_dir():
+        raise ArgumentError(f"{a} and {b}: compare two files or two directories, not one of each")
+
+
 def diff_paths(
     a: Path,
     b: Path,
@@ -292,8 +299,7 @@ def diff_paths(
 ) -> Diff:
     """Two files, or two trees (``files_*`` found below ``a`` and ``b``) paired by relative path;
     a file and a tree are refused (a tree's files have no one counterpart in a file)."""
-    if a.is_dir() != b.is_dir():
-        raise ArgumentError(f"{a} and {b}: compare two files or two directories, not one of each")
+    check_pairable(a, b)
     if not a.is_dir():
         return Diff((diff_files(a, b, generations, logs),), (), (), ())
     ra, rb = _relative(files_a, a), _relative(files_b, b)

@@ -134,15 +134,14 @@ def diff(
     an image's patch log knows take part, so a site a rewrite nopped and unrecorded reads as
     changed, not removed."""
     from rewriter.batch import expand
-    from rewriter.diff import diff_paths
+    from rewriter.diff import check_pairable, diff_paths
     from rewriter.report import jsonfmt, md
 
     generations = _diff_generations(generation or [])
     for path in (a, b):
         if not path.exists():
             raise ImageError(f"{path}: no such file or directory")
-    if a.is_dir() != b.is_dir():
-        raise ArgumentError(f"{a} and {b}: compare two files or two directories, not one of each")
+    check_pairable(a, b)
     files_a, errors_a = expand([a]) if a.is_dir() else ([a], [])
     files_b, errors_b = expand([b]) if b.is_dir() else ([b], [])
     logs = _diff_logs(a, b, files_a, files_b, log or [])

@@ -33,7 +33,7 @@ from rewriter.elf import structs as S
 from rewriter.elf.compress import SUFFIX, Compression, Restore, compression_named, decompress, detect_compression
 from rewriter.elf.image import Image
 from rewriter.elf.writer import Pending, atomic_write, commit_all, write_temp
-from rewriter.errors import ImageError, LogError, NothingToDo, OutputError, RewriteError
+from rewriter.errors import ArgumentError, ImageError, LogError, NothingToDo, OutputError, RewriteError
 from rewriter.generations import Generation
 from rewriter.heap import collector_paused
 from rewriter.known import by_place, with_log
@@ -50,9 +50,8 @@ from rewriter.log import (
     load,
     render,
 )
-from rewriter.prose import counted
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
-from rewriter.sites import MCOUNT_NAMES, Scan, Site, check_mcount_addr_alone, override_text, scan
+from rewriter.sites import MCOUNT_NAMES, Scan, Site, check_mcount_addr_alone, scan
 
 
 @dataclass(frozen=True)
@@ -170,6 +169,7 @@ def apply_file(
         check_output_name(out, image.compression)
     check_mcount_addr_alone(image, hints.mcount_addr)
     before = scan(image, hints.mcount_addr, hints.generation)
+    refuse_contradicted_generation(image, before)
     known, warning = _input_log(image, input_log)
     history = {}
     if known is not None:
@@ -178,7 +178,7 @@ def apply_file(
         history = by_place(known.sites)
     check_something_to_do(image, before, selection, hints, warning)
     result = rewrite(image, before, selection, options, stage_dir is not None and not dry_run, history)
-    warnings = tuple(w for w in (warning, _override_warning(image, before)) if w is not None)
+    warnings = () if warning is None else (warning,)
     base = None if known is None else known.base
     if dry_run or out is None or (in_place and not result.edits):  # in place and already done: nothing to write
         return ApplyResult(path, None, None, result, before, (), base, warnings)
@@ -189,12 +189,18 @@ def apply_file(
     return ApplyResult(path, out, log, result, before, stage_paths, base, warnings)
 
 
-def _override_warning(image: Image, found: Scan) -> str | None:
-    """A rewrite obeys ``--generation`` as the scan does; one that contradicts the image is said."""
-    overrode = override_text(found)
-    if overrode is None or found.generation is None:
-        return None
-    return f"{image.path}: {overrode}; the rewrite reads the image as {found.generation.value}"
+def refuse_contradicted_generation(image: Image, found: Scan) -> None:
+    """A rewrite does not obey a ``--generation`` the image's contents contradict, as scan and
+    audit do (they only read): the layout decides which words and which table entries it writes,
+    and in a stripped image the records themselves are found by what that layout expects (a 6.1
+    vmlinux read as ool takes a pointer of some other table for a record, and dropping it zeroes
+    that pointer). The option is for images whose contents cannot tell."""
+    over, given = found.overridden, found.generation
+    if over is not None and over.generation is not None and given is not None:
+        raise ArgumentError(
+            f"{image.path}: --generation {given.value} contradicts what the image says: {over.generation.value} "
+            f"({over.reason}); a rewrite goes by the image's own layout (scan and audit can read it as {given.value})"
+        )
 
 
 def _input_log(image: Image, explicit: Path | None) -> tuple[Known | None, str | None]:
@@ -319,9 +325,6 @@ def no_site_cause(image: Image, found: Scan, hints: ScanHints, log_warning: str 
         )
     else:
         earlier = "its sites were nopped by an earlier rewrite whose patch log is not here"
-    overrode = override_text(found)
-    if overrode is not None:  # the likeliest cause when given: the records name another layout's sites
-        return f"{overrode}; none of its {counted(found.records.count, 'record')} names a site of that layout"
     zeroed = found.records.zeroed
     if zeroed and not found.records.count:
         return f"its {zeroed} records are all zeroed (--drop-records) and no call to _mcount is left: {earlier}"

@@ -59,12 +59,12 @@ from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.writer import NewFile, land, publish, stage
 from rewriter.errors import LogError, RewriteError
-from rewriter.files import ScanHints, known_sites, no_site_cause, read_file
+from rewriter.files import ScanHints, known_sites, no_site_cause, read_file, refuse_contradicted_generation
 from rewriter.log import LOG_SUFFIX, FileFacts, Header, Log, load, read_header, render
 from rewriter.policy import Policy, Verb, module_name
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey, parse_trailer
-from rewriter.sites import Site, override_text, scan
+from rewriter.sites import Site, scan
 from rewriter.states import SiteState
 
 
@@ -104,7 +104,6 @@ class FileReport(NamedTuple):
     signature: str = ""  # "", "stripped", "re-signed"
     message: str = ""  # the error, what --verify found, or why a file has no sites
     rules: frozenset[int] = frozenset()  # the policy rules (indexes) that decide at least one site
-    overrode: str = ""  # what --generation overrode in this file (sites.override_text), if anything
 
     @property
     def no_sites(self) -> bool:
@@ -274,6 +273,7 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     original, was_output = orig.content, orig.was_output
     image = Image(t.source, original, compression)
     sc = scan(image, settings.hints.mcount_addr, settings.hints.generation)
+    refuse_contradicted_generation(image, sc)
     chosen, rules = _policy_choice(settings.policy, module_name(t.rel) if image.kind is Kind.MODULE else None, sc.sites)
     sign = signer is not None and image.kind is Kind.MODULE
     _check_signed(t, image, chosen, settings.strip_signature or sign)
@@ -285,7 +285,7 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     left = sum(1 for s in chosen if s.recorded) - len(result.dropped)
     report = FileReport(
         t.rel, Status.NOPPED, image.kind.value, nopped, len(sc.sites) - len(chosen), left, len(sc.records.unmatched),
-        rules=rules, overrode=override_text(sc) or "",
+        rules=rules,
     )  # fmt: skip
     dest_content = current if t.dest == t.source else _read_optional(t.dest)
     mode = _mode(t.source)

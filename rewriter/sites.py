@@ -381,9 +381,43 @@ def detect_generation(image: Image, text: CodeView, calls: np.ndarray, records: 
     found = _detect_by_symbols(image, calls, records)
     if found is not None:
         return found
+    if image.symbols is None and image.type != S.ET_REL:
+        guessed = mcount_by_words(text)
+        if guessed is not None:
+            return Detect(Generation.MPROFILE, guessed.reason)
     # the words at each record and after it, in one look-up (each is a fixed cost in a module)
     words = text.words_of(np.concatenate([records, shift(records, ppc.INSN_SIZE)]))
     return _detect_by_words(words[: len(records)], words[len(records) :])
+
+
+class McountGuess(NamedTuple):
+    """The likely ``_mcount`` of a stripped mprofile image: the one target of its prologue calls."""
+
+    addr: int
+    calls: int
+
+    @property
+    def reason(self) -> str:
+        return f"{self.calls} `mflr r0; bl {self.addr:#x}` prologues: calls to _mcount"
+
+
+def mcount_by_words(text: CodeView) -> McountGuess | None:
+    """In a linked image without symbols: the target of (nearly) every ``bl`` right after an
+    ``mflr r0``, if a kernel's worth of them call it (an mprofile site; nothing else puts a call
+    there). A guess for messages and for the generation, never an address the scan uses unasked:
+    ``--mcount-addr`` stays the user's word."""
+    if not len(text.bl_places):
+        return None
+    after_mflr = text.words_of(shift(text.bl_places, -ppc.INSN_SIZE)) == ppc.MFLR_R0
+    targets, counts = np.unique(text.bl_targets[after_mflr], return_counts=True)
+    if not len(counts):
+        return None
+    top = int(np.argmax(counts))
+    n = int(counts[top])
+    # a kernel's worth, and the one target of 9 in 10 of them (mprofile: all but a handful)
+    if n < STRIPPED_MIN_RECORDS or n * 10 < int(counts.sum()) * 9:
+        return None
+    return McountGuess(int(targets[top]), n)
 
 
 def _detect_by_symbols(image: Image, calls: np.ndarray, records: np.ndarray) -> Detect | None:
@@ -695,8 +729,17 @@ def _stripped(
             "stripped image: no .symtab to find _mcount, and no __mcount_loc section to find the records "
             "(a vmlinux keeps them in .init.data between the stripped __start/__stop_mcount_loc symbols): "
             "pass --mcount-addr with _mcount's address from System.map (mprofile), or --generation patchable|ool"
+            + _mcount_hint(text)
         )
     return _found(table), entries, calls, generation
+
+
+def _mcount_hint(text: CodeView) -> str:
+    """The likely ``--mcount-addr``, when the words make one plain (:func:`mcount_by_words`)."""
+    guess = mcount_by_words(text)
+    if guess is None:
+        return ""
+    return f"; the words look mprofile: {guess.reason}, so likely --mcount-addr {guess.addr:#x} (check System.map)"
 
 
 def _found(table: RecordTable | None) -> tuple[RecordTable, ...]:
@@ -734,10 +777,20 @@ def _search_record_table(image: Image, text: CodeView, slots: np.ndarray) -> Rec
         if score[best_run] > best[0]:
             named = hit[run[hit] == best_run]
             first, last = int(named[0]), int(named[-1])
+            if not _mostly_slots(int(score[best_run]), values[first : last + 1]):
+                continue
             addr = sec.addr + skip + 8 * first
             table = _table_at(image, f"{sec.name} (searched)", addr, last - first + 1)
             best = (int(score[best_run]), table)
     return best[1]
+
+
+def _mostly_slots(named: int, run: np.ndarray) -> bool:
+    """A record table names call slots with (nearly) every entry that is not a dropped 0: a real
+    one names them all (weak-function bodies included). Other tables of code pointers (6.1's
+    ``__soft_mask_table``: 4 of its 11 entries fall on patchable-looking nops) must not pass for
+    one, or a rewrite would zero their entries; 90% leaves room for a few odd records."""
+    return named * 10 >= int(np.count_nonzero(run)) * 9
 
 
 # -- classification -------------------------------------------------------------------------

@@ -115,25 +115,26 @@ def test_scan_generation_overrides_detection() -> None:
     )
 
 
-def test_rewrite_with_a_contradicting_generation_says_so(tmp_path: Path) -> None:
-    """A rewrite obeys --generation as scan does and warns; where the override leaves no site, the
-    nothing-to-do line names the override as the cause, not a missing -pg build."""
-    patchable = str(FIXTURES / "bin" / "patchable-le.o")
-    out = tmp_path / "p.o"
-    proc = mcountrw("nop", patchable, "--generation", "ool", "--drop-records", "-o", str(out))
-    assert proc.returncode == 0 and out.exists()
-    assert proc.stderr.splitlines()[0] == (
-        f"mcountrw: warning: {patchable}: --generation ool overrides what the image says: patchable (every "
-        "recorded nop is followed by a nop: two patchable nops); the rewrite reads the image as ool"
-    )
-    assert "warning" not in mcountrw("nop", patchable, "--drop-records", "-o", str(tmp_path / "q.o")).stderr
-    ool = str(FIXTURES / "bin" / "ool-le.o")
-    proc = mcountrw("nop", ool, "--generation", "patchable", "--drop-records", "-o", str(tmp_path / "o.o"))
-    assert proc.returncode == 1 and not (tmp_path / "o.o").exists()
-    assert proc.stderr.strip().endswith(
-        "no ftrace call site found: --generation patchable overrides what the image says: ool (6 recorded nops "
-        "not followed by a nop: one patchable nop); none of its 6 records names a site of that layout"
-    )
+def test_rewrite_with_a_contradicting_generation_is_refused(tmp_path: Path) -> None:
+    """scan and audit obey a --generation the contents contradict (and say so); a rewrite does not:
+    the layout decides what it writes. Exit 2, one line, nothing written; an agreeing one runs."""
+    for name, given, detected in (("patchable-le.o", "ool", "patchable"), ("ool-le.o", "patchable", "ool")):
+        out = tmp_path / name
+        proc = mcountrw("nop", str(FIXTURES / "bin" / name), "--generation", given, "--drop-records", "-o", str(out))
+        assert proc.returncode == 2 and not out.exists() and not list(tmp_path.iterdir())
+        assert proc.stderr.splitlines() == [
+            f"mcountrw: error: {FIXTURES / 'bin' / name}: --generation {given} contradicts what the image says: "
+            f"{detected} ({_REASONS[detected]}); a rewrite goes by the image's own layout (scan and audit can "
+            f"read it as {given})"
+        ]
+    agreeing = ("nop", str(FIXTURES / "bin" / "ool-le.o"), "--generation", "ool", "--drop-records")
+    assert mcountrw(*agreeing, "-o", str(tmp_path / "o.o")).returncode == 0
+
+
+_REASONS = {
+    "patchable": "every recorded nop is followed by a nop: two patchable nops",
+    "ool": "6 recorded nops not followed by a nop: one patchable nop",
+}
 
 
 def test_scan_generation_that_agrees_overrides_nothing() -> None:

@@ -295,28 +295,26 @@ def test_patchable_entry_object_loses_its_records_and_no_word_changes(tmp_path: 
     assert obj.read_bytes() == (ROOT / "fixtures/bin/patchable-le.o").read_bytes()
 
 
-def test_a_generation_that_contradicts_files_is_obeyed_and_warned_of_once(tmp_path: Path) -> None:
-    """--generation over a tree reads every file as it says; the files whose contents say otherwise
-    are counted in one warning (and named in the JSON report), not one line each."""
+def test_a_generation_that_contradicts_a_file_fails_that_file(tmp_path: Path) -> None:
+    """--generation over a tree: a file whose contents say another generation is not rewritten by
+    the option's layout; it fails with the rewrite's one line, and the others go on."""
     tree = tmp_path / "tree"
     tree.mkdir()
-    for name in ("patchable-le", "patchable-be", "ool-le"):  # a directory is searched for modules
+    for name in ("patchable-le", "ool-le"):  # a directory is searched for modules
         shutil.copy2(ROOT / "fixtures/bin" / f"{name}.o", tree / f"{name}.ko")
     policy = tmp_path / "p.policy"
     policy.write_text("default nop\n")
     report = tmp_path / "r.json"
-    code, out = _cli("prenop", "--policy", policy, "--generation", "ool", "--dry-run", "--report", report, tree)
-    assert code == 0
-    (line,) = [x for x in out.splitlines() if "--generation" in x]
-    assert line == (
-        "warning: --generation contradicts the contents of 2 files, read as it says all the same. First: "
-        "patchable-be.ko: --generation ool overrides what the image says: patchable (every recorded nop is "
-        "followed by a nop: two patchable nops)"
+    code, _ = _cli("prenop", "--policy", policy, "--generation", "ool", "--dry-run", "--report", report, tree)
+    assert code == 2
+    files = {f["path"]: (f["status"], f["message"]) for f in json.loads(report.read_text())["files"]}
+    assert files["ool-le.ko"][0] == "nopped"
+    assert files["patchable-le.ko"] == (
+        "failed",
+        f"{tree / 'patchable-le.ko'}: --generation ool contradicts what the image says: patchable (every recorded "
+        "nop is followed by a nop: two patchable nops); a rewrite goes by the image's own layout (scan and audit "
+        "can read it as ool)",
     )
-    files = {f["path"]: f["generation_override"] for f in json.loads(report.read_text())["files"]}
-    assert files["ool-le.ko"] is None and files["patchable-le.ko"].startswith("--generation ool overrides")
-    code, out = _cli("prenop", "--policy", policy, "--dry-run", tree)
-    assert code == 0 and "--generation" not in out
 
 
 # -- signing ----------------------------------------------------------------------------------

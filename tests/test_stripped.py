@@ -10,6 +10,7 @@ stripped 6.12 kernel with its .init.text records dropped judges the result: no f
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -152,6 +153,32 @@ def test_stripped_61_vmlinux_nop_drop_records_with_mcount_addr(stripped: dict[st
     after = scan(Image.load(out), int(mcount, 16))
     assert after.records.count == RECORDS["6.1"] - n and after.records.zeroed == n
     assert_round_trip(bare, out)
+
+
+@pytest.mark.corpus
+def test_stripped_61_vmlinux_says_its_likely_mcount_and_no_pointer_table_passes_for_records(
+    stripped: dict[str, Path],
+) -> None:
+    """The words of a stripped 6.1 say mprofile: 33,690 prologues `mflr r0; bl X`, one X, _mcount.
+    The error names it as the likely --mcount-addr, and a --generation that says otherwise is
+    reported as overriding mprofile. No other table of code pointers passes for the records: 6.1's
+    __soft_mask_table (4 of its 11 entries on nops) used to be taken for a patchable table, and a
+    nop --drop-records zeroed 4 of its entries."""
+    bare = stripped["6.1"]
+    mcount = mcount_of(require_kernel("6.1").vmlinux)
+    proc = mcountrw("scan", str(bare))
+    assert proc.returncode == 2
+    assert proc.stderr.rstrip().endswith(
+        f"the words look mprofile: 33690 `mflr r0; bl {mcount:#x}` prologues: calls to _mcount, so likely "
+        f"--mcount-addr {mcount:#x} (check System.map)"
+    )
+    doc = json.loads(mcountrw("scan", "--format", "json", "--generation", "patchable", str(bare)).stdout)
+    (img,) = doc["images"]
+    assert img["generation_override"] == {
+        "detected": "mprofile", "reason": f"33690 `mflr r0; bl {mcount:#x}` prologues: calls to _mcount"
+    }  # fmt: skip
+    assert img["records"]["count"] < 11 and not img["sites"]
+    assert all("__soft_mask_table" not in s for s in img["records"]["unmatched"])
 
 
 @pytest.mark.corpus

@@ -465,12 +465,6 @@ def _notes(reports: Sequence[FileReport], mode: Mode) -> list[str]:
             f"warning: {sum(r.left_recorded for r in left):,} sites in {len(left)} files that the policy nops kept "
             "their records: the kernel will still patch them (docs/prenop.md). First: " + left[0].rel
         )
-    overridden = [r for r in reports if r.overrode]
-    if overridden:
-        out.append(
-            f"warning: --generation contradicts the contents of {counted(len(overridden), 'file')}, read as it "
-            f"says all the same. First: {overridden[0].rel}: {overridden[0].overrode}"
-        )
     unplaced = [r for r in reports if r.unplaced_records]
     if unplaced:
         out.append(
@@ -518,7 +512,6 @@ def _report_json(reports: Sequence[FileReport], header: str) -> dict[str, Any]:
                 "unplaced_records": r.unplaced_records,
                 "signature": r.signature,
                 "message": r.message,
-                "generation_override": r.overrode or None,
             }
             for r in reports
         ],

@@ -51,7 +51,7 @@ from rewriter.log import (
     render,
 )
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
-from rewriter.sites import MCOUNT_NAMES, Scan, Site, check_mcount_addr_alone, scan
+from rewriter.sites import MCOUNT_NAMES, Scan, Site, check_mcount_addr_alone, scan, section_place_text
 
 
 @dataclass(frozen=True)
@@ -350,6 +350,10 @@ def unmatched_selection(sites: Sequence[Site], selection: Selection) -> list[str
     parts += [(f"--exclude {g}", Selection(only=(g,))) for g in selection.exclude]
     parts += [(f"--section {name}", Selection(sections=(name,))) for name in selection.sections]
     parts += [(f"--addr {a:#x}", Selection(addrs=frozenset({a}))) for a in sorted(selection.addrs)]
+    parts += [
+        (f"--addr {section_place_text(*p)}", Selection(section_places=frozenset({p})))
+        for p in sorted(selection.section_places)
+    ]
     return [text for text, part in parts if not any(part.matches(s) for s in sites)]
 
 
@@ -377,6 +381,7 @@ def selection_text(selection: Selection) -> str:
     """``selection`` as the options that make it."""
     parts = [f"--only {g}" for g in selection.only] + [f"--exclude {g}" for g in selection.exclude]
     parts += [f"--section {name}" for name in selection.sections] + [f"--addr {a:#x}" for a in sorted(selection.addrs)]
+    parts += [f"--addr {section_place_text(*p)}" for p in sorted(selection.section_places)]
     return " ".join(parts) or "every site"
 
 

@@ -63,18 +63,32 @@ _BRANCHES: Final = (Insn.CALL, Insn.STUB)  # words encoded per address
 @dataclass(frozen=True)
 class Selection:
     """Which sites to change: all, or those matching any ``only`` glob (function names), any
-    ``sections`` name, any ``addrs`` (call-slot addresses) or any ``places`` ((section index,
-    call-slot offset) pairs, exact: what a policy computes), minus ``exclude`` globs."""
+    ``sections`` name, any ``addrs`` (call-slot addresses), any ``section_places`` ((section name,
+    call-slot offset) pairs: ``--addr .text+0x14``, a site as scan shows it in a module or object,
+    ``Site.place_text``) or any ``places`` ((section index, call-slot offset) pairs, exact: what a
+    policy computes), minus ``exclude`` globs.
+
+    ``section_places`` names sections as scan does, by name: a name that several sections share
+    (scan shows each of their sites under it alike) selects the site at that offset in each, as
+    ``--section`` selects all of them. In a linked image a section and offset is as well defined
+    as the address (``sh_addr`` + offset), and scan's JSON shows it too, so it selects there
+    as well: refusing it would be a rule with no reason behind it."""
 
     only: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     sections: tuple[str, ...] = ()
     addrs: frozenset[int] = frozenset()
     places: frozenset[tuple[int, int]] = frozenset()
+    section_places: frozenset[tuple[str, int]] = frozenset()
+
+    @property
+    def chooses(self) -> bool:
+        """Whether any part picks sites (else every site is a candidate, before ``exclude``)."""
+        return bool(self.only or self.sections or self.addrs or self.places or self.section_places)
 
     @property
     def everything(self) -> bool:
-        return not (self.only or self.exclude or self.sections or self.addrs or self.places)
+        return not (self.chooses or self.exclude)
 
     def matches(self, site: Site) -> bool:
         return bool(self.select((site,)))
@@ -84,14 +98,15 @@ class Selection:
         if self.everything:
             return list(sites)
         only, exclude = _globs(self.only), _globs(self.exclude)
-        anything = not (self.only or self.sections or self.addrs or self.places)
-        sections, addrs, places = self.sections, self.addrs, self.places
+        anything = not self.chooses
+        sections, addrs, places, named = self.sections, self.addrs, self.places, self.section_places
         out = []
         for site in sites:
             name = site.function or ""
             chosen = (
                 anything or (only is not None and only(name) is not None) or site.section in sections
                 or site.addr in addrs or (site.section_index, site.offset) in places  # offset: in its section
+                or (site.section, site.offset) in named
             )  # fmt: skip
             if chosen and (exclude is None or exclude(name) is None):
                 out.append(site)

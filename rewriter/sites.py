@@ -101,7 +101,12 @@ class Site(NamedTuple):
 
     @property
     def place_text(self) -> str:
-        return f"{self.addr:#x}" if self.addr is not None else f"{self.section}+{self.offset:#x}"
+        return f"{self.addr:#x}" if self.addr is not None else section_place_text(self.section, self.offset)
+
+
+def section_place_text(section: str, offset: int) -> str:
+    """A place in a section as users read it and give it back (``--addr .text+0x14``)."""
+    return f"{section}+{offset:#x}"
 
 
 class RecordPlace(NamedTuple):

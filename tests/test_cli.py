@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from rewriter.cli import app
 from rewriter.cli.audit import AuditFormat, DiffFormat, FailOn
+from rewriter.cli.common import CallSlot
 from rewriter.cli.exits import EXIT_CODES, ExitCode, kind_of
 from rewriter.cli.plans import PlanFormat
 from rewriter.cli.rewrite import Target
@@ -598,8 +599,9 @@ OLD_LINES = [
      {"output": Path("vmlinux.nop"), "exclude": ["do_one_initcall"], "drop_records": True}),
     ("apply prog --to disabled -o prog.off --stage-images stages/", "apply",
      {"to": Target.DISABLED, "stage_images": Path("stages")}),
-    ("apply prog --to nopped --addr 0x10000eb4 --addr 4096 --route mflr-first --dry-run", "apply",
-     {"to": Target.NOPPED, "addr": [0x10000EB4, 4096], "route": Route.MFLR_FIRST, "dry_run": True}),
+    ("apply prog --to nopped --addr 0x10000eb4 --addr 4096 --addr .text+0x14 --route mflr-first --dry-run", "apply",
+     {"to": Target.NOPPED, "addr": [CallSlot(None, 0x10000EB4), CallSlot(None, 4096), CallSlot(".text", 0x14)],
+      "route": Route.MFLR_FIRST, "dry_run": True}),
     ("verify K vmlinux.nop --log vmlinux.nop.mcountrw.jsonl", "verify", {"log": Path("vmlinux.nop.mcountrw.jsonl")}),
     ("undo vmlinux.nop --log L --in-place", "undo", {"in_place": True, "output": None}),
     ("audit K M --format sarif -o audit.sarif --fail-on warning", "audit",

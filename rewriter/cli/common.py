@@ -7,7 +7,7 @@ import hashlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Final, NamedTuple
 
 import typer
 
@@ -17,24 +17,48 @@ from rewriter.prose import printable
 
 
 def address(text: str) -> int:
-    """``--mcount-addr``, ``--addr``: an address as C writes it (``0xc000000000001234``, ``4096``)."""
+    """``--mcount-addr``: an address as C writes it (``0xc000000000001234``, ``4096``)."""
     try:
         return int(text, 0)
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a number (use 0x... for hex)") from None
 
 
-def call_slot_address(text: str) -> int:
-    """``--addr``: an :func:`address`. ``SECTION+0xOFF`` is how scan shows a site of a module or
-    object: a relocatable file is not linked, so its sites have no address and no ``--addr`` can
-    name one; the message says what selects them instead of that it is not a number."""
-    section, plus, _ = text.partition("+")
-    if plus and section and not section[0].isdigit():
-        raise typer.BadParameter(
-            f"{text!r} is a place in a section: a module's or object's sites have no address "
-            "(select them with --section and --only)"
-        )
-    return address(text)
+class CallSlot(NamedTuple):
+    """An ``--addr``: a call slot as scan shows it, an address (``section`` None: a linked image)
+    or an offset in the section named ``section`` (``.text+0x14``: a module's or object's site,
+    which has no address as it is not linked; ``rewriter.sites.section_place_text``)."""
+
+    section: str | None
+    at: int
+
+
+def call_slot(text: str) -> CallSlot:
+    """``--addr``: an address as :func:`address` reads it, or ``SECTION+OFF`` as scan shows a place.
+    The section name is what precedes the last ``+`` (a name may hold one; an offset never does).
+    A ``+`` always means a place: ``+0x4`` (which ``int`` reads as 4) lacks its section name, and a
+    number before it is a mistyped address (``0x10+4``), not a section."""
+    section, plus, offset = text.rpartition("+")
+    if not plus or section[:1].isdigit():
+        try:
+            return CallSlot(None, _not_negative(text, int(text, 0)))
+        except ValueError:
+            raise typer.BadParameter(f"{text!r} is not a number (use 0x... for hex), nor SECTION+0xOFF") from None
+    if not section.strip():
+        raise typer.BadParameter(f"{text!r}: no section name before + (SECTION+0xOFF, as scan shows it)")
+    if not offset.strip():
+        raise typer.BadParameter(f"{text!r}: no offset after {section}+ (SECTION+0xOFF, as scan shows it)")
+    try:
+        at = int(offset, 0)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: the offset {offset!r} after {section}+ is not a number (0x...)") from None
+    return CallSlot(section, _not_negative(text, at))
+
+
+def _not_negative(text: str, value: int) -> int:
+    if value < 0:
+        raise typer.BadParameter(f"{text!r} is negative: a call slot is at an address or offset >= 0")
+    return value
 
 
 GENERATION_HELP: Final = "override the generation detected from the image (stripped images)"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 
-from rewriter.cli.common import GenerationOption, McountAddr, call_slot_address, check_mcount_addr
+from rewriter.cli.common import CallSlot, GenerationOption, McountAddr, call_slot, check_mcount_addr
 from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, NothingToDo
 from rewriter.generations import Generation
@@ -57,13 +57,13 @@ Section = Annotated[
     ),
 ]
 Addr = Annotated[
-    list[int] | None,
+    list[CallSlot] | None,
     typer.Option(
         "--addr",
-        parser=call_slot_address,
-        metavar="ADDRESS",
-        help="select the site with this call-slot address (repeatable; a module's or object's sites have none); "
-        "adds to --only and --section",
+        parser=call_slot,
+        metavar="ADDRESS|SECTION+0xOFF",
+        help="select the site whose call slot is here, as scan shows it: an address, or SECTION+0xOFF in a module "
+        "or object (repeatable); adds to --only and --section",
     ),
 ]
 Route_ = Annotated[Route | None, typer.Option("--route", help="default: the route with fewer writes")]
@@ -111,11 +111,15 @@ def say_waiting(path: Path, pid: int | None) -> None:
 
 
 def _selection(
-    only: list[str] | None, exclude: list[str] | None, section: list[str] | None, addr: list[int] | None
+    only: list[str] | None, exclude: list[str] | None, section: list[str] | None, addr: list[CallSlot] | None
 ) -> Selection:
     from rewriter.rewrite import Selection
 
-    return Selection(tuple(only or ()), tuple(exclude or ()), tuple(section or ()), frozenset(addr or ()))
+    addrs = frozenset(a.at for a in addr or () if a.section is None)
+    section_places = frozenset((a.section, a.at) for a in addr or () if a.section is not None)
+    return Selection(
+        tuple(only or ()), tuple(exclude or ()), tuple(section or ()), addrs, section_places=section_places
+    )
 
 
 class _Writing(NamedTuple):
@@ -170,10 +174,10 @@ def _run_apply(
 
 
 def _with_addr_note(error: NothingToDo, image: Path, selection: Selection) -> NothingToDo:
-    """``error``, with a note when ``--addr`` was given for a module or object: a relocatable file
-    is not linked, so its sites have no address (scan shows them as SECTION+0xOFF) and no
-    ``--addr`` can select one, which "matches none of its sites" alone does not say. The image is
-    loaded again on this path only (``apply_file`` loaded it, so it loads)."""
+    """``error``, with a note when an address was given to ``--addr`` for a module or object: a
+    relocatable file is not linked, so its sites have no address and no address can select one,
+    which "matches none of its sites" alone does not say; scan shows them as SECTION+0xOFF, which
+    ``--addr`` takes. The image is loaded again on this path only (``apply_file`` loaded it)."""
     if not selection.addrs:
         return error
     from rewriter.elf import structs as S
@@ -182,8 +186,8 @@ def _with_addr_note(error: NothingToDo, image: Path, selection: Selection) -> No
     if Image.load(image).type != S.ET_REL:
         return error
     return NothingToDo(
-        f"{error} (a module's or object's sites have no address, scan shows them as SECTION+0xOFF: "
-        "select them with --section and --only)"
+        f"{error} (a module's or object's sites have no address: give --addr as scan shows them, SECTION+0xOFF, "
+        "e.g. --addr .text+0x14)"
     )
 
 

@@ -47,18 +47,39 @@ class Rendered(Generic[R]):
     error: str | None
 
 
+class Found(NamedTuple):
+    """A file to read, and its name in the tree it was found in (:func:`tree_name`)."""
+
+    path: Path
+    name: str
+
+
+def tree_name(path: Path, root: Path | None) -> str:
+    """A file's name in its tree: its path below ``root``, the directory argument it was found
+    under (``kernel/fs/ext4/ext4.ko``), or its own name when it was named itself (``root`` None).
+    ``prenop -o`` lays out its output tree and ``--log-dir`` its logs by this name, so every
+    command that looks a file's log up under ``--log-dir`` finds it by the same rule."""
+    return path.name if root is None else path.relative_to(root).as_posix()
+
+
 def expand(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
     """Files named, and ELF files or modules found below directories named (sorted), plus one
     error line for each path that cannot be read. Symlinks to directories are not followed."""
-    files: list[Path] = []
+    found, errors = expand_named(paths)
+    return [f.path for f in found], errors
+
+
+def expand_named(paths: Sequence[Path]) -> tuple[list[Found], list[str]]:
+    """:func:`expand`, each file with its name in its tree (where ``--log-dir`` keeps its log)."""
+    files: list[Found] = []
     errors: list[str] = []
     for path in paths:
         if path.is_dir():
-            found, errs = _walk(path)
-            files.extend(found)
+            below, errs = _walk(path)
+            files.extend(Found(f, tree_name(f, path)) for f in below)
             errors.extend(errs)
         elif path.exists():
-            files.append(path)
+            files.append(Found(path, tree_name(path, None)))
         else:
             errors.append(f"{path}: no such file or directory")
     return files, errors

@@ -75,6 +75,13 @@ def default_log_path(output: Path) -> Path:
     return output.with_name(output.name + LOG_SUFFIX)
 
 
+def log_path_in(log_dir: Path, name: str) -> Path:
+    """Where ``--log-dir`` keeps the log of the file named ``name`` in its tree
+    (:func:`rewriter.batch.tree_name`): the tree mirrored, ``DIR/kernel/fs/ext4/ext4.ko.mcountrw.jsonl``.
+    prenop writes it there, and scan, audit, diff and policy check read it from there."""
+    return log_dir / (name + LOG_SUFFIX)
+
+
 Data: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
 
 
@@ -434,16 +441,23 @@ def for_file(
 
 
 def log_of(
-    path: Path, sha256: str, explicit: Path | None = None, content_sha256: str | None = None
+    path: Path,
+    sha256: str,
+    explicit: Path | None = None,
+    content_sha256: str | None = None,
+    *,
+    at: Path | None = None,
 ) -> tuple[Path | None, str | None]:
     """Which patch log describes the file at ``path`` (its ``sha256`` given, and for a compressed
     file its content's), and a warning; only the header is read.
 
     ``explicit`` (``--log``) must be that file's log: :class:`LogError` otherwise, naming both
-    hashes. Without it the log beside the file (:func:`default_log_path`) is used if its output is
-    this file; if it is not, or cannot be read, it is ignored with a one-line warning (a log left
+    hashes. Without it the log ``at`` the file's place (under ``--log-dir``: :func:`log_path_in`),
+    by default the one beside the file (:func:`default_log_path`), is used if its output is this
+    file; if it is not, or cannot be read, it is ignored with a one-line warning (a log left
     beside a file that was changed since, or restored by undo, describes another file)."""
-    chosen = explicit if explicit is not None else default_log_path(path)
+    place = at if at is not None else default_log_path(path)
+    chosen = explicit if explicit is not None else place
     try:
         header = read_header(chosen)
     except LogError as e:
@@ -472,6 +486,40 @@ def _judge(
         f"{log}: ignored: its output has sha256 {header.output.sha256[:16]}..., {path} has {sha256[:16]}... "
         "(changed since, or undone)"
     )
+
+
+class FoundLogs(NamedTuple):
+    """What :func:`logs_at` found."""
+
+    logs: dict[Path, Path]  # each file that has one -> the log that describes it
+    warnings: list[str]  # one per log ignored: it describes none of the files that looked for it
+    present: int  # places that hold a log at all (0 under --log-dir: the wrong directory?)
+
+
+def logs_at(places: Sequence[tuple[Path, Path]]) -> FoundLogs:
+    """The patch log of each file that has one, ``places`` pairing each file with where its log
+    would be: beside it, or under ``--log-dir`` (:func:`log_path_in`). Each log is judged by
+    :func:`log_of` and given to the file it describes. Several files may look in one place (the
+    same name in diff's two trees, under one ``--log-dir``): a log is ignored, with one warning,
+    only if it describes none of them. A place with no log means no log, not an error."""
+    logs: dict[Path, Path] = {}
+    ignored: dict[Path, str] = {}  # a place -> the first warning about its log
+    present: set[Path] = set()
+    for path, place in places:
+        if not place.is_file():
+            continue
+        present.add(place)
+        try:
+            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            continue  # the scan says what is wrong with the file
+        log, warning = log_of(path, sha, at=place)
+        if log is not None:
+            logs[path] = log
+        elif warning is not None:
+            ignored.setdefault(place, warning)
+    claimed = set(logs.values())
+    return FoundLogs(logs, [w for place, w in ignored.items() if place not in claimed], len(present))
 
 
 def logged(result: Scan, logs: Mapping[Path, Path]) -> Scan:

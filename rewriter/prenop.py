@@ -53,14 +53,14 @@ from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
-from rewriter.batch import map_batches
+from rewriter.batch import map_batches, tree_name
 from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.writer import NewFile, land, publish, stage
 from rewriter.errors import LogError, RewriteError
 from rewriter.files import ScanHints, known_sites, no_site_cause, read_file, refuse_contradicted_generation
-from rewriter.log import LOG_SUFFIX, FileFacts, Header, Log, load, read_header, render
+from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
 from rewriter.policy import Policy, Verb, module_name
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey, parse_trailer
@@ -145,11 +145,11 @@ def targets(
     found: list[tuple[Path, str, bool]] = []  # (file, rel, named directly)
     for path in paths:
         if path.is_dir():
-            found += [(f, f.relative_to(path).as_posix(), False) for f in _modules_below(path)]
+            found += [(f, tree_name(f, path), False) for f in _modules_below(path)]
         elif path.is_file():
             if in_place and path.is_symlink():
                 raise PrenopError(f"{path}: is a symlink; --in-place would replace the link: name the file itself")
-            found.append((path, path.name, True))
+            found.append((path, tree_name(path, None), True))
         else:
             raise PrenopError(f"{path}: no such file or directory")
     seen: dict[str, Path] = {}
@@ -167,7 +167,7 @@ def targets(
         else:
             dest = output / rel
         beside = f if logs_beside_source else dest
-        log = (log_dir / (rel + LOG_SUFFIX)) if log_dir is not None else beside.with_name(beside.name + LOG_SUFFIX)
+        log = log_path_in(log_dir, rel) if log_dir is not None else default_log_path(beside)
         orig = None
         if against is not None:
             orig = against if (single_file and not against.is_dir()) else against / rel

@@ -18,6 +18,8 @@ from rewriter.cli.common import (
     LogFile,
     McountAddr,
     OutputFile,
+    ReadLogDir,
+    check_log_options,
     check_mcount_addr,
     emit,
     logs_for,
@@ -31,6 +33,7 @@ from rewriter.generations import Generation
 
 if TYPE_CHECKING:
     from rewriter.audit import Audit, Severity
+    from rewriter.batch import Found
     from rewriter.diff import Generations
 
 
@@ -76,16 +79,21 @@ def audit(
     mcount_addr: McountAddr = None,
     generation: GenerationOption = None,
     log: LogFile = None,
+    log_dir: ReadLogDir = None,
 ) -> None:
     """Counts, anomalies and the mflr-nop safety of every site, per image and by subsystem (with
-    the sites only an image's patch log knows)."""
+    the sites only an image's patch log knows).
+
+    Each image's patch log is read from beside it, or from under --log-dir where `prenop
+    --log-dir` wrote it."""
     from rewriter.audit import audit_files, fails
-    from rewriter.batch import expand
+    from rewriter.batch import expand_named
 
     check_mcount_addr(generation, mcount_addr)
-    files, errors = expand(paths)
+    found, errors = expand_named(paths)
+    files = [f.path for f in found]
     roots = [p for p in paths if p.is_dir()]
-    logs = logs_for(files, log)
+    logs = logs_for(found, log, log_dir)
     with progress(len(files), "auditing") as tick:
         result = audit_files(files, roots, workers(jobs), mcount_addr, tick, logs, generation)
     errors += result.errors
@@ -128,12 +136,20 @@ def diff(
             "beside it, when its output is that file",
         ),
     ] = None,
+    log_dir: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--log-dir",
+            help="where `prenop --log-dir` wrote the patch logs (DIR/<path in the tree>.mcountrw.jsonl): once for "
+            "both (each log given to the file whose output it is), or twice (A's, then B's)",
+        ),
+    ] = None,
 ) -> None:
     """Functions added, removed, moved between sections or changed in generation, and sites added,
     removed, moved, or changed in state, variant or record, matched by function name. Sites only
     an image's patch log knows take part, so a site a rewrite nopped and unrecorded reads as
     changed, not removed."""
-    from rewriter.batch import expand
+    from rewriter.batch import expand_named
     from rewriter.diff import check_pairable, diff_paths
     from rewriter.report import jsonfmt, md
 
@@ -142,9 +158,10 @@ def diff(
         if not path.exists():
             raise ImageError(f"{path}: no such file or directory")
     check_pairable(a, b)
-    files_a, errors_a = expand([a]) if a.is_dir() else ([a], [])
-    files_b, errors_b = expand([b]) if b.is_dir() else ([b], [])
-    logs = _diff_logs(a, b, files_a, files_b, log or [])
+    found_a, errors_a = expand_named([a])
+    found_b, errors_b = expand_named([b])
+    logs = _diff_logs(a, b, found_a, found_b, log or [], log_dir or [])
+    files_a, files_b = [f.path for f in found_a], [f.path for f in found_b]
     result = diff_paths(a, b, files_a, files_b, generations, logs)
     errors = [*errors_a, *errors_b, *result.errors]
     print_errors(errors)
@@ -157,14 +174,23 @@ def diff(
     findings_if(result.changed)
 
 
-def _diff_logs(a: Path, b: Path, files_a: list[Path], files_b: list[Path], given: list[Path]) -> dict[Path, Path]:
+def _diff_logs(
+    a: Path, b: Path, found_a: list[Found], found_b: list[Found], given: list[Path], dirs: list[Path]
+) -> dict[Path, Path]:
     """Each file's log: ``--log`` (at most one for each of the two files), given to the file whose
     output it is (one that describes neither is refused, exit 2, naming the three hashes), else
-    the logs beside the files."""
+    the logs under ``--log-dir`` (once: both sides look there, as ``--generation`` once is both
+    images; twice: A's, then B's), else the logs beside the files."""
     from rewriter.log import read_header
 
+    if given and dirs:
+        check_log_options(given[0], dirs[0])
+    if len(dirs) > 2:
+        raise ArgumentError("--log-dir: give it once (both sides) or twice (A's, then B's)")
+    if len(dirs) == 2:
+        return {**logs_for(found_a, None, dirs[0]), **logs_for(found_b, None, dirs[1])}
     if not given:
-        return logs_for([*files_a, *files_b], None)
+        return logs_for([*found_a, *found_b], None, dirs[0] if dirs else None)
     if a.is_dir() or b.is_dir() or len(given) > 2:
         raise ArgumentError("--log: give the logs of the two files (at most two), not of trees")
     shas = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b)}

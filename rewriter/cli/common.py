@@ -7,13 +7,16 @@ import hashlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Final, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Final, NamedTuple
 
 import typer
 
 from rewriter.errors import ArgumentError
 from rewriter.generations import Generation
-from rewriter.prose import printable
+from rewriter.prose import counted, printable
+
+if TYPE_CHECKING:
+    from rewriter.batch import Found
 
 
 def address(text: str) -> int:
@@ -76,30 +79,64 @@ LOG_HELP: Final = (
     "beside it, when its output is the image)"
 )
 LogFile = Annotated[Path | None, typer.Option("--log", help=LOG_HELP)]
+LOG_DIR_HELP: Final = (
+    "the patch logs where `prenop --log-dir DIR` wrote them: each file's log is DIR/<its path below the "
+    "directory argument, or its name>.mcountrw.jsonl, instead of beside it"
+)
+ReadLogDir = Annotated[Path | None, typer.Option("--log-dir", help=LOG_DIR_HELP)]
 
 
-def logs_for(files: Sequence[Path], explicit: Path | None) -> dict[Path, Path]:
+def logs_for(found: Sequence[Found], explicit: Path | None, log_dir: Path | None = None) -> dict[Path, Path]:
     """The patch log of each file that has one: ``--log`` (for one file; refused, exit 2, if its
-    output is not that file), else the log beside each file when its output is that file. A log
-    beside a file that it does not describe is ignored, with one warning line."""
-    from rewriter.log import default_log_path, log_of
+    output is not that file), else each file's log under ``--log-dir`` or beside it, when its
+    output is that file (``rewriter.log.logs_at``). A log that describes no file looking for it is
+    ignored, with one warning line; so is a ``--log-dir`` that holds no log of any file."""
+    from rewriter.log import default_log_path, log_of, log_path_in, logs_at
 
-    if explicit is not None and len(files) != 1:
-        raise ArgumentError(f"--log {explicit}: names the log of one image, and {len(files)} were given")
-    out = {}
-    for path in files:
-        if explicit is None and not default_log_path(path).is_file():
-            continue
+    check_log_options(explicit, log_dir)
+    if explicit is not None:
+        if len(found) != 1:
+            raise ArgumentError(f"--log {explicit}: names the log of one image, and {len(found)} were given")
+        path = found[0].path
         try:
             sha = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError:
-            continue  # the scan says what is wrong with the file
-        log, warning = log_of(path, sha, explicit)
-        if warning is not None:
-            typer.echo(f"mcountrw: warning: {warning}", err=True)
-        if log is not None:
-            out[path] = log
-    return out
+            return {}  # the scan says what is wrong with the file
+        log = log_of(path, sha, explicit)[0]  # raises unless it describes the file
+        return {} if log is None else {path: log}
+    if log_dir is None:
+        result = logs_at([(f.path, default_log_path(f.path)) for f in found])
+    else:
+        result = logs_at([(f.path, log_path_in(log_dir, f.name)) for f in found])
+    for warning in result.warnings:
+        typer.echo(f"mcountrw: warning: {printable(warning)}", err=True)
+    if log_dir is not None and found and not result.present:
+        typer.echo(f"mcountrw: warning: {printable(no_log_there(log_dir, found))}", err=True)
+    return result.logs
+
+
+def check_log_options(explicit: Path | None, log_dir: Path | None) -> None:
+    """``--log`` names one file's log and ``--log-dir`` where every file's log is: one or the other.
+    A ``--log-dir`` that is a file is refused (exit 2); one that does not exist is warned about
+    once no log is found there (:func:`no_log_there`)."""
+    if explicit is not None and log_dir is not None:
+        raise ArgumentError(f"--log {explicit} and --log-dir {log_dir}: give one or the other, not both")
+    if log_dir is not None and log_dir.exists() and not log_dir.is_dir():
+        raise ArgumentError(f"--log-dir {log_dir}: not a directory")
+
+
+def no_log_there(log_dir: Path, found: Sequence[Found]) -> str:
+    """The warning for a ``--log-dir`` that holds no log of any file given: a mistyped directory
+    would otherwise read as a run with nothing nopped."""
+    from rewriter.log import log_path_in
+
+    if not log_dir.exists():
+        return f"--log-dir {log_dir}: no such directory: no patch log read"
+    looked = f"{log_path_in(log_dir, found[0].name)}{', ...' if len(found) > 1 else ''}"
+    return (
+        f"--log-dir {log_dir}: holds no patch log of the {counted(len(found), 'file')} given "
+        f"(looked for {looked}): no patch log read"
+    )
 
 
 def workers(jobs: int) -> int:

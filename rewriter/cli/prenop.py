@@ -21,6 +21,7 @@ from rewriter.cli.common import (
     Jobs,
     LogFile,
     McountAddr,
+    ReadLogDir,
     check_mcount_addr,
     emit,
     logs_for,
@@ -528,17 +529,24 @@ def policy_check(
     jobs: Jobs = 0,
     generation: GenerationOption = None,
     log: LogFile = None,
+    log_dir: ReadLogDir = None,
 ) -> None:
     """Show what each rule matches (sites, the sites it decides, a few names), and what keeping and
     nopping mean for the kernel's generation; warn about rules that match nothing or are always
-    overridden (exit 1 if there are any). Sites only an image's patch log knows count too."""
+    overridden (exit 1 if there are any). Sites only an image's patch log knows count too.
+
+    Each image's patch log is read from beside it, or from under --log-dir where `prenop
+    --log-dir` wrote it."""
     from rewriter import policy as pol
+    from rewriter.batch import Found
     from rewriter.prenop import targets
 
     rules = pol.load(policy_file)
-    files = [t.source for t in targets(images, output=None, in_place=False, log_dir=None)]
+    # The files prenop would take, each named in its tree as prenop names it (its log's place).
+    found = [Found(t.source, t.rel) for t in targets(images, output=None, in_place=False, log_dir=None)]
+    files = [f.path for f in found]
     tally = pol.Tally(rules)
-    errors = _tally_files(tally, files, workers(jobs), generation, logs_for(files, log))
+    errors = _tally_files(tally, files, workers(jobs), generation, logs_for(found, log, log_dir))
     print_errors(errors)
     typer.echo("\n".join(_check_lines(policy_file, rules, tally)))
     warnings = tally.warnings()

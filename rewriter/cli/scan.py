@@ -16,6 +16,7 @@ from rewriter.cli.common import (
     LogFile,
     McountAddr,
     OutputFile,
+    ReadLogDir,
     check_mcount_addr,
     emit,
     logs_for,
@@ -57,21 +58,24 @@ def scan(
     show_all: Annotated[bool, typer.Option("--all", help="table: list every site, not the first 20")] = False,
     generation: GenerationOption = None,
     log: LogFile = None,
+    log_dir: ReadLogDir = None,
 ) -> None:
     """Find every ftrace call site: its function, state in the file and after boot, and its record.
 
     Each image says its generation (mprofile <= 6.5, patchable 6.6-6.12, ool 6.13+), how many
     sites ftrace can trace after boot, and (ool) whether its stubs cover its records. Sites that
     only the image's patch log knows (their records dropped by an earlier rewrite) are listed too,
-    marked LOG (`"source": "log"` in JSON and CSV). The table of several files closes with a
+    marked LOG (`"source": "log"` in JSON and CSV); the logs are looked for beside each image, or
+    under --log-dir where `prenop --log-dir` wrote them. The table of several files closes with a
     `total:` line: images, sites, traceable sites, records, and errors if any file failed."""
-    from rewriter.batch import expand, render_many
+    from rewriter.batch import expand_named, render_many
     from rewriter.report import scanfmt
 
     check_mcount_addr(generation, mcount_addr)
-    files, errors = expand(paths)
+    found, errors = expand_named(paths)
+    files = [f.path for f in found]
     render = _renderer(fmt, show_all or output is not None)
-    logs = logs_for(files, log)
+    logs = logs_for(found, log, log_dir)
     if logs:
         render = partial(_render_logged, render=render, logs=logs)
     texts = []

@@ -1,0 +1,230 @@
+"""`--log-dir` on the read-only commands: scan, audit, diff and policy check find each file's patch
+log where `prenop --log-dir` wrote it (DIR/<name in the tree>.mcountrw.jsonl), so the sites only
+the logs know (nopped and unrecorded: invisible in the file) are seen; without it they are not.
+A wrong directory is one warning line, a log that describes another file is ignored with the
+beside-the-file warning, and `--log` with `--log-dir` is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from conftest import FIXTURES
+from typer.testing import CliRunner
+
+from rewriter.batch import expand_named
+from rewriter.cli import app
+from rewriter.prenop import targets
+
+BIN = FIXTURES / "bin"
+FUNCTIONS = {"static_helper", "leaf_add", "nonleaf_calls", "sum8", "fp_mix", "touch_global"}  # 6 sites each
+NAMES = ("prof.ko", "sub/patch.ko")  # mprofile and patchable, as modules in a tree
+
+
+def invoke(*args: object) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _tree(where: Path) -> Path:
+    (where / "sub").mkdir(parents=True)
+    shutil.copy(BIN / "prof-le.o", where / "prof.ko")
+    shutil.copy(BIN / "patchable-le.o", where / "sub" / "patch.ko")
+    return where
+
+
+def _prenop(tmp: Path, policy_text: str, name: str) -> tuple[Path, Path]:
+    """The fixture tree pre-nopped by ``policy_text`` to ``tmp/name``, its logs in ``tmp/name-logs``."""
+    tree = tmp / "tree" if (tmp / "tree").is_dir() else _tree(tmp / "tree")
+    policy = tmp / f"{name}.policy"
+    policy.write_text(policy_text)
+    out, logs = tmp / name, tmp / f"{name}-logs"
+    r = invoke("prenop", "--policy", policy, "-o", out, "--log-dir", logs, tree)
+    assert r.exit_code == 0, r.output
+    return out, logs
+
+
+@pytest.fixture
+def nopped(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(original tree, pre-nopped tree, its log directory): every site nopped, every record dropped."""
+    out, logs = _prenop(tmp_path, "default nop\n", "out")
+    assert sorted(p.relative_to(logs).as_posix() for p in logs.rglob("*.jsonl")) == [
+        f"{n}.mcountrw.jsonl" for n in NAMES
+    ]
+    return tmp_path / "tree", out, logs
+
+
+def _scan_json(*args: object) -> tuple[dict[str, dict[str, object]], str]:
+    r = invoke("scan", "--format", "json", *args)
+    assert r.exit_code == 0, r.output
+    return {Path(i["path"]).name: i for i in json.loads(r.stdout)["images"]}, r.stderr
+
+
+def _warnings(r: Result) -> list[str]:
+    return [line for line in r.stderr.splitlines() if line.startswith("mcountrw: warning: ")]
+
+
+# -- finding the logs -------------------------------------------------------------------------------
+
+
+def test_scan_with_log_dir_finds_the_sites_only_the_logs_know(nopped: tuple[Path, Path, Path]) -> None:
+    _, out, logs = nopped
+    images, stderr = _scan_json(out, "--log-dir", logs)
+    assert stderr == ""
+    for name, image in zip(("prof.ko", "patch.ko"), NAMES, strict=True):
+        assert images[name]["log"] == str(logs / f"{image}.mcountrw.jsonl")
+        sites = images[name]["sites"]
+        assert isinstance(sites, list)
+        assert {s["function"] for s in sites} == FUNCTIONS
+        assert {(s["source"], s["state"], s["recorded"]) for s in sites} == {("log", "nopped", False)}
+    # Without it, the nopped and unrecorded sites are invisible: the file alone shows none.
+    images, _ = _scan_json(out)
+    assert [(i["log"], i["sites"]) for i in images.values()] == [(None, [])] * 2
+
+
+def test_scan_table_names_the_log_it_found_under_log_dir(nopped: tuple[Path, Path, Path]) -> None:
+    _, out, logs = nopped
+    r = invoke("scan", out / "prof.ko", "--log-dir", logs)
+    assert r.exit_code == 0, r.output
+    assert "6 sites (6 nopped->nopped, 6 of them from the patch log)" in r.stdout
+    assert f"LOG: 6 sites known only from the patch log {logs / 'prof.ko.mcountrw.jsonl'}" in r.stdout
+
+
+def test_audit_with_log_dir_counts_the_logs_sites(nopped: tuple[Path, Path, Path]) -> None:
+    _, out, logs = nopped
+
+    def from_log(*args: object) -> dict[str, int]:
+        r = invoke("audit", "--format", "json", "--fail-on", "never", out, *args)
+        assert r.exit_code == 0, r.output
+        return {Path(i["path"]).name: i["counts"]["from_log"] for i in json.loads(r.stdout)["images"]}
+
+    assert from_log("--log-dir", logs) == {"prof.ko": 6, "patch.ko": 6}
+    assert from_log() == {"prof.ko": 0, "patch.ko": 0}
+
+
+def test_policy_check_with_log_dir_counts_the_logs_sites(nopped: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, out, logs = nopped
+    policy = tmp_path / "check.policy"
+    policy.write_text("default nop\nkeep leaf_add\n")
+    r = invoke("policy", "check", policy, out, "--log-dir", logs)
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].endswith("2 files (mprofile 1, 1 with no sites), 12 sites")
+    assert lines[2].split() == ["2", "keep", "leaf_add", "2", "2", "leaf_add"]  # in both modules
+    # Without the logs there is no site to match: the rule matches nothing (a finding).
+    without = invoke("policy", "check", policy, out)
+    assert without.stdout.splitlines()[0].endswith(", 0 sites") and without.exit_code == 1
+
+
+def _changes(r: Result) -> dict[str, list[tuple[str, str]]]:
+    assert r.exit_code == 1, r.output  # a difference
+    return {
+        Path(i["b"]).name: sorted((c["change"], c["function"]) for c in i["changes"])
+        for i in json.loads(r.stdout)["images"]
+    }
+
+
+def test_diff_with_one_log_dir_gives_each_log_to_the_side_it_describes(nopped: tuple[Path, Path, Path]) -> None:
+    tree, out, logs = nopped
+    r = invoke("diff", "--format", "json", tree, out, "--log-dir", logs)
+    # The original tree's files look in the same place and find logs of the other side: no warning.
+    assert _warnings(r) == []
+    changes = _changes(r)
+    assert changes["prof.ko"] == sorted([("state", f) for f in FUNCTIONS] + [("record-removed", f) for f in FUNCTIONS])
+    assert all(c != "removed" for c, _ in changes["patch.ko"]) and changes["patch.ko"]
+    # Without the logs every nopped site reads as removed.
+    assert {c for c, _ in _changes(invoke("diff", "--format", "json", tree, out))["prof.ko"]} == {"removed"}
+
+
+def test_diff_with_two_log_dirs_reads_a_s_then_b_s(nopped: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, out, logs = nopped
+    kept, kept_logs = _prenop(tmp_path, "default keep\nnop fp_mix\n", "kept")
+    r = invoke("diff", "--format", "json", out, kept, "--log-dir", logs, "--log-dir", kept_logs)
+    assert _warnings(r) == []
+    changes = _changes(r)
+    # Every site is on both sides: five come back (enabled and recorded again), fp_mix stays nopped.
+    assert changes["prof.ko"] == sorted(
+        [("state", f) for f in FUNCTIONS - {"fp_mix"}] + [("record-added", f) for f in FUNCTIONS - {"fp_mix"}]
+    )
+    # Given the other way round, each side's directory holds logs of the other side's files.
+    swapped = invoke("diff", "--format", "json", out, kept, "--log-dir", kept_logs, "--log-dir", logs)
+    assert len(_warnings(swapped)) == 4 and all("ignored: its output has sha256" in w for w in _warnings(swapped))
+
+
+def test_log_dir_names_match_prenops(tmp_path: Path) -> None:
+    """One rule names a file in its tree: what prenop writes under --log-dir is where the read-only
+    commands look, for files found in directories and files named themselves."""
+    tree = _tree(tmp_path / "tree")
+    paths = [tree, tree / "sub" / "patch.ko"]
+    found, errors = expand_named([tree / "sub", tree / "prof.ko"])
+    assert errors == [] and [f.name for f in found] == ["patch.ko", "prof.ko"]
+    logs = tmp_path / "logs"
+    written = {t.source: t.log for t in targets(paths[:1], output=tmp_path / "o", in_place=False, log_dir=logs)}
+    looked = {f.path: logs / f"{f.name}.mcountrw.jsonl" for f in expand_named(paths[:1])[0]}
+    assert written == looked and sorted(looked.values()) == [logs / f"{n}.mcountrw.jsonl" for n in NAMES]
+
+
+# -- refusals and warnings --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["scan", "audit", "policy check", "diff"])
+def test_log_with_log_dir_is_refused(command: str, nopped: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    tree, out, logs = nopped
+    images = {"policy check": [tmp_path / "out.policy", out / "prof.ko"], "diff": [tree / "prof.ko", out / "prof.ko"]}
+    log = logs / "prof.ko.mcountrw.jsonl"
+    r = invoke(*command.split(), *images.get(command, [out / "prof.ko"]), "--log", log, "--log-dir", logs)
+    assert r.exit_code == 2 and r.stdout == "", r.output
+    assert r.stderr == f"mcountrw: error: --log {log} and --log-dir {logs}: give one or the other, not both\n"
+
+
+def test_a_log_dir_that_is_a_file_is_refused(nopped: tuple[Path, Path, Path]) -> None:
+    _, out, logs = nopped
+    r = invoke("scan", out, "--log-dir", logs / "prof.ko.mcountrw.jsonl")
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr == f"mcountrw: error: --log-dir {logs / 'prof.ko.mcountrw.jsonl'}: not a directory\n"
+
+
+def test_a_log_dir_holding_no_log_is_one_warning_line(nopped: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, out, logs = nopped
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = invoke("scan", "--format", "json", out, "--log-dir", empty)
+    assert r.exit_code == 0
+    assert r.stderr == (
+        f"mcountrw: warning: --log-dir {empty}: holds no patch log of the 2 files given "
+        f"(looked for {empty / 'prof.ko.mcountrw.jsonl'}, ...): no patch log read\n"
+    )
+    assert [i["sites"] for i in json.loads(r.stdout)["images"]] == [[], []]
+    # The logs' directory named with a file of another name: the same warning, for one file.
+    renamed = out / "renamed.ko"
+    shutil.copy(out / "prof.ko", renamed)
+    r = invoke("audit", renamed, "--log-dir", logs, "--fail-on", "never")
+    assert r.exit_code == 0
+    assert _warnings(r) == [
+        f"mcountrw: warning: --log-dir {logs}: holds no patch log of the 1 file given "
+        f"(looked for {logs / 'renamed.ko.mcountrw.jsonl'}): no patch log read"
+    ]
+    missing = tmp_path / "missing"
+    r = invoke("policy", "check", tmp_path / "out.policy", out, "--log-dir", missing)
+    assert _warnings(r) == [f"mcountrw: warning: --log-dir {missing}: no such directory: no patch log read"]
+
+
+def test_a_log_under_log_dir_that_describes_another_file_is_ignored_as_beside(
+    nopped: tuple[Path, Path, Path],
+) -> None:
+    tree, _, logs = nopped
+    r = invoke("scan", "--format", "json", tree / "prof.ko", "--log-dir", logs)
+    assert r.exit_code == 0
+    [warning] = _warnings(r)
+    assert warning.startswith(f"mcountrw: warning: {logs / 'prof.ko.mcountrw.jsonl'}: ignored: its output has sha256 ")
+    assert warning.endswith("(changed since, or undone)")
+    [image] = json.loads(r.stdout)["images"]
+    assert image["log"] is None and {s["source"] for s in image["sites"]} == {"image"}
+    # The same words as for the same log beside the file.
+    shutil.copy(logs / "prof.ko.mcountrw.jsonl", tree / "prof.ko.mcountrw.jsonl")
+    beside = _warnings(invoke("scan", tree / "prof.ko"))
+    assert [w.replace(str(tree / "prof.ko.mcountrw.jsonl"), "LOG") for w in beside] == [
+        warning.replace(str(logs / "prof.ko.mcountrw.jsonl"), "LOG")
+    ]

@@ -228,3 +228,16 @@ def test_a_log_under_log_dir_that_describes_another_file_is_ignored_as_beside(
     assert [w.replace(str(tree / "prof.ko.mcountrw.jsonl"), "LOG") for w in beside] == [
         warning.replace(str(logs / "prof.ko.mcountrw.jsonl"), "LOG")
     ]
+
+
+def test_scan_of_a_tree_pre_nopped_in_place_finds_its_logs_under_log_dir(tmp_path: Path) -> None:
+    tree, logs = _tree(tmp_path / "tree"), tmp_path / "logs"
+    (tmp_path / "p.policy").write_text("default nop\n")
+    r = invoke("prenop", "--policy", tmp_path / "p.policy", "--in-place", "--log-dir", logs, tree)
+    assert r.exit_code == 0, r.output
+    images, stderr = _scan_json(tree, "--log-dir", logs)
+    assert stderr == "" and [i["log"] for i in images.values()] == [str(logs / f"{n}.mcountrw.jsonl") for n in NAMES]
+    assert all(len(i["sites"]) == 6 for i in images.values())  # type: ignore[arg-type]
+    # A module named itself is named by its file name, as prenop named it.
+    images, _ = _scan_json(tree / "sub" / "patch.ko", "--log-dir", logs / "sub")
+    assert images["patch.ko"]["log"] == str(logs / "sub" / "patch.ko.mcountrw.jsonl")

@@ -167,7 +167,10 @@ def targets(
         else:
             dest = output / rel
         beside = f if logs_beside_source else dest
-        log = log_path_in(log_dir, rel) if log_dir is not None else default_log_path(beside)
+        # A log is named for the file it describes, the output: one file written under a new name
+        # (-o OUT) has its log under OUT's name, where --verify, --undo and scan of OUT look.
+        described = dest.name if single_file and not logs_beside_source else rel
+        log = log_path_in(log_dir, described) if log_dir is not None else default_log_path(beside)
         orig = None
         if against is not None:
             orig = against if (single_file and not against.is_dir()) else against / rel

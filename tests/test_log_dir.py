@@ -241,3 +241,46 @@ def test_scan_of_a_tree_pre_nopped_in_place_finds_its_logs_under_log_dir(tmp_pat
     # A module named itself is named by its file name, as prenop named it.
     images, _ = _scan_json(tree / "sub" / "patch.ko", "--log-dir", logs / "sub")
     assert images["patch.ko"]["log"] == str(logs / "sub" / "patch.ko.mcountrw.jsonl")
+
+
+# -- prenop's own --verify and --undo with --log-dir -----------------------------------------------
+
+
+def test_one_file_prenopped_to_a_new_name_has_its_log_under_that_name(tmp_path: Path) -> None:
+    """`prenop -o OUT FILE --log-dir L` describes OUT: its log is L/OUT.mcountrw.jsonl, where
+    --verify, --undo and scan of OUT look. It used to be named for FILE, and --undo of OUT said the
+    nopped file already was its original."""
+    src = tmp_path / "m.ko"
+    shutil.copy(BIN / "prof-le.o", src)
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    out, logs = tmp_path / "renamed.ko", tmp_path / "L"
+    assert invoke("prenop", "--policy", policy, "-o", out, "--log-dir", logs, src).exit_code == 0
+    assert [p.name for p in logs.iterdir()] == ["renamed.ko.mcountrw.jsonl"]
+    r = invoke("prenop", "--verify", "--log-dir", logs, out)
+    assert r.exit_code == 0 and "verified      1             6" in r.output, r.output
+    r = invoke("scan", "--format", "json", "--log-dir", logs, out)
+    assert json.loads(r.stdout)["images"][0]["log"] == str(logs / "renamed.ko.mcountrw.jsonl")
+    back = tmp_path / "back.ko"
+    r = invoke("prenop", "--undo", "-o", back, "--log-dir", logs, out)
+    assert r.exit_code == 0 and "undone      1             6" in r.output, r.output
+    assert back.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("mode", ["--undo", "--verify"])
+def test_undo_or_verify_finding_no_log_at_all_is_nothing_to_do_and_writes_nothing(
+    mode: str, nopped: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Not one file has its log under a wrong --log-dir: before, --undo -o copied every nopped file
+    as its own "original" and --verify passed them, exit 0."""
+    _, out, _ = nopped
+    back = tmp_path / "back"
+    args = ("-o", back) if mode == "--undo" else ()
+    r = invoke("prenop", mode, *args, "--log-dir", tmp_path / "wrong", out)
+    verb = mode.removeprefix("--")
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines() == [
+        f"mcountrw: nothing to do: no patch log found for any of the 2 files: nothing to {verb} (a wrong "
+        "--log-dir, or files never rewritten?); first: prof.ko"
+    ]
+    assert not back.exists()

@@ -191,6 +191,7 @@ def prenop(
     # certificate read, none of which a run writes: the lock is still taken before any input file
     # or log is read (docs/prenop.md).
     ts = _targets(mode, args)
+    _check_some_log(mode, ts)
     settings = _settings(mode, args)
     with _locked(mode, args, wait):
         n = workers(jobs)
@@ -290,13 +291,34 @@ def _locked_paths(mode: Mode, args: _Args) -> list[Path]:
     return out
 
 
+def _check_some_log(mode: Mode, ts: Sequence[Target]) -> None:
+    """--undo and --verify go by the logs: when not one file has its log where the run looks, stop
+    before anything is read or written. Undoing to -o would otherwise copy each file as if it were
+    its own original (what a file with no log is taken to be), under a wrong --log-dir too."""
+    if not MODES[mode].policy and ts and not any(t.log.is_file() for t in ts):
+        raise NothingToDo(_no_log_text(mode, len(ts), ts[0].rel))
+
+
+def _no_log_text(mode: Mode, files: int, first: str) -> str:
+    verb = "undo" if mode in (Mode.UNDO, Mode.UNDO_DRY_RUN) else "verify"
+    return (
+        f"no patch log found for any of the {counted(files, 'file')}: nothing to {verb} (a wrong --log-dir, or "
+        f"files never rewritten?); first: {first}"
+    )
+
+
 def _nothing_to_do(mode: Mode, reports: Sequence[FileReport]) -> None:
-    """A policy run in which no file has any ftrace site at all did nothing, and says so (exit 1)."""
+    """A policy run in which no file has any ftrace site at all did nothing, and so did an --undo or
+    --verify that found no log for any file: each says so (exit 1)."""
     from rewriter.prenop import Status
 
     done = [r for r in reports if r.status is not Status.FAILED]
     if MODES[mode].policy and done and all(r.no_sites for r in done):
         raise NothingToDo(f"no ftrace call site in any of the {len(done)} files; {done[0].rel}: {done[0].message}")
+    if not MODES[mode].policy and done and all(r.status is Status.NO_LOG for r in done):
+        # --undo and --verify go by the logs: with none found there was nothing to check or give back
+        # (a file never rewritten has no log, but a whole run of them is a wrong --log-dir or path)
+        raise NothingToDo(_no_log_text(mode, len(done), done[0].rel))
 
 
 def _rule_warnings(settings: Settings | None, reports: Sequence[FileReport]) -> list[str]:
@@ -484,7 +506,10 @@ def _notes(reports: Sequence[FileReport], mode: Mode) -> list[str]:
     ):
         out.append(_nothing_changed(len(done), failed, "already match the policy"))
     undoing = mode in (Mode.UNDO, Mode.UNDO_DRY_RUN)
-    if undoing and done and all(r.status in (Status.ORIGINAL, Status.NO_LOG) for r in done):
+    # A file with no log is one prenop never changed (a run that found no log at all stopped
+    # before: _check_some_log), so it counts as its own original.
+    originals = sum(1 for r in done if r.status is Status.ORIGINAL)
+    if undoing and originals and all(r.status in (Status.ORIGINAL, Status.NO_LOG) for r in done):
         out.append(_nothing_changed(len(done), failed, "already are their originals"))
     return out
 

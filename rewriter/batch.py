@@ -78,6 +78,8 @@ def expand_named(paths: Sequence[Path]) -> tuple[list[Found], list[str]]:
             below, errs = _walk(path)
             files.extend(Found(f, tree_name(f, path)) for f in below)
             errors.extend(errs)
+            if not below and not errs:  # a named directory that holds nothing to read is a wrong path
+                errors.append(f"{path}: no ELF file or module below it")
         elif path.exists():
             files.append(Found(path, tree_name(path, None)))
         else:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from conftest import FIXTURES
+from conftest import FIXTURES, ROOT
 from typer.testing import CliRunner
 
 from rewriter.cli import app
@@ -282,3 +282,31 @@ def test_prenop_verify_of_an_undone_tree_says_already_original(tmp_path: Path) -
     assert f"already original: m.ko: {tree / 'm.ko'} already is the original" in result.stderr
     assert "MISMATCH" not in result.output
     assert "  already original      1             0" in result.stdout
+
+
+# -- a directory with nothing to read ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["scan", "audit", "diff", "policy check"])
+def test_a_named_directory_with_nothing_to_read_is_one_line_and_no_report(command: str, tmp_path: Path) -> None:
+    """scan and audit used to exit 2 printing nothing at all, diff printed an empty report, and
+    policy check counted "0 files ()" and exited 1."""
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "README").write_text("not an ELF\n")
+    report = tmp_path / "report"
+    args: tuple[object, ...] = {
+        "scan": ("scan", empty, "-o", report),
+        "audit": ("audit", empty, "-o", report),
+        "diff": ("diff", empty, empty, "-o", report),
+        "policy check": ("policy", "check", ROOT / "examples" / "keep-core.policy", empty),
+    }[command]
+    result = invoke(*args)
+    want = (
+        f"no vmlinux or module found in {empty}"
+        if command == "policy check"
+        else f"{empty}: no ELF file or module below it"
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [f"mcountrw: error: {want}"]
+    assert not result.stdout and not report.exists()

@@ -160,6 +160,9 @@ def diff(
     check_pairable(a, b)
     found_a, errors_a = expand_named([a])
     found_b, errors_b = expand_named([b])
+    for found, errs in ((found_a, errors_a), (found_b, errors_b)):
+        if not found and errs:  # nothing to compare on one side: no report at all, one line
+            raise ImageError(errs[0])
     logs = _diff_logs(a, b, found_a, found_b, log or [], log_dir or [])
     files_a, files_b = [f.path for f in found_a], [f.path for f in found_b]
     result = diff_paths(a, b, files_a, files_b, generations, logs)

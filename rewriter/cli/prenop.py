@@ -569,6 +569,8 @@ def policy_check(
     rules = pol.load(policy_file)
     # The files prenop would take, each named in its tree as prenop names it (its log's place).
     found = [Found(t.source, t.rel) for t in targets(images, output=None, in_place=False, log_dir=None)]
+    if images and not found:  # as prenop says it: a policy checked against nothing proves nothing
+        raise ArgumentError(f"no vmlinux or module found in {', '.join(map(str, images))}")
     files = [f.path for f in found]
     tally = pol.Tally(rules)
     errors = _tally_files(tally, files, workers(jobs), generation, logs_for(found, log, log_dir))

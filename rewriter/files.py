@@ -171,6 +171,8 @@ def apply_file(
     before = scan(image, hints.mcount_addr, hints.generation)
     refuse_contradicted_generation(image, before)
     known, warning = _input_log(image, input_log)
+    if out is not None and in_place and log_path is None:
+        check_no_foreign_log(path, known)
     history = {}
     if known is not None:
         # every site there is: the image's and those only its log knows (`before.log` says which log)
@@ -187,6 +189,18 @@ def apply_file(
     backup_path = path.with_name(path.name + ".orig") if in_place and backup else None
     base = _write_outputs(image, result, options, out, log, backup_path, known)
     return ApplyResult(path, out, log, result, before, stage_paths, base, warnings)
+
+
+def check_no_foreign_log(path: Path, known: Known | None) -> None:
+    """An in-place rewrite writes its log beside the file, where a log of the file's own chain is
+    archived first (``archived_log``). A log there that is not the file's (ignored, with a warning)
+    would be replaced with no copy kept: refused, before anything is written."""
+    beside = default_log_path(path)
+    if beside.is_file() and (known is None or not _same_file(known.path, beside)):
+        raise OutputError(
+            f"{beside}: not the log of {path}, and an in-place rewrite would replace it: move it away, or "
+            "give the new log another name with --log"
+        )
 
 
 def refuse_contradicted_generation(image: Image, found: Scan) -> None:

@@ -310,3 +310,29 @@ def test_a_named_directory_with_nothing_to_read_is_one_line_and_no_report(comman
     assert result.exit_code == 2, result.output
     assert result.stderr.splitlines() == [f"mcountrw: error: {want}"]
     assert not result.stdout and not report.exists()
+
+
+# -- an in-place rewrite never replaces a log that is not the file's -----------------------------
+
+
+def test_in_place_rewrite_refuses_to_replace_a_log_beside_the_file_that_is_not_its_own(tmp_path: Path) -> None:
+    """A log beside the file that describes another file is ignored with a warning; an in-place
+    rewrite used to overwrite it then, keeping no copy. A chain's own log is archived as before."""
+    z = tmp_path / "z.o"
+    shutil.copy2(BIN / "prof-le.o", z)
+    other = tmp_path / "other.o"
+    assert invoke("nop", z, "-o", other, "--drop-records", "--only", "leaf_add").exit_code == 0
+    foreign = tmp_path / "z.o.mcountrw.jsonl"
+    shutil.copy2(tmp_path / "other.o.mcountrw.jsonl", foreign)
+    before = _listing(tmp_path)
+    result = invoke("nop", z, "--in-place", "--drop-records", "--only", "sum8")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        f"mcountrw: error: {foreign}: not the log of {z}, and an in-place rewrite would replace it: move it "
+        "away, or give the new log another name with --log"
+    ]
+    assert _listing(tmp_path) == before
+    foreign.unlink()
+    assert invoke("nop", z, "--in-place", "--drop-records", "--only", "sum8").exit_code == 0
+    result = invoke("nop", z, "--in-place", "--drop-records", "--only", "fp_mix")
+    assert result.exit_code == 0 and len(list(tmp_path.glob("z.o.mcountrw.*.jsonl"))) == 1, result.output

@@ -773,7 +773,10 @@ def test_summaries_count_in_the_singular_and_the_plural(tmp_path: Path) -> None:
     assert ": 6 sites (" in head and "1 of them from the patch log" in head
     assert head.endswith("5 records (1 zeroed, 0 skipped, 0 unmatched), 1 site unrecorded"), head
     again = CliRunner().invoke(app, ["nop", str(out), "--only", "leaf_add", "-o", str(tmp_path / "again")])
-    assert again.exit_code == 0 and "nothing to change: the 1 selected site is already nopped; wrote" in again.output
+    assert (
+        again.exit_code == 0
+        and "nothing to change: the 1 selected site is already nopped (nop; nop); wrote" in again.output
+    )
 
 
 def test_the_docs_runs_are_what_the_commands_print() -> None:

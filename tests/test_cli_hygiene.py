@@ -336,3 +336,12 @@ def test_in_place_rewrite_refuses_to_replace_a_log_beside_the_file_that_is_not_i
     assert invoke("nop", z, "--in-place", "--drop-records", "--only", "sum8").exit_code == 0
     result = invoke("nop", z, "--in-place", "--drop-records", "--only", "fp_mix")
     assert result.exit_code == 0 and len(list(tmp_path.glob("z.o.mcountrw.*.jsonl"))) == 1, result.output
+
+
+def test_a_rerun_names_the_state_the_target_is_for_the_image_sites(tmp_path: Path) -> None:
+    """nopped is no state of an ool site: "already nopped" contradicted scan (disabled) and plan."""
+    result = invoke("nop", BIN / "ool-le.o", "-o", tmp_path / "k.o", "--keep-records")
+    assert result.exit_code == 0
+    assert "nothing to change: all 6 selected sites are already disabled (nop); wrote" in result.stderr
+    result = invoke("nop", BIN / "patchable-le.o", "-o", tmp_path / "p.o", "--keep-records")
+    assert "nothing to change: all 6 selected sites are already nopped (nop; nop); wrote" in result.stderr

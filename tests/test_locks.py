@@ -215,7 +215,7 @@ def test_two_nop_in_place_on_one_file_never_interleave(corpus, tmp_path: Path) -
         else:  # it ran after the winner finished: a rerun that reads the winner's log beside the
             # file, finds every site nopped already and writes nothing (exit 0: reruns are no-ops)
             assert code == 0, text
-            assert "nothing to change: all 2635 selected sites are already nopped" in text, text
+            assert "nothing to change: all 2635 selected sites are already nopped (nop; nop)" in text, text
             assert "nothing written" in text and "not seen without its patch log" not in text, text
         assert _cli("verify", original, f, "--log", default_log_path(f))[0] == 0
         assert _cli("undo", f, "--log", default_log_path(f), "--in-place")[0] == 0

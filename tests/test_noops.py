@@ -179,7 +179,7 @@ def test_a_rerun_in_place_is_a_no_op_that_says_so_and_keeps_the_log(tmp_path: Pa
     again = mcountrw("nop", str(f), "--in-place")
     assert again.returncode == 0, again.stderr
     assert again.stderr.strip() == (
-        f"{f}: nothing to change: all 3 selected sites are already nopped; "
+        f"{f}: nothing to change: all 3 selected sites are already nopped (nop; nop); "
         "nothing written (the file and its patch log stay as they are)"
     )
     assert (_sha(f), _sha(default_log_path(f))) == shas
@@ -191,7 +191,7 @@ def test_a_rerun_to_a_copy_says_so_and_names_what_it_wrote(tmp_path: Path) -> No
     proc = mcountrw("apply", str(BIN / "clean"), "--to", "enabled", "-o", str(tmp_path / "en"),
                     "--stage-images", str(tmp_path / "st"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "nothing to change: all 3 selected sites are already enabled; wrote" in proc.stderr
+    assert "nothing to change: all 3 selected sites are already enabled (mflr r0; bl); wrote" in proc.stderr
     assert f"no stage image written to {tmp_path / 'st'}" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 

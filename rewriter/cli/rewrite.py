@@ -195,7 +195,7 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
     r = result.rewrite
     target = options.target.value
     if not r.edits:
-        _print_already(image, target, result, writing)
+        _print_already(image, _target_text(options, result), result, writing)
         return
     stages = len(r.plan.stages) if r.plan else 0
     barriers = ", ".join(name for _, name in r.barriers) or "none"
@@ -260,6 +260,21 @@ def _stub_counts(stubs: tuple[tuple[StubCount, ...], tuple[StubCount, ...]]) -> 
         return "ool stubs: no stub area found (a stripped image, or --generation ool on an image without stubs?)"
     before, after = (", ".join(f"{c.area} {c.used}/{c.stubs}" for c in side) for side in stubs)
     return f"ool stubs used/available: before {before}; after {after}"
+
+
+def _target_text(options: Options, result: ApplyResult) -> str:
+    """The state the target names for the image's sites, with its words: ``nopped`` is no state of
+    an ool site (its one nop is ``disabled``), so "already nopped" would contradict scan and plan."""
+    from rewriter.rewrite import target_state, words_of
+    from rewriter.states import words_text
+
+    variants = sorted({s.variant for s in result.scan.sites}, key=lambda v: v.value)
+    named = dict.fromkeys(
+        f"{state.value} ({words_text(words_of(v, state))})"
+        for v in variants
+        for state in (target_state(v, options.target),)
+    )
+    return " / ".join(named) or options.target.value
 
 
 def _print_already(image: Path, target: str, result: ApplyResult, writing: _Writing) -> None:

@@ -345,3 +345,14 @@ def test_a_rerun_names_the_state_the_target_is_for_the_image_sites(tmp_path: Pat
     assert "nothing to change: all 6 selected sites are already disabled (nop); wrote" in result.stderr
     result = invoke("nop", BIN / "patchable-le.o", "-o", tmp_path / "p.o", "--keep-records")
     assert "nothing to change: all 6 selected sites are already nopped (nop; nop); wrote" in result.stderr
+
+
+def test_plan_refuses_a_route_for_one_word_sites() -> None:
+    """--route used to be ignored for ool (the plan printed "route none")."""
+    result = invoke("plan", "--generation", "ool", "--from", "enabled", "--to", "disabled", "--route", "b8")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "mcountrw: error: --route b8: ool sites are one word; there is no route to choose"
+    ]
+    ok = invoke("plan", "--generation", "patchable", "--from", "nopped", "--to", "enabled", "--route", "b8")
+    assert ok.exit_code == 0 and ok.stdout.startswith("plan: 1 site, route b8")

@@ -40,8 +40,12 @@ def plan(
     generation: Annotated[
         Generation | None, typer.Option(help="mprofile (6.1), patchable (6.12) or ool (7.2); picks its default variant")
     ] = None,
-    variant: Annotated[Variant | None, typer.Option(help="the site's variant (default: mprofile)")] = None,
-    route: Annotated[Route | None, typer.Option(help="default: the route with fewer writes")] = None,
+    variant: Annotated[
+        Variant | None, typer.Option(help="the site's variant (default: --generation's, else mprofile)")
+    ] = None,
+    route: Annotated[
+        Route | None, typer.Option(help="two-word sites: default, the route with fewer writes (ool has none)")
+    ] = None,
     cmodx: Annotated[Cmodx, typer.Option(help="ISA rules for live patching")] = Cmodx.V3_1,
     offline: Annotated[bool, typer.Option(help="plan a file rewrite (nothing executes concurrently)")] = False,
     fmt: Annotated[PlanFormat, typer.Option("--format", help="the plan's format")] = PlanFormat.TEXT,
@@ -55,8 +59,18 @@ def plan(
     from rewriter.plan import plan as make_plan
 
     request = SiteRequest(_variant(generation, variant), from_, to)
+    _check_route(request.variant, route)
     p = make_plan([request], route, cmodx, runtime=not offline)  # NoRoute: exit 1, the table says
     emit(p.to_json() if fmt is PlanFormat.JSON else render_text(p), output)
+
+
+def _check_route(variant: Variant, route: Route | None) -> None:
+    """A route orders the writes of a two-word site (mflr slot and call slot); a one-word site has
+    no order to choose, and a --route that changed nothing would read as if it had been used."""
+    from rewriter.generations import LAYOUTS
+
+    if route is not None and len(LAYOUTS[variant].state_slots) < 2:
+        raise ArgumentError(f"--route {route.value}: {variant.value} sites are one word; there is no route to choose")
 
 
 def _variant(generation: Generation | None, variant: Variant | None) -> Variant:

@@ -34,7 +34,7 @@ from rewriter.elf.compress import SUFFIX, Compression, Restore, compression_name
 from rewriter.elf.image import Image
 from rewriter.elf.writer import Pending, atomic_write, commit_all, write_temp
 from rewriter.errors import ArgumentError, ImageError, LogError, NothingToDo, OutputError, RewriteError
-from rewriter.generations import Generation
+from rewriter.generations import LAYOUTS, Generation
 from rewriter.heap import collector_paused
 from rewriter.known import by_place, with_log
 from rewriter.log import (
@@ -386,9 +386,27 @@ def check_something_to_do(
     missing = unmatched_selection(sites, selection)
     if missing:
         verb = "matches" if len(missing) == 1 else "match"
-        raise NothingToDo(f"{image.path}: {', '.join(missing)}: {verb} none of its {len(sites)} sites")
+        hints_text = "".join(f"; {h}" for h in record_not_slot(sites, selection))
+        raise NothingToDo(f"{image.path}: {', '.join(missing)}: {verb} none of its {len(sites)} sites{hints_text}")
     if not any(selection.matches(s) for s in sites):
         raise NothingToDo(f"{image.path}: {selection_text(selection)}: leaves none of its {len(sites)} sites")
+
+
+def record_not_slot(sites: Sequence[Site], selection: Selection) -> list[str]:
+    """For each ``--addr`` that names no call slot but a site's record (patchable: the first nop,
+    4 bytes before; the ``record`` scan's JSON and CSV print), which site it meant."""
+    out = []
+    for s in sites:
+        delta = LAYOUTS[s.variant].record_offset
+        if not delta:
+            continue
+        if s.addr is not None and s.addr + delta in selection.addrs:
+            out.append(f"{s.addr + delta:#x} is the record of the site at {s.addr:#x} (--addr names the call slot)")
+        elif (s.section, s.offset + delta) in selection.section_places:
+            record = section_place_text(s.section, s.offset + delta)
+            slot = section_place_text(s.section, s.offset)
+            out.append(f"{record} is the record of the site at {slot} (--addr names the call slot)")
+    return out
 
 
 def selection_text(selection: Selection) -> str:

@@ -6,6 +6,7 @@ vmlinux with a module, a prenop refused for a lock leaving its empty output tree
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -356,3 +357,24 @@ def test_plan_refuses_a_route_for_one_word_sites() -> None:
     ]
     ok = invoke("plan", "--generation", "patchable", "--from", "nopped", "--to", "enabled", "--route", "b8")
     assert ok.exit_code == 0 and ok.stdout.startswith("plan: 1 site, route b8")
+
+
+def test_addr_naming_a_patchable_record_says_which_site_it_meant(linked: dict[str, Path], tmp_path: Path) -> None:
+    """A patchable record is the first nop, 4 bytes before the call slot that --addr names: the
+    value scan's JSON prints as `record`. The nothing-to-do line now says which site it is."""
+    obj = BIN / "patchable-le.o"
+    result = invoke("nop", obj, "--drop-records", "--dry-run", "--addr", ".text+0x0")
+    assert result.exit_code == 1
+    assert result.stderr.strip().endswith(
+        "--addr .text+0x0: matches none of its 6 sites; .text+0x0 is the record of the site at .text+0x4 "
+        "(--addr names the call slot)"
+    )
+    image = linked["patchable"]
+    site = json.loads(invoke("scan", "--format", "json", image).stdout)["images"][0]["sites"][0]
+    record, slot = site["record"], site["address"]
+    assert record == slot - 4
+    result = invoke("nop", image, "--drop-records", "--dry-run", "--addr", hex(record))
+    assert result.exit_code == 1
+    assert result.stderr.strip().endswith(f"is the record of the site at {slot:#x} (--addr names the call slot)"), (
+        result.stderr
+    )

@@ -552,6 +552,18 @@ class VerifyResult:
     already_input: bool = False  # not ok: the patched file is the log's input (undone since)
 
 
+def _chain_note(log: Log) -> str:
+    """Where a chain's log was made from: a log that builds on another (``base``) describes one step,
+    from the previous step's output (its ``input``), not from the chain's first original."""
+    base = log.header.base
+    if base is None:
+        return ""
+    return (
+        f"; this log is one step of a chain: it was made from {log.header.input.path}, the output of its base "
+        f"log {base.path} (verify each step against its own input)"
+    )
+
+
 @collector_paused()
 def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
     """Exit 0 iff the byte difference between the two files is exactly what the log says."""
@@ -562,7 +574,9 @@ def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
     except ImageError as e:  # e.g. one flipped byte in a .ko.xz: its check fails
         return VerifyResult(False, str(e))
     if _sha256(orig) != log.header.input.content_sha256:
-        return VerifyResult(False, f"{original} is not the file this log was made from (sha256 differs)")
+        return VerifyResult(
+            False, f"{original} is not the file this log was made from (sha256 differs)" + _chain_note(log)
+        )
     check_extent(log, str(log_path), len(orig))
     try:
         expected = bytes(log.replay(orig))

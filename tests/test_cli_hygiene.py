@@ -378,3 +378,22 @@ def test_addr_naming_a_patchable_record_says_which_site_it_meant(linked: dict[st
     assert result.stderr.strip().endswith(f"is the record of the site at {slot:#x} (--addr names the call slot)"), (
         result.stderr
     )
+
+
+def test_verify_against_a_chain_s_first_original_says_the_log_is_one_step(tmp_path: Path) -> None:
+    """The newest log of a chain was made from the previous step's output: verifying the first
+    original against the newest file said only "not the file this log was made from"."""
+    u = tmp_path / "u.o"
+    shutil.copy2(BIN / "prof-le.o", u)
+    step1, step2 = tmp_path / "u.nop.o", tmp_path / "u.en.o"
+    assert invoke("nop", u, "-o", step1, "--drop-records", "--only", "leaf_add").exit_code == 0
+    assert invoke("apply", step1, "--to", "enabled", "-o", step2).exit_code == 0
+    log = tmp_path / "u.en.o.mcountrw.jsonl"
+    result = invoke("verify", u, step2, "--log", log)
+    assert result.exit_code == 1
+    assert (
+        f"MISMATCH: {u} is not the file this log was made from (sha256 differs); this log is one step of a "
+        f"chain: it was made from {step1}, the output of its base log {step1}.mcountrw.jsonl (verify each step "
+        "against its own input)"
+    ) in result.output
+    assert invoke("verify", step1, step2, "--log", log).exit_code == 0

@@ -39,7 +39,7 @@ from typing import Any, Final, NamedTuple, cast
 from rewriter import ppc
 from rewriter.edits import BytesEdit, Edit, RelaEdit, WordWrite
 from rewriter.elf.symbols import join_place
-from rewriter.generations import LAYOUTS, Variant
+from rewriter.generations import LAYOUTS, Generation, Variant
 from rewriter.sites import Scan, Site, Source, boot_state
 from rewriter.states import SiteState, Slot
 
@@ -552,7 +552,16 @@ def with_log(result: Scan, lines: Iterable[SiteLine], log: Path) -> Scan:
     found = {s.place for s in result.sites}
     extra = [line.site() for line in lines if line.place not in found]
     sites = tuple(sorted((*result.sites, *extra), key=_by_place)) if extra else result.sites
-    return dataclasses.replace(result, sites=sites, log=log)
+    return dataclasses.replace(result, sites=sites, log=log, generation=_generation_with(result, extra))
+
+
+def _generation_with(result: Scan, extra: Sequence[Site]) -> Generation | None:
+    """The image's generation, or where its contents could not tell (every record dropped, so a
+    patchable or ool file shows only compiler nops) the one its log's sites have."""
+    if result.generation is not None:
+        return result.generation
+    generations = {LAYOUTS[s.variant].generation for s in extra}
+    return generations.pop() if len(generations) == 1 else None
 
 
 def _by_place(site: Site) -> int:

@@ -111,7 +111,8 @@ def test_policy_check_with_log_dir_counts_the_logs_sites(nopped: tuple[Path, Pat
     r = invoke("policy", "check", policy, out, "--log-dir", logs)
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert lines[0].endswith("2 files (mprofile 1, 1 with no sites), 12 sites")
+    # the patchable module, every record dropped, takes its generation from its log (it read "1 with no sites")
+    assert lines[0].endswith("2 files (mprofile 1, patchable 1), 12 sites")
     assert lines[2].split() == ["2", "keep", "leaf_add", "2", "2", "leaf_add"]  # in both modules
     # Without the logs there is no site to match: the rule matches nothing (a finding).
     without = invoke("policy", "check", policy, out)
@@ -284,3 +285,19 @@ def test_undo_or_verify_finding_no_log_at_all_is_nothing_to_do_and_writes_nothin
         "--log-dir, or files never rewritten?); first: prof.ko"
     ]
     assert not back.exists()
+
+
+@pytest.mark.parametrize(("name", "generation"), [("patchable-le.o", "patchable"), ("ool-le.o", "ool")])
+def test_a_file_whose_records_all_went_takes_its_generation_from_its_log(
+    name: str, generation: str, tmp_path: Path
+) -> None:
+    """With every record dropped, a patchable or ool object shows only compiler nops: its contents
+    cannot tell its generation (scan said `none` over 6 sites from the log); its log's sites can."""
+    f = tmp_path / name
+    shutil.copy(BIN / name, f)
+    assert invoke("nop", f, "--in-place", "--drop-records").exit_code == 0
+    (image,) = json.loads(invoke("scan", "--format", "json", f).stdout)["images"]
+    assert image["generation"] == generation and len(image["sites"]) == 6
+    assert {s["source"] for s in image["sites"]} == {"log"}
+    (image,) = json.loads(invoke("scan", "--format", "json", f, "--log-dir", tmp_path / "none").stdout)["images"]
+    assert image["generation"] is None and not image["sites"]  # without its log: nothing to tell by

@@ -32,6 +32,7 @@ from rewriter.generations import LAYOUTS, Generation, Variant, default_variant
 from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
 from rewriter.prose import counted
+from rewriter.rewrite import target_state
 from rewriter.sites import OOL_AREAS, RecordPlace, Scan, Site, Source, StubArea, override_text, scan, weak_offsets
 from rewriter.states import Insn, SiteState, word_for
 
@@ -98,7 +99,9 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         "call to _mcount with no record",
         "ftrace never patches a site it has no record of: the bl stays live and calls _mcount on "
         "every entry, and the function cannot be traced or disabled. A disabled site without a record "
-        "is only a note; a nopped one is what dropping records on purpose leaves, and is not reported.",
+        "is only a note. What dropping records on purpose leaves is not reported: the state a rewrite "
+        "to nopped leaves, every word a nop (mprofile, patchable: nop; nop; ool: its one nop, which is "
+        "the disabled state), and guarded (b +8; nop), which calls nothing either.",
     ),
     AnomalyKind.DANGLING: AnomalyRule(
         Severity.ERROR,
@@ -176,9 +179,11 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
     ),
     AnomalyKind.ZEROED_RECORDS: AnomalyRule(
         Severity.NOTE,
-        "zeroed entries in __mcount_loc",
+        "zeroed entries in a record table (__mcount_loc, __patchable_function_entries)",
         "Dropped records (ftrace_process_locs skips zero entries): the sites they named are out of "
-        "ftrace's reach on purpose.",
+        "ftrace's reach on purpose. The message names the table: a vmlinux's is __mcount_loc in every "
+        "generation (the linker script gathers the compiler's __patchable_function_entries there), a "
+        "module's or object's __mcount_loc (mprofile) or __patchable_function_entries (patchable, ool).",
     ),
     AnomalyKind.SKIPPED_RECORDS: AnomalyRule(
         Severity.NOTE,
@@ -483,7 +488,7 @@ def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None) -> li
     elif site.recorded and site.boot_state is None and site.state is not LAYOUTS[site.variant].built:
         # (a refused site with the built words lacks an ool stub: ool-stubs reports that, once)
         out.append(_at_site(AnomalyKind.BOOT_REFUSED, site, _refusal(printer, site), printer.slots(site)))
-    if not site.recorded and site.state not in (SiteState.NOPPED, SiteState.GUARDED):
+    if not site.recorded and site.state not in (target_state(site.variant, SiteState.NOPPED), SiteState.GUARDED):
         if site.state in _LIVE_CALL:
             msg, sev = "calls _mcount on every entry; ftrace has no record to patch it", Severity.WARNING
         else:
@@ -672,8 +677,8 @@ def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anom
             Anomaly(AnomalyKind.DUPLICATE_RECORD, Severity.ERROR, "recorded more than once", addr, section, offset)
         )
     if result.records.zeroed:
-        n = result.records.zeroed
-        out.append(Anomaly(AnomalyKind.ZEROED_RECORDS, Severity.NOTE, f"{n} zeroed __mcount_loc entries"))
+        msg = f"{counted(result.records.zeroed, 'zeroed entry', 'zeroed entries')} in {_table_names(result)}"
+        out.append(Anomaly(AnomalyKind.ZEROED_RECORDS, Severity.NOTE, msg))
     skipped = result.records.skipped
     if skipped:
         first = skipped[0]
@@ -683,6 +688,13 @@ def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anom
         )
         out.append(Anomaly(AnomalyKind.SKIPPED_RECORDS, Severity.NOTE, msg, first.addr, first.section, first.offset))
     return out
+
+
+def _table_names(result: Scan) -> str:
+    """The record tables as the kernel knows them: a relocatable file's by the section its
+    relocations fill (``.rela__patchable_function_entries`` fills ``__patchable_function_entries``)."""
+    names = sorted({t.section.removeprefix(".rela") for t in result.records.tables})
+    return " and ".join(names) or "the record table"
 
 
 _RECORD_WANTS: Final[Mapping[Generation | None, str]] = {

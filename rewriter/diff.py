@@ -18,6 +18,18 @@ Across generations a site's words, its variant and its offset from the function'
 change by construction (the layout is another), so sites paired across generations are compared
 by what the kernel's boot-time init makes of them (``boot_state``) and by their record, never by
 their words.
+
+When a side has sites but no function symbols (a stripped vmlinux), nothing pairs by name: a
+vmlinux and its stripped copy would read as every site removed and added again, and every
+function removed. Then both sides' sites pair by place (:class:`Pairing`), which is all an
+unnamed site has, and functions are not compared. What is asked of such a diff is nearly always
+"is this the same kernel, rewritten or not" (a stripped copy, a distribution's stripped image
+against a build's vmlinux): there places agree, so identical images compare as unchanged and a
+rewrite shows as state and record changes of exactly its sites. Across builds places move, so the
+same pairing lists the sites as added and removed; the report says on every pair which pairing it
+used and which side has no names, so that this is never read as sites the build gained or lost.
+Refusing instead (exit 2) would lose the same-build case, and naming B's sites by A's symbols
+would claim a match the images do not show.
 """
 
 from __future__ import annotations
@@ -49,6 +61,13 @@ class Change(enum.Enum):
     VARIANT = "variant"
     RECORD_ADDED = "record-added"
     RECORD_REMOVED = "record-removed"
+
+
+class Pairing(enum.Enum):
+    """How the sites of two images were paired (the module docstring argues when each is used)."""
+
+    NAME = "name"  # by function name, the n-th site of a name with the n-th
+    PLACE = "place"  # by place (address; section + offset in a relocatable file): a side has no names
 
 
 class SiteChange(NamedTuple):
@@ -87,6 +106,8 @@ class ImageDiff:
     generations: Generations = (None, None)
     functions: tuple[FunctionChange, ...] = ()
     common_functions: int = 0  # names with sites in both
+    pairing: Pairing = Pairing.NAME
+    unnamed: tuple[bool, bool] = (False, False)  # A, B: sites but no function symbols
 
     def function_counts(self) -> dict[str, int]:
         """How many functions of each kind of change, every kind present (0 when none)."""
@@ -113,7 +134,18 @@ class _Keyed(NamedTuple):
     delta: int  # offset of the call slot from its function's start (-1: no function)
 
 
-def _keyed(image: Image, result: Scan) -> dict[tuple[str, int], _Keyed]:
+def unnamed(result: Scan) -> bool:
+    """Sites but no function symbols (a stripped image): its sites cannot be paired by name."""
+    return bool(result.sites) and not len(result.functions)
+
+
+def _by_place(result: Scan) -> dict[tuple[str, int], _Keyed]:
+    """Sites keyed by place alone; no offset from a function (the other side may have none), so
+    a paired site never reads as moved."""
+    return {(f"@{s.place_text}", 0): _Keyed(s, -1) for s in result.sites}
+
+
+def _keyed(result: Scan) -> dict[tuple[str, int], _Keyed]:
     """Sites keyed by (function name, n-th site of that name in address order); unnamed sites by
     their place, which is all that identifies them."""
     funcs = result.functions
@@ -143,7 +175,7 @@ def _boot(state: SiteState | None) -> str:
 def _same_layout(before: _Keyed, after: _Keyed) -> list[SiteChange]:
     """Two sites of one generation: their words, variant and offset compare directly."""
     a, b = before.site, after.site
-    fn = a.function
+    fn = a.function or b.function
     out = []
     if before.delta != after.delta:
         out.append(SiteChange(Change.MOVED, fn, a, b, f"{fn}+{before.delta:#x} -> {fn}+{after.delta:#x}"))
@@ -156,7 +188,7 @@ def _same_layout(before: _Keyed, after: _Keyed) -> list[SiteChange]:
 
 def _pair(before: _Keyed, after: _Keyed) -> list[SiteChange]:
     a, b = before.site, after.site
-    fn = a.function
+    fn = a.function or b.function
     if _generation(a) is _generation(b):
         out = _same_layout(before, after)
     elif a.boot_state is not b.boot_state:  # across generations only what boot makes of it compares
@@ -169,8 +201,11 @@ def _pair(before: _Keyed, after: _Keyed) -> list[SiteChange]:
     return out
 
 
-def diff_scans(image_a: Image, scan_a: Scan, image_b: Image, scan_b: Scan) -> ImageDiff:
-    ka, kb = _keyed(image_a, scan_a), _keyed(image_b, scan_b)
+def diff_scans(scan_a: Scan, scan_b: Scan) -> ImageDiff:
+    sides = (unnamed(scan_a), unnamed(scan_b))
+    pairing = Pairing.PLACE if any(sides) else Pairing.NAME
+    keyed = _by_place if pairing is Pairing.PLACE else _keyed
+    ka, kb = keyed(scan_a), keyed(scan_b)
     changes: list[SiteChange] = []
     unchanged = relocated = 0
     for key in sorted(ka.keys() | kb.keys()):
@@ -188,7 +223,7 @@ def diff_scans(image_a: Image, scan_a: Scan, image_b: Image, scan_b: Scan) -> Im
                 unchanged += 1
                 # the function's start, not the site's place: across generations the layouts differ
                 relocated += before.site.place - before.delta != after.site.place - after.delta
-    functions, common = diff_functions(scan_a, scan_b)
+    functions, common = diff_functions(scan_a, scan_b) if pairing is Pairing.NAME else ((), 0)
     return ImageDiff(
         scan_a.path,
         scan_b.path,
@@ -199,6 +234,8 @@ def diff_scans(image_a: Image, scan_a: Scan, image_b: Image, scan_b: Scan) -> Im
         (scan_a.generation, scan_b.generation),
         functions,
         common,
+        pairing,
+        sides,
     )
 
 
@@ -258,7 +295,7 @@ def diff_files(
     check_comparable(image_a, image_b)
     scan_a = logged(scan(image_a, generation=generations[0]), logs or {})
     scan_b = logged(scan(image_b, generation=generations[1]), logs or {})
-    return diff_scans(image_a, scan_a, image_b, scan_b)
+    return diff_scans(scan_a, scan_b)
 
 
 def check_comparable(image_a: Image, image_b: Image) -> None:

@@ -361,11 +361,13 @@ def _site_ref(site: Site | None) -> dict[str, Any] | None:
 
 
 def diff_json(diff: Diff) -> dict[str, Any]:
-    """``{"format": "mcountrw-diff/1", "images": [{"a", "b", "generations": [a, b], "unchanged",
-    "relocated", "records": [a, b], "changes": [{"change", "function", "before", "after", "detail"}],
-    "functions": {"common", "counts": {kind: n}, "changes": [{"change", "function", "before",
-    "after"}]}}], "only_a", "only_b", "errors"}``; site ``before``/``after`` are null for added/removed
-    sites; function ``before``/``after`` are generations or sections (null on the missing side)."""
+    """``{"format": "mcountrw-diff/1", "images": [{"a", "b", "generations": [a, b], "pairing",
+    "unnamed": [a, b], "unchanged", "relocated", "records": [a, b], "changes": [{"change", "function",
+    "before", "after", "detail"}], "functions": {"common", "counts": {kind: n}, "changes": [{"change",
+    "function", "before", "after"}]}}], "only_a", "only_b", "errors"}``; site ``before``/``after`` are
+    null for added/removed sites; function ``before``/``after`` are generations or sections (null on
+    the missing side). ``pairing`` is ``name``, or ``place`` when a side has sites but no function
+    symbols (``unnamed``: which), and then ``functions`` is empty: not compared."""
     return {
         "format": "mcountrw-diff/1",
         "images": [
@@ -373,6 +375,8 @@ def diff_json(diff: Diff) -> dict[str, Any]:
                 "a": str(d.a),
                 "b": str(d.b),
                 "generations": [g.value if g is not None else None for g in d.generations],
+                "pairing": d.pairing.value,
+                "unnamed": list(d.unnamed),
                 "unchanged": d.unchanged,
                 "relocated": d.relocated,
                 "records": list(d.records),

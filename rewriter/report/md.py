@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 from rewriter.audit import Anomaly, Audit, GroupSummary, ImageAudit, Severity, StubGap, roll_up, summarise
-from rewriter.diff import Diff, FunctionChangeKind, ImageDiff
+from rewriter.diff import Diff, FunctionChangeKind, ImageDiff, Pairing
 from rewriter.elf.image import Kind
 from rewriter.flow import Verdict
 from rewriter.generations import Generation
@@ -213,9 +213,24 @@ def _gen(d: ImageDiff, side: int) -> str:
     return g.value if g is not None else "none"
 
 
+def _pairing(d: ImageDiff) -> str:
+    """Why the sites of a pair with an unnamed side were paired by place, and what that means."""
+    sides = [side for side, bare in zip("AB", d.unnamed, strict=True) if bare]
+    who = "A and B have" if len(sides) == 2 else f"{sides[0]} has"
+    return (
+        f"**Paired by place: {who} sites but no function symbols (stripped).** Sites are matched by "
+        "place (address; section+offset in a relocatable file), not by function name, and functions are "
+        "not compared. Right for two copies of one build; across builds or a link places move, so "
+        "sites read as added and removed that are only elsewhere."
+    )
+
+
 def _diff_functions(d: ImageDiff, limit: int | None) -> list[str]:
     """The function-level lines of one pair. When every function in both changed generation (two
-    builds of two generations) that is said once instead of listing tens of thousands of names."""
+    builds of two generations) that is said once instead of listing tens of thousands of names.
+    A pair paired by place has no function lines: it says why instead."""
+    if d.pairing is Pairing.PLACE:
+        return [f"Generation {_gen(d, 0)} -> {_gen(d, 1)}.", "", _pairing(d)]
     n = d.function_counts()
     out = [
         f"Generation {_gen(d, 0)} -> {_gen(d, 1)}. Functions with sites: {d.common_functions} in both, "
@@ -248,7 +263,7 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
         f"**{pairs}, {sites}, {funcs}**; {counted(len(diff.only_a), 'file')} only in A, {len(diff.only_b)} only in B."
     )
     for d in diff.images:
-        if not d.changes and not d.functions and len(diff.images) > 1:
+        if not d.changes and not d.functions and d.pairing is Pairing.NAME and len(diff.images) > 1:
             continue
         counts = Counter(c.change.value for c in d.changes)
         out += ["", f"## `{d.a}` -> `{d.b}`", "", *_diff_functions(d, limit), ""]

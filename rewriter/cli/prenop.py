@@ -53,6 +53,16 @@ class Mode(enum.Enum):
     VERIFY = "verify"
 
 
+DRY_RUN_BANNER: Final = " (dry run: nothing written)"
+
+# A dry run writes nothing, so the table does not say a file was nopped, restored or undone: it says
+# what the run it previews would do. The JSON report keeps the statuses themselves (the words of that
+# run, so that a preview and the run compare file by file) and says so once, with "dry_run": true.
+WOULD: Final[Mapping[str, str]] = MappingProxyType(
+    {"nopped": "would nop", "restored": "would restore", "undone": "would undo"}
+)
+
+
 class Output(enum.Enum):
     """Whether a mode needs --in-place or -o."""
 
@@ -204,7 +214,8 @@ def prenop(
         typer.echo(line)
     typer.echo(f"done in {seconds:.1f} s with {counted(n, 'worker')}", err=True)
     if report is not None:
-        emit(json.dumps(_report_json(reports, header), indent=1, sort_keys=True) + "\n", report)
+        text = json.dumps(_report_json(reports, header, MODES[mode].dry_run), indent=1, sort_keys=True)
+        emit(text + "\n", report)
     bad_input_if([r.message for r in reports if r.status is Status.FAILED])
     _nothing_to_do(mode, reports)
     findings_if(any(_finding(mode, r) for r in reports))
@@ -423,11 +434,11 @@ def _execute(mode: Mode, ts: Sequence[Target], settings: Settings | None, jobs: 
 
 
 def _header(mode: Mode, args: _Args, settings: Settings | None, files: int) -> str:
+    dry = DRY_RUN_BANNER if MODES[mode].dry_run else ""
     if mode is Mode.VERIFY:
         return f"mcountrw prenop --verify: {files} files"
     if settings is None:
-        return f"mcountrw prenop --undo: {files} files"
-    dry = " (dry run: nothing written)" if MODES[mode].dry_run else ""
+        return f"mcountrw prenop --undo: {files} files{dry}"
     return f"mcountrw prenop: policy {args.policy} (sha256 {settings.policy.sha256[:12]}), {files} files{dry}"
 
 
@@ -442,13 +453,14 @@ def _print_reports(mode: Mode, reports: Sequence[FileReport], header: str) -> No
             typer.echo(f"MISMATCH: {r.rel}: {r.message}", err=True)
         elif r.status is Status.ORIGINAL and r.message:  # --verify (--undo says it in the table)
             typer.echo(f"already original: {r.rel}: {r.message}", err=True)
-    typer.echo("\n".join([header, *_summary(reports, logs_only=not MODES[mode].policy)]))
+    takes = MODES[mode]
+    typer.echo("\n".join([header, *_summary(reports, logs_only=not takes.policy, dry_run=takes.dry_run)]))
     for line in _notes(reports, mode):
         typer.echo(line)
     sys.stdout.flush()
 
 
-def _summary(reports: Sequence[FileReport], logs_only: bool) -> list[str]:
+def _summary(reports: Sequence[FileReport], logs_only: bool, dry_run: bool) -> list[str]:
     from rewriter.prenop import Status
 
     rows: list[tuple[str, ...]] = [("status", "files", "sites nopped", "sites kept")]
@@ -456,7 +468,8 @@ def _summary(reports: Sequence[FileReport], logs_only: bool) -> list[str]:
         rs = [r for r in reports if r.status is status]
         if rs:
             nopped, kept = sum(r.nopped for r in rs), sum(r.kept for r in rs)
-            rows.append((status.value, f"{len(rs):,}", f"{nopped:,}", f"{kept:,}"))
+            label = WOULD.get(status.value, status.value) if dry_run else status.value
+            rows.append((label, f"{len(rs):,}", f"{nopped:,}", f"{kept:,}"))
     rows.append(
         ("total", f"{len(reports):,}", f"{sum(r.nopped for r in reports):,}", f"{sum(r.kept for r in reports):,}")
     )
@@ -476,12 +489,9 @@ def _notes(reports: Sequence[FileReport], mode: Mode) -> list[str]:
     from rewriter.prenop import Status
 
     out = []
-    signatures: dict[str, int] = {}
-    for r in reports:
-        if r.signature:
-            signatures[r.signature] = signatures.get(r.signature, 0) + 1
+    signatures = _signatures(reports, MODES[mode].dry_run)
     if signatures:
-        out.append("module signatures: " + ", ".join(f"{n:,} {what}" for what, n in sorted(signatures.items())))
+        out.append(signatures)
     left = [r for r in reports if r.left_recorded]
     if left:
         out.append(
@@ -514,6 +524,28 @@ def _notes(reports: Sequence[FileReport], mode: Mode) -> list[str]:
     return out
 
 
+def _signatures(reports: Sequence[FileReport], dry_run: bool) -> str:
+    """What became of the module signatures, in the tense of what this run did to each file: a
+    file found already done (``unchanged``) had its signature stripped or re-signed by an earlier
+    run, and a dry run strips and signs nothing."""
+    from rewriter.prenop import Status
+
+    counts: dict[str, int] = {}
+    for r in reports:
+        if not r.signature:
+            continue
+        if r.status is Status.UNCHANGED:
+            what = f"already {r.signature}"
+        elif dry_run:
+            what = f"would be {r.signature}"
+        else:
+            what = r.signature
+        counts[what] = counts.get(what, 0) + 1
+    if not counts:
+        return ""
+    return "module signatures: " + ", ".join(f"{n:,} {what}" for what, n in sorted(counts.items()))
+
+
 def _nothing_changed(done: int, failed: int, state: str) -> str:
     """The closing line of a run that changed no file: with files that failed, it must not read as if
     every file were fine."""
@@ -522,11 +554,14 @@ def _nothing_changed(done: int, failed: int, state: str) -> str:
     return f"nothing changed: the {done:,} files that did not fail {state}; {failed:,} failed (errors on stderr)"
 
 
-def _report_json(reports: Sequence[FileReport], header: str) -> dict[str, Any]:
+def _report_json(reports: Sequence[FileReport], header: str, dry_run: bool) -> dict[str, Any]:
+    """Every file's status and counts. A dry run's statuses are those of the run it previews
+    (``nopped``, ``undone``: what each file would become) and ``dry_run`` says nothing was written."""
     return {
         "format": "mcountrw-prenop-report",
         "version": 1,
         "summary": header,
+        "dry_run": dry_run,
         "files": [
             {
                 "path": r.rel,

@@ -127,3 +127,40 @@ def test_signature_line_says_what_this_run_did_to_them(corpus, tmp_path: Path) -
     assert signature_lines(invoke(*args, "--dry-run", "-o", tmp_path / "out", tree)) == [
         "module signatures: 2 already stripped"
     ]
+
+
+# -- 2. a rule decides no site only among the files decided ---------------------------------
+
+
+def test_rule_warning_counts_only_the_files_decided(tmp_path: Path) -> None:
+    tree = _tree(tmp_path / "tree", corrupt=True)
+    policy = _policy(tmp_path, "default nop\nkeep leaf_add\nkeep clean_*\nkeep no_such_fn\n")
+    result = invoke("prenop", "--policy", policy, "--dry-run", tree)
+    assert result.exit_code == 2, result.output
+    warnings = [line for line in result.stdout.splitlines() if "decides no site" in line]
+    assert warnings == [
+        f"warning: {policy}:4: `keep no_such_fn` decides no site in the 2 files decided "
+        "(1 failed: their sites were not decided)"
+    ]
+
+
+def test_no_rule_warning_when_no_file_was_decided(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "bad.ko").write_bytes((BIN / "prof-le.o").read_bytes()[:100])
+    result = invoke("prenop", "--policy", _policy(tmp_path), "--dry-run", tree)
+    assert result.exit_code == 2 and _row(result.stdout, "failed") == ["1", "0", "0"], result.output
+    assert "decides no site" not in result.output
+
+
+def test_a_signed_module_that_failed_is_not_counted_against_its_rule(corpus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The review's case: nf_conntrack, signed, no signature option: it fails, and `nop nf_*:mod:nf_*`
+    (which decides hundreds of its sites, `policy check` says) is not reported as deciding none."""
+    tree = tmp_path / "tree" / "kernel" / "net" / "netfilter"
+    tree.mkdir(parents=True)
+    shutil.copy2(corpus.modules_dir / "net/netfilter/nf_conntrack.ko", tree)
+    result = invoke("prenop", "--policy", ROOT / "examples" / "nop-hot-paths.policy", "-o", tmp_path / "o",
+                    tmp_path / "tree")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "signed module: nopping invalidates its signature" in result.stderr
+    assert "decides no site" not in result.output

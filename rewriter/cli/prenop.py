@@ -335,13 +335,26 @@ def _nothing_to_do(mode: Mode, reports: Sequence[FileReport]) -> None:
 def _rule_warnings(settings: Settings | None, reports: Sequence[FileReport]) -> list[str]:
     """The policy's rules that decide no site in any of these files (a mistyped pattern, or a
     policy for more of the kernel than this tree): one line each. Not an error: a policy written
-    for a whole kernel is often applied to part of it."""
+    for a whole kernel is often applied to part of it.
+
+    Only the files decided count: a file that failed (a signed module with no signature option, a
+    corrupt file) had no site decided, and a rule that would decide its sites is not unused for
+    that (`policy check` counts them). With no file decided there is nothing to warn about."""
+    from rewriter.prenop import Status
+
     if settings is None:
         return []
-    used = frozenset().union(*(r.rules for r in reports))
+    decided = [r for r in reports if r.status is not Status.FAILED]
+    if not decided:
+        return []
+    used = frozenset().union(*(r.rules for r in decided))
+    failed = len(reports) - len(decided)
+    where = f"these {len(decided):,} files"
+    if failed:
+        where = f"the {counted(len(decided), 'file')} decided ({failed:,} failed: their sites were not decided)"
     p = settings.policy
     return [
-        f"warning: {p.name}:{rule.line}: `{rule}` decides no site in these {len(reports):,} files"
+        f"warning: {p.name}:{rule.line}: `{rule}` decides no site in {where}"
         for i, rule in enumerate(p.rules)
         if i not in used
     ]

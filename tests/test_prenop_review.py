@@ -164,3 +164,57 @@ def test_a_signed_module_that_failed_is_not_counted_against_its_rule(corpus, tmp
     assert result.exit_code == 2, result.output
     assert "signed module: nopping invalidates its signature" in result.stderr
     assert "decides no site" not in result.output
+
+
+# -- 3. -o OUT lacks the files that failed, and the run says so -----------------------------
+
+
+def test_output_tree_lacks_failed_files_and_says_so(tmp_path: Path) -> None:
+    tree = _tree(tmp_path / "tree", corrupt=True)
+    out = tmp_path / "out"
+    result = invoke("prenop", "--policy", _policy(tmp_path), "-o", out, tree)
+    assert result.exit_code == 2, result.output
+    # Every file that did not fail is there, the untouched one too; the failed one is not.
+    assert sorted(p.name for p in out.iterdir()) == ["x.ko", "x.ko.mcountrw.jsonl", "y.ko"]
+    assert (out / "y.ko").read_bytes() == (tree / "y.ko").read_bytes()
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"mcountrw: error: {tree / 'bad.ko'}: ")
+    assert lines[1] == (
+        f"mcountrw: error: {out} is incomplete: 1 file failed and is not written there (the lines above; a copy "
+        "an earlier run wrote is left as it was); first: bad.ko"
+    )
+
+
+def test_one_file_to_a_new_name_that_failed_says_it_was_not_written(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ko"
+    bad.write_bytes((BIN / "prof-le.o").read_bytes()[:100])
+    out = tmp_path / "out.ko"
+    result = invoke("prenop", "--policy", _policy(tmp_path), "-o", out, bad)
+    assert result.exit_code == 2, result.output
+    assert not out.exists()
+    assert f"mcountrw: error: {out} was not written: its input failed (the line above)" in result.stderr.splitlines()
+
+
+def test_undo_to_an_output_tree_says_which_files_it_lacks(tmp_path: Path) -> None:
+    tree = _tree(tmp_path / "tree")
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    assert invoke("prenop", "--policy", _policy(tmp_path), "-o", out, "--log-dir", logs, tree).exit_code == 0
+    shutil.copy(BIN / "prof-be.o", out / "x.ko")  # neither the input nor the output of its log
+    result = invoke("prenop", "--undo", "--log-dir", logs, "-o", tmp_path / "u", out)
+    assert result.exit_code == 2, result.output
+    assert sorted(p.name for p in (tmp_path / "u").iterdir()) == ["y.ko"]
+    assert f"mcountrw: error: {tmp_path / 'u'} is incomplete: 1 file failed" in result.stderr
+
+
+def test_a_dry_run_with_failures_names_no_incomplete_output(tmp_path: Path) -> None:
+    tree = _tree(tmp_path / "tree", corrupt=True)
+    result = invoke("prenop", "--policy", _policy(tmp_path), "--dry-run", "-o", tmp_path / "out", tree)
+    assert result.exit_code == 2 and "incomplete" not in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_docs_say_output_lacks_failed_files() -> None:
+    text = " ".join((ROOT / "docs" / "prenop.md").read_text().split())
+    assert "a complete copy of the tree, untouched files included)" not in text
+    assert "OUT is incomplete: N files failed and are not written there" in text
+    assert "do not package an OUT from a run that exited 2" in text

@@ -212,6 +212,9 @@ def prenop(
     _print_reports(mode, reports, header)
     for line in _rule_warnings(settings, reports):
         typer.echo(line)
+    incomplete = _incomplete_output(mode, args, reports)
+    if incomplete:
+        typer.echo(f"mcountrw: error: {incomplete}", err=True)
     typer.echo(f"done in {seconds:.1f} s with {counted(n, 'worker')}", err=True)
     if report is not None:
         text = json.dumps(_report_json(reports, header, MODES[mode].dry_run), indent=1, sort_keys=True)
@@ -358,6 +361,26 @@ def _rule_warnings(settings: Settings | None, reports: Sequence[FileReport]) -> 
         for i, rule in enumerate(p.rules)
         if i not in used
     ]
+
+
+def _incomplete_output(mode: Mode, args: _Args, reports: Sequence[FileReport]) -> str:
+    """With -o, the error line (stderr, where a build that keeps the summary in a file still shows
+    it) that says the output lacks the files that failed (the run exits 2). A failed
+    file is not written: copying it unchanged would make OUT look complete while it holds a file
+    the policy never decided (and with no log, --verify would pass it as never changed)."""
+    from rewriter.prenop import Status
+
+    takes = MODES[mode]
+    failed = [r for r in reports if r.status is Status.FAILED]
+    if takes.dry_run or args.output is None or not failed:
+        return ""
+    if len(args.paths) == 1 and not args.paths[0].is_dir() and _output_tree(mode, args) is None:
+        return f"{args.output} was not written: its input failed (the line above)"
+    return (
+        f"{args.output} is incomplete: {counted(len(failed), 'file')} failed and "
+        f"{'is' if len(failed) == 1 else 'are'} not written there (the lines above; a copy an earlier run "
+        f"wrote is left as it was); first: {failed[0].rel}"
+    )
 
 
 def _mode(undo: bool, verify: bool, dry_run: bool) -> Mode:

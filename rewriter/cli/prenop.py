@@ -210,11 +210,7 @@ def prenop(
         seconds = time.monotonic() - start
     header = _header(mode, args, settings, len(ts))
     _print_reports(mode, reports, header)
-    for line in _rule_warnings(settings, reports):
-        typer.echo(line)
-    incomplete = _incomplete_output(mode, args, reports)
-    if incomplete:
-        typer.echo(f"mcountrw: error: {incomplete}", err=True)
+    _print_closing(mode, args, settings, reports)
     typer.echo(f"done in {seconds:.1f} s with {counted(n, 'worker')}", err=True)
     if report is not None:
         text = json.dumps(_report_json(reports, header, MODES[mode].dry_run), indent=1, sort_keys=True)
@@ -333,6 +329,15 @@ def _nothing_to_do(mode: Mode, reports: Sequence[FileReport]) -> None:
         # --undo and --verify go by the logs: with none found there was nothing to check or give back
         # (a file never rewritten has no log, but a whole run of them is a wrong --log-dir or path)
         raise NothingToDo(_no_log_text(mode, len(done), done[0].rel))
+
+
+def _print_closing(mode: Mode, args: _Args, settings: Settings | None, reports: Sequence[FileReport]) -> None:
+    """After the summary: the rules that decided nothing (stdout), and whether -o OUT lacks files (stderr)."""
+    for line in _rule_warnings(settings, reports):
+        typer.echo(line)
+    incomplete = _incomplete_output(mode, args, reports)
+    if incomplete:
+        typer.echo(f"mcountrw: error: {incomplete}", err=True)
 
 
 def _rule_warnings(settings: Settings | None, reports: Sequence[FileReport]) -> list[str]:

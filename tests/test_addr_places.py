@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from conftest import FIXTURES
-from typer.testing import CliRunner
+from conftest import FIXTURES, assert_one_line, invoke
 
-from rewriter.cli import app
 from rewriter.elf.image import Image
 from rewriter.rewrite import Selection
 from rewriter.sites import scan
@@ -30,19 +28,6 @@ ONE_SITE = [
     ("ool-le.o", ".text+0xd0", "sum8", "disabled"),
     ("patchable-le.o", ".text+0x154", "fp_mix", "nopped"),
 ]
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_one_line(result: Result, code: int, label: str, *words: str) -> str:
-    line = result.stderr.strip()
-    assert result.exit_code == code and "\n" not in line, result.output
-    assert line.startswith(f"mcountrw: {label}: ") and "Traceback" not in result.output, line
-    for w in words:
-        assert w in line, line
-    return line
 
 
 def states(path: Path) -> dict[str, tuple[str, str, bool]]:

@@ -12,26 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from click.testing import Result
-from conftest import FIXTURES, ROOT
-from typer.testing import CliRunner
-
-from rewriter.cli import app
+from conftest import FIXTURES, ROOT, assert_one_line, invoke
 
 BIN = FIXTURES / "bin"
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_one_line(result: Result, code: int, label: str, *words: str) -> str:
-    line = result.stderr.strip()
-    assert result.exit_code == code and "\n" not in line, result.output
-    assert line.startswith(f"mcountrw: {label}: ") and "Traceback" not in result.output, line
-    for w in words:
-        assert w in line, line
-    return line
 
 
 def _listing(root: Path) -> dict[str, str]:

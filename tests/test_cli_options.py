@@ -14,7 +14,7 @@ import click
 import pytest
 import typer
 from click.testing import Result
-from conftest import FIXTURES
+from conftest import FIXTURES, assert_one_line, invoke
 from typer.testing import CliRunner
 
 from rewriter.cli import app
@@ -25,19 +25,6 @@ BIN = FIXTURES / "bin"
 PROF = BIN / "prof-le"  # linked: 6 sites in .text, static_helper's at 0x10000eb4
 PROF_O = BIN / "prof-le.o"  # relocatable: the same 6 sites, at .text+0x4 ...
 SELECTION_OPTIONS = ("--only", "--section", "--addr", "--exclude")
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_one_line(result: Result, code: int, label: str, *words: str) -> str:
-    line = result.stderr.strip()
-    assert result.exit_code == code and "\n" not in line, result.output
-    assert line.startswith(f"mcountrw: {label}: ") and "Traceback" not in result.output, line
-    for w in words:
-        assert w in line, line
-    return line
 
 
 def command(name: str) -> click.Command:

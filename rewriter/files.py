@@ -41,7 +41,6 @@ from rewriter.log import (
     Base,
     Data,
     FileFacts,
-    Header,
     Known,
     Log,
     check_extent,
@@ -475,8 +474,8 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
         check_output_name(out, kind)
     facts = log.header
     content_sha = _sha256(content)
-    already = _is_input(facts, raw_sha, content_sha) and not _is_output(facts, raw_sha, content_sha)
-    if not already and not _is_output(facts, raw_sha, content_sha):
+    already = facts.made_from(raw_sha, content_sha) and not facts.describes(raw_sha, content_sha)
+    if not already and not facts.describes(raw_sha, content_sha):
         raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output)")
     if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
         raise OutputError(f"{out}: the output would overwrite the patch log")
@@ -509,16 +508,6 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
         raise
     own_log = in_place and _same_file(log_path, default_log_path(patched))
     return Undone(out, log, _settle_logs(log_path, log) if own_log else None)
-
-
-def _is_output(facts: Header, raw_sha: str, content_sha: str) -> bool:
-    """The file is the log's output: its bytes, or (a module compressed again) its content."""
-    return raw_sha == facts.output.sha256 or content_sha == facts.output.content_sha256
-
-
-def _is_input(facts: Header, raw_sha: str, content_sha: str) -> bool:
-    """The file is the log's input (an undo already gave it back): its bytes, or its content."""
-    return raw_sha == facts.input.sha256 or content_sha == facts.input.content_sha256
 
 
 def _settle_logs(log_path: Path, log: Log) -> Settled | None:

@@ -163,6 +163,10 @@ class Header:
         """Whether this log's output is the file with these hashes (on disk, or decompressed)."""
         return sha256 == self.output.sha256 or content_sha256 == self.output.content_sha256
 
+    def made_from(self, sha256: str, content_sha256: str | None = None) -> bool:
+        """Whether this log's input is the file with these hashes: an undo already gave it back."""
+        return sha256 == self.input.sha256 or content_sha256 == self.input.content_sha256
+
     def to_json(self) -> dict[str, Any]:
         header = {
             "type": "header",

@@ -597,7 +597,7 @@ def _blind_spots(result: Scan, gap: StubGap | None) -> list[Anomaly]:
             "function tracing off: ool-stubs); audit the unstripped vmlinux to check it"
         )
         out.append(Anomaly(AnomalyKind.OOL_STUBS_UNCHECKED, Severity.WARNING, msg))
-    if result.sites and not len(result.functions):
+    if result.unnamed:
         out.append(Anomaly(AnomalyKind.NO_SYMBOLS, Severity.NOTE, _unchecked_without_symbols(result.generation)))
     overrode = override_text(result)
     if overrode is not None and result.generation is not None:

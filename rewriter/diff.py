@@ -134,11 +134,6 @@ class _Keyed(NamedTuple):
     delta: int  # offset of the call slot from its function's start (-1: no function)
 
 
-def unnamed(result: Scan) -> bool:
-    """Sites but no function symbols (a stripped image): its sites cannot be paired by name."""
-    return bool(result.sites) and not len(result.functions)
-
-
 def _by_place(result: Scan) -> dict[tuple[str, int], _Keyed]:
     """Sites keyed by place alone; no offset from a function (the other side may have none), so
     a paired site never reads as moved."""
@@ -202,7 +197,7 @@ def _pair(before: _Keyed, after: _Keyed) -> list[SiteChange]:
 
 
 def diff_scans(scan_a: Scan, scan_b: Scan) -> ImageDiff:
-    sides = (unnamed(scan_a), unnamed(scan_b))
+    sides = (scan_a.unnamed, scan_b.unnamed)
     pairing = Pairing.PLACE if any(sides) else Pairing.NAME
     keyed = _by_place if pairing is Pairing.PLACE else _keyed
     ka, kb = keyed(scan_a), keyed(scan_b)

@@ -50,7 +50,7 @@ from rewriter.log import (
     render,
 )
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
-from rewriter.sites import MCOUNT_NAMES, Scan, Site, check_mcount_addr_alone, scan, section_place_text
+from rewriter.sites import MCOUNT_NAMES, Scan, Site, check_mcount_addr_alone, override_text, scan, section_place_text
 
 
 @dataclass(frozen=True)
@@ -208,11 +208,11 @@ def refuse_contradicted_generation(image: Image, found: Scan) -> None:
     and in a stripped image the records themselves are found by what that layout expects (a 6.1
     vmlinux read as ool takes a pointer of some other table for a record, and dropping it zeroes
     that pointer). The option is for images whose contents cannot tell."""
-    over, given = found.overridden, found.generation
-    if over is not None and over.generation is not None and given is not None:
+    contradiction = override_text(found, "contradicts")
+    if contradiction is not None and found.generation is not None:
         raise ArgumentError(
-            f"{image.path}: --generation {given.value} contradicts what the image says: {over.generation.value} "
-            f"({over.reason}); a rewrite goes by the image's own layout (scan and audit can read it as {given.value})"
+            f"{image.path}: {contradiction}; a rewrite goes by the image's own layout (scan and audit can read it "
+            f"as {found.generation.value})"
         )
 
 

@@ -186,6 +186,11 @@ class Scan:
     # What the image's contents say, when --generation gave another generation: obeyed, and said.
     overridden: Detect | None = None
 
+    @property
+    def unnamed(self) -> bool:
+        """Sites but no function symbols (a stripped image): they cannot be named, nor paired by name."""
+        return bool(self.sites) and not len(self.functions)
+
 
 class Detect(NamedTuple):
     """How :func:`detect_generation` decided (the audit and ``--generation`` errors print it)."""
@@ -233,12 +238,13 @@ def scan(
     )  # fmt: skip
 
 
-def override_text(result: Scan) -> str | None:
-    """What ``--generation`` overrode, in words every command uses, or None if it overrode nothing."""
+def override_text(result: Scan, verb: str = "overrides") -> str | None:
+    """What ``--generation`` overrode, in words every command uses (a rewrite, which refuses, says
+    it ``contradicts``), or None if it overrode nothing."""
     over, given = result.overridden, result.generation
     if over is None or over.generation is None or given is None:
         return None
-    return f"--generation {given.value} overrides what the image says: {over.generation.value} ({over.reason})"
+    return f"--generation {given.value} {verb} what the image says: {over.generation.value} ({over.reason})"
 
 
 def _contradicted(given: Generation, detected: Detect) -> Detect | None:

@@ -517,7 +517,7 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
             f"  records name the word {abs(offset)} bytes {'before' if offset < 0 else 'after'} each call slot "
             "(the kernel's ftrace_call_adjust() moves them onto it): `record` in --format json/csv"
         )
-    if result.sites and not len(result.functions):
+    if result.unnamed:
         out.append("  no function symbols: sites are unnamed" + _blind(result.generation))
     for reason in Untraceable:
         if why[reason]:

@@ -192,8 +192,9 @@ def map_chunks(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], jobs: i
     if jobs <= 1 or len(items) <= 1:
         yield from fn(items)
         return
-    with worker_pool(jobs) as pool:
-        for results in pool.map(fn, chunks_of(items, jobs)):
+    chunks = chunks_of(items, jobs)
+    with worker_pool(min(jobs, len(chunks))) as pool:
+        for results in pool.map(fn, chunks):
             yield from results
 
 
@@ -209,7 +210,7 @@ def map_batches(
         return
     from concurrent.futures import as_completed
 
-    with worker_pool(jobs, quiet_workers) as pool:
+    with worker_pool(min(jobs, len(batches)), quiet_workers) as pool:
         futures = {pool.submit(fn, batch): b for b, batch in enumerate(batches)}
         for done in as_completed(futures):
             yield futures[done], done.result()

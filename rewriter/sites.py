@@ -482,10 +482,25 @@ def _mcount_entries(image: Image, text: CodeView, mcount_addr: int | None) -> np
     found: list[int] = [] if mcount_addr is None else [mcount_addr]
     syms = image.symbols
     if syms is not None:
-        found.extend(_symbol_addrs(image, MCOUNT_NAMES))
+        named = _symbol_addrs(image, MCOUNT_NAMES)
+        _check_mcount_addr_named(image, mcount_addr, named)
+        found.extend(named)
         found.extend(_stub_symbols(image))
     entries = np.unique(np.array(found, dtype=np.uint64))
     return np.union1d(entries, _branch_stubs(text, entries))
+
+
+def _check_mcount_addr_named(image: Image, mcount_addr: int | None, named: list[int]) -> None:
+    """``--mcount-addr`` on an image whose symbols name ``_mcount``: the option is for a stripped
+    image. The same address is harmless; another would make every ``bl`` to it a site (a
+    mistyped address, or a function's), so it is refused rather than added or ignored."""
+    if mcount_addr is None or not named or mcount_addr in named:
+        return
+    where = ", ".join(f"{a:#x}" for a in sorted(set(named)))
+    raise image.error(
+        f"--mcount-addr {mcount_addr:#x}: the image's symbols put _mcount at {where} "
+        "(the option is for a stripped image)"
+    )
 
 
 def _symbol_addrs(image: Image, names: Sequence[str]) -> list[int]:

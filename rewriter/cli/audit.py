@@ -21,6 +21,7 @@ from rewriter.cli.common import (
     ReadLogDir,
     check_log_options,
     check_mcount_addr,
+    check_output_reads,
     emit,
     logs_for,
     print_errors,
@@ -94,6 +95,7 @@ def audit(
     files = [f.path for f in found]
     roots = [p for p in paths if p.is_dir()]
     logs = logs_for(found, log, log_dir)
+    check_output_reads(output, [*files, *logs.values()])
     with progress(len(files), "auditing") as tick:
         result = audit_files(files, roots, workers(jobs), mcount_addr, tick, logs, generation)
     errors += result.errors
@@ -165,6 +167,7 @@ def diff(
             raise ImageError(errs[0])
     logs = _diff_logs(a, b, found_a, found_b, log or [], log_dir or [])
     files_a, files_b = [f.path for f in found_a], [f.path for f in found_b]
+    check_output_reads(output, [*files_a, *files_b, *logs.values()])
     result = diff_paths(a, b, files_a, files_b, generations, logs)
     errors = [*errors_a, *errors_b, *result.errors]
     print_errors(errors)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final, NamedTuple
 
@@ -22,9 +23,12 @@ if TYPE_CHECKING:
 def address(text: str) -> int:
     """``--mcount-addr``: an address as C writes it (``0xc000000000001234``, ``4096``)."""
     try:
-        return int(text, 0)
+        value = int(text, 0)
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a number (use 0x... for hex)") from None
+    if not 0 <= value < 1 << 64:
+        raise typer.BadParameter(f"{text!r} is not a 64-bit address (0 to 0xffffffffffffffff)")
+    return value
 
 
 class CallSlot(NamedTuple):
@@ -61,13 +65,22 @@ def call_slot(text: str) -> CallSlot:
 def _not_negative(text: str, value: int) -> int:
     if value < 0:
         raise typer.BadParameter(f"{text!r} is negative: a call slot is at an address or offset >= 0")
+    if value >= 1 << 64:
+        raise typer.BadParameter(f"{text!r} is past 64 bits: a call slot is at an address or offset < 2**64")
     return value
 
 
 GENERATION_HELP: Final = "override the generation detected from the image (stripped images)"
 
 Jobs = Annotated[
-    int, typer.Option("--jobs", "-j", min=0, show_default=False, help="worker processes (default 0: one per core)")
+    int,
+    typer.Option(
+        "--jobs",
+        "-j",
+        min=0,
+        show_default=False,
+        help="worker processes (default 0: one per core; never more than the cores)",
+    ),
 ]
 OutputFile = Annotated[Path | None, typer.Option("-o", "--output", help="write here instead of stdout")]
 McountAddr = Annotated[
@@ -140,10 +153,13 @@ def no_log_there(log_dir: Path, found: Sequence[Found]) -> str:
 
 
 def workers(jobs: int) -> int:
-    """``--jobs``: 0 means every core this process may run on."""
+    """``--jobs``: 0 means every core this process may run on, and so does any larger number: the
+    work is all CPU, so a worker beyond the cores only costs memory (``-j 100000`` once forked
+    thousands of processes and ran a 24 GB machine out of memory)."""
     from rewriter.batch import default_jobs
 
-    return jobs or default_jobs()
+    cores = default_jobs()
+    return min(jobs, cores) if jobs else cores
 
 
 def check_mcount_addr(generation: Generation | None, mcount_addr: int | None) -> None:
@@ -153,6 +169,33 @@ def check_mcount_addr(generation: Generation | None, mcount_addr: int | None) ->
     from rewriter.sites import check_mcount_addr as check
 
     check(generation, mcount_addr)
+
+
+def check_output_reads(output: Path | None, reads: Iterable[Path]) -> None:
+    """``-o`` must not name a file the command reads: an input, or a patch log (given, or the one
+    beside each image, read or not). The report would replace it, exit 0; a log lost is an undo
+    lost. Refused (exit 2) before anything is read. Compared by inode, so that a second name of
+    the file (a link, ``./``) is caught too; an ``output`` that does not exist reads as nothing."""
+    from rewriter.log import default_log_path
+
+    if output is None:
+        return
+    try:
+        target = output.stat()
+    except OSError:
+        return
+    for path in reads:
+        for read, what in ((path, "an input"), (default_log_path(path), "a patch log")):
+            if _same_file(read, target):
+                raise ArgumentError(f"-o {output}: is {read}, {what} this command reads: the report would replace it")
+
+
+def _same_file(path: Path, target: os.stat_result) -> bool:
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino)
 
 
 def emit(text: str, output: Path | None) -> None:

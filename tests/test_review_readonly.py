@@ -1,0 +1,128 @@
+"""What a new user's review of the read-only commands (scan, audit, diff, policy check) found: `-o`
+naming a file the command reads, `--jobs` beyond the cores, `--mcount-addr` out of range or beside
+an `_mcount` symbol, failed files in the HTML audit, module trees of .ko against .ko.xz, and a
+policy checked against no image."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, assert_one_line, invoke
+
+BIN = FIXTURES / "bin"
+PROF = BIN / "prof-le"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- -o never replaces what the command reads ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("scan", "-o", "{prog}", "{prog}"),
+        ("scan", "--format", "json", "-o", "{prog}", "{prog}"),
+        ("audit", "-o", "{prog}", "{prog}"),
+        ("audit", "--format", "html", "-o", "{prog}", "{prog}"),
+        ("diff", "-o", "{other}", "{prog}", "{other}"),
+        ("scan", "-o", "{tree}/prog", "{tree}"),  # a file inside the directory scanned
+        ("scan", "-o", "{link}", "{prog}"),  # another name of the same file
+    ],
+)
+def test_output_naming_an_input_is_refused(tmp_path: Path, args: tuple[str, ...]) -> None:
+    prog, other, tree = tmp_path / "prog", tmp_path / "other", tmp_path / "tree"
+    for p in (prog, other):
+        shutil.copy(PROF, p)
+    tree.mkdir()
+    shutil.copy(PROF, tree / "prog")
+    (tmp_path / "link").hardlink_to(prog)
+    names = {"prog": prog, "other": other, "tree": tree, "link": tmp_path / "link"}
+    before = {p: _sha(p) for p in (prog, other, tree / "prog")}
+    result = invoke(*(a.format(**names) for a in args))
+    assert_one_line(result, 2, "error", "-o", "an input this command reads", "would replace it")
+    assert {p: _sha(p) for p in before} == before
+
+
+def test_output_naming_the_patch_log_is_refused(tmp_path: Path) -> None:
+    """The log beside a rewritten image is what undo needs: a report written over it loses it."""
+    out = tmp_path / "prog.nop"
+    assert invoke("nop", PROF, "-o", out).exit_code == 0
+    log = tmp_path / "prog.nop.mcountrw.jsonl"
+    sha = _sha(log)
+    for command in ("scan", "audit"):
+        result = invoke(command, out, "-o", log)
+        assert_one_line(result, 2, "error", str(log), "a patch log this command reads")
+        assert _sha(log) == sha
+    # a report beside them is fine, and still knows the log's sites
+    result = invoke("scan", out, "-o", tmp_path / "report.txt")
+    assert result.exit_code == 0, result.output
+    assert "6 sites" in (tmp_path / "report.txt").read_text()
+
+
+# -- --jobs: never more workers than cores, nor than tasks ------------------------------------------
+
+
+def test_jobs_beyond_the_cores_use_the_cores() -> None:
+    from rewriter.batch import default_jobs
+    from rewriter.cli.common import workers
+
+    assert workers(0) == workers(100_000) == default_jobs()
+    assert workers(1) == 1
+
+
+def test_a_pool_has_no_more_workers_than_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-j 100000`` once forked thousands of workers for 21 files and ran the machine out of memory."""
+    from contextlib import contextmanager
+
+    import rewriter.batch as batch
+
+    asked: list[int] = []
+    real = batch.worker_pool
+
+    @contextmanager
+    def spy(jobs: int, quiet_workers: bool = True):  # type: ignore[no-untyped-def]
+        asked.append(jobs)
+        with real(jobs, quiet_workers) as pool:
+            yield pool
+
+    monkeypatch.setattr(batch, "worker_pool", spy)
+    assert list(batch.map_chunks(_double, list(range(10)), 1000)) == [2 * i for i in range(10)]
+    assert asked == [len(batch.chunks_of(list(range(10)), 1000))] and asked[0] < 10
+    got = dict(batch.map_batches(_double, [[1], [2], [3]], 1000))
+    assert got == {0: [2], 1: [4], 2: [6]} and asked[1] == 3
+
+
+def _double(items: list[int]) -> list[int]:
+    return [2 * i for i in items]
+
+
+# -- --mcount-addr: a 64-bit address, and only where no symbol names _mcount ------------------------
+
+
+@pytest.mark.parametrize("value", ["-5", "0x10000000000000000", "0xffffffffffffffffff"])
+def test_mcount_addr_out_of_range_is_the_options_fault(value: str) -> None:
+    """Not ``prof-le: corrupt ELF data (OverflowError ...)``: the file is fine, the option is not."""
+    for command in ("scan", "audit"):
+        line = assert_one_line(invoke(command, "--mcount-addr", value, PROF), 2, "error", "--mcount-addr")
+        assert "64-bit address" in line and "corrupt" not in line
+
+
+def test_mcount_addr_beside_an_mcount_symbol() -> None:
+    """The same address as the image's ``_mcount`` is harmless; another is refused, naming both
+    (added, it would make every ``bl`` to it a site)."""
+    from rewriter.elf.image import Image
+
+    image = Image.load(PROF)
+    assert image.symbols is not None
+    (mcount,) = [int(image.symbols.table[i]["st_value"]) for i in image.symbols.find("_mcount")]
+    plain = invoke("scan", "--format", "json", PROF)
+    same = invoke("scan", "--format", "json", "--mcount-addr", hex(mcount), PROF)
+    assert same.exit_code == 0 and same.stdout == plain.stdout
+    other = invoke("scan", "--mcount-addr", hex(mcount + 0x40), PROF)
+    assert_one_line(other, 2, "error", str(PROF), f"{mcount + 0x40:#x}", f"_mcount at {mcount:#x}", "stripped")

@@ -126,3 +126,24 @@ def test_mcount_addr_beside_an_mcount_symbol() -> None:
     assert same.exit_code == 0 and same.stdout == plain.stdout
     other = invoke("scan", "--mcount-addr", hex(mcount + 0x40), PROF)
     assert_one_line(other, 2, "error", str(PROF), f"{mcount + 0x40:#x}", f"_mcount at {mcount:#x}", "stripped")
+
+
+# -- every audit format names the files it could not read --------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["html", "md", "json", "sarif"])
+def test_audit_reports_name_the_files_left_out(tmp_path: Path, fmt: str) -> None:
+    """A tree with a truncated ELF and a truncated .ko.xz: exit 2, and the report, HTML included,
+    names both (the HTML page once read as a clean audit of "1 image")."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    shutil.copy(PROF, tree / "good")
+    (tree / "trunc.elf").write_bytes(PROF.read_bytes()[:3000])
+    (tree / "bad.ko.xz").write_bytes(b"\xfd7zXZ\x00" + bytes(40))
+    out = tmp_path / f"report.{fmt}"
+    result = invoke("audit", "--format", fmt, "-o", out, tree)
+    assert result.exit_code == 2, result.output
+    text = out.read_text()
+    assert "trunc.elf" in text and "bad.ko.xz" in text
+    if fmt == "html":
+        assert "2 files not read" in text and "<h2>Errors</h2>" in text

@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -98,12 +99,13 @@ def audit(
     check_output_reads(output, [*files, *logs.values()])
     with progress(len(files), "auditing") as tick:
         result = audit_files(files, roots, workers(jobs), mcount_addr, tick, logs, generation)
-    errors += result.errors
-    print_errors(errors)
+    # Every report names the files that could not be read, found or not by the walk of a tree.
+    result = replace(result, errors=(*errors, *result.errors))
+    print_errors(result.errors)
     if not result.images:
         raise typer.Exit(ExitCode.BAD_INPUT)
     emit(_render_audit(result, fmt), output)
-    bad_input_if(errors)
+    bad_input_if(result.errors)
     findings_if(fails(result, fail_on.severity))
 
 

@@ -225,6 +225,19 @@ _SCRIPT: Final = """
 """
 
 
+def _unread(errors: Sequence[str]) -> str:
+    """The summary's word on the files that could not be read: a tree's audit with one left out
+    must not read as a clean audit of the whole tree."""
+    return f"; <strong>{counted(len(errors), 'file')} not read</strong> (see Errors)" if errors else ""
+
+
+def _errors(errors: Sequence[str]) -> list[str]:
+    if not errors:
+        return []
+    items = "".join(f"<li>{_esc(e)}</li>" for e in errors)
+    return ["<h2>Errors</h2>", f"<ul id='errors'>{items}</ul>"]
+
+
 def _json_script(element_id: str, value: object) -> str:
     text = json.dumps(value, separators=(",", ":")).replace("</", "<\\/")
     return f'<script type="application/json" id="{element_id}">{text}</script>'
@@ -242,7 +255,8 @@ def audit_html(audit: Audit) -> str:
         "<title>mcountrw audit</title>",
         f"<style>{_STYLE}</style></head><body>",
         "<h1>mcountrw audit</h1>",
-        f"<p id='summary'>{counted(total.images, 'image')}, {counted(total.sites, 'site')}. mflr-nop safety: "
+        f"<p id='summary'>{counted(total.images, 'image')}, {counted(total.sites, 'site')}{_unread(audit.errors)}."
+        " mflr-nop safety: "
         f"{_esc(safety_text(total.safety))}. Anomalies: {anomaly_text(a)}.</p>",
         "<h2>Sites</h2>",
         bar_chart("state-chart", state_title, state_bars, STATE_COLOURS),
@@ -255,6 +269,7 @@ def audit_html(audit: Audit) -> str:
         ),
         "<h2>Images</h2>",
         _image_table(audit.images),
+        *_errors(audit.errors),
         "<h2>Anomalies</h2>",
         _anomaly_table(audit.images),
         "<h2>All sites</h2>",

@@ -5,7 +5,8 @@ moves. Within a function, sites pair up in address order (a function has one sit
 repeat: vmlinux holds dozens of static functions called ``init_once``, so the n-th site of a name
 in A pairs with the n-th in B). A site whose offset from its function's start changed has *moved*;
 one whose function merely sits elsewhere is only counted as *relocated*. Two trees are compared
-file by file, paired by their path below the tree's root.
+file by file, paired by their path below the tree's root (less a compression suffix: ``ext4.ko``
+pairs with ``ext4.ko.xz``).
 
 Functions are compared too, by name: those with sites only in B (*added*) or only in A
 (*removed*), those whose sites changed generation (6.1's ``mflr; bl _mcount`` to 6.12's
@@ -35,14 +36,18 @@ would claim a match the images do not show.
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from rewriter.batch import map_chunks
 from rewriter.elf import structs as S
+from rewriter.elf.compress import SUFFIX, compression_named
 from rewriter.elf.image import Image, Kind
 from rewriter.errors import ArgumentError, RewriteError
 from rewriter.generations import LAYOUTS, Generation
@@ -311,7 +316,19 @@ def check_comparable(image_a: Image, image_b: Image) -> None:
 
 
 def _relative(files: Sequence[Path], root: Path) -> dict[Path, Path]:
-    return {p.relative_to(root): p for p in files}
+    """Each file by its path below ``root``, less a compression suffix: ``ext4.ko`` in one tree
+    and ``ext4.ko.xz`` in the other (Debian 6.1 against 6.12) are one module. A tree that holds
+    both names keeps them apart, each under its own full name."""
+    rels = [p.relative_to(root) for p in files]
+    keys = [_uncompressed(r) for r in rels]
+    seen = Counter(keys)
+    return {(k if seen[k] == 1 else r): p for k, r, p in zip(keys, rels, files, strict=True)}
+
+
+def _uncompressed(rel: Path) -> Path:
+    kind = compression_named(rel)
+    suffix = "" if kind is None else SUFFIX[kind]
+    return rel.with_name(rel.name.removesuffix(suffix)) if suffix else rel
 
 
 def check_pairable(a: Path, b: Path) -> None:
@@ -328,19 +345,37 @@ def diff_paths(
     files_b: Sequence[Path],
     generations: Generations = (None, None),
     logs: Mapping[Path, Path] | None = None,
+    jobs: int = 1,
 ) -> Diff:
-    """Two files, or two trees (``files_*`` found below ``a`` and ``b``) paired by relative path;
-    a file and a tree are refused (a tree's files have no one counterpart in a file)."""
+    """Two files, or two trees (``files_*`` found below ``a`` and ``b``) paired by relative path
+    (:func:`_relative`), the pairs compared in ``jobs`` worker processes; a file and a tree are
+    refused (a tree's files have no one counterpart in a file)."""
     check_pairable(a, b)
     if not a.is_dir():
         return Diff((diff_files(a, b, generations, logs),), (), (), ())
     ra, rb = _relative(files_a, a), _relative(files_b, b)
+    pairs = [(ra[rel], rb[rel]) for rel in sorted(ra.keys() & rb.keys())]
     images, errors = [], []
-    for rel in sorted(ra.keys() & rb.keys()):
-        try:
-            images.append(diff_files(ra[rel], rb[rel], generations, logs))
-        except RewriteError as e:
-            errors.append(str(e))
+    task = partial(_diff_pairs, generations=generations, logs=dict(logs or {}))
+    for done, error in map_chunks(task, pairs, jobs):
+        if done is not None:
+            images.append(done)
+        if error is not None:
+            errors.append(error)
     only_a = tuple(ra[r] for r in sorted(ra.keys() - rb.keys()))
     only_b = tuple(rb[r] for r in sorted(rb.keys() - ra.keys()))
     return Diff(tuple(images), only_a, only_b, tuple(errors))
+
+
+def _diff_pairs(
+    pairs: Sequence[tuple[Path, Path]], generations: Generations, logs: Mapping[Path, Path]
+) -> list[tuple[ImageDiff | None, str | None]]:
+    """:func:`diff_files` of each pair, in a worker: the diff, or the one-line error of a pair
+    that could not be compared (the tree's other pairs go on)."""
+    out: list[tuple[ImageDiff | None, str | None]] = []
+    for a, b in pairs:
+        try:
+            out.append((diff_files(a, b, generations, logs), None))
+        except RewriteError as e:
+            out.append((None, str(e)))
+    return out

@@ -147,3 +147,31 @@ def test_audit_reports_name_the_files_left_out(tmp_path: Path, fmt: str) -> None
     assert "trunc.elf" in text and "bad.ko.xz" in text
     if fmt == "html":
         assert "2 files not read" in text and "<h2>Errors</h2>" in text
+
+
+# -- diff of two trees: ext4.ko pairs with ext4.ko.xz ----------------------------------------------
+
+
+def test_trees_pair_a_module_with_its_compressed_self(tmp_path: Path) -> None:
+    """Debian 6.1 ships .ko and 6.12 .ko.xz: the same module under both names is one pair. A
+    tree holding both names keeps them apart (each pairs only with its own name)."""
+    import json
+    import lzma
+
+    a, b = tmp_path / "a" / "m", tmp_path / "b" / "m"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    obj = (BIN / "prof-le.o").read_bytes()
+    (a / "x.ko").write_bytes(obj)
+    (b / "x.ko.xz").write_bytes(lzma.compress(obj, check=lzma.CHECK_CRC32))
+    (a / "both.ko").write_bytes(obj)
+    (b / "both.ko").write_bytes(obj)
+    (b / "both.ko.xz").write_bytes(lzma.compress(obj, check=lzma.CHECK_CRC32))
+    for jobs in ("1", "2"):
+        result = invoke("diff", "--jobs", jobs, "--format", "json", a.parent, b.parent)
+        assert result.exit_code == 1, result.output  # a file only in B is a difference
+        report = json.loads(result.stdout)
+        pairs = sorted((Path(i["a"]).name, Path(i["b"]).name) for i in report["images"])
+        assert pairs == [("both.ko", "both.ko"), ("x.ko", "x.ko.xz")]
+        assert [Path(p).name for p in report["only_b"]] == ["both.ko.xz"] and report["only_a"] == []
+        assert all(i["changes"] == [] and i["unchanged"] == 6 for i in report["images"])

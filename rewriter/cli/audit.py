@@ -128,6 +128,7 @@ def diff(
     fmt: Annotated[DiffFormat, typer.Option("--format", help="the report's format")] = DiffFormat.MD,
     output: OutputFile = None,
     show_all: Annotated[bool, typer.Option("--all", help="md: list every change, not the first 200")] = False,
+    jobs: Jobs = 0,
     generation: Annotated[
         list[Generation] | None,
         typer.Option("--generation", help="for stripped images: once for both, or twice (A's, then B's)"),
@@ -170,7 +171,7 @@ def diff(
     logs = _diff_logs(a, b, found_a, found_b, log or [], log_dir or [])
     files_a, files_b = [f.path for f in found_a], [f.path for f in found_b]
     check_output_reads(output, [*files_a, *files_b, *logs.values()])
-    result = diff_paths(a, b, files_a, files_b, generations, logs)
+    result = diff_paths(a, b, files_a, files_b, generations, logs, workers(jobs))
     errors = [*errors_a, *errors_b, *result.errors]
     print_errors(errors)
     if fmt is DiffFormat.JSON:

@@ -239,6 +239,7 @@ class RuleUse:
     examples: tuple[str, ...]
 
 
+UNNAMED: Final = "(unnamed)"  # the example shown for a site whose function has no symbol
 EXAMPLES: Final = 4
 
 
@@ -293,7 +294,7 @@ class Tally:
                 self.kept_untraceable[why_not] += 1
             self.decided[slot] += 1
             ex = self.examples[slot]
-            label = name or "?"
+            label = name or UNNAMED
             if module is not None:
                 label = f"{label} [{module}]"
             if len(ex) < EXAMPLES * 8:
@@ -302,9 +303,9 @@ class Tally:
     def uses(self) -> list[RuleUse]:
         out = []
         for i, rule in enumerate(self.policy.rules):
-            out.append(RuleUse(rule, self.matched[i], self.decided[i], tuple(sorted(self.examples[i]))[:EXAMPLES]))
+            out.append(RuleUse(rule, self.matched[i], self.decided[i], _examples(self.examples[i])))
         d = len(self.policy.rules)
-        out.append(RuleUse(None, self.decided[d], self.decided[d], tuple(sorted(self.examples[d]))[:EXAMPLES]))
+        out.append(RuleUse(None, self.decided[d], self.decided[d], _examples(self.examples[d])))
         return out
 
     def warnings(self) -> list[str]:
@@ -316,3 +317,9 @@ class Tally:
                 out.append(f"{self.policy.name}:{rule.line}: `{rule}` matches {self.matched[i]} sites, "
                            "but later rules decide every one of them")  # fmt: skip
         return out
+
+
+def _examples(labels: set[str]) -> tuple[str, ...]:
+    """A few of ``labels`` in name order, functions with a name first: an unnamed site (a weak
+    function's body, a stripped image) is an example only when nothing named is."""
+    return tuple(sorted(labels, key=lambda label: (label.startswith(UNNAMED), label)))[:EXAMPLES]

@@ -287,7 +287,7 @@ def test_a_named_directory_with_nothing_to_read_is_one_line_and_no_report(comman
     }[command]
     result = invoke(*args)
     want = (
-        f"no vmlinux or module found in {empty}"
+        f"{empty}: no vmlinux or module found below it"
         if command == "policy check"
         else f"{empty}: no ELF file or module below it"
     )

@@ -175,3 +175,43 @@ def test_trees_pair_a_module_with_its_compressed_self(tmp_path: Path) -> None:
         assert pairs == [("both.ko", "both.ko"), ("x.ko", "x.ko.xz")]
         assert [Path(p).name for p in report["only_b"]] == ["both.ko.xz"] and report["only_a"] == []
         assert all(i["changes"] == [] and i["unchanged"] == 6 for i in report["images"])
+
+
+# -- policy check: --mcount-addr as prenop has it, and no report when no image was read ------------
+
+
+def test_policy_check_takes_the_mcount_addr_a_stripped_image_needs(tmp_path: Path) -> None:
+    """The error that tells the user to pass --mcount-addr is only honest if the command has it:
+    policy check does, as scan, audit and prenop do."""
+    from test_bad_input import Elf
+    from test_stripped import mcount_of, strip
+
+    elf = Elf(strip(BIN / "clean", tmp_path / "stripped").read_bytes())
+    names = elf.image.section_bytes(elf.image.sections[int(elf.image.ehdr["e_shstrndx"])])
+    at = elf.get(elf.shdr(".shstrtab", "sh_offset")) + names.index(b"__mcount_loc\0")
+    elf.data[at : at + 2] = b"XX"  # no record table to find: only --mcount-addr finds the calls
+    bare = tmp_path / "bare"
+    bare.write_bytes(elf.bytes())
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    without = invoke("policy", "check", policy, bare)
+    assert_one_line(without, 2, "error", str(bare), "--mcount-addr")
+    assert not without.stdout
+    given = invoke("policy", "check", policy, bare, "--mcount-addr", hex(mcount_of(BIN / "clean")))
+    assert given.exit_code == 0, given.output
+    assert "1 file (mprofile 1), 3 sites" in given.stdout and "(unnamed)" in given.stdout
+
+
+def test_policy_check_of_nothing_readable_prints_no_report(tmp_path: Path) -> None:
+    """Every image failed: the errors and exit 2, not a table of rules that "match nothing"."""
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\nkeep leaf_add\n")
+    text = tmp_path / "notes.ko"
+    text.write_text("not an ELF\n")
+    result = invoke("policy", "check", policy, text)
+    assert_one_line(result, 2, "error", str(text))
+    assert result.stdout == ""
+    # one image read: the report, and its one warning is true
+    result = invoke("policy", "check", policy, PROF, text)
+    assert result.exit_code == 2 and "1 file (mprofile 1), 6 sites" in result.stdout
+    assert "matches nothing" not in result.stdout

@@ -29,7 +29,7 @@ from rewriter.cli.common import (
     progress,
     workers,
 )
-from rewriter.cli.exits import bad_input_if, findings_if
+from rewriter.cli.exits import ExitCode, bad_input_if, findings_if
 from rewriter.cli.rewrite import say_waiting
 from rewriter.errors import ArgumentError, NothingToDo
 from rewriter.lock import hold
@@ -435,7 +435,7 @@ def _targets(mode: Mode, args: _Args) -> list[Target]:
         logs_beside_source=not MODES[mode].policy,  # undo and verify find each log beside its file
     )
     if not ts:
-        raise ArgumentError(f"no vmlinux or module found in {', '.join(map(str, args.paths))}")
+        raise ArgumentError(f"{', '.join(map(str, args.paths))}: no vmlinux or module found below it")
     return ts
 
 
@@ -629,6 +629,7 @@ def policy_check(
     *,
     jobs: Jobs = 0,
     generation: GenerationOption = None,
+    mcount_addr: McountAddr = None,
     log: LogFile = None,
     log_dir: ReadLogDir = None,
 ) -> None:
@@ -642,15 +643,18 @@ def policy_check(
     from rewriter.batch import Found
     from rewriter.prenop import targets
 
+    check_mcount_addr(generation, mcount_addr)
     rules = pol.load(policy_file)
     # The files prenop would take, each named in its tree as prenop names it (its log's place).
     found = [Found(t.source, t.rel) for t in targets(images, output=None, in_place=False, log_dir=None)]
     if images and not found:  # as prenop says it: a policy checked against nothing proves nothing
-        raise ArgumentError(f"no vmlinux or module found in {', '.join(map(str, images))}")
+        raise ArgumentError(f"{', '.join(map(str, images))}: no vmlinux or module found below it")
     files = [f.path for f in found]
     tally = pol.Tally(rules)
-    errors = _tally_files(tally, files, workers(jobs), generation, logs_for(found, log, log_dir))
+    errors = _tally_files(tally, files, workers(jobs), generation, mcount_addr, logs_for(found, log, log_dir))
     print_errors(errors)
+    if not tally.files:  # no image read: a table of rules matching nothing would be false warnings
+        raise typer.Exit(ExitCode.BAD_INPUT)
     typer.echo("\n".join(_check_lines(policy_file, rules, tally)))
     warnings = tally.warnings()
     for w in warnings:
@@ -660,7 +664,12 @@ def policy_check(
 
 
 def _tally_files(
-    tally: Tally, files: Sequence[Path], jobs: int, generation: Generation | None, logs: Mapping[Path, Path]
+    tally: Tally,
+    files: Sequence[Path],
+    jobs: int,
+    generation: Generation | None,
+    mcount_addr: int | None,
+    logs: Mapping[Path, Path],
 ) -> list[str]:
     """Scan ``files`` and count what the policy decides for each site (with the sites of their
     patch logs, ``logs``); the lines of the files that could not be scanned."""
@@ -672,7 +681,7 @@ def _tally_files(
 
     errors = []
     with progress(len(files), "scanning") as tick:
-        for outcome in scan_many(files, jobs, None, tick, generation):
+        for outcome in scan_many(files, jobs, mcount_addr, tick, generation):
             if outcome.scan is None:
                 errors.append(outcome.error or f"{outcome.path}: failed")
                 continue
@@ -692,32 +701,32 @@ def _check_lines(policy_file: Path, rules: Policy, tally: Tally) -> list[str]:
     from rewriter import policy as pol
 
     total = sum(tally.verdicts.values())
-    gens = [f"{g.value} {n:,}" for g, n in sorted(tally.generations.items(), key=_gen_key) if g is not None]
+    gens = [f"{g.value} {n}" for g, n in sorted(tally.generations.items(), key=_gen_key) if g is not None]
     if tally.generations[None]:
-        gens.append(f"{tally.generations[None]:,} with no sites")
+        gens.append(f"{tally.generations[None]} with no sites")
     lines = [
-        f"policy {policy_file}: default {rules.default.value}, {len(rules.rules)} rules; "
-        f"{tally.files:,} files ({', '.join(gens)}), {total:,} sites"
+        f"policy {policy_file}: default {rules.default.value}, {counted(len(rules.rules), 'rule')}; "
+        f"{counted(tally.files, 'file')} ({', '.join(gens)}), {counted(total, 'site')}"
     ]
     rows: list[tuple[str, ...]] = [("line", "rule", "matches", "decides", "examples")]
     for use in tally.uses():
         line = str(use.rule.line) if use.rule else ""
         text = str(use.rule) if use.rule else f"default {rules.default.value}"
-        rows.append((line, text, f"{use.matched:,}", f"{use.decided:,}", ", ".join(use.examples)))
+        rows.append((line, text, str(use.matched), str(use.decided), ", ".join(use.examples)))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         cells = (r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]), r[3].rjust(widths[3]), r[4])
         lines.append("  " + "  ".join(cells).rstrip())
     keep, nop = tally.verdicts[pol.Verb.KEEP], tally.verdicts[pol.Verb.NOP]
-    not_traceable = ", ".join(f"{n:,} {why}" for why, n in sorted(tally.kept_untraceable.items()))
+    not_traceable = ", ".join(f"{n} {why}" for why, n in sorted(tally.kept_untraceable.items()))
     lines.append(
-        f"result: keep {keep:,} sites ({tally.kept_traceable:,} traceable after boot"
+        f"result: keep {counted(keep, 'site')} ({tally.kept_traceable} traceable after boot"
         + (f"; not traceable anyway: {not_traceable}" if not_traceable else "")
-        + f"), nop {nop:,} (untraceable: records dropped)"
+        + f"), nop {nop} (untraceable: records dropped)"
     )
     for g, n in sorted(tally.nopped.items(), key=_gen_key):
         meaning = "the records are dropped" if g is None else pol.NOP_MEANS[g]
-        lines.append(f"  nop on {'unknown' if g is None else g.value} ({n:,} sites): {meaning}")
+        lines.append(f"  nop on {'unknown' if g is None else g.value} ({counted(n, 'site')}): {meaning}")
     return lines
 
 

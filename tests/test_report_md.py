@@ -36,14 +36,14 @@ def test_the_more_line_counts_only_the_anomalies_left_out() -> None:
     weak-body)``, every anomaly of the image, 60 for "10 more")."""
     report = md.audit_markdown(_with_anomalies(*[WEAK] * 40, *[UNRECORDED] * 20))
     assert report.count("`weak-body`") == 40 and report.count("`unrecorded`") == md.MAX_SHOWN - 40
-    assert _more_line(report) == "- ... 10 more (10 warning unrecorded)"
+    assert _more_line(report) == "- ... 10 more (10 warning unrecorded; --format json lists every one)"
 
 
 def test_the_more_line_adds_up_to_its_number_with_several_kinds() -> None:
     report = md.audit_markdown(_with_anomalies(*[UNRECORDED] * 45, *[WEAK] * 10, *[UNRECORDED] * 3))
     line = _more_line(report)
-    assert line == "- ... 8 more (5 note weak-body, 3 warning unrecorded)"
-    more, kinds = re.fullmatch(r"- \.\.\. (\d+) more \((.*)\)", line).groups()  # type: ignore[union-attr]
+    assert line == "- ... 8 more (5 note weak-body, 3 warning unrecorded; --format json lists every one)"
+    more, kinds = re.fullmatch(r"- \.\.\. (\d+) more \((.*); --format json lists every one\)", line).groups()  # type: ignore[union-attr]
     assert int(more) == sum(int(part.split()[0]) for part in kinds.split(", "))
 
 

@@ -161,7 +161,7 @@ def _image(img: ImageAudit) -> list[str]:
             out.append(f"- **{sa.safety.verdict.value}** {sa.site.place_text} ({sa.site.function or '?'}): {why}")
             out += _code(sa.evidence)
         if len(open_sites) > MAX_SHOWN:
-            out.append(f"- ... {len(open_sites) - MAX_SHOWN} more")
+            out.append(f"- ... {len(open_sites) - MAX_SHOWN} more (--format json lists every one)")
     return out
 
 
@@ -174,7 +174,7 @@ def _more_anomalies(left_out: Sequence[Anomaly]) -> list[str]:
     every anomaly of the image: ``212 more (262 note weak-body)``)."""
     if not left_out:
         return []
-    return [f"- ... {len(left_out)} more ({_tally(_by_kind(left_out))})"]
+    return [f"- ... {len(left_out)} more ({_tally(_by_kind(left_out))}; --format json lists every one)"]
 
 
 def _by_kind(anomalies: Sequence[Anomaly]) -> dict[str, int]:
@@ -245,7 +245,7 @@ def _diff_functions(d: ImageDiff, limit: int | None) -> list[str]:
     if table:
         out += ["", *_table(("function change", "function", "A", "B"), table)]
     if limit is not None and len(rows) > limit:
-        out.append(f"\n... {len(rows) - limit} more functions (use --format json)")
+        out.append(f"\n... {len(rows) - limit} more functions (--all or -o FILE lists every one)")
     return out
 
 
@@ -279,7 +279,7 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
         if rows:
             out += ["", *_table(("change", "function", "A", "B", "detail"), rows)]
         if limit is not None and len(d.changes) > limit:
-            out.append(f"\n... {len(d.changes) - limit} more (use --format json)")
+            out.append(f"\n... {len(d.changes) - limit} more (--all or -o FILE lists every one)")
     for title, paths in (("Only in A", diff.only_a), ("Only in B", diff.only_b)):
         if paths:
             out += ["", f"## {title}", "", *(f"- `{printable(str(p))}`" for p in paths)]

@@ -34,6 +34,10 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
   the image's patch log (``log``, the path of the log read; null when none was), a site an earlier
   rewrite nopped and unrecorded, which no scan of the file can find (``rewriter.known``). Its
   ``state`` is the one the log says the rewrite left (the log's output is this very file).
+* ``records``: ``count`` and ``zeroed`` are numbers; ``skipped`` (records outside kernel text),
+  ``unmatched`` (records that name no site) and ``duplicates`` are lists of the places they name,
+  as strings: ``"0xc000..."`` in linked images, ``"section+0xoff"`` in relocatable ones
+  (``audit``'s JSON has the same names as counts).
 * ``summary.by_boot_state`` counts null as ``"refused"``.
 """
 

@@ -152,6 +152,8 @@ def targets(
             found.append((path, tree_name(path, None), True))
         else:
             raise PrenopError(f"{path}: no such file or directory")
+    if output is not None:
+        _check_output_apart(output, paths)
     seen: dict[str, Path] = {}
     for f, rel, _ in found:
         if rel in seen:
@@ -174,8 +176,26 @@ def targets(
         orig = None
         if against is not None:
             orig = against if (single_file and not against.is_dir()) else against / rel
+        if output is not None and dest.exists() and dest.samefile(f):  # a hard link, a second name
+            raise PrenopError(f"-o {output}: {dest} is {f}, an input: use --in-place to rewrite it")
         out.append(Target(f, dest, rel, log, orig))
     return out
+
+
+def _check_output_apart(output: Path, paths: Sequence[Path]) -> None:
+    """``-o OUT`` is neither an input nor inside a tree named: OUT equal to the input rewrote it in
+    place (with a log inside the tree), and OUT inside the tree made a second run take its own
+    output for input (``OUT/OUT/...``). Refused before any file is read."""
+    out = output.resolve()
+    for path in paths:
+        src = path.resolve()
+        if out == src:
+            raise PrenopError(f"-o {output}: is the input {path}: use --in-place to rewrite it")
+        if path.is_dir() and out.is_relative_to(src):
+            raise PrenopError(
+                f"-o {output}: inside the tree {path}, which the run reads: a second run would take "
+                "its output for input; write it outside the tree"
+            )
 
 
 def _modules_below(root: Path) -> list[Path]:
@@ -401,6 +421,9 @@ def undo_target(t: Target, dry_run: bool = False) -> tuple[FileReport, tuple[New
     Returns what to write (a copy of an unchanged file is written at once)."""
     facts = read_header(t.log)
     if facts is None:
+        rewritten = _rewritten_without_log(t)
+        if rewritten is not None:
+            raise PrenopError(f"{rewritten}: not undone")
         if t.dest != t.source and not dry_run:
             _copy_if_different(t.source, t.dest)
         return FileReport(t.rel, Status.NO_LOG), ()
@@ -419,6 +442,24 @@ def undo_target(t: Target, dry_run: bool = False) -> tuple[FileReport, tuple[New
     return report, (NewFile(t.dest, _original_file(t, log, original, compression), _mode(t.source)),)
 
 
+def _rewritten_without_log(t: Target) -> str | None:
+    """Why ``t.source``, which has no log, is not the original a file with no log is taken to be:
+    its records are zeroed, as only a rewrite leaves them (a kernel's own build leaves none). Its
+    log is then elsewhere, most often under another name: a run's logs are named by each file's
+    path below the tree it was given (``fs/nls/x.ko`` for ``kernel/fs``, ``nls/x.ko`` for
+    ``kernel/fs/nls``). None when nothing says so, or the file cannot be read this way."""
+    try:
+        zeroed = scan(Image.load(t.source)).records.zeroed
+    except (RewriteError, ValueError, IndexError, OverflowError):
+        return None
+    if not zeroed:
+        return None
+    return (
+        f"{t.source}: no patch log at {t.log}, yet {zeroed} of its records are zeroed, as a rewrite leaves "
+        "them (logs are named by the path below the tree the run was given: name the same tree)"
+    )
+
+
 def verify_target(t: Target) -> FileReport:
     """With ``t.original``: the difference between it and the file is exactly the log's edits.
     Without: the file is exactly the log's output, and undoing the log gives exactly its input.
@@ -428,6 +469,9 @@ def verify_target(t: Target) -> FileReport:
     if facts is None:
         if t.original is not None and read_file(t.original)[1] != read_file(t.source)[1]:
             return FileReport(t.rel, Status.MISMATCH, message=f"{t.source} differs from {t.original} and has no log")
+        rewritten = _rewritten_without_log(t)
+        if rewritten is not None:
+            return FileReport(t.rel, Status.MISMATCH, message=rewritten)
         return FileReport(t.rel, Status.NO_LOG)
     content = read_file(t.source)[1]
     output = _as_output(content, facts)

@@ -281,8 +281,9 @@ def test_undo_or_verify_finding_no_log_at_all_is_nothing_to_do_and_writes_nothin
     verb = mode.removeprefix("--")
     assert r.exit_code == 1, r.output
     assert r.stderr.splitlines() == [
-        f"mcountrw: nothing to do: no patch log found for any of the 2 files: nothing to {verb} (a wrong "
-        "--log-dir, or files never rewritten?); first: prof.ko"
+        f"mcountrw: nothing to do: no patch log found for any of the 2 files (first: prof.ko) where the run "
+        f"looks: nothing to {verb} (a wrong --log-dir, a tree named otherwise than to the run that wrote the "
+        "logs, which names them by the path below it, or never rewritten?)"
     ]
     assert not back.exists()
 

@@ -229,4 +229,4 @@ def test_prenop_warns_about_rules_that_decide_nothing_and_notes_files_without_si
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
     assert f"warning: {policy}:2: `keep no_such_fn` decides no site in these 2 files" in proc.stdout
     assert f"{policy}:3" not in proc.stdout
-    assert "note: 1 files have no ftrace site at all; first: plain: no records" in proc.stdout
+    assert "note: 1 file with no ftrace site at all; first: plain: no records" in proc.stdout

@@ -311,9 +311,10 @@ def _check_some_log(mode: Mode, ts: Sequence[Target]) -> None:
 
 def _no_log_text(mode: Mode, files: int, first: str) -> str:
     verb = "undo" if mode in (Mode.UNDO, Mode.UNDO_DRY_RUN) else "verify"
+    which = f"for {first}" if files == 1 else f"for any of the {files} files (first: {first})"
     return (
-        f"no patch log found for any of the {counted(files, 'file')}: nothing to {verb} (a wrong --log-dir, or "
-        f"files never rewritten?); first: {first}"
+        f"no patch log found {which} where the run looks: nothing to {verb} (a wrong --log-dir, a tree named "
+        "otherwise than to the run that wrote the logs, which names them by the path below it, or never rewritten?)"
     )
 
 
@@ -357,7 +358,7 @@ def _rule_warnings(settings: Settings | None, reports: Sequence[FileReport]) -> 
         return []
     used = frozenset().union(*(r.rules for r in decided))
     failed = len(reports) - len(decided)
-    where = f"these {len(decided):,} files"
+    where = "this file" if len(decided) == 1 else f"these {len(decided)} files"
     if failed:
         where = f"the {counted(len(decided), 'file')} decided ({failed:,} failed: their sites were not decided)"
     p = settings.policy
@@ -548,20 +549,26 @@ def _notes(reports: Sequence[FileReport], mode: Mode) -> list[str]:
     done = [r for r in reports if r.status is not Status.FAILED]
     bare = [r for r in done if r.no_sites]
     if MODES[mode].policy and bare and len(bare) < len(done):
-        out.append(f"note: {len(bare):,} files have no ftrace site at all; first: {bare[0].rel}: {bare[0].message}")
+        out.append(
+            f"note: {counted(len(bare), 'file')} with no ftrace site at all; first: {bare[0].rel}: {bare[0].message}"
+        )
     failed = len(reports) - len(done)
     if (
         MODES[mode].policy
         and len(bare) < len(done)
         and all(r.status in (Status.UNCHANGED, Status.NOTHING) for r in done)
     ):
-        out.append(_nothing_changed(len(done), failed, "already match the policy"))
+        out.append(_nothing_changed(len(done), failed, ("already matches the policy", "already match the policy")))
     undoing = mode in (Mode.UNDO, Mode.UNDO_DRY_RUN)
     # A file with no log is one prenop never changed (a run that found no log at all stopped
     # before: _check_some_log), so it counts as its own original.
     originals = sum(1 for r in done if r.status is Status.ORIGINAL)
     if undoing and originals and all(r.status in (Status.ORIGINAL, Status.NO_LOG) for r in done):
-        out.append(_nothing_changed(len(done), failed, "already are their originals"))
+        never = sum(1 for r in done if r.status is Status.NO_LOG)
+        why = f" ({never} of them with no log: never rewritten)" if never else ""
+        out.append(
+            _nothing_changed(len(done), failed, ("already is its original", "already are their originals" + why))
+        )
     return out
 
 
@@ -587,12 +594,14 @@ def _signatures(reports: Sequence[FileReport], dry_run: bool) -> str:
     return "module signatures: " + ", ".join(f"{n:,} {what}" for what, n in sorted(counts.items()))
 
 
-def _nothing_changed(done: int, failed: int, state: str) -> str:
-    """The closing line of a run that changed no file: with files that failed, it must not read as if
-    every file were fine."""
+def _nothing_changed(done: int, failed: int, state: tuple[str, str]) -> str:
+    """The closing line of a run that changed no file (``state``: what the files are, said of one
+    file and of several): with files that failed, it must not read as if every file were fine."""
+    said = state[0] if done == 1 else state[1]
     if not failed:
-        return f"nothing changed: all {done:,} files {state}"
-    return f"nothing changed: the {done:,} files that did not fail {state}; {failed:,} failed (errors on stderr)"
+        return f"nothing changed: {'the file' if done == 1 else f'all {done:,} files'} {said}"
+    files = "file" if done == 1 else "files"
+    return f"nothing changed: the {done:,} {files} that did not fail {said}; {failed:,} failed (errors on stderr)"
 
 
 def _report_json(reports: Sequence[FileReport], header: str, dry_run: bool) -> dict[str, Any]:

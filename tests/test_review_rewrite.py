@@ -1,0 +1,91 @@
+"""What a new user's review of the rewriting commands found: `prenop -o` naming its input or a place
+inside the tree it reads, `prenop --undo/--verify` calling a rewritten file with no log found its own
+original, and the grammar of one file."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, assert_one_line, invoke
+
+BIN = FIXTURES / "bin"
+OBJ = BIN / "prof-le.o"  # 6 mprofile sites; prenop takes it as a module under a .ko name
+
+
+def _shas(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """``tree/a/y.ko`` and ``tree/a/b/x.ko``, and a policy ``nop.policy`` beside it that nops all."""
+    (tmp_path / "tree" / "a" / "b").mkdir(parents=True)
+    shutil.copy(OBJ, tmp_path / "tree" / "a" / "b" / "x.ko")
+    shutil.copy(OBJ, tmp_path / "tree" / "a" / "y.ko")
+    (tmp_path / "nop.policy").write_text("default nop\n")
+    return tmp_path / "tree"
+
+
+# -- prenop -o: never the input, never inside the tree ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("out", "inputs", "words"),
+    [
+        ("a/y.ko", ("a/y.ko",), "is the input"),  # it rewrote the input in place, its log in the tree
+        ("a", ("a",), "is the input"),
+        ("a/out", ("a",), "inside the tree"),  # a second run took OUT/x.ko for input: OUT/OUT/...
+        ("link.ko", ("a/y.ko",), "an input"),  # a hard link: the same file by another name
+    ],
+)
+def test_prenop_output_is_never_its_input(tree: Path, out: str, inputs: tuple[str, ...], words: str) -> None:
+    (tree / "link.ko").hardlink_to(tree / "a" / "y.ko")
+    before = _shas(tree)
+    args = ("prenop", "--policy", tree.parent / "nop.policy", "-o", tree / out, *(tree / i for i in inputs))
+    assert_one_line(invoke(*args), 2, "error", f"-o {tree / out}", words)
+    assert _shas(tree) == before
+
+
+# -- prenop --undo/--verify: a rewritten file whose log is not found is not "original" ---------------
+
+
+def test_undo_of_a_subtree_whose_logs_were_named_from_the_tree_above(tree: Path) -> None:
+    """The logs of a run over ``tree/a`` are named ``b/x.ko...``; an undo of ``tree/a/b`` looks for
+    ``x.ko...``. One file there has its log (named alone, it is found by its own name): the run
+    used to say "all 2 files already are their originals", exit 0, with x.ko still nopped."""
+    logs = tree.parent / "logs"
+    policy = tree.parent / "nop.policy"
+    assert invoke("prenop", "--policy", policy, "--in-place", "--log-dir", logs, tree / "a").exit_code == 0
+    lone = tree.parent / "lone.ko"
+    shutil.copy(OBJ, lone)
+    assert invoke("prenop", "--policy", policy, "--in-place", "--log-dir", logs, lone).exit_code == 0
+    nopped = (tree / "a" / "b" / "x.ko").read_bytes()
+    undo = invoke("prenop", "--undo", "--in-place", "--log-dir", logs, lone, tree / "a" / "b")
+    assert undo.exit_code == 2, undo.output
+    assert "already are their originals" not in undo.stdout
+    assert "x.ko: no patch log at" in undo.stderr and "6 of its records are zeroed" in undo.stderr
+    assert (tree / "a" / "b" / "x.ko").read_bytes() == nopped  # not touched
+    assert lone.read_bytes() == OBJ.read_bytes()  # the one with its log was undone
+    verify = invoke("prenop", "--verify", "--log-dir", logs, tree / "a" / "b", lone)
+    assert verify.exit_code == 1 and "MISMATCH: x.ko" in verify.stderr, verify.output
+    # named as the run named it, the tree comes back
+    assert invoke("prenop", "--undo", "--in-place", "--log-dir", logs, tree / "a").exit_code == 0
+    assert (tree / "a" / "b" / "x.ko").read_bytes() == OBJ.read_bytes()
+
+
+def test_a_file_never_rewritten_still_counts_as_its_original(tree: Path) -> None:
+    """No zeroed record: a file with no log is what it was (a tree with files prenop left alone)."""
+    logs = tree.parent / "logs"
+    policy = tree.parent / "nop.policy"
+    assert invoke("prenop", "--policy", policy, "--in-place", "--log-dir", logs, tree / "a" / "y.ko").exit_code == 0
+    assert invoke("prenop", "--undo", "--in-place", "--log-dir", logs, tree / "a" / "y.ko").exit_code == 0
+    result = invoke("prenop", "--undo", "--in-place", "--log-dir", logs, tree / "a" / "y.ko", tree / "a" / "b")
+    assert result.exit_code == 0, result.output
+    assert "nothing changed: all 2 files already are their originals (1 of them with no log: never rewritten)" in (
+        result.stdout
+    )

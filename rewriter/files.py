@@ -49,6 +49,7 @@ from rewriter.log import (
     load,
     render,
 )
+from rewriter.reading import read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
 from rewriter.sites import MCOUNT_NAMES, Scan, Site, check_mcount_addr_alone, override_text, scan, section_place_text
 
@@ -84,7 +85,7 @@ def _sha256(data: Data) -> str:
 
 def _on_disk(path: Path) -> bytes:
     try:
-        return path.read_bytes()
+        return read_regular(path)
     except OSError as e:
         raise RewriteError(f"{path}: {e.strerror}") from None
 

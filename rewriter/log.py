@@ -57,6 +57,7 @@ from rewriter.known import (
     site_lines_in,
     with_log,
 )
+from rewriter.reading import read_regular, read_regular_text
 from rewriter.rewrite import Options, Rewrite
 from rewriter.sites import Scan
 from rewriter.states import SiteState
@@ -347,7 +348,7 @@ def load(path: Path, sites: bool = True) -> Log:
     """The log at ``path``; ``sites=False`` leaves its site lines unread (``Log.sites`` empty):
     undo and verify need only the edits, and a vmlinux log has 33,689 site lines."""
     try:
-        text = path.read_text()
+        text = read_regular_text(path)
     except OSError as e:
         raise LogError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError:
@@ -362,7 +363,7 @@ def read_header(path: Path) -> Header | None:
     has 67k lines), and most runs need only the two hashes; :func:`load` reads the edits when a
     file has to be taken back to its original."""
     try:
-        text = path.read_bytes()
+        text = read_regular(path)
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -405,7 +406,7 @@ def load_known(path: Path) -> Known:
     """The log at ``path`` as a source of sites: its header and site lines, its footer checksum
     checked (the edits are read too: the sites lines of version 3 refer to them)."""
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path)
         text = raw.decode()
     except OSError as e:
         raise LogError(f"{path}: {e.strerror}") from None
@@ -514,7 +515,7 @@ def logs_at(places: Sequence[tuple[Path, Path]]) -> FoundLogs:
             continue
         present.add(place)
         try:
-            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+            sha = hashlib.sha256(read_regular(path)).hexdigest()
         except OSError:
             continue  # the scan says what is wrong with the file
         log, warning = log_of(path, sha, at=place)

@@ -47,6 +47,7 @@ from typing import Final, NamedTuple
 from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
+from rewriter.reading import read_regular_text
 
 
 class PolicyError(RewriteError):
@@ -152,7 +153,7 @@ _COMMENT = re.compile(r"(^|\s)#.*$")
 
 def load(path: Path) -> Policy:
     try:
-        text = path.read_text()
+        text = read_regular_text(path)
     except OSError as e:
         raise PolicyError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError:

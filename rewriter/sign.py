@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple, TypeAlias
 
 from rewriter.errors import RewriteError
+from rewriter.reading import read_regular
 
 if TYPE_CHECKING:  # cryptography is imported only by the code that signs (it costs 0.1 s to import)
     from cryptography import x509
@@ -170,6 +171,6 @@ class Signer:
 
 def _read(path: Path, what: str) -> bytes:
     try:
-        return path.read_bytes()
+        return read_regular(path)
     except OSError as e:
         raise SignError(f"{path}: cannot read the {what} ({e.strerror})") from None

@@ -89,3 +89,47 @@ def test_a_file_never_rewritten_still_counts_as_its_original(tree: Path) -> None
     assert "nothing changed: all 2 files already are their originals (1 of them with no log: never rewritten)" in (
         result.stdout
     )
+
+
+# -- a FIFO where a file is read: one line, at once ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("undo", "{fifo}", "--log", "{log}", "-o", "{out}"),
+        ("verify", "{fifo}", "{nop}", "--log", "{log}"),
+        ("verify", "{prog}", "{fifo}", "--log", "{log}"),
+        ("undo", "{nop}", "--log", "{fifo}", "-o", "{out}"),
+        ("verify", "{prog}", "{nop}", "--log", "{fifo}"),
+        ("apply", "{nop}", "--to", "enabled", "--input-log", "{fifo}", "-o", "{out}"),
+        ("prenop", "--policy", "{fifo}", "-o", "{out}", "{prog}"),
+        ("check-plan", "{fifo}"),
+        ("scan", "{nop}", "--log", "{fifo}"),
+        ("diff", "{prog}", "{nop}", "--log", "{fifo}"),
+        ("diff", "{fifo}", "{nop}", "--log", "{log}"),
+        ("verify", "{prog}", "/dev/null", "--log", "{log}"),  # a device: was MISMATCH, exit 1
+    ],
+)
+def test_a_fifo_or_device_named_as_a_file_is_refused_at_once(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """These opened it blocking: ``undo FIFO`` still waited for a writer eleven minutes later."""
+    import os
+    import subprocess
+
+    from test_bad_input import mcountrw
+
+    prog, nop, fifo, out = tmp_path / "prog", tmp_path / "nop", tmp_path / "fifo", tmp_path / "out"
+    shutil.copy(BIN / "prof-le", prog)
+    assert invoke("nop", prog, "-o", nop).exit_code == 0
+    os.mkfifo(fifo)
+    names = {"prog": prog, "nop": nop, "fifo": fifo, "out": out, "log": tmp_path / "nop.mcountrw.jsonl"}
+    try:
+        proc = mcountrw(*(a.format(**names) for a in args), timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{args[0]} blocked on the FIFO")
+    named = "/dev/null" if "/dev/null" in args else str(fifo)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"mcountrw: error: {named}: not a regular file (a FIFO, socket or device)"
+    ]
+    assert not out.exists()

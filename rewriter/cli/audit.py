@@ -191,6 +191,7 @@ def _diff_logs(
     the logs under ``--log-dir`` (once: both sides look there, as ``--generation`` once is both
     images; twice: A's, then B's), else the logs beside the files."""
     from rewriter.log import read_header
+    from rewriter.reading import read_regular
 
     if given and dirs:
         check_log_options(given[0], dirs[0])
@@ -202,7 +203,10 @@ def _diff_logs(
         return logs_for([*found_a, *found_b], None, dirs[0] if dirs else None)
     if a.is_dir() or b.is_dir() or len(given) > 2:
         raise ArgumentError("--log: give the logs of the two files (at most two), not of trees")
-    shas = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b)}
+    try:
+        shas = {p: hashlib.sha256(read_regular(p)).hexdigest() for p in (a, b)}
+    except OSError as e:
+        raise ImageError(f"{e.filename}: {e.strerror}") from None
     out = {}
     for log in given:
         header = read_header(log)

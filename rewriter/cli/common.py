@@ -105,6 +105,7 @@ def logs_for(found: Sequence[Found], explicit: Path | None, log_dir: Path | None
     output is that file (``rewriter.log.logs_at``). A log that describes no file looking for it is
     ignored, with one warning line; so is a ``--log-dir`` that holds no log of any file."""
     from rewriter.log import default_log_path, log_of, log_path_in, logs_at
+    from rewriter.reading import read_regular
 
     check_log_options(explicit, log_dir)
     if explicit is not None:
@@ -112,7 +113,7 @@ def logs_for(found: Sequence[Found], explicit: Path | None, log_dir: Path | None
             raise ArgumentError(f"--log {explicit}: names the log of one image, and {len(found)} were given")
         path = found[0].path
         try:
-            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+            sha = hashlib.sha256(read_regular(path)).hexdigest()
         except OSError:
             return {}  # the scan says what is wrong with the file
         log = log_of(path, sha, explicit)[0]  # raises unless it describes the file

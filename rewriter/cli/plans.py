@@ -126,9 +126,10 @@ def check_plan(
 
 def _read_plan(path: Path) -> Plan:
     from rewriter.plan import Plan
+    from rewriter.reading import read_regular_text
 
     try:
-        text = path.read_text()
+        text = read_regular_text(path)
     except OSError as e:
         raise PlanFormatError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import enum
 import mmap
 import os
-import stat
 import struct
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,6 +29,7 @@ from rewriter.elf.compress import Compression, decompress, detect_compression
 from rewriter.errors import ImageError, UnmappedAddress
 from rewriter.ppc import Addr, Offset
 from rewriter.prose import printable
+from rewriter.reading import open_regular
 
 PN_XNUM = 0xFFFF  # e_phnum: the program header count is in section header 0
 
@@ -213,15 +213,10 @@ class Image:
         is a new file renamed into place), but another process truncating the file while it is
         mapped would still make reads past the new end fault (SIGBUS): see docs/bad-input.md."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            fd, st = open_regular(path)
         except OSError as e:
             raise ImageError(f"{path}: {e.strerror or e}") from None
         try:
-            st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
-                raise ImageError(f"{path}: is a directory")
-            if not stat.S_ISREG(st.st_mode):
-                raise ImageError(f"{path}: not a regular file (a FIFO, socket or device)")
             if st.st_size == 0:
                 raise ImageError(f"{path}: empty file")
             compression = detect_compression(os.pread(fd, 8, 0))

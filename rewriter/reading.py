@@ -1,0 +1,46 @@
+"""Opening a file a user named: regular files only, and never a blocking open.
+
+A FIFO named where a log, a policy, a plan or an image is expected would block ``open()`` until a
+writer came (``undo FIFO`` once hung for eleven minutes, a first Ctrl-C swallowed); a device has no
+end. Every reader of a user's file opens it here, ``O_NONBLOCK`` (which changes nothing for a
+regular file), and refuses what is not a regular file with an ``OSError`` whose ``strerror`` is
+the problem, so that each caller's usual ``f"{path}: {e.strerror}"`` says it in one line.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+NOT_REGULAR = "not a regular file (a FIFO, socket or device)"
+IS_DIRECTORY = "is a directory"
+
+
+def open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of ``path`` and its ``fstat``; the caller closes it. Raises
+    ``FileNotFoundError`` as ``open`` does (some callers take a missing file for "none")."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, IS_DIRECTORY, str(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, NOT_REGULAR, str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of the regular file ``path`` (:func:`open_regular`'s refusals)."""
+    fd, _ = open_regular(path)
+    with open(fd, "rb", closefd=True) as fh:
+        return fh.read()
+
+
+def read_regular_text(path: Path) -> str:
+    """:func:`read_regular` as UTF-8 text (``UnicodeDecodeError`` for what is not)."""
+    return read_regular(path).decode()

@@ -457,6 +457,9 @@ class Undone(NamedTuple):
     # The file already was the log's input (undone before): nothing undone; with -o the output is
     # a copy of it, in place nothing was written and the logs stay as they are.
     already_input: bool = False
+    # The sha256 of the bytes written: the log's input's, unless the file undone was stored otherwise
+    # than the log's output (decompressed since): then the original content, stored as that file.
+    sha256: str = ""
 
 
 def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> Undone:
@@ -508,7 +511,7 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
             written.result().discard()
         raise
     own_log = in_place and _same_file(log_path, default_log_path(patched))
-    return Undone(out, log, _settle_logs(log_path, log) if own_log else None)
+    return Undone(out, log, _settle_logs(log_path, log) if own_log else None, sha256=_sha256(new_raw))
 
 
 def _settle_logs(log_path: Path, log: Log) -> Settled | None:
@@ -539,7 +542,10 @@ class VerifyResult:
 
     ok: bool
     reason: str
-    already_input: bool = False  # not ok: the patched file is the log's input (undone since)
+    already_input: bool = False
+    # The sha256 of the bytes written: the log's input's, unless the file undone was stored otherwise
+    # than the log's output (decompressed since): then the original content, stored as that file.
+    sha256: str = ""  # not ok: the patched file is the log's input (undone since)
 
 
 def _chain_note(log: Log) -> str:
@@ -555,12 +561,31 @@ def _chain_note(log: Log) -> str:
 
 
 @collector_paused()
+def not_the_output_file(patched: Path, raw: bytes, compression: Compression, out: FileFacts) -> str | None:
+    """Why a file whose content is the log's output is still not that file, byte for byte: it was
+    compressed again (another level, check or tool) or stored otherwise (decompressed). Its ELF is
+    right, and undo still gives the original back; but verify promises the bytes, and the log's
+    hash no longer names this file (scan --log refuses it). ``out``: the log's output. None when
+    the bytes are the log's."""
+    if _sha256(raw) == out.sha256:
+        return None
+    return (
+        f"{patched}: its content is exactly the log's output, but the file is not: {_stored(compression)}, sha256 "
+        f"{_sha256(raw)[:16]}...; the log's output: {_stored(out.compression)}, sha256 {out.sha256[:16]}... "
+        "(compressed again since?)"
+    )
+
+
+def _stored(compression: Compression) -> str:
+    return "uncompressed" if compression is Compression.NONE else f"{compression.value}-compressed"
+
+
 def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
     """Exit 0 iff the byte difference between the two files is exactly what the log says."""
     log = load(log_path, sites=False)
     orig = read_file(original)[1]
     try:
-        got = read_file(patched)[1]
+        raw, got, compression = read_file(patched)
     except ImageError as e:  # e.g. one flipped byte in a .ko.xz: its check fails
         return VerifyResult(False, str(e))
     if _sha256(orig) != log.header.input.content_sha256:
@@ -573,6 +598,9 @@ def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
     except RewriteError as e:
         return VerifyResult(False, f"replaying the log on {original} fails: {e}")
     if expected == got:
+        container = not_the_output_file(patched, raw, compression, log.header.output)
+        if container is not None:
+            return VerifyResult(False, container)
         return VerifyResult(
             True, f"{patched} differs from {original} exactly as {log_path} says ({len(log.edits)} edits)"
         )

@@ -59,7 +59,14 @@ from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.writer import NewFile, land, publish, stage
 from rewriter.errors import LogError, RewriteError
-from rewriter.files import ScanHints, known_sites, no_site_cause, read_file, refuse_contradicted_generation
+from rewriter.files import (
+    ScanHints,
+    known_sites,
+    no_site_cause,
+    not_the_output_file,
+    read_file,
+    refuse_contradicted_generation,
+)
 from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
 from rewriter.policy import Policy, Verb, module_name
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
@@ -473,9 +480,12 @@ def verify_target(t: Target) -> FileReport:
         if rewritten is not None:
             return FileReport(t.rel, Status.MISMATCH, message=rewritten)
         return FileReport(t.rel, Status.NO_LOG)
-    content = read_file(t.source)[1]
+    raw, content, compression = read_file(t.source)
     output = _as_output(content, facts)
     report = FileReport(t.rel, Status.VERIFIED, facts.kind.value, facts.sites_touched)
+    container = None if output is not content else not_the_output_file(t.source, raw, compression, facts.output)
+    if container is not None:
+        return report._replace(status=Status.MISMATCH, message=container)
     if output is None and _sha(content) == facts.input.content_sha256:
         # Not a mismatch, which would read as a broken file: the tree was undone (--undo keeps the logs).
         message = f"{t.source} already is the original (the input of {t.log}), not its output: undone since?"

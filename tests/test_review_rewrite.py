@@ -133,3 +133,51 @@ def test_a_fifo_or_device_named_as_a_file_is_refused_at_once(tmp_path: Path, arg
         f"mcountrw: error: {named}: not a regular file (a FIFO, socket or device)"
     ]
     assert not out.exists()
+
+
+# -- verify promises the file's bytes, not only its content ------------------------------------------
+
+
+def test_verify_of_a_module_compressed_again_says_the_file_is_not_the_logs_output(tmp_path: Path) -> None:
+    """The ELF inside is the log's output, the file is not (another xz check, or decompressed):
+    verify passed it, exit 0, "exactly as the log says", while scan --log refused the same log.
+    Undo still gives the original content back, and says what it wrote."""
+    import lzma
+
+    orig = tmp_path / "m.ko.xz"
+    orig.write_bytes(lzma.compress(OBJ.read_bytes(), check=lzma.CHECK_CRC32))
+    out = tmp_path / "n.ko.xz"
+    assert invoke("nop", orig, "-o", out, "--drop-records").exit_code == 0
+    log = tmp_path / "n.ko.xz.mcountrw.jsonl"
+    assert invoke("verify", orig, out, "--log", log).exit_code == 0
+    content = lzma.decompress(out.read_bytes())
+    again, plain = tmp_path / "again.ko.xz", tmp_path / "plain.ko"
+    again.write_bytes(lzma.compress(content, check=lzma.CHECK_CRC64))
+    plain.write_bytes(content)
+    for other, stored in ((again, "xz-compressed"), (plain, "uncompressed")):
+        result = invoke("verify", orig, other, "--log", log)
+        assert result.exit_code == 1, result.output
+        assert f"its content is exactly the log's output, but the file is not: {stored}" in result.output
+    back = tmp_path / "back.ko"
+    result = invoke("undo", plain, "--log", log, "-o", back)
+    assert result.exit_code == 0, result.output
+    assert back.read_bytes() == OBJ.read_bytes()
+    want = hashlib.sha256(OBJ.read_bytes()).hexdigest()[:16]
+    assert f"wrote {back} (sha256 {want}..., the original's content, stored as {plain} was" in result.stderr
+
+
+def test_prenop_verify_of_a_tree_compressed_again(tmp_path: Path) -> None:
+    import lzma
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "m.ko.xz").write_bytes(lzma.compress(OBJ.read_bytes(), check=lzma.CHECK_CRC32))
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    logs = tmp_path / "logs"
+    assert invoke("prenop", "--policy", policy, "--in-place", "--log-dir", logs, tree).exit_code == 0
+    assert invoke("prenop", "--verify", "--log-dir", logs, tree).exit_code == 0
+    nopped = tree / "m.ko.xz"
+    nopped.write_bytes(lzma.compress(lzma.decompress(nopped.read_bytes()), check=lzma.CHECK_CRC64))
+    result = invoke("prenop", "--verify", "--log-dir", logs, tree)
+    assert result.exit_code == 1 and "but the file is not: xz-compressed" in result.output, result.output

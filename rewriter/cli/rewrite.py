@@ -385,7 +385,9 @@ def undo(
         _print_already_undone(patched, log, done)
         return
     what = "the original" if base is None else "the input of the step undone, not the original"
-    typer.echo(f"wrote {done.output} (sha256 {done.log.header.input.sha256[:16]}..., {what})", err=True)
+    if done.sha256 != done.log.header.input.sha256:  # the file undone was stored otherwise (decompressed)
+        what = f"{what}'s content, stored as {patched} was, not the log's {done.log.header.input.sha256[:16]}..."
+    typer.echo(f"wrote {done.output} (sha256 {done.sha256[:16]}..., {what})", err=True)
     settled = done.settled
     if settled is not None and settled.beside is None:
         typer.echo(f"removed {log}: the step it describes is undone", err=True)

@@ -33,7 +33,7 @@ from rewriter.elf import structs as S
 from rewriter.elf.compress import SUFFIX, Compression, Restore, compression_named, decompress, detect_compression
 from rewriter.elf.image import Image
 from rewriter.elf.writer import Pending, atomic_write, commit_all, write_temp
-from rewriter.errors import ArgumentError, ImageError, LogError, NothingToDo, OutputError, RewriteError
+from rewriter.errors import ArgumentError, ImageError, LogError, NothingToDo, OutputError, RewriteError, WordMismatch
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.heap import collector_paused
 from rewriter.known import by_place, with_log
@@ -488,7 +488,10 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
             atomic_write(out, raw, patched.stat().st_mode & 0o7777)
         return Undone(out, log, None, already_input=True)
     check_extent(log, str(log_path), log.input_size(len(content)))
-    original = log.revert(content)
+    try:
+        original = log.revert(content)
+    except WordMismatch as e:
+        raise LogError(f"{log_path}: undoing it on {patched} fails: {e} (the log and the file disagree)") from None
     new_raw, raw_want = log.original_file(original, kind)
     # Written to its temporary file while the result is hashed; published only if the hash is right.
     mode = patched.stat().st_mode & 0o7777

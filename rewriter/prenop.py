@@ -58,7 +58,7 @@ from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.writer import NewFile, land, publish, stage
-from rewriter.errors import LogError, RewriteError
+from rewriter.errors import LogError, RewriteError, WordMismatch
 from rewriter.files import (
     ScanHints,
     known_sites,
@@ -276,7 +276,10 @@ def _original(t: Target, raw: bytes, content: bytes, facts: Header | None, repla
 
 def _undo_with_log(t: Target, output: bytes, facts: Header, log: Log | None = None) -> tuple[bytes, Log]:
     log = load(t.log) if log is None else log
-    original = bytes(log.revert(output))
+    try:
+        original = bytes(log.revert(output))
+    except WordMismatch as e:
+        raise LogError(f"{t.log}: undoing it on {t.source} fails: {e} (the log and the file disagree)") from None
     if _sha(original) != facts.input.content_sha256:
         raise LogError(f"{t.log}: undoing it on {t.source} does not give back its input (sha256 differs)")
     return original, log

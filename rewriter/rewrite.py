@@ -47,12 +47,12 @@ from rewriter.edits import BytesEdit, Edit, RelaEdit, RelaPut, Truncate, WordWri
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind, Section
 from rewriter.elf.symbols import join_place
-from rewriter.errors import ImageError, InternalError, NoRoute, PlanRejected, RewriteError
+from rewriter.errors import ImageError, InternalError, LogError, NoRoute, PlanRejected, RewriteError
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
 from rewriter.heap import collector_paused
 from rewriter.known import Moment, Origin, RecordSlot, RelaEntry, SiteLine, Touched, lines_after
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, plan
-from rewriter.sites import Scan, Site, dynamic_value, scan
+from rewriter.sites import Scan, Site, Source, dynamic_value, scan
 from rewriter.states import Insn, SiteState, Slot, insn_kind, word_for, words_text
 
 BOOTED_KINDS: Final = (Kind.VMLINUX, Kind.MODULE)
@@ -1025,7 +1025,10 @@ def _read_back_restored(content: bytes | bytearray, image: Image, before: Scan, 
     for s in c.back:
         again = found.get(s.place)
         if again is None or not again.recorded:
-            raise InternalError(f"{s.place_text} ({s.function or '?'}): record put back, but a scan does not find it")
+            what = f"{s.place_text} ({s.function or '?'}): record put back, but a scan does not find it"
+            if s.source is Source.LOG:  # the log's word on the site, not mcountrw's reading of the file
+                raise LogError(f"{before.log or image.path}: {what}: the log's site lines do not match the file")
+            raise InternalError(what)
     for place in calls:
         again = found.get(place)
         if again is None or again.state is not c.goals[again.variant]:

@@ -181,3 +181,82 @@ def test_prenop_verify_of_a_tree_compressed_again(tmp_path: Path) -> None:
     nopped.write_bytes(lzma.compress(lzma.decompress(nopped.read_bytes()), check=lzma.CHECK_CRC64))
     result = invoke("prenop", "--verify", "--log-dir", logs, tree)
     assert result.exit_code == 1 and "but the file is not: xz-compressed" in result.output, result.output
+
+
+# -- a log edited with its footer made right again: the log's fault, named -----------------------------
+
+
+def _forge(log: Path, edit: object) -> None:
+    """Change ``log``'s lines with ``edit`` (a function of the list of parsed lines) and make its
+    footer checksum right again: what the checksum alone cannot catch."""
+    import json
+
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    body = lines[:-1]
+    edit(body)  # type: ignore[operator]
+    text = "".join(json.dumps(x, sort_keys=True) + "\n" for x in body)
+    footer = {"lines": lines[-1]["lines"], "sha256": hashlib.sha256(text.encode()).hexdigest(), "type": "footer"}
+    log.write_text(text + json.dumps(footer, sort_keys=True) + "\n")
+
+
+def test_undo_with_a_write_line_edited_names_the_log(tmp_path: Path) -> None:
+    prog, out = tmp_path / "prog", tmp_path / "nop"
+    shutil.copy(BIN / "prof-le", prog)
+    assert invoke("nop", prog, "-o", out).exit_code == 0
+    log = tmp_path / "nop.mcountrw.jsonl"
+
+    def new_word(body: list[dict[str, object]]) -> None:
+        write = next(x for x in body if x.get("type") == "write")
+        write["new"] = "4e800020"  # blr: not what the file holds there
+
+    _forge(log, new_word)
+    result = invoke("undo", out, "--log", log, "-o", tmp_path / "back")
+    line = assert_one_line(result, 2, "error", f"{log}: undoing it on {out} fails", "the log and the file disagree")
+    assert "expected 4e800020" in line
+    assert not (tmp_path / "back").exists()
+
+
+def test_a_record_put_back_that_a_scan_cannot_find_blames_the_log_for_a_logs_site() -> None:
+    """Putting back the record of a site only the patch log knows, then finding no site there, is
+    the log's lie (an edited log whose checksum was made right again), not mcountrw's bug: it was
+    ``internal error: ... this is a bug in mcountrw``, exit 3. A site read from the file itself
+    stays an internal error."""
+    import dataclasses
+
+    from rewriter.elf.image import Image
+    from rewriter.errors import InternalError, LogError
+    from rewriter.rewrite import _Choice, _read_back_restored
+    from rewriter.sites import Source, scan
+
+    image = Image.load(BIN / "prof-le")
+    before = dataclasses.replace(scan(image), log=Path("prof-le.mcountrw.jsonl"))
+    site = before.sites[0]
+    nowhere = site._replace(place=site.place + 8)  # no site there
+    content = bytes(image.data)
+    for source, error in ((Source.LOG, LogError), (Source.IMAGE, InternalError)):
+        choice = _Choice([], {}, [], [], [nowhere._replace(source=source)])
+        with pytest.raises(error) as caught:
+            _read_back_restored(content, image, before, choice, set())
+        if source is Source.LOG:
+            assert str(caught.value).startswith("prof-le.mcountrw.jsonl: ")
+            assert "the log's site lines do not match the file" in str(caught.value)
+
+
+def test_a_log_whose_site_moved_is_not_taken_for_the_files_log(tmp_path: Path) -> None:
+    """A site line moved by 8 bytes, the footer made right: the log no longer matches the file's
+    edits, so it is set aside with a warning, and nothing pretends to be done."""
+    prog, out = tmp_path / "prog", tmp_path / "nop"
+    shutil.copy(BIN / "prof-le", prog)
+    assert invoke("nop", prog, "-o", out, "--drop-records").exit_code == 0
+    log = tmp_path / "nop.mcountrw.jsonl"
+
+    def move_site(body: list[dict[str, object]]) -> None:
+        sites = next(x for x in body if "columns" in x)
+        offsets = sites["columns"]["section_offset"]  # type: ignore[index]
+        offsets[-1] = hex(int(offsets[-1], 16) + 8)
+
+    _forge(log, move_site)
+    result = invoke("apply", out, "--to", "enabled", "-o", tmp_path / "en")
+    assert result.exit_code == 1, result.output
+    assert "is not its log" in result.stderr and "malformed site line" in result.stderr
+    assert not (tmp_path / "en").exists()

@@ -108,6 +108,11 @@ def check_output_path(input_path: Path, output: Path | None, in_place: bool, dry
     if in_place:
         if output is not None and output.resolve() != input_path.resolve():
             raise OutputError(f"{output}: --in-place writes the input; do not also give -o")
+        if input_path.is_symlink():  # the rename that replaces the file would replace the link instead
+            raise OutputError(
+                f"{input_path}: is a symlink; --in-place would replace the link, not {input_path.resolve()}: "
+                "name the file itself"
+            )
         output = input_path
     elif output is None:
         offers = "-o OUT, --in-place or --dry-run" if dry_run_option else "-o OUT or --in-place"
@@ -161,7 +166,9 @@ def apply_file(
     """``input_log``: the patch log of ``path`` (default: the one beside it, if it is its log):
     the sites only it knows are selected and restored like the others, and the new log names it
     as its base."""
-    out = None if dry_run else check_output_path(path, output, in_place)
+    # A dry run with -o or --in-place checks them as the run it previews would: only a dry run
+    # given neither has no output to check.
+    out = None if dry_run and output is None and not in_place else check_output_path(path, output, in_place)
     if out is not None:
         check_side_paths(path, out, log_path or default_log_path(out), in_place, backup)
     image = Image.load(path)

@@ -52,11 +52,11 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeVar
 
-from rewriter.errors import NoRoute, PlanFormatError, PlanRejected
+from rewriter.errors import ArgumentError, NoRoute, PlanFormatError, PlanRejected
 from rewriter.generations import LAYOUTS, Variant, state_rejection, steps_from
 from rewriter.prose import counted
 from rewriter.states import S_WRITES, Insn, SiteState, Slot, Step
@@ -409,6 +409,17 @@ def _why_no_path(req: SiteRequest, route: Route, mflr_ok: bool) -> str:
 
 
 # ---------------------------------------------------------------- the global plan
+
+
+def check_route(variants: Iterable[Variant], route: Route | None) -> None:
+    """A route orders the writes of a two-word site (mflr slot and call slot); sites of one word
+    only (ool) have no order to choose, and a ``--route`` that changed nothing would read as if it
+    had been used: refused (``plan`` before planning, ``apply`` over the sites it selected)."""
+    if route is None:
+        return
+    kinds = sorted(set(variants), key=lambda v: v.value)
+    if kinds and all(len(LAYOUTS[v].state_slots) < 2 for v in kinds):
+        raise ArgumentError(f"--route {route.value}: {kinds[0].value} sites are one word; there is no route to choose")
 
 
 def plan(

@@ -47,11 +47,11 @@ from rewriter.edits import BytesEdit, Edit, RelaEdit, RelaPut, Truncate, WordWri
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind, Section
 from rewriter.elf.symbols import join_place
-from rewriter.errors import ImageError, InternalError, LogError, NoRoute, PlanRejected, RewriteError
+from rewriter.errors import ArgumentError, ImageError, InternalError, LogError, NoRoute, PlanRejected, RewriteError
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
 from rewriter.heap import collector_paused
 from rewriter.known import Moment, Origin, RecordSlot, RelaEntry, SiteLine, Touched, lines_after
-from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, plan
+from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, check_route, plan
 from rewriter.sites import Scan, Site, Source, dynamic_value, scan
 from rewriter.states import Insn, SiteState, Slot, insn_kind, word_for, words_text
 
@@ -218,6 +218,10 @@ def rewrite(
     how to bring back what an earlier rewrite took out: a call's target and relocation, a record."""
     history = history or {}
     c = _choose(image, scan, selection, options, history)
+    try:
+        check_route((s.variant for s in c.selected), options.route)
+    except ArgumentError as e:
+        raise ArgumentError(f"{image.path}: {e}") from None
     groups = _groups(c.todo)
     the_plan = _make_plan(image, groups, c.goals, options) if c.todo else None
     order = image.byteorder

@@ -260,3 +260,45 @@ def test_a_log_whose_site_moved_is_not_taken_for_the_files_log(tmp_path: Path) -
     assert result.exit_code == 1, result.output
     assert "is not its log" in result.stderr and "malformed site line" in result.stderr
     assert not (tmp_path / "en").exists()
+
+
+# -- a dry run checks what the run it previews would; --in-place never through a symlink; --route ---
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (("-o", "{missing}/x"), "does not exist"),
+        (("-o", "{out}", "--in-place"), "--in-place writes the input; do not also give -o"),
+    ],
+)
+def test_a_dry_run_refuses_the_output_options_the_real_run_would(
+    tmp_path: Path, extra: tuple[str, ...], words: str
+) -> None:
+    prog = tmp_path / "prog"
+    shutil.copy(BIN / "prof-le", prog)
+    names = {"missing": tmp_path / "missing", "out": tmp_path / "out"}
+    args = [a.format(**names) for a in extra]
+    for dry in ((), ("--dry-run",)):
+        assert_one_line(invoke("nop", prog, *args, *dry), 2, "error", words)
+    assert invoke("nop", prog, "--dry-run").exit_code == 0  # no output asked for: nothing to check
+
+
+def test_in_place_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    """The rename that replaces the file replaced the link with a regular file, the target left
+    as it was (``/boot/vmlinux -> vmlinux-6.1...``)."""
+    real, link = tmp_path / "real", tmp_path / "link"
+    shutil.copy(BIN / "prof-le", real)
+    link.symlink_to(real.name)
+    for args in (("nop", link, "--in-place"), ("apply", link, "--to", "disabled", "--in-place")):
+        assert_one_line(invoke(*args), 2, "error", f"{link}: is a symlink", "name the file itself")
+    assert link.is_symlink() and real.read_bytes() == (BIN / "prof-le").read_bytes()
+
+
+def test_apply_refuses_a_route_for_one_word_sites(tmp_path: Path) -> None:
+    """As ``plan --generation ool --route b8`` does: ool sites have no write order to choose."""
+    result = invoke("apply", BIN / "ool-le.o", "--to", "disabled", "--route", "b8", "-o", tmp_path / "x.o")
+    assert_one_line(result, 2, "error", "--route b8: ool sites are one word")
+    assert not (tmp_path / "x.o").exists()
+    ok = invoke("apply", BIN / "prof-le", "--to", "disabled", "--route", "b8", "-o", tmp_path / "y")
+    assert ok.exit_code == 0, ok.output

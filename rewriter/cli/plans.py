@@ -55,22 +55,13 @@ def plan(
 
     Exit 1 with the reason when no legal route exists: e.g. a runtime enable of a nopped mflr
     under --cmodx 3.0, or a state the generation's sites do not have (--from nopped on ool)."""
-    from rewriter.plan import SiteRequest, render_text
+    from rewriter.plan import SiteRequest, check_route, render_text
     from rewriter.plan import plan as make_plan
 
     request = SiteRequest(_variant(generation, variant), from_, to)
-    _check_route(request.variant, route)
+    check_route([request.variant], route)
     p = make_plan([request], route, cmodx, runtime=not offline)  # NoRoute: exit 1, the table says
     emit(p.to_json() if fmt is PlanFormat.JSON else render_text(p), output)
-
-
-def _check_route(variant: Variant, route: Route | None) -> None:
-    """A route orders the writes of a two-word site (mflr slot and call slot); a one-word site has
-    no order to choose, and a --route that changed nothing would read as if it had been used."""
-    from rewriter.generations import LAYOUTS
-
-    if route is not None and len(LAYOUTS[variant].state_slots) < 2:
-        raise ArgumentError(f"--route {route.value}: {variant.value} sites are one word; there is no route to choose")
 
 
 def _variant(generation: Generation | None, variant: Variant | None) -> Variant:

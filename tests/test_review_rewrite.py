@@ -302,3 +302,16 @@ def test_apply_refuses_a_route_for_one_word_sites(tmp_path: Path) -> None:
     assert not (tmp_path / "x.o").exists()
     ok = invoke("apply", BIN / "prof-le", "--to", "disabled", "--route", "b8", "-o", tmp_path / "y")
     assert ok.exit_code == 0, ok.output
+
+
+def test_prenop_log_dir_that_is_a_file_is_refused_before_anything(tmp_path: Path) -> None:
+    """It printed the run's table, then ``.../x.ko.mcountrw.jsonl: Not a directory`` for each file."""
+    (tmp_path / "logs").write_text("a file\\n")
+    (tmp_path / "nop.policy").write_text("default nop\\n")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    shutil.copy(OBJ, tree / "x.ko")
+    args = ("prenop", "--policy", tmp_path / "nop.policy", "-o", tmp_path / "out", "--log-dir", tmp_path / "logs", tree)
+    result = invoke(*args)
+    assert_one_line(result, 2, "error", f"--log-dir {tmp_path / 'logs'}: not a directory")
+    assert not result.stdout and not (tmp_path / "out").exists()

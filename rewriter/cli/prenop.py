@@ -414,6 +414,8 @@ def _check_options(mode: Mode, args: _Args) -> None:
         raise ArgumentError("--undo and --verify take no --policy or signing options: the logs say what was done")
     if args.in_place and args.output is not None:
         raise ArgumentError("give either --in-place or -o OUT, not both")
+    if args.log_dir is not None and args.log_dir.exists() and not args.log_dir.is_dir():
+        raise ArgumentError(f"--log-dir {args.log_dir}: not a directory")
     writes = args.in_place or args.output is not None
     if takes.output is Output.REQUIRED and not writes:
         raise ArgumentError("no output: give --in-place or -o OUT (or --dry-run)")

@@ -306,8 +306,8 @@ def test_apply_refuses_a_route_for_one_word_sites(tmp_path: Path) -> None:
 
 def test_prenop_log_dir_that_is_a_file_is_refused_before_anything(tmp_path: Path) -> None:
     """It printed the run's table, then ``.../x.ko.mcountrw.jsonl: Not a directory`` for each file."""
-    (tmp_path / "logs").write_text("a file\\n")
-    (tmp_path / "nop.policy").write_text("default nop\\n")
+    (tmp_path / "logs").write_text("a file\n")
+    (tmp_path / "nop.policy").write_text("default nop\n")
     tree = tmp_path / "tree"
     tree.mkdir()
     shutil.copy(OBJ, tree / "x.ko")

@@ -49,9 +49,19 @@ from rewriter.log import (
     load,
     render,
 )
+from rewriter.prose import counted
 from rewriter.reading import read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
-from rewriter.sites import MCOUNT_NAMES, Scan, Site, check_mcount_addr_alone, override_text, scan, section_place_text
+from rewriter.sites import (
+    MCOUNT_NAMES,
+    Scan,
+    Site,
+    Source,
+    check_mcount_addr_alone,
+    override_text,
+    scan,
+    section_place_text,
+)
 
 
 @dataclass(frozen=True)
@@ -334,21 +344,12 @@ def _defines_mcount(image: Image, found: Scan) -> bool:
 def no_site_cause(image: Image, found: Scan, hints: ScanHints, log_warning: str | None = None) -> str:
     """Why a file shows no ftrace site at all, the likeliest cause first, as the end of one line.
     ``log_warning``: why the log beside the file was not read (it describes another file)."""
-    log = default_log_path(image.path)
-    if log.exists() and log_warning is not None:
-        earlier = (
-            f"its sites were nopped by an earlier rewrite, but the patch log beside it is not its log ({log_warning})"
-        )
-    elif log.exists():
-        earlier = (
-            f"its sites were nopped by an earlier rewrite: its patch log {log.name} is here "
-            f"(`mcountrw undo {image.path} --log {log}` gives the original back)"
-        )
-    else:
-        earlier = "its sites were nopped by an earlier rewrite whose patch log is not here"
+    earlier = _earlier_rewrite(image, log_warning)
     zeroed = found.records.zeroed
     if zeroed and not found.records.count:
-        return f"its {zeroed} records are all zeroed (--drop-records) and no call to _mcount is left: {earlier}"
+        return (
+            f"its {zeroed} records are all zeroed (--drop-records) and its words show no site of their own: {earlier}"
+        )
     if image.symbols is None and image.type != S.ET_REL and not hints.given:
         return (
             "a stripped image (no .symtab): pass --mcount-addr with _mcount's address from System.map (mprofile), "
@@ -362,6 +363,32 @@ def no_site_cause(image: Image, found: Scan, hints: ScanHints, log_warning: str 
         "no records (__mcount_loc, __patchable_function_entries) and no bl to an mcount entry: "
         "not built with -pg -mprofile-kernel or -fpatchable-function-entry?"
     )
+
+
+def _earlier_rewrite(image: Image, log_warning: str | None) -> str:
+    """What to say of the sites an earlier rewrite nopped and unrecorded: only its patch log knows
+    them, and whether that log is here, and read."""
+    log = default_log_path(image.path)
+    if log.exists() and log_warning is not None:
+        return (
+            f"its sites were nopped by an earlier rewrite, but the patch log beside it is not its log ({log_warning})"
+        )
+    if log.exists():
+        return (
+            f"its sites were nopped by an earlier rewrite: its patch log {log.name} is here "
+            f"(`mcountrw undo {image.path} --log {log}` gives the original back)"
+        )
+    return "its sites were nopped by an earlier rewrite whose patch log is not here (give it with --input-log)"
+
+
+def _unrecorded_hint(image: Image, found: Scan, sites: Sequence[Site], log_warning: str | None) -> list[str]:
+    """For a selection that matches nothing in a file with zeroed records and no log read: the
+    functions asked for may be among the sites only that log knows (``v61.nop`` copied without its
+    log: 33,689 records zeroed, 1 site left to match)."""
+    zeroed = found.records.zeroed
+    if not zeroed or any(s.source is Source.LOG for s in sites):
+        return []
+    return [f"{zeroed} of its records are zeroed: {_earlier_rewrite(image, log_warning)}"]
 
 
 def unmatched_selection(sites: Sequence[Site], selection: Selection) -> list[str]:
@@ -393,10 +420,13 @@ def check_something_to_do(
     missing = unmatched_selection(sites, selection)
     if missing:
         verb = "matches" if len(missing) == 1 else "match"
-        hints_text = "".join(f"; {h}" for h in record_not_slot(sites, selection))
-        raise NothingToDo(f"{image.path}: {', '.join(missing)}: {verb} none of its {len(sites)} sites{hints_text}")
+        extra = [*record_not_slot(sites, selection), *_unrecorded_hint(image, found, sites, log_warning)]
+        said = "".join(f"; {h}" for h in extra)
+        raise NothingToDo(f"{image.path}: {', '.join(missing)}: {verb} none of its {counted(len(sites), 'site')}{said}")
     if not any(selection.matches(s) for s in sites):
-        raise NothingToDo(f"{image.path}: {selection_text(selection)}: leaves none of its {len(sites)} sites")
+        raise NothingToDo(
+            f"{image.path}: {selection_text(selection)}: leaves none of its {counted(len(sites), 'site')}"
+        )
 
 
 def record_not_slot(sites: Sequence[Site], selection: Selection) -> list[str]:

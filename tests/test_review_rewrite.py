@@ -315,3 +315,20 @@ def test_prenop_log_dir_that_is_a_file_is_refused_before_anything(tmp_path: Path
     result = invoke(*args)
     assert_one_line(result, 2, "error", f"--log-dir {tmp_path / 'logs'}: not a directory")
     assert not result.stdout and not (tmp_path / "out").exists()
+
+
+def test_a_selection_matching_nothing_in_a_copy_without_its_log_says_why(tmp_path: Path) -> None:
+    """A rewritten file copied without its log: the function asked for is among the sites only the
+    log knows; the message said only "matches none of its 1 sites"."""
+    prog, out, copy = tmp_path / "prog", tmp_path / "nop", tmp_path / "copy"
+    shutil.copy(BIN / "prof-le", prog)
+    assert invoke("nop", prog, "-o", out, "--drop-records", "--exclude", "leaf_add").exit_code == 0
+    shutil.copy(out, copy)
+    result = invoke("apply", copy, "--to", "enabled", "--only", "sum8", "-o", tmp_path / "en")
+    assert_one_line(
+        result, 1, "nothing to do", "--only sum8: matches none of its 1 site;", "5 of its records are zeroed",
+        "patch log is not here (give it with --input-log)",
+    )  # fmt: skip
+    given = invoke("apply", copy, "--to", "enabled", "--only", "sum8", "--input-log", tmp_path / "nop.mcountrw.jsonl",
+                   "-o", tmp_path / "en")  # fmt: skip
+    assert given.exit_code == 0, given.output

@@ -165,6 +165,7 @@ class Rewrite:
     stubs: tuple[tuple[StubCount, ...], tuple[StubCount, ...]] | None = None
     restored: tuple[Site, ...] = ()  # sites whose records came back (from the patch log)
     site_lines: tuple[SiteLine, ...] = ()  # the log's `site` lines (rewriter.known)
+    refused_at_boot: int = 0  # --keep-records: recorded sites left with words boot-time init refuses
 
     @property
     def word_writes(self) -> int:
@@ -258,6 +259,7 @@ def rewrite(
     return Rewrite(
         buf, tuple(stages), tuple(edits), the_plan, barriers, tuple(c.todo), len(c.selected) - len(c.todo),
         tuple(c.gone), stubs, tuple(c.back), lines,
+        len(refused_at_boot(image, c.todo, c.gone, c.goals)) if options.keep_records else 0,
     )  # fmt: skip
 
 
@@ -393,6 +395,20 @@ def _records_to_drop(selected: Sequence[Site], goals: Mapping[Variant, SiteState
     return [s for s in selected if s.recorded and s.variant in nop_at_end]
 
 
+def refused_at_boot(
+    image: Image, todo: Sequence[Site], gone: Sequence[Site], goals: Mapping[Variant, SiteState]
+) -> list[Site]:
+    """The sites of a vmlinux or module that would keep their record over words other than the
+    ones the compiler left, which the kernel's boot-time init refuses (an executable or object is
+    never booted). Refused unless ``--keep-records`` asks for that image on purpose."""
+    if image.kind not in BOOTED_KINDS:
+        return []
+    dropped = {s.place for s in gone}
+    return [
+        s for s in todo if s.recorded and s.place not in dropped and goals[s.variant] is not LAYOUTS[s.variant].built
+    ]
+
+
 def _check_boot_rule(
     image: Image,
     selected: Sequence[Site],
@@ -402,12 +418,7 @@ def _check_boot_rule(
     options: Options,
 ) -> None:
     """Refuse a vmlinux or module that the kernel would refuse at boot (see the module docstring)."""
-    if image.kind not in BOOTED_KINDS or options.keep_records:
-        return
-    dropped = {s.place for s in gone}
-    bad = [
-        s for s in todo if s.recorded and s.place not in dropped and goals[s.variant] is not LAYOUTS[s.variant].built
-    ]
+    bad = [] if options.keep_records else refused_at_boot(image, todo, gone, goals)
     if bad:
         s, goal = bad[0], goals[bad[0].variant]
         more = f" (and {len(bad) - 1} more sites)" if len(bad) > 1 else ""

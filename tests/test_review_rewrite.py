@@ -332,3 +332,15 @@ def test_a_selection_matching_nothing_in_a_copy_without_its_log_says_why(tmp_pat
     given = invoke("apply", copy, "--to", "enabled", "--only", "sum8", "--input-log", tmp_path / "nop.mcountrw.jsonl",
                    "-o", tmp_path / "en")  # fmt: skip
     assert given.exit_code == 0, given.output
+
+
+@pytest.mark.corpus
+def test_keep_records_says_the_kernel_will_refuse_what_it_wrote(corpus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``--keep-records`` builds, on purpose, an image whose recorded places hold words the boot-time
+    init refuses: it said nothing of it. Booted kinds only: an executable is never booted."""
+    module = corpus.modules_dir / "fs/nls/nls_utf8.ko"
+    result = invoke("nop", module, "-o", tmp_path / "n.ko", "--keep-records", "--strip-signature")
+    assert result.exit_code == 0, result.output
+    assert "warning: 3 recorded sites now hold nopped words" in result.stderr and "ftrace bug" in result.stderr
+    plain = invoke("nop", BIN / "prof-le", "-o", tmp_path / "p", "--keep-records")
+    assert plain.exit_code == 0 and "warning" not in plain.stderr, plain.output

@@ -215,10 +215,10 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
             f"{counted(writes, 'word write')} in {counted(stages, 'stage')}, barriers: {barriers}; {others}",
             err=True,
         )
-    if result.scan.log is not None:
-        from rewriter.sites import Source
+    from rewriter.sites import Source
 
-        logged = [s for s in result.scan.sites if s.source is Source.LOG]
+    logged = [s for s in result.scan.sites if s.source is Source.LOG]
+    if result.scan.log is not None and logged:  # a log read that knows no site of its own: nothing to say
         chosen = {s.place for s in (*r.sites, *r.restored)}
         typer.echo(
             f"{counted(len(logged), 'site')} known only from {result.scan.log}; "
@@ -227,6 +227,14 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
         )
     if r.stubs is not None:
         typer.echo(_stub_counts(r.stubs), err=True)
+    refused = r.refused_at_boot
+    if refused:
+        typer.echo(
+            f"mcountrw: warning: {counted(refused, 'recorded site')} now {'holds' if refused == 1 else 'hold'} "
+            f"{options.target.value} words, which the kernel's ftrace_init_nop() refuses: ftrace bug at boot or load, "
+            "ftrace off (--keep-records: a negative control)",
+            err=True,
+        )
     if result.output is not None:
         typer.echo(f"wrote {result.output} and {result.log}", err=True)
     if result.base is not None and result.output is not None:

@@ -179,6 +179,8 @@ def apply_file(
     # A dry run with -o or --in-place checks them as the run it previews would: only a dry run
     # given neither has no output to check.
     out = None if dry_run and output is None and not in_place else check_output_path(path, output, in_place)
+    if stage_dir is not None and stage_dir.exists() and not stage_dir.is_dir():
+        raise OutputError(f"--stage-images {stage_dir}: not a directory")
     if out is not None:
         check_side_paths(path, out, log_path or default_log_path(out), in_place, backup)
     image = Image.load(path)
@@ -302,6 +304,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _write_stage_images(directory: Path, path: Path, result: Rewrite) -> tuple[Path, ...]:
+    if not result.stages:  # records only: no directory made for nothing (the CLI says none was written)
+        return ()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:

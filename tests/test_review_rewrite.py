@@ -344,3 +344,16 @@ def test_keep_records_says_the_kernel_will_refuse_what_it_wrote(corpus, tmp_path
     assert "warning: 3 recorded sites now hold nopped words" in result.stderr and "ftrace bug" in result.stderr
     plain = invoke("nop", BIN / "prof-le", "-o", tmp_path / "p", "--keep-records")
     assert plain.exit_code == 0 and "warning" not in plain.stderr, plain.output
+
+
+def test_stage_images_names_a_directory_and_makes_none_for_nothing(tmp_path: Path) -> None:
+    """``--stage-images FILE`` said ``FILE: File exists``; a records-only rewrite made an empty one."""
+    prog = tmp_path / "prog"
+    shutil.copy(BIN / "prof-le", prog)
+    result = invoke("apply", prog, "--to", "disabled", "-o", tmp_path / "out", "--stage-images", prog)
+    assert_one_line(result, 2, "error", f"--stage-images {prog}: not a directory")
+    assert not (tmp_path / "out").exists()
+    stages = tmp_path / "stages"
+    result = invoke("nop", BIN / "patchable-le.o", "--drop-records", "-o", tmp_path / "p.o", "--stage-images", stages)
+    assert result.exit_code == 0 and f"no stage image written to {stages}" in result.stderr, result.output
+    assert not stages.exists()

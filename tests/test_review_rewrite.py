@@ -357,3 +357,27 @@ def test_stage_images_names_a_directory_and_makes_none_for_nothing(tmp_path: Pat
     result = invoke("nop", BIN / "patchable-le.o", "--drop-records", "-o", tmp_path / "p.o", "--stage-images", stages)
     assert result.exit_code == 0 and f"no stage image written to {stages}" in result.stderr, result.output
     assert not stages.exists()
+
+
+def test_undo_of_a_chain_step_names_the_log_before_from_where_it_runs(tmp_path: Path) -> None:
+    """It printed the path the log names (from where the first run was made), also after that file
+    had gone."""
+    import os
+
+    first, second, third = tmp_path / "c1", tmp_path / "c2", tmp_path / "c3"
+    shutil.copy(BIN / "prof-le", first)
+    assert invoke("nop", first, "--only", "leaf_add", "-o", second).exit_code == 0
+    assert invoke("nop", second, "--only", "sum8", "-o", third).exit_code == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    here = Path.cwd()
+    os.chdir(elsewhere)
+    try:
+        log = Path("..") / "c3.mcountrw.jsonl"
+        result = invoke("undo", Path("..") / "c3", "--log", log, "-o", "back")
+        assert "c2.mcountrw.jsonl (undo with it for the step before)" in result.stderr, result.output
+        (tmp_path / "c2.mcountrw.jsonl").unlink()
+        result = invoke("undo", Path("..") / "c3", "--log", log, "-o", "back2")
+        assert "is not found" in result.stderr and "cannot be undone without it" in result.stderr, result.output
+    finally:
+        os.chdir(here)

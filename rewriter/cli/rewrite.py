@@ -403,7 +403,16 @@ def undo(
         back = f"its own log is back at {settled.beside} (from {settled.came_from})"
         typer.echo(f"{back}: undo with it for the step before", err=True)
     elif base is not None:
-        typer.echo(f"its own log: {base.path} (undo with it for the step before)", err=True)
+        typer.echo(_step_before(Path(base.path), log), err=True)
+
+
+def _step_before(named: Path, log: Path) -> str:
+    """Where the log of the step before is: as the undone log names it (a path from where that run
+    was made), or beside the undone log; and if it is in neither place, that it is not found."""
+    for place in (named, log.parent / named.name):
+        if place.is_file():
+            return f"its own log: {place} (undo with it for the step before)"
+    return f"its own log, {named}, is not found (here or beside {log}): the step before cannot be undone without it"
 
 
 def _print_already_undone(patched: Path, log: Path, done: Undone) -> None:

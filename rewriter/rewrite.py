@@ -221,8 +221,8 @@ def rewrite(
     c = _choose(image, scan, selection, options, history)
     try:
         check_route((s.variant for s in c.selected), options.route)
-    except ArgumentError as e:
-        raise ArgumentError(f"{image.path}: {e}") from None
+    except ArgumentError as e:  # a request refused for these sites, as a state they cannot take is
+        raise PlanRejected(f"{image.path}: {e}") from None
     groups = _groups(c.todo)
     the_plan = _make_plan(image, groups, c.goals, options) if c.todo else None
     order = image.byteorder
@@ -418,7 +418,9 @@ def _check_boot_rule(
     options: Options,
 ) -> None:
     """Refuse a vmlinux or module that the kernel would refuse at boot (see the module docstring)."""
-    bad = [] if options.keep_records else refused_at_boot(image, todo, gone, goals)
+    if image.kind not in BOOTED_KINDS or options.keep_records:
+        return
+    bad = refused_at_boot(image, todo, gone, goals)
     if bad:
         s, goal = bad[0], goals[bad[0].variant]
         more = f" (and {len(bad) - 1} more sites)" if len(bad) > 1 else ""

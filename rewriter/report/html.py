@@ -180,7 +180,7 @@ _SCRIPT: Final = """
   const cols = JSON.parse(document.getElementById('site-columns').textContent);
   const all = JSON.parse(document.getElementById('site-data').textContent);
   const PAGE = 200;
-  let rows = all, page = 0, sortCol = -1, sortDir = 1;
+  let rows = all, page = 0, query = '', sortCol = -1, sortDir = 1;
   const body = document.querySelector('#sites tbody');
   const info = document.getElementById('page-info');
   function render() {
@@ -199,21 +199,28 @@ _SCRIPT: Final = """
     const pages = Math.max(1, Math.ceil(rows.length / PAGE));
     info.textContent = rows.length + ' sites, page ' + (page + 1) + ' of ' + pages;
   }
-  function sortBy(i) {
-    sortDir = sortCol === i ? -sortDir : 1; sortCol = i;
-    rows = rows.slice().sort(function (a, b) {
-      const x = a[i], y = b[i];
-      return (x < y ? -1 : x > y ? 1 : 0) * sortDir;
-    });
+  // Hex numbers compare by value: '.text+0x4' before '.text+0x2c', as the offsets are.
+  function sortKey(v) {
+    return String(v).replace(/0x([0-9a-f]+)/gi, function (m, h) { return '0x' + h.padStart(16, '0'); });
+  }
+  // The rows shown: the filter's matches, in the order of the column sorted last (a new filter
+  // keeps that order; a stable sort keeps the report's order among equal keys).
+  function select() {
+    rows = query ? all.filter(function (r) { return r.join(' ').toLowerCase().includes(query); }) : all;
+    if (sortCol >= 0) {
+      const keyed = rows.map(function (r) { return [sortKey(r[sortCol]), r]; });
+      keyed.sort(function (a, b) { return (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0) * sortDir; });
+      rows = keyed.map(function (k) { return k[1]; });
+    }
     page = 0; render();
   }
   document.querySelectorAll('#sites th').forEach(function (th, i) {
-    th.addEventListener('click', function () { sortBy(i); });
+    th.addEventListener('click', function () {
+      sortDir = sortCol === i ? -sortDir : 1; sortCol = i; select();
+    });
   });
   document.getElementById('filter').addEventListener('input', function (e) {
-    const q = e.target.value.toLowerCase();
-    rows = q ? all.filter(function (r) { return r.join(' ').toLowerCase().includes(q); }) : all;
-    page = 0; render();
+    query = e.target.value.toLowerCase(); select();
   });
   document.getElementById('prev').addEventListener('click', function () { if (page > 0) { page--; render(); } });
   document.getElementById('next').addEventListener('click', function () {

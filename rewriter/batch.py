@@ -22,6 +22,7 @@ from rewriter.elf.image import Image
 from rewriter.elf.structs import ELF_MAGIC
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
+from rewriter.reading import NO_SUCH_FILE
 from rewriter.sites import Scan, scan
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ def expand_named(paths: Sequence[Path]) -> tuple[list[Found], list[str]]:
         elif path.exists():
             files.append(Found(path, tree_name(path, None)))
         else:
-            errors.append(f"{path}: no such file or directory")
+            errors.append(f"{path}: {NO_SUCH_FILE}")
     return files, errors
 
 

@@ -50,7 +50,7 @@ from rewriter.log import (
     render,
 )
 from rewriter.prose import counted
-from rewriter.reading import read_regular
+from rewriter.reading import IS_DIRECTORY, read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
 from rewriter.sites import (
     MCOUNT_NAMES,
@@ -130,7 +130,7 @@ def check_output_path(input_path: Path, output: Path | None, in_place: bool, dry
     elif output.exists() and output.resolve() == input_path.resolve():
         raise OutputError(f"{output}: output is the input; use --in-place to rewrite it")
     if output.is_dir():
-        raise OutputError(f"{output}: is a directory")
+        raise OutputError(f"{output}: {IS_DIRECTORY}")
     if output.exists() and not output.is_file():
         raise OutputError(f"{output}: not a regular file (a device or FIFO): the output replaces it by a rename")
     # The file is replaced by a rename, so it is the directory that must be writable.
@@ -152,7 +152,7 @@ def check_side_paths(input_path: Path, out: Path, log: Path, in_place: bool, bac
         if log == other or (log.exists() and other.exists() and log.resolve() == other.resolve()):
             raise OutputError(f"{log}: the patch log would overwrite {what}")
     if log.is_dir():
-        raise OutputError(f"{log}: is a directory")
+        raise OutputError(f"{log}: {IS_DIRECTORY}")
     saved = input_path.with_name(input_path.name + ".orig")
     if backup and (saved.exists() or saved.is_symlink()):
         raise OutputError(f"{saved}: exists (a backup from an earlier run?); move it away or drop --backup")

@@ -57,7 +57,7 @@ from rewriter.known import (
     site_lines_in,
     with_log,
 )
-from rewriter.reading import read_regular, read_regular_text
+from rewriter.reading import NO_SUCH_FILE, read_regular, read_regular_text
 from rewriter.rewrite import Options, Rewrite
 from rewriter.sites import Scan
 from rewriter.states import SiteState
@@ -471,7 +471,7 @@ def log_of(
         return None, f"{e}: ignored"
     if header is None:
         if explicit is not None:
-            raise LogError(f"{explicit}: no such file")
+            raise LogError(f"{explicit}: {NO_SUCH_FILE}")
         return None, None
     warning = _judge(header, path, chosen, explicit is not None, sha256, content_sha256)
     return (None, warning) if warning is not None else (chosen, None)

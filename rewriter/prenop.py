@@ -69,6 +69,7 @@ from rewriter.files import (
 )
 from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
 from rewriter.policy import Policy, Verb, module_name
+from rewriter.reading import NO_SUCH_FILE
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey, parse_trailer
 from rewriter.sites import Site, scan
@@ -158,7 +159,7 @@ def targets(
                 raise PrenopError(f"{path}: is a symlink; --in-place would replace the link: name the file itself")
             found.append((path, tree_name(path, None), True))
         else:
-            raise PrenopError(f"{path}: no such file or directory")
+            raise PrenopError(f"{path}: {NO_SUCH_FILE}")
     if output is not None:
         _check_output_apart(output, paths)
     seen: dict[str, Path] = {}

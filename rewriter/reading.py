@@ -15,7 +15,10 @@ import stat
 from pathlib import Path
 
 NOT_REGULAR = "not a regular file (a FIFO, socket or device)"
-IS_DIRECTORY = "is a directory"
+# The system's own words for these (as in "F: No such file or directory" from an OSError), so that
+# a message made here reads like one that came from the kernel.
+IS_DIRECTORY = os.strerror(errno.EISDIR)
+NO_SUCH_FILE = os.strerror(errno.ENOENT)
 
 
 def open_regular(path: Path) -> tuple[int, os.stat_result]:

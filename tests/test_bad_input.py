@@ -539,7 +539,7 @@ def test_output_paths_that_cannot_be_written(tmp_path: Path) -> None:
     nowhere = tmp_path / "no" / "such" / "dir" / "out"
     assert_cli_error(mcountrw("nop", str(src), "-o", str(nowhere)), str(nowhere), "does not exist")
     assert_cli_error(mcountrw("nop", str(src), "-o", str(src)), "output is the input", "--in-place")
-    assert_cli_error(mcountrw("nop", str(src), "-o", str(tmp_path)), "is a directory")
+    assert_cli_error(mcountrw("nop", str(src), "-o", str(tmp_path)), "Is a directory")
     out = tmp_path / "out"
     assert_cli_error(mcountrw("nop", str(src), "-o", str(out), "--log", str(src)), "would overwrite the input")
     assert_cli_error(mcountrw("nop", str(src), "-o", str(out), "--log", str(out)), "would overwrite the output")
@@ -596,7 +596,7 @@ def test_input_that_is_not_a_regular_file(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     assert_cli_error(mcountrw("scan", str(fifo), timeout=30), str(fifo), "not a regular file")
-    assert_cli_error(mcountrw("nop", str(tmp_path), "--dry-run"), str(tmp_path), "is a directory")
+    assert_cli_error(mcountrw("nop", str(tmp_path), "--dry-run"), str(tmp_path), "Is a directory")
     assert_cli_error(mcountrw("scan", "/dev/null"), "/dev/null", "not a regular file")
     assert_cli_error(mcountrw("nop", str(tmp_path / "missing"), "--dry-run"), "missing", "No such file")
 
@@ -727,4 +727,4 @@ def test_paths_are_printed_escaped(tmp_path: Path) -> None:
     audit = mcountrw("audit", "--format", "md", str(evil))
     assert f"### `{shown}`" in audit.stdout and "\x1b" not in audit.stdout, audit.stdout
     missing = mcountrw("scan", str(evil) + "\n.gone")
-    assert_cli_error(missing, f"{shown}\\n.gone: no such file or directory")
+    assert_cli_error(missing, f"{shown}\\n.gone: No such file or directory")

@@ -172,7 +172,7 @@ def test_scan_of_a_directory_reports_bad_files_and_scans_the_rest(tmp_path: Path
 
 
 def test_scan_of_a_missing_file_is_bad_input(tmp_path: Path) -> None:
-    assert_one_line_error(mcountrw("scan", str(tmp_path / "nope")), "nope", "no such file")
+    assert_one_line_error(mcountrw("scan", str(tmp_path / "nope")), "nope", "No such file or directory")
 
 
 def test_plan_exits_1_when_no_legal_route() -> None:

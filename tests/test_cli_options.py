@@ -56,11 +56,11 @@ def _sha(path: Path) -> str:
         (("--policy", "POLICY", "--in-place", "-o", "OUT", "TREE"), "give either --in-place or -o OUT, not both"),
         (("--policy", "GARBAGE", "-o", "OUT", "TREE"), "expected `keep PATTERN`"),
         (("--policy", "POLICY", "-o", "OUT", "EMPTY"), "no vmlinux or module found"),
-        (("--policy", "POLICY", "-o", "OUT", "MISSING"), "no such file or directory"),
+        (("--policy", "POLICY", "-o", "OUT", "MISSING"), "No such file or directory"),
         (("--policy", "POLICY", "--generation", "ool", "--mcount-addr", "0x10", "-o", "OUT", "TREE"),
          "--mcount-addr names _mcount"),
         (("--undo", "--in-place", "-o", "OUT", "TREE"), "give either --in-place or -o OUT, not both"),
-        (("--undo", "-o", "OUT", "MISSING"), "no such file or directory"),
+        (("--undo", "-o", "OUT", "MISSING"), "No such file or directory"),
     ],
 )  # fmt: skip
 def test_prenop_refused_for_its_options_policy_or_paths_makes_no_output_directory(

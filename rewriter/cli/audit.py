@@ -32,6 +32,7 @@ from rewriter.cli.common import (
 from rewriter.cli.exits import ExitCode, bad_input_if, findings_if
 from rewriter.errors import ArgumentError, ImageError, LogError
 from rewriter.generations import Generation
+from rewriter.reading import NO_SUCH_FILE
 
 if TYPE_CHECKING:
     from rewriter.audit import Audit, Severity
@@ -161,7 +162,7 @@ def diff(
     generations = _diff_generations(generation or [])
     for path in (a, b):
         if not path.exists():
-            raise ImageError(f"{path}: no such file or directory")
+            raise ImageError(f"{path}: {NO_SUCH_FILE}")
     check_pairable(a, b)
     found_a, errors_a = expand_named([a])
     found_b, errors_b = expand_named([b])
@@ -211,7 +212,7 @@ def _diff_logs(
     for log in given:
         header = read_header(log)
         if header is None:
-            raise LogError(f"{log}: no such file")
+            raise LogError(f"{log}: {NO_SUCH_FILE}")
         owner = next((p for p in (a, b) if header.describes(shas[p])), None)
         if owner is None:
             raise LogError(

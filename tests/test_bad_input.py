@@ -707,6 +707,33 @@ def test_names_from_the_file_are_printed_escaped(tmp_path: Path) -> None:
     assert not any(c in audit.stdout for c in "\x1b\t") and ".te\\tt+0x" in audit.stdout, audit.stdout
 
 
+def test_a_nameless_section_is_named_by_its_index(tmp_path: Path) -> None:
+    """clean.o with ``.text``'s name emptied (its sh_name pointing at the names table's first,
+    empty, string): its sites read ``[N]+0x4`` as readelf numbers sections, not ``+0x4``, which
+    ``--addr`` refuses for naming no section; so a site there is selected, nopped and undone."""
+    elf = Elf((BIN / "clean.o").read_bytes())
+    text = elf.image.section(".text")
+    assert text is not None
+    path = tmp_path / "nameless.o"
+    path.write_bytes(elf.set(elf.shdr(".text", "sh_name"), 0).bytes())
+    name = f"[{text.shndx}]"
+
+    table = mcountrw("scan", str(path))
+    assert table.returncode == 0, table.stderr
+    slots = [line.split()[0] for line in table.stdout.splitlines()[1:] if "+0x" in line]
+    assert slots == [f"{name}+0x4", f"{name}+0x2c", f"{name}+0x5c"], table.stdout
+    sites = json.loads(mcountrw("scan", "--format", "json", str(path)).stdout)["images"][0]["sites"]
+    assert {s["section"] for s in sites} == {name} and sites[0]["record"] == f"{name}+0x4"
+
+    out = tmp_path / "nopped.o"
+    nop = mcountrw("nop", str(path), "--addr", f"{name}+0x4", "-o", str(out))
+    assert nop.returncode == 0 and "changed 1 site to nopped" in nop.stderr, nop.stderr
+    back = tmp_path / "back.o"
+    undo = mcountrw("undo", str(out), "--log", f"{out}.mcountrw.jsonl", "-o", str(back))
+    assert undo.returncode == 0, undo.stderr
+    assert back.read_bytes() == path.read_bytes()
+
+
 def test_error_messages_stay_one_line_whatever_the_names() -> None:
     """A RewriteError's message is one line however it was built (here, from a section name read
     out of a note when a corrupt header moved the names): printable text is kept as it is, and

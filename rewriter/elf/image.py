@@ -296,7 +296,10 @@ class Image:
 
     def _section_names(self, offsets: tuple[int, ...], names: bytes) -> list[str]:
         """Each section's name, from its offset into the names section (printable ASCII in every
-        kernel: then decoded once and cut as text; see :func:`_printable_ascii`)."""
+        kernel: then decoded once and cut as text; see :func:`_printable_ascii`). A section past
+        the first whose name is empty (no toolchain makes one) is called ``[N]`` by its index, as
+        readelf lists it: a place in it then reads ``[N]+0x4``, which ``--addr`` takes back, not
+        ``+0x4``, which names no section."""
         out = []
         end = max(len(names), 1)
         text = _printable_ascii(names)
@@ -309,6 +312,8 @@ class Image:
             else:
                 stop = names.find(b"\0", at)
                 out.append(printable(names[at : stop if stop >= 0 else len(names)].decode("utf-8", "replace")))
+        if "" in out[1:]:
+            out[1:] = [name or f"[{i}]" for i, name in enumerate(out[1:], 1)]
         return out
 
     def _check_links(self, sections: list[Section]) -> None:

@@ -381,3 +381,36 @@ def test_undo_of_a_chain_step_names_the_log_before_from_where_it_runs(tmp_path: 
         assert "is not found" in result.stderr and "cannot be undone without it" in result.stderr, result.output
     finally:
         os.chdir(here)
+
+
+# -- undo and verify find the log where apply and nop wrote it ------------------------------------------
+
+
+def test_undo_and_verify_take_the_log_beside_the_file_by_default(tmp_path: Path) -> None:
+    """`nop F -o OUT` writes OUT.mcountrw.jsonl, and says so: `undo OUT` and `verify F OUT` read it
+    from there without `--log` (they required it before, "Missing option '--log'")."""
+    original = tmp_path / "prof-le.o"
+    shutil.copy(OBJ, original)
+    nopped = tmp_path / "nopped.o"
+    assert invoke("nop", original, "-o", nopped).exit_code == 0
+    assert (tmp_path / "nopped.o.mcountrw.jsonl").is_file()
+
+    checked = invoke("verify", original, nopped)
+    assert checked.exit_code == 0 and checked.stdout.startswith("ok: ")
+    assert "nopped.o.mcountrw.jsonl says" in checked.stdout, checked.stdout
+
+    back = tmp_path / "back.o"
+    undone = invoke("undo", nopped, "-o", back)
+    assert undone.exit_code == 0, undone.output
+    assert back.read_bytes() == original.read_bytes()
+
+
+def test_undo_and_verify_without_a_log_beside_the_file_say_where_they_looked(tmp_path: Path) -> None:
+    """No `--log` and none beside the file: one line naming the file and the log's name, exit 2,
+    nothing written."""
+    original = tmp_path / "prof-le.o"
+    shutil.copy(OBJ, original)
+    before = _shas(tmp_path)
+    for args in (("undo", original, "-o", tmp_path / "out.o"), ("verify", original, original)):
+        assert_one_line(invoke(*args), 2, "error", str(original), "prof-le.o.mcountrw.jsonl", "pass --log")
+    assert _shas(tmp_path) == before

@@ -10,7 +10,7 @@ import typer
 
 from rewriter.cli.common import CallSlot, GenerationOption, McountAddr, call_slot, check_mcount_addr
 from rewriter.cli.exits import findings_if
-from rewriter.errors import ArgumentError, NothingToDo
+from rewriter.errors import ArgumentError, LogError, NothingToDo
 from rewriter.generations import Generation
 from rewriter.lock import hold
 from rewriter.plan import Route
@@ -374,9 +374,28 @@ def nop(
     _run_apply(image, output, options, selection, writing, _Run(mcount_addr, generation, wait))
 
 
+PatchedLog = Annotated[
+    Path | None,
+    typer.Option("--log", help="its patch log (default: PATCHED.mcountrw.jsonl, where apply and nop write it)"),
+]
+
+
+def _log_of(patched: Path, log: Path | None) -> Path:
+    """``--log``, or the log beside ``patched`` where apply and nop write it by default; a file
+    without one there is bad input that says where the log was looked for."""
+    if log is not None:
+        return log
+    from rewriter.log import default_log_path
+
+    beside = default_log_path(patched)
+    if not beside.exists():
+        raise LogError(f"{patched}: no patch log beside it ({beside.name}, where apply and nop write it): pass --log")
+    return beside
+
+
 def undo(
     patched: Annotated[Path, typer.Argument(help="a file written by apply/nop")],
-    log: Annotated[Path, typer.Option("--log", help="its patch log")],
+    log: PatchedLog = None,
     output: Output = None,
     *,
     in_place: InPlace = False,
@@ -387,6 +406,7 @@ def undo(
     with hold([patched] if in_place else [], wait, say_waiting):
         from rewriter.files import undo_file
 
+        log = _log_of(patched, log)
         done = undo_file(patched, log, output, in_place)
     base = done.log.header.base
     if done.already_input:
@@ -431,12 +451,12 @@ def _print_already_undone(patched: Path, log: Path, done: Undone) -> None:
 def verify(
     original: Annotated[Path, typer.Argument(help="the file before the rewrite")],
     patched: Annotated[Path, typer.Argument(help="the file after it")],
-    log: Annotated[Path, typer.Option("--log", help="the patch log")],
+    log: PatchedLog = None,
 ) -> None:
     """Exit 0 iff the byte difference is exactly what the log says; 1 otherwise."""
     from rewriter.files import verify_files
 
-    result = verify_files(original, patched, log)
+    result = verify_files(original, patched, _log_of(patched, log))
     label = "ok: " if result.ok else "already original: " if result.already_input else "MISMATCH: "
     typer.echo(label + result.reason)
     findings_if(not result.ok)

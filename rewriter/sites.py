@@ -40,7 +40,7 @@ import numpy as np
 from rewriter import arrays, ppc
 from rewriter.code import CodeView, code_view
 from rewriter.elf import structs as S
-from rewriter.elf.image import Abi, Image, Kind, Section
+from rewriter.elf.image import Abi, Image, Kind, Section, index_name
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, functions, rel_place, reloc_target_places, split_place
 from rewriter.errors import ArgumentError
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
@@ -1241,7 +1241,7 @@ def _record_place(image: Image, place: int) -> RecordPlace:
             return RecordPlace(None, None, place, place)
         return RecordPlace(sec.name, place - sec.addr, place, place)
     shndx, off = split_place(place)
-    name = image.sections[shndx].name if 0 <= shndx < len(image.sections) else f"section{shndx}"
+    name = image.sections[shndx].name if 0 <= shndx < len(image.sections) else index_name(shndx)
     return RecordPlace(name, off, None, place)
 
 

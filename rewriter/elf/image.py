@@ -144,6 +144,12 @@ class Symbols:
         return np.flatnonzero(arrays.member(self.table["st_name"], places))
 
 
+def index_name(shndx: int) -> str:
+    """What a section with no name of its own is called, and a place whose section index names no
+    section header: its index, as readelf numbers sections (``[5]``, so ``[5]+0x4``)."""
+    return f"[{shndx}]"
+
+
 def _printable_ascii(strings: bytes) -> str | None:
     """A string table as text, when every name in it is printable ASCII (every kernel's): the
     names are then cut from it as they are. None otherwise: each name is decoded on its own and
@@ -297,9 +303,9 @@ class Image:
     def _section_names(self, offsets: tuple[int, ...], names: bytes) -> list[str]:
         """Each section's name, from its offset into the names section (printable ASCII in every
         kernel: then decoded once and cut as text; see :func:`_printable_ascii`). A section past
-        the first whose name is empty (no toolchain makes one) is called ``[N]`` by its index, as
-        readelf lists it: a place in it then reads ``[N]+0x4``, which ``--addr`` takes back, not
-        ``+0x4``, which names no section."""
+        the first whose name is empty (no toolchain makes one) is called by its index
+        (:func:`index_name`): a place in it then reads ``[N]+0x4``, which ``--addr`` takes back,
+        not ``+0x4``, which names no section."""
         out = []
         end = max(len(names), 1)
         text = _printable_ascii(names)
@@ -313,7 +319,7 @@ class Image:
                 stop = names.find(b"\0", at)
                 out.append(printable(names[at : stop if stop >= 0 else len(names)].decode("utf-8", "replace")))
         if "" in out[1:]:
-            out[1:] = [name or f"[{i}]" for i, name in enumerate(out[1:], 1)]
+            out[1:] = [name or index_name(i) for i, name in enumerate(out[1:], 1)]
         return out
 
     def _check_links(self, sections: list[Section]) -> None:

@@ -53,7 +53,7 @@ from json.encoder import encode_basestring_ascii
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
 
-from rewriter.elf.image import Kind
+from rewriter.elf.image import Kind, index_name
 from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.prose import counted, printable
@@ -173,7 +173,7 @@ def _rel_parts(site: Site) -> tuple[str, int]:
     assert site.record is not None
     shndx, off = split_place(site.record)
     # A record names a place in its own site's section (sites.py locates the call slot from it).
-    return (site.section if shndx == site.section_index else f"section{shndx}"), off
+    return (site.section if shndx == site.section_index else index_name(shndx)), off
 
 
 def _record_json(site: Site) -> int | str | None:
@@ -320,7 +320,7 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
             rec = str(record)
         else:  # "section+0xoff": the quoted section name, then a tail that needs no escaping
             at, off = split_place(record)
-            name = sec if at == shndx else _quote(f"section{at}")  # see _rel_parts
+            name = sec if at == shndx else _quote(index_name(at))  # see _rel_parts
             rec = f'{name[:-1]}+{off:#x}"'
         # untraceable(s, boot) is None, inlined
         parts.append(

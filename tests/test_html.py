@@ -40,10 +40,15 @@ def _report(tmp_path: Path, *paths: Path) -> Path:
     return out
 
 
-def _chromium(tmp_path: Path, page: Path, *args: str) -> subprocess.CompletedProcess:
+def _chromium_command(tmp_path: Path, *args: str) -> list[str]:
+    """Headless Chromium with a profile of its own (a fresh directory per browser started)."""
     exe = require_tool("chromium")
     profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"
-    cmd = [str(exe), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()]
+    return [str(exe), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+
+
+def _chromium(tmp_path: Path, page: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [*_chromium_command(tmp_path, *args), page.as_uri()]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
 
 
@@ -134,7 +139,7 @@ class Page:
 
 @contextmanager
 def _browser(tmp_path: Path, page: Path) -> Iterator[Page]:
-    exe = require_tool("chromium")
+    cmd = _chromium_command(tmp_path, "--remote-debugging-pipe", "--window-size=1200,900")
     commands, browser_in = os.pipe()
     browser_out, replies = os.pipe()
 
@@ -142,8 +147,6 @@ def _browser(tmp_path: Path, page: Path) -> Iterator[Page]:
         os.dup2(commands, 3)
         os.dup2(replies, 4)
 
-    profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"
-    cmd = [str(exe), *CHROMIUM_FLAGS, "--remote-debugging-pipe", "--window-size=1200,900", f"--user-data-dir={profile}"]
     proc = subprocess.Popen(
         [*cmd, page.as_uri()],
         pass_fds=(3, 4),

@@ -33,7 +33,18 @@ from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
 from rewriter.prose import counted
 from rewriter.rewrite import target_state
-from rewriter.sites import OOL_AREAS, RecordPlace, Scan, Site, Source, StubArea, override_text, scan, weak_offsets
+from rewriter.sites import (
+    OOL_AREAS,
+    RecordPlace,
+    Scan,
+    Site,
+    Source,
+    StubArea,
+    lacks_stub,
+    override_text,
+    scan,
+    weak_offsets,
+)
 from rewriter.states import Insn, SiteState, word_for
 
 # -- rules ----------------------------------------------------------------------------------
@@ -485,8 +496,7 @@ def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None) -> li
     elif site.state is SiteState.UNKNOWN:
         msg = "slots hold neither a site state nor gcc 5's form"
         out.append(_at_site(AnomalyKind.UNEXPECTED_WORDS, site, msg, printer.slots(site)))
-    elif site.recorded and site.boot_state is None and site.state is not LAYOUTS[site.variant].built:
-        # (a refused site with the built words lacks an ool stub: ool-stubs reports that, once)
+    elif site.recorded and site.boot_state is None and not lacks_stub(site):  # ool-stubs says that, once
         out.append(_at_site(AnomalyKind.BOOT_REFUSED, site, _refusal(printer, site), printer.slots(site)))
     if not site.recorded and site.state not in (target_state(site.variant, SiteState.NOPPED), SiteState.GUARDED):
         if site.state in _LIVE_CALL:
@@ -573,11 +583,12 @@ def _weak_body(image: Image, funcs: Functions, max_offset: int | None, site: Sit
 
 def stub_gap(image: Image, result: Scan) -> StubGap | None:
     """The recorded sites of an ool vmlinux that no stub area was found for (the scan leaves
-    their ``stub`` None; one whose area is short has the area's name), or None if there are none.
-    Only a vmlinux: a module's stubs are carved at load, and other executables are no kernel."""
+    their ``stub`` None, as it does for a site whose area is short, which :func:`lacks_stub`
+    tells apart), or None if there are none. Only a vmlinux: a module's stubs are carved at load,
+    and other executables are no kernel."""
     if result.kind is not Kind.VMLINUX or result.generation is not Generation.OOL:
         return None
-    records = sum(1 for s in result.sites if s.recorded and s.stub is None)
+    records = sum(1 for s in result.sites if s.recorded and s.stub is None and not lacks_stub(s))
     if not records:
         return None
     syms = image.symbols
@@ -624,9 +635,9 @@ def _stub_anomalies(stubs: Sequence[StubArea]) -> list[Anomaly]:
         if area.covers:
             continue
         msg = (
-            f"{area.name}: {area.stub_count} stubs, {area.used + area.need} records want one here and {area.need} get "
-            "none (past ftrace_ool_stub_*_count or out of branch range): ftrace_init_ool_stub() returns -EINVAL "
-            "and ftrace_bug() turns function tracing off"
+            f"{area.name}: {area.stub_count} stubs, {area.used + area.need} records want one here, "
+            f"none for {counted(area.need, 'record')} (past ftrace_ool_stub_*_count or out of branch range): "
+            "ftrace_init_ool_stub() returns -EINVAL and ftrace_bug() turns function tracing off"
         )
         out.append(Anomaly(AnomalyKind.OOL_STUBS, Severity.ERROR, msg, area.addr, function=area.name))
     return out

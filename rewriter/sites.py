@@ -1196,13 +1196,26 @@ def _with_stubs(image: Image, sites: tuple[Site, ...]) -> tuple[tuple[StubArea, 
 
 
 def _served(site: Site, stub: tuple[str, int | None] | None) -> Site:
-    """The site with its stub; one that gets none fails ftrace_init_ool_stub: ftrace_bug(), so the
-    kernel's init refuses it like a wrong word (boot_state None)."""
+    """The site with its stub; one that gets none (``stub`` None: its area is short, which the
+    area's ``need`` counts) fails ftrace_init_ool_stub: ftrace_bug(), so the kernel's init fails
+    it although its word passes the check (boot_state None, see :func:`lacks_stub`)."""
     assert stub is not None
     name, addr = stub
     if addr is None:
-        return site._replace(stub=name, call_target=None, boot_state=None, traceable=False)
+        return site._replace(stub=None, call_target=None, boot_state=None, traceable=False)
     return site._replace(stub=name, call_target=addr)
+
+
+def lacks_stub(site: Site) -> bool:
+    """Whether init fails a recorded ool site for want of a stub rather than for its word: the
+    word is the nop ftrace_init_nop() checks for (it checks before it takes a stub), yet init
+    fails the site (:func:`_served`)."""
+    return (
+        site.variant is Variant.OOL
+        and site.record is not None
+        and site.boot_state is None
+        and site.state is LAYOUTS[Variant.OOL].built
+    )
 
 
 def _area_for(

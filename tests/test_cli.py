@@ -30,6 +30,7 @@ from rewriter.cli.exits import EXIT_CODES, ExitCode, kind_of
 from rewriter.cli.plans import PlanFormat
 from rewriter.cli.rewrite import Target
 from rewriter.cli.scan import ScanFormat
+from rewriter.elf.image import Image
 from rewriter.errors import InternalError, NoRoute, PlanFormatError, PlanRejected
 from rewriter.generations import Generation, Variant
 from rewriter.plan import Cmodx, Route
@@ -85,7 +86,50 @@ def test_scan_table_marks_what_the_kernel_cannot_trace() -> None:
     image = json.loads(mcountrw("scan", "--format", "json", str(FIXTURES / "bin" / "anom-broken")).stdout)["images"][0]
     assert [s["boot_state"] for s in image["sites"]] == ["disabled", None, "disabled"]
     assert not any(s["traceable"] for s in image["sites"]) and image["summary"]["ftrace_off"]
-    assert image["summary"]["untraceable"] == {"unrecorded": 0, "refused": 1, "weak-body": 0, "ftrace-off": 2}
+    assert image["summary"]["untraceable"] == {
+        "unrecorded": 0, "refused": 1, "no-stub": 0, "duplicate": 0, "weak-body": 0, "ftrace-off": 2,
+    }  # fmt: skip
+
+
+def _scan_json(path: Path) -> dict[str, Any]:
+    done = mcountrw("scan", "--format", "json", str(path))
+    assert done.returncode == 0, done.stderr
+    image: dict[str, Any] = json.loads(done.stdout)["images"][0]
+    return image
+
+
+def test_a_duplicate_record_turns_ftrace_off_at_boot_as_the_audit_says(tmp_path: Path) -> None:
+    """mprofile: ftrace_process_locs() makes a record of each entry, and the second record of one
+    `bl` finds the nop the first wrote: ftrace_bug() at boot. The scan said all traceable before."""
+    data = bytearray((FIXTURES / "bin" / "clean").read_bytes())
+    table = Image.load(FIXTURES / "bin" / "clean").section("__mcount_loc")
+    data[table.offset + 8 : table.offset + 16] = data[table.offset : table.offset + 8]  # record 1 := record 0
+    (tmp_path / "clean").write_bytes(bytes(data))
+    image = _scan_json(tmp_path / "clean")
+    assert image["summary"]["traceable"] == 0
+    assert "1 place recorded more than once" in image["summary"]["ftrace_off"]
+    assert image["summary"]["untraceable"]["duplicate"] == 1
+    (twice,) = image["records"]["duplicates"]
+    assert [s["function"] for s in image["sites"] if s["address"] == int(twice, 16)] == ["clean_leaf"]
+    text = mcountrw("scan", str(tmp_path / "clean")).stdout
+    assert "FTRACE OFF after boot: 1 place recorded more than once" in text.splitlines()[1]
+
+
+def test_a_duplicate_ool_record_leaves_the_boot_on_but_its_site_untraceable(tmp_path: Path) -> None:
+    """ool: init leaves the entry nop, so both records pass it; enabling the second finds the
+    first one's `b stub`. ftrace stays on for the boot; the duplicated site is not traceable."""
+    image = Image.load(FIXTURES / "bin" / "ool-le.o")
+    rela = image.section(".rela__patchable_function_entries")
+    data = bytearray(image.data)
+    data[rela.offset + 24 + 16 : rela.offset + 48] = data[rela.offset + 16 : rela.offset + 24]  # row 1's addend := 0's
+    (tmp_path / "ool.o").write_bytes(bytes(data))
+    got = _scan_json(tmp_path / "ool.o")
+    assert got["summary"]["ftrace_off"] is None
+    (twice,) = got["records"]["duplicates"]
+    # (the nop that lost its record is no site: an ool site is known by its record)
+    assert [s["record"] for s in got["sites"] if not s["traceable"]] == [twice]
+    assert got["summary"]["untraceable"]["duplicate"] == 1
+    assert got["summary"]["traceable"] == len(got["sites"]) - 1 == 4
 
 
 def test_scan_patchable_object_names_the_first_nop_as_its_record() -> None:

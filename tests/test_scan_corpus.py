@@ -418,3 +418,27 @@ def test_scan_json_of_nls_utf8_on_each_generation(name: str, generation: str, sl
     assert image["records"] == {"count": 3, "zeroed": 0, "skipped": [], "unmatched": [], "duplicates": []}
     stubs = [(a["name"], a["count"], a["used"], a["covers"]) for a in image["stubs"]]
     assert stubs == ([(".stubs", 3, 3, True)] if generation == "ool" else [])
+
+
+def test_an_ool_record_without_a_stub_is_said_once_for_what_it_is(tmp_path: Path) -> None:
+    """7.2 with ftrace_ool_stub_inittext_count one short: the last .init.text record gets no stub.
+    Its word is the nop init checks for, so it is no "refused" site (the scan said both before),
+    and no area serves it (its ``stub`` named the short area before)."""
+    image = Image.load(require_kernel("7.2").vmlinux)
+    syms = image.symbols
+    assert syms is not None
+    count_at = image.offset_of(int(syms.table["st_value"][syms.find("ftrace_ool_stub_inittext_count")[0]]))
+    data = bytearray(image.data)
+    assert int.from_bytes(data[count_at : count_at + 4], "little") == 1_759
+    data[count_at : count_at + 4] = (1_758).to_bytes(4, "little")
+    path = tmp_path / "vmlinuz"
+    path.write_bytes(bytes(data))
+    got = image_json(scan(Image.load(path)))
+    summary = got["summary"]
+    assert summary["ftrace_off"] == "1 record without an ool stub: ftrace bug at boot"
+    assert (summary["untraceable"]["no-stub"], summary["untraceable"]["refused"]) == (1, 0)
+    assert summary["by_boot_state"] == {"disabled": 42_647, "no-stub": 1}
+    (lacking,) = [s for s in got["sites"] if s["boot_state"] is None]
+    last_init = max(s["address"] for s in got["sites"] if s["section"] == ".init.text")
+    assert (lacking["address"], lacking["state"], lacking["stub"]) == (last_init, "disabled", None)
+    assert all(s["stub"] for s in got["sites"] if s is not lacking)

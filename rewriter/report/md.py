@@ -134,7 +134,7 @@ def stub_gap_text(gap: StubGap) -> str:
 
 def stub_text(area: StubArea) -> str:
     """``used / count stubs of N bytes, covers`` (or how many records get none)."""
-    short = "covers its records" if area.covers else f"**{area.need} records get none**"
+    short = "covers its records" if area.covers else f"**none for {counted(area.need, 'record')}**"
     return f"{area.used} / {area.stub_count} stubs of {area.stub_size} bytes used; {short}"
 
 

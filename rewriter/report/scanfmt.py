@@ -22,13 +22,17 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
   relocatable ones; null when no record names the site.
 * ``boot_state``: what the kernel's boot-time ``ftrace_init_nop()`` leaves (``disabled`` for every
   site built as the compiler left it; an unrecorded site is untouched); null when init would refuse
-  the words: ``ftrace bug``, and ftrace is off for the whole boot.
+  the words, or (ool) fails the site for want of a stub: ``ftrace bug``, and ftrace is off for the
+  whole boot.
 * ``traceable``: ftrace can trace the function after boot. False for an unrecorded site, for one
-  init refuses, for a weak-function body the kernel disables (``untraceable`` counts each reason),
-  and for every site when ``ftrace_off`` names why ftrace is off for the boot.
+  init refuses (``refused``) or gives no stub (``no-stub``), for a place recorded more than once
+  (``duplicate``), for a weak-function body the kernel disables (``weak-body``), and for every
+  site when ``ftrace_off`` names why ftrace is off for the boot (``summary.untraceable`` counts
+  each reason, the first that applies in that order).
 * ``stub``: ool only, the stub area that serves the site (``ftrace_ool_stub_text``,
   ``ftrace_ool_stub_text_end``, ``ftrace_ool_stub_inittext``; ``.stubs`` in a module, carved out at
-  load). The image's ``stubs`` list the areas; a module's one entry has a null ``address`` and
+  load); null when none does (the area is short: its ``need`` counts the site; or no area was
+  found). The image's ``stubs`` list the areas; a module's one entry has a null ``address`` and
   ``stub_size`` (set at load by the kernel's config), one stub per table entry.
 * ``source``: ``"image"``, read from the file's words and records, or ``"log"``: known only from
   the image's patch log (``log``, the path of the log read; null when none was), a site an earlier
@@ -38,7 +42,8 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
   ``unmatched`` (records that name no site) and ``duplicates`` are lists of the places they name,
   as strings: ``"0xc000..."`` in linked images, ``"section+0xoff"`` in relocatable ones
   (``audit``'s JSON has the same names as counts).
-* ``summary.by_boot_state`` counts null as ``"refused"``.
+* ``summary.by_boot_state`` counts null as ``"refused"``, or as ``"no-stub"`` for an ool site that
+  init fails for want of a stub.
 """
 
 from __future__ import annotations
@@ -57,9 +62,10 @@ from rewriter.elf.image import Kind, index_name
 from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.prose import counted, printable
-from rewriter.sites import Scan, Site, Source, override_text, summary
+from rewriter.sites import Scan, Site, Source, lacks_stub, override_text, summary
 
 REFUSED: Final = "refused"  # boot_state null, in counts and in the table
+NO_STUB: Final = "no-stub"  # boot_state null for want of an ool stub (sites.lacks_stub)
 
 CSV_FIELDS = (
     "path", "address", "section", "offset", "function", "variant", "state", "recorded",
@@ -72,6 +78,8 @@ class Untraceable(enum.Enum):
 
     UNRECORDED = "unrecorded"
     REFUSED = "refused"
+    NO_STUB = "no-stub"
+    DUPLICATE = "duplicate"
     WEAK_BODY = "weak-body"
     FTRACE_OFF = "ftrace-off"
 
@@ -79,6 +87,10 @@ class Untraceable(enum.Enum):
 WHY: Final = {
     Untraceable.UNRECORDED: "no kernel record: ftrace never patches them",
     Untraceable.REFUSED: "their words are not what ftrace_init_nop() expects: ftrace bug, ftrace off for the boot",
+    Untraceable.NO_STUB: "no ool stub left for them (past their area's count, or out of branch range): "
+    "ftrace_init_ool_stub() fails, ftrace bug, ftrace off for the boot",
+    Untraceable.DUPLICATE: "recorded more than once: the second record finds the words the first changed: "
+    "ftrace bug, ftrace off (at boot; ool: when first traced)",
     Untraceable.WEAK_BODY: "in no sized function, the bodies of overridden weak functions: "
     "the kernel marks them FTRACE_FL_DISABLED, being more than FTRACE_MCOUNT_MAX_OFFSET past a symbol",
     Untraceable.FTRACE_OFF: "ftrace is off for the whole boot (see above)",
@@ -89,21 +101,25 @@ class Boot(NamedTuple):
     """What the kernel makes of one image at boot (or module load), as far as the report says:
     ``refused`` recorded sites whose words ftrace_init_nop() refuses, ``unmatched`` records that
     name no site (init refuses those words too), ``no_stub`` ool records that get no stub (past
-    an area's count, or out of branch range), and ``ftrace_off``, why ftrace_bug() then turns
-    ftrace off for the boot (None if it does not). Any of these stops ftrace_update_code() and
-    kills ftrace for everything, not just the one site. (Records outside kernel text are skipped
-    by ftrace_process_locs() and harm nothing.)"""
+    an area's count, or out of branch range), ``duplicated`` the places recorded more than once
+    (ftrace_process_locs() makes a record of each, and the second fails where the first changed
+    the words: at boot on mprofile and patchable, when first traced on ool, whose init leaves the
+    nop), and ``ftrace_off``, why ftrace_bug() then turns ftrace off for the boot (None if it does
+    not). Any of these stops ftrace_update_code() and kills ftrace for everything, not just the
+    one site. (Records outside kernel text are skipped by ftrace_process_locs() and harm nothing.)"""
 
     refused: int
     unmatched: int
     no_stub: int
+    duplicated: frozenset[int]
     ftrace_off: str | None
 
 
 def boot_of(result: Scan) -> Boot:
-    refused = sum(1 for s in result.sites if s.record is not None and s.boot_state is None)
+    refused = sum(1 for s in result.sites if s.record is not None and s.boot_state is None and not lacks_stub(s))
     unmatched = len(result.records.unmatched)
     no_stub = sum(a.need for a in result.stubs)
+    duplicated = frozenset(p.place for p in result.records.duplicates)
     why = []
     if refused:
         why.append(f"{counted(refused, 'recorded site')} with words ftrace_init_nop() refuses")
@@ -111,7 +127,10 @@ def boot_of(result: Scan) -> Boot:
         why.append(f"{counted(unmatched, 'record')} naming no site: init refuses the words there")
     if no_stub:
         why.append(f"{counted(no_stub, 'record')} without an ool stub")
-    return Boot(refused, unmatched, no_stub, "; ".join(why) + ": ftrace bug at boot" if why else None)
+    if duplicated and result.generation is not Generation.OOL:
+        places = counted(len(duplicated), "place")
+        why.append(f"{places} recorded more than once: init finds the words the first record changed")
+    return Boot(refused, unmatched, no_stub, duplicated, "; ".join(why) + ": ftrace bug at boot" if why else None)
 
 
 def untraceable(site: Site, boot: Boot) -> Untraceable | None:
@@ -120,7 +139,9 @@ def untraceable(site: Site, boot: Boot) -> Untraceable | None:
     if site.record is None:
         return Untraceable.UNRECORDED
     if site.boot_state is None:
-        return Untraceable.REFUSED
+        return Untraceable.NO_STUB if lacks_stub(site) else Untraceable.REFUSED
+    if site.record in boot.duplicated:
+        return Untraceable.DUPLICATE
     if not site.traceable:
         return Untraceable.WEAK_BODY
     if boot.ftrace_off is not None:
@@ -142,6 +163,8 @@ def why_counts(sites: Sequence[Site], boot: Boot) -> Counter[Untraceable | None]
         else:
             ok += 1
         # the same ladder as untraceable(): ftrace_off applies to what is left
+    if refused or boot.duplicated:  # a broken image: the reasons that need more than these three fields
+        return Counter(untraceable(site, boot) for site in sites)
     last = Untraceable.FTRACE_OFF if boot.ftrace_off is not None else None
     counts = ((Untraceable.UNRECORDED, unrecorded), (Untraceable.REFUSED, refused), (Untraceable.WEAK_BODY, weak))
     return Counter({reason: n for reason, n in (*counts, (last, ok)) if n})
@@ -181,7 +204,7 @@ def _record_json(site: Site) -> int | str | None:
 
 
 def site_json(site: Site, boot: Boot | None = None) -> dict[str, Any]:
-    boot = boot or Boot(0, 0, 0, None)
+    boot = boot or Boot(0, 0, 0, frozenset(), None)
     return {
         "address": site.addr,
         "section": site.section,
@@ -264,12 +287,18 @@ def _by_source(sites: Sequence[Site]) -> dict[Source, int]:
 
 
 def _boot_text(site: Site) -> str:
-    return REFUSED if site.boot_state is None else site.boot_state.value
+    if site.boot_state is not None:
+        return site.boot_state.value
+    return NO_STUB if lacks_stub(site) else REFUSED
 
 
 def _boot_counts(sites: Sequence[Site]) -> Counter[str]:
     """``Counter(_boot_text(site) for site in sites)``; ``_value_`` as in ``sites.summary``."""
-    return Counter(REFUSED if b is None else b._value_ for b in map(attrgetter("boot_state"), sites))
+    counts = Counter(REFUSED if b is None else b._value_ for b in map(attrgetter("boot_state"), sites))
+    if counts[REFUSED]:  # a broken image: tell the sites init fails for want of a stub apart
+        counts.update(_boot_text(s) for s in sites if s.boot_state is None and lacks_stub(s))
+        counts[REFUSED] -= counts[NO_STUB]
+    return +counts
 
 
 def scans_json(results: Iterable[Scan], errors: Sequence[str]) -> dict[str, Any]:
@@ -308,6 +337,7 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
     times as much (``_value_`` is the attribute behind ``.value``)."""
     quoted: dict[str | None, str] = {None: "null"}
     on = boot.ftrace_off is None
+    duplicated = boot.duplicated  # empty but in a broken image: a set look-up per site costs little
     parts = []
     for site in sites:
         section, shndx, offset, addr, function, variant, state, recorded = site[:8]
@@ -327,7 +357,7 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
             f'{{"address":{"null" if addr is None else addr},"section":{sec},"offset":{offset},"function":{func},'
             f'"variant":"{variant._value_}","state":"{state._value_}","recorded":{"true" if recorded else "false"},'
             f'"record":{rec},"boot_state":{"null" if booted is None else _QUOTE + booted._value_ + _QUOTE},'
-            f'"traceable":{"true" if traceable and on else "false"},'
+            f'"traceable":{"true" if traceable and on and record not in duplicated else "false"},'
             f'"stub":{quoted.get(stub) or quoted.setdefault(stub, _quote(stub))},"source":"{source._value_}"}}'
         )
     return ",".join(parts)
@@ -465,7 +495,7 @@ def _table(result: Scan, limit: int | None) -> tuple[list[str], Totals]:
                 site.place_text,
                 site.section,
                 site.variant.value,
-                f"{site.state.value}->{_boot_text(site) if site.boot_state else REFUSED.upper()}",
+                f"{site.state.value}->{_boot_text(site) if site.boot_state else _boot_text(site).upper()}",
                 "LOG" if site.source is Source.LOG else "rec" if site.recorded else "UNREC",
                 "yes" if reason is None else f"NO {reason.value}",
                 (site.function or "?") + (f"  [{site.stub}]" if site.stub else ""),
@@ -557,5 +587,5 @@ def _stubs_line(stubs: Sequence[dict[str, Any]], records: int) -> str:
              for a in stubs]  # fmt: skip
     need = sum(a["need"] for a in stubs)
     spare = sum(a["count"] - a["used"] for a in stubs)
-    verdict = f"cover all {records} records, {spare} spare" if not need else f"{need} records get no stub"
+    verdict = f"cover all {records} records, {spare} spare" if not need else f"no stub for {counted(need, 'record')}"
     return f"ool stubs{size}: " + ", ".join(parts) + f": {verdict}"

@@ -547,7 +547,7 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
         if not exact:
             raise LogError(
                 f"{log_path}: undo gives back the original content, but compressing it again does not give the "
-                f"original {kind.value} bytes (sha256 differs: another liblzma than the one that made the file?)"
+                f"original {kind.value} bytes (sha256 differs: made with other xz settings, or by another liblzma?)"
             )
         commit_all([written.result()])
     except BaseException:  # a mismatch, Ctrl-C or SIGTERM (even while the pool is joined): no file stays behind

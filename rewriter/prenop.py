@@ -292,7 +292,7 @@ def _original_file(t: Target, log: Log, original: bytes, compression: Compressio
     if want is not None and _sha(bytes(raw)) != want:
         raise LogError(
             f"{t.log}: the original content of {t.source} is back, but compressing it again does not give the "
-            f"original {compression.value} bytes (sha256 differs: another liblzma than the one that made it?)"
+            f"original {compression.value} bytes (sha256 differs: made with other xz settings, or by another liblzma?)"
         )
     return bytes(raw)
 

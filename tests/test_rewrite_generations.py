@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Final
 
 import numpy as np
 import pytest
@@ -250,6 +251,42 @@ def test_a_compressor_no_recipe_rebuilds_is_kept_in_the_log(tmp_path: Path) -> N
     assert decompress(out, out.read_bytes(), Compression.XZ) != plain
     undo_file(out, _log(out), tmp_path / "back.o.xz")
     assert (tmp_path / "back.o.xz").read_bytes() == src.read_bytes()
+
+
+_OTHER_XZ: Final = {
+    "preset 1": {"preset": 1},
+    "preset 9e": {"preset": 9 | lzma.PRESET_EXTREME},
+    "lc=4": {"filters": [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 1 << 20, "lc": 4}]},
+}
+
+
+def _other_xz_round_trip(plain: bytes, settings: dict[str, Any], tmp_path: Path) -> None:
+    """xz with a CRC32 check, as Kbuild's, but other encoder settings: its container reads like
+    Kbuild's, yet its LZMA2 data is not what the recipe makes. The log must carry the original
+    bytes (before, the recipe was trusted: the rewrite went through and undo then refused)."""
+    src = tmp_path / "m.ko.xz"
+    src.write_bytes(lzma.compress(plain, check=lzma.CHECK_CRC32, **settings))
+    out = tmp_path / "out.ko.xz"
+    apply_file(src, out, Selection(), Options(SiteState.NOPPED, drop_records=True, strip_signature=True))
+    log = load(_log(out))
+    assert log.header.recipe is None and log.original == src.read_bytes()
+    undo_file(out, _log(out), tmp_path / "back.ko.xz")
+    assert (tmp_path / "back.ko.xz").read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("settings", _OTHER_XZ.values(), ids=_OTHER_XZ.keys())
+def test_xz_made_with_other_settings_is_kept_in_the_log(settings: dict[str, Any], tmp_path: Path) -> None:
+    """A file shorter than the checked prefix: checked whole."""
+    _other_xz_round_trip((FIXTURES / "bin" / "prof-le.o").read_bytes(), settings, tmp_path)
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("settings", _OTHER_XZ.values(), ids=_OTHER_XZ.keys())
+def test_a_module_xz_made_with_other_settings_is_kept_in_the_log(settings: dict[str, Any], tmp_path: Path) -> None:
+    """A module longer than the checked prefix (binfmt_misc, 38,943 bytes): checked on it."""
+    plain = lzma.decompress((require_kernel("6.12").modules_dir / "fs/binfmt_misc.ko.xz").read_bytes())
+    assert len(plain) > 1 << 14
+    _other_xz_round_trip(plain, settings, tmp_path)
 
 
 @pytest.mark.parametrize("tool", [("xz", "-T2", "--check=crc32", "--lzma2=dict=1MiB"), ("gzip", "-n"), ("zstd", "-q")])

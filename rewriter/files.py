@@ -611,11 +611,16 @@ def not_the_output_file(patched: Path, raw: bytes, compression: Compression, out
     right, and undo still gives the original back; but verify promises the bytes, and the log's
     hash no longer names this file (scan --log refuses it). ``out``: the log's output. None when
     the bytes are the log's."""
-    if _sha256(raw) == out.sha256:
+    return _not_the_file(patched, raw, compression, out, "output")
+
+
+def _not_the_file(path: Path, raw: bytes, compression: Compression, facts: FileFacts, role: str) -> str | None:
+    """Why a file whose content is the log's ``role`` file (input or output) is not that file."""
+    if _sha256(raw) == facts.sha256:
         return None
     return (
-        f"{patched}: its content is exactly the log's output, but the file is not: {_stored(compression)}, sha256 "
-        f"{_sha256(raw)[:16]}...; the log's output: {_stored(out.compression)}, sha256 {out.sha256[:16]}... "
+        f"{path}: its content is exactly the log's {role}, but the file is not: {_stored(compression)}, sha256 "
+        f"{_sha256(raw)[:16]}...; the log's {role}: {_stored(facts.compression)}, sha256 {facts.sha256[:16]}... "
         "(compressed again since?)"
     )
 
@@ -627,7 +632,7 @@ def _stored(compression: Compression) -> str:
 def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
     """Exit 0 iff the byte difference between the two files is exactly what the log says."""
     log = load(log_path, sites=False)
-    orig = read_file(original)[1]
+    orig_raw, orig, orig_compression = read_file(original)
     try:
         raw, got, compression = read_file(patched)
     except ImageError as e:  # e.g. one flipped byte in a .ko.xz: its check fails
@@ -636,6 +641,11 @@ def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
         return VerifyResult(
             False, f"{original} is not the file this log was made from (sha256 differs)" + _chain_note(log)
         )
+    # The difference verify vouches for is between the files: an ORIGINAL decompressed or
+    # compressed again since has the log's content but not its bytes (before, it passed).
+    not_input = _not_the_file(original, orig_raw, orig_compression, log.header.input, "input")
+    if not_input is not None:
+        return VerifyResult(False, not_input)
     check_extent(log, str(log_path), len(orig))
     try:
         expected = bytes(log.replay(orig))

@@ -166,6 +166,26 @@ def test_verify_of_a_module_compressed_again_says_the_file_is_not_the_logs_outpu
     assert f"wrote {back} (sha256 {want}..., the original's content, stored as {plain} was" in result.stderr
 
 
+def test_verify_of_an_original_decompressed_or_compressed_again_says_it_is_not_the_logs_input(tmp_path: Path) -> None:
+    """The same promise on the ORIGINAL side: a plain or gzip copy of an xz module has the log's
+    input content, not its bytes. verify passed it, exit 0, "differs ... exactly as the log says"."""
+    import gzip
+    import lzma
+
+    orig = tmp_path / "m.ko.xz"
+    orig.write_bytes(lzma.compress(OBJ.read_bytes(), check=lzma.CHECK_CRC32))
+    out = tmp_path / "n.ko.xz"
+    assert invoke("nop", orig, "-o", out, "--drop-records").exit_code == 0
+    plain, gz = tmp_path / "m.ko", tmp_path / "m.ko.gz"
+    plain.write_bytes(OBJ.read_bytes())
+    gz.write_bytes(gzip.compress(OBJ.read_bytes(), mtime=0))
+    for other, stored in ((plain, "uncompressed"), (gz, "gzip-compressed")):
+        result = invoke("verify", other, out)
+        assert result.exit_code == 1, result.output
+        assert f"{other}: its content is exactly the log's input, but the file is not: {stored}" in result.output
+    assert invoke("verify", orig, out).exit_code == 0
+
+
 def test_prenop_verify_of_a_tree_compressed_again(tmp_path: Path) -> None:
     import lzma
 

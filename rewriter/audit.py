@@ -25,6 +25,7 @@ from rewriter import flow, ppc
 from rewriter.batch import map_chunks
 from rewriter.code import code_view
 from rewriter.elf import structs as S
+from rewriter.elf.compress import Compression
 from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.symbols import Functions, split_place
 from rewriter.errors import RewriteError
@@ -315,7 +316,9 @@ class StubGap(NamedTuple):
 class ImageAudit:
     """``generation`` as the scan decided it; ``stubs`` the ool stub areas of a vmlinux (what
     ftrace_init_ool_stub() will hand out; empty otherwise: a module's are carved from ``.stubs`` at
-    load, one per record); ``stub_gap`` the records of an ool vmlinux whose area was not found."""
+    load, one per record); ``stub_gap`` the records of an ool vmlinux whose area was not found.
+    ``compressed``: the file on disk is compressed (.ko.xz, .ko.gz, .ko.zst), so the anomalies'
+    ``file_offset`` is into the decompressed ELF and says nothing about the file's own bytes."""
 
     path: Path
     group: str
@@ -328,6 +331,7 @@ class ImageAudit:
     generation: Generation | None = None
     stubs: tuple[StubArea, ...] = ()
     stub_gap: StubGap | None = None
+    compressed: bool = False
 
     def safety_counts(self) -> dict[flow.Verdict, int]:
         found = Counter(s.safety.verdict for s in self.sites)
@@ -368,7 +372,7 @@ def audit_image(
     counts = _counts(result, code.funcs)
     return ImageAudit(
         image.path, group, result.kind, result.endian, result.abi, counts, tuple(order), sites, result.generation,
-        result.stubs, gap,
+        result.stubs, gap, image.compression is not Compression.NONE,
     )  # fmt: skip
 
 

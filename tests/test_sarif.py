@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from rewriter.audit import RULES
 from rewriter.cli import app
+from rewriter.elf.compress import Compression, compress
 
 SCHEMA = json.loads((ROOT / "tests" / "data" / "sarif-schema-2.1.0.json").read_text())
 
@@ -65,6 +66,22 @@ def test_results_are_placed_by_file_offset_address_and_function(tmp_path: Path, 
     assert loc["physicalLocation"]["address"]["absoluteAddress"] == int(site["slot_addr"], 16)
     assert loc["logicalLocations"] == [{"name": "broken_fn", "kind": "function"}]
     assert loc["physicalLocation"]["artifactLocation"]["uri"].startswith("file://")
+
+
+def test_a_compressed_module_claims_no_byte_offset_in_the_compressed_file(tmp_path: Path) -> None:
+    """The anomaly's file offset is into the decompressed ELF: as a region of the .ko.xz it would
+    point at arbitrary compressed bytes. The place stays in the message (section + offset)."""
+    plain = FIXTURES / "bin" / "anom-broken.o"
+    packed = tmp_path / "anom-broken.ko.xz"
+    packed.write_bytes(compress(plain.read_bytes(), Compression.XZ))
+    (unpacked,) = _sarif(tmp_path, plain)["runs"][0]["results"]
+    doc = _sarif(tmp_path, packed)
+    jsonschema.Draft4Validator(SCHEMA).validate(doc)
+    (result,) = doc["runs"][0]["results"]
+    assert "region" in unpacked["locations"][0]["physicalLocation"]
+    assert "region" not in result["locations"][0]["physicalLocation"]
+    assert result["message"] == unpacked["message"] and "(.text+0x" in result["message"]["text"]
+    assert result["locations"][0]["logicalLocations"] == [{"name": "broken_fn", "kind": "function"}]
 
 
 def test_a_clean_image_gives_an_empty_valid_run(tmp_path: Path) -> None:

@@ -3,7 +3,10 @@
 One run; one rule per anomaly kind (its severity and the argument for it from
 ``rewriter.audit.RULES``); one result per anomaly. Binaries have no lines, so a result is placed by
 byte offset in the file (``region.byteOffset``, SARIF 3.30.2), by address
-(``physicalLocation.address``, 3.32) and by function (``logicalLocations``). The mflr-nop safety
+(``physicalLocation.address``, 3.32) and by function (``logicalLocations``). A compressed module
+(.ko.xz) gets no region: its offsets are into the decompressed ELF, and a byteOffset counts bytes
+of the artifact itself (3.30.2), which is the compressed file; its message names the section and
+offset instead. The mflr-nop safety
 figures travel in the run's property bag; each artifact's bag holds the image's generation, the
 question its safety verdict answers, and (ool) its stub areas, or the records whose area was not found.
 """
@@ -41,7 +44,7 @@ def _rules() -> list[dict[str, Any]]:
 
 def _location(img_index: int, img: ImageAudit, a: Anomaly) -> dict[str, Any]:
     physical: dict[str, Any] = {"artifactLocation": {"uri": _uri(img.path), "index": img_index}}
-    if a.file_offset is not None:
+    if a.file_offset is not None and not img.compressed:
         physical["region"] = {"byteOffset": a.file_offset, "byteLength": 4}
     if a.addr is not None:
         physical["address"] = {"absoluteAddress": a.addr}

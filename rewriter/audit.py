@@ -430,11 +430,15 @@ class Printer(NamedTuple):
         shndx, off = split_place(place)
         return f"{self.image.section_at(shndx).name}+{off:#x}"
 
-    def line(self, i: int, note: str = "") -> str:
+    def text(self, i: int) -> str:
+        """Word ``i`` disassembled where it lies: a branch with its target's address (the
+        message of an anomaly quotes the word as its evidence line shows it)."""
         place = self.code.place(i)
-        word = int(self.code.words[i])
         pc = place if self.image.type != S.ET_REL else split_place(place)[1]  # branch targets in-section
-        text = f"{self.where(place)}: {word:08x}  {self.dis.text(word, pc)}"
+        return self.dis.text(int(self.code.words[i]), pc)
+
+    def line(self, i: int, note: str = "") -> str:
+        text = f"{self.where(self.code.place(i))}: {int(self.code.words[i]):08x}  {self.text(i)}"
         return f"{text}  <- {note}" if note else text
 
     def word_index(self, place: int) -> int:
@@ -726,10 +730,9 @@ def _dangling(image: Image, printer: Printer, record: RecordPlace, generation: G
     i = printer.word_index(place)
     if i < 0:
         return Anomaly(AnomalyKind.DANGLING, Severity.ERROR, "record points outside the code", addr, section, offset)
-    word = int(printer.code.words[i])
     function = _function_name(image, printer.code.funcs, place)
     file_offset = sec.offset + offset if sec is not None and offset is not None else None
-    msg = f"record points at {printer.dis.text(word)!r}, not {_RECORD_WANTS[generation]}"
+    msg = f"record points at {printer.text(i)!r}, not {_RECORD_WANTS[generation]}"
     if generation in (Generation.PATCHABLE, Generation.OOL):
         variant = default_variant(generation)
         said = kernel_complaint(printer, variant, place - LAYOUTS[variant].record_offset)

@@ -50,6 +50,20 @@ def test_generation_overrides_what_the_audit_detects_in_a_stripped_file(tmp_path
     assert override["message"].startswith("--generation patchable overrides what the image says: mprofile (")
 
 
+def test_dangling_message_quotes_the_word_as_its_evidence_does(tmp_path: Path) -> None:
+    """A wrong ``--mcount-addr`` leaves each record at a ``bl`` that goes elsewhere: the message
+    names its target as the evidence line does (``bl 0x10000180``), not by its offset (``bl 0x7c``)."""
+    bare = strip(BIN / "clean", tmp_path / "clean")
+    mcount = mcount_of(BIN / "clean")
+    code, doc = _audit_json(str(bare), "--mcount-addr", hex(mcount - 0x30))
+    dangling = [a for a in doc["images"][0]["anomalies"] if a["kind"] == "dangling"]
+    assert code == 1 and len(dangling) == 3
+    for a in dangling:
+        (line,) = a["evidence"]
+        assert line.endswith(f"  bl {mcount:#x}")
+        assert a["message"] == f"record points at 'bl {mcount:#x}', not a call to _mcount"
+
+
 def test_generation_that_agrees_is_no_anomaly() -> None:
     for args in ((), ("--generation", "ool")):
         _, doc = _audit_json(str(BIN / "ool-le.o"), *args)

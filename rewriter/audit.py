@@ -27,7 +27,7 @@ from rewriter.code import code_view
 from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression
 from rewriter.elf.image import Abi, Image, Kind
-from rewriter.elf.symbols import Functions, split_place
+from rewriter.elf.symbols import Functions, relocation_target_text, split_place
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, Generation, Variant, default_variant
 from rewriter.log import logged
@@ -431,11 +431,18 @@ class Printer(NamedTuple):
         return f"{self.image.section_at(shndx).name}+{off:#x}"
 
     def text(self, i: int) -> str:
-        """Word ``i`` disassembled where it lies: a branch with its target's address (the
-        message of an anomaly quotes the word as its evidence line shows it)."""
+        """Word ``i`` disassembled where it lies: a branch with its target's address, or in a
+        relocatable file the symbol its relocation names (its own offset is 0 until the module
+        loader fills it in: ``bl _mcount``, not a branch to itself)."""
         place = self.code.place(i)
-        pc = place if self.image.type != S.ET_REL else split_place(place)[1]  # branch targets in-section
-        return self.dis.text(int(self.code.words[i]), pc)
+        word = int(self.code.words[i])
+        if self.image.type != S.ET_REL:
+            return self.dis.text(word, place)
+        shndx, offset = split_place(place)  # branch targets in-section
+        named = None
+        if ppc.is_relative_branch(word):  # only these read relocations, and only when printed
+            named = relocation_target_text(self.image, shndx, offset, S.BRANCH_RELOCS)
+        return self.dis.text(word, offset, named)
 
     def line(self, i: int, note: str = "") -> str:
         text = f"{self.where(self.code.place(i))}: {int(self.code.words[i]):08x}  {self.text(i)}"

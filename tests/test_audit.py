@@ -76,6 +76,16 @@ def test_live_verdict_is_shown_with_the_instruction_that_reads_r0() -> None:
     assert "std r0, 0x10(r1)  <- reads r0" in md.audit_markdown(audit.Audit((got,), ()))
 
 
+def test_module_evidence_names_the_symbol_a_branch_is_relocated_to() -> None:
+    """In a .o or .ko a ``bl``'s offset is 0 until the loader applies its R_PPC64_REL24: read bare
+    it branches to itself (``bl 4`` at .text+0x4). The evidence names the relocation's symbol."""
+    got = _audit(FIXTURES / "bin" / "anom-r0live.o")
+    (a,) = got.anomalies
+    assert a.evidence[:2] == (".text+0x0: 7c0802a6  mflr r0", ".text+0x4: 48000001  bl _mcount")
+    (site,) = [s for s in got.sites if s.evidence]
+    assert site.evidence[:2] == a.evidence[:2]
+
+
 def test_the_headlines_count_in_the_singular_and_the_plural() -> None:
     """Say "1 image, 1 warning", not "1 images, 1 warnings": in the Markdown and the HTML headline."""
     from rewriter.report import html

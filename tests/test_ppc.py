@@ -105,6 +105,20 @@ def test_disassembler_prints_both_endians() -> None:
     assert ppc.Disassembler(big_endian=True).text(ppc.MFLR_R0) == "mflr r0"
 
 
+def test_disassembler_names_a_branch_target_where_capstone_prints_its_address() -> None:
+    """A relocatable file's branch has offset 0 until relocated; capstone then prints ``bl 0x40``
+    at 0x40, and no target at all for a conditional one (``bne cr7``): the name goes in its place."""
+    dis = ppc.Disassembler(big_endian=False)
+    assert dis.text(ppc.bl(0x40, 0x40), 0x40, "_mcount") == "bl _mcount"
+    assert dis.text(ppc.bl(0x40, 0x8), 0x40, "memcpy+0x8") == "bl memcpy+0x8"
+    bne_cr7 = 0x409E_0000  # bne cr7, . (BD 0)
+    assert dis.text(bne_cr7, 0x40) == "bne cr7"
+    assert dis.text(bne_cr7, 0x40, ".text.unlikely+0x10") == "bne cr7, .text.unlikely+0x10"
+    assert dis.text(bne_cr7 | 0x8, 0x40, "out") == "bne cr7, out"
+    assert dis.text(0x4200_0000, 0x40, "loop") == "bdnz loop"
+    assert dis.text(ppc.MFLR_R0, 0x40, "ignored") == "mflr r0"  # not a branch
+
+
 @pytest.mark.parametrize("order", ["little", "big"])
 def test_fixed_word_texts_are_capstones(order: str) -> None:
     for word, text in ppc.TEXT.items():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rewriter.elf import structs as S
-from rewriter.elf.image import Abi, Image, Section
+from rewriter.elf.image import Abi, Image, Section, index_name
 
 PLACE_SHIFT = 40  # sections are far smaller than 1 TiB
 
@@ -148,3 +148,32 @@ def reloc_target_places(image: Image, rela: np.ndarray) -> np.ndarray:
     st = syms.table[symi]
     value = st["st_value"].astype(np.int64) + rela["r_addend"]
     return rel_place(st["st_shndx"], value.astype(np.uint64))
+
+
+def relocation_target_text(image: Image, shndx: int, offset: int, types: np.ndarray) -> str | None:
+    """ET_REL: what the relocation of one of ``types`` at ``offset`` in section ``shndx`` points
+    to, as people read it: the symbol's name (S), with the addend (A) when it is not 0 (``_mcount``,
+    ``memcpy+0x8``); for a symbol with no name of its own, a section symbol (gABI: STT_SECTION),
+    the place S + A (``.text.unlikely+0x40``). None: no such relocation there.
+
+    Each call reads the section's relocations: for the few words a report prints, not for a scan."""
+    syms = image.symbols
+    if image.type != S.ET_REL or syms is None:
+        return None
+    for rsec in image.relocation_sections():
+        if rsec.info != shndx or rsec.link >= len(image.sections) or image.sections[rsec.link].type != S.SHT_SYMTAB:
+            continue
+        rela = image.relocations(rsec)
+        hit = np.flatnonzero((rela["r_offset"] == offset) & np.isin(S.r_type(rela["r_info"]), types))
+        if not len(hit):
+            continue
+        row = rela[hit[0]]
+        symi = int(S.r_sym(row["r_info"]))
+        addend = int(row["r_addend"])
+        name = syms.name(symi)
+        if name and int(S.st_type(syms.table["st_info"][symi])) != S.STT_SECTION:
+            return name + (f"{addend:+#x}" if addend else "")
+        where = int(syms.table["st_shndx"][symi])
+        section = image.sections[where].name if 0 < where < len(image.sections) else ""
+        return f"{section or index_name(where)}{int(syms.table['st_value'][symi]) + addend:+#x}"
+    return None

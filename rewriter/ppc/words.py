@@ -76,6 +76,12 @@ def is_b(word: int) -> bool:
     return (word & _IFORM_MASK) == _IFORM_OPCODE
 
 
+def is_relative_branch(word: int) -> bool:
+    """An I-form or B-form branch to its own address plus an offset (AA clear): the words a
+    ``R_PPC64_REL24`` or ``REL14`` relocation fills in."""
+    return primary(word) in (OP_B, OP_BC) and not word & AA
+
+
 def branch_offset(word: int) -> int:
     """The signed byte offset of a relative branch word: B-form (primary 16) or I-form (any other)."""
     return bd(word) if primary(word) == OP_BC else li(word)
@@ -207,13 +213,30 @@ class Disassembler:
         self._cs: Any = None  # made on first use: most audits print no word, and capstone's import costs 16 ms
         self._order: Literal["little", "big"] = "big" if big_endian else "little"
 
-    def text(self, word: int, addr: int = 0) -> str:
-        """``mnemonic operands`` of one word, or ``.long 0x...`` if capstone cannot decode it."""
+    def text(self, word: int, addr: int = 0, target: str | None = None) -> str:
+        """``mnemonic operands`` of one word at ``addr``, or ``.long 0x...`` if capstone cannot
+        decode it. ``target``: what a relative branch goes to, printed in place of the address
+        its offset gives (in a relocatable file the relocation supplies the offset, so the word's
+        own reads as a branch to itself: ``bl _mcount``, not ``bl 0x14``)."""
         if self._cs is None:
             import capstone  # type: ignore[import-untyped]
 
             endian = capstone.CS_MODE_BIG_ENDIAN if self._big else capstone.CS_MODE_LITTLE_ENDIAN
             self._cs = capstone.Cs(capstone.CS_ARCH_PPC, capstone.CS_MODE_64 | endian)
         for insn in self._cs.disasm(word.to_bytes(4, self._order), addr, 1):
-            return f"{insn.mnemonic} {insn.op_str}".strip()
+            operands = insn.op_str
+            if target is not None and is_relative_branch(word):
+                operands = _named_target(operands, branch_target(addr, word), target)
+            return f"{insn.mnemonic} {operands}".strip()
         return f".long {word:#010x}"
+
+
+def _named_target(operands: str, target: int, name: str) -> str:
+    """capstone's operands of a relative branch with ``name`` for its ``target``. capstone prints
+    the target last, as :func:`branch_text` does, but leaves it out of a conditional branch whose
+    offset is 0 (``bne cr7``, as an unrelocated REL14 branch reads): then it is added."""
+    target &= 0xFFFF_FFFF_FFFF_FFFF
+    shown = f"{target:#x}" if target > 9 else str(target)
+    if operands == shown or operands.endswith(", " + shown):
+        return operands.removesuffix(shown) + name
+    return f"{operands}, {name}" if operands else name

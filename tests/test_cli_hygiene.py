@@ -296,6 +296,32 @@ def test_a_named_directory_with_nothing_to_read_is_one_line_and_no_report(comman
     assert not result.stdout and not report.exists()
 
 
+@pytest.mark.parametrize("command", ["scan", "audit", "policy check"])
+def test_a_named_directory_with_nothing_to_read_beside_a_file_is_one_line_and_the_file_is_read(
+    command: str, tmp_path: Path
+) -> None:
+    """policy check dropped the empty directory in silence and reported on the file alone (exit 0
+    or 1); scan and audit said it in one line, read the file and exited 2."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    image = tmp_path / "prog"
+    shutil.copy2(BIN / "clean", image)
+    args: tuple[object, ...] = {
+        "scan": ("scan", empty, image),
+        "audit": ("audit", empty, image),
+        "policy check": ("policy", "check", ROOT / "examples" / "keep-core.policy", empty, image),
+    }[command]
+    result = invoke(*args)
+    want = (
+        f"{empty}: no vmlinux or module found below it"
+        if command == "policy check"
+        else f"{empty}: no ELF file or module below it"
+    )
+    assert result.exit_code == 2, result.output
+    assert [line for line in result.stderr.splitlines() if "error" in line] == [f"mcountrw: error: {want}"]
+    assert result.stdout  # the file is still read and reported
+
+
 # -- an in-place rewrite never replaces a log that is not the file's -----------------------------
 
 

@@ -37,6 +37,7 @@ from rewriter.prose import counted
 from rewriter.sign import HASHES
 
 if TYPE_CHECKING:
+    from rewriter.batch import Found
     from rewriter.generations import Generation
     from rewriter.policy import Policy, Tally
     from rewriter.prenop import FileReport, Settings, Target
@@ -658,11 +659,12 @@ def policy_check(
     rules = pol.load(policy_file)
     # The files prenop would take, each named in its tree as prenop names it (its log's place).
     found = [Found(t.source, t.rel) for t in targets(images, output=None, in_place=False, log_dir=None)]
-    if images and not found:  # as prenop says it: a policy checked against nothing proves nothing
-        raise ArgumentError(f"{', '.join(map(str, images))}: no vmlinux or module found below it")
+    # One line per named directory with nothing to check (as prenop says it), the others still
+    # checked, exit 2, as scan and audit do: a directory dropped in silence read as checked.
+    errors = [f"{d}: no vmlinux or module found below it" for d in _empty_directories(images, found)]
     files = [f.path for f in found]
     tally = pol.Tally(rules)
-    errors = _tally_files(tally, files, workers(jobs), generation, mcount_addr, logs_for(found, log, log_dir))
+    errors += _tally_files(tally, files, workers(jobs), generation, mcount_addr, logs_for(found, log, log_dir))
     print_errors(errors)
     if not tally.files:  # no image read: a table of rules matching nothing would be false warnings
         raise typer.Exit(ExitCode.BAD_INPUT)
@@ -672,6 +674,12 @@ def policy_check(
         typer.echo(f"warning: {w}")
     bad_input_if(errors)
     findings_if(bool(warnings))
+
+
+def _empty_directories(images: Sequence[Path], found: Sequence[Found]) -> list[Path]:
+    """The directories of ``images`` that none of ``found`` lies below (each file found below a
+    directory is named from it, so the test is on the names, with no second walk)."""
+    return [d for d in images if d.is_dir() and not any(f.path.parts[: len(d.parts)] == d.parts for f in found)]
 
 
 def _tally_files(

@@ -32,7 +32,7 @@ import numpy as np
 from rewriter.elf import structs as S
 from rewriter.elf.compress import SUFFIX, Compression, Restore, compression_named, decompress, detect_compression
 from rewriter.elf.image import Image
-from rewriter.elf.writer import Pending, atomic_write, commit_all, write_temp
+from rewriter.elf.writer import Pending, atomic_write, check_replaceable, commit_all, write_temp
 from rewriter.errors import ArgumentError, ImageError, LogError, NothingToDo, OutputError, RewriteError, WordMismatch
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.heap import collector_paused
@@ -129,16 +129,9 @@ def check_output_path(input_path: Path, output: Path | None, in_place: bool, dry
         raise OutputError(f"{input_path}: no output: give {offers}")
     elif output.exists() and output.resolve() == input_path.resolve():
         raise OutputError(f"{output}: output is the input; use --in-place to rewrite it")
-    if output.is_dir():
-        raise OutputError(f"{output}: {IS_DIRECTORY}")
-    if output.exists() and not output.is_file():
+    if output.exists() and not output.is_file() and not output.is_dir():
         raise OutputError(f"{output}: not a regular file (a device or FIFO): the output replaces it by a rename")
-    # The file is replaced by a rename, so it is the directory that must be writable.
-    parent = output.parent if str(output.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{output}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{output}: cannot write in {parent}")
+    check_replaceable(output)  # the file is replaced by a rename: the directory must be writable
     return output
 
 

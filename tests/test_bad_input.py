@@ -32,7 +32,8 @@ import numpy as np
 import pytest
 import zstandard
 from boot import require_tool
-from conftest import FIXTURES, ROOT
+from click.testing import Result
+from conftest import FIXTURES, ROOT, invoke
 
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image
@@ -549,6 +550,46 @@ def test_output_paths_that_cannot_be_written(tmp_path: Path) -> None:
     assert (tmp_path / "prog.orig").read_bytes() == b"the true original"
     assert src.read_bytes() == (BIN / "clean").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prog", "prog.orig"]
+
+
+def _refused(result: Result, line: str) -> None:
+    """``result`` (of :func:`invoke`) is exactly the one error ``line``, exit 2, with no report."""
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"mcountrw: error: {line}\n" and not result.stdout, result.output
+
+
+def _every_output_option(tmp_path: Path) -> tuple[Path, dict[str, tuple[str, ...]]]:
+    """A copy of `clean` in ``tmp_path``, and for each command that writes a file it is told, its
+    command line up to that option (the file follows)."""
+    src = tmp_path / "prog"
+    shutil.copy(BIN / "clean", src)
+    patched = tmp_path / "patched"
+    assert invoke("nop", src, "-o", patched).exit_code == 0
+    policy = str(ROOT / "examples" / "keep-core.policy")
+    return src, {
+        "scan": ("scan", str(src), "-o"),
+        "audit": ("audit", str(src), "-o"),
+        "diff": ("diff", str(src), str(patched), "-o"),
+        "plan": ("plan", "--from", "enabled", "--to", "nopped", "-o"),
+        "apply": ("apply", str(src), "--to", "nopped", "-o"),
+        "nop": ("nop", str(src), "-o"),
+        "undo": ("undo", str(patched), "-o"),
+        "prenop --report": ("prenop", "--policy", policy, "--dry-run", str(src), "--report"),
+    }
+
+
+def test_an_output_that_is_the_current_directory_or_root_is_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report to ``-o .``, ``..`` or ``/`` was refused by the rename that ended the run, in its
+    words: `.: Device or resource busy`. Every command that writes a file says it is a directory."""
+    _, commands = _every_output_option(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    for command in commands.values():
+        for directory in (".", "..", "/"):
+            _refused(invoke(*command, directory), f"{directory}: Is a directory")
+    assert sorted(tmp_path.iterdir()) == before
 
 
 def test_reports_go_into_a_fifo_and_rewrites_refuse_one(tmp_path: Path) -> None:

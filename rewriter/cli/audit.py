@@ -22,7 +22,7 @@ from rewriter.cli.common import (
     ReadLogDir,
     check_log_options,
     check_mcount_addr,
-    check_output_reads,
+    check_report_output,
     emit,
     logs_for,
     print_errors,
@@ -97,7 +97,7 @@ def audit(
     files = [f.path for f in found]
     roots = [p for p in paths if p.is_dir()]
     logs = logs_for(found, log, log_dir)
-    check_output_reads(output, [*files, *logs.values()])
+    check_report_output(output, [*files, *logs.values()])
     with progress(len(files), "auditing") as tick:
         result = audit_files(files, roots, workers(jobs), mcount_addr, tick, logs, generation)
     # Every report names the files that could not be read, found or not by the walk of a tree.
@@ -171,7 +171,7 @@ def diff(
             raise ImageError(errs[0])
     logs = _diff_logs(a, b, found_a, found_b, log or [], log_dir or [])
     files_a, files_b = [f.path for f in found_a], [f.path for f in found_b]
-    check_output_reads(output, [*files_a, *files_b, *logs.values()])
+    check_report_output(output, [*files_a, *files_b, *logs.values()])
     result = diff_paths(a, b, files_a, files_b, generations, logs, workers(jobs))
     errors = [*errors_a, *errors_b, *result.errors]
     print_errors(errors)

@@ -172,15 +172,19 @@ def check_mcount_addr(generation: Generation | None, mcount_addr: int | None) ->
     check(generation, mcount_addr)
 
 
-def check_output_reads(output: Path | None, reads: Iterable[Path]) -> None:
-    """``-o`` must not name a file the command reads: an input, or a patch log (given, or the one
-    beside each image, read or not). The report would replace it, exit 0; a log lost is an undo
-    lost. Refused (exit 2) before anything is read. Compared by inode, so that a second name of
-    the file (a link, ``./``) is caught too; an ``output`` that does not exist reads as nothing."""
+def check_report_output(output: Path | None, reads: Iterable[Path] = ()) -> None:
+    """A report's ``-o``, refused (exit 2) before any image is read, not by the rename that ends the
+    run (``-o .`` failed there after the whole scan, EBUSY): it must be a place a file can be put
+    (``rewriter.elf.writer.check_replaceable``), and no file the command reads: an input, or a
+    patch log (given, or the one beside each image, read or not). The report would replace it,
+    exit 0; a log lost is an undo lost. Compared by inode, so that a second name of the file (a
+    link, ``./``) is caught too; an ``output`` that does not exist reads as nothing."""
+    from rewriter.elf.writer import check_replaceable
     from rewriter.log import default_log_path
 
     if output is None:
         return
+    check_replaceable(output)
     try:
         target = output.stat()
     except OSError:

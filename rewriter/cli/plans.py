@@ -10,7 +10,7 @@ import click
 import typer
 
 from rewriter.check import BUILTINS, MAX_ENTRIES, MAX_TASKS
-from rewriter.cli.common import OutputFile, emit
+from rewriter.cli.common import OutputFile, check_report_output, emit
 from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, PlanFormatError
 from rewriter.generations import Generation, Variant
@@ -58,6 +58,7 @@ def plan(
     from rewriter.plan import SiteRequest, check_route, render_text
     from rewriter.plan import plan as make_plan
 
+    check_report_output(output)
     request = SiteRequest(_variant(generation, variant), from_, to)
     check_route([request.variant], route)
     p = make_plan([request], route, cmodx, runtime=not offline)  # NoRoute: exit 1, the table says

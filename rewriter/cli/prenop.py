@@ -23,6 +23,7 @@ from rewriter.cli.common import (
     McountAddr,
     ReadLogDir,
     check_mcount_addr,
+    check_report_output,
     emit,
     logs_for,
     print_errors,
@@ -197,6 +198,7 @@ def prenop(
     args = _Args(paths, policy, in_place, output, log_dir, strip_signature, sign_key, sign_cert, hash_name, against,
                  replace_stale_logs, mcount_addr, generation, wait)  # fmt: skip
     _check_options(mode, args)
+    check_report_output(report)
     # Refused inputs (the paths, the policy, the key) exit 2 before _locked makes the output tree,
     # so that such a run leaves no directory behind. Only names are listed and the policy, key and
     # certificate read, none of which a run writes: the lock is still taken before any input file

@@ -18,7 +18,7 @@ from rewriter.cli.common import (
     OutputFile,
     ReadLogDir,
     check_mcount_addr,
-    check_output_reads,
+    check_report_output,
     emit,
     logs_for,
     print_errors,
@@ -77,7 +77,7 @@ def scan(
     files = [f.path for f in found]
     render = _renderer(fmt, show_all or output is not None)
     logs = logs_for(found, log, log_dir)
-    check_output_reads(output, [*files, *logs.values()])
+    check_report_output(output, [*files, *logs.values()])
     if logs:
         render = partial(_render_logged, render=render, logs=logs)
     texts = []

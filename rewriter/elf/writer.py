@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from rewriter.errors import OutputError
+from rewriter.reading import IS_DIRECTORY
 
 TMP_SUFFIX = ".mcountrw-tmp"
 _READ_BACK_CHUNK = 1 << 24
@@ -53,6 +54,23 @@ def atomic_write(
             raise OutputError(f"{path}: {e.strerror or e}") from None
         return
     commit_all([write_temp(path, data, mode, durable)])
+
+
+def check_replaceable(path: Path) -> None:
+    """Before any work: ``path`` is a place :func:`atomic_write` can put a file, so that a bad
+    ``-o`` is refused before a long run, not by its last step. A directory is refused in the
+    system's words, ``.``, ``..`` and ``/`` too (renaming over them fails with EBUSY, not EISDIR);
+    the directory the file goes in must exist and be writable (the temporary file is made there),
+    unless ``path`` is a device or FIFO, which is written into."""
+    if path.is_dir():
+        raise OutputError(f"{path}: {IS_DIRECTORY}")
+    if _special(path):
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{path}: cannot write in {parent}")
 
 
 def _special(path: Path) -> bool:

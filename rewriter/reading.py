@@ -19,6 +19,7 @@ NOT_REGULAR = "not a regular file (a FIFO, socket or device)"
 # a message made here reads like one that came from the kernel.
 IS_DIRECTORY = os.strerror(errno.EISDIR)
 NO_SUCH_FILE = os.strerror(errno.ENOENT)
+NOT_A_DIRECTORY = os.strerror(errno.ENOTDIR)
 
 
 def open_regular(path: Path) -> tuple[int, os.stat_result]:

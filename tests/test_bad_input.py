@@ -578,6 +578,22 @@ def _every_output_option(tmp_path: Path) -> tuple[Path, dict[str, tuple[str, ...
     }
 
 
+def test_an_output_with_a_trailing_slash_names_a_directory(tmp_path: Path) -> None:
+    """``-o x/`` wrote a plain file ``x`` (``Path`` drops the slash), exit 0, with every command.
+    prenop's ``-o`` for one file too; for one file it may name a directory that exists (the file
+    goes in it), and for a tree one it makes."""
+    src, commands = _every_output_option(tmp_path)
+    prenop_one_file = ("prenop", "--policy", str(ROOT / "examples" / "keep-core.policy"), str(src), "-o")
+    before = sorted(tmp_path.iterdir())
+    for command in [*commands.values(), prenop_one_file]:
+        _refused(invoke(*command, f"{tmp_path}/out/"), f"{tmp_path}/out/: directory {tmp_path}/out does not exist")
+        _refused(invoke(*command, f"{src}/"), f"{src}/: Not a directory")
+    for command in commands.values():
+        _refused(invoke(*command, f"{tmp_path}/"), f"{tmp_path}: Is a directory")
+    assert sorted(tmp_path.iterdir()) == before
+    assert src.read_bytes() == (BIN / "clean").read_bytes()
+
+
 def test_an_output_that_is_the_current_directory_or_root_is_a_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Annotated, Final, NamedTuple
 
 import typer
 
-from rewriter.errors import ArgumentError
+from rewriter.errors import ArgumentError, OutputError
 from rewriter.generations import Generation
 from rewriter.prose import counted, printable
+from rewriter.reading import NOT_A_DIRECTORY
 
 if TYPE_CHECKING:
     from rewriter.batch import Found
@@ -82,7 +83,23 @@ Jobs = Annotated[
         help="worker processes (default 0: one per core; never more than the cores)",
     ),
 ]
-OutputFile = Annotated[Path | None, typer.Option("-o", "--output", help="write here instead of stdout")]
+
+
+def output_file(text: str) -> Path:
+    """``-o``, ``--report``: a file to write. A trailing slash names a directory, as the shell and
+    cp read it, and ``Path`` drops it (``Path("x/")`` is ``x``): ``-o x/`` wrote a file ``x``. An
+    existing directory goes on, to be refused as one (:func:`check_report_output`,
+    ``rewriter.files.check_output_path``)."""
+    path = Path(text)
+    if text.endswith("/") and not path.is_dir():
+        problem = NOT_A_DIRECTORY if path.exists() else f"directory {path} does not exist"
+        raise OutputError(f"{text}: {problem}")
+    return path
+
+
+OutputFile = Annotated[
+    Path | None, typer.Option("-o", "--output", parser=output_file, help="write here instead of stdout")
+]
 McountAddr = Annotated[
     int | None, typer.Option("--mcount-addr", parser=address, help="address of _mcount, for a stripped image")
 ]

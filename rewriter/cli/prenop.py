@@ -26,6 +26,7 @@ from rewriter.cli.common import (
     check_report_output,
     emit,
     logs_for,
+    output_file,
     print_errors,
     progress,
     workers,
@@ -121,8 +122,10 @@ Paths = Annotated[
 PolicyFile = Annotated[Path | None, typer.Option("--policy", help="the policy file (see docs/prenop.md)")]
 InPlace = Annotated[bool, typer.Option("--in-place", help="replace each file (atomically, once complete)")]
 OutputTree = Annotated[
-    Path | None,
-    typer.Option("-o", "--output", help="output directory mirroring the inputs (or, for one file, the file)"),
+    str | None,  # as typed: a trailing slash, which a Path drops, names a directory (_check_outputs)
+    typer.Option(
+        "-o", "--output", metavar="PATH", help="output directory mirroring the inputs (or, for one file, the file)"
+    ),
 ]
 LogDir = Annotated[
     Path | None,
@@ -152,7 +155,9 @@ Wait = Annotated[
         help="wait for another run that holds the lock on a file or tree this run writes (default: exit 2)",
     ),
 ]
-Report = Annotated[Path | None, typer.Option("--report", help="also write a JSON report of every file")]
+Report = Annotated[
+    Path | None, typer.Option("--report", parser=output_file, help="also write a JSON report of every file")
+]
 Reproducible = Annotated[
     bool,
     typer.Option(
@@ -195,10 +200,11 @@ def prenop(
     from rewriter.prenop import Status
 
     mode = _mode(undo, verify, dry_run)
-    args = _Args(paths, policy, in_place, output, log_dir, strip_signature, sign_key, sign_cert, hash_name, against,
+    out = None if output is None else Path(output)
+    args = _Args(paths, policy, in_place, out, log_dir, strip_signature, sign_key, sign_cert, hash_name, against,
                  replace_stale_logs, mcount_addr, generation, wait)  # fmt: skip
     _check_options(mode, args)
-    check_report_output(report)
+    _check_outputs(paths, output, report)
     # Refused inputs (the paths, the policy, the key) exit 2 before _locked makes the output tree,
     # so that such a run leaves no directory behind. Only names are listed and the policy, key and
     # certificate read, none of which a run writes: the lock is still taken before any input file
@@ -427,6 +433,17 @@ def _check_options(mode: Mode, args: _Args) -> None:
     # A dry run keeps --wait (the command line of the run it previews); --verify never writes.
     if takes.output is Output.REFUSED and args.wait:
         raise ArgumentError("--verify writes nothing and takes no lock: drop --wait")
+
+
+def _check_outputs(paths: Sequence[Path], output: str | None, report: Path | None) -> None:
+    """Before any file is read. For one file, ``-o`` names the output file, or a directory that
+    exists to put it in; a trailing slash names a directory, so ``-o x/`` where ``x`` is none is
+    refused as the other commands refuse it (a Path drops the slash: it wrote a file ``x``). For a
+    tree, or several files, ``-o`` is a directory, made if missing. ``--report`` is a report's
+    ``-o``."""
+    if output is not None and len(paths) == 1 and not paths[0].is_dir():
+        output_file(output)
+    check_report_output(report)
 
 
 def _targets(mode: Mode, args: _Args) -> list[Target]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 
-from rewriter.cli.common import CallSlot, GenerationOption, McountAddr, call_slot, check_mcount_addr
+from rewriter.cli.common import CallSlot, GenerationOption, McountAddr, call_slot, check_mcount_addr, output_file
 from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, LogError, NothingToDo
 from rewriter.generations import Generation
@@ -30,7 +30,9 @@ class Target(enum.Enum):
 
 
 Image_ = Annotated[Path, typer.Argument(help="vmlinux, module (.ko[.xz|.gz|.zst]), object or executable")]
-Output = Annotated[Path | None, typer.Option("-o", "--output", help="where to write the rewritten file")]
+Output = Annotated[
+    Path | None, typer.Option("-o", "--output", parser=output_file, help="where to write the rewritten file")
+]
 # The selection options combine as rewriter.rewrite.Selection does: --only, --section and --addr
 # add up (a site any one of them matches is selected; none of them given: every site), and
 # --exclude takes sites out of that. Each help says so, since `--section S --only F` reads as "F in S".

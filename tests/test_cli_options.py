@@ -115,6 +115,13 @@ def test_each_selection_option_says_how_the_options_combine(name: str) -> None:
     assert "taken out of" in helps["--exclude"] and all(o in helps["--exclude"] for o in SELECTION_OPTIONS[:3])
 
 
+@pytest.mark.parametrize("name", ["scan", "diff"])
+def test_all_says_that_an_output_file_lists_every_row(name: str) -> None:
+    """With -o every row is written, --all or not; the help said only "not the first 20" (200)."""
+    helps = {o: p.help or "" for p in command(name).params if isinstance(p, click.Option) for o in p.opts}
+    assert "-o always lists every one" in helps["--all"], helps["--all"]
+
+
 def _changed(result: Result) -> int:
     """How many sites a dry run says it would change (exit 0)."""
     assert result.exit_code == 0, result.output

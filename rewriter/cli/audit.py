@@ -68,6 +68,9 @@ class FailOn(enum.Enum):
 
 
 DIFF_ROWS = 200  # md on a terminal lists the first changes only (--all: every one)
+AllChanges = Annotated[
+    bool, typer.Option("--all", help=f"md: list every change, not the first {DIFF_ROWS} (-o always lists every one)")
+]
 
 
 def audit(
@@ -128,7 +131,7 @@ def diff(
     *,
     fmt: Annotated[DiffFormat, typer.Option("--format", help="the report's format")] = DiffFormat.MD,
     output: OutputFile = None,
-    show_all: Annotated[bool, typer.Option("--all", help="md: list every change, not the first 200")] = False,
+    show_all: AllChanges = False,
     jobs: Jobs = 0,
     generation: Annotated[
         list[Generation] | None,

@@ -45,6 +45,9 @@ class ScanFormat(enum.Enum):
 
 
 TABLE_ROWS = 20  # the table on a terminal lists the first sites only (--all: every one)
+AllSites = Annotated[
+    bool, typer.Option("--all", help=f"table: list every site, not the first {TABLE_ROWS} (-o always lists every one)")
+]
 
 
 def scan(
@@ -56,7 +59,7 @@ def scan(
     output: OutputFile = None,
     jobs: Jobs = 0,
     mcount_addr: McountAddr = None,
-    show_all: Annotated[bool, typer.Option("--all", help="table: list every site, not the first 20")] = False,
+    show_all: AllSites = False,
     generation: GenerationOption = None,
     log: LogFile = None,
     log_dir: ReadLogDir = None,

@@ -322,6 +322,21 @@ def test_a_named_directory_with_nothing_to_read_beside_a_file_is_one_line_and_th
     assert result.stdout  # the file is still read and reported
 
 
+def test_prenop_refuses_a_named_directory_with_nothing_to_read_beside_a_file(tmp_path: Path) -> None:
+    """prenop dropped it in silence and rewrote the file, exit 0; it refuses a missing path among
+    others before anything is written, and now an empty directory the same way."""
+    empty, out = tmp_path / "empty", tmp_path / "out"
+    empty.mkdir()
+    image = tmp_path / "prog"
+    shutil.copy2(BIN / "clean", image)
+    before = image.read_bytes()
+    for mode in (("--dry-run",), ("-o", out), ("--in-place",)):
+        result = invoke("prenop", "--policy", ROOT / "examples" / "keep-core.policy", *mode, empty, image)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.splitlines() == [f"mcountrw: error: {empty}: no vmlinux or module found below it"]
+        assert not out.exists() and image.read_bytes() == before and not result.stdout
+
+
 # -- an in-place rewrite never replaces a log that is not the file's -----------------------------
 
 

@@ -39,7 +39,6 @@ from rewriter.prose import counted
 from rewriter.sign import HASHES
 
 if TYPE_CHECKING:
-    from rewriter.batch import Found
     from rewriter.generations import Generation
     from rewriter.policy import Policy, Tally
     from rewriter.prenop import FileReport, Settings, Target
@@ -459,6 +458,11 @@ def _targets(mode: Mode, args: _Args) -> list[Target]:
     )
     if not ts:
         raise ArgumentError(f"{', '.join(map(str, args.paths))}: no vmlinux or module found below it")
+    # A named directory with nothing in it beside others that have files is refused like a
+    # missing path, before anything is written: a build that names a wrong directory is told.
+    empty = _empty_directories(args.paths, [t.source for t in ts])
+    if empty:
+        raise ArgumentError(f"{empty[0]}: no vmlinux or module found below it")
     return ts
 
 
@@ -680,7 +684,7 @@ def policy_check(
     found = [Found(t.source, t.rel) for t in targets(images, output=None, in_place=False, log_dir=None)]
     # One line per named directory with nothing to check (as prenop says it), the others still
     # checked, exit 2, as scan and audit do: a directory dropped in silence read as checked.
-    errors = [f"{d}: no vmlinux or module found below it" for d in _empty_directories(images, found)]
+    errors = [f"{d}: no vmlinux or module found below it" for d in _empty_directories(images, [f.path for f in found])]
     files = [f.path for f in found]
     tally = pol.Tally(rules)
     errors += _tally_files(tally, files, workers(jobs), generation, mcount_addr, logs_for(found, log, log_dir))
@@ -695,10 +699,10 @@ def policy_check(
     findings_if(bool(warnings))
 
 
-def _empty_directories(images: Sequence[Path], found: Sequence[Found]) -> list[Path]:
+def _empty_directories(images: Sequence[Path], found: Sequence[Path]) -> list[Path]:
     """The directories of ``images`` that none of ``found`` lies below (each file found below a
     directory is named from it, so the test is on the names, with no second walk)."""
-    return [d for d in images if d.is_dir() and not any(f.path.parts[: len(d.parts)] == d.parts for f in found)]
+    return [d for d in images if d.is_dir() and not any(f.parts[: len(d.parts)] == d.parts for f in found)]
 
 
 def _tally_files(

@@ -217,6 +217,8 @@ def scan(
         elif not len(entries):  # the entry is whatever the recorded `bl` words call most
             entries = _entries_from_records(text, _nonzero(tables))
             calls = text.bl_places[arrays.member(text.bl_targets, entries)]
+        else:
+            _check_mcount_addr_recorded(image, text, mcount_addr, calls, _nonzero(tables))
     records = _nonzero(tables)
     overridden = None
     if generation is None:
@@ -488,6 +490,24 @@ def _mcount_entries(image: Image, text: CodeView, mcount_addr: int | None) -> np
         found.extend(_stub_symbols(image))
     entries = np.unique(np.array(found, dtype=np.uint64))
     return np.union1d(entries, _branch_stubs(text, entries))
+
+
+def _check_mcount_addr_recorded(
+    image: Image, text: CodeView, mcount_addr: int | None, calls: np.ndarray, records: np.ndarray
+) -> None:
+    """``--mcount-addr`` on a stripped image with records, where no recorded word calls it but the
+    recorded ``bl`` words call another address: a mistyped address, which would make every record
+    name no site and the report say ftrace breaks at boot. Refused, naming the address the records
+    call, as :func:`_check_mcount_addr_named` refuses one the symbols contradict."""
+    if mcount_addr is None or not len(records) or arrays.member(calls, records).any():
+        return
+    called = _entries_from_records(text, records)
+    if not len(called):  # the records name no bl at all: a broken image, for the report to say
+        return
+    raise image.error(
+        f"--mcount-addr {mcount_addr:#x}: no recorded bl calls it; the recorded bl words call {int(called[0]):#x} "
+        "(is that _mcount's address?)"
+    )
 
 
 def _check_mcount_addr_named(image: Image, mcount_addr: int | None, named: list[int]) -> None:

@@ -17,6 +17,8 @@ from boot import require_kernel
 from test_bad_input import assert_cli_error, mcountrw
 from test_stripped import BIN, mcount_of, strip
 
+from rewriter.code import code_view
+from rewriter.elf.image import Image
 from rewriter.report import jsonfmt
 
 
@@ -51,17 +53,41 @@ def test_generation_overrides_what_the_audit_detects_in_a_stripped_file(tmp_path
 
 
 def test_dangling_message_quotes_the_word_as_its_evidence_does(tmp_path: Path) -> None:
-    """A wrong ``--mcount-addr`` leaves each record at a ``bl`` that goes elsewhere: the message
-    names its target as the evidence line does (``bl 0x10000180``), not by its offset (``bl 0x7c``)."""
+    """A record moved to a ``bl`` that goes elsewhere (clean_nonleaf's call of clean_leaf): the
+    message names its target as the evidence line does (``bl 0x10000100``), not by its offset
+    disassembled at 0."""
+    image = Image.load(BIN / "clean")
+    view = code_view(image)
+    mcount = mcount_of(BIN / "clean")
+    call, callee = next((int(p), int(t)) for p, t in zip(view.bl_places, view.bl_targets, strict=True) if t != mcount)
+    table = image.section("__mcount_loc")
+    data = bytearray(image.data)
+    data[table.offset : table.offset + 8] = call.to_bytes(8, "little")  # record 0 := the other call
+    moved = tmp_path / "clean"
+    moved.write_bytes(bytes(data))
+    code, doc = _audit_json(str(moved))
+    (dangling,) = [a for a in doc["images"][0]["anomalies"] if a["kind"] == "dangling"]
+    assert code == 1
+    (line,) = dangling["evidence"]
+    assert line.endswith(f"  bl {callee:#x}")
+    assert dangling["message"] == f"record points at 'bl {callee:#x}', not a call to _mcount"
+
+
+def test_a_mcount_addr_no_recorded_call_names_is_refused_naming_the_one_they_call(tmp_path: Path) -> None:
+    """A stripped image with records and a wrong ``--mcount-addr``: every record named no site and
+    scan and audit said ftrace breaks at boot (FTRACE OFF, three dangling errors), a confident
+    false verdict; now one line names the address the recorded bl words call, exit 2."""
     bare = strip(BIN / "clean", tmp_path / "clean")
     mcount = mcount_of(BIN / "clean")
-    code, doc = _audit_json(str(bare), "--mcount-addr", hex(mcount - 0x30))
-    dangling = [a for a in doc["images"][0]["anomalies"] if a["kind"] == "dangling"]
-    assert code == 1 and len(dangling) == 3
-    for a in dangling:
-        (line,) = a["evidence"]
-        assert line.endswith(f"  bl {mcount:#x}")
-        assert a["message"] == f"record points at 'bl {mcount:#x}', not a call to _mcount"
+    for command in ("scan", "audit", "nop"):
+        out = tmp_path / f"{command}.out"
+        proc = mcountrw(command, str(bare), "--mcount-addr", hex(mcount - 0x30), "-o", str(out))
+        assert proc.returncode == 2 and not proc.stdout and not out.exists()
+        assert proc.stderr.strip() == (
+            f"mcountrw: error: {bare}: --mcount-addr {mcount - 0x30:#x}: no recorded bl calls it; "
+            f"the recorded bl words call {mcount:#x} (is that _mcount's address?)"
+        )
+    assert mcountrw("scan", str(bare), "--mcount-addr", hex(mcount)).returncode == 0
 
 
 def test_generation_that_agrees_is_no_anomaly() -> None:

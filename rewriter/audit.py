@@ -617,10 +617,17 @@ def _blind_spots(result: Scan, gap: StubGap | None) -> list[Anomaly]:
     """What the audit could not check, said as findings so that no report reads as clean for it."""
     out = []
     if gap is not None:
+        # Without symbols the areas are there but cannot be found; with them, the image has none,
+        # which no ool kernel lacks: the advice differs.
+        advice = (
+            "audit the unstripped vmlinux to check it"
+            if gap.reason == "no symbols"
+            else "every ool (6.13+) vmlinux defines them: is it one?"
+        )
         msg = (
             f"ool stub areas not found ({gap.reason}): whether {counted(gap.records, 'record')} get a stub at "
             "boot is unchecked (where an area is short, ftrace_init_ool_stub() fails and ftrace_bug() turns "
-            "function tracing off: ool-stubs); audit the unstripped vmlinux to check it"
+            f"function tracing off: ool-stubs); {advice}"
         )
         out.append(Anomaly(AnomalyKind.OOL_STUBS_UNCHECKED, Severity.WARNING, msg))
     if result.unnamed:

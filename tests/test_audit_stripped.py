@@ -220,6 +220,22 @@ def test_stripped_ool_vmlinux_says_its_stub_coverage_is_unchecked(tmp_path: Path
 
 
 @pytest.mark.corpus
+def test_an_unstripped_vmlinux_read_as_ool_is_not_told_to_be_audited_unstripped() -> None:
+    """6.12 read with --generation ool: it has symbols and no stub area. The audit's advice was
+    "audit the unstripped vmlinux" (it is), and scan's table said nothing of the stubs at all."""
+    vmlinux = str(require_kernel("6.12").vmlinux)
+    proc = mcountrw("audit", vmlinux, "--generation", "ool")
+    (warning,) = [line for line in proc.stdout.splitlines() if "`ool-stubs-unchecked`" in line]
+    assert "no ftrace_ool_stub_text or ftrace_ool_stub_text_end or ftrace_ool_stub_inittext symbol" in warning
+    assert warning.endswith("every ool (6.13+) vmlinux defines them: is it one?") and "unstripped" not in warning
+    table = mcountrw("scan", vmlinux, "--generation", "ool").stdout.splitlines()
+    assert "  ool stubs: this vmlinux defines no stub area (ftrace_ool_stub_text...), which every ool kernel has: " in (
+        "\n".join(table[:6])
+    )
+    assert not [line for line in mcountrw("scan", vmlinux).stdout.splitlines()[:6] if "ool stubs" in line]
+
+
+@pytest.mark.corpus
 @pytest.mark.parametrize("name", ["6.1", "6.12"])
 def test_stripped_mprofile_and_patchable_vmlinux_get_a_note_and_no_false_errors(name: str, tmp_path: Path) -> None:
     """No stubs to miss: the one thing said is the note. 6.1 needs _mcount's address (System.map)."""

@@ -559,7 +559,24 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
     stubs = stubs_json(result)
     if stubs:
         out.append("  " + _stubs_line(stubs, result.records.count))
+    elif _stub_areas_missing(result):
+        out.append(
+            "  ool stubs: this vmlinux defines no stub area (ftrace_ool_stub_text...), which every ool kernel has: "
+            "whether its records get a stub at boot is unchecked"
+        )
     return out
+
+
+def _stub_areas_missing(result: Scan) -> bool:
+    """An ool vmlinux with symbols and records, but no stub area among them (read as ool against
+    what it says, or a broken build). A stripped one says it in its no-symbols line."""
+    return (
+        result.kind is Kind.VMLINUX
+        and result.generation is Generation.OOL
+        and not result.stubs
+        and not result.unnamed
+        and result.records.count > 0
+    )
 
 
 def _blind(generation: Generation | None) -> str:

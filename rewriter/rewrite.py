@@ -439,6 +439,17 @@ def _check_boot_rule(
                 "keep them traceable (the kernel patches them at boot): pre-nopping them means dropping their "
                 "records: add --drop-records"
             )
+        # mprofile: sites an earlier --keep-records left nopped and recorded, which boot refuses;
+        # "nothing to change" would write a copy as broken as its input, and say it succeeded.
+        broken = [s for s in selected if s.recorded and s.state is not LAYOUTS[s.variant].built]
+        if broken:
+            s, more = broken[0], f" (and {len(broken) - 1} more sites)" if len(broken) > 1 else ""
+            raise PlanRejected(
+                f"{image.path}: {s.place_text} ({s.function or '?'}){more}: already holds {s.state.value} "
+                f"({_words_text(s.variant, s.state)}) at a recorded place, which the kernel's boot-time "
+                f"ftrace_init_nop refuses (an earlier --keep-records?): add --drop-records (or --keep-records "
+                "to keep that image as it is)"
+            )
 
 
 def _groups(sites: Sequence[Site]) -> list[list[Site]]:

@@ -211,6 +211,20 @@ def test_the_boot_rule_holds_for_61_as_well(corpus, tmp_path: Path) -> None:
         apply_file(corpus.vmlinux, None, Selection(only=("do_one_initcall",)), Options(SiteState.NOPPED), dry_run=True)
 
 
+@pytest.mark.corpus
+def test_nopping_61_sites_already_nopped_and_recorded_is_refused_as_on_612(corpus, tmp_path: Path) -> None:
+    """A 6.1 module an earlier --keep-records left refused at load: nopping the same site again
+    said "nothing to change", wrote a copy as broken and exited 0; 6.12 refuses its analogue."""
+    module = corpus.modules_dir / "fs/nls/nls_utf8.ko"
+    broken, out = tmp_path / "broken.ko", tmp_path / "out.ko"
+    keep = Options(SiteState.NOPPED, keep_records=True, strip_signature=True)
+    apply_file(module, broken, Selection(only=("char2uni",)), keep)
+    line = _one_line_error(_cli("nop", broken, "--only", "char2uni", "-o", out), "(char2uni)", "--drop-records")
+    assert "already holds nopped (nop; nop) at a recorded place" in line and not out.exists()
+    assert _cli("nop", broken, "--only", "char2uni", "--keep-records", "-o", out).returncode == 0
+    assert _cli("nop", broken, "--only", "char2uni", "--drop-records", "-o", tmp_path / "dropped.ko").returncode == 0
+
+
 # -- compressed modules ----------------------------------------------------------------------
 
 

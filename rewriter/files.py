@@ -87,6 +87,7 @@ class ApplyResult:
     stage_images: tuple[Path, ...]
     base: Base | None = None  # the input's log, which the new log names
     warnings: tuple[str, ...] = ()  # one line each: a log beside the input that was not its log
+    backup: Path | None = None  # --in-place --backup: where the original was kept
 
 
 def _sha256(data: Data) -> str:
@@ -200,7 +201,7 @@ def apply_file(
     stage_paths = _write_stage_images(stage_dir, path, result) if stage_dir else ()
     backup_path = path.with_name(path.name + ".orig") if in_place and backup else None
     base = _write_outputs(image, result, options, out, log, backup_path, known)
-    return ApplyResult(path, out, log, result, before, stage_paths, base, warnings)
+    return ApplyResult(path, out, log, result, before, stage_paths, base, warnings, backup_path)
 
 
 def check_no_foreign_log(path: Path, known: Known | None) -> None:

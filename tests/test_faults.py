@@ -301,6 +301,18 @@ def test_in_place_with_backup_keeps_the_original(tmp_path: Path) -> None:
     assert verify_files(tmp_path / "std-le.orig", src, default_log_path(src)).ok
     assert {s.state for s in scan(Image.load(src)).sites} == {SiteState.DISABLED}
     assert os.stat(src).st_mode == os.stat(BIN / "std-le").st_mode  # the mode is kept
+    assert result.backup == tmp_path / "std-le.orig"
+
+
+def test_in_place_with_backup_says_where_the_original_is(tmp_path: Path) -> None:
+    """It said only "wrote F and F.mcountrw.jsonl", not the F.orig it also wrote."""
+    src = tmp_path / "std-le"
+    shutil.copy(BIN / "std-le", src)
+    done = subprocess.run(
+        [sys.executable, "-m", "rewriter", "nop", str(src), "--in-place", "--backup"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {src} and {src}.mcountrw.jsonl, the original kept as {src}.orig" in done.stderr.splitlines()
 
 
 # -- apply then undo is the identity ------------------------------------------------------------------

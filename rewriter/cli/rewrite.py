@@ -238,7 +238,8 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
             err=True,
         )
     if result.output is not None:
-        typer.echo(f"wrote {result.output} and {result.log}", err=True)
+        kept = "" if result.backup is None else f", the original kept as {result.backup}"
+        typer.echo(f"wrote {result.output} and {result.log}{kept}", err=True)
     if result.base is not None and result.output is not None:
         typer.echo(f"the log builds on {result.base.path} (the input's log)", err=True)
     for p in result.stage_images:

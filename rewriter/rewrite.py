@@ -52,7 +52,8 @@ from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
 from rewriter.heap import collector_paused
 from rewriter.known import Moment, Origin, RecordSlot, RelaEntry, SiteLine, Touched, lines_after
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, check_route, plan
-from rewriter.sites import Scan, Site, Source, dynamic_value, scan
+from rewriter.sites import Scan, Site, Source, dynamic_value, place_text, scan
+from rewriter.sites import boot_state as sites_boot_state
 from rewriter.states import Insn, SiteState, Slot, insn_kind, word_for, words_text
 
 BOOTED_KINDS: Final = (Kind.VMLINUX, Kind.MODULE)
@@ -125,7 +126,9 @@ class Options:
     """``target`` is a state name (``nopped`` means every word of the site a nop: on ool, whose
     one word has no ``nopped`` state, that is ``disabled``). ``drop_records`` drops the records of
     sites whose call slot ends up nop; ``keep_records`` allows leaving a recorded place holding
-    words the kernel refuses at boot (for negative controls only)."""
+    words the kernel refuses at boot (for negative controls only). ``r0_live_ok`` allows taking
+    the ``mflr r0`` from a function the r0 walk shows reading r0 after its site (refused else:
+    :func:`_check_r0_dead`)."""
 
     target: SiteState
     route: Route | None = None
@@ -133,6 +136,7 @@ class Options:
     drop_records: bool = False
     strip_signature: bool = False
     keep_records: bool = False
+    r0_live_ok: bool = False  # take the mflr r0 from a function that reads r0 after its site
 
 
 class StubCount(NamedTuple):
@@ -219,6 +223,8 @@ def rewrite(
     how to bring back what an earlier rewrite took out: a call's target and relocation, a record."""
     history = history or {}
     c = _choose(image, scan, selection, options, history)
+    if not options.r0_live_ok:
+        _check_r0_dead(image, scan, _mflr_taken(image, c))
     try:
         check_route((s.variant for s in c.selected), options.route)
     except ArgumentError as e:  # a request refused for these sites, as a state they cannot take is
@@ -450,6 +456,57 @@ def _check_boot_rule(
                 f"ftrace_init_nop refuses (an earlier --keep-records?): add --drop-records (or --keep-records "
                 "to keep that image as it is)"
             )
+
+
+def _mflr_taken(image: Image, c: _Choice) -> list[Site]:
+    """The selected sites whose function ran ``mflr r0`` in slot A before the rewrite and will not
+    after it: an mprofile site whose A the rewrite nops (or makes ``b +8``), a patchable site whose
+    record it drops (the kernel's init wrote that ``mflr r0``; unrecorded, the first nop stays)."""
+    booted = image.kind in (*BOOTED_KINDS, Kind.OBJECT)  # an object's records reach a kernel once linked
+    changed, dropped = {s.place for s in c.todo}, {s.place for s in c.gone}
+    back = {s.place for s in c.back}
+    out = []
+    for s in c.selected:
+        lay = LAYOUTS[s.variant]
+        if Slot.A not in lay.state_slots or (s.place not in changed and s.place not in dropped):
+            continue
+        after = c.goals[s.variant] if s.place in changed else s.state
+        recorded = (s.recorded and s.place not in dropped) or s.place in back
+        if _runs_mflr(s.variant, s.state, s.recorded, booted) and not _runs_mflr(s.variant, after, recorded, booted):
+            out.append(s)
+    return out
+
+
+def _runs_mflr(variant: Variant, state: SiteState, recorded: bool, booted: bool) -> bool:
+    """Whether slot A runs ``mflr r0``: in a kernel image or object, once the kernel's init has run
+    (a recorded patchable site gets it then); in an executable, as its words are."""
+    lay = LAYOUTS[variant]
+    running = (sites_boot_state(variant, state, recorded) or state) if booted else state
+    return words_of(variant, running)[lay.state_slots.index(Slot.A)] is Insn.MFLR
+
+
+def _check_r0_dead(image: Image, scan: Scan, taken: Sequence[Site]) -> None:
+    """Refuse to take the ``mflr r0`` from a function that reads r0 after its site: the audit's
+    ``r0live`` (rewriter.flow), where nopping it changes what the function does. Run only when
+    some site loses its mflr (a whole 6.1 vmlinux: ~0.8 s); UNKNOWN verdicts pass, as the
+    audit lists them without calling them wrong."""
+    if not taken:
+        return
+    from rewriter import flow
+    from rewriter.ppc.table import build_table
+
+    code = flow.load_code(image, scan, build_table())
+    live = [(s, v) for s, v in zip(taken, flow.safety(code, taken), strict=True) if v.verdict is flow.Verdict.LIVE]
+    if not live:
+        return
+    (s, v), more = live[0], f" (and {len(live) - 1} more sites)" if len(live) > 1 else ""
+    why = "" if v.why is None else v.why.value
+    at = "" if v.evidence is None else f" (at {place_text(image, v.evidence)})"
+    raise PlanRejected(
+        f"{image.path}: {s.place_text} ({s.function or '?'}){more}: the function {why}{at}: taking its mflr r0 "
+        "changes what it does (audit: r0live): leave the function out (--exclude; prenop: a keep rule), "
+        "or pass --allow-r0-live to take it anyway"
+    )
 
 
 def _groups(sites: Sequence[Site]) -> list[list[Site]]:

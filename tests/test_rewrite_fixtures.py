@@ -14,7 +14,7 @@ from boot import require_tool
 from conftest import FIXTURES
 
 from rewriter.elf.image import Image
-from rewriter.errors import NoRoute
+from rewriter.errors import NoRoute, PlanRejected
 from rewriter.files import apply_file, undo_file, verify_files
 from rewriter.plan import Route
 from rewriter.rewrite import Options, Selection
@@ -133,7 +133,7 @@ def test_broken_site_misbehaves(manifest: dict, tmp_path: Path) -> None:
 def test_nop_then_undo_gives_back_every_byte(name: str, tmp_path: Path) -> None:
     src = FIXTURES / "bin" / name
     out = tmp_path / name
-    apply_file(src, out, Selection(), Options(SiteState.NOPPED, drop_records=True))
+    apply_file(src, out, Selection(), Options(SiteState.NOPPED, drop_records=True, r0_live_ok=True))  # every site
     log = out.with_name(out.name + ".mcountrw.jsonl")
     assert verify_files(src, out, log).ok
     back = tmp_path / "back"
@@ -204,3 +204,50 @@ def test_undo_in_place_step_by_step_keeps_the_log_beside_the_file_true(tmp_path:
     assert ", the original)" in second.output and f"removed {log}" in second.output
     assert work.read_bytes() == (FIXTURES / "bin" / "prof-le").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prog"]
+
+
+@pytest.mark.parametrize("name", ["anom-r0live", "anom-r0live.o"])
+def test_taking_the_mflr_of_a_function_that_reads_r0_is_refused(name: str, tmp_path: Path) -> None:
+    """r0live_fn reads r0 after its site (the audit's r0live): nopping its mflr r0 changes what it
+    does. nop did it without a word; now it is refused unless --allow-r0-live, nothing written,
+    and the other functions are nopped when it is left out."""
+    src, out = FIXTURES / "bin" / name, tmp_path / "out"
+    with pytest.raises(PlanRejected, match=r"\(r0live_fn\): the function reads r0 before anything redefines it"):
+        apply_file(src, out, Selection(), Options(SiteState.NOPPED, drop_records=True))
+    assert not out.exists()
+    left_out = apply_file(src, out, Selection(exclude=("r0live_fn",)), Options(SiteState.NOPPED, drop_records=True))
+    assert {s.function for s in left_out.rewrite.sites} == {"r0safe_branches", "r0safe_base0"}
+    from typer.testing import CliRunner
+
+    from rewriter.cli import app
+
+    done = CliRunner().invoke(app, ["nop", str(src), "-o", str(tmp_path / "all"), "--allow-r0-live"])
+    assert done.exit_code == 0, done.output
+    assert {s.function for s in scan(Image.load(tmp_path / "all")).sites if s.state is SiteState.NOPPED} == {
+        "r0live_fn", "r0safe_branches", "r0safe_base0"
+    }  # fmt: skip
+
+
+def test_the_r0_check_asks_only_where_an_mflr_goes(tmp_path: Path) -> None:
+    """Only a site losing its mflr r0 is walked: moving r0live_fn to disabled (mflr r0; nop)
+    keeps it, so it is no refusal."""
+    out = tmp_path / "d"
+    apply_file(FIXTURES / "bin" / "anom-r0live", out, Selection(only=("r0live_fn",)), Options(SiteState.DISABLED))
+    assert {s.state for s in scan(Image.load(out)).sites if s.function == "r0live_fn"} == {SiteState.DISABLED}
+
+
+def test_dropping_the_record_of_a_patchable_site_that_reads_r0_is_refused(tmp_path: Path) -> None:
+    """patchable: the kernel's init writes mflr r0 into a recorded site's first nop; dropping the
+    record leaves the nop, so a body that reads r0 (here `mtctr r0` after the nops) would read
+    garbage. Keeping the record (disabled: mflr r0; nop, written) is no refusal."""
+    src = FIXTURES / "bin" / "patchable-le.o"
+    site = next(s for s in scan(Image.load(src)).sites if s.function == "leaf_add")
+    data = bytearray(src.read_bytes())
+    data[site.file_offset + 4 : site.file_offset + 8] = (0x7C0903A6).to_bytes(4, "little")  # mtctr r0
+    reads = tmp_path / "reads.o"
+    reads.write_bytes(bytes(data))
+    nop_drop = Options(SiteState.NOPPED, drop_records=True)
+    with pytest.raises(PlanRejected, match=r"\(leaf_add\): the function reads r0"):
+        apply_file(reads, tmp_path / "out.o", Selection(only=("leaf_add",)), nop_drop)
+    kept = Options(SiteState.DISABLED, drop_records=True)
+    apply_file(reads, tmp_path / "kept.o", Selection(only=("leaf_add",)), kept)

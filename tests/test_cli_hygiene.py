@@ -286,14 +286,17 @@ def test_a_named_directory_with_nothing_to_read_is_one_line_and_no_report(comman
         "policy check": ("policy", "check", ROOT / "examples" / "keep-core.policy", empty),
     }[command]
     result = invoke(*args)
-    want = (
-        f"{empty}: no vmlinux or module found below it"
-        if command == "policy check"
-        else f"{empty}: no ELF file or module below it"
-    )
+    want = _nothing_below(command, empty)
     assert result.exit_code == 2, result.output
     assert result.stderr.splitlines() == [f"mcountrw: error: {want}"]
     assert not result.stdout and not report.exists()
+
+
+def _nothing_below(command: str, directory: Path) -> str:
+    """The line for a named directory with nothing to read: policy check says it as prenop does."""
+    if command == "policy check":
+        return f"{directory}: no vmlinux or module found below it"
+    return f"{directory}: no ELF file or module below it"
 
 
 @pytest.mark.parametrize("command", ["scan", "audit", "policy check"])
@@ -312,11 +315,7 @@ def test_a_named_directory_with_nothing_to_read_beside_a_file_is_one_line_and_th
         "policy check": ("policy", "check", ROOT / "examples" / "keep-core.policy", empty, image),
     }[command]
     result = invoke(*args)
-    want = (
-        f"{empty}: no vmlinux or module found below it"
-        if command == "policy check"
-        else f"{empty}: no ELF file or module below it"
-    )
+    want = _nothing_below(command, empty)
     assert result.exit_code == 2, result.output
     assert [line for line in result.stderr.splitlines() if "error" in line] == [f"mcountrw: error: {want}"]
     assert result.stdout  # the file is still read and reported

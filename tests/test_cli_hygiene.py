@@ -321,6 +321,19 @@ def test_a_named_directory_with_nothing_to_read_beside_a_file_is_one_line_and_th
     assert result.stdout  # the file is still read and reported
 
 
+def test_policy_check_of_a_missing_path_beside_a_file_checks_the_file(tmp_path: Path) -> None:
+    """As scan and audit: one line for the path, the others checked, exit 2 (it stopped the whole
+    run with that line and checked nothing)."""
+    image = tmp_path / "prog"
+    shutil.copy2(BIN / "clean", image)
+    missing = tmp_path / "nosuch"
+    for command in (("scan",), ("audit",), ("policy", "check", ROOT / "examples" / "keep-core.policy")):
+        result = invoke(*command, missing, image)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.splitlines() == [f"mcountrw: error: {missing}: No such file or directory"], command
+        assert result.stdout, command  # the file is read and reported
+
+
 def test_prenop_refuses_a_named_directory_with_nothing_to_read_beside_a_file(tmp_path: Path) -> None:
     """prenop dropped it in silence and rewrote the file, exit 0; it refuses a missing path among
     others before anything is written, and now an empty directory the same way."""

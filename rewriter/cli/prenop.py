@@ -677,15 +677,21 @@ def policy_check(
     from rewriter import policy as pol
     from rewriter.batch import Found
     from rewriter.prenop import targets
+    from rewriter.reading import NO_SUCH_FILE
 
     check_mcount_addr(generation, mcount_addr)
     rules = pol.load(policy_file)
     # The files prenop would take, each named in its tree as prenop names it (its log's place).
-    found = [Found(t.source, t.rel) for t in targets(images, output=None, in_place=False, log_dir=None)]
-    # One line per named directory with nothing to check (as prenop says it), the others still
-    # checked, exit 2, as scan and audit do: a directory dropped in silence read as checked.
-    errors = [f"{d}: no vmlinux or module found below it" for d in _empty_directories(images, [f.path for f in found])]
+    # A path that is not there is one line, the others still checked, exit 2, as scan and audit
+    # do (prenop refuses the run instead: it writes).
+    missing = [p for p in images if not p.exists()]
+    present = [p for p in images if p not in missing]
+    found = [Found(t.source, t.rel) for t in targets(present, output=None, in_place=False, log_dir=None)]
+    # One line per named directory with nothing to check (as prenop says it), likewise: a
+    # directory dropped in silence read as checked.
     files = [f.path for f in found]
+    errors = [f"{p}: {NO_SUCH_FILE}" for p in missing]
+    errors += [f"{d}: no vmlinux or module found below it" for d in _empty_directories(present, files)]
     tally = pol.Tally(rules)
     errors += _tally_files(tally, files, workers(jobs), generation, mcount_addr, logs_for(found, log, log_dir))
     print_errors(errors)

@@ -127,6 +127,7 @@ class Settings:
     dry_run: bool = False
     replace_stale_logs: bool = False
     hints: ScanHints = field(default_factory=ScanHints)  # --mcount-addr, --generation: a stripped vmlinux
+    check_r0: bool = False  # --check-r0: refuse a function that reads r0 after its site
 
 
 NOP = Options(SiteState.NOPPED, drop_records=True)
@@ -311,7 +312,7 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     chosen, rules = _policy_choice(settings.policy, module_name(t.rel) if image.kind is Kind.MODULE else None, sc.sites)
     sign = signer is not None and image.kind is Kind.MODULE
     _check_signed(t, image, chosen, settings.strip_signature or sign)
-    options = replace(NOP, strip_signature=settings.strip_signature or sign)
+    options = replace(NOP, strip_signature=settings.strip_signature or sign, check_r0=settings.check_r0)
     # rewrite() sees only the chosen sites, selected wholesale: the policy has decided already, and
     # function names may hold glob characters (`[`) that a Selection would reinterpret.
     result = rewrite(image, replace(sc, sites=tuple(chosen)), Selection(), options)

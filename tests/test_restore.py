@@ -29,9 +29,7 @@ from rewriter.rewrite import Options, Selection
 from rewriter.sites import Source, scan
 from rewriter.states import SiteState
 
-# About bytes coming back, for every fixture: anom-r0live's live site is taken too (the r0 check
-# that refuses it by default has its own tests in test_rewrite_fixtures.py).
-NOP_DROP = Options(SiteState.NOPPED, drop_records=True, r0_live_ok=True)
+NOP_DROP = Options(SiteState.NOPPED, drop_records=True)
 ENABLE = Options(SiteState.ENABLED)
 SITE_LINE = re.compile(r"^site (0x[0-9a-f]+) (\d+)$", re.MULTILINE)
 

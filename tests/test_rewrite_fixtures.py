@@ -133,7 +133,7 @@ def test_broken_site_misbehaves(manifest: dict, tmp_path: Path) -> None:
 def test_nop_then_undo_gives_back_every_byte(name: str, tmp_path: Path) -> None:
     src = FIXTURES / "bin" / name
     out = tmp_path / name
-    apply_file(src, out, Selection(), Options(SiteState.NOPPED, drop_records=True, r0_live_ok=True))  # every site
+    apply_file(src, out, Selection(), Options(SiteState.NOPPED, drop_records=True))
     log = out.with_name(out.name + ".mcountrw.jsonl")
     assert verify_files(src, out, log).ok
     back = tmp_path / "back"
@@ -207,21 +207,24 @@ def test_undo_in_place_step_by_step_keeps_the_log_beside_the_file_true(tmp_path:
 
 
 @pytest.mark.parametrize("name", ["anom-r0live", "anom-r0live.o"])
-def test_taking_the_mflr_of_a_function_that_reads_r0_is_refused(name: str, tmp_path: Path) -> None:
+def test_check_r0_refuses_to_take_the_mflr_of_a_function_that_reads_r0(name: str, tmp_path: Path) -> None:
     """r0live_fn reads r0 after its site (the audit's r0live): nopping its mflr r0 changes what it
-    does. nop did it without a word; now it is refused unless --allow-r0-live, nothing written,
-    and the other functions are nopped when it is left out."""
+    does. With --check-r0 that is refused, nothing written, and the other functions are nopped
+    when it is left out; without it (the default: the walk costs +50% of a whole nop) it is done."""
     src, out = FIXTURES / "bin" / name, tmp_path / "out"
+    checked = Options(SiteState.NOPPED, drop_records=True, check_r0=True)
     with pytest.raises(PlanRejected, match=r"\(r0live_fn\): the function reads r0 before anything redefines it"):
-        apply_file(src, out, Selection(), Options(SiteState.NOPPED, drop_records=True))
+        apply_file(src, out, Selection(), checked)
     assert not out.exists()
-    left_out = apply_file(src, out, Selection(exclude=("r0live_fn",)), Options(SiteState.NOPPED, drop_records=True))
+    left_out = apply_file(src, out, Selection(exclude=("r0live_fn",)), checked)
     assert {s.function for s in left_out.rewrite.sites} == {"r0safe_branches", "r0safe_base0"}
     from typer.testing import CliRunner
 
     from rewriter.cli import app
 
-    done = CliRunner().invoke(app, ["nop", str(src), "-o", str(tmp_path / "all"), "--allow-r0-live"])
+    refused = CliRunner().invoke(app, ["nop", str(src), "-o", str(tmp_path / "all"), "--check-r0"])
+    assert refused.exit_code == 2 and "(audit: r0live)" in refused.output and not (tmp_path / "all").exists()
+    done = CliRunner().invoke(app, ["nop", str(src), "-o", str(tmp_path / "all")])
     assert done.exit_code == 0, done.output
     assert {s.function for s in scan(Image.load(tmp_path / "all")).sites if s.state is SiteState.NOPPED} == {
         "r0live_fn", "r0safe_branches", "r0safe_base0"
@@ -232,7 +235,8 @@ def test_the_r0_check_asks_only_where_an_mflr_goes(tmp_path: Path) -> None:
     """Only a site losing its mflr r0 is walked: moving r0live_fn to disabled (mflr r0; nop)
     keeps it, so it is no refusal."""
     out = tmp_path / "d"
-    apply_file(FIXTURES / "bin" / "anom-r0live", out, Selection(only=("r0live_fn",)), Options(SiteState.DISABLED))
+    disabled = Options(SiteState.DISABLED, check_r0=True)
+    apply_file(FIXTURES / "bin" / "anom-r0live", out, Selection(only=("r0live_fn",)), disabled)
     assert {s.state for s in scan(Image.load(out)).sites if s.function == "r0live_fn"} == {SiteState.DISABLED}
 
 
@@ -246,8 +250,23 @@ def test_dropping_the_record_of_a_patchable_site_that_reads_r0_is_refused(tmp_pa
     data[site.file_offset + 4 : site.file_offset + 8] = (0x7C0903A6).to_bytes(4, "little")  # mtctr r0
     reads = tmp_path / "reads.o"
     reads.write_bytes(bytes(data))
-    nop_drop = Options(SiteState.NOPPED, drop_records=True)
+    nop_drop = Options(SiteState.NOPPED, drop_records=True, check_r0=True)
     with pytest.raises(PlanRejected, match=r"\(leaf_add\): the function reads r0"):
         apply_file(reads, tmp_path / "out.o", Selection(only=("leaf_add",)), nop_drop)
-    kept = Options(SiteState.DISABLED, drop_records=True)
+    kept = Options(SiteState.DISABLED, drop_records=True, check_r0=True)
     apply_file(reads, tmp_path / "kept.o", Selection(only=("leaf_add",)), kept)
+
+
+def test_prenop_check_r0_fails_the_file_and_names_the_function(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rewriter.cli import app
+
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    out, src = tmp_path / "out", str(FIXTURES / "bin" / "anom-r0live.o")
+    done = CliRunner().invoke(app, ["prenop", "--policy", str(policy), "--check-r0", "-o", str(out), src])
+    assert done.exit_code == 2 and "(r0live_fn): the function reads r0" in done.output and not out.exists()
+    assert CliRunner().invoke(app, ["prenop", "--policy", str(policy), "-o", str(out), src]).exit_code == 0
+    undo = CliRunner().invoke(app, ["prenop", "--undo", "--check-r0", "--in-place", str(out)])
+    assert undo.exit_code == 2 and "--check-r0 goes with pre-nopping" in undo.output

@@ -32,7 +32,7 @@ from rewriter.cli.common import (
     workers,
 )
 from rewriter.cli.exits import ExitCode, bad_input_if, findings_if
-from rewriter.cli.rewrite import say_waiting
+from rewriter.cli.rewrite import CheckR0, say_waiting
 from rewriter.errors import ArgumentError, NothingToDo
 from rewriter.lock import hold
 from rewriter.prose import counted
@@ -112,6 +112,7 @@ class _Args:
     mcount_addr: int | None = None
     generation: Generation | None = None
     wait: bool = False
+    check_r0: bool = False
 
 
 Paths = Annotated[
@@ -188,6 +189,7 @@ def prenop(
     mcount_addr: McountAddr = None,
     generation: GenerationOption = None,
     wait: Wait = False,
+    check_r0: CheckR0 = False,
 ) -> None:
     """Apply a keep/nop policy to vmlinux and whole module trees, with one patch log per file.
 
@@ -201,7 +203,7 @@ def prenop(
     mode = _mode(undo, verify, dry_run)
     out = None if output is None else Path(output)
     args = _Args(paths, policy, in_place, out, log_dir, strip_signature, sign_key, sign_cert, hash_name, against,
-                 replace_stale_logs, mcount_addr, generation, wait)  # fmt: skip
+                 replace_stale_logs, mcount_addr, generation, wait, check_r0)  # fmt: skip
     _check_options(mode, args)
     _check_outputs(paths, output, report)
     # Refused inputs (the paths, the policy, the key) exit 2 before _locked makes the output tree,
@@ -420,6 +422,8 @@ def _check_options(mode: Mode, args: _Args) -> None:
         raise ArgumentError("--policy FILE is required (or --undo / --verify)")
     if not takes.policy and (args.policy is not None or args.sign_key is not None or args.strip_signature):
         raise ArgumentError("--undo and --verify take no --policy or signing options: the logs say what was done")
+    if not takes.policy and args.check_r0:
+        raise ArgumentError("--check-r0 goes with pre-nopping: --undo and --verify take no mflr away")
     if args.in_place and args.output is not None:
         raise ArgumentError("give either --in-place or -o OUT, not both")
     if args.log_dir is not None and args.log_dir.exists() and not args.log_dir.is_dir():
@@ -486,7 +490,7 @@ def _settings(mode: Mode, args: _Args) -> Settings | None:
 
     check_mcount_addr(args.generation, args.mcount_addr)
     hints = ScanHints(args.mcount_addr, args.generation)
-    return Settings(rules, args.strip_signature, signing, takes.dry_run, args.replace_stale_logs, hints)
+    return Settings(rules, args.strip_signature, signing, takes.dry_run, args.replace_stale_logs, hints, args.check_r0)
 
 
 def _execute(mode: Mode, ts: Sequence[Target], settings: Settings | None, jobs: int) -> list[FileReport]:

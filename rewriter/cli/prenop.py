@@ -222,12 +222,17 @@ def prenop(
     _print_reports(mode, reports, header)
     _print_closing(mode, args, settings, reports)
     typer.echo(f"done in {seconds:.1f} s with {counted(n, 'worker')}", err=True)
-    if report is not None:
-        text = json.dumps(_report_json(reports, header, MODES[mode].dry_run), indent=1, sort_keys=True)
-        emit(text + "\n", report)
+    _write_report(report, reports, header, mode)
     bad_input_if([r.message for r in reports if r.status is Status.FAILED])
     _nothing_to_do(mode, reports)
     findings_if(any(_finding(mode, r) for r in reports))
+
+
+def _write_report(report: Path | None, reports: Sequence[FileReport], header: str, mode: Mode) -> None:
+    """``--report FILE``: the run as JSON (its header and every file's line)."""
+    if report is not None:
+        text = json.dumps(_report_json(reports, header, MODES[mode].dry_run), indent=1, sort_keys=True)
+        emit(text + "\n", report)
 
 
 def _finding(mode: Mode, report: FileReport) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rewriter import arrays
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Section, index_name
 
@@ -164,7 +165,7 @@ def relocation_target_text(image: Image, shndx: int, offset: int, types: np.ndar
         if rsec.info != shndx or rsec.link >= len(image.sections) or image.sections[rsec.link].type != S.SHT_SYMTAB:
             continue
         rela = image.relocations(rsec)
-        hit = np.flatnonzero((rela["r_offset"] == offset) & np.isin(S.r_type(rela["r_info"]), types))
+        hit = np.flatnonzero((rela["r_offset"] == offset) & arrays.member(S.r_type(rela["r_info"]), types))
         if not len(hit):
             continue
         row = rela[hit[0]]

@@ -296,7 +296,7 @@ def _boot_counts(sites: Sequence[Site]) -> Counter[str]:
     """``Counter(_boot_text(site) for site in sites)``; ``_value_`` as in ``sites.summary``."""
     counts = Counter(REFUSED if b is None else b._value_ for b in map(attrgetter("boot_state"), sites))
     if counts[REFUSED]:  # a broken image: tell the sites init fails for want of a stub apart
-        counts.update(_boot_text(s) for s in sites if s.boot_state is None and lacks_stub(s))
+        counts[NO_STUB] = sum(1 for s in sites if s.boot_state is None and lacks_stub(s))
         counts[REFUSED] -= counts[NO_STUB]
     return +counts
 

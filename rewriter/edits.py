@@ -72,7 +72,9 @@ class LineText:
         if text is not None:
             return text
         if ppc.is_bl(word) or ppc.is_b(word):
-            return ppc.branch_text(addr or 0, word)
+            # A relocatable file's words have no address: its branch is its displacement (an
+            # unrelocated call reads "bl .+0", and the line's call_relocation names its target).
+            return ppc.relative_text(word) if addr is None else ppc.branch_text(addr, word)
         if self._capstone is None:
             self._capstone = ppc.Disassembler(self.order == "big")
         text = self.fixed[word] = self._capstone.text(word)

@@ -64,6 +64,20 @@ def test_sites_lines_read_back_as_the_rewrite_made_them(name: str, tmp_path: Pat
     assert list(load(default_log_path(out)).sites) == list(lines) == list(load_known(default_log_path(out)).sites)
 
 
+def test_a_relocatable_files_branch_reads_as_its_displacement(tmp_path: Path) -> None:
+    """An object's `bl _mcount` is unrelocated (`bl .+0` until the loader applies its REL24) and
+    has no address: its write line quotes it by displacement, not as a call to address 0; the
+    line's call_relocation names the target. A linked file's branch still reads by its target."""
+    logs = {}
+    for name in ("prof-be.o", "prof-le"):
+        out = tmp_path / name
+        apply_file(FIXTURES / "bin" / name, out, Selection(), NOP_DROP)
+        lines = [json.loads(line) for line in default_log_path(out).read_text().splitlines()]
+        logs[name] = {line["old_asm"] for line in lines if line.get("type") == "write" and line["slot"] == "B"}
+    assert logs["prof-be.o"] == {"bl .+0"}
+    assert all(text.startswith("bl 0x") for text in logs["prof-le"]) and logs["prof-le"]
+
+
 @pytest.mark.parametrize(
     ("name", "columns"),
     [("prof-le", {"call_target": WordWrite, "record_slot": BytesEdit}),

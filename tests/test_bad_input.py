@@ -608,6 +608,30 @@ def test_an_output_that_is_the_current_directory_or_root_is_a_directory(
     assert sorted(tmp_path.iterdir()) == before
 
 
+REPORTS = ("scan", "audit", "diff", "plan")
+
+
+def test_a_dash_output_is_stdout_for_a_report_and_refused_for_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-o -`` wrote a file called ``-`` in the current directory. A report now goes to stdout,
+    exactly as with no ``-o``; an ELF, a log's directory tree or prenop's JSON report needs a file,
+    and ``-`` is refused in one line that says how to name a file ``-``."""
+    src, commands = _every_output_option(tmp_path)
+    prenop_out = ("prenop", "--policy", str(ROOT / "examples" / "keep-core.policy"), str(src), "-o")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    for name, command in commands.items():
+        if name in REPORTS:
+            to_stdout, plain = invoke(*command, "-"), invoke(*command[:-1])
+            assert to_stdout.exit_code == plain.exit_code in (0, 1), to_stdout.output  # diff: 1, it differs
+            assert to_stdout.stdout == plain.stdout and to_stdout.stdout
+        else:
+            _refused(invoke(*command, "-"), "-: this output is a file, not stdout (for a file named -, write ./-)")
+    _refused(invoke(*prenop_out, "-"), "-: this output is a file, not stdout (for a file named -, write ./-)")
+    assert sorted(tmp_path.iterdir()) == before
+
+
 def test_reports_go_into_a_fifo_and_rewrites_refuse_one(tmp_path: Path) -> None:
     """A report to a FIFO or device (`-o /dev/null`) is written into it; renaming a temporary file
     over it would replace the node itself. A rewritten ELF is never sent there: refused, the FIFO kept."""

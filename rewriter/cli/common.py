@@ -90,6 +90,8 @@ def output_file(text: str) -> Path:
     cp read it, and ``Path`` drops it (``Path("x/")`` is ``x``): ``-o x/`` wrote a file ``x``. An
     existing directory goes on, to be refused as one (:func:`check_report_output`,
     ``rewriter.files.check_output_path``)."""
+    if text == "-":  # stdout, in every other tool; never a file called "-" by surprise
+        raise OutputError("-: this output is a file, not stdout (for a file named -, write ./-)")
     path = Path(text)
     if text.endswith("/") and not path.is_dir():
         problem = NOT_A_DIRECTORY if path.exists() else f"directory {path} does not exist"
@@ -97,8 +99,14 @@ def output_file(text: str) -> Path:
     return path
 
 
+def report_file(text: str) -> Path | None:
+    """A report's ``-o``: :func:`output_file`, or None (stdout) for ``-``, as other tools read it."""
+    return None if text == "-" else output_file(text)
+
+
 OutputFile = Annotated[
-    Path | None, typer.Option("-o", "--output", parser=output_file, help="write here instead of stdout")
+    Path | None,
+    typer.Option("-o", "--output", parser=report_file, help="write here instead of stdout (- is stdout)"),
 ]
 McountAddr = Annotated[
     int | None, typer.Option("--mcount-addr", parser=address, help="address of _mcount, for a stripped image")

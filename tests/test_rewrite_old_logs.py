@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES
 
+from rewriter import ppc
 from rewriter.known import SiteLine, site_lines_in
 from rewriter.log import load
 
@@ -82,6 +83,19 @@ def _lines(path: Path) -> list[dict[str, object]]:
     return out
 
 
+def _relative_branches(rec: dict[str, object]) -> dict[str, object]:
+    """The one deliberate change since these logs: a write without an address (ET_REL) quotes a
+    branch by its displacement (`bl .+0`), where the old code printed it as if at address 0 (`bl 0`)."""
+    if rec["type"] != "write" or rec["address"] is not None:
+        return rec
+    out = dict(rec)
+    for key in ("old", "new"):
+        word = int(str(rec[key]), 16)
+        if ppc.is_b(word) or ppc.is_bl(word):
+            out[f"{key}_asm"] = ppc.relative_text(word)
+    return out
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_same_rewrite_today_writes_the_same_lines(case: str, tmp_path: Path) -> None:
     """Today's mcountrw, given the same input and options, writes the old log's every line (paths
@@ -97,7 +111,7 @@ def test_the_same_rewrite_today_writes_the_same_lines(case: str, tmp_path: Path)
     # `sites` lines describing the sites touched (rewriter.known), after the edits.
     sites = [rec for rec in new if rec["type"] == "sites"]
     assert (new[0].pop("version"), new[0].pop("base"), old[0].pop("version")) == (3, None, 1)
-    assert [rec for rec in new if rec["type"] != "sites"] == old
+    assert [rec for rec in new if rec["type"] != "sites"] == [_relative_branches(rec) for rec in old]
     types = [rec["type"] for rec in new]
     first = types.index("sites")
     assert sum(rec["sites"] for rec in sites) == old[0]["summary"]["sites_changed"]

@@ -47,6 +47,7 @@ from typing import Final, NamedTuple
 from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
+from rewriter.prose import counted
 from rewriter.reading import read_regular_text
 
 
@@ -315,8 +316,9 @@ class Tally:
             if self.matched[i] == 0:
                 out.append(f"{self.policy.name}:{rule.line}: `{rule}` matches nothing")
             elif self.decided[i] == 0:
-                out.append(f"{self.policy.name}:{rule.line}: `{rule}` matches {self.matched[i]} sites, "
-                           "but later rules decide every one of them")  # fmt: skip
+                which = "it" if self.matched[i] == 1 else "every one of them"
+                out.append(f"{self.policy.name}:{rule.line}: `{rule}` matches {counted(self.matched[i], 'site')}, "
+                           f"but later rules decide {which}")  # fmt: skip
         return out
 
 

@@ -214,7 +214,7 @@ def test_prenop_on_files_without_any_site_exits_1_and_says_why(tmp_path: Path) -
     proc = mcountrw("prenop", "--policy", str(policy), "--in-place", str(plain))
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("mcountrw: nothing to do: no ftrace call site in any of the 1 files; plain: ")
+    assert lines[-1].startswith("mcountrw: nothing to do: no ftrace call site in the one file; plain: ")
     assert "no bl to an mcount entry" in lines[-1]
     assert not default_log_path(plain).exists()
 

@@ -108,6 +108,7 @@ def test_tally_counts_matches_and_decisions_and_warns_about_dead_rules() -> None
     warnings = t.warnings()
     assert any(w.startswith("p:2: `keep vfs_*` matches 2 sites, but later rules decide") for w in warnings)
     assert any(w.startswith("p:5: `keep nothing_here` matches nothing") for w in warnings)
+    assert "p:3: `keep vfs_read` matches 1 site, but later rules decide it" in warnings  # not "1 sites"
 
 
 def test_tally_says_which_kept_sites_the_kernel_cannot_trace_and_nops_per_generation() -> None:

@@ -84,6 +84,15 @@ def test_undo_dry_run_says_nothing_was_written_and_what_it_would_undo(tmp_path: 
     assert {f["path"]: f["status"] for f in data["files"]} == {"x.ko": "undone", "y.ko": "no log"}
 
 
+def test_the_header_counts_one_file_in_the_singular(tmp_path: Path) -> None:
+    """`1 files` read wrong in prenop's first line; the counts go through prose.counted."""
+    src = tmp_path / "prog.o"
+    shutil.copy(FIXTURES / "bin" / "prof-le.o", src)
+    dry = invoke("prenop", "--policy", _policy(tmp_path), "--dry-run", src)
+    assert dry.exit_code == 0, dry.output
+    assert dry.stdout.splitlines()[0].endswith(f", 1 file{BANNER}"), dry.stdout
+
+
 def test_a_real_undo_says_undone_and_its_report_is_no_dry_run(tmp_path: Path) -> None:
     tree = _tree(tmp_path / "tree")
     out, logs, report = tmp_path / "out", tmp_path / "logs", tmp_path / "r.json"

@@ -340,7 +340,7 @@ def _nothing_to_do(mode: Mode, reports: Sequence[FileReport]) -> None:
 
     done = [r for r in reports if r.status is not Status.FAILED]
     if MODES[mode].policy and done and all(r.no_sites for r in done):
-        raise NothingToDo(f"no ftrace call site in any of the {len(done)} files; {done[0].rel}: {done[0].message}")
+        raise NothingToDo(f"no ftrace call site in {_any_of(len(done))}; {done[0].rel}: {done[0].message}")
     if not MODES[mode].policy and done and all(r.status is Status.NO_LOG for r in done):
         # --undo and --verify go by the logs: with none found there was nothing to check or give back
         # (a file never rewritten has no log, but a whole run of them is a wrong --log-dir or path)
@@ -510,13 +510,19 @@ def _execute(mode: Mode, ts: Sequence[Target], settings: Settings | None, jobs: 
         return P.undo(ts, jobs, tick, takes.dry_run)
 
 
+def _any_of(files: int) -> str:
+    return "the one file" if files == 1 else f"any of the {files} files"
+
+
 def _header(mode: Mode, args: _Args, settings: Settings | None, files: int) -> str:
     dry = DRY_RUN_BANNER if MODES[mode].dry_run else ""
     if mode is Mode.VERIFY:
-        return f"mcountrw prenop --verify: {files} files"
+        return f"mcountrw prenop --verify: {counted(files, 'file')}"
     if settings is None:
-        return f"mcountrw prenop --undo: {files} files{dry}"
-    return f"mcountrw prenop: policy {args.policy} (sha256 {settings.policy.sha256[:12]}), {files} files{dry}"
+        return f"mcountrw prenop --undo: {counted(files, 'file')}{dry}"
+    return (
+        f"mcountrw prenop: policy {args.policy} (sha256 {settings.policy.sha256[:12]}), {counted(files, 'file')}{dry}"
+    )
 
 
 def _print_reports(mode: Mode, reports: Sequence[FileReport], header: str) -> None:

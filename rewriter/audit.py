@@ -30,6 +30,7 @@ from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.symbols import Functions, relocation_target_text, split_place
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, Generation, Variant, default_variant
+from rewriter.locs import ZERO_ADJUSTED
 from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
 from rewriter.prose import counted
@@ -201,7 +202,8 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         Severity.NOTE,
         "records outside kernel text",
         "ftrace_process_locs() skips vmlinux records outside _stext.._etext and "
-        "_sinittext.._einittext: nothing is patched there and nothing breaks.",
+        "_sinittext.._einittext, when its code shows the 2025 loop that checks (rewriter.locs): nothing "
+        "is patched there and nothing breaks. The older loop (6.1) has no such check: a dangling error.",
     ),
     AnomalyKind.WEAK_BODY: AnomalyRule(
         Severity.NOTE,
@@ -711,7 +713,10 @@ def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anom
         )
     if result.records.zeroed:
         msg = f"{counted(result.records.zeroed, 'zeroed entry', 'zeroed entries')} in {_table_names(result)}"
-        out.append(Anomaly(AnomalyKind.ZEROED_RECORDS, Severity.NOTE, msg))
+        if result.zero_records_fail:  # a patchable kernel older than the 2025 loop (rewriter.locs)
+            out.append(Anomaly(AnomalyKind.ZEROED_RECORDS, Severity.ERROR, f"{msg}: {ZERO_ADJUSTED}: FTRACE OFF"))
+        else:
+            out.append(Anomaly(AnomalyKind.ZEROED_RECORDS, Severity.NOTE, msg))
     skipped = result.records.skipped
     if skipped:
         first = skipped[0]

@@ -10,7 +10,8 @@ walk the plan stage by stage on a copy of the file:
   ``.rela`` table (not turned into ``R_PPC64_NONE``, which the ppc64 module loader refuses:
   ``Unknown ADD relocation: 0``) in the same stage as the write, so every stage image loads;
 * with ``drop_records``, sites whose call slot ends up ``nop`` lose their records: in a linked
-  image the record table's slot is zeroed (ftrace_process_locs skips zeros) and its
+  image the record table's slot is zeroed (ftrace_process_locs skips zeros; on patchable only
+  its newer loop, ``rewriter.locs``, and the older one is refused) and its
   ``R_PPC64_RELATIVE`` moves past the ``DT_RELASZ`` bytes that ``arch/powerpc/kernel/reloc_64.S``
   applies at boot (it would write the slot back from the addend); in a relocatable file the
   record's ``R_PPC64_ADDR64`` leaves ``.rela__mcount_loc`` / ``.rela__patchable_function_entries``,
@@ -51,6 +52,7 @@ from rewriter.errors import ArgumentError, ImageError, InternalError, LogError, 
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
 from rewriter.heap import collector_paused
 from rewriter.known import Moment, Origin, RecordSlot, RelaEntry, SiteLine, Touched, lines_after
+from rewriter.locs import ZERO_ADJUSTED
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, check_route, plan
 from rewriter.sites import Scan, Site, Source, dynamic_value, place_text, scan
 from rewriter.sites import boot_state as sites_boot_state
@@ -292,6 +294,7 @@ def _choose(
             "(pass --strip-signature to drop it; undo restores it)"
         )
     _check_boot_rule(image, selected, todo, gone, goals, options)
+    _check_zero_records(image, scan, gone)
     for s in todo:
         if s.state is SiteState.UNKNOWN:
             raise ImageError(
@@ -413,6 +416,19 @@ def refused_at_boot(
     return [
         s for s in todo if s.recorded and s.place not in dropped and goals[s.variant] is not LAYOUTS[s.variant].built
     ]
+
+
+def _check_zero_records(image: Image, scan: Scan, gone: Sequence[Site]) -> None:
+    """Refuse to drop records from a patchable vmlinux whose ftrace_process_locs() adds 4 before
+    it tests a record for zero (``Scan.zero_records_fail``, ``rewriter.locs``): a dropped record
+    is a zeroed slot, and that kernel would take it for address 4 and turn ftrace off at boot."""
+    if gone and scan.zero_records_fail:
+        s = gone[0]
+        raise PlanRejected(
+            f"{image.path}: {s.place_text} ({s.function or '?'}): dropping a record zeroes its slot, "
+            f"but {ZERO_ADJUSTED} (the loop before the 2025 change): ftrace would be off at boot; "
+            "this kernel's records cannot be dropped offline"
+        )
 
 
 def _check_boot_rule(

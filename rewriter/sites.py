@@ -44,6 +44,7 @@ from rewriter.elf.image import Abi, Image, Kind, Section, index_name
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, functions, rel_place, reloc_target_places, split_place
 from rewriter.errors import ArgumentError
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
+from rewriter.locs import Locs, process_locs
 from rewriter.prose import counted
 from rewriter.states import PLAIN, Insn, SiteState
 
@@ -185,6 +186,13 @@ class Scan:
     log: Path | None = None  # the patch log its `Source.LOG` sites come from (rewriter.known)
     # What the image's contents say, when --generation gave another generation: obeyed, and said.
     overridden: Detect | None = None
+    locs: Locs = Locs.UNKNOWN  # what the kernel's ftrace_process_locs() skips (rewriter.locs)
+
+    @property
+    def zero_records_fail(self) -> bool:
+        """A zeroed record turns ftrace off at boot: on patchable, a kernel whose
+        ftrace_process_locs() adds 4 before it tests a record for zero (rewriter.locs)."""
+        return self.generation is Generation.PATCHABLE and self.locs is Locs.ADJUSTS_FIRST
 
     @property
     def unnamed(self) -> bool:
@@ -226,7 +234,8 @@ def scan(
     else:
         overridden = _contradicted(generation, detect_generation(image, text, calls, records))
     check_mcount_addr(generation, mcount_addr, image.path)
-    places, skipped = _split_skipped(image, records)
+    locs = process_locs(image)
+    places, skipped = _split_skipped(image, records, locs)
     weak = weak_max_offset(image, generation)
     sites, unmatched = _classify(image, text, funcs, generation, calls, places, weak)
     stubs: tuple[StubArea, ...] = ()
@@ -236,7 +245,7 @@ def scan(
     mcount = tuple(int(e) for e in entries)
     return Scan(
         image.path, image.kind, _endian(image), image.abi, sites, recs, mcount, funcs, generation, stubs, weak,
-        overridden=overridden,
+        overridden=overridden, locs=locs,
     )  # fmt: skip
 
 
@@ -721,11 +730,12 @@ def dynamic_value(image: Image, tag: int) -> int | None:
     return int(table["d_val"][hit[0]]) if len(hit) else None
 
 
-def _split_skipped(image: Image, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _split_skipped(image: Image, records: np.ndarray, locs: Locs) -> tuple[np.ndarray, np.ndarray]:
     """(records the kernel processes, records ftrace_process_locs skips: in a vmlinux, those
-    outside ``_stext.._etext`` and ``_sinittext.._einittext``)."""
+    outside ``_stext.._etext`` and ``_sinittext.._einittext``, unless its code shows it checks no
+    such thing (:class:`Locs.ADJUSTS_FIRST`, as 6.1's: init then refuses what they name))."""
     bounds = _kernel_text(image)
-    if bounds is None:
+    if bounds is None or locs is Locs.ADJUSTS_FIRST:
         return records, np.zeros(0, np.uint64)
     inside = np.zeros(len(records), bool)
     for lo, hi in bounds:

@@ -61,6 +61,7 @@ from typing import Any, Final, NamedTuple
 from rewriter.elf.image import Kind, index_name
 from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation
+from rewriter.locs import ZERO_ADJUSTED
 from rewriter.prose import counted, printable
 from rewriter.sites import Scan, Site, Source, lacks_stub, override_text, summary
 
@@ -106,7 +107,8 @@ class Boot(NamedTuple):
     the words: at boot on mprofile and patchable, when first traced on ool, whose init leaves the
     nop), and ``ftrace_off``, why ftrace_bug() then turns ftrace off for the boot (None if it does
     not). Any of these stops ftrace_update_code() and kills ftrace for everything, not just the
-    one site. (Records outside kernel text are skipped by ftrace_process_locs() and harm nothing.)"""
+    one site. (Records outside kernel text are skipped by the newer ftrace_process_locs(), and harm
+    nothing there; the older one has no text check: they are ``unmatched``, ``rewriter.locs``.)"""
 
     refused: int
     unmatched: int
@@ -130,6 +132,8 @@ def boot_of(result: Scan) -> Boot:
     if duplicated and result.generation is not Generation.OOL:
         places = counted(len(duplicated), "place")
         why.append(f"{places} recorded more than once: init finds the words the first record changed")
+    if result.records.zeroed and result.zero_records_fail:
+        why.append(f"{counted(result.records.zeroed, 'zeroed record')}: {ZERO_ADJUSTED}")
     return Boot(refused, unmatched, no_stub, duplicated, "; ".join(why) + ": ftrace bug at boot" if why else None)
 
 

@@ -1,0 +1,137 @@
+"""Which records the kernel's ftrace_process_locs() skips, read from its code (rewriter.locs).
+
+The loop changed in 2025: the newer one (Debian 6.12.107, 7.2.13) skips a zero record and, in the
+core kernel, a record outside kernel text, before ftrace_call_adjust(); the older one (Debian 6.1)
+tests only what ftrace_call_adjust() returns. qemu judges the difference on the real kernels: a
+record moved outside the text turns ftrace off on 6.1 and is skipped on 6.12."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from boot import QEMU, STANDARD_APPEND, boot, require_kernel, require_tool
+from conftest import FIXTURES
+from elftools.elf.elffile import ELFFile
+
+from rewriter.elf.image import Image
+from rewriter.locs import ZERO_ADJUSTED, Locs, process_locs
+from rewriter.report.scanfmt import boot_of
+from rewriter.sites import scan
+
+pytestmark = pytest.mark.corpus
+
+RELA_ADDEND = 16  # Elf64_Rela: r_offset, r_info, r_addend
+
+
+def mcountrw(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rewriter", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "locs"), [("6.1", Locs.ADJUSTS_FIRST), ("6.12", Locs.CHECKS_TEXT), ("7.2", Locs.CHECKS_TEXT)]
+)
+def test_each_debian_kernel_says_which_loop_it_has(name: str, locs: Locs) -> None:
+    assert process_locs(Image.load(require_kernel(name).vmlinux)) is locs
+
+
+def test_a_file_that_is_no_vmlinux_says_nothing() -> None:
+    for fixture in ("prof-le", "prof-le.o", "patchable-le.o"):
+        assert process_locs(Image.load(FIXTURES / "bin" / fixture)) is Locs.UNKNOWN
+
+
+def _anomalies(path: Path) -> list[dict[str, str]]:
+    proc = mcountrw("audit", "--format", "json", path)
+    assert proc.returncode in (0, 1), proc.stderr
+    return [{"kind": a["kind"], "severity": a["severity"]} for a in json.loads(proc.stdout)["images"][0]["anomalies"]]
+
+
+def _symbol(elf: ELFFile, name: str) -> tuple[int, int]:
+    sym = elf.get_section_by_name(".symtab").get_symbol_by_name(name)[0]
+    return sym["st_value"], sym["st_size"]
+
+
+def _record_outside_text(vmlinux: Path, out: Path, index: int = 10) -> int:
+    """A copy of ``vmlinux`` whose record ``index`` points 4 KiB past ``_etext``: its slot's
+    R_PPC64_RELATIVE addend, the value relocate() writes at boot. Returns that value."""
+    data = bytearray(vmlinux.read_bytes())
+    with vmlinux.open("rb") as fh:
+        elf = ELFFile(fh)
+        slot = _symbol(elf, "__start_mcount_loc")[0] + 8 * index
+        outside = _symbol(elf, "_etext")[0] + 0x1000
+        rela = elf.get_section_by_name(".rela.dyn")
+        row = next(i for i, r in enumerate(rela.iter_relocations()) if r["r_offset"] == slot)
+        at = rela["sh_offset"] + row * rela["sh_entsize"] + RELA_ADDEND
+    data[at : at + 8] = outside.to_bytes(8, "little")
+    out.write_bytes(data)
+    return outside
+
+
+@pytest.mark.slow
+def test_a_record_outside_text_turns_ftrace_off_on_6_1_and_is_skipped_on_6_12(tmp_path: Path) -> None:
+    """6.1's loop has no text check: init reads the words there, refuses them, ftrace_bug(). The
+    scan and the audit said "skipped, harmless" for every kernel; now only where the code checks."""
+    old = tmp_path / "v61"
+    place = _record_outside_text(require_kernel("6.1").vmlinux, old)
+    result = scan(Image.load(old))
+    assert not result.records.skipped and [p.place for p in result.records.unmatched] == [place]
+    assert boot_of(result).ftrace_off is not None
+    assert {"kind": "dangling", "severity": "error"} in _anomalies(old)
+
+    new = tmp_path / "v612"
+    place = _record_outside_text(require_kernel("6.12").vmlinux, new)
+    result = scan(Image.load(new))
+    assert [p.place for p in result.records.skipped] == [place] and not result.records.unmatched
+    assert boot_of(result).ftrace_off is None
+
+
+@pytest.mark.boot
+def test_qemu_agrees_a_record_outside_text_is_fatal_on_6_1_only(tmp_path: Path) -> None:
+    """The judge: the same edit boots each kernel; 6.1 prints its ftrace bug, 6.12 skips the record."""
+    require_tool(QEMU)
+    for name, bug in (("6.1", True), ("6.12", False)):
+        copy = tmp_path / f"vmlinux-{name}"
+        _record_outside_text(require_kernel(name).vmlinux, copy)
+        result = boot(copy, STANDARD_APPEND, timeout=90)
+        assert not result.timed_out, result.console[-3000:]
+        assert result.ftrace_bug is bug, (name, result.console[-3000:])
+
+
+def _older_loop(vmlinux: Path, out: Path) -> None:
+    """A copy whose ftrace_process_locs() forms none of the text bounds (its body past the global
+    entry's two words made nops): what the tool reads as the older loop. Not bootable; read only."""
+    data = bytearray(vmlinux.read_bytes())
+    with vmlinux.open("rb") as fh:
+        elf = ELFFile(fh)
+        addr, size = _symbol(elf, "ftrace_process_locs")
+        start = next(elf.address_offsets(addr))
+    nop = (0x60000000).to_bytes(4, "little")
+    data[start + 8 : start + size] = nop * ((size - 8) // 4)
+    out.write_bytes(data)
+
+
+@pytest.mark.slow
+def test_dropping_a_record_from_a_patchable_kernel_with_the_older_loop_is_refused(tmp_path: Path) -> None:
+    """On patchable, ftrace_call_adjust() adds 4: the older loop turns a zeroed record into
+    address 4, init refuses it, ftrace is off. The rewrite refuses; a copy already dropped says why."""
+    kernel = require_kernel("6.12")
+    older = tmp_path / "vmlinux"
+    _older_loop(kernel.vmlinux, older)
+    assert process_locs(Image.load(older)) is Locs.ADJUSTS_FIRST
+    out = tmp_path / "out"
+    proc = mcountrw("nop", older, "-o", out, "--only", "vfs_read", "--drop-records")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"mcountrw: error: {older}: ") and ZERO_ADJUSTED in proc.stderr
+    assert not out.exists() and not Path(f"{out}.mcountrw.jsonl").exists()
+
+    dropped = tmp_path / "dropped"  # the newer loop lets it drop; then read it as the older one
+    assert mcountrw("nop", kernel.vmlinux, "-o", dropped, "--only", "vfs_read", "--drop-records").returncode == 0
+    _older_loop(dropped, dropped)
+    result = scan(Image.load(dropped))
+    assert result.records.zeroed == 1 and ZERO_ADJUSTED in (boot_of(result).ftrace_off or "")
+    assert [a for a in _anomalies(dropped) if a["kind"] == "zeroed-records"] == [
+        {"kind": "zeroed-records", "severity": "error"}
+    ]

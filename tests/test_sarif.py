@@ -110,3 +110,35 @@ def test_ool_vmlinux_report_validates_with_its_stubs_and_weak_body_notes(tmp_pat
     ]  # fmt: skip
     assert {(r["ruleId"], r["level"]) for r in run["results"]} == {("weak-body", "note")}
     assert len(run["results"]) == 285
+
+
+def _fingerprints(doc: dict) -> list[str]:
+    return [r["partialFingerprints"]["mcountrwAnomaly/v1"] for r in doc["runs"][0]["results"]]
+
+
+def test_fingerprints_tell_files_of_one_name_apart(tmp_path: Path) -> None:
+    """Consumers (GitHub code scanning) merge results with equal fingerprints: two files called
+    `prog` in two directories, each with its anomalies, must not share a key (the key used the
+    base name)."""
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "prog").write_bytes((FIXTURES / "bin" / "anom-broken").read_bytes())
+    keys = _fingerprints(_sarif(tmp_path, tmp_path / "a" / "prog", tmp_path / "b" / "prog"))
+    assert len(keys) >= 2 and len(set(keys)) == len(keys), keys
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+def test_fingerprints_tell_results_in_functions_of_one_name_apart(tmp_path: Path) -> None:
+    """6.1 has nine static `type_show` functions: nopped with their records kept, each is a
+    `boot-refused` error, and the nine results keep nine fingerprints (they had one)."""
+    kernel = require_kernel("6.1")
+    out = tmp_path / "v"
+    args = ["nop", str(kernel.vmlinux), "-o", str(out), "--only", "type_show", "--keep-records"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    doc = _sarif(tmp_path, out)
+    refused = [r for r in doc["runs"][0]["results"] if r["ruleId"] == "boot-refused"]
+    keys = [r["partialFingerprints"]["mcountrwAnomaly/v1"] for r in refused]
+    assert len(keys) == 9 and len(set(keys)) == 9, keys
+    assert len(set(_fingerprints(doc))) == len(_fingerprints(doc))

@@ -54,7 +54,9 @@ def _location(img_index: int, img: ImageAudit, a: Anomaly) -> dict[str, Any]:
     return location
 
 
-def _result(rule_index: dict[AnomalyKind, int], img_index: int, img: ImageAudit, a: Anomaly) -> dict[str, Any]:
+def _result(
+    rule_index: dict[AnomalyKind, int], img_index: int, img: ImageAudit, a: Anomaly, fingerprint: str
+) -> dict[str, Any]:
     text = a.message + (f" ({a.place})" if a.place else "")
     result: dict[str, Any] = {
         "ruleId": a.kind.value,
@@ -62,15 +64,25 @@ def _result(rule_index: dict[AnomalyKind, int], img_index: int, img: ImageAudit,
         "level": _LEVEL[a.severity.value],
         "message": {"text": text},
         "locations": [_location(img_index, img, a)],
-        # Stable across rebuilds that move code: kind, file name, function, and the place only
-        # when there is no function to name.
-        "partialFingerprints": {
-            "mcountrwAnomaly/v1": f"{a.kind.value}:{img.path.name}:{a.function or a.place or '-'}",
-        },
+        "partialFingerprints": {"mcountrwAnomaly/v1": fingerprint},
     }
     if a.evidence:
         result["properties"] = {"evidence": list(a.evidence)}
     return result
+
+
+def _fingerprints(img: ImageAudit) -> list[str]:
+    """One key per anomaly, stable across rebuilds that move code: kind, the file as named, the
+    function (the place only when there is none), and for the second and later results with the
+    same key their ordinal (``#2``): consumers merge results whose fingerprints are equal, and nine
+    static ``type_show`` functions of one vmlinux are nine errors, not one."""
+    seen: dict[str, int] = {}
+    out = []
+    for a in img.anomalies:
+        key = f"{a.kind.value}:{img.path.as_posix()}:{a.function or a.place or '-'}"
+        seen[key] = seen.get(key, 0) + 1
+        out.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
+    return out
 
 
 def _artifact(img: ImageAudit) -> dict[str, Any]:
@@ -88,7 +100,11 @@ def _artifact(img: ImageAudit) -> dict[str, Any]:
 
 def audit_sarif(audit: Audit) -> dict[str, Any]:
     rule_index = {kind: n for n, kind in enumerate(RULES)}
-    results = [_result(rule_index, n, img, a) for n, img in enumerate(audit.images) for a in img.anomalies]
+    results = [
+        _result(rule_index, n, img, a, key)
+        for n, img in enumerate(audit.images)
+        for a, key in zip(img.anomalies, _fingerprints(img), strict=True)
+    ]
     total = summarise(audit.images, "all")
     run: dict[str, Any] = {
         "tool": {"driver": {"name": "mcountrw", "version": __version__, "rules": _rules()}},

@@ -39,6 +39,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
+from operator import attrgetter
 from typing import Final, NamedTuple, cast
 
 import numpy as np
@@ -172,6 +173,9 @@ class Rewrite:
     restored: tuple[Site, ...] = ()  # sites whose records came back (from the patch log)
     site_lines: tuple[SiteLine, ...] = ()  # the log's `site` lines (rewriter.known)
     refused_at_boot: int = 0  # --keep-records: recorded sites left with words boot-time init refuses
+    # The state each variant was taken to: the target, except where the file cannot hold it (a
+    # patchable or ool site brought back for --to enabled is given its words as built, recorded).
+    goals: tuple[SiteState, ...] = ()
 
     @property
     def word_writes(self) -> int:
@@ -268,6 +272,7 @@ def rewrite(
         buf, tuple(stages), tuple(edits), the_plan, barriers, tuple(c.todo), len(c.selected) - len(c.todo),
         tuple(c.gone), stubs, tuple(c.back), lines,
         len(refused_at_boot(image, c.todo, c.gone, c.goals)) if options.keep_records else 0,
+        tuple(dict.fromkeys(c.goals[v] for v in sorted(c.goals, key=attrgetter("value")))),
     )  # fmt: skip
 
 

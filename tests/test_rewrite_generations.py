@@ -535,3 +535,22 @@ def test_an_output_named_for_another_compression_is_refused_and_stage_images_are
     assert done.exit_code == 0, done.output
     assert [p.name for p in stages.iterdir()] == ["m.ko.stage1"]
     assert (stages / "m.ko.stage1").read_bytes()[:4] == b"\x7fELF"
+
+
+def test_the_summary_names_the_state_written_and_the_settle_barrier(tmp_path: Path) -> None:
+    """A patchable site brought back by `--to enabled` gets its words as built (`nop; nop`) and its
+    record: the summary said "changed 6 sites to enabled (0 already enabled)", a state no site took,
+    and "barriers: none" for a plan that ends with synchronize_rcu_tasks."""
+    from typer.testing import CliRunner
+
+    from rewriter.cli import app
+
+    src, off, back = FIXTURES / "bin" / "patchable-le.o", tmp_path / "d.o", tmp_path / "e.o"
+    done = CliRunner().invoke(app, ["apply", str(src), "--to", "disabled", "--drop-records", "-o", str(off)])
+    assert done.exit_code == 0, done.output
+    assert "6 word writes in 1 stage, barriers: synchronize_rcu_tasks (settle, after the last stage);" in done.output
+    done = CliRunner().invoke(app, ["apply", str(off), "--to", "enabled", "-o", str(back)])
+    assert done.exit_code == 0, done.output
+    assert "changed 6 sites to nopped (0 already nopped); 6 records restored;" in done.output, done.output
+    assert "--to enabled: the kernel enables these sites itself at run time" in done.output
+    assert "to enabled" not in done.output.replace("--to enabled", "") and back.read_bytes() == src.read_bytes()

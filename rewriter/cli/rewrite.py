@@ -205,12 +205,15 @@ def _with_addr_note(error: NothingToDo, image: Path, selection: Selection) -> No
 
 def _print_applied(image: Path, options: Options, result: ApplyResult, writing: _Writing) -> None:
     r = result.rewrite
-    target = options.target.value
+    target = " / ".join(g.value for g in r.goals) or options.target.value  # what the words became
     if not r.edits:
         _print_already(image, _target_text(options, result), result, writing)
         return
     stages = len(r.plan.stages) if r.plan else 0
-    barriers = ", ".join(name for _, name in r.barriers) or "none"
+    names = [name for _, name in r.barriers]
+    if r.plan is not None and r.plan.settle is not None:  # the barrier after the last stage
+        names.append(f"{r.plan.settle.value} (settle, after the last stage)")
+    barriers = ", ".join(names) or "none"
     writes = r.word_writes
     others = counted(len(r.edits) - writes, "other edit")
     if not writes and bool(r.dropped) != bool(r.restored):
@@ -227,6 +230,8 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
             f"{counted(writes, 'word write')} in {counted(stages, 'stage')}, barriers: {barriers}; {others}",
             err=True,
         )
+        if target != options.target.value:
+            typer.echo(f"--to {options.target.value}: {_why_not_target(r, options.target.value, target)}", err=True)
     from rewriter.sites import Source
 
     logged = [s for s in result.scan.sites if s.source is Source.LOG]
@@ -281,6 +286,13 @@ def _stub_counts(stubs: tuple[tuple[StubCount, ...], tuple[StubCount, ...]]) -> 
         return "ool stubs: no stub area found (a stripped image, or --generation ool on an image without stubs?)"
     before, after = (", ".join(f"{c.area} {c.used}/{c.stubs}" for c in side) for side in stubs)
     return f"ool stubs used/available: before {before}; after {after}"
+
+
+def _why_not_target(r: Rewrite, asked: str, became: str) -> str:
+    """Why a rewrite took its sites to another state than ``--to`` named (``Rewrite.goals``)."""
+    if r.restored:
+        return "the kernel enables these sites itself at run time; they got their words as built and their records back"
+    return f"no site here has that state; {became} is the one with its words"
 
 
 def _target_text(options: Options, result: ApplyResult) -> str:

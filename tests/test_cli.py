@@ -243,6 +243,25 @@ def test_check_plan_reads_a_plan_file_and_rejects_garbage(tmp_path: Path) -> Non
     assert_one_line_error(mcountrw("check-plan", str(bad)), "bad.json")
 
 
+def test_an_offline_plan_is_checked_without_tasks_and_says_so(tmp_path: Path) -> None:
+    """The checker runs no task during an offline plan; the SAFE line printed the --tasks it was
+    given (`3 tasks x 2 entries`), and the 2019 race read SAFE under it. Options about tasks are
+    refused for an offline plan; a runtime plan still reports what it explored."""
+    offline = tmp_path / "off.json"
+    plan = mcountrw("plan", "--from", "nopped", "--to", "enabled", "--offline", "--format", "json")
+    offline.write_text(plan.stdout)
+    proc = mcountrw("check-plan", str(offline))
+    assert proc.returncode == 0 and "offline: no task runs while the image is edited" in proc.stdout, proc.stdout
+    assert "tasks x" not in proc.stdout
+    assert_one_line_error(mcountrw("check-plan", str(offline), "--tasks", "3", "--stale-fetch"), "off.json")
+    assert (
+        "--tasks, --stale-fetch do not apply"
+        in mcountrw("check-plan", str(offline), "--tasks", "3", "--stale-fetch").stderr
+    )
+    runtime = mcountrw("check-plan", "--builtin", "b8-enable", "--tasks", "3")
+    assert runtime.returncode == 0 and "3 tasks x 2 entries" in runtime.stdout
+
+
 def test_apply_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
     copy = tmp_path / "prog"
     copy.write_bytes(PROF.read_bytes())
@@ -636,7 +655,8 @@ OLD_LINES = [
      {"generation": Generation.OOL, "fmt": PlanFormat.JSON, "cmodx": Cmodx.V3_1}),
     ("plan --variant mprofile-std --route b8 --offline --from enabled --to nopped", "plan",
      {"variant": Variant.MPROFILE_STD, "route": Route.B8, "offline": True}),
-    ("check-plan --builtin b8-enable --tasks 3", "check-plan", {"builtin": "b8-enable", "tasks": 3, "entries": 2}),
+    # entries None: not given, the default 2 (None lets an offline plan refuse the options it ignores)
+    ("check-plan --builtin b8-enable --tasks 3", "check-plan", {"builtin": "b8-enable", "tasks": 3, "entries": None}),
     ("check-plan plan.json --cmodx 3.0 --no-stale-fetch --entries 4", "check-plan",
      {"plan_file": Path("plan.json"), "cmodx": Cmodx.V3_0, "stale_fetch": False, "entries": 4}),
     ("nop K -o vmlinux.nop --exclude do_one_initcall --drop-records", "nop",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Final
 
 import click
 import typer
@@ -86,8 +86,10 @@ def check_plan(
         str | None, typer.Option(click_type=click.Choice(list(BUILTINS)), help="check a built-in plan (see --list)")
     ] = None,
     list_builtins: Annotated[bool, typer.Option("--list", help="list the built-in plans")] = False,
-    tasks: Annotated[int, typer.Option(min=1, max=MAX_TASKS, help="concurrent tasks")] = 2,
-    entries: Annotated[int, typer.Option(min=1, max=MAX_ENTRIES, help="times each task enters the function")] = 2,
+    tasks: Annotated[int | None, typer.Option(min=1, max=MAX_TASKS, help="concurrent tasks [default: 2]")] = None,
+    entries: Annotated[
+        int | None, typer.Option(min=1, max=MAX_ENTRIES, help="times each task enters the function [default: 2]")
+    ] = None,
     cmodx: Annotated[Cmodx | None, typer.Option(help="default: what the plan was made for")] = None,
     stale_fetch: Annotated[
         bool | None, typer.Option("--stale-fetch/--no-stale-fetch", help="a CPU may run a replaced word until isync")
@@ -107,13 +109,31 @@ def check_plan(
     else:
         assert plan_file is not None  # exactly one of the two, checked above
         name, p = str(plan_file), _read_plan(plan_file)
-    result = check_all(p, tasks=tasks, entries=entries, stale_fetch=stale_fetch, cmodx=cmodx)
+    if not p.runtime:
+        _check_offline_options(name, tasks, entries, stale_fetch)
+    result = check_all(p, tasks=tasks or 2, entries=entries or 2, stale_fetch=stale_fetch, cmodx=cmodx)
     if result.safe:
-        typer.echo(f"{name}: SAFE ({result.states} states explored, {workload(tasks, entries)})")
+        explored = workload(result.tasks, result.entries) if p.runtime else OFFLINE
+        typer.echo(f"{name}: SAFE ({result.states} states explored, {explored})")
     else:
         typer.echo(f"{name}: UNSAFE: {result.reason}")
         typer.echo(render_trace(result), nl=False)  # its lines end with their newlines
     findings_if(not result.safe)
+
+
+OFFLINE: Final = "offline: no task runs while the image is edited"
+
+
+def _check_offline_options(name: str, tasks: int | None, entries: int | None, stale_fetch: bool | None) -> None:
+    """An offline plan is checked through the states it passes, with no task running: options
+    about tasks would be ignored while the verdict line seemed to answer them."""
+    options = (("--tasks", tasks), ("--entries", entries), ("--stale-fetch", stale_fetch))
+    given = [option for option, value in options if value is not None]
+    if given:
+        verb = "does" if len(given) == 1 else "do"
+        raise ArgumentError(
+            f"{name}: an offline plan is checked with no task running: {', '.join(given)} {verb} not apply"
+        )
 
 
 def _read_plan(path: Path) -> Plan:

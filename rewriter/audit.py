@@ -12,6 +12,7 @@ Pure data: nothing here prints or writes; ``rewriter.report`` renders an :class:
 from __future__ import annotations
 
 import enum
+import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -831,7 +832,11 @@ class AuditedFile(NamedTuple):
 
 def group_of(path: Path, roots: Sequence[Path] = ()) -> str:
     """The subsystem a file belongs to: its directory under ``kernel/`` (``fs/ext4``), else under
-    the directory it was found in, else its own name."""
+    the directory it was found in, else its own name. Paths are made absolute first (not
+    resolved: links stay as named), so that ``audit .`` inside ``kernel/fs/nls`` says ``fs/nls``
+    as ``audit kernel/fs/nls`` does, not an empty name."""
+    path = Path(os.path.abspath(path))
+    roots = [Path(os.path.abspath(root)) for root in roots]
     parts = path.parts
     if "kernel" in parts[:-1]:
         at = len(parts) - 1 - parts[::-1].index("kernel", 1)

@@ -210,6 +210,20 @@ def test_group_is_the_directory_under_kernel() -> None:
     assert audit.group_of(Path("/boot/vmlinux")) == "vmlinux"
 
 
+def test_group_does_not_depend_on_how_the_path_is_spelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`audit .` inside kernel/fs/nls grouped its modules under '' (the name of `.`); from the
+    directory above, under `fs/nls`. A tree's files group the same from wherever they are named."""
+    nls = tmp_path / "kernel" / "fs" / "nls"
+    nls.mkdir(parents=True)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    monkeypatch.chdir(nls)
+    assert audit.group_of(Path("nls_utf8.ko"), [Path(".")]) == "fs/nls"
+    monkeypatch.chdir(flat)
+    assert audit.group_of(Path("x.ko"), [Path(".")]) == "flat"
+    assert audit.group_of(Path("./x.ko"), [Path(".")]) == audit.group_of(flat / "x.ko", [flat])
+
+
 # -- the command ------------------------------------------------------------------------------
 
 

@@ -85,7 +85,21 @@ def expand_named(paths: Sequence[Path]) -> tuple[list[Found], list[str]]:
             files.append(Found(path, tree_name(path, None)))
         else:
             errors.append(f"{path}: {NO_SUCH_FILE}")
-    return files, errors
+    return first_of_each(files, lambda f: f.path), errors
+
+
+def first_of_each(items: Sequence[T], path_of: Callable[[T], Path]) -> list[T]:
+    """``items`` without those whose file came earlier (a file named twice, or a directory named
+    with one of its subdirectories): read once and counted once. Compared by absolute path (links
+    are not resolved, as the tree walk does not follow them)."""
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        key = os.path.abspath(path_of(item))
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
 
 
 def _walk(root: Path) -> tuple[list[Path], list[str]]:

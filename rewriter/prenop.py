@@ -50,10 +50,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
+from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
 
-from rewriter.batch import map_batches, tree_name
+from rewriter.batch import first_of_each, map_batches, tree_name
 from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
@@ -163,6 +164,7 @@ def targets(
             raise PrenopError(f"{path}: {NO_SUCH_FILE}")
     if output is not None:
         _check_output_apart(output, paths)
+    found = first_of_each(found, itemgetter(0))
     seen: dict[str, Path] = {}
     for f, rel, _ in found:
         if rel in seen:

@@ -79,3 +79,26 @@ def test_map_batches_gives_each_batch_its_results_in_process_and_in_workers() ->
     for quiet in (True, False):
         done = dict(map_batches(_default_sigint, batches, 2, quiet_workers=quiet))
         assert done == {b: [(i, quiet) for i in batch] for b, batch in enumerate(batches)}
+
+
+def test_a_file_named_twice_or_under_two_named_directories_is_read_once(tmp_path: Path) -> None:
+    """`audit kernel/fs kernel/fs/nls` counted every nls module twice, and `scan F F` listed F
+    twice in its total. The first naming wins: its tree name is the one reports and logs use."""
+    sub = tmp_path / "fs" / "nls"
+    sub.mkdir(parents=True)
+    for name in ("a.o", "b.o"):
+        (sub / name).write_bytes((FIXTURES / "bin" / "prof-le.o").read_bytes())
+    files, errors = expand([tmp_path / "fs", sub, sub / "a.o", Path(f"{sub}/./b.o")])
+    assert errors == [] and files == [sub / "a.o", sub / "b.o"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "rewriter", "scan", str(tmp_path / "fs"), str(sub), str(sub / "a.o")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1].startswith("total: 2 images, 12 sites"), proc.stdout
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    check = subprocess.run(
+        [sys.executable, "-m", "rewriter", "policy", "check", str(policy), str(sub / "a.o"), str(sub / "a.o")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert check.returncode == 0 and "1 file (mprofile 1), 6 sites" in check.stdout, check.stdout + check.stderr

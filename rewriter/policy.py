@@ -266,9 +266,17 @@ class Tally:
         self.examples: list[set[str]] = [set() for _ in range(len(policy.rules) + 1)]
         self.verdicts = {Verb.KEEP: 0, Verb.NOP: 0}
         self.files = 0
+        self.modules = 0  # of the files: their kept sites are traceable once loaded, the others' after boot
         self.generations: Counter[Generation | None] = Counter()  # files per generation
         self.kept_untraceable: Counter[str] = Counter()  # kept sites the kernel cannot trace, by reason
         self.nopped: Counter[Generation | None] = Counter()  # nopped sites per generation
+
+    @property
+    def when_traced(self) -> str:
+        """When the kept sites can be traced, as scan says it: modules once loaded."""
+        if self.modules == self.files:
+            return "once loaded"
+        return "after boot" if not self.modules else "after boot or once loaded"
 
     @property
     def kept_traceable(self) -> int:
@@ -277,6 +285,7 @@ class Tally:
     def add_file(self, module: str | None, sites: Sequence[SiteFacts], generation: Generation | None = None) -> None:
         """``sites``: every site of one file, whose generation is ``generation``."""
         self.files += 1
+        self.modules += module is not None
         self.generations[generation] += 1
         fp = self.policy.for_file(module)
         for function, section, why_not in sites:

@@ -740,7 +740,8 @@ def _tally_files(
     from rewriter.batch import scan_many
     from rewriter.elf.image import Kind
     from rewriter.log import logged
-    from rewriter.report.scanfmt import boot_of, generation_of, untraceable
+    from rewriter.report.scanfmt import Untraceable, boot_of, generation_of, untraceable
+    from rewriter.sites import Source
 
     errors = []
     with progress(len(files), "scanning") as tick:
@@ -754,6 +755,8 @@ def _tally_files(
             facts = []
             for s in sc.sites:
                 why = untraceable(s, boot)
+                if why is Untraceable.UNRECORDED and s.source is Source.LOG:
+                    why = None  # prenop applies a policy to the original: a kept site gets its record back
                 facts.append(pol.SiteFacts(s.function, s.section, None if why is None else why.value))
             tally.add_file(module, facts, generation_of(sc))
     return errors
@@ -783,7 +786,7 @@ def _check_lines(policy_file: Path, rules: Policy, tally: Tally) -> list[str]:
     keep, nop = tally.verdicts[pol.Verb.KEEP], tally.verdicts[pol.Verb.NOP]
     not_traceable = ", ".join(f"{n} {why}" for why, n in sorted(tally.kept_untraceable.items()))
     lines.append(
-        f"result: keep {counted(keep, 'site')} ({tally.kept_traceable} traceable after boot"
+        f"result: keep {counted(keep, 'site')} ({tally.kept_traceable} traceable {tally.when_traced}"
         + (f"; not traceable anyway: {not_traceable}" if not_traceable else "")
         + f"), nop {nop} (untraceable: records dropped)"
     )

@@ -243,6 +243,21 @@ def test_check_plan_reads_a_plan_file_and_rejects_garbage(tmp_path: Path) -> Non
     assert_one_line_error(mcountrw("check-plan", str(bad)), "bad.json")
 
 
+def test_plan_can_be_made_for_stale_fetch_and_check_plan_proves_it(tmp_path: Path) -> None:
+    """check-plan --stale-fetch calls every plain `plan` output from nopped UNSAFE; `plan` had no way
+    to ask for the safe one (an isync IPI before each barrier), which the library makes."""
+    made, plain = tmp_path / "sf.json", tmp_path / "plain.json"
+    made.write_text(mcountrw("plan", "--from", "nopped", "--to", "enabled", "--stale-fetch", "--format", "json").stdout)
+    plain.write_text(mcountrw("plan", "--from", "nopped", "--to", "enabled", "--format", "json").stdout)
+    assert json.loads(made.read_text())["stale_fetch"] is True
+    assert mcountrw("check-plan", str(made), "--stale-fetch").returncode == 0
+    assert mcountrw("check-plan", str(plain), "--stale-fetch").returncode == 1
+    text = mcountrw("plan", "--from", "nopped", "--to", "enabled", "--stale-fetch").stdout
+    assert "barrier: isync on every CPU (IPI), then synchronize_rcu_tasks()" in text
+    refused = mcountrw("plan", "--from", "nopped", "--to", "enabled", "--stale-fetch", "--offline")
+    assert_one_line_error(refused, "--offline")
+
+
 def test_an_offline_plan_is_checked_without_tasks_and_says_so(tmp_path: Path) -> None:
     """The checker runs no task during an offline plan; the SAFE line printed the --tasks it was
     given (`3 tasks x 2 entries`), and the 2019 race read SAFE under it. Options about tasks are

@@ -48,6 +48,13 @@ def plan(
     ] = None,
     cmodx: Annotated[Cmodx, typer.Option(help="ISA rules for live patching")] = Cmodx.V3_1,
     offline: Annotated[bool, typer.Option(help="plan a file rewrite (nothing executes concurrently)")] = False,
+    stale_fetch: Annotated[
+        bool,
+        typer.Option(
+            "--stale-fetch",
+            help="a CPU may run a replaced word until isync: an isync IPI before each barrier",
+        ),
+    ] = False,
     fmt: Annotated[PlanFormat, typer.Option("--format", help="the plan's format")] = PlanFormat.TEXT,
     output: OutputFile = None,
 ) -> None:
@@ -61,7 +68,9 @@ def plan(
     check_report_output(output)
     request = SiteRequest(_variant(generation, variant), from_, to)
     check_route([request.variant], route)
-    p = make_plan([request], route, cmodx, runtime=not offline)  # NoRoute: exit 1, the table says
+    if offline and stale_fetch:
+        raise ArgumentError("--stale-fetch is about CPUs running the code: an --offline plan has none")
+    p = make_plan([request], route, cmodx, runtime=not offline, stale_fetch=stale_fetch)  # NoRoute: exit 1
     emit(p.to_json() if fmt is PlanFormat.JSON else render_text(p), output)
 
 

@@ -31,16 +31,25 @@ def mcountrw(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "rewriter", *map(str, args)], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize(
-    ("name", "locs"), [("6.1", Locs.ADJUSTS_FIRST), ("6.12", Locs.CHECKS_TEXT), ("7.2", Locs.CHECKS_TEXT)]
-)
+LOOPS = [("6.1", Locs.ADJUSTS_FIRST), ("6.12", Locs.CHECKS_TEXT), ("7.2", Locs.CHECKS_TEXT)]
+
+
+@pytest.mark.parametrize(("name", "locs"), LOOPS)
 def test_each_debian_kernel_says_which_loop_it_has(name: str, locs: Locs) -> None:
     assert process_locs(Image.load(require_kernel(name).vmlinux)) is locs
+
+
+@pytest.mark.parametrize(("name", "locs"), LOOPS)
+def test_scan_json_says_which_loop_the_kernel_has(name: str, locs: Locs) -> None:
+    proc = mcountrw("scan", "--format", "json", require_kernel(name).vmlinux)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["images"][0]["process_locs"] == locs.value
 
 
 def test_a_file_that_is_no_vmlinux_says_nothing() -> None:
     for fixture in ("prof-le", "prof-le.o", "patchable-le.o"):
         assert process_locs(Image.load(FIXTURES / "bin" / fixture)) is Locs.UNKNOWN
+    proc = mcountrw("scan", "--format", "json", FIXTURES / "bin" / "patchable-le.o")
+    assert json.loads(proc.stdout)["images"][0]["process_locs"] == "unknown"
 
 
 def _anomalies(path: Path) -> list[dict[str, str]]:

@@ -2,7 +2,7 @@
 
 JSON (other tools depend on it: fields are added, never renamed or dropped)::
 
-    {"images": [{"path", "kind", "endian", "abi", "generation", "log", "generation_override",
+    {"images": [{"path", "kind", "endian", "abi", "generation", "log", "generation_override", "process_locs",
                  "sites": [{"address", "section", "offset", "function", "variant", "state", "recorded",
                             "record", "boot_state", "traceable", "stub", "source"}],
                  "records": {"count", "zeroed", "skipped", "unmatched", "duplicates"},
@@ -15,6 +15,10 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
   the image's contents or given with ``--generation``; null for an image with no sites and no records.
 * ``generation_override``: null, or ``{"detected", "reason"}`` when ``--generation`` gave another
   generation than the image's contents say (the scan obeys the option; this says what it overrode).
+* ``process_locs``: which records the kernel's ``ftrace_process_locs()`` skips, read from a vmlinux's
+  code (``rewriter.locs``): ``checks-text`` (the 2025 loop: zero records and, in the core kernel,
+  records outside kernel text), ``adjusts-first`` (the older loop: only what ``ftrace_call_adjust()``
+  makes zero; on patchable a zeroed record is fatal), ``unknown`` (a module, an object, no symbols).
 * ``address`` / ``section`` + ``offset``: the *call slot*, the word that becomes the branch to the
   tracer (``address`` is null in relocatable files). ``state``: what the file's words are now.
 * ``record``: the place the kernel's record names: the call slot itself (mprofile, ool) or the
@@ -257,6 +261,7 @@ def _image_json(result: Scan, boot: Boot, with_sites: bool) -> dict[str, Any]:
         "generation": None if generation is None else generation.value,
         "log": None if result.log is None else str(result.log),
         "generation_override": _override_json(result),
+        "process_locs": result.locs._value_,
         "sites": [site_json(site, boot) for site in result.sites] if with_sites else [],
         "records": {
             "count": result.records.count,

@@ -195,7 +195,9 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         Severity.NOTE,
         "zeroed entries in a record table (__mcount_loc, __patchable_function_entries)",
         "Dropped records (ftrace_process_locs skips zero entries): the sites they named are out of "
-        "ftrace's reach on purpose. The message names the table: a vmlinux's is __mcount_loc in every "
+        "ftrace's reach on purpose. An error on a patchable vmlinux whose ftrace_process_locs() has the "
+        "loop from before 2025 (rewriter.locs): it adds 4 before it tests for zero, and ftrace is off at "
+        "boot. The message names the table: a vmlinux's is __mcount_loc in every "
         "generation (the linker script gathers the compiler's __patchable_function_entries there), a "
         "module's or object's __mcount_loc (mprofile) or __patchable_function_entries (patchable, ool).",
     ),
@@ -831,23 +833,30 @@ class AuditedFile(NamedTuple):
 
 
 def group_of(path: Path, roots: Sequence[Path] = ()) -> str:
-    """The subsystem a file belongs to: its directory under ``kernel/`` (``fs/ext4``), else under
-    the directory it was found in, else its own name. Paths are made absolute first (not
-    resolved: links stay as named), so that ``audit .`` inside ``kernel/fs/nls`` says ``fs/nls``
-    as ``audit kernel/fs/nls`` does, not an empty name."""
-    path = Path(os.path.abspath(path))
-    roots = [Path(os.path.abspath(root)) for root in roots]
+    """The subsystem a file belongs to: its directory under a ``kernel/`` it was named with
+    (``fs/ext4``), or under an installed tree's ``modules/VERSION/kernel/`` wherever it was named
+    from (``audit .`` inside it); else under the directory it was found in (that directory's own
+    name at its top, never the empty name of ``.``); else its own name. A ``kernel`` directory
+    above what was named is not a tree's (a source tree under ``~/kernel``)."""
     parts = path.parts
     if "kernel" in parts[:-1]:
-        at = len(parts) - 1 - parts[::-1].index("kernel", 1)
-        return "/".join(parts[at + 1 : -1]) or "kernel"
+        return _below(parts, len(parts) - 1 - parts[::-1].index("kernel", 1))
+    full = Path(os.path.abspath(path)).parts  # not resolved: links stay as named
+    installed = [i for i in range(2, len(full) - 1) if full[i] == "kernel" and full[i - 2] == "modules"]
+    if installed:
+        return _below(full, installed[-1])
     for root in roots:
         try:
             rel = path.relative_to(root)
         except ValueError:
             continue
-        return str(rel.parent) if str(rel.parent) != "." else root.name
+        return str(rel.parent) if str(rel.parent) != "." else Path(os.path.abspath(root)).name
     return path.name
+
+
+def _below(parts: Sequence[str], kernel: int) -> str:
+    """The directories between ``parts[kernel]`` (a ``kernel`` directory) and the file."""
+    return "/".join(parts[kernel + 1 : -1]) or "kernel"
 
 
 def audit_one(

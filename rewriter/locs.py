@@ -11,31 +11,29 @@ ftrace_call_adjust() first and tests what it returns for zero, and nothing else:
   ftrace_bug() turns ftrace off for the boot;
 * on patchable kernels ftrace_call_adjust() adds 4 (the record names the first nop, the kernel
   works on the second), so a zeroed record becomes 4, is not skipped either, and fails the same way.
-  A rewrite that drops a record by zeroing it therefore needs the newer loop.
+  A rewrite that drops a record by zeroing it therefore needs the newer loop. The loop runs for
+  modules too, but a module does not say which kernel will load it: only a vmlinux is read.
 
 No symbol marks the change, but its code does: the newer loop compares every record with the four
-text bounds, so its instructions form their addresses (``addis``/``addi`` from the TOC pointer, or a
-TOC load). The older one refers to none of them. Checked on the three Debian kernels: 6.1.0-50 refers
-to none, 6.12.107 and 7.2.13 to all four.
+text bounds, so its instructions form their addresses from the TOC pointer
+(:func:`rewriter.ppc.toc_references`). The older one refers to none of them. Checked on the three
+Debian kernels: 6.1.0-50 refers to none, 6.12.107 and 7.2.13 to all four. Anything in between
+(some of the four), or code this reading cannot follow, is :attr:`Locs.UNKNOWN`, and the
+commands then keep to what they did before they read the loop (the newer loop's rules).
+
+The image is read by :func:`rewriter.sites.kernel_locs`; this module only decides.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Collection, Sequence
 from typing import Final
 
-import numpy as np
-
 from rewriter import ppc
-from rewriter.elf.image import Image, Kind
-from rewriter.errors import UnmappedAddress
-from rewriter.ppc import fields as F
 
-PROCESS_LOCS = "ftrace_process_locs"
-TEXT_BOUNDS = ("_stext", "_etext", "_sinittext", "_einittext")
-TOC = 2  # r2
-ENTRY = 12  # r12: an ELFv2 global entry's own address, from which it computes r2
-
+PROCESS_LOCS: Final = "ftrace_process_locs"
+TEXT_BOUNDS: Final = ("_stext", "_etext", "_sinittext", "_einittext")
 
 ZERO_ADJUSTED: Final = (
     "this kernel's ftrace_process_locs() adds 4 (ftrace_call_adjust) before it tests a record for zero, "
@@ -52,87 +50,20 @@ class Locs(enum.Enum):
     UNKNOWN = "unknown"  # not a vmlinux, no symbols, or code this reading does not follow
 
 
-def process_locs(image: Image) -> Locs:
-    """:class:`Locs` of a vmlinux, from the text bounds its ftrace_process_locs() refers to."""
-    syms = image.symbols
-    if image.kind is not Kind.VMLINUX or syms is None:
+def loop_of(
+    bounds: Collection[int], entry: int, words: Sequence[int], toc: int | None, slot_value: Callable[[int], int | None]
+) -> Locs:
+    """:class:`Locs` from ftrace_process_locs()'s ``words`` at ``entry``: ``bounds`` the addresses
+    of the four text bounds, ``toc`` its r2 (None: the ELFv2 global entry's, read from its first
+    words), ``slot_value`` the value the kernel finds in a TOC slot (after relocate())."""
+    if toc is None and len(words) >= 2:
+        toc = ppc.global_entry_toc(entry, words[0], words[1])
+    refs = None if toc is None else ppc.toc_references(words, toc)
+    if refs is None:
         return Locs.UNKNOWN
-    bounds = [_defined(image, name) for name in TEXT_BOUNDS]
-    words = _function_words(image, PROCESS_LOCS)
-    if words is None or any(b is None for b in bounds):
-        return Locs.UNKNOWN
-    entry, code = words
-    toc = _toc_pointer(entry, code)
-    if toc is None:
-        return Locs.UNKNOWN
-    formed = _addresses_formed(image, toc, code)
-    return Locs.CHECKS_TEXT if all(b in formed for b in bounds) else Locs.ADJUSTS_FIRST
-
-
-def _defined(image: Image, name: str) -> int | None:
-    syms = image.symbols
-    if syms is None:
-        return None
-    hit = syms.find(name)
-    return int(syms.table["st_value"][hit[0]]) if len(hit) else None
-
-
-def _function_words(image: Image, name: str) -> tuple[int, list[int]] | None:
-    """The address and words of the function symbol ``name`` (ELFv2: its code is at its value)."""
-    syms = image.symbols
-    if syms is None:
-        return None
-    hit = syms.find(name)
-    if not len(hit):
-        return None
-    addr, size = int(syms.table["st_value"][hit[0]]), int(syms.table["st_size"][hit[0]])
-    try:
-        offset = image.offset_of(addr)
-    except UnmappedAddress:
-        return None
-    count = min(size, len(image.data) - offset) // ppc.INSN_SIZE
-    words = np.frombuffer(image.data, image.endian + "u4", count, offset)
-    return addr, words.tolist()
-
-
-def _toc_pointer(entry: int, code: list[int]) -> int | None:
-    """r2 as an ELFv2 global entry sets it: ``addis r2,r12,HI; addi r2,r2,LO`` with r12 = the
-    entry. None for any other start (ELFv1 takes r2 from the descriptor: not read here)."""
-    if len(code) < 2:
-        return None
-    first, second = code[0], code[1]
-    if (F.primary(first), F.rt(first), F.ra(first)) != (F.OP_ADDIS, TOC, ENTRY):
-        return None
-    if (F.primary(second), F.rt(second), F.ra(second)) != (F.OP_ADDI, TOC, TOC):
-        return None
-    return (entry + (F.d16(first) << 16) + F.d16(second)) & F.ALL_BITS
-
-
-def _addresses_formed(image: Image, toc: int, code: list[int]) -> set[int]:
-    """Addresses the code forms from the TOC pointer: ``addis rT,r2,HI`` then ``addi rX,rT,LO``,
-    and the doublewords it loads from the TOC (``ld rX,D(r2)`` or ``ld rX,LO(rT)``), read from the
-    file. A flow-blind pass: enough to see which symbols a function refers to."""
-    high: dict[int, int] = {}
-    out: set[int] = set()
-    for word in code:
-        op, rt, ra = F.primary(word), F.rt(word), F.ra(word)
-        if op == F.OP_ADDIS and ra == TOC:
-            high[rt] = toc + (F.d16(word) << 16)
-        elif op == F.OP_ADDI and ra in high:
-            out.add((high[ra] + F.d16(word)) & F.ALL_BITS)
-        elif op == F.OP_LD and F.ds_xo(word) == 0 and (ra == TOC or ra in high):
-            base = toc if ra == TOC else high[ra]
-            loaded = _doubleword(image, (base + F.ds(word)) & F.ALL_BITS)
-            if loaded is not None:
-                out.add(loaded)
-    return out
-
-
-def _doubleword(image: Image, addr: int) -> int | None:
-    try:
-        offset = image.offset_of(addr)
-    except UnmappedAddress:
-        return None
-    if offset + 8 > len(image.data):
-        return None
-    return int.from_bytes(image.data[offset : offset + 8], image.byteorder)
+    formed = set(refs.addresses)
+    formed.update(v for v in map(slot_value, refs.slots) if v is not None)
+    found = sum(1 for b in bounds if b in formed)
+    if found == len(bounds):
+        return Locs.CHECKS_TEXT
+    return Locs.ADJUSTS_FIRST if found == 0 else Locs.UNKNOWN

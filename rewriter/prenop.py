@@ -58,6 +58,7 @@ from rewriter.batch import first_of_each, map_batches, tree_name
 from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
+from rewriter.elf.symbols import functions
 from rewriter.elf.writer import NewFile, land, publish, stage
 from rewriter.errors import LogError, RewriteError, WordMismatch
 from rewriter.files import (
@@ -68,12 +69,13 @@ from rewriter.files import (
     read_file,
     refuse_contradicted_generation,
 )
+from rewriter.locs import Locs
 from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
 from rewriter.policy import Policy, Verb, module_name
 from rewriter.reading import NO_SUCH_FILE
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey, parse_trailer
-from rewriter.sites import Site, scan
+from rewriter.sites import Site, kernel_locs, scan
 from rewriter.states import SiteState
 
 
@@ -129,6 +131,7 @@ class Settings:
     replace_stale_logs: bool = False
     hints: ScanHints = field(default_factory=ScanHints)  # --mcount-addr, --generation: a stripped vmlinux
     check_r0: bool = False  # --check-r0: refuse a function that reads r0 after its site
+    kernel_locs: Locs = Locs.UNKNOWN  # the loop of the run's vmlinux, which loads its modules (run())
 
 
 NOP = Options(SiteState.NOPPED, drop_records=True)
@@ -314,7 +317,12 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     chosen, rules = _policy_choice(settings.policy, module_name(t.rel) if image.kind is Kind.MODULE else None, sc.sites)
     sign = signer is not None and image.kind is Kind.MODULE
     _check_signed(t, image, chosen, settings.strip_signature or sign)
-    options = replace(NOP, strip_signature=settings.strip_signature or sign, check_r0=settings.check_r0)
+    options = replace(
+        NOP,
+        strip_signature=settings.strip_signature or sign,
+        check_r0=settings.check_r0,
+        kernel_locs=settings.kernel_locs,
+    )
     # rewrite() sees only the chosen sites, selected wholesale: the policy has decided already, and
     # function names may hold glob characters (`[`) that a Selection would reinterpret.
     result = rewrite(image, replace(sc, sites=tuple(chosen)), Selection(), options)
@@ -593,8 +601,25 @@ def _verify_batch(batch: Sequence[Target]) -> list[FileReport]:
 def run(
     ts: Sequence[Target], settings: Settings, jobs: int, tick: Callable[[], None] | None = None
 ) -> list[FileReport]:
-    """Pre-nop every target; reports in the order of ``ts``."""
+    """Pre-nop every target; reports in the order of ``ts``. The modules are held to the loop of
+    the vmlinux named with them (:func:`_kernel_locs`)."""
+    settings = replace(settings, kernel_locs=_kernel_locs(ts))
     return _map(partial(_prenop_batch, settings=settings), ts, jobs, tick)
+
+
+def _kernel_locs(ts: Sequence[Target]) -> Locs:
+    """Which ftrace_process_locs() loop (``rewriter.locs``) the vmlinux named in this run has: the
+    kernel that will load the run's modules. Unknown without one (a bad file is reported in its turn)."""
+    for t in ts:
+        if t.source.name.endswith(MODULE_SUFFIXES):
+            continue
+        try:
+            image = Image.load(t.source)
+        except (RewriteError, OSError):
+            continue
+        if image.kind is Kind.VMLINUX:
+            return kernel_locs(image, functions(image))
+    return Locs.UNKNOWN
 
 
 def undo(

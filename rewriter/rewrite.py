@@ -53,7 +53,7 @@ from rewriter.errors import ArgumentError, ImageError, InternalError, LogError, 
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
 from rewriter.heap import collector_paused
 from rewriter.known import Moment, Origin, RecordSlot, RelaEntry, SiteLine, Touched, lines_after
-from rewriter.locs import ZERO_ADJUSTED
+from rewriter.locs import ZERO_ADJUSTED, Locs
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, check_route, plan
 from rewriter.sites import Scan, Site, Source, dynamic_value, place_text, scan
 from rewriter.sites import boot_state as sites_boot_state
@@ -140,6 +140,9 @@ class Options:
     strip_signature: bool = False
     keep_records: bool = False
     check_r0: bool = False  # refuse to take the mflr r0 from a function that reads r0 after its site
+    # The loop of the kernel that will load a module (rewriter.locs): prenop reads it from the
+    # vmlinux of its run. A module does not say which kernel loads it (unknown: not checked).
+    kernel_locs: Locs = Locs.UNKNOWN
 
 
 class StubCount(NamedTuple):
@@ -299,7 +302,7 @@ def _choose(
             "(pass --strip-signature to drop it; undo restores it)"
         )
     _check_boot_rule(image, selected, todo, gone, goals, options)
-    _check_zero_records(image, scan, gone)
+    _check_zero_records(image, scan, gone, options.kernel_locs)
     for s in todo:
         if s.state is SiteState.UNKNOWN:
             raise ImageError(
@@ -423,15 +426,18 @@ def refused_at_boot(
     ]
 
 
-def _check_zero_records(image: Image, scan: Scan, gone: Sequence[Site]) -> None:
+def _check_zero_records(image: Image, scan: Scan, gone: Sequence[Site], kernel: Locs) -> None:
     """Refuse to drop records from a patchable vmlinux whose ftrace_process_locs() adds 4 before
-    it tests a record for zero (``Scan.zero_records_fail``, ``rewriter.locs``): a dropped record
-    is a zeroed slot, and that kernel would take it for address 4 and turn ftrace off at boot."""
-    if gone and scan.zero_records_fail:
+    it tests a record for zero (``Scan.zero_records_fail``, ``rewriter.locs``), or from a patchable
+    module that such a kernel (``kernel``, its vmlinux's) will load: a dropped record is a zeroed
+    slot, and that kernel would take it for address 4 and turn ftrace off."""
+    module = image.kind is Kind.MODULE and scan.generation is Generation.PATCHABLE and kernel is Locs.ADJUSTS_FIRST
+    if gone and (scan.zero_records_fail or module):
         s = gone[0]
+        where, when = ("; read in the vmlinux of this run", "once it loads") if module else ("", "at boot")
         raise PlanRejected(
             f"{image.path}: {s.place_text} ({s.function or '?'}): dropping a record zeroes its slot, "
-            f"but {ZERO_ADJUSTED} (the loop before the 2025 change): ftrace would be off at boot; "
+            f"but {ZERO_ADJUSTED} (the loop before the 2025 change{where}): ftrace would be off {when}; "
             "this kernel's records cannot be dropped offline"
         )
 

@@ -31,6 +31,7 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from operator import attrgetter
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -42,9 +43,9 @@ from rewriter.code import CodeView, code_view
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind, Section, index_name
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, functions, rel_place, reloc_target_places, split_place
-from rewriter.errors import ArgumentError
+from rewriter.errors import ArgumentError, UnmappedAddress
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
-from rewriter.locs import Locs, process_locs
+from rewriter.locs import PROCESS_LOCS, TEXT_BOUNDS, Locs, loop_of
 from rewriter.prose import counted
 from rewriter.states import PLAIN, Insn, SiteState
 
@@ -234,7 +235,7 @@ def scan(
     else:
         overridden = _contradicted(generation, detect_generation(image, text, calls, records))
     check_mcount_addr(generation, mcount_addr, image.path)
-    locs = process_locs(image)
+    locs = kernel_locs(image, funcs)
     places, skipped = _split_skipped(image, records, locs)
     weak = weak_max_offset(image, generation)
     sites, unmatched = _classify(image, text, funcs, generation, calls, places, weak)
@@ -728,6 +729,62 @@ def dynamic_value(image: Image, tag: int) -> int | None:
     table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
     hit = np.flatnonzero(table["d_tag"] == tag)
     return int(table["d_val"][hit[0]]) if len(hit) else None
+
+
+def kernel_locs(image: Image, funcs: Functions) -> Locs:
+    """Which loop a vmlinux's ftrace_process_locs() has (:mod:`rewriter.locs`), read from its code:
+    its words (the function table gives their end), its r2 (ELFv1: the descriptor's; ELFv2: its
+    global entry's), the four text bounds, and TOC slots as relocate() leaves them."""
+    if image.kind is not Kind.VMLINUX or image.symbols is None:
+        return Locs.UNKNOWN
+    bounds = [_symbol_addrs(image, [name]) for name in TEXT_BOUNDS]
+    code = _function_code(image, funcs)
+    if code is None or not all(bounds):
+        return Locs.UNKNOWN
+    entry, words, toc = code
+    return loop_of([b[0] for b in bounds], entry, words, toc, partial(_toc_slot_value, image))
+
+
+def _function_code(image: Image, funcs: Functions) -> tuple[int, list[int], int | None] | None:
+    """ftrace_process_locs()'s entry, words and, for ELFv1, the r2 of its descriptor."""
+    entries = _symbol_addrs(image, [PROCESS_LOCS])
+    if len(entries) != 1 or not len(funcs):
+        return None  # absent (inlined, or a clone under another name), or two of that name
+    entry = entries[0]
+    i = int(np.searchsorted(funcs.start, entry, side="right")) - 1
+    if i < 0 or int(funcs.start[i]) != entry or int(funcs.end[i]) <= entry:
+        return None
+    try:
+        offset = image.offset_of(entry)
+    except UnmappedAddress:
+        return None
+    count = min(int(funcs.end[i]) - entry, len(image.data) - offset) // ppc.INSN_SIZE
+    words = np.frombuffer(image.data, image.endian + "u4", count, offset).tolist()
+    return entry, words, _descriptor_toc(image, PROCESS_LOCS)
+
+
+def _descriptor_toc(image: Image, name: str) -> int | None:
+    """ELFv1: the r2 in the .opd descriptor of the function ``name`` (its second doubleword)."""
+    opd, syms = image.section(".opd"), image.symbols
+    if image.abi is not Abi.ELFV1 or opd is None or syms is None:
+        return None
+    hit = syms.find(name)
+    if not len(hit) or int(syms.table["st_shndx"][hit[0]]) != opd.shndx:
+        return None
+    return _toc_slot_value(image, int(syms.table["st_value"][hit[0]]) + 8)
+
+
+def _toc_slot_value(image: Image, addr: int) -> int | None:
+    """The doubleword at ``addr`` as the kernel reads it: its R_PPC64_RELATIVE addend, if one
+    targets it (:func:`_relocated`), else the file's bytes."""
+    try:
+        offset = image.offset_of(addr)
+    except UnmappedAddress:
+        return None
+    if offset + 8 > len(image.data):
+        return None
+    word = np.array([int.from_bytes(image.data[offset : offset + 8], image.byteorder)], np.uint64)
+    return int(_relocated(image, addr, word)[0])
 
 
 def _split_skipped(image: Image, records: np.ndarray, locs: Locs) -> tuple[np.ndarray, np.ndarray]:

@@ -211,17 +211,23 @@ def test_group_is_the_directory_under_kernel() -> None:
 
 
 def test_group_does_not_depend_on_how_the_path_is_spelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`audit .` inside kernel/fs/nls grouped its modules under '' (the name of `.`); from the
-    directory above, under `fs/nls`. A tree's files group the same from wherever they are named."""
-    nls = tmp_path / "kernel" / "fs" / "nls"
-    nls.mkdir(parents=True)
+    """`audit .` grouped its files under '' (the name of `.`). Inside an installed tree
+    (modules/VERSION/kernel) a file groups as from above it; elsewhere `.` stands for its directory's
+    name; and a `kernel` directory above what was named (a source tree under ~/kernel) is no tree's."""
+    installed = tmp_path / "lib" / "modules" / "6.12.0" / "kernel" / "fs" / "nls"
+    installed.mkdir(parents=True)
+    monkeypatch.chdir(installed)
+    assert audit.group_of(Path("nls_utf8.ko"), [Path(".")]) == "fs/nls"
+    assert audit.group_of(Path("./nls_utf8.ko"), [Path(".")]) == "fs/nls"
     flat = tmp_path / "flat"
     flat.mkdir()
-    monkeypatch.chdir(nls)
-    assert audit.group_of(Path("nls_utf8.ko"), [Path(".")]) == "fs/nls"
     monkeypatch.chdir(flat)
-    assert audit.group_of(Path("x.ko"), [Path(".")]) == "flat"
-    assert audit.group_of(Path("./x.ko"), [Path(".")]) == audit.group_of(flat / "x.ko", [flat])
+    assert audit.group_of(Path("x.ko"), [Path(".")]) == "flat" == audit.group_of(flat / "x.ko", [flat])
+    source = tmp_path / "kernel" / "linux-6.12"
+    (source / "drivers" / "net").mkdir(parents=True)
+    monkeypatch.chdir(source)
+    assert audit.group_of(Path("vmlinux")) == "vmlinux"
+    assert audit.group_of(Path("drivers/net/foo.ko"), [Path("drivers")]) == "net"
 
 
 # -- the command ------------------------------------------------------------------------------

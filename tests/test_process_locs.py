@@ -18,13 +18,18 @@ from conftest import FIXTURES
 from elftools.elf.elffile import ELFFile
 
 from rewriter.elf.image import Image
-from rewriter.locs import ZERO_ADJUSTED, Locs, process_locs
+from rewriter.elf.symbols import functions
+from rewriter.locs import ZERO_ADJUSTED, Locs
 from rewriter.report.scanfmt import boot_of
-from rewriter.sites import scan
+from rewriter.sites import kernel_locs, scan
 
 pytestmark = pytest.mark.corpus
 
 RELA_ADDEND = 16  # Elf64_Rela: r_offset, r_info, r_addend
+
+
+def process_locs(image: Image) -> Locs:
+    return kernel_locs(image, functions(image))
 
 
 def mcountrw(*args: object) -> subprocess.CompletedProcess[str]:
@@ -144,3 +149,30 @@ def test_dropping_a_record_from_a_patchable_kernel_with_the_older_loop_is_refuse
     assert [a for a in _anomalies(dropped) if a["kind"] == "zeroed-records"] == [
         {"kind": "zeroed-records", "severity": "error"}
     ]
+
+
+@pytest.mark.slow
+def test_prenop_holds_the_modules_to_the_loop_of_the_vmlinux_named_with_them(tmp_path: Path) -> None:
+    """The loop runs for modules too: a patchable module whose records were dropped turns ftrace
+    off once it loads on a kernel with the older loop. prenop reads the vmlinux of its run and
+    refuses those modules; with the newer loop (Debian's) the same run drops them."""
+    kernel = require_kernel("6.12")
+    module = next(kernel.modules_dir.rglob("nls_utf8.ko.xz"))
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    for older in (True, False):
+        tree = tmp_path / ("older" if older else "newer")
+        tree.mkdir()
+        vmlinux = tree / "vmlinux"
+        if older:
+            _older_loop(kernel.vmlinux, vmlinux)
+        else:
+            vmlinux.write_bytes(kernel.vmlinux.read_bytes())
+        (tree / module.name).write_bytes(module.read_bytes())
+        args = ["prenop", "--policy", policy, "--dry-run", "--strip-signature", vmlinux, tree / module.name]
+        proc = mcountrw(*args)
+        said = proc.stdout + proc.stderr
+        if older:
+            assert proc.returncode == 2 and "read in the vmlinux of this run" in said, said
+        else:
+            assert proc.returncode == 0 and "read in the vmlinux" not in said, said

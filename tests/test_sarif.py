@@ -113,7 +113,7 @@ def test_ool_vmlinux_report_validates_with_its_stubs_and_weak_body_notes(tmp_pat
 
 
 def _fingerprints(doc: dict) -> list[str]:
-    return [r["partialFingerprints"]["mcountrwAnomaly/v1"] for r in doc["runs"][0]["results"]]
+    return [r["partialFingerprints"]["mcountrwAnomaly/v2"] for r in doc["runs"][0]["results"]]
 
 
 def test_fingerprints_tell_files_of_one_name_apart(tmp_path: Path) -> None:
@@ -139,6 +139,15 @@ def test_fingerprints_tell_results_in_functions_of_one_name_apart(tmp_path: Path
     assert done.exit_code == 0, done.output
     doc = _sarif(tmp_path, out)
     refused = [r for r in doc["runs"][0]["results"] if r["ruleId"] == "boot-refused"]
-    keys = [r["partialFingerprints"]["mcountrwAnomaly/v1"] for r in refused]
+    keys = [r["partialFingerprints"]["mcountrwAnomaly/v2"] for r in refused]
     assert len(keys) == 9 and len(set(keys)) == 9, keys
     assert len(set(_fingerprints(doc))) == len(_fingerprints(doc))
+
+
+def test_fingerprints_do_not_depend_on_how_the_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`prog`, `./prog` and `/abs/prog` are one file: one set of keys, or code scanning closes and
+    reopens every alert when a CI job names it another way."""
+    (tmp_path / "prog").write_bytes((FIXTURES / "bin" / "anom-broken").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    named = [_fingerprints(_sarif(tmp_path, p)) for p in (Path("prog"), Path("./prog"), tmp_path / "prog")]
+    assert named[0] and named[0] == named[1] == named[2]

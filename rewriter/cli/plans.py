@@ -136,7 +136,8 @@ OFFLINE: Final = "offline: no task runs while the image is edited"
 def _check_offline_options(name: str, tasks: int | None, entries: int | None, stale_fetch: bool | None) -> None:
     """An offline plan is checked through the states it passes, with no task running: options
     about tasks would be ignored while the verdict line seemed to answer them."""
-    options = (("--tasks", tasks), ("--entries", entries), ("--stale-fetch", stale_fetch))
+    # --no-stale-fetch agrees with what an offline check does: only --stale-fetch asks for more
+    options = (("--tasks", tasks), ("--entries", entries), ("--stale-fetch", stale_fetch or None))
     given = [option for option, value in options if value is not None]
     if given:
         verb = "does" if len(given) == 1 else "do"

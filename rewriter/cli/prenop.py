@@ -449,8 +449,8 @@ def _check_outputs(paths: Sequence[Path], output: str | None, report: Path | Non
     refused as the other commands refuse it (a Path drops the slash: it wrote a file ``x``). For a
     tree, or several files, ``-o`` is a directory, made if missing. ``--report`` is a report's
     ``-o``."""
-    if output is not None and len(paths) == 1 and not paths[0].is_dir():
-        output_file(output)
+    if output == "-" or (output is not None and len(paths) == 1 and not paths[0].is_dir()):
+        output_file(output)  # "-" refused for a tree as for a file: it is no stdout here either
     check_report_output(report)
 
 

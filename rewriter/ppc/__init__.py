@@ -4,13 +4,15 @@
   and text; re-exported here, so ``from rewriter import ppc`` gives ``ppc.NOP``, ``ppc.bl``...;
 * :mod:`rewriter.ppc.fields`: named extractors for instruction fields, the primary opcodes, and
   the ISA's MASK and ROTL;
-* :mod:`rewriter.ppc.table`: the decoder table of every instruction the mflr-nop walk knows.
+* :mod:`rewriter.ppc.table`: the decoder table of every instruction the mflr-nop walk knows;
+* :mod:`rewriter.ppc.toc`: the addresses code forms from the TOC pointer (which symbols it refers to).
 
 Nothing here imports the rest of ``rewriter`` but :mod:`rewriter.errors` (for
 :class:`EncodingError`'s base), and no other module shifts or masks an instruction
 word itself (tests/test_isa_home.py holds them to it).
 """
 
+from rewriter.ppc.toc import TocReferences, global_entry_toc, toc_references
 from rewriter.ppc.words import (
     B_PLUS_8,
     BRANCH_RANGE,
@@ -66,6 +68,7 @@ __all__ = [
     "EncodingError",
     "Kind",
     "Offset",
+    "TocReferences",
     "b",
     "b_mask",
     "bl",
@@ -76,6 +79,7 @@ __all__ = [
     "branch_targets",
     "branch_text",
     "describe",
+    "global_entry_toc",
     "in_branch_range",
     "is_b",
     "is_bl",
@@ -83,4 +87,5 @@ __all__ = [
     "kind",
     "kinds",
     "relative_text",
+    "toc_references",
 ]

@@ -13,6 +13,7 @@ question its safety verdict answers, and (ool) its stub areas, or the records wh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,6 +22,7 @@ from rewriter.audit import RULES, Anomaly, AnomalyKind, Audit, ImageAudit, summa
 from rewriter.report.jsonfmt import stub_gap_json, stub_json
 
 SCHEMA_URI: Final = "https://json.schemastore.org/sarif-2.1.0.json"
+FINGERPRINT: Final = "mcountrwAnomaly/v2"
 _LEVEL: Final = {"error": "error", "warning": "warning", "note": "note"}
 
 
@@ -64,22 +66,24 @@ def _result(
         "level": _LEVEL[a.severity.value],
         "message": {"text": text},
         "locations": [_location(img_index, img, a)],
-        "partialFingerprints": {"mcountrwAnomaly/v1": fingerprint},
+        "partialFingerprints": {FINGERPRINT: fingerprint},
     }
     if a.evidence:
         result["properties"] = {"evidence": list(a.evidence)}
     return result
 
 
-def _fingerprints(img: ImageAudit) -> list[str]:
-    """One key per anomaly, stable across rebuilds that move code: kind, the file as named, the
-    function (the place only when there is none), and for the second and later results with the
-    same key their ordinal (``#2``): consumers merge results whose fingerprints are equal, and nine
-    static ``type_show`` functions of one vmlinux are nine errors, not one."""
+def _fingerprints(images: Sequence[ImageAudit]) -> list[str]:
+    """One key per anomaly, stable across rebuilds that move code and however the file is named
+    (``vmlinux``, ``./vmlinux``, a new /lib/modules/VERSION): kind, the file's group (its
+    subsystem, ``fs/ext4``) and name, the function (the place only when there is none), and for
+    the second and later results with the same key their ordinal (``#2``): consumers merge results
+    whose fingerprints are equal, and nine static ``type_show`` functions of one vmlinux are nine
+    errors, not one. ``v2``: v1 keyed by the file name alone and merged such results."""
     seen: dict[str, int] = {}
     out = []
-    for a in img.anomalies:
-        key = f"{a.kind.value}:{img.path.as_posix()}:{a.function or a.place or '-'}"
+    for image, a in ((img, a) for img in images for a in img.anomalies):
+        key = f"{a.kind.value}:{image.group}/{image.path.name}:{a.function or a.place or '-'}"
         seen[key] = seen.get(key, 0) + 1
         out.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
     return out
@@ -100,11 +104,9 @@ def _artifact(img: ImageAudit) -> dict[str, Any]:
 
 def audit_sarif(audit: Audit) -> dict[str, Any]:
     rule_index = {kind: n for n, kind in enumerate(RULES)}
-    results = [
-        _result(rule_index, n, img, a, key)
-        for n, img in enumerate(audit.images)
-        for a, key in zip(img.anomalies, _fingerprints(img), strict=True)
-    ]
+    placed = [(n, img, a) for n, img in enumerate(audit.images) for a in img.anomalies]
+    keys = _fingerprints(audit.images)  # in the same order
+    results = [_result(rule_index, n, img, a, key) for (n, img, a), key in zip(placed, keys, strict=True)]
     total = summarise(audit.images, "all")
     run: dict[str, Any] = {
         "tool": {"driver": {"name": "mcountrw", "version": __version__, "rules": _rules()}},

@@ -629,6 +629,8 @@ def test_a_dash_output_is_stdout_for_a_report_and_refused_for_a_file(
         else:
             _refused(invoke(*command, "-"), "-: this output is a file, not stdout (for a file named -, write ./-)")
     _refused(invoke(*prenop_out, "-"), "-: this output is a file, not stdout (for a file named -, write ./-)")
+    tree = ("prenop", "--policy", str(ROOT / "examples" / "keep-core.policy"), str(tmp_path), "-o", "-")
+    _refused(invoke(*tree), "-: this output is a file, not stdout (for a file named -, write ./-)")  # made ./-/
     assert sorted(tmp_path.iterdir()) == before
 
 

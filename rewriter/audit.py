@@ -31,7 +31,7 @@ from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.symbols import Functions, relocation_target_text, split_place
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, Generation, Variant, default_variant
-from rewriter.locs import ZERO_ADJUSTED
+from rewriter.locs import ZERO_ADJUSTED, Locs
 from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
 from rewriter.prose import counted
@@ -337,6 +337,7 @@ class ImageAudit:
     stubs: tuple[StubArea, ...] = ()
     stub_gap: StubGap | None = None
     compressed: bool = False
+    locs: Locs = Locs.UNKNOWN  # a vmlinux's ftrace_process_locs() loop, which its modules meet too
 
     def safety_counts(self) -> dict[flow.Verdict, int]:
         found = Counter(s.safety.verdict for s in self.sites)
@@ -373,11 +374,11 @@ def audit_image(
     )
     gap = stub_gap(image, result)
     anomalies = _anomalies(image, result, printer, sites) + _blind_spots(result, gap)
-    order = sorted(anomalies, key=lambda a: (-RANK[a.severity], a.kind.value, a.section or "", a.offset or 0))
+    order = _ordered(anomalies)
     counts = _counts(result, code.funcs)
     return ImageAudit(
         image.path, group, result.kind, result.endian, result.abi, counts, tuple(order), sites, result.generation,
-        result.stubs, gap, image.compression is not Compression.NONE,
+        result.stubs, gap, image.compression is not Compression.NONE, result.locs,
     )  # fmt: skip
 
 
@@ -806,7 +807,9 @@ def _abi_anomalies(image: Image) -> list[Anomaly]:
 
 
 def cross_image_anomalies(audits: Sequence[ImageAudit]) -> list[ImageAudit]:
-    """Modules whose ABI or byte order differs from the vmlinux audited with them."""
+    """Modules whose ABI or byte order differs from the vmlinux audited with them, and patchable
+    modules with zeroed records for a vmlinux whose ftrace_process_locs() adds 4 before it tests
+    for zero (``rewriter.locs``): the loop runs at module load too, and turns ftrace off."""
     kernels = [a for a in audits if a.kind is Kind.VMLINUX]
     if len(kernels) != 1:
         return list(audits)
@@ -817,8 +820,23 @@ def cross_image_anomalies(audits: Sequence[ImageAudit]) -> list[ImageAudit]:
             msg = f"{a.endian}-endian {a.abi.value} module for a {k.endian}-endian {k.abi.value} kernel"
             extra = Anomaly(AnomalyKind.ABI_MISMATCH, Severity.ERROR, msg)
             a = replace(a, anomalies=(extra, *a.anomalies))
+        if a.kind is Kind.MODULE and a.generation is Generation.PATCHABLE and k.locs is Locs.ADJUSTS_FIRST:
+            a = replace(a, anomalies=_ordered([_fatal_zeroes(x, k.path) for x in a.anomalies]))
         out.append(a)
     return out
+
+
+def _ordered(anomalies: Sequence[Anomaly]) -> tuple[Anomaly, ...]:
+    """Errors first, then warnings and notes; by kind and place within each."""
+    return tuple(sorted(anomalies, key=lambda a: (-RANK[a.severity], a.kind.value, a.section or "", a.offset or 0)))
+
+
+def _fatal_zeroes(a: Anomaly, kernel: Path) -> Anomaly:
+    """A module's zeroed-records note, made the error it is under ``kernel``'s older loop."""
+    if a.kind is not AnomalyKind.ZEROED_RECORDS or a.severity is Severity.ERROR:
+        return a
+    msg = f"{a.message}: {ZERO_ADJUSTED} (read in {kernel}): FTRACE OFF once it loads"
+    return replace(a, severity=Severity.ERROR, message=msg)
 
 
 # -- many images ----------------------------------------------------------------------------

@@ -176,3 +176,21 @@ def test_prenop_holds_the_modules_to_the_loop_of_the_vmlinux_named_with_them(tmp
             assert proc.returncode == 2 and "read in the vmlinux of this run" in said, said
         else:
             assert proc.returncode == 0 and "read in the vmlinux" not in said, said
+
+
+@pytest.mark.slow
+def test_audit_holds_a_modules_zeroed_records_to_the_loop_of_its_vmlinux(tmp_path: Path) -> None:
+    """A patchable module with a dropped record is fine for a kernel with the newer loop (a note)
+    and fatal once loaded by one with the older loop: audited with such a vmlinux, an error."""
+    kernel = require_kernel("6.12")
+    module = next(kernel.modules_dir.rglob("nls_utf8.ko.xz"))
+    dropped = tmp_path / "nls_utf8.ko.xz"
+    done = mcountrw("nop", module, "-o", dropped, "--only", "char2uni", "--drop-records", "--strip-signature")
+    assert done.returncode == 0, done.stderr
+    older = tmp_path / "vmlinux"
+    _older_loop(kernel.vmlinux, older)
+    for vmlinux, severity in ((kernel.vmlinux, "note"), (older, "error")):
+        proc = mcountrw("audit", "--format", "json", vmlinux, dropped)
+        images = {Path(i["path"]).name: i for i in json.loads(proc.stdout)["images"]}
+        zeroed = [a for a in images[dropped.name]["anomalies"] if a["kind"] == "zeroed-records"]
+        assert [a["severity"] for a in zeroed] == [severity], zeroed

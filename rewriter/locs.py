@@ -31,6 +31,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Final
 
 from rewriter import ppc
+from rewriter.generations import Generation
 
 PROCESS_LOCS: Final = "ftrace_process_locs"
 TEXT_BOUNDS: Final = ("_stext", "_etext", "_sinittext", "_einittext")
@@ -48,6 +49,12 @@ class Locs(enum.Enum):
     CHECKS_TEXT = "checks-text"  # zero and outside-text records skipped, before ftrace_call_adjust()
     ADJUSTS_FIRST = "adjusts-first"  # only a record ftrace_call_adjust() makes zero is skipped
     UNKNOWN = "unknown"  # not a vmlinux, no symbols, or code this reading does not follow
+
+
+def zero_records_fail(generation: Generation | None, loop: Locs) -> bool:
+    """Whether a zeroed record of a ``generation`` image turns ftrace off under a kernel whose loop
+    is ``loop``: only on patchable (ftrace_call_adjust() adds 4) with the older loop."""
+    return generation is Generation.PATCHABLE and loop is Locs.ADJUSTS_FIRST
 
 
 def loop_of(

@@ -53,7 +53,7 @@ from rewriter.errors import ArgumentError, ImageError, InternalError, LogError, 
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
 from rewriter.heap import collector_paused
 from rewriter.known import Moment, Origin, RecordSlot, RelaEntry, SiteLine, Touched, lines_after
-from rewriter.locs import ZERO_ADJUSTED, Locs
+from rewriter.locs import ZERO_ADJUSTED, Locs, zero_records_fail
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, check_route, plan
 from rewriter.sites import Scan, Site, Source, dynamic_value, place_text, scan
 from rewriter.sites import boot_state as sites_boot_state
@@ -431,7 +431,7 @@ def _check_zero_records(image: Image, scan: Scan, gone: Sequence[Site], kernel: 
     it tests a record for zero (``Scan.zero_records_fail``, ``rewriter.locs``), or from a patchable
     module that such a kernel (``kernel``, its vmlinux's) will load: a dropped record is a zeroed
     slot, and that kernel would take it for address 4 and turn ftrace off."""
-    module = image.kind is Kind.MODULE and scan.generation is Generation.PATCHABLE and kernel is Locs.ADJUSTS_FIRST
+    module = image.kind is Kind.MODULE and zero_records_fail(scan.generation, kernel)
     if gone and (scan.zero_records_fail or module):
         s = gone[0]
         where, when = ("; read in the vmlinux of this run", "once it loads") if module else ("", "at boot")
@@ -516,7 +516,7 @@ def _check_r0_dead(image: Image, scan: Scan, taken: Sequence[Site]) -> None:
     """Refuse to take the ``mflr r0`` from a function that reads r0 after its site: the audit's
     ``r0live`` (rewriter.flow), where nopping it changes what the function does. Asked for
     (``--check-r0``), not by default: the walk decodes the whole image, 0.6 s on a 6.1 vmlinux
-    (+50% of a ``nop``) and +60% of a 6.1 tree's prenop, and no site of the Debian kernels is
+    (+50% of a ``nop``) and +32% of a 6.1 tree's prenop (+65% in a noisier run), and no site of the Debian kernels is
     live. UNKNOWN verdicts pass, as the audit lists them without calling them wrong."""
     if not taken:
         return

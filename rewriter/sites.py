@@ -45,7 +45,7 @@ from rewriter.elf.image import Abi, Image, Kind, Section, index_name
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, functions, rel_place, reloc_target_places, split_place
 from rewriter.errors import ArgumentError, UnmappedAddress
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
-from rewriter.locs import PROCESS_LOCS, TEXT_BOUNDS, Locs, loop_of
+from rewriter.locs import PROCESS_LOCS, TEXT_BOUNDS, Locs, loop_of, zero_records_fail
 from rewriter.prose import counted
 from rewriter.states import PLAIN, Insn, SiteState
 
@@ -193,7 +193,7 @@ class Scan:
     def zero_records_fail(self) -> bool:
         """A zeroed record turns ftrace off at boot: on patchable, a kernel whose
         ftrace_process_locs() adds 4 before it tests a record for zero (rewriter.locs)."""
-        return self.generation is Generation.PATCHABLE and self.locs is Locs.ADJUSTS_FIRST
+        return zero_records_fail(self.generation, self.locs)
 
     @property
     def unnamed(self) -> bool:
@@ -735,14 +735,12 @@ def kernel_locs(image: Image, funcs: Functions) -> Locs:
     """Which loop a vmlinux's ftrace_process_locs() has (:mod:`rewriter.locs`), read from its code:
     its words (the function table gives their end), its r2 (ELFv1: the descriptor's; ELFv2: its
     global entry's), the four text bounds, and TOC slots as relocate() leaves them."""
-    if image.kind is not Kind.VMLINUX or image.symbols is None:
-        return Locs.UNKNOWN
-    bounds = [_symbol_addrs(image, [name]) for name in TEXT_BOUNDS]
-    code = _function_code(image, funcs)
-    if code is None or not all(bounds):
+    text = _kernel_text(image)  # None unless a vmlinux with symbols
+    code = None if text is None or len(text) != 2 else _function_code(image, funcs)
+    if text is None or code is None:
         return Locs.UNKNOWN
     entry, words, toc = code
-    return loop_of([b[0] for b in bounds], entry, words, toc, partial(_toc_slot_value, image))
+    return loop_of([b for pair in text for b in pair], entry, words, toc, partial(_toc_slot_value, image))
 
 
 def _function_code(image: Image, funcs: Functions) -> tuple[int, list[int], int | None] | None:
@@ -805,7 +803,7 @@ def _kernel_text(image: Image) -> list[tuple[int, int]] | None:
     if image.kind is not Kind.VMLINUX or syms is None:
         return None
     out = []
-    for lo_name, hi_name in (("_stext", "_etext"), ("_sinittext", "_einittext")):
+    for lo_name, hi_name in zip(TEXT_BOUNDS[::2], TEXT_BOUNDS[1::2], strict=True):  # _stext.._etext, init
         lo, hi = syms.find(lo_name), syms.find(hi_name)
         if len(lo) and len(hi):
             out.append((int(syms.table["st_value"][lo[0]]), int(syms.table["st_value"][hi[0]])))

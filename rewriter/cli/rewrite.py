@@ -231,7 +231,7 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
             err=True,
         )
         if target != options.target.value:
-            typer.echo(f"--to {options.target.value}: {_why_not_target(r, options.target.value, target)}", err=True)
+            typer.echo(f"--to {options.target.value}: {_why_not_target(r, target)}", err=True)
     from rewriter.sites import Source
 
     logged = [s for s in result.scan.sites if s.source is Source.LOG]
@@ -288,7 +288,7 @@ def _stub_counts(stubs: tuple[tuple[StubCount, ...], tuple[StubCount, ...]]) -> 
     return f"ool stubs used/available: before {before}; after {after}"
 
 
-def _why_not_target(r: Rewrite, asked: str, became: str) -> str:
+def _why_not_target(r: Rewrite, became: str) -> str:
     """Why a rewrite took its sites to another state than ``--to`` named (``Rewrite.goals``)."""
     if r.restored:
         return "the kernel enables these sites itself at run time; they got their words as built and their records back"

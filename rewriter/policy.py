@@ -47,6 +47,7 @@ from typing import Final, NamedTuple
 from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
+from rewriter.locs import ZERO_ADJUSTED, Locs, zero_records_fail
 from rewriter.prose import counted
 from rewriter.reading import read_regular_text
 
@@ -270,6 +271,11 @@ class Tally:
         self.generations: Counter[Generation | None] = Counter()  # files per generation
         self.kept_untraceable: Counter[str] = Counter()  # kept sites the kernel cannot trace, by reason
         self.nopped: Counter[Generation | None] = Counter()  # nopped sites per generation
+        # What prenop would refuse: a zeroed record fails under the older ftrace_process_locs()
+        # loop (rewriter.locs), a vmlinux's own and, for a module, the run's vmlinux's.
+        self.kernel_locs: Locs | None = None  # the first vmlinux's, as prenop reads it
+        self.vmlinux_nops: list[tuple[Generation | None, Locs, int]] = []
+        self.module_nops: list[tuple[Generation | None, int]] = []
 
     @property
     def when_traced(self) -> str:
@@ -282,8 +288,26 @@ class Tally:
     def kept_traceable(self) -> int:
         return self.verdicts[Verb.KEEP] - sum(self.kept_untraceable.values())
 
-    def add_file(self, module: str | None, sites: Sequence[SiteFacts], generation: Generation | None = None) -> None:
-        """``sites``: every site of one file, whose generation is ``generation``."""
+    def add_file(
+        self,
+        module: str | None,
+        sites: Sequence[SiteFacts],
+        generation: Generation | None = None,
+        locs: Locs | None = None,
+    ) -> None:
+        """``sites``: every site of one file, whose generation is ``generation``; ``locs``: a
+        vmlinux's ftrace_process_locs() loop (None: not a vmlinux)."""
+        nopped = self.verdicts[Verb.NOP]
+        self._add_sites(module, sites, generation)
+        nopped = self.verdicts[Verb.NOP] - nopped
+        if module is not None:
+            self.module_nops.append((generation, nopped))
+        elif locs is not None:
+            if self.kernel_locs is None:
+                self.kernel_locs = locs
+            self.vmlinux_nops.append((generation, locs, nopped))
+
+    def _add_sites(self, module: str | None, sites: Sequence[SiteFacts], generation: Generation | None) -> None:
         self.files += 1
         self.modules += module is not None
         self.generations[generation] += 1
@@ -328,6 +352,22 @@ class Tally:
                 which = "it" if self.matched[i] == 1 else "every one of them"
                 out.append(f"{self.policy.name}:{rule.line}: `{rule}` matches {counted(self.matched[i], 'site')}, "
                            f"but later rules decide {which}")  # fmt: skip
+        return out + self._refused()
+
+    def _refused(self) -> list[str]:
+        """Nopped sites whose records prenop cannot drop (``rewriter.rewrite``'s refusal): a
+        patchable vmlinux, or its modules, under the older ftrace_process_locs() loop."""
+        out = []
+        vmlinux = sum(n for g, loop, n in self.vmlinux_nops if zero_records_fail(g, loop))
+        if vmlinux:
+            out.append(f"the vmlinux: nop on {counted(vmlinux, 'site')} drops their records, but {ZERO_ADJUSTED}; "
+                       "prenop refuses it")  # fmt: skip
+        kernel = self.kernel_locs or Locs.UNKNOWN
+        modules = [n for g, n in self.module_nops if n and zero_records_fail(g, kernel)]
+        if modules:
+            files, sites = counted(len(modules), "module"), counted(sum(modules), "site")
+            out.append(f"{files}: nop on {sites} drops their records, but the vmlinux's is the older loop "
+                       f"({ZERO_ADJUSTED}); prenop refuses them")  # fmt: skip
         return out
 
 

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from rewriter.cli import app
 from rewriter.generations import Generation
+from rewriter.locs import ZERO_ADJUSTED, Locs
 from rewriter.policy import NOP_MEANS, PolicyError, SiteFacts, Tally, Verb, load, module_name, parse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,6 +250,29 @@ def test_policy_check_of_a_prenopped_tree_judges_kept_sites_as_prenop_would_leav
     assert "result: keep 6 sites (6 traceable after boot), nop 0" in check.output, check.output
     preview = CliRunner().invoke(app, ["prenop", "--policy", str(keep_all), "--dry-run", *args])
     assert preview.exit_code == 0 and "restore" in preview.output, preview.output
+
+
+@pytest.mark.parametrize(
+    ("loop", "refused"), [(Locs.ADJUSTS_FIRST, True), (Locs.CHECKS_TEXT, False), (Locs.UNKNOWN, False)]
+)
+def test_a_tally_warns_where_prenop_would_refuse_to_drop_records(loop: Locs, refused: bool) -> None:
+    """Under the older ftrace_process_locs() loop a zeroed patchable record turns ftrace off, so
+    prenop refuses to nop such a vmlinux's sites, and its modules'; the check says so first."""
+    p = parse("default keep\nnop *_slow\n", "p")
+    t = Tally(p)
+    t.add_file("m", [SiteFacts("a_slow", ".text"), SiteFacts("b_slow", ".text")], Generation.PATCHABLE)
+    t.add_file("kept", [SiteFacts("c", ".text")], Generation.PATCHABLE)  # nothing nopped: no refusal
+    t.add_file("o", [SiteFacts("d_slow", ".text")], Generation.OOL)  # ool: a zeroed record is skipped
+    t.add_file(None, [SiteFacts("e_slow", ".text")], Generation.PATCHABLE, loop)
+    said = [w for w in t.warnings() if ZERO_ADJUSTED in w]
+    if refused:
+        assert said == [
+            f"the vmlinux: nop on 1 site drops their records, but {ZERO_ADJUSTED}; prenop refuses it",
+            f"1 module: nop on 2 sites drops their records, but the vmlinux's is the older loop ({ZERO_ADJUSTED}); "
+            "prenop refuses them",
+        ]
+    else:
+        assert said == []
 
 
 def test_a_tally_of_modules_says_once_loaded() -> None:

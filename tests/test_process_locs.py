@@ -172,10 +172,15 @@ def test_prenop_holds_the_modules_to_the_loop_of_the_vmlinux_named_with_them(tmp
         args = ["prenop", "--policy", policy, "--dry-run", "--strip-signature", vmlinux, tree / module.name]
         proc = mcountrw(*args)
         said = proc.stdout + proc.stderr
+        checked = mcountrw("policy", "check", policy, vmlinux, tree / module.name)  # says so before the run
+        warned = [line for line in checked.stdout.splitlines() if ZERO_ADJUSTED in line]
         if older:
             assert proc.returncode == 2 and "read in the vmlinux of this run" in said, said
+            assert checked.returncode == 1 and len(warned) == 2, checked.stdout
+            assert warned[1].startswith("warning: 1 module: nop on ") and "prenop refuses them" in warned[1]
         else:
             assert proc.returncode == 0 and "read in the vmlinux" not in said, said
+            assert checked.returncode == 0 and not warned, checked.stdout
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,12 +31,14 @@ import numpy as np
 
 from rewriter.elf import structs as S
 from rewriter.elf.compress import SUFFIX, Compression, Restore, compression_named, decompress, detect_compression
-from rewriter.elf.image import Image
+from rewriter.elf.image import Image, Kind
+from rewriter.elf.symbols import functions
 from rewriter.elf.writer import Pending, atomic_write, check_replaceable, commit_all, write_temp
 from rewriter.errors import ArgumentError, ImageError, LogError, NothingToDo, OutputError, RewriteError, WordMismatch
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.heap import collector_paused
 from rewriter.known import by_place, with_log
+from rewriter.locs import Locs
 from rewriter.log import (
     Base,
     Data,
@@ -58,6 +60,7 @@ from rewriter.sites import (
     Site,
     Source,
     check_mcount_addr_alone,
+    kernel_locs,
     override_text,
     scan,
     section_place_text,
@@ -166,10 +169,11 @@ def apply_file(
     backup: bool = False,
     hints: ScanHints = ScanHints(),
     input_log: Path | None = None,
+    kernel: Path | None = None,
 ) -> ApplyResult:
     """``input_log``: the patch log of ``path`` (default: the one beside it, if it is its log):
     the sites only it knows are selected and restored like the others, and the new log names it
-    as its base."""
+    as its base. ``kernel``: the vmlinux that will load the module ``path`` (:func:`_held_to_kernel`)."""
     # A dry run with -o or --in-place checks them as the run it previews would: only a dry run
     # given neither has no output to check.
     out = None if dry_run and output is None and not in_place else check_output_path(path, output, in_place)
@@ -181,6 +185,7 @@ def apply_file(
     if out is not None and not in_place:
         check_output_name(out, image.compression)
     check_mcount_addr_alone(image, hints.mcount_addr)
+    options = _held_to_kernel(image, options, kernel)
     before = scan(image, hints.mcount_addr, hints.generation)
     refuse_contradicted_generation(image, before)
     known, warning = _input_log(image, input_log)
@@ -193,7 +198,7 @@ def apply_file(
         history = by_place(known.sites)
     check_something_to_do(image, before, selection, hints, warning)
     result = rewrite(image, before, selection, options, stage_dir is not None and not dry_run, history)
-    warnings = () if warning is None else (warning,)
+    warnings = tuple(w for w in (warning, _unchecked_kernel(image, before, result, options)) if w is not None)
     base = None if known is None else known.base
     if dry_run or out is None or (in_place and not result.edits):  # in place and already done: nothing to write
         return ApplyResult(path, None, None, result, before, (), base, warnings)
@@ -202,6 +207,47 @@ def apply_file(
     backup_path = path.with_name(path.name + ".orig") if in_place and backup else None
     base = _write_outputs(image, result, options, out, log, backup_path, known)
     return ApplyResult(path, out, log, result, before, stage_paths, base, warnings, backup_path)
+
+
+def loader_locs(kernel: Path) -> Locs:
+    """The ftrace_process_locs() loop (``rewriter.locs``) of ``kernel``, named as the vmlinux that
+    will load a module (``--kernel``)."""
+    try:
+        image = Image.load(kernel)
+    except RewriteError as e:  # "K: No such file or directory" says nothing of which option named K
+        raise ArgumentError(f"--kernel {e}") from None
+    if image.kind is not Kind.VMLINUX:
+        raise ArgumentError(f"--kernel {kernel}: not a vmlinux (its kind: {image.kind.value})")
+    return kernel_locs(image, functions(image))
+
+
+def _held_to_kernel(image: Image, options: Options, kernel: Path | None) -> Options:
+    """``options`` with the loop of ``kernel``, the vmlinux that will load the module ``image``:
+    under the older loop a patchable module's dropped records turn ftrace off once it loads, and
+    the rewrite refuses them (``rewriter.rewrite``). A module does not say which kernel loads it."""
+    if kernel is None:
+        return options
+    if image.kind is not Kind.MODULE:
+        kind = image.kind.value
+        raise ArgumentError(
+            f"{image.path}: --kernel VMLINUX is for a module, the kernel that will load it (this: {kind})"
+        )
+    return replace(options, kernel_locs=loader_locs(kernel))
+
+
+def _unchecked_kernel(image: Image, before: Scan, result: Rewrite, options: Options) -> str | None:
+    """A warning when records were dropped from a patchable module whose kernel's loop is not
+    known (no ``--kernel``, or one whose loop could not be read): whether that kernel turns ftrace
+    off when it loads the module was not checked."""
+    if image.kind is not Kind.MODULE or before.generation is not Generation.PATCHABLE or not result.dropped:
+        return None
+    if options.kernel_locs is not Locs.UNKNOWN:
+        return None
+    return (
+        f"{image.path}: {counted(len(result.dropped), 'record')} dropped from a patchable module without checking "
+        "its kernel: one whose ftrace_process_locs() adds 4 before it tests a record for zero (before the 2025 "
+        "change) turns ftrace off when the module loads; --kernel VMLINUX checks"
+    )
 
 
 def check_no_foreign_log(path: Path, known: Known | None) -> None:

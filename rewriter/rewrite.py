@@ -141,7 +141,8 @@ class Options:
     keep_records: bool = False
     check_r0: bool = False  # refuse to take the mflr r0 from a function that reads r0 after its site
     # The loop of the kernel that will load a module (rewriter.locs): prenop reads it from the
-    # vmlinux of its run. A module does not say which kernel loads it (unknown: not checked).
+    # vmlinux of its run, apply and nop from --kernel. A module does not say which kernel loads it
+    # (unknown: not checked).
     kernel_locs: Locs = Locs.UNKNOWN
 
 
@@ -434,7 +435,7 @@ def _check_zero_records(image: Image, scan: Scan, gone: Sequence[Site], kernel: 
     module = image.kind is Kind.MODULE and zero_records_fail(scan.generation, kernel)
     if gone and (scan.zero_records_fail or module):
         s = gone[0]
-        where, when = ("; read in the vmlinux of this run", "once it loads") if module else ("", "at boot")
+        where, when = ("; read in the vmlinux named with it", "once it loads") if module else ("", "at boot")
         raise PlanRejected(
             f"{image.path}: {s.place_text} ({s.function or '?'}): dropping a record zeroes its slot, "
             f"but {ZERO_ADJUSTED} (the loop before the 2025 change{where}): ftrace would be off {when}; "

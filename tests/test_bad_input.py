@@ -838,3 +838,24 @@ def test_paths_are_printed_escaped(tmp_path: Path) -> None:
     assert f"### `{shown}`" in audit.stdout and "\x1b" not in audit.stdout, audit.stdout
     missing = mcountrw("scan", str(evil) + "\n.gone")
     assert_cli_error(missing, f"{shown}\\n.gone: No such file or directory")
+
+
+def test_kernel_is_refused_for_anything_but_a_module_and_must_name_a_vmlinux(tmp_path: Path) -> None:
+    """``--kernel VMLINUX`` names the kernel that will load a module (whether it skips a zeroed
+    record): for any other file it means nothing, and a --kernel that is not a vmlinux (or not
+    there) is refused naming the option; nothing is written either way."""
+    src = tmp_path / "prog.o"
+    shutil.copy(BIN / "clean.o", src)
+    out = tmp_path / "out.o"
+    _refused(
+        invoke("nop", src, "-o", out, "--kernel", BIN / "clean"),
+        f"{src}: --kernel VMLINUX is for a module, the kernel that will load it (this: object)",
+    )
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["prog.o"]
+    from rewriter.files import loader_locs
+
+    for kernel, why in ((BIN / "clean.o", "not a vmlinux (its kind: object)"),
+                        (tmp_path / "nothing", "No such file or directory")):  # fmt: skip
+        with pytest.raises(RewriteError) as e:
+            loader_locs(kernel)
+        assert str(e.value) == f"--kernel {kernel}: {why}"

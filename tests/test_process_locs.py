@@ -175,12 +175,40 @@ def test_prenop_holds_the_modules_to_the_loop_of_the_vmlinux_named_with_them(tmp
         checked = mcountrw("policy", "check", policy, vmlinux, tree / module.name)  # says so before the run
         warned = [line for line in checked.stdout.splitlines() if ZERO_ADJUSTED in line]
         if older:
-            assert proc.returncode == 2 and "read in the vmlinux of this run" in said, said
+            assert proc.returncode == 2 and "read in the vmlinux named with it" in said, said
             assert checked.returncode == 1 and len(warned) == 2, checked.stdout
             assert warned[1].startswith("warning: 1 module: nop on ") and "prenop refuses them" in warned[1]
         else:
             assert proc.returncode == 0 and "read in the vmlinux" not in said, said
             assert checked.returncode == 0 and not warned, checked.stdout
+
+
+@pytest.mark.slow
+def test_nop_of_a_module_holds_its_records_to_the_kernel_named_with_kernel(tmp_path: Path) -> None:
+    """A module alone does not say which kernel loads it: dropping a patchable module's records
+    warns that this was not checked; ``--kernel VMLINUX`` checks, refusing under the older loop
+    (nothing written) and saying nothing more under the newer one."""
+    kernel = require_kernel("6.12")
+    module = next(kernel.modules_dir.rglob("nls_utf8.ko.xz"))
+    older = tmp_path / "vmlinux"
+    _older_loop(kernel.vmlinux, older)
+    drop = ("--only", "char2uni", "--drop-records", "--strip-signature")
+    runs = {"alone": (), "newer": ("--kernel", kernel.vmlinux), "older": ("--kernel", older)}
+    procs = {name: mcountrw("nop", module, "-o", tmp_path / f"{name}.ko.xz", *drop, *extra)
+             for name, extra in runs.items()}  # fmt: skip
+    warnings = {
+        name: [w for w in p.stderr.splitlines() if w.startswith("mcountrw: warning:")] for name, p in procs.items()
+    }
+    warning = warnings["alone"]
+    assert procs["alone"].returncode == 0 and len(warning) == 1, procs["alone"].stderr
+    assert warning[0].startswith(f"mcountrw: warning: {module}: 1 record dropped from a patchable module without")
+    assert warning[0].endswith("--kernel VMLINUX checks")
+    assert procs["newer"].returncode == 0 and not warnings["newer"], procs["newer"].stderr
+    refused = procs["older"]
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert ZERO_ADJUSTED in refused.stderr and "read in the vmlinux named with it" in refused.stderr
+    assert not (tmp_path / "older.ko.xz").exists() and not (tmp_path / "older.ko.xz.mcountrw.jsonl").exists()
+    assert (tmp_path / "alone.ko.xz").read_bytes() == (tmp_path / "newer.ko.xz").read_bytes()
 
 
 @pytest.mark.slow

@@ -88,6 +88,15 @@ Keep = Annotated[
     ),
 ]
 Strip = Annotated[bool, typer.Option("--strip-signature", help="allow rewriting a signed module (drops the signature)")]
+KernelOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--kernel",
+        metavar="VMLINUX",
+        help="the vmlinux that will load this module: its records are dropped only if that kernel skips a zeroed "
+        "record (6.6-6.12: docs/rewrite.md)",
+    ),
+]
 CheckR0 = Annotated[
     bool,
     typer.Option(
@@ -169,7 +178,13 @@ def _options(target: Target, route: Route | None, drop: bool, keep: bool, strip:
 
 
 def _run_apply(
-    image: Path, output: Path | None, options: Options, selection: Selection, writing: _Writing, run: _Run
+    image: Path,
+    output: Path | None,
+    options: Options,
+    selection: Selection,
+    writing: _Writing,
+    run: _Run,
+    kernel: Path | None,
 ) -> None:
     check_wait(image, run.wait, writing.in_place)
     # The lock is taken before anything is read (or numpy loaded): it covers the whole run.
@@ -177,7 +192,9 @@ def _run_apply(
         from rewriter.files import apply_file
 
         try:
-            result = apply_file(image, output, selection, options, **writing._asdict(), hints=run.hints())  # NoRoute: 1
+            result = apply_file(
+                image, output, selection, options, **writing._asdict(), hints=run.hints(), kernel=kernel
+            )  # NoRoute: 1
         except NothingToDo as e:
             raise _with_addr_note(e, image, selection) from None
     for warning in result.warnings:
@@ -356,6 +373,7 @@ def apply(
     generation: GenerationOption = None,
     wait: Wait = False,
     input_log: InputLog = None,
+    kernel: KernelOption = None,
 ) -> None:
     """Move the selected sites to a state with a safe plan; compare-and-swap on every word.
 
@@ -367,7 +385,7 @@ def apply(
     options = _options(to, route, drop_records, keep_records, strip_signature, check_r0)
     selection = _selection(only, exclude, section, addr)
     writing = _Writing(log, stage_images, dry_run, in_place, backup, input_log)
-    _run_apply(image, output, options, selection, writing, _Run(mcount_addr, generation, wait))
+    _run_apply(image, output, options, selection, writing, _Run(mcount_addr, generation, wait), kernel)
 
 
 def nop(
@@ -391,6 +409,7 @@ def nop(
     generation: GenerationOption = None,
     wait: Wait = False,
     input_log: InputLog = None,
+    kernel: KernelOption = None,
 ) -> None:
     """Offline pre-nopping: `apply --to nopped`. 6.1 (mprofile): mflr and bl both become nop;
     6.12 (patchable) and 7.2 (ool): the sites already are nop as built, so --drop-records drops
@@ -398,7 +417,7 @@ def nop(
     options = _options(Target.NOPPED, None, drop_records, keep_records, strip_signature, check_r0)
     selection = _selection(only, exclude, section, addr)
     writing = _Writing(log, stage_images, dry_run, in_place, backup, input_log)
-    _run_apply(image, output, options, selection, writing, _Run(mcount_addr, generation, wait))
+    _run_apply(image, output, options, selection, writing, _Run(mcount_addr, generation, wait), kernel)
 
 
 PatchedLog = Annotated[

@@ -38,7 +38,7 @@ from rewriter.errors import ArgumentError, ImageError, LogError, NothingToDo, Ou
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.heap import collector_paused
 from rewriter.known import by_place, with_log
-from rewriter.locs import Locs
+from rewriter.locs import Locs, unchecked_drops
 from rewriter.log import (
     Base,
     Data,
@@ -239,12 +239,11 @@ def _unchecked_kernel(image: Image, before: Scan, result: Rewrite, options: Opti
     """A warning when records were dropped from a patchable module whose kernel's loop is not
     known (no ``--kernel``, or one whose loop could not be read): whether that kernel turns ftrace
     off when it loads the module was not checked."""
-    if image.kind is not Kind.MODULE or before.generation is not Generation.PATCHABLE or not result.dropped:
-        return None
-    if options.kernel_locs is not Locs.UNKNOWN:
+    unchecked = unchecked_drops(before.generation, options.kernel_locs, len(result.dropped))
+    if image.kind is not Kind.MODULE or not unchecked:
         return None
     return (
-        f"{image.path}: {counted(len(result.dropped), 'record')} dropped from a patchable module without checking "
+        f"{image.path}: {counted(unchecked, 'record')} dropped from a patchable module without checking "
         "its kernel: one whose ftrace_process_locs() adds 4 before it tests a record for zero (before the 2025 "
         "change) turns ftrace off when the module loads; --kernel VMLINUX checks"
     )

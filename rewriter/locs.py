@@ -57,6 +57,13 @@ def zero_records_fail(generation: Generation | None, loop: Locs) -> bool:
     return generation is Generation.PATCHABLE and loop is Locs.ADJUSTS_FIRST
 
 
+def unchecked_drops(generation: Generation | None, loop: Locs, dropped: int) -> int:
+    """How many of a module's ``dropped`` records were dropped unchecked: on patchable, where the
+    older loop would turn ftrace off, when the loop of the kernel that loads it (``loop``) is not
+    known (no vmlinux named, or one this reading does not follow)."""
+    return dropped if generation is Generation.PATCHABLE and loop is Locs.UNKNOWN else 0
+
+
 def loop_of(
     bounds: Collection[int], entry: int, words: Sequence[int], toc: int | None, slot_value: Callable[[int], int | None]
 ) -> Locs:

@@ -69,7 +69,7 @@ from rewriter.files import (
     read_file,
     refuse_contradicted_generation,
 )
-from rewriter.locs import Locs
+from rewriter.locs import Locs, unchecked_drops
 from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
 from rewriter.policy import Policy, Verb, module_name
 from rewriter.reading import NO_SUCH_FILE
@@ -115,6 +115,7 @@ class FileReport(NamedTuple):
     signature: str = ""  # "", "stripped", "re-signed"
     message: str = ""  # the error, what --verify found, or why a file has no sites
     rules: frozenset[int] = frozenset()  # the policy rules (indexes) that decide at least one site
+    unchecked: int = 0  # records dropped from a patchable module with no kernel's loop to check (rewriter.locs)
 
     @property
     def no_sites(self) -> bool:
@@ -328,9 +329,10 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     result = rewrite(image, replace(sc, sites=tuple(chosen)), Selection(), options)
     nopped = len({s.place for s in result.sites} | {s.place for s in result.dropped})
     left = sum(1 for s in chosen if s.recorded) - len(result.dropped)
+    unchecked = unchecked_drops(sc.generation, settings.kernel_locs, len(result.dropped))
     report = FileReport(
         t.rel, Status.NOPPED, image.kind.value, nopped, len(sc.sites) - len(chosen), left, len(sc.records.unmatched),
-        rules=rules,
+        rules=rules, unchecked=unchecked if image.kind is Kind.MODULE else 0,
     )  # fmt: skip
     dest_content = current if t.dest == t.source else _read_optional(t.dest)
     mode = _mode(t.source)

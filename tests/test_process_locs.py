@@ -181,6 +181,12 @@ def test_prenop_holds_the_modules_to_the_loop_of_the_vmlinux_named_with_them(tmp
         else:
             assert proc.returncode == 0 and "read in the vmlinux" not in said, said
             assert checked.returncode == 0 and not warned, checked.stdout
+            assert "no vmlinux in the run" not in said, said
+    # The module alone: dropped, and said to be unchecked (no kernel's loop to hold it to).
+    alone = mcountrw("prenop", "--policy", policy, "--dry-run", "--strip-signature", tmp_path / "newer" / module.name)
+    unchecked = [line for line in alone.stdout.splitlines() if "no vmlinux in the run" in line]
+    assert alone.returncode == 0 and len(unchecked) == 1, alone.stdout
+    assert unchecked[0].startswith("warning: ") and unchecked[0].endswith(f"First: {module.name}")
 
 
 @pytest.mark.slow

@@ -568,6 +568,21 @@ def _summary(reports: Sequence[FileReport], logs_only: bool, dry_run: bool) -> l
     return lines
 
 
+def _unchecked_warning(reports: Sequence[FileReport]) -> list[str]:
+    """One line for the patchable modules whose records were dropped with no kernel's loop to hold
+    them to (``rewriter.locs.unchecked_drops``): prenop checks them only against a vmlinux in its run."""
+    unchecked = [r for r in reports if r.unchecked]
+    if not unchecked:
+        return []
+    records, modules = sum(r.unchecked for r in unchecked), counted(len(unchecked), "patchable module")
+    return [
+        f"warning: {records:,} records dropped from {modules} with no vmlinux in the run whose loop was read: "
+        "a kernel whose ftrace_process_locs() adds 4 before it tests a record for zero (before the 2025 change) "
+        "turns ftrace off when one loads; name its vmlinux in the run to check (docs/prenop.md). "
+        f"First: {unchecked[0].rel}"
+    ]
+
+
 def _notes(reports: Sequence[FileReport], mode: Mode) -> list[str]:
     from rewriter.prenop import Status
 
@@ -581,6 +596,7 @@ def _notes(reports: Sequence[FileReport], mode: Mode) -> list[str]:
             f"warning: {sum(r.left_recorded for r in left):,} sites in {len(left)} files that the policy nops kept "
             "their records: the kernel will still patch them (docs/prenop.md). First: " + left[0].rel
         )
+    out += _unchecked_warning(reports)
     unplaced = [r for r in reports if r.unplaced_records]
     if unplaced:
         out.append(

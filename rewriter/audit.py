@@ -851,18 +851,19 @@ class AuditedFile(NamedTuple):
 
 
 def group_of(path: Path, roots: Sequence[Path] = ()) -> str:
-    """The subsystem a file belongs to: its directory under a ``kernel/`` it was named with
-    (``fs/ext4``), or under an installed tree's ``modules/VERSION/kernel/`` wherever it was named
-    from (``audit .`` inside it); else under the directory it was found in (that directory's own
-    name at its top, never the empty name of ``.``); else its own name. A ``kernel`` directory
-    above what was named is not a tree's (a source tree under ``~/kernel``)."""
-    parts = path.parts
-    if "kernel" in parts[:-1]:
-        return _below(parts, len(parts) - 1 - parts[::-1].index("kernel", 1))
+    """The subsystem a file belongs to: its directory under an installed tree's
+    ``modules/VERSION/kernel/`` wherever it was named from (``audit .`` inside it), or else under
+    the first ``kernel/`` it was named with (``fs/ext4``); else under the directory it was found in
+    (that directory's own name at its top, never the empty name of ``.``); else its own name. A
+    ``kernel`` directory above what was named is not a tree's (a source tree under ``~/kernel``),
+    and one below the tree's is a subsystem's (``arch/powerpc/kernel``)."""
     full = Path(os.path.abspath(path)).parts  # not resolved: links stay as named
     installed = [i for i in range(2, len(full) - 1) if full[i] == "kernel" and full[i - 2] == "modules"]
     if installed:
-        return _below(full, installed[-1])
+        return _below(full, installed[0])
+    parts = path.parts
+    if "kernel" in parts[:-1]:
+        return _below(parts, parts.index("kernel"))
     for root in roots:
         try:
             rel = path.relative_to(root)

@@ -208,6 +208,10 @@ def test_group_is_the_directory_under_kernel() -> None:
     assert audit.group_of(kernel / "fs/ext4/ext4.ko", [kernel]) == "fs/ext4"
     assert audit.group_of(Path("/tmp/t/a/b.ko"), [Path("/tmp/t")]) == "a"
     assert audit.group_of(Path("/boot/vmlinux")) == "vmlinux"
+    # A subsystem's own kernel/ directory is not the tree's: arch/powerpc/kernel, not "kernel".
+    assert audit.group_of(kernel / "arch/powerpc/kernel/rtas_flash.ko", [kernel / "arch"]) == "arch/powerpc/kernel"
+    assert audit.group_of(Path("kernel/arch/powerpc/kernel/rtas_flash.ko")) == "arch/powerpc/kernel"
+    assert audit.group_of(kernel / "kernel/trace/x.ko") == "kernel/trace"
 
 
 def test_group_does_not_depend_on_how_the_path_is_spelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

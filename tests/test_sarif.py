@@ -113,7 +113,7 @@ def test_ool_vmlinux_report_validates_with_its_stubs_and_weak_body_notes(tmp_pat
 
 
 def _fingerprints(doc: dict) -> list[str]:
-    return [r["partialFingerprints"]["mcountrwAnomaly/v2"] for r in doc["runs"][0]["results"]]
+    return [r["partialFingerprints"]["mcountrwAnomaly/v3"] for r in doc["runs"][0]["results"]]
 
 
 def test_fingerprints_tell_files_of_one_name_apart(tmp_path: Path) -> None:
@@ -139,7 +139,7 @@ def test_fingerprints_tell_results_in_functions_of_one_name_apart(tmp_path: Path
     assert done.exit_code == 0, done.output
     doc = _sarif(tmp_path, out)
     refused = [r for r in doc["runs"][0]["results"] if r["ruleId"] == "boot-refused"]
-    keys = [r["partialFingerprints"]["mcountrwAnomaly/v2"] for r in refused]
+    keys = [r["partialFingerprints"]["mcountrwAnomaly/v3"] for r in refused]
     assert len(keys) == 9 and len(set(keys)) == 9, keys
     assert len(set(_fingerprints(doc))) == len(_fingerprints(doc))
 
@@ -151,3 +151,17 @@ def test_fingerprints_do_not_depend_on_how_the_file_is_named(tmp_path: Path, mon
     monkeypatch.chdir(tmp_path)
     named = [_fingerprints(_sarif(tmp_path, p)) for p in (Path("prog"), Path("./prog"), tmp_path / "prog")]
     assert named[0] and named[0] == named[1] == named[2]
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+def test_a_vmlinux_keeps_its_fingerprints_across_a_kernel_update(tmp_path: Path) -> None:
+    """An installed vmlinux's name carries its version (vmlinux-6.1.0-50-powerpc64le): keyed by it,
+    every alert would close and reopen at the next update. The keys name it `vmlinux`."""
+    kernel = require_kernel("6.1")
+    keys = []
+    for name in ("vmlinux-6.1.0-50-powerpc64le", "vmlinux-6.1.0-51-powerpc64le"):
+        (tmp_path / name).symlink_to(kernel.vmlinux)
+        keys.append(_fingerprints(_sarif(tmp_path, tmp_path / name)))
+    assert len(keys[0]) == 243 and keys[0] == keys[1], keys[0][:3]
+    assert all(k.startswith("weak-body:vmlinux:") for k in keys[0]), keys[0][:3]

@@ -19,10 +19,11 @@ from typing import Any, Final
 
 from rewriter import __version__
 from rewriter.audit import RULES, Anomaly, AnomalyKind, Audit, ImageAudit, summarise
+from rewriter.elf.image import Kind
 from rewriter.report.jsonfmt import stub_gap_json, stub_json
 
 SCHEMA_URI: Final = "https://json.schemastore.org/sarif-2.1.0.json"
-FINGERPRINT: Final = "mcountrwAnomaly/v2"
+FINGERPRINT: Final = "mcountrwAnomaly/v3"
 _LEVEL: Final = {"error": "error", "warning": "warning", "note": "note"}
 
 
@@ -79,11 +80,14 @@ def _fingerprints(images: Sequence[ImageAudit]) -> list[str]:
     subsystem, ``fs/ext4``) and name, the function (the place only when there is none), and for
     the second and later results with the same key their ordinal (``#2``): consumers merge results
     whose fingerprints are equal, and nine static ``type_show`` functions of one vmlinux are nine
-    errors, not one. ``v2``: v1 keyed by the file name alone and merged such results."""
+    errors, not one. A vmlinux is ``vmlinux``: its installed name carries its version
+    (``vmlinux-6.1.0-50-powerpc64le``), and each kernel update would reopen every alert. ``v3``: v2
+    keyed a vmlinux by its file name; v1 keyed every file by its name alone and merged such results."""
     seen: dict[str, int] = {}
     out = []
     for image, a in ((img, a) for img in images for a in img.anomalies):
-        key = f"{a.kind.value}:{image.group}/{image.path.name}:{a.function or a.place or '-'}"
+        file = "vmlinux" if image.kind is Kind.VMLINUX else f"{image.group}/{image.path.name}"
+        key = f"{a.kind.value}:{file}:{a.function or a.place or '-'}"
         seen[key] = seen.get(key, 0) + 1
         out.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
     return out

@@ -31,7 +31,7 @@ from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.symbols import Functions, relocation_target_text, split_place
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, Generation, Variant, default_variant
-from rewriter.locs import ZERO_ADJUSTED, Locs, zero_records_fail
+from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
 from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
 from rewriter.prose import counted
@@ -820,7 +820,7 @@ def cross_image_anomalies(audits: Sequence[ImageAudit]) -> list[ImageAudit]:
             msg = f"{a.endian}-endian {a.abi.value} module for a {k.endian}-endian {k.abi.value} kernel"
             extra = Anomaly(AnomalyKind.ABI_MISMATCH, Severity.ERROR, msg)
             a = replace(a, anomalies=(extra, *a.anomalies))
-        if a.kind is Kind.MODULE and zero_records_fail(a.generation, k.locs):
+        if a.kind is Kind.MODULE and zero_records_fail(a.generation, loop_for_modules(k.generation, k.locs)):
             a = replace(a, anomalies=_ordered([_fatal_zeroes(x, k.path) for x in a.anomalies]))
         out.append(a)
     return out

@@ -32,13 +32,12 @@ import numpy as np
 from rewriter.elf import structs as S
 from rewriter.elf.compress import SUFFIX, Compression, Restore, compression_named, decompress, detect_compression
 from rewriter.elf.image import Image, Kind
-from rewriter.elf.symbols import functions
 from rewriter.elf.writer import Pending, atomic_write, check_replaceable, commit_all, write_temp
 from rewriter.errors import ArgumentError, ImageError, LogError, NothingToDo, OutputError, RewriteError, WordMismatch
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.heap import collector_paused
 from rewriter.known import by_place, with_log
-from rewriter.locs import Locs, unchecked_drops
+from rewriter.locs import loop_for_modules, unchecked_drops
 from rewriter.log import (
     Base,
     Data,
@@ -60,7 +59,6 @@ from rewriter.sites import (
     Site,
     Source,
     check_mcount_addr_alone,
-    kernel_locs,
     override_text,
     scan,
     section_place_text,
@@ -185,9 +183,9 @@ def apply_file(
     if out is not None and not in_place:
         check_output_name(out, image.compression)
     check_mcount_addr_alone(image, hints.mcount_addr)
-    options = _held_to_kernel(image, options, kernel)
     before = scan(image, hints.mcount_addr, hints.generation)
     refuse_contradicted_generation(image, before)
+    options = _held_to_kernel(image, before, options, kernel)
     known, warning = _input_log(image, input_log)
     if out is not None and in_place and log_path is None:
         check_no_foreign_log(path, known)
@@ -198,7 +196,7 @@ def apply_file(
         history = by_place(known.sites)
     check_something_to_do(image, before, selection, hints, warning)
     result = rewrite(image, before, selection, options, stage_dir is not None and not dry_run, history)
-    warnings = tuple(w for w in (warning, _unchecked_kernel(image, before, result, options)) if w is not None)
+    warnings = tuple(w for w in (warning, _unchecked_kernel(image, before, result, options, kernel)) if w is not None)
     base = None if known is None else known.base
     if dry_run or out is None or (in_place and not result.edits):  # in place and already done: nothing to write
         return ApplyResult(path, None, None, result, before, (), base, warnings)
@@ -209,22 +207,23 @@ def apply_file(
     return ApplyResult(path, out, log, result, before, stage_paths, base, warnings, backup_path)
 
 
-def loader_locs(kernel: Path) -> Locs:
-    """The ftrace_process_locs() loop (``rewriter.locs``) of ``kernel``, named as the vmlinux that
-    will load a module (``--kernel``)."""
+def loader(kernel: Path) -> Scan:
+    """The scan of ``kernel``, named as the vmlinux that will load a module (``--kernel``): its
+    generation, and its ftrace_process_locs() loop (``rewriter.locs``)."""
     try:
         image = Image.load(kernel)
     except RewriteError as e:  # "K: No such file or directory" says nothing of which option named K
         raise ArgumentError(f"--kernel {e}") from None
     if image.kind is not Kind.VMLINUX:
         raise ArgumentError(f"--kernel {kernel}: not a vmlinux (its kind: {image.kind.value})")
-    return kernel_locs(image, functions(image))
+    return scan(image)
 
 
-def _held_to_kernel(image: Image, options: Options, kernel: Path | None) -> Options:
+def _held_to_kernel(image: Image, before: Scan, options: Options, kernel: Path | None) -> Options:
     """``options`` with the loop of ``kernel``, the vmlinux that will load the module ``image``:
     under the older loop a patchable module's dropped records turn ftrace off once it loads, and
-    the rewrite refuses them (``rewriter.rewrite``). A module does not say which kernel loads it."""
+    the rewrite refuses them (``rewriter.rewrite``). A module does not say which kernel loads it;
+    a kernel of another generation cannot load it at all."""
     if kernel is None:
         return options
     if image.kind is not Kind.MODULE:
@@ -232,20 +231,31 @@ def _held_to_kernel(image: Image, options: Options, kernel: Path | None) -> Opti
         raise ArgumentError(
             f"{image.path}: --kernel VMLINUX is for a module, the kernel that will load it (this: {kind})"
         )
-    return replace(options, kernel_locs=loader_locs(kernel))
+    k = loader(kernel)
+    if k.generation is not before.generation and before.generation is not None:
+        theirs = k.generation.value if k.generation else "no"
+        raise ArgumentError(
+            f"--kernel {kernel}: a kernel of {theirs} generation, and {image.path} is a {before.generation.value} "
+            "module: not the kernel that loads it"
+        )
+    return replace(options, kernel_locs=loop_for_modules(k.generation, k.locs))
 
 
-def _unchecked_kernel(image: Image, before: Scan, result: Rewrite, options: Options) -> str | None:
+def _unchecked_kernel(image: Image, before: Scan, result: Rewrite, options: Options, kernel: Path | None) -> str | None:
     """A warning when records were dropped from a patchable module whose kernel's loop is not
     known (no ``--kernel``, or one whose loop could not be read): whether that kernel turns ftrace
     off when it loads the module was not checked."""
     unchecked = unchecked_drops(before.generation, options.kernel_locs, len(result.dropped))
     if image.kind is not Kind.MODULE or not unchecked:
         return None
+    if kernel is not None:
+        why = f"the loop of --kernel {kernel} could not be read (stripped, or code mcountrw cannot follow)"
+    else:
+        why = "--kernel VMLINUX checks"
     return (
         f"{image.path}: {counted(unchecked, 'record')} dropped from a patchable module without checking "
         "its kernel: one whose ftrace_process_locs() adds 4 before it tests a record for zero (before the 2025 "
-        "change) turns ftrace off when the module loads; --kernel VMLINUX checks"
+        f"change) turns ftrace off when the module loads; {why}"
     )
 
 

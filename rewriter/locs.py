@@ -57,6 +57,13 @@ def zero_records_fail(generation: Generation | None, loop: Locs) -> bool:
     return generation is Generation.PATCHABLE and loop is Locs.ADJUSTS_FIRST
 
 
+def loop_for_modules(generation: Generation | None, loop: Locs) -> Locs:
+    """The loop a vmlinux of ``generation`` holds its modules' records to, as far as it matters
+    here: only a patchable kernel loads patchable modules, the only ones whose zeroed records the
+    older loop refuses (an mprofile 6.1 vmlinux has the older loop, but cannot load them at all)."""
+    return loop if generation is Generation.PATCHABLE else Locs.UNKNOWN
+
+
 def unchecked_drops(generation: Generation | None, loop: Locs, dropped: int) -> int:
     """How many of a module's ``dropped`` records were dropped unchecked: on patchable, where the
     older loop would turn ftrace off, when the loop of the kernel that loads it (``loop``) is not

@@ -47,7 +47,7 @@ from typing import Final, NamedTuple
 from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
-from rewriter.locs import ZERO_ADJUSTED, Locs, zero_records_fail
+from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
 from rewriter.prose import counted
 from rewriter.reading import read_regular_text
 
@@ -304,7 +304,7 @@ class Tally:
             self.module_nops.append((generation, nopped))
         elif locs is not None:
             if self.kernel_locs is None:
-                self.kernel_locs = locs
+                self.kernel_locs = loop_for_modules(generation, locs)
             self.vmlinux_nops.append((generation, locs, nopped))
 
     def _add_sites(self, module: str | None, sites: Sequence[SiteFacts], generation: Generation | None) -> None:

@@ -58,7 +58,6 @@ from rewriter.batch import first_of_each, map_batches, tree_name
 from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
-from rewriter.elf.symbols import functions
 from rewriter.elf.writer import NewFile, land, publish, stage
 from rewriter.errors import LogError, RewriteError, WordMismatch
 from rewriter.files import (
@@ -69,13 +68,13 @@ from rewriter.files import (
     read_file,
     refuse_contradicted_generation,
 )
-from rewriter.locs import Locs, unchecked_drops
+from rewriter.locs import Locs, loop_for_modules, unchecked_drops
 from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
 from rewriter.policy import Policy, Verb, module_name
 from rewriter.reading import NO_SUCH_FILE
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey, parse_trailer
-from rewriter.sites import Site, kernel_locs, scan
+from rewriter.sites import Site, scan
 from rewriter.states import SiteState
 
 
@@ -605,11 +604,11 @@ def run(
 ) -> list[FileReport]:
     """Pre-nop every target; reports in the order of ``ts``. The modules are held to the loop of
     the vmlinux named with them (:func:`_kernel_locs`)."""
-    settings = replace(settings, kernel_locs=_kernel_locs(ts))
+    settings = replace(settings, kernel_locs=_kernel_locs(ts, settings))
     return _map(partial(_prenop_batch, settings=settings), ts, jobs, tick)
 
 
-def _kernel_locs(ts: Sequence[Target]) -> Locs:
+def _kernel_locs(ts: Sequence[Target], settings: Settings) -> Locs:
     """Which ftrace_process_locs() loop (``rewriter.locs``) the vmlinux named in this run has: the
     kernel that will load the run's modules. Unknown without one (a bad file is reported in its turn)."""
     for t in ts:
@@ -620,7 +619,11 @@ def _kernel_locs(ts: Sequence[Target]) -> Locs:
         except (RewriteError, OSError):
             continue
         if image.kind is Kind.VMLINUX:
-            return kernel_locs(image, functions(image))
+            try:
+                found = scan(image, settings.hints.mcount_addr, settings.hints.generation)
+            except RewriteError:
+                return Locs.UNKNOWN  # reported in its turn
+            return loop_for_modules(found.generation, found.locs)
     return Locs.UNKNOWN
 
 

@@ -852,10 +852,10 @@ def test_kernel_is_refused_for_anything_but_a_module_and_must_name_a_vmlinux(tmp
         f"{src}: --kernel VMLINUX is for a module, the kernel that will load it (this: object)",
     )
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["prog.o"]
-    from rewriter.files import loader_locs
+    from rewriter.files import loader
 
     for kernel, why in ((BIN / "clean.o", "not a vmlinux (its kind: object)"),
                         (tmp_path / "nothing", "No such file or directory")):  # fmt: skip
         with pytest.raises(RewriteError) as e:
-            loader_locs(kernel)
+            loader(kernel)
         assert str(e.value) == f"--kernel {kernel}: {why}"

@@ -181,10 +181,10 @@ def test_prenop_holds_the_modules_to_the_loop_of_the_vmlinux_named_with_them(tmp
         else:
             assert proc.returncode == 0 and "read in the vmlinux" not in said, said
             assert checked.returncode == 0 and not warned, checked.stdout
-            assert "no vmlinux in the run" not in said, said
+            assert "no patchable vmlinux in the run" not in said, said
     # The module alone: dropped, and said to be unchecked (no kernel's loop to hold it to).
     alone = mcountrw("prenop", "--policy", policy, "--dry-run", "--strip-signature", tmp_path / "newer" / module.name)
-    unchecked = [line for line in alone.stdout.splitlines() if "no vmlinux in the run" in line]
+    unchecked = [line for line in alone.stdout.splitlines() if "no patchable vmlinux in the run" in line]
     assert alone.returncode == 0 and len(unchecked) == 1, alone.stdout
     assert unchecked[0].startswith("warning: ") and unchecked[0].endswith(f"First: {module.name}")
 
@@ -215,6 +215,31 @@ def test_nop_of_a_module_holds_its_records_to_the_kernel_named_with_kernel(tmp_p
     assert ZERO_ADJUSTED in refused.stderr and "read in the vmlinux named with it" in refused.stderr
     assert not (tmp_path / "older.ko.xz").exists() and not (tmp_path / "older.ko.xz.mcountrw.jsonl").exists()
     assert (tmp_path / "alone.ko.xz").read_bytes() == (tmp_path / "newer.ko.xz").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_kernel_of_another_generation_does_not_hold_a_module_to_its_loop(tmp_path: Path) -> None:
+    """6.1 has the older loop, but an mprofile kernel cannot load a patchable module at all: named
+    with --kernel it is refused as not the module's kernel (it was refused for "adds 4", false on
+    mprofile); named in a prenop run, the module is dropped as unchecked, not refused."""
+    module = next(require_kernel("6.12").modules_dir.rglob("nls_utf8.ko.xz"))
+    old = require_kernel("6.1").vmlinux
+    out = tmp_path / "m.ko.xz"
+    proc = mcountrw(
+        "nop", module, "-o", out, "--only", "char2uni", "--drop-records", "--strip-signature", "--kernel", old
+    )
+    assert proc.returncode == 2 and proc.stderr == (
+        f"mcountrw: error: --kernel {old}: a kernel of mprofile generation, and {module} is a patchable module: "
+        "not the kernel that loads it\n"
+    ), proc.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
+    policy = tmp_path / "p.policy"
+    policy.write_text("default keep\nnop char2uni\n")
+    run = mcountrw("prenop", "--policy", policy, "--dry-run", "--strip-signature", old, module)
+    said = run.stdout + run.stderr
+    assert run.returncode == 0 and ZERO_ADJUSTED not in said and "no patchable vmlinux in the run" in said, said
+    checked = mcountrw("policy", "check", policy, old, module)
+    assert ZERO_ADJUSTED not in checked.stdout, checked.stdout
 
 
 @pytest.mark.slow

@@ -574,9 +574,10 @@ def _unchecked_warning(reports: Sequence[FileReport]) -> list[str]:
     unchecked = [r for r in reports if r.unchecked]
     if not unchecked:
         return []
-    records, modules = sum(r.unchecked for r in unchecked), counted(len(unchecked), "patchable module")
+    records = counted(sum(r.unchecked for r in unchecked), "record")
+    modules = counted(len(unchecked), "patchable module")
     return [
-        f"warning: {records:,} records dropped from {modules} with no vmlinux in the run whose loop was read: "
+        f"warning: {records} dropped from {modules} with no patchable vmlinux in the run whose loop was read: "
         "a kernel whose ftrace_process_locs() adds 4 before it tests a record for zero (before the 2025 change) "
         "turns ftrace off when one loads; name its vmlinux in the run to check (docs/prenop.md). "
         f"First: {unchecked[0].rel}"

@@ -588,7 +588,21 @@ def _compute_then_publish(batch: Sequence[Target], compute: Compute) -> list[Fil
 
 def _prenop_batch(batch: Sequence[Target], settings: Settings) -> list[FileReport]:
     signer = settings.signing.load() if settings.signing is not None else None
-    return _compute_then_publish(batch, lambda t: prenop_target(t, settings, signer))
+    reports = _compute_then_publish(batch, lambda t: prenop_target(t, settings, signer))
+    if settings.dry_run:
+        return reports
+    return [_forget_log(t, r) if r.status is Status.RESTORED else r for t, r in zip(batch, reports, strict=True)]
+
+
+def _forget_log(t: Target, report: FileReport) -> FileReport:
+    """A file written back to its original (``restored``) keeps no log: the rewrite it describes
+    is gone, and ``--verify`` would take the file for one undone since. Removed after the file is
+    written: a run killed between leaves the log, which the next run or an undo still reads."""
+    try:
+        t.log.unlink(missing_ok=True)
+    except OSError as e:
+        return _failure(t, RewriteError(f"{t.log}: {e.strerror}: the original was written back, its log not removed"))
+    return report
 
 
 def _undo_batch(batch: Sequence[Target], dry_run: bool) -> list[FileReport]:

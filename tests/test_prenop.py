@@ -159,7 +159,7 @@ def test_outputs_and_logs_are_byte_identical_wherever_the_tree_is(corpus, tmp_pa
 
 
 def test_a_changed_policy_rederives_from_the_original_and_one_undo_still_restores_it(corpus, tmp_path) -> None:
-    tree = _small_tree(corpus, tmp_path / "tree", ("fs/binfmt_misc.ko",))
+    tree = _small_tree(corpus, tmp_path / "tree", ("fs/binfmt_misc.ko", "fs/nls/nls_utf8.ko"))
     src = corpus.modules_dir / "fs/binfmt_misc.ko"
     logs = tmp_path / "logs"
     narrow, wide = tmp_path / "narrow.policy", tmp_path / "wide.policy"
@@ -171,10 +171,14 @@ def test_a_changed_policy_rederives_from_the_original_and_one_undo_still_restore
     assert {s.function for s in scan(Image.load(tree / "fs/binfmt_misc.ko")).sites} >= {"bm_status_read"}
     assert verify_files(src, tree / "fs/binfmt_misc.ko", logs / "fs/binfmt_misc.ko.mcountrw.jsonl").ok
     keep_all = tmp_path / "all.policy"
-    keep_all.write_text("default keep\n")
-    code, out = _cli("prenop", "--policy", keep_all, "--in-place", "--log-dir", logs, tree)
+    keep_all.write_text("default nop\nkeep :mod:binfmt_misc\n")  # every site of it; nls_utf8 stays nopped
+    code, out = _cli("prenop", "--policy", keep_all, "--in-place", "--strip-signature", "--log-dir", logs, tree)
     assert code == 0 and _row(out, "restored")[0] == "1", out
     assert _sha(tree / "fs/binfmt_misc.ko") == _sha(src)
+    # The log described a rewrite that is gone: kept, it made --verify call the tree "undone since?".
+    assert not (logs / "fs/binfmt_misc.ko.mcountrw.jsonl").exists()
+    code, out = _cli("prenop", "--verify", "--log-dir", logs, tree)
+    assert code == 0, out
 
 
 def test_undo_restores_every_file_and_a_second_undo_says_so(corpus, tmp_path: Path) -> None:

@@ -302,6 +302,7 @@ def _choose(
             f"{image.path}: signed module: any edit invalidates its signature and the kernel would refuse it "
             "(pass --strip-signature to drop it; undo restores it)"
         )
+    _check_nop_keeps_records(image, selected, todo, options)
     _check_boot_rule(image, selected, todo, gone, goals, options)
     _check_zero_records(image, scan, gone, options.kernel_locs)
     for s in todo:
@@ -443,6 +444,29 @@ def _check_zero_records(image: Image, scan: Scan, gone: Sequence[Site], kernel: 
         )
 
 
+_PATCHED_WHEN: Final = {Kind.VMLINUX: "at boot", Kind.MODULE: "when it loads", Kind.OBJECT: "once linked in"}
+"""When the kernel patches a recorded site of each kind of file (an executable's records are only
+link-time addresses: no kernel reads them)."""
+
+
+def _check_nop_keeps_records(image: Image, selected: Sequence[Site], todo: Sequence[Site], options: Options) -> None:
+    """Refuse `nop` of patchable or ool sites without --drop-records where a kernel reads the
+    records: the sites already are nop as built, and their records keep them traceable, so
+    "nothing to change, already nopped" would read as pre-nopped when nothing was."""
+    when = _PATCHED_WHEN.get(image.kind)
+    if when is None or options.keep_records or options.drop_records or todo or options.target is not SiteState.NOPPED:
+        return
+    kept = [s for s in selected if s.recorded and LAYOUTS[s.variant].generation is not Generation.MPROFILE]
+    if kept:
+        gen = LAYOUTS[kept[0].variant].generation.value
+        are = "the 1 selected site already is" if len(kept) == 1 else f"the {len(kept)} selected sites already are"
+        raise PlanRejected(
+            f"{image.path}: {gen}: {are} nop as built, and their "
+            f"records keep them traceable (the kernel patches them {when}): pre-nopping them means dropping their "
+            "records: add --drop-records"
+        )
+
+
 def _check_boot_rule(
     image: Image,
     selected: Sequence[Site],
@@ -465,14 +489,6 @@ def _check_boot_rule(
             "ftrace off for the boot): add --drop-records (or --keep-records to build that image on purpose)"
         )
     if options.target is SiteState.NOPPED and not options.drop_records and not todo:
-        kept = [s for s in selected if s.recorded and LAYOUTS[s.variant].generation is not Generation.MPROFILE]
-        if kept:
-            gen = LAYOUTS[kept[0].variant].generation.value
-            raise PlanRejected(
-                f"{image.path}: {gen}: the {len(kept)} selected sites already are nop as built, and their records "
-                "keep them traceable (the kernel patches them at boot): pre-nopping them means dropping their "
-                "records: add --drop-records"
-            )
         # mprofile: sites an earlier --keep-records left nopped and recorded, which boot refuses;
         # "nothing to change" would write a copy as broken as its input, and say it succeeded.
         broken = [s for s in selected if s.recorded and s.state is not LAYOUTS[s.variant].built]

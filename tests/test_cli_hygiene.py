@@ -384,6 +384,19 @@ def test_a_rerun_names_the_state_the_target_is_for_the_image_sites(tmp_path: Pat
     assert "nothing to change: all 6 selected sites are already nopped (nop; nop); wrote" in result.stderr
 
 
+@pytest.mark.parametrize(("name", "gen"), [("patchable-le.o", "patchable"), ("ool-be.o", "ool")])
+def test_nop_of_an_object_built_as_nops_without_drop_records_is_refused(name: str, gen: str, tmp_path: Path) -> None:
+    """An object's records become its kernel's once linked in, and keep its `nop` sites traceable:
+    "nothing to change: already nopped", exit 0 and a copy, read as pre-nopped when nothing was
+    (a vmlinux or module was refused so already)."""
+    out = tmp_path / "p.o"
+    result = invoke("nop", BIN / name, "-o", out)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert result.stderr.startswith(f"mcountrw: error: {BIN / name}: {gen}: the 6 selected sites already are nop")
+    assert "(the kernel patches them once linked in)" in result.stderr and "add --drop-records" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_plan_refuses_a_route_for_one_word_sites() -> None:
     """--route used to be ignored for ool (the plan printed "route none")."""
     result = invoke("plan", "--generation", "ool", "--from", "enabled", "--to", "disabled", "--route", "b8")

@@ -151,11 +151,17 @@ class Plan:
         """Barriers that wait for other CPUs (``order`` separators cost nothing and are not counted)."""
         return sum(b is not Barrier.ORDER for b in self.barriers) + (self.settle is not None)
 
+    @property
+    def routed(self) -> bool:
+        """Whether the route means anything: it says how mflr goes back into slot A, and one-word
+        (ool) sites have no A (their plans say route none, in JSON null)."""
+        return any(LAYOUTS[r.variant].mflr_in_site for r in self.sites) or not self.sites
+
     def to_json(self) -> str:
         doc = {
             "format": FORMAT,
             "version": VERSION,
-            "route": self.route.value,
+            "route": self.route.value if self.routed else None,
             "cmodx": self.cmodx.value,
             "mode": "runtime" if self.runtime else "offline",
             "stale_fetch": self.stale_fetch,
@@ -223,7 +229,7 @@ class Plan:
                 _enum(Barrier, b, f"barriers[{i}]") for i, b in enumerate(_field(doc, "barriers", list, "plan"))
             ),
             settle=None if settle is None else _enum(Barrier, settle, "settle"),
-            route=_enum(Route, _field(doc, "route", str, "plan"), "route"),
+            route=_route(doc),
             cmodx=_enum(Cmodx, _field(doc, "cmodx", str, "plan"), "cmodx"),
             runtime=mode == "runtime",
             stale_fetch=_field(doc, "stale_fetch", bool, "plan"),
@@ -231,6 +237,14 @@ class Plan:
 
 
 # The helpers below raise PlanFormatError without the file's name; from_json puts it in front.
+
+
+def _route(doc: dict[str, Any]) -> Route:
+    """The plan's route; null, for a plan of one-word sites only (which have no route), reads as
+    the default, which means nothing there."""
+    if doc.get("route", "") is None:
+        return Route.MFLR_FIRST
+    return _enum(Route, _field(doc, "route", str, "plan"), "route")
 
 
 def _field(obj: Any, key: str, kind: type, where: str) -> Any:
@@ -556,9 +570,7 @@ def render_text(p: Plan) -> str:
     requests: dict[SiteRequest, list[int]] = {}
     for i, req in enumerate(p.sites):
         requests.setdefault(req, []).append(i)
-    # A route says how mflr goes back into slot A; one-word (ool) sites have no A.
-    routed = any(LAYOUTS[r.variant].mflr_in_site for r in requests) or not requests
-    route = p.route.value if routed else "none (one-word sites)"
+    route = p.route.value if p.routed else "none (one-word sites)"
     lines = [
         f"plan: {counted(len(p.sites), 'site')}, route {route}{policy}, {mode}",
         f"  {counted(p.num_writes, 'write')} in {counted(len(p.stages), 'stage')}, "

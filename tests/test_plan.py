@@ -453,3 +453,14 @@ def test_cli_generation_and_variant_must_agree():
     proc = _mcountrw("plan --generation ool --variant patchable --from disabled --to enabled")
     assert proc.returncode == 2 and "not a variant of --generation ool" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_plan_of_one_word_sites_has_no_route_in_json_either() -> None:
+    """The text said `route none (one-word sites)` and the JSON `"route": "mflr-first"` for the
+    same ool plan; it reads back as the same plan, SAFE."""
+    p = plan([SiteRequest(Variant.OOL, SiteState.DISABLED, SiteState.ENABLED)])
+    assert json.loads(p.to_json())["route"] is None and "route none (one-word sites)" in render_text(p)
+    assert Plan.from_json(p.to_json()) == p
+    mixed = plan([SiteRequest(Variant.OOL, SiteState.DISABLED, SiteState.ENABLED),
+                  SiteRequest(Variant.MPROFILE, SiteState.NOPPED, SiteState.ENABLED)])  # fmt: skip
+    assert json.loads(mixed.to_json())["route"] == mixed.route.value

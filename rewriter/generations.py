@@ -108,6 +108,15 @@ class Layout:
             return TWO_SLOT_STATES[state]
         return self.states[state]
 
+    def kernel_only(self, state: SiteState) -> bool:
+        """Whether only the running kernel may put a site in ``state``: one that calls the tracer,
+        on a layout built as nops (patchable, ool). Its boot-time init accepts only those nops at a
+        recorded place, an unrecorded call is never managed, and an ool ``b stub`` would enter a
+        stub only the boot fills: an offline rewrite never writes it."""
+        return self.generation is not Generation.MPROFILE and any(
+            w in (Insn.CALL, Insn.STUB) for w in self.words(state)
+        )
+
     @property
     def mflr_in_site(self) -> bool:
         """Some state puts ``mflr r0`` in the site itself, so a task may be inside the site with r0

@@ -454,6 +454,19 @@ def plan(
     return _plan_route(requests, route, cmodx, runtime, stale_fetch)
 
 
+def check_offline_target(req: SiteRequest) -> None:
+    """Raise :class:`NoRoute` for an offline target that only the running kernel writes
+    (``Layout.kernel_only``: a patchable or ool site calling the tracer). The state machine plans
+    it, and check-plan proves that plan safe, but no file rewrite may write it (``rewrite`` refuses
+    it), so ``plan --offline`` does not offer it either."""
+    if LAYOUTS[req.variant].kernel_only(req.target):
+        raise NoRoute(
+            f"{req.variant.value} {req.current.value} -> {req.target.value}: no offline route: a site built as nops "
+            "calls the tracer only when the running kernel enables it (its boot-time init accepts only the nops "
+            "at a recorded place; docs/rewrite.md)"
+        )
+
+
 def _cheaper_route(requests: Sequence[SiteRequest], cmodx: Cmodx, runtime: bool, stale_fetch: bool) -> Route:
     """The route whose plan has fewer writes, then fewer barriers (``mflr-first`` on a tie).
 

@@ -386,7 +386,7 @@ def _goals(
     for variant in {s.variant for s in sites}:
         goal = target_state(variant, target)
         lay = LAYOUTS[variant]
-        if lay.generation is not Generation.MPROFILE and any(w in _BRANCHES for w in words_of(variant, goal)):
+        if lay.kernel_only(goal):
             if not restoring:
                 raise PlanRejected(
                     f"{image.path}: {variant.value}: {goal.value} ({_words_text(variant, goal)}) is not written "

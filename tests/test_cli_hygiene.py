@@ -397,6 +397,20 @@ def test_nop_of_an_object_built_as_nops_without_drop_records_is_refused(name: st
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(("gen", "start"), [("patchable", "nopped"), ("ool", "disabled")])
+def test_plan_offline_offers_no_enable_of_a_site_built_as_nops(gen: str, start: str) -> None:
+    """apply refuses to write a patchable or ool enable into a file (the running kernel enables
+    those sites); `plan --offline` printed a 2-stage plan for it, exit 0. Disabling stays plannable."""
+    result = invoke("plan", "--generation", gen, "--from", start, "--to", "enabled", "--offline")
+    assert result.exit_code == 1 and result.stderr == (
+        f"mcountrw: no legal route: {gen} {start} -> enabled: no offline route: a site built as nops calls the "
+        "tracer only when the running kernel enables it (its boot-time init accepts only the nops at a recorded "
+        "place; docs/rewrite.md)\n"
+    ), result.output
+    assert invoke("plan", "--generation", gen, "--from", "enabled", "--to", start, "--offline").exit_code == 0
+    assert invoke("plan", "--generation", gen, "--from", start, "--to", "enabled").exit_code == 0  # at run time
+
+
 def test_plan_refuses_a_route_for_one_word_sites() -> None:
     """--route used to be ignored for ool (the plan printed "route none")."""
     result = invoke("plan", "--generation", "ool", "--from", "enabled", "--to", "disabled", "--route", "b8")

@@ -62,7 +62,7 @@ def plan(
 
     Exit 1 with the reason when no legal route exists: e.g. a runtime enable of a nopped mflr
     under --cmodx 3.0, or a state the generation's sites do not have (--from nopped on ool)."""
-    from rewriter.plan import SiteRequest, check_route, render_text
+    from rewriter.plan import SiteRequest, check_offline_target, check_route, render_text
     from rewriter.plan import plan as make_plan
 
     check_report_output(output)
@@ -70,6 +70,8 @@ def plan(
     check_route([request.variant], route)
     if offline and stale_fetch:
         raise ArgumentError("--stale-fetch is about CPUs running the code: an --offline plan has none")
+    if offline:
+        check_offline_target(request)  # NoRoute: exit 1
     p = make_plan([request], route, cmodx, runtime=not offline, stale_fetch=stale_fetch)  # NoRoute: exit 1
     emit(p.to_json() if fmt is PlanFormat.JSON else render_text(p), output)
 

@@ -459,3 +459,15 @@ def test_percentages_are_whole_only_when_exact() -> None:
     ]
     assert md.percent(0, 0) == "n/a"
     assert "(100 % decided)" in md.audit_markdown(audit.Audit((_audit(FIXTURES / "bin" / "prof-le"),), ()))
+
+
+def test_fail_on_with_the_report_in_a_file_says_why_it_exits_1(tmp_path: Path) -> None:
+    """With -o FILE the report is not on the screen: exit 1 alone said nothing of the finding."""
+    out = tmp_path / "a.json"
+    result = CliRunner().invoke(
+        app,
+        ["audit", str(FIXTURES / "bin" / "anom-broken"), "--fail-on", "warning", "-o", str(out), "--format", "json"],
+    )
+    assert result.exit_code == 1 and out.exists()
+    assert result.stderr == f"mcountrw: 1 error at or above --fail-on warning: see {out}\n", result.output
+    assert CliRunner().invoke(app, ["audit", str(FIXTURES / "bin" / "clean"), "-o", str(out)]).stderr == ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -110,7 +111,22 @@ def audit(
         raise typer.Exit(ExitCode.BAD_INPUT)
     emit(_render_audit(result, fmt), output)
     bad_input_if(result.errors)
-    findings_if(fails(result, fail_on.severity))
+    failing = fails(result, fail_on.severity)
+    if failing and output is not None:  # the report is in a file: exit 1 alone would say nothing
+        typer.echo(f"mcountrw: {_failing_text(result, fail_on)}: see {output}", err=True)
+    findings_if(failing)
+
+
+def _failing_text(result: Audit, fail_on: FailOn) -> str:
+    """``2 errors, 243 notes at or above --fail-on note``: the anomalies that make audit exit 1."""
+    from rewriter.audit import RANK, Severity
+    from rewriter.prose import counted
+
+    level = fail_on.severity
+    assert level is not None
+    counts = Counter(a.severity for img in result.images for a in img.anomalies if RANK[a.severity] >= RANK[level])
+    said = [counted(counts[s], s.value) for s in (Severity.ERROR, Severity.WARNING, Severity.NOTE) if counts[s]]
+    return f"{', '.join(said)} at or above --fail-on {fail_on.value}"
 
 
 def _render_audit(result: Audit, fmt: AuditFormat) -> str:

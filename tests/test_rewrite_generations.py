@@ -350,10 +350,15 @@ def _module_round_trip(jobs: Sequence[tuple[Path, Path]]) -> list[tuple[str, boo
 @pytest.mark.slow
 @pytest.mark.corpus
 @pytest.mark.parametrize("name", NEW)
-def test_every_module_round_trips_to_its_compressed_bytes(name: str, tmp_path: Path) -> None:
+def test_modules_round_trip_to_their_compressed_bytes(name: str, tmp_path: Path) -> None:
+    """The single-file path (apply, verify, undo) on every 8th module of the tree, and ext4, whose
+    sites keep-core.policy keeps: every other module with a site is rewritten and undone to its
+    compressed bytes through prenop by test_whole_patchable_and_ool_trees_... (tests/test_prenop.py),
+    with the same compression code. Both ran on every module, doubling ~3 min of CI for nothing."""
     k = require_kernel(name)
-    modules = sorted(k.modules_dir.rglob("*.ko.xz"))
-    assert len(modules) == MODULES[name]
+    every = sorted(k.modules_dir.rglob("*.ko.xz"))
+    assert len(every) == MODULES[name]
+    modules = sorted(set(every[::8]) | {k.modules_dir / "fs/ext4/ext4.ko.xz"})
     work = [tmp_path / str(i) for i in range(len(modules))]
     for d in work:
         d.mkdir()
@@ -363,7 +368,7 @@ def test_every_module_round_trips_to_its_compressed_bytes(name: str, tmp_path: P
     assert [r for r in results if not all(r[2:])] == []
     rewritten = sum(r[1] for r in results)
     print(f"{name}: {len(results)} modules ({rewritten} with records) round-tripped in {seconds:.0f} s")
-    assert rewritten > 0.9 * len(results)
+    assert rewritten > 0.9 * len(results) and any(r[0].endswith("/ext4.ko.xz") and r[1] for r in results)
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 

@@ -241,3 +241,17 @@ def test_vmlinux_diff_across_generations_matches_pyelftools(a: str, b: str) -> N
         (".init.text", ".text"),
     }
     assert all(len(v) > 0 for v in got.values())  # every kind occurs between these kernels
+
+
+@pytest.mark.corpus
+def test_sites_paired_across_generations_are_the_same_at_boot_not_unchanged() -> None:
+    """6.1's nls_utf8 (`mflr; bl _mcount`) against 6.12's (`nop; nop`): every word differs, so
+    "3 unchanged" read as false; they compare by what boot makes of them."""
+    a = require_kernel("6.1").modules_dir / "fs/nls/nls_utf8.ko"
+    b = require_kernel("6.12").modules_dir / "fs/nls/nls_utf8.ko.xz"
+    result = CliRunner().invoke(app, ["diff", str(a), str(b)])
+    assert result.exit_code == 1, result.output
+    assert (
+        "Sites: none; 3 the same at boot (0 relocated with their function; the words each generation's own); "
+        "records 3 -> 3." in result.output.splitlines()
+    ), result.output

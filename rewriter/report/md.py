@@ -267,9 +267,12 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
             continue
         counts = Counter(c.change.value for c in d.changes)
         out += ["", f"## `{d.a}` -> `{d.b}`", "", *_diff_functions(d, limit), ""]
+        # Across generations a pair compares by what boot makes of it: its words always differ.
+        across = d.generations[0] is not d.generations[1]
+        same, words = ("the same at boot", "; the words each generation's own") if across else ("unchanged", "")
         out.append(
-            f"Sites: {_tally(dict(sorted(counts.items())))}; {d.unchanged} unchanged ({d.relocated} relocated "
-            f"with their function); records {d.records[0]} -> {d.records[1]}."
+            f"Sites: {_tally(dict(sorted(counts.items())))}; {d.unchanged} {same} ({d.relocated} relocated "
+            f"with their function{words}); records {d.records[0]} -> {d.records[1]}."
         )
         rows = [
             (c.change.value, c.function or "?", c.before.place_text if c.before else "",

@@ -255,3 +255,16 @@ def test_sites_paired_across_generations_are_the_same_at_boot_not_unchanged() ->
         "Sites: none; 3 the same at boot (0 relocated with their function; the words each generation's own); "
         "records 3 -> 3." in result.output.splitlines()
     ), result.output
+
+
+def test_the_headline_says_how_many_sites_changed_when_a_site_changed_twice(tmp_path: Path) -> None:
+    """Nopped with its record dropped, a site is two changes (state, record-removed): "6 site
+    changes" for 3 sites read as 6 sites; one change a site says no more."""
+    src = FIXTURES / "bin" / "clean"
+    lines = []
+    for extra in (("--drop-records",), ()):
+        out = tmp_path / f"n{len(extra)}"
+        assert CliRunner().invoke(app, ["nop", str(src), "-o", str(out), *extra]).exit_code == 0
+        lines.append(CliRunner().invoke(app, ["diff", str(src), str(out)]).output.splitlines()[2])
+    assert lines[0].startswith("**1 image pair, 6 site changes at 3 sites, 0 function changes**"), lines
+    assert lines[1].startswith("**1 image pair, 3 site changes, 0 function changes**"), lines

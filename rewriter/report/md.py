@@ -254,9 +254,11 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
     out = ["# mcountrw diff", ""]
     total = sum(len(d.changes) for d in diff.images)
     functions = sum(len(d.functions) for d in diff.images)
+    # A site can change in several ways at once (nopped and its record dropped): say how many sites.
+    changed = sum(len({id(c.before or c.after) for c in d.changes}) for d in diff.images)
     pairs, sites, funcs = (
         counted(len(diff.images), "image pair"),
-        counted(total, "site change"),
+        counted(total, "site change") + (f" at {counted(changed, 'site')}" if changed != total else ""),
         counted(functions, "function change"),
     )
     out.append(

@@ -109,8 +109,8 @@ def _counts_rows(img: ImageAudit) -> list[tuple[str, object]]:
         ("records in weak-function bodies", weak_bodies_text(img)),
         ("sites in .init.text / .exit.text", f"{c.init_sites} / {c.exit_sites}"),
         (
-            "records (zeroed, unmatched, duplicate, outside kernel text)",
-            f"{c.records} ({c.zeroed_records}, {c.unmatched_records}, {c.duplicate_records}, {c.skipped_records})",
+            "records (unmatched, duplicate, outside kernel text) / zeroed slots",
+            f"{c.records} ({c.unmatched_records}, {c.duplicate_records}, {c.skipped_records}) / {c.zeroed_records}",
         ),
     ]
     rows += [(f"ool stubs: `{a.name}`", stub_text(a)) for a in img.stubs]

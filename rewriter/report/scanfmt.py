@@ -530,8 +530,8 @@ def _head(result: Scan, totals: Totals) -> str:
         f"{printable(str(result.path))}: {result.kind.value}, {result.endian}-endian {result.abi.value}, "
         f"generation {'none' if generation is None else generation.value}: "
         f"{counted(totals.sites, 'site')} ({states}{from_log}), {totals.traceable} traceable {when_traced(result)}; "
-        f"{counted(totals.records, 'record')} ({rec.zeroed} zeroed, {len(rec.skipped)} skipped, "
-        f"{len(rec.unmatched)} unmatched), {counted(totals.unrecorded, 'site')} unrecorded"
+        f"{counted(totals.records, 'record')} ({len(rec.skipped)} skipped, {len(rec.unmatched)} unmatched), "
+        f"{counted(rec.zeroed, 'zeroed slot')}, {counted(totals.unrecorded, 'site')} unrecorded"
     )
 
 

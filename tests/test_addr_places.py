@@ -94,7 +94,7 @@ def test_places_add_up_with_the_other_selection_options() -> None:
     assert _changed(invoke(*args, "--addr", ".text+0x4", "--addr", ".text+0x34")) == 2
     assert _changed(invoke(*args, "--addr", ".text+0x4", "--only", "sum8")) == 2
     assert _changed(invoke(*args, "--addr", ".text+0x4", "--only", "static_helper")) == 1  # the same site
-    assert _changed(invoke(*args, "--addr", ".text+52")) == 1  # any base int() reads, as for addresses
+    assert _changed(invoke(*args, "--addr", ".text+0o64")) == 1  # 0o64 is 0x34: a base prefix says which
 
 
 def test_a_place_in_another_section_of_the_same_offset_is_another_site() -> None:
@@ -211,3 +211,13 @@ def test_a_place_selects_one_of_two_sites_at_the_same_offset_in_a_corpus_module(
     after = states(out)
     assert {f for f in before if before[f] != after[f]} == {"init_nls_utf8"}
     assert after["init_nls_utf8"] == (".init.text+0x14", "nopped", False)
+
+
+def test_a_place_offset_is_hex_as_scan_shows_it() -> None:
+    """`.text+20`, typed from scan's `.text+0x20`, was read as decimal 20 (0x14): another place,
+    or none. An offset of 10 or more must say 0x; below 10 both bases agree."""
+    result = invoke("nop", BIN / "patchable-le.o", "--addr", ".text+20", "--drop-records", "--dry-run")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    said = "'.text+20': give the offset in hex, as scan shows it (.text+20 is .text+0x14; did you mean .text+0x20?)"
+    assert said in result.stderr, result.stderr
+    assert invoke("nop", BIN / "patchable-le.o", "--addr", ".text+4", "--drop-records", "--dry-run").exit_code != 2

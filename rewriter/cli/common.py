@@ -60,6 +60,13 @@ def call_slot(text: str) -> CallSlot:
         at = int(offset, 0)
     except ValueError:
         raise typer.BadParameter(f"{text!r}: the offset {offset!r} after {section}+ is not a number (0x...)") from None
+    if at >= 10 and not offset.strip().lower().startswith(("0x", "0o", "0b")):
+        # scan shows offsets in hex: `.text+20` typed from it meant 0x20, and read as 20 it selects
+        # another place (or none). Below 10 both read alike; a base prefix says which is meant.
+        raise typer.BadParameter(
+            f"{text!r}: give the offset in hex, as scan shows it ({section}+{offset.strip()} is {section}+{at:#x}; "
+            f"did you mean {section}+0x{offset.strip()}?)"
+        )
     return CallSlot(section, _not_negative(text, at))
 
 

@@ -411,6 +411,17 @@ def test_plan_offline_offers_no_enable_of_a_site_built_as_nops(gen: str, start: 
     assert invoke("plan", "--generation", gen, "--from", start, "--to", "enabled").exit_code == 0  # at run time
 
 
+def test_plan_refuses_unknown_as_bad_input() -> None:
+    """`unknown` is a choice of --from/--to (a scan's state) that no plan can take: it exited 1,
+    "no legal route", as if the states were fine and the ISA forbade the move."""
+    for args in (("--from", "unknown", "--to", "enabled"), ("--from", "enabled", "--to", "unknown")):
+        result = invoke("plan", *args)
+        assert result.exit_code == 2 and result.stderr == (
+            f"mcountrw: error: {args[0] if args[1] == 'unknown' else args[2]} unknown: a site whose words are none "
+            "of its states cannot be planned\n"
+        ), result.output
+
+
 def test_plan_refuses_a_route_for_one_word_sites() -> None:
     """--route used to be ignored for ool (the plan printed "route none")."""
     result = invoke("plan", "--generation", "ool", "--from", "enabled", "--to", "disabled", "--route", "b8")

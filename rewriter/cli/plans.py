@@ -66,6 +66,9 @@ def plan(
     from rewriter.plan import plan as make_plan
 
     check_report_output(output)
+    for option, state in (("--from", from_), ("--to", to)):
+        if state is SiteState.UNKNOWN:  # a scan's word for a site it cannot read, never a plan's
+            raise ArgumentError(f"{option} unknown: a site whose words are none of its states cannot be planned")
     request = SiteRequest(_variant(generation, variant), from_, to)
     check_route([request.variant], route)
     if offline and stale_fetch:

@@ -422,6 +422,21 @@ def test_plan_refuses_unknown_as_bad_input() -> None:
         ), result.output
 
 
+def test_check_plan_list_is_given_alone_and_a_bare_check_plan_points_at_it(tmp_path: Path) -> None:
+    """`check-plan --list --builtin disable` listed and ignored --builtin; a bare check-plan did not
+    say how to see the built-in plans."""
+    result = invoke("check-plan", "--list", "--builtin", "disable")
+    assert result.exit_code == 2 and not result.stdout, result.output
+    assert result.stderr == (
+        "mcountrw: error: --list lists the built-in plans; give it alone, not with PLAN.json or --builtin\n"
+    )
+    bare = invoke("check-plan")
+    assert bare.exit_code == 2 and bare.stderr == (
+        "mcountrw: error: give exactly one of PLAN.json or --builtin NAME (--list lists the built-in plans)\n"
+    ), bare.output
+    assert invoke("check-plan", "--list").exit_code == 0
+
+
 def test_plan_refuses_a_route_for_one_word_sites() -> None:
     """--route used to be ignored for ool (the plan printed "route none")."""
     result = invoke("plan", "--generation", "ool", "--from", "enabled", "--to", "disabled", "--route", "b8")

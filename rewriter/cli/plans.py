@@ -113,11 +113,13 @@ def check_plan(
     from rewriter.check import check_all, render_trace, workload
 
     if list_builtins:
+        if plan_file is not None or builtin is not None:  # it would be ignored: say so, do not list
+            raise ArgumentError("--list lists the built-in plans; give it alone, not with PLAN.json or --builtin")
         for name, b in BUILTINS.items():
             typer.echo(f"{name:<24} {b.variant.value} from {b.start.value}: {b.summary}")
         return
     if (plan_file is None) == (builtin is None):
-        raise ArgumentError("give exactly one of PLAN.json or --builtin NAME")
+        raise ArgumentError("give exactly one of PLAN.json or --builtin NAME (--list lists the built-in plans)")
     if builtin is not None:
         name, p = builtin, BUILTINS[builtin].plan
     else:
@@ -130,8 +132,7 @@ def check_plan(
         explored = workload(result.tasks, result.entries) if p.runtime else OFFLINE
         typer.echo(f"{name}: SAFE ({result.states} states explored, {explored})")
     else:
-        typer.echo(f"{name}: UNSAFE: {result.reason}")
-        typer.echo(render_trace(result), nl=False)  # its lines end with their newlines
+        typer.echo(f"{name}: {render_trace(result)}", nl=False)  # "UNSAFE (kind): why", then the trace
     findings_if(not result.safe)
 
 

@@ -41,7 +41,7 @@ import numpy as np
 from rewriter import arrays, ppc
 from rewriter.code import CodeView, code_view
 from rewriter.elf import structs as S
-from rewriter.elf.image import Abi, Image, Kind, Section, index_name
+from rewriter.elf.image import Abi, Image, Kind, Section, index_name, relocatable_at_a_glance
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, functions, rel_place, reloc_target_places, split_place
 from rewriter.errors import ArgumentError, UnmappedAddress
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
@@ -277,6 +277,18 @@ def check_mcount_addr(generation: Generation | None, mcount_addr: int | None, pa
         return
     message = f"--mcount-addr names _mcount, which only the mprofile generation calls (not {generation.value})"
     raise ArgumentError(message if path is None else f"{path}: {message}")
+
+
+def check_mcount_addr_used(paths: Sequence[Path], mcount_addr: int | None) -> None:
+    """Refuse ``--mcount-addr`` for a run of modules and objects alone (scan, audit, policy check
+    over files or trees): it is for a stripped vmlinux beside them, and with none there it would be
+    ignored in silence, as if it had mattered."""
+    if mcount_addr is None or not paths or not all(map(relocatable_at_a_glance, paths)):
+        return
+    raise ArgumentError(
+        "--mcount-addr: every file given is a module or object, which find their calls to _mcount by their "
+        "relocations (the option is for a stripped vmlinux)"
+    )
 
 
 def check_mcount_addr_alone(image: Image, mcount_addr: int | None) -> None:

@@ -437,6 +437,23 @@ def test_check_plan_list_is_given_alone_and_a_bare_check_plan_points_at_it(tmp_p
     assert invoke("check-plan", "--list").exit_code == 0
 
 
+@pytest.mark.parametrize("command", ["scan", "audit", "policy"])
+def test_mcount_addr_over_modules_and_objects_alone_is_refused(command: str) -> None:
+    """It names a stripped vmlinux's _mcount: a run of relocatable files only ignored it in silence,
+    exit 0, as if it had mattered (a rewrite of one refused it already). Beside a linked image it
+    serves that image, and the run goes on."""
+    head = ("policy", "check", str(ROOT / "examples" / "keep-core.policy")) if command == "policy" else (command,)
+    result = invoke(*head, BIN / "prof-le.o", BIN / "patchable-le.o", "--mcount-addr", "0x10")
+    assert result.exit_code == 2 and result.stderr == (
+        "mcountrw: error: --mcount-addr: every file given is a module or object, which find their calls to _mcount "
+        "by their relocations (the option is for a stripped vmlinux)\n"
+    ), result.output
+    from test_stripped import mcount_of
+
+    beside = invoke(*head, BIN / "prof-le.o", BIN / "prof-le", "--mcount-addr", hex(mcount_of(BIN / "prof-le")))
+    assert beside.exit_code in (0, 1) and "--mcount-addr" not in beside.stderr, beside.output
+
+
 def test_plan_refuses_a_route_for_one_word_sites() -> None:
     """--route used to be ignored for ool (the plan printed "route none")."""
     result = invoke("plan", "--generation", "ool", "--from", "enabled", "--to", "disabled", "--route", "b8")

@@ -23,6 +23,7 @@ from rewriter.cli.common import (
     ReadLogDir,
     check_log_options,
     check_mcount_addr,
+    check_mcount_addr_used,
     check_report_output,
     emit,
     logs_for,
@@ -99,6 +100,7 @@ def audit(
     check_mcount_addr(generation, mcount_addr)
     found, errors = expand_named(paths)
     files = [f.path for f in found]
+    check_mcount_addr_used(files, mcount_addr)
     roots = [p for p in paths if p.is_dir()]
     logs = logs_for(found, log, log_dir)
     check_report_output(output, [*files, *logs.values()])

@@ -204,6 +204,14 @@ def check_mcount_addr(generation: Generation | None, mcount_addr: int | None) ->
     check(generation, mcount_addr)
 
 
+def check_mcount_addr_used(files: Sequence[Path], mcount_addr: int | None) -> None:
+    """``--mcount-addr`` over modules and objects alone, which it cannot apply to: refused once the
+    files are found, before any is read (``rewriter.sites.check_mcount_addr_used``)."""
+    from rewriter.sites import check_mcount_addr_used as check
+
+    check(files, mcount_addr)
+
+
 def check_report_output(output: Path | None, reads: Iterable[Path] = ()) -> None:
     """A report's ``-o``, refused (exit 2) before any image is read, not by the rename that ends the
     run (``-o .`` failed there after the whole scan, EBUSY): it must be a place a file can be put

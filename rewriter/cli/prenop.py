@@ -23,6 +23,7 @@ from rewriter.cli.common import (
     McountAddr,
     ReadLogDir,
     check_mcount_addr,
+    check_mcount_addr_used,
     check_report_output,
     emit,
     logs_for,
@@ -722,6 +723,7 @@ def policy_check(
     # One line per named directory with nothing to check (as prenop says it), likewise: a
     # directory dropped in silence read as checked.
     files = [f.path for f in found]
+    check_mcount_addr_used(files, mcount_addr)
     errors = [f"{p}: {NO_SUCH_FILE}" for p in missing]
     errors += [f"{d}: no vmlinux or module found below it" for d in _empty_directories(present, files)]
     tally = pol.Tally(rules)

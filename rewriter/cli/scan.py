@@ -18,6 +18,7 @@ from rewriter.cli.common import (
     OutputFile,
     ReadLogDir,
     check_mcount_addr,
+    check_mcount_addr_used,
     check_report_output,
     emit,
     logs_for,
@@ -78,6 +79,7 @@ def scan(
     check_mcount_addr(generation, mcount_addr)
     found, errors = expand_named(paths)
     files = [f.path for f in found]
+    check_mcount_addr_used(files, mcount_addr)
     render = _renderer(fmt, show_all or output is not None)
     logs = logs_for(found, log, log_dir)
     check_report_output(output, [*files, *logs.values()])

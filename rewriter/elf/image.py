@@ -25,7 +25,7 @@ import numpy as np
 
 from rewriter import arrays
 from rewriter.elf import structs as S
-from rewriter.elf.compress import Compression, decompress, detect_compression
+from rewriter.elf.compress import MODULE_SUFFIXES, Compression, decompress, detect_compression
 from rewriter.errors import ImageError, UnmappedAddress
 from rewriter.ppc import Addr, Offset
 from rewriter.prose import printable
@@ -142,6 +142,22 @@ class Symbols:
         if not places:  # most look-ups are for names an image lacks: skip the table
             return np.zeros(0, dtype=np.intp)
         return np.flatnonzero(arrays.member(self.table["st_name"], places))
+
+
+def relocatable_at_a_glance(path: Path) -> bool:
+    """Whether ``path`` is a relocatable ELF (a module or object) by its name or its first 18
+    bytes, without loading it: a compressed module is one; a file that cannot be read so is not
+    (its load reports why, in its turn)."""
+    if path.name.endswith(MODULE_SUFFIXES):
+        return True
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(18)
+    except OSError:
+        return False
+    if len(head) < 18 or head[:4] != b"\x7fELF" or head[5] not in (1, 2):
+        return False
+    return int.from_bytes(head[16:18], "little" if head[5] == 1 else "big") == S.ET_REL
 
 
 def index_name(shndx: int) -> str:

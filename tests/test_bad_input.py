@@ -859,3 +859,20 @@ def test_kernel_is_refused_for_anything_but_a_module_and_must_name_a_vmlinux(tmp
         with pytest.raises(RewriteError) as e:
             loader(kernel)
         assert str(e.value) == f"--kernel {kernel}: {why}"
+
+
+@pytest.mark.parametrize(("name", "kind"), [("m.ko.xz", "xz"), ("m.ko.gz", "gzip"), ("m.ko.zst", "zstd")])
+def test_a_module_named_compressed_that_is_not_says_so(name: str, kind: str, tmp_path: Path) -> None:
+    """`m.ko.xz` holding neither xz data nor ELF said only "not an ELF file (too short)": its name
+    is why it was read as a compressed module, and the line says it is not."""
+    for data, what in ((b"garbage", "not an ELF file (too short)"), (b"\x00" * 64, "not an ELF file")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(ImageError) as e:
+            Image.load(path)
+        assert str(e.value) == f"{path}: {what}; nor {kind} data, as its name says"
+    plain = tmp_path / "plain.o"
+    plain.write_bytes(b"\x00" * 64)
+    with pytest.raises(ImageError) as e:
+        Image.load(plain)
+    assert str(e.value) == f"{plain}: not an ELF file"

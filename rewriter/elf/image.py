@@ -187,6 +187,9 @@ def _read_all(fd: int, size: int) -> bytes:
         parts.append(part)
 
 
+_COMPRESSED_NAMES: Final = ((".xz", "xz"), (".gz", "gzip"), (".zst", "zstd"))
+
+
 class Image:
     """A loaded ELF64 PowerPC file. Read-only; edits go through ``rewriter.patch``.
 
@@ -200,10 +203,10 @@ class Image:
         self.compression = compression
         self.size = len(data)
         if self.size < 16:
-            raise self.error("empty file" if self.size == 0 else "not an ELF file (too short)")
+            raise self.error("empty file" if self.size == 0 else f"not an ELF file (too short){self._named()}")
         ident = bytes(data[:16])
         if ident[:4] != S.ELF_MAGIC:
-            raise self.error("not an ELF file")
+            raise self.error(f"not an ELF file{self._named()}")
         if ident[4] != S.ELFCLASS64:
             raise self.error(f"ELF class {ident[4]} is not ELF64 (a 32-bit file?)")
         if ident[5] not in (S.ELFDATA2LSB, S.ELFDATA2MSB):
@@ -225,6 +228,14 @@ class Image:
         self._by_name = {s.name: s for s in reversed(self.sections)}
 
     # -- construction ---------------------------------------------------------------------
+
+    def _named(self) -> str:
+        """For a file that is not ELF: that its name promised compressed data it does not hold
+        (``x.ko.xz`` that is not xz), since its name is why it was read as a module."""
+        kind = next((k for c, k in _COMPRESSED_NAMES if self.path.name.endswith(c)), None)
+        if kind is None or self.compression is not Compression.NONE:
+            return ""
+        return f"; nor {kind} data, as its name says"
 
     @classmethod
     def load(cls, path: Path) -> Image:

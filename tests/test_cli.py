@@ -846,8 +846,12 @@ def test_summaries_count_in_the_singular_and_the_plural(tmp_path: Path) -> None:
     )
     assert one.exit_code == 0, one.output
     assert "changed 1 site to nopped (0 already nopped); 1 record dropped; 2 word writes in 2 stages" in one.output
-    head = CliRunner().invoke(app, ["scan", str(out)]).output.splitlines()[0]
+    lines = CliRunner().invoke(app, ["scan", str(out)]).output.splitlines()
+    head = lines[0]
     assert ": 6 sites (" in head and "1 of them from the patch log" in head
+    assert (
+        "an earlier rewrite dropped its record, and its words call nothing: no scan of the file finds it)" in (lines[1])
+    ), lines[1]  # one site: not "their records"
     assert head.endswith("5 records (0 skipped, 0 unmatched), 1 zeroed slot, 1 site unrecorded"), head
     again = CliRunner().invoke(app, ["nop", str(out), "--only", "leaf_add", "-o", str(tmp_path / "again")])
     assert (

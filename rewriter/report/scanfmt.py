@@ -549,9 +549,11 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
         out.append(f"  FTRACE OFF {when_traced(result)}: {boot.ftrace_off}")
     logged = _by_source(result.sites)[Source.LOG]
     if result.log is not None and logged:
+        its, they = ("its", "it") if logged == 1 else ("their", "them")
         out.append(
             f"  LOG: {counted(logged, 'site')} known only from the patch log {result.log} (an earlier rewrite "
-            "dropped their records, and their words call nothing: no scan of the file finds them)"
+            f"dropped {its} record{'s' if logged > 1 else ''}, and {its} words call nothing: no scan of the file "
+            f"finds {they})"
         )
     elif result.log is not None:
         out.append(f"  LOG: the patch log {result.log} was read; the file itself shows every site it names")

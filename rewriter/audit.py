@@ -301,8 +301,8 @@ class Counts(NamedTuple):
 
 QUESTIONS: Final[Mapping[Generation | None, str]] = {
     Generation.MPROFILE: "may the mflr r0 before bl _mcount be nopped: is r0 dead after the site?",
-    Generation.PATCHABLE: "may the first nop stay a nop (the kernel makes it mflr r0 at boot): does the body "
-    "never read r0 as LR before writing it?",
+    Generation.PATCHABLE: "may the first nop stay a nop (the kernel makes it mflr r0 at boot or module load): "
+    "does the body never read r0 as LR before writing it?",
     Generation.OOL: "n/a: the mflr r0 lives in the out-of-line stub, right before its bl; the entry has none",
     None: "may the site's mflr r0 be nopped: is r0 dead after the site?",
 }

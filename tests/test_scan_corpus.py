@@ -25,8 +25,10 @@ from typing import NamedTuple
 import pytest
 from boot import require_kernel
 from elftools.elf.elffile import ELFFile
+from typer.testing import CliRunner
 
 from rewriter.batch import expand, map_chunks, scan_one
+from rewriter.cli import app
 from rewriter.elf.image import Image
 from rewriter.generations import Generation
 from rewriter.report.scanfmt import generation_of, image_json
@@ -442,3 +444,16 @@ def test_an_ool_record_without_a_stub_is_said_once_for_what_it_is(tmp_path: Path
     last_init = max(s["address"] for s in got["sites"] if s["section"] == ".init.text")
     assert (lacking["address"], lacking["state"], lacking["stub"]) == (last_init, "disabled", None)
     assert all(s["stub"] for s in got["sites"] if s is not lacking)
+
+
+@pytest.mark.corpus
+def test_a_modules_table_says_file_to_load_and_the_audit_question_says_module_load() -> None:
+    """A module's init runs as it loads: its state column said file->boot, and the patchable
+    question "the kernel makes it mflr r0 at boot", beside a summary that says "once loaded"."""
+    module = require_kernel("6.12").modules_dir / "fs/nls/nls_utf8.ko.xz"
+    lines = CliRunner().invoke(app, ["scan", str(module), "--all"]).output.splitlines()
+    assert "file->load" in lines[2] and "file->boot" not in "\n".join(lines), lines[:3]
+    vmlinux = CliRunner().invoke(app, ["scan", str(require_kernel("6.12").vmlinux)]).output.splitlines()
+    assert any("file->boot" in line for line in vmlinux[:6]), vmlinux[:6]
+    audit = json.loads(CliRunner().invoke(app, ["audit", "--format", "json", str(module)]).output)
+    assert "mflr r0 at boot or module load" in audit["images"][0]["mflr_nop_safety"]["question"]

@@ -482,7 +482,7 @@ def _after_all(totals: Totals) -> str:
 
 def table_lines(result: Scan, limit: int | None) -> list[str]:
     """A summary line, notes (why sites are untraceable, ool stubs), then one aligned line per
-    site (``limit`` lines at most). The state column is ``file->boot``: a patchable site's
+    site (``limit`` lines at most). The state column is ``file->boot`` (a module's ``file->load``): a patchable site's
     ``nopped->disabled`` is traceable, although its file words are two nops."""
     return _table(result, limit)[0]
 
@@ -496,7 +496,8 @@ def _table(result: Scan, limit: int | None) -> tuple[list[str], Totals]:
     lines = [_head(result, totals), *_notes(result, boot, why)]
     shown = result.sites if limit is None else result.sites[:limit]
     if shown:
-        lines.append(_row("call slot", "section", "variant", "file->boot", "rec", "traceable", "function"))
+        state = "file->load" if result.kind is Kind.MODULE else "file->boot"  # a module's init runs as it loads
+        lines.append(_row("call slot", "section", "variant", state, "rec", "traceable", "function"))
     for site in shown:
         reason = untraceable(site, boot)
         lines.append(

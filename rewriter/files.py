@@ -55,6 +55,7 @@ from rewriter.reading import IS_DIRECTORY, read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
 from rewriter.sites import (
     MCOUNT_NAMES,
+    NOT_BUILT_FOR_FTRACE,
     Scan,
     Site,
     Source,
@@ -412,10 +413,7 @@ def no_site_cause(image: Image, found: Scan, hints: ScanHints, log_warning: str 
         return f"no bl calls --mcount-addr {hints.mcount_addr:#x} and no record names a site: is it _mcount's address?"
     if _defines_mcount(image, found):
         return f"_mcount is there but nothing calls it and there are no records: {earlier}"
-    return (
-        "no records (__mcount_loc, __patchable_function_entries) and no bl to an mcount entry: "
-        "not built with -pg -mprofile-kernel or -fpatchable-function-entry?"
-    )
+    return NOT_BUILT_FOR_FTRACE
 
 
 def _earlier_rewrite(image: Image, log_warning: str | None) -> str:

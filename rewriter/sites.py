@@ -279,6 +279,13 @@ def check_mcount_addr(generation: Generation | None, mcount_addr: int | None, pa
     raise ArgumentError(message if path is None else f"{path}: {message}")
 
 
+NOT_BUILT_FOR_FTRACE: Final = (
+    "no records (__mcount_loc, __patchable_function_entries) and no bl to an mcount entry: "
+    "not built with -pg -mprofile-kernel or -fpatchable-function-entry?"
+)
+"""Why a file shows no site, when nothing says otherwise (``files.no_site_cause``, scan's note)."""
+
+
 def check_mcount_addr_used(paths: Sequence[Path], mcount_addr: int | None) -> None:
     """Refuse ``--mcount-addr`` for a run of modules and objects alone (scan, audit, policy check
     over files or trees): it is for a stripped vmlinux beside them, and with none there it would be

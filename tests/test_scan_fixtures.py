@@ -3,15 +3,17 @@ the sources and objdump, not by mcountrw), on both endians and every variant."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURES
+from boot import require_tool
+from conftest import FIXTURES, invoke
 
 from rewriter.elf.image import Image
 from rewriter.generations import LAYOUTS, Generation
-from rewriter.sites import Scan, place_text, scan
+from rewriter.sites import NOT_BUILT_FOR_FTRACE, Scan, place_text, scan
 
 Row = tuple[Any, ...]
 
@@ -167,3 +169,14 @@ def test_module_path_gives_the_numpy_paths_sites(name: str) -> None:
         python, numpy = _twin_sites(changed, generation)
         assert python == numpy
         assert python[0] != image_sites and python[1]
+
+
+def test_a_file_with_no_sites_says_the_likely_cause(tmp_path: Path) -> None:
+    """An object built without ftrace instrumentation read "0 sites (no sites)" and nothing more:
+    the line names the likely cause, as nop and prenop do."""
+    cc = require_tool("powerpc64le-linux-gnu-gcc")
+    src, plain = tmp_path / "plain.c", tmp_path / "plain.o"
+    src.write_text("int f(int x) { return x + 1; }\n")
+    subprocess.run([cc, "-O2", "-c", str(src), "-o", str(plain)], check=True)
+    lines = invoke("scan", plain).stdout.splitlines()
+    assert lines[0].endswith("0 sites unrecorded") and lines[1] == f"  no sites: {NOT_BUILT_FOR_FTRACE}", lines

@@ -67,7 +67,7 @@ from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.locs import ZERO_ADJUSTED
 from rewriter.prose import counted, printable
-from rewriter.sites import Scan, Site, Source, lacks_stub, override_text, summary
+from rewriter.sites import NOT_BUILT_FOR_FTRACE, Scan, Site, Source, lacks_stub, override_text, summary
 
 REFUSED: Final = "refused"  # boot_state null, in counts and in the table
 NO_STUB: Final = "no-stub"  # boot_state null for want of an ool stub (sites.lacks_stub)
@@ -563,6 +563,8 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
             f"  records name the word {abs(offset)} bytes {'before' if offset < 0 else 'after'} each call slot "
             "(the kernel's ftrace_call_adjust() moves them onto it): `record` in --format json/csv"
         )
+    if not result.sites and not result.records.zeroed:  # zeroed records: FTRACE OFF or LOG says why
+        out.append(f"  no sites: {NOT_BUILT_FOR_FTRACE}")
     if result.unnamed:
         out.append("  no function symbols: sites are unnamed" + _blind(result.generation))
     for reason in Untraceable:

@@ -454,6 +454,18 @@ def test_mcount_addr_over_modules_and_objects_alone_is_refused(command: str) -> 
     assert beside.exit_code in (0, 1) and "--mcount-addr" not in beside.stderr, beside.output
 
 
+def test_a_backup_of_a_later_step_is_not_called_the_original(tmp_path: Path) -> None:
+    """--in-place --backup of a file an earlier step rewrote keeps that step's output, and said
+    "the original kept as F.orig"."""
+    src = tmp_path / "p"
+    src.write_bytes((BIN / "prof-le").read_bytes())
+    first = invoke("nop", src, "--in-place", "--backup", "--only", "leaf_add")
+    assert f"wrote {src} and {src}.mcountrw.jsonl, the original kept as {src}.orig" in first.stderr, first.output
+    (tmp_path / "p.orig").unlink()
+    second = invoke("nop", src, "--in-place", "--backup", "--only", "sum8")
+    assert f", the file as it was before this step kept as {src}.orig" in second.stderr, second.output
+
+
 def test_plan_refuses_a_route_for_one_word_sites() -> None:
     """--route used to be ignored for ool (the plan printed "route none")."""
     result = invoke("plan", "--generation", "ool", "--from", "enabled", "--to", "disabled", "--route", "b8")

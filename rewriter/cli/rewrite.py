@@ -270,7 +270,9 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
             err=True,
         )
     if result.output is not None:
-        kept = "" if result.backup is None else f", the original kept as {result.backup}"
+        # The file as it was before this step: the pristine original only if no earlier step rewrote it.
+        before = "the original" if result.base is None else "the file as it was before this step"
+        kept = "" if result.backup is None else f", {before} kept as {result.backup}"
         typer.echo(f"wrote {result.output} and {result.log}{kept}", err=True)
     if result.base is not None and result.output is not None:
         typer.echo(f"the log builds on {result.base.path} (the input's log)", err=True)

@@ -282,3 +282,19 @@ def test_a_tally_of_modules_says_once_loaded() -> None:
     assert t.when_traced == "once loaded"
     t.add_file(None, [SiteFacts("g", ".text")])
     assert t.when_traced == "after boot or once loaded"
+
+
+def test_policy_check_says_when_generation_overrides_the_images() -> None:
+    """scan and audit say that --generation overrode what an image says; policy check showed only
+    rules that match nothing, read from images taken for another generation."""
+    bins = Path(__file__).parent.parent / "fixtures" / "bin"
+    policy = Path(__file__).parent.parent / "examples" / "keep-core.policy"
+    args = ["policy", "check", str(policy), str(bins / "prof-le.o"), str(bins / "prof-be.o"), "--generation", "ool"]
+    result = CliRunner().invoke(app, args)
+    notes = [line for line in result.output.splitlines() if line.startswith("note: ")]
+    assert notes == [
+        f"note: {bins / 'prof-le.o'}: --generation ool overrides what the image says: mprofile (calls to _mcount) "
+        "(and 1 more file)"
+    ], result.output
+    plain = CliRunner().invoke(app, ["policy", "check", str(policy), str(bins / "prof-le.o")])
+    assert "note: " not in plain.output

@@ -727,11 +727,16 @@ def policy_check(
     errors = [f"{p}: {NO_SUCH_FILE}" for p in missing]
     errors += [f"{d}: no vmlinux or module found below it" for d in _empty_directories(present, files)]
     tally = pol.Tally(rules)
-    errors += _tally_files(tally, files, workers(jobs), generation, mcount_addr, logs_for(found, log, log_dir))
+    overridden: list[str] = []
+    logs = logs_for(found, log, log_dir)
+    errors += _tally_files(tally, files, workers(jobs), generation, mcount_addr, logs, overridden)
     print_errors(errors)
     if not tally.files:  # no image read: a table of rules matching nothing would be false warnings
         raise typer.Exit(ExitCode.BAD_INPUT)
     typer.echo("\n".join(_check_lines(policy_file, rules, tally)))
+    if overridden:  # as scan and audit say it: the table is of the images read as --generation says
+        more = f" (and {counted(len(overridden) - 1, 'more file')})" if len(overridden) > 1 else ""
+        typer.echo(f"note: {overridden[0]}{more}")
     warnings = tally.warnings()
     for w in warnings:
         typer.echo(f"warning: {w}")
@@ -752,15 +757,17 @@ def _tally_files(
     generation: Generation | None,
     mcount_addr: int | None,
     logs: Mapping[Path, Path],
+    overridden: list[str],
 ) -> list[str]:
     """Scan ``files`` and count what the policy decides for each site (with the sites of their
-    patch logs, ``logs``); the lines of the files that could not be scanned."""
+    patch logs, ``logs``); the lines of the files that could not be scanned. Adds to
+    ``overridden`` what ``--generation`` overrode, per file."""
     from rewriter import policy as pol
     from rewriter.batch import scan_many
     from rewriter.elf.image import Kind
     from rewriter.log import logged
     from rewriter.report.scanfmt import Untraceable, boot_of, generation_of, untraceable
-    from rewriter.sites import Source
+    from rewriter.sites import Source, override_text
 
     errors = []
     with progress(len(files), "scanning") as tick:
@@ -769,6 +776,9 @@ def _tally_files(
                 errors.append(outcome.error or f"{outcome.path}: failed")
                 continue
             sc = logged(outcome.scan, logs)
+            overrode = override_text(sc)
+            if overrode is not None:
+                overridden.append(f"{outcome.path}: {overrode}")
             module = pol.module_name(outcome.path) if sc.kind is Kind.MODULE else None
             boot = boot_of(sc)
             facts = []

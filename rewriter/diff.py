@@ -49,7 +49,7 @@ from rewriter.batch import map_chunks
 from rewriter.elf import structs as S
 from rewriter.elf.compress import SUFFIX, compression_named
 from rewriter.elf.image import Image, Kind
-from rewriter.errors import ArgumentError, RewriteError
+from rewriter.errors import ArgumentError, ImageError, RewriteError
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.log import logged
 from rewriter.sites import Scan, Site, scan
@@ -286,12 +286,33 @@ def diff_functions(scan_a: Scan, scan_b: Scan) -> tuple[tuple[FunctionChange, ..
     return (*moved, *removed, *added, *generation), len(common)
 
 
+class PairUnreadable(ImageError):
+    """Files of a pair that could not be read, one line each (the first is the message): a pair of
+    two bad files named only the first."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        super().__init__(lines[0])
+        self.lines = tuple(lines)
+
+
+def _load_pair(a: Path, b: Path) -> tuple[Image, Image]:
+    images, lines = [], []
+    for path in (a, b):
+        try:
+            images.append(Image.load(path))
+        except RewriteError as e:
+            lines.append(str(e))
+    if lines:
+        raise PairUnreadable(lines)
+    return images[0], images[1]
+
+
 def diff_files(
     a: Path, b: Path, generations: Generations = (None, None), logs: Mapping[Path, Path] | None = None
 ) -> ImageDiff:
     """``generations`` overrides the detected generation of A and of B (stripped images); ``logs``
     names the patch logs that describe the files (``log.log_of``): their sites take part."""
-    image_a, image_b = Image.load(a), Image.load(b)
+    image_a, image_b = _load_pair(a, b)
     check_comparable(image_a, image_b)
     scan_a = logged(scan(image_a, generation=generations[0]), logs or {})
     scan_b = logged(scan(image_b, generation=generations[1]), logs or {})
@@ -352,16 +373,19 @@ def diff_paths(
     refused (a tree's files have no one counterpart in a file)."""
     check_pairable(a, b)
     if not a.is_dir():
-        return Diff((diff_files(a, b, generations, logs),), (), (), ())
+        try:
+            return Diff((diff_files(a, b, generations, logs),), (), (), ())
+        except PairUnreadable as e:
+            return Diff((), (), (), e.lines)
     ra, rb = _relative(files_a, a), _relative(files_b, b)
     pairs = [(ra[rel], rb[rel]) for rel in sorted(ra.keys() & rb.keys())]
-    images, errors = [], []
+    images: list[ImageDiff] = []
+    errors: list[str] = []
     task = partial(_diff_pairs, generations=generations, logs=dict(logs or {}))
-    for done, error in map_chunks(task, pairs, jobs):
+    for done, lines in map_chunks(task, pairs, jobs):
         if done is not None:
             images.append(done)
-        if error is not None:
-            errors.append(error)
+        errors.extend(lines)
     only_a = tuple(ra[r] for r in sorted(ra.keys() - rb.keys()))
     only_b = tuple(rb[r] for r in sorted(rb.keys() - ra.keys()))
     return Diff(tuple(images), only_a, only_b, tuple(errors))
@@ -369,13 +393,15 @@ def diff_paths(
 
 def _diff_pairs(
     pairs: Sequence[tuple[Path, Path]], generations: Generations, logs: Mapping[Path, Path]
-) -> list[tuple[ImageDiff | None, str | None]]:
-    """:func:`diff_files` of each pair, in a worker: the diff, or the one-line error of a pair
-    that could not be compared (the tree's other pairs go on)."""
-    out: list[tuple[ImageDiff | None, str | None]] = []
+) -> list[tuple[ImageDiff | None, tuple[str, ...]]]:
+    """:func:`diff_files` of each pair, in a worker: the diff, or the one-line errors of a pair
+    that could not be compared (one per bad file; the tree's other pairs go on)."""
+    out: list[tuple[ImageDiff | None, tuple[str, ...]]] = []
     for a, b in pairs:
         try:
-            out.append((diff_files(a, b, generations, logs), None))
+            out.append((diff_files(a, b, generations, logs), ()))
+        except PairUnreadable as e:
+            out.append((None, e.lines))
         except RewriteError as e:
-            out.append((None, str(e)))
+            out.append((None, (str(e),)))
     return out

@@ -268,3 +268,17 @@ def test_the_headline_says_how_many_sites_changed_when_a_site_changed_twice(tmp_
         lines.append(CliRunner().invoke(app, ["diff", str(src), str(out)]).output.splitlines()[2])
     assert lines[0].startswith("**1 image pair, 6 site changes at 3 sites, 0 function changes**"), lines
     assert lines[1].startswith("**1 image pair, 3 site changes, 0 function changes**"), lines
+
+
+def test_a_pair_of_two_bad_files_names_both(tmp_path: Path) -> None:
+    """Both files of a pair unreadable: only A's was named (B's never, on stderr either), in a tree
+    as for two files; two files that cannot be compared write no report."""
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "y.ko").write_bytes(b"junk " + side.encode())
+        shutil.copy(FIXTURES / "bin" / "prof-le.o", tmp_path / side / "p.o")
+    bad = [f"mcountrw: error: {tmp_path / s / 'y.ko'}: not an ELF file (too short)" for s in ("a", "b")]
+    tree = CliRunner().invoke(app, ["diff", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert tree.exit_code == 2 and tree.stderr.splitlines() == bad and "1 image pair" in tree.stdout, tree.output
+    files = CliRunner().invoke(app, ["diff", str(tmp_path / "a" / "y.ko"), str(tmp_path / "b" / "y.ko")])
+    assert files.exit_code == 2 and files.stderr.splitlines() == bad and not files.stdout, files.output

@@ -196,6 +196,8 @@ def diff(
     result = diff_paths(a, b, files_a, files_b, generations, logs, workers(jobs))
     errors = [*errors_a, *errors_b, *result.errors]
     print_errors(errors)
+    if errors and not (result.images or result.only_a or result.only_b):  # nothing compared: no report
+        raise typer.Exit(ExitCode.BAD_INPUT)
     if fmt is DiffFormat.JSON:
         text = json.dumps(jsonfmt.diff_json(result), separators=(",", ":")) + "\n"
     else:

@@ -335,7 +335,8 @@ def body_lines(edits: Sequence[Edit], barriers: Sequence[tuple[int, str]], order
             continue
         while n > stage:
             if stage in barrier_after:
-                lines.append(json.dumps({"type": "barrier", "after_stage": stage, "name": barrier_after[stage]}))
+                barrier = {"type": "barrier", "after_stage": stage, "name": barrier_after[stage]}
+                lines.append(json.dumps(barrier, sort_keys=True))
             stage += 1
         lines += write_lines(cast("Iterator[WordWrite]", run), text)  # only word writes have a stage
     return lines

@@ -165,3 +165,15 @@ def test_a_vmlinux_keeps_its_fingerprints_across_a_kernel_update(tmp_path: Path)
         keys.append(_fingerprints(_sarif(tmp_path, tmp_path / name)))
     assert len(keys[0]) == 243 and keys[0] == keys[1], keys[0][:3]
     assert all(k.startswith("weak-body:vmlinux:") for k in keys[0]), keys[0][:3]
+
+
+def test_a_relative_path_is_a_percent_encoded_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sp ace#1.o` went into artifactLocation.uri as is: `#` starts a fragment, and a consumer
+    looked for a file called `sp ace`. An absolute path was a file: URI already."""
+    name = "sp ace#1"
+    (tmp_path / name).write_bytes((FIXTURES / "bin" / "anom-broken").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    doc = _sarif(tmp_path, Path(name))
+    assert [a["location"]["uri"] for a in doc["runs"][0]["artifacts"]] == ["sp%20ace%231"]
+    absolute = _sarif(tmp_path, tmp_path / name)
+    assert absolute["runs"][0]["artifacts"][0]["location"]["uri"] == (tmp_path / name).as_uri()

@@ -277,3 +277,18 @@ def test_a_version_1_log_beside_its_file_still_reads(tmp_path: Path) -> None:
     assert done.returncode == 0 and done.stderr == ""
     image = json.loads(done.stdout)["images"][0]
     assert image["log"] == str(default_log_path(patched)) and image["summary"]["by_source"]["log"] == 0
+
+
+def test_every_line_of_a_patch_log_has_sorted_keys(tmp_path: Path) -> None:
+    """docs/rewrite.md: "Keys are sorted". The barrier lines were written in insertion order."""
+    from typer.testing import CliRunner
+
+    from rewriter.cli import app
+
+    out = tmp_path / "p.nop"
+    done = CliRunner().invoke(app, ["nop", str(FIXTURES / "bin" / "prof-le"), "--drop-records", "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    lines = Path(f"{out}.mcountrw.jsonl").read_text().splitlines()
+    assert any('"type": "barrier"' in line for line in lines), lines
+    for line in lines:
+        assert line == json.dumps(json.loads(line), sort_keys=True), line

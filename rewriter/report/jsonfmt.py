@@ -367,7 +367,9 @@ def diff_json(diff: Diff) -> dict[str, Any]:
     "function", "before", "after"}]}}], "only_a", "only_b", "errors"}``; site ``before``/``after`` are
     null for added/removed sites; function ``before``/``after`` are generations or sections (null on
     the missing side). ``pairing`` is ``name``, or ``place`` when a side has sites but no function
-    symbols (``unnamed``: which), and then ``functions`` is empty: not compared."""
+    symbols (``unnamed``: which), and then ``functions`` is empty: not compared. ``unchanged``: paired
+    sites with no change; when ``generations`` differ, those the same at boot (their words are each
+    generation's own), which the markdown says so."""
     return {
         "format": "mcountrw-diff/1",
         "images": [

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import quote
 
 from rewriter import __version__
 from rewriter.audit import RULES, Anomaly, AnomalyKind, Audit, ImageAudit, summarise
@@ -28,7 +29,9 @@ _LEVEL: Final = {"error": "error", "warning": "warning", "note": "note"}
 
 
 def _uri(path: Path) -> str:
-    return path.as_uri() if path.is_absolute() else path.as_posix()
+    """A URI reference (SARIF 3.10.2): an absolute path as a file: URI, a relative one percent-encoded
+    too (`#` would start a fragment, a space or a newline is no URI character)."""
+    return path.as_uri() if path.is_absolute() else quote(path.as_posix(), safe="/")
 
 
 def _rules() -> list[dict[str, Any]]:

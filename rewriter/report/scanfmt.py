@@ -28,6 +28,9 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
   site built as the compiler left it; an unrecorded site is untouched); null when init would refuse
   the words, or (ool) fails the site for want of a stub: ``ftrace bug``, and ftrace is off for the
   whole boot.
+* ``summary``: ``by_*`` map each value to its count of sites; ``recorded`` is ``{"yes": N, "no": M}``
+  (audit's ``counts`` has ``recorded`` and ``unrecorded`` as two integers); ``traceable`` and
+  ``untraceable`` (by reason) count the sites as ``traceable`` below says.
 * ``traceable``: ftrace can trace the function after boot. False for an unrecorded site, for one
   init refuses (``refused``) or gives no stub (``no-stub``), for a place recorded more than once
   (``duplicate``), for a weak-function body the kernel disables (``weak-body``), and for every
@@ -563,7 +566,7 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
             f"  records name the word {abs(offset)} bytes {'before' if offset < 0 else 'after'} each call slot "
             "(the kernel's ftrace_call_adjust() moves them onto it): `record` in --format json/csv"
         )
-    if not result.sites and not result.records.zeroed:  # zeroed records: FTRACE OFF or LOG says why
+    if not result.sites and not result.records.count and not result.records.zeroed:  # else the summary says why
         out.append(f"  no sites: {NOT_BUILT_FOR_FTRACE}")
     if result.unnamed:
         out.append("  no function symbols: sites are unnamed" + _blind(result.generation))

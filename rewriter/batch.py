@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, NamedTuple, TypeVar
 
 from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.elf.image import Image
@@ -244,7 +244,8 @@ def worker_pool(jobs: int, quiet_workers: bool = True) -> Iterator[ProcessPoolEx
     # frozen the collector in a worker does not walk it, nor copy the pages it would touch.
     gc.freeze()
     try:
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_quiet_worker if quiet_workers else None) as pool:
+        start = partial(_start_worker, os.getpid(), quiet_workers)
+        with ProcessPoolExecutor(max_workers=jobs, initializer=start) as pool:
             yield pool
     except BrokenProcessPool:
         # A worker killed from outside: out of memory, or SIGBUS from a file truncated while
@@ -317,10 +318,34 @@ def _render_chunk(
     return out
 
 
-def _quiet_worker() -> None:
-    """Ctrl-C reaches the whole process group: workers just stop, and the parent reports it once."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def _start_worker(parent: int, quiet: bool) -> None:
+    """A worker ends with its parent (:func:`_end_with_parent`); a ``quiet`` one just stops on
+    Ctrl-C, which reaches the whole process group, and the parent reports it once."""
+    if quiet:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _end_with_parent(parent)
+
+
+_PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
+
+
+def _end_with_parent(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM when its parent dies. A parent that ends while its
+    pool still runs (a second Ctrl-C as it shut the pool down, a SIGKILL) would otherwise leave the
+    workers waiting for work forever (each holds the task pipe open for the others, so none reads
+    its end), holding every descriptor they were forked with: the run's flocks on its trees, which
+    then refused every later run. SIGTERM, not SIGKILL: a worker that writes unwinds as the parent
+    would, and leaves no temporary file."""
+    import ctypes  # here: only workers need it
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: no such call, and the old behaviour
+        return
+    if os.getppid() != parent:  # it died before the call took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def default_jobs() -> int:

@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from conftest import FIXTURES
 
 from rewriter.batch import expand, map_batches, scan_one
@@ -102,3 +104,50 @@ def test_a_file_named_twice_or_under_two_named_directories_is_read_once(tmp_path
         capture_output=True, text=True,
     )  # fmt: skip
     assert check.returncode == 0 and "1 file (mprofile 1), 6 sites" in check.stdout, check.stdout + check.stderr
+
+
+_ORPHAN = """
+import os, sys, time
+from rewriter.batch import worker_pool
+
+def task(x):
+    time.sleep(x)
+    return os.getpid()
+
+if __name__ == "__main__":
+    with worker_pool(2, quiet_workers=sys.argv[1] == "quiet") as pool:
+        pids = {f.result() for f in [pool.submit(task, 0.3) for _ in range(2)]}
+        busy = [pool.submit(task, 1.0) for _ in range(2)]
+        print(" ".join(map(str, sorted(pids))), flush=True)
+        time.sleep(0.2)
+        os._exit(0)  # the parent dies with its pool running: a second Ctrl-C while it shut down, a SIGKILL
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("quiet", ["quiet", "writing"])
+def test_workers_end_with_their_parent(quiet: str, tmp_path: Path) -> None:
+    """A parent that died while its pool ran left its workers waiting for work forever, holding the
+    flocks they were forked with: every later prenop was refused, `locked by pid N` of a dead pid
+    (an interrupted whole-tree run, SIGINT to it and then to its group, as `timeout -s INT` sends)."""
+    script, pids_file = tmp_path / "orphan.py", tmp_path / "pids"
+    script.write_text(_ORPHAN)
+    with pids_file.open("w") as out:  # a file, not a pipe: orphans holding a pipe would hang the test
+        subprocess.run([sys.executable, str(script), quiet], stdout=out, check=True, timeout=60)
+    pids = [int(p) for p in pids_file.read_text().split()]
+    assert len(pids) == 2
+    try:
+        deadline = time.monotonic() + 5
+        while any(map(_alive, pids)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_alive, pids)), "workers outlived their parent"
+    finally:
+        for pid in filter(_alive, pids):
+            os.kill(pid, signal.SIGKILL)

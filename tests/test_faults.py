@@ -393,3 +393,22 @@ def test_a_report_on_a_full_disk_leaves_nothing(tiny_tmpfs: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "No space left on device" in lines[0], proc.stderr
     assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["filler"]
+
+
+def test_files_published_together_are_put_back_together_when_one_cannot_be_replaced(tmp_path: Path) -> None:
+    """A log, then the file it describes: when the file could not be replaced (immutable, a
+    directory in its place), the new log stayed, over the log of what the file still was, and
+    `prenop --verify` took the file for one undone since (undo could not read it back either)."""
+    from rewriter.elf.writer import NewFile, publish
+    from rewriter.errors import OutputError
+
+    log, new_log, target = tmp_path / "f.log", tmp_path / "g.log", tmp_path / "f"
+    log.write_bytes(b"the old log")
+    target.mkdir()
+    (target / "busy").write_bytes(b"")  # a non-empty directory: no rename replaces it
+    with pytest.raises(OutputError):
+        publish([NewFile(log, b"the new log", 0o644), NewFile(new_log, b"new", 0o644), NewFile(target, b"x", 0o644)])
+    assert log.read_bytes() == b"the old log" and not new_log.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "f.log"]  # no temporary file, no kept link
+    publish([NewFile(log, b"the new log", 0o644), NewFile(tmp_path / "h", b"x", 0o644)])
+    assert log.read_bytes() == b"the new log" and sorted(p.name for p in tmp_path.iterdir()) == ["f", "f.log", "h"]

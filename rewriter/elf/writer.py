@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import secrets
 import stat
 import tempfile
 from collections.abc import Sequence
@@ -194,15 +195,48 @@ def commit(pending: Pending) -> None:
 
 def commit_all(pending: Sequence[Pending]) -> None:
     """:func:`commit` each in order. If one fails, or a signal (Ctrl-C, SIGTERM) interrupts the
-    run meanwhile, every temporary file not yet renamed is removed: a target is either published
-    or left as it was, and no temporary file stays behind."""
+    run meanwhile, every temporary file not yet renamed is removed and every target already
+    renamed over is put back (its earlier file kept as a hard link until the end, :func:`_keep`):
+    the files of one call are published together or not at all, and a log is never left beside a
+    file it does not describe (a file that could not be replaced kept the new log, which replaced
+    the log of what the file still was). No temporary file stays behind."""
+    kept: list[tuple[Pending, str | None]] = []
     try:
         for p in pending:
+            kept.append((p, _keep(p.path) if len(pending) > 1 else None))
             commit(p)
     except BaseException:
         for p in pending:
             p.discard()
+        _put_back(kept)
         raise
+    for _, previous in kept:
+        if previous is not None:
+            _remove_quietly(previous)
+
+
+def _keep(path: Path) -> str | None:
+    """A hard link to the file at ``path`` beside it (named as a temporary file: a SIGKILL leaves
+    it as it leaves those), or None when there is none, or links cannot be made there."""
+    name = os.path.join(str(path.parent), f".{path.name}.{secrets.token_hex(6)}.previous{TMP_SUFFIX}")
+    try:
+        os.link(path, name)
+    except OSError:
+        return None
+    return name
+
+
+def _put_back(kept: Sequence[tuple[Pending, str | None]]) -> None:
+    """Undo what :func:`commit_all` published before it stopped, last first: the earlier file back
+    over its target, or a target that was new removed."""
+    for p, previous in reversed(kept):
+        if p.committed and previous is not None:
+            with contextlib.suppress(OSError):
+                os.replace(previous, p.path)
+        elif p.committed:
+            _remove_quietly(str(p.path))
+        elif previous is not None:
+            _remove_quietly(previous)
 
 
 class NewFile(NamedTuple):

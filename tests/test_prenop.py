@@ -652,3 +652,10 @@ def test_a_run_whose_every_file_fails_leaves_no_output_tree(corpus, tmp_path: Pa
     code, said = _cli("prenop", "--policy", KEEP_CORE, "-o", out, tree)
     assert code == 2 and "signed" in said, said
     assert not (tmp_path / "new").exists()
+
+
+def test_verify_against_a_path_that_is_not_there_is_one_line(tmp_path: Path) -> None:
+    """It was one "No such file or directory" line per file of the tree (3,127 for a whole kernel)."""
+    missing = tmp_path / "pristine"
+    code, out = _cli("prenop", "--verify", "--against", missing, ROOT / "fixtures/bin/prof-le")
+    assert code == 2 and out == f"mcountrw: error: --against {missing}: No such file or directory\n", out

@@ -420,6 +420,8 @@ def _check_options(mode: Mode, args: _Args) -> None:
     takes = MODES[mode]
     if args.against is not None and not takes.against:
         raise ArgumentError("--against goes with --verify")
+    if args.against is not None and not args.against.exists():  # else one line per file, each a miss
+        raise ArgumentError(f"--against {args.against}: No such file or directory")
     if (args.sign_key is None) != (args.sign_cert is None):
         raise ArgumentError("--sign-key and --sign-cert go together")
     if args.sign_key is not None and args.strip_signature:

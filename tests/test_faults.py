@@ -412,3 +412,40 @@ def test_files_published_together_are_put_back_together_when_one_cannot_be_repla
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "f.log"]  # no temporary file, no kept link
     publish([NewFile(log, b"the new log", 0o644), NewFile(tmp_path / "h", b"x", 0o644)])
     assert log.read_bytes() == b"the new log" and sorted(p.name for p in tmp_path.iterdir()) == ["f", "f.log", "h"]
+
+
+def test_a_target_whose_earlier_file_was_not_kept_is_never_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The put-back removed every target it had no link for, as if each had been new: with hard
+    links refused (vfat, protected_hardlinks) a failed publish deleted the log and the image; a
+    single file interrupted after its rename (in the directory's fsync) was deleted too."""
+    import errno
+
+    from rewriter.elf import writer
+    from rewriter.elf.writer import NewFile, publish
+    from rewriter.errors import OutputError
+
+    log, image, target = tmp_path / "f.log", tmp_path / "img", tmp_path / "f"
+    log.write_bytes(b"old log")
+    image.write_bytes(b"old image")
+    target.mkdir()
+    (target / "busy").write_bytes(b"")
+
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(writer.os, "link", no_links)
+    with pytest.raises(OutputError):
+        publish([NewFile(log, b"new log", 0o644), NewFile(image, b"new image", 0o644), NewFile(target, b"x", 0o644)])
+    assert log.read_bytes() == b"new log" and image.read_bytes() == b"new image"  # not known: left as published
+    monkeypatch.undo()
+
+    def interrupted(directory: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "_fsync_dir", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        publish([NewFile(image, b"newer image", 0o644)])
+    assert image.read_bytes() == b"newer image"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(TMP_SUFFIX)]

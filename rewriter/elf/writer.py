@@ -30,7 +30,7 @@ import stat
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from rewriter.errors import OutputError
 from rewriter.reading import IS_DIRECTORY
@@ -195,11 +195,11 @@ def commit(pending: Pending) -> None:
 
 def commit_all(pending: Sequence[Pending]) -> None:
     """:func:`commit` each in order. If one fails, or a signal (Ctrl-C, SIGTERM) interrupts the
-    run meanwhile, every temporary file not yet renamed is removed and every target already
-    renamed over is put back (its earlier file kept as a hard link until the end, :func:`_keep`):
-    the files of one call are published together or not at all, and a log is never left beside a
-    file it does not describe (a file that could not be replaced kept the new log, which replaced
-    the log of what the file still was). No temporary file stays behind."""
+    run meanwhile, every temporary file not yet renamed is removed, and of several files every
+    target already renamed over is put back (its earlier file kept as a hard link until the end,
+    :func:`_keep`): the files of one call are published together or not at all, and a log is never
+    left beside a file it does not describe (a file that could not be replaced kept the new log,
+    which replaced the log of what the file still was). No temporary file stays behind."""
     kept: list[tuple[Pending, str | None]] = []
     try:
         for p in pending:
@@ -211,16 +211,27 @@ def commit_all(pending: Sequence[Pending]) -> None:
         _put_back(kept)
         raise
     for _, previous in kept:
-        if previous is not None:
+        if previous:
             _remove_quietly(previous)
+
+
+_ABSENT: Final = ""  # _keep: no file was there
 
 
 def _keep(path: Path) -> str | None:
     """A hard link to the file at ``path`` beside it (named as a temporary file: a SIGKILL leaves
-    it as it leaves those), or None when there is none, or links cannot be made there."""
+    it as it leaves those); :data:`_ABSENT` when there is no file; None when its state is not known
+    or no link can be made (a file system without them, protected_hardlinks): then the target is
+    neither put back nor removed."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return _ABSENT
+    except OSError:
+        return None
     name = os.path.join(str(path.parent), f".{path.name}.{secrets.token_hex(6)}.previous{TMP_SUFFIX}")
     try:
-        os.link(path, name)
+        os.link(path, name, follow_symlinks=False)
     except OSError:
         return None
     return name
@@ -228,14 +239,15 @@ def _keep(path: Path) -> str | None:
 
 def _put_back(kept: Sequence[tuple[Pending, str | None]]) -> None:
     """Undo what :func:`commit_all` published before it stopped, last first: the earlier file back
-    over its target, or a target that was new removed."""
+    over its target, or a target that was not there removed; one whose earlier state is not known
+    stays as published."""
     for p, previous in reversed(kept):
-        if p.committed and previous is not None:
+        if p.committed and previous:
             with contextlib.suppress(OSError):
                 os.replace(previous, p.path)
-        elif p.committed:
+        elif p.committed and previous == _ABSENT:
             _remove_quietly(str(p.path))
-        elif previous is not None:
+        elif previous:
             _remove_quietly(previous)
 
 

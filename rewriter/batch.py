@@ -226,7 +226,8 @@ def map_batches(
     from concurrent.futures import as_completed
 
     with worker_pool(min(jobs, len(batches)), quiet_workers) as pool:
-        futures = {pool.submit(fn, batch): b for b, batch in enumerate(batches)}
+        task = partial(_run_task, fn)
+        futures = {pool.submit(task, batch): b for b, batch in enumerate(batches)}
         for done in as_completed(futures):
             yield futures[done], done.result()
 
@@ -237,6 +238,7 @@ def worker_pool(jobs: int, quiet_workers: bool = True) -> Iterator[ProcessPoolEx
     (it only reads); otherwise a worker keeps the handlers it was forked with, and a signal unwinds
     it like the parent, so that the files it was writing leave no temporary files behind."""
     # Imported here: the process pool machinery costs 17 ms to import, a fifth of a vmlinux scan.
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
@@ -245,7 +247,10 @@ def worker_pool(jobs: int, quiet_workers: bool = True) -> Iterator[ProcessPoolEx
     gc.freeze()
     try:
         start = partial(_start_worker, os.getpid(), quiet_workers)
-        with ProcessPoolExecutor(max_workers=jobs, initializer=start) as pool:
+        # Forked, whatever the interpreter's default (forkserver from Python 3.14): the workers
+        # share what the parent loaded, and their parent is this process (_end_with_parent).
+        fork = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=jobs, initializer=start, mp_context=fork) as pool:
             yield pool
     except BrokenProcessPool:
         # A worker killed from outside: out of memory, or SIGBUS from a file truncated while
@@ -320,11 +325,53 @@ def _render_chunk(
 
 def _start_worker(parent: int, quiet: bool) -> None:
     """A worker ends with its parent (:func:`_end_with_parent`); a ``quiet`` one just stops on
-    Ctrl-C, which reaches the whole process group, and the parent reports it once."""
+    Ctrl-C, which reaches the whole process group, and the parent reports it once. One that writes
+    keeps the parent's handlers, but a SIGTERM that finds the parent gone unwinds its task (no
+    temporary file is left) and ends the process (:func:`_on_sigterm`)."""
     if quiet:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    else:
+        signal.signal(signal.SIGTERM, partial(_on_sigterm, parent, signal.getsignal(signal.SIGTERM)))
     _end_with_parent(parent)
+
+
+class _Orphaned(BaseException):
+    """A writing worker's parent died: its task unwinds (its ``with`` blocks remove their temporary
+    files), then :func:`_run_task` ends the process. Not caught by the pool's own worker loop,
+    which would send the task's end to no one and wait for the next task forever."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_in_task = False  # in a worker: whether _run_task is running a task
+
+
+def _on_sigterm(parent: int, inherited: object, signum: int, frame: object) -> None:
+    if os.getppid() == parent:  # sent to the process group, the parent alive: as the parent does
+        if callable(inherited):
+            inherited(signum, frame)
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    if not _in_task:  # waiting for work: nothing to unwind
+        os._exit(128 + signum)
+    raise _Orphaned(signum)
+
+
+def _run_task(fn: Callable[[Sequence[T]], list[R]], batch: Sequence[T]) -> list[R]:
+    """``fn(batch)`` in a worker; ends the worker once an orphaned task has unwound."""
+    global _in_task
+    _in_task = True
+    try:
+        return fn(batch)
+    except _Orphaned as e:
+        os._exit(128 + e.signum)
+    finally:
+        _in_task = False
 
 
 _PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h

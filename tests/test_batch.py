@@ -107,20 +107,24 @@ def test_a_file_named_twice_or_under_two_named_directories_is_read_once(tmp_path
 
 
 _ORPHAN = """
-import os, sys, time
-from rewriter.batch import worker_pool
+import multiprocessing, os, signal, sys, time
+from rewriter.batch import map_batches
+from rewriter.cli.exits import interrupt
 
-def task(x):
-    time.sleep(x)
-    return os.getpid()
+def work(batch):
+    time.sleep(batch[0])  # a long task: a worker rewriting a file
+    return [os.getpid()]
 
 if __name__ == "__main__":
-    with worker_pool(2, quiet_workers=sys.argv[1] == "quiet") as pool:
-        pids = {f.result() for f in [pool.submit(task, 0.3) for _ in range(2)]}
-        busy = [pool.submit(task, 1.0) for _ in range(2)]
-        print(" ".join(map(str, sorted(pids))), flush=True)
-        time.sleep(0.2)
-        os._exit(0)  # the parent dies with its pool running: a second Ctrl-C while it shut down, a SIGKILL
+    quiet = sys.argv[1] == "quiet"
+    if not quiet:  # as the CLI runs a writing pool: its handlers, which the workers keep
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, interrupt)
+    for n, _ in enumerate(map_batches(work, [[0.3], [0.3], [30.0], [30.0]], 2, quiet_workers=quiet)):
+        if n == 1:
+            time.sleep(0.3)  # both workers are in their long task now
+            print(" ".join(str(c.pid) for c in multiprocessing.active_children()), flush=True)
+            os._exit(0)  # the parent dies with its pool running: a second Ctrl-C as it shut down, a SIGKILL
 """
 
 
@@ -137,17 +141,18 @@ def test_workers_end_with_their_parent(quiet: str, tmp_path: Path) -> None:
     """A parent that died while its pool ran left its workers waiting for work forever, holding the
     flocks they were forked with: every later prenop was refused, `locked by pid N` of a dead pid
     (an interrupted whole-tree run, SIGINT to it and then to its group, as `timeout -s INT` sends)."""
-    script, pids_file = tmp_path / "orphan.py", tmp_path / "pids"
+    script, pids_file, err_file = tmp_path / "orphan.py", tmp_path / "pids", tmp_path / "err"
     script.write_text(_ORPHAN)
-    with pids_file.open("w") as out:  # a file, not a pipe: orphans holding a pipe would hang the test
-        subprocess.run([sys.executable, str(script), quiet], stdout=out, check=True, timeout=60)
+    with pids_file.open("w") as out, err_file.open("w") as err:  # files: orphans holding a pipe would hang it
+        subprocess.run([sys.executable, str(script), quiet], stdout=out, stderr=err, check=True, timeout=60)
     pids = [int(p) for p in pids_file.read_text().split()]
     assert len(pids) == 2
     try:
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 5  # their tasks would run 30 s
         while any(map(_alive, pids)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(map(_alive, pids)), "workers outlived their parent"
+        assert "Traceback" not in err_file.read_text(), err_file.read_text()
     finally:
         for pid in filter(_alive, pids):
             os.kill(pid, signal.SIGKILL)

@@ -176,20 +176,11 @@ def diff(
     removed, moved, or changed in state, variant or record, matched by function name. Sites only
     an image's patch log knows take part, so a site a rewrite nopped and unrecorded reads as
     changed, not removed."""
-    from rewriter.batch import expand_named
-    from rewriter.diff import check_pairable, diff_paths
+    from rewriter.diff import diff_paths
     from rewriter.report import jsonfmt, md
 
     generations = _diff_generations(generation or [])
-    for path in (a, b):
-        if not path.exists():
-            raise ImageError(f"{path}: {NO_SUCH_FILE}")
-    check_pairable(a, b)
-    found_a, errors_a = expand_named([a])
-    found_b, errors_b = expand_named([b])
-    for found, errs in ((found_a, errors_a), (found_b, errors_b)):
-        if not found and errs:  # nothing to compare on one side: no report at all, one line
-            raise ImageError(errs[0])
+    (found_a, errors_a), (found_b, errors_b) = _diff_sides(a, b)
     logs = _diff_logs(a, b, found_a, found_b, log or [], log_dir or [])
     files_a, files_b = [f.path for f in found_a], [f.path for f in found_b]
     check_report_output(output, [*files_a, *files_b, *logs.values()])
@@ -205,6 +196,23 @@ def diff(
     emit(text, output)
     bad_input_if(errors)
     findings_if(result.changed)
+
+
+def _diff_sides(a: Path, b: Path) -> tuple[tuple[list[Found], list[str]], tuple[list[Found], list[str]]]:
+    """The files of each side, and the lines of those that cannot be read; a side with nothing to
+    compare is refused in one line, and no report is made."""
+    from rewriter.batch import expand_named
+    from rewriter.diff import check_pairable
+
+    for path in (a, b):
+        if not path.exists():
+            raise ImageError(f"{path}: {NO_SUCH_FILE}")
+    check_pairable(a, b)
+    sides = expand_named([a]), expand_named([b])
+    for found, errs in sides:
+        if not found and errs:
+            raise ImageError(errs[0])
+    return sides
 
 
 def _diff_logs(

@@ -269,19 +269,25 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
             "ftrace off (--keep-records: a negative control)",
             err=True,
         )
-    if result.output is not None:
-        # The file as it was before this step: the pristine original only if no earlier step rewrote it.
-        before = "the original" if result.base is None else "the file as it was before this step"
-        kept = "" if result.backup is None else f", {before} kept as {result.backup}"
-        typer.echo(f"wrote {result.output} and {result.log}{kept}", err=True)
-    if result.base is not None and result.output is not None:
-        typer.echo(f"the log builds on {result.base.path} (the input's log)", err=True)
+    _print_written(result)
     for p in result.stage_images:
         typer.echo(f"stage image {p}", err=True)
     if writing.stage_dir is not None and not writing.dry_run and not result.stage_images:
         typer.echo(
             f"no stage image written to {writing.stage_dir}: this rewrite writes no word (records only)", err=True
         )
+
+
+def _print_written(result: ApplyResult) -> None:
+    """The files written, the backup kept (the pristine original only if no earlier step rewrote
+    the file), and the log the new one builds on."""
+    if result.output is None:
+        return
+    before = "the original" if result.base is None else "the file as it was before this step"
+    kept = "" if result.backup is None else f", {before} kept as {result.backup}"
+    typer.echo(f"wrote {result.output} and {result.log}{kept}", err=True)
+    if result.base is not None:
+        typer.echo(f"the log builds on {result.base.path} (the input's log)", err=True)
 
 
 def _records_only(r: Rewrite, dry_run: bool, when: str) -> str:

@@ -644,16 +644,6 @@ def test_reproducible_flag_is_accepted_and_two_trees_give_the_same_bytes(tmp_pat
     assert outputs[0][0] != (FIXTURES / "bin" / "clean.o").read_bytes()
 
 
-def test_a_run_whose_every_file_fails_leaves_no_output_tree(corpus, tmp_path: Path) -> None:
-    """Signed modules and no signature option: every file fails, exit 2, and the new -o tree the
-    run made was left behind, empty."""
-    tree = _small_tree(corpus, tmp_path / "in", ("fs/nls/nls_utf8.ko",))
-    out = tmp_path / "new" / "out"
-    code, said = _cli("prenop", "--policy", KEEP_CORE, "-o", out, tree)
-    assert code == 2 and "signed" in said, said
-    assert not (tmp_path / "new").exists()
-
-
 def test_verify_against_a_path_that_is_not_there_is_one_line(tmp_path: Path) -> None:
     """It was one "No such file or directory" line per file of the tree (3,127 for a whole kernel)."""
     missing = tmp_path / "pristine"

@@ -250,18 +250,18 @@ def _finding(mode: Mode, report: FileReport) -> bool:
 def _locked(mode: Mode, args: _Args, wait: bool) -> Iterator[None]:
     """Make the output tree (:func:`_output_tree`) and hold the locks of the run
     (:func:`_locked_paths`) for the ``with`` block. A run that does not get them (another run
-    holds one and there is no ``--wait``, or it is interrupted while it waits), or that wrote
-    nothing into them (every file failed), removes the directories it made and left empty, so that
-    it leaves no directory behind either. The
+    holds one and there is no ``--wait``, or it is interrupted while it waits) removes the
+    directories it made, so that a run refused for a lock leaves no directory behind either. The
     tree is made before the locks are taken, not after: every path is then locked in the one
     order of ``rewriter.lock``, and two runs that would both create the tree meet at its lock."""
     made = _make_tree(_output_tree(mode, args))
-    try:
-        with hold(_locked_paths(mode, args), wait, say_waiting):
-            yield
-    finally:
-        # Also after the run: one whose every file failed wrote nothing into the tree it made.
-        _remove_empty(made)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(hold(_locked_paths(mode, args), wait, say_waiting))
+        except BaseException:
+            _remove_empty(made)
+            raise
+        yield
 
 
 def _output_tree(mode: Mode, args: _Args) -> Path | None:
@@ -290,8 +290,10 @@ def _make_tree(tree: Path | None) -> list[Path]:
 def _remove_empty(made: Sequence[Path]) -> None:
     """Remove the directories ``made`` (outermost first) that are still empty, innermost first.
     Only empty ones: another run that found the tree just made and took it over (it holds its
-    lock) may have written into it; one that found it empty and is about to write stops with a
-    "No such file or directory" line and writes nothing, which loses nothing."""
+    lock) may have written into it. Left open: a run that waited (``--wait``) on the lock of a
+    tree removed here holds a lock on a directory that is gone, and its writes make the tree again,
+    unlocked; a third run could then lock that one and write beside it. Only a run refused for a
+    lock removes its tree (not one whose files all failed: that would widen the window)."""
     for d in reversed(made):
         try:
             d.rmdir()

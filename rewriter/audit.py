@@ -975,8 +975,13 @@ def roll_up(audit: Audit) -> tuple[GroupSummary, ...]:
     return tuple(sorted(out, key=lambda s: (-s.sites, s.group)))
 
 
+def failing(audit: Audit, level: Severity | None) -> Counter[Severity]:
+    """The anomalies at or above ``level``, counted by severity (None: none ever fail)."""
+    if level is None:
+        return Counter()
+    return Counter(a.severity for img in audit.images for a in img.anomalies if RANK[a.severity] >= RANK[level])
+
+
 def fails(audit: Audit, level: Severity | None) -> bool:
     """True when an anomaly at or above ``level`` exists (None: never)."""
-    if level is None:
-        return False
-    return any(RANK[a.severity] >= RANK[level] for img in audit.images for a in img.anomalies)
+    return bool(failing(audit, level))

@@ -37,7 +37,7 @@ from rewriter.errors import ArgumentError, ImageError, LogError, NothingToDo, Ou
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.heap import collector_paused
 from rewriter.known import by_place, with_log
-from rewriter.locs import loop_for_modules, unchecked_drops
+from rewriter.locs import UNCHECKED_RISK, loop_for_modules, unchecked_drops
 from rewriter.log import (
     Base,
     Data,
@@ -255,8 +255,7 @@ def _unchecked_kernel(image: Image, before: Scan, result: Rewrite, options: Opti
         why = "--kernel VMLINUX checks"
     return (
         f"{image.path}: {counted(unchecked, 'record')} dropped from a patchable module without checking "
-        "its kernel: one whose ftrace_process_locs() adds 4 before it tests a record for zero (before the 2025 "
-        f"change) turns ftrace off when the module loads; {why}"
+        f"its kernel: {UNCHECKED_RISK}; {why}"
     )
 
 

@@ -57,6 +57,14 @@ def zero_records_fail(generation: Generation | None, loop: Locs) -> bool:
     return generation is Generation.PATCHABLE and loop is Locs.ADJUSTS_FIRST
 
 
+UNCHECKED_RISK: Final = (
+    "a kernel whose ftrace_process_locs() adds 4 before it tests a record for zero (before the 2025 change) "
+    "turns ftrace off when the module loads"
+)
+"""Why records dropped from a patchable module with no kernel's loop to hold them to are a risk
+(:func:`unchecked_drops`): said by ``nop`` of one module and by a ``prenop`` run."""
+
+
 def loop_for_modules(generation: Generation | None, loop: Locs) -> Locs:
     """The loop a vmlinux of ``generation`` holds its modules' records to, as far as it matters
     here: only a patchable kernel loads patchable modules, the only ones whose zeroed records the

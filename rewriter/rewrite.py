@@ -459,11 +459,14 @@ def _check_nop_keeps_records(image: Image, selected: Sequence[Site], todo: Seque
     kept = [s for s in selected if s.recorded and LAYOUTS[s.variant].generation is not Generation.MPROFILE]
     if kept:
         gen = LAYOUTS[kept[0].variant].generation.value
-        are = "the 1 selected site already is" if len(kept) == 1 else f"the {len(kept)} selected sites already are"
+        one = len(kept) == 1
+        are = "the 1 selected site already is" if one else f"the {len(kept)} selected sites already are"
+        keep, it, its = (
+            ("its record keeps it", "it", "its record") if one else ("their records keep them", "them", "their records")
+        )
         raise PlanRejected(
-            f"{image.path}: {gen}: {are} nop as built, and their "
-            f"records keep them traceable (the kernel patches them {when}): pre-nopping them means dropping their "
-            "records: add --drop-records"
+            f"{image.path}: {gen}: {are} nop as built, and {keep} traceable (the kernel patches {it} {when}): "
+            f"pre-nopping {it} means dropping {its}: add --drop-records"
         )
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -121,12 +120,10 @@ def audit(
 
 def _failing_text(result: Audit, fail_on: FailOn) -> str:
     """``2 errors, 243 notes at or above --fail-on note``: the anomalies that make audit exit 1."""
-    from rewriter.audit import RANK, Severity
+    from rewriter.audit import Severity, failing
     from rewriter.prose import counted
 
-    level = fail_on.severity
-    assert level is not None
-    counts = Counter(a.severity for img in result.images for a in img.anomalies if RANK[a.severity] >= RANK[level])
+    counts = failing(result, fail_on.severity)
     said = [counted(counts[s], s.value) for s in (Severity.ERROR, Severity.WARNING, Severity.NOTE) if counts[s]]
     return f"{', '.join(said)} at or above --fail-on {fail_on.value}"
 

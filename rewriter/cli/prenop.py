@@ -423,7 +423,9 @@ def _check_options(mode: Mode, args: _Args) -> None:
     if args.against is not None and not takes.against:
         raise ArgumentError("--against goes with --verify")
     if args.against is not None and not args.against.exists():  # else one line per file, each a miss
-        raise ArgumentError(f"--against {args.against}: No such file or directory")
+        from rewriter.reading import NO_SUCH_FILE
+
+        raise ArgumentError(f"--against {args.against}: {NO_SUCH_FILE}")
     if (args.sign_key is None) != (args.sign_cert is None):
         raise ArgumentError("--sign-key and --sign-cert go together")
     if args.sign_key is not None and args.strip_signature:
@@ -579,12 +581,13 @@ def _unchecked_warning(reports: Sequence[FileReport]) -> list[str]:
     unchecked = [r for r in reports if r.unchecked]
     if not unchecked:
         return []
+    from rewriter.locs import UNCHECKED_RISK
+
     records = counted(sum(r.unchecked for r in unchecked), "record")
     modules = counted(len(unchecked), "patchable module")
     return [
         f"warning: {records} dropped from {modules} with no patchable vmlinux in the run whose loop was read: "
-        "a kernel whose ftrace_process_locs() adds 4 before it tests a record for zero (before the 2025 change) "
-        "turns ftrace off when one loads; name its vmlinux in the run to check (docs/prenop.md). "
+        f"{UNCHECKED_RISK}; name its vmlinux in the run to check (docs/prenop.md). "
         f"First: {unchecked[0].rel}"
     ]
 

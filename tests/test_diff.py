@@ -282,3 +282,11 @@ def test_a_pair_of_two_bad_files_names_both(tmp_path: Path) -> None:
     assert tree.exit_code == 2 and tree.stderr.splitlines() == bad and "1 image pair" in tree.stdout, tree.output
     files = CliRunner().invoke(app, ["diff", str(tmp_path / "a" / "y.ko"), str(tmp_path / "b" / "y.ko")])
     assert files.exit_code == 2 and files.stderr.splitlines() == bad and not files.stdout, files.output
+
+
+def test_two_missing_paths_are_both_named(tmp_path: Path) -> None:
+    """diff of two paths that are not there named only the first."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    result = CliRunner().invoke(app, ["diff", str(a), str(b)])
+    assert result.exit_code == 2 and not result.stdout, result.output
+    assert result.stderr.splitlines() == [f"mcountrw: error: {p}: No such file or directory" for p in (a, b)]

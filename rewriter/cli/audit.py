@@ -201,9 +201,10 @@ def _diff_sides(a: Path, b: Path) -> tuple[tuple[list[Found], list[str]], tuple[
     from rewriter.batch import expand_named
     from rewriter.diff import check_pairable
 
-    for path in (a, b):
-        if not path.exists():
-            raise ImageError(f"{path}: {NO_SUCH_FILE}")
+    missing = [f"{path}: {NO_SUCH_FILE}" for path in (a, b) if not path.exists()]
+    if missing:  # both named when both are missing, one line each
+        print_errors(missing)
+        raise typer.Exit(ExitCode.BAD_INPUT)
     check_pairable(a, b)
     sides = expand_named([a]), expand_named([b])
     for found, errs in sides:

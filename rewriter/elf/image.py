@@ -152,12 +152,13 @@ def relocatable_at_a_glance(path: Path) -> bool:
         return True
     try:
         with path.open("rb") as fh:
-            head = fh.read(18)
+            head = fh.read(S.E_TYPE.stop)
     except OSError:
         return False
-    if len(head) < 18 or head[:4] != b"\x7fELF" or head[5] not in (1, 2):
+    order = S.ident_byte_order(head)
+    if len(head) < S.E_TYPE.stop or not head.startswith(S.ELF_MAGIC) or order is None:
         return False
-    return int.from_bytes(head[16:18], "little" if head[5] == 1 else "big") == S.ET_REL
+    return int.from_bytes(head[S.E_TYPE], order) == S.ET_REL
 
 
 def index_name(shndx: int) -> str:
@@ -202,16 +203,17 @@ class Image:
         self.data = data
         self.compression = compression
         self.size = len(data)
-        if self.size < 16:
+        if self.size < S.EI_NIDENT:
             raise self.error("empty file" if self.size == 0 else f"not an ELF file (too short){self._named()}")
-        ident = bytes(data[:16])
-        if ident[:4] != S.ELF_MAGIC:
+        ident = bytes(data[: S.EI_NIDENT])
+        if not ident.startswith(S.ELF_MAGIC):
             raise self.error(f"not an ELF file{self._named()}")
-        if ident[4] != S.ELFCLASS64:
-            raise self.error(f"ELF class {ident[4]} is not ELF64 (a 32-bit file?)")
-        if ident[5] not in (S.ELFDATA2LSB, S.ELFDATA2MSB):
-            raise self.error(f"bad ELF data encoding {ident[5]} (not little or big endian)")
-        self.endian: S.Endian = "<" if ident[5] == S.ELFDATA2LSB else ">"
+        if ident[S.EI_CLASS] != S.ELFCLASS64:
+            raise self.error(f"ELF class {ident[S.EI_CLASS]} is not ELF64 (a 32-bit file?)")
+        order = S.ident_byte_order(ident)
+        if order is None:
+            raise self.error(f"bad ELF data encoding {ident[S.EI_DATA]} (not little or big endian)")
+        self.endian: S.Endian = "<" if order == "little" else ">"
         self.signature = self._find_signature()
         self.elf_end = self.signature.elf_end if self.signature else self.size
         ehdr_dt = _EHDR[self.endian]

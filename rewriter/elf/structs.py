@@ -19,9 +19,13 @@ Endian = Literal["<", ">"]  # numpy and struct spell byte order this way
 ByteOrder = Literal["little", "big"]  # int.from_bytes and the logs spell it this way
 
 ELF_MAGIC: Final = b"\x7fELF"
+EI_CLASS: Final = 4  # e_ident indexes
+EI_DATA: Final = 5
+EI_NIDENT: Final = 16
 ELFCLASS64: Final = 2
 ELFDATA2LSB: Final = 1
 ELFDATA2MSB: Final = 2
+E_TYPE: Final = slice(16, 18)  # e_type's bytes, the same in ELF32 and ELF64
 EM_PPC64: Final = 21
 EM_PPC: Final = 20
 
@@ -30,6 +34,15 @@ ET_EXEC: Final = 2
 ET_DYN: Final = 3
 
 EF_PPC64_ABI: Final = 0x3  # e_flags: 0 unspecified, 1 ELFv1, 2 ELFv2
+
+
+def ident_byte_order(ident: bytes) -> ByteOrder | None:
+    """The byte order an ELF identification names, or None for an encoding that is neither."""
+    data = ident[EI_DATA] if len(ident) > EI_DATA else None
+    if data == ELFDATA2LSB:
+        return "little"
+    return "big" if data == ELFDATA2MSB else None
+
 
 SHN_UNDEF: Final = 0
 SHN_LORESERVE: Final = 0xFF00

@@ -74,7 +74,7 @@ from rewriter.policy import Policy, Verb, module_name
 from rewriter.reading import NO_SUCH_FILE
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey, parse_trailer
-from rewriter.sites import Site, scan
+from rewriter.sites import Site, kernel_loop, scan
 from rewriter.states import SiteState
 
 
@@ -634,10 +634,10 @@ def _kernel_locs(ts: Sequence[Target], settings: Settings) -> Locs:
             continue
         if image.kind is Kind.VMLINUX:
             try:
-                found = scan(image, settings.hints.mcount_addr, settings.hints.generation)
+                generation, loop = kernel_loop(image, settings.hints.mcount_addr, settings.hints.generation)
             except RewriteError:
                 return Locs.UNKNOWN  # reported in its turn
-            return loop_for_modules(found.generation, found.locs)
+            return loop_for_modules(generation, loop)
     return Locs.UNKNOWN
 
 

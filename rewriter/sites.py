@@ -208,6 +208,19 @@ class Detect(NamedTuple):
     reason: str
 
 
+class _Read(NamedTuple):
+    """What every scan of a linked image reads before it classifies a site."""
+
+    text: CodeView
+    funcs: Functions
+    tables: tuple[RecordTable, ...]
+    entries: np.ndarray
+    calls: np.ndarray
+    records: np.ndarray
+    generation: Generation | None
+    overridden: Detect | None
+
+
 def scan(
     image: Image, mcount_addr: int | None = None, generation: Generation | None = None, text: CodeView | None = None
 ) -> Scan:
@@ -215,6 +228,35 @@ def scan(
     audit lays the text out once for the scan and the walk)."""
     if image.type == S.ET_REL:
         return _scan_relocatable(image, generation, text)
+    read = _read_linked(image, mcount_addr, generation, text)
+    text, funcs, generation = read.text, read.funcs, read.generation
+    locs = kernel_locs(image, funcs)
+    places, skipped = _split_skipped(image, read.records, locs)
+    weak = weak_max_offset(image, generation)
+    sites, unmatched = _classify(image, text, funcs, generation, read.calls, places, weak)
+    stubs: tuple[StubArea, ...] = ()
+    if generation is Generation.OOL:
+        stubs, sites = _with_stubs(image, sites)
+    recs = _records(image, read.tables, read.records, unmatched, skipped)
+    mcount = tuple(int(e) for e in read.entries)
+    return Scan(
+        image.path, image.kind, _endian(image), image.abi, sites, recs, mcount, funcs, generation, stubs, weak,
+        overridden=read.overridden, locs=locs,
+    )  # fmt: skip
+
+
+def kernel_loop(
+    image: Image, mcount_addr: int | None = None, generation: Generation | None = None
+) -> tuple[Generation | None, Locs]:
+    """A linked image's generation and its ftrace_process_locs() loop, without classifying its
+    sites: what a prenop run needs of the vmlinux that will load its modules."""
+    read = _read_linked(image, mcount_addr, generation, None)
+    return read.generation, kernel_locs(image, read.funcs)
+
+
+def _read_linked(image: Image, mcount_addr: int | None, generation: Generation | None, text: CodeView | None) -> _Read:
+    """A linked image's code, functions, record tables, mcount calls and generation (``generation``
+    given: the override, with what the image itself says when that contradicts it)."""
     if text is None:
         text = code_view(image)
     funcs = functions(image)
@@ -235,19 +277,7 @@ def scan(
     else:
         overridden = _contradicted(generation, detect_generation(image, text, calls, records))
     check_mcount_addr(generation, mcount_addr, image.path)
-    locs = kernel_locs(image, funcs)
-    places, skipped = _split_skipped(image, records, locs)
-    weak = weak_max_offset(image, generation)
-    sites, unmatched = _classify(image, text, funcs, generation, calls, places, weak)
-    stubs: tuple[StubArea, ...] = ()
-    if generation is Generation.OOL:
-        stubs, sites = _with_stubs(image, sites)
-    recs = _records(image, tables, records, unmatched, skipped)
-    mcount = tuple(int(e) for e in entries)
-    return Scan(
-        image.path, image.kind, _endian(image), image.abi, sites, recs, mcount, funcs, generation, stubs, weak,
-        overridden=overridden, locs=locs,
-    )  # fmt: skip
+    return _Read(text, funcs, tuple(tables), entries, calls, records, generation, overridden)
 
 
 def override_text(result: Scan, verb: str = "overrides") -> str | None:

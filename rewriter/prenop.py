@@ -58,6 +58,7 @@ from rewriter.batch import first_of_each, map_batches, tree_name
 from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
+from rewriter.elf.signature import TrailerError, parse_trailer
 from rewriter.elf.writer import NewFile, land, publish, stage
 from rewriter.errors import LogError, RewriteError, WordMismatch
 from rewriter.files import (
@@ -73,7 +74,7 @@ from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_pat
 from rewriter.policy import Policy, Verb, module_name
 from rewriter.reading import NO_SUCH_FILE
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
-from rewriter.sign import Signer, SigningKey, parse_trailer
+from rewriter.sign import Signer, SigningKey
 from rewriter.sites import Site, kernel_loop, scan
 from rewriter.states import SiteState
 
@@ -234,7 +235,7 @@ def _unsigned(content: bytes) -> bytes | None:
     """``content`` without a trailing module signature; None if it has none."""
     try:
         trailer = parse_trailer(content)
-    except RewriteError:
+    except TrailerError:
         return None
     return None if trailer is None else content[: trailer.elf_end]
 

@@ -33,8 +33,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
+from rewriter.elf.signature import MODULE_SIG_MAGIC, module_signature
 from rewriter.errors import RewriteError
 from rewriter.reading import read_regular
 
@@ -44,47 +45,11 @@ if TYPE_CHECKING:  # cryptography is imported only by the code that signs (it co
 
     PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
-MARKER: Final = b"~Module signature appended~\n"
-PKEY_ID_PKCS7: Final = 2
-TRAILER_STRUCT_SIZE: Final = 12
 HASHES: Final = ("sha256", "sha384", "sha512", "sha224")
 
 
 class SignError(RewriteError):
     """A key or certificate that cannot be used, or a trailer that does not parse."""
-
-
-class Trailer(NamedTuple):
-    """A parsed signature trailer. ``elf_end``: where the module bytes stop."""
-
-    elf_end: int
-    cms: bytes
-    algo: int
-    hash: int
-    id_type: int
-    signer_len: int
-    key_id_len: int
-    pad: bytes
-
-
-def module_signature(sig_len: int) -> bytes:
-    """``struct module_signature`` for a PKCS#7 signature of ``sig_len`` bytes."""
-    return bytes([0, 0, PKEY_ID_PKCS7, 0, 0, 0, 0, 0]) + sig_len.to_bytes(4, "big")
-
-
-def parse_trailer(data: bytes) -> Trailer | None:
-    """The trailer at the end of ``data``; None if there is no marker."""
-    if not data.endswith(MARKER):
-        return None
-    end = len(data) - len(MARKER)
-    head = data[end - TRAILER_STRUCT_SIZE : end]
-    if len(head) != TRAILER_STRUCT_SIZE:
-        raise SignError("truncated module signature")
-    sig_len = int.from_bytes(head[8:12], "big")
-    elf_end = end - TRAILER_STRUCT_SIZE - sig_len
-    if elf_end < 0:
-        raise SignError(f"module signature length {sig_len} runs past the start of the file")
-    return Trailer(elf_end, data[elf_end : elf_end + sig_len], head[0], head[1], head[2], head[3], head[4], head[5:8])
 
 
 @dataclass(frozen=True)
@@ -166,7 +131,7 @@ class Signer:
     def trailer(self, module: bytes) -> bytes:
         """Everything sign-file appends to ``module``: CMS, ``struct module_signature``, marker."""
         cms = self.cms(module)
-        return cms + module_signature(len(cms)) + MARKER
+        return cms + module_signature(len(cms)) + MODULE_SIG_MAGIC
 
 
 def _read(path: Path, what: str) -> bytes:

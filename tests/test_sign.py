@@ -17,7 +17,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from rewriter.sign import MARKER, Signer, SignError, module_signature, parse_trailer
+from rewriter.elf.image import Image
+from rewriter.elf.signature import MODULE_SIG_MAGIC as MARKER
+from rewriter.elf.signature import TrailerError, module_signature, parse_trailer
+from rewriter.errors import ImageError
+from rewriter.sign import Signer, SignError
 
 BODY = b"\x7fELF" + bytes(range(256)) * 64  # any bytes: the signature does not parse the module
 
@@ -250,3 +254,19 @@ def test_resigned_modules_verify_and_undo_with_the_single_file_commands(keys, tm
 
 def _mcountrw(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "rewriter", *map(str, args)], capture_output=True, text=True)
+
+
+def test_reading_and_signing_agree_on_a_trailer_that_leaves_no_room_for_an_elf_header(tmp_path) -> None:
+    """One parser: a module load and prenop's re-signing check both refuse a trailer whose length
+    would leave fewer bytes than an ELF header before it (the two parsers used to disagree)."""
+    body = b"\x7fELF\x02\x01\x01" + bytes(33)  # ELF64, little-endian: read as far as the trailer
+    cms = b"\x30" * 8
+    data = body + cms + module_signature(len(cms)) + MARKER
+    with pytest.raises(TrailerError, match="runs past the start of the file"):
+        parse_trailer(data)
+    (tmp_path / "m.ko").write_bytes(data)
+    with pytest.raises(ImageError, match=r"m\.ko: module signature length 8 runs past the start"):
+        Image.load(tmp_path / "m.ko")
+    whole = BODY + cms + module_signature(len(cms)) + MARKER
+    parsed = parse_trailer(whole)
+    assert parsed is not None and (parsed.elf_end, parsed.cms, parsed.id_type) == (len(BODY), cms, 2)

@@ -26,6 +26,7 @@ import numpy as np
 from rewriter import arrays
 from rewriter.elf import structs as S
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, decompress, detect_compression
+from rewriter.elf.signature import Trailer, TrailerError, parse_trailer
 from rewriter.errors import ImageError, UnmappedAddress
 from rewriter.ppc import Addr, Offset
 from rewriter.prose import printable
@@ -82,14 +83,6 @@ class Section(NamedTuple):
 
     def contains_addr(self, addr: int) -> bool:
         return bool(self.flags & S.SHF_ALLOC) and self.addr <= addr < self.addr + self.size
-
-
-class Signature(NamedTuple):
-    """A module signature trailer: ``elf_end`` is where the ELF data stops and the
-    PKCS#7 blob, the ``module_signature`` struct and the marker begin."""
-
-    elf_end: int
-    sig_len: int
 
 
 @dataclass(frozen=True)
@@ -274,19 +267,11 @@ class Image:
     def error(self, message: str) -> ImageError:
         return ImageError(f"{self.path}: {message}")
 
-    def _find_signature(self) -> Signature | None:
-        tail = bytes(self.data[-len(S.MODULE_SIG_MAGIC) :])
-        if tail != S.MODULE_SIG_MAGIC:
-            return None
-        struct_end = self.size - len(S.MODULE_SIG_MAGIC)
-        struct_start = struct_end - S.MODULE_SIG_STRUCT_SIZE
-        if struct_start < 0:
-            raise self.error("truncated module signature")
-        sig_len = int.from_bytes(self.data[struct_end - 4 : struct_end], "big")
-        elf_end = struct_start - sig_len
-        if elf_end < 64:
-            raise self.error(f"module signature length {sig_len} runs past the start of the file")
-        return Signature(elf_end, sig_len)
+    def _find_signature(self) -> Trailer | None:
+        try:
+            return parse_trailer(self.data)
+        except TrailerError as e:
+            raise self.error(str(e)) from None
 
     def _read_sections(self) -> list[Section]:
         e = self.ehdr

@@ -89,12 +89,6 @@ BRANCH_RELOCS: Final = np.array(
 )
 """The relocations that name the target of a relative branch."""
 
-# Module signature trailer (include/linux/module_signature.h): struct module_signature is
-# 12 bytes (algo, hash, id_type, signer_len, key_id_len, __pad[3], sig_len as big-endian u32)
-# followed by this marker.
-MODULE_SIG_MAGIC: Final = b"~Module signature appended~\n"
-MODULE_SIG_STRUCT_SIZE: Final = 12
-
 
 def ehdr_dtype(e: Endian) -> np.dtype:
     return np.dtype([

@@ -2,7 +2,8 @@
 
 Every fact about where a site's words lie, what the compiler leaves there, what the kernel's
 boot-time ``ftrace_init_nop()`` checks and writes, and which words tracing toggles, is a row of
-:data:`LAYOUTS`. Every other module asks this table; none spells out an offset of its own.
+:data:`LAYOUTS`. Every other module asks this table (the ool stub's geometry too:
+:meth:`Layout.stub_code`); none spells out an offset of its own.
 
 ==========  =========================  ====================  ==================  ==================
 variant     slots (from the call slot)  record points at      built (in a file)   after boot init
@@ -42,6 +43,7 @@ from types import MappingProxyType
 from typing import Final
 
 from rewriter.errors import PlanRejected
+from rewriter.ppc import INSN_SIZE
 from rewriter.states import OOL_TRANSITIONS, TRANSITIONS, Insn, SiteState, Slot, Step
 
 
@@ -116,6 +118,15 @@ class Layout:
         return self.generation is not Generation.MPROFILE and any(
             w in (Insn.CALL, Insn.STUB) for w in self.words(state)
         )
+
+    def stub_code(self, stub: int, stub_size: int) -> int:
+        """Where the instructions of a ``stub_size``-byte stub at ``stub`` begin: at its end, after
+        the ops pointer a kernel with CALL_OPS puts first (``struct ftrace_ool_stub``)."""
+        return stub + stub_size - INSN_SIZE * len(self.stub)
+
+    def stub_word(self, insn: Insn) -> int:
+        """Byte distance of the stub's ``insn`` (``BACK``: its ``b`` back) from its first instruction."""
+        return INSN_SIZE * self.stub.index(insn)
 
     @property
     def mflr_in_site(self) -> bool:

@@ -54,7 +54,10 @@ MCOUNT_NAMES = ("_mcount", "._mcount")
 # or the trampolines for out-of-range text.
 TRACER_NAMES = ("ftrace_caller", "ftrace_regs_caller", "ftrace_tramp_text", "ftrace_tramp_init")
 STRIPPED_MIN_RECORDS = 1000  # a stripped vmlinux's table, found by search; kernels have tens of thousands
-OOL_AREAS = ("ftrace_ool_stub_text", "ftrace_ool_stub_text_end", "ftrace_ool_stub_inittext")
+OOL_TEXT: Final = "ftrace_ool_stub_text"  # reserved inside .text (CONFIG_PPC_FTRACE_OUT_OF_LINE_NUM_RESERVE)
+OOL_TEXT_END: Final = "ftrace_ool_stub_text_end"  # the rest of .text's, after it
+OOL_INITTEXT: Final = "ftrace_ool_stub_inittext"  # .init.text's
+OOL_AREAS = (OOL_TEXT, OOL_TEXT_END, OOL_INITTEXT)
 # arch/powerpc/include/asm/ftrace.h (6.12, 7.2): 16 with MPROFILE_KERNEL or
 # ARCH_USING_PATCHABLE_FUNCTION_ENTRY; 6.1 defines none. kernel/trace/ftrace.c test_for_valid_rec()
 # marks a record FTRACE_FL_DISABLED when kallsyms puts rec->ip more than this past its symbol: the
@@ -1322,7 +1325,7 @@ def _with_stubs(image: Image, sites: tuple[Site, ...]) -> tuple[tuple[StubArea, 
         if not ok:
             need[name] += 1
             stub = None
-        stub_of[ip] = (name, None if stub is None else stub + stub_size - 16)
+        stub_of[ip] = (name, None if stub is None else LAYOUTS[Variant.OOL].stub_code(stub, stub_size))
     out = tuple(
         StubArea(n, a, c or 0, s // c if c else 0, min(used[n], c or 0), need[n]) for n, (a, s, c) in areas.items()
     )
@@ -1355,22 +1358,28 @@ def lacks_stub(site: Site) -> bool:
 def _area_for(
     ip: int, init: tuple[int, int], areas: dict[str, tuple[int, int, int | None]], used: dict[str, int]
 ) -> str | None:
+    """The area whose next stub the kernel gives the record at ``ip``. As ftrace_init_ool_stub()
+    does, the reserved area in .text is measured to its next stub's start, not to that stub's code
+    (:func:`_stub_in_range` then checks the branches themselves)."""
     if init[0] <= ip < init[1]:
-        return "ftrace_ool_stub_inittext" if "ftrace_ool_stub_inittext" in areas else None
-    text = areas.get("ftrace_ool_stub_text")
+        return OOL_INITTEXT if OOL_INITTEXT in areas else None
+    text = areas.get(OOL_TEXT)
     if text is not None:
         addr, size, count = text
         stub_size = size // count if count else 0
-        index = used["ftrace_ool_stub_text"]
+        index = used[OOL_TEXT]
         if count and index < count and ppc.in_branch_range(ip - (addr + index * stub_size)):
-            return "ftrace_ool_stub_text"
-    return "ftrace_ool_stub_text_end" if "ftrace_ool_stub_text_end" in areas else None
+            return OOL_TEXT
+    return OOL_TEXT_END if OOL_TEXT_END in areas else None
 
 
 def _stub_in_range(ip: int, stub: int, stub_size: int) -> bool:
-    """rec->ip reaches insn[0] with ``b``, and insn[3] reaches rec->ip + 4 back."""
-    insn0 = stub + stub_size - 16
-    return ppc.in_branch_range(ip - insn0) and ppc.in_branch_range(ip + 4 - (insn0 + 12))
+    """rec->ip reaches the stub's first instruction with ``b``, and the stub's ``b`` back reaches
+    the word after rec->ip."""
+    layout = LAYOUTS[Variant.OOL]
+    code = layout.stub_code(stub, stub_size)
+    back = code + layout.stub_word(Insn.BACK)
+    return ppc.in_branch_range(ip - code) and ppc.in_branch_range(ip + ppc.INSN_SIZE - back)
 
 
 # -- places ---------------------------------------------------------------------------------

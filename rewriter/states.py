@@ -175,7 +175,7 @@ TRANSITIONS: Final[Mapping[tuple[SiteState, SiteState], Step]] = MappingProxyTyp
 Missing on purpose: any write *into* ``broken`` (``nopped -> broken``, ``enabled -> broken``,
 ``armed -> broken``), and two-word changes.  Rows out of ``broken`` exist for offline repair only:
 at run time a broken site may already be crashing a CPU, and no plan can undo that.
-Restrict to a variant with ``generations.step_for`` / ``generations.steps_from``.
+Restrict to a variant with ``generations.steps_from`` (a layout's ``transitions``).
 """
 
 OOL_TRANSITIONS: Final[Mapping[tuple[SiteState, SiteState], Step]] = MappingProxyType(

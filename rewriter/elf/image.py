@@ -185,7 +185,8 @@ _COMPRESSED_NAMES: Final = ((".xz", "xz"), (".gz", "gzip"), (".zst", "zstd"))
 
 
 class Image:
-    """A loaded ELF64 PowerPC file. Read-only; edits go through ``rewriter.patch``.
+    """A loaded ELF64 PowerPC file. Read-only: a rewrite builds new bytes beside it
+    (``rewriter.rewrite``, ``rewriter.edits``).
 
     ``data`` is the whole file as it is on disk after decompression, signature trailer
     included; the ELF structures never reach past ``elf_end``.

@@ -318,7 +318,7 @@ ROWS: Final[tuple[Row, ...]] = (
 
 Sources: Power ISA v3.1 (Book I chapters 2-3, 4 "Floating-Point", 6-7 VMX/VSX; Book III for the
 privileged ones), and the instruction histogram of the Debian 6.1 vmlinux and modules; the test
-suite checks the decoder against capstone on real code. Unknown words stop the walk (UNKNOWN).
+suite checks the decoder against capstone on real code. Unknown words stop the walk (``Flow.INVALID``).
 """
 
 RA_BASE: Final = frozenset(

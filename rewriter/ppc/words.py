@@ -45,7 +45,7 @@ BRANCH_RANGE: Final = 1 << 25  # LI is a signed 26-bit byte offset: [-32 MiB, +3
 class EncodingError(RewriteError):
     """A branch cannot be encoded (target out of range or misaligned). A project error like every
     other, so that no caller needs to know ppc's own exceptions; the one import from the rest of
-    ``rewriter`` (errors.py imports nothing)."""
+    ``rewriter`` (errors.py needs only ``prose``, so no cycle comes back here)."""
 
 
 def _iform(src: int, dst: int, link: bool) -> int:

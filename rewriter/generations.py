@@ -202,10 +202,6 @@ GENERATION_VARIANTS: Final[Mapping[Generation, tuple[Variant, ...]]] = MappingPr
 )
 
 
-def layout(variant: Variant) -> Layout:
-    return LAYOUTS[variant]
-
-
 def default_variant(generation: Generation) -> Variant:
     """The variant a generation's sites have unless the compiler says otherwise (gcc 5's std)."""
     return GENERATION_VARIANTS[generation][0]

@@ -607,14 +607,6 @@ def _symbol_addrs(image: Image, names: Sequence[str]) -> list[int]:
     return out
 
 
-def tracer_entries(image: Image, scan: Scan) -> tuple[int, ...]:
-    """Where an enabled call slot's ``bl`` may go: the mcount entries (mprofile), or ftrace_caller,
-    ftrace_regs_caller and their trampolines (patchable)."""
-    if scan.generation is Generation.MPROFILE:
-        return scan.mcount_entries
-    return tuple(sorted(set(_symbol_addrs(image, TRACER_NAMES))))
-
-
 def _stub_symbols(image: Image) -> list[int]:
     """Linker stubs named ``<id>.long_branch._mcount`` / ``<id>.plt_branch._mcount``."""
     syms = image.symbols
@@ -1172,7 +1164,6 @@ _STUB_NAME = np.array([None, ".stubs"], dtype=object)  # a module's ool sites: t
 
 # -- modules --------------------------------------------------------------------------------
 
-_U64: Final = (1 << 64) - 1
 _OFFSET_MASK: Final = (1 << PLACE_SHIFT) - 1
 # A word's kind where no `bl` reaches a tracer and no `b` a stub (a module defines neither):
 # the _KINDS number of each fixed word that means the same in every slot, OTHER for any other.

@@ -20,30 +20,19 @@ W = TypeVar("W", int, np.ndarray)
 """A word, or an array of words (``uint32``)."""
 
 # -- primary opcodes (bits 0-5), named as in the kernel's asm/ppc-opcode.h where it names them ---
+# (only those the code tests for by name; the decoder table, ``table.ROWS``, gives every row's
+# primary opcode in its own column)
 
-OP_TRAP_64: Final = 2  # tdi
-OP_TRAP: Final = 3  # twi
 OP_CMPLI: Final = 10  # cmpli (cmplwi, cmpldi)
 OP_ADDI: Final = 14  # addi (li)
 OP_ADDIS: Final = 15  # addis (lis)
 OP_BC: Final = 16  # B-form conditional branch
 OP_B: Final = 18  # I-form branch
-OP_19: Final = 19  # XL-form: bclr, bcctr, isync, rfid, ...
-OP_RLWIMI: Final = 20
 OP_RLWINM: Final = 21
-OP_ORI: Final = 24  # ori (nop)
-OP_XORI: Final = 26  # xori (xnop)
 OP_RLD: Final = 30  # MD- and MDS-form 64-bit rotates: rldicl, rldicr, rldic, rldimi, rldcl, rldcr
-OP_31: Final = 31  # X- and XO-form: the register-register instructions
 MD_RLDICL: Final = 0  # the MD-form extended opcodes of OP_RLD (bits 27-29)
-MD_RLDICR: Final = 1
 MD_RLDIC: Final = 2
-MD_RLDIMI: Final = 3
-OP_STW: Final = 36
-OP_STB: Final = 38
-OP_STH: Final = 44
 OP_LD: Final = 58  # DS-form: ld, ldu, lwa
-OP_STD: Final = 62  # DS-form: std, stdu, stq
 
 LI_MASK: Final = 0x03FF_FFFC  # I-form: LI, bits 6-29
 BD_MASK: Final = 0xFFFC  # B-form: BD, bits 16-29
@@ -54,7 +43,6 @@ LK: Final = 0x1  # bit 31: the branch also sets LR (a call)
 
 R0: Final = 0
 R1: Final = 1  # the stack pointer (ELFv2 ABI 2.2.1.1)
-R31: Final = 31
 TO_ALWAYS: Final = 31  # a trap's TO field with every condition set: traps whatever its operands hold
 
 

@@ -36,6 +36,7 @@ from typing import Any, Final, NamedTuple, TypeAlias, cast
 import numpy as np
 
 from rewriter import arrays, ppc
+from rewriter.elf import structs as S
 from rewriter.elf.structs import ByteOrder
 from rewriter.errors import WordMismatch
 from rewriter.states import SiteState, Slot
@@ -226,7 +227,7 @@ def _stage_cas(buf: bytearray, run: Sequence[WordWrite], order: ByteOrder, forwa
     old = np.fromiter((w.old for w in run), np.uint32, len(run))
     new = np.fromiter((w.new for w in run), np.uint32, len(run))
     expected, wanted = (old, new) if forward else (new, old)
-    dt = np.dtype("<u4" if order == "little" else ">u4")
+    dt = S.word_dtype("<" if order == "little" else ">")
     view = np.frombuffer(buf, np.uint8)
     where = offsets[:, None] + np.arange(4)
     found = view[where].copy().view(dt).ravel()

@@ -1120,7 +1120,7 @@ def _read_back(
     if not sites:
         return
     order = image.byteorder
-    dt = np.dtype("<u4" if order == "little" else ">u4")
+    dt = S.word_dtype("<" if order == "little" else ">")
     raw = np.frombuffer(content, np.uint8)
     b_off = np.array([s.file_offset for s in sites], dtype=np.int64)
     ok = np.ones(len(sites), bool)

@@ -25,14 +25,12 @@ import numpy as np
 
 from rewriter import arrays
 from rewriter.elf import structs as S
-from rewriter.elf.compress import MODULE_SUFFIXES, Compression, decompress, detect_compression
+from rewriter.elf.compress import MODULE_SUFFIXES, Compression, compression_named, decompress, detect_compression
 from rewriter.elf.signature import Trailer, TrailerError, parse_trailer
 from rewriter.errors import ImageError, UnmappedAddress
 from rewriter.ppc import Addr, Offset
 from rewriter.prose import printable
 from rewriter.reading import open_regular
-
-PN_XNUM = 0xFFFF  # e_phnum: the program header count is in section header 0
 
 
 def _unpacker(endian: S.Endian, dtype: np.dtype) -> struct.Struct:
@@ -181,9 +179,6 @@ def _read_all(fd: int, size: int) -> bytes:
         parts.append(part)
 
 
-_COMPRESSED_NAMES: Final = ((".xz", "xz"), (".gz", "gzip"), (".zst", "zstd"))
-
-
 class Image:
     """A loaded ELF64 PowerPC file. Read-only: a rewrite builds new bytes beside it
     (``rewriter.rewrite``, ``rewriter.edits``).
@@ -215,7 +210,7 @@ class Image:
             raise self.error("truncated ELF header")
         self.ehdr = np.frombuffer(data, ehdr_dt, count=1)[0]
         if int(self.ehdr["e_machine"]) != S.EM_PPC64:
-            raise self.error(f"machine {int(self.ehdr['e_machine'])} is not PowerPC64 (EM_PPC64 = 21)")
+            raise self.error(f"machine {int(self.ehdr['e_machine'])} is not PowerPC64 (EM_PPC64 = {S.EM_PPC64})")
         self.type = int(self.ehdr["e_type"])
         if self.type not in (S.ET_REL, S.ET_EXEC, S.ET_DYN):
             raise self.error(f"ELF type {self.type} is not a relocatable, executable or shared file")
@@ -228,10 +223,10 @@ class Image:
     def _named(self) -> str:
         """For a file that is not ELF: that its name promised compressed data it does not hold
         (``x.ko.xz`` that is not xz), since its name is why it was read as a module."""
-        kind = next((k for c, k in _COMPRESSED_NAMES if self.path.name.endswith(c)), None)
-        if kind is None or self.compression is not Compression.NONE:
+        kind = compression_named(self.path)
+        if kind in (None, Compression.NONE) or self.compression is not Compression.NONE:
             return ""
-        return f"; nor {kind} data, as its name says"
+        return f"; nor {kind.value} data, as its name says"
 
     @classmethod
     def load(cls, path: Path) -> Image:
@@ -302,7 +297,7 @@ class Image:
         for i in has_data:
             if rows[i][4] + rows[i][5] > elf_end:  # the fields are unsigned: only the end can be wrong
                 self._check_range(rows[i][4], rows[i][5], f"section {i} data")
-        if int(e["e_phnum"]) == PN_XNUM:
+        if int(e["e_phnum"]) == S.PN_XNUM:
             self._check_program_headers(rows[0][7])  # sh_info
         names = bytes(self.data[rows[strndx][4] : rows[strndx][4] + rows[strndx][5]])
         # The table's columns, then every Section in one pass (Section._make: a tuple from a tuple,
@@ -355,7 +350,7 @@ class Image:
         ``count``: sh_info of section 0, once read, for PN_XNUM."""
         e = self.ehdr
         phoff, phnum = int(e["e_phoff"]), int(e["e_phnum"])
-        if phnum == PN_XNUM:  # gABI: the real count is in sh_info of section 0, read later
+        if phnum == S.PN_XNUM:  # gABI: the real count is in sh_info of section 0, read later
             if count is None:
                 return
             phnum = count
@@ -487,7 +482,11 @@ class Image:
         rela = self.table(sec, _RELA[self.endian], "relocation")
         if len(rela):
             link = self.sections[sec.link] if 0 < sec.link < len(self.sections) else None
-            symbols = link.size // 24 if link is not None and link.type in (S.SHT_SYMTAB, S.SHT_DYNSYM) else 1
+            symbols = (
+                link.size // S.sym_dtype("<").itemsize
+                if link is not None and link.type in (S.SHT_SYMTAB, S.SHT_DYNSYM)
+                else 1
+            )
             if self.symbols is not None and link is not None and link.type == S.SHT_SYMTAB:
                 symbols = min(symbols, len(self.symbols.table))
             top = int(S.r_sym(rela["r_info"]).max())

@@ -9,12 +9,14 @@ from __future__ import annotations
 import mmap
 from typing import Final, NamedTuple
 
+from rewriter.elf import structs as S
+
 MODULE_SIG_MAGIC: Final = b"~Module signature appended~\n"
 # struct module_signature: algo, hash, id_type, signer_len, key_id_len, __pad[3], then sig_len
 # as a big-endian u32; 12 bytes, just before the marker.
 MODULE_SIG_STRUCT_SIZE: Final = 12
 PKEY_ID_PKCS7: Final = 2  # the only id_type the kernel accepts since 4.x
-ELF64_EHDR_SIZE: Final = 64  # what is left before the trailer must at least hold an ELF header
+ELF64_EHDR_SIZE: Final = S.ehdr_dtype("<").itemsize  # what is before a trailer holds an ELF header at least
 
 
 class TrailerError(ValueError):

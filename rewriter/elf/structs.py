@@ -44,6 +44,8 @@ def ident_byte_order(ident: bytes) -> ByteOrder | None:
     return "big" if data == ELFDATA2MSB else None
 
 
+PN_XNUM: Final = 0xFFFF  # e_phnum: the program header count is in section header 0
+
 SHN_UNDEF: Final = 0
 SHN_LORESERVE: Final = 0xFF00
 SHN_ABS: Final = 0xFFF1

@@ -24,6 +24,7 @@ import numpy as np
 
 from rewriter import flow, ppc
 from rewriter.batch import map_chunks
+from rewriter.boot import refused_at_init
 from rewriter.code import code_view
 from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression
@@ -517,7 +518,7 @@ def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None) -> li
     elif site.state is SiteState.UNKNOWN:
         msg = "slots hold neither a site state nor gcc 5's form"
         out.append(_at_site(AnomalyKind.UNEXPECTED_WORDS, site, msg, printer.slots(site)))
-    elif site.recorded and site.boot_state is None and not lacks_stub(site):  # ool-stubs says that, once
+    elif refused_at_init(site):  # ool-stubs says a missing stub, once
         out.append(_at_site(AnomalyKind.BOOT_REFUSED, site, _refusal(printer, site), printer.slots(site)))
     if not site.recorded and site.state not in (target_state(site.variant, SiteState.NOPPED), SiteState.GUARDED):
         if site.state in _LIVE_CALL:

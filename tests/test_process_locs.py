@@ -20,7 +20,7 @@ from elftools.elf.elffile import ELFFile
 from rewriter.elf.image import Image
 from rewriter.elf.symbols import functions
 from rewriter.locs import ZERO_ADJUSTED, Locs
-from rewriter.report.scanfmt import boot_of
+from rewriter.boot import boot_of
 from rewriter.sites import kernel_locs, scan
 
 pytestmark = pytest.mark.corpus

@@ -771,9 +771,10 @@ def _tally_files(
     ``overridden`` what ``--generation`` overrode, per file."""
     from rewriter import policy as pol
     from rewriter.batch import scan_many
+    from rewriter.boot import Untraceable, boot_of, untraceable
     from rewriter.elf.image import Kind
     from rewriter.log import logged
-    from rewriter.report.scanfmt import Untraceable, boot_of, generation_of, untraceable
+    from rewriter.report.scanfmt import generation_of
     from rewriter.sites import Source, override_text
 
     errors = []

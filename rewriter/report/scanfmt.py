@@ -56,7 +56,6 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
 from __future__ import annotations
 
 import csv
-import enum
 import io
 import json
 from collections import Counter
@@ -65,10 +64,10 @@ from json.encoder import encode_basestring_ascii
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
 
+from rewriter.boot import WHY, Boot, Untraceable, boot_of, untraceable, why_counts
 from rewriter.elf.image import Kind, index_name
 from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation
-from rewriter.locs import ZERO_ADJUSTED
 from rewriter.prose import counted, printable
 from rewriter.sites import NOT_BUILT_FOR_FTRACE, Scan, Site, Source, lacks_stub, override_text, summary
 
@@ -79,106 +78,6 @@ CSV_FIELDS = (
     "path", "address", "section", "offset", "function", "variant", "state", "recorded",
     "generation", "record", "boot_state", "traceable", "stub", "source",
 )  # fmt: skip
-
-
-class Untraceable(enum.Enum):
-    """Why ftrace cannot trace a site after boot; the first that applies."""
-
-    UNRECORDED = "unrecorded"
-    REFUSED = "refused"
-    NO_STUB = "no-stub"
-    DUPLICATE = "duplicate"
-    WEAK_BODY = "weak-body"
-    FTRACE_OFF = "ftrace-off"
-
-
-WHY: Final = {
-    Untraceable.UNRECORDED: "no kernel record: ftrace never patches them",
-    Untraceable.REFUSED: "their words are not what ftrace_init_nop() expects: ftrace bug, ftrace off for the boot",
-    Untraceable.NO_STUB: "no ool stub left for them (past their area's count, or out of branch range): "
-    "ftrace_init_ool_stub() fails, ftrace bug, ftrace off for the boot",
-    Untraceable.DUPLICATE: "recorded more than once: the second record finds the words the first changed: "
-    "ftrace bug, ftrace off (at boot; ool: when first traced)",
-    Untraceable.WEAK_BODY: "in no sized function, the bodies of overridden weak functions: "
-    "the kernel marks them FTRACE_FL_DISABLED, being more than FTRACE_MCOUNT_MAX_OFFSET past a symbol",
-    Untraceable.FTRACE_OFF: "ftrace is off for the whole boot (see above)",
-}
-
-
-class Boot(NamedTuple):
-    """What the kernel makes of one image at boot (or module load), as far as the report says:
-    ``refused`` recorded sites whose words ftrace_init_nop() refuses, ``unmatched`` records that
-    name no site (init refuses those words too), ``no_stub`` ool records that get no stub (past
-    an area's count, or out of branch range), ``duplicated`` the places recorded more than once
-    (ftrace_process_locs() makes a record of each, and the second fails where the first changed
-    the words: at boot on mprofile and patchable, when first traced on ool, whose init leaves the
-    nop), and ``ftrace_off``, why ftrace_bug() then turns ftrace off for the boot (None if it does
-    not). Any of these stops ftrace_update_code() and kills ftrace for everything, not just the
-    one site. (Records outside kernel text are skipped by the newer ftrace_process_locs(), and harm
-    nothing there; the older one has no text check: they are ``unmatched``, ``rewriter.locs``.)"""
-
-    refused: int
-    unmatched: int
-    no_stub: int
-    duplicated: frozenset[int]
-    ftrace_off: str | None
-
-
-def boot_of(result: Scan) -> Boot:
-    refused = sum(1 for s in result.sites if s.record is not None and s.boot_state is None and not lacks_stub(s))
-    unmatched = len(result.records.unmatched)
-    no_stub = sum(a.need for a in result.stubs)
-    duplicated = frozenset(p.place for p in result.records.duplicates)
-    why = []
-    if refused:
-        why.append(f"{counted(refused, 'recorded site')} with words ftrace_init_nop() refuses")
-    if unmatched:
-        why.append(f"{counted(unmatched, 'record')} naming no site: init refuses the words there")
-    if no_stub:
-        why.append(f"{counted(no_stub, 'record')} without an ool stub")
-    if duplicated and result.generation is not Generation.OOL:
-        places = counted(len(duplicated), "place")
-        why.append(f"{places} recorded more than once: init finds the words the first record changed")
-    if result.records.zeroed and result.zero_records_fail:
-        why.append(f"{counted(result.records.zeroed, 'zeroed record')}: {ZERO_ADJUSTED}")
-    return Boot(refused, unmatched, no_stub, duplicated, "; ".join(why) + ": ftrace bug at boot" if why else None)
-
-
-def untraceable(site: Site, boot: Boot) -> Untraceable | None:
-    """Why ``site`` is not traceable after boot, or None if it is. ``Site.traceable`` is the
-    per-site verdict; the image-wide ``ftrace_off`` overrides it."""
-    if site.record is None:
-        return Untraceable.UNRECORDED
-    if site.boot_state is None:
-        return Untraceable.NO_STUB if lacks_stub(site) else Untraceable.REFUSED
-    if site.record in boot.duplicated:
-        return Untraceable.DUPLICATE
-    if not site.traceable:
-        return Untraceable.WEAK_BODY
-    if boot.ftrace_off is not None:
-        return Untraceable.FTRACE_OFF
-    return None
-
-
-def why_counts(sites: Sequence[Site], boot: Boot) -> Counter[Untraceable | None]:
-    """``Counter(untraceable(site, boot) for site in sites)`` (None: traceable), without a call
-    per site; only reasons that occur are keys."""
-    unrecorded = refused = weak = ok = 0
-    for record, booted, traceable in map(attrgetter("record", "boot_state", "traceable"), sites):
-        if record is None:
-            unrecorded += 1
-        elif booted is None:
-            refused += 1
-        elif not traceable:
-            weak += 1
-        else:
-            ok += 1
-        # the same ladder as untraceable(): ftrace_off applies to what is left
-    if refused or boot.duplicated:  # a broken image: the reasons that need more than these three fields
-        return Counter(untraceable(site, boot) for site in sites)
-    last = Untraceable.FTRACE_OFF if boot.ftrace_off is not None else None
-    counts = ((Untraceable.UNRECORDED, unrecorded), (Untraceable.REFUSED, refused), (Untraceable.WEAK_BODY, weak))
-    return Counter({reason: n for reason, n in (*counts, (last, ok)) if n})
 
 
 def generation_of(result: Scan) -> Generation | None:

@@ -47,6 +47,7 @@ import numpy as np
 from rewriter import arrays, ppc
 from rewriter.edits import BytesEdit, Edit, RelaEdit, RelaPut, Truncate, WordWrite, apply_edits
 from rewriter.elf import structs as S
+from rewriter.elf.dynamic import dynamic_field_offset, dynamic_value
 from rewriter.elf.image import Image, Kind, Section
 from rewriter.elf.symbols import join_place
 from rewriter.errors import ArgumentError, ImageError, InternalError, LogError, NoRoute, PlanRejected, RewriteError
@@ -55,7 +56,7 @@ from rewriter.heap import collector_paused
 from rewriter.known import Moment, Origin, RecordSlot, RelaEntry, SiteLine, Touched, lines_after
 from rewriter.locs import ZERO_ADJUSTED, Locs, zero_records_fail
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, check_route, plan
-from rewriter.sites import Scan, Site, Source, dynamic_value, place_text, scan
+from rewriter.sites import Scan, Site, Source, place_text, scan
 from rewriter.sites import boot_state as sites_boot_state
 from rewriter.states import Insn, SiteState, Slot, insn_kind, word_for, words_text
 
@@ -1058,7 +1059,7 @@ def _dynamic_edits(image: Image, entries: int, counted: int) -> list[Edit]:
     if dyn is None:
         raise ImageError(f"{image.path}: records: .rela.dyn without .dynamic")
     table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
-    entsize = dynamic_value(image, S.DT_RELAENT) or 24
+    entsize = dynamic_value(image, S.DT_RELAENT) or S.rela_dtype(image.endian).itemsize
     order = image.byteorder
     edits: list[Edit] = []
     for tag, name, change in (
@@ -1070,7 +1071,7 @@ def _dynamic_edits(image: Image, entries: int, counted: int) -> list[Edit]:
             continue
         i = int(hit[0])
         old = int(table["d_val"][i])
-        field = dyn.offset + i * table.dtype.itemsize + 8
+        field = dyn.offset + i * table.dtype.itemsize + dynamic_field_offset("d_val")
         edits.append(BytesEdit(field, old.to_bytes(8, order), (old + change).to_bytes(8, order), name))
     return edits
 

@@ -41,6 +41,7 @@ import numpy as np
 from rewriter import arrays, ppc
 from rewriter.code import CodeView, code_view
 from rewriter.elf import structs as S
+from rewriter.elf.dynamic import relocated_slots
 from rewriter.elf.image import Abi, Image, Kind, Section, index_name, relocatable_at_a_glance
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, functions, rel_place, reloc_target_places, split_place
 from rewriter.errors import ArgumentError, UnmappedAddress
@@ -601,7 +602,7 @@ def _symbol_addrs(image: Image, names: Sequence[str]) -> list[int]:
             continue
         value = int(row["st_value"])
         if image.abi is Abi.ELFV1 and opd is not None and int(row["st_shndx"]) == opd.shndx:
-            off = image.offset_of(value)
+            off = image.offset_of(value + S.OPD_ENTRY)
             value = int.from_bytes(image.data[off : off + 8], image.byteorder)
         out.append(value)
     return out
@@ -730,49 +731,7 @@ def _table_at(image: Image, name: str, addr: int, count: int) -> RecordTable:
     if off + count * 8 > image.elf_end:
         raise image.error(f"{name} runs past the end of the file")
     values = np.frombuffer(image.data, S.addr_dtype(image.endian), count=count, offset=off).astype(np.uint64)
-    return RecordTable(name, addr, off, _relocated(image, addr, values))
-
-
-def _relocated(image: Image, addr: int, values: np.ndarray) -> np.ndarray:
-    """Each slot's value after ``relocate()`` (arch/powerpc/kernel/reloc_64.S): it walks the
-    ``DT_RELASZ`` bytes of ``DT_RELA`` and stores ``r_addend + delta`` over every
-    ``R_PPC64_RELATIVE`` target, so the addend, not the file word, is what the kernel reads
-    (at the link address, delta 0). Entries moved past ``DT_RELASZ`` are never applied."""
-    rela = processed_relative(image)
-    if rela is None or not len(values):
-        return values
-    slots = (rela["r_offset"].astype(np.uint64) - np.uint64(addr)) // np.uint64(8)
-    inside = (
-        (rela["r_offset"] >= addr) & (rela["r_offset"] < addr + 8 * len(values)) & (rela["r_offset"] % 8 == addr % 8)
-    )
-    out = values.copy()
-    out[slots[inside].astype(np.int64)] = rela["r_addend"][inside].astype(np.uint64)
-    return out
-
-
-def processed_relative(image: Image) -> np.ndarray | None:
-    """The ``R_PPC64_RELATIVE`` rows of ``.rela.dyn`` that ``relocate()`` applies (the first
-    ``DT_RELASZ`` bytes), or None without a ``.rela.dyn``. ``.dynamic`` is read by section: these
-    kernels have no PT_DYNAMIC segment."""
-    sec = image.section(".rela.dyn")
-    if sec is None or sec.type != S.SHT_RELA:
-        return None
-    rela = image.relocations(sec)
-    relasz = dynamic_value(image, S.DT_RELASZ)
-    if relasz is not None:
-        rela = rela[: relasz // rela.dtype.itemsize]
-    relative: np.ndarray = rela[S.r_type(rela["r_info"]) == S.R_PPC64_RELATIVE]
-    return relative
-
-
-def dynamic_value(image: Image, tag: int) -> int | None:
-    """The value of ``tag`` in ``.dynamic``, or None."""
-    dyn = image.section(".dynamic")
-    if dyn is None or dyn.type == S.SHT_NOBITS:
-        return None
-    table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
-    hit = np.flatnonzero(table["d_tag"] == tag)
-    return int(table["d_val"][hit[0]]) if len(hit) else None
+    return RecordTable(name, addr, off, relocated_slots(image, addr, values))
 
 
 def kernel_locs(image: Image, funcs: Functions) -> Locs:
@@ -813,12 +772,12 @@ def _descriptor_toc(image: Image, name: str) -> int | None:
     hit = syms.find(name)
     if not len(hit) or int(syms.table["st_shndx"][hit[0]]) != opd.shndx:
         return None
-    return _toc_slot_value(image, int(syms.table["st_value"][hit[0]]) + 8)
+    return _toc_slot_value(image, int(syms.table["st_value"][hit[0]]) + S.OPD_TOC)
 
 
 def _toc_slot_value(image: Image, addr: int) -> int | None:
     """The doubleword at ``addr`` as the kernel reads it: its R_PPC64_RELATIVE addend, if one
-    targets it (:func:`_relocated`), else the file's bytes."""
+    targets it (:func:`~rewriter.elf.dynamic.relocated_slots`), else the file's bytes."""
     try:
         offset = image.offset_of(addr)
     except UnmappedAddress:
@@ -826,7 +785,7 @@ def _toc_slot_value(image: Image, addr: int) -> int | None:
     if offset + 8 > len(image.data):
         return None
     word = np.array([int.from_bytes(image.data[offset : offset + 8], image.byteorder)], np.uint64)
-    return int(_relocated(image, addr, word)[0])
+    return int(relocated_slots(image, addr, word)[0])
 
 
 def _split_skipped(image: Image, records: np.ndarray, locs: Locs) -> tuple[np.ndarray, np.ndarray]:

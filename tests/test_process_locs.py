@@ -17,10 +17,10 @@ from boot import QEMU, STANDARD_APPEND, boot, require_kernel, require_tool
 from conftest import FIXTURES
 from elftools.elf.elffile import ELFFile
 
+from rewriter.boot import boot_of
 from rewriter.elf.image import Image
 from rewriter.elf.symbols import functions
 from rewriter.locs import ZERO_ADJUSTED, Locs
-from rewriter.boot import boot_of
 from rewriter.sites import kernel_locs, scan
 
 pytestmark = pytest.mark.corpus

@@ -38,13 +38,14 @@ from rewriter.batch import map_chunks
 from rewriter.edits import BytesEdit, RelaEdit, WordWrite, apply_edits
 from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, decompress, recipe_of
+from rewriter.elf.dynamic import dynamic_value, processed_relative
 from rewriter.elf.image import Image
 from rewriter.errors import ImageError, NothingToDo, PlanRejected
 from rewriter.files import apply_file, undo_file, verify_files
 from rewriter.generations import Generation
 from rewriter.log import load
 from rewriter.rewrite import Options, Selection
-from rewriter.sites import dynamic_value, processed_relative, scan
+from rewriter.sites import scan
 from rewriter.states import SiteState, Slot
 
 NOP_DROP = Options(SiteState.NOPPED, drop_records=True, strip_signature=True)

@@ -35,6 +35,11 @@ ET_DYN: Final = 3
 
 EF_PPC64_ABI: Final = 0x3  # e_flags: 0 unspecified, 1 ELFv1, 2 ELFv2
 
+# An ELFv1 function descriptor in .opd (64-bit ELF ABI 1.9, 3.2.5): the code address, then the
+# function's TOC pointer (r2), then an environment pointer; a function symbol names it, not code.
+OPD_ENTRY: Final = 0
+OPD_TOC: Final = 8
+
 
 def ident_byte_order(ident: bytes) -> ByteOrder | None:
     """The byte order an ELF identification names, or None for an encoding that is neither."""

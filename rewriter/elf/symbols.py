@@ -113,12 +113,13 @@ def _places(image: Image, shndx: np.ndarray, value: np.ndarray) -> np.ndarray:
 
 
 def _opd_code_places(image: Image, opd: Section, values: np.ndarray) -> np.ndarray:
-    """ELFv1: a function symbol names its descriptor in .opd, whose first doubleword is the code
-    address (linked) or carries an R_PPC64_ADDR64 relocation to it (relocatable)."""
+    """ELFv1: a function symbol names its descriptor in .opd, whose code address (``S.OPD_ENTRY``,
+    the first doubleword) is in the file (linked) or an R_PPC64_ADDR64 relocation's target
+    (relocatable)."""
     missing = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
     if image.type != S.ET_REL:
         d = image.table(opd, S.addr_dtype(image.endian), "descriptor")
-        idx = (values.astype(np.int64) - opd.addr) // 8
+        idx = (values.astype(np.int64) + S.OPD_ENTRY - opd.addr) // d.dtype.itemsize
         ok = (idx >= 0) & (idx < len(d))
         if not len(d):
             return np.full(len(values), missing, dtype=np.uint64)

@@ -329,7 +329,7 @@ class ImageAudit:
     path: Path
     group: str
     kind: Kind
-    endian: str
+    endian: S.ByteOrder
     abi: Abi
     counts: Counts
     anomalies: tuple[Anomaly, ...]

@@ -179,7 +179,7 @@ class StubArea(NamedTuple):
 class Scan:
     path: Path
     kind: Kind
-    endian: str
+    endian: S.ByteOrder  # "little" or "big", as the JSON says it (Image.endian is numpy's "<" or ">")
     abi: Abi
     sites: tuple[Site, ...]
     records: Records
@@ -244,7 +244,7 @@ def scan(
     recs = _records(image, read.tables, read.records, unmatched, skipped)
     mcount = tuple(int(e) for e in read.entries)
     return Scan(
-        image.path, image.kind, _endian(image), image.abi, sites, recs, mcount, funcs, generation, stubs, weak,
+        image.path, image.kind, image.byteorder, image.abi, sites, recs, mcount, funcs, generation, stubs, weak,
         overridden=read.overridden, locs=locs,
     )  # fmt: skip
 
@@ -320,6 +320,10 @@ NOT_BUILT_FOR_FTRACE: Final = (
 """Why a file shows no site, when nothing says otherwise (``files.no_site_cause``, scan's note)."""
 
 
+_BY_RELOCATIONS: Final = "by their relocations (the option is for a stripped vmlinux)"
+"""Why ``--mcount-addr`` means nothing for a module or an object: the end of both refusals."""
+
+
 def check_mcount_addr_used(paths: Sequence[Path], mcount_addr: int | None) -> None:
     """Refuse ``--mcount-addr`` for a run of modules and objects alone (scan, audit, policy check
     over files or trees): it is for a stripped vmlinux beside them, and with none there it would be
@@ -327,8 +331,7 @@ def check_mcount_addr_used(paths: Sequence[Path], mcount_addr: int | None) -> No
     if mcount_addr is None or not paths or not all(map(relocatable_at_a_glance, paths)):
         return
     raise ArgumentError(
-        "--mcount-addr: every file given is a module or object, which find their calls to _mcount by their "
-        "relocations (the option is for a stripped vmlinux)"
+        f"--mcount-addr: every file given is a module or object, which find their calls to _mcount {_BY_RELOCATIONS}"
     )
 
 
@@ -339,7 +342,7 @@ def check_mcount_addr_alone(image: Image, mcount_addr: int | None) -> None:
     if mcount_addr is not None and image.type == S.ET_REL:
         raise ArgumentError(
             f"{image.path}: --mcount-addr has no meaning for a module or object: its calls to _mcount are found "
-            "by their relocations (the option is for a stripped vmlinux)"
+            + _BY_RELOCATIONS
         )
 
 
@@ -369,7 +372,7 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
         sites, unmatched = _classify(image, text, funcs, generation, calls, records, weak)
     recs = _records(image, tables, records, unmatched, np.zeros(0, np.uint64), len(distinct))
     return Scan(
-        image.path, image.kind, _endian(image), image.abi, sites, recs, (), funcs, generation, (), weak,
+        image.path, image.kind, image.byteorder, image.abi, sites, recs, (), funcs, generation, (), weak,
         overridden=overridden,
     )  # fmt: skip
 
@@ -403,10 +406,6 @@ def _records(
         tuple(_record_place(image, int(p)) for p in skipped),
         tables,
     )
-
-
-def _endian(image: Image) -> str:
-    return "big" if image.big_endian else "little"
 
 
 def weak_max_offset(image: Image, generation: Generation | None) -> int | None:

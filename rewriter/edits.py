@@ -240,13 +240,18 @@ def _stage_cas(buf: bytearray, run: Sequence[WordWrite], order: ByteOrder, forwa
 
 # The write line exactly as WordWrite.to_line formats it. Such lines (67,380 for a vmlinux) are read
 # with this pattern, twice as fast as json; anything else, hand-edited or not, goes through json.
-_STR = r'"[^"\\\n]*"|"(?:[^"\\\n]|\\.)*"'  # the plain case first: no escapes to step through
-_STATE = "(" + "|".join(s.value for s in SiteState) + ")"  # any other text goes through json, and fails there
+JSON_STRING: Final = r'"[^"\\\n]*"|"(?:[^"\\\n]|\\.)*"'  # the plain case first: no escapes to step through
+"""A JSON string as a log line holds it, for the fast line patterns here and in ``known``."""
+STATE_NAME: Final = "(" + "|".join(s.value for s in SiteState) + ")"
+"""A state's name, captured (unquoted: the log lines quote it); any other text goes through json,
+and fails there."""
+_STR = JSON_STRING
+_SLOT = "(" + "|".join(s.value for s in Slot) + ")"
 _WRITE_LINES: Final = re.compile(
     r'^\{"address": (null|"0x[0-9a-f]+"), "function": (null|' + _STR + r'), "new": "([0-9a-f]{8})", '
     r'"new_asm": "[^"\\\n]*", "offset": "0x([0-9a-f]+)", "old": "([0-9a-f]{8})", "old_asm": "[^"\\\n]*", '
-    r'"section": (' + _STR + r'), "section_offset": "0x([0-9a-f]+)", "slot": "([ASB])", "stage": ([0-9]{1,9}), '
-    r'"state_after": "' + _STATE + '", "state_before": "' + _STATE + r'", "type": "write"\}$',
+    r'"section": (' + _STR + r'), "section_offset": "0x([0-9a-f]+)", "slot": "' + _SLOT + r'", "stage": ([0-9]{1,9}), '
+    r'"state_after": "' + STATE_NAME + '", "state_before": "' + STATE_NAME + r'", "type": "write"\}$',
     re.MULTILINE,
 )
 WRITE_LINE_START: Final = '{"address": '

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple, cast
 
 from rewriter import ppc
-from rewriter.edits import BytesEdit, Edit, RelaEdit, WordWrite
+from rewriter.edits import JSON_STRING, STATE_NAME, BytesEdit, Edit, RelaEdit, WordWrite
 from rewriter.elf.symbols import join_place
 from rewriter.generations import LAYOUTS, Generation, Variant
 from rewriter.sites import Scan, Site, Source, boot_state
@@ -196,11 +196,11 @@ class SiteLine(NamedTuple):
 # A version-2 site line exactly as mcountrw wrote it (keys sorted, ", " and ": " between items). A
 # vmlinux log's 33,689 site lines are read with this pattern, four times as fast as json and
 # from_json; any other line goes through json.
-_STR = r'"[^"\\\n]*"|"(?:[^"\\\n]|\\.)*"'  # the plain case first: no escapes to step through
+_STR = JSON_STRING
 _HEX = r'"0x([0-9a-f]+)"'
 _RELA = r'null|\{"entry": "([0-9a-f]+)", "section": (' + _STR + r")\}"
 _BOOL = "(true|false)"
-_STATE = '"(' + "|".join(s.value for s in SiteState) + ')"'
+_STATE = '"' + STATE_NAME + '"'
 _SITE_LINES: Final = re.compile(
     r'^\{"at": \{"address": (null|"0x[0-9a-f]+"), "offset": ' + _HEX + r', "section": (' + _STR + r"), "
     r'"section_index": ([0-9]{1,9}), "section_offset": ' + _HEX + r'\}, "function": (null|' + _STR + r"), "

@@ -4,7 +4,7 @@ The rewrite itself is computed in memory (``rewriter.rewrite``, which also reads
 every changed site must hold the planned words); this module reads the input, writes the log and
 the output, and undoes and verifies them. Order of writes, so that a run killed at any moment
 leaves nothing half-done: the log, the optional backup and the output are each written to a
-temporary file beside their target, fsynced and read back (``rewriter.elf.writer``), and only
+temporary file beside their target, fsynced and read back (``rewriter.output``), and only
 then renamed into place, log first. The input is never opened for writing; ``--in-place``
 replaces it by that final rename. (One writer at a time: the caller holds ``rewriter.lock`` on a
 file it rewrites in place; the CLI takes it before it reads anything.)
@@ -32,7 +32,6 @@ import numpy as np
 from rewriter.elf import structs as S
 from rewriter.elf.compress import SUFFIX, Compression, Restore, compression_named, decompress, detect_compression
 from rewriter.elf.image import Image, Kind
-from rewriter.elf.writer import Pending, atomic_write, check_replaceable, commit_all, write_temp
 from rewriter.errors import ArgumentError, ImageError, LogError, NothingToDo, OutputError, RewriteError, WordMismatch
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.heap import collector_paused
@@ -50,6 +49,7 @@ from rewriter.log import (
     load,
     render,
 )
+from rewriter.output import Pending, atomic_write, check_replaceable, commit_all, write_temp
 from rewriter.prose import counted
 from rewriter.reading import IS_DIRECTORY, read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite

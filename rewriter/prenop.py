@@ -21,7 +21,7 @@ file first (a vmlinux takes as long as several hundred modules). Each file goes 
    (``unchanged``): running twice changes nothing. A file with no site to nop is not written
    either, and gets no log (``nothing to nop``; a file with no site at all says why in its
    message: ``rewriter.files.no_site_cause``).
-5. Otherwise write the log, then the file, each atomically (``rewriter.elf.writer``), and read the
+5. Otherwise write the log, then the file, each atomically (``rewriter.output``), and read the
    file back. A compressed file is compressed again the way its original was (its log's recipe,
    ``rewriter.elf.compress``), so that undo gives back the original's exact bytes.
 
@@ -59,7 +59,6 @@ from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.signature import TrailerError, parse_trailer
-from rewriter.elf.writer import NewFile, land, publish, stage
 from rewriter.errors import LogError, RewriteError, WordMismatch
 from rewriter.files import (
     ScanHints,
@@ -71,6 +70,7 @@ from rewriter.files import (
 )
 from rewriter.locs import Locs, loop_for_modules, unchecked_drops
 from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
+from rewriter.output import NewFile, land, publish, stage
 from rewriter.policy import Policy, Verb, module_name
 from rewriter.reading import NO_SUCH_FILE
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
@@ -306,7 +306,7 @@ def _original_file(t: Target, log: Log, original: bytes, compression: Compressio
 
 def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple[FileReport, tuple[NewFile, ...]]:
     """Decide and rewrite one file in memory; return its report and what to write (see
-    :func:`rewriter.elf.writer.publish`), in the order it must be published: the log before the
+    :func:`rewriter.output.publish`), in the order it must be published: the log before the
     file it undoes."""
     raw, current, compression = read_file(t.source)
     facts = read_header(t.log)

@@ -27,13 +27,13 @@ from conftest import FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rewriter import output as writer
 from rewriter import rewrite as rewrite_module
-from rewriter.elf import writer
 from rewriter.elf.image import Image
-from rewriter.elf.writer import TMP_SUFFIX
 from rewriter.errors import ImageError, InternalError, NothingToDo, OutputError, PlanRejected, RewriteError
 from rewriter.files import apply_file, undo_file, verify_files
 from rewriter.log import default_log_path, load
+from rewriter.output import TMP_SUFFIX
 from rewriter.plan import Route
 from rewriter.rewrite import Options, Selection
 from rewriter.sites import scan
@@ -399,8 +399,8 @@ def test_files_published_together_are_put_back_together_when_one_cannot_be_repla
     """A log, then the file it describes: when the file could not be replaced (immutable, a
     directory in its place), the new log stayed, over the log of what the file still was, and
     `prenop --verify` took the file for one undone since (undo could not read it back either)."""
-    from rewriter.elf.writer import NewFile, publish
     from rewriter.errors import OutputError
+    from rewriter.output import NewFile, publish
 
     log, new_log, target = tmp_path / "f.log", tmp_path / "g.log", tmp_path / "f"
     log.write_bytes(b"the old log")
@@ -422,9 +422,9 @@ def test_a_target_whose_earlier_file_was_not_kept_is_never_removed(
     single file interrupted after its rename (in the directory's fsync) was deleted too."""
     import errno
 
-    from rewriter.elf import writer
-    from rewriter.elf.writer import NewFile, publish
+    from rewriter import output as writer
     from rewriter.errors import OutputError
+    from rewriter.output import NewFile, publish
 
     log, image, target = tmp_path / "f.log", tmp_path / "img", tmp_path / "f"
     log.write_bytes(b"old log")

@@ -25,9 +25,9 @@ from rewriter.cli import app
 from rewriter.edits import WordWrite
 from rewriter.elf.compress import Compression, detect_compression
 from rewriter.elf.image import Image
-from rewriter.elf.writer import publish
 from rewriter.files import verify_files
 from rewriter.log import load
+from rewriter.output import publish
 from rewriter.policy import parse
 from rewriter.prenop import PrenopError, Settings, Status, prenop_target, run, targets
 from rewriter.sites import scan

@@ -215,12 +215,12 @@ def check_mcount_addr_used(files: Sequence[Path], mcount_addr: int | None) -> No
 def check_report_output(output: Path | None, reads: Iterable[Path] = ()) -> None:
     """A report's ``-o``, refused (exit 2) before any image is read, not by the rename that ends the
     run (``-o .`` failed there after the whole scan, EBUSY): it must be a place a file can be put
-    (``rewriter.elf.writer.check_replaceable``), and no file the command reads: an input, or a
+    (``rewriter.output.check_replaceable``), and no file the command reads: an input, or a
     patch log (given, or the one beside each image, read or not). The report would replace it,
     exit 0; a log lost is an undo lost. Compared by inode, so that a second name of the file (a
     link, ``./``) is caught too; an ``output`` that does not exist reads as nothing."""
-    from rewriter.elf.writer import check_replaceable
     from rewriter.log import default_log_path
+    from rewriter.output import check_replaceable
 
     if output is None:
         return
@@ -245,12 +245,12 @@ def _same_file(path: Path, target: os.stat_result) -> bool:
 
 def emit(text: str, output: Path | None) -> None:
     """Write ``text`` to ``output`` atomically (a report: not forced to the disk, see
-    ``rewriter.elf.writer``), or to stdout."""
+    ``rewriter.output``), or to stdout."""
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    from rewriter.elf.writer import atomic_write
+    from rewriter.output import atomic_write
 
     atomic_write(output, text.encode(), durable=False)
 

@@ -923,7 +923,7 @@ _ONE_SLOT_TABLE[_KIND[Insn.STUB]] = _STATES.index(SiteState.ENABLED)
 
 # ppc.kinds numbers -> _KINDS numbers, for the kinds that mean the same in every slot (states.PLAIN)
 _PLAIN_KIND = np.array([_KIND[PLAIN.get(k, Insn.OTHER)] for k in ppc.KINDS])
-_BL, _B = ppc.KINDS.index(ppc.Kind.BL), ppc.KINDS.index(ppc.Kind.B)
+_BL, _B = ppc.KINDS.index(ppc.WordKind.BL), ppc.KINDS.index(ppc.WordKind.B)
 
 
 def _kinds(words: np.ndarray, calls: np.ndarray | None = None, to_stub: np.ndarray | None = None) -> np.ndarray:

@@ -92,8 +92,8 @@ class SiteState(enum.Enum):
     UNKNOWN = "unknown"  # the slots hold something else
 
 
-PLAIN: Final[Mapping[ppc.Kind, Insn]] = MappingProxyType(
-    {ppc.Kind.MFLR: Insn.MFLR, ppc.Kind.NOP: Insn.NOP, ppc.Kind.B8: Insn.B8, ppc.Kind.STD: Insn.STD}
+PLAIN: Final[Mapping[ppc.WordKind, Insn]] = MappingProxyType(
+    {ppc.WordKind.MFLR: Insn.MFLR, ppc.WordKind.NOP: Insn.NOP, ppc.WordKind.B8: Insn.B8, ppc.WordKind.STD: Insn.STD}
 )
 """The word kinds that mean the same in every slot. A ``bl`` is a CALL and a ``b`` a STUB only
 where they go (:func:`insn_kind`); ``mtlr r0`` belongs to the ool stub, and in a slot is OTHER."""
@@ -104,9 +104,9 @@ def insn_kind(word: int, calls_tracer: bool, to_stub: bool = False) -> Insn:
     entry, ``to_stub`` whether a ``b`` here reaches the site's ool stub (decided by the caller: by
     target address in linked images, by relocation in ET_REL)."""
     kind = ppc.kind(word)
-    if kind is ppc.Kind.BL:
+    if kind is ppc.WordKind.BL:
         return Insn.CALL if calls_tracer else Insn.OTHER
-    if kind is ppc.Kind.B:
+    if kind is ppc.WordKind.B:
         return Insn.STUB if to_stub else Insn.OTHER
     return PLAIN.get(kind, Insn.OTHER)
 

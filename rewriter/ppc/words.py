@@ -125,7 +125,7 @@ def branch_targets(addrs: np.ndarray, words: np.ndarray) -> np.ndarray:
 # -- what a site slot holds, by its bits alone ---------------------------------------------------
 
 
-class Kind(enum.Enum):
+class WordKind(enum.Enum):
     """The words a site slot may hold. Whether a ``bl`` reaches the tracer, or a ``b`` the site's
     stub, depends on where they go: ``rewriter.states.insn_kind`` decides that."""
 
@@ -139,21 +139,27 @@ class Kind(enum.Enum):
     OTHER = "other"
 
 
-FIXED: Final = {NOP: Kind.NOP, MFLR_R0: Kind.MFLR, STD_R0_16_R1: Kind.STD, MTLR_R0: Kind.MTLR, B_PLUS_8: Kind.B8}
+FIXED: Final = {
+    NOP: WordKind.NOP,
+    MFLR_R0: WordKind.MFLR,
+    STD_R0_16_R1: WordKind.STD,
+    MTLR_R0: WordKind.MTLR,
+    B_PLUS_8: WordKind.B8,
+}
 """The one word of each fixed kind."""
 
-KINDS: Final = tuple(Kind)
-""":class:`Kind` by the small integers :func:`kinds` returns."""
+KINDS: Final = tuple(WordKind)
+""":class:`WordKind` by the small integers :func:`kinds` returns."""
 
 
-def kind(word: int) -> Kind:
+def kind(word: int) -> WordKind:
     """What a slot word is; ``b .+8`` is B8, not B."""
     fixed = FIXED.get(word)
     if fixed is not None:
         return fixed
     if is_bl(word):
-        return Kind.BL
-    return Kind.B if is_b(word) else Kind.OTHER
+        return WordKind.BL
+    return WordKind.B if is_b(word) else WordKind.OTHER
 
 
 _FIXED_WORDS: Final = np.array(sorted(FIXED), np.uint32)
@@ -167,8 +173,8 @@ def kinds(words: np.ndarray) -> np.ndarray:
     search of the sorted fixed words, not a comparison per fixed word: ``np.select`` over seven
     conditions cost 0.1 ms a call, a third of a module's whole scan."""
     iform = np.asarray(words, np.uint32) & np.uint32(_IFORM_MASK)
-    branch = np.where(iform == _IFORM_OPCODE | LK, KINDS.index(Kind.BL), KINDS.index(Kind.OTHER))
-    branch = np.where(iform == _IFORM_OPCODE, KINDS.index(Kind.B), branch)
+    branch = np.where(iform == _IFORM_OPCODE | LK, KINDS.index(WordKind.BL), KINDS.index(WordKind.OTHER))
+    branch = np.where(iform == _IFORM_OPCODE, KINDS.index(WordKind.B), branch)
     at = np.minimum(np.searchsorted(_FIXED_WORDS, words), len(_FIXED_WORDS) - 1)
     return np.where(_FIXED_WORDS[at] == words, _FIXED_KINDS[at], branch).astype(np.intp)
 

@@ -5,19 +5,9 @@ The console script, ``python3 -m rewriter`` and typer's ``CliRunner`` all run th
 :func:`report`. No command catches an error to choose a code; a command that finds something says
 so with ``typer.Exit(ExitCode.FINDINGS)``.
 
-====  ========================================================================================
-code  meaning
-====  ========================================================================================
-0     success
-1     findings: a verify mismatch, an unsafe plan, no legal route (:class:`NoRoute`), anomalies
-      at ``--fail-on``, a policy rule that matches nothing, a difference (``diff``), a rewrite
-      with nothing to do (:class:`NothingToDo`: no site at all, a selection matching none)
-2     bad input: one line ``mcountrw: error: <file>: <problem>`` and nothing written; a bad
-      option value or a missing option is bad input too
-3     internal error (:class:`InternalError`, or any other exception: a bug): one line asking for
-      a report, and what to put in it
-128+N interrupted by signal N (SIGINT 130, SIGTERM 143): temporary files removed
-====  ========================================================================================
+What each code means to a user (0 success, 1 findings, 2 bad input, 3 internal error, 128+N a
+signal) is the README's "Exit codes" table, the one statement of the contract; :data:`EXIT_CODES`
+below is how errors reach the codes, and :class:`ExitCode` names them.
 """
 
 from __future__ import annotations

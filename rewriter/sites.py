@@ -43,11 +43,12 @@ from rewriter.code import CodeView, code_view
 from rewriter.elf import structs as S
 from rewriter.elf.dynamic import relocated_slots
 from rewriter.elf.image import Abi, Image, Kind, Section, index_name, relocatable_at_a_glance
-from rewriter.elf.symbols import PLACE_SHIFT, Functions, functions, rel_place, reloc_target_places, split_place
+from rewriter.elf.symbols import PLACE_SHIFT, Functions, functions, rel_place, split_place
 from rewriter.errors import ArgumentError, UnmappedAddress
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
 from rewriter.locs import PROCESS_LOCS, TEXT_BOUNDS, Locs, loop_of, zero_records_fail
 from rewriter.prose import counted
+from rewriter.records import RecordTable, nonzero_records, read_records, table_at, zeroed_records
 from rewriter.states import PLAIN, Insn, SiteState
 
 MCOUNT_NAMES = ("_mcount", "._mcount")
@@ -128,19 +129,6 @@ class RecordPlace(NamedTuple):
     @property
     def text(self) -> str:
         return f"{self.addr:#x}" if self.addr is not None else f"{self.section}+{self.offset:#x}"
-
-
-class RecordTable(NamedTuple):
-    """One table of records, as the rewriter edits it.
-
-    Linked: ``addr``/``file_offset`` of entry 0 and ``values``, the run-time value of each entry
-    (0 for a dropped one). Relocatable: ``section`` is the relocation section
-    (``.rela__mcount_loc``), ``values`` the place each of its rows names."""
-
-    section: str
-    addr: int | None
-    file_offset: int | None
-    values: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,11 +258,11 @@ def _read_linked(image: Image, mcount_addr: int | None, generation: Generation |
         if not tables:
             tables, entries, calls, generation = _stripped(image, text, entries, calls, mcount_addr, generation)
         elif not len(entries):  # the entry is whatever the recorded `bl` words call most
-            entries = _entries_from_records(text, _nonzero(tables))
+            entries = _entries_from_records(text, nonzero_records(tables))
             calls = text.bl_places[arrays.member(text.bl_targets, entries)]
         else:
-            _check_mcount_addr_recorded(image, text, mcount_addr, calls, _nonzero(tables))
-    records = _nonzero(tables)
+            _check_mcount_addr_recorded(image, text, mcount_addr, calls, nonzero_records(tables))
+    records = nonzero_records(tables)
     overridden = None
     if generation is None:
         generation = detect_generation(image, text, calls, records).generation
@@ -352,7 +340,7 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     funcs = functions(image)
     tables = read_records(image)
     calls = _rel_call_places(image)
-    records = _nonzero(tables)
+    records = nonzero_records(tables)
     distinct = sorted(set(records.tolist()))
     # the words at each distinct record, read once for the detection and the sites
     found: list[tuple[Section, int, int, int | None] | None] | None = None
@@ -400,7 +388,7 @@ def _records(
     repeated = arrays.repeated(records) if distinct is None or distinct < len(records) else ()
     return Records(
         len(records),
-        _zeroed(image, tables),
+        zeroed_records(image, tables),
         tuple(_record_place(image, int(p)) for p in unmatched),
         tuple(_record_place(image, int(p)) for p in repeated),
         tuple(_record_place(image, int(p)) for p in skipped),
@@ -430,14 +418,6 @@ def weak_offsets(funcs: Functions, places: np.ndarray) -> np.ndarray:
     i = np.searchsorted(funcs.start, places, side="right") - 1
     start = funcs.start[np.maximum(i, 0)]
     return np.where(i >= 0, places.astype(np.int64) - start.astype(np.int64), -1)
-
-
-def _nonzero(tables: Sequence[RecordTable]) -> np.ndarray:
-    if not tables:
-        return np.zeros(0, np.uint64)
-    values = np.concatenate([t.values for t in tables])
-    nonzero: np.ndarray = values[values != 0]
-    return nonzero
 
 
 # -- the generation -------------------------------------------------------------------------
@@ -663,76 +643,6 @@ def _entries_from_records(text: CodeView, records: np.ndarray) -> np.ndarray:
     return values[np.argmax(counts) : np.argmax(counts) + 1]
 
 
-# -- records --------------------------------------------------------------------------------
-
-
-def read_records(image: Image) -> tuple[RecordTable, ...]:
-    """The record tables of ``image`` (none in a file without records)."""
-    if image.type == S.ET_REL:
-        names = ("__mcount_loc", "__patchable_function_entries")
-        return tuple(t for t in (_rel_table(image, n) for n in names) if t is not None)
-    return tuple(t for t in (_linked_table(image), _linked_patchable_section(image)) if t is not None)
-
-
-def _zeroed(image: Image, tables: Sequence[RecordTable]) -> int:
-    """Zero entries: a linked table's zero slots; in a relocatable file, the slots of a record
-    section that no relocation fills (a dropped record)."""
-    if image.type != S.ET_REL:
-        return sum(int(np.count_nonzero(t.values == 0)) for t in tables)
-    out = 0
-    for t in tables:
-        sec = image.section(t.section.removeprefix(".rela"))
-        if sec is not None:
-            out += max(sec.size // 8 - len(t.values), 0)
-    return out
-
-
-def _rel_table(image: Image, name: str) -> RecordTable | None:
-    rsec = image.section(".rela" + name)
-    if rsec is None or image.symbols is None:
-        return None
-    return RecordTable(rsec.name, None, None, reloc_target_places(image, image.relocations(rsec)))
-
-
-def _linked_table(image: Image) -> RecordTable | None:
-    """``__start_mcount_loc..__stop_mcount_loc`` (a vmlinux), else an ``__mcount_loc`` section."""
-    syms = image.symbols
-    if syms is not None:
-        start, stop = syms.find("__start_mcount_loc"), syms.find("__stop_mcount_loc")
-        if len(start) and len(stop):
-            lo, hi = int(syms.table["st_value"][start[0]]), int(syms.table["st_value"][stop[0]])
-            if hi < lo or (hi - lo) % 8:
-                raise image.error(f"__mcount_loc bounds {lo:#x}..{hi:#x} are not a table of 8-byte entries")
-            return _table_at(image, "__mcount_loc", lo, (hi - lo) // 8)
-    sec = image.section("__mcount_loc")
-    if sec is None or sec.type == S.SHT_NOBITS:
-        return None
-    if sec.size % 8:
-        raise image.error(f"__mcount_loc section size {sec.size} is not a multiple of 8")
-    return _table_at(image, sec.name, sec.addr, sec.size // 8)
-
-
-def _linked_patchable_section(image: Image) -> RecordTable | None:
-    """A linked file that kept the compiler's ``__patchable_function_entries`` as a section (a
-    vmlinux folds it into the mcount table instead)."""
-    sec = image.section("__patchable_function_entries")
-    if sec is None or sec.type == S.SHT_NOBITS or image.kind is Kind.VMLINUX:
-        return None
-    if sec.size % 8:
-        raise image.error(f"__patchable_function_entries section size {sec.size} is not a multiple of 8")
-    return _table_at(image, sec.name, sec.addr, sec.size // 8)
-
-
-def _table_at(image: Image, name: str, addr: int, count: int) -> RecordTable:
-    if not count:
-        return RecordTable(name, addr, None, np.zeros(0, np.uint64))
-    off = image.offset_of(addr)
-    if off + count * 8 > image.elf_end:
-        raise image.error(f"{name} runs past the end of the file")
-    values = np.frombuffer(image.data, S.addr_dtype(image.endian), count=count, offset=off).astype(np.uint64)
-    return RecordTable(name, addr, off, relocated_slots(image, addr, values))
-
-
 def kernel_locs(image: Image, funcs: Functions) -> Locs:
     """Which loop a vmlinux's ftrace_process_locs() has (:mod:`rewriter.locs`), read from its code:
     its words (the function table gives their end), its r2 (ELFv1: the descriptor's; ELFv2: its
@@ -893,7 +803,7 @@ def _search_record_table(image: Image, text: CodeView, slots: np.ndarray) -> Rec
             if not _mostly_slots(int(score[best_run]), values[first : last + 1]):
                 continue
             addr = sec.addr + skip + 8 * first
-            table = _table_at(image, f"{sec.name} (searched)", addr, last - first + 1)
+            table = table_at(image, f"{sec.name} (searched)", addr, last - first + 1)
             best = (int(score[best_run]), table)
     return best[1]
 

@@ -13,6 +13,7 @@ from conftest import FIXTURES, invoke
 
 from rewriter.elf.image import Image
 from rewriter.generations import LAYOUTS, Generation
+from rewriter.records import nonzero_records, read_records
 from rewriter.sites import NOT_BUILT_FOR_FTRACE, Scan, place_text, scan
 
 Row = tuple[Any, ...]
@@ -135,7 +136,7 @@ def _twin_sites(image: Image, generation: Generation | None = None) -> tuple[Any
     from rewriter.elf.symbols import functions
 
     result = scan(image, generation=generation)
-    records = S._nonzero(S.read_records(image))
+    records = nonzero_records(read_records(image))
     assert result.generation is not None and S._plain_module(image, result.generation, records)
     numpy = S._classify(
         image, code_view(image), functions(image), result.generation, S._rel_call_places(image), records, 16

@@ -1,0 +1,110 @@
+"""The kernel's own record tables, read from an image: the ``__start_mcount_loc..__stop_mcount_loc``
+table of a vmlinux (each slot's value the one ``relocate()`` leaves, :mod:`rewriter.elf.dynamic`), an
+``__mcount_loc`` or ``__patchable_function_entries`` section, and a relocatable file's
+``.rela__mcount_loc`` / ``.rela__patchable_function_entries``. The scan matches sites to them; the
+rewriter drops and restores their entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, NamedTuple
+
+import numpy as np
+
+from rewriter.elf import structs as S
+from rewriter.elf.dynamic import relocated_slots
+from rewriter.elf.image import Image, Kind
+from rewriter.elf.symbols import reloc_target_places
+
+RECORD_SIZE: Final = S.addr_dtype("<").itemsize  # one record: an 8-byte address
+
+
+class RecordTable(NamedTuple):
+    """One table of records, as the rewriter edits it.
+
+    Linked: ``addr``/``file_offset`` of entry 0 and ``values``, the run-time value of each entry
+    (0 for a dropped one). Relocatable: ``section`` is the relocation section
+    (``.rela__mcount_loc``), ``values`` the place each of its rows names."""
+
+    section: str
+    addr: int | None
+    file_offset: int | None
+    values: np.ndarray
+
+
+def read_records(image: Image) -> tuple[RecordTable, ...]:
+    """The record tables of ``image`` (none in a file without records)."""
+    if image.type == S.ET_REL:
+        names = ("__mcount_loc", "__patchable_function_entries")
+        return tuple(t for t in (_rel_table(image, n) for n in names) if t is not None)
+    return tuple(t for t in (_linked_table(image), _linked_patchable_section(image)) if t is not None)
+
+
+def zeroed_records(image: Image, tables: Sequence[RecordTable]) -> int:
+    """Zero entries: a linked table's zero slots; in a relocatable file, the slots of a record
+    section that no relocation fills (a dropped record)."""
+    if image.type != S.ET_REL:
+        return sum(int(np.count_nonzero(t.values == 0)) for t in tables)
+    out = 0
+    for t in tables:
+        sec = image.section(t.section.removeprefix(".rela"))
+        if sec is not None:
+            out += max(sec.size // RECORD_SIZE - len(t.values), 0)
+    return out
+
+
+def _rel_table(image: Image, name: str) -> RecordTable | None:
+    rsec = image.section(".rela" + name)
+    if rsec is None or image.symbols is None:
+        return None
+    return RecordTable(rsec.name, None, None, reloc_target_places(image, image.relocations(rsec)))
+
+
+def _linked_table(image: Image) -> RecordTable | None:
+    """``__start_mcount_loc..__stop_mcount_loc`` (a vmlinux), else an ``__mcount_loc`` section."""
+    syms = image.symbols
+    if syms is not None:
+        start, stop = syms.find("__start_mcount_loc"), syms.find("__stop_mcount_loc")
+        if len(start) and len(stop):
+            lo, hi = int(syms.table["st_value"][start[0]]), int(syms.table["st_value"][stop[0]])
+            if hi < lo or (hi - lo) % RECORD_SIZE:
+                raise image.error(f"__mcount_loc bounds {lo:#x}..{hi:#x} are not a table of 8-byte entries")
+            return table_at(image, "__mcount_loc", lo, (hi - lo) // RECORD_SIZE)
+    sec = image.section("__mcount_loc")
+    if sec is None or sec.type == S.SHT_NOBITS:
+        return None
+    if sec.size % RECORD_SIZE:
+        raise image.error(f"__mcount_loc section size {sec.size} is not a multiple of 8")
+    return table_at(image, sec.name, sec.addr, sec.size // RECORD_SIZE)
+
+
+def _linked_patchable_section(image: Image) -> RecordTable | None:
+    """A linked file that kept the compiler's ``__patchable_function_entries`` as a section (a
+    vmlinux folds it into the mcount table instead)."""
+    sec = image.section("__patchable_function_entries")
+    if sec is None or sec.type == S.SHT_NOBITS or image.kind is Kind.VMLINUX:
+        return None
+    if sec.size % RECORD_SIZE:
+        raise image.error(f"__patchable_function_entries section size {sec.size} is not a multiple of 8")
+    return table_at(image, sec.name, sec.addr, sec.size // RECORD_SIZE)
+
+
+def table_at(image: Image, name: str, addr: int, count: int) -> RecordTable:
+    """``count`` 8-byte records at ``addr`` of a linked image, valued as relocate() leaves them
+    (also where a stripped image's search found a table that no symbol bounds)."""
+    if not count:
+        return RecordTable(name, addr, None, np.zeros(0, np.uint64))
+    off = image.offset_of(addr)
+    if off + count * RECORD_SIZE > image.elf_end:
+        raise image.error(f"{name} runs past the end of the file")
+    values = np.frombuffer(image.data, S.addr_dtype(image.endian), count=count, offset=off).astype(np.uint64)
+    return RecordTable(name, addr, off, relocated_slots(image, addr, values))
+
+
+def nonzero_records(tables: Sequence[RecordTable]) -> np.ndarray:
+    if not tables:
+        return np.zeros(0, np.uint64)
+    values = np.concatenate([t.values for t in tables])
+    nonzero: np.ndarray = values[values != 0]
+    return nonzero

@@ -51,7 +51,7 @@ from rewriter.log import (
 )
 from rewriter.output import Pending, atomic_write, check_replaceable, commit_all, write_temp
 from rewriter.prose import counted
-from rewriter.reading import IS_DIRECTORY, read_regular
+from rewriter.reading import file_at, read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
 from rewriter.sites import (
     MCOUNT_NAMES,
@@ -138,18 +138,33 @@ def check_output_path(input_path: Path, output: Path | None, in_place: bool, dry
     return output
 
 
-def check_side_paths(input_path: Path, out: Path, log: Path, in_place: bool, backup: bool) -> None:
-    """Before any work: the patch log must not land on the input or the output (a log written over
-    the input would destroy it), and an ``--in-place --backup`` copy must not replace an earlier
-    one (a second run would otherwise overwrite the true original with a rewritten file)."""
+def check_side_paths(
+    input_path: Path,
+    out: Path,
+    log: Path,
+    in_place: bool,
+    backup: bool,
+    stage_dir: Path | None = None,
+    input_log: Path | None = None,
+) -> None:
+    """Before any work: no two files the run writes or reads share a place. The patch log must not
+    land on the input, the output or the backup (a log written over the input would destroy it;
+    over the backup, the log is lost), the output not on the input's own patch log (its undo), and
+    neither on a stage image (:func:`stage_image_path`); an ``--in-place --backup`` copy must not
+    replace an earlier one (a second run would otherwise overwrite the true original with a
+    rewritten file)."""
     if backup and not in_place:
         raise OutputError(f"{input_path}: --backup goes with --in-place (with -o the input is left as it is)")
-    for other, what in ((input_path, "the input"), (out, "the output")):
-        if log == other or (log.exists() and other.exists() and log.resolve() == other.resolve()):
-            raise OutputError(f"{log}: the patch log would overwrite {what}")
-    if log.is_dir():
-        raise OutputError(f"{log}: {IS_DIRECTORY}")
     saved = input_path.with_name(input_path.name + ".orig")
+    for other, what in ((input_path, "the input"), (out, "the output"), (saved if backup else None, "the backup")):
+        if other is not None and _same_file(log, other):
+            raise OutputError(f"{log}: the patch log would overwrite {what}")
+    for own in (default_log_path(input_path), input_log):
+        if not in_place and own is not None and _same_file(out, own):
+            raise OutputError(f"-o {out}: is the patch log of the input {input_path}, which its undo needs")
+    if stage_dir is not None:
+        _check_not_a_stage_image(input_path, stage_dir, ((out, "-o"), (log, "the patch log")))
+    check_replaceable(log)  # a directory, a name too long, a place that cannot be written
     if backup and (saved.exists() or saved.is_symlink()):
         raise OutputError(f"{saved}: exists (a backup from an earlier run?); move it away or drop --backup")
 
@@ -179,7 +194,7 @@ def apply_file(
     if stage_dir is not None and stage_dir.exists() and not stage_dir.is_dir():
         raise OutputError(f"--stage-images {stage_dir}: not a directory")
     if out is not None:
-        check_side_paths(path, out, log_path or default_log_path(out), in_place, backup)
+        check_side_paths(path, out, log_path or default_log_path(out), in_place, backup, stage_dir, input_log)
     image = Image.load(path)
     if out is not None and not in_place:
         check_output_name(out, image.compression)
@@ -264,7 +279,7 @@ def check_no_foreign_log(path: Path, known: Known | None) -> None:
     archived first (``archived_log``). A log there that is not the file's (ignored, with a warning)
     would be replaced with no copy kept: refused, before anything is written."""
     beside = default_log_path(path)
-    if beside.is_file() and (known is None or not _same_file(known.path, beside)):
+    if file_at(beside) and (known is None or not _same_file(known.path, beside)):
         raise OutputError(
             f"{beside}: not the log of {path}, and an in-place rewrite would replace it: move it away, or "
             "give the new log another name with --log"
@@ -288,7 +303,7 @@ def refuse_contradicted_generation(image: Image, found: Scan) -> None:
 def _input_log(image: Image, explicit: Path | None) -> tuple[Known | None, str | None]:
     """The input's own patch log, and a warning if the one beside it is not (``log.for_file``).
     The file is hashed only if there is a log to compare it with."""
-    if explicit is None and not default_log_path(image.path).is_file():
+    if explicit is None and not file_at(default_log_path(image.path)):
         return None, None
     raw = image.data if image.compression is Compression.NONE else _on_disk(image.path)
     content_sha = None if image.compression is Compression.NONE else _sha256(image.data)
@@ -349,7 +364,33 @@ def _write_outputs(
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    return a == b or (a.exists() and b.exists() and a.resolve() == b.resolve())
+    """One file under two names; a name the system cannot hold (too long) is no file."""
+    try:
+        return a == b or (a.exists() and b.exists() and a.resolve() == b.resolve())
+    except OSError:
+        return False
+
+
+def stage_image_path(directory: Path, path: Path, stage: int) -> Path:
+    """Where ``--stage-images`` puts stage ``stage`` (from 1) of rewriting ``path``: the
+    decompressed ELF, named without the input's compression suffix."""
+    named = compression_named(path)
+    name = path.name if named is None else path.name.removesuffix(SUFFIX[named])
+    return directory / f"{name}.stage{stage}"
+
+
+def _check_not_a_stage_image(path: Path, directory: Path, targets: Sequence[tuple[Path, str]]) -> None:
+    """Refuse a ``targets`` path that a stage image of this run may take (the number of stages is
+    known only once the plan is made, so any stage number is refused)."""
+    for target, what in targets:
+        try:
+            same_dir = target.parent.resolve() == directory.resolve()
+        except OSError:
+            continue
+        name = stage_image_path(directory, path, 0).name.removesuffix("0")
+        rest = target.name[len(name) :]
+        if same_dir and target.name.startswith(name) and rest.isascii() and rest.isdigit():
+            raise OutputError(f"{target}: {what} would be a stage image of this run (--stage-images {directory})")
 
 
 def _write_stage_images(directory: Path, path: Path, result: Rewrite) -> tuple[Path, ...]:
@@ -360,11 +401,8 @@ def _write_stage_images(directory: Path, path: Path, result: Rewrite) -> tuple[P
     except OSError as e:
         raise OutputError(f"{directory}: {e.strerror}") from None
     out = []
-    # A stage image is the decompressed ELF: named without the input's compression suffix.
-    named = compression_named(path)
-    name = path.name if named is None else path.name.removesuffix(SUFFIX[named])
     for i, content in enumerate(result.stages, start=1):
-        p = directory / f"{name}.stage{i}"
+        p = stage_image_path(directory, path, i)
         atomic_write(p, content, path.stat().st_mode & 0o7777)
         out.append(p)
     return tuple(out)
@@ -410,6 +448,13 @@ def no_site_cause(image: Image, found: Scan, hints: ScanHints, log_warning: str 
         )
     if hints.mcount_addr is not None:
         return f"no bl calls --mcount-addr {hints.mcount_addr:#x} and no record names a site: is it _mcount's address?"
+    unmatched = found.records.unmatched
+    if unmatched:
+        return (
+            f"{counted(len(unmatched), 'record')} there, but none names a site: the words at "
+            f"{unmatched[0].text}{' and the others' if len(unmatched) > 1 else ''} are no call slot mcountrw knows "
+            "(`mcountrw audit` shows them)"
+        )
     if _defines_mcount(image, found):
         return f"_mcount is there but nothing calls it and there are no records: {earlier}"
     return NOT_BUILT_FOR_FTRACE
@@ -419,11 +464,11 @@ def _earlier_rewrite(image: Image, log_warning: str | None) -> str:
     """What to say of the sites an earlier rewrite nopped and unrecorded: only its patch log knows
     them, and whether that log is here, and read."""
     log = default_log_path(image.path)
-    if log.exists() and log_warning is not None:
+    if file_at(log) and log_warning is not None:
         return (
             f"its sites were nopped by an earlier rewrite, but the patch log beside it is not its log ({log_warning})"
         )
-    if log.exists():
+    if file_at(log):
         return (
             f"its sites were nopped by an earlier rewrite: its patch log {log.name} is here "
             f"(`mcountrw undo {image.path} --log {log}` gives the original back)"

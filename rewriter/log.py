@@ -19,6 +19,7 @@ that knows the layout of a log; the rest ask it for a :class:`Log` or a :class:`
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import mmap
@@ -57,7 +58,8 @@ from rewriter.known import (
     site_lines_in,
     with_log,
 )
-from rewriter.reading import NO_SUCH_FILE, read_regular, read_regular_text
+from rewriter.prose import json_problem
+from rewriter.reading import NO_SUCH_FILE, file_at, read_regular, read_regular_text
 from rewriter.rewrite import Options, Rewrite
 from rewriter.sites import Scan
 from rewriter.states import SiteState
@@ -368,6 +370,8 @@ def read_header(path: Path) -> Header | None:
     except FileNotFoundError:
         return None
     except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:  # a log beside a file with a long name: none can be there
+            return None
         raise LogError(f"{path}: {e.strerror}") from None
     body_end = text.rfind(b"\n", 0, len(text) - 1) + 1
     try:
@@ -375,7 +379,7 @@ def read_header(path: Path) -> Header | None:
         header = Header.from_json(json.loads(text[: text.index(b"\n")]))
         _ = header.sites_touched  # what prenop reports: a log without it is refused here, with the rest
         ok = footer["sha256"] == hashlib.sha256(text[:body_end]).hexdigest()
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise LogError(f"{path}: not an mcountrw patch log, or a truncated one") from None
     if not ok:
         raise LogError(f"{path}: patch log was edited or truncated (footer checksum does not match)")
@@ -434,7 +438,7 @@ def for_file(
     compressed file its content's), read as a source of sites, and a warning; as :func:`log_of`
     decides, but reading the log once."""
     chosen = explicit if explicit is not None else default_log_path(path)
-    if explicit is None and not chosen.is_file():
+    if explicit is None and not file_at(chosen):
         return None, None
     try:
         known = load_known(chosen)
@@ -512,7 +516,7 @@ def logs_at(places: Sequence[tuple[Path, Path]]) -> FoundLogs:
     ignored: dict[Path, str] = {}  # a place -> the first warning about its log
     present: set[Path] = set()
     for path, place in places:
-        if not place.is_file():
+        if not file_at(place):
             continue
         present.add(place)
         try:
@@ -675,7 +679,7 @@ def _json_lines(lines: list[str], name: str, numbers: list[int]) -> list[dict[st
     records: list[dict[str, Any]] | None
     try:
         records = json.loads("[" + ",".join(lines) + "]")
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # line by line below, to say which
         records = None
     if records is None or len(records) != len(lines) or not all(isinstance(r, dict) for r in records):
         return [_json_line(line, name, n + 1) for n, line in zip(numbers, lines, strict=True)]
@@ -685,8 +689,9 @@ def _json_lines(lines: list[str], name: str, numbers: list[int]) -> list[dict[st
 def _json_line(line: str, name: str, n: int) -> dict[str, Any]:
     try:
         rec = json.loads(line)
-    except json.JSONDecodeError:
-        raise LogError(f"{name}:{n}: not JSON (truncated or edited patch log?)") from None
+    except (ValueError, RecursionError) as e:
+        why = "" if isinstance(e, json.JSONDecodeError) else f": {json_problem(e)}"
+        raise LogError(f"{name}:{n}: not JSON (truncated or edited patch log?){why}") from None
     if not isinstance(rec, dict):
         raise LogError(f"{name}:{n}: not a log record")
     return rec

@@ -23,6 +23,7 @@ taken for output, and can be deleted at any time when no mcountrw is running.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import secrets
@@ -36,6 +37,17 @@ from rewriter.errors import OutputError
 from rewriter.reading import IS_DIRECTORY
 
 TMP_SUFFIX = ".mcountrw-tmp"
+NAME_MAX: Final = 255  # bytes in one file name: Linux's NAME_MAX, on every file system it mounts
+_TEMP_ROOM: Final = 48  # what a temporary name adds to its target's: dots, random part, suffixes
+
+
+def _temp_prefix(path: Path) -> str:
+    """The start of a temporary file's name beside ``path``: a dot and the target's name, cut short
+    so that the whole temporary name fits even when the target's own name nearly fills NAME_MAX."""
+    name = os.fsencode(path.name)[: NAME_MAX - _TEMP_ROOM]
+    return "." + os.fsdecode(name) + "."
+
+
 _READ_BACK_CHUNK = 1 << 24
 
 
@@ -62,7 +74,17 @@ def check_replaceable(path: Path) -> None:
     ``-o`` is refused before a long run, not by its last step. A directory is refused in the
     system's words, ``.``, ``..`` and ``/`` too (renaming over them fails with EBUSY, not EISDIR);
     the directory the file goes in must exist and be writable (the temporary file is made there),
-    unless ``path`` is a device or FIFO, which is written into."""
+    unless ``path`` is a device or FIFO, which is written into. A name longer than the file system
+    holds is refused here too, in its words, not by the write at the end."""
+    try:
+        _check_replaceable(path)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write here ({e.strerror})") from None
+
+
+def _check_replaceable(path: Path) -> None:
+    if len(os.fsencode(path.name)) > NAME_MAX:
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(path))
     if path.is_dir():
         raise OutputError(f"{path}: {IS_DIRECTORY}")
     if _special(path):
@@ -146,7 +168,7 @@ def _write(
         except OSError as e:
             raise OutputError(f"{path}: {e.strerror}") from None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TMP_SUFFIX, dir=directory)
     except OSError as e:
         raise OutputError(f"{path}: cannot write here ({e.strerror})") from None
     written = None
@@ -229,7 +251,7 @@ def _keep(path: Path) -> str | None:
         return _ABSENT
     except OSError:
         return None
-    name = os.path.join(str(path.parent), f".{path.name}.{secrets.token_hex(6)}.previous{TMP_SUFFIX}")
+    name = os.path.join(str(path.parent), f"{_temp_prefix(path)}{secrets.token_hex(6)}.previous{TMP_SUFFIX}")
     try:
         os.link(path, name, follow_symlinks=False)
     except OSError:

@@ -58,7 +58,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from rewriter.errors import ArgumentError, NoRoute, PlanFormatError, PlanRejected
 from rewriter.generations import LAYOUTS, Variant, state_rejection, steps_from
-from rewriter.prose import counted
+from rewriter.prose import counted, json_problem
 from rewriter.states import S_WRITES, Insn, SiteState, Slot, Step
 
 
@@ -183,8 +183,8 @@ class Plan:
         :class:`PlanFormatError` starting ``source:`` and saying what is wrong and where."""
         try:
             doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise PlanFormatError(f"{source}: not JSON: {e}") from None
+        except (ValueError, RecursionError) as e:
+            raise PlanFormatError(f"{source}: not JSON: {json_problem(e)}") from None
         try:
             return cls._from_doc(doc)
         except PlanFormatError as e:

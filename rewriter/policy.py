@@ -48,7 +48,7 @@ from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
 from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
-from rewriter.prose import counted
+from rewriter.prose import counted, printable
 from rewriter.reading import read_regular_text
 
 
@@ -107,7 +107,9 @@ class Rule:
     line: int
 
     def __str__(self) -> str:
-        return f"{self.verb.value} {self.pattern.text}"
+        """The rule as people read it: a control character in the pattern is shown escaped, so what
+        is printed is the pattern that is matched (a terminal would act on an escape sequence)."""
+        return f"{self.verb.value} {printable(self.pattern.text)}"
 
 
 @dataclass(frozen=True)

@@ -19,3 +19,14 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def json_problem(error: ValueError | RecursionError) -> str:
+    """Why text is not JSON mcountrw can read, in words: besides a syntax error (its own message),
+    Python's json refuses nesting past the recursion limit and integers past its digit limit,
+    both of which an edited log or plan may hold."""
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    if "integer string conversion" in str(error):
+        return "a number with too many digits"
+    return str(error)

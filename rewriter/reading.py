@@ -48,3 +48,13 @@ def read_regular(path: Path) -> bytes:
 def read_regular_text(path: Path) -> str:
     """:func:`read_regular` as UTF-8 text (``UnicodeDecodeError`` for what is not)."""
     return read_regular(path).decode()
+
+
+def file_at(path: Path) -> bool:
+    """``path.is_file()``, except that a name the system cannot hold (too long: a log's name beside
+    a file whose own name leaves no room for the suffix) is no file, not an error: every command
+    looks for a log beside each file it reads."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False

@@ -252,7 +252,8 @@ def emit(text: str, output: Path | None) -> None:
         return
     from rewriter.output import atomic_write
 
-    atomic_write(output, text.encode(), durable=False)
+    # surrogateescape: a file name that is not UTF-8 goes out as its own bytes, as on stdout
+    atomic_write(output, text.encode(errors="surrogateescape"), durable=False)
 
 
 def print_errors(errors: Sequence[str]) -> None:

@@ -290,8 +290,10 @@ class Image:
         strndx = int(e["e_shstrndx"])
         if strndx == S.SHN_XINDEX:
             strndx = rows[0][6]  # sh_link
+        if strndx == S.SHN_UNDEF:
+            raise self.error("no section name string table (e_shstrndx is 0)")
         if not 0 < strndx < shnum:
-            raise self.error(f"section name string table index {strndx} out of range (0..{shnum - 1})")
+            raise self.error(f"section name string table index {strndx} out of range (1..{shnum - 1})")
         nobits, null, elf_end = S.SHT_NOBITS, S.SHT_NULL, self.elf_end
         has_data = [i for i, r in enumerate(rows) if r[5] and r[1] != nobits and r[1] != null]
         for i in has_data:
@@ -490,6 +492,9 @@ class Image:
             if self.symbols is not None and link is not None and link.type == S.SHT_SYMTAB:
                 symbols = min(symbols, len(self.symbols.table))
             top = int(S.r_sym(rela["r_info"]).max())
+            if top and (link is None or link.type not in (S.SHT_SYMTAB, S.SHT_DYNSYM)):
+                named = f"section {sec.link} ({link.name or index_name(link.shndx)})" if link else f"section {sec.link}"
+                raise self.error(f"relocation section {sec.name}: its sh_link names {named}, not a symbol table")
             if top >= symbols:
                 raise self.error(f"relocation section {sec.name} names symbol {top}, past the {symbols} it can name")
         return rela

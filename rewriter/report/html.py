@@ -14,7 +14,7 @@ from typing import Final, NamedTuple
 
 from rewriter.audit import Audit, GroupSummary, ImageAudit, roll_up, summarise
 from rewriter.flow import Verdict
-from rewriter.prose import counted
+from rewriter.prose import counted, printable
 from rewriter.report.md import anomaly_text, safety_text, stub_gap_text, stub_text, weak_bodies_text
 from rewriter.states import SiteState
 
@@ -47,6 +47,12 @@ class Bar(NamedTuple):
 
 def _esc(text: object) -> str:
     return html.escape(str(text), quote=True)
+
+
+def _file(img: ImageAudit) -> str:
+    """An image's file name for the page: escaped as every report escapes names (a name that is not
+    UTF-8 or holds a control character shows its bytes as ``\\xff``), then for HTML."""
+    return _esc(printable(img.path.name))
 
 
 def bar_chart(chart_id: str, title: str, bars: Sequence[Bar], colours: Mapping[str, str]) -> str:
@@ -106,7 +112,7 @@ def _safety_bars(groups: Sequence[GroupSummary], total: GroupSummary) -> list[Ba
 def _site_rows(images: Sequence[ImageAudit]) -> list[list[str]]:
     rows = []
     for img in images:
-        name = img.path.name
+        name = printable(img.path.name)
         for sa in img.sites:
             s = sa.site
             rows.append(
@@ -135,7 +141,7 @@ def _image_table(images: Sequence[ImageAudit]) -> str:
         gap = [] if img.stub_gap is None else [_esc(stub_gap_text(img.stub_gap))]
         stubs = "<br>".join(areas + gap)
         rows.append(
-            f"<tr><td>{_esc(img.path.name)}</td><td>{_esc(img.generation.value if img.generation else '')}</td>"
+            f"<tr><td>{_file(img)}</td><td>{_esc(img.generation.value if img.generation else '')}</td>"
             f"<td>{img.counts.sites}</td><td>{_esc(weak_bodies_text(img))}</td><td>{_esc(img.question)}</td>"
             f"<td class='ev'>{stubs}</td></tr>"
         )
@@ -154,7 +160,7 @@ def _anomaly_table(images: Sequence[ImageAudit]) -> str:
             evidence = "<br>".join(_esc(line) for line in a.evidence)
             rows.append(
                 f"<tr class='sev-{a.severity.value}'><td>{_esc(a.severity.value)}</td><td>{_esc(a.kind.value)}</td>"
-                f"<td>{_esc(img.path.name)}</td><td>{_esc(a.place)}</td><td>{_esc(a.function or '')}</td>"
+                f"<td>{_file(img)}</td><td>{_esc(a.place)}</td><td>{_esc(a.function or '')}</td>"
                 f"<td>{_esc(a.message)}<div class='ev'>{evidence}</div></td></tr>"
             )
     if not rows:

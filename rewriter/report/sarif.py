@@ -13,6 +13,7 @@ question its safety verdict answers, and (ool) its stub areas, or the records wh
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -30,8 +31,9 @@ _LEVEL: Final = {"error": "error", "warning": "warning", "note": "note"}
 
 def _uri(path: Path) -> str:
     """A URI reference (SARIF 3.10.2): an absolute path as a file: URI, a relative one percent-encoded
-    too (`#` would start a fragment, a space or a newline is no URI character)."""
-    return path.as_uri() if path.is_absolute() else quote(path.as_posix(), safe="/")
+    too (`#` would start a fragment, a space or a newline is no URI character), from the name's
+    bytes: a name that is not UTF-8 gets its bytes percent-encoded, as ``as_uri`` does."""
+    return path.as_uri() if path.is_absolute() else quote(os.fsencode(path.as_posix()), safe="/")
 
 
 def _rules() -> list[dict[str, Any]]:

@@ -526,7 +526,7 @@ def _mcount_entries(image: Image, text: CodeView, mcount_addr: int | None) -> np
     found: list[int] = [] if mcount_addr is None else [mcount_addr]
     syms = image.symbols
     if syms is not None:
-        named = _symbol_addrs(image, MCOUNT_NAMES)
+        named = _symbol_addrs(image, MCOUNT_NAMES, local_entries=True)
         _check_mcount_addr_named(image, mcount_addr, named)
         found.extend(named)
         found.extend(_stub_symbols(image))
@@ -565,8 +565,10 @@ def _check_mcount_addr_named(image: Image, mcount_addr: int | None, named: list[
     )
 
 
-def _symbol_addrs(image: Image, names: Sequence[str]) -> list[int]:
-    """Code addresses of the defined symbols called ``names`` (ELFv1 descriptors followed)."""
+def _symbol_addrs(image: Image, names: Sequence[str], local_entries: bool = False) -> list[int]:
+    """Code addresses of the defined symbols called ``names`` (ELFv1 descriptors followed); with
+    ``local_entries``, an ELFv2 function's local entry too, where a direct call from code that
+    shares its TOC lands (``bl _mcount+0x8`` when _mcount sets up r2: glibc's, a user's own)."""
     syms = image.symbols
     if syms is None:
         return []
@@ -584,6 +586,9 @@ def _symbol_addrs(image: Image, names: Sequence[str]) -> list[int]:
             off = image.offset_of(value + S.OPD_ENTRY)
             value = int.from_bytes(image.data[off : off + 8], image.byteorder)
         out.append(value)
+        local = int(S.ppc64_local_entry_offset(np.array([row["st_other"]]))[0]) if local_entries else 0
+        if local and image.abi is not Abi.ELFV1:
+            out.append(value + local)
     return out
 
 

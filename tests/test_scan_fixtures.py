@@ -188,3 +188,40 @@ def test_the_no_sites_note_is_not_said_of_a_file_with_records() -> None:
     (its summary and FTRACE OFF line say what the records are)."""
     lines = invoke("scan", "--generation", "patchable", FIXTURES / "bin" / "ool-le.o").stdout.splitlines()
     assert "6 records (0 skipped, 6 unmatched)" in lines[0] and not any("no sites:" in x for x in lines), lines
+
+
+_MCOUNT_WITH_TOC = """\
+	.abiversion 2
+	.text
+	.globl _mcount
+	.type _mcount,@function
+_mcount:
+0:	addis 2,12,.TOC.-0b@ha
+	addi 2,2,.TOC.-0b@l
+	.localentry _mcount,.-_mcount
+	mflr 12
+	mtctr 12
+	mtlr 0
+	bctr
+	.size _mcount,.-_mcount
+	.section .note.GNU-stack,"",@progbits
+"""
+
+
+def test_calls_to_an_mcount_with_a_toc_land_on_its_local_entry_and_are_sites(tmp_path: Path) -> None:
+    """An _mcount that sets up r2 (glibc's, a user's own) has a global entry; a direct call from
+    code sharing its TOC is ``bl _mcount+0x8``, its local entry. Those calls were no sites, so
+    their records read as naming nothing ("FTRACE OFF") and nop said they were nopped already."""
+    cc = require_tool("powerpc64le-linux-gnu-gcc")
+    src, asm = tmp_path / "f.c", tmp_path / "m.S"
+    funcs = "".join(f"__attribute__((noinline)) int f{i}(int x) {{ return g + x * {i}; }}\n" for i in range(3))
+    src.write_text("int g;\n" + funcs + "int main(void) { return f0(1) + f1(2) + f2(3); }\n")
+    asm.write_text(_MCOUNT_WITH_TOC)
+    exe = tmp_path / "prog"
+    build = [cc, "-O2", "-fno-pie", "-pg", "-mprofile-kernel", "-static", "-no-pie", str(src), str(asm), "-o", str(exe)]
+    subprocess.run(build, check=True)
+    calls = subprocess.run([cc.with_name("powerpc64le-linux-gnu-objdump"), "-d", str(exe)], check=True,
+                           capture_output=True, text=True).stdout.count("<_mcount+0x8>")  # fmt: skip
+    result = scan(Image.load(exe))
+    assert calls >= 4 and len(result.sites) == calls, (calls, len(result.sites))
+    assert {s.function for s in result.sites} >= {"f0", "f1", "f2", "main"}

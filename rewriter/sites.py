@@ -198,6 +198,7 @@ class Detect(NamedTuple):
 
     generation: Generation | None
     reason: str
+    also: Generation | None = None  # another generation the contents fit as well: ``--generation`` may choose it
 
 
 class _Read(NamedTuple):
@@ -283,8 +284,9 @@ def override_text(result: Scan, verb: str = "overrides") -> str | None:
 
 def _contradicted(given: Generation, detected: Detect) -> Detect | None:
     """``detected`` when it names another generation than ``--generation`` gave (None when the
-    contents cannot tell, as in a stripped image with no records: what the option is for)."""
-    return detected if detected.generation not in (None, given) else None
+    contents cannot tell, as in a stripped image with no records, or fit ``given`` as well: what
+    the option is for)."""
+    return detected if detected.generation not in (None, given) and detected.also is not given else None
 
 
 def check_mcount_addr(generation: Generation | None, mcount_addr: int | None, path: Path | None = None) -> None:
@@ -503,7 +505,10 @@ def _detect_by_words(first: np.ndarray, after: np.ndarray) -> Detect:
     alone = int(np.count_nonzero(nop & (after != ppc.NOP)))
     if alone:
         return Detect(Generation.OOL, f"{counted(alone, 'recorded nop')} not followed by a nop: one patchable nop")
-    return Detect(Generation.PATCHABLE, "every recorded nop is followed by a nop: two patchable nops")
+    # An ool function whose body starts with a nop (ld relaxes `addis rX,r2,x@toc@ha` to one) reads
+    # the same: with every follower a nop, the words cannot rule out ool, and --generation may.
+    reason = "every recorded nop is followed by a nop: two patchable nops"
+    return Detect(Generation.PATCHABLE, reason, also=Generation.OOL)
 
 
 def _has_mcount_table(image: Image) -> bool:

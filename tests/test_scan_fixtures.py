@@ -225,3 +225,29 @@ def test_calls_to_an_mcount_with_a_toc_land_on_its_local_entry_and_are_sites(tmp
     result = scan(Image.load(exe))
     assert calls >= 4 and len(result.sites) == calls, (calls, len(result.sites))
     assert {s.function for s in result.sites} >= {"f0", "f1", "f2", "main"}
+
+
+def test_generation_ool_may_read_an_image_whose_recorded_nops_are_all_followed_by_a_nop(tmp_path: Path) -> None:
+    """``-fpatchable-function-entry=1`` and a body whose first word ld relaxed to a nop (its
+    ``addis r9,r2,g@toc@ha``): ``nop; nop`` at the one record, as patchable would be. The words
+    cannot tell, so ``--generation ool`` is obeyed, by a rewrite too (it was refused as
+    contradicting the image)."""
+    cc = require_tool("powerpc64-linux-gnu-gcc")
+    src, exe = tmp_path / "p.c", tmp_path / "p"
+    src.write_text(
+        "int g = 5;\n__attribute__((noinline)) int f(int x) { return g + x; }\n"
+        "__attribute__((patchable_function_entry(0, 0))) int main(int argc, char **argv) { return g + f(argc); }\n"
+    )
+    build = [cc, "-O2", "-fno-pie", "-fpatchable-function-entry=1", "-static", "-no-pie", str(src), "-o", str(exe)]
+    subprocess.run(build, check=True)
+    guessed = scan(Image.load(exe))
+    assert guessed.generation is Generation.PATCHABLE and len(guessed.sites) == 1
+    told = scan(Image.load(exe), generation=Generation.OOL)
+    assert told.generation is Generation.OOL and told.overridden is None
+    (site,) = told.sites
+    assert site.function == "f" and site.record == site.addr == guessed.sites[0].record
+    out = tmp_path / "p.nop"
+    result = invoke("nop", exe, "-o", out, "--drop-records", "--generation", "ool")
+    assert result.exit_code == 0, result.output
+    assert invoke("undo", out, "-o", tmp_path / "back").exit_code == 0
+    assert (tmp_path / "back").read_bytes() == exe.read_bytes()

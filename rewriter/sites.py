@@ -227,6 +227,7 @@ def scan(
     places, skipped = _split_skipped(image, read.records, locs)
     weak = weak_max_offset(image, generation)
     sites, unmatched = _classify(image, text, funcs, generation, read.calls, places, weak)
+    _check_no_nops_before_entries(image, funcs, sites)
     stubs: tuple[StubArea, ...] = ()
     if generation is Generation.OOL:
         stubs, sites = _with_stubs(image, sites)
@@ -271,6 +272,34 @@ def _read_linked(image: Image, mcount_addr: int | None, generation: Generation |
         overridden = _contradicted(generation, detect_generation(image, text, calls, records))
     check_mcount_addr(generation, mcount_addr, image.path)
     return _Read(text, funcs, tuple(tables), entries, calls, records, generation, overridden)
+
+
+_NOP_BUILT: Final = (Variant.PATCHABLE, Variant.OOL)
+
+
+def _check_no_nops_before_entries(image: Image, funcs: Functions, sites: Sequence[Site]) -> None:
+    """Refuse ``-fpatchable-function-entry=M,N`` with N > 0: a recorded site whose first word lies
+    in no function and whose later words reach into the next one, its first N nops before its
+    symbol. No ppc64 kernel builds so (patchable is ``=2``, ool ``=1``); read as one of them, such
+    sites got another layout's words and a weak-body reason. A weak body the kernel disables is in
+    no function too, but it is a whole function, longer than the site: the next one starts later."""
+    built = [s for s in sites if s.record is not None and s.variant in _NOP_BUILT]
+    if not built or not len(funcs):
+        return
+    records = np.array([s.record for s in built], np.uint64)
+    outside = funcs.containing(records) < 0
+    if not outside.any():
+        return
+    ends = np.array([s.place + ppc.INSN_SIZE for s in built], np.uint64)  # the call slot is a site's last word
+    nxt = np.minimum(np.searchsorted(funcs.start, records, side="right"), len(funcs.start) - 1)
+    hit = outside & (funcs.start[nxt] > records) & (funcs.start[nxt] <= ends)
+    if hit.any():
+        first = built[int(np.flatnonzero(hit)[0])]
+        raise image.error(
+            f"{counted(int(hit.sum()), 'recorded site')} of nops just before a function's entry ({first.place_text}): "
+            "built with -fpatchable-function-entry=M,N, N > 0, a layout of no ppc64 kernel generation "
+            "(mprofile; patchable =2; ool =1)"
+        )
 
 
 def override_text(result: Scan, verb: str = "overrides") -> str | None:
@@ -360,6 +389,7 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     else:
         text = code_view(image) if text is None else text
         sites, unmatched = _classify(image, text, funcs, generation, calls, records, weak)
+    _check_no_nops_before_entries(image, funcs, sites)
     recs = _records(image, tables, records, unmatched, np.zeros(0, np.uint64), len(distinct))
     return Scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, (), funcs, generation, (), weak,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from boot import require_tool
-from conftest import FIXTURES, invoke
+from conftest import FIXTURES, assert_one_line, invoke
 
 from rewriter.elf.image import Image
 from rewriter.generations import LAYOUTS, Generation
@@ -251,3 +251,26 @@ def test_generation_ool_may_read_an_image_whose_recorded_nops_are_all_followed_b
     assert result.exit_code == 0, result.output
     assert invoke("undo", out, "-o", tmp_path / "back").exit_code == 0
     assert (tmp_path / "back").read_bytes() == exe.read_bytes()
+
+
+@pytest.mark.parametrize("entry", ["2,2", "2,1", "1,1"])
+def test_nops_before_the_function_entry_are_a_layout_refused_by_name(tmp_path: Path, entry: str) -> None:
+    """``-fpatchable-function-entry=M,N`` with N > 0 puts N nops before the symbol: no kernel
+    generation. Read as patchable or ool, its sites got a weak-body reason and the function `?`."""
+    cc = require_tool("powerpc64-linux-gnu-gcc")
+    src, obj = tmp_path / "f.c", tmp_path / "f.o"
+    src.write_text("int g;\nint f(int x) { return g + x; }\nint h(int y) { return y * 3; }\n")
+    subprocess.run([cc, "-O2", f"-fpatchable-function-entry={entry}", "-c", str(src), "-o", str(obj)], check=True)
+    assert_one_line(invoke("scan", obj), 2, "error", "2 recorded sites of nops just before a function's entry",
+                    "-fpatchable-function-entry=M,N, N > 0")  # fmt: skip
+
+
+@pytest.mark.parametrize("entry", ["2", "1"])
+def test_the_kernels_entry_nops_are_read_as_their_generation(tmp_path: Path, entry: str) -> None:
+    cc = require_tool("powerpc64-linux-gnu-gcc")
+    src, obj = tmp_path / "f.c", tmp_path / "f.o"
+    src.write_text("int g;\nint f(int x) { return g + x; }\nint h(int y) { return y * 3; }\n")
+    subprocess.run([cc, "-O2", f"-fpatchable-function-entry={entry}", "-c", str(src), "-o", str(obj)], check=True)
+    found = scan(Image.load(obj))
+    assert found.generation is (Generation.PATCHABLE if entry == "2" else Generation.OOL)
+    assert sorted(s.function or "?" for s in found.sites) == ["f", "h"] and all(s.traceable for s in found.sites)

@@ -227,7 +227,7 @@ def scan(
     places, skipped = _split_skipped(image, read.records, locs)
     weak = weak_max_offset(image, generation)
     sites, unmatched = _classify(image, text, funcs, generation, read.calls, places, weak)
-    _check_no_nops_before_entries(image, funcs, sites)
+    _check_no_nops_before_entries(image, funcs, places, sites)
     stubs: tuple[StubArea, ...] = ()
     if generation is Generation.OOL:
         stubs, sites = _with_stubs(image, sites)
@@ -277,14 +277,16 @@ def _read_linked(image: Image, mcount_addr: int | None, generation: Generation |
 _NOP_BUILT: Final = (Variant.PATCHABLE, Variant.OOL)
 
 
-def _check_no_nops_before_entries(image: Image, funcs: Functions, sites: Sequence[Site]) -> None:
+def _check_no_nops_before_entries(image: Image, funcs: Functions, records: np.ndarray, sites: Sequence[Site]) -> None:
     """Refuse ``-fpatchable-function-entry=M,N`` with N > 0: a recorded site whose first word lies
     in no function and whose later words reach into the next one, its first N nops before its
     symbol. No ppc64 kernel builds so (patchable is ``=2``, ool ``=1``); read as one of them, such
     sites got another layout's words and a weak-body reason. A weak body the kernel disables is in
     no function too, but it is a whole function, longer than the site: the next one starts later."""
+    if not len(funcs) or not len(records) or not (funcs.containing(records) < 0).any():
+        return  # the usual case, in one look-up: every record is inside a function
     built = [s for s in sites if s.record is not None and s.variant in _NOP_BUILT]
-    if not built or not len(funcs):
+    if not built:
         return
     records = np.array([s.record for s in built], np.uint64)
     outside = funcs.containing(records) < 0
@@ -389,7 +391,7 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     else:
         text = code_view(image) if text is None else text
         sites, unmatched = _classify(image, text, funcs, generation, calls, records, weak)
-    _check_no_nops_before_entries(image, funcs, sites)
+    _check_no_nops_before_entries(image, funcs, records, sites)
     recs = _records(image, tables, records, unmatched, np.zeros(0, np.uint64), len(distinct))
     return Scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, (), funcs, generation, (), weak,

@@ -102,15 +102,34 @@ def first_of_each(items: Sequence[T], path_of: Callable[[T], Path]) -> list[T]:
     return out
 
 
-def _walk(root: Path) -> tuple[list[Path], list[str]]:
-    """Files of ``root`` and then of each subdirectory, depth first, each level sorted by name."""
+Wanted = Callable[[os.DirEntry[str], list[str]], bool]
+"""Whether a tree walk takes a file (it may add an error line, for a file it could not look into)."""
+
+
+def _walk(root: Path, wanted: Wanted | None = None) -> tuple[list[Path], list[str]]:
+    """Files of ``root`` and then of each subdirectory, depth first, each level sorted by name:
+    those ``wanted`` takes (by default ELF files and modules, :func:`_elf_or_module`), and one
+    error line for each file or directory that cannot be read. Links are not followed, and FIFOs,
+    sockets and devices are skipped (a read of a FIFO would block)."""
     found: list[Path] = []
     errors: list[str] = []
-    _walk_into(str(root), found, errors)
+    _walk_into(str(root), found, errors, wanted or _elf_or_module)
     return found, errors
 
 
-def _walk_into(top: str, found: list[Path], errors: list[str]) -> None:
+def modules_below(root: Path) -> tuple[list[Path], list[str]]:
+    """:func:`_walk` for kernel modules alone (``*.ko``, ``.ko.xz``, ``.ko.gz``, ``.ko.zst``): what
+    ``prenop`` rewrites in a tree."""
+    return _walk(root, lambda entry, _errors: entry.name.endswith(MODULE_SUFFIXES))
+
+
+def _elf_or_module(entry: os.DirEntry[str], errors: list[str]) -> bool:
+    if entry.name.endswith(MODULE_SUFFIXES) or entry.name.endswith(".o"):
+        return True
+    return _looks_like_elf(Path(entry.path), errors)
+
+
+def _walk_into(top: str, found: list[Path], errors: list[str], wanted: Wanted) -> None:
     # os.scandir's entries know their type from the directory listing: no stat per file, which
     # for a module tree (3,154 files) was a tenth of a second before any worker could start.
     try:
@@ -127,12 +146,10 @@ def _walk_into(top: str, found: list[Path], errors: list[str]) -> None:
             continue
         if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
             continue  # a FIFO would block the read below; links are not followed
-        by_name = entry.name.endswith(MODULE_SUFFIXES) or entry.name.endswith(".o")
-        path = Path(entry.path)
-        if by_name or _looks_like_elf(path, errors):
-            found.append(path)
+        if wanted(entry, errors):
+            found.append(Path(entry.path))
     for subdir in subdirs:
-        _walk_into(subdir, found, errors)
+        _walk_into(subdir, found, errors, wanted)
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -54,7 +53,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
 
-from rewriter.batch import first_of_each, map_batches, tree_name
+from rewriter.batch import first_of_each, map_batches, modules_below, tree_name
 from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
@@ -72,6 +71,7 @@ from rewriter.locs import Locs, loop_for_modules, unchecked_drops
 from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
 from rewriter.output import NewFile, land, publish, stage
 from rewriter.policy import Policy, Verb, module_name
+from rewriter.prose import counted
 from rewriter.reading import NO_SUCH_FILE
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey
@@ -159,7 +159,7 @@ def targets(
     found: list[tuple[Path, str, bool]] = []  # (file, rel, named directly)
     for path in paths:
         if path.is_dir():
-            found += [(f, tree_name(f, path), False) for f in _modules_below(path)]
+            found += [(f, tree_name(f, path), False) for f in _modules_below(path)]  # raises for what it cannot read
         elif path.is_file():
             if in_place and path.is_symlink():
                 raise PrenopError(f"{path}: is a symlink; --in-place would replace the link: name the file itself")
@@ -214,13 +214,13 @@ def _check_output_apart(output: Path, paths: Sequence[Path]) -> None:
 
 
 def _modules_below(root: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if name.endswith(MODULE_SUFFIXES) and not p.is_symlink():
-                found.append(p)
+    """The modules below ``root`` (:func:`rewriter.batch.modules_below`), in the order of their
+    names in the tree. A file or directory that cannot be read refuses the run, before any work:
+    a tree rewritten in part, its unreadable corner left as it was, would pass for done."""
+    found, errors = modules_below(root)
+    if errors:
+        more = f" (and {counted(len(errors) - 1, 'other')})" if len(errors) > 1 else ""
+        raise PrenopError(f"{errors[0]}{more}: every module below {root} must be readable")
     return sorted(found, key=lambda p: p.relative_to(root).parts)
 
 

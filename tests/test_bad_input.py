@@ -876,3 +876,34 @@ def test_a_module_named_compressed_that_is_not_says_so(name: str, kind: str, tmp
     with pytest.raises(ImageError) as e:
         Image.load(plain)
     assert str(e.value) == f"{plain}: not an ELF file"
+
+
+def test_prenop_refuses_a_tree_it_cannot_read_whole_and_skips_fifos() -> None:
+    """prenop walked its trees with os.walk, which passes over a directory it cannot read: the run
+    rewrote the rest and reported success. It now walks as scan does (batch.modules_below) and
+    refuses the tree before any work; a FIFO named like a module is skipped, as scan skips it (it
+    failed the run)."""
+    with tempfile.TemporaryDirectory(prefix="mcountrw-") as top:
+        root = Path(top)
+        root.chmod(0o755)
+        tree = root / "tree"
+        (tree / "fs").mkdir(parents=True)
+        (tree / "fs" / "a.ko").write_bytes((BIN / "prof-le.o").read_bytes())
+        os.mkfifo(tree / "fifo.ko")
+        for p in (root, tree, tree / "fs", tree / "fs" / "a.ko"):
+            p.chmod(0o755)
+        policy = str(ROOT / "examples" / "keep-core.policy")
+        out = root / "out"
+        proc = mcountrw("prenop", "--policy", policy, "-o", str(out), str(tree), timeout=60, **_as_unprivileged())
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(p.name for p in out.rglob("*.ko")) == ["a.ko"]
+        hidden = tree / "private"
+        hidden.mkdir()
+        (hidden / "b.ko").write_bytes((BIN / "prof-le.o").read_bytes())
+        hidden.chmod(0o000)
+        again = root / "again"
+        proc = mcountrw("prenop", "--policy", policy, "-o", str(again), str(tree), timeout=60, **_as_unprivileged())
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "private: Permission denied" in proc.stderr and "must be readable" in proc.stderr, proc.stderr
+        assert not again.exists()
+        hidden.chmod(0o755)  # so the directory can be removed

@@ -380,7 +380,7 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     detect = _detect_by_symbols(image, calls, records)
     if detect is None:
         found = ModuleCode(image).at_records(distinct)
-        detect = _detect_by_words(*_record_words(found, distinct, records))
+        detect = _detect_by_words(*_record_words(found, distinct, records), linked=False)
     overridden = None if generation is None else _contradicted(generation, detect)
     if generation is None:
         generation = detect.generation
@@ -476,7 +476,7 @@ def detect_generation(image: Image, text: CodeView, calls: np.ndarray, records: 
             return Detect(Generation.MPROFILE, guessed.reason)
     # the words at each record and after it, in one look-up (each is a fixed cost in a module)
     words = text.words_of(np.concatenate([records, shift(records, ppc.INSN_SIZE)]))
-    return _detect_by_words(words[: len(records)], words[len(records) :])
+    return _detect_by_words(words[: len(records)], words[len(records) :], linked=image.type != S.ET_REL)
 
 
 class McountGuess(NamedTuple):
@@ -521,8 +521,9 @@ def _detect_by_symbols(image: Image, calls: np.ndarray, records: np.ndarray) -> 
     return None
 
 
-def _detect_by_words(first: np.ndarray, after: np.ndarray) -> Detect:
-    """Step 3 of :func:`detect_generation`, from the word at each record and the word after it."""
+def _detect_by_words(first: np.ndarray, after: np.ndarray, *, linked: bool) -> Detect:
+    """Step 3 of :func:`detect_generation`, from the word at each record and the word after it
+    (``linked``: in an image ld wrote, which may have relaxed a body's first word to a nop)."""
     nop = first == ppc.NOP
     if not nop.any():
         # What only an offline rewrite leaves at a patchable record (the compiler's first nop made
@@ -537,10 +538,11 @@ def _detect_by_words(first: np.ndarray, after: np.ndarray) -> Detect:
     alone = int(np.count_nonzero(nop & (after != ppc.NOP)))
     if alone:
         return Detect(Generation.OOL, f"{counted(alone, 'recorded nop')} not followed by a nop: one patchable nop")
-    # An ool function whose body starts with a nop (ld relaxes `addis rX,r2,x@toc@ha` to one) reads
-    # the same: with every follower a nop, the words cannot rule out ool, and --generation may.
+    # In a linked image an ool function whose body starts with a nop (ld relaxes `addis rX,r2,x@toc@ha`
+    # to one) reads the same: the words cannot rule out ool there, and --generation may. A compiler
+    # starts no body with a nop: in an object, two nops are patchable.
     reason = "every recorded nop is followed by a nop: two patchable nops"
-    return Detect(Generation.PATCHABLE, reason, also=Generation.OOL)
+    return Detect(Generation.PATCHABLE, reason, also=Generation.OOL if linked else None)
 
 
 def _has_mcount_table(image: Image) -> bool:

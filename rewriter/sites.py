@@ -315,9 +315,10 @@ def override_text(result: Scan, verb: str = "overrides") -> str | None:
 
 def _contradicted(given: Generation, detected: Detect) -> Detect | None:
     """``detected`` when it names another generation than ``--generation`` gave (None when the
-    contents cannot tell, as in a stripped image with no records, or fit ``given`` as well: what
-    the option is for)."""
-    return detected if detected.generation not in (None, given) and detected.also is not given else None
+    contents cannot tell, as in a stripped image with no records: what the option is for). One
+    that fits ``given`` as well (:attr:`Detect.also`) is still named: scan and audit say what the
+    option overrode; a rewrite obeys it (``files.refuse_contradicted_generation``)."""
+    return detected if detected.generation not in (None, given) else None
 
 
 def check_mcount_addr(generation: Generation | None, mcount_addr: int | None, path: Path | None = None) -> None:
@@ -380,7 +381,7 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     detect = _detect_by_symbols(image, calls, records)
     if detect is None:
         found = ModuleCode(image).at_records(distinct)
-        detect = _detect_by_words(*_record_words(found, distinct, records), linked=False)
+        detect = _detect_by_words(*_record_words(found, distinct, records), relaxed=False)
     overridden = None if generation is None else _contradicted(generation, detect)
     if generation is None:
         generation = detect.generation
@@ -476,7 +477,8 @@ def detect_generation(image: Image, text: CodeView, calls: np.ndarray, records: 
             return Detect(Generation.MPROFILE, guessed.reason)
     # the words at each record and after it, in one look-up (each is a fixed cost in a module)
     words = text.words_of(np.concatenate([records, shift(records, ppc.INSN_SIZE)]))
-    return _detect_by_words(words[: len(records)], words[len(records) :], linked=image.type != S.ET_REL)
+    relaxed = image.type != S.ET_REL and image.kind is not Kind.VMLINUX
+    return _detect_by_words(words[: len(records)], words[len(records) :], relaxed=relaxed)
 
 
 class McountGuess(NamedTuple):
@@ -521,9 +523,10 @@ def _detect_by_symbols(image: Image, calls: np.ndarray, records: np.ndarray) -> 
     return None
 
 
-def _detect_by_words(first: np.ndarray, after: np.ndarray, *, linked: bool) -> Detect:
-    """Step 3 of :func:`detect_generation`, from the word at each record and the word after it
-    (``linked``: in an image ld wrote, which may have relaxed a body's first word to a nop)."""
+def _detect_by_words(first: np.ndarray, after: np.ndarray, *, relaxed: bool) -> Detect:
+    """Step 3 of :func:`detect_generation`, from the word at each record and the word after it.
+    ``relaxed``: a linked program, whose first body words ld may have relaxed to nops (not a
+    vmlinux: an ool kernel names its stub areas, and is told by them first)."""
     nop = first == ppc.NOP
     if not nop.any():
         # What only an offline rewrite leaves at a patchable record (the compiler's first nop made
@@ -538,11 +541,11 @@ def _detect_by_words(first: np.ndarray, after: np.ndarray, *, linked: bool) -> D
     alone = int(np.count_nonzero(nop & (after != ppc.NOP)))
     if alone:
         return Detect(Generation.OOL, f"{counted(alone, 'recorded nop')} not followed by a nop: one patchable nop")
-    # In a linked image an ool function whose body starts with a nop (ld relaxes `addis rX,r2,x@toc@ha`
+    # In a linked program an ool function whose body starts with a nop (ld relaxes `addis rX,r2,x@toc@ha`
     # to one) reads the same: the words cannot rule out ool there, and --generation may. A compiler
     # starts no body with a nop: in an object, two nops are patchable.
     reason = "every recorded nop is followed by a nop: two patchable nops"
-    return Detect(Generation.PATCHABLE, reason, also=Generation.OOL if linked else None)
+    return Detect(Generation.PATCHABLE, reason, also=Generation.OOL if relaxed else None)
 
 
 def _has_mcount_table(image: Image) -> bool:

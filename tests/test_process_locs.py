@@ -258,3 +258,18 @@ def test_audit_holds_a_modules_zeroed_records_to_the_loop_of_its_vmlinux(tmp_pat
         images = {Path(i["path"]).name: i for i in json.loads(proc.stdout)["images"]}
         zeroed = [a for a in images[dropped.name]["anomalies"] if a["kind"] == "zeroed-records"]
         assert [a["severity"] for a in zeroed] == [severity], zeroed
+
+
+def test_generation_ool_does_not_get_round_the_older_loops_refusal(tmp_path: Path) -> None:
+    """A patchable vmlinux never fits ool (an ool kernel names its stub areas): --generation ool
+    there is a contradiction a rewrite refuses, not a way past the older loop's refusal to drop
+    records (a review found a first version of sites.Detect.also letting it through: ftrace off)."""
+    older = tmp_path / "vmlinux"
+    _older_loop(require_kernel("6.12").vmlinux, older)
+    out = tmp_path / "out"
+    for extra in ((), ("--generation", "ool")):
+        proc = mcountrw("nop", older, "-o", out, "--only", "vfs_read", "--drop-records", *extra)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and not out.exists(), proc.stderr
+    assert "contradicts what the image says: patchable" in proc.stderr
+    scanned = mcountrw("scan", "--generation", "ool", older)
+    assert "--generation ool overrides what the image says: patchable" in scanned.stdout

@@ -367,9 +367,10 @@ def _write_outputs(
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    """One file under two names; a name the system cannot hold (too long) is no file."""
+    """One place under two names (``out/../prog.log`` and ``prog.log``, a link to it), whether or
+    not a file is there yet; a name the system cannot hold (too long) is no place."""
     try:
-        return a == b or (a.exists() and b.exists() and a.resolve() == b.resolve())
+        return a == b or a.resolve() == b.resolve()
     except OSError:
         return False
 

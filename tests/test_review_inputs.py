@@ -190,3 +190,42 @@ def test_a_policy_rule_is_printed_with_its_control_characters_escaped(tmp_path: 
     result = invoke("policy", "check", policy, PROG)
     assert "keep a\\x00b" in result.stdout and "keep \\x1b[31mred" in result.stdout
     assert "\x1b" not in result.output and "\x00" not in result.output
+
+
+def test_every_name_too_long_is_one_line_of_bad_input(tmp_path: Path) -> None:
+    """Found by a second review: an -o of 256 bytes, a backup with no room for ``.orig``, the
+    default log beside a 250-byte file: each ended in an internal error (pathlib's exists() raises
+    for a name too long), wherever the check met it."""
+    prog = _copy(tmp_path)
+    long_out = tmp_path / ("n" * 250)
+    assert invoke("nop", prog, "-o", long_out, "--log", tmp_path / "l.jsonl").exit_code == 0
+    before = _listing(tmp_path)
+    for args in (("undo", long_out, "-o", tmp_path / "u"), ("verify", prog, long_out)):
+        assert_one_line(invoke(*args), 2, "error", "no patch log beside it", "pass --log")
+    too_long = tmp_path / ("c" * 256)
+    for args in (
+        ("nop", prog, "-o", too_long, "--log", tmp_path / "l2.jsonl"),
+        ("nop", prog, "--dry-run", "-o", too_long),
+        ("apply", prog, "--to", "disabled", "-o", tmp_path / "x", "--stage-images", too_long),
+    ):
+        assert_one_line(invoke(*args), 2, "error", "File name too long")
+    no_room = _copy(tmp_path, "b" * 252)
+    before[no_room.name] = hashlib.sha256(no_room.read_bytes()).hexdigest()
+    result = invoke("nop", no_room, "--in-place", "--backup", "--log", tmp_path / "s.jsonl")
+    assert_one_line(result, 2, "error", ".orig: File name too long")
+    assert _listing(tmp_path) == before
+
+
+def test_the_inputs_own_log_is_refused_as_output_however_it_is_spelled(tmp_path: Path) -> None:
+    prog = _copy(tmp_path)
+    (tmp_path / "out").mkdir()
+    before = _listing(tmp_path)
+    spelled = Path("out") / ".." / "p.o.mcountrw.jsonl"
+    cwd = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        result = invoke("apply", prog.resolve(), "--to", "disabled", "-o", spelled)
+    finally:
+        os.chdir(cwd)
+    assert_one_line(result, 2, "error", "is the patch log of the input")
+    assert _listing(tmp_path) == before

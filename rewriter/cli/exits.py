@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import os
 import signal
 from collections.abc import Iterator, Sequence
@@ -89,9 +90,19 @@ def report(error: Exception | Interrupted) -> int:
     if isinstance(error, Interrupted):
         typer.echo(f"mcountrw: interrupted by {error.name}: no output was left half-written", err=True)
         return 128 + error.signum
+    error = _as_bad_input(error)
     kind = kind_of(error)
     typer.echo(f"mcountrw: {kind.label}: {printable(message_of(error, kind))}", err=True)
     return int(kind.code)
+
+
+def _as_bad_input(error: Exception) -> Exception:
+    """A name longer than the file system holds, met by whichever check looked at it first (in
+    Python 3.11 pathlib's ``exists()`` raises for one, where it answers False for a missing file):
+    the user's path, or one named after it (``F.mcountrw.jsonl``, ``F.orig``), so bad input."""
+    if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:
+        return RewriteError(f"{error.filename or 'a path'}: {error.strerror}")
+    return error
 
 
 _PASS_THROUGH: Final = (

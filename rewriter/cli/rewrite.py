@@ -440,9 +440,10 @@ def _log_of(patched: Path, log: Path | None) -> Path:
     if log is not None:
         return log
     from rewriter.log import default_log_path
+    from rewriter.reading import file_at
 
     beside = default_log_path(patched)
-    if not beside.exists():
+    if not file_at(beside):
         raise LogError(f"{patched}: no patch log beside it ({beside.name}, where apply and nop write it): pass --log")
     return beside
 

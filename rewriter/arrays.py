@@ -66,3 +66,8 @@ def without(rows: np.ndarray, indexes: np.ndarray | Sequence[int]) -> np.ndarray
     keep[indexes] = False
     out: np.ndarray = rows[keep]
     return out
+
+
+def shift(places: np.ndarray, delta: int) -> np.ndarray:
+    """``places + delta`` for a signed ``delta``, in uint64 (wrapping like the hardware)."""
+    return places.astype(np.uint64) + np.uint64(delta % (1 << 64))

@@ -31,14 +31,13 @@ from rewriter.elf.compress import Compression
 from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.symbols import Functions, relocation_target_text, split_place
 from rewriter.errors import RewriteError
-from rewriter.generations import LAYOUTS, Generation, Variant, default_variant
+from rewriter.generations import LAYOUTS, OOL_AREAS, Generation, Variant, default_variant
 from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
 from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
 from rewriter.prose import counted
 from rewriter.rewrite import target_state
 from rewriter.sites import (
-    OOL_AREAS,
     RecordPlace,
     Scan,
     Site,

@@ -295,7 +295,7 @@ def refuse_contradicted_generation(image: Image, found: Scan) -> None:
     contradiction = override_text(found, "contradicts")
     over = found.overridden
     if over is not None and over.also is not None and over.also is found.generation:
-        return  # the words fit the given generation too (sites.Detect.also): what the option is for
+        return  # the words fit the given generation too (detect.Detect.also): what the option is for
     if contradiction is not None and found.generation is not None:
         raise ArgumentError(
             f"{image.path}: {contradiction}; a rewrite goes by the image's own layout (scan and audit can read it "

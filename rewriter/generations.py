@@ -64,6 +64,14 @@ class Variant(enum.Enum):
     OOL = "ool"
 
 
+# The ool stub areas of a 6.13+ vmlinux (arch/powerpc/kernel/trace/ftrace_entry.S and
+# arch/powerpc/tools/ftrace-gen-ool-stubs.sh), each with a ``<name>_count`` symbol beside it.
+OOL_TEXT: Final = "ftrace_ool_stub_text"  # reserved inside .text (CONFIG_PPC_FTRACE_OUT_OF_LINE_NUM_RESERVE)
+OOL_TEXT_END: Final = "ftrace_ool_stub_text_end"  # the rest of .text's, after it
+OOL_INITTEXT: Final = "ftrace_ool_stub_inittext"  # .init.text's
+OOL_AREAS = (OOL_TEXT, OOL_TEXT_END, OOL_INITTEXT)
+
+
 @dataclass(frozen=True)
 class Layout:
     """One row of the generation table.

@@ -14,7 +14,7 @@ Strategy:
    for stripped files; and the *calls*: every ``bl`` to one of them (linked images, numpy over the
    whole text at once) or every ``R_PPC64_REL24`` against ``_mcount`` (relocatable files).
 3. Decide the image's :class:`~rewriter.generations.Generation` from its contents
-   (:func:`detect_generation`), unless the caller says.
+   (:func:`rewriter.detect.detect_generation`), unless the caller says.
 4. Candidate call slots: the calls and the records (mprofile: the record *is* the call slot);
    each record minus the layout's ``record_offset`` (patchable, ool). A site that was pre-nopped
    *and* lost its record is not findable from the file alone, and is not guessed at: real code
@@ -39,13 +39,31 @@ from typing import Final, NamedTuple
 import numpy as np
 
 from rewriter import arrays, ppc
+from rewriter.arrays import shift
 from rewriter.code import CodeView, code_view
+from rewriter.detect import (
+    STRIPPED_MIN_RECORDS,
+    Detect,
+    detect_by_symbols,
+    detect_by_words,
+    detect_generation,
+    mcount_by_words,
+)
 from rewriter.elf import structs as S
 from rewriter.elf.dynamic import relocated_slots
 from rewriter.elf.image import Abi, Image, Kind, Section, index_name, relocatable_at_a_glance
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, functions, rel_place, split_place
 from rewriter.errors import ArgumentError, UnmappedAddress
-from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
+from rewriter.generations import (
+    LAYOUTS,
+    OOL_AREAS,
+    OOL_INITTEXT,
+    OOL_TEXT,
+    OOL_TEXT_END,
+    TWO_SLOT_STATES,
+    Generation,
+    Variant,
+)
 from rewriter.locs import PROCESS_LOCS, TEXT_BOUNDS, Locs, loop_of, zero_records_fail
 from rewriter.prose import counted
 from rewriter.records import RecordTable, nonzero_records, read_records, table_at, zeroed_records
@@ -55,11 +73,6 @@ MCOUNT_NAMES = ("_mcount", "._mcount")
 # What a `bl` in a patchable call slot may reach once enabled (ftrace_get_call_inst): the callers,
 # or the trampolines for out-of-range text.
 TRACER_NAMES = ("ftrace_caller", "ftrace_regs_caller", "ftrace_tramp_text", "ftrace_tramp_init")
-STRIPPED_MIN_RECORDS = 1000  # a stripped vmlinux's table, found by search; kernels have tens of thousands
-OOL_TEXT: Final = "ftrace_ool_stub_text"  # reserved inside .text (CONFIG_PPC_FTRACE_OUT_OF_LINE_NUM_RESERVE)
-OOL_TEXT_END: Final = "ftrace_ool_stub_text_end"  # the rest of .text's, after it
-OOL_INITTEXT: Final = "ftrace_ool_stub_inittext"  # .init.text's
-OOL_AREAS = (OOL_TEXT, OOL_TEXT_END, OOL_INITTEXT)
 # arch/powerpc/include/asm/ftrace.h (6.12, 7.2): 16 with MPROFILE_KERNEL or
 # ARCH_USING_PATCHABLE_FUNCTION_ENTRY; 6.1 defines none. kernel/trace/ftrace.c test_for_valid_rec()
 # marks a record FTRACE_FL_DISABLED when kallsyms puts rec->ip more than this past its symbol: the
@@ -191,14 +204,6 @@ class Scan:
     def unnamed(self) -> bool:
         """Sites but no function symbols (a stripped image): they cannot be named, nor paired by name."""
         return bool(self.sites) and not len(self.functions)
-
-
-class Detect(NamedTuple):
-    """How :func:`detect_generation` decided (the audit and ``--generation`` errors print it)."""
-
-    generation: Generation | None
-    reason: str
-    also: Generation | None = None  # another generation the contents fit as well: ``--generation`` may choose it
 
 
 class _Read(NamedTuple):
@@ -378,10 +383,10 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     distinct = sorted(set(records.tolist()))
     # the words at each distinct record, read once for the detection and the sites
     found: list[tuple[Section, int, int, int | None] | None] | None = None
-    detect = _detect_by_symbols(image, calls, records)
+    detect = detect_by_symbols(image, calls, records)
     if detect is None:
         found = ModuleCode(image).at_records(distinct)
-        detect = _detect_by_words(*_record_words(found, distinct, records), relaxed=False)
+        detect = detect_by_words(*_record_words(found, distinct, records), relaxed=False)
     overridden = None if generation is None else _contradicted(generation, detect)
     if generation is None:
         generation = detect.generation
@@ -453,105 +458,6 @@ def weak_offsets(funcs: Functions, places: np.ndarray) -> np.ndarray:
     i = np.searchsorted(funcs.start, places, side="right") - 1
     start = funcs.start[np.maximum(i, 0)]
     return np.where(i >= 0, places.astype(np.int64) - start.astype(np.int64), -1)
-
-
-# -- the generation -------------------------------------------------------------------------
-
-
-def detect_generation(image: Image, text: CodeView, calls: np.ndarray, records: np.ndarray) -> Detect:
-    """The image's generation, from what it contains (never from its name).
-
-    1. ool stub areas (``ftrace_ool_stub_text``...): only a 6.13+ out-of-line vmlinux has them.
-    2. calls to an mcount entry, or an ``__mcount_loc`` table: mprofile.
-    3. records that point at ``nop`` words: patchable or ool. ``-fpatchable-function-entry=2``
-       always emits two nops and ``=1`` one, so if every recorded nop is followed by another nop the
-       image is patchable, and a single recorded nop followed by anything else makes it ool
-       (a 7.2 vmlinux: 17,641 of 42,648 are followed by ``mflr r0``, few by a nop).
-    """
-    found = _detect_by_symbols(image, calls, records)
-    if found is not None:
-        return found
-    if image.symbols is None and image.type != S.ET_REL:
-        guessed = mcount_by_words(text)
-        if guessed is not None:
-            return Detect(Generation.MPROFILE, guessed.reason)
-    # the words at each record and after it, in one look-up (each is a fixed cost in a module)
-    words = text.words_of(np.concatenate([records, shift(records, ppc.INSN_SIZE)]))
-    relaxed = image.type != S.ET_REL and image.kind is not Kind.VMLINUX
-    return _detect_by_words(words[: len(records)], words[len(records) :], relaxed=relaxed)
-
-
-class McountGuess(NamedTuple):
-    """The likely ``_mcount`` of a stripped mprofile image: the one target of its prologue calls."""
-
-    addr: int
-    calls: int
-
-    @property
-    def reason(self) -> str:
-        return f"{self.calls} `mflr r0; bl {self.addr:#x}` prologues: calls to _mcount"
-
-
-def mcount_by_words(text: CodeView) -> McountGuess | None:
-    """In a linked image without symbols: the target of (nearly) every ``bl`` right after an
-    ``mflr r0``, if a kernel's worth of them call it (an mprofile site; nothing else puts a call
-    there). A guess for messages and for the generation, never an address the scan uses unasked:
-    ``--mcount-addr`` stays the user's word."""
-    if not len(text.bl_places):
-        return None
-    after_mflr = text.words_of(shift(text.bl_places, -ppc.INSN_SIZE)) == ppc.MFLR_R0
-    targets, counts = np.unique(text.bl_targets[after_mflr], return_counts=True)
-    if not len(counts):
-        return None
-    top = int(np.argmax(counts))
-    n = int(counts[top])
-    # a kernel's worth, and the one target of 9 in 10 of them (mprofile: all but a handful)
-    if n < STRIPPED_MIN_RECORDS or n * 10 < int(counts.sum()) * 9:
-        return None
-    return McountGuess(int(targets[top]), n)
-
-
-def _detect_by_symbols(image: Image, calls: np.ndarray, records: np.ndarray) -> Detect | None:
-    """Steps 1 and 2 of :func:`detect_generation`, and no records: None when the words decide."""
-    syms = image.symbols
-    if syms is not None and any(len(syms.find(n)) for n in OOL_AREAS):
-        return Detect(Generation.OOL, "ool stub areas (ftrace_ool_stub_text...)")
-    if len(calls) or _has_mcount_table(image):
-        return Detect(Generation.MPROFILE, "calls to _mcount" if len(calls) else "an __mcount_loc table")
-    if not len(records):
-        return Detect(None, "no records and no call to _mcount")
-    return None
-
-
-def _detect_by_words(first: np.ndarray, after: np.ndarray, *, relaxed: bool) -> Detect:
-    """Step 3 of :func:`detect_generation`, from the word at each record and the word after it.
-    ``relaxed``: a linked program, whose first body words ld may have relaxed to nops (not a
-    vmlinux: an ool kernel names its stub areas, and is told by them first)."""
-    nop = first == ppc.NOP
-    if not nop.any():
-        # What only an offline rewrite leaves at a patchable record (the compiler's first nop made
-        # `mflr r0` or `b +8`): an ool record is its one nop, or `b stub` once the kernel runs.
-        rewritten = int(np.count_nonzero((first == ppc.MFLR_R0) | (first == ppc.B_PLUS_8)))
-        if rewritten:
-            return Detect(
-                Generation.PATCHABLE,
-                f"{counted(rewritten, 'record')} at `mflr r0` or `b +8`: patchable sites rewritten offline",
-            )
-        return Detect(None, "no record points at a nop or a call to _mcount")
-    alone = int(np.count_nonzero(nop & (after != ppc.NOP)))
-    if alone:
-        return Detect(Generation.OOL, f"{counted(alone, 'recorded nop')} not followed by a nop: one patchable nop")
-    # In a linked program an ool function whose body starts with a nop (ld relaxes `addis rX,r2,x@toc@ha`
-    # to one) reads the same: the words cannot rule out ool there, and --generation may. A compiler
-    # starts no body with a nop: in an object, two nops are patchable.
-    reason = "every recorded nop is followed by a nop: two patchable nops"
-    return Detect(Generation.PATCHABLE, reason, also=Generation.OOL if relaxed else None)
-
-
-def _has_mcount_table(image: Image) -> bool:
-    if image.type == S.ET_REL:
-        return image.section(".rela__mcount_loc") is not None
-    return image.section("__mcount_loc") is not None
 
 
 # -- mcount entries and calls (mprofile) ----------------------------------------------------
@@ -1289,11 +1195,6 @@ def _stub_in_range(ip: int, stub: int, stub_size: int) -> bool:
 
 
 # -- places ---------------------------------------------------------------------------------
-
-
-def shift(places: np.ndarray, delta: int) -> np.ndarray:
-    """``places + delta`` for a signed ``delta``, in uint64 (wrapping like the hardware)."""
-    return places.astype(np.uint64) + np.uint64(delta % (1 << 64))
 
 
 def _record_place(image: Image, place: int) -> RecordPlace:

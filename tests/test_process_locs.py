@@ -263,7 +263,7 @@ def test_audit_holds_a_modules_zeroed_records_to_the_loop_of_its_vmlinux(tmp_pat
 def test_generation_ool_does_not_get_round_the_older_loops_refusal(tmp_path: Path) -> None:
     """A patchable vmlinux never fits ool (an ool kernel names its stub areas): --generation ool
     there is a contradiction a rewrite refuses, not a way past the older loop's refusal to drop
-    records (a review found a first version of sites.Detect.also letting it through: ftrace off)."""
+    records (a review found a first version of detect.Detect.also letting it through: ftrace off)."""
     older = tmp_path / "vmlinux"
     _older_loop(require_kernel("6.12").vmlinux, older)
     out = tmp_path / "out"

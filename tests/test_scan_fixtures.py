@@ -149,7 +149,8 @@ def test_module_path_gives_the_numpy_paths_sites(name: str) -> None:
     """``sites._module_sites`` (plain Python, for modules) against ``_entry_columns`` and
     ``_build_sites`` (numpy): the same sites and unmatched records, on the fixture and on copies
     whose recorded words were overwritten (no longer a state: unmatched) or shifted."""
-    from rewriter.sites import OOL_AREAS, TRACER_NAMES
+    from rewriter.generations import OOL_AREAS
+    from rewriter.sites import TRACER_NAMES
 
     assert all("ftrace_" in n for n in TRACER_NAMES + OOL_AREAS)  # _plain_module's one search
     path = FIXTURES / "bin" / name

@@ -63,6 +63,7 @@ from rewriter.generations import (
     TWO_SLOT_STATES,
     Generation,
     Variant,
+    default_variant,
 )
 from rewriter.locs import PROCESS_LOCS, TEXT_BOUNDS, Locs, loop_of, zero_records_fail
 from rewriter.prose import counted
@@ -232,7 +233,7 @@ def scan(
     places, skipped = _split_skipped(image, read.records, locs)
     weak = weak_max_offset(image, generation)
     sites, unmatched = _classify(image, text, funcs, generation, read.calls, places, weak)
-    _check_no_nops_before_entries(image, funcs, places, sites)
+    _check_no_nops_before_entries(image, funcs, generation, places)
     stubs: tuple[StubArea, ...] = ()
     if generation is Generation.OOL:
         stubs, sites = _with_stubs(image, sites)
@@ -279,31 +280,29 @@ def _read_linked(image: Image, mcount_addr: int | None, generation: Generation |
     return _Read(text, funcs, tuple(tables), entries, calls, records, generation, overridden)
 
 
-_NOP_BUILT: Final = (Variant.PATCHABLE, Variant.OOL)
+_NOP_BUILT: Final = (Generation.PATCHABLE, Generation.OOL)
 
 
-def _check_no_nops_before_entries(image: Image, funcs: Functions, records: np.ndarray, sites: Sequence[Site]) -> None:
-    """Refuse ``-fpatchable-function-entry=M,N`` with N > 0: a recorded site whose first word lies
-    in no function and whose later words reach into the next one, its first N nops before its
-    symbol. No ppc64 kernel builds so (patchable is ``=2``, ool ``=1``); read as one of them, such
-    sites got another layout's words and a weak-body reason. A weak body the kernel disables is in
-    no function too, but it is a whole function, longer than the site: the next one starts later."""
-    if not len(funcs) or not len(records) or not (funcs.containing(records) < 0).any():
+def _check_no_nops_before_entries(
+    image: Image, funcs: Functions, generation: Generation | None, records: np.ndarray
+) -> None:
+    """Refuse ``-fpatchable-function-entry=M,N`` with N > 0: a record in no function whose site's
+    words (from the record: two nops patchable, one ool) reach the next function's entry, its
+    first N nops before its symbol. No ppc64 kernel builds so (patchable is ``=2``, ool ``=1``);
+    read as one of them, such sites got another layout's words and a weak-body reason. A weak body
+    the kernel disables is in no function too, but it is a whole function, longer than the site
+    (at least a `blr` more): the next one starts later."""
+    if generation not in _NOP_BUILT or not len(funcs) or not len(records):
+        return
+    outside = records[funcs.containing(records) < 0]
+    if not len(outside):
         return  # the usual case, in one look-up: every record is inside a function
-    built = [s for s in sites if s.record is not None and s.variant in _NOP_BUILT]
-    if not built:
-        return
-    records = np.array([s.record for s in built], np.uint64)
-    outside = funcs.containing(records) < 0
-    if not outside.any():
-        return
-    ends = np.array([s.place + ppc.INSN_SIZE for s in built], np.uint64)  # the call slot is a site's last word
-    nxt = np.minimum(np.searchsorted(funcs.start, records, side="right"), len(funcs.start) - 1)
-    hit = outside & (funcs.start[nxt] > records) & (funcs.start[nxt] <= ends)
-    if hit.any():
-        first = built[int(np.flatnonzero(hit)[0])]
+    span = ppc.INSN_SIZE * len(LAYOUTS[default_variant(generation)].slots)
+    nxt = funcs.start[np.minimum(np.searchsorted(funcs.start, outside, side="right"), len(funcs.start) - 1)]
+    hit = outside[(nxt > outside) & (nxt <= outside + np.uint64(span))]
+    if len(hit):
         raise image.error(
-            f"{counted(int(hit.sum()), 'recorded site')} of nops just before a function's entry ({first.place_text}): "
+            f"{counted(len(hit), 'record')} at nops just before a function's entry ({place_text(image, int(hit[0]))}): "
             "built with -fpatchable-function-entry=M,N, N > 0, a layout of no ppc64 kernel generation "
             "(mprofile; patchable =2; ool =1)"
         )
@@ -397,7 +396,7 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     else:
         text = code_view(image) if text is None else text
         sites, unmatched = _classify(image, text, funcs, generation, calls, records, weak)
-    _check_no_nops_before_entries(image, funcs, records, sites)
+    _check_no_nops_before_entries(image, funcs, generation, records)
     recs = _records(image, tables, records, unmatched, np.zeros(0, np.uint64), len(distinct))
     return Scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, (), funcs, generation, (), weak,

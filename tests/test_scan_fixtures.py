@@ -263,7 +263,7 @@ def test_nops_before_the_function_entry_are_a_layout_refused_by_name(tmp_path: P
     src, obj = tmp_path / "f.c", tmp_path / "f.o"
     src.write_text("int g;\nint f(int x) { return g + x; }\nint h(int y) { return y * 3; }\n")
     subprocess.run([cc, "-O2", f"-fpatchable-function-entry={entry}", "-c", str(src), "-o", str(obj)], check=True)
-    assert_one_line(invoke("scan", obj), 2, "error", "2 recorded sites of nops just before a function's entry",
+    assert_one_line(invoke("scan", obj), 2, "error", "2 records at nops just before a function's entry",
                     "-fpatchable-function-entry=M,N, N > 0")  # fmt: skip
 
 

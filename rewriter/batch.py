@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, Generic, NamedTuple, TypeVar
 
 from rewriter.elf.compress import MODULE_SUFFIXES
-from rewriter.elf.image import Image
-from rewriter.elf.structs import ELF_MAGIC
+from rewriter.elf.image import Image, is_elf, read_head
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
 from rewriter.reading import NO_SUCH_FILE
@@ -161,12 +160,10 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
 
 def _looks_like_elf(path: Path, errors: list[str]) -> bool:
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
+        return is_elf(read_head(path))
     except OSError as e:
         errors.append(f"{path}: {e.strerror}")
         return False
-    return head.startswith(ELF_MAGIC)
 
 
 def scan_one(path: Path, mcount_addr: int | None = None, generation: Generation | None = None) -> Outcome:

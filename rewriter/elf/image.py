@@ -142,14 +142,26 @@ def relocatable_at_a_glance(path: Path) -> bool:
     if path.name.endswith(MODULE_SUFFIXES):
         return True
     try:
-        with path.open("rb") as fh:
-            head = fh.read(S.E_TYPE.stop)
+        head = read_head(path)
     except OSError:
         return False
     order = S.ident_byte_order(head)
-    if len(head) < S.E_TYPE.stop or not head.startswith(S.ELF_MAGIC) or order is None:
+    if len(head) < S.E_TYPE.stop or not is_elf(head) or order is None:
         return False
     return int.from_bytes(head[S.E_TYPE], order) == S.ET_REL
+
+
+def read_head(path: Path) -> bytes:
+    """The first bytes of the file ``path``: its ELF identification and ``e_type``, if it is ELF
+    (``OSError`` if it cannot be read). Only for a file known not to block: a tree walk's regular
+    files, or a path a user named, which the load opens non-blocking in its turn."""
+    with path.open("rb") as fh:
+        return fh.read(S.E_TYPE.stop)
+
+
+def is_elf(head: bytes) -> bool:
+    """Whether a file's first bytes (:func:`read_head`) are an ELF file's."""
+    return head.startswith(S.ELF_MAGIC)
 
 
 def index_name(shndx: int) -> str:
@@ -195,7 +207,7 @@ class Image:
         if self.size < S.EI_NIDENT:
             raise self.error("empty file" if self.size == 0 else f"not an ELF file (too short){self._named()}")
         ident = bytes(data[: S.EI_NIDENT])
-        if not ident.startswith(S.ELF_MAGIC):
+        if not is_elf(ident):
             raise self.error(f"not an ELF file{self._named()}")
         if ident[S.EI_CLASS] != S.ELFCLASS64:
             raise self.error(f"ELF class {ident[S.EI_CLASS]} is not ELF64 (a 32-bit file?)")

@@ -40,22 +40,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter
-from typing import Final, NamedTuple, cast
+from typing import Final, NamedTuple
 
 import numpy as np
 
-from rewriter import arrays, ppc
-from rewriter.edits import BytesEdit, Edit, RelaEdit, RelaPut, Truncate, WordWrite, apply_edits
+from rewriter import ppc
+from rewriter.edits import Edit, Truncate, WordWrite, apply_edits
 from rewriter.elf import structs as S
-from rewriter.elf.dynamic import dynamic_field_offset, dynamic_value
-from rewriter.elf.image import Image, Kind, Section
-from rewriter.elf.symbols import join_place
+from rewriter.elf.image import Image, Kind
 from rewriter.errors import ArgumentError, ImageError, InternalError, LogError, NoRoute, PlanRejected, RewriteError
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
 from rewriter.heap import collector_paused
-from rewriter.known import Moment, Origin, RecordSlot, RelaEntry, SiteLine, Touched, lines_after
+from rewriter.known import Moment, Origin, RelaEntry, SiteLine, Touched, lines_after
 from rewriter.locs import ZERO_ADJUSTED, Locs, zero_records_fail
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, check_route, plan
+from rewriter.recordedits import RelaTables, Taken, drop_records, restore_records
 from rewriter.sites import Scan, Site, Source, place_text, scan
 from rewriter.sites import boot_state as sites_boot_state
 from rewriter.states import Insn, SiteState, Slot, insn_kind, word_for, words_text
@@ -246,7 +245,7 @@ def rewrite(
     buf = bytearray(image.data)
     edits: list[Edit] = []
     stages: list[bytes] = []
-    tables = _RelaTables(image)
+    tables = RelaTables(image)
     stripping = options.strip_signature and image.signature is not None and bool(c.todo or c.gone or c.back)
     # A stage image is only loadable without the old signature: the words it signed have changed.
     stage_end = image.elf_end if stripping else len(buf)
@@ -260,8 +259,8 @@ def rewrite(
             edits += stage_edits
             if keep_stages:
                 stages.append(bytes(buf[:stage_end]))
-    records, rows, facts = _drop_records(image, scan, tables, c.gone)
-    records += _restore_records(image, tables, c.back, history)
+    records, rows, facts = drop_records(image, scan, tables, c.gone)
+    records += restore_records(image, tables, c.back, history)
     final = list(records)
     if stripping:
         tail = bytes(image.data[image.elf_end :])
@@ -337,15 +336,7 @@ def _restorable(selected: Sequence[Site], history: Mapping[int, SiteLine], optio
     return out
 
 
-class _Taken(NamedTuple):
-    """What dropping records took out, by record place: linked images' table slots, and the
-    records' relocations (RELATIVE, or a relocatable file's ADDR64)."""
-
-    slots: dict[int, RecordSlot]
-    relocations: dict[int, RelaEntry]
-
-
-def _touched(c: _Choice, calls: Mapping[int, RelaEntry], records: _Taken) -> list[Touched]:
+def _touched(c: _Choice, calls: Mapping[int, RelaEntry], records: Taken) -> list[Touched]:
     """Every site the rewrite changed (words, record gone or back), as :func:`lines_after` takes
     them; ``calls`` and ``records``: the call relocations and the records it took out."""
     slots, relocations = records
@@ -696,384 +687,6 @@ def _reachable(addr: int, entries: Sequence[int]) -> int:
         if -ppc.BRANCH_RANGE <= e - addr < ppc.BRANCH_RANGE:
             return e
     raise ImageError(f"{addr:#x}: no mcount entry within branch range")
-
-
-# -- relocation tables ----------------------------------------------------------------------
-
-
-class _RelaTables:
-    """The current rows of the relocation tables this rewrite edits, so that each RelaEdit is
-    computed against the table as the previous edits left it."""
-
-    def __init__(self, image: Image) -> None:
-        self.image = image
-        self.rows: dict[int, np.ndarray] = {}
-        self.size: dict[int, int] = {}
-        self.taken: dict[int, RelaEntry] = {}  # the REL24s of call slots nopped, by site place
-        self.put_calls: set[int] = set()  # sites whose REL24 came back from the patch log
-
-    def current(self, sec: Section) -> np.ndarray:
-        if sec.shndx not in self.rows:
-            self.rows[sec.shndx] = self.image.relocations(sec).copy()
-            self.size[sec.shndx] = sec.size
-        return self.rows[sec.shndx]
-
-    def remove(self, sec: Section, indexes: np.ndarray, why: str, keep_tail: bool = False) -> list[Edit]:
-        """Take rows out of ``sec`` (indexes into its current rows) and lower its ``sh_size``.
-
-        The freed tail of the table is zeroed, or with ``keep_tail`` holds the removed entries
-        (still in the file, past the end of the table)."""
-        rows = self.current(sec)
-        indexes = arrays.distinct(indexes)
-        if not len(indexes):
-            return []
-        entsize = sec.entsize or rows.dtype.itemsize
-        size = rows.dtype.itemsize
-        taken = rows[indexes].tobytes()  # one copy, cut into entries (not a numpy slice per entry)
-        entries = tuple(taken[i : i + size] for i in range(0, len(taken), size))
-        left = arrays.without(rows, indexes)
-        keep = len(left) if keep_tail else None
-        edit = RelaEdit(
-            sec.name, sec.offset, self.size[sec.shndx], entsize, tuple(indexes.tolist()), entries, keep, why
-        )
-        self.rows[sec.shndx] = left
-        new_size = self.size[sec.shndx] - len(indexes) * entsize
-        edits: list[Edit] = [edit, self.sh_size_edit(sec, self.size[sec.shndx], new_size)]
-        self.size[sec.shndx] = new_size
-        return edits
-
-    def sh_size_edit(self, sec: Section, old: int, new: int) -> BytesEdit:
-        dt = S.shdr_dtype(self.image.endian)
-        assert dt.fields is not None
-        field = int(self.image.ehdr["e_shoff"]) + sec.shndx * dt.itemsize + dt.fields["sh_size"][1]
-        order = self.image.byteorder
-        return BytesEdit(field, old.to_bytes(8, order), new.to_bytes(8, order), f"{sec.name} sh_size")
-
-    def drop_call_relocations(self, image: Image, sites: Sequence[Site], writes: Sequence[WordWrite]) -> list[Edit]:
-        """REL24 relocations of call slots this stage turns into ``nop``."""
-        nopped = {(w.section, w.section_offset) for w in writes if w.slot is Slot.B and w.new == ppc.NOP}
-        if not nopped:
-            return []
-        by_target: dict[int, list[int]] = {}
-        for s in sites:
-            section_offset = s.offset  # the call slot's, in its section (= the REL24's r_offset)
-            if (s.section, section_offset) in nopped:
-                by_target.setdefault(s.section_index, []).append(section_offset)
-        edits: list[Edit] = []
-        for rsec in image.relocation_sections():
-            offsets = by_target.get(rsec.info)
-            if not offsets:
-                continue
-            rows = self.current(rsec)
-            hit = (S.r_type(rows["r_info"]) == S.R_PPC64_REL24) & arrays.member(rows["r_offset"], offsets)
-            found = np.flatnonzero(hit)
-            if len(found) != len(offsets):
-                raise ImageError(
-                    f"{image.path}: {rsec.name}: expected {len(offsets)} R_PPC64_REL24 for the nopped call slots, "
-                    f"found {len(found)}"
-                )
-            # Each entry's bytes and place in one pass of plain ints: numpy per entry (a scalar
-            # rel_place, a one-row slice) cost 2-4 us against 0.3, and a 6.1 tree's prenop takes
-            # out some 150,000 of them.
-            raw, size = rows[found].tobytes(), rows.dtype.itemsize
-            for k, r_offset in enumerate(rows["r_offset"][found].tolist()):
-                self.taken[join_place(rsec.info, r_offset)] = RelaEntry(rsec.name, raw[k * size : (k + 1) * size])
-            edits += self.remove(rsec, found, "R_PPC64_REL24 of a nopped call slot")
-        return edits
-
-    def put(self, sec: Section, entries: Sequence[bytes], why: str) -> list[Edit]:
-        """Put ``entries`` back into ``sec`` where their ``r_offset`` sorts them (the order the
-        assembler left, so that putting back every entry a drop took out gives the original
-        bytes), growing the table into its zeroed tail, and raise its ``sh_size``."""
-        rows = self.current(sec)
-        entsize = sec.entsize or rows.dtype.itemsize
-        size = self.size[sec.shndx]
-        new_size = size + len(entries) * entsize
-        _check_room(self.image, sec, sec.offset + size, sec.offset + new_size)
-        new = np.frombuffer(b"".join(entries), rows.dtype)
-        order = np.argsort(new["r_offset"], kind="stable")
-        at = _sorted_positions(rows["r_offset"], new["r_offset"][order])
-        put = tuple(entries[i] for i in order.tolist())
-        edit = RelaPut(sec.name, sec.offset, new_size, entsize, at, put, None, why)
-        self.rows[sec.shndx] = np.insert(rows, np.array(at) - np.arange(len(at)), new[order])
-        self.size[sec.shndx] = new_size
-        return [edit, self.sh_size_edit(sec, size, new_size)]
-
-    def put_call_relocations(
-        self, image: Image, sites: Sequence[Site], writes: Sequence[WordWrite], history: Mapping[int, SiteLine]
-    ) -> list[Edit]:
-        """The REL24 of each call slot this stage turns into a ``bl`` and whose table lacks one
-        (a nop took it out), put back from the patch log: without it the loader leaves ``bl .``,
-        a branch to itself."""
-        called = {(w.section, w.section_offset) for w in writes if w.slot is Slot.B and ppc.is_bl(w.new)}
-        wanted: dict[str, list[bytes]] = {}
-        for s in sites:
-            if (s.section, s.offset) not in called or self._has_call_relocation(s):
-                continue
-            line = history.get(s.place)
-            if line is None or line.origin.call_relocation is None:
-                raise ImageError(
-                    f"{image.path}: {s.place_text} ({s.function or '?'}): a call here needs its R_PPC64_REL24, "
-                    "which the rewrite that nopped it took out and no patch log read here names "
-                    "(give the log of this file with --input-log)"
-                )
-            wanted.setdefault(line.origin.call_relocation.section, []).append(line.origin.call_relocation.entry)
-            self.put_calls.add(s.place)
-        edits: list[Edit] = []
-        for name, entries in wanted.items():
-            edits += self.put(_rela_section(image, name), entries, "R_PPC64_REL24 of a restored call")
-        return edits
-
-    def _has_call_relocation(self, site: Site) -> bool:
-        for rsec in self.image.relocation_sections():
-            if rsec.info == site.section_index:
-                rows = self.current(rsec)
-                hit = (S.r_type(rows["r_info"]) == S.R_PPC64_REL24) & (rows["r_offset"] == site.offset)
-                if hit.any():
-                    return True
-        return False
-
-
-def _rela_section(image: Image, name: str) -> Section:
-    sec = image.section(name)
-    if sec is None or sec.type != S.SHT_RELA:
-        raise ImageError(f"{image.path}: the patch log puts a relocation back into {name}, which is no RELA table here")
-    return sec
-
-
-def _sorted_positions(rows: np.ndarray, new: np.ndarray) -> tuple[int, ...]:
-    """Where each of ``new`` (ascending) lands among ``rows`` once all are inserted: after the
-    equal or smaller values if ``rows`` ascend, else at the end."""
-    if len(rows) > 1 and not bool(np.all(rows[1:] >= rows[:-1])):
-        k = np.full(len(new), len(rows))
-    else:
-        k = np.searchsorted(rows, new, side="right")
-    return tuple((k + np.arange(len(new))).tolist())
-
-
-def _check_room(image: Image, sec: Section, start: int, end: int) -> None:
-    """A table grows only into bytes that are zero and no other section's: the tail a drop freed."""
-    start = max(start, sec.offset + sec.size)  # the table's own bytes are zeroed by a drop in this rewrite
-    no_room = f"{image.path}: {sec.name}: no room to put relocations back"
-    for other in image.sections:
-        mapped = other.shndx != sec.shndx and other.type != S.SHT_NOBITS and other.size
-        if mapped and other.offset < end and start < other.offset + other.size:
-            raise ImageError(f"{no_room} (it would reach {other.name})")
-    if end > image.elf_end or (start < end and any(image.data[start:end])):
-        raise ImageError(f"{no_room} (the bytes after it are not free)")
-
-
-# -- records --------------------------------------------------------------------------------
-
-
-def _drop_records(
-    image: Image, scan: Scan, tables: _RelaTables, sites: Sequence[Site]
-) -> tuple[list[Edit], int, _Taken]:
-    """Edits that drop the records of ``sites``, found where the scan read them
-    (``Scan.records.tables``), how many table entries they take out, and what each record
-    place had (its slot, its relocation) for the log's site lines."""
-    facts = _Taken({}, {})
-    if not sites:
-        return [], 0, facts
-    want = arrays.distinct(np.array([s.record for s in sites], dtype=np.uint64))
-    if image.type == S.ET_REL:
-        edits, found, rows = _drop_rel_records(image, scan, tables, want, facts)
-    else:
-        edits, found, rows = _drop_linked_records(image, scan, tables, want, facts)
-    if len(found) != len(want):
-        missing = int(np.setdiff1d(want, found)[0])
-        raise ImageError(f"{image.path}: --drop-records: no record table entry names {missing:#x}")
-    return edits, rows, facts
-
-
-def _drop_rel_records(
-    image: Image, scan: Scan, tables: _RelaTables, want: np.ndarray, facts: _Taken
-) -> tuple[list[Edit], np.ndarray, int]:
-    """Relocatable: the record's R_PPC64_ADDR64 leaves its ``.rela`` section, the slot stays 0."""
-    edits: list[Edit] = []
-    found = []
-    for t in scan.records.tables:
-        rsec = image.section(t.section)
-        hit = np.flatnonzero(arrays.member(t.values, want))
-        if rsec is None or not len(hit):
-            continue
-        rows = tables.current(rsec)
-        for i in hit.tolist():
-            facts.relocations[int(t.values[i])] = RelaEntry(rsec.name, rows[i : i + 1].tobytes())
-        edits += tables.remove(rsec, hit, "record of a nopped site")
-        found.append(t.values[hit])
-    rows_out = sum(len(f) for f in found)
-    return edits, arrays.distinct(np.concatenate(found)) if found else np.zeros(0, np.uint64), rows_out
-
-
-def _drop_linked_records(
-    image: Image, scan: Scan, tables: _RelaTables, want: np.ndarray, facts: _Taken
-) -> tuple[list[Edit], np.ndarray, int]:
-    """Linked: zero the table slots; move their RELATIVE relocations out of what relocate() applies."""
-    edits: list[Edit] = []
-    found = []
-    slot_addrs = []
-    for t in scan.records.tables:
-        hit = np.flatnonzero(arrays.member(t.values, want))
-        if t.addr is None or t.file_offset is None or not len(hit):
-            continue
-        found.append(t.values[hit])
-        slot_addrs.append(np.uint64(t.addr) + hit.astype(np.uint64) * np.uint64(8))
-        table = bytes(image.data[t.file_offset : t.file_offset + 8 * len(t.values)])
-        zero = bytes(8)
-        # Column by column: a vmlinux drops 33,689 records.
-        starts = (8 * hit).tolist()
-        olds = [table[i : i + 8] for i in starts]
-        offsets = [t.file_offset + i for i in starts]
-        slots = map(RecordSlot, repeat(t.section), offsets, [t.addr + i for i in starts], olds)
-        for value, slot in zip(t.values[hit].tolist(), slots, strict=True):
-            if value not in facts.slots:  # a place in two tables: the first one names it
-                facts.slots[value] = slot
-        why = f"{t.section} entry"
-        edits += [BytesEdit(off, old, zero, why) for off, old in zip(offsets, olds, strict=True) if old != zero]
-    if not found:
-        return edits, np.zeros(0, np.uint64), 0
-    edits += _move_relatives(image, tables, np.concatenate(slot_addrs), facts)
-    return edits, arrays.distinct(np.concatenate(found)), sum(len(f) for f in found)
-
-
-def _move_relatives(image: Image, tables: _RelaTables, slot_addrs: np.ndarray, facts: _Taken) -> list[Edit]:
-    """reloc_64.S walks DT_RELACOUNT entries (before 6.0) or all DT_RELASZ bytes (6.0 and later,
-    RELATIVE and UADDR64), storing each addend over its target whatever the target holds. Moving
-    the entries past the end of the table and lowering both keeps either walk away from them."""
-    rela = image.section(".rela.dyn")
-    if rela is None:
-        return []  # a static executable: its table holds link-time addresses, no relocation
-    rows = tables.current(rela)
-    relative = S.r_type(rows["r_info"]) == S.R_PPC64_RELATIVE
-    moved = np.flatnonzero(relative & arrays.member(rows["r_offset"], slot_addrs))
-    if not len(moved):
-        return []
-    by_slot = {slot.addr: value for value, slot in facts.slots.items()}
-    counted = int(np.count_nonzero(moved < (dynamic_value(image, S.DT_RELACOUNT) or 0)))
-    edits = tables.remove(rela, moved, "RELATIVE of a dropped record", keep_tail=True)
-    removed = cast(RelaEdit, edits[0])  # the entries, in the order of `moved`
-    for r_offset, entry in zip(rows["r_offset"][moved].tolist(), removed.entries, strict=True):
-        value = by_slot.get(r_offset)
-        if value is not None:
-            facts.relocations[value] = RelaEntry(rela.name, entry)
-    return edits + _dynamic_edits(image, -len(moved), -counted)
-
-
-# -- restoring records ----------------------------------------------------------------------
-
-
-def _restore_records(
-    image: Image, tables: _RelaTables, sites: Sequence[Site], history: Mapping[int, SiteLine]
-) -> list[Edit]:
-    """Edits that put back the records of ``sites`` as the patch log says the original had them."""
-    if not sites:
-        return []
-    origins = [history[s.place].origin for s in sites]
-    if image.type == S.ET_REL:
-        wanted: dict[str, list[bytes]] = {}
-        for o in origins:
-            if o.record_relocation is not None:
-                wanted.setdefault(o.record_relocation.section, []).append(o.record_relocation.entry)
-        edits: list[Edit] = []
-        for name, entries in wanted.items():
-            edits += tables.put(_rela_section(image, name), entries, "record of a restored site")
-        return edits
-    slots = [_slot_back(image, o.record_slot) for o in origins if o.record_slot is not None]
-    entries = [o.record_relocation.entry for o in origins if o.record_relocation is not None]
-    return [e for e in slots if e is not None] + _return_relatives(image, tables, entries)
-
-
-def _slot_back(image: Image, slot: RecordSlot) -> BytesEdit | None:
-    """The table slot's original value, over the zero a drop left (None: it holds it already)."""
-    now = bytes(image.data[slot.offset : slot.offset + 8])
-    if now == slot.value:
-        return None
-    if now != bytes(8):
-        raise ImageError(
-            f"{image.path}: {slot.table} slot at offset {slot.offset:#x}: expected 0 (a dropped record) "
-            f"!= found {now.hex()}"
-        )
-    return BytesEdit(slot.offset, now, slot.value, f"{slot.table} entry")
-
-
-def _return_relatives(image: Image, tables: _RelaTables, entries: Sequence[bytes]) -> list[Edit]:
-    """Move restored records' RELATIVE entries from past the end of ``.rela.dyn`` (where a drop put
-    them) back among the ones relocate() applies, where their r_offset sorts them (the linker's
-    order: putting every one back gives the original table), and raise DT_RELASZ, DT_RELACOUNT
-    and ``sh_size``."""
-    rela = image.section(".rela.dyn")
-    if rela is None or not entries:
-        return []
-    rows = tables.current(rela)
-    entsize = rela.entsize or rows.dtype.itemsize
-    size = tables.size[rela.shndx]
-    tail = _tail_rows(image, rela, rela.offset + size, entsize)
-    where = {tail[i].tobytes(): i for i in range(len(tail))}
-    missing = [e for e in entries if e not in where]
-    if missing:
-        applied = {rows[i : i + 1].tobytes() for i in range(len(rows))}
-        lost = [e for e in missing if e not in applied]
-        if lost:
-            raise ImageError(
-                f"{image.path}: .rela.dyn: the RELATIVE entry {lost[0].hex()} of a restored record is not past "
-                "the end of the table, where the rewrite that dropped it moved it"
-            )
-        entries = [e for e in entries if e in where]  # the others are applied already
-        if not entries:
-            return []
-    new = np.frombuffer(b"".join(entries), rows.dtype)
-    order = np.argsort(new["r_offset"], kind="stable")
-    put = [entries[i] for i in order.tolist()]
-    source = tuple(len(rows) + where[e] for e in put)
-    counted = dynamic_value(image, S.DT_RELACOUNT)
-    prefix = rows["r_offset"][: counted if counted is not None else len(rows)]
-    at = _sorted_positions(prefix, new["r_offset"][order])
-    span = (max(source) + 1) * entsize
-    edit = RelaPut(rela.name, rela.offset, span, entsize, at, tuple(put), source, "RELATIVE of a restored record")
-    tables.rows[rela.shndx] = np.insert(rows, np.array(at) - np.arange(len(at)), new[order])
-    tables.size[rela.shndx] = size + len(put) * entsize
-    edits: list[Edit] = [edit, tables.sh_size_edit(rela, size, size + len(put) * entsize)]
-    return edits + _dynamic_edits(image, len(put), len(put) if counted is not None else 0)
-
-
-def _tail_rows(image: Image, rela: Section, start: int, entsize: int) -> np.ndarray:
-    """The whole entries between the end of a table and the next section (or the end of the ELF
-    data): where a drop keeps the RELATIVE entries it moves out."""
-    end = image.elf_end
-    for other in image.sections:
-        if other.type != S.SHT_NOBITS and other.size and start <= other.offset < end and other.shndx != rela.shndx:
-            end = other.offset
-    shoff = int(image.ehdr["e_shoff"])
-    if start <= shoff < end:
-        end = shoff
-    n = max(end - start, 0) // entsize
-    return np.frombuffer(image.data, np.uint8, count=n * entsize, offset=start).reshape(n, entsize)
-
-
-def _dynamic_edits(image: Image, entries: int, counted: int) -> list[Edit]:
-    """Change DT_RELASZ by ``entries`` entries and DT_RELACOUNT by ``counted`` (negative: lower
-    them, as a drop does; positive: raise them, as a restore does). ``.dynamic`` is read by
-    section: these kernels have no PT_DYNAMIC segment."""
-    dyn = image.section(".dynamic")
-    if dyn is None:
-        raise ImageError(f"{image.path}: records: .rela.dyn without .dynamic")
-    table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
-    entsize = dynamic_value(image, S.DT_RELAENT) or S.rela_dtype(image.endian).itemsize
-    order = image.byteorder
-    edits: list[Edit] = []
-    for tag, name, change in (
-        (S.DT_RELASZ, "DT_RELASZ", entries * entsize),
-        (S.DT_RELACOUNT, "DT_RELACOUNT", counted),
-    ):
-        hit = np.flatnonzero(table["d_tag"] == tag)
-        if not len(hit) or not change:
-            continue
-        i = int(hit[0])
-        old = int(table["d_val"][i])
-        field = dyn.offset + i * table.dtype.itemsize + dynamic_field_offset("d_val")
-        edits.append(BytesEdit(field, old.to_bytes(8, order), (old + change).to_bytes(8, order), name))
-    return edits
 
 
 # -- ool stubs ------------------------------------------------------------------------------

@@ -42,13 +42,13 @@ from rewriter.sites import (
     Scan,
     Site,
     Source,
-    StubArea,
     lacks_stub,
     override_text,
     scan,
     weak_offsets,
 )
 from rewriter.states import Insn, SiteState, word_for
+from rewriter.stubs import StubArea
 
 # -- rules ----------------------------------------------------------------------------------
 

@@ -21,16 +21,25 @@ Debian kernels: 6.1.0-50 refers to none, 6.12.107 and 7.2.13 to all four. Anythi
 (some of the four), or code this reading cannot follow, is :attr:`Locs.UNKNOWN`, and the
 commands then keep to what they did before they read the loop (the newer loop's rules).
 
-The image is read by :func:`rewriter.sites.kernel_locs`; this module only decides.
+The image is read by :func:`kernel_locs`, and the loop's rules decided by :func:`loop_of` from what
+it read; the rest of the tool asks this module which records a kernel skips.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Collection, Sequence
+from functools import partial
 from typing import Final
 
+import numpy as np
+
 from rewriter import ppc
+from rewriter.elf import structs as S
+from rewriter.elf.dynamic import relocated_slots
+from rewriter.elf.image import Abi, Image, Kind
+from rewriter.elf.symbols import Functions, code_addrs
+from rewriter.errors import UnmappedAddress
 from rewriter.generations import Generation
 
 PROCESS_LOCS: Final = "ftrace_process_locs"
@@ -96,3 +105,84 @@ def loop_of(
     if found == len(bounds):
         return Locs.CHECKS_TEXT
     return Locs.ADJUSTS_FIRST if found == 0 else Locs.UNKNOWN
+
+
+def kernel_locs(image: Image, funcs: Functions) -> Locs:
+    """Which loop a vmlinux's ftrace_process_locs() has (:mod:`rewriter.locs`), read from its code:
+    its words (the function table gives their end), its r2 (ELFv1: the descriptor's; ELFv2: its
+    global entry's), the four text bounds, and TOC slots as relocate() leaves them."""
+    text = kernel_text(image)  # None unless a vmlinux with symbols
+    code = None if text is None or len(text) != 2 else _function_code(image, funcs)
+    if text is None or code is None:
+        return Locs.UNKNOWN
+    entry, words, toc = code
+    return loop_of([b for pair in text for b in pair], entry, words, toc, partial(_toc_slot_value, image))
+
+
+def _function_code(image: Image, funcs: Functions) -> tuple[int, list[int], int | None] | None:
+    """ftrace_process_locs()'s entry, words and, for ELFv1, the r2 of its descriptor."""
+    entries = code_addrs(image, [PROCESS_LOCS])
+    if len(entries) != 1 or not len(funcs):
+        return None  # absent (inlined, or a clone under another name), or two of that name
+    entry = entries[0]
+    i = int(np.searchsorted(funcs.start, entry, side="right")) - 1
+    if i < 0 or int(funcs.start[i]) != entry or int(funcs.end[i]) <= entry:
+        return None
+    try:
+        offset = image.offset_of(entry)
+    except UnmappedAddress:
+        return None
+    count = min(int(funcs.end[i]) - entry, len(image.data) - offset) // ppc.INSN_SIZE
+    words = np.frombuffer(image.data, image.endian + "u4", count, offset).tolist()
+    return entry, words, _descriptor_toc(image, PROCESS_LOCS)
+
+
+def _descriptor_toc(image: Image, name: str) -> int | None:
+    """ELFv1: the r2 in the .opd descriptor of the function ``name`` (its second doubleword)."""
+    opd, syms = image.section(".opd"), image.symbols
+    if image.abi is not Abi.ELFV1 or opd is None or syms is None:
+        return None
+    hit = syms.find(name)
+    if not len(hit) or int(syms.table["st_shndx"][hit[0]]) != opd.shndx:
+        return None
+    return _toc_slot_value(image, int(syms.table["st_value"][hit[0]]) + S.OPD_TOC)
+
+
+def _toc_slot_value(image: Image, addr: int) -> int | None:
+    """The doubleword at ``addr`` as the kernel reads it: its R_PPC64_RELATIVE addend, if one
+    targets it (:func:`~rewriter.elf.dynamic.relocated_slots`), else the file's bytes."""
+    try:
+        offset = image.offset_of(addr)
+    except UnmappedAddress:
+        return None
+    if offset + 8 > len(image.data):
+        return None
+    word = np.array([int.from_bytes(image.data[offset : offset + 8], image.byteorder)], np.uint64)
+    return int(relocated_slots(image, addr, word)[0])
+
+
+def split_skipped(image: Image, records: np.ndarray, locs: Locs) -> tuple[np.ndarray, np.ndarray]:
+    """(records the kernel processes, records ftrace_process_locs skips: in a vmlinux, those
+    outside ``_stext.._etext`` and ``_sinittext.._einittext``, unless its code shows it checks no
+    such thing (:class:`Locs.ADJUSTS_FIRST`, as 6.1's: init then refuses what they name))."""
+    bounds = kernel_text(image)
+    if bounds is None or locs is Locs.ADJUSTS_FIRST:
+        return records, np.zeros(0, np.uint64)
+    inside = np.zeros(len(records), bool)
+    for lo, hi in bounds:
+        inside |= (records >= lo) & (records < hi)
+    return records[inside], records[~inside]
+
+
+def kernel_text(image: Image) -> list[tuple[int, int]] | None:
+    """The text bounds the newer loop holds records to, ``[(_stext, _etext), (_sinittext,
+    _einittext)]`` as far as the symbols name them; None unless a vmlinux with symbols."""
+    syms = image.symbols
+    if image.kind is not Kind.VMLINUX or syms is None:
+        return None
+    out = []
+    for lo_name, hi_name in zip(TEXT_BOUNDS[::2], TEXT_BOUNDS[1::2], strict=True):  # _stext.._etext, init
+        lo, hi = syms.find(lo_name), syms.find(hi_name)
+        if len(lo) and len(hi):
+            out.append((int(syms.table["st_value"][lo[0]]), int(syms.table["st_value"][hi[0]])))
+    return out or None

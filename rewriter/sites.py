@@ -31,7 +31,6 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from operator import attrgetter
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -50,25 +49,21 @@ from rewriter.detect import (
     mcount_by_words,
 )
 from rewriter.elf import structs as S
-from rewriter.elf.dynamic import relocated_slots
 from rewriter.elf.image import Abi, Image, Kind, Section, index_name, relocatable_at_a_glance
-from rewriter.elf.symbols import PLACE_SHIFT, Functions, functions, rel_place, split_place
-from rewriter.errors import ArgumentError, UnmappedAddress
+from rewriter.elf.symbols import PLACE_SHIFT, Functions, code_addrs, functions, rel_place, split_place
+from rewriter.errors import ArgumentError
 from rewriter.generations import (
     LAYOUTS,
-    OOL_AREAS,
-    OOL_INITTEXT,
-    OOL_TEXT,
-    OOL_TEXT_END,
     TWO_SLOT_STATES,
     Generation,
     Variant,
     default_variant,
 )
-from rewriter.locs import PROCESS_LOCS, TEXT_BOUNDS, Locs, loop_of, zero_records_fail
+from rewriter.locs import Locs, kernel_locs, split_skipped, zero_records_fail
 from rewriter.prose import counted
 from rewriter.records import RecordTable, nonzero_records, read_records, table_at, zeroed_records
 from rewriter.states import PLAIN, Insn, SiteState
+from rewriter.stubs import StubArea, area_symbols, assign_stubs
 
 MCOUNT_NAMES = ("_mcount", "._mcount")
 # What a `bl` in a patchable call slot may reach once enabled (ftrace_get_call_inst): the callers,
@@ -160,23 +155,6 @@ class Records:
     tables: tuple[RecordTable, ...] = field(default=(), compare=False)  # where they are, for the rewriter
 
 
-class StubArea(NamedTuple):
-    """An ool stub area of a vmlinux: ``stub_count`` stubs of ``stub_size`` bytes (the ``*_count``
-    word the kernel reads), and ``used``, how many records ftrace_init_ool_stub() will give a stub
-    here (``need`` counts those it wants to but cannot: past ``stub_count``, or out of branch range)."""
-
-    name: str
-    addr: int
-    stub_count: int
-    stub_size: int
-    used: int
-    need: int
-
-    @property
-    def covers(self) -> bool:
-        return self.need == 0
-
-
 @dataclass(frozen=True, slots=True)
 class Scan:
     path: Path
@@ -230,7 +208,7 @@ def scan(
     read = _read_linked(image, mcount_addr, generation, text)
     text, funcs, generation = read.text, read.funcs, read.generation
     locs = kernel_locs(image, funcs)
-    places, skipped = _split_skipped(image, read.records, locs)
+    places, skipped = split_skipped(image, read.records, locs)
     weak = weak_max_offset(image, generation)
     sites, unmatched = _classify(image, text, funcs, generation, read.calls, places, weak)
     _check_no_nops_before_entries(image, funcs, generation, places)
@@ -473,7 +451,7 @@ def _mcount_entries(image: Image, text: CodeView, mcount_addr: int | None) -> np
     found: list[int] = [] if mcount_addr is None else [mcount_addr]
     syms = image.symbols
     if syms is not None:
-        named = _symbol_addrs(image, MCOUNT_NAMES, local_entries=True)
+        named = code_addrs(image, MCOUNT_NAMES, local_entries=True)
         _check_mcount_addr_named(image, mcount_addr, named)
         found.extend(named)
         found.extend(_stub_symbols(image))
@@ -510,33 +488,6 @@ def _check_mcount_addr_named(image: Image, mcount_addr: int | None, named: list[
         f"--mcount-addr {mcount_addr:#x}: the image's symbols put _mcount at {where} "
         "(the option is for a stripped image)"
     )
-
-
-def _symbol_addrs(image: Image, names: Sequence[str], local_entries: bool = False) -> list[int]:
-    """Code addresses of the defined symbols called ``names`` (ELFv1 descriptors followed); with
-    ``local_entries``, an ELFv2 function's local entry too, where a direct call from code that
-    shares its TOC lands (``bl _mcount+0x8`` when _mcount sets up r2: glibc's, a user's own)."""
-    syms = image.symbols
-    if syms is None:
-        return []
-    found = [hit for hit in (syms.find(n) for n in names) if len(hit)]
-    if not found:  # a module defines no tracer and no _mcount
-        return []
-    opd = image.section(".opd")
-    out = []
-    for i in np.concatenate(found).tolist():
-        row = syms.table[i]
-        if int(row["st_shndx"]) == S.SHN_UNDEF:
-            continue
-        value = int(row["st_value"])
-        if image.abi is Abi.ELFV1 and opd is not None and int(row["st_shndx"]) == opd.shndx:
-            off = image.offset_of(value + S.OPD_ENTRY)
-            value = int.from_bytes(image.data[off : off + 8], image.byteorder)
-        out.append(value)
-        local = int(S.ppc64_local_entry_offset(np.array([row["st_other"]]))[0]) if local_entries else 0
-        if local and image.abi is not Abi.ELFV1:
-            out.append(value + local)
-    return out
 
 
 def _stub_symbols(image: Image) -> list[int]:
@@ -593,85 +544,6 @@ def _entries_from_records(text: CodeView, records: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.uint64)
     values, counts = np.unique(text.bl_targets[hit], return_counts=True)
     return values[np.argmax(counts) : np.argmax(counts) + 1]
-
-
-def kernel_locs(image: Image, funcs: Functions) -> Locs:
-    """Which loop a vmlinux's ftrace_process_locs() has (:mod:`rewriter.locs`), read from its code:
-    its words (the function table gives their end), its r2 (ELFv1: the descriptor's; ELFv2: its
-    global entry's), the four text bounds, and TOC slots as relocate() leaves them."""
-    text = _kernel_text(image)  # None unless a vmlinux with symbols
-    code = None if text is None or len(text) != 2 else _function_code(image, funcs)
-    if text is None or code is None:
-        return Locs.UNKNOWN
-    entry, words, toc = code
-    return loop_of([b for pair in text for b in pair], entry, words, toc, partial(_toc_slot_value, image))
-
-
-def _function_code(image: Image, funcs: Functions) -> tuple[int, list[int], int | None] | None:
-    """ftrace_process_locs()'s entry, words and, for ELFv1, the r2 of its descriptor."""
-    entries = _symbol_addrs(image, [PROCESS_LOCS])
-    if len(entries) != 1 or not len(funcs):
-        return None  # absent (inlined, or a clone under another name), or two of that name
-    entry = entries[0]
-    i = int(np.searchsorted(funcs.start, entry, side="right")) - 1
-    if i < 0 or int(funcs.start[i]) != entry or int(funcs.end[i]) <= entry:
-        return None
-    try:
-        offset = image.offset_of(entry)
-    except UnmappedAddress:
-        return None
-    count = min(int(funcs.end[i]) - entry, len(image.data) - offset) // ppc.INSN_SIZE
-    words = np.frombuffer(image.data, image.endian + "u4", count, offset).tolist()
-    return entry, words, _descriptor_toc(image, PROCESS_LOCS)
-
-
-def _descriptor_toc(image: Image, name: str) -> int | None:
-    """ELFv1: the r2 in the .opd descriptor of the function ``name`` (its second doubleword)."""
-    opd, syms = image.section(".opd"), image.symbols
-    if image.abi is not Abi.ELFV1 or opd is None or syms is None:
-        return None
-    hit = syms.find(name)
-    if not len(hit) or int(syms.table["st_shndx"][hit[0]]) != opd.shndx:
-        return None
-    return _toc_slot_value(image, int(syms.table["st_value"][hit[0]]) + S.OPD_TOC)
-
-
-def _toc_slot_value(image: Image, addr: int) -> int | None:
-    """The doubleword at ``addr`` as the kernel reads it: its R_PPC64_RELATIVE addend, if one
-    targets it (:func:`~rewriter.elf.dynamic.relocated_slots`), else the file's bytes."""
-    try:
-        offset = image.offset_of(addr)
-    except UnmappedAddress:
-        return None
-    if offset + 8 > len(image.data):
-        return None
-    word = np.array([int.from_bytes(image.data[offset : offset + 8], image.byteorder)], np.uint64)
-    return int(relocated_slots(image, addr, word)[0])
-
-
-def _split_skipped(image: Image, records: np.ndarray, locs: Locs) -> tuple[np.ndarray, np.ndarray]:
-    """(records the kernel processes, records ftrace_process_locs skips: in a vmlinux, those
-    outside ``_stext.._etext`` and ``_sinittext.._einittext``, unless its code shows it checks no
-    such thing (:class:`Locs.ADJUSTS_FIRST`, as 6.1's: init then refuses what they name))."""
-    bounds = _kernel_text(image)
-    if bounds is None or locs is Locs.ADJUSTS_FIRST:
-        return records, np.zeros(0, np.uint64)
-    inside = np.zeros(len(records), bool)
-    for lo, hi in bounds:
-        inside |= (records >= lo) & (records < hi)
-    return records[inside], records[~inside]
-
-
-def _kernel_text(image: Image) -> list[tuple[int, int]] | None:
-    syms = image.symbols
-    if image.kind is not Kind.VMLINUX or syms is None:
-        return None
-    out = []
-    for lo_name, hi_name in zip(TEXT_BOUNDS[::2], TEXT_BOUNDS[1::2], strict=True):  # _stext.._etext, init
-        lo, hi = syms.find(lo_name), syms.find(hi_name)
-        if len(lo) and len(hi):
-            out.append((int(syms.table["st_value"][lo[0]]), int(syms.table["st_value"][hi[0]])))
-    return out or None
 
 
 # -- stripped images ------------------------------------------------------------------------
@@ -872,7 +744,7 @@ def _entry_columns(
     k, i = text.locate(cand)
     b_word = text.words_at(k, i)
     if generation is Generation.PATCHABLE:
-        is_call = _reaching(cand, b_word, np.array(_symbol_addrs(image, TRACER_NAMES), np.uint64), ppc.bl_mask)
+        is_call = _reaching(cand, b_word, np.array(code_addrs(image, TRACER_NAMES), np.uint64), ppc.bl_mask)
         a_word = text.words_at(k, i - 1)
         state = _TWO_SLOT_TABLE[_kinds(a_word), _kinds(b_word, is_call)]
         inside = (k >= 0) & (i >= 1)
@@ -899,7 +771,7 @@ def _reaching(
 
 def _in_stub_areas(image: Image, places: np.ndarray, words: np.ndarray) -> np.ndarray | None:
     """Which ``b`` words at ``places`` reach an ool stub area (None: the image has no area)."""
-    areas = _area_symbols(image)
+    areas = area_symbols(image)
     if not areas:
         return None
     targets = ppc.branch_targets(places, words)
@@ -1038,7 +910,7 @@ def _plain_module(image: Image, generation: Generation, records: np.ndarray) -> 
     # instead of seven, for the modules that name nothing of ftrace's (most).
     if syms is not None and b"ftrace_" not in syms.strtab:
         return True
-    return not _symbol_addrs(image, TRACER_NAMES) and not _area_symbols(image)
+    return not code_addrs(image, TRACER_NAMES) and not area_symbols(image)
 
 
 def _module_sites(
@@ -1090,57 +962,12 @@ def _module_sites(
 # -- ool stubs ------------------------------------------------------------------------------
 
 
-def _area_symbols(image: Image) -> list[tuple[str, int, int, int | None]]:
-    """(name, address, size, count word) of each ool stub area the image defines."""
-    syms = image.symbols
-    if syms is None:
-        return []
-    out = []
-    for name in OOL_AREAS:
-        hit = syms.find(name)
-        if not len(hit):
-            continue
-        row = syms.table[hit[0]]
-        count_hit = syms.find(name + "_count")
-        count = None
-        if len(count_hit):
-            off = image.offset_of(int(syms.table["st_value"][count_hit[0]]))
-            count = int.from_bytes(image.data[off : off + 4], image.byteorder)
-        out.append((name, int(row["st_value"]), int(row["st_size"]), count))
-    return out
-
-
 def _with_stubs(image: Image, sites: tuple[Site, ...]) -> tuple[tuple[StubArea, ...], tuple[Site, ...]]:
-    """Simulate ftrace_init_ool_stub() (arch/powerpc/kernel/trace/ftrace.c, 7.2) over the records
-    in the order the kernel sorts them: .init.text records take ``ftrace_ool_stub_inittext`` in
-    turn; .text records take ``ftrace_ool_stub_text`` while it has stubs left and the next one is
-    in branch range, then ``ftrace_ool_stub_text_end``. A record past an area's count (WARN_ON,
-    -EINVAL) or out of range of its stub makes ftrace_bug() turn ftrace off."""
-    areas = {name: (addr, size, count) for name, addr, size, count in _area_symbols(image)}
-    bounds = _kernel_text(image) or []
-    init = bounds[1] if len(bounds) > 1 else (0, 0)
-    used = dict.fromkeys(areas, 0)
-    need = dict.fromkeys(areas, 0)
-    stub_of: dict[int, tuple[str, int | None]] = {}
-    for site in sorted((s for s in sites if s.recorded and s.addr is not None), key=lambda s: s.addr or 0):
-        ip = site.addr or 0
-        name = _area_for(ip, init, areas, used)
-        if name is None:
-            continue
-        addr, size, count = areas[name]
-        stub_size = size // count if count else 0
-        index = used[name]
-        used[name] += 1
-        stub = addr + index * stub_size if stub_size else None
-        ok = count is not None and index < count and stub is not None and _stub_in_range(ip, stub, stub_size)
-        if not ok:
-            need[name] += 1
-            stub = None
-        stub_of[ip] = (name, None if stub is None else LAYOUTS[Variant.OOL].stub_code(stub, stub_size))
-    out = tuple(
-        StubArea(n, a, c or 0, s // c if c else 0, min(used[n], c or 0), need[n]) for n, (a, s, c) in areas.items()
-    )
-    return out, tuple(_served(s, stub_of.get(s.addr)) if s.addr in stub_of else s for s in sites)
+    """The image's stub areas, and its sites with the stub each gets at boot
+    (:func:`rewriter.stubs.assign_stubs`)."""
+    ips = (s.addr for s in sites if s.recorded and s.addr is not None)
+    areas, stub_of = assign_stubs(image, ips)
+    return areas, tuple(_served(s, stub_of.get(s.addr)) if s.addr in stub_of else s for s in sites)
 
 
 def _served(site: Site, stub: tuple[str, int | None] | None) -> Site:
@@ -1164,33 +991,6 @@ def lacks_stub(site: Site) -> bool:
         and site.boot_state is None
         and site.state is LAYOUTS[Variant.OOL].built
     )
-
-
-def _area_for(
-    ip: int, init: tuple[int, int], areas: dict[str, tuple[int, int, int | None]], used: dict[str, int]
-) -> str | None:
-    """The area whose next stub the kernel gives the record at ``ip``. As ftrace_init_ool_stub()
-    does, the reserved area in .text is measured to its next stub's start, not to that stub's code
-    (:func:`_stub_in_range` then checks the branches themselves)."""
-    if init[0] <= ip < init[1]:
-        return OOL_INITTEXT if OOL_INITTEXT in areas else None
-    text = areas.get(OOL_TEXT)
-    if text is not None:
-        addr, size, count = text
-        stub_size = size // count if count else 0
-        index = used[OOL_TEXT]
-        if count and index < count and ppc.in_branch_range(ip - (addr + index * stub_size)):
-            return OOL_TEXT
-    return OOL_TEXT_END if OOL_TEXT_END in areas else None
-
-
-def _stub_in_range(ip: int, stub: int, stub_size: int) -> bool:
-    """rec->ip reaches the stub's first instruction with ``b``, and the stub's ``b`` back reaches
-    the word after rec->ip."""
-    layout = LAYOUTS[Variant.OOL]
-    code = layout.stub_code(stub, stub_size)
-    back = code + layout.stub_word(Insn.BACK)
-    return ppc.in_branch_range(ip - code) and ppc.in_branch_range(ip + ppc.INSN_SIZE - back)
 
 
 # -- places ---------------------------------------------------------------------------------

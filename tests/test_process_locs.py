@@ -20,8 +20,8 @@ from elftools.elf.elffile import ELFFile
 from rewriter.boot import boot_of
 from rewriter.elf.image import Image
 from rewriter.elf.symbols import functions
-from rewriter.locs import ZERO_ADJUSTED, Locs
-from rewriter.sites import kernel_locs, scan
+from rewriter.locs import ZERO_ADJUSTED, Locs, kernel_locs
+from rewriter.sites import scan
 
 pytestmark = pytest.mark.corpus
 

@@ -9,6 +9,7 @@ sites, records and functions together:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,3 +180,30 @@ def relocation_target_text(image: Image, shndx: int, offset: int, types: np.ndar
         section = image.sections[where].name if 0 < where < len(image.sections) else ""
         return f"{section or index_name(where)}{int(syms.table['st_value'][symi]) + addend:+#x}"
     return None
+
+
+def code_addrs(image: Image, names: Sequence[str], local_entries: bool = False) -> list[int]:
+    """Code addresses of the defined symbols called ``names`` (ELFv1 descriptors followed); with
+    ``local_entries``, an ELFv2 function's local entry too, where a direct call from code that
+    shares its TOC lands (``bl _mcount+0x8`` when _mcount sets up r2: glibc's, a user's own)."""
+    syms = image.symbols
+    if syms is None:
+        return []
+    found = [hit for hit in (syms.find(n) for n in names) if len(hit)]
+    if not found:  # a module defines no tracer and no _mcount
+        return []
+    opd = image.section(".opd")
+    out = []
+    for i in np.concatenate(found).tolist():
+        row = syms.table[i]
+        if int(row["st_shndx"]) == S.SHN_UNDEF:
+            continue
+        value = int(row["st_value"])
+        if image.abi is Abi.ELFV1 and opd is not None and int(row["st_shndx"]) == opd.shndx:
+            off = image.offset_of(value + S.OPD_ENTRY)
+            value = int.from_bytes(image.data[off : off + 8], image.byteorder)
+        out.append(value)
+        local = int(S.ppc64_local_entry_offset(np.array([row["st_other"]]))[0]) if local_entries else 0
+        if local and image.abi is not Abi.ELFV1:
+            out.append(value + local)
+    return out

@@ -24,7 +24,8 @@ from rewriter.audit import (
 from rewriter.diff import Diff
 from rewriter.flow import Verdict
 from rewriter.generations import Generation
-from rewriter.sites import Site, StubArea
+from rewriter.sites import Site
+from rewriter.stubs import StubArea
 
 FORMAT: Final = "mcountrw-audit/1"
 

@@ -17,7 +17,7 @@ from rewriter.elf.image import Kind
 from rewriter.flow import Verdict
 from rewriter.generations import Generation
 from rewriter.prose import counted, printable
-from rewriter.sites import StubArea
+from rewriter.stubs import StubArea
 
 DETAIL_ALL_BELOW = 20  # images: show every image's section when there are fewer than this
 MAX_GROUPS = 40

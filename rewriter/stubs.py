@@ -1,0 +1,119 @@
+"""The ool generation's stub areas in a vmlinux, and which stub the kernel gives each record.
+
+A 6.13+ vmlinux reserves ``ftrace_ool_stub_text``, ``ftrace_ool_stub_text_end`` and
+``ftrace_ool_stub_inittext`` (zero bytes in the file, each with a ``*_count`` word), and
+ftrace_init_ool_stub() fills one stub per record at boot. A record it cannot give a stub, past an
+area's count or out of branch range, makes ftrace_bug() turn ftrace off: :func:`assign_stubs`
+replays that assignment so that scan and audit can say so before a boot does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from rewriter import ppc
+from rewriter.elf.image import Image
+from rewriter.generations import LAYOUTS, OOL_AREAS, OOL_INITTEXT, OOL_TEXT, OOL_TEXT_END, Variant
+from rewriter.locs import kernel_text
+from rewriter.states import Insn
+
+Stub = tuple[str, int | None]
+"""The area that serves a record, and its stub's code address (None: the area has none left for it)."""
+
+
+class StubArea(NamedTuple):
+    """An ool stub area of a vmlinux: ``stub_count`` stubs of ``stub_size`` bytes (the ``*_count``
+    word the kernel reads), and ``used``, how many records ftrace_init_ool_stub() will give a stub
+    here (``need`` counts those it wants to but cannot: past ``stub_count``, or out of branch range)."""
+
+    name: str
+    addr: int
+    stub_count: int
+    stub_size: int
+    used: int
+    need: int
+
+    @property
+    def covers(self) -> bool:
+        return self.need == 0
+
+
+def area_symbols(image: Image) -> list[tuple[str, int, int, int | None]]:
+    """(name, address, size, count word) of each ool stub area the image defines."""
+    syms = image.symbols
+    if syms is None:
+        return []
+    out = []
+    for name in OOL_AREAS:
+        hit = syms.find(name)
+        if not len(hit):
+            continue
+        row = syms.table[hit[0]]
+        count_hit = syms.find(name + "_count")
+        count = None
+        if len(count_hit):
+            off = image.offset_of(int(syms.table["st_value"][count_hit[0]]))
+            count = int.from_bytes(image.data[off : off + 4], image.byteorder)
+        out.append((name, int(row["st_value"]), int(row["st_size"]), count))
+    return out
+
+
+def assign_stubs(image: Image, ips: Iterable[int]) -> tuple[tuple[StubArea, ...], dict[int, Stub]]:
+    """Simulate ftrace_init_ool_stub() (arch/powerpc/kernel/trace/ftrace.c, 7.2) over the records
+    at ``ips`` in the order the kernel sorts them: .init.text records take ``ftrace_ool_stub_inittext``
+    in turn; .text records take ``ftrace_ool_stub_text`` while it has stubs left and the next one is
+    in branch range, then ``ftrace_ool_stub_text_end``. A record past an area's count (WARN_ON,
+    -EINVAL) or out of range of its stub makes ftrace_bug() turn ftrace off. Returns the areas and
+    the stub of each record an area serves."""
+    areas = {name: (addr, size, count) for name, addr, size, count in area_symbols(image)}
+    bounds = kernel_text(image) or []
+    init = bounds[1] if len(bounds) > 1 else (0, 0)
+    used = dict.fromkeys(areas, 0)
+    need = dict.fromkeys(areas, 0)
+    stub_of: dict[int, Stub] = {}
+    for ip in sorted(ips):
+        name = _area_for(ip, init, areas, used)
+        if name is None:
+            continue
+        addr, size, count = areas[name]
+        stub_size = size // count if count else 0
+        index = used[name]
+        used[name] += 1
+        stub = addr + index * stub_size if stub_size else None
+        ok = count is not None and index < count and stub is not None and _stub_in_range(ip, stub, stub_size)
+        if not ok:
+            need[name] += 1
+            stub = None
+        stub_of[ip] = (name, None if stub is None else LAYOUTS[Variant.OOL].stub_code(stub, stub_size))
+    out = tuple(
+        StubArea(n, a, c or 0, s // c if c else 0, min(used[n], c or 0), need[n]) for n, (a, s, c) in areas.items()
+    )
+    return out, stub_of
+
+
+def _area_for(
+    ip: int, init: tuple[int, int], areas: dict[str, tuple[int, int, int | None]], used: dict[str, int]
+) -> str | None:
+    """The area whose next stub the kernel gives the record at ``ip``. As ftrace_init_ool_stub()
+    does, the reserved area in .text is measured to its next stub's start, not to that stub's code
+    (:func:`_stub_in_range` then checks the branches themselves)."""
+    if init[0] <= ip < init[1]:
+        return OOL_INITTEXT if OOL_INITTEXT in areas else None
+    text = areas.get(OOL_TEXT)
+    if text is not None:
+        addr, size, count = text
+        stub_size = size // count if count else 0
+        index = used[OOL_TEXT]
+        if count and index < count and ppc.in_branch_range(ip - (addr + index * stub_size)):
+            return OOL_TEXT
+    return OOL_TEXT_END if OOL_TEXT_END in areas else None
+
+
+def _stub_in_range(ip: int, stub: int, stub_size: int) -> bool:
+    """rec->ip reaches the stub's first instruction with ``b``, and the stub's ``b`` back reaches
+    the word after rec->ip."""
+    layout = LAYOUTS[Variant.OOL]
+    code = layout.stub_code(stub, stub_size)
+    back = code + layout.stub_word(Insn.BACK)
+    return ppc.in_branch_range(ip - code) and ppc.in_branch_range(ip + ppc.INSN_SIZE - back)

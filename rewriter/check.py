@@ -61,7 +61,7 @@ from rewriter.errors import ArgumentError
 from rewriter.generations import LAYOUTS, Generation, Layout, Variant
 from rewriter.plan import Barrier, Cmodx, Plan, Route, SiteRequest, Write, plan
 from rewriter.prose import counted
-from rewriter.states import PLAIN, Insn, SiteState, Slot
+from rewriter.states import PLAIN, Insn, SiteState, Slot, words_text
 
 MAX_TASKS: Final = 3
 MAX_ENTRIES: Final = 4
@@ -74,6 +74,7 @@ class Violation(enum.Enum):
     CMODX = "cmodx"  # mflr patched while it may be executing, under ISA 3.0
     CAS_MISMATCH = "cas-mismatch"  # a write found a word other than its ``old``
     BROKEN = "broken"  # the site read nop; bl (even if no task ran it)
+    KERNEL_ONLY = "kernel-only"  # an offline plan leaves words only the running kernel may write
     WRONG_FINAL = "wrong-final-state"
     UNSETTLED = "unsettled"  # the next plan's precondition does not hold
     STALE_AFTER = "stale-after-plan"  # a task may still fetch a replaced word
@@ -268,6 +269,7 @@ class _Model:
     target: tuple[Insn, ...]  # the target's words in the state slots
     stale: bool
     cmodx: Cmodx
+    offline: bool = False
 
 
 class _Problem(NamedTuple):
@@ -288,6 +290,19 @@ class _Found(NamedTuple):
     reason: str
     state: _State
     last: tuple[str, str] | None  # the violating move, when it leads nowhere (a crash, a failed CAS)
+
+
+def _kernel_only_reason(lay: Layout, words: tuple[Insn, ...]) -> str:
+    """Why an offline plan may not end in ``words`` (``Layout.kernel_only``), as ``plan --offline``
+    and ``apply`` refuse it: the kernel reads the file at boot, before any of its code runs."""
+    if Insn.STUB in words:
+        why = "b stub would enter a stub that only the boot fills (the file's stubs are zero)"
+    else:
+        why = (
+            f"boot-time ftrace_init_nop accepts only {words_text(lay.words(lay.built))} at a recorded place, "
+            "and ftrace never manages an unrecorded call"
+        )
+    return f"the plan leaves {words_text(words)} in the file, which only the running kernel writes: {why}"
 
 
 def _synced(code: tuple[Insn, ...]) -> tuple[frozenset[Insn], ...]:
@@ -331,6 +346,8 @@ def _end_problems(m: _Model, state: _State) -> Iterator[_Problem]:
         got = m.geo.layout.state_of(words).value
         want = m.geo.layout.state_of(m.target).value
         yield _Problem(Violation.WRONG_FINAL, f"the plan ends in {got}, not {want}", None)
+    if m.offline and m.geo.layout.kernel_only(m.geo.layout.state_of(words)):
+        yield _Problem(Violation.KERNEL_ONLY, _kernel_only_reason(m.geo.layout, words), None)
     a = m.geo.layout.slots.index(Slot.A) if Slot.A in m.geo.layout.slots else None
     for i, t in enumerate(tasks):
         if _exposed(m.geo, t) and (a is None or code[a] is not Insn.NOP):
@@ -479,7 +496,7 @@ def check(
     req = p.sites[site]
     geo = _GEOMETRY[req.variant]
     ops = _ops_by_site(p)[site] if _ops is None else _ops
-    model = _Model(geo, ops, geo.layout.words(req.target), stale, policy)
+    model = _Model(geo, ops, geo.layout.words(req.target), stale, policy, offline=not p.runtime)
     found, states, parents = _search(model, _start(geo, req.current, std_slot, tasks, entries, stale))
     if not found:
         return CheckResult(True, states, None, "", (), site, req, tasks, entries, stale, policy)
@@ -575,7 +592,8 @@ def render_trace(result: CheckResult) -> str:
     else:
         subject = f"{result.sites_checked} distinct sites"
     stale = ", stale fetch" if result.stale_fetch else ""
-    what = f"{subject}, {workload(result.tasks, result.entries)}, cmodx {result.cmodx.value}{stale}"
+    ran = workload(result.tasks, result.entries) if result.tasks else "offline"
+    what = f"{subject}, {ran}, cmodx {result.cmodx.value}{stale}"
     if result.safe:
         return f"SAFE: {what}: {result.states} states explored\n"
     assert result.violation is not None

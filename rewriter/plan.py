@@ -393,6 +393,8 @@ def _plan_site(req: SiteRequest, route: Route, cmodx: Cmodx, runtime: bool, stal
             raise PlanRejected(reason)
     if req.target is SiteState.BROKEN:
         raise PlanRejected(f"{req.variant.value}: broken (nop; bl) runs bl with r0 not holding LR; never a target")
+    if not runtime:
+        check_offline_target(req)
     if runtime and req.current is SiteState.BROKEN:
         raise PlanRejected(
             f"{req.variant.value}: the site is already broken (nop; bl): a CPU may be running bl with "
@@ -408,13 +410,21 @@ def _plan_site(req: SiteRequest, route: Route, cmodx: Cmodx, runtime: bool, stal
     raise PlanRejected(_why_no_path(req, route, mflr_ok))
 
 
+def _instead_of_cmodx_3_0(req: SiteRequest) -> str:
+    """What to do instead, when --cmodx 3.0 leaves no runtime route: an offline rewrite, unless the
+    target is one only the running kernel writes (:func:`check_offline_target`)."""
+    if LAYOUTS[req.variant].kernel_only(req.target):
+        return f"plan for --cmodx 3.1 (no file rewrite writes {req.target.value} either: only the running kernel does)"
+    return "rewrite the file offline, or plan for --cmodx 3.1"
+
+
 def _why_no_path(req: SiteRequest, route: Route, mflr_ok: bool) -> str:
     what = f"{req.variant.value} {req.current.value} -> {req.target.value}"
     if not mflr_ok and any(_simple_paths(req, route, True)):
         return (
             f"{what}: no legal runtime route under --cmodx 3.0: every route writes mflr into or out of "
             "slot A while other CPUs may be executing it, which ISA 3.0's rules for concurrent modification "
-            "and execution do not allow (ISA 3.1 does); rewrite the file offline, or plan for --cmodx 3.1"
+            f"and execution do not allow (ISA 3.1 does); {_instead_of_cmodx_3_0(req)}"
         )
     if route is Route.B8 and any(_simple_paths(req, Route.MFLR_FIRST, mflr_ok)):
         why = state_rejection(req.variant, SiteState.GUARDED) or "the route would write mflr over a nop"
@@ -456,9 +466,9 @@ def plan(
 
 def check_offline_target(req: SiteRequest) -> None:
     """Raise :class:`NoRoute` for an offline target that only the running kernel writes
-    (``Layout.kernel_only``: a patchable or ool site calling the tracer). The state machine plans
-    it, and check-plan proves that plan safe, but no file rewrite may write it (``rewrite`` refuses
-    it), so ``plan --offline`` does not offer it either."""
+    (``Layout.kernel_only``: a patchable or ool site calling the tracer). The state machine has a
+    runtime route to it, but no file rewrite may write it (``rewrite`` refuses it), so the planner
+    offers no offline plan to it, and check-plan finds such a plan unsafe (``kernel-only``)."""
     if LAYOUTS[req.variant].kernel_only(req.target):
         raise NoRoute(
             f"{req.variant.value} {req.current.value} -> {req.target.value}: no offline route: a site built as nops "
@@ -576,6 +586,21 @@ def _barrier_text(b: Barrier) -> str:
     return "barrier: isync on every CPU (IPI), then synchronize_rcu_tasks()"
 
 
+STOCK_KERNEL_NOTE: Final = (
+    "note: proven for writers that all follow checked plans: a stock kernel's ftrace enables a site by "
+    "writing B alone (ftrace_make_call() checks only B), which from nopped is the 2019 race; a runtime "
+    "nopped site needs a kernel whose enable path follows such a plan (the 2019 fix), or no record"
+)
+"""Said by ``plan`` and ``check-plan`` of a runtime plan that leaves a site ``nopped``: the model
+checks the plan's own writes, and the next ones only as far as they follow a plan too."""
+
+
+def leaves_nopped(p: Plan) -> bool:
+    """Whether a runtime plan leaves a site ``nopped``, where only a plan-following enable is safe
+    (:data:`STOCK_KERNEL_NOTE`)."""
+    return p.runtime and any(req.target is SiteState.NOPPED for req in p.sites)
+
+
 def render_text(p: Plan) -> str:
     """A readable plan: what each stage writes, grouped by (slot, old, new), and what separates them."""
     mode = "runtime" if p.runtime else "offline rewrite (nothing executes concurrently)"
@@ -604,4 +629,6 @@ def render_text(p: Plan) -> str:
             lines.append(f"  {slot.value}: {old.value:>4} -> {new.value:<4}  {_ranges(sorted(sites))}")
     if p.settle is not None:
         lines.append(_barrier_text(p.settle).replace("barrier:", "settle:", 1))
+    if leaves_nopped(p):
+        lines.append(STOCK_KERNEL_NOTE)
     return "\n".join(lines) + "\n"

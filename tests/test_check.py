@@ -18,6 +18,7 @@ from rewriter.states import Insn, SiteState, Slot
 
 M, STD, PATCH, OOL = Variant.MPROFILE, Variant.MPROFILE_STD, Variant.PATCHABLE, Variant.OOL
 E, D, N = SiteState.ENABLED, SiteState.DISABLED, SiteState.NOPPED
+G, ARMED = SiteState.GUARDED, SiteState.ARMED
 
 VERDICTS = {
     "naive-enable": False,
@@ -291,7 +292,9 @@ def test_every_plan_the_planner_emits_is_safe(variant, route, mode):
             result = check(p, tasks=tasks, entries=2)
             assert result.safe, render_trace(result)
     if variant is OOL:
-        assert planned == 4  # disabled/enabled to disabled/enabled, in every mode and on both routes
+        # disabled/enabled to disabled/enabled at run time, on both routes; offline only to disabled:
+        # `b stub` is written by the running kernel alone
+        assert planned == (2 if mode == "offline" else 4)
     else:
         assert planned >= 5  # even under cmodx 3.0: the bl-only (and b+8-only) moves, and staying put
 
@@ -329,3 +332,31 @@ def test_cli_check_plan_of_an_ool_plan_file(tmp_path):
     path.write_text(_mcountrw("plan --generation ool --from disabled --to enabled --format json").stdout)
     proc = _mcountrw(f"check-plan {path} --tasks 3 --stale-fetch --cmodx 3.0")
     assert proc.returncode == 0 and "SAFE" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("variant", "current", "target", "writes", "why"),
+    [
+        (OOL, D, E, [Write(0, Slot.B, Insn.NOP, Insn.STUB)], "stub that only the boot fills"),
+        (PATCH, N, E, [Write(0, Slot.A, Insn.NOP, Insn.MFLR), Write(0, Slot.B, Insn.NOP, Insn.CALL)], "nop; nop"),
+        (PATCH, G, ARMED, [Write(0, Slot.B, Insn.NOP, Insn.CALL)], "ftrace_init_nop accepts only nop; nop"),
+    ],
+)
+def test_an_offline_plan_that_leaves_words_only_the_running_kernel_writes_is_unsafe(
+    variant, current, target, writes, why
+):
+    """plan --offline and apply refuse these targets (boot init accepts only the nops at a recorded
+    place; an ool b stub enters a zeroed stub): check-plan called a hand-written such plan SAFE."""
+    stages = tuple((w,) for w in writes)
+    p = Plan((SiteRequest(variant, current, target),), stages, (Barrier.ORDER,) * (len(stages) - 1), None,
+             Route.MFLR_FIRST, Cmodx.V3_1, runtime=False)  # fmt: skip
+    result = check(p)
+    assert result.violation is Violation.KERNEL_ONLY and why in result.reason
+    assert "offline, cmodx" in render_trace(result)  # not "0 tasks x 2 entries"
+    with pytest.raises(PlanRejected, match="no offline route"):
+        plan([SiteRequest(variant, current, target)], runtime=False)  # nor does the planner offer one
+
+
+def test_an_offline_plan_to_a_state_a_file_may_hold_stays_safe():
+    for variant, current, target in ((M, N, E), (PATCH, E, N), (OOL, E, D)):
+        assert check(plan([SiteRequest(variant, current, target)], runtime=False)).safe

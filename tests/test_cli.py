@@ -873,3 +873,64 @@ def test_the_docs_runs_are_what_the_commands_print() -> None:
     for doc, args, shown in runs:
         got = CliRunner().invoke(app, shlex.split(args))
         assert got.stdout == shown, (doc, args)
+
+
+def test_check_plan_refuses_a_hand_made_offline_plan_that_writes_b_stub(tmp_path: Path) -> None:
+    """The runtime ool enable, relabelled offline: `plan --offline` refuses it (the file's stubs are
+    zero until boot), and check-plan called it SAFE."""
+    doc = json.loads(
+        mcountrw("plan", "--generation", "ool", "--from", "disabled", "--to", "enabled", "--format", "json").stdout
+    )
+    doc["mode"] = "offline"
+    made = tmp_path / "ool-offline.json"
+    made.write_text(json.dumps(doc))
+    proc = mcountrw("check-plan", str(made))
+    assert proc.returncode == 1 and "UNSAFE (kernel-only)" in proc.stdout and "only the boot fills" in proc.stdout
+    refused = mcountrw("plan", "--generation", "ool", "--from", "disabled", "--to", "enabled", "--offline")
+    assert refused.returncode == 1 and "no offline route" in refused.stderr
+
+
+@pytest.mark.parametrize("state", ["guarded", "nopped", "armed", "broken"])
+def test_plan_offline_to_a_state_ool_lacks_is_refused_in_one_line(state: str) -> None:
+    """Was an internal error (KeyError, exit 3): the offline check asked the ool layout for its words."""
+    for pair in (("--from", "disabled", "--to", state), ("--from", state, "--to", "disabled")):
+        proc = mcountrw("plan", "--generation", "ool", *pair, "--offline")
+        assert proc.returncode == 1 and f"{state} is not a state of an ool site" in proc.stderr, proc.stderr
+        assert "internal error" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_cmodx_3_0_refusal_does_not_send_a_patchable_enable_offline() -> None:
+    """A patchable (or ool) site is enabled only by the running kernel: "rewrite the file offline"
+    sent the user to a route `plan --offline` and `apply` refuse."""
+    patchable = mcountrw("plan", "--generation", "patchable", "--from", "nopped", "--to", "enabled", "--cmodx", "3.0")
+    assert patchable.returncode == 1 and "offline" not in patchable.stderr.replace("no file rewrite", "")
+    assert "only the running kernel" in patchable.stderr
+    mprofile = mcountrw("plan", "--generation", "mprofile", "--from", "nopped", "--to", "enabled", "--cmodx", "3.0")
+    assert mprofile.returncode == 1 and "rewrite the file offline" in mprofile.stderr
+    assert (
+        mcountrw("plan", "--generation", "mprofile", "--from", "nopped", "--to", "enabled", "--offline").returncode == 0
+    )
+
+
+def test_check_plan_safe_says_what_it_was_proven_under(tmp_path: Path) -> None:
+    """SAFE named only the workload, while UNSAFE named the CPU rules too: a SAFE under --cmodx 3.0
+    --stale-fetch read the same as one under the defaults."""
+    made = tmp_path / "sf.json"
+    made.write_text(mcountrw("plan", "--from", "disabled", "--to", "enabled", "--stale-fetch", "--format=json").stdout)
+    strict = mcountrw("check-plan", str(made), "--cmodx", "3.0").stdout
+    assert re.search(r"SAFE \(\d+ states explored, 2 tasks x 2 entries, cmodx 3\.0, stale fetch\)\n$", strict), strict
+    plain = mcountrw("check-plan", str(made), "--no-stale-fetch").stdout
+    assert re.search(r"SAFE \(\d+ states explored, 2 tasks x 2 entries, cmodx 3\.1\)\n$", plain), plain
+
+
+def test_a_runtime_plan_to_nopped_says_a_stock_kernel_enable_would_race(tmp_path: Path) -> None:
+    """A stock kernel enables by writing B alone (ftrace_make_call checks only B): from nopped that
+    is the 2019 race, which the model does not see unless the enable is a plan too."""
+    nopped = mcountrw("plan", "--generation", "patchable", "--from", "enabled", "--to", "nopped")
+    assert "a stock kernel's ftrace enables a site by writing B alone" in nopped.stdout
+    made = tmp_path / "n.json"
+    made.write_text(mcountrw("plan", "--from", "enabled", "--to", "nopped", "--format", "json").stdout)
+    assert "stock kernel" in mcountrw("check-plan", str(made)).stdout
+    for target in ("disabled", "guarded"):
+        assert "stock kernel" not in mcountrw("plan", "--from", "enabled", "--to", target).stdout
+    assert "stock kernel" not in mcountrw("plan", "--from", "enabled", "--to", "nopped", "--offline").stdout

@@ -9,15 +9,16 @@ from typing import TYPE_CHECKING, Annotated, Final
 import click
 import typer
 
-from rewriter.check import BUILTINS, MAX_ENTRIES, MAX_TASKS
+from rewriter.check import BUILTINS, MAX_ENTRIES, MAX_TASKS, workload
 from rewriter.cli.common import OutputFile, check_report_output, emit
 from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, PlanFormatError
 from rewriter.generations import Generation, Variant
-from rewriter.plan import Cmodx, Route
+from rewriter.plan import STOCK_KERNEL_NOTE, Cmodx, Route, leaves_nopped
 from rewriter.states import SiteState
 
 if TYPE_CHECKING:
+    from rewriter.check import CheckResult
     from rewriter.plan import Plan
 
 
@@ -62,7 +63,7 @@ def plan(
 
     Exit 1 with the reason when no legal route exists: e.g. a runtime enable of a nopped mflr
     under --cmodx 3.0, or a state the generation's sites do not have (--from nopped on ool)."""
-    from rewriter.plan import SiteRequest, check_offline_target, check_route, render_text
+    from rewriter.plan import SiteRequest, check_route, render_text
     from rewriter.plan import plan as make_plan
 
     check_report_output(output)
@@ -73,9 +74,8 @@ def plan(
     check_route([request.variant], route)
     if offline and stale_fetch:
         raise ArgumentError("--stale-fetch is about CPUs running the code: an --offline plan has none")
-    if offline:
-        check_offline_target(request)  # NoRoute: exit 1
-    p = make_plan([request], route, cmodx, runtime=not offline, stale_fetch=stale_fetch)  # NoRoute: exit 1
+    # NoRoute (exit 1): no legal route, or (offline) a target only the running kernel writes
+    p = make_plan([request], route, cmodx, runtime=not offline, stale_fetch=stale_fetch)
     emit(p.to_json() if fmt is PlanFormat.JSON else render_text(p), output)
 
 
@@ -110,7 +110,7 @@ def check_plan(
     ] = None,
 ) -> None:
     """Model-check a plan: every interleaving of tasks and writes. Exit 0 SAFE, 1 UNSAFE (trace printed)."""
-    from rewriter.check import check_all, render_trace, workload
+    from rewriter.check import check_all, render_trace
 
     if list_builtins:
         if plan_file is not None or builtin is not None:  # it would be ignored: say so, do not list
@@ -129,14 +129,21 @@ def check_plan(
         _check_offline_options(name, tasks, entries, stale_fetch)
     result = check_all(p, tasks=tasks or 2, entries=entries or 2, stale_fetch=stale_fetch, cmodx=cmodx)
     if result.safe:
-        explored = workload(result.tasks, result.entries) if p.runtime else OFFLINE
-        typer.echo(f"{name}: SAFE ({result.states} states explored, {explored})")
+        typer.echo(f"{name}: SAFE ({result.states} states explored, {_assumed(result) if p.runtime else OFFLINE})")
+        if leaves_nopped(p):
+            typer.echo(STOCK_KERNEL_NOTE)
     else:
         typer.echo(f"{name}: {render_trace(result)}", nl=False)  # "UNSAFE (kind): why", then the trace
     findings_if(not result.safe)
 
 
 OFFLINE: Final = "offline: no task runs while the image is edited"
+
+
+def _assumed(result: CheckResult) -> str:
+    """What a runtime SAFE was proven under: the workload and the CPU's rules, as UNSAFE says them."""
+    stale = ", stale fetch" if result.stale_fetch else ""
+    return f"{workload(result.tasks, result.entries)}, cmodx {result.cmodx.value}{stale}"
 
 
 def _check_offline_options(name: str, tasks: int | None, entries: int | None, stale_fetch: bool | None) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, Generic, NamedTuple, TypeVar
 
 from rewriter.elf.compress import MODULE_SUFFIXES
-from rewriter.elf.image import Image, is_elf, read_head
+from rewriter.elf.image import Image, is_elf, is_foreign_elf, read_head
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
 from rewriter.reading import NO_SUCH_FILE
@@ -63,8 +63,8 @@ def tree_name(path: Path, root: Path | None) -> str:
 
 
 def expand(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
-    """Files named, and ELF files or modules found below directories named (sorted), plus one
-    error line for each path that cannot be read. Symlinks to directories are not followed."""
+    """Files named, and PowerPC64 ELF files or modules found below directories named (sorted), plus
+    one error line for each path that cannot be read. Symlinks to directories are not followed."""
     found, errors = expand_named(paths)
     return [f.path for f in found], errors
 
@@ -79,7 +79,7 @@ def expand_named(paths: Sequence[Path]) -> tuple[list[Found], list[str]]:
             files.extend(Found(f, tree_name(f, path)) for f in below)
             errors.extend(errs)
             if not below and not errs:  # a named directory that holds nothing to read is a wrong path
-                errors.append(f"{path}: no ELF file or module below it")
+                errors.append(f"{path}: no PowerPC64 ELF file or module below it")
         elif path.exists():
             files.append(Found(path, tree_name(path, None)))
         else:
@@ -123,9 +123,19 @@ def modules_below(root: Path) -> tuple[list[Path], list[str]]:
 
 
 def _elf_or_module(entry: os.DirEntry[str], errors: list[str]) -> bool:
-    if entry.name.endswith(MODULE_SUFFIXES) or entry.name.endswith(".o"):
+    """Modules, objects and other ELF files, except ELF files for another machine: a kernel build
+    tree holds host tools (``scripts/``) and 32-bit vDSO objects next to its PowerPC64 ones, and
+    scanning the tree means the latter. Named on the command line, such a file is still refused."""
+    if entry.name.endswith(MODULE_SUFFIXES):
         return True
-    return _looks_like_elf(Path(entry.path), errors)
+    try:
+        head = read_head(Path(entry.path))
+    except OSError as e:
+        errors.append(f"{entry.path}: {e.strerror}")
+        return False
+    if is_foreign_elf(head):
+        return False
+    return entry.name.endswith(".o") or is_elf(head)  # an object that is not ELF: its load says so
 
 
 def _walk_into(top: str, found: list[Path], errors: list[str], wanted: Wanted) -> None:
@@ -155,14 +165,6 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
     try:
         return entry.is_dir()
     except OSError:
-        return False
-
-
-def _looks_like_elf(path: Path, errors: list[str]) -> bool:
-    try:
-        return is_elf(read_head(path))
-    except OSError as e:
-        errors.append(f"{path}: {e.strerror}")
         return False
 
 

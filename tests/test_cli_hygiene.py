@@ -296,7 +296,7 @@ def _nothing_below(command: str, directory: Path) -> str:
     """The line for a named directory with nothing to read: policy check says it as prenop does."""
     if command == "policy check":
         return f"{directory}: no vmlinux or module found below it"
-    return f"{directory}: no ELF file or module below it"
+    return f"{directory}: no PowerPC64 ELF file or module below it"
 
 
 @pytest.mark.parametrize("command", ["scan", "audit", "policy check"])
@@ -515,3 +515,64 @@ def test_verify_against_a_chain_s_first_original_says_the_log_is_one_step(tmp_pa
         "against its own input)"
     ) in result.output
     assert invoke("verify", step1, step2, "--log", log).exit_code == 0
+
+
+def _machine(src: Path, dst: Path, machine: int | None = None, elf_class: int | None = None) -> Path:
+    """A copy of ``src`` claiming another ``e_machine`` (or ELF class) in its header."""
+    data = bytearray(src.read_bytes())
+    order = "little" if data[5] == 1 else "big"
+    if machine is not None:
+        data[18:20] = machine.to_bytes(2, order)
+    if elf_class is not None:
+        data[4] = elf_class
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.mark.parametrize("command", ["scan", "audit"])
+def test_a_tree_walk_passes_over_elf_files_for_other_machines(command: str, tmp_path: Path) -> None:
+    """A kernel build tree holds host tools (x86-64 `scripts/basic/fixdep`, `scripts/mod/*.o`) and
+    32-bit vDSO objects beside its PowerPC64 files: scan and audit of the tree failed on each one
+    (`machine 62 is not PowerPC64`, exit 2). Named on its own, such a file is still refused."""
+    tree = tmp_path / "build"
+    (tree / "scripts" / "basic").mkdir(parents=True)
+    (tree / "arch").mkdir()
+    shutil.copy2(BIN / "prof-le", tree / "arch" / "prog")
+    host = _machine(BIN / "prof-le", tree / "scripts" / "basic" / "fixdep", machine=62)
+    _machine(BIN / "prof-le", tree / "scripts" / "modpost.o", machine=62)
+    _machine(BIN / "prof-le", tree / "arch" / "vdso-32.o", elf_class=1)
+    walked = invoke(command, tree, "--format", "json")
+    assert walked.exit_code in (0, 1) and not walked.stderr, walked.output
+    names = sorted(Path(i["path"]).name for i in json.loads(walked.stdout)["images"])
+    assert names == ["prog"]
+    named = invoke(command, host)
+    assert named.exit_code == 2 and "machine 62 is not PowerPC64" in named.stderr
+
+
+def test_a_tree_of_only_other_machines_elf_files_is_nothing_to_read(tmp_path: Path) -> None:
+    tree = tmp_path / "host"
+    tree.mkdir()
+    _machine(BIN / "prof-le", tree / "fixdep", machine=62)
+    result = invoke("scan", tree)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"mcountrw: error: {tree}: no PowerPC64 ELF file or module below it"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("scan", "--log-dir", "", BIN / "prof-le"),
+        ("audit", "--log-dir", "", BIN / "prof-le"),
+        ("diff", "--log-dir", "", BIN / "prof-le", BIN / "prof-le"),
+        ("prenop", "--undo", "--in-place", "--log-dir", "", BIN / "prof-le"),
+        ("prenop", "--verify", "--log-dir", "", BIN / "prof-le"),
+    ],
+    ids=lambda a: "-".join(str(x) for x in a[:2]),
+)
+def test_an_empty_log_dir_is_refused_not_read_as_the_current_directory(args: tuple[object, ...]) -> None:
+    """`--log-dir "$MCOUNTRW_LOG_DIR"` with the variable unset was read as `.`: an undo found no log
+    there for the modules, undid the files whose logs happened to be beside them, and exited 0."""
+    result = invoke(*args)
+    assert result.exit_code == 2 and not result.stdout, result.output
+    assert result.stderr.splitlines() == ["mcountrw: error: --log-dir: an empty path (an unset variable?); "
+                                          "for the current directory, write ."]  # fmt: skip

@@ -252,7 +252,7 @@ def test_sites_paired_across_generations_are_the_same_at_boot_not_unchanged() ->
     result = CliRunner().invoke(app, ["diff", str(a), str(b)])
     assert result.exit_code == 1, result.output
     assert (
-        "Sites: none; 3 the same at boot (0 relocated with their function; the words each generation's own); "
+        "Sites: no changes; 3 the same at boot (0 relocated with their function; the words each generation's own); "
         "records 3 -> 3." in result.output.splitlines()
     ), result.output
 

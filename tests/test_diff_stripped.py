@@ -65,7 +65,7 @@ def test_markdown_says_the_pair_was_matched_by_place_and_why(tmp_path: Path) -> 
     assert lines[2] == "**1 image pair, 0 site changes, 0 function changes**; 0 files only in A, 0 only in B."
     assert "**Paired by place: B has sites but no function symbols (stripped).**" in lines[8]
     assert "functions are not compared" in lines[8]
-    assert lines[10] == "Sites: none; 3 unchanged (0 relocated with their function); records 3 -> 3."
+    assert lines[10] == "Sites: no changes; 3 unchanged (0 relocated with their function); records 3 -> 3."
 
 
 def test_trees_show_a_pair_matched_by_place_even_when_unchanged(tmp_path: Path) -> None:

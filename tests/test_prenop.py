@@ -187,6 +187,7 @@ def test_undo_restores_every_file_and_a_second_undo_says_so(corpus, tmp_path: Pa
     assert _cli("prenop", "--policy", KEEP_CORE, "--in-place", "--strip-signature", "--log-dir", logs, tree)[0] == 0
     code, out = _cli("prenop", "--undo", "--in-place", "--log-dir", logs, tree)
     assert code == 0 and _row(out, "undone")[0] == "4", out
+    assert "sites restored" in out and "sites nopped" not in out  # an undo's sites come back
     assert _shas(tree) == {name: _sha(corpus.modules_dir / name) for name in sorted(SMALL)}
     code, out = _cli("prenop", "--undo", "--in-place", "--log-dir", logs, tree)
     assert code == 0 and "nothing changed: all 6 files already are their originals" in out

@@ -15,7 +15,9 @@
 #                      none: modules are not signed
 #   MCOUNTRW           the command (default: mcountrw)
 #
-# Undo everything:  mcountrw prenop --undo --in-place --log-dir "$MCOUNTRW_LOG_DIR" $VMLINUX $MODULES
+# Undo everything (the same variables set; every path spelled out, as the script's own are):
+#   mcountrw prenop --undo --in-place --log-dir "${MCOUNTRW_LOG_DIR:-mcountrw-logs}" \
+#       ${VMLINUX:+"$VMLINUX"} "$INSTALL_MOD_PATH/lib/modules/$KERNELRELEASE"
 set -eu
 
 : "${INSTALL_MOD_PATH:?set INSTALL_MOD_PATH to the staging root}"

@@ -25,6 +25,7 @@ from rewriter.cli.common import (
     check_mcount_addr_used,
     check_report_output,
     emit,
+    log_dir_path,
     logs_for,
     print_errors,
     progress,
@@ -75,7 +76,9 @@ AllChanges = Annotated[
 
 
 def audit(
-    paths: Annotated[list[Path], typer.Argument(help="vmlinux, modules, objects, or directories of them")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="vmlinux, modules, objects, or directories (their PowerPC64 ELF files)")
+    ],
     *,
     fmt: Annotated[AuditFormat, typer.Option("--format", help="the report's format")] = AuditFormat.MD,
     output: OutputFile = None,
@@ -164,6 +167,7 @@ def diff(
         list[Path] | None,
         typer.Option(
             "--log-dir",
+            parser=log_dir_path,
             help="where `prenop --log-dir` wrote the patch logs (DIR/<path in the tree>.mcountrw.jsonl): once for "
             "both (each log given to the file whose output it is), or twice (A's, then B's)",
         ),

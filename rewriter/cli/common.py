@@ -128,7 +128,18 @@ LOG_DIR_HELP: Final = (
     "the patch logs where `prenop --log-dir DIR` wrote them: each file's log is DIR/<its path below the "
     "directory argument, or its name>.mcountrw.jsonl, instead of beside it"
 )
-ReadLogDir = Annotated[Path | None, typer.Option("--log-dir", help=LOG_DIR_HELP)]
+
+
+def log_dir_path(text: str) -> Path:
+    """``--log-dir``: a directory. An empty one is refused rather than read as ``.``: it is what
+    ``--log-dir "$UNSET"`` passes, and a run would then look for (or write) its logs in the wrong
+    place and report success."""
+    if not text:
+        raise ArgumentError("--log-dir: an empty path (an unset variable?); for the current directory, write .")
+    return Path(text)
+
+
+ReadLogDir = Annotated[Path | None, typer.Option("--log-dir", parser=log_dir_path, help=LOG_DIR_HELP)]
 
 
 def logs_for(found: Sequence[Found], explicit: Path | None, log_dir: Path | None = None) -> dict[Path, Path]:

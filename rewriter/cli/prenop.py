@@ -26,6 +26,7 @@ from rewriter.cli.common import (
     check_mcount_addr_used,
     check_report_output,
     emit,
+    log_dir_path,
     logs_for,
     output_file,
     print_errors,
@@ -130,7 +131,9 @@ OutputTree = Annotated[
 ]
 LogDir = Annotated[
     Path | None,
-    typer.Option("--log-dir", help="patch logs go here, mirroring the tree (default: beside each file)"),
+    typer.Option(
+        "--log-dir", parser=log_dir_path, help="patch logs go here, mirroring the tree (default: beside each file)"
+    ),
 ]
 StripSignature = Annotated[
     bool, typer.Option("--strip-signature", help="drop the signature of rewritten signed modules")
@@ -544,16 +547,19 @@ def _print_reports(mode: Mode, reports: Sequence[FileReport], header: str) -> No
         elif r.status is Status.ORIGINAL and r.message:  # --verify (--undo says it in the table)
             typer.echo(f"already original: {r.rel}: {r.message}", err=True)
     takes = MODES[mode]
-    typer.echo("\n".join([header, *_summary(reports, logs_only=not takes.policy, dry_run=takes.dry_run)]))
+    undoing = mode in (Mode.UNDO, Mode.UNDO_DRY_RUN)
+    summary = _summary(reports, logs_only=not takes.policy, dry_run=takes.dry_run, undoing=undoing)
+    typer.echo("\n".join([header, *summary]))
     for line in _notes(reports, mode):
         typer.echo(line)
     sys.stdout.flush()
 
 
-def _summary(reports: Sequence[FileReport], logs_only: bool, dry_run: bool) -> list[str]:
+def _summary(reports: Sequence[FileReport], logs_only: bool, dry_run: bool, undoing: bool = False) -> list[str]:
+    """The table of a run: files and sites by status (an undo's sites are the ones it brings back)."""
     from rewriter.prenop import Status
 
-    rows: list[tuple[str, ...]] = [("status", "files", "sites nopped", "sites kept")]
+    rows: list[tuple[str, ...]] = [("status", "files", "sites restored" if undoing else "sites nopped", "sites kept")]
     for status in Status:
         rs = [r for r in reports if r.status is status]
         if rs:

@@ -33,6 +33,10 @@ Image_ = Annotated[Path, typer.Argument(help="vmlinux, module (.ko[.xz|.gz|.zst]
 Output = Annotated[
     Path | None, typer.Option("-o", "--output", parser=output_file, help="where to write the rewritten file")
 ]
+UndoOutput = Annotated[
+    Path | None,
+    typer.Option("-o", "--output", parser=output_file, help="where to write the file as it was before the rewrite"),
+]
 # The selection options combine as rewriter.rewrite.Selection does: --only, --section and --addr
 # add up (a site any one of them matches is selected; none of them given: every site), and
 # --exclude takes sites out of that. Each help says so, since `--section S --only F` reads as "F in S".
@@ -451,7 +455,7 @@ def _log_of(patched: Path, log: Path | None) -> Path:
 def undo(
     patched: Annotated[Path, typer.Argument(help="a file written by apply/nop")],
     log: PatchedLog = None,
-    output: Output = None,
+    output: UndoOutput = None,
     *,
     in_place: InPlace = False,
     wait: Wait = False,

@@ -53,7 +53,10 @@ AllSites = Annotated[
 
 def scan(
     paths: Annotated[
-        list[Path], typer.Argument(help="vmlinux, modules (.ko, .ko.xz/.gz/.zst), objects, or directories")
+        list[Path],
+        typer.Argument(
+            help="vmlinux, modules (.ko, .ko.xz/.gz/.zst), objects, or directories (their PowerPC64 ELF files)"
+        ),
     ],
     *,
     fmt: Annotated[ScanFormat, typer.Option("--format", help="the report's format")] = ScanFormat.TABLE,

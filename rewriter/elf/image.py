@@ -152,16 +152,26 @@ def relocatable_at_a_glance(path: Path) -> bool:
 
 
 def read_head(path: Path) -> bytes:
-    """The first bytes of the file ``path``: its ELF identification and ``e_type``, if it is ELF
-    (``OSError`` if it cannot be read). Only for a file known not to block: a tree walk's regular
-    files, or a path a user named, which the load opens non-blocking in its turn."""
+    """The first bytes of the file ``path``: its ELF identification, ``e_type`` and ``e_machine``,
+    if it is ELF (``OSError`` if it cannot be read). Only for a file known not to block: a tree
+    walk's regular files, or a path a user named, which the load opens non-blocking in its turn."""
     with path.open("rb") as fh:
-        return fh.read(S.E_TYPE.stop)
+        return fh.read(S.E_MACHINE.stop)
 
 
 def is_elf(head: bytes) -> bool:
     """Whether a file's first bytes (:func:`read_head`) are an ELF file's."""
     return head.startswith(S.ELF_MAGIC)
+
+
+def is_foreign_elf(head: bytes) -> bool:
+    """Whether a file's first bytes (:func:`read_head`) are those of an ELF file for a machine other
+    than PowerPC64, or not 64-bit (a kernel build tree's host tools, its 32-bit vDSO objects).
+    False for what is not ELF, or too short to say: the load says what is wrong with it."""
+    order = S.ident_byte_order(head)
+    if not is_elf(head) or len(head) < S.E_MACHINE.stop or order is None:
+        return False
+    return int.from_bytes(head[S.E_MACHINE], order) != S.EM_PPC64 or head[S.EI_CLASS] != S.ELFCLASS64
 
 
 def index_name(shndx: int) -> str:

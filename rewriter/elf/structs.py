@@ -26,6 +26,7 @@ ELFCLASS64: Final = 2
 ELFDATA2LSB: Final = 1
 ELFDATA2MSB: Final = 2
 E_TYPE: Final = slice(16, 18)  # e_type's bytes, the same in ELF32 and ELF64
+E_MACHINE: Final = slice(18, 20)  # e_machine's bytes, the same in ELF32 and ELF64
 EM_PPC64: Final = 21
 EM_PPC: Final = 20
 

@@ -273,7 +273,8 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
         across = d.generations[0] is not d.generations[1]
         same, words = ("the same at boot", "; the words each generation's own") if across else ("unchanged", "")
         out.append(
-            f"Sites: {_tally(dict(sorted(counts.items())))}; {d.unchanged} {same} ({d.relocated} relocated "
+            f"Sites: {_tally(dict(sorted(counts.items()))) if counts else 'no changes'}; {d.unchanged} {same} "
+            f"({d.relocated} relocated "
             f"with their function{words}); records {d.records[0]} -> {d.records[1]}."
         )
         rows = [

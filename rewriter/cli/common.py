@@ -165,11 +165,24 @@ def logs_for(found: Sequence[Found], explicit: Path | None, log_dir: Path | None
         result = logs_at([(f.path, default_log_path(f.path)) for f in found])
     else:
         result = logs_at([(f.path, log_path_in(log_dir, f.name)) for f in found])
-    for warning in result.warnings:
-        typer.echo(f"mcountrw: warning: {printable(warning)}", err=True)
+    _print_ignored_logs(result.warnings)
     if log_dir is not None and found and not result.present:
         typer.echo(f"mcountrw: warning: {printable(no_log_there(log_dir, found))}", err=True)
     return result.logs
+
+
+IGNORED_LOGS_SHOWN: Final = 5
+"""Ignored logs named one per line; past that, one line counts the rest: a tree whose files were
+all undone since (3,102 logs) gave a screen of warnings that said the same thing."""
+
+
+def _print_ignored_logs(warnings: Sequence[str]) -> None:
+    for warning in warnings[:IGNORED_LOGS_SHOWN]:
+        typer.echo(f"mcountrw: warning: {printable(warning)}", err=True)
+    rest = len(warnings) - IGNORED_LOGS_SHOWN
+    if rest > 0:
+        logs = counted(rest, "more patch log")
+        typer.echo(f"mcountrw: warning: and {logs} ignored (none describes its file as it is now)", err=True)
 
 
 def check_log_options(explicit: Path | None, log_dir: Path | None) -> None:

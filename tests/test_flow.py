@@ -261,6 +261,31 @@ def test_call_to_mcount_passes_r0() -> None:
     assert got.verdict is flow.Verdict.LIVE and got.why is flow.Why.CALLS_MCOUNT
 
 
+def test_conditional_return_may_fall_through_to_a_read() -> None:
+    """``beqlr`` returns only when cr0.eq is set; otherwise the next word runs with r0 still the
+    mflr'd LR, so the ``std`` after it is a read. Ending the path at a conditional return (as if
+    it were ``blr``) would call this site safe and let the nop store garbage as the return address."""
+    got = _verdict([*_site(), "cmpdi 3, 0", "beqlr", "read:", "std 0, 16(1)", "blr", "f_end:"])
+    assert (got.verdict, got.why, got.evidence) == (flow.Verdict.LIVE, flow.Why.READS_R0, BASE + 16), got
+
+
+def test_conditional_call_not_taken_keeps_r0() -> None:
+    """``beql g`` calls g only when cr0.eq is set; the not-taken path keeps r0 intact, so the
+    ``std`` after it reads the mflr'd LR. Only an unconditional call clobbers r0 on every path
+    (test_call_clobbers_r0_per_abi)."""
+    lines = [*_site(), "cmpdi 3, 0", "beql {g}", "read:", "std 0, 16(1)", "blr", "f_end:", "g:", "blr", "g_end:"]
+    got = _verdict(lines, functions=[("f", "f_end", 0), ("g", "g_end", 0)])
+    assert (got.verdict, got.why, got.evidence) == (flow.Verdict.LIVE, flow.Why.READS_R0, BASE + 16), got
+
+
+def test_conditional_indirect_call_not_taken_keeps_r0() -> None:
+    """``beqctrl`` is the indirect form of the conditional call: on the not-taken path r0 still
+    holds the LR, so the ``std`` after it is a read."""
+    lines = [*_site(), "mtctr 12", "cmpdi 3, 0", "beqctrl", "read:", "std 0, 16(1)", "blr", "f_end:"]
+    got = _verdict(lines)
+    assert (got.verdict, got.why, got.evidence) == (flow.Verdict.LIVE, flow.Why.READS_R0, BASE + 20), got
+
+
 def test_tail_call_to_another_function_ends_the_path() -> None:
     lines = [*_site(), "b {g}", "f_end:", "g:", "std 0, 16(1)", "blr", "g_end:"]
     assert _verdict(lines, functions=[("f", "f_end", 0), ("g", "g_end", 0)]).verdict is flow.Verdict.SAFE

@@ -10,8 +10,8 @@ inside one structure; truncate at or near a structure boundary; copy one section
 another. Hypothesis is run derandomized (the same inputs on every run) with generation only
 (nothing to shrink: failures are collected, not raised).
 
-Every input goes, in process and through the library, to ``sites.scan``, to ``audit`` when that
-module exists, and to ``rewrite.apply_file`` with drawn options, for real: what it accepts must
+Every input goes, in process and through the library, to ``sites.scan``, to ``audit.audit_image``,
+and to ``rewrite.apply_file`` with drawn options, for real: what it accepts must
 verify against its log and undo to the input byte for byte (:func:`apply_verify_undo`). A
 RewriteError is a clean rejection; anything else is a bug. Each input has a time bound (SIGALRM) and the whole run
 an address-space bound, so a hang or a multi-gigabyte allocation is counted, not suffered.
@@ -46,12 +46,14 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from test_bad_input import SMALL, Elf, Field, Region, regions
 
+from rewriter.audit import audit_image
 from rewriter.elf.image import Image
 from rewriter.elf.structs import ByteOrder
 from rewriter.errors import RewriteError
 from rewriter.files import apply_file, undo_file, verify_files
 from rewriter.log import LOG_SUFFIX
 from rewriter.plan import Route
+from rewriter.ppc.table import build_table
 from rewriter.rewrite import Options, Selection
 from rewriter.sites import scan
 from rewriter.states import SiteState
@@ -211,28 +213,26 @@ def memory_bound(extra: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def audit_entry() -> Callable[[Path], object] | None:
+ENTRY_POINTS: Final = ("scan", "audit", "apply, verify, undo")
+
+
+def audit_entry() -> Callable[[Path], object]:
     """``rewriter.audit``'s per-image entry point (``audit_image``, which ``audit_one`` wraps in the
     same safety net as ``batch.scan_one``: the fuzz calls it bare, so the net never hides a bug).
-    Imported with a guard: the audit was written alongside this test."""
-    try:
-        from rewriter import audit
-        from rewriter.ppc.table import build_table
-    except ImportError:
-        return None
-    audit_image = getattr(audit, "audit_image", None)
-    if audit_image is None:
-        return None
+    Imported at the top of this file, not with a guard: a renamed or lost ``audit_image`` must fail
+    here, not drop the audit from the fuzz without a word."""
     table = build_table()
     return lambda path: audit_image(Image.load(path), "fuzz", table)
 
 
 def entry_points() -> list[tuple[str, Callable[[Path, Options], object]]]:
-    points: list[tuple[str, Callable[[Path, Options], object]]] = [("scan", lambda p, o: scan(Image.load(p)))]
     audit = audit_entry()
-    if audit is not None:
-        points.append(("audit", lambda p, o: audit(p)))
-    points.append(("apply, verify, undo", apply_verify_undo))
+    points: list[tuple[str, Callable[[Path, Options], object]]] = [
+        ("scan", lambda p, o: scan(Image.load(p))),
+        ("audit", lambda p, o: audit(p)),
+        ("apply, verify, undo", apply_verify_undo),
+    ]
+    assert tuple(name for name, _ in points) == ENTRY_POINTS
     return points
 
 
@@ -343,6 +343,8 @@ def test_fuzz_scan_audit_and_apply_never_crash_or_hang(tmp_path: Path, capsys: p
     assert figures.inputs >= INPUTS
     assert not figures.exceptions, f"{len(figures.exceptions)} uncaught exceptions; first: {figures.exceptions[0]}"
     assert not figures.hangs, f"{len(figures.hangs)} inputs took over {TIME_BOUND} s; first: {figures.hangs[0]}"
+    ran = {point: figures.accepted[point] + figures.rejected[point] for point in ENTRY_POINTS}
+    assert ran == dict.fromkeys(ENTRY_POINTS, figures.inputs), ran  # the audit among them, on every input
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in REGRESSIONS.iterdir() if p.suffix == ".elf"))
@@ -356,3 +358,6 @@ def test_fuzz_regressions_stay_fixed(name: str, tmp_path: Path) -> None:
             case = FuzzInput(name, data, (), Options(target, drop_records=drop, strip_signature=True))
             run_one(tmp_path / name, case, entry_points(), figures, tmp_path)
     assert not figures.exceptions and not figures.hangs, figures.exceptions or figures.hangs
+    # every entry point, the audit among them, saw all six runs (accepted or rejected in one line)
+    ran = {point: figures.accepted[point] + figures.rejected[point] for point in ENTRY_POINTS}
+    assert ran == dict.fromkeys(ENTRY_POINTS, 6), ran

@@ -3,6 +3,7 @@ the sources and objdump, not by mcountrw), on both endians and every variant."""
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,10 @@ from conftest import FIXTURES, assert_one_line, invoke
 
 from rewriter.elf.image import Image
 from rewriter.generations import LAYOUTS, Generation
+from rewriter.ppc.words import NOP, STD_R0_16_R1
 from rewriter.records import nonzero_records, read_records
 from rewriter.sites import NOT_BUILT_FOR_FTRACE, Scan, place_text, scan
+from rewriter.states import SiteState, Slot
 
 Row = tuple[Any, ...]
 
@@ -127,6 +130,30 @@ def test_fixture_records_and_generation_match_manifest(name: str, manifest: dict
 
 
 TWIN_OBJECTS = sorted(n for n in BINARIES if n.endswith(".o") and n.startswith(("patchable", "ool")))
+
+
+@pytest.mark.parametrize("name", ["std-le", "std-le.o"])
+def test_gcc5_site_whose_std_a_kernel_nopped_is_still_mprofile_std(tmp_path: Path, name: str) -> None:
+    """A 6.13+ kernel's ftrace_init_nop writes a nop over gcc 5's ``std r0,16(r1)`` (slot S, between
+    ``mflr r0`` and ``bl _mcount``). The site is still the gcc-5 layout with A two words before the
+    call slot: read as plain mprofile, A would be that nop and the site ``nop; bl``, the race state."""
+    original = FIXTURES / "bin" / name
+    before = scan(Image.load(original))
+    site = before.sites[0]
+    assert site.variant.value == "mprofile-std" and site.slot_delta(Slot.S) == -4
+    order = "<" if before.endian == "little" else ">"
+    data = bytearray(original.read_bytes())
+    s_at = site.file_offset + site.slot_delta(Slot.S)
+    assert struct.unpack_from(order + "I", data, s_at)[0] == STD_R0_16_R1
+    struct.pack_into(order + "I", data, s_at, NOP)
+    copy = tmp_path / name
+    copy.write_bytes(bytes(data))
+    after = scan(Image.load(copy))
+    got = {s.place: s for s in after.sites}[site.place]
+    # mflr; nop; bl: enabled, and the kernel's init (bl -> nop) leaves it disabled, traceable
+    expected = ("mprofile-std", SiteState.ENABLED, SiteState.DISABLED, True, site.function)
+    assert (got.variant.value, got.state, got.boot_state, got.traceable, got.function) == expected, got
+    assert after.sites[1:] == before.sites[1:]  # the other sites keep their std and read as before
 
 
 def _twin_sites(image: Image, generation: Generation | None = None) -> tuple[Any, Any]:
@@ -276,3 +303,17 @@ def test_the_kernels_entry_nops_are_read_as_their_generation(tmp_path: Path, ent
     found = scan(Image.load(obj))
     assert found.generation is (Generation.PATCHABLE if entry == "2" else Generation.OOL)
     assert sorted(s.function or "?" for s in found.sites) == ["f", "h"] and all(s.traceable for s in found.sites)
+
+
+def test_a_single_function_ool_object_is_read_as_ool(tmp_path: Path) -> None:
+    """One function at ``-fpatchable-function-entry=1`` gives one record at one nop followed by its
+    body: one recorded nop not followed by a nop is already the ool shape. Asking for more than
+    one such nop read a one-function module as patchable, and its site's layout wrong."""
+    cc = require_tool("powerpc64-linux-gnu-gcc")
+    src, obj = tmp_path / "f.c", tmp_path / "f.o"
+    src.write_text("int h(int y) { return y * 3; }\n")
+    subprocess.run([cc, "-O2", "-fpatchable-function-entry=1", "-c", str(src), "-o", str(obj)], check=True)
+    found = scan(Image.load(obj))
+    assert found.generation is Generation.OOL, found.generation
+    (site,) = found.sites
+    assert site.function == "h" and site.variant.value == "ool" and site.traceable

@@ -86,6 +86,7 @@ class TraceStep(NamedTuple):
     slots: tuple[tuple[Slot, Insn], ...]  # the site after this step
     r0: tuple[str, ...]  # each task's r0 after this step: "LR", "stale" or "" (outside the site)
     at: tuple[str, ...] = ()  # each task's next word inside the site ("B", "stub[1]"), or ""
+    state: str = ""  # the state its words name ("broken", "armed"), or "" (checker rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,7 +549,7 @@ def _trace_step(actor: str, action: str, state: _State, geo: _Geometry) -> Trace
     slots = tuple(zip(geo.layout.slots, state[0], strict=True))
     r0 = tuple("" if t[0] == 0 else "LR" if t[1] else "stale" for t in state[3])
     at = tuple("" if t[0] == 0 else geo.name(t[0]) for t in state[3])
-    return TraceStep(actor, action, slots, r0, at)
+    return TraceStep(actor, action, slots, r0, at, geo.layout.state_of(geo.state_words(state[0])).value)
 
 
 def _trace(
@@ -566,7 +567,9 @@ def _trace(
         link = parents[state]
     steps.reverse()
     if f.last is None:
-        steps.append(TraceStep("checker", "plan done  <-- VIOLATION (see above)", steps[-1].slots if steps else (), ()))
+        last = steps[-1] if steps else None
+        slots, named = (last.slots, last.state) if last is not None else ((), "")
+        steps.append(TraceStep("checker", "plan done  <-- VIOLATION (see above)", slots, (), (), named))
     return tuple(steps)
 
 
@@ -601,10 +604,11 @@ def render_trace(result: CheckResult) -> str:
     columns = [*sorted({s.actor for s in result.trace if s.actor.startswith("CPU")}), "patcher"]
     slot_names = [s.value for s, _ in result.trace[0].slots] if result.trace and result.trace[0].slots else []
     rows = [
-        [str(n), *(_cell(step, col) for col in columns), *([w.value for _, w in step.slots] or [""] * len(slot_names))]
+        [str(n), *(_cell(step, col) for col in columns), *([w.value for _, w in step.slots] or [""] * len(slot_names)),
+         step.state]
         for n, step in enumerate(result.trace, 1)
-    ]
-    header = ["#", *columns, *slot_names]
+    ]  # fmt: skip
+    header = ["#", *columns, *slot_names, "state"]
     widths = [max(len(r[k]) for r in [header, *rows]) for k in range(len(header))]
     lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("-+-".join("-" * w for w in widths))

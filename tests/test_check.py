@@ -300,10 +300,23 @@ def test_every_plan_the_planner_emits_is_safe(variant, route, mode):
 
 
 def test_mflr_first_plans_every_pair_at_runtime_except_from_broken():
+    """That plan() returns is not enough: a plan that stops short of its target, or gets there
+    through a broken state or over a CAS that would fail, must fail here. Each plan is walked write
+    by write to its target (test_plan's walk) and model-checked (which also rejects a wrong final state)."""
+    from test_plan import _walk
+
+    planned = 0
     for variant in Variant:
         for current, target in _pairs(variant):
-            if current is not SiteState.BROKEN:
-                plan([SiteRequest(variant, current, target)], route=Route.MFLR_FIRST)
+            if current is SiteState.BROKEN:
+                continue
+            p = plan([SiteRequest(variant, current, target)], route=Route.MFLR_FIRST)
+            assert p.route is Route.MFLR_FIRST and p.runtime, p
+            assert _walk(p) == [target], (variant, current, target, p.stages)
+            result = check(p, tasks=2, entries=2)
+            assert result.safe, render_trace(result)
+            planned += 1
+    assert planned == sum(len(LAYOUTS[v].states) ** 2 for v in Variant)
 
 
 # ---------------------------------------------------------------- the command line
@@ -360,3 +373,14 @@ def test_an_offline_plan_that_leaves_words_only_the_running_kernel_writes_is_uns
 def test_an_offline_plan_to_a_state_a_file_may_hold_stays_safe():
     for variant, current, target in ((M, N, E), (PATCH, E, N), (OOL, E, D)):
         assert check(plan([SiteRequest(variant, current, target)], runtime=False)).safe
+
+
+def test_a_trace_names_the_state_each_row_leaves_the_site_in():
+    """reverse-disable's race is the site reading `nop; bl` (broken), which its trace showed only
+    as words: each row now says the state they make."""
+    result = check(BUILTINS["reverse-disable"].plan)
+    assert [s.state for s in result.trace] == ["broken"] * len(result.trace)
+    header, _rule, *rows = render_trace(result).splitlines()[2:]
+    assert header.endswith("| state") and all(r.endswith("| broken") for r in rows)
+    naive = check(BUILTINS["patchable-naive-enable"].plan)
+    assert [s.state for s in naive.trace] == ["nopped", "disabled", "enabled", "enabled"]

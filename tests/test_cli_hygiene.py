@@ -403,7 +403,7 @@ def test_plan_offline_offers_no_enable_of_a_site_built_as_nops(gen: str, start: 
     those sites); `plan --offline` printed a 2-stage plan for it, exit 0. Disabling stays plannable."""
     result = invoke("plan", "--generation", gen, "--from", start, "--to", "enabled", "--offline")
     assert result.exit_code == 1 and result.stderr == (
-        f"mcountrw: no legal route: {gen} {start} -> enabled: no offline route: a site built as nops calls the "
+        f"mcountrw: no legal route: site 0: {gen} {start} -> enabled: no offline route: a site built as nops calls the "
         "tracer only when the running kernel enables it (its boot-time init accepts only the nops at a recorded "
         "place; docs/rewrite.md)\n"
     ), result.output

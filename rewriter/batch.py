@@ -123,9 +123,11 @@ def modules_below(root: Path) -> tuple[list[Path], list[str]]:
 
 
 def _elf_or_module(entry: os.DirEntry[str], errors: list[str]) -> bool:
-    """Modules, objects and other ELF files, except ELF files for another machine: a kernel build
-    tree holds host tools (``scripts/``) and 32-bit vDSO objects next to its PowerPC64 ones, and
-    scanning the tree means the latter. Named on the command line, such a file is still refused."""
+    """Modules (by name: a compressed one cannot be looked into here), objects and other ELF files,
+    except ELF files built for another machine (:func:`~rewriter.elf.image.is_foreign_elf`): a
+    kernel build tree holds host tools (``scripts/``) and 32-bit vDSO objects next to its PowerPC64
+    ones, and scanning the tree means the latter. Named on the command line, such a file is still
+    refused."""
     if entry.name.endswith(MODULE_SUFFIXES):
         return True
     try:

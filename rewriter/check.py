@@ -86,7 +86,7 @@ class TraceStep(NamedTuple):
     slots: tuple[tuple[Slot, Insn], ...]  # the site after this step
     r0: tuple[str, ...]  # each task's r0 after this step: "LR", "stale" or "" (outside the site)
     at: tuple[str, ...] = ()  # each task's next word inside the site ("B", "stub[1]"), or ""
-    state: str = ""  # the state its words name ("broken", "armed"), or "" (checker rows)
+    state: str = ""  # the state its words name ("broken", "armed"; "unknown" for words no state has)
 
 
 @dataclass(frozen=True, slots=True)
@@ -567,9 +567,9 @@ def _trace(
         link = parents[state]
     steps.reverse()
     if f.last is None:
-        last = steps[-1] if steps else None
-        slots, named = (last.slots, last.state) if last is not None else ((), "")
-        steps.append(TraceStep("checker", "plan done  <-- VIOLATION (see above)", slots, (), (), named))
+        # the words the plan ends with, also when it wrote none (a hand-made plan that starts there)
+        done = _trace_step("checker", "plan done  <-- VIOLATION (see above)", f.state, geo)
+        steps.append(done._replace(r0=(), at=()))
     return tuple(steps)
 
 
@@ -595,8 +595,11 @@ def render_trace(result: CheckResult) -> str:
     else:
         subject = f"{result.sites_checked} distinct sites"
     stale = ", stale fetch" if result.stale_fetch else ""
-    ran = workload(result.tasks, result.entries) if result.tasks else "offline"
-    what = f"{subject}, {ran}, cmodx {result.cmodx.value}{stale}"
+    # offline: no CPU runs the code, so its rules (cmodx, stale fetch) were not part of the check
+    rules = "offline"
+    if result.tasks:
+        rules = f"{workload(result.tasks, result.entries)}, cmodx {result.cmodx.value}{stale}"
+    what = f"{subject}, {rules}"
     if result.safe:
         return f"SAFE: {what}: {result.states} states explored\n"
     assert result.violation is not None

@@ -123,10 +123,13 @@ class Layout:
         on a layout built as nops (patchable, ool). Its boot-time init accepts only those nops at a
         recorded place, an unrecorded call is never managed, and an ool ``b stub`` would enter a
         stub only the boot fills: an offline rewrite never writes it."""
-        # .get: a state the layout lacks is not kernel-only but refused as such (state_rejection)
-        return self.generation is not Generation.MPROFILE and any(
-            w in (Insn.CALL, Insn.STUB) for w in self.states.get(state, ())
-        )
+        if self.generation is Generation.MPROFILE:
+            return False
+        try:
+            words = self.words(state)  # broken (nop; bl) included: it holds a call
+        except KeyError:
+            return False  # a state the layout lacks is refused as such (state_rejection), not here
+        return any(w in (Insn.CALL, Insn.STUB) for w in words)
 
     def stub_code(self, stub: int, stub_size: int) -> int:
         """Where the instructions of a ``stub_size``-byte stub at ``stub`` begin: at its end, after

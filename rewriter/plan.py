@@ -398,7 +398,7 @@ def _plan_site(req: SiteRequest, route: Route, cmodx: Cmodx, runtime: bool, stal
     if runtime and req.current is SiteState.BROKEN:
         raise PlanRejected(
             f"{req.variant.value}: the site is already broken (nop; bl): a CPU may be running bl with "
-            "a stale r0 right now and no runtime plan can undo that; repair the file offline"
+            f"a stale r0 right now and no runtime plan can undo that; {_repair_offline(req)}"
         )
     mflr_ok = not runtime or cmodx is Cmodx.V3_1
     paths = [
@@ -408,6 +408,15 @@ def _plan_site(req: SiteRequest, route: Route, cmodx: Cmodx, runtime: bool, stal
     if paths:
         return min(paths, key=lambda p: p.cost)
     raise PlanRejected(_why_no_path(req, route, mflr_ok))
+
+
+def _repair_offline(req: SiteRequest) -> str:
+    """How to get a broken site to ``req.target``: offline, in one plan unless only the running
+    kernel writes the target (then to the words it was built with, and the kernel takes it on)."""
+    lay = LAYOUTS[req.variant]
+    if lay.kernel_only(req.target):
+        return f"repair the file offline to {lay.built.value}, and let the running kernel enable it"
+    return "repair the file offline"
 
 
 def _instead_of_cmodx_3_0(req: SiteRequest) -> str:

@@ -365,7 +365,7 @@ def test_an_offline_plan_that_leaves_words_only_the_running_kernel_writes_is_uns
              Route.MFLR_FIRST, Cmodx.V3_1, runtime=False)  # fmt: skip
     result = check(p)
     assert result.violation is Violation.KERNEL_ONLY and why in result.reason
-    assert "offline, cmodx" in render_trace(result)  # not "0 tasks x 2 entries"
+    assert "(site 0), offline: " in render_trace(result)  # not "0 tasks x 2 entries, cmodx 3.1"
     with pytest.raises(PlanRejected, match="no offline route"):
         plan([SiteRequest(variant, current, target)], runtime=False)  # nor does the planner offer one
 

@@ -934,3 +934,14 @@ def test_a_runtime_plan_to_nopped_says_a_stock_kernel_enable_would_race(tmp_path
     for target in ("disabled", "guarded"):
         assert "stock kernel" not in mcountrw("plan", "--from", "enabled", "--to", target).stdout
     assert "stock kernel" not in mcountrw("plan", "--from", "enabled", "--to", "nopped", "--offline").stdout
+
+
+def test_a_broken_patchable_site_is_not_sent_offline_to_enabled() -> None:
+    """The runtime refusal of a broken site said "repair the file offline", and the offline plan to
+    `enabled` is refused (only the running kernel writes a patchable call)."""
+    proc = mcountrw("plan", "--generation", "patchable", "--from", "broken", "--to", "enabled")
+    assert proc.returncode == 1 and "repair the file offline to nopped, and let the running kernel" in proc.stderr
+    repair = ("plan", "--generation", "patchable", "--from", "broken", "--to", "nopped", "--offline")
+    assert mcountrw(*repair).returncode == 0
+    mprofile = mcountrw("plan", "--generation", "mprofile", "--from", "broken", "--to", "enabled")
+    assert mprofile.returncode == 1 and mprofile.stderr.rstrip().endswith("repair the file offline")

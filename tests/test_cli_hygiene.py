@@ -540,7 +540,7 @@ def test_a_tree_walk_passes_over_elf_files_for_other_machines(command: str, tmp_
     shutil.copy2(BIN / "prof-le", tree / "arch" / "prog")
     host = _machine(BIN / "prof-le", tree / "scripts" / "basic" / "fixdep", machine=62)
     _machine(BIN / "prof-le", tree / "scripts" / "modpost.o", machine=62)
-    _machine(BIN / "prof-le", tree / "arch" / "vdso-32.o", elf_class=1)
+    _machine(BIN / "prof-le", tree / "arch" / "vdso-32.o", machine=20, elf_class=1)  # EM_PPC, ELFCLASS32
     walked = invoke(command, tree, "--format", "json")
     assert walked.exit_code in (0, 1) and not walked.stderr, walked.output
     names = sorted(Path(i["path"]).name for i in json.loads(walked.stdout)["images"])
@@ -576,3 +576,17 @@ def test_an_empty_log_dir_is_refused_not_read_as_the_current_directory(args: tup
     assert result.exit_code == 2 and not result.stdout, result.output
     assert result.stderr.splitlines() == ["mcountrw: error: --log-dir: an empty path (an unset variable?); "
                                           "for the current directory, write ."]  # fmt: skip
+
+
+@pytest.mark.parametrize(("byte", "value", "error"), [(5, 2, "machine 5376 is not PowerPC64"), (4, 1, "ELF class 1")])
+def test_a_tree_walk_still_reports_a_damaged_powerpc64_file(byte: int, value: int, error: str, tmp_path: Path) -> None:
+    """A PowerPC64 file whose byte-order or class byte is damaged reads as another machine's or as
+    ELF32: the walk must not pass over it as a host tool, or it vanishes from the tree's report."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    shutil.copy2(BIN / "clean", tree / "clean")
+    data = bytearray((BIN / "prof-le").read_bytes())
+    data[byte] = value
+    (tree / "prof-le").write_bytes(bytes(data))
+    result = invoke("scan", tree)
+    assert result.exit_code == 2 and error in result.stderr, result.output

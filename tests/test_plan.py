@@ -475,3 +475,9 @@ def test_a_plan_of_one_word_sites_has_no_route_in_json_either() -> None:
     mixed = plan([SiteRequest(Variant.OOL, SiteState.DISABLED, SiteState.ENABLED),
                   SiteRequest(Variant.MPROFILE, SiteState.NOPPED, SiteState.ENABLED)])  # fmt: skip
     assert json.loads(mixed.to_json())["route"] == mixed.route.value
+
+
+def test_kernel_only_holds_for_a_broken_two_slot_site_and_not_for_states_a_layout_lacks():
+    assert LAYOUTS[PATCH].kernel_only(SiteState.BROKEN)  # nop; bl holds a call
+    assert not LAYOUTS[M].kernel_only(SiteState.BROKEN)  # mprofile: a file may hold any of its words
+    assert not any(LAYOUTS[OOL].kernel_only(s) for s in (N, G, SiteState.ARMED, SiteState.BROKEN))  # refused elsewhere

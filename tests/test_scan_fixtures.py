@@ -150,9 +150,10 @@ def test_gcc5_site_whose_std_a_kernel_nopped_is_still_mprofile_std(tmp_path: Pat
     copy.write_bytes(bytes(data))
     after = scan(Image.load(copy))
     got = {s.place: s for s in after.sites}[site.place]
-    # mflr; nop; bl: enabled, and the kernel's init (bl -> nop) leaves it disabled, traceable
-    expected = ("mprofile-std", SiteState.ENABLED, SiteState.DISABLED, True, site.function)
-    assert (got.variant.value, got.state, got.boot_state, got.traceable, got.function) == expected, got
+    # mflr; nop; bl: still the gcc-5 layout, enabled. What a kernel's init makes of it is not asserted:
+    # 6.1's nops the bl alone, v6.6's validates the std and the newer one swaps it (docs/state-machine.md)
+    expected = ("mprofile-std", SiteState.ENABLED, site.function)
+    assert (got.variant.value, got.state, got.function) == expected, got
     assert after.sites[1:] == before.sites[1:]  # the other sites keep their std and read as before
 
 

@@ -168,6 +168,7 @@ def diff(
         typer.Option(
             "--log-dir",
             parser=log_dir_path,
+            metavar="DIR",
             help="where `prenop --log-dir` wrote the patch logs (DIR/<path in the tree>.mcountrw.jsonl): once for "
             "both (each log given to the file whose output it is), or twice (A's, then B's)",
         ),

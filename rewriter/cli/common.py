@@ -139,7 +139,7 @@ def log_dir_path(text: str) -> Path:
     return Path(text)
 
 
-ReadLogDir = Annotated[Path | None, typer.Option("--log-dir", parser=log_dir_path, help=LOG_DIR_HELP)]
+ReadLogDir = Annotated[Path | None, typer.Option("--log-dir", parser=log_dir_path, metavar="DIR", help=LOG_DIR_HELP)]
 
 
 def logs_for(found: Sequence[Found], explicit: Path | None, log_dir: Path | None = None) -> dict[Path, Path]:
@@ -182,7 +182,7 @@ def _print_ignored_logs(warnings: Sequence[str]) -> None:
     rest = len(warnings) - IGNORED_LOGS_SHOWN
     if rest > 0:
         logs = counted(rest, "more patch log")
-        typer.echo(f"mcountrw: warning: and {logs} ignored (none describes its file as it is now)", err=True)
+        typer.echo(f"mcountrw: warning: and {logs} ignored", err=True)
 
 
 def check_log_options(explicit: Path | None, log_dir: Path | None) -> None:

@@ -132,7 +132,10 @@ OutputTree = Annotated[
 LogDir = Annotated[
     Path | None,
     typer.Option(
-        "--log-dir", parser=log_dir_path, help="patch logs go here, mirroring the tree (default: beside each file)"
+        "--log-dir",
+        parser=log_dir_path,
+        metavar="DIR",
+        help="patch logs go here, mirroring the tree (default: beside each file)",
     ),
 ]
 StripSignature = Annotated[

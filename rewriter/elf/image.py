@@ -136,8 +136,8 @@ class Symbols:
 
 
 def relocatable_at_a_glance(path: Path) -> bool:
-    """Whether ``path`` is a relocatable ELF (a module or object) by its name or its first 18
-    bytes, without loading it: a compressed module is one; a file that cannot be read so is not
+    """Whether ``path`` is a relocatable ELF (a module or object) by its name or its first
+    bytes (:func:`read_head`), without loading it: a compressed module is one; a file that cannot be read so is not
     (its load reports why, in its turn)."""
     if path.name.endswith(MODULE_SUFFIXES):
         return True
@@ -165,13 +165,20 @@ def is_elf(head: bytes) -> bool:
 
 
 def is_foreign_elf(head: bytes) -> bool:
-    """Whether a file's first bytes (:func:`read_head`) are those of an ELF file for a machine other
-    than PowerPC64, or not 64-bit (a kernel build tree's host tools, its 32-bit vDSO objects).
-    False for what is not ELF, or too short to say: the load says what is wrong with it."""
-    order = S.ident_byte_order(head)
-    if not is_elf(head) or len(head) < S.E_MACHINE.stop or order is None:
+    """Whether a file's first bytes (:func:`read_head`) are those of an ELF file built for another
+    machine: neither PowerPC (a kernel build tree's host tools), or 32-bit PowerPC (its 32-bit vDSO
+    objects). Never a file whose ``e_machine`` says PowerPC64 in either byte order, nor 32-bit
+    PowerPC in a 64-bit file: those are damaged PowerPC64 files, whose load says what is wrong
+    (a flipped byte-order or class byte must not make a file vanish from a tree's report). False
+    too for what is not ELF, or too short to say."""
+    if not is_elf(head) or len(head) < S.E_MACHINE.stop:
         return False
-    return int.from_bytes(head[S.E_MACHINE], order) != S.EM_PPC64 or head[S.EI_CLASS] != S.ELFCLASS64
+    machines = {int.from_bytes(head[S.E_MACHINE], order) for order in ("little", "big")}
+    if S.EM_PPC64 in machines:
+        return False
+    if S.EM_PPC in machines:
+        return head[S.EI_CLASS] == S.ELFCLASS32
+    return True
 
 
 def index_name(shndx: int) -> str:

@@ -22,6 +22,7 @@ ELF_MAGIC: Final = b"\x7fELF"
 EI_CLASS: Final = 4  # e_ident indexes
 EI_DATA: Final = 5
 EI_NIDENT: Final = 16
+ELFCLASS32: Final = 1
 ELFCLASS64: Final = 2
 ELFDATA2LSB: Final = 1
 ELFDATA2MSB: Final = 2

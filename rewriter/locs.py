@@ -107,11 +107,16 @@ def loop_of(
     return Locs.ADJUSTS_FIRST if found == 0 else Locs.UNKNOWN
 
 
-def kernel_locs(image: Image, funcs: Functions) -> Locs:
+Bounds = list[tuple[int, int]]
+"""The kernel text ranges ftrace_process_locs() holds records to (:func:`kernel_text`)."""
+
+
+def kernel_locs(image: Image, funcs: Functions, bounds: Bounds | None = None) -> Locs:
     """Which loop a vmlinux's ftrace_process_locs() has (:mod:`rewriter.locs`), read from its code:
     its words (the function table gives their end), its r2 (ELFv1: the descriptor's; ELFv2: its
-    global entry's), the four text bounds, and TOC slots as relocate() leaves them."""
-    text = kernel_text(image)  # None unless a vmlinux with symbols
+    global entry's), the four text bounds, and TOC slots as relocate() leaves them. ``bounds``:
+    :func:`kernel_text`, when the caller has read it (a scan needs it three times)."""
+    text = kernel_text(image) if bounds is None else bounds  # None unless a vmlinux with symbols
     code = None if text is None or len(text) != 2 else _function_code(image, funcs)
     if text is None or code is None:
         return Locs.UNKNOWN
@@ -161,11 +166,11 @@ def _toc_slot_value(image: Image, addr: int) -> int | None:
     return int(relocated_slots(image, addr, word)[0])
 
 
-def split_skipped(image: Image, records: np.ndarray, locs: Locs) -> tuple[np.ndarray, np.ndarray]:
+def split_skipped(records: np.ndarray, locs: Locs, bounds: Bounds | None) -> tuple[np.ndarray, np.ndarray]:
     """(records the kernel processes, records ftrace_process_locs skips: in a vmlinux, those
-    outside ``_stext.._etext`` and ``_sinittext.._einittext``, unless its code shows it checks no
-    such thing (:class:`Locs.ADJUSTS_FIRST`, as 6.1's: init then refuses what they name))."""
-    bounds = kernel_text(image)
+    outside ``bounds``, ``_stext.._etext`` and ``_sinittext.._einittext`` (:func:`kernel_text`),
+    unless its code shows it checks no such thing (:class:`Locs.ADJUSTS_FIRST`, as 6.1's: init
+    then refuses what they name))."""
     if bounds is None or locs is Locs.ADJUSTS_FIRST:
         return records, np.zeros(0, np.uint64)
     inside = np.zeros(len(records), bool)
@@ -174,7 +179,7 @@ def split_skipped(image: Image, records: np.ndarray, locs: Locs) -> tuple[np.nda
     return records[inside], records[~inside]
 
 
-def kernel_text(image: Image) -> list[tuple[int, int]] | None:
+def kernel_text(image: Image) -> Bounds | None:
     """The text bounds the newer loop holds records to, ``[(_stext, _etext), (_sinittext,
     _einittext)]`` as far as the symbols name them; None unless a vmlinux with symbols."""
     syms = image.symbols

@@ -59,7 +59,7 @@ from rewriter.generations import (
     Variant,
     default_variant,
 )
-from rewriter.locs import Locs, kernel_locs, split_skipped, zero_records_fail
+from rewriter.locs import Bounds, Locs, kernel_locs, kernel_text, split_skipped, zero_records_fail
 from rewriter.prose import counted
 from rewriter.records import RecordTable, nonzero_records, read_records, table_at, zeroed_records
 from rewriter.states import PLAIN, Insn, SiteState
@@ -207,14 +207,15 @@ def scan(
         return _scan_relocatable(image, generation, text)
     read = _read_linked(image, mcount_addr, generation, text)
     text, funcs, generation = read.text, read.funcs, read.generation
-    locs = kernel_locs(image, funcs)
-    places, skipped = split_skipped(image, read.records, locs)
+    bounds = kernel_text(image)  # read once: the loop, the skipped records and the stubs need it
+    locs = kernel_locs(image, funcs, bounds)
+    places, skipped = split_skipped(read.records, locs, bounds)
     weak = weak_max_offset(image, generation)
     sites, unmatched = _classify(image, text, funcs, generation, read.calls, places, weak)
     _check_no_nops_before_entries(image, funcs, generation, places)
     stubs: tuple[StubArea, ...] = ()
     if generation is Generation.OOL:
-        stubs, sites = _with_stubs(image, sites)
+        stubs, sites = _with_stubs(image, sites, bounds)
     recs = _records(image, read.tables, read.records, unmatched, skipped)
     mcount = tuple(int(e) for e in read.entries)
     return Scan(
@@ -962,11 +963,13 @@ def _module_sites(
 # -- ool stubs ------------------------------------------------------------------------------
 
 
-def _with_stubs(image: Image, sites: tuple[Site, ...]) -> tuple[tuple[StubArea, ...], tuple[Site, ...]]:
+def _with_stubs(
+    image: Image, sites: tuple[Site, ...], bounds: Bounds | None
+) -> tuple[tuple[StubArea, ...], tuple[Site, ...]]:
     """The image's stub areas, and its sites with the stub each gets at boot
     (:func:`rewriter.stubs.assign_stubs`)."""
     ips = (s.addr for s in sites if s.recorded and s.addr is not None)
-    areas, stub_of = assign_stubs(image, ips)
+    areas, stub_of = assign_stubs(image, ips, bounds)
     return areas, tuple(_served(s, stub_of.get(s.addr)) if s.addr in stub_of else s for s in sites)
 
 

@@ -15,7 +15,7 @@ from typing import NamedTuple
 from rewriter import ppc
 from rewriter.elf.image import Image
 from rewriter.generations import LAYOUTS, OOL_AREAS, OOL_INITTEXT, OOL_TEXT, OOL_TEXT_END, Variant
-from rewriter.locs import kernel_text
+from rewriter.locs import Bounds
 from rewriter.states import Insn
 
 Stub = tuple[str, int | None]
@@ -59,16 +59,18 @@ def area_symbols(image: Image) -> list[tuple[str, int, int, int | None]]:
     return out
 
 
-def assign_stubs(image: Image, ips: Iterable[int]) -> tuple[tuple[StubArea, ...], dict[int, Stub]]:
+def assign_stubs(
+    image: Image, ips: Iterable[int], bounds: Bounds | None
+) -> tuple[tuple[StubArea, ...], dict[int, Stub]]:
     """Simulate ftrace_init_ool_stub() (arch/powerpc/kernel/trace/ftrace.c, 7.2) over the records
     at ``ips`` in the order the kernel sorts them: .init.text records take ``ftrace_ool_stub_inittext``
     in turn; .text records take ``ftrace_ool_stub_text`` while it has stubs left and the next one is
     in branch range, then ``ftrace_ool_stub_text_end``. A record past an area's count (WARN_ON,
-    -EINVAL) or out of range of its stub makes ftrace_bug() turn ftrace off. Returns the areas and
-    the stub of each record an area serves."""
+    -EINVAL) or out of range of its stub makes ftrace_bug() turn ftrace off. ``bounds``: the
+    kernel's text (:func:`rewriter.locs.kernel_text`), which tells .init.text records apart.
+    Returns the areas and the stub of each record an area serves."""
     areas = {name: (addr, size, count) for name, addr, size, count in area_symbols(image)}
-    bounds = kernel_text(image) or []
-    init = bounds[1] if len(bounds) > 1 else (0, 0)
+    init = bounds[1] if bounds is not None and len(bounds) > 1 else (0, 0)
     used = dict.fromkeys(areas, 0)
     need = dict.fromkeys(areas, 0)
     stub_of: dict[int, Stub] = {}

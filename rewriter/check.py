@@ -587,6 +587,15 @@ def workload(tasks: int, entries: int) -> str:
     return f"{counted(tasks, 'task')} x {counted(entries, 'entry', 'entries')}"
 
 
+def assumptions(result: CheckResult) -> str:
+    """What a verdict was reached under: ``2 tasks x 2 entries, cmodx 3.1, stale fetch``, or
+    ``offline`` (no CPU runs the code, so its rules were not part of the check)."""
+    if not result.tasks:
+        return "offline"
+    stale = ", stale fetch" if result.stale_fetch else ""
+    return f"{workload(result.tasks, result.entries)}, cmodx {result.cmodx.value}{stale}"
+
+
 def render_trace(result: CheckResult) -> str:
     """SAFE with the number of states, or UNSAFE with the trace as a CPU0 | CPU1 | patcher table."""
     req = result.request
@@ -594,12 +603,7 @@ def render_trace(result: CheckResult) -> str:
         subject = f"{req.variant.value} {req.current.value} -> {req.target.value} (site {result.site})"
     else:
         subject = f"{result.sites_checked} distinct sites"
-    stale = ", stale fetch" if result.stale_fetch else ""
-    # offline: no CPU runs the code, so its rules (cmodx, stale fetch) were not part of the check
-    rules = "offline"
-    if result.tasks:
-        rules = f"{workload(result.tasks, result.entries)}, cmodx {result.cmodx.value}{stale}"
-    what = f"{subject}, {rules}"
+    what = f"{subject}, {assumptions(result)}"
     if result.safe:
         return f"SAFE: {what}: {result.states} states explored\n"
     assert result.violation is not None

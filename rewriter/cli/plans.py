@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Final
 import click
 import typer
 
-from rewriter.check import BUILTINS, MAX_ENTRIES, MAX_TASKS, workload
+from rewriter.check import BUILTINS, MAX_ENTRIES, MAX_TASKS, assumptions
 from rewriter.cli.common import OutputFile, check_report_output, emit
 from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, PlanFormatError
@@ -18,7 +18,6 @@ from rewriter.plan import STOCK_KERNEL_NOTE, Cmodx, Route, leaves_nopped
 from rewriter.states import SiteState
 
 if TYPE_CHECKING:
-    from rewriter.check import CheckResult
     from rewriter.plan import Plan
 
 
@@ -129,7 +128,7 @@ def check_plan(
         _check_offline_options(name, tasks, entries, stale_fetch)
     result = check_all(p, tasks=tasks or 2, entries=entries or 2, stale_fetch=stale_fetch, cmodx=cmodx)
     if result.safe:
-        typer.echo(f"{name}: SAFE ({result.states} states explored, {_assumed(result) if p.runtime else OFFLINE})")
+        typer.echo(f"{name}: SAFE ({result.states} states explored, {assumptions(result) if p.runtime else OFFLINE})")
         if leaves_nopped(p):
             typer.echo(STOCK_KERNEL_NOTE)
     else:
@@ -138,12 +137,6 @@ def check_plan(
 
 
 OFFLINE: Final = "offline: no task runs while the image is edited"
-
-
-def _assumed(result: CheckResult) -> str:
-    """What a runtime SAFE was proven under: the workload and the CPU's rules, as UNSAFE says them."""
-    stale = ", stale fetch" if result.stale_fetch else ""
-    return f"{workload(result.tasks, result.entries)}, cmodx {result.cmodx.value}{stale}"
 
 
 def _check_offline_options(name: str, tasks: int | None, entries: int | None, stale_fetch: bool | None) -> None:

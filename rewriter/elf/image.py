@@ -136,9 +136,9 @@ class Symbols:
 
 
 def relocatable_at_a_glance(path: Path) -> bool:
-    """Whether ``path`` is a relocatable ELF (a module or object) by its name or its first
-    bytes (:func:`read_head`), without loading it: a compressed module is one; a file that cannot be read so is not
-    (its load reports why, in its turn)."""
+    """Whether ``path`` is a relocatable ELF (a module or object) by its name or its first bytes
+    (:func:`read_head`), without loading it: a compressed module is one; a file that cannot be
+    read so is not (its load reports why, in its turn)."""
     if path.name.endswith(MODULE_SUFFIXES):
         return True
     try:

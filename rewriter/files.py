@@ -49,17 +49,16 @@ from rewriter.log import (
     load,
     render,
 )
+from rewriter.mcount import MCOUNT_NAMES, check_mcount_addr_alone
 from rewriter.output import Pending, atomic_write, check_replaceable, commit_all, write_temp
 from rewriter.prose import counted
 from rewriter.reading import file_at, read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
 from rewriter.sites import (
-    MCOUNT_NAMES,
     NOT_BUILT_FOR_FTRACE,
     Scan,
     Site,
     Source,
-    check_mcount_addr_alone,
     override_text,
     scan,
     section_place_text,

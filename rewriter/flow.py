@@ -88,6 +88,7 @@ from rewriter.elf import structs as S
 from rewriter.elf.image import Image
 from rewriter.elf.symbols import Functions, rel_place, reloc_target_places
 from rewriter.generations import LAYOUTS
+from rewriter.mcount import MCOUNT_NAMES
 from rewriter.ppc.fields import (
     ALL_BITS,
     MD_RLDIC,
@@ -115,7 +116,7 @@ from rewriter.ppc.fields import (
     ui16,
 )
 from rewriter.ppc.table import Effect, Flow, Table, decode, flow_in, gpr_fields, row_of, written_gprs
-from rewriter.sites import MCOUNT_NAMES, Scan, Site
+from rewriter.sites import Scan, Site
 from rewriter.states import Slot
 
 # -- the image's code -----------------------------------------------------------------------

@@ -8,11 +8,13 @@ Strategy:
    ``__patchable_function_entries`` sections of other linked files, and ``.rela__mcount_loc`` /
    ``.rela__patchable_function_entries`` in relocatable ones. A linked slot's value at run time is
    the addend of its ``R_PPC64_RELATIVE`` when ``relocate()`` will process one (the file word
-   otherwise): a kernel rewrites every such slot at boot, whatever the file holds.
+   otherwise): a kernel rewrites every such slot at boot, whatever the file holds. A stripped
+   vmlinux's table is searched for (:mod:`rewriter.stripped`).
 2. Work out the *mcount entries* (the mprofile generation only): ``_mcount`` (``._mcount`` and
    ELFv1 descriptors too), any linker stub that is one ``b`` away from it, and ``--mcount-addr``
    for stripped files; and the *calls*: every ``bl`` to one of them (linked images, numpy over the
-   whole text at once) or every ``R_PPC64_REL24`` against ``_mcount`` (relocatable files).
+   whole text at once) or every ``R_PPC64_REL24`` against ``_mcount`` (relocatable files):
+   :mod:`rewriter.mcount`.
 3. Decide the image's :class:`~rewriter.generations.Generation` from its contents
    (:func:`rewriter.detect.detect_generation`), unless the caller says.
 4. Candidate call slots: the calls and the records (mprofile: the record *is* the call slot);
@@ -41,17 +43,14 @@ from rewriter import arrays, ppc
 from rewriter.arrays import shift
 from rewriter.code import CodeView, code_view
 from rewriter.detect import (
-    STRIPPED_MIN_RECORDS,
     Detect,
     detect_by_symbols,
     detect_by_words,
     detect_generation,
-    mcount_by_words,
 )
 from rewriter.elf import structs as S
-from rewriter.elf.image import Abi, Image, Kind, Section, index_name, relocatable_at_a_glance
-from rewriter.elf.symbols import PLACE_SHIFT, Functions, code_addrs, functions, rel_place, split_place
-from rewriter.errors import ArgumentError
+from rewriter.elf.image import Abi, Image, Kind, Section, index_name
+from rewriter.elf.symbols import PLACE_SHIFT, Functions, code_addrs, functions, split_place
 from rewriter.generations import (
     LAYOUTS,
     TWO_SLOT_STATES,
@@ -60,12 +59,19 @@ from rewriter.generations import (
     default_variant,
 )
 from rewriter.locs import Bounds, Locs, kernel_locs, kernel_text, split_skipped, zero_records_fail
+from rewriter.mcount import (
+    check_mcount_addr,
+    check_mcount_addr_recorded,
+    entries_from_records,
+    mprofile_calls,
+    rel_call_places,
+)
 from rewriter.prose import counted
-from rewriter.records import RecordTable, nonzero_records, read_records, table_at, zeroed_records
+from rewriter.records import RecordTable, nonzero_records, read_records, zeroed_records
 from rewriter.states import PLAIN, Insn, SiteState
+from rewriter.stripped import stripped_records
 from rewriter.stubs import StubArea, area_symbols, assign_stubs
 
-MCOUNT_NAMES = ("_mcount", "._mcount")
 # What a `bl` in a patchable call slot may reach once enabled (ftrace_get_call_inst): the callers,
 # or the trampolines for out-of-range text.
 TRACER_NAMES = ("ftrace_caller", "ftrace_regs_caller", "ftrace_tramp_text", "ftrace_tramp_init")
@@ -240,15 +246,15 @@ def _read_linked(image: Image, mcount_addr: int | None, generation: Generation |
         text = code_view(image)
     funcs = functions(image)
     tables = read_records(image)
-    entries, calls = _calls(image, text, mcount_addr)
+    entries, calls = mprofile_calls(image, text, mcount_addr)
     if image.symbols is None:
         if not tables:
-            tables, entries, calls, generation = _stripped(image, text, entries, calls, mcount_addr, generation)
+            tables, entries, calls, generation = stripped_records(image, text, entries, calls, mcount_addr, generation)
         elif not len(entries):  # the entry is whatever the recorded `bl` words call most
-            entries = _entries_from_records(text, nonzero_records(tables))
+            entries = entries_from_records(text, nonzero_records(tables))
             calls = text.bl_places[arrays.member(text.bl_targets, entries)]
         else:
-            _check_mcount_addr_recorded(image, text, mcount_addr, calls, nonzero_records(tables))
+            check_mcount_addr_recorded(image, text, mcount_addr, calls, nonzero_records(tables))
     records = nonzero_records(tables)
     overridden = None
     if generation is None:
@@ -304,20 +310,6 @@ def _contradicted(given: Generation, detected: Detect) -> Detect | None:
     return detected if detected.generation not in (None, given) else None
 
 
-def check_mcount_addr(generation: Generation | None, mcount_addr: int | None, path: Path | None = None) -> None:
-    """Refuse ``--mcount-addr`` for an image of a generation that calls no ``_mcount`` (patchable,
-    ool): there it selects nothing and means nothing, and a run that ignored it would let a user
-    believe it mattered. The one home of the rule: the CLI asks it about an explicit
-    ``--generation`` before anything is read (no ``path``), :func:`scan` about the generation it
-    detected in a linked image (naming the file). A relocatable file is never asked: its calls
-    come from its relocations, not from an address, and the option, one per run over a tree,
-    names the stripped vmlinux's ``_mcount`` beside modules that have none of their own."""
-    if mcount_addr is None or generation is None or generation is Generation.MPROFILE:
-        return
-    message = f"--mcount-addr names _mcount, which only the mprofile generation calls (not {generation.value})"
-    raise ArgumentError(message if path is None else f"{path}: {message}")
-
-
 NOT_BUILT_FOR_FTRACE: Final = (
     "no records (__mcount_loc, __patchable_function_entries) and no bl to an mcount entry: "
     "not built with -pg -mprofile-kernel or -fpatchable-function-entry?"
@@ -325,38 +317,12 @@ NOT_BUILT_FOR_FTRACE: Final = (
 """Why a file shows no site, when nothing says otherwise (``files.no_site_cause``, scan's note)."""
 
 
-_BY_RELOCATIONS: Final = "by their relocations (the option is for a stripped vmlinux)"
-"""Why ``--mcount-addr`` means nothing for a module or an object: the end of both refusals."""
-
-
-def check_mcount_addr_used(paths: Sequence[Path], mcount_addr: int | None) -> None:
-    """Refuse ``--mcount-addr`` for a run of modules and objects alone (scan, audit, policy check
-    over files or trees): it is for a stripped vmlinux beside them, and with none there it would be
-    ignored in silence, as if it had mattered."""
-    if mcount_addr is None or not paths or not all(map(relocatable_at_a_glance, paths)):
-        return
-    raise ArgumentError(
-        f"--mcount-addr: every file given is a module or object, which find their calls to _mcount {_BY_RELOCATIONS}"
-    )
-
-
-def check_mcount_addr_alone(image: Image, mcount_addr: int | None) -> None:
-    """Refuse ``--mcount-addr`` for a relocatable file rewritten on its own: :func:`check_mcount_addr`
-    lets it pass a module because one option serves a whole run, but with one module named there is
-    no linked image for it to mean anything in, and ignoring it would read as if it had mattered."""
-    if mcount_addr is not None and image.type == S.ET_REL:
-        raise ArgumentError(
-            f"{image.path}: --mcount-addr has no meaning for a module or object: its calls to _mcount are found "
-            + _BY_RELOCATIONS
-        )
-
-
 def _scan_relocatable(image: Image, generation: Generation | None, text: CodeView | None) -> Scan:
     """:func:`scan` of a relocatable file: its calls come from relocations, its records name
     places by section (no stripped-table search, no stub areas: the loader makes a module's)."""
     funcs = functions(image)
     tables = read_records(image)
-    calls = _rel_call_places(image)
+    calls = rel_call_places(image)
     records = nonzero_records(tables)
     distinct = sorted(set(records.tolist()))
     # the words at each distinct record, read once for the detection and the sites
@@ -436,209 +402,6 @@ def weak_offsets(funcs: Functions, places: np.ndarray) -> np.ndarray:
     i = np.searchsorted(funcs.start, places, side="right") - 1
     start = funcs.start[np.maximum(i, 0)]
     return np.where(i >= 0, places.astype(np.int64) - start.astype(np.int64), -1)
-
-
-# -- mcount entries and calls (mprofile) ----------------------------------------------------
-
-
-def _calls(image: Image, text: CodeView, mcount_addr: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(mcount entries, call-slot places of the calls to them), in a linked image (a relocatable
-    file's are its relocations: :func:`_rel_call_places`)."""
-    entries = _mcount_entries(image, text, mcount_addr)
-    return entries, text.bl_places[arrays.member(text.bl_targets, entries)]
-
-
-def _mcount_entries(image: Image, text: CodeView, mcount_addr: int | None) -> np.ndarray:
-    found: list[int] = [] if mcount_addr is None else [mcount_addr]
-    syms = image.symbols
-    if syms is not None:
-        named = code_addrs(image, MCOUNT_NAMES, local_entries=True)
-        _check_mcount_addr_named(image, mcount_addr, named)
-        found.extend(named)
-        found.extend(_stub_symbols(image))
-    entries = np.unique(np.array(found, dtype=np.uint64))
-    return np.union1d(entries, _branch_stubs(text, entries))
-
-
-def _check_mcount_addr_recorded(
-    image: Image, text: CodeView, mcount_addr: int | None, calls: np.ndarray, records: np.ndarray
-) -> None:
-    """``--mcount-addr`` on a stripped image with records, where no recorded word calls it but the
-    recorded ``bl`` words call another address: a mistyped address, which would make every record
-    name no site and the report say ftrace breaks at boot. Refused, naming the address the records
-    call, as :func:`_check_mcount_addr_named` refuses one the symbols contradict."""
-    if mcount_addr is None or not len(records) or arrays.member(calls, records).any():
-        return
-    called = _entries_from_records(text, records)
-    if not len(called):  # the records name no bl at all: a broken image, for the report to say
-        return
-    raise image.error(
-        f"--mcount-addr {mcount_addr:#x}: no recorded bl calls it; the recorded bl words call {int(called[0]):#x} "
-        "(is that _mcount's address?)"
-    )
-
-
-def _check_mcount_addr_named(image: Image, mcount_addr: int | None, named: list[int]) -> None:
-    """``--mcount-addr`` on an image whose symbols name ``_mcount``: the option is for a stripped
-    image. The same address is harmless; another would make every ``bl`` to it a site (a
-    mistyped address, or a function's), so it is refused rather than added or ignored."""
-    if mcount_addr is None or not named or mcount_addr in named:
-        return
-    where = ", ".join(f"{a:#x}" for a in sorted(set(named)))
-    raise image.error(
-        f"--mcount-addr {mcount_addr:#x}: the image's symbols put _mcount at {where} "
-        "(the option is for a stripped image)"
-    )
-
-
-def _stub_symbols(image: Image) -> list[int]:
-    """Linker stubs named ``<id>.long_branch._mcount`` / ``<id>.plt_branch._mcount``."""
-    syms = image.symbols
-    assert syms is not None
-    out = []
-    for suffix in (b".long_branch._mcount\0", b".plt_branch._mcount\0"):
-        pos = syms.strtab.find(suffix)
-        while pos >= 0:
-            start = syms.strtab.rfind(b"\0", 0, pos) + 1
-            out.extend(syms.table["st_value"][syms.table["st_name"] == start].tolist())
-            pos = syms.strtab.find(suffix, pos + 1)
-    return out
-
-
-def _branch_stubs(text: CodeView, entries: np.ndarray) -> np.ndarray:
-    """``bl`` targets that are a plain ``b`` to an mcount entry: linker long-branch stubs,
-    found even in a stripped file."""
-    if not len(entries):
-        return entries
-    targets = np.unique(text.bl_targets)
-    k, i = text.locate(targets)
-    words = text.words_at(k, i)
-    is_b = (k >= 0) & ppc.b_mask(words)
-    hop = ppc.branch_targets(targets[is_b], words[is_b])
-    stubs: np.ndarray = targets[is_b][arrays.member(hop, entries)]
-    return stubs
-
-
-def _rel_call_places(image: Image) -> np.ndarray:
-    syms = image.symbols
-    if syms is None:
-        return np.zeros(0, np.uint64)
-    found = [hit for hit in map(syms.find, MCOUNT_NAMES) if len(hit)]
-    if not found:  # patchable and ool modules call no _mcount: skip their relocations
-        return np.zeros(0, np.uint64)
-    mcount_syms = np.concatenate(found).astype(np.uint64)
-    out = []
-    for rsec in image.relocation_sections():
-        target = image.section_at(rsec.info) if rsec.info else None
-        if target is None or not target.is_exec:
-            continue
-        rela = image.relocations(rsec)
-        hit = (S.r_type(rela["r_info"]) == S.R_PPC64_REL24) & arrays.member(S.r_sym(rela["r_info"]), mcount_syms)
-        out.append(rel_place(target.shndx, rela["r_offset"][hit]))
-    return np.concatenate(out) if out else np.zeros(0, np.uint64)
-
-
-def _entries_from_records(text: CodeView, records: np.ndarray) -> np.ndarray:
-    """Stripped image: the mcount entry is whatever the recorded ``bl`` words call most."""
-    hit = arrays.member(text.bl_places, records)
-    if not hit.any():
-        return np.zeros(0, np.uint64)
-    values, counts = np.unique(text.bl_targets[hit], return_counts=True)
-    return values[np.argmax(counts) : np.argmax(counts) + 1]
-
-
-# -- stripped images ------------------------------------------------------------------------
-
-
-def _stripped(
-    image: Image,
-    text: CodeView,
-    entries: np.ndarray,
-    calls: np.ndarray,
-    mcount_addr: int | None,
-    generation: Generation | None,
-) -> tuple[tuple[RecordTable, ...], np.ndarray, np.ndarray, Generation | None]:
-    """A stripped vmlinux keeps its records inside ``.init.data`` with the symbols that bound them
-    gone: find the table (:func:`_search_record_table`) by what its entries point at, calls to
-    ``_mcount`` (mprofile) or ``nop`` words (patchable, ool)."""
-    if mcount_addr is not None:
-        if not len(calls):
-            raise image.error(f"--mcount-addr {mcount_addr:#x}: no bl in this stripped image calls it")
-        return _found(_search_record_table(image, text, np.sort(calls))), entries, calls, Generation.MPROFILE
-    table = None
-    if generation is not Generation.MPROFILE:
-        table = _search_record_table(image, text, _nop_places(text))
-        # Without --generation, only a table of kernel size is believed: a few function pointers
-        # at nop words are no evidence of patchable entries.
-        if table is not None and generation is None and len(table.values) < STRIPPED_MIN_RECORDS:
-            table = None
-    if table is None:
-        raise image.error(
-            "stripped image: no .symtab to find _mcount, and no __mcount_loc section to find the records "
-            "(a vmlinux keeps them in .init.data between the stripped __start/__stop_mcount_loc symbols): "
-            "pass --mcount-addr with _mcount's address from System.map (mprofile), or --generation patchable|ool"
-            + _mcount_hint(text)
-        )
-    return _found(table), entries, calls, generation
-
-
-def _mcount_hint(text: CodeView) -> str:
-    """The likely ``--mcount-addr``, when the words make one plain (:func:`mcount_by_words`)."""
-    guess = mcount_by_words(text)
-    if guess is None:
-        return ""
-    return f"; the words look mprofile: {guess.reason}, so likely --mcount-addr {guess.addr:#x} (check System.map)"
-
-
-def _found(table: RecordTable | None) -> tuple[RecordTable, ...]:
-    return () if table is None else (table,)
-
-
-def _nop_places(text: CodeView) -> np.ndarray:
-    return np.sort(text.places(np.flatnonzero(text.words == ppc.NOP)))
-
-
-def _search_record_table(image: Image, text: CodeView, slots: np.ndarray) -> RecordTable | None:
-    """The run of 8-byte words, each 0 (a dropped record) or an address in the code, that names the
-    most of ``slots`` (sorted). Function-pointer tables also point into the code, but at function
-    entries: never at a call slot (entry + 4 or + 8), and at a nop only for the few functions
-    without a TOC prologue, where the table names tens of thousands."""
-    best: tuple[int, RecordTable | None] = (0, None)
-    if not len(slots):
-        return None
-    dt = S.addr_dtype(image.endian)
-    for sec in image.sections:
-        if sec.type != S.SHT_PROGBITS or sec.is_exec or not sec.flags & S.SHF_ALLOC or sec.size < 8:
-            continue
-        skip = -sec.addr % 8
-        values = np.frombuffer(image.data, dt, count=(sec.size - skip) // 8, offset=sec.offset + skip)
-        values = values.astype(np.uint64)
-        k, _ = text.locate(values)
-        code = np.flatnonzero(k >= 0)
-        pos = np.minimum(np.searchsorted(slots, values[code]), len(slots) - 1)
-        hit = code[slots[pos] == values[code]]
-        if not len(hit):
-            continue
-        run = np.cumsum((values != 0) & (k < 0))  # words of one run of `0 or code` share a number
-        score = np.bincount(run[hit])
-        best_run = int(np.argmax(score))
-        if score[best_run] > best[0]:
-            named = hit[run[hit] == best_run]
-            first, last = int(named[0]), int(named[-1])
-            if not _mostly_slots(int(score[best_run]), values[first : last + 1]):
-                continue
-            addr = sec.addr + skip + 8 * first
-            table = table_at(image, f"{sec.name} (searched)", addr, last - first + 1)
-            best = (int(score[best_run]), table)
-    return best[1]
-
-
-def _mostly_slots(named: int, run: np.ndarray) -> bool:
-    """A record table names call slots with (nearly) every entry that is not a dropped 0: a real
-    one names them all (weak-function bodies included). Other tables of code pointers (6.1's
-    ``__soft_mask_table``: 4 of its 11 entries fall on patchable-looking nops) must not pass for
-    one, or a rewrite would zero their entries; 90% leaves room for a few odd records."""
-    return named * 10 >= int(np.count_nonzero(run)) * 9
 
 
 # -- classification -------------------------------------------------------------------------

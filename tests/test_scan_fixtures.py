@@ -162,12 +162,13 @@ def _twin_sites(image: Image, generation: Generation | None = None) -> tuple[Any
     from rewriter import sites as S
     from rewriter.code import code_view
     from rewriter.elf.symbols import functions
+    from rewriter.mcount import rel_call_places
 
     result = scan(image, generation=generation)
     records = nonzero_records(read_records(image))
     assert result.generation is not None and S._plain_module(image, result.generation, records)
     numpy = S._classify(
-        image, code_view(image), functions(image), result.generation, S._rel_call_places(image), records, 16
+        image, code_view(image), functions(image), result.generation, rel_call_places(image), records, 16
     )
     return (result.sites, [r.place for r in result.records.unmatched]), (numpy[0], numpy[1].tolist())
 

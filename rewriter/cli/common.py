@@ -221,17 +221,17 @@ def workers(jobs: int) -> int:
 
 def check_mcount_addr(generation: Generation | None, mcount_addr: int | None) -> None:
     """``--mcount-addr`` with an explicit ``--generation`` other than mprofile: refused before any
-    file is read (``rewriter.sites.check_mcount_addr``, which the scan asks again about the
+    file is read (``rewriter.mcount.check_mcount_addr``, which the scan asks again about the
     generation it detects)."""
-    from rewriter.sites import check_mcount_addr as check
+    from rewriter.mcount import check_mcount_addr as check
 
     check(generation, mcount_addr)
 
 
 def check_mcount_addr_used(files: Sequence[Path], mcount_addr: int | None) -> None:
     """``--mcount-addr`` over modules and objects alone, which it cannot apply to: refused once the
-    files are found, before any is read (``rewriter.sites.check_mcount_addr_used``)."""
-    from rewriter.sites import check_mcount_addr_used as check
+    files are found, before any is read (``rewriter.mcount.check_mcount_addr_used``)."""
+    from rewriter.mcount import check_mcount_addr_used as check
 
     check(files, mcount_addr)
 

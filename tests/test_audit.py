@@ -19,7 +19,7 @@ from conftest import FIXTURES, ROOT
 from typer.testing import CliRunner
 
 from rewriter import audit, flow, ppc
-from rewriter.audit import AnomalyKind, Severity
+from rewriter.anomalies import RULES, Anomaly, AnomalyKind, Severity
 from rewriter.batch import expand
 from rewriter.cli import app
 from rewriter.elf.image import Image
@@ -31,7 +31,7 @@ from rewriter.sites import scan
 BINARIES = sorted(p.name for p in (FIXTURES / "bin").iterdir())
 TABLE = build_table()
 
-# The severity each seeded kind must carry (rewriter.audit.RULES argues them; r0live is a warning
+# The severity each seeded kind must carry (rewriter.anomalies.RULES argues them; r0live is a warning
 # because the fixture's mflr is still in place).
 EXPECTED_SEVERITY = {
     "broken": Severity.ERROR,
@@ -296,7 +296,7 @@ def test_docs_give_every_anomaly_kind_its_severity() -> None:
     table = text.split("## Anomalies and their severities", 1)[1].split("\n## ", 1)[0]
     rows = dict(re.findall(r"^\| `([a-z0-9-]+)` \| ([a-z, ()]+?) \|", table, re.M))
     assert set(rows) == {k.value for k in AnomalyKind}
-    for kind, rule in audit.RULES.items():
+    for kind, rule in RULES.items():
         assert rows[kind.value].startswith(rule.severity.value), kind
 
 
@@ -309,7 +309,7 @@ WEAK = {"6.1": (33_690, 243, 243), "6.12": (38_791, 262, 1), "7.2": (42_648, 285
 KERNEL_NAMES = tuple(WEAK)
 
 
-def _weak_notes(img: audit.ImageAudit) -> list[audit.Anomaly]:
+def _weak_notes(img: audit.ImageAudit) -> list[Anomaly]:
     return [a for a in img.anomalies if a.kind is AnomalyKind.WEAK_BODY]
 
 

@@ -14,7 +14,7 @@ from conftest import FIXTURES
 from typer.testing import CliRunner
 
 from rewriter import audit
-from rewriter.audit import AnomalyKind, Severity
+from rewriter.anomalies import AnomalyKind, Severity
 from rewriter.cli import app
 from rewriter.files import apply_file
 from rewriter.ppc.table import build_table

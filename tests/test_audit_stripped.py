@@ -158,6 +158,7 @@ def test_unchecked_ool_stubs_show_in_every_format() -> None:
     from dataclasses import replace
 
     from rewriter import audit
+    from rewriter.anomalies import Anomaly, AnomalyKind, Severity
     from rewriter.elf.image import Kind
     from rewriter.generations import Generation
     from rewriter.ppc.table import build_table
@@ -165,9 +166,9 @@ def test_unchecked_ool_stubs_show_in_every_format() -> None:
 
     outcome = audit.audit_one(BIN / "ool-le.o", "fixtures", build_table())
     assert outcome.audit is not None and outcome.audit.stub_gap is None  # an object: no stub areas to find
-    assert not [a for a in outcome.audit.anomalies if a.kind is audit.AnomalyKind.OOL_STUBS_UNCHECKED]
+    assert not [a for a in outcome.audit.anomalies if a.kind is AnomalyKind.OOL_STUBS_UNCHECKED]
     gap = audit.StubGap(7, "no symbols")
-    warning = audit.Anomaly(audit.AnomalyKind.OOL_STUBS_UNCHECKED, audit.Severity.WARNING, "coverage unchecked")
+    warning = Anomaly(AnomalyKind.OOL_STUBS_UNCHECKED, Severity.WARNING, "coverage unchecked")
     img = replace(outcome.audit, kind=Kind.VMLINUX, generation=Generation.OOL, stub_gap=gap, anomalies=(warning,))
     report = audit.Audit((img,), ())
     text = md.audit_markdown(report)

@@ -10,7 +10,7 @@ import re
 from conftest import FIXTURES
 
 from rewriter import audit
-from rewriter.audit import Anomaly, AnomalyKind, Severity
+from rewriter.anomalies import Anomaly, AnomalyKind, Severity
 from rewriter.ppc.table import build_table
 from rewriter.report import html, md
 

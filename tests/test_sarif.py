@@ -12,7 +12,7 @@ from boot import require_kernel
 from conftest import FIXTURES, ROOT
 from typer.testing import CliRunner
 
-from rewriter.audit import RULES
+from rewriter.anomalies import RULES
 from rewriter.cli import app
 from rewriter.elf.compress import Compression, compress
 

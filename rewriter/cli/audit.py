@@ -37,7 +37,8 @@ from rewriter.generations import Generation
 from rewriter.reading import NO_SUCH_FILE
 
 if TYPE_CHECKING:
-    from rewriter.audit import Audit, Severity
+    from rewriter.anomalies import Severity
+    from rewriter.audit import Audit
     from rewriter.batch import Found
     from rewriter.diff import Generations
 
@@ -64,7 +65,7 @@ class FailOn(enum.Enum):
 
     @property
     def severity(self) -> Severity | None:
-        from rewriter.audit import Severity
+        from rewriter.anomalies import Severity
 
         return None if self is FailOn.NEVER else Severity(self.value)
 
@@ -123,7 +124,8 @@ def audit(
 
 def _failing_text(result: Audit, fail_on: FailOn) -> str:
     """``2 errors, 243 notes at or above --fail-on note``: the anomalies that make audit exit 1."""
-    from rewriter.audit import Severity, failing
+    from rewriter.anomalies import Severity
+    from rewriter.audit import failing
     from rewriter.prose import counted
 
     counts = failing(result, fail_on.severity)

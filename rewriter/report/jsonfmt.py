@@ -8,14 +8,12 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from rewriter import __version__
+from rewriter.anomalies import Anomaly, AnomalyKind, Severity
 from rewriter.audit import (
-    Anomaly,
-    AnomalyKind,
     Audit,
     Counts,
     GroupSummary,
     ImageAudit,
-    Severity,
     SiteAudit,
     StubGap,
     roll_up,

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
-from rewriter.audit import Anomaly, Audit, GroupSummary, ImageAudit, Severity, StubGap, roll_up, summarise
+from rewriter.anomalies import Anomaly, Severity
+from rewriter.audit import Audit, GroupSummary, ImageAudit, StubGap, roll_up, summarise
 from rewriter.diff import Diff, FunctionChangeKind, ImageDiff, Pairing
 from rewriter.elf.image import Kind
 from rewriter.flow import Verdict

@@ -1,7 +1,7 @@
 """`mcountrw audit --format sarif`: SARIF 2.1.0 for CI code scanning.
 
 One run; one rule per anomaly kind (its severity and the argument for it from
-``rewriter.audit.RULES``); one result per anomaly. Binaries have no lines, so a result is placed by
+``rewriter.anomalies.RULES``); one result per anomaly. Binaries have no lines, so a result is placed by
 byte offset in the file (``region.byteOffset``, SARIF 3.30.2), by address
 (``physicalLocation.address``, 3.32) and by function (``logicalLocations``). A compressed module
 (.ko.xz) gets no region: its offsets are into the decompressed ELF, and a byteOffset counts bytes
@@ -20,7 +20,8 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from rewriter import __version__
-from rewriter.audit import RULES, Anomaly, AnomalyKind, Audit, ImageAudit, summarise
+from rewriter.anomalies import RULES, Anomaly, AnomalyKind
+from rewriter.audit import Audit, ImageAudit, summarise
 from rewriter.elf.image import Kind
 from rewriter.report.jsonfmt import stub_gap_json, stub_json
 

@@ -11,12 +11,17 @@ Standard library (plus pytest for skip/fail) only; nothing here imports `rewrite
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
+import tempfile
+import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple, NoReturn
@@ -362,3 +367,176 @@ echo nop > $T/current_tracer
 echo MCOUNTRW-DONE
 poweroff -f
 """
+
+
+# ---------------------------------------------------------------- memory dumps through QMP
+#
+# The guest's init prints READY_MARKER and sleeps; the host then stops the VM through a QMP socket,
+# saves the ranges it wants, and quits qemu. On ppc64 book3s the kernel runs at physical 0 and its
+# linear map is VA = LINEAR_MAP + physical, so vmlinux text is read with `pmemsave` at VA - LINEAR_MAP;
+# module text lives in vmalloc space and is read with `memsave` (virtual, through CPU 0's MMU).
+
+READY_MARKER: Final = "MCOUNTRW-READY"
+LINEAR_MAP: Final = 0xC000000000000000
+_SECTION_LINE = re.compile(r"^MCOUNTRW-SECTION (\S+) (\S+) 0x([0-9a-fA-F]+)\s*$", re.MULTILINE)
+
+
+class MemRange(NamedTuple):
+    """``size`` bytes at ``address``: guest physical (``physical``, QMP pmemsave) or virtual (memsave)."""
+
+    address: int
+    size: int
+    physical: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DumpResult:
+    boot: BootResult  # the console up to qemu's exit (after the dump, `quit`)
+    ready: bool  # the init script printed READY_MARKER before the timeout
+    memory: dict[MemRange, bytes]  # what was saved, one entry per requested range
+
+
+def ready_script(module_names: list[str]) -> str:
+    """An /init that loads /modules/<name>.ko in order, prints where each loaded module's sections
+    are (``MCOUNTRW-SECTION <module> <section> 0x<address>``, every file of
+    /sys/module/<module>/sections), prints READY_MARKER and sleeps until the host stops the VM.
+    Module names in /sys use ``_`` for ``-``."""
+    lines = []
+    for name in module_names:
+        sysname = name.replace("-", "_")
+        lines.append(f'insmod /modules/{shlex.quote(name)}.ko; echo "MCOUNTRW-INSMOD {name} rc=$?"')
+        lines.append(
+            f"for f in /sys/module/{sysname}/sections/.[!.]* /sys/module/{sysname}/sections/*; do "
+            f'[ -f "$f" ] && echo "MCOUNTRW-SECTION {sysname} ${{f##*/}} $(cat "$f")"; done'
+        )
+    body = "\n".join(lines)
+    return f"""#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+{body}
+echo {READY_MARKER}
+sleep 600
+poweroff -f
+"""
+
+
+def module_sections(console: str) -> dict[tuple[str, str], int]:
+    """(module, section) -> load address, from the ``MCOUNTRW-SECTION`` lines of :func:`ready_script`."""
+    return {(m.group(1), m.group(2)): int(m.group(3), 16) for m in _SECTION_LINE.finditer(console)}
+
+
+class _Qmp:
+    """A minimal QMP client over a unix socket: one command at a time, events skipped."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        self._sock.connect(str(path))
+        self._file = self._sock.makefile("rwb")
+        self._read()  # the greeting
+        self.command("qmp_capabilities")
+
+    def _read(self) -> dict[str, object]:
+        while True:
+            line = self._file.readline()
+            if not line:
+                raise ConnectionError("QMP socket closed")
+            reply: dict[str, object] = json.loads(line)
+            if "event" not in reply:
+                return reply
+
+    def command(self, name: str, **arguments: object) -> object:
+        self._file.write(json.dumps({"execute": name, "arguments": arguments}).encode() + b"\n")
+        self._file.flush()
+        reply = self._read()
+        if "error" in reply:
+            raise RuntimeError(f"QMP {name} {arguments}: {reply['error']}")
+        return reply.get("return")
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+
+def _watch_console(proc: subprocess.Popen[bytes], out: list[bytes], ready: threading.Event, marker: str) -> None:
+    """Read qemu's stdout into ``out`` until EOF; set ``ready`` once a line is exactly ``marker``."""
+    assert proc.stdout is not None
+    pattern = re.compile(rb"(^|\n)" + re.escape(marker.encode()) + rb"\r?\n")
+    tail = b"\n"
+    while chunk := os.read(proc.stdout.fileno(), 65536):
+        out.append(chunk)
+        tail = tail[-len(marker) - 4 :] + chunk
+        if pattern.search(tail):
+            ready.set()
+    ready.set()  # EOF: wake the waiter (it checks the marker itself)
+
+
+def _save(qmp: _Qmp, ranges: Sequence[MemRange], workdir: Path) -> dict[MemRange, bytes]:
+    """Stop the VM and save each range to a file in ``workdir``; read them back."""
+    qmp.command("stop")
+    memory: dict[MemRange, bytes] = {}
+    for i, r in enumerate(ranges):
+        path = workdir / f"mem{i}.bin"
+        val = r.address - (1 << 64) if r.address >= 1 << 63 else r.address  # QMP's `val` is an int64
+        if r.physical:
+            qmp.command("pmemsave", val=val, size=r.size, filename=str(path))
+        else:
+            qmp.command("memsave", val=val, size=r.size, filename=str(path), **{"cpu-index": 0})
+        memory[r] = path.read_bytes()
+        path.unlink()
+    return memory
+
+
+def boot_and_dump(
+    kernel: Path,
+    append: str,
+    initrd: Path,
+    ranges: Callable[[str], Sequence[MemRange]],
+    timeout: float = 90,
+    marker: str = READY_MARKER,
+) -> DumpResult:
+    """Boot `kernel` with a QMP socket; when the console shows a line `marker` (see
+    :func:`ready_script`), stop the VM, save the memory ``ranges(console so far)`` names, and quit.
+    Without the marker (panic, timeout) nothing is saved and ``ready`` is False."""
+    workdir = Path(tempfile.mkdtemp(prefix="mcountrw-qmp-"))  # short: a unix socket path is <= 107 bytes
+    sock = workdir / "qmp.sock"
+    cmd = [*qemu_command(kernel, append, initrd), "-qmp", f"unix:{sock},server=on,wait=off"]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out: list[bytes] = []
+    event = threading.Event()
+    reader = threading.Thread(target=_watch_console, args=(proc, out, event, marker), daemon=True)
+    reader.start()
+    memory: dict[MemRange, bytes] = {}
+    try:
+        event.wait(timeout)
+        text = b"".join(out).decode("utf-8", "replace").replace("\r\n", "\n")
+        ready = f"\n{marker}\n" in f"\n{text}"
+        if ready:
+            qmp = _Qmp(sock, timeout)
+            try:
+                memory = _save(qmp, ranges(text), workdir)
+                qmp.command("quit")
+            finally:
+                qmp.close()
+        returncode = _finish(proc, reader)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+    console = b"".join(out).decode("utf-8", "replace").replace("\r\n", "\n")
+    result = parse_console(console, returncode, not ready, time.monotonic() - start)
+    return DumpResult(result, ready, memory)
+
+
+def _finish(proc: subprocess.Popen[bytes], reader: threading.Thread) -> int | None:
+    """Wait briefly for qemu to exit after `quit` (kill it otherwise) and for the console reader."""
+    try:
+        code: int | None = proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = None
+    reader.join(timeout=10)
+    return code

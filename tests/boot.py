@@ -471,8 +471,26 @@ def _watch_console(proc: subprocess.Popen[bytes], out: list[bytes], ready: threa
     ready.set()  # EOF: wake the waiter (it checks the marker itself)
 
 
+SAVE_ATTEMPTS: Final = 20
+
+
 def _save(qmp: _Qmp, ranges: Sequence[MemRange], workdir: Path) -> dict[MemRange, bytes]:
-    """Stop the VM and save each range to a file in ``workdir``; read them back."""
+    """Stop the VM and save each range to a file in ``workdir``; read them back. ``memsave``
+    translates through CPU 0's MMU as it stands: stopped while it runs user code (the init script's
+    shell or ``sleep``; ~2 boots in 37 here, NIP 0x100be678), the kernel's vmalloc addresses are not
+    readable and QMP says ``Invalid addr``. Then the VM runs a moment and the whole save is redone."""
+    for attempt in range(SAVE_ATTEMPTS):
+        try:
+            return _save_once(qmp, ranges, workdir)
+        except RuntimeError:
+            if attempt == SAVE_ATTEMPTS - 1 or all(r.physical for r in ranges):
+                raise
+            qmp.command("cont")
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+def _save_once(qmp: _Qmp, ranges: Sequence[MemRange], workdir: Path) -> dict[MemRange, bytes]:
     qmp.command("stop")
     memory: dict[MemRange, bytes] = {}
     for i, r in enumerate(ranges):

@@ -42,6 +42,7 @@ from boot import (
     LINEAR_MAP,
     QEMU,
     DumpResult,
+    KernelFiles,
     MemRange,
     boot_and_dump,
     make_initramfs,
@@ -136,12 +137,25 @@ def _module_ranges(mods: Sequence[Module], sections: dict[tuple[str, str], int])
     return out
 
 
-def _boot(name: str, tmp: Path) -> Booted:
+class Kernel(NamedTuple):
+    files: KernelFiles
+    image: Image
+    text: Section
+    whole: MemRange  # its .text, by physical address (the guest's real mode view)
+
+
+def load_kernel(name: str) -> Kernel:
+    """Corpus kernel ``name``, loaded; skips (fails in CI) without qemu or the corpus."""
     require_tool(QEMU)
     files = require_kernel(name)
     image = Image.load(files.vmlinux)
     text = image.section(".text")
     assert text is not None
+    return Kernel(files, image, text, MemRange(text.addr - LINEAR_MAP, text.size, True))
+
+
+def _boot(name: str, tmp: Path) -> Booted:
+    files, image, text, whole = load_kernel(name)
     mods = _prepare_modules(files.modules_dir, tmp)
     initrd = make_initramfs(
         tmp / "initrd.cpio", files.busybox, [m.ko for m in mods], ready_script([m.name for m in mods])
@@ -150,12 +164,12 @@ def _boot(name: str, tmp: Path) -> Booted:
 
     def ranges(console: str) -> list[MemRange]:
         wanted.update(_module_ranges(mods, module_sections(console)))
-        return [MemRange(text.addr - LINEAR_MAP, text.size, True), *wanted.values()]
+        return [whole, *wanted.values()]
 
     dump = boot_and_dump(files.vmlinux, APPEND, initrd, ranges, timeout=90)
     if not dump.ready:
         pytest.fail(f"{name}: the guest never printed its ready marker\n{dump.boot.console[-3000:]}")
-    memory = Memory(text.addr, dump.memory[MemRange(text.addr - LINEAR_MAP, text.size, True)])
+    memory = Memory(text.addr, dump.memory[whole])
     module_memory = {key: Memory(r.address, dump.memory[r]) for key, r in wanted.items()}
     sections = module_sections(dump.boot.console)
     return Booted(name, image, scan(image), text, memory, mods, sections, module_memory, dump)
@@ -260,7 +274,8 @@ def _ops_word(booted: Booted, area: StubArea, index: int) -> int:
     return value
 
 
-def _symbol(image: Image, name: str) -> int:
+def symbol_value(image: Image, name: str) -> int:
+    """The value of symbol ``name``, which must exist."""
     syms = image.symbols
     assert syms is not None
     hit = syms.find(name)
@@ -326,19 +341,7 @@ def test_every_text_record_gets_the_ool_stub_scan_claims(booted: Booted) -> None
         assert not booted.scan.stubs and all(s.stub is None for s in booted.scan.sites)
         assert not code_addrs(booted.image, (OOL_TEXT, OOL_TEXT_END))
         return
-    tracers = set(code_addrs(booted.image, TRACER_NAMES))
-    served: dict[int, int] = {}  # stub code -> record ip, from memory
-    area_of: dict[int, str] = {}
-    unused: dict[str, list[int]] = {}
-    errors: list[str] = []
-    for area, index, code, ip in stubs_in_areas(booted):
-        if isinstance(ip, str):
-            errors.append(ip)
-        elif ip is None:
-            unused.setdefault(area.name, []).append(index)
-        else:
-            served[code], area_of[code] = ip, area.name
-            errors += filter(None, [_tracer_call(code, booted.memory.word, tracers)])
+    served, area_of, unused, errors = stub_service(booted)
     text = [s for s in booted.scan.sites if s.section == ".text" and s.recorded]
     claims = {s.call_target: s.addr for s in text if s.call_target is not None}
     claimed_area = {s.call_target: s.stub for s in text if s.call_target is not None}
@@ -354,7 +357,30 @@ def test_every_text_record_gets_the_ool_stub_scan_claims(booted: Booted) -> None
     # Not a claim of scan's, but the geometry its Layout.stub_code assumes: the code is the stub's
     # last 16 bytes, after an ops pointer, which boot init sets to &ftrace_nop_ops in every stub.
     ops = {_ops_word(booted, a, i) for a, i, _, ip in stubs_in_areas(booted) if isinstance(ip, int)}
-    assert ops == {_symbol(booted.image, "ftrace_nop_ops")}, sorted(hex(w) for w in ops)[:10]
+    assert ops == {symbol_value(booted.image, "ftrace_nop_ops")}, sorted(hex(w) for w in ops)[:10]
+
+
+class StubService(NamedTuple):
+    """What the booted kernel's .text stub areas say, read from memory."""
+
+    served: dict[int, int]  # stub code -> record ip
+    area_of: dict[int, str]  # stub code -> its area
+    unused: dict[str, list[int]]  # area -> indices of the stubs that serve nothing
+    errors: list[str]  # stubs that are neither filled nor zero, or call no tracer entry
+
+
+def stub_service(booted: Booted) -> StubService:
+    tracers = set(code_addrs(booted.image, TRACER_NAMES))
+    out = StubService({}, {}, {}, [])
+    for area, index, code, ip in stubs_in_areas(booted):
+        if isinstance(ip, str):
+            out.errors.append(ip)
+        elif ip is None:
+            out.unused.setdefault(area.name, []).append(index)
+        else:
+            out.served[code], out.area_of[code] = ip, area.name
+            out.errors.extend(filter(None, [_tracer_call(code, booted.memory.word, tracers)]))
+    return out
 
 
 def _stub_differences(served: dict[int, int], claims: dict[int, int | None]) -> str:

@@ -22,19 +22,13 @@ from typing import Final
 
 import pytest
 from boot import (
-    LINEAR_MAP,
-    QEMU,
     READY_MARKER,
-    MemRange,
     boot_and_dump,
     make_initramfs,
-    require_kernel,
-    require_tool,
 )
-from test_boot_memory import Memory, compare_sites
+from test_boot_memory import Memory, compare_sites, load_kernel
 
 from rewriter import ppc
-from rewriter.elf.image import Image
 from rewriter.elf.symbols import code_addrs
 from rewriter.generations import LAYOUTS
 from rewriter.sites import TRACER_NAMES, Site, scan
@@ -84,12 +78,7 @@ def _enabled_problem(site: Site, memory: Memory, tracers: set[int]) -> str | Non
 
 @pytest.mark.parametrize("name", ["6.1", "6.12", "7.2"])
 def test_the_kernel_enables_exactly_the_words_the_layout_names(name: str, tmp_path: Path) -> None:
-    require_tool(QEMU)
-    files = require_kernel(name)
-    image = Image.load(files.vmlinux)
-    text = image.section(".text")
-    assert text is not None
-    whole = MemRange(text.addr - LINEAR_MAP, text.size, True)
+    files, image, text, whole = load_kernel(name)
     initrd = make_initramfs(tmp_path / "initrd.cpio", files.busybox, [], ENABLE_SCRIPT)
     dump = boot_and_dump(files.vmlinux, APPEND, initrd, lambda _console: [whole], timeout=120)
     console = dump.boot.console

@@ -58,19 +58,18 @@ from test_boot_memory import (
     _file_word,
     _module_ranges,
     _stub_differences,
-    _tracer_call,
     claimed_words,
     compare_sites,
     decode_stub,
-    stubs_in_areas,
+    stub_service,
+    symbol_value,
 )
 
 from rewriter import ppc
 from rewriter.elf.image import Image
-from rewriter.elf.symbols import code_addrs
 from rewriter.generations import OOL_TEXT, OOL_TEXT_END
 from rewriter.log import default_log_path, logged, logs_at
-from rewriter.sites import TRACER_NAMES, Scan, Site, Source, scan
+from rewriter.sites import Scan, Site, Source, scan
 
 pytestmark = [pytest.mark.boot, pytest.mark.corpus]
 
@@ -320,15 +319,15 @@ def _heap_pointer(words: Sequence[int], image: Image) -> int | None:
     if any(w & mask != want for w, (want, mask) in zip(words, IMM64_R3, strict=True)):
         return None
     value = (words[0] & 0xFFFF) << 48 | (words[1] & 0xFFFF) << 32 | (words[3] & 0xFFFF) << 16 | words[4] & 0xFFFF
-    return value if _symbol(image, "_end") <= value < LINEAR_MAP + GUEST_RAM else None
+    return value if symbol_value(image, "_end") <= value < LINEAR_MAP + GUEST_RAM else None
 
 
 def _optprobe_pointers(pair: Pair, before: np.ndarray, after: np.ndarray) -> tuple[list[int], list[str]]:
     """(.text word indices of the op pointer loads that both memories hold, what they load)."""
     image, base = pair.rewritten.image, pair.rewritten.text.addr
-    slots, entry = _symbol(image, "optinsn_slot"), _symbol(image, "optprobe_template_entry")
-    size = _symbol(image, "optprobe_template_end") - entry
-    op = _symbol(image, "optprobe_template_op_address") - entry
+    slots, entry = symbol_value(image, "optinsn_slot"), symbol_value(image, "optprobe_template_entry")
+    size = symbol_value(image, "optprobe_template_end") - entry
+    op = symbol_value(image, "optprobe_template_op_address") - entry
     exempt: list[int] = []
     seen: list[str] = []
     for slot in range(slots, entry - size + 1, size):
@@ -374,14 +373,6 @@ def test_the_rewritten_text_differs_from_the_unmodified_only_at_the_rewritten_si
     )
 
 
-def _symbol(image: Image, name: str) -> int:
-    syms = image.symbols
-    assert syms is not None
-    hit = syms.find(name)
-    assert len(hit), name
-    return int(syms.table["st_value"][hit[0]])
-
-
 def test_the_rewritten_kernels_stubs_serve_exactly_its_kept_records(pair: Pair) -> None:
     """7.2: every filled .text stub serves the record the rewritten scan assigns it, through a
     tracer entry; they number the kept .text records; the stubs scan counts unused are zero."""
@@ -389,19 +380,7 @@ def test_the_rewritten_kernels_stubs_serve_exactly_its_kept_records(pair: Pair) 
     if pair.name != "7.2":
         assert not rw.scan.stubs and all(s.stub is None for s in rw.scan.sites)
         return
-    tracers = set(code_addrs(rw.image, TRACER_NAMES))
-    served: dict[int, int] = {}  # stub code -> record ip, from memory
-    area_of: dict[int, str] = {}
-    unused: dict[str, list[int]] = {}
-    errors: list[str] = []
-    for area, index, code, ip in stubs_in_areas(rw):
-        if isinstance(ip, str):
-            errors.append(ip)
-        elif ip is None:
-            unused.setdefault(area.name, []).append(index)
-        else:
-            served[code], area_of[code] = ip, area.name
-            errors += filter(None, [_tracer_call(code, rw.memory.word, tracers)])
+    served, area_of, unused, errors = stub_service(rw)
     kept = [s for s in _text_sites(rw) if s.recorded]
     claims = {s.call_target: s.addr for s in kept if s.call_target is not None}
 

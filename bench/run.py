@@ -508,7 +508,8 @@ def main() -> int:
         ]
     )
     if args.write:
-        head = args.write.read_text().split("<!-- results -->")[0]
+        # A new file gets the table alone; an existing one keeps what it says above its results.
+        head = args.write.read_text().split("<!-- results -->")[0] if args.write.exists() else ""
         args.write.write_text(head + "<!-- results -->\n\n" + table + "\n")
     else:
         print(table)

@@ -137,21 +137,23 @@ def _module_ranges(mods: Sequence[Module], sections: dict[tuple[str, str], int])
     return out
 
 
-class Kernel(NamedTuple):
+class LoadedKernel(NamedTuple):
+    """A corpus kernel (its files), its vmlinux loaded, and the range of its .text to save."""
+
     files: KernelFiles
     image: Image
     text: Section
     whole: MemRange  # its .text, by physical address (the guest's real mode view)
 
 
-def load_kernel(name: str) -> Kernel:
+def load_kernel(name: str) -> LoadedKernel:
     """Corpus kernel ``name``, loaded; skips (fails in CI) without qemu or the corpus."""
     require_tool(QEMU)
     files = require_kernel(name)
     image = Image.load(files.vmlinux)
     text = image.section(".text")
     assert text is not None
-    return Kernel(files, image, text, MemRange(text.addr - LINEAR_MAP, text.size, True))
+    return LoadedKernel(files, image, text, MemRange(text.addr - LINEAR_MAP, text.size, True))
 
 
 def _boot(name: str, tmp: Path) -> Booted:

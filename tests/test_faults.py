@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -59,6 +59,19 @@ def leftovers(directory: Path, keep: set[str]) -> list[str]:
     return extra
 
 
+def kill_times(seconds: float, count: int, came_after_the_end: Callable[[], bool]) -> Iterator[float]:
+    """``count`` delays spread over a run measured at ``seconds``, then later ones, each 1.5 times
+    the last, until a kill came after the end (or the delays pass 8 times the run). A loaded machine can stretch
+    one run well past the measured one: CI once saw ten kills over 1.25 times the run all land
+    before the commit, and the test asked for a rewritten file it never got."""
+    for i in range(count):
+        yield seconds * (i + 0.5) / count
+    delay = seconds
+    while not came_after_the_end() and delay < 8 * seconds:
+        delay *= 1.5
+        yield delay
+
+
 def kill_at(args: list[str], delay: float, sig: int = signal.SIGKILL) -> subprocess.CompletedProcess[str]:
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(delay)
@@ -86,15 +99,14 @@ def reference(corpus, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, f
 @pytest.mark.corpus
 def test_sigkill_at_any_moment_leaves_the_output_absent_or_complete(corpus, reference, tmp_path: Path) -> None:
     ref, seconds = reference
-    seconds *= 1.25  # the last kills come after the end, even on a loaded machine
     ref_sha = sha256(ref)
     input_sha = sha256(corpus.vmlinux)
     seen = {"absent": 0, "complete": 0, "log only": 0}
-    for i in range(KILLS):
+    for i, delay in enumerate(kill_times(seconds, KILLS, lambda: seen["complete"] > 0)):
         work = tmp_path / f"kill{i}"
         work.mkdir()
         out = work / "vmlinux"
-        kill_at(command("nop", str(corpus.vmlinux), "-o", str(out), "--drop-records"), seconds * (i + 0.5) / KILLS)
+        kill_at(command("nop", str(corpus.vmlinux), "-o", str(out), "--drop-records"), delay)
         log = default_log_path(out)
         leftovers(work, {out.name, log.name})
         if out.exists():
@@ -123,13 +135,13 @@ def test_sigkill_during_in_place_keeps_the_original_or_the_complete_result(corpu
     shutil.copy(corpus.vmlinux, target)
     start = time.perf_counter()
     assert subprocess.run(args, capture_output=True).returncode == 0
-    seconds = (time.perf_counter() - start) * 1.25  # the last kills come after the end
+    seconds = time.perf_counter() - start
     shutil.rmtree(work)
-    outcomes = set()
-    for i in range(KILLS // 2):
+    outcomes: set[str] = set()
+    for i, delay in enumerate(kill_times(seconds, KILLS // 2, lambda: "rewritten" in outcomes)):
         work.mkdir()
         shutil.copy(corpus.vmlinux, target)
-        kill_at(args, seconds * (i + 0.5) / (KILLS // 2))
+        kill_at(args, delay)
         backup, log = work / "vmlinux.orig", default_log_path(target)
         leftovers(work, {target.name, backup.name, log.name})
         now = sha256(target)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -317,9 +316,7 @@ def _weak_notes(img: audit.ImageAudit) -> list[Anomaly]:
 @pytest.mark.parametrize("name", KERNEL_NAMES)
 def test_vmlinux_audit_has_no_errors_or_warnings_and_notes_weak_bodies(name: str) -> None:
     files = require_kernel(name)
-    start = time.perf_counter()
     got = audit.audit_files([files.vmlinux])
-    seconds = time.perf_counter() - start
     (img,) = got.images
     sites, weak, kept = WEAK[name]
     assert img.generation is not None and img.generation.value == files.kernel.generation
@@ -346,7 +343,6 @@ def test_vmlinux_audit_has_no_errors_or_warnings_and_notes_weak_bodies(name: str
         ]
     else:
         assert safety[flow.Verdict.SAFE] >= 0.999 * sites and not img.stubs
-    assert seconds < 15  # ~1-3 s here; bench/ holds the 3 s budget
 
 
 @pytest.mark.corpus

@@ -4,7 +4,6 @@ assembled with keystone (one per rule of rewriter/flow.py), the fixtures, and th
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -488,13 +487,10 @@ def test_vmlinux_is_decided_at_every_site(corpus) -> None:
     """The linear scan left 13,155 of 33,690 undecided at branches; the walk decides them all."""
     image = Image.load(corpus.vmlinux)
     result = scan(image)
-    start = time.perf_counter()
     verdicts = flow.safety(flow.load_code(image, result, TABLE), result.sites)
-    seconds = time.perf_counter() - start
     counts = Counter(v.verdict for v in verdicts)
     assert counts[flow.Verdict.LIVE] == 0
     assert counts[flow.Verdict.SAFE] >= 0.999 * len(result.sites)
-    assert seconds < 5  # ~0.6 s here; the bench holds the real budget
 
 
 def test_ool_site_has_no_mflr_to_nop() -> None:

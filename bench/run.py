@@ -221,6 +221,13 @@ def new_kernel_cases(m: str) -> list[Case]:
                 needs=vm,
             ),
             Case(
+                f"audit vmlinux {name}",
+                "<= 3 s, as 6.1's (the mflr-nop safety walk on patchable; n/a on ool)",
+                f"{m} audit --format json -o {{tmp}}/a{name}.json {v}",
+                3.0,
+                needs=vm,
+            ),
+            Case(
                 f"xz -dc module tree {name}",
                 "floor",
                 f"find {mods} -name '*.ko.xz' -print0 | xargs -0 -P2 -n 64 {XZ} -dc >/dev/null",

@@ -13,8 +13,9 @@ another. Hypothesis is run derandomized (the same inputs on every run) with gene
 Every input goes, in process and through the library, to ``sites.scan``, to ``audit.audit_image``,
 and to ``rewrite.apply_file`` with drawn options, for real: what it accepts must
 verify against its log and undo to the input byte for byte (:func:`apply_verify_undo`). A
-RewriteError is a clean rejection; anything else is a bug. Each input has a time bound (SIGALRM) and the whole run
-an address-space bound, so a hang or a multi-gigabyte allocation is counted, not suffered.
+RewriteError is a clean rejection; anything else is a bug. Each input has a time bound (SIGALRM) and
+each of the worker processes that run the inputs (two, while hypothesis draws the next ones) an
+address-space bound, so a hang or a multi-gigabyte allocation is counted, not suffered.
 
 The figures (inputs, rejections, exceptions, hangs, slowest input) are printed, and recorded in
 docs/bad-input.md. A failing input is written out; copy it into tests/fuzz_regressions/, whose
@@ -32,8 +33,9 @@ import resource
 import signal
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,50 +132,90 @@ class FuzzInput(NamedTuple):
     options: Options
 
 
-@st.composite
-def fuzz_inputs(draw: Callable[..., Any], seeds: list[Seed]) -> FuzzInput:
-    seed = draw(st.sampled_from(seeds))
-    data = bytearray(seed.data)
-    steps: list[str] = []
-    kinds = ["field", "field", "field", "flip", "truncate", "copy-shdr"] if seed.fields else ["flip", "truncate"]
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(kinds))
-        if kind == "field":
-            f = draw(st.sampled_from(seed.fields))
-            old = int.from_bytes(data[f.offset : f.offset + f.size], seed.order)
-            value = draw(
-                st.one_of(
-                    st.sampled_from(INTERESTING),
-                    st.integers(0, (1 << (8 * f.size)) - 1),
-                    st.integers(-64, 64).map(lambda d, old=old: old + d),
-                    st.sampled_from(seed.originals),
-                )
-            ) % (1 << (8 * f.size))
-            data[f.offset : f.offset + f.size] = value.to_bytes(f.size, seed.order)
-            steps.append(f"{f.where} {old:#x} -> {value:#x}")
-        elif kind == "flip":
-            r = draw(st.sampled_from(seed.regions))
-            at = r.offset + draw(st.integers(0, max(r.size - 1, 0)))
-            if at < len(data):
-                xor = draw(st.integers(1, 255))
-                data[at] ^= xor
-                steps.append(f"flip {r.what} byte {at:#x} ^ {xor:#x}")
-        elif kind == "truncate":
-            r = draw(st.sampled_from(seed.regions))
-            at = draw(st.sampled_from([r.offset, r.offset + r.size // 2, r.offset + r.size])) + draw(st.integers(-4, 4))
-            at = max(0, min(at, len(data)))
-            del data[at:]
-            steps.append(f"truncate at {at:#x} ({r.what})")
-        else:
-            shdrs = [f for f in seed.fields if f.where.startswith("shdr[") and f.where.endswith(".sh_name")]
-            a, b = draw(st.sampled_from(shdrs)), draw(st.sampled_from(shdrs))
-            if a.offset + 64 <= len(data) and b.offset + 64 <= len(data):
-                data[b.offset : b.offset + 64] = data[a.offset : a.offset + 64]
-                steps.append(f"copy {a.where[:-8]} over {b.where[:-8]}")
-    target = draw(st.sampled_from([SiteState.NOPPED, SiteState.DISABLED, SiteState.ENABLED]))
-    route = draw(st.sampled_from([None, Route.MFLR_FIRST, Route.B8]))
-    options = Options(target, route, drop_records=draw(st.booleans()), strip_signature=draw(st.booleans()))
-    return FuzzInput(seed.name, bytes(data), tuple(steps), options)
+class _Nearby(NamedTuple):
+    """A drawn offset from a field's old value (the value is known only once the field is)."""
+
+    delta: int
+
+
+class _SeedDraws:
+    """The strategies one seed's inputs are drawn from, built once: hypothesis validates and labels
+    every strategy it is given (over each element of a ``sampled_from``), which cost more than
+    running the input when they were built anew for every draw. Built once, they draw from the
+    same distributions."""
+
+    def __init__(self, seed: Seed) -> None:
+        self.fields = st.sampled_from(seed.fields) if seed.fields else None
+        kinds = ["field", "field", "field", "flip", "truncate", "copy-shdr"] if seed.fields else ["flip", "truncate"]
+        self.kinds = st.sampled_from(kinds)
+        self.regions = st.sampled_from(seed.regions)
+        shdrs = [f for f in seed.fields if f.where.startswith("shdr[") and f.where.endswith(".sh_name")]
+        self.shdrs = st.sampled_from(shdrs) if shdrs else None
+        self.originals = st.sampled_from(seed.originals) if seed.originals else None
+        self.values: dict[int, st.SearchStrategy[int | _Nearby]] = {}
+
+    def value(self, size: int) -> st.SearchStrategy[int | _Nearby]:
+        """A new value for a field of ``size`` bytes: interesting, random, near the old one, or
+        another field's."""
+        if size not in self.values:
+            assert self.originals is not None  # a seed with fields has their values
+            self.values[size] = st.one_of(
+                st.sampled_from(INTERESTING),
+                st.integers(0, (1 << (8 * size)) - 1),
+                st.integers(-64, 64).map(_Nearby),
+                self.originals,
+            )
+        return self.values[size]
+
+
+_COUNTS: Final = st.integers(1, 4)
+_TARGETS: Final = st.sampled_from([SiteState.NOPPED, SiteState.DISABLED, SiteState.ENABLED])
+_ROUTES: Final = st.sampled_from([None, Route.MFLR_FIRST, Route.B8])
+
+
+def fuzz_inputs(seeds: list[Seed]) -> st.SearchStrategy[FuzzInput]:
+    cached = {s.name: _SeedDraws(s) for s in seeds}
+    which = st.sampled_from(seeds)
+
+    @st.composite
+    def one(draw: Callable[..., Any]) -> FuzzInput:
+        seed = draw(which)
+        d = cached[seed.name]
+        data = bytearray(seed.data)
+        steps: list[str] = []
+        for _ in range(draw(_COUNTS)):
+            kind = draw(d.kinds)
+            if kind == "field":
+                f = draw(d.fields)
+                old = int.from_bytes(data[f.offset : f.offset + f.size], seed.order)
+                drawn = draw(d.value(f.size))
+                value = (old + drawn.delta if isinstance(drawn, _Nearby) else drawn) % (1 << (8 * f.size))
+                data[f.offset : f.offset + f.size] = value.to_bytes(f.size, seed.order)
+                steps.append(f"{f.where} {old:#x} -> {value:#x}")
+            elif kind == "flip":
+                r = draw(d.regions)
+                at = r.offset + draw(st.integers(0, max(r.size - 1, 0)))
+                if at < len(data):
+                    xor = draw(st.integers(1, 255))
+                    data[at] ^= xor
+                    steps.append(f"flip {r.what} byte {at:#x} ^ {xor:#x}")
+            elif kind == "truncate":
+                r = draw(d.regions)
+                near = draw(st.sampled_from([r.offset, r.offset + r.size // 2, r.offset + r.size]))
+                at = near + draw(st.integers(-4, 4))
+                at = max(0, min(at, len(data)))
+                del data[at:]
+                steps.append(f"truncate at {at:#x} ({r.what})")
+            else:
+                a, b = draw(d.shdrs), draw(d.shdrs)
+                if a.offset + 64 <= len(data) and b.offset + 64 <= len(data):
+                    data[b.offset : b.offset + 64] = data[a.offset : a.offset + 64]
+                    steps.append(f"copy {a.where[:-8]} over {b.where[:-8]}")
+        target, route = draw(_TARGETS), draw(_ROUTES)
+        options = Options(target, route, drop_records=draw(st.booleans()), strip_signature=draw(st.booleans()))
+        return FuzzInput(seed.name, bytes(data), tuple(steps), options)
+
+    return one()
 
 
 # -- running one input under bounds -----------------------------------------------------------------
@@ -198,19 +240,15 @@ def time_bound(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-@contextmanager
-def memory_bound(extra: int) -> Iterator[None]:
-    """Cap the address space at what the process has now plus ``extra``: an allocation beyond it
-    raises MemoryError (an uncaught exception, so a bug) instead of swapping the machine."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+def cap_address_space(extra: int) -> None:
+    """Cap this process's address space at what it has now plus ``extra``, for its life (a fuzz
+    worker's): an allocation beyond it raises MemoryError (an uncaught exception, so a bug) instead
+    of swapping the machine."""
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
     status = Path("/proc/self/status").read_text().splitlines()
     vm = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
     cap = vm + extra if hard == resource.RLIM_INFINITY else min(vm + extra, hard)
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 ENTRY_POINTS: Final = ("scan", "audit", "apply, verify, undo")
@@ -279,6 +317,16 @@ class Figures:
             "seconds": round(self.seconds, 1),
         }
 
+    def add(self, other: Figures) -> None:
+        """Count in a worker's figures (the seconds are the whole run's, kept apart)."""
+        self.inputs += other.inputs
+        self.accepted.update(other.accepted)
+        self.rejected.update(other.rejected)
+        self.exceptions += other.exceptions
+        self.hangs += other.hangs
+        if other.slowest > self.slowest:
+            self.slowest, self.slowest_input = other.slowest, other.slowest_input
+
 
 def run_one(path: Path, case: FuzzInput, points: list[tuple[str, Callable[[Path, Options], object]]],
             figures: Figures, keep: Path) -> None:  # fmt: skip
@@ -312,6 +360,26 @@ def run_one(path: Path, case: FuzzInput, points: list[tuple[str, Callable[[Path,
         figures.slowest, figures.slowest_input = elapsed, f"{case.seed}: {'; '.join(case.steps)}"
 
 
+# The inputs run in worker processes while hypothesis draws the next ones (drawing costs about
+# half as much as running): each worker has its own input file and the memory cap for its life.
+JOBS: Final = min(2, os.cpu_count() or 1)
+BATCH: Final = 10  # inputs a worker is sent at once
+IN_FLIGHT: Final = 4 * JOBS  # batches drawn ahead of the workers
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(workdir: Path, keep: Path) -> None:
+    cap_address_space(MEMORY_BOUND)
+    _WORKER.update(points=entry_points(), path=workdir / f"input-{os.getpid()}", keep=keep)
+
+
+def _run_in_worker(cases: list[FuzzInput]) -> Figures:
+    figures = Figures()
+    for case in cases:
+        run_one(_WORKER["path"], case, _WORKER["points"], figures, _WORKER["keep"])
+    return figures
+
+
 @pytest.mark.slow
 def test_fuzz_scan_audit_and_apply_never_crash_or_hang(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     seeds = load_seeds()
@@ -319,17 +387,26 @@ def test_fuzz_scan_audit_and_apply_never_crash_or_hang(tmp_path: Path, capsys: p
     figures = Figures()
     keep = tmp_path / "failing"
     keep.mkdir()
-    path = tmp_path / "input"
-
-    @settings(max_examples=INPUTS, derandomize=True, database=None, deadline=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))  # fmt: skip
-    @given(case=fuzz_inputs(seeds))
-    def fuzz(case: FuzzInput) -> None:
-        run_one(path, case, points, figures, keep)
-
+    pending: deque[Future[Figures]] = deque()
+    batch: list[FuzzInput] = []
     start = time.perf_counter()
-    with memory_bound(MEMORY_BOUND):
+    with ProcessPoolExecutor(JOBS, initializer=_start_worker, initargs=(tmp_path, keep)) as pool:
+
+        @settings(max_examples=INPUTS, derandomize=True, database=None, deadline=None, phases=[Phase.generate],
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @given(case=fuzz_inputs(seeds))
+        def fuzz(case: FuzzInput) -> None:
+            batch.append(case)
+            if len(batch) == BATCH:
+                pending.append(pool.submit(_run_in_worker, batch[:]))
+                batch.clear()
+            if len(pending) >= IN_FLIGHT:
+                figures.add(pending.popleft().result())
+
         fuzz()
+        pending.append(pool.submit(_run_in_worker, batch))
+        while pending:
+            figures.add(pending.popleft().result())
     figures.seconds = time.perf_counter() - start
     report = figures.as_json()
     report["entry_points"] = [name for name, _ in points]

@@ -31,6 +31,7 @@ import lzma
 import os
 import resource
 import signal
+import sys
 import time
 import traceback
 from collections import Counter, deque
@@ -438,3 +439,34 @@ def test_fuzz_regressions_stay_fixed(name: str, tmp_path: Path) -> None:
     # every entry point, the audit among them, saw all six runs (accepted or rejected in one line)
     ran = {point: figures.accepted[point] + figures.rejected[point] for point in ENTRY_POINTS}
     assert ran == dict.fromkeys(ENTRY_POINTS, 6), ran
+
+
+def _sleeps(path: Path, options: Options) -> None:
+    time.sleep(60)
+
+
+def _allocates(path: Path, options: Options) -> None:
+    bytearray(2 * MEMORY_BOUND)
+
+
+def _start_worker_with(workdir: Path, keep: Path, call: Callable[[Path, Options], object]) -> None:
+    _start_worker(workdir, keep)
+    _WORKER["points"] = [("scan", call)]
+
+
+@pytest.mark.parametrize("call", [_sleeps, _allocates])
+def test_a_worker_counts_a_hang_and_a_runaway_allocation(
+    call: Callable[[Path, Options], object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fuzz's bounds hold in its worker processes: an input that never returns is a hang, and
+    one that allocates past the cap is a MemoryError (a bug), each counted and its input kept."""
+    monkeypatch.setattr(sys.modules[__name__], "TIME_BOUND", 1.0)  # forked workers see it
+    case = FuzzInput("x", b"input", ("by hand",), Options(SiteState.NOPPED))
+    with ProcessPoolExecutor(1, initializer=_start_worker_with, initargs=(tmp_path, tmp_path, call)) as pool:
+        figures = pool.submit(_run_in_worker, [case]).result()
+    assert figures.inputs == 1
+    if call is _sleeps:
+        assert len(figures.hangs) == 1 and not figures.exceptions
+    else:
+        assert [e["error"].split(":")[0] for e in figures.exceptions] == ["MemoryError"] and not figures.hangs
+    assert len(list(tmp_path.glob("*.elf"))) == 1

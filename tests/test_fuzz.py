@@ -10,7 +10,7 @@ inside one structure; truncate at or near a structure boundary; copy one section
 another. Hypothesis is run derandomized (the same inputs on every run) with generation only
 (nothing to shrink: failures are collected, not raised).
 
-Every input goes, in process and through the library, to ``sites.scan``, to ``audit.audit_image``,
+Every input goes, through the library (in a worker process), to ``sites.scan``, to ``audit.audit_image``,
 and to ``rewrite.apply_file`` with drawn options, for real: what it accepts must
 verify against its log and undo to the input byte for byte (:func:`apply_verify_undo`). A
 RewriteError is a clean rejection; anything else is a bug. Each input has a time bound (SIGALRM) and

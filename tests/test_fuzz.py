@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import json
 import lzma
 import os
+import pkgutil
 import resource
 import signal
 import sys
@@ -47,8 +49,13 @@ import zstandard
 from boot import KERNELS, corpus_dir, corpus_modules_dir, require_corpus
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from hypothesis.internal.conjecture import providers
+from hypothesis.internal.constants_ast import Constants, constants_from_module
+from hypothesis.internal.floats import float_to_int
+from sortedcontainers import SortedSet
 from test_bad_input import SMALL, Elf, Field, Region, regions
 
+import rewriter
 from rewriter.audit import audit_image
 from rewriter.elf.image import Image
 from rewriter.elf.structs import ByteOrder
@@ -381,7 +388,39 @@ def _run_in_worker(cases: list[FuzzInput]) -> Figures:
     return figures
 
 
+def rewriter_constants() -> Constants:
+    """The constants in the source of every module of the rewriter package, in a fixed order.
+
+    Hypothesis draws about one integer in twenty from the constants of every *local* module in
+    sys.modules (``providers._get_local_constants``), so which modules earlier tests had imported,
+    and the test files collected beside this one, changed the fuzz's draws. The fuzz pins that pool
+    to this one: the same inputs alone, within the suite, on either pytest worker. The rewriter's own
+    constants (opcodes, section types, magic numbers) are the useful ones to draw."""
+    pool = Constants()
+    for info in pkgutil.walk_packages(rewriter.__path__, "rewriter."):
+        if not info.name.endswith(".__main__"):  # importing it runs the CLI
+            pool |= constants_from_module(importlib.import_module(info.name))
+    # The order of each pool decides the draws: sorted, as hypothesis keeps its own.
+    return Constants(
+        integers=SortedSet(pool.integers),
+        floats=SortedSet(pool.floats, key=float_to_int),
+        bytes=SortedSet(pool.bytes),
+        strings=SortedSet(pool.strings),
+    )
+
+
+@pytest.fixture
+def pinned_constants(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Hypothesis's pool of local constants pinned to :func:`rewriter_constants` for one test."""
+    pool = rewriter_constants()
+    monkeypatch.setattr(providers, "_get_local_constants", lambda: pool)
+    providers.CONSTANTS_CACHE.cache.clear()  # filtered from the unpinned pool by earlier tests
+    yield
+    providers.CONSTANTS_CACHE.cache.clear()
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("pinned_constants")
 def test_fuzz_scan_audit_and_apply_never_crash_or_hang(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     seeds = load_seeds()
     figures = Figures()
@@ -389,6 +428,7 @@ def test_fuzz_scan_audit_and_apply_never_crash_or_hang(tmp_path: Path, capsys: p
     keep.mkdir()
     pending: deque[Future[Figures]] = deque()
     batch: list[FuzzInput] = []
+    drawn = hashlib.sha256()  # of every input and its options: names the draws in the report
     start = time.perf_counter()
     with ProcessPoolExecutor(JOBS, initializer=_start_worker, initargs=(tmp_path, keep)) as pool:
 
@@ -396,6 +436,7 @@ def test_fuzz_scan_audit_and_apply_never_crash_or_hang(tmp_path: Path, capsys: p
                   suppress_health_check=list(HealthCheck))  # fmt: skip
         @given(case=fuzz_inputs(seeds))
         def fuzz(case: FuzzInput) -> None:
+            drawn.update(hashlib.sha256(case.data).digest() + repr(case.options).encode())
             batch.append(case)
             if len(batch) == BATCH:
                 pending.append(pool.submit(_run_in_worker, batch[:]))
@@ -412,6 +453,7 @@ def test_fuzz_scan_audit_and_apply_never_crash_or_hang(tmp_path: Path, capsys: p
     report = figures.as_json()
     report["entry_points"] = list(ENTRY_POINTS)  # each worker built them (entry_points checks the names)
     report["seeds"] = [s.name for s in seeds]
+    report["draws_sha256"] = drawn.hexdigest()
     with capsys.disabled():
         print("\nmcountrw fuzz figures: " + json.dumps(report, sort_keys=True))
         for failure in figures.exceptions[:10] + figures.hangs[:10]:

@@ -41,6 +41,15 @@ class Locked(RewriteError):
     """Another process holds the lock on a path this run would rewrite (bad input: exit 2)."""
 
 
+class Gone(RewriteError):
+    """A path to lock is not there any more: removed while this run looked at it or waited for
+    its lock. ``path`` says which, so that a caller that made it can make it again."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 def holder(path_stat: os.stat_result, proc_locks: Path = PROC_LOCKS) -> int | None:
     """The pid holding an flock on the file of ``path_stat``, from ``/proc/locks``; None if no
     row names it (the lock went meanwhile, or /proc is not mounted)."""
@@ -70,6 +79,8 @@ def _open(path: Path) -> int:
     and flock needs no write access)."""
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError as e:
+        raise Gone(path, f"{path}: {e.strerror}") from None
     except OSError as e:
         raise RewriteError(f"{path}: {e.strerror}") from None
 

@@ -28,11 +28,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, ROOT
 from typer.testing import CliRunner
 
 from rewriter.cli import app
-from rewriter.lock import Locked, hold, holder, lock_one
+from rewriter.lock import Gone, Locked, hold, holder, lock_one
 from rewriter.log import default_log_path
 
 BIN = FIXTURES / "bin"
@@ -131,6 +131,32 @@ def test_a_waiter_locks_the_file_that_replaced_the_one_it_waited_for(tmp_path: P
         os.close(got[0])
 
 
+def test_a_waiter_on_a_directory_removed_meanwhile_is_told_it_is_gone(tmp_path: Path) -> None:
+    """A run refused for a lock removes the output tree it made: a run that waited on that tree's
+    lock must not go on holding a lock on a directory nobody sees. It gets :class:`Gone`, naming
+    the path, so that it can make the tree again."""
+    tree = tmp_path / "out"
+    tree.mkdir()
+    raised: list[BaseException] = []
+    waited: list[int | None] = []
+
+    def wait_for_it() -> None:
+        try:
+            os.close(lock_one(tree, True, lambda p, pid: waited.append(pid)))
+        except Gone as e:
+            raised.append(e)
+
+    with held(tree):
+        t = threading.Thread(target=wait_for_it)
+        t.start()
+        while not waited:
+            time.sleep(0.01)
+        tree.rmdir()
+    t.join(10)
+    assert waited == [os.getpid()] and len(raised) == 1
+    assert isinstance(raised[0], Gone) and raised[0].path == tree and str(raised[0]).startswith(f"{tree}: ")
+
+
 # -- the commands -------------------------------------------------------------------------------
 
 
@@ -151,6 +177,37 @@ def test_nop_in_place_on_a_locked_file_exits_2_with_one_line_and_waits_with_wait
     _, err = waiting.communicate(timeout=60)
     assert waiting.returncode == 0 and "changed 3 sites to nopped" in err, err
     assert _cli("verify", BIN / "clean", f, "--log", default_log_path(f))[0] == 0
+
+
+def test_prenop_that_waited_on_an_output_tree_removed_meanwhile_makes_it_again(tmp_path: Path) -> None:
+    """The other half of the case above, through the command: prenop -o OUT --wait waits on OUT's
+    lock; the holder removes OUT (as a run refused for another lock does with the tree it made)
+    and lets go. The waiter makes OUT again, locks it and writes its result there."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy2(BIN / "prof-le.o", src / "a.ko")
+    out = tmp_path / "out"
+    out.mkdir()
+    with held(out):
+        waiting = _start("prenop", "--policy", ROOT / "examples/keep-core.policy", "--wait", "-o", out, src)
+        assert waiting.stderr is not None
+        line = waiting.stderr.readline()  # printed before it blocks
+        assert line.strip() == f"mcountrw: waiting for pid {os.getpid()}, which holds the lock on {out}"
+        out.rmdir()
+    _, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["a.ko", "a.ko.mcountrw.jsonl"]
+    code, text = _cli("prenop", "--verify", out, "--against", src)
+    assert code == 0 and _row(text, "verified") == ["1", "6"], text
+
+
+def _row(output: str, status: str) -> list[str]:
+    """The figures of a prenop summary row (``status  files  sites ...``)."""
+    for line in output.splitlines():
+        fields = line.split()
+        if fields[:1] == [status]:
+            return fields[1:]
+    raise AssertionError(f"no {status!r} row in:\n{output}")
 
 
 def test_undo_in_place_and_prenop_take_the_lock_too(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from rewriter.cli.common import (
 from rewriter.cli.exits import ExitCode, bad_input_if, findings_if
 from rewriter.cli.rewrite import CheckR0, say_waiting
 from rewriter.errors import ArgumentError, NothingToDo
-from rewriter.lock import hold
+from rewriter.lock import Gone, hold
 from rewriter.prose import counted
 from rewriter.sign import HASHES
 
@@ -252,6 +252,10 @@ def _finding(mode: Mode, report: FileReport) -> bool:
     return report.status is Status.MISMATCH or bool(report.left_recorded) or undone
 
 
+# A tree removed under a waiting run this many times in a row is a bug, not a race.
+_REMAKES: Final = 10
+
+
 @contextlib.contextmanager
 def _locked(mode: Mode, args: _Args, wait: bool) -> Iterator[None]:
     """Make the output tree (:func:`_output_tree`) and hold the locks of the run
@@ -259,14 +263,24 @@ def _locked(mode: Mode, args: _Args, wait: bool) -> Iterator[None]:
     holds one and there is no ``--wait``, or it is interrupted while it waits) removes the
     directories it made, so that a run refused for a lock leaves no directory behind either. The
     tree is made before the locks are taken, not after: every path is then locked in the one
-    order of ``rewriter.lock``, and two runs that would both create the tree meet at its lock."""
-    made = _make_tree(_output_tree(mode, args))
+    order of ``rewriter.lock``, and two runs that would both create the tree meet at its lock.
+    A run that waited on a tree another run made, and then removed when it was refused
+    (:func:`_remove_empty`), makes the tree again and locks that one."""
+    tree = _output_tree(mode, args)
     with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(hold(_locked_paths(mode, args), wait, say_waiting))
-        except BaseException:
-            _remove_empty(made)
-            raise
+        for _ in range(_REMAKES):
+            made = _make_tree(tree)
+            try:
+                stack.enter_context(hold(_locked_paths(mode, args), wait, say_waiting))
+                break
+            except Gone as e:
+                if tree is None or e.path != tree:
+                    raise
+            except BaseException:
+                _remove_empty(made)
+                raise
+        else:
+            raise ArgumentError(f"{tree}: removed {_REMAKES} times while this run waited to lock it")
         yield
 
 
@@ -296,10 +310,10 @@ def _make_tree(tree: Path | None) -> list[Path]:
 def _remove_empty(made: Sequence[Path]) -> None:
     """Remove the directories ``made`` (outermost first) that are still empty, innermost first.
     Only empty ones: another run that found the tree just made and took it over (it holds its
-    lock) may have written into it. Left open: a run that waited (``--wait``) on the lock of a
-    tree removed here holds a lock on a directory that is gone, and its writes make the tree again,
-    unlocked; a third run could then lock that one and write beside it. Only a run refused for a
-    lock removes its tree (not one whose files all failed: that would widen the window)."""
+    lock) may have written into it. A run that waited (``--wait``) on the lock of a tree removed
+    here finds, once it has the lock, that the path names nothing (``rewriter.lock``'s check of
+    the locked inode): it makes the tree again and locks the new one (:func:`_locked`). Only a
+    run refused for a lock removes its tree, not one whose files all failed."""
     for d in reversed(made):
         try:
             d.rmdir()

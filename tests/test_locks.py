@@ -28,7 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES
+from test_prenop import KEEP_CORE, _row
 from typer.testing import CliRunner
 
 from rewriter.cli import app
@@ -189,7 +190,7 @@ def test_prenop_that_waited_on_an_output_tree_removed_meanwhile_makes_it_again(t
     out = tmp_path / "out"
     out.mkdir()
     with held(out):
-        waiting = _start("prenop", "--policy", ROOT / "examples/keep-core.policy", "--wait", "-o", out, src)
+        waiting = _start("prenop", "--policy", KEEP_CORE, "--wait", "-o", out, src)
         assert waiting.stderr is not None
         line = waiting.stderr.readline()  # printed before it blocks
         assert line.strip() == f"mcountrw: waiting for pid {os.getpid()}, which holds the lock on {out}"
@@ -199,15 +200,6 @@ def test_prenop_that_waited_on_an_output_tree_removed_meanwhile_makes_it_again(t
     assert sorted(p.name for p in out.iterdir()) == ["a.ko", "a.ko.mcountrw.jsonl"]
     code, text = _cli("prenop", "--verify", out, "--against", src)
     assert code == 0 and _row(text, "verified") == ["1", "6"], text
-
-
-def _row(output: str, status: str) -> list[str]:
-    """The figures of a prenop summary row (``status  files  sites ...``)."""
-    for line in output.splitlines():
-        fields = line.split()
-        if fields[:1] == [status]:
-            return fields[1:]
-    raise AssertionError(f"no {status!r} row in:\n{output}")
 
 
 def test_undo_in_place_and_prenop_take_the_lock_too(tmp_path: Path) -> None:

@@ -17,10 +17,8 @@ import numpy as np
 import pytest
 from boot import QEMU, STANDARD_APPEND, boot, require_kernel, require_tool
 from conftest import FIXTURES
-from elftools.elf.elffile import ELFFile
 
 from rewriter.boot import boot_of
-from rewriter.elf import structs as S
 from rewriter.elf.image import Image
 from rewriter.elf.symbols import functions
 from rewriter.locs import ZERO_ADJUSTED, Locs, kernel_locs
@@ -64,27 +62,25 @@ def _anomalies(path: Path) -> list[dict[str, str]]:
     return [{"kind": a["kind"], "severity": a["severity"]} for a in json.loads(proc.stdout)["images"][0]["anomalies"]]
 
 
-def _symbol(elf: ELFFile, name: str) -> tuple[int, int]:
-    sym = elf.get_section_by_name(".symtab").get_symbol_by_name(name)[0]
-    return sym["st_value"], sym["st_size"]
+def _symbol(image: Image, name: str) -> tuple[int, int]:
+    """(st_value, st_size) of the first symbol called ``name``."""
+    assert image.symbols is not None
+    row = image.symbols.table[image.symbols.find(name)[0]]
+    return int(row["st_value"]), int(row["st_size"])
 
 
 def _record_outside_text(vmlinux: Path, out: Path, index: int = 10) -> int:
     """A copy of ``vmlinux`` whose record ``index`` points 4 KiB past ``_etext``: its slot's
     R_PPC64_RELATIVE addend, the value relocate() writes at boot. Returns that value."""
-    data = bytearray(vmlinux.read_bytes())
-    with vmlinux.open("rb") as fh:
-        elf = ELFFile(fh)
-        slot = _symbol(elf, "__start_mcount_loc")[0] + 8 * index
-        outside = _symbol(elf, "_etext")[0] + 0x1000
-        rela = elf.get_section_by_name(".rela.dyn")
-        base, size, entsize = rela["sh_offset"], rela["sh_size"], rela["sh_entsize"]
-    # The rows as one table (pyelftools' iter_relocations takes ~6 s here).
-    rela_t = S.rela_dtype("<")
-    assert entsize == rela_t.itemsize
-    rows = np.frombuffer(data, rela_t, count=size // entsize, offset=base)
+    image = Image.load(vmlinux)
+    slot = _symbol(image, "__start_mcount_loc")[0] + 8 * index
+    outside = _symbol(image, "_etext")[0] + 0x1000
+    dyn = image.section(".rela.dyn")
+    assert dyn is not None
+    rows = image.relocations(dyn)
     (row,) = np.flatnonzero(rows["r_offset"] == slot)
-    at = base + int(row) * entsize + rela_t.fields["r_addend"][1]
+    at = dyn.offset + int(row) * rows.itemsize + rows.dtype.fields["r_addend"][1]
+    data = bytearray(image.data)
     data[at : at + 8] = outside.to_bytes(8, "little")
     out.write_bytes(data)
     return outside
@@ -138,11 +134,10 @@ def test_qemu_agrees_a_record_outside_text_is_fatal_on_6_1_only(outside_text: di
 def _older_loop(vmlinux: Path, out: Path) -> None:
     """A copy whose ftrace_process_locs() forms none of the text bounds (its body past the global
     entry's two words made nops): what the tool reads as the older loop. Not bootable; read only."""
-    data = bytearray(vmlinux.read_bytes())
-    with vmlinux.open("rb") as fh:
-        elf = ELFFile(fh)
-        addr, size = _symbol(elf, "ftrace_process_locs")
-        start = next(elf.address_offsets(addr))
+    image = Image.load(vmlinux)
+    addr, size = _symbol(image, "ftrace_process_locs")
+    start = image.offset_of(addr)
+    data = bytearray(image.data)
     nop = (0x60000000).to_bytes(4, "little")
     data[start + 8 : start + size] = nop * ((size - 8) // 4)
     out.write_bytes(data)

@@ -5,8 +5,8 @@ Usage: python3 bench/same.py --save FILE     (before the change)
        python3 bench/same.py --compare FILE  (after it: exit 1 and name each difference)
        [--quick: fixtures and vmlinux images only, no module trees and no CLI runs]
 
-For every input (the three vmlinux images, every fixture and fuzz regression, every file of the
-three module trees) one line: the sha256 of every ``Site`` field, the records (tables included),
+For every input (every corpus kernel's vmlinux, every fixture and fuzz regression, every file of
+every corpus module tree) one line: the sha256 of every ``Site`` field, the records (tables included),
 the generation, stubs, mcount entries and function table, and the scan's JSON, CSV and table
 texts (the JSON checked against ``json.dumps`` of the dict form too), or the one-line error. Then
 one line per module tree and format for ``python3 -m rewriter scan --jobs 2``, the batch path.

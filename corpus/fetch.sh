@@ -7,6 +7,11 @@
 #   sid       linux-binary-7.2.13+deb14-powerpc64le 7.2.13-1        ool       (out-of-line stubs)
 #             linux-modules-7.2.13+deb14-powerpc64le 7.2.13-1       (linux-image-7.2... is a metapackage)
 #
+# and the same two kernels built for 64k pages, a second configuration of each new generation
+# (a guard against a tool that fits three binaries rather than the layouts):
+#   trixie    linux-image-6.12.107+deb13-powerpc64le-64k 6.12.107-1
+#   sid       linux-binary-7.2.13+deb14-powerpc64le-64k 7.2.13-1, linux-modules-…-64k 7.2.13-1
+#
 # Idempotent: each complete extraction is marked with a stamp file and not fetched again.
 # apt-get is pointed at a private lists directory with an architecture override, so the host's
 # apt state (amd64) is left untouched and no foreign architecture is added to dpkg. The machine's
@@ -18,6 +23,8 @@ CACHE=${MCOUNTRW_CORPUS:-${XDG_CACHE_HOME:-$HOME/.cache}/mcountrw/corpus}
 BOOKWORM=(linux-image-6.1.0-50-powerpc64le=6.1.176-1 busybox-static)
 TRIXIE=(linux-image-6.12.107+deb13-powerpc64le=6.12.107-1)
 SID=(linux-binary-7.2.13+deb14-powerpc64le=7.2.13-1 linux-modules-7.2.13+deb14-powerpc64le=7.2.13-1)
+PAGES_64K=(linux-image-6.12.107+deb13-powerpc64le-64k=6.12.107-1
+           linux-binary-7.2.13+deb14-powerpc64le-64k=7.2.13-1 linux-modules-7.2.13+deb14-powerpc64le-64k=7.2.13-1)
 
 mkdir -p "$CACHE/root"
 
@@ -53,16 +60,21 @@ archive_uri() {
 
 fetch bookworm -- "${BOOKWORM[@]}"
 
-if [ ! -f "$(stamp_of trixie-sid)" ]; then
+# fetch_newer NAME PACKAGES...: fetch from trixie and sid through the private sources list.
+fetch_newer() {
+    local name=$1; shift
+    [ -f "$(stamp_of "$name")" ] && return 0
+    local uri etc="$CACHE/apt-newer"
     uri=$(archive_uri)
     if [ -z "$uri" ]; then
         echo "corpus/fetch.sh: no Debian archive in this machine's apt configuration" >&2
         exit 1
     fi
-    etc="$CACHE/apt-newer"
     mkdir -p "$etc/sources.list.d"
     printf 'deb [arch=ppc64el] %s trixie main\ndeb [arch=ppc64el] %s sid main\n' "$uri" "$uri" > "$etc/sources.list"
-    fetch trixie-sid -oDir::Etc::SourceList="$etc/sources.list" -oDir::Etc::SourceParts="$etc/sources.list.d" \
-        -- "${TRIXIE[@]}" "${SID[@]}"
-fi
+    fetch "$name" -oDir::Etc::SourceList="$etc/sources.list" -oDir::Etc::SourceParts="$etc/sources.list.d" -- "$@"
+}
+
+fetch_newer trixie-sid "${TRIXIE[@]}" "${SID[@]}"
+fetch_newer pages-64k "${PAGES_64K[@]}"
 echo "$CACHE"

@@ -30,13 +30,13 @@ import pytest
 
 # Pinned in corpus/fetch.sh; repeated here because the stamp names are the only "fetch finished" signal.
 KERNEL_RELEASE: Final = "6.1.0-50-powerpc64le"
-STAMPS: Final = (".complete-bookworm", ".complete-trixie-sid")
+STAMPS: Final = (".complete-bookworm", ".complete-trixie-sid", ".complete-pages-64k")
 
 
 class Kernel(NamedTuple):
     """One pinned Debian kernel of the corpus: its ftrace generation and where its files are."""
 
-    name: str  # "6.1", "6.12", "7.2"
+    name: str  # "6.1", "6.12", "7.2", "6.12-64k", "7.2-64k"
     release: str  # the `uname -r`, as in the module directory's name
     generation: str  # "mprofile", "patchable", "ool"
     vmlinux_rel: str  # paths relative to the extraction root
@@ -67,6 +67,22 @@ KERNELS: Final = {
         "ool",
         "usr/lib/modules/7.2.13+deb14-powerpc64le/vmlinuz",
         "usr/lib/modules/7.2.13+deb14-powerpc64le/kernel",
+    ),
+    # The same two kernels built for 64k pages: a second configuration of each new generation, whose
+    # counts the tests read independently, so that no test passes only on the binaries it was written on.
+    "6.12-64k": Kernel(
+        "6.12-64k",
+        "6.12.107+deb13-powerpc64le-64k",
+        "patchable",
+        "boot/vmlinux-6.12.107+deb13-powerpc64le-64k",
+        "usr/lib/modules/6.12.107+deb13-powerpc64le-64k/kernel",
+    ),
+    "7.2-64k": Kernel(
+        "7.2-64k",
+        "7.2.13+deb14-powerpc64le-64k",
+        "ool",
+        "usr/lib/modules/7.2.13+deb14-powerpc64le-64k/vmlinuz",
+        "usr/lib/modules/7.2.13+deb14-powerpc64le-64k/kernel",
     ),
 }
 
@@ -165,7 +181,7 @@ def require_corpus() -> Corpus:
 
 
 def require_kernel(name: str) -> KernelFiles:
-    """The files of corpus kernel ``name`` ("6.1", "6.12" or "7.2"); skips (fails in CI) without them."""
+    """The files of corpus kernel ``name`` (a key of :data:`KERNELS`); skips (fails in CI) without them."""
     base = require_corpus()
     root = base.busybox.parent.parent
     kernel = KERNELS[name]

@@ -304,8 +304,17 @@ def test_docs_give_every_anomaly_kind_its_severity() -> None:
 # Per kernel: sites; records in weak-function bodies (no sized FUNC holds them), and how many of
 # those test_for_valid_rec() keeps because they lie within FTRACE_MCOUNT_MAX_OFFSET (16) of the
 # symbol before them (6.1 has no such check: all stay traceable).
-WEAK = {"6.1": (33_690, 243, 243), "6.12": (38_791, 262, 1), "7.2": (42_648, 285, 26)}
+WEAK = {
+    "6.1": (33_690, 243, 243),
+    "6.12": (38_791, 262, 1),
+    "7.2": (42_648, 285, 26),
+    "6.12-64k": (38_800, 262, 1),
+    "7.2-64k": (42_652, 285, 26),
+}
 KERNEL_NAMES = tuple(WEAK)
+# ool: each stub area's size in stubs, exactly its records (ftrace-gen-ool-stubs.sh sizes them).
+OOL_STUBS = {"7.2": (32_768, 8_121, 1_759), "7.2-64k": (32_768, 8_123, 1_761)}
+MODULE_SITES = {"6.1": 157_277, "6.12": 175_941, "7.2": 181_790, "6.12-64k": 172_073, "7.2-64k": 176_094}
 
 
 def _weak_notes(img: audit.ImageAudit) -> list[Anomaly]:
@@ -336,10 +345,9 @@ def test_vmlinux_audit_has_no_errors_or_warnings_and_notes_weak_bodies(name: str
     assert safety[flow.Verdict.LIVE] == 0
     if img.generation is Generation.OOL:
         assert safety[flow.Verdict.N_A] == sites
+        areas = ("ftrace_ool_stub_text", "ftrace_ool_stub_text_end", "ftrace_ool_stub_inittext")
         assert [(a.name, a.stub_count, a.used, a.covers) for a in img.stubs] == [
-            ("ftrace_ool_stub_text", 32_768, 32_768, True),
-            ("ftrace_ool_stub_text_end", 8_121, 8_121, True),
-            ("ftrace_ool_stub_inittext", 1_759, 1_759, True),
+            (area, n, n, True) for area, n in zip(areas, OOL_STUBS[name], strict=True)
         ]
     else:
         assert safety[flow.Verdict.SAFE] >= 0.999 * sites and not img.stubs
@@ -348,7 +356,8 @@ def test_vmlinux_audit_has_no_errors_or_warnings_and_notes_weak_bodies(name: str
 @pytest.mark.corpus
 def test_weak_check_symbol_decides_whether_the_kernel_has_test_for_valid_rec() -> None:
     """The initcall that runs test_for_valid_rec() exists exactly when FTRACE_MCOUNT_MAX_OFFSET is
-    defined: present in 6.12 and 7.2, absent in 6.1 (its name in .strtab, read with pyelftools)."""
+    defined: present in 6.12 and 7.2 (4k and 64k pages), absent in 6.1 (its name in .strtab, read
+    with pyelftools)."""
     from elftools.elf.elffile import ELFFile
 
     for name in KERNEL_NAMES:
@@ -364,7 +373,7 @@ def test_weak_check_symbol_decides_whether_the_kernel_has_test_for_valid_rec() -
 @pytest.mark.slow
 @pytest.mark.parametrize("name", KERNEL_NAMES)
 def test_module_tree_audit_has_no_errors_or_warnings(name: str) -> None:
-    """6.1: 3,126 .ko; 6.12: 3,154 .ko.xz; 7.2: 3,127 .ko.xz. The only notes: kvm.ko's four
+    """6.1: 3,126 .ko; 6.12: 3,154 .ko.xz; 7.2: 3,127 .ko.xz (and the 64k-page builds'). The only notes: kvm.ko's four
     records in the bodies of overridden weak functions (kvm_arch_irqfd_allowed+0x14, ...)."""
     files = require_kernel(name)
     paths, errors = expand([files.modules_dir])
@@ -377,14 +386,12 @@ def test_module_tree_audit_has_no_errors_or_warnings(name: str) -> None:
     assert total.safety["live"] == 0
     asked = total.sites - total.safety["n/a"]
     assert total.safety["safe"] >= 0.999 * asked
+    assert total.sites == MODULE_SITES[name]
     if files.kernel.generation == "ool":
-        assert asked == 0 and total.sites == 181_790
-    elif name == "6.1":
-        assert total.sites == 157_277
+        assert asked == 0
+    if name == "6.1":
         groups = {g.group: g for g in audit.roll_up(got)}
         assert groups["fs/ext4"].images == 1 and groups["fs/ext4"].sites == 851
-    else:
-        assert total.sites == 175_941
 
 
 # -- ool stubs and records the kernel skips, made by editing a copy of the 7.2 vmlinux ----------

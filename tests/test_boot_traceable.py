@@ -1,5 +1,6 @@
-"""The kernel itself judges `traceable`: booted under qemu, each unmodified Debian kernel lists in
-available_filter_functions exactly the .text sites that `scan` calls traceable after boot.
+"""The kernel itself judges `traceable`: booted under qemu, each unmodified Debian kernel of the
+corpus (the 64k-page builds too) lists in available_filter_functions exactly the .text sites that
+`scan` calls traceable after boot.
 
 After init the kernel frees .init.text and its records, so the file holds one line per .text
 record. A record that test_for_valid_rec() disabled (a weak-function body more than
@@ -15,7 +16,7 @@ import re
 from pathlib import Path
 
 import pytest
-from boot import QEMU, STANDARD_APPEND, boot, make_initramfs, require_kernel, require_tool
+from boot import KERNELS, QEMU, STANDARD_APPEND, boot, make_initramfs, require_kernel, require_tool
 
 from rewriter.elf.image import Image
 from rewriter.sites import scan
@@ -34,7 +35,7 @@ poweroff -f
 """
 
 
-@pytest.mark.parametrize("name", ["6.1", "6.12", "7.2"])
+@pytest.mark.parametrize("name", list(KERNELS))
 def test_available_filter_functions_are_exactly_the_traceable_text_sites(name: str, tmp_path: Path) -> None:
     require_tool(QEMU)
     kernel = require_kernel(name)

@@ -172,10 +172,10 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         Severity.NOTE,
         "record in the body of an overridden weak function",
         "The linker kept the body of a weak function that a strong one replaced, and dropped its "
-        "symbol; its record stays. Where FTRACE_MCOUNT_MAX_OFFSET is defined (powerpc 6.12, 7.2: 16) "
-        "test_for_valid_rec() marks a record further than that from its kallsyms symbol "
-        "FTRACE_FL_DISABLED; 6.1 defines none, and the record stays traceable under the preceding "
-        "symbol's name. Either way it passes the boot checks.",
+        "symbol; its record stays. Where FTRACE_MCOUNT_MAX_OFFSET is defined (powerpc from 6.2: 12 for "
+        "mprofile sites, 16 from 6.6 for every generation) test_for_valid_rec() marks a record further "
+        "than that from its kallsyms symbol FTRACE_FL_DISABLED; 6.1 defines none, and the record stays "
+        "traceable under the preceding symbol's name. Either way it passes the boot checks.",
     ),
     AnomalyKind.NO_SYMBOLS: AnomalyRule(
         Severity.NOTE,

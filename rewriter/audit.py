@@ -29,6 +29,7 @@ from rewriter.code import code_view
 from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression
 from rewriter.elf.image import Abi, Image, Kind
+from rewriter.elf.release import kernel_version
 from rewriter.elf.symbols import Functions, relocation_target_text, split_place
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, OOL_AREAS, Generation, Variant, default_variant
@@ -372,9 +373,11 @@ def _weak_body(image: Image, funcs: Functions, max_offset: int | None, site: Sit
     name = _function_name(image, funcs, place[0], preceding=True) if offset >= 0 else None
     near = f"{name}+{offset:#x}" if name else "no symbol before it"
     if max_offset is None:
+        assumed = "" if kernel_version(image) else "; this image names no kernel version: taken to be 6.1"
         msg = (
-            f"no function symbol; nearest is {near}. This kernel has no test_for_valid_rec() (powerpc 6.1 "
-            f"defines no FTRACE_MCOUNT_MAX_OFFSET): the record stays traceable, listed as {name or 'its address'}"
+            f"no function symbol; nearest is {near}. This kernel has no test_for_valid_rec() (powerpc "
+            f"defines no FTRACE_MCOUNT_MAX_OFFSET before 6.2{assumed}): the record stays traceable, listed as "
+            f"{name or 'its address'}"
         )
     elif offset < 0 or offset > max_offset:
         msg = (

@@ -50,6 +50,7 @@ from rewriter.detect import (
 )
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind, Section, index_name
+from rewriter.elf.release import kernel_version
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, code_addrs, functions, split_place
 from rewriter.generations import (
     LAYOUTS,
@@ -78,8 +79,14 @@ TRACER_NAMES = ("ftrace_caller", "ftrace_regs_caller", "ftrace_tramp_text", "ftr
 # arch/powerpc/include/asm/ftrace.h (6.12, 7.2): 16 with MPROFILE_KERNEL or
 # ARCH_USING_PATCHABLE_FUNCTION_ENTRY; 6.1 defines none. kernel/trace/ftrace.c test_for_valid_rec()
 # marks a record FTRACE_FL_DISABLED when kallsyms puts rec->ip more than this past its symbol: the
-# body of an overridden weak function, whose own symbol the linker dropped.
+# body of an overridden weak function, whose own symbol the linker dropped. Its history on ppc64:
+# 7af82ff90a2b ("powerpc/ftrace: Ignore weak functions", v6.2) defined it for -mprofile-kernel as
+# 12; f6834c8c59a8 (v6.6, and the later 6.4.y and 6.5.y stable releases) made it 16 for gcc 5's
+# three-instruction sequence. The patchable and ool generations exist only from v6.6: always 16.
 FTRACE_MCOUNT_MAX_OFFSET = 16
+FIRST_MCOUNT_MAX_OFFSET = 12  # v6.2 to v6.5 (the two differ only for gcc 5's sites, at +16)
+WEAK_CHECK_SINCE = (6, 2)
+MAX_OFFSET_16_SINCE = (6, 6)
 WEAK_CHECK_SYMBOL = "ftrace_check_for_weak_functions"  # the initcall that runs test_for_valid_rec()
 
 
@@ -382,16 +389,35 @@ def _records(
 
 def weak_max_offset(image: Image, generation: Generation | None) -> int | None:
     """How far past its kallsyms symbol test_for_valid_rec() still accepts a record, or None when
-    the kernel has no such check. A vmlinux with symbols says so itself: its
+    the kernel has no such check. A vmlinux with symbols says whether it has the check: its
     ``ftrace_check_for_weak_functions`` initcall exists exactly when FTRACE_MCOUNT_MAX_OFFSET is
-    defined (6.12 and 7.2 have it, 6.1 not). Otherwise the generation decides: every kernel with
-    patchable or ool sites defines it; mprofile is taken to be 6.1's (no check)."""
+    defined (6.12 and 7.2 have it, 6.1 not). Otherwise the generation decides for patchable and
+    ool (every such kernel defines it), and the kernel version the image names for mprofile
+    (:func:`rewriter.elf.release.kernel_version`: a 6.12 built by gcc 12 is mprofile, and checks).
+    An mprofile image that names no version is taken to be 6.1's (no check)."""
     syms = image.symbols
     if image.kind is Kind.VMLINUX and syms is not None and len(syms.table):
-        return FTRACE_MCOUNT_MAX_OFFSET if len(syms.find(WEAK_CHECK_SYMBOL)) else None
+        if not len(syms.find(WEAK_CHECK_SYMBOL)):
+            return None
+        return (
+            _mprofile_max_offset(kernel_version(image))
+            if generation is Generation.MPROFILE
+            else FTRACE_MCOUNT_MAX_OFFSET
+        )
     if generation in (Generation.PATCHABLE, Generation.OOL):
         return FTRACE_MCOUNT_MAX_OFFSET
+    if generation is Generation.MPROFILE:
+        version = kernel_version(image)
+        return None if version is None or version < WEAK_CHECK_SINCE else _mprofile_max_offset(version)
     return None
+
+
+def _mprofile_max_offset(version: tuple[int, int] | None) -> int:
+    """FTRACE_MCOUNT_MAX_OFFSET of an -mprofile-kernel build that has the check: 12 before v6.6
+    (mainline), 16 from it; 16 when the version is unknown (every kernel since 2023)."""
+    return (
+        FIRST_MCOUNT_MAX_OFFSET if version is not None and version < MAX_OFFSET_16_SINCE else FTRACE_MCOUNT_MAX_OFFSET
+    )
 
 
 def weak_offsets(funcs: Functions, places: np.ndarray) -> np.ndarray:

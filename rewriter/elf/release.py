@@ -1,0 +1,54 @@
+"""The kernel version an image was built for, read from the image itself.
+
+Some kernel behaviour that decides how a site is treated depends on the kernel's version rather
+than on its ftrace generation: a 6.12 kernel built by a compiler without working
+``-fpatchable-function-entry`` (Debian 12's, by gcc 12) still has ``mflr r0; bl _mcount`` sites,
+but runs 6.12's boot checks. A module says which kernel it was built for in its ``vermagic``
+(``.modinfo``: ``vermagic=6.12.118+deb12-powerpc64le SMP ...``); a vmlinux in ``linux_banner``
+(``Linux version 6.12.118+deb12-powerpc64le (...)``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from rewriter.elf.image import Image, Kind
+
+_VERMAGIC = re.compile(rb"(?:^|\0)vermagic=(\d+)\.(\d+)[.\-+ ]")
+_BANNER = re.compile(rb"Linux version (\d+)\.(\d+)[.\-+ ]")
+BANNER_SYMBOL = "linux_banner"
+_BANNER_READ = 64  # enough for "Linux version X.Y"
+
+
+def kernel_version(image: Image) -> tuple[int, int] | None:
+    """(major, minor) of the kernel ``image`` belongs to, or None when the image does not say
+    (an object file, a test program, a stripped vmlinux)."""
+    if image.kind is Kind.MODULE:
+        return _module_version(image)
+    if image.kind is Kind.VMLINUX:
+        return _vmlinux_version(image)
+    return None
+
+
+def _module_version(image: Image) -> tuple[int, int] | None:
+    sec = image.section(".modinfo")
+    if sec is None:
+        return None
+    found = _VERMAGIC.search(image.section_bytes(sec))
+    return None if found is None else (int(found[1]), int(found[2]))
+
+
+def _vmlinux_version(image: Image) -> tuple[int, int] | None:
+    syms = image.symbols
+    if syms is None:
+        return None
+    hits = syms.find(BANNER_SYMBOL)
+    if not len(hits):
+        return None
+    addr = int(syms.table["st_value"][hits[0]])
+    sec = image.section_of_addr(addr)  # one with bytes in the file
+    if sec is None:
+        return None
+    at = sec.offset + addr - sec.addr
+    found = _BANNER.match(bytes(image.data[at : min(at + _BANNER_READ, sec.offset + sec.size)]))
+    return None if found is None else (int(found[1]), int(found[2]))

@@ -7,7 +7,11 @@
 #   sid       linux-binary-7.2.13+deb14-powerpc64le 7.2.13-1        ool       (out-of-line stubs)
 #             linux-modules-7.2.13+deb14-powerpc64le 7.2.13-1       (linux-image-7.2... is a metapackage)
 #
-# and the same two kernels built for 64k pages, a second configuration of each new generation
+# Debian 12's 6.12, built by gcc 12, which fails the kernel's -fpatchable-function-entry check: a 6.12
+# code base with mprofile sites (the generation follows the compiler as well as the version):
+#   bookworm-security  linux-image-6.12.118+deb12-powerpc64le 6.12.118-1~deb12u1
+#
+# and the 6.12 and 7.2 kernels above built for 64k pages, a second configuration of each new generation
 # (a guard against a tool that fits three binaries rather than the layouts):
 #   trixie    linux-image-6.12.107+deb13-powerpc64le-64k 6.12.107-1
 #   sid       linux-binary-7.2.13+deb14-powerpc64le-64k 7.2.13-1, linux-modules-…-64k 7.2.13-1
@@ -23,6 +27,7 @@ CACHE=${MCOUNTRW_CORPUS:-${XDG_CACHE_HOME:-$HOME/.cache}/mcountrw/corpus}
 BOOKWORM=(linux-image-6.1.0-50-powerpc64le=6.1.176-1 busybox-static)
 TRIXIE=(linux-image-6.12.107+deb13-powerpc64le=6.12.107-1)
 SID=(linux-binary-7.2.13+deb14-powerpc64le=7.2.13-1 linux-modules-7.2.13+deb14-powerpc64le=7.2.13-1)
+BOOKWORM_612=(linux-image-6.12.118+deb12-powerpc64le=6.12.118-1~deb12u1)
 PAGES_64K=(linux-image-6.12.107+deb13-powerpc64le-64k=6.12.107-1
            linux-binary-7.2.13+deb14-powerpc64le-64k=7.2.13-1 linux-modules-7.2.13+deb14-powerpc64le-64k=7.2.13-1)
 
@@ -59,6 +64,7 @@ archive_uri() {
 }
 
 fetch bookworm -- "${BOOKWORM[@]}"
+fetch bookworm-6.12 -- "${BOOKWORM_612[@]}"
 
 # fetch_newer NAME PACKAGES...: fetch from trixie and sid through the private sources list.
 fetch_newer() {

@@ -29,6 +29,11 @@ Sources (Debian's linux-source of each corpus kernel):
   an out-of-line stub ``mflr r0; bl ftrace_caller; mtlr r0; b ip+4`` (``ftrace_init_ool_stub``,
   no check of the stub's old words); enabling turns the entry into ``b stub``.
 
+The version ranges assume a compiler that passes the kernel's
+``arch/powerpc/tools/gcc-check-fpatchable-function-entry.sh``: built by one that fails it (Debian
+12's 6.12, by gcc 12: ``CONFIG_MPROFILE_KERNEL`` without ``ARCH_USING_PATCHABLE_FUNCTION_ENTRY``),
+a 6.6+ kernel keeps mprofile sites. So the generation is read from an image, never from its version.
+
 In all three the kernel's boot-time check accepts exactly the *built* words at a recorded place
 (anything else: ``expected (...) != found (...)``, ``ftrace bug``, ftrace off for the boot), and
 every recorded site that passes leaves init *disabled*: traceable, not traced.

@@ -30,13 +30,13 @@ import pytest
 
 # Pinned in corpus/fetch.sh; repeated here because the stamp names are the only "fetch finished" signal.
 KERNEL_RELEASE: Final = "6.1.0-50-powerpc64le"
-STAMPS: Final = (".complete-bookworm", ".complete-trixie-sid", ".complete-pages-64k")
+STAMPS: Final = (".complete-bookworm", ".complete-bookworm-6.12", ".complete-trixie-sid", ".complete-pages-64k")
 
 
 class Kernel(NamedTuple):
     """One pinned Debian kernel of the corpus: its ftrace generation and where its files are."""
 
-    name: str  # "6.1", "6.12", "7.2", "6.12-64k", "7.2-64k"
+    name: str  # "6.1", "6.12", "7.2", "6.12-gcc12", "6.12-64k", "7.2-64k"
     release: str  # the `uname -r`, as in the module directory's name
     generation: str  # "mprofile", "patchable", "ool"
     vmlinux_rel: str  # paths relative to the extraction root
@@ -68,7 +68,16 @@ KERNELS: Final = {
         "usr/lib/modules/7.2.13+deb14-powerpc64le/vmlinuz",
         "usr/lib/modules/7.2.13+deb14-powerpc64le/kernel",
     ),
-    # The same two kernels built for 64k pages: a second configuration of each new generation, whose
+    # Debian 12's 6.12, built by gcc 12: no working -fpatchable-function-entry, so a 6.12 kernel with
+    # mprofile sites (CONFIG_MPROFILE_KERNEL without ARCH_USING_PATCHABLE_FUNCTION_ENTRY in its config).
+    "6.12-gcc12": Kernel(
+        "6.12-gcc12",
+        "6.12.118+deb12-powerpc64le",
+        "mprofile",
+        "boot/vmlinux-6.12.118+deb12-powerpc64le",
+        "lib/modules/6.12.118+deb12-powerpc64le/kernel",
+    ),
+    # The 6.12 and 7.2 kernels built for 64k pages: a second configuration of each new generation, whose
     # counts the tests read independently, so that no test passes only on the binaries it was written on.
     "6.12-64k": Kernel(
         "6.12-64k",

@@ -16,8 +16,18 @@ import re
 from pathlib import Path
 
 import pytest
-from boot import KERNELS, QEMU, STANDARD_APPEND, boot, make_initramfs, require_kernel, require_tool
+from boot import (
+    KERNELS,
+    QEMU,
+    STANDARD_APPEND,
+    boot,
+    make_initramfs,
+    module_load_script,
+    require_kernel,
+    require_tool,
+)
 
+from rewriter.elf.compress import Compression, decompress
 from rewriter.elf.image import Image
 from rewriter.sites import scan
 
@@ -52,3 +62,29 @@ def test_available_filter_functions_are_exactly_the_traceable_text_sites(name: s
     assert lines is not None and invalid is not None, booted.console[-3000:]
     assert int(lines.group(1)) == len(text)
     assert int(invalid.group(1)) == len(text) - traceable
+
+
+@pytest.mark.parametrize("name", ["6.1", "6.12-gcc12", "6.12"])
+def test_a_modules_weak_bodies_are_what_its_kernel_makes_of_them(name: str, tmp_path: Path) -> None:
+    """kvm.ko has four records in the bodies of overridden weak functions. Whether the kernel keeps
+    them is its version's, not its generation's: 6.1 keeps them, and 6.12 disables them both with
+    mprofile sites (built by gcc 12) and with patchable ones. scan reads the version from the
+    module's vermagic; the kernel lists a disabled record as __ftrace_invalid_address___<offset>."""
+    require_tool(QEMU)
+    kernel = require_kernel(name)
+    src = next(kernel.modules_dir.glob("arch/powerpc/kvm/kvm.ko*"))
+    plain = tmp_path / "kvm.ko"
+    data = src.read_bytes()
+    plain.write_bytes(decompress(src, data, Compression.XZ) if src.suffix == ".xz" else data)
+    sites = scan(Image.load(plain)).sites
+    weak = [s for s in sites if s.function is None]
+    assert len(weak) == 4
+
+    script = module_load_script(["kvm"], aff_grep="[kvm]")
+    booted = boot(kernel.vmlinux, STANDARD_APPEND, make_initramfs(tmp_path / "i.cpio", kernel.busybox, [plain], script))
+
+    assert booted.done and booted.insmod == {"kvm": 0} and not booted.ftrace_bug, booted.console[-3000:]
+    listed = [line for line in booted.available_filter_functions or [] if line.endswith("[kvm]")]
+    assert len(listed) == len(sites)
+    invalid = sum(line.startswith("__ftrace_invalid_address___") for line in listed)
+    assert invalid == sum(not s.traceable for s in sites) == (0 if name == "6.1" else 4)

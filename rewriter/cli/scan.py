@@ -70,7 +70,8 @@ def scan(
 ) -> None:
     """Find every ftrace call site: its function, state in the file and after boot, and its record.
 
-    Each image says its generation (mprofile <= 6.5, patchable 6.6-6.12, ool 6.13+), how many
+    Each image says its generation (mprofile <= 6.5 or an older compiler's, patchable 6.6-6.12,
+    ool 6.13+), how many
     sites ftrace can trace after boot, and (ool) whether its stubs cover its records. Sites that
     only the image's patch log knows (their records dropped by an earlier rewrite) are listed too,
     marked LOG (`"source": "log"` in JSON and CSV); the logs are looked for beside each image, or

@@ -11,7 +11,8 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
                              "by_boot_state", "traceable", "untraceable", "ftrace_off", "by_source"}}],
      "errors": ["<path>: <problem>", ...]}
 
-* ``generation``: ``mprofile`` (<= 6.5), ``patchable`` (6.6-6.12) or ``ool`` (6.13+), detected from
+* ``generation``: ``mprofile`` (<= 6.5, or any version built by a compiler without working
+  ``-fpatchable-function-entry``), ``patchable`` (6.6-6.12) or ``ool`` (6.13+), detected from
   the image's contents or given with ``--generation``; null for an image with no sites and no records.
 * ``generation_override``: null, or ``{"detected", "reason"}`` when ``--generation`` gave another
   generation than the image's contents say (the scan obeys the option; this says what it overrode).

@@ -18,7 +18,9 @@ Sources (Debian's linux-source of each corpus kernel):
 
 * **mprofile** (<= 6.5, ``-pg -mprofile-kernel``): recordmcount records the ``bl _mcount``;
   ``ftrace_call_adjust()`` returns the address unchanged; the generic ``ftrace_init_nop`` calls
-  ``ftrace_make_nop``, which compares the exact ``bl _mcount`` and writes ``nop``. Enabling writes
+  ``ftrace_make_nop``, which compares the exact ``bl _mcount`` and writes ``nop`` (from 6.6, on a
+  kernel still built this way, ``ftrace_init_nop`` first checks the ``mflr r0`` before it, or gcc
+  5's ``mflr; std``: tests/test_rewrite_generations.py boots one that finds neither). Enabling writes
   ``bl ftrace_caller`` (or a trampoline) into B; ``mflr r0`` in A is never patched.
 * **patchable** (6.6-6.12, ``-fpatchable-function-entry=2``): the compiler's
   ``__patchable_function_entries`` name the *first* nop; ``ftrace_call_adjust()`` adds 4, so the

@@ -562,3 +562,53 @@ def test_the_summary_names_the_state_written_and_the_settle_barrier(tmp_path: Pa
     assert "changed 6 sites to nopped (0 already nopped); 6 records restored;" in done.output, done.output
     assert "--to enabled: the kernel enables these sites itself at run time" in done.output
     assert "to enabled" not in done.output.replace("--to enabled", "") and back.read_bytes() == src.read_bytes()
+
+
+# -- a 6.12 with mprofile sites (Debian 12's, built by gcc 12) --------------------------------------
+#
+# Same kernel code as 6.12, the sites of 6.1: nopping writes both words (mflr r0 and bl _mcount) and
+# drops the records, as on 6.1. Its boot check is 6.12's ftrace_init_nop, which validates the mflr
+# before the bl (6.1's ftrace_make_nop compared only the bl).
+
+GCC12_RECORDS = 38_891
+
+
+@pytest.mark.boot
+@pytest.mark.corpus
+def test_gcc12_612_all_but_do_one_initcall_nopped_boots_clean_with_one_traceable_function(tmp_path: Path) -> None:
+    require_tool(QEMU)
+    k = require_kernel("6.12-gcc12")
+    out = tmp_path / "vmlinux"
+    r = apply_file(k.vmlinux, out, Selection(exclude=("do_one_initcall",)), NOP_DROP).rewrite
+    assert len(r.dropped) == GCC12_RECORDS - 1
+    after = scan(Image.load(out))
+    assert [(s.function, s.state) for s in after.sites] == [("do_one_initcall", SiteState.ENABLED)]
+    ramfs = make_initramfs(tmp_path / "initrd.cpio", k.busybox, [], _aff_then_panic_script())
+    b = boot(out, STANDARD_APPEND, initrd=ramfs, timeout=BOOT_TIMEOUT)
+    assert b.done and b.panicked and not b.ftrace_bug and not b.timed_out, b.console[-3000:]
+    assert b.ftrace_entries == 1
+    assert b.available_filter_functions == ["do_one_initcall"] and "do_one_initcall" in b.traced_functions
+
+
+@pytest.mark.boot
+@pytest.mark.corpus
+def test_gcc12_612_checks_the_mflr_of_a_recorded_site_at_boot(tmp_path: Path) -> None:
+    """Why mcountrw never writes a recorded mprofile site's mflr and keeps its record: here the
+    kernel refuses `nop; bl _mcount` at do_one_initcall (slot A nopped, written with the library),
+    where 6.1's check would have read only the bl. Not finding `mflr r0` at ip-4, 6.12's
+    ftrace_init_nop takes the site for gcc 5's and looks for `mflr r0; std r0,16(r1)` at ip-8 and
+    ip-4. After the ftrace bug this kernel stops at boot: the console up to the timeout is enough."""
+    require_tool(QEMU)
+    k = require_kernel("6.12-gcc12")
+    site = next(s for s in scan(Image.load(k.vmlinux)).sites if s.function == "do_one_initcall")
+    assert site.addr is not None
+    a = WordWrite(0, site.file_offset - 4, site.addr - 4, site.section, site.offset - 4, site.function, Slot.A,
+                  0x7C0802A6, 0x60000000, SiteState.ENABLED, SiteState.UNKNOWN)  # fmt: skip
+    out = tmp_path / "vmlinux"
+    out.write_bytes(apply_edits(bytearray(k.vmlinux.read_bytes()), [a], "little"))
+    with pytest.raises(PlanRejected):  # the tool's own plans refuse it
+        apply_file(k.vmlinux, tmp_path / "kept", Selection(only=("do_one_initcall",)), Options(SiteState.NOPPED))
+    b = boot(out, STANDARD_APPEND, timeout=20)
+    assert b.ftrace_bug, b.console[-3000:]
+    assert f"{site.addr - 4:#x}: expected (f8010010) != found (60000000)" in b.console, b.console[-3000:]
+    assert f"{site.addr - 8:#x}: expected (7c0802a6) != found (" in b.console

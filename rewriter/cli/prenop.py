@@ -201,9 +201,10 @@ def prenop(
     """Apply a keep/nop policy to vmlinux and whole module trees, with one patch log per file.
 
     Sites the policy nops lose their kernel records, so the kernel boots without an ftrace bug and
-    never traces them: on mprofile kernels (up to 6.5) their `mflr r0; bl _mcount` also become
-    `nop; nop`; on patchable and ool kernels (6.6 and later) their words already are the compiler's
-    nops and stay so. Idempotent, reproducible, exactly undoable (--undo).
+    never traces them: on mprofile kernels (up to 6.5, or an older compiler's) their
+    `mflr r0; bl _mcount` also become `nop; nop`; on patchable and ool kernels (6.6 and later) their
+    words already are the compiler's nops and stay so. Idempotent, reproducible, exactly undoable
+    (--undo).
     """
     from rewriter.prenop import Status
 

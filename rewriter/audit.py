@@ -293,7 +293,9 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
     for sa in sites:
         found += _site_anomalies(printer, sa, entries.get(sa.site.place))
     weak = _weak_bodies(result.sites, printer.code.funcs)
-    found += [_weak_body(image, printer.code.funcs, result.weak_max_offset, s) for s in weak]
+    if weak:
+        unchecked = _why_no_weak_check(image) if result.weak_max_offset is None else ""
+        found += [_weak_body(image, printer.code.funcs, result.weak_max_offset, unchecked, s) for s in weak]
     return found
 
 
@@ -366,18 +368,23 @@ def _refusal(printer: Printer, site: Site) -> str:
     return f"{said}: {why}" if said else why
 
 
-def _weak_body(image: Image, funcs: Functions, max_offset: int | None, site: Site) -> Anomaly:
-    """Say what the kernel does with the record (kernel/trace/ftrace.c test_for_valid_rec())."""
+def _why_no_weak_check(image: Image) -> str:
+    """Why an image's kernel is taken to have no test_for_valid_rec() (read once per image)."""
+    assumed = "" if kernel_version(image) else "; this image names no kernel version: taken to be 6.1"
+    return f"powerpc defines no FTRACE_MCOUNT_MAX_OFFSET before 6.2{assumed}"
+
+
+def _weak_body(image: Image, funcs: Functions, max_offset: int | None, unchecked: str, site: Site) -> Anomaly:
+    """Say what the kernel does with the record (kernel/trace/ftrace.c test_for_valid_rec());
+    ``unchecked``: why the kernel has no such check, when ``max_offset`` is None."""
     place = np.array([site.place], np.uint64)
     offset = int(weak_offsets(funcs, place)[0])
     name = _function_name(image, funcs, place[0], preceding=True) if offset >= 0 else None
     near = f"{name}+{offset:#x}" if name else "no symbol before it"
     if max_offset is None:
-        assumed = "" if kernel_version(image) else "; this image names no kernel version: taken to be 6.1"
         msg = (
-            f"no function symbol; nearest is {near}. This kernel has no test_for_valid_rec() (powerpc "
-            f"defines no FTRACE_MCOUNT_MAX_OFFSET before 6.2{assumed}): the record stays traceable, listed as "
-            f"{name or 'its address'}"
+            f"no function symbol; nearest is {near}. This kernel has no test_for_valid_rec() ({unchecked}): "
+            f"the record stays traceable, listed as {name or 'its address'}"
         )
     elif offset < 0 or offset > max_offset:
         msg = (

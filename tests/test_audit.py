@@ -493,3 +493,21 @@ def test_fail_on_with_the_report_in_a_file_says_why_it_exits_1(tmp_path: Path) -
     assert result.exit_code == 1 and out.exists()
     assert result.stderr == f"mcountrw: 1 error at or above --fail-on warning: see {out}\n", result.output
     assert CliRunner().invoke(app, ["audit", str(FIXTURES / "bin" / "clean"), "-o", str(out)]).stderr == ""
+
+
+@pytest.mark.corpus
+def test_an_mprofile_module_naming_no_kernel_version_is_taken_as_61_and_the_note_says_so(tmp_path: Path) -> None:
+    """kvm.ko of the gcc-12 6.12 with its vermagic renamed: the module no longer says which kernel
+    it is for, so its weak bodies are taken as 6.1 takes them (traceable), and each note says why."""
+    from rewriter.elf.compress import Compression, decompress
+
+    src = require_kernel("6.12-gcc12").modules_dir / "arch/powerpc/kvm/kvm.ko.xz"
+    data = decompress(src, src.read_bytes(), Compression.XZ)
+    assert data.count(b"\0vermagic=") == 1
+    nameless = tmp_path / "kvm.ko"
+    nameless.write_bytes(data.replace(b"\0vermagic=", b"\0xermagic="))
+    (img,) = audit.audit_files([nameless]).images
+    notes = _weak_notes(img)
+    assert len(notes) == 4
+    assert all("this image names no kernel version: taken to be 6.1" in a.message for a in notes)
+    assert all(s.site.traceable for s in img.sites)

@@ -71,12 +71,12 @@ def scan(
     """Find every ftrace call site: its function, state in the file and after boot, and its record.
 
     Each image says its generation (mprofile <= 6.5 or an older compiler's, patchable 6.6-6.12,
-    ool 6.13+), how many
-    sites ftrace can trace after boot, and (ool) whether its stubs cover its records. Sites that
-    only the image's patch log knows (their records dropped by an earlier rewrite) are listed too,
-    marked LOG (`"source": "log"` in JSON and CSV); the logs are looked for beside each image, or
-    under --log-dir where `prenop --log-dir` wrote them. The table of several files closes with a
-    `total:` line: images, sites, traceable sites, records, and errors if any file failed."""
+    ool 6.13+), how many sites ftrace can trace after boot, and (ool) whether its stubs cover its
+    records. Sites that only the image's patch log knows (their records dropped by an earlier
+    rewrite) are listed too, marked LOG (`"source": "log"` in JSON and CSV); the logs are looked
+    for beside each image, or under --log-dir where `prenop --log-dir` wrote them. The table of
+    several files closes with a `total:` line: images, sites, traceable sites, records, and errors
+    if any file failed."""
     from rewriter.batch import expand_named, render_many
     from rewriter.report import scanfmt
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from rewriter.elf.image import Image, Kind
+from rewriter.errors import UnmappedAddress
 
 _VERMAGIC = re.compile(rb"(?:^|\0)vermagic=(\d+)\.(\d+)[.\-+ ]")
 _BANNER = re.compile(rb"Linux version (\d+)\.(\d+)[.\-+ ]")
@@ -45,10 +46,9 @@ def _vmlinux_version(image: Image) -> tuple[int, int] | None:
     hits = syms.find(BANNER_SYMBOL)
     if not len(hits):
         return None
-    addr = int(syms.table["st_value"][hits[0]])
-    sec = image.section_of_addr(addr)  # one with bytes in the file
-    if sec is None:
+    try:
+        at = image.offset_of(int(syms.table["st_value"][hits[0]]))
+    except UnmappedAddress:
         return None
-    at = sec.offset + addr - sec.addr
-    found = _BANNER.match(bytes(image.data[at : min(at + _BANNER_READ, sec.offset + sec.size)]))
+    found = _BANNER.match(bytes(image.data[at : at + _BANNER_READ]))
     return None if found is None else (int(found[1]), int(found[2]))

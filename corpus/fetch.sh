@@ -35,14 +35,15 @@ mkdir -p "$CACHE/root"
 
 stamp_of() { echo "$CACHE/.complete-$1"; }
 
-# fetch NAME APT-OPTIONS... -- PACKAGES...: download into a fresh directory, then extract.
+# fetch NAME LISTS APT-OPTIONS... -- PACKAGES...: download into a fresh directory, then extract.
+# LISTS names the package lists, shared by the fetches from the same sources.
 fetch() {
-    local name=$1; shift
+    local name=$1 lists="$CACHE/lists-$2"; shift 2
     local opts=()
     while [ "$1" != "--" ]; do opts+=("$1"); shift; done
     shift
     [ -f "$(stamp_of "$name")" ] && return 0
-    local lists="$CACHE/lists-$name" debs="$CACHE/debs-$name"
+    local debs="$CACHE/debs-$name"
     rm -rf "$debs"
     mkdir -p "$lists/partial" "$debs"
     local apt=(apt-get -q -oAPT::Architecture=ppc64el -oAPT::Architectures=ppc64el
@@ -63,8 +64,8 @@ archive_uri() {
         | awk '$2 !~ /-/ && $1 !~ /security/ {print $1; exit}'
 }
 
-fetch bookworm -- "${BOOKWORM[@]}"
-fetch bookworm-6.12 -- "${BOOKWORM_612[@]}"
+fetch bookworm bookworm -- "${BOOKWORM[@]}"
+fetch bookworm-6.12 bookworm -- "${BOOKWORM_612[@]}"
 
 # fetch_newer NAME PACKAGES...: fetch from trixie and sid through the private sources list.
 fetch_newer() {
@@ -78,7 +79,7 @@ fetch_newer() {
     fi
     mkdir -p "$etc/sources.list.d"
     printf 'deb [arch=ppc64el] %s trixie main\ndeb [arch=ppc64el] %s sid main\n' "$uri" "$uri" > "$etc/sources.list"
-    fetch "$name" -oDir::Etc::SourceList="$etc/sources.list" -oDir::Etc::SourceParts="$etc/sources.list.d" -- "$@"
+    fetch "$name" trixie-sid -oDir::Etc::SourceList="$etc/sources.list" -oDir::Etc::SourceParts="$etc/sources.list.d" -- "$@"
 }
 
 fetch_newer trixie-sid "${TRIXIE[@]}" "${SID[@]}"

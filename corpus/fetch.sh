@@ -16,6 +16,9 @@
 #   trixie    linux-image-6.12.107+deb13-powerpc64le-64k 6.12.107-1
 #   sid       linux-binary-7.2.13+deb14-powerpc64le-64k 7.2.13-1, linux-modules-…-64k 7.2.13-1
 #
+# A kernel added here gets one row in tests/boot.py (KERNELS: its paths, generation and counts, and
+# its stamp in STAMPS); the corpus tests take it up from there.
+#
 # Idempotent: each complete extraction is marked with a stamp file and not fetched again.
 # apt-get is pointed at a private lists directory with an architecture override, so the host's
 # apt state (amd64) is left untouched and no foreign architecture is added to dpkg. The machine's

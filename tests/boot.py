@@ -33,14 +33,30 @@ KERNEL_RELEASE: Final = "6.1.0-50-powerpc64le"
 STAMPS: Final = (".complete-bookworm", ".complete-bookworm-6.12", ".complete-trixie-sid", ".complete-pages-64k")
 
 
+class Counts(NamedTuple):
+    """What one corpus kernel holds, measured by hand (readelf, objdump, pyelftools; issue 10) and
+    re-derived by the tests from their own independent readings. The one home of these numbers: a
+    kernel added to the corpus gets its row here and every corpus test takes it up."""
+
+    records: int  # the vmlinux record table (__start_mcount_loc..__stop_mcount_loc), none zero
+    text: int  # of those, in .text
+    init_text: int  # in .init.text
+    weak_bodies: int  # records in no sized STT_FUNC: the bodies of overridden weak functions
+    weak_kept: int  # of those, what test_for_valid_rec() keeps (within 16 bytes of kallsyms' symbol; 6.1 keeps all)
+    modules: int  # module files in the tree
+    module_sites: int  # the records of all of them
+    stubs: tuple[int, int, int] | None = None  # ool: ftrace_ool_stub_text, _text_end, _inittext in stubs
+
+
 class Kernel(NamedTuple):
-    """One pinned Debian kernel of the corpus: its ftrace generation and where its files are."""
+    """One pinned Debian kernel of the corpus: its ftrace generation, where its files are, and its counts."""
 
     name: str  # "6.1", "6.12", "7.2", "6.12-gcc12", "6.12-64k", "7.2-64k"
     release: str  # the `uname -r`, as in the module directory's name
     generation: str  # "mprofile", "patchable", "ool"
     vmlinux_rel: str  # paths relative to the extraction root
     modules_rel: str
+    counts: Counts
 
     def vmlinux(self, root: Path) -> Path:
         return root / self.vmlinux_rel
@@ -51,7 +67,12 @@ class Kernel(NamedTuple):
 
 KERNELS: Final = {
     "6.1": Kernel(
-        "6.1", KERNEL_RELEASE, "mprofile", f"boot/vmlinux-{KERNEL_RELEASE}", f"lib/modules/{KERNEL_RELEASE}/kernel"
+        "6.1",
+        KERNEL_RELEASE,
+        "mprofile",
+        f"boot/vmlinux-{KERNEL_RELEASE}",
+        f"lib/modules/{KERNEL_RELEASE}/kernel",
+        Counts(33_690, 32_181, 1_509, 243, 243, 3_126, 157_277),
     ),
     "6.12": Kernel(
         "6.12",
@@ -59,6 +80,7 @@ KERNELS: Final = {
         "patchable",
         "boot/vmlinux-6.12.107+deb13-powerpc64le",
         "usr/lib/modules/6.12.107+deb13-powerpc64le/kernel",
+        Counts(38_791, 37_157, 1_634, 262, 1, 3_154, 175_941),
     ),
     # linux-binary-7.2.13+deb14 ships the vmlinux as `vmlinuz`: an uncompressed ELF despite its name.
     "7.2": Kernel(
@@ -67,6 +89,7 @@ KERNELS: Final = {
         "ool",
         "usr/lib/modules/7.2.13+deb14-powerpc64le/vmlinuz",
         "usr/lib/modules/7.2.13+deb14-powerpc64le/kernel",
+        Counts(42_648, 40_889, 1_759, 285, 26, 3_127, 181_790, (32_768, 8_121, 1_759)),
     ),
     # Debian 12's 6.12, built by gcc 12: no working -fpatchable-function-entry, so a 6.12 kernel with
     # mprofile sites (CONFIG_MPROFILE_KERNEL without ARCH_USING_PATCHABLE_FUNCTION_ENTRY in its config).
@@ -76,6 +99,7 @@ KERNELS: Final = {
         "mprofile",
         "boot/vmlinux-6.12.118+deb12-powerpc64le",
         "lib/modules/6.12.118+deb12-powerpc64le/kernel",
+        Counts(38_891, 37_276, 1_615, 262, 5, 3_154, 176_055),
     ),
     # The 6.12 and 7.2 kernels built for 64k pages: a second configuration of each new generation, whose
     # counts the tests read independently, so that no test passes only on the binaries it was written on.
@@ -85,6 +109,7 @@ KERNELS: Final = {
         "patchable",
         "boot/vmlinux-6.12.107+deb13-powerpc64le-64k",
         "usr/lib/modules/6.12.107+deb13-powerpc64le-64k/kernel",
+        Counts(38_800, 37_164, 1_636, 262, 1, 3_156, 172_073),
     ),
     "7.2-64k": Kernel(
         "7.2-64k",
@@ -92,8 +117,15 @@ KERNELS: Final = {
         "ool",
         "usr/lib/modules/7.2.13+deb14-powerpc64le-64k/vmlinuz",
         "usr/lib/modules/7.2.13+deb14-powerpc64le-64k/kernel",
+        Counts(42_652, 40_891, 1_761, 285, 26, 3_128, 176_094, (32_768, 8_123, 1_761)),
     ),
 }
+
+
+def counts(name: str) -> Counts:
+    """The counts of corpus kernel ``name`` (a key of :data:`KERNELS`)."""
+    return KERNELS[name].counts
+
 
 # Verified on the unmodified corpus vmlinux: the root-fs panic prints "Dumping ftrace buffer:" with
 # one `do_one_initcall <-kernel_init_freeable` line per initcall (~540). The filter keeps the ring

@@ -13,7 +13,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
-from boot import require_kernel
+from boot import KERNELS, counts, require_kernel
 from conftest import FIXTURES, ROOT
 from typer.testing import CliRunner
 
@@ -301,28 +301,7 @@ def test_docs_give_every_anomaly_kind_its_severity() -> None:
 
 # -- the corpus -------------------------------------------------------------------------------
 
-# Per kernel: sites; records in weak-function bodies (no sized FUNC holds them), and how many of
-# those test_for_valid_rec() keeps because they lie within FTRACE_MCOUNT_MAX_OFFSET (16) of the
-# symbol before them (6.1 has no such check: all stay traceable).
-WEAK = {
-    "6.1": (33_690, 243, 243),
-    "6.12": (38_791, 262, 1),
-    "7.2": (42_648, 285, 26),
-    "6.12-gcc12": (38_891, 262, 5),
-    "6.12-64k": (38_800, 262, 1),
-    "7.2-64k": (42_652, 285, 26),
-}
-KERNEL_NAMES = tuple(WEAK)
-# ool: each stub area's size in stubs, exactly its records (ftrace-gen-ool-stubs.sh sizes them).
-OOL_STUBS = {"7.2": (32_768, 8_121, 1_759), "7.2-64k": (32_768, 8_123, 1_761)}
-MODULE_SITES = {
-    "6.1": 157_277,
-    "6.12": 175_941,
-    "7.2": 181_790,
-    "6.12-gcc12": 176_055,
-    "6.12-64k": 172_073,
-    "7.2-64k": 176_094,
-}
+KERNEL_NAMES = tuple(KERNELS)  # their counts are tests/boot.py's
 
 
 def _weak_notes(img: audit.ImageAudit) -> list[Anomaly]:
@@ -335,7 +314,8 @@ def test_vmlinux_audit_has_no_errors_or_warnings_and_notes_weak_bodies(name: str
     files = require_kernel(name)
     got = audit.audit_files([files.vmlinux])
     (img,) = got.images
-    sites, weak, kept = WEAK[name]
+    c = counts(name)
+    sites, weak, kept = c.records, c.weak_bodies, c.weak_kept
     assert img.generation is not None and img.generation.value == files.kernel.generation
     assert img.counts.sites == sites and img.counts.recorded == sites
     assert [a for a in img.anomalies if a.severity is not Severity.NOTE] == []
@@ -355,7 +335,7 @@ def test_vmlinux_audit_has_no_errors_or_warnings_and_notes_weak_bodies(name: str
         assert safety[flow.Verdict.N_A] == sites
         areas = ("ftrace_ool_stub_text", "ftrace_ool_stub_text_end", "ftrace_ool_stub_inittext")
         assert [(a.name, a.stub_count, a.used, a.covers) for a in img.stubs] == [
-            (area, n, n, True) for area, n in zip(areas, OOL_STUBS[name], strict=True)
+            (area, n, n, True) for area, n in zip(areas, c.stubs or (), strict=True)
         ]
     else:
         assert safety[flow.Verdict.SAFE] >= 0.999 * sites and not img.stubs
@@ -405,7 +385,7 @@ def test_module_tree_audit_has_no_errors_or_warnings(name: str) -> None:
     assert total.safety["live"] == 0
     asked = total.sites - total.safety["n/a"]
     assert total.safety["safe"] >= 0.999 * asked
-    assert total.sites == MODULE_SITES[name]
+    assert total.sites == counts(name).module_sites
     if files.kernel.generation == "ool":
         assert asked == 0
     if name == "6.1":
@@ -446,7 +426,8 @@ def test_ool_stubs_short_of_the_records_are_an_error_and_skipped_records_a_note(
     victim = next(s for s in result.sites if s.function == "do_one_initcall")
     path = tmp_path / "vmlinuz"
     data = bytearray(image.data)
-    data[count_at : count_at + 4] = (1_758).to_bytes(4, "little")
+    n = counts("7.2").init_text  # as many inittext stubs as .init.text records, then one fewer
+    data[count_at : count_at + 4] = (n - 1).to_bytes(4, "little")
     data[addend_at : addend_at + 8] = outside.to_bytes(8, "little")
     data[victim.file_offset : victim.file_offset + 4] = ppc.MFLR_R0.to_bytes(4, "little")
     path.write_bytes(bytes(data))
@@ -458,12 +439,12 @@ def test_ool_stubs_short_of_the_records_are_an_error_and_skipped_records_a_note(
         (AnomalyKind.OOL_STUBS, "ftrace_ool_stub_inittext"),
     ]
     assert errors[0].message.startswith(f"{victim.addr:#x}: expected (60000000) != found (7c0802a6)")
-    assert "1758 stubs, 1759 records want one here, none for 1 record" in errors[1].message
+    assert f"{n - 1} stubs, {n} records want one here, none for 1 record" in errors[1].message
     inittext = {a.name: a for a in img.stubs}["ftrace_ool_stub_inittext"]
-    assert (inittext.stub_count, inittext.used, inittext.need, inittext.covers) == (1_758, 1_758, 1, False)
+    assert (inittext.stub_count, inittext.used, inittext.need, inittext.covers) == (n - 1, n - 1, 1, False)
     (skipped,) = [a for a in img.anomalies if a.kind is AnomalyKind.SKIPPED_RECORDS]
     assert skipped.severity is Severity.NOTE and skipped.addr == outside and "1 record outside" in skipped.message
-    assert img.counts.sites == 42_646 and img.counts.skipped_records == 1
+    assert img.counts.sites == counts("7.2").records - 2 and img.counts.skipped_records == 1
     result = _run(str(path), "--format", "sarif", "-o", str(tmp_path / "a.sarif"))
     assert result.exit_code == 1
     sarif = json.loads((tmp_path / "a.sarif").read_text())

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from boot import STANDARD_APPEND, boot, make_initramfs, module_load_script, require_kernel, require_tool
+from boot import STANDARD_APPEND, boot, counts, make_initramfs, module_load_script, require_kernel, require_tool
 from conftest import FIXTURES
 from cryptography.hazmat.primitives.asymmetric import rsa
 from test_sign import _write_pair, openssl_verify
@@ -35,7 +35,6 @@ from rewriter.states import SiteState
 
 ROOT = Path(__file__).resolve().parent.parent
 KEEP_CORE = ROOT / "examples" / "keep-core.policy"
-RECORDS = {"6.12": 38_791, "7.2": 42_648}  # the vmlinux record tables
 BUILD = ROOT / "docs" / "build-integration"
 
 # A handful of real modules, small and quick: nls_utf8 (4 sites), binfmt_misc (15), and ext4 (851,
@@ -404,7 +403,7 @@ def test_whole_corpus_tree_in_place_verifies_is_idempotent_and_undoes(corpus, tm
     assert _row(out, "nothing to nop") == ["24", "0", "851"]
     assert "module signatures: 3,102 stripped" in out
     sc = scan(Image.load(vmlinux))
-    assert len(sc.sites) == 76 and sc.records.zeroed == 33_690 - 76
+    assert len(sc.sites) == 76 and sc.records.zeroed == counts("6.1").records - 76
     assert {s.function for s in sc.sites} >= {"do_one_initcall", "vfs_read", "vfs_write"}
 
     code, out = _cli("prenop", "--verify", "--log-dir", logs, modules, "--against", corpus.modules_dir.parent)
@@ -461,22 +460,22 @@ def test_whole_patchable_and_ool_trees_lose_records_only_verify_rerun_and_undo_t
     vm_sites = scan(Image.load(k.vmlinux)).sites
     vm_kept = [s for s in vm_sites if _kept_by_keep_core("vmlinux", s.function)]
     paths = sorted(k.modules_dir.rglob("*.ko.xz"))
-    counts = list(map_chunks(_keep_core_counts, paths, 2))
-    touched = [p for p, (n, kept) in zip(paths, counts, strict=True) if n > kept]
-    mod_nopped = sum(n - kept for n, kept in counts)
+    per_module = list(map_chunks(_keep_core_counts, paths, 2))
+    touched = [p for p, (n, kept) in zip(paths, per_module, strict=True) if n > kept]
+    mod_nopped = sum(n - kept for n, kept in per_module)
 
     code, out = _cli(*args, vmlinux, modules)
     assert code == 0 and "kept their records" not in out, out
     nopped = len(vm_sites) - len(vm_kept) + mod_nopped
-    kept = len(vm_kept) + sum(kept for _, kept in counts)
-    assert _row(out, "nopped") == [f"{len(touched) + 1:,}", f"{nopped:,}", f"{kept - _kept_in_untouched(counts):,}"]
+    kept = len(vm_kept) + sum(kept for _, kept in per_module)
+    assert _row(out, "nopped") == [f"{len(touched) + 1:,}", f"{nopped:,}", f"{kept - _kept_in_untouched(per_module):,}"]
     assert _row(out, "nothing to nop")[0] == f"{len(paths) - len(touched):,}"
     assert f"module signatures: {len(touched):,} stripped" in out
     after = scan(Image.load(vmlinux))
     assert after.records.count == len(vm_kept) and {s.function for s in after.sites} == {s.function for s in vm_kept}
     log = load(logs / "vmlinux.mcountrw.jsonl")
     assert not [e for e in log.edits if isinstance(e, WordWrite)]
-    assert log.header.summary["records_dropped"] == RECORDS[name] - len(vm_kept)
+    assert log.header.summary["records_dropped"] == counts(name).records - len(vm_kept)
     now = _shas(tmp_path)
     changed = {f"kernel/{p.relative_to(k.modules_dir).as_posix()}" for p in touched} | {"boot/vmlinux"}
     assert {f for f in pristine if now[f] != pristine[f]} == changed
@@ -484,7 +483,7 @@ def test_whole_patchable_and_ool_trees_lose_records_only_verify_rerun_and_undo_t
                for p in touched)  # fmt: skip
 
     code, out = _cli("prenop", "--verify", "--log-dir", logs, vmlinux, "--against", k.vmlinux)
-    assert code == 0 and _row(out, "verified")[:2] == ["1", f"{RECORDS[name] - len(vm_kept):,}"], out
+    assert code == 0 and _row(out, "verified")[:2] == ["1", f"{counts(name).records - len(vm_kept):,}"], out
     code, out = _cli("prenop", "--verify", "--log-dir", logs, "-j", "2", modules, "--against", k.modules_dir)
     assert code == 0 and _row(out, "verified")[:2] == [f"{len(touched):,}", f"{mod_nopped:,}"], out
     code, out = _cli(*args, vmlinux, modules)
@@ -591,7 +590,8 @@ def test_prenopped_vmlinux_boots_clean_and_traces_a_kept_function(prenopped_kern
     vmlinux, _, _ = prenopped_kernel
     r = boot(vmlinux, STANDARD_APPEND)
     assert r.panicked and not r.ftrace_bug and not r.oopsed
-    assert r.ftrace_entries == 33_690  # ftrace allocates for the whole table; it skips the zeroed records
+    # ftrace allocates for the whole table; it skips the zeroed records
+    assert r.ftrace_entries == counts("6.1").records
     assert "do_one_initcall" in r.traced_functions
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from boot import require_kernel
+from boot import KERNELS, counts, require_kernel
 from elftools.elf.elffile import ELFFile
 from typer.testing import CliRunner
 
@@ -42,27 +42,7 @@ NOP = 0x6000_0000
 MFLR_R0 = 0x7C08_02A6
 OOL_AREAS = ("ftrace_ool_stub_text", "ftrace_ool_stub_text_end", "ftrace_ool_stub_inittext")
 
-# Measured in issue 10 (readelf/objdump) and re-derived below from the independent reading; the
-# 64k-page builds' counts come from that reading alone (vmlinux_facts, module_records).
-VMLINUX_RECORDS = {
-    "6.1": 33_690,
-    "6.12": 38_791,
-    "7.2": 42_648,
-    "6.12-gcc12": 38_891,
-    "6.12-64k": 38_800,
-    "7.2-64k": 42_652,
-}
-# records in no sized STT_FUNC
-WEAK_BODIES = {"6.1": 243, "6.12": 262, "7.2": 285, "6.12-gcc12": 262, "6.12-64k": 262, "7.2-64k": 285}
-TREES = {
-    "6.1": (3_126, 157_277),
-    "6.12": (3_154, 175_941),
-    "7.2": (3_127, 181_790),
-    "6.12-gcc12": (3_154, 176_055),
-    "6.12-64k": (3_156, 172_073),
-    "7.2-64k": (3_128, 176_094),
-}
-EVERY = list(VMLINUX_RECORDS)  # every corpus kernel
+EVERY = list(KERNELS)  # every corpus kernel; their counts are tests/boot.py's
 # ftrace_call_adjust(): the kernel patches the record (mprofile, ool) or the word after it (patchable).
 CALL_SLOT_MINUS_RECORD = {"mprofile": 0, "patchable": 4, "ool": 0}
 BUILT = {"mprofile": SiteState.ENABLED, "patchable": SiteState.NOPPED, "ool": SiteState.DISABLED}
@@ -82,7 +62,7 @@ class VmlinuxFacts(NamedTuple):
     weak_check: bool  # the kernel runs test_for_valid_rec() (its initcall is linked in)
 
 
-@lru_cache(maxsize=len(VMLINUX_RECORDS))
+@lru_cache(maxsize=len(KERNELS))
 def vmlinux_facts(path: Path) -> VmlinuxFacts:
     with open(path, "rb") as fh:
         elf = ELFFile(fh)
@@ -194,7 +174,7 @@ def module_records(path: Path) -> list[str]:
 # -- vmlinux --------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=len(VMLINUX_RECORDS))
+@lru_cache(maxsize=len(KERNELS))
 def _scan(path: Path) -> Scan:
     return scan(Image.load(path))
 
@@ -207,7 +187,7 @@ def test_vmlinux_sites_equal_its_records_through_record(name: str) -> None:
     result = _scan(kernel.vmlinux)
     generation = kernel.kernel.generation
     assert result.generation is Generation(generation) and generation_of(result) is Generation(generation)
-    assert 0 not in facts.records and len(set(facts.records)) == len(facts.records) == VMLINUX_RECORDS[name]
+    assert 0 not in facts.records and len(set(facts.records)) == len(facts.records) == counts(name).records
     assert sorted(s.record for s in result.sites) == sorted(facts.records)
     assert result.records.count == len(facts.records)
     assert not result.records.unmatched and not result.records.zeroed and not result.records.skipped
@@ -232,7 +212,7 @@ def test_vmlinux_words_and_traceability_agree_with_the_file(name: str) -> None:
         else:
             assert words[1] == NOP
     weak = [s for s in result.sites if not in_sized_function(facts, s.record)]
-    assert len(weak) == WEAK_BODIES[name]
+    assert len(weak) == counts(name).weak_bodies
     # test_for_valid_rec() (FTRACE_MCOUNT_MAX_OFFSET) exists on ppc since 6.2, whatever the sites
     # (6.12-gcc12 has it with mprofile sites); it spares the weak bodies within 16 bytes of a symbol.
     untraceable = {s.record for s in result.sites if not s.traceable}
@@ -240,16 +220,6 @@ def test_vmlinux_words_and_traceability_agree_with_the_file(name: str) -> None:
     assert untraceable == disabled
     assert facts.weak_check == bool(disabled) == (name != "6.1")
     assert image_json(result, with_sites=False)["summary"]["traceable"] == len(result.sites) - len(untraceable)
-
-
-SECTIONS = {
-    "6.1": {".text": 32_181, ".init.text": 1_509},
-    "6.12": {".text": 37_157, ".init.text": 1_634},
-    "7.2": {".text": 40_889, ".init.text": 1_759},
-    "6.12-gcc12": {".text": 37_276, ".init.text": 1_615},
-    "6.12-64k": {".text": 37_164, ".init.text": 1_636},
-    "7.2-64k": {".text": 40_891, ".init.text": 1_761},
-}
 
 
 @pytest.mark.slow
@@ -268,7 +238,8 @@ def test_vmlinux_sites_name_their_functions_and_sections(name: str) -> None:
     sections = Counter(
         n for r in facts.records for n, (base, data) in facts.text.items() if base <= r < base + len(data)
     )
-    assert Counter(s.section for s in result.sites) == sections == SECTIONS[name]
+    assert Counter(s.section for s in result.sites) == sections
+    assert sections == {".text": counts(name).text, ".init.text": counts(name).init_text}
 
 
 @pytest.mark.slow
@@ -282,8 +253,8 @@ def test_ool_stub_areas_cover_the_72_records_exactly() -> None:
         a = areas[name]
         assert a.covers
         assert (a.addr, a.stub_count, a.stub_size, a.used, a.need) == (addr, count, size // count, count, 0)
-    assert [facts.areas[a][2] for a in OOL_AREAS] == [32_768, 8_121, 1_759]
-    assert sum(a.used for a in result.stubs) == len(result.sites) == 42_648
+    assert tuple(facts.areas[a][2] for a in OOL_AREAS) == counts("7.2").stubs
+    assert sum(a.used for a in result.stubs) == len(result.sites) == counts("7.2").records
     # ftrace_init_ool_stub(): init-text records take the inittext stubs; .text records take
     # ftrace_ool_stub_text in address order while it lasts (all in range here), then _text_end.
     init_base, init_data = facts.text[".init.text"]
@@ -382,7 +353,7 @@ def test_every_module_site_equals_its_own_records(name: str) -> None:
     assert not errors
     checks = list(map_chunks(_check_modules, files, jobs=2))
     assert [c for c in checks if c.problem is not None] == []
-    assert (len(checks), sum(c.sites for c in checks)) == TREES[name]
+    assert (len(checks), sum(c.sites for c in checks)) == (counts(name).modules, counts(name).module_sites)
     gens = Counter(c.generation for c in checks)
     assert set(gens) <= {kernel.kernel.generation, None}
     # No generation only for a module with no site and no record (data-only modules, notrace ones).
@@ -451,15 +422,16 @@ def test_an_ool_record_without_a_stub_is_said_once_for_what_it_is(tmp_path: Path
     assert syms is not None
     count_at = image.offset_of(int(syms.table["st_value"][syms.find("ftrace_ool_stub_inittext_count")[0]]))
     data = bytearray(image.data)
-    assert int.from_bytes(data[count_at : count_at + 4], "little") == 1_759
-    data[count_at : count_at + 4] = (1_758).to_bytes(4, "little")
+    init_stubs = counts("7.2").init_text
+    assert int.from_bytes(data[count_at : count_at + 4], "little") == init_stubs
+    data[count_at : count_at + 4] = (init_stubs - 1).to_bytes(4, "little")
     path = tmp_path / "vmlinuz"
     path.write_bytes(bytes(data))
     got = image_json(scan(Image.load(path)))
     summary = got["summary"]
     assert summary["ftrace_off"] == "1 record without an ool stub: ftrace bug at boot"
     assert (summary["untraceable"]["no-stub"], summary["untraceable"]["refused"]) == (1, 0)
-    assert summary["by_boot_state"] == {"disabled": 42_647, "no-stub": 1}
+    assert summary["by_boot_state"] == {"disabled": counts("7.2").records - 1, "no-stub": 1}
     (lacking,) = [s for s in got["sites"] if s["boot_state"] is None]
     last_init = max(s["address"] for s in got["sites"] if s["section"] == ".init.text")
     assert (lacking["address"], lacking["state"], lacking["stub"]) == (last_init, "disabled", None)

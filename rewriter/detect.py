@@ -6,7 +6,7 @@ against it (:class:`Detect`: what it found, and why).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import numpy as np
 
@@ -123,3 +123,31 @@ def _has_mcount_table(image: Image) -> bool:
     if image.type == S.ET_REL:
         return image.section(".rela__mcount_loc") is not None
     return image.section("__mcount_loc") is not None
+
+
+# The word before an mprofile call slot, in every state a site of that layout can hold: `mflr r0`
+# (or gcc 5's `std r0,16(r1)` after it), a nopped or broken site's `nop`, a guarded one's `b +8`.
+_MPROFILE_BEFORE: Final = np.array([ppc.MFLR_R0, ppc.STD_R0_16_R1, ppc.NOP, ppc.B_PLUS_8], np.uint32)
+# The word after a classic -pg call: the TOC restore of a call that may leave the TOC, or the
+# nop the linker or the module loader (``ld r2,40(r1)``) turns into one.
+_PG_AFTER: Final = np.array([ppc.NOP, ppc.LD_R2_40_R1, ppc.LD_R2_24_R1], np.uint32)
+
+
+def classic_pg_calls(text: CodeView, places: np.ndarray) -> int:
+    """How many of ``places`` (an mprofile image's calls to _mcount and its records) are classic
+    ``-pg`` calls, when all of them are; 0 when any is not.
+
+    Plain ``-pg`` (a ppc64 ELFv1 kernel's: ``CONFIG_MPROFILE_KERNEL`` needs ELFv2 in 7.2, and
+    little-endian in 6.1) calls _mcount after the prologue has saved LR and built the
+    frame, followed by a TOC restore: ``stdu r1,-N(r1); bl _mcount; nop``. The kernel patches that
+    ``bl`` alone, to ``nop`` in the vmlinux and ``b +8`` over the module loader's ``ld r2,40(r1)``
+    (arch/powerpc/kernel/trace/ftrace_64_pg.c). Read as mprofile, with no ``mflr r0`` in its slot
+    A, every such site was ``unknown`` and every record a boot-time ftrace bug, on a kernel that
+    boots and traces them all."""
+    if not len(places):
+        return 0
+    before = text.words_of(shift(places, -ppc.INSN_SIZE))
+    after = text.words_of(shift(places, ppc.INSN_SIZE))
+    if np.isin(before, _MPROFILE_BEFORE).any() or not np.isin(after, _PG_AFTER).all():
+        return 0
+    return len(places)

@@ -44,6 +44,7 @@ from rewriter.arrays import shift
 from rewriter.code import CodeView, code_view
 from rewriter.detect import (
     Detect,
+    classic_pg_calls,
     detect_by_symbols,
     detect_by_words,
     detect_generation,
@@ -220,6 +221,7 @@ def scan(
         return _scan_relocatable(image, generation, text)
     read = _read_linked(image, mcount_addr, generation, text)
     text, funcs, generation = read.text, read.funcs, read.generation
+    _check_not_classic_pg(image, text, generation, read.calls, read.records)
     bounds = kernel_text(image)  # read once: the loop, the skipped records and the stubs need it
     locs = kernel_locs(image, funcs, bounds)
     places, skipped = split_skipped(read.records, locs, bounds)
@@ -300,6 +302,24 @@ def _check_no_nops_before_entries(
         )
 
 
+def _check_not_classic_pg(
+    image: Image, text: CodeView, generation: Generation | None, calls: np.ndarray, records: np.ndarray
+) -> None:
+    """Refuse an ELFv1 image whose mprofile sites are all classic ``-pg`` calls
+    (:func:`rewriter.detect.classic_pg_calls`): a fourth layout, which mcountrw does not read.
+    Read as mprofile they were all ``unknown``, and a kernel that boots and traces every one of
+    them was said to turn ftrace off (a big-endian ELFv1 7.2 built here: 15,731 records)."""
+    if image.abi is not Abi.ELFV1 or generation is not Generation.MPROFILE:
+        return
+    n = classic_pg_calls(text, np.unique(np.concatenate([calls, records]).astype(np.uint64)))
+    if n:
+        raise image.error(
+            f"{counted(n, 'call')} to _mcount after the prologue, no `mflr r0` before them: classic -pg "
+            "(a ppc64 ELFv1 kernel's, patched by arch/powerpc/kernel/trace/ftrace_64_pg.c), a layout mcountrw "
+            "does not read (it reads -mprofile-kernel, patchable and ool sites)"
+        )
+
+
 def override_text(result: Scan, verb: str = "overrides") -> str | None:
     """What ``--generation`` overrode, in words every command uses (a rewrite, which refuses, says
     it ``contradicts``), or None if it overrode nothing."""
@@ -341,6 +361,9 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     overridden = None if generation is None else _contradicted(generation, detect)
     if generation is None:
         generation = detect.generation
+    if image.abi is Abi.ELFV1 and generation is Generation.MPROFILE:
+        text = code_view(image) if text is None else text
+        _check_not_classic_pg(image, text, generation, calls, records)
     weak = weak_max_offset(image, generation)
     if generation is not None and _plain_module(image, generation, records):
         words = ModuleCode(image).at_records(distinct) if found is None else found

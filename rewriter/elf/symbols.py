@@ -120,8 +120,11 @@ def _opd_code_places(image: Image, opd: Section, values: np.ndarray) -> np.ndarr
     missing = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
     if image.type != S.ET_REL:
         d = image.table(opd, S.addr_dtype(image.endian), "descriptor")
-        idx = (values.astype(np.int64) + S.OPD_ENTRY - opd.addr) // d.dtype.itemsize
-        ok = (idx >= 0) & (idx < len(d))
+        # In uint64, where a kernel's addresses live (0xc000...): past int64's range, and a value
+        # below .opd wraps to a huge index that the bound refuses.
+        place = values.astype(np.uint64) + np.uint64(S.OPD_ENTRY)
+        idx = (place - np.uint64(opd.addr)) // np.uint64(d.dtype.itemsize)
+        ok = idx < np.uint64(len(d))
         if not len(d):
             return np.full(len(values), missing, dtype=np.uint64)
         return np.where(ok, d[np.where(ok, idx, 0)].astype(np.uint64), missing)

@@ -35,6 +35,8 @@ MFLR_R0: Final = 0x7C08_02A6  # mfspr r0,LR
 STD_R0_16_R1: Final = 0xF801_0010  # std r0,16(r1): gcc < 6 saved LR before calling _mcount
 MTLR_R0: Final = 0x7C08_03A6  # mtspr LR,r0: the third word of an ool stub
 B_PLUS_8: Final = 0x4800_0008  # b .+8: skips the call slot (the "guarded" mflr slot)
+LD_R2_40_R1: Final = 0xE841_0028  # ld r2,40(r1): ELFv1's TOC restore after a call through a stub
+LD_R2_24_R1: Final = 0xE841_0018  # ld r2,24(r1): ELFv2's
 
 # I-form branch: primary opcode 18 in bits 0-5, LI in bits 6-29, AA bit 30, LK bit 31.
 _IFORM_OPCODE: Final = OP_B << 26

@@ -16,6 +16,10 @@
 #   trixie    linux-image-6.12.107+deb13-powerpc64le-64k 6.12.107-1
 #   sid       linux-binary-7.2.13+deb14-powerpc64le-64k 7.2.13-1, linux-modules-…-64k 7.2.13-1
 #
+# and the source of the sid 7.2, for the one big-endian kernel (Debian's big-endian ppc64 is a ports
+# architecture, out of reach), which corpus/build-be.sh builds from it at the end (~5 min):
+#   sid       linux-source-7.2 7.2.13-1
+#
 # A kernel added here gets one row in tests/boot.py (KERNELS: its paths, generation and counts, and
 # its stamp in STAMPS); the corpus tests take it up from there.
 #
@@ -33,6 +37,7 @@ SID=(linux-binary-7.2.13+deb14-powerpc64le=7.2.13-1 linux-modules-7.2.13+deb14-p
 BOOKWORM_612=(linux-image-6.12.118+deb12-powerpc64le=6.12.118-1~deb12u1)
 PAGES_64K=(linux-image-6.12.107+deb13-powerpc64le-64k=6.12.107-1
            linux-binary-7.2.13+deb14-powerpc64le-64k=7.2.13-1 linux-modules-7.2.13+deb14-powerpc64le-64k=7.2.13-1)
+SOURCE_72=(linux-source-7.2=7.2.13-1)
 
 mkdir -p "$CACHE/root"
 
@@ -87,4 +92,6 @@ fetch_newer() {
 
 fetch_newer trixie-sid "${TRIXIE[@]}" "${SID[@]}"
 fetch_newer pages-64k "${PAGES_64K[@]}"
+fetch_newer source-7.2 "${SOURCE_72[@]}"
+MCOUNTRW_CORPUS=$CACHE bash "$(dirname "$0")/build-be.sh"
 echo "$CACHE"

@@ -221,6 +221,26 @@ def require_corpus() -> Corpus:
     return Corpus(vmlinux, modules_dir, busybox)
 
 
+BE_KERNEL: Final = "be-7.2"  # corpus/build-be.sh's build, beside root/ in the corpus cache
+
+
+class BeKernel(NamedTuple):
+    """The big-endian 7.2 that corpus/build-be.sh builds from Debian's linux-source-7.2."""
+
+    vmlinux: Path
+    modules: Path  # its .ko files, in one directory
+
+
+def require_be_kernel() -> BeKernel:
+    """The big-endian kernel; skips (fails in CI) without it. Not one of :data:`KERNELS`: it is
+    built here, not fetched, and its counts are the compiler's."""
+    root = corpus_dir()
+    built = None if root is None else root / BE_KERNEL
+    if root is None or built is None or not (root / f".complete-{BE_KERNEL}").is_file():
+        _missing("the big-endian kernel is not built: run corpus/fetch.sh (it runs corpus/build-be.sh)")
+    return BeKernel(built / "vmlinux", built / "modules")
+
+
 def require_kernel(name: str) -> KernelFiles:
     """The files of corpus kernel ``name`` (a key of :data:`KERNELS`); skips (fails in CI) without them."""
     base = require_corpus()
@@ -387,6 +407,24 @@ def make_initramfs(out: Path, busybox: Path, modules: list[Path], script: str) -
     entries += [(f"bin/{a}", _S_IFLNK | 0o777, b"busybox", (0, 0)) for a in APPLETS]
     entries += [(f"modules/{m.name}", _S_IFREG | 0o644, m.read_bytes(), (0, 0)) for m in modules]
     entries.append(("init", _S_IFREG | 0o755, script.encode(), (0, 0)))
+    return _write_cpio(out, entries)
+
+
+def make_program_initramfs(out: Path, init: Path, modules: list[Path]) -> Path:
+    """Write a newc cpio whose /init is the program ``init`` (a static binary: the big-endian
+    boots have no busybox), with /modules/<name>.ko and /modules/order naming them in load order."""
+    entries: list[tuple[str, int, bytes, tuple[int, int]]] = [
+        (d, _S_IFDIR | 0o755, b"", (0, 0)) for d in ("dev", "proc", "sys", "modules")
+    ]
+    entries.append(("dev/console", _S_IFCHR | 0o600, b"", (5, 1)))
+    entries += [(f"modules/{m.name}", _S_IFREG | 0o644, m.read_bytes(), (0, 0)) for m in modules]
+    order = "".join(f"{m.name}\n" for m in modules).encode()
+    entries.append(("modules/order", _S_IFREG | 0o644, order, (0, 0)))
+    entries.append(("init", _S_IFREG | 0o755, init.read_bytes(), (0, 0)))
+    return _write_cpio(out, entries)
+
+
+def _write_cpio(out: Path, entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> Path:
     blob = b"".join(_cpio_entry(i + 1, name, mode, data, rdev) for i, (name, mode, data, rdev) in enumerate(entries))
     blob += _cpio_entry(0, "TRAILER!!!", 0)
     out.write_bytes(blob)

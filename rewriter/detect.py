@@ -133,9 +133,9 @@ _MPROFILE_BEFORE: Final = np.array([ppc.MFLR_R0, ppc.STD_R0_16_R1, ppc.NOP, ppc.
 _PG_AFTER: Final = np.array([ppc.NOP, ppc.LD_R2_40_R1, ppc.LD_R2_24_R1], np.uint32)
 
 
-def classic_pg_calls(text: CodeView, places: np.ndarray) -> int:
-    """How many of ``places`` (an mprofile image's calls to _mcount and its records) are classic
-    ``-pg`` calls, when all of them are; 0 when any is not.
+def is_classic_pg(text: CodeView, places: np.ndarray) -> bool:
+    """Whether ``places`` (an mprofile image's calls to _mcount and its records) are all classic
+    ``-pg`` calls.
 
     Plain ``-pg`` (a ppc64 ELFv1 kernel's: ``CONFIG_MPROFILE_KERNEL`` needs ELFv2 in 7.2, and
     little-endian in 6.1) calls _mcount after the prologue has saved LR and built the
@@ -145,9 +145,7 @@ def classic_pg_calls(text: CodeView, places: np.ndarray) -> int:
     A, every such site was ``unknown`` and every record a boot-time ftrace bug, on a kernel that
     boots and traces them all."""
     if not len(places):
-        return 0
+        return False
     before = text.words_of(shift(places, -ppc.INSN_SIZE))
     after = text.words_of(shift(places, ppc.INSN_SIZE))
-    if np.isin(before, _MPROFILE_BEFORE).any() or not np.isin(after, _PG_AFTER).all():
-        return 0
-    return len(places)
+    return not np.isin(before, _MPROFILE_BEFORE).any() and bool(np.isin(after, _PG_AFTER).all())

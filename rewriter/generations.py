@@ -38,7 +38,7 @@ a 6.6+ kernel keeps mprofile sites. So the generation is read from an image, nev
 
 A fourth layout, classic ``-pg`` (a ppc64 ELFv1 kernel's: ``bl _mcount`` after the prologue, no
 ``mflr r0`` in the site), is no row here: every command refuses it by name
-(:func:`rewriter.detect.classic_pg_calls`).
+(:func:`rewriter.detect.is_classic_pg`).
 
 In all three the kernel's boot-time check accepts exactly the *built* words at a recorded place
 (anything else: ``expected (...) != found (...)``, ``ftrace bug``, ftrace off for the boot), and

@@ -44,10 +44,10 @@ from rewriter.arrays import shift
 from rewriter.code import CodeView, code_view
 from rewriter.detect import (
     Detect,
-    classic_pg_calls,
     detect_by_symbols,
     detect_by_words,
     detect_generation,
+    is_classic_pg,
 )
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind, Section, index_name
@@ -306,15 +306,15 @@ def _check_not_classic_pg(
     image: Image, text: CodeView, generation: Generation | None, calls: np.ndarray, records: np.ndarray
 ) -> None:
     """Refuse an ELFv1 image whose mprofile sites are all classic ``-pg`` calls
-    (:func:`rewriter.detect.classic_pg_calls`): a fourth layout, which mcountrw does not read.
+    (:func:`rewriter.detect.is_classic_pg`): a fourth layout, which mcountrw does not read.
     Read as mprofile they were all ``unknown``, and a kernel that boots and traces every one of
     them was said to turn ftrace off (a big-endian ELFv1 7.2 built here: 15,731 records)."""
     if image.abi is not Abi.ELFV1 or generation is not Generation.MPROFILE:
         return
-    n = classic_pg_calls(text, np.unique(np.concatenate([calls, records]).astype(np.uint64)))
-    if n:
+    places = np.unique(np.concatenate([calls, records]).astype(np.uint64))
+    if is_classic_pg(text, places):
         raise image.error(
-            f"{counted(n, 'call')} to _mcount after the prologue, no `mflr r0` before them: classic -pg "
+            f"{counted(len(places), 'call')} to _mcount after the prologue, no `mflr r0` before them: classic -pg "
             "(a ppc64 ELFv1 kernel's, patched by arch/powerpc/kernel/trace/ftrace_64_pg.c), a layout mcountrw "
             "does not read (it reads -mprofile-kernel, patchable and ool sites)"
         )
@@ -361,15 +361,13 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     overridden = None if generation is None else _contradicted(generation, detect)
     if generation is None:
         generation = detect.generation
-    if image.abi is Abi.ELFV1 and generation is Generation.MPROFILE:
-        text = code_view(image) if text is None else text
-        _check_not_classic_pg(image, text, generation, calls, records)
     weak = weak_max_offset(image, generation)
     if generation is not None and _plain_module(image, generation, records):
         words = ModuleCode(image).at_records(distinct) if found is None else found
         sites, unmatched = _module_sites(image, words, distinct, funcs, generation, weak)
-    else:
+    else:  # mprofile (never plain), or no generation
         text = code_view(image) if text is None else text
+        _check_not_classic_pg(image, text, generation, calls, records)
         sites, unmatched = _classify(image, text, funcs, generation, calls, records, weak)
     _check_no_nops_before_entries(image, funcs, generation, records)
     recs = _records(image, tables, records, unmatched, np.zeros(0, np.uint64), len(distinct))

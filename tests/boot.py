@@ -235,10 +235,9 @@ def require_be_kernel() -> BeKernel:
     """The big-endian kernel; skips (fails in CI) without it. Not one of :data:`KERNELS`: it is
     built here, not fetched, and its counts are the compiler's."""
     root = corpus_dir()
-    built = None if root is None else root / BE_KERNEL
-    if root is None or built is None or not (root / f".complete-{BE_KERNEL}").is_file():
+    if root is None or not (root / f".complete-{BE_KERNEL}").is_file():
         _missing("the big-endian kernel is not built: run corpus/fetch.sh (it runs corpus/build-be.sh)")
-    return BeKernel(built / "vmlinux", built / "modules")
+    return BeKernel(root / BE_KERNEL / "vmlinux", root / BE_KERNEL / "modules")
 
 
 def require_kernel(name: str) -> KernelFiles:

@@ -26,7 +26,7 @@ from boot import QEMU, BeKernel, BootResult, boot, make_program_initramfs, requi
 from conftest import invoke
 
 from rewriter.elf.image import Image
-from rewriter.sites import Scan, scan
+from rewriter.sites import Scan, Site, scan
 
 pytestmark = [pytest.mark.boot, pytest.mark.corpus]
 
@@ -79,20 +79,22 @@ class Symbols:
         return self.names[bisect.bisect_right(self.starts, address) - 1]
 
 
-def _traceable_text(result: Scan, symbols: Symbols | None) -> Counter[str]:
-    """The names the kernel lists for the .text sites scan calls traceable (the vmlinux frees
-    its .init.text and their records after boot). A kept weak body (traceable, in no function) is
-    listed under the symbol before it, as kallsyms names it."""
-    return _traceable(result, symbols, (".text",))
+def _traceable(result: Scan, symbols: Symbols | None, sections: tuple[str, ...] | None = (".text",)) -> Counter[str]:
+    """The names the kernel lists for the sites scan calls traceable in ``sections`` (None: all of
+    them). A vmlinux frees its .init.text and their records after boot: .text alone; a module's
+    .init.text functions stay listed after its init (tests/test_boot_baseline.py)."""
+    return Counter(
+        _listed_name(s, symbols) for s in result.sites if s.traceable and (sections is None or s.section in sections)
+    )
 
 
-def _traceable(result: Scan, symbols: Symbols | None, sections: tuple[str, ...]) -> Counter[str]:
-    names: Counter[str] = Counter()
-    for s in result.sites:
-        if s.section in sections and s.traceable:
-            assert s.function is not None or (symbols is not None and s.record is not None), s
-            names[s.function if s.function is not None else symbols.before(s.record)] += 1  # type: ignore[union-attr,arg-type]
-    return names
+def _listed_name(site: Site, symbols: Symbols | None) -> str:
+    """A site's function; a kept weak body (traceable, in no function) is listed under the symbol
+    before it, as kallsyms names it."""
+    if site.function is not None:
+        return site.function
+    assert symbols is not None and site.record is not None, site
+    return symbols.before(site.record)
 
 
 def _same_up_to_aliases(listed: Counter[str], scanned: Counter[str], symbols: Symbols) -> None:
@@ -142,15 +144,13 @@ def test_a_big_endian_kernel_lists_exactly_what_scan_calls_traceable(
     booted = _boot(kernel.vmlinux, modules, init, tmp_path)
     core, invalid, listed_modules = _split(booted.available_filter_functions or [])
     symbols = Symbols(kernel.vmlinux)
-    _same_up_to_aliases(core, _traceable_text(result, symbols), symbols)
+    _same_up_to_aliases(core, _traceable(result, symbols), symbols)
     untraceable = sum(1 for s in result.sites if s.section == ".text" and not s.traceable)
     assert invalid == untraceable and untraceable > 0  # the weak bodies, disabled at boot
     for path in modules:
         found = scan(Image.load(path))
         assert len(found.sites) == found.records.count
-        # a module's .init.text functions stay listed after its init (tests/test_boot_baseline.py)
-        every = _traceable(found, None, tuple({site.section for site in found.sites}))
-        assert listed_modules.get(path.name.removesuffix(".ko"), Counter()) == every, path.name
+        assert listed_modules.get(path.name.removesuffix(".ko"), Counter()) == _traceable(found, None, None), path.name
     valid = sum(core.values()) + sum(sum(c.values()) for c in listed_modules.values())
     assert f"MCOUNTRW-ENABLED {valid}" in booted.console  # the function tracer took every one
 
@@ -168,15 +168,14 @@ def test_a_prenopped_big_endian_tree_boots_with_only_what_it_kept(kernel: BeKern
     assert invoke("prenop", "--verify", "--log-dir", logs, *files).exit_code == 0
 
     kept = scan(Image.load(tree / "vmlinux"))
-    kept_text = _traceable_text(kept, Symbols(tree / "vmlinux"))
+    kept_text = _traceable(kept, Symbols(tree / "vmlinux"))
     assert set(kept_text) == {"do_one_initcall"} | {n for n in kept_text if n.startswith("vfs_")}
     booted = _boot(tree / "vmlinux", modules, init, tmp_path)
     core, invalid, listed_modules = _split(booted.available_filter_functions or [])
     _same_up_to_aliases(core, kept_text, Symbols(tree / "vmlinux"))
     assert invalid == 0 and booted.ftrace_entries == len(kept.sites)
     ext2 = scan(Image.load(tree / "modules" / "ext2.ko"))
-    every = _traceable(ext2, None, tuple({site.section for site in ext2.sites}))
-    assert listed_modules == {"ext2": every} and len(ext2.sites) > 0  # nls_*: all nopped
+    assert listed_modules == {"ext2": _traceable(ext2, None, None)} and len(ext2.sites) > 0  # nls_*: all nopped
 
     assert invoke("prenop", "--undo", "--in-place", "--log-dir", logs, *files).exit_code == 0
     assert (tree / "vmlinux").read_bytes() == kernel.vmlinux.read_bytes()

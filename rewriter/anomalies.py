@@ -32,12 +32,14 @@ class AnomalyKind(enum.Enum):
     NOT_AT_ENTRY = "not-at-entry"
     PATCHABLE_BEFORE_GEP = "patchable-before-gep"
     ABI_MISMATCH = "abi-mismatch"
+    MODULE_REFUSED = "module-refused"
     BOOT_REFUSED = "boot-refused"
     OOL_STUBS = "ool-stubs"
     OOL_STUBS_UNCHECKED = "ool-stubs-unchecked"
     MIXED_STATES = "mixed-states"
     ZEROED_RECORDS = "zeroed-records"
     SKIPPED_RECORDS = "skipped-records"
+    UNREAD_RECORDS = "unread-records"
     WEAK_BODY = "weak-body"
     NO_SYMBOLS = "no-symbols"
     GENERATION_OVERRIDE = "generation-override"
@@ -119,6 +121,16 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         "The module loader refuses a module whose ABI (e_flags) or byte order differs from the "
         "kernel's, and a file whose e_flags contradict its own symbols is mis-built.",
     ),
+    AnomalyKind.MODULE_REFUSED: AnomalyRule(
+        Severity.ERROR,
+        "module the kernel refuses to load (allocated sections that share a name)",
+        "The module loader makes a sysfs file of each allocated section (/sys/module/NAME/sections/"
+        "SECTION) and fails the load when two share a name: insmod says File exists, and none of the "
+        "module's functions is ever traced (from 6.12; before, it loads: unread-records). Objects of "
+        "gcc 13 and later have one __patchable_function_entries per text section; the kernel's build "
+        "gathers them (scripts/module.lds), a module linked without it keeps them apart. Seen under "
+        "qemu on 6.12 and 7.2.",
+    ),
     AnomalyKind.BOOT_REFUSED: AnomalyRule(
         Severity.ERROR,
         "recorded site whose words the kernel's boot-time init refuses",
@@ -167,6 +179,14 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         "ftrace_process_locs() skips vmlinux records outside _stext.._etext and "
         "_sinittext.._einittext, when its code shows the 2025 loop that checks (rewriter.locs): nothing "
         "is patched there and nothing breaks. The older loop (6.1) has no such check: a dangling error.",
+    ),
+    AnomalyKind.UNREAD_RECORDS: AnomalyRule(
+        Severity.WARNING,
+        "records in a module's second record section, which its loader never reads",
+        "A kernel before 6.12 loads a module with two allocated sections of one name (sysfs only "
+        "warns), and ftrace takes the first __patchable_function_entries or __mcount_loc (find_sec()): "
+        "the functions the others name are never traced. Nothing breaks, so not an error; tracing "
+        "misses them, so not a note. From 6.12 the loader refuses such a module: module-refused.",
     ),
     AnomalyKind.WEAK_BODY: AnomalyRule(
         Severity.NOTE,

@@ -286,6 +286,8 @@ def _at_site(
 
 def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[SiteAudit]) -> list[Anomaly]:
     found = _abi_anomalies(image)
+    if result.not_loaded is not None:
+        found.append(Anomaly(AnomalyKind.MODULE_REFUSED, Severity.ERROR, result.not_loaded))
     found += _record_anomalies(image, result, printer)
     found += _stub_anomalies(result.stubs)
     found += _mixed_states(result.sites)
@@ -518,6 +520,16 @@ def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anom
             out.append(Anomaly(AnomalyKind.ZEROED_RECORDS, Severity.ERROR, f"{msg}: {ZERO_ADJUSTED}: FTRACE OFF"))
         else:
             out.append(Anomaly(AnomalyKind.ZEROED_RECORDS, Severity.NOTE, msg))
+    unread = result.records.unread
+    if unread:
+        first = unread[0]
+        msg = (
+            f"{counted(len(unread), 'entry', 'entries')} in record sections after the first of their name: "
+            "the module loader reads only the first (find_sec()), and never traces these"
+        )
+        function = _function_name(image, printer.code.funcs, first.place)
+        kind, severity = AnomalyKind.UNREAD_RECORDS, Severity.WARNING
+        out.append(Anomaly(kind, severity, msg, first.addr, first.section, first.offset, function=function))
     skipped = result.records.skipped
     if skipped:
         first = skipped[0]

@@ -28,6 +28,7 @@ def refused_at_init(site: Site) -> bool:
 class Untraceable(enum.Enum):
     """Why ftrace cannot trace a site after boot; the first that applies."""
 
+    NOT_LOADED = "not-loaded"
     UNRECORDED = "unrecorded"
     REFUSED = "refused"
     NO_STUB = "no-stub"
@@ -37,6 +38,7 @@ class Untraceable(enum.Enum):
 
 
 WHY: Final = {
+    Untraceable.NOT_LOADED: "the kernel refuses to load their module (see above)",
     Untraceable.UNRECORDED: "no kernel record: ftrace never patches them",
     Untraceable.REFUSED: "their words are not what ftrace_init_nop() expects: ftrace bug, ftrace off for the boot",
     Untraceable.NO_STUB: "no ool stub left for them (past their area's count, or out of branch range): "
@@ -59,13 +61,16 @@ class Boot(NamedTuple):
     nop), and ``ftrace_off``, why ftrace_bug() then turns ftrace off for the boot (None if it does
     not). Any of these stops ftrace_update_code() and kills ftrace for everything, not just the
     one site. (Records outside kernel text are skipped by the newer ftrace_process_locs(), and harm
-    nothing there; the older one has no text check: they are ``unmatched``, ``rewriter.locs``.)"""
+    nothing there; the older one has no text check: they are ``unmatched``, ``rewriter.locs``.)
+    ``not_loaded``: why the kernel refuses to load the module at all (None if it loads it:
+    :mod:`rewriter.modload`)."""
 
     refused: int
     unmatched: int
     no_stub: int
     duplicated: frozenset[int]
     ftrace_off: str | None
+    not_loaded: str | None = None
 
 
 def boot_of(result: Scan) -> Boot:
@@ -85,12 +90,15 @@ def boot_of(result: Scan) -> Boot:
         why.append(f"{places} recorded more than once: init finds the words the first record changed")
     if result.records.zeroed and result.zero_records_fail:
         why.append(f"{counted(result.records.zeroed, 'zeroed record')}: {ZERO_ADJUSTED}")
-    return Boot(refused, unmatched, no_stub, duplicated, "; ".join(why) + ": ftrace bug at boot" if why else None)
+    off = "; ".join(why) + ": ftrace bug at boot" if why else None
+    return Boot(refused, unmatched, no_stub, duplicated, off, result.not_loaded)
 
 
 def untraceable(site: Site, boot: Boot) -> Untraceable | None:
     """Why ``site`` is not traceable after boot, or None if it is. ``Site.traceable`` is the
-    per-site verdict; the image-wide ``ftrace_off`` overrides it."""
+    per-site verdict; the image-wide ``ftrace_off`` overrides it, and ``not_loaded`` everything."""
+    if boot.not_loaded is not None:
+        return Untraceable.NOT_LOADED
     if site.record is None:
         return Untraceable.UNRECORDED
     if site.boot_state is None:
@@ -107,6 +115,8 @@ def untraceable(site: Site, boot: Boot) -> Untraceable | None:
 def why_counts(sites: Sequence[Site], boot: Boot) -> Counter[Untraceable | None]:
     """``Counter(untraceable(site, boot) for site in sites)`` (None: traceable), without a call
     per site; only reasons that occur are keys."""
+    if boot.not_loaded is not None:
+        return Counter({Untraceable.NOT_LOADED: len(sites)} if sites else {})
     unrecorded = refused = weak = ok = 0
     for record, booted, traceable in map(attrgetter("record", "boot_state", "traceable"), sites):
         if record is None:

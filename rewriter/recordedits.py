@@ -144,7 +144,7 @@ class RelaTables:
         (a nop took it out), put back from the patch log: without it the loader leaves ``bl .``,
         a branch to itself."""
         called = {(w.section, w.section_offset) for w in writes if w.slot is Slot.B and ppc.is_bl(w.new)}
-        wanted: dict[str, list[bytes]] = {}
+        wanted: dict[Section, list[bytes]] = {}
         for s in sites:
             if (s.section, s.offset) not in called or self._has_call_relocation(s):
                 continue
@@ -155,11 +155,13 @@ class RelaTables:
                     "which the rewrite that nopped it took out and no patch log read here names "
                     "(give the log of this file with --input-log)"
                 )
-            wanted.setdefault(line.origin.call_relocation.section, []).append(line.origin.call_relocation.entry)
+            wanted.setdefault(_rela_section(image, line.origin.call_relocation), []).append(
+                line.origin.call_relocation.entry
+            )
             self.put_calls.add(s.place)
         edits: list[Edit] = []
-        for name, entries in wanted.items():
-            edits += self.put(_rela_section(image, name), entries, "R_PPC64_REL24 of a restored call")
+        for sec, entries in wanted.items():
+            edits += self.put(sec, entries, "R_PPC64_REL24 of a restored call")
         return edits
 
     def _has_call_relocation(self, site: Site) -> bool:
@@ -172,11 +174,32 @@ class RelaTables:
         return False
 
 
-def _rela_section(image: Image, name: str) -> Section:
-    sec = image.section(name)
-    if sec is None or sec.type != S.SHT_RELA:
-        raise ImageError(f"{image.path}: the patch log puts a relocation back into {name}, which is no RELA table here")
-    return sec
+def _rela_section(image: Image, rela: RelaEntry) -> Section:
+    """The RELA table the patch log puts ``rela`` back into, named by the log. A name can repeat:
+    gcc 13 and later make one ``__patchable_function_entries`` (and its RELA table) per text
+    section, each linked to its text section (SHF_LINK_ORDER ``sh_link``). The entry's symbol then
+    tells them apart: a record names a place in the text section its table is linked to."""
+    named = [s for s in image.relocation_sections() if s.name == rela.section]
+    if len(named) == 1:
+        return named[0]
+    where = f"{image.path}: the patch log puts a relocation back into {rela.section}"
+    if not named:
+        raise ImageError(f"{where}, which is no RELA table here")
+    text = _symbol_section(image, rela.entry)
+    linked = [s for s in named if 0 < s.info < len(image.sections) and image.sections[s.info].link == text]
+    if len(linked) != 1:
+        raise ImageError(f"{where}: {len(named)} tables have that name, and its symbol's section tells none apart")
+    return linked[0]
+
+
+def _symbol_section(image: Image, entry: bytes) -> int | None:
+    """The section index of the symbol a relocation entry names (None: no such symbol)."""
+    syms = image.symbols
+    row = np.frombuffer(entry, S.rela_dtype(image.endian), count=1)
+    k = int(S.r_sym(row["r_info"])[0])
+    if syms is None or not 0 <= k < len(syms.table):
+        return None
+    return int(syms.table["st_shndx"][k])
 
 
 def _sorted_positions(rows: np.ndarray, new: np.ndarray) -> tuple[int, ...]:
@@ -229,10 +252,10 @@ def _drop_rel_records(
     edits: list[Edit] = []
     found = []
     for t in scan.records.tables:
-        rsec = image.section(t.section)
         hit = np.flatnonzero(arrays.member(t.values, want))
-        if rsec is None or not len(hit):
+        if t.shndx is None or not len(hit):
             continue
+        rsec = image.section_at(t.shndx)
         rows = tables.current(rsec)
         for i in hit.tolist():
             facts.relocations[int(t.values[i])] = RelaEntry(rsec.name, rows[i : i + 1].tobytes())
@@ -307,13 +330,13 @@ def restore_records(
         return []
     origins = [history[s.place].origin for s in sites]
     if image.type == S.ET_REL:
-        wanted: dict[str, list[bytes]] = {}
+        wanted: dict[Section, list[bytes]] = {}
         for o in origins:
             if o.record_relocation is not None:
-                wanted.setdefault(o.record_relocation.section, []).append(o.record_relocation.entry)
+                wanted.setdefault(_rela_section(image, o.record_relocation), []).append(o.record_relocation.entry)
         edits: list[Edit] = []
-        for name, entries in wanted.items():
-            edits += tables.put(_rela_section(image, name), entries, "record of a restored site")
+        for sec, entries in wanted.items():
+            edits += tables.put(sec, entries, "record of a restored site")
         return edits
     slots = [_slot_back(image, o.record_slot) for o in origins if o.record_slot is not None]
     entries = [o.record_relocation.entry for o in origins if o.record_relocation is not None]

@@ -12,9 +12,10 @@ from typing import Final, NamedTuple
 
 import numpy as np
 
+from rewriter import modload
 from rewriter.elf import structs as S
 from rewriter.elf.dynamic import relocated_slots
-from rewriter.elf.image import Image, Kind
+from rewriter.elf.image import Image, Kind, Section
 from rewriter.elf.symbols import reloc_target_places
 
 RECORD_SIZE: Final = S.addr_dtype("<").itemsize  # one record: an 8-byte address
@@ -25,20 +26,52 @@ class RecordTable(NamedTuple):
 
     Linked: ``addr``/``file_offset`` of entry 0 and ``values``, the run-time value of each entry
     (0 for a dropped one). Relocatable: ``section`` is the relocation section
-    (``.rela__mcount_loc``), ``values`` the place each of its rows names."""
+    (``.rela__mcount_loc``), ``shndx`` its index (a file can have several of that name), ``values``
+    the place each of its rows names."""
 
     section: str
     addr: int | None
     file_offset: int | None
     values: np.ndarray
+    shndx: int | None = None
+
+
+REL_RECORD_SECTIONS: Final = ("__mcount_loc", "__patchable_function_entries")
+"""The record sections of a relocatable file: recordmcount's (mprofile) and the compiler's."""
 
 
 def read_records(image: Image) -> tuple[RecordTable, ...]:
-    """The record tables of ``image`` (none in a file without records)."""
+    """The record tables of ``image`` the kernel reads (none in a file without records)."""
     if image.type == S.ET_REL:
-        names = ("__mcount_loc", "__patchable_function_entries")
-        return tuple(t for t in (_rel_table(image, n) for n in names) if t is not None)
+        return rel_records(image)[0]
     return tuple(t for t in (_linked_table(image), _linked_patchable_section(image)) if t is not None)
+
+
+def rel_records(image: Image) -> tuple[tuple[RecordTable, ...], tuple[RecordTable, ...]]:
+    """A relocatable file's record tables: those the kernel reads, and those it never reads: a
+    module's after the first of their name, when its loader takes the module all the same (before
+    6.12, :mod:`rewriter.modload`). An object's all go into the link."""
+    tables = _rel_tables(image)
+    if len(tables) < 2 or not modload.shared_names(image) or modload.refusal(image) is not None:
+        return tables, ()
+    read = [_read_by_loader(image, t) for t in tables]
+    return (
+        tuple(t for t, r in zip(tables, read, strict=True) if r),
+        tuple(t for t, r in zip(tables, read, strict=True) if not r),
+    )
+
+
+def _read_by_loader(image: Image, table: RecordTable) -> bool:
+    sec = record_section(image, table)
+    return sec is None or modload.reads_section(image, sec)
+
+
+def record_section(image: Image, table: RecordTable) -> Section | None:
+    """The section a relocatable file's record table fills (its relocation section's ``sh_info``)."""
+    if table.shndx is None:
+        return None
+    info = image.section_at(table.shndx).info
+    return image.sections[info] if 0 < info < len(image.sections) else None
 
 
 def zeroed_records(image: Image, tables: Sequence[RecordTable]) -> int:
@@ -48,17 +81,27 @@ def zeroed_records(image: Image, tables: Sequence[RecordTable]) -> int:
         return sum(int(np.count_nonzero(t.values == 0)) for t in tables)
     out = 0
     for t in tables:
-        sec = image.section(t.section.removeprefix(".rela"))
+        sec = record_section(image, t)
         if sec is not None:
             out += max(sec.size // RECORD_SIZE - len(t.values), 0)
     return out
 
 
-def _rel_table(image: Image, name: str) -> RecordTable | None:
-    rsec = image.section(".rela" + name)
-    if rsec is None or image.symbols is None:
-        return None
-    return RecordTable(rsec.name, None, None, reloc_target_places(image, image.relocations(rsec)))
+def _rel_tables(image: Image) -> tuple[RecordTable, ...]:
+    """Every record table of a relocatable file, in section order. A name can repeat: gcc 13 and
+    later link each function's ``__patchable_function_entries`` block to the function's section
+    (SHF_LINK_ORDER), so the assembler makes one record section per text section, one per function
+    with ``-ffunction-sections`` (gcc 11 and 12 link them all to the first function: one section).
+    The link gathers them all (a vmlinux's KEEP_PATCHABLE, a module's scripts/module.lds); what a
+    module's loader makes of a module that still has two is :mod:`rewriter.modload`'s."""
+    if image.symbols is None:
+        return ()
+    names = {".rela" + n for n in REL_RECORD_SECTIONS}
+    return tuple(
+        RecordTable(r.name, None, None, reloc_target_places(image, image.relocations(r)), r.shndx)
+        for r in image.relocation_sections()
+        if r.name in names
+    )
 
 
 def _linked_table(image: Image) -> RecordTable | None:

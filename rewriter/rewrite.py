@@ -55,6 +55,7 @@ from rewriter.known import Moment, Origin, RelaEntry, SiteLine, Touched, lines_a
 from rewriter.locs import ZERO_ADJUSTED, Locs, zero_records_fail
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, check_route, plan
 from rewriter.recordedits import RelaTables, Taken, drop_records, restore_records
+from rewriter.records import RECORD_SIZE, record_section
 from rewriter.sites import Scan, Site, Source, place_text, scan
 from rewriter.sites import boot_state as sites_boot_state
 from rewriter.states import Insn, SiteState, Slot, insn_kind, word_for, words_text
@@ -702,8 +703,8 @@ def _stub_counts(
     if before.generation is not Generation.OOL:
         return None
     if image.type == S.ET_REL:
-        sec = image.section("__patchable_function_entries")
-        count = sec.size // 8 if sec is not None else 0
+        secs = (record_section(image, t) for t in before.records.tables)
+        count = sum(sec.size // RECORD_SIZE for sec in secs if sec is not None)
         return (StubCount(".stubs", count, before.records.count),), (
             StubCount(".stubs", count, before.records.count - removed),
         )

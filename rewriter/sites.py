@@ -32,14 +32,14 @@ import struct
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from pathlib import Path
 from typing import Final, NamedTuple
 
 import numpy as np
 
-from rewriter import arrays, ppc
+from rewriter import arrays, modload, ppc
 from rewriter.arrays import shift
 from rewriter.code import CodeView, code_view
 from rewriter.detect import (
@@ -69,7 +69,7 @@ from rewriter.mcount import (
     rel_call_places,
 )
 from rewriter.prose import counted
-from rewriter.records import RecordTable, nonzero_records, read_records, zeroed_records
+from rewriter.records import RecordTable, nonzero_records, read_records, rel_records, zeroed_records
 from rewriter.states import PLAIN, Insn, SiteState
 from rewriter.stripped import stripped_records
 from rewriter.stubs import StubArea, area_symbols, assign_stubs
@@ -159,7 +159,8 @@ class Records:
     """What the kernel's tables say. ``count`` counts non-zero records; ``zeroed`` the zero entries
     (dropped records, skipped by ftrace_process_locs); ``skipped`` the places outside kernel text,
     which ftrace_process_locs skips too; ``unmatched`` the places of records that point at no site;
-    ``duplicates`` the places recorded more than once."""
+    ``duplicates`` the places recorded more than once; ``unread`` the places a module's loader never
+    reads, in a record section after the first of its name (``records.rel_records``)."""
 
     count: int
     zeroed: int
@@ -167,6 +168,7 @@ class Records:
     duplicates: tuple[RecordPlace, ...]
     skipped: tuple[RecordPlace, ...] = ()
     tables: tuple[RecordTable, ...] = field(default=(), compare=False)  # where they are, for the rewriter
+    unread: tuple[RecordPlace, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,7 @@ class Scan:
     # What the image's contents say, when --generation gave another generation: obeyed, and said.
     overridden: Detect | None = None
     locs: Locs = Locs.UNKNOWN  # what the kernel's ftrace_process_locs() skips (rewriter.locs)
+    not_loaded: str | None = None  # why the kernel refuses to load this module (rewriter.modload)
 
     @property
     def zero_records_fail(self) -> bool:
@@ -348,7 +351,7 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     """:func:`scan` of a relocatable file: its calls come from relocations, its records name
     places by section (no stripped-table search, no stub areas: the loader makes a module's)."""
     funcs = functions(image)
-    tables = read_records(image)
+    tables, unread = rel_records(image)
     calls = rel_call_places(image)
     records = nonzero_records(tables)
     distinct = sorted(set(records.tolist()))
@@ -371,9 +374,11 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
         sites, unmatched = _classify(image, text, funcs, generation, calls, records, weak)
     _check_no_nops_before_entries(image, funcs, generation, records)
     recs = _records(image, tables, records, unmatched, np.zeros(0, np.uint64), len(distinct))
+    if unread:
+        recs = replace(recs, unread=tuple(_record_place(image, int(p)) for p in nonzero_records(unread)))
     return Scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, (), funcs, generation, (), weak,
-        overridden=overridden,
+        overridden=overridden, not_loaded=modload.refusal(image),
     )  # fmt: skip
 
 

@@ -87,7 +87,8 @@ def test_scan_table_marks_what_the_kernel_cannot_trace() -> None:
     assert [s["boot_state"] for s in image["sites"]] == ["disabled", None, "disabled"]
     assert not any(s["traceable"] for s in image["sites"]) and image["summary"]["ftrace_off"]
     assert image["summary"]["untraceable"] == {
-        "unrecorded": 0, "refused": 1, "no-stub": 0, "duplicate": 0, "weak-body": 0, "ftrace-off": 2,
+        "not-loaded": 0, "unrecorded": 0, "refused": 1, "no-stub": 0, "duplicate": 0, "weak-body": 0,
+        "ftrace-off": 2,
     }  # fmt: skip
 
 

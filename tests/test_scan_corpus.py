@@ -408,7 +408,7 @@ def test_scan_json_of_nls_utf8_on_each_generation(name: str, generation: str, sl
         assert (s["recorded"], s["boot_state"], s["traceable"], s["source"]) == (True, "disabled", True, "image")
         assert s["stub"] == (".stubs" if generation == "ool" else None)
     assert {s["function"] for s in image["sites"]} == {"char2uni", "uni2char", "init_nls_utf8"}
-    assert image["records"] == {"count": 3, "zeroed": 0, "skipped": [], "unmatched": [], "duplicates": []}
+    assert image["records"] == {"count": 3, "zeroed": 0, "skipped": [], "unmatched": [], "duplicates": [], "unread": []}
     stubs = [(a["name"], a["count"], a["used"], a["covers"]) for a in image["stubs"]]
     assert stubs == ([(".stubs", 3, 3, True)] if generation == "ool" else [])
 

@@ -461,6 +461,18 @@ class Image:
             raise self.error(f"section index {index} out of range")
         return self.sections[index]
 
+    def shared_alloc_names(self) -> tuple[str, ...]:
+        """The names that more than one allocated section with bytes in it has (SHF_ALLOC, a
+        non-zero sh_size: what a module's loader makes a sysfs file of, per name, and refuses the
+        module over when it cannot)."""
+        if len(self._by_name) == len(self.sections):  # every name once: the common case, for free
+            return ()
+        seen: dict[str, int] = {}
+        for s in self.sections:
+            if s.flags & S.SHF_ALLOC and s.size:
+                seen[s.name] = seen.get(s.name, 0) + 1
+        return tuple(name for name, n in seen.items() if n > 1)
+
     def exec_sections(self) -> list[Section]:
         """Sections of code (``is_exec``) with bytes in them."""
         return [s for s in self.sections if s.flags & S.SHF_EXECINSTR and s.type == S.SHT_PROGBITS and s.size]

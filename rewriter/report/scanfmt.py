@@ -5,10 +5,11 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
     {"images": [{"path", "kind", "endian", "abi", "generation", "log", "generation_override", "process_locs",
                  "sites": [{"address", "section", "offset", "function", "variant", "state", "recorded",
                             "record", "boot_state", "traceable", "stub", "source"}],
-                 "records": {"count", "zeroed", "skipped", "unmatched", "duplicates"},
+                 "records": {"count", "zeroed", "skipped", "unmatched", "duplicates", "unread"},
                  "stubs": [{"name", "address", "count", "stub_size", "used", "need", "covers"}],
                  "summary": {"sites", "by_section", "by_variant", "by_state", "recorded",
-                             "by_boot_state", "traceable", "untraceable", "ftrace_off", "by_source"}}],
+                             "by_boot_state", "traceable", "untraceable", "ftrace_off", "not_loaded",
+                             "by_source"}}],
      "errors": ["<path>: <problem>", ...]}
 
 * ``generation``: ``mprofile`` (<= 6.5, or any version built by a compiler without working
@@ -32,7 +33,9 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
 * ``summary``: ``by_*`` map each value to its count of sites; ``recorded`` is ``{"yes": N, "no": M}``
   (audit's ``counts`` has ``recorded`` and ``unrecorded`` as two integers); ``traceable`` and
   ``untraceable`` (by reason) count the sites as ``traceable`` below says.
-* ``traceable``: ftrace can trace the function after boot. False for an unrecorded site, for one
+* ``traceable``: ftrace can trace the function after boot. False for every site of a module the
+  kernel refuses to load (``not-loaded``; ``summary.not_loaded`` says why: two allocated sections
+  of one name, ``rewriter.modload``), for an unrecorded site, for one
   init refuses (``refused``) or gives no stub (``no-stub``), for a place recorded more than once
   (``duplicate``), for a weak-function body the kernel disables (``weak-body``), and for every
   site when ``ftrace_off`` names why ftrace is off for the boot (``summary.untraceable`` counts
@@ -49,7 +52,9 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
 * ``records``: ``count`` and ``zeroed`` are numbers; ``skipped`` (records outside kernel text),
   ``unmatched`` (records that name no site) and ``duplicates`` are lists of the places they name,
   as strings: ``"0xc000..."`` in linked images, ``"section+0xoff"`` in relocatable ones
-  (``audit``'s JSON has the same names as counts).
+  (``audit``'s JSON has the same names as counts). ``unread``: a module's entries in record
+  sections after the first of their name, which a loader before 6.12 never reads (not records:
+  audit's ``unread-records``; ``rewriter.modload``); empty in every other file.
 * ``summary.by_boot_state`` counts null as ``"refused"``, or as ``"no-stub"`` for an ool site that
   init fails for want of a stub.
 """
@@ -172,6 +177,7 @@ def _image_json(result: Scan, boot: Boot, with_sites: bool) -> dict[str, Any]:
             "skipped": [p.text for p in result.records.skipped],
             "unmatched": [p.text for p in result.records.unmatched],
             "duplicates": [p.text for p in result.records.duplicates],
+            "unread": [p.text for p in result.records.unread],
         },
         "stubs": stubs_json(result),
         "summary": {
@@ -181,6 +187,7 @@ def _image_json(result: Scan, boot: Boot, with_sites: bool) -> dict[str, Any]:
             "traceable": why[None],
             "untraceable": {u.value: why[u] for u in Untraceable},
             "ftrace_off": boot.ftrace_off,
+            "not_loaded": boot.not_loaded,
             "by_source": {src.value: n for src, n in _by_source(result.sites).items()},
         },
     }
@@ -248,7 +255,7 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
     property in 3.11) or a dict keyed by an enum (Python-level ``__hash__``) per field cost three
     times as much (``_value_`` is the attribute behind ``.value``)."""
     quoted: dict[str | None, str] = {None: "null"}
-    on = boot.ftrace_off is None
+    on = boot.ftrace_off is None and boot.not_loaded is None
     duplicated = boot.duplicated  # empty but in a broken image: a set look-up per site costs little
     parts = []
     for site in sites:
@@ -436,6 +443,7 @@ def _head(result: Scan, totals: Totals) -> str:
         f"{counted(totals.sites, 'site')} ({states}{from_log}), {totals.traceable} traceable {when_traced(result)}; "
         f"{counted(totals.records, 'record')} ({len(rec.skipped)} skipped, {len(rec.unmatched)} unmatched), "
         f"{counted(rec.zeroed, 'zeroed slot')}, {counted(totals.unrecorded, 'site')} unrecorded"
+        + (f"; {len(rec.unread)} in record sections the module loader never reads" if rec.unread else "")
     )
 
 
@@ -449,6 +457,8 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
     overrode = override_text(result)
     if overrode is not None and result.generation is not None:
         out.append(f"  {overrode}; what follows is the image read as {result.generation.value}")
+    if boot.not_loaded is not None:
+        out.append(f"  NOT LOADED: {boot.not_loaded}")
     if boot.ftrace_off is not None:
         out.append(f"  FTRACE OFF {when_traced(result)}: {boot.ftrace_off}")
     logged = _by_source(result.sites)[Source.LOG]

@@ -1,0 +1,59 @@
+"""What a kernel's module loader makes of a module whose allocated sections share a name.
+
+A module made by the kernel's build has one section of each name: scripts/module.lds gathers the
+compiler's ``__patchable_function_entries`` into one, though objects of gcc 13 and later have one
+per text section (``rewriter.records``). A module linked without that script keeps them apart, and
+then the loader's version decides, as qemu shows (tests/test_record_sections.py):
+
+* It makes a sysfs file of each allocated section with bytes in it,
+  ``/sys/module/NAME/sections/SECTION`` (kernel/module/sysfs.c ``add_sect_attrs()``), and the
+  second of a name fails: "sysfs: cannot create duplicate filename".
+* From 6.12 (upstream "module: abort module loading when sysfs setup suffer errors", 2024) that
+  fails the load: insmod says "File exists", and none of the module's functions is ever traced.
+  Seen on Debian's 6.12.107 and 7.2.13.
+* Before, the load goes on with the warning, and ftrace reads the first allocated section of the
+  name (kernel/module/main.c ``find_sec()``): the records in the others are never read, so their
+  functions are never traced. Seen on Debian's 6.1.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from rewriter.elf import structs as S
+from rewriter.elf.image import Image, Kind, Section
+from rewriter.elf.release import kernel_version
+
+REFUSED_FROM: Final = (6, 12)
+"""The first kernel whose loader refuses a module with two allocated sections of one name."""
+
+
+def shared_names(image: Image) -> tuple[str, ...]:
+    """A module's allocated section names that more than one section has (none in other files)."""
+    return image.shared_alloc_names() if image.kind is Kind.MODULE else ()
+
+
+def refusal(image: Image) -> str | None:
+    """Why the kernel refuses to load this module, or None when it loads it. A module that names
+    no kernel version (no vermagic) is taken to be for a current kernel."""
+    names = shared_names(image)
+    if not names:
+        return None
+    version = kernel_version(image)
+    if version is not None and version < REFUSED_FROM:
+        return None
+    built_for = "" if version is None else f" {version[0]}.{version[1]}"
+    return (
+        f"more than one allocated section named {', '.join(names)}: the{built_for} module loader cannot "
+        f"create /sys/module/*/sections/{names[0]} twice and refuses the module (insmod: File exists)"
+    )
+
+
+def reads_section(image: Image, sec: Section) -> bool:
+    """Whether the loader of a module it loads reads ``sec`` where it looks a section up by name:
+    find_sec() takes the first allocated one (module_64.c counts the ool stubs from the first of
+    any flags: in a module the two agree). True for every section of other files."""
+    if image.kind is not Kind.MODULE or sec.name not in shared_names(image):
+        return True
+    first = next(s for s in image.sections if s.name == sec.name and s.flags & S.SHF_ALLOC)
+    return first.shndx == sec.shndx

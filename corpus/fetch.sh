@@ -20,6 +20,12 @@
 # architecture, out of reach), which corpus/build-be.sh builds from it at the end (~5 min):
 #   sid       linux-source-7.2 7.2.13-1
 #
+# and, for this machine (amd64), Debian 13's cross gcc 14, the compiler that built the trixie 6.12: the
+# tests compile the fixture sources with it, to hold build.sh's emulations of its output against the
+# real thing. Its host libraries come from trixie too (bookworm's glibc is older than it needs); they
+# are not pinned, as any trixie build of them runs it, and are run through trixie's own loader:
+#   trixie    gcc-14-powerpc64le-linux-gnu, cpp-14-powerpc64le-linux-gnu 14.2.0-19cross1 (amd64)
+#
 # A kernel added here gets one row in tests/boot.py (KERNELS: its paths, generation and counts, and
 # its stamp in STAMPS); the corpus tests take it up from there.
 #
@@ -38,6 +44,8 @@ BOOKWORM_612=(linux-image-6.12.118+deb12-powerpc64le=6.12.118-1~deb12u1)
 PAGES_64K=(linux-image-6.12.107+deb13-powerpc64le-64k=6.12.107-1
            linux-binary-7.2.13+deb14-powerpc64le-64k=7.2.13-1 linux-modules-7.2.13+deb14-powerpc64le-64k=7.2.13-1)
 SOURCE_72=(linux-source-7.2=7.2.13-1)
+GCC_14=(gcc-14-powerpc64le-linux-gnu=14.2.0-19cross1 cpp-14-powerpc64le-linux-gnu=14.2.0-19cross1
+        libc6 libgcc-s1 libstdc++6 libisl23 libmpc3 libmpfr6 libgmp10 libzstd1 zlib1g)
 
 mkdir -p "$CACHE/root"
 
@@ -54,13 +62,15 @@ fetch() {
     local debs="$CACHE/debs-$name"
     rm -rf "$debs"
     mkdir -p "$lists/partial" "$debs"
-    local apt=(apt-get -q -oAPT::Architecture=ppc64el -oAPT::Architectures=ppc64el
+    local arch=${FETCH_ARCH:-ppc64el} root=${FETCH_ROOT:-$CACHE/root}
+    mkdir -p "$root"
+    local apt=(apt-get -q -oAPT::Architecture="$arch" -oAPT::Architectures="$arch"
                -oDir::State::Lists="$lists" -oDir::Cache::Archives="$debs" -oDebug::NoLocking=1 "${opts[@]}")
     # A mirror mid-sync can fail one index (seen with bookworm-security); the download is the real check.
     "${apt[@]}" update >&2 || "${apt[@]}" update >&2 || true
     (cd "$debs" && "${apt[@]}" download "$@" >&2)
     for deb in "$debs"/*.deb; do
-        dpkg -x "$deb" "$CACHE/root"
+        dpkg -x "$deb" "$root"
     done
     touch "$(stamp_of "$name")"
 }
@@ -75,23 +85,44 @@ archive_uri() {
 fetch bookworm bookworm -- "${BOOKWORM[@]}"
 fetch bookworm-6.12 bookworm -- "${BOOKWORM_612[@]}"
 
-# fetch_newer NAME PACKAGES...: fetch from trixie and sid through the private sources list.
-fetch_newer() {
-    local name=$1; shift
-    [ -f "$(stamp_of "$name")" ] && return 0
-    local uri etc="$CACHE/apt-newer"
+# the_archive: the archive URI, or a one-line error.
+the_archive() {
+    local uri
     uri=$(archive_uri)
     if [ -z "$uri" ]; then
         echo "corpus/fetch.sh: no Debian archive in this machine's apt configuration" >&2
         exit 1
     fi
+    echo "$uri"
+}
+
+# fetch_newer NAME PACKAGES...: fetch from trixie and sid through the private sources list.
+fetch_newer() {
+    local name=$1; shift
+    [ -f "$(stamp_of "$name")" ] && return 0
+    local uri etc="$CACHE/apt-newer"
+    uri=$(the_archive)
     mkdir -p "$etc/sources.list.d"
     printf 'deb [arch=ppc64el] %s trixie main\ndeb [arch=ppc64el] %s sid main\n' "$uri" "$uri" > "$etc/sources.list"
     fetch "$name" trixie-sid -oDir::Etc::SourceList="$etc/sources.list" -oDir::Etc::SourceParts="$etc/sources.list.d" -- "$@"
 }
 
+# fetch_host_trixie NAME PACKAGES...: this machine's (amd64) packages from trixie, into $CACHE/NAME.
+fetch_host_trixie() {
+    local name=$1; shift
+    [ -f "$(stamp_of "$name")" ] && return 0
+    local uri etc="$CACHE/apt-trixie-amd64"
+    uri=$(the_archive)
+    mkdir -p "$etc/sources.list.d"
+    printf 'deb [arch=amd64] %s trixie main\n' "$uri" > "$etc/sources.list"
+    rm -rf "${CACHE:?}/$name"
+    FETCH_ARCH=amd64 FETCH_ROOT="$CACHE/$name" fetch "$name" trixie-amd64 \
+        -oDir::Etc::SourceList="$etc/sources.list" -oDir::Etc::SourceParts="$etc/sources.list.d" -- "$@"
+}
+
 fetch_newer trixie-sid "${TRIXIE[@]}" "${SID[@]}"
 fetch_newer pages-64k "${PAGES_64K[@]}"
 fetch_newer source-7.2 "${SOURCE_72[@]}"
+fetch_host_trixie gcc-14 "${GCC_14[@]}"
 MCOUNTRW_CORPUS=$CACHE bash "$(dirname "$0")/build-be.sh"
 echo "$CACHE"

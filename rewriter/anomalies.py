@@ -127,7 +127,7 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         "The module loader makes a sysfs file of each allocated section (/sys/module/NAME/sections/"
         "SECTION) and fails the load when two share a name: insmod says File exists, and none of the "
         "module's functions is ever traced (from 6.12; before, it loads: unread-records). Objects of "
-        "gcc 13 and later have one __patchable_function_entries per text section; the kernel's build "
+        "gcc 13 and later have one __patchable_function_entries per function; the kernel's build "
         "gathers them (scripts/module.lds), a module linked without it keeps them apart. Seen under "
         "qemu on 6.12 and 7.2.",
     ),

@@ -50,24 +50,31 @@ GROUP_TYPE: Final = "sites"
 
 
 class RelaEntry(NamedTuple):
-    """One relocation entry as the original file had it, and the ``.rela`` section that held it."""
+    """One relocation entry as the original file had it, and the ``.rela`` section that held it:
+    its name, and its file offset (``table``; None in logs from before it was written). A name
+    can repeat: gcc 13 and later make one ``__patchable_function_entries``, with its ``.rela``
+    table, per function."""
 
     section: str
     entry: bytes
+    table: int | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any] | None) -> RelaEntry | None:
         if d is None:
             return None
-        return cls.of(d["section"], d["entry"])
+        return cls.of(d["section"], d["entry"], d.get("table"))
 
     @classmethod
-    def of(cls, section: Any, entry: Any) -> RelaEntry:
-        """From a section name and the entry's hex (as a log writes it); ``ValueError`` if malformed."""
+    def of(cls, section: Any, entry: Any, table: Any = None) -> RelaEntry:
+        """From a section name, the entry's hex and the table's offset (as a log writes them);
+        ``ValueError`` if malformed."""
         raw = bytes.fromhex(entry)
         if len(raw) not in (16, 24):  # Elf64_Rel, Elf64_Rela
             raise ValueError(f"a relocation entry of {len(raw)} bytes")
-        return cls(_text(section), raw)
+        if table is not None and (type(table) is not int or table < 0):
+            raise ValueError(f"{table!r} is no table offset")
+        return cls(_text(section), raw, table)
 
 
 class RecordSlot(NamedTuple):
@@ -350,10 +357,13 @@ class _Refs:
         return [hex(slot.offset), slot.value.hex()]
 
     def rela(self, rela: RelaEntry | None) -> list[int] | list[str] | None:
+        """An edit's entry as [edit, index]; else [section, entry hex(, table offset hex)]."""
         if rela is None:
             return None
-        ref = self.relas.get(rela)  # a RelaEntry is its (section, entry) tuple
-        return ref if ref is not None else [rela.section, rela.entry.hex()]
+        ref = self.relas.get((rela.section, rela.entry))
+        if ref is not None:
+            return ref
+        return [rela.section, rela.entry.hex()] + ([] if rela.table is None else [hex(rela.table)])
 
 
 def _group_key(line: SiteLine) -> tuple[Any, ...]:
@@ -532,15 +542,15 @@ def _slot_of(value: Any, head: _Head, edits: Sequence[Edit]) -> RecordSlot | Non
 def _rela_of(value: Any, edits: Sequence[Edit]) -> RelaEntry | None:
     if value is None:
         return None
-    if len(value) != 2:
+    if len(value) != 2 and not (len(value) == 3 and type(value[0]) is str):
         raise ValueError(f"{value!r} is no relocation entry")
     if type(value[0]) is str:
-        return RelaEntry.of(value[0], value[1])
+        return RelaEntry.of(value[0], value[1], _hex(value[2]) if len(value) == 3 else None)
     r: RelaEdit = _edit(edits, value[0], RelaEdit)
     k = value[1]
     if type(k) is not int or not 0 <= k < len(r.entries):
         raise ValueError(f"edit {value[0]} took out no entry {k!r}")
-    return RelaEntry(r.section, r.entries[k])
+    return RelaEntry(r.section, r.entries[k], r.offset)
 
 
 # -- a scan with the log's sites ------------------------------------------------------------

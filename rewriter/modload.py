@@ -2,7 +2,7 @@
 
 A module made by the kernel's build has one section of each name: scripts/module.lds gathers the
 compiler's ``__patchable_function_entries`` into one, though objects of gcc 13 and later have one
-per text section (``rewriter.records``). A module linked without that script keeps them apart, and
+per function (``rewriter.records``). A module linked without that script keeps them apart, and
 then the loader's version decides, as qemu shows (tests/test_record_sections.py):
 
 * It makes a sysfs file of each allocated section with bytes in it,

@@ -115,7 +115,8 @@ class RelaTables:
             # out some 150,000 of them.
             raw, size = rows[found].tobytes(), rows.dtype.itemsize
             for k, r_offset in enumerate(rows["r_offset"][found].tolist()):
-                self.taken[join_place(rsec.info, r_offset)] = RelaEntry(rsec.name, raw[k * size : (k + 1) * size])
+                entry = RelaEntry(rsec.name, raw[k * size : (k + 1) * size], rsec.offset)
+                self.taken[join_place(rsec.info, r_offset)] = entry
             edits += self.remove(rsec, found, "R_PPC64_REL24 of a nopped call slot")
         return edits
 
@@ -175,14 +176,20 @@ class RelaTables:
 
 
 def _rela_section(image: Image, rela: RelaEntry) -> Section:
-    """The RELA table the patch log puts ``rela`` back into, named by the log. A name can repeat:
-    gcc 13 and later make one ``__patchable_function_entries`` (and its RELA table) per text
-    section, each linked to its text section (SHF_LINK_ORDER ``sh_link``). The entry's symbol then
-    tells them apart: a record names a place in the text section its table is linked to."""
+    """The RELA table the patch log puts ``rela`` back into: the one of its name at its offset.
+    A name can repeat: gcc 13 and later make one ``__patchable_function_entries`` (and its RELA
+    table) per function. A log from before the offset was written names the table alone; of
+    several, the one linked (SHF_LINK_ORDER ``sh_link``) to the section of the entry's symbol,
+    if one alone is (-ffunction-sections: each function's own)."""
     named = [s for s in image.relocation_sections() if s.name == rela.section]
+    where = f"{image.path}: the patch log puts a relocation back into {rela.section}"
+    if rela.table is not None:
+        at = [s for s in named if s.offset == rela.table]
+        if not at:
+            raise ImageError(f"{where} at offset {rela.table:#x}, which is no RELA table of that name here")
+        return at[0]
     if len(named) == 1:
         return named[0]
-    where = f"{image.path}: the patch log puts a relocation back into {rela.section}"
     if not named:
         raise ImageError(f"{where}, which is no RELA table here")
     text = _symbol_section(image, rela.entry)
@@ -258,7 +265,7 @@ def _drop_rel_records(
         rsec = image.section_at(t.shndx)
         rows = tables.current(rsec)
         for i in hit.tolist():
-            facts.relocations[int(t.values[i])] = RelaEntry(rsec.name, rows[i : i + 1].tobytes())
+            facts.relocations[int(t.values[i])] = RelaEntry(rsec.name, rows[i : i + 1].tobytes(), rsec.offset)
         edits += tables.remove(rsec, hit, "record of a nopped site")
         found.append(t.values[hit])
     rows_out = sum(len(f) for f in found)
@@ -315,7 +322,7 @@ def _move_relatives(image: Image, tables: RelaTables, slot_addrs: np.ndarray, fa
     for r_offset, entry in zip(rows["r_offset"][moved].tolist(), removed.entries, strict=True):
         value = by_slot.get(r_offset)
         if value is not None:
-            facts.relocations[value] = RelaEntry(rela.name, entry)
+            facts.relocations[value] = RelaEntry(rela.name, entry, rela.offset)
     return edits + _dynamic_edits(image, -len(moved), -counted)
 
 

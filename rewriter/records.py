@@ -89,9 +89,9 @@ def zeroed_records(image: Image, tables: Sequence[RecordTable]) -> int:
 
 def _rel_tables(image: Image) -> tuple[RecordTable, ...]:
     """Every record table of a relocatable file, in section order. A name can repeat: gcc 13 and
-    later link each function's ``__patchable_function_entries`` block to the function's section
-    (SHF_LINK_ORDER), so the assembler makes one record section per text section, one per function
-    with ``-ffunction-sections`` (gcc 11 and 12 link them all to the first function: one section).
+    later link each function's ``__patchable_function_entries`` block to a label of the function
+    (SHF_LINK_ORDER), and the assembler makes a section for each: one record section per function
+    (gcc 11 and 12 link them all to the first function: one section).
     The link gathers them all (a vmlinux's KEEP_PATCHABLE, a module's scripts/module.lds); what a
     module's loader makes of a module that still has two is :mod:`rewriter.modload`'s."""
     if image.symbols is None:

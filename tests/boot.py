@@ -240,6 +240,26 @@ def require_be_kernel() -> BeKernel:
     return BeKernel(root / BE_KERNEL / "vmlinux", root / BE_KERNEL / "modules")
 
 
+GCC_14: Final = "gcc-14"  # corpus/fetch.sh's Debian 13 cross gcc 14 for this machine, beside root/
+
+
+def require_gcc14() -> list[str]:
+    """The argv that runs Debian 13's powerpc64le cross gcc 14.2 (the compiler of the trixie 6.12)
+    from the corpus; skips (fails in CI) without it. Its host libraries are trixie's, newer than
+    this machine's glibc: the driver runs through trixie's loader, and so do the programs it
+    starts (``-wrapper``). Use it with ``-S`` or ``-c`` (the assembler is this machine's)."""
+    root = corpus_dir()
+    if root is None or not (root / f".complete-{GCC_14}").is_file():
+        _missing("Debian 13's cross gcc 14 is not fetched: run corpus/fetch.sh")
+    base = root / GCC_14
+    loader = base / "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+    libs = f"{base}/usr/lib/x86_64-linux-gnu:{base}/lib/x86_64-linux-gnu"
+    driver = base / "usr/bin/powerpc64le-linux-gnu-gcc-14"
+    programs = base / "usr/libexec/gcc-cross/powerpc64le-linux-gnu/14"
+    wrapper = f"{loader},--library-path,{libs}"
+    return [str(loader), "--library-path", libs, str(driver), f"-B{programs}/", "-wrapper", wrapper]
+
+
 def require_kernel(name: str) -> KernelFiles:
     """The files of corpus kernel ``name`` (a key of :data:`KERNELS`); skips (fails in CI) without them."""
     base = require_corpus()

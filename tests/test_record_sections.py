@@ -1,11 +1,11 @@
 """Record sections that share a name: gcc 13 and later link each function's
-``__patchable_function_entries`` block to the function's own section (SHF_LINK_ORDER; gcc 11 and
-12 link them all to the first function, GCC PR 110729), so the assembler makes one record section
-per text section: one per function with ``-ffunction-sections``, two in a kernel object with
-``__init`` code. The link gathers an object's all (the vmlinux and module linker scripts), and
-so does the scan. A module that keeps two is refused by the kernel's loader: qemu shows it here.
+``__patchable_function_entries`` block to a label of the function (SHF_LINK_ORDER; gcc 11 and 12
+link them all to the first function, GCC PR 110729), so the assembler makes one record section
+per function (tests/test_gcc14.py: gcc 14.2 itself). The link gathers an object's all (the vmlinux
+and module linker scripts), and so does the scan. A module that keeps two is refused by the
+kernel's loader from 6.12, and read up to its first before: qemu shows both here.
 
-``fixtures/bin/{patchable,ool}-fs-le.o`` are gcc 13's shape, six record sections each
+``fixtures/bin/{patchable,ool}-fs-le.o`` are gcc 13's shape with ``-ffunction-sections``, six record sections each
 (fixtures/build.sh, ``own_record_sections``). The records are read here independently, with
 pyelftools."""
 

@@ -96,28 +96,33 @@ the_archive() {
     echo "$uri"
 }
 
-# fetch_newer NAME PACKAGES...: fetch from trixie and sid through the private sources list.
-fetch_newer() {
-    local name=$1; shift
+# fetch_private NAME LISTS ARCH "SUITE..." -- PACKAGES...: fetch for ARCH from the SUITEs through a
+# private sources list naming the machine's own archive ($CACHE/apt-LISTS).
+fetch_private() {
+    local name=$1 lists=$2 arch=$3 suites=$4; shift 4
     [ -f "$(stamp_of "$name")" ] && return 0
-    local uri etc="$CACHE/apt-newer"
+    local uri suite etc="$CACHE/apt-$lists"
     uri=$(the_archive)
     mkdir -p "$etc/sources.list.d"
-    printf 'deb [arch=ppc64el] %s trixie main\ndeb [arch=ppc64el] %s sid main\n' "$uri" "$uri" > "$etc/sources.list"
-    fetch "$name" trixie-sid -oDir::Etc::SourceList="$etc/sources.list" -oDir::Etc::SourceParts="$etc/sources.list.d" -- "$@"
+    for suite in $suites; do
+        printf 'deb [arch=%s] %s %s main\n' "$arch" "$uri" "$suite"
+    done > "$etc/sources.list"
+    FETCH_ARCH=$arch fetch "$name" "$lists" \
+        -oDir::Etc::SourceList="$etc/sources.list" -oDir::Etc::SourceParts="$etc/sources.list.d" "$@"
+}
+
+# fetch_newer NAME PACKAGES...: ppc64el packages from trixie and sid.
+fetch_newer() {
+    local name=$1; shift
+    fetch_private "$name" trixie-sid ppc64el "trixie sid" -- "$@"
 }
 
 # fetch_host_trixie NAME PACKAGES...: this machine's (amd64) packages from trixie, into $CACHE/NAME.
 fetch_host_trixie() {
     local name=$1; shift
     [ -f "$(stamp_of "$name")" ] && return 0
-    local uri etc="$CACHE/apt-trixie-amd64"
-    uri=$(the_archive)
-    mkdir -p "$etc/sources.list.d"
-    printf 'deb [arch=amd64] %s trixie main\n' "$uri" > "$etc/sources.list"
     rm -rf "${CACHE:?}/$name"
-    FETCH_ARCH=amd64 FETCH_ROOT="$CACHE/$name" fetch "$name" trixie-amd64 \
-        -oDir::Etc::SourceList="$etc/sources.list" -oDir::Etc::SourceParts="$etc/sources.list.d" -- "$@"
+    FETCH_ROOT="$CACHE/$name" fetch_private "$name" trixie-amd64 amd64 trixie -- "$@"
 }
 
 fetch_newer trixie-sid "${TRIXIE[@]}" "${SID[@]}"

@@ -178,35 +178,15 @@ class RelaTables:
 def _rela_section(image: Image, rela: RelaEntry) -> Section:
     """The RELA table the patch log puts ``rela`` back into: the one of its name at its offset.
     A name can repeat: gcc 13 and later make one ``__patchable_function_entries`` (and its RELA
-    table) per function. A log from before the offset was written names the table alone; of
-    several, the one linked (SHF_LINK_ORDER ``sh_link``) to the section of the entry's symbol,
-    if one alone is (-ffunction-sections: each function's own)."""
+    table) per function. A log from before the offset was written means the first of the name:
+    the rewrite that wrote it read no other."""
     named = [s for s in image.relocation_sections() if s.name == rela.section]
     where = f"{image.path}: the patch log puts a relocation back into {rela.section}"
-    if rela.table is not None:
-        at = [s for s in named if s.offset == rela.table]
-        if not at:
-            raise ImageError(f"{where} at offset {rela.table:#x}, which is no RELA table of that name here")
-        return at[0]
-    if len(named) == 1:
-        return named[0]
-    if not named:
-        raise ImageError(f"{where}, which is no RELA table here")
-    text = _symbol_section(image, rela.entry)
-    linked = [s for s in named if 0 < s.info < len(image.sections) and image.sections[s.info].link == text]
-    if len(linked) != 1:
-        raise ImageError(f"{where}: {len(named)} tables have that name, and its symbol's section tells none apart")
-    return linked[0]
-
-
-def _symbol_section(image: Image, entry: bytes) -> int | None:
-    """The section index of the symbol a relocation entry names (None: no such symbol)."""
-    syms = image.symbols
-    row = np.frombuffer(entry, S.rela_dtype(image.endian), count=1)
-    k = int(S.r_sym(row["r_info"])[0])
-    if syms is None or not 0 <= k < len(syms.table):
-        return None
-    return int(syms.table["st_shndx"][k])
+    at = named if rela.table is None else [s for s in named if s.offset == rela.table]
+    if not at:
+        offset = "" if rela.table is None else f" at offset {rela.table:#x}"
+        raise ImageError(f"{where}{offset}, which is no RELA table of that name here")
+    return at[0]
 
 
 def _sorted_positions(rows: np.ndarray, new: np.ndarray) -> tuple[int, ...]:

@@ -149,12 +149,20 @@ def test_records_dropped_from_several_sections_come_back_where_they_were(name: s
     assert undone.read_bytes() == src.read_bytes()
 
 
-def test_a_relocation_that_no_linked_table_claims_is_refused() -> None:
-    """Six tables share the name, and the entry's symbol (index 0, in no section) is in none of
-    the sections they are linked to: the log cannot say which table it came from."""
+def test_a_logged_relocation_goes_back_into_the_table_at_its_offset() -> None:
+    """Six tables share the name: the log's table offset picks one; a log without offsets (older
+    than them) means the first, the only one its rewrite read; an offset or a name that no RELA
+    table here has is refused."""
     image = Image.load(FIXTURES / "bin" / "ool-fs-le.o")
-    with pytest.raises(ImageError, match="6 tables have that name, and its symbol's section tells none apart"):
-        _rela_section(image, RelaEntry(RECORDS, bytes(24)))
+    tables = [s for s in image.relocation_sections() if s.name == RECORDS]
+    assert len(tables) == 6
+    for t in tables:
+        assert _rela_section(image, RelaEntry(RECORDS, bytes(24), t.offset)) == t
+    assert _rela_section(image, RelaEntry(RECORDS, bytes(24))) == tables[0]
+    with pytest.raises(ImageError, match="at offset 0x1, which is no RELA table of that name here"):
+        _rela_section(image, RelaEntry(RECORDS, bytes(24), 1))
+    with pytest.raises(ImageError, match=r"into \.rela\.nothing, which is no RELA table of that name here"):
+        _rela_section(image, RelaEntry(".rela.nothing", bytes(24)))
     one = Image.load(FIXTURES / "bin" / "ool-le.o")
     assert _rela_section(one, RelaEntry(RECORDS, bytes(24))).name == RECORDS  # one of the name: that one
 

@@ -36,8 +36,8 @@ The version ranges assume a compiler that passes the kernel's
 12's 6.12, by gcc 12: ``CONFIG_MPROFILE_KERNEL`` without ``ARCH_USING_PATCHABLE_FUNCTION_ENTRY``),
 a 6.6+ kernel keeps mprofile sites. So the generation is read from an image, never from its version.
 
-A fourth layout, classic ``-pg`` (a ppc64 ELFv1 kernel's: ``bl _mcount`` after the prologue, no
-``mflr r0`` in the site), is no row here: every command refuses it by name
+A fourth layout, classic ``-pg`` (a ppc64 ELFv1 kernel's, or a clang-built one's on either ABI:
+``bl _mcount`` after the prologue, no ``mflr r0`` in the site), is no row here: every command refuses it by name
 (:func:`rewriter.detect.is_classic_pg`).
 
 In all three the kernel's boot-time check accepts exactly the *built* words at a recorded place

@@ -308,18 +308,22 @@ def _check_no_nops_before_entries(
 def _check_not_classic_pg(
     image: Image, text: CodeView, generation: Generation | None, calls: np.ndarray, records: np.ndarray
 ) -> None:
-    """Refuse an ELFv1 image whose mprofile sites are all classic ``-pg`` calls
+    """Refuse an image whose mprofile sites are all classic ``-pg`` calls
     (:func:`rewriter.detect.is_classic_pg`): a fourth layout, which mcountrw does not read.
     Read as mprofile they were all ``unknown``, and a kernel that boots and traces every one of
-    them was said to turn ftrace off (a big-endian ELFv1 7.2 built here: 15,731 records)."""
-    if image.abi is not Abi.ELFV1 or generation is not Generation.MPROFILE:
+    them was said to turn ftrace off (a big-endian ELFv1 7.2 built here: 15,731 records). ELFv2
+    has it too: ``MPROFILE_KERNEL`` needs a compiler that passes gcc-check-mprofile-kernel.sh, and
+    clang has no ``-mprofile-kernel`` (nor, in clang 14, ``-fpatchable-function-entry`` on ppc64),
+    so a clang-built ppc64le kernel calls _mcount after the prologue."""
+    if generation is not Generation.MPROFILE:
         return
     places = np.unique(np.concatenate([calls, records]).astype(np.uint64))
     if is_classic_pg(text, places):
         raise image.error(
             f"{counted(len(places), 'call')} to _mcount after the prologue, no `mflr r0` before them: classic -pg "
-            "(a ppc64 ELFv1 kernel's, patched by arch/powerpc/kernel/trace/ftrace_64_pg.c), a layout mcountrw "
-            "does not read (it reads -mprofile-kernel, patchable and ool sites)"
+            "(a ppc64 kernel's built ELFv1, or by a compiler without -mprofile-kernel such as clang; patched by "
+            "arch/powerpc/kernel/trace/ftrace_64_pg.c), a layout mcountrw does not read (it reads -mprofile-kernel, "
+            "patchable and ool sites)"
         )
 
 

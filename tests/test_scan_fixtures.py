@@ -12,7 +12,7 @@ import pytest
 from boot import require_tool
 from conftest import FIXTURES, assert_one_line, invoke
 
-from rewriter.elf.image import Image
+from rewriter.elf.image import Abi, Image
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.ppc.words import NOP, STD_R0_16_R1
 from rewriter.records import nonzero_records, read_records
@@ -324,22 +324,26 @@ def test_a_single_function_ool_object_is_read_as_ool(tmp_path: Path) -> None:
 _BE_FUNCS = "int g;\n__attribute__((noinline)) int f(int x) { return g + x; }\nint h(int y) { return y * 3 + f(y); }\n"
 # An _mcount to link against, and an entry; built without -pg.
 _BE_MCOUNT = "void _mcount(void) {}\nint _start(void) { return 0; }\n"
+_GCC = {"be": "powerpc64-linux-gnu-gcc", "le": "powerpc64le-linux-gnu-gcc"}
+_CLANG_TARGET = {"be": "--target=powerpc64-linux-gnu", "le": "--target=powerpc64le-linux-gnu"}
 
 
-def _be_elfv1(tmp_path: Path, flags: list[str], linked: bool) -> Path:
-    """``_BE_FUNCS`` built by the big-endian (ELFv1) gcc with ``flags``: the object, or an image
-    linked at a ppc64 kernel's addresses (0xc000...), with an _mcount of its own."""
-    cc = require_tool("powerpc64-linux-gnu-gcc")
+def _kernel_like(tmp_path: Path, flags: list[str], linked: bool, endian: str = "be", clang: bool = False) -> Path:
+    """``_BE_FUNCS`` built with ``flags`` by gcc (big-endian: ELFv1; little-endian: ELFv2) or by
+    clang for the same target: the object, or an image linked at a ppc64 kernel's addresses
+    (0xc000...), with an _mcount of its own (gcc links both)."""
+    gcc = require_tool(_GCC[endian])
+    cc = [str(require_tool("clang-14")), _CLANG_TARGET[endian]] if clang else [str(gcc)]
     src, obj = tmp_path / "k.c", tmp_path / "k.o"
     src.write_text(_BE_FUNCS)
-    subprocess.run([cc, "-O2", *flags, "-c", str(src), "-o", str(obj)], check=True)
+    subprocess.run([*cc, "-O2", *flags, "-c", str(src), "-o", str(obj)], check=True)
     if not linked:
         return obj
     msrc, mobj, out = tmp_path / "m.c", tmp_path / "m.o", tmp_path / "k.elf"
     msrc.write_text(_BE_MCOUNT)
-    subprocess.run([cc, "-O2", "-c", str(msrc), "-o", str(mobj)], check=True)
+    subprocess.run([gcc, "-O2", "-c", str(msrc), "-o", str(mobj)], check=True)
     link = ["-nostdlib", "-static", "-no-pie", "-Wl,-Ttext=0xc000000000010000", "-Wl,-e,_start"]
-    subprocess.run([cc, *link, str(obj), str(mobj), "-o", str(out)], check=True)
+    subprocess.run([gcc, *link, str(obj), str(mobj), "-o", str(out)], check=True)
     return out
 
 
@@ -347,26 +351,46 @@ def test_an_elfv1_image_at_kernel_addresses_names_its_functions(tmp_path: Path) 
     """An ELFv1 function symbol names its descriptor in .opd. At a kernel's addresses (0xc000...)
     the descriptor's index was worked out in int64, and every linked ELFv1 kernel read as
     ``corrupt ELF data (OverflowError ...)``: no fixture lives that high."""
-    image = _be_elfv1(tmp_path, ["-pg", "-mprofile-kernel"], linked=True)
+    image = _kernel_like(tmp_path, ["-pg", "-mprofile-kernel"], linked=True)
     found = scan(Image.load(image))
     assert found.generation is Generation.MPROFILE and {s.addr for s in found.sites} >= {0xC000000000010004}
     assert sorted(s.function or "?" for s in found.sites) == ["f", "h"]
     assert invoke("scan", image).exit_code == 0
 
 
+# (endian, clang, its ABI): every build of classic -pg a ppc64 kernel can have. gcc uses it only
+# for ELFv1 (MPROFILE_KERNEL needs ELFv2); clang has no -mprofile-kernel at all (nor, in clang 14,
+# -fpatchable-function-entry on ppc64), so every site of a clang-built ppc64le kernel is one too.
+# gcc's ELFv2 -pg is that layout from the other compiler.
+_PG_BUILDS = {
+    "gcc-be": ("be", False, Abi.ELFV1),
+    "gcc-le": ("le", False, Abi.ELFV2),
+    "clang-le": ("le", True, Abi.ELFV2),
+    "clang-be": ("be", True, Abi.ELFV1),
+}
+
+
+@pytest.mark.parametrize("build", list(_PG_BUILDS))
 @pytest.mark.parametrize("linked", [False, True], ids=["object", "linked"])
-def test_classic_pg_is_a_layout_refused_by_name(tmp_path: Path, linked: bool) -> None:
-    """Plain ``-pg`` on ELFv1 (a big-endian kernel's, ftrace_64_pg.c) calls _mcount after the
-    prologue: ``stdu r1,-N(r1); bl _mcount; nop``, no ``mflr r0`` before the call. Read as
+def test_classic_pg_is_a_layout_refused_by_name(tmp_path: Path, linked: bool, build: str) -> None:
+    """Plain ``-pg`` (a big-endian ELFv1 kernel's, ftrace_64_pg.c; a clang-built ppc64le one's)
+    calls _mcount after the prologue, then restores the TOC: gcc's ``stdu r1,-N(r1); bl _mcount;
+    nop``, clang's ``mr r30,r3; bl _mcount; nop``, no ``mflr r0`` before the call. Read as
     mprofile its sites were all ``unknown`` and said to be a boot-time ftrace bug: a BE ELFv1 7.2
-    built here boots under qemu with all 15,731 of its records traceable. Every command now
-    refuses it in one line; the -mprofile-kernel build of the same source still reads."""
-    image = _be_elfv1(tmp_path, ["-pg"], linked=linked)
-    words = ("2 calls to _mcount after the prologue", "classic -pg", "ftrace_64_pg.c")
+    built here boots under qemu with all 15,731 of its records traceable. ELFv2 was let through:
+    two ``unknown`` unrecorded sites, exit 0. Every command now refuses it in one line, on both
+    ABIs; gcc's -mprofile-kernel build of the same source still reads."""
+    endian, clang, abi = _PG_BUILDS[build]
+    image = _kernel_like(tmp_path, ["-pg"], linked=linked, endian=endian, clang=clang)
+    assert Image.load(image).abi is abi
+    words = ("2 calls to _mcount after the prologue", "classic -pg", "without -mprofile-kernel", "ftrace_64_pg.c")
     for command in (["scan"], ["audit"], ["nop", "-o", str(tmp_path / "out")]):
         assert_one_line(invoke(*command, image), 2, "error", str(image), *words)
     assert not (tmp_path / "out").exists()
+    if clang:
+        return
     other = tmp_path / "mprofile"
     other.mkdir()
-    profiled = scan(Image.load(_be_elfv1(other, ["-pg", "-mprofile-kernel"], linked=linked)))
+    profiled = scan(Image.load(_kernel_like(other, ["-pg", "-mprofile-kernel"], linked=linked, endian=endian)))
+    assert profiled.generation is Generation.MPROFILE
     assert sorted(s.function or "?" for s in profiled.sites) == ["f", "h"]

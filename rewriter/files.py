@@ -145,15 +145,15 @@ def check_side_paths(
     backup: bool,
     stage_dir: Path | None = None,
     input_log: Path | None = None,
+    kernel: Path | None = None,
 ) -> None:
     """Before any work: no two files the run writes or reads share a place. The patch log must not
     land on the input, the output or the backup (a log written over the input would destroy it;
     over the backup, the log is lost), the output not on the input's own patch log (its undo), and
-    neither on a stage image (:func:`stage_image_path`); an ``--in-place --backup`` copy must not
-    replace an earlier one (a second run would otherwise overwrite the true original with a
-    rewritten file)."""
-    if backup and not in_place:
-        raise OutputError(f"{input_path}: --backup goes with --in-place (with -o the input is left as it is)")
+    neither on a stage image (:func:`stage_image_path`) nor on the ``--kernel`` vmlinux the run
+    reads (``nop M -o VMLINUX --kernel VMLINUX`` replaced the 47 MB kernel with the module, exit
+    0); an ``--in-place --backup`` copy must not replace an earlier one (a second run would
+    otherwise overwrite the true original with a rewritten file)."""
     saved = input_path.with_name(input_path.name + ".orig")
     for other, what in ((input_path, "the input"), (out, "the output"), (saved if backup else None, "the backup")):
         if other is not None and _same_file(log, other):
@@ -161,6 +161,9 @@ def check_side_paths(
     for own in (default_log_path(input_path), input_log):
         if not in_place and own is not None and _same_file(out, own):
             raise OutputError(f"-o {out}: is the patch log of the input {input_path}, which its undo needs")
+    for written, what in ((out, "-o"), (log, "the patch log")):
+        if kernel is not None and _same_file(written, kernel):
+            raise OutputError(f"{written}: {what} would overwrite the --kernel vmlinux, which this run reads")
     if stage_dir is not None:
         _check_not_a_stage_image(input_path, stage_dir, ((out, "-o"), (log, "the patch log")))
     check_replaceable(log)  # a directory, a name too long, a place that cannot be written
@@ -187,13 +190,16 @@ def apply_file(
     """``input_log``: the patch log of ``path`` (default: the one beside it, if it is its log):
     the sites only it knows are selected and restored like the others, and the new log names it
     as its base. ``kernel``: the vmlinux that will load the module ``path`` (:func:`_held_to_kernel`)."""
+    if backup and not in_place:  # a dry run too: it previews a run that would refuse this
+        raise OutputError(f"{path}: --backup goes with --in-place (with -o the input is left as it is)")
     # A dry run with -o or --in-place checks them as the run it previews would: only a dry run
     # given neither has no output to check.
     out = None if dry_run and output is None and not in_place else check_output_path(path, output, in_place)
     if stage_dir is not None and stage_dir.exists() and not stage_dir.is_dir():
         raise OutputError(f"--stage-images {stage_dir}: not a directory")
     if out is not None:
-        check_side_paths(path, out, log_path or default_log_path(out), in_place, backup, stage_dir, input_log)
+        log = log_path or default_log_path(out)
+        check_side_paths(path, out, log, in_place, backup, stage_dir, input_log, kernel)
     image = Image.load(path)
     if out is not None and not in_place:
         check_output_name(out, image.compression)

@@ -34,6 +34,7 @@ import zstandard
 from boot import require_tool
 from click.testing import Result
 from conftest import FIXTURES, ROOT, invoke
+from conftest import assert_one_line as one_error_line
 
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image
@@ -907,3 +908,130 @@ def test_prenop_refuses_a_tree_it_cannot_read_whole_and_skips_fifos() -> None:
         assert "private: Permission denied" in proc.stderr and "must be readable" in proc.stderr, proc.stderr
         assert not again.exists()
         hidden.chmod(0o755)  # so the directory can be removed
+
+
+# -- paths as the command line gives them ---------------------------------------------------------
+
+
+def test_an_unreadable_file_named_among_others_is_its_own_line_and_the_others_are_done(tmp_path: Path) -> None:
+    """click checked that every path argument was readable while it parsed the command line: one
+    unreadable file of ``scan A B`` ended the whole run in click's words (``Invalid value for
+    'PATHS...': Path 'B' is not readable``) and A went unscanned. The reader says it on B's line."""
+    tmp_path.chmod(0o755)
+    good, secret = tmp_path / "good.o", tmp_path / "secret.o"
+    shutil.copy(BIN / "clean.o", good)
+    shutil.copy(BIN / "prof-le.o", secret)
+    good.chmod(0o644)
+    secret.chmod(0o000)
+    for command in ("scan", "audit"):
+        proc = mcountrw(command, "--format", "json", str(good), str(secret), **_as_unprivileged())
+        line = assert_cli_error(proc, str(secret), "Permission denied")
+        assert "Invalid value" not in line
+        assert [Path(i["path"]).name for i in json.loads(proc.stdout)["images"]] == ["good.o"]
+    policy = tmp_path / "keep.policy"
+    policy.write_text("default keep\n")
+    policy.chmod(0o000)
+    line = assert_cli_error(mcountrw("policy", "check", str(policy), str(good), **_as_unprivileged()), str(policy))
+    assert "Permission denied" in line and "Invalid value" not in line
+
+
+def _nothing_written(cwd: Path, before: list[str]) -> None:
+    assert sorted(p.name for p in cwd.iterdir()) == before
+
+
+def test_an_empty_path_is_refused_not_read_as_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Path("")`` is ``.``: ``scan "$UNSET"`` scanned every ELF file below the current directory,
+    exit 0, ``nop X --stage-images ""`` put its stage images there, and ``nop ""`` failed as a bug.
+    Every path argument and option refuses an empty one, as ``--log-dir`` did."""
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "a.o"
+    shutil.copy(BIN / "prof-le.o", src)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for command in (
+        ["scan", ""],
+        ["audit", ""],
+        ["diff", "", src],
+        ["diff", src, ""],
+        ["nop", "", "-o", "out.o"],
+        ["nop", src, "-o", "out.o", "--stage-images", ""],
+        ["nop", src, "-o", ""],
+        ["nop", src, "-o", "out.o", "--log", ""],
+        ["apply", "", "--to", "disabled", "-o", "out.o"],
+        ["undo", "", "-o", "out.o"],
+        ["verify", src, ""],
+        ["policy", "check", "", src],
+        ["prenop", "--policy", "", src, "--dry-run"],
+        ["prenop", "--policy", src, "", "--dry-run"],
+        ["check-plan", ""],
+    ):
+        one_error_line(invoke(*command), 2, "error", "an empty path (an unset variable?)")
+    _nothing_written(tmp_path, before)
+
+
+def test_a_directory_where_one_file_is_read_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """apply, nop, undo and verify read one file. Given ``.`` or ``/`` (a path with no name, beside
+    which no patch log can be named), they failed as a bug: ``ValueError: PosixPath('.') has an
+    empty name``, exit 3."""
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "a.o"
+    shutil.copy(BIN / "prof-le.o", src)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for command, shown in (
+        (["nop", ".", "-o", "out.o"], "."),
+        (["apply", "/", "--to", "disabled", "-o", "out.o"], "/"),
+        (["undo", ".", "-o", "out.o"], "."),
+        (["undo", "/", "--in-place"], "/"),
+        (["verify", src, "."], "."),
+        (["verify", ".", src], "."),
+        (["nop", tmp_path, "--dry-run"], str(tmp_path)),
+    ):
+        one_error_line(invoke(*command), 2, "error", f"{shown}: Is a directory")
+    _nothing_written(tmp_path, before)
+
+
+def test_a_trailing_slash_on_a_file_is_refused(tmp_path: Path) -> None:
+    """``Path`` drops a trailing slash: ``scan F/`` read F, and ``nop F/ --in-place`` rewrote it,
+    where the shell says ``cat: F/: Not a directory``."""
+    src = tmp_path / "a.o"
+    shutil.copy(BIN / "prof-le.o", src)
+    link = tmp_path / "link.o"
+    link.symlink_to(src)
+    for command in (["scan", f"{src}/"], ["nop", f"{src}/", "--in-place"], ["scan", f"{link}/"]):
+        one_error_line(invoke(*command), 2, "error", f"{command[1]}: Not a directory")
+    assert src.read_bytes() == (BIN / "prof-le.o").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.o", "link.o"]
+    assert invoke("scan", f"{tmp_path}/").exit_code == 0  # a directory's slash is the shell's own
+
+
+def test_outputs_never_land_on_the_kernel_the_run_reads(tmp_path: Path) -> None:
+    """``--kernel VMLINUX`` is read; ``nop M -o VMLINUX --kernel VMLINUX`` replaced the 47 MB 6.12
+    vmlinux with the module and said ``wrote``, exit 0. Refused before anything is read, like an
+    output on the input or its log."""
+    src, kernel = tmp_path / "m.o", tmp_path / "vmlinux"
+    shutil.copy(BIN / "clean.o", src)
+    shutil.copy(BIN / "clean", kernel)
+    for extra, what in ((["-o", kernel], "-o"), (["-o", tmp_path / "out.o", "--log", kernel], "the patch log")):
+        _refused(
+            invoke("nop", src, *extra, "--kernel", kernel),
+            f"{kernel}: {what} would overwrite the --kernel vmlinux, which this run reads",
+        )
+    assert kernel.read_bytes() == (BIN / "clean").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.o", "vmlinux"]
+
+
+def test_backup_without_in_place_is_refused_in_a_dry_run_too(tmp_path: Path) -> None:
+    """A dry run previews a run, and the run it previews refuses ``--backup`` without
+    ``--in-place``; the dry run let it through (``--wait`` was already refused there)."""
+    src = tmp_path / "a.o"
+    shutil.copy(BIN / "prof-le.o", src)
+    for command in ("nop", "apply"):
+        to = ["--to", "disabled"] if command == "apply" else []
+        _refused(
+            invoke(command, src, *to, "--dry-run", "--backup"),
+            f"{src}: --backup goes with --in-place (with -o the input is left as it is)",
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.o"]

@@ -188,10 +188,25 @@ def _register(app: typer.Typer, names: Iterable[str]) -> typer.Typer:
 @functools.cache  # one app per process, as a module-level app would be; built on first use
 def full_app() -> typer.Typer:
     """Every command registered: what typer's ``CliRunner`` runs and what tests inspect."""
-    return _register(_app(Commands), [*COMMANDS, *GROUPS])
+    return _register(_app(App), [*COMMANDS, *GROUPS])
 
 
-class LazyCommands(Commands):
+class App(Commands):
+    """The app's click group: :class:`Commands`, whose commands read paths as mcountrw does
+    (:func:`rewriter.cli.common.own_path_types`), set when a command is looked up to run."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            from rewriter.cli.common import own_path_types
+
+            own_path_types(command)
+        return name, command, rest
+
+
+class LazyCommands(App):
     """The entry point's click group: a command is built (its module imported) when it is looked
     up to be run; listed (``--help``, shell completion), it is a stand-in carrying the summary
     from :data:`COMMANDS`, so that the list imports nothing."""

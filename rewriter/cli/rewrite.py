@@ -29,7 +29,9 @@ class Target(enum.Enum):
     NOPPED = "nopped"
 
 
-Image_ = Annotated[Path, typer.Argument(help="vmlinux, module (.ko[.xz|.gz|.zst]), object or executable")]
+Image_ = Annotated[
+    Path, typer.Argument(dir_okay=False, help="vmlinux, module (.ko[.xz|.gz|.zst]), object or executable")
+]
 Output = Annotated[
     Path | None, typer.Option("-o", "--output", parser=output_file, help="where to write the rewritten file")
 ]
@@ -453,7 +455,7 @@ def _log_of(patched: Path, log: Path | None) -> Path:
 
 
 def undo(
-    patched: Annotated[Path, typer.Argument(help="a file written by apply/nop")],
+    patched: Annotated[Path, typer.Argument(dir_okay=False, help="a file written by apply/nop")],
     log: PatchedLog = None,
     output: UndoOutput = None,
     *,
@@ -508,8 +510,8 @@ def _print_already_undone(patched: Path, log: Path, done: Undone) -> None:
 
 
 def verify(
-    original: Annotated[Path, typer.Argument(help="the file before the rewrite")],
-    patched: Annotated[Path, typer.Argument(help="the file after it")],
+    original: Annotated[Path, typer.Argument(dir_okay=False, help="the file before the rewrite")],
+    patched: Annotated[Path, typer.Argument(dir_okay=False, help="the file after it")],
     log: PatchedLog = None,
 ) -> None:
     """Exit 0 iff the byte difference is exactly what the log says; 1 otherwise."""

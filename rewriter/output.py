@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import mmap
 import os
 import secrets
@@ -377,3 +378,54 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class Place(NamedTuple):
+    """A file a run reads or writes, and what it is to the run (the end of an error line).
+    ``owner`` says whose it is: a target's patch log is read and written by the run as one file."""
+
+    path: Path
+    what: str
+    owner: object
+
+
+class Places:
+    """Files by where they are, as ``check_report_output`` and ``rewriter.files.check_side_paths``
+    compare two: the same inode (a hard link, a symlink), or the same path through resolved
+    directories (a file not there yet, ``tree/../x``). By lookup, not pairs: a tree has thousands
+    of inputs, logs and outputs, and its directories are resolved once each."""
+
+    def __init__(self) -> None:
+        self._found: dict[object, list[Place]] = {}
+        self._real = functools.cache(os.path.realpath)
+
+    def _keys(self, path: Path) -> tuple[list[object], bool]:
+        """Where ``path`` is, and whether a file is there."""
+        directory, name = os.path.split(os.fspath(path))
+        keys: list[object] = [(self._real(directory or "."), name)]
+        try:
+            st = os.stat(path)
+        except OSError:
+            return keys, False
+        return [*keys, (st.st_dev, st.st_ino)], True
+
+    def add_read(self, place: Place) -> None:
+        """A file the run reads, if it is there (a patch log not written yet is no file to keep)."""
+        keys, there = self._keys(place.path)
+        if there:
+            self._add(place, keys)
+
+    def claim(self, place: Place) -> Place | None:
+        """The first file added where ``place`` is that is not its own; else add ``place`` (a file
+        the run writes, there or not) and None."""
+        keys = self._keys(place.path)[0]
+        for key in keys:
+            for other in self._found.get(key, ()):
+                if other.owner != place.owner:
+                    return other
+        self._add(place, keys)
+        return None
+
+    def _add(self, place: Place, keys: list[object]) -> None:
+        for key in keys:
+            self._found.setdefault(key, []).append(place)

@@ -20,7 +20,9 @@ file first (a vmlinux takes as long as several hundred modules). Each file goes 
 4. If the destination already holds exactly that result and its log says so, nothing is written
    (``unchanged``): running twice changes nothing. A file with no site to nop is not written
    either, and gets no log (``nothing to nop``; a file with no site at all says why in its
-   message: ``rewriter.files.no_site_cause``).
+   message: ``rewriter.files.no_site_cause``). With ``-o`` it is copied there, a file with no
+   site at all only once the run is known to have found a site somewhere: a run that found none
+   has nothing to do and writes nothing (:func:`no_site_anywhere`).
 5. Otherwise write the log, then the file, each atomically (``rewriter.output``), and read the
    file back. A compressed file is compressed again the way its original was (its log's recipe,
    ``rewriter.elf.compress``), so that undo gives back the original's exact bytes.
@@ -339,11 +341,12 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
 
     if not result.edits:
         # Nothing to nop. If the file was nopped before (the policy changed since), the original
-        # goes back; with -o the output tree still gets its copy of the file.
+        # goes back; with -o the output tree still gets its copy of the file, but one with no site
+        # at all only once the run has found a site somewhere (run(): _copy_bare).
         report = report._replace(status=Status.RESTORED if was_output else Status.NOTHING)
         if not known_sites(image, sc):
             report = report._replace(message=no_site_cause(image, sc, settings.hints))
-        if dest_content == original or settings.dry_run:
+        if dest_content == original or settings.dry_run or report.no_sites:
             return report, ()
         return report, (NewFile(t.dest, orig.file_bytes(t, compression), mode),)
 
@@ -620,7 +623,32 @@ def run(
     """Pre-nop every target; reports in the order of ``ts``. The modules are held to the loop of
     the vmlinux named with them (:func:`_kernel_locs`)."""
     settings = replace(settings, kernel_locs=_kernel_locs(ts, settings))
-    return _map(partial(_prenop_batch, settings=settings), ts, jobs, tick)
+    reports = _map(partial(_prenop_batch, settings=settings), ts, jobs, tick)
+    if settings.dry_run or no_site_anywhere(reports):
+        return reports
+    return _copy_bare(ts, reports)
+
+
+def no_site_anywhere(reports: Sequence[FileReport]) -> bool:
+    """No file of the run has any ftrace site at all, and none failed: the run found nothing to
+    do (a wrong directory, a tree built without ftrace, one nopped before whose logs are gone),
+    says so (exit 1) and writes nothing, not even the copies -o would hold."""
+    return bool(reports) and all(r.no_sites for r in reports)
+
+
+def _copy_bare(ts: Sequence[Target], reports: Sequence[FileReport]) -> list[FileReport]:
+    """Copy each file with no ftrace site at all to its -o output, which :func:`prenop_target` left
+    for the run to decide (:func:`no_site_anywhere`): the output tree is a copy of the tree,
+    untouched files included. A copy that cannot be written fails its file, as a rewrite would."""
+    out = []
+    for t, r in zip(ts, reports, strict=True):
+        if r.no_sites and t.dest != t.source:
+            try:
+                _copy_if_different(t.source, t.dest)
+            except Exception as e:  # _failure re-raises what is not a per-file failure
+                r = _failure(t, e)
+        out.append(r)
+    return out
 
 
 def _kernel_locs(ts: Sequence[Target], settings: Settings) -> Locs:

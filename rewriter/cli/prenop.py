@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,8 +36,9 @@ from rewriter.cli.common import (
 )
 from rewriter.cli.exits import ExitCode, bad_input_if, findings_if
 from rewriter.cli.rewrite import CheckR0, say_waiting
-from rewriter.errors import ArgumentError, NothingToDo
+from rewriter.errors import ArgumentError, NothingToDo, OutputError
 from rewriter.lock import Gone, hold
+from rewriter.output import Place, Places
 from rewriter.prose import counted
 from rewriter.sign import HASHES
 
@@ -214,18 +216,18 @@ def prenop(
                  replace_stale_logs, mcount_addr, generation, wait, check_r0)  # fmt: skip
     _check_options(mode, args)
     _check_outputs(paths, output, report)
-    # Refused inputs (the paths, the policy, the key) exit 2 before _locked makes the output tree,
-    # so that such a run leaves no directory behind. Only names are listed and the policy, key and
-    # certificate read, none of which a run writes: the lock is still taken before any input file
-    # or log is read (docs/prenop.md).
+    # Refused inputs and outputs exit 2 before _locked makes the output tree (none is left behind); the
+    # lock is still taken before any input file or log is read: only names listed, policy and key read.
     ts = _targets(mode, args)
-    _check_some_log(mode, ts)
     settings = _settings(mode, args)
-    with _locked(mode, args, wait):
+    _check_written(mode, args, ts, report)
+    _check_some_log(mode, ts)
+    with _locked(mode, args, wait) as made:
         n = workers(jobs)
         start = time.monotonic()
         reports = _execute(mode, ts, settings, n)
         seconds = time.monotonic() - start
+        _remove_if_nothing_done(mode, reports, made)
     header = _header(mode, args, settings, len(ts))
     _print_reports(mode, reports, header)
     _print_closing(mode, args, settings, reports)
@@ -258,9 +260,10 @@ _REMAKES: Final = 10
 
 
 @contextlib.contextmanager
-def _locked(mode: Mode, args: _Args, wait: bool) -> Iterator[None]:
+def _locked(mode: Mode, args: _Args, wait: bool) -> Iterator[list[Path]]:
     """Make the output tree (:func:`_output_tree`) and hold the locks of the run
-    (:func:`_locked_paths`) for the ``with`` block. A run that does not get them (another run
+    (:func:`_locked_paths`) for the ``with`` block, which gets the directories made (for a run that
+    finds nothing to do to remove: it writes nothing). A run that does not get them (another run
     holds one and there is no ``--wait``, or it is interrupted while it waits) removes the
     directories it made, so that a run refused for a lock leaves no directory behind either. The
     tree is made before the locks are taken, not after: every path is then locked in the one
@@ -282,17 +285,32 @@ def _locked(mode: Mode, args: _Args, wait: bool) -> Iterator[None]:
                 raise
         else:
             raise ArgumentError(f"{tree}: removed {_REMAKES} times while this run waited to lock it")
-        yield
+        yield made
 
 
 def _output_tree(mode: Mode, args: _Args) -> Path | None:
     """The output directory of a run that writes one (``-o`` for a tree or for several files)."""
     takes = MODES[mode]
-    if takes.dry_run or takes.output is Output.REFUSED or args.output is None:
+    if takes.dry_run or takes.output is Output.REFUSED:
         return None
-    if len(args.paths) > 1 or args.paths[0].is_dir() or args.output.is_dir():
+    return _tree_named(args)
+
+
+def _tree_named(args: _Args) -> Path | None:
+    """``-o`` when it names a directory: for a tree or several files (made if missing), or one that
+    exists for the one file named to go in."""
+    if args.output is None:
+        return None
+    if not _one_file(args) or args.output.is_dir():
         return args.output
     return None
+
+
+def _one_file(args: _Args) -> bool:
+    """The run names one file, no directory: ``-o`` names its output file (or a directory to put it
+    in). A file named twice is one file, read once (``rewriter.prenop.targets``): ``prenop F F -o
+    OUT`` writes the file OUT, and was refused as if OUT were a tree."""
+    return len({os.path.realpath(p) for p in args.paths}) == 1 and not args.paths[0].is_dir()
 
 
 def _make_tree(tree: Path | None) -> list[Path]:
@@ -308,13 +326,22 @@ def _make_tree(tree: Path | None) -> list[Path]:
     return missing
 
 
+def _remove_if_nothing_done(mode: Mode, reports: Sequence[FileReport], made: Sequence[Path]) -> None:
+    """A run with nothing to do writes nothing (:func:`_nothing_to_do_text`), not even the output
+    tree it made: it exited 1 and left an empty OUT (with a copy of each file, before
+    ``rewriter.prenop.no_site_anywhere``)."""
+    if _nothing_to_do_text(mode, reports) is not None:
+        _remove_empty(made)
+
+
 def _remove_empty(made: Sequence[Path]) -> None:
     """Remove the directories ``made`` (outermost first) that are still empty, innermost first.
     Only empty ones: another run that found the tree just made and took it over (it holds its
     lock) may have written into it. A run that waited (``--wait``) on the lock of a tree removed
     here finds, once it has the lock, that the path names nothing (``rewriter.lock``'s check of
     the locked inode): it makes the tree again and locks the new one (:func:`_locked`). Only a
-    run refused for a lock removes its tree, not one whose files all failed."""
+    run refused for a lock, or one that found nothing to do, removes its tree, not one whose
+    files all failed."""
     for d in reversed(made):
         try:
             d.rmdir()
@@ -358,17 +385,27 @@ def _no_log_text(mode: Mode, files: int, first: str) -> str:
 
 
 def _nothing_to_do(mode: Mode, reports: Sequence[FileReport]) -> None:
-    """A policy run in which no file has any ftrace site at all did nothing, and so did an --undo or
-    --verify that found no log for any file: each says so (exit 1)."""
-    from rewriter.prenop import Status
+    """Say that the run did nothing (:func:`_nothing_to_do_text`), exit 1."""
+    text = _nothing_to_do_text(mode, reports)
+    if text is not None:
+        raise NothingToDo(text)
 
-    done = [r for r in reports if r.status is not Status.FAILED]
-    if MODES[mode].policy and done and all(r.no_sites for r in done):
-        raise NothingToDo(f"no ftrace call site in {_any_of(len(done))}; {done[0].rel}: {done[0].message}")
-    if not MODES[mode].policy and done and all(r.status is Status.NO_LOG for r in done):
+
+def _nothing_to_do_text(mode: Mode, reports: Sequence[FileReport]) -> str | None:
+    """The line of a run that did nothing, None if it did something or a file failed (exit 2): a
+    policy run in which no file has any ftrace site at all (``rewriter.prenop.no_site_anywhere``:
+    it writes nothing, -o included), and an --undo or --verify that found no log for any file."""
+    from rewriter.prenop import Status, no_site_anywhere
+
+    if MODES[mode].policy:
+        if not no_site_anywhere(reports):
+            return None
+        return f"no ftrace call site in {_any_of(len(reports))}; {reports[0].rel}: {reports[0].message}"
+    if reports and all(r.status is Status.NO_LOG for r in reports):
         # --undo and --verify go by the logs: with none found there was nothing to check or give back
         # (a file never rewritten has no log, but a whole run of them is a wrong --log-dir or path)
-        raise NothingToDo(_no_log_text(mode, len(done), done[0].rel))
+        return _no_log_text(mode, len(reports), reports[0].rel)
+    return None
 
 
 def _print_closing(mode: Mode, args: _Args, settings: Settings | None, reports: Sequence[FileReport]) -> None:
@@ -419,7 +456,7 @@ def _incomplete_output(mode: Mode, args: _Args, reports: Sequence[FileReport]) -
     failed = [r for r in reports if r.status is Status.FAILED]
     if takes.dry_run or args.output is None or not failed:
         return ""
-    if len(args.paths) == 1 and not args.paths[0].is_dir() and _output_tree(mode, args) is None:
+    if _one_file(args) and _output_tree(mode, args) is None:
         return f"{args.output} was not written: its input failed (the line above)"
     return (
         f"{args.output} is incomplete: {counted(len(failed), 'file')} failed and "
@@ -475,11 +512,122 @@ def _check_outputs(paths: Sequence[Path], output: str | None, report: Path | Non
     """Before any file is read. For one file, ``-o`` names the output file, or a directory that
     exists to put it in; a trailing slash names a directory, so ``-o x/`` where ``x`` is none is
     refused as the other commands refuse it (a Path drops the slash: it wrote a file ``x``). For a
-    tree, or several files, ``-o`` is a directory, made if missing. ``--report`` is a report's
-    ``-o``."""
+    tree, or several files, ``-o`` is a directory, made if missing (that it can be:
+    :func:`_check_writable`, once the files are known). ``--report`` is a report's ``-o``."""
     if output == "-" or (output is not None and len(paths) == 1 and not paths[0].is_dir()):
         output_file(output)  # "-" refused for a tree as for a file: it is no stdout here either
     check_report_output(report)
+
+
+def _check_written(mode: Mode, args: _Args, ts: Sequence[Target], report: Path | None) -> None:
+    """Before any work, each file the run writes (a dry run: those of the run it previews, and its
+    report), as `nop` checks its own: it can be put in its place (:func:`_check_writable`), and it
+    is no file the run reads nor another file it writes (:func:`_check_apart`)."""
+    _check_writable(mode, args, ts)
+    _check_apart(mode, args, ts, report)
+
+
+def _check_writable(mode: Mode, args: _Args, ts: Sequence[Target]) -> None:
+    """Every output can be written where it goes. The run used to fail file by file at its end
+    instead, the input blamed (`OUT was not written: its input failed`, after a line about the
+    log). One file named is checked as nop checks its output (``rewriter.files.check_output_path``:
+    the directory of -o must exist and take a new file); a tree's -o is made with its missing
+    parents (docs/prenop.md), so for a tree each directory files go in (or the first of those that
+    is missing, made as they are written) is checked once: a tree has thousands of files."""
+    from rewriter.files import check_output_path
+
+    if not args.in_place and args.output is None:
+        return  # a dry run with neither, or --verify: no output
+    checked: set[Path] = set()
+    for t in ts:
+        if _one_file(args):
+            check_output_path(t.source, None if args.in_place else t.dest, args.in_place)
+        else:
+            _check_makeable(t.dest, checked)
+        if MODES[mode].policy:
+            _check_makeable(t.log, checked)
+
+
+def _check_makeable(path: Path, checked: set[Path]) -> None:
+    """The directory of ``path`` takes a new file, or the first directory on its way that is
+    missing can be made (``rewriter.output.check_replaceable``, checked for the first file that
+    goes there: ``checked`` holds the directories done)."""
+    from rewriter.output import check_replaceable
+
+    if path.parent in checked:
+        return
+    checked.add(path.parent)
+    while not path.parent.is_dir() and path.parent != path.parent.parent:
+        path = path.parent
+    check_replaceable(path)
+
+
+class _Written(NamedTuple):
+    """A file the run writes: the option that names it ("" for a patch log, named for its file),
+    and what is written there."""
+
+    option: str
+    place: Place
+    thing: str
+
+
+def _check_apart(mode: Mode, args: _Args, ts: Sequence[Target], report: Path | None) -> None:
+    """No output is a file the run reads or another output: `--report` or `-o` over the input, its
+    patch log, the policy or the signing key, -o equal to --report, a patch log the run writes
+    over the policy. Each was replaced, exit 0 (a --verify's report replaced its input, then the
+    run failed); a patch log lost is an undo lost. The one line names the output as it was given
+    and the file it would replace."""
+    places = Places()
+    for place in _read(args, ts):
+        places.add_read(place)
+    for w in _written(mode, args, ts, report):
+        other = places.claim(w.place)
+        if other is not None:
+            named = f"{w.option} {w.place.path}" if w.option else str(w.place.path)
+            raise OutputError(f"{named}: is {other.path}, {other.what}: {w.thing} would replace it")
+
+
+def _read(args: _Args, ts: Sequence[Target]) -> list[Place]:
+    """The files the run reads: the policy, the signing key and certificate, and each target's
+    input, pristine file (--against) and patch log, and the log beside its input, which its undo
+    needs (the same log in place, where the run rewrites it)."""
+    from rewriter.log import default_log_path
+
+    named = [
+        (args.policy, "the policy"),
+        (args.sign_key, "the signing key"),
+        (args.sign_cert, "the signing certificate"),
+    ]
+    out = [Place(path, f"{what} this command reads", what) for path, what in named if path is not None]
+    for i, t in enumerate(ts):
+        out.append(Place(t.source, "an input this command reads", ("input", i)))
+        if t.original is not None:
+            out.append(Place(t.original, "a pristine file this command reads (--against)", ("against", i)))
+        out.append(Place(t.log, "a patch log this command reads", ("log", i)))
+        beside = default_log_path(t.source)
+        if beside != t.log:
+            what = f"the patch log of the input {t.source}, which its undo needs"
+            out.append(Place(beside, what, ("log", i) if args.in_place else ("beside", i)))
+    return out
+
+
+def _written(mode: Mode, args: _Args, ts: Sequence[Target], report: Path | None) -> list[_Written]:
+    """The files the run writes, in the order they are checked (each against those before it too):
+    the output tree, each file's output and patch log (not the inputs an in-place run rewrites),
+    and the report. A dry run is checked as the run it previews, as `nop --dry-run` is."""
+    out = []
+    tree = _tree_named(args)
+    if tree is not None:
+        out.append(_Written("-o", Place(tree, "the output tree this command writes (-o)", "tree"), "the output tree"))
+    if args.output is not None:
+        what = "an output this command writes (-o)"
+        out += [_Written("-o", Place(t.dest, what, ("output", i)), "the output") for i, t in enumerate(ts)]
+    if MODES[mode].policy and (args.in_place or args.output is not None):
+        what = "a patch log this command writes"
+        out += [_Written("", Place(t.log, what, ("log", i)), f"the patch log of {t.dest}") for i, t in enumerate(ts)]
+    if report is not None:
+        out.append(_Written("--report", Place(report, "the report", "report"), "the report"))
+    return out
 
 
 def _targets(mode: Mode, args: _Args) -> list[Target]:

@@ -150,18 +150,24 @@ def _nothing_to_do(proc_stderr: str) -> None:
     assert "error" not in proc_stderr and "Traceback" not in proc_stderr, proc_stderr
 
 
-def test_a_file_with_nothing_to_do_leaves_the_output_file_as_it_was(tmp_path: Path) -> None:
-    """It exited 1, "nothing to do", and replaced the -o target with a copy of its input."""
-    plain = no_mcount(tmp_path)
+def _writes_nothing(tmp_path: Path, source: Path, outputs: tuple[Path, ...]) -> None:
+    """prenop of ``source`` (no ftrace site anywhere) to each of ``outputs`` says nothing to do,
+    exit 1, and leaves every file below ``tmp_path`` as it was."""
     (tmp_path / "all.policy").write_text("default nop\n")
-    target = tmp_path / "target.o"
-    target.write_bytes(b"OLD\n")
     before = _listing(tmp_path)
-    for out in (target, tmp_path / "new.o"):
-        result = invoke("prenop", "--policy", tmp_path / "all.policy", plain, "-o", out)
+    for out in outputs:
+        result = invoke("prenop", "-j", 1, "--policy", tmp_path / "all.policy", source, "-o", out)
         assert result.exit_code == 1, result.output
         _nothing_to_do(result.stderr)
         assert _listing(tmp_path) == before
+
+
+def test_a_file_with_nothing_to_do_leaves_the_output_file_as_it_was(tmp_path: Path) -> None:
+    """It exited 1, "nothing to do", and replaced the -o target with a copy of its input."""
+    plain = no_mcount(tmp_path)
+    target = tmp_path / "target.o"
+    target.write_bytes(b"OLD\n")
+    _writes_nothing(tmp_path, plain, (target, tmp_path / "new.o"))
 
 
 def test_a_tree_with_nothing_to_do_makes_no_output_tree(tmp_path: Path) -> None:
@@ -170,14 +176,8 @@ def test_a_tree_with_nothing_to_do_makes_no_output_tree(tmp_path: Path) -> None:
     (tmp_path / "tree").mkdir()
     shutil.copy(plain, tmp_path / "tree" / "x.ko")
     shutil.copy(plain, tmp_path / "tree" / "y.ko")
-    (tmp_path / "all.policy").write_text("default nop\n")
     (tmp_path / "there").mkdir()
-    before = _listing(tmp_path)
-    for out in ("out2", "there"):
-        result = invoke("prenop", "-j", 1, "--policy", tmp_path / "all.policy", tmp_path / "tree", "-o", tmp_path / out)
-        assert result.exit_code == 1, result.output
-        _nothing_to_do(result.stderr)
-        assert _listing(tmp_path) == before
+    _writes_nothing(tmp_path, tmp_path / "tree", (tmp_path / "out2", tmp_path / "there"))
 
 
 def test_a_tree_with_a_site_somewhere_still_copies_the_files_without_one(tmp_path: Path) -> None:

@@ -403,6 +403,32 @@ def test_undo_of_a_chain_step_names_the_log_before_from_where_it_runs(tmp_path: 
         os.chdir(here)
 
 
+def test_undo_of_a_chain_step_finds_the_log_before_from_the_undone_logs_directory(tmp_path: Path) -> None:
+    """A step run from its log's own directory names the log before relative to it
+    (``../a/L1.jsonl``); an undo run from elsewhere said that log was not found, though it was
+    there and undid the step before byte for byte."""
+    import os
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    src = tmp_path / "in"
+    shutil.copy(BIN / "prof-le", src)
+    here = Path.cwd()
+    try:
+        os.chdir(tmp_path)
+        assert invoke("nop", "in", "--only", "leaf_add", "-o", "a/s1", "--log", "a/L1.jsonl").exit_code == 0
+        os.chdir(tmp_path / "b")
+        step = ("apply", "../a/s1", "--to", "disabled", "--input-log", "../a/L1.jsonl", "-o", "s2", "--log", "L2.jsonl")
+        assert invoke(*step).exit_code == 0
+        os.chdir(tmp_path.anchor)
+        result = invoke("undo", tmp_path / "b" / "s2", "--log", tmp_path / "b" / "L2.jsonl", "-o", tmp_path / "u1")
+    finally:
+        os.chdir(here)
+    assert result.exit_code == 0, result.output
+    assert f"its own log: {tmp_path / 'b' / '..' / 'a' / 'L1.jsonl'} (undo with it" in result.stderr, result.output
+    assert (tmp_path / "u1").read_bytes() == (tmp_path / "a" / "s1").read_bytes()
+
+
 # -- undo and verify find the log where apply and nop wrote it ------------------------------------------
 
 

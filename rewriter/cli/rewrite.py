@@ -489,11 +489,16 @@ def undo(
 
 def _step_before(named: Path, log: Path) -> str:
     """Where the log of the step before is: as the undone log names it (a path from where that run
-    was made), or beside the undone log; and if it is in neither place, that it is not found."""
-    for place in (named, log.parent / named.name):
+    was made: from here, or from the undone log's directory, where a run that wrote its log beside
+    it was made), or beside the undone log; and if it is in none, that it is not found. (Found
+    from the undone log's directory, it was said not to be.)"""
+    for place in (named, log.parent / named, log.parent / named.name):
         if place.is_file():
             return f"its own log: {place} (undo with it for the step before)"
-    return f"its own log, {named}, is not found (here or beside {log}): the step before cannot be undone without it"
+    return (
+        f"its own log, {named}, is not found (from here, from beside {log}, or beside it): the step before "
+        "cannot be undone without it"
+    )
 
 
 def _print_already_undone(patched: Path, log: Path, done: Undone) -> None:

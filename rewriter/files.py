@@ -50,7 +50,7 @@ from rewriter.log import (
     render,
 )
 from rewriter.mcount import MCOUNT_NAMES, check_mcount_addr_alone
-from rewriter.output import Pending, atomic_write, check_replaceable, commit_all, write_temp
+from rewriter.output import Pending, atomic_write, check_replaceable, commit_all, same_place, write_temp
 from rewriter.prose import counted
 from rewriter.reading import file_at, read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
@@ -156,13 +156,13 @@ def check_side_paths(
     otherwise overwrite the true original with a rewritten file)."""
     saved = input_path.with_name(input_path.name + ".orig")
     for other, what in ((input_path, "the input"), (out, "the output"), (saved if backup else None, "the backup")):
-        if other is not None and _same_file(log, other):
+        if other is not None and same_place(log, other):
             raise OutputError(f"{log}: the patch log would overwrite {what}")
     for own in (default_log_path(input_path), input_log):
-        if not in_place and own is not None and _same_file(out, own):
+        if not in_place and own is not None and same_place(out, own):
             raise OutputError(f"-o {out}: is the patch log of the input {input_path}, which its undo needs")
     for written, what in ((out, "-o"), (log, "the patch log")):
-        if kernel is not None and _same_file(written, kernel):
+        if kernel is not None and same_place(written, kernel):
             raise OutputError(f"{written}: {what} would overwrite the --kernel vmlinux, which this run reads")
     if stage_dir is not None:
         _check_not_a_stage_image(input_path, stage_dir, ((out, "-o"), (log, "the patch log")))
@@ -284,7 +284,7 @@ def check_no_foreign_log(path: Path, known: Known | None) -> None:
     archived first (``archived_log``). A log there that is not the file's (ignored, with a warning)
     would be replaced with no copy kept: refused, before anything is written."""
     beside = default_log_path(path)
-    if file_at(beside) and (known is None or not _same_file(known.path, beside)):
+    if file_at(beside) and (known is None or not same_place(known.path, beside)):
         raise OutputError(
             f"{beside}: not the log of {path}, and an in-place rewrite would replace it: move it away, or "
             "give the new log another name with --log"
@@ -334,7 +334,7 @@ def _write_outputs(
     # An uncompressed input is already mapped: hash and back it up from the mapping, not a re-read.
     raw = image.data if image.compression is Compression.NONE else _on_disk(path)
     restore = Restore.of(raw, image.data, image.compression)
-    moved = known is not None and _same_file(known.path, log)
+    moved = known is not None and same_place(known.path, log)
     base = None if known is None else Base(str(archived_log(known)), known.sha256) if moved else known.base
     # Nothing changed (a module without records): its bytes as they are, not compressed again.
     new_raw = restore.compressed(result.content, image.compression) if result.edits else bytes(raw)
@@ -369,15 +369,6 @@ def _write_outputs(
             p.discard()
         raise
     return base
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    """One place under two names (``out/../prog.log`` and ``prog.log``, a link to it), whether or
-    not a file is there yet; a name the system cannot hold (too long) is no place."""
-    try:
-        return a == b or a.resolve() == b.resolve()
-    except OSError:
-        return False
 
 
 def stage_image_path(directory: Path, path: Path, stage: int) -> Path:
@@ -654,7 +645,7 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
         if written is not None and written.exception() is None:  # waits for the writer thread
             written.result().discard()
         raise
-    own_log = in_place and _same_file(log_path, default_log_path(patched))
+    own_log = in_place and same_place(log_path, default_log_path(patched))
     return Undone(out, log, _settle_logs(log_path, log) if own_log else None, sha256=_sha256(new_raw))
 
 

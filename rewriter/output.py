@@ -30,7 +30,7 @@ import os
 import secrets
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -389,25 +389,34 @@ class Place(NamedTuple):
     owner: object
 
 
+def _place_keys(path: Path, real: Callable[[str], str] = os.path.realpath) -> tuple[list[object], bool]:
+    """Where ``path`` is, and whether a file is there: its name in its resolved directory (a file
+    not there yet, ``tree/../x``) and, if it is there, its inode (a hard link, a symlink)."""
+    directory, name = os.path.split(os.fspath(path))
+    keys: list[object] = [(real(directory or "."), name)]
+    try:
+        st = os.stat(path)
+    except OSError:  # not there, or a name the system cannot hold: only its name
+        return keys, False
+    return [*keys, (st.st_dev, st.st_ino)], True
+
+
+def same_place(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` name one file (:func:`_place_keys`), whether or not it is there yet."""
+    return not set(_place_keys(a)[0]).isdisjoint(_place_keys(b)[0])
+
+
 class Places:
-    """Files by where they are, as ``check_report_output`` and ``rewriter.files.check_side_paths``
-    compare two: the same inode (a hard link, a symlink), or the same path through resolved
-    directories (a file not there yet, ``tree/../x``). By lookup, not pairs: a tree has thousands
-    of inputs, logs and outputs, and its directories are resolved once each."""
+    """Files by where they are, as :func:`same_place` tells two apart, by lookup rather than in
+    pairs: a tree has thousands of inputs, logs and outputs, and its directories are resolved once
+    each."""
 
     def __init__(self) -> None:
         self._found: dict[object, list[Place]] = {}
         self._real = functools.cache(os.path.realpath)
 
     def _keys(self, path: Path) -> tuple[list[object], bool]:
-        """Where ``path`` is, and whether a file is there."""
-        directory, name = os.path.split(os.fspath(path))
-        keys: list[object] = [(self._real(directory or "."), name)]
-        try:
-            st = os.stat(path)
-        except OSError:
-            return keys, False
-        return [*keys, (st.st_dev, st.st_ino)], True
+        return _place_keys(path, self._real)
 
     def add_read(self, place: Place) -> None:
         """A file the run reads, if it is there (a patch log not written yet is no file to keep)."""

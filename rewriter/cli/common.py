@@ -247,30 +247,24 @@ def check_report_output(output: Path | None, reads: Iterable[Path] = ()) -> None
     run (``-o .`` failed there after the whole scan, EBUSY): it must be a place a file can be put
     (``rewriter.output.check_replaceable``), and no file the command reads: an input, or a
     patch log (given, or the one beside each image, read or not). The report would replace it,
-    exit 0; a log lost is an undo lost. Compared by inode, so that a second name of the file (a
-    link, ``./``) is caught too; an ``output`` that does not exist reads as nothing."""
+    exit 0; a log lost is an undo lost. Compared as ``rewriter.output.Places`` compares (by inode,
+    so that a second name of the file, a link or ``./``, is caught too); an ``output`` that does
+    not exist reads as nothing."""
     from rewriter.log import default_log_path
-    from rewriter.output import check_replaceable
+    from rewriter.output import Place, Places, check_replaceable
 
     if output is None:
         return
     check_replaceable(output)
-    try:
-        target = output.stat()
-    except OSError:
+    if not output.exists():
         return
+    places = Places()
     for path in reads:
         for read, what in ((path, "an input"), (default_log_path(path), "a patch log")):
-            if _same_file(read, target):
-                raise ArgumentError(f"-o {output}: is {read}, {what} this command reads: the report would replace it")
-
-
-def _same_file(path: Path, target: os.stat_result) -> bool:
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    return (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino)
+            places.add_read(Place(read, f"{what} this command reads", read))
+    other = places.claim(Place(output, "the report", "report"))
+    if other is not None:
+        raise ArgumentError(f"-o {output}: is {other.path}, {other.what}: the report would replace it")
 
 
 def emit(text: str, output: Path | None) -> None:

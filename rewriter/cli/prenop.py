@@ -307,10 +307,15 @@ def _tree_named(args: _Args) -> Path | None:
 
 
 def _one_file(args: _Args) -> bool:
-    """The run names one file, no directory: ``-o`` names its output file (or a directory to put it
+    """The run names one file, no directory (:func:`_names_one_file`)."""
+    return _names_one_file(args.paths)
+
+
+def _names_one_file(paths: Sequence[Path]) -> bool:
+    """``paths`` name one file, no directory: ``-o`` names its output file (or a directory to put it
     in). A file named twice is one file, read once (``rewriter.prenop.targets``): ``prenop F F -o
     OUT`` writes the file OUT, and was refused as if OUT were a tree."""
-    return len({os.path.realpath(p) for p in args.paths}) == 1 and not args.paths[0].is_dir()
+    return len({os.path.realpath(p) for p in paths}) == 1 and not paths[0].is_dir()
 
 
 def _make_tree(tree: Path | None) -> list[Path]:
@@ -514,7 +519,7 @@ def _check_outputs(paths: Sequence[Path], output: str | None, report: Path | Non
     refused as the other commands refuse it (a Path drops the slash: it wrote a file ``x``). For a
     tree, or several files, ``-o`` is a directory, made if missing (that it can be:
     :func:`_check_writable`, once the files are known). ``--report`` is a report's ``-o``."""
-    if output == "-" or (output is not None and len(paths) == 1 and not paths[0].is_dir()):
+    if output == "-" or (output is not None and _names_one_file(paths)):
         output_file(output)  # "-" refused for a tree as for a file: it is no stdout here either
     check_report_output(report)
 

@@ -1035,3 +1035,21 @@ def test_backup_without_in_place_is_refused_in_a_dry_run_too(tmp_path: Path) -> 
             f"{src}: --backup goes with --in-place (with -o the input is left as it is)",
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.o"]
+
+
+def test_a_second_name_of_the_input_is_no_place_for_its_log_or_report(tmp_path: Path) -> None:
+    """Two paths name one file by inode as well as by resolved name: a hard link of the input given
+    as --log was taken for another file, and the run went on to put its log in that name of the
+    input (exit 0), where a symlink or ``./`` is refused."""
+    src, hard = tmp_path / "a.o", tmp_path / "hard.o"
+    shutil.copy(BIN / "prof-le.o", src)
+    os.link(src, hard)
+    _refused(
+        invoke("nop", src, "-o", tmp_path / "out.o", "--log", hard), f"{hard}: the patch log would overwrite the input"
+    )
+    _refused(
+        invoke("scan", src, "-o", hard),
+        f"-o {hard}: is {src}, an input this command reads: the report would replace it",
+    )
+    assert src.read_bytes() == (BIN / "prof-le.o").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.o", "hard.o"]

@@ -7,6 +7,7 @@ with MCOUNTRW_REQUIRE_TOOLS=1 (CI) the same condition fails the test instead.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,40 @@ def assert_one_line(result: Result, code: int, label: str, *words: str) -> str:
     for w in words:
         assert w in line, line
     return line
+
+
+# -- names a file may hold, for the reports that quote them ------------------------------------------
+
+# Function names that are markup in Markdown or HTML (gas takes any bytes in a quoted symbol).
+HOSTILE_FUNCTIONS = (
+    "</script><script>alert(1)</script>",
+    "<!--<script>",
+    "x`y``z*_[l](http://e)",
+    "q'uote & <b>bold</b> &amp;",
+    "a|b|c",
+    "__strong__",
+)
+HOSTILE_SECTION = ".text.<sec>|`s`"
+
+
+def hostile_object(tmp_path: Path) -> Path:
+    """A little-endian mprofile object whose recorded functions have :data:`HOSTILE_FUNCTIONS`'
+    names, the last of them in section :data:`HOSTILE_SECTION`. Each stores r0 after its site:
+    an ``r0live`` warning, so that an audit names every function."""
+    from boot import require_tool
+
+    gcc = require_tool("powerpc64le-linux-gnu-gcc")
+    lines = ["\t.abiversion 2", "\t.text"]
+    for n, name in enumerate(HOSTILE_FUNCTIONS):
+        if n == len(HOSTILE_FUNCTIONS) - 1:
+            lines.append(f'\t.section "{HOSTILE_SECTION}","ax",@progbits')
+        q = '"' + name + '"'
+        lines += [
+            "\t.p2align 4", f"\t.globl {q}", f"\t.type {q}, @function", f"{q}:",
+            "\tmflr 0", "1:\tbl _mcount", '\t.pushsection __mcount_loc,"a",@progbits',
+            "\t.p2align 3", "\t.8byte 1b", "\t.popsection", "\tstd 0, 16(1)", "\tblr", f"\t.size {q}, .-{q}",
+        ]  # fmt: skip
+    src, obj = tmp_path / "hostile.S", tmp_path / "hostile.o"
+    src.write_text("\n".join(lines) + "\n")
+    subprocess.run([gcc, "-c", str(src), "-o", str(obj)], check=True)
+    return obj

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from boot import require_tool
-from conftest import FIXTURES
+from conftest import FIXTURES, HOSTILE_FUNCTIONS, hostile_object
 from typer.testing import CliRunner
 
 from rewriter.cli import app
@@ -325,3 +325,15 @@ def test_chromium_pages_through_the_vmlinux_table(corpus, tmp_path: Path) -> Non
             view.click("#next")
         assert view.info() == f"{len(kept)} sites, page {pages} of {pages}"
         assert view.rows() == kept[(pages - 1) * 200 :]
+
+
+def test_a_name_that_opens_an_html_comment_leaves_the_page_working(tmp_path: Path) -> None:
+    """A function named ``<!--<script>`` in the embedded site data put the browser's parser where
+    ``</script>`` no longer ends the element: it swallowed the page's own script, and the table
+    never rendered. The data now holds no ``<`` at all, and reads back as the names."""
+    page = _report(tmp_path, hostile_object(tmp_path))
+    found = re.search(r'<script type="application/json" id="site-data">(.*?)</script>', page.read_text(), re.S)
+    assert found is not None and "<" not in found.group(1)
+    assert {row[3] for row in _site_data(page)} >= set(HOSTILE_FUNCTIONS)  # the function column
+    dom = _chromium(tmp_path, page, "--dump-dom", "--virtual-time-budget=5000").stdout
+    assert 'data-rendered="yes"' in dom

@@ -251,8 +251,14 @@ def _errors(errors: Sequence[str]) -> list[str]:
     return ["<h2>Errors</h2>", f"<ul id='errors'>{items}</ul>"]
 
 
+_JSON_IN_HTML = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
 def _json_script(element_id: str, value: object) -> str:
-    text = json.dumps(value, separators=(",", ":")).replace("</", "<\\/")
+    # No "<" at all in the element: "</script" would end it, and "<!--" followed by "<script"
+    # (a function can be named that) puts the parser in a state where "</script>" does not. JSON
+    # reads "\u003c" as "<"; ">" and "&" likewise, so no part of the text is markup.
+    text = json.dumps(value, separators=(",", ":")).translate(_JSON_IN_HTML)
     return f'<script type="application/json" id="{element_id}">{text}</script>'
 
 

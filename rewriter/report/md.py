@@ -8,6 +8,7 @@ headline and a section per image pair: its function changes, then its site chang
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -35,8 +36,33 @@ def percent(part: int, whole: int) -> str:
     return f"{min(max(100 * part / whole, 0.001), 99.999):.3f} %"
 
 
+def code(name: str) -> str:
+    """``name`` (a path, a section or symbol name) as a Markdown code span, in which nothing is
+    markup: a name from a file may hold ``*``, ``<`` or ``[``. The fence is one backtick longer
+    than the longest run in the name, and a name that starts or ends with a backtick or a space is
+    padded with one space each side, which the span drops again (CommonMark, code spans)."""
+    name = printable(name) or " "
+    fence = "`" * (max(map(len, re.findall("`+", name)), default=0) + 1)
+    pad = " " if {name[0], name[-1]} & {"`", " "} else ""
+    return f"{fence}{pad}{name}{pad}{fence}"
+
+
+# What could start markup in prose: emphasis, a link, a code span, raw HTML or an entity, a GFM
+# strikethrough. A run of underscores followed by a letter or digit can neither close emphasis
+# nor, with no closer, open it (CommonMark's flanking rules): a kernel name's ``__`` stays as written.
+# A backslash escapes only the ASCII punctuation after it: the ``\\x1b`` of an unprintable
+# character (prose.printable) reads as written, unescaped.
+_MARKUP = re.compile(r"\\(?=[!-/:-@\[-`{-~])|[`*\[\]<>&~]|_+(?!\w)")
+
+
+def text(prose: str) -> str:
+    """``prose`` that quotes names from a file (a message, a place, a function) as Markdown that
+    reads as itself: a backslash before each character that could start markup."""
+    return _MARKUP.sub(lambda m: "".join("\\" + c for c in m.group()), printable(prose))
+
+
 def _tally(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{n} {k}" for k, n in counts.items()) or "none"
+    return ", ".join(f"{n} {text(k)}" for k, n in counts.items()) or "none"
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
@@ -73,7 +99,7 @@ def _headline(total: GroupSummary) -> list[str]:
 def _groups(groups: Sequence[GroupSummary]) -> list[str]:
     rows = [
         (
-            printable(g.group),
+            text(g.group),
             g.images,
             g.sites,
             _tally(g.by_state),
@@ -114,7 +140,7 @@ def _counts_rows(img: ImageAudit) -> list[tuple[str, object]]:
             f"{c.records} ({c.unmatched_records}, {c.duplicate_records}, {c.skipped_records}) / {c.zeroed_records}",
         ),
     ]
-    rows += [(f"ool stubs: `{a.name}`", stub_text(a)) for a in img.stubs]
+    rows += [(f"ool stubs: {code(a.name)}", stub_text(a) if a.covers else f"**{stub_text(a)}**") for a in img.stubs]
     if img.stub_gap is not None:
         rows.append(("ool stubs", stub_gap_text(img.stub_gap)))
     if img.generation is Generation.OOL and not img.stubs and img.kind is Kind.MODULE:
@@ -134,24 +160,26 @@ def stub_gap_text(gap: StubGap) -> str:
 
 
 def stub_text(area: StubArea) -> str:
-    """``used / count stubs of N bytes, covers`` (or how many records get none)."""
-    short = "covers its records" if area.covers else f"**none for {counted(area.need, 'record')}**"
+    """``used / count stubs of N bytes, covers`` (or how many records get none); plain text,
+    for the HTML report too."""
+    short = "covers its records" if area.covers else f"none for {counted(area.need, 'record')}"
     return f"{area.used} / {area.stub_count} stubs of {area.stub_size} bytes used; {short}"
 
 
 def _image(img: ImageAudit) -> list[str]:
     out = [
-        f"### `{printable(str(img.path))}`",
+        f"### {code(str(img.path))}",
         "",
-        f"{img.kind.value}, {img.endian}-endian {img.abi.value}, group `{printable(img.group)}`.",
+        f"{img.kind.value}, {img.endian}-endian {img.abi.value}, group {code(img.group)}.",
         "",
         *_table(("what", "count"), _counts_rows(img)),
     ]
     if img.anomalies:
         out += ["", "#### Anomalies", ""]
         for a in img.anomalies[:MAX_SHOWN]:
-            head = " ".join(x for x in (f"`{a.kind.value}`", a.place, f"({a.function})" if a.function else "") if x)
-            out.append(f"- **{a.severity.value}** {head}: {a.message}")
+            function = f"({text(a.function)})" if a.function else ""
+            head = " ".join(x for x in (f"`{a.kind.value}`", text(a.place), function) if x)
+            out.append(f"- **{a.severity.value}** {head}: {text(a.message)}")
             out += _code(a.evidence)
         out += _more_anomalies(img.anomalies[MAX_SHOWN:])
     open_sites = [sa for sa in img.sites if sa.safety.verdict in _OPEN]
@@ -159,7 +187,8 @@ def _image(img: ImageAudit) -> list[str]:
         out += ["", "#### Sites not proven safe", ""]
         for sa in open_sites[:MAX_SHOWN]:
             why = sa.safety.why.value if sa.safety.why else ""
-            out.append(f"- **{sa.safety.verdict.value}** {sa.site.place_text} ({sa.site.function or '?'}): {why}")
+            site = f"{text(sa.site.place_text)} ({text(sa.site.function or '?')})"
+            out.append(f"- **{sa.safety.verdict.value}** {site}: {why}")
             out += _code(sa.evidence)
         if len(open_sites) > MAX_SHOWN:
             out.append(f"- ... {len(open_sites) - MAX_SHOWN} more (--format json lists every one)")
@@ -203,7 +232,7 @@ def audit_markdown(audit: Audit) -> str:
         for img in shown:
             out += [*_image(img), ""]
     if audit.errors:
-        out += ["## Errors", "", *(f"- {e}" for e in audit.errors), ""]
+        out += ["## Errors", "", *(f"- {text(e)}" for e in audit.errors), ""]
     worst = [s for s in Severity if total.anomalies[s.value]]
     out.append(f"_Highest severity: {worst[-1].value}._" if worst else "_No anomalies._")
     return "\n".join(out) + "\n"
@@ -242,7 +271,7 @@ def _diff_functions(d: ImageDiff, limit: int | None) -> list[str]:
     if n["generation"] and n["generation"] == d.common_functions:
         out.append(f"Every function in both changed generation ({_gen(d, 0)} -> {_gen(d, 1)}).")
         rows = [f for f in rows if f.change is not FunctionChangeKind.GENERATION]
-    table = [(f.change.value, f.function, f.before or "", f.after or "") for f in rows[:limit]]
+    table = [(f.change.value, text(f.function), text(f.before or ""), text(f.after or "")) for f in rows[:limit]]
     if table:
         out += ["", *_table(("function change", "function", "A", "B"), table)]
     if limit is not None and len(rows) > limit:
@@ -269,7 +298,7 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
         if not d.changes and not d.functions and d.pairing is Pairing.NAME and len(diff.images) > 1:
             continue
         counts = Counter(c.change.value for c in d.changes)
-        out += ["", f"## `{d.a}` -> `{d.b}`", "", *_diff_functions(d, limit), ""]
+        out += ["", f"## {code(str(d.a))} -> {code(str(d.b))}", "", *_diff_functions(d, limit), ""]
         # Across generations a pair compares by what boot makes of it: its words always differ.
         across = d.generations[0] is not d.generations[1]
         same, words = ("the same at boot", "; the words each generation's own") if across else ("unchanged", "")
@@ -279,8 +308,8 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
             f"with their function{words}); records {d.records[0]} -> {d.records[1]}."
         )
         rows = [
-            (c.change.value, c.function or "?", c.before.place_text if c.before else "",
-             c.after.place_text if c.after else "", c.detail)
+            (c.change.value, text(c.function or "?"), text(c.before.place_text) if c.before else "",
+             text(c.after.place_text) if c.after else "", text(c.detail))
             for c in d.changes[:limit]
         ]  # fmt: skip
         if rows:
@@ -289,7 +318,7 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
             out.append(f"\n... {len(d.changes) - limit} more (--all or -o FILE lists every one)")
     for title, paths in (("Only in A", diff.only_a), ("Only in B", diff.only_b)):
         if paths:
-            out += ["", f"## {title}", "", *(f"- `{printable(str(p))}`" for p in paths)]
+            out += ["", f"## {title}", "", *(f"- {code(str(p))}" for p in paths)]
     if diff.errors:
-        out += ["", "## Errors", "", *(f"- {printable(e)}" for e in diff.errors)]
+        out += ["", "## Errors", "", *(f"- {text(e)}" for e in diff.errors)]
     return "\n".join(out) + "\n"

@@ -74,7 +74,7 @@ from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_pat
 from rewriter.output import NewFile, land, publish, stage
 from rewriter.policy import Policy, Verb, module_name
 from rewriter.prose import counted
-from rewriter.reading import NO_SUCH_FILE
+from rewriter.reading import not_a_file
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey
 from rewriter.sites import Site, kernel_loop, scan
@@ -167,7 +167,7 @@ def targets(
                 raise PrenopError(f"{path}: is a symlink; --in-place would replace the link: name the file itself")
             found.append((path, tree_name(path, None), True))
         else:
-            raise PrenopError(f"{path}: {NO_SUCH_FILE}")
+            raise PrenopError(f"{path}: {not_a_file(path)}")
     if output is not None:
         _check_output_apart(output, paths)
     found = first_of_each(found, itemgetter(0))

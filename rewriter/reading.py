@@ -58,3 +58,9 @@ def file_at(path: Path) -> bool:
         return path.is_file()
     except OSError:
         return False
+
+
+def not_a_file(path: Path) -> str:
+    """Why ``path``, neither a directory nor a regular file, cannot be read: it is not there, or it
+    is a FIFO, a socket or a device (the words :func:`open_regular` refuses it with)."""
+    return NOT_REGULAR if path.exists() else NO_SUCH_FILE

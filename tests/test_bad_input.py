@@ -685,6 +685,24 @@ def test_input_that_is_not_a_regular_file(tmp_path: Path) -> None:
     assert_cli_error(mcountrw("nop", str(tmp_path / "missing"), "--dry-run"), "missing", "No such file")
 
 
+def test_policy_check_and_prenop_name_a_fifo_or_device_for_what_it_is(tmp_path: Path) -> None:
+    """``policy check P GOOD /dev/null FIFO`` said ``/dev/null: No such file or directory`` and
+    ended the run: GOOD got no table. Now each is one line saying what it is, GOOD is checked, and
+    prenop, which refuses the run, gives the same words."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    policy = ROOT / "examples" / "keep-core.policy"
+    check = mcountrw("policy", "check", str(policy), str(BIN / "prof-le"), "/dev/null", str(fifo), timeout=60)
+    assert check.returncode == 2 and "keep do_one_initcall" in check.stdout, check
+    assert check.stderr.splitlines() == [
+        f"mcountrw: error: {name}: not a regular file (a FIFO, socket or device)" for name in ("/dev/null", fifo)
+    ]
+    out = tmp_path / "out"
+    prenop = mcountrw("prenop", "--policy", str(policy), "/dev/null", "-o", str(out))
+    assert_cli_error(prenop, "/dev/null", "not a regular file")
+    assert not out.exists()
+
+
 # -- patch logs ---------------------------------------------------------------------------------------
 
 

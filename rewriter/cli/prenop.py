@@ -894,21 +894,21 @@ def policy_check(
     from rewriter import policy as pol
     from rewriter.batch import Found
     from rewriter.prenop import targets
-    from rewriter.reading import NO_SUCH_FILE
+    from rewriter.reading import not_a_file
 
     check_mcount_addr(generation, mcount_addr)
     rules = pol.load(policy_file)
     # The files prenop would take, each named in its tree as prenop names it (its log's place).
-    # A path that is not there is one line, the others still checked, exit 2, as scan and audit
-    # do (prenop refuses the run instead: it writes).
-    missing = [p for p in images if not p.exists()]
+    # A path that is not there, or is a FIFO or a device, is one line, the others still checked,
+    # exit 2, as scan and audit do (prenop refuses the run instead: it writes).
+    missing = [p for p in images if not (p.is_dir() or p.is_file())]
     present = [p for p in images if p not in missing]
     found = [Found(t.source, t.rel) for t in targets(present, output=None, in_place=False, log_dir=None)]
     # One line per named directory with nothing to check (as prenop says it), likewise: a
     # directory dropped in silence read as checked.
     files = [f.path for f in found]
     check_mcount_addr_used(files, mcount_addr)
-    errors = [f"{p}: {NO_SUCH_FILE}" for p in missing]
+    errors = [f"{p}: {not_a_file(p)}" for p in missing]
     errors += [f"{d}: no vmlinux or module found below it" for d in _empty_directories(present, files)]
     tally = pol.Tally(rules)
     overridden: list[str] = []

@@ -182,9 +182,13 @@ class Plan:
         """Parse and validate a plan file (a plan names at least one site); raises
         :class:`PlanFormatError` starting ``source:`` and saying what is wrong and where."""
         try:
-            doc = json.loads(text)
+            doc = json.loads(text, object_pairs_hook=_once_each)
         except (ValueError, RecursionError) as e:
-            raise PlanFormatError(f"{source}: not JSON: {json_problem(e)}") from None
+            # plan's text output, which reads as a plan to a person but is not the format
+            what = "not JSON (check-plan reads `plan --format json`)" if text.startswith("plan:") else "not JSON"
+            raise PlanFormatError(f"{source}: {what}: {json_problem(e)}") from None
+        except PlanFormatError as e:
+            raise PlanFormatError(f"{source}: {e}") from None
         try:
             return cls._from_doc(doc)
         except PlanFormatError as e:
@@ -194,11 +198,15 @@ class Plan:
     def _from_doc(cls, doc: Any) -> Plan:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise PlanFormatError(f'expected an object with "format": "{FORMAT}"')
-        if doc.get("version") != VERSION:
-            raise PlanFormatError(f"expected version {VERSION}, found {doc.get('version')!r}")
+        version = doc.get("version")
+        if type(version) is not int or version != VERSION:  # not True, nor 1.0
+            raise PlanFormatError(f"expected version {VERSION}, found {version!r}")
         mode = _field(doc, "mode", str, "plan")
         if mode not in ("runtime", "offline"):
             raise PlanFormatError(f'mode: expected "runtime" or "offline", found {mode!r}')
+        stale_fetch = _field(doc, "stale_fetch", bool, "plan")
+        if stale_fetch and mode == "offline":  # as `plan --offline --stale-fetch` is refused
+            raise PlanFormatError("stale_fetch: true is about CPUs running the code; an offline plan has none")
         sites = tuple(
             SiteRequest(
                 _enum(Variant, _field(s, "variant", str, f"sites[{i}]"), f"sites[{i}].variant"),
@@ -229,20 +237,34 @@ class Plan:
                 _enum(Barrier, b, f"barriers[{i}]") for i, b in enumerate(_field(doc, "barriers", list, "plan"))
             ),
             settle=None if settle is None else _enum(Barrier, settle, "settle"),
-            route=_route(doc),
+            route=_route(doc, sites),
             cmodx=_enum(Cmodx, _field(doc, "cmodx", str, "plan"), "cmodx"),
             runtime=mode == "runtime",
-            stale_fetch=_field(doc, "stale_fetch", bool, "plan"),
+            stale_fetch=stale_fetch,
         )
 
 
 # The helpers below raise PlanFormatError without the file's name; from_json puts it in front.
 
 
-def _route(doc: dict[str, Any]) -> Route:
-    """The plan's route; null, for a plan of one-word sites only (which have no route), reads as
-    the default, which means nothing there."""
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once. A plan is a file to be certified: of a key
+    given twice Python's json keeps the last value and other readers the first, so check-plan
+    could prove one plan while a reader (or another tool) sees the other."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise PlanFormatError(f"the key {key!r} is given twice in one object")
+    return doc
+
+
+def _route(doc: dict[str, Any], sites: tuple[SiteRequest, ...]) -> Route:
+    """The plan's route; null only for a plan of one-word (ool) sites, which have no route, and
+    reads as the default, which means nothing there."""
     if doc.get("route", "") is None:
+        if any(LAYOUTS[s.variant].mflr_in_site for s in sites):  # as Plan.routed says it
+            raise PlanFormatError("route: null is for a plan of ool sites only; two-slot sites take a route")
         return Route.MFLR_FIRST
     return _enum(Route, _field(doc, "route", str, "plan"), "route")
 

@@ -272,8 +272,19 @@ def test_an_offline_plan_is_checked_without_tasks_and_says_so(tmp_path: Path) ->
     refused = mcountrw("check-plan", str(offline), "--tasks", "3", "--stale-fetch")
     assert_one_line_error(refused, "off.json", "--tasks, --stale-fetch do not apply")
     assert mcountrw("check-plan", str(offline), "--no-stale-fetch").returncode == 0  # what an offline check does
+    # --cmodx is about what a running CPU may execute while a word changes: none runs offline
+    assert_one_line_error(mcountrw("check-plan", str(offline), "--cmodx", "3.0"), "off.json", "--cmodx does not")
     runtime = mcountrw("check-plan", "--builtin", "b8-enable", "--tasks", "3")
     assert runtime.returncode == 0 and "3 tasks x 2 entries" in runtime.stdout
+
+
+def test_the_verdict_line_prints_the_plan_file_name_escaped(tmp_path: Path) -> None:
+    """The error lines escaped a plan file's name, the SAFE line printed it raw: a name can hold a
+    terminal's escape sequence."""
+    named = tmp_path / "p\x1b[2J.json"
+    named.write_text(mcountrw("plan", "--from", "nopped", "--to", "enabled", "--format", "json").stdout)
+    proc = mcountrw("check-plan", str(named))
+    assert proc.returncode == 0 and proc.stdout.startswith(f"{tmp_path}/p\\x1b[2J.json: SAFE"), proc.stdout
 
 
 def test_apply_refuses_to_overwrite_its_input(tmp_path: Path) -> None:

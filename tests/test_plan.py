@@ -291,6 +291,13 @@ def _doc() -> dict:
         (lambda d: d.update(settle="order"), "not a barrier"),
         (lambda d: d["sites"][0].update(target="broken"), "cannot plan"),
         (lambda d: d["stages"].append([]), "empty|need"),
+        # read as 1 by ==, and by check-plan before: a version is an integer
+        (lambda d: d.update(version=True), "expected version 1, found True"),
+        (lambda d: d.update(version=1.0), "expected version 1, found 1.0"),
+        # read as mflr-first: null is for a plan whose sites have no route (ool)
+        (lambda d: d.update(route=None), "route: null is for a plan of ool sites only"),
+        # `plan --offline --stale-fetch` is refused; the file was checked offline, the flag ignored
+        (lambda d: d.update(mode="offline", stale_fetch=True), "an offline plan has none"),
     ],
 )
 def test_from_json_rejects_bad_input_with_a_clear_message(edit, message):
@@ -303,6 +310,26 @@ def test_from_json_rejects_bad_input_with_a_clear_message(edit, message):
 def test_from_json_rejects_non_json():
     with pytest.raises(PlanFormatError, match="not JSON"):
         Plan.from_json("{")
+
+
+def test_a_plan_that_gives_a_key_twice_is_refused():
+    """A plan with two "stages", the 2019 race (``bl`` into a ``nop; nop`` site first) and then
+    the safe order, was certified SAFE: Python's json keeps the last key, and a reader or another
+    tool the first. A plan file is there to be certified: no key may be given twice."""
+    safe = plan([SiteRequest(M, N, E)]).to_json()
+    race = '[[{"site":0,"slot":"B","old":"nop","new":"bl"}],[{"site":0,"slot":"A","old":"nop","new":"mflr"}]]'
+    doubled = safe.replace('"stages":', f'"stages":{race},"stages":', 1)
+    assert json.loads(doubled) == json.loads(safe)  # what check-plan read
+    with pytest.raises(PlanFormatError, match=r"p\.json: the key 'stages' is given twice"):
+        Plan.from_json(doubled, source="p.json")
+    inner = safe.replace('"slot":"A"', '"slot":"B","slot":"A"', 1)
+    with pytest.raises(PlanFormatError, match="the key 'slot' is given twice"):
+        Plan.from_json(inner)
+
+
+def test_the_text_of_a_plan_is_refused_with_the_format_check_plan_reads():
+    with pytest.raises(PlanFormatError, match=r"not JSON \(check-plan reads `plan --format json`\)"):
+        Plan.from_json(render_text(plan([SiteRequest(M, N, E)])))
 
 
 def test_plans_may_swap_the_gcc5_std_slot_when_read_from_json():

@@ -15,6 +15,7 @@ from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, PlanFormatError
 from rewriter.generations import Generation, Variant
 from rewriter.plan import STOCK_KERNEL_NOTE, Cmodx, Route, leaves_nopped
+from rewriter.prose import printable
 from rewriter.states import SiteState
 
 if TYPE_CHECKING:
@@ -123,9 +124,9 @@ def check_plan(
         name, p = builtin, BUILTINS[builtin].plan
     else:
         assert plan_file is not None  # exactly one of the two, checked above
-        name, p = str(plan_file), _read_plan(plan_file)
+        name, p = printable(str(plan_file)), _read_plan(plan_file)
     if not p.runtime:
-        _check_offline_options(name, tasks, entries, stale_fetch)
+        _check_offline_options(name, tasks, entries, stale_fetch, cmodx)
     result = check_all(p, tasks=tasks or 2, entries=entries or 2, stale_fetch=stale_fetch, cmodx=cmodx)
     if result.safe:
         typer.echo(f"{name}: SAFE ({result.states} states explored, {assumptions(result) if p.runtime else OFFLINE})")
@@ -139,11 +140,14 @@ def check_plan(
 OFFLINE: Final = "offline: no task runs while the image is edited"
 
 
-def _check_offline_options(name: str, tasks: int | None, entries: int | None, stale_fetch: bool | None) -> None:
+def _check_offline_options(
+    name: str, tasks: int | None, entries: int | None, stale_fetch: bool | None, cmodx: Cmodx | None
+) -> None:
     """An offline plan is checked through the states it passes, with no task running: options
-    about tasks would be ignored while the verdict line seemed to answer them."""
+    about tasks, and about what a running CPU may execute (--cmodx), would be ignored while the
+    verdict line seemed to answer them."""
     # --no-stale-fetch agrees with what an offline check does: only --stale-fetch asks for more
-    options = (("--tasks", tasks), ("--entries", entries), ("--stale-fetch", stale_fetch or None))
+    options = (("--tasks", tasks), ("--entries", entries), ("--stale-fetch", stale_fetch or None), ("--cmodx", cmodx))
     given = [option for option, value in options if value is not None]
     if given:
         verb = "does" if len(given) == 1 else "do"

@@ -450,16 +450,27 @@ def _instead_of_cmodx_3_0(req: SiteRequest) -> str:
 
 
 def _why_no_path(req: SiteRequest, route: Route, mflr_ok: bool) -> str:
+    """Why ``route`` has no path for ``req``, and what would: the other route, ISA 3.1, or an
+    offline rewrite. ``mflr_ok``: whether a write may put mflr into or take it out of slot A."""
     what = f"{req.variant.value} {req.current.value} -> {req.target.value}"
-    if not mflr_ok and any(_simple_paths(req, route, True)):
+    other = Route.MFLR_FIRST if route is Route.B8 else Route.B8
+    exists, other_exists = (any(_simple_paths(req, r, True)) for r in (route, other))
+    other_legal = any(_simple_paths(req, other, mflr_ok))
+    if route is Route.B8 and not exists and other_exists:
+        why = state_rejection(req.variant, SiteState.GUARDED) or "the route would write mflr over a nop"
+        fix = "use --route mflr-first" + ("" if other_legal else f", which writes mflr: {_instead_of_cmodx_3_0(req)}")
+        return f"{what}: route b8 does not exist here: {why}; {fix}"
+    if not mflr_ok and exists:
+        if other_legal:
+            return (
+                f"{what}: route {route.value} writes mflr into or out of slot A while other CPUs may be "
+                f"executing it, which ISA 3.0 does not allow (--cmodx 3.0); use --route {other.value}"
+            )
         return (
             f"{what}: no legal runtime route under --cmodx 3.0: every route writes mflr into or out of "
             "slot A while other CPUs may be executing it, which ISA 3.0's rules for concurrent modification "
             f"and execution do not allow (ISA 3.1 does); {_instead_of_cmodx_3_0(req)}"
         )
-    if route is Route.B8 and any(_simple_paths(req, Route.MFLR_FIRST, mflr_ok)):
-        why = state_rejection(req.variant, SiteState.GUARDED) or "the route would write mflr over a nop"
-        return f"{what}: route b8 does not exist here: {why}; use --route mflr-first"
     return f"{what}: no sequence of legal single-word writes leads there"
 
 

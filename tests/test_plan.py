@@ -140,6 +140,23 @@ def test_cmodx_30_allows_guarding_with_b8_which_is_a_branch():
     assert _walk(p) == [ARMED]
 
 
+def test_cmodx_30_names_the_route_that_does_without_mflr():
+    """mflr-first under 3.0 said "every route writes mflr ... rewrite the file offline, or plan for
+    --cmodx 3.1" where route b8 arms and disarms the site without writing mflr at run time."""
+    for current, target in ((N, ARMED), (ARMED, N)):
+        with pytest.raises(PlanRejected, match=r"route mflr-first writes mflr .*--cmodx 3\.0\); use --route b8$"):
+            plan([SiteRequest(M, current, target)], route=Route.MFLR_FIRST, cmodx=Cmodx.V3_0)
+        assert _walk(plan([SiteRequest(M, current, target)], route=Route.B8, cmodx=Cmodx.V3_0))[-1] is target
+
+
+def test_b8_on_a_gcc5_site_under_cmodx_30_says_both_what_b8_lacks_and_what_mflr_first_needs():
+    """It said "no sequence of legal single-word writes leads there"; one does (mflr-first, under
+    ISA 3.1 or offline)."""
+    with pytest.raises(PlanRejected, match=r"lands on the bl.*use --route mflr-first, which writes mflr: .*3\.1$"):
+        plan([SiteRequest(STD, N, E)], route=Route.B8, cmodx=Cmodx.V3_0)
+    assert _walk(plan([SiteRequest(STD, N, E)], route=Route.MFLR_FIRST))[-1] is E
+
+
 def test_cmodx_does_not_apply_offline():
     p = plan([SiteRequest(M, N, E)], cmodx=Cmodx.V3_0, runtime=False)
     assert p.num_barriers == 0 and _walk(p) == [E]

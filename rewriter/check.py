@@ -65,6 +65,11 @@ from rewriter.states import PLAIN, Insn, SiteState, Slot, words_text
 
 MAX_TASKS: Final = 3
 MAX_ENTRIES: Final = 4
+# The most states the check of one site may explore: the plans `plan` makes take at most 78,182
+# (ool, 3 tasks x 4 entries, stale fetch; 80 MB). The space grows with the writes a site gets, and
+# a hand-made plan with 20 writes to one ool site took 1.4 million states, 1 GB and a minute, 200
+# writes more than 2 GB before it was stopped: past this bound the check stops and says so.
+MAX_STATES: Final = 500_000
 
 
 class Violation(enum.Enum):
@@ -337,7 +342,13 @@ def _search(m: _Model, start: _State) -> tuple[list[_Found], int, _Parents]:
             if move.next is not None and move.next not in parents:
                 parents[move.next] = (state, move.actor, move.action)
                 queue.append(move.next)
+        if len(parents) > MAX_STATES:
+            raise _TooLarge
     return list(found.values()), len(parents), parents
+
+
+class _TooLarge(Exception):
+    """:func:`_search` passed :data:`MAX_STATES`; :func:`check` says of which site."""
 
 
 def _end_problems(m: _Model, state: _State) -> Iterator[_Problem]:
@@ -480,7 +491,8 @@ def check(
     ``std_slot`` is what a gcc-5 site's S slot holds at the start (``std`` as compiled, ``nop`` after
     a 6.13+ kernel's ``ftrace_init_nop``); it never changes a verdict, and the tests show that.
     ``_ops`` is the site's share of the plan when the caller (``check_all``) has it already.
-    Raises :class:`~rewriter.errors.ArgumentError` for a site, task or entry count out of range.
+    Raises :class:`~rewriter.errors.ArgumentError` for a site, task or entry count out of range,
+    and for a site whose check would pass :data:`MAX_STATES`.
     """
     if not 0 <= site < len(p.sites):
         raise ArgumentError(f"site {site} is not in the plan (0..{len(p.sites) - 1})")
@@ -498,7 +510,13 @@ def check(
     geo = _GEOMETRY[req.variant]
     ops = _ops_by_site(p)[site] if _ops is None else _ops
     model = _Model(geo, ops, geo.layout.words(req.target), stale, policy, offline=not p.runtime)
-    found, states, parents = _search(model, _start(geo, req.current, std_slot, tasks, entries, stale))
+    try:
+        found, states, parents = _search(model, _start(geo, req.current, std_slot, tasks, entries, stale))
+    except _TooLarge:
+        raise ArgumentError(
+            f"site {site} ({len(ops)} writes) takes more than {MAX_STATES:,} states to check at {tasks} tasks x "
+            f"{entries} entries: check it with fewer --tasks or --entries, or give one site fewer writes"
+        ) from None
     if not found:
         return CheckResult(True, states, None, "", (), site, req, tasks, entries, stale, policy)
     worst = min(found, key=lambda f: list(Violation).index(f.violation))

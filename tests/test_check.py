@@ -8,6 +8,7 @@ import sys
 from types import MappingProxyType
 
 import pytest
+from conftest import assert_one_line, invoke
 
 from rewriter import check as checker
 from rewriter.check import BUILTINS, Violation, check, check_all, hand_plan, render_trace
@@ -384,3 +385,21 @@ def test_a_trace_names_the_state_each_row_leaves_the_site_in():
     assert header.endswith("| state") and all(r.endswith("| broken") for r in rows)
     naive = check(BUILTINS["patchable-naive-enable"].plan)
     assert [s.state for s in naive.trace] == ["nopped", "disabled", "enabled", "enabled"]
+
+
+def test_a_check_past_its_state_bound_stops_and_says_which_site(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hand-made plan with many writes to one site grew the search without end (20 writes to an
+    ool site: 1.4 million states, 1 GB). Past ``MAX_STATES`` the check stops with one line; here
+    the bound is lowered so that a built-in plan passes it."""
+    monkeypatch.setattr(checker, "MAX_STATES", 1000)
+    with pytest.raises(ArgumentError, match=r"site 0 \(1 writes\) takes more than 1,000 states .* 3 tasks x 4 entries"):
+        check_all(BUILTINS["ool-enable"].plan, tasks=3, entries=4, stale_fetch=True)
+    refused = invoke("check-plan", "--builtin", "ool-enable", "--tasks", "3", "--entries", "4", "--stale-fetch")
+    assert_one_line(refused, 2, "error", "ool-enable: site 0 (1 writes) takes more than 1,000 states")
+
+
+def test_the_largest_built_in_plans_check_well_within_the_state_bound() -> None:
+    """The bound refuses no plan `plan` makes: the largest, ool's, at the most tasks and entries."""
+    for name in ("ool-enable", "ool-disable"):
+        result = check_all(BUILTINS[name].plan, tasks=checker.MAX_TASKS, entries=checker.MAX_ENTRIES, stale_fetch=True)
+        assert result.safe and result.states < checker.MAX_STATES // 5, (name, result.states)

@@ -127,7 +127,10 @@ def check_plan(
         name, p = printable(str(plan_file)), _read_plan(plan_file)
     if not p.runtime:
         _check_offline_options(name, tasks, entries, stale_fetch, cmodx)
-    result = check_all(p, tasks=tasks or 2, entries=entries or 2, stale_fetch=stale_fetch, cmodx=cmodx)
+    try:
+        result = check_all(p, tasks=tasks or 2, entries=entries or 2, stale_fetch=stale_fetch, cmodx=cmodx)
+    except ArgumentError as e:  # what about the plan could not be checked: name it
+        raise ArgumentError(f"{name}: {e}") from None
     if result.safe:
         typer.echo(f"{name}: SAFE ({result.states} states explored, {assumptions(result) if p.runtime else OFFLINE})")
         if leaves_nopped(p):

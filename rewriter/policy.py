@@ -162,7 +162,8 @@ def load(path: Path) -> Policy:
         raise PolicyError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise PolicyError(f"{path}: not a text file") from None
-    return parse(text, str(path))
+    # A byte-order mark, as some editors start a UTF-8 file with, is no part of the first rule.
+    return parse(text.removeprefix("\ufeff"), str(path))
 
 
 def parse(text: str, name: str = "<policy>") -> Policy:

@@ -298,3 +298,12 @@ def test_policy_check_says_when_generation_overrides_the_images() -> None:
     ], result.output
     plain = CliRunner().invoke(app, ["policy", "check", str(policy), str(bins / "prof-le.o")])
     assert "note: " not in plain.output
+
+
+def test_a_policy_file_that_starts_with_a_byte_order_mark_reads_as_without_it(tmp_path: Path) -> None:
+    """Some editors start a UTF-8 file with U+FEFF: it was read as part of the first word
+    (``expected `keep PATTERN` ... found `\\ufeffdefault nop```)."""
+    text = "default nop\nkeep vfs_*\n"
+    marked = tmp_path / "bom.policy"
+    marked.write_bytes("\ufeff".encode() + text.encode())
+    assert load(marked) == parse(text, str(marked))

@@ -222,7 +222,8 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
 @dataclass(frozen=True, slots=True)
 class Anomaly:
     """One finding. ``addr`` is None in relocatable files, where ``section`` + ``offset`` place it;
-    image-wide findings have neither. ``evidence``: disassembly lines that show it."""
+    image-wide findings have neither. ``evidence``: disassembly lines that show it; ``near``: see
+    below."""
 
     kind: AnomalyKind
     severity: Severity
@@ -233,6 +234,9 @@ class Anomaly:
     file_offset: int | None = None
     function: str | None = None
     evidence: tuple[str, ...] = ()
+    # A place in no function (a weak body): the function symbol before it, by which the finding is
+    # known across rebuilds (its address moves with every change before it). SARIF's fingerprint.
+    near: str | None = None
 
     @property
     def place(self) -> str:

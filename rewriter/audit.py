@@ -398,7 +398,7 @@ def _weak_body(image: Image, funcs: Functions, max_offset: int | None, unchecked
             f"no function symbol; nearest is {near}, within FTRACE_MCOUNT_MAX_OFFSET ({max_offset}): "
             f"test_for_valid_rec() keeps it, traceable as a second record of {name}"
         )
-    return _at_site(AnomalyKind.WEAK_BODY, site, msg)
+    return replace(_at_site(AnomalyKind.WEAK_BODY, site, msg), near=name)
 
 
 def stub_gap(image: Image, result: Scan) -> StubGap | None:

@@ -26,7 +26,7 @@ from rewriter.elf.image import Kind
 from rewriter.report.jsonfmt import stub_gap_json, stub_json
 
 SCHEMA_URI: Final = "https://json.schemastore.org/sarif-2.1.0.json"
-FINGERPRINT: Final = "mcountrwAnomaly/v3"
+FINGERPRINT: Final = "mcountrwAnomaly/v4"
 _LEVEL: Final = {"error": "error", "warning": "warning", "note": "note"}
 
 
@@ -83,7 +83,8 @@ def _result(
 def _fingerprints(images: Sequence[ImageAudit]) -> list[str]:
     """One key per anomaly, stable across rebuilds that move code and however the file is named
     (``vmlinux``, ``./vmlinux``, a new /lib/modules/VERSION): kind, the file's group (its
-    subsystem, ``fs/ext4``) and name, the function (the place only when there is none), and for
+    subsystem, ``fs/ext4``) and name, the function (for a place in none, a weak body, ``after``
+    the function before it; the place only when there is neither), and for
     the second and later results with the same key their ordinal (``#2``): consumers merge results
     whose fingerprints are equal, and nine static ``type_show`` functions of one vmlinux are nine
     errors, not one. A vmlinux is ``vmlinux``: its installed name carries its version
@@ -93,7 +94,7 @@ def _fingerprints(images: Sequence[ImageAudit]) -> list[str]:
     out = []
     for image, a in ((img, a) for img in images for a in img.anomalies):
         file = "vmlinux" if image.kind is Kind.VMLINUX else f"{image.group}/{image.path.name}"
-        key = f"{a.kind.value}:{file}:{a.function or a.place or '-'}"
+        key = f"{a.kind.value}:{file}:{a.function or (a.near and f'after {a.near}') or a.place or '-'}"
         seen[key] = seen.get(key, 0) + 1
         out.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
     return out

@@ -8,8 +8,9 @@ one whose function merely sits elsewhere is only counted as *relocated*. Two tre
 file by file, paired by their path below the tree's root (less a compression suffix: ``ext4.ko``
 pairs with ``ext4.ko.xz``).
 
-Functions are compared too, by name: those with sites only in B (*added*) or only in A
-(*removed*), those whose sites changed generation (6.1's ``mflr; bl _mcount`` to 6.12's
+Functions are compared too, by name, each by all its names (an alias, one of several names of
+one start, is a name of the function: :func:`_profiles`): those with sites only in B (*added*) or
+only in A (*removed*), those whose sites changed generation (6.1's ``mflr; bl _mcount`` to 6.12's
 ``nop; nop``: the whole image, when the two builds are of different generations), and those that
 moved from one section to another (``.text`` <-> ``.init.text``: a function that became, or
 stopped being, ``__init``). A name held by functions in two sections (two static functions) has
@@ -49,6 +50,7 @@ from rewriter.batch import map_chunks
 from rewriter.elf import structs as S
 from rewriter.elf.compress import SUFFIX, compression_named
 from rewriter.elf.image import Image, Kind
+from rewriter.elf.symbols import aliases as symbol_aliases
 from rewriter.errors import ArgumentError, ImageError, RewriteError
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.log import logged
@@ -201,7 +203,12 @@ def _pair(before: _Keyed, after: _Keyed) -> list[SiteChange]:
     return out
 
 
-def diff_scans(scan_a: Scan, scan_b: Scan) -> ImageDiff:
+Aliases = Mapping[str, Sequence[str]]  # a function's other names, by the one it is known by (symbols.aliases)
+
+
+def diff_scans(scan_a: Scan, scan_b: Scan, aliases: tuple[Aliases, Aliases] = ({}, {})) -> ImageDiff:
+    """``aliases``: A's and B's (:func:`rewriter.elf.symbols.aliases`); functions compare by all
+    their names."""
     sides = (scan_a.unnamed, scan_b.unnamed)
     pairing = Pairing.PLACE if any(sides) else Pairing.NAME
     keyed = _by_place if pairing is Pairing.PLACE else _keyed
@@ -223,7 +230,7 @@ def diff_scans(scan_a: Scan, scan_b: Scan) -> ImageDiff:
                 unchanged += 1
                 # the function's start, not the site's place: across generations the layouts differ
                 relocated += before.site.place - before.delta != after.site.place - after.delta
-    functions, common = diff_functions(scan_a, scan_b) if pairing is Pairing.NAME else ((), 0)
+    functions, common = diff_functions(scan_a, scan_b, aliases) if pairing is Pairing.NAME else ((), 0)
     return ImageDiff(
         scan_a.path,
         scan_b.path,
@@ -244,26 +251,35 @@ class _Profile(NamedTuple):
     sections: frozenset[str]
 
 
-def _profiles(result: Scan) -> dict[str, _Profile]:
+def _profiles(result: Scan, aliases: Aliases) -> dict[str, _Profile]:
     """Per function name: the generations of its sites' layouts and the sections holding them.
-    Unnamed sites (weak-function bodies, stripped images) belong to no function."""
+    A function's aliases are names of it too: ``cpu_show_gds``, its own function in 6.1, is one of
+    ``cpu_show_not_affected``'s names in 6.12, not a function the kernel lost (unless a function
+    of its own holds the name). Unnamed sites (weak-function bodies, stripped images) belong to no
+    function."""
     gens: dict[str, set[str]] = {}
     secs: dict[str, set[str]] = {}
     for site in result.sites:
         if site.function is not None:
             gens.setdefault(site.function, set()).add(_generation(site).value)
             secs.setdefault(site.function, set()).add(site.section)
-    return {name: _Profile(frozenset(gens[name]), frozenset(secs[name])) for name in gens}
+    out = {name: _Profile(frozenset(gens[name]), frozenset(secs[name])) for name in gens}
+    for name in gens:
+        for alias in aliases.get(name, ()):
+            out.setdefault(alias, out[name])
+    return out
 
 
 def _joined(values: frozenset[str]) -> str:
     return ",".join(sorted(values))
 
 
-def diff_functions(scan_a: Scan, scan_b: Scan) -> tuple[tuple[FunctionChange, ...], int]:
+def diff_functions(
+    scan_a: Scan, scan_b: Scan, aliases: tuple[Aliases, Aliases] = ({}, {})
+) -> tuple[tuple[FunctionChange, ...], int]:
     """Function-level changes (moved, removed, added, generation; by name within each), and how
-    many names have sites in both images."""
-    pa, pb = _profiles(scan_a), _profiles(scan_b)
+    many names have sites in both images (an alias is a name: :func:`_profiles`)."""
+    pa, pb = _profiles(scan_a, aliases[0]), _profiles(scan_b, aliases[1])
     common = sorted(pa.keys() & pb.keys())
     moved = [
         FunctionChange(FunctionChangeKind.SECTION, n, _joined(pa[n].sections), _joined(pb[n].sections))
@@ -316,7 +332,7 @@ def diff_files(
     check_comparable(image_a, image_b)
     scan_a = logged(scan(image_a, generation=generations[0]), logs or {})
     scan_b = logged(scan(image_b, generation=generations[1]), logs or {})
-    return diff_scans(scan_a, scan_b)
+    return diff_scans(scan_a, scan_b, (symbol_aliases(image_a), symbol_aliases(image_b)))
 
 
 def check_comparable(image_a: Image, image_b: Image) -> None:

@@ -9,11 +9,12 @@ import bisect
 import functools
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Literal
 
 import pytest
-from boot import KERNELS, Corpus, counts, require_kernel
+from boot import KERNELS, Corpus, counts, require_kernel, require_tool
 from conftest import FIXTURES
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
@@ -176,10 +177,10 @@ def test_diff_paths_of_two_files_is_one_pair() -> None:
 @functools.cache
 def _recorded_functions(path: Path) -> dict[str, frozenset[str]]:
     """Name -> sections of the sized FUNC symbols that contain a record of the image's table
-    (``__start_mcount_loc``..``__stop_mcount_loc``), read with pyelftools alone. Aliases (one start,
-    several names: sys_ni_syscall and the syscalls that fall back to it) are named by the one
-    first in the string table, the convention mcountrw follows. The slots are read from the file:
-    in the Debian images each equals its R_PPC64_RELATIVE addend."""
+    (``__start_mcount_loc``..``__stop_mcount_loc``), read with pyelftools alone, each by every name
+    of its start: aliases (sys_ni_syscall and the syscalls that fall back to it) are names of the
+    function too. The slots are read from the file: in the Debian images each equals its
+    R_PPC64_RELATIVE addend."""
     with open(path, "rb") as fh:
         elf = ELFFile(fh)
         sections = [(x.name, x["sh_addr"], x["sh_size"], x["sh_offset"]) for x in elf.iter_sections()]
@@ -187,11 +188,15 @@ def _recorded_functions(path: Path) -> dict[str, frozenset[str]]:
         assert isinstance(symtab, SymbolTableSection)
         bounds: dict[str, int] = {}
         by_start: dict[int, tuple[int, int, str, str]] = {}
+        names: dict[int, set[str]] = {}
         for sym in symtab.iter_symbols():
             if sym.name in ("__start_mcount_loc", "__stop_mcount_loc"):
                 bounds[sym.name] = sym["st_value"]
             shndx = sym["st_shndx"]
-            if sym["st_info"]["type"] != "STT_FUNC" or sym["st_size"] == 0 or not isinstance(shndx, int):
+            if sym["st_info"]["type"] != "STT_FUNC" or not isinstance(shndx, int):
+                continue
+            names.setdefault(sym["st_value"], set()).add(sym.name)
+            if sym["st_size"] == 0:
                 continue
             key = (sym["st_name"], sym["st_size"], sym.name, sections[shndx][0])
             by_start[sym["st_value"]] = min(key, by_start.get(sym["st_value"], key))
@@ -207,9 +212,10 @@ def _recorded_functions(path: Path) -> dict[str, frozenset[str]]:
         k = bisect.bisect_right(starts, record) - 1
         if not record or k < 0:
             continue
-        _, size, name, section = by_start[starts[k]]
+        _, size, _, section = by_start[starts[k]]
         if record < starts[k] + size:
-            out.setdefault(name, set()).add(section)
+            for name in names[starts[k]]:
+                out.setdefault(name, set()).add(section)
     return {name: frozenset(secs) for name, secs in out.items()}
 
 
@@ -290,3 +296,32 @@ def test_two_missing_paths_are_both_named(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["diff", str(a), str(b)])
     assert result.exit_code == 2 and not result.stdout, result.output
     assert result.stderr.splitlines() == [f"mcountrw: error: {p}: No such file or directory" for p in (a, b)]
+
+
+def _mprofile_object(tmp_path: Path, name: str, functions: dict[str, tuple[str, ...]]) -> Path:
+    """An object of mprofile functions, each given as its name and its aliases."""
+    gcc = require_tool("powerpc64le-linux-gnu-gcc")
+    lines = ["\t.abiversion 2", "\t.text"]
+    for fn, more in functions.items():
+        lines += ["\t.p2align 4", *(f"\t.globl {n}\n\t.type {n}, @function" for n in (fn, *more)), f"{fn}:"]
+        lines += [f"{n} = {fn}" for n in more]
+        lines += ["\tmflr 0", "1:\tbl _mcount", '\t.pushsection __mcount_loc,"a",@progbits', "\t.8byte 1b",
+                  "\t.popsection", "\tblr", f"\t.size {fn}, .-{fn}"]  # fmt: skip
+    src, obj = tmp_path / f"{name}.S", tmp_path / f"{name}.o"
+    src.write_text("\n".join(lines) + "\n")
+    subprocess.run([gcc, "-c", str(src), "-o", str(obj)], check=True)
+    return obj
+
+
+def test_a_function_that_became_an_alias_of_another_is_not_removed(tmp_path: Path) -> None:
+    """6.1's cpu_show_gds (and eleven more) are their own functions; in 6.12 they are aliases of
+    cpu_show_not_affected, whose site stands for them all. Their names were listed as removed
+    functions, though a kernel developer finds each in 6.12; their sites are gone, as listed."""
+    a = _mprofile_object(tmp_path, "a", {"cpu_show_gds": (), "cpu_show_mds": ()})
+    b = _mprofile_object(tmp_path, "b", {"cpu_show_not_affected": ("cpu_show_gds", "cpu_show_mds")})
+    d = diff_files(a, b)
+    assert {(f.change, f.function) for f in d.functions} == {(FunctionChangeKind.ADDED, "cpu_show_not_affected")}
+    assert d.common_functions == 2
+    assert {(c.change, c.function) for c in d.changes} == {
+        (Change.ADDED, "cpu_show_not_affected"), (Change.REMOVED, "cpu_show_gds"), (Change.REMOVED, "cpu_show_mds")
+    }  # fmt: skip

@@ -73,9 +73,53 @@ def _empty() -> Functions:
 
 
 def functions(image: Image) -> Functions:
+    rows = _function_symbols(image)
+    if rows is None:
+        return _empty()
+    start, size, name, lep = rows
+    order = np.lexsort((name, start))
+    # Aliases share a start: keep the first name in string-table order for a stable answer.
+    keep = order[_first_of_each_start(start[order])]
+    start, size, name, lep = start[keep], size[keep], name[keep], lep[keep]
+    return Functions(start, lep, start + size, name.astype(np.uint32))
+
+
+def aliases(image: Image) -> dict[str, tuple[str, ...]]:
+    """The other names of each function that has several (one start: ``sys_ni_syscall`` and the
+    syscalls that fall back to it), keyed by the name :func:`functions` keeps for it."""
+    rows, syms = _function_symbols(image), image.symbols
+    if rows is None or syms is None:
+        return {}
+    start, _, name, _ = rows
+    order = np.lexsort((name, start))
+    first = _first_of_each_start(start[order])
+    if first.all():
+        return {}
+    # each row's first row: the index of the last row at or before it that begins a start
+    leader = np.maximum.accumulate(np.where(first, np.arange(len(first)), 0))
+    others = np.flatnonzero(~first)
+    kept = syms.names_at(name[order[leader[others]]].tolist())
+    more = syms.names_at(name[order[others]].tolist())
+    out: dict[str, list[str]] = {}
+    for k, m in zip(kept, more, strict=True):
+        if m != k:  # one symbol given twice
+            out.setdefault(k, []).append(m)
+    return {k: tuple(dict.fromkeys(v)) for k, v in out.items()}
+
+
+def _first_of_each_start(starts: np.ndarray) -> np.ndarray:
+    """Of sorted ``starts``, whether each is the first of its value."""
+    first = np.ones(len(starts), dtype=bool)
+    first[1:] = starts[1:] != starts[:-1]
+    return first
+
+
+def _function_symbols(image: Image) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Every function symbol's code start (a place), size, string-table index and local entry
+    point, aliases included; None for an image with no symbol table."""
     syms = image.symbols
     if syms is None:
-        return _empty()
+        return None
     t = syms.table
     shndx = t["st_shndx"].astype(np.int64)
     is_func = (S.st_type(t["st_info"]) == S.STT_FUNC) & (shndx > 0) & (shndx < S.SHN_LORESERVE)
@@ -89,22 +133,12 @@ def functions(image: Image) -> Functions:
         start = np.concatenate(starts)
         size = np.concatenate(sizes).astype(np.uint64)
         name = np.concatenate(names)
-        lep = start
         keep = start != np.uint64(0xFFFF_FFFF_FFFF_FFFF)
-        start, size, name, lep = start[keep], size[keep], name[keep], lep[keep]
-    else:
-        f = t[is_func]  # the rows once, then their fields: each numpy call is a fixed cost in a module
-        start = _places(image, f["st_shndx"], f["st_value"])
-        size = f["st_size"].astype(np.uint64)
-        name = f["st_name"]
-        lep = start + S.ppc64_local_entry_offset(f["st_other"]).astype(np.uint64)
-    order = np.lexsort((name, start))
-    # Aliases share a start: keep the first name in string-table order for a stable answer.
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = start[order[1:]] != start[order[:-1]]
-    keep = order[first]
-    start, size, name, lep = start[keep], size[keep], name[keep], lep[keep]
-    return Functions(start, lep, start + size, name.astype(np.uint32))
+        return start[keep], size[keep], name[keep], start[keep]
+    f = t[is_func]  # the rows once, then their fields: each numpy call is a fixed cost in a module
+    start = _places(image, f["st_shndx"], f["st_value"])
+    lep = start + S.ppc64_local_entry_offset(f["st_other"]).astype(np.uint64)
+    return start, f["st_size"].astype(np.uint64), f["st_name"], lep
 
 
 def _places(image: Image, shndx: np.ndarray, value: np.ndarray) -> np.ndarray:

@@ -374,7 +374,8 @@ def _end_problems(m: _Model, state: _State) -> Iterator[_Problem]:
             stale_slot = next(s for s, v, w in zip(m.geo.layout.slots, t[3], code, strict=True) if v != {w})
             yield _Problem(
                 Violation.STALE_AFTER,
-                f"the plan ends while CPU{i} may still fetch the old word in slot {stale_slot.value}",
+                f"the plan ends with no isync after its last write: CPU{i} may still fetch the old word in "
+                f"slot {stale_slot.value} (what a CPU fetches is no step of the trace)",
                 None,
             )
 
@@ -452,8 +453,9 @@ def _write_move(m: _Model, state: _State, j: int, write: tuple[int, Insn, Insn, 
     problems: list[_Problem] = []
     if m.cmodx is Cmodx.V3_0 and Insn.MFLR in (old, new) and _may_fetch(tasks, idx):
         reason = (
-            f"{text} is patched while a CPU may be executing slot {slot.value}; ISA 3.0's concurrent "
-            "modification rules do not cover mflr"
+            f"{text} is patched while a CPU may be executing slot {slot.value} (a task may enter the "
+            "function as the word changes: no step of one is needed); ISA 3.0's concurrent modification "
+            "rules do not cover mflr"
         )
         problems.append(_Problem(Violation.CMODX, reason, f"{text}  <-- VIOLATION under --cmodx 3.0"))
     new_code = (*code[:idx], new, *code[idx + 1 :])

@@ -204,9 +204,6 @@ class Plan:
         mode = _field(doc, "mode", str, "plan")
         if mode not in ("runtime", "offline"):
             raise PlanFormatError(f'mode: expected "runtime" or "offline", found {mode!r}')
-        stale_fetch = _field(doc, "stale_fetch", bool, "plan")
-        if stale_fetch and mode == "offline":  # as `plan --offline --stale-fetch` is refused
-            raise PlanFormatError("stale_fetch: true is about CPUs running the code; an offline plan has none")
         sites = tuple(
             SiteRequest(
                 _enum(Variant, _field(s, "variant", str, f"sites[{i}]"), f"sites[{i}].variant"),
@@ -217,6 +214,9 @@ class Plan:
         )
         if not sites:
             raise PlanFormatError("sites: empty (a plan names at least one site)")
+        stale_fetch = _field(doc, "stale_fetch", bool, "plan")
+        if stale_fetch and mode == "offline":  # as `plan --offline --stale-fetch` is refused
+            raise PlanFormatError("stale_fetch: true is about CPUs running the code; an offline plan has none")
         stages = tuple(
             tuple(
                 Write(

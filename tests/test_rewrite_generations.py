@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -270,6 +271,37 @@ def test_a_compressor_no_recipe_rebuilds_is_kept_in_the_log(tmp_path: Path) -> N
     assert decompress(out, out.read_bytes(), Compression.XZ) != plain
     undo_file(out, _log(out), tmp_path / "back.o.xz")
     assert (tmp_path / "back.o.xz").read_bytes() == src.read_bytes()
+
+
+def _xz_claiming_dictionary(plain: bytes, props: int) -> bytes:
+    """``plain`` as Kbuild compresses it (CRC32, a 1 MiB dictionary), its block header then made to
+    claim the dictionary LZMA2 property ``props`` names (40: 4 GiB), its CRC32 made good. liblzma
+    decodes it: the data never looks back further than 1 MiB."""
+    raw = bytearray(
+        lzma.compress(plain, check=lzma.CHECK_CRC32, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20}])
+    )
+    size = (raw[12] + 1) * 4
+    assert raw[13] == 0 and raw[14:16] == b"\x21\x01"  # no sizes in the header; LZMA2, 1 byte of props
+    raw[16] = props
+    raw[12 + size - 4 : 12 + size] = zlib.crc32(raw[12 : 12 + size - 4]).to_bytes(4, "little")
+    assert lzma.decompress(bytes(raw)) == plain
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("props", [37, 39, 40])
+def test_xz_that_claims_a_dictionary_no_preset_uses_is_kept_in_the_log(props: int, tmp_path: Path) -> None:
+    """A block header claiming a 1.5, 3 or 4 GiB dictionary: the recipe encoded with it, which
+    allocated gigabytes for a small module (MemoryError) or was refused by liblzma (3 GiB and up):
+    exit 3, and prenop ended the whole tree there. Past xz's largest preset (64 MiB) there is no
+    recipe: the log carries the original bytes, and undo gives them back."""
+    src = tmp_path / "m.ko.xz"
+    src.write_bytes(_xz_claiming_dictionary((FIXTURES / "bin" / "prof-le.o").read_bytes(), props))
+    out = tmp_path / "out.ko.xz"
+    apply_file(src, out, Selection(), Options(SiteState.NOPPED, drop_records=True, strip_signature=True))
+    log = load(_log(out))
+    assert log.header.recipe is None and log.original == src.read_bytes()
+    undo_file(out, _log(out), tmp_path / "back.ko.xz")
+    assert (tmp_path / "back.ko.xz").read_bytes() == src.read_bytes()
 
 
 _OTHER_XZ: Final = {

@@ -369,4 +369,13 @@ def _parse_xz(raw: bytes, content_size: int) -> Recipe | None:
         return None
     (header_size, sized_headers), (p,) = headers.pop(), props
     dict_size = (2 | (p & 1)) << (p // 2 + 11)
+    if dict_size > _XZ_MAX_DICT:
+        return None
     return Recipe(Compression.XZ, block_size, header_size, sized_headers, dict_size, check)
+
+
+# The largest dictionary an xz preset uses (-9, -9e: 64 MiB). A block header may claim up to
+# 4 GiB (props 40; 41 and up are invalid), and liblzma decodes such a file, but encoding with the
+# dictionary it names would allocate ten times as much (a 6 KB module: 2 GB before a MemoryError)
+# or be refused outright (3 GiB and up). No recipe then: the file keeps its bytes in the log.
+_XZ_MAX_DICT: Final = 64 << 20

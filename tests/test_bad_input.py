@@ -1071,3 +1071,21 @@ def test_a_second_name_of_the_input_is_no_place_for_its_log_or_report(tmp_path: 
     )
     assert src.read_bytes() == (BIN / "prof-le.o").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.o", "hard.o"]
+
+
+def test_a_vermagic_whose_version_is_thousands_of_digits_long_names_no_kernel(tmp_path: Path) -> None:
+    """``vermagic=<5,000 digits>.1``: int() of it passed Python's digit limit, an internal error
+    in nop and diff, and `corrupt ELF data (ValueError ...)` in scan. A version that long names
+    no kernel: the module is read as one that does not say its kernel."""
+    gcc = require_tool("powerpc64le-linux-gnu-gcc")
+    src, module = tmp_path / "m.c", tmp_path / "m.ko"
+    src.write_text(
+        f'__attribute__((section(".modinfo"), used)) static const char v[] = "vermagic={"9" * 5000}.1 SMP";\n'
+        "int f(int x) { return x + 1; }\n"
+    )
+    subprocess.run([gcc, "-O2", "-pg", "-mprofile-kernel", "-c", str(src), "-o", str(module)], check=True)
+    scanned = mcountrw("scan", str(module))
+    assert scanned.returncode == 0 and "1 site" in scanned.stdout, scanned
+    out = tmp_path / "out.ko"
+    assert mcountrw("nop", str(module), "-o", str(out)).returncode == 0
+    assert mcountrw("diff", str(module), str(out)).returncode == 1

@@ -15,8 +15,10 @@ import re
 from rewriter.elf.image import Image, Kind
 from rewriter.errors import UnmappedAddress
 
-_VERMAGIC = re.compile(rb"(?:^|\0)vermagic=(\d+)\.(\d+)[.\-+ ]")
-_BANNER = re.compile(rb"Linux version (\d+)\.(\d+)[.\-+ ]")
+# At most 4 digits a number: a longer one names no kernel, and 5,000 of them passed Python's
+# limit on int() of a string (ValueError, an internal error in nop and diff).
+_VERMAGIC = re.compile(rb"(?:^|\0)vermagic=(\d{1,4})\.(\d{1,4})[.\-+ ]")
+_BANNER = re.compile(rb"Linux version (\d{1,4})\.(\d{1,4})[.\-+ ]")
 BANNER_SYMBOL = "linux_banner"
 _BANNER_READ = 64  # enough for "Linux version X.Y"
 

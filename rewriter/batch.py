@@ -21,7 +21,7 @@ from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.elf.image import Image, is_elf, is_foreign_elf, read_head
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
-from rewriter.reading import NO_SUCH_FILE
+from rewriter.reading import not_a_file
 from rewriter.sites import Scan, scan
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def expand_named(paths: Sequence[Path]) -> tuple[list[Found], list[str]]:
         elif path.exists():
             files.append(Found(path, tree_name(path, None)))
         else:
-            errors.append(f"{path}: {NO_SUCH_FILE}")
+            errors.append(f"{path}: {not_a_file(path)}")
     return first_of_each(files, lambda f: f.path), errors
 
 

@@ -61,6 +61,12 @@ def file_at(path: Path) -> bool:
 
 
 def not_a_file(path: Path) -> str:
-    """Why ``path``, neither a directory nor a regular file, cannot be read: it is not there, or it
-    is a FIFO, a socket or a device (the words :func:`open_regular` refuses it with)."""
-    return NOT_REGULAR if path.exists() else NO_SUCH_FILE
+    """Why ``path``, neither a directory nor a regular file, cannot be read: what the system says
+    when asked for it (``No such file or directory``, ``Too many levels of symbolic links`` for a
+    link loop, ``Permission denied`` for a directory on the way), or, when it is there, that it is
+    a FIFO, a socket or a device (the words :func:`open_regular` refuses it with)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.strerror or NO_SUCH_FILE
+    return NOT_REGULAR

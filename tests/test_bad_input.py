@@ -1073,6 +1073,16 @@ def test_a_second_name_of_the_input_is_no_place_for_its_log_or_report(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.o", "hard.o"]
 
 
+def test_a_symlink_loop_is_named_for_what_it_is(tmp_path: Path) -> None:
+    """``scan LOOP`` said ``No such file or directory`` (``nop`` already said the system's words)."""
+    loop = tmp_path / "a.ko"
+    loop.symlink_to(tmp_path / "b.ko")
+    (tmp_path / "b.ko").symlink_to(loop)
+    policy = str(ROOT / "examples" / "keep-core.policy")
+    for args in (("scan",), ("audit",), ("policy", "check", policy), ("prenop", "--policy", policy, "--dry-run")):
+        assert_cli_error(mcountrw(*args, str(loop)), str(loop), "Too many levels of symbolic links")
+
+
 def test_a_vermagic_whose_version_is_thousands_of_digits_long_names_no_kernel(tmp_path: Path) -> None:
     """``vermagic=<5,000 digits>.1``: int() of it passed Python's digit limit, an internal error
     in nop and diff, and `corrupt ELF data (ValueError ...)` in scan. A version that long names

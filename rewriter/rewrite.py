@@ -48,7 +48,16 @@ from rewriter import ppc
 from rewriter.edits import Edit, Truncate, WordWrite, apply_edits
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind
-from rewriter.errors import ArgumentError, ImageError, InternalError, LogError, NoRoute, PlanRejected, RewriteError
+from rewriter.errors import (
+    ArgumentError,
+    ImageError,
+    InternalError,
+    LogError,
+    NoRoute,
+    PlanRejected,
+    RewriteError,
+    WordMismatch,
+)
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
 from rewriter.heap import collector_paused
 from rewriter.known import Moment, Origin, RelaEntry, SiteLine, Touched, lines_after
@@ -242,7 +251,6 @@ def rewrite(
         raise PlanRejected(f"{image.path}: {e}") from None
     groups = _groups(c.todo)
     the_plan = _make_plan(image, groups, c.goals, options) if c.todo else None
-    order = image.byteorder
     buf = bytearray(image.data)
     edits: list[Edit] = []
     stages: list[bytes] = []
@@ -256,7 +264,7 @@ def rewrite(
             if image.type == S.ET_REL:
                 stage_edits += tables.drop_call_relocations(image, c.todo, stage_writes)
                 stage_edits += tables.put_call_relocations(image, c.todo, stage_writes, history)
-            buf = apply_edits(buf, stage_edits, order)
+            buf = _apply_own(image, buf, stage_edits)
             edits += stage_edits
             if keep_stages:
                 stages.append(bytes(buf[:stage_end]))
@@ -266,7 +274,7 @@ def rewrite(
     if stripping:
         tail = bytes(image.data[image.elf_end :])
         final.append(Truncate(image.elf_end, tail, "module signature"))
-    buf = apply_edits(buf, final, order)
+    buf = _apply_own(image, buf, final)
     edits += final
     barriers = () if the_plan is None else tuple((i, b.value) for i, b in enumerate(the_plan.barriers))
     stubs = _stub_counts(image, scan, rows - len(c.back), bool(records), buf)
@@ -279,6 +287,21 @@ def rewrite(
         len(refused_at_boot(image, c.todo, c.gone, c.goals)) if options.keep_records else 0,
         tuple(dict.fromkeys(c.goals[v] for v in sorted(c.goals, key=attrgetter("value")))),
     )  # fmt: skip
+
+
+def _apply_own(image: Image, buf: bytearray, edits: Sequence[Edit]) -> bytearray:
+    """:func:`apply_edits` of edits this rewrite made from ``image`` itself. Each compares the
+    bytes it replaces with what it read from the image, so they can only disagree where two of
+    them touch the same bytes, which a well-formed file never makes them do: a record table whose
+    bounds run into ``.rela.dyn`` (a corrupt ``__stop_mcount_loc``) had the table's slots and the
+    moved relocations overwrite each other. Bad input, then, and said of the file."""
+    try:
+        return apply_edits(buf, edits, image.byteorder)
+    except WordMismatch as e:
+        raise ImageError(
+            f"{image.path}: two of the rewrite's edits touch the same bytes ({e}): a table of the file "
+            "overlaps another (corrupt bounds?)"
+        ) from None
 
 
 def _choose(

@@ -87,3 +87,43 @@ def hostile_object(tmp_path: Path) -> Path:
     src.write_text("\n".join(lines) + "\n")
     subprocess.run([gcc, "-c", str(src), "-o", str(obj)], check=True)
     return obj
+
+
+# -- a vmlinux in miniature ---------------------------------------------------------------------------
+
+# What mcountrw reads of a vmlinux, around one fixture object: kernel text bounds, the record table
+# between __start_mcount_loc and __stop_mcount_loc in .init.data, a banner naming 7.2, and (linked
+# -pie, as a relocatable kernel is) the table's slots in .rela.dyn's R_PPC64_RELATIVE rows.
+_MINI_LDS = """ENTRY(leaf_add)
+SECTIONS {
+  . = 0xc000000000000000;
+  _stext = .;
+  .text : { *(.text) }
+  _etext = .;
+  . = ALIGN(0x1000);
+  .init.text : {
+    _sinittext = .;
+    ftrace_check_for_weak_functions = .; LONG(0x4e800020); _mcount = .; LONG(0x4e800020);
+    _einittext = .;
+  }
+  .rodata : { linux_banner = .; BYTE(0x4c) BYTE(0x69) BYTE(0x6e) BYTE(0x75) BYTE(0x78) BYTE(0x20)
+              BYTE(0x76) BYTE(0x65) BYTE(0x72) BYTE(0x73) BYTE(0x69) BYTE(0x6f) BYTE(0x6e) BYTE(0x20)
+              BYTE(0x37) BYTE(0x2e) BYTE(0x32) BYTE(0x2e) BYTE(0x31) BYTE(0x20) BYTE(0) *(.rodata*) }
+  .data : { *(.data) *(.bss) }
+  . = ALIGN(0x1000);
+  .init.data : { __start_mcount_loc = .; *(__mcount_loc) __stop_mcount_loc = .; }
+  /DISCARD/ : { *(.eh_frame) *(.note.GNU-stack) *(.comment) }
+}
+"""
+
+
+def mini_vmlinux(tmp_path: Path, name: str = "vmlinux") -> Path:
+    """fixtures/bin/prof-le.o (6 mprofile sites) linked as a little vmlinux (:data:`_MINI_LDS`)."""
+    from boot import require_tool
+
+    ld = require_tool("powerpc64le-linux-gnu-ld")
+    script, out = tmp_path / "mini.lds", tmp_path / name
+    script.write_text(_MINI_LDS)
+    link = [ld, "-pie", "--no-dynamic-linker", "--no-warn-rwx-segments", "-T", str(script)]
+    subprocess.run([*link, str(FIXTURES / "bin" / "prof-le.o"), "-o", str(out)], check=True)
+    return out

@@ -33,8 +33,10 @@ import pytest
 import zstandard
 from boot import require_tool
 from click.testing import Result
-from conftest import FIXTURES, ROOT, invoke
+from conftest import FIXTURES, ROOT, invoke, mini_vmlinux
 from conftest import assert_one_line as one_error_line
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image
@@ -1099,3 +1101,22 @@ def test_a_vermagic_whose_version_is_thousands_of_digits_long_names_no_kernel(tm
     out = tmp_path / "out.ko"
     assert mcountrw("nop", str(module), "-o", str(out)).returncode == 0
     assert mcountrw("diff", str(module), str(out)).returncode == 1
+
+
+def test_a_record_table_whose_bounds_run_into_rela_dyn_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """__stop_mcount_loc moved 0x400 bytes on: the "table" runs into .rela.dyn, whose rows a drop
+    moves while it zeroes the table's slots, the two edits over the same bytes. The rewrite failed
+    with ``.rela.dyn[0]: expected ... != found ...``, naming no file and no cause."""
+    vmlinux = mini_vmlinux(tmp_path)
+    with open(vmlinux, "rb") as fh:
+        symtab = ELFFile(fh).get_section_by_name(".symtab")
+        assert isinstance(symtab, SymbolTableSection)
+        (index,) = [i for i, sym in enumerate(symtab.iter_symbols()) if sym.name == "__stop_mcount_loc"]
+        at = symtab["sh_offset"] + index * symtab["sh_entsize"] + 8  # st_value
+    data = bytearray(vmlinux.read_bytes())
+    data[at : at + 8] = (int.from_bytes(data[at : at + 8], "little") + 0x400).to_bytes(8, "little")
+    vmlinux.write_bytes(data)
+    out = tmp_path / "out"
+    nop = mcountrw("nop", str(vmlinux), "-o", str(out), "--drop-records")
+    assert_cli_error(nop, str(vmlinux), "two of the rewrite's edits touch the same bytes", "overlaps another")
+    assert not out.exists()

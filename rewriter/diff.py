@@ -115,6 +115,12 @@ class ImageDiff:
     common_functions: int = 0  # names with sites in both
     pairing: Pairing = Pairing.NAME
     unnamed: tuple[bool, bool] = (False, False)  # A, B: sites but no function symbols
+    builds: tuple[str, str] = ("", "")  # A, B: byte order and ABI, "little-endian elfv2"
+
+    @property
+    def rebuilt(self) -> bool:
+        """Whether A and B differ in byte order or ABI: two builds, whatever their sites say."""
+        return self.builds[0] != self.builds[1]
 
     def function_counts(self) -> dict[str, int]:
         """How many functions of each kind of change, every kind present (0 when none)."""
@@ -133,7 +139,7 @@ class Diff:
 
     @property
     def changed(self) -> bool:
-        return bool(self.only_a or self.only_b or any(d.changes or d.functions for d in self.images))
+        return bool(self.only_a or self.only_b or any(d.changes or d.functions or d.rebuilt for d in self.images))
 
 
 class _Keyed(NamedTuple):
@@ -243,7 +249,12 @@ def diff_scans(scan_a: Scan, scan_b: Scan, aliases: tuple[Aliases, Aliases] = ({
         common,
         pairing,
         sides,
+        (_build(scan_a), _build(scan_b)),
     )
+
+
+def _build(result: Scan) -> str:
+    return f"{result.endian}-endian {result.abi.value}"
 
 
 class _Profile(NamedTuple):

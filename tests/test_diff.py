@@ -325,3 +325,15 @@ def test_a_function_that_became_an_alias_of_another_is_not_removed(tmp_path: Pat
     assert {(c.change, c.function) for c in d.changes} == {
         (Change.ADDED, "cpu_show_not_affected"), (Change.REMOVED, "cpu_show_gds"), (Change.REMOVED, "cpu_show_mds")
     }  # fmt: skip
+
+
+def test_a_pair_of_two_byte_orders_or_abis_says_so_and_has_changed() -> None:
+    """prof-le.o (little-endian ELFv2) against prof-be.o (big-endian ELFv1), the same source: the
+    diff said two sites moved and never that the two are other builds."""
+    le, be = FIXTURES / "bin" / "prof-le.o", FIXTURES / "bin" / "prof-be.o"
+    shown = CliRunner().invoke(app, ["diff", str(le), str(be)])
+    assert shown.exit_code == 1 and "Built little-endian elfv2 -> big-endian elfv1." in shown.output, shown.output
+    (pair,) = json.loads(CliRunner().invoke(app, ["diff", str(le), str(be), "--format", "json"]).output)["images"]
+    assert pair["builds"] == ["little-endian elfv2", "big-endian elfv1"]
+    same = diff_files(le, le)
+    assert same.builds == ("little-endian elfv2",) * 2 and not same.rebuilt

@@ -360,7 +360,8 @@ def _site_ref(site: Site | None) -> dict[str, Any] | None:
 
 
 def diff_json(diff: Diff) -> dict[str, Any]:
-    """``{"format": "mcountrw-diff/1", "images": [{"a", "b", "generations": [a, b], "pairing",
+    """``{"format": "mcountrw-diff/1", "images": [{"a", "b", "generations": [a, b], "builds": [a, b],
+    "pairing",
     "unnamed": [a, b], "unchanged", "relocated", "records": [a, b], "changes": [{"change", "function",
     "before", "after", "detail"}], "functions": {"common", "counts": {kind: n}, "changes": [{"change",
     "function", "before", "after"}]}}], "only_a", "only_b", "errors"}``; site ``before``/``after`` are
@@ -368,7 +369,8 @@ def diff_json(diff: Diff) -> dict[str, Any]:
     the missing side). ``pairing`` is ``name``, or ``place`` when a side has sites but no function
     symbols (``unnamed``: which), and then ``functions`` is empty: not compared. ``unchanged``: paired
     sites with no change; when ``generations`` differ, those the same at boot (their words are each
-    generation's own), which the markdown says so."""
+    generation's own), which the markdown says so. ``builds``: byte order and ABI of each side
+    (``little-endian elfv2``); when they differ, the pair has changed whatever its sites say."""
     return {
         "format": "mcountrw-diff/1",
         "images": [
@@ -376,6 +378,7 @@ def diff_json(diff: Diff) -> dict[str, Any]:
                 "a": str(d.a),
                 "b": str(d.b),
                 "generations": [g.value if g is not None else None for g in d.generations],
+                "builds": list(d.builds),
                 "pairing": d.pairing.value,
                 "unnamed": list(d.unnamed),
                 "unchanged": d.unchanged,

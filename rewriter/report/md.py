@@ -259,11 +259,12 @@ def _diff_functions(d: ImageDiff, limit: int | None) -> list[str]:
     """The function-level lines of one pair. When every function in both changed generation (two
     builds of two generations) that is said once instead of listing tens of thousands of names.
     A pair paired by place has no function lines: it says why instead."""
+    built = f" Built {d.builds[0]} -> {d.builds[1]}." if d.rebuilt else ""
     if d.pairing is Pairing.PLACE:
-        return [f"Generation {_gen(d, 0)} -> {_gen(d, 1)}.", "", _pairing(d)]
+        return [f"Generation {_gen(d, 0)} -> {_gen(d, 1)}.{built}", "", _pairing(d)]
     n = d.function_counts()
     out = [
-        f"Generation {_gen(d, 0)} -> {_gen(d, 1)}. Functions with sites: {d.common_functions} in both, "
+        f"Generation {_gen(d, 0)} -> {_gen(d, 1)}.{built} Functions with sites: {d.common_functions} in both, "
         f"{n['added']} added, {n['removed']} removed, {n['generation']} changed generation, "
         f"{n['section']} moved between sections."
     ]
@@ -295,7 +296,7 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
         f"**{pairs}, {sites}, {funcs}**; {counted(len(diff.only_a), 'file')} only in A, {len(diff.only_b)} only in B."
     )
     for d in diff.images:
-        if not d.changes and not d.functions and d.pairing is Pairing.NAME and len(diff.images) > 1:
+        if not (d.changes or d.functions or d.rebuilt) and d.pairing is Pairing.NAME and len(diff.images) > 1:
             continue
         counts = Counter(c.change.value for c in d.changes)
         out += ["", f"## {code(str(d.a))} -> {code(str(d.b))}", "", *_diff_functions(d, limit), ""]

@@ -335,9 +335,15 @@ def render_many(
 def _render_chunk(
     paths: Sequence[Path], render: Callable[[Scan], R], mcount_addr: int | None, generation: Generation | None
 ) -> list[Rendered[R]]:
-    out = []
+    out: list[Rendered[R]] = []
     for outcome in _scanned(paths, mcount_addr, generation):
-        out.append(Rendered(outcome.path, None if outcome.scan is None else render(outcome.scan), outcome.error))
+        if outcome.scan is None:
+            out.append(Rendered(outcome.path, None, outcome.error))
+            continue
+        # A render may read more than the file (its patch log's sites): what it cannot read is this
+        # file's error, and the others are still rendered.
+        report, error = _attempt(outcome.path, render, outcome.scan)
+        out.append(Rendered(outcome.path, report, error))
     return out
 
 

@@ -441,7 +441,8 @@ def _group_json(key: tuple[Any, ...], group: Sequence[SiteLine], refs: _Refs) ->
 
 def read_groups(records: Sequence[Mapping[str, Any]], edits: Sequence[Edit]) -> list[SiteLine]:
     """The sites of a log's sites lines (parsed JSON), the references resolved against the log's
-    ``edits``, in place order; ``ValueError`` (or ``KeyError``, ``TypeError``) if one is malformed."""
+    ``edits``, in place order; ``ValueError`` (or ``KeyError``, ``TypeError``, ``IndexError``) if
+    one is malformed."""
     out: list[SiteLine] = []
     for rec in records:
         out += _read_group(rec, edits)

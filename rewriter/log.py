@@ -561,14 +561,14 @@ def loads(text: str, name: str, sites: bool = True) -> Log:
             body = _read_line(cast(dict[str, Any], rec), body, f"{name}:{n}")
     try:
         header = Header.from_json(header_rec)
-    except (KeyError, TypeError, ValueError, OverflowError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError, IndexError) as e:
         raise LogError(f"{name}:1: malformed header ({e})") from None
     edits = tuple(body.edits)
     site_lines: tuple[SiteLine, ...] = ()
     if sites:
         try:
             site_lines = _read_sites(lines, aside, body, edits, version, name)
-        except (KeyError, TypeError, ValueError, OverflowError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError, IndexError) as e:  # "" where a pair was
             raise LogError(f"{name}: malformed site line ({e})") from None
     return Log(header, edits, tuple(body.barriers), body.original, site_lines)
 

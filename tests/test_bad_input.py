@@ -15,6 +15,7 @@ The helpers at the top (:class:`Elf`, :func:`regions`) are shared with tests/tes
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import lzma
 import os
@@ -1120,3 +1121,29 @@ def test_a_record_table_whose_bounds_run_into_rela_dyn_is_refused_naming_the_fil
     nop = mcountrw("nop", str(vmlinux), "-o", str(out), "--drop-records")
     assert_cli_error(nop, str(vmlinux), "two of the rewrite's edits touch the same bytes", "overlaps another")
     assert not out.exists()
+
+
+def test_a_sites_line_with_an_empty_string_for_a_pair_is_a_malformed_log(tmp_path: Path) -> None:
+    """A patch log (footer made good after the edit) whose sites line has ``""`` where a column
+    holds a pair: an IndexError, exit 3 from scan, which reads the log beside the image by itself,
+    and ``scan DIR`` reported none of the other files. It is one malformed-log line, and the
+    directory's other files are scanned."""
+    (tmp_path / "tree").mkdir()
+    vmlinux = mini_vmlinux(tmp_path / "tree")
+    out = tmp_path / "tree" / "out"
+    assert mcountrw("nop", str(vmlinux), "-o", str(out), "--drop-records").returncode == 0
+    log = Path(f"{out}.mcountrw.jsonl")
+    lines = log.read_text().splitlines()[:-1]
+    (n,) = [i for i, line in enumerate(lines) if json.loads(line).get("type") == "sites"]
+    group = json.loads(lines[n])
+    group["columns"]["record_slot"][-1] = ""  # an edit's number, or [offset, the slot's bytes]
+    lines[n] = json.dumps(group, sort_keys=True)
+    body = "".join(line + "\n" for line in lines).encode()
+    footer = {"type": "footer", "lines": len(lines), "sha256": hashlib.sha256(body).hexdigest()}
+    log.write_bytes(body + json.dumps(footer, sort_keys=True).encode() + b"\n")
+    malformed = f"mcountrw: error: {log}: malformed site line (string index out of range)"
+    assert_cli_error(mcountrw("scan", str(out)), str(log), "malformed site line")
+    for command in ("scan", "audit"):
+        tree = mcountrw(command, str(tmp_path / "tree"))
+        assert tree.returncode == 2 and str(vmlinux) in tree.stdout, tree
+        assert tree.stderr.strip().splitlines() == [malformed], tree.stderr

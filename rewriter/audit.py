@@ -30,7 +30,7 @@ from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression
 from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.release import kernel_version
-from rewriter.elf.symbols import Functions, relocation_target_text, split_place
+from rewriter.elf.symbols import Functions, RelocationNames, split_place
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, OOL_AREAS, Generation, Variant, default_variant
 from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
@@ -155,7 +155,7 @@ def audit_image(
     result = logged(scan(image, mcount_addr, generation, text=view), logs or {})
     code = flow.load_code(image, result, table, view)
     verdicts = flow.safety(code, result.sites)
-    printer = Printer(image, code, ppc.Disassembler(image.big_endian))
+    printer = Printer(image, code, ppc.Disassembler(image.big_endian), RelocationNames(image, S.BRANCH_RELOCS))
     sites = tuple(
         SiteAudit(s, v, printer.safety(s, v) if v.verdict in _SHOWN else ())
         for s, v in zip(result.sites, verdicts, strict=True)
@@ -217,6 +217,7 @@ class Printer(NamedTuple):
     image: Image
     code: flow.Code
     dis: ppc.Disassembler
+    names: RelocationNames  # ET_REL: what a branch's relocation names, indexed once per image
 
     def where(self, place: int) -> str:
         if self.image.type != S.ET_REL:
@@ -235,7 +236,7 @@ class Printer(NamedTuple):
         shndx, offset = split_place(place)  # branch targets in-section
         named = None
         if ppc.is_relative_branch(word):  # only these read relocations, and only when printed
-            named = relocation_target_text(self.image, shndx, offset, S.BRANCH_RELOCS)
+            named = self.names.text(shndx, offset)
         return self.dis.text(word, offset, named)
 
     def line(self, i: int, note: str = "") -> str:

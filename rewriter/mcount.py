@@ -121,13 +121,18 @@ def _stub_symbols(image: Image) -> list[int]:
     """Linker stubs named ``<id>.long_branch._mcount`` / ``<id>.plt_branch._mcount``."""
     syms = image.symbols
     assert syms is not None
-    out = []
+    starts = []  # where each name holding a suffix starts in the string table
     for suffix in (b".long_branch._mcount\0", b".plt_branch._mcount\0"):
         pos = syms.strtab.find(suffix)
         while pos >= 0:
-            start = syms.strtab.rfind(b"\0", 0, pos) + 1
-            out.extend(syms.table["st_value"][syms.table["st_name"] == start].tolist())
+            starts.append(syms.strtab.rfind(b"\0", 0, pos) + 1)
             pos = syms.strtab.find(suffix, pos + 1)
+    if not starts:
+        return []
+    # One look-up for them all: the whole symbol table compared once per name is quadratic in a
+    # file with many such names (Debian's kernels have none; nothing bounds a crafted one's).
+    named = arrays.member(syms.table["st_name"], np.array(starts, syms.table["st_name"].dtype))
+    out: list[int] = syms.table["st_value"][named].tolist()
     return out
 
 

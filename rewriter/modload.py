@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Final
 
-from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind, Section
 from rewriter.elf.release import kernel_version
 
@@ -53,7 +52,7 @@ def reads_section(image: Image, sec: Section) -> bool:
     """Whether the loader of a module it loads reads ``sec`` where it looks a section up by name:
     find_sec() takes the first allocated one (module_64.c counts the ool stubs from the first of
     any flags: in a module the two agree). True for every section of other files."""
-    if image.kind is not Kind.MODULE or sec.name not in shared_names(image):
+    if image.kind is not Kind.MODULE or not image.shares_alloc_name(sec.name):
         return True
-    first = next(s for s in image.sections if s.name == sec.name and s.flags & S.SHF_ALLOC)
-    return first.shndx == sec.shndx
+    first = image.first_alloc_section(sec.name)
+    return first is not None and first.shndx == sec.shndx

@@ -7,6 +7,7 @@ compare-and-swap edits (:mod:`rewriter.edits`) that :mod:`rewriter.rewrite` puts
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from itertools import repeat
 from typing import Final, NamedTuple, cast
 
@@ -15,11 +16,12 @@ import numpy as np
 from rewriter import arrays, ppc
 from rewriter.edits import BytesEdit, Edit, RelaEdit, RelaPut, WordWrite
 from rewriter.elf import structs as S
-from rewriter.elf.dynamic import dynamic_field_offset, dynamic_value
+from rewriter.elf.dynamic import RELA_ROW, check_applied_table, dynamic_field_offset, dynamic_value
 from rewriter.elf.image import Image, Kind, Section
 from rewriter.elf.symbols import join_place
 from rewriter.errors import ImageError
 from rewriter.known import RecordSlot, RelaEntry, SiteLine
+from rewriter.records import RecordTable
 from rewriter.sites import Scan, Site
 from rewriter.states import Insn, Slot
 
@@ -39,9 +41,21 @@ class Taken(NamedTuple):
 # -- relocation tables ----------------------------------------------------------------------
 
 
+class _FileSpans(NamedTuple):
+    """The file bytes of an image's sections with data, ascending (they never overlap:
+    :class:`~rewriter.elf.image.Image` refuses a file whose sections do), for :func:`_check_room`."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    shndx: np.ndarray
+
+
 class RelaTables:
     """The current rows of the relocation tables this rewrite edits, so that each RelaEdit is
-    computed against the table as the previous edits left it."""
+    computed against the table as the previous edits left it.
+
+    It also indexes the image's relocation tables, once per rewrite: a module built with
+    ``-ffunction-sections`` has one for each function, and every site asks for its own."""
 
     def __init__(self, image: Image) -> None:
         self.image = image
@@ -49,6 +63,44 @@ class RelaTables:
         self.size: dict[int, int] = {}
         self.taken: dict[int, RelaEntry] = {}  # the REL24s of call slots nopped, by site place
         self.put_calls: set[int] = set()  # sites whose REL24 came back from the patch log
+
+    @cached_property
+    def _applying_to(self) -> dict[int, list[Section]]:
+        """The relocation tables by the index of the section they apply to (``sh_info``)."""
+        out: dict[int, list[Section]] = {}
+        for rsec in self.image.relocation_sections():
+            out.setdefault(rsec.info, []).append(rsec)
+        return out
+
+    @cached_property
+    def _placed(self) -> dict[tuple[str, int | None], Section]:
+        """The relocation tables by name and file offset, and by name alone (offset None), each
+        the first such in section order, as :func:`_rela_section` picks them."""
+        out: dict[tuple[str, int | None], Section] = {}
+        for rsec in self.image.relocation_sections():
+            out.setdefault((rsec.name, rsec.offset), rsec)
+            out.setdefault((rsec.name, None), rsec)
+        return out
+
+    @cached_property
+    def _spans(self) -> _FileSpans:
+        """The sections that hold file bytes (not SHT_NOBITS, SHT_NULL: a null header names no
+        section, whatever its fields say), by offset."""
+        held = sorted(
+            (s.offset, s.offset + s.size, s.shndx)
+            for s in self.image.sections
+            if s.type not in (S.SHT_NOBITS, S.SHT_NULL) and s.size
+        )
+        columns = np.array(held, np.int64).reshape(-1, 3)
+        return _FileSpans(columns[:, 0], columns[:, 1], columns[:, 2])
+
+    def rela_section(self, rela: RelaEntry) -> Section:
+        """:func:`_rela_section`, from the index of the tables (every table of a module can have
+        one name: a search of them for each entry put back is quadratic)."""
+        found = self._placed.get((rela.section, rela.table))
+        if found is None:
+            raise _no_rela_table(self.image, rela)
+        return found
 
     def current(self, sec: Section) -> np.ndarray:
         if sec.shndx not in self.rows:
@@ -128,7 +180,7 @@ class RelaTables:
         entsize = sec.entsize or rows.dtype.itemsize
         size = self.size[sec.shndx]
         new_size = size + len(entries) * entsize
-        _check_room(self.image, sec, sec.offset + size, sec.offset + new_size)
+        _check_room(self.image, self._spans, sec, sec.offset + size, sec.offset + new_size)
         new = np.frombuffer(b"".join(entries), rows.dtype)
         order = np.argsort(new["r_offset"], kind="stable")
         at = _sorted_positions(rows["r_offset"], new["r_offset"][order])
@@ -145,9 +197,11 @@ class RelaTables:
         (a nop took it out), put back from the patch log: without it the loader leaves ``bl .``,
         a branch to itself."""
         called = {(w.section, w.section_offset) for w in writes if w.slot is Slot.B and ppc.is_bl(w.new)}
+        calls = [s for s in sites if (s.section, s.offset) in called]
+        relocated = self._call_relocated(calls)
         wanted: dict[Section, list[bytes]] = {}
-        for s in sites:
-            if (s.section, s.offset) not in called or self._has_call_relocation(s):
+        for s in calls:
+            if (s.section_index, s.offset) in relocated:
                 continue
             line = history.get(s.place)
             if line is None or line.origin.call_relocation is None:
@@ -156,7 +210,7 @@ class RelaTables:
                     "which the rewrite that nopped it took out and no patch log read here names "
                     "(give the log of this file with --input-log)"
                 )
-            wanted.setdefault(_rela_section(image, line.origin.call_relocation), []).append(
+            wanted.setdefault(self.rela_section(line.origin.call_relocation), []).append(
                 line.origin.call_relocation.entry
             )
             self.put_calls.add(s.place)
@@ -165,28 +219,40 @@ class RelaTables:
             edits += self.put(sec, entries, "R_PPC64_REL24 of a restored call")
         return edits
 
-    def _has_call_relocation(self, site: Site) -> bool:
-        for rsec in self.image.relocation_sections():
-            if rsec.info == site.section_index:
+    def _call_relocated(self, sites: Sequence[Site]) -> set[tuple[int, int]]:
+        """(section index, offset) of each of ``sites``' call slots that an ``R_PPC64_REL24`` of
+        its section's tables names: one look-up per table, not per site."""
+        by_target: dict[int, list[int]] = {}
+        for s in sites:
+            by_target.setdefault(s.section_index, []).append(s.offset)
+        out: set[tuple[int, int]] = set()
+        for index, offsets in by_target.items():
+            for rsec in self._applying_to.get(index, []):
                 rows = self.current(rsec)
-                hit = (S.r_type(rows["r_info"]) == S.R_PPC64_REL24) & (rows["r_offset"] == site.offset)
-                if hit.any():
-                    return True
-        return False
+                calls = rows["r_offset"][S.r_type(rows["r_info"]) == S.R_PPC64_REL24]
+                out.update((index, offset) for offset in calls[arrays.member(calls, offsets)].tolist())
+        return out
 
 
 def _rela_section(image: Image, rela: RelaEntry) -> Section:
     """The RELA table the patch log puts ``rela`` back into: the one of its name at its offset.
     A name can repeat: gcc 13 and later make one ``__patchable_function_entries`` (and its RELA
     table) per function. A log from before the offset was written means the first of the name:
-    the rewrite that wrote it read no other."""
+    the rewrite that wrote it read no other. (A rewrite asks :meth:`RelaTables.rela_section`,
+    which indexes the tables once.)"""
     named = [s for s in image.relocation_sections() if s.name == rela.section]
-    where = f"{image.path}: the patch log puts a relocation back into {rela.section}"
     at = named if rela.table is None else [s for s in named if s.offset == rela.table]
     if not at:
-        offset = "" if rela.table is None else f" at offset {rela.table:#x}"
-        raise ImageError(f"{where}{offset}, which is no RELA table of that name here")
+        raise _no_rela_table(image, rela)
     return at[0]
+
+
+def _no_rela_table(image: Image, rela: RelaEntry) -> ImageError:
+    offset = "" if rela.table is None else f" at offset {rela.table:#x}"
+    return ImageError(
+        f"{image.path}: the patch log puts a relocation back into {rela.section}{offset}, "
+        "which is no RELA table of that name here"
+    )
 
 
 def _sorted_positions(rows: np.ndarray, new: np.ndarray) -> tuple[int, ...]:
@@ -199,14 +265,18 @@ def _sorted_positions(rows: np.ndarray, new: np.ndarray) -> tuple[int, ...]:
     return tuple((k + np.arange(len(new))).tolist())
 
 
-def _check_room(image: Image, sec: Section, start: int, end: int) -> None:
-    """A table grows only into bytes that are zero and no other section's: the tail a drop freed."""
+def _check_room(image: Image, spans: _FileSpans, sec: Section, start: int, end: int) -> None:
+    """A table grows only into bytes that are zero and no other section's: the tail a drop freed.
+    ``spans``: the image's sections by file offset, searched rather than walked (a table is
+    checked each time it grows, and a module can have thousands of them)."""
     start = max(start, sec.offset + sec.size)  # the table's own bytes are zeroed by a drop in this rewrite
     no_room = f"{image.path}: {sec.name}: no room to put relocations back"
-    for other in image.sections:
-        mapped = other.shndx != sec.shndx and other.type != S.SHT_NOBITS and other.size
-        if mapped and other.offset < end and start < other.offset + other.size:
-            raise ImageError(f"{no_room} (it would reach {other.name})")
+    # The sections that start before `end` and end after `start`: a run of the sorted spans.
+    first = int(np.searchsorted(spans.ends, start, side="right"))
+    past = int(np.searchsorted(spans.starts, end, side="left"))
+    reached = [int(i) for i in spans.shndx[first:past].tolist() if i != sec.shndx] if start < end else []
+    if reached:
+        raise ImageError(f"{no_room} (it would reach {image.sections[min(reached)].name})")
     if end > image.elf_end or (start < end and any(image.data[start:end])):
         raise ImageError(f"{no_room} (the bytes after it are not free)")
 
@@ -238,8 +308,7 @@ def _drop_rel_records(
     """Relocatable: the record's R_PPC64_ADDR64 leaves its ``.rela`` section, the slot stays 0."""
     edits: list[Edit] = []
     found = []
-    for t in scan.records.tables:
-        hit = np.flatnonzero(arrays.member(t.values, want))
+    for t, hit in zip(scan.records.tables, _hits(scan.records.tables, want), strict=True):
         if t.shndx is None or not len(hit):
             continue
         rsec = image.section_at(t.shndx)
@@ -250,6 +319,17 @@ def _drop_rel_records(
         found.append(t.values[hit])
     rows_out = sum(len(f) for f in found)
     return edits, arrays.distinct(np.concatenate(found)) if found else np.zeros(0, np.uint64), rows_out
+
+
+def _hits(tables: Sequence[RecordTable], want: np.ndarray) -> list[np.ndarray]:
+    """The indexes of each table's entries that are in ``want``, from one membership test of all
+    the tables' entries: a relocatable file can have a table per function (gcc 13 and later), and
+    a test per table would sort ``want`` once for each."""
+    if not tables:
+        return []
+    hit = arrays.member(np.concatenate([t.values for t in tables]), want)
+    ends = np.cumsum([len(t.values) for t in tables])[:-1]
+    return [np.flatnonzero(part) for part in np.split(hit, ends)]
 
 
 def _drop_linked_records(
@@ -284,9 +364,10 @@ def _drop_linked_records(
 
 
 def _move_relatives(image: Image, tables: RelaTables, slot_addrs: np.ndarray, facts: Taken) -> list[Edit]:
-    """reloc_64.S walks DT_RELACOUNT entries (before 6.0) or all DT_RELASZ bytes (6.0 and later,
-    RELATIVE and UADDR64), storing each addend over its target whatever the target holds. Moving
-    the entries past the end of the table and lowering both keeps either walk away from them."""
+    """reloc_64.S walks DT_RELACOUNT entries (before 6.0) or all DT_RELASZ bytes, DT_RELAENT a
+    row (6.0 and later, RELATIVE and UADDR64), storing each addend over its target whatever the
+    target holds. Moving the entries past the end of the table and lowering both keeps either walk
+    away from them, when ``.dynamic`` agrees with the table (refused otherwise)."""
     rela = image.section(".rela.dyn")
     if rela is None:
         return []  # a static executable: its table holds link-time addresses, no relocation
@@ -295,6 +376,7 @@ def _move_relatives(image: Image, tables: RelaTables, slot_addrs: np.ndarray, fa
     moved = np.flatnonzero(relative & arrays.member(rows["r_offset"], slot_addrs))
     if not len(moved):
         return []
+    check_applied_table(image, rela)
     by_slot = {slot.addr: value for value, slot in facts.slots.items()}
     counted = int(np.count_nonzero(moved < (dynamic_value(image, S.DT_RELACOUNT) or 0)))
     edits = tables.remove(rela, moved, "RELATIVE of a dropped record", keep_tail=True)
@@ -320,7 +402,7 @@ def restore_records(
         wanted: dict[Section, list[bytes]] = {}
         for o in origins:
             if o.record_relocation is not None:
-                wanted.setdefault(_rela_section(image, o.record_relocation), []).append(o.record_relocation.entry)
+                wanted.setdefault(tables.rela_section(o.record_relocation), []).append(o.record_relocation.entry)
         edits: list[Edit] = []
         for sec, entries in wanted.items():
             edits += tables.put(sec, entries, "record of a restored site")
@@ -351,6 +433,7 @@ def _return_relatives(image: Image, tables: RelaTables, entries: Sequence[bytes]
     rela = image.section(".rela.dyn")
     if rela is None or not entries:
         return []
+    check_applied_table(image, rela)
     rows = tables.current(rela)
     entsize = rela.entsize or rows.dtype.itemsize
     size = tables.size[rela.shndx]
@@ -398,18 +481,18 @@ def _tail_rows(image: Image, rela: Section, start: int, entsize: int) -> np.ndar
 
 
 def _dynamic_edits(image: Image, entries: int, counted: int) -> list[Edit]:
-    """Change DT_RELASZ by ``entries`` entries and DT_RELACOUNT by ``counted`` (negative: lower
-    them, as a drop does; positive: raise them, as a restore does). ``.dynamic`` is read by
-    section: these kernels have no PT_DYNAMIC segment."""
+    """Change DT_RELASZ by ``entries`` rows and DT_RELACOUNT by ``counted`` (negative: lower
+    them, as a drop does; positive: raise them, as a restore does), once
+    :func:`~rewriter.elf.dynamic.check_applied_table` has found them to agree with ``.rela.dyn``.
+    ``.dynamic`` is read by section: these kernels have no PT_DYNAMIC segment."""
     dyn = image.section(".dynamic")
     if dyn is None:
         raise ImageError(f"{image.path}: records: .rela.dyn without .dynamic")
     table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
-    entsize = dynamic_value(image, S.DT_RELAENT) or S.rela_dtype(image.endian).itemsize
     order = image.byteorder
     edits: list[Edit] = []
     for tag, name, change in (
-        (S.DT_RELASZ, "DT_RELASZ", entries * entsize),
+        (S.DT_RELASZ, "DT_RELASZ", entries * RELA_ROW),
         (S.DT_RELACOUNT, "DT_RELACOUNT", counted),
     ):
         hit = np.flatnonzero(table["d_tag"] == tag)

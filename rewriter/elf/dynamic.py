@@ -1,6 +1,14 @@
 """What a linked kernel's ``relocate()`` (arch/powerpc/kernel/reloc_64.S) does to it at boot: the
 ``.dynamic`` values it reads, the ``R_PPC64_RELATIVE`` rows of ``.rela.dyn`` it applies, and the
 value each 8-byte slot then holds. A vmlinux's record tables and TOC slots are read through it.
+
+From 6.0 (6.1, 6.12 and 7.2 alike: 7.2's source, and 6.1's binary disassembled) relocate() takes
+``DT_RELA``, ``DT_RELASZ`` and ``DT_RELAENT`` from ``.dynamic``, does nothing if any of them is 0,
+and applies ``DT_RELASZ / DT_RELAENT`` rows, ``DT_RELAENT`` bytes apart. Before 6.0 it applied
+``DT_RELACOUNT`` rows, 24 bytes apart. mcountrw reads the rows :data:`RELA_ROW` bytes apart, the
+size of an ``Elf64_Rela`` (``.rela.dyn``'s ``sh_entsize`` is checked against it), so a rewrite that
+moves rows in or out of what relocate() applies first checks that ``.dynamic`` agrees
+(:func:`check_applied_table`).
 """
 
 from __future__ import annotations
@@ -10,9 +18,12 @@ from typing import Final
 import numpy as np
 
 from rewriter.elf import structs as S
-from rewriter.elf.image import Image
+from rewriter.elf.image import Image, Section
 
 _SLOT: Final = S.addr_dtype("<").itemsize  # a doubleword: what an R_PPC64_RELATIVE writes
+RELA_ROW: Final = S.rela_dtype("<").itemsize
+"""The bytes of one ``.rela.dyn`` row (``Elf64_Rela``): the step of every walk mcountrw models,
+and what a drop or a restore moves ``DT_RELASZ`` by, a row at a time."""
 
 
 def dynamic_field_offset(field: str) -> int:
@@ -51,7 +62,7 @@ def processed_relative(image: Image) -> np.ndarray | None:
     rela = image.relocations(sec)
     relasz = dynamic_value(image, S.DT_RELASZ)
     if relasz is not None:
-        rela = rela[: relasz // rela.dtype.itemsize]
+        rela = rela[: relasz // RELA_ROW]
     relative: np.ndarray = rela[S.r_type(rela["r_info"]) == S.R_PPC64_RELATIVE]
     return relative
 
@@ -64,3 +75,40 @@ def dynamic_value(image: Image, tag: int) -> int | None:
     table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
     hit = np.flatnonzero(table["d_tag"] == tag)
     return int(table["d_val"][hit[0]]) if len(hit) else None
+
+
+def check_applied_table(image: Image, rela: Section) -> None:
+    """Refuse a ``.dynamic`` that does not describe ``rela`` (``.rela.dyn``) as the table relocate()
+    walks, row by row, before a rewrite moves rows out of it or back and changes ``DT_RELASZ`` and
+    ``DT_RELACOUNT`` by the rows it moves (the linker writes them so, and every rewrite keeps them
+    so). Otherwise the rewrite would be wrong at boot, or its arithmetic would be:
+
+    * ``DT_RELAENT`` other than :data:`RELA_ROW`: from 6.0 relocate() steps through the table
+      ``DT_RELAENT`` bytes at a time, across the rows (or, at 0, applies nothing), so what it
+      applies is not the rows mcountrw reads, and ``DT_RELASZ`` changed by rows of that size
+      would leave the moved rows inside its walk (at 1: lowered by a byte a row). Refused rather
+      than followed: rows that are not ``Elf64_Rela`` apart have no meaning to model, and one row
+      size serves the scan (:func:`processed_relative`) and the rewrite alike.
+    * ``DT_RELASZ`` other than ``sh_size``: relocate() would apply rows past the table (the rows a
+      drop moves there), or a drop would lower it below what it covers (or below zero).
+    * ``DT_RELACOUNT`` past the table's rows: relocate() before 6.0 would walk into the moved rows.
+    """
+    entsize = dynamic_value(image, S.DT_RELAENT)
+    if entsize is not None and entsize != RELA_ROW:
+        raise image.error(
+            f".dynamic DT_RELAENT {entsize} does not agree with {rela.name}, whose rows are {RELA_ROW} bytes "
+            "(relocate() steps DT_RELAENT bytes a row)"
+        )
+    relasz = dynamic_value(image, S.DT_RELASZ)
+    if relasz is not None and relasz != rela.size:
+        raise image.error(
+            f".dynamic DT_RELASZ {relasz:#x} does not agree with {rela.name}, whose size is {rela.size:#x} "
+            "(relocate() applies DT_RELASZ bytes of it)"
+        )
+    count = dynamic_value(image, S.DT_RELACOUNT)
+    rows = rela.size // RELA_ROW
+    if count is not None and count > rows:
+        raise image.error(
+            f".dynamic DT_RELACOUNT {count} does not agree with {rela.name}, which has {rows} rows "
+            "(relocate() before 6.0 applies DT_RELACOUNT rows)"
+        )

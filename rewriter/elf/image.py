@@ -12,6 +12,7 @@ allocation.
 from __future__ import annotations
 
 import enum
+import heapq
 import mmap
 import os
 import struct
@@ -81,6 +82,18 @@ class Section(NamedTuple):
 
     def contains_addr(self, addr: int) -> bool:
         return bool(self.flags & S.SHF_ALLOC) and self.addr <= addr < self.addr + self.size
+
+
+_ADDR_MAX: Final = (1 << 64) - 1  # the highest 64-bit address
+
+
+class _AddrPieces(NamedTuple):
+    """An image's address space in pieces (:meth:`Image.section_of_addr`): ``starts`` ascending,
+    each piece running to the next start (the last to the top of the address space), and the
+    index of the section that has each piece (None: no section)."""
+
+    starts: np.ndarray
+    owners: list[int | None]
 
 
 @dataclass(frozen=True)
@@ -465,6 +478,12 @@ class Image:
         """The names that more than one allocated section with bytes in it has (SHF_ALLOC, a
         non-zero sh_size: what a module's loader makes a sysfs file of, per name, and refuses the
         module over when it cannot)."""
+        return self._shared_alloc_names
+
+    @cached_property
+    def _shared_alloc_names(self) -> tuple[str, ...]:
+        """Once per image: the loader's questions come once per record section, and a module can
+        have one per function (thousands, each asking about them all)."""
         if len(self._by_name) == len(self.sections):  # every name once: the common case, for free
             return ()
         seen: dict[str, int] = {}
@@ -472,6 +491,29 @@ class Image:
             if s.flags & S.SHF_ALLOC and s.size:
                 seen[s.name] = seen.get(s.name, 0) + 1
         return tuple(name for name, n in seen.items() if n > 1)
+
+    def shares_alloc_name(self, name: str) -> bool:
+        """Whether ``name`` is one of :meth:`shared_alloc_names` (a set: a crafted module can
+        share thousands of names)."""
+        return name in self._shared_alloc_set
+
+    @cached_property
+    def _shared_alloc_set(self) -> frozenset[str]:
+        return frozenset(self._shared_alloc_names)
+
+    def first_alloc_section(self, name: str) -> Section | None:
+        """The first allocated section called ``name`` in section header order (what the module
+        loader's find_sec() finds), or None."""
+        return self._first_alloc.get(name)
+
+    @cached_property
+    def _first_alloc(self) -> dict[str, Section]:
+        """Built once, in one pass: looked up once per record section (see ``_shared_alloc_names``)."""
+        first: dict[str, Section] = {}
+        for s in self.sections:
+            if s.flags & S.SHF_ALLOC:
+                first.setdefault(s.name, s)
+        return first
 
     def exec_sections(self) -> list[Section]:
         """Sections of code (``is_exec``) with bytes in them."""
@@ -556,7 +598,37 @@ class Image:
         raise UnmappedAddress(f"{self.path}: file offset {offset:#x} is in no allocated section")
 
     def section_of_addr(self, addr: int) -> Section | None:
-        for sec in self.sections:
-            if sec.contains_addr(addr) and sec.type != S.SHT_NOBITS:
-                return sec
-        return None
+        """The first section, in section header order, whose bytes in the file hold ``addr``
+        (allocated, not SHT_NOBITS), or None. A binary search of :attr:`_addr_pieces`: it is asked
+        once for each record that names no site (a crafted table can hold thousands of them, and
+        as many sections)."""
+        pieces = self._addr_pieces
+        if not 0 <= addr <= _ADDR_MAX or not len(pieces.starts):
+            return None
+        k = int(np.searchsorted(pieces.starts, np.uint64(addr), side="right")) - 1
+        owner = pieces.owners[k] if k >= 0 else None
+        return None if owner is None else self.sections[owner]
+
+    @cached_property
+    def _addr_pieces(self) -> _AddrPieces:
+        """The address space cut where any allocated section with file bytes starts or ends, each
+        piece owned by the first section (in header order) that covers it. Sections may overlap
+        (every one of a relocatable file starts at 0), so the owner of a piece is the lowest index
+        among the sections open there: a sweep over the cuts with a heap of them, by index."""
+        spans = sorted(
+            (s.addr, s.shndx, s.addr + s.size)
+            for s in self.sections
+            if s.flags & S.SHF_ALLOC and s.type != S.SHT_NOBITS and s.size
+        )
+        cuts = sorted({start for start, _, _ in spans} | {end for _, _, end in spans if end <= _ADDR_MAX})
+        open_: list[tuple[int, int]] = []  # (shndx, end) of the sections begun so far
+        owners: list[int | None] = []
+        begun = 0
+        for cut in cuts:
+            while begun < len(spans) and spans[begun][0] <= cut:
+                heapq.heappush(open_, (spans[begun][1], spans[begun][2]))
+                begun += 1
+            while open_ and open_[0][1] <= cut:  # ended (one that ends under the top goes when it tops)
+                heapq.heappop(open_)
+            owners.append(open_[0][0] if open_ else None)
+        return _AddrPieces(np.array(cuts, np.uint64), owners)

@@ -7,7 +7,10 @@ with MCOUNTRW_REQUIRE_TOOLS=1 (CI) the same condition fails the test instead.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -127,3 +130,28 @@ def mini_vmlinux(tmp_path: Path, name: str = "vmlinux") -> Path:
     link = [ld, "-pie", "--no-dynamic-linker", "--no-warn-rwx-segments", "-T", str(script)]
     subprocess.run([*link, str(FIXTURES / "bin" / "prof-le.o"), "-o", str(out)], check=True)
     return out
+
+
+# -- a bound on time -----------------------------------------------------------------------------------
+
+
+class Hang(BaseException):
+    """Raised by SIGALRM (:func:`time_bound`); a BaseException so that no ``except Exception`` in the
+    code under test can swallow it."""
+
+
+@contextmanager
+def time_bound(seconds: float) -> Iterator[None]:
+    """Raise :class:`Hang` in the block after ``seconds``: a run that does not end fails its test
+    instead of stalling the suite."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise Hang
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -32,14 +32,12 @@ import lzma
 import os
 import pkgutil
 import resource
-import signal
 import sys
 import time
 import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -47,6 +45,7 @@ from typing import Any, Final, NamedTuple
 import pytest
 import zstandard
 from boot import KERNELS, corpus_dir, corpus_modules_dir, require_corpus
+from conftest import Hang, time_bound
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.internal.conjecture import providers
@@ -227,25 +226,6 @@ def fuzz_inputs(seeds: list[Seed]) -> st.SearchStrategy[FuzzInput]:
 
 
 # -- running one input under bounds -----------------------------------------------------------------
-
-
-class Hang(BaseException):
-    """Raised by SIGALRM; a BaseException so that no ``except Exception`` in the code under test
-    can swallow it."""
-
-
-@contextmanager
-def time_bound(seconds: float) -> Iterator[None]:
-    def expire(signum: int, frame: object) -> None:
-        raise Hang
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def cap_address_space(extra: int) -> None:

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 import struct
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from boot import require_tool
-from conftest import FIXTURES, assert_one_line, invoke
+from conftest import FIXTURES, assert_one_line, invoke, time_bound
 from elftools.elf.elffile import ELFFile
 
 from rewriter import audit, flow
@@ -31,25 +28,6 @@ from rewriter.ppc.table import build_table
 from rewriter.ppc.words import MFLR_R0, NOP
 
 PROF = FIXTURES / "bin" / "prof-le.o"  # little-endian, 6 mprofile sites, `.symtab` of 20 symbols
-
-
-class Hang(BaseException):
-    """Raised by SIGALRM: a walk that does not end fails its test instead of stalling the suite
-    (a BaseException, so that no ``except Exception`` in mcountrw swallows it)."""
-
-
-@contextmanager
-def fails_if_it_hangs(seconds: float = 15) -> Iterator[None]:
-    def expire(signum: int, frame: object) -> None:
-        raise Hang
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # -- §1: the walk's bound ------------------------------------------------------------------------
@@ -83,7 +61,7 @@ def test_a_walk_through_forty_forks_that_set_bits_of_r0_gives_up_unknown(tmp_pat
     """2^40 states unbounded (21 forks took 16 s and 900 MB): the walk stops at its bound and says
     so, ``unknown`` with the reason, never ``safe``; a read it reaches first is still ``live``."""
     obj, report = _forks(tmp_path, 40), tmp_path / "audit.json"
-    with fails_if_it_hangs():
+    with time_bound(15):
         result = invoke("audit", "--format", "json", "-o", report, obj)
     assert result.exit_code == 0, result.output
     safety = json.loads(report.read_text())["images"][0]["mflr_nop_safety"]
@@ -106,7 +84,7 @@ def test_a_walk_through_forty_forks_that_set_bits_of_r0_gives_up_unknown(tmp_pat
 def test_nop_check_r0_through_forty_forks_ends_and_passes_the_unknown_site(tmp_path: Path) -> None:
     """``--check-r0`` walks the same way; an unknown verdict passes (docs/rewrite.md, the r0 rule)."""
     obj, out = _forks(tmp_path, 40), tmp_path / "out.o"
-    with fails_if_it_hangs():
+    with time_bound(15):
         result = invoke("nop", obj, "-o", out, "--check-r0")
     assert result.exit_code == 0, result.output
     assert out.exists()

@@ -294,14 +294,7 @@ def test_xz_that_claims_a_dictionary_no_preset_uses_is_kept_in_the_log(props: in
     allocated gigabytes for a small module (MemoryError) or was refused by liblzma (3 GiB and up):
     exit 3, and prenop ended the whole tree there. Past xz's largest preset (64 MiB) there is no
     recipe: the log carries the original bytes, and undo gives them back."""
-    src = tmp_path / "m.ko.xz"
-    src.write_bytes(_xz_claiming_dictionary((FIXTURES / "bin" / "prof-le.o").read_bytes(), props))
-    out = tmp_path / "out.ko.xz"
-    apply_file(src, out, Selection(), Options(SiteState.NOPPED, drop_records=True, strip_signature=True))
-    log = load(_log(out))
-    assert log.header.recipe is None and log.original == src.read_bytes()
-    undo_file(out, _log(out), tmp_path / "back.ko.xz")
-    assert (tmp_path / "back.ko.xz").read_bytes() == src.read_bytes()
+    _kept_in_the_log(_xz_claiming_dictionary((FIXTURES / "bin" / "prof-le.o").read_bytes(), props), tmp_path)
 
 
 _OTHER_XZ: Final = {
@@ -315,8 +308,14 @@ def _other_xz_round_trip(plain: bytes, settings: dict[str, Any], tmp_path: Path)
     """xz with a CRC32 check, as Kbuild's, but other encoder settings: its container reads like
     Kbuild's, yet its LZMA2 data is not what the recipe makes. The log must carry the original
     bytes (before, the recipe was trusted: the rewrite went through and undo then refused)."""
+    _kept_in_the_log(lzma.compress(plain, check=lzma.CHECK_CRC32, **settings), tmp_path)
+
+
+def _kept_in_the_log(raw: bytes, tmp_path: Path) -> None:
+    """``raw``, an xz module no recipe rebuilds, nopped: the log carries its bytes, and undo gives
+    them back."""
     src = tmp_path / "m.ko.xz"
-    src.write_bytes(lzma.compress(plain, check=lzma.CHECK_CRC32, **settings))
+    src.write_bytes(raw)
     out = tmp_path / "out.ko.xz"
     apply_file(src, out, Selection(), Options(SiteState.NOPPED, drop_records=True, strip_signature=True))
     log = load(_log(out))

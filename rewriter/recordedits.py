@@ -75,7 +75,7 @@ class RelaTables:
     @cached_property
     def _placed(self) -> dict[tuple[str, int | None], Section]:
         """The relocation tables by name and file offset, and by name alone (offset None), each
-        the first such in section order, as :func:`_rela_section` picks them."""
+        the first such in section order."""
         out: dict[tuple[str, int | None], Section] = {}
         for rsec in self.image.relocation_sections():
             out.setdefault((rsec.name, rsec.offset), rsec)
@@ -95,8 +95,12 @@ class RelaTables:
         return _FileSpans(columns[:, 0], columns[:, 1], columns[:, 2])
 
     def rela_section(self, rela: RelaEntry) -> Section:
-        """:func:`_rela_section`, from the index of the tables (every table of a module can have
-        one name: a search of them for each entry put back is quadratic)."""
+        """The RELA table the patch log puts ``rela`` back into: the one of its name at its offset.
+        A name can repeat: gcc 13 and later make one ``__patchable_function_entries`` (and its
+        RELA table) per function. A log from before the offset was written means the first of the
+        name: the rewrite that wrote it read no other. Looked up in an index of the tables, made
+        once: every table of a module can have one name, and a search of them per entry put back
+        was quadratic."""
         found = self._placed.get((rela.section, rela.table))
         if found is None:
             raise _no_rela_table(self.image, rela)
@@ -232,19 +236,6 @@ class RelaTables:
                 calls = rows["r_offset"][S.r_type(rows["r_info"]) == S.R_PPC64_REL24]
                 out.update((index, offset) for offset in calls[arrays.member(calls, offsets)].tolist())
         return out
-
-
-def _rela_section(image: Image, rela: RelaEntry) -> Section:
-    """The RELA table the patch log puts ``rela`` back into: the one of its name at its offset.
-    A name can repeat: gcc 13 and later make one ``__patchable_function_entries`` (and its RELA
-    table) per function. A log from before the offset was written means the first of the name:
-    the rewrite that wrote it read no other. (A rewrite asks :meth:`RelaTables.rela_section`,
-    which indexes the tables once.)"""
-    named = [s for s in image.relocation_sections() if s.name == rela.section]
-    at = named if rela.table is None else [s for s in named if s.offset == rela.table]
-    if not at:
-        raise _no_rela_table(image, rela)
-    return at[0]
 
 
 def _no_rela_table(image: Image, rela: RelaEntry) -> ImageError:

@@ -14,7 +14,7 @@ from elftools.elf.elffile import ELFFile
 
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind
-from rewriter.elf.symbols import functions, relocation_target_text
+from rewriter.elf.symbols import RelocationNames, functions
 from rewriter.errors import ImageError
 
 
@@ -106,19 +106,20 @@ def test_offset_of_maps_text_addresses(corpus) -> None:
         img.offset_of(0x10)
 
 
-def test_relocation_target_text_names_the_symbol_or_the_section_place() -> None:
+def test_a_relocation_is_named_by_its_symbol_or_its_section_place() -> None:
     """ool-be.o (ELFv1) calls leaf_add by name and two functions through the section symbol of
     .opd, which has no name of its own: those read as the place, .opd+0x0. No relocation: None."""
     img = Image.load(FIXTURES / "bin" / "ool-be.o")
     text = img.section(".text")
     assert text is not None
     rela = img.relocations(next(r for r in img.relocation_sections() if r.info == text.shndx))
+    names = RelocationNames(img, S.BRANCH_RELOCS)
     named = {
-        int(r["r_offset"]): relocation_target_text(img, text.shndx, int(r["r_offset"]), S.BRANCH_RELOCS)
+        int(r["r_offset"]): names.text(text.shndx, int(r["r_offset"]))
         for r in rela
         if int(S.r_type(r["r_info"])) == S.R_PPC64_REL24
     }
     assert sorted(named.values()) == [".opd+0x0", ".opd+0x0", "leaf_add"]
-    assert relocation_target_text(img, text.shndx, 0, S.BRANCH_RELOCS) is None
+    assert names.text(text.shndx, 0) is None
     linked = Image.load(FIXTURES / "bin" / "clean")
-    assert relocation_target_text(linked, 1, 0, S.BRANCH_RELOCS) is None
+    assert RelocationNames(linked, S.BRANCH_RELOCS).text(1, 0) is None

@@ -28,7 +28,7 @@ from rewriter.elf.compress import Compression, decompress
 from rewriter.elf.image import Image
 from rewriter.errors import ImageError
 from rewriter.known import RelaEntry
-from rewriter.recordedits import _rela_section
+from rewriter.recordedits import RelaTables
 from rewriter.sites import place_text, scan
 
 GCC13_SHAPES = ("patchable-fs-le.o", "ool-fs-le.o")
@@ -157,14 +157,14 @@ def test_a_logged_relocation_goes_back_into_the_table_at_its_offset() -> None:
     tables = [s for s in image.relocation_sections() if s.name == RECORDS]
     assert len(tables) == 6
     for t in tables:
-        assert _rela_section(image, RelaEntry(RECORDS, bytes(24), t.offset)) == t
-    assert _rela_section(image, RelaEntry(RECORDS, bytes(24))) == tables[0]
+        assert RelaTables(image).rela_section(RelaEntry(RECORDS, bytes(24), t.offset)) == t
+    assert RelaTables(image).rela_section(RelaEntry(RECORDS, bytes(24))) == tables[0]
     with pytest.raises(ImageError, match="at offset 0x1, which is no RELA table of that name here"):
-        _rela_section(image, RelaEntry(RECORDS, bytes(24), 1))
+        RelaTables(image).rela_section(RelaEntry(RECORDS, bytes(24), 1))
     with pytest.raises(ImageError, match=r"into \.rela\.nothing, which is no RELA table of that name here"):
-        _rela_section(image, RelaEntry(".rela.nothing", bytes(24)))
+        RelaTables(image).rela_section(RelaEntry(".rela.nothing", bytes(24)))
     one = Image.load(FIXTURES / "bin" / "ool-le.o")
-    assert _rela_section(one, RelaEntry(RECORDS, bytes(24))).name == RECORDS  # one of the name: that one
+    assert RelaTables(one).rela_section(RelaEntry(RECORDS, bytes(24))).name == RECORDS  # one of the name: that one
 
 
 # -- the kernel's word: a real module split into two record sections, loaded under qemu ------------

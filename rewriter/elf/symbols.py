@@ -304,12 +304,6 @@ class RelocationNames:
         return rows["r_offset"][order], rows[order]
 
 
-def relocation_target_text(image: Image, shndx: int, offset: int, types: np.ndarray) -> str | None:
-    """:meth:`RelocationNames.text` of one offset (a report of many builds one
-    :class:`RelocationNames` per image instead)."""
-    return RelocationNames(image, types).text(shndx, offset)
-
-
 def code_addrs(image: Image, names: Sequence[str], local_entries: bool = False) -> list[int]:
     """Code addresses of the defined symbols called ``names`` (ELFv1 descriptors followed); with
     ``local_entries``, an ELFv2 function's local entry too, where a direct call from code that

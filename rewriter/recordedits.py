@@ -16,7 +16,7 @@ import numpy as np
 from rewriter import arrays, ppc
 from rewriter.edits import BytesEdit, Edit, RelaEdit, RelaPut, WordWrite
 from rewriter.elf import structs as S
-from rewriter.elf.dynamic import RELA_ROW, check_applied_table, dynamic_field_offset, dynamic_value
+from rewriter.elf.dynamic import RELA_ROW, check_applied_table, dynamic_field, dynamic_value
 from rewriter.elf.image import Image, Kind, Section
 from rewriter.elf.symbols import join_place
 from rewriter.errors import ImageError
@@ -476,21 +476,17 @@ def _dynamic_edits(image: Image, entries: int, counted: int) -> list[Edit]:
     them, as a drop does; positive: raise them, as a restore does), once
     :func:`~rewriter.elf.dynamic.check_applied_table` has found them to agree with ``.rela.dyn``.
     ``.dynamic`` is read by section: these kernels have no PT_DYNAMIC segment."""
-    dyn = image.section(".dynamic")
-    if dyn is None:
+    if image.section(".dynamic") is None:
         raise ImageError(f"{image.path}: records: .rela.dyn without .dynamic")
-    table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
     order = image.byteorder
     edits: list[Edit] = []
     for tag, name, change in (
         (S.DT_RELASZ, "DT_RELASZ", entries * RELA_ROW),
         (S.DT_RELACOUNT, "DT_RELACOUNT", counted),
     ):
-        hit = np.flatnonzero(table["d_tag"] == tag)
-        if not len(hit) or not change:
+        found = dynamic_field(image, tag)
+        if found is None or not change:
             continue
-        i = int(hit[0])
-        old = int(table["d_val"][i])
-        field = dyn.offset + i * table.dtype.itemsize + dynamic_field_offset("d_val")
+        field, old = found
         edits.append(BytesEdit(field, old.to_bytes(8, order), (old + change).to_bytes(8, order), name))
     return edits

@@ -403,3 +403,76 @@ def test_a_drop_and_its_restore_move_dt_relasz_by_whole_rows(tmp_path: Path) -> 
         assert int.from_bytes(nopped.read_bytes()[at : at + 8], "little") == value
     assert invoke("apply", nopped, "--to", "enabled", "-o", on).exit_code == 0
     assert on.read_bytes() == vmlinux.read_bytes()
+
+
+def _set_dynamic_entry(path: Path, index: int, tag: int, value: int) -> None:
+    """Write entry ``index`` of ``path``'s ``.dynamic`` as (``tag``, ``value``)."""
+    dyn = Image.load(path).section(".dynamic")
+    assert dyn is not None
+    at = dyn.offset + 16 * index
+    data = bytearray(path.read_bytes())
+    data[at : at + 16] = tag.to_bytes(8, "little") + value.to_bytes(8, "little")
+    path.write_bytes(data)
+
+
+def _zero_record_word(path: Path, row: int) -> None:
+    """Zero the file word of the miniature's record slot ``row`` (its RELATIVE addend stays)."""
+    records = Image.load(path).section(".init.data")
+    assert records is not None and records.size == RELA_DYN_SIZE // 3
+    data = bytearray(path.read_bytes())
+    data[records.offset + 8 * row : records.offset + 8 * row + 8] = bytes(8)
+    path.write_bytes(data)
+
+
+def _recorded(path: Path) -> list[str]:
+    scanned = invoke("scan", "--format", "json", path)
+    assert scanned.exit_code == 0, scanned.output
+    return [s["function"] for s in json.loads(scanned.output)["images"][0]["sites"] if s["record"] is not None]
+
+
+ALL_SIX: Final = ["static_helper", "leaf_add", "nonleaf_calls", "sum8", "fp_mix", "touch_global"]
+
+
+@pytest.mark.parametrize(
+    ("tag", "name"), [(S.DT_RELA, "DT_RELA"), (S.DT_RELASZ, "DT_RELASZ"), (S.DT_RELAENT, "DT_RELAENT")]
+)
+def test_a_vmlinux_whose_dynamic_lacks_what_relocate_checks_keeps_its_file_words(
+    tmp_path: Path, tag: int, name: str
+) -> None:
+    """relocate() (reloc_64.S) applies no row when DT_RELA, DT_RELASZ or DT_RELAENT is missing
+    (``beq .Lout``), so each record slot holds its file word at boot, not its RELATIVE addend. A
+    missing DT_RELASZ was read as the whole table: a slot whose file word is 0 counted as recorded.
+    A drop is refused: there is no DT_RELASZ bound to move rows past."""
+    vmlinux = mini_vmlinux(tmp_path)
+    _zero_record_word(vmlinux, 0)
+    assert _recorded(vmlinux) == ALL_SIX  # every addend applied over the file words
+    _set_dynamic(vmlinux, tag, 0)
+    at = _dynamic_field(vmlinux, tag) - 8
+    data = bytearray(vmlinux.read_bytes())
+    data[at : at + 8] = (21).to_bytes(8, "little")  # DT_DEBUG: the value is gone, the table's shape kept
+    vmlinux.write_bytes(data)
+    assert _recorded(vmlinux) == ALL_SIX[1:]  # the zero word is a skipped record
+    refused = invoke("nop", vmlinux, "-o", tmp_path / "out", "--drop-records")
+    assert_one_line(refused, 2, "error", f"{vmlinux}: .dynamic has no {name}: relocate() applies no row of .rela.dyn")
+    assert not (tmp_path / "out").exists()
+
+
+def test_relocate_reads_a_tags_last_value_before_dt_null(tmp_path: Path) -> None:
+    """reloc_64.S walks ``.dynamic`` to the first DT_NULL and keeps the last value of each tag:
+    a second DT_RELASZ of 5 rows leaves the sixth record's addend unapplied (it was read as the
+    first, 6 rows), and one past DT_NULL is never read."""
+    vmlinux = mini_vmlinux(tmp_path)
+    _zero_record_word(vmlinux, 5)
+    image = Image.load(vmlinux)
+    dyn = image.section(".dynamic")
+    assert dyn is not None
+    tags = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")["d_tag"].tolist()
+    null = tags.index(S.DT_NULL)
+    _set_dynamic_entry(vmlinux, null + 1, S.DT_RELASZ, 5 * 24)  # past DT_NULL: ignored
+    assert _recorded(vmlinux) == ALL_SIX
+    textrel = tags.index(22)  # DT_TEXTREL, between the linker's DT_RELASZ and DT_NULL
+    assert tags.index(S.DT_RELASZ) < textrel < null
+    _set_dynamic_entry(vmlinux, textrel, S.DT_RELASZ, 5 * 24)
+    assert _recorded(vmlinux) == ALL_SIX[:5]
+    refused = invoke("nop", vmlinux, "-o", tmp_path / "out", "--drop-records")
+    assert_one_line(refused, 2, "error", f"{vmlinux}: .dynamic DT_RELASZ 0x78 does not agree with .rela.dyn")

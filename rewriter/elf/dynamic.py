@@ -26,7 +26,7 @@ RELA_ROW: Final = S.rela_dtype("<").itemsize
 and what a drop or a restore moves ``DT_RELASZ`` by, a row at a time."""
 
 
-def dynamic_field_offset(field: str) -> int:
+def _field_offset(field: str) -> int:
     """Byte offset of ``field`` (``d_tag``, ``d_val``) inside an ``Elf64_Dyn`` entry."""
     fields = S.dyn_dtype("<").fields
     assert fields is not None
@@ -55,26 +55,47 @@ def relocated_slots(image: Image, addr: int, values: np.ndarray) -> np.ndarray:
 def processed_relative(image: Image) -> np.ndarray | None:
     """The ``R_PPC64_RELATIVE`` rows of ``.rela.dyn`` that ``relocate()`` applies (the first
     ``DT_RELASZ`` bytes), or None without a ``.rela.dyn``. ``.dynamic`` is read by section: these
-    kernels have no PT_DYNAMIC segment."""
+    kernels have no PT_DYNAMIC segment. A ``.dynamic`` that lacks ``DT_RELA``, ``DT_RELASZ`` or
+    ``DT_RELAENT`` (or holds 0 in one) makes relocate() apply no row: the slots keep their file
+    words. Without any ``.dynamic`` nothing narrows the table, and every row is read."""
     sec = image.section(".rela.dyn")
     if sec is None or sec.type != S.SHT_RELA:
         return None
     rela = image.relocations(sec)
-    relasz = dynamic_value(image, S.DT_RELASZ)
-    if relasz is not None:
-        rela = rela[: relasz // RELA_ROW]
+    if image.section(".dynamic") is not None:
+        rela = rela[: applied_bytes(image) // RELA_ROW]
     relative: np.ndarray = rela[S.r_type(rela["r_info"]) == S.R_PPC64_RELATIVE]
     return relative
 
 
+def applied_bytes(image: Image) -> int:
+    """How many bytes of ``.rela.dyn`` relocate() applies: ``DT_RELASZ``, or 0 when ``.dynamic``
+    lacks one of the three values it checks, or holds 0 in it (its ``beq .Lout``)."""
+    rela, relasz, relaent = (dynamic_value(image, tag) for tag in (S.DT_RELA, S.DT_RELASZ, S.DT_RELAENT))
+    return relasz if rela and relasz and relaent else 0
+
+
 def dynamic_value(image: Image, tag: int) -> int | None:
-    """The value of ``tag`` in ``.dynamic``, or None."""
+    """The value of ``tag`` in ``.dynamic`` as relocate() reads it, or None."""
+    found = dynamic_field(image, tag)
+    return None if found is None else found[1]
+
+
+def dynamic_field(image: Image, tag: int) -> tuple[int, int] | None:
+    """The file offset of ``tag``'s ``d_val`` in ``.dynamic`` and its value, or None. This is the
+    entry relocate() reads: it walks the entries up to the first ``DT_NULL`` and keeps the last
+    value of each tag it meets, so that is the one a rewrite must change."""
     dyn = image.section(".dynamic")
     if dyn is None or dyn.type == S.SHT_NOBITS:
         return None
     table = image.table(dyn, S.dyn_dtype(image.endian), ".dynamic")
-    hit = np.flatnonzero(table["d_tag"] == tag)
-    return int(table["d_val"][hit[0]]) if len(hit) else None
+    tags = table["d_tag"]
+    ends = np.flatnonzero(tags == S.DT_NULL)
+    hit = np.flatnonzero(tags[: int(ends[0]) if len(ends) else len(tags)] == tag)
+    if not len(hit):
+        return None
+    i = int(hit[-1])
+    return dyn.offset + i * table.dtype.itemsize + _field_offset("d_val"), int(table["d_val"][i])
 
 
 def check_applied_table(image: Image, rela: Section) -> None:
@@ -92,9 +113,16 @@ def check_applied_table(image: Image, rela: Section) -> None:
     * ``DT_RELASZ`` other than ``sh_size``: relocate() would apply rows past the table (the rows a
       drop moves there), or a drop would lower it below what it covers (or below zero).
     * ``DT_RELACOUNT`` past the table's rows: relocate() before 6.0 would walk into the moved rows.
+    * no ``DT_RELA``, ``DT_RELASZ`` or ``DT_RELAENT`` (or ``DT_RELA`` 0): relocate() applies no row,
+      so the table is not what the kernel reads, and a drop would have no bound to lower.
     """
+    for tag, name in ((S.DT_RELA, "DT_RELA"), (S.DT_RELASZ, "DT_RELASZ"), (S.DT_RELAENT, "DT_RELAENT")):
+        if dynamic_value(image, tag) is None:
+            raise image.error(f".dynamic has no {name}: relocate() applies no row of {rela.name}")
+    if dynamic_value(image, S.DT_RELA) == 0:
+        raise image.error(f".dynamic DT_RELA is 0: relocate() applies no row of {rela.name}")
     entsize = dynamic_value(image, S.DT_RELAENT)
-    if entsize is not None and entsize != RELA_ROW:
+    if entsize != RELA_ROW:
         raise image.error(
             f".dynamic DT_RELAENT {entsize} does not agree with {rela.name}, whose rows are {RELA_ROW} bytes "
             "(relocate() steps DT_RELAENT bytes a row)"

@@ -92,6 +92,21 @@ def test_scan_table_marks_what_the_kernel_cannot_trace() -> None:
     }  # fmt: skip
 
 
+def test_scan_table_columns_stay_aligned_with_long_section_names() -> None:
+    """A -ffunction-sections object's sections (.text.nonleaf_calls) are longer than the section
+    column's 12 characters: the column widens for the whole table, so every row's cells start
+    where the header's do. They ran into the next column, a different place on each row."""
+    lines = mcountrw("scan", str(FIXTURES / "bin" / "patchable-fs-le.o")).stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("call slot"))
+    rows = lines[header + 1 :]
+    assert len(rows) == 6 and any(len(r.split()[1]) > 12 for r in rows)
+    starts = [lines[header].index(name) for name in ("section", "variant", "file->boot", "rec ", "traceable")]
+    for row in rows:
+        cells = row.split()
+        assert [row.index(f" {cell} ") + 1 for cell in cells[1:6]] == starts, row
+        assert row.index(cells[0]) + len(cells[0]) == lines[header].index("call slot") + len("call slot")
+
+
 def _scan_json(path: Path) -> dict[str, Any]:
     done = mcountrw("scan", "--format", "json", str(path))
     assert done.returncode == 0, done.stderr

@@ -407,27 +407,44 @@ def _table(result: Scan, limit: int | None) -> tuple[list[str], Totals]:
     shown = result.sites if limit is None else result.sites[:limit]
     if shown:
         state = "file->load" if result.kind is Kind.MODULE else "file->boot"  # a module's init runs as it loads
-        lines.append(_row("call slot", "section", "variant", state, "rec", "traceable", "function"))
-    for site in shown:
-        reason = untraceable(site, boot)
-        lines.append(
-            _row(
-                site.place_text,
-                site.section,
-                site.variant.value,
-                f"{site.state.value}->{_boot_text(site) if site.boot_state else _boot_text(site).upper()}",
-                "LOG" if site.source is Source.LOG else "rec" if site.recorded else "UNREC",
-                "yes" if reason is None else f"NO {reason.value}",
-                (site.function or "?") + (f"  [{site.stub}]" if site.stub else ""),
-            )
-        )
+        rows = [("call slot", "section", "variant", state, "rec", "traceable", "function")]
+        rows += [_cells(site, untraceable(site, boot)) for site in shown]
+        lines += _aligned(rows)
     if len(shown) < len(result.sites):
         lines.append(f"  ... {len(result.sites) - len(shown)} more (use --all, --format json or csv)")
     return lines, totals
 
 
-def _row(place: str, section: str, variant: str, states: str, rec: str, trace: str, function: str) -> str:
-    return f"  {place:>20}  {section:<12} {variant:<12} {states:<19} {rec:<5} {trace:<13} {function}"
+Row = tuple[str, str, str, str, str, str, str]
+
+_MIN_WIDTHS: Final = (20, 12, 12, 19, 5, 13)
+"""The narrowest each column but the last (the function) is printed: one image's table keeps its
+columns at these widths unless a cell is longer (e.g. the section of a ``-ffunction-sections``
+object), and then the whole column widens with it."""
+
+
+def _cells(site: Site, reason: Untraceable | None) -> Row:
+    """One site's row: call slot, section, variant, file->boot state, record, traceable, function."""
+    return (
+        site.place_text,
+        site.section,
+        site.variant.value,
+        f"{site.state.value}->{_boot_text(site) if site.boot_state else _boot_text(site).upper()}",
+        "LOG" if site.source is Source.LOG else "rec" if site.recorded else "UNREC",
+        "yes" if reason is None else f"NO {reason.value}",
+        (site.function or "?") + (f"  [{site.stub}]" if site.stub else ""),
+    )
+
+
+def _aligned(rows: Sequence[Row]) -> list[str]:
+    """The rows as lines, each column as wide as its widest cell (at least :data:`_MIN_WIDTHS`):
+    the call slot right-aligned, the rest left-aligned, the function last and unpadded."""
+    widths = [max(low, *(len(row[i]) for row in rows)) for i, low in enumerate(_MIN_WIDTHS)]
+    place, section, variant, states, rec, trace = widths
+    return [
+        f"  {r[0]:>{place}}  {r[1]:<{section}} {r[2]:<{variant}} {r[3]:<{states}} {r[4]:<{rec}} {r[5]:<{trace}} {r[6]}"
+        for r in rows
+    ]
 
 
 def _head(result: Scan, totals: Totals) -> str:

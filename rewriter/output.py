@@ -161,13 +161,14 @@ def _write(
     """``data`` in a new temporary file beside ``path``, read back (``durable``) through the same
     descriptor, and fsync'ed if ``sync`` (else :meth:`Pending.sync` does it later)."""
     directory = path.parent if str(path.parent) else Path(".")
+    try:
+        before: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        before = None
+    except OSError as e:
+        raise OutputError(f"{path}: {e.strerror}") from None
     if mode is None:
-        try:
-            mode = path.stat().st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o644
-        except OSError as e:
-            raise OutputError(f"{path}: {e.strerror}") from None
+        mode = 0o644 if before is None else before.st_mode & 0o7777
     try:
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TMP_SUFFIX, dir=directory)
     except OSError as e:
@@ -176,7 +177,9 @@ def _write(
     try:
         try:
             _write_all(fd, data)
-            os.fchmod(fd, mode)
+            if before is not None:
+                _keep_owner(fd, before)
+            os.fchmod(fd, mode)  # after the owner: a change of owner clears set-user-ID bits
             if durable and sync:
                 os.fsync(fd)
             if durable:
@@ -190,6 +193,22 @@ def _write(
         _remove_quietly(tmp)
         raise
     return Pending(path, tmp, durable, synced=sync, written=written)
+
+
+def _keep_owner(fd: int, before: os.stat_result) -> None:
+    """Give the new file the owner and group of the file it replaces, as far as this process may
+    (root: both; another user: a group it belongs to; else neither). A file rewritten in place,
+    or undone, is the same file to the system that installed it: mcountrw run as root must not
+    hand a module or vmlinux to root. The rename gives the target the temporary file's owner."""
+    now = os.fstat(fd)
+    if (now.st_uid, now.st_gid) == (before.st_uid, before.st_gid):
+        return
+    for uid in (before.st_uid, -1):
+        try:
+            os.fchown(fd, uid, before.st_gid)
+            return
+        except PermissionError:
+            continue
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview | mmap.mmap) -> None:

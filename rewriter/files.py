@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import numpy as np
 
@@ -45,8 +45,10 @@ from rewriter.log import (
     Log,
     check_extent,
     default_log_path,
+    find_base,
     for_file,
     load,
+    read_header,
     render,
 )
 from rewriter.mcount import MCOUNT_NAMES, check_mcount_addr_alone
@@ -158,9 +160,7 @@ def check_side_paths(
     for other, what in ((input_path, "the input"), (out, "the output"), (saved if backup else None, "the backup")):
         if other is not None and same_place(log, other):
             raise OutputError(f"{log}: the patch log would overwrite {what}")
-    for own in (default_log_path(input_path), input_log):
-        if not in_place and own is not None and same_place(out, own):
-            raise OutputError(f"-o {out}: is the patch log of the input {input_path}, which its undo needs")
+    _check_chain_kept(input_path, out, log, in_place, input_log)
     for written, what in ((out, "-o"), (log, "the patch log")):
         if kernel is not None and same_place(written, kernel):
             raise OutputError(f"{written}: {what} would overwrite the --kernel vmlinux, which this run reads")
@@ -169,6 +169,57 @@ def check_side_paths(
     check_replaceable(log)  # a directory, a name too long, a place that cannot be written
     if backup and (saved.exists() or saved.is_symlink()):
         raise OutputError(f"{saved}: exists (a backup from an earlier run?); move it away or drop --backup")
+
+
+def _check_chain_kept(input_path: Path, out: Path, log: Path, in_place: bool, input_log: Path | None) -> None:
+    """Neither the output nor the new log may replace a log the input's undo needs: its own (beside
+    it, or ``--input-log``), or any log that one builds on, step by step back to the original. Only
+    ``--in-place`` with the log beside the input takes that log's name, and it moves it aside first
+    (:func:`archived_log`). ``undo -o`` over an earlier step's log destroyed the one way back past
+    that step; ``--log INPUT's log -o OTHER`` moved the input's log to a name no command looks at."""
+    beside = default_log_path(input_path)
+    for own in dict.fromkeys(p for p in (beside, input_log) if p is not None):
+        if not in_place and same_place(out, own):
+            raise OutputError(f"-o {out}: is the patch log of the input {input_path}, which its undo needs")
+        if same_place(log, own) and not (in_place and own == beside):
+            raise OutputError(
+                f"{log}: the patch log would replace the patch log of the input {input_path}, which its undo needs "
+                "(only --in-place, whose log takes that name, moves it aside first)"
+            )
+        leads = ((out, f"-o {out}: is"), (log, f"{log}: the patch log would replace"))
+        _check_not_a_step_before(_base_of(own), own, leads)
+
+
+def _base_of(log: Path) -> Base | None:
+    """The base the log at ``log`` names; None if there is no log there (or none mcountrw can read)."""
+    try:
+        header = read_header(log)
+    except LogError:
+        return None
+    return None if header is None else header.base
+
+
+def _check_not_a_step_before(base: Base | None, log: Path, written: Sequence[tuple[Path, str]]) -> None:
+    """Refuse any of ``written`` (a path, and how its error line starts) that is a log of the chain
+    ``log`` builds on (``base``, its base, and so on, as far as they are found): undo needs each to
+    go back past its step."""
+    seen: list[Path] = []
+    while base is not None and len(seen) < _CHAIN_LIMIT:
+        found = find_base(base, log)
+        if found is None or any(same_place(found, s) for s in seen):
+            return
+        for path, lead in written:
+            if same_place(path, found):
+                raise OutputError(
+                    f"{lead} the patch log of an earlier step ({log} builds on it), which undo needs to go back "
+                    "past that step"
+                )
+        seen.append(found)
+        base, log = _base_of(found), found
+
+
+_CHAIN_LIMIT: Final = 1000
+"""Steps of a chain followed back at most: a bound on a chain of logs edited into a loop."""
 
 
 @collector_paused()
@@ -351,7 +402,8 @@ def _write_outputs(
             out_future = pool.submit(write_temp, out, new_raw, mode)
             try:
                 order = image.byteorder
-                text = render(image.kind, order, result, options, facts.result, restore, base)
+                named = None if base is None else base.written_for(log)
+                text = render(image.kind, order, result, options, facts.result, restore, named)
                 pending.append(write_temp(log, text, 0o644))
                 if backup is not None:
                     pending.append(write_temp(backup, raw, mode))
@@ -615,6 +667,7 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
         raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output)")
     if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
         raise OutputError(f"{out}: the output would overwrite the patch log")
+    _check_not_a_step_before(facts.base, log_path, ((out, f"-o {out}: is"),))
     if already:  # undone before: a rerun, which writes the copy -o asks for and changes nothing in place
         if not in_place:
             atomic_write(out, raw, patched.stat().st_mode & 0o7777)
@@ -649,26 +702,26 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
     return Undone(out, log, _settle_logs(log_path, log) if own_log else None, sha256=_sha256(new_raw))
 
 
-def _settle_logs(log_path: Path, log: Log) -> Settled | None:
+def _settle_logs(log_path: Path, log: Log) -> Settled:
     """After an in-place undo with the file's own log: an in-place rewrite had moved the log it
     built on aside (:func:`archived_log`); it describes the file again and takes its name back,
-    replacing the undone step's log. With no base the file is the original, and the undone
-    step's log, which would describe a file that no longer exists, is removed. Left as it is
-    (None) when the archived base is missing or is not the log the header names."""
+    replacing the undone step's log. Otherwise (no base: the file is the original; a base kept
+    elsewhere, ``--input-log``; or one deleted since) the undone step's log, which describes a file
+    that no longer exists, is removed: left beside the file, every later scan warned of it and an
+    in-place rewrite refused the file for it."""
     base = log.header.base
-    if base is None:
-        log_path.unlink(missing_ok=True)
-        return Settled(None, None)
-    # Looked for beside the log, whatever directory the rewrite was run from.
-    archived = log_path.with_name(Path(base.path).name)
-    try:
-        right = archived != log_path and _sha256(archived.read_bytes()) == base.sha256
-    except OSError:
-        return None
-    if not right:
-        return None
-    os.replace(archived, log_path)
-    return Settled(log_path, archived)
+    if base is not None:
+        # Looked for beside the log, whatever directory the rewrite was run from.
+        archived = log_path.with_name(Path(base.path).name)
+        try:
+            right = archived != log_path and _sha256(archived.read_bytes()) == base.sha256
+        except OSError:
+            right = False
+        if right:
+            os.replace(archived, log_path)
+            return Settled(log_path, archived)
+    log_path.unlink(missing_ok=True)
+    return Settled(None, None)
 
 
 @dataclass(frozen=True)
@@ -683,15 +736,16 @@ class VerifyResult:
     sha256: str = ""  # not ok: the patched file is the log's input (undone since)
 
 
-def _chain_note(log: Log) -> str:
+def _chain_note(log: Log, log_path: Path) -> str:
     """Where a chain's log was made from: a log that builds on another (``base``) describes one step,
     from the previous step's output (its ``input``), not from the chain's first original."""
     base = log.header.base
     if base is None:
         return ""
+    found = find_base(base, log_path)
     return (
         f"; this log is one step of a chain: it was made from {log.header.input.path}, the output of its base "
-        f"log {base.path} (verify each step against its own input)"
+        f"log {base.path if found is None else found} (verify each step against its own input)"
     )
 
 
@@ -730,7 +784,7 @@ def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
         return VerifyResult(False, str(e))
     if _sha256(orig) != log.header.input.content_sha256:
         return VerifyResult(
-            False, f"{original} is not the file this log was made from (sha256 differs)" + _chain_note(log)
+            False, f"{original} is not the file this log was made from (sha256 differs)" + _chain_note(log, log_path)
         )
     # The difference verify vouches for is between the files: an ORIGINAL decompressed or
     # compressed again since has the log's content but not its bytes (before, it passed).

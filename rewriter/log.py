@@ -23,6 +23,7 @@ import errno
 import hashlib
 import json
 import mmap
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -126,7 +127,9 @@ class FileFacts:
 
 @dataclass(frozen=True)
 class Base:
-    """The log a rewrite builds on (its input's log): where it is and its own sha256."""
+    """The log a rewrite builds on (its input's log): where it is and its own sha256. In a log file
+    ``path`` is relative to that log's directory (:meth:`written_for`); older logs wrote it from
+    the directory the rewrite was run in, so :func:`find_base` tries both."""
 
     path: str
     sha256: str
@@ -137,6 +140,25 @@ class Base:
     @classmethod
     def from_json(cls, d: Mapping[str, Any] | None) -> Base | None:
         return None if d is None else cls(str(d["path"]), str(d["sha256"]))
+
+    def written_for(self, log: Path) -> Base:
+        """This base as the log at ``log`` names it: from its directory, so that the chain holds
+        wherever a later command runs (a path from the working directory did not)."""
+        return Base(os.path.relpath(self.path, log.parent if str(log.parent) else "."), self.sha256)
+
+
+def find_base(base: Base, log: Path) -> Path | None:
+    """The log ``base`` names, as the log at ``log`` names it: its path from that log's directory,
+    from here (an older log's), or its name beside that log (moved together), whichever holds the
+    log with the sha256 named; None if none does."""
+    named = Path(base.path)
+    for place in dict.fromkeys((log.parent / named, named, log.parent / named.name)):
+        try:
+            if file_at(place) and hashlib.sha256(read_regular(place)).hexdigest() == base.sha256:
+                return place
+        except OSError:
+            continue
+    return None
 
 
 @dataclass(frozen=True)

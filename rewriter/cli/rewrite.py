@@ -18,6 +18,7 @@ from rewriter.prose import counted
 
 if TYPE_CHECKING:
     from rewriter.files import ApplyResult, ScanHints, Undone
+    from rewriter.log import Base
     from rewriter.rewrite import Options, Rewrite, Selection, StubCount
 
 
@@ -448,10 +449,21 @@ def _log_of(patched: Path, log: Path | None) -> Path:
     from rewriter.log import default_log_path
     from rewriter.reading import file_at
 
+    _check_readable(patched)
     beside = default_log_path(patched)
     if not file_at(beside):
-        raise LogError(f"{patched}: no patch log beside it ({beside.name}, where apply and nop write it): pass --log")
+        raise LogError(f"{patched}: no patch log beside it ({beside}, where apply and nop write it): pass --log")
     return beside
+
+
+def _check_readable(*paths: Path) -> None:
+    """A file that is not there is that, not "no patch log beside it" (looked for before it)."""
+    from rewriter.errors import ImageError
+    from rewriter.reading import file_at, not_a_file
+
+    for path in paths:
+        if not file_at(path):
+            raise ImageError(f"{path}: {not_a_file(path)}")
 
 
 def undo(
@@ -483,21 +495,21 @@ def undo(
     elif settled is not None:
         back = f"its own log is back at {settled.beside} (from {settled.came_from})"
         typer.echo(f"{back}: undo with it for the step before", err=True)
-    elif base is not None:
-        typer.echo(_step_before(Path(base.path), log), err=True)
+    if base is not None and (settled is None or settled.beside is None):
+        typer.echo(_step_before(base, log), err=True)
 
 
-def _step_before(named: Path, log: Path) -> str:
-    """Where the log of the step before is: as the undone log names it (a path from where that run
-    was made: from here, or from the undone log's directory, where a run that wrote its log beside
-    it was made), or beside the undone log; and if it is in none, that it is not found. (Found
-    from the undone log's directory, it was said not to be.)"""
-    for place in (named, log.parent / named, log.parent / named.name):
-        if place.is_file():
-            return f"its own log: {place} (undo with it for the step before)"
+def _step_before(base: Base, log: Path) -> str:
+    """Where the log of the step before is (:func:`~rewriter.log.find_base`), or that it is not
+    found: then the step before cannot be undone."""
+    from rewriter.log import find_base
+
+    found = find_base(base, log)
+    if found is not None:
+        return f"its own log: {found} (undo with it for the step before)"
     return (
-        f"its own log, {named}, is not found (from here, from beside {log}, or beside it): the step before "
-        "cannot be undone without it"
+        f"the log of the step before, {base.path} (sha256 {base.sha256[:16]}...), is not found from {log}'s "
+        "directory or from here: the step before cannot be undone without it"
     )
 
 
@@ -522,6 +534,7 @@ def verify(
     """Exit 0 iff the byte difference is exactly what the log says; 1 otherwise."""
     from rewriter.files import verify_files
 
+    _check_readable(original, patched)
     result = verify_files(original, patched, _log_of(patched, log))
     label = "ok: " if result.ok else "already original: " if result.already_input else "MISMATCH: "
     typer.echo(label + result.reason)

@@ -691,8 +691,9 @@ OLD_LINES = [
     ("scan -j 2 --all --format csv K", "scan", {"jobs": 2, "show_all": True, "fmt": ScanFormat.CSV}),
     ("plan --from nopped --to enabled --cmodx 3.0", "plan",
      {"from_": SiteState.NOPPED, "to": SiteState.ENABLED, "cmodx": Cmodx.V3_0, "fmt": PlanFormat.TEXT}),
+    # cmodx None: not given, ISA 3.1 (None lets an --offline plan refuse it)
     ("plan --generation ool --from disabled --to enabled --format json", "plan",
-     {"generation": Generation.OOL, "fmt": PlanFormat.JSON, "cmodx": Cmodx.V3_1}),
+     {"generation": Generation.OOL, "fmt": PlanFormat.JSON, "cmodx": None}),
     ("plan --variant mprofile-std --route b8 --offline --from enabled --to nopped", "plan",
      {"variant": Variant.MPROFILE_STD, "route": Route.B8, "offline": True}),
     # entries None: not given, the default 2 (None lets an offline plan refuse the options it ignores)

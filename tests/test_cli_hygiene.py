@@ -427,9 +427,7 @@ def test_check_plan_list_is_given_alone_and_a_bare_check_plan_points_at_it(tmp_p
     say how to see the built-in plans."""
     result = invoke("check-plan", "--list", "--builtin", "disable")
     assert result.exit_code == 2 and not result.stdout, result.output
-    assert result.stderr == (
-        "mcountrw: error: --list lists the built-in plans; give it alone, not with PLAN.json or --builtin\n"
-    )
+    assert result.stderr == "mcountrw: error: --list lists the built-in plans; give it alone, not with --builtin\n"
     bare = invoke("check-plan")
     assert bare.exit_code == 2 and bare.stderr == (
         "mcountrw: error: give exactly one of PLAN.json or --builtin NAME (--list lists the built-in plans)\n"
@@ -590,3 +588,33 @@ def test_a_tree_walk_still_reports_a_damaged_powerpc64_file(byte: int, value: in
     (tree / "prof-le").write_bytes(bytes(data))
     result = invoke("scan", tree)
     assert result.exit_code == 2 and error in result.stderr, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("check-plan", "--list", "--tasks", "3"), "--list lists the built-in plans; give it alone, not with --tasks"),
+        (
+            ("check-plan", "--list", "--cmodx", "3.0", "--no-stale-fetch"),
+            "give it alone, not with --cmodx, --stale-fetch/--no-stale-fetch",
+        ),
+        (
+            ("plan", "--from", "nopped", "--to", "enabled", "--offline", "--cmodx", "3.0"),
+            "--cmodx is about CPUs running the code: an --offline plan has none",
+        ),
+    ],
+    ids=["list-tasks", "list-cmodx", "plan-offline-cmodx"],
+)
+def test_options_a_command_would_ignore_are_refused(args: tuple[str, ...], words: str) -> None:
+    """Each was accepted, exit 0, and ignored: --list listed, an offline plan printed as if it
+    answered the ISA rules asked for."""
+    assert_one_line(invoke(*args), 2, "error", words)
+
+
+def test_drop_records_with_to_enabled_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    """No generation's enabled call slot is a nop, so there was nothing to drop: the run wrote a copy
+    and a log saying drop_records, exit 0."""
+    refused = invoke("apply", BIN / "prof-le", "--to", "enabled", "--drop-records", "-o", tmp_path / "out")
+    assert_one_line(refused, 2, "error", "--drop-records drops the records of sites whose call slot ends up nop")
+    assert list(tmp_path.iterdir()) == []
+    assert invoke("plan", "--from", "nopped", "--to", "enabled", "--offline").exit_code == 0  # without it: planned

@@ -47,7 +47,9 @@ def plan(
     route: Annotated[
         Route | None, typer.Option(help="two-word sites: default, the route with fewer writes (ool has none)")
     ] = None,
-    cmodx: Annotated[Cmodx, typer.Option(help="ISA rules for live patching")] = Cmodx.V3_1,
+    cmodx: Annotated[
+        Cmodx | None, typer.Option(help=f"ISA rules for live patching [default: {Cmodx.V3_1.value}]")
+    ] = None,
     offline: Annotated[bool, typer.Option(help="plan a file rewrite (nothing executes concurrently)")] = False,
     stale_fetch: Annotated[
         bool,
@@ -74,8 +76,10 @@ def plan(
     check_route([request.variant], route)
     if offline and stale_fetch:
         raise ArgumentError("--stale-fetch is about CPUs running the code: an --offline plan has none")
+    if offline and cmodx is not None:  # check-plan refuses it for an offline plan too
+        raise ArgumentError("--cmodx is about CPUs running the code: an --offline plan has none")
     # NoRoute (exit 1): no legal route, or (offline) a target only the running kernel writes
-    p = make_plan([request], route, cmodx, runtime=not offline, stale_fetch=stale_fetch)
+    p = make_plan([request], route, cmodx or Cmodx.V3_1, runtime=not offline, stale_fetch=stale_fetch)
     emit(p.to_json() if fmt is PlanFormat.JSON else render_text(p), output)
 
 
@@ -113,8 +117,11 @@ def check_plan(
     from rewriter.check import check_all, render_trace
 
     if list_builtins:
-        if plan_file is not None or builtin is not None:  # it would be ignored: say so, do not list
-            raise ArgumentError("--list lists the built-in plans; give it alone, not with PLAN.json or --builtin")
+        checking: list[tuple[str, object]] = [("PLAN.json", plan_file), ("--builtin", builtin), ("--tasks", tasks)]
+        checking += [("--entries", entries), ("--cmodx", cmodx), ("--stale-fetch/--no-stale-fetch", stale_fetch)]
+        ignored = [option for option, value in checking if value is not None]
+        if ignored:  # it would be ignored: say so, do not list
+            raise ArgumentError(f"--list lists the built-in plans; give it alone, not with {', '.join(ignored)}")
         for name, b in BUILTINS.items():
             typer.echo(f"{name:<24} {b.variant.value} from {b.start.value}: {b.summary}")
         return

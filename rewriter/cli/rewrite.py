@@ -179,6 +179,10 @@ def _options(target: Target, route: Route | None, drop: bool, keep: bool, strip:
 
     if drop and keep:
         raise ArgumentError("give --drop-records or --keep-records, not both")
+    if drop and target is Target.ENABLED:  # every generation's enabled call slot is a branch
+        raise ArgumentError(
+            "--drop-records drops the records of sites whose call slot ends up nop: --to enabled leaves none"
+        )
     return Options(
         SiteState(target.value), route, drop_records=drop, strip_signature=strip, keep_records=keep, check_r0=check_r0
     )

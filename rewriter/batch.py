@@ -7,6 +7,7 @@ in input order so that output is reproducible whatever ``--jobs`` is.
 
 from __future__ import annotations
 
+import enum
 import gc
 import os
 import signal
@@ -17,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Generic, NamedTuple, TypeVar
 
+from rewriter.elf import structs as S
 from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.elf.image import Image, is_elf, is_foreign_elf, read_head
 from rewriter.errors import RewriteError
@@ -105,6 +107,27 @@ Wanted = Callable[[os.DirEntry[str], list[str]], bool]
 """Whether a tree walk takes a file (it may add an error line, for a file it could not look into)."""
 
 
+class EntryKind(enum.Enum):
+    """What a tree walk found at one name. The walk itself tells apart what the directory listing
+    says (``FILE`` is then any regular file); :func:`tree_entries` sorts regular files further."""
+
+    DIRECTORY = "directory"
+    LINK = "symlink"  # never followed: to a file or a directory alike
+    SPECIAL = "special"  # a FIFO, socket or device: never opened (a FIFO's read would block)
+    FILE = "file"  # a regular file that is neither of the two below
+    MODULE = "module"  # *.ko[.xz|.gz|.zst], by its name
+    KERNEL = "kernel"  # a PowerPC64 ELF executable image, by its ELF header: a vmlinux
+
+
+class Entry(NamedTuple):
+    path: Path
+    kind: EntryKind
+
+
+Visit = Callable[[os.DirEntry[str], EntryKind], None]
+"""What a tree walk does with each entry below its root (before it descends into a directory)."""
+
+
 def _walk(root: Path, wanted: Wanted | None = None) -> tuple[list[Path], list[str]]:
     """Files of ``root`` and then of each subdirectory, depth first, each level sorted by name:
     those ``wanted`` takes (by default ELF files and modules, :func:`_elf_or_module`), and one
@@ -112,14 +135,54 @@ def _walk(root: Path, wanted: Wanted | None = None) -> tuple[list[Path], list[st
     sockets and devices are skipped (a read of a FIFO would block)."""
     found: list[Path] = []
     errors: list[str] = []
-    _walk_into(str(root), found, errors, wanted or _elf_or_module)
+    take = wanted or _elf_or_module
+
+    def visit(entry: os.DirEntry[str], kind: EntryKind) -> None:
+        if kind is EntryKind.FILE and take(entry, errors):
+            found.append(Path(entry.path))
+
+    _walk_into(str(root), visit, errors)
     return found, errors
 
 
-def modules_below(root: Path) -> tuple[list[Path], list[str]]:
-    """:func:`_walk` for kernel modules alone (``*.ko``, ``.ko.xz``, ``.ko.gz``, ``.ko.zst``): what
-    ``prenop`` rewrites in a tree."""
-    return _walk(root, lambda entry, _errors: entry.name.endswith(MODULE_SUFFIXES))
+def tree_entries(root: Path) -> tuple[list[Entry], list[str]]:
+    """Every name below ``root``, in :func:`_walk`'s order, and one error line for each directory
+    that cannot be listed: what ``prenop`` rewrites in a tree (its modules, by name, as
+    :data:`~rewriter.elf.compress.MODULE_SUFFIXES` says), and what its ``-o`` copies as it is (the
+    other files, links, directories). A regular file that is no module has its ELF header read,
+    and only that: a PowerPC64 executable (``KERNEL``) is a vmlinux the tree holds, which a
+    directory never contributes (a build tree also holds ``vmlinux.o`` and host tools), and which
+    the run then names as left out. A file whose header cannot be read is a ``FILE``: only a copy
+    reads it, and its check says what is wrong."""
+    entries: list[Entry] = []
+    errors: list[str] = []
+
+    def visit(entry: os.DirEntry[str], kind: EntryKind) -> None:
+        entries.append(Entry(Path(entry.path), _file_kind(entry) if kind is EntryKind.FILE else kind))
+
+    _walk_into(str(root), visit, errors)
+    return entries, errors
+
+
+def _file_kind(entry: os.DirEntry[str]) -> EntryKind:
+    if entry.name.endswith(MODULE_SUFFIXES):
+        return EntryKind.MODULE
+    try:
+        head = read_head(Path(entry.path))
+    except OSError:
+        return EntryKind.FILE
+    return EntryKind.KERNEL if _ppc64_executable(head) else EntryKind.FILE
+
+
+def _ppc64_executable(head: bytes) -> bool:
+    """Whether a file's first bytes (:func:`~rewriter.elf.image.read_head`) are those of a 64-bit
+    PowerPC ``ET_EXEC`` image, in either byte order: what every vmlinux is (the corpus' four, 6.1 to
+    7.2). Not ``ET_DYN``: a build tree's vDSO (``vdso64.so``) is one, and no vmlinux here."""
+    order = S.ident_byte_order(head)
+    if not is_elf(head) or order is None or len(head) < S.E_MACHINE.stop or head[S.EI_CLASS] != S.ELFCLASS64:
+        return False
+    machine = int.from_bytes(head[S.E_MACHINE], order)
+    return machine == S.EM_PPC64 and int.from_bytes(head[S.E_TYPE], order) == S.ET_EXEC
 
 
 def _elf_or_module(entry: os.DirEntry[str], errors: list[str]) -> bool:
@@ -140,7 +203,7 @@ def _elf_or_module(entry: os.DirEntry[str], errors: list[str]) -> bool:
     return entry.name.endswith(".o") or is_elf(head)  # an object that is not ELF: its load says so
 
 
-def _walk_into(top: str, found: list[Path], errors: list[str], wanted: Wanted) -> None:
+def _walk_into(top: str, visit: Visit, errors: list[str]) -> None:
     # os.scandir's entries know their type from the directory listing: no stat per file, which
     # for a module tree (3,154 files) was a tenth of a second before any worker could start.
     try:
@@ -151,16 +214,24 @@ def _walk_into(top: str, found: list[Path], errors: list[str], wanted: Wanted) -
         return
     subdirs = []
     for entry in entries:
-        if _is_dir(entry):
-            if not entry.is_symlink():  # links are not followed
-                subdirs.append(entry.path)
-            continue
-        if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
-            continue  # a FIFO would block the read below; links are not followed
-        if wanted(entry, errors):
-            found.append(Path(entry.path))
+        kind = _kind_of(entry)
+        visit(entry, kind)
+        if kind is EntryKind.DIRECTORY:
+            subdirs.append(entry.path)
     for subdir in subdirs:
-        _walk_into(subdir, found, errors, wanted)
+        _walk_into(subdir, visit, errors)
+
+
+def _kind_of(entry: os.DirEntry[str]) -> EntryKind:
+    """What the directory listing says ``entry`` is; links are not followed (a link to a directory
+    is a ``LINK``, not a way into it)."""
+    if entry.is_symlink():
+        return EntryKind.LINK
+    if _is_dir(entry):
+        return EntryKind.DIRECTORY
+    if entry.is_file(follow_symlinks=False):
+        return EntryKind.FILE
+    return EntryKind.SPECIAL
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:

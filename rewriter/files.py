@@ -484,10 +484,17 @@ def _defines_mcount(image: Image, found: Scan) -> bool:
     return syms is not None and any(len(syms.find(n)) for n in MCOUNT_NAMES)
 
 
-def no_site_cause(image: Image, found: Scan, hints: ScanHints, log_warning: str | None = None) -> str:
+INPUT_LOG_HINT: Final = "(give it with --input-log)"
+"""How a command that takes ``--input-log`` (apply, nop) is told to give an earlier rewrite's log."""
+
+
+def no_site_cause(
+    image: Image, found: Scan, hints: ScanHints, log_warning: str | None = None, log_hint: str = INPUT_LOG_HINT
+) -> str:
     """Why a file shows no ftrace site at all, the likeliest cause first, as the end of one line.
-    ``log_warning``: why the log beside the file was not read (it describes another file)."""
-    earlier = _earlier_rewrite(image, log_warning)
+    ``log_warning``: why the log beside the file was not read (it describes another file);
+    ``log_hint``: how the command is given an earlier rewrite's log (:data:`INPUT_LOG_HINT`)."""
+    earlier = _earlier_rewrite(image, log_warning, log_hint)
     zeroed = found.records.zeroed
     if zeroed and not found.records.count:
         return (
@@ -512,7 +519,7 @@ def no_site_cause(image: Image, found: Scan, hints: ScanHints, log_warning: str 
     return NOT_BUILT_FOR_FTRACE
 
 
-def _earlier_rewrite(image: Image, log_warning: str | None) -> str:
+def _earlier_rewrite(image: Image, log_warning: str | None, log_hint: str = INPUT_LOG_HINT) -> str:
     """What to say of the sites an earlier rewrite nopped and unrecorded: only its patch log knows
     them, and whether that log is here, and read."""
     log = default_log_path(image.path)
@@ -525,7 +532,7 @@ def _earlier_rewrite(image: Image, log_warning: str | None) -> str:
             f"its sites were nopped by an earlier rewrite: its patch log {log.name} is here "
             f"(`mcountrw undo {image.path} --log {log}` gives the original back)"
         )
-    return "its sites were nopped by an earlier rewrite whose patch log is not here (give it with --input-log)"
+    return f"its sites were nopped by an earlier rewrite whose patch log is not here {log_hint}"
 
 
 def _unrecorded_hint(image: Image, found: Scan, sites: Sequence[Site], log_warning: str | None) -> list[str]:

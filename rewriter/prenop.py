@@ -47,15 +47,17 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Callable, Sequence
+import os
+import secrets
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-from rewriter.batch import first_of_each, map_batches, modules_below, tree_name
+from rewriter.batch import Entry, EntryKind, first_of_each, map_batches, tree_entries, tree_name
 from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
@@ -71,10 +73,10 @@ from rewriter.files import (
 )
 from rewriter.locs import Locs, loop_for_modules, unchecked_drops
 from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
-from rewriter.output import NewFile, land, publish, stage
+from rewriter.output import TMP_SUFFIX, NewFile, land, publish, stage
 from rewriter.policy import Policy, Verb, module_name
 from rewriter.prose import counted
-from rewriter.reading import not_a_file
+from rewriter.reading import not_a_file, open_regular, read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey
 from rewriter.sites import Site, kernel_loop, scan
@@ -143,6 +145,27 @@ NOP = Options(SiteState.NOPPED, drop_records=True)
 # -- targets --------------------------------------------------------------------------------
 
 
+class Copy(NamedTuple):
+    """An entry of a tree that ``-o`` copies as it is (:func:`copy_others`): a file that is no
+    module (``modules.order``, a vmlinux the tree holds, ...), a symbolic link, or a directory."""
+
+    source: Path
+    dest: Path
+    rel: str
+    kind: EntryKind  # FILE or KERNEL (a copy of the bytes), LINK (a new link), DIRECTORY (made)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a run reads and what its ``-o`` copies (:func:`gather`)."""
+
+    targets: tuple[Target, ...]
+    copies: tuple[Copy, ...] = ()  # -o of a tree: its entries that are no module (none without -o)
+    kernels: tuple[Path, ...] = ()  # PowerPC64 executables below a directory that no file argument names
+    specials: tuple[Path, ...] = ()  # FIFOs, sockets and devices below a directory: never opened nor copied
+    errors: tuple[str, ...] = ()  # one line for each input, or directory, that cannot be read
+
+
 def targets(
     paths: Sequence[Path],
     *,
@@ -152,16 +175,50 @@ def targets(
     against: Path | None = None,
     logs_beside_source: bool = False,
 ) -> list[Target]:
+    """:func:`gather`'s targets, for a run that reads them all: a file or directory that cannot be
+    read raises (the first, and how many others)."""
+    found = gather(
+        paths, output=output, in_place=in_place, log_dir=log_dir, against=against, logs_beside_source=logs_beside_source
+    )
+    if found.errors:
+        more = f" (and {counted(len(found.errors) - 1, 'other')})" if len(found.errors) > 1 else ""
+        raise PrenopError(found.errors[0] + more)
+    return list(found.targets)
+
+
+def gather(
+    paths: Sequence[Path],
+    *,
+    output: Path | None,
+    in_place: bool,
+    log_dir: Path | None,
+    against: Path | None = None,
+    logs_beside_source: bool = False,
+    whole: bool = True,
+) -> Inputs:
     """One :class:`Target` per file: files named, and modules (``*.ko[.xz|.gz|.zst]``) found below
-    directories named, sorted. Symlinks inside directories are not followed. Without ``log_dir``
-    a log sits beside the file it describes: the output (prenop), or with ``logs_beside_source``
-    the input (undo and verify read the logs of files prenop wrote)."""
+    directories named, sorted; with ``-o``, the trees' other entries to copy. Symlinks inside
+    directories are not followed. Without ``log_dir`` a log sits beside the file it describes: the
+    output (prenop), or with ``logs_beside_source`` the input (undo and verify read the logs of
+    files prenop wrote).
+
+    Each input is opened for reading here, before any work, and each -o copy of a file: one error
+    line for each that cannot be (and for each directory that cannot be listed), in
+    :attr:`Inputs.errors`, which a run that writes refuses whole. It rewrote the rest and left the
+    unreadable module as it was, a tree that then passed for done; ``policy check``, which writes
+    nothing, checks the others and reports these lines, as scan does (``whole`` False: the lines
+    then say only what the system says, not that a tree must be read whole)."""
     if in_place and output is not None:
         raise PrenopError("give either --in-place or -o OUT, not both")
     found: list[tuple[Path, str, bool]] = []  # (file, rel, named directly)
+    others: list[tuple[Entry, str]] = []  # the trees' entries that are no module, each with its rel
+    errors: list[str] = []
     for path in paths:
         if path.is_dir():
-            found += [(f, tree_name(f, path), False) for f in _modules_below(path)]  # raises for what it cannot read
+            modules, rest, errs = _tree_below(path)
+            found += [(f, tree_name(f, path), False) for f in modules]
+            others += [(e, tree_name(e.path, path)) for e in rest]
+            errors += [line + (_read_whole(path, [path]) if whole else "") for line in errs]
         elif path.is_file():
             if in_place and path.is_symlink():
                 raise PrenopError(f"{path}: is a symlink; --in-place would replace the link: name the file itself")
@@ -171,11 +228,15 @@ def targets(
     if output is not None:
         _check_output_apart(output, paths)
     found = first_of_each(found, itemgetter(0))
-    seen: dict[str, Path] = {}
-    for f, rel, _ in found:
-        if rel in seen:
-            raise PrenopError(f"{f} and {seen[rel]} would share the name {rel} in the output and the logs")
-        seen[rel] = f
+    unreadable = _unreadable(f for f, _, _ in found)
+    errors += [f"{f}: {why}{_read_whole(f, paths) if whole else ''}" for f, why in unreadable.items()]
+    found = [entry for entry in found if entry[0] not in unreadable]
+    others = _tree_content(first_of_each(others, lambda o: o[0].path), paths, [f for f, _, _ in found])
+    copies = _copies(others, output, in_place)
+    unreadable = _unreadable(c.source for c in copies if c.kind in _BYTES)
+    errors += [f"{f}: {why}: -o copies the whole tree, this file too" for f, why in unreadable.items()]
+    files = [c for c in copies if c.kind is not EntryKind.DIRECTORY]
+    _refuse_shared_names([(f, rel) for f, rel, _ in found] + [(c.source, c.rel) for c in files])
     single_file = len(found) == 1 and found[0][2]
     out = []
     for f, rel, _ in found:
@@ -196,7 +257,104 @@ def targets(
         if output is not None and dest.exists() and dest.samefile(f):  # a hard link, a second name
             raise PrenopError(f"-o {output}: {dest} is {f}, an input: use --in-place to rewrite it")
         out.append(Target(f, dest, rel, log, orig))
+    kernels = tuple(e.path for e, _ in others if e.kind is EntryKind.KERNEL)
+    specials = tuple(e.path for e, _ in others if e.kind is EntryKind.SPECIAL)
+    return Inputs(tuple(out), tuple(copies), kernels, specials, tuple(errors))
+
+
+def _tree_below(root: Path) -> tuple[list[Path], list[Entry], list[str]]:
+    """The modules below ``root`` (in the order of their names in the tree), its other entries,
+    and one line for each directory that cannot be listed (:func:`rewriter.batch.tree_entries`)."""
+    entries, errors = tree_entries(root)
+    modules = sorted((e.path for e in entries if e.kind is EntryKind.MODULE), key=lambda p: p.relative_to(root).parts)
+    rest = [e for e in entries if e.kind is not EntryKind.MODULE]
+    return modules, rest, errors
+
+
+def _read_whole(path: Path, roots: Sequence[Path]) -> str:
+    """The end of the line for an input that cannot be read below one of ``roots``: a tree is read
+    whole, or not at all (a tree rewritten in part, its unreadable corner left as it was, would
+    pass for done)."""
+    for root in roots:
+        if root.is_dir() and path.is_relative_to(root):
+            return f": every module below {root} must be readable"
+    return ""
+
+
+_BYTES: Final = frozenset({EntryKind.FILE, EntryKind.KERNEL})
+"""The entries a copy reads (a link is made anew from its target, a directory made)."""
+
+
+def _tree_content(
+    others: Sequence[tuple[Entry, str]], paths: Sequence[Path], inputs: Sequence[Path]
+) -> list[tuple[Entry, str]]:
+    """``others`` but what is the run's, not the tree's: a file a file argument names too (by
+    device and inode: by any path), an input whose output is its rewrite, not a copy of it; the
+    patch log beside an input, which describes it and is read (an -o copy of an old log replaced
+    the log the run had just written beside its output); a temporary file a killed run left."""
+    named = _identities(p for p in paths if not p.is_dir())
+    logs = {default_log_path(f) for f in inputs}
+    out = []
+    for e, rel in others:
+        if e.path in logs or e.path.name.endswith(TMP_SUFFIX):
+            continue
+        if named and _identity(e.path) in named:
+            continue
+        out.append((e, rel))
     return out
+
+
+def _unreadable(files: Iterable[Path]) -> dict[Path, str]:
+    """The files of ``files`` that cannot be opened for reading (a regular file: a FIFO never is
+    opened this way), each with what the system says."""
+    out = {}
+    for f in files:
+        try:
+            fd, _ = open_regular(f)
+        except OSError as e:
+            out[f] = e.strerror or str(e)
+            continue
+        os.close(fd)
+    return out
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """``path``'s (device, inode) without following a last link; None if it cannot be stat'ed."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _identities(paths: Iterable[Path]) -> set[tuple[int, int]]:
+    """The files ``paths`` name (links followed: a file argument is read through them)."""
+    out: set[tuple[int, int]] = set()
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def _copies(others: Sequence[tuple[Entry, str]], output: Path | None, in_place: bool) -> list[Copy]:
+    """What ``-o OUT`` copies of the trees: every entry that is no module, at its name in the tree
+    (the output is a copy of the tree, untouched files included), but FIFOs, sockets and devices.
+    A file that is also a file argument is not among ``others``: its output is its rewrite."""
+    if output is None or in_place:
+        return []
+    return [Copy(e.path, output / rel, rel, e.kind) for e, rel in others if e.kind is not EntryKind.SPECIAL]
+
+
+def _refuse_shared_names(files: Sequence[tuple[Path, str]]) -> None:
+    """Two files would be written at one name in the output and the logs."""
+    seen: dict[str, Path] = {}
+    for f, rel in files:
+        if rel in seen:
+            raise PrenopError(f"{f} and {seen[rel]} would share the name {rel} in the output and the logs")
+        seen[rel] = f
 
 
 def _check_output_apart(output: Path, paths: Sequence[Path]) -> None:
@@ -213,17 +371,6 @@ def _check_output_apart(output: Path, paths: Sequence[Path]) -> None:
                 f"-o {output}: inside the tree {path}, which the run reads: a second run would take "
                 "its output for input; write it outside the tree"
             )
-
-
-def _modules_below(root: Path) -> list[Path]:
-    """The modules below ``root`` (:func:`rewriter.batch.modules_below`), in the order of their
-    names in the tree. A file or directory that cannot be read refuses the run, before any work:
-    a tree rewritten in part, its unreadable corner left as it was, would pass for done."""
-    found, errors = modules_below(root)
-    if errors:
-        more = f" (and {counted(len(errors) - 1, 'other')})" if len(errors) > 1 else ""
-        raise PrenopError(f"{errors[0]}{more}: every module below {root} must be readable")
-    return sorted(found, key=lambda p: p.relative_to(root).parts)
 
 
 # -- one file -------------------------------------------------------------------------------
@@ -345,7 +492,7 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
         # at all only once the run has found a site somewhere (run(): _copy_bare).
         report = report._replace(status=Status.RESTORED if was_output else Status.NOTHING)
         if not known_sites(image, sc):
-            report = report._replace(message=no_site_cause(image, sc, settings.hints))
+            report = report._replace(message=no_site_cause(image, sc, settings.hints, log_hint=PRENOP_LOG_HINT))
         if dest_content == original or settings.dry_run or report.no_sites:
             return report, ()
         return report, (NewFile(t.dest, orig.file_bytes(t, compression), mode),)
@@ -362,6 +509,10 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     if settings.dry_run:
         return report, ()
     return report, _log_and_file(t, orig, image, result, options, mode)
+
+
+PRENOP_LOG_HINT: Final = "(give the --log-dir DIR its run wrote the logs to)"
+"""How prenop is given an earlier run's logs (it has no ``--input-log``; ``rewriter.files.no_site_cause``)."""
 
 
 def _policy_choice(policy: Policy, module: str | None, sites: Sequence[Site]) -> tuple[list[Site], frozenset[int]]:
@@ -505,13 +656,13 @@ def verify_target(t: Target) -> FileReport:
     report = FileReport(t.rel, Status.VERIFIED, facts.kind.value, facts.sites_touched)
     container = None if output is not content else not_the_output_file(t.source, raw, compression, facts.output)
     if container is not None:
-        return report._replace(status=Status.MISMATCH, message=container)
+        return _mismatch(report, container)
     if output is None and _sha(content) == facts.input.content_sha256:
         # Not a mismatch, which would read as a broken file: the tree was undone (--undo keeps the logs).
         message = f"{t.source} already is the original (the input of {t.log}), not its output: undone since?"
         return report._replace(status=Status.ORIGINAL, nopped=0, message=message)
     if output is None:
-        return report._replace(status=Status.MISMATCH, message=f"{t.source} is not the output of {t.log}")
+        return _mismatch(report, f"{t.source} is not the output of {t.log}")
     # A pristine file that cannot be read is bad input (failed, exit 2), not a finding: read outside the try.
     original = None if t.original is None else read_file(t.original)[1]
     try:
@@ -522,21 +673,77 @@ def verify_target(t: Target) -> FileReport:
             _undo_with_log(t, output, facts, log)
             return report
         if _sha(original) != facts.input.content_sha256:
-            return report._replace(status=Status.MISMATCH, message=f"{t.original} is not the input of {t.log}")
+            return _mismatch(report, f"{t.original} is not the input of {t.log}")
         expected = bytes(log.replay(original))
     except RewriteError as e:
-        return report._replace(status=Status.MISMATCH, message=str(e))
+        return _mismatch(report, str(e))
     if expected != output:
-        return report._replace(status=Status.MISMATCH, message=f"{t.source}: replaying {t.log} on {t.original} "
-                               "gives other bytes")  # fmt: skip
+        return _mismatch(report, f"{t.source}: replaying {t.log} on {t.original} gives other bytes")
     return report
 
 
+def _mismatch(report: FileReport, message: str) -> FileReport:
+    """``report`` of a file that did not verify: its sites are not counted as nopped (its log's
+    count was, in the `mismatch` row and the total, as if the file held them)."""
+    return report._replace(status=Status.MISMATCH, nopped=0, message=message)
+
+
 def _copy_if_different(src: Path, dest: Path) -> None:
-    data = src.read_bytes()
-    if dest.exists() and dest.read_bytes() == data:
+    """``dest`` holds ``src``'s bytes and mode afterwards, written only if it did not already (a
+    link at ``dest`` is replaced, never compared through)."""
+    data = read_regular(src)
+    if not dest.is_symlink() and dest.is_file() and dest.read_bytes() == data and _mode(dest) == _mode(src):
         return
     publish([NewFile(dest, data, _mode(src))])
+
+
+class Copied(NamedTuple):
+    """What :func:`copy_others` did: the files copied (or found already there), the links made
+    (or found), and one line for each entry it could not copy."""
+
+    files: int
+    links: int
+    errors: tuple[str, ...]
+
+
+def copy_others(copies: Sequence[Copy]) -> Copied:
+    """Make ``-o``'s copy of a tree complete (:class:`Copy`): each directory made, each file copied
+    byte for byte with its mode, each link made anew with the same target (never followed: a
+    ``build`` link to the kernel's source tree stays a link). An entry that cannot be copied is one
+    error line and the others are still copied; the run exits 2 (OUT is incomplete)."""
+    files = links = 0
+    errors: list[str] = []
+    for c in copies:
+        try:
+            if c.kind is EntryKind.DIRECTORY:
+                c.dest.mkdir(parents=True, exist_ok=True)
+            elif c.kind is EntryKind.LINK:
+                _copy_link(c.source, c.dest)
+                links += 1
+            else:
+                _copy_if_different(c.source, c.dest)
+                files += 1
+        except RewriteError as e:
+            errors.append(f"{c.source}: not copied to {c.dest}: {e}")
+        except OSError as e:
+            errors.append(f"{c.source}: not copied to {c.dest}: {e.strerror}")
+    return Copied(files, links, tuple(errors))
+
+
+def _copy_link(src: Path, dest: Path) -> None:
+    """A link at ``dest`` with ``src``'s target: made beside it under a temporary name and renamed
+    over it, as every output is, so that ``dest`` is never missing."""
+    target = os.readlink(src)
+    if dest.is_symlink() and os.readlink(dest) == target:
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    temp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")  # as rewriter.output names them
+    os.symlink(target, temp)
+    try:
+        os.replace(temp, dest)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 # -- many files -----------------------------------------------------------------------------

@@ -902,7 +902,7 @@ def test_a_module_named_compressed_that_is_not_says_so(name: str, kind: str, tmp
 
 def test_prenop_refuses_a_tree_it_cannot_read_whole_and_skips_fifos() -> None:
     """prenop walked its trees with os.walk, which passes over a directory it cannot read: the run
-    rewrote the rest and reported success. It now walks as scan does (batch.modules_below) and
+    rewrote the rest and reported success. It now walks as scan does (batch.tree_entries) and
     refuses the tree before any work; a FIFO named like a module is skipped, as scan skips it (it
     failed the run)."""
     with tempfile.TemporaryDirectory(prefix="mcountrw-") as top:

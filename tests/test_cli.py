@@ -31,7 +31,7 @@ from rewriter.cli.plans import PlanFormat
 from rewriter.cli.rewrite import Target
 from rewriter.cli.scan import ScanFormat
 from rewriter.elf.image import Image
-from rewriter.errors import InternalError, NoRoute, PlanFormatError, PlanRejected
+from rewriter.errors import ArgumentError, InternalError, NoRoute, PlanFormatError, PlanRejected
 from rewriter.generations import Generation, Variant
 from rewriter.plan import Cmodx, Route
 from rewriter.ppc import EncodingError
@@ -642,7 +642,6 @@ def test_prenop_refuses_options_that_do_not_go_together(args: tuple[str, ...], m
         ((True, False, False), "UNDO"),
         ((True, False, True), "UNDO_DRY_RUN"),
         ((False, True, False), "VERIFY"),
-        ((False, True, True), "VERIFY"),  # --verify writes nothing anyway; --dry-run was always accepted with it
     ],
 )
 def test_prenop_mode_is_one_value(flags: tuple[bool, bool, bool], mode: str) -> None:
@@ -650,6 +649,14 @@ def test_prenop_mode_is_one_value(flags: tuple[bool, bool, bool], mode: str) -> 
 
     assert _mode(*flags) is Mode[mode]
     assert set(MODES) == set(Mode)
+
+
+def test_prenop_verify_with_dry_run_is_refused() -> None:
+    """--verify writes nothing anyway: --dry-run with it was accepted and did nothing."""
+    from rewriter.cli.prenop import _mode
+
+    with pytest.raises(ArgumentError, match="--verify writes nothing anyway: drop --dry-run"):
+        _mode(False, True, True)
 
 
 # -- the command lines of the docs and the build scripts still parse, and mean the same -------------

@@ -292,10 +292,15 @@ def test_a_named_directory_with_nothing_to_read_is_one_line_and_no_report(comman
     assert not result.stdout and not report.exists()
 
 
+NOTHING_BELOW = (
+    "no module below it: a directory contributes its modules (.ko, .ko.xz, .ko.gz, .ko.zst); name a vmlinux as a file"
+)
+
+
 def _nothing_below(command: str, directory: Path) -> str:
     """The line for a named directory with nothing to read: policy check says it as prenop does."""
     if command == "policy check":
-        return f"{directory}: no vmlinux or module found below it"
+        return f"{directory}: {NOTHING_BELOW}"
     return f"{directory}: no PowerPC64 ELF file or module below it"
 
 
@@ -345,7 +350,7 @@ def test_prenop_refuses_a_named_directory_with_nothing_to_read_beside_a_file(tmp
     for mode in (("--dry-run",), ("-o", out), ("--in-place",)):
         result = invoke("prenop", "--policy", ROOT / "examples" / "keep-core.policy", *mode, empty, image)
         assert result.exit_code == 2, result.output
-        assert result.stderr.splitlines() == [f"mcountrw: error: {empty}: no vmlinux or module found below it"]
+        assert result.stderr.splitlines() == [f"mcountrw: error: {empty}: {NOTHING_BELOW}"]
         assert not out.exists() and image.read_bytes() == before and not result.stdout
 
 

@@ -55,7 +55,7 @@ def _sha(path: Path) -> str:
         (("--policy", "MISSING", "-o", "OUT", "TREE"), "No such file or directory"),
         (("--policy", "POLICY", "--in-place", "-o", "OUT", "TREE"), "give either --in-place or -o OUT, not both"),
         (("--policy", "GARBAGE", "-o", "OUT", "TREE"), "expected `keep PATTERN`"),
-        (("--policy", "POLICY", "-o", "OUT", "EMPTY"), "no vmlinux or module found"),
+        (("--policy", "POLICY", "-o", "OUT", "EMPTY"), "no module below it: a directory contributes its modules"),
         (("--policy", "POLICY", "-o", "OUT", "MISSING"), "No such file or directory"),
         (("--policy", "POLICY", "--generation", "ool", "--mcount-addr", "0x10", "-o", "OUT", "TREE"),
          "--mcount-addr names _mcount"),

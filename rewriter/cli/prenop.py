@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Annotated, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Final, NamedTuple, NoReturn
 
 import click
 import typer
@@ -39,13 +39,13 @@ from rewriter.cli.rewrite import CheckR0, say_waiting
 from rewriter.errors import ArgumentError, NothingToDo, OutputError
 from rewriter.lock import Gone, hold
 from rewriter.output import Place, Places
-from rewriter.prose import counted
+from rewriter.prose import counted, printable
 from rewriter.sign import HASHES
 
 if TYPE_CHECKING:
     from rewriter.generations import Generation
     from rewriter.policy import Policy, Tally
-    from rewriter.prenop import FileReport, Settings, Target
+    from rewriter.prenop import Copied, FileReport, Inputs, Settings, Target
 
 
 class Mode(enum.Enum):
@@ -117,6 +117,7 @@ class _Args:
     generation: Generation | None = None
     wait: bool = False
     check_r0: bool = False
+    hash_given: bool = False  # --hash on the command line, not its default
 
 
 Paths = Annotated[
@@ -145,7 +146,9 @@ StripSignature = Annotated[
 ]
 SignKey = Annotated[Path | None, typer.Option("--sign-key", help="re-sign rewritten modules with this key")]
 SignCert = Annotated[Path | None, typer.Option("--sign-cert", help="...and this X.509 certificate")]
-Hash = Annotated[str, typer.Option("--hash", click_type=click.Choice(HASHES), help="signature digest")]
+Hash = Annotated[
+    str, typer.Option("--hash", click_type=click.Choice(HASHES), help="with --sign-key: the signature digest")
+]
 Undo = Annotated[bool, typer.Option("--undo", help="restore every file from its patch log")]
 Verify = Annotated[bool, typer.Option("--verify", help="check every file against its patch log; writes nothing")]
 Against = Annotated[
@@ -187,7 +190,7 @@ def prenop(
     strip_signature: StripSignature = False,
     sign_key: SignKey = None,
     sign_cert: SignCert = None,
-    hash_name: Hash = "sha256",
+    hash_name: Hash = HASHES[0],
     undo: Undo = False,
     verify: Verify = False,
     against: Against = None,
@@ -213,29 +216,107 @@ def prenop(
     mode = _mode(undo, verify, dry_run)
     out = None if output is None else Path(output)
     args = _Args(paths, policy, in_place, out, log_dir, strip_signature, sign_key, sign_cert, hash_name, against,
-                 replace_stale_logs, mcount_addr, generation, wait, check_r0)  # fmt: skip
+                 replace_stale_logs, mcount_addr, generation, wait, check_r0, _given("hash_name"))  # fmt: skip
     _check_options(mode, args)
     _check_outputs(paths, output, report)
     # Refused inputs and outputs exit 2 before _locked makes the output tree (none is left behind); the
     # lock is still taken before any input file or log is read: only names listed, policy and key read.
-    ts = _targets(mode, args)
+    inputs = _inputs(mode, args)
+    ts = inputs.targets
     settings = _settings(mode, args)
-    _check_written(mode, args, ts, report)
+    _check_written(mode, args, inputs, report)
     _check_some_log(mode, ts)
     with _locked(mode, args, wait) as made:
         n = workers(jobs)
         start = time.monotonic()
         reports = _execute(mode, ts, settings, n)
+        copied = _copy_others(mode, inputs, reports)
         seconds = time.monotonic() - start
         _remove_if_nothing_done(mode, reports, made)
     header = _header(mode, args, settings, len(ts))
+    if _one_file_failed(args, reports):
+        _print_failure_alone(reports[0], report, header, mode)
     _print_reports(mode, reports, header)
+    _print_copies(mode, args, inputs, copied)
     _print_closing(mode, args, settings, reports)
-    typer.echo(f"done in {seconds:.1f} s with {counted(n, 'worker')}", err=True)
+    _print_time(seconds, n)
     _write_report(report, reports, header, mode)
-    bad_input_if([r.message for r in reports if r.status is Status.FAILED])
+    bad_input_if([r.message for r in reports if r.status is Status.FAILED] + list(copied.errors))
     _nothing_to_do(mode, reports)
     findings_if(any(_finding(mode, r) for r in reports))
+
+
+def _copy_others(mode: Mode, inputs: Inputs, reports: Sequence[FileReport]) -> Copied:
+    """-o of a tree: the entries that are no module copied as they are (``rewriter.prenop.copy_others``),
+    so that OUT is the whole tree; not by a dry run, nor by a run that found nothing to do (it
+    writes nothing, :func:`_nothing_to_do_text`)."""
+    from rewriter.prenop import Copied, copy_others
+
+    if MODES[mode].dry_run or not inputs.copies or _nothing_to_do_text(mode, reports) is not None:
+        return Copied(0, 0, ())
+    return copy_others(inputs.copies)
+
+
+def _print_copies(mode: Mode, args: _Args, inputs: Inputs, copied: Copied) -> None:
+    """What -o's copy of the trees holds besides the modules (stdout, under the table), what it
+    could not copy (stderr, one line each), and one line for the FIFOs, sockets and devices it
+    leaves out; then a line for each vmlinux the trees hold, which the run leaves out."""
+    from rewriter.batch import EntryKind
+
+    if args.output is not None and not args.in_place:
+        files = sum(1 for c in inputs.copies if c.kind in (EntryKind.FILE, EntryKind.KERNEL))
+        links = sum(1 for c in inputs.copies if c.kind is EntryKind.LINK)
+        if MODES[mode].dry_run and files + links:
+            typer.echo(f"would copy to {printable(str(args.output))}: {_others(files, links)}, as they are")
+        elif copied.files + copied.links:
+            typer.echo(f"copied to {printable(str(args.output))}: {_others(copied.files, copied.links)}, as they are")
+        print_errors(copied.errors)
+        if inputs.specials:
+            specials = counted(len(inputs.specials), "FIFO, socket or device", "FIFOs, sockets or devices")
+            line = f"{specials} not copied to {args.output}; first: {inputs.specials[0]}"
+            typer.echo(f"mcountrw: warning: {printable(line)}", err=True)
+    for line in _kernel_warnings(mode, inputs):
+        typer.echo(f"mcountrw: warning: {printable(line)}", err=True)
+
+
+def _others(files: int, links: int) -> str:
+    """The entries of a tree that are no module, as -o copies them."""
+    text = counted(files, "other file")
+    return f"{text} and {counted(links, 'symlink')}" if links else text
+
+
+def _given(param: str) -> bool:
+    """Whether the option ``param`` was given (on the command line or from the environment), not
+    left at its default: the default of --hash is a value, and the option alone still does nothing."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    source = None if ctx is None else ctx.get_parameter_source(param)
+    return source is not None and source not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def _one_file_failed(args: _Args, reports: Sequence[FileReport]) -> bool:
+    """The run named one file, and it failed: its error line says all there is (a table of one
+    failed file, an `OUT was not written` line and the rules that decided nothing only repeated
+    it, on three lines and six rows)."""
+    from rewriter.prenop import Status
+
+    return _one_file(args) and len(reports) == 1 and reports[0].status is Status.FAILED
+
+
+def _print_failure_alone(failed: FileReport, report: Path | None, header: str, mode: Mode) -> NoReturn:
+    """The one error line of a one-file run that failed (:func:`_one_file_failed`), exit 2; a
+    ``--report`` asked for is still written."""
+    typer.echo(f"mcountrw: error: {printable(failed.message)}", err=True)
+    _write_report(report, [failed], header, mode)
+    raise typer.Exit(ExitCode.BAD_INPUT)
+
+
+def _print_time(seconds: float, jobs: int) -> None:
+    """How long the run took, on a terminal only: a build's log, or a test, keeps stderr for
+    what went wrong (every run said it there, a failed one-file run under its error line)."""
+    if sys.stderr.isatty():
+        typer.echo(f"done in {seconds:.1f} s with {counted(jobs, 'worker')}", err=True)
 
 
 def _write_report(report: Path | None, reports: Sequence[FileReport], header: str, mode: Mode) -> None:
@@ -454,15 +535,14 @@ def _incomplete_output(mode: Mode, args: _Args, reports: Sequence[FileReport]) -
     """With -o, the error line (stderr, where a build that keeps the summary in a file still shows
     it) that says the output lacks the files that failed (the run exits 2). A failed
     file is not written: copying it unchanged would make OUT look complete while it holds a file
-    the policy never decided (and with no log, --verify would pass it as never changed)."""
+    the policy never decided (and with no log, --verify would pass it as never changed). A run of
+    one file that failed says only its error (:func:`_one_file_failed`)."""
     from rewriter.prenop import Status
 
     takes = MODES[mode]
     failed = [r for r in reports if r.status is Status.FAILED]
     if takes.dry_run or args.output is None or not failed:
         return ""
-    if _one_file(args) and _output_tree(mode, args) is None:
-        return f"{args.output} was not written: its input failed (the line above)"
     return (
         f"{args.output} is incomplete: {counted(len(failed), 'file')} failed and "
         f"{'is' if len(failed) == 1 else 'are'} not written there (the lines above; a copy an earlier run "
@@ -473,8 +553,10 @@ def _incomplete_output(mode: Mode, args: _Args, reports: Sequence[FileReport]) -
 def _mode(undo: bool, verify: bool, dry_run: bool) -> Mode:
     if undo and verify:
         raise ArgumentError("give --undo or --verify, not both")
+    if verify and dry_run:  # accepted, exit 0, and it changed nothing: the option did nothing
+        raise ArgumentError("--verify writes nothing anyway: drop --dry-run")
     if verify:
-        return Mode.VERIFY  # writes nothing anyway: --dry-run changes nothing
+        return Mode.VERIFY
     if undo:
         return Mode.UNDO_DRY_RUN if dry_run else Mode.UNDO
     return Mode.DRY_RUN if dry_run else Mode.PRENOP
@@ -499,6 +581,8 @@ def _check_options(mode: Mode, args: _Args) -> None:
         raise ArgumentError("--undo and --verify take no --policy or signing options: the logs say what was done")
     if not takes.policy and args.check_r0:
         raise ArgumentError("--check-r0 goes with pre-nopping: --undo and --verify take no mflr away")
+    _check_unused(takes, args)
+    check_mcount_addr(args.generation, args.mcount_addr)  # before the files: an option against an option
     if args.in_place and args.output is not None:
         raise ArgumentError("give either --in-place or -o OUT, not both")
     if args.log_dir is not None and args.log_dir.exists() and not args.log_dir.is_dir():
@@ -513,6 +597,30 @@ def _check_options(mode: Mode, args: _Args) -> None:
         raise ArgumentError("--verify writes nothing and takes no lock: drop --wait")
 
 
+def _check_unused(takes: _Takes, args: _Args) -> None:
+    """Refuse an option that would do nothing in this run (each was accepted, exit 0, as if it had
+    mattered): a digest with no key to sign with, and what only a policy's scan reads (--mcount-addr,
+    --generation) or only its decision takes (--replace-stale-logs) in a run the logs decide.
+    --mcount-addr over modules alone is refused once the files are known (:func:`_inputs`)."""
+    if args.hash_given and args.sign_key is None:
+        raise ArgumentError("--hash goes with --sign-key/--sign-cert: it is the digest of the new signatures")
+    if takes.policy:
+        return
+    unused = [
+        name
+        for name, given in (
+            ("--mcount-addr", args.mcount_addr is not None),
+            ("--generation", args.generation is not None),
+            ("--replace-stale-logs", args.replace_stale_logs),
+        )
+        if given
+    ]
+    if unused:
+        raise ArgumentError(
+            f"--undo and --verify take no {unused[0]}: they go by the logs, which say what each file was"
+        )
+
+
 def _check_outputs(paths: Sequence[Path], output: str | None, report: Path | None) -> None:
     """Before any file is read. For one file, ``-o`` names the output file, or a directory that
     exists to put it in; a trailing slash names a directory, so ``-o x/`` where ``x`` is none is
@@ -524,12 +632,19 @@ def _check_outputs(paths: Sequence[Path], output: str | None, report: Path | Non
     check_report_output(report)
 
 
-def _check_written(mode: Mode, args: _Args, ts: Sequence[Target], report: Path | None) -> None:
+def _check_written(mode: Mode, args: _Args, inputs: Inputs, report: Path | None) -> None:
     """Before any work, each file the run writes (a dry run: those of the run it previews, and its
     report), as `nop` checks its own: it can be put in its place (:func:`_check_writable`), and it
-    is no file the run reads nor another file it writes (:func:`_check_apart`)."""
-    _check_writable(mode, args, ts)
-    _check_apart(mode, args, ts, report)
+    is no file the run reads nor another file it writes (:func:`_check_apart`). -o's copies of the
+    files that are no module are outputs too."""
+    from rewriter.batch import EntryKind
+
+    _check_writable(mode, args, inputs.targets)
+    checked: set[Path] = set()
+    for c in inputs.copies:
+        if c.kind is not EntryKind.DIRECTORY:  # a directory is made (or there), not replaced
+            _check_makeable(c.dest, checked)
+    _check_apart(mode, args, inputs, report)
 
 
 def _check_writable(mode: Mode, args: _Args, ts: Sequence[Target]) -> None:
@@ -576,26 +691,29 @@ class _Written(NamedTuple):
     thing: str
 
 
-def _check_apart(mode: Mode, args: _Args, ts: Sequence[Target], report: Path | None) -> None:
+def _check_apart(mode: Mode, args: _Args, inputs: Inputs, report: Path | None) -> None:
     """No output is a file the run reads or another output: `--report` or `-o` over the input, its
     patch log, the policy or the signing key, -o equal to --report, a patch log the run writes
     over the policy. Each was replaced, exit 0 (a --verify's report replaced its input, then the
     run failed); a patch log lost is an undo lost. The one line names the output as it was given
     and the file it would replace."""
     places = Places()
-    for place in _read(args, ts):
+    for place in _read(args, inputs):
         places.add_read(place)
-    for w in _written(mode, args, ts, report):
+    for w in _written(mode, args, inputs, report):
         other = places.claim(w.place)
         if other is not None:
             named = f"{w.option} {w.place.path}" if w.option else str(w.place.path)
             raise OutputError(f"{named}: is {other.path}, {other.what}: {w.thing} would replace it")
 
 
-def _read(args: _Args, ts: Sequence[Target]) -> list[Place]:
+def _read(args: _Args, inputs: Inputs) -> list[Place]:
     """The files the run reads: the policy, the signing key and certificate, and each target's
     input, pristine file (--against) and patch log, and the log beside its input, which its undo
-    needs (the same log in place, where the run rewrites it)."""
+    needs (the same log in place, where the run rewrites it); and each file -o copies."""
+    from rewriter.batch import EntryKind
+
+    ts = inputs.targets
     from rewriter.log import default_log_path
 
     named = [
@@ -613,13 +731,19 @@ def _read(args: _Args, ts: Sequence[Target]) -> list[Place]:
         if beside != t.log:
             what = f"the patch log of the input {t.source}, which its undo needs"
             out.append(Place(beside, what, ("log", i) if args.in_place else ("beside", i)))
+    for i, c in enumerate(inputs.copies):
+        if c.kind is not EntryKind.DIRECTORY:
+            out.append(Place(c.source, "a file this command copies (-o)", ("copied", i)))
     return out
 
 
-def _written(mode: Mode, args: _Args, ts: Sequence[Target], report: Path | None) -> list[_Written]:
+def _written(mode: Mode, args: _Args, inputs: Inputs, report: Path | None) -> list[_Written]:
     """The files the run writes, in the order they are checked (each against those before it too):
     the output tree, each file's output and patch log (not the inputs an in-place run rewrites),
-    and the report. A dry run is checked as the run it previews, as `nop --dry-run` is."""
+    -o's copies, and the report. A dry run is checked as the run it previews, as `nop --dry-run` is."""
+    from rewriter.batch import EntryKind
+
+    ts = inputs.targets
     out = []
     tree = _tree_named(args)
     if tree is not None:
@@ -630,15 +754,22 @@ def _written(mode: Mode, args: _Args, ts: Sequence[Target], report: Path | None)
     if MODES[mode].policy and (args.in_place or args.output is not None):
         what = "a patch log this command writes"
         out += [_Written("", Place(t.log, what, ("log", i)), f"the patch log of {t.dest}") for i, t in enumerate(ts)]
+    what = "a copy this command writes (-o)"
+    for i, c in enumerate(inputs.copies):
+        if c.kind is not EntryKind.DIRECTORY:
+            out.append(_Written("-o", Place(c.dest, what, ("copy", i)), f"the copy of {c.source}"))
     if report is not None:
         out.append(_Written("--report", Place(report, "the report", "report"), "the report"))
     return out
 
 
-def _targets(mode: Mode, args: _Args) -> list[Target]:
-    from rewriter.prenop import targets
+def _inputs(mode: Mode, args: _Args) -> Inputs:
+    """The files of the run and, for -o of a tree, what it copies (``rewriter.prenop.gather``);
+    refused before any work (exit 2) for a file or directory that cannot be read (one line each),
+    a named directory with no module below it, or ``--mcount-addr`` with no file it applies to."""
+    from rewriter.prenop import gather
 
-    ts = targets(
+    inputs = gather(
         args.paths,
         output=args.output,
         in_place=args.in_place,
@@ -646,14 +777,63 @@ def _targets(mode: Mode, args: _Args) -> list[Target]:
         against=args.against,
         logs_beside_source=not MODES[mode].policy,  # undo and verify find each log beside its file
     )
-    if not ts:
-        raise ArgumentError(f"{', '.join(map(str, args.paths))}: no vmlinux or module found below it")
+    if inputs.errors:
+        print_errors(inputs.errors)
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    ts = inputs.targets
     # A named directory with nothing in it beside others that have files is refused like a
     # missing path, before anything is written: a build that names a wrong directory is told.
     empty = _empty_directories(args.paths, [t.source for t in ts])
     if empty:
-        raise ArgumentError(f"{empty[0]}: no vmlinux or module found below it")
-    return ts
+        raise ArgumentError(nothing_below(empty[0], inputs.kernels))
+    if MODES[mode].policy:
+        check_mcount_addr_used([t.source for t in ts], args.mcount_addr)
+    return inputs
+
+
+def nothing_below(directory: Path, kernels: Sequence[Path]) -> str:
+    """The line for a directory named with no module below it: what a directory contributes, and
+    how a vmlinux is given (it said "no vmlinux or module found", and a vmlinux below it is never
+    taken). Also `policy check`'s, which takes its files as prenop does."""
+    from rewriter.elf.compress import MODULE_SUFFIXES
+
+    held = [k for k in kernels if k.is_relative_to(directory)]
+    there = f" ({held[0]} is one)" if held else ""
+    return (
+        f"{directory}: no module below it: a directory contributes its modules ({', '.join(MODULE_SUFFIXES)}); "
+        f"name a vmlinux as a file{there}"
+    )
+
+
+# What a run that leaves a vmlinux below a directory out does not do to it, and what naming it does.
+LEFT_OUT: Final[Mapping[Mode, tuple[str, str]]] = MappingProxyType(
+    {
+        Mode.PRENOP: ("not rewritten", "apply the policy to it"),
+        Mode.DRY_RUN: ("not decided", "apply the policy to it"),
+        Mode.UNDO: ("not undone", "undo it"),
+        Mode.UNDO_DRY_RUN: ("not undone", "undo it"),
+        Mode.VERIFY: ("not verified", "verify it"),
+    }
+)
+
+
+def kernel_left_out(kernel: Path, left: tuple[str, str], copied_to: Path | None = None) -> str:
+    """The warning for a PowerPC64 executable (a vmlinux) that the walk of a directory passed and
+    no file argument names: directories contribute modules only (a build tree also holds
+    vmlinux.o and host tools), so the run leaves it out, and -o copies it as it is. Debian 7.2
+    ships its vmlinuz inside /usr/lib/modules/<version>/, whose prenop and policy check left the
+    kernel out in silence. ``left``: what is not done to it, and what naming it as a file does."""
+    how = f" (copied unchanged to {copied_to})" if copied_to is not None else ""
+    return (
+        f"{kernel}: a PowerPC64 executable (a vmlinux?) below a directory, {left[0]}{how}: a directory "
+        f"contributes its modules only; name it as a file to {left[1]}"
+    )
+
+
+def _kernel_warnings(mode: Mode, inputs: Inputs) -> list[str]:
+    """:func:`kernel_left_out` for each vmlinux the run's directories hold; where -o copies it."""
+    copied = {} if MODES[mode].dry_run else {c.source: c.dest for c in inputs.copies}
+    return [kernel_left_out(k, LEFT_OUT[mode], copied.get(k)) for k in inputs.kernels]
 
 
 def _settings(mode: Mode, args: _Args) -> Settings | None:
@@ -674,7 +854,6 @@ def _settings(mode: Mode, args: _Args) -> Settings | None:
         signing.load()
     from rewriter.files import ScanHints
 
-    check_mcount_addr(args.generation, args.mcount_addr)
     hints = ScanHints(args.mcount_addr, args.generation)
     return Settings(rules, args.strip_signature, signing, takes.dry_run, args.replace_stale_logs, hints, args.check_r0)
 
@@ -778,16 +957,20 @@ def _notes(reports: Sequence[FileReport], mode: Mode) -> list[str]:
         out.append(signatures)
     left = [r for r in reports if r.left_recorded]
     if left:
+        sites = sum(r.left_recorded for r in left)
         out.append(
-            f"warning: {sum(r.left_recorded for r in left):,} sites in {len(left)} files that the policy nops kept "
-            "their records: the kernel will still patch them (docs/prenop.md). First: " + left[0].rel
+            f"warning: {counted(sites, 'site')} in {counted(len(left), 'file')} that the policy nops kept "
+            f"{'its record' if sites == 1 else 'their records'}: the kernel will still patch "
+            f"{'it' if sites == 1 else 'them'} (docs/prenop.md). First: {left[0].rel}"
         )
     out += _unchecked_warning(reports)
     unplaced = [r for r in reports if r.unplaced_records]
     if unplaced:
+        records = sum(r.unplaced_records for r in unplaced)
         out.append(
-            f"warning: {sum(r.unplaced_records for r in unplaced):,} records in {len(unplaced)} files point at no "
-            "site mcountrw recognises, and were left alone. First: " + unplaced[0].rel
+            f"warning: {counted(records, 'record')} in {counted(len(unplaced), 'file')} "
+            f"{'points' if records == 1 else 'point'} at no site mcountrw recognises, and "
+            f"{'was' if records == 1 else 'were'} left alone. First: {unplaced[0].rel}"
         )
     done = [r for r in reports if r.status is not Status.FAILED]
     bare = [r for r in done if r.no_sites]
@@ -893,23 +1076,30 @@ def policy_check(
     --log-dir` wrote it."""
     from rewriter import policy as pol
     from rewriter.batch import Found
-    from rewriter.prenop import targets
+    from rewriter.prenop import gather
     from rewriter.reading import not_a_file
 
     check_mcount_addr(generation, mcount_addr)
     rules = pol.load(policy_file)
     # The files prenop would take, each named in its tree as prenop names it (its log's place).
-    # A path that is not there, or is a FIFO or a device, is one line, the others still checked,
-    # exit 2, as scan and audit do (prenop refuses the run instead: it writes).
+    # A path that is not there, or is a FIFO or a device, a file or directory that cannot be read,
+    # is one line, the others still checked, exit 2, as scan and audit do (prenop refuses the run
+    # instead: it writes).
     missing = [p for p in images if not (p.is_dir() or p.is_file())]
     present = [p for p in images if p not in missing]
-    found = [Found(t.source, t.rel) for t in targets(present, output=None, in_place=False, log_dir=None)]
+    inputs = gather(present, output=None, in_place=False, log_dir=None, whole=False)
+    found = [Found(t.source, t.rel) for t in inputs.targets]
     # One line per named directory with nothing to check (as prenop says it), likewise: a
     # directory dropped in silence read as checked.
     files = [f.path for f in found]
     check_mcount_addr_used(files, mcount_addr)
-    errors = [f"{p}: {not_a_file(p)}" for p in missing]
-    errors += [f"{d}: no vmlinux or module found below it" for d in _empty_directories(present, files)]
+    errors = [f"{p}: {not_a_file(p)}" for p in missing] + list(inputs.errors)
+    empty = _empty_directories(present, files)
+    errors += [nothing_below(d, inputs.kernels) for d in empty]
+    for kernel in inputs.kernels:  # as prenop leaves it out (the line of an empty directory names it)
+        if not any(kernel.is_relative_to(d) for d in empty):
+            left = kernel_left_out(kernel, ("not checked", "check the policy against it"))
+            typer.echo(f"mcountrw: warning: {printable(left)}", err=True)
     tally = pol.Tally(rules)
     overridden: list[str] = []
     logs = logs_for(found, log, log_dir)

@@ -233,7 +233,7 @@ def scan(
     _check_no_nops_before_entries(image, funcs, generation, places)
     stubs: tuple[StubArea, ...] = ()
     if generation is Generation.OOL:
-        stubs, sites = _with_stubs(image, sites, bounds)
+        stubs, sites = _with_stubs(image, sites, bounds, places)
     recs = _records(image, read.tables, read.records, unmatched, skipped)
     mcount = tuple(int(e) for e in read.entries)
     return Scan(
@@ -783,11 +783,15 @@ def _module_sites(
 
 
 def _with_stubs(
-    image: Image, sites: tuple[Site, ...], bounds: Bounds | None
+    image: Image, sites: tuple[Site, ...], bounds: Bounds | None, places: np.ndarray
 ) -> tuple[tuple[StubArea, ...], tuple[Site, ...]]:
     """The image's stub areas, and its sites with the stub each gets at boot
-    (:func:`rewriter.stubs.assign_stubs`)."""
-    ips = (s.addr for s in sites if s.recorded and s.addr is not None)
+    (:func:`rewriter.stubs.assign_stubs`). Every record of a site takes a stub, ``places`` (the
+    records the kernel keeps) as they are: ftrace_process_locs() makes a record of each entry, a
+    place recorded twice included, and ool's init passes the second (it leaves the nop it checks),
+    so it takes a second stub (an area one stub short of that turns ftrace off)."""
+    recorded = np.array(sorted(s.addr for s in sites if s.recorded and s.addr is not None), np.uint64)
+    ips = places[arrays.member(places, recorded)].tolist()
     areas, stub_of = assign_stubs(image, ips, bounds)
     return areas, tuple(_served(s, stub_of.get(s.addr)) if s.addr in stub_of else s for s in sites)
 

@@ -66,8 +66,9 @@ def assign_stubs(
     at ``ips`` in the order the kernel sorts them: .init.text records take ``ftrace_ool_stub_inittext``
     in turn; .text records take ``ftrace_ool_stub_text`` while it has stubs left and the next one is
     in branch range, then ``ftrace_ool_stub_text_end``. A record past an area's count (WARN_ON,
-    -EINVAL) or out of range of its stub makes ftrace_bug() turn ftrace off. ``bounds``: the
-    kernel's text (:func:`rewriter.locs.kernel_text`), which tells .init.text records apart.
+    -EINVAL) or out of range of its stub makes ftrace_bug() turn ftrace off. ``ips``: one per
+    record, a place recorded twice twice (each takes a stub). ``bounds``: the kernel's text
+    (:func:`rewriter.locs.kernel_text`), which tells .init.text records apart.
     Returns the areas and the stub of each record an area serves."""
     areas = {name: (addr, size, count) for name, addr, size, count in area_symbols(image)}
     init = bounds[1] if bounds is not None and len(bounds) > 1 else (0, 0)
@@ -87,7 +88,8 @@ def assign_stubs(
         if not ok:
             need[name] += 1
             stub = None
-        stub_of[ip] = (name, None if stub is None else LAYOUTS[Variant.OOL].stub_code(stub, stub_size))
+        # a place recorded twice takes two stubs; its site is named with the first
+        stub_of.setdefault(ip, (name, None if stub is None else LAYOUTS[Variant.OOL].stub_code(stub, stub_size)))
     out = tuple(
         StubArea(n, a, c or 0, s // c if c else 0, min(used[n], c or 0), need[n]) for n, (a, s, c) in areas.items()
     )

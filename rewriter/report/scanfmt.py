@@ -70,11 +70,15 @@ from json.encoder import encode_basestring_ascii
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
 
+import numpy as np
+
+from rewriter import arrays
 from rewriter.boot import WHY, Boot, Untraceable, boot_of, untraceable, why_counts
 from rewriter.elf.image import Kind, index_name
 from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.prose import counted, printable
+from rewriter.records import nonzero_records
 from rewriter.sites import NOT_BUILT_FOR_FTRACE, Scan, Site, Source, lacks_stub, override_text, summary
 
 REFUSED: Final = "refused"  # boot_state null, in counts and in the table
@@ -146,7 +150,10 @@ def stubs_json(result: Scan) -> list[dict[str, Any]]:
         for a in result.stubs
     ]  # fmt: skip
     if not out and result.kind in (Kind.MODULE, Kind.OBJECT) and result.generation is Generation.OOL:
-        used = sum(1 for s in result.sites if s.stub is not None)
+        # one stub per record that reaches ftrace_init_ool_stub(): a place recorded twice takes two
+        served = np.array(sorted(s.record for s in result.sites if s.stub is not None and s.record), np.uint64)
+        records = nonzero_records(result.records.tables)
+        used = int(np.count_nonzero(arrays.member(records, served)))
         count = result.records.count + result.records.zeroed
         out.append({"name": ".stubs", "address": None, "count": count, "stub_size": None,
                     "used": used, "need": 0, "covers": True})  # fmt: skip

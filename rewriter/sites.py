@@ -221,7 +221,12 @@ def scan(
     """The sites and records of ``image``. ``text``: its code view, when the caller has one (an
     audit lays the text out once for the scan and the walk)."""
     if image.type == S.ET_REL:
-        return _scan_relocatable(image, generation, text)
+        return _stopped_at_first_failure(_scan_relocatable(image, generation, text))
+    return _stopped_at_first_failure(_scan_linked(image, mcount_addr, generation, text))
+
+
+def _scan_linked(image: Image, mcount_addr: int | None, generation: Generation | None, text: CodeView | None) -> Scan:
+    """:func:`scan` of a linked image (a vmlinux, a test executable)."""
     read = _read_linked(image, mcount_addr, generation, text)
     text, funcs, generation = read.text, read.funcs, read.generation
     _check_not_classic_pg(image, text, generation, read.calls, read.records)
@@ -240,6 +245,54 @@ def scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, mcount, funcs, generation, stubs, weak,
         overridden=read.overridden, locs=locs,
     )  # fmt: skip
+
+
+def _stopped_at_first_failure(result: Scan) -> Scan:
+    """``result`` with the sites init never reaches: ftrace_process_locs() sorts the records (a
+    vmlinux's too: Debian's kernels have no CONFIG_BUILDTIME_MCOUNT_SORT), and ftrace_update_code()
+    initializes them in that order until one fails (``if (unlikely(ftrace_disabled)) return -1``,
+    kernel/trace/ftrace.c: ftrace_bug() set it). The sites whose records come after it keep the
+    words they have in the file: a 6.1 site stays ``mflr r0; bl _mcount`` (enabled), a 6.12 site
+    ``nop; nop`` (nopped); they were said to be disabled. A record fails that names no site, that
+    names a site whose words init refuses or that gets no ool stub, that names a place a record
+    before it named (but on ool, whose init leaves the nop it checks), or a zeroed record under the
+    older loop (:attr:`Scan.zero_records_fail`: zeros sort first, so init reaches no site). The
+    sites themselves and the image-wide verdict (``rewriter.boot``) are as they were; only
+    ``boot_state`` says what the words are after boot. A module's places are sorted by section
+    index and offset, the order of the loader's layout only as far as it keeps that order."""
+    recs = result.records
+    halts = [s for s in result.sites if s.record is not None and s.boot_state is None]
+    twice_fails = bool(recs.duplicates) and result.generation is not Generation.OOL
+    zero_fails = bool(recs.zeroed) and result.zero_records_fail
+    if not (halts or recs.unmatched or twice_fails or zero_fails):
+        return result  # init reaches every record: the Debian kernels and their modules
+    reached = set() if zero_fails else _reached(result)
+    sites = tuple(
+        s._replace(boot_state=s.state)
+        if s.record is not None and s.boot_state is not None and s.record not in reached
+        else s
+        for s in result.sites
+    )
+    return replace(result, sites=sites)
+
+
+def _reached(result: Scan) -> set[int]:
+    """The records init takes before the first that fails (:func:`_stopped_at_first_failure`)."""
+    skipped = {p.place for p in result.records.skipped}
+    site_of: dict[int, Site] = {}
+    for site in result.sites:
+        if site.record is not None:
+            site_of.setdefault(site.record, site)
+    reached: set[int] = set()
+    twice_fails = result.generation is not Generation.OOL
+    for record in sorted(nonzero_records(result.records.tables).tolist()):
+        if record in skipped:
+            continue
+        named = site_of.get(record)
+        if named is None or named.boot_state is None or (twice_fails and record in reached):
+            break
+        reached.add(record)
+    return reached
 
 
 def kernel_loop(

@@ -198,6 +198,8 @@ def claimed_words(site: Site, addr: int, file_word: Callable[[int], int]) -> dic
         return out
     if site.boot_state is None:
         return "scan says boot init refuses this site (ftrace bug)"
+    if site.boot_state is site.state:  # init leaves the words as they are (or never reaches them)
+        return out
     for slot, insn in zip(lay.state_slots, lay.words(site.boot_state), strict=True):
         if insn in (Insn.CALL, Insn.STUB):
             return f"boot state {site.boot_state.value} holds a branch the layout cannot spell out"

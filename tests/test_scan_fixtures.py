@@ -164,7 +164,8 @@ def _twin_sites(image: Image, generation: Generation | None = None) -> tuple[Any
     from rewriter.elf.symbols import functions
     from rewriter.mcount import rel_call_places
 
-    result = scan(image, generation=generation)
+    # before _stopped_at_first_failure, which both paths share (a broken copy keeps its later sites' words)
+    result = S._scan_relocatable(image, generation, None)
     records = nonzero_records(read_records(image))
     assert result.generation is not None and S._plain_module(image, result.generation, records)
     numpy = S._classify(

@@ -1,5 +1,10 @@
-"""Findings of the 2026-12-05 independent cross-check of scan against the kernel's rules: an ool
-place recorded twice takes two stubs. ftrace_process_locs() makes a record of every table entry
+"""Findings of the 2026-12-05 independent cross-check of scan against the kernel's rules.
+
+Init stops at the first record that fails: ftrace_update_code() checks ``ftrace_disabled`` before
+each record (kernel/trace/ftrace.c), which ftrace_bug() sets, so every site after it in the sorted
+order keeps its file words; they were said to be disabled.
+
+An ool place recorded twice takes two stubs. ftrace_process_locs() makes a record of every table entry
 (it sorts them, and removes no duplicate), and ool's ftrace_init_nop() passes the second record of
 a place (it checks the entry nop, which init leaves as it is), so ftrace_init_ool_stub() gives it
 the area's next stub: ``ool_stub += (*ool_stub_index)++`` (arch/powerpc/kernel/trace/ftrace.c,
@@ -83,3 +88,19 @@ def test_a_modules_place_recorded_twice_takes_two_of_its_stubs(tmp_path: Path) -
     assert len(scanned["sites"]) == 5 and all(s["record"] is not None for s in scanned["sites"])
     (stubs,) = scanned["stubs"]
     assert (stubs["name"], stubs["count"], stubs["used"]) == (".stubs", 6, 6)
+
+
+def test_init_stops_at_the_second_record_of_a_place_and_later_sites_keep_their_nops(tmp_path: Path) -> None:
+    """6.12: the second record of a place finds the `mflr r0` the first wrote, and init stops
+    there. Every site recorded past that place stays `nop; nop` after boot."""
+    vmlinux = tmp_path / "vmlinux"
+    shutil.copyfile(require_kernel("6.12").vmlinux, vmlinux)
+    before = _scan(vmlinux)
+    assert {s["boot_state"] for s in before["sites"]} == {"disabled"}
+    twice = sorted(s["record"] for s in before["sites"])[50]
+    _set_record(vmlinux, 100, twice)  # the 101st record now names the 51st place again
+    after = _scan(vmlinux)
+    assert after["summary"]["ftrace_off"] and "recorded more than once" in after["summary"]["ftrace_off"]
+    booted = {s["record"]: s["boot_state"] for s in after["sites"] if s["record"] is not None}
+    assert booted and all(state == ("disabled" if record <= twice else "nopped") for record, state in booted.items())
+    assert sum(1 for state in booted.values() if state == "disabled") == 51

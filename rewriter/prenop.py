@@ -75,7 +75,6 @@ from rewriter.locs import Locs, loop_for_modules, unchecked_drops
 from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
 from rewriter.output import TMP_SUFFIX, NewFile, land, publish, stage
 from rewriter.policy import Policy, Verb, module_name
-from rewriter.prose import counted
 from rewriter.reading import not_a_file, open_regular, read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey
@@ -164,26 +163,6 @@ class Inputs:
     kernels: tuple[Path, ...] = ()  # PowerPC64 executables below a directory that no file argument names
     specials: tuple[Path, ...] = ()  # FIFOs, sockets and devices below a directory: never opened nor copied
     errors: tuple[str, ...] = ()  # one line for each input, or directory, that cannot be read
-
-
-def targets(
-    paths: Sequence[Path],
-    *,
-    output: Path | None,
-    in_place: bool,
-    log_dir: Path | None,
-    against: Path | None = None,
-    logs_beside_source: bool = False,
-) -> list[Target]:
-    """:func:`gather`'s targets, for a run that reads them all: a file or directory that cannot be
-    read raises (the first, and how many others)."""
-    found = gather(
-        paths, output=output, in_place=in_place, log_dir=log_dir, against=against, logs_beside_source=logs_beside_source
-    )
-    if found.errors:
-        more = f" (and {counted(len(found.errors) - 1, 'other')})" if len(found.errors) > 1 else ""
-        raise PrenopError(found.errors[0] + more)
-    return list(found.targets)
 
 
 def gather(

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from boot import Corpus, require_corpus
@@ -19,6 +20,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from rewriter.cli import app
+from rewriter.prenop import Target
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -155,3 +157,19 @@ def time_bound(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def prenop_targets(paths: Sequence[Path], **where: Any) -> list[Target]:
+    """The targets prenop makes of ``paths`` (``rewriter.prenop.gather``), every input readable."""
+    from rewriter.prenop import gather
+
+    found = gather(paths, **where)
+    assert not found.errors, found.errors
+    return list(found.targets)
+
+
+def policy_file(directory: Path, text: str) -> Path:
+    """A policy file ``p.policy`` in ``directory`` holding ``text``."""
+    path = directory / "p.policy"
+    path.write_text(text)
+    return path

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from conftest import FIXTURES
+from conftest import FIXTURES, prenop_targets
 from typer.testing import CliRunner
 
 from rewriter.batch import expand_named
 from rewriter.cli import app
-from rewriter.prenop import targets
 
 BIN = FIXTURES / "bin"
 FUNCTIONS = {"static_helper", "leaf_add", "nonleaf_calls", "sum8", "fp_mix", "touch_global"}  # 6 sites each
@@ -163,7 +162,7 @@ def test_log_dir_names_match_prenops(tmp_path: Path) -> None:
     found, errors = expand_named([tree / "sub", tree / "prof.ko"])
     assert errors == [] and [f.name for f in found] == ["patch.ko", "prof.ko"]
     logs = tmp_path / "logs"
-    written = {t.source: t.log for t in targets(paths[:1], output=tmp_path / "o", in_place=False, log_dir=logs)}
+    written = {t.source: t.log for t in prenop_targets(paths[:1], output=tmp_path / "o", in_place=False, log_dir=logs)}
     looked = {f.path: logs / f"{f.name}.mcountrw.jsonl" for f in expand_named(paths[:1])[0]}
     assert written == looked and sorted(looked.values()) == [logs / f"{n}.mcountrw.jsonl" for n in NAMES]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from boot import STANDARD_APPEND, boot, counts, make_initramfs, module_load_script, require_kernel, require_tool
-from conftest import FIXTURES
+from conftest import FIXTURES, prenop_targets
 from cryptography.hazmat.primitives.asymmetric import rsa
 from test_sign import _write_pair, openssl_verify
 from typer.testing import CliRunner
@@ -29,7 +29,7 @@ from rewriter.files import verify_files
 from rewriter.log import load
 from rewriter.output import publish
 from rewriter.policy import parse
-from rewriter.prenop import PrenopError, Settings, Status, prenop_target, run, targets
+from rewriter.prenop import PrenopError, Settings, Status, prenop_target, run
 from rewriter.sites import scan
 from rewriter.states import SiteState
 
@@ -80,13 +80,13 @@ def test_targets_mirror_directories_and_refuse_a_name_clash(tmp_path: Path) -> N
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
         (tree / name).write_bytes(b"")
     (tree / "link.ko").symlink_to(tree / "z.ko.zst")
-    ts = targets([tree], output=tmp_path / "out", in_place=False, log_dir=tmp_path / "logs")
+    ts = prenop_targets([tree], output=tmp_path / "out", in_place=False, log_dir=tmp_path / "logs")
     assert [t.rel for t in ts] == ["a/b/y.ko.xz", "a/x.ko", "z.ko.zst"]
     assert ts[1].dest == tmp_path / "out/a/x.ko" and ts[1].log == tmp_path / "logs/a/x.ko.mcountrw.jsonl"
     (tmp_path / "x.ko").write_bytes(b"")
     with pytest.raises(PrenopError, match="would share the name"):
-        targets([tree / "a/x.ko", tmp_path / "x.ko"], output=None, in_place=True, log_dir=None)
-    one = targets([tmp_path / "x.ko"], output=tmp_path / "new.ko", in_place=False, log_dir=None)
+        prenop_targets([tree / "a/x.ko", tmp_path / "x.ko"], output=None, in_place=True, log_dir=None)
+    one = prenop_targets([tmp_path / "x.ko"], output=tmp_path / "new.ko", in_place=False, log_dir=None)
     assert one[0].dest == tmp_path / "new.ko" and one[0].log == tmp_path / "new.ko.mcountrw.jsonl"
 
 
@@ -372,7 +372,7 @@ def test_signing_options_are_checked_before_any_file_is_touched(corpus, tmp_path
 
 def test_prenop_target_computes_without_writing_and_publish_writes_log_then_file(corpus, tmp_path: Path) -> None:
     tree = _small_tree(corpus, tmp_path / "tree", ("fs/nls/nls_utf8.ko",))
-    t = targets([tree], output=tmp_path / "out", in_place=False, log_dir=tmp_path / "logs")[0]
+    t = prenop_targets([tree], output=tmp_path / "out", in_place=False, log_dir=tmp_path / "logs")[0]
     report, outputs = prenop_target(t, Settings(parse("default nop\n"), strip_signature=True), None)
     assert report.status is Status.NOPPED and report.nopped == 3 and report.signature == "stripped"
     assert [o.path for o in outputs] == [t.log, t.dest] and not t.dest.exists()
@@ -577,7 +577,7 @@ def prenopped_kernel(corpus, tmp_path_factory) -> tuple[Path, list[Path], Path]:
     this kernel does not force signatures and only taints)."""
     base = tmp_path_factory.mktemp("prenopped")
     tree = _small_tree(corpus, base / "in", BOOT_TREE)
-    ts = targets([corpus.vmlinux, tree], output=base / "out", in_place=False, log_dir=base / "logs")
+    ts = prenop_targets([corpus.vmlinux, tree], output=base / "out", in_place=False, log_dir=base / "logs")
     reports = run(ts, Settings(parse(KEEP_CORE.read_text()), strip_signature=True), 2)
     assert [r.rel for r in reports] == [corpus.vmlinux.name, *sorted(str(m) for m in BOOT_TREE)]
     assert [r.status for r in reports] == [Status.NOPPED, Status.NOTHING, Status.NOPPED, Status.NOPPED, Status.NOTHING]

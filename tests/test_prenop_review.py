@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from click.testing import Result
-from conftest import FIXTURES
+from conftest import FIXTURES, policy_file
 from typer.testing import CliRunner
 
 from rewriter.cli import app
@@ -54,9 +54,7 @@ def _tree(where: Path, *, corrupt: bool = False) -> Path:
 
 
 def _policy(tmp: Path, text: str = "default nop\nkeep leaf_add\nkeep clean_*\n") -> Path:
-    path = tmp / "p.policy"
-    path.write_text(text)
-    return path
+    return policy_file(tmp, text)
 
 
 # -- 1. a dry run says it wrote nothing -----------------------------------------------------

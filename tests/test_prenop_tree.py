@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, assert_one_line, invoke, mini_vmlinux
+from conftest import FIXTURES, assert_one_line, invoke, mini_vmlinux, policy_file
 from test_bad_input import _as_unprivileged, mcountrw
 from test_prenop_review import _row
 
@@ -32,9 +32,7 @@ def _shas(root: Path) -> dict[str, str]:
 
 
 def _policy(tmp: Path, text: str = "default nop\n") -> Path:
-    path = tmp / "p.policy"
-    path.write_text(text)
-    return path
+    return policy_file(tmp, text)
 
 
 def _tree(where: Path) -> Path:

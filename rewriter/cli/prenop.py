@@ -394,7 +394,7 @@ def _one_file(args: _Args) -> bool:
 
 def _names_one_file(paths: Sequence[Path]) -> bool:
     """``paths`` name one file, no directory: ``-o`` names its output file (or a directory to put it
-    in). A file named twice is one file, read once (``rewriter.prenop.targets``): ``prenop F F -o
+    in). A file named twice is one file, read once (``rewriter.prenop.gather``): ``prenop F F -o
     OUT`` writes the file OUT, and was refused as if OUT were a tree."""
     return len({os.path.realpath(p) for p in paths}) == 1 and not paths[0].is_dir()
 

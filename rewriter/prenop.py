@@ -189,21 +189,7 @@ def gather(
     then say only what the system says, not that a tree must be read whole)."""
     if in_place and output is not None:
         raise PrenopError("give either --in-place or -o OUT, not both")
-    found: list[tuple[Path, str, bool]] = []  # (file, rel, named directly)
-    others: list[tuple[Entry, str]] = []  # the trees' entries that are no module, each with its rel
-    errors: list[str] = []
-    for path in paths:
-        if path.is_dir():
-            modules, rest, errs = _tree_below(path)
-            found += [(f, tree_name(f, path), False) for f in modules]
-            others += [(e, tree_name(e.path, path)) for e in rest]
-            errors += [line + (_read_whole(path, [path]) if whole else "") for line in errs]
-        elif path.is_file():
-            if in_place and path.is_symlink():
-                raise PrenopError(f"{path}: is a symlink; --in-place would replace the link: name the file itself")
-            found.append((path, tree_name(path, None), True))
-        else:
-            raise PrenopError(f"{path}: {not_a_file(path)}")
+    found, others, errors = _named(paths, in_place, whole)
     if output is not None:
         _check_output_apart(output, paths)
     found = first_of_each(found, itemgetter(0))
@@ -217,28 +203,65 @@ def gather(
     files = [c for c in copies if c.kind is not EntryKind.DIRECTORY]
     _refuse_shared_names([(f, rel) for f, rel, _ in found] + [(c.source, c.rel) for c in files])
     single_file = len(found) == 1 and found[0][2]
-    out = []
-    for f, rel, _ in found:
-        if in_place or output is None:
-            dest = f
-        elif single_file and not output.is_dir():
-            dest = output
-        else:
-            dest = output / rel
-        beside = f if logs_beside_source else dest
-        # A log is named for the file it describes, the output: one file written under a new name
-        # (-o OUT) has its log under OUT's name, where --verify, --undo and scan of OUT look.
-        described = dest.name if single_file and not logs_beside_source else rel
-        log = log_path_in(log_dir, described) if log_dir is not None else default_log_path(beside)
-        orig = None
-        if against is not None:
-            orig = against if (single_file and not against.is_dir()) else against / rel
-        if output is not None and dest.exists() and dest.samefile(f):  # a hard link, a second name
-            raise PrenopError(f"-o {output}: {dest} is {f}, an input: use --in-place to rewrite it")
-        out.append(Target(f, dest, rel, log, orig))
+    place = partial(_target, single_file, output, in_place, log_dir, against, logs_beside_source)
+    out = [place(f, rel) for f, rel, _ in found]
     kernels = tuple(e.path for e, _ in others if e.kind is EntryKind.KERNEL)
     specials = tuple(e.path for e, _ in others if e.kind is EntryKind.SPECIAL)
     return Inputs(tuple(out), tuple(copies), kernels, specials, tuple(errors))
+
+
+def _named(
+    paths: Sequence[Path], in_place: bool, whole: bool
+) -> tuple[list[tuple[Path, str, bool]], list[tuple[Entry, str]], list[str]]:
+    """What ``paths`` name: (file, name in its tree, named directly) for each file and each module
+    below a directory; the trees' other entries, each with its name; one line for each directory
+    that cannot be listed. A path that is neither, or (in place) a link to a file, is refused."""
+    found: list[tuple[Path, str, bool]] = []
+    others: list[tuple[Entry, str]] = []
+    errors: list[str] = []
+    for path in paths:
+        if path.is_dir():
+            modules, rest, errs = _tree_below(path)
+            found += [(f, tree_name(f, path), False) for f in modules]
+            others += [(e, tree_name(e.path, path)) for e in rest]
+            errors += [line + (_read_whole(path, [path]) if whole else "") for line in errs]
+        elif path.is_file():
+            if in_place and path.is_symlink():
+                raise PrenopError(f"{path}: is a symlink; --in-place would replace the link: name the file itself")
+            found.append((path, tree_name(path, None), True))
+        else:
+            raise PrenopError(f"{path}: {not_a_file(path)}")
+    return found, others, errors
+
+
+def _target(
+    single_file: bool,
+    output: Path | None,
+    in_place: bool,
+    log_dir: Path | None,
+    against: Path | None,
+    logs_beside_source: bool,
+    f: Path,
+    rel: str,
+) -> Target:
+    """The :class:`Target` of the file ``f``, named ``rel`` in its tree (see :func:`gather`)."""
+    if in_place or output is None:
+        dest = f
+    elif single_file and not output.is_dir():
+        dest = output
+    else:
+        dest = output / rel
+    beside = f if logs_beside_source else dest
+    # A log is named for the file it describes, the output: one file written under a new name
+    # (-o OUT) has its log under OUT's name, where --verify, --undo and scan of OUT look.
+    described = dest.name if single_file and not logs_beside_source else rel
+    log = log_path_in(log_dir, described) if log_dir is not None else default_log_path(beside)
+    orig = None
+    if against is not None:
+        orig = against if (single_file and not against.is_dir()) else against / rel
+    if output is not None and dest.exists() and dest.samefile(f):  # a hard link, a second name
+        raise PrenopError(f"-o {output}: {dest} is {f}, an input: use --in-place to rewrite it")
+    return Target(f, dest, rel, log, orig)
 
 
 def _tree_below(root: Path) -> tuple[list[Path], list[Entry], list[str]]:

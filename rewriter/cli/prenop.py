@@ -211,8 +211,6 @@ def prenop(
     words already are the compiler's nops and stay so. Idempotent, reproducible, exactly undoable
     (--undo).
     """
-    from rewriter.prenop import Status
-
     mode = _mode(undo, verify, dry_run)
     out = None if output is None else Path(output)
     args = _Args(paths, policy, in_place, out, log_dir, strip_signature, sign_key, sign_cert, hash_name, against,
@@ -233,14 +231,35 @@ def prenop(
         copied = _copy_others(mode, inputs, reports)
         seconds = time.monotonic() - start
         _remove_if_nothing_done(mode, reports, made)
-    header = _header(mode, args, settings, len(ts))
+    _finish(mode, args, settings, inputs, reports, copied, report)
+    _print_time(seconds, n)
+    _exit(mode, reports, copied)
+
+
+def _finish(
+    mode: Mode,
+    args: _Args,
+    settings: Settings | None,
+    inputs: Inputs,
+    reports: Sequence[FileReport],
+    copied: Copied,
+    report: Path | None,
+) -> None:
+    """What the run did: the table (or a one-file run's one error line, exit 2), the copies, the
+    closing lines, and ``--report``."""
+    header = _header(mode, args, settings, len(inputs.targets))
     if _one_file_failed(args, reports):
         _print_failure_alone(reports[0], report, header, mode)
     _print_reports(mode, reports, header)
     _print_copies(mode, args, inputs, copied)
     _print_closing(mode, args, settings, reports)
-    _print_time(seconds, n)
     _write_report(report, reports, header, mode)
+
+
+def _exit(mode: Mode, reports: Sequence[FileReport], copied: Copied) -> None:
+    """Exit 2 for files that failed or copies not made, 1 for nothing to do or findings, else 0."""
+    from rewriter.prenop import Status
+
     bad_input_if([r.message for r in reports if r.status is Status.FAILED] + list(copied.errors))
     _nothing_to_do(mode, reports)
     findings_if(any(_finding(mode, r) for r in reports))

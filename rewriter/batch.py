@@ -18,9 +18,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Generic, NamedTuple, TypeVar
 
-from rewriter.elf import structs as S
 from rewriter.elf.compress import MODULE_SUFFIXES
-from rewriter.elf.image import Image, is_elf, is_foreign_elf, read_head
+from rewriter.elf.image import Image, is_elf, is_foreign_elf, is_ppc64_executable, read_head
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
 from rewriter.reading import not_a_file
@@ -171,18 +170,7 @@ def _file_kind(entry: os.DirEntry[str]) -> EntryKind:
         head = read_head(Path(entry.path))
     except OSError:
         return EntryKind.FILE
-    return EntryKind.KERNEL if _ppc64_executable(head) else EntryKind.FILE
-
-
-def _ppc64_executable(head: bytes) -> bool:
-    """Whether a file's first bytes (:func:`~rewriter.elf.image.read_head`) are those of a 64-bit
-    PowerPC ``ET_EXEC`` image, in either byte order: what every vmlinux is (the corpus' four, 6.1 to
-    7.2). Not ``ET_DYN``: a build tree's vDSO (``vdso64.so``) is one, and no vmlinux here."""
-    order = S.ident_byte_order(head)
-    if not is_elf(head) or order is None or len(head) < S.E_MACHINE.stop or head[S.EI_CLASS] != S.ELFCLASS64:
-        return False
-    machine = int.from_bytes(head[S.E_MACHINE], order)
-    return machine == S.EM_PPC64 and int.from_bytes(head[S.E_TYPE], order) == S.ET_EXEC
+    return EntryKind.KERNEL if is_ppc64_executable(head) else EntryKind.FILE
 
 
 def _elf_or_module(entry: os.DirEntry[str], errors: list[str]) -> bool:

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from operator import attrgetter
 from typing import Final, NamedTuple
 
-from rewriter.generations import Generation
 from rewriter.locs import ZERO_ADJUSTED
 from rewriter.prose import counted
-from rewriter.sites import Scan, Site, lacks_stub
+from rewriter.sites import Scan, Site, changed_at_init, lacks_stub
 
 
 def refused_at_init(site: Site) -> bool:
@@ -85,7 +84,7 @@ def boot_of(result: Scan) -> Boot:
         why.append(f"{counted(unmatched, 'record')} naming no site: init refuses the words there")
     if no_stub:
         why.append(f"{counted(no_stub, 'record')} without an ool stub")
-    if duplicated and result.generation is not Generation.OOL:
+    if duplicated and any(s.record in duplicated and changed_at_init(s) for s in result.sites):
         places = counted(len(duplicated), "place")
         why.append(f"{places} recorded more than once: init finds the words the first record changed")
     if result.records.zeroed and result.zero_records_fail:

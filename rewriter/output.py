@@ -70,6 +70,18 @@ def atomic_write(
     commit_all([write_temp(path, data, mode, durable)])
 
 
+def atomic_symlink(path: Path, target: str) -> None:
+    """Replace ``path`` with a symbolic link to ``target``: made beside it under a temporary name
+    and renamed over it, as every output is, so that ``path`` is never missing."""
+    temp = path.with_name(f"{_temp_prefix(path)}{secrets.token_hex(6)}{TMP_SUFFIX}")
+    os.symlink(target, temp)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
 def check_replaceable(path: Path) -> None:
     """Before any work: ``path`` is a place :func:`atomic_write` can put a file, so that a bad
     ``-o`` is refused before a long run, not by its last step. A directory is refused in the

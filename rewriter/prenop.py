@@ -48,7 +48,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
-import secrets
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -73,7 +72,7 @@ from rewriter.files import (
 )
 from rewriter.locs import Locs, loop_for_modules, unchecked_drops
 from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
-from rewriter.output import TMP_SUFFIX, NewFile, land, publish, stage
+from rewriter.output import TMP_SUFFIX, NewFile, atomic_symlink, land, publish, stage
 from rewriter.policy import Policy, Verb, module_name
 from rewriter.reading import not_a_file, open_regular, read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
@@ -733,19 +732,12 @@ def copy_others(copies: Sequence[Copy]) -> Copied:
 
 
 def _copy_link(src: Path, dest: Path) -> None:
-    """A link at ``dest`` with ``src``'s target: made beside it under a temporary name and renamed
-    over it, as every output is, so that ``dest`` is never missing."""
+    """A link at ``dest`` with ``src``'s target (:func:`rewriter.output.atomic_symlink`)."""
     target = os.readlink(src)
     if dest.is_symlink() and os.readlink(dest) == target:
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    temp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")  # as rewriter.output names them
-    os.symlink(target, temp)
-    try:
-        os.replace(temp, dest)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    atomic_symlink(dest, target)
 
 
 # -- many files -----------------------------------------------------------------------------

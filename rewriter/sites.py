@@ -255,14 +255,15 @@ def _stopped_at_first_failure(result: Scan) -> Scan:
     words they have in the file: a 6.1 site stays ``mflr r0; bl _mcount`` (enabled), a 6.12 site
     ``nop; nop`` (nopped); they were said to be disabled. A record fails that names no site, that
     names a site whose words init refuses or that gets no ool stub, that names a place a record
-    before it named (but on ool, whose init leaves the nop it checks), or a zeroed record under the
+    before it named whose words init changed (:func:`changed_at_init`), or a zeroed record under the
     older loop (:attr:`Scan.zero_records_fail`: zeros sort first, so init reaches no site). The
     sites themselves and the image-wide verdict (``rewriter.boot``) are as they were; only
     ``boot_state`` says what the words are after boot. A module's places are sorted by section
     index and offset, the order of the loader's layout only as far as it keeps that order."""
     recs = result.records
-    halts = [s for s in result.sites if s.record is not None and s.boot_state is None]
-    twice_fails = bool(recs.duplicates) and result.generation is not Generation.OOL
+    halts = any(s.record is not None and s.boot_state is None for s in result.sites)
+    twice = {p.place for p in recs.duplicates}
+    twice_fails = bool(twice) and any(s.record in twice and changed_at_init(s) for s in result.sites)
     zero_fails = bool(recs.zeroed) and result.zero_records_fail
     if not (halts or recs.unmatched or twice_fails or zero_fails):
         return result  # init reaches every record: the Debian kernels and their modules
@@ -284,15 +285,21 @@ def _reached(result: Scan) -> set[int]:
         if site.record is not None:
             site_of.setdefault(site.record, site)
     reached: set[int] = set()
-    twice_fails = result.generation is not Generation.OOL
     for record in sorted(nonzero_records(result.records.tables).tolist()):
         if record in skipped:
             continue
         named = site_of.get(record)
-        if named is None or named.boot_state is None or (twice_fails and record in reached):
+        if named is None or named.boot_state is None or (record in reached and changed_at_init(named)):
             break
         reached.add(record)
     return reached
+
+
+def changed_at_init(site: Site) -> bool:
+    """Whether boot init writes a recorded site's words (``mflr r0`` into a 6.12 site, the ``nop``
+    over a 6.1 ``bl``), so that a second record of the place finds them changed and fails: not an
+    ool site, whose init checks the entry ``nop`` and leaves it."""
+    return site.boot_state is not None and site.boot_state is not site.state
 
 
 def kernel_loop(

@@ -71,8 +71,12 @@ def processed_relative(image: Image) -> np.ndarray | None:
 def applied_bytes(image: Image) -> int:
     """How many bytes of ``.rela.dyn`` relocate() applies: ``DT_RELASZ``, or 0 when ``.dynamic``
     lacks one of the three values it checks, or holds 0 in it (its ``beq .Lout``)."""
-    rela, relasz, relaent = (dynamic_value(image, tag) for tag in (S.DT_RELA, S.DT_RELASZ, S.DT_RELAENT))
+    rela, relasz, relaent = (dynamic_value(image, tag) for tag, _ in RELOCATE_NEEDS)
     return relasz if rela and relasz and relaent else 0
+
+
+RELOCATE_NEEDS: Final = ((S.DT_RELA, "DT_RELA"), (S.DT_RELASZ, "DT_RELASZ"), (S.DT_RELAENT, "DT_RELAENT"))
+"""The ``.dynamic`` values relocate() reads, in that order; without any of them it applies no row."""
 
 
 def dynamic_value(image: Image, tag: int) -> int | None:
@@ -116,7 +120,7 @@ def check_applied_table(image: Image, rela: Section) -> None:
     * no ``DT_RELA``, ``DT_RELASZ`` or ``DT_RELAENT`` (or ``DT_RELA`` 0): relocate() applies no row,
       so the table is not what the kernel reads, and a drop would have no bound to lower.
     """
-    for tag, name in ((S.DT_RELA, "DT_RELA"), (S.DT_RELASZ, "DT_RELASZ"), (S.DT_RELAENT, "DT_RELAENT")):
+    for tag, name in RELOCATE_NEEDS:
         if dynamic_value(image, tag) is None:
             raise image.error(f".dynamic has no {name}: relocate() applies no row of {rela.name}")
     if dynamic_value(image, S.DT_RELA) == 0:

@@ -41,6 +41,11 @@ BOOKWORM=(linux-image-6.1.0-50-powerpc64le=6.1.176-1 busybox-static)
 TRIXIE=(linux-image-6.12.107+deb13-powerpc64le=6.12.107-1)
 SID=(linux-binary-7.2.13+deb14-powerpc64le=7.2.13-1 linux-modules-7.2.13+deb14-powerpc64le=7.2.13-1)
 BOOKWORM_612=(linux-image-6.12.118+deb12-powerpc64le=6.12.118-1~deb12u1)
+# The same package by its pool path and SHA256, for when apt cannot find it: the security archive's
+# mirror served a Packages.xz out of step with its InRelease for over a day (seen here, 2026-12-05:
+# "File has unexpected size ... Mirror sync in progress?"), and apt then drops the whole index.
+BOOKWORM_612_POOL=pool/updates/main/l/linux-6.12/linux-image-6.12.118+deb12-powerpc64le_6.12.118-1~deb12u1_ppc64el.deb
+BOOKWORM_612_SHA256=6610ec562c53e4073e496cff883d053dc0355f9ed9db24b19b624f0212350f9f
 PAGES_64K=(linux-image-6.12.107+deb13-powerpc64le-64k=6.12.107-1
            linux-binary-7.2.13+deb14-powerpc64le-64k=7.2.13-1 linux-modules-7.2.13+deb14-powerpc64le-64k=7.2.13-1)
 SOURCE_72=(linux-source-7.2=7.2.13-1)
@@ -68,7 +73,10 @@ fetch() {
                -oDir::State::Lists="$lists" -oDir::Cache::Archives="$debs" -oDebug::NoLocking=1 "${opts[@]}")
     # A mirror mid-sync can fail one index (seen with bookworm-security); the download is the real check.
     "${apt[@]}" update >&2 || "${apt[@]}" update >&2 || true
-    (cd "$debs" && "${apt[@]}" download "$@" >&2)
+    if ! (cd "$debs" && "${apt[@]}" download "$@" >&2); then
+        [ -n "${FETCH_POOL:-}" ] || return 1
+        pool_download "$debs" "$FETCH_POOL" "$FETCH_SHA256"
+    fi
     for deb in "$debs"/*.deb; do
         dpkg -x "$deb" "$root"
     done
@@ -82,8 +90,30 @@ archive_uri() {
         | awk '$2 !~ /-/ && $1 !~ /security/ {print $1; exit}'
 }
 
+# The security archive's URI in the machine's apt configuration.
+security_uri() {
+    apt-get indextargets --format '$(REPO_URI)' 2>/dev/null | awk '$1 ~ /security/ {print $1; exit}'
+}
+
+# pool_download DIR POOL-PATH SHA256: one pinned .deb straight from the security archive's pool,
+# kept only if its SHA256 is the pinned one.
+pool_download() {
+    local dir=$1 path=$2 sha=$3 uri deb
+    uri=$(security_uri)
+    [ -n "$uri" ] || { echo "corpus/fetch.sh: no security archive in this machine's apt configuration" >&2; return 1; }
+    deb="$dir/$(basename "$path")"
+    echo "corpus/fetch.sh: apt could not fetch it; taking $path from the pool" >&2
+    curl -fsS --retry 3 -o "$deb.part" "${uri%/}/$path"
+    if [ "$(sha256sum < "$deb.part" | cut -d' ' -f1)" != "$sha" ]; then
+        echo "corpus/fetch.sh: $path: SHA256 is not the pinned $sha" >&2
+        rm -f "$deb.part"
+        return 1
+    fi
+    mv "$deb.part" "$deb"
+}
+
 fetch bookworm bookworm -- "${BOOKWORM[@]}"
-fetch bookworm-6.12 bookworm -- "${BOOKWORM_612[@]}"
+FETCH_POOL=$BOOKWORM_612_POOL FETCH_SHA256=$BOOKWORM_612_SHA256 fetch bookworm-6.12 bookworm -- "${BOOKWORM_612[@]}"
 
 # the_archive: the archive URI, or a one-line error.
 the_archive() {

@@ -14,6 +14,9 @@ then the loader's version decides, as qemu shows (tests/test_record_sections.py)
 * Before, the load goes on with the warning, and ftrace reads the first allocated section of the
   name (kernel/module/main.c ``find_sec()``): the records in the others are never read, so their
   functions are never traced. Seen on Debian's 6.1.
+
+The loader also refuses a module for a record row of a relocation type it does not know
+(``records.loader_refusal``: it reads the record tables).
 """
 
 from __future__ import annotations

@@ -96,12 +96,49 @@ def _rel_tables(image: Image) -> tuple[RecordTable, ...]:
     module's loader makes of a module that still has two is :mod:`rewriter.modload`'s."""
     if image.symbols is None:
         return ()
+    out = []
+    for r in _record_relocation_sections(image):
+        rela = image.relocations(r)
+        _check_record_types(image, r, rela)
+        out.append(RecordTable(r.name, None, None, reloc_target_places(image, rela), r.shndx))
+    return tuple(out)
+
+
+def _record_relocation_sections(image: Image) -> list[Section]:
     names = {".rela" + n for n in REL_RECORD_SECTIONS}
-    return tuple(
-        RecordTable(r.name, None, None, reloc_target_places(image, image.relocations(r)), r.shndx)
-        for r in image.relocation_sections()
-        if r.name in names
-    )
+    return [r for r in image.relocation_sections() if r.name in names]
+
+
+def _check_record_types(image: Image, rsec: Section, rela: np.ndarray) -> None:
+    """A record is an R_PPC64_ADDR64: the loader stores S + A, the site's address, in its slot.
+    Any other type the loader applies leaves something else there (REL64 a distance, ADDR32 half
+    an address), so no place can be said for it; R_PPC64_NONE it does not apply at all, and
+    refuses the module for it (:func:`loader_refusal`)."""
+    types = S.r_type(rela["r_info"])
+    odd = (types != S.R_PPC64_ADDR64) & (types != S.R_PPC64_NONE)
+    if odd.any():
+        k = int(np.argmax(odd))
+        raise image.error(
+            f"relocation section {rsec.name} entry {k} is of type {int(types[k])}, not R_PPC64_ADDR64: "
+            "it leaves no site's address in its record"
+        )
+
+
+def loader_refusal(image: Image) -> str | None:
+    """Why the module loader refuses a module over its record relocations: an R_PPC64_NONE row,
+    a type the ppc64 apply_relocate_add() has no case for ("Unknown ADD relocation: 0", -ENOEXEC:
+    every version through 7.2). A tool that "drops" a record by turning its relocation into NONE
+    makes such a module; mcountrw takes the row out instead (:mod:`rewriter.rewrite`)."""
+    if image.type != S.ET_REL or image.kind is not Kind.MODULE:
+        return None
+    for rsec in _record_relocation_sections(image):
+        none = np.flatnonzero(S.r_type(image.relocations(rsec)["r_info"]) == S.R_PPC64_NONE)
+        if len(none):
+            return (
+                f"relocation section {rsec.name} entry {int(none[0])} is R_PPC64_NONE, a type the ppc64 module "
+                "loader does not know: it refuses the module (Unknown ADD relocation: 0)"
+            )
+    return None
 
 
 def _linked_table(image: Image) -> RecordTable | None:

@@ -69,7 +69,14 @@ from rewriter.mcount import (
     rel_call_places,
 )
 from rewriter.prose import counted
-from rewriter.records import RecordTable, nonzero_records, read_records, rel_records, zeroed_records
+from rewriter.records import (
+    RecordTable,
+    loader_refusal,
+    nonzero_records,
+    read_records,
+    rel_records,
+    zeroed_records,
+)
 from rewriter.states import PLAIN, Insn, SiteState
 from rewriter.stripped import stripped_records
 from rewriter.stubs import StubArea, area_symbols, assign_stubs
@@ -442,7 +449,7 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
         recs = replace(recs, unread=tuple(_record_place(image, int(p)) for p in nonzero_records(unread)))
     return Scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, (), funcs, generation, (), weak,
-        overridden=overridden, not_loaded=modload.refusal(image),
+        overridden=overridden, not_loaded=modload.refusal(image) or loader_refusal(image),
     )  # fmt: skip
 
 

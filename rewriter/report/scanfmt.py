@@ -35,11 +35,11 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
   ``untraceable`` (by reason) count the sites as ``traceable`` below says.
 * ``traceable``: ftrace can trace the function after boot. False for every site of a module the
   kernel refuses to load (``not-loaded``; ``summary.not_loaded`` says why: two allocated sections
-  of one name, ``rewriter.modload``), for an unrecorded site, for one
-  init refuses (``refused``) or gives no stub (``no-stub``), for a place recorded more than once
-  (``duplicate``), for a weak-function body the kernel disables (``weak-body``), and for every
-  site when ``ftrace_off`` names why ftrace is off for the boot (``summary.untraceable`` counts
-  each reason, the first that applies in that order).
+  of one name, ``rewriter.modload``, or an R_PPC64_NONE record row, ``records.loader_refusal``),
+  for an unrecorded site, for one init refuses (``refused``) or gives no stub (``no-stub``), for
+  a place recorded more than once (``duplicate``), for a weak-function body the kernel disables
+  (``weak-body``), and for every site when ``ftrace_off`` names why ftrace is off for the boot
+  (``summary.untraceable`` counts each reason, the first that applies in that order).
 * ``stub``: ool only, the stub area that serves the site (``ftrace_ool_stub_text``,
   ``ftrace_ool_stub_text_end``, ``ftrace_ool_stub_inittext``; ``.stubs`` in a module, carved out at
   load); null when none does (the area is short: its ``need`` counts the site; or no area was

@@ -44,6 +44,7 @@ from rewriter.sites import (
     Site,
     Source,
     lacks_stub,
+    lookup_from,
     override_text,
     scan,
     weak_offsets,
@@ -381,8 +382,10 @@ def _weak_body(image: Image, funcs: Functions, max_offset: int | None, unchecked
     """Say what the kernel does with the record (kernel/trace/ftrace.c test_for_valid_rec());
     ``unchecked``: why the kernel has no such check, when ``max_offset`` is None."""
     place = np.array([site.place], np.uint64)
-    offset = int(weak_offsets(funcs, place)[0])
-    name = _function_name(image, funcs, place[0], preceding=True) if offset >= 0 else None
+    starts, names = lookup_from(image, funcs)
+    offset = int(weak_offsets(starts, place)[0])
+    at = int(np.searchsorted(starts, place, side="right")[0]) - 1
+    name = image.symbols.name_at(int(names[at])) if offset >= 0 and image.symbols is not None else None
     near = f"{name}+{offset:#x}" if name else "no symbol before it"
     if max_offset is None:
         msg = (
@@ -574,15 +577,11 @@ def _dangling(image: Image, printer: Printer, record: RecordPlace, generation: G
     return Anomaly(AnomalyKind.DANGLING, Severity.ERROR, msg, addr, section, offset, file_offset, function, evidence)
 
 
-def _function_name(image: Image, funcs: Functions, place: int, preceding: bool = False) -> str | None:
-    """The function containing ``place`` (``preceding``: the nearest one starting at or before it)."""
+def _function_name(image: Image, funcs: Functions, place: int) -> str | None:
+    """The function containing ``place``."""
     if image.symbols is None or not len(funcs):
         return None
-    places = np.array([place], np.uint64)
-    if preceding:
-        f = int(np.searchsorted(funcs.start, places, side="right")[0]) - 1
-    else:
-        f = int(funcs.containing(places)[0])
+    f = int(funcs.containing(np.array([place], np.uint64))[0])
     return image.symbols.name_at(int(funcs.name_index[f])) if f >= 0 else None
 
 

@@ -52,7 +52,7 @@ from rewriter.detect import (
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind, Section, index_name
 from rewriter.elf.release import kernel_version
-from rewriter.elf.symbols import PLACE_SHIFT, Functions, code_addrs, functions, split_place
+from rewriter.elf.symbols import PLACE_SHIFT, Functions, code_addrs, functions, lookup_symbols, plain_name, split_place
 from rewriter.generations import (
     LAYOUTS,
     TWO_SLOT_STATES,
@@ -517,14 +517,23 @@ def _mprofile_max_offset(version: tuple[int, int] | None) -> int:
     )
 
 
-def weak_offsets(funcs: Functions, places: np.ndarray) -> np.ndarray:
-    """Distance from the nearest function symbol at or before each place (what kallsyms_lookup()
-    reports as the offset), or -1 where none precedes it."""
-    if not len(funcs) or not len(places):
+def weak_offsets(starts: np.ndarray, places: np.ndarray) -> np.ndarray:
+    """Distance from the nearest of ``starts`` (sorted) at or before each place (what
+    kallsyms_lookup() reports as the offset), or -1 where none precedes it."""
+    if not len(starts) or not len(places):
         return np.full(len(places), -1, np.int64)
-    i = np.searchsorted(funcs.start, places, side="right") - 1
-    start = funcs.start[np.maximum(i, 0)]
+    i = np.searchsorted(starts, places, side="right") - 1
+    start = starts[np.maximum(i, 0)]
     return np.where(i >= 0, places.astype(np.int64) - start.astype(np.int64), -1)
+
+
+def lookup_from(image: Image, funcs: Functions) -> tuple[np.ndarray, np.ndarray]:
+    """The symbols kallsyms_lookup() measures a record from: their starts, sorted, and their
+    string-table indexes. A module's: every named symbol its loader keeps
+    (:func:`rewriter.elf.symbols.lookup_symbols`: an unnamed FUNC is not one, a named NOTYPE label
+    is). A vmlinux's: its function symbols, which agree with its kallsyms on every record of the
+    three Debian kernels (scripts/kallsyms keeps the text symbols of ``nm``)."""
+    return lookup_symbols(image) if image.kind is Kind.MODULE else (funcs.start, funcs.name_index)
 
 
 # -- classification -------------------------------------------------------------------------
@@ -668,6 +677,13 @@ def _in_stub_areas(image: Image, places: np.ndarray, words: np.ndarray) -> np.nd
     return out
 
 
+def _passes_lookup(offsets: np.ndarray, weak: int) -> np.ndarray:
+    """test_for_valid_rec(): a record no symbol precedes (kallsyms_lookup() finds none), or one
+    more than FTRACE_MCOUNT_MAX_OFFSET past it, is disabled."""
+    passes: np.ndarray = (offsets >= 0) & (offsets <= weak)
+    return passes
+
+
 def _build_sites(image: Image, text: CodeView, funcs: Functions, weak: int | None, c: _Columns) -> tuple[Site, ...]:
     """The kept candidates as Sites. Each field is made as a whole column (numpy, or one list
     comprehension over a column) and the tuples by one ``map``: a loop body per site, with its
@@ -680,7 +696,11 @@ def _build_sites(image: Image, text: CodeView, funcs: Functions, weak: int | Non
     offs = c.i[sel] * ppc.INSN_SIZE
     secs = [text.sections[k] for k in ks.tolist()]
     # rec->ip is the call slot in every generation (6.12's ftrace_call_adjust adds 4 to the record)
-    enabled = recorded if weak is None else recorded & (weak_offsets(funcs, places) <= weak)
+    enabled = (
+        recorded
+        if weak is None
+        else recorded & _passes_lookup(weak_offsets(lookup_from(image, funcs)[0], places), weak)
+    )
     n = len(sel)
     nothing: list[None] = [None] * n
     stubs = nothing if linked else _STUB_NAME[(variant == _VARIANTS.index(Variant.OOL)) * rec].tolist()
@@ -820,6 +840,8 @@ def _module_sites(
     kind_of, other = _PLAIN_KIND_OF_WORD.get, _OTHER
     starts, ends, names = funcs.start.tolist(), funcs.end.tolist(), funcs.name_index.tolist()
     name_at = None if image.symbols is None else image.symbols.name_at
+    strtab = b"" if image.symbols is None else image.symbols.strtab
+    lookup: list[int] | None = None  # lookup_symbols(), made only for a site its function does not decide
     sites, unmatched = [], []
     for record, at in zip(distinct, found, strict=True):
         if at is None:
@@ -837,7 +859,11 @@ def _module_sites(
         place, offset = record + shift_b, offset + shift_b
         i = bisect_right(starts, place) - 1  # Functions.containing and weak_offsets, for one place
         name = name_at(names[i]) if i >= 0 and (ends[i] > place or ends[i] == starts[i]) and name_at else None
-        enabled = weak is None or i < 0 or place - starts[i] <= weak
+        enabled = weak is None or (i >= 0 and place - starts[i] <= weak and plain_name(strtab, names[i]))
+        if not enabled and weak is not None:  # the function does not decide it: kallsyms_lookup()'s view
+            lookup = lookup_symbols(image)[0].tolist() if lookup is None else lookup
+            j = bisect_right(lookup, place) - 1
+            enabled = j >= 0 and place - lookup[j] <= weak
         st = _STATES[state]
         boot = lay.booted if st is lay.built else None
         fields = (sec.name, sec.shndx, offset, None, name, variant, st, True, None, sec.offset + offset, place,

@@ -17,7 +17,7 @@ import numpy as np
 
 from rewriter import arrays
 from rewriter.elf import structs as S
-from rewriter.elf.image import Abi, Image, Section, index_name
+from rewriter.elf.image import Abi, Image, Section, Symbols, index_name
 from rewriter.errors import ImageError
 
 PLACE_SHIFT = 40  # sections are far smaller than 1 TiB
@@ -92,6 +92,47 @@ def functions(image: Image) -> Functions:
     return Functions(start, lep, start + size, name.astype(np.uint32))
 
 
+def plain_name(strtab: bytes, st_name: int) -> bool:
+    """Whether the name at ``st_name`` is one :func:`lookup_symbols` surely keeps: it starts with
+    none of the bytes that can begin an empty name or a mapping symbol (NUL, ``$``, ``.``, ``L``). A
+    quick test for the common case; a name it fails may still be kept."""
+    return st_name < len(strtab) and strtab[st_name] not in b"\0$.L"
+
+
+def _named(syms: Symbols) -> np.ndarray:
+    """Which symbols have a name (a string-table index to a non-empty string)."""
+    chars = np.frombuffer(syms.strtab + b"\0", np.uint8)
+    named: np.ndarray = chars[syms.table["st_name"].astype(np.int64)] != 0
+    return named
+
+
+def lookup_symbols(image: Image) -> tuple[np.ndarray, np.ndarray]:
+    """The places a loaded module's ``kallsyms_lookup()`` measures an address from, sorted, and
+    each one's string-table index (kernel/module/kallsyms.c ``find_kallsyms_symbol()``, which
+    ftrace's test_for_valid_rec() asks at module load): every defined symbol of any type with a
+    name, but for the mapping symbols ``$...``, ``.L...`` and ``L0...`` (``is_mapping_symbol()``).
+    An unnamed symbol is passed over, a FUNC a tool left without a name among them; a named NOTYPE
+    label counts. ELFv2 only (an ELFv1 symbol names a descriptor): elsewhere, the functions."""
+    syms = image.symbols
+    if syms is None or image.abi is Abi.ELFV1:
+        funcs = functions(image)
+        return funcs.start, funcs.name_index
+    t = syms.table
+    name = t["st_name"].astype(np.int64)
+    chars = np.frombuffer(syms.strtab + b"\0\0", np.uint8)
+    first, second = chars[name], chars[name + 1]
+    mapping = (
+        (first == ord("$"))
+        | ((first == ord(".")) & (second == ord("L")))
+        | ((first == ord("L")) & (second == ord("0")))
+    )
+    shndx = t["st_shndx"].astype(np.int64)
+    keep = (shndx > 0) & (shndx < S.SHN_LORESERVE) & _named(syms) & ~mapping
+    starts = _places(image, t["st_shndx"][keep], t["st_value"][keep])
+    order = np.lexsort((name[keep], starts))
+    return starts[order], name[keep][order].astype(np.uint32)
+
+
 def aliases(image: Image) -> dict[str, tuple[str, ...]]:
     """The other names of each function that has several (one start: ``sys_ni_syscall`` and the
     syscalls that fall back to it), keyed by the name :func:`functions` keeps for it."""
@@ -130,7 +171,9 @@ def _function_symbols(image: Image) -> tuple[np.ndarray, np.ndarray, np.ndarray,
         return None
     t = syms.table
     shndx = t["st_shndx"].astype(np.int64)
-    is_func = (S.st_type(t["st_info"]) == S.STT_FUNC) & (shndx > 0) & (shndx < S.SHN_LORESERVE)
+    # An unnamed FUNC (a tool's, never a compiler's) names nothing and is no kallsyms symbol: the
+    # kernel measures its record from the named symbol before it (lookup_symbols).
+    is_func = (S.st_type(t["st_info"]) == S.STT_FUNC) & (shndx > 0) & (shndx < S.SHN_LORESERVE) & _named(syms)
     opd = image.section(".opd")
     if image.abi is Abi.ELFV1 and opd is not None:
         in_opd = is_func & (shndx == opd.shndx)

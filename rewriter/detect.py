@@ -35,9 +35,11 @@ def detect_generation(image: Image, text: CodeView, calls: np.ndarray, records: 
     1. ool stub areas (``ftrace_ool_stub_text``...): only a 6.13+ out-of-line vmlinux has them.
     2. calls to an mcount entry, or an ``__mcount_loc`` table: mprofile.
     3. records that point at ``nop`` words: patchable or ool. ``-fpatchable-function-entry=2``
-       always emits two nops and ``=1`` one, so if every recorded nop is followed by another nop the
-       image is patchable, and a single recorded nop followed by anything else makes it ool
-       (a 7.2 vmlinux: 17,641 of 42,648 are followed by ``mflr r0``, few by a nop).
+       always emits two nops and ``=1`` one: the image is ool when most recorded nops are followed
+       by something else (a 7.2 vmlinux: 17,641 of 42,648 by ``mflr r0``, few by a nop), else
+       patchable, and the sites that do not fit are the anomalies the scan and audit report (one
+       edited site must not turn 38,790 patchable sites into ool ones). A vmlinux with symbols but
+       no stub area (step 1) is never ool: every ool kernel links the areas in.
     """
     found = detect_by_symbols(image, calls, records)
     if found is not None:
@@ -49,7 +51,15 @@ def detect_generation(image: Image, text: CodeView, calls: np.ndarray, records: 
     # the words at each record and after it, in one look-up (each is a fixed cost in a module)
     words = text.words_of(np.concatenate([records, shift(records, ppc.INSN_SIZE)]))
     relaxed = image.type != S.ET_REL and image.kind is not Kind.VMLINUX
-    return detect_by_words(words[: len(records)], words[len(records) :], relaxed=relaxed)
+    found = detect_by_words(words[: len(records)], words[len(records) :], relaxed=relaxed)
+    if found.generation is Generation.OOL and _kernel_without_areas(image):
+        return Detect(Generation.PATCHABLE, f"{found.reason}, but a vmlinux with symbols and no ool stub area")
+    return found
+
+
+def _kernel_without_areas(image: Image) -> bool:
+    """A vmlinux whose symbols would name its ool stub areas if it had any (step 1 found none)."""
+    return image.kind is Kind.VMLINUX and image.symbols is not None and len(image.symbols.table) > 0
 
 
 class McountGuess(NamedTuple):
@@ -110,8 +120,13 @@ def detect_by_words(first: np.ndarray, after: np.ndarray, *, relaxed: bool) -> D
             )
         return Detect(None, "no record points at a nop or a call to _mcount")
     alone = int(np.count_nonzero(nop & (after != ppc.NOP)))
+    of = f"{alone} of {counted(int(np.count_nonzero(nop)), 'recorded nop')} not followed by a nop"
+    if alone * 2 > int(np.count_nonzero(nop)):
+        return Detect(Generation.OOL, f"{of}: one patchable nop")
     if alone:
-        return Detect(Generation.OOL, f"{counted(alone, 'recorded nop')} not followed by a nop: one patchable nop")
+        return Detect(
+            Generation.PATCHABLE, f"{of}: most are two patchable nops", also=Generation.OOL if relaxed else None
+        )
     # In a linked program an ool function whose body starts with a nop (ld relaxes `addis rX,r2,x@toc@ha`
     # to one) reads the same: the words cannot rule out ool there, and --generation may. A compiler
     # starts no body with a nop: in an object, two nops are patchable.

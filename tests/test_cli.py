@@ -195,7 +195,7 @@ def test_rewrite_with_a_contradicting_generation_is_refused(tmp_path: Path) -> N
 
 _REASONS = {
     "patchable": "every recorded nop is followed by a nop: two patchable nops",
-    "ool": "6 recorded nops not followed by a nop: one patchable nop",
+    "ool": "6 of 6 recorded nops not followed by a nop: one patchable nop",
 }
 
 

@@ -463,6 +463,13 @@ def _unchecked_without_symbols(generation: Generation | None) -> str:
 def _stub_anomalies(stubs: Sequence[StubArea]) -> list[Anomaly]:
     out = []
     for area in stubs:
+        if area.overflows:
+            msg = (
+                f"{area.name}: {area.size} bytes, but ftrace_init_ool_stub() writes {area.used} stubs of "
+                f"{area.stub_size} bytes there ({area.used * area.stub_size}; it reads the count word, never the "
+                "area's size): the last run past the area, over whatever follows it"
+            )
+            out.append(Anomaly(AnomalyKind.OOL_STUBS, Severity.ERROR, msg, area.addr, function=area.name))
         if area.covers:
             continue
         msg = (

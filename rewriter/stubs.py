@@ -9,8 +9,9 @@ replays that assignment so that scan and audit can say so before a boot does.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from rewriter import ppc
 from rewriter.elf.image import Image
@@ -33,10 +34,30 @@ class StubArea(NamedTuple):
     stub_size: int
     used: int
     need: int
+    size: int = 0  # the area's bytes (its symbol's size)
 
     @property
     def covers(self) -> bool:
         return self.need == 0
+
+    @property
+    def overflows(self) -> bool:
+        """The stubs the kernel writes here run past the area: it indexes the area by its count
+        word alone, in stubs of one size, and never reads the area's own size."""
+        return self.used * self.stub_size > self.size
+
+
+# sizeof(struct ftrace_ool_stub) (arch/powerpc/include/asm/ftrace.h, 7.2): four instructions, after
+# an ftrace_ops pointer with CONFIG_DYNAMIC_FTRACE_WITH_CALL_OPS (Debian's 7.2: 24 bytes).
+STUB_SIZES: Final = (24, 16)
+
+
+def stub_size_of(areas: Iterable[tuple[str, int, int, int | None]]) -> int:
+    """The one stub size of an image's areas: the size over the count that most areas agree on,
+    among the sizes the struct can have (each area's own quotient is only as good as its symbol
+    size and count word; the kernel uses one constant for all). 24 when none divides evenly."""
+    fits = [size // count for _, _, size, count in areas if count and size % count == 0 and size // count in STUB_SIZES]
+    return Counter(fits).most_common(1)[0][0] if fits else STUB_SIZES[0]
 
 
 def area_symbols(image: Image) -> list[tuple[str, int, int, int | None]]:
@@ -70,34 +91,31 @@ def assign_stubs(
     record, a place recorded twice twice (each takes a stub). ``bounds``: the kernel's text
     (:func:`rewriter.locs.kernel_text`), which tells .init.text records apart.
     Returns the areas and the stub of each record an area serves."""
-    areas = {name: (addr, size, count) for name, addr, size, count in area_symbols(image)}
+    found = area_symbols(image)
+    areas = {name: (addr, size, count) for name, addr, size, count in found}
+    stub_size = stub_size_of(found)
     init = bounds[1] if bounds is not None and len(bounds) > 1 else (0, 0)
     used = dict.fromkeys(areas, 0)
     need = dict.fromkeys(areas, 0)
     stub_of: dict[int, Stub] = {}
     for ip in sorted(ips):
-        name = _area_for(ip, init, areas, used)
+        name = _area_for(ip, init, areas, used, stub_size)
         if name is None:
             continue
-        addr, size, count = areas[name]
-        stub_size = size // count if count else 0
+        addr, _, count = areas[name]
         index = used[name]
         used[name] += 1
-        stub = addr + index * stub_size if stub_size else None
-        ok = count is not None and index < count and stub is not None and _stub_in_range(ip, stub, stub_size)
-        if not ok:
-            need[name] += 1
-            stub = None
+        stub = addr + index * stub_size
+        ok = count is not None and index < count and _stub_in_range(ip, stub, stub_size)
+        need[name] += not ok
         # a place recorded twice takes two stubs; its site is named with the first
-        stub_of.setdefault(ip, (name, None if stub is None else LAYOUTS[Variant.OOL].stub_code(stub, stub_size)))
-    out = tuple(
-        StubArea(n, a, c or 0, s // c if c else 0, min(used[n], c or 0), need[n]) for n, (a, s, c) in areas.items()
-    )
+        stub_of.setdefault(ip, (name, LAYOUTS[Variant.OOL].stub_code(stub, stub_size) if ok else None))
+    out = tuple(StubArea(n, a, c or 0, stub_size, min(used[n], c or 0), need[n], s) for n, (a, s, c) in areas.items())
     return out, stub_of
 
 
 def _area_for(
-    ip: int, init: tuple[int, int], areas: dict[str, tuple[int, int, int | None]], used: dict[str, int]
+    ip: int, init: tuple[int, int], areas: dict[str, tuple[int, int, int | None]], used: dict[str, int], stub_size: int
 ) -> str | None:
     """The area whose next stub the kernel gives the record at ``ip``. As ftrace_init_ool_stub()
     does, the reserved area in .text is measured to its next stub's start, not to that stub's code
@@ -106,8 +124,7 @@ def _area_for(
         return OOL_INITTEXT if OOL_INITTEXT in areas else None
     text = areas.get(OOL_TEXT)
     if text is not None:
-        addr, size, count = text
-        stub_size = size // count if count else 0
+        addr, _, count = text
         index = used[OOL_TEXT]
         if count and index < count and ppc.in_branch_range(ip - (addr + index * stub_size)):
             return OOL_TEXT

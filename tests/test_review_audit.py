@@ -65,3 +65,57 @@ def test_a_patchable_vmlinux_with_symbols_and_no_stub_area_is_never_ool(tmp_path
         data[at : at + 4] = MFLR_R0.to_bytes(4, "little")
     vmlinux.write_bytes(data)
     assert _scan(vmlinux)["generation"] == "patchable"
+
+
+def _set_symbol_size(path: Path, name: str, size: int) -> None:
+    image = Image.load(path)
+    assert image.symbols is not None
+    (index,) = image.symbols.find(name)[:1]
+    symtab = image.section(".symtab")
+    assert symtab is not None
+    at = symtab.offset + int(index) * 24 + 16  # Elf64_Sym.st_size
+    data = bytearray(path.read_bytes())
+    data[at : at + 8] = size.to_bytes(8, "little")
+    path.write_bytes(data)
+
+
+def _set_count(path: Path, area: str, count: int) -> None:
+    image = Image.load(path)
+    assert image.symbols is not None
+    (index,) = image.symbols.find(area + "_count")[:1]
+    _put_word(path, int(image.symbols.table["st_value"][index]), count)
+
+
+def _stubs(image: dict) -> dict[str, dict]:
+    return {a["name"]: a for a in image["stubs"]}
+
+
+def test_a_stub_area_count_one_above_its_records_is_no_error(tmp_path: Path) -> None:
+    """The kernel indexes every area in stubs of one size (sizeof(struct ftrace_ool_stub)) and
+    reads only the count word. A count of 8,122 over 8,121 records was read as 23-byte stubs (the
+    area's size over its count): 6,091 records without a stub, and ftrace off."""
+    vmlinux = tmp_path / "vmlinux"
+    shutil.copyfile(require_kernel("7.2").vmlinux, vmlinux)
+    _set_count(vmlinux, "ftrace_ool_stub_text_end", 8122)
+    image = _scan(vmlinux)
+    area = _stubs(image)["ftrace_ool_stub_text_end"]
+    assert (area["count"], area["stub_size"], area["need"], area["covers"]) == (8122, 24, 0, True)
+    assert image["summary"]["ftrace_off"] is None
+    assert not [a for a in _audit(vmlinux)["anomalies"] if a["severity"] != "note"]
+
+
+def test_a_stub_area_smaller_than_its_stubs_is_an_error(tmp_path: Path) -> None:
+    """An area whose symbol is one stub short of its count, or sized for 16-byte stubs: the kernel
+    still writes 8,121 stubs of 24 bytes from its start, past its end."""
+    for size in (8120 * 24, 8121 * 16):
+        vmlinux = tmp_path / f"vmlinux-{size}"
+        shutil.copyfile(require_kernel("7.2").vmlinux, vmlinux)
+        _set_symbol_size(vmlinux, "ftrace_ool_stub_text_end", size)
+        image = _scan(vmlinux)
+        assert {a["stub_size"] for a in image["stubs"]} == {24} and all(a["covers"] for a in image["stubs"])
+        errors = [a for a in _audit(vmlinux)["anomalies"] if a["severity"] == "error"]
+        assert [a["kind"] for a in errors] == ["ool-stubs"]
+        assert (
+            f"ftrace_ool_stub_text_end: {size} bytes" in errors[0]["message"]
+            and "8121 stubs of 24" in errors[0]["message"]
+        )

@@ -595,12 +595,28 @@ def _classify(
     weak: int | None = None,
 ) -> tuple[tuple[Site, ...], np.ndarray]:
     """Sites, and the record places that turned out to be no site."""
+    stray = _stray_tracer_calls(image, text)
     if generation is Generation.MPROFILE or generation is None:
-        cols = _mprofile_columns(text, funcs, calls, records)
+        cols = _mprofile_columns(text, funcs, arrays.distinct(np.concatenate((calls, stray))), records)
     else:
-        cols = _entry_columns(image, text, funcs, generation, records)
+        cols = _entry_columns(image, text, funcs, generation, records, stray)
     unmatched = cols.record[(cols.record != 0) & ~cols.keep]
     return _build_sites(image, text, funcs, weak, cols), unmatched
+
+
+def _stray_tracer_calls(image: Image, text: CodeView) -> np.ndarray:
+    """The ``bl`` words of a linked image that call the tracer itself (ftrace_caller and its
+    trampolines). A file has none at a recorded site, whose words are the compiler's; one that no
+    record names is a call ftrace never patches back and never stops: a site of its own, unrecorded
+    (a 6.12 ``nop; bl ftrace_caller`` whose record was zeroed reached the tracer with a stale r0 on
+    every call, and the audit saw only a zeroed record)."""
+    if image.type == S.ET_REL:  # a module calls nothing of the kernel's but through its relocations
+        return np.zeros(0, np.uint64)
+    tracer = code_addrs(image, TRACER_NAMES)
+    if not tracer:
+        return np.zeros(0, np.uint64)
+    found: np.ndarray = text.bl_places[arrays.member(text.bl_targets, np.array(tracer, np.uint64))]
+    return found
 
 
 def _mprofile_columns(text: CodeView, funcs: Functions, calls: np.ndarray, records: np.ndarray) -> _Columns:
@@ -628,15 +644,17 @@ def _mprofile_columns(text: CodeView, funcs: Functions, calls: np.ndarray, recor
 
 
 def _entry_columns(
-    image: Image, text: CodeView, funcs: Functions, generation: Generation, records: np.ndarray
+    image: Image, text: CodeView, funcs: Functions, generation: Generation, records: np.ndarray, stray: np.ndarray
 ) -> _Columns:
     """patchable and ool: the record names the site's first word; the call slot is where the
     layout says. A ``bl`` in a patchable call slot counts as a call when it reaches the tracer;
     a ``b`` in an ool one when it reaches a stub area. (A module defines neither: its columns
     take a dozen numpy calls, each a fixed cost that its few dozen records cannot amortise.)"""
     lay = LAYOUTS[Variant.PATCHABLE if generation is Generation.PATCHABLE else Variant.OOL]
-    record = arrays.distinct(records)
-    cand = shift(record, -lay.record_offset)
+    recorded = shift(arrays.distinct(records), -lay.record_offset)
+    # ool: a stray `bl ftrace_caller` is no site of its layout (the stub makes the call)
+    cand = arrays.distinct(np.concatenate((recorded, stray))) if generation is Generation.PATCHABLE else recorded
+    record = np.where(arrays.member(cand, recorded), shift(cand, lay.record_offset), np.uint64(0))
     k, i = text.locate(cand)
     b_word = text.words_at(k, i)
     if generation is Generation.PATCHABLE:

@@ -24,7 +24,7 @@ import numpy as np
 from rewriter import flow, ppc
 from rewriter.anomalies import RANK, RULES, Anomaly, AnomalyKind, Severity
 from rewriter.batch import map_chunks
-from rewriter.boot import refused_at_init
+from rewriter.boot import boot_of, refused_at_init, untraceable
 from rewriter.code import code_view
 from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression
@@ -61,6 +61,7 @@ class SiteAudit(NamedTuple):
     site: Site
     safety: flow.Safety
     evidence: tuple[str, ...]
+    traceable: bool = True  # after boot, the image's ftrace-off and not-loaded verdicts included (boot.untraceable)
 
 
 class Counts(NamedTuple):
@@ -157,8 +158,9 @@ def audit_image(
     code = flow.load_code(image, result, table, view)
     verdicts = flow.safety(code, result.sites)
     printer = Printer(image, code, ppc.Disassembler(image.big_endian), RelocationNames(image, S.BRANCH_RELOCS))
+    boot = boot_of(result)
     sites = tuple(
-        SiteAudit(s, v, printer.safety(s, v) if v.verdict in _SHOWN else ())
+        SiteAudit(s, v, printer.safety(s, v) if v.verdict in _SHOWN else (), untraceable(s, boot) is None)
         for s, v in zip(result.sites, verdicts, strict=True)
     )
     gap = stub_gap(image, result)
@@ -520,11 +522,15 @@ def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anom
     out = []
     for place in result.records.unmatched:
         out.append(_dangling(image, printer, place, result.generation))
+    function_of = {s.record: s.function for s in result.sites if s.record is not None}
     for place in result.records.duplicates:
-        section, offset, addr, _ = place
+        section, offset, addr, at = place
         out.append(
-            Anomaly(AnomalyKind.DUPLICATE_RECORD, Severity.ERROR, "recorded more than once", addr, section, offset)
-        )
+            Anomaly(
+                AnomalyKind.DUPLICATE_RECORD, Severity.ERROR, "recorded more than once", addr, section, offset,
+                function=function_of.get(at),
+            )
+        )  # fmt: skip
     if result.records.zeroed:
         msg = f"{counted(result.records.zeroed, 'zeroed entry', 'zeroed entries')} in {_table_names(result)}"
         if result.zero_records_fail:  # a patchable kernel older than the 2025 loop (rewriter.locs)

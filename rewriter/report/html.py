@@ -124,7 +124,7 @@ def _site_rows(images: Sequence[ImageAudit]) -> list[list[str]]:
                     s.variant.value,
                     s.state.value,
                     "yes" if s.recorded else "no",
-                    "yes" if s.traceable else "no",
+                    "yes" if sa.traceable else "no",
                     s.stub or "",
                     sa.safety.verdict.value,
                     sa.safety.why.value if sa.safety.why else "",

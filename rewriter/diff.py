@@ -58,6 +58,7 @@ from rewriter.sites import Scan, Site, scan
 from rewriter.states import SiteState
 
 Generations = tuple[Generation | None, Generation | None]  # overrides for A and B (None: detect)
+McountAddrs = tuple[int | None, int | None]  # _mcount of a stripped A and B (None: from the image)
 
 
 class Change(enum.Enum):
@@ -335,14 +336,19 @@ def _load_pair(a: Path, b: Path) -> tuple[Image, Image]:
 
 
 def diff_files(
-    a: Path, b: Path, generations: Generations = (None, None), logs: Mapping[Path, Path] | None = None
+    a: Path,
+    b: Path,
+    generations: Generations = (None, None),
+    logs: Mapping[Path, Path] | None = None,
+    mcount_addrs: McountAddrs = (None, None),
 ) -> ImageDiff:
-    """``generations`` overrides the detected generation of A and of B (stripped images); ``logs``
-    names the patch logs that describe the files (``log.log_of``): their sites take part."""
+    """``generations`` overrides the detected generation of A and of B, ``mcount_addrs`` names
+    their ``_mcount`` (stripped images); ``logs`` names the patch logs that describe the files
+    (``log.log_of``): their sites take part."""
     image_a, image_b = _load_pair(a, b)
     check_comparable(image_a, image_b)
-    scan_a = logged(scan(image_a, generation=generations[0]), logs or {})
-    scan_b = logged(scan(image_b, generation=generations[1]), logs or {})
+    scan_a = logged(scan(image_a, mcount_addrs[0], generations[0]), logs or {})
+    scan_b = logged(scan(image_b, mcount_addrs[1], generations[1]), logs or {})
     return diff_scans(scan_a, scan_b, (symbol_aliases(image_a), symbol_aliases(image_b)))
 
 
@@ -394,6 +400,7 @@ def diff_paths(
     generations: Generations = (None, None),
     logs: Mapping[Path, Path] | None = None,
     jobs: int = 1,
+    mcount_addrs: McountAddrs = (None, None),
 ) -> Diff:
     """Two files, or two trees (``files_*`` found below ``a`` and ``b``) paired by relative path
     (:func:`_relative`), the pairs compared in ``jobs`` worker processes; a file and a tree are
@@ -401,7 +408,7 @@ def diff_paths(
     check_pairable(a, b)
     if not a.is_dir():
         try:
-            return Diff((diff_files(a, b, generations, logs),), (), (), ())
+            return Diff((diff_files(a, b, generations, logs, mcount_addrs),), (), (), ())
         except PairUnreadable as e:
             return Diff((), (), (), e.lines)
     ra, rb = _relative(files_a, a), _relative(files_b, b)

@@ -4,13 +4,18 @@ edited the way a bad tool or a bad build could."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
-from boot import require_kernel
+import numpy as np
+from boot import require_kernel, require_tool
 from conftest import invoke
 
+from rewriter import ppc
 from rewriter.elf.image import Image
+from rewriter.records import read_records
 
 MFLR_R0 = 0x7C0802A6
 
@@ -119,3 +124,91 @@ def test_a_stub_area_smaller_than_its_stubs_is_an_error(tmp_path: Path) -> None:
             f"ftrace_ool_stub_text_end: {size} bytes" in errors[0]["message"]
             and "8121 stubs of 24" in errors[0]["message"]
         )
+
+
+def _zero_record_of(path: Path, place: int) -> None:
+    """Zero the vmlinux record of ``place`` (its table slot and the RELATIVE addend relocate()
+    stores there), as a tool that drops records does."""
+    from test_review_crosscheck import _set_record
+
+    image = Image.load(path)
+    (table,) = read_records(image)
+    (slot,) = np.flatnonzero(table.values == place)
+    _set_record(path, int(slot), 0)
+
+
+def _tracer_entry(path: Path) -> int:
+    image = Image.load(path)
+    assert image.symbols is not None
+    return int(image.symbols.table["st_value"][image.symbols.find("ftrace_caller")[0]])
+
+
+def test_a_call_to_the_tracer_that_no_record_names_is_a_site(tmp_path: Path) -> None:
+    """6.12: `nop; bl ftrace_caller` with its record zeroed reaches the tracer with r0 not holding
+    LR on every call, and ftrace can never patch it back: the audit said only 'zeroed record'.
+    6.1: `mflr r0; bl ftrace_caller` with its record zeroed traces for good: no warning at all."""
+    for name, kind in (("6.12", "broken"), ("6.1", "unrecorded")):
+        vmlinux = tmp_path / f"vmlinux-{name}"
+        shutil.copyfile(require_kernel(name).vmlinux, vmlinux)
+        site = next(s for s in _scan(vmlinux)["sites"] if s["function"] == "do_one_initcall")
+        _put_word(vmlinux, site["address"], ppc.bl(site["address"], _tracer_entry(vmlinux)))
+        _zero_record_of(vmlinux, site["record"])
+        after = next(s for s in _scan(vmlinux)["sites"] if s["function"] == "do_one_initcall")
+        assert (after["address"], after["recorded"], after["record"]) == (site["address"], False, None)
+        found = [a for a in _audit(vmlinux)["anomalies"] if a["address"] == site["address"]]
+        assert kind in [a["kind"] for a in found], found
+        assert any(a["severity"] in ("error", "warning") for a in found)
+
+
+def test_the_html_site_table_says_untraceable_when_ftrace_is_off(tmp_path: Path) -> None:
+    """A 6.1 kernel with one record made twice: init fails the second, ftrace is off for the boot,
+    and scan says no site is traceable; the HTML's `traceable` column said yes for all 33,689."""
+    from test_review_crosscheck import _set_record
+
+    vmlinux = tmp_path / "vmlinux"
+    shutil.copyfile(require_kernel("6.1").vmlinux, vmlinux)
+    sites = _scan(vmlinux)["sites"]
+    _set_record(vmlinux, 100, sorted(s["record"] for s in sites)[50])
+    scanned = _scan(vmlinux)
+    assert scanned["summary"]["ftrace_off"] and scanned["summary"]["traceable"] == 0
+    page = tmp_path / "audit.html"
+    assert invoke("audit", "--format", "html", "-o", page, "--fail-on", "never", vmlinux).exit_code == 0
+    found = re.search(r'<script type="application/json" id="site-data">(.*?)</script>', page.read_text(), re.S)
+    assert found is not None
+    rows = json.loads(found.group(1))
+    column = ["image", "place", "section", "function", "variant", "state", "recorded", "traceable"].index("traceable")
+    assert len(rows) == len(scanned["sites"]) and {r[column] for r in rows} == {"no"}
+
+
+def test_a_duplicate_record_names_its_function(tmp_path: Path) -> None:
+    """`duplicate-record` carried `function: null` inside a sized function, so its SARIF
+    fingerprint fell back to the raw address, which changes with every build."""
+    from test_review_crosscheck import _set_record
+
+    vmlinux = tmp_path / "vmlinux"
+    shutil.copyfile(require_kernel("6.12").vmlinux, vmlinux)
+    twice = next(s for s in _scan(vmlinux)["sites"] if s["function"] == "do_one_initcall")
+    _set_record(vmlinux, 100, twice["record"])
+    (found,) = [a for a in _audit(vmlinux)["anomalies"] if a["kind"] == "duplicate-record"]
+    assert (found["function"], found["address"]) == ("do_one_initcall", twice["record"])
+    sarif = json.loads(invoke("audit", "--format", "sarif", "--fail-on", "never", vmlinux).stdout)
+    (result,) = [r for r in sarif["runs"][0]["results"] if r["ruleId"] == "duplicate-record"]
+    assert list(result["partialFingerprints"].values()) == ["duplicate-record:vmlinux:do_one_initcall"]
+
+
+def test_diff_reads_a_stripped_mprofile_vmlinux_with_mcount_addr(tmp_path: Path) -> None:
+    """diff's error told a stripped 6.1 vmlinux's user to pass --mcount-addr, which diff lacked."""
+    objcopy = require_tool("powerpc64le-linux-gnu-objcopy")
+    full, stripped = require_kernel("6.1").vmlinux, tmp_path / "vmlinux.stripped"
+    subprocess.run([objcopy, "--strip-all", full, stripped], check=True)
+    image = Image.load(full)
+    assert image.symbols is not None
+    mcount = f"{int(image.symbols.table['st_value'][image.symbols.find('_mcount')[0]]):#x}"
+    refused = invoke("diff", stripped, full)
+    assert refused.exit_code == 2 and "--mcount-addr" in refused.output
+    done = invoke("diff", "--format", "json", "--mcount-addr", mcount, stripped, full)
+    assert done.exit_code == 0, done.output
+    (pair,) = json.loads(done.stdout)["images"]
+    assert pair["changes"] == [] and pair["unchanged"] == 33690
+    thrice = invoke("diff", "--mcount-addr", mcount, "--mcount-addr", mcount, "--mcount-addr", mcount, stripped, full)
+    assert thrice.exit_code == 2 and "give it once (both images) or twice" in thrice.output

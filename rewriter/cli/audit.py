@@ -9,7 +9,7 @@ import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -20,6 +20,7 @@ from rewriter.cli.common import (
     McountAddr,
     OutputFile,
     ReadLogDir,
+    address,
     check_log_options,
     check_mcount_addr,
     check_mcount_addr_used,
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from rewriter.audit import Audit
     from rewriter.batch import Found
     from rewriter.diff import Generations
+
+T = TypeVar("T")
 
 
 class AuditFormat(enum.Enum):
@@ -145,6 +148,20 @@ def _render_audit(result: Audit, fmt: AuditFormat) -> str:
     return md.audit_markdown(result)
 
 
+DiffGenerations = Annotated[
+    list[Generation] | None,
+    typer.Option("--generation", help="for stripped images: once for both, or twice (A's, then B's)"),
+]
+DiffMcountAddrs = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--mcount-addr",
+        parser=address,
+        help="address of _mcount, for a stripped mprofile vmlinux: once for both, or twice (A's, then B's)",
+    ),
+]
+
+
 def diff(
     a: Annotated[Path, typer.Argument(help="the first image, or a tree of modules")],
     b: Annotated[Path, typer.Argument(help="the second image, or a tree of modules")],
@@ -153,10 +170,8 @@ def diff(
     output: OutputFile = None,
     show_all: AllChanges = False,
     jobs: Jobs = 0,
-    generation: Annotated[
-        list[Generation] | None,
-        typer.Option("--generation", help="for stripped images: once for both, or twice (A's, then B's)"),
-    ] = None,
+    generation: DiffGenerations = None,
+    mcount_addr: DiffMcountAddrs = None,
     log: Annotated[
         list[Path] | None,
         typer.Option(
@@ -184,11 +199,16 @@ def diff(
     from rewriter.report import jsonfmt, md
 
     generations = _diff_generations(generation or [])
+    addrs = _each_side("--mcount-addr", mcount_addr or [])
+    for gen, addr in zip(generations, addrs, strict=True):
+        check_mcount_addr(gen, addr)
     (found_a, errors_a), (found_b, errors_b) = _diff_sides(a, b)
     logs = _diff_logs(a, b, found_a, found_b, log or [], log_dir or [])
     files_a, files_b = [f.path for f in found_a], [f.path for f in found_b]
+    check_mcount_addr_used(files_a, addrs[0])
+    check_mcount_addr_used(files_b, addrs[1])
     check_report_output(output, [*files_a, *files_b, *logs.values()])
-    result = diff_paths(a, b, files_a, files_b, generations, logs, workers(jobs))
+    result = diff_paths(a, b, files_a, files_b, generations, logs, workers(jobs), addrs)
     errors = [*errors_a, *errors_b, *result.errors]
     print_errors(errors)
     if errors and not (result.images or result.only_a or result.only_b):  # nothing compared: no report
@@ -261,8 +281,13 @@ def _diff_logs(
 
 def _diff_generations(given: list[Generation]) -> Generations:
     """``--generation`` given 0, 1 (both images) or 2 times (A's, then B's)."""
+    return _each_side("--generation", given)
+
+
+def _each_side(option: str, given: list[T]) -> tuple[T | None, T | None]:
+    """An option of ``diff`` given 0, 1 (both images) or 2 times (A's, then B's)."""
     if len(given) > 2:
-        raise ArgumentError("--generation: give it once (both images) or twice (A's, then B's)")
+        raise ArgumentError(f"{option}: give it once (both images) or twice (A's, then B's)")
     if not given:
         return (None, None)
     return (given[0], given[-1])

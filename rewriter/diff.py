@@ -47,6 +47,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rewriter.batch import map_chunks
+from rewriter.boot import boot_of
 from rewriter.elf import structs as S
 from rewriter.elf.compress import SUFFIX, compression_named
 from rewriter.elf.image import Image, Kind
@@ -117,11 +118,20 @@ class ImageDiff:
     pairing: Pairing = Pairing.NAME
     unnamed: tuple[bool, bool] = (False, False)  # A, B: sites but no function symbols
     builds: tuple[str, str] = ("", "")  # A, B: byte order and ABI, "little-endian elfv2"
+    # A, B: why ftrace is off after boot (or the module is not loaded), None when it is on: a
+    # record made twice or an ool area one stub short changes no site's words, and all of them
+    boot: tuple[str | None, str | None] = (None, None)
 
     @property
     def rebuilt(self) -> bool:
         """Whether A and B differ in byte order or ABI: two builds, whatever their sites say."""
         return self.builds[0] != self.builds[1]
+
+    @property
+    def boot_changed(self) -> bool:
+        """Whether ftrace after boot (or the module's load) is on in one and off in the other, or
+        off for other reasons."""
+        return self.boot[0] != self.boot[1]
 
     def function_counts(self) -> dict[str, int]:
         """How many functions of each kind of change, every kind present (0 when none)."""
@@ -140,7 +150,11 @@ class Diff:
 
     @property
     def changed(self) -> bool:
-        return bool(self.only_a or self.only_b or any(d.changes or d.functions or d.rebuilt for d in self.images))
+        return bool(
+            self.only_a
+            or self.only_b
+            or any(d.changes or d.functions or d.rebuilt or d.boot_changed for d in self.images)
+        )
 
 
 class _Keyed(NamedTuple):
@@ -251,7 +265,15 @@ def diff_scans(scan_a: Scan, scan_b: Scan, aliases: tuple[Aliases, Aliases] = ({
         pairing,
         sides,
         (_build(scan_a), _build(scan_b)),
+        (_boot_off(scan_a), _boot_off(scan_b)),
     )
+
+
+def _boot_off(result: Scan) -> str | None:
+    boot = boot_of(result)
+    if boot.not_loaded is not None:
+        return f"the module is not loaded: {boot.not_loaded}"
+    return None if boot.ftrace_off is None else f"ftrace off: {boot.ftrace_off}"
 
 
 def _build(result: Scan) -> str:

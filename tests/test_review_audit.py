@@ -212,3 +212,27 @@ def test_diff_reads_a_stripped_mprofile_vmlinux_with_mcount_addr(tmp_path: Path)
     assert pair["changes"] == [] and pair["unchanged"] == 33690
     thrice = invoke("diff", "--mcount-addr", mcount, "--mcount-addr", mcount, "--mcount-addr", mcount, stripped, full)
     assert thrice.exit_code == 2 and "give it once (both images) or twice" in thrice.output
+
+
+def test_diff_says_when_one_side_boots_with_ftrace_off(tmp_path: Path) -> None:
+    """A record made twice (6.1), or an ool area one stub short (7.2), changes no site's words and
+    turns ftrace off for the whole boot: diff said 'no changes', exit 0, or only record-removed."""
+    from test_review_crosscheck import _set_record
+
+    old61, new61 = tmp_path / "a61", tmp_path / "b61"
+    shutil.copyfile(require_kernel("6.1").vmlinux, old61)
+    shutil.copyfile(old61, new61)
+    _set_record(new61, 100, sorted(s["record"] for s in _scan(old61)["sites"])[50])
+    old72, new72 = tmp_path / "a72", tmp_path / "b72"
+    shutil.copyfile(require_kernel("7.2").vmlinux, old72)
+    shutil.copyfile(old72, new72)
+    _set_count(new72, "ftrace_ool_stub_text_end", 8120)
+    for a, b in ((old61, new61), (old72, new72)):
+        done = invoke("diff", "--format", "json", a, b)
+        assert done.exit_code == 1, done.output
+        (pair,) = json.loads(done.stdout)["images"]
+        assert pair["boot"][0] is None and pair["boot"][1].startswith("ftrace off: ")
+        text = invoke("diff", a, b).stdout
+        assert "**After boot:** A: ftrace on; B: ftrace off: " in text
+    same = invoke("diff", "--format", "json", old72, old72)
+    assert same.exit_code == 0 and json.loads(same.stdout)["images"][0]["boot"] == [None, None]

@@ -362,7 +362,7 @@ def _site_ref(site: Site | None) -> dict[str, Any] | None:
 def diff_json(diff: Diff) -> dict[str, Any]:
     """``{"format": "mcountrw-diff/1", "images": [{"a", "b", "generations": [a, b], "builds": [a, b],
     "pairing",
-    "unnamed": [a, b], "unchanged", "relocated", "records": [a, b], "changes": [{"change", "function",
+    "unnamed": [a, b], "unchanged", "relocated", "records": [a, b], "boot": [a, b], "changes": [{"change", "function",
     "before", "after", "detail"}], "functions": {"common", "counts": {kind: n}, "changes": [{"change",
     "function", "before", "after"}]}}], "only_a", "only_b", "errors"}``; site ``before``/``after`` are
     null for added/removed sites; function ``before``/``after`` are generations or sections (null on
@@ -370,7 +370,9 @@ def diff_json(diff: Diff) -> dict[str, Any]:
     symbols (``unnamed``: which), and then ``functions`` is empty: not compared. ``unchanged``: paired
     sites with no change; when ``generations`` differ, those the same at boot (their words are each
     generation's own), which the markdown says so. ``builds``: byte order and ABI of each side
-    (``little-endian elfv2``); when they differ, the pair has changed whatever its sites say."""
+    (``little-endian elfv2``); when they differ, the pair has changed whatever its sites say.
+    ``boot``: why ftrace is off after each side's boot (or its module not loaded), null when on;
+    when they differ, the pair has changed (a record made twice changes no site's words)."""
     return {
         "format": "mcountrw-diff/1",
         "images": [
@@ -384,6 +386,7 @@ def diff_json(diff: Diff) -> dict[str, Any]:
                 "unchanged": d.unchanged,
                 "relocated": d.relocated,
                 "records": list(d.records),
+                "boot": list(d.boot),
                 "changes": [
                     {
                         "change": c.change.value,

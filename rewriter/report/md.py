@@ -296,7 +296,11 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
         f"**{pairs}, {sites}, {funcs}**; {counted(len(diff.only_a), 'file')} only in A, {len(diff.only_b)} only in B."
     )
     for d in diff.images:
-        if not (d.changes or d.functions or d.rebuilt) and d.pairing is Pairing.NAME and len(diff.images) > 1:
+        if (
+            not (d.changes or d.functions or d.rebuilt or d.boot_changed)
+            and d.pairing is Pairing.NAME
+            and len(diff.images) > 1
+        ):
             continue
         counts = Counter(c.change.value for c in d.changes)
         out += ["", f"## {code(str(d.a))} -> {code(str(d.b))}", "", *_diff_functions(d, limit), ""]
@@ -308,6 +312,8 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
             f"({d.relocated} relocated "
             f"with their function{words}); records {d.records[0]} -> {d.records[1]}."
         )
+        if d.boot_changed:
+            out.append(f"\n**After boot:** A: {text(d.boot[0] or 'ftrace on')}; B: {text(d.boot[1] or 'ftrace on')}.")
         rows = [
             (c.change.value, text(c.function or "?"), text(c.before.place_text) if c.before else "",
              text(c.after.place_text) if c.after else "", text(c.detail))

@@ -297,7 +297,7 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
     found += _mixed_states(result.sites)
     entries = _entries(printer.code, result.sites)
     for sa in sites:
-        found += _site_anomalies(printer, sa, entries.get(sa.site.place))
+        found += _site_anomalies(printer, sa, entries.get(sa.site.place), result.init_call_only)
     weak = _weak_bodies(result.sites, printer.code.funcs)
     if weak:
         unchecked = _why_no_weak_check(image) if result.weak_max_offset is None else ""
@@ -305,7 +305,7 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
     return found
 
 
-def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None) -> list[Anomaly]:
+def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None, call_only: bool) -> list[Anomaly]:
     site, out = sa.site, []
     if site.state is SiteState.BROKEN:
         msg = "nop; bl to the tracer: reaches it with r0 != LR"
@@ -314,7 +314,7 @@ def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None) -> li
         msg = "slots hold neither a site state nor gcc 5's form"
         out.append(_at_site(AnomalyKind.UNEXPECTED_WORDS, site, msg, printer.slots(site)))
     elif refused_at_init(site):  # ool-stubs says a missing stub, once
-        out.append(_at_site(AnomalyKind.BOOT_REFUSED, site, _refusal(printer, site), printer.slots(site)))
+        out.append(_at_site(AnomalyKind.BOOT_REFUSED, site, _refusal(printer, site, call_only), printer.slots(site)))
     if not site.recorded and site.state not in (target_state(site.variant, SiteState.NOPPED), SiteState.GUARDED):
         if site.state in _LIVE_CALL:
             msg, sev = "calls _mcount on every entry; ftrace has no record to patch it", Severity.WARNING
@@ -347,12 +347,15 @@ def _expected_text(insn: Insn) -> str:
     return f"{word_for(insn, 0, 0):08x}"
 
 
-def kernel_complaint(printer: Printer, variant: Variant, call_place: int) -> str | None:
+def kernel_complaint(printer: Printer, variant: Variant, call_place: int, call_only: bool = False) -> str | None:
     """``<place>: expected (...) != found (...)`` for the first slot, in the order ftrace_init_nop
     checks them, whose word is not what the compiler leaves there (6.12/7.2 ftrace_validate_inst;
-    a call only needs to be a ``bl``); None if every slot holds it."""
+    a call only needs to be a ``bl``); None if every slot holds it. ``call_only``: a kernel that
+    checks only the call (``generations.CALL_ONLY_BOOT``)."""
     lay = LAYOUTS[variant]
     for slot, want in zip(lay.state_slots, lay.states[lay.built], strict=True):
+        if call_only and want is not Insn.CALL:
+            continue
         place = call_place + (lay.offset(slot) or 0)
         i = printer.word_index(place)
         if i < 0:
@@ -364,11 +367,12 @@ def kernel_complaint(printer: Printer, variant: Variant, call_place: int) -> str
     return None
 
 
-def _refusal(printer: Printer, site: Site) -> str:
-    """The kernel's complaint about a recorded site that is not in its layout's built state."""
-    said = kernel_complaint(printer, site.variant, site.place)
+def _refusal(printer: Printer, site: Site, call_only: bool) -> str:
+    """The kernel's complaint about a recorded site whose words its init refuses."""
+    said = kernel_complaint(printer, site.variant, site.place, call_only)
+    checker = "ftrace_make_nop() finds no bl _mcount to nop and" if call_only else "ftrace_init_nop()"
     why = (
-        f"a {site.state.value} {site.variant.value} site keeps its record; ftrace_init_nop() refuses it and "
+        f"a {site.state.value} {site.variant.value} site keeps its record; {checker} refuses it and "
         "ftrace_bug() turns function tracing off"
     )
     return f"{said}: {why}" if said else why

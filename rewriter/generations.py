@@ -42,7 +42,9 @@ A fourth layout, classic ``-pg`` (a ppc64 ELFv1 kernel's, or a clang-built one's
 
 In all three the kernel's boot-time check accepts exactly the *built* words at a recorded place
 (anything else: ``expected (...) != found (...)``, ``ftrace bug``, ftrace off for the boot), and
-every recorded site that passes leaves init *disabled*: traceable, not traced.
+every recorded site that passes leaves init *disabled*: traceable, not traced. One exception: the
+vmlinux of a kernel before 6.6 checks only an mprofile site's ``bl`` (:data:`CALL_ONLY_BOOT`), so
+a ``nop; bl _mcount`` there boots as ``nop; nop``.
 """
 
 from __future__ import annotations
@@ -208,6 +210,17 @@ LAYOUTS: Final[Mapping[Variant, Layout]] = MappingProxyType(
     }
 )  # fmt: skip
 """The generation table: one row per site layout."""
+
+# What a kernel before 6.6 makes of a recorded mprofile site in its vmlinux: its ftrace_init_nop() is
+# the generic one, which calls ftrace_make_nop(), and that swaps the `bl _mcount` at rec->ip for a
+# nop (ftrace_modify_code(): the one word it compares) and never reads slot A. So `nop; bl _mcount`,
+# the seed thread's naive nopping of the mflr, boots as `nop; nop`, not as an ftrace bug. A module's
+# call is out of branch range and goes through __ftrace_make_nop(), which also wants `mflr r0` or
+# `std r0,16(r1)` before it; from 6.6 the powerpc ftrace_init_nop() checks A in the vmlinux too.
+CALL_ONLY_BOOT: Final[Mapping[SiteState, SiteState]] = MappingProxyType(
+    {SiteState.ENABLED: SiteState.DISABLED, SiteState.BROKEN: SiteState.NOPPED, SiteState.ARMED: SiteState.GUARDED}
+)
+SLOT_A_CHECKED_SINCE: Final = (6, 6)
 
 _STATE_OF: Final[Mapping[Variant, Mapping[tuple[Insn, ...], SiteState]]] = MappingProxyType(
     {

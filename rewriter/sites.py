@@ -54,7 +54,9 @@ from rewriter.elf.image import Abi, Image, Kind, Section, index_name
 from rewriter.elf.release import kernel_version
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, code_addrs, functions, lookup_symbols, plain_name, split_place
 from rewriter.generations import (
+    CALL_ONLY_BOOT,
     LAYOUTS,
+    SLOT_A_CHECKED_SINCE,
     TWO_SLOT_STATES,
     Generation,
     Variant,
@@ -196,6 +198,7 @@ class Scan:
     overridden: Detect | None = None
     locs: Locs = Locs.UNKNOWN  # what the kernel's ftrace_process_locs() skips (rewriter.locs)
     not_loaded: str | None = None  # why the kernel refuses to load this module (rewriter.modload)
+    init_call_only: bool = False  # the kernel's init checks only an mprofile call (init_checks_call_only)
 
     @property
     def zero_records_fail(self) -> bool:
@@ -250,7 +253,7 @@ def _scan_linked(image: Image, mcount_addr: int | None, generation: Generation |
     mcount = tuple(int(e) for e in read.entries)
     return Scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, mcount, funcs, generation, stubs, weak,
-        overridden=read.overridden, locs=locs,
+        overridden=read.overridden, locs=locs, init_call_only=init_checks_call_only(image, generation),
     )  # fmt: skip
 
 
@@ -601,7 +604,7 @@ def _classify(
     else:
         cols = _entry_columns(image, text, funcs, generation, records, stray)
     unmatched = cols.record[(cols.record != 0) & ~cols.keep]
-    return _build_sites(image, text, funcs, weak, cols), unmatched
+    return _build_sites(image, text, funcs, weak, cols, init_checks_call_only(image, generation)), unmatched
 
 
 def _stray_tracer_calls(image: Image, text: CodeView) -> np.ndarray:
@@ -702,7 +705,9 @@ def _passes_lookup(offsets: np.ndarray, weak: int) -> np.ndarray:
     return passes
 
 
-def _build_sites(image: Image, text: CodeView, funcs: Functions, weak: int | None, c: _Columns) -> tuple[Site, ...]:
+def _build_sites(
+    image: Image, text: CodeView, funcs: Functions, weak: int | None, c: _Columns, call_only: bool = False
+) -> tuple[Site, ...]:
     """The kept candidates as Sites. Each field is made as a whole column (numpy, or one list
     comprehension over a column) and the tuples by one ``map``: a loop body per site, with its
     calls and look-ups, cost as much as the rest of a module's scan (0.6 of 2 s on 6.12's tree)."""
@@ -737,8 +742,8 @@ def _build_sites(image: Image, text: CodeView, funcs: Functions, weak: int | Non
             [sec.offset + off for sec, off in zip(secs, offs.tolist(), strict=True)],
             places.tolist(),
             [r or None for r in recs.tolist()],
-            _BOOT_STATE[variant, state, rec].tolist(),
-            (_BOOTS[variant, state, rec] & enabled).tolist(),
+            _BOOT_STATE[variant, state, rec, int(call_only)].tolist(),
+            (_BOOTS[variant, state, rec, int(call_only)] & enabled).tolist(),
             stubs,
         )
     )
@@ -758,20 +763,33 @@ def _call_targets(places: np.ndarray, words: np.ndarray, is_call: np.ndarray) ->
     return [t if call else None for t, call in zip(targets, is_call.tolist(), strict=True)]
 
 
-def boot_state(variant: Variant, state: SiteState, recorded: bool) -> SiteState | None:
+def boot_state(variant: Variant, state: SiteState, recorded: bool, call_only: bool = False) -> SiteState | None:
     """What the kernel's boot-time init leaves: an unrecorded site untouched; a recorded one in its
     layout's ``booted`` state if it holds the ``built`` words, else None (ftrace_init_nop refuses
-    it: ``expected (...) != found (...)``, ``ftrace bug``, ftrace off for the boot)."""
+    it: ``expected (...) != found (...)``, ``ftrace bug``, ftrace off for the boot). ``call_only``:
+    a vmlinux of a kernel before 6.6, whose init checks only the mprofile ``bl`` (CALL_ONLY_BOOT)."""
     if not recorded:
         return state
     lay = LAYOUTS[variant]
+    if call_only and lay.generation is Generation.MPROFILE:
+        return CALL_ONLY_BOOT.get(state)
     return lay.booted if state is lay.built else None
 
 
-# boot_state() by (index in _VARIANTS, index in _STATES, recorded), made once from it: the sites
+def init_checks_call_only(image: Image, generation: Generation | None) -> bool:
+    """Whether the kernel's init checks only the call of an mprofile site (CALL_ONLY_BOOT): a
+    vmlinux before 6.6, or one that names no version (taken to be 6.1's, as elsewhere)."""
+    if generation is not Generation.MPROFILE or image.kind is not Kind.VMLINUX:
+        return False
+    version = kernel_version(image)
+    return version is None or version < SLOT_A_CHECKED_SINCE
+
+
+# boot_state() by (index in _VARIANTS, index in _STATES, recorded, call_only), made once from it: the sites
 # of an image look it up all at once. _BOOTS: the kernel's init accepts the site (not None).
 _BOOT_STATE = np.array(
-    [[[boot_state(v, st, bool(r)) for r in (0, 1)] for st in _STATES] for v in _VARIANTS], dtype=object
+    [[[[boot_state(v, st, bool(r), bool(c)) for c in (0, 1)] for r in (0, 1)] for st in _STATES] for v in _VARIANTS],
+    dtype=object,
 )
 _BOOTS = _BOOT_STATE != None  # noqa: E711 (element-wise, on an object array)
 _VARIANT_OF = np.array(_VARIANTS, dtype=object)

@@ -97,7 +97,8 @@ def test_generation_that_agrees_is_no_anomaly() -> None:
     proc = mcountrw("audit", str(BIN / "ool-le.o"), "--generation", "patchable")
     assert (
         "- **warning** `generation-override`: --generation patchable overrides what the image says: ool "
-        "(6 of 6 recorded nops not followed by a nop: one patchable nop); every finding here reads the image as patchable"
+        "(6 of 6 recorded nops not followed by a nop: one patchable nop); every finding here reads the image "
+        "as patchable"
     ) in proc.stdout
 
 

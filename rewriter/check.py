@@ -28,10 +28,11 @@ The model (one site; the plan's writes to other sites cannot affect it)
   the 2019 v2 series added an isync IPI: ``synchronize_rcu_tasks`` alone lets a CPU run the old
   ``nop`` in A after the barrier, and then the new ``bl``. Stub words are never written, so a
   task always fetches them as they are.
-* ``cmodx=3.0``: a write that puts ``mflr`` into a slot or takes it out, while a task may still
-  fetch that slot, is itself a violation (ISA 3.0's concurrent-modification rules do not cover
-  ``mflr``). An ool plan never writes ``mflr`` (the stub's is written once, at boot, before the
-  code runs), so it cannot break this rule.
+* ``cmodx=3.0``: a write whose old or new word is not patch class (``mflr``, gcc 5's ``std``;
+  :func:`rewriter.plan.cmodx_3_0_allows`), while a task may still fetch that slot, is itself a
+  violation (ISA 3.0's concurrent-modification rules cover only I-form branches and the preferred
+  no-op). An ool plan writes only ``nop <-> b stub`` (the stub's ``mflr`` is written once, at boot,
+  before the code runs), so it cannot break this rule.
 
 When the patcher is done the checker also requires: the site reads its target; no task is left
 inside the site with a stale r0 unless A reads ``nop`` (the precondition of the next plan, see
@@ -51,7 +52,7 @@ from __future__ import annotations
 import enum
 import itertools
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Final, NamedTuple
@@ -59,7 +60,7 @@ from typing import Final, NamedTuple
 from rewriter import ppc
 from rewriter.errors import ArgumentError
 from rewriter.generations import LAYOUTS, Generation, Layout, Variant
-from rewriter.plan import Barrier, Cmodx, Plan, Route, SiteRequest, Write, plan
+from rewriter.plan import PATCH_CLASS, Barrier, Cmodx, Plan, Route, SiteRequest, Write, cmodx_3_0_allows, plan
 from rewriter.prose import counted
 from rewriter.states import PLAIN, Insn, SiteState, Slot, words_text
 
@@ -70,6 +71,12 @@ MAX_ENTRIES: Final = 4
 # a hand-made plan with 20 writes to one ool site took 1.4 million states, 1 GB and a minute, 200
 # writes more than 2 GB before it was stopped: past this bound the check stops and says so.
 MAX_STATES: Final = 500_000
+# The most states the check of a whole plan may explore, over all its distinct sites: a plan of
+# every request the planner can make at once (63 distinct sites, each state pair of every variant)
+# takes 1,129,861 at 3 tasks x 4 entries with stale fetch (30 s), and a whole kernel's plan has a
+# handful of distinct sites. A hand-made file of 100 distinct ool sites took 10.8 million states
+# and 274 s before there was this bound.
+MAX_TOTAL_STATES: Final = 2_000_000
 
 
 class Violation(enum.Enum):
@@ -225,13 +232,33 @@ _RCU: Final = "rcu"
 _Op = _OpWrite | str
 
 
-def _barrier_ops(separators: Sequence[Barrier]) -> list[_Op]:
-    """Several separators between two writes of a site act as their strongest one."""
-    if Barrier.ISYNC_RCU_TASKS in separators:
-        return [_ISYNC, _RCU]
-    if Barrier.RCU_TASKS in separators:
-        return [_RCU]
-    return []
+class _Separators(NamedTuple):
+    """The separators between stages, then the settle, as running counts of each barrier kind, so
+    that the strongest of any run of them is two look-ups (a plan of 60,000 one-write stages asked
+    each site for the slice after it, and took minutes)."""
+
+    isync: tuple[int, ...]  # isync[i]: isync+synchronize_rcu_tasks among separators 0..i-1
+    rcu: tuple[int, ...]  # rcu[i]: synchronize_rcu_tasks among separators 0..i-1
+
+    @classmethod
+    def of(cls, p: Plan) -> _Separators:
+        isync, rcu = [0], [0]
+        for b in (*p.barriers, *([] if p.settle is None else [p.settle])):
+            isync.append(isync[-1] + (b is Barrier.ISYNC_RCU_TASKS))
+            rcu.append(rcu[-1] + (b is Barrier.RCU_TASKS))
+        return cls(tuple(isync), tuple(rcu))
+
+    @property
+    def end(self) -> int:
+        return len(self.isync) - 1
+
+    def strongest(self, start: int, stop: int) -> list[_Op]:
+        """Separators ``start..stop-1`` (the settle is the last) act as their strongest one."""
+        if self.isync[stop] > self.isync[start]:
+            return [_ISYNC, _RCU]
+        if self.rcu[stop] > self.rcu[start]:
+            return [_RCU]
+        return []
 
 
 def _ops_by_site(p: Plan) -> list[tuple[_Op, ...]]:
@@ -240,6 +267,7 @@ def _ops_by_site(p: Plan) -> list[tuple[_Op, ...]]:
     Separators before a site's first write do not concern it; those after its last write (and the
     settle barrier) are its settle."""
     slots = [LAYOUTS[r.variant].slots for r in p.sites]
+    separators = _Separators.of(p)
     ops: list[list[_Op]] = [[] for _ in p.sites]
     last = [-1] * len(p.sites)  # the stage of each site's latest write
     for j, stage in enumerate(p.stages):
@@ -248,13 +276,12 @@ def _ops_by_site(p: Plan) -> list[tuple[_Op, ...]]:
             by_site.setdefault(w.site, []).append((slots[w.site].index(w.slot), w.old, w.new, w.slot))
         for site, writes in by_site.items():
             if last[site] >= 0:
-                ops[site].extend(_barrier_ops(p.barriers[last[site] : j]))
+                ops[site].extend(separators.strongest(last[site], j))
             ops[site].append(tuple(writes))
             last[site] = j
-    settle = [] if p.settle is None else [p.settle]
     for site, stage_index in enumerate(last):
         if stage_index >= 0:
-            ops[site].extend(_barrier_ops([*p.barriers[stage_index:], *settle]))
+            ops[site].extend(separators.strongest(stage_index, separators.end))
     return [tuple(o) for o in ops]
 
 
@@ -296,6 +323,7 @@ class _Found(NamedTuple):
     reason: str
     state: _State
     last: tuple[str, str] | None  # the violating move, when it leads nowhere (a crash, a failed CAS)
+    at_end: bool = False  # found by the end-of-plan requirements, not by the move into ``state``
 
 
 def _kernel_only_reason(lay: Layout, words: tuple[Insn, ...]) -> str:
@@ -311,6 +339,16 @@ def _kernel_only_reason(lay: Layout, words: tuple[Insn, ...]) -> str:
     return f"the plan leaves {words_text(words)} in the file, which only the running kernel writes: {why}"
 
 
+def _state_name(lay: Layout, words: tuple[Insn, ...]) -> str:
+    """The state ``words`` name on this layout, or ``unknown``: on a gcc-5 site ``b+8`` words name
+    no state (its ``b .+8`` lands on the bl, so it has no ``guarded`` or ``armed``), though the
+    same words do on the two-slot layouts."""
+    state = lay.state_of(words)
+    if state in lay.states or state is SiteState.BROKEN:
+        return state.value
+    return SiteState.UNKNOWN.value
+
+
 def _synced(code: tuple[Insn, ...]) -> tuple[frozenset[Insn], ...]:
     return tuple(frozenset((w,)) for w in code)
 
@@ -322,7 +360,7 @@ def _exposed(geo: _Geometry, task: _Task) -> bool:
     return 0 < pc < geo.n and not fresh
 
 
-def _search(m: _Model, start: _State) -> tuple[list[_Found], int, _Parents]:
+def _search(m: _Model, start: _State, limit: int) -> tuple[list[_Found], int, _Parents]:
     parents: _Parents = {start: None}
     found: dict[Violation, _Found] = {}
     queue: deque[_State] = deque([start])
@@ -330,7 +368,7 @@ def _search(m: _Model, start: _State) -> tuple[list[_Found], int, _Parents]:
         state = queue.popleft()
         if state[1] == len(m.ops):  # the patcher is done: the end-of-plan requirements
             for problem in _end_problems(m, state):
-                found.setdefault(problem.violation, _Found(problem.violation, problem.reason, state, None))
+                found.setdefault(problem.violation, _Found(problem.violation, problem.reason, state, None, True))
         for move in itertools.chain(_task_moves(m, state), _patcher_moves(m, state)):
             for problem in move.problems:
                 if problem.crash is not None:
@@ -342,21 +380,22 @@ def _search(m: _Model, start: _State) -> tuple[list[_Found], int, _Parents]:
             if move.next is not None and move.next not in parents:
                 parents[move.next] = (state, move.actor, move.action)
                 queue.append(move.next)
-        if len(parents) > MAX_STATES:
+        if len(parents) > limit:
             raise _TooLarge
     return list(found.values()), len(parents), parents
 
 
 class _TooLarge(Exception):
-    """:func:`_search` passed :data:`MAX_STATES`; :func:`check` says of which site."""
+    """:func:`_search` passed its bound: :func:`check` says of which site (:data:`MAX_STATES`), or
+    :func:`check_all` of the whole plan (:data:`MAX_TOTAL_STATES`)."""
 
 
 def _end_problems(m: _Model, state: _State) -> Iterator[_Problem]:
     code, _, _, tasks = state
     words = m.geo.state_words(code)
     if words != m.target:
-        got = m.geo.layout.state_of(words).value
-        want = m.geo.layout.state_of(m.target).value
+        got = _state_name(m.geo.layout, words)
+        want = _state_name(m.geo.layout, m.target)
         yield _Problem(Violation.WRONG_FINAL, f"the plan ends in {got}, not {want}", None)
     if m.offline and m.geo.layout.kernel_only(m.geo.layout.state_of(words)):
         yield _Problem(Violation.KERNEL_ONLY, _kernel_only_reason(m.geo.layout, words), None)
@@ -451,11 +490,12 @@ def _write_move(m: _Model, state: _State, j: int, write: tuple[int, Insn, Insn, 
         crash = f"{text}: CAS finds {code[idx].value}  <-- VIOLATION"
         return _Move(None, "patcher", text, (_Problem(Violation.CAS_MISMATCH, reason, crash),))
     problems: list[_Problem] = []
-    if m.cmodx is Cmodx.V3_0 and Insn.MFLR in (old, new) and _may_fetch(tasks, idx):
+    if m.cmodx is Cmodx.V3_0 and not cmodx_3_0_allows(old, new) and _may_fetch(tasks, idx):
+        outside = " nor ".join(w.value for w in (old, new) if w not in PATCH_CLASS)
         reason = (
             f"{text} is patched while a CPU may be executing slot {slot.value} (a task may enter the "
             "function as the word changes: no step of one is needed); ISA 3.0's concurrent modification "
-            "rules do not cover mflr"
+            f"rules cover only patch-class words (I-form branches and the preferred no-op), not {outside}"
         )
         problems.append(_Problem(Violation.CMODX, reason, f"{text}  <-- VIOLATION under --cmodx 3.0"))
     new_code = (*code[:idx], new, *code[idx + 1 :])
@@ -485,6 +525,7 @@ def check(
     cmodx: Cmodx | None = None,
     std_slot: Insn = Insn.STD,
     _ops: tuple[_Op, ...] | None = None,
+    _budget: int | None = None,
 ) -> CheckResult:
     """Explore every interleaving of ``p``'s writes to ``site`` with ``tasks`` tasks.
 
@@ -492,7 +533,8 @@ def check(
     (``p.runtime`` False) is checked with no concurrent task: only the states it passes through.
     ``std_slot`` is what a gcc-5 site's S slot holds at the start (``std`` as compiled, ``nop`` after
     a 6.13+ kernel's ``ftrace_init_nop``); it never changes a verdict, and the tests show that.
-    ``_ops`` is the site's share of the plan when the caller (``check_all``) has it already.
+    ``_ops`` is the site's share of the plan when the caller (``check_all``) has it already, and
+    ``_budget`` what is left of its :data:`MAX_TOTAL_STATES` (passing it raises ``_TooLarge`` for it).
     Raises :class:`~rewriter.errors.ArgumentError` for a site, task or entry count out of range,
     and for a site whose check would pass :data:`MAX_STATES`.
     """
@@ -512,9 +554,12 @@ def check(
     geo = _GEOMETRY[req.variant]
     ops = _ops_by_site(p)[site] if _ops is None else _ops
     model = _Model(geo, ops, geo.layout.words(req.target), stale, policy, offline=not p.runtime)
+    limit = MAX_STATES if _budget is None else min(MAX_STATES, _budget)
     try:
-        found, states, parents = _search(model, _start(geo, req.current, std_slot, tasks, entries, stale))
+        found, states, parents = _search(model, _start(geo, req.current, std_slot, tasks, entries, stale), limit)
     except _TooLarge:
+        if limit < MAX_STATES:
+            raise  # the whole plan's bound: check_all names it
         raise ArgumentError(
             f"site {site} ({len(ops)} writes) takes more than {MAX_STATES:,} states to check at {tasks} tasks x "
             f"{entries} entries: check it with fewer --tasks or --entries, or give one site fewer writes"
@@ -545,21 +590,33 @@ def check_all(
     """Check every site of ``p``; sites with the same request and the same writes are checked once.
 
     Returns the first UNSAFE result, else a SAFE one whose ``states`` is the total explored.
+    Raises :class:`~rewriter.errors.ArgumentError` past :data:`MAX_STATES` for one site, or past
+    :data:`MAX_TOTAL_STATES` over all of them.
     """
     if not p.sites:
         raise ArgumentError("the plan has no sites")
-    seen: set[tuple[SiteRequest, tuple[_Op, ...]]] = set()
-    results: list[CheckResult] = []
+    distinct: dict[tuple[SiteRequest, tuple[_Op, ...]], int] = {}  # -> its first site
     for site, ops in enumerate(_ops_by_site(p)):
-        key = (p.sites[site], ops)
-        if key in seen:
-            continue
-        seen.add(key)
-        result = check(p, site=site, tasks=tasks, entries=entries, stale_fetch=stale_fetch, cmodx=cmodx, _ops=ops)
+        distinct.setdefault((p.sites[site], ops), site)
+    results: list[CheckResult] = []
+    spent = 0
+    for (_, ops), site in distinct.items():
+        try:
+            result = check(
+                p, site=site, tasks=tasks, entries=entries, stale_fetch=stale_fetch, cmodx=cmodx, _ops=ops,
+                _budget=MAX_TOTAL_STATES - spent,
+            )  # fmt: skip
+        except _TooLarge:
+            raise ArgumentError(
+                f"the plan's {len(distinct):,} distinct sites take more than {MAX_TOTAL_STATES:,} states in all to "
+                f"check at {workload(tasks, entries)} (passed at distinct site {len(results) + 1:,}): check it with "
+                "fewer --tasks or --entries, or split it into plans of fewer distinct sites"
+            ) from None
         if not result.safe:
             return result
+        spent += result.states
         results.append(result)
-    return replace(results[0], states=sum(r.states for r in results), sites_checked=len(results))
+    return replace(results[0], states=spent, sites_checked=len(results))
 
 
 # ---------------------------------------------------------------- traces
@@ -569,7 +626,7 @@ def _trace_step(actor: str, action: str, state: _State, geo: _Geometry) -> Trace
     slots = tuple(zip(geo.layout.slots, state[0], strict=True))
     r0 = tuple("" if t[0] == 0 else "LR" if t[1] else "stale" for t in state[3])
     at = tuple("" if t[0] == 0 else geo.name(t[0]) for t in state[3])
-    return TraceStep(actor, action, slots, r0, at, geo.layout.state_of(geo.state_words(state[0])).value)
+    return TraceStep(actor, action, slots, r0, at, _state_name(geo.layout, geo.state_words(state[0])))
 
 
 def _trace(
@@ -586,10 +643,12 @@ def _trace(
         state = parent
         link = parents[state]
     steps.reverse()
-    if f.last is None:
+    if f.at_end:
         # the words the plan ends with, also when it wrote none (a hand-made plan that starts there)
         done = _trace_step("checker", "plan done  <-- VIOLATION (see above)", f.state, geo)
         steps.append(done._replace(r0=(), at=()))
+    elif f.last is None and steps:  # the write into f.state made the site broken: the trace ends at
+        steps[-1] = steps[-1]._replace(action=steps[-1].action + "  <-- VIOLATION")  # it, writes pending
     return tuple(steps)
 
 

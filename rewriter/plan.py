@@ -76,6 +76,18 @@ class Cmodx(enum.Enum):
     V3_1 = "3.1"  # relaxed: mflr <-> nop may be patched live
 
 
+PATCH_CLASS: Final = (Insn.NOP, Insn.B8, Insn.CALL, Insn.STUB)
+"""The words of ISA 3.0's CMODX "patch class" a site may hold: I-form branches (``b .+8``, ``bl``,
+``b stub``) and the preferred no-op. ``mflr r0`` and gcc 5's ``std r0,16(r1)`` are not in it."""
+
+
+def cmodx_3_0_allows(old: Insn, new: Insn) -> bool:
+    """Whether ISA 3.0 lets a word be replaced while another thread may execute it: only when both
+    the old and the new word are patch class (Book II, "Concurrent Modification and Execution of
+    Instructions"); ISA 3.1 relaxed this. The planner and the checker both ask here."""
+    return old in PATCH_CLASS and new in PATCH_CLASS
+
+
 class Barrier(enum.Enum):
     """What separates two stages of a plan."""
 
@@ -174,6 +186,7 @@ class Plan:
             ],
             "barriers": [b.value for b in self.barriers],
             "settle": None if self.settle is None else self.settle.value,
+            "notes": list(notes(self)),
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"  # compact: 158k sites is 25 MB, not 48
 
@@ -198,38 +211,27 @@ class Plan:
     def _from_doc(cls, doc: Any) -> Plan:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise PlanFormatError(f'expected an object with "format": "{FORMAT}"')
+        _known_keys(doc, _PLAN_KEYS, "plan")
         version = doc.get("version")
         if type(version) is not int or version != VERSION:  # not True, nor 1.0
-            raise PlanFormatError(f"expected version {VERSION}, found {version!r}")
+            raise PlanFormatError(f"expected version {VERSION}, found {_quoted(version)}")
         mode = _field(doc, "mode", str, "plan")
         if mode not in ("runtime", "offline"):
-            raise PlanFormatError(f'mode: expected "runtime" or "offline", found {mode!r}')
-        sites = tuple(
-            SiteRequest(
-                _enum(Variant, _field(s, "variant", str, f"sites[{i}]"), f"sites[{i}].variant"),
-                _enum(SiteState, _field(s, "current", str, f"sites[{i}]"), f"sites[{i}].current"),
-                _enum(SiteState, _field(s, "target", str, f"sites[{i}]"), f"sites[{i}].target"),
-            )
-            for i, s in enumerate(_field(doc, "sites", list, "plan"))
-        )
+            raise PlanFormatError(f'mode: expected "runtime" or "offline", found {_quoted(mode)}')
+        sites = tuple(_site_request(s, f"sites[{i}]") for i, s in enumerate(_field(doc, "sites", list, "plan")))
         if not sites:
             raise PlanFormatError("sites: empty (a plan names at least one site)")
         stale_fetch = _field(doc, "stale_fetch", bool, "plan")
         if stale_fetch and mode == "offline":  # as `plan --offline --stale-fetch` is refused
             raise PlanFormatError("stale_fetch: true is about CPUs running the code; an offline plan has none")
         stages = tuple(
-            tuple(
-                Write(
-                    _field(w, "site", int, f"stages[{j}][{k}]"),
-                    _enum(Slot, _field(w, "slot", str, f"stages[{j}][{k}]"), f"stages[{j}][{k}].slot"),
-                    _enum(Insn, _field(w, "old", str, f"stages[{j}][{k}]"), f"stages[{j}][{k}].old"),
-                    _enum(Insn, _field(w, "new", str, f"stages[{j}][{k}]"), f"stages[{j}][{k}].new"),
-                )
-                for k, w in enumerate(_list(stage, f"stages[{j}]"))
-            )
+            tuple(_write(w, f"stages[{j}][{k}]") for k, w in enumerate(_list(stage, f"stages[{j}]")))
             for j, stage in enumerate(_field(doc, "stages", list, "plan"))
         )
-        settle = doc.get("settle")
+        if "settle" not in doc:  # null says there is none: a file to certify does not leave it unsaid
+            raise PlanFormatError("plan: missing 'settle' (null when the plan has none)")
+        settle = doc["settle"]
+        _notes(doc)
         return cls(
             sites=sites,
             stages=stages,
@@ -247,6 +249,54 @@ class Plan:
 # The helpers below raise PlanFormatError without the file's name; from_json puts it in front.
 
 
+_PLAN_KEYS: Final = frozenset(
+    ("format", "version", "route", "cmodx", "mode", "stale_fetch", "sites", "stages", "barriers", "settle", "notes")
+)
+_SITE_KEYS: Final = frozenset(("variant", "current", "target"))
+_WRITE_KEYS: Final = frozenset(("site", "slot", "old", "new"))
+_QUOTED_MAX: Final = 60  # characters of a value an error line quotes (a 5 MB "slot" made a 5 MB line)
+
+
+def _quoted(value: Any) -> str:
+    """``value`` as an error line quotes it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= _QUOTED_MAX else f"{text[: _QUOTED_MAX - 5]}...{text[-2:]}"
+
+
+def _known_keys(obj: Any, allowed: frozenset[str], where: str) -> None:
+    """A plan is a file to be certified: a key check-plan does not know would be read by no one,
+    so a misspelt one (``"setle"``) would pass for a plan that says what it does not."""
+    if isinstance(obj, dict) and not obj.keys() <= allowed:
+        key = next(k for k in obj if k not in allowed)
+        raise PlanFormatError(f"{where}: unknown key {_quoted(key)} (known: {', '.join(sorted(allowed))})")
+
+
+def _site_request(obj: Any, where: str) -> SiteRequest:
+    _known_keys(obj, _SITE_KEYS, where)
+    return SiteRequest(
+        _enum(Variant, _field(obj, "variant", str, where), f"{where}.variant"),
+        _enum(SiteState, _field(obj, "current", str, where), f"{where}.current"),
+        _enum(SiteState, _field(obj, "target", str, where), f"{where}.target"),
+    )
+
+
+def _write(obj: Any, where: str) -> Write:
+    _known_keys(obj, _WRITE_KEYS, where)
+    return Write(
+        _field(obj, "site", int, where),
+        _enum(Slot, _field(obj, "slot", str, where), f"{where}.slot"),
+        _enum(Insn, _field(obj, "old", str, where), f"{where}.old"),
+        _enum(Insn, _field(obj, "new", str, where), f"{where}.new"),
+    )
+
+
+def _notes(doc: dict[str, Any]) -> None:
+    """``notes`` (what ``plan`` says of the plan in words, :func:`notes`) is for people and may be
+    left out, as files made before it are; given, it is a list of strings."""
+    if "notes" in doc and not all(isinstance(n, str) for n in _list(doc["notes"], "notes")):
+        raise PlanFormatError("notes: expected a list of strings")
+
+
 def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object whose keys are each given once. A plan is a file to be certified: of a key
     given twice Python's json keeps the last value and other readers the first, so check-plan
@@ -255,7 +305,7 @@ def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(doc) != len(pairs):
         seen: set[str] = set()
         key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise PlanFormatError(f"the key {key!r} is given twice in one object")
+        raise PlanFormatError(f"the key {_quoted(key)} is given twice in one object")
     return doc
 
 
@@ -276,13 +326,13 @@ def _field(obj: Any, key: str, kind: type, where: str) -> Any:
         raise PlanFormatError(f"{where}: missing {key!r}")
     value = obj[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise PlanFormatError(f"{where}.{key}: expected {kind.__name__}, found {value!r}")
+        raise PlanFormatError(f"{where}.{key}: expected {kind.__name__}, found {_quoted(value)}")
     return value
 
 
 def _list(value: Any, where: str) -> list[Any]:
     if not isinstance(value, list):
-        raise PlanFormatError(f"{where}: expected a list, found {value!r}")
+        raise PlanFormatError(f"{where}: expected a list, found {_quoted(value)}")
     return value
 
 
@@ -291,7 +341,7 @@ def _enum(kind: type[_E], value: Any, where: str) -> _E:
         return kind(value)
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in kind)
-        raise PlanFormatError(f"{where}: expected one of {allowed}, found {value!r}") from None
+        raise PlanFormatError(f"{where}: expected one of {allowed}, found {_quoted(value)}") from None
 
 
 def _validate(p: Plan) -> None:
@@ -377,7 +427,7 @@ def _simple_paths(
             yield steps, seen
             return
         for dst, step in steps_from(req.variant, state).items():
-            if dst in seen or (step.mflr_write and not mflr_ok):
+            if dst in seen or not (mflr_ok or cmodx_3_0_allows(step.old, step.new)):
                 continue
             if _route_allows(route, req.variant, step, dst, req.target):
                 yield from walk(dst, (*steps, step), (*seen, dst))
@@ -486,6 +536,34 @@ def check_route(variants: Iterable[Variant], route: Route | None) -> None:
     kinds = sorted(set(variants), key=lambda v: v.value)
     if kinds and all(len(LAYOUTS[v].state_slots) < 2 for v in kinds):
         raise ArgumentError(f"--route {route.value}: {kinds[0].value} sites are one word; there is no route to choose")
+
+
+def check_route_decides(req: SiteRequest, route: Route | None, cmodx: Cmodx, runtime: bool, stale_fetch: bool) -> None:
+    """``plan --route`` for one request: refused, as :func:`check_route` refuses it for ool, where
+    it would not be the route the plan followed: ``b8`` for a site that has no such route (gcc 5's,
+    where ``b .+8`` lands on the bl), and either route where both write the same (a disable, or
+    ``disabled -> enabled``), since the plan would say ``route b8`` of writes no route chose. A
+    request neither route can plan is left to the planner, which says why. (``apply`` selects many
+    sites, and keeps a route that changes nothing for some of them.)"""
+    if route is None:
+        return
+    check_route([req.variant], route)
+    lay = LAYOUTS[req.variant]
+    if route is Route.B8 and SiteState.GUARDED not in lay.states:
+        why = f"{req.variant.value} sites have no b8 route: {lay.no_b8}"
+        raise ArgumentError(f"--route b8: {why}; use --route mflr-first")
+    plans = []
+    for candidate in Route:
+        try:
+            plans.append(_plan_route([req], candidate, cmodx, runtime, stale_fetch))
+        except PlanRejected:
+            return  # only one route gets there (it decides), or neither (the planner says why)
+    first, second = ((p.stages, p.barriers, p.settle) for p in plans)
+    if first == second:
+        raise ArgumentError(
+            f"--route {route.value}: {req.variant.value} {req.current.value} -> {req.target.value} takes the same "
+            "writes on both routes; there is no route to choose"
+        )
 
 
 def plan(
@@ -643,6 +721,11 @@ def leaves_nopped(p: Plan) -> bool:
     return p.runtime and any(req.target is SiteState.NOPPED for req in p.sites)
 
 
+def notes(p: Plan) -> tuple[str, ...]:
+    """What a plan's text says under it, and its JSON in ``notes`` (``plan --format json`` lost it)."""
+    return (STOCK_KERNEL_NOTE,) if leaves_nopped(p) else ()
+
+
 def render_text(p: Plan) -> str:
     """A readable plan: what each stage writes, grouped by (slot, old, new), and what separates them."""
     mode = "runtime" if p.runtime else "offline rewrite (nothing executes concurrently)"
@@ -671,6 +754,5 @@ def render_text(p: Plan) -> str:
             lines.append(f"  {slot.value}: {old.value:>4} -> {new.value:<4}  {_ranges(sorted(sites))}")
     if p.settle is not None:
         lines.append(_barrier_text(p.settle).replace("barrier:", "settle:", 1))
-    if leaves_nopped(p):
-        lines.append(STOCK_KERNEL_NOTE)
+    lines.extend(notes(p))
     return "\n".join(lines) + "\n"

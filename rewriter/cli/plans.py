@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final
 
@@ -14,12 +15,23 @@ from rewriter.cli.common import OutputFile, check_report_output, emit
 from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, PlanFormatError
 from rewriter.generations import Generation, Variant
-from rewriter.plan import STOCK_KERNEL_NOTE, Cmodx, Route, leaves_nopped
+from rewriter.plan import Cmodx, Route, notes
 from rewriter.prose import printable
 from rewriter.states import SiteState
 
 if TYPE_CHECKING:
     from rewriter.plan import Plan
+
+
+DEFAULT_TASKS: Final = 2  # --tasks and --entries default to None, so that an offline plan can refuse them
+DEFAULT_ENTRIES: Final = 2
+
+
+def _default(value: object) -> str:
+    """``[default: 2]`` for the help of an option whose default is None (so that a command can tell
+    it was not given): escaped, since the help is rich markup, where ``[default: 2]`` is a tag and
+    vanishes (click's ``show_default`` text would read ``[default: (2)]``)."""
+    return f"\\[default: {value}]"
 
 
 class PlanFormat(enum.Enum):
@@ -48,7 +60,7 @@ def plan(
         Route | None, typer.Option(help="two-word sites: default, the route with fewer writes (ool has none)")
     ] = None,
     cmodx: Annotated[
-        Cmodx | None, typer.Option(help=f"ISA rules for live patching [default: {Cmodx.V3_1.value}]")
+        Cmodx | None, typer.Option(help=f"ISA rules for live patching {_default(Cmodx.V3_1.value)}")
     ] = None,
     offline: Annotated[bool, typer.Option(help="plan a file rewrite (nothing executes concurrently)")] = False,
     stale_fetch: Annotated[
@@ -65,7 +77,7 @@ def plan(
 
     Exit 1 with the reason when no legal route exists: e.g. a runtime enable of a nopped mflr
     under --cmodx 3.0, or a state the generation's sites do not have (--from nopped on ool)."""
-    from rewriter.plan import SiteRequest, check_route, render_text
+    from rewriter.plan import SiteRequest, check_route_decides, render_text
     from rewriter.plan import plan as make_plan
 
     check_report_output(output)
@@ -73,11 +85,11 @@ def plan(
         if state is SiteState.UNKNOWN:  # a scan's word for a site it cannot read, never a plan's
             raise ArgumentError(f"{option} unknown: a site whose words are none of its states cannot be planned")
     request = SiteRequest(_variant(generation, variant), from_, to)
-    check_route([request.variant], route)
     if offline and stale_fetch:
         raise ArgumentError("--stale-fetch is about CPUs running the code: an --offline plan has none")
     if offline and cmodx is not None:  # check-plan refuses it for an offline plan too
         raise ArgumentError("--cmodx is about CPUs running the code: an --offline plan has none")
+    check_route_decides(request, route, cmodx or Cmodx.V3_1, runtime=not offline, stale_fetch=stale_fetch)
     # NoRoute (exit 1): no legal route, or (offline) a target only the running kernel writes
     p = make_plan([request], route, cmodx or Cmodx.V3_1, runtime=not offline, stale_fetch=stale_fetch)
     emit(p.to_json() if fmt is PlanFormat.JSON else render_text(p), output)
@@ -97,16 +109,19 @@ def _variant(generation: Generation | None, variant: Variant | None) -> Variant:
 
 def check_plan(
     plan_file: Annotated[
-        Path | None, typer.Argument(help="a plan in JSON (from `mcountrw plan --format json`)")
+        Path | None, typer.Argument(help="a plan in JSON (from `mcountrw plan --format json`); - reads stdin")
     ] = None,
     *,
     builtin: Annotated[
         str | None, typer.Option(click_type=click.Choice(list(BUILTINS)), help="check a built-in plan (see --list)")
     ] = None,
     list_builtins: Annotated[bool, typer.Option("--list", help="list the built-in plans")] = False,
-    tasks: Annotated[int | None, typer.Option(min=1, max=MAX_TASKS, help="concurrent tasks [default: 2]")] = None,
+    tasks: Annotated[
+        int | None, typer.Option(min=1, max=MAX_TASKS, help=f"concurrent tasks {_default(DEFAULT_TASKS)}")
+    ] = None,
     entries: Annotated[
-        int | None, typer.Option(min=1, max=MAX_ENTRIES, help="times each task enters the function [default: 2]")
+        int | None,
+        typer.Option(min=1, max=MAX_ENTRIES, help=f"times each task enters the function {_default(DEFAULT_ENTRIES)}"),
     ] = None,
     cmodx: Annotated[Cmodx | None, typer.Option(help="default: what the plan was made for")] = None,
     stale_fetch: Annotated[
@@ -131,17 +146,19 @@ def check_plan(
         name, p = builtin, BUILTINS[builtin].plan
     else:
         assert plan_file is not None  # exactly one of the two, checked above
-        name, p = printable(str(plan_file)), _read_plan(plan_file)
+        name, p = _read_plan(plan_file)
     if not p.runtime:
         _check_offline_options(name, tasks, entries, stale_fetch, cmodx)
     try:
-        result = check_all(p, tasks=tasks or 2, entries=entries or 2, stale_fetch=stale_fetch, cmodx=cmodx)
+        result = check_all(
+            p, tasks=tasks or DEFAULT_TASKS, entries=entries or DEFAULT_ENTRIES, stale_fetch=stale_fetch, cmodx=cmodx
+        )
     except ArgumentError as e:  # what about the plan could not be checked: name it
         raise ArgumentError(f"{name}: {e}") from None
     if result.safe:
         typer.echo(f"{name}: SAFE ({result.states} states explored, {assumptions(result) if p.runtime else OFFLINE})")
-        if leaves_nopped(p):
-            typer.echo(STOCK_KERNEL_NOTE)
+        for note in notes(p):
+            typer.echo(note)
     else:
         typer.echo(f"{name}: {render_trace(result)}", nl=False)  # "UNSAFE (kind): why", then the trace
     findings_if(not result.safe)
@@ -166,14 +183,30 @@ def _check_offline_options(
         )
 
 
-def _read_plan(path: Path) -> Plan:
+STDIN: Final = "-"  # as `plan -o -` writes to stdout: `plan --format json | check-plan -`
+
+
+def _read_plan(path: Path) -> tuple[str, Plan]:
+    """The plan file as its lines name it, and the plan; ``-`` is stdin, named ``<stdin>``, and read
+    as strictly as a file (it is certified all the same)."""
     from rewriter.plan import Plan
     from rewriter.reading import read_regular_text
 
+    if str(path) == STDIN:
+        name = "<stdin>"
+        if sys.stdin is None:  # started with stdin closed
+            raise PlanFormatError(f"{name}: closed (no plan to read)")
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except OSError as e:
+            raise PlanFormatError(f"{name}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise PlanFormatError(f"{name}: not a plan (not UTF-8 text)") from None
+        return name, Plan.from_json(text, source=name)
     try:
         text = read_regular_text(path)
     except OSError as e:
         raise PlanFormatError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise PlanFormatError(f"{path}: not a plan (not UTF-8 text)") from None
-    return Plan.from_json(text, source=str(path))
+    return printable(str(path)), Plan.from_json(text, source=str(path))

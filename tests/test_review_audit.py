@@ -124,6 +124,10 @@ def test_a_stub_area_smaller_than_its_stubs_is_an_error(tmp_path: Path) -> None:
             f"ftrace_ool_stub_text_end: {size} bytes" in errors[0]["message"]
             and "8121 stubs of 24" in errors[0]["message"]
         )
+    sarif = json.loads(invoke("audit", "--format", "sarif", "--fail-on", "never", vmlinux).stdout)
+    (result,) = [r for r in sarif["runs"][0]["results"] if r["ruleId"] == "ool-stubs"]
+    # the stub area is a data object the kernel fills, not a function
+    assert result["locations"][0]["logicalLocations"] == [{"name": "ftrace_ool_stub_text_end", "kind": "object"}]
 
 
 def _zero_record_of(path: Path, place: int) -> None:

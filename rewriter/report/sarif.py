@@ -59,7 +59,9 @@ def _location(img_index: int, img: ImageAudit, a: Anomaly) -> dict[str, Any]:
         physical["address"] = {"absoluteAddress": a.addr}
     location: dict[str, Any] = {"physicalLocation": physical}
     if a.function:
-        location["logicalLocations"] = [{"name": a.function, "kind": "function"}]
+        # an ool-stubs finding names its stub area, a data object the kernel fills, not a function
+        kind = "object" if a.kind is AnomalyKind.OOL_STUBS else "function"
+        location["logicalLocations"] = [{"name": a.function, "kind": kind}]
     return location
 
 

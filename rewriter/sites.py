@@ -698,9 +698,14 @@ def _in_stub_areas(image: Image, places: np.ndarray, words: np.ndarray) -> np.nd
     return out
 
 
-def _passes_lookup(offsets: np.ndarray, weak: int) -> np.ndarray:
+def _passes_lookup(image: Image, funcs: Functions, places: np.ndarray, weak: int) -> np.ndarray:
     """test_for_valid_rec(): a record no symbol precedes (kallsyms_lookup() finds none), or one
-    more than FTRACE_MCOUNT_MAX_OFFSET past it, is disabled."""
+    more than FTRACE_MCOUNT_MAX_OFFSET past it, is disabled. An image without symbols cannot say
+    which: every record passes, as the audit's no-symbols note says."""
+    starts = lookup_from(image, funcs)[0]
+    if not len(starts):
+        return np.ones(len(places), bool)
+    offsets = weak_offsets(starts, places)
     passes: np.ndarray = (offsets >= 0) & (offsets <= weak)
     return passes
 
@@ -719,11 +724,7 @@ def _build_sites(
     offs = c.i[sel] * ppc.INSN_SIZE
     secs = [text.sections[k] for k in ks.tolist()]
     # rec->ip is the call slot in every generation (6.12's ftrace_call_adjust adds 4 to the record)
-    enabled = (
-        recorded
-        if weak is None
-        else recorded & _passes_lookup(weak_offsets(lookup_from(image, funcs)[0], places), weak)
-    )
+    enabled = recorded if weak is None else recorded & _passes_lookup(image, funcs, places, weak)
     n = len(sel)
     nothing: list[None] = [None] * n
     stubs = nothing if linked else _STUB_NAME[(variant == _VARIANTS.index(Variant.OOL)) * rec].tolist()
@@ -899,7 +900,7 @@ def _module_sites(
         if not enabled and weak is not None:  # the function does not decide it: kallsyms_lookup()'s view
             lookup = lookup_symbols(image)[0].tolist() if lookup is None else lookup
             j = bisect_right(lookup, place) - 1
-            enabled = j >= 0 and place - lookup[j] <= weak
+            enabled = not lookup or (j >= 0 and place - lookup[j] <= weak)  # no symbols: unknown, as above
         st = _STATES[state]
         boot = lay.booted if st is lay.built else None
         fields = (sec.name, sec.shndx, offset, None, name, variant, st, True, None, sec.offset + offset, place,

@@ -240,3 +240,14 @@ def test_diff_says_when_one_side_boots_with_ftrace_off(tmp_path: Path) -> None:
         assert "**After boot:** A: ftrace on; B: ftrace off: " in text
     same = invoke("diff", "--format", "json", old72, old72)
     assert same.exit_code == 0 and json.loads(same.stdout)["images"][0]["boot"] == [None, None]
+
+
+def test_a_stripped_kernel_keeps_every_record_traceable(tmp_path: Path) -> None:
+    """Without symbols nothing says which records test_for_valid_rec() disables: scan counts them
+    all traceable, as the audit's no-symbols note says. The module kallsyms fix read 'no symbol
+    before it' as 'disabled' and made all 38,791 sites of a stripped 6.12 untraceable."""
+    objcopy = require_tool("powerpc64le-linux-gnu-objcopy")
+    stripped = tmp_path / "vmlinux"
+    subprocess.run([objcopy, "--strip-all", require_kernel("6.12").vmlinux, stripped], check=True)
+    image = _scan(stripped)
+    assert image["summary"]["traceable"] == len(image["sites"]) == 38791

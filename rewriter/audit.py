@@ -581,6 +581,9 @@ def _dangling(image: Image, printer: Printer, record: RecordPlace, generation: G
     section, offset, addr, place = record
     sec = image.section(section) if section is not None else None
     i = printer.word_index(place)
+    if i < 0 and place % ppc.INSN_SIZE and printer.word_index(place - place % ppc.INSN_SIZE) >= 0:
+        msg = f"record points inside the word at {printer.where(place - place % ppc.INSN_SIZE)}, not at a word"
+        return Anomaly(AnomalyKind.DANGLING, Severity.ERROR, msg, addr, section, offset)
     if i < 0:
         return Anomaly(AnomalyKind.DANGLING, Severity.ERROR, "record points outside the code", addr, section, offset)
     function = _function_name(image, printer.code.funcs, place)

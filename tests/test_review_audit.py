@@ -251,3 +251,18 @@ def test_a_stripped_kernel_keeps_every_record_traceable(tmp_path: Path) -> None:
     subprocess.run([objcopy, "--strip-all", require_kernel("6.12").vmlinux, stripped], check=True)
     image = _scan(stripped)
     assert image["summary"]["traceable"] == len(image["sites"]) == 38791
+
+
+def test_a_record_inside_a_word_is_said_to_be_so(tmp_path: Path) -> None:
+    """A record two bytes into a site's first nop was 'record points outside the code'."""
+    from test_review_crosscheck import _set_record
+
+    vmlinux = tmp_path / "vmlinux"
+    shutil.copyfile(require_kernel("6.12").vmlinux, vmlinux)
+    site = next(s for s in _scan(vmlinux)["sites"] if s["function"] == "do_one_initcall")
+    image = Image.load(vmlinux)
+    (table,) = read_records(image)
+    (slot,) = np.flatnonzero(table.values == site["record"])
+    _set_record(vmlinux, int(slot), site["record"] + 2)
+    (found,) = [a for a in _audit(vmlinux)["anomalies"] if a["kind"] == "dangling"]
+    assert found["message"] == f"record points inside the word at {site['record']:#x}, not at a word"

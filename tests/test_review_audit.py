@@ -266,3 +266,13 @@ def test_a_record_inside_a_word_is_said_to_be_so(tmp_path: Path) -> None:
     _set_record(vmlinux, int(slot), site["record"] + 2)
     (found,) = [a for a in _audit(vmlinux)["anomalies"] if a["kind"] == "dangling"]
     assert found["message"] == f"record points inside the word at {site['record']:#x}, not at a word"
+
+
+def test_diff_names_a_symlink_loop_as_one(tmp_path: Path) -> None:
+    """diff said 'No such file or directory' of a link loop, where audit says what the system says."""
+    loop_a, loop_b = tmp_path / "a", tmp_path / "b"
+    loop_a.symlink_to(loop_b)
+    loop_b.symlink_to(loop_a)
+    done = invoke("diff", loop_a, loop_a)
+    assert done.exit_code == 2
+    assert done.output.strip().splitlines()[0].endswith(f"{loop_a}: Too many levels of symbolic links")

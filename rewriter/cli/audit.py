@@ -35,7 +35,7 @@ from rewriter.cli.common import (
 from rewriter.cli.exits import ExitCode, bad_input_if, findings_if
 from rewriter.errors import ArgumentError, ImageError, LogError
 from rewriter.generations import Generation
-from rewriter.reading import NO_SUCH_FILE
+from rewriter.reading import NO_SUCH_FILE, not_a_file
 
 if TYPE_CHECKING:
     from rewriter.anomalies import Severity
@@ -228,7 +228,8 @@ def _diff_sides(a: Path, b: Path) -> tuple[tuple[list[Found], list[str]], tuple[
     from rewriter.batch import expand_named
     from rewriter.diff import check_pairable
 
-    missing = [f"{path}: {NO_SUCH_FILE}" for path in (a, b) if not path.exists()]
+    # what the system says (a link loop is no missing file)
+    missing = [f"{path}: {not_a_file(path)}" for path in (a, b) if not path.exists()]
     if missing:  # both named when both are missing, one line each
         print_errors(missing)
         raise typer.Exit(ExitCode.BAD_INPUT)

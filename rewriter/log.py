@@ -316,7 +316,8 @@ def _summary(result: Rewrite, options: Options) -> dict[str, Any]:
         "sites_changed": len(result.sites),
         "sites_already_at_target": result.unchanged,
         "drop_records": options.drop_records,
-        "strip_signature": options.strip_signature,
+        "strip_signature": options.strip_signature,  # the option as given
+        "signature_stripped": result.signature_stripped,  # what it did: a signature was there, and went
     }
     if result.dropped:
         out["records_dropped"] = len(result.dropped)

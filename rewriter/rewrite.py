@@ -192,6 +192,12 @@ class Rewrite:
     goals: tuple[SiteState, ...] = ()
 
     @property
+    def signature_stripped(self) -> bool:
+        """Whether the rewrite cut a module signature off (``--strip-signature`` on a signed file
+        whose words changed; the option alone strips nothing)."""
+        return any(isinstance(e, Truncate) for e in self.edits)
+
+    @property
     def word_writes(self) -> int:
         """How many of ``edits`` are the plan's word writes (the others have no stage)."""
         return sum(1 for e in self.edits if e.stage is not None)

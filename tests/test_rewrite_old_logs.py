@@ -111,6 +111,8 @@ def test_the_same_rewrite_today_writes_the_same_lines(case: str, tmp_path: Path)
     # `sites` lines describing the sites touched (rewriter.known), after the edits.
     sites = [rec for rec in new if rec["type"] == "sites"]
     assert (new[0].pop("version"), new[0].pop("base"), old[0].pop("version")) == (3, None, 1)
+    # and whether a signature was cut off (summary.signature_stripped: the signed case's was)
+    assert new[0]["summary"].pop("signature_stripped") is ("signed" in case)
     assert [rec for rec in new if rec["type"] != "sites"] == [_relative_branches(rec) for rec in old]
     types = [rec["type"] for rec in new]
     first = types.index("sites")

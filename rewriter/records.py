@@ -94,19 +94,30 @@ def _rel_tables(image: Image) -> tuple[RecordTable, ...]:
     (gcc 11 and 12 link them all to the first function: one section).
     The link gathers them all (a vmlinux's KEEP_PATCHABLE, a module's scripts/module.lds); what a
     module's loader makes of a module that still has two is :mod:`rewriter.modload`'s."""
-    if image.symbols is None:
-        return ()
     out = []
     for r in _record_relocation_sections(image):
-        rela = image.relocations(r)
+        rela = image.relocations(r)  # refuses a table whose sh_link names no symbol table
+        if image.symbols is None:
+            raise image.error(f"relocation section {r.name}: no .symtab to resolve its records")
         _check_record_types(image, r, rela)
         out.append(RecordTable(r.name, None, None, reloc_target_places(image, rela), r.shndx))
     return tuple(out)
 
 
 def _record_relocation_sections(image: Image) -> list[Section]:
-    names = {".rela" + n for n in REL_RECORD_SECTIONS}
-    return [r for r in image.relocation_sections() if r.name in names]
+    """The RELA tables that fill a record section: those whose sh_info names an allocated section
+    called ``__mcount_loc`` or ``__patchable_function_entries``, whatever their own name. The
+    loader applies every table to the section its sh_info names and passes over one whose target
+    is not allocated (kernel/module/main.c ``apply_relocations()``), and reads the records from
+    the allocated section of that name (``find_sec()``): a ``.rela__mcount_loc`` whose sh_info
+    names ``.text`` fills no record (it writes addresses over code), and one named otherwise that
+    names ``__mcount_loc`` fills them all."""
+    out = []
+    for r in image.relocation_sections():
+        target = image.sections[r.info] if 0 < r.info < len(image.sections) else None
+        if target is not None and target.name in REL_RECORD_SECTIONS and target.flags & S.SHF_ALLOC:
+            out.append(r)
+    return out
 
 
 def _check_record_types(image: Image, rsec: Section, rela: np.ndarray) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from boot import QEMU, STANDARD_APPEND, boot, make_initramfs, module_load_script, require_kernel, require_tool
-from conftest import invoke
+from conftest import FIXTURES, invoke
 
 from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, decompress
@@ -100,3 +100,67 @@ def test_a_record_relocation_of_another_type_is_refused_in_one_line(tmp_path: Pa
     shutil.copyfile(ko, copy)
     done = invoke("nop", copy, "-o", tmp_path / "nopped.ko", "--drop-records")
     assert done.exit_code == 2 and not (tmp_path / "nopped.ko").exists()
+
+
+_SHDR_FIELDS = {
+    "sh_name": (0, 4),
+    "sh_type": (4, 4),
+    "sh_flags": (8, 8),
+    "sh_info": (44, 4),
+}  # Elf64_Shdr: offset, size
+
+
+def _header_field(path: Path, section: str, field: str, value: int | None = None) -> int:
+    """One field of section ``section``'s header (little-endian), set to ``value`` when given;
+    the field as it was."""
+    image = Image.load(path)
+    sec = image.section(section)
+    assert sec is not None
+    data = bytearray(path.read_bytes())
+    at, size = _SHDR_FIELDS[field]
+    start = int.from_bytes(data[0x28:0x30], "little") + sec.shndx * 64 + at  # e_shoff
+    old = int.from_bytes(data[start : start + size], "little")
+    if value is not None:
+        data[start : start + size] = value.to_bytes(size, "little")
+        path.write_bytes(data)
+    return old
+
+
+def _records(path: Path) -> int:
+    doc = json.loads(invoke("scan", "--format", "json", path).stdout)["images"][0]
+    count: int = doc["records"]["count"]
+    return count
+
+
+@pytest.mark.parametrize("name", ["6.1", "6.12"])
+def test_a_record_table_is_the_one_that_fills_a_record_section_whatever_its_name(name: str, tmp_path: Path) -> None:
+    """The loader applies a RELA table to the section its sh_info names and reads the records from
+    the allocated record section: a `.rela__mcount_loc` whose sh_info names no section fills no
+    record (it was read as one), and a record table under another name fills them all (it was
+    not read)."""
+    ko = _module(name, tmp_path / "nls_utf8.ko")
+    table = ".rela__mcount_loc" if name == "6.1" else ".rela__patchable_function_entries"
+    records = _records(ko)
+    assert records == 3
+    renamed, unaimed, unallocated = (tmp_path / f"{n}.ko" for n in ("renamed", "unaimed", "unallocated"))
+    for path in (renamed, unaimed, unallocated):
+        path.write_bytes(ko.read_bytes())
+    _header_field(renamed, table, "sh_name", _header_field(ko, ".rela.text", "sh_name"))
+    _header_field(unaimed, table, "sh_info", 0)
+    flags = _header_field(ko, table.removeprefix(".rela"), "sh_flags")
+    _header_field(unallocated, table.removeprefix(".rela"), "sh_flags", flags & ~0x2)  # SHF_ALLOC
+    assert (_records(renamed), _records(unaimed), _records(unallocated)) == (3, 0, 0)
+
+
+def test_an_object_whose_record_table_links_no_symbol_table_is_refused(tmp_path: Path) -> None:
+    """A module's was refused in one line; an object's read as 'generation none: 0 sites', and
+    audit called it mprofile."""
+    obj = tmp_path / "prof-le.o"
+    shutil.copyfile(FIXTURES / "bin" / "prof-le.o", obj)
+    _header_field(obj, ".symtab", "sh_type", 0)
+    for command in ("scan", "audit"):
+        done = invoke(command, obj)
+        assert done.exit_code == 2
+        (line,) = done.output.strip().splitlines()
+        assert str(obj) in line and "relocation section .rela__mcount_loc: its sh_link names" in line
+        assert line.endswith("(.symtab), not a symbol table")

@@ -299,6 +299,21 @@ _TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\] ?")
 _TRACE_LINE = re.compile(r"^\S.*?\s\d+us : (\S+) <-(\S+)")
 
 
+def unsigned_module(name: str, pattern: str, out: Path) -> Path:
+    """Kernel ``name``'s module ``pattern`` (a glob below its ``kernel/`` tree, e.g.
+    ``fs/nls/nls_utf8.ko*``), uncompressed and without its signature, at ``out``: what a test edits
+    (an edited module's signature no longer matches, and the loader rejects it for that first)."""
+    from rewriter.elf.compress import Compression, decompress
+    from rewriter.elf.signature import parse_trailer
+
+    src = next(require_kernel(name).modules_dir.glob(pattern))
+    data = src.read_bytes()
+    data = decompress(src, data, Compression.XZ) if src.suffix == ".xz" else data
+    trailer = parse_trailer(data)
+    out.write_bytes(data if trailer is None else data[: trailer.elf_end])
+    return out
+
+
 def _int_match(pattern: str, text: str) -> int | None:
     m = re.search(pattern, text)
     return int(m.group(1)) if m else None

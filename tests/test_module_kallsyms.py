@@ -14,24 +14,24 @@ import json
 from pathlib import Path
 
 import pytest
-from boot import QEMU, STANDARD_APPEND, boot, make_initramfs, module_load_script, require_kernel, require_tool
+from boot import (
+    QEMU,
+    STANDARD_APPEND,
+    boot,
+    make_initramfs,
+    module_load_script,
+    require_kernel,
+    require_tool,
+    unsigned_module,
+)
 from conftest import invoke
 
 from rewriter.elf import structs as S
-from rewriter.elf.compress import Compression, decompress
 from rewriter.elf.image import Image
-from rewriter.elf.signature import parse_trailer
 
 
 def _module(name: str, out: Path) -> Path:
-    """Kernel ``name``'s nls_utf8 module, uncompressed and unsigned (an edited module's signature
-    no longer matches, and the loader rejects it for that first)."""
-    src = next(require_kernel(name).modules_dir.glob("fs/nls/nls_utf8.ko*"))
-    data = src.read_bytes()
-    data = decompress(src, data, Compression.XZ) if src.suffix == ".xz" else data
-    trailer = parse_trailer(data)
-    out.write_bytes(data if trailer is None else data[: trailer.elf_end])
-    return out
+    return unsigned_module(name, "fs/nls/nls_utf8.ko*", out)
 
 
 def _edit_symbol(path: Path, name: str, how: str) -> None:

@@ -1,4 +1,5 @@
-"""What a kernel's module loader makes of a module whose allocated sections share a name.
+"""What a kernel's module loader makes of a module whose allocated sections share a name, or that
+holds a REL table.
 
 A module made by the kernel's build has one section of each name: scripts/module.lds gathers the
 compiler's ``__patchable_function_entries`` into one, though objects of gcc 13 and later have one
@@ -15,14 +16,16 @@ then the loader's version decides, as qemu shows (tests/test_record_sections.py)
   name (kernel/module/main.c ``find_sec()``): the records in the others are never read, so their
   functions are never traced. Seen on Debian's 6.1.
 
-The loader also refuses a module for a record row of a relocation type it does not know
-(``records.loader_refusal``: it reads the record tables).
+The loader also refuses a module with an SHT_REL table (:func:`rel_table_refusal`), and one with a
+record row of a relocation type it does not know (``records.loader_refusal``: it reads the record
+tables).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind, Section
 from rewriter.elf.release import kernel_version
 
@@ -36,8 +39,30 @@ def shared_names(image: Image) -> tuple[str, ...]:
 
 
 def refusal(image: Image) -> str | None:
-    """Why the kernel refuses to load this module, or None when it loads it. A module that names
-    no kernel version (no vermagic) is taken to be for a current kernel."""
+    """Why the kernel refuses to load this module, or None when it loads it: a REL table
+    (:func:`rel_table_refusal`, met first: the loader applies relocations before it makes the sysfs
+    files), or two allocated sections of one name. A module that names no kernel version (no
+    vermagic) is taken to be for a current kernel."""
+    return rel_table_refusal(image) or _shared_name_refusal(image)
+
+
+def rel_table_refusal(image: Image) -> str | None:
+    """ppc64 modules are RELA only (``MODULES_USE_ELF_RELA``): kernel/module/main.c
+    ``apply_relocations()`` hands an SHT_REL table aimed at an allocated section to the generic
+    ``apply_relocate()``, which prints "REL relocation unsupported" and fails the load."""
+    if image.kind is not Kind.MODULE:
+        return None
+    sections = image.sections
+    for sec in sections:
+        if sec.type == S.SHT_REL and 0 < sec.info < len(sections) and sections[sec.info].flags & S.SHF_ALLOC:
+            return (
+                f"relocation section {sec.name} is SHT_REL, which the ppc64 module loader does not apply: "
+                "it refuses the module (REL relocation unsupported)"
+            )
+    return None
+
+
+def _shared_name_refusal(image: Image) -> str | None:
     names = shared_names(image)
     if not names:
         return None

@@ -164,3 +164,24 @@ def test_an_object_whose_record_table_links_no_symbol_table_is_refused(tmp_path:
         (line,) = done.output.strip().splitlines()
         assert str(obj) in line and "relocation section .rela__mcount_loc: its sh_link names" in line
         assert line.endswith("(.symtab), not a symbol table")
+
+
+@pytest.mark.parametrize("name", ["6.12", "7.2"])
+def test_a_rel_record_table_is_a_module_the_loader_refuses(name: str, tmp_path: Path) -> None:
+    """ppc64 modules are RELA only: an SHT_REL table aimed at an allocated section fails the load
+    ("REL relocation unsupported", insmod ENOEXEC). scan read the module as loaded, its records
+    gone (the table read as no record table)."""
+    require_tool(QEMU)
+    ko = _module(name, tmp_path / "nls_utf8.ko")
+    _header_field(ko, ".rela__patchable_function_entries", "sh_type", 9)  # SHT_REL
+    doc = json.loads(invoke("scan", "--format", "json", ko).stdout)["images"][0]
+    assert "is SHT_REL" in doc["summary"]["not_loaded"] and doc["summary"]["traceable"] == 0
+    audit = json.loads(invoke("audit", "--format", "json", ko).stdout)
+    assert [a["kind"] for a in audit["images"][0]["anomalies"] if a["severity"] == "error"] == ["module-refused"]
+
+    kernel = require_kernel(name)
+    script = module_load_script(["nls_utf8"], aff_grep="[nls_utf8]")
+    booted = boot(kernel.vmlinux, STANDARD_APPEND, make_initramfs(tmp_path / "i.cpio", kernel.busybox, [ko], script))
+    assert booted.done and not booted.panicked, booted.console[-3000:]
+    assert booted.insmod == {"nls_utf8": ENOEXEC}, booted.console[-3000:]
+    assert "module nls_utf8: REL relocation unsupported" in booted.console

@@ -63,6 +63,7 @@ SHT_PROGBITS: Final = 1
 SHT_SYMTAB: Final = 2
 SHT_STRTAB: Final = 3
 SHT_RELA: Final = 4
+SHT_REL: Final = 9
 SHT_DYNAMIC: Final = 6
 SHT_NOBITS: Final = 8
 SHT_DYNSYM: Final = 11

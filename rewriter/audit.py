@@ -301,7 +301,8 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
     weak = _weak_bodies(result.sites, printer.code.funcs)
     if weak:
         unchecked = _why_no_weak_check(image) if result.weak_max_offset is None else ""
-        found += [_weak_body(image, printer.code.funcs, result.weak_max_offset, unchecked, s) for s in weak]
+        lookup = lookup_from(image, printer.code.funcs)  # once: a module's is made from its whole symbol table
+        found += [_weak_body(image, lookup, result.weak_max_offset, unchecked, s) for s in weak]
     return found
 
 
@@ -384,11 +385,14 @@ def _why_no_weak_check(image: Image) -> str:
     return f"powerpc defines no FTRACE_MCOUNT_MAX_OFFSET before 6.2{assumed}"
 
 
-def _weak_body(image: Image, funcs: Functions, max_offset: int | None, unchecked: str, site: Site) -> Anomaly:
+def _weak_body(
+    image: Image, lookup: tuple[np.ndarray, np.ndarray], max_offset: int | None, unchecked: str, site: Site
+) -> Anomaly:
     """Say what the kernel does with the record (kernel/trace/ftrace.c test_for_valid_rec());
-    ``unchecked``: why the kernel has no such check, when ``max_offset`` is None."""
+    ``lookup``: the symbols kallsyms_lookup() measures from (``sites.lookup_from``); ``unchecked``:
+    why the kernel has no such check, when ``max_offset`` is None."""
     place = np.array([site.place], np.uint64)
-    starts, names = lookup_from(image, funcs)
+    starts, names = lookup
     offset = int(weak_offsets(starts, place)[0])
     at = int(np.searchsorted(starts, place, side="right")[0]) - 1
     name = image.symbols.name_at(int(names[at])) if offset >= 0 and image.symbols is not None else None

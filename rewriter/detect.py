@@ -135,8 +135,7 @@ def detect_by_words(first: np.ndarray, after: np.ndarray, *, relaxed: bool) -> D
 
 
 def _has_mcount_table(image: Image) -> bool:
-    if image.type == S.ET_REL:  # recordmcount's section, which its relocations fill
-        return image.section("__mcount_loc") is not None
+    """recordmcount's section (in a relocatable file, its relocations fill it)."""
     return image.section("__mcount_loc") is not None
 
 

@@ -34,6 +34,7 @@ class RecordTable(NamedTuple):
     file_offset: int | None
     values: np.ndarray
     shndx: int | None = None
+    none_row: int | None = None  # relocatable: its first R_PPC64_NONE row, for which the loader refuses the module
 
 
 REL_RECORD_SECTIONS: Final = ("__mcount_loc", "__patchable_function_entries")
@@ -99,8 +100,8 @@ def _rel_tables(image: Image) -> tuple[RecordTable, ...]:
         rela = image.relocations(r)  # refuses a table whose sh_link names no symbol table
         if image.symbols is None:
             raise image.error(f"relocation section {r.name}: no .symtab to resolve its records")
-        _check_record_types(image, r, rela)
-        out.append(RecordTable(r.name, None, None, reloc_target_places(image, rela), r.shndx))
+        none_row = _check_record_types(image, r, rela)
+        out.append(RecordTable(r.name, None, None, reloc_target_places(image, rela), r.shndx, none_row))
     return tuple(out)
 
 
@@ -120,11 +121,11 @@ def _record_relocation_sections(image: Image) -> list[Section]:
     return out
 
 
-def _check_record_types(image: Image, rsec: Section, rela: np.ndarray) -> None:
+def _check_record_types(image: Image, rsec: Section, rela: np.ndarray) -> int | None:
     """A record is an R_PPC64_ADDR64: the loader stores S + A, the site's address, in its slot.
     Any other type the loader applies leaves something else there (REL64 a distance, ADDR32 half
     an address), so no place can be said for it; R_PPC64_NONE it does not apply at all, and
-    refuses the module for it (:func:`loader_refusal`)."""
+    refuses the module for it (:func:`loader_refusal`): the first such row, or None."""
     types = S.r_type(rela["r_info"])
     odd = (types != S.R_PPC64_ADDR64) & (types != S.R_PPC64_NONE)
     if odd.any():
@@ -133,20 +134,21 @@ def _check_record_types(image: Image, rsec: Section, rela: np.ndarray) -> None:
             f"relocation section {rsec.name} entry {k} is of type {int(types[k])}, not R_PPC64_ADDR64: "
             "it leaves no site's address in its record"
         )
+    none = types == S.R_PPC64_NONE
+    return int(np.argmax(none)) if none.any() else None
 
 
-def loader_refusal(image: Image) -> str | None:
-    """Why the module loader refuses a module over its record relocations: an R_PPC64_NONE row,
+def loader_refusal(image: Image, tables: Sequence[RecordTable]) -> str | None:
+    """Why the module loader refuses a module over its record ``tables``: an R_PPC64_NONE row,
     a type the ppc64 apply_relocate_add() has no case for ("Unknown ADD relocation: 0", -ENOEXEC:
     every version through 7.2). A tool that "drops" a record by turning its relocation into NONE
     makes such a module; mcountrw takes the row out instead (:mod:`rewriter.rewrite`)."""
-    if image.type != S.ET_REL or image.kind is not Kind.MODULE:
+    if image.kind is not Kind.MODULE:
         return None
-    for rsec in _record_relocation_sections(image):
-        none = np.flatnonzero(S.r_type(image.relocations(rsec)["r_info"]) == S.R_PPC64_NONE)
-        if len(none):
+    for t in tables:
+        if t.none_row is not None:
             return (
-                f"relocation section {rsec.name} entry {int(none[0])} is R_PPC64_NONE, a type the ppc64 module "
+                f"relocation section {t.section} entry {t.none_row} is R_PPC64_NONE, a type the ppc64 module "
                 "loader does not know: it refuses the module (Unknown ADD relocation: 0)"
             )
     return None

@@ -244,7 +244,8 @@ def _scan_linked(image: Image, mcount_addr: int | None, generation: Generation |
     locs = kernel_locs(image, funcs, bounds)
     places, skipped = split_skipped(read.records, locs, bounds)
     weak = weak_max_offset(image, generation)
-    sites, unmatched = _classify(image, text, funcs, generation, read.calls, places, weak)
+    call_only = init_checks_call_only(image, generation)
+    sites, unmatched = _classify(image, text, funcs, generation, read.calls, places, weak, call_only)
     _check_no_nops_before_entries(image, funcs, generation, places)
     stubs: tuple[StubArea, ...] = ()
     if generation is Generation.OOL:
@@ -253,7 +254,7 @@ def _scan_linked(image: Image, mcount_addr: int | None, generation: Generation |
     mcount = tuple(int(e) for e in read.entries)
     return Scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, mcount, funcs, generation, stubs, weak,
-        overridden=read.overridden, locs=locs, init_call_only=init_checks_call_only(image, generation),
+        overridden=read.overridden, locs=locs, init_call_only=call_only,
     )  # fmt: skip
 
 
@@ -452,7 +453,7 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
         recs = replace(recs, unread=tuple(_record_place(image, int(p)) for p in nonzero_records(unread)))
     return Scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, (), funcs, generation, (), weak,
-        overridden=overridden, not_loaded=modload.refusal(image) or loader_refusal(image),
+        overridden=overridden, not_loaded=modload.refusal(image) or loader_refusal(image, (*tables, *unread)),
     )  # fmt: skip
 
 
@@ -596,15 +597,17 @@ def _classify(
     calls: np.ndarray,
     records: np.ndarray,
     weak: int | None = None,
+    call_only: bool = False,
 ) -> tuple[tuple[Site, ...], np.ndarray]:
-    """Sites, and the record places that turned out to be no site."""
+    """Sites, and the record places that turned out to be no site. ``call_only``: the kernel's
+    init checks only an mprofile call (:func:`init_checks_call_only`)."""
     stray = _stray_tracer_calls(image, text)
     if generation is Generation.MPROFILE or generation is None:
         cols = _mprofile_columns(text, funcs, arrays.distinct(np.concatenate((calls, stray))), records)
     else:
         cols = _entry_columns(image, text, funcs, generation, records, stray)
     unmatched = cols.record[(cols.record != 0) & ~cols.keep]
-    return _build_sites(image, text, funcs, weak, cols, init_checks_call_only(image, generation)), unmatched
+    return _build_sites(image, text, funcs, weak, cols, call_only), unmatched
 
 
 def _stray_tracer_calls(image: Image, text: CodeView) -> np.ndarray:

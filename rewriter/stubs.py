@@ -34,7 +34,7 @@ class StubArea(NamedTuple):
     stub_size: int
     used: int
     need: int
-    size: int = 0  # the area's bytes (its symbol's size)
+    size: int  # the area's bytes (its symbol's size)
 
     @property
     def covers(self) -> bool:

@@ -99,10 +99,19 @@ def plain_name(strtab: bytes, st_name: int) -> bool:
     return st_name < len(strtab) and strtab[st_name] not in b"\0$.L"
 
 
+def _name_bytes(syms: Symbols, at: int) -> np.ndarray:
+    """Byte ``at`` of each symbol's name (0 past the string table's end). Image.symbols bounds
+    st_name by the table, so only ``at`` can reach past it."""
+    chars = np.frombuffer(syms.strtab, np.uint8)
+    index = syms.table["st_name"].astype(np.int64) + at
+    inside = index < len(chars)
+    out: np.ndarray = np.where(inside, chars[np.where(inside, index, 0)] if len(chars) else 0, 0)
+    return out
+
+
 def _named(syms: Symbols) -> np.ndarray:
     """Which symbols have a name (a string-table index to a non-empty string)."""
-    chars = np.frombuffer(syms.strtab + b"\0", np.uint8)
-    named: np.ndarray = chars[syms.table["st_name"].astype(np.int64)] != 0
+    named: np.ndarray = _name_bytes(syms, 0) != 0
     return named
 
 
@@ -119,15 +128,14 @@ def lookup_symbols(image: Image) -> tuple[np.ndarray, np.ndarray]:
         return funcs.start, funcs.name_index
     t = syms.table
     name = t["st_name"].astype(np.int64)
-    chars = np.frombuffer(syms.strtab + b"\0\0", np.uint8)
-    first, second = chars[name], chars[name + 1]
+    first, second = _name_bytes(syms, 0), _name_bytes(syms, 1)
     mapping = (
         (first == ord("$"))
         | ((first == ord(".")) & (second == ord("L")))
         | ((first == ord("L")) & (second == ord("0")))
     )
     shndx = t["st_shndx"].astype(np.int64)
-    keep = (shndx > 0) & (shndx < S.SHN_LORESERVE) & _named(syms) & ~mapping
+    keep = (shndx > 0) & (shndx < S.SHN_LORESERVE) & (first != 0) & ~mapping  # named, not mapping
     starts = _places(image, t["st_shndx"][keep], t["st_value"][keep])
     order = np.lexsort((name[keep], starts))
     return starts[order], name[keep][order].astype(np.uint32)

@@ -142,10 +142,22 @@ class ImageDiff:
 
 
 @dataclass(frozen=True, slots=True)
+class Unpaired:
+    """A tree's file with no counterpart in the other tree, read as any other: a module only one
+    kernel ships is sites and functions that kernel gains or lacks, and a file that cannot be read
+    is bad input there as in a pair, not a name to list."""
+
+    path: Path
+    generation: Generation | None
+    sites: int
+    functions: int  # names with at least one site
+
+
+@dataclass(frozen=True, slots=True)
 class Diff:
     images: tuple[ImageDiff, ...]
-    only_a: tuple[Path, ...]  # trees: files with no counterpart
-    only_b: tuple[Path, ...]
+    only_a: tuple[Unpaired, ...]  # trees: files with no counterpart
+    only_b: tuple[Unpaired, ...]
     errors: tuple[str, ...]
 
     @property
@@ -434,30 +446,56 @@ def diff_paths(
         except PairUnreadable as e:
             return Diff((), (), (), e.lines)
     ra, rb = _relative(files_a, a), _relative(files_b, b)
-    pairs = [(ra[rel], rb[rel]) for rel in sorted(ra.keys() & rb.keys())]
+    # One task list: pairs, then the files of either side alone, so one pool reads them all.
+    tasks: list[tuple[Path | None, Path | None]] = [(ra[rel], rb[rel]) for rel in sorted(ra.keys() & rb.keys())]
+    tasks += [(ra[rel], None) for rel in sorted(ra.keys() - rb.keys())]
+    tasks += [(None, rb[rel]) for rel in sorted(rb.keys() - ra.keys())]
     images: list[ImageDiff] = []
+    alone: tuple[list[Unpaired], list[Unpaired]] = ([], [])
     errors: list[str] = []
     task = partial(_diff_pairs, generations=generations, logs=dict(logs or {}))
-    for done, lines in map_chunks(task, pairs, jobs):
-        if done is not None:
+    for (left, _), (done, lines) in zip(tasks, map_chunks(task, tasks, jobs), strict=True):
+        if isinstance(done, ImageDiff):
             images.append(done)
+        elif done is not None:
+            alone[left is None].append(done)
         errors.extend(lines)
-    only_a = tuple(ra[r] for r in sorted(ra.keys() - rb.keys()))
-    only_b = tuple(rb[r] for r in sorted(rb.keys() - ra.keys()))
-    return Diff(tuple(images), only_a, only_b, tuple(errors))
+    return Diff(tuple(images), tuple(alone[0]), tuple(alone[1]), tuple(errors))
+
+
+_Done = tuple[ImageDiff | Unpaired | None, tuple[str, ...]]
 
 
 def _diff_pairs(
-    pairs: Sequence[tuple[Path, Path]], generations: Generations, logs: Mapping[Path, Path]
-) -> list[tuple[ImageDiff | None, tuple[str, ...]]]:
+    pairs: Sequence[tuple[Path | None, Path | None]], generations: Generations, logs: Mapping[Path, Path]
+) -> list[_Done]:
     """:func:`diff_files` of each pair, in a worker: the diff, or the one-line errors of a pair
-    that could not be compared (one per bad file; the tree's other pairs go on)."""
-    out: list[tuple[ImageDiff | None, tuple[str, ...]]] = []
+    that could not be compared (one per bad file; the tree's other pairs go on). A pair with one
+    side only is that file read alone (:func:`_unpaired`)."""
+    out: list[_Done] = []
     for a, b in pairs:
         try:
-            out.append((diff_files(a, b, generations, logs), ()))
+            out.append((_compared(a, b, generations, logs), ()))
         except PairUnreadable as e:
             out.append((None, e.lines))
         except RewriteError as e:
             out.append((None, (str(e),)))
     return out
+
+
+def _compared(
+    a: Path | None, b: Path | None, generations: Generations, logs: Mapping[Path, Path]
+) -> ImageDiff | Unpaired:
+    if b is None and a is not None:
+        return _unpaired(a, generations[0], logs)
+    if a is None and b is not None:
+        return _unpaired(b, generations[1], logs)
+    assert a is not None and b is not None  # a task names at least one file
+    return diff_files(a, b, generations, logs)
+
+
+def _unpaired(path: Path, generation: Generation | None, logs: Mapping[Path, Path]) -> Unpaired:
+    """A file of one tree alone: its generation, sites, and the functions they are in."""
+    result = logged(scan(Image.load(path), None, generation), logs)
+    functions = {s.function for s in result.sites if s.function}
+    return Unpaired(path, result.generation, len(result.sites), len(functions))

@@ -62,7 +62,7 @@ def test_markdown_says_the_pair_was_matched_by_place_and_why(tmp_path: Path) -> 
     result = CliRunner().invoke(app, ["diff", str(BIN / "clean"), str(bare)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[2] == "**1 image pair, 0 site changes, 0 function changes**; 0 files only in A, 0 only in B."
+    assert lines[2] == "**1 image pair, 0 site changes, 0 function changes**; 0 files only in A, 0 files only in B."
     assert "**Paired by place: B has sites but no function symbols (stripped).**" in lines[8]
     assert "functions are not compared" in lines[8]
     assert lines[10] == "Sites: no changes; 3 unchanged (0 relocated with their function); records 3 -> 3."

@@ -19,7 +19,7 @@ from rewriter.audit import (
     roll_up,
     summarise,
 )
-from rewriter.diff import Diff
+from rewriter.diff import Diff, Unpaired
 from rewriter.flow import Verdict
 from rewriter.generations import Generation
 from rewriter.sites import Site
@@ -359,12 +359,20 @@ def _site_ref(site: Site | None) -> dict[str, Any] | None:
     }
 
 
+def _unpaired_json(alone: Unpaired, side: str) -> dict[str, Any]:
+    generation = alone.generation.value if alone.generation else None
+    return {"path": str(alone.path), "side": side, "generation": generation, "sites": alone.sites,
+            "functions": alone.functions}  # fmt: skip
+
+
 def diff_json(diff: Diff) -> dict[str, Any]:
     """``{"format": "mcountrw-diff/1", "images": [{"a", "b", "generations": [a, b], "builds": [a, b],
     "pairing",
     "unnamed": [a, b], "unchanged", "relocated", "records": [a, b], "boot": [a, b], "changes": [{"change", "function",
     "before", "after", "detail"}], "functions": {"common", "counts": {kind: n}, "changes": [{"change",
-    "function", "before", "after"}]}}], "only_a", "only_b", "errors"}``; site ``before``/``after`` are
+    "function", "before", "after"}]}}], "only_a", "only_b", "unpaired": [{"path", "side", "generation",
+    "sites", "functions"}], "errors"}``; ``unpaired``: each file of ``only_a`` (side ``a``) and
+    ``only_b`` (``b``), read alone; site ``before``/``after`` are
     null for added/removed sites; function ``before``/``after`` are generations or sections (null on
     the missing side). ``pairing`` is ``name``, or ``place`` when a side has sites but no function
     symbols (``unnamed``: which), and then ``functions`` is empty: not compared. ``unchanged``: paired
@@ -408,7 +416,8 @@ def diff_json(diff: Diff) -> dict[str, Any]:
             }
             for d in diff.images
         ],
-        "only_a": [str(p) for p in diff.only_a],
-        "only_b": [str(p) for p in diff.only_b],
+        "only_a": [str(u.path) for u in diff.only_a],
+        "only_b": [str(u.path) for u in diff.only_b],
+        "unpaired": [_unpaired_json(u, "a") for u in diff.only_a] + [_unpaired_json(u, "b") for u in diff.only_b],
         "errors": list(diff.errors),
     }

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from rewriter.anomalies import Anomaly, Severity
 from rewriter.audit import Audit, GroupSummary, ImageAudit, StubGap, roll_up, summarise
-from rewriter.diff import Diff, FunctionChangeKind, ImageDiff, Pairing
+from rewriter.diff import Diff, FunctionChangeKind, ImageDiff, Pairing, Unpaired
 from rewriter.elf.image import Kind
 from rewriter.flow import Verdict
 from rewriter.generations import Generation
@@ -280,6 +280,18 @@ def _diff_functions(d: ImageDiff, limit: int | None) -> list[str]:
     return out
 
 
+def _alone(files: Sequence[Unpaired]) -> str:
+    """``3 files (41 sites)``: a module one kernel ships alone is sites it gains or lacks."""
+    sites = f" ({counted(sum(u.sites for u in files), 'site')})" if files else ""
+    return counted(len(files), "file") + sites
+
+
+def _unpaired_line(alone: Unpaired) -> str:
+    generation = alone.generation.value if alone.generation else "no generation"
+    sites = counted(alone.sites, "site")
+    return f"- {code(str(alone.path))}: {generation}, {sites} in {counted(alone.functions, 'function')}"
+
+
 def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
     """Changes per image pair; ``limit`` changes listed per pair (None: all)."""
     out = ["# mcountrw diff", ""]
@@ -293,7 +305,7 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
         counted(functions, "function change"),
     )
     out.append(
-        f"**{pairs}, {sites}, {funcs}**; {counted(len(diff.only_a), 'file')} only in A, {len(diff.only_b)} only in B."
+        f"**{pairs}, {sites}, {funcs}**; {_alone(diff.only_a)} only in A, {_alone(diff.only_b)} only in B."
     )
     for d in diff.images:
         if (
@@ -323,9 +335,9 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
             out += ["", *_table(("change", "function", "A", "B", "detail"), rows)]
         if limit is not None and len(d.changes) > limit:
             out.append(f"\n... {len(d.changes) - limit} more (--all or -o FILE lists every one)")
-    for title, paths in (("Only in A", diff.only_a), ("Only in B", diff.only_b)):
-        if paths:
-            out += ["", f"## {title}", "", *(f"- {code(str(p))}" for p in paths)]
+    for title, alone in (("Only in A", diff.only_a), ("Only in B", diff.only_b)):
+        if alone:
+            out += ["", f"## {title}", "", *(_unpaired_line(u) for u in alone)]
     if diff.errors:
         out += ["", "## Errors", "", *(f"- {text(e)}" for e in diff.errors)]
     return "\n".join(out) + "\n"

@@ -304,9 +304,7 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
         counted(total, "site change") + (f" at {counted(changed, 'site')}" if changed != total else ""),
         counted(functions, "function change"),
     )
-    out.append(
-        f"**{pairs}, {sites}, {funcs}**; {_alone(diff.only_a)} only in A, {_alone(diff.only_b)} only in B."
-    )
+    out.append(f"**{pairs}, {sites}, {funcs}**; {_alone(diff.only_a)} only in A, {_alone(diff.only_b)} only in B.")
     for d in diff.images:
         if (
             not (d.changes or d.functions or d.rebuilt or d.boot_changed)

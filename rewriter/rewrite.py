@@ -37,7 +37,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from operator import attrgetter
 from typing import Final, NamedTuple
@@ -48,6 +48,7 @@ from rewriter import ppc
 from rewriter.edits import Edit, Truncate, WordWrite, apply_edits
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind
+from rewriter.elf.symbols import aliases as symbol_aliases
 from rewriter.errors import (
     ArgumentError,
     ImageError,
@@ -86,7 +87,12 @@ class Selection:
     (scan shows each of their sites under it alike) selects the site at that offset in each, as
     ``--section`` selects all of them. In a linked image a section and offset is as well defined
     as the address (``sh_addr`` + offset), and scan's JSON shows it too, so it selects there
-    as well: refusing it would be a rule with no reason behind it."""
+    as well: refusing it would be a rule with no reason behind it.
+
+    A glob matches a function by any of its names (``aliases``, the image's: :meth:`named_in`): a
+    site carries one name of its start (``sys_ni_syscall`` is one of 46 names on 6.1, its site named
+    ``compat_sys_mq_open``), and ``--exclude sys_ni_syscall`` means that function whichever name
+    the scan gave it."""
 
     only: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -94,6 +100,13 @@ class Selection:
     addrs: frozenset[int] = frozenset()
     places: frozenset[tuple[int, int]] = frozenset()
     section_places: frozenset[tuple[str, int]] = frozenset()
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+
+    def named_in(self, image: Image) -> Selection:
+        """This selection with ``image``'s aliases, which its globs then match as well."""
+        if not (self.only or self.exclude):
+            return self
+        return replace(self, aliases=symbol_aliases(image))
 
     @property
     def chooses(self) -> bool:
@@ -114,17 +127,24 @@ class Selection:
         only, exclude = _globs(self.only), _globs(self.exclude)
         anything = not self.chooses
         sections, addrs, places, named = self.sections, self.addrs, self.places, self.section_places
+        aliases = self.aliases
         out = []
         for site in sites:
             name = site.function or ""
+            others = aliases.get(name, ()) if aliases else ()
             chosen = (
-                anything or (only is not None and only(name) is not None) or site.section in sections
+                anything or (only is not None and _named(only, name, others)) or site.section in sections
                 or site.addr in addrs or (site.section_index, site.offset) in places  # offset: in its section
                 or (site.section, site.offset) in named
             )  # fmt: skip
-            if chosen and (exclude is None or exclude(name) is None):
+            if chosen and (exclude is None or not _named(exclude, name, others)):
                 out.append(site)
         return out
+
+
+def _named(match: Callable[[str], re.Match[str] | None], name: str, others: tuple[str, ...]) -> bool:
+    """Whether ``match`` takes a function's name or any of its ``others``."""
+    return match(name) is not None or any(match(n) is not None for n in others)
 
 
 def _globs(patterns: Sequence[str]) -> Callable[[str], re.Match[str] | None] | None:

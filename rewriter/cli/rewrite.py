@@ -47,16 +47,16 @@ Only = Annotated[
     list[str] | None,
     typer.Option(
         "--only",
-        help="function name glob to select (repeatable); --only, --section and --addr add up: a site any one of "
-        "them matches is selected",
+        help="function name glob to select (repeatable; any of a function's names, its aliases too); --only, "
+        "--section and --addr add up: a site any one of them matches is selected",
     ),
 ]
 Exclude = Annotated[
     list[str] | None,
     typer.Option(
         "--exclude",
-        help="function name glob to leave alone (repeatable): taken out of what --only, --section and --addr "
-        "select (or of every site)",
+        help="function name glob to leave alone (repeatable; any of a function's names): taken out of what "
+        "--only, --section and --addr select (or of every site)",
     ),
 ]
 Section = Annotated[

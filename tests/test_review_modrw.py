@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import lzma
 from collections.abc import Callable
 from pathlib import Path
@@ -112,3 +113,41 @@ def test_a_stream_past_the_cap_is_not_called_truncated(monkeypatch: pytest.Monke
     assert "truncated" not in str(big.value)
     with pytest.raises(compress.ImageError, match=r"truncated gzip data$"):
         compress.decompress(tmp_path / "m.ko.gz", whole[:100], compress.Compression.GZIP)
+
+
+# -- a patch log's recipe is one a rewrite writes ------------------------------------------------------
+
+
+def _forge_recipe(log: Path, **change: object) -> None:
+    """``log`` with its header's recipe changed and its footer made right again (an edit that keeps
+    the checksum: the footer guards against accidents, a recipe no rewrite writes against the rest)."""
+    lines = log.read_text().splitlines(keepends=True)
+    header = json.loads(lines[0])
+    header["recompress"].update(change)
+    lines[0] = json.dumps(header, sort_keys=True) + "\n"
+    body = "".join(lines[:-1]).encode()
+    footer = {"type": "footer", "lines": len(lines) - 1, "sha256": hashlib.sha256(body).hexdigest()}
+    lines[-1] = json.dumps(footer, sort_keys=True) + "\n"
+    log.write_text("".join(lines))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"dict_size": (1 << 39) + 5},  # internal error: ValueError: Invalid filter specifier (exit 3)
+        {"header_size": 1028},  # past the format's 1024: internal error, ValueError: bytes must be in range
+        {"kind": "none"},  # zstd-compressed the content
+    ],
+    ids=["dict", "header", "kind"],
+)
+def test_undo_refuses_a_recipe_no_rewrite_writes_as_a_malformed_log(tmp_path: Path, change: dict[str, object]) -> None:
+    path = tmp_path / "m.ko.xz"
+    path.write_bytes(_xz(OBJ.read_bytes()))
+    out = tmp_path / "out.ko.xz"
+    assert invoke("nop", path, "-o", out, "--drop-records").exit_code == 0
+    log = tmp_path / "out.ko.xz.mcountrw.jsonl"
+    assert json.loads(log.read_text().splitlines()[0])["recompress"] is not None  # a recipe rebuilds it
+    _forge_recipe(log, **change)
+    back = tmp_path / "back.ko.xz"
+    assert_one_line(invoke("undo", out, "-o", back), 2, "error", str(log), "malformed header", "recipe")
+    assert not back.exists()

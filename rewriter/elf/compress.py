@@ -197,6 +197,7 @@ def _skippable_frames(rest: bytes) -> bool:
 KBUILD_XZ_DICT: Final = 1 << 20
 _XZ_CHECKS: Final = {0: 0, 1: 4}  # xz check id -> its size: none, CRC32 (the ones rebuilt here)
 _LZMA2_ID: Final = 0x21
+_LZMA_MIN_DICT: Final = 4096  # liblzma's smallest dictionary
 
 
 class Recipe(NamedTuple):
@@ -230,7 +231,23 @@ class Recipe(NamedTuple):
         if not isinstance(sized, bool):
             raise ValueError(f"recipe {d!r}")
         block_size, header_size, dict_size, check = (_small_int(v, d) for v in ints)
-        return cls(Compression(d["kind"]), block_size, header_size, sized, dict_size, check)
+        recipe = cls(Compression(d["kind"]), block_size, header_size, sized, dict_size, check)
+        if not recipe.makeable():
+            raise ValueError(f"recipe {dict(d)!r}: not one a rewrite writes")
+        return recipe
+
+    def makeable(self) -> bool:
+        """Whether :func:`compress` can follow this recipe, as :func:`recipe_of` only ever finds:
+        a compression, and for xz a check it writes, a dictionary no larger than xz's presets use
+        (``_XZ_MAX_DICT``: encoding with a larger one allocates gigabytes) and a block header
+        size the format allows (a multiple of 4, at most 1024). A log read back is held to it,
+        so that an edited one is refused as malformed, not followed into a MemoryError."""
+        if self.kind is Compression.NONE:
+            return False
+        if self.kind is not Compression.XZ:
+            return True
+        dict_ok = _LZMA_MIN_DICT <= self.dict_size <= _XZ_MAX_DICT
+        return self.check in _XZ_CHECKS and dict_ok and self.header_size % 4 == 0 and self.header_size <= 1024
 
 
 def _small_int(value: object, recipe: Mapping[str, object]) -> int:

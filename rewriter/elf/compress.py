@@ -288,7 +288,8 @@ def recipe_of(raw: bytes, content: bytes, kind: Compression) -> Recipe | None:
     rewriting them."""
     if kind is Compression.XZ:
         recipe = _xz_recipe(raw, len(content))
-        return recipe if recipe is not None and _encodes_like(raw, content, recipe) else None
+        # makeable(): a log is read back only with a recipe its reader accepts (Recipe.from_json).
+        return recipe if recipe is not None and recipe.makeable() and _encodes_like(raw, content, recipe) else None
     recipe = KBUILD.get(kind)
     if recipe is None or compress(content, recipe) != raw:
         return None

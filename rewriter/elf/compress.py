@@ -64,31 +64,57 @@ def detect_compression(head: bytes) -> Compression:
 
 
 def decompress(path: Path, data: bytes, kind: Compression) -> bytes:
+    """The content of a compressed file, as every loader reads it, or an :class:`ImageError`.
+
+    Only the first stream (member, frame) is read, and what follows it must be what every loader
+    skips: kmod decompresses a module itself unless the kernel's own decompressor takes its
+    compression (``/sys/module/compression``), and the two read different things past the first
+    stream (:func:`_check_after_stream`)."""
     try:
         if kind is Compression.XZ:
-            d = lzma.LZMADecompressor()
-            out = d.decompress(data, max_length=MAX_DECOMPRESSED)
-            if not d.eof:
-                raise ImageError(f"{path}: truncated xz data, or more than {MAX_DECOMPRESSED >> 20} MiB")
-            return out
-        if kind is Compression.GZIP:
-            z = zlib.decompressobj(wbits=31)
-            out = z.decompress(data, MAX_DECOMPRESSED)
-            if not z.eof:
-                raise ImageError(f"{path}: truncated gzip data, or more than {MAX_DECOMPRESSED >> 20} MiB")
-            return out
-        if kind is Compression.ZSTD:
-            return _unzstd(path, data)
+            content, rest = _unxz(path, data)
+        elif kind is Compression.GZIP:
+            content, rest = _ungzip(path, data)
+        elif kind is Compression.ZSTD:
+            content, rest = _unzstd(path, data)
+        else:
+            return data
     except (lzma.LZMAError, zlib.error, gzip.BadGzipFile, EOFError) as e:
         raise ImageError(f"{path}: corrupt {kind.value} data ({e})") from None
     except Exception as e:  # zstandard.ZstdError has no stable import path across versions
         if type(e).__module__.startswith("zstandard"):
             raise ImageError(f"{path}: corrupt zstd data ({e})") from None
         raise
-    return data
+    _check_after_stream(path, kind, rest)
+    if not content:  # not "empty file", which the file is not
+        raise ImageError(f"{path}: {kind.value} data that decompresses to nothing")
+    return content
 
 
-def _unzstd(path: Path, data: bytes) -> bytes:
+def _unfinished(path: Path, kind: Compression, produced: int) -> ImageError:
+    """A stream that did not end: the cap reached (a bomb, or a frame header's claim), or the data cut."""
+    if produced >= MAX_DECOMPRESSED:
+        return ImageError(f"{path}: {kind.value} data decompresses to more than {MAX_DECOMPRESSED >> 20} MiB")
+    return ImageError(f"{path}: truncated {kind.value} data")
+
+
+def _unxz(path: Path, data: bytes) -> tuple[bytes, bytes]:
+    d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    out = d.decompress(data, max_length=MAX_DECOMPRESSED)
+    if not d.eof:
+        raise _unfinished(path, Compression.XZ, len(out))
+    return out, d.unused_data
+
+
+def _ungzip(path: Path, data: bytes) -> tuple[bytes, bytes]:
+    z = zlib.decompressobj(wbits=31)
+    out = z.decompress(data, MAX_DECOMPRESSED)
+    if not z.eof:
+        raise _unfinished(path, Compression.GZIP, len(out))
+    return out, z.unused_data
+
+
+def _unzstd(path: Path, data: bytes) -> tuple[bytes, bytes]:
     """``ZstdDecompressor.decompress`` trusts the frame header's content size (it allocates what the
     header claims, whatever ``max_output_size`` says) and ``stream_reader`` returns a truncated frame
     as if it were complete, so feed a decompression object small pieces and check its end."""
@@ -101,13 +127,53 @@ def _unzstd(path: Path, data: bytes) -> bytes:
         piece = d.decompress(data[start : start + _ZSTD_PIECE])
         total += len(piece)
         if total > MAX_DECOMPRESSED:
-            raise ImageError(f"{path}: zstd data decompresses to more than {MAX_DECOMPRESSED >> 20} MiB")
+            raise _unfinished(path, Compression.ZSTD, total)
         out.append(piece)
         if d.eof:
-            break
-    if not d.eof:
-        raise ImageError(f"{path}: truncated zstd data")
-    return b"".join(out)
+            return b"".join(out), d.unused_data + data[start + _ZSTD_PIECE :]
+    raise _unfinished(path, Compression.ZSTD, total)
+
+
+# After the first stream, the two loaders part ways (kmod's libkmod-file-{xz,zlib,zstd}.c; the
+# kernel's kernel/module/decompress.c, which stops at the first stream's end and ignores the rest):
+# * xz: kmod's liblzma decoder runs with LZMA_CONCATENATED, so it decodes a second stream too and
+#   refuses anything else but zero padding of a multiple of 4 bytes (the xz format's stream padding).
+# * gzip: kmod's gzread() reads every member, and skips what follows them if it is not one.
+# * zstd: kmod's ZSTD_decompress() decodes every frame into the first frame's content size (a
+#   second frame that holds anything fails), skips skippable frames and refuses anything else.
+# Reading the first stream alone would scan one file and load another, so only what both skip passes.
+_ZSTD_SKIPPABLE: Final = range(0x184D2A50, 0x184D2A60)
+_KERNEL_STOPS: Final = "the kernel's decompressor stops before them"
+_STREAM: Final = MappingProxyType({Compression.XZ: "stream", Compression.GZIP: "member", Compression.ZSTD: "frame"})
+
+
+def _check_after_stream(path: Path, kind: Compression, rest: bytes) -> None:
+    what = _not_skipped(kind, rest) if rest else None
+    if what is not None:
+        raise ImageError(f"{path}: {len(rest)} bytes after the first {kind.value} {_STREAM[kind]}: {what}")
+
+
+def _not_skipped(kind: Compression, rest: bytes) -> str | None:
+    """Why ``rest``, the bytes after the first stream, would load differently, or None if both
+    loaders skip it."""
+    if rest.startswith(tuple(m for m, k in _MAGIC.items() if k is kind)):
+        return f"another {kind.value} {_STREAM[kind]}, which kmod reads too (or refuses the file), and {_KERNEL_STOPS}"
+    if kind is Compression.XZ and (rest.count(0) != len(rest) or len(rest) % 4):
+        padding = "not xz stream padding (zero bytes, a multiple of 4)"
+        return f"{padding}: kmod's liblzma refuses the file, and {_KERNEL_STOPS}"
+    if kind is Compression.ZSTD and not _skippable_frames(rest):
+        return f"not zstd skippable frames: kmod's ZSTD_decompress() refuses the file, and {_KERNEL_STOPS}"
+    return None
+
+
+def _skippable_frames(rest: bytes) -> bool:
+    """Whether ``rest`` is whole zstd skippable frames: a magic number, a 4-byte size, that many bytes."""
+    at = 0
+    while at < len(rest):
+        if len(rest) - at < 8 or int.from_bytes(rest[at : at + 4], "little") not in _ZSTD_SKIPPABLE:
+            return False
+        at += 8 + int.from_bytes(rest[at + 4 : at + 8], "little")
+    return at == len(rest)
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -131,6 +197,7 @@ def _unzstd(path: Path, data: bytes) -> bytes:
 KBUILD_XZ_DICT: Final = 1 << 20
 _XZ_CHECKS: Final = {0: 0, 1: 4}  # xz check id -> its size: none, CRC32 (the ones rebuilt here)
 _LZMA2_ID: Final = 0x21
+_LZMA_MIN_DICT: Final = 4096  # liblzma's smallest dictionary
 
 
 class Recipe(NamedTuple):
@@ -164,7 +231,23 @@ class Recipe(NamedTuple):
         if not isinstance(sized, bool):
             raise ValueError(f"recipe {d!r}")
         block_size, header_size, dict_size, check = (_small_int(v, d) for v in ints)
-        return cls(Compression(d["kind"]), block_size, header_size, sized, dict_size, check)
+        recipe = cls(Compression(d["kind"]), block_size, header_size, sized, dict_size, check)
+        if not recipe.makeable():
+            raise ValueError(f"recipe {dict(d)!r}: not one a rewrite writes")
+        return recipe
+
+    def makeable(self) -> bool:
+        """Whether :func:`compress` can follow this recipe, as :func:`recipe_of` only ever finds:
+        a compression, and for xz a check it writes, a dictionary no larger than xz's presets use
+        (``_XZ_MAX_DICT``: encoding with a larger one allocates gigabytes) and a block header
+        size the format allows (a multiple of 4, at most 1024). A log read back is held to it,
+        so that an edited one is refused as malformed, not followed into a MemoryError."""
+        if self.kind is Compression.NONE:
+            return False
+        if self.kind is not Compression.XZ:
+            return True
+        dict_ok = _LZMA_MIN_DICT <= self.dict_size <= _XZ_MAX_DICT
+        return self.check in _XZ_CHECKS and dict_ok and self.header_size % 4 == 0 and self.header_size <= 1024
 
 
 def _small_int(value: object, recipe: Mapping[str, object]) -> int:
@@ -205,7 +288,8 @@ def recipe_of(raw: bytes, content: bytes, kind: Compression) -> Recipe | None:
     rewriting them."""
     if kind is Compression.XZ:
         recipe = _xz_recipe(raw, len(content))
-        return recipe if recipe is not None and _encodes_like(raw, content, recipe) else None
+        # makeable(): a log is read back only with a recipe its reader accepts (Recipe.from_json).
+        return recipe if recipe is not None and recipe.makeable() and _encodes_like(raw, content, recipe) else None
     recipe = KBUILD.get(kind)
     if recipe is None or compress(content, recipe) != raw:
         return None

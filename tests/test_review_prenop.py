@@ -1,0 +1,67 @@
+"""Review of prenop and policies at build time: what a kernel developer writes in a policy meets
+the names the kernel gives the sites (docs/prenop.md)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from boot import require_tool
+from conftest import _MINI_LDS, FIXTURES, invoke, policy_file
+
+from rewriter.elf.image import Image
+from rewriter.sites import scan
+
+# leaf_add (GLOBAL FUNC, row 12) gets two aliases at its start, after it in the symbol table: a
+# weak `compat_leaf_add` (as 6.1's COND_SYSCALL makes `compat_sys_*` weak aliases of
+# `sys_ni_syscall`) and `__se_leaf_add` (as SYSCALL_DEFINE's `__se_sys_*`).
+ALIASES = ("compat_leaf_add=.text:0x30,weak,function", "__se_leaf_add=.text:0x30,global,function")
+
+
+def _aliased_object(tmp_path: Path) -> Path:
+    out = tmp_path / "aliased.o"
+    objcopy = require_tool("powerpc64le-linux-gnu-objcopy")
+    args = [a for alias in ALIASES for a in ("--add-symbol", alias)]
+    subprocess.run([objcopy, *args, FIXTURES / "bin" / "prof-le.o", out], check=True)
+    return out
+
+
+def _aliased_vmlinux(tmp_path: Path) -> Path:
+    ld = require_tool("powerpc64le-linux-gnu-ld")
+    script, out = tmp_path / "mini.lds", tmp_path / "vmlinux"
+    script.write_text(_MINI_LDS)
+    link = [ld, "-pie", "--no-dynamic-linker", "--no-warn-rwx-segments", "-T", script]
+    subprocess.run([*link, _aliased_object(tmp_path), "-o", out], check=True)
+    return out
+
+
+def test_an_aliased_vmlinux_function_has_the_name_kallsyms_gives_it(tmp_path: Path) -> None:
+    """scripts/kallsyms.c sorts a vmlinux's symbols of one address strong before weak, then by
+    fewer leading underscores, then in `nm -n` order (by name); kallsyms_lookup() returns the first
+    (kernel/kallsyms.c: "Search for the first aliased symbol"). 6.1's available_filter_functions
+    lists `sys_ni_syscall` and `quirk_nvidia_hda_pm.part.0` (booted under qemu), which scan named
+    `compat_sys_mq_open` and `quirk_radeon_pm.part.0`, so `keep sys_ni_syscall` matched nothing."""
+    vmlinux = _aliased_vmlinux(tmp_path)
+    names = {s.function for s in scan(Image.load(vmlinux)).sites}
+    assert "leaf_add" in names and not names & {"compat_leaf_add", "__se_leaf_add"}, names
+    policy = policy_file(tmp_path, "default nop\nkeep leaf_add\n")
+    result = invoke("policy", "check", policy, vmlinux)
+    assert result.exit_code == 0 and "matches nothing" not in result.output, result.output
+
+
+def test_an_aliased_module_function_has_the_name_its_loader_gives_it(tmp_path: Path) -> None:
+    """A module's kallsyms keeps the first symbol of the best value in symbol-table order
+    (kernel/module/kallsyms.c find_kallsyms_symbol(): `thisval > bestval`): leaf_add, row 12."""
+    obj = _aliased_object(tmp_path)
+    names = {s.function for s in scan(Image.load(obj)).sites}
+    assert "leaf_add" in names and not names & {"compat_leaf_add", "__se_leaf_add"}, names
+
+
+def test_prenop_keeps_an_aliased_function_by_the_kernels_name(tmp_path: Path) -> None:
+    vmlinux = _aliased_vmlinux(tmp_path)
+    policy = policy_file(tmp_path, "default nop\nkeep leaf_add\n")
+    out = tmp_path / "out"
+    done = invoke("prenop", "--policy", policy, "-o", out, "--log-dir", tmp_path / "logs", vmlinux)
+    assert done.exit_code == 0, done.output
+    kept = [s for s in scan(Image.load(out)).sites if s.function == "leaf_add"]
+    assert len(kept) == 1 and kept[0].recorded, kept

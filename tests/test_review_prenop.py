@@ -3,11 +3,15 @@ the names the kernel gives the sites (docs/prenop.md)."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from boot import require_tool
-from conftest import _MINI_LDS, FIXTURES, invoke, policy_file
+from conftest import _MINI_LDS, FIXTURES, invoke, mini_vmlinux, policy_file
 
 from rewriter.elf.image import Image
 from rewriter.sites import scan
@@ -65,3 +69,44 @@ def test_prenop_keeps_an_aliased_function_by_the_kernels_name(tmp_path: Path) ->
     assert done.exit_code == 0, done.output
     kept = [s for s in scan(Image.load(out)).sites if s.function == "leaf_add"]
     assert len(kept) == 1 and kept[0].recorded, kept
+
+
+# -- the build integration -------------------------------------------------------------------------
+
+DOCS = FIXTURES.parent / "docs"
+
+
+def _documented_postlink_step() -> str:
+    """The ```make block of docs/prenop.md that goes into arch/powerpc/Makefile.postlink."""
+    text = (DOCS / "prenop.md").read_text()
+    blocks = re.findall(r"```make\n(.*?)```", text, re.DOTALL)
+    step = [b for b in blocks if "cmd,mcountrw_vmlinux" in b]
+    assert len(step) == 1, blocks
+    return step[0]
+
+
+def test_the_documented_postlink_step_runs_where_the_link_makes_vmlinux_unstripped(tmp_path: Path) -> None:
+    """7.2's scripts/Makefile.vmlinux links vmlinux.unstripped and runs `$(MAKE) -f $(ARCH_POSTLINK)
+    vmlinux.unstripped`, then objcopies it to vmlinux. With the documented step under a `vmlinux:`
+    rule alone, make found no rule for the existing file, did nothing and exited 0: the kernel
+    shipped un-nopped, and the build said nothing."""
+    make = require_tool("make")
+    srctree = tmp_path / "src"
+    (srctree / "scripts").mkdir(parents=True)
+    shutil.copy(DOCS / "build-integration" / "mcountrw.mk", srctree / "scripts" / "mcountrw.mk")
+    postlink = tmp_path / "Makefile.postlink"
+    postlink.write_text(
+        "cmd = @set -e; echo '  $(quiet_cmd_$(1))'; $(cmd_$(1))\n"  # kbuild's, reduced
+        + _documented_postlink_step()
+        + "FORCE:\n"
+    )
+    unstripped = mini_vmlinux(tmp_path, "vmlinux.unstripped")
+    policy = policy_file(tmp_path, "default nop\nkeep leaf_add\n")
+    env = {**os.environ, "MCOUNTRW": f"{sys.executable} -m rewriter"}
+    args = [f"srctree={srctree}", f"MCOUNTRW_POLICY={policy}", f"MCOUNTRW_LOG_DIR={tmp_path / 'logs'}"]
+    r = subprocess.run([make, "-C", tmp_path, "-f", postlink, "vmlinux.unstripped", *args],
+                       env=env, capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PRENOP  vmlinux.unstripped" in r.stdout, r.stdout + r.stderr
+    assert {s.function for s in scan(Image.load(unstripped)).sites} == {"leaf_add"}
+    assert (tmp_path / "logs" / "vmlinux" / "vmlinux.unstripped.mcountrw.jsonl").is_file()

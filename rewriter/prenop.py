@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, NoReturn
 
 from rewriter.batch import Entry, EntryKind, first_of_each, map_batches, tree_entries, tree_name
 from rewriter.edits import Append
@@ -465,6 +465,8 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     image = Image(t.source, original, compression)
     sc = scan(image, settings.hints.mcount_addr, settings.hints.generation)
     refuse_contradicted_generation(image, sc)
+    if not was_output and sc.records.zeroed and not _output_of_log_beside_source(t, current):
+        _refuse_nopped_without_log(t, facts, sc.records.zeroed)
     chosen, rules = _policy_choice(settings.policy, module_name(t.rel) if image.kind is Kind.MODULE else None, sc.sites)
     sign = signer is not None and image.kind is Kind.MODULE
     _check_signed(t, image, chosen, settings.strip_signature or sign)
@@ -514,6 +516,31 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
 
 PRENOP_LOG_HINT: Final = "(give the --log-dir DIR its run wrote the logs to)"
 """How prenop is given an earlier run's logs (it has no ``--input-log``; ``rewriter.files.no_site_cause``)."""
+
+
+def _output_of_log_beside_source(t: Target, content: bytes) -> bool:
+    """With ``-o``, whether ``content`` (``t.source``'s) is the output of a log beside the source:
+    a tree rewritten in place, read as the input of another tree (its history is known, if not
+    read: the policy is applied to it as it is, as before)."""
+    if t.dest == t.source:
+        return False
+    beside = read_header(default_log_path(t.source))
+    return beside is not None and _as_output(content, beside) is not None
+
+
+def _refuse_nopped_without_log(t: Target, facts: Header | None, zeroed: int) -> NoReturn:
+    """A file whose records are zeroed, as only a rewrite leaves them (a kernel's build leaves
+    none), is an earlier rewrite's output; without the log that leads back to its original the
+    policy would be applied to what that rewrite left: the sites it nopped are invisible, so a
+    policy that keeps them could not give them back, and the run said the file already matched
+    it (exit 0). Refused, as ``--undo`` refuses it (:func:`_rewritten_without_log`)."""
+    whose = "no patch log at" if facts is None else "it is not the output of"
+    raise PrenopError(
+        f"{t.source}: {zeroed} of its records are zeroed, as a rewrite leaves them, and {whose} {t.log}: "
+        "the sites that rewrite nopped cannot be seen to apply the policy to them; give the --log-dir "
+        "its run wrote the logs to, naming the same tree (logs are named by the path below it), or start "
+        "from the original file"
+    )
 
 
 def _policy_choice(policy: Policy, module: str | None, sites: Sequence[Site]) -> tuple[list[Site], frozenset[int]]:
@@ -832,7 +859,8 @@ def run(
 
 def no_site_anywhere(reports: Sequence[FileReport]) -> bool:
     """No file of the run has any ftrace site at all, and none failed: the run found nothing to
-    do (a wrong directory, a tree built without ftrace, one nopped before whose logs are gone),
+    do (a wrong directory, a tree built without ftrace; one nopped before whose logs are not
+    given fails instead: :func:`_refuse_nopped_without_log`),
     says so (exit 1) and writes nothing, not even the copies -o would hold."""
     return bool(reports) and all(r.no_sites for r in reports)
 

@@ -110,3 +110,40 @@ def test_the_documented_postlink_step_runs_where_the_link_makes_vmlinux_unstripp
     assert "PRENOP  vmlinux.unstripped" in r.stdout, r.stdout + r.stderr
     assert {s.function for s in scan(Image.load(unstripped)).sites} == {"leaf_add"}
     assert (tmp_path / "logs" / "vmlinux" / "vmlinux.unstripped.mcountrw.jsonl").is_file()
+
+
+# -- a tree nopped before, its logs elsewhere --------------------------------------------------------
+
+
+def _module_tree(where: Path) -> Path:
+    """``kernel/a.ko`` and ``kernel/b.ko``: fixtures/bin/prof-le.o (6 mprofile sites) as modules."""
+    (where / "kernel").mkdir(parents=True)
+    for name in ("a.ko", "b.ko"):
+        shutil.copy(FIXTURES / "bin" / "prof-le.o", where / "kernel" / name)
+    return where
+
+
+def test_a_tree_nopped_before_is_refused_without_its_logs_not_taken_as_matching(tmp_path: Path) -> None:
+    """`nop leaf_add` over the tree, logs in logs/; then `default keep` without --log-dir: each
+    file's leaf_add site is nopped and unrecorded (invisible to a scan), so the run saw only
+    sites to keep and said `nothing changed: all 2 files already match the policy`, exit 0,
+    leaving leaf_add nopped against the policy. Each file is now one error line, exit 2, nothing
+    written; with the --log-dir the same run restores the originals."""
+    tree = _module_tree(tmp_path / "tree")
+    original = (tree / "kernel" / "a.ko").read_bytes()
+    logs = tmp_path / "logs"
+    first = invoke("prenop", "--policy", policy_file(tmp_path, "default keep\nnop leaf_add\n"), "--in-place",
+                   "--log-dir", logs, tree)  # fmt: skip
+    assert first.exit_code == 0, first.output
+    nopped = (tree / "kernel" / "a.ko").read_bytes()
+    keep = policy_file(tmp_path, "default keep\n")
+    again = invoke("prenop", "--policy", keep, "--in-place", tree)
+    errors = again.stderr.strip().splitlines()
+    assert again.exit_code == 2 and len(errors) == 2, again.output
+    assert all("records are zeroed, as a rewrite leaves them" in e and "--log-dir" in e for e in errors), errors
+    assert "already match" not in again.output
+    assert (tree / "kernel" / "a.ko").read_bytes() == nopped
+    assert not list(tree.rglob("*.jsonl"))
+    restored = invoke("prenop", "--policy", keep, "--in-place", "--log-dir", logs, tree)
+    assert restored.exit_code == 0, restored.output
+    assert (tree / "kernel" / "a.ko").read_bytes() == original

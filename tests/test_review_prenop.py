@@ -147,3 +147,20 @@ def test_a_tree_nopped_before_is_refused_without_its_logs_not_taken_as_matching(
     restored = invoke("prenop", "--policy", keep, "--in-place", "--log-dir", logs, tree)
     assert restored.exit_code == 0, restored.output
     assert (tree / "kernel" / "a.ko").read_bytes() == original
+
+
+def test_policy_check_over_a_tree_nopped_before_says_its_logs_are_missing(tmp_path: Path) -> None:
+    """Without the --log-dir, the sites a prenop nopped are invisible: the table counted 10 sites
+    of 12 and exited 0, saying nothing (scan says `2 zeroed slots`)."""
+    tree = _module_tree(tmp_path / "tree")
+    logs = tmp_path / "logs"
+    nop_one = policy_file(tmp_path, "default keep\nnop leaf_add\n")
+    assert invoke("prenop", "--policy", nop_one, "--in-place", "--log-dir", logs, tree).exit_code == 0
+    (tmp_path / "all.policy").write_text("default nop\n")
+    blind = invoke("policy", "check", tmp_path / "all.policy", tree)
+    assert blind.exit_code == 1, blind.output
+    warning = [line for line in blind.stdout.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and "1 of its records are zeroed" in warning[0] and "(and 1 more file)" in warning[0]
+    assert "--log-dir" in warning[0]
+    seeing = invoke("policy", "check", "--log-dir", logs, tmp_path / "all.policy", tree)
+    assert seeing.exit_code == 0 and "12 sites" in seeing.stdout.splitlines()[0], seeing.output

@@ -460,12 +460,12 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     file it undoes."""
     raw, current, compression = read_file(t.source)
     facts = read_header(t.log)
-    orig = _original(t, raw, current, facts, settings.replace_stale_logs)
+    orig = _original_of(t, raw, current, facts, settings.replace_stale_logs)
     original, was_output = orig.content, orig.was_output
     image = Image(t.source, original, compression)
     sc = scan(image, settings.hints.mcount_addr, settings.hints.generation)
     refuse_contradicted_generation(image, sc)
-    if not was_output and sc.records.zeroed and not _output_of_log_beside_source(t, current):
+    if not was_output and sc.records.zeroed:
         _refuse_nopped_without_log(t, facts, sc.records.zeroed)
     chosen, rules = _policy_choice(settings.policy, module_name(t.rel) if image.kind is Kind.MODULE else None, sc.sites)
     sign = signer is not None and image.kind is Kind.MODULE
@@ -518,14 +518,28 @@ PRENOP_LOG_HINT: Final = "(give the --log-dir DIR its run wrote the logs to)"
 """How prenop is given an earlier run's logs (it has no ``--input-log``; ``rewriter.files.no_site_cause``)."""
 
 
-def _output_of_log_beside_source(t: Target, content: bytes) -> bool:
-    """With ``-o``, whether ``content`` (``t.source``'s) is the output of a log beside the source:
-    a tree rewritten in place, read as the input of another tree (its history is known, if not
-    read: the policy is applied to it as it is, as before)."""
+def _original_of(t: Target, raw: bytes, content: bytes, facts: Header | None, replace_stale: bool) -> _Original:
+    """:func:`_original` of ``t.source`` by its log, or with ``-o`` by the log beside it
+    (:func:`_log_beside_source`: a tree rewritten in place, whose original the policy applies to)."""
+    beside = _log_beside_source(t, content)
+    if beside is not None:
+        return _original(t._replace(log=beside[0]), raw, content, beside[1], False)
+    return _original(t, raw, content, facts, replace_stale)
+
+
+def _log_beside_source(t: Target, content: bytes) -> tuple[Path, Header] | None:
+    """With ``-o``, the log beside ``t.source`` and its header when ``content`` (the source's) is
+    that log's output: a tree rewritten in place, the input of another tree. Its log leads back
+    to the original, which the policy applies to (it was taken as it was: a policy keeping what
+    the in-place run nopped left those sites nopped in OUT, with a log whose input was the
+    rewritten file). The log is only read: it describes the source, not OUT."""
     if t.dest == t.source:
-        return False
-    beside = read_header(default_log_path(t.source))
-    return beside is not None and _as_output(content, beside) is not None
+        return None
+    path = default_log_path(t.source)
+    if path == t.log:
+        return None
+    header = read_header(path)
+    return None if header is None or _as_output(content, header) is None else (path, header)
 
 
 def _refuse_nopped_without_log(t: Target, facts: Header | None, zeroed: int) -> NoReturn:

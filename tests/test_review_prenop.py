@@ -164,3 +164,27 @@ def test_policy_check_over_a_tree_nopped_before_says_its_logs_are_missing(tmp_pa
     assert "--log-dir" in warning[0]
     seeing = invoke("policy", "check", "--log-dir", logs, tmp_path / "all.policy", tree)
     assert seeing.exit_code == 0 and "12 sites" in seeing.stdout.splitlines()[0], seeing.output
+
+
+def test_an_output_tree_of_a_tree_nopped_in_place_applies_the_policy_to_the_original(tmp_path: Path) -> None:
+    """`nop leaf_add` in place (logs beside the modules), then `-o OUT` with `default keep`: OUT
+    got the nopped modules (leaf_add unrecorded: invisible, `nothing to nop`), and with `default
+    nop` OUT's logs led back to the nopped tree, not the pristine one."""
+    tree = _module_tree(tmp_path / "tree")
+    original = (tree / "kernel" / "a.ko").read_bytes()
+    nop_one = policy_file(tmp_path, "default keep\nnop leaf_add\n")
+    assert invoke("prenop", "--policy", nop_one, "--in-place", tree).exit_code == 0
+    nopped = (tree / "kernel" / "a.ko").read_bytes()
+    assert nopped != original
+    keep = invoke("prenop", "--policy", policy_file(tmp_path, "default keep\n"), "-o", tmp_path / "kept", tree)
+    assert keep.exit_code == 0, keep.output
+    assert (tmp_path / "kept" / "kernel" / "a.ko").read_bytes() == original
+    assert (tree / "kernel" / "a.ko").read_bytes() == nopped  # the input tree and its logs untouched
+    assert (tree / "kernel" / "a.ko.mcountrw.jsonl").is_file()
+    out = tmp_path / "all"
+    all_nop = policy_file(tmp_path, "default nop\n")
+    assert invoke("prenop", "--policy", all_nop, "-o", out, tree).exit_code == 0
+    rerun = invoke("prenop", "--policy", all_nop, "-o", out, tree)
+    assert rerun.exit_code == 0 and "nothing changed" in rerun.stdout, rerun.output
+    assert invoke("prenop", "--undo", "-o", tmp_path / "undone", out).exit_code == 0
+    assert (tmp_path / "undone" / "kernel" / "a.ko").read_bytes() == original

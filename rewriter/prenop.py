@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, NoReturn
 
 from rewriter.batch import Entry, EntryKind, first_of_each, map_batches, tree_entries, tree_name
 from rewriter.edits import Append
@@ -460,11 +460,13 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     file it undoes."""
     raw, current, compression = read_file(t.source)
     facts = read_header(t.log)
-    orig = _original(t, raw, current, facts, settings.replace_stale_logs)
+    orig = _original_of(t, raw, current, facts, settings.replace_stale_logs)
     original, was_output = orig.content, orig.was_output
     image = Image(t.source, original, compression)
     sc = scan(image, settings.hints.mcount_addr, settings.hints.generation)
     refuse_contradicted_generation(image, sc)
+    if not was_output and sc.records.zeroed:
+        _refuse_nopped_without_log(t, facts, sc.records.zeroed)
     chosen, rules = _policy_choice(settings.policy, module_name(t.rel) if image.kind is Kind.MODULE else None, sc.sites)
     sign = signer is not None and image.kind is Kind.MODULE
     _check_signed(t, image, chosen, settings.strip_signature or sign)
@@ -514,6 +516,45 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
 
 PRENOP_LOG_HINT: Final = "(give the --log-dir DIR its run wrote the logs to)"
 """How prenop is given an earlier run's logs (it has no ``--input-log``; ``rewriter.files.no_site_cause``)."""
+
+
+def _original_of(t: Target, raw: bytes, content: bytes, facts: Header | None, replace_stale: bool) -> _Original:
+    """:func:`_original` of ``t.source`` by its log, or with ``-o`` by the log beside it
+    (:func:`_log_beside_source`: a tree rewritten in place, whose original the policy applies to)."""
+    beside = _log_beside_source(t, content)
+    if beside is not None:
+        return _original(t._replace(log=beside[0]), raw, content, beside[1], False)
+    return _original(t, raw, content, facts, replace_stale)
+
+
+def _log_beside_source(t: Target, content: bytes) -> tuple[Path, Header] | None:
+    """With ``-o``, the log beside ``t.source`` and its header when ``content`` (the source's) is
+    that log's output: a tree rewritten in place, the input of another tree. Its log leads back
+    to the original, which the policy applies to (it was taken as it was: a policy keeping what
+    the in-place run nopped left those sites nopped in OUT, with a log whose input was the
+    rewritten file). The log is only read: it describes the source, not OUT."""
+    if t.dest == t.source:
+        return None
+    path = default_log_path(t.source)
+    if path == t.log:
+        return None
+    header = read_header(path)
+    return None if header is None or _as_output(content, header) is None else (path, header)
+
+
+def _refuse_nopped_without_log(t: Target, facts: Header | None, zeroed: int) -> NoReturn:
+    """A file whose records are zeroed, as only a rewrite leaves them (a kernel's build leaves
+    none), is an earlier rewrite's output; without the log that leads back to its original the
+    policy would be applied to what that rewrite left: the sites it nopped are invisible, so a
+    policy that keeps them could not give them back, and the run said the file already matched
+    it (exit 0). Refused, as ``--undo`` refuses it (:func:`_rewritten_without_log`)."""
+    whose = "no patch log at" if facts is None else "it is not the output of"
+    raise PrenopError(
+        f"{t.source}: {zeroed} of its records are zeroed, as a rewrite leaves them, and {whose} {t.log}: "
+        "the sites that rewrite nopped cannot be seen to apply the policy to them; give the --log-dir "
+        "its run wrote the logs to, naming the same tree (logs are named by the path below it), or start "
+        "from the original file"
+    )
 
 
 def _policy_choice(policy: Policy, module: str | None, sites: Sequence[Site]) -> tuple[list[Site], frozenset[int]]:
@@ -832,7 +873,8 @@ def run(
 
 def no_site_anywhere(reports: Sequence[FileReport]) -> bool:
     """No file of the run has any ftrace site at all, and none failed: the run found nothing to
-    do (a wrong directory, a tree built without ftrace, one nopped before whose logs are gone),
+    do (a wrong directory, a tree built without ftrace; one nopped before whose logs are not
+    given fails instead: :func:`_refuse_nopped_without_log`),
     says so (exit 1) and writes nothing, not even the copies -o would hold."""
     return bool(reports) and all(r.no_sites for r in reports)
 

@@ -4,10 +4,13 @@
 # arch/powerpc/Makefile.postlink, after the checks that are already there, and include this file:
 #
 #     include $(srctree)/scripts/mcountrw.mk        # wherever you keep it
-#     vmlinux: FORCE
+#     vmlinux vmlinux.unstripped: FORCE
 #             @true
 #     ...head_check / relocs_check as before...
 #             $(call cmd,mcountrw_vmlinux)
+#
+# Name both targets: newer kernels (7.2) run the postlink step on `vmlinux.unstripped` and make
+# vmlinux from it with objcopy; a `vmlinux:` rule alone then never runs (docs/prenop.md).
 #
 # Modules, after `make modules` (in the build tree, before modules_install signs and compresses
 # them: no re-signing needed) or after `make modules_install` (signed: set MCOUNTRW_SIGN_ARGS):

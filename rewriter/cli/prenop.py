@@ -1121,8 +1121,9 @@ def policy_check(
             typer.echo(f"mcountrw: warning: {printable(left)}", err=True)
     tally = pol.Tally(rules)
     overridden: list[str] = []
+    unlogged: list[tuple[Path, int]] = []
     logs = logs_for(found, log, log_dir)
-    errors += _tally_files(tally, files, workers(jobs), generation, mcount_addr, logs, overridden)
+    errors += _tally_files(tally, files, workers(jobs), generation, mcount_addr, logs, (overridden, unlogged))
     print_errors(errors)
     if not tally.files:  # no image read: a table of rules matching nothing would be false warnings
         raise typer.Exit(ExitCode.BAD_INPUT)
@@ -1130,11 +1131,25 @@ def policy_check(
     if overridden:  # as scan and audit say it: the table is of the images read as --generation says
         more = f" (and {counted(len(overridden) - 1, 'more file')})" if len(overridden) > 1 else ""
         typer.echo(f"note: {overridden[0]}{more}")
-    warnings = tally.warnings()
+    warnings = tally.warnings() + _unlogged_warning(unlogged)
     for w in warnings:
         typer.echo(f"warning: {w}")
     bad_input_if(errors)
     findings_if(bool(warnings))
+
+
+def _unlogged_warning(unlogged: Sequence[tuple[Path, int]]) -> list[str]:
+    """The files whose records are zeroed, as a rewrite leaves them, with no patch log read: the
+    sites that rewrite nopped are invisible to a scan, so the table counted none of them (over a
+    tree prenop nopped, run without its --log-dir: `nop 0` for a policy that nops 33,614 sites)."""
+    if not unlogged:
+        return []
+    (first, zeroed), more = unlogged[0], len(unlogged) - 1
+    others = f" (and {counted(more, 'more file')})" if more else ""
+    return [
+        f"{first}: {zeroed} of its records are zeroed, as a rewrite leaves them, and no patch log describes "
+        f"it{others}: the sites that rewrite nopped are not counted; give the --log-dir its run wrote the logs to"
+    ]
 
 
 def _empty_directories(images: Sequence[Path], found: Sequence[Path]) -> list[Path]:
@@ -1150,11 +1165,12 @@ def _tally_files(
     generation: Generation | None,
     mcount_addr: int | None,
     logs: Mapping[Path, Path],
-    overridden: list[str],
+    notes: tuple[list[str], list[tuple[Path, int]]],
 ) -> list[str]:
     """Scan ``files`` and count what the policy decides for each site (with the sites of their
-    patch logs, ``logs``); the lines of the files that could not be scanned. Adds to
-    ``overridden`` what ``--generation`` overrode, per file."""
+    patch logs, ``logs``); the lines of the files that could not be scanned. Adds to ``notes``
+    what ``--generation`` overrode, per file, and each file with zeroed records that no log
+    explains (:func:`_unlogged_warning`)."""
     from rewriter import policy as pol
     from rewriter.batch import scan_many
     from rewriter.boot import Untraceable, boot_of, untraceable
@@ -1172,7 +1188,9 @@ def _tally_files(
             sc = logged(outcome.scan, logs)
             overrode = override_text(sc)
             if overrode is not None:
-                overridden.append(f"{outcome.path}: {overrode}")
+                notes[0].append(f"{outcome.path}: {overrode}")
+            if sc.records.zeroed and not any(s.source is Source.LOG for s in sc.sites):
+                notes[1].append((outcome.path, sc.records.zeroed))
             module = pol.module_name(outcome.path) if sc.kind is Kind.MODULE else None
             boot = boot_of(sc)
             facts = []

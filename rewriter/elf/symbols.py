@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 
@@ -84,9 +84,9 @@ def functions(image: Image) -> Functions:
     rows = _function_symbols(image)
     if rows is None:
         return _empty()
-    start, size, name, lep = rows
-    order = np.lexsort((name, start))
-    # Aliases share a start: keep the first name in string-table order for a stable answer.
+    start, size, name, lep, _ = rows
+    # Aliases share a start: keep the name the kernel gives their sites (_kallsyms_order).
+    order = _kallsyms_order(image, rows)
     keep = order[_first_of_each_start(start[order])]
     start, size, name, lep = start[keep], size[keep], name[keep], lep[keep]
     return Functions(start, lep, start + size, name.astype(np.uint32))
@@ -147,8 +147,8 @@ def aliases(image: Image) -> dict[str, tuple[str, ...]]:
     rows, syms = _function_symbols(image), image.symbols
     if rows is None or syms is None:
         return {}
-    start, _, name, _ = rows
-    order = np.lexsort((name, start))
+    start, _, name, _, _ = rows
+    order = _kallsyms_order(image, rows)
     first = _first_of_each_start(start[order])
     if first.all():
         return {}
@@ -164,6 +164,32 @@ def aliases(image: Image) -> dict[str, tuple[str, ...]]:
     return {k: tuple(dict.fromkeys(v)) for k, v in out.items()}
 
 
+def _kallsyms_order(image: Image, rows: _FunctionRows) -> np.ndarray:
+    """The rows sorted by start, each start's names (aliases) in the order the kernel's kallsyms
+    prefers them, first the name ftrace gives their sites (available_filter_functions, and what
+    set_ftrace_filter matches). A module's lookup keeps the first symbol of equal value in table
+    order (kernel/module/kallsyms.c ``find_kallsyms_symbol()``); a vmlinux's returns the first of
+    scripts/kallsyms.c's ``compare_symbols()`` order: strong before weak, fewer leading
+    underscores first, then ``nm -n``'s order, by name (6.1's ``sys_ni_syscall``, not the weak
+    ``compat_sys_*`` that share its start)."""
+    order: np.ndarray = np.lexsort((np.arange(len(rows.start)), rows.start))
+    if image.type == S.ET_REL or image.symbols is None:
+        return order
+    first = np.flatnonzero(_first_of_each_start(rows.start[order]))
+    ends = np.append(first[1:], len(order))
+    for lo, hi in zip(first[ends - first > 1].tolist(), ends[ends - first > 1].tolist(), strict=True):
+        group = order[lo:hi].tolist()
+        names = image.symbols.names_at([int(rows.name[i]) for i in group])
+        ranked = sorted(zip(group, names, strict=True), key=lambda row: _kallsyms_rank(rows, *row))
+        order[lo:hi] = [i for i, _ in ranked]
+    return order
+
+
+def _kallsyms_rank(rows: _FunctionRows, i: int, name: str) -> tuple[bool, int, bytes]:
+    """Where scripts/kallsyms.c sorts a vmlinux symbol among those of its address."""
+    return bool(rows.weak[i]), len(name) - len(name.lstrip("_")), name.encode()
+
+
 def _first_of_each_start(starts: np.ndarray) -> np.ndarray:
     """Of sorted ``starts``, whether each is the first of its value."""
     first = np.ones(len(starts), dtype=bool)
@@ -171,9 +197,19 @@ def _first_of_each_start(starts: np.ndarray) -> np.ndarray:
     return first
 
 
-def _function_symbols(image: Image) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """Every function symbol's code start (a place), size, string-table index and local entry
-    point, aliases included; None for an image with no symbol table."""
+class _FunctionRows(NamedTuple):
+    """Every function symbol, in symbol-table order (ELFv1: the descriptors first)."""
+
+    start: np.ndarray  # its code start, a place
+    size: np.ndarray
+    name: np.ndarray  # string-table index
+    lep: np.ndarray  # local entry point
+    weak: np.ndarray  # STB_WEAK
+
+
+def _function_symbols(image: Image) -> _FunctionRows | None:
+    """Every function symbol's code start (a place), size, string-table index, local entry
+    point and weakness, aliases included; None for an image with no symbol table."""
     syms = image.symbols
     if syms is None:
         return None
@@ -189,15 +225,25 @@ def _function_symbols(image: Image) -> tuple[np.ndarray, np.ndarray, np.ndarray,
         starts = [code, _places(image, shndx[is_func & ~in_opd], t["st_value"][is_func & ~in_opd])]
         sizes = [t["st_size"][in_opd], t["st_size"][is_func & ~in_opd]]
         names = [t["st_name"][in_opd], t["st_name"][is_func & ~in_opd]]
+        weak = _weak(np.concatenate([t["st_info"][in_opd], t["st_info"][is_func & ~in_opd]]))
         start = np.concatenate(starts)
         size = np.concatenate(sizes).astype(np.uint64)
         name = np.concatenate(names)
         keep = start != np.uint64(0xFFFF_FFFF_FFFF_FFFF)
-        return start[keep], size[keep], name[keep], start[keep]
+        return _FunctionRows(start[keep], size[keep], name[keep], start[keep], weak[keep])
     f = t[is_func]  # the rows once, then their fields: each numpy call is a fixed cost in a module
     start = _places(image, f["st_shndx"], f["st_value"])
     lep = start + S.ppc64_local_entry_offset(f["st_other"]).astype(np.uint64)
-    return start, f["st_size"].astype(np.uint64), f["st_name"], lep
+    return _FunctionRows(start, f["st_size"].astype(np.uint64), f["st_name"], lep, _weak(f["st_info"]))
+
+
+STB_WEAK: Final = 2
+
+
+def _weak(info: np.ndarray) -> np.ndarray:
+    """Which symbols ``st_info`` binds weak."""
+    weak: np.ndarray = (info >> np.uint8(4)) == STB_WEAK
+    return weak
 
 
 def _places(image: Image, shndx: np.ndarray, value: np.ndarray) -> np.ndarray:

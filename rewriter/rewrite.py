@@ -90,9 +90,8 @@ class Selection:
     as well: refusing it would be a rule with no reason behind it.
 
     A glob matches a function by any of its names (``aliases``, the image's: :meth:`named_in`): a
-    site carries one name of its start (``sys_ni_syscall`` is one of 46 names on 6.1, its site named
-    ``compat_sys_mq_open``), and ``--exclude sys_ni_syscall`` means that function whichever name
-    the scan gave it."""
+    site carries one name of its start (the one kallsyms gives: ``sys_ni_syscall``, one of 46 names
+    on 6.1), and ``--exclude 'compat_sys_*'`` means those functions whichever name the site has."""
 
     only: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()

@@ -1,9 +1,9 @@
 """--only and --exclude match a function by any of its names.
 
-A site carries one name of its function's start (the first the symbol table gives): 6.1's
-``sys_ni_syscall`` is one of 46 names, its one site named ``compat_sys_mq_open``. A glob that named
-another of them had matched nothing: ``--exclude sys_ni_syscall`` was refused as matching none
-(exit 1), and ``--only`` of an alias changed nothing.
+A site carries one name of its function's start (the one kallsyms gives: a module's first in its
+symbol table): 6.1's ``sys_ni_syscall`` is one of 46 names of one function. A glob that named
+another of them had matched nothing: ``--exclude 'compat_sys_*'`` left ``sys_ni_syscall``'s site to
+be nopped, and ``--only`` of an alias was refused as matching none (exit 1).
 """
 
 from __future__ import annotations

@@ -507,6 +507,9 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
     for reason in Untraceable:
         if why[reason]:
             out.append(f"  not traceable: {why[reason]} {reason.value}: {WHY[reason]}")
+    init = _traceable_in_init(result, boot) if why[None] else 0
+    if init:
+        out.append(f"  init text: {init} of the traceable sites {_INIT_ONLY[result.kind is Kind.MODULE]}")
     stubs = stubs_json(result)
     if stubs:
         out.append("  " + _stubs_line(stubs, result.records.count))
@@ -516,6 +519,19 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
             "whether its records get a stub at boot is unchecked"
         )
     return out
+
+
+_INIT_ONLY: Final = {
+    False: "are in init sections: traced while the kernel boots, until it frees init memory and drops their "
+    "records (ftrace_free_init_mem()); available_filter_functions never lists them",
+    True: "are in init sections: traced while the module initialises, until the loader frees its init memory "
+    "and drops their records (ftrace_free_mem() in do_init_module())",
+}
+
+
+def _traceable_in_init(result: Scan, boot: Boot) -> int:
+    """Traceable sites in ``.init.*`` sections, whose records the kernel drops with the init memory."""
+    return sum(1 for s in result.sites if s.section.startswith(".init") and untraceable(s, boot) is None)
 
 
 def _stub_areas_missing(result: Scan) -> bool:

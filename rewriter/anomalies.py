@@ -43,6 +43,7 @@ class AnomalyKind(enum.Enum):
     WEAK_BODY = "weak-body"
     NO_SYMBOLS = "no-symbols"
     GENERATION_OVERRIDE = "generation-override"
+    XZ_CHECK = "xz-check"
 
 
 class AnomalyRule(NamedTuple):
@@ -215,6 +216,16 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         "reads every site by that generation's layout, so its other findings are about the image as "
         "it would be if the option were right. A warning, not an error: the option may be right (an "
         "image rewritten oddly), but a report on a misread kernel must not look clean.",
+    ),
+    AnomalyKind.XZ_CHECK: AnomalyRule(
+        Severity.WARNING,
+        "a .ko.xz whose check the kernel's own decompressor refuses",
+        "The kernel's xz decoder (kernel/module/decompress.c) takes a CRC32 check or none, as Kbuild "
+        "writes them (xz --check=crc32); xz's own default is CRC64. kmod hands a module to that decoder "
+        "when /sys/module/compression names its compression (finit_module with "
+        "MODULE_INIT_COMPRESSED_FILE), and does not retry when it fails: the module never loads "
+        "(EINVAL; under qemu on Debian's 6.12 and 7.2). Where kmod decompresses it itself, it loads: so "
+        "a warning, not an error.",
     ),
 }
 

@@ -288,10 +288,22 @@ def _at_site(
     )
 
 
+def _xz_check(check: str) -> Anomaly:
+    return Anomaly(
+        AnomalyKind.XZ_CHECK,
+        Severity.WARNING,
+        f"xz check {check}: the kernel's own decompressor takes CRC32 or none, so where kmod hands it the "
+        "module (/sys/module/compression: xz) the module does not load (finit_module: EINVAL); recompress "
+        "with xz --check=crc32, as Kbuild does",
+    )
+
+
 def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[SiteAudit]) -> list[Anomaly]:
     found = _abi_anomalies(image)
     if result.not_loaded is not None:
         found.append(Anomaly(AnomalyKind.MODULE_REFUSED, Severity.ERROR, result.not_loaded))
+    if image.kernel_refused_check is not None and image.kind is Kind.MODULE:
+        found.append(_xz_check(image.kernel_refused_check))
     found += _record_anomalies(image, result, printer)
     found += _stub_anomalies(result.stubs)
     found += _mixed_states(result.sites)

@@ -5,11 +5,12 @@ compression (Debian's 6.12 and 7.2: xz), and decompresses it itself otherwise. T
 end of the first xz stream, so a second stream, which kmod's liblzma would decode too, is not what it
 loads: mcountrw refuses such a file rather than read the first stream alone. And the kernel's xz
 decoder checks CRC32 or nothing: a CRC64 module does not load there, while its rewrite (written with
-Kbuild's CRC32) does.
+Kbuild's CRC32) does; audit warns of it (xz-check). On 6.12 and 7.2 alike.
 """
 
 from __future__ import annotations
 
+import json
 import lzma
 import re
 import subprocess
@@ -25,8 +26,9 @@ INIT_SOURCE = Path(__file__).resolve().parent / "data" / "finit_compressed.c"
 EINVAL = 22
 
 
-def test_the_kernel_reads_the_first_xz_stream_alone_and_no_crc64(tmp_path: Path) -> None:
-    files = require_kernel("6.12")
+@pytest.mark.parametrize("name", ["6.12", "7.2"])
+def test_the_kernel_reads_the_first_xz_stream_alone_and_no_crc64(name: str, tmp_path: Path) -> None:
+    files = require_kernel(name)
     require_tool(QEMU)
     cc = require_tool("powerpc64le-linux-gnu-gcc")
     init = tmp_path / "init"
@@ -43,6 +45,12 @@ def test_the_kernel_reads_the_first_xz_stream_alone_and_no_crc64(tmp_path: Path)
     assert nop.exit_code == 0, nop.output
     refused = invoke("scan", mods / "b_two_streams.ko.xz")
     assert refused.exit_code == 2 and "another xz stream" in refused.stderr, refused.output
+    # audit warns of the module the kernel will not decompress, and of no other (anomaly xz-check)
+    for m, warned in (("a_shipped", False), ("c_crc64", True), ("d_crc64_rewritten", False)):
+        audit = invoke("audit", "--format", "json", mods / f"{m}.ko.xz")
+        (image,) = json.loads(audit.stdout)["images"]
+        kinds = [a["kind"] for a in image["anomalies"]]
+        assert ("xz-check" in kinds) is warned, (m, kinds)
     modules = sorted(mods.glob("*.ko.xz"))
     booted = boot(files.vmlinux, "console=hvc0 panic=-1", make_program_initramfs(tmp_path / "i.cpio", init, modules))
     assert booted.done, booted.console[-3000:]

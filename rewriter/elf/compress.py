@@ -56,6 +56,25 @@ def compression_named(path: Path) -> Compression | None:
     return Compression.NONE if path.name.endswith(".ko") else None
 
 
+# The xz stream header's check ID (its 8th byte) the kernel's own xz decoder takes: none or CRC32,
+# as Kbuild writes them (xz --check=crc32). Tried under qemu on Debian's 6.12 and 7.2 by
+# finit_module(MODULE_INIT_COMPRESSED_FILE): a CRC64 module fails, "decompression failed with
+# status 6", EINVAL (tests/test_review_modrw_boot.py).
+_KERNEL_XZ_CHECKS: Final = frozenset({0, 1})
+_XZ_CHECK_NAMES: Final = MappingProxyType({0: "none", 1: "CRC32", 4: "CRC64", 10: "SHA-256"})
+
+
+def xz_check_kernel_refuses(head: bytes) -> str | None:
+    """The name of an xz stream header's check (``head``: the file's first bytes) when the kernel's
+    own decompressor refuses it, else None (not xz, or a check it takes)."""
+    if detect_compression(head) is not Compression.XZ or len(head) < 8:
+        return None
+    check = head[7] & 0x0F
+    if check in _KERNEL_XZ_CHECKS:
+        return None
+    return _XZ_CHECK_NAMES.get(check, f"check ID {check}")
+
+
 def detect_compression(head: bytes) -> Compression:
     for magic, kind in _MAGIC.items():
         if head.startswith(magic):

@@ -26,7 +26,14 @@ import numpy as np
 
 from rewriter import arrays
 from rewriter.elf import structs as S
-from rewriter.elf.compress import MODULE_SUFFIXES, Compression, compression_named, decompress, detect_compression
+from rewriter.elf.compress import (
+    MODULE_SUFFIXES,
+    Compression,
+    compression_named,
+    decompress,
+    detect_compression,
+    xz_check_kernel_refuses,
+)
 from rewriter.elf.signature import Trailer, TrailerError, parse_trailer
 from rewriter.errors import ImageError, UnmappedAddress
 from rewriter.ppc import Addr, Offset
@@ -245,10 +252,14 @@ class Image:
     included; the ELF structures never reach past ``elf_end``.
     """
 
-    def __init__(self, path: Path, data: bytes | mmap.mmap, compression: Compression) -> None:
+    def __init__(
+        self, path: Path, data: bytes | mmap.mmap, compression: Compression, kernel_refused_check: str | None = None
+    ) -> None:
         self.path = path
         self.data = data
         self.compression = compression
+        # An .xz whose check the kernel's own decompressor refuses (CRC64): compress.xz_check_kernel_refuses
+        self.kernel_refused_check = kernel_refused_check
         self.size = len(data)
         if self.size < S.EI_NIDENT:
             raise self.error("empty file" if self.size == 0 else f"not an ELF file (too short){self._named()}")
@@ -301,7 +312,8 @@ class Image:
         try:
             if st.st_size == 0:
                 raise ImageError(f"{path}: empty file")
-            compression = detect_compression(os.pread(fd, 8, 0))
+            head = os.pread(fd, 8, 0)
+            compression = detect_compression(head)
             if compression is not Compression.NONE:
                 data: bytes | mmap.mmap = decompress(path, _read_all(fd, st.st_size), compression)
             else:
@@ -312,7 +324,7 @@ class Image:
             raise ImageError(f"{path}: empty file") from None
         finally:
             os.close(fd)
-        return cls(path, data, compression)
+        return cls(path, data, compression, xz_check_kernel_refuses(head))
 
     @classmethod
     def from_bytes(cls, path: Path, data: bytes) -> Image:

@@ -407,6 +407,7 @@ def _weak_body(
     starts, names = lookup
     offset = int(weak_offsets(starts, place)[0])
     at = int(np.searchsorted(starts, place, side="right")[0]) - 1
+    at = int(np.searchsorted(starts, starts[at], side="left")) if at >= 0 else at  # the first of its place
     name = image.symbols.name_at(int(names[at])) if offset >= 0 and image.symbols is not None else None
     near = f"{name}+{offset:#x}" if name else "no symbol before it"
     if max_offset is None:

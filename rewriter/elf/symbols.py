@@ -116,8 +116,9 @@ def _named(syms: Symbols) -> np.ndarray:
 
 
 def lookup_symbols(image: Image) -> tuple[np.ndarray, np.ndarray]:
-    """The places a loaded module's ``kallsyms_lookup()`` measures an address from, sorted, and
-    each one's string-table index (kernel/module/kallsyms.c ``find_kallsyms_symbol()``, which
+    """The places a loaded module's ``kallsyms_lookup()`` measures an address from, sorted (those
+    of one place in symbol-table order: the first is the name it gives), and each one's string-table
+    index (kernel/module/kallsyms.c ``find_kallsyms_symbol()``, which
     ftrace's test_for_valid_rec() asks at module load): every defined symbol of any type with a
     name, but for the mapping symbols ``$...``, ``.L...`` and ``L0...`` (``is_mapping_symbol()``).
     An unnamed symbol is passed over, a FUNC a tool left without a name among them; a named NOTYPE
@@ -137,7 +138,9 @@ def lookup_symbols(image: Image) -> tuple[np.ndarray, np.ndarray]:
     shndx = t["st_shndx"].astype(np.int64)
     keep = (shndx > 0) & (shndx < S.SHN_LORESERVE) & (first != 0) & ~mapping  # named, not mapping
     starts = _places(image, t["st_shndx"][keep], t["st_value"][keep])
-    order = np.lexsort((name[keep], starts))
+    # Of symbols at one place, the loader's lookup keeps the first in the symbol table (it moves
+    # on only to a greater value): they stay in table order, and the first of a run is its name.
+    order = np.lexsort((np.flatnonzero(keep), starts))
     return starts[order], name[keep][order].astype(np.uint32)
 
 

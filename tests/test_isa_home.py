@@ -27,6 +27,8 @@ HOME = PACKAGE / "ppc"
 DATA = {
     0xFFFF_FFFF: "all ones in 32 bits (a word-sized data mask)",
     0x6FFF_FFF9: "DT_RELACOUNT, an ELF dynamic tag",
+    0x184D_2A50: "the first zstd skippable-frame magic number (rewriter/elf/compress.py)",
+    0x184D_2A60: "one past the last zstd skippable-frame magic number",
 }
 """32-bit constants outside ppc/ that are data, not instructions."""
 

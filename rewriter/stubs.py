@@ -106,12 +106,23 @@ def assign_stubs(
         index = used[name]
         used[name] += 1
         stub = addr + index * stub_size
-        ok = count is not None and index < count and _stub_in_range(ip, stub, stub_size)
+        ok = count is not None and index < kernel_count(count) and _stub_in_range(ip, stub, stub_size)
         need[name] += not ok
         # a place recorded twice takes two stubs; its site is named with the first
         stub_of.setdefault(ip, (name, LAYOUTS[Variant.OOL].stub_code(stub, stub_size) if ok else None))
-    out = tuple(StubArea(n, a, c or 0, stub_size, min(used[n], c or 0), need[n], s) for n, (a, s, c) in areas.items())
+    out = tuple(
+        StubArea(n, a, c or 0, stub_size, min(used[n], max(kernel_count(c or 0), 0)), need[n], s)
+        for n, (a, s, c) in areas.items()
+    )
     return out, stub_of
+
+
+def kernel_count(word: int) -> int:
+    """A ``*_count`` word as ftrace_init_ool_stub() compares it with the stubs it gave: it copies
+    the ``unsigned int`` into ``int ool_stub_count``, so a word of 2^31 or more is negative there and
+    ``WARN_ON(*ool_stub_index > ool_stub_count)`` fails every record of its area (ftrace bug). Its
+    choice between the two .text areas compares the word unsigned (:func:`_area_for`)."""
+    return word - (1 << 32) if word >= 1 << 31 else word
 
 
 def _area_for(

@@ -1,0 +1,39 @@
+"""Findings of the 2026-12-05 black-box fuzz pass over every command (structural mutants of the
+fixtures, of corpus modules and of the corpus vmlinux images, run through the CLI).
+
+An ool count word of 2^31 or more: ftrace_init_ool_stub() (arch/powerpc/kernel/trace/ftrace.c,
+7.2) copies the ``unsigned int`` ``ftrace_ool_stub_*_count`` into ``int ool_stub_count``, so the
+count is negative there and ``WARN_ON(*ool_stub_index > ool_stub_count)`` fails the first record
+of the area: ftrace bug, function tracing off. Scan compared the word unsigned and said every
+record had its stub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from boot import require_kernel
+
+from rewriter.boot import boot_of
+from rewriter.elf.image import Image
+from rewriter.sites import scan
+from rewriter.stubs import OOL_TEXT_END
+
+
+def _count_word_at(image: Image, area: str) -> int:
+    syms = image.symbols
+    assert syms is not None
+    return int(image.offset_of(int(syms.table["st_value"][syms.find(area + "_count")[0]])))
+
+
+def test_an_ool_count_word_the_kernel_reads_as_negative_gives_no_stub(tmp_path: Path) -> None:
+    image = Image.load(require_kernel("7.2").vmlinux)
+    before = {a.name: a for a in scan(image).stubs}[OOL_TEXT_END]
+    assert before.used > 0 and before.covers
+    at = _count_word_at(image, OOL_TEXT_END)
+    data = bytearray(image.data)
+    data[at : at + 4] = (1 << 31).to_bytes(4, "little")
+    result = scan(Image.from_bytes(tmp_path / "vmlinuz", bytes(data)))
+    area = {a.name: a for a in result.stubs}[OOL_TEXT_END]
+    # every record of the area wants a stub, the kernel gives none: the first one's failure stops init
+    assert (area.stub_count, area.used, area.need, area.covers) == (1 << 31, 0, before.used, False)
+    assert boot_of(result).ftrace_off is not None

@@ -5,14 +5,22 @@ An ool count word of 2^31 or more: ftrace_init_ool_stub() (arch/powerpc/kernel/t
 7.2) copies the ``unsigned int`` ``ftrace_ool_stub_*_count`` into ``int ool_stub_count``, so the
 count is negative there and ``WARN_ON(*ool_stub_index > ool_stub_count)`` fails the first record
 of the area: ftrace bug, function tracing off. Scan compared the word unsigned and said every
-record had its stub."""
+record had its stub.
+
+A plan file whose stage writes one slot many times: each state of the check tries every write its
+stage has left, so a thousand writes to one slot (60 kB of JSON) ran for minutes under the state
+bound (``MAX_STATES``). The check now bounds its moves too, and says so in one line."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 from boot import require_kernel
+from conftest import assert_one_line, invoke
 
+from rewriter import check as checker
 from rewriter.boot import boot_of
 from rewriter.elf.image import Image
 from rewriter.sites import scan
@@ -37,3 +45,18 @@ def test_an_ool_count_word_the_kernel_reads_as_negative_gives_no_stub(tmp_path: 
     # every record of the area wants a stub, the kernel gives none: the first one's failure stops init
     assert (area.stub_count, area.used, area.need, area.covers) == (1 << 31, 0, before.used, False)
     assert boot_of(result).ftrace_off is not None
+
+
+def test_a_stage_of_many_writes_to_one_slot_stops_at_the_move_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = invoke("plan", "--generation", "ool", "--from", "enabled", "--to", "disabled", "--format", "json")
+    doc = json.loads(made.stdout)
+    (write,) = doc["stages"][0]
+    doc["stages"][0] = [write] * 40
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(doc))
+    # 40 writes of one slot try about 200,000 moves; the real bound (3 million) is met by 1,000
+    monkeypatch.setattr(checker, "MAX_MOVES", 20_000, raising=False)
+    refused = invoke("check-plan", plan)
+    assert_one_line(refused, 2, "error", "plan.json: site 0 (up to 40 writes in one stage)", "more than 20,000 moves")

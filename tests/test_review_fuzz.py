@@ -9,7 +9,11 @@ record had its stub.
 
 A plan file whose stage writes one slot many times: each state of the check tries every write its
 stage has left, so a thousand writes to one slot (60 kB of JSON) ran for minutes under the state
-bound (``MAX_STATES``). The check now bounds its moves too, and says so in one line."""
+bound (``MAX_STATES``). The check now bounds its moves too, and says so in one line.
+
+A record table or an ool count word at an address no allocated section holds (an ``__mcount_loc``
+section that lost SHF_ALLOC, a ``__start_mcount_loc`` or ``*_count`` symbol moved) was refused as
+``address 0x... is in no section with file data``, naming neither the table nor the symbol."""
 
 from __future__ import annotations
 
@@ -18,10 +22,11 @@ from pathlib import Path
 
 import pytest
 from boot import require_kernel
-from conftest import assert_one_line, invoke
+from conftest import FIXTURES, assert_one_line, invoke
 
 from rewriter import check as checker
 from rewriter.boot import boot_of
+from rewriter.elf import structs as S
 from rewriter.elf.image import Image
 from rewriter.sites import scan
 from rewriter.stubs import OOL_TEXT_END
@@ -60,3 +65,34 @@ def test_a_stage_of_many_writes_to_one_slot_stops_at_the_move_bound(
     monkeypatch.setattr(checker, "MAX_MOVES", 20_000, raising=False)
     refused = invoke("check-plan", plan)
     assert_one_line(refused, 2, "error", "plan.json: site 0 (up to 40 writes in one stage)", "more than 20,000 moves")
+
+
+def test_a_record_table_in_no_allocated_section_is_named(tmp_path: Path) -> None:
+    image = Image.load(FIXTURES / "bin" / "prof-le")
+    sec = image.section("__mcount_loc")
+    assert sec is not None
+    data = bytearray(image.data)
+    at = int(image.ehdr["e_shoff"]) + sec.shndx * 64 + 8  # sh_flags
+    data[at : at + 8] = (sec.flags & ~S.SHF_ALLOC).to_bytes(8, "little")
+    path = tmp_path / "prof-le"
+    path.write_bytes(data)
+    refused = invoke("scan", path)
+    assert_one_line(refused, 2, "error", f"{path}: __mcount_loc at {sec.addr:#x} is in no allocated section")
+
+
+def test_an_ool_count_word_in_no_allocated_section_is_named(tmp_path: Path) -> None:
+    image = Image.load(require_kernel("7.2").vmlinux)
+    syms = image.symbols
+    assert syms is not None
+    row = int(syms.find(OOL_TEXT_END + "_count")[0])
+    sym = syms.table[row]
+    symtab = image.section(".symtab")
+    assert symtab is not None
+    data = bytearray(image.data)
+    at = symtab.offset + row * 24 + 8  # st_value
+    data[at : at + 8] = (0x100).to_bytes(8, "little")
+    assert int(sym["st_value"]) != 0x100
+    path = tmp_path / "vmlinuz"
+    path.write_bytes(data)
+    refused = invoke("scan", path)
+    assert_one_line(refused, 2, "error", f"{path}: {OOL_TEXT_END}_count at 0x100 is in no allocated section")

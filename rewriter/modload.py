@@ -16,9 +16,9 @@ then the loader's version decides, as qemu shows (tests/test_record_sections.py)
   name (kernel/module/main.c ``find_sec()``): the records in the others are never read, so their
   functions are never traced. Seen on Debian's 6.1.
 
-The loader also refuses a module with an SHT_REL table (:func:`rel_table_refusal`), and one with a
-record row of a relocation type it does not know (``records.loader_refusal``: it reads the record
-tables).
+The loader also refuses a module with no ``.stubs`` section (:func:`stubs_refusal`), one with an
+SHT_REL table (:func:`rel_table_refusal`), and one with a record row of a relocation type it does
+not know (``records.loader_refusal``: it reads the record tables).
 """
 
 from __future__ import annotations
@@ -42,8 +42,18 @@ def refusal(image: Image) -> str | None:
     """Why the kernel refuses to load this module, or None when it loads it: a REL table
     (:func:`rel_table_refusal`, met first: the loader applies relocations before it makes the sysfs
     files), or two allocated sections of one name. A module that names no kernel version (no
-    vermagic) is taken to be for a current kernel."""
-    return rel_table_refusal(image) or _shared_name_refusal(image)
+    vermagic) is taken to be for a current kernel. A missing ``.stubs`` is met before both: the
+    loader looks for it as it lays the module out."""
+    return stubs_refusal(image) or rel_table_refusal(image) or _shared_name_refusal(image)
+
+
+def stubs_refusal(image: Image) -> str | None:
+    """arch/powerpc/kernel/module_64.c ``module_frob_arch_sections()`` (6.1 to 7.2 alike) finds the
+    section named ``.stubs`` (every module of the corpus has one; the branch stubs, and ool's ftrace
+    stubs, are carved from it), and without one fails the load: "doesn't contain .stubs"."""
+    if image.kind is not Kind.MODULE or image.section(".stubs") is not None:
+        return None
+    return "no .stubs section: the ppc64 module loader refuses the module (doesn't contain .stubs)"
 
 
 def rel_table_refusal(image: Image) -> str | None:

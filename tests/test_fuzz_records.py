@@ -62,11 +62,13 @@ def _assemble(tmp_path: Path, name: str, lines: list[str]) -> Path:
 
 
 def _modinfo(version: str) -> list[str]:
-    """A module's ``.modinfo``, naming the kernel ``version`` it is built for."""
+    """A module's ``.modinfo``, naming the kernel ``version`` it is built for, and the ``.stubs``
+    every module has (module_frob_arch_sections() refuses one without)."""
     return [
         '\t.section .modinfo,"a",@progbits',
         f'\t.asciz "vermagic={version} SMP mod_unload "',
         '\t.asciz "license=GPL"',
+        '\t.section .stubs,"ax",@nobits',
     ]
 
 

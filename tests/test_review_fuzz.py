@@ -13,7 +13,11 @@ bound (``MAX_STATES``). The check now bounds its moves too, and says so in one l
 
 A record table or an ool count word at an address no allocated section holds (an ``__mcount_loc``
 section that lost SHF_ALLOC, a ``__start_mcount_loc`` or ``*_count`` symbol moved) was refused as
-``address 0x... is in no section with file data``, naming neither the table nor the symbol."""
+``address 0x... is in no section with file data``, naming neither the table nor the symbol.
+
+A module with no ``.stubs`` section: ppc64's module_frob_arch_sections() fails the load ("doesn't
+contain .stubs", insmod ENOEXEC under qemu). scan read it as loaded, every site traceable, its ool
+records served by stubs carved from the section it does not have."""
 
 from __future__ import annotations
 
@@ -21,7 +25,16 @@ import json
 from pathlib import Path
 
 import pytest
-from boot import require_kernel
+from boot import (
+    QEMU,
+    STANDARD_APPEND,
+    boot,
+    make_initramfs,
+    module_load_script,
+    require_kernel,
+    require_tool,
+    unsigned_module,
+)
 from conftest import FIXTURES, assert_one_line, invoke
 
 from rewriter import check as checker
@@ -96,3 +109,22 @@ def test_an_ool_count_word_in_no_allocated_section_is_named(tmp_path: Path) -> N
     path.write_bytes(data)
     refused = invoke("scan", path)
     assert_one_line(refused, 2, "error", f"{path}: {OOL_TEXT_END}_count at 0x100 is in no allocated section")
+
+
+def test_a_module_without_a_stubs_section_is_one_the_loader_refuses(tmp_path: Path) -> None:
+    require_tool(QEMU)
+    kernel = require_kernel("7.2")
+    ko = unsigned_module("7.2", "fs/nls/nls_utf8.ko*", tmp_path / "nls_utf8.ko")
+    data = bytearray(ko.read_bytes())
+    at = data.index(b"\0.stubs\0") + 6  # in .shstrtab: the section is now .stubx
+    data[at] = ord("x")
+    ko.write_bytes(data)
+    doc = json.loads(invoke("scan", "--format", "json", ko).stdout)["images"][0]
+    assert "doesn't contain .stubs" in doc["summary"]["not_loaded"] and doc["summary"]["traceable"] == 0
+    audit = json.loads(invoke("audit", "--format", "json", ko).stdout)
+    assert [a["kind"] for a in audit["images"][0]["anomalies"] if a["severity"] == "error"] == ["module-refused"]
+    script = module_load_script(["nls_utf8"], aff_grep="[nls_utf8]")
+    booted = boot(kernel.vmlinux, STANDARD_APPEND, make_initramfs(tmp_path / "i.cpio", kernel.busybox, [ko], script))
+    assert booted.done and not booted.panicked, booted.console[-3000:]
+    assert booted.insmod == {"nls_utf8": 8}, booted.console[-3000:]  # ENOEXEC
+    assert "nls_utf8: doesn't contain .stubs." in booted.console

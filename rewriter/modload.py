@@ -16,7 +16,8 @@ then the loader's version decides, as qemu shows (tests/test_record_sections.py)
   name (kernel/module/main.c ``find_sec()``): the records in the others are never read, so their
   functions are never traced. Seen on Debian's 6.1.
 
-The loader also refuses a module with no ``.stubs`` section (:func:`stubs_refusal`), one with an
+The loader also refuses a module with no ``.gnu.linkonce.this_module`` or no ``.stubs`` section
+(:func:`missing_section_refusal`), one with an
 SHT_REL table (:func:`rel_table_refusal`), and one with a record row of a relocation type it does
 not know (``records.loader_refusal``: it reads the record tables).
 """
@@ -42,18 +43,28 @@ def refusal(image: Image) -> str | None:
     """Why the kernel refuses to load this module, or None when it loads it: a REL table
     (:func:`rel_table_refusal`, met first: the loader applies relocations before it makes the sysfs
     files), or two allocated sections of one name. A module that names no kernel version (no
-    vermagic) is taken to be for a current kernel. A missing ``.stubs`` is met before both: the
-    loader looks for it as it lays the module out."""
-    return stubs_refusal(image) or rel_table_refusal(image) or _shared_name_refusal(image)
+    vermagic) is taken to be for a current kernel. A missing section is met before both: the
+    loader looks for them as it lays the module out."""
+    return missing_section_refusal(image) or rel_table_refusal(image) or _shared_name_refusal(image)
 
 
-def stubs_refusal(image: Image) -> str | None:
-    """arch/powerpc/kernel/module_64.c ``module_frob_arch_sections()`` (6.1 to 7.2 alike) finds the
-    section named ``.stubs`` (every module of the corpus has one; the branch stubs, and ool's ftrace
-    stubs, are carved from it), and without one fails the load: "doesn't contain .stubs"."""
-    if image.kind is not Kind.MODULE or image.section(".stubs") is not None:
+def missing_section_refusal(image: Image) -> str | None:
+    """Sections every module has, and the loader (6.1 to 7.2 alike) fails the load without:
+    kernel/module/main.c finds the allocated ``.gnu.linkonce.this_module`` (``find_sec()``: "No
+    module found in object"; 7.2 says of an unallocated one that it "must occupy memory during
+    process execution"), then arch/powerpc/kernel/module_64.c
+    ``module_frob_arch_sections()`` the section named ``.stubs``, whatever its flags (the branch
+    stubs, and ool's ftrace stubs, are carved from it: "doesn't contain .stubs")."""
+    if image.kind is not Kind.MODULE:
         return None
-    return "no .stubs section: the ppc64 module loader refuses the module (doesn't contain .stubs)"
+    if image.first_alloc_section(".gnu.linkonce.this_module") is None:
+        return (
+            "no allocated .gnu.linkonce.this_module section: the module loader refuses the module "
+            "(insmod: invalid module format)"
+        )
+    if image.section(".stubs") is None:
+        return "no .stubs section: the ppc64 module loader refuses the module (doesn't contain .stubs)"
+    return None
 
 
 def rel_table_refusal(image: Image) -> str | None:

@@ -16,8 +16,10 @@ section that lost SHF_ALLOC, a ``__start_mcount_loc`` or ``*_count`` symbol move
 ``address 0x... is in no section with file data``, naming neither the table nor the symbol.
 
 A module with no ``.stubs`` section: ppc64's module_frob_arch_sections() fails the load ("doesn't
-contain .stubs", insmod ENOEXEC under qemu). scan read it as loaded, every site traceable, its ool
-records served by stubs carved from the section it does not have."""
+contain .stubs", insmod ENOEXEC under qemu); one with no allocated ``.gnu.linkonce.this_module``,
+the loader's find_sec() ("No module found in object"; 7.2: "must occupy memory during process
+execution"). scan read each as loaded, every site traceable,
+the first's ool records served by stubs carved from the section it does not have."""
 
 from __future__ import annotations
 
@@ -111,20 +113,42 @@ def test_an_ool_count_word_in_no_allocated_section_is_named(tmp_path: Path) -> N
     assert_one_line(refused, 2, "error", f"{path}: {OOL_TEXT_END}_count at 0x100 is in no allocated section")
 
 
-def test_a_module_without_a_stubs_section_is_one_the_loader_refuses(tmp_path: Path) -> None:
+def _rename_section(ko: Path, name: str) -> None:
+    """Rename section ``name`` in its ``.shstrtab`` (its last letter made ``X``)."""
+    data = bytearray(ko.read_bytes())
+    at = data.index(b"\0" + name.encode() + b"\0") + len(name)
+    data[at] = ord("X")
+    ko.write_bytes(data)
+
+
+def _clear_alloc(ko: Path, name: str) -> None:
+    """Take SHF_ALLOC from section ``name``'s flags: the loader's find_sec() no longer finds it."""
+    image = Image.load(ko)
+    sec = image.section(name)
+    assert sec is not None
+    data = bytearray(ko.read_bytes())
+    at = int(image.ehdr["e_shoff"]) + sec.shndx * 64 + 8  # sh_flags
+    data[at : at + 8] = (sec.flags & ~S.SHF_ALLOC).to_bytes(8, "little")
+    ko.write_bytes(data)
+
+
+def test_a_module_without_a_stubs_or_this_module_section_is_one_the_loader_refuses(tmp_path: Path) -> None:
     require_tool(QEMU)
     kernel = require_kernel("7.2")
-    ko = unsigned_module("7.2", "fs/nls/nls_utf8.ko*", tmp_path / "nls_utf8.ko")
-    data = bytearray(ko.read_bytes())
-    at = data.index(b"\0.stubs\0") + 6  # in .shstrtab: the section is now .stubx
-    data[at] = ord("x")
-    ko.write_bytes(data)
-    doc = json.loads(invoke("scan", "--format", "json", ko).stdout)["images"][0]
-    assert "doesn't contain .stubs" in doc["summary"]["not_loaded"] and doc["summary"]["traceable"] == 0
-    audit = json.loads(invoke("audit", "--format", "json", ko).stdout)
-    assert [a["kind"] for a in audit["images"][0]["anomalies"] if a["severity"] == "error"] == ["module-refused"]
-    script = module_load_script(["nls_utf8"], aff_grep="[nls_utf8]")
-    booted = boot(kernel.vmlinux, STANDARD_APPEND, make_initramfs(tmp_path / "i.cpio", kernel.busybox, [ko], script))
+    (tmp_path / "m").mkdir()
+    no_stubs = unsigned_module("7.2", "fs/nls/nls_utf8.ko*", tmp_path / "m" / "nls_utf8.ko")
+    no_module = unsigned_module("7.2", "fs/nls/mac-celtic.ko*", tmp_path / "m" / "mac-celtic.ko")
+    _rename_section(no_stubs, ".stubs")
+    _clear_alloc(no_module, ".gnu.linkonce.this_module")
+    for ko, said in ((no_stubs, "doesn't contain .stubs"), (no_module, "no allocated .gnu.linkonce.this_module")):
+        doc = json.loads(invoke("scan", "--format", "json", ko).stdout)["images"][0]
+        assert said in doc["summary"]["not_loaded"] and doc["summary"]["traceable"] == 0
+        audit = json.loads(invoke("audit", "--format", "json", ko).stdout)
+        assert [a["kind"] for a in audit["images"][0]["anomalies"] if a["severity"] == "error"] == ["module-refused"]
+    script = module_load_script(["nls_utf8", "mac-celtic"], aff_grep="[nls_utf8]")
+    initramfs = make_initramfs(tmp_path / "i.cpio", kernel.busybox, [no_stubs, no_module], script)
+    booted = boot(kernel.vmlinux, STANDARD_APPEND, initramfs)
     assert booted.done and not booted.panicked, booted.console[-3000:]
-    assert booted.insmod == {"nls_utf8": 8}, booted.console[-3000:]  # ENOEXEC
+    assert booted.insmod == {"nls_utf8": 8, "mac-celtic": 8}, booted.console[-3000:]  # ENOEXEC
     assert "nls_utf8: doesn't contain .stubs." in booted.console
+    assert "mac_celtic: .gnu.linkonce.this_module must occupy memory during process execution" in booted.console

@@ -18,7 +18,8 @@ section that lost SHF_ALLOC, a ``__start_mcount_loc`` or ``*_count`` symbol move
 A module with no ``.stubs`` section: ppc64's module_frob_arch_sections() fails the load ("doesn't
 contain .stubs", insmod ENOEXEC under qemu); one with no allocated ``.gnu.linkonce.this_module``,
 the loader's find_sec() ("No module found in object"; 7.2: "must occupy memory during process
-execution"). scan read each as loaded, every site traceable,
+execution"); one with a relocation of a type module_64.c's apply_relocate_add() does not apply, in
+any table aimed at an allocated section ("Unknown ADD relocation: 255"). scan read each as loaded, every site traceable,
 the first's ool records served by stubs carved from the section it does not have."""
 
 from __future__ import annotations
@@ -132,23 +133,42 @@ def _clear_alloc(ko: Path, name: str) -> None:
     ko.write_bytes(data)
 
 
-def test_a_module_without_a_stubs_or_this_module_section_is_one_the_loader_refuses(tmp_path: Path) -> None:
+def _set_type(ko: Path, table: str, rtype: int) -> None:
+    """Give the first row of relocation table ``table`` the type ``rtype``."""
+    image = Image.load(ko)
+    sec = image.section(table)
+    assert sec is not None
+    data = bytearray(ko.read_bytes())
+    info = int.from_bytes(data[sec.offset + 8 : sec.offset + 16], "little")
+    data[sec.offset + 8 : sec.offset + 16] = (info & ~0xFFFF_FFFF | rtype).to_bytes(8, "little")
+    ko.write_bytes(data)
+
+
+def test_modules_the_loader_refuses_are_read_as_not_loaded(tmp_path: Path) -> None:
     require_tool(QEMU)
     kernel = require_kernel("7.2")
     (tmp_path / "m").mkdir()
     no_stubs = unsigned_module("7.2", "fs/nls/nls_utf8.ko*", tmp_path / "m" / "nls_utf8.ko")
     no_module = unsigned_module("7.2", "fs/nls/mac-celtic.ko*", tmp_path / "m" / "mac-celtic.ko")
+    unknown = unsigned_module("7.2", "fs/nls/mac-roman.ko*", tmp_path / "m" / "mac-roman.ko")
     _rename_section(no_stubs, ".stubs")
     _clear_alloc(no_module, ".gnu.linkonce.this_module")
-    for ko, said in ((no_stubs, "doesn't contain .stubs"), (no_module, "no allocated .gnu.linkonce.this_module")):
+    _set_type(unknown, ".rela.text", 255)
+    said = {
+        no_stubs: "no .stubs section",
+        no_module: "no allocated .gnu.linkonce.this_module",
+        unknown: ".rela.text entry 0 is of type 255, which the ppc64 module loader does not apply",
+    }
+    for ko, reason in said.items():
         doc = json.loads(invoke("scan", "--format", "json", ko).stdout)["images"][0]
-        assert said in doc["summary"]["not_loaded"] and doc["summary"]["traceable"] == 0
+        assert reason in doc["summary"]["not_loaded"] and doc["summary"]["traceable"] == 0
         audit = json.loads(invoke("audit", "--format", "json", ko).stdout)
         assert [a["kind"] for a in audit["images"][0]["anomalies"] if a["severity"] == "error"] == ["module-refused"]
-    script = module_load_script(["nls_utf8", "mac-celtic"], aff_grep="[nls_utf8]")
-    initramfs = make_initramfs(tmp_path / "i.cpio", kernel.busybox, [no_stubs, no_module], script)
+    script = module_load_script(["nls_utf8", "mac-celtic", "mac-roman"], aff_grep="[nls_utf8]")
+    initramfs = make_initramfs(tmp_path / "i.cpio", kernel.busybox, list(said), script)
     booted = boot(kernel.vmlinux, STANDARD_APPEND, initramfs)
     assert booted.done and not booted.panicked, booted.console[-3000:]
-    assert booted.insmod == {"nls_utf8": 8, "mac-celtic": 8}, booted.console[-3000:]  # ENOEXEC
+    assert booted.insmod == {"nls_utf8": 8, "mac-celtic": 8, "mac-roman": 8}, booted.console[-3000:]  # ENOEXEC
     assert "nls_utf8: doesn't contain .stubs." in booted.console
     assert "mac_celtic: .gnu.linkonce.this_module must occupy memory during process execution" in booted.console
+    assert "mac_roman: Unknown ADD relocation: 255" in booted.console

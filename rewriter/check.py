@@ -80,8 +80,8 @@ MAX_TOTAL_STATES: Final = 2_000_000
 # The most moves (a task's step or a write tried, each about 15 us) the check of one site may try.
 # A stage's writes land in any order, so each state tries every write its stage has left: a
 # hand-made stage of a thousand writes to one slot took minutes in a few thousand states, under
-# MAX_STATES. The plans `plan` makes try at most 323,177 (ool, 3 tasks x 4 entries, stale fetch);
-# MAX_STATES at their branching is about 2.5 million.
+# MAX_STATES. The built-in plans try at most 358,473 (ool-disable, 3 tasks x 4 entries, stale
+# fetch); MAX_STATES at their branching is about 2.5 million.
 MAX_MOVES: Final = 3_000_000
 
 

@@ -77,6 +77,12 @@ MAX_STATES: Final = 500_000
 # handful of distinct sites. A hand-made file of 100 distinct ool sites took 10.8 million states
 # and 274 s before there was this bound.
 MAX_TOTAL_STATES: Final = 2_000_000
+# The most moves (a task's step or a write tried, each about 15 us) the check of one site may try.
+# A stage's writes land in any order, so each state tries every write its stage has left: a
+# hand-made stage of a thousand writes to one slot took minutes in a few thousand states, under
+# MAX_STATES. The built-in plans try at most 358,473 (ool-disable, 3 tasks x 4 entries, stale
+# fetch); MAX_STATES at their branching is about 2.5 million.
+MAX_MOVES: Final = 3_000_000
 
 
 class Violation(enum.Enum):
@@ -364,12 +370,16 @@ def _search(m: _Model, start: _State, limit: int) -> tuple[list[_Found], int, _P
     parents: _Parents = {start: None}
     found: dict[Violation, _Found] = {}
     queue: deque[_State] = deque([start])
+    moves = 0
     while queue and Violation.STALE_R0_CALL not in found:  # nothing is worse: the first is the shortest
         state = queue.popleft()
         if state[1] == len(m.ops):  # the patcher is done: the end-of-plan requirements
             for problem in _end_problems(m, state):
                 found.setdefault(problem.violation, _Found(problem.violation, problem.reason, state, None, True))
         for move in itertools.chain(_task_moves(m, state), _patcher_moves(m, state)):
+            moves += 1
+            if moves > MAX_MOVES:
+                raise _TooManyMoves
             for problem in move.problems:
                 if problem.crash is not None:
                     at, last = state, (move.actor, problem.crash)
@@ -388,6 +398,10 @@ def _search(m: _Model, start: _State, limit: int) -> tuple[list[_Found], int, _P
 class _TooLarge(Exception):
     """:func:`_search` passed its bound: :func:`check` says of which site (:data:`MAX_STATES`), or
     :func:`check_all` of the whole plan (:data:`MAX_TOTAL_STATES`)."""
+
+
+class _TooManyMoves(Exception):
+    """:func:`_search` tried more than :data:`MAX_MOVES` moves for one site."""
 
 
 def _end_problems(m: _Model, state: _State) -> Iterator[_Problem]:
@@ -564,11 +578,22 @@ def check(
             f"site {site} ({len(ops)} writes) takes more than {MAX_STATES:,} states to check at {tasks} tasks x "
             f"{entries} entries: check it with fewer --tasks or --entries, or give one site fewer writes"
         ) from None
+    except _TooManyMoves:
+        raise _too_many_moves(site, ops, tasks, entries) from None
     if not found:
         return CheckResult(True, states, None, "", (), site, req, tasks, entries, stale, policy)
     worst = min(found, key=lambda f: list(Violation).index(f.violation))
     trace = _trace(worst, parents, geo)
     return CheckResult(False, states, worst.violation, worst.reason, trace, site, req, tasks, entries, stale, policy)
+
+
+def _too_many_moves(site: int, ops: tuple[_Op, ...], tasks: int, entries: int) -> ArgumentError:
+    writes = max((len(op) for op in ops if isinstance(op, tuple)), default=0)
+    return ArgumentError(
+        f"site {site} (up to {writes} writes in one stage) takes more than {MAX_MOVES:,} moves to check at "
+        f"{tasks} tasks x {entries} entries: a stage's writes land in any order, and each order is tried; "
+        "give one site fewer writes a stage"
+    )
 
 
 def _start(geo: _Geometry, current: SiteState, std_slot: Insn, ntasks: int, entries: int, stale: bool) -> _State:

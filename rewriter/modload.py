@@ -16,18 +16,23 @@ then the loader's version decides, as qemu shows (tests/test_record_sections.py)
   name (kernel/module/main.c ``find_sec()``): the records in the others are never read, so their
   functions are never traced. Seen on Debian's 6.1.
 
-The loader also refuses a module with an SHT_REL table (:func:`rel_table_refusal`), and one with a
-record row of a relocation type it does not know (``records.loader_refusal``: it reads the record
-tables).
+The loader also refuses a module with no ``.gnu.linkonce.this_module`` or no ``.stubs`` section
+(:func:`missing_section_refusal`), one with a relocation of a type it does not apply
+(:func:`unknown_type_refusal`), one with an
+SHT_REL table (:func:`rel_table_refusal`), and one with a record row of a relocation type it does
+not know (``records.loader_refusal``: it reads the record tables).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+import numpy as np
+
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind, Section
 from rewriter.elf.release import kernel_version
+from rewriter.errors import ImageError
 
 REFUSED_FROM: Final = (6, 12)
 """The first kernel whose loader refuses a module with two allocated sections of one name."""
@@ -42,8 +47,33 @@ def refusal(image: Image) -> str | None:
     """Why the kernel refuses to load this module, or None when it loads it: a REL table
     (:func:`rel_table_refusal`, met first: the loader applies relocations before it makes the sysfs
     files), or two allocated sections of one name. A module that names no kernel version (no
-    vermagic) is taken to be for a current kernel."""
-    return rel_table_refusal(image) or _shared_name_refusal(image)
+    vermagic) is taken to be for a current kernel. A missing section is met before both: the
+    loader looks for them as it lays the module out."""
+    return (
+        missing_section_refusal(image)
+        or rel_table_refusal(image)
+        or unknown_type_refusal(image)
+        or _shared_name_refusal(image)
+    )
+
+
+def missing_section_refusal(image: Image) -> str | None:
+    """Sections every module has, and the loader (6.1 to 7.2 alike) fails the load without:
+    kernel/module/main.c finds the allocated ``.gnu.linkonce.this_module`` (``find_sec()``: "No
+    module found in object"; 7.2 says of an unallocated one that it "must occupy memory during
+    process execution"), then arch/powerpc/kernel/module_64.c
+    ``module_frob_arch_sections()`` the section named ``.stubs``, whatever its flags (the branch
+    stubs, and ool's ftrace stubs, are carved from it: "doesn't contain .stubs")."""
+    if image.kind is not Kind.MODULE:
+        return None
+    if image.first_alloc_section(".gnu.linkonce.this_module") is None:
+        return (
+            "no allocated .gnu.linkonce.this_module section: the module loader refuses the module "
+            "(insmod: invalid module format)"
+        )
+    if image.section(".stubs") is None:
+        return "no .stubs section: the ppc64 module loader refuses the module (doesn't contain .stubs)"
+    return None
 
 
 def rel_table_refusal(image: Image) -> str | None:
@@ -58,6 +88,42 @@ def rel_table_refusal(image: Image) -> str | None:
             return (
                 f"relocation section {sec.name} is SHT_REL, which the ppc64 module loader does not apply: "
                 "it refuses the module (REL relocation unsupported)"
+            )
+    return None
+
+
+# The relocation types arch/powerpc/kernel/module_64.c ``apply_relocate_add()`` applies, 6.1 to 7.2:
+# ADDR32, REL24, REL32, ADDR64, REL64, TOC16, TOC16_LO, TOC16_HA, TOC, TOC16_DS, TOC16_LO_DS,
+# TOCSAVE, ENTRY, REL16_LO, REL16_HA, and a CONFIG_PPC_KERNEL_PCREL build's REL24_NOTOC, PCREL34,
+# GOT_PCREL34 (taken as known whatever the build: no module is called refused for them). Its
+# ``default:`` fails the load, "Unknown ADD relocation". The corpus's modules use 10, 26, 38, 44, 48,
+# 50, 64 and 118.
+LOADER_TYPES: Final = np.array([1, 10, 26, 38, 44, 47, 48, 50, 51, 63, 64, 109, 116, 118, 132, 133, 250, 252])
+_RECORD_SECTIONS: Final = ("__mcount_loc", "__patchable_function_entries")  # records.loader_refusal's
+
+
+def unknown_type_refusal(image: Image) -> str | None:
+    """A row of a RELA table aimed at an allocated section, of a type the loader does not apply
+    (kernel/module/main.c ``apply_relocations()`` skips tables aimed at other sections). A record
+    table's rows are ``records.loader_refusal``'s, and a table that cannot be read is left to the
+    commands that read it."""
+    if image.kind is not Kind.MODULE:
+        return None
+    sections = image.sections
+    for sec in image.relocation_sections():
+        target = sections[sec.info] if 0 < sec.info < len(sections) else None
+        if target is None or not target.flags & S.SHF_ALLOC or target.name in _RECORD_SECTIONS:
+            continue
+        try:
+            types = S.r_type(image.table(sec, S.rela_dtype(image.endian), "relocation")["r_info"])
+        except ImageError:
+            continue
+        unknown = np.flatnonzero(~np.isin(types, LOADER_TYPES))
+        if len(unknown):
+            k, rtype = int(unknown[0]), int(types[unknown[0]])
+            return (
+                f"relocation section {sec.name} entry {k} is of type {rtype}, which the ppc64 module loader does not "
+                f"apply: it refuses the module (Unknown ADD relocation: {rtype})"
             )
     return None
 

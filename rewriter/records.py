@@ -17,6 +17,7 @@ from rewriter.elf import structs as S
 from rewriter.elf.dynamic import relocated_slots
 from rewriter.elf.image import Image, Kind, Section
 from rewriter.elf.symbols import reloc_target_places
+from rewriter.errors import UnmappedAddress
 
 RECORD_SIZE: Final = S.addr_dtype("<").itemsize  # one record: an 8-byte address
 
@@ -188,7 +189,10 @@ def table_at(image: Image, name: str, addr: int, count: int) -> RecordTable:
     (also where a stripped image's search found a table that no symbol bounds)."""
     if not count:
         return RecordTable(name, addr, None, np.zeros(0, np.uint64))
-    off = image.offset_of(addr)
+    try:
+        off = image.offset_of(addr)
+    except UnmappedAddress:  # its bounds or section lie: say which table, not only the address
+        raise image.error(f"{name} at {addr:#x} is in no allocated section with file data") from None
     if off + count * RECORD_SIZE > image.elf_end:
         raise image.error(f"{name} runs past the end of the file")
     values = np.frombuffer(image.data, S.addr_dtype(image.endian), count=count, offset=off).astype(np.uint64)

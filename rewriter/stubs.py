@@ -15,6 +15,7 @@ from typing import Final, NamedTuple
 
 from rewriter import ppc
 from rewriter.elf.image import Image
+from rewriter.errors import UnmappedAddress
 from rewriter.generations import LAYOUTS, OOL_AREAS, OOL_INITTEXT, OOL_TEXT, OOL_TEXT_END, Variant
 from rewriter.locs import Bounds
 from rewriter.states import Insn
@@ -74,10 +75,17 @@ def area_symbols(image: Image) -> list[tuple[str, int, int, int | None]]:
         count_hit = syms.find(name + "_count")
         count = None
         if len(count_hit):
-            off = image.offset_of(int(syms.table["st_value"][count_hit[0]]))
+            off = _count_offset(image, name + "_count", int(syms.table["st_value"][count_hit[0]]))
             count = int.from_bytes(image.data[off : off + 4], image.byteorder)
         out.append((name, int(row["st_value"]), int(row["st_size"]), count))
     return out
+
+
+def _count_offset(image: Image, name: str, addr: int) -> int:
+    try:
+        return int(image.offset_of(addr))
+    except UnmappedAddress:  # say which word, not only the address
+        raise image.error(f"{name} at {addr:#x} is in no allocated section with file data") from None
 
 
 def assign_stubs(
@@ -106,12 +114,23 @@ def assign_stubs(
         index = used[name]
         used[name] += 1
         stub = addr + index * stub_size
-        ok = count is not None and index < count and _stub_in_range(ip, stub, stub_size)
+        ok = count is not None and index < kernel_count(count) and _stub_in_range(ip, stub, stub_size)
         need[name] += not ok
         # a place recorded twice takes two stubs; its site is named with the first
         stub_of.setdefault(ip, (name, LAYOUTS[Variant.OOL].stub_code(stub, stub_size) if ok else None))
-    out = tuple(StubArea(n, a, c or 0, stub_size, min(used[n], c or 0), need[n], s) for n, (a, s, c) in areas.items())
+    out = tuple(
+        StubArea(n, a, c or 0, stub_size, min(used[n], max(kernel_count(c or 0), 0)), need[n], s)
+        for n, (a, s, c) in areas.items()
+    )
     return out, stub_of
+
+
+def kernel_count(word: int) -> int:
+    """A ``*_count`` word as ftrace_init_ool_stub() compares it with the stubs it gave: it copies
+    the ``unsigned int`` into ``int ool_stub_count``, so a word of 2^31 or more is negative there and
+    ``WARN_ON(*ool_stub_index > ool_stub_count)`` fails every record of its area (ftrace bug). Its
+    choice between the two .text areas compares the word unsigned (:func:`_area_for`)."""
+    return word - (1 << 32) if word >= 1 << 31 else word
 
 
 def _area_for(

@@ -62,11 +62,14 @@ def _assemble(tmp_path: Path, name: str, lines: list[str]) -> Path:
 
 
 def _modinfo(version: str) -> list[str]:
-    """A module's ``.modinfo``, naming the kernel ``version`` it is built for."""
+    """A module's ``.modinfo``, naming the kernel ``version`` it is built for, and the sections
+    every module has, which its loader refuses one without (rewriter/modload.py)."""
     return [
         '\t.section .modinfo,"a",@progbits',
         f'\t.asciz "vermagic={version} SMP mod_unload "',
         '\t.asciz "license=GPL"',
+        '\t.section .stubs,"ax",@nobits',
+        '\t.section .gnu.linkonce.this_module,"aw",@progbits',
     ]
 
 

@@ -59,10 +59,15 @@ def _as_module(src: Path, out: Path, vermagic: str | None = None) -> Path:
     objcopy = require_tool("powerpc64le-linux-gnu-objcopy")
     info = out.with_suffix(".modinfo")
     info.write_bytes(b"license=GPL\0" + (b"" if vermagic is None else f"vermagic={vermagic} SMP\0".encode()))
+    empty = out.with_suffix(".empty")  # the sections every module has, which its loader looks for
+    empty.write_bytes(b"")
     subprocess.run(
-        [objcopy, f"--add-section=.modinfo={info}", "--set-section-flags=.modinfo=alloc,readonly", src, out],
+        [objcopy, f"--add-section=.modinfo={info}", "--set-section-flags=.modinfo=alloc,readonly",
+         f"--add-section=.stubs={empty}", "--set-section-flags=.stubs=alloc,code",
+         f"--add-section=.gnu.linkonce.this_module={empty}", "--set-section-flags=.gnu.linkonce.this_module=alloc",
+         src, out],
         check=True,
-    )
+    )  # fmt: skip
     return out
 
 

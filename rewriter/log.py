@@ -33,13 +33,16 @@ from typing import Any, Final, NamedTuple, TypeAlias, cast
 
 from rewriter import __version__
 from rewriter.edits import (
+    BYTES_LINE_START,
     KINDS,
     WRITE_LINE_START,
+    BytesEdit,
     Edit,
     LineText,
     WordWrite,
     apply_edits,
     byteorder,
+    bytes_lines_in,
     invert_edits,
     write_lines,
     write_lines_in,
@@ -578,7 +581,7 @@ def loads(text: str, name: str, sites: bool = True) -> Log:
     assert isinstance(header_rec, dict)
     body = _Body([], [], [], [], None)
     for n, rec in enumerate(records[1:-1], start=2):
-        if type(rec) is WordWrite:  # a write line, read by the fast path
+        if type(rec) is WordWrite or type(rec) is BytesEdit:  # a write or bytes line, read by a pattern
             body.edits.append(rec)
         elif rec is not None:  # (None: site information, read below)
             body = _read_line(cast(dict[str, Any], rec), body, f"{name}:{n}")
@@ -638,8 +641,8 @@ def _read_line(rec: dict[str, Any], body: _Body, where: str) -> _Body:
 
 
 def _check_frame(
-    header: dict[str, Any] | WordWrite | None,
-    footer: dict[str, Any] | WordWrite | None,
+    header: _Record,
+    footer: _Record,
     text: str,
     lines: list[str],
     name: str,
@@ -660,36 +663,44 @@ def _check_frame(
         raise LogError(f"{name}: patch log was edited or truncated (footer checksum does not match)")
 
 
-def _records(
-    lines: list[str], text: str, name: str, aside: str | None
-) -> tuple[list[dict[str, Any] | WordWrite | None], list[int]]:
-    """Each line as a WordWrite (a well-formed write line) or a parsed JSON object, but the lines
-    between header and footer that start with ``aside`` (site information: None here), whose
-    numbers come second.
+_Record: TypeAlias = dict[str, Any] | WordWrite | BytesEdit | None
+"""A log line as :func:`_records` reads it: an edit read by a pattern, a JSON object, or None."""
 
-    All write lines are matched in one pass over the part of the text that holds them; they line
-    up with the body lines that start like one, or, if any such line is malformed, nothing is
-    taken from the pattern and json reads every line (and says where the log is broken). The
-    footer checksum, checked next, vouches that the text is what mcountrw wrote."""
-    starts: list[int] = []
+
+def _records(lines: list[str], text: str, name: str, aside: str | None) -> tuple[list[_Record], list[int]]:
+    """Each line as a WordWrite or BytesEdit (a well-formed write or bytes line) or a parsed JSON
+    object, but the lines between header and footer that start with ``aside`` (site information:
+    None here), whose numbers come second.
+
+    All write lines are matched in one pass over the part of the text that holds them, and so are
+    all bytes lines; each kind lines up with the body lines that start like one, or, if any such
+    line is malformed, nothing of that kind is taken from the pattern and json reads those lines
+    (and says where the log is broken). The footer checksum, checked next, vouches that the text
+    is what mcountrw wrote."""
+    writes: list[int] = []
+    patches: list[int] = []  # bytes lines
     put_aside: list[int] = []
     others = [0]
     for n in range(1, len(lines) - 1):
         line = lines[n]
         if line.startswith(WRITE_LINE_START):
-            starts.append(n)
+            writes.append(n)
+        elif line.startswith(BYTES_LINE_START):
+            patches.append(n)
         elif aside is not None and line.startswith(aside):
             put_aside.append(n)
         else:
             others.append(n)
     others.append(len(lines) - 1)
-    records: list[dict[str, Any] | WordWrite | None] = [None] * len(lines)
-    writes = write_lines_in(text) if starts else []
-    if len(writes) == len(starts):
-        for n, w in zip(starts, writes, strict=True):
-            records[n] = w
-    else:
-        others = sorted(others + starts)
+    records: list[_Record] = [None] * len(lines)
+    for numbers, read in ((writes, write_lines_in), (patches, bytes_lines_in)):
+        edits: Sequence[WordWrite | BytesEdit] = read(text) if numbers else []
+        if len(edits) == len(numbers):
+            for n, e in zip(numbers, edits, strict=True):
+                records[n] = e
+        else:
+            others += numbers
+    others.sort()
     for n, rec in zip(others, _json_lines([lines[n] for n in others], name, others), strict=True):
         records[n] = rec
     return records, put_aside

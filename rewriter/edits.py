@@ -221,7 +221,7 @@ def _stage_cas(buf: bytearray, run: Sequence[WordWrite], order: ByteOrder, forwa
     """All of ``run`` (writes of one stage, which touch distinct slots and may land in any order)
     as one compare-and-swap: every slot is checked before any is written."""
     offsets = np.fromiter((w.offset for w in run), np.int64, len(run))
-    if len(run) < 64 or len(np.unique(offsets)) != len(run) or int(offsets.max()) + 4 > len(buf):
+    if len(run) < 64 or len(arrays.distinct(offsets)) != len(run) or int(offsets.max()) + 4 > len(buf):
         _one_by_one(buf, run, order, forward)  # small, or a slot written twice in one stage (hand-made log)
         return
     old = np.fromiter((w.old for w in run), np.uint32, len(run))

@@ -63,7 +63,7 @@ from rewriter.known import (
     with_log,
 )
 from rewriter.prose import json_problem
-from rewriter.reading import NO_SUCH_FILE, file_at, read_regular, read_regular_text
+from rewriter.reading import NO_SUCH_FILE, file_at, read_regular
 from rewriter.rewrite import Options, Rewrite
 from rewriter.sites import Scan
 from rewriter.states import SiteState
@@ -377,12 +377,13 @@ def load(path: Path, sites: bool = True) -> Log:
     """The log at ``path``; ``sites=False`` leaves its site lines unread (``Log.sites`` empty):
     undo and verify need only the edits, and a vmlinux log has 33,689 site lines."""
     try:
-        text = read_regular_text(path)
+        raw = read_regular(path)
+        text = raw.decode()
     except OSError as e:
         raise LogError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise LogError(f"{path}: not a patch log (not text)") from None
-    return loads(text, str(path), sites)
+    return loads(text, str(path), sites, raw)
 
 
 def read_header(path: Path) -> Header | None:
@@ -443,7 +444,7 @@ def load_known(path: Path) -> Known:
         raise LogError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise LogError(f"{path}: not a patch log (not text)") from None
-    log = loads(text, str(path))
+    log = loads(text, str(path), raw=raw)
     return Known(path, hashlib.sha256(raw).hexdigest(), log.header, log.sites)
 
 
@@ -568,16 +569,17 @@ def logged(result: Scan, logs: Mapping[Path, Path]) -> Scan:
 
 
 @collector_paused()
-def loads(text: str, name: str, sites: bool = True) -> Log:
+def loads(text: str, name: str, sites: bool = True, raw: bytes | None = None) -> Log:
     """The log in ``text`` (``name`` says where, in messages); ``sites=False`` leaves its site
-    information unread, as :func:`load`."""
+    information unread, as :func:`load`. ``raw``: the bytes ``text`` was decoded from, if the
+    caller read them, which the footer checksum is checked on (else ``text`` encoded again)."""
     lines = text.splitlines(keepends=True)
     if not lines:
         raise LogError(f"{name}: empty patch log")
     version = _json_line(lines[0], name, 1).get("version")
     records, aside = _records(lines, text, name, _SITE_INFO.get(version) if type(version) is int else None)
     header_rec, footer = records[0], records[-1]
-    _check_frame(header_rec, footer, text, lines, name)
+    _check_frame(header_rec, footer, text.encode() if raw is None else raw, lines, name)
     assert isinstance(header_rec, dict)
     body = _Body([], [], [], [], None)
     for n, rec in enumerate(records[1:-1], start=2):
@@ -643,12 +645,13 @@ def _read_line(rec: dict[str, Any], body: _Body, where: str) -> _Body:
 def _check_frame(
     header: _Record,
     footer: _Record,
-    text: str,
+    data: bytes,
     lines: list[str],
     name: str,
 ) -> None:
     """The first line is an mcountrw header of a version this code reads; the last a footer whose
-    checksum covers every line before it."""
+    checksum covers every line before it. ``data``: the log's UTF-8 bytes, hashed in place (a
+    slice of the text encoded again made two copies of a vmlinux log's 30 MB)."""
     if not isinstance(header, dict) or not isinstance(footer, dict):
         raise LogError(f"{name}: not an mcountrw patch log (no header)")
     if header.get("type") != "header" or header.get("format") != FORMAT:
@@ -658,7 +661,7 @@ def _check_frame(
         raise LogError(f"{name}: patch log version {header.get('version')!r}, this mcountrw reads {versions}")
     if footer.get("type") != "footer":
         raise LogError(f"{name}: truncated patch log (no footer)")
-    body = text[: len(text) - len(lines[-1])].encode()
+    body = memoryview(data)[: len(data) - len(lines[-1].encode())]
     if footer.get("lines") != len(lines) - 1 or footer.get("sha256") != hashlib.sha256(body).hexdigest():
         raise LogError(f"{name}: patch log was edited or truncated (footer checksum does not match)")
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -54,7 +54,7 @@ from rewriter.log import (
 from rewriter.mcount import MCOUNT_NAMES, check_mcount_addr_alone
 from rewriter.output import Pending, atomic_write, check_replaceable, commit_all, same_place, write_temp
 from rewriter.prose import counted
-from rewriter.reading import file_at, read_regular
+from rewriter.reading import file_at, read_regular, read_regular_mutable
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
 from rewriter.sites import (
     NOT_BUILT_FOR_FTRACE,
@@ -613,9 +613,12 @@ def selection_text(selection: Selection) -> str:
 # -- undo and verify ------------------------------------------------------------------------
 
 
-def _content(path: Path, raw: bytes) -> tuple[bytes, Compression]:
-    kind = detect_compression(raw[:8])
-    return (decompress(path, raw, kind) if kind is not Compression.NONE else raw), kind
+_Raw = TypeVar("_Raw", bytes, bytearray)
+
+
+def _content(path: Path, raw: _Raw) -> tuple[_Raw | bytes, Compression]:
+    kind = detect_compression(bytes(raw[:8]))
+    return (decompress(path, bytes(raw), kind) if kind is not Compression.NONE else raw), kind
 
 
 def read_file(path: Path) -> tuple[bytes, bytes, Compression]:
@@ -626,8 +629,12 @@ def read_file(path: Path) -> tuple[bytes, bytes, Compression]:
     return raw, content, kind
 
 
-def _read_and_hash(path: Path) -> tuple[bytes, str]:
-    raw = _on_disk(path)
+def _read_and_hash(path: Path) -> tuple[bytearray, str]:
+    """The file's bytes, in a buffer undo restores them in (:meth:`Log.revert`), and their sha256."""
+    try:
+        raw = read_regular_mutable(path)
+    except OSError as e:
+        raise RewriteError(f"{path}: {e.strerror}") from None
     return raw, _sha256(raw)
 
 
@@ -684,7 +691,7 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
         return Undone(out, log, None, already_input=True)
     check_extent(log, str(log_path), log.input_size(len(content)))
     try:
-        original = log.revert(content)
+        original = log.revert(content, in_place=True)  # the file's bytes, read for this: not used again
     except WordMismatch as e:
         raise LogError(f"{log_path}: undoing it on {patched} fails: {e} (the log and the file disagree)") from None
     new_raw, raw_want = log.original_file(original, kind)

@@ -246,9 +246,11 @@ class Log:
         """The size of the content the edits were applied to, from the size they left."""
         return output_size - sum(e.growth for e in self.edits)
 
-    def revert(self, content: bytes | bytearray) -> bytearray:
-        """``content`` (the output's) with every edit undone, last first."""
-        return invert_edits(bytearray(content), self.edits, self.header.byteorder)
+    def revert(self, content: bytes | bytearray, in_place: bool = False) -> bytearray:
+        """``content`` (the output's) with every edit undone, last first; ``in_place``: in
+        ``content`` itself if it is a bytearray (whose caller is done with it), not in a copy."""
+        buf = content if in_place and isinstance(content, bytearray) else bytearray(content)
+        return invert_edits(buf, self.edits, self.header.byteorder)
 
     def original_file(self, content: bytes | bytearray, kind: Compression) -> tuple[bytes | bytearray, str | None]:
         """The original file from its restored ``content``, and the sha256 it must have (None: an

@@ -33,13 +33,16 @@ from typing import Any, Final, NamedTuple, TypeAlias, cast
 
 from rewriter import __version__
 from rewriter.edits import (
+    BYTES_LINE_START,
     KINDS,
     WRITE_LINE_START,
+    BytesEdit,
     Edit,
     LineText,
     WordWrite,
     apply_edits,
     byteorder,
+    bytes_lines_in,
     invert_edits,
     write_lines,
     write_lines_in,
@@ -60,7 +63,7 @@ from rewriter.known import (
     with_log,
 )
 from rewriter.prose import json_problem
-from rewriter.reading import NO_SUCH_FILE, file_at, read_regular, read_regular_text
+from rewriter.reading import NO_SUCH_FILE, file_at, read_regular
 from rewriter.rewrite import Options, Rewrite
 from rewriter.sites import Scan
 from rewriter.states import SiteState
@@ -243,9 +246,11 @@ class Log:
         """The size of the content the edits were applied to, from the size they left."""
         return output_size - sum(e.growth for e in self.edits)
 
-    def revert(self, content: bytes | bytearray) -> bytearray:
-        """``content`` (the output's) with every edit undone, last first."""
-        return invert_edits(bytearray(content), self.edits, self.header.byteorder)
+    def revert(self, content: bytes | bytearray, in_place: bool = False) -> bytearray:
+        """``content`` (the output's) with every edit undone, last first; ``in_place``: in
+        ``content`` itself if it is a bytearray (whose caller is done with it), not in a copy."""
+        buf = content if in_place and isinstance(content, bytearray) else bytearray(content)
+        return invert_edits(buf, self.edits, self.header.byteorder)
 
     def original_file(self, content: bytes | bytearray, kind: Compression) -> tuple[bytes | bytearray, str | None]:
         """The original file from its restored ``content``, and the sha256 it must have (None: an
@@ -374,12 +379,13 @@ def load(path: Path, sites: bool = True) -> Log:
     """The log at ``path``; ``sites=False`` leaves its site lines unread (``Log.sites`` empty):
     undo and verify need only the edits, and a vmlinux log has 33,689 site lines."""
     try:
-        text = read_regular_text(path)
+        raw = read_regular(path)
+        text = raw.decode()
     except OSError as e:
         raise LogError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise LogError(f"{path}: not a patch log (not text)") from None
-    return loads(text, str(path), sites)
+    return loads(text, str(path), sites, raw)
 
 
 def read_header(path: Path) -> Header | None:
@@ -440,7 +446,7 @@ def load_known(path: Path) -> Known:
         raise LogError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise LogError(f"{path}: not a patch log (not text)") from None
-    log = loads(text, str(path))
+    log = loads(text, str(path), raw=raw)
     return Known(path, hashlib.sha256(raw).hexdigest(), log.header, log.sites)
 
 
@@ -565,20 +571,21 @@ def logged(result: Scan, logs: Mapping[Path, Path]) -> Scan:
 
 
 @collector_paused()
-def loads(text: str, name: str, sites: bool = True) -> Log:
+def loads(text: str, name: str, sites: bool = True, raw: bytes | None = None) -> Log:
     """The log in ``text`` (``name`` says where, in messages); ``sites=False`` leaves its site
-    information unread, as :func:`load`."""
+    information unread, as :func:`load`. ``raw``: the bytes ``text`` was decoded from, if the
+    caller read them, which the footer checksum is checked on (else ``text`` encoded again)."""
     lines = text.splitlines(keepends=True)
     if not lines:
         raise LogError(f"{name}: empty patch log")
     version = _json_line(lines[0], name, 1).get("version")
     records, aside = _records(lines, text, name, _SITE_INFO.get(version) if type(version) is int else None)
     header_rec, footer = records[0], records[-1]
-    _check_frame(header_rec, footer, text, lines, name)
+    _check_frame(header_rec, footer, text.encode() if raw is None else raw, lines, name)
     assert isinstance(header_rec, dict)
     body = _Body([], [], [], [], None)
     for n, rec in enumerate(records[1:-1], start=2):
-        if type(rec) is WordWrite:  # a write line, read by the fast path
+        if type(rec) is WordWrite or type(rec) is BytesEdit:  # a write or bytes line, read by a pattern
             body.edits.append(rec)
         elif rec is not None:  # (None: site information, read below)
             body = _read_line(cast(dict[str, Any], rec), body, f"{name}:{n}")
@@ -638,14 +645,15 @@ def _read_line(rec: dict[str, Any], body: _Body, where: str) -> _Body:
 
 
 def _check_frame(
-    header: dict[str, Any] | WordWrite | None,
-    footer: dict[str, Any] | WordWrite | None,
-    text: str,
+    header: _Record,
+    footer: _Record,
+    data: bytes,
     lines: list[str],
     name: str,
 ) -> None:
     """The first line is an mcountrw header of a version this code reads; the last a footer whose
-    checksum covers every line before it."""
+    checksum covers every line before it. ``data``: the log's UTF-8 bytes, hashed in place (a
+    slice of the text encoded again made two copies of a vmlinux log's 30 MB)."""
     if not isinstance(header, dict) or not isinstance(footer, dict):
         raise LogError(f"{name}: not an mcountrw patch log (no header)")
     if header.get("type") != "header" or header.get("format") != FORMAT:
@@ -655,41 +663,49 @@ def _check_frame(
         raise LogError(f"{name}: patch log version {header.get('version')!r}, this mcountrw reads {versions}")
     if footer.get("type") != "footer":
         raise LogError(f"{name}: truncated patch log (no footer)")
-    body = text[: len(text) - len(lines[-1])].encode()
+    body = memoryview(data)[: len(data) - len(lines[-1].encode())]
     if footer.get("lines") != len(lines) - 1 or footer.get("sha256") != hashlib.sha256(body).hexdigest():
         raise LogError(f"{name}: patch log was edited or truncated (footer checksum does not match)")
 
 
-def _records(
-    lines: list[str], text: str, name: str, aside: str | None
-) -> tuple[list[dict[str, Any] | WordWrite | None], list[int]]:
-    """Each line as a WordWrite (a well-formed write line) or a parsed JSON object, but the lines
-    between header and footer that start with ``aside`` (site information: None here), whose
-    numbers come second.
+_Record: TypeAlias = dict[str, Any] | WordWrite | BytesEdit | None
+"""A log line as :func:`_records` reads it: an edit read by a pattern, a JSON object, or None."""
 
-    All write lines are matched in one pass over the part of the text that holds them; they line
-    up with the body lines that start like one, or, if any such line is malformed, nothing is
-    taken from the pattern and json reads every line (and says where the log is broken). The
-    footer checksum, checked next, vouches that the text is what mcountrw wrote."""
-    starts: list[int] = []
+
+def _records(lines: list[str], text: str, name: str, aside: str | None) -> tuple[list[_Record], list[int]]:
+    """Each line as a WordWrite or BytesEdit (a well-formed write or bytes line) or a parsed JSON
+    object, but the lines between header and footer that start with ``aside`` (site information:
+    None here), whose numbers come second.
+
+    All write lines are matched in one pass over the part of the text that holds them, and so are
+    all bytes lines; each kind lines up with the body lines that start like one, or, if any such
+    line is malformed, nothing of that kind is taken from the pattern and json reads those lines
+    (and says where the log is broken). The footer checksum, checked next, vouches that the text
+    is what mcountrw wrote."""
+    writes: list[int] = []
+    patches: list[int] = []  # bytes lines
     put_aside: list[int] = []
     others = [0]
     for n in range(1, len(lines) - 1):
         line = lines[n]
         if line.startswith(WRITE_LINE_START):
-            starts.append(n)
+            writes.append(n)
+        elif line.startswith(BYTES_LINE_START):
+            patches.append(n)
         elif aside is not None and line.startswith(aside):
             put_aside.append(n)
         else:
             others.append(n)
     others.append(len(lines) - 1)
-    records: list[dict[str, Any] | WordWrite | None] = [None] * len(lines)
-    writes = write_lines_in(text) if starts else []
-    if len(writes) == len(starts):
-        for n, w in zip(starts, writes, strict=True):
-            records[n] = w
-    else:
-        others = sorted(others + starts)
+    records: list[_Record] = [None] * len(lines)
+    for numbers, read in ((writes, write_lines_in), (patches, bytes_lines_in)):
+        edits: Sequence[WordWrite | BytesEdit] = read(text) if numbers else []
+        if len(edits) == len(numbers):
+            for n, e in zip(numbers, edits, strict=True):
+                records[n] = e
+        else:
+            others += numbers
+    others.sort()
     for n, rec in zip(others, _json_lines([lines[n] for n in others], name, others), strict=True):
         records[n] = rec
     return records, put_aside

@@ -82,8 +82,8 @@ def _mcount_entries(image: Image, text: CodeView, mcount_addr: int | None) -> np
         _check_mcount_addr_named(image, mcount_addr, named)
         found.extend(named)
         found.extend(_stub_symbols(image))
-    entries = np.unique(np.array(found, dtype=np.uint64))
-    return np.union1d(entries, _branch_stubs(text, entries))
+    entries = arrays.distinct(np.array(found, dtype=np.uint64))
+    return arrays.distinct(np.concatenate([entries, _branch_stubs(text, entries)]))  # np.union1d, without numpy.ma
 
 
 def check_mcount_addr_recorded(
@@ -141,7 +141,7 @@ def _branch_stubs(text: CodeView, entries: np.ndarray) -> np.ndarray:
     found even in a stripped file."""
     if not len(entries):
         return entries
-    targets = np.unique(text.bl_targets)
+    targets = arrays.distinct(text.bl_targets)
     k, i = text.locate(targets)
     words = text.words_at(k, i)
     is_b = (k >= 0) & ppc.b_mask(words)

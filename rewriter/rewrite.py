@@ -214,12 +214,12 @@ class Rewrite:
     def signature_stripped(self) -> bool:
         """Whether the rewrite cut a module signature off (``--strip-signature`` on a signed file
         whose words changed; the option alone strips nothing)."""
-        return any(isinstance(e, Truncate) for e in self.edits)
+        return Truncate in map(type, self.edits)  # one C loop over a vmlinux's 101,072 edits
 
     @property
     def word_writes(self) -> int:
         """How many of ``edits`` are the plan's word writes (the others have no stage)."""
-        return sum(1 for e in self.edits if e.stage is not None)
+        return list(map(type, self.edits)).count(WordWrite)  # the only kind with a stage; one C loop
 
 
 def target_state(variant: Variant, target: SiteState) -> SiteState:

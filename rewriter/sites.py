@@ -388,7 +388,7 @@ def _check_not_classic_pg(
     so a clang-built ppc64le kernel calls _mcount after the prologue."""
     if generation is not Generation.MPROFILE:
         return
-    places = np.unique(np.concatenate([calls, records]).astype(np.uint64))
+    places = arrays.distinct(np.concatenate([calls, records]).astype(np.uint64))
     if is_classic_pg(text, places):
         raise image.error(
             f"{counted(len(places), 'call')} to _mcount after the prologue, no `mflr r0` before them: classic -pg "

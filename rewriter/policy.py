@@ -273,6 +273,9 @@ class Tally:
         self.modules = 0  # of the files: their kept sites are traceable once loaded, the others' after boot
         self.generations: Counter[Generation | None] = Counter()  # files per generation
         self.kept_untraceable: Counter[str] = Counter()  # kept sites the kernel cannot trace, by reason
+        # kept traceable sites in init sections, whose records the kernel drops with the init
+        # memory (ftrace_free_init_mem(); a module's in do_init_module()): traced only until then
+        self.kept_init = 0
         self.nopped: Counter[Generation | None] = Counter()  # nopped sites per generation
         # What prenop would refuse: a zeroed record fails under the older ftrace_process_locs()
         # loop (rewriter.locs), a vmlinux's own and, for a module, the run's vmlinux's.
@@ -330,6 +333,8 @@ class Tally:
                 self.nopped[generation] += 1
             elif why_not is not None:
                 self.kept_untraceable[why_not] += 1
+            elif section.startswith(".init"):
+                self.kept_init += 1
             self.decided[slot] += 1
             ex = self.examples[slot]
             label = name or UNNAMED

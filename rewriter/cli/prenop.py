@@ -1226,8 +1226,10 @@ def _check_lines(policy_file: Path, rules: Policy, tally: Tally) -> list[str]:
         lines.append("  " + "  ".join(cells).rstrip())
     keep, nop = tally.verdicts[pol.Verb.KEEP], tally.verdicts[pol.Verb.NOP]
     not_traceable = ", ".join(f"{n} {why}" for why, n in sorted(tally.kept_untraceable.items()))
+    init = f", {tally.kept_init} of them in init sections, traced until the kernel frees them"
+    init = init if tally.kept_init else ""
     lines.append(
-        f"result: keep {counted(keep, 'site')} ({tally.kept_traceable} traceable {tally.when_traced}"
+        f"result: keep {counted(keep, 'site')} ({tally.kept_traceable} traceable {tally.when_traced}{init}"
         + (f"; not traceable anyway: {not_traceable}" if not_traceable else "")
         + f"), nop {nop} (untraceable: records dropped)"
     )

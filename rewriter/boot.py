@@ -18,6 +18,13 @@ from rewriter.prose import counted
 from rewriter.sites import Scan, Site, changed_at_init, lacks_stub
 
 
+def init_only(section: str) -> bool:
+    """Whether sites in ``section`` are traced only until the kernel frees init memory and drops
+    their records with it: a vmlinux's at the end of boot (``ftrace_free_init_mem()``), a module's
+    once its init has run (``ftrace_free_mem()`` in ``do_init_module()``)."""
+    return section.startswith(".init")
+
+
 def refused_at_init(site: Site) -> bool:
     """Whether the kernel's init refuses a recorded site's words (ftrace_bug()): a record whose
     words are not what ftrace_init_nop() expects, as against one that only lacks an ool stub."""

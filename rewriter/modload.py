@@ -82,9 +82,9 @@ def rel_table_refusal(image: Image) -> str | None:
     ``apply_relocate()``, which prints "REL relocation unsupported" and fails the load."""
     if image.kind is not Kind.MODULE:
         return None
-    sections = image.sections
-    for sec in sections:
-        if sec.type == S.SHT_REL and 0 < sec.info < len(sections) and sections[sec.info].flags & S.SHF_ALLOC:
+    for sec in image.sections:
+        target = image.target_of(sec) if sec.type == S.SHT_REL else None
+        if target is not None and target.flags & S.SHF_ALLOC:
             return (
                 f"relocation section {sec.name} is SHT_REL, which the ppc64 module loader does not apply: "
                 "it refuses the module (REL relocation unsupported)"
@@ -103,7 +103,6 @@ LOADER_TYPES: Final = np.array([1, 10, 26, 38, 44, 47, 48, 50, 51, 63, 64, 109, 
 # table: a sixth of a module-tree scan). 255 is none of them, and stands for every type above it.
 _APPLIED: Final = np.zeros(256, bool)
 _APPLIED[LOADER_TYPES] = True
-_RECORD_SECTIONS: Final = ("__mcount_loc", "__patchable_function_entries")  # records.loader_refusal's
 
 
 def unknown_type_refusal(image: Image) -> str | None:
@@ -132,11 +131,13 @@ def unknown_type_refusal(image: Image) -> str | None:
 
 def _applied_tables(image: Image) -> tuple[list[Section], list[np.ndarray]]:
     """The readable RELA tables the loader applies that are not record tables, and their ``r_info``."""
-    sections, dtype = image.sections, S.rela_dtype(image.endian)
+    from rewriter.records import REL_RECORD_SECTIONS  # (records reads modload: imported here, not above)
+
+    dtype = S.rela_dtype(image.endian)
     tables, infos = [], []
     for sec in image.relocation_sections():
-        target = sections[sec.info] if 0 < sec.info < len(sections) else None
-        if target is None or not target.flags & S.SHF_ALLOC or target.name in _RECORD_SECTIONS:
+        target = image.target_of(sec)
+        if target is None or not target.flags & S.SHF_ALLOC or target.name in REL_RECORD_SECTIONS:
             continue
         try:
             infos.append(image.table(sec, dtype, "relocation")["r_info"])

@@ -44,6 +44,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
+from rewriter.boot import init_only
 from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
@@ -273,9 +274,7 @@ class Tally:
         self.modules = 0  # of the files: their kept sites are traceable once loaded, the others' after boot
         self.generations: Counter[Generation | None] = Counter()  # files per generation
         self.kept_untraceable: Counter[str] = Counter()  # kept sites the kernel cannot trace, by reason
-        # kept traceable sites in init sections, whose records the kernel drops with the init
-        # memory (ftrace_free_init_mem(); a module's in do_init_module()): traced only until then
-        self.kept_init = 0
+        self.kept_init = 0  # kept traceable sites in init sections: traced only until then (boot.init_only)
         self.nopped: Counter[Generation | None] = Counter()  # nopped sites per generation
         # What prenop would refuse: a zeroed record fails under the older ftrace_process_locs()
         # loop (rewriter.locs), a vmlinux's own and, for a module, the run's vmlinux's.
@@ -333,7 +332,7 @@ class Tally:
                 self.nopped[generation] += 1
             elif why_not is not None:
                 self.kept_untraceable[why_not] += 1
-            elif section.startswith(".init"):
+            elif init_only(section):
                 self.kept_init += 1
             self.decided[slot] += 1
             ex = self.examples[slot]

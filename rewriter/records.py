@@ -72,8 +72,7 @@ def record_section(image: Image, table: RecordTable) -> Section | None:
     """The section a relocatable file's record table fills (its relocation section's ``sh_info``)."""
     if table.shndx is None:
         return None
-    info = image.section_at(table.shndx).info
-    return image.sections[info] if 0 < info < len(image.sections) else None
+    return image.target_of(image.section_at(table.shndx))
 
 
 def zeroed_records(image: Image, tables: Sequence[RecordTable]) -> int:
@@ -116,7 +115,7 @@ def _record_relocation_sections(image: Image) -> list[Section]:
     names ``__mcount_loc`` fills them all."""
     out = []
     for r in image.relocation_sections():
-        target = image.sections[r.info] if 0 < r.info < len(image.sections) else None
+        target = image.target_of(r)
         if target is not None and target.name in REL_RECORD_SECTIONS and target.flags & S.SHF_ALLOC:
             out.append(r)
     return out

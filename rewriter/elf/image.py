@@ -588,6 +588,11 @@ class Image:
     def relocation_sections(self) -> list[Section]:
         return [s for s in self.sections if s.type == S.SHT_RELA]
 
+    def target_of(self, sec: Section) -> Section | None:
+        """The section a relocation section applies to (its ``sh_info``), or None when that names
+        none (0, or past the table)."""
+        return self.sections[sec.info] if 0 < sec.info < len(self.sections) else None
+
     def relocations(self, sec: Section) -> np.ndarray:
         """The entries of a SHT_RELA section. Each names a symbol by index into the symbol table
         its sh_link names (gABI "Relocation"): an index past that table is refused here, once,

@@ -73,7 +73,7 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 
 from rewriter import arrays
-from rewriter.boot import WHY, Boot, Untraceable, boot_of, untraceable, why_counts
+from rewriter.boot import WHY, Boot, Untraceable, boot_of, init_only, untraceable, why_counts
 from rewriter.elf.image import Kind, index_name
 from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation
@@ -531,7 +531,7 @@ _INIT_ONLY: Final = {
 
 def _traceable_in_init(result: Scan, boot: Boot) -> int:
     """Traceable sites in ``.init.*`` sections, whose records the kernel drops with the init memory."""
-    return sum(1 for s in result.sites if s.section.startswith(".init") and untraceable(s, boot) is None)
+    return sum(1 for s in result.sites if init_only(s.section) and untraceable(s, boot) is None)
 
 
 def _stub_areas_missing(result: Scan) -> bool:

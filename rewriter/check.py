@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import re
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -105,6 +106,8 @@ class TraceStep(NamedTuple):
     r0: tuple[str, ...]  # each task's r0 after this step: "LR", "stale" or "" (outside the site)
     at: tuple[str, ...] = ()  # each task's next word inside the site ("B", "stub[1]"), or ""
     state: str = ""  # the state its words name ("broken", "armed"; "unknown" for words no state has)
+    # with stale fetch, each task's slots that may still run a replaced word: "A: nop" (or "")
+    fetch: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,7 +431,7 @@ def _end_problems(m: _Model, state: _State) -> Iterator[_Problem]:
             yield _Problem(
                 Violation.STALE_AFTER,
                 f"the plan ends with no isync after its last write: CPU{i} may still fetch the old word in "
-                f"slot {stale_slot.value} (what a CPU fetches is no step of the trace)",
+                f'slot {stale_slot.value} (the trace\'s "CPU{i} may fetch" column)',
                 None,
             )
 
@@ -651,7 +654,21 @@ def _trace_step(actor: str, action: str, state: _State, geo: _Geometry) -> Trace
     slots = tuple(zip(geo.layout.slots, state[0], strict=True))
     r0 = tuple("" if t[0] == 0 else "LR" if t[1] else "stale" for t in state[3])
     at = tuple("" if t[0] == 0 else geo.name(t[0]) for t in state[3])
-    return TraceStep(actor, action, slots, r0, at, _state_name(geo.layout, geo.state_words(state[0])))
+    fetch = tuple(_stale_words(geo, state[0], t[3]) for t in state[3])
+    return TraceStep(actor, action, slots, r0, at, _state_name(geo.layout, geo.state_words(state[0])), fetch)
+
+
+def _stale_words(geo: _Geometry, code: tuple[Insn, ...], views: tuple[frozenset[Insn], ...] | None) -> str:
+    """The replaced words a task may still fetch, by slot (``A: nop``): what makes a stale-fetch
+    trace's next step possible, which the site's words alone do not show."""
+    if not views:
+        return ""
+    stale = [
+        f"{slot.value}: {'/'.join(sorted(w.value for w in view - {word}))}"
+        for slot, word, view in zip(geo.layout.slots, code, views, strict=True)
+        if view - {word}
+    ]
+    return ", ".join(stale)
 
 
 def _trace(
@@ -712,14 +729,19 @@ def render_trace(result: CheckResult) -> str:
         return f"SAFE: {what}: {result.states} states explored\n"
     assert result.violation is not None
     head = f"UNSAFE ({result.violation.value}): {result.reason}\n  {what}: {result.states} states explored\n"
-    columns = [*sorted({s.actor for s in result.trace if s.actor.startswith("CPU")}), "patcher"]
+    cpus = sorted({s.actor for s in result.trace if s.actor.startswith("CPU")})
+    columns = [*cpus, "patcher"]
     slot_names = [s.value for s, _ in result.trace[0].slots] if result.trace and result.trace[0].slots else []
+    # Under stale fetch a CPU may run a word the site no longer holds: a column names them for each
+    # CPU that acts or that the reason names (stale-after-plan: one that never had to act).
+    named = {int(k) for k in re.findall(r"CPU(\d+)", result.reason)}
+    fetching = sorted({int(c[3:]) for c in cpus} | named) if result.stale_fetch else []
     rows = [
         [str(n), *(_cell(step, col) for col in columns), *([w.value for _, w in step.slots] or [""] * len(slot_names)),
-         step.state]
+         step.state, *(step.fetch[k] if step.fetch else "" for k in fetching)]
         for n, step in enumerate(result.trace, 1)
     ]  # fmt: skip
-    header = ["#", *columns, *slot_names, "state"]
+    header = ["#", *columns, *slot_names, "state", *(f"CPU{k} may fetch" for k in fetching)]
     widths = [max(len(r[k]) for r in [header, *rows]) for k in range(len(header))]
     lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("-+-".join("-" * w for w in widths))

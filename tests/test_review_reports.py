@@ -1,0 +1,69 @@
+"""Black-box review of the report formats: names that print alike in a diff, and what each
+format says of the same facts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from conftest import FIXTURES, invoke
+
+from rewriter.diff import Change, FunctionChangeKind, diff_files
+
+OBJECT = FIXTURES / "bin" / "patchable-le.o"  # static_helper leaf_add nonleaf_calls sum8 fp_mix touch_global
+
+
+def renamed(src: Path, dst: Path, names: dict[bytes, bytes]) -> Path:
+    """A copy of ``src`` whose string table names each function of ``names`` by its new bytes
+    (no longer than the old: the rest of the old name's room becomes NULs)."""
+    data = bytearray(src.read_bytes())
+    for old, new in names.items():
+        assert len(new) <= len(old) and data.count(old + b"\0") == 1, old
+        at = data.find(old + b"\0")
+        data[at : at + len(old)] = new.ljust(len(old), b"\0")
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_a_diff_tells_apart_two_names_that_differ_in_a_byte_that_is_not_utf8(tmp_path: Path) -> None:
+    # Both print as "leaf_ad\ufffd": a function renamed from one to the other is still a change.
+    a = renamed(OBJECT, tmp_path / "a.o", {b"leaf_add": b"leaf_ad\xff"})
+    b = renamed(OBJECT, tmp_path / "b.o", {b"leaf_add": b"leaf_ad\xfe"})
+    d = diff_files(a, b)
+    assert {(f.change, f.function) for f in d.functions} == {
+        (FunctionChangeKind.REMOVED, "b'leaf_ad\\xff'"),
+        (FunctionChangeKind.ADDED, "b'leaf_ad\\xfe'"),
+    }
+    assert {(c.change, c.function) for c in d.changes} == {
+        (Change.REMOVED, "b'leaf_ad\\xff'"),
+        (Change.ADDED, "b'leaf_ad\\xfe'"),
+    }
+    assert d.unchanged == 5 and d.common_functions == 5
+    result = invoke("diff", "--format", "json", a, b)
+    assert result.exit_code == 1, result.output
+    functions = json.loads(result.stdout)["images"][0]["functions"]["changes"]
+    assert sorted(f["function"] for f in functions) == ["b'leaf_ad\\xfe'", "b'leaf_ad\\xff'"]
+
+
+def test_a_diff_tells_apart_a_control_character_from_its_escape_written_as_text(tmp_path: Path) -> None:
+    # One function named with an ESC byte, another with the four characters \x1b: both print
+    # "t\x1bglobal". B loses the first; the second is in both.
+    twins = {b"static_helper": b"t\x1bglobal", b"touch_global": b"t\\x1bglobal"}
+    a = renamed(OBJECT, tmp_path / "a.o", twins)
+    b = renamed(OBJECT, tmp_path / "b.o", {**twins, b"static_helper": b"other"})
+    d = diff_files(a, b)
+    assert {(f.change, f.function) for f in d.functions} == {
+        (FunctionChangeKind.REMOVED, "b't\\x1bglobal'"),
+        (FunctionChangeKind.ADDED, "other"),
+    }
+    # the literal name is spelled as its bytes on both sides (its twin is in the diff): it pairs
+    assert {c.function for c in d.changes} == {"b't\\x1bglobal'", "other"}
+    assert d.common_functions == 5
+
+
+def test_an_image_with_twin_names_against_itself_has_no_changes(tmp_path: Path) -> None:
+    a = renamed(OBJECT, tmp_path / "a.o", {b"leaf_add": b"leaf_ad\xff", b"touch_global": b"leaf_ad\xfe"})
+    shutil.copyfile(a, tmp_path / "b.o")
+    d = diff_files(a, tmp_path / "b.o")
+    assert d.changes == () and d.functions == () and d.unchanged == 6 and d.common_functions == 6

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import FIXTURES, invoke
 
 from rewriter.diff import Change, FunctionChangeKind, diff_files
@@ -67,3 +68,19 @@ def test_an_image_with_twin_names_against_itself_has_no_changes(tmp_path: Path) 
     shutil.copyfile(a, tmp_path / "b.o")
     d = diff_files(a, tmp_path / "b.o")
     assert d.changes == () and d.functions == () and d.unchanged == 6 and d.common_functions == 6
+
+
+@pytest.mark.parametrize("drop", [True, False])
+def test_the_scan_table_escapes_the_path_of_the_patch_log_it_names(tmp_path: Path, drop: bool) -> None:
+    # The log is named after the rewritten file: a newline in that name must not break the
+    # table's LOG note in two (every other name in the table is escaped: prose.printable). With
+    # the records dropped the note counts the sites only the log knows; kept, it says it was read.
+    out = tmp_path / "new\nline"
+    rewrite = invoke("nop", FIXTURES / "bin" / "prof-le", "-o", out, *(["--drop-records"] if drop else []))
+    assert rewrite.exit_code == 0, rewrite.output
+    result = invoke("scan", out)
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stdout.splitlines() if line.startswith("  LOG: ")]
+    assert len(notes) == 1 and "new\\nline.mcountrw.jsonl" in notes[0], result.stdout
+    assert ("known only from the patch log" in notes[0]) is drop, notes
+    assert not any(line.startswith("line.mcountrw.jsonl") for line in result.stdout.splitlines()), result.stdout

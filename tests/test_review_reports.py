@@ -84,3 +84,11 @@ def test_the_scan_table_escapes_the_path_of_the_patch_log_it_names(tmp_path: Pat
     assert len(notes) == 1 and "new\\nline.mcountrw.jsonl" in notes[0], result.stdout
     assert ("known only from the patch log" in notes[0]) is drop, notes
     assert not any(line.startswith("line.mcountrw.jsonl") for line in result.stdout.splitlines()), result.stdout
+
+
+def test_audit_names_its_report_file_on_one_line_when_it_fails(tmp_path: Path) -> None:
+    # exit 1 with the report in a file: the line that says so quotes -o, escaped as every name is
+    report = tmp_path / "re\nport.md"
+    result = invoke("audit", FIXTURES / "bin" / "anom-broken", "-o", report)
+    assert result.exit_code == 1 and report.exists(), result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.rstrip().endswith("re\\nport.md"), result.stderr

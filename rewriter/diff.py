@@ -487,12 +487,13 @@ def _relative(files: Sequence[Path], root: Path) -> dict[Path, Path]:
     and ``ext4.ko.xz`` in the other (Debian 6.1 against 6.12) are one module. A tree that holds
     both names keeps them apart, each under its own full name."""
     rels = [p.relative_to(root) for p in files]
-    keys = [_uncompressed(r) for r in rels]
+    keys = [uncompressed(r) for r in rels]
     seen = Counter(keys)
     return {(k if seen[k] == 1 else r): p for k, r, p in zip(keys, rels, files, strict=True)}
 
 
-def _uncompressed(rel: Path) -> Path:
+def uncompressed(rel: Path) -> Path:
+    """``rel`` less a module's compression suffix: ``ext4.ko.xz`` is the module ``ext4.ko``."""
     kind = compression_named(rel)
     suffix = "" if kind is None else SUFFIX[kind]
     return rel.with_name(rel.name.removesuffix(suffix)) if suffix else rel

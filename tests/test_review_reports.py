@@ -11,6 +11,8 @@ import pytest
 from conftest import FIXTURES, invoke
 
 from rewriter.diff import Change, FunctionChangeKind, diff_files
+from rewriter.elf.compress import Compression, compress
+from rewriter.report.sarif import FINGERPRINT
 
 OBJECT = FIXTURES / "bin" / "patchable-le.o"  # static_helper leaf_add nonleaf_calls sum8 fp_mix touch_global
 
@@ -92,3 +94,20 @@ def test_audit_names_its_report_file_on_one_line_when_it_fails(tmp_path: Path) -
     result = invoke("audit", FIXTURES / "bin" / "anom-broken", "-o", report)
     assert result.exit_code == 1 and report.exists(), result.output
     assert result.stderr.count("\n") == 1 and result.stderr.rstrip().endswith("re\\nport.md"), result.stderr
+
+
+def test_a_module_keeps_its_sarif_fingerprints_when_the_tree_compresses_it(tmp_path: Path) -> None:
+    # Debian's 6.1 tree ships kvm.ko, 6.12's kvm.ko.xz: the same anomaly in the same module must
+    # keep its key, or code scanning closes and reopens every module alert at that update.
+    plain = FIXTURES / "bin" / "anom-broken.o"
+    keys = []
+    for tree, name, data in (
+        ("old", "x.ko", plain.read_bytes()),
+        ("new", "x.ko.xz", compress(plain.read_bytes(), Compression.XZ)),
+    ):
+        (tmp_path / tree / "fs").mkdir(parents=True)
+        (tmp_path / tree / "fs" / name).write_bytes(data)
+        result = invoke("audit", "--format", "sarif", "--fail-on", "never", tmp_path / tree)
+        assert result.exit_code == 0, result.output
+        keys.append([r["partialFingerprints"][FINGERPRINT] for r in json.loads(result.stdout)["runs"][0]["results"]])
+    assert keys[0] == keys[1] == ["broken:fs/x.ko:broken_fn"], keys

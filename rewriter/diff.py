@@ -576,6 +576,8 @@ def _compared(
 
 def _unpaired(path: Path, generation: Generation | None, logs: Mapping[Path, Path]) -> Unpaired:
     """A file of one tree alone: its generation, sites, and the functions they are in."""
-    result = logged(scan(Image.load(path), None, generation), logs)
+    image = Image.load(path)
+    # names that print alike are two names here too (the one side is both sides of the union)
+    result, _ = _distinct_names((logged(scan(image, None, generation), logs),) * 2, (_strtab(image),) * 2)
     functions = {s.function for s in result.sites if s.function}
     return Unpaired(path, result.generation, len(result.sites), len(functions))

@@ -111,3 +111,14 @@ def test_a_module_keeps_its_sarif_fingerprints_when_the_tree_compresses_it(tmp_p
         assert result.exit_code == 0, result.output
         keys.append([r["partialFingerprints"][FINGERPRINT] for r in json.loads(result.stdout)["runs"][0]["results"]])
     assert keys[0] == keys[1] == ["broken:fs/x.ko:broken_fn"], keys
+
+
+def test_a_file_only_one_tree_has_counts_names_that_print_alike_as_two(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    renamed(OBJECT, tmp_path / "a" / "t.o", {b"leaf_add": b"leaf_ad\xff", b"touch_global": b"leaf_ad\xfe"})
+    (tmp_path / "b" / "u.o").write_bytes(OBJECT.read_bytes())
+    result = invoke("diff", "--format", "json", tmp_path / "a", tmp_path / "b")
+    assert result.exit_code == 1, result.output
+    alone = {u["side"]: u for u in json.loads(result.stdout)["unpaired"]}
+    assert alone["a"]["functions"] == alone["b"]["functions"] == 6, alone

@@ -39,7 +39,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -55,6 +55,7 @@ from rewriter.elf.symbols import aliases as symbol_aliases
 from rewriter.errors import ArgumentError, ImageError, RewriteError
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.log import logged
+from rewriter.prose import printable
 from rewriter.sites import Scan, Site, scan
 from rewriter.states import SiteState
 
@@ -239,9 +240,13 @@ def _pair(before: _Keyed, after: _Keyed) -> list[SiteChange]:
 Aliases = Mapping[str, Sequence[str]]  # a function's other names, by the one it is known by (symbols.aliases)
 
 
-def diff_scans(scan_a: Scan, scan_b: Scan, aliases: tuple[Aliases, Aliases] = ({}, {})) -> ImageDiff:
+def diff_scans(
+    scan_a: Scan, scan_b: Scan, aliases: tuple[Aliases, Aliases] = ({}, {}), strtabs: tuple[bytes, bytes] = (b"", b"")
+) -> ImageDiff:
     """``aliases``: A's and B's (:func:`rewriter.elf.symbols.aliases`); functions compare by all
-    their names."""
+    their names. ``strtabs``: A's and B's string tables, which tell apart names that print the
+    same (:func:`_distinct_names`)."""
+    scan_a, scan_b = _distinct_names((scan_a, scan_b), strtabs)
     sides = (scan_a.unnamed, scan_b.unnamed)
     pairing = Pairing.PLACE if any(sides) else Pairing.NAME
     keyed = _by_place if pairing is Pairing.PLACE else _keyed
@@ -279,6 +284,75 @@ def diff_scans(scan_a: Scan, scan_b: Scan, aliases: tuple[Aliases, Aliases] = ({
         (_build(scan_a), _build(scan_b)),
         (_boot_off(scan_a), _boot_off(scan_b)),
     )
+
+
+def _distinct_names(scans: tuple[Scan, Scan], strtabs: tuple[bytes, bytes]) -> tuple[Scan, Scan]:
+    """The two scans with each function name that several different names in the string tables
+    print as (``printable``: an invalid UTF-8 byte prints as U+FFFD, a control character as its
+    escape, which a name may also hold as text) spelled as its bytes instead, ``b'f\\xff'``:
+    a diff pairs sites and compares functions by name, and two functions that print alike are
+    still two (one renamed to the other is a change). Other names are left as they print."""
+    raws = [_raw_names(result, strtab) for result, strtab in zip(scans, strtabs, strict=True)]
+    shown = _shown_names({raw for side in raws for raw in side.values()})
+    renamed = [
+        replace(result, sites=tuple(_named(site, raw.get(n), shown) for n, site in enumerate(result.sites)))
+        if any(_spelled(r) == shown[r] for r in raw.values())
+        else result
+        for result, raw in zip(scans, raws, strict=True)
+    ]
+    return renamed[0], renamed[1]
+
+
+def _named(site: Site, raw: bytes | None, shown: Mapping[bytes, str]) -> Site:
+    return site if raw is None else site._replace(function=shown[raw])
+
+
+def _ambiguous(name: str | None) -> bool:
+    """Whether a printed name may stand for more than one name: only ``printable``'s escapes and
+    the replacement character make a printed name differ from the name's own text."""
+    return name is not None and ("\\" in name or "\ufffd" in name)
+
+
+def _raw_names(result: Scan, strtab: bytes) -> dict[int, bytes]:
+    """By site index, the string-table bytes of each site's function whose printed name is
+    :func:`_ambiguous`: those of the function symbol it lies in, which named it; a name those do
+    not print as (a patch log's, a name with no table to read) is its printed text."""
+    funcs = result.functions
+    out = {}
+    for n, site in enumerate(result.sites):
+        if site.function is None or not _ambiguous(site.function):
+            continue
+        fi = int(funcs.containing(np.array([site.place], np.uint64))[0]) if len(funcs) and strtab else -1
+        raw = _string_at(strtab, int(funcs.name_index[fi])) if fi >= 0 else b""
+        out[n] = raw if _printed(raw) == site.function else site.function.encode()
+    return out
+
+
+def _printed(raw: bytes) -> str:
+    """A name as every report prints it (``rewriter.elf.image.Symbols.name_at``)."""
+    return printable(raw.decode("utf-8", "replace"))
+
+
+def _string_at(strtab: bytes, at: int) -> bytes:
+    end = strtab.find(b"\0", at)
+    return strtab[at : end if end >= 0 else len(strtab)]
+
+
+def _shown_names(raws: set[bytes]) -> dict[bytes, str]:
+    """Each name as it prints, unless another prints the same: then as its bytes
+    (:func:`_spelled`, distinct for distinct names), until no two names show alike."""
+    shown = {raw: _printed(raw) for raw in raws}
+    while True:
+        uses = Counter(shown.values())
+        alike = [raw for raw, name in shown.items() if uses[name] > 1]
+        if not alike:
+            return shown
+        shown.update((raw, _spelled(raw)) for raw in alike)
+
+
+def _spelled(raw: bytes) -> str:
+    """A name as its bytes, ``b'f\\xff'``: printable, and one spelling per name."""
+    return repr(raw)
 
 
 def _boot_off(result: Scan) -> str | None:
@@ -383,7 +457,12 @@ def diff_files(
     check_comparable(image_a, image_b)
     scan_a = logged(scan(image_a, mcount_addrs[0], generations[0]), logs or {})
     scan_b = logged(scan(image_b, mcount_addrs[1], generations[1]), logs or {})
-    return diff_scans(scan_a, scan_b, (symbol_aliases(image_a), symbol_aliases(image_b)))
+    strtabs = (_strtab(image_a), _strtab(image_b))
+    return diff_scans(scan_a, scan_b, (symbol_aliases(image_a), symbol_aliases(image_b)), strtabs)
+
+
+def _strtab(image: Image) -> bytes:
+    return b"" if image.symbols is None else image.symbols.strtab
 
 
 def check_comparable(image_a: Image, image_b: Image) -> None:
@@ -408,12 +487,13 @@ def _relative(files: Sequence[Path], root: Path) -> dict[Path, Path]:
     and ``ext4.ko.xz`` in the other (Debian 6.1 against 6.12) are one module. A tree that holds
     both names keeps them apart, each under its own full name."""
     rels = [p.relative_to(root) for p in files]
-    keys = [_uncompressed(r) for r in rels]
+    keys = [uncompressed(r) for r in rels]
     seen = Counter(keys)
     return {(k if seen[k] == 1 else r): p for k, r, p in zip(keys, rels, files, strict=True)}
 
 
-def _uncompressed(rel: Path) -> Path:
+def uncompressed(rel: Path) -> Path:
+    """``rel`` less a module's compression suffix: ``ext4.ko.xz`` is the module ``ext4.ko``."""
     kind = compression_named(rel)
     suffix = "" if kind is None else SUFFIX[kind]
     return rel.with_name(rel.name.removesuffix(suffix)) if suffix else rel
@@ -496,6 +576,8 @@ def _compared(
 
 def _unpaired(path: Path, generation: Generation | None, logs: Mapping[Path, Path]) -> Unpaired:
     """A file of one tree alone: its generation, sites, and the functions they are in."""
-    result = logged(scan(Image.load(path), None, generation), logs)
+    image = Image.load(path)
+    # names that print alike are two names here too (the one side is both sides of the union)
+    result, _ = _distinct_names((logged(scan(image, None, generation), logs),) * 2, (_strtab(image),) * 2)
     functions = {s.function for s in result.sites if s.function}
     return Unpaired(path, result.generation, len(result.sites), len(functions))

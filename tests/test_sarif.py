@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from rewriter.anomalies import RULES
 from rewriter.cli import app
 from rewriter.elf.compress import Compression, compress
+from rewriter.report.sarif import FINGERPRINT
 
 SCHEMA = json.loads((ROOT / "tests" / "data" / "sarif-schema-2.1.0.json").read_text())
 
@@ -113,7 +114,7 @@ def test_ool_vmlinux_report_validates_with_its_stubs_and_weak_body_notes(tmp_pat
 
 
 def _fingerprints(doc: dict) -> list[str]:
-    return [r["partialFingerprints"]["mcountrwAnomaly/v4"] for r in doc["runs"][0]["results"]]
+    return [r["partialFingerprints"][FINGERPRINT] for r in doc["runs"][0]["results"]]
 
 
 def test_fingerprints_tell_files_of_one_name_apart(tmp_path: Path) -> None:
@@ -139,7 +140,7 @@ def test_fingerprints_tell_results_in_functions_of_one_name_apart(tmp_path: Path
     assert done.exit_code == 0, done.output
     doc = _sarif(tmp_path, out)
     refused = [r for r in doc["runs"][0]["results"] if r["ruleId"] == "boot-refused"]
-    keys = [r["partialFingerprints"]["mcountrwAnomaly/v4"] for r in refused]
+    keys = [r["partialFingerprints"][FINGERPRINT] for r in refused]
     assert len(keys) == 9 and len(set(keys)) == 9, keys
     assert len(set(_fingerprints(doc))) == len(_fingerprints(doc))
 

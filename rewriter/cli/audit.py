@@ -35,6 +35,7 @@ from rewriter.cli.common import (
 from rewriter.cli.exits import ExitCode, bad_input_if, findings_if
 from rewriter.errors import ArgumentError, ImageError, LogError
 from rewriter.generations import Generation
+from rewriter.prose import printable
 from rewriter.reading import NO_SUCH_FILE, not_a_file
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ def audit(
     bad_input_if(result.errors)
     failing = fails(result, fail_on.severity)
     if failing and output is not None:  # the report is in a file: exit 1 alone would say nothing
-        typer.echo(f"mcountrw: {_failing_text(result, fail_on)}: see {output}", err=True)
+        typer.echo(f"mcountrw: {_failing_text(result, fail_on)}: see {printable(str(output))}", err=True)
     findings_if(failing)
 
 

@@ -22,11 +22,12 @@ from urllib.parse import quote
 from rewriter import __version__
 from rewriter.anomalies import RULES, Anomaly, AnomalyKind
 from rewriter.audit import Audit, ImageAudit, summarise
+from rewriter.diff import uncompressed
 from rewriter.elf.image import Kind
 from rewriter.report.jsonfmt import stub_gap_json, stub_json
 
 SCHEMA_URI: Final = "https://json.schemastore.org/sarif-2.1.0.json"
-FINGERPRINT: Final = "mcountrwAnomaly/v4"
+FINGERPRINT: Final = "mcountrwAnomaly/v5"
 _LEVEL: Final = {"error": "error", "warning": "warning", "note": "note"}
 
 
@@ -90,12 +91,14 @@ def _fingerprints(images: Sequence[ImageAudit]) -> list[str]:
     the second and later results with the same key their ordinal (``#2``): consumers merge results
     whose fingerprints are equal, and nine static ``type_show`` functions of one vmlinux are nine
     errors, not one. A vmlinux is ``vmlinux``: its installed name carries its version
-    (``vmlinux-6.1.0-50-powerpc64le``), and each kernel update would reopen every alert. ``v3``: v2
-    keyed a vmlinux by its file name; v1 keyed every file by its name alone and merged such results."""
+    (``vmlinux-6.1.0-50-powerpc64le``), and each kernel update would reopen every alert; a module
+    is named less its compression suffix (``kvm.ko``, also for ``kvm.ko.xz``): Debian's 6.1 ships
+    ``.ko``, 6.12 ``.ko.xz``, and v4 reopened every module alert across that update. v2 keyed a
+    vmlinux by its file name; v1 keyed every file by its name alone and merged such results."""
     seen: dict[str, int] = {}
     out = []
     for image, a in ((img, a) for img in images for a in img.anomalies):
-        file = "vmlinux" if image.kind is Kind.VMLINUX else f"{image.group}/{image.path.name}"
+        file = "vmlinux" if image.kind is Kind.VMLINUX else f"{image.group}/{uncompressed(image.path).name}"
         key = f"{a.kind.value}:{file}:{a.function or (a.near and f'after {a.near}') or a.place or '-'}"
         seen[key] = seen.get(key, 0) + 1
         out.append(key if seen[key] == 1 else f"{key}#{seen[key]}")

@@ -486,15 +486,16 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
     if boot.ftrace_off is not None:
         out.append(f"  FTRACE OFF {when_traced(result)}: {boot.ftrace_off}")
     logged = _by_source(result.sites)[Source.LOG]
-    if result.log is not None and logged:
+    log = None if result.log is None else printable(str(result.log))
+    if log is not None and logged:
         its, they = ("its", "it") if logged == 1 else ("their", "them")
         out.append(
-            f"  LOG: {counted(logged, 'site')} known only from the patch log {result.log} (an earlier rewrite "
+            f"  LOG: {counted(logged, 'site')} known only from the patch log {log} (an earlier rewrite "
             f"dropped {its} record{'s' if logged > 1 else ''}, and {its} words call nothing: no scan of the file "
             f"finds {they})"
         )
-    elif result.log is not None:
-        out.append(f"  LOG: the patch log {result.log} was read; the file itself shows every site it names")
+    elif log is not None:
+        out.append(f"  LOG: the patch log {log} was read; the file itself shows every site it names")
     for offset in sorted({LAYOUTS[s.variant].record_offset for s in result.sites if s.record is not None} - {0}):
         out.append(
             f"  records name the word {abs(offset)} bytes {'before' if offset < 0 else 'after'} each call slot "

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import zstandard
 from boot import QEMU, boot, make_program_initramfs, require_be_kernel, require_kernel, require_tool
-from conftest import assert_one_line, invoke
+from conftest import FIXTURES, assert_one_line, invoke
 
 NLS = Path("fs") / "nls"
 INIT_SOURCE = Path(__file__).resolve().parent / "data" / "finit_compressed.c"
@@ -180,3 +180,21 @@ def test_debians_kernels_decompress_xz_alone_so_kmod_decides_for_zstd_and_gzip(n
     errnos = {m.group(1): int(m.group(2)) for m in re.finditer(r"MCOUNTRW-FINIT (\S+) errno=(\d+)", booted.console)}
     assert errnos == {file: 0 if file.endswith(".xz") else EINVAL for file in made}, booted.console[-3000:]
     assert booted.console.count("not an xz compressed module") == 4, booted.console[-3000:]
+
+
+def test_o_onto_a_symlink_replaces_the_link_whether_its_target_exists_or_not(tmp_path: Path) -> None:
+    """Every output is renamed into place (rewriter/output.py), as ``install`` does: a link at
+    ``-o`` is replaced by the output file, its target left as it was; a dangling link the same way
+    (``cp`` writes through a link to a file and refuses a dangling one)."""
+    src = FIXTURES / "bin" / "prof-le"
+    kept = tmp_path / "kept"
+    kept.write_bytes(b"not to be written\n")
+    (tmp_path / "to-file").symlink_to(kept.name)
+    (tmp_path / "dangling").symlink_to("missing")
+    for name in ("to-file", "dangling"):
+        out = tmp_path / name
+        result = invoke("nop", src, "-o", out)
+        assert result.exit_code == 0, result.output
+        assert not out.is_symlink() and out.is_file() and out.read_bytes() != src.read_bytes()
+        assert invoke("verify", src, out).exit_code == 0
+    assert kept.read_bytes() == b"not to be written\n" and not (tmp_path / "missing").exists()

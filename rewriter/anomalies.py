@@ -237,7 +237,8 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         "the size the frame header gives (ZSTD_getFrameContentSize) and refuses a frame without one: the "
         "module never loads (zstd: Failed to determine decompression size, EINVAL). zstd leaves the size "
         "out when it compresses a pipe, or with --no-content-size; Kbuild compresses the file. kmod before "
-        "34 and the kernel's zstd decoder stream it, and it loads: a warning, not an error. A rewrite "
+        "34 and the kernel's zstd decoder stream it, and it loads (under qemu on a 7.2 built with "
+        "CONFIG_MODULE_COMPRESS_ZSTD): a warning, not an error. A rewrite "
         "writes the size.",
     ),
     AnomalyKind.GZIP_HEADER: AnomalyRule(
@@ -246,7 +247,8 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         "The kernel's gzip decoder (kernel/module/decompress.c, module_gzip_header_len) skips the 10 fixed "
         "bytes and a file name, not an extra field (FEXTRA), a comment (FCOMMENT) or a header CRC (FHCRC), "
         "and inflates from there: where kmod hands it the module (/sys/module/compression: gzip, "
-        "CONFIG_MODULE_COMPRESS_GZIP) it does not load (EINVAL). kmod's zlib reads every field, and "
+        "CONFIG_MODULE_COMPRESS_GZIP) it does not load (decompression failed with status -3, EINVAL; under "
+        "qemu on a 7.2 built so). kmod's zlib reads every field, and "
         "Debian's 6.12 and 7.2 take xz only, so kmod decompresses a .ko.gz there and it loads: a warning, "
         "not an error. A rewrite writes a header with no optional field.",
     ),

@@ -79,6 +79,8 @@ _XZ_CHECK_NAMES: Final = MappingProxyType({0: "none", 1: "CRC32", 4: "CRC64", 10
 # the deflate data: module_gzip_header_len() skips the 10 fixed bytes and a file name (FNAME), no
 # extra field, comment or header CRC, and inflates from there (the same in 5.17's and 7.2's
 # kernel/module/decompress.c). kmod's gzread() (zlib) reads every field. FTEXT is only a hint.
+# Tried under qemu on a 7.2 built with CONFIG_MODULE_COMPRESS_GZIP (by hand: no corpus kernel
+# decompresses gzip): each of the three fails, "decompression failed with status -3", EINVAL.
 _GZIP_FLAGS_KERNEL_SKIPS_NOT: Final = MappingProxyType({0x02: "FHCRC", 0x04: "FEXTRA", 0x10: "FCOMMENT"})
 _GZIP_FLAGS: Final = 3
 
@@ -86,7 +88,8 @@ _GZIP_FLAGS: Final = 3
 # when Frame_Content_Size_flag (bits 7-6) and Single_Segment_flag (bit 5) are all clear (zstd writes
 # them so from a pipe, or with --no-content-size). kmod 34 and later (libkmod-file-zstd.c) allocate
 # what ZSTD_getFrameContentSize() says and refuse a frame without one ("zstd: Failed to determine
-# decompression size", EINVAL); kmod before 34 and the kernel's zstd decoder stream it.
+# decompression size", EINVAL); kmod before 34 and the kernel's zstd decoder stream it (a 7.2
+# built with CONFIG_MODULE_COMPRESS_ZSTD loads it under qemu).
 _ZSTD_DESCRIPTOR: Final = 4
 _ZSTD_SIZE_BITS: Final = 0xE0
 

@@ -44,6 +44,8 @@ class AnomalyKind(enum.Enum):
     NO_SYMBOLS = "no-symbols"
     GENERATION_OVERRIDE = "generation-override"
     XZ_CHECK = "xz-check"
+    ZSTD_SIZE = "zstd-size"
+    GZIP_HEADER = "gzip-header"
 
 
 class AnomalyRule(NamedTuple):
@@ -226,6 +228,29 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         "MODULE_INIT_COMPRESSED_FILE), and does not retry when it fails: the module never loads "
         "(EINVAL; under qemu on Debian's 6.12 and 7.2). Where kmod decompresses it itself, it loads: so "
         "a warning, not an error.",
+    ),
+    AnomalyKind.ZSTD_SIZE: AnomalyRule(
+        Severity.WARNING,
+        "a .ko.zst whose frame says no content size, which kmod 34 and later refuse",
+        "kmod decompresses a .ko.zst itself unless the kernel's own decompressor takes zstd "
+        "(/sys/module/compression; Debian's 6.12 and 7.2 take xz only), and from kmod 34 on it allocates "
+        "the size the frame header gives (ZSTD_getFrameContentSize) and refuses a frame without one: the "
+        "module never loads (zstd: Failed to determine decompression size, EINVAL). zstd leaves the size "
+        "out when it compresses a pipe, or with --no-content-size; Kbuild compresses the file. kmod before "
+        "34 and the kernel's zstd decoder stream it, and it loads (under qemu on a 7.2 built with "
+        "CONFIG_MODULE_COMPRESS_ZSTD): a warning, not an error. A rewrite "
+        "writes the size.",
+    ),
+    AnomalyKind.GZIP_HEADER: AnomalyRule(
+        Severity.WARNING,
+        "a .ko.gz whose header has fields the kernel's own decompressor does not skip",
+        "The kernel's gzip decoder (kernel/module/decompress.c, module_gzip_header_len) skips the 10 fixed "
+        "bytes and a file name, not an extra field (FEXTRA), a comment (FCOMMENT) or a header CRC (FHCRC), "
+        "and inflates from there: where kmod hands it the module (/sys/module/compression: gzip, "
+        "CONFIG_MODULE_COMPRESS_GZIP) it does not load (decompression failed with status -3, EINVAL; under "
+        "qemu on a 7.2 built so). kmod's zlib reads every field, and "
+        "Debian's 6.12 and 7.2 take xz only, so kmod decompresses a .ko.gz there and it loads: a warning, "
+        "not an error. A rewrite writes a header with no optional field.",
     ),
 }
 

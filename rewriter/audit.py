@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from types import MappingProxyType
 from typing import Final, NamedTuple
 
 import numpy as np
@@ -27,7 +28,7 @@ from rewriter.batch import map_chunks
 from rewriter.boot import boot_of, refused_at_init, untraceable
 from rewriter.code import code_view
 from rewriter.elf import structs as S
-from rewriter.elf.compress import Compression
+from rewriter.elf.compress import Compression, HeaderRefusal
 from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.release import kernel_version
 from rewriter.elf.symbols import Functions, RelocationNames, split_place
@@ -288,22 +289,43 @@ def _at_site(
     )
 
 
-def _xz_check(check: str) -> Anomaly:
-    return Anomaly(
-        AnomalyKind.XZ_CHECK,
-        Severity.WARNING,
-        f"xz check {check}: the kernel's own decompressor takes CRC32 or none, so where kmod hands it the "
-        "module (/sys/module/compression: xz) the module does not load (finit_module: EINVAL); recompress "
-        "with xz --check=crc32, as Kbuild does",
-    )
+_HEADER_REFUSALS: Final = MappingProxyType(
+    {
+        Compression.XZ: (
+            AnomalyKind.XZ_CHECK,
+            "the kernel's own decompressor takes CRC32 or none, so where kmod hands it the module "
+            "(/sys/module/compression: xz) the module does not load (finit_module: EINVAL); recompress with "
+            "xz --check=crc32, as Kbuild does",
+        ),
+        Compression.GZIP: (
+            AnomalyKind.GZIP_HEADER,
+            "the kernel's own decompressor skips the fixed header and a file name only, and inflates from where "
+            "these fields begin, so where kmod hands it the module (/sys/module/compression: gzip) the module "
+            "does not load (finit_module: EINVAL); recompress with gzip -n, as Kbuild does",
+        ),
+        Compression.ZSTD: (
+            AnomalyKind.ZSTD_SIZE,
+            "kmod 34 and later, which decompresses a module itself unless /sys/module/compression says zstd, "
+            "refuses it (zstd: Failed to determine decompression size); recompress from the file, not a pipe "
+            "(zstd writes the size it knows), as Kbuild does",
+        ),
+    }
+)
+
+
+def _header_refused(refusal: HeaderRefusal) -> Anomaly:
+    """A compressed module one of its loaders refuses (``compress.header_refusal``): a warning,
+    since the other takes it, and which one decompresses it depends on the system."""
+    kind, why = _HEADER_REFUSALS[refusal.compression]
+    return Anomaly(kind, Severity.WARNING, f"{refusal.what}: {why}")
 
 
 def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[SiteAudit]) -> list[Anomaly]:
     found = _abi_anomalies(image)
     if result.not_loaded is not None:
         found.append(Anomaly(AnomalyKind.MODULE_REFUSED, Severity.ERROR, result.not_loaded))
-    if image.kernel_refused_check is not None and image.kind is Kind.MODULE:
-        found.append(_xz_check(image.kernel_refused_check))
+    if image.header_refusal is not None and image.kind is Kind.MODULE:
+        found.append(_header_refused(image.header_refusal))
     found += _record_anomalies(image, result, printer)
     found += _stub_anomalies(result.stubs)
     found += _mixed_states(result.sites)

@@ -32,6 +32,7 @@ import numpy as np
 from rewriter.elf import structs as S
 from rewriter.elf.compress import SUFFIX, Compression, Restore, compression_named, decompress, detect_compression
 from rewriter.elf.image import Image, Kind
+from rewriter.elf.release import kernel_release
 from rewriter.errors import ArgumentError, ImageError, LogError, NothingToDo, OutputError, RewriteError, WordMismatch
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.heap import collector_paused
@@ -283,20 +284,24 @@ def apply_file(
 def loader(kernel: Path) -> Scan:
     """The scan of ``kernel``, named as the vmlinux that will load a module (``--kernel``): its
     generation, and its ftrace_process_locs() loop (``rewriter.locs``)."""
+    return scan(_loader_image(kernel))
+
+
+def _loader_image(kernel: Path) -> Image:
     try:
         image = Image.load(kernel)
     except RewriteError as e:  # "K: No such file or directory" says nothing of which option named K
         raise ArgumentError(f"--kernel {e}") from None
     if image.kind is not Kind.VMLINUX:
         raise ArgumentError(f"--kernel {kernel}: not a vmlinux (its kind: {image.kind.value})")
-    return scan(image)
+    return image
 
 
 def _held_to_kernel(image: Image, before: Scan, options: Options, kernel: Path | None) -> Options:
     """``options`` with the loop of ``kernel``, the vmlinux that will load the module ``image``:
     under the older loop a patchable module's dropped records turn ftrace off once it loads, and
-    the rewrite refuses them (``rewriter.rewrite``). A module does not say which kernel loads it;
-    a kernel of another generation cannot load it at all."""
+    the rewrite refuses them (``rewriter.rewrite``). A module does not say which kernel loads it,
+    but a kernel of another byte order, generation or release does not load it (:func:`_not_its_kernel`)."""
     if kernel is None:
         return options
     if image.kind is not Kind.MODULE:
@@ -304,14 +309,33 @@ def _held_to_kernel(image: Image, before: Scan, options: Options, kernel: Path |
         raise ArgumentError(
             f"{image.path}: --kernel VMLINUX is for a module, the kernel that will load it (this: {kind})"
         )
-    k = loader(kernel)
+    vmlinux = _loader_image(kernel)
+    if vmlinux.byteorder != image.byteorder:
+        why = f"a {vmlinux.byteorder}-endian vmlinux, and {image.path} is a {image.byteorder}-endian module"
+        raise _not_its_kernel(kernel, why)
+    k = scan(vmlinux)
     if k.generation is not before.generation and before.generation is not None:
         theirs = k.generation.value if k.generation else "no"
-        raise ArgumentError(
-            f"--kernel {kernel}: a kernel of {theirs} generation, and {image.path} is a {before.generation.value} "
-            "module: not the kernel that loads it"
+        raise _not_its_kernel(
+            kernel, f"a kernel of {theirs} generation, and {image.path} is a {before.generation.value} module"
         )
+    _check_release(kernel, vmlinux, image)
     return replace(options, kernel_locs=loop_for_modules(k.generation, k.locs))
+
+
+def _check_release(kernel: Path, vmlinux: Image, module: Image) -> None:
+    """The module's ``vermagic`` names the release of ``vmlinux`` (its ``linux_banner``), when both
+    say one. The loader compares vermagic whole (``same_magic()``), or with CONFIG_MODVERSIONS all
+    but the release and then every imported symbol's CRC: a module is built for one release, and a
+    vmlinux of another says nothing sure of the ftrace_process_locs() loop that loads it (stable
+    kernels took the 2025 loop: ``rewriter.locs``)."""
+    theirs, ours = kernel_release(vmlinux), kernel_release(module)
+    if theirs is not None and ours is not None and theirs != ours:
+        raise _not_its_kernel(kernel, f"Linux {theirs}, and {module.path} was built for {ours} (its vermagic)")
+
+
+def _not_its_kernel(kernel: Path, why: str) -> ArgumentError:
+    return ArgumentError(f"--kernel {kernel}: {why}: not the kernel that loads it")
 
 
 def _unchecked_kernel(image: Image, before: Scan, result: Rewrite, options: Options, kernel: Path | None) -> str | None:

@@ -56,6 +56,18 @@ def compression_named(path: Path) -> Compression | None:
     return Compression.NONE if path.name.endswith(".ko") else None
 
 
+class HeaderRefusal(NamedTuple):
+    """What in a compressed module's header one of its two loaders refuses, when the other takes
+    it: whether the module loads depends on the system (the audit's warnings). kmod hands a module
+    to the kernel's own decompressor (kernel/module/decompress.c, ``finit_module()`` with
+    ``MODULE_INIT_COMPRESSED_FILE``) when ``/sys/module/compression`` names its compression, one
+    per kernel build (Debian's 6.12 and 7.2: xz), decompresses it itself otherwise, and neither
+    retries the other way."""
+
+    compression: Compression
+    what: str  # "xz check CRC64", "zstd frame without a content size"
+
+
 # The xz stream header's check ID (its 8th byte) the kernel's own xz decoder takes: none or CRC32,
 # as Kbuild writes them (xz --check=crc32). Tried under qemu on Debian's 6.12 and 7.2 by
 # finit_module(MODULE_INIT_COMPRESSED_FILE): a CRC64 module fails, "decompression failed with
@@ -63,8 +75,40 @@ def compression_named(path: Path) -> Compression | None:
 _KERNEL_XZ_CHECKS: Final = frozenset({0, 1})
 _XZ_CHECK_NAMES: Final = MappingProxyType({0: "none", 1: "CRC32", 4: "CRC64", 10: "SHA-256"})
 
+# The gzip header's flags (RFC 1952 2.3.1) after which the kernel's own gzip decoder does not find
+# the deflate data: module_gzip_header_len() skips the 10 fixed bytes and a file name (FNAME), no
+# extra field, comment or header CRC, and inflates from there (the same in 5.17's and 7.2's
+# kernel/module/decompress.c). kmod's gzread() (zlib) reads every field. FTEXT is only a hint.
+# Tried under qemu on a 7.2 built with CONFIG_MODULE_COMPRESS_GZIP (by hand: no corpus kernel
+# decompresses gzip): each of the three fails, "decompression failed with status -3", EINVAL.
+_GZIP_FLAGS_KERNEL_SKIPS_NOT: Final = MappingProxyType({0x02: "FHCRC", 0x04: "FEXTRA", 0x10: "FCOMMENT"})
+_GZIP_FLAGS: Final = 3
 
-def xz_check_kernel_refuses(head: bytes) -> str | None:
+# A zstd frame header's descriptor (RFC 8878 3.1.1.1.1): its 5th byte. The frame has no content size
+# when Frame_Content_Size_flag (bits 7-6) and Single_Segment_flag (bit 5) are all clear (zstd writes
+# them so from a pipe, or with --no-content-size). kmod 34 and later (libkmod-file-zstd.c) allocate
+# what ZSTD_getFrameContentSize() says and refuse a frame without one ("zstd: Failed to determine
+# decompression size", EINVAL); kmod before 34 and the kernel's zstd decoder stream it (a 7.2
+# built with CONFIG_MODULE_COMPRESS_ZSTD loads it under qemu).
+_ZSTD_DESCRIPTOR: Final = 4
+_ZSTD_SIZE_BITS: Final = 0xE0
+
+
+def header_refusal(head: bytes) -> HeaderRefusal | None:
+    """What in a compressed file's header (``head``: its first 8 bytes) one loader refuses, if any."""
+    kind = detect_compression(head)
+    if kind is Compression.XZ:
+        check = _xz_check_kernel_refuses(head)
+        return None if check is None else HeaderRefusal(kind, f"xz check {check}")
+    if kind is Compression.GZIP and len(head) > _GZIP_FLAGS:
+        flags = [name for bit, name in _GZIP_FLAGS_KERNEL_SKIPS_NOT.items() if head[_GZIP_FLAGS] & bit]
+        return HeaderRefusal(kind, f"gzip header with {', '.join(flags)}") if flags else None
+    if kind is Compression.ZSTD and len(head) > _ZSTD_DESCRIPTOR and not head[_ZSTD_DESCRIPTOR] & _ZSTD_SIZE_BITS:
+        return HeaderRefusal(kind, "zstd frame without a content size")
+    return None
+
+
+def _xz_check_kernel_refuses(head: bytes) -> str | None:
     """The name of an xz stream header's check (``head``: the file's first bytes) when the kernel's
     own decompressor refuses it, else None (not xz, or a check it takes)."""
     if detect_compression(head) is not Compression.XZ or len(head) < 8:

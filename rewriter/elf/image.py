@@ -29,10 +29,11 @@ from rewriter.elf import structs as S
 from rewriter.elf.compress import (
     MODULE_SUFFIXES,
     Compression,
+    HeaderRefusal,
     compression_named,
     decompress,
     detect_compression,
-    xz_check_kernel_refuses,
+    header_refusal,
 )
 from rewriter.elf.signature import Trailer, TrailerError, parse_trailer
 from rewriter.errors import ImageError, UnmappedAddress
@@ -253,13 +254,17 @@ class Image:
     """
 
     def __init__(
-        self, path: Path, data: bytes | mmap.mmap, compression: Compression, kernel_refused_check: str | None = None
+        self,
+        path: Path,
+        data: bytes | mmap.mmap,
+        compression: Compression,
+        header_refusal: HeaderRefusal | None = None,
     ) -> None:
         self.path = path
         self.data = data
         self.compression = compression
-        # An .xz whose check the kernel's own decompressor refuses (CRC64): compress.xz_check_kernel_refuses
-        self.kernel_refused_check = kernel_refused_check
+        # What in a compressed file's header one loader refuses (an xz CRC64 check): compress.header_refusal
+        self.header_refusal = header_refusal
         self.size = len(data)
         if self.size < S.EI_NIDENT:
             raise self.error("empty file" if self.size == 0 else f"not an ELF file (too short){self._named()}")
@@ -324,7 +329,7 @@ class Image:
             raise ImageError(f"{path}: empty file") from None
         finally:
             os.close(fd)
-        return cls(path, data, compression, xz_check_kernel_refuses(head))
+        return cls(path, data, compression, header_refusal(head))
 
     @classmethod
     def from_bytes(cls, path: Path, data: bytes) -> Image:

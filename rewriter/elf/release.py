@@ -15,33 +15,46 @@ import re
 from rewriter.elf.image import Image, Kind
 from rewriter.errors import UnmappedAddress
 
+# The release (UTS_RELEASE, what ``uname -r`` says) is the first word of both; the kernel's
+# __NEW_UTS_LEN holds 64 bytes of it.
+_VERMAGIC = re.compile(rb"(?:^|\0)vermagic=([^\0 ]{1,64})(?=[\0 ]|$)")
+_BANNER = re.compile(rb"Linux version ([^\0 ]{1,64}) ")
 # At most 4 digits a number: a longer one names no kernel, and 5,000 of them passed Python's
 # limit on int() of a string (ValueError, an internal error in nop and diff).
-_VERMAGIC = re.compile(rb"(?:^|\0)vermagic=(\d{1,4})\.(\d{1,4})[.\-+ ]")
-_BANNER = re.compile(rb"Linux version (\d{1,4})\.(\d{1,4})[.\-+ ]")
+_VERSION = re.compile(r"(\d{1,4})\.(\d{1,4})(?:[.\-+]|$)")
 BANNER_SYMBOL = "linux_banner"
-_BANNER_READ = 64  # enough for "Linux version X.Y"
+_BANNER_READ = 14 + 65  # "Linux version ", the release and the space after it
 
 
 def kernel_version(image: Image) -> tuple[int, int] | None:
     """(major, minor) of the kernel ``image`` belongs to, or None when the image does not say
     (an object file, a test program, a stripped vmlinux)."""
+    release = kernel_release(image)
+    found = None if release is None else _VERSION.match(release)
+    return None if found is None else (int(found[1]), int(found[2]))
+
+
+def kernel_release(image: Image) -> str | None:
+    """The release of the kernel ``image`` belongs to (``6.12.107+deb13-powerpc64le``): a module's
+    ``vermagic``, a vmlinux's ``linux_banner``; None when the image does not say."""
     if image.kind is Kind.MODULE:
-        return _module_version(image)
-    if image.kind is Kind.VMLINUX:
-        return _vmlinux_version(image)
-    return None
+        found = _module_release(image)
+    elif image.kind is Kind.VMLINUX:
+        found = _vmlinux_release(image)
+    else:
+        return None
+    return None if found is None else found.decode("ascii", "backslashreplace")
 
 
-def _module_version(image: Image) -> tuple[int, int] | None:
+def _module_release(image: Image) -> bytes | None:
     sec = image.section(".modinfo")
     if sec is None:
         return None
     found = _VERMAGIC.search(image.section_bytes(sec))
-    return None if found is None else (int(found[1]), int(found[2]))
+    return None if found is None else found[1]
 
 
-def _vmlinux_version(image: Image) -> tuple[int, int] | None:
+def _vmlinux_release(image: Image) -> bytes | None:
     syms = image.symbols
     if syms is None:
         return None
@@ -53,4 +66,4 @@ def _vmlinux_version(image: Image) -> tuple[int, int] | None:
     except UnmappedAddress:
         return None
     found = _BANNER.match(bytes(image.data[at : at + _BANNER_READ]))
-    return None if found is None else (int(found[1]), int(found[2]))
+    return None if found is None else found[1]

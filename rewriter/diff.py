@@ -49,7 +49,7 @@ import numpy as np
 from rewriter.batch import map_chunks
 from rewriter.boot import boot_of
 from rewriter.elf import structs as S
-from rewriter.elf.compress import SUFFIX, compression_named
+from rewriter.elf.compress import uncompressed
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.symbols import aliases as symbol_aliases
 from rewriter.errors import ArgumentError, ImageError, RewriteError
@@ -490,13 +490,6 @@ def _relative(files: Sequence[Path], root: Path) -> dict[Path, Path]:
     keys = [uncompressed(r) for r in rels]
     seen = Counter(keys)
     return {(k if seen[k] == 1 else r): p for k, r, p in zip(keys, rels, files, strict=True)}
-
-
-def uncompressed(rel: Path) -> Path:
-    """``rel`` less a module's compression suffix: ``ext4.ko.xz`` is the module ``ext4.ko``."""
-    kind = compression_named(rel)
-    suffix = "" if kind is None else SUFFIX[kind]
-    return rel.with_name(rel.name.removesuffix(suffix)) if suffix else rel
 
 
 def check_pairable(a: Path, b: Path) -> None:

@@ -56,6 +56,14 @@ def compression_named(path: Path) -> Compression | None:
     return Compression.NONE if path.name.endswith(".ko") else None
 
 
+def uncompressed(path: Path) -> Path:
+    """``path`` less a module's compression suffix: ``ext4.ko.xz`` is the module ``ext4.ko`` (a diff
+    pairs the two; a SARIF fingerprint names the module by it)."""
+    kind = compression_named(path)
+    suffix = "" if kind is None else SUFFIX[kind]
+    return path.with_name(path.name.removesuffix(suffix)) if suffix else path
+
+
 class HeaderRefusal(NamedTuple):
     """What in a compressed module's header one of its two loaders refuses, when the other takes
     it: whether the module loads depends on the system (the audit's warnings). kmod hands a module

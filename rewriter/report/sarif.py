@@ -22,7 +22,7 @@ from urllib.parse import quote
 from rewriter import __version__
 from rewriter.anomalies import RULES, Anomaly, AnomalyKind
 from rewriter.audit import Audit, ImageAudit, summarise
-from rewriter.diff import uncompressed
+from rewriter.elf.compress import uncompressed
 from rewriter.elf.image import Kind
 from rewriter.report.jsonfmt import stub_gap_json, stub_json
 

@@ -73,7 +73,7 @@ from rewriter.files import (
 from rewriter.locs import Locs, loop_for_modules, unchecked_drops
 from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
 from rewriter.output import TMP_SUFFIX, NewFile, atomic_symlink, land, publish, stage
-from rewriter.policy import Policy, Verb, module_name
+from rewriter.policy import Policy, Verb
 from rewriter.reading import not_a_file, open_regular, read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey
@@ -467,7 +467,7 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     refuse_contradicted_generation(image, sc)
     if not was_output and sc.records.zeroed:
         _refuse_nopped_without_log(t, facts, sc.records.zeroed)
-    chosen, rules = _policy_choice(settings.policy, module_name(t.rel) if image.kind is Kind.MODULE else None, sc.sites)
+    chosen, rules = _policy_choice(settings.policy, sc.module, sc.sites)
     sign = signer is not None and image.kind is Kind.MODULE
     _check_signed(t, image, chosen, settings.strip_signature or sign)
     options = replace(

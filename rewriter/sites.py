@@ -51,6 +51,7 @@ from rewriter.detect import (
 )
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind, Section, index_name
+from rewriter.elf.modname import module_name
 from rewriter.elf.release import kernel_version
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, code_addrs, functions, lookup_symbols, plain_name, split_place
 from rewriter.generations import (
@@ -198,6 +199,7 @@ class Scan:
     overridden: Detect | None = None
     locs: Locs = Locs.UNKNOWN  # what the kernel's ftrace_process_locs() skips (rewriter.locs)
     not_loaded: str | None = None  # why the kernel refuses to load this module (rewriter.modload)
+    module: str | None = None  # a module's name, as the kernel and its ftrace know it (rewriter.elf.modname)
     init_call_only: bool = False  # the kernel's init checks only an mprofile call (init_checks_call_only)
 
     @property
@@ -454,6 +456,7 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     return Scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, (), funcs, generation, (), weak,
         overridden=overridden, not_loaded=modload.refusal(image) or loader_refusal(image, (*tables, *unread)),
+        module=module_name(image),
     )  # fmt: skip
 
 

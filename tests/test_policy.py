@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from rewriter.cli import app
 from rewriter.generations import Generation
 from rewriter.locs import ZERO_ADJUSTED, Locs
-from rewriter.policy import NOP_MEANS, PolicyError, SiteFacts, Tally, Verb, load, module_name, parse
+from rewriter.policy import NOP_MEANS, PolicyError, SiteFacts, Tally, Verb, load, parse
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -81,21 +81,6 @@ def test_comments_and_blank_lines_are_ignored() -> None:
 def test_bad_policies_are_refused_naming_the_line(text: str, message: str) -> None:
     with pytest.raises(PolicyError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse(text, "p.policy")
-
-
-@pytest.mark.parametrize(
-    ("path", "name"),
-    [
-        ("kernel/fs/ext4/ext4.ko", "ext4"),
-        ("snd-hda-intel.ko.xz", "snd_hda_intel"),
-        ("a/b/nls_utf8.ko.zst", "nls_utf8"),
-        ("x.ko.gz", "x"),
-        ("vmlinux", None),
-        ("foo.o", None),
-    ],
-)
-def test_module_names_are_the_kernels(path: str, name: str | None) -> None:
-    assert module_name(path) == name
 
 
 def test_tally_counts_matches_and_decisions_and_warns_about_dead_rules() -> None:

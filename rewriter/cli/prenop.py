@@ -1191,7 +1191,6 @@ def _tally_files(
                 notes[0].append(f"{outcome.path}: {overrode}")
             if sc.records.zeroed and not any(s.source is Source.LOG for s in sc.sites):
                 notes[1].append((outcome.path, sc.records.zeroed))
-            module = pol.module_name(outcome.path) if sc.kind is Kind.MODULE else None
             boot = boot_of(sc)
             facts = []
             for s in sc.sites:
@@ -1199,7 +1198,7 @@ def _tally_files(
                 if why is Untraceable.UNRECORDED and s.source is Source.LOG:
                     why = None  # prenop applies a policy to the original: a kept site gets its record back
                 facts.append(pol.SiteFacts(s.function, s.section, None if why is None else why.value))
-            tally.add_file(module, facts, generation_of(sc), sc.locs if sc.kind is Kind.VMLINUX else None)
+            tally.add_file(sc.module, facts, generation_of(sc), sc.locs if sc.kind is Kind.VMLINUX else None)
     return errors
 
 

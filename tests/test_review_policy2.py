@@ -111,3 +111,31 @@ def test_ftrace_lists_a_renamed_module_file_under_its_struct_module_name(tmp_pat
     listed = {m[1] for line in booted.available_filter_functions if (m := re.search(r" \[(\S+)\]$", line))}
     assert listed == {"nls_utf8", "mcountrw_named"}, booted.available_filter_functions
     assert [module_name(Image.load(m)) for m in (copy, named)] == ["nls_utf8", "mcountrw_named"]
+
+
+# -- prenop -o with a policy that nops nothing ------------------------------------------------------
+
+
+def test_prenop_to_a_new_output_that_nops_nothing_copies_and_says_so(tmp_path: Path) -> None:
+    """A first run to a new OUT wrote OUT, a copy of the input (no log: nothing was nopped), and
+    said ``nothing changed``; a build step that names OUT needs it there (exit 0), and the line
+    now says it was copied. The rerun, which writes nothing, says ``nothing changed``; a dry run
+    says it would copy, and writes nothing."""
+    module = _renamed("6.12", NLS_UTF8, tmp_path / "nls_utf8.ko.xz")
+    policy = tmp_path / "keep.policy"
+    policy.write_text("default keep\n")
+    out = tmp_path / "out.ko.xz"
+    dry = invoke("prenop", "--policy", policy, module, "-o", out, "--dry-run")
+    assert dry.exit_code == 0 and "would be copied to the output as it is" in dry.stdout, dry.output
+    assert not out.exists()
+    first = invoke("prenop", "--policy", policy, module, "-o", out)
+    assert first.exit_code == 0, first.output
+    assert "nothing to nop: the file already matches the policy; copied to the output as it is" in first.stdout
+    assert "nothing changed" not in first.stdout
+    assert out.read_bytes() == module.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "keep.policy", "nls_utf8.ko.xz", "out.ko.xz"
+    ]  # fmt: skip
+    before = out.stat()
+    again = invoke("prenop", "--policy", policy, module, "-o", out)
+    assert again.exit_code == 0 and "nothing changed: the file already matches the policy" in again.stdout
+    assert "copied" not in again.stdout and out.stat().st_ino == before.st_ino  # not written again

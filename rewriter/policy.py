@@ -19,8 +19,9 @@ Rules:
   ``:mod:ext4`` is every function of ext4 (as in ftrace: "blank search means to match all funcs
   in the mod"). ``:mod:!NAME`` is every module *but* NAME. ``:mod:`` never matches the core kernel
   (ftrace's module commands only ever select module functions); ``:section:`` matches the section
-  holding the call site (``.text``, ``.init.text``, ``.text.unlikely``, ...). A site whose function
-  has no symbol has the name ``""``, which only ``*`` matches.
+  holding the call site (``.text``, ``.init.text``, ``.text.unlikely``, ...). A site in no function
+  has the name ftrace lists it under (``Scan.name_of``: a weak body's, the nearest symbol before
+  it), as set_ftrace_filter matches it; one it lists under no name has ``""``, which only ``*`` matches.
 * ``#`` starts a comment (at the start of a line or after whitespace); blank lines are ignored.
 
 Module names are the kernel's, read from the module (``rewriter.elf.modname``: its ``struct

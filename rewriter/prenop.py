@@ -77,7 +77,7 @@ from rewriter.policy import Policy, Verb
 from rewriter.reading import not_a_file, open_regular, read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey
-from rewriter.sites import Site, kernel_loop, scan
+from rewriter.sites import Scan, Site, kernel_loop, scan
 from rewriter.states import SiteState
 
 
@@ -468,7 +468,7 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     refuse_contradicted_generation(image, sc)
     if not was_output and sc.records.zeroed:
         _refuse_nopped_without_log(t, facts, sc.records.zeroed)
-    chosen, rules = _policy_choice(settings.policy, sc.module, sc.sites)
+    chosen, rules = _policy_choice(settings.policy, sc)
     sign = signer is not None and image.kind is Kind.MODULE
     _check_signed(t, image, chosen, settings.strip_signature or sign)
     options = replace(
@@ -567,14 +567,14 @@ def _refuse_nopped_without_log(t: Target, facts: Header | None, zeroed: int) -> 
     )
 
 
-def _policy_choice(policy: Policy, module: str | None, sites: Sequence[Site]) -> tuple[list[Site], frozenset[int]]:
-    """The sites ``policy`` nops in one file (``module``: its module name, None for a vmlinux), and
-    the rules that decided any of its sites."""
-    decide = policy.for_file(module).decide
+def _policy_choice(policy: Policy, sc: Scan) -> tuple[list[Site], frozenset[int]]:
+    """The sites ``policy`` nops in one file (by its module name, None for a vmlinux, and each
+    site's name as ftrace lists it: ``Scan.name_of``), and the rules that decided any of its sites."""
+    decide = policy.for_file(sc.module).decide
     chosen = []
     rules = set()
-    for s in sites:
-        verb, rule = decide(s.function, s.section)
+    for s in sc.sites:
+        verb, rule = decide(sc.name_of(s), s.section)
         if rule is not None:
             rules.add(rule)
         if verb is Verb.NOP:

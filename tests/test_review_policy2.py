@@ -139,3 +139,56 @@ def test_prenop_to_a_new_output_that_nops_nothing_copies_and_says_so(tmp_path: P
     again = invoke("prenop", "--policy", policy, module, "-o", out)
     assert again.exit_code == 0 and "nothing changed: the file already matches the policy" in again.stdout
     assert "copied" not in again.stdout and out.stat().st_ino == before.st_ino  # not written again
+
+
+# -- a site in no function has the name ftrace lists it under -----------------------------------------
+
+
+def test_a_weak_body_is_selected_by_the_name_ftrace_lists_it_under(tmp_path: Path) -> None:
+    """nls_utf8's ``uni2char`` made a NOTYPE label: its site is in no sized function, and the kernel
+    lists it as ``uni2char`` (kallsyms: the nearest symbol before it), so ``set_ftrace_filter``
+    takes it by that name. ``--only uni2char`` and a policy's ``nop uni2char`` matched nothing (only
+    ``*`` did): the site stayed listed, and traceable, under the name a policy nopped. Under qemu
+    (7.2): the prenop output no longer lists it; the original does."""
+    from test_module_kallsyms import _edit_symbol
+
+    ko = unsigned_module("7.2", NLS_UTF8, tmp_path / "nls_utf8.ko")
+    _edit_symbol(ko, "uni2char", "notype")
+    policy = tmp_path / "p.policy"
+    policy.write_text("default keep\nnop uni2char\n")
+    check = invoke("policy", "check", policy, ko)
+    assert _rule_row(check.stdout, "nop uni2char") == (1, 1), check.output
+    only = invoke("nop", ko, "--only", "uni2char", "--drop-records", "-o", tmp_path / "only.ko")
+    assert only.exit_code == 0, only.output
+    out = tmp_path / "out" / "nls_utf8.ko"
+    out.parent.mkdir()
+    run = invoke("prenop", "--policy", policy, ko, "-o", out)
+    assert run.exit_code == 0 and re.search(r"^\s+nopped\s+1\s+1\s+2$", run.stdout, re.MULTILINE), run.output
+    require_tool(QEMU)
+    kernel = require_kernel("7.2")
+    listed = {}
+    for which, module in (("original", ko), ("prenopped", out)):
+        script = module_load_script(["nls_utf8"], aff_grep="[nls_utf8]")
+        initrd = make_initramfs(tmp_path / f"{which}.cpio", kernel.busybox, [module], script)
+        booted = boot(kernel.vmlinux, "console=hvc0 panic=-1", initrd)
+        assert booted.done and booted.insmod == {"nls_utf8": 0}, booted.console[-3000:]
+        listed[which] = sorted(line.removesuffix(" [nls_utf8]") for line in booted.available_filter_functions or [])
+    assert listed == {"original": ["char2uni", "init_nls_utf8", "uni2char"], "prenopped": ["char2uni", "init_nls_utf8"]}
+
+
+def test_a_vmlinux_weak_body_matches_the_name_its_kernel_lists_twice(tmp_path: Path) -> None:
+    """7.2's ``bpf_jit_compile`` (8 bytes) is followed by an overridden weak function's body, whose
+    record is 0x10 past it: test_for_valid_rec() keeps it, and available_filter_functions lists
+    ``bpf_jit_compile`` twice (qemu). A policy's ``nop bpf_jit_compile`` matches both sites."""
+    kernel = require_kernel("7.2")
+    policy = tmp_path / "p.policy"
+    policy.write_text("default keep\nnop bpf_jit_compile\n")
+    check = invoke("policy", "check", policy, kernel.vmlinux)
+    assert _rule_row(check.stdout, "nop bpf_jit_compile") == (2, 2), check.output
+    require_tool(QEMU)
+    script = module_load_script([], aff_grep="bpf_jit_compile")
+    booted = boot(
+        kernel.vmlinux, "console=hvc0 panic=-1", make_initramfs(tmp_path / "i.cpio", kernel.busybox, [], script)
+    )
+    assert booted.done, booted.console[-3000:]
+    assert booted.available_filter_functions == ["bpf_jit_compile", "bpf_jit_compile"]

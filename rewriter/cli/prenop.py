@@ -1212,7 +1212,7 @@ def _tally_files(
                 why = untraceable(s, boot)
                 if why is Untraceable.UNRECORDED and s.source is Source.LOG:
                     why = None  # prenop applies a policy to the original: a kept site gets its record back
-                facts.append(pol.SiteFacts(s.function, s.section, None if why is None else why.value))
+                facts.append(pol.SiteFacts(sc.name_of(s), s.section, None if why is None else why.value))
             tally.add_file(sc.module, facts, generation_of(sc), sc.locs if sc.kind is Kind.VMLINUX else None)
     return errors
 

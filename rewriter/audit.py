@@ -44,6 +44,7 @@ from rewriter.sites import (
     Scan,
     Site,
     Source,
+    kallsyms_name,
     lacks_stub,
     lookup_from,
     override_text,
@@ -425,12 +426,8 @@ def _weak_body(
     """Say what the kernel does with the record (kernel/trace/ftrace.c test_for_valid_rec());
     ``lookup``: the symbols kallsyms_lookup() measures from (``sites.lookup_from``); ``unchecked``:
     why the kernel has no such check, when ``max_offset`` is None."""
-    place = np.array([site.place], np.uint64)
-    starts, names = lookup
-    offset = int(weak_offsets(starts, place)[0])
-    at = int(np.searchsorted(starts, place, side="right")[0]) - 1
-    at = int(np.searchsorted(starts, starts[at], side="left")) if at >= 0 else at  # the first of its place
-    name = image.symbols.name_at(int(names[at])) if offset >= 0 and image.symbols is not None else None
+    offset = int(weak_offsets(lookup[0], np.array([site.place], np.uint64))[0])
+    name = kallsyms_name(image, lookup, site.place)
     near = f"{name}+{offset:#x}" if name else "no symbol before it"
     if max_offset is None:
         msg = (

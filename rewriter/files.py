@@ -253,11 +253,11 @@ def apply_file(
         log = log_path or default_log_path(out)
         check_side_paths(path, out, log, in_place, backup, stage_dir, input_log, kernel)
     image = Image.load(path)
-    selection = selection.named_in(image)
     if out is not None and not in_place:
         check_output_name(out, image.compression)
     check_mcount_addr_alone(image, hints.mcount_addr)
     before = scan(image, hints.mcount_addr, hints.generation)
+    selection = selection.named_in(image, before.listed)
     refuse_contradicted_generation(image, before)
     options = _held_to_kernel(image, before, options, kernel)
     known, warning = _input_log(image, input_log)
@@ -573,9 +573,9 @@ def _unrecorded_hint(image: Image, found: Scan, sites: Sequence[Site], log_warni
 def unmatched_selection(sites: Sequence[Site], selection: Selection) -> list[str]:
     """Each part of ``selection`` (``--only``, ``--exclude``, ``--section``, ``--addr``) that
     matches none of ``sites``, as the option that names it."""
-    aliases = selection.aliases
-    parts = [(f"--only {g}", Selection(only=(g,), aliases=aliases)) for g in selection.only]
-    parts += [(f"--exclude {g}", Selection(only=(g,), aliases=aliases)) for g in selection.exclude]
+    aliases, listed = selection.aliases, selection.listed
+    parts = [(f"--only {g}", Selection(only=(g,), aliases=aliases, listed=listed)) for g in selection.only]
+    parts += [(f"--exclude {g}", Selection(only=(g,), aliases=aliases, listed=listed)) for g in selection.exclude]
     parts += [(f"--section {name}", Selection(sections=(name,))) for name in selection.sections]
     parts += [(f"--addr {a:#x}", Selection(addrs=frozenset({a}))) for a in sorted(selection.addrs)]
     parts += [

@@ -19,13 +19,16 @@ Rules:
   ``:mod:ext4`` is every function of ext4 (as in ftrace: "blank search means to match all funcs
   in the mod"). ``:mod:!NAME`` is every module *but* NAME. ``:mod:`` never matches the core kernel
   (ftrace's module commands only ever select module functions); ``:section:`` matches the section
-  holding the call site (``.text``, ``.init.text``, ``.text.unlikely``, ...). A site whose function
-  has no symbol has the name ``""``, which only ``*`` matches.
+  holding the call site (``.text``, ``.init.text``, ``.text.unlikely``, ...). A site in no function
+  has the name ftrace lists it under (``Scan.name_of``: a weak body's, the nearest symbol before
+  it), as set_ftrace_filter matches it; one it lists under no name has ``""``, which only ``*`` matches.
 * ``#`` starts a comment (at the start of a line or after whitespace); blank lines are ignored.
 
-Module names are the kernel's: the file name without ``.ko[.xz|.gz|.zst]``, ``-`` read as ``_``
-(``snd-hda-intel.ko`` is ``snd_hda_intel``), which is what KBUILD_MODNAME and ftrace's
-``[module]`` column show.
+Module names are the kernel's, read from the module (``rewriter.elf.modname``: its ``struct
+module``'s ``name``, KBUILD_MODNAME, ``snd_hda_intel`` for ``snd-hda-intel.ko``), which is what
+ftrace's ``[module]`` column shows; never its file name, which the kernel does not see (a renamed
+copy, ``x.ko.xz.orig``, is still its module). A module that names itself nowhere has the name
+``""``, which only ``*`` matches (the loader refuses it).
 
 Pure: parsing and deciding take values and return values; no files are read here except by
 :func:`load`, and nothing here knows about ELF.
@@ -45,7 +48,6 @@ from types import MappingProxyType
 from typing import Final, NamedTuple
 
 from rewriter.boot import init_only
-from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
 from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
@@ -140,15 +142,6 @@ class FilePolicy:
             if rule.pattern.matches_site(name, section):
                 return rule.verb, i
         return self.default, None
-
-
-def module_name(path: Path | str) -> str | None:
-    """The kernel's name for a module file; None for anything else (vmlinux, objects)."""
-    name = Path(path).name
-    for suffix in MODULE_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)].replace("-", "_")
-    return None
 
 
 # -- parsing --------------------------------------------------------------------------------
@@ -338,7 +331,7 @@ class Tally:
             ex = self.examples[slot]
             label = name or UNNAMED
             if module is not None:
-                label = f"{label} [{module}]"
+                label = f"{label} [{module or UNNAMED}]"
             if len(ex) < EXAMPLES * 8:
                 ex.add(label)
 

@@ -73,11 +73,11 @@ from rewriter.files import (
 from rewriter.locs import Locs, loop_for_modules, unchecked_drops
 from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
 from rewriter.output import TMP_SUFFIX, NewFile, atomic_symlink, land, publish, stage
-from rewriter.policy import Policy, Verb, module_name
+from rewriter.policy import Policy, Verb
 from rewriter.reading import not_a_file, open_regular, read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
 from rewriter.sign import Signer, SigningKey
-from rewriter.sites import Site, kernel_loop, scan
+from rewriter.sites import Scan, Site, kernel_loop, scan
 from rewriter.states import SiteState
 
 
@@ -118,6 +118,7 @@ class FileReport(NamedTuple):
     message: str = ""  # the error, what --verify found, or why a file has no sites
     rules: frozenset[int] = frozenset()  # the policy rules (indexes) that decide at least one site
     unchecked: int = 0  # records dropped from a patchable module with no kernel's loop to check (rewriter.locs)
+    copied: bool = False  # nothing to nop, and -o's output was written as a copy of it (a dry run: would be)
 
     @property
     def no_sites(self) -> bool:
@@ -467,7 +468,7 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     refuse_contradicted_generation(image, sc)
     if not was_output and sc.records.zeroed:
         _refuse_nopped_without_log(t, facts, sc.records.zeroed)
-    chosen, rules = _policy_choice(settings.policy, module_name(t.rel) if image.kind is Kind.MODULE else None, sc.sites)
+    chosen, rules = _policy_choice(settings.policy, sc)
     sign = signer is not None and image.kind is Kind.MODULE
     _check_signed(t, image, chosen, settings.strip_signature or sign)
     options = replace(
@@ -490,15 +491,10 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     mode = _mode(t.source)
 
     if not result.edits:
-        # Nothing to nop. If the file was nopped before (the policy changed since), the original
-        # goes back; with -o the output tree still gets its copy of the file, but one with no site
-        # at all only once the run has found a site somewhere (run(): _copy_bare).
         report = report._replace(status=Status.RESTORED if was_output else Status.NOTHING)
         if not known_sites(image, sc):
             report = report._replace(message=no_site_cause(image, sc, settings.hints, log_hint=PRENOP_LOG_HINT))
-        if dest_content == original or settings.dry_run or report.no_sites:
-            return report, ()
-        return report, (NewFile(t.dest, orig.file_bytes(t, compression), mode),)
+        return _nothing_to_nop(t, orig, report, dest_content, compression, settings.dry_run)
 
     if image.signature is not None and options.strip_signature:
         report = report._replace(signature="stripped")
@@ -512,6 +508,20 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     if settings.dry_run:
         return report, ()
     return report, _log_and_file(t, orig, image, result, options, mode)
+
+
+def _nothing_to_nop(
+    t: Target, orig: _Original, report: FileReport, dest_content: bytes | None, compression: Compression, dry_run: bool
+) -> tuple[FileReport, tuple[NewFile, ...]]:
+    """A file with nothing to nop. If it was nopped before (the policy changed since), the original
+    goes back; with -o the output tree still gets its copy of the file (``copied``), but one with
+    no site at all only once the run has found a site somewhere (run(): _copy_bare)."""
+    if dest_content == orig.content or report.no_sites:
+        return report, ()
+    report = report._replace(copied=report.status is Status.NOTHING)  # with -o: its output a copy
+    if dry_run:
+        return report, ()
+    return report, (NewFile(t.dest, orig.file_bytes(t, compression), _mode(t.source)),)
 
 
 PRENOP_LOG_HINT: Final = "(give the --log-dir DIR its run wrote the logs to)"
@@ -557,14 +567,14 @@ def _refuse_nopped_without_log(t: Target, facts: Header | None, zeroed: int) -> 
     )
 
 
-def _policy_choice(policy: Policy, module: str | None, sites: Sequence[Site]) -> tuple[list[Site], frozenset[int]]:
-    """The sites ``policy`` nops in one file (``module``: its module name, None for a vmlinux), and
-    the rules that decided any of its sites."""
-    decide = policy.for_file(module).decide
+def _policy_choice(policy: Policy, sc: Scan) -> tuple[list[Site], frozenset[int]]:
+    """The sites ``policy`` nops in one file (by its module name, None for a vmlinux, and each
+    site's name as ftrace lists it: ``Scan.name_of``), and the rules that decided any of its sites."""
+    decide = policy.for_file(sc.module).decide
     chosen = []
     rules = set()
-    for s in sites:
-        verb, rule = decide(s.function, s.section)
+    for s in sc.sites:
+        verb, rule = decide(sc.name_of(s), s.section)
         if rule is not None:
             rules.add(rule)
         if verb is Verb.NOP:
@@ -730,13 +740,14 @@ def _mismatch(report: FileReport, message: str) -> FileReport:
     return report._replace(status=Status.MISMATCH, nopped=0, message=message)
 
 
-def _copy_if_different(src: Path, dest: Path) -> None:
+def _copy_if_different(src: Path, dest: Path) -> bool:
     """``dest`` holds ``src``'s bytes and mode afterwards, written only if it did not already (a
-    link at ``dest`` is replaced, never compared through)."""
+    link at ``dest`` is replaced, never compared through); whether it was written."""
     data = read_regular(src)
     if not dest.is_symlink() and dest.is_file() and dest.read_bytes() == data and _mode(dest) == _mode(src):
-        return
+        return False
     publish([NewFile(dest, data, _mode(src))])
+    return True
 
 
 class Copied(NamedTuple):
@@ -887,7 +898,7 @@ def _copy_bare(ts: Sequence[Target], reports: Sequence[FileReport]) -> list[File
     for t, r in zip(ts, reports, strict=True):
         if r.no_sites and t.dest != t.source:
             try:
-                _copy_if_different(t.source, t.dest)
+                r = r._replace(copied=_copy_if_different(t.source, t.dest))
             except Exception as e:  # _failure re-raises what is not a per-file failure
                 r = _failure(t, e)
         out.append(r)

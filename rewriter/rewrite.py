@@ -100,12 +100,15 @@ class Selection:
     places: frozenset[tuple[int, int]] = frozenset()
     section_places: frozenset[tuple[str, int]] = frozenset()
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    listed: Mapping[int, str] = field(default_factory=dict, compare=False)  # Scan.listed: sites in no function
 
-    def named_in(self, image: Image) -> Selection:
-        """This selection with ``image``'s aliases, which its globs then match as well."""
+    def named_in(self, image: Image, listed: Mapping[int, str]) -> Selection:
+        """This selection with ``image``'s aliases, which its globs then match as well, and the
+        names ftrace lists its sites in no function under (``Scan.listed``: a weak body's record is
+        listed, and set_ftrace_filter matches it, by the nearest symbol before it)."""
         if not (self.only or self.exclude):
             return self
-        return replace(self, aliases=symbol_aliases(image))
+        return replace(self, aliases=symbol_aliases(image), listed=listed)
 
     @property
     def chooses(self) -> bool:
@@ -126,10 +129,10 @@ class Selection:
         only, exclude = _globs(self.only), _globs(self.exclude)
         anything = not self.chooses
         sections, addrs, places, named = self.sections, self.addrs, self.places, self.section_places
-        aliases = self.aliases
+        aliases, listed = self.aliases, self.listed
         out = []
         for site in sites:
-            name = site.function or ""
+            name = site.function or listed.get(site.place, "")
             others = aliases.get(name, ()) if aliases else ()
             chosen = (
                 anything or (only is not None and _named(only, name, others)) or site.section in sections

@@ -31,7 +31,7 @@ import enum
 import struct
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from pathlib import Path
@@ -51,6 +51,7 @@ from rewriter.detect import (
 )
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind, Section, index_name
+from rewriter.elf.modname import module_name
 from rewriter.elf.release import kernel_version
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, code_addrs, functions, lookup_symbols, plain_name, split_place
 from rewriter.generations import (
@@ -198,7 +199,15 @@ class Scan:
     overridden: Detect | None = None
     locs: Locs = Locs.UNKNOWN  # what the kernel's ftrace_process_locs() skips (rewriter.locs)
     not_loaded: str | None = None  # why the kernel refuses to load this module (rewriter.modload)
+    module: str | None = None  # a module's name, as the kernel and its ftrace know it (rewriter.elf.modname)
+    # by place, the name ftrace lists each site in no function under (listed_names: weak bodies)
+    listed: Mapping[int, str] = field(default_factory=dict, compare=False)
     init_call_only: bool = False  # the kernel's init checks only an mprofile call (init_checks_call_only)
+
+    def name_of(self, site: Site) -> str | None:
+        """The name ftrace lists ``site`` under, which its filters and a policy match: its
+        function's, or for a site in no function the kernel lists, its nearest symbol's."""
+        return site.function or self.listed.get(site.place)
 
     @property
     def zero_records_fail(self) -> bool:
@@ -231,8 +240,11 @@ def scan(
     """The sites and records of ``image``. ``text``: its code view, when the caller has one (an
     audit lays the text out once for the scan and the walk)."""
     if image.type == S.ET_REL:
-        return _stopped_at_first_failure(_scan_relocatable(image, generation, text))
-    return _stopped_at_first_failure(_scan_linked(image, mcount_addr, generation, text))
+        result = _stopped_at_first_failure(_scan_relocatable(image, generation, text))
+    else:
+        result = _stopped_at_first_failure(_scan_linked(image, mcount_addr, generation, text))
+    listed = listed_names(image, result.functions, result.sites)
+    return replace(result, listed=listed) if listed else result
 
 
 def _scan_linked(image: Image, mcount_addr: int | None, generation: Generation | None, text: CodeView | None) -> Scan:
@@ -454,6 +466,7 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     return Scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, (), funcs, generation, (), weak,
         overridden=overridden, not_loaded=modload.refusal(image) or loader_refusal(image, (*tables, *unread)),
+        module=module_name(image),
     )  # fmt: skip
 
 
@@ -538,6 +551,33 @@ def lookup_from(image: Image, funcs: Functions) -> tuple[np.ndarray, np.ndarray]
     is). A vmlinux's: its function symbols, which agree with its kallsyms on every record of the
     three Debian kernels (scripts/kallsyms keeps the text symbols of ``nm``)."""
     return lookup_symbols(image) if image.kind is Kind.MODULE else (funcs.start, funcs.name_index)
+
+
+def kallsyms_name(image: Image, lookup: tuple[np.ndarray, np.ndarray], place: int) -> str | None:
+    """The symbol kallsyms_lookup() names ``place`` by (``lookup``: :func:`lookup_from`): the
+    nearest at or before it, the first of its place in ``lookup``'s order; None if none precedes it."""
+    starts, names = lookup
+    at = int(np.searchsorted(starts, np.uint64(place), side="right")) - 1
+    if at < 0 or image.symbols is None:
+        return None
+    first = int(np.searchsorted(starts, starts[at], side="left"))
+    return image.symbols.name_at(int(names[first]))
+
+
+def listed_names(image: Image, funcs: Functions, sites: Sequence[Site]) -> dict[int, str]:
+    """By place, the name available_filter_functions lists each traceable site in no function
+    under (an overridden weak function's body, a NOTYPE label's code): kernel/trace/ftrace.c
+    names a record by ``kallsyms_lookup()``, the nearest symbol before it, and set_ftrace_filter
+    matches it by that name (7.2 lists ``bpf_jit_compile`` twice: its own record and the weak body
+    after it). A record test_for_valid_rec() disabled is not listed, nor selectable by any name."""
+    unnamed = [s.place for s in sites if s.function is None and s.traceable]
+    if not unnamed:
+        return {}
+    lookup = lookup_from(image, funcs)
+    if not len(lookup[0]):
+        return {}
+    named = ((p, kallsyms_name(image, lookup, p)) for p in unnamed)
+    return {p: n for p, n in named if n}
 
 
 # -- classification -------------------------------------------------------------------------

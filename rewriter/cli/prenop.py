@@ -1003,7 +1003,7 @@ def _notes(reports: Sequence[FileReport], mode: Mode) -> list[str]:
         and len(bare) < len(done)
         and all(r.status in (Status.UNCHANGED, Status.NOTHING) for r in done)
     ):
-        out.append(_nothing_changed(len(done), failed, ("already matches the policy", "already match the policy")))
+        out.append(_nothing_to_nop(done, failed, MODES[mode].dry_run))
     undoing = mode in (Mode.UNDO, Mode.UNDO_DRY_RUN)
     # A file with no log is one prenop never changed (a run that found no log at all stopped
     # before: _check_some_log), so it counts as its own original.
@@ -1037,6 +1037,21 @@ def _signatures(reports: Sequence[FileReport], dry_run: bool) -> str:
     if not counts:
         return ""
     return "module signatures: " + ", ".join(f"{n:,} {what}" for what, n in sorted(counts.items()))
+
+
+def _nothing_to_nop(done: Sequence[FileReport], failed: int, dry_run: bool) -> str:
+    """The closing line of a policy run that nopped nothing: ``nothing changed``, or, when -o's
+    output was written as a copy of the files (a first run to a new OUT: a build step that names OUT
+    finds it), how many were copied. It said `nothing changed` over an OUT it had just made."""
+    state = ("already matches the policy", "already match the policy")
+    copied = sum(r.copied for r in done)
+    if not copied:
+        return _nothing_changed(len(done), failed, state)
+    line = "nothing to nop: " + _nothing_changed(len(done), failed, state).removeprefix("nothing changed: ")
+    copy = "would be copied" if dry_run else "copied"
+    if copied == len(done):
+        return f"{line}; {copy} to the output as {'it is' if copied == 1 else 'they are'}"
+    return f"{line}; {copied:,} of them {copy} to the output as they are"
 
 
 def _nothing_changed(done: int, failed: int, state: tuple[str, str]) -> str:
@@ -1191,15 +1206,14 @@ def _tally_files(
                 notes[0].append(f"{outcome.path}: {overrode}")
             if sc.records.zeroed and not any(s.source is Source.LOG for s in sc.sites):
                 notes[1].append((outcome.path, sc.records.zeroed))
-            module = pol.module_name(outcome.path) if sc.kind is Kind.MODULE else None
             boot = boot_of(sc)
             facts = []
             for s in sc.sites:
                 why = untraceable(s, boot)
                 if why is Untraceable.UNRECORDED and s.source is Source.LOG:
                     why = None  # prenop applies a policy to the original: a kept site gets its record back
-                facts.append(pol.SiteFacts(s.function, s.section, None if why is None else why.value))
-            tally.add_file(module, facts, generation_of(sc), sc.locs if sc.kind is Kind.VMLINUX else None)
+                facts.append(pol.SiteFacts(sc.name_of(s), s.section, None if why is None else why.value))
+            tally.add_file(sc.module, facts, generation_of(sc), sc.locs if sc.kind is Kind.VMLINUX else None)
     return errors
 
 

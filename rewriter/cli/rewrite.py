@@ -47,7 +47,8 @@ Only = Annotated[
     list[str] | None,
     typer.Option(
         "--only",
-        help="function name glob to select (repeatable; any of a function's names, its aliases too); --only, "
+        help="function name glob to select (repeatable; any of a function's names, its aliases too; a site in "
+        "no function: the name ftrace lists it under); --only, "
         "--section and --addr add up: a site any one of them matches is selected",
     ),
 ]

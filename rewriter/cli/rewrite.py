@@ -14,12 +14,18 @@ from rewriter.errors import ArgumentError, LogError, NothingToDo
 from rewriter.generations import Generation
 from rewriter.lock import hold
 from rewriter.plan import Route
-from rewriter.prose import counted
+from rewriter.prose import counted, printable
 
 if TYPE_CHECKING:
     from rewriter.files import ApplyResult, ScanHints, Undone
     from rewriter.log import Base
     from rewriter.rewrite import Options, Rewrite, Selection, StubCount
+
+
+def _say(line: str, err: bool = True) -> None:
+    """Print one line of a rewrite's account, its paths escaped (``prose.printable``): a newline
+    in a file's name must not split the line."""
+    typer.echo(printable(line), err=err)
 
 
 class Target(enum.Enum):
@@ -134,7 +140,7 @@ def check_wait(image: Path, wait: bool, in_place: bool) -> None:
 def say_waiting(path: Path, pid: int | None) -> None:
     """``rewriter.lock``'s ``waiting``: one line saying what this run waits for."""
     who = f"pid {pid}" if pid is not None else "another process"
-    typer.echo(f"mcountrw: waiting for {who}, which holds the lock on {path}", err=True)
+    _say(f"mcountrw: waiting for {who}, which holds the lock on {path}", err=True)
 
 
 def _selection(
@@ -210,7 +216,7 @@ def _run_apply(
         except NothingToDo as e:
             raise _with_addr_note(e, image, selection) from None
     for warning in result.warnings:
-        typer.echo(f"mcountrw: warning: {warning}", err=True)
+        _say(f"mcountrw: warning: {warning}", err=True)
     _print_applied(image, options, result, writing)
 
 
@@ -249,33 +255,33 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
         from rewriter.report.scanfmt import when_traced
 
         line = _records_only(r, result.output is None, when_traced(result.scan))
-        typer.echo(f"{image}: {line}; 0 word writes; {others}", err=True)
+        _say(f"{image}: {line}; 0 word writes; {others}", err=True)
     else:
         verb = "would change" if result.output is None else "changed"
         dropped = f"; {counted(len(r.dropped), 'record')} dropped" if r.dropped else ""
         dropped += f"; {counted(len(r.restored), 'record')} restored" if r.restored else ""
-        typer.echo(
+        _say(
             f"{image}: {verb} {counted(len(r.sites), 'site')} to {target} ({r.unchanged} already {target}){dropped}; "
             f"{counted(writes, 'word write')} in {counted(stages, 'stage')}, barriers: {barriers}; {others}",
             err=True,
         )
         if target != options.target.value:
-            typer.echo(f"--to {options.target.value}: {_why_not_target(r, target)}", err=True)
+            _say(f"--to {options.target.value}: {_why_not_target(r, target)}", err=True)
     from rewriter.sites import Source
 
     logged = [s for s in result.scan.sites if s.source is Source.LOG]
     if result.scan.log is not None and logged:  # a log read that knows no site of its own: nothing to say
         chosen = {s.place for s in (*r.sites, *r.restored)}
-        typer.echo(
+        _say(
             f"{counted(len(logged), 'site')} known only from {result.scan.log}; "
             f"{sum(s.place in chosen for s in logged)} of them selected and changed",
             err=True,
         )
     if r.stubs is not None:
-        typer.echo(_stub_counts(r.stubs), err=True)
+        _say(_stub_counts(r.stubs), err=True)
     refused = r.refused_at_boot
     if refused:
-        typer.echo(
+        _say(
             f"mcountrw: warning: {counted(refused, 'recorded site')} now {'holds' if refused == 1 else 'hold'} "
             f"{options.target.value} words, which the kernel's ftrace_init_nop() refuses: ftrace bug at boot or load, "
             "ftrace off (--keep-records: a negative control)",
@@ -283,11 +289,9 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
         )
     _print_written(result)
     for p in result.stage_images:
-        typer.echo(f"stage image {p}", err=True)
+        _say(f"stage image {p}", err=True)
     if writing.stage_dir is not None and not writing.dry_run and not result.stage_images:
-        typer.echo(
-            f"no stage image written to {writing.stage_dir}: this rewrite writes no word (records only)", err=True
-        )
+        _say(f"no stage image written to {writing.stage_dir}: this rewrite writes no word (records only)", err=True)
 
 
 def _print_written(result: ApplyResult) -> None:
@@ -297,9 +301,9 @@ def _print_written(result: ApplyResult) -> None:
         return
     before = "the original" if result.base is None else "the file as it was before this step"
     kept = "" if result.backup is None else f", {before} kept as {result.backup}"
-    typer.echo(f"wrote {result.output} and {result.log}{kept}", err=True)
+    _say(f"wrote {result.output} and {result.log}{kept}", err=True)
     if result.base is not None:
-        typer.echo(f"the log builds on {result.base.path} (the input's log)", err=True)
+        _say(f"the log builds on {result.base.path} (the input's log)", err=True)
 
 
 def _records_only(r: Rewrite, dry_run: bool, when: str) -> str:
@@ -364,7 +368,7 @@ def _print_already(image: Path, target: str, result: ApplyResult, writing: _Writ
     stage = f"; no stage image written to {writing.stage_dir}" if writing.stage_dir is not None else ""
     n = result.rewrite.unchanged
     already = f"the 1 selected site is already {target}" if n == 1 else f"all {n} selected sites are already {target}"
-    typer.echo(
+    _say(
         f"{image}: nothing to change: {already}{hidden}{written}{stage}",
         err=True,
     )
@@ -493,15 +497,15 @@ def undo(
     what = "the original" if base is None else "the input of the step undone, not the original"
     if done.sha256 != done.log.header.input.sha256:  # the file undone was stored otherwise (decompressed)
         what = f"{what}'s content, stored as {patched} was, not the log's {done.log.header.input.sha256[:16]}..."
-    typer.echo(f"wrote {done.output} (sha256 {done.sha256[:16]}..., {what})", err=True)
+    _say(f"wrote {done.output} (sha256 {done.sha256[:16]}..., {what})", err=True)
     settled = done.settled
     if settled is not None and settled.beside is None:
-        typer.echo(f"removed {log}: the step it describes is undone", err=True)
+        _say(f"removed {log}: the step it describes is undone", err=True)
     elif settled is not None:
         back = f"its own log is back at {settled.beside} (from {settled.came_from})"
-        typer.echo(f"{back}: undo with it for the step before", err=True)
+        _say(f"{back}: undo with it for the step before", err=True)
     if base is not None and (settled is None or settled.beside is None):
-        typer.echo(_step_before(base, log), err=True)
+        _say(_step_before(base, log), err=True)
 
 
 def _step_before(base: Base, log: Path) -> str:
@@ -524,7 +528,7 @@ def _print_already_undone(patched: Path, log: Path, done: Undone) -> None:
     facts = done.log.header
     what = "the original" if facts.base is None else "the input of the step the log describes, not the original"
     written = "nothing written" if done.output == patched else f"wrote {done.output} (a copy of it)"
-    typer.echo(
+    _say(
         f"{patched}: nothing to undo: it already is {what} (the input of {log}, sha256 "
         f"{facts.input.sha256[:16]}...); {written}",
         err=True,
@@ -542,5 +546,5 @@ def verify(
     _check_readable(original, patched)
     result = verify_files(original, patched, _log_of(patched, log))
     label = "ok: " if result.ok else "already original: " if result.already_input else "MISMATCH: "
-    typer.echo(label + result.reason)
+    _say(label + result.reason, err=False)
     findings_if(not result.ok)

@@ -451,9 +451,12 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     recs = _records(image, tables, records, unmatched, np.zeros(0, np.uint64), len(distinct))
     if unread:
         recs = replace(recs, unread=tuple(_record_place(image, int(p)) for p in nonzero_records(unread)))
+    not_loaded = modload.refusal(image) or loader_refusal(image, (*tables, *unread))
+    if not_loaded is not None:
+        sites = _unserved(sites)
     return Scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, (), funcs, generation, (), weak,
-        overridden=overridden, not_loaded=modload.refusal(image) or loader_refusal(image, (*tables, *unread)),
+        overridden=overridden, not_loaded=not_loaded,
     )  # fmt: skip
 
 
@@ -938,6 +941,12 @@ def _served(site: Site, stub: tuple[str, int | None] | None) -> Site:
     if addr is None:
         return site._replace(stub=None, call_target=None, boot_state=None, traceable=False)
     return site._replace(stub=name, call_target=addr)
+
+
+def _unserved(sites: tuple[Site, ...]) -> tuple[Site, ...]:
+    """The sites of a module the kernel refuses to load: no ool stub serves them, as the loader
+    never carves its ``.stubs`` (module_frob_arch_sections() sizes it as it loads the module)."""
+    return tuple(s._replace(stub=None) if s.stub is not None else s for s in sites)
 
 
 def lacks_stub(site: Site) -> bool:

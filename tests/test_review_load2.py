@@ -9,8 +9,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from boot import unsigned_module
+import pytest
+from boot import (
+    QEMU,
+    STANDARD_APPEND,
+    boot,
+    make_initramfs,
+    module_load_script,
+    require_kernel,
+    require_tool,
+    unsigned_module,
+)
 from conftest import invoke
+
+from rewriter.elf.image import Image
 
 
 def _rename_section(ko: Path, name: str) -> None:
@@ -31,3 +43,60 @@ def test_a_refused_ool_module_has_no_stub_serving_its_records(tmp_path: Path) ->
     assert "no .stubs section" in doc["summary"]["not_loaded"]
     assert doc["stubs"][0]["used"] == 0 and all(s["stub"] is None for s in doc["sites"])
     assert "NOT LOADED" in scanned.stdout and "serve 0 of" in scanned.stdout
+
+
+def _set_type(ko: Path, table: str, rtype: int) -> None:
+    """Give the first row of relocation table ``table`` the type ``rtype``."""
+    image = Image.load(ko)
+    sec = image.section(table)
+    assert sec is not None
+    data = bytearray(ko.read_bytes())
+    info = int.from_bytes(data[sec.offset + 8 : sec.offset + 16], "little")
+    data[sec.offset + 8 : sec.offset + 16] = (info & ~0xFFFF_FFFF | rtype).to_bytes(8, "little")
+    ko.write_bytes(data)
+
+
+def _not_loaded(ko: Path) -> str | None:
+    doc = json.loads(invoke("scan", "--format", "json", ko).stdout)["images"][0]
+    reason: str | None = doc["summary"]["not_loaded"]
+    return reason
+
+
+@pytest.mark.parametrize("kernel", ["6.1", "7.2"])
+def test_a_pcrel_relocation_is_refused_by_a_kernel_built_with_a_toc(tmp_path: Path, kernel: str) -> None:
+    """R_PPC64_REL24_NOTOC (116): module_64.c's apply_relocate_add() has no case for it before 6.4,
+    and from 6.4 only under CONFIG_PPC_KERNEL_PCREL (Debian's 6.12 and 7.2 are built without it;
+    a module for a PCREL build has .mygot). Both corpus kernels refuse it under qemu."""
+    require_tool(QEMU)
+    files = require_kernel(kernel)
+    (tmp_path / "m").mkdir()
+    ko = unsigned_module(kernel, "fs/nls/mac-roman.ko*", tmp_path / "m" / "mac-roman.ko")
+    assert _not_loaded(ko) is None
+    _set_type(ko, ".rela.init.text", 116)
+    reason = _not_loaded(ko)
+    assert reason is not None and ".rela.init.text entry 0 is of type 116" in reason
+    assert ("before 6.4" if kernel == "6.1" else "without CONFIG_PPC_KERNEL_PCREL") in reason
+    script = module_load_script(["mac-roman"])
+    booted = boot(files.vmlinux, STANDARD_APPEND, make_initramfs(tmp_path / "i.cpio", files.busybox, [ko], script))
+    assert booted.done and not booted.panicked, booted.console[-3000:]
+    assert booted.insmod == {"mac-roman": 8}, booted.console[-3000:]  # ENOEXEC
+    assert "mac_roman: Unknown ADD relocation: 116" in booted.console
+
+
+def test_a_toc_relocation_is_refused_in_a_module_for_a_pcrel_kernel(tmp_path: Path) -> None:
+    """A module with .mygot (which a CONFIG_PPC_KERNEL_PCREL build gives every module) is for a
+    loader without the TOC types: its TOC16_HA rows are refused. A PCREL type is not (a 7.2
+    module; no corpus kernel is a PCREL build, so no qemu here)."""
+    ko = unsigned_module("7.2", "fs/nls/mac-roman.ko*", tmp_path / "mac-roman.ko")
+    _set_type(ko, ".rela.init.text", 116)
+    data = bytearray(ko.read_bytes())
+    at = data.index(b"\0.comment\0") + 1
+    data[at : at + 8] = b".mygot\0t"
+    ko.write_bytes(data)
+    reason = _not_loaded(ko)
+    assert (
+        reason is not None
+        and "of type 50" in reason
+        and "CONFIG_PPC_KERNEL_PCREL kernel (the module has .mygot" in reason
+    )
+    assert "type 116" not in reason

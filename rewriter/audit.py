@@ -441,7 +441,10 @@ def stub_gap(image: Image, result: Scan) -> StubGap | None:
     syms = image.symbols
     if syms is None or not len(syms.table):
         return StubGap(records, "no symbols")
-    missing = [name for name in OOL_AREAS if not len(syms.find(name))]
+    # an area's count word is named only where the area is found
+    found = [name for name in OOL_AREAS if len(syms.find(name))]
+    missing = [name for name in OOL_AREAS if name not in found]
+    missing += [name + "_count" for name in found if not len(syms.find(name + "_count"))]
     return StubGap(records, f"no {' or '.join(missing) or 'stub area'} symbol")
 
 

@@ -23,6 +23,7 @@ from boot import (
 from conftest import invoke
 
 from rewriter.elf.image import Image
+from rewriter.generations import OOL_INITTEXT, OOL_TEXT, OOL_TEXT_END
 
 
 def _rename_section(ko: Path, name: str) -> None:
@@ -100,3 +101,37 @@ def test_a_toc_relocation_is_refused_in_a_module_for_a_pcrel_kernel(tmp_path: Pa
         and "CONFIG_PPC_KERNEL_PCREL kernel (the module has .mygot" in reason
     )
     assert "type 116" not in reason
+
+
+def _renamed_symbol(image: Image, name: str, out: Path) -> Path:
+    """``image`` with symbol ``name`` renamed in its string table (its last letter made ``X``):
+    the kernel, linked with the name, is the same; only the symbol table no longer says it."""
+    data = bytearray(image.data)
+    at = data.index(b"\0" + name.encode() + b"\0") + len(name)
+    data[at] = ord("X")
+    out.write_bytes(data)
+    return out
+
+
+def test_an_ool_stub_area_the_symbol_table_does_not_name_leaves_its_stubs_unknown(tmp_path: Path) -> None:
+    """A 7.2 vmlinux whose ``ftrace_ool_stub_text_end`` (or its ``_count`` word) is renamed: scan
+    called its 8,119 sites traceable with no stub (or, the count renamed, every one of them without
+    a stub, ftrace off). The kernel is the same image, and under qemu it boots with ftrace on: the
+    scan cannot know those stubs, and says so."""
+    require_tool(QEMU)
+    files = require_kernel("7.2")
+    image = Image.load(files.vmlinux)
+    whole = json.loads(invoke("scan", "--format", "json", files.vmlinux).stdout)["images"][0]["summary"]
+    for name in (OOL_TEXT_END, OOL_TEXT_END + "_count"):
+        path = _renamed_symbol(image, name, tmp_path / name)
+        doc = json.loads(invoke("scan", "--format", "json", path).stdout)["images"][0]
+        summary, areas = doc["summary"], [a["name"] for a in doc["stubs"]]
+        unknown = summary["untraceable"]["stub-unknown"]
+        assert summary["ftrace_off"] is None and areas == [OOL_TEXT, OOL_INITTEXT], name
+        assert unknown == 8119 and summary["traceable"] == whole["traceable"] - unknown, name
+        assert "the stubs of 8121 recorded sites are unknown" in invoke("scan", path).stdout
+        audit = invoke("audit", path).stdout
+        assert f"ool stub areas not found (no {name} symbol): whether 8121 records get a stub" in audit
+    script = module_load_script([])
+    booted = boot(path, STANDARD_APPEND, make_initramfs(tmp_path / "i.cpio", files.busybox, [], script))
+    assert booted.done and not booted.ftrace_bug and booted.tracer_rc == 0, booted.console[-3000:]

@@ -38,7 +38,9 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
   of one name, ``rewriter.modload``, or an R_PPC64_NONE record row, ``records.loader_refusal``),
   for an unrecorded site, for one init refuses (``refused``) or gives no stub (``no-stub``), for
   a place recorded more than once (``duplicate``), for a weak-function body the kernel disables
-  (``weak-body``), and for every site when ``ftrace_off`` names why ftrace is off for the boot
+  (``weak-body``), for every site when ``ftrace_off`` names why ftrace is off for the boot, and
+  for an ool vmlinux's site whose stub the scan cannot know, its area or count word missing from
+  the symbol table (``stub-unknown``: not known to be traceable; ``boot.stub_unknown``)
   (``summary.untraceable`` counts each reason, the first that applies in that order).
 * ``stub``: ool only, the stub area that serves the site (``ftrace_ool_stub_text``,
   ``ftrace_ool_stub_text_end``, ``ftrace_ool_stub_inittext``; ``.stubs`` in a module, carved out at
@@ -512,7 +514,7 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
         out.append(f"  init text: {init} of the traceable sites {_INIT_ONLY[result.kind is Kind.MODULE]}")
     stubs = stubs_json(result)
     if stubs:
-        out.append("  " + _stubs_line(stubs, result.records.count))
+        out.append("  " + _stubs_line(stubs, result.records.count, boot.stub_unknown))
     elif _stub_areas_missing(result):
         out.append(
             "  ool stubs: this vmlinux defines no stub area (ftrace_ool_stub_text...), which every ool kernel has: "
@@ -559,7 +561,7 @@ def _blind(generation: Generation | None) -> str:
     return ""
 
 
-def _stubs_line(stubs: Sequence[dict[str, Any]], records: int) -> str:
+def _stubs_line(stubs: Sequence[dict[str, Any]], records: int, unknown: int = 0) -> str:
     if stubs[0]["address"] is None:
         return (
             f"ool stubs: .stubs, carved out at load, one per table entry ({stubs[0]['count']}): "
@@ -572,4 +574,7 @@ def _stubs_line(stubs: Sequence[dict[str, Any]], records: int) -> str:
     need = sum(a["need"] for a in stubs)
     spare = sum(a["count"] - a["used"] for a in stubs)
     verdict = f"cover all {records} records, {spare} spare" if not need else f"no stub for {counted(need, 'record')}"
+    if unknown and not need:  # the areas the image does not name serve the rest, or fail them
+        known = sum(a["used"] for a in stubs)
+        verdict = f"serve {known} of {records} records; the stubs of {counted(unknown, 'recorded site')} are unknown"
     return f"ool stubs{size}: " + ", ".join(parts) + f": {verdict}"

@@ -135,3 +135,43 @@ def test_an_ool_stub_area_the_symbol_table_does_not_name_leaves_its_stubs_unknow
     script = module_load_script([])
     booted = boot(path, STANDARD_APPEND, make_initramfs(tmp_path / "i.cpio", files.busybox, [], script))
     assert booted.done and not booted.ftrace_bug and booted.tracer_rc == 0, booted.console[-3000:]
+
+
+def _with_section_renamed(ko: Path, section: str, name: str) -> Path:
+    """Give allocated ``section`` the name ``name``, written over the ``.note.GNU-stack`` string
+    (``name`` no longer than it; the two empty notes take the name too, unallocated)."""
+    image = Image.load(ko)
+    sec, shstr = image.section(section), image.sections[int(image.ehdr["e_shstrndx"])]
+    assert sec is not None and len(name) <= len(".note.GNU-stack")
+    data = bytearray(ko.read_bytes())
+    at = data.index(b"\0.note.GNU-stack\0") + 1
+    data[at : at + len(name) + 1] = name.encode() + b"\0"
+    header = int(image.ehdr["e_shoff"]) + sec.shndx * 64  # sh_name
+    data[header : header + 4] = (at - shstr.offset).to_bytes(4, "little")
+    ko.write_bytes(data)
+    return ko
+
+
+def test_a_module_with_both_record_sections_has_the_one_its_kernel_reads_read(tmp_path: Path) -> None:
+    """A 7.2 module (vermagic ``patchable-function-entry``) given an ``__mcount_loc`` too (its
+    ``.exit.data``, whose one ADDR64 row names the exit function): find_module_sections() reads
+    FTRACE_CALLSITE_SECTION alone, ``__patchable_function_entries`` there. scan read both, took the
+    ``__mcount_loc`` for mprofile, and called all four records unmatched, ftrace off; qemu loads the
+    module with ftrace on and its functions listed."""
+    require_tool(QEMU)
+    files = require_kernel("7.2")
+    (tmp_path / "m").mkdir()
+    ko = unsigned_module("7.2", "fs/nls/mac-roman.ko*", tmp_path / "m" / "mac-roman.ko")
+    before = json.loads(invoke("scan", "--format", "json", ko).stdout)["images"][0]
+    _with_section_renamed(ko, ".exit.data", "__mcount_loc")
+    doc = json.loads(invoke("scan", "--format", "json", ko).stdout)["images"][0]
+    assert doc["generation"] == before["generation"] == "ool"
+    assert doc["records"]["count"] == before["records"]["count"] and doc["records"]["unread"] == [".exit.text+0x8"]
+    assert doc["summary"]["ftrace_off"] is None and doc["summary"]["traceable"] == before["summary"]["traceable"]
+    audit = json.loads(invoke("audit", "--format", "json", ko).stdout)["images"][0]["anomalies"]
+    (note,) = [a["message"] for a in audit if a["kind"] == "unread-records"]
+    assert "1 entry in __mcount_loc, which the module's kernel never reads" in note
+    script = module_load_script(["mac-roman"], aff_grep="[mac_roman]")
+    booted = boot(files.vmlinux, STANDARD_APPEND, make_initramfs(tmp_path / "i.cpio", files.busybox, [ko], script))
+    assert booted.done and booted.insmod == {"mac-roman": 0} and not booted.ftrace_bug, booted.console[-3000:]
+    assert booted.available_filter_functions, booted.console[-3000:]

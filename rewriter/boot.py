@@ -44,6 +44,7 @@ class Untraceable(enum.Enum):
     WEAK_BODY = "weak-body"
     FTRACE_OFF = "ftrace-off"
     STUB_UNKNOWN = "stub-unknown"
+    UNALLOCATED = "unallocated"
 
 
 WHY: Final = {
@@ -60,6 +61,9 @@ WHY: Final = {
     Untraceable.STUB_UNKNOWN: "whether ftrace_init_ool_stub() gives them a stub cannot be known: the symbol table "
     "lacks the stub area the kernel would take it from, or its *_count word (the kernel, linked with the names, "
     "gives one or fails: ftrace off for the boot)",
+    Untraceable.UNALLOCATED: "in a module section without SHF_ALLOC, which the loader never places: their records name "
+    "its temporary copy, outside the module, and ftrace_module_enable() never enables them (it stops at the first "
+    "such record of a page: the module's records that sort after it there stay disabled too)",
 }
 
 
@@ -76,7 +80,8 @@ class Boot(NamedTuple):
     nothing there; the older one has no text check: they are ``unmatched``, ``rewriter.locs``.)
     ``not_loaded``: why the kernel refuses to load the module at all (None if it loads it:
     :mod:`rewriter.modload`). ``stub_unknown``: how many sites' ool stubs the scan cannot know (a
-    stub area's symbols renamed or gone: :func:`stub_unknown`)."""
+    stub area's symbols renamed or gone: :func:`stub_unknown`). ``unallocated``: a module's sections
+    with sites that the loader never places (``sites._unallocated``)."""
 
     refused: int
     unmatched: int
@@ -85,6 +90,7 @@ class Boot(NamedTuple):
     ftrace_off: str | None
     not_loaded: str | None = None
     stub_unknown: int = 0
+    unallocated: tuple[str, ...] = ()
 
 
 def stub_unknown(site: Site) -> bool:
@@ -119,7 +125,9 @@ def boot_of(result: Scan) -> Boot:
     if result.records.zeroed and result.zero_records_fail:
         why.append(f"{counted(result.records.zeroed, 'zeroed record')}: {ZERO_ADJUSTED}")
     off = "; ".join(why) + ": ftrace bug at boot" if why else None
-    return Boot(refused, unmatched, no_stub, duplicated, off, result.not_loaded, _stubs_unknown(result))
+    return Boot(
+        refused, unmatched, no_stub, duplicated, off, result.not_loaded, _stubs_unknown(result), result.unallocated
+    )
 
 
 def untraceable(site: Site, boot: Boot) -> Untraceable | None:
@@ -133,6 +141,8 @@ def untraceable(site: Site, boot: Boot) -> Untraceable | None:
         return Untraceable.REFUSED if refused_at_init(site) else Untraceable.NO_STUB
     if site.record in boot.duplicated:
         return Untraceable.DUPLICATE
+    if site.section in boot.unallocated:
+        return Untraceable.UNALLOCATED
     if not site.traceable:
         return Untraceable.WEAK_BODY
     if boot.ftrace_off is not None:
@@ -158,7 +168,7 @@ def why_counts(sites: Sequence[Site], boot: Boot) -> Counter[Untraceable | None]
         else:
             ok += 1
         # the same ladder as untraceable(): ftrace_off applies to what is left
-    if refused or boot.duplicated or boot.stub_unknown:  # the reasons that need more than these three fields
+    if refused or boot.duplicated or boot.stub_unknown or boot.unallocated:  # reasons that need more than three fields
         return Counter(untraceable(site, boot) for site in sites)
     last = Untraceable.FTRACE_OFF if boot.ftrace_off is not None else None
     counts = ((Untraceable.UNRECORDED, unrecorded), (Untraceable.REFUSED, refused), (Untraceable.WEAK_BODY, weak))

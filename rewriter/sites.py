@@ -199,6 +199,7 @@ class Scan:
     locs: Locs = Locs.UNKNOWN  # what the kernel's ftrace_process_locs() skips (rewriter.locs)
     not_loaded: str | None = None  # why the kernel refuses to load this module (rewriter.modload)
     init_call_only: bool = False  # the kernel's init checks only an mprofile call (init_checks_call_only)
+    unallocated: tuple[str, ...] = ()  # a module's sections with sites that the loader never places
 
     @property
     def zero_records_fail(self) -> bool:
@@ -454,10 +455,36 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     not_loaded = modload.refusal(image) or loader_refusal(image, (*tables, *unread))
     if not_loaded is not None:
         sites = _unserved(sites)
+    unallocated = _unallocated(image, sites)
+    if unallocated:
+        sites = tuple(_never_placed(s, generation) if s.section in unallocated else s for s in sites)
     return Scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, (), funcs, generation, (), weak,
-        overridden=overridden, not_loaded=not_loaded,
+        overridden=overridden, not_loaded=not_loaded, unallocated=unallocated,
     )  # fmt: skip
+
+
+def _unallocated(image: Image, sites: tuple[Site, ...]) -> tuple[str, ...]:
+    """The sections without SHF_ALLOC that hold a module's sites: the loader lays out only
+    allocated sections (kernel/module/main.c), and skips the relocation tables aimed at the others
+    (``apply_relocations()``), so the records of their sites name the module's temporary copy."""
+    if image.kind is not Kind.MODULE:
+        return ()
+    held = {s.section_index for s in sites}
+    return tuple(image.sections[k].name for k in sorted(held) if not image.sections[k].flags & S.SHF_ALLOC)
+
+
+def _never_placed(site: Site, generation: Generation | None) -> Site:
+    """A recorded site in an unallocated section of a module the kernel loads. mprofile: its
+    ``bl _mcount`` was never relocated (``bl .``), and ftrace_make_nop() finds no module stub at
+    its target ("Failed to get trampoline target"): ftrace bug at load, ftrace off (qemu, 6.1).
+    patchable and ool: init passes the words of the temporary copy, but ftrace_module_enable()
+    never enables a record outside the module (``within_module()``): never listed (qemu, 6.12, 7.2)."""
+    if site.record is None:
+        return site
+    if generation is Generation.MPROFILE:
+        return site._replace(boot_state=None, traceable=False)
+    return site._replace(traceable=False)
 
 
 def _record_words(

@@ -22,6 +22,7 @@ from boot import (
 )
 from conftest import invoke
 
+from rewriter.elf import structs as S
 from rewriter.elf.image import Image
 from rewriter.generations import OOL_INITTEXT, OOL_TEXT, OOL_TEXT_END
 
@@ -175,3 +176,43 @@ def test_a_module_with_both_record_sections_has_the_one_its_kernel_reads_read(tm
     booted = boot(files.vmlinux, STANDARD_APPEND, make_initramfs(tmp_path / "i.cpio", files.busybox, [ko], script))
     assert booted.done and booted.insmod == {"mac-roman": 0} and not booted.ftrace_bug, booted.console[-3000:]
     assert booted.available_filter_functions, booted.console[-3000:]
+
+
+def _clear_alloc(ko: Path, name: str) -> None:
+    """Take SHF_ALLOC from section ``name``'s flags: the loader no longer places it."""
+    image = Image.load(ko)
+    sec = image.section(name)
+    assert sec is not None
+    data = bytearray(ko.read_bytes())
+    at = int(image.ehdr["e_shoff"]) + sec.shndx * 64 + 8  # sh_flags
+    data[at : at + 8] = (sec.flags & ~S.SHF_ALLOC).to_bytes(8, "little")
+    ko.write_bytes(data)
+
+
+@pytest.mark.parametrize("kernel", ["6.1", "6.12", "7.2"])
+def test_sites_in_a_module_section_without_shf_alloc_are_never_traced(tmp_path: Path, kernel: str) -> None:
+    """A module whose ``.text`` lost SHF_ALLOC loads (the loader places only allocated sections,
+    and skips ``.rela.text``), but its ``.text`` records name the temporary copy of the file.
+    6.1 (mprofile): the unrelocated ``bl`` there has no module stub as its target, ftrace_make_nop()
+    fails, ftrace bug, ftrace off. 6.12 and 7.2: the records are never enabled, and only the init
+    function is listed. scan called all three sites traceable."""
+    require_tool(QEMU)
+    files = require_kernel(kernel)
+    (tmp_path / "m").mkdir()
+    ko = unsigned_module(kernel, "fs/nls/mac-roman.ko*", tmp_path / "m" / "mac-roman.ko")
+    _clear_alloc(ko, ".text")
+    summary = json.loads(invoke("scan", "--format", "json", ko).stdout)["images"][0]["summary"]
+    assert summary["not_loaded"] is None and summary["sites"] == 3
+    if kernel == "6.1":
+        assert summary["ftrace_off"] is not None and summary["untraceable"]["refused"] == 2
+        assert summary["traceable"] == 0
+    else:
+        assert summary["ftrace_off"] is None and summary["untraceable"]["unallocated"] == 2
+        assert summary["traceable"] == 1
+    script = module_load_script(["mac-roman"], aff_grep="[mac_roman]")
+    booted = boot(files.vmlinux, STANDARD_APPEND, make_initramfs(tmp_path / "i.cpio", files.busybox, [ko], script))
+    assert booted.done and booted.insmod == {"mac-roman": 0}, booted.console[-3000:]
+    if kernel == "6.1":
+        assert booted.ftrace_bug and "Failed to get trampoline target" in booted.console, booted.console[-3000:]
+    else:
+        assert not booted.ftrace_bug and booted.available_filter_functions == ["init_nls_macroman [mac_roman]"]

@@ -40,7 +40,8 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
   a place recorded more than once (``duplicate``), for a weak-function body the kernel disables
   (``weak-body``), for every site when ``ftrace_off`` names why ftrace is off for the boot, and
   for an ool vmlinux's site whose stub the scan cannot know, its area or count word missing from
-  the symbol table (``stub-unknown``: not known to be traceable; ``boot.stub_unknown``)
+  the symbol table (``stub-unknown``: not known to be traceable; ``boot.stub_unknown``), and for
+  a module's site in a section without SHF_ALLOC, which the loader never places (``unallocated``)
   (``summary.untraceable`` counts each reason, the first that applies in that order).
 * ``stub``: ool only, the stub area that serves the site (``ftrace_ool_stub_text``,
   ``ftrace_ool_stub_text_end``, ``ftrace_ool_stub_inittext``; ``.stubs`` in a module, carved out at

@@ -130,6 +130,7 @@ def test_an_ool_stub_area_the_symbol_table_does_not_name_leaves_its_stubs_unknow
         unknown = summary["untraceable"]["stub-unknown"]
         assert summary["ftrace_off"] is None and areas == [OOL_TEXT, OOL_INITTEXT], name
         assert unknown == 8119 and summary["traceable"] == whole["traceable"] - unknown, name
+        assert sum(s["traceable"] for s in doc["sites"]) == summary["traceable"], name  # each site says it too
         assert "the stubs of 8121 recorded sites are unknown" in invoke("scan", path).stdout
         audit = invoke("audit", path).stdout
         assert f"ool stub areas not found (no {name} symbol): whether 8121 records get a stub" in audit

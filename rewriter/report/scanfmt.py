@@ -79,7 +79,7 @@ from rewriter import arrays
 from rewriter.boot import WHY, Boot, Untraceable, boot_of, init_only, untraceable, why_counts
 from rewriter.elf.image import Kind, index_name
 from rewriter.elf.symbols import split_place
-from rewriter.generations import LAYOUTS, Generation
+from rewriter.generations import LAYOUTS, Generation, Variant
 from rewriter.prose import counted, printable
 from rewriter.records import nonzero_records
 from rewriter.sites import NOT_BUILT_FOR_FTRACE, Scan, Site, Source, lacks_stub, override_text, summary
@@ -267,6 +267,7 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
     quoted: dict[str | None, str] = {None: "null"}
     on = boot.ftrace_off is None and boot.not_loaded is None
     duplicated = boot.duplicated  # empty but in a broken image: a set look-up per site costs little
+    unknown = boot.stub_unknown > 0  # boot.stub_unknown(): an ool site left without a stub it cannot know
     parts = []
     for site in sites:
         section, shndx, offset, addr, function, variant, state, recorded = site[:8]
@@ -282,17 +283,19 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
             name = sec if at == shndx else _quote(index_name(at))  # see _rel_parts
             rec = f'{name[:-1]}+{off:#x}"'
         # untraceable(s, boot) is None, inlined
+        blind = unknown and stub is None and variant is _OOL
         parts.append(
             f'{{"address":{"null" if addr is None else addr},"section":{sec},"offset":{offset},"function":{func},'
             f'"variant":"{variant._value_}","state":"{state._value_}","recorded":{"true" if recorded else "false"},'
             f'"record":{rec},"boot_state":{"null" if booted is None else _QUOTE + booted._value_ + _QUOTE},'
-            f'"traceable":{"true" if traceable and on and record not in duplicated else "false"},'
+            f'"traceable":{"true" if traceable and on and record not in duplicated and not blind else "false"},'
             f'"stub":{quoted.get(stub) or quoted.setdefault(stub, _quote(stub))},"source":"{source._value_}"}}'
         )
     return ",".join(parts)
 
 
 _QUOTE: Final = '"'
+_OOL: Final = Variant.OOL
 # json.dumps(x, separators=(",", ":")) builds its encoder anew on every call; this is the same one.
 _COMPACT: Final = json.JSONEncoder(separators=(",", ":"))
 # What json.dumps(str) returns (with ensure_ascii, its default), without its two Python-level calls.

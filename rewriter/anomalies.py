@@ -189,7 +189,9 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         "A kernel before 6.12 loads a module with two allocated sections of one name (sysfs only "
         "warns), and ftrace takes the first __patchable_function_entries or __mcount_loc (find_sec()): "
         "the functions the others name are never traced. Nothing breaks, so not an error; tracing "
-        "misses them, so not a note. From 6.12 the loader refuses such a module: module-refused.",
+        "misses them, so not a note. From 6.12 the loader refuses such a module: module-refused. "
+        "Also a module with both __mcount_loc and __patchable_function_entries: find_module_sections() "
+        "reads only FTRACE_CALLSITE_SECTION (the one its vermagic names), never the other.",
     ),
     AnomalyKind.WEAK_BODY: AnomalyRule(
         Severity.NOTE,

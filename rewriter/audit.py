@@ -38,6 +38,7 @@ from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fa
 from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
 from rewriter.prose import counted
+from rewriter.records import ignored_section
 from rewriter.rewrite import target_state
 from rewriter.sites import (
     RecordPlace,
@@ -460,8 +461,25 @@ def stub_gap(image: Image, result: Scan) -> StubGap | None:
     syms = image.symbols
     if syms is None or not len(syms.table):
         return StubGap(records, "no symbols")
-    missing = [name for name in OOL_AREAS if not len(syms.find(name))]
+    # an area's count word is named only where the area is found
+    found = [name for name in OOL_AREAS if len(syms.find(name))]
+    missing = [name for name in OOL_AREAS if name not in found]
+    missing += [name + "_count" for name in found if not len(syms.find(name + "_count"))]
     return StubGap(records, f"no {' or '.join(missing) or 'stub area'} symbol")
+
+
+def _unread_text(image: Image, unread: int) -> str:
+    """Why a module's loader never reads ``unread`` of its records."""
+    ignored = ignored_section(image)
+    if ignored is not None:
+        return (
+            f"{counted(unread, 'entry', 'entries')} in {ignored[1]}, which the module's kernel never reads: "
+            f"find_module_sections() reads only its FTRACE_CALLSITE_SECTION, {ignored[0]} (the module's vermagic)"
+        )
+    return (
+        f"{counted(unread, 'entry', 'entries')} in record sections after the first of their name: "
+        "the module loader reads only the first (find_sec()), and never traces these"
+    )
 
 
 def _blind_spots(result: Scan, gap: StubGap | None) -> list[Anomaly]:
@@ -580,10 +598,7 @@ def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anom
     unread = result.records.unread
     if unread:
         first = unread[0]
-        msg = (
-            f"{counted(len(unread), 'entry', 'entries')} in record sections after the first of their name: "
-            "the module loader reads only the first (find_sec()), and never traces these"
-        )
+        msg = _unread_text(image, len(unread))
         function = _function_name(image, printer.code.funcs, first.place)
         kind, severity = AnomalyKind.UNREAD_RECORDS, Severity.WARNING
         out.append(Anomaly(kind, severity, msg, first.addr, first.section, first.offset, function=function))

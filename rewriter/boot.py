@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from operator import attrgetter
 from typing import Final, NamedTuple
 
+from rewriter.elf.image import Kind
+from rewriter.generations import Generation, Variant
 from rewriter.locs import ZERO_ADJUSTED
 from rewriter.prose import counted
 from rewriter.sites import Scan, Site, changed_at_init, lacks_stub
@@ -41,6 +43,8 @@ class Untraceable(enum.Enum):
     DUPLICATE = "duplicate"
     WEAK_BODY = "weak-body"
     FTRACE_OFF = "ftrace-off"
+    STUB_UNKNOWN = "stub-unknown"
+    UNALLOCATED = "unallocated"
 
 
 WHY: Final = {
@@ -54,6 +58,12 @@ WHY: Final = {
     Untraceable.WEAK_BODY: "in no sized function, the bodies of overridden weak functions: "
     "the kernel marks them FTRACE_FL_DISABLED, being more than FTRACE_MCOUNT_MAX_OFFSET past a symbol",
     Untraceable.FTRACE_OFF: "ftrace is off for the whole boot (see above)",
+    Untraceable.STUB_UNKNOWN: "whether ftrace_init_ool_stub() gives them a stub cannot be known: the symbol table "
+    "lacks the stub area the kernel would take it from, or its *_count word (the kernel, linked with the names, "
+    "gives one or fails: ftrace off for the boot)",
+    Untraceable.UNALLOCATED: "in a module section without SHF_ALLOC, which the loader never places: their records name "
+    "its temporary copy, outside the module, and ftrace_module_enable() never enables them (it stops at the first "
+    "such record of a page: the module's records that sort after it there stay disabled too)",
 }
 
 
@@ -69,7 +79,9 @@ class Boot(NamedTuple):
     one site. (Records outside kernel text are skipped by the newer ftrace_process_locs(), and harm
     nothing there; the older one has no text check: they are ``unmatched``, ``rewriter.locs``.)
     ``not_loaded``: why the kernel refuses to load the module at all (None if it loads it:
-    :mod:`rewriter.modload`)."""
+    :mod:`rewriter.modload`). ``stub_unknown``: how many sites' ool stubs the scan cannot know (a
+    stub area's symbols renamed or gone: :func:`stub_unknown`). ``unallocated``: a module's sections
+    with sites that the loader never places (``sites._unallocated``)."""
 
     refused: int
     unmatched: int
@@ -77,6 +89,22 @@ class Boot(NamedTuple):
     duplicated: frozenset[int]
     ftrace_off: str | None
     not_loaded: str | None = None
+    stub_unknown: int = 0
+    unallocated: tuple[str, ...] = ()
+
+
+def stub_unknown(site: Site) -> bool:
+    """Whether a site of an ool vmlinux is one whose stub the scan cannot know (the site of a
+    record that init passes, yet no stub is assigned: ``rewriter.stubs.assign_stubs``)."""
+    return site.stub is None and site.record is not None and site.boot_state is not None and site.variant is Variant.OOL
+
+
+def _stubs_unknown(result: Scan) -> int:
+    """How many sites of an ool vmlinux with symbols have a stub the scan cannot know (a stripped
+    one says what it cannot tell in its no-symbols note; a module's stubs are carved at load)."""
+    if result.kind is not Kind.VMLINUX or result.generation is not Generation.OOL or result.unnamed:
+        return 0
+    return sum(1 for s in result.sites if stub_unknown(s))
 
 
 def boot_of(result: Scan) -> Boot:
@@ -97,7 +125,9 @@ def boot_of(result: Scan) -> Boot:
     if result.records.zeroed and result.zero_records_fail:
         why.append(f"{counted(result.records.zeroed, 'zeroed record')}: {ZERO_ADJUSTED}")
     off = "; ".join(why) + ": ftrace bug at boot" if why else None
-    return Boot(refused, unmatched, no_stub, duplicated, off, result.not_loaded)
+    return Boot(
+        refused, unmatched, no_stub, duplicated, off, result.not_loaded, _stubs_unknown(result), result.unallocated
+    )
 
 
 def untraceable(site: Site, boot: Boot) -> Untraceable | None:
@@ -111,10 +141,14 @@ def untraceable(site: Site, boot: Boot) -> Untraceable | None:
         return Untraceable.REFUSED if refused_at_init(site) else Untraceable.NO_STUB
     if site.record in boot.duplicated:
         return Untraceable.DUPLICATE
+    if site.section in boot.unallocated:
+        return Untraceable.UNALLOCATED
     if not site.traceable:
         return Untraceable.WEAK_BODY
     if boot.ftrace_off is not None:
         return Untraceable.FTRACE_OFF
+    if boot.stub_unknown and stub_unknown(site):
+        return Untraceable.STUB_UNKNOWN
     return None
 
 
@@ -134,7 +168,7 @@ def why_counts(sites: Sequence[Site], boot: Boot) -> Counter[Untraceable | None]
         else:
             ok += 1
         # the same ladder as untraceable(): ftrace_off applies to what is left
-    if refused or boot.duplicated:  # a broken image: the reasons that need more than these three fields
+    if refused or boot.duplicated or boot.stub_unknown or boot.unallocated:  # reasons that need more than three fields
         return Counter(untraceable(site, boot) for site in sites)
     last = Untraceable.FTRACE_OFF if boot.ftrace_off is not None else None
     counts = ((Untraceable.UNRECORDED, unrecorded), (Untraceable.REFUSED, refused), (Untraceable.WEAK_BODY, weak))

@@ -15,6 +15,7 @@ from rewriter.arrays import shift
 from rewriter.code import CodeView
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind
+from rewriter.elf.release import vermagic_words
 from rewriter.generations import OOL_AREAS, Generation
 from rewriter.prose import counted
 
@@ -135,8 +136,13 @@ def detect_by_words(first: np.ndarray, after: np.ndarray, *, relaxed: bool) -> D
 
 
 def _has_mcount_table(image: Image) -> bool:
-    """recordmcount's section (in a relocatable file, its relocations fill it)."""
-    return image.section("__mcount_loc") is not None
+    """recordmcount's section (in a relocatable file, its relocations fill it), unless a module
+    has the compiler's besides and is for a kernel that reads that one alone (its vermagic:
+    ``records.callsite_section``)."""
+    if image.section("__mcount_loc") is None:
+        return False
+    both = image.section("__patchable_function_entries") is not None
+    return not (both and "patchable-function-entry" in vermagic_words(image))
 
 
 # The word before an mprofile call slot, in every state a site of that layout can hold: `mflr r0`

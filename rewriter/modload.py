@@ -18,7 +18,7 @@ then the loader's version decides, as qemu shows (tests/test_record_sections.py)
 
 The loader also refuses a module with no ``.gnu.linkonce.this_module`` or no ``.stubs`` section
 (:func:`missing_section_refusal`), one with a relocation of a type it does not apply
-(:func:`unknown_type_refusal`), one with an
+(:func:`unknown_type_refusal`: which types depends on the kernel's version and build), one with an
 SHT_REL table (:func:`rel_table_refusal`), and one with a record row of a relocation type it does
 not know (``records.loader_refusal``: it reads the record tables).
 """
@@ -92,41 +92,75 @@ def rel_table_refusal(image: Image) -> str | None:
     return None
 
 
-# The relocation types arch/powerpc/kernel/module_64.c ``apply_relocate_add()`` applies, 6.1 to 7.2:
-# ADDR32, REL24, REL32, ADDR64, REL64, TOC16, TOC16_LO, TOC16_HA, TOC, TOC16_DS, TOC16_LO_DS,
-# TOCSAVE, ENTRY, REL16_LO, REL16_HA, and a CONFIG_PPC_KERNEL_PCREL build's REL24_NOTOC, PCREL34,
-# GOT_PCREL34 (taken as known whatever the build: no module is called refused for them). Its
-# ``default:`` fails the load, "Unknown ADD relocation". The corpus's modules use 10, 26, 38, 44, 48,
-# 50, 64 and 118.
-LOADER_TYPES: Final = np.array([1, 10, 26, 38, 44, 47, 48, 50, 51, 63, 64, 109, 116, 118, 132, 133, 250, 252])
-# Whether the loader applies each type below 256, as one table look-up a row (np.isin sorted each
-# table: a sixth of a module-tree scan). 255 is none of them, and stands for every type above it.
-_APPLIED: Final = np.zeros(256, bool)
-_APPLIED[LOADER_TYPES] = True
+# The relocation types arch/powerpc/kernel/module_64.c ``apply_relocate_add()`` applies; its
+# ``default:`` fails the load, "Unknown ADD relocation". Up to 6.3, and from 6.4 in a build without
+# CONFIG_PPC_KERNEL_PCREL (Debian's): ADDR32, REL24, REL32, ADDR64, REL64, TOC16, TOC16_LO,
+# TOC16_HA, TOC, TOC16_DS, TOC16_LO_DS, TOCSAVE, ENTRY, REL16_LO, REL16_HA. The corpus's modules use
+# 10, 26, 38, 44, 48, 50, 64 and 118.
+TOC_TYPES: Final = np.array([1, 10, 26, 38, 44, 47, 48, 50, 51, 63, 64, 109, 118, 250, 252])
+# From 6.4 ("powerpc/64: modules support building with PCREL addressing"), a CONFIG_PPC_KERNEL_PCREL
+# build has no TOC: the TOC types and TOCSAVE are #ifndef'd out, and REL24_NOTOC, PCREL34 and
+# GOT_PCREL34 are applied instead.
+PCREL_TYPES: Final = np.array([1, 10, 26, 38, 44, 116, 118, 132, 133, 250, 252])
+LOADER_TYPES: Final = np.union1d(TOC_TYPES, PCREL_TYPES)
+"""The types some ppc64 module loader applies (a row of any other type is refused by all)."""
+PCREL_FROM: Final = (6, 4)
+"""The first kernel whose module loader applies the PCREL types (in a CONFIG_PPC_KERNEL_PCREL build)."""
+PCREL_MARK: Final = ".mygot"
+"""The section a CONFIG_PPC_KERNEL_PCREL build puts in every module (asm/module.h), and whose
+absence makes its loader refuse one (module_frob_arch_sections(): "doesn't contain .mygot")."""
+# Whether each build's loader applies each type below 256, as one table look-up a row (np.isin sorted
+# each table: a sixth of a module-tree scan). 255 is none of them, and stands for every type above it.
+_APPLIED: Final = np.zeros((2, 256), bool)
+_APPLIED[0, TOC_TYPES] = True
+_APPLIED[1, PCREL_TYPES] = True
 
 
 def unknown_type_refusal(image: Image) -> str | None:
-    """A row of a RELA table aimed at an allocated section, of a type the loader does not apply
-    (kernel/module/main.c ``apply_relocations()`` skips tables aimed at other sections). A record
-    table's rows are ``records.loader_refusal``'s, and a table that cannot be read is left to the
-    commands that read it. The tables' types are tested together: a module has a dozen tables,
-    and a tree thousands of modules."""
+    """A row of a RELA table aimed at an allocated section, of a type the loader of the module's
+    kernel does not apply (kernel/module/main.c ``apply_relocations()`` skips tables aimed at other
+    sections): :func:`pcrel_build` says which loader. A record table's rows are
+    ``records.loader_refusal``'s, and a table that cannot be read is left to the commands that
+    read it. The tables' types are tested together: a module has a dozen tables, and a tree
+    thousands of modules."""
     if image.kind is not Kind.MODULE:
         return None
     tables, infos = _applied_tables(image)
     if not tables:
         return None
-    types = S.r_type(np.concatenate(infos))
-    unknown = np.flatnonzero(~_APPLIED[np.minimum(types, 255)])
+    types = np.minimum(S.r_type(np.concatenate(infos)), 255)
+    unknown = np.flatnonzero(~_APPLIED[0][types])  # a TOC build's loader: every module of the corpus
+    if len(unknown) or image.section(PCREL_MARK) is not None:
+        unknown = np.flatnonzero(~_APPLIED[int(pcrel_build(image))][types])
     if not len(unknown):
         return None
     ends = np.cumsum([len(i) for i in infos])
     which = int(np.searchsorted(ends, unknown[0], side="right"))
     k, rtype = int(unknown[0]) - (int(ends[which - 1]) if which else 0), int(types[unknown[0]])
     return (
-        f"relocation section {tables[which].name} entry {k} is of type {rtype}, which the ppc64 module loader does "
-        f"not apply: it refuses the module (Unknown ADD relocation: {rtype})"
+        f"relocation section {tables[which].name} entry {k} is of type {rtype}, which the ppc64 module "
+        f"loader{_which_loader(image, rtype)} does not apply: it refuses the module (Unknown ADD relocation: {rtype})"
     )
+
+
+def pcrel_build(image: Image) -> bool:
+    """Whether the module is for a CONFIG_PPC_KERNEL_PCREL kernel: one of 6.4 or later (a module
+    that names no version is taken to be for a current kernel) that has the ``.mygot`` section
+    such a build gives every module and requires of it."""
+    version = kernel_version(image)
+    return (version is None or version >= PCREL_FROM) and image.section(PCREL_MARK) is not None
+
+
+def _which_loader(image: Image, rtype: int) -> str:
+    """Which loader refuses ``rtype``, where another one applies it."""
+    if rtype not in LOADER_TYPES:
+        return ""
+    version = kernel_version(image)
+    if version is not None and version < PCREL_FROM:
+        return f" before {PCREL_FROM[0]}.{PCREL_FROM[1]} (the module's vermagic says {version[0]}.{version[1]})"
+    if pcrel_build(image):
+        return f" of a CONFIG_PPC_KERNEL_PCREL kernel (the module has {PCREL_MARK}: no TOC types)"
+    return f" of a kernel built without CONFIG_PPC_KERNEL_PCREL (the module has no {PCREL_MARK})"
 
 
 def _applied_tables(image: Image) -> tuple[list[Section], list[np.ndarray]]:

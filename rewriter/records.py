@@ -16,6 +16,7 @@ from rewriter import modload
 from rewriter.elf import structs as S
 from rewriter.elf.dynamic import relocated_slots
 from rewriter.elf.image import Image, Kind, Section
+from rewriter.elf.release import vermagic_words
 from rewriter.elf.symbols import reloc_target_places
 from rewriter.errors import UnmappedAddress
 
@@ -52,15 +53,56 @@ def read_records(image: Image) -> tuple[RecordTable, ...]:
 def rel_records(image: Image) -> tuple[tuple[RecordTable, ...], tuple[RecordTable, ...]]:
     """A relocatable file's record tables: those the kernel reads, and those it never reads: a
     module's after the first of their name, when its loader takes the module all the same (before
-    6.12, :mod:`rewriter.modload`). An object's all go into the link."""
+    6.12, :mod:`rewriter.modload`), and a module's tables of the record section its kernel does
+    not read (:func:`callsite_section`). An object's all go into the link."""
     tables = _rel_tables(image)
-    if len(tables) < 2 or not modload.shared_names(image) or modload.refusal(image) is not None:
+    if len(tables) < 2:
         return tables, ()
-    read = [_read_by_loader(image, t) for t in tables]
+    read = [_read_by_loader(image, t) for t in tables] if _split_by_name(image) else [True] * len(tables)
+    callsite = callsite_section(image, tables)
+    if callsite is not None:
+        read = [r and _fills(image, t, callsite) for t, r in zip(tables, read, strict=True)]
     return (
         tuple(t for t, r in zip(tables, read, strict=True) if r),
         tuple(t for t, r in zip(tables, read, strict=True) if not r),
     )
+
+
+def _split_by_name(image: Image) -> bool:
+    return bool(modload.shared_names(image)) and modload.refusal(image) is None
+
+
+# What a module's vermagic says of its kernel's FTRACE_CALLSITE_SECTION (include/linux/ftrace.h:
+# "__patchable_function_entries" where the build defines CC_USING_PATCHABLE_FUNCTION_ENTRY, which
+# arch/powerpc/Makefile does with CONFIG_ARCH_USING_PATCHABLE_FUNCTION_ENTRY, else "__mcount_loc";
+# arch/powerpc/include/asm/vermagic.h names the same config: 6.1 to 7.2).
+_CALLSITE_OF_VERMAGIC: Final = {
+    "patchable-function-entry": "__patchable_function_entries",
+    "mprofile-kernel": "__mcount_loc",
+}
+
+
+def callsite_section(image: Image, tables: Sequence[RecordTable]) -> str | None:
+    """The one record section a module's loader reads where the module has both: find_module_sections()
+    (kernel/module/main.c) reads FTRACE_CALLSITE_SECTION alone, and ftrace never sees the other's
+    records. None when the module has only one of them, or its vermagic says neither."""
+    names = {sec.name for sec in (record_section(image, t) for t in tables) if sec is not None}
+    if len(names) < len(REL_RECORD_SECTIONS) or image.kind is not Kind.MODULE:
+        return None
+    found = [_CALLSITE_OF_VERMAGIC[w] for w in vermagic_words(image) if w in _CALLSITE_OF_VERMAGIC]
+    return found[0] if found else None
+
+
+def ignored_section(image: Image) -> tuple[str, str] | None:
+    """(the record section a module's loader reads, the one it has besides and never reads), or None
+    when it has only one (:func:`callsite_section`)."""
+    callsite = callsite_section(image, _rel_tables(image))
+    return None if callsite is None else (callsite, next(n for n in REL_RECORD_SECTIONS if n != callsite))
+
+
+def _fills(image: Image, table: RecordTable, name: str) -> bool:
+    sec = record_section(image, table)
+    return sec is None or sec.name == name
 
 
 def _read_by_loader(image: Image, table: RecordTable) -> bool:

@@ -203,6 +203,7 @@ class Scan:
     # by place, the name ftrace lists each site in no function under (listed_names: weak bodies)
     listed: Mapping[int, str] = field(default_factory=dict, compare=False)
     init_call_only: bool = False  # the kernel's init checks only an mprofile call (init_checks_call_only)
+    unallocated: tuple[str, ...] = ()  # a module's sections with sites that the loader never places
 
     def name_of(self, site: Site) -> str | None:
         """The name ftrace lists ``site`` under, which its filters and a policy match: its
@@ -463,11 +464,39 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     recs = _records(image, tables, records, unmatched, np.zeros(0, np.uint64), len(distinct))
     if unread:
         recs = replace(recs, unread=tuple(_record_place(image, int(p)) for p in nonzero_records(unread)))
+    not_loaded = modload.refusal(image) or loader_refusal(image, (*tables, *unread))
+    if not_loaded is not None:
+        sites = _unserved(sites)
+    unallocated = _unallocated(image, sites)
+    if unallocated:
+        sites = tuple(_never_placed(s, generation) if s.section in unallocated else s for s in sites)
     return Scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, (), funcs, generation, (), weak,
-        overridden=overridden, not_loaded=modload.refusal(image) or loader_refusal(image, (*tables, *unread)),
-        module=module_name(image),
+        overridden=overridden, not_loaded=not_loaded, unallocated=unallocated, module=module_name(image),
     )  # fmt: skip
+
+
+def _unallocated(image: Image, sites: tuple[Site, ...]) -> tuple[str, ...]:
+    """The sections without SHF_ALLOC that hold a module's sites: the loader lays out only
+    allocated sections (kernel/module/main.c), and skips the relocation tables aimed at the others
+    (``apply_relocations()``), so the records of their sites name the module's temporary copy."""
+    if image.kind is not Kind.MODULE:
+        return ()
+    held = {s.section_index for s in sites}
+    return tuple(image.sections[k].name for k in sorted(held) if not image.sections[k].flags & S.SHF_ALLOC)
+
+
+def _never_placed(site: Site, generation: Generation | None) -> Site:
+    """A recorded site in an unallocated section of a module the kernel loads. mprofile: its
+    ``bl _mcount`` was never relocated (``bl .``), and ftrace_make_nop() finds no module stub at
+    its target ("Failed to get trampoline target"): ftrace bug at load, ftrace off (qemu, 6.1).
+    patchable and ool: init passes the words of the temporary copy, but ftrace_module_enable()
+    never enables a record outside the module (``within_module()``): never listed (qemu, 6.12, 7.2)."""
+    if site.record is None:
+        return site
+    if generation is Generation.MPROFILE:
+        return site._replace(boot_state=None, traceable=False)
+    return site._replace(traceable=False)
 
 
 def _record_words(
@@ -978,6 +1007,12 @@ def _served(site: Site, stub: tuple[str, int | None] | None) -> Site:
     if addr is None:
         return site._replace(stub=None, call_target=None, boot_state=None, traceable=False)
     return site._replace(stub=name, call_target=addr)
+
+
+def _unserved(sites: tuple[Site, ...]) -> tuple[Site, ...]:
+    """The sites of a module the kernel refuses to load: no ool stub serves them, as the loader
+    never carves its ``.stubs`` (module_frob_arch_sections() sizes it as it loads the module)."""
+    return tuple(s._replace(stub=None) if s.stub is not None else s for s in sites)
 
 
 def lacks_stub(site: Site) -> bool:

@@ -98,7 +98,10 @@ def assign_stubs(
     -EINVAL) or out of range of its stub makes ftrace_bug() turn ftrace off. ``ips``: one per
     record, a place recorded twice twice (each takes a stub). ``bounds``: the kernel's text
     (:func:`rewriter.locs.kernel_text`), which tells .init.text records apart.
-    Returns the areas and the stub of each record an area serves."""
+    Returns the areas and the stub of each record an area serves. A record whose area the image
+    does not say (its symbol, or its ``*_count`` word's, is not in the symbol table, or the
+    ``ftrace_ool_stub_text`` it would be measured against) is in neither: the kernel, linked with
+    the names, gives it a stub or fails it, and the scan cannot know which (``boot.stub_unknown``)."""
     found = area_symbols(image)
     areas = {name: (addr, size, count) for name, addr, size, count in found}
     stub_size = stub_size_of(found)
@@ -108,7 +111,7 @@ def assign_stubs(
     stub_of: dict[int, Stub] = {}
     for ip in sorted(ips):
         name = _area_for(ip, init, areas, used, stub_size)
-        if name is None:
+        if name is None or areas[name][2] is None:  # its stub cannot be known (stub_of leaves it out)
             continue
         addr, _, count = areas[name]
         index = used[name]
@@ -119,8 +122,9 @@ def assign_stubs(
         # a place recorded twice takes two stubs; its site is named with the first
         stub_of.setdefault(ip, (name, LAYOUTS[Variant.OOL].stub_code(stub, stub_size) if ok else None))
     out = tuple(
-        StubArea(n, a, c or 0, stub_size, min(used[n], max(kernel_count(c or 0), 0)), need[n], s)
+        StubArea(n, a, c, stub_size, min(used[n], max(kernel_count(c), 0)), need[n], s)
         for n, (a, s, c) in areas.items()
+        if c is not None  # an area without its count word says nothing of the stubs it has
     )
     return out, stub_of
 
@@ -136,17 +140,19 @@ def kernel_count(word: int) -> int:
 def _area_for(
     ip: int, init: tuple[int, int], areas: dict[str, tuple[int, int, int | None]], used: dict[str, int], stub_size: int
 ) -> str | None:
-    """The area whose next stub the kernel gives the record at ``ip``. As ftrace_init_ool_stub()
+    """The area whose next stub the kernel gives the record at ``ip`` (None: the image does not
+    say). As ftrace_init_ool_stub()
     does, the reserved area in .text is measured to its next stub's start, not to that stub's code
     (:func:`_stub_in_range` then checks the branches themselves)."""
     if init[0] <= ip < init[1]:
         return OOL_INITTEXT if OOL_INITTEXT in areas else None
     text = areas.get(OOL_TEXT)
-    if text is not None:
-        addr, _, count = text
-        index = used[OOL_TEXT]
-        if count and index < count and ppc.in_branch_range(ip - (addr + index * stub_size)):
-            return OOL_TEXT
+    if text is None or text[2] is None:  # the kernel tries this area first: which one it takes is unknown
+        return None
+    addr, _, count = text
+    index = used[OOL_TEXT]
+    if count and index < count and ppc.in_branch_range(ip - (addr + index * stub_size)):
+        return OOL_TEXT
     return OOL_TEXT_END if OOL_TEXT_END in areas else None
 
 

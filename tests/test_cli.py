@@ -89,7 +89,7 @@ def test_scan_table_marks_what_the_kernel_cannot_trace() -> None:
     assert not any(s["traceable"] for s in image["sites"]) and image["summary"]["ftrace_off"]
     assert image["summary"]["untraceable"] == {
         "not-loaded": 0, "unrecorded": 0, "refused": 1, "no-stub": 0, "duplicate": 0, "weak-body": 0,
-        "ftrace-off": 2,
+        "ftrace-off": 2, "stub-unknown": 0, "unallocated": 0,
     }  # fmt: skip
 
 

@@ -67,3 +67,14 @@ def _vmlinux_release(image: Image) -> bytes | None:
         return None
     found = _BANNER.match(bytes(image.data[at : at + _BANNER_READ]))
     return None if found is None else found[1]
+
+
+_VERMAGIC_LINE = re.compile(rb"(?:^|\0)vermagic=([^\0]*)")
+
+
+def vermagic_words(image: Image) -> tuple[str, ...]:
+    """The words of a module's ``vermagic`` (``6.12.107+deb13-powerpc64le SMP mod_unload modversions
+    patchable-function-entry relocatable``), or none (another file, a module without one)."""
+    sec = image.section(".modinfo") if image.kind is Kind.MODULE else None
+    found = None if sec is None else _VERMAGIC_LINE.search(image.section_bytes(sec))
+    return () if found is None else tuple(found[1].decode("ascii", "replace").split())

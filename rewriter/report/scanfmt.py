@@ -38,7 +38,10 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
   of one name, ``rewriter.modload``, or an R_PPC64_NONE record row, ``records.loader_refusal``),
   for an unrecorded site, for one init refuses (``refused``) or gives no stub (``no-stub``), for
   a place recorded more than once (``duplicate``), for a weak-function body the kernel disables
-  (``weak-body``), and for every site when ``ftrace_off`` names why ftrace is off for the boot
+  (``weak-body``), for every site when ``ftrace_off`` names why ftrace is off for the boot, and
+  for an ool vmlinux's site whose stub the scan cannot know, its area or count word missing from
+  the symbol table (``stub-unknown``: not known to be traceable; ``boot.stub_unknown``), and for
+  a module's site in a section without SHF_ALLOC, which the loader never places (``unallocated``)
   (``summary.untraceable`` counts each reason, the first that applies in that order).
 * ``stub``: ool only, the stub area that serves the site (``ftrace_ool_stub_text``,
   ``ftrace_ool_stub_text_end``, ``ftrace_ool_stub_inittext``; ``.stubs`` in a module, carved out at
@@ -76,7 +79,7 @@ from rewriter import arrays
 from rewriter.boot import WHY, Boot, Untraceable, boot_of, init_only, untraceable, why_counts
 from rewriter.elf.image import Kind, index_name
 from rewriter.elf.symbols import split_place
-from rewriter.generations import LAYOUTS, Generation
+from rewriter.generations import LAYOUTS, Generation, Variant
 from rewriter.prose import counted, printable
 from rewriter.records import nonzero_records
 from rewriter.sites import NOT_BUILT_FOR_FTRACE, Scan, Site, Source, lacks_stub, override_text, summary
@@ -264,6 +267,7 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
     quoted: dict[str | None, str] = {None: "null"}
     on = boot.ftrace_off is None and boot.not_loaded is None
     duplicated = boot.duplicated  # empty but in a broken image: a set look-up per site costs little
+    unknown = boot.stub_unknown > 0  # boot.stub_unknown(): an ool site left without a stub it cannot know
     parts = []
     for site in sites:
         section, shndx, offset, addr, function, variant, state, recorded = site[:8]
@@ -279,17 +283,19 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
             name = sec if at == shndx else _quote(index_name(at))  # see _rel_parts
             rec = f'{name[:-1]}+{off:#x}"'
         # untraceable(s, boot) is None, inlined
+        blind = unknown and stub is None and variant is _OOL
         parts.append(
             f'{{"address":{"null" if addr is None else addr},"section":{sec},"offset":{offset},"function":{func},'
             f'"variant":"{variant._value_}","state":"{state._value_}","recorded":{"true" if recorded else "false"},'
             f'"record":{rec},"boot_state":{"null" if booted is None else _QUOTE + booted._value_ + _QUOTE},'
-            f'"traceable":{"true" if traceable and on and record not in duplicated else "false"},'
+            f'"traceable":{"true" if traceable and on and record not in duplicated and not blind else "false"},'
             f'"stub":{quoted.get(stub) or quoted.setdefault(stub, _quote(stub))},"source":"{source._value_}"}}'
         )
     return ",".join(parts)
 
 
 _QUOTE: Final = '"'
+_OOL: Final = Variant.OOL
 # json.dumps(x, separators=(",", ":")) builds its encoder anew on every call; this is the same one.
 _COMPACT: Final = json.JSONEncoder(separators=(",", ":"))
 # What json.dumps(str) returns (with ensure_ascii, its default), without its two Python-level calls.
@@ -513,7 +519,7 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
         out.append(f"  init text: {init} of the traceable sites {_INIT_ONLY[result.kind is Kind.MODULE]}")
     stubs = stubs_json(result)
     if stubs:
-        out.append("  " + _stubs_line(stubs, result.records.count))
+        out.append("  " + _stubs_line(stubs, result.records.count, boot.stub_unknown))
     elif _stub_areas_missing(result):
         out.append(
             "  ool stubs: this vmlinux defines no stub area (ftrace_ool_stub_text...), which every ool kernel has: "
@@ -560,7 +566,7 @@ def _blind(generation: Generation | None) -> str:
     return ""
 
 
-def _stubs_line(stubs: Sequence[dict[str, Any]], records: int) -> str:
+def _stubs_line(stubs: Sequence[dict[str, Any]], records: int, unknown: int = 0) -> str:
     if stubs[0]["address"] is None:
         return (
             f"ool stubs: .stubs, carved out at load, one per table entry ({stubs[0]['count']}): "
@@ -573,4 +579,7 @@ def _stubs_line(stubs: Sequence[dict[str, Any]], records: int) -> str:
     need = sum(a["need"] for a in stubs)
     spare = sum(a["count"] - a["used"] for a in stubs)
     verdict = f"cover all {records} records, {spare} spare" if not need else f"no stub for {counted(need, 'record')}"
+    if unknown and not need:  # the areas the image does not name serve the rest, or fail them
+        known = sum(a["used"] for a in stubs)
+        verdict = f"serve {known} of {records} records; the stubs of {counted(unknown, 'recorded site')} are unknown"
     return f"ool stubs{size}: " + ", ".join(parts) + f": {verdict}"

@@ -39,6 +39,7 @@ from boot import (
     unsigned_module,
 )
 from conftest import FIXTURES, assert_one_line, invoke
+from mutate import clear_alloc, rename_section, set_relocation_type
 
 from rewriter import check as checker
 from rewriter.boot import boot_of
@@ -114,36 +115,6 @@ def test_an_ool_count_word_in_no_allocated_section_is_named(tmp_path: Path) -> N
     assert_one_line(refused, 2, "error", f"{path}: {OOL_TEXT_END}_count at 0x100 is in no allocated section")
 
 
-def _rename_section(ko: Path, name: str) -> None:
-    """Rename section ``name`` in its ``.shstrtab`` (its last letter made ``X``)."""
-    data = bytearray(ko.read_bytes())
-    at = data.index(b"\0" + name.encode() + b"\0") + len(name)
-    data[at] = ord("X")
-    ko.write_bytes(data)
-
-
-def _clear_alloc(ko: Path, name: str) -> None:
-    """Take SHF_ALLOC from section ``name``'s flags: the loader's find_sec() no longer finds it."""
-    image = Image.load(ko)
-    sec = image.section(name)
-    assert sec is not None
-    data = bytearray(ko.read_bytes())
-    at = int(image.ehdr["e_shoff"]) + sec.shndx * 64 + 8  # sh_flags
-    data[at : at + 8] = (sec.flags & ~S.SHF_ALLOC).to_bytes(8, "little")
-    ko.write_bytes(data)
-
-
-def _set_type(ko: Path, table: str, rtype: int) -> None:
-    """Give the first row of relocation table ``table`` the type ``rtype``."""
-    image = Image.load(ko)
-    sec = image.section(table)
-    assert sec is not None
-    data = bytearray(ko.read_bytes())
-    info = int.from_bytes(data[sec.offset + 8 : sec.offset + 16], "little")
-    data[sec.offset + 8 : sec.offset + 16] = (info & ~0xFFFF_FFFF | rtype).to_bytes(8, "little")
-    ko.write_bytes(data)
-
-
 def test_modules_the_loader_refuses_are_read_as_not_loaded(tmp_path: Path) -> None:
     require_tool(QEMU)
     kernel = require_kernel("7.2")
@@ -151,9 +122,9 @@ def test_modules_the_loader_refuses_are_read_as_not_loaded(tmp_path: Path) -> No
     no_stubs = unsigned_module("7.2", "fs/nls/nls_utf8.ko*", tmp_path / "m" / "nls_utf8.ko")
     no_module = unsigned_module("7.2", "fs/nls/mac-celtic.ko*", tmp_path / "m" / "mac-celtic.ko")
     unknown = unsigned_module("7.2", "fs/nls/mac-roman.ko*", tmp_path / "m" / "mac-roman.ko")
-    _rename_section(no_stubs, ".stubs")
-    _clear_alloc(no_module, ".gnu.linkonce.this_module")
-    _set_type(unknown, ".rela.text", 255)
+    rename_section(no_stubs, ".stubs")
+    clear_alloc(no_module, ".gnu.linkonce.this_module")
+    set_relocation_type(unknown, ".rela.text", 255)
     said = {
         no_stubs: "no .stubs section",
         no_module: "no allocated .gnu.linkonce.this_module",

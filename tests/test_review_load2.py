@@ -21,41 +21,27 @@ from boot import (
     unsigned_module,
 )
 from conftest import invoke
+from mutate import clear_alloc, rename_section, set_relocation_type
 
-from rewriter.elf import structs as S
 from rewriter.elf.image import Image
 from rewriter.generations import OOL_INITTEXT, OOL_TEXT, OOL_TEXT_END
-
-
-def _rename_section(ko: Path, name: str) -> None:
-    """Rename section ``name`` in its ``.shstrtab`` (its last letter made ``X``)."""
-    data = bytearray(ko.read_bytes())
-    at = data.index(b"\0" + name.encode() + b"\0") + len(name)
-    data[at] = ord("X")
-    ko.write_bytes(data)
 
 
 def test_a_refused_ool_module_has_no_stub_serving_its_records(tmp_path: Path) -> None:
     ko = unsigned_module("7.2", "fs/nls/nls_utf8.ko*", tmp_path / "nls_utf8.ko")
     loaded = json.loads(invoke("scan", "--format", "json", ko).stdout)["images"][0]
     assert loaded["stubs"][0]["used"] == loaded["records"]["count"] > 0
-    _rename_section(ko, ".stubs")
+    rename_section(ko, ".stubs")
     scanned = invoke("scan", ko)
     doc = json.loads(invoke("scan", "--format", "json", ko).stdout)["images"][0]
     assert "no .stubs section" in doc["summary"]["not_loaded"]
     assert doc["stubs"][0]["used"] == 0 and all(s["stub"] is None for s in doc["sites"])
     assert "NOT LOADED" in scanned.stdout and "serve 0 of" in scanned.stdout
-
-
-def _set_type(ko: Path, table: str, rtype: int) -> None:
-    """Give the first row of relocation table ``table`` the type ``rtype``."""
-    image = Image.load(ko)
-    sec = image.section(table)
-    assert sec is not None
-    data = bytearray(ko.read_bytes())
-    info = int.from_bytes(data[sec.offset + 8 : sec.offset + 16], "little")
-    data[sec.offset + 8 : sec.offset + 16] = (info & ~0xFFFF_FFFF | rtype).to_bytes(8, "little")
-    ko.write_bytes(data)
+    assert ".stubs, never carved (the loader refuses the module)" in scanned.stdout
+    assert (
+        ".stubs, carved out at load"
+        in invoke("scan", unsigned_module("7.2", "fs/nls/nls_utf8.ko*", tmp_path / "x.ko")).stdout
+    )
 
 
 def _not_loaded(ko: Path) -> str | None:
@@ -74,7 +60,7 @@ def test_a_pcrel_relocation_is_refused_by_a_kernel_built_with_a_toc(tmp_path: Pa
     (tmp_path / "m").mkdir()
     ko = unsigned_module(kernel, "fs/nls/mac-roman.ko*", tmp_path / "m" / "mac-roman.ko")
     assert _not_loaded(ko) is None
-    _set_type(ko, ".rela.init.text", 116)
+    set_relocation_type(ko, ".rela.init.text", 116)
     reason = _not_loaded(ko)
     assert reason is not None and ".rela.init.text entry 0 is of type 116" in reason
     assert ("before 6.4" if kernel == "6.1" else "without CONFIG_PPC_KERNEL_PCREL") in reason
@@ -90,7 +76,7 @@ def test_a_toc_relocation_is_refused_in_a_module_for_a_pcrel_kernel(tmp_path: Pa
     loader without the TOC types: its TOC16_HA rows are refused. A PCREL type is not (a 7.2
     module; no corpus kernel is a PCREL build, so no qemu here)."""
     ko = unsigned_module("7.2", "fs/nls/mac-roman.ko*", tmp_path / "mac-roman.ko")
-    _set_type(ko, ".rela.init.text", 116)
+    set_relocation_type(ko, ".rela.init.text", 116)
     data = bytearray(ko.read_bytes())
     at = data.index(b"\0.comment\0") + 1
     data[at : at + 8] = b".mygot\0t"
@@ -179,17 +165,6 @@ def test_a_module_with_both_record_sections_has_the_one_its_kernel_reads_read(tm
     assert booted.available_filter_functions, booted.console[-3000:]
 
 
-def _clear_alloc(ko: Path, name: str) -> None:
-    """Take SHF_ALLOC from section ``name``'s flags: the loader no longer places it."""
-    image = Image.load(ko)
-    sec = image.section(name)
-    assert sec is not None
-    data = bytearray(ko.read_bytes())
-    at = int(image.ehdr["e_shoff"]) + sec.shndx * 64 + 8  # sh_flags
-    data[at : at + 8] = (sec.flags & ~S.SHF_ALLOC).to_bytes(8, "little")
-    ko.write_bytes(data)
-
-
 @pytest.mark.parametrize("kernel", ["6.1", "6.12", "7.2"])
 def test_sites_in_a_module_section_without_shf_alloc_are_never_traced(tmp_path: Path, kernel: str) -> None:
     """A module whose ``.text`` lost SHF_ALLOC loads (the loader places only allocated sections,
@@ -201,7 +176,7 @@ def test_sites_in_a_module_section_without_shf_alloc_are_never_traced(tmp_path: 
     files = require_kernel(kernel)
     (tmp_path / "m").mkdir()
     ko = unsigned_module(kernel, "fs/nls/mac-roman.ko*", tmp_path / "m" / "mac-roman.ko")
-    _clear_alloc(ko, ".text")
+    clear_alloc(ko, ".text")
     summary = json.loads(invoke("scan", "--format", "json", ko).stdout)["images"][0]["summary"]
     assert summary["not_loaded"] is None and summary["sites"] == 3
     if kernel == "6.1":

@@ -519,7 +519,7 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
         out.append(f"  init text: {init} of the traceable sites {_INIT_ONLY[result.kind is Kind.MODULE]}")
     stubs = stubs_json(result)
     if stubs:
-        out.append("  " + _stubs_line(stubs, result.records.count, boot.stub_unknown))
+        out.append("  " + _stubs_line(stubs, result.records.count, boot.stub_unknown, result.not_loaded is not None))
     elif _stub_areas_missing(result):
         out.append(
             "  ool stubs: this vmlinux defines no stub area (ftrace_ool_stub_text...), which every ool kernel has: "
@@ -566,10 +566,12 @@ def _blind(generation: Generation | None) -> str:
     return ""
 
 
-def _stubs_line(stubs: Sequence[dict[str, Any]], records: int, unknown: int = 0) -> str:
+def _stubs_line(stubs: Sequence[dict[str, Any]], records: int, unknown: int = 0, refused: bool = False) -> str:
     if stubs[0]["address"] is None:
+        # a module's .stubs is carved at load: one the loader refuses never has its stubs made
+        carved = "never carved (the loader refuses the module)" if refused else "carved out at load"
         return (
-            f"ool stubs: .stubs, carved out at load, one per table entry ({stubs[0]['count']}): "
+            f"ool stubs: .stubs, {carved}, one per table entry ({stubs[0]['count']}): "
             f"serve {stubs[0]['used']} of {records} records"
         )
     sizes = {a["stub_size"] for a in stubs}

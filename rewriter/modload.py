@@ -29,6 +29,7 @@ from typing import Final
 
 import numpy as np
 
+from rewriter import arrays
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind, Section
 from rewriter.elf.release import kernel_version
@@ -102,7 +103,7 @@ TOC_TYPES: Final = np.array([1, 10, 26, 38, 44, 47, 48, 50, 51, 63, 64, 109, 118
 # build has no TOC: the TOC types and TOCSAVE are #ifndef'd out, and REL24_NOTOC, PCREL34 and
 # GOT_PCREL34 are applied instead.
 PCREL_TYPES: Final = np.array([1, 10, 26, 38, 44, 116, 118, 132, 133, 250, 252])
-LOADER_TYPES: Final = np.union1d(TOC_TYPES, PCREL_TYPES)
+LOADER_TYPES: Final = arrays.distinct(np.concatenate([TOC_TYPES, PCREL_TYPES]))  # np.union1d, without numpy.ma
 """The types some ppc64 module loader applies (a row of any other type is refused by all)."""
 PCREL_FROM: Final = (6, 4)
 """The first kernel whose module loader applies the PCREL types (in a CONFIG_PPC_KERNEL_PCREL build)."""

@@ -192,3 +192,17 @@ def test_a_vmlinux_weak_body_matches_the_name_its_kernel_lists_twice(tmp_path: P
     )
     assert booted.done, booted.console[-3000:]
     assert booted.available_filter_functions == ["bpf_jit_compile", "bpf_jit_compile"]
+
+
+def test_scans_table_shows_the_name_a_site_in_no_function_is_listed_under(tmp_path: Path) -> None:
+    """The site of a NOTYPE ``uni2char`` showed as ``?`` in scan's table, while policies and
+    ``--only`` select it by the name ftrace lists it under: the table says that name."""
+    from test_module_kallsyms import _edit_symbol
+
+    ko = unsigned_module("7.2", NLS_UTF8, tmp_path / "nls_utf8.ko")
+    _edit_symbol(ko, "uni2char", "notype")
+    table = invoke("scan", ko)
+    assert table.exit_code == 0, table.output
+    rows = [line for line in table.stdout.splitlines() if line.startswith("    ")]
+    assert sum("? (listed as uni2char)" in r for r in rows) == 1, table.stdout
+    assert not any(r.rstrip().endswith(" ?") or "  ?  [" in r for r in rows), table.stdout

@@ -421,7 +421,7 @@ def _table(result: Scan, limit: int | None) -> tuple[list[str], Totals]:
     if shown:
         state = "file->load" if result.kind is Kind.MODULE else "file->boot"  # a module's init runs as it loads
         rows = [("call slot", "section", "variant", state, "rec", "traceable", "function")]
-        rows += [_cells(site, untraceable(site, boot)) for site in shown]
+        rows += [_cells(site, untraceable(site, boot), result.listed.get(site.place)) for site in shown]
         lines += _aligned(rows)
     if len(shown) < len(result.sites):
         lines.append(f"  ... {len(result.sites) - len(shown)} more (use --all, --format json or csv)")
@@ -436,8 +436,11 @@ columns at these widths unless a cell is longer (e.g. the section of a ``-ffunct
 object), and then the whole column widens with it."""
 
 
-def _cells(site: Site, reason: Untraceable | None) -> Row:
-    """One site's row: call slot, section, variant, file->boot state, record, traceable, function."""
+def _cells(site: Site, reason: Untraceable | None, listed: str | None = None) -> Row:
+    """One site's row: call slot, section, variant, file->boot state, record, traceable, function.
+    ``listed``: for a site in no function, the name ftrace lists it under (``Scan.listed``: a weak
+    body within reach of the symbol before it), which set_ftrace_filter and policies match."""
+    function = site.function or ("?" if listed is None else f"? (listed as {listed})")
     return (
         site.place_text,
         site.section,
@@ -445,7 +448,7 @@ def _cells(site: Site, reason: Untraceable | None) -> Row:
         f"{site.state.value}->{_boot_text(site) if site.boot_state else _boot_text(site).upper()}",
         "LOG" if site.source is Source.LOG else "rec" if site.recorded else "UNREC",
         "yes" if reason is None else f"NO {reason.value}",
-        (site.function or "?") + (f"  [{site.stub}]" if site.stub else ""),
+        function + (f"  [{site.stub}]" if site.stub else ""),
     )
 
 

@@ -46,6 +46,7 @@ class AnomalyKind(enum.Enum):
     XZ_CHECK = "xz-check"
     ZSTD_SIZE = "zstd-size"
     GZIP_HEADER = "gzip-header"
+    RELEASE_MISMATCH = "release-mismatch"
 
 
 class AnomalyRule(NamedTuple):
@@ -253,6 +254,16 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         "qemu on a 7.2 built so). kmod's zlib reads every field, and "
         "Debian's 6.12 and 7.2 take xz only, so kmod decompresses a .ko.gz there and it loads: a warning, "
         "not an error. A rewrite writes a header with no optional field.",
+    ),
+    AnomalyKind.RELEASE_MISMATCH: AnomalyRule(
+        Severity.WARNING,
+        "module built for another release than the vmlinux audited with it",
+        "A module's vermagic names the release it was built for; the loader compares it with the "
+        "kernel's (same_magic()) and refuses another, unless the kernel has CONFIG_MODVERSIONS, which "
+        "skips the release and compares the CRC of every symbol the module imports instead. Either way "
+        "the vmlinux given is likely not the kernel that loads the module, and what the audit read from "
+        "it for its modules (the ftrace_process_locs() loop that decides whether a zeroed record turns "
+        "ftrace off) may not hold for the one that does. nop and apply refuse such a --kernel.",
     ),
 }
 

@@ -60,8 +60,9 @@ from rewriter.batch import Entry, EntryKind, first_of_each, map_batches, tree_en
 from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
+from rewriter.elf.release import kernel_release
 from rewriter.elf.signature import TrailerError, parse_trailer
-from rewriter.errors import LogError, RewriteError, WordMismatch
+from rewriter.errors import ArgumentError, LogError, RewriteError, WordMismatch
 from rewriter.files import (
     ScanHints,
     known_sites,
@@ -136,6 +137,7 @@ class Settings:
     hints: ScanHints = field(default_factory=ScanHints)  # --mcount-addr, --generation: a stripped vmlinux
     check_r0: bool = False  # --check-r0: refuse a function that reads r0 after its site
     kernel_locs: Locs = Locs.UNKNOWN  # the loop of the run's vmlinux, which loads its modules (run())
+    kernel: tuple[Path, str] | None = None  # the run's vmlinux and the release it names (run())
 
 
 NOP = Options(SiteState.NOPPED, drop_records=True)
@@ -466,6 +468,7 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     image = Image(t.source, original, compression)
     sc = scan(image, settings.hints.mcount_addr, settings.hints.generation)
     refuse_contradicted_generation(image, sc)
+    _refuse_other_release(image, settings.kernel)
     if not was_output and sc.records.zeroed:
         _refuse_nopped_without_log(t, facts, sc.records.zeroed)
     chosen, rules = _policy_choice(settings.policy, sc)
@@ -874,8 +877,9 @@ def run(
     ts: Sequence[Target], settings: Settings, jobs: int, tick: Callable[[], None] | None = None
 ) -> list[FileReport]:
     """Pre-nop every target; reports in the order of ``ts``. The modules are held to the loop of
-    the vmlinux named with them (:func:`_kernel_locs`)."""
-    settings = replace(settings, kernel_locs=_kernel_locs(ts, settings))
+    the vmlinux named with them (:func:`_kernel_facts`), and refused when built for another release."""
+    locs, kernel = _kernel_facts(ts, settings)
+    settings = replace(settings, kernel_locs=locs, kernel=kernel)
     reports = _map(partial(_prenop_batch, settings=settings), ts, jobs, tick)
     if settings.dry_run or no_site_anywhere(reports):
         return reports
@@ -905,9 +909,10 @@ def _copy_bare(ts: Sequence[Target], reports: Sequence[FileReport]) -> list[File
     return out
 
 
-def _kernel_locs(ts: Sequence[Target], settings: Settings) -> Locs:
+def _kernel_facts(ts: Sequence[Target], settings: Settings) -> tuple[Locs, tuple[Path, str] | None]:
     """Which ftrace_process_locs() loop (``rewriter.locs``) the vmlinux named in this run has: the
-    kernel that will load the run's modules. Unknown without one (a bad file is reported in its turn)."""
+    kernel that will load the run's modules; and that vmlinux with the release it names. Unknown
+    and None without one (a bad file is reported in its turn)."""
     for t in ts:
         if t.source.name.endswith(MODULE_SUFFIXES):
             continue
@@ -916,12 +921,28 @@ def _kernel_locs(ts: Sequence[Target], settings: Settings) -> Locs:
         except (RewriteError, OSError):
             continue
         if image.kind is Kind.VMLINUX:
+            release = kernel_release(image)
+            kernel = None if release is None else (t.source, release)
             try:
                 generation, loop = kernel_loop(image, settings.hints.mcount_addr, settings.hints.generation)
             except RewriteError:
-                return Locs.UNKNOWN  # reported in its turn
-            return loop_for_modules(generation, loop)
-    return Locs.UNKNOWN
+                return Locs.UNKNOWN, kernel  # reported in its turn
+            return loop_for_modules(generation, loop), kernel
+    return Locs.UNKNOWN, None
+
+
+def _refuse_other_release(image: Image, kernel: tuple[Path, str] | None) -> None:
+    """A module built for another release than the run's vmlinux: its records would be dropped by
+    the loop of a kernel that does not load it (``nop --kernel`` refuses that vmlinux too:
+    ``files._check_release``; audit warns, ``release-mismatch``)."""
+    if kernel is None or image.kind is not Kind.MODULE:
+        return
+    ours = kernel_release(image)
+    if ours is not None and ours != kernel[1]:
+        raise ArgumentError(
+            f"{image.path}: built for {ours} (its vermagic), and this run's vmlinux {kernel[0]} is Linux "
+            f"{kernel[1]}: not the kernel that loads it"
+        )
 
 
 def undo(

@@ -5,6 +5,8 @@ modules' zeroed records by that vmlinux's ftrace_process_locs() loop."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 from boot import require_kernel
 from conftest import invoke
@@ -29,3 +31,24 @@ def test_a_module_of_another_release_than_the_audited_vmlinux_is_a_warning() -> 
     assert f"audited with {k612_64k.vmlinux}, Linux 6.12.107+deb13-powerpc64le-64k" in message
     assert _release_warnings(k612.vmlinux, module) == []  # its own kernel
     assert _release_warnings(module) == []  # no vmlinux: nothing to compare
+
+
+def test_prenop_refuses_a_module_built_for_another_release_than_its_vmlinux(tmp_path: Path) -> None:
+    """prenop drops a module's records by the loop of the vmlinux named with it: one of another
+    release is not the kernel that loads the module, as ``nop --kernel`` says. The module fails
+    (one line, exit 2) and is not written; the vmlinux is rewritten as any other file of the run."""
+    k612, k612_64k = require_kernel("6.12"), require_kernel("6.12-64k")
+    tree = tmp_path / "in" / "nls"
+    tree.mkdir(parents=True)
+    module = Path(shutil.copy(k612.modules_dir / NLS_UTF8, tree))
+    out = tmp_path / "out"
+    policy = Path(__file__).resolve().parent.parent / "examples" / "keep-core.policy"
+    run = invoke("prenop", "--policy", policy, k612_64k.vmlinux, tmp_path / "in", "-o", out, "--strip-signature")
+    assert run.exit_code == 2, run.output
+    errors = [line for line in run.stderr.splitlines() if line.startswith("mcountrw: error: ")]
+    assert errors[0] == (
+        f"mcountrw: error: {module}: built for 6.12.107+deb13-powerpc64le (its vermagic), and this run's vmlinux "
+        f"{k612_64k.vmlinux} is Linux 6.12.107+deb13-powerpc64le-64k: not the kernel that loads it"
+    )
+    assert not (out / "nls" / "nls_utf8.ko.xz").exists()
+    assert (out / k612_64k.vmlinux.name).exists()

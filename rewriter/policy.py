@@ -274,6 +274,8 @@ class Tally:
         self.kernel_locs: Locs | None = None  # the first vmlinux's, as prenop reads it
         self.vmlinux_nops: list[tuple[Generation | None, Locs, int]] = []
         self.module_nops: list[tuple[Generation | None, int]] = []
+        self.kernel_release: str | None = None  # the first vmlinux's, as prenop reads it
+        self.module_releases: list[tuple[str, str]] = []  # (module, the release its vermagic names)
 
     @property
     def when_traced(self) -> str:
@@ -292,17 +294,22 @@ class Tally:
         sites: Sequence[SiteFacts],
         generation: Generation | None = None,
         locs: Locs | None = None,
+        release: str | None = None,
     ) -> None:
         """``sites``: every site of one file, whose generation is ``generation``; ``locs``: a
-        vmlinux's ftrace_process_locs() loop (None: not a vmlinux)."""
+        vmlinux's ftrace_process_locs() loop (None: not a vmlinux); ``release``: the kernel release
+        the file names (a module's vermagic, a vmlinux's linux_banner)."""
         nopped = self.verdicts[Verb.NOP]
         self._add_sites(module, sites, generation)
         nopped = self.verdicts[Verb.NOP] - nopped
         if module is not None:
             self.module_nops.append((generation, nopped))
+            if release is not None:
+                self.module_releases.append((module, release))
         elif locs is not None:
             if self.kernel_locs is None:
                 self.kernel_locs = loop_for_modules(generation, locs)
+                self.kernel_release = release
             self.vmlinux_nops.append((generation, locs, nopped))
 
     def _add_sites(self, module: str | None, sites: Sequence[SiteFacts], generation: Generation | None) -> None:
@@ -368,7 +375,21 @@ class Tally:
             files, sites = counted(len(modules), "module"), counted(sum(modules), "site")
             out.append(f"{files}: nop on {sites} drops their records, but the vmlinux's is the older loop "
                        f"({ZERO_ADJUSTED}); prenop refuses them")  # fmt: skip
-        return out
+        return out + self._other_release()
+
+    def _other_release(self) -> list[str]:
+        """Modules built for another release than the vmlinux checked with them: prenop refuses
+        them (the vmlinux is not the kernel that loads them, nor its loop theirs)."""
+        kernel = self.kernel_release
+        other = [(m, r) for m, r in self.module_releases if kernel is not None and r != kernel]
+        if not other:
+            return []
+        (module, release), more = other[0], len(other) - 1
+        also = f" (and {counted(more, 'more module')})" if more else ""
+        return [
+            f"module {module}{also}: built for {release} (its vermagic), and the vmlinux is Linux {kernel}: "
+            f"not the kernel that loads {'them' if more else 'it'}; prenop refuses {'them' if more else 'it'}"
+        ]
 
 
 def _examples(labels: set[str]) -> tuple[str, ...]:

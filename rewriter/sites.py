@@ -52,7 +52,7 @@ from rewriter.detect import (
 from rewriter.elf import structs as S
 from rewriter.elf.image import Abi, Image, Kind, Section, index_name
 from rewriter.elf.modname import module_name
-from rewriter.elf.release import kernel_version
+from rewriter.elf.release import kernel_release, kernel_version
 from rewriter.elf.symbols import PLACE_SHIFT, Functions, code_addrs, functions, lookup_symbols, plain_name, split_place
 from rewriter.generations import (
     CALL_ONLY_BOOT,
@@ -200,6 +200,7 @@ class Scan:
     locs: Locs = Locs.UNKNOWN  # what the kernel's ftrace_process_locs() skips (rewriter.locs)
     not_loaded: str | None = None  # why the kernel refuses to load this module (rewriter.modload)
     module: str | None = None  # a module's name, as the kernel and its ftrace know it (rewriter.elf.modname)
+    release: str | None = None  # the kernel release a module or vmlinux names (rewriter.elf.release)
     # by place, the name ftrace lists each site in no function under (listed_names: weak bodies)
     listed: Mapping[int, str] = field(default_factory=dict, compare=False)
     init_call_only: bool = False  # the kernel's init checks only an mprofile call (init_checks_call_only)
@@ -268,6 +269,7 @@ def _scan_linked(image: Image, mcount_addr: int | None, generation: Generation |
     return Scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, mcount, funcs, generation, stubs, weak,
         overridden=read.overridden, locs=locs, init_call_only=call_only,
+        release=kernel_release(image) if image.kind is Kind.VMLINUX else None,
     )  # fmt: skip
 
 
@@ -473,6 +475,7 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     return Scan(
         image.path, image.kind, image.byteorder, image.abi, sites, recs, (), funcs, generation, (), weak,
         overridden=overridden, not_loaded=not_loaded, unallocated=unallocated, module=module_name(image),
+        release=kernel_release(image) if image.kind is Kind.MODULE else None,
     )  # fmt: skip
 
 

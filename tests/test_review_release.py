@@ -52,3 +52,23 @@ def test_prenop_refuses_a_module_built_for_another_release_than_its_vmlinux(tmp_
     )
     assert not (out / "nls" / "nls_utf8.ko.xz").exists()
     assert (out / k612_64k.vmlinux.name).exists()
+
+
+def test_policy_check_warns_of_the_modules_prenop_refuses_for_their_release(tmp_path: Path) -> None:
+    """policy check says first what prenop refuses (exit 1, a warning): here a module built for
+    another release than the vmlinux checked with it. The right vmlinux gives no such line."""
+    k612, k612_64k = require_kernel("6.12"), require_kernel("6.12-64k")
+    tree = tmp_path / "nls"
+    tree.mkdir()
+    shutil.copy(k612.modules_dir / NLS_UTF8, tree)
+    shutil.copy(k612.modules_dir / "fs/nls/nls_ascii.ko.xz", tree)
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\nkeep vfs_read\n")
+    other = invoke("policy", "check", policy, k612_64k.vmlinux, tree)
+    assert other.exit_code == 1, other.output
+    assert other.stdout.splitlines()[-1] == (
+        "warning: module nls_ascii (and 1 more module): built for 6.12.107+deb13-powerpc64le (its vermagic), and "
+        "the vmlinux is Linux 6.12.107+deb13-powerpc64le-64k: not the kernel that loads them; prenop refuses them"
+    )
+    own = invoke("policy", "check", policy, k612.vmlinux, tree)
+    assert own.exit_code == 0 and "its vermagic" not in own.stdout, own.output

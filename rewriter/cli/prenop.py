@@ -1213,7 +1213,8 @@ def _tally_files(
                 if why is Untraceable.UNRECORDED and s.source is Source.LOG:
                     why = None  # prenop applies a policy to the original: a kept site gets its record back
                 facts.append(pol.SiteFacts(sc.name_of(s), s.section, None if why is None else why.value))
-            tally.add_file(sc.module, facts, generation_of(sc), sc.locs if sc.kind is Kind.VMLINUX else None)
+            locs = sc.locs if sc.kind is Kind.VMLINUX else None
+            tally.add_file(sc.module, facts, generation_of(sc), locs, sc.release)
     return errors
 
 

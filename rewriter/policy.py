@@ -51,7 +51,7 @@ from rewriter.boot import init_only
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
 from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
-from rewriter.prose import counted, printable
+from rewriter.prose import and_more, counted, printable
 from rewriter.reading import read_regular_text
 
 
@@ -385,7 +385,7 @@ class Tally:
         if not other:
             return []
         (module, release), more = other[0], len(other) - 1
-        also = f" (and {counted(more, 'more module')})" if more else ""
+        also = and_more(more, "module")
         return [
             f"module {module}{also}: built for {release} (its vermagic), and the vmlinux is Linux {kernel}: "
             f"not the kernel that loads {'them' if more else 'it'}; prenop refuses {'them' if more else 'it'}"

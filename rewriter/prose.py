@@ -10,6 +10,12 @@ def counted(n: int, noun: str, plural: str | None = None) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
 
 
+def and_more(n: int, noun: str) -> str:
+    """`` (and 2 more files)``, said after the first of ``n + 1`` things a line names; ``""`` when
+    it names them all."""
+    return f" (and {counted(n, 'more ' + noun)})" if n else ""
+
+
 def printable(text: str) -> str:
     """``text`` with each character that is not printable (a newline, a tab, the ESC of a terminal
     escape sequence) written as its Python escape, ``\\n`` or ``\\x1b``: what a message or a

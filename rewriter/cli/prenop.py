@@ -39,7 +39,7 @@ from rewriter.cli.rewrite import CheckR0, say_waiting
 from rewriter.errors import ArgumentError, NothingToDo, OutputError
 from rewriter.lock import Gone, hold
 from rewriter.output import Place, Places
-from rewriter.prose import counted, printable
+from rewriter.prose import and_more, counted, printable
 from rewriter.sign import HASHES
 
 if TYPE_CHECKING:
@@ -1144,7 +1144,7 @@ def policy_check(
         raise typer.Exit(ExitCode.BAD_INPUT)
     typer.echo("\n".join(_check_lines(policy_file, rules, tally)))
     if overridden:  # as scan and audit say it: the table is of the images read as --generation says
-        more = f" (and {counted(len(overridden) - 1, 'more file')})" if len(overridden) > 1 else ""
+        more = and_more(len(overridden) - 1, "file")
         typer.echo(f"note: {overridden[0]}{more}")
     warnings = tally.warnings() + _unlogged_warning(unlogged)
     for w in warnings:
@@ -1160,7 +1160,7 @@ def _unlogged_warning(unlogged: Sequence[tuple[Path, int]]) -> list[str]:
     if not unlogged:
         return []
     (first, zeroed), more = unlogged[0], len(unlogged) - 1
-    others = f" (and {counted(more, 'more file')})" if more else ""
+    others = and_more(more, "file")
     return [
         f"{first}: {zeroed} of its records are zeroed, as a rewrite leaves them, and no patch log describes "
         f"it{others}: the sites that rewrite nopped are not counted; give the --log-dir its run wrote the logs to"

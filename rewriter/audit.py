@@ -30,7 +30,7 @@ from rewriter.code import code_view
 from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, HeaderRefusal
 from rewriter.elf.image import Abi, Image, Kind
-from rewriter.elf.release import kernel_release, kernel_version
+from rewriter.elf.release import kernel_version, releases_differ
 from rewriter.elf.symbols import Functions, RelocationNames, split_place
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, OOL_AREAS, Generation, Variant, default_variant
@@ -173,7 +173,7 @@ def audit_image(
     counts = _counts(result, code.funcs)
     return ImageAudit(
         image.path, group, result.kind, result.endian, result.abi, counts, tuple(order), sites, result.generation,
-        result.stubs, gap, image.compression is not Compression.NONE, result.locs, kernel_release(image),
+        result.stubs, gap, image.compression is not Compression.NONE, result.locs, result.release,
     )  # fmt: skip
 
 
@@ -701,17 +701,12 @@ def cross_image_anomalies(audits: Sequence[ImageAudit]) -> list[ImageAudit]:
             msg = f"{a.endian}-endian {a.abi.value} module for a {k.endian}-endian {k.abi.value} kernel"
             extra = Anomaly(AnomalyKind.ABI_MISMATCH, Severity.ERROR, msg)
             a = replace(a, anomalies=(extra, *a.anomalies))
-        if a.kind is Kind.MODULE and _other_release(a, k):
+        if a.kind is Kind.MODULE and releases_differ(a.release, k.release):
             a = replace(a, anomalies=_ordered([*a.anomalies, _release_mismatch(a, k)]))
         if a.kind is Kind.MODULE and zero_records_fail(a.generation, loop_for_modules(k.generation, k.locs)):
             a = replace(a, anomalies=_ordered([_fatal_zeroes(x, k.path) for x in a.anomalies]))
         out.append(a)
     return out
-
-
-def _other_release(module: ImageAudit, kernel: ImageAudit) -> bool:
-    """Both name a release (vermagic, linux_banner), and not the same one."""
-    return module.release is not None and kernel.release is not None and module.release != kernel.release
 
 
 def _release_mismatch(module: ImageAudit, kernel: ImageAudit) -> Anomaly:

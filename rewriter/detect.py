@@ -15,7 +15,7 @@ from rewriter.arrays import shift
 from rewriter.code import CodeView
 from rewriter.elf import structs as S
 from rewriter.elf.image import Image, Kind
-from rewriter.elf.release import vermagic_words
+from rewriter.elf.release import vermagic_callsite
 from rewriter.generations import OOL_AREAS, Generation
 from rewriter.prose import counted
 
@@ -142,7 +142,7 @@ def _has_mcount_table(image: Image) -> bool:
     if image.section("__mcount_loc") is None:
         return False
     both = image.section("__patchable_function_entries") is not None
-    return not (both and "patchable-function-entry" in vermagic_words(image))
+    return not (both and vermagic_callsite(image) == "__patchable_function_entries")
 
 
 # The word before an mprofile call slot, in every state a site of that layout can hold: `mflr r0`

@@ -32,7 +32,7 @@ import numpy as np
 from rewriter.elf import structs as S
 from rewriter.elf.compress import SUFFIX, Compression, Restore, compression_named, decompress, detect_compression
 from rewriter.elf.image import Image, Kind
-from rewriter.elf.release import kernel_release
+from rewriter.elf.release import kernel_release, releases_differ
 from rewriter.errors import ArgumentError, ImageError, LogError, NothingToDo, OutputError, RewriteError, WordMismatch
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.heap import collector_paused
@@ -330,7 +330,7 @@ def _check_release(kernel: Path, vmlinux: Image, module: Image) -> None:
     vmlinux of another says nothing sure of the ftrace_process_locs() loop that loads it (stable
     kernels took the 2025 loop: ``rewriter.locs``)."""
     theirs, ours = kernel_release(vmlinux), kernel_release(module)
-    if theirs is not None and ours is not None and theirs != ours:
+    if releases_differ(ours, theirs):
         raise _not_its_kernel(kernel, f"Linux {theirs}, and {module.path} was built for {ours} (its vermagic)")
 
 

@@ -48,6 +48,7 @@ from types import MappingProxyType
 from typing import Final, NamedTuple
 
 from rewriter.boot import init_only
+from rewriter.elf.release import releases_differ
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
 from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
@@ -381,7 +382,7 @@ class Tally:
         """Modules built for another release than the vmlinux checked with them: prenop refuses
         them (the vmlinux is not the kernel that loads them, nor its loop theirs)."""
         kernel = self.kernel_release
-        other = [(m, r) for m, r in self.module_releases if kernel is not None and r != kernel]
+        other = [(m, r) for m, r in self.module_releases if releases_differ(r, kernel)]
         if not other:
             return []
         (module, release), more = other[0], len(other) - 1

@@ -60,7 +60,7 @@ from rewriter.batch import Entry, EntryKind, first_of_each, map_batches, tree_en
 from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
-from rewriter.elf.release import kernel_release
+from rewriter.elf.release import kernel_release, releases_differ
 from rewriter.elf.signature import TrailerError, parse_trailer
 from rewriter.errors import ArgumentError, LogError, RewriteError, WordMismatch
 from rewriter.files import (
@@ -468,7 +468,7 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     image = Image(t.source, original, compression)
     sc = scan(image, settings.hints.mcount_addr, settings.hints.generation)
     refuse_contradicted_generation(image, sc)
-    _refuse_other_release(image, settings.kernel)
+    _refuse_other_release(sc, settings.kernel)
     if not was_output and sc.records.zeroed:
         _refuse_nopped_without_log(t, facts, sc.records.zeroed)
     chosen, rules = _policy_choice(settings.policy, sc)
@@ -931,16 +931,13 @@ def _kernel_facts(ts: Sequence[Target], settings: Settings) -> tuple[Locs, tuple
     return Locs.UNKNOWN, None
 
 
-def _refuse_other_release(image: Image, kernel: tuple[Path, str] | None) -> None:
+def _refuse_other_release(module: Scan, kernel: tuple[Path, str] | None) -> None:
     """A module built for another release than the run's vmlinux: its records would be dropped by
     the loop of a kernel that does not load it (``nop --kernel`` refuses that vmlinux too:
     ``files._check_release``; audit warns, ``release-mismatch``)."""
-    if kernel is None or image.kind is not Kind.MODULE:
-        return
-    ours = kernel_release(image)
-    if ours is not None and ours != kernel[1]:
+    if kernel is not None and module.kind is Kind.MODULE and releases_differ(module.release, kernel[1]):
         raise ArgumentError(
-            f"{image.path}: built for {ours} (its vermagic), and this run's vmlinux {kernel[0]} is Linux "
+            f"{module.path}: built for {module.release} (its vermagic), and this run's vmlinux {kernel[0]} is Linux "
             f"{kernel[1]}: not the kernel that loads it"
         )
 

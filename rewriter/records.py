@@ -16,9 +16,8 @@ from rewriter import modload
 from rewriter.elf import structs as S
 from rewriter.elf.dynamic import relocated_slots
 from rewriter.elf.image import Image, Kind, Section
-from rewriter.elf.release import vermagic_words
+from rewriter.elf.release import vermagic_callsite
 from rewriter.elf.symbols import reloc_target_places
-from rewriter.errors import UnmappedAddress
 
 RECORD_SIZE: Final = S.addr_dtype("<").itemsize  # one record: an 8-byte address
 
@@ -72,16 +71,6 @@ def _split_by_name(image: Image) -> bool:
     return bool(modload.shared_names(image)) and modload.refusal(image) is None
 
 
-# What a module's vermagic says of its kernel's FTRACE_CALLSITE_SECTION (include/linux/ftrace.h:
-# "__patchable_function_entries" where the build defines CC_USING_PATCHABLE_FUNCTION_ENTRY, which
-# arch/powerpc/Makefile does with CONFIG_ARCH_USING_PATCHABLE_FUNCTION_ENTRY, else "__mcount_loc";
-# arch/powerpc/include/asm/vermagic.h names the same config: 6.1 to 7.2).
-_CALLSITE_OF_VERMAGIC: Final = {
-    "patchable-function-entry": "__patchable_function_entries",
-    "mprofile-kernel": "__mcount_loc",
-}
-
-
 def callsite_section(image: Image, tables: Sequence[RecordTable]) -> str | None:
     """The one record section a module's loader reads where the module has both: find_module_sections()
     (kernel/module/main.c) reads FTRACE_CALLSITE_SECTION alone, and ftrace never sees the other's
@@ -89,8 +78,7 @@ def callsite_section(image: Image, tables: Sequence[RecordTable]) -> str | None:
     names = {sec.name for sec in (record_section(image, t) for t in tables) if sec is not None}
     if len(names) < len(REL_RECORD_SECTIONS) or image.kind is not Kind.MODULE:
         return None
-    found = [_CALLSITE_OF_VERMAGIC[w] for w in vermagic_words(image) if w in _CALLSITE_OF_VERMAGIC]
-    return found[0] if found else None
+    return vermagic_callsite(image)
 
 
 def ignored_section(image: Image) -> tuple[str, str] | None:
@@ -230,10 +218,7 @@ def table_at(image: Image, name: str, addr: int, count: int) -> RecordTable:
     (also where a stripped image's search found a table that no symbol bounds)."""
     if not count:
         return RecordTable(name, addr, None, np.zeros(0, np.uint64))
-    try:
-        off = image.offset_of(addr)
-    except UnmappedAddress:  # its bounds or section lie: say which table, not only the address
-        raise image.error(f"{name} at {addr:#x} is in no allocated section with file data") from None
+    off = image.offset_of_named(name, addr)  # its bounds or section may lie: say which table
     if off + count * RECORD_SIZE > image.elf_end:
         raise image.error(f"{name} runs past the end of the file")
     values = np.frombuffer(image.data, S.addr_dtype(image.endian), count=count, offset=off).astype(np.uint64)

@@ -15,7 +15,6 @@ from typing import Final, NamedTuple
 
 from rewriter import ppc
 from rewriter.elf.image import Image
-from rewriter.errors import UnmappedAddress
 from rewriter.generations import LAYOUTS, OOL_AREAS, OOL_INITTEXT, OOL_TEXT, OOL_TEXT_END, Variant
 from rewriter.locs import Bounds
 from rewriter.states import Insn
@@ -75,17 +74,10 @@ def area_symbols(image: Image) -> list[tuple[str, int, int, int | None]]:
         count_hit = syms.find(name + "_count")
         count = None
         if len(count_hit):
-            off = _count_offset(image, name + "_count", int(syms.table["st_value"][count_hit[0]]))
+            off = image.offset_of_named(name + "_count", int(syms.table["st_value"][count_hit[0]]))
             count = int.from_bytes(image.data[off : off + 4], image.byteorder)
         out.append((name, int(row["st_value"]), int(row["st_size"]), count))
     return out
-
-
-def _count_offset(image: Image, name: str, addr: int) -> int:
-    try:
-        return int(image.offset_of(addr))
-    except UnmappedAddress:  # say which word, not only the address
-        raise image.error(f"{name} at {addr:#x} is in no allocated section with file data") from None
 
 
 def assign_stubs(

@@ -629,6 +629,14 @@ class Image:
                 return Offset(sec.offset + addr - sec.addr)
         raise UnmappedAddress(f"{self.path}: address {addr:#x} is in no section with file data")
 
+    def offset_of_named(self, name: str, addr: int) -> Offset:
+        """:meth:`offset_of` of what a symbol or table ``name`` says lies at ``addr``: where it lies
+        in no section with file data, the error names it, not only the address."""
+        try:
+            return self.offset_of(addr)
+        except UnmappedAddress:
+            raise self.error(f"{name} at {addr:#x} is in no allocated section with file data") from None
+
     def addr_of(self, offset: int) -> Addr:
         for sec in self.sections:
             if sec.type != S.SHT_NOBITS and sec.flags & S.SHF_ALLOC and sec.offset <= offset < sec.offset + sec.size:

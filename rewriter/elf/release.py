@@ -11,13 +11,16 @@ but runs 6.12's boot checks. A module says which kernel it was built for in its 
 from __future__ import annotations
 
 import re
+from types import MappingProxyType
+from typing import Final
 
 from rewriter.elf.image import Image, Kind
 from rewriter.errors import UnmappedAddress
 
 # The release (UTS_RELEASE, what ``uname -r`` says) is the first word of both; the kernel's
 # __NEW_UTS_LEN holds 64 bytes of it.
-_VERMAGIC = re.compile(rb"(?:^|\0)vermagic=([^\0 ]{1,64})(?=[\0 ]|$)")
+_RELEASE_LEN = 64
+_VERMAGIC = re.compile(rb"(?:^|\0)vermagic=([^\0]*)")  # the whole line: the release, then the build's words
 _BANNER = re.compile(rb"Linux version ([^\0 ]{1,64}) ")
 # At most 4 digits a number: a longer one names no kernel, and 5,000 of them passed Python's
 # limit on int() of a string (ValueError, an internal error in nop and diff).
@@ -47,10 +50,15 @@ def kernel_release(image: Image) -> str | None:
 
 
 def _module_release(image: Image) -> bytes | None:
-    sec = image.section(".modinfo")
-    if sec is None:
-        return None
-    found = _VERMAGIC.search(image.section_bytes(sec))
+    line = _vermagic(image)
+    release = None if line is None else line.split(b" ", 1)[0]
+    return release if release and len(release) <= _RELEASE_LEN else None
+
+
+def _vermagic(image: Image) -> bytes | None:
+    """A module's ``vermagic`` line (``.modinfo``), or None (another file, a module without one)."""
+    sec = image.section(".modinfo") if image.kind is Kind.MODULE else None
+    found = None if sec is None else _VERMAGIC.search(image.section_bytes(sec))
     return None if found is None else found[1]
 
 
@@ -69,12 +77,30 @@ def _vmlinux_release(image: Image) -> bytes | None:
     return None if found is None else found[1]
 
 
-_VERMAGIC_LINE = re.compile(rb"(?:^|\0)vermagic=([^\0]*)")
-
-
 def vermagic_words(image: Image) -> tuple[str, ...]:
     """The words of a module's ``vermagic`` (``6.12.107+deb13-powerpc64le SMP mod_unload modversions
     patchable-function-entry relocatable``), or none (another file, a module without one)."""
-    sec = image.section(".modinfo") if image.kind is Kind.MODULE else None
-    found = None if sec is None else _VERMAGIC_LINE.search(image.section_bytes(sec))
-    return () if found is None else tuple(found[1].decode("ascii", "replace").split())
+    line = _vermagic(image)
+    return () if line is None else tuple(line.decode("ascii", "replace").split())
+
+
+# What a module's vermagic says of its kernel's FTRACE_CALLSITE_SECTION (include/linux/ftrace.h:
+# "__patchable_function_entries" where the build defines CC_USING_PATCHABLE_FUNCTION_ENTRY, which
+# arch/powerpc/Makefile does with CONFIG_ARCH_USING_PATCHABLE_FUNCTION_ENTRY, else "__mcount_loc";
+# arch/powerpc/include/asm/vermagic.h names the same config: 6.1 to 7.2).
+_CALLSITE_OF_VERMAGIC: Final = MappingProxyType(
+    {"patchable-function-entry": "__patchable_function_entries", "mprofile-kernel": "__mcount_loc"}
+)
+
+
+def vermagic_callsite(image: Image) -> str | None:
+    """The record section a module's kernel reads (FTRACE_CALLSITE_SECTION), as its vermagic says;
+    None when it says neither (another file, an older or stripped vermagic)."""
+    found = [_CALLSITE_OF_VERMAGIC[w] for w in vermagic_words(image) if w in _CALLSITE_OF_VERMAGIC]
+    return found[0] if found else None
+
+
+def releases_differ(ours: str | None, theirs: str | None) -> bool:
+    """Both name a release (a module's vermagic, a vmlinux's linux_banner), and not the same one:
+    the vmlinux is not the kernel that loads the module (nop --kernel, prenop, policy check, audit)."""
+    return ours is not None and theirs is not None and ours != theirs

@@ -56,6 +56,15 @@ class ArgumentError(RewriteError):
     library (``check``'s ``tasks``) or on the command line (``--undo`` with ``--verify``)."""
 
 
+class OtherRelease(ArgumentError):
+    """A module built for another release than the vmlinux it is given with: not the kernel that
+    loads it. Carries the module's release, by which a run of many such modules is told in one line."""
+
+    def __init__(self, message: str, release: str) -> None:
+        super().__init__(message)
+        self.release = release
+
+
 class LogError(RewriteError):
     """A patch log that is truncated, edited, or for another file."""
 

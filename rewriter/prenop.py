@@ -62,7 +62,7 @@ from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.release import kernel_release, releases_differ
 from rewriter.elf.signature import TrailerError, parse_trailer
-from rewriter.errors import ArgumentError, LogError, RewriteError, WordMismatch
+from rewriter.errors import LogError, OtherRelease, RewriteError, WordMismatch
 from rewriter.files import (
     ScanHints,
     known_sites,
@@ -120,6 +120,7 @@ class FileReport(NamedTuple):
     rules: frozenset[int] = frozenset()  # the policy rules (indexes) that decide at least one site
     unchecked: int = 0  # records dropped from a patchable module with no kernel's loop to check (rewriter.locs)
     copied: bool = False  # nothing to nop, and -o's output was written as a copy of it (a dry run: would be)
+    built_for: str = ""  # failed as a module of another release than the run's vmlinux: the release it names
 
     @property
     def no_sites(self) -> bool:
@@ -802,7 +803,8 @@ Job = Callable[[Target], FileReport]
 
 def _failure(t: Target, e: Exception) -> FileReport:
     if isinstance(e, RewriteError):
-        return FileReport(t.rel, Status.FAILED, message=str(e))
+        built_for = e.release if isinstance(e, OtherRelease) else ""
+        return FileReport(t.rel, Status.FAILED, message=str(e), built_for=built_for)
     if isinstance(e, ValueError | IndexError | OverflowError | MemoryError):
         # A corrupt file that slipped past the structural checks: still one line, not a traceback.
         return FileReport(t.rel, Status.FAILED, message=f"{t.source}: corrupt ELF data ({type(e).__name__}: {e})")
@@ -936,9 +938,10 @@ def _refuse_other_release(module: Scan, kernel: tuple[Path, str] | None) -> None
     the loop of a kernel that does not load it (``nop --kernel`` refuses that vmlinux too:
     ``files._check_release``; audit warns, ``release-mismatch``)."""
     if kernel is not None and module.kind is Kind.MODULE and releases_differ(module.release, kernel[1]):
-        raise ArgumentError(
+        raise OtherRelease(
             f"{module.path}: built for {module.release} (its vermagic), and this run's vmlinux {kernel[0]} is Linux "
-            f"{kernel[1]}: not the kernel that loads it"
+            f"{kernel[1]}: not the kernel that loads it",
+            module.release or "",
         )
 
 

@@ -72,3 +72,31 @@ def test_policy_check_warns_of_the_modules_prenop_refuses_for_their_release(tmp_
     )
     own = invoke("policy", "check", policy, k612.vmlinux, tree)
     assert own.exit_code == 0 and "its vermagic" not in own.stdout, own.output
+
+
+def test_prenop_tells_the_modules_of_one_other_release_in_one_line_after_the_first(tmp_path: Path) -> None:
+    """A tree given with the wrong vmlinux: every module fails for its release. The first is told in
+    full, the rest of that release in one counted line (a whole tree printed thousands of lines
+    alike, where policy check prints one); --report still lists each, with its error."""
+    k612, k612_64k = require_kernel("6.12"), require_kernel("6.12-64k")
+    tree = tmp_path / "in"
+    tree.mkdir()
+    names = ["nls_ascii.ko.xz", "nls_utf8.ko.xz", "nls_cp437.ko.xz"]
+    for name in names:
+        shutil.copy(k612.modules_dir / "fs/nls" / name, tree)
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    run = invoke("prenop", "--policy", policy, k612_64k.vmlinux, tree, "-o", out, "--report", report)
+    assert run.exit_code == 2, run.output
+    errors = [line for line in run.stderr.splitlines() if line.startswith("mcountrw: error: ")]
+    assert errors[0].startswith(f"mcountrw: error: {tree / 'nls_ascii.ko.xz'}: built for 6.12.107+deb13-powerpc64le")
+    assert errors[1] == (
+        "mcountrw: error: 2 more modules built for 6.12.107+deb13-powerpc64le refused the same way, not written "
+        "(first: nls_cp437.ko.xz)"
+    )
+    assert len(errors) == 3 and errors[2].startswith(f"mcountrw: error: {out} is incomplete: 3 files failed")
+    files = {f["path"]: f for f in json.loads(report.read_text())["files"]}
+    for name in names:
+        assert files[name]["status"] == "failed" and "its vermagic" in files[name]["message"], files
+        assert not (out / name).exists()

@@ -908,13 +908,17 @@ def _print_reports(mode: Mode, reports: Sequence[FileReport], header: str) -> No
     """Failures and mismatches on stderr, one line each; the summary table and notes on stdout."""
     from rewriter.prenop import Status
 
+    told = _other_release_told(reports)
     for r in reports:
         if r.status is Status.FAILED:
-            typer.echo(f"mcountrw: error: {r.message}", err=True)
+            if r.built_for not in told or told[r.built_for] is r:
+                typer.echo(f"mcountrw: error: {r.message}", err=True)
         elif r.status is Status.MISMATCH:
             typer.echo(f"MISMATCH: {r.rel}: {r.message}", err=True)
         elif r.status is Status.ORIGINAL and r.message:  # --verify (--undo says it in the table)
             typer.echo(f"already original: {r.rel}: {r.message}", err=True)
+    for line in _other_release_lines(reports, told):
+        typer.echo(f"mcountrw: error: {line}", err=True)
     takes = MODES[mode]
     undoing = mode in (Mode.UNDO, Mode.UNDO_DRY_RUN)
     summary = _summary(reports, logs_only=not takes.policy, dry_run=takes.dry_run, undoing=undoing)
@@ -922,6 +926,30 @@ def _print_reports(mode: Mode, reports: Sequence[FileReport], header: str) -> No
     for line in _notes(reports, mode):
         typer.echo(line)
     sys.stdout.flush()
+
+
+def _other_release_told(reports: Sequence[FileReport]) -> dict[str, FileReport]:
+    """The first module refused for each other release it was built for: its line is printed in
+    full, the others of that release are counted (a whole tree given with the wrong vmlinux would
+    print thousands of lines alike, where ``policy check`` prints one)."""
+    told: dict[str, FileReport] = {}
+    for r in reports:
+        if r.built_for:
+            told.setdefault(r.built_for, r)
+    return told
+
+
+def _other_release_lines(reports: Sequence[FileReport], told: dict[str, FileReport]) -> list[str]:
+    """One line per release for the modules of it not printed in full (``--report`` lists each)."""
+    lines = []
+    for release, first in told.items():
+        rest = [r for r in reports if r.built_for == release and r is not first]
+        if rest:
+            lines.append(
+                f"{counted(len(rest), 'more module')} built for {release} refused the same way, not written "
+                f"(first: {printable(rest[0].rel)})"
+            )
+    return lines
 
 
 def _summary(reports: Sequence[FileReport], logs_only: bool, dry_run: bool, undoing: bool = False) -> list[str]:

@@ -382,15 +382,19 @@ class Tally:
         """Modules built for another release than the vmlinux checked with them: prenop refuses
         them (the vmlinux is not the kernel that loads them, nor its loop theirs)."""
         kernel = self.kernel_release
-        other = [(m, r) for m, r in self.module_releases if releases_differ(r, kernel)]
-        if not other:
-            return []
-        (module, release), more = other[0], len(other) - 1
-        also = and_more(more, "module")
-        return [
-            f"module {module}{also}: built for {release} (its vermagic), and the vmlinux is Linux {kernel}: "
-            f"not the kernel that loads {'them' if more else 'it'}; prenop refuses {'them' if more else 'it'}"
-        ]
+        by_release: dict[str, list[str]] = {}
+        for module, release in self.module_releases:
+            if releases_differ(release, kernel):
+                by_release.setdefault(release, []).append(module)
+        lines = []
+        for release, modules in by_release.items():  # one line per release: each names what it was built for
+            more = len(modules) - 1
+            lines.append(
+                f"module {modules[0]}{and_more(more, 'module')}: built for {release} (its vermagic), and the vmlinux "
+                f"is Linux {kernel}: not the kernel that loads {'them' if more else 'it'}; prenop refuses "
+                f"{'them' if more else 'it'}"
+            )
+        return lines
 
 
 def _examples(labels: set[str]) -> tuple[str, ...]:

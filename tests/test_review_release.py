@@ -100,3 +100,24 @@ def test_prenop_tells_the_modules_of_one_other_release_in_one_line_after_the_fir
     for name in names:
         assert files[name]["status"] == "failed" and "its vermagic" in files[name]["message"], files
         assert not (out / name).exists()
+
+
+def test_policy_check_names_each_other_release_in_a_line_of_its_own(tmp_path: Path) -> None:
+    """Modules of two other releases than the vmlinux: one warning per release, each saying what its
+    modules were built for (one line named the first module's release for all of them)."""
+    k612, k612_64k, k72 = require_kernel("6.12"), require_kernel("6.12-64k"), require_kernel("7.2")
+    tree = tmp_path / "nls"
+    (tree / "a").mkdir(parents=True)
+    (tree / "b").mkdir()
+    shutil.copy(k612.modules_dir / NLS_UTF8, tree / "a")
+    shutil.copy(k72.modules_dir / NLS_UTF8, tree / "b")
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    done = invoke("policy", "check", policy, k612_64k.vmlinux, tree)
+    assert done.exit_code == 1, done.output
+    warnings = [line for line in done.stdout.splitlines() if "its vermagic" in line]
+    assert sorted(w.split(": built for ")[1].split(" ")[0] for w in warnings) == [
+        "6.12.107+deb13-powerpc64le",
+        "7.2.13+deb14-powerpc64le",
+    ], warnings
+    assert all(w.startswith("warning: module nls_utf8: built for ") for w in warnings), warnings

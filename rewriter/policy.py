@@ -48,9 +48,9 @@ from types import MappingProxyType
 from typing import Final, NamedTuple
 
 from rewriter.boot import init_only
-from rewriter.elf.release import releases_differ
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
+from rewriter.kernels import Kernel, Kernels
 from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
 from rewriter.prose import and_more, counted, printable
 from rewriter.reading import read_regular_text
@@ -253,6 +253,15 @@ class SiteFacts(NamedTuple):
     untraceable: str | None = None
 
 
+class ModuleNops(NamedTuple):
+    """What the tally keeps of a module for prenop's refusals (:meth:`Tally.lines`)."""
+
+    name: str
+    generation: Generation | None
+    nopped: int  # sites the policy nops
+    release: str | None  # what its vermagic names: the vmlinux of that release loads it (rewriter.kernels)
+
+
 class Tally:
     """Counts rule matches over many files' sites (for ``policy check``), and what the verdicts
     mean: kept sites that are traceable after boot (and why the others are not), nopped sites per
@@ -272,11 +281,9 @@ class Tally:
         self.nopped: Counter[Generation | None] = Counter()  # nopped sites per generation
         # What prenop would refuse: a zeroed record fails under the older ftrace_process_locs()
         # loop (rewriter.locs), a vmlinux's own and, for a module, the run's vmlinux's.
-        self.kernel_locs: Locs | None = None  # the first vmlinux's, as prenop reads it
+        self.kernels: list[Kernel] = []  # the vmlinux images, which load the modules of their release
         self.vmlinux_nops: list[tuple[Generation | None, Locs, int]] = []
-        self.module_nops: list[tuple[Generation | None, int]] = []
-        self.kernel_release: str | None = None  # the first vmlinux's, as prenop reads it
-        self.module_releases: list[tuple[str, str]] = []  # (module, the release its vermagic names)
+        self.module_nops: list[ModuleNops] = []
 
     @property
     def when_traced(self) -> str:
@@ -304,13 +311,9 @@ class Tally:
         self._add_sites(module, sites, generation)
         nopped = self.verdicts[Verb.NOP] - nopped
         if module is not None:
-            self.module_nops.append((generation, nopped))
-            if release is not None:
-                self.module_releases.append((module, release))
+            self.module_nops.append(ModuleNops(module, generation, nopped, release))
         elif locs is not None:
-            if self.kernel_locs is None:
-                self.kernel_locs = loop_for_modules(generation, locs)
-                self.kernel_release = release
+            self.kernels.append(Kernel(None, release, loop_for_modules(generation, locs)))
             self.vmlinux_nops.append((generation, locs, nopped))
 
     def _add_sites(self, module: str | None, sites: Sequence[SiteFacts], generation: Generation | None) -> None:
@@ -370,8 +373,9 @@ class Tally:
         if vmlinux:
             out.append(f"the vmlinux: nop on {counted(vmlinux, 'site')} drops their records, but {ZERO_ADJUSTED}; "
                        "prenop refuses it")  # fmt: skip
-        kernel = self.kernel_locs or Locs.UNKNOWN
-        modules = [n for g, n in self.module_nops if n and zero_records_fail(g, kernel)]
+        kernels = Kernels(tuple(self.kernels))
+        held = [(m.nopped, m.generation, kernels.locs_for(m.release)) for m in self.module_nops]
+        modules = [n for n, generation, loop in held if n and zero_records_fail(generation, loop)]
         if modules:
             files, sites = counted(len(modules), "module"), counted(sum(modules), "site")
             out.append(f"{files}: nop on {sites} drops their records, but the vmlinux's is the older loop "
@@ -381,18 +385,21 @@ class Tally:
     def _other_release(self) -> list[str]:
         """Modules built for another release than the vmlinux checked with them: prenop refuses
         them (the vmlinux is not the kernel that loads them, nor its loop theirs)."""
-        kernel = self.kernel_release
-        by_release: dict[str, list[str]] = {}
-        for module, release in self.module_releases:
-            if releases_differ(release, kernel):
-                by_release.setdefault(release, []).append(module)
+        kernels = Kernels(tuple(self.kernels))
+        by_release: dict[str | None, list[str]] = {}
+        for m in self.module_nops:
+            if kernels.refuse(m.release):
+                by_release.setdefault(m.release, []).append(m.name)
+        one = len(kernels.known) == 1
+        theirs = "the vmlinux is" if one else "the vmlinux images are"
         lines = []
         for release, modules in by_release.items():  # one line per release: each names what it was built for
             more = len(modules) - 1
+            them = "them" if more else "it"
             lines.append(
-                f"module {modules[0]}{and_more(more, 'module')}: built for {release} (its vermagic), and the vmlinux "
-                f"is Linux {kernel}: not the kernel that loads {'them' if more else 'it'}; prenop refuses "
-                f"{'them' if more else 'it'}"
+                f"module {modules[0]}{and_more(more, 'module')}: built for {release} (its vermagic), and {theirs} "
+                f"{kernels.releases()}: {'not the kernel that loads' if one else 'none loads'} {them}; prenop "
+                f"refuses {them}"
             )
         return lines
 

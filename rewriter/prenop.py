@@ -60,7 +60,7 @@ from rewriter.batch import Entry, EntryKind, first_of_each, map_batches, tree_en
 from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
-from rewriter.elf.release import kernel_release, releases_differ
+from rewriter.elf.release import kernel_release
 from rewriter.elf.signature import TrailerError, parse_trailer
 from rewriter.errors import LogError, OtherRelease, RewriteError, WordMismatch
 from rewriter.files import (
@@ -71,6 +71,7 @@ from rewriter.files import (
     read_file,
     refuse_contradicted_generation,
 )
+from rewriter.kernels import Kernel, Kernels
 from rewriter.locs import Locs, loop_for_modules, unchecked_drops
 from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
 from rewriter.output import TMP_SUFFIX, NewFile, atomic_symlink, land, publish, stage
@@ -137,8 +138,7 @@ class Settings:
     replace_stale_logs: bool = False
     hints: ScanHints = field(default_factory=ScanHints)  # --mcount-addr, --generation: a stripped vmlinux
     check_r0: bool = False  # --check-r0: refuse a function that reads r0 after its site
-    kernel_locs: Locs = Locs.UNKNOWN  # the loop of the run's vmlinux, which loads its modules (run())
-    kernel: tuple[Path, str] | None = None  # the run's vmlinux and the release it names (run())
+    kernels: Kernels = field(default_factory=Kernels)  # the run's vmlinux images, which load its modules (run())
 
 
 NOP = Options(SiteState.NOPPED, drop_records=True)
@@ -469,7 +469,8 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
     image = Image(t.source, original, compression)
     sc = scan(image, settings.hints.mcount_addr, settings.hints.generation)
     refuse_contradicted_generation(image, sc)
-    _refuse_other_release(sc, settings.kernel)
+    _refuse_other_release(sc, settings.kernels)
+    kernel_locs = settings.kernels.locs_for(sc.release)
     if not was_output and sc.records.zeroed:
         _refuse_nopped_without_log(t, facts, sc.records.zeroed)
     chosen, rules = _policy_choice(settings.policy, sc)
@@ -479,14 +480,14 @@ def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple
         NOP,
         strip_signature=settings.strip_signature or sign,
         check_r0=settings.check_r0,
-        kernel_locs=settings.kernel_locs,
+        kernel_locs=kernel_locs,
     )
     # rewrite() sees only the chosen sites, selected wholesale: the policy has decided already, and
     # function names may hold glob characters (`[`) that a Selection would reinterpret.
     result = rewrite(image, replace(sc, sites=tuple(chosen)), Selection(), options)
     nopped = len({s.place for s in result.sites} | {s.place for s in result.dropped})
     left = sum(1 for s in chosen if s.recorded) - len(result.dropped)
-    unchecked = unchecked_drops(sc.generation, settings.kernel_locs, len(result.dropped))
+    unchecked = unchecked_drops(sc.generation, kernel_locs, len(result.dropped))
     report = FileReport(
         t.rel, Status.NOPPED, image.kind.value, nopped, len(sc.sites) - len(chosen), left, len(sc.records.unmatched),
         rules=rules, unchecked=unchecked if image.kind is Kind.MODULE else 0,
@@ -879,9 +880,8 @@ def run(
     ts: Sequence[Target], settings: Settings, jobs: int, tick: Callable[[], None] | None = None
 ) -> list[FileReport]:
     """Pre-nop every target; reports in the order of ``ts``. The modules are held to the loop of
-    the vmlinux named with them (:func:`_kernel_facts`), and refused when built for another release."""
-    locs, kernel = _kernel_facts(ts, settings)
-    settings = replace(settings, kernel_locs=locs, kernel=kernel)
+    the vmlinux of their release named with them (:func:`_run_kernels`), and refused when none is."""
+    settings = replace(settings, kernels=_run_kernels(ts, settings))
     reports = _map(partial(_prenop_batch, settings=settings), ts, jobs, tick)
     if settings.dry_run or no_site_anywhere(reports):
         return reports
@@ -911,10 +911,11 @@ def _copy_bare(ts: Sequence[Target], reports: Sequence[FileReport]) -> list[File
     return out
 
 
-def _kernel_facts(ts: Sequence[Target], settings: Settings) -> tuple[Locs, tuple[Path, str] | None]:
-    """Which ftrace_process_locs() loop (``rewriter.locs``) the vmlinux named in this run has: the
-    kernel that will load the run's modules; and that vmlinux with the release it names. Unknown
-    and None without one (a bad file is reported in its turn)."""
+def _run_kernels(ts: Sequence[Target], settings: Settings) -> Kernels:
+    """The vmlinux images named in this run, each with the release it names and the
+    ftrace_process_locs() loop (``rewriter.locs``) it holds its modules to: the kernels that will
+    load the run's modules (``rewriter.kernels``). A bad file is reported in its turn."""
+    found = []
     for t in ts:
         if t.source.name.endswith(MODULE_SUFFIXES):
             continue
@@ -923,26 +924,27 @@ def _kernel_facts(ts: Sequence[Target], settings: Settings) -> tuple[Locs, tuple
         except (RewriteError, OSError):
             continue
         if image.kind is Kind.VMLINUX:
-            release = kernel_release(image)
-            kernel = None if release is None else (t.source, release)
             try:
                 generation, loop = kernel_loop(image, settings.hints.mcount_addr, settings.hints.generation)
+                locs = loop_for_modules(generation, loop)
             except RewriteError:
-                return Locs.UNKNOWN, kernel  # reported in its turn
-            return loop_for_modules(generation, loop), kernel
-    return Locs.UNKNOWN, None
+                locs = Locs.UNKNOWN  # reported in its turn
+            found.append(Kernel(t.source, kernel_release(image), locs))
+    return Kernels(tuple(found))
 
 
-def _refuse_other_release(module: Scan, kernel: tuple[Path, str] | None) -> None:
-    """A module built for another release than the run's vmlinux: its records would be dropped by
-    the loop of a kernel that does not load it (``nop --kernel`` refuses that vmlinux too:
-    ``files._check_release``; audit warns, ``release-mismatch``)."""
-    if kernel is not None and module.kind is Kind.MODULE and releases_differ(module.release, kernel[1]):
-        raise OtherRelease(
-            f"{module.path}: built for {module.release} (its vermagic), and this run's vmlinux {kernel[0]} is Linux "
-            f"{kernel[1]}: not the kernel that loads it",
-            module.release or "",
-        )
+def _refuse_other_release(module: Scan, kernels: Kernels) -> None:
+    """A module built for another release than each vmlinux of the run: its records would be
+    dropped by the loop of a kernel that does not load it (``nop --kernel`` refuses that vmlinux
+    too: ``files._check_release``; audit warns, ``release-mismatch``)."""
+    if module.kind is not Kind.MODULE or not kernels.refuse(module.release):
+        return
+    if len(kernels.known) == 1:
+        k = kernels.known[0]
+        theirs = f"this run's vmlinux {k.path} is Linux {k.release}: not the kernel that loads it"
+    else:
+        theirs = f"this run's vmlinux images are {kernels.releases()}: none is the kernel that loads it"
+    raise OtherRelease(f"{module.path}: built for {module.release} (its vermagic), and {theirs}", module.release or "")
 
 
 def undo(

@@ -121,3 +121,46 @@ def test_policy_check_names_each_other_release_in_a_line_of_its_own(tmp_path: Pa
         "7.2.13+deb14-powerpc64le",
     ], warnings
     assert all(w.startswith("warning: module nls_utf8: built for ") for w in warnings), warnings
+
+
+def _two_kernels_tree(tmp_path: Path) -> tuple[list[Path], Path]:
+    """The 4k- and 64k-page 6.12 vmlinux images, and a tree with a module of each and one of 7.2."""
+    k612, k612_64k, k72 = require_kernel("6.12"), require_kernel("6.12-64k"), require_kernel("7.2")
+    tree = tmp_path / "in"
+    for name, kernel in (("4k", k612), ("64k", k612_64k), ("72", k72)):
+        (tree / name).mkdir(parents=True)
+        shutil.copy(kernel.modules_dir / NLS_UTF8, tree / name)
+    return [k612.vmlinux, k612_64k.vmlinux], tree
+
+
+def test_prenop_holds_each_module_to_the_vmlinux_of_its_release_among_several(tmp_path: Path) -> None:
+    """Debian's 4k- and 64k-page builds of 6.12 in one run, each with a module: each module is the
+    one of its own kernel (the second kernel's was refused against the first), and a module of a
+    release neither names is refused, naming both."""
+    kernels, tree = _two_kernels_tree(tmp_path)
+    out, policy = tmp_path / "out", tmp_path / "p.policy"
+    policy.write_text("default keep\nnop :mod:nls_utf8\n")
+    run = invoke("prenop", "--policy", policy, *kernels, tree, "-o", out, "--strip-signature")
+    assert run.exit_code == 2, run.output
+    errors = [line for line in run.stderr.splitlines() if line.startswith("mcountrw: error: ")]
+    assert errors[0] == (
+        f"mcountrw: error: {tree / '72' / 'nls_utf8.ko.xz'}: built for 7.2.13+deb14-powerpc64le (its vermagic), and "
+        "this run's vmlinux images are Linux 6.12.107+deb13-powerpc64le and Linux 6.12.107+deb13-powerpc64le-64k: "
+        "none is the kernel that loads it"
+    ), errors
+    assert len(errors) == 2 and " is incomplete: 1 file failed" in errors[1], errors
+    for name in ("4k", "64k"):
+        assert invoke("prenop", "--verify", out / name / "nls_utf8.ko.xz").exit_code == 0
+    assert not (out / "72" / "nls_utf8.ko.xz").exists()
+
+
+def test_policy_check_holds_each_module_to_the_vmlinux_of_its_release_among_several(tmp_path: Path) -> None:
+    kernels, tree = _two_kernels_tree(tmp_path)
+    policy = tmp_path / "p.policy"
+    policy.write_text("default keep\nnop :mod:nls_utf8\n")
+    done = invoke("policy", "check", policy, *kernels, tree)
+    assert done.exit_code == 1, done.output
+    assert [line for line in done.stdout.splitlines() if "vermagic" in line] == [
+        "warning: module nls_utf8: built for 7.2.13+deb14-powerpc64le (its vermagic), and the vmlinux images are "
+        "Linux 6.12.107+deb13-powerpc64le and Linux 6.12.107+deb13-powerpc64le-64k: none loads it; prenop refuses it"
+    ]

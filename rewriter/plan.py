@@ -734,7 +734,8 @@ def _barrier_text(b: Barrier) -> str:
 
 STOCK_KERNEL_NOTE: Final = (
     "note: proven for writers that all follow checked plans: a stock kernel's ftrace enables a site by "
-    "writing B alone (ftrace_make_call() checks only B), which from nopped is the 2019 race; a runtime "
+    "writing B alone (6.1's ftrace_make_call(), 6.12's ftrace_replace_code(): each compares only B), which "
+    "from nopped is the 2019 race; a runtime "
     "nopped site needs a kernel whose enable path follows such a plan (the 2019 fix), or no record"
 )
 """Said by ``plan`` and ``check-plan`` of a runtime plan that leaves a site ``nopped``: the model

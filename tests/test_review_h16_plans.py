@@ -13,7 +13,7 @@ from conftest import invoke
 from rewriter.check import Violation, check
 from rewriter.errors import PlanRejected
 from rewriter.generations import LAYOUTS, Generation, Variant
-from rewriter.plan import Barrier, Plan, SiteRequest, plan
+from rewriter.plan import Barrier, Plan, SiteRequest, plan, render_text
 from rewriter.states import SiteState
 
 # ---------------------------------------------------------------- stale fetch: what must settle
@@ -91,3 +91,18 @@ def test_a_stale_fetch_plan_settles_exactly_when_the_next_plan_could_race_withou
     nopped, disabled, enabled = SiteState.NOPPED, SiteState.DISABLED, SiteState.ENABLED
     assert plan([SiteRequest(Variant.MPROFILE, nopped, disabled)], stale_fetch=True).settle
     assert plan([SiteRequest(Variant.PATCHABLE, disabled, enabled)], stale_fetch=True).settle is None
+
+
+# ---------------------------------------------------------------- the docs, as they run
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "state-machine.md"
+
+
+def test_the_docs_text_of_a_plan_is_what_plan_prints() -> None:
+    """docs/state-machine.md shows "the text of a plan" (three sites enabled from nopped, one
+    taken to nopped) without the note the text ends with for a site left nopped at run time."""
+    doc = DOCS.read_text()
+    block = doc.split("The text of a plan:\n\n```\n", 1)[1].split("```", 1)[0]
+    nopped, enabled = SiteState.NOPPED, SiteState.ENABLED
+    requests = [SiteRequest(Variant.MPROFILE, nopped, enabled)] * 3 + [SiteRequest(Variant.MPROFILE, enabled, nopped)]
+    assert block == render_text(plan(requests))

@@ -36,11 +36,12 @@ The model (one site; the plan's writes to other sites cannot affect it)
 
 When the patcher is done the checker also requires: the site reads its target; no task is left
 inside the site with a stale r0 unless A reads ``nop`` (the precondition of the next plan, see
-``rewriter.plan``); and, with ``stale_fetch``, where the site holds an ``mflr`` of its own, that
-every task fetches only the final words, so a task entering after the plan sees the target's
-behaviour. An ool task that still fetches the old entry word runs ``nop`` (untraced once more) or
-the intact stub (traced once more): neither can call with a stale r0, so ool plans need no such
-settle.
+``rewriter.plan``); and, with ``stale_fetch``, that no task may still fetch a replaced word the
+next plan's writes could turn into a tracer ``bl`` with a stale r0 (a ``nop`` in A, a ``bl``, gcc
+5's ``b .+8``: :func:`rewriter.plan.stale_word_harmless`). A task that still fetches an old ``nop``
+in B, ``mflr`` or ``b .+8`` past B in A, or an ool entry word (``nop``, or ``b stub`` into the
+intact stub) is untraced or traced once more: neither can call with a stale r0, so such a last
+write needs no settle (the kernel's own one-write enable among them).
 
 Search: breadth-first over hashable tuples with a visited set, so each violation found is one with
 the fewest steps.  The whole space is explored (it is small: thousands of states for T=3, K=2), and
@@ -61,7 +62,18 @@ from typing import Final, NamedTuple
 from rewriter import ppc
 from rewriter.errors import ArgumentError
 from rewriter.generations import LAYOUTS, Generation, Layout, Variant
-from rewriter.plan import PATCH_CLASS, Barrier, Cmodx, Plan, Route, SiteRequest, Write, cmodx_3_0_allows, plan
+from rewriter.plan import (
+    PATCH_CLASS,
+    Barrier,
+    Cmodx,
+    Plan,
+    Route,
+    SiteRequest,
+    Write,
+    cmodx_3_0_allows,
+    plan,
+    stale_word_harmless,
+)
 from rewriter.prose import counted
 from rewriter.states import PLAIN, Insn, SiteState, Slot, words_text
 
@@ -426,14 +438,30 @@ def _end_problems(m: _Model, state: _State) -> Iterator[_Problem]:
                 f"and {held}: a later plan writing bl without a barrier would race",
                 None,
             )
-        if m.geo.layout.mflr_in_site and t[3] and t[3] != _synced(code):
-            stale_slot = next(s for s, v, w in zip(m.geo.layout.slots, t[3], code, strict=True) if v != {w})
+        harmful = _harmful_stale(m.geo.layout, code, t[3])
+        if harmful is not None:
             yield _Problem(
                 Violation.STALE_AFTER,
                 f"the plan ends with no isync after its last write: CPU{i} may still fetch the old word in "
-                f'slot {stale_slot.value} (the trace\'s "CPU{i} may fetch" column)',
+                f'slot {harmful[0].value} (the trace\'s "CPU{i} may fetch" column), {harmful[1].value}: the next '
+                "plan's first write, with no barrier before it, could have it run a bl with r0 not holding LR",
                 None,
             )
+
+
+def _harmful_stale(
+    lay: Layout, code: tuple[Insn, ...], views: tuple[frozenset[Insn], ...] | None
+) -> tuple[Slot, Insn] | None:
+    """A replaced word a task may still fetch that could ever lead it to a tracer ``bl`` with a
+    stale r0 (:func:`rewriter.plan.stale_word_harmless`), as (slot, word); None when every word it
+    may still run is harmless (a ``nop`` in B after an enable: one call untraced, as ool's)."""
+    if not views:  # coherent fetch, or a task done for good
+        return None
+    for slot, view, word in zip(lay.slots, views, code, strict=True):
+        for old in sorted(view - {word}, key=lambda w: w.value):
+            if not stale_word_harmless(lay.variant, slot, old):
+                return slot, old
+    return None
 
 
 def _task_moves(m: _Model, state: _State) -> Iterator[_Move]:

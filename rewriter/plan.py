@@ -28,7 +28,11 @@ Stale instruction fetch
 With ``stale_fetch=True`` a CPU may keep executing the previous contents of a slot until it passes a
 context-synchronising event; ``synchronize_rcu_tasks`` alone does not provide one.  Plans then use
 :attr:`Barrier.ISYNC_RCU_TASKS` (an IPI making every CPU run ``isync``, *then* the RCU-tasks wait)
-between every two writes to a site and after the last one.
+between every two writes to a site, and after the last one when the word it replaced is one a
+CPU could still run to harm (:func:`stale_word_harmless`): a ``nop`` in A, or the site's ``bl``.
+A CPU still fetching a replaced ``nop`` in B, ``mflr`` or ``b .+8`` (past B) in A, or ool's
+``b stub``, runs one call traced more or less, whatever is written later: the kernel's own
+one-write enable (``disabled -> enabled``) needs no isync after it.
 
 Per generation (the layouts of ``rewriter.generations``)
 -------------------------------------------------------
@@ -56,6 +60,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeVar
 
+from rewriter import ppc
 from rewriter.errors import ArgumentError, NoRoute, PlanFormatError, PlanRejected
 from rewriter.generations import LAYOUTS, Variant, state_rejection, steps_from
 from rewriter.prose import counted, json_problem
@@ -86,6 +91,26 @@ def cmodx_3_0_allows(old: Insn, new: Insn) -> bool:
     the old and the new word are patch class (Book II, "Concurrent Modification and Execution of
     Instructions"); ISA 3.1 relaxed this. The planner and the checker both ask here."""
     return old in PATCH_CLASS and new in PATCH_CLASS
+
+
+def stale_word_harmless(variant: Variant, slot: Slot, word: Insn) -> bool:
+    """Whether a CPU that may still fetch ``word``, replaced in ``slot`` with no isync since, can
+    never be led by running it to a tracer ``bl`` with r0 not holding LR, whatever the site's
+    other words are now or become in later plans. Harmful: the site's ``bl`` itself, a ``nop`` in
+    A (r0 stays unset on the way to B), and a ``b .+8`` in A that lands on B (gcc 5's layout).
+    Harmless: ``mflr`` (sets r0), ``b .+8`` past B, a ``nop`` in B, gcc 5's ``std`` or ``nop`` in
+    S (neither changes r0 nor branches), and ool's entry words (``b stub`` enters a stub that runs
+    ``mflr`` first). The end of a plan needs an isync only for a harmful one: the planner and the
+    checker (``stale-after-plan``) both ask here."""
+    if word is Insn.CALL:
+        return False
+    if slot is not Slot.A:
+        return True
+    if word is Insn.NOP:
+        return False
+    a = LAYOUTS[variant].offset(Slot.A)
+    assert a is not None  # a slot the write names is one the layout has (Plan validates it)
+    return word is not Insn.B8 or a + ppc.branch_offset(ppc.B_PLUS_8) > 0  # B is at offset 0
 
 
 class Barrier(enum.Enum):
@@ -442,9 +467,10 @@ def _cost_path(
     if not runtime:
         return _SitePath(steps, (False,) * len(steps), False)
     if stale_fetch:
-        # ool: no settle. A CPU that still fetches the old entry word runs nop (untraced once more)
-        # or the intact stub (traced once more); neither can reach a bl with a stale r0.
-        settle = bool(steps) and LAYOUTS[variant].mflr_in_site
+        # Every write after the first waits for an isync; the last one too when a CPU could
+        # still run the word it replaced to harm (a nop in A, the bl). Not after an enable (a CPU
+        # still running the nop in B is untraced once more), nor any ool write.
+        settle = bool(steps) and not stale_word_harmless(variant, steps[-1].slot, steps[-1].old)
         return _SitePath(steps, tuple(i > 0 for i in range(len(steps))), settle)
     dirty = _stale_r0_possible(variant, states[0])
     before = []
@@ -708,7 +734,8 @@ def _barrier_text(b: Barrier) -> str:
 
 STOCK_KERNEL_NOTE: Final = (
     "note: proven for writers that all follow checked plans: a stock kernel's ftrace enables a site by "
-    "writing B alone (ftrace_make_call() checks only B), which from nopped is the 2019 race; a runtime "
+    "writing B alone (6.1's ftrace_make_call(), 6.12's ftrace_replace_code(): each compares only B), which "
+    "from nopped is the 2019 race; a runtime "
     "nopped site needs a kernel whose enable path follows such a plan (the 2019 fix), or no record"
 )
 """Said by ``plan`` and ``check-plan`` of a runtime plan that leaves a site ``nopped``: the model

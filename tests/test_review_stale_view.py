@@ -39,12 +39,15 @@ def test_a_coherent_fetch_check_has_no_such_column() -> None:
 
 
 def test_stale_after_plan_names_the_column_and_it_holds_the_old_word(tmp_path: Path) -> None:
-    """An isync between the stages but none after the last write: the plan ends with a CPU that
-    may still fetch the old B (the IPI clears the view of A). No CPU acts in that trace, so the
-    column comes from the reason."""
-    made = invoke("plan", "--from", "nopped", "--to", "enabled", "--format", "json")
+    """An isync between the stages but none after the last write, which replaced the bl: the plan
+    ends with a CPU that may still fetch the old bl in B (the IPI clears the view of A), which a
+    later nop written into A would have it run with r0 stale. No CPU acts in that trace, so the
+    column comes from the reason. (A plan that ends replacing B's nop by the bl leaves a stale nop
+    in B, which is harmless: tests/test_review_h16_plans.py.)"""
+    made = invoke("plan", "--from", "enabled", "--to", "guarded", "--format", "json")
     assert made.exit_code == 0, made.output
     plan = json.loads(made.output)
+    plan["stages"].reverse()  # through armed: mflr -> b+8 first, then bl -> nop, with an isync between
     plan["barriers"], plan["stale_fetch"] = ["isync+synchronize_rcu_tasks"], True
     f = tmp_path / "p.json"
     f.write_text(json.dumps(plan))
@@ -54,4 +57,4 @@ def test_stale_after_plan_names_the_column_and_it_holds_the_old_word(tmp_path: P
     header, rows = _table(out.output.split(": ", 1)[1])
     fetch = header.index("CPU0 may fetch")
     assert "CPU0" not in header[:fetch]  # no CPU acts: the column is there for the reason's CPU
-    assert [r[fetch] for r in rows] == ["A: nop", "", "", "B: nop", "B: nop"]
+    assert [r[fetch] for r in rows] == ["A: mflr", "", "", "B: bl", "B: bl"]

@@ -64,7 +64,7 @@ from rewriter import ppc
 from rewriter.errors import ArgumentError, NoRoute, PlanFormatError, PlanRejected
 from rewriter.generations import LAYOUTS, Variant, state_rejection, steps_from
 from rewriter.prose import counted, json_problem
-from rewriter.states import S_WRITES, Insn, SiteState, Slot, Step
+from rewriter.states import S_WRITES, Insn, SiteState, Slot, Step, words_text
 
 
 class Route(enum.Enum):
@@ -519,8 +519,18 @@ def _repair_offline(req: SiteRequest) -> str:
 
 def _instead_of_cmodx_3_0(req: SiteRequest) -> str:
     """What to do instead, when --cmodx 3.0 leaves no runtime route: an offline rewrite, unless the
-    target is one only the running kernel writes (:func:`check_offline_target`)."""
-    if LAYOUTS[req.variant].kernel_only(req.target):
+    target is one only the running kernel writes (:func:`check_offline_target`), or one with
+    ``mflr r0`` in A: boot-time init writes that into the built words of a recorded site (a file
+    that holds it there is refused by that init, so no file rewrite gets it), and a live enable
+    leaves A alone."""
+    lay = LAYOUTS[req.variant]
+    if dict(zip(lay.state_slots, lay.words(req.target), strict=True)).get(Slot.A) is Insn.MFLR:
+        return (
+            f"reboot into a file whose site holds the words it was built with ({words_text(lay.words(lay.built))}): "
+            f"the kernel's boot-time init makes a recorded site {lay.booted.value} (mflr r0 in A), and an enable "
+            "at run time leaves A alone; or plan for --cmodx 3.1"
+        )
+    if lay.kernel_only(req.target):
         return f"plan for --cmodx 3.1 (no file rewrite writes {req.target.value} either: only the running kernel does)"
     return "rewrite the file offline, or plan for --cmodx 3.1"
 

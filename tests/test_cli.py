@@ -937,15 +937,19 @@ def test_plan_offline_to_a_state_ool_lacks_is_refused_in_one_line(state: str) ->
 
 def test_cmodx_3_0_refusal_does_not_send_a_patchable_enable_offline() -> None:
     """A patchable (or ool) site is enabled only by the running kernel: "rewrite the file offline"
-    sent the user to a route `plan --offline` and `apply` refuse."""
-    patchable = mcountrw("plan", "--generation", "patchable", "--from", "nopped", "--to", "enabled", "--cmodx", "3.0")
-    assert patchable.returncode == 1 and "offline" not in patchable.stderr.replace("no file rewrite", "")
-    assert "only the running kernel" in patchable.stderr
-    mprofile = mcountrw("plan", "--generation", "mprofile", "--from", "nopped", "--to", "enabled", "--cmodx", "3.0")
-    assert mprofile.returncode == 1 and "rewrite the file offline" in mprofile.stderr
-    assert (
-        mcountrw("plan", "--generation", "mprofile", "--from", "nopped", "--to", "enabled", "--offline").returncode == 0
-    )
+    sent the user to a route `plan --offline` and `apply` refuse. So did it for a target with mflr
+    r0 in A on either generation (`disabled`: a file holding `mflr r0; nop` at a recorded site is
+    refused by boot init, and apply refuses to write it): the way there under ISA 3.0 is a reboot
+    into the built words, which init makes `disabled`, then an enable, which leaves A alone."""
+    for generation, built in (("patchable", "nop; nop"), ("mprofile", "mflr r0; bl")):
+        for target in ("disabled", "enabled"):
+            proc = mcountrw("plan", "--generation", generation, "--from", "nopped", "--to", target, "--cmodx", "3.0")
+            assert proc.returncode == 1 and "offline" not in proc.stderr, proc.stderr
+            assert f"reboot into a file whose site holds the words it was built with ({built})" in proc.stderr
+            assert "makes a recorded site disabled" in proc.stderr and proc.stderr.count("\n") == 1
+    # what an offline rewrite is right for under 3.0: taking mflr out (nopped, its record dropped)
+    nop = mcountrw("plan", "--generation", "mprofile", "--from", "disabled", "--to", "nopped", "--cmodx", "3.0")
+    assert nop.returncode == 1 and "rewrite the file offline" in nop.stderr
 
 
 def test_check_plan_safe_says_what_it_was_proven_under(tmp_path: Path) -> None:

@@ -126,7 +126,7 @@ def test_nothing_to_do_gives_an_empty_plan():
 
 
 def test_cmodx_30_refuses_runtime_enable_of_a_nopped_mflr_and_says_why():
-    with pytest.raises(PlanRejected, match=r"--cmodx 3\.0.*offline"):
+    with pytest.raises(PlanRejected, match=r"--cmodx 3\.0.*reboot into a file whose site holds the words it was built"):
         plan([SiteRequest(M, N, E)], cmodx=Cmodx.V3_0)
 
 

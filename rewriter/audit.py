@@ -30,10 +30,11 @@ from rewriter.code import code_view
 from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, HeaderRefusal
 from rewriter.elf.image import Abi, Image, Kind
-from rewriter.elf.release import kernel_version, releases_differ
+from rewriter.elf.release import kernel_version
 from rewriter.elf.symbols import Functions, RelocationNames, split_place
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, OOL_AREAS, Generation, Variant, default_variant
+from rewriter.kernels import Kernel, Kernels
 from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
 from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
@@ -688,32 +689,40 @@ def _abi_anomalies(image: Image) -> list[Anomaly]:
 
 
 def cross_image_anomalies(audits: Sequence[ImageAudit]) -> list[ImageAudit]:
-    """Modules whose ABI or byte order differs from the vmlinux audited with them, and patchable
-    modules with zeroed records for a vmlinux whose ftrace_process_locs() adds 4 before it tests
-    for zero (``rewriter.locs``): the loop runs at module load too, and turns ftrace off."""
+    """Modules whose ABI or byte order differs from the vmlinux that loads them, modules built for
+    another release than any vmlinux audited with them, and patchable modules with zeroed records
+    for a vmlinux whose ftrace_process_locs() adds 4 before it tests for zero (``rewriter.locs``):
+    the loop runs at module load too, and turns ftrace off. With several vmlinux images (Debian's
+    4k- and 64k-page builds), each module is held to the one of its release (``rewriter.kernels``)."""
     kernels = [a for a in audits if a.kind is Kind.VMLINUX]
-    if len(kernels) != 1:
+    if not kernels:
         return list(audits)
-    k = kernels[0]
-    out = []
-    for a in audits:
-        if a.kind is Kind.MODULE and (a.abi is not k.abi or a.endian != k.endian):
-            msg = f"{a.endian}-endian {a.abi.value} module for a {k.endian}-endian {k.abi.value} kernel"
-            extra = Anomaly(AnomalyKind.ABI_MISMATCH, Severity.ERROR, msg)
-            a = replace(a, anomalies=(extra, *a.anomalies))
-        if a.kind is Kind.MODULE and releases_differ(a.release, k.release):
-            a = replace(a, anomalies=_ordered([*a.anomalies, _release_mismatch(a, k)]))
-        if a.kind is Kind.MODULE and zero_records_fail(a.generation, loop_for_modules(k.generation, k.locs)):
-            a = replace(a, anomalies=_ordered([_fatal_zeroes(x, k.path) for x in a.anomalies]))
-        out.append(a)
-    return out
+    run = Kernels(tuple(Kernel(k.path, k.release, loop_for_modules(k.generation, k.locs)) for k in kernels))
+    return [_against_kernel(a, run, kernels) if a.kind is Kind.MODULE else a for a in audits]
 
 
-def _release_mismatch(module: ImageAudit, kernel: ImageAudit) -> Anomaly:
-    msg = (
-        f"built for {module.release} (its vermagic), audited with {kernel.path}, Linux {kernel.release}: "
-        "likely not the kernel that loads it"
-    )
+def _against_kernel(a: ImageAudit, run: Kernels, kernels: Sequence[ImageAudit]) -> ImageAudit:
+    """One module's anomalies against the vmlinux that loads it; with one vmlinux audited, against
+    that one whatever its release (and a release mismatch said)."""
+    loader = run.loader(a.release)
+    k = kernels[run.known.index(loader)] if loader is not None else kernels[0] if len(kernels) == 1 else None
+    if k is not None and (a.abi is not k.abi or a.endian != k.endian):
+        msg = f"{a.endian}-endian {a.abi.value} module for a {k.endian}-endian {k.abi.value} kernel"
+        a = replace(a, anomalies=(Anomaly(AnomalyKind.ABI_MISMATCH, Severity.ERROR, msg), *a.anomalies))
+    if loader is None:
+        a = replace(a, anomalies=_ordered([*a.anomalies, _release_mismatch(a, run)]))
+    if k is not None and zero_records_fail(a.generation, loop_for_modules(k.generation, k.locs)):
+        a = replace(a, anomalies=_ordered([_fatal_zeroes(x, k.path) for x in a.anomalies]))
+    return a
+
+
+def _release_mismatch(module: ImageAudit, run: Kernels) -> Anomaly:
+    if len(run.known) == 1:
+        k = run.known[0]
+        theirs = f"audited with {k.path}, Linux {k.release}: likely not the kernel that loads it"
+    else:
+        theirs = f"audited with vmlinux images of {run.releases()}: likely none loads it"
+    msg = f"built for {module.release} (its vermagic), {theirs}"
     return Anomaly(AnomalyKind.RELEASE_MISMATCH, RULES[AnomalyKind.RELEASE_MISMATCH].severity, msg)
 
 

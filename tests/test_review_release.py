@@ -164,3 +164,21 @@ def test_policy_check_holds_each_module_to_the_vmlinux_of_its_release_among_seve
         "warning: module nls_utf8: built for 7.2.13+deb14-powerpc64le (its vermagic), and the vmlinux images are "
         "Linux 6.12.107+deb13-powerpc64le and Linux 6.12.107+deb13-powerpc64le-64k: none loads it; prenop refuses it"
     ]
+
+
+def test_audit_holds_each_module_to_the_vmlinux_of_its_release_among_several(tmp_path: Path) -> None:
+    """Two vmlinux images audited with their modules: no cross-image check ran at all (it needed
+    exactly one vmlinux), so a module no kernel of the run loads was not warned of. Each module is
+    now held to the vmlinux of its release; one of a release neither names is a warning."""
+    kernels, tree = _two_kernels_tree(tmp_path)
+    done = invoke("audit", "--format", "json", *kernels, tree)
+    assert done.exit_code == 0, done.output
+    found = {
+        image["path"]: [a["message"] for a in image["anomalies"] if a["kind"] == "release-mismatch"]
+        for image in json.loads(done.stdout)["images"]
+    }
+    assert found[str(tree / "72" / "nls_utf8.ko.xz")] == [
+        "built for 7.2.13+deb14-powerpc64le (its vermagic), audited with vmlinux images of Linux "
+        "6.12.107+deb13-powerpc64le and Linux 6.12.107+deb13-powerpc64le-64k: likely none loads it"
+    ], found
+    assert [path for path, messages in found.items() if messages] == [str(tree / "72" / "nls_utf8.ko.xz")]

@@ -1,0 +1,104 @@
+"""A kernel developer's review of apply, nop, undo and verify on the 6.12 and 7.2 images and their
+.ko.xz modules: what each command's account says it did, held to the scan of its result."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from boot import require_kernel
+from conftest import FIXTURES, assert_one_line, invoke
+
+from rewriter.elf.compress import Compression, decompress
+from rewriter.elf.signature import parse_trailer
+
+
+def _scan(path: Path) -> dict:
+    done = invoke("scan", "--format", "json", path)
+    assert done.exit_code == 0, done.output
+    (image,) = json.loads(done.stdout)["images"]
+    return image  # type: ignore[no-any-return]
+
+
+def _traceable(image: dict) -> int:
+    return sum(s["traceable"] for s in image["sites"])
+
+
+# -- records dropped and restored: counted as the scan of the result counts them ----------------------
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+def test_the_count_of_sites_made_untraceable_is_the_difference_the_scan_shows(tmp_path: Path) -> None:
+    """7.2 records 259 bodies of overridden weak functions that the kernel disables (scan:
+    weak-body, available_filter_functions: __ftrace_invalid_address___N). `nop --drop-records`
+    said "made 42648 sites untraceable after boot", and `apply --to enabled` of its output "made
+    42647 sites traceable after boot again", where scan counts 42389 traceable before and 1 after."""
+    vmlinux = tmp_path / "vmlinux"
+    shutil.copy(require_kernel("7.2").vmlinux, vmlinux)
+    nopped, back = tmp_path / "v.nop", tmp_path / "v.back"
+    before = _scan(vmlinux)
+    done = invoke("nop", vmlinux, "-o", nopped, "--drop-records", "--exclude", "do_one_initcall")
+    assert done.exit_code == 0, done.output
+    after = _scan(nopped)
+    lost = _traceable(before) - _traceable(after)
+    recorded = sum(s["recorded"] for s in before["sites"]) - sum(s["recorded"] for s in after["sites"])
+    assert 0 < lost < recorded  # some records were of sites no kernel traces
+    assert f"made {lost} sites untraceable after boot: records dropped" in done.stderr, done.stderr
+    assert f"{recorded - lost} more records dropped, of sites the kernel does not trace" in done.stderr
+    restored = invoke("apply", nopped, "--to", "enabled", "-o", back)
+    assert restored.exit_code == 0, restored.output
+    assert _traceable(_scan(back)) == _traceable(before)  # the original, byte for byte, as scanned
+    assert f"made {lost} sites traceable after boot again: records restored" in restored.stderr, restored.stderr
+    assert f"{recorded - lost} more records restored, of sites the kernel will not trace" in restored.stderr
+
+
+# -- a signature cut off is said, as prenop says it -----------------------------------------------------
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", ["6.12", "7.2"])
+def test_nop_says_it_stripped_the_signature_of_a_signed_module(name: str, tmp_path: Path) -> None:
+    """Debian's modules are signed; `nop --strip-signature` cut the trailer off (the log said so,
+    summary.signature_stripped) and its account said nothing of it: the module then taints a
+    kernel that checks signatures (qemu: tainted 8192 on 6.12 and 7.2) and is refused where they
+    are enforced. An unsigned module loses nothing and nothing is said."""
+    shipped = require_kernel(name).modules_dir / "fs" / "nls" / "nls_utf8.ko.xz"
+    content = decompress(shipped, shipped.read_bytes(), Compression.XZ)
+    trailer = parse_trailer(content)
+    assert trailer is not None
+    unsigned = tmp_path / "unsigned.ko"
+    unsigned.write_bytes(content[: trailer.elf_end])
+    for src, cut in ((shipped, len(content) - trailer.elf_end), (unsigned, None)):
+        out = tmp_path / f"out-{src.name}"
+        done = invoke("nop", src, "-o", out, "--only", "char2uni", "--drop-records", "--strip-signature")
+        assert done.exit_code == 0, done.output
+        said = [line for line in done.stderr.splitlines() if "signature" in line]
+        assert len(said) == (cut is not None), done.stderr
+        if cut is not None:
+            assert said[0].startswith(f"module signature stripped ({cut} bytes): "), said
+            undone = invoke("undo", out, "-o", tmp_path / "back.ko.xz")
+            assert undone.exit_code == 0, undone.output
+            assert (tmp_path / "back.ko.xz").read_bytes() == shipped.read_bytes()
+
+
+# -- apply --to enabled twice: the log was read ----------------------------------------------------------
+
+
+def test_enabling_again_says_the_log_was_read_and_knows_nothing_to_bring_back(tmp_path: Path) -> None:
+    """`apply --to enabled` brings back what a `nop --drop-records` took out of a patchable file;
+    run again on its output, it was refused saying sites "come back this way when their patch log
+    is read", when the log beside it had been read and knew none to bring back."""
+    src = tmp_path / "p.o"
+    shutil.copy(FIXTURES / "bin" / "patchable-le.o", src)
+    nopped, back, again = tmp_path / "n.o", tmp_path / "b.o", tmp_path / "a.o"
+    assert invoke("nop", src, "-o", nopped, "--drop-records").exit_code == 0
+    assert invoke("apply", nopped, "--to", "enabled", "-o", back).exit_code == 0
+    assert back.read_bytes() == src.read_bytes()
+    line = assert_one_line(invoke("apply", back, "--to", "enabled", "-o", again), 2, "error", str(back))
+    assert f"its patch log {back}.mcountrw.jsonl was read" in line and "no selected site" in line, line
+    assert not again.exists()
+    fresh = assert_one_line(invoke("apply", src, "--to", "enabled", "-o", again), 2, "error", str(src))
+    assert "come back this way when their patch log is read" in fresh and not again.exists()

@@ -53,6 +53,11 @@ def test_the_count_of_sites_made_untraceable_is_the_difference_the_scan_shows(tm
     assert _traceable(_scan(back)) == _traceable(before)  # the original, byte for byte, as scanned
     assert f"made {lost} sites traceable after boot again: records restored" in restored.stderr, restored.stderr
     assert f"{recorded - lost} more records restored, of sites the kernel will not trace" in restored.stderr
+    weak = next(s for s in before["sites"] if s["recorded"] and not s["traceable"])
+    one = invoke("nop", vmlinux, "--dry-run", "--drop-records", "--addr", hex(weak["address"]))
+    assert one.exit_code == 0, one.output
+    assert "would make 0 sites untraceable after boot" in one.stderr, one.stderr
+    assert "; 1 record would be dropped, of sites the kernel does not trace (1 weak-body)" in one.stderr
 
 
 # -- a signature cut off is said, as prenop says it -----------------------------------------------------
@@ -102,3 +107,24 @@ def test_enabling_again_says_the_log_was_read_and_knows_nothing_to_bring_back(tm
     assert not again.exists()
     fresh = assert_one_line(invoke("apply", src, "--to", "enabled", "-o", again), 2, "error", str(src))
     assert "come back this way when their patch log is read" in fresh and not again.exists()
+
+
+# -- nop --drop-records twice: the rerun says the records are gone too -------------------------------------
+
+
+def test_a_rerun_of_nop_drop_records_says_the_records_are_gone_too(tmp_path: Path) -> None:
+    """On 6.12 and 7.2 `nop; nop` (or `nop`) is also what the untouched file holds, where `nop`
+    without --drop-records is refused as doing nothing; the rerun's "already nopped (nop; nop)"
+    said no more than that. It now says what makes the sites done: their records are dropped."""
+    src = tmp_path / "p.o"
+    shutil.copy(FIXTURES / "bin" / "patchable-le.o", src)
+    once, twice = tmp_path / "1.o", tmp_path / "2.o"
+    first = invoke("nop", src, "-o", once, "--drop-records")
+    assert first.exit_code == 0, first.output
+    recorded = [s for s in _scan(src)["sites"] if s["recorded"]]
+    assert recorded and not any(s["recorded"] for s in _scan(once)["sites"])
+    again = invoke("nop", once, "-o", twice, "--drop-records")
+    assert again.exit_code == 0, again.output
+    n = len(recorded)
+    assert f"all {n} selected sites are already nopped (nop; nop), their records dropped" in again.stderr, again.stderr
+    assert twice.read_bytes() == once.read_bytes()

@@ -245,7 +245,7 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
     r = result.rewrite
     target = " / ".join(g.value for g in r.goals) or options.target.value  # what the words became
     if not r.edits:
-        _print_already(image, _target_text(options, result), result, writing)
+        _print_already(image, _target_text(options, result), result, writing, options.drop_records)
         return
     stages = len(r.plan.stages) if r.plan else 0
     names = [name for _, name in r.barriers]
@@ -334,7 +334,8 @@ def _records_only(r: Rewrite, scan: Scan, dry_run: bool, when: str) -> str:
         return line
     done = ("would be " if dry_run else "") + ("dropped" if r.dropped else "restored")
     tense = "the kernel does not trace" if r.dropped else "the kernel will not trace"
-    return f"{line}; {counted(len(idle), 'more record')} {done}, of sites {tense} ({_why_idle(idle, scan)})"
+    more = "more record" if len(idle) < len(sites) else "record"  # "made 0 sites ...; 1 more record" read oddly
+    return f"{line}; {counted(len(idle), more)} {done}, of sites {tense} ({_why_idle(idle, scan)})"
 
 
 def _why_idle(sites: Sequence[Site], scan: Scan) -> str:
@@ -391,8 +392,11 @@ def _target_text(options: Options, result: ApplyResult) -> str:
     return " / ".join(named) or options.target.value
 
 
-def _print_already(image: Path, target: str, result: ApplyResult, writing: _Writing) -> None:
-    """A rerun: every selected site is at the target already (exit 0, by design)."""
+def _print_already(image: Path, target: str, result: ApplyResult, writing: _Writing, dropped: bool) -> None:
+    """A rerun: every selected site is at the target already (exit 0, by design). ``dropped``
+    (``--drop-records``): none of them has a record either, or the rewrite would have dropped it;
+    said, since on 6.12 and 7.2 the words alone are also the untouched file's, which `nop` without
+    it refuses to call done."""
     zeroed = result.scan.records.zeroed
     hidden = (
         f" ({zeroed} zeroed records: sites an earlier rewrite nopped are not seen without its patch log)"
@@ -408,6 +412,8 @@ def _print_already(image: Path, target: str, result: ApplyResult, writing: _Writ
     stage = f"; no stage image written to {writing.stage_dir}" if writing.stage_dir is not None else ""
     n = result.rewrite.unchanged
     already = f"the 1 selected site is already {target}" if n == 1 else f"all {n} selected sites are already {target}"
+    if dropped:
+        already += ", its record dropped" if n == 1 else ", their records dropped"
     _say(
         f"{image}: nothing to change: {already}{hidden}{written}{stage}",
         err=True,

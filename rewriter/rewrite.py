@@ -216,6 +216,9 @@ class Rewrite:
     # Of ``restored``, the sites a scan of the new file finds recorded but not traceable (the
     # bodies of overridden weak functions: the kernel disables their records), as that scan reads them.
     restored_untraceable: tuple[Site, ...] = ()
+    # --check-r0: how many sites' mflr r0 the rewrite takes, by the walk's verdict (``safe``,
+    # ``unknown``; a ``live`` one refuses the rewrite); None when not asked. Empty: none is taken.
+    r0_walk: Mapping[str, int] | None = None
 
     @property
     def signature_stripped(self) -> bool:
@@ -275,8 +278,7 @@ def rewrite(
     how to bring back what an earlier rewrite took out: a call's target and relocation, a record."""
     history = history or {}
     c = _choose(image, scan, selection, options, history)
-    if options.check_r0:
-        _check_r0_dead(image, scan, _mflr_taken(image, c))
+    walked = _check_r0_dead(image, scan, _mflr_taken(image, c)) if options.check_r0 else None  # LIVE: refused
     try:
         check_route((s.variant for s in c.selected), options.route)
     except ArgumentError as e:  # a request refused for these sites, as a state they cannot take is
@@ -318,6 +320,7 @@ def rewrite(
         tuple(c.gone), stubs, tuple(c.back), lines,
         len(refused_at_boot(image, c.todo, c.gone, c.goals)) if options.keep_records else 0,
         tuple(dict.fromkeys(c.goals[v] for v in sorted(c.goals, key=attrgetter("value")))), back_untraceable,
+        walked,
     )  # fmt: skip
 
 
@@ -592,21 +595,25 @@ def _runs_mflr(variant: Variant, state: SiteState, recorded: bool, booted: bool)
     return words_of(variant, running)[lay.state_slots.index(Slot.A)] is Insn.MFLR
 
 
-def _check_r0_dead(image: Image, scan: Scan, taken: Sequence[Site]) -> None:
+def _check_r0_dead(image: Image, scan: Scan, taken: Sequence[Site]) -> Mapping[str, int]:
     """Refuse to take the ``mflr r0`` from a function that reads r0 after its site: the audit's
     ``r0live`` (rewriter.flow), where nopping it changes what the function does. Asked for
     (``--check-r0``), not by default: the walk decodes the whole image, 0.6 s on a 6.1 vmlinux
     (+50% of a ``nop``) and +32% of a 6.1 tree's prenop (+65% in a noisier run), and no site of the Debian kernels is
-    live. UNKNOWN verdicts pass, as the audit lists them without calling them wrong."""
+    live. UNKNOWN verdicts pass, as the audit lists them without calling them wrong. Returns how many
+    sites had each verdict (empty: no ``mflr r0`` is taken, nothing walked), for the account."""
     if not taken:
-        return
+        return {}
+    from collections import Counter
+
     from rewriter import flow
     from rewriter.ppc.table import build_table
 
     code = flow.load_code(image, scan, build_table())
-    live = [(s, v) for s, v in zip(taken, flow.safety(code, taken), strict=True) if v.verdict is flow.Verdict.LIVE]
+    verdicts = flow.safety(code, taken)
+    live = [(s, v) for s, v in zip(taken, verdicts, strict=True) if v.verdict is flow.Verdict.LIVE]
     if not live:
-        return
+        return dict(Counter(v.verdict.value for v in verdicts))
     (s, v), more = live[0], f" (and {len(live) - 1} more sites)" if len(live) > 1 else ""
     why = "" if v.why is None else v.why.value
     at = "" if v.evidence is None else f" (at {place_text(image, v.evidence)})"

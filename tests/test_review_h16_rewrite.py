@@ -128,3 +128,24 @@ def test_a_rerun_of_nop_drop_records_says_the_records_are_gone_too(tmp_path: Pat
     n = len(recorded)
     assert f"all {n} selected sites are already nopped (nop; nop), their records dropped" in again.stderr, again.stderr
     assert twice.read_bytes() == once.read_bytes()
+
+
+# -- --check-r0 says what it walked ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "drop"), [("prof-le.o", False), ("patchable-le.o", True), ("ool-le.o", True)])
+def test_check_r0_says_what_it_walked(name: str, drop: bool, tmp_path: Path) -> None:
+    """`--check-r0` passed silently: on 7.2 (ool, no mflr r0 at the entry) it walks nothing, and a
+    user read its silence as a check made. It now says how many sites it walked and their
+    verdicts (the audit's mflr-nop safety counts of the same file), or that there was nothing."""
+    audit = invoke("audit", "--format", "json", FIXTURES / "bin" / name)
+    (image,) = json.loads(audit.stdout)["images"]
+    safety = {k: image["mflr_nop_safety"][k] for k in ("safe", "live", "unknown") if image["mflr_nop_safety"][k]}
+    done = invoke("nop", FIXTURES / "bin" / name, "-o", tmp_path / "out.o", "--check-r0", *(["--drop-records"] * drop))
+    assert done.exit_code == 0, done.output
+    (said,) = [line for line in done.stderr.splitlines() if line.startswith("--check-r0: ")]
+    if name.startswith("ool"):
+        assert said.endswith(": nothing walked"), said
+    else:
+        counts = ", ".join(f"{n} {v}" for v, n in sorted(safety.items()))
+        assert said == f"--check-r0: walked the {sum(safety.values())} sites whose mflr r0 goes: {counts}", said

@@ -17,7 +17,7 @@ from rewriter.plan import Route
 from rewriter.prose import counted, printable
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from rewriter.files import ApplyResult, ScanHints, Undone
     from rewriter.log import Base
@@ -284,6 +284,8 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
         _say(_stub_counts(r.stubs), err=True)
     if r.signature_stripped:
         _say(_signature_text(r, result.output is None), err=True)
+    if r.r0_walk is not None:
+        _say(_r0_walk_text(r.r0_walk), err=True)
     refused = r.refused_at_boot
     if refused:
         _say(
@@ -347,6 +349,22 @@ def _why_idle(sites: Sequence[Site], scan: Scan) -> str:
     boot = boot_of(scan)
     why = Counter(untraceable(s, boot) for s in sites)
     return ", ".join(f"{k} {'traceable' if reason is None else reason.value}" for reason, k in why.most_common())
+
+
+def _r0_walk_text(walk: Mapping[str, int]) -> str:
+    """What ``--check-r0`` found: a rewrite it lets through took the ``mflr r0`` of sites whose
+    functions never read r0 after it (``safe``) or that the walk cannot follow (``unknown``, passed
+    as the audit lists them); none taken (7.2's entries have none, a restore, ``--to disabled``) is
+    said too, or the option read as if it had checked something."""
+    if not walk:
+        return (
+            "--check-r0: this rewrite takes no site's mflr r0 (ool entries have none; --to disabled and restores "
+            "take none): nothing walked"
+        )
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in sorted(walk.items()))
+    unknown = walk.get("unknown", 0)
+    passed = " (unknown ones pass: the audit lists them)" if unknown else ""
+    return f"--check-r0: walked the {counted(sum(walk.values()), 'site')} whose mflr r0 goes: {counts}{passed}"
 
 
 def _signature_text(r: Rewrite, dry_run: bool) -> str:

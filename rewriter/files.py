@@ -19,10 +19,12 @@ nowhere).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, NamedTuple, TypeVar
@@ -275,10 +277,10 @@ def apply_file(
     if dry_run or out is None or (in_place and not result.edits):  # in place and already done: nothing to write
         return ApplyResult(path, None, None, result, before, (), base, warnings)
     log = log_path or default_log_path(out)
-    stage_paths = _write_stage_images(stage_dir, path, result) if stage_dir else ()
     backup_path = path.with_name(path.name + ".orig") if in_place and backup else None
-    base = _write_outputs(image, result, options, out, log, backup_path, known)
-    return ApplyResult(path, out, log, result, before, stage_paths, base, warnings, backup_path)
+    with _stage_images(stage_dir, path, result) as staged:
+        base = _write_outputs(image, result, options, out, log, backup_path, known, staged)
+    return ApplyResult(path, out, log, result, before, tuple(p.path for p in staged), base, warnings, backup_path)
 
 
 def loader(kernel: Path) -> Scan:
@@ -402,9 +404,17 @@ def archived_log(base: Known) -> Path:
 
 
 def _write_outputs(
-    image: Image, result: Rewrite, options: Options, out: Path, log: Path, backup: Path | None, known: Known | None
+    image: Image,
+    result: Rewrite,
+    options: Options,
+    out: Path,
+    log: Path,
+    backup: Path | None,
+    known: Known | None,
+    staged: Sequence[Pending] = (),
 ) -> Base | None:
-    """The output, its log and the backup (if any), published only once all three are complete.
+    """The output, its log and the backup (if any), published only once all three are complete,
+    with the stage images ``staged`` (written, not yet renamed into place: :func:`_stage_images`).
     Returns the base the new log names (moved aside first if the new log takes its place)."""
     path = image.path
     # An uncompressed input is already mapped: hash and back it up from the mapping, not a re-read.
@@ -440,7 +450,9 @@ def _write_outputs(
         if moved and known is not None:  # a write beside the input: under the same lock as the output
             os.replace(known.path, archived_log(known))
         # The log is published first: an output never exists without the log that can undo it.
-        commit_all(pending)
+        # The stage images go before it, with it: all of them or none (one a run could not
+        # publish left the others behind, 47 MB each, from a run refused with exit 2).
+        commit_all([*staged, *pending])
     except BaseException:
         for p in pending:
             p.discard()
@@ -470,19 +482,33 @@ def _check_not_a_stage_image(path: Path, directory: Path, targets: Sequence[tupl
             raise OutputError(f"{target}: {what} would be a stage image of this run (--stage-images {directory})")
 
 
-def _write_stage_images(directory: Path, path: Path, result: Rewrite) -> tuple[Path, ...]:
-    if not result.stages:  # records only: no directory made for nothing (the CLI says none was written)
-        return ()
+@contextmanager
+def _stage_images(directory: Path | None, path: Path, result: Rewrite) -> Iterator[list[Pending]]:
+    """The stage images of ``result`` written beside their places in ``directory`` (made if need
+    be), complete and read back but not renamed into place: the caller publishes them with its
+    output (:func:`_write_outputs`). If it does not (a failure, an interruption), every one is
+    removed, and so is the directory if this made it: a refused run leaves nothing behind."""
+    staged: list[Pending] = []
+    if directory is None or not result.stages:  # records only: no directory made for nothing
+        yield staged
+        return
+    made = not directory.exists()
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{directory}: {e.strerror}") from None
-    out = []
-    for i, content in enumerate(result.stages, start=1):
-        p = stage_image_path(directory, path, i)
-        atomic_write(p, content, path.stat().st_mode & 0o7777)
-        out.append(p)
-    return tuple(out)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"--stage-images {directory}: {e.strerror}") from None
+        mode = path.stat().st_mode & 0o7777
+        for i, content in enumerate(result.stages, start=1):
+            staged.append(write_temp(stage_image_path(directory, path, i), content, mode))
+        yield staged
+    except BaseException:
+        for p in staged:
+            p.discard()
+        if made:  # commit_all put back any it had renamed into place
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only if empty: mkdir -p's parents stay
+        raise
 
 
 def _file_facts(image: Image, raw: Data, out: Path, new_raw: Data, content: Data) -> tuple[FileFacts, FileFacts]:

@@ -149,3 +149,24 @@ def test_check_r0_says_what_it_walked(name: str, drop: bool, tmp_path: Path) -> 
     else:
         counts = ", ".join(f"{n} {v}" for v, n in sorted(safety.items()))
         assert said == f"--check-r0: walked the {sum(safety.values())} sites whose mflr r0 goes: {counts}", said
+
+
+# -- a refused rewrite leaves no stage image behind --------------------------------------------------------
+
+
+def test_a_stage_image_that_cannot_be_written_leaves_none_of_the_others(tmp_path: Path) -> None:
+    """Each stage image was renamed into place as it was made, before the output: when the second
+    could not be (a directory of its name), the run stopped, exit 2, with the first left behind (a
+    whole vmlinux, 47 MB, on 6.12 with --route b8). Now they are published with the output, all
+    or none."""
+    src = FIXTURES / "bin" / "prof-le.o"  # mprofile: nop is two stages (bl, then mflr)
+    stages = tmp_path / "st"
+    (stages / "prof-le.o.stage2").mkdir(parents=True)
+    out = tmp_path / "out.o"
+    assert_one_line(invoke("nop", src, "-o", out, "--stage-images", stages), 2, "error", "prof-le.o.stage2")
+    assert sorted(p.name for p in stages.iterdir()) == ["prof-le.o.stage2"]
+    assert not out.exists() and not Path(f"{out}.mcountrw.jsonl").exists()
+    (stages / "prof-le.o.stage2").rmdir()
+    done = invoke("nop", src, "-o", out, "--stage-images", tmp_path / "new" / "st")
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in (tmp_path / "new" / "st").iterdir()) == ["prof-le.o.stage1", "prof-le.o.stage2"]

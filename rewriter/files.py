@@ -688,7 +688,6 @@ def _read_and_hash(path: Path) -> tuple[bytearray, str]:
     return raw, _sha256(raw)
 
 
-@collector_paused()
 class Settled(NamedTuple):
     """The logs beside a file undone in place: ``beside`` now describes it (None: no log does)."""
 
@@ -712,6 +711,7 @@ class Undone(NamedTuple):
     sha256: str = ""
 
 
+@collector_paused()
 def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> Undone:
     """Restore the input bytes of the step ``log_path`` describes. Refuses a log made for another
     file. In place with the file's own log (the default name beside it), the logs are settled too

@@ -170,3 +170,30 @@ def test_a_stage_image_that_cannot_be_written_leaves_none_of_the_others(tmp_path
     done = invoke("nop", src, "-o", out, "--stage-images", tmp_path / "new" / "st")
     assert done.exit_code == 0, done.output
     assert sorted(p.name for p in (tmp_path / "new" / "st").iterdir()) == ["prof-le.o.stage1", "prof-le.o.stage2"]
+
+
+# -- undo runs with the collector paused, as apply does --------------------------------------------------
+
+
+def test_undo_runs_with_the_cyclic_collector_paused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``@collector_paused()`` meant for undo_file sat on the class defined above it since cc7ce78,
+    which made ``Settled`` a function and left undo's log parsing (38,000 lines for a 6.12 vmlinux
+    pre-nop) with the collector running."""
+    import gc
+
+    from rewriter import files
+
+    assert isinstance(files.Settled, type)
+    out = tmp_path / "n.o"
+    assert invoke("nop", FIXTURES / "bin" / "prof-le.o", "-o", out).exit_code == 0
+    seen: list[bool] = []
+    load = files.load
+
+    def spy(*args: object, **kwargs: object) -> files.Log:
+        seen.append(gc.isenabled())
+        return load(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files, "load", spy)
+    undone = files.undo_file(out, Path(f"{out}.mcountrw.jsonl"), tmp_path / "back.o")
+    assert seen == [False] and gc.isenabled()
+    assert undone.output.read_bytes() == (FIXTURES / "bin" / "prof-le.o").read_bytes()

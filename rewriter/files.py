@@ -319,7 +319,7 @@ def _held_to_kernel(image: Image, before: Scan, options: Options, kernel: Path |
     if k.generation is not before.generation and before.generation is not None:
         theirs = k.generation.value if k.generation else "no"
         raise _not_its_kernel(
-            kernel, f"a kernel of {theirs} generation, and {image.path} is a {before.generation.value} module"
+            kernel, f"a kernel of {theirs} generation, and {image.path} is {_a(before.generation.value)} module"
         )
     _check_release(kernel, vmlinux, image)
     return replace(options, kernel_locs=loop_for_modules(k.generation, k.locs))
@@ -334,6 +334,11 @@ def _check_release(kernel: Path, vmlinux: Image, module: Image) -> None:
     theirs, ours = kernel_release(vmlinux), kernel_release(module)
     if releases_differ(ours, theirs):
         raise _not_its_kernel(kernel, f"Linux {theirs}, and {module.path} was built for {ours} (its vermagic)")
+
+
+def _a(word: str) -> str:
+    """``word`` with its article: "an ool module", "a patchable module"."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _not_its_kernel(kernel: Path, why: str) -> ArgumentError:
@@ -819,6 +824,15 @@ def _chain_note(log: Log, log_path: Path) -> str:
     )
 
 
+def _swapped_note(orig: Data, got: Data, patched: Path, log: Log) -> str:
+    """When ORIGINAL is the log's output and PATCHED its input: the two given the other way round
+    (``verify v.nop v``), which said only that ORIGINAL was not the log's input."""
+    facts = log.header
+    if _sha256(orig) != facts.output.content_sha256 or _sha256(got) != facts.input.content_sha256:
+        return ""
+    return f"; it is the log's output, and {patched} its input: ORIGINAL and PATCHED given the other way round?"
+
+
 @collector_paused()
 def not_the_output_file(patched: Path, raw: bytes, compression: Compression, out: FileFacts) -> str | None:
     """Why a file whose content is the log's output is still not that file, byte for byte: it was
@@ -853,9 +867,9 @@ def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
     except ImageError as e:  # e.g. one flipped byte in a .ko.xz: its check fails
         return VerifyResult(False, str(e))
     if _sha256(orig) != log.header.input.content_sha256:
-        return VerifyResult(
-            False, f"{original} is not the file this log was made from (sha256 differs)" + _chain_note(log, log_path)
-        )
+        swapped = _swapped_note(orig, got, patched, log)
+        why = f"{original} is not the file this log was made from (sha256 differs){swapped}"
+        return VerifyResult(False, why + _chain_note(log, log_path))
     # The difference verify vouches for is between the files: an ORIGINAL decompressed or
     # compressed again since has the log's content but not its bytes (before, it passed).
     not_input = _not_the_file(original, orig_raw, orig_compression, log.header.input, "input")

@@ -197,3 +197,29 @@ def test_undo_runs_with_the_cyclic_collector_paused(tmp_path: Path, monkeypatch:
     undone = files.undo_file(out, Path(f"{out}.mcountrw.jsonl"), tmp_path / "back.o")
     assert seen == [False] and gc.isenabled()
     assert undone.output.read_bytes() == (FIXTURES / "bin" / "prof-le.o").read_bytes()
+
+
+# -- verify with its two files the other way round -------------------------------------------------------
+
+
+def test_verify_says_when_original_and_patched_are_given_the_other_way_round(tmp_path: Path) -> None:
+    """`verify v.nop v --log v.nop.mcountrw.jsonl` said only that v.nop is not the log's input."""
+    src, out = tmp_path / "p.o", tmp_path / "n.o"
+    shutil.copy(FIXTURES / "bin" / "patchable-le.o", src)
+    assert invoke("nop", src, "-o", out, "--drop-records").exit_code == 0
+    log = f"{out}.mcountrw.jsonl"
+    swapped = invoke("verify", out, src, "--log", log)
+    assert swapped.exit_code == 1, swapped.output
+    assert f"; it is the log's output, and {src} its input: ORIGINAL and PATCHED given" in swapped.stdout
+    other = invoke("verify", FIXTURES / "bin" / "ool-le.o", out, "--log", log)  # another file: no such note
+    assert other.exit_code == 1 and "is not the file this log was made from" in other.stdout
+    assert "the other way round" not in other.stdout
+
+
+@pytest.mark.corpus
+def test_kernel_of_another_generation_is_named_with_its_article(tmp_path: Path) -> None:
+    module = require_kernel("7.2").modules_dir / "fs" / "nls" / "nls_utf8.ko.xz"
+    done = invoke("nop", module, "-o", tmp_path / "m.ko.xz", "--drop-records", "--strip-signature",
+                  "--kernel", require_kernel("6.12").vmlinux)  # fmt: skip
+    assert_one_line(done, 2, "error", "is an ool module: not the kernel that loads it")
+    assert not (tmp_path / "m.ko.xz").exists()

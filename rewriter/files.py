@@ -736,7 +736,9 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
     content_sha = raw_sha if content is raw else _sha256(content)
     already = facts.made_from(raw_sha, content_sha) and not facts.describes(raw_sha, content_sha)
     if not already and not facts.describes(raw_sha, content_sha):
-        raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output)")
+        size = facts.output.size
+        cut = f"; {patched} is {len(raw)} bytes, its output {size}: truncated?" if len(raw) < size else ""
+        raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output{cut})")
     if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
         raise OutputError(f"{out}: the output would overwrite the patch log")
     _check_not_a_step_before(facts.base, log_path, ((out, f"-o {out}: is"),))

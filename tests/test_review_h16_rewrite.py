@@ -223,3 +223,16 @@ def test_kernel_of_another_generation_is_named_with_its_article(tmp_path: Path) 
                   "--kernel", require_kernel("6.12").vmlinux)  # fmt: skip
     assert_one_line(done, 2, "error", "is an ool module: not the kernel that loads it")
     assert not (tmp_path / "m.ko.xz").exists()
+
+
+def test_undo_of_a_truncated_file_says_it_is_shorter_than_the_logs_output(tmp_path: Path) -> None:
+    """A rewritten file cut short (a copy interrupted) was refused as if the log were another
+    file's; the line now says the file is shorter than the log's output."""
+    out = tmp_path / "n.o"
+    assert invoke("nop", FIXTURES / "bin" / "prof-le.o", "-o", out).exit_code == 0
+    whole = out.read_bytes()
+    out.write_bytes(whole[:1000])
+    back = tmp_path / "back.o"
+    line = assert_one_line(invoke("undo", out, "-o", back), 2, "error", "this log is for another file")
+    assert f"; {out} is 1000 bytes, its output {len(whole)}: truncated?" in line, line
+    assert not back.exists()

@@ -19,10 +19,12 @@ nowhere).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, NamedTuple, TypeVar
@@ -275,10 +277,10 @@ def apply_file(
     if dry_run or out is None or (in_place and not result.edits):  # in place and already done: nothing to write
         return ApplyResult(path, None, None, result, before, (), base, warnings)
     log = log_path or default_log_path(out)
-    stage_paths = _write_stage_images(stage_dir, path, result) if stage_dir else ()
     backup_path = path.with_name(path.name + ".orig") if in_place and backup else None
-    base = _write_outputs(image, result, options, out, log, backup_path, known)
-    return ApplyResult(path, out, log, result, before, stage_paths, base, warnings, backup_path)
+    with _stage_images(stage_dir, path, result) as staged:
+        base = _write_outputs(image, result, options, out, log, backup_path, known, staged)
+    return ApplyResult(path, out, log, result, before, tuple(p.path for p in staged), base, warnings, backup_path)
 
 
 def loader(kernel: Path) -> Scan:
@@ -317,7 +319,7 @@ def _held_to_kernel(image: Image, before: Scan, options: Options, kernel: Path |
     if k.generation is not before.generation and before.generation is not None:
         theirs = k.generation.value if k.generation else "no"
         raise _not_its_kernel(
-            kernel, f"a kernel of {theirs} generation, and {image.path} is a {before.generation.value} module"
+            kernel, f"a kernel of {theirs} generation, and {image.path} is {_a(before.generation.value)} module"
         )
     _check_release(kernel, vmlinux, image)
     return replace(options, kernel_locs=loop_for_modules(k.generation, k.locs))
@@ -332,6 +334,11 @@ def _check_release(kernel: Path, vmlinux: Image, module: Image) -> None:
     theirs, ours = kernel_release(vmlinux), kernel_release(module)
     if releases_differ(ours, theirs):
         raise _not_its_kernel(kernel, f"Linux {theirs}, and {module.path} was built for {ours} (its vermagic)")
+
+
+def _a(word: str) -> str:
+    """``word`` with its article: "an ool module", "a patchable module"."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _not_its_kernel(kernel: Path, why: str) -> ArgumentError:
@@ -402,9 +409,17 @@ def archived_log(base: Known) -> Path:
 
 
 def _write_outputs(
-    image: Image, result: Rewrite, options: Options, out: Path, log: Path, backup: Path | None, known: Known | None
+    image: Image,
+    result: Rewrite,
+    options: Options,
+    out: Path,
+    log: Path,
+    backup: Path | None,
+    known: Known | None,
+    staged: Sequence[Pending] = (),
 ) -> Base | None:
-    """The output, its log and the backup (if any), published only once all three are complete.
+    """The output, its log and the backup (if any), published only once all three are complete,
+    with the stage images ``staged`` (written, not yet renamed into place: :func:`_stage_images`).
     Returns the base the new log names (moved aside first if the new log takes its place)."""
     path = image.path
     # An uncompressed input is already mapped: hash and back it up from the mapping, not a re-read.
@@ -440,7 +455,9 @@ def _write_outputs(
         if moved and known is not None:  # a write beside the input: under the same lock as the output
             os.replace(known.path, archived_log(known))
         # The log is published first: an output never exists without the log that can undo it.
-        commit_all(pending)
+        # The stage images go before it, with it: all of them or none (one a run could not
+        # publish left the others behind, 47 MB each, from a run refused with exit 2).
+        commit_all([*staged, *pending])
     except BaseException:
         for p in pending:
             p.discard()
@@ -470,19 +487,33 @@ def _check_not_a_stage_image(path: Path, directory: Path, targets: Sequence[tupl
             raise OutputError(f"{target}: {what} would be a stage image of this run (--stage-images {directory})")
 
 
-def _write_stage_images(directory: Path, path: Path, result: Rewrite) -> tuple[Path, ...]:
-    if not result.stages:  # records only: no directory made for nothing (the CLI says none was written)
-        return ()
+@contextmanager
+def _stage_images(directory: Path | None, path: Path, result: Rewrite) -> Iterator[list[Pending]]:
+    """The stage images of ``result`` written beside their places in ``directory`` (made if need
+    be), complete and read back but not renamed into place: the caller publishes them with its
+    output (:func:`_write_outputs`). If it does not (a failure, an interruption), every one is
+    removed, and so is the directory if this made it: a refused run leaves nothing behind."""
+    staged: list[Pending] = []
+    if directory is None or not result.stages:  # records only: no directory made for nothing
+        yield staged
+        return
+    made = not directory.exists()
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{directory}: {e.strerror}") from None
-    out = []
-    for i, content in enumerate(result.stages, start=1):
-        p = stage_image_path(directory, path, i)
-        atomic_write(p, content, path.stat().st_mode & 0o7777)
-        out.append(p)
-    return tuple(out)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"--stage-images {directory}: {e.strerror}") from None
+        mode = path.stat().st_mode & 0o7777
+        for i, content in enumerate(result.stages, start=1):
+            staged.append(write_temp(stage_image_path(directory, path, i), content, mode))
+        yield staged
+    except BaseException:
+        for p in staged:
+            p.discard()
+        if made:  # commit_all put back any it had renamed into place
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only if empty: mkdir -p's parents stay
+        raise
 
 
 def _file_facts(image: Image, raw: Data, out: Path, new_raw: Data, content: Data) -> tuple[FileFacts, FileFacts]:
@@ -662,7 +693,6 @@ def _read_and_hash(path: Path) -> tuple[bytearray, str]:
     return raw, _sha256(raw)
 
 
-@collector_paused()
 class Settled(NamedTuple):
     """The logs beside a file undone in place: ``beside`` now describes it (None: no log does)."""
 
@@ -686,6 +716,7 @@ class Undone(NamedTuple):
     sha256: str = ""
 
 
+@collector_paused()
 def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> Undone:
     """Restore the input bytes of the step ``log_path`` describes. Refuses a log made for another
     file. In place with the file's own log (the default name beside it), the logs are settled too
@@ -705,7 +736,9 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
     content_sha = raw_sha if content is raw else _sha256(content)
     already = facts.made_from(raw_sha, content_sha) and not facts.describes(raw_sha, content_sha)
     if not already and not facts.describes(raw_sha, content_sha):
-        raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output)")
+        size = facts.output.size
+        cut = f"; {patched} is {len(raw)} bytes, its output {size}: truncated?" if len(raw) < size else ""
+        raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output{cut})")
     if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
         raise OutputError(f"{out}: the output would overwrite the patch log")
     _check_not_a_step_before(facts.base, log_path, ((out, f"-o {out}: is"),))
@@ -793,6 +826,15 @@ def _chain_note(log: Log, log_path: Path) -> str:
     )
 
 
+def _swapped_note(orig: Data, got: Data, patched: Path, log: Log) -> str:
+    """When ORIGINAL is the log's output and PATCHED its input: the two given the other way round
+    (``verify v.nop v``), which said only that ORIGINAL was not the log's input."""
+    facts = log.header
+    if _sha256(orig) != facts.output.content_sha256 or _sha256(got) != facts.input.content_sha256:
+        return ""
+    return f"; it is the log's output, and {patched} its input: ORIGINAL and PATCHED given the other way round?"
+
+
 @collector_paused()
 def not_the_output_file(patched: Path, raw: bytes, compression: Compression, out: FileFacts) -> str | None:
     """Why a file whose content is the log's output is still not that file, byte for byte: it was
@@ -827,9 +869,9 @@ def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
     except ImageError as e:  # e.g. one flipped byte in a .ko.xz: its check fails
         return VerifyResult(False, str(e))
     if _sha256(orig) != log.header.input.content_sha256:
-        return VerifyResult(
-            False, f"{original} is not the file this log was made from (sha256 differs)" + _chain_note(log, log_path)
-        )
+        swapped = _swapped_note(orig, got, patched, log)
+        why = f"{original} is not the file this log was made from (sha256 differs){swapped}"
+        return VerifyResult(False, why + _chain_note(log, log_path))
     # The difference verify vouches for is between the files: an ORIGINAL decompressed or
     # compressed again since has the log's content but not its bytes (before, it passed).
     not_input = _not_the_file(original, orig_raw, orig_compression, log.header.input, "input")

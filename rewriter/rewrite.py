@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import repeat
 from operator import attrgetter
+from pathlib import Path
 from typing import Final, NamedTuple
 
 import numpy as np
@@ -212,6 +213,12 @@ class Rewrite:
     # The state each variant was taken to: the target, except where the file cannot hold it (a
     # patchable or ool site brought back for --to enabled is given its words as built, recorded).
     goals: tuple[SiteState, ...] = ()
+    # Of ``restored``, the sites a scan of the new file finds recorded but not traceable (the
+    # bodies of overridden weak functions: the kernel disables their records), as that scan reads them.
+    restored_untraceable: tuple[Site, ...] = ()
+    # --check-r0: how many sites' mflr r0 the rewrite takes, by the walk's verdict (``safe``,
+    # ``unknown``; a ``live`` one refuses the rewrite); None when not asked. Empty: none is taken.
+    r0_walk: Mapping[str, int] | None = None
 
     @property
     def signature_stripped(self) -> bool:
@@ -271,8 +278,7 @@ def rewrite(
     how to bring back what an earlier rewrite took out: a call's target and relocation, a record."""
     history = history or {}
     c = _choose(image, scan, selection, options, history)
-    if options.check_r0:
-        _check_r0_dead(image, scan, _mflr_taken(image, c))
+    walked = _check_r0_dead(image, scan, _mflr_taken(image, c)) if options.check_r0 else None  # LIVE: refused
     try:
         check_route((s.variant for s in c.selected), options.route)
     except ArgumentError as e:  # a request refused for these sites, as a state they cannot take is
@@ -307,13 +313,14 @@ def rewrite(
     barriers = () if the_plan is None else tuple((i, b.value) for i, b in enumerate(the_plan.barriers))
     stubs = _stub_counts(image, scan, rows - len(c.back), bool(records), buf)
     _read_back(buf, image, c.todo, c.goals)
-    _read_back_restored(buf, image, scan, c, tables.put_calls)
+    back_untraceable = _read_back_restored(buf, image, scan, c, tables.put_calls)
     lines = lines_after(_touched(c, tables.taken, facts), history)  # what bringing each back needs
     return Rewrite(
         buf, tuple(stages), tuple(edits), the_plan, barriers, tuple(c.todo), len(c.selected) - len(c.todo),
         tuple(c.gone), stubs, tuple(c.back), lines,
         len(refused_at_boot(image, c.todo, c.gone, c.goals)) if options.keep_records else 0,
-        tuple(dict.fromkeys(c.goals[v] for v in sorted(c.goals, key=attrgetter("value")))),
+        tuple(dict.fromkeys(c.goals[v] for v in sorted(c.goals, key=attrgetter("value")))), back_untraceable,
+        walked,
     )  # fmt: skip
 
 
@@ -341,7 +348,7 @@ def _choose(
     if history:
         selected = [_with_target(s, history) for s in selected]
     restorable = _restorable(selected, history, options)
-    goals = _goals(image, selected, options.target, restoring=bool(restorable))
+    goals = _goals(image, selected, options.target, restoring=bool(restorable), log=scan.log)
     if len(goals) == 1:  # the usual case: one layout, and no enum hashed per site
         (goal,) = goals.values()
         todo = [s for s in selected if s.state is not goal]
@@ -418,14 +425,15 @@ def _touched(c: _Choice, calls: Mapping[int, RelaEntry], records: Taken) -> list
 
 
 def _goals(
-    image: Image, sites: Sequence[Site], target: SiteState, restoring: bool = False
+    image: Image, sites: Sequence[Site], target: SiteState, restoring: bool = False, log: Path | None = None
 ) -> Mapping[Variant, SiteState]:
     """The target state of each variant present. A patchable or ool site is never made to call the
     tracer offline: the kernel's boot-time init accepts only nops at a recorded place, a call left
     unrecorded would never be managed by ftrace, and an ool ``b stub`` would enter a stub that only
     the boot fills (the file's stubs are zero). The running kernel enables sites itself, so there
     ``enabled`` can only mean bringing back sites an earlier rewrite unrecorded (``restoring``):
-    their words as built, and their records back."""
+    their words as built, and their records back. ``log``: the patch log read for the image
+    (``Scan.log``), if any, which the refusal names: it knew no such site among those selected."""
     goals = {}
     for variant in {s.variant for s in sites}:
         goal = target_state(variant, target)
@@ -436,12 +444,23 @@ def _goals(
                     f"{image.path}: {variant.value}: {goal.value} ({_words_text(variant, goal)}) is not written "
                     f"offline: the kernel's boot-time ftrace_init_nop accepts only {_words_text(variant, lay.built)} "
                     "at a recorded place (ftrace bug otherwise) and enables sites itself at run time "
-                    "(echo function > current_tracer); sites an earlier rewrite unrecorded come back this way "
-                    "when their patch log is read"
+                    f"(echo function > current_tracer); {_nothing_to_bring_back(log)}"
                 )
             goal = lay.built
         goals[variant] = goal
     return goals
+
+
+def _nothing_to_bring_back(log: Path | None) -> str:
+    """The end of ``--to enabled``'s refusal on a patchable or ool image: how sites come back, or,
+    when the image's patch log was read, that it knows none among those selected (a second
+    ``apply --to enabled`` after one that brought them all back said to read the log it had read)."""
+    if log is None:
+        return "sites an earlier rewrite unrecorded come back this way when their patch log is read"
+    return (
+        f"its patch log {log} was read, and no selected site is one an earlier rewrite unrecorded: "
+        "each has its record (brought back already?)"
+    )
 
 
 def _call_slot_nop(variant: Variant, state: SiteState) -> bool:
@@ -576,21 +595,25 @@ def _runs_mflr(variant: Variant, state: SiteState, recorded: bool, booted: bool)
     return words_of(variant, running)[lay.state_slots.index(Slot.A)] is Insn.MFLR
 
 
-def _check_r0_dead(image: Image, scan: Scan, taken: Sequence[Site]) -> None:
+def _check_r0_dead(image: Image, scan: Scan, taken: Sequence[Site]) -> Mapping[str, int]:
     """Refuse to take the ``mflr r0`` from a function that reads r0 after its site: the audit's
     ``r0live`` (rewriter.flow), where nopping it changes what the function does. Asked for
     (``--check-r0``), not by default: the walk decodes the whole image, 0.6 s on a 6.1 vmlinux
     (+50% of a ``nop``) and +32% of a 6.1 tree's prenop (+65% in a noisier run), and no site of the Debian kernels is
-    live. UNKNOWN verdicts pass, as the audit lists them without calling them wrong."""
+    live. UNKNOWN verdicts pass, as the audit lists them without calling them wrong. Returns how many
+    sites had each verdict (empty: no ``mflr r0`` is taken, nothing walked), for the account."""
     if not taken:
-        return
+        return {}
+    from collections import Counter
+
     from rewriter import flow
     from rewriter.ppc.table import build_table
 
     code = flow.load_code(image, scan, build_table())
-    live = [(s, v) for s, v in zip(taken, flow.safety(code, taken), strict=True) if v.verdict is flow.Verdict.LIVE]
+    verdicts = flow.safety(code, taken)
+    live = [(s, v) for s, v in zip(taken, verdicts, strict=True) if v.verdict is flow.Verdict.LIVE]
     if not live:
-        return
+        return dict(Counter(v.verdict.value for v in verdicts))
     (s, v), more = live[0], f" (and {len(live) - 1} more sites)" if len(live) > 1 else ""
     why = "" if v.why is None else v.why.value
     at = "" if v.evidence is None else f" (at {place_text(image, v.evidence)})"
@@ -812,12 +835,16 @@ def _read_back(
         )
 
 
-def _read_back_restored(content: bytes | bytearray, image: Image, before: Scan, c: _Choice, calls: set[int]) -> None:
+def _read_back_restored(
+    content: bytes | bytearray, image: Image, before: Scan, c: _Choice, calls: set[int]
+) -> tuple[Site, ...]:
     """A scan of the new file finds every site whose record came back, recorded, and every site
     whose call relocation came back, calling (relocatable files find calls by their REL24). A
-    site that does not is mcountrw's own mistake: :class:`InternalError`."""
+    site that does not is mcountrw's own mistake: :class:`InternalError`. Returns the sites
+    whose record came back that the scan finds untraceable all the same (``Site.traceable``:
+    a weak function's overridden body, whose record the kernel disables)."""
     if not c.back and not calls:
-        return
+        return ()
     after = scan(Image.from_bytes(image.path, bytes(content)), generation=before.generation)
     found = {s.place: s for s in after.sites}
     for s in c.back:
@@ -831,6 +858,7 @@ def _read_back_restored(content: bytes | bytearray, image: Image, before: Scan, 
         again = found.get(place)
         if again is None or again.state is not c.goals[again.variant]:
             raise InternalError(f"{place:#x}: call relocation put back, but a scan does not find the call")
+    return tuple(again for s in c.back if not (again := found[s.place]).traceable)
 
 
 def _holds(words: np.ndarray, want: Insn) -> np.ndarray:

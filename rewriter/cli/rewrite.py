@@ -17,9 +17,12 @@ from rewriter.plan import Route
 from rewriter.prose import counted, printable
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from rewriter.files import ApplyResult, ScanHints, Undone
     from rewriter.log import Base
     from rewriter.rewrite import Options, Rewrite, Selection, StubCount
+    from rewriter.sites import Scan, Site
 
 
 def _say(line: str, err: bool = True) -> None:
@@ -242,7 +245,7 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
     r = result.rewrite
     target = " / ".join(g.value for g in r.goals) or options.target.value  # what the words became
     if not r.edits:
-        _print_already(image, _target_text(options, result), result, writing)
+        _print_already(image, _target_text(options, result), result, writing, options.drop_records)
         return
     stages = len(r.plan.stages) if r.plan else 0
     names = [name for _, name in r.barriers]
@@ -254,7 +257,7 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
     if not writes and bool(r.dropped) != bool(r.restored):
         from rewriter.report.scanfmt import when_traced
 
-        line = _records_only(r, result.output is None, when_traced(result.scan))
+        line = _records_only(r, result.scan, result.output is None, when_traced(result.scan))
         _say(f"{image}: {line}; 0 word writes; {others}", err=True)
     else:
         verb = "would change" if result.output is None else "changed"
@@ -279,6 +282,10 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
         )
     if r.stubs is not None:
         _say(_stub_counts(r.stubs), err=True)
+    if r.signature_stripped:
+        _say(_signature_text(r, result.output is None), err=True)
+    if r.r0_walk is not None:
+        _say(_r0_walk_text(r.r0_walk), err=True)
     refused = r.refused_at_boot
     if refused:
         _say(
@@ -306,20 +313,72 @@ def _print_written(result: ApplyResult) -> None:
         _say(f"the log builds on {result.base.path} (the input's log)", err=True)
 
 
-def _records_only(r: Rewrite, dry_run: bool, when: str) -> str:
+def _records_only(r: Rewrite, scan: Scan, dry_run: bool, when: str) -> str:
     """A rewrite that only drops or only restores records (patchable and ool sites already are nop
     as built): said as what the kernel will make of the sites, and the words they keep, rather than
-    as a move to a state they were in already (ool has no `nopped` state at all)."""
+    as a move to a state they were in already (ool has no `nopped` state at all). Only the sites
+    the kernel traces (or, restored, will trace) are counted as made untraceable (or traceable):
+    the bodies of overridden weak functions are recorded but never traced (scan: weak-body), and
+    their records are counted apart, so that the count is the difference the scan of the result shows."""
     from rewriter.generations import LAYOUTS
     from rewriter.states import words_text
 
     sites = r.dropped or r.restored
     words = sorted({words_text(LAYOUTS[s.variant].words(s.state)) for s in sites})
-    n = counted(len(sites), "site")
+    idle = [s for s in r.dropped if not s.traceable] if r.dropped else list(r.restored_untraceable)
+    n = counted(len(sites) - len(idle), "site")
     verb = "would make" if dry_run else "made"
     if r.dropped:
-        return f"{verb} {n} untraceable {when}: records dropped, words unchanged ({', '.join(words)})"
-    return f"{verb} {n} traceable {when} again: records restored, words unchanged ({', '.join(words)})"
+        line = f"{verb} {n} untraceable {when}: records dropped, words unchanged ({', '.join(words)})"
+    else:
+        line = f"{verb} {n} traceable {when} again: records restored, words unchanged ({', '.join(words)})"
+    if not idle:
+        return line
+    done = ("would be " if dry_run else "") + ("dropped" if r.dropped else "restored")
+    tense = "the kernel does not trace" if r.dropped else "the kernel will not trace"
+    more = "more record" if len(idle) < len(sites) else "record"  # "made 0 sites ...; 1 more record" read oddly
+    return f"{line}; {counted(len(idle), more)} {done}, of sites {tense} ({_why_idle(idle, scan)})"
+
+
+def _why_idle(sites: Sequence[Site], scan: Scan) -> str:
+    """Why the kernel does not trace ``sites`` though they are recorded, in scan's words (weak-body)."""
+    from collections import Counter
+
+    from rewriter.boot import boot_of, untraceable
+
+    boot = boot_of(scan)
+    why = Counter(untraceable(s, boot) for s in sites)
+    return ", ".join(f"{k} {'traceable' if reason is None else reason.value}" for reason, k in why.most_common())
+
+
+def _r0_walk_text(walk: Mapping[str, int]) -> str:
+    """What ``--check-r0`` found: a rewrite it lets through took the ``mflr r0`` of sites whose
+    functions never read r0 after it (``safe``) or that the walk cannot follow (``unknown``, passed
+    as the audit lists them); none taken (7.2's entries have none, a restore, ``--to disabled``) is
+    said too, or the option read as if it had checked something."""
+    if not walk:
+        return (
+            "--check-r0: this rewrite takes no site's mflr r0 (ool entries have none; --to disabled and restores "
+            "take none): nothing walked"
+        )
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in sorted(walk.items()))
+    unknown = walk.get("unknown", 0)
+    passed = " (unknown ones pass: the audit lists them)" if unknown else ""
+    return f"--check-r0: walked the {counted(sum(walk.values()), 'site')} whose mflr r0 goes: {counts}{passed}"
+
+
+def _signature_text(r: Rewrite, dry_run: bool) -> str:
+    """What became of a signed module's signature: cut off (``--strip-signature``), which the
+    account must say, as prenop's does: the module then loads only where the kernel does not
+    enforce signatures, and taints it (TAINT_UNSIGNED_MODULE, checked under qemu on 6.12 and 7.2)."""
+    from rewriter.edits import Truncate
+
+    cut = sum(len(e.tail) for e in r.edits if isinstance(e, Truncate))
+    done = "would be stripped" if dry_run else "stripped"
+    return (
+        f"module signature {done} ({cut} bytes): the module loads unsigned, which taints a kernel that checks "
+        "signatures and is refused where they are enforced (module.sig_enforce, MODULE_SIG_FORCE); undo puts it back"
+    )
 
 
 def _stub_counts(stubs: tuple[tuple[StubCount, ...], tuple[StubCount, ...]]) -> str:
@@ -351,8 +410,11 @@ def _target_text(options: Options, result: ApplyResult) -> str:
     return " / ".join(named) or options.target.value
 
 
-def _print_already(image: Path, target: str, result: ApplyResult, writing: _Writing) -> None:
-    """A rerun: every selected site is at the target already (exit 0, by design)."""
+def _print_already(image: Path, target: str, result: ApplyResult, writing: _Writing, dropped: bool) -> None:
+    """A rerun: every selected site is at the target already (exit 0, by design). ``dropped``
+    (``--drop-records``): none of them has a record either, or the rewrite would have dropped it;
+    said, since on 6.12 and 7.2 the words alone are also the untouched file's, which `nop` without
+    it refuses to call done."""
     zeroed = result.scan.records.zeroed
     hidden = (
         f" ({zeroed} zeroed records: sites an earlier rewrite nopped are not seen without its patch log)"
@@ -368,6 +430,8 @@ def _print_already(image: Path, target: str, result: ApplyResult, writing: _Writ
     stage = f"; no stage image written to {writing.stage_dir}" if writing.stage_dir is not None else ""
     n = result.rewrite.unchanged
     already = f"the 1 selected site is already {target}" if n == 1 else f"all {n} selected sites are already {target}"
+    if dropped:
+        already += ", its record dropped" if n == 1 else ", their records dropped"
     _say(
         f"{image}: nothing to change: {already}{hidden}{written}{stage}",
         err=True,

@@ -332,9 +332,11 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
     found += _record_anomalies(image, result, printer)
     found += _stub_anomalies(result.stubs)
     found += _mixed_states(result.sites)
+    found += _unallocated_anomalies(result)
     entries = _entries(printer.code, result.sites)
     for sa in sites:
-        found += _site_anomalies(printer, sa, entries.get(sa.site.place), result.init_call_only)
+        placed = sa.site.section not in result.unallocated  # unallocated says why init fails there
+        found += _site_anomalies(printer, sa, entries.get(sa.site.place), result.init_call_only, placed)
     weak = _weak_bodies(result.sites, printer.code.funcs)
     if weak:
         unchecked = _why_no_weak_check(image) if result.weak_max_offset is None else ""
@@ -343,7 +345,10 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
     return found
 
 
-def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None, call_only: bool) -> list[Anomaly]:
+def _site_anomalies(
+    printer: Printer, sa: SiteAudit, entry: _Entry | None, call_only: bool, placed: bool = True
+) -> list[Anomaly]:
+    """``placed``: the site's section is one the module loader places (:func:`_unallocated_anomalies`)."""
     site, out = sa.site, []
     if site.state is SiteState.BROKEN:
         msg = "nop; bl to the tracer: reaches it with r0 != LR"
@@ -351,7 +356,7 @@ def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None, call_
     elif site.state is SiteState.UNKNOWN:
         msg = "slots hold neither a site state nor gcc 5's form"
         out.append(_at_site(AnomalyKind.UNEXPECTED_WORDS, site, msg, printer.slots(site)))
-    elif refused_at_init(site):  # ool-stubs says a missing stub, once
+    elif refused_at_init(site) and placed:  # ool-stubs says a missing stub, once
         out.append(_at_site(AnomalyKind.BOOT_REFUSED, site, _refusal(printer, site, call_only), printer.slots(site)))
     if not site.recorded and site.state not in (target_state(site.variant, SiteState.NOPPED), SiteState.GUARDED):
         if site.state in _LIVE_CALL:
@@ -364,6 +369,39 @@ def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None, call_
     if entry is not None:
         out += _entry_anomalies(site, entry)
     return out
+
+
+def _unallocated_anomalies(result: Scan) -> list[Anomaly]:
+    """One error per section of a module that the loader never places (no SHF_ALLOC) and that
+    holds recorded sites (``Scan.unallocated``), at its first; RULES argues the severity."""
+    if result.not_loaded is not None:  # module-refused: nothing of it is loaded
+        return []
+    out = []
+    for section in result.unallocated:
+        held = sorted((s for s in result.sites if s.section == section and s.record is not None), key=_by_offset)
+        if not held:
+            continue
+        names = sorted({s.function for s in held if s.function})
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        what = f" ({shown})" if shown else ""
+        if result.generation is Generation.MPROFILE:
+            then = (
+                "their bl _mcount is never relocated and ftrace_make_nop() finds no module stub at its target "
+                "(Failed to get trampoline target): ftrace_bug() turns function tracing off at load"
+            )
+        else:
+            then = "ftrace_module_enable() never enables a record outside the module: never traced"
+        msg = (
+            f"{counted(len(held), 'recorded site')}{what} in {section}, a section without SHF_ALLOC: the module "
+            f"loader never places it, so its code is not in the loaded module and the records name the loader's "
+            f"temporary copy; {then}"
+        )
+        out.append(_at_site(AnomalyKind.UNALLOCATED, held[0], msg))
+    return out
+
+
+def _by_offset(site: Site) -> int:
+    return site.offset
 
 
 def _r0live(site: Site, sa: SiteAudit) -> Anomaly:
@@ -410,10 +448,15 @@ def _refusal(printer: Printer, site: Site, call_only: bool) -> str:
     said = kernel_complaint(printer, site.variant, site.place, call_only)
     checker = "ftrace_make_nop() finds no bl _mcount to nop and" if call_only else "ftrace_init_nop()"
     why = (
-        f"a {site.state.value} {site.variant.value} site keeps its record; {checker} refuses it and "
-        "ftrace_bug() turns function tracing off"
+        f"{_article(site.state.value)} {site.state.value} {site.variant.value} site keeps its record; {checker} "
+        "refuses it and ftrace_bug() turns function tracing off"
     )
     return f"{said}: {why}" if said else why
+
+
+def _article(word: str) -> str:
+    """``an`` before ``enabled``, ``armed``, ``unknown``; ``a`` before the other states."""
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _why_no_weak_check(image: Image) -> str:

@@ -114,3 +114,57 @@ def test_the_fast_json_writer_writes_listed_as_as_json_does() -> None:
     assert result.listed
     fast = scanfmt.scans_json_text([result], [])
     assert fast == json.dumps(scanfmt.scans_json([result], []), separators=(",", ":"))
+
+
+# -- unallocated: recorded sites in a module section the loader never places ---------------------
+
+
+def _recorded_in(path: Path, section: str) -> tuple[bool, int]:
+    """pyelftools: whether ``section`` is allocated, and how many record rows (the ADDR64 rows of
+    ``.rela__mcount_loc`` / ``.rela__patchable_function_entries``) name a place in it."""
+    with path.open("rb") as f:
+        elf = ELFFile(f)
+        target = elf.get_section_by_name(section)
+        index = next(n for n, s in enumerate(elf.iter_sections()) if s.name == section)
+        symtab = elf.get_section_by_name(".symtab")
+        rows = 0
+        for name in (".rela__mcount_loc", ".rela__patchable_function_entries"):
+            table = elf.get_section_by_name(name)
+            for rel in table.iter_relocations() if table is not None else ():
+                rows += symtab.get_symbol(rel["r_info_sym"])["st_shndx"] == index
+        return bool(target["sh_flags"] & SH_FLAGS.SHF_ALLOC), rows
+
+
+def _audit(path: Path, fmt: str, *more: object) -> tuple[int, str]:
+    result = invoke("audit", "--format", fmt, *more, path)
+    return result.exit_code, result.stdout
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", ["6.1", "6.12", "7.2"])
+def test_audit_says_recorded_sites_in_an_unallocated_section_are_never_placed(name: str, tmp_path: Path) -> None:
+    """mac-roman's ``.text`` without SHF_ALLOC: the loader never places it, and its two records
+    name the temporary copy (test_review_load2 boots it: 6.1 ftrace bug, 6.12/7.2 never listed).
+    scan said ``unallocated`` (6.12, 7.2) or ``refused`` (6.1); audit had no finding on 6.12 and
+    7.2 and a clean exit, and on 6.1 two boot-refused errors whose advice (a rewritten site must
+    lose its record) does not apply. Now one ``unallocated`` error in every format."""
+    from mutate import clear_alloc
+
+    ko = unsigned_module(name, "fs/nls/mac-roman.ko*", tmp_path / "mac-roman.ko")
+    before = json.loads(_audit(ko, "json")[1])["images"][0]["anomalies"]
+    assert not [a for a in before if a["kind"] == "unallocated"]
+    clear_alloc(ko, ".text")
+    allocated, rows = _recorded_in(ko, ".text")
+    assert not allocated and rows == 2
+    code, text = _audit(ko, "json", "--fail-on", "error")
+    assert code == 1
+    found = json.loads(text)["images"][0]["anomalies"]
+    (anomaly,) = [a for a in found if a["kind"] == "unallocated"]
+    assert anomaly["severity"] == "error" and anomaly["section"] == ".text", anomaly
+    assert anomaly["message"].startswith(f"{rows} recorded sites") and "SHF_ALLOC" in anomaly["message"]
+    assert not [a for a in found if a["kind"] == "boot-refused"], found
+    md = _audit(ko, "md")[1]
+    assert "**error** `unallocated` .text+0x" in md
+    sarif = json.loads(_audit(ko, "sarif")[1])["runs"][0]
+    assert [(r["ruleId"], r["level"]) for r in sarif["results"]] == [("unallocated", "error")]
+    assert "<td>error</td><td>unallocated</td>" in _audit(ko, "html")[1]

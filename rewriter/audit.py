@@ -544,7 +544,8 @@ def _blind_spots(result: Scan, gap: StubGap | None) -> list[Anomaly]:
         )
         out.append(Anomaly(AnomalyKind.OOL_STUBS_UNCHECKED, Severity.WARNING, msg))
     if result.unnamed:
-        out.append(Anomaly(AnomalyKind.NO_SYMBOLS, Severity.NOTE, _unchecked_without_symbols(result.generation)))
+        msg = _unchecked_without_symbols(result.generation, result.weak_max_offset is not None)
+        out.append(Anomaly(AnomalyKind.NO_SYMBOLS, Severity.NOTE, msg))
     overrode = override_text(result)
     if overrode is not None and result.generation is not None:
         msg = f"{overrode}; every finding here reads the image as {result.generation.value}"
@@ -552,12 +553,13 @@ def _blind_spots(result: Scan, gap: StubGap | None) -> list[Anomaly]:
     return out
 
 
-def _unchecked_without_symbols(generation: Generation | None) -> str:
+def _unchecked_without_symbols(generation: Generation | None, weak_check: bool) -> str:
     """The checks an image without function symbols does not get, per generation (RULES argues
-    why none of them turns ftrace off)."""
+    why none of them turns ftrace off). ``weak_check``: the kernel has test_for_valid_rec()
+    (every patchable and ool one, an mprofile one from 6.2: ``Scan.weak_max_offset``)."""
     checks = ["weak-body", "not-at-entry"] + (["patchable-before-gep"] if generation is Generation.PATCHABLE else [])
     msg = f"no function symbols: sites are unnamed, and these checks did not run: {', '.join(checks)}"
-    if generation in (Generation.PATCHABLE, Generation.OOL):
+    if weak_check:
         msg += "; the kernel disables records in weak-function bodies, so `traceable` may count a few too many"
     if generation is not Generation.OOL:
         msg += "; the mflr-nop walk has no function edges, so more sites stay unknown"

@@ -7,6 +7,7 @@ import bisect
 import csv
 import io
 import json
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -168,3 +169,77 @@ def test_audit_says_recorded_sites_in_an_unallocated_section_are_never_placed(na
     sarif = json.loads(_audit(ko, "sarif")[1])["runs"][0]
     assert [(r["ruleId"], r["level"]) for r in sarif["results"]] == [("unallocated", "error")]
     assert "<td>error</td><td>unallocated</td>" in _audit(ko, "html")[1]
+
+
+# -- a stripped vmlinux's release: its banner, read without the symbol -------------------------
+
+
+def _symbol_value(path: Path, name: str) -> int | None:
+    with path.open("rb") as f:
+        found = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name(name)
+    return None if not found else int(found[0]["st_value"])
+
+
+def _stripped(src: Path, out: Path) -> Path:
+    from boot import require_tool
+
+    strip = require_tool("powerpc64le-linux-gnu-strip")
+    subprocess.run([strip, "-o", out, src], check=True)
+    return out
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", ["6.12-gcc12", "6.1"])
+def test_a_stripped_mprofile_vmlinux_names_its_release_and_whether_it_disables_weak_bodies(
+    name: str, tmp_path: Path
+) -> None:
+    """Stripped, a vmlinux has no ``linux_banner`` symbol, and scan took every mprofile one for a
+    6.1: Debian 12's 6.12 (gcc 12, mprofile sites; its unstripped symbols have the weak check's
+    initcall, ftrace_check_for_weak_functions) said ``38891 traceable`` with no word of the weak
+    bodies it disables. Its banner is still in .rodata."""
+    from rewriter.elf.image import Image
+    from rewriter.elf.release import kernel_release
+
+    kernel = require_kernel(name)
+    stripped = _stripped(kernel.vmlinux, tmp_path / "vmlinux")
+    assert kernel_release(Image.load(stripped)) == kernel.kernel.release
+    mcount = _symbol_value(kernel.vmlinux, "_mcount")
+    assert mcount is not None
+    checks = _symbol_value(kernel.vmlinux, "ftrace_check_for_weak_functions") is not None
+    assert checks == (name != "6.1")
+    table = invoke("scan", "--mcount-addr", hex(mcount), stripped).stdout
+    assert ("weak-function bodies (which the kernel disables) cannot be told" in table) == checks, table[:600]
+    doc = json.loads(invoke("audit", "--format", "json", "--mcount-addr", hex(mcount), stripped).stdout)
+    (note,) = [a["message"] for a in doc["images"][0]["anomalies"] if a["kind"] == "no-symbols"]
+    assert ("the kernel disables records in weak-function bodies" in note) == checks, note
+
+
+@pytest.mark.boot
+@pytest.mark.corpus
+def test_a_stripped_gcc12_612_with_an_mflr_nopped_is_said_to_turn_ftrace_off_as_it_does(tmp_path: Path) -> None:
+    """6.12's ftrace_init_nop() checks the mflr of an mprofile site (test_rewrite_generations
+    boots the unstripped kernel so); the stripped copy, taken for a 6.1 (which checks only the
+    bl), was said to boot ``broken->nopped`` with ftrace on. qemu boots it: ftrace bug."""
+    from boot import QEMU, STANDARD_APPEND, boot, require_tool
+
+    require_tool(QEMU)
+    kernel = require_kernel("6.12-gcc12")
+    mcount, target = (_symbol_value(kernel.vmlinux, n) for n in ("_mcount", "do_one_initcall"))
+    assert mcount is not None and target is not None
+    sites = {s["address"]: s for s in _sites(kernel.vmlinux, "json")}
+    (site,) = [s for a, s in sites.items() if target <= a < target + 16 and s["function"] == "do_one_initcall"]
+    edited = tmp_path / "edited"
+    data = bytearray(kernel.vmlinux.read_bytes())
+    with kernel.vmlinux.open("rb") as f:  # the file offset of the mflr r0 before the bl, by pyelftools
+        text = ELFFile(f).get_section_by_name(".text")
+        at = text["sh_offset"] + site["address"] - 4 - text["sh_addr"]
+    assert data[at : at + 4] == (0x7C0802A6).to_bytes(4, "little")
+    data[at : at + 4] = (0x60000000).to_bytes(4, "little")
+    edited.write_bytes(data)
+    stripped = _stripped(edited, tmp_path / "vmlinux")
+    doc = json.loads(invoke("scan", "--format", "json", "--mcount-addr", hex(mcount), stripped).stdout)["images"][0]
+    (mine,) = [s for s in doc["sites"] if s["address"] == site["address"]]
+    assert mine["state"] == "broken" and mine["boot_state"] is None, mine
+    assert doc["summary"]["ftrace_off"] is not None and doc["summary"]["traceable"] == 0
+    booted = boot(stripped, STANDARD_APPEND, timeout=20)
+    assert booted.ftrace_bug, booted.console[-3000:]

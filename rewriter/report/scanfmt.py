@@ -526,7 +526,7 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
     if not result.sites and not result.records.count and not result.records.zeroed:  # else the summary says why
         out.append(f"  no sites: {NOT_BUILT_FOR_FTRACE}")
     if result.unnamed:
-        out.append("  no function symbols: sites are unnamed" + _blind(result.generation))
+        out.append("  no function symbols: sites are unnamed" + _blind(result.generation, result.weak_max_offset))
     for reason in Untraceable:
         if why[reason]:
             out.append(f"  not traceable: {why[reason]} {reason.value}: {WHY[reason]}")
@@ -569,10 +569,11 @@ def _stub_areas_missing(result: Scan) -> bool:
     )
 
 
-def _blind(generation: Generation | None) -> str:
-    """What a scan without symbols cannot tell: the kernel's test_for_valid_rec() (patchable, ool)
-    disables records in no function, and ool stub areas are found by their symbols."""
-    if generation is Generation.PATCHABLE:
+def _blind(generation: Generation | None, weak_max_offset: int | None) -> str:
+    """What a scan without symbols cannot tell: the kernel's test_for_valid_rec() (every patchable
+    and ool kernel, and an mprofile one from 6.2: ``weak_max_offset``) disables records in no
+    function, and ool stub areas are found by their symbols."""
+    if generation is not Generation.OOL and weak_max_offset is not None:
         return "; weak-function bodies (which the kernel disables) cannot be told: `traceable` may count a few too many"
     if generation is Generation.OOL:
         return (

@@ -38,7 +38,7 @@ from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fa
 from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
 from rewriter.prose import counted
-from rewriter.records import ignored_section
+from rewriter.records import unread_why
 from rewriter.rewrite import target_state
 from rewriter.sites import (
     RecordPlace,
@@ -512,20 +512,6 @@ def stub_gap(image: Image, result: Scan) -> StubGap | None:
     return StubGap(records, f"no {' or '.join(missing) or 'stub area'} symbol")
 
 
-def _unread_text(image: Image, unread: int) -> str:
-    """Why a module's loader never reads ``unread`` of its records."""
-    ignored = ignored_section(image)
-    if ignored is not None:
-        return (
-            f"{counted(unread, 'entry', 'entries')} in {ignored[1]}, which the module's kernel never reads: "
-            f"find_module_sections() reads only its FTRACE_CALLSITE_SECTION, {ignored[0]} (the module's vermagic)"
-        )
-    return (
-        f"{counted(unread, 'entry', 'entries')} in record sections after the first of their name: "
-        "the module loader reads only the first (find_sec()), and never traces these"
-    )
-
-
 def _blind_spots(result: Scan, gap: StubGap | None) -> list[Anomaly]:
     """What the audit could not check, said as findings so that no report reads as clean for it."""
     out = []
@@ -644,7 +630,7 @@ def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anom
     unread = result.records.unread
     if unread:
         first = unread[0]
-        msg = _unread_text(image, len(unread))
+        msg = f"{counted(len(unread), 'entry', 'entries')} {result.records.unread_why or unread_why(image)}"
         function = _function_name(image, printer.code.funcs, first.place)
         kind, severity = AnomalyKind.UNREAD_RECORDS, Severity.WARNING
         out.append(Anomaly(kind, severity, msg, first.addr, first.section, first.offset, function=function))

@@ -243,3 +243,44 @@ def test_a_stripped_gcc12_612_with_an_mflr_nopped_is_said_to_turn_ftrace_off_as_
     assert doc["summary"]["ftrace_off"] is not None and doc["summary"]["traceable"] == 0
     booted = boot(stripped, STANDARD_APPEND, timeout=20)
     assert booted.ftrace_bug, booted.console[-3000:]
+
+
+# -- a module's record section without SHF_ALLOC: never read ----------------------------------
+
+_RECORD_SECTION = {"6.1": "__mcount_loc", "6.12": "__patchable_function_entries", "7.2": "__patchable_function_entries"}
+
+
+@pytest.mark.boot
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", ["6.1", "6.12", "7.2"])
+def test_a_module_record_section_without_shf_alloc_is_said_never_read(name: str, tmp_path: Path) -> None:
+    """mac-roman's record section made unallocated: the loader's find_sec() never finds it, the
+    module loads and none of its functions is listed (qemu). scan said ``generation none: 0 sites``
+    and ``not built with -pg -mprofile-kernel or -fpatchable-function-entry?`` (6.12, 7.2: it was),
+    and audit found nothing; now both name the section and why, audit as ``unread-records``."""
+    from boot import QEMU, STANDARD_APPEND, boot, make_initramfs, module_load_script, require_tool
+    from mutate import clear_alloc
+
+    require_tool(QEMU)
+    files = require_kernel(name)
+    (tmp_path / "m").mkdir()
+    ko = unsigned_module(name, "fs/nls/mac-roman.ko*", tmp_path / "m" / "mac-roman.ko")
+    section = _RECORD_SECTION[name]
+    clear_alloc(ko, section)
+    with ko.open("rb") as f:  # the entries the table has, by pyelftools
+        elf = ELFFile(f)
+        assert not elf.get_section_by_name(section)["sh_flags"] & SH_FLAGS.SHF_ALLOC
+        entries = elf.get_section_by_name(".rela" + section).num_relocations()
+    assert entries == 3
+    table = invoke("scan", ko).stdout
+    assert f"never read: {entries} entries in {section}, a section without SHF_ALLOC" in table, table
+    assert "not built with" not in table
+    doc = json.loads(invoke("scan", "--format", "json", ko).stdout)["images"][0]
+    assert len(doc["records"]["unread"]) == entries and doc["summary"]["traceable"] == 0
+    found = json.loads(invoke("audit", "--format", "json", ko).stdout)["images"][0]["anomalies"]
+    (unread,) = [a for a in found if a["kind"] == "unread-records"]
+    assert unread["severity"] == "warning" and section in unread["message"], unread
+    script = module_load_script(["mac-roman"], aff_grep="[mac_roman]")
+    booted = boot(files.vmlinux, STANDARD_APPEND, make_initramfs(tmp_path / "i.cpio", files.busybox, [ko], script))
+    assert booted.done and booted.insmod == {"mac-roman": 0} and not booted.ftrace_bug, booted.console[-3000:]
+    assert booted.available_filter_functions == [], booted.console[-3000:]

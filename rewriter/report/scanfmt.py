@@ -61,9 +61,10 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
 * ``records``: ``count`` and ``zeroed`` are numbers; ``skipped`` (records outside kernel text),
   ``unmatched`` (records that name no site) and ``duplicates`` are lists of the places they name,
   as strings: ``"0xc000..."`` in linked images, ``"section+0xoff"`` in relocatable ones
-  (``audit``'s JSON has the same names as counts). ``unread``: a module's entries in record
-  sections after the first of their name, which a loader before 6.12 never reads (not records:
-  audit's ``unread-records``; ``rewriter.modload``); empty in every other file.
+  (``audit``'s JSON has the same names as counts). ``unread``: a module's entries its loader never
+  reads (not records: audit's ``unread-records``, and the table's ``never read`` note says why): in
+  record sections after the first of their name, before 6.12 (``rewriter.modload``), in the record
+  section its kernel does not read, or in one without SHF_ALLOC; empty in every other file.
 * ``summary.by_boot_state`` counts null as ``"refused"``, or as ``"no-stub"`` for an ool site that
   init fails for want of a stub.
 """
@@ -523,7 +524,10 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
             f"  records name the word {abs(offset)} bytes {'before' if offset < 0 else 'after'} each call slot "
             "(the kernel's ftrace_call_adjust() moves them onto it): `record` in --format json/csv"
         )
-    if not result.sites and not result.records.count and not result.records.zeroed:  # else the summary says why
+    rec = result.records
+    if rec.unread and rec.unread_why:
+        out.append(f"  never read: {counted(len(rec.unread), 'entry', 'entries')} {rec.unread_why}")
+    elif not result.sites and not rec.count and not rec.zeroed:  # else the summary says why
         out.append(f"  no sites: {NOT_BUILT_FOR_FTRACE}")
     if result.unnamed:
         out.append("  no function symbols: sites are unnamed" + _blind(result.generation, result.weak_max_offset))

@@ -284,3 +284,44 @@ def test_a_module_record_section_without_shf_alloc_is_said_never_read(name: str,
     booted = boot(files.vmlinux, STANDARD_APPEND, make_initramfs(tmp_path / "i.cpio", files.busybox, [ko], script))
     assert booted.done and booted.insmod == {"mac-roman": 0} and not booted.ftrace_bug, booted.console[-3000:]
     assert booted.available_filter_functions == [], booted.console[-3000:]
+
+
+# -- odd inputs: one line naming the file and what it is ------------------------------------------
+
+
+def _core(path: Path) -> Path:
+    """An ELF64 little-endian PowerPC64 header of type ET_CORE (4), as a core dump starts."""
+    import struct
+
+    header = bytearray(64)
+    header[:7] = b"\x7fELF\x02\x01\x01"
+    struct.pack_into("<HHIQQQIHHHHHH", header, 16, 4, 21, 1, 0, 64, 0, 0, 64, 56, 0, 64, 0, 0)
+    path.write_bytes(header)
+    return path
+
+
+def _archive(path: Path, magic: bytes, member: Path) -> Path:
+    """An ar(1) archive of ``member`` (the format by its spec: a 60-byte header per member); a
+    thin one keeps only the header, the member's path and size naming the file."""
+    data = member.read_bytes()
+    header = f"{'/':<16}{0:<12}{0:<6}{0:<6}{644:<8}{len(data):<10}`\n".encode()
+    path.write_bytes(magic + header + (b"" if magic == b"!<thin>\n" else data))
+    return path
+
+
+def test_an_archive_or_a_core_is_refused_by_what_it_is(tmp_path: Path) -> None:
+    """A kernel build's ``built-in.a`` or ``vmlinux.a`` (thin) given by mistake was ``not an ELF
+    file``, and a core ``ELF type 4``: now each says what it is, in one line, exit 2, no report."""
+    from conftest import FIXTURES, assert_one_line
+
+    obj = FIXTURES / "bin" / "prof-le.o"
+    cases = [
+        (_archive(tmp_path / "built-in.a", b"!<arch>\n", obj), "an ar archive; give its members (ar x)"),
+        (_archive(tmp_path / "vmlinux.a", b"!<thin>\n", obj), "a thin ar archive; give the object files it names"),
+        (_core(tmp_path / "core"), "ELF type 4 (a core dump) is not"),
+    ]
+    report = tmp_path / "report"
+    for path, words in cases:
+        for command in (("scan", "--format", "json"), ("audit", "--format", "sarif"), ("diff", obj)):
+            assert_one_line(invoke(*command, "-o", report, path), 2, "error", f"{path}: ", words)
+            assert not report.exists()

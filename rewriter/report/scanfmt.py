@@ -55,9 +55,10 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
 * ``listed_as``: for a site in no sized function (``function`` null: the body of an overridden weak
   function, code after a NOTYPE label), the name ftrace lists it under in available_filter_functions
   and set_ftrace_filter matches: kallsyms' nearest symbol before it (the table's
-  ``? (listed as NAME)``; ``Scan.listed``). Null for a site in a function (``function`` names it)
-  and for a site ftrace never lists: unrecorded, refused by init, or a weak body more than
-  FTRACE_MCOUNT_MAX_OFFSET past that symbol, which the kernel disables (``weak-body``). CSV: empty.
+  ``? (listed as NAME)``; ``Scan.listed``). Null for a site in a function (``function`` names it),
+  for one ftrace has no record of (unrecorded, refused by init), and for a weak body more than
+  FTRACE_MCOUNT_MAX_OFFSET past that symbol (``weak-body``): the kernel disables its record, lists
+  it as ``__ftrace_invalid_address___<offset>`` (print_rec()) and matches no filter to it. CSV: empty.
 * ``records``: ``count`` and ``zeroed`` are numbers; ``skipped`` (records outside kernel text),
   ``unmatched`` (records that name no site) and ``duplicates`` are lists of the places they name,
   as strings: ``"0xc000..."`` in linked images, ``"section+0xoff"`` in relocatable ones

@@ -506,10 +506,7 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
     overrode = override_text(result)
     if overrode is not None and result.generation is not None:
         out.append(f"  {overrode}; what follows is the image read as {result.generation.value}")
-    if boot.not_loaded is not None:
-        out.append(f"  NOT LOADED: {boot.not_loaded}")
-    if boot.ftrace_off is not None:
-        out.append(f"  FTRACE OFF {when_traced(result)}: {boot.ftrace_off}")
+    out += _load_lines(result, boot)
     logged = _by_source(result.sites)[Source.LOG]
     log = None if result.log is None else printable(str(result.log))
     if log is not None and logged:
@@ -546,6 +543,24 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
         out.append(
             "  ool stubs: this vmlinux defines no stub area (ftrace_ool_stub_text...), which every ool kernel has: "
             "whether its records get a stub at boot is unchecked"
+        )
+    return out
+
+
+def _load_lines(result: Scan, boot: Boot) -> list[str]:
+    """Why the kernel loads nothing of the image, or turns ftrace off; and, on mprofile, why the
+    sites of a module's unallocated sections are refused (their words are the compiler's: the
+    ``refused`` reason line alone would say otherwise; audit: ``unallocated``)."""
+    out = []
+    if boot.not_loaded is not None:
+        out.append(f"  NOT LOADED: {boot.not_loaded}")
+    if boot.ftrace_off is not None:
+        out.append(f"  FTRACE OFF {when_traced(result)}: {boot.ftrace_off}")
+    if result.unallocated and boot.not_loaded is None and result.generation is Generation.MPROFILE:
+        out.append(
+            f"  NOT PLACED: {' and '.join(result.unallocated)} without SHF_ALLOC: the module loader never places it, "
+            "so its bl _mcount are never relocated, and ftrace_make_nop() finds no module stub at their target "
+            "(Failed to get trampoline target): the refused sites below"
         )
     return out
 

@@ -357,3 +357,30 @@ def test_diff_pairs_a_weak_body_by_the_symbol_before_it() -> None:
     assert unnamed["removed"] == sum((keys_a - keys_b).values())
     assert unnamed["added"] == sum((keys_b - keys_a).values())
     assert sum((keys_a & keys_b).values()) > 250
+
+
+@pytest.mark.boot
+@pytest.mark.corpus
+def test_a_module_stripped_of_its_symbol_table_is_said_not_loaded(tmp_path: Path) -> None:
+    """``strip`` without ``--strip-debug`` takes a module's .symtab and relocation tables: the
+    loader refuses it first thing ("module has no symbols (stripped?)", qemu on 7.2). scan said
+    ``no sites: ... not built with -pg -mprofile-kernel or -fpatchable-function-entry?``, and audit
+    found nothing; now both say the kernel refuses it (module-refused)."""
+    from boot import QEMU, STANDARD_APPEND, boot, make_initramfs, module_load_script, require_tool
+
+    require_tool(QEMU)
+    files = require_kernel("7.2")
+    (tmp_path / "m").mkdir()
+    ko = unsigned_module("7.2", "fs/nls/mac-roman.ko*", tmp_path / "mac-roman.ko")
+    stripped = _stripped(ko, tmp_path / "m" / "mac-roman.ko")
+    with stripped.open("rb") as f:
+        assert ELFFile(f).get_section_by_name(".symtab") is None
+    table = invoke("scan", stripped).stdout
+    assert "NOT LOADED: no symbol table" in table and "not built with" not in table, table
+    found = json.loads(invoke("audit", "--format", "json", stripped).stdout)["images"][0]["anomalies"]
+    assert [(a["kind"], a["severity"]) for a in found] == [("module-refused", "error")], found
+    script = module_load_script(["mac-roman"], aff_grep="[mac_roman]")
+    initrd = make_initramfs(tmp_path / "i.cpio", files.busybox, [stripped], script)
+    booted = boot(files.vmlinux, STANDARD_APPEND, initrd)
+    assert booted.done and booted.insmod["mac-roman"] != 0, booted.console[-3000:]
+    assert "module has no symbols (stripped?)" in booted.console, booted.console[-3000:]

@@ -526,7 +526,7 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
     rec = result.records
     if rec.unread and rec.unread_why:
         out.append(f"  never read: {counted(len(rec.unread), 'entry', 'entries')} {rec.unread_why}")
-    elif not result.sites and not rec.count and not rec.zeroed:  # else the summary says why
+    elif not result.sites and not rec.count and not rec.zeroed and boot.not_loaded is None:  # else said above
         out.append(f"  no sites: {NOT_BUILT_FOR_FTRACE}")
     if result.unnamed:
         out.append("  no function symbols: sites are unnamed" + _blind(result.generation, result.weak_max_offset))

@@ -39,7 +39,7 @@ from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fa
 from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
 from rewriter.prose import counted
-from rewriter.records import ignored_section
+from rewriter.records import unread_why
 from rewriter.rewrite import target_state
 from rewriter.sites import (
     RecordPlace,
@@ -333,9 +333,11 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
     found += _record_anomalies(image, result, printer)
     found += _stub_anomalies(result.stubs)
     found += _mixed_states(result.sites)
+    found += _unallocated_anomalies(result)
     entries = _entries(printer.code, result.sites)
     for sa in sites:
-        found += _site_anomalies(printer, sa, entries.get(sa.site.place), result.init_call_only)
+        placed = sa.site.section not in result.unallocated  # unallocated says why init fails there
+        found += _site_anomalies(printer, sa, entries.get(sa.site.place), result.init_call_only, placed)
     weak = _weak_bodies(result.sites, printer.code.funcs)
     if weak:
         unchecked = _why_no_weak_check(image) if result.weak_max_offset is None else ""
@@ -344,7 +346,10 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
     return found
 
 
-def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None, call_only: bool) -> list[Anomaly]:
+def _site_anomalies(
+    printer: Printer, sa: SiteAudit, entry: _Entry | None, call_only: bool, placed: bool = True
+) -> list[Anomaly]:
+    """``placed``: the site's section is one the module loader places (:func:`_unallocated_anomalies`)."""
     site, out = sa.site, []
     if site.state is SiteState.BROKEN:
         msg = "nop; bl to the tracer: reaches it with r0 != LR"
@@ -352,7 +357,7 @@ def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None, call_
     elif site.state is SiteState.UNKNOWN:
         msg = "slots hold neither a site state nor gcc 5's form"
         out.append(_at_site(AnomalyKind.UNEXPECTED_WORDS, site, msg, printer.slots(site)))
-    elif refused_at_init(site):  # ool-stubs says a missing stub, once
+    elif refused_at_init(site) and placed:  # ool-stubs says a missing stub, once
         out.append(_at_site(AnomalyKind.BOOT_REFUSED, site, _refusal(printer, site, call_only), printer.slots(site)))
     if not site.recorded and site.state not in (target_state(site.variant, SiteState.NOPPED), SiteState.GUARDED):
         if site.state in _LIVE_CALL:
@@ -365,6 +370,39 @@ def _site_anomalies(printer: Printer, sa: SiteAudit, entry: _Entry | None, call_
     if entry is not None:
         out += _entry_anomalies(site, entry)
     return out
+
+
+def _unallocated_anomalies(result: Scan) -> list[Anomaly]:
+    """One error per section of a module that the loader never places (no SHF_ALLOC) and that
+    holds recorded sites (``Scan.unallocated``), at its first; RULES argues the severity."""
+    if result.not_loaded is not None:  # module-refused: nothing of it is loaded
+        return []
+    out = []
+    for section in result.unallocated:
+        held = sorted((s for s in result.sites if s.section == section and s.record is not None), key=_by_offset)
+        if not held:
+            continue
+        names = sorted({s.function for s in held if s.function})
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        what = f" ({shown})" if shown else ""
+        if result.generation is Generation.MPROFILE:
+            then = (
+                "their bl _mcount is never relocated and ftrace_make_nop() finds no module stub at its target "
+                "(Failed to get trampoline target): ftrace_bug() turns function tracing off at load"
+            )
+        else:
+            then = "ftrace_module_enable() never enables a record outside the module: never traced"
+        msg = (
+            f"{counted(len(held), 'recorded site')}{what} in {section}, a section without SHF_ALLOC: the module "
+            f"loader never places it, so its code is not in the loaded module and the records name the loader's "
+            f"temporary copy; {then}"
+        )
+        out.append(_at_site(AnomalyKind.UNALLOCATED, held[0], msg))
+    return out
+
+
+def _by_offset(site: Site) -> int:
+    return site.offset
 
 
 def _r0live(site: Site, sa: SiteAudit) -> Anomaly:
@@ -411,10 +449,15 @@ def _refusal(printer: Printer, site: Site, call_only: bool) -> str:
     said = kernel_complaint(printer, site.variant, site.place, call_only)
     checker = "ftrace_make_nop() finds no bl _mcount to nop and" if call_only else "ftrace_init_nop()"
     why = (
-        f"a {site.state.value} {site.variant.value} site keeps its record; {checker} refuses it and "
-        "ftrace_bug() turns function tracing off"
+        f"{_article(site.state.value)} {site.state.value} {site.variant.value} site keeps its record; {checker} "
+        "refuses it and ftrace_bug() turns function tracing off"
     )
     return f"{said}: {why}" if said else why
+
+
+def _article(word: str) -> str:
+    """``an`` before ``enabled``, ``armed``, ``unknown``; ``a`` before the other states."""
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _why_no_weak_check(image: Image) -> str:
@@ -470,20 +513,6 @@ def stub_gap(image: Image, result: Scan) -> StubGap | None:
     return StubGap(records, f"no {' or '.join(missing) or 'stub area'} symbol")
 
 
-def _unread_text(image: Image, unread: int) -> str:
-    """Why a module's loader never reads ``unread`` of its records."""
-    ignored = ignored_section(image)
-    if ignored is not None:
-        return (
-            f"{counted(unread, 'entry', 'entries')} in {ignored[1]}, which the module's kernel never reads: "
-            f"find_module_sections() reads only its FTRACE_CALLSITE_SECTION, {ignored[0]} (the module's vermagic)"
-        )
-    return (
-        f"{counted(unread, 'entry', 'entries')} in record sections after the first of their name: "
-        "the module loader reads only the first (find_sec()), and never traces these"
-    )
-
-
 def _blind_spots(result: Scan, gap: StubGap | None) -> list[Anomaly]:
     """What the audit could not check, said as findings so that no report reads as clean for it."""
     out = []
@@ -502,7 +531,8 @@ def _blind_spots(result: Scan, gap: StubGap | None) -> list[Anomaly]:
         )
         out.append(Anomaly(AnomalyKind.OOL_STUBS_UNCHECKED, Severity.WARNING, msg))
     if result.unnamed:
-        out.append(Anomaly(AnomalyKind.NO_SYMBOLS, Severity.NOTE, _unchecked_without_symbols(result.generation)))
+        msg = _unchecked_without_symbols(result.generation, result.weak_max_offset is not None)
+        out.append(Anomaly(AnomalyKind.NO_SYMBOLS, Severity.NOTE, msg))
     overrode = override_text(result)
     if overrode is not None and result.generation is not None:
         msg = f"{overrode}; every finding here reads the image as {result.generation.value}"
@@ -510,12 +540,13 @@ def _blind_spots(result: Scan, gap: StubGap | None) -> list[Anomaly]:
     return out
 
 
-def _unchecked_without_symbols(generation: Generation | None) -> str:
+def _unchecked_without_symbols(generation: Generation | None, weak_check: bool) -> str:
     """The checks an image without function symbols does not get, per generation (RULES argues
-    why none of them turns ftrace off)."""
+    why none of them turns ftrace off). ``weak_check``: the kernel has test_for_valid_rec()
+    (every patchable and ool one, an mprofile one from 6.2: ``Scan.weak_max_offset``)."""
     checks = ["weak-body", "not-at-entry"] + (["patchable-before-gep"] if generation is Generation.PATCHABLE else [])
     msg = f"no function symbols: sites are unnamed, and these checks did not run: {', '.join(checks)}"
-    if generation in (Generation.PATCHABLE, Generation.OOL):
+    if weak_check:
         msg += "; the kernel disables records in weak-function bodies, so `traceable` may count a few too many"
     if generation is not Generation.OOL:
         msg += "; the mflr-nop walk has no function edges, so more sites stay unknown"
@@ -600,7 +631,7 @@ def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anom
     unread = result.records.unread
     if unread:
         first = unread[0]
-        msg = _unread_text(image, len(unread))
+        msg = f"{counted(len(unread), 'entry', 'entries')} {result.records.unread_why or unread_why(image)}"
         function = _function_name(image, printer.code.funcs, first.place)
         kind, severity = AnomalyKind.UNREAD_RECORDS, Severity.WARNING
         out.append(Anomaly(kind, severity, msg, first.addr, first.section, first.offset, function=function))

@@ -3,7 +3,8 @@
 Sites are matched by function name, not by address: between two builds nearly every address
 moves. Within a function, sites pair up in address order (a function has one site, but names
 repeat: vmlinux holds dozens of static functions called ``init_once``, so the n-th site of a name
-in A pairs with the n-th in B). A site whose offset from its function's start changed has *moved*;
+in A pairs with the n-th in B; a site in no function, a weak body, by the symbol before it:
+:func:`_keyed`). A site whose offset from its function's start changed has *moved*;
 one whose function merely sits elsewhere is only counted as *relocated*. Two trees are compared
 file by file, paired by their path below the tree's root (less a compression suffix: ``ext4.ko``
 pairs with ``ext4.ko.xz``).
@@ -56,7 +57,7 @@ from rewriter.errors import ArgumentError, ImageError, RewriteError
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.log import logged
 from rewriter.prose import printable
-from rewriter.sites import Scan, Site, scan
+from rewriter.sites import Scan, Site, kallsyms_name, lookup_from, scan
 from rewriter.states import SiteState
 
 Generations = tuple[Generation | None, Generation | None]  # overrides for A and B (None: detect)
@@ -181,9 +182,12 @@ def _by_place(result: Scan) -> dict[tuple[str, int], _Keyed]:
     return {(f"@{s.place_text}", 0): _Keyed(s, -1) for s in result.sites}
 
 
-def _keyed(result: Scan) -> dict[tuple[str, int], _Keyed]:
-    """Sites keyed by (function name, n-th site of that name in address order); unnamed sites by
-    their place, which is all that identifies them."""
+def _keyed(result: Scan, nearest: Nearest) -> dict[tuple[str, int], _Keyed]:
+    """Sites keyed by (function name, n-th site of that name in address order); a site in no
+    function (an overridden weak function's body) by the symbol kallsyms names it by, the nearest
+    before it (``nearest``), as ``@after NAME``, n-th in address order: the same weak body in two
+    builds pairs, where its place moves with any change before it. One with no symbol before it by
+    its place, which is all that identifies it."""
     funcs = result.functions
     places = np.array([s.place for s in result.sites], np.uint64)
     fi = funcs.containing(places) if len(places) and len(funcs) else np.full(len(places), -1, np.int64)
@@ -191,13 +195,28 @@ def _keyed(result: Scan) -> dict[tuple[str, int], _Keyed]:
     out = {}
     for site, place, f in sorted(zip(result.sites, places.tolist(), fi.tolist(), strict=True), key=lambda t: t[1]):
         delta = place - int(funcs.start[f]) if f >= 0 else -1
-        if site.function is None:
+        near = nearest.get(place) if site.function is None else None
+        if site.function is None and near is None:
             out[(f"@{site.place_text}", 0)] = _Keyed(site, delta)
             continue
-        n = seen.get(site.function, 0)
-        seen[site.function] = n + 1
-        out[(site.function, n)] = _Keyed(site, delta)
+        name = site.function or f"@after {near}"
+        n = seen.get(name, 0)
+        seen[name] = n + 1
+        out[(name, n)] = _Keyed(site, delta)
     return out
+
+
+Nearest = Mapping[int, str]  # by place, the symbol kallsyms names a site in no function by
+
+
+def nearest_names(image: Image, result: Scan) -> dict[int, str]:
+    """:data:`Nearest` of ``image``'s sites in no function (``sites.kallsyms_name``)."""
+    unnamed = [s.place for s in result.sites if s.function is None]
+    lookup = lookup_from(image, result.functions) if unnamed else None
+    if lookup is None or not len(lookup[0]):
+        return {}
+    named = ((p, kallsyms_name(image, lookup, p)) for p in unnamed)
+    return {p: n for p, n in named if n}
 
 
 def _generation(site: Site) -> Generation:
@@ -241,16 +260,22 @@ Aliases = Mapping[str, Sequence[str]]  # a function's other names, by the one it
 
 
 def diff_scans(
-    scan_a: Scan, scan_b: Scan, aliases: tuple[Aliases, Aliases] = ({}, {}), strtabs: tuple[bytes, bytes] = (b"", b"")
+    scan_a: Scan,
+    scan_b: Scan,
+    aliases: tuple[Aliases, Aliases] = ({}, {}),
+    strtabs: tuple[bytes, bytes] = (b"", b""),
+    nearest: tuple[Nearest, Nearest] = ({}, {}),
 ) -> ImageDiff:
     """``aliases``: A's and B's (:func:`rewriter.elf.symbols.aliases`); functions compare by all
     their names. ``strtabs``: A's and B's string tables, which tell apart names that print the
-    same (:func:`_distinct_names`)."""
+    same (:func:`_distinct_names`). ``nearest``: A's and B's :func:`nearest_names`."""
     scan_a, scan_b = _distinct_names((scan_a, scan_b), strtabs)
     sides = (scan_a.unnamed, scan_b.unnamed)
     pairing = Pairing.PLACE if any(sides) else Pairing.NAME
-    keyed = _by_place if pairing is Pairing.PLACE else _keyed
-    ka, kb = keyed(scan_a), keyed(scan_b)
+    if pairing is Pairing.PLACE:
+        ka, kb = _by_place(scan_a), _by_place(scan_b)
+    else:
+        ka, kb = _keyed(scan_a, nearest[0]), _keyed(scan_b, nearest[1])
     changes: list[SiteChange] = []
     unchanged = relocated = 0
     for key in sorted(ka.keys() | kb.keys()):
@@ -458,7 +483,8 @@ def diff_files(
     scan_a = logged(scan(image_a, mcount_addrs[0], generations[0]), logs or {})
     scan_b = logged(scan(image_b, mcount_addrs[1], generations[1]), logs or {})
     strtabs = (_strtab(image_a), _strtab(image_b))
-    return diff_scans(scan_a, scan_b, (symbol_aliases(image_a), symbol_aliases(image_b)), strtabs)
+    nearest = (nearest_names(image_a, scan_a), nearest_names(image_b, scan_b))
+    return diff_scans(scan_a, scan_b, (symbol_aliases(image_a), symbol_aliases(image_b)), strtabs, nearest)
 
 
 def _strtab(image: Image) -> bytes:

@@ -16,7 +16,7 @@ then the loader's version decides, as qemu shows (tests/test_record_sections.py)
   name (kernel/module/main.c ``find_sec()``): the records in the others are never read, so their
   functions are never traced. Seen on Debian's 6.1.
 
-The loader also refuses a module with no ``.gnu.linkonce.this_module`` or no ``.stubs`` section
+The loader also refuses a module with no symbol table, no ``.gnu.linkonce.this_module`` or no ``.stubs`` section
 (:func:`missing_section_refusal`), one with a relocation of a type it does not apply
 (:func:`unknown_type_refusal`: which types depends on the kernel's version and build), one with an
 SHT_REL table (:func:`rel_table_refusal`), and one with a record row of a relocation type it does
@@ -60,13 +60,20 @@ def refusal(image: Image) -> str | None:
 
 def missing_section_refusal(image: Image) -> str | None:
     """Sections every module has, and the loader (6.1 to 7.2 alike) fails the load without:
-    kernel/module/main.c finds the allocated ``.gnu.linkonce.this_module`` (``find_sec()``: "No
+    kernel/module/main.c first looks for the SHT_SYMTAB ("module has no symbols (stripped?)": a
+    module run through ``strip`` without ``--strip-debug`` has none, nor its relocation tables),
+    then finds the allocated ``.gnu.linkonce.this_module`` (``find_sec()``: "No
     module found in object"; 7.2 says of an unallocated one that it "must occupy memory during
     process execution"), then arch/powerpc/kernel/module_64.c
     ``module_frob_arch_sections()`` the section named ``.stubs``, whatever its flags (the branch
     stubs, and ool's ftrace stubs, are carved from it: "doesn't contain .stubs")."""
     if image.kind is not Kind.MODULE:
         return None
+    if not any(sec.type == S.SHT_SYMTAB for sec in image.sections):
+        return (
+            "no symbol table (strip without --strip-debug): the module loader refuses the module "
+            "(module has no symbols (stripped?))"
+        )
     if image.first_alloc_section(".gnu.linkonce.this_module") is None:
         return (
             "no allocated .gnu.linkonce.this_module section: the module loader refuses the module "

@@ -18,6 +18,7 @@ from rewriter.elf.dynamic import relocated_slots
 from rewriter.elf.image import Image, Kind, Section
 from rewriter.elf.release import vermagic_callsite
 from rewriter.elf.symbols import reloc_target_places
+from rewriter.errors import ImageError
 
 RECORD_SIZE: Final = S.addr_dtype("<").itemsize  # one record: an 8-byte address
 
@@ -52,19 +53,73 @@ def read_records(image: Image) -> tuple[RecordTable, ...]:
 def rel_records(image: Image) -> tuple[tuple[RecordTable, ...], tuple[RecordTable, ...]]:
     """A relocatable file's record tables: those the kernel reads, and those it never reads: a
     module's after the first of their name, when its loader takes the module all the same (before
-    6.12, :mod:`rewriter.modload`), and a module's tables of the record section its kernel does
-    not read (:func:`callsite_section`). An object's all go into the link."""
+    6.12, :mod:`rewriter.modload`), a module's tables of the record section its kernel does
+    not read (:func:`callsite_section`), and a module's record sections without SHF_ALLOC
+    (:func:`unallocated_record_sections`). An object's all go into the link."""
     tables = _rel_tables(image)
+    never = _unallocated_tables(image)
     if len(tables) < 2:
-        return tables, ()
+        return tables, never
     read = [_read_by_loader(image, t) for t in tables] if _split_by_name(image) else [True] * len(tables)
     callsite = callsite_section(image, tables)
     if callsite is not None:
         read = [r and _fills(image, t, callsite) for t, r in zip(tables, read, strict=True)]
     return (
         tuple(t for t, r in zip(tables, read, strict=True) if r),
-        tuple(t for t, r in zip(tables, read, strict=True) if not r),
+        tuple(t for t, r in zip(tables, read, strict=True) if not r) + never,
     )
+
+
+def unallocated_record_sections(image: Image) -> tuple[str, ...]:
+    """A module's record sections without SHF_ALLOC (their names, each once): the loader never
+    finds one (find_sec() takes allocated sections only), and ftrace never sees its records."""
+    if image.kind is not Kind.MODULE:
+        return ()
+    names = (image.target_of(r) for r in image.relocation_sections())
+    return tuple(sorted({t.name for t in names if t is not None and _unallocated_record_section(t)}))
+
+
+def unread_why(image: Image) -> str:
+    """Why a module's loader never reads the entries :func:`rel_records` calls unread: the words
+    after their count, ``N entries <why>``."""
+    unallocated = unallocated_record_sections(image)
+    if unallocated:
+        return (
+            f"in {' and '.join(unallocated)}, a section without SHF_ALLOC: the module loader never finds it "
+            "(find_sec() takes allocated sections only), and never traces these"
+        )
+    ignored = ignored_section(image)
+    if ignored is not None:
+        return (
+            f"in {ignored[1]}, which the module's kernel never reads: "
+            f"find_module_sections() reads only its FTRACE_CALLSITE_SECTION, {ignored[0]} (the module's vermagic)"
+        )
+    return (
+        "in record sections after the first of their name: the module loader reads only the first (find_sec()), "
+        "and never traces these"
+    )
+
+
+def _unallocated_record_section(sec: Section) -> bool:
+    return sec.name in REL_RECORD_SECTIONS and not sec.flags & S.SHF_ALLOC
+
+
+def _unallocated_tables(image: Image) -> tuple[RecordTable, ...]:
+    """The tables of a module's record sections without SHF_ALLOC: never read by its loader, whose
+    apply_relocations() also passes over them (so no row of theirs refuses the module)."""
+    if image.kind is not Kind.MODULE or image.symbols is None:
+        return ()
+    out = []
+    for r in image.relocation_sections():
+        target = image.target_of(r)
+        if target is None or not _unallocated_record_section(target):
+            continue
+        try:
+            places = reloc_target_places(image, image.relocations(r))
+        except ImageError:  # a table the loader never reads refuses nothing: said as no entries
+            continue
+        out.append(RecordTable(r.name, None, None, places, r.shndx))
+    return tuple(out)
 
 
 def _split_by_name(image: Image) -> bool:

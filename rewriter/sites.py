@@ -78,6 +78,7 @@ from rewriter.records import (
     nonzero_records,
     read_records,
     rel_records,
+    unread_why,
     zeroed_records,
 )
 from rewriter.states import PLAIN, Insn, SiteState
@@ -170,7 +171,8 @@ class Records:
     (dropped records, skipped by ftrace_process_locs); ``skipped`` the places outside kernel text,
     which ftrace_process_locs skips too; ``unmatched`` the places of records that point at no site;
     ``duplicates`` the places recorded more than once; ``unread`` the places a module's loader never
-    reads, in a record section after the first of its name (``records.rel_records``)."""
+    reads: in a record section after the first of its name, in the record section its kernel does
+    not read, or in one without SHF_ALLOC (``records.rel_records``)."""
 
     count: int
     zeroed: int
@@ -179,6 +181,7 @@ class Records:
     skipped: tuple[RecordPlace, ...] = ()
     tables: tuple[RecordTable, ...] = field(default=(), compare=False)  # where they are, for the rewriter
     unread: tuple[RecordPlace, ...] = ()
+    unread_why: str | None = None  # why the loader never reads them (``records.unread_why``), after their count
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,7 +468,8 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
     _check_no_nops_before_entries(image, funcs, generation, records)
     recs = _records(image, tables, records, unmatched, np.zeros(0, np.uint64), len(distinct))
     if unread:
-        recs = replace(recs, unread=tuple(_record_place(image, int(p)) for p in nonzero_records(unread)))
+        places = tuple(_record_place(image, int(p)) for p in nonzero_records(unread))
+        recs = replace(recs, unread=places, unread_why=unread_why(image))
     not_loaded = modload.refusal(image) or loader_refusal(image, (*tables, *unread))
     if not_loaded is not None:
         sites = _unserved(sites)

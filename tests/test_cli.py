@@ -64,12 +64,13 @@ def test_scan_table_json_and_csv_agree() -> None:
     assert len(data["images"][0]["sites"]) == 6 == len(csv) - 1
     # The first eight columns are the old contract; new ones only ever go at the end.
     assert csv[0] == (
-        "path,address,section,offset,function,variant,state,recorded,generation,record,boot_state,traceable,stub,source"
+        "path,address,section,offset,function,variant,state,recorded,generation,record,boot_state,traceable,stub,source,"
+        "listed_as"
     )
     for row in csv[1:]:
         cols = row.split(",")
         # mprofile: the record names the call slot itself.
-        assert cols[8:] == ["mprofile", cols[1], "disabled", "1", "", "image"]
+        assert cols[8:] == ["mprofile", cols[1], "disabled", "1", "", "image", ""]
 
 
 def test_scan_table_marks_what_the_kernel_cannot_trace() -> None:
@@ -158,7 +159,7 @@ def test_scan_patchable_object_names_the_first_nop_as_its_record() -> None:
     assert site == {
         "address": None, "section": ".text", "offset": 4, "function": "static_helper", "variant": "patchable",
         "state": "nopped", "recorded": True, "record": ".text+0x0", "boot_state": "disabled", "traceable": True,
-        "stub": None, "source": "image",
+        "stub": None, "source": "image", "listed_as": None,
     }  # fmt: skip
 
 

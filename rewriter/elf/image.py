@@ -201,6 +201,15 @@ def is_elf(head: bytes) -> bool:
     return head.startswith(S.ELF_MAGIC)
 
 
+def _archive(head: bytes) -> str:
+    """What to say of a file that is an ar archive instead: mcountrw reads its members."""
+    if head.startswith(S.THIN_AR_MAGIC):
+        return ": a thin ar archive; give the object files it names"
+    if head.startswith(S.AR_MAGIC):
+        return ": an ar archive; give its members (ar x), or the objects it was made from"
+    return ""
+
+
 def is_foreign_elf(head: bytes) -> bool:
     """Whether a file's first bytes (:func:`read_head`) are those of an ELF file built for another
     machine: neither PowerPC (a kernel build tree's host tools), or 32-bit PowerPC (its 32-bit vDSO
@@ -267,10 +276,13 @@ class Image:
         self.header_refusal = header_refusal
         self.size = len(data)
         if self.size < S.EI_NIDENT:
-            raise self.error("empty file" if self.size == 0 else f"not an ELF file (too short){self._named()}")
+            head = bytes(data)
+            raise self.error(
+                "empty file" if self.size == 0 else f"not an ELF file (too short){_archive(head) or self._named()}"
+            )
         ident = bytes(data[: S.EI_NIDENT])
         if not is_elf(ident):
-            raise self.error(f"not an ELF file{self._named()}")
+            raise self.error(f"not an ELF file{_archive(ident) or self._named()}")
         if ident[S.EI_CLASS] != S.ELFCLASS64:
             raise self.error(f"ELF class {ident[S.EI_CLASS]} is not ELF64 (a 32-bit file?)")
         order = S.ident_byte_order(ident)
@@ -287,7 +299,8 @@ class Image:
             raise self.error(f"machine {int(self.ehdr['e_machine'])} is not PowerPC64 (EM_PPC64 = {S.EM_PPC64})")
         self.type = int(self.ehdr["e_type"])
         if self.type not in (S.ET_REL, S.ET_EXEC, S.ET_DYN):
-            raise self.error(f"ELF type {self.type} is not a relocatable, executable or shared file")
+            core = " (a core dump)" if self.type == S.ET_CORE else ""
+            raise self.error(f"ELF type {self.type}{core} is not a relocatable, executable or shared file")
         self._check_program_headers(None)
         self.sections = self._read_sections()
         self._by_name = {s.name: s for s in reversed(self.sections)}

@@ -34,6 +34,11 @@ EM_PPC: Final = 20
 ET_REL: Final = 1
 ET_EXEC: Final = 2
 ET_DYN: Final = 3
+ET_CORE: Final = 4
+# ar(1) archives (a kernel build's built-in.a, vmlinux.a, lib.a): members, not one ELF file; a thin
+# archive only names its members' files
+AR_MAGIC: Final = b"!<arch>\n"
+THIN_AR_MAGIC: Final = b"!<thin>\n"
 
 EF_PPC64_ABI: Final = 0x3  # e_flags: 0 unspecified, 1 ELFv1, 2 ELFv2
 

@@ -4,7 +4,7 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
 
     {"images": [{"path", "kind", "endian", "abi", "generation", "log", "generation_override", "process_locs",
                  "sites": [{"address", "section", "offset", "function", "variant", "state", "recorded",
-                            "record", "boot_state", "traceable", "stub", "source"}],
+                            "record", "boot_state", "traceable", "stub", "source", "listed_as"}],
                  "records": {"count", "zeroed", "skipped", "unmatched", "duplicates", "unread"},
                  "stubs": [{"name", "address", "count", "stub_size", "used", "need", "covers"}],
                  "summary": {"sites", "by_section", "by_variant", "by_state", "recorded",
@@ -52,12 +52,20 @@ JSON (other tools depend on it: fields are added, never renamed or dropped)::
   the image's patch log (``log``, the path of the log read; null when none was), a site an earlier
   rewrite nopped and unrecorded, which no scan of the file can find (``rewriter.known``). Its
   ``state`` is the one the log says the rewrite left (the log's output is this very file).
+* ``listed_as``: for a site in no sized function (``function`` null: the body of an overridden weak
+  function, code after a NOTYPE label), the name ftrace lists it under in available_filter_functions
+  and set_ftrace_filter matches: kallsyms' nearest symbol before it (the table's
+  ``? (listed as NAME)``; ``Scan.listed``). Null for a site in a function (``function`` names it),
+  for one ftrace has no record of (unrecorded, refused by init), and for a weak body more than
+  FTRACE_MCOUNT_MAX_OFFSET past that symbol (``weak-body``): the kernel disables its record, lists
+  it as ``__ftrace_invalid_address___<offset>`` (print_rec()) and matches no filter to it. CSV: empty.
 * ``records``: ``count`` and ``zeroed`` are numbers; ``skipped`` (records outside kernel text),
   ``unmatched`` (records that name no site) and ``duplicates`` are lists of the places they name,
   as strings: ``"0xc000..."`` in linked images, ``"section+0xoff"`` in relocatable ones
-  (``audit``'s JSON has the same names as counts). ``unread``: a module's entries in record
-  sections after the first of their name, which a loader before 6.12 never reads (not records:
-  audit's ``unread-records``; ``rewriter.modload``); empty in every other file.
+  (``audit``'s JSON has the same names as counts). ``unread``: a module's entries its loader never
+  reads (not records: audit's ``unread-records``, and the table's ``never read`` note says why): in
+  record sections after the first of their name, before 6.12 (``rewriter.modload``), in the record
+  section its kernel does not read, or in one without SHF_ALLOC; empty in every other file.
 * ``summary.by_boot_state`` counts null as ``"refused"``, or as ``"no-stub"`` for an ool site that
   init fails for want of a stub.
 """
@@ -68,7 +76,7 @@ import csv
 import io
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from json.encoder import encode_basestring_ascii
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
@@ -89,7 +97,7 @@ NO_STUB: Final = "no-stub"  # boot_state null for want of an ool stub (sites.lac
 
 CSV_FIELDS = (
     "path", "address", "section", "offset", "function", "variant", "state", "recorded",
-    "generation", "record", "boot_state", "traceable", "stub", "source",
+    "generation", "record", "boot_state", "traceable", "stub", "source", "listed_as",
 )  # fmt: skip
 
 
@@ -126,7 +134,8 @@ def _record_json(site: Site) -> int | str | None:
     return site.record if site.record is None or site.addr is not None else _rel_record(site)
 
 
-def site_json(site: Site, boot: Boot | None = None) -> dict[str, Any]:
+def site_json(site: Site, boot: Boot | None = None, listed: str | None = None) -> dict[str, Any]:
+    """One site; ``listed``: the name ftrace lists a site in no function under (``Scan.listed``)."""
     boot = boot or Boot(0, 0, 0, frozenset(), None)
     return {
         "address": site.addr,
@@ -141,6 +150,7 @@ def site_json(site: Site, boot: Boot | None = None) -> dict[str, Any]:
         "traceable": untraceable(site, boot) is None,
         "stub": site.stub,
         "source": site.source.value,
+        "listed_as": None if site.function is not None else listed,
     }
 
 
@@ -180,7 +190,7 @@ def _image_json(result: Scan, boot: Boot, with_sites: bool) -> dict[str, Any]:
         "log": None if result.log is None else str(result.log),
         "generation_override": _override_json(result),
         "process_locs": result.locs._value_,
-        "sites": [site_json(site, boot) for site in result.sites] if with_sites else [],
+        "sites": [site_json(site, boot, result.listed.get(site.place)) for site in result.sites] if with_sites else [],
         "records": {
             "count": result.records.count,
             "zeroed": result.records.zeroed,
@@ -245,7 +255,7 @@ def image_json_text(result: Scan) -> str:
     file: a text pickles back to the parent far faster than a :class:`Scan`."""
     boot = boot_of(result)
     text = _COMPACT.encode(_image_json(result, boot, with_sites=False))
-    return text.replace('"sites":[]', '"sites":[' + _sites_text(result.sites, boot) + "]", 1)
+    return text.replace('"sites":[]', '"sites":[' + _sites_text(result.sites, boot, result.listed) + "]", 1)
 
 
 def join_images_json(images: Sequence[str], errors: Sequence[str], end: str = "") -> str:
@@ -259,7 +269,7 @@ def join_images_json(images: Sequence[str], errors: Sequence[str], end: str = ""
     return "".join(parts)
 
 
-def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
+def _sites_text(sites: Sequence[Site], boot: Boot, listed: Mapping[int, str]) -> str:
     """The sites of :func:`site_json`, as JSON text. One f-string per site over the unpacked
     tuple: a module tree has 176,000 sites, and a call, an ``Enum.value`` (a Python-level
     property in 3.11) or a dict keyed by an enum (Python-level ``__hash__``) per field cost three
@@ -270,10 +280,14 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
     unknown = boot.stub_unknown > 0  # boot.stub_unknown(): an ool site left without a stub it cannot know
     parts = []
     for site in sites:
-        section, shndx, offset, addr, function, variant, state, recorded = site[:8]
-        record, booted, traceable, stub, source = site[11:]
+        # all 16 fields in one unpack (call_target and file_offset unused): cheaper than two slices
+        (section, shndx, offset, addr, function, variant, state, recorded, _, _, place, record,
+         booted, traceable, stub, source) = site  # fmt: skip
         sec = quoted.get(section) or quoted.setdefault(section, _quote(section))
-        func = "null" if function is None else _quote(function)  # names rarely repeat: no look-up
+        if function is None:  # a few hundred sites of a vmlinux: the look-up is theirs alone
+            func, named = "null", _quote(listed[place]) if place in listed else "null"
+        else:
+            func, named = _quote(function), "null"  # names rarely repeat: no look-up
         if record is None:
             rec = "null"
         elif addr is not None:
@@ -289,7 +303,8 @@ def _sites_text(sites: Sequence[Site], boot: Boot) -> str:
             f'"variant":"{variant._value_}","state":"{state._value_}","recorded":{"true" if recorded else "false"},'
             f'"record":{rec},"boot_state":{"null" if booted is None else _QUOTE + booted._value_ + _QUOTE},'
             f'"traceable":{"true" if traceable and on and record not in duplicated and not blind else "false"},'
-            f'"stub":{quoted.get(stub) or quoted.setdefault(stub, _quote(stub))},"source":"{source._value_}"}}'
+            f'"stub":{quoted.get(stub) or quoted.setdefault(stub, _quote(stub))},"source":"{source._value_}",'
+            f'"listed_as":{named}}}'
         )
     return ",".join(parts)
 
@@ -335,6 +350,7 @@ def csv_rows_text(result: Scan) -> str:
                 int(untraceable(s, boot) is None),
                 s.stub or "",
                 s.source.value,
+                "" if s.function is not None else result.listed.get(s.place, ""),
             ]
         )
     return out.getvalue()
@@ -490,10 +506,7 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
     overrode = override_text(result)
     if overrode is not None and result.generation is not None:
         out.append(f"  {overrode}; what follows is the image read as {result.generation.value}")
-    if boot.not_loaded is not None:
-        out.append(f"  NOT LOADED: {boot.not_loaded}")
-    if boot.ftrace_off is not None:
-        out.append(f"  FTRACE OFF {when_traced(result)}: {boot.ftrace_off}")
+    out += _load_lines(result, boot)
     logged = _by_source(result.sites)[Source.LOG]
     log = None if result.log is None else printable(str(result.log))
     if log is not None and logged:
@@ -510,10 +523,13 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
             f"  records name the word {abs(offset)} bytes {'before' if offset < 0 else 'after'} each call slot "
             "(the kernel's ftrace_call_adjust() moves them onto it): `record` in --format json/csv"
         )
-    if not result.sites and not result.records.count and not result.records.zeroed:  # else the summary says why
+    rec = result.records
+    if rec.unread and rec.unread_why:
+        out.append(f"  never read: {counted(len(rec.unread), 'entry', 'entries')} {rec.unread_why}")
+    elif not result.sites and not rec.count and not rec.zeroed and boot.not_loaded is None:  # else said above
         out.append(f"  no sites: {NOT_BUILT_FOR_FTRACE}")
     if result.unnamed:
-        out.append("  no function symbols: sites are unnamed" + _blind(result.generation))
+        out.append("  no function symbols: sites are unnamed" + _blind(result.generation, result.weak_max_offset))
     for reason in Untraceable:
         if why[reason]:
             out.append(f"  not traceable: {why[reason]} {reason.value}: {WHY[reason]}")
@@ -527,6 +543,24 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
         out.append(
             "  ool stubs: this vmlinux defines no stub area (ftrace_ool_stub_text...), which every ool kernel has: "
             "whether its records get a stub at boot is unchecked"
+        )
+    return out
+
+
+def _load_lines(result: Scan, boot: Boot) -> list[str]:
+    """Why the kernel loads nothing of the image, or turns ftrace off; and, on mprofile, why the
+    sites of a module's unallocated sections are refused (their words are the compiler's: the
+    ``refused`` reason line alone would say otherwise; audit: ``unallocated``)."""
+    out = []
+    if boot.not_loaded is not None:
+        out.append(f"  NOT LOADED: {boot.not_loaded}")
+    if boot.ftrace_off is not None:
+        out.append(f"  FTRACE OFF {when_traced(result)}: {boot.ftrace_off}")
+    if result.unallocated and boot.not_loaded is None and result.generation is Generation.MPROFILE:
+        out.append(
+            f"  NOT PLACED: {' and '.join(result.unallocated)} without SHF_ALLOC: the module loader never places it, "
+            "so its bl _mcount are never relocated, and ftrace_make_nop() finds no module stub at their target "
+            "(Failed to get trampoline target): the refused sites below"
         )
     return out
 
@@ -556,10 +590,11 @@ def _stub_areas_missing(result: Scan) -> bool:
     )
 
 
-def _blind(generation: Generation | None) -> str:
-    """What a scan without symbols cannot tell: the kernel's test_for_valid_rec() (patchable, ool)
-    disables records in no function, and ool stub areas are found by their symbols."""
-    if generation is Generation.PATCHABLE:
+def _blind(generation: Generation | None, weak_max_offset: int | None) -> str:
+    """What a scan without symbols cannot tell: the kernel's test_for_valid_rec() (every patchable
+    and ool kernel, and an mprofile one from 6.2: ``weak_max_offset``) disables records in no
+    function, and ool stub areas are found by their symbols."""
+    if generation is not Generation.OOL and weak_max_offset is not None:
         return "; weak-function bodies (which the kernel disables) cannot be told: `traceable` may count a few too many"
     if generation is Generation.OOL:
         return (

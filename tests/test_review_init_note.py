@@ -30,7 +30,7 @@ def _init_traceable(path: Path) -> int:
 def _noted(path: Path) -> int | None:
     result = invoke("scan", path)
     assert result.exit_code == 0, result.output
-    found = re.search(r"^  init text: (\d+) of the traceable sites are in init sections", result.stdout, re.M)
+    found = re.search(r"^  init text: (\d+) of the traceable sites (?:is|are) in init sections", result.stdout, re.M)
     return None if found is None else int(found.group(1))
 
 

@@ -210,7 +210,7 @@ def diff(
     check_mcount_addr_used(files_b, addrs[1])
     check_report_output(output, [*files_a, *files_b, *logs.values()])
     result = diff_paths(a, b, files_a, files_b, generations, logs, workers(jobs), addrs)
-    errors = [*errors_a, *errors_b, *result.errors]
+    errors = list(dict.fromkeys([*errors_a, *errors_b, *result.errors]))  # a file on both sides: its line once
     print_errors(errors)
     if errors and not (result.images or result.only_a or result.only_b):  # nothing compared: no report
         raise typer.Exit(ExitCode.BAD_INPUT)

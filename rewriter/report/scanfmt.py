@@ -535,7 +535,8 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
             out.append(f"  not traceable: {why[reason]} {reason.value}: {WHY[reason]}")
     init = _traceable_in_init(result, boot) if why[None] else 0
     if init:
-        out.append(f"  init text: {init} of the traceable sites {_INIT_ONLY[result.kind is Kind.MODULE]}")
+        verb = "is" if init == 1 else "are"
+        out.append(f"  init text: {init} of the traceable sites {verb} {_INIT_ONLY[result.kind is Kind.MODULE]}")
     stubs = stubs_json(result)
     if stubs:
         out.append("  " + _stubs_line(stubs, result.records.count, boot.stub_unknown, result.not_loaded is not None))
@@ -566,9 +567,9 @@ def _load_lines(result: Scan, boot: Boot) -> list[str]:
 
 
 _INIT_ONLY: Final = {
-    False: "are in init sections: traced while the kernel boots, until it frees init memory and drops their "
+    False: "in init sections: traced while the kernel boots, until it frees init memory and drops their "
     "records (ftrace_free_init_mem()); available_filter_functions never lists them",
-    True: "are in init sections: traced while the module initialises, until the loader frees its init memory "
+    True: "in init sections: traced while the module initialises, until the loader frees its init memory "
     "and drops their records (ftrace_free_mem() in do_init_module())",
 }
 

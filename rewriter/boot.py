@@ -124,7 +124,8 @@ def boot_of(result: Scan) -> Boot:
         why.append(f"{places} recorded more than once: init finds the words the first record changed")
     if result.records.zeroed and result.zero_records_fail:
         why.append(f"{counted(result.records.zeroed, 'zeroed record')}: {ZERO_ADJUSTED}")
-    off = "; ".join(why) + ": ftrace bug at boot" if why else None
+    when = "when it loads (ftrace off from then on)" if result.kind is Kind.MODULE else "at boot"
+    off = "; ".join(why) + f": ftrace bug {when}" if why else None
     return Boot(
         refused, unmatched, no_stub, duplicated, off, result.not_loaded, _stubs_unknown(result), result.unallocated
     )

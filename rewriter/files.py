@@ -51,6 +51,7 @@ from rewriter.log import (
     find_base,
     for_file,
     load,
+    log_of,
     read_header,
     render,
 )
@@ -262,7 +263,7 @@ def apply_file(
     selection = selection.named_in(image, before.listed)
     refuse_contradicted_generation(image, before)
     options = _held_to_kernel(image, before, options, kernel)
-    known, warning = _input_log(image, input_log)
+    known, aside = _input_log(image, input_log)
     if out is not None and in_place and log_path is None:
         check_no_foreign_log(path, known)
     history = {}
@@ -270,9 +271,10 @@ def apply_file(
         # every site there is: the image's and those only its log knows (`before.log` says which log)
         before = with_log(before, known.sites, known.path)
         history = by_place(known.sites)
-    check_something_to_do(image, before, selection, hints, warning)
+    check_something_to_do(image, before, selection, hints, aside)
     result = rewrite(image, before, selection, options, stage_dir is not None and not dry_run, history)
-    warnings = tuple(w for w in (warning, _unchecked_kernel(image, before, result, options, kernel)) if w is not None)
+    said = (None if aside is None else aside.warning, _unchecked_kernel(image, before, result, options, kernel))
+    warnings = tuple(w for w in said if w is not None)
     base = None if known is None else known.base
     if dry_run or out is None or (in_place and not result.edits):  # in place and already done: nothing to write
         return ApplyResult(path, None, None, result, before, (), base, warnings)
@@ -391,14 +393,34 @@ def refuse_contradicted_generation(image: Image, found: Scan) -> None:
         )
 
 
-def _input_log(image: Image, explicit: Path | None) -> tuple[Known | None, str | None]:
-    """The input's own patch log, and a warning if the one beside it is not (``log.for_file``).
-    The file is hashed only if there is a log to compare it with."""
-    if explicit is None and not file_at(default_log_path(image.path)):
+class LogAside(NamedTuple):
+    """Why the patch log beside an input was set aside: it cannot be read (``damaged``: cut short,
+    not JSON, its footer checksum wrong, unreadable; ``warning`` gives the reader's reason), or it
+    reads well but its output is another file (``warning`` gives both hashes)."""
+
+    warning: str  # one line, as printed: the log's name, what is wrong, ": ignored"
+    damaged: bool
+
+
+def _input_log(image: Image, explicit: Path | None) -> tuple[Known | None, LogAside | None]:
+    """The input's own patch log, and why the one beside it was set aside if it was
+    (``log.for_file``). The file is hashed only if there is a log to compare it with."""
+    beside = default_log_path(image.path)
+    if explicit is None and not file_at(beside):
         return None, None
     raw = image.data if image.compression is Compression.NONE else _on_disk(image.path)
-    content_sha = None if image.compression is Compression.NONE else _sha256(image.data)
-    return for_file(image.path, _sha256(raw), explicit, content_sha)
+    sha, content_sha = _sha256(raw), None if image.compression is Compression.NONE else _sha256(image.data)
+    known, warning = for_file(image.path, sha, explicit, content_sha)
+    if warning is None:
+        return known, None
+    try:
+        header = read_header(beside)  # the header alone tells whose log it is, and reads if the log is whole
+    except LogError:
+        return None, LogAside(warning, damaged=True)
+    if header is not None and header.describes(sha, content_sha):
+        return None, LogAside(warning, damaged=True)  # its log, whole, but a line in it does not read
+    _, foreign = log_of(image.path, sha, None, content_sha)  # another file's: the hashes, not a read error
+    return None, LogAside(foreign or warning, damaged=False)
 
 
 def archived_log(base: Known) -> Path:
@@ -545,12 +567,12 @@ INPUT_LOG_HINT: Final = "(give it with --input-log)"
 
 
 def no_site_cause(
-    image: Image, found: Scan, hints: ScanHints, log_warning: str | None = None, log_hint: str = INPUT_LOG_HINT
+    image: Image, found: Scan, hints: ScanHints, log_aside: LogAside | None = None, log_hint: str = INPUT_LOG_HINT
 ) -> str:
     """Why a file shows no ftrace site at all, the likeliest cause first, as the end of one line.
-    ``log_warning``: why the log beside the file was not read (it describes another file);
+    ``log_aside``: why the log beside the file was not read (damaged, or another file's);
     ``log_hint``: how the command is given an earlier rewrite's log (:data:`INPUT_LOG_HINT`)."""
-    earlier = _earlier_rewrite(image, log_warning, log_hint)
+    earlier = _earlier_rewrite(image, log_aside, log_hint)
     zeroed = found.records.zeroed
     if zeroed and not found.records.count:
         return (
@@ -575,14 +597,13 @@ def no_site_cause(
     return NOT_BUILT_FOR_FTRACE
 
 
-def _earlier_rewrite(image: Image, log_warning: str | None, log_hint: str = INPUT_LOG_HINT) -> str:
+def _earlier_rewrite(image: Image, log_aside: LogAside | None, log_hint: str = INPUT_LOG_HINT) -> str:
     """What to say of the sites an earlier rewrite nopped and unrecorded: only its patch log knows
-    them, and whether that log is here, and read."""
+    them, and whether that log is here, and read (a damaged log is not known to be another file's)."""
     log = default_log_path(image.path)
-    if file_at(log) and log_warning is not None:
-        return (
-            f"its sites were nopped by an earlier rewrite, but the patch log beside it is not its log ({log_warning})"
-        )
+    if file_at(log) and log_aside is not None:
+        whose = "cannot be read" if log_aside.damaged else "is not its log"
+        return f"its sites were nopped by an earlier rewrite, but the patch log beside it {whose} ({log_aside.warning})"
     if file_at(log):
         return (
             f"its sites were nopped by an earlier rewrite: its patch log {log.name} is here "
@@ -591,14 +612,14 @@ def _earlier_rewrite(image: Image, log_warning: str | None, log_hint: str = INPU
     return f"its sites were nopped by an earlier rewrite whose patch log is not here {log_hint}"
 
 
-def _unrecorded_hint(image: Image, found: Scan, sites: Sequence[Site], log_warning: str | None) -> list[str]:
+def _unrecorded_hint(image: Image, found: Scan, sites: Sequence[Site], log_aside: LogAside | None) -> list[str]:
     """For a selection that matches nothing in a file with zeroed records and no log read: the
     functions asked for may be among the sites only that log knows (``v61.nop`` copied without its
     log: 33,689 records zeroed, 1 site left to match)."""
     zeroed = found.records.zeroed
     if not zeroed or any(s.source is Source.LOG for s in sites):
         return []
-    return [f"{zeroed} of its records are zeroed: {_earlier_rewrite(image, log_warning)}"]
+    return [f"{zeroed} of its records are zeroed: {_earlier_rewrite(image, log_aside)}"]
 
 
 def unmatched_selection(sites: Sequence[Site], selection: Selection) -> list[str]:
@@ -617,21 +638,21 @@ def unmatched_selection(sites: Sequence[Site], selection: Selection) -> list[str
 
 
 def check_something_to_do(
-    image: Image, found: Scan, selection: Selection, hints: ScanHints, log_warning: str | None = None
+    image: Image, found: Scan, selection: Selection, hints: ScanHints, log_aside: LogAside | None = None
 ) -> None:
     """Raise :class:`NothingToDo` if the file has no site at all, or ``selection`` matches none
     (or one of its parts matches none: a mistyped ``--exclude`` would otherwise change the very
     function it meant to spare)."""
     sites = known_sites(image, found)
     if not sites:
-        cause = no_site_cause(image, found, hints, log_warning)
+        cause = no_site_cause(image, found, hints, log_aside)
         raise NothingToDo(f"{image.path}: no ftrace call site found: {cause}")
     if selection.everything:
         return
     missing = unmatched_selection(sites, selection)
     if missing:
         verb = "matches" if len(missing) == 1 else "match"
-        extra = [*record_not_slot(sites, selection), *_unrecorded_hint(image, found, sites, log_warning)]
+        extra = [*record_not_slot(sites, selection), *_unrecorded_hint(image, found, sites, log_aside)]
         said = "".join(f"; {h}" for h in extra)
         raise NothingToDo(f"{image.path}: {', '.join(missing)}: {verb} none of its {counted(len(sites), 'site')}{said}")
     if not any(selection.matches(s) for s in sites):

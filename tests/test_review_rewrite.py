@@ -264,7 +264,8 @@ def test_a_record_put_back_that_a_scan_cannot_find_blames_the_log_for_a_logs_sit
 
 def test_a_log_whose_site_moved_is_not_taken_for_the_files_log(tmp_path: Path) -> None:
     """A site line moved by 8 bytes, the footer made right: the log no longer matches the file's
-    edits, so it is set aside with a warning, and nothing pretends to be done."""
+    edits, so it is set aside with a warning, and nothing pretends to be done. It is the file's
+    log (its header says so), damaged: said so, not "not its log"."""
     prog, out = tmp_path / "prog", tmp_path / "nop"
     shutil.copy(BIN / "prof-le", prog)
     assert invoke("nop", prog, "-o", out, "--drop-records").exit_code == 0
@@ -278,7 +279,8 @@ def test_a_log_whose_site_moved_is_not_taken_for_the_files_log(tmp_path: Path) -
     _forge(log, move_site)
     result = invoke("apply", out, "--to", "enabled", "-o", tmp_path / "en")
     assert result.exit_code == 1, result.output
-    assert "is not its log" in result.stderr and "malformed site line" in result.stderr
+    assert "the patch log beside it cannot be read" in result.stderr and "malformed site line" in result.stderr
+    assert "is not its log" not in result.stderr and not result.stdout
     assert not (tmp_path / "en").exists()
 
 

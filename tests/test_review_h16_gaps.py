@@ -1,0 +1,66 @@
+"""Gaps reviewers listed in the rewriting messages and in diff: a damaged patch log beside a file
+was called another file's log, ... (see each test)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, assert_one_line, invoke
+
+BIN = FIXTURES / "bin"
+
+
+# -- a damaged log beside a file is damaged, not another file's -----------------------------------
+
+
+def _cut_short(log: Path) -> None:
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:-1]))  # the footer gone
+
+
+def _not_json(log: Path) -> None:
+    log.write_text(log.read_text()[:200])  # cut mid-line
+
+
+def _bad_checksum(log: Path) -> None:
+    lines = log.read_text().splitlines(keepends=True)
+    footer = json.loads(lines[-1])
+    footer["sha256"] = "0" * 64
+    log.write_text("".join(lines[:-1]) + json.dumps(footer) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (_cut_short, "truncated patch log (no footer)"),
+        (_not_json, "not JSON"),
+        (_bad_checksum, "footer checksum does not match"),
+    ],
+)
+def test_a_damaged_log_beside_the_file_is_said_to_be_damaged(tmp_path: Path, damage: object, reason: str) -> None:
+    """It was "the patch log beside it is not its log (REASON)": a log that cannot be read is not
+    known to be another file's. Set aside all the same: nothing to do, exit 1, nothing written."""
+    prog, out = tmp_path / "prog", tmp_path / "nop"
+    shutil.copy(BIN / "prof-le", prog)
+    assert invoke("nop", prog, "-o", out, "--drop-records").exit_code == 0
+    log = tmp_path / "nop.mcountrw.jsonl"
+    damage(log)  # type: ignore[operator]
+    result = invoke("apply", out, "--to", "enabled", "-o", tmp_path / "en")
+    line = assert_one_line(result, 1, "nothing to do", "the patch log beside it cannot be read (", reason)
+    assert "is not its log" not in line and f"{log}" in line
+    assert not (tmp_path / "en").exists()
+
+
+def test_another_files_log_beside_the_file_is_still_not_its_log(tmp_path: Path) -> None:
+    """A whole log whose output is another file: that, and the two hashes, as before."""
+    prog = tmp_path / "prog"
+    shutil.copy(BIN / "prof-le", prog)
+    assert invoke("nop", prog, "-o", tmp_path / "nop", "--drop-records").exit_code == 0
+    assert invoke("nop", prog, "-o", tmp_path / "other", "--drop-records", "--exclude", "leaf_add").exit_code == 0
+    shutil.copy(tmp_path / "other.mcountrw.jsonl", tmp_path / "nop.mcountrw.jsonl")
+    result = invoke("apply", tmp_path / "nop", "--to", "enabled", "-o", tmp_path / "en")
+    words = ("the patch log beside it is not its log (", "its output has sha256")
+    line = assert_one_line(result, 1, "nothing to do", *words)
+    assert "cannot be read" not in line and not (tmp_path / "en").exists()

@@ -64,3 +64,19 @@ def test_another_files_log_beside_the_file_is_still_not_its_log(tmp_path: Path) 
     words = ("the patch log beside it is not its log (", "its output has sha256")
     line = assert_one_line(result, 1, "nothing to do", *words)
     assert "cannot be read" not in line and not (tmp_path / "en").exists()
+
+
+# -- the --keep-records warning names its file -----------------------------------------------------
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("command", [("nop",), ("apply", "--to", "nopped")])
+def test_the_keep_records_warning_names_its_file(corpus, tmp_path: Path, command: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+    """``mcountrw: warning: 3 recorded sites now hold nopped words, ...`` named no file, where every
+    other line of the run names its file; a run over several files (a script's loop) could not
+    tell which one it meant."""
+    module = corpus.modules_dir / "fs/nls/nls_utf8.ko"
+    result = invoke(*command[:1], module, *command[1:], "-o", tmp_path / "n.ko", "--keep-records", "--strip-signature")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"mcountrw: warning: {module}: 3 recorded sites"), warnings

@@ -363,7 +363,9 @@ def test_keep_records_says_the_kernel_will_refuse_what_it_wrote(corpus, tmp_path
     module = corpus.modules_dir / "fs/nls/nls_utf8.ko"
     result = invoke("nop", module, "-o", tmp_path / "n.ko", "--keep-records", "--strip-signature")
     assert result.exit_code == 0, result.output
-    assert "warning: 3 recorded sites now hold nopped words" in result.stderr and "ftrace bug" in result.stderr
+    assert (
+        f"warning: {module}: 3 recorded sites now hold nopped words" in result.stderr and "ftrace bug" in result.stderr
+    )
     plain = invoke("nop", BIN / "prof-le", "-o", tmp_path / "p", "--keep-records")
     assert plain.exit_code == 0 and "warning" not in plain.stderr, plain.output
 

@@ -289,9 +289,9 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
     refused = r.refused_at_boot
     if refused:
         _say(
-            f"mcountrw: warning: {counted(refused, 'recorded site')} now {'holds' if refused == 1 else 'hold'} "
-            f"{options.target.value} words, which the kernel's ftrace_init_nop() refuses: ftrace bug at boot or load, "
-            "ftrace off (--keep-records: a negative control)",
+            f"mcountrw: warning: {image}: {counted(refused, 'recorded site')} "
+            f"now {'holds' if refused == 1 else 'hold'} {options.target.value} words, which the kernel's "
+            "ftrace_init_nop() refuses: ftrace bug at boot or load, ftrace off (--keep-records: a negative control)",
             err=True,
         )
     _print_written(result)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -250,8 +251,8 @@ def apply_file(
     # A dry run with -o or --in-place checks them as the run it previews would: only a dry run
     # given neither has no output to check.
     out = None if dry_run and output is None and not in_place else check_output_path(path, output, in_place)
-    if stage_dir is not None and stage_dir.exists() and not stage_dir.is_dir():
-        raise OutputError(f"--stage-images {stage_dir}: not a directory")
+    if stage_dir is not None:
+        check_stage_dir(stage_dir)
     if out is not None:
         log = log_path or default_log_path(out)
         check_side_paths(path, out, log, in_place, backup, stage_dir, input_log, kernel)
@@ -507,6 +508,29 @@ def _check_not_a_stage_image(path: Path, directory: Path, targets: Sequence[tupl
         rest = target.name[len(name) :]
         if same_dir and target.name.startswith(name) and rest.isascii() and rest.isdigit():
             raise OutputError(f"{target}: {what} would be a stage image of this run (--stage-images {directory})")
+
+
+def check_stage_dir(directory: Path) -> None:
+    """Before any work, as ``-o`` is checked (``output.check_replaceable``): ``--stage-images DIR``
+    is a directory the stage images can be written in, or one ``mkdir -p`` can make (the nearest
+    part of the path that is there is a directory that can be written in). A read-only place, or
+    a path under a regular file, was found by the writes at the end, after the scan and rewrite."""
+    for place in (directory, *directory.parents):
+        try:
+            is_dir = stat.S_ISDIR(os.stat(place).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            if os.path.islink(place):  # mkdir fails on it: "File exists"
+                raise OutputError(f"--stage-images {directory}: {place} is a symlink to nothing") from None
+            continue  # not there (a part under a file is said when the file is reached)
+        except OSError as e:
+            raise OutputError(f"--stage-images {directory}: {e.strerror}") from None
+        if not is_dir:
+            part = "" if place == directory else f"{place} is "
+            raise OutputError(f"--stage-images {directory}: {part}not a directory")
+        if not os.access(place, os.W_OK | os.X_OK):
+            why = " (a read-only file system)" if os.statvfs(place).f_flag & os.ST_RDONLY else ""
+            raise OutputError(f"--stage-images {directory}: cannot write in {place}{why}")
+        return
 
 
 @contextmanager

@@ -4,8 +4,12 @@ was called another file's log, ... (see each test)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from conftest import FIXTURES, assert_one_line, invoke
@@ -80,3 +84,49 @@ def test_the_keep_records_warning_names_its_file(corpus, tmp_path: Path, command
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if "warning:" in line]
     assert len(warnings) == 1 and warnings[0].startswith(f"mcountrw: warning: {module}: 3 recorded sites"), warnings
+
+
+# -- --stage-images that cannot be written is refused before the work ----------------------------
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory no one can write in: mode 0555, or for root (who ignores the mode) immutable."""
+    place = tmp_path / "ro"
+    place.mkdir()
+    if os.geteuid() != 0:
+        place.chmod(0o555)
+        yield place
+        place.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", place], capture_output=True).returncode:
+        pytest.skip("root, and no chattr +i here to make a directory it cannot write in")
+    try:
+        yield place
+    finally:
+        subprocess.run(["chattr", "-i", place], check=True)
+
+
+@pytest.mark.parametrize(
+    ("stages", "words"),
+    [
+        ("{ro}/stages", "cannot write in {ro}"),
+        ("{ro}", "cannot write in {ro}"),
+        ("{prog}/stages", "{prog} is not a directory"),
+    ],
+)
+@pytest.mark.parametrize("dry", [(), ("--dry-run",)])
+def test_stage_images_that_cannot_be_written_are_refused_before_the_work(
+    tmp_path: Path, unwritable_dir: Path, stages: str, words: str, dry: tuple[str, ...]
+) -> None:
+    """One line, exit 2, nothing written, and before the scan: it was found by the writes at the
+    end (``--stage-images prog/st: Not a directory`` after 0.8 s of a 6.1 vmlinux's scan and
+    rewrite), and a records-only rewrite wrote its output and said "no stage image written to" it."""
+    prog = tmp_path / "prog"
+    shutil.copy(BIN / "prof-le", prog)
+    names = {"ro": unwritable_dir, "prog": prog}
+    stage_dir = stages.format(**names)
+    with mock.patch("rewriter.files.scan", side_effect=AssertionError("scanned before --stage-images was checked")):
+        result = invoke("apply", prog, "--to", "disabled", "-o", tmp_path / "out", "--stage-images", stage_dir, *dry)
+    assert_one_line(result, 2, "error", f"--stage-images {stage_dir}: {words.format(**names)}")
+    assert not result.stdout and sorted(p.name for p in tmp_path.iterdir()) == ["prog", "ro"]

@@ -38,6 +38,24 @@ def open_regular(path: Path) -> tuple[int, os.stat_result]:
     return fd, st
 
 
+EMPTY_FILE = "empty file"
+REPORTS_NO_SIZE = "a file that reports no size (procfs/sysfs?): not an image"
+"""A regular file whose ``fstat`` says 0 bytes but whose read gives some: procfs and sysfs make
+their contents when read (``/proc/kallsyms``). No kernel image is there (``/proc/kcore`` has a size,
+and is refused as the core file it is), so such a file is not read as one: said for what it is,
+not "empty file"."""
+
+
+def zero_size_text(fd: int) -> str:
+    """For the descriptor of a regular file whose ``fstat`` says 0 bytes: why it is no image, one
+    byte read to tell an empty file (:data:`EMPTY_FILE`) from one of procfs or sysfs
+    (:data:`REPORTS_NO_SIZE`)."""
+    try:
+        return REPORTS_NO_SIZE if os.pread(fd, 1, 0) else EMPTY_FILE
+    except OSError:
+        return EMPTY_FILE
+
+
 def read_regular(path: Path) -> bytes:
     """The bytes of the regular file ``path`` (:func:`open_regular`'s refusals)."""
     fd, _ = open_regular(path)

@@ -130,3 +130,22 @@ def test_stage_images_that_cannot_be_written_are_refused_before_the_work(
         result = invoke("apply", prog, "--to", "disabled", "-o", tmp_path / "out", "--stage-images", stage_dir, *dry)
     assert_one_line(result, 2, "error", f"--stage-images {stage_dir}: {words.format(**names)}")
     assert not result.stdout and sorted(p.name for p in tmp_path.iterdir()) == ["prog", "ro"]
+
+
+# -- a procfs or sysfs file is no empty file --------------------------------------------------------
+
+
+PROC_FILE = Path("/proc/version")  # stat size 0, contents when read
+
+
+@pytest.mark.skipif(not PROC_FILE.is_file() or PROC_FILE.stat().st_size != 0, reason="no procfs here")
+@pytest.mark.parametrize("command", [("scan",), ("audit",), ("diff", str(BIN / "prof-le"))])
+def test_a_procfs_file_is_said_to_report_no_size_not_to_be_empty(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """``scan /proc/kallsyms`` said ``/proc/kallsyms: empty file``: it is not (it reads as megabytes
+    of text); it only reports no size. A file that is empty still says so."""
+    assert PROC_FILE.read_bytes()  # what makes "empty" false
+    result = invoke(*command, PROC_FILE)
+    assert_one_line(result, 2, "error", f"{PROC_FILE}: a file that reports no size (procfs/sysfs?): not an image")
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert_one_line(invoke(*command, empty), 2, "error", f"{empty}: empty file")

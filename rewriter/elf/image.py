@@ -39,7 +39,7 @@ from rewriter.elf.signature import Trailer, TrailerError, parse_trailer
 from rewriter.errors import ImageError, UnmappedAddress
 from rewriter.ppc import Addr, Offset
 from rewriter.prose import printable
-from rewriter.reading import open_regular
+from rewriter.reading import open_regular, zero_size_text
 
 
 def _unpacker(endian: S.Endian, dtype: np.dtype) -> struct.Struct:
@@ -329,7 +329,7 @@ class Image:
             raise ImageError(f"{path}: {e.strerror or e}") from None
         try:
             if st.st_size == 0:
-                raise ImageError(f"{path}: empty file")
+                raise ImageError(f"{path}: {zero_size_text(fd)}")
             head = os.pread(fd, 8, 0)
             compression = detect_compression(head)
             if compression is not Compression.NONE:

@@ -87,6 +87,9 @@ class SiteChange(NamedTuple):
     before: Site | None
     after: Site | None
     detail: str
+    # a site in no function (a weak body): the symbol it follows, kallsyms' name for it, which
+    # paired it (a paired site's two sides follow the same one); None for a site in a function
+    follows: str | None = None
 
 
 class FunctionChangeKind(enum.Enum):
@@ -174,6 +177,7 @@ class Diff:
 class _Keyed(NamedTuple):
     site: Site
     delta: int  # offset of the call slot from its function's start (-1: no function)
+    follows: str | None = None  # in no function: the symbol before it, which keys it (``_keyed``)
 
 
 def _by_place(result: Scan) -> dict[tuple[str, int], _Keyed]:
@@ -202,7 +206,7 @@ def _keyed(result: Scan, nearest: Nearest) -> dict[tuple[str, int], _Keyed]:
         name = site.function or f"@after {near}"
         n = seen.get(name, 0)
         seen[name] = n + 1
-        out[(name, n)] = _Keyed(site, delta)
+        out[(name, n)] = _Keyed(site, delta, near)
     return out
 
 
@@ -281,13 +285,17 @@ def diff_scans(
     for key in sorted(ka.keys() | kb.keys()):
         before, after = ka.get(key), kb.get(key)
         if after is None and before is not None:
-            s = before.site
-            changes.append(SiteChange(Change.REMOVED, s.function, s, None, f"{s.state.value} site at {s.place_text}"))
+            s, near = before.site, before.follows
+            text = f"{s.state.value} site at {s.place_text}"
+            changes.append(SiteChange(Change.REMOVED, s.function, s, None, text, near))
         elif before is None and after is not None:
-            s = after.site
-            changes.append(SiteChange(Change.ADDED, s.function, None, s, f"{s.state.value} site at {s.place_text}"))
+            s, near = after.site, after.follows
+            text = f"{s.state.value} site at {s.place_text}"
+            changes.append(SiteChange(Change.ADDED, s.function, None, s, text, near))
         elif before is not None and after is not None:
             found = _pair(before, after)
+            if before.follows is not None:  # paired by it: B's follows the same symbol
+                found = [c._replace(follows=before.follows) for c in found]
             changes += found
             if not found:
                 unchanged += 1

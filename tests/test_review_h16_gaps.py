@@ -149,3 +149,52 @@ def test_a_procfs_file_is_said_to_report_no_size_not_to_be_empty(tmp_path: Path,
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     assert_one_line(invoke(*command, empty), 2, "error", f"{empty}: empty file")
+
+
+# -- diff names the symbol a weak body follows ----------------------------------------------------
+
+
+def _weak_changes(a: Path, b: Path) -> tuple[list[dict], str]:
+    """The JSON changes of ``diff A B`` at sites in no function, and the markdown report."""
+    result = invoke("diff", "--format", "json", a, b)
+    assert result.exit_code == 1, result.output
+    (image,) = json.loads(result.stdout)["images"]
+    return [c for c in image["changes"] if c["function"] is None], invoke("diff", "--all", a, b).stdout
+
+
+def _follows_nearest(change: dict, a: Path, b: Path) -> None:
+    """``follows`` is among the names of the text symbol nearest before the site (pyelftools), and
+    the markdown row names it."""
+    from test_review_h16_scan import _nearest, _text_symbols
+
+    path, site = (b, change["after"]) if change["before"] is None else (a, change["before"])
+    assert change["follows"] in _nearest(_text_symbols(path), site)[1], change
+
+
+@pytest.mark.corpus
+def test_diff_names_the_symbol_an_unpaired_weak_body_follows() -> None:
+    """6.12 and its 64k-page build: one weak body only in A, one only in B. Paired, a weak body is
+    matched by the symbol it follows; unpaired, the report said only ``added | ? | | 0xc...``,
+    and the JSON ``"function": null``: which weak body, the reader had to work out from the address."""
+    from boot import require_kernel
+
+    a, b = require_kernel("6.12").vmlinux, require_kernel("6.12-64k").vmlinux
+    unnamed, md = _weak_changes(a, b)
+    assert {c["change"] for c in unnamed} == {"added", "removed"}, unnamed
+    for c in unnamed:
+        _follows_nearest(c, a, b)
+        assert f"| {c['change']} | ? (after {c['follows']}) |" in md, md
+
+
+@pytest.mark.corpus
+def test_diff_names_the_symbol_a_paired_weak_body_follows(corpus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """6.1's kvm.ko and its nop: each of its four weak bodies changes state and loses its record;
+    each change names the symbol the body follows, by which it was paired."""
+    module = next((corpus.modules_dir / "arch/powerpc/kvm").glob("kvm.ko*"))
+    nopped = tmp_path / module.name
+    assert invoke("nop", module, "-o", nopped, "--drop-records", "--strip-signature").exit_code == 0
+    unnamed, md = _weak_changes(module, nopped)
+    assert len({c["before"]["offset"] for c in unnamed}) == 4 and len(unnamed) == 8, unnamed
+    for c in unnamed:
+        _follows_nearest(c, module, nopped)
+        assert f"| {c['change']} | ? (after {c['follows']}) |" in md, md

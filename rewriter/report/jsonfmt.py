@@ -369,7 +369,7 @@ def diff_json(diff: Diff) -> dict[str, Any]:
     """``{"format": "mcountrw-diff/1", "images": [{"a", "b", "generations": [a, b], "builds": [a, b],
     "pairing",
     "unnamed": [a, b], "unchanged", "relocated", "records": [a, b], "boot": [a, b], "changes": [{"change", "function",
-    "before", "after", "detail"}], "functions": {"common", "counts": {kind: n}, "changes": [{"change",
+    "before", "after", "detail", "follows"}], "functions": {"common", "counts": {kind: n}, "changes": [{"change",
     "function", "before", "after"}]}}], "only_a", "only_b", "unpaired": [{"path", "side", "generation",
     "sites", "functions"}], "errors"}``; ``unpaired``: each file of ``only_a`` (side ``a``) and
     ``only_b`` (``b``), read alone; site ``before``/``after`` are
@@ -380,7 +380,10 @@ def diff_json(diff: Diff) -> dict[str, Any]:
     generation's own), which the markdown says so. ``builds``: byte order and ABI of each side
     (``little-endian elfv2``); when they differ, the pair has changed whatever its sites say.
     ``boot``: why ftrace is off after each side's boot (or its module not loaded), null when on;
-    when they differ, the pair has changed (a record made twice changes no site's words)."""
+    when they differ, the pair has changed (a record made twice changes no site's words).
+    ``follows``: for a site in no function (``function`` null: a weak body), the symbol it follows,
+    kallsyms' name for it, by which it was paired (both sides of a pair follow the same one); null
+    for a site in a function, or one with no symbol before it (paired by place)."""
     return {
         "format": "mcountrw-diff/1",
         "images": [
@@ -402,6 +405,7 @@ def diff_json(diff: Diff) -> dict[str, Any]:
                         "before": _site_ref(c.before),
                         "after": _site_ref(c.after),
                         "detail": c.detail,
+                        "follows": c.follows,
                     }
                     for c in d.changes
                 ],

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from rewriter.anomalies import Anomaly, Severity
 from rewriter.audit import Audit, GroupSummary, ImageAudit, StubGap, roll_up, summarise
-from rewriter.diff import Diff, FunctionChangeKind, ImageDiff, Pairing, Unpaired
+from rewriter.diff import Diff, FunctionChangeKind, ImageDiff, Pairing, SiteChange, Unpaired
 from rewriter.elf.image import Kind
 from rewriter.flow import Verdict
 from rewriter.generations import Generation
@@ -292,6 +292,14 @@ def _unpaired_line(alone: Unpaired) -> str:
     return f"- {code(str(alone.path))}: {generation}, {sites} in {counted(alone.functions, 'function')}"
 
 
+def _changed_function(change: SiteChange) -> str:
+    """The function of a changed site; for one in no function (a weak body), ``?`` and the symbol
+    it follows, by which diff paired it (as scan's table says ``? (listed as NAME)``)."""
+    if change.function is not None:
+        return change.function
+    return "?" if change.follows is None else f"? (after {change.follows})"
+
+
 def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
     """Changes per image pair; ``limit`` changes listed per pair (None: all)."""
     out = ["# mcountrw diff", ""]
@@ -325,7 +333,7 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
         if d.boot_changed:
             out.append(f"\n**After boot:** A: {text(d.boot[0] or 'ftrace on')}; B: {text(d.boot[1] or 'ftrace on')}.")
         rows = [
-            (c.change.value, text(c.function or "?"), text(c.before.place_text) if c.before else "",
+            (c.change.value, text(_changed_function(c)), text(c.before.place_text) if c.before else "",
              text(c.after.place_text) if c.after else "", text(c.detail))
             for c in d.changes[:limit]
         ]  # fmt: skip

@@ -266,7 +266,7 @@ def apply_file(
     options = _held_to_kernel(image, before, options, kernel)
     known, aside = _input_log(image, input_log)
     if out is not None and in_place and log_path is None:
-        check_no_foreign_log(path, known)
+        check_no_foreign_log(path, known, aside)
     history = {}
     if known is not None:
         # every site there is: the image's and those only its log knows (`before.log` says which log)
@@ -365,16 +365,20 @@ def _unchecked_kernel(image: Image, before: Scan, result: Rewrite, options: Opti
     )
 
 
-def check_no_foreign_log(path: Path, known: Known | None) -> None:
+def check_no_foreign_log(path: Path, known: Known | None, aside: LogAside | None = None) -> None:
     """An in-place rewrite writes its log beside the file, where a log of the file's own chain is
-    archived first (``archived_log``). A log there that is not the file's (ignored, with a warning)
-    would be replaced with no copy kept: refused, before anything is written."""
+    archived first (``archived_log``). A log there that is not the file's, or that cannot be read
+    (``aside``: ignored, with a warning; a damaged one may be the file's own), would be replaced
+    with no copy kept: refused, before anything is written."""
     beside = default_log_path(path)
-    if file_at(beside) and (known is None or not same_place(known.path, beside)):
-        raise OutputError(
-            f"{beside}: not the log of {path}, and an in-place rewrite would replace it: move it away, or "
-            "give the new log another name with --log"
-        )
+    if not file_at(beside) or (known is not None and same_place(known.path, beside)):
+        return
+    what = f"{beside}: not the log of {path}"
+    if aside is not None and aside.damaged:
+        what = f"{aside.reason}: the patch log beside {path} cannot be read"
+    raise OutputError(
+        f"{what}, and an in-place rewrite would replace it: move it away, or give the new log another name with --log"
+    )
 
 
 def refuse_contradicted_generation(image: Image, found: Scan) -> None:
@@ -401,6 +405,11 @@ class LogAside(NamedTuple):
 
     warning: str  # one line, as printed: the log's name, what is wrong, ": ignored"
     damaged: bool
+
+    @property
+    def reason(self) -> str:
+        """The warning without its ": ignored" (``log.for_file``'s words): what is wrong."""
+        return self.warning.removesuffix(": ignored")
 
 
 def _input_log(image: Image, explicit: Path | None) -> tuple[Known | None, LogAside | None]:
@@ -626,8 +635,8 @@ def _earlier_rewrite(image: Image, log_aside: LogAside | None, log_hint: str = I
     them, and whether that log is here, and read (a damaged log is not known to be another file's)."""
     log = default_log_path(image.path)
     if file_at(log) and log_aside is not None:
-        whose = "cannot be read" if log_aside.damaged else "is not its log"
-        return f"its sites were nopped by an earlier rewrite, but the patch log beside it {whose} ({log_aside.warning})"
+        whose = f"cannot be read ({log_aside.reason})" if log_aside.damaged else f"is not its log ({log_aside.warning})"
+        return f"its sites were nopped by an earlier rewrite, but the patch log beside it {whose}"
     if file_at(log):
         return (
             f"its sites were nopped by an earlier rewrite: its patch log {log.name} is here "

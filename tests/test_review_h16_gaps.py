@@ -57,6 +57,24 @@ def test_a_damaged_log_beside_the_file_is_said_to_be_damaged(tmp_path: Path, dam
     assert not (tmp_path / "en").exists()
 
 
+@pytest.mark.parametrize(("damage", "reason"), [(_cut_short, "no footer"), (_not_json, "not JSON")])
+def test_in_place_refuses_to_replace_a_damaged_log_and_says_it_is_damaged(
+    tmp_path: Path, damage: object, reason: str
+) -> None:
+    """The file's own log, damaged, beside it: an in-place rewrite refused to replace it (right: it
+    would keep no copy) as ``not the log of F``, a guess. Nothing written, the log left as it is."""
+    prog = tmp_path / "prog"
+    shutil.copy(BIN / "prof-le", prog)
+    assert invoke("nop", prog, "--in-place", "--exclude", "leaf_add").exit_code == 0
+    log = tmp_path / "prog.mcountrw.jsonl"
+    damage(log)  # type: ignore[operator]
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    result = invoke("nop", prog, "--in-place")
+    line = assert_one_line(result, 2, "error", f"{log}", reason, f"the patch log beside {prog} cannot be read")
+    assert "not the log of" not in line and "an in-place rewrite would replace it" in line
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == kept
+
+
 def test_another_files_log_beside_the_file_is_still_not_its_log(tmp_path: Path) -> None:
     """A whole log whose output is another file: that, and the two hashes, as before."""
     prog = tmp_path / "prog"

@@ -93,17 +93,10 @@ class LineText:
             q = self.quoted[text] = "null" if text is None else encode_basestring_ascii(text)
         return q
 
-    def word(self, key: str, word: int, addr: int | None) -> str:
-        """``"new": "60000000", "new_asm": "nop"`` (``key`` "new" or "old"), kept for a fixed word."""
-        part = _fields(key, word, self.asm(word, addr))
-        if word in self.fixed:
-            self.words[key][word] = part
-        return part
-
     def fields(self, key: str, words: Sequence[int], addrs: Sequence[int | None]) -> list[str]:
-        """:meth:`word` of each of ``words`` at ``addrs``, the branches' targets computed together:
-        a vmlinux's 33,688 ``bl _mcount`` each took a chain of Python calls, a third of the time
-        of its write lines."""
+        """``"new": "60000000", "new_asm": "nop"`` (``key`` "new" or "old") for each of ``words``
+        at ``addrs``, a fixed word's kept; the branches' targets computed together: a vmlinux's
+        33,688 ``bl _mcount`` each took a chain of Python calls, a third of its write lines' time."""
         known = self.words[key]
         out = [known.get(w) for w in words]
         todo = [i for i, part in enumerate(out) if part is None]

@@ -146,8 +146,9 @@ class Selection:
 
 
 def _named(match: Callable[[str], re.Match[str] | None], name: str, others: tuple[str, ...]) -> bool:
-    """Whether ``match`` takes a function's name or any of its ``others``."""
-    return match(name) is not None or any(match(n) is not None for n in others)
+    """Whether ``match`` takes a function's name or any of its ``others`` (most functions have
+    none: no generator is started for them, a third of an ``--exclude`` over a vmlinux's sites)."""
+    return match(name) is not None or (bool(others) and any(match(n) is not None for n in others))
 
 
 def _globs(patterns: Sequence[str]) -> Callable[[str], re.Match[str] | None] | None:
@@ -435,7 +436,7 @@ def _goals(
     their words as built, and their records back. ``log``: the patch log read for the image
     (``Scan.log``), if any, which the refusal names: it knew no such site among those selected."""
     goals = {}
-    for variant in {s.variant for s in sites}:
+    for variant in _variants(sites):
         goal = target_state(variant, target)
         lay = LAYOUTS[variant]
         if lay.kernel_only(goal):
@@ -449,6 +450,15 @@ def _goals(
             goal = lay.built
         goals[variant] = goal
     return goals
+
+
+def _variants(sites: Iterable[Site]) -> list[Variant]:
+    """The variants of ``sites``, each once, first seen first, told apart by identity: an Enum
+    member's hash is Python code, and a set of a vmlinux's 33,689 variants hashed each of them."""
+    return list({id(v): v for v in map(_VARIANT, sites)}.values())
+
+
+_VARIANT: Final = attrgetter("variant")
 
 
 def _nothing_to_bring_back(log: Path | None) -> str:
@@ -813,7 +823,7 @@ def _read_back(
     raw = np.frombuffer(content, np.uint8)
     b_off = np.array([s.file_offset for s in sites], dtype=np.int64)
     ok = np.ones(len(sites), bool)
-    variants = {s.variant for s in sites}
+    variants = _variants(sites)
     for v in variants:
         idx = np.arange(len(sites)) if len(variants) == 1 else np.flatnonzero([s.variant is v for s in sites])
         lay = LAYOUTS[v]

@@ -56,7 +56,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Final, NamedTuple, NoReturn
 
-from rewriter.batch import Entry, EntryKind, first_of_each, map_batches, tree_entries, tree_name
+from rewriter.batch import Entry, EntryKind, first_of_each, map_batches, name_named, tree_entries, tree_name
 from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
@@ -177,6 +177,7 @@ def gather(
     against: Path | None = None,
     logs_beside_source: bool = False,
     whole: bool = True,
+    names_for: str | None = "in the output and the logs",
 ) -> Inputs:
     """One :class:`Target` per file: files named, and modules (``*.ko[.xz|.gz|.zst]``) found below
     directories named, sorted; with ``-o``, the trees' other entries to copy. Symlinks inside
@@ -189,7 +190,10 @@ def gather(
     :attr:`Inputs.errors`, which a run that writes refuses whole. It rewrote the rest and left the
     unreadable module as it was, a tree that then passed for done; ``policy check``, which writes
     nothing, checks the others and reports these lines, as scan does (``whole`` False: the lines
-    then say only what the system says, not that a tree must be read whole)."""
+    then say only what the system says, not that a tree must be read whole).
+
+    Two files of one name in their trees are refused, saying where the name is used,
+    ``names_for``; None: nowhere (``policy check`` with no ``--log-dir``, which writes nothing)."""
     if in_place and output is not None:
         raise PrenopError("give either --in-place or -o OUT, not both")
     found, others, errors = _named(paths, in_place, whole)
@@ -204,7 +208,8 @@ def gather(
     unreadable = _unreadable(c.source for c in copies if c.kind in _BYTES)
     errors += [f"{f}: {why}: -o copies the whole tree, this file too" for f, why in unreadable.items()]
     files = [c for c in copies if c.kind is not EntryKind.DIRECTORY]
-    _refuse_shared_names([(f, rel) for f, rel, _ in found] + [(c.source, c.rel) for c in files])
+    if names_for is not None:
+        _refuse_shared_names([(f, rel) for f, rel, _ in found] + [(c.source, c.rel) for c in files], names_for)
     single_file = len(found) == 1 and found[0][2]
     place = partial(_target, single_file, output, in_place, log_dir, against, logs_beside_source)
     out = [place(f, rel) for f, rel, _ in found]
@@ -231,7 +236,7 @@ def _named(
         elif path.is_file():
             if in_place and path.is_symlink():
                 raise PrenopError(f"{path}: is a symlink; --in-place would replace the link: name the file itself")
-            found.append((path, tree_name(path, None), True))
+            found.append((path, name_named(path, paths), True))
         else:
             raise PrenopError(f"{path}: {not_a_file(path)}")
     return found, others, errors
@@ -353,12 +358,15 @@ def _copies(others: Sequence[tuple[Entry, str]], output: Path | None, in_place: 
     return [Copy(e.path, output / rel, rel, e.kind) for e, rel in others if e.kind is not EntryKind.SPECIAL]
 
 
-def _refuse_shared_names(files: Sequence[tuple[Path, str]]) -> None:
-    """Two files would be written at one name in the output and the logs."""
+def _refuse_shared_names(files: Sequence[tuple[Path, str]], where: str) -> None:
+    """Two files would have one name ``where`` (in the output and the logs)."""
     seen: dict[str, Path] = {}
     for f, rel in files:
         if rel in seen:
-            raise PrenopError(f"{f} and {seen[rel]} would share the name {rel} in the output and the logs")
+            raise PrenopError(
+                f"{f} and {seen[rel]} would share the name {rel} {where}: name a directory above both "
+                "(a file's name is its path below the directory named)"
+            )
         seen[rel] = f
 
 

@@ -1149,7 +1149,7 @@ def policy_check(
     # instead: it writes).
     missing = [p for p in images if not (p.is_dir() or p.is_file())]
     present = [p for p in images if p not in missing]
-    inputs = gather(present, output=None, in_place=False, log_dir=None, whole=False)
+    inputs = gather(present, output=None, in_place=False, log_dir=None, whole=False, names_for=_names_for(log_dir))
     found = [Found(t.source, t.rel) for t in inputs.targets]
     # One line per named directory with nothing to check (as prenop says it), likewise: a
     # directory dropped in silence read as checked.
@@ -1179,6 +1179,12 @@ def policy_check(
         typer.echo(f"warning: {w}")
     bad_input_if(errors)
     findings_if(bool(warnings))
+
+
+def _names_for(log_dir: Path | None) -> str | None:
+    """Where policy check uses a file's name in its tree: only under ``--log-dir``, so two trees
+    with the same paths below them (Debian's 4k- and 64k-page module trees) are checked in one run."""
+    return None if log_dir is None else f"under --log-dir {log_dir}, where their patch logs are looked up"
 
 
 def _unlogged_warning(unlogged: Sequence[tuple[Path, int]]) -> list[str]:

@@ -1,0 +1,69 @@
+"""prenop and policy check over whole trees, as a distro kernel maintainer runs them: Debian's 4k-
+and 64k-page builds of one version in one run, and their layouts (7.2's vmlinuz inside its module
+tree)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from boot import require_kernel
+from conftest import invoke
+
+NLS_UTF8 = "fs/nls/nls_utf8.ko.xz"
+
+
+def _policy(tmp_path: Path) -> Path:
+    policy = tmp_path / "p.policy"
+    policy.write_text("default keep\nnop :mod:nls_utf8\nnop vfs_read\n")
+    return policy
+
+
+def test_policy_check_takes_two_trees_whose_files_share_their_paths(tmp_path: Path) -> None:
+    """The 4k- and 64k-page module trees hold the same paths below them (kernel/fs/nls/...): policy
+    check writes nothing and, with no --log-dir, looks no log up by those names, yet it refused
+    the two trees with prenop's line about 'the output and the logs' it has neither of."""
+    k4, k64 = require_kernel("6.12"), require_kernel("6.12-64k")
+    trees = []
+    for name, kernel in (("4k", k4), ("64k", k64)):
+        (tmp_path / name).mkdir()
+        shutil.copy(kernel.modules_dir / NLS_UTF8, tmp_path / name)
+        trees.append(tmp_path / name)
+    policy = _policy(tmp_path)
+    done = invoke("policy", "check", policy, k4.vmlinux, k64.vmlinux, *trees)
+    assert done.exit_code == 0, done.output
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.startswith("     ")}
+    assert rows["2"][3:5] == ["6", "6"], rows  # nls_utf8's 3 sites in each of the two copies
+    assert rows["3"][3:5] == ["2", "2"], rows  # vfs_read in each vmlinux
+    # Under --log-dir the names are where the logs are looked up: refused, saying so.
+    done = invoke("policy", "check", "--log-dir", tmp_path / "logs", policy, *trees)
+    assert done.exit_code == 2 and "Traceback" not in done.output, done.output
+    assert done.stderr.count("\n") == 1 and "under --log-dir" in done.stderr, done.stderr
+
+
+def test_prenop_writes_a_named_vmlinuz_where_its_tree_has_it(tmp_path: Path) -> None:
+    """Debian 7.2 ships vmlinuz in /usr/lib/modules/<release>/. Named with a directory above both
+    releases (4k and 64k pages in one run), each vmlinuz was named `vmlinuz`: the run was refused
+    as two files sharing one name, and one kernel named so was written to OUT/vmlinuz, its place
+    in the copied tree OUT/<release>/vmlinuz left empty. A file named itself below a directory
+    named is named by its path below it, as the tree walk names everything else there."""
+    tree = tmp_path / "modules"
+    vmlinuz = []
+    for kernel in (require_kernel("7.2"), require_kernel("7.2-64k")):
+        release = kernel.modules_dir.parent
+        (tree / release.name / "kernel" / "fs").mkdir(parents=True)
+        shutil.copy(kernel.modules_dir / NLS_UTF8, tree / release.name / "kernel" / "fs")
+        shutil.copy(release / "vmlinuz", tree / release.name)
+        vmlinuz.append(tree / release.name / "vmlinuz")
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    args = ("-o", out, "--log-dir", logs, "--strip-signature")
+    done = invoke("prenop", "--policy", _policy(tmp_path), *vmlinuz, tree, *args)
+    assert done.exit_code == 0, done.output
+    assert not (out / "vmlinuz").exists() and not (logs / "vmlinuz.mcountrw.jsonl").exists()
+    for v in vmlinuz:
+        rel = v.relative_to(tree)
+        assert (out / rel).read_bytes() != v.read_bytes()
+        assert (logs / f"{rel}.mcountrw.jsonl").is_file()
+    again = invoke("prenop", "--verify", "--log-dir", logs, *(out / v.relative_to(tree) for v in vmlinuz), out)
+    assert again.exit_code == 0 and again.stdout.count("verified") == 1, again.output
+    assert "verified      4             8" in again.stdout, again.stdout  # 2 vmlinuz (vfs_read), 2 nls_utf8 (3)

@@ -67,3 +67,26 @@ def test_prenop_writes_a_named_vmlinuz_where_its_tree_has_it(tmp_path: Path) -> 
     again = invoke("prenop", "--verify", "--log-dir", logs, *(out / v.relative_to(tree) for v in vmlinuz), out)
     assert again.exit_code == 0 and again.stdout.count("verified") == 1, again.output
     assert "verified      4             8" in again.stdout, again.stdout  # 2 vmlinuz (vfs_read), 2 nls_utf8 (3)
+
+
+def test_a_policy_with_several_errors_is_refused_with_one_line_for_each(tmp_path: Path) -> None:
+    """A policy with four mistakes was refused naming the first only: four runs to mend it. Each is
+    one line naming file:line, exit 2, and nothing written (the -o tree is not made)."""
+    module = require_kernel("6.12").modules_dir / NLS_UTF8
+    policy = tmp_path / "bad.policy"
+    policy.write_text("default nop\nkeep foo bar\nfrob x\n# fine\nkeep vfs_*\nkeep\ndefault keep\n")
+    expected = [
+        f"mcountrw: error: {policy}:2: one pattern a line, found 2 in `keep foo bar`",
+        f"mcountrw: error: {policy}:3: expected `keep PATTERN`, `nop PATTERN` or `default ...`, found `frob x`",
+        f"mcountrw: error: {policy}:6: one pattern a line, found 0 in `keep`",
+        f"mcountrw: error: {policy}:7: a second `default` line (a policy has exactly one)",
+    ]
+    out = tmp_path / "out"
+    for args in (
+        ("prenop", "--policy", policy, module, "-o", out, "--strip-signature"),
+        ("policy", "check", policy, module),
+    ):
+        done = invoke(*args)
+        assert done.exit_code == 2 and done.stdout == "", done.output
+        assert done.stderr.splitlines() == expected, done.stderr
+    assert not out.exists()

@@ -858,7 +858,6 @@ def _kernel_warnings(mode: Mode, inputs: Inputs) -> list[str]:
 def _settings(mode: Mode, args: _Args) -> Settings | None:
     """What pre-nopping needs (None for undo and verify): the policy, read and checked, and the
     signing key, loaded so that a bad key or certificate is refused before any file is touched."""
-    from rewriter import policy as pol
     from rewriter.prenop import Settings
     from rewriter.sign import SigningKey
 
@@ -866,7 +865,7 @@ def _settings(mode: Mode, args: _Args) -> Settings | None:
     if not takes.policy:
         return None
     assert args.policy is not None  # _check_options: the modes that take a policy require it
-    rules = pol.load(args.policy)
+    rules = load_policy(args.policy)
     signing = None
     if args.sign_key is not None and args.sign_cert is not None:
         signing = SigningKey(args.sign_key, args.sign_cert, args.hash_name)
@@ -1142,7 +1141,7 @@ def policy_check(
     from rewriter.reading import not_a_file
 
     check_mcount_addr(generation, mcount_addr)
-    rules = pol.load(policy_file)
+    rules = load_policy(policy_file)
     # The files prenop would take, each named in its tree as prenop names it (its log's place).
     # A path that is not there, or is a FIFO or a device, a file or directory that cannot be read,
     # is one line, the others still checked, exit 2, as scan and audit do (prenop refuses the run
@@ -1179,6 +1178,17 @@ def policy_check(
         typer.echo(f"warning: {w}")
     bad_input_if(errors)
     findings_if(bool(warnings))
+
+
+def load_policy(path: Path) -> Policy:
+    """The policy file ``path``; refused (exit 2) with one line for each error in it."""
+    from rewriter import policy as pol
+
+    try:
+        return pol.load(path)
+    except pol.PolicyError as e:
+        print_errors(e.lines)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
 
 
 def _names_for(log_dir: Path | None) -> str | None:

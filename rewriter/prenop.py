@@ -52,7 +52,6 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
-from operator import itemgetter
 from pathlib import Path
 from typing import Final, NamedTuple, NoReturn
 
@@ -199,7 +198,9 @@ def gather(
     found, others, errors = _named(paths, in_place, whole)
     if output is not None:
         _check_output_apart(output, paths)
-    found = first_of_each(found, itemgetter(0))
+    # A file named twice is one file, by a link too (read through it: `prenop F LINK -o OUT` took
+    # OUT for a tree of two copies, and was refused as `OUT/F: directory OUT does not exist`).
+    found = first_of_each(found, lambda e: Path(os.path.realpath(e[0])) if e[2] else e[0])
     unreadable = _unreadable(f for f, _, _ in found)
     errors += [f"{f}: {why}{_read_whole(f, paths) if whole else ''}" for f, why in unreadable.items()]
     found = [entry for entry in found if entry[0] not in unreadable]

@@ -90,3 +90,19 @@ def test_a_policy_with_several_errors_is_refused_with_one_line_for_each(tmp_path
         assert done.exit_code == 2 and done.stdout == "", done.output
         assert done.stderr.splitlines() == expected, done.stderr
     assert not out.exists()
+
+
+def test_a_module_named_twice_by_a_link_is_one_file(tmp_path: Path) -> None:
+    """`prenop F LINK -o OUT`, LINK a symlink to F: one file, as `prenop F F -o OUT` is. The run
+    took OUT for one file's output but wrote two targets in it: refused as `OUT/F: directory OUT
+    does not exist`; policy check counted the module twice (2 files, 6 sites)."""
+    module = tmp_path / "nls_utf8.ko.xz"
+    shutil.copy(require_kernel("6.12").modules_dir / NLS_UTF8, module)
+    link = tmp_path / "link.ko.xz"
+    link.symlink_to(module)
+    policy, out = _policy(tmp_path), tmp_path / "out.ko.xz"
+    done = invoke("prenop", "--policy", policy, module, link, "-o", out, "--strip-signature")
+    assert done.exit_code == 0, done.output
+    assert invoke("prenop", "--verify", out).exit_code == 0
+    check = invoke("policy", "check", policy, module, link)
+    assert "; 1 file (patchable 1), 3 sites" in check.stdout.splitlines()[0], check.output

@@ -204,7 +204,7 @@ def gather(
     unreadable = _unreadable(f for f, _, _ in found)
     errors += [f"{f}: {why}{_read_whole(f, paths) if whole else ''}" for f, why in unreadable.items()]
     found = [entry for entry in found if entry[0] not in unreadable]
-    others = _tree_content(first_of_each(others, lambda o: o[0].path), paths, [f for f, _, _ in found])
+    others = _tree_content(first_of_each(others, lambda o: o[0].path), paths, [f for f, _, _ in found], log_dir)
     copies = _copies(others, output, in_place)
     unreadable = _unreadable(c.source for c in copies if c.kind in _BYTES)
     errors += [f"{f}: {why}: -o copies the whole tree, this file too" for f, why in unreadable.items()]
@@ -297,17 +297,23 @@ _BYTES: Final = frozenset({EntryKind.FILE, EntryKind.KERNEL})
 
 
 def _tree_content(
-    others: Sequence[tuple[Entry, str]], paths: Sequence[Path], inputs: Sequence[Path]
+    others: Sequence[tuple[Entry, str]], paths: Sequence[Path], inputs: Sequence[Path], log_dir: Path | None
 ) -> list[tuple[Entry, str]]:
     """``others`` but what is the run's, not the tree's: a file a file argument names too (by
     device and inode: by any path), an input whose output is its rewrite, not a copy of it; the
     patch log beside an input, which describes it and is read (an -o copy of an old log replaced
-    the log the run had just written beside its output); a temporary file a killed run left."""
+    the log the run had just written beside its output); ``--log-dir`` and what is below it, when
+    it lies in a tree (a rerun of `-o OUT --log-dir TREE/logs TREE` was refused, each log a copy
+    its own rewrite would replace, and `--undo -o` copied the logs into the tree it restored); a
+    temporary file a killed run left."""
     named = _identities(p for p in paths if not p.is_dir())
     logs = {default_log_path(f) for f in inputs}
+    runs = None if log_dir is None else os.path.abspath(log_dir)
     out = []
     for e, rel in others:
         if e.path in logs or e.path.name.endswith(TMP_SUFFIX):
+            continue
+        if runs is not None and Path(os.path.abspath(e.path)).is_relative_to(runs):
             continue
         if named and _identity(e.path) in named:
             continue

@@ -106,3 +106,29 @@ def test_a_module_named_twice_by_a_link_is_one_file(tmp_path: Path) -> None:
     assert invoke("prenop", "--verify", out).exit_code == 0
     check = invoke("policy", "check", policy, module, link)
     assert "; 1 file (patchable 1), 3 sites" in check.stdout.splitlines()[0], check.output
+
+
+def test_a_log_dir_inside_the_tree_is_not_copied_as_the_trees_files(tmp_path: Path) -> None:
+    """`prenop -o OUT --log-dir TREE/logs TREE`: the first run wrote its logs there, and every rerun
+    was refused (exit 2), each log a file -o copies that its own rewrite's log would replace;
+    `--undo -o` copied the logs into the tree it restored. The run's --log-dir is not the tree's."""
+    tree = tmp_path / "tree"
+    (tree / "kernel").mkdir(parents=True)
+    shutil.copy(require_kernel("6.12").modules_dir / NLS_UTF8, tree / "kernel")
+    policy, out, logs = _policy(tmp_path), tmp_path / "out", tree / "logs"
+    for _ in range(2):
+        done = invoke("prenop", "--policy", policy, tree, "-o", out, "--log-dir", logs, "--strip-signature")
+        assert done.exit_code == 0, done.output
+    assert "nothing changed" in done.stdout, done.stdout
+    assert (logs / "kernel/nls_utf8.ko.xz.mcountrw.jsonl").is_file()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["kernel", "kernel/nls_utf8.ko.xz"]
+    # In place, then undone to another tree: the logs inside the tree are not copied there.
+    done = invoke("prenop", "--policy", policy, tree, "--in-place", "--log-dir", logs, "--strip-signature")
+    assert done.exit_code == 0, done.output
+    undone = tmp_path / "undone"
+    done = invoke("prenop", "--undo", "--log-dir", logs, "-o", undone, tree)
+    assert done.exit_code == 0, done.output
+    assert sorted(p.relative_to(undone).as_posix() for p in undone.rglob("*")) == ["kernel", "kernel/nls_utf8.ko.xz"]
+    assert (undone / "kernel/nls_utf8.ko.xz").read_bytes() == (
+        require_kernel("6.12").modules_dir / NLS_UTF8
+    ).read_bytes()

@@ -51,7 +51,7 @@ from rewriter.boot import init_only
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
 from rewriter.kernels import Kernel, Kernels
-from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
+from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, unchecked_drops, zero_records_fail
 from rewriter.prose import and_more, counted, printable
 from rewriter.reading import read_regular_text
 
@@ -404,6 +404,15 @@ class Tally:
             out.append(f"{files}: nop on {sites} drops their records, but the vmlinux's is the older loop "
                        f"({ZERO_ADJUSTED}); prenop refuses them")  # fmt: skip
         return out + self._other_release()
+
+    def unchecked(self) -> tuple[int, int]:
+        """(modules, sites): the patchable modules whose nopped sites drop records with no kernel of
+        the run whose loop holds them (``rewriter.locs.unchecked_drops``), which prenop warns of
+        when it drops them; a module no kernel of the run loads is refused instead (not counted)."""
+        kernels = Kernels(tuple(self.kernels))
+        held = [(m, kernels.locs_for(m.release)) for m in self.module_nops if not kernels.refuse(m.release)]
+        drops = [n for m, loop in held if (n := unchecked_drops(m.generation, loop, m.nopped))]
+        return len(drops), sum(drops)
 
     def _other_release(self) -> list[str]:
         """Modules built for another release than the vmlinux checked with them: prenop refuses

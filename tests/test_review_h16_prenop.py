@@ -132,3 +132,17 @@ def test_a_log_dir_inside_the_tree_is_not_copied_as_the_trees_files(tmp_path: Pa
     assert (undone / "kernel/nls_utf8.ko.xz").read_bytes() == (
         require_kernel("6.12").modules_dir / NLS_UTF8
     ).read_bytes()
+
+
+def test_policy_check_notes_the_unchecked_drops_prenop_warns_of(tmp_path: Path) -> None:
+    """prenop warns when it drops records from patchable modules with no vmlinux whose loop was
+    read; policy check over the same files said nothing of it. Named with its vmlinux: no note."""
+    k612 = require_kernel("6.12")
+    module, policy = k612.modules_dir / NLS_UTF8, _policy(tmp_path)
+    alone = invoke("policy", "check", policy, module)
+    notes = [line for line in alone.stdout.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and notes[0].startswith("note: nop on 3 sites of 1 patchable module drops"), alone.stdout
+    ran = invoke("prenop", "--policy", policy, module, "--dry-run", "--strip-signature")
+    assert ran.exit_code == 0 and "warning: 3 records dropped from 1 patchable module" in ran.stdout, ran.output
+    both = invoke("policy", "check", policy, k612.vmlinux, module)
+    assert not [line for line in both.stdout.splitlines() if line.startswith("note: ")], both.stdout

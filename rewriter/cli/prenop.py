@@ -1173,6 +1173,7 @@ def policy_check(
     if overridden:  # as scan and audit say it: the table is of the images read as --generation says
         more = and_more(len(overridden) - 1, "file")
         typer.echo(f"note: {overridden[0]}{more}")
+    _note_unchecked(tally)
     warnings = tally.warnings() + _unlogged_warning(unlogged)
     for w in warnings:
         typer.echo(f"warning: {w}")
@@ -1189,6 +1190,20 @@ def load_policy(path: Path) -> Policy:
     except pol.PolicyError as e:
         print_errors(e.lines)
         raise typer.Exit(ExitCode.BAD_INPUT) from None
+
+
+def _note_unchecked(tally: Tally) -> None:
+    """The note for what prenop warns of, records dropped from patchable modules with no vmlinux
+    whose loop was read (:func:`_unchecked_warning`): policy check said nothing of it."""
+    from rewriter.locs import UNCHECKED_RISK
+
+    modules, sites = tally.unchecked()
+    if modules:
+        typer.echo(
+            f"note: nop on {counted(sites, 'site')} of {counted(modules, 'patchable module')} drops their records "
+            f"with no patchable vmlinux named whose loop was read: {UNCHECKED_RISK}; name its vmlinux to check "
+            "(prenop warns of it)"
+        )
 
 
 def _names_for(log_dir: Path | None) -> str | None:

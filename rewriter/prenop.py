@@ -228,8 +228,12 @@ def _named(
     found: list[tuple[Path, str, bool]] = []
     others: list[tuple[Entry, str]] = []
     errors: list[str] = []
+    trees: set[str] = set()
     for path in paths:
         if path.is_dir():
+            if os.path.realpath(path) in trees:  # one tree named twice, by a link too: read once
+                continue
+            trees.add(os.path.realpath(path))
             modules, rest, errs = _tree_below(path)
             found += [(f, tree_name(f, path), False) for f in modules]
             others += [(e, tree_name(e.path, path)) for e in rest]

@@ -146,3 +146,20 @@ def test_policy_check_notes_the_unchecked_drops_prenop_warns_of(tmp_path: Path) 
     assert ran.exit_code == 0 and "warning: 3 records dropped from 1 patchable module" in ran.stdout, ran.output
     both = invoke("policy", "check", policy, k612.vmlinux, module)
     assert not [line for line in both.stdout.splitlines() if line.startswith("note: ")], both.stdout
+
+
+def test_a_tree_named_twice_by_a_link_is_one_tree(tmp_path: Path) -> None:
+    """`prenop TREE LINK -o OUT`, LINK a symlink to TREE: each module was found twice, and the run
+    refused as two files sharing a name ('name a directory above both'); policy check counted
+    every module twice."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    shutil.copy(require_kernel("6.12").modules_dir / NLS_UTF8, tree)
+    link = tmp_path / "link"
+    link.symlink_to(tree)
+    policy, out = _policy(tmp_path), tmp_path / "out"
+    done = invoke("prenop", "--policy", policy, tree, link, "-o", out, "--strip-signature")
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in out.iterdir()) == ["nls_utf8.ko.xz", "nls_utf8.ko.xz.mcountrw.jsonl"]
+    check = invoke("policy", "check", policy, tree, link)
+    assert "; 1 file (patchable 1), 3 sites" in check.stdout.splitlines()[0], check.output

@@ -1228,8 +1228,11 @@ def _unlogged_warning(unlogged: Sequence[tuple[Path, int]]) -> list[str]:
 
 def _empty_directories(images: Sequence[Path], found: Sequence[Path]) -> list[Path]:
     """The directories of ``images`` that none of ``found`` lies below (each file found below a
-    directory is named from it, so the test is on the names, with no second walk)."""
-    return [d for d in images if d.is_dir() and not any(f.parts[: len(d.parts)] == d.parts for f in found)]
+    directory is named from it, so the test is on the names, with no second walk). A directory
+    named twice, by a link too, is read once, under its first name: the other has what it has."""
+    dirs = [d for d in images if d.is_dir()]
+    held = {os.path.realpath(d) for d in dirs if any(f.parts[: len(d.parts)] == d.parts for f in found)}
+    return [d for d in dirs if os.path.realpath(d) not in held]
 
 
 def _tally_files(

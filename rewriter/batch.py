@@ -63,6 +63,18 @@ def tree_name(path: Path, root: Path | None) -> str:
     return path.name if root is None else path.relative_to(root).as_posix()
 
 
+def name_named(path: Path, paths: Sequence[Path]) -> str:
+    """The name in its tree of ``path``, a file named itself: its path below the first directory of
+    ``paths`` that holds it (Debian 7.2's ``<release>/vmlinuz`` named with a directory above it), so
+    that ``prenop -o`` writes its rewrite where the copy of the tree has it, and two kernels' files
+    of one name in two trees keep two names; else its own name (:func:`tree_name`)."""
+    where = Path(os.path.abspath(path))
+    for d in paths:
+        if d.is_dir() and where.is_relative_to(os.path.abspath(d)):
+            return tree_name(where, Path(os.path.abspath(d)))
+    return tree_name(path, None)
+
+
 def expand(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
     """Files named, and PowerPC64 ELF files or modules found below directories named (sorted), plus
     one error line for each path that cannot be read. Symlinks to directories are not followed."""
@@ -82,7 +94,7 @@ def expand_named(paths: Sequence[Path]) -> tuple[list[Found], list[str]]:
             if not below and not errs:  # a named directory that holds nothing to read is a wrong path
                 errors.append(f"{path}: no PowerPC64 ELF file or module below it")
         elif path.exists():
-            files.append(Found(path, tree_name(path, None)))
+            files.append(Found(path, name_named(path, paths)))
         else:
             errors.append(f"{path}: {not_a_file(path)}")
     return first_of_each(files, lambda f: f.path), errors

@@ -51,13 +51,19 @@ from rewriter.boot import init_only
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
 from rewriter.kernels import Kernel, Kernels
-from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
+from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, unchecked_drops, zero_records_fail
 from rewriter.prose import and_more, counted, printable
 from rewriter.reading import read_regular_text
 
 
 class PolicyError(RewriteError):
-    """A policy file that does not parse; the message names the file and line."""
+    """A policy file that does not parse: one line for each error, naming the file and line (the
+    message is the first, and counts the others)."""
+
+    def __init__(self, *lines: str) -> None:
+        more = f" (and {counted(len(lines) - 1, 'more error')}: {', '.join(lines[1:])})" if len(lines) > 1 else ""
+        super().__init__(lines[0] + more)
+        self.lines = lines
 
 
 class Verb(enum.Enum):
@@ -162,29 +168,46 @@ def load(path: Path) -> Policy:
 
 
 def parse(text: str, name: str = "<policy>") -> Policy:
+    """The policy in ``text``; every line in error is told, one line each (a policy with four
+    typos took four runs to mend: only the first was)."""
     default: Verb | None = None
     rules: list[Rule] = []
+    errors: list[str] = []
     for n, raw in enumerate(text.splitlines(), start=1):
         line = _COMMENT.sub("", raw).strip()
         if not line:
             continue
-        words = line.split()
-        where = f"{name}:{n}"
-        if words[0] == "default":
-            if len(words) != 2 or words[1] not in ("keep", "nop"):
-                raise PolicyError(f"{where}: expected `default keep` or `default nop`, found `{line}`")
-            if default is not None:
-                raise PolicyError(f"{where}: a second `default` line (a policy has exactly one)")
-            default = Verb(words[1])
+        try:
+            rule = _parse_line(line, f"{name}:{n}", n, default is not None)
+        except PolicyError as e:
+            errors.extend(e.lines)
             continue
-        if words[0] not in ("keep", "nop"):
-            raise PolicyError(f"{where}: expected `keep PATTERN`, `nop PATTERN` or `default ...`, found `{line}`")
-        if len(words) != 2:
-            raise PolicyError(f"{where}: one pattern a line, found {len(words) - 1} in `{line}`")
-        rules.append(Rule(Verb(words[0]), parse_pattern(words[1], where), n))
+        if isinstance(rule, Verb):
+            default = default or rule  # a second default is an error (_parse_line), not taken
+        else:
+            rules.append(rule)
     if default is None:
-        raise PolicyError(f"{name}: no `default keep` or `default nop` line")
+        errors.append(f"{name}: no `default keep` or `default nop` line")
+    if errors:
+        raise PolicyError(*errors)
+    assert default is not None
     return Policy(name, default, tuple(rules), hashlib.sha256(text.encode()).hexdigest())
+
+
+def _parse_line(line: str, where: str, n: int, had_default: bool) -> Rule | Verb:
+    """One rule, or the verb of a ``default`` line."""
+    words = line.split()
+    if words[0] == "default":
+        if len(words) != 2 or words[1] not in ("keep", "nop"):
+            raise PolicyError(f"{where}: expected `default keep` or `default nop`, found `{line}`")
+        if had_default:
+            raise PolicyError(f"{where}: a second `default` line (a policy has exactly one)")
+        return Verb(words[1])
+    if words[0] not in ("keep", "nop"):
+        raise PolicyError(f"{where}: expected `keep PATTERN`, `nop PATTERN` or `default ...`, found `{line}`")
+    if len(words) != 2:
+        raise PolicyError(f"{where}: one pattern a line, found {len(words) - 1} in `{line}`")
+    return Rule(Verb(words[0]), parse_pattern(words[1], where), n)
 
 
 def parse_pattern(text: str, where: str = "<pattern>") -> Pattern:
@@ -381,6 +404,15 @@ class Tally:
             out.append(f"{files}: nop on {sites} drops their records, but the vmlinux's is the older loop "
                        f"({ZERO_ADJUSTED}); prenop refuses them")  # fmt: skip
         return out + self._other_release()
+
+    def unchecked(self) -> tuple[int, int]:
+        """(modules, sites): the patchable modules whose nopped sites drop records with no kernel of
+        the run whose loop holds them (``rewriter.locs.unchecked_drops``), which prenop warns of
+        when it drops them; a module no kernel of the run loads is refused instead (not counted)."""
+        kernels = Kernels(tuple(self.kernels))
+        held = [(m, kernels.locs_for(m.release)) for m in self.module_nops if not kernels.refuse(m.release)]
+        drops = [n for m, loop in held if (n := unchecked_drops(m.generation, loop, m.nopped))]
+        return len(drops), sum(drops)
 
     def _other_release(self) -> list[str]:
         """Modules built for another release than the vmlinux checked with them: prenop refuses

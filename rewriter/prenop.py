@@ -52,11 +52,10 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
-from operator import itemgetter
 from pathlib import Path
 from typing import Final, NamedTuple, NoReturn
 
-from rewriter.batch import Entry, EntryKind, first_of_each, map_batches, tree_entries, tree_name
+from rewriter.batch import Entry, EntryKind, first_of_each, map_batches, name_named, tree_entries, tree_name
 from rewriter.edits import Append
 from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
 from rewriter.elf.image import Image, Kind
@@ -177,6 +176,7 @@ def gather(
     against: Path | None = None,
     logs_beside_source: bool = False,
     whole: bool = True,
+    names_for: str | None = "in the output and the logs",
 ) -> Inputs:
     """One :class:`Target` per file: files named, and modules (``*.ko[.xz|.gz|.zst]``) found below
     directories named, sorted; with ``-o``, the trees' other entries to copy. Symlinks inside
@@ -189,22 +189,28 @@ def gather(
     :attr:`Inputs.errors`, which a run that writes refuses whole. It rewrote the rest and left the
     unreadable module as it was, a tree that then passed for done; ``policy check``, which writes
     nothing, checks the others and reports these lines, as scan does (``whole`` False: the lines
-    then say only what the system says, not that a tree must be read whole)."""
+    then say only what the system says, not that a tree must be read whole).
+
+    Two files of one name in their trees are refused, saying where the name is used,
+    ``names_for``; None: nowhere (``policy check`` with no ``--log-dir``, which writes nothing)."""
     if in_place and output is not None:
         raise PrenopError("give either --in-place or -o OUT, not both")
     found, others, errors = _named(paths, in_place, whole)
     if output is not None:
         _check_output_apart(output, paths)
-    found = first_of_each(found, itemgetter(0))
+    # A file named twice is one file, by a link too (read through it: `prenop F LINK -o OUT` took
+    # OUT for a tree of two copies, and was refused as `OUT/F: directory OUT does not exist`).
+    found = first_of_each(found, lambda e: Path(os.path.realpath(e[0])) if e[2] else e[0])
     unreadable = _unreadable(f for f, _, _ in found)
     errors += [f"{f}: {why}{_read_whole(f, paths) if whole else ''}" for f, why in unreadable.items()]
     found = [entry for entry in found if entry[0] not in unreadable]
-    others = _tree_content(first_of_each(others, lambda o: o[0].path), paths, [f for f, _, _ in found])
+    others = _tree_content(first_of_each(others, lambda o: o[0].path), paths, [f for f, _, _ in found], log_dir)
     copies = _copies(others, output, in_place)
     unreadable = _unreadable(c.source for c in copies if c.kind in _BYTES)
     errors += [f"{f}: {why}: -o copies the whole tree, this file too" for f, why in unreadable.items()]
     files = [c for c in copies if c.kind is not EntryKind.DIRECTORY]
-    _refuse_shared_names([(f, rel) for f, rel, _ in found] + [(c.source, c.rel) for c in files])
+    if names_for is not None:
+        _refuse_shared_names([(f, rel) for f, rel, _ in found] + [(c.source, c.rel) for c in files], names_for)
     single_file = len(found) == 1 and found[0][2]
     place = partial(_target, single_file, output, in_place, log_dir, against, logs_beside_source)
     out = [place(f, rel) for f, rel, _ in found]
@@ -222,8 +228,12 @@ def _named(
     found: list[tuple[Path, str, bool]] = []
     others: list[tuple[Entry, str]] = []
     errors: list[str] = []
+    trees: set[str] = set()
     for path in paths:
         if path.is_dir():
+            if os.path.realpath(path) in trees:  # one tree named twice, by a link too: read once
+                continue
+            trees.add(os.path.realpath(path))
             modules, rest, errs = _tree_below(path)
             found += [(f, tree_name(f, path), False) for f in modules]
             others += [(e, tree_name(e.path, path)) for e in rest]
@@ -231,7 +241,7 @@ def _named(
         elif path.is_file():
             if in_place and path.is_symlink():
                 raise PrenopError(f"{path}: is a symlink; --in-place would replace the link: name the file itself")
-            found.append((path, tree_name(path, None), True))
+            found.append((path, name_named(path, paths), True))
         else:
             raise PrenopError(f"{path}: {not_a_file(path)}")
     return found, others, errors
@@ -291,17 +301,23 @@ _BYTES: Final = frozenset({EntryKind.FILE, EntryKind.KERNEL})
 
 
 def _tree_content(
-    others: Sequence[tuple[Entry, str]], paths: Sequence[Path], inputs: Sequence[Path]
+    others: Sequence[tuple[Entry, str]], paths: Sequence[Path], inputs: Sequence[Path], log_dir: Path | None
 ) -> list[tuple[Entry, str]]:
     """``others`` but what is the run's, not the tree's: a file a file argument names too (by
     device and inode: by any path), an input whose output is its rewrite, not a copy of it; the
     patch log beside an input, which describes it and is read (an -o copy of an old log replaced
-    the log the run had just written beside its output); a temporary file a killed run left."""
+    the log the run had just written beside its output); ``--log-dir`` and what is below it, when
+    it lies in a tree (a rerun of `-o OUT --log-dir TREE/logs TREE` was refused, each log a copy
+    its own rewrite would replace, and `--undo -o` copied the logs into the tree it restored); a
+    temporary file a killed run left."""
     named = _identities(p for p in paths if not p.is_dir())
     logs = {default_log_path(f) for f in inputs}
+    runs = None if log_dir is None else os.path.abspath(log_dir)
     out = []
     for e, rel in others:
         if e.path in logs or e.path.name.endswith(TMP_SUFFIX):
+            continue
+        if runs is not None and Path(os.path.abspath(e.path)).is_relative_to(runs):
             continue
         if named and _identity(e.path) in named:
             continue
@@ -353,12 +369,15 @@ def _copies(others: Sequence[tuple[Entry, str]], output: Path | None, in_place: 
     return [Copy(e.path, output / rel, rel, e.kind) for e, rel in others if e.kind is not EntryKind.SPECIAL]
 
 
-def _refuse_shared_names(files: Sequence[tuple[Path, str]]) -> None:
-    """Two files would be written at one name in the output and the logs."""
+def _refuse_shared_names(files: Sequence[tuple[Path, str]], where: str) -> None:
+    """Two files would have one name ``where`` (in the output and the logs)."""
     seen: dict[str, Path] = {}
     for f, rel in files:
         if rel in seen:
-            raise PrenopError(f"{f} and {seen[rel]} would share the name {rel} in the output and the logs")
+            raise PrenopError(
+                f"{f} and {seen[rel]} would share the name {rel} {where}: name a directory above both "
+                "(a file's name is its path below the directory named)"
+            )
         seen[rel] = f
 
 

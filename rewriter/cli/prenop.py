@@ -858,7 +858,6 @@ def _kernel_warnings(mode: Mode, inputs: Inputs) -> list[str]:
 def _settings(mode: Mode, args: _Args) -> Settings | None:
     """What pre-nopping needs (None for undo and verify): the policy, read and checked, and the
     signing key, loaded so that a bad key or certificate is refused before any file is touched."""
-    from rewriter import policy as pol
     from rewriter.prenop import Settings
     from rewriter.sign import SigningKey
 
@@ -866,7 +865,7 @@ def _settings(mode: Mode, args: _Args) -> Settings | None:
     if not takes.policy:
         return None
     assert args.policy is not None  # _check_options: the modes that take a policy require it
-    rules = pol.load(args.policy)
+    rules = load_policy(args.policy)
     signing = None
     if args.sign_key is not None and args.sign_cert is not None:
         signing = SigningKey(args.sign_key, args.sign_cert, args.hash_name)
@@ -1142,14 +1141,14 @@ def policy_check(
     from rewriter.reading import not_a_file
 
     check_mcount_addr(generation, mcount_addr)
-    rules = pol.load(policy_file)
+    rules = load_policy(policy_file)
     # The files prenop would take, each named in its tree as prenop names it (its log's place).
     # A path that is not there, or is a FIFO or a device, a file or directory that cannot be read,
     # is one line, the others still checked, exit 2, as scan and audit do (prenop refuses the run
     # instead: it writes).
     missing = [p for p in images if not (p.is_dir() or p.is_file())]
     present = [p for p in images if p not in missing]
-    inputs = gather(present, output=None, in_place=False, log_dir=None, whole=False)
+    inputs = gather(present, output=None, in_place=False, log_dir=None, whole=False, names_for=_names_for(log_dir))
     found = [Found(t.source, t.rel) for t in inputs.targets]
     # One line per named directory with nothing to check (as prenop says it), likewise: a
     # directory dropped in silence read as checked.
@@ -1174,11 +1173,43 @@ def policy_check(
     if overridden:  # as scan and audit say it: the table is of the images read as --generation says
         more = and_more(len(overridden) - 1, "file")
         typer.echo(f"note: {overridden[0]}{more}")
+    _note_unchecked(tally)
     warnings = tally.warnings() + _unlogged_warning(unlogged)
     for w in warnings:
         typer.echo(f"warning: {w}")
     bad_input_if(errors)
     findings_if(bool(warnings))
+
+
+def load_policy(path: Path) -> Policy:
+    """The policy file ``path``; refused (exit 2) with one line for each error in it."""
+    from rewriter import policy as pol
+
+    try:
+        return pol.load(path)
+    except pol.PolicyError as e:
+        print_errors(e.lines)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+
+
+def _note_unchecked(tally: Tally) -> None:
+    """The note for what prenop warns of, records dropped from patchable modules with no vmlinux
+    whose loop was read (:func:`_unchecked_warning`): policy check said nothing of it."""
+    from rewriter.locs import UNCHECKED_RISK
+
+    modules, sites = tally.unchecked()
+    if modules:
+        typer.echo(
+            f"note: nop on {counted(sites, 'site')} of {counted(modules, 'patchable module')} drops their records "
+            f"with no patchable vmlinux named whose loop was read: {UNCHECKED_RISK}; name its vmlinux to check "
+            "(prenop warns of it)"
+        )
+
+
+def _names_for(log_dir: Path | None) -> str | None:
+    """Where policy check uses a file's name in its tree: only under ``--log-dir``, so two trees
+    with the same paths below them (Debian's 4k- and 64k-page module trees) are checked in one run."""
+    return None if log_dir is None else f"under --log-dir {log_dir}, where their patch logs are looked up"
 
 
 def _unlogged_warning(unlogged: Sequence[tuple[Path, int]]) -> list[str]:
@@ -1197,8 +1228,11 @@ def _unlogged_warning(unlogged: Sequence[tuple[Path, int]]) -> list[str]:
 
 def _empty_directories(images: Sequence[Path], found: Sequence[Path]) -> list[Path]:
     """The directories of ``images`` that none of ``found`` lies below (each file found below a
-    directory is named from it, so the test is on the names, with no second walk)."""
-    return [d for d in images if d.is_dir() and not any(f.parts[: len(d.parts)] == d.parts for f in found)]
+    directory is named from it, so the test is on the names, with no second walk). A directory
+    named twice, by a link too, is read once, under its first name: the other has what it has."""
+    dirs = [d for d in images if d.is_dir()]
+    held = {os.path.realpath(d) for d in dirs if any(f.parts[: len(d.parts)] == d.parts for f in found)}
+    return [d for d in dirs if os.path.realpath(d) not in held]
 
 
 def _tally_files(

@@ -283,6 +283,7 @@ class ModuleNops(NamedTuple):
     generation: Generation | None
     nopped: int  # sites the policy nops
     release: str | None  # what its vermagic names: the vmlinux of that release loads it (rewriter.kernels)
+    sites: int = 0  # all its sites, kept or nopped
 
 
 class Tally:
@@ -334,7 +335,7 @@ class Tally:
         self._add_sites(module, sites, generation)
         nopped = self.verdicts[Verb.NOP] - nopped
         if module is not None:
-            self.module_nops.append(ModuleNops(module, generation, nopped, release))
+            self.module_nops.append(ModuleNops(module, generation, nopped, release, len(sites)))
         elif locs is not None:
             self.kernels.append(Kernel(None, release, loop_for_modules(generation, locs)))
             self.vmlinux_nops.append((generation, locs, nopped))
@@ -418,20 +419,22 @@ class Tally:
         """Modules built for another release than the vmlinux checked with them: prenop refuses
         them (the vmlinux is not the kernel that loads them, nor its loop theirs)."""
         kernels = Kernels(tuple(self.kernels))
-        by_release: dict[str | None, list[str]] = {}
+        by_release: dict[str | None, list[ModuleNops]] = {}
         for m in self.module_nops:
             if kernels.refuse(m.release):
-                by_release.setdefault(m.release, []).append(m.name)
+                by_release.setdefault(m.release, []).append(m)
         one = len(kernels.known) == 1
         theirs = "the vmlinux is" if one else "the vmlinux images are"
         lines = []
         for release, modules in by_release.items():  # one line per release: each names what it was built for
             more = len(modules) - 1
             them = "them" if more else "it"
+            # The table above counted their sites as the policy decides them; prenop writes none.
+            sites = counted(sum(m.sites for m in modules), "site")
             lines.append(
-                f"module {modules[0]}{and_more(more, 'module')}: built for {release} (its vermagic), and {theirs} "
-                f"{kernels.releases()}: {'not the kernel that loads' if one else 'none loads'} {them}; prenop "
-                f"refuses {them}"
+                f"module {modules[0].name}{and_more(more, 'module')}: built for {release} (its vermagic), and "
+                f"{theirs} {kernels.releases()}: {'not the kernel that loads' if one else 'none loads'} {them}; "
+                f"prenop refuses {them} (the counts above include {'their' if more else 'its'} {sites})"
             )
         return lines
 

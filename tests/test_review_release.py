@@ -14,6 +14,13 @@ from conftest import invoke
 NLS_UTF8 = "fs/nls/nls_utf8.ko.xz"
 
 
+def _sites(*paths: object) -> int:
+    """The sites scan finds in ``paths``: what policy check's table counts of them."""
+    done = invoke("scan", "--format", "json", *paths)
+    assert done.exit_code == 0, done.output
+    return sum(image["summary"]["sites"] for image in json.loads(done.stdout)["images"])
+
+
 def _release_warnings(*paths: object) -> list[dict[str, object]]:
     done = invoke("audit", "--format", "json", *paths)
     assert done.exit_code == 0, done.output  # a warning, not an error: --fail-on error passes
@@ -68,7 +75,8 @@ def test_policy_check_warns_of_the_modules_prenop_refuses_for_their_release(tmp_
     assert other.exit_code == 1, other.output
     assert other.stdout.splitlines()[-1] == (
         "warning: module nls_ascii (and 1 more module): built for 6.12.107+deb13-powerpc64le (its vermagic), and "
-        "the vmlinux is Linux 6.12.107+deb13-powerpc64le-64k: not the kernel that loads them; prenop refuses them"
+        "the vmlinux is Linux 6.12.107+deb13-powerpc64le-64k: not the kernel that loads them; prenop refuses them "
+        f"(the counts above include their {_sites(tree)} sites)"
     )
     own = invoke("policy", "check", policy, k612.vmlinux, tree)
     assert own.exit_code == 0 and "its vermagic" not in own.stdout, own.output
@@ -162,7 +170,8 @@ def test_policy_check_holds_each_module_to_the_vmlinux_of_its_release_among_seve
     assert done.exit_code == 1, done.output
     assert [line for line in done.stdout.splitlines() if "vermagic" in line] == [
         "warning: module nls_utf8: built for 7.2.13+deb14-powerpc64le (its vermagic), and the vmlinux images are "
-        "Linux 6.12.107+deb13-powerpc64le and Linux 6.12.107+deb13-powerpc64le-64k: none loads it; prenop refuses it"
+        "Linux 6.12.107+deb13-powerpc64le and Linux 6.12.107+deb13-powerpc64le-64k: none loads it; prenop refuses it "
+        f"(the counts above include its {_sites(tree / '72')} sites)"
     ]
 
 

@@ -71,7 +71,7 @@ def test_prenop_refused_for_its_options_policy_or_paths_makes_no_output_director
     shutil.copy2(PROF_O, tree / "m.ko")
     (tmp_path / "empty").mkdir()
     (tmp_path / "p.policy").write_text("default nop\n")
-    (tmp_path / "garbage.policy").write_text("garbage here\n")
+    (tmp_path / "garbage.policy").write_text("default nop\ngarbage here\n")  # one error: each is a line of its own
     names = {
         "TREE": tree,
         "EMPTY": tmp_path / "empty",

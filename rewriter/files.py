@@ -58,7 +58,7 @@ from rewriter.log import (
 )
 from rewriter.mcount import MCOUNT_NAMES, check_mcount_addr_alone
 from rewriter.output import Pending, atomic_write, check_replaceable, commit_all, same_place, write_temp
-from rewriter.prose import counted
+from rewriter.prose import counted, with_article
 from rewriter.reading import file_at, read_regular, read_regular_mutable
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
 from rewriter.sites import (
@@ -321,9 +321,8 @@ def _held_to_kernel(image: Image, before: Scan, options: Options, kernel: Path |
     k = scan(vmlinux)
     if k.generation is not before.generation and before.generation is not None:
         theirs = k.generation.value if k.generation else "no"
-        raise _not_its_kernel(
-            kernel, f"a kernel of {theirs} generation, and {image.path} is {_a(before.generation.value)} module"
-        )
+        ours = with_article(before.generation.value)
+        raise _not_its_kernel(kernel, f"a kernel of {theirs} generation, and {image.path} is {ours} module")
     _check_release(kernel, vmlinux, image)
     return replace(options, kernel_locs=loop_for_modules(k.generation, k.locs))
 
@@ -337,11 +336,6 @@ def _check_release(kernel: Path, vmlinux: Image, module: Image) -> None:
     theirs, ours = kernel_release(vmlinux), kernel_release(module)
     if releases_differ(ours, theirs):
         raise _not_its_kernel(kernel, f"Linux {theirs}, and {module.path} was built for {ours} (its vermagic)")
-
-
-def _a(word: str) -> str:
-    """``word`` with its article: "an ool module", "a patchable module"."""
-    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _not_its_kernel(kernel: Path, why: str) -> ArgumentError:

@@ -10,11 +10,11 @@ warned of by ``policy check``. A run with one kernel says it as before: that ker
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from rewriter.locs import Locs
+from rewriter.prose import listed
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,4 @@ class Kernels:
 
     def releases(self) -> str:
         """What the run's kernels name, for an error: ``Linux R``, or ``Linux R1 and Linux R2``."""
-        return _joined([f"Linux {k.release}" for k in self.known if k.release is not None])
-
-
-def _joined(items: Sequence[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+        return listed([f"Linux {k.release}" for k in self.known if k.release is not None])

@@ -63,7 +63,7 @@ from rewriter.known import (
     site_lines_in,
     with_log,
 )
-from rewriter.prose import json_problem
+from rewriter.prose import json_problem, listed
 from rewriter.reading import NO_SUCH_FILE, file_at, read_regular
 from rewriter.rewrite import Options, Rewrite
 from rewriter.sites import Scan
@@ -683,7 +683,7 @@ def _check_frame(
     if header.get("type") != "header" or header.get("format") != FORMAT:
         raise LogError(f"{name}: not an mcountrw patch log (no header)")
     if header.get("version") not in READS:
-        versions = ", ".join(str(v) for v in READS[:-1]) + f" and {READS[-1]}"
+        versions = listed([str(v) for v in READS])
         raise LogError(f"{name}: patch log version {header.get('version')!r}, this mcountrw reads {versions}")
     if footer.get("type") != "footer":
         raise LogError(f"{name}: truncated patch log (no footer)")

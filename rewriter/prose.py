@@ -3,6 +3,8 @@ as sentences. No imports, so that any layer (``rewriter.errors`` too) may use it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``1 site``, ``0 sites``, ``2 sites``; ``plural`` for a noun that takes more than an s
@@ -14,6 +16,16 @@ def and_more(n: int, noun: str) -> str:
     """`` (and 2 more files)``, said after the first of ``n + 1`` things a line names; ``""`` when
     it names them all."""
     return f" (and {counted(n, 'more ' + noun)})" if n else ""
+
+
+def listed(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``: things a sentence names in a row."""
+    return items[-1] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def with_article(word: str) -> str:
+    """``an ool``, ``a patchable``: a word after its indefinite article."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def printable(text: str) -> str:

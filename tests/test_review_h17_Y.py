@@ -1,0 +1,46 @@
+"""Review h17 (helper Y): audit, diff and their reports, and the release a stripped vmlinux names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from boot import require_kernel
+from elftools.elf.elffile import ELFFile
+from test_review_h16_scan import _stripped
+
+# -- a stripped vmlinux's release: the banner itself, not the first string that starts like it ------
+
+# Strings of .rodata that begin as linux_banner does: a format (linux_proc_banner's own is
+# "%s version %s", but a driver's message may spell it out) and a sentence naming an old release.
+_DECOYS = (b"Linux version %s\0", b"Linux version 2.6.16 or later is needed (see the notes) #1\0")
+
+
+def _with_decoy(stripped: Path, decoy: bytes, out: Path) -> Path:
+    """A copy of ``stripped`` with ``decoy`` written at the start of its .rodata, before the
+    banners (pyelftools finds the section; the banner's place is checked to lie after the decoy)."""
+    data = bytearray(stripped.read_bytes())
+    with stripped.open("rb") as f:
+        start = ELFFile(f).get_section_by_name(".rodata")["sh_offset"]
+    assert data.find(b"Linux version ", start) > start + len(decoy)
+    data[start : start + len(decoy)] = decoy
+    out.write_bytes(data)
+    return out
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", ["6.1", "6.12", "7.2", "6.12-gcc12"])
+def test_a_stripped_vmlinux_names_the_release_of_its_banner_not_of_a_string_before_it(
+    name: str, tmp_path: Path
+) -> None:
+    """The first "Linux version " of .rodata named the release: a "%s" after it gave none, a "2.6.16"
+    gave 2.6.16 (a stripped 6.12 built by gcc 12 then read as a kernel without the weak-body check)."""
+    from rewriter.elf.image import Image
+    from rewriter.elf.release import kernel_release
+
+    kernel = require_kernel(name)
+    stripped = _stripped(kernel.vmlinux, tmp_path / "vmlinux")
+    assert kernel_release(Image.load(stripped)) == kernel.kernel.release
+    for n, decoy in enumerate(_DECOYS):
+        edited = _with_decoy(stripped, decoy, tmp_path / f"decoy{n}")
+        assert kernel_release(Image.load(edited)) == kernel.kernel.release, decoy

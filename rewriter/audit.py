@@ -373,8 +373,9 @@ def _site_anomalies(
 
 
 def _unallocated_anomalies(result: Scan) -> list[Anomaly]:
-    """One error per section of a module that the loader never places (no SHF_ALLOC) and that
-    holds recorded sites (``Scan.unallocated``), at its first; RULES argues the severity."""
+    """One anomaly per section of a module that the loader never places (no SHF_ALLOC) and that
+    holds recorded sites (``Scan.unallocated``), at its first; RULES argues the severity: an error
+    where it turns ftrace off (mprofile), a warning where its functions are only never traced."""
     if result.not_loaded is not None:  # module-refused: nothing of it is loaded
         return []
     out = []
@@ -390,14 +391,16 @@ def _unallocated_anomalies(result: Scan) -> list[Anomaly]:
                 "their bl _mcount is never relocated and ftrace_make_nop() finds no module stub at its target "
                 "(Failed to get trampoline target): ftrace_bug() turns function tracing off at load"
             )
+            severity = Severity.ERROR
         else:
             then = "ftrace_module_enable() never enables a record outside the module: never traced"
+            severity = Severity.WARNING
         msg = (
             f"{counted(len(held), 'recorded site')}{what} in {section}, a section without SHF_ALLOC: the module "
             f"loader never places it, so its code is not in the loaded module and the records name the loader's "
             f"temporary copy; {then}"
         )
-        out.append(_at_site(AnomalyKind.UNALLOCATED, held[0], msg))
+        out.append(_at_site(AnomalyKind.UNALLOCATED, held[0], msg, severity=severity))
     return out
 
 

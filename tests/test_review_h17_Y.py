@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,29 @@ def test_a_stripped_vmlinux_names_the_release_of_its_banner_not_of_a_string_befo
     for n, decoy in enumerate(_DECOYS):
         edited = _with_decoy(stripped, decoy, tmp_path / f"decoy{n}")
         assert kernel_release(Image.load(edited)) == kernel.kernel.release, decoy
+
+
+# -- unallocated: an error where it turns ftrace off, a warning where it only hides functions -------
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize(("name", "fails"), [("6.1", True), ("6.12", False), ("7.2", False)])
+def test_sites_in_an_unallocated_module_section_fail_the_audit_only_where_ftrace_goes_off(
+    name: str, fails: bool, tmp_path: Path
+) -> None:
+    """mac-roman's ``.text`` without SHF_ALLOC (test_review_load2 boots it: 6.1 hits ftrace bug at
+    load and turns ftrace off; 6.12 and 7.2 load it with ftrace on and only never list its
+    functions). The audit called it an error on every generation: ``audit`` (``--fail-on error``)
+    failed a 6.12 or 7.2 module whose only effect is unread-records' (a warning)."""
+    from conftest import invoke
+    from mutate import clear_alloc
+    from test_review_h16_scan import unsigned_module
+
+    ko = unsigned_module(name, "fs/nls/mac-roman.ko*", tmp_path / "mac-roman.ko")
+    clear_alloc(ko, ".text")
+    plain = invoke("audit", "--format", "json", ko)
+    assert plain.exit_code == (1 if fails else 0), plain.output[-400:]
+    (found,) = [a for a in json.loads(plain.stdout)["images"][0]["anomalies"] if a["kind"] == "unallocated"]
+    assert found["severity"] == ("error" if fails else "warning"), found
+    assert ("ftrace_bug() turns function tracing off" in found["message"]) == fails, found["message"]
+    assert invoke("audit", "--fail-on", "warning", ko).exit_code == 1

@@ -71,3 +71,36 @@ def test_sites_in_an_unallocated_module_section_fail_the_audit_only_where_ftrace
     assert found["severity"] == ("error" if fails else "warning"), found
     assert ("ftrace_bug() turns function tracing off" in found["message"]) == fails, found["message"]
     assert invoke("audit", "--fail-on", "warning", ko).exit_code == 1
+
+
+# -- SARIF: a kernel address where every SARIF reader can hold it ------------------------------------
+
+
+@pytest.mark.corpus
+def test_sarif_gives_a_kernel_address_as_text_not_as_an_integer_no_reader_holds(tmp_path: Path) -> None:
+    """SARIF's reference SDK (Microsoft.CodeAnalysis.Sarif, Address.AbsoluteAddress: int) reads
+    absoluteAddress as 32 bits: 6.12's 262 weak-body notes each had 0xc000... there, which fails
+    the whole log in it (and rounds in a JavaScript reader). The address is now the location's
+    name, the one the JSON report gives the anomaly, in hex."""
+    from conftest import invoke
+
+    vmlinux = require_kernel("6.12").vmlinux
+    anomalies = json.loads(invoke("audit", "--format", "json", vmlinux).stdout)["images"][0]["anomalies"]
+    results = json.loads(invoke("audit", "--format", "sarif", vmlinux).stdout)["runs"][0]["results"]
+    assert len(results) == len(anomalies) == 262
+    for result, anomaly in zip(results, anomalies, strict=True):
+        (location,) = result["locations"]
+        address = location["physicalLocation"]["address"]
+        assert address["name"] == hex(anomaly["address"]) and "absoluteAddress" not in address, address
+        assert all(v < 2**31 for v in _integers(result)), result
+        assert result["message"]["text"].endswith(f"({hex(anomaly['address'])})")
+
+
+def _integers(value: object) -> list[int]:
+    """Every integer in a JSON value, however deep."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return [n for item in items for n in _integers(item)]

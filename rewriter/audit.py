@@ -31,12 +31,13 @@ from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, HeaderRefusal
 from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.release import kernel_version
-from rewriter.elf.symbols import Functions, RelocationNames, split_place
+from rewriter.elf.symbols import Functions, RelocationNames, code_addrs, split_place
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, OOL_AREAS, Generation, Variant, default_variant
 from rewriter.kernels import Kernel, Kernels
 from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
 from rewriter.log import logged
+from rewriter.mcount import MCOUNT_NAMES
 from rewriter.ppc.table import Table, build_table
 from rewriter.prose import counted
 from rewriter.records import unread_why
@@ -335,9 +336,10 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
     found += _mixed_states(result.sites)
     found += _unallocated_anomalies(result)
     entries = _entries(printer.code, result.sites)
+    mcount = _kernel_mcount(image) if result.init_call_only else None
     for sa in sites:
         placed = sa.site.section not in result.unallocated  # unallocated says why init fails there
-        found += _site_anomalies(printer, sa, entries.get(sa.site.place), result.init_call_only, placed)
+        found += _site_anomalies(printer, sa, entries.get(sa.site.place), result.init_call_only, placed, mcount)
     weak = _weak_bodies(result.sites, printer.code.funcs)
     if weak:
         unchecked = _why_no_weak_check(image) if result.weak_max_offset is None else ""
@@ -347,9 +349,15 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
 
 
 def _site_anomalies(
-    printer: Printer, sa: SiteAudit, entry: _Entry | None, call_only: bool, placed: bool = True
+    printer: Printer,
+    sa: SiteAudit,
+    entry: _Entry | None,
+    call_only: bool,
+    placed: bool = True,
+    mcount: int | None = None,
 ) -> list[Anomaly]:
-    """``placed``: the site's section is one the module loader places (:func:`_unallocated_anomalies`)."""
+    """``placed``: the site's section is one the module loader places (:func:`_unallocated_anomalies`);
+    ``mcount``: where a kernel whose init checks only the call has _mcount (:func:`_make_nop_complaint`)."""
     site, out = sa.site, []
     if site.state is SiteState.BROKEN:
         msg = "nop; bl to the tracer: reaches it with r0 != LR"
@@ -358,7 +366,8 @@ def _site_anomalies(
         msg = "slots hold neither a site state nor gcc 5's form"
         out.append(_at_site(AnomalyKind.UNEXPECTED_WORDS, site, msg, printer.slots(site)))
     elif refused_at_init(site) and placed:  # ool-stubs says a missing stub, once
-        out.append(_at_site(AnomalyKind.BOOT_REFUSED, site, _refusal(printer, site, call_only), printer.slots(site)))
+        said = _refusal(printer, site, call_only, mcount)
+        out.append(_at_site(AnomalyKind.BOOT_REFUSED, site, said, printer.slots(site)))
     if not site.recorded and site.state not in (target_state(site.variant, SiteState.NOPPED), SiteState.GUARDED):
         if site.state in _LIVE_CALL:
             msg, sev = "calls _mcount on every entry; ftrace has no record to patch it", Severity.WARNING
@@ -427,15 +436,13 @@ def _expected_text(insn: Insn) -> str:
     return f"{word_for(insn, 0, 0):08x}"
 
 
-def kernel_complaint(printer: Printer, variant: Variant, call_place: int, call_only: bool = False) -> str | None:
+def kernel_complaint(printer: Printer, variant: Variant, call_place: int) -> str | None:
     """``<place>: expected (...) != found (...)`` for the first slot, in the order ftrace_init_nop
     checks them, whose word is not what the compiler leaves there (6.12/7.2 ftrace_validate_inst;
-    a call only needs to be a ``bl``); None if every slot holds it. ``call_only``: a kernel that
-    checks only the call (``generations.CALL_ONLY_BOOT``)."""
+    a call only needs to be a ``bl``); None if every slot holds it. A kernel before 6.6 has no
+    ftrace_init_nop(): :func:`_make_nop_complaint`."""
     lay = LAYOUTS[variant]
     for slot, want in zip(lay.state_slots, lay.states[lay.built], strict=True):
-        if call_only and want is not Insn.CALL:
-            continue
         place = call_place + (lay.offset(slot) or 0)
         i = printer.word_index(place)
         if i < 0:
@@ -447,15 +454,40 @@ def kernel_complaint(printer: Printer, variant: Variant, call_place: int, call_o
     return None
 
 
-def _refusal(printer: Printer, site: Site, call_only: bool) -> str:
+def _refusal(printer: Printer, site: Site, call_only: bool, mcount: int | None = None) -> str:
     """The kernel's complaint about a recorded site whose words its init refuses."""
-    said = kernel_complaint(printer, site.variant, site.place, call_only)
+    if call_only:
+        said = _make_nop_complaint(printer, site.place, mcount)
+    else:
+        said = kernel_complaint(printer, site.variant, site.place)
     checker = "ftrace_make_nop() finds no bl _mcount to nop and" if call_only else "ftrace_init_nop()"
     why = (
         f"{_article(site.state.value)} {site.state.value} {site.variant.value} site keeps its record; {checker} "
         "refuses it and ftrace_bug() turns function tracing off"
     )
     return f"{said}: {why}" if said else why
+
+
+def _kernel_mcount(image: Image) -> int | None:
+    """The address of ``_mcount`` (the kernel's MCOUNT_ADDR), or None (stripped, or not one)."""
+    found = code_addrs(image, MCOUNT_NAMES)
+    return found[0] if len(found) == 1 else None
+
+
+def _make_nop_complaint(printer: Printer, call_place: int, mcount: int | None) -> str | None:
+    """What a kernel before 6.6, which has no ftrace_init_nop(), prints when the ftrace_make_nop()
+    its init calls finds no ``bl`` at a recorded mprofile call (arch/powerpc/kernel/trace/ftrace.c,
+    6.1): within branch range of _mcount, ftrace_modify_code()'s ``replaced (found) != old (the bl
+    it would nop)``; beyond it, __ftrace_make_nop_kernel()'s ``Not expected bl: opcode is (found)``.
+    qemu: a 6.1 with do_one_initcall nopped prints ``replaced (60000000) != old (4805a961)``, not
+    6.6's ``expected (...) != found (...)``. None without _mcount's address or the word, or for a bl."""
+    i = printer.word_index(call_place)
+    if mcount is None or i < 0 or ppc.is_bl(int(printer.code.words[i])):
+        return None
+    word = int(printer.code.words[i])
+    if ppc.in_branch_range(mcount - call_place):
+        return f"{printer.where(call_place)}: replaced ({word:08x}) != old ({ppc.bl(call_place, mcount):08x})"
+    return f"{printer.where(call_place)}: Not expected bl: opcode is {word:08x}"
 
 
 def _article(word: str) -> str:

@@ -142,7 +142,7 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         "ftrace_init_nop() accepts only the words the compiler left (mprofile: bl _mcount; patchable: "
         "nop; nop; ool: nop) and prints `expected (...) != found (...)` (a kernel before 6.6 has none: "
         "the ftrace_make_nop() its init calls prints `replaced (...) != old (...)`, or beyond branch "
-        "range of _mcount `Not expected bl: opcode is ...`); ftrace_bug() then turns function tracing "
+        "range of _mcount and in a module `Not expected bl: opcode is ...`); ftrace_bug() then turns function tracing "
         "off for the whole boot (for a module: at load). A rewritten site must lose its record.",
     ),
     AnomalyKind.OOL_STUBS: AnomalyRule(

@@ -47,6 +47,7 @@ from rewriter.sites import (
     Scan,
     Site,
     Source,
+    init_makes_nop,
     kallsyms_name,
     lacks_stub,
     lookup_from,
@@ -336,10 +337,10 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
     found += _mixed_states(result.sites)
     found += _unallocated_anomalies(result)
     entries = _entries(printer.code, result.sites)
-    mcount = _kernel_mcount(image) if result.init_call_only else None
+    make_nop = _make_nop_init(image, result)
     for sa in sites:
         placed = sa.site.section not in result.unallocated  # unallocated says why init fails there
-        found += _site_anomalies(printer, sa, entries.get(sa.site.place), result.init_call_only, placed, mcount)
+        found += _site_anomalies(printer, sa, entries.get(sa.site.place), make_nop, placed)
     weak = _weak_bodies(result.sites, printer.code.funcs)
     if weak:
         unchecked = _why_no_weak_check(image) if result.weak_max_offset is None else ""
@@ -349,15 +350,10 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
 
 
 def _site_anomalies(
-    printer: Printer,
-    sa: SiteAudit,
-    entry: _Entry | None,
-    call_only: bool,
-    placed: bool = True,
-    mcount: int | None = None,
+    printer: Printer, sa: SiteAudit, entry: _Entry | None, make_nop: _MakeNop | None = None, placed: bool = True
 ) -> list[Anomaly]:
-    """``placed``: the site's section is one the module loader places (:func:`_unallocated_anomalies`);
-    ``mcount``: where a kernel whose init checks only the call has _mcount (:func:`_make_nop_complaint`)."""
+    """``make_nop``: the image's kernel has no ftrace_init_nop() (:func:`_make_nop_init`); ``placed``:
+    the site's section is one the module loader places (:func:`_unallocated_anomalies`)."""
     site, out = sa.site, []
     if site.state is SiteState.BROKEN:
         msg = "nop; bl to the tracer: reaches it with r0 != LR"
@@ -366,7 +362,7 @@ def _site_anomalies(
         msg = "slots hold neither a site state nor gcc 5's form"
         out.append(_at_site(AnomalyKind.UNEXPECTED_WORDS, site, msg, printer.slots(site)))
     elif refused_at_init(site) and placed:  # ool-stubs says a missing stub, once
-        said = _refusal(printer, site, call_only, mcount)
+        said = _refusal(printer, site, make_nop)
         out.append(_at_site(AnomalyKind.BOOT_REFUSED, site, said, printer.slots(site)))
     if not site.recorded and site.state not in (target_state(site.variant, SiteState.NOPPED), SiteState.GUARDED):
         if site.state in _LIVE_CALL:
@@ -454,13 +450,13 @@ def kernel_complaint(printer: Printer, variant: Variant, call_place: int) -> str
     return None
 
 
-def _refusal(printer: Printer, site: Site, call_only: bool, mcount: int | None = None) -> str:
+def _refusal(printer: Printer, site: Site, make_nop: _MakeNop | None) -> str:
     """The kernel's complaint about a recorded site whose words its init refuses."""
-    if call_only:
-        said = _make_nop_complaint(printer, site.place, mcount)
+    if make_nop is not None:
+        said = _make_nop_complaint(printer, site.place, make_nop)
     else:
         said = kernel_complaint(printer, site.variant, site.place)
-    checker = "ftrace_make_nop() finds no bl _mcount to nop and" if call_only else "ftrace_init_nop()"
+    checker = "ftrace_make_nop()" if make_nop is not None else "ftrace_init_nop()"
     why = (
         f"{_article(site.state.value)} {site.state.value} {site.variant.value} site keeps its record; {checker} "
         "refuses it and ftrace_bug() turns function tracing off"
@@ -468,26 +464,46 @@ def _refusal(printer: Printer, site: Site, call_only: bool, mcount: int | None =
     return f"{said}: {why}" if said else why
 
 
-def _kernel_mcount(image: Image) -> int | None:
-    """The address of ``_mcount`` (the kernel's MCOUNT_ADDR), or None (stripped, or not one)."""
-    found = code_addrs(image, MCOUNT_NAMES)
-    return found[0] if len(found) == 1 else None
+class _MakeNop(NamedTuple):
+    """A kernel before 6.6, which has no ftrace_init_nop(): its init (a module's at load) nops each
+    mprofile record with ftrace_make_nop(), whose complaints :func:`_make_nop_complaint` quotes."""
+
+    vmlinux: bool  # the image is its vmlinux, whose own calls reach _mcount directly
+    mcount: int | None  # _mcount's address (the kernel's MCOUNT_ADDR), None when stripped
 
 
-def _make_nop_complaint(printer: Printer, call_place: int, mcount: int | None) -> str | None:
-    """What a kernel before 6.6, which has no ftrace_init_nop(), prints when the ftrace_make_nop()
-    its init calls finds no ``bl`` at a recorded mprofile call (arch/powerpc/kernel/trace/ftrace.c,
-    6.1): within branch range of _mcount, ftrace_modify_code()'s ``replaced (found) != old (the bl
-    it would nop)``; beyond it, __ftrace_make_nop_kernel()'s ``Not expected bl: opcode is (found)``.
-    qemu: a 6.1 with do_one_initcall nopped prints ``replaced (60000000) != old (4805a961)``, not
-    6.6's ``expected (...) != found (...)``. None without _mcount's address or the word, or for a bl."""
-    i = printer.word_index(call_place)
-    if mcount is None or i < 0 or ppc.is_bl(int(printer.code.words[i])):
+def _make_nop_init(image: Image, result: Scan) -> _MakeNop | None:
+    """What ftrace_make_nop() needs to say what it prints, where it is the image's kernel's init (a
+    vmlinux's or a module's: a test program or an object is held to 6.6's words, as the scan holds it)."""
+    if image.kind not in (Kind.VMLINUX, Kind.MODULE) or not init_makes_nop(image, result.generation):
         return None
-    word = int(printer.code.words[i])
-    if ppc.in_branch_range(mcount - call_place):
-        return f"{printer.where(call_place)}: replaced ({word:08x}) != old ({ppc.bl(call_place, mcount):08x})"
-    return f"{printer.where(call_place)}: Not expected bl: opcode is {word:08x}"
+    found = code_addrs(image, MCOUNT_NAMES) if image.kind is Kind.VMLINUX else []
+    return _MakeNop(image.kind is Kind.VMLINUX, found[0] if len(found) == 1 else None)
+
+
+def _make_nop_complaint(printer: Printer, call_place: int, make_nop: _MakeNop) -> str | None:
+    """What ftrace_make_nop() prints for a recorded mprofile site it refuses (arch/powerpc/kernel/
+    trace/ftrace.c, 6.1): in the vmlinux within branch range of _mcount, ftrace_modify_code()'s
+    ``replaced (found) != old (the bl it would nop)``; beyond it, and in a module (whose calls go
+    through a stub), ``Not expected bl: opcode is (found)``; a module's bl without ``mflr r0`` or
+    ``std r0,16(r1)`` before it, ``Unexpected instruction (found) around bl _mcount``. qemu, 6.1:
+    the vmlinux with do_one_initcall nopped prints ``replaced (60000000) != old (4805a961)``,
+    nls_utf8.ko with char2uni nopped ``Not expected bl: opcode is 60000000``, not 6.6's ``expected
+    (...) != found (...)``. None where the words are not known (stripped) or pass."""
+    i = printer.word_index(call_place)
+    word = int(printer.code.words[i]) if i >= 0 else None
+    if word is None or (make_nop.vmlinux and make_nop.mcount is None):
+        return None
+    where = printer.where(call_place)
+    if not ppc.is_bl(word):
+        if make_nop.mcount is not None and ppc.in_branch_range(make_nop.mcount - call_place):
+            return f"{where}: replaced ({word:08x}) != old ({ppc.bl(call_place, make_nop.mcount):08x})"
+        return f"{where}: Not expected bl: opcode is {word:08x}"
+    j = printer.word_index(call_place - ppc.INSN_SIZE)
+    before = int(printer.code.words[j]) if j >= 0 else None
+    if make_nop.vmlinux or before is None or before in (ppc.MFLR_R0, ppc.STD_R0_16_R1):
+        return None
+    return f"{printer.where(call_place - ppc.INSN_SIZE)}: Unexpected instruction {before:08x} around bl _mcount"
 
 
 def _article(word: str) -> str:

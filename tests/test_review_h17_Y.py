@@ -137,3 +137,31 @@ def test_a_61_site_nopped_with_its_record_is_quoted_as_the_61_kernel_complains(t
     assert refused["message"].startswith(f"{ip:#x}: {quoted}: "), refused["message"]
     booted = boot(out, STANDARD_APPEND, timeout=40)
     assert booted.ftrace_bug and f"ftrace-powerpc: (____ptrval____): {quoted}" in booted.console
+
+
+@pytest.mark.boot
+@pytest.mark.corpus
+def test_a_61_module_site_nopped_with_its_record_is_quoted_as_its_loader_complains(tmp_path: Path) -> None:
+    """At a 6.1 module's load ftrace_make_nop() reads the bl first: ``Not expected bl: opcode is
+    60000000``. The audit said ``.text+0x10: expected (7c0802a6) != found (60000000)`` (6.6's
+    words, at the mflr, which 6.1 checks second) and blamed ftrace_init_nop(), which 6.1 lacks."""
+    from boot import QEMU, STANDARD_APPEND, boot, make_initramfs, module_load_script, require_tool, unsigned_module
+    from conftest import invoke
+
+    require_tool(QEMU)
+    files = require_kernel("6.1")
+    src = unsigned_module("6.1", "fs/nls/nls_utf8.ko*", tmp_path / "src.ko")
+    (tmp_path / "m").mkdir()
+    ko = tmp_path / "m" / "nls_utf8.ko"
+    done = invoke("nop", src, "-o", ko, "--only", "char2uni", "--keep-records")
+    assert done.exit_code == 0, done.output
+    anomalies = json.loads(invoke("audit", "--format", "json", ko).stdout)["images"][0]["anomalies"]
+    (refused,) = [a for a in anomalies if a["kind"] == "boot-refused"]
+    quoted = "Not expected bl: opcode is 60000000"
+    assert refused["function"] == "char2uni", refused
+    assert refused["message"].startswith(f"{refused['section']}+{refused['offset']:#x}: {quoted}: "), refused
+    assert "ftrace_init_nop" not in refused["message"]
+    script = module_load_script(["nls_utf8"])
+    booted = boot(files.vmlinux, STANDARD_APPEND, make_initramfs(tmp_path / "i.cpio", files.busybox, [ko], script))
+    assert booted.insmod == {"nls_utf8": 0} and booted.ftrace_bug, booted.console[-3000:]
+    assert f"ftrace-powerpc: {quoted}" in booted.console

@@ -140,9 +140,10 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         Severity.ERROR,
         "recorded site whose words the kernel's boot-time init refuses",
         "ftrace_init_nop() accepts only the words the compiler left (mprofile: bl _mcount; patchable: "
-        "nop; nop; ool: nop) and prints `expected (...) != found (...)`; ftrace_bug() then turns "
-        "function tracing off for the whole boot (for a module: at load). A rewritten site must lose "
-        "its record.",
+        "nop; nop; ool: nop) and prints `expected (...) != found (...)` (a kernel before 6.6 has none: "
+        "the ftrace_make_nop() its init calls prints `replaced (...) != old (...)`, or beyond branch "
+        "range of _mcount and in a module `Not expected bl: opcode is ...`); ftrace_bug() then turns function tracing "
+        "off for the whole boot (for a module: at load). A rewritten site must lose its record.",
     ),
     AnomalyKind.OOL_STUBS: AnomalyRule(
         Severity.ERROR,
@@ -198,16 +199,16 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         "never finds it (seen under qemu on 6.1, 6.12 and 7.2: it loads, none of its functions listed).",
     ),
     AnomalyKind.UNALLOCATED: AnomalyRule(
-        Severity.ERROR,
+        Severity.WARNING,
         "recorded sites in a module section without SHF_ALLOC, which the loader never places",
         "The module loader lays out only allocated sections (kernel/module/main.c layout_sections()) and "
         "skips the relocation tables aimed at the others (apply_relocations()): the section's code is not "
-        "in the loaded module, and its records name the loader's temporary copy of the file. mprofile: "
-        "their bl _mcount is never relocated, ftrace_make_nop() finds no module stub at its target (Failed "
-        "to get trampoline target), and ftrace_bug() turns function tracing off at load. patchable and "
+        "in the loaded module, and its records name the loader's temporary copy of the file. patchable and "
         "ool: ftrace_module_enable() never enables a record outside the module, so the functions are "
-        "never traced. An error either way: the kernel's build never makes such a section, and its code "
-        "is missing from the module as loaded. Seen under qemu on 6.1, 6.12 and 7.2.",
+        "never traced, and nothing else of ftrace changes (6.12 and 7.2 under qemu load the module with "
+        "ftrace on): a warning, as for unread-records. mprofile: their bl _mcount is never relocated, "
+        "ftrace_make_nop() finds no module stub at its target (Failed to get trampoline target), and "
+        "ftrace_bug() turns function tracing off for the whole kernel at load (6.1 under qemu): an error.",
     ),
     AnomalyKind.WEAK_BODY: AnomalyRule(
         Severity.NOTE,

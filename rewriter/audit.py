@@ -31,12 +31,13 @@ from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, HeaderRefusal
 from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.release import kernel_version
-from rewriter.elf.symbols import Functions, RelocationNames, split_place
+from rewriter.elf.symbols import Functions, RelocationNames, code_addrs, split_place
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, OOL_AREAS, Generation, Variant, default_variant
 from rewriter.kernels import Kernel, Kernels
 from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
 from rewriter.log import logged
+from rewriter.mcount import MCOUNT_NAMES
 from rewriter.ppc.table import Table, build_table
 from rewriter.prose import counted
 from rewriter.records import unread_why
@@ -46,6 +47,7 @@ from rewriter.sites import (
     Scan,
     Site,
     Source,
+    init_makes_nop,
     kallsyms_name,
     lacks_stub,
     lookup_from,
@@ -335,9 +337,10 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
     found += _mixed_states(result.sites)
     found += _unallocated_anomalies(result)
     entries = _entries(printer.code, result.sites)
+    make_nop = _make_nop_init(image, result)
     for sa in sites:
         placed = sa.site.section not in result.unallocated  # unallocated says why init fails there
-        found += _site_anomalies(printer, sa, entries.get(sa.site.place), result.init_call_only, placed)
+        found += _site_anomalies(printer, sa, entries.get(sa.site.place), make_nop, placed)
     weak = _weak_bodies(result.sites, printer.code.funcs)
     if weak:
         unchecked = _why_no_weak_check(image) if result.weak_max_offset is None else ""
@@ -347,9 +350,10 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
 
 
 def _site_anomalies(
-    printer: Printer, sa: SiteAudit, entry: _Entry | None, call_only: bool, placed: bool = True
+    printer: Printer, sa: SiteAudit, entry: _Entry | None, make_nop: _MakeNop | None = None, placed: bool = True
 ) -> list[Anomaly]:
-    """``placed``: the site's section is one the module loader places (:func:`_unallocated_anomalies`)."""
+    """``make_nop``: the image's kernel has no ftrace_init_nop() (:func:`_make_nop_init`); ``placed``:
+    the site's section is one the module loader places (:func:`_unallocated_anomalies`)."""
     site, out = sa.site, []
     if site.state is SiteState.BROKEN:
         msg = "nop; bl to the tracer: reaches it with r0 != LR"
@@ -358,7 +362,8 @@ def _site_anomalies(
         msg = "slots hold neither a site state nor gcc 5's form"
         out.append(_at_site(AnomalyKind.UNEXPECTED_WORDS, site, msg, printer.slots(site)))
     elif refused_at_init(site) and placed:  # ool-stubs says a missing stub, once
-        out.append(_at_site(AnomalyKind.BOOT_REFUSED, site, _refusal(printer, site, call_only), printer.slots(site)))
+        said = _refusal(printer, site, make_nop)
+        out.append(_at_site(AnomalyKind.BOOT_REFUSED, site, said, printer.slots(site)))
     if not site.recorded and site.state not in (target_state(site.variant, SiteState.NOPPED), SiteState.GUARDED):
         if site.state in _LIVE_CALL:
             msg, sev = "calls _mcount on every entry; ftrace has no record to patch it", Severity.WARNING
@@ -373,8 +378,9 @@ def _site_anomalies(
 
 
 def _unallocated_anomalies(result: Scan) -> list[Anomaly]:
-    """One error per section of a module that the loader never places (no SHF_ALLOC) and that
-    holds recorded sites (``Scan.unallocated``), at its first; RULES argues the severity."""
+    """One anomaly per section of a module that the loader never places (no SHF_ALLOC) and that
+    holds recorded sites (``Scan.unallocated``), at its first; RULES argues the severity: an error
+    where it turns ftrace off (mprofile), a warning where its functions are only never traced."""
     if result.not_loaded is not None:  # module-refused: nothing of it is loaded
         return []
     out = []
@@ -390,14 +396,16 @@ def _unallocated_anomalies(result: Scan) -> list[Anomaly]:
                 "their bl _mcount is never relocated and ftrace_make_nop() finds no module stub at its target "
                 "(Failed to get trampoline target): ftrace_bug() turns function tracing off at load"
             )
+            severity = Severity.ERROR
         else:
             then = "ftrace_module_enable() never enables a record outside the module: never traced"
+            severity = Severity.WARNING
         msg = (
             f"{counted(len(held), 'recorded site')}{what} in {section}, a section without SHF_ALLOC: the module "
             f"loader never places it, so its code is not in the loaded module and the records name the loader's "
             f"temporary copy; {then}"
         )
-        out.append(_at_site(AnomalyKind.UNALLOCATED, held[0], msg))
+        out.append(_at_site(AnomalyKind.UNALLOCATED, held[0], msg, severity=severity))
     return out
 
 
@@ -424,15 +432,13 @@ def _expected_text(insn: Insn) -> str:
     return f"{word_for(insn, 0, 0):08x}"
 
 
-def kernel_complaint(printer: Printer, variant: Variant, call_place: int, call_only: bool = False) -> str | None:
+def kernel_complaint(printer: Printer, variant: Variant, call_place: int) -> str | None:
     """``<place>: expected (...) != found (...)`` for the first slot, in the order ftrace_init_nop
     checks them, whose word is not what the compiler leaves there (6.12/7.2 ftrace_validate_inst;
-    a call only needs to be a ``bl``); None if every slot holds it. ``call_only``: a kernel that
-    checks only the call (``generations.CALL_ONLY_BOOT``)."""
+    a call only needs to be a ``bl``); None if every slot holds it. A kernel before 6.6 has no
+    ftrace_init_nop(): :func:`_make_nop_complaint`."""
     lay = LAYOUTS[variant]
     for slot, want in zip(lay.state_slots, lay.states[lay.built], strict=True):
-        if call_only and want is not Insn.CALL:
-            continue
         place = call_place + (lay.offset(slot) or 0)
         i = printer.word_index(place)
         if i < 0:
@@ -444,15 +450,60 @@ def kernel_complaint(printer: Printer, variant: Variant, call_place: int, call_o
     return None
 
 
-def _refusal(printer: Printer, site: Site, call_only: bool) -> str:
+def _refusal(printer: Printer, site: Site, make_nop: _MakeNop | None) -> str:
     """The kernel's complaint about a recorded site whose words its init refuses."""
-    said = kernel_complaint(printer, site.variant, site.place, call_only)
-    checker = "ftrace_make_nop() finds no bl _mcount to nop and" if call_only else "ftrace_init_nop()"
+    if make_nop is not None:
+        said = _make_nop_complaint(printer, site.place, make_nop)
+    else:
+        said = kernel_complaint(printer, site.variant, site.place)
+    checker = "ftrace_make_nop()" if make_nop is not None else "ftrace_init_nop()"
     why = (
         f"{_article(site.state.value)} {site.state.value} {site.variant.value} site keeps its record; {checker} "
         "refuses it and ftrace_bug() turns function tracing off"
     )
     return f"{said}: {why}" if said else why
+
+
+class _MakeNop(NamedTuple):
+    """A kernel before 6.6, which has no ftrace_init_nop(): its init (a module's at load) nops each
+    mprofile record with ftrace_make_nop(), whose complaints :func:`_make_nop_complaint` quotes."""
+
+    vmlinux: bool  # the image is its vmlinux, whose own calls reach _mcount directly
+    mcount: int | None  # _mcount's address (the kernel's MCOUNT_ADDR), None when stripped
+
+
+def _make_nop_init(image: Image, result: Scan) -> _MakeNop | None:
+    """What ftrace_make_nop() needs to say what it prints, where it is the image's kernel's init (a
+    vmlinux's or a module's: a test program or an object is held to 6.6's words, as the scan holds it)."""
+    if image.kind not in (Kind.VMLINUX, Kind.MODULE) or not init_makes_nop(image, result.generation):
+        return None
+    found = code_addrs(image, MCOUNT_NAMES) if image.kind is Kind.VMLINUX else []
+    return _MakeNop(image.kind is Kind.VMLINUX, found[0] if len(found) == 1 else None)
+
+
+def _make_nop_complaint(printer: Printer, call_place: int, make_nop: _MakeNop) -> str | None:
+    """What ftrace_make_nop() prints for a recorded mprofile site it refuses (arch/powerpc/kernel/
+    trace/ftrace.c, 6.1): in the vmlinux within branch range of _mcount, ftrace_modify_code()'s
+    ``replaced (found) != old (the bl it would nop)``; beyond it, and in a module (whose calls go
+    through a stub), ``Not expected bl: opcode is (found)``; a module's bl without ``mflr r0`` or
+    ``std r0,16(r1)`` before it, ``Unexpected instruction (found) around bl _mcount``. qemu, 6.1:
+    the vmlinux with do_one_initcall nopped prints ``replaced (60000000) != old (4805a961)``,
+    nls_utf8.ko with char2uni nopped ``Not expected bl: opcode is 60000000``, not 6.6's ``expected
+    (...) != found (...)``. None where the words are not known (stripped) or pass."""
+    i = printer.word_index(call_place)
+    word = int(printer.code.words[i]) if i >= 0 else None
+    if word is None or (make_nop.vmlinux and make_nop.mcount is None):
+        return None
+    where = printer.where(call_place)
+    if not ppc.is_bl(word):
+        if make_nop.mcount is not None and ppc.in_branch_range(make_nop.mcount - call_place):
+            return f"{where}: replaced ({word:08x}) != old ({ppc.bl(call_place, make_nop.mcount):08x})"
+        return f"{where}: Not expected bl: opcode is {word:08x}"
+    j = printer.word_index(call_place - ppc.INSN_SIZE)
+    before = int(printer.code.words[j]) if j >= 0 else None
+    if make_nop.vmlinux or before is None or before in (ppc.MFLR_R0, ppc.STD_R0_16_R1):
+        return None
+    return f"{printer.where(call_place - ppc.INSN_SIZE)}: Unexpected instruction {before:08x} around bl _mcount"
 
 
 def _article(word: str) -> str:

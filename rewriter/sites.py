@@ -858,8 +858,15 @@ def boot_state(variant: Variant, state: SiteState, recorded: bool, call_only: bo
 
 def init_checks_call_only(image: Image, generation: Generation | None) -> bool:
     """Whether the kernel's init checks only the call of an mprofile site (CALL_ONLY_BOOT): a
-    vmlinux before 6.6, or one that names no version (taken to be 6.1's, as elsewhere)."""
-    if generation is not Generation.MPROFILE or image.kind is not Kind.VMLINUX:
+    vmlinux whose init is ftrace_make_nop() (:func:`init_makes_nop`)."""
+    return image.kind is Kind.VMLINUX and init_makes_nop(image, generation)
+
+
+def init_makes_nop(image: Image, generation: Generation | None) -> bool:
+    """Whether the kernel that inits ``image``'s records has no ftrace_init_nop() and nops each
+    with ftrace_make_nop() (a vmlinux at boot, a module at load): an mprofile image of a kernel
+    before 6.6, or one that names no version (taken to be 6.1's, as elsewhere)."""
+    if generation is not Generation.MPROFILE:
         return False
     version = kernel_version(image)
     return version is None or version < SLOT_A_CHECKED_SINCE

@@ -28,8 +28,14 @@ _BANNER = re.compile(rb"Linux version ([^\0 ]{1,64}) ")
 _VERSION = re.compile(r"(\d{1,4})\.(\d{1,4})(?:[.\-+]|$)")
 BANNER_SYMBOL = "linux_banner"
 _BANNER_START = b"Linux version "
-_BANNER_RELEASE = re.compile(rb"Linux version (\d[^\0 ]{0,63}) ")  # a release, not a format's "%s"
 _BANNER_READ = 14 + 65  # "Linux version ", the release and the space after it
+# The whole of init/version-timestamp.c's banner, "Linux version " UTS_RELEASE " (" LINUX_COMPILE_BY
+# "@" LINUX_COMPILE_HOST ") (" LINUX_COMPILER ") " UTS_VERSION "\n" (UTS_VERSION is "#1 SMP ...",
+# "# SMP ..." in the weak copy init/version.c leaves before it), and its NUL: other strings start the
+# same way (linux_proc_banner's "%s version %s" does not, but a driver's message may), and the first
+# of them named the release.
+_BANNER_WHOLE = re.compile(rb"Linux version (\d[^\0 ]{0,63}) \([^\0\n]*@[^\0\n]*\) \([^\0\n]*\) #[^\0\n]*\n\0")
+_BANNER_WHOLE_READ = 4096  # far more than a banner: the compiler's own version line is its longest part
 
 
 def kernel_version(image: Image) -> tuple[int, int] | None:
@@ -79,17 +85,22 @@ def _vmlinux_release(image: Image) -> bytes | None:
 
 
 def _stripped_release(image: Image) -> bytes | None:
-    """The release of a vmlinux without the ``linux_banner`` symbol (stripped): the first banner
-    in ``.rodata``, where init/version.c puts it (near its start in the Debian kernels: byte 1,264
-    of 4.7 MB on 6.12). A stripped 6.12 built by gcc 12 has mprofile sites and 6.12's boot checks:
-    taken for a 6.1, its scan judged rewritten sites by 6.1's init, and said nothing of the weak
-    bodies the kernel disables."""
+    """The release of a vmlinux without the ``linux_banner`` symbol (stripped): the first whole
+    banner in ``.rodata``, where init/version.c puts it (near its start in the Debian kernels: byte
+    1,264 of 4.7 MB on 6.12, its weak copy, with the same release). A stripped 6.12 built by gcc 12
+    has mprofile sites and 6.12's boot checks: taken for a 6.1, its scan judged rewritten sites by
+    6.1's init, and said nothing of the weak bodies the kernel disables."""
     sec = image.section(".rodata")
     if sec is None or sec.type == S.SHT_NOBITS or sec.offset + sec.size > len(image.data):
         return None
-    at = image.data.find(_BANNER_START, sec.offset, sec.offset + sec.size)
-    found = None if at < 0 else _BANNER_RELEASE.match(bytes(image.data[at : at + _BANNER_READ]))
-    return None if found is None else found[1]
+    end = sec.offset + sec.size
+    at = image.data.find(_BANNER_START, sec.offset, end)
+    while at >= 0:
+        found = _BANNER_WHOLE.match(bytes(image.data[at : min(at + _BANNER_WHOLE_READ, end)]))
+        if found is not None:
+            return found[1]
+        at = image.data.find(_BANNER_START, at + 1, end)
+    return None
 
 
 def vermagic_words(image: Image) -> tuple[str, ...]:

@@ -3,7 +3,8 @@
 One run; one rule per anomaly kind (its severity and the argument for it from
 ``rewriter.anomalies.RULES``); one result per anomaly. Binaries have no lines, so a result is placed by
 byte offset in the file (``region.byteOffset``, SARIF 3.30.2), by address
-(``physicalLocation.address``, 3.32) and by function (``logicalLocations``). A compressed module
+(``physicalLocation.address``, 3.32: its name, and its absoluteAddress where that fits the 32 bits
+readers give it) and by function (``logicalLocations``). A compressed module
 (.ko.xz) gets no region: its offsets are into the decompressed ELF, and a byteOffset counts bytes
 of the artifact itself (3.30.2), which is the compressed file; its message names the section and
 offset instead. The mflr-nop safety
@@ -29,6 +30,11 @@ from rewriter.report.jsonfmt import stub_gap_json, stub_json
 SCHEMA_URI: Final = "https://json.schemastore.org/sarif-2.1.0.json"
 FINGERPRINT: Final = "mcountrwAnomaly/v5"
 _LEVEL: Final = {"error": "error", "warning": "warning", "note": "note"}
+# SARIF's reference SDK (Microsoft.CodeAnalysis.Sarif: Address.AbsoluteAddress is an int) and
+# Qodana's model read absoluteAddress as a 32-bit integer, and JavaScript readers as a double: a
+# kernel address (0xc000...) failed the whole log in the first ("too large for an Int32") and was
+# rounded past 2**53 in the others.
+_INT32_MAX: Final = 2**31 - 1
 
 
 def _uri(path: Path) -> str:
@@ -57,13 +63,22 @@ def _location(img_index: int, img: ImageAudit, a: Anomaly) -> dict[str, Any]:
     if a.file_offset is not None and not img.compressed:
         physical["region"] = {"byteOffset": a.file_offset, "byteLength": 4}
     if a.addr is not None:
-        physical["address"] = {"absoluteAddress": a.addr}
+        physical["address"] = _address(a.addr)
     location: dict[str, Any] = {"physicalLocation": physical}
     if a.function:
         # an ool-stubs finding names its stub area, a data object the kernel fills, not a function
         kind = "object" if a.kind is AnomalyKind.OOL_STUBS else "function"
         location["logicalLocations"] = [{"name": a.function, "kind": kind}]
     return location
+
+
+def _address(addr: int) -> dict[str, Any]:
+    """SARIF's address object (3.32): the address in hex as its name, and as absoluteAddress where
+    every reader holds it (:data:`_INT32_MAX`); a kernel's is the name alone."""
+    address: dict[str, Any] = {"name": f"{addr:#x}"}
+    if addr <= _INT32_MAX:
+        address["absoluteAddress"] = addr
+    return address
 
 
 def _result(

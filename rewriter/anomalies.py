@@ -140,7 +140,7 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         Severity.ERROR,
         "recorded site whose words the kernel's boot-time init refuses",
         "ftrace_init_nop() accepts only the words the compiler left (mprofile: bl _mcount; patchable: "
-        "nop; nop; ool: nop) and prints `expected (...) != found (...)` (a kernel before 6.6 has none: "
+        "nop; nop; ool: nop) and prints `expected (...) != found (...)` (a kernel before 6.6 has only the generic one: "
         "the ftrace_make_nop() its init calls prints `replaced (...) != old (...)`, or beyond branch "
         "range of _mcount and in a module `Not expected bl: opcode is ...`); ftrace_bug() then turns function tracing "
         "off for the whole boot (for a module: at load). A rewritten site must lose its record.",

@@ -352,7 +352,7 @@ def _anomalies(image: Image, result: Scan, printer: Printer, sites: Sequence[Sit
 def _site_anomalies(
     printer: Printer, sa: SiteAudit, entry: _Entry | None, make_nop: _MakeNop | None = None, placed: bool = True
 ) -> list[Anomaly]:
-    """``make_nop``: the image's kernel has no ftrace_init_nop() (:func:`_make_nop_init`); ``placed``:
+    """``make_nop``: the image's kernel has only the generic ftrace_init_nop() (:func:`_make_nop_init`); ``placed``:
     the site's section is one the module loader places (:func:`_unallocated_anomalies`)."""
     site, out = sa.site, []
     if site.state is SiteState.BROKEN:
@@ -465,8 +465,9 @@ def _refusal(printer: Printer, site: Site, make_nop: _MakeNop | None) -> str:
 
 
 class _MakeNop(NamedTuple):
-    """A kernel before 6.6, which has no ftrace_init_nop(): its init (a module's at load) nops each
-    mprofile record with ftrace_make_nop(), whose complaints :func:`_make_nop_complaint` quotes."""
+    """A kernel before 6.6, whose ftrace_init_nop() is the generic one (include/linux/ftrace.h): its
+    init (a module's at load) nops each mprofile record with ftrace_make_nop(), whose complaints
+    :func:`_make_nop_complaint` quotes."""
 
     vmlinux: bool  # the image is its vmlinux, whose own calls reach _mcount directly
     mcount: int | None  # _mcount's address (the kernel's MCOUNT_ADDR), None when stripped

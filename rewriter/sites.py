@@ -863,9 +863,9 @@ def init_checks_call_only(image: Image, generation: Generation | None) -> bool:
 
 
 def init_makes_nop(image: Image, generation: Generation | None) -> bool:
-    """Whether the kernel that inits ``image``'s records has no ftrace_init_nop() and nops each
-    with ftrace_make_nop() (a vmlinux at boot, a module at load): an mprofile image of a kernel
-    before 6.6, or one that names no version (taken to be 6.1's, as elsewhere)."""
+    """Whether the kernel that inits ``image``'s records has only the generic ftrace_init_nop(),
+    which nops each with ftrace_make_nop() (a vmlinux at boot, a module at load): an mprofile image
+    of a kernel before 6.6, or one that names no version (taken to be 6.1's, as elsewhere)."""
     if generation is not Generation.MPROFILE:
         return False
     version = kernel_version(image)

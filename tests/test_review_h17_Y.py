@@ -118,7 +118,7 @@ def _symbol(path: Path, name: str) -> int:
 @pytest.mark.boot
 @pytest.mark.corpus
 def test_a_61_site_nopped_with_its_record_is_quoted_as_the_61_kernel_complains(tmp_path: Path) -> None:
-    """6.1 has no ftrace_init_nop(): its init's ftrace_make_nop() prints ``replaced (60000000) !=
+    """6.1 has only the generic ftrace_init_nop(): the ftrace_make_nop() it calls prints ``replaced (60000000) !=
     old (<the bl _mcount>)``. The audit quoted 6.6's ``expected (bl) != found (60000000)``, which
     no 6.1 console holds. The bl is encoded here from pyelftools' _mcount; qemu prints the line."""
     from boot import QEMU, STANDARD_APPEND, boot, require_tool

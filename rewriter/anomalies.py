@@ -223,7 +223,8 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
         Severity.NOTE,
         "no function symbols: the checks that need them did not run",
         "Sites are unnamed, and what is told by function symbols cannot be: weak-body (patchable, "
-        "ool: the kernel disables those records, so traceable may count a few too many), not-at-entry "
+        "ool: the kernel disables those records, so a few sites scan and the html report call "
+        "traceable may not be), not-at-entry "
         "and patchable-before-gep (where a site sits in its function); the mflr-nop walk has no "
         "function edges, so more sites stay unknown (and are listed). None of these turns ftrace off: "
         "weak bodies and sites away from the entry are notes and warnings, and a compiler that puts "

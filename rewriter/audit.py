@@ -599,7 +599,10 @@ def _unchecked_without_symbols(generation: Generation | None, weak_check: bool) 
     checks = ["weak-body", "not-at-entry"] + (["patchable-before-gep"] if generation is Generation.PATCHABLE else [])
     msg = f"no function symbols: sites are unnamed, and these checks did not run: {', '.join(checks)}"
     if weak_check:
-        msg += "; the kernel disables records in weak-function bodies, so `traceable` may count a few too many"
+        msg += (
+            "; the kernel disables records in weak-function bodies, so a few sites called traceable"
+            " (scan, the html report) may not be"
+        )
     if generation is not Generation.OOL:
         msg += "; the mflr-nop walk has no function edges, so more sites stay unknown"
     return msg

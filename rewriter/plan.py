@@ -257,15 +257,19 @@ class Plan:
             raise PlanFormatError("plan: missing 'settle' (null when the plan has none)")
         settle = doc["settle"]
         _notes(doc)
+        barriers = tuple(
+            _enum(Barrier, b, f"barriers[{i}]") for i, b in enumerate(_field(doc, "barriers", list, "plan"))
+        )
+        cmodx = _enum(Cmodx, _field(doc, "cmodx", str, "plan"), "cmodx")
+        if mode == "offline":
+            _offline_waits_for_no_cpu(barriers, None if settle is None else _enum(Barrier, settle, "settle"), cmodx)
         return cls(
             sites=sites,
             stages=stages,
-            barriers=tuple(
-                _enum(Barrier, b, f"barriers[{i}]") for i, b in enumerate(_field(doc, "barriers", list, "plan"))
-            ),
+            barriers=barriers,
             settle=None if settle is None else _enum(Barrier, settle, "settle"),
             route=_route(doc, sites),
-            cmodx=_enum(Cmodx, _field(doc, "cmodx", str, "plan"), "cmodx"),
+            cmodx=cmodx,
             runtime=mode == "runtime",
             stale_fetch=stale_fetch,
         )
@@ -334,14 +338,40 @@ def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return doc
 
 
+def _offline_waits_for_no_cpu(barriers: tuple[Barrier, ...], settle: Barrier | None, cmodx: Cmodx) -> None:
+    """An offline plan edits a file no CPU runs: ``plan --offline`` separates its stages by
+    ``order`` alone, settles nothing and refuses ``--cmodx``, so it says 3.1 (the default). A
+    barrier or ISA 3.0 in such a file would be certified while the offline check ignores it, as
+    ``stale_fetch: true`` would (refused above)."""
+    waits = [f"barriers[{i}]" for i, b in enumerate(barriers) if b is not Barrier.ORDER]
+    if settle is not None:
+        waits.append("settle")
+    if waits:
+        raise PlanFormatError(
+            f'{waits[0]}: a barrier waits for CPUs running the code; an offline plan has none (stages are "order", '
+            "settle is null)"
+        )
+    if cmodx is not Cmodx.V3_1:
+        raise PlanFormatError(
+            f'cmodx: "{cmodx.value}" is about CPUs running the code; an offline plan has none (it says "3.1")'
+        )
+
+
 def _route(doc: dict[str, Any], sites: tuple[SiteRequest, ...]) -> Route:
     """The plan's route; null only for a plan of one-word (ool) sites, which have no route, and
-    reads as the default, which means nothing there."""
+    reads as the default, which means nothing there. A route no site of the plan has (any route of
+    ool sites, ``b8`` of gcc 5's) is refused: the plan would say ``route b8`` of writes no route
+    chose, which ``plan`` never writes (:func:`check_route_decides`)."""
     if doc.get("route", "") is None:
         if any(LAYOUTS[s.variant].mflr_in_site for s in sites):  # as Plan.routed says it
             raise PlanFormatError("route: null is for a plan of ool sites only; two-slot sites take a route")
         return Route.MFLR_FIRST
-    return _enum(Route, _field(doc, "route", str, "plan"), "route")
+    route = _enum(Route, _field(doc, "route", str, "plan"), "route")
+    reason = route_rejection([s.variant for s in sites], route)
+    if reason is not None:
+        null = "" if any(LAYOUTS[s.variant].mflr_in_site for s in sites) else "; a plan of them says route null"
+        raise PlanFormatError(f'route: "{route.value}": {reason}{null}')
+    return route
 
 
 def _field(obj: Any, key: str, kind: type, where: str) -> Any:
@@ -563,15 +593,29 @@ def _why_no_path(req: SiteRequest, route: Route, mflr_ok: bool) -> str:
 # ---------------------------------------------------------------- the global plan
 
 
+def route_rejection(variants: Sequence[Variant], route: Route) -> str | None:
+    """Why ``route`` is a route of none of these sites, or None: sites of one word only (ool)
+    have no order to choose, and gcc 5's have no ``b8`` (their ``b .+8`` lands on the bl). A
+    route that is none of the sites' would read as if it had been followed."""
+    kinds = sorted(set(variants), key=lambda v: v.value)
+    two_word = [v for v in kinds if LAYOUTS[v].mflr_in_site]
+    if kinds and not two_word:
+        return f"{kinds[0].value} sites are one word; there is no route to choose"
+    if route is Route.B8 and two_word and all(SiteState.GUARDED not in LAYOUTS[v].states for v in two_word):
+        return f"{two_word[0].value} sites have no b8 route: {LAYOUTS[two_word[0]].no_b8}"
+    return None
+
+
 def check_route(variants: Iterable[Variant], route: Route | None) -> None:
     """A route orders the writes of a two-word site (mflr slot and call slot); sites of one word
     only (ool) have no order to choose, and a ``--route`` that changed nothing would read as if it
-    had been used: refused (``plan`` before planning, ``apply`` over the sites it selected)."""
+    had been used: refused (``plan`` before planning, ``apply`` over the sites it selected). (``apply``
+    keeps ``b8`` over gcc 5's sites, whose enable from nopped then says why it has no such route.)"""
     if route is None:
         return
-    kinds = sorted(set(variants), key=lambda v: v.value)
-    if kinds and all(len(LAYOUTS[v].state_slots) < 2 for v in kinds):
-        raise ArgumentError(f"--route {route.value}: {kinds[0].value} sites are one word; there is no route to choose")
+    kinds = list(variants)
+    if kinds and not any(LAYOUTS[v].mflr_in_site for v in kinds):
+        raise ArgumentError(f"--route {route.value}: {route_rejection(kinds, route)}")
 
 
 def check_route_decides(req: SiteRequest, route: Route | None, cmodx: Cmodx, runtime: bool, stale_fetch: bool) -> None:
@@ -584,10 +628,9 @@ def check_route_decides(req: SiteRequest, route: Route | None, cmodx: Cmodx, run
     if route is None:
         return
     check_route([req.variant], route)
-    lay = LAYOUTS[req.variant]
-    if route is Route.B8 and SiteState.GUARDED not in lay.states:
-        why = f"{req.variant.value} sites have no b8 route: {lay.no_b8}"
-        raise ArgumentError(f"--route b8: {why}; use --route mflr-first")
+    reason = route_rejection([req.variant], route)
+    if reason is not None:  # b8 of a gcc-5 site: check_route refused one-word sites
+        raise ArgumentError(f"--route b8: {reason}; use --route mflr-first")
     plans = []
     for candidate in Route:
         try:

@@ -1,0 +1,78 @@
+"""plan and check-plan, reviewed again (h17, helper W): each test is one defect the review found,
+and fails without its fix."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import assert_one_line, invoke
+
+# ---------------------------------------------------------------- plan files that claim what no plan does
+
+
+def _made(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """The JSON of ``mcountrw plan ARGS --format json``, as a dict to edit."""
+    made = invoke("plan", *args, "--format", "json")
+    assert made.exit_code == 0, made.output
+    doc: dict[str, Any] = json.loads(made.stdout)
+    return doc
+
+
+def _set(key: str, value: object) -> Callable[[dict[str, Any]], None]:
+    return lambda doc: doc.update({key: value})
+
+
+@pytest.mark.parametrize(
+    ("args", "edit", "words"),
+    [
+        # an ool site is one word: b8 (gcc 5's two-slot `b .+8` route) and mflr-first mean nothing there
+        (("--generation", "ool", "--from", "disabled", "--to", "enabled"), _set("route", "b8"),
+         ('route: "b8"', "ool sites are one word", "route null")),
+        (("--generation", "ool", "--from", "enabled", "--to", "disabled"), _set("route", "mflr-first"),
+         ('route: "mflr-first"', "ool sites are one word")),
+        # gcc 5's b .+8 lands on the bl: `plan --route b8` refuses it, a file claimed it
+        (("--variant", "mprofile-std", "--from", "disabled", "--to", "enabled"), _set("route", "b8"),
+         ('route: "b8"', "mprofile-std sites have no b8 route", "lands on the bl")),
+        # `plan --offline` refuses --cmodx and separates stages by order alone; a file claimed a
+        # barrier or ISA 3.0, which the offline check (no task runs) ignores
+        (("--generation", "patchable", "--from", "nopped", "--to", "disabled", "--offline"), _set("cmodx", "3.0"),
+         ('cmodx: "3.0"', "an offline plan has none")),
+        (("--from", "nopped", "--to", "enabled", "--offline"), _set("barriers", ["synchronize_rcu_tasks"]),
+         ("barriers[0]: a barrier waits for CPUs", "an offline plan has none")),
+        (("--generation", "patchable", "--from", "nopped", "--to", "disabled", "--offline"),
+         _set("settle", "synchronize_rcu_tasks"), ("settle: a barrier waits for CPUs", "an offline plan has none")),
+    ],
+    ids=["ool-b8", "ool-mflr-first", "gcc5-b8", "offline-cmodx-3.0", "offline-barrier", "offline-settle"],
+)  # fmt: skip
+def test_check_plan_refuses_a_plan_file_claiming_what_no_plan_does(
+    tmp_path: Path, args: tuple[str, ...], edit: Callable[[dict[str, Any]], None], words: tuple[str, ...]
+) -> None:
+    """An ool plan file saying `"route": "b8"` was certified SAFE, as were the others: the label
+    the verdict went with said what the writes never were."""
+    doc = _made(tmp_path, *args)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(doc))
+    assert invoke("check-plan", good).exit_code == 0  # the plan as made passes
+    edit(doc)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    assert_one_line(invoke("check-plan", bad), 2, "error", str(bad), *words)
+
+
+def test_a_mixed_plan_keeps_its_route() -> None:
+    """The route of a plan with a two-slot site that has it stays readable (the planner makes
+    these: mprofile and ool together, b8)."""
+    from rewriter.generations import Variant
+    from rewriter.plan import Plan, Route, SiteRequest, plan
+    from rewriter.states import SiteState
+
+    mixed = plan(
+        [SiteRequest(Variant.OOL, SiteState.DISABLED, SiteState.ENABLED),
+         SiteRequest(Variant.MPROFILE, SiteState.NOPPED, SiteState.ENABLED)],
+        route=Route.B8,
+    )  # fmt: skip
+    assert Plan.from_json(mixed.to_json()) == mixed

@@ -867,6 +867,21 @@ def _current_builtins() -> dict[str, Builtin]:
             plan([SiteRequest(patch, nopped, enabled)], route=Route.B8),
             "6.12: nop -> b+8, synchronize_rcu_tasks, nop -> bl, b+8 -> mflr",
         ),
+        # What 6.12 itself does after boot init wrote mflr into A for good: ftrace_make_call() and
+        # ftrace_replace_code() write B alone (old nop), ftrace_make_nop() and a disable write it back
+        # (old bl), with no barrier before or after either.
+        "patchable-enable": Builtin(
+            patch,
+            disabled,
+            plan([SiteRequest(patch, disabled, enabled)]),
+            "6.12's own enable (A holds mflr since boot init): nop -> bl in B, no barrier",
+        ),
+        "patchable-disable": Builtin(
+            patch,
+            enabled,
+            plan([SiteRequest(patch, enabled, disabled)]),
+            "6.12's own disable: bl -> nop in B, no barrier (A keeps mflr)",
+        ),
         "ool-enable": Builtin(
             ool, disabled, plan([SiteRequest(ool, disabled, enabled)]), "7.2: entry nop -> b stub, no barrier"
         ),

@@ -76,3 +76,36 @@ def test_a_mixed_plan_keeps_its_route() -> None:
         route=Route.B8,
     )  # fmt: skip
     assert Plan.from_json(mixed.to_json()) == mixed
+
+
+# ---------------------------------------------------------------- the 6.12 kernel's own writes, built in
+
+
+@pytest.mark.parametrize(
+    ("name", "current", "target", "old", "new"),
+    [
+        ("patchable-enable", "disabled", "enabled", "nop", "bl"),
+        ("patchable-disable", "enabled", "disabled", "bl", "nop"),
+    ],
+)
+@pytest.mark.parametrize("tasks", ["2", "3"])
+def test_the_612_kernels_own_enable_and_disable_are_built_in_and_safe(
+    name: str, current: str, target: str, old: str, new: str, tasks: str
+) -> None:
+    """check-plan had the 2019 race and Rao's fix on a 6.12 site, but not what 6.12 itself does
+    after boot init wrote mflr into A: B alone, nop -> bl (ftrace_make_call, ftrace_replace_code's
+    MAKE_CALL) and bl -> nop (MAKE_NOP), no barrier."""
+    from rewriter.check import BUILTINS
+    from rewriter.generations import Variant
+    from rewriter.plan import Write
+    from rewriter.states import Insn, SiteState, Slot
+
+    listed = invoke("check-plan", "--list")
+    assert any(line.split()[:3] == [name, "patchable", "from"] for line in listed.stdout.splitlines()), listed.stdout
+    p = BUILTINS[name].plan
+    assert p.sites[0].variant is Variant.PATCHABLE
+    assert (p.sites[0].current, p.sites[0].target) == (SiteState(current), SiteState(target))
+    assert p.stages == ((Write(0, Slot.B, Insn(old), Insn(new)),),) and p.barriers == () and p.settle is None
+    checked = invoke("check-plan", "--builtin", name, "--tasks", tasks)
+    assert checked.exit_code == 0 and checked.stdout.startswith(f"{name}: SAFE ("), checked.output
+    assert f"{tasks} tasks x 2 entries" in checked.stdout

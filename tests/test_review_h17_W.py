@@ -109,3 +109,16 @@ def test_the_612_kernels_own_enable_and_disable_are_built_in_and_safe(
     checked = invoke("check-plan", "--builtin", name, "--tasks", tasks)
     assert checked.exit_code == 0 and checked.stdout.startswith(f"{name}: SAFE ("), checked.output
     assert f"{tasks} tasks x 2 entries" in checked.stdout
+
+
+# ---------------------------------------------------------------- the largest check, timed in bench/
+
+
+def test_the_bench_plan_is_the_plan_of_every_request() -> None:
+    """bench/run.py times `check-plan` on the largest plan `plan` or `apply` makes (its time is a
+    claim in docs/state-machine.md): the file must stay that plan as the planner changes."""
+    from test_plan_review import every_request_plan
+
+    bench = Path(__file__).resolve().parent.parent / "bench" / "every-request.plan.json"
+    assert bench.read_text() == every_request_plan().to_json()
+

@@ -562,6 +562,13 @@ def _instead_of_cmodx_3_0(req: SiteRequest) -> str:
         )
     if lay.kernel_only(req.target):
         return f"plan for --cmodx 3.1 (no file rewrite writes {req.target.value} either: only the running kernel does)"
+    if req.target is SiteState.NOPPED:
+        # Only an unrecorded site stays nop; nop past boot: 6.1's init refuses it at a recorded
+        # place, and 6.12's writes mflr r0 into it; so the offline way there drops the record.
+        return (
+            "rewrite the file offline with the site's record dropped (mcountrw nop --drop-records: a recorded "
+            "site does not stay nop; nop past the kernel's boot-time init), or plan for --cmodx 3.1"
+        )
     return "rewrite the file offline, or plan for --cmodx 3.1"
 
 

@@ -122,3 +122,15 @@ def test_the_bench_plan_is_the_plan_of_every_request() -> None:
     bench = Path(__file__).resolve().parent.parent / "bench" / "every-request.plan.json"
     assert bench.read_text() == every_request_plan().to_json()
 
+
+# ---------------------------------------------------------------- what plan says to do instead
+
+
+@pytest.mark.parametrize("generation", ["mprofile", "patchable"])
+def test_cmodx_3_0_refusal_of_a_nop_says_the_record_must_go(generation: str) -> None:
+    """`plan --generation patchable --from disabled --to nopped --cmodx 3.0` said "rewrite the file
+    offline": a 6.12 file already holds nop; nop there, and boot init writes mflr r0 into it while
+    the record stays (6.1's refuses it): the offline way to nopped is dropping the record."""
+    refused = invoke("plan", "--generation", generation, "--from", "disabled", "--to", "nopped", "--cmodx", "3.0")
+    assert_one_line(refused, 1, "no legal route", "rewrite the file offline with the site's record dropped",
+                    "nop --drop-records", "or plan for --cmodx 3.1")  # fmt: skip

@@ -219,6 +219,8 @@ class Plan:
     def from_json(cls, text: str, source: str = "plan") -> Plan:
         """Parse and validate a plan file (a plan names at least one site); raises
         :class:`PlanFormatError` starting ``source:`` and saying what is wrong and where."""
+        if not text.strip():  # e.g. `plan ... --format json | check-plan -` where plan found no route
+            raise PlanFormatError(f"{source}: empty: no plan in it (check-plan reads `plan --format json`)")
         try:
             doc = json.loads(text, object_pairs_hook=_once_each)
         except (ValueError, RecursionError) as e:

@@ -4,6 +4,8 @@ and fails without its fix."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -134,3 +136,18 @@ def test_cmodx_3_0_refusal_of_a_nop_says_the_record_must_go(generation: str) -> 
     refused = invoke("plan", "--generation", generation, "--from", "disabled", "--to", "nopped", "--cmodx", "3.0")
     assert_one_line(refused, 1, "no legal route", "rewrite the file offline with the site's record dropped",
                     "nop --drop-records", "or plan for --cmodx 3.1")  # fmt: skip
+
+
+def test_an_empty_plan_is_said_to_be_empty(tmp_path: Path) -> None:
+    """`plan ... --format json | check-plan -` where plan found no route (exit 1, nothing on
+    stdout) said `<stdin>: not JSON: Expecting value: line 1 column 1 (char 0)`."""
+    empty = tmp_path / "empty.json"
+    empty.write_text("\n")
+    assert_one_line(invoke("check-plan", empty), 2, "error", f"{empty}: empty: no plan in it")
+    piped = subprocess.run(
+        [sys.executable, "-m", "rewriter", "check-plan", "-"], input="", capture_output=True, text=True, check=False
+    )
+    assert piped.returncode == 2 and piped.stdout == "", piped.stderr
+    assert piped.stderr.splitlines() == [
+        "mcountrw: error: <stdin>: empty: no plan in it (check-plan reads `plan --format json`)"
+    ]

@@ -4,6 +4,7 @@ and fails without its fix."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -151,3 +152,22 @@ def test_an_empty_plan_is_said_to_be_empty(tmp_path: Path) -> None:
     assert piped.stderr.splitlines() == [
         "mcountrw: error: <stdin>: empty: no plan in it (check-plan reads `plan --format json`)"
     ]
+
+
+def test_a_safe_plan_of_many_sites_says_how_many_it_proved(tmp_path: Path) -> None:
+    """A 42,000-site plan was `SAFE (450 states explored, 2 tasks x 2 entries, cmodx 3.1)`: nothing
+    said that every site had been proven, as 3 distinct checks."""
+    from rewriter.generations import Variant
+    from rewriter.plan import SiteRequest, plan
+    from rewriter.states import SiteState
+
+    p = plan(
+        [SiteRequest(Variant.PATCHABLE, SiteState.DISABLED, SiteState.ENABLED)] * 300
+        + [SiteRequest(Variant.OOL, SiteState.ENABLED, SiteState.DISABLED)] * 200
+    )
+    path = tmp_path / "many.json"
+    path.write_text(p.to_json())
+    checked = invoke("check-plan", path)
+    assert checked.exit_code == 0, checked.output
+    assert re.fullmatch(rf"{re.escape(str(path))}: SAFE \(\d+ states explored for 500 sites, 2 distinct, "
+                        r"2 tasks x 2 entries, cmodx 3\.1\)\n", checked.stdout), checked.stdout  # fmt: skip

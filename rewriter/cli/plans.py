@@ -156,7 +156,10 @@ def check_plan(
     except ArgumentError as e:  # what about the plan could not be checked: name it
         raise ArgumentError(f"{name}: {e}") from None
     if result.safe:
-        typer.echo(f"{name}: SAFE ({result.states} states explored, {assumptions(result) if p.runtime else OFFLINE})")
+        # of a plan of many sites, how many were proven: equal ones (request and writes) are one check
+        sites = f" for {len(p.sites):,} sites, {result.sites_checked:,} distinct" if len(p.sites) > 1 else ""
+        proven = assumptions(result) if p.runtime else OFFLINE
+        typer.echo(f"{name}: SAFE ({result.states} states explored{sites}, {proven})")
         for note in notes(p):
             typer.echo(note)
     else:

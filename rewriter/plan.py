@@ -637,20 +637,23 @@ def check_route_decides(req: SiteRequest, route: Route | None, cmodx: Cmodx, run
     if route is None:
         return
     check_route([req.variant], route)
-    reason = route_rejection([req.variant], route)
-    if reason is not None:  # b8 of a gcc-5 site: check_route refused one-word sites
-        raise ArgumentError(f"--route b8: {reason}; use --route mflr-first")
-    plans = []
+    writes = []
     for candidate in Route:
         try:
-            plans.append(_plan_route([req], candidate, cmodx, runtime, stale_fetch))
+            p = _plan_route([req], candidate, cmodx, runtime, stale_fetch)
         except PlanRejected:
-            return  # only one route gets there (it decides), or neither (the planner says why)
-    first, second = ((p.stages, p.barriers, p.settle) for p in plans)
-    if first == second:
+            continue  # only one route gets there (it decides), or neither (the planner says why)
+        writes.append((p.stages, p.barriers, p.settle))
+    same = len(writes) == 2 and writes[0] == writes[1]
+    what = f"{req.variant.value} {req.current.value} -> {req.target.value}"
+    reason = route_rejection([req.variant], route)
+    if reason is not None:  # b8 of a gcc-5 site (check_route refused one-word sites)
+        # --route mflr-first would be refused too where the writes are the same: say what is accepted
+        fix = f"leave --route out ({what} takes the same writes on every route)" if same else "use --route mflr-first"
+        raise ArgumentError(f"--route b8: {reason}; {fix}")
+    if same:
         raise ArgumentError(
-            f"--route {route.value}: {req.variant.value} {req.current.value} -> {req.target.value} takes the same "
-            "writes on both routes; there is no route to choose"
+            f"--route {route.value}: {what} takes the same writes on both routes; there is no route to choose"
         )
 
 

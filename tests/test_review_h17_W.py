@@ -171,3 +171,32 @@ def test_a_safe_plan_of_many_sites_says_how_many_it_proved(tmp_path: Path) -> No
     assert checked.exit_code == 0, checked.output
     assert re.fullmatch(rf"{re.escape(str(path))}: SAFE \(\d+ states explored for 500 sites, 2 distinct, "
                         r"2 tasks x 2 entries, cmodx 3\.1\)\n", checked.stdout), checked.stdout  # fmt: skip
+
+
+def test_the_route_plan_advises_is_one_it_accepts() -> None:
+    """`plan --variant mprofile-std --from disabled --to enabled --route b8` said "use --route
+    mflr-first", which plan then refused ("takes the same writes on both routes"): every
+    advice of another route must name one that is accepted."""
+    import itertools
+
+    from rewriter.errors import ArgumentError
+    from rewriter.generations import LAYOUTS
+    from rewriter.plan import Cmodx, Route, SiteRequest, check_route_decides
+
+    modes = [(Cmodx.V3_1, True, False), (Cmodx.V3_0, True, False), (Cmodx.V3_1, True, True), (Cmodx.V3_1, False, False)]
+    advised = 0
+    for variant, lay in LAYOUTS.items():
+        for (current, target), (cmodx, runtime, stale) in itertools.product(
+            itertools.permutations(lay.states, 2), modes
+        ):
+            req = SiteRequest(variant, current, target)
+            for route in Route:
+                try:
+                    check_route_decides(req, route, cmodx, runtime, stale)
+                except ArgumentError as e:
+                    if "use --route " not in str(e):
+                        continue
+                    advised += 1
+                    other = Route(str(e).rsplit("use --route ", 1)[1].split()[0].rstrip(";,"))
+                    check_route_decides(req, other, cmodx, runtime, stale)  # raises if it is refused too
+    assert advised > 0

@@ -200,3 +200,15 @@ def test_the_route_plan_advises_is_one_it_accepts() -> None:
                     other = Route(str(e).rsplit("use --route ", 1)[1].split()[0].rstrip(";,"))
                     check_route_decides(req, other, cmodx, runtime, stale)  # raises if it is refused too
     assert advised > 0
+
+
+def test_generation_help_does_not_send_a_debian_12_kernel_to_patchable() -> None:
+    """`plan --generation` said `patchable (6.12)`; Debian 12's 6.12 (gcc 12 fails the kernel's
+    patchable-entry check) is mprofile, as scan says, and plans for it are mprofile's."""
+    import typer
+
+    from rewriter.cli import app
+
+    command = typer.main.get_command(app).commands["plan"]  # type: ignore[attr-defined]
+    help_text = next(p.help for p in command.params if p.name == "generation")
+    assert "patchable (6.12)" not in help_text and "Debian 12" in help_text and "as scan names it" in help_text

@@ -51,7 +51,11 @@ def plan(
     to: Annotated[SiteState, typer.Option("--to", help="target state")],
     *,
     generation: Annotated[
-        Generation | None, typer.Option(help="mprofile (6.1), patchable (6.12) or ool (7.2); picks its default variant")
+        Generation | None,
+        typer.Option(
+            help="mprofile (6.1, and a 6.12 gcc 12 built: Debian 12's), patchable (6.6-6.12) or ool (6.13+, 7.2), "
+            "as scan names it; picks its default variant"
+        ),
     ] = None,
     variant: Annotated[
         Variant | None, typer.Option(help="the site's variant (default: --generation's, else mprofile)")

@@ -265,7 +265,7 @@ class Plan:
         cmodx = _enum(Cmodx, _field(doc, "cmodx", str, "plan"), "cmodx")
         if mode == "offline":
             _offline_waits_for_no_cpu(barriers, None if settle is None else _enum(Barrier, settle, "settle"), cmodx)
-        return cls(
+        p = cls(
             sites=sites,
             stages=stages,
             barriers=barriers,
@@ -275,6 +275,9 @@ class Plan:
             runtime=mode == "runtime",
             stale_fetch=stale_fetch,
         )
+        if p.routed:
+            _route_followed(p)
+        return p
 
 
 # The helpers below raise PlanFormatError without the file's name; from_json puts it in front.
@@ -374,6 +377,50 @@ def _route(doc: dict[str, Any], sites: tuple[SiteRequest, ...]) -> Route:
         null = "" if any(LAYOUTS[s.variant].mflr_in_site for s in sites) else "; a plan of them says route null"
         raise PlanFormatError(f'route: "{route.value}": {reason}{null}')
     return route
+
+
+def _route_followed(p: Plan) -> None:
+    """A plan file's route is the route its writes take: a write no plan of that route makes
+    (``route: "mflr-first"`` over ``A: nop -> b+8`` on the way to enabled, ``route: "b8"`` over
+    ``A: nop -> mflr``) is refused, as the planner's own rule (:func:`_route_allows`) says."""
+    writes: list[list[tuple[int, int, Write]]] = [[] for _ in p.sites]
+    for j, stage in enumerate(p.stages):
+        for k, w in enumerate(stage):
+            writes[w.site].append((j, k, w))
+    seen: set[tuple[SiteRequest, tuple[Write, ...]]] = set()
+    for i, (req, mine) in enumerate(zip(p.sites, writes, strict=True)):
+        key = (req, tuple(w for _, _, w in mine))
+        if key not in seen:  # a plan's sites are mostly alike: replay each kind once
+            seen.add(key)
+            _site_follows(p.route, i, req, mine)
+
+
+def _site_follows(route: Route, site: int, req: SiteRequest, writes: list[tuple[int, int, Write]]) -> None:
+    """Replay one site's writes while its words name a state and a stage lands one write on it;
+    a write off that path (a CAS that would fail, a site made broken, two in one stage, landing in
+    either order) is the checker's to report, with its trace."""
+    if len({j for j, _, _ in writes}) != len(writes):
+        return
+    lay = LAYOUTS[req.variant]
+    words = dict(zip(lay.state_slots, lay.words(req.current), strict=True))
+    src = req.current
+    for j, k, w in writes:
+        if w.slot not in words:
+            continue  # gcc 5's S: no state reads it
+        if words[w.slot] is not w.old:
+            return
+        words[w.slot] = w.new
+        dst = lay.state_of(tuple(words[s] for s in lay.state_slots))
+        step = lay.transitions.get((src, dst))
+        if step is None or src not in lay.states or dst not in lay.states:
+            return
+        if not _route_allows(route, req.variant, step, dst, req.target):
+            raise PlanFormatError(
+                f'route: "{route.value}": stages[{j}][{k}] writes {w.slot.value}: {w.old.value} -> {w.new.value} '
+                f"on site {site} ({req.variant.value} {src.value} -> {dst.value} on the way to {req.target.value}), "
+                f"which route {route.value} never does"
+            )
+        src = dst
 
 
 def _field(obj: Any, key: str, kind: type, where: str) -> Any:

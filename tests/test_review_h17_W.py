@@ -48,8 +48,14 @@ def _set(key: str, value: object) -> Callable[[dict[str, Any]], None]:
          ("barriers[0]: a barrier waits for CPUs", "an offline plan has none")),
         (("--generation", "patchable", "--from", "nopped", "--to", "disabled", "--offline"),
          _set("settle", "synchronize_rcu_tasks"), ("settle: a barrier waits for CPUs", "an offline plan has none")),
+        # the route a file names is the one its writes take: Rao's writes called mflr-first, and back
+        (("--generation", "patchable", "--from", "nopped", "--to", "enabled", "--route", "b8"),
+         _set("route", "mflr-first"), ('route: "mflr-first"', "A: nop -> b+8", "which route mflr-first never does")),
+        (("--generation", "patchable", "--from", "nopped", "--to", "enabled", "--route", "mflr-first"),
+         _set("route", "b8"), ('route: "b8"', "A: nop -> mflr", "which route b8 never does")),
     ],
-    ids=["ool-b8", "ool-mflr-first", "gcc5-b8", "offline-cmodx-3.0", "offline-barrier", "offline-settle"],
+    ids=["ool-b8", "ool-mflr-first", "gcc5-b8", "offline-cmodx-3.0", "offline-barrier", "offline-settle",
+         "b8-writes-called-mflr-first", "mflr-first-writes-called-b8"],
 )  # fmt: skip
 def test_check_plan_refuses_a_plan_file_claiming_what_no_plan_does(
     tmp_path: Path, args: tuple[str, ...], edit: Callable[[dict[str, Any]], None], words: tuple[str, ...]
@@ -64,6 +70,33 @@ def test_check_plan_refuses_a_plan_file_claiming_what_no_plan_does(
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
     assert_one_line(invoke("check-plan", bad), 2, "error", str(bad), *words)
+
+
+def test_every_plan_plan_makes_reads_back_as_itself() -> None:
+    """The refusals above refuse no plan `plan` writes: every request, route and mode it accepts."""
+    import itertools
+
+    from rewriter.errors import ArgumentError, PlanRejected
+    from rewriter.generations import LAYOUTS
+    from rewriter.plan import Cmodx, Plan, Route, SiteRequest, check_route_decides, plan
+    from rewriter.states import SiteState
+
+    modes = [(Cmodx.V3_1, True, False), (Cmodx.V3_0, True, False), (Cmodx.V3_1, True, True), (Cmodx.V3_1, False, False)]
+    made = 0
+    for variant, lay in LAYOUTS.items():
+        states = [*lay.states, *([SiteState.BROKEN] if len(lay.state_slots) == 2 else [])]
+        for current, target in itertools.product(states, repeat=2):
+            for route, (cmodx, runtime, stale) in itertools.product([None, *Route], modes):
+                req = SiteRequest(variant, current, target)
+                try:
+                    check_route_decides(req, route, cmodx, runtime, stale)
+                    p = plan([req], route, cmodx, runtime=runtime, stale_fetch=stale)
+                except (ArgumentError, PlanRejected):
+                    continue
+                back = Plan.from_json(p.to_json())
+                assert back == p or not p.routed, back  # an ool plan reads back as route none
+                made += 1
+    assert made > 300
 
 
 def test_a_mixed_plan_keeps_its_route() -> None:

@@ -387,10 +387,15 @@ def _route_followed(p: Plan) -> None:
     for j, stage in enumerate(p.stages):
         for k, w in enumerate(stage):
             writes[w.site].append((j, k, w))
-    seen: set[tuple[SiteRequest, tuple[Write, ...]]] = set()
+    seen: set[tuple[SiteRequest, tuple[tuple[Slot, Insn, Insn], ...], bool]] = set()
+    last = None
     for i, (req, mine) in enumerate(zip(p.sites, writes, strict=True)):
-        key = (req, tuple(w for _, _, w in mine))
-        if key not in seen:  # a plan's sites are mostly alike: replay each kind once
+        one_a_stage = len({j for j, _, _ in mine}) == len(mine)
+        key = (req, tuple((w.slot, w.old, w.new) for _, _, w in mine), one_a_stage)
+        if key == last:  # a plan's sites come in runs of alike ones: replay each kind once
+            continue
+        last = key
+        if key not in seen:
             seen.add(key)
             _site_follows(p.route, i, req, mine)
 

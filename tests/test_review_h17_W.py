@@ -245,3 +245,18 @@ def test_generation_help_does_not_send_a_debian_12_kernel_to_patchable() -> None
     command = typer.main.get_command(app).commands["plan"]  # type: ignore[attr-defined]
     help_text = next(p.help for p in command.params if p.name == "generation")
     assert "patchable (6.12)" not in help_text and "Debian 12" in help_text and "as scan names it" in help_text
+
+
+def test_the_docs_verdict_table_is_what_the_checker_says() -> None:
+    """docs/state-machine.md's table of built-in verdicts, coherent fetch and `--stale-fetch`, at 3
+    tasks x 2 entries: nothing checked its stale-fetch column, nor that it lists every built-in."""
+    from rewriter.check import BUILTINS, check
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "state-machine.md").read_text()
+    table = doc[doc.index("Verdicts (T=3, K=2") :]
+    rows = re.findall(r"^\| `([\w-]+)` +\| (SAFE|UNSAFE) +\| (SAFE|UNSAFE) +\|$", table, re.MULTILINE)
+    assert sorted(name for name, _, _ in rows) == sorted(BUILTINS)
+    for name, coherent, stale in rows:
+        for stale_fetch, claimed in ((False, coherent), (True, stale)):
+            result = check(BUILTINS[name].plan, tasks=3, entries=2, stale_fetch=stale_fetch)
+            assert ("SAFE" if result.safe else "UNSAFE") == claimed, (name, stale_fetch)

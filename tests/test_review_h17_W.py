@@ -4,6 +4,7 @@ and fails without its fix."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -260,3 +261,16 @@ def test_the_docs_verdict_table_is_what_the_checker_says() -> None:
         for stale_fetch, claimed in ((False, coherent), (True, stale)):
             result = check(BUILTINS[name].plan, tasks=3, entries=2, stale_fetch=stale_fetch)
             assert ("SAFE" if result.safe else "UNSAFE") == claimed, (name, stale_fetch)
+
+
+def test_dot_slash_dash_is_the_file_named_dash_not_stdin(tmp_path: Path) -> None:
+    """docs/state-machine.md: `check-plan -` reads stdin, and `a file named - is ./-`; but the
+    argument was a Path, and Path("./-") is Path("-"): `check-plan ./-` read stdin."""
+    made = invoke("plan", "--generation", "ool", "--from", "disabled", "--to", "enabled", "--format", "json")
+    (tmp_path / "-").write_text(made.stdout)
+    run = subprocess.run(
+        [sys.executable, "-m", "rewriter", "check-plan", "./-"],
+        cwd=tmp_path, input="", capture_output=True, text=True, check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )  # fmt: skip
+    assert run.returncode == 0 and run.stdout.startswith("./-: SAFE ("), run.stdout + run.stderr

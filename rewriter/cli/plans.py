@@ -11,7 +11,7 @@ import click
 import typer
 
 from rewriter.check import BUILTINS, MAX_ENTRIES, MAX_TASKS, assumptions
-from rewriter.cli.common import OutputFile, check_report_output, emit
+from rewriter.cli.common import InputPath, OutputFile, check_report_output, emit
 from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, PlanFormatError
 from rewriter.generations import Generation, Variant
@@ -113,7 +113,12 @@ def _variant(generation: Generation | None, variant: Variant | None) -> Variant:
 
 def check_plan(
     plan_file: Annotated[
-        Path | None, typer.Argument(help="a plan in JSON (from `mcountrw plan --format json`); - reads stdin")
+        str | None,
+        typer.Argument(
+            # the text as given: Path("./-") is Path("-"), and `./-` (the file named -) read stdin
+            click_type=InputPath(allow_dash=True, path_type=str),
+            help="a plan in JSON (from `mcountrw plan --format json`); - reads stdin",
+        ),
     ] = None,
     *,
     builtin: Annotated[
@@ -138,11 +143,7 @@ def check_plan(
     if list_builtins:
         checking: list[tuple[str, object]] = [("PLAN.json", plan_file), ("--builtin", builtin), ("--tasks", tasks)]
         checking += [("--entries", entries), ("--cmodx", cmodx), ("--stale-fetch/--no-stale-fetch", stale_fetch)]
-        ignored = [option for option, value in checking if value is not None]
-        if ignored:  # it would be ignored: say so, do not list
-            raise ArgumentError(f"--list lists the built-in plans; give it alone, not with {', '.join(ignored)}")
-        for name, b in BUILTINS.items():
-            typer.echo(f"{name:<24} {b.variant.value} from {b.start.value}: {b.summary}")
+        _list_builtins([option for option, value in checking if value is not None])
         return
     if (plan_file is None) == (builtin is None):
         raise ArgumentError("give exactly one of PLAN.json or --builtin NAME (--list lists the built-in plans)")
@@ -174,6 +175,14 @@ def check_plan(
 OFFLINE: Final = "offline: no task runs while the image is edited"
 
 
+def _list_builtins(ignored: list[str]) -> None:
+    """``--list``; the options it would ignore (``ignored``) are refused: say so, do not list."""
+    if ignored:
+        raise ArgumentError(f"--list lists the built-in plans; give it alone, not with {', '.join(ignored)}")
+    for name, b in BUILTINS.items():
+        typer.echo(f"{name:<24} {b.variant.value} from {b.start.value}: {b.summary}")
+
+
 def _check_offline_options(
     name: str, tasks: int | None, entries: int | None, stale_fetch: bool | None, cmodx: Cmodx | None
 ) -> None:
@@ -193,13 +202,14 @@ def _check_offline_options(
 STDIN: Final = "-"  # as `plan -o -` writes to stdout: `plan --format json | check-plan -`
 
 
-def _read_plan(path: Path) -> tuple[str, Plan]:
+def _read_plan(given: str) -> tuple[str, Plan]:
     """The plan file as its lines name it, and the plan; ``-`` is stdin, named ``<stdin>``, and read
-    as strictly as a file (it is certified all the same)."""
+    as strictly as a file (it is certified all the same); ``./-`` is the file named ``-``."""
     from rewriter.plan import Plan
     from rewriter.reading import read_regular_text
 
-    if str(path) == STDIN:
+    path = Path(given)
+    if given == STDIN:
         name = "<stdin>"
         if sys.stdin is None:  # started with stdin closed
             raise PlanFormatError(f"{name}: closed (no plan to read)")
@@ -213,7 +223,7 @@ def _read_plan(path: Path) -> tuple[str, Plan]:
     try:
         text = read_regular_text(path)
     except OSError as e:
-        raise PlanFormatError(f"{path}: {e.strerror}") from None
+        raise PlanFormatError(f"{given}: {e.strerror}") from None
     except UnicodeDecodeError:
-        raise PlanFormatError(f"{path}: not a plan (not UTF-8 text)") from None
-    return printable(str(path)), Plan.from_json(text, source=str(path))
+        raise PlanFormatError(f"{given}: not a plan (not UTF-8 text)") from None
+    return printable(given), Plan.from_json(text, source=given)  # as given: ./- is not stdin's -

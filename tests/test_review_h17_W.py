@@ -274,3 +274,11 @@ def test_dot_slash_dash_is_the_file_named_dash_not_stdin(tmp_path: Path) -> None
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )  # fmt: skip
     assert run.returncode == 0 and run.stdout.startswith("./-: SAFE ("), run.stdout + run.stderr
+
+
+def test_a_plan_given_as_a_pipe_says_to_pipe_it_to_dash(tmp_path: Path) -> None:
+    """`check-plan <(mcountrw plan ... --format json)` (a shell's process substitution, a pipe)
+    said only `/dev/fd/63: not a regular file (a FIFO, socket or device)`."""
+    fifo = tmp_path / "plan.fifo"
+    os.mkfifo(fifo)
+    assert_one_line(invoke("check-plan", fifo), 2, "error", f"{fifo}: not a regular file", "read by `check-plan -`")

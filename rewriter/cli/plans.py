@@ -206,7 +206,7 @@ def _read_plan(given: str) -> tuple[str, Plan]:
     """The plan file as its lines name it, and the plan; ``-`` is stdin, named ``<stdin>``, and read
     as strictly as a file (it is certified all the same); ``./-`` is the file named ``-``."""
     from rewriter.plan import Plan
-    from rewriter.reading import read_regular_text
+    from rewriter.reading import NOT_REGULAR, read_regular_text
 
     path = Path(given)
     if given == STDIN:
@@ -223,7 +223,9 @@ def _read_plan(given: str) -> tuple[str, Plan]:
     try:
         text = read_regular_text(path)
     except OSError as e:
-        raise PlanFormatError(f"{given}: {e.strerror}") from None
+        # `check-plan <(mcountrw plan ...)` is a pipe: files are never read from one (reading.py)
+        pipe = "; a plan piped in is read by `check-plan -`" if e.strerror == NOT_REGULAR else ""
+        raise PlanFormatError(f"{given}: {e.strerror}{pipe}") from None
     except UnicodeDecodeError:
         raise PlanFormatError(f"{given}: not a plan (not UTF-8 text)") from None
     return printable(given), Plan.from_json(text, source=given)  # as given: ./- is not stdin's -

@@ -161,8 +161,9 @@ def check_plan(
     except ArgumentError as e:  # what about the plan could not be checked: name it
         raise ArgumentError(f"{name}: {e}") from None
     if result.safe:
-        # of a plan of many sites, how many were proven: equal ones (request and writes) are one check
-        sites = f" for {len(p.sites):,} sites, {result.sites_checked:,} distinct" if len(p.sites) > 1 else ""
+        # of a plan of many sites, how many were proven: equal ones (request and writes) are one
+        # check; numbers written as the states are, without commas
+        sites = f" for {len(p.sites)} sites, {result.sites_checked} distinct" if len(p.sites) > 1 else ""
         proven = assumptions(result) if p.runtime else OFFLINE
         typer.echo(f"{name}: SAFE ({result.states} states explored{sites}, {proven})")
         for note in notes(p):

@@ -194,6 +194,13 @@ def cases() -> list[Case]:
             ),
             5.0,
         ),
+        Case(
+            "check-plan every request",
+            "< 20 s (63 distinct sites, 3 tasks x 4 entries, stale fetch: the largest plan `plan` or `apply` makes; "
+            "docs/state-machine.md)",
+            f"{m} check-plan {ROOT}/bench/every-request.plan.json --tasks 3 --entries 4 >/dev/null",
+            20.0,
+        ),
         *new_kernel_cases(m),
     ]
 

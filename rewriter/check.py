@@ -55,7 +55,7 @@ import itertools
 import re
 from collections import deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
@@ -86,11 +86,11 @@ MAX_ENTRIES: Final = 4
 MAX_STATES: Final = 500_000
 # The most states the check of a whole plan may explore, over all its distinct sites: a plan of
 # every request the planner can make at once (63 distinct sites, each state pair of every variant)
-# takes 1,129,861 at 3 tasks x 4 entries with stale fetch (30 s), and a whole kernel's plan has a
+# takes 1,122,301 at 3 tasks x 4 entries with stale fetch (14 s; bench/run.py), and a whole kernel's plan has a
 # handful of distinct sites. A hand-made file of 100 distinct ool sites took 10.8 million states
 # and 274 s before there was this bound.
 MAX_TOTAL_STATES: Final = 2_000_000
-# The most moves (a task's step or a write tried, each about 15 us) the check of one site may try.
+# The most moves (a task's step or a write tried, a few microseconds each) the check of one site may try.
 # A stage's writes land in any order, so each state tries every write its stage has left: a
 # hand-made stage of a thousand writes to one slot took minutes in a few thousand states, under
 # MAX_STATES. The built-in plans try at most 358,473 (ool-disable, 3 tasks x 4 entries, stale
@@ -162,17 +162,26 @@ class _Geometry:
     layout: Layout
     by_offset: Mapping[int, int]  # offset from the call slot -> pc of the slot there
     callee: str
+    n: int  # the site's slots (pc n.. is the stub): a field, as the search asks it millions of times
+    # (pc, word, r0 holds LR) -> what executing it does, for every word that can run there: the
+    # search executes the same few words millions of times, and _execute formats text each time
+    execs: Mapping[tuple[int, Insn, bool], _Exec] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def of(cls, lay: Layout) -> _Geometry:
         if list(lay.offsets) != sorted(lay.offsets):
             raise ValueError(f"{lay.variant.value}: slots must be listed in address order")
         by_offset = MappingProxyType({off: pc for pc, off in enumerate(lay.offsets)})
-        return cls(lay, by_offset, _CALLEE[lay.generation])
-
-    @property
-    def n(self) -> int:
-        return len(self.layout.slots)
+        geo = cls(lay, by_offset, _CALLEE[lay.generation], len(lay.slots))
+        execs = {}
+        for pc in range(geo.n + len(lay.stub)):
+            for word in (lay.stub[pc - geo.n],) if pc >= geo.n else list(Insn):
+                for fresh in (False, True):
+                    try:
+                        execs[(pc, word, fresh)] = _execute(geo, pc, word, fresh)
+                    except ValueError:  # no such word there: _execute says so when a plan puts it there
+                        continue
+        return replace(geo, execs=MappingProxyType(execs))
 
     def name(self, pc: int) -> str:
         return self.layout.slots[pc].value if pc < self.n else f"stub[{pc - self.n}]"
@@ -202,9 +211,6 @@ class _Geometry:
 
     def state_words(self, code: tuple[Insn, ...]) -> tuple[Insn, ...]:
         return tuple(code[self.layout.slots.index(s)] for s in self.layout.state_slots)
-
-
-_GEOMETRY: Final[Mapping[Variant, _Geometry]] = MappingProxyType({v: _Geometry.of(lay) for v, lay in LAYOUTS.items()})
 
 
 class _Exec(NamedTuple):
@@ -243,6 +249,9 @@ def _skipped(geo: _Geometry, pc: int) -> str:
     start = geo.layout.offsets[pc]
     end = start + ppc.branch_offset(ppc.B_PLUS_8)
     return ", ".join(s.value for s, off in zip(geo.layout.slots, geo.layout.offsets, strict=True) if start < off < end)
+
+
+_GEOMETRY: Final[Mapping[Variant, _Geometry]] = MappingProxyType({v: _Geometry.of(lay) for v, lay in LAYOUTS.items()})
 
 
 # ---------------------------------------------------------------- compiling a plan for one site
@@ -324,6 +333,15 @@ class _Model:
     stale: bool
     cmodx: Cmodx
     offline: bool = False
+    # code -> what a task that just context-synchronised may fetch: one search builds the same
+    # few (one per distinct code) millions of times otherwise. Per check, so nothing outlives it.
+    synced_views: dict[tuple[Insn, ...], tuple[frozenset[Insn], ...]] = field(default_factory=dict, compare=False)
+
+    def synced(self, code: tuple[Insn, ...]) -> tuple[frozenset[Insn], ...]:
+        views = self.synced_views.get(code)
+        if views is None:
+            views = self.synced_views[code] = _synced(code)
+        return views
 
 
 class _Problem(NamedTuple):
@@ -471,14 +489,14 @@ def _task_moves(m: _Model, state: _State) -> Iterator[_Move]:
             continue
         if pc >= m.geo.n:
             options = [m.geo.layout.stub[pc - m.geo.n]]  # written once at boot: never stale
-        elif views is not None:
-            options = sorted(views[pc], key=lambda w: w.value)
+        elif views is not None:  # in a fixed order (by text) when there is a choice, as traces show it
+            options = sorted(views[pc], key=lambda w: w.value) if len(views[pc]) > 1 else list(views[pc])
         else:
             options = [code[pc]]
         for word in options:
             yield _task_move(m, state, i, word)
-        if views and views != _synced(code):
-            resynced = (pc, fresh, left, _synced(code))
+        if views and views != (synced := m.synced(code)):
+            resynced = (pc, fresh, left, synced)
             yield _Move(
                 (code, op, mask, (*tasks[:i], resynced, *tasks[i + 1 :])),
                 f"CPU{i}",
@@ -491,7 +509,7 @@ def _task_move(m: _Model, state: _State, i: int, word: Insn) -> _Move:
     pc, fresh, left, views = tasks[i]
     name = f"CPU{i}"
     note = " (stale fetch)" if pc < m.geo.n and word is not code[pc] else ""
-    ex = _execute(m.geo, pc, word, fresh)
+    ex = m.geo.execs.get((pc, word, fresh)) or _execute(m.geo, pc, word, fresh)
     if ex.crash:
         reason = f"{name} executes bl {m.geo.callee} with r0 not holding LR{note}"
         crash = f"{ex.text}{note} with r0 NOT = LR  <-- VIOLATION"
@@ -512,7 +530,7 @@ def _patcher_moves(m: _Model, state: _State) -> Iterator[_Move]:
             yield _Move((code, op + 1, 0, tasks), "patcher", "synchronize_rcu_tasks() returns")
         return
     if current == _ISYNC:
-        synced = tuple((t[0], t[1], t[2], _synced(code) if t[3] else t[3]) for t in tasks)
+        synced = tuple((t[0], t[1], t[2], m.synced(code) if t[3] else t[3]) for t in tasks)
         yield _Move((code, op + 1, 0, synced), "patcher", "IPI: every CPU runs isync")
         return
     assert not isinstance(current, str)
@@ -866,6 +884,21 @@ def _current_builtins() -> dict[str, Builtin]:
             nopped,
             plan([SiteRequest(patch, nopped, enabled)], route=Route.B8),
             "6.12: nop -> b+8, synchronize_rcu_tasks, nop -> bl, b+8 -> mflr",
+        ),
+        # What 6.12 itself does after boot init wrote mflr into A for good: ftrace_make_call() and
+        # ftrace_replace_code() write B alone (old nop), ftrace_make_nop() and a disable write it back
+        # (old bl), with no barrier before or after either.
+        "patchable-enable": Builtin(
+            patch,
+            disabled,
+            plan([SiteRequest(patch, disabled, enabled)]),
+            "6.12's own enable (A holds mflr since boot init): nop -> bl in B, no barrier",
+        ),
+        "patchable-disable": Builtin(
+            patch,
+            enabled,
+            plan([SiteRequest(patch, enabled, disabled)]),
+            "6.12's own disable: bl -> nop in B, no barrier (A keeps mflr)",
         ),
         "ool-enable": Builtin(
             ool, disabled, plan([SiteRequest(ool, disabled, enabled)]), "7.2: entry nop -> b stub, no barrier"

@@ -219,6 +219,8 @@ class Plan:
     def from_json(cls, text: str, source: str = "plan") -> Plan:
         """Parse and validate a plan file (a plan names at least one site); raises
         :class:`PlanFormatError` starting ``source:`` and saying what is wrong and where."""
+        if not text.strip():  # e.g. `plan ... --format json | check-plan -` where plan found no route
+            raise PlanFormatError(f"{source}: empty: no plan in it (check-plan reads `plan --format json`)")
         try:
             doc = json.loads(text, object_pairs_hook=_once_each)
         except (ValueError, RecursionError) as e:
@@ -257,18 +259,25 @@ class Plan:
             raise PlanFormatError("plan: missing 'settle' (null when the plan has none)")
         settle = doc["settle"]
         _notes(doc)
-        return cls(
+        barriers = tuple(
+            _enum(Barrier, b, f"barriers[{i}]") for i, b in enumerate(_field(doc, "barriers", list, "plan"))
+        )
+        cmodx = _enum(Cmodx, _field(doc, "cmodx", str, "plan"), "cmodx")
+        if mode == "offline":
+            _offline_waits_for_no_cpu(barriers, None if settle is None else _enum(Barrier, settle, "settle"), cmodx)
+        p = cls(
             sites=sites,
             stages=stages,
-            barriers=tuple(
-                _enum(Barrier, b, f"barriers[{i}]") for i, b in enumerate(_field(doc, "barriers", list, "plan"))
-            ),
+            barriers=barriers,
             settle=None if settle is None else _enum(Barrier, settle, "settle"),
             route=_route(doc, sites),
-            cmodx=_enum(Cmodx, _field(doc, "cmodx", str, "plan"), "cmodx"),
+            cmodx=cmodx,
             runtime=mode == "runtime",
             stale_fetch=stale_fetch,
         )
+        if p.routed:
+            _route_followed(p)
+        return p
 
 
 # The helpers below raise PlanFormatError without the file's name; from_json puts it in front.
@@ -334,14 +343,89 @@ def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return doc
 
 
+def _offline_waits_for_no_cpu(barriers: tuple[Barrier, ...], settle: Barrier | None, cmodx: Cmodx) -> None:
+    """An offline plan edits a file no CPU runs: ``plan --offline`` separates its stages by
+    ``order`` alone, settles nothing and refuses ``--cmodx``, so it says 3.1 (the default). A
+    barrier or ISA 3.0 in such a file would be certified while the offline check ignores it, as
+    ``stale_fetch: true`` would (refused above)."""
+    waits = [f"barriers[{i}]" for i, b in enumerate(barriers) if b is not Barrier.ORDER]
+    if settle is not None:
+        waits.append("settle")
+    if waits:
+        raise PlanFormatError(
+            f'{waits[0]}: a barrier waits for CPUs running the code; an offline plan has none (stages are "order", '
+            "settle is null)"
+        )
+    if cmodx is not Cmodx.V3_1:
+        raise PlanFormatError(
+            f'cmodx: "{cmodx.value}" is about CPUs running the code; an offline plan has none (it says "3.1")'
+        )
+
+
 def _route(doc: dict[str, Any], sites: tuple[SiteRequest, ...]) -> Route:
     """The plan's route; null only for a plan of one-word (ool) sites, which have no route, and
-    reads as the default, which means nothing there."""
+    reads as the default, which means nothing there. A route no site of the plan has (any route of
+    ool sites, ``b8`` of gcc 5's) is refused: the plan would say ``route b8`` of writes no route
+    chose, which ``plan`` never writes (:func:`check_route_decides`)."""
     if doc.get("route", "") is None:
         if any(LAYOUTS[s.variant].mflr_in_site for s in sites):  # as Plan.routed says it
             raise PlanFormatError("route: null is for a plan of ool sites only; two-slot sites take a route")
         return Route.MFLR_FIRST
-    return _enum(Route, _field(doc, "route", str, "plan"), "route")
+    route = _enum(Route, _field(doc, "route", str, "plan"), "route")
+    reason = route_rejection([s.variant for s in sites], route)
+    if reason is not None:
+        null = "" if any(LAYOUTS[s.variant].mflr_in_site for s in sites) else "; a plan of them says route null"
+        raise PlanFormatError(f'route: "{route.value}": {reason}{null}')
+    return route
+
+
+def _route_followed(p: Plan) -> None:
+    """A plan file's route is the route its writes take: a write no plan of that route makes
+    (``route: "mflr-first"`` over ``A: nop -> b+8`` on the way to enabled, ``route: "b8"`` over
+    ``A: nop -> mflr``) is refused, as the planner's own rule (:func:`_route_allows`) says."""
+    writes: list[list[tuple[int, int, Write]]] = [[] for _ in p.sites]
+    for j, stage in enumerate(p.stages):
+        for k, w in enumerate(stage):
+            writes[w.site].append((j, k, w))
+    seen: set[tuple[SiteRequest, tuple[tuple[Slot, Insn, Insn], ...], bool]] = set()
+    last = None
+    for i, (req, mine) in enumerate(zip(p.sites, writes, strict=True)):
+        one_a_stage = len({j for j, _, _ in mine}) == len(mine)
+        key = (req, tuple((w.slot, w.old, w.new) for _, _, w in mine), one_a_stage)
+        if key == last:  # a plan's sites come in runs of alike ones: replay each kind once
+            continue
+        last = key
+        if key not in seen:
+            seen.add(key)
+            _site_follows(p.route, i, req, mine)
+
+
+def _site_follows(route: Route, site: int, req: SiteRequest, writes: list[tuple[int, int, Write]]) -> None:
+    """Replay one site's writes while its words name a state and a stage lands one write on it;
+    a write off that path (a CAS that would fail, a site made broken, two in one stage, landing in
+    either order) is the checker's to report, with its trace."""
+    if len({j for j, _, _ in writes}) != len(writes):
+        return
+    lay = LAYOUTS[req.variant]
+    words = dict(zip(lay.state_slots, lay.words(req.current), strict=True))
+    src = req.current
+    for j, k, w in writes:
+        if w.slot not in words:
+            continue  # gcc 5's S: no state reads it
+        if words[w.slot] is not w.old:
+            return
+        words[w.slot] = w.new
+        dst = lay.state_of(tuple(words[s] for s in lay.state_slots))
+        step = lay.transitions.get((src, dst))
+        if step is None or src not in lay.states or dst not in lay.states:
+            return
+        if not _route_allows(route, req.variant, step, dst, req.target):
+            raise PlanFormatError(
+                f'route: "{route.value}": stages[{j}][{k}] writes {w.slot.value}: {w.old.value} -> {w.new.value} '
+                f"on site {site} ({req.variant.value} {src.value} -> {dst.value} on the way to {req.target.value}), "
+                f"which route {route.value} never does"
+            )
+        src = dst
 
 
 def _field(obj: Any, key: str, kind: type, where: str) -> Any:
@@ -532,6 +616,13 @@ def _instead_of_cmodx_3_0(req: SiteRequest) -> str:
         )
     if lay.kernel_only(req.target):
         return f"plan for --cmodx 3.1 (no file rewrite writes {req.target.value} either: only the running kernel does)"
+    if req.target is SiteState.NOPPED:
+        # Only an unrecorded site stays nop; nop past boot: 6.1's init refuses it at a recorded
+        # place, and 6.12's writes mflr r0 into it; so the offline way there drops the record.
+        return (
+            "rewrite the file offline with the site's record dropped (mcountrw nop --drop-records: a recorded "
+            "site does not stay nop; nop past the kernel's boot-time init), or plan for --cmodx 3.1"
+        )
     return "rewrite the file offline, or plan for --cmodx 3.1"
 
 
@@ -563,15 +654,29 @@ def _why_no_path(req: SiteRequest, route: Route, mflr_ok: bool) -> str:
 # ---------------------------------------------------------------- the global plan
 
 
+def route_rejection(variants: Sequence[Variant], route: Route) -> str | None:
+    """Why ``route`` is a route of none of these sites, or None: sites of one word only (ool)
+    have no order to choose, and gcc 5's have no ``b8`` (their ``b .+8`` lands on the bl). A
+    route that is none of the sites' would read as if it had been followed."""
+    kinds = sorted(set(variants), key=lambda v: v.value)
+    two_word = [v for v in kinds if LAYOUTS[v].mflr_in_site]
+    if kinds and not two_word:
+        return f"{kinds[0].value} sites are one word; there is no route to choose"
+    if route is Route.B8 and two_word and all(SiteState.GUARDED not in LAYOUTS[v].states for v in two_word):
+        return f"{two_word[0].value} sites have no b8 route: {LAYOUTS[two_word[0]].no_b8}"
+    return None
+
+
 def check_route(variants: Iterable[Variant], route: Route | None) -> None:
     """A route orders the writes of a two-word site (mflr slot and call slot); sites of one word
     only (ool) have no order to choose, and a ``--route`` that changed nothing would read as if it
-    had been used: refused (``plan`` before planning, ``apply`` over the sites it selected)."""
+    had been used: refused (``plan`` before planning, ``apply`` over the sites it selected). (``apply``
+    keeps ``b8`` over gcc 5's sites, whose enable from nopped then says why it has no such route.)"""
     if route is None:
         return
-    kinds = sorted(set(variants), key=lambda v: v.value)
-    if kinds and all(len(LAYOUTS[v].state_slots) < 2 for v in kinds):
-        raise ArgumentError(f"--route {route.value}: {kinds[0].value} sites are one word; there is no route to choose")
+    kinds = list(variants)
+    if kinds and not any(LAYOUTS[v].mflr_in_site for v in kinds):
+        raise ArgumentError(f"--route {route.value}: {route_rejection(kinds, route)}")
 
 
 def check_route_decides(req: SiteRequest, route: Route | None, cmodx: Cmodx, runtime: bool, stale_fetch: bool) -> None:
@@ -584,21 +689,23 @@ def check_route_decides(req: SiteRequest, route: Route | None, cmodx: Cmodx, run
     if route is None:
         return
     check_route([req.variant], route)
-    lay = LAYOUTS[req.variant]
-    if route is Route.B8 and SiteState.GUARDED not in lay.states:
-        why = f"{req.variant.value} sites have no b8 route: {lay.no_b8}"
-        raise ArgumentError(f"--route b8: {why}; use --route mflr-first")
-    plans = []
+    writes = []
     for candidate in Route:
         try:
-            plans.append(_plan_route([req], candidate, cmodx, runtime, stale_fetch))
+            p = _plan_route([req], candidate, cmodx, runtime, stale_fetch)
         except PlanRejected:
-            return  # only one route gets there (it decides), or neither (the planner says why)
-    first, second = ((p.stages, p.barriers, p.settle) for p in plans)
-    if first == second:
+            continue  # only one route gets there (it decides), or neither (the planner says why)
+        writes.append((p.stages, p.barriers, p.settle))
+    same = len(writes) == 2 and writes[0] == writes[1]
+    what = f"{req.variant.value} {req.current.value} -> {req.target.value}"
+    reason = route_rejection([req.variant], route)
+    if reason is not None:  # b8 of a gcc-5 site (check_route refused one-word sites)
+        # --route mflr-first would be refused too where the writes are the same: say what is accepted
+        fix = f"leave --route out ({what} takes the same writes on every route)" if same else "use --route mflr-first"
+        raise ArgumentError(f"--route b8: {reason}; {fix}")
+    if same:
         raise ArgumentError(
-            f"--route {route.value}: {req.variant.value} {req.current.value} -> {req.target.value} takes the same "
-            "writes on both routes; there is no route to choose"
+            f"--route {route.value}: {what} takes the same writes on both routes; there is no route to choose"
         )
 
 

@@ -76,6 +76,11 @@ class Insn(enum.Enum):
     BACK = "b ip+4"  # the ool stub's branch back to the function (ool stub only)
     OTHER = "other"
 
+    # Members are singletons, equal only to themselves: hash them by identity, in C. Enum's own
+    # __hash__ is a Python call, and the model checker hashes words some 40 million times in one
+    # large check (its states and fetch sets hold them): a fifth of its time.
+    __hash__ = object.__hash__
+
 
 def words_text(words: tuple[Insn, ...]) -> str:
     """Slot words as people write them: ``mflr r0; nop``."""

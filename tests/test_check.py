@@ -32,6 +32,8 @@ VERDICTS = {
     "mflr-first-enable-gcc5": True,
     "patchable-naive-enable": False,
     "patchable-b8-enable": True,
+    "patchable-enable": True,
+    "patchable-disable": True,
     "ool-enable": True,
     "ool-disable": True,
 }
@@ -329,7 +331,17 @@ def _mcountrw(command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, check=False)
 
 
-@pytest.mark.parametrize("name", ["patchable-naive-enable", "patchable-b8-enable", "ool-enable", "ool-disable"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "patchable-naive-enable",
+        "patchable-b8-enable",
+        "patchable-enable",
+        "patchable-disable",
+        "ool-enable",
+        "ool-disable",
+    ],
+)
 def test_cli_check_plan_runs_the_new_builtins_for_three_tasks(name):
     proc = _mcountrw(f"check-plan --builtin {name} --tasks 3 --entries 2")
     assert proc.returncode == (0 if VERDICTS[name] else 1), proc.stderr

@@ -708,7 +708,7 @@ OLD_LINES = [
     # entries None: not given, the default 2 (None lets an offline plan refuse the options it ignores)
     ("check-plan --builtin b8-enable --tasks 3", "check-plan", {"builtin": "b8-enable", "tasks": 3, "entries": None}),
     ("check-plan plan.json --cmodx 3.0 --no-stale-fetch --entries 4", "check-plan",
-     {"plan_file": Path("plan.json"), "cmodx": Cmodx.V3_0, "stale_fetch": False, "entries": 4}),
+     {"plan_file": "plan.json", "cmodx": Cmodx.V3_0, "stale_fetch": False, "entries": 4}),  # as given: ./- is no -
     ("nop K -o vmlinux.nop --exclude do_one_initcall --drop-records", "nop",
      {"output": Path("vmlinux.nop"), "exclude": ["do_one_initcall"], "drop_records": True}),
     ("apply prog --to disabled -o prog.off --stage-images stages/", "apply",

@@ -11,7 +11,7 @@ import click
 import typer
 
 from rewriter.check import BUILTINS, MAX_ENTRIES, MAX_TASKS, assumptions
-from rewriter.cli.common import OutputFile, check_report_output, emit
+from rewriter.cli.common import InputPath, OutputFile, check_report_output, emit
 from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, PlanFormatError
 from rewriter.generations import Generation, Variant
@@ -51,7 +51,11 @@ def plan(
     to: Annotated[SiteState, typer.Option("--to", help="target state")],
     *,
     generation: Annotated[
-        Generation | None, typer.Option(help="mprofile (6.1), patchable (6.12) or ool (7.2); picks its default variant")
+        Generation | None,
+        typer.Option(
+            help="mprofile (6.1, and a 6.12 gcc 12 built: Debian 12's), patchable (6.6-6.12) or ool (6.13+, 7.2), "
+            "as scan names it; picks its default variant"
+        ),
     ] = None,
     variant: Annotated[
         Variant | None, typer.Option(help="the site's variant (default: --generation's, else mprofile)")
@@ -109,7 +113,12 @@ def _variant(generation: Generation | None, variant: Variant | None) -> Variant:
 
 def check_plan(
     plan_file: Annotated[
-        Path | None, typer.Argument(help="a plan in JSON (from `mcountrw plan --format json`); - reads stdin")
+        str | None,
+        typer.Argument(
+            # the text as given: Path("./-") is Path("-"), and `./-` (the file named -) read stdin
+            click_type=InputPath(allow_dash=True, path_type=str),
+            help="a plan in JSON (from `mcountrw plan --format json`); - reads stdin",
+        ),
     ] = None,
     *,
     builtin: Annotated[
@@ -134,11 +143,7 @@ def check_plan(
     if list_builtins:
         checking: list[tuple[str, object]] = [("PLAN.json", plan_file), ("--builtin", builtin), ("--tasks", tasks)]
         checking += [("--entries", entries), ("--cmodx", cmodx), ("--stale-fetch/--no-stale-fetch", stale_fetch)]
-        ignored = [option for option, value in checking if value is not None]
-        if ignored:  # it would be ignored: say so, do not list
-            raise ArgumentError(f"--list lists the built-in plans; give it alone, not with {', '.join(ignored)}")
-        for name, b in BUILTINS.items():
-            typer.echo(f"{name:<24} {b.variant.value} from {b.start.value}: {b.summary}")
+        _list_builtins([option for option, value in checking if value is not None])
         return
     if (plan_file is None) == (builtin is None):
         raise ArgumentError("give exactly one of PLAN.json or --builtin NAME (--list lists the built-in plans)")
@@ -156,7 +161,11 @@ def check_plan(
     except ArgumentError as e:  # what about the plan could not be checked: name it
         raise ArgumentError(f"{name}: {e}") from None
     if result.safe:
-        typer.echo(f"{name}: SAFE ({result.states} states explored, {assumptions(result) if p.runtime else OFFLINE})")
+        # of a plan of many sites, how many were proven: equal ones (request and writes) are one
+        # check; numbers written as the states are, without commas
+        sites = f" for {len(p.sites)} sites, {result.sites_checked} distinct" if len(p.sites) > 1 else ""
+        proven = assumptions(result) if p.runtime else OFFLINE
+        typer.echo(f"{name}: SAFE ({result.states} states explored{sites}, {proven})")
         for note in notes(p):
             typer.echo(note)
     else:
@@ -165,6 +174,14 @@ def check_plan(
 
 
 OFFLINE: Final = "offline: no task runs while the image is edited"
+
+
+def _list_builtins(ignored: list[str]) -> None:
+    """``--list``; the options it would ignore (``ignored``) are refused: say so, do not list."""
+    if ignored:
+        raise ArgumentError(f"--list lists the built-in plans; give it alone, not with {', '.join(ignored)}")
+    for name, b in BUILTINS.items():
+        typer.echo(f"{name:<24} {b.variant.value} from {b.start.value}: {b.summary}")
 
 
 def _check_offline_options(
@@ -186,13 +203,14 @@ def _check_offline_options(
 STDIN: Final = "-"  # as `plan -o -` writes to stdout: `plan --format json | check-plan -`
 
 
-def _read_plan(path: Path) -> tuple[str, Plan]:
+def _read_plan(given: str) -> tuple[str, Plan]:
     """The plan file as its lines name it, and the plan; ``-`` is stdin, named ``<stdin>``, and read
-    as strictly as a file (it is certified all the same)."""
+    as strictly as a file (it is certified all the same); ``./-`` is the file named ``-``."""
     from rewriter.plan import Plan
-    from rewriter.reading import read_regular_text
+    from rewriter.reading import NOT_REGULAR, read_regular_text
 
-    if str(path) == STDIN:
+    path = Path(given)
+    if given == STDIN:
         name = "<stdin>"
         if sys.stdin is None:  # started with stdin closed
             raise PlanFormatError(f"{name}: closed (no plan to read)")
@@ -206,7 +224,9 @@ def _read_plan(path: Path) -> tuple[str, Plan]:
     try:
         text = read_regular_text(path)
     except OSError as e:
-        raise PlanFormatError(f"{path}: {e.strerror}") from None
+        # `check-plan <(mcountrw plan ...)` is a pipe: files are never read from one (reading.py)
+        pipe = "; a plan piped in is read by `check-plan -`" if e.strerror == NOT_REGULAR else ""
+        raise PlanFormatError(f"{given}: {e.strerror}{pipe}") from None
     except UnicodeDecodeError:
-        raise PlanFormatError(f"{path}: not a plan (not UTF-8 text)") from None
-    return printable(str(path)), Plan.from_json(text, source=str(path))
+        raise PlanFormatError(f"{given}: not a plan (not UTF-8 text)") from None
+    return printable(given), Plan.from_json(text, source=given)  # as given: ./- is not stdin's -

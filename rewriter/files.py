@@ -186,7 +186,7 @@ def _check_chain_kept(input_path: Path, out: Path, log: Path, in_place: bool, in
     for own in dict.fromkeys(p for p in (beside, input_log) if p is not None):
         if not in_place and same_place(out, own):
             raise OutputError(f"-o {out}: is the patch log of the input {input_path}, which its undo needs")
-        if same_place(log, own) and not (in_place and own == beside):
+        if same_place(log, own) and not (in_place and same_place(own, beside)):  # --input-log $PWD/F.mcountrw.jsonl
             raise OutputError(
                 f"{log}: the patch log would replace the patch log of the input {input_path}, which its undo needs "
                 "(only --in-place, whose log takes that name, moves it aside first)"
@@ -370,9 +370,32 @@ def check_no_foreign_log(path: Path, known: Known | None, aside: LogAside | None
     what = f"{beside}: not the log of {path}"
     if aside is not None and aside.damaged:
         what = f"{aside.reason}: the patch log beside {path} cannot be read"
+    elif known is not None:  # --input-log named a log elsewhere: the one beside may be the file's too
+        whose = _beside_an_input_log(path, beside, known)
+        if whose is None:
+            return
+        what = whose
     raise OutputError(
         f"{what}, and an in-place rewrite would replace it: move it away, or give the new log another name with --log"
     )
+
+
+def _beside_an_input_log(path: Path, beside: Path, known: Known) -> str | None:
+    """What the log ``beside`` the file is, when ``--input-log`` named another (``known``): None if it
+    is a copy of that log (byte for byte: replacing it loses nothing, and the new log names the
+    one given), else the start of the refusal's line. Said "not the log of F" of every log there,
+    its own log copied elsewhere and named with ``--input-log`` included."""
+    try:
+        if _sha256(read_regular(beside)) == known.sha256:
+            return None
+        header = read_header(beside)
+    except OSError as e:
+        return f"{beside}: {e.strerror}: the patch log beside {path} cannot be read"
+    except LogError as e:
+        return f"{e}: the patch log beside {path} cannot be read"
+    if header is not None and header.output.content_sha256 == known.header.output.content_sha256:
+        return f"{beside}: a patch log of {path} too, not the --input-log {known.path}"
+    return f"{beside}: not the log of {path}"
 
 
 def refuse_contradicted_generation(image: Image, found: Scan) -> None:

@@ -1,0 +1,89 @@
+"""A review of where rewrites find and leave their patch logs: `--in-place` with `--input-log`,
+the logs `--log-dir` keeps, and what each refusal says of the log it names."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from boot import require_kernel
+from conftest import FIXTURES, assert_one_line, invoke
+
+# -- --in-place with --input-log: the log beside the file judged for what it is ---------------------
+
+
+def _nopped_with_log_elsewhere(tmp_path: Path, source: Path, *select: str) -> tuple[Path, Path]:
+    """``source`` copied, its sites nopped and unrecorded but ``select``; the output and a copy of
+    its log kept in logs/ (the log beside the output stays)."""
+    original, nopped = tmp_path / source.name, tmp_path / f"{source.name}.nop"
+    shutil.copy(source, original)
+    done = invoke("nop", original, "-o", nopped, "--drop-records", *select)
+    assert done.exit_code == 0, done.output
+    kept = tmp_path / "logs" / "L"
+    kept.parent.mkdir()
+    shutil.copy(f"{nopped}.mcountrw.jsonl", kept)
+    return nopped, kept
+
+
+def test_in_place_with_a_copy_of_the_files_own_log_given_as_input_log(tmp_path: Path) -> None:
+    """`apply F --in-place --input-log logs/L`, L a copy of the log beside F: refused with "F's log:
+    not the log of F", which it is. Replacing a copy loses nothing (the new log names L): the
+    run works, and undo in place then finds L."""
+    nopped, kept = _nopped_with_log_elsewhere(tmp_path, FIXTURES / "bin" / "prof-le", "--exclude", "leaf_add")
+    original = tmp_path / "prof-le"
+    done = invoke("apply", nopped, "--to", "enabled", "--only", "sum8", "--in-place", "--input-log", kept)
+    assert done.exit_code == 0, done.output
+    assert f"the log builds on {kept}" in done.stderr, done.stderr
+    undone = invoke("undo", nopped, "--in-place")
+    assert undone.exit_code == 0, undone.output
+    assert f"its own log: {kept}" in undone.stderr, undone.stderr
+    assert invoke("verify", original, nopped, "--log", kept).exit_code == 0
+
+
+def test_in_place_refusal_says_what_the_log_beside_the_file_is(tmp_path: Path) -> None:
+    """Given `--input-log` elsewhere, the log beside F is not replaced unless it is a copy of that
+    log; the refusal names it for what it is: another log of F too, one that cannot be read, or
+    (only then) not the log of F."""
+    nopped, kept = _nopped_with_log_elsewhere(tmp_path, FIXTURES / "bin" / "prof-le", "--exclude", "leaf_add")
+    beside = Path(f"{nopped}.mcountrw.jsonl")
+    twin = tmp_path / "twin"
+    assert invoke("nop", tmp_path / "prof-le", "-o", twin, "--drop-records", "--exclude", "leaf_add").exit_code == 0
+    assert twin.read_bytes() == nopped.read_bytes()
+    other = tmp_path / "other"
+    assert invoke("nop", tmp_path / "prof-le", "-o", other, "--drop-records", "--only", "leaf_add").exit_code == 0
+    cases = (
+        (Path(f"{twin}.mcountrw.jsonl").read_bytes(), "a patch log of", f"not the --input-log {kept}"),
+        (kept.read_bytes()[:300], "cannot be read", "truncated"),
+        (Path(f"{other}.mcountrw.jsonl").read_bytes(), "not the log of", str(nopped)),
+    )
+    before = nopped.read_bytes()
+    for text, *words in cases:
+        beside.write_bytes(text)
+        done = invoke("apply", nopped, "--to", "enabled", "--only", "sum8", "--in-place", "--input-log", kept)
+        assert_one_line(done, 2, "error", str(beside), "an in-place rewrite would replace it", *words)
+        assert nopped.read_bytes() == before and beside.read_bytes() == text
+
+
+def test_in_place_with_the_log_beside_named_by_another_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--input-log $PWD/F.mcountrw.jsonl` is the log beside F, which `--in-place` moves aside as it
+    does without the option; spelled otherwise than `F.mcountrw.jsonl`, it was refused as a log
+    "which its undo needs (only --in-place ... moves it aside first)", given --in-place."""
+    nopped, _ = _nopped_with_log_elsewhere(tmp_path, FIXTURES / "bin" / "prof-le", "--exclude", "leaf_add")
+    monkeypatch.chdir(tmp_path)
+    beside = tmp_path / f"{nopped.name}.mcountrw.jsonl"
+    done = invoke("apply", nopped.name, "--to", "enabled", "--only", "sum8", "--in-place", "--input-log", beside)
+    assert done.exit_code == 0, done.output
+    for _ in range(2):  # the step, then the nop before it: the chain was kept beside the file
+        assert invoke("undo", nopped.name, "--in-place").exit_code == 0
+    assert nopped.read_bytes() == (tmp_path / "prof-le").read_bytes()
+    assert not beside.exists()
+
+
+@pytest.mark.corpus
+def test_in_place_with_a_copy_of_the_log_on_the_612_vmlinux(tmp_path: Path) -> None:
+    """The same on the 6.12 vmlinux, whose sites come back by their records alone."""
+    nopped, kept = _nopped_with_log_elsewhere(tmp_path, require_kernel("6.12").vmlinux, "--exclude", "do_one_initcall")
+    done = invoke("apply", nopped, "--to", "enabled", "--only", "vfs_*", "--in-place", "--input-log", kept)
+    assert done.exit_code == 0, done.output
+    assert "records restored" in done.stderr and f"the log builds on {kept}" in done.stderr, done.stderr

@@ -274,6 +274,8 @@ def apply_file(
         history = by_place(known.sites)
     check_something_to_do(image, before, selection, hints, aside)
     result = rewrite(image, before, selection, options, stage_dir is not None and not dry_run, history)
+    if stage_dir is not None:  # a dry run too, as -o and --stage-images DIR are checked
+        check_stage_images(stage_dir, path, len(result.plan.stages) if result.plan is not None else 0)
     said = (None if aside is None else aside.warning, _unchecked_kernel(image, before, result, options, kernel))
     warnings = tuple(w for w in said if w is not None)
     base = None if known is None else known.base
@@ -557,6 +559,18 @@ def check_stage_dir(directory: Path) -> None:
             why = " (a read-only file system)" if os.statvfs(place).f_flag & os.ST_RDONLY else ""
             raise OutputError(f"--stage-images {directory}: cannot write in {place}{why}")
         return
+
+
+def check_stage_images(directory: Path, path: Path, stages: int) -> None:
+    """Before anything is written: each of the ``stages`` stage images has a place it can take
+    (:func:`output.check_replaceable`; ``directory`` may be made by the run). Their number is
+    known only from the plan; a ``D/F.stage2`` that is a directory was found by the rename at
+    the end, after the output, its log and the other stage images were written (then removed)."""
+    for stage in range(1, stages + 1):
+        try:
+            check_replaceable(stage_image_path(directory, path, stage), parent_made=True)
+        except OutputError as e:
+            raise OutputError(f"--stage-images {directory}: the image of stage {stage}, {e}") from None
 
 
 @contextmanager

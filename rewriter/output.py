@@ -82,20 +82,21 @@ def atomic_symlink(path: Path, target: str) -> None:
         raise
 
 
-def check_replaceable(path: Path) -> None:
+def check_replaceable(path: Path, parent_made: bool = False) -> None:
     """Before any work: ``path`` is a place :func:`atomic_write` can put a file, so that a bad
     ``-o`` is refused before a long run, not by its last step. A directory is refused in the
     system's words, ``.``, ``..`` and ``/`` too (renaming over them fails with EBUSY, not EISDIR);
     the directory the file goes in must exist and be writable (the temporary file is made there),
     unless ``path`` is a device or FIFO, which is written into. A name longer than the file system
-    holds is refused here too, in its words, not by the write at the end."""
+    holds is refused here too, in its words, not by the write at the end. ``parent_made``: the run
+    makes the directory if it is not there (``--stage-images``, whose own check says whether it can)."""
     try:
-        _check_replaceable(path)
+        _check_replaceable(path, parent_made)
     except OSError as e:
         raise OutputError(f"{path}: cannot write here ({e.strerror})") from None
 
 
-def _check_replaceable(path: Path) -> None:
+def _check_replaceable(path: Path, parent_made: bool = False) -> None:
     if len(os.fsencode(path.name)) > NAME_MAX:
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(path))
     if path.is_dir():
@@ -103,6 +104,8 @@ def _check_replaceable(path: Path) -> None:
     if _special(path):
         return
     parent = path.parent if str(path.parent) else Path(".")
+    if parent_made and not os.path.lexists(parent):
+        return
     if not parent.is_dir():
         raise OutputError(f"{path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):

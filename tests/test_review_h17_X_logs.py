@@ -87,3 +87,37 @@ def test_in_place_with_a_copy_of_the_log_on_the_612_vmlinux(tmp_path: Path) -> N
     done = invoke("apply", nopped, "--to", "enabled", "--only", "vfs_*", "--in-place", "--input-log", kept)
     assert done.exit_code == 0, done.output
     assert "records restored" in done.stderr and f"the log builds on {kept}" in done.stderr, done.stderr
+
+
+# -- a stage image's place refused before anything is written -----------------------------------------
+
+
+def test_a_stage_image_place_that_is_a_directory_is_refused_before_any_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nop F -o G --stage-images st` with st/F.stage2 a directory: the rename at the end found it,
+    once the output, its log and stage 1's image were written (then removed), and a dry run
+    passed. The plan says how many stages there are: every place is checked before the first write."""
+    import rewriter.files
+
+    source = tmp_path / "prof-le"
+    shutil.copy(FIXTURES / "bin" / "prof-le", source)
+    (tmp_path / "st" / "prof-le.stage2").mkdir(parents=True)
+    written: list[Path] = []
+    real = rewriter.files.write_temp
+
+    def spy(path: Path, *args: object, **kwargs: object) -> object:
+        written.append(path)
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rewriter.files, "write_temp", spy)
+    for where in (("-o", tmp_path / "out"), ("--dry-run",)):
+        done = invoke("nop", source, *where, "--drop-records", "--stage-images", tmp_path / "st")
+        assert_one_line(done, 2, "error", "--stage-images", "the image of stage 2", "prof-le.stage2: Is a directory")
+        assert written == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prof-le", "st"]
+    long_name = tmp_path / ("a" * 250)
+    shutil.copy(source, long_name)
+    done = invoke("nop", long_name, "-o", tmp_path / "out", "--drop-records", "--stage-images", tmp_path / "new")
+    assert_one_line(done, 2, "error", "the image of stage 1", "File name too long")
+    assert written == [] and not (tmp_path / "new").exists()

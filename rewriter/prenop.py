@@ -105,6 +105,10 @@ class Target(NamedTuple):
     rel: str  # its path within the tree, as logs and reports name it
     log: Path
     original: Path | None = None  # --verify --against: the pristine file
+    # --log-dir: where a log named by the file's own name is (the place of a file named by itself,
+    # which a file named below a directory named with it had before its name was its path below
+    # that directory); None where that is ``log`` itself (:func:`log_by_name`)
+    by_name: Path | None = None
 
 
 class FileReport(NamedTuple):
@@ -274,7 +278,9 @@ def _target(
         orig = against if (single_file and not against.is_dir()) else against / rel
     if output is not None and dest.exists() and dest.samefile(f):  # a hard link, a second name
         raise PrenopError(f"-o {output}: {dest} is {f}, an input: use --in-place to rewrite it")
-    return Target(f, dest, rel, log, orig)
+    own = Path(described).name
+    by_name = log_path_in(log_dir, own) if log_dir is not None and own != described else None
+    return Target(f, dest, rel, log, orig, by_name)
 
 
 def _tree_below(root: Path) -> tuple[list[Path], list[Entry], list[str]]:
@@ -583,11 +589,38 @@ def _refuse_nopped_without_log(t: Target, facts: Header | None, zeroed: int) -> 
     policy that keeps them could not give them back, and the run said the file already matched
     it (exit 0). Refused, as ``--undo`` refuses it (:func:`_rewritten_without_log`)."""
     whose = "no patch log at" if facts is None else "it is not the output of"
+    named = log_by_name(t) if facts is None else None
+    if named is not None:
+        raise PrenopError(f"{t.source}: {zeroed} of its records are zeroed, and {whose} {t.log}; {named}")
     raise PrenopError(
         f"{t.source}: {zeroed} of its records are zeroed, as a rewrite leaves them, and {whose} {t.log}: "
         "the sites that rewrite nopped cannot be seen to apply the policy to them; give the --log-dir "
         "its run wrote the logs to, naming the same tree (logs are named by the path below it), or start "
         "from the original file"
+    )
+
+
+def log_by_name(t: Target) -> str | None:
+    """When ``t`` has no log at ``t.log``: the log named by the file's own name under the same
+    ``--log-dir`` (``t.by_name``), if its header says the file is its output or its input, as the
+    end of the line that says there is none. A file named below a directory named with it
+    (Debian 7.2's ``<release>/vmlinuz`` with ``/usr/lib/modules``) was named by its own name
+    before it was named by its path below that directory: a tree rewritten in place then has its
+    log there, and could not be undone or rerun ("no patch log"). The log is named, not taken:
+    the run writes each log where it reads it, so one read there would keep the tree's logs in
+    two layouts, and scan, audit and diff look up the new one only."""
+    if t.by_name is None:
+        return None
+    try:
+        header = read_header(t.by_name)
+        content = read_file(t.source)[1] if header is not None else b""
+    except (RewriteError, OSError):
+        return None  # the line says what is wrong with the file; a damaged log there is nobody's
+    if header is None or (_sha(content) != header.input.content_sha256 and _as_output(content, header) is None):
+        return None
+    return (
+        f"{t.by_name} is its log, named by the file's own name (as a run named the file by itself, or before "
+        f"its name was its path below the directory named with it): move it to {t.log}"
     )
 
 
@@ -708,6 +741,9 @@ def _rewritten_without_log(t: Target) -> str | None:
         return None
     if not zeroed:
         return None
+    named = log_by_name(t)
+    if named is not None:
+        return f"{t.source}: no patch log at {t.log}, yet {zeroed} of its records are zeroed; {named}"
     return (
         f"{t.source}: no patch log at {t.log}, yet {zeroed} of its records are zeroed, as a rewrite leaves "
         "them (logs are named by the path below the tree the run was given: name the same tree)"

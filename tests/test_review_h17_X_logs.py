@@ -121,3 +121,66 @@ def test_a_stage_image_place_that_is_a_directory_is_refused_before_any_write(
     done = invoke("nop", long_name, "-o", tmp_path / "out", "--drop-records", "--stage-images", tmp_path / "new")
     assert_one_line(done, 2, "error", "the image of stage 1", "File name too long")
     assert written == [] and not (tmp_path / "new").exists()
+
+
+# -- a log --log-dir keeps by the file's own name, the file now named by its path below a directory ----
+
+
+def _tree_with_log_by_name(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """T/R/prof-le nopped in place by a run that named it by itself (`--log-dir L T/R/prof-le`:
+    its log L/prof-le.mcountrw.jsonl, where mcountrw before b7d1dda kept it also when T was named
+    with it), T/R/kernel/a.ko a file with no site."""
+    tree = tmp_path / "T"
+    (tree / "R" / "kernel").mkdir(parents=True)
+    kernel = tree / "R" / "prof-le"
+    shutil.copy(FIXTURES / "bin" / "prof-le", kernel)
+    shutil.copy(FIXTURES / "bin" / "clean", tree / "R" / "kernel" / "a.ko")
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\nkeep sum8\n")
+    logs = tmp_path / "L"
+    done = invoke("prenop", "--policy", policy, "--in-place", "--log-dir", logs, kernel)
+    assert done.exit_code == 0, done.output
+    assert (logs / "prof-le.mcountrw.jsonl").is_file()
+    return tree, kernel, logs
+
+
+def test_undo_rerun_and_verify_name_the_log_kept_by_the_files_own_name(tmp_path: Path) -> None:
+    """Named with the directory above it, the file's log is looked up at L/R/prof-le.mcountrw.jsonl
+    (b7d1dda); a tree rewritten in place by the older tool, its log at L/prof-le.mcountrw.jsonl,
+    was refused by --undo, a rerun and --verify as having "no patch log at L/R/...". The log is
+    named, not taken (only if its hashes say it is the file's); moved where it is looked for, it
+    undoes the file."""
+    tree, kernel, logs = _tree_with_log_by_name(tmp_path)
+    policy = tmp_path / "p.policy"
+    old, new = logs / "prof-le.mcountrw.jsonl", logs / "R" / "prof-le.mcountrw.jsonl"
+    nopped = kernel.read_bytes()
+    hint = (f"{old} is its log", f"move it to {new}")
+    undo = invoke("prenop", "--undo", "--in-place", "--log-dir", logs, kernel, tree)
+    assert_one_line(undo, 1, "nothing to do", "no patch log found", *hint)
+    shutil.copy(FIXTURES / "bin" / "prof-le.o", tree / "R" / "kernel" / "b.ko")  # a file with a log: past that check
+    assert invoke("prenop", "--policy", policy, "--in-place", "--log-dir", logs, tree).exit_code == 0
+    for args, code in (
+        (("--undo", "--in-place"), 2),
+        (("--policy", policy, "--in-place"), 2),
+        (("--verify",), 1),
+    ):
+        done = invoke("prenop", *args, "--log-dir", logs, kernel, tree)
+        assert done.exit_code == code, done.output
+        assert all(h in done.output for h in hint), done.output
+        assert kernel.read_bytes() == nopped and not new.exists()
+    old.rename(new)
+    assert invoke("prenop", "--undo", "--in-place", "--log-dir", logs, kernel, tree).exit_code == 0
+    assert kernel.read_bytes() == (FIXTURES / "bin" / "prof-le").read_bytes()
+
+
+def test_a_log_by_the_files_own_name_that_is_not_its_log_is_not_named(tmp_path: Path) -> None:
+    """The log at the file's own name is named only when its hashes say the file is its output or
+    input: another file's log there says nothing of this one."""
+    tree, kernel, logs = _tree_with_log_by_name(tmp_path)
+    other = tmp_path / "other"
+    shutil.copy(FIXTURES / "bin" / "prof-le", other)
+    assert invoke("nop", other, "-o", tmp_path / "o", "--drop-records", "--only", "leaf_add").exit_code == 0
+    shutil.copy(tmp_path / "o.mcountrw.jsonl", logs / "prof-le.mcountrw.jsonl")
+    undo = invoke("prenop", "--undo", "--in-place", "--log-dir", logs, kernel, tree)
+    line = assert_one_line(undo, 1, "nothing to do", "no patch log found", "a wrong --log-dir")
+    assert "is its log" not in line

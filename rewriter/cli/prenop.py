@@ -477,12 +477,18 @@ def _check_some_log(mode: Mode, ts: Sequence[Target]) -> None:
     before anything is read or written. Undoing to -o would otherwise copy each file as if it were
     its own original (what a file with no log is taken to be), under a wrong --log-dir too."""
     if not MODES[mode].policy and ts and not any(t.log.is_file() for t in ts):
-        raise NothingToDo(_no_log_text(mode, len(ts), ts[0].rel))
+        from rewriter.prenop import log_by_name
+
+        # a file's log named by its own name under the same --log-dir: the line names it
+        named = next((f"{t.source}: {line}" for t in ts if (line := log_by_name(t)) is not None), None)
+        raise NothingToDo(_no_log_text(mode, len(ts), ts[0].rel, named))
 
 
-def _no_log_text(mode: Mode, files: int, first: str) -> str:
+def _no_log_text(mode: Mode, files: int, first: str, named: str | None = None) -> str:
     verb = "undo" if mode in (Mode.UNDO, Mode.UNDO_DRY_RUN) else "verify"
     which = f"for {first}" if files == 1 else f"for any of the {files} files (first: {first})"
+    if named is not None:
+        return f"no patch log found {which} where the run looks: nothing to {verb}; {named}"
     return (
         f"no patch log found {which} where the run looks: nothing to {verb} (a wrong --log-dir, a tree named "
         "otherwise than to the run that wrote the logs, which names them by the path below it, or never rewritten?)"

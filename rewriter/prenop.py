@@ -180,7 +180,8 @@ def gather(
     against: Path | None = None,
     logs_beside_source: bool = False,
     whole: bool = True,
-    names_for: str | None = "in the output and the logs",
+    check_names: bool = True,
+    names_for: str | None = None,
 ) -> Inputs:
     """One :class:`Target` per file: files named, and modules (``*.ko[.xz|.gz|.zst]``) found below
     directories named, sorted; with ``-o``, the trees' other entries to copy. Symlinks inside
@@ -195,8 +196,9 @@ def gather(
     nothing, checks the others and reports these lines, as scan does (``whole`` False: the lines
     then say only what the system says, not that a tree must be read whole).
 
-    Two files of one name in their trees are refused, saying where the name is used,
-    ``names_for``; None: nowhere (``policy check`` with no ``--log-dir``, which writes nothing)."""
+    Two files of one name in their trees are refused (not with ``check_names`` False: ``policy
+    check`` with no ``--log-dir``, which writes nothing), saying where the name is used,
+    ``names_for`` (None: where this run uses it, :func:`_where_named`)."""
     if in_place and output is not None:
         raise PrenopError("give either --in-place or -o OUT, not both")
     found, others, errors = _named(paths, in_place, whole)
@@ -213,8 +215,9 @@ def gather(
     unreadable = _unreadable(c.source for c in copies if c.kind in _BYTES)
     errors += [f"{f}: {why}: -o copies the whole tree, this file too" for f, why in unreadable.items()]
     files = [c for c in copies if c.kind is not EntryKind.DIRECTORY]
-    if names_for is not None:
-        _refuse_shared_names([(f, rel) for f, rel, _ in found] + [(c.source, c.rel) for c in files], names_for)
+    if check_names:
+        where = names_for or _where_named(output, log_dir, against)
+        _refuse_shared_names([(f, rel) for f, rel, _ in found] + [(c.source, c.rel) for c in files], where)
     single_file = len(found) == 1 and found[0][2]
     place = partial(_target, single_file, output, in_place, log_dir, against, logs_beside_source)
     out = [place(f, rel) for f, rel, _ in found]
@@ -375,14 +378,27 @@ def _copies(others: Sequence[tuple[Entry, str]], output: Path | None, in_place: 
     return [Copy(e.path, output / rel, rel, e.kind) for e, rel in others if e.kind is not EntryKind.SPECIAL]
 
 
+def _where_named(output: Path | None, log_dir: Path | None, against: Path | None) -> str:
+    """Where a run names files by their names in their trees: the places ``-o``, ``--log-dir`` and
+    ``--against`` give them, and in any run its report (each file's line, ``--report``'s ``path``).
+    The refusal said "in the output and the logs" of every run, one with neither included."""
+    places = [f"{option} {path}" for option, path in (("-o", output), ("--log-dir", log_dir), ("--against", against))]
+    given = [p for p, path in zip(places, (output, log_dir, against), strict=True) if path is not None]
+    return f"in {', '.join(given)} and the report" if given else "in the report (each file's line and --report)"
+
+
 def _refuse_shared_names(files: Sequence[tuple[Path, str]], where: str) -> None:
-    """Two files would have one name ``where`` (in the output and the logs)."""
+    """Two files would have one name ``where``. No other name would do: two module trees named each
+    are most often Debian's 4k- and 64k-page ones, both ``.../kernel``, so a name that took the
+    tree's own name in would still be shared, and one that took the path given would change with
+    how the trees are named (``--log-dir`` would then miss the logs of a run that named them
+    otherwise); the directory above both gives each file its path below it, every run alike."""
     seen: dict[str, Path] = {}
     for f, rel in files:
         if rel in seen:
             raise PrenopError(
                 f"{f} and {seen[rel]} would share the name {rel} {where}: name a directory above both "
-                "(a file's name is its path below the directory named)"
+                "(a file's name is its path below the directory named), or run once per tree"
             )
         seen[rel] = f
 

@@ -184,3 +184,32 @@ def test_a_log_by_the_files_own_name_that_is_not_its_log_is_not_named(tmp_path: 
     undo = invoke("prenop", "--undo", "--in-place", "--log-dir", logs, kernel, tree)
     line = assert_one_line(undo, 1, "nothing to do", "no patch log found", "a wrong --log-dir")
     assert "is its log" not in line
+
+
+# -- two trees of the same names: refused, saying where the name would be shared -----------------------
+
+
+def test_two_trees_of_one_name_are_refused_saying_where_the_names_are_used(tmp_path: Path) -> None:
+    """`prenop A/kernel B/kernel` (Debian's 4k- and 64k-page trees are both <release>/kernel): the
+    refusal said "in the output and the logs" of every run, an --in-place run without --log-dir
+    (logs beside each file, no output) and a dry run included. It names the places the run gives
+    (and the report, whose lines name files by it), and offers a run per tree too."""
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    for tree in ("A", "B"):
+        (tmp_path / tree / "kernel").mkdir(parents=True)
+        shutil.copy(FIXTURES / "bin" / "prof-le.o", tmp_path / tree / "kernel" / "a.ko")
+    trees = (tmp_path / "A" / "kernel", tmp_path / "B" / "kernel")
+    out, logs = tmp_path / "OUT", tmp_path / "L"
+    cases = (
+        (("--in-place",), "in the report (each file's line and --report)"),
+        (("--dry-run",), "in the report (each file's line and --report)"),
+        (("-o", out), f"in -o {out} and the report"),
+        (("--in-place", "--log-dir", logs), f"in --log-dir {logs} and the report"),
+    )
+    for args, where in cases:
+        done = invoke("prenop", "--policy", policy, *args, *trees)
+        line = assert_one_line(done, 2, "error", f"would share the name a.ko {where}", "or run once per tree")
+        assert "output and the logs" not in line
+    assert not out.exists() and not logs.exists()
+    assert (tmp_path / "A" / "kernel" / "a.ko").read_bytes() == (FIXTURES / "bin" / "prof-le.o").read_bytes()

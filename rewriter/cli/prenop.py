@@ -1143,7 +1143,6 @@ def policy_check(
     --log-dir` wrote it."""
     from rewriter import policy as pol
     from rewriter.batch import Found
-    from rewriter.prenop import gather
     from rewriter.reading import not_a_file
 
     check_mcount_addr(generation, mcount_addr)
@@ -1154,7 +1153,7 @@ def policy_check(
     # instead: it writes).
     missing = [p for p in images if not (p.is_dir() or p.is_file())]
     present = [p for p in images if p not in missing]
-    inputs = gather(present, output=None, in_place=False, log_dir=None, whole=False, names_for=_names_for(log_dir))
+    inputs = _policy_inputs(present, log_dir)
     found = [Found(t.source, t.rel) for t in inputs.targets]
     # One line per named directory with nothing to check (as prenop says it), likewise: a
     # directory dropped in silence read as checked.
@@ -1212,10 +1211,22 @@ def _note_unchecked(tally: Tally) -> None:
         )
 
 
-def _names_for(log_dir: Path | None) -> str | None:
-    """Where policy check uses a file's name in its tree: only under ``--log-dir``, so two trees
+def _policy_inputs(present: Sequence[Path], log_dir: Path | None) -> Inputs:
+    """What policy check reads, as prenop gathers it. Two files of one name are refused only under
+    ``--log-dir``, where their logs are looked up by it: the check writes nothing, so two trees
     with the same paths below them (Debian's 4k- and 64k-page module trees) are checked in one run."""
-    return None if log_dir is None else f"under --log-dir {log_dir}, where their patch logs are looked up"
+    from rewriter.prenop import gather
+
+    where = f"under --log-dir {log_dir}, where their patch logs are looked up"
+    return gather(
+        present,
+        output=None,
+        in_place=False,
+        log_dir=None,
+        whole=False,
+        check_names=log_dir is not None,
+        names_for=where,
+    )
 
 
 def _unlogged_warning(unlogged: Sequence[tuple[Path, int]]) -> list[str]:

@@ -170,7 +170,8 @@ def check_side_paths(
         if kernel is not None and same_place(written, kernel):
             raise OutputError(f"{written}: {what} would overwrite the --kernel vmlinux, which this run reads")
     if stage_dir is not None:
-        _check_not_a_stage_image(input_path, stage_dir, ((out, "-o"), (log, "the patch log")))
+        places = [(out, "-o"), (log, "the patch log"), *([(saved, "the backup")] if backup else [])]
+        _check_not_a_stage_image(input_path, stage_dir, places)
     check_replaceable(log)  # a directory, a name too long, a place that cannot be written
     if backup and (saved.exists() or saved.is_symlink()):
         raise OutputError(f"{saved}: exists (a backup from an earlier run?); move it away or drop --backup")
@@ -526,8 +527,14 @@ def stage_image_path(directory: Path, path: Path, stage: int) -> Path:
 
 def _check_not_a_stage_image(path: Path, directory: Path, targets: Sequence[tuple[Path, str]]) -> None:
     """Refuse a ``targets`` path that a stage image of this run may take (the number of stages is
-    known only once the plan is made, so any stage number is refused)."""
+    known only once the plan is made, so any stage number is refused), or that is the stage
+    images' directory or one above it, which the run makes (``-o st --stage-images st`` wrote the
+    stage images, then failed to rename the output over the directory, "st: Is a directory")."""
+    stages = Path(os.path.realpath(directory))
     for target, what in targets:
+        if stages.is_relative_to(os.path.realpath(target)):
+            where = "is" if stages == Path(os.path.realpath(target)) else "would hold"
+            raise OutputError(f"{target}: {what} {where} the --stage-images directory {directory}")
         try:
             same_dir = target.parent.resolve() == directory.resolve()
         except OSError:

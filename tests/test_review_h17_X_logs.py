@@ -213,3 +213,23 @@ def test_two_trees_of_one_name_are_refused_saying_where_the_names_are_used(tmp_p
         assert "output and the logs" not in line
     assert not out.exists() and not logs.exists()
     assert (tmp_path / "A" / "kernel" / "a.ko").read_bytes() == (FIXTURES / "bin" / "prof-le.o").read_bytes()
+
+
+def test_an_output_on_the_stage_images_directory_is_refused_before_any_write(tmp_path: Path) -> None:
+    """`nop F -o st --stage-images st` wrote the stage images into st, then could not rename the
+    output over the directory it had made: "st: Is a directory" of a path that was none (so too
+    `-o o --stage-images o/st`, a log or a backup there). Each is refused first, and nothing is made."""
+    source = tmp_path / "prof-le"
+    shutil.copy(FIXTURES / "bin" / "prof-le", source)
+    out = tmp_path / "o"
+    cases = (
+        (("-o", out, "--stage-images", out), f"{out}: -o is the --stage-images directory"),
+        (("-o", out, "--stage-images", out / "st"), f"{out}: -o would hold the --stage-images directory"),
+        (("-o", out, "--stage-images", f"{out}.mcountrw.jsonl"), "the patch log is the --stage-images directory"),
+        (("--in-place", "--backup", "--stage-images", f"{source}.orig"), "the backup is the --stage-images directory"),
+    )
+    for args, words in cases:
+        done = invoke("nop", source, *args, "--drop-records")
+        assert_one_line(done, 2, "error", words)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["prof-le"]
+    assert source.read_bytes() == (FIXTURES / "bin" / "prof-le").read_bytes()

@@ -57,7 +57,15 @@ from rewriter.log import (
     render,
 )
 from rewriter.mcount import MCOUNT_NAMES, check_mcount_addr_alone
-from rewriter.output import Pending, atomic_write, check_replaceable, commit_all, same_place, write_temp
+from rewriter.output import (
+    Pending,
+    atomic_write,
+    cannot_write_in,
+    check_replaceable,
+    commit_all,
+    same_place,
+    write_temp,
+)
 from rewriter.prose import counted, with_article
 from rewriter.reading import file_at, read_regular, read_regular_mutable
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
@@ -563,8 +571,7 @@ def check_stage_dir(directory: Path) -> None:
             part = "" if place == directory else f"{place} is "
             raise OutputError(f"--stage-images {directory}: {part}not a directory")
         if not os.access(place, os.W_OK | os.X_OK):
-            why = " (a read-only file system)" if os.statvfs(place).f_flag & os.ST_RDONLY else ""
-            raise OutputError(f"--stage-images {directory}: cannot write in {place}{why}")
+            raise OutputError(f"--stage-images {directory}: {cannot_write_in(place)}")
         return
 
 

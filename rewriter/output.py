@@ -109,7 +109,18 @@ def _check_replaceable(path: Path, parent_made: bool = False) -> None:
     if not parent.is_dir():
         raise OutputError(f"{path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise OutputError(f"{path}: cannot write in {parent}")
+        raise OutputError(f"{path}: {cannot_write_in(parent)}")
+
+
+def cannot_write_in(place: Path) -> str:
+    """Why no file can be made in the directory ``place``, which the caller found it cannot write
+    in: a read-only mount is said, since there no permission the user can change would help (the
+    stage images' check said it, -o's did not)."""
+    try:
+        ro = bool(os.statvfs(place).f_flag & os.ST_RDONLY)
+    except OSError:
+        ro = False
+    return f"cannot write in {place}{' (a read-only file system)' if ro else ''}"
 
 
 def _special(path: Path) -> bool:

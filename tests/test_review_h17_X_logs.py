@@ -4,10 +4,12 @@ the logs `--log-dir` keeps, and what each refusal says of the log it names."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from boot import require_kernel
+from boot import _missing, require_kernel, require_tool
 from conftest import FIXTURES, assert_one_line, invoke
 
 # -- --in-place with --input-log: the log beside the file judged for what it is ---------------------
@@ -233,3 +235,45 @@ def test_an_output_on_the_stage_images_directory_is_refused_before_any_write(tmp
         assert_one_line(done, 2, "error", words)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["prof-le"]
     assert source.read_bytes() == (FIXTURES / "bin" / "prof-le").read_bytes()
+
+
+# -- a read-only file system said as such ------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs holding prof-le, mounted read-only (root: the mode of a directory does not stop it).
+    Without the right to mount, this skips locally and fails in CI, as test_faults' tiny tmpfs."""
+    mount = require_tool("mount")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    try:
+        subprocess.run([mount, "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        _missing(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {e}")
+    try:
+        shutil.copy(FIXTURES / "bin" / "prof-le", mnt / "prof-le")
+        subprocess.run([mount, "-o", "remount,ro", str(mnt)], check=True, capture_output=True)
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_outputs_on_a_read_only_file_system_say_so(tmp_path: Path, read_only_mount: Path) -> None:
+    """`-o`, `--in-place`, a log and prenop's outputs on a read-only mount said "cannot write in D",
+    which reads as a permission to change; `--stage-images` there said "(a read-only file system)".
+    Every one says it now (output.cannot_write_in), before any work."""
+    ro, src = read_only_mount, read_only_mount / "prof-le"
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    runs = (
+        (("nop", src, "--in-place", "--drop-records"), src),
+        (("nop", src, "-o", ro / "out", "--drop-records"), ro / "out"),
+        (("nop", src, "-o", tmp_path / "out", "--log", ro / "l", "--drop-records"), ro / "l"),
+        (("nop", src, "-o", tmp_path / "out", "--stage-images", ro / "st"), "--stage-images"),
+        (("prenop", "--policy", policy, "-o", ro / "OUT", src), ro / "OUT"),
+    )
+    for args, blamed in runs:
+        done = invoke(*args)
+        assert_one_line(done, 2, "error", f"{blamed}", f"cannot write in {ro} (a read-only file system)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.policy", "ro"]

@@ -159,10 +159,21 @@ def find_base(base: Base, log: Path) -> Path | None:
     for place in dict.fromkeys((log.parent / named, named, log.parent / named.name)):
         try:
             if file_at(place) and hashlib.sha256(read_regular(place)).hexdigest() == base.sha256:
-                return place
+                return _plain(place)
         except OSError:
             continue
     return None
+
+
+def _plain(place: Path) -> Path:
+    """``place`` without its ``..`` parts when that names the same file (a link above a ``..``
+    may not): undo said "its own log: /dev/shm/v/../../../tmp/l.jsonl" of /tmp/l.jsonl, the base
+    path being written from the new log's directory."""
+    plain = Path(os.path.normpath(place))
+    try:
+        return plain if plain != place and os.path.samefile(plain, place) else place
+    except OSError:
+        return place
 
 
 @dataclass(frozen=True)

@@ -277,3 +277,22 @@ def test_outputs_on_a_read_only_file_system_say_so(tmp_path: Path, read_only_mou
         done = invoke(*args)
         assert_one_line(done, 2, "error", f"{blamed}", f"cannot write in {ro} (a read-only file system)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.policy", "ro"]
+
+
+def test_undo_names_the_step_befores_log_without_dot_dot(tmp_path: Path) -> None:
+    """A base is written from the new log's directory (`../../logs/L`); undo named the step
+    before's log by that path joined to the file's directory: "its own log:
+    .../a/b/../../logs/L". The same file, named plainly."""
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    (tmp_path / "logs").mkdir()
+    f, kept = work / "f", tmp_path / "logs" / "L"
+    shutil.copy(FIXTURES / "bin" / "prof-le", f)
+    assert invoke("nop", f, "--in-place", "--drop-records", "--log", kept).exit_code == 0
+    done = invoke("apply", f, "--to", "enabled", "--only", "sum8", "--in-place", "--input-log", kept)
+    assert done.exit_code == 0, done.output
+    undone = invoke("undo", f, "--in-place")
+    assert undone.exit_code == 0, undone.output
+    assert f"its own log: {kept} (undo with it" in undone.stderr, undone.stderr
+    back = invoke("undo", f, "--in-place", "--log", kept)
+    assert back.exit_code == 0 and f.read_bytes() == (FIXTURES / "bin" / "prof-le").read_bytes()

@@ -276,6 +276,7 @@ def apply_file(
     known, aside = _input_log(image, input_log)
     if out is not None and in_place and log_path is None:
         check_no_foreign_log(path, known, aside)
+        _check_archivable(path, known)
     history = {}
     if known is not None:
         # every site there is: the image's and those only its log knows (`before.log` says which log)
@@ -459,6 +460,23 @@ def _input_log(image: Image, explicit: Path | None) -> tuple[Known | None, LogAs
         return None, LogAside(warning, damaged=True)  # its log, whole, but a line in it does not read
     _, foreign = log_of(image.path, sha, None, content_sha)  # another file's: the hashes, not a read error
     return None, LogAside(foreign or warning, damaged=False)
+
+
+def _check_archivable(path: Path, known: Known | None) -> None:
+    """Before the work: the log beside the file, which an in-place rewrite with the default log
+    moves aside (:func:`archived_log`), can take its archived name, 13 characters longer. A file
+    whose log's name fit the file system and the archived one not was refused at the end, in
+    the words "F.mcountrw.jsonl: File name too long" of a log that was there."""
+    if known is None or not same_place(known.path, default_log_path(path)):
+        return
+    archived = archived_log(known)
+    try:
+        check_replaceable(archived)
+    except OutputError as e:
+        raise OutputError(
+            f"{e}: where the in-place rewrite would keep {known.path}, the log it builds on: "
+            "give the new log another name with --log"
+        ) from None
 
 
 def archived_log(base: Known) -> Path:

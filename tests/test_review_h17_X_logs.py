@@ -296,3 +296,18 @@ def test_undo_names_the_step_befores_log_without_dot_dot(tmp_path: Path) -> None
     assert f"its own log: {kept} (undo with it" in undone.stderr, undone.stderr
     back = invoke("undo", f, "--in-place", "--log", kept)
     assert back.exit_code == 0 and f.read_bytes() == (FIXTURES / "bin" / "prof-le").read_bytes()
+
+
+def test_in_place_whose_archived_log_name_is_too_long_is_refused_first(tmp_path: Path) -> None:
+    """A second in-place rewrite moves the log beside F to F.mcountrw.<12 hex>.jsonl, 13 characters
+    longer: with F's name 240 bytes its log's fits (255) and the archived one not. The run was
+    refused at the end, after writing and removing its output, as "F.mcountrw.jsonl: File name
+    too long" of the log that was there. Refused first now, naming the archived name."""
+    f = tmp_path / ("f" * 240)
+    shutil.copy(FIXTURES / "bin" / "prof-le", f)
+    assert invoke("nop", f, "--in-place", "--drop-records", "--only", "sum8").exit_code == 0
+    before = f.read_bytes()
+    done = invoke("nop", f, "--in-place", "--drop-records", "--only", "leaf_add")
+    assert_one_line(done, 2, "error", ".mcountrw.", "File name too long", "where the in-place rewrite would keep")
+    assert "--log" in done.stderr and f.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f.name, f"{f.name}.mcountrw.jsonl"])

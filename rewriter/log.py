@@ -553,8 +553,10 @@ def _judge(
     if header.describes(sha256, content_sha256):
         return None
     if explicit:
+        undone = f" ({path} is its input: undone since?)" if header.made_from(sha256, content_sha256) else ""
         raise LogError(
             f"{log}: not the log of {path}: its output has sha256 {header.output.sha256}, the file has {sha256}"
+            + undone
         )
     return (
         f"{log}: ignored: its output has sha256 {header.output.sha256[:16]}..., {path} has {sha256[:16]}... "

@@ -311,3 +311,20 @@ def test_in_place_whose_archived_log_name_is_too_long_is_refused_first(tmp_path:
     assert_one_line(done, 2, "error", ".mcountrw.", "File name too long", "where the in-place rewrite would keep")
     assert "--log" in done.stderr and f.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f.name, f"{f.name}.mcountrw.jsonl"])
+
+
+def test_a_log_given_for_its_own_input_says_the_file_is_its_input(tmp_path: Path) -> None:
+    """`--input-log L` (or scan's `--log L`) of a file that is L's input, undone since: "L: not the
+    log of F: its output has sha256 ..." alone, where the warnings of a log found beside a file say
+    "(changed since, or undone)". It says which of the two."""
+    original, nopped = tmp_path / "f", tmp_path / "g"
+    shutil.copy(FIXTURES / "bin" / "prof-le", original)
+    assert invoke("nop", original, "-o", nopped, "--drop-records").exit_code == 0
+    log = f"{nopped}.mcountrw.jsonl"
+    for args in (("apply", original, "--to", "enabled", "-o", tmp_path / "h", "--input-log", log),
+                 ("scan", original, "--log", log)):  # fmt: skip
+        assert_one_line(invoke(*args), 2, "error", "not the log of", f"({original} is its input: undone since?)")
+    other = tmp_path / "other"
+    shutil.copy(FIXTURES / "bin" / "prof-be", other)
+    line = assert_one_line(invoke("scan", other, "--log", log), 2, "error", "not the log of")
+    assert "is its input" not in line

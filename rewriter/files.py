@@ -61,6 +61,7 @@ from rewriter.output import (
     Pending,
     atomic_write,
     cannot_write_in,
+    check_not_immutable,
     check_replaceable,
     commit_all,
     same_place,
@@ -149,6 +150,7 @@ def check_output_path(input_path: Path, output: Path | None, in_place: bool, dry
     if output.exists() and not output.is_file() and not output.is_dir():
         raise OutputError(f"{output}: not a regular file (a device or FIFO): the output replaces it by a rename")
     check_replaceable(output)  # the file is replaced by a rename: the directory must be writable
+    check_not_immutable(output)
     return output
 
 
@@ -181,6 +183,7 @@ def check_side_paths(
         places = [(out, "-o"), (log, "the patch log"), *([(saved, "the backup")] if backup else [])]
         _check_not_a_stage_image(input_path, stage_dir, places)
     check_replaceable(log)  # a directory, a name too long, a place that cannot be written
+    check_not_immutable(log)
     if backup and (saved.exists() or saved.is_symlink()):
         raise OutputError(f"{saved}: exists (a backup from an earlier run?); move it away or drop --backup")
 

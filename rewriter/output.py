@@ -29,6 +29,7 @@ import mmap
 import os
 import secrets
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -121,6 +122,38 @@ def cannot_write_in(place: Path) -> str:
     except OSError:
         ro = False
     return f"cannot write in {place}{' (a read-only file system)' if ro else ''}"
+
+
+FS_IOC_GETFLAGS: Final = 0x80086601  # linux/fs.h: _IOR('f', 1, long) on a 64-bit kernel
+_NO_REPLACE: Final = 0x10 | 0x20  # FS_IMMUTABLE_FL, FS_APPEND_FL: neither unlinked nor renamed over
+
+
+def check_not_immutable(path: Path) -> None:
+    """Before any work: ``path`` is no file the system will not let a rename replace (root
+    included), immutable or append-only. apply, nop and undo found it by that rename at the end,
+    after the output, its log and any stage images were written (and removed): "f: Operation not
+    permitted". (prenop keeps it a failure of that file alone, the others done: docs/prenop.md.)"""
+    if _immutable(path):
+        raise OutputError(f"{path}: immutable or append-only (chattr +i, +a): the rename that replaces it would fail")
+
+
+def _immutable(path: Path) -> bool:
+    """Whether ``path`` is a regular file flagged immutable or append-only; False where the file
+    system keeps no such flags, or the file is not there."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        flags = bytearray(8)
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return bool(int.from_bytes(flags[:4], sys.byteorder) & _NO_REPLACE)  # the kernel writes an int
 
 
 def _special(path: Path) -> bool:

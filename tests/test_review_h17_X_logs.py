@@ -328,3 +328,58 @@ def test_a_log_given_for_its_own_input_says_the_file_is_its_input(tmp_path: Path
     shutil.copy(FIXTURES / "bin" / "prof-be", other)
     line = assert_one_line(invoke("scan", other, "--log", log), 2, "error", "not the log of")
     assert "is its input" not in line
+
+
+# -- an output that cannot be replaced, found before the work -------------------------------------------
+
+
+@pytest.fixture
+def chattr(tmp_path: Path) -> Iterator[list[Path]]:
+    """The files flagged immutable or append-only by a test, unflagged after it; skips (fails in
+    CI) where chattr is missing or the file system keeps no such flags."""
+    tool = require_tool("chattr")
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    if subprocess.run([tool, "+i", probe], capture_output=True).returncode:
+        _missing("chattr +i refused here (not root, or a file system without the flag)")
+    flagged = [probe]
+    try:
+        yield flagged
+    finally:
+        for f in flagged:
+            subprocess.run([tool, "-i", "-a", f], check=False)
+        probe.unlink()
+
+
+def test_an_immutable_output_is_refused_before_any_write(tmp_path: Path, chattr: list[Path]) -> None:
+    """`nop F --in-place` of an immutable F (or -o onto one, or a log onto an append-only file):
+    the rename at the end failed, "F: Operation not permitted", after the output and its log were
+    written and removed. Refused first, saying why the rename would fail. prenop keeps it a
+    failure of that file alone, the other files done (docs/prenop.md)."""
+    src, locked, appended = tmp_path / "src", tmp_path / "locked", tmp_path / "appended"
+    for f in (src, locked, appended):
+        shutil.copy(FIXTURES / "bin" / "prof-le", f)
+    subprocess.run(["chattr", "+i", locked], check=True)
+    subprocess.run(["chattr", "+a", appended], check=True)
+    chattr += [locked, appended]
+    written: list[str] = []
+    for args, blamed in (
+        ((locked, "--in-place"), locked),
+        ((src, "-o", locked), locked),
+        ((src, "-o", tmp_path / "out", "--log", appended), appended),
+        ((appended, "--dry-run", "--in-place"), appended),
+    ):
+        done = invoke("nop", *args, "--drop-records")
+        assert_one_line(done, 2, "error", f"{blamed}: immutable or append-only", "the rename that replaces it")
+        written += [p.name for p in tmp_path.iterdir() if p.name not in {"src", "locked", "appended", "probe"}]
+    assert written == []
+    tree = tmp_path / "T"
+    tree.mkdir()
+    for name in ("a.ko", "b.ko"):
+        shutil.copy(FIXTURES / "bin" / "prof-le.o", tree / name)
+    subprocess.run(["chattr", "+i", tree / "a.ko"], check=True)
+    chattr.append(tree / "a.ko")
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    done = invoke("prenop", "--policy", policy, "--in-place", tree)
+    assert done.exit_code == 2 and (tree / "b.ko.mcountrw.jsonl").is_file(), done.output

@@ -602,8 +602,10 @@ def check_stage_images(directory: Path, path: Path, stages: int) -> None:
     known only from the plan; a ``D/F.stage2`` that is a directory was found by the rename at
     the end, after the output, its log and the other stage images were written (then removed)."""
     for stage in range(1, stages + 1):
+        place = stage_image_path(directory, path, stage)
         try:
-            check_replaceable(stage_image_path(directory, path, stage), parent_made=True)
+            check_replaceable(place, parent_made=True)
+            check_not_immutable(place)
         except OutputError as e:
             raise OutputError(f"--stage-images {directory}: the image of stage {stage}, {e}") from None
 

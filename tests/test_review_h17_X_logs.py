@@ -373,6 +373,14 @@ def test_an_immutable_output_is_refused_before_any_write(tmp_path: Path, chattr:
         assert_one_line(done, 2, "error", f"{blamed}: immutable or append-only", "the rename that replaces it")
         written += [p.name for p in tmp_path.iterdir() if p.name not in {"src", "locked", "appended", "probe"}]
     assert written == []
+    stages = tmp_path / "st"
+    stages.mkdir()
+    (stages / "src.stage1").write_bytes(b"")
+    subprocess.run(["chattr", "+i", stages / "src.stage1"], check=True)
+    chattr.append(stages / "src.stage1")
+    done = invoke("nop", src, "-o", tmp_path / "out", "--drop-records", "--stage-images", stages)
+    assert_one_line(done, 2, "error", "the image of stage 1", "immutable or append-only")
+    assert not (tmp_path / "out").exists()
     tree = tmp_path / "T"
     tree.mkdir()
     for name in ("a.ko", "b.ko"):

@@ -124,7 +124,8 @@ def cannot_write_in(place: Path) -> str:
     return f"cannot write in {place}{' (a read-only file system)' if ro else ''}"
 
 
-FS_IOC_GETFLAGS: Final = 0x80086601  # linux/fs.h: _IOR('f', 1, long) on a 64-bit kernel
+# linux/fs.h: _IOR('f', 1, long) on a 64-bit kernel: direction read (2), 8 bytes, type 'f', number 1
+FS_IOC_GETFLAGS: Final = (2 << 30) | (8 << 16) | (ord("f") << 8) | 1
 _NO_REPLACE: Final = 0x10 | 0x20  # FS_IMMUTABLE_FL, FS_APPEND_FL: neither unlinked nor renamed over
 
 

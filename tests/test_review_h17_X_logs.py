@@ -391,3 +391,26 @@ def test_an_immutable_output_is_refused_before_any_write(tmp_path: Path, chattr:
     policy.write_text("default nop\n")
     done = invoke("prenop", "--policy", policy, "--in-place", tree)
     assert done.exit_code == 2 and (tree / "b.ko.mcountrw.jsonl").is_file(), done.output
+
+
+def test_prenop_refuses_a_directory_in_any_files_place_before_any_write(tmp_path: Path) -> None:
+    """prenop checked the place of the first file of each directory before the work, and found a
+    directory in another file's place (its output under -o, or its log under --log-dir) by the
+    rename at the end: that file failed, the others were written, "OUT is incomplete"."""
+    tree = tmp_path / "T" / "kernel"
+    tree.mkdir(parents=True)
+    for name in ("a.ko", "b.ko"):
+        shutil.copy(FIXTURES / "bin" / "prof-le.o", tree / name)
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    out, logs = tmp_path / "OUT", tmp_path / "L"
+    for taken, args in (
+        (logs / "kernel" / "b.ko.mcountrw.jsonl", ("-o", out, "--log-dir", logs)),
+        (out / "kernel" / "b.ko", ("-o", out)),
+    ):
+        taken.mkdir(parents=True)
+        done = invoke("prenop", "--policy", policy, *args, tmp_path / "T")
+        assert_one_line(done, 2, "error", f"{taken}: Is a directory")
+        assert [p for p in tmp_path.rglob("*") if p.is_file() and p.parent != tree] == [policy]
+        shutil.rmtree(logs, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)

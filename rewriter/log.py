@@ -90,6 +90,16 @@ def log_path_in(log_dir: Path, name: str) -> Path:
     return log_dir / (name + LOG_SUFFIX)
 
 
+def own_name_place(log_dir: Path, name: str) -> Path | None:
+    """Where ``--log-dir`` keeps the log of a file by its own name, when its name in its tree is a
+    path below a directory (:func:`log_path_in` of the last part of ``name``): a file named by
+    itself has it there, and so had a file named below a directory named with it before its name
+    was its path below that directory (b7d1dda). None when that is the file's own place. Only ever
+    named to the user, never read as the file's log: a run writes each log where it reads it."""
+    own = Path(name).name
+    return None if own == name else log_path_in(log_dir, own)
+
+
 Data: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
 
 

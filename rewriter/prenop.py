@@ -72,7 +72,17 @@ from rewriter.files import (
 )
 from rewriter.kernels import Kernel, Kernels
 from rewriter.locs import Locs, loop_for_modules, unchecked_drops
-from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
+from rewriter.log import (
+    FileFacts,
+    Header,
+    Log,
+    default_log_path,
+    load,
+    log_path_in,
+    own_name_place,
+    read_header,
+    render,
+)
 from rewriter.output import TMP_SUFFIX, NewFile, atomic_symlink, land, publish, stage
 from rewriter.policy import Policy, Verb
 from rewriter.reading import not_a_file, open_regular, read_regular
@@ -281,8 +291,7 @@ def _target(
         orig = against if (single_file and not against.is_dir()) else against / rel
     if output is not None and dest.exists() and dest.samefile(f):  # a hard link, a second name
         raise PrenopError(f"-o {output}: {dest} is {f}, an input: use --in-place to rewrite it")
-    own = Path(described).name
-    by_name = log_path_in(log_dir, own) if log_dir is not None and own != described else None
+    by_name = own_name_place(log_dir, described) if log_dir is not None else None
     return Target(f, dest, rel, log, orig, by_name)
 
 

@@ -414,3 +414,18 @@ def test_prenop_refuses_a_directory_in_any_files_place_before_any_write(tmp_path
         assert [p for p in tmp_path.rglob("*") if p.is_file() and p.parent != tree] == [policy]
         shutil.rmtree(logs, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_scan_audit_and_policy_check_name_a_log_kept_by_the_files_own_name(tmp_path: Path) -> None:
+    """scan, audit and policy check --log-dir of the same tree read T/R/prof-le as never rewritten
+    (its 5 nopped sites unseen: 1 site), with no word of the log at L/prof-le.mcountrw.jsonl that
+    describes it. One warning names it and where it is looked for; it is not read."""
+    tree, kernel, logs = _tree_with_log_by_name(tmp_path)
+    old, new = logs / "prof-le.mcountrw.jsonl", logs / "R" / "prof-le.mcountrw.jsonl"
+    policy = tmp_path / "p.policy"
+    for args in (("scan",), ("audit",), ("policy", "check", policy)):
+        done = invoke(*args, "--log-dir", logs, kernel, tree)
+        warning = f"mcountrw: warning: {old}: the log of {kernel} by its own name, not read: it is looked for at {new}"
+        assert warning in done.stderr, done.output
+    scanned = invoke("scan", "--log-dir", logs, kernel)  # named by itself: its log is read, nothing said
+    assert scanned.exit_code == 0 and "by its own name" not in scanned.stderr and "from the patch log" in scanned.stdout

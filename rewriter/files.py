@@ -57,7 +57,16 @@ from rewriter.log import (
     render,
 )
 from rewriter.mcount import MCOUNT_NAMES, check_mcount_addr_alone
-from rewriter.output import Pending, atomic_write, check_replaceable, commit_all, same_place, write_temp
+from rewriter.output import (
+    Pending,
+    atomic_write,
+    cannot_write_in,
+    check_not_immutable,
+    check_replaceable,
+    commit_all,
+    same_place,
+    write_temp,
+)
 from rewriter.prose import counted, with_article
 from rewriter.reading import file_at, read_regular, read_regular_mutable
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
@@ -141,6 +150,7 @@ def check_output_path(input_path: Path, output: Path | None, in_place: bool, dry
     if output.exists() and not output.is_file() and not output.is_dir():
         raise OutputError(f"{output}: not a regular file (a device or FIFO): the output replaces it by a rename")
     check_replaceable(output)  # the file is replaced by a rename: the directory must be writable
+    check_not_immutable(output)
     return output
 
 
@@ -170,8 +180,10 @@ def check_side_paths(
         if kernel is not None and same_place(written, kernel):
             raise OutputError(f"{written}: {what} would overwrite the --kernel vmlinux, which this run reads")
     if stage_dir is not None:
-        _check_not_a_stage_image(input_path, stage_dir, ((out, "-o"), (log, "the patch log")))
+        places = [(out, "-o"), (log, "the patch log"), *([(saved, "the backup")] if backup else [])]
+        _check_not_a_stage_image(input_path, stage_dir, places)
     check_replaceable(log)  # a directory, a name too long, a place that cannot be written
+    check_not_immutable(log)
     if backup and (saved.exists() or saved.is_symlink()):
         raise OutputError(f"{saved}: exists (a backup from an earlier run?); move it away or drop --backup")
 
@@ -186,7 +198,7 @@ def _check_chain_kept(input_path: Path, out: Path, log: Path, in_place: bool, in
     for own in dict.fromkeys(p for p in (beside, input_log) if p is not None):
         if not in_place and same_place(out, own):
             raise OutputError(f"-o {out}: is the patch log of the input {input_path}, which its undo needs")
-        if same_place(log, own) and not (in_place and own == beside):
+        if same_place(log, own) and not (in_place and same_place(own, beside)):  # --input-log $PWD/F.mcountrw.jsonl
             raise OutputError(
                 f"{log}: the patch log would replace the patch log of the input {input_path}, which its undo needs "
                 "(only --in-place, whose log takes that name, moves it aside first)"
@@ -267,6 +279,7 @@ def apply_file(
     known, aside = _input_log(image, input_log)
     if out is not None and in_place and log_path is None:
         check_no_foreign_log(path, known, aside)
+        _check_archivable(path, known)
     history = {}
     if known is not None:
         # every site there is: the image's and those only its log knows (`before.log` says which log)
@@ -274,6 +287,8 @@ def apply_file(
         history = by_place(known.sites)
     check_something_to_do(image, before, selection, hints, aside)
     result = rewrite(image, before, selection, options, stage_dir is not None and not dry_run, history)
+    if stage_dir is not None:  # a dry run too, as -o and --stage-images DIR are checked
+        check_stage_images(stage_dir, path, len(result.plan.stages) if result.plan is not None else 0)
     said = (None if aside is None else aside.warning, _unchecked_kernel(image, before, result, options, kernel))
     warnings = tuple(w for w in said if w is not None)
     base = None if known is None else known.base
@@ -370,9 +385,32 @@ def check_no_foreign_log(path: Path, known: Known | None, aside: LogAside | None
     what = f"{beside}: not the log of {path}"
     if aside is not None and aside.damaged:
         what = f"{aside.reason}: the patch log beside {path} cannot be read"
+    elif known is not None:  # --input-log named a log elsewhere: the one beside may be the file's too
+        whose = _beside_an_input_log(path, beside, known)
+        if whose is None:
+            return
+        what = whose
     raise OutputError(
         f"{what}, and an in-place rewrite would replace it: move it away, or give the new log another name with --log"
     )
+
+
+def _beside_an_input_log(path: Path, beside: Path, known: Known) -> str | None:
+    """What the log ``beside`` the file is, when ``--input-log`` named another (``known``): None if it
+    is a copy of that log (byte for byte: replacing it loses nothing, and the new log names the
+    one given), else the start of the refusal's line. Said "not the log of F" of every log there,
+    its own log copied elsewhere and named with ``--input-log`` included."""
+    try:
+        if _sha256(read_regular(beside)) == known.sha256:
+            return None
+        header = read_header(beside)
+    except OSError as e:
+        return f"{beside}: {e.strerror}: the patch log beside {path} cannot be read"
+    except LogError as e:
+        return f"{e}: the patch log beside {path} cannot be read"
+    if header is not None and header.output.content_sha256 == known.header.output.content_sha256:
+        return f"{beside}: a patch log of {path} too, not the --input-log {known.path}"
+    return f"{beside}: not the log of {path}"
 
 
 def refuse_contradicted_generation(image: Image, found: Scan) -> None:
@@ -425,6 +463,23 @@ def _input_log(image: Image, explicit: Path | None) -> tuple[Known | None, LogAs
         return None, LogAside(warning, damaged=True)  # its log, whole, but a line in it does not read
     _, foreign = log_of(image.path, sha, None, content_sha)  # another file's: the hashes, not a read error
     return None, LogAside(foreign or warning, damaged=False)
+
+
+def _check_archivable(path: Path, known: Known | None) -> None:
+    """Before the work: the log beside the file, which an in-place rewrite with the default log
+    moves aside (:func:`archived_log`), can take its archived name, 13 characters longer. A file
+    whose log's name fit the file system and the archived one not was refused at the end, in
+    the words "F.mcountrw.jsonl: File name too long" of a log that was there."""
+    if known is None or not same_place(known.path, default_log_path(path)):
+        return
+    archived = archived_log(known)
+    try:
+        check_replaceable(archived)
+    except OutputError as e:
+        raise OutputError(
+            f"{e}: where the in-place rewrite would keep {known.path}, the log it builds on: "
+            "give the new log another name with --log"
+        ) from None
 
 
 def archived_log(base: Known) -> Path:
@@ -501,8 +556,14 @@ def stage_image_path(directory: Path, path: Path, stage: int) -> Path:
 
 def _check_not_a_stage_image(path: Path, directory: Path, targets: Sequence[tuple[Path, str]]) -> None:
     """Refuse a ``targets`` path that a stage image of this run may take (the number of stages is
-    known only once the plan is made, so any stage number is refused)."""
+    known only once the plan is made, so any stage number is refused), or that is the stage
+    images' directory or one above it, which the run makes (``-o st --stage-images st`` wrote the
+    stage images, then failed to rename the output over the directory, "st: Is a directory")."""
+    stages = Path(os.path.realpath(directory))
     for target, what in targets:
+        if stages.is_relative_to(os.path.realpath(target)):
+            where = "is" if stages == Path(os.path.realpath(target)) else "would hold"
+            raise OutputError(f"{target}: {what} {where} the --stage-images directory {directory}")
         try:
             same_dir = target.parent.resolve() == directory.resolve()
         except OSError:
@@ -531,9 +592,22 @@ def check_stage_dir(directory: Path) -> None:
             part = "" if place == directory else f"{place} is "
             raise OutputError(f"--stage-images {directory}: {part}not a directory")
         if not os.access(place, os.W_OK | os.X_OK):
-            why = " (a read-only file system)" if os.statvfs(place).f_flag & os.ST_RDONLY else ""
-            raise OutputError(f"--stage-images {directory}: cannot write in {place}{why}")
+            raise OutputError(f"--stage-images {directory}: {cannot_write_in(place)}")
         return
+
+
+def check_stage_images(directory: Path, path: Path, stages: int) -> None:
+    """Before anything is written: each of the ``stages`` stage images has a place it can take
+    (:func:`output.check_replaceable`; ``directory`` may be made by the run). Their number is
+    known only from the plan; a ``D/F.stage2`` that is a directory was found by the rename at
+    the end, after the output, its log and the other stage images were written (then removed)."""
+    for stage in range(1, stages + 1):
+        place = stage_image_path(directory, path, stage)
+        try:
+            check_replaceable(place, parent_made=True)
+            check_not_immutable(place)
+        except OutputError as e:
+            raise OutputError(f"--stage-images {directory}: the image of stage {stage}, {e}") from None
 
 
 @contextmanager

@@ -90,6 +90,16 @@ def log_path_in(log_dir: Path, name: str) -> Path:
     return log_dir / (name + LOG_SUFFIX)
 
 
+def own_name_place(log_dir: Path, name: str) -> Path | None:
+    """Where ``--log-dir`` keeps the log of a file by its own name, when its name in its tree is a
+    path below a directory (:func:`log_path_in` of the last part of ``name``): a file named by
+    itself has it there, and so had a file named below a directory named with it before its name
+    was its path below that directory (b7d1dda). None when that is the file's own place. Only ever
+    named to the user, never read as the file's log: a run writes each log where it reads it."""
+    own = Path(name).name
+    return None if own == name else log_path_in(log_dir, own)
+
+
 Data: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
 
 
@@ -159,10 +169,21 @@ def find_base(base: Base, log: Path) -> Path | None:
     for place in dict.fromkeys((log.parent / named, named, log.parent / named.name)):
         try:
             if file_at(place) and hashlib.sha256(read_regular(place)).hexdigest() == base.sha256:
-                return place
+                return _plain(place)
         except OSError:
             continue
     return None
+
+
+def _plain(place: Path) -> Path:
+    """``place`` without its ``..`` parts when that names the same file (a link above a ``..``
+    may not): undo said "its own log: /dev/shm/v/../../../tmp/l.jsonl" of /tmp/l.jsonl, the base
+    path being written from the new log's directory."""
+    plain = Path(os.path.normpath(place))
+    try:
+        return plain if plain != place and os.path.samefile(plain, place) else place
+    except OSError:
+        return place
 
 
 @dataclass(frozen=True)
@@ -542,8 +563,10 @@ def _judge(
     if header.describes(sha256, content_sha256):
         return None
     if explicit:
+        undone = f" ({path} is its input: undone since?)" if header.made_from(sha256, content_sha256) else ""
         raise LogError(
             f"{log}: not the log of {path}: its output has sha256 {header.output.sha256}, the file has {sha256}"
+            + undone
         )
     return (
         f"{log}: ignored: its output has sha256 {header.output.sha256[:16]}..., {path} has {sha256[:16]}... "

@@ -29,6 +29,7 @@ import mmap
 import os
 import secrets
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -82,20 +83,21 @@ def atomic_symlink(path: Path, target: str) -> None:
         raise
 
 
-def check_replaceable(path: Path) -> None:
+def check_replaceable(path: Path, parent_made: bool = False) -> None:
     """Before any work: ``path`` is a place :func:`atomic_write` can put a file, so that a bad
     ``-o`` is refused before a long run, not by its last step. A directory is refused in the
     system's words, ``.``, ``..`` and ``/`` too (renaming over them fails with EBUSY, not EISDIR);
     the directory the file goes in must exist and be writable (the temporary file is made there),
     unless ``path`` is a device or FIFO, which is written into. A name longer than the file system
-    holds is refused here too, in its words, not by the write at the end."""
+    holds is refused here too, in its words, not by the write at the end. ``parent_made``: the run
+    makes the directory if it is not there (``--stage-images``, whose own check says whether it can)."""
     try:
-        _check_replaceable(path)
+        _check_replaceable(path, parent_made)
     except OSError as e:
         raise OutputError(f"{path}: cannot write here ({e.strerror})") from None
 
 
-def _check_replaceable(path: Path) -> None:
+def _check_replaceable(path: Path, parent_made: bool = False) -> None:
     if len(os.fsencode(path.name)) > NAME_MAX:
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(path))
     if path.is_dir():
@@ -103,10 +105,56 @@ def _check_replaceable(path: Path) -> None:
     if _special(path):
         return
     parent = path.parent if str(path.parent) else Path(".")
+    if parent_made and not os.path.lexists(parent):
+        return
     if not parent.is_dir():
         raise OutputError(f"{path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise OutputError(f"{path}: cannot write in {parent}")
+        raise OutputError(f"{path}: {cannot_write_in(parent)}")
+
+
+def cannot_write_in(place: Path) -> str:
+    """Why no file can be made in the directory ``place``, which the caller found it cannot write
+    in: a read-only mount is said, since there no permission the user can change would help (the
+    stage images' check said it, -o's did not)."""
+    try:
+        ro = bool(os.statvfs(place).f_flag & os.ST_RDONLY)
+    except OSError:
+        ro = False
+    return f"cannot write in {place}{' (a read-only file system)' if ro else ''}"
+
+
+# linux/fs.h: _IOR('f', 1, long) on a 64-bit kernel: direction read (2), 8 bytes, type 'f', number 1
+FS_IOC_GETFLAGS: Final = (2 << 30) | (8 << 16) | (ord("f") << 8) | 1
+_NO_REPLACE: Final = 0x10 | 0x20  # FS_IMMUTABLE_FL, FS_APPEND_FL: neither unlinked nor renamed over
+
+
+def check_not_immutable(path: Path) -> None:
+    """Before any work: ``path`` is no file the system will not let a rename replace (root
+    included), immutable or append-only. apply, nop and undo found it by that rename at the end,
+    after the output, its log and any stage images were written (and removed): "f: Operation not
+    permitted". (prenop keeps it a failure of that file alone, the others done: docs/prenop.md.)"""
+    if _immutable(path):
+        raise OutputError(f"{path}: immutable or append-only (chattr +i, +a): the rename that replaces it would fail")
+
+
+def _immutable(path: Path) -> bool:
+    """Whether ``path`` is a regular file flagged immutable or append-only; False where the file
+    system keeps no such flags, or the file is not there."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        flags = bytearray(8)
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return bool(int.from_bytes(flags[:4], sys.byteorder) & _NO_REPLACE)  # the kernel writes an int
 
 
 def _special(path: Path) -> bool:

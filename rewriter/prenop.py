@@ -72,7 +72,17 @@ from rewriter.files import (
 )
 from rewriter.kernels import Kernel, Kernels
 from rewriter.locs import Locs, loop_for_modules, unchecked_drops
-from rewriter.log import FileFacts, Header, Log, default_log_path, load, log_path_in, read_header, render
+from rewriter.log import (
+    FileFacts,
+    Header,
+    Log,
+    default_log_path,
+    load,
+    log_path_in,
+    own_name_place,
+    read_header,
+    render,
+)
 from rewriter.output import TMP_SUFFIX, NewFile, atomic_symlink, land, publish, stage
 from rewriter.policy import Policy, Verb
 from rewriter.reading import not_a_file, open_regular, read_regular
@@ -105,6 +115,10 @@ class Target(NamedTuple):
     rel: str  # its path within the tree, as logs and reports name it
     log: Path
     original: Path | None = None  # --verify --against: the pristine file
+    # --log-dir: where a log named by the file's own name is (the place of a file named by itself,
+    # which a file named below a directory named with it had before its name was its path below
+    # that directory); None where that is ``log`` itself (:func:`log_by_name`)
+    by_name: Path | None = None
 
 
 class FileReport(NamedTuple):
@@ -176,7 +190,8 @@ def gather(
     against: Path | None = None,
     logs_beside_source: bool = False,
     whole: bool = True,
-    names_for: str | None = "in the output and the logs",
+    check_names: bool = True,
+    names_for: str | None = None,
 ) -> Inputs:
     """One :class:`Target` per file: files named, and modules (``*.ko[.xz|.gz|.zst]``) found below
     directories named, sorted; with ``-o``, the trees' other entries to copy. Symlinks inside
@@ -191,8 +206,9 @@ def gather(
     nothing, checks the others and reports these lines, as scan does (``whole`` False: the lines
     then say only what the system says, not that a tree must be read whole).
 
-    Two files of one name in their trees are refused, saying where the name is used,
-    ``names_for``; None: nowhere (``policy check`` with no ``--log-dir``, which writes nothing)."""
+    Two files of one name in their trees are refused (not with ``check_names`` False: ``policy
+    check`` with no ``--log-dir``, which writes nothing), saying where the name is used,
+    ``names_for`` (None: where this run uses it, :func:`_where_named`)."""
     if in_place and output is not None:
         raise PrenopError("give either --in-place or -o OUT, not both")
     found, others, errors = _named(paths, in_place, whole)
@@ -209,8 +225,9 @@ def gather(
     unreadable = _unreadable(c.source for c in copies if c.kind in _BYTES)
     errors += [f"{f}: {why}: -o copies the whole tree, this file too" for f, why in unreadable.items()]
     files = [c for c in copies if c.kind is not EntryKind.DIRECTORY]
-    if names_for is not None:
-        _refuse_shared_names([(f, rel) for f, rel, _ in found] + [(c.source, c.rel) for c in files], names_for)
+    if check_names:
+        where = names_for or _where_named(output, log_dir, against)
+        _refuse_shared_names([(f, rel) for f, rel, _ in found] + [(c.source, c.rel) for c in files], where)
     single_file = len(found) == 1 and found[0][2]
     place = partial(_target, single_file, output, in_place, log_dir, against, logs_beside_source)
     out = [place(f, rel) for f, rel, _ in found]
@@ -274,7 +291,8 @@ def _target(
         orig = against if (single_file and not against.is_dir()) else against / rel
     if output is not None and dest.exists() and dest.samefile(f):  # a hard link, a second name
         raise PrenopError(f"-o {output}: {dest} is {f}, an input: use --in-place to rewrite it")
-    return Target(f, dest, rel, log, orig)
+    by_name = own_name_place(log_dir, described) if log_dir is not None else None
+    return Target(f, dest, rel, log, orig, by_name)
 
 
 def _tree_below(root: Path) -> tuple[list[Path], list[Entry], list[str]]:
@@ -369,14 +387,27 @@ def _copies(others: Sequence[tuple[Entry, str]], output: Path | None, in_place: 
     return [Copy(e.path, output / rel, rel, e.kind) for e, rel in others if e.kind is not EntryKind.SPECIAL]
 
 
+def _where_named(output: Path | None, log_dir: Path | None, against: Path | None) -> str:
+    """Where a run names files by their names in their trees: the places ``-o``, ``--log-dir`` and
+    ``--against`` give them, and in any run its report (each file's line, ``--report``'s ``path``).
+    The refusal said "in the output and the logs" of every run, one with neither included."""
+    places = [f"{option} {path}" for option, path in (("-o", output), ("--log-dir", log_dir), ("--against", against))]
+    given = [p for p, path in zip(places, (output, log_dir, against), strict=True) if path is not None]
+    return f"in {', '.join(given)} and the report" if given else "in the report (each file's line and --report)"
+
+
 def _refuse_shared_names(files: Sequence[tuple[Path, str]], where: str) -> None:
-    """Two files would have one name ``where`` (in the output and the logs)."""
+    """Two files would have one name ``where``. No other name would do: two module trees named each
+    are most often Debian's 4k- and 64k-page ones, both ``.../kernel``, so a name that took the
+    tree's own name in would still be shared, and one that took the path given would change with
+    how the trees are named (``--log-dir`` would then miss the logs of a run that named them
+    otherwise); the directory above both gives each file its path below it, every run alike."""
     seen: dict[str, Path] = {}
     for f, rel in files:
         if rel in seen:
             raise PrenopError(
                 f"{f} and {seen[rel]} would share the name {rel} {where}: name a directory above both "
-                "(a file's name is its path below the directory named)"
+                "(a file's name is its path below the directory named), or run once per tree"
             )
         seen[rel] = f
 
@@ -583,11 +614,38 @@ def _refuse_nopped_without_log(t: Target, facts: Header | None, zeroed: int) -> 
     policy that keeps them could not give them back, and the run said the file already matched
     it (exit 0). Refused, as ``--undo`` refuses it (:func:`_rewritten_without_log`)."""
     whose = "no patch log at" if facts is None else "it is not the output of"
+    named = log_by_name(t) if facts is None else None
+    if named is not None:
+        raise PrenopError(f"{t.source}: {zeroed} of its records are zeroed, and {whose} {t.log}; {named}")
     raise PrenopError(
         f"{t.source}: {zeroed} of its records are zeroed, as a rewrite leaves them, and {whose} {t.log}: "
         "the sites that rewrite nopped cannot be seen to apply the policy to them; give the --log-dir "
         "its run wrote the logs to, naming the same tree (logs are named by the path below it), or start "
         "from the original file"
+    )
+
+
+def log_by_name(t: Target) -> str | None:
+    """When ``t`` has no log at ``t.log``: the log named by the file's own name under the same
+    ``--log-dir`` (``t.by_name``), if its header says the file is its output or its input, as the
+    end of the line that says there is none. A file named below a directory named with it
+    (Debian 7.2's ``<release>/vmlinuz`` with ``/usr/lib/modules``) was named by its own name
+    before it was named by its path below that directory: a tree rewritten in place then has its
+    log there, and could not be undone or rerun ("no patch log"). The log is named, not taken:
+    the run writes each log where it reads it, so one read there would keep the tree's logs in
+    two layouts, and scan, audit and diff look up the new one only."""
+    if t.by_name is None:
+        return None
+    try:
+        header = read_header(t.by_name)
+        content = read_file(t.source)[1] if header is not None else b""
+    except (RewriteError, OSError):
+        return None  # the line says what is wrong with the file; a damaged log there is nobody's
+    if header is None or (_sha(content) != header.input.content_sha256 and _as_output(content, header) is None):
+        return None
+    return (
+        f"{t.by_name} is its log, named by the file's own name (as a run named the file by itself, or before "
+        f"its name was its path below the directory named with it): move it to {t.log}"
     )
 
 
@@ -708,6 +766,9 @@ def _rewritten_without_log(t: Target) -> str | None:
         return None
     if not zeroed:
         return None
+    named = log_by_name(t)
+    if named is not None:
+        return f"{t.source}: no patch log at {t.log}, yet {zeroed} of its records are zeroed; {named}"
     return (
         f"{t.source}: no patch log at {t.log}, yet {zeroed} of its records are zeroed, as a rewrite leaves "
         "them (logs are named by the path below the tree the run was given: name the same tree)"

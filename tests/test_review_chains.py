@@ -129,7 +129,7 @@ def test_a_base_log_is_named_from_its_logs_directory(tmp_path: Path, monkeypatch
         monkeypatch.chdir(where)
         done = invoke("undo", tmp_path / "b" / "h.o", "-o", tmp_path / "g2.o")
         assert done.exit_code == 0, done.output
-        step_before = tmp_path / "b" / ".." / "a" / "g.o.mcountrw.jsonl"
+        step_before = tmp_path / "a" / "g.o.mcountrw.jsonl"  # named plainly, not b/../a/ (log.find_base)
         assert f"its own log: {step_before} (undo with it for the step before)" in done.stderr
     assert invoke("undo", tmp_path / "g2.o", "--log", step_before, "-o", tmp_path / "f2.o").exit_code == 0
     assert _sha(tmp_path / "f2.o") == _sha(BIN / "prof-le.o")

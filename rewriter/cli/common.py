@@ -172,9 +172,35 @@ def logs_for(found: Sequence[Found], explicit: Path | None, log_dir: Path | None
     else:
         result = logs_at([(f.path, log_path_in(log_dir, f.name)) for f in found])
     _print_ignored_logs(result.warnings)
+    if log_dir is not None:
+        _print_logs_by_own_name(log_dir, [f for f in found if f.path not in result.logs])
     if log_dir is not None and found and not result.present:
         typer.echo(f"mcountrw: warning: {printable(no_log_there(log_dir, found))}", err=True)
     return result.logs
+
+
+def _print_logs_by_own_name(log_dir: Path, unlogged: Sequence[Found]) -> None:
+    """One warning for each file with no log at its name under ``--log-dir`` whose log is there by
+    its own name (``rewriter.log.own_name_place``: a tree rewritten in place before b7d1dda, or the
+    file named by itself): scan and audit read it as never rewritten, its sites nopped unseen. The
+    log is named, not read."""
+    from rewriter.log import log_of, log_path_in, own_name_place
+    from rewriter.reading import file_at, read_regular
+
+    for f in unlogged:
+        place = own_name_place(log_dir, f.name)
+        if place is None or not file_at(place):
+            continue
+        try:
+            sha = hashlib.sha256(read_regular(f.path)).hexdigest()
+        except OSError:
+            continue  # the scan says what is wrong with the file
+        if log_of(f.path, sha, at=place)[0] is not None:
+            where = log_path_in(log_dir, f.name)
+            line = (
+                f"{place}: the log of {f.path} by its own name, not read: it is looked for at {where} (move it there)"
+            )
+            typer.echo(f"mcountrw: warning: {printable(line)}", err=True)
 
 
 IGNORED_LOGS_SHOWN: Final = 5

@@ -477,12 +477,18 @@ def _check_some_log(mode: Mode, ts: Sequence[Target]) -> None:
     before anything is read or written. Undoing to -o would otherwise copy each file as if it were
     its own original (what a file with no log is taken to be), under a wrong --log-dir too."""
     if not MODES[mode].policy and ts and not any(t.log.is_file() for t in ts):
-        raise NothingToDo(_no_log_text(mode, len(ts), ts[0].rel))
+        from rewriter.prenop import log_by_name
+
+        # a file's log named by its own name under the same --log-dir: the line names it
+        named = next((f"{t.source}: {line}" for t in ts if (line := log_by_name(t)) is not None), None)
+        raise NothingToDo(_no_log_text(mode, len(ts), ts[0].rel, named))
 
 
-def _no_log_text(mode: Mode, files: int, first: str) -> str:
+def _no_log_text(mode: Mode, files: int, first: str, named: str | None = None) -> str:
     verb = "undo" if mode in (Mode.UNDO, Mode.UNDO_DRY_RUN) else "verify"
     which = f"for {first}" if files == 1 else f"for any of the {files} files (first: {first})"
+    if named is not None:
+        return f"no patch log found {which} where the run looks: nothing to {verb}; {named}"
     return (
         f"no patch log found {which} where the run looks: nothing to {verb} (a wrong --log-dir, a tree named "
         "otherwise than to the run that wrote the logs, which names them by the path below it, or never rewritten?)"
@@ -691,9 +697,15 @@ def _check_makeable(path: Path, checked: set[Path]) -> None:
     """The directory of ``path`` takes a new file, or the first directory on its way that is
     missing can be made (``rewriter.output.check_replaceable``, checked for the first file that
     goes there: ``checked`` holds the directories done)."""
+    from rewriter.errors import OutputError
     from rewriter.output import check_replaceable
+    from rewriter.reading import IS_DIRECTORY
 
     if path.parent in checked:
+        # Every file's own place, not only the first of its directory's: a directory there was found
+        # by the rename at the end, that file failed and the others were written (OUT incomplete).
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise OutputError(f"{path}: {IS_DIRECTORY}")
         return
     checked.add(path.parent)
     while not path.parent.is_dir() and path.parent != path.parent.parent:
@@ -1137,7 +1149,6 @@ def policy_check(
     --log-dir` wrote it."""
     from rewriter import policy as pol
     from rewriter.batch import Found
-    from rewriter.prenop import gather
     from rewriter.reading import not_a_file
 
     check_mcount_addr(generation, mcount_addr)
@@ -1148,7 +1159,7 @@ def policy_check(
     # instead: it writes).
     missing = [p for p in images if not (p.is_dir() or p.is_file())]
     present = [p for p in images if p not in missing]
-    inputs = gather(present, output=None, in_place=False, log_dir=None, whole=False, names_for=_names_for(log_dir))
+    inputs = _policy_inputs(present, log_dir)
     found = [Found(t.source, t.rel) for t in inputs.targets]
     # One line per named directory with nothing to check (as prenop says it), likewise: a
     # directory dropped in silence read as checked.
@@ -1206,10 +1217,22 @@ def _note_unchecked(tally: Tally) -> None:
         )
 
 
-def _names_for(log_dir: Path | None) -> str | None:
-    """Where policy check uses a file's name in its tree: only under ``--log-dir``, so two trees
+def _policy_inputs(present: Sequence[Path], log_dir: Path | None) -> Inputs:
+    """What policy check reads, as prenop gathers it. Two files of one name are refused only under
+    ``--log-dir``, where their logs are looked up by it: the check writes nothing, so two trees
     with the same paths below them (Debian's 4k- and 64k-page module trees) are checked in one run."""
-    return None if log_dir is None else f"under --log-dir {log_dir}, where their patch logs are looked up"
+    from rewriter.prenop import gather
+
+    where = f"under --log-dir {log_dir}, where their patch logs are looked up"
+    return gather(
+        present,
+        output=None,
+        in_place=False,
+        log_dir=None,
+        whole=False,
+        check_names=log_dir is not None,
+        names_for=where,
+    )
 
 
 def _unlogged_warning(unlogged: Sequence[tuple[Path, int]]) -> list[str]:

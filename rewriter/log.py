@@ -327,7 +327,7 @@ def _plan_json(result: Rewrite) -> dict[str, Any] | None:
     if p is None:
         return None
     return {
-        "route": p.route.value,
+        "route": p.route.value if p.routed else None,  # as the plan JSON says it: ool sites have no A
         "cmodx": p.cmodx.value,
         "mode": "runtime" if p.runtime else "offline",
         "stages": len(p.stages),

@@ -6,7 +6,7 @@
 #     include $(srctree)/scripts/mcountrw.mk        # wherever you keep it
 #     vmlinux vmlinux.unstripped: FORCE
 #             @true
-#     ...head_check / relocs_check as before...
+#     ...head_check / relocs_check / ftrace_check (7.2), whichever are there, as before...
 #             $(call cmd,mcountrw_vmlinux)
 #
 # Name both targets: newer kernels (7.2) run the postlink step on `vmlinux.unstripped` and make

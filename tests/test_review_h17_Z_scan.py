@@ -48,3 +48,29 @@ def test_a_contradicted_generation_on_a_patchable_object_is_not_called_classic_p
     refused = invoke("nop", "--generation", "mprofile", obj, "-o", out)
     assert refused.exit_code == 2 and "contradicts what the image says: patchable" in refused.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["prof-le.o", "prof-le"])
+def test_a_file_nopped_with_dropped_records_read_without_its_log_says_where_its_sites_went(
+    tmp_path: Path, name: str
+) -> None:
+    """A file `nop --drop-records` (or prenop) wrote, scanned without its patch log (an installed
+    tree whose logs are elsewhere), read "0 sites (no sites) ... 6 zeroed slots" and nothing more:
+    a module with three nopped sites looked like one built without ftrace, and the user was not
+    told that its log (--log, --log-dir) lists them. The table now says so; with the log, it shows
+    the sites and no such line."""
+    out = tmp_path / name
+    assert invoke("nop", FIXTURES / "bin" / name, "--drop-records", "-o", out).exit_code == 0
+    log = out.parent / f"{name}.mcountrw.jsonl"
+    moved = log.rename(tmp_path / "elsewhere.jsonl")
+    bare = invoke("scan", out)
+    assert bare.exit_code == 0, bare.output
+    head, note = bare.stdout.splitlines()[:2]
+    assert "0 sites (no sites)" in head and "6 zeroed slots" in head, head
+    assert note.startswith("  zeroed: 6 record slots hold 0: what a rewrite that drops records leaves"), note
+    assert "--log, --log-dir" in note
+    assert ("linker's padding" in note) is (name == "prof-le"), note  # only a linked image has the linker's
+    with_log = invoke("scan", "--log", moved, out)
+    assert with_log.exit_code == 0, with_log.output
+    assert "6 sites (6 nopped->nopped, 6 of them from the patch log)" in with_log.stdout
+    assert "zeroed:" not in with_log.stdout

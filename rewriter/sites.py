@@ -379,7 +379,9 @@ def _check_no_nops_before_entries(
     the kernel disables is in no function too, but it is a whole function, longer than the site
     (at least a `blr` more): the next one starts later. Not under a ``--generation`` the image
     contradicts (``overridden``, :func:`_skips_layout_checks`)."""
-    if _skips_layout_checks(overridden) or generation not in _NOP_BUILT or not len(funcs) or not len(records):
+    if _skips_layout_checks(overridden, generation) or generation not in _NOP_BUILT:
+        return
+    if not len(funcs) or not len(records):
         return
     outside = records[funcs.containing(records) < 0]
     if not len(outside):
@@ -411,7 +413,7 @@ def _check_not_classic_pg(
     clang has no ``-mprofile-kernel`` (nor, in clang 14, ``-fpatchable-function-entry`` on ppc64),
     so a clang-built ppc64le kernel calls _mcount after the prologue. Not under a ``--generation``
     the image contradicts (:func:`_skips_layout_checks`)."""
-    if _skips_layout_checks(overridden) or generation is not Generation.MPROFILE:
+    if _skips_layout_checks(overridden, generation) or generation is not Generation.MPROFILE:
         return
     places = arrays.distinct(np.concatenate([calls, records]).astype(np.uint64))
     if is_classic_pg(text, places):
@@ -423,14 +425,15 @@ def _check_not_classic_pg(
         )
 
 
-def _skips_layout_checks(overridden: Detect | None) -> bool:
+def _skips_layout_checks(overridden: Detect | None, given: Generation | None) -> bool:
     """Whether a ``--generation`` the image contradicts skips the refusals of layouts no kernel
     builds (classic ``-pg``, ``-fpatchable-function-entry=M,N``): they read the words as the forced
     generation would have them, so they named a build the file never had (6.1's vmlinux read as
     patchable: "built with -fpatchable-function-entry=M,N, N > 0"; a patchable object read as
     mprofile: "classic -pg", with no call to _mcount in it) and exit 2, where every other
-    contradicted --generation obeys and says what it overrode (``override_text``)."""
-    return overridden is not None
+    contradicted --generation obeys and says what it overrode (``override_text``). Not one the
+    contents fit as well (:attr:`Detect.also`, which a rewrite obeys): the checks stand there."""
+    return overridden is not None and overridden.also is not given
 
 
 def override_text(result: Scan, verb: str = "overrides") -> str | None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
-from boot import require_kernel
-from conftest import FIXTURES, invoke
+from boot import require_kernel, require_tool
+from conftest import FIXTURES, assert_one_line, invoke
 
 
 @pytest.mark.parametrize(
@@ -74,3 +75,21 @@ def test_a_file_nopped_with_dropped_records_read_without_its_log_says_where_its_
     assert with_log.exit_code == 0, with_log.output
     assert "6 sites (6 nopped->nopped, 6 of them from the patch log)" in with_log.stdout
     assert "zeroed:" not in with_log.stdout
+
+
+def test_a_generation_the_contents_also_fit_still_refuses_nops_before_the_entry(tmp_path: Path) -> None:
+    """The refusals a contradicted --generation skips stay for one the contents fit as well
+    (``Detect.also``: a linked program whose recorded nops are all followed by a nop may be ool,
+    and a rewrite obeys that): a program built with -fpatchable-function-entry=2,1 read as ool is
+    still refused by name, by scan and by nop, not rewritten."""
+    cc = require_tool("powerpc64-linux-gnu-gcc")
+    src, exe, out = tmp_path / "f.c", tmp_path / "f", tmp_path / "f.nop"
+    src.write_text(
+        "int g;\nint f(int x) { return g + x; }\nint h(int y) { return y * 3; }\nvoid _start(void) { for (;;) ; }\n"
+    )
+    subprocess.run([cc, "-O2", "-fpatchable-function-entry=2,1", "-nostdlib", "-static", str(src), "-o", str(exe)],
+                   check=True)  # fmt: skip
+    for command in (["scan"], ["nop", "-o", out]):
+        assert_one_line(invoke(*command, "--generation", "ool", exe), 2, "error", "records at nops just before a "
+                        "function's entry", "-fpatchable-function-entry=M,N, N > 0")  # fmt: skip
+    assert not out.exists()

@@ -11,6 +11,7 @@ import enum
 import gc
 import os
 import signal
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.elf.image import Image, is_elf, is_foreign_elf, is_ppc64_executable, read_head
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
+from rewriter.prose import counted
 from rewriter.reading import not_a_file
 from rewriter.sites import Scan, scan
 
@@ -92,12 +94,27 @@ def expand_named(paths: Sequence[Path]) -> tuple[list[Found], list[str]]:
             files.extend(Found(f, tree_name(f, path)) for f in below)
             errors.extend(errs)
             if not below and not errs:  # a named directory that holds nothing to read is a wrong path
-                errors.append(f"{path}: no PowerPC64 ELF file or module below it")
+                errors.append(f"{path}: no PowerPC64 ELF file or module below it{_not_followed(path)}")
         elif path.exists():
             files.append(Found(path, name_named(path, paths)))
         else:
             errors.append(f"{path}: {not_a_file(path)}")
     return first_of_each(files, lambda f: f.path), errors
+
+
+def _not_followed(root: Path) -> str:
+    """What a tree that gave nothing to read held that the walk does not open (links, FIFOs,
+    sockets, devices), in words for its error line: a directory of links to modules was said to
+    hold no module at all. Walked again only then, when the error is the whole answer."""
+    kinds = Counter(entry.kind for entry in tree_entries(root)[0])
+    parts = [
+        counted(kinds[EntryKind.LINK], "symbolic link") if kinds[EntryKind.LINK] else "",
+        counted(kinds[EntryKind.SPECIAL], "FIFO, socket or device", "FIFOs, sockets or devices")
+        if kinds[EntryKind.SPECIAL]
+        else "",
+    ]
+    said = " and ".join(p for p in parts if p)
+    return f" ({said} not followed: name a file to read it)" if said else ""
 
 
 def first_of_each(items: Sequence[T], path_of: Callable[[T], Path]) -> list[T]:

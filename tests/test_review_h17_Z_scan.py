@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -93,3 +94,20 @@ def test_a_generation_the_contents_also_fit_still_refuses_nops_before_the_entry(
         assert_one_line(invoke(*command, "--generation", "ool", exe), 2, "error", "records at nops just before a "
                         "function's entry", "-fpatchable-function-entry=M,N, N > 0")  # fmt: skip
     assert not out.exists()
+
+
+def test_a_directory_of_links_is_not_said_to_hold_nothing(tmp_path: Path) -> None:
+    """The tree walk follows no link and opens no FIFO (by design); a directory whose modules are
+    links (to a build tree, say) was refused with "no PowerPC64 ELF file or module below it", as
+    if it held none. The line now says what was not followed and how to read it."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "prof-le.o").symlink_to(FIXTURES / "bin" / "prof-le.o")
+    os.mkfifo(tree / "pipe.ko")
+    line = assert_one_line(invoke("scan", tree), 2, "error", f"{tree}: no PowerPC64 ELF file or module below it")
+    assert line.endswith("(1 symbolic link and 1 FIFO, socket or device not followed: name a file to read it)"), line
+    named = invoke("scan", tree / "prof-le.o")
+    assert named.exit_code == 0 and ": object, little-endian elfv2, generation mprofile: 6 sites" in named.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert assert_one_line(invoke("scan", empty), 2, "error").endswith(": no PowerPC64 ELF file or module below it")

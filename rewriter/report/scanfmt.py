@@ -561,7 +561,7 @@ def _zeroed_text(zeroed: int, linked: bool) -> str:
     hold = "holds" if zeroed == 1 else "hold"
     return (
         f"{counted(zeroed, 'record slot')} {hold} 0: what a rewrite that drops records leaves (mcountrw nop "
-        "--drop-records, prenop), whose patch log names the sites it nopped (none found beside the file: "
+        "--drop-records, prenop), whose patch log names the sites it nopped (none was read: "
         "--log, --log-dir)" + (", or the linker's padding between record tables" if linked else "")
     )
 

@@ -111,3 +111,21 @@ def test_a_directory_of_links_is_not_said_to_hold_nothing(tmp_path: Path) -> Non
     empty = tmp_path / "empty"
     empty.mkdir()
     assert assert_one_line(invoke("scan", empty), 2, "error").endswith(": no PowerPC64 ELF file or module below it")
+
+
+def test_a_csv_with_no_row_says_so(tmp_path: Path) -> None:
+    """`scan --format csv` of files with no site printed the header alone, exit 0, and nothing on
+    stderr: the table says "no sites" and why, the CSV said nothing. It now says so on stderr (the
+    CSV itself stays what other tools parse); a CSV with rows gets no such line."""
+    out = tmp_path / "p.o"
+    assert invoke("nop", FIXTURES / "bin" / "prof-le.o", "--drop-records", "-o", out).exit_code == 0
+    (tmp_path / "p.o.mcountrw.jsonl").unlink()
+    empty = invoke("scan", "--format", "csv", out)
+    assert empty.exit_code == 0, empty.output
+    assert empty.stdout.count("\n") == 1 and empty.stdout.startswith("path,address,section,")
+    assert empty.stderr == (
+        "mcountrw: warning: no ftrace call site in the 1 file read: the CSV has its header only "
+        "(--format table says why)\n"
+    )
+    rows = invoke("scan", "--format", "csv", out, FIXTURES / "bin" / "prof-le.o")
+    assert rows.exit_code == 0 and rows.stdout.count("\n") == 7 and not rows.stderr, rows.output

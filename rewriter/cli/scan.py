@@ -102,6 +102,7 @@ def scan(
     print_errors(errors)
     if not texts:
         raise typer.Exit(ExitCode.BAD_INPUT)
+    _warn_if_no_rows(fmt, texts)
     if fmt is ScanFormat.JSON:
         text = scanfmt.join_images_json(texts, errors, end="\n")
     else:
@@ -110,6 +111,20 @@ def scan(
         text += _total_line(totals, len(errors))
     emit(text, output)
     bad_input_if(errors)
+
+
+def _warn_if_no_rows(fmt: ScanFormat, texts: Sequence[str]) -> None:
+    """Say why a CSV holds its header only: no site in any file read (the table gives each one's
+    reason: built without ftrace, or nopped, its records dropped, and read without its patch log)."""
+    from rewriter.prose import counted
+
+    if fmt is ScanFormat.CSV and not any(texts):  # one row per site: the header alone said nothing
+        files = counted(len(texts), "file")
+        typer.echo(
+            f"mcountrw: warning: no ftrace call site in the {files} read: the CSV has its header only "
+            "(--format table says why)",
+            err=True,
+        )
 
 
 def _closes_with_total(fmt: ScanFormat, files: Sequence[Path]) -> bool:

@@ -11,6 +11,7 @@ import enum
 import gc
 import os
 import signal
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from rewriter.elf.compress import MODULE_SUFFIXES
 from rewriter.elf.image import Image, is_elf, is_foreign_elf, is_ppc64_executable, read_head
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
+from rewriter.prose import counted
 from rewriter.reading import not_a_file
 from rewriter.sites import Scan, scan
 
@@ -84,20 +86,49 @@ def expand(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
 
 def expand_named(paths: Sequence[Path]) -> tuple[list[Found], list[str]]:
     """:func:`expand`, each file with its name in its tree (where ``--log-dir`` keeps its log)."""
+    found, errors, _ = expand_noting(paths)
+    return found, errors
+
+
+def expand_noting(paths: Sequence[Path]) -> tuple[list[Found], list[str], list[str]]:
+    """:func:`expand_named`, and a warning line for each directory that holds symbolic links named
+    as modules: the walk follows no link, so they are left out (RHEL's ``weak-updates/`` is such
+    links), and a scan of the tree was silently short of them."""
     files: list[Found] = []
     errors: list[str] = []
+    warnings: list[str] = []
     for path in paths:
         if path.is_dir():
-            below, errs = _walk(path)
+            below, errs, links = _walk(path)
             files.extend(Found(f, tree_name(f, path)) for f in below)
             errors.extend(errs)
             if not below and not errs:  # a named directory that holds nothing to read is a wrong path
-                errors.append(f"{path}: no PowerPC64 ELF file or module below it")
+                errors.append(f"{path}: no PowerPC64 ELF file or module below it{_not_followed(path)}")
+            elif links:
+                warnings.append(
+                    f"{path}: {counted(len(links), 'symbolic link')} named as a module not followed, left out "
+                    f"(first: {links[0]}): name a link's target to read it"
+                )
         elif path.exists():
             files.append(Found(path, name_named(path, paths)))
         else:
             errors.append(f"{path}: {not_a_file(path)}")
-    return first_of_each(files, lambda f: f.path), errors
+    return first_of_each(files, lambda f: f.path), errors, warnings
+
+
+def _not_followed(root: Path) -> str:
+    """What a tree that gave nothing to read held that the walk does not open (links, FIFOs,
+    sockets, devices), in words for its error line: a directory of links to modules was said to
+    hold no module at all. Walked again only then, when the error is the whole answer."""
+    kinds = Counter(entry.kind for entry in tree_entries(root)[0])
+    parts = [
+        counted(kinds[EntryKind.LINK], "symbolic link") if kinds[EntryKind.LINK] else "",
+        counted(kinds[EntryKind.SPECIAL], "FIFO, socket or device", "FIFOs, sockets or devices")
+        if kinds[EntryKind.SPECIAL]
+        else "",
+    ]
+    said = " and ".join(p for p in parts if p)
+    return f" ({said} not followed: name a file to read it)" if said else ""
 
 
 def first_of_each(items: Sequence[T], path_of: Callable[[T], Path]) -> list[T]:
@@ -139,21 +170,24 @@ Visit = Callable[[os.DirEntry[str], EntryKind], None]
 """What a tree walk does with each entry below its root (before it descends into a directory)."""
 
 
-def _walk(root: Path, wanted: Wanted | None = None) -> tuple[list[Path], list[str]]:
+def _walk(root: Path, wanted: Wanted | None = None) -> tuple[list[Path], list[str], list[Path]]:
     """Files of ``root`` and then of each subdirectory, depth first, each level sorted by name:
-    those ``wanted`` takes (by default ELF files and modules, :func:`_elf_or_module`), and one
-    error line for each file or directory that cannot be read. Links are not followed, and FIFOs,
-    sockets and devices are skipped (a read of a FIFO would block)."""
+    those ``wanted`` takes (by default ELF files and modules, :func:`_elf_or_module`), one error
+    line for each file or directory that cannot be read, and the links named as modules. Links are
+    not followed, and FIFOs, sockets and devices are skipped (a read of a FIFO would block)."""
     found: list[Path] = []
     errors: list[str] = []
+    links: list[Path] = []
     take = wanted or _elf_or_module
 
     def visit(entry: os.DirEntry[str], kind: EntryKind) -> None:
         if kind is EntryKind.FILE and take(entry, errors):
             found.append(Path(entry.path))
+        elif kind is EntryKind.LINK and entry.name.endswith(MODULE_SUFFIXES):
+            links.append(Path(entry.path))
 
     _walk_into(str(root), visit, errors)
-    return found, errors
+    return found, errors, links
 
 
 def tree_entries(root: Path) -> tuple[list[Entry], list[str]]:

@@ -256,14 +256,14 @@ def _scan_linked(image: Image, mcount_addr: int | None, generation: Generation |
     """:func:`scan` of a linked image (a vmlinux, a test executable)."""
     read = _read_linked(image, mcount_addr, generation, text)
     text, funcs, generation = read.text, read.funcs, read.generation
-    _check_not_classic_pg(image, text, generation, read.calls, read.records)
+    _check_not_classic_pg(image, text, generation, read.calls, read.records, read.overridden)
     bounds = kernel_text(image)  # read once: the loop, the skipped records and the stubs need it
     locs = kernel_locs(image, funcs, bounds)
     places, skipped = split_skipped(read.records, locs, bounds)
     weak = weak_max_offset(image, generation)
     call_only = init_checks_call_only(image, generation)
     sites, unmatched = _classify(image, text, funcs, generation, read.calls, places, weak, call_only)
-    _check_no_nops_before_entries(image, funcs, generation, places)
+    _check_no_nops_before_entries(image, funcs, generation, places, read.overridden)
     stubs: tuple[StubArea, ...] = ()
     if generation is Generation.OOL:
         stubs, sites = _with_stubs(image, sites, bounds, places)
@@ -370,15 +370,18 @@ _NOP_BUILT: Final = (Generation.PATCHABLE, Generation.OOL)
 
 
 def _check_no_nops_before_entries(
-    image: Image, funcs: Functions, generation: Generation | None, records: np.ndarray
+    image: Image, funcs: Functions, generation: Generation | None, records: np.ndarray, overridden: Detect | None
 ) -> None:
     """Refuse ``-fpatchable-function-entry=M,N`` with N > 0: a record in no function whose site's
     words (from the record: two nops patchable, one ool) reach the next function's entry, its
     first N nops before its symbol. No ppc64 kernel builds so (patchable is ``=2``, ool ``=1``);
     read as one of them, such sites got another layout's words and a weak-body reason. A weak body
     the kernel disables is in no function too, but it is a whole function, longer than the site
-    (at least a `blr` more): the next one starts later."""
-    if generation not in _NOP_BUILT or not len(funcs) or not len(records):
+    (at least a `blr` more): the next one starts later. Not under a ``--generation`` the image
+    contradicts (``overridden``, :func:`_skips_layout_checks`)."""
+    if _skips_layout_checks(overridden, generation) or generation not in _NOP_BUILT:
+        return
+    if not len(funcs) or not len(records):
         return
     outside = records[funcs.containing(records) < 0]
     if not len(outside):
@@ -395,7 +398,12 @@ def _check_no_nops_before_entries(
 
 
 def _check_not_classic_pg(
-    image: Image, text: CodeView, generation: Generation | None, calls: np.ndarray, records: np.ndarray
+    image: Image,
+    text: CodeView,
+    generation: Generation | None,
+    calls: np.ndarray,
+    records: np.ndarray,
+    overridden: Detect | None,
 ) -> None:
     """Refuse an image whose mprofile sites are all classic ``-pg`` calls
     (:func:`rewriter.detect.is_classic_pg`): a fourth layout, which mcountrw does not read.
@@ -403,8 +411,9 @@ def _check_not_classic_pg(
     them was said to turn ftrace off (a big-endian ELFv1 7.2 built here: 15,731 records). ELFv2
     has it too: ``MPROFILE_KERNEL`` needs a compiler that passes gcc-check-mprofile-kernel.sh, and
     clang has no ``-mprofile-kernel`` (nor, in clang 14, ``-fpatchable-function-entry`` on ppc64),
-    so a clang-built ppc64le kernel calls _mcount after the prologue."""
-    if generation is not Generation.MPROFILE:
+    so a clang-built ppc64le kernel calls _mcount after the prologue. Not under a ``--generation``
+    the image contradicts (:func:`_skips_layout_checks`)."""
+    if _skips_layout_checks(overridden, generation) or generation is not Generation.MPROFILE:
         return
     places = arrays.distinct(np.concatenate([calls, records]).astype(np.uint64))
     if is_classic_pg(text, places):
@@ -414,6 +423,17 @@ def _check_not_classic_pg(
             "arch/powerpc/kernel/trace/ftrace_64_pg.c), a layout mcountrw does not read (it reads -mprofile-kernel, "
             "patchable and ool sites)"
         )
+
+
+def _skips_layout_checks(overridden: Detect | None, given: Generation | None) -> bool:
+    """Whether a ``--generation`` the image contradicts skips the refusals of layouts no kernel
+    builds (classic ``-pg``, ``-fpatchable-function-entry=M,N``): they read the words as the forced
+    generation would have them, so they named a build the file never had (6.1's vmlinux read as
+    patchable: "built with -fpatchable-function-entry=M,N, N > 0"; a patchable object read as
+    mprofile: "classic -pg", with no call to _mcount in it) and exit 2, where every other
+    contradicted --generation obeys and says what it overrode (``override_text``). Not one the
+    contents fit as well (:attr:`Detect.also`, which a rewrite obeys): the checks stand there."""
+    return overridden is not None and overridden.also is not given
 
 
 def override_text(result: Scan, verb: str = "overrides") -> str | None:
@@ -463,9 +483,9 @@ def _scan_relocatable(image: Image, generation: Generation | None, text: CodeVie
         sites, unmatched = _module_sites(image, words, distinct, funcs, generation, weak)
     else:  # mprofile (never plain), or no generation
         text = code_view(image) if text is None else text
-        _check_not_classic_pg(image, text, generation, calls, records)
+        _check_not_classic_pg(image, text, generation, calls, records, overridden)
         sites, unmatched = _classify(image, text, funcs, generation, calls, records, weak)
-    _check_no_nops_before_entries(image, funcs, generation, records)
+    _check_no_nops_before_entries(image, funcs, generation, records, overridden)
     recs = _records(image, tables, records, unmatched, np.zeros(0, np.uint64), len(distinct))
     if unread:
         places = tuple(_record_place(image, int(p)) for p in nonzero_records(unread))

@@ -6,7 +6,7 @@
 #     include $(srctree)/scripts/mcountrw.mk        # wherever you keep it
 #     vmlinux vmlinux.unstripped: FORCE
 #             @true
-#     ...head_check / relocs_check as before...
+#     ...head_check / relocs_check / ftrace_check (7.2), whichever are there, as before...
 #             $(call cmd,mcountrw_vmlinux)
 #
 # Name both targets: newer kernels (7.2) run the postlink step on `vmlinux.unstripped` and make
@@ -27,9 +27,12 @@ MCOUNTRW_LOG_DIR   ?= $(if $(objtree),$(objtree)/).mcountrw-logs
 MCOUNTRW_JOBS      ?=
 # --strip-signature, or --sign-key KEY --sign-cert CERT [--hash sha256]; empty for unsigned modules.
 MCOUNTRW_SIGN_ARGS ?=
-MODLIB             ?= $(INSTALL_MOD_PATH)/lib/modules/$(KERNELRELEASE)
+# kbuild sets KERNELRELEASE; run by hand with neither it nor MODLIB, MODLIB would be /lib/modules/,
+# every kernel installed on the build machine, nopped in place: the module targets refuse instead.
+MODLIB             ?= $(if $(KERNELRELEASE),$(INSTALL_MOD_PATH)/lib/modules/$(KERNELRELEASE))
 
 mcountrw_jobs = $(if $(MCOUNTRW_JOBS),--jobs $(MCOUNTRW_JOBS))
+mcountrw_modlib = $(or $(MODLIB),$(error mcountrw.mk: set MODLIB to the modules' directory (or KERNELRELEASE)))
 
 # The vmlinux was just linked, so an old log for it is stale, not a sign of trouble
 # (--replace-stale-logs). The summary table goes to a file; errors still reach the build log.
@@ -41,7 +44,7 @@ quiet_cmd_mcountrw_vmlinux = PRENOP  $@
 .PHONY: mcountrw-modules mcountrw-modules-undo
 mcountrw-modules:
 	$(MCOUNTRW) prenop --policy $(MCOUNTRW_POLICY) --in-place --replace-stale-logs \
-	    --log-dir $(MCOUNTRW_LOG_DIR)/modules $(MCOUNTRW_SIGN_ARGS) $(mcountrw_jobs) $(MODLIB)
+	    --log-dir $(MCOUNTRW_LOG_DIR)/modules $(MCOUNTRW_SIGN_ARGS) $(mcountrw_jobs) $(mcountrw_modlib)
 
 mcountrw-modules-undo:
-	$(MCOUNTRW) prenop --undo --in-place --log-dir $(MCOUNTRW_LOG_DIR)/modules $(mcountrw_jobs) $(MODLIB)
+	$(MCOUNTRW) prenop --undo --in-place --log-dir $(MCOUNTRW_LOG_DIR)/modules $(mcountrw_jobs) $(mcountrw_modlib)

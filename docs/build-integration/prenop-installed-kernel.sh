@@ -7,8 +7,10 @@
 #   INSTALL_MOD_PATH   the staging root (required)
 #   KERNELRELEASE      e.g. 6.1.0-50-powerpc64le (required; `make -s kernelrelease`)
 #   MCOUNTRW_POLICY    the policy file (required)
-#   VMLINUX            the vmlinux to pre-nop too (optional)
-#   MCOUNTRW_LOG_DIR   where the patch logs go; keep it out of the package (default: ./mcountrw-logs)
+#   VMLINUX            the vmlinux to pre-nop too (optional; one that lies in the modules directory,
+#                      as Debian's 7.2 vmlinuz does, is left alone with a warning unless named here)
+#   MCOUNTRW_LOG_DIR   where the patch logs go, and the run's JSON report beside it as
+#                      $MCOUNTRW_LOG_DIR.report.json; keep both out of the package (default: ./mcountrw-logs)
 #   MCOUNTRW_SIGN      strip (default): drop module signatures; key: re-sign with
 #                      MCOUNTRW_SIGN_KEY / MCOUNTRW_SIGN_CERT (e.g. certs/signing_key.pem and
 #                      certs/signing_key.x509 of the build; KBUILD_SIGN_PIN for an encrypted key);

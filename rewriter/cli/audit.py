@@ -29,6 +29,7 @@ from rewriter.cli.common import (
     log_dir_path,
     logs_for,
     print_errors,
+    print_warnings,
     progress,
     workers,
 )
@@ -102,10 +103,11 @@ def audit(
     Each image's patch log is read from beside it, or from under --log-dir where `prenop
     --log-dir` wrote it."""
     from rewriter.audit import audit_files, fails
-    from rewriter.batch import expand_named
+    from rewriter.batch import expand_noting
 
     check_mcount_addr(generation, mcount_addr)
-    found, errors = expand_named(paths)
+    found, errors, warnings = expand_noting(paths)
+    print_warnings(warnings)
     files = [f.path for f in found]
     check_mcount_addr_used(files, mcount_addr)
     roots = [p for p in paths if p.is_dir()]

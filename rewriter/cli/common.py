@@ -312,6 +312,12 @@ def print_errors(errors: Sequence[str]) -> None:
         typer.echo(f"mcountrw: error: {printable(line)}", err=True)
 
 
+def print_warnings(warnings: Sequence[str]) -> None:
+    """One line per thing the command left out or doubts, that is not an error."""
+    for line in warnings:
+        typer.echo(f"mcountrw: warning: {printable(line)}", err=True)
+
+
 @contextlib.contextmanager
 def progress(total: int, what: str) -> Iterator[Callable[[], None] | None]:
     """A rich progress bar on stderr when it is a terminal and there is more than one file; the

@@ -23,6 +23,7 @@ from rewriter.cli.common import (
     emit,
     logs_for,
     print_errors,
+    print_warnings,
     progress,
     workers,
 )
@@ -77,11 +78,11 @@ def scan(
     for beside each image, or under --log-dir where `prenop --log-dir` wrote them. The table of
     several files closes with a `total:` line: images, sites, traceable sites, records, and errors
     if any file failed."""
-    from rewriter.batch import expand_named, render_many
-    from rewriter.report import scanfmt
+    from rewriter.batch import expand_noting, render_many
 
     check_mcount_addr(generation, mcount_addr)
-    found, errors = expand_named(paths)
+    found, errors, warnings = expand_noting(paths)
+    print_warnings(warnings)
     files = [f.path for f in found]
     check_mcount_addr_used(files, mcount_addr)
     render = _renderer(fmt, show_all or output is not None)
@@ -102,20 +103,42 @@ def scan(
     print_errors(errors)
     if not texts:
         raise typer.Exit(ExitCode.BAD_INPUT)
-    if fmt is ScanFormat.JSON:
-        text = scanfmt.join_images_json(texts, errors, end="\n")
-    else:
-        text = (scanfmt.CSV_HEADER if fmt is ScanFormat.CSV else "") + "".join(texts)
-    if _closes_with_total(fmt, files):
-        text += _total_line(totals, len(errors))
-    emit(text, output)
+    _warn_if_no_rows(fmt, texts)
+    emit(_report_text(fmt, texts, totals, errors, len(files)), output)
     bad_input_if(errors)
 
 
-def _closes_with_total(fmt: ScanFormat, files: Sequence[Path]) -> bool:
+def _report_text(fmt: ScanFormat, texts: list[str], totals: list[Totals | None], errors: list[str], files: int) -> str:
+    """The whole report from each image's text: JSON's one object, CSV's header and rows, or the
+    tables and, of several files, their total line."""
+    from rewriter.report import scanfmt
+
+    if fmt is ScanFormat.JSON:
+        return scanfmt.join_images_json(texts, errors, end="\n")
+    text = (scanfmt.CSV_HEADER if fmt is ScanFormat.CSV else "") + "".join(texts)
+    if _closes_with_total(fmt, files):
+        text += _total_line(totals, len(errors))
+    return text
+
+
+def _warn_if_no_rows(fmt: ScanFormat, texts: Sequence[str]) -> None:
+    """Say why a CSV holds its header only: no site in any file read (the table gives each one's
+    reason: built without ftrace, or nopped, its records dropped, and read without its patch log)."""
+    from rewriter.prose import counted
+
+    if fmt is ScanFormat.CSV and not any(texts):  # one row per site: the header alone said nothing
+        files = counted(len(texts), "file")
+        typer.echo(
+            f"mcountrw: warning: no ftrace call site in the {files} read: the CSV has its header only "
+            "(--format table says why)",
+            err=True,
+        )
+
+
+def _closes_with_total(fmt: ScanFormat, files: int) -> bool:
     """Only a table, and only of several files: one image's summary line is its own total, and
     JSON and CSV stay as they were (other tools parse them and add up what they need)."""
-    return fmt is ScanFormat.TABLE and len(files) > 1
+    return fmt is ScanFormat.TABLE and files > 1
 
 
 def _total_line(totals: list[Totals | None], errors: int) -> str:

@@ -518,6 +518,8 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
         )
     elif log is not None:
         out.append(f"  LOG: the patch log {log} was read; the file itself shows every site it names")
+    elif result.records.zeroed:  # else a nopped file read without its log was just "0 sites (no sites)"
+        out.append(f"  zeroed: {_zeroed_text(result.records.zeroed, result.kind in _LINKED)}")
     for offset in sorted({LAYOUTS[s.variant].record_offset for s in result.sites if s.record is not None} - {0}):
         out.append(
             f"  records name the word {abs(offset)} bytes {'before' if offset < 0 else 'after'} each call slot "
@@ -546,6 +548,22 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
             "whether its records get a stub at boot is unchecked"
         )
     return out
+
+
+_LINKED: Final = (Kind.VMLINUX, Kind.EXECUTABLE)
+
+
+def _zeroed_text(zeroed: int, linked: bool) -> str:
+    """Where zeroed record slots come from, when no patch log was read: a rewrite that dropped
+    records (the sites behind them, nopped, call nothing and only its log names them), or, in a
+    linked image, the linker's padding between the objects' record tables (why the kernel's
+    ftrace_process_locs() skips a zero: "Some architecture linkers will pad between ...")."""
+    hold = "holds" if zeroed == 1 else "hold"
+    return (
+        f"{counted(zeroed, 'record slot')} {hold} 0: what a rewrite that drops records leaves (mcountrw nop "
+        "--drop-records, prenop), whose patch log names the sites it nopped (none was read: "
+        "--log, --log-dir)" + (", or the linker's padding between record tables" if linked else "")
+    )
 
 
 def _load_lines(result: Scan, boot: Boot) -> list[str]:

@@ -41,7 +41,7 @@ def test_function_and_module_globs_combine_and_module_negation_excludes_one_modu
     assert p.for_file("ext4").decide("ext4_mb_test_x", ".text")[0] is Verb.NOP
     assert p.for_file("ext4").decide("trace_ext4_x", ".text")[0] is Verb.KEEP
     assert p.for_file("jbd2").decide("trace_jbd2_x", ".text")[0] is Verb.NOP
-    assert p.for_file(None).decide("trace_x", ".text")[0] is Verb.KEEP  # :mod: never selects vmlinux
+    assert p.for_file(None).decide("trace_x", ".text")[0] is Verb.NOP  # as ftrace: the core kernel is no ext4
 
 
 def test_section_pattern_matches_the_section_of_the_call_site() -> None:
@@ -73,7 +73,7 @@ def test_comments_and_blank_lines_are_ignored() -> None:
         ("default nop\ntrace foo\n", ":2: expected `keep PATTERN`"),
         ("default nop\nkeep foo bar\n", ":2: one pattern a line"),
         ("default nop\nkeep foo:filter:x\n", "unknown command `:filter:`"),
-        ("default nop\nkeep foo:mod:\n", "`:mod:` needs a name"),
+        ("default nop\nkeep foo:section:\n", "`:section:` needs a name"),
         ("default nop\nkeep foo:mod:a:mod:b\n", "`:mod:` given twice"),
         ("default nop\nkeep foo:mod\n", "expected FUNCTION[:mod:MODULE][:section:SECTION]"),
     ],

@@ -17,8 +17,15 @@ Rules:
 * ``PATTERN`` is ``FUNCTION[:mod:MODULE][:section:SECTION]``: each part a glob (``*``, ``?``,
   ``[...]``), matched against the whole name. An empty or missing FUNCTION means ``*``, so
   ``:mod:ext4`` is every function of ext4 (as in ftrace: "blank search means to match all funcs
-  in the mod"). ``:mod:!NAME`` is every module *but* NAME. ``:mod:`` never matches the core kernel
-  (ftrace's module commands only ever select module functions); ``:section:`` matches the section
+  in the mod"). ``:mod:!NAME`` is every function *but* NAME's, the core kernel's included (ftrace's
+  ``match_records()``: a function in no module fails no exclusion); any other ``:mod:`` never
+  matches the core kernel. ``:mod:`` and ``:mod:*`` are every module, ``:mod:!`` the core kernel
+  alone (its "blank module globbing"). Globs are the kernel's (lib/glob.c): ``\\`` escapes the
+  next character, ``[!...]`` complements, an unclosed ``[`` is itself. A FUNCTION or MODULE that
+  ftrace does not read as a glob is refused: a leading ``!`` on FUNCTION (ftrace removes those
+  functions from the filter: a policy says that with its other verb) or a leading digit (ftrace
+  reads a record's index; ``:mod:6lowpan`` fails there, ``:mod:[6]lowpan`` is the module).
+  ``:section:`` matches the section
   holding the call site (``.text``, ``.init.text``, ``.text.unlikely``, ...). A site in no function
   has the name ftrace lists it under (``Scan.name_of``: a weak body's, the nearest symbol before
   it), as set_ftrace_filter matches it; one it lists under no name has ``""``, which only ``*`` matches.
@@ -233,6 +240,9 @@ def parse_pattern(text: str, where: str = "<pattern>") -> Pattern:
     if negated:
         module = module[1:]  # type: ignore[index]
     section = commands.get("section")
+    _ftrace_reads_as_glob(function, "FUNCTION", where, text)
+    if module is not None:
+        _ftrace_reads_as_glob(module, "MODULE", where, text)
     return Pattern(
         text,
         _glob(function),
@@ -241,6 +251,21 @@ def parse_pattern(text: str, where: str = "<pattern>") -> Pattern:
         negated,
         None if section is None else _glob(section),
     )
+
+
+def _ftrace_reads_as_glob(part: str, what: str, where: str, text: str) -> None:
+    """Refuse what filter_parse_regex() does not read as a glob, so that no rule selects what the
+    same pattern written to set_ftrace_filter would not."""
+    if what == "FUNCTION" and part.startswith("!"):
+        raise PolicyError(
+            f"{where}: `{text}`: a {what} starting with `!` removes functions from ftrace's filter, "
+            "it selects none: write the rule with the other verb"
+        )
+    if part[:1].isdigit():
+        raise PolicyError(
+            f"{where}: `{text}`: ftrace reads a {what} starting with a digit as a record's index, "
+            f"not a name (it selects nothing by name): write `[{part[0]}]{part[1:]}`"
+        )
 
 
 def _glob(glob: str) -> re.Pattern[str]:

@@ -74,6 +74,7 @@ def test_comments_and_blank_lines_are_ignored() -> None:
         ("default nop\nkeep foo bar\n", ":2: one pattern a line"),
         ("default nop\nkeep foo:filter:x\n", "unknown command `:filter:`"),
         ("default nop\nkeep foo:section:\n", "`:section:` needs a name"),
+        ("default nop\nkeep foo:mod:2x\n", "write `[2]x`"),
         ("default nop\nkeep foo:mod:a:mod:b\n", "`:mod:` given twice"),
         ("default nop\nkeep foo:mod\n", "expected FUNCTION[:mod:MODULE][:section:SECTION]"),
     ],

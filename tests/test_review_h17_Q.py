@@ -170,6 +170,24 @@ def test_a_pattern_selects_what_set_ftrace_filter_selects(pattern: str, ftrace_s
 
 
 @pytest.mark.boot
+def test_policy_check_counts_in_the_modules_what_set_ftrace_filter_selects_there(
+    ftrace_selects: Booted, tmp_path: Path
+) -> None:
+    """The command's path to the same answer: one policy of a `keep` rule per pattern, checked over
+    the four modules (their every site is listed once loaded, init functions included)."""
+    kernel, scans = ftrace_selects
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n" + "".join(f"keep {p}\n" for p in SAME))
+    check = invoke("policy", "check", policy, *(sc.path for sc in scans[1:]))
+    assert check.exit_code in (0, 1), check.output  # 1: the rules that match nothing are warned of
+    for line, pattern in enumerate(SAME, start=2):
+        row = re.search(rf"^\s+{line}\s+keep\s+\S+\s+(\d+)\s", check.stdout, re.MULTILINE)
+        assert row is not None, check.stdout
+        in_modules = sum(n for module, n in kernel[pattern].per_module.items() if module)
+        assert (pattern, int(row[1])) == (pattern, in_modules)
+
+
+@pytest.mark.boot
 def test_what_the_policy_refuses_ftrace_does_not_select_by_name(ftrace_selects: Booted) -> None:
     kernel, _ = ftrace_selects
     assert kernel["!char2uni"].per_module == Counter()  # it removes; from an empty filter, nothing

@@ -56,6 +56,7 @@ from typing import Final, NamedTuple
 from rewriter.boot import init_only
 from rewriter.errors import RewriteError
 from rewriter.generations import Generation
+from rewriter.globs import ftrace_glob
 from rewriter.kernels import Kernel, Kernels
 from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, unchecked_drops, zero_records_fail
 from rewriter.prose import and_more, counted, printable
@@ -245,11 +246,11 @@ def parse_pattern(text: str, where: str = "<pattern>") -> Pattern:
         _ftrace_reads_as_glob(module, "MODULE", where, text)
     return Pattern(
         text,
-        _glob(function),
+        ftrace_glob(function),
         # A blank module is ftrace's "blank module globbing": every module (or, negated, none).
-        None if module is None else _glob(module or "*"),
+        None if module is None else ftrace_glob(module or "*"),
         negated,
-        None if section is None else _glob(section),
+        None if section is None else ftrace_glob(section),
     )
 
 
@@ -266,58 +267,6 @@ def _ftrace_reads_as_glob(part: str, what: str, where: str, text: str) -> None:
             f"{where}: `{text}`: ftrace reads a {what} starting with a digit as a record's index, "
             f"not a name (it selects nothing by name): write `[{part[0]}]{part[1:]}`"
         )
-
-
-def _glob(glob: str) -> re.Pattern[str]:
-    """The kernel's glob_match() (lib/glob.c) as a regex for ``fullmatch``: ``*``, ``?``,
-    ``[...]`` (``!`` complements; a range ``a-b``; a ``]`` first is a member; unclosed, the ``[``
-    is itself), and ``\\`` escaping the next character (one at the end escapes the string's end).
-    Python's fnmatch differs on ``\\``: it is a literal there."""
-    out = []
-    i = 0
-    while i < len(glob):
-        ch = glob[i]
-        i += 1
-        if ch == "*":
-            out.append(".*")
-        elif ch == "?":
-            out.append(".")
-        elif ch == "\\":
-            out.append(re.escape(glob[i : i + 1]))
-            i += 1
-        elif ch == "[" and (cls := _glob_class(glob, i)) is not None:
-            out.append(cls[0])
-            i = cls[1]
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
-
-
-def _glob_class(glob: str, start: int) -> tuple[str, int] | None:
-    """The class opened by the ``[`` before ``start``, as a regex, and where the glob goes on;
-    None when glob_match() finds it malformed (unclosed) and takes the ``[`` literally."""
-    inverted = glob[start : start + 1] == "!"
-    i = start + inverted
-    spans = []
-    while True:  # the first span may begin with ']'
-        if i >= len(glob):
-            return None
-        low = high = glob[i]
-        i += 1
-        if glob[i : i + 1] == "-" and glob[i + 1 : i + 2] != "]":
-            if i + 1 >= len(glob):
-                return None
-            high = glob[i + 1]
-            i += 2
-        if low <= high:  # glob_match() tests low <= c <= high: a reversed range holds nothing
-            spans.append(re.escape(low) if low == high else f"{re.escape(low)}-{re.escape(high)}")
-        if i >= len(glob):
-            return None
-        if glob[i] == "]":
-            break
-    if not spans:
-        return ("." if inverted else "(?!)"), i + 1
-    return f"[{'^' if inverted else ''}{''.join(spans)}]", i + 1
 
 
 # -- reports --------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ memory; ``rewriter.files`` writes files. No printing, no file I/O here.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -61,6 +60,7 @@ from rewriter.errors import (
     WordMismatch,
 )
 from rewriter.generations import LAYOUTS, TWO_SLOT_STATES, Generation, Variant
+from rewriter.globs import ftrace_glob
 from rewriter.heap import collector_paused
 from rewriter.known import Moment, Origin, RelaEntry, SiteLine, Touched, lines_after
 from rewriter.locs import ZERO_ADJUSTED, Locs, zero_records_fail
@@ -152,10 +152,11 @@ def _named(match: Callable[[str], re.Match[str] | None], name: str, others: tupl
 
 
 def _globs(patterns: Sequence[str]) -> Callable[[str], re.Match[str] | None] | None:
-    """One matcher for any of the ``fnmatch`` globs ``patterns`` (case-sensitive), or None."""
+    """One matcher for any of the globs ``patterns`` (case-sensitive), or None: ftrace's globs, as a
+    policy's (:func:`rewriter.globs.ftrace_glob`; fnmatch took ``\\`` for itself, the kernel for an escape)."""
     if not patterns:
         return None
-    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in patterns)).match
+    return re.compile("|".join(f"(?:{ftrace_glob(g).pattern})" for g in patterns), re.DOTALL).fullmatch
 
 
 @dataclass(frozen=True)

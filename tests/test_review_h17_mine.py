@@ -1,12 +1,16 @@
 """Defects the helpers of this stop found outside their files and left: the patch log's plan said
-route mflr-first of a plan of one-word (ool) sites, where `plan --format json` says null."""
+route mflr-first of a plan of one-word (ool) sites, where `plan --format json` says null; `--only`
+and `--exclude` matched fnmatch's globs where a policy matches the kernel's (a backslash escapes)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any, cast
 
+from conftest import FIXTURES, invoke
+
 from rewriter.generations import Variant
+from rewriter.globs import ftrace_glob
 from rewriter.log import _plan_json
 from rewriter.plan import SiteRequest, plan
 from rewriter.states import SiteState
@@ -27,3 +31,18 @@ def test_the_logs_plan_names_a_route_only_where_plan_json_does() -> None:
         SiteRequest(Variant.PATCHABLE, SiteState.NOPPED, SiteState.ENABLED),
     )
     assert route == p.route.value and p.routed
+
+
+def test_only_and_exclude_read_a_glob_as_a_policy_and_the_kernel_do() -> None:
+    """`\\l\\eaf_[a]dd` is leaf_add to the kernel's glob_match() and to a policy; fnmatch took each
+    backslash for itself, so `--only` matched nothing (exit 1, "matches none") and `--exclude` left
+    the function selected."""
+    prog = FIXTURES / "bin" / "prof-le"
+    glob = r"\l\eaf_[a]dd"
+    assert ftrace_glob(glob).fullmatch("leaf_add")
+    only = invoke("apply", prog, "--to", "disabled", "--only", glob, "--dry-run")
+    assert only.exit_code == 0 and "would change 1 site to disabled" in only.output, only.output
+    every = invoke("apply", prog, "--to", "disabled", "--dry-run")
+    but = invoke("apply", prog, "--to", "disabled", "--exclude", glob, "--dry-run")
+    assert every.exit_code == but.exit_code == 0, (every.output, but.output)
+    assert "would change 6 sites" in every.output and "would change 5 sites" in but.output, but.output

@@ -31,13 +31,12 @@ from rewriter.elf import structs as S
 from rewriter.elf.compress import Compression, HeaderRefusal
 from rewriter.elf.image import Abi, Image, Kind
 from rewriter.elf.release import kernel_version
-from rewriter.elf.symbols import Functions, RelocationNames, code_addrs, split_place
+from rewriter.elf.symbols import Functions, RelocationNames, split_place
 from rewriter.errors import RewriteError
 from rewriter.generations import LAYOUTS, OOL_AREAS, Generation, Variant, default_variant
 from rewriter.kernels import Kernel, Kernels
 from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
 from rewriter.log import logged
-from rewriter.mcount import MCOUNT_NAMES
 from rewriter.ppc.table import Table, build_table
 from rewriter.prose import counted
 from rewriter.records import unread_why
@@ -475,10 +474,12 @@ class _MakeNop(NamedTuple):
 
 def _make_nop_init(image: Image, result: Scan) -> _MakeNop | None:
     """What ftrace_make_nop() needs to say what it prints, where it is the image's kernel's init (a
-    vmlinux's or a module's: a test program or an object is held to 6.6's words, as the scan holds it)."""
+    vmlinux's or a module's: a test program or an object is held to 6.6's words, as the scan holds it).
+    _mcount's address is the scan's mcount entry (``Scan.mcount_entries``: by its symbol, by
+    ``--mcount-addr``, or in a stripped image by what the recorded ``bl`` words call), when it found one."""
     if image.kind not in (Kind.VMLINUX, Kind.MODULE) or not init_makes_nop(image, result.generation):
         return None
-    found = code_addrs(image, MCOUNT_NAMES) if image.kind is Kind.VMLINUX else []
+    found = result.mcount_entries if image.kind is Kind.VMLINUX else ()
     return _MakeNop(image.kind is Kind.VMLINUX, found[0] if len(found) == 1 else None)
 
 

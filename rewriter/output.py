@@ -97,11 +97,26 @@ def check_replaceable(path: Path, parent_made: bool = False) -> None:
         raise OutputError(f"{path}: cannot write here ({e.strerror})") from None
 
 
-def _check_replaceable(path: Path, parent_made: bool = False) -> None:
+def check_own_place(path: Path) -> None:
+    """The part of :func:`check_replaceable` that is the file's own, not its directory's: its name
+    fits the file system, and no directory is there. For a run that writes many files into one
+    directory and checks that directory once (prenop: a directory at another file's place than the
+    first was found by the rename at the end, that file failing and the others written)."""
+    try:
+        _check_own_place(path)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write here ({e.strerror})") from None
+
+
+def _check_own_place(path: Path) -> None:
     if len(os.fsencode(path.name)) > NAME_MAX:
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(path))
     if path.is_dir():
         raise OutputError(f"{path}: {IS_DIRECTORY}")
+
+
+def _check_replaceable(path: Path, parent_made: bool = False) -> None:
+    _check_own_place(path)
     if _special(path):
         return
     parent = path.parent if str(path.parent) else Path(".")

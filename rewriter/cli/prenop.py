@@ -697,15 +697,10 @@ def _check_makeable(path: Path, checked: set[Path]) -> None:
     """The directory of ``path`` takes a new file, or the first directory on its way that is
     missing can be made (``rewriter.output.check_replaceable``, checked for the first file that
     goes there: ``checked`` holds the directories done)."""
-    from rewriter.errors import OutputError
-    from rewriter.output import check_replaceable
-    from rewriter.reading import IS_DIRECTORY
+    from rewriter.output import check_own_place, check_replaceable
 
     if path.parent in checked:
-        # Every file's own place, not only the first of its directory's: a directory there was found
-        # by the rename at the end, that file failed and the others were written (OUT incomplete).
-        if os.path.isdir(path) and not os.path.islink(path):
-            raise OutputError(f"{path}: {IS_DIRECTORY}")
+        check_own_place(path)  # every file's own place, not only the first of its directory's
         return
     checked.add(path.parent)
     while not path.parent.is_dir() and path.parent != path.parent.parent:

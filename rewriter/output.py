@@ -101,22 +101,26 @@ def check_own_place(path: Path) -> None:
     """The part of :func:`check_replaceable` that is the file's own, not its directory's: its name
     fits the file system, and no directory is there. For a run that writes many files into one
     directory and checks that directory once (prenop: a directory at another file's place than the
-    first was found by the rename at the end, that file failing and the others written)."""
+    first was found by the rename at the end, that file failing and the others written).
+    A link there is no directory, whatever it points at: the run replaces the link itself (prenop
+    -o copies a tree's links as links, and a rerun lays them down again)."""
     try:
-        _check_own_place(path)
+        _check_name_fits(path)
     except OSError as e:
         raise OutputError(f"{path}: cannot write here ({e.strerror})") from None
-
-
-def _check_own_place(path: Path) -> None:
-    if len(os.fsencode(path.name)) > NAME_MAX:
-        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(path))
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         raise OutputError(f"{path}: {IS_DIRECTORY}")
 
 
+def _check_name_fits(path: Path) -> None:
+    if len(os.fsencode(path.name)) > NAME_MAX:
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(path))
+
+
 def _check_replaceable(path: Path, parent_made: bool = False) -> None:
-    _check_own_place(path)
+    _check_name_fits(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: {IS_DIRECTORY}")
     if _special(path):
         return
     parent = path.parent if str(path.parent) else Path(".")

@@ -61,7 +61,7 @@ from typing import Final, NamedTuple
 
 from rewriter import ppc
 from rewriter.errors import ArgumentError
-from rewriter.generations import LAYOUTS, Generation, Layout, Variant
+from rewriter.generations import LAYOUTS, Layout, Variant
 from rewriter.plan import (
     PATCH_CLASS,
     Barrier,
@@ -140,13 +140,6 @@ class CheckResult:
 
 # ---------------------------------------------------------------- the site as code
 
-_CALLEE: Final[Mapping[Generation, str]] = MappingProxyType(
-    {
-        Generation.MPROFILE: "_mcount",  # the word the 2019 thread patched
-        Generation.PATCHABLE: "ftrace_caller",
-        Generation.OOL: "ftrace_caller",
-    }
-)
 _ASM: Final[Mapping[Insn, str]] = MappingProxyType(
     {PLAIN[k]: ppc.relative_text(w) for w, k in ppc.FIXED.items() if k in PLAIN}
     | {Insn.MTLR: ppc.relative_text(ppc.MTLR_R0)}
@@ -161,7 +154,7 @@ class _Geometry:
 
     layout: Layout
     by_offset: Mapping[int, int]  # offset from the call slot -> pc of the slot there
-    callee: str
+    callee: str  # what a tracer `bl` calls at run time: the layout's ``tracer``
     n: int  # the site's slots (pc n.. is the stub): a field, as the search asks it millions of times
     # (pc, word, r0 holds LR) -> what executing it does, for every word that can run there: the
     # search executes the same few words millions of times, and _execute formats text each time
@@ -172,7 +165,7 @@ class _Geometry:
         if list(lay.offsets) != sorted(lay.offsets):
             raise ValueError(f"{lay.variant.value}: slots must be listed in address order")
         by_offset = MappingProxyType({off: pc for pc, off in enumerate(lay.offsets)})
-        geo = cls(lay, by_offset, _CALLEE[lay.generation], len(lay.slots))
+        geo = cls(lay, by_offset, lay.tracer, len(lay.slots))
         execs = {}
         for pc in range(geo.n + len(lay.stub)):
             for word in (lay.stub[pc - geo.n],) if pc >= geo.n else list(Insn):

@@ -94,7 +94,9 @@ class Layout:
     record points, from B. ``state_slots`` are the slots whose words name the state
     (``states``: words of ``state_slots`` per state); ``S`` never does. ``built`` is what the
     compiler leaves and the only state ftrace_init_nop accepts at a recorded site; ``booted`` what
-    it leaves there. ``stub`` is the out-of-line stub that ``b stub`` enters (ool only), written
+    it leaves there. ``tracer`` is what the running kernel's enabled ``bl`` calls (the site's, or
+    the ool stub's): :data:`TRACER_ENTRY` in every generation (never the file's ``_mcount``, which
+    boot init nops). ``stub`` is the out-of-line stub that ``b stub`` enters (ool only), written
     once at boot and never patched again.
     """
 
@@ -108,6 +110,7 @@ class Layout:
     transitions: Mapping[tuple[SiteState, SiteState], Step]
     built: SiteState
     booted: SiteState
+    tracer: str
     stub: tuple[Insn, ...] = ()
     no_b8: str = ""  # why `guarded`/`armed` are not states of this variant ("" if they are)
 
@@ -161,6 +164,18 @@ class Layout:
         return any(Insn.MFLR in words for words in self.states.values())
 
 
+# What an enabled site's `bl` calls at run time, in every generation: the kernel's enable computes it
+# from ftrace_get_addr_new(), FTRACE_ADDR (ftrace_caller) for the function tracer, FTRACE_REGS_ADDR
+# (ftrace_regs_caller) for an ops that saves regs (kprobes, livepatch); a site out of branch range
+# reaches either through a trampoline (ftrace_tramp_text/_init in the vmlinux, a module's ftrace
+# stub). 6.1: ftrace_make_call() (arch/powerpc/kernel/trace/ftrace.c), `bl addr` in range, else
+# __ftrace_make_call_kernel()/__ftrace_make_call() via the trampoline; 6.12 (patchable, and Debian
+# 12's gcc-12 mprofile build, the same file) and 7.2: ftrace_replace_code() and ftrace_make_call()
+# through ftrace_get_call_inst(), which on ool writes the `bl` into the stub's second word. `_mcount`
+# is only the call an mprofile *file* holds: boot init nops it, and nothing writes it back at run
+# time. Traces name the function tracer's entry; the others differ only in what the tracer saves.
+TRACER_ENTRY: Final = "ftrace_caller"
+
 TWO_SLOT_STATES: Final[Mapping[SiteState, tuple[Insn, ...]]] = MappingProxyType(
     {
         SiteState.ENABLED: (Insn.MFLR, Insn.CALL),
@@ -187,23 +202,23 @@ LAYOUTS: Final[Mapping[Variant, Layout]] = MappingProxyType(
         Variant.MPROFILE: Layout(
             Variant.MPROFILE, Generation.MPROFILE, _AB, (-4, 0), 0, _AB,
             MappingProxyType({s: TWO_SLOT_STATES[s] for s in _ALL_TWO_SLOT}), TRANSITIONS,
-            built=SiteState.ENABLED, booted=SiteState.DISABLED,
+            built=SiteState.ENABLED, booted=SiteState.DISABLED, tracer=TRACER_ENTRY,
         ),
         Variant.MPROFILE_STD: Layout(
             Variant.MPROFILE_STD, Generation.MPROFILE, (Slot.A, Slot.S, Slot.B), (-8, -4, 0), 0, _AB,
             MappingProxyType({s: TWO_SLOT_STATES[s] for s in _NO_B8}), TRANSITIONS,
-            built=SiteState.ENABLED, booted=SiteState.DISABLED,
+            built=SiteState.ENABLED, booted=SiteState.DISABLED, tracer=TRACER_ENTRY,
             no_b8="`b +8` in slot A (ip-8) lands on the bl at ip, so it guards nothing",
         ),
         Variant.PATCHABLE: Layout(
             Variant.PATCHABLE, Generation.PATCHABLE, _AB, (-4, 0), -4, _AB,
             MappingProxyType({s: TWO_SLOT_STATES[s] for s in _ALL_TWO_SLOT}), TRANSITIONS,
-            built=SiteState.NOPPED, booted=SiteState.DISABLED,
+            built=SiteState.NOPPED, booted=SiteState.DISABLED, tracer=TRACER_ENTRY,
         ),
         Variant.OOL: Layout(
             Variant.OOL, Generation.OOL, (Slot.B,), (0,), 0, (Slot.B,),
             OOL_STATES, OOL_TRANSITIONS,
-            built=SiteState.DISABLED, booted=SiteState.DISABLED,
+            built=SiteState.DISABLED, booted=SiteState.DISABLED, tracer=TRACER_ENTRY,
             stub=(Insn.MFLR, Insn.CALL, Insn.MTLR, Insn.BACK),
             no_b8="the ool entry is one word: there is no mflr slot to guard",
         ),

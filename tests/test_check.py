@@ -68,7 +68,7 @@ def test_naive_enable_trace_is_the_2019_race():
     assert steps[0] == ("CPU0", "enters; A: nop (r0 not set)")  # the nop'ed mflr slot runs ...
     assert steps[1] == ("patcher", "A: nop -> mflr")  # ... CPU0 is preempted, both words are patched ...
     assert steps[2] == ("patcher", "B: nop -> bl")
-    assert steps[3][0] == "CPU0" and "bl _mcount" in steps[3][1] and "NOT = LR" in steps[3][1]  # ... bl
+    assert steps[3][0] == "CPU0" and "bl ftrace_caller" in steps[3][1] and "NOT = LR" in steps[3][1]  # ... bl
     assert result.trace[1].r0[0] == result.trace[2].r0[0] == "stale"
 
 

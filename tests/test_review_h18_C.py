@@ -1,6 +1,7 @@
 """Review h18-C: what the live kernel does while a plan's words are written, what its enabled `bl` calls.
 
 * Whether the corpus kernels patch under stop_machine(): read from the Debian binaries themselves.
+* The tracer entry a trace names: what each kernel's enabled `bl` calls at run time.
 """
 
 from __future__ import annotations
@@ -9,11 +10,17 @@ from typing import Final
 
 import numpy as np
 import pytest
-from boot import require_kernel
+from boot import KERNELS, require_kernel
+from typer.testing import CliRunner
 
 from rewriter import ppc
+from rewriter.check import BUILTINS, check
+from rewriter.cli import app
 from rewriter.elf.image import Image
 from rewriter.elf.symbols import code_addrs, functions
+from rewriter.generations import LAYOUTS, Variant
+
+runner = CliRunner()
 
 # ---------------------------------------------------------------- 1. no stop_machine() on powerpc
 
@@ -50,3 +57,37 @@ def test_powerpc_arch_ftrace_update_code_calls_ftrace_modify_all_code_without_st
     calls = _calls_of(image, _UPDATE)
     assert calls and all(t in modify_all for t in calls), [hex(t) for t in calls]
     assert not stop & set(calls)
+
+
+# ---------------------------------------------------------------- 2. what a trace's `bl` calls
+
+
+def test_the_tracer_entry_a_trace_names_is_the_generation_tables() -> None:
+    """A run-time trace names what the kernel's enabled `bl` calls, from the generation table (one home)."""
+    for variant, lay in LAYOUTS.items():
+        assert lay.tracer == "ftrace_caller", variant
+
+
+@pytest.mark.parametrize("builtin", ["naive-enable", "b8-enable-gcc5"])
+def test_an_mprofile_race_trace_names_ftrace_caller_not_mcount(builtin: str) -> None:
+    """6.1's ftrace_make_call() (and 6.12's ftrace_replace_code() on Debian 12's gcc-12 mprofile
+    build) writes `bl ftrace_caller` (or ftrace_regs_caller, or a trampoline to it) into B; `_mcount`
+    is only the word the file holds, which boot init nops. The trace said `bl _mcount`."""
+    result = check(BUILTINS[builtin].plan)
+    assert not result.safe
+    assert "bl ftrace_caller with r0 not holding LR" in result.reason
+    assert "_mcount" not in result.reason
+    assert any("B: bl ftrace_caller" in step.action for step in result.trace)
+    out = runner.invoke(app, ["check-plan", "--builtin", builtin])
+    assert out.exit_code == 1
+    assert "bl ftrace_caller with r0 NOT = LR" in out.output and "_mcount" not in out.output
+
+
+def test_mprofile_and_patchable_traces_name_the_same_entry() -> None:
+    """The same race on mprofile and patchable names the same callee: both kernels' enable writes a
+    `bl` to ftrace_caller (the patchable trace already said so, the mprofile one said `_mcount`)."""
+    mprofile = check(BUILTINS["naive-enable"].plan).reason
+    patchable = check(BUILTINS["patchable-naive-enable"].plan).reason
+    assert mprofile == patchable
+    assert KERNELS["6.12-gcc12"].generation == "mprofile"
+    assert LAYOUTS[Variant.MPROFILE].tracer == LAYOUTS[Variant.PATCHABLE].tracer

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import enum
 import json
+import string
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeVar
@@ -63,7 +64,8 @@ from typing import Any, Final, NamedTuple, TypeVar
 from rewriter import ppc
 from rewriter.errors import ArgumentError, NoRoute, PlanFormatError, PlanRejected
 from rewriter.generations import LAYOUTS, Variant, state_rejection, steps_from
-from rewriter.prose import counted, json_problem
+from rewriter.prose import counted, json_problem, printable
+from rewriter.siteplaces import Place, PlacedWrite, hex_text, placed
 from rewriter.states import S_WRITES, Insn, SiteState, Slot, Step, words_text
 
 
@@ -175,6 +177,9 @@ class Plan:
     cmodx: Cmodx
     runtime: bool
     stale_fetch: bool = False
+    # A plan for the sites of one image (`plan --image`): each site's Place, and the image's name.
+    places: tuple[Place, ...] | None = None
+    image: str | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -213,7 +218,14 @@ class Plan:
             "settle": None if self.settle is None else self.settle.value,
             "notes": list(notes(self)),
         }
+        if self.places is not None:
+            _place_doc(self, doc)
         return json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"  # compact: 158k sites is 25 MB, not 48
+
+    def placed(self, w: Write) -> PlacedWrite:
+        """``w`` as an address and two words (a plan with places only)."""
+        assert self.places is not None
+        return placed(self.places[w.site], self.sites[w.site].variant, w.slot, w.old, w.new)
 
     @classmethod
     def from_json(cls, text: str, source: str = "plan") -> Plan:
@@ -245,15 +257,18 @@ class Plan:
         mode = _field(doc, "mode", str, "plan")
         if mode not in ("runtime", "offline"):
             raise PlanFormatError(f'mode: expected "runtime" or "offline", found {_quoted(mode)}')
-        sites = tuple(_site_request(s, f"sites[{i}]") for i, s in enumerate(_field(doc, "sites", list, "plan")))
+        image = _image(doc)
+        site_docs = _field(doc, "sites", list, "plan")
+        sites = tuple(_site_request(s, f"sites[{i}]", image is not None) for i, s in enumerate(site_docs))
         if not sites:
             raise PlanFormatError("sites: empty (a plan names at least one site)")
         stale_fetch = _field(doc, "stale_fetch", bool, "plan")
         if stale_fetch and mode == "offline":  # as `plan --offline --stale-fetch` is refused
             raise PlanFormatError("stale_fetch: true is about CPUs running the code; an offline plan has none")
+        stage_docs = [_list(stage, f"stages[{j}]") for j, stage in enumerate(_field(doc, "stages", list, "plan"))]
         stages = tuple(
-            tuple(_write(w, f"stages[{j}][{k}]") for k, w in enumerate(_list(stage, f"stages[{j}]")))
-            for j, stage in enumerate(_field(doc, "stages", list, "plan"))
+            tuple(_write(w, f"stages[{j}][{k}]", image is not None) for k, w in enumerate(stage))
+            for j, stage in enumerate(stage_docs)
         )
         if "settle" not in doc:  # null says there is none: a file to certify does not leave it unsaid
             raise PlanFormatError("plan: missing 'settle' (null when the plan has none)")
@@ -274,9 +289,13 @@ class Plan:
             cmodx=cmodx,
             runtime=mode == "runtime",
             stale_fetch=stale_fetch,
+            places=None if image is None else tuple(_place(s, f"sites[{i}]") for i, s in enumerate(site_docs)),
+            image=image,
         )
         if p.routed:
             _route_followed(p)
+        if p.places is not None:
+            _check_words(p, stage_docs)
         return p
 
 
@@ -284,10 +303,16 @@ class Plan:
 
 
 _PLAN_KEYS: Final = frozenset(
-    ("format", "version", "route", "cmodx", "mode", "stale_fetch", "sites", "stages", "barriers", "settle", "notes")
-)
+    (
+        "format", "version", "route", "cmodx", "mode", "stale_fetch", "sites", "stages", "barriers", "settle",
+        "notes", "image",
+    )
+)  # fmt: skip
 _SITE_KEYS: Final = frozenset(("variant", "current", "target"))
 _WRITE_KEYS: Final = frozenset(("site", "slot", "old", "new"))
+# A plan with an "image" (`plan --image`): every site has its place, every write its words.
+_PLACE_KEYS: Final = frozenset(("addr", "function", "call", "call_to"))
+_WORD_KEYS: Final = frozenset(("addr", "old_word", "new_word"))
 _QUOTED_MAX: Final = 60  # characters of a value an error line quotes (a 5 MB "slot" made a 5 MB line)
 
 
@@ -305,8 +330,8 @@ def _known_keys(obj: Any, allowed: frozenset[str], where: str) -> None:
         raise PlanFormatError(f"{where}: unknown key {_quoted(key)} (known: {', '.join(sorted(allowed))})")
 
 
-def _site_request(obj: Any, where: str) -> SiteRequest:
-    _known_keys(obj, _SITE_KEYS, where)
+def _site_request(obj: Any, where: str, placed: bool = False) -> SiteRequest:
+    _known_keys(obj, _SITE_KEYS | _PLACE_KEYS if placed else _SITE_KEYS, where)
     return SiteRequest(
         _enum(Variant, _field(obj, "variant", str, where), f"{where}.variant"),
         _enum(SiteState, _field(obj, "current", str, where), f"{where}.current"),
@@ -314,8 +339,8 @@ def _site_request(obj: Any, where: str) -> SiteRequest:
     )
 
 
-def _write(obj: Any, where: str) -> Write:
-    _known_keys(obj, _WRITE_KEYS, where)
+def _write(obj: Any, where: str, placed: bool = False) -> Write:
+    _known_keys(obj, _WRITE_KEYS | _WORD_KEYS if placed else _WRITE_KEYS, where)
     return Write(
         _field(obj, "site", int, where),
         _enum(Slot, _field(obj, "slot", str, where), f"{where}.slot"),
@@ -329,6 +354,68 @@ def _notes(doc: dict[str, Any]) -> None:
     left out, as files made before it are; given, it is a list of strings."""
     if "notes" in doc and not all(isinstance(n, str) for n in _list(doc["notes"], "notes")):
         raise PlanFormatError("notes: expected a list of strings")
+
+
+def _image(doc: dict[str, Any]) -> str | None:
+    """The image a plan's sites are in (``plan --image``), or None for a plan of abstract sites."""
+    if "image" not in doc:
+        return None
+    image = _field(doc, "image", str, "plan")
+    if not image:
+        raise PlanFormatError("image: empty (a plan of an image's sites names the image)")
+    return str(image)
+
+
+def _place_doc(p: Plan, doc: dict[str, Any]) -> None:
+    """Add ``p``'s places to its file's ``doc``: the image, each site's place, each write's words."""
+    assert p.places is not None
+    doc["image"] = p.image
+    for site, place in zip(doc["sites"], p.places, strict=True):
+        site.update(
+            addr=hex_text(place.addr), function=place.function, call=hex_text(place.call), call_to=place.call_to
+        )
+    for stage_doc, stage in zip(doc["stages"], p.stages, strict=True):
+        for write_doc, w in zip(stage_doc, stage, strict=True):
+            at, old, new = p.placed(w)
+            write_doc.update(addr=hex_text(at), old_word=hex_text(old), new_word=hex_text(new))
+
+
+def _hex(obj: dict[str, Any], key: str, where: str, nullable: bool = False) -> int | None:
+    """``obj[key]``: hex text (``"0x60000000"``; JSON numbers lose bits past 2**53) or, where
+    ``nullable``, null."""
+    if key not in obj:
+        raise PlanFormatError(f"{where}: missing {key!r}")
+    value = obj[key]
+    if value is None and nullable:
+        return None
+    if isinstance(value, str) and value[:2] == "0x" and value[2:] and all(c in string.hexdigits for c in value[2:]):
+        return int(value, 16)
+    kind = "hex text (0x...) or null" if nullable else "hex text (0x...)"
+    raise PlanFormatError(f"{where}.{key}: expected {kind}, found {_quoted(value)}")
+
+
+def _place(obj: dict[str, Any], where: str) -> Place:
+    """A site's place in a plan of an image's sites."""
+    addr = _hex(obj, "addr", where)
+    assert addr is not None
+    return Place(
+        addr, _field(obj, "function", str, where), _hex(obj, "call", where, True), _field(obj, "call_to", str, where)
+    )
+
+
+def _check_words(p: Plan, stage_docs: list[list[Any]]) -> None:
+    """Each write's words are exactly its kinds at its site's place: check-plan proves the
+    symbolic writes, so a word that said anything else would be certified unread."""
+    for j, (stage, docs) in enumerate(zip(p.stages, stage_docs, strict=True)):
+        for k, (w, obj) in enumerate(zip(stage, docs, strict=True)):
+            where = f"stages[{j}][{k}]"
+            given = (_hex(obj, "addr", where), _hex(obj, "old_word", where, True), _hex(obj, "new_word", where, True))
+            for key, got, want in zip(("addr", "old_word", "new_word"), given, p.placed(w), strict=True):
+                if got != want:
+                    raise PlanFormatError(
+                        f"{where}.{key}: {hex_text(got) or 'null'} is not the write's ({w.slot.value}: {w.old.value} "
+                        f"-> {w.new.value} on site {w.site}: {hex_text(want) or 'null'}); check-plan proves the write"
+                    )
 
 
 def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -462,6 +549,8 @@ def _validate(p: Plan) -> None:
         )
     if p.settle is Barrier.ORDER:
         raise PlanFormatError('settle: "order" is not a barrier; use null')
+    if (p.places is None) != (p.image is None) or (p.places is not None and len(p.places) != len(p.sites)):
+        raise PlanFormatError("a plan of an image's sites names the image and gives every site its place")
     for i, req in enumerate(p.sites):
         if i and req == p.sites[i - 1]:  # runs of equal requests: checked once
             continue
@@ -870,6 +959,25 @@ def notes(p: Plan) -> tuple[str, ...]:
     return (STOCK_KERNEL_NOTE,) if leaves_nopped(p) else ()
 
 
+def _placed_lines(p: Plan, writes: Sequence[Write]) -> list[str]:
+    """Each of ``writes`` of a plan with places, as its address, words and function; a branch
+    whose target the image does not decide says what decides it."""
+    if p.places is None:
+        return []
+    lines = []
+    for w in writes:
+        at, old, new = p.placed(w)
+        place = p.places[w.site]
+        words = f"{_word_text(old, place)} -> {_word_text(new, place)}"
+        to = f" (-> {place.call_to})" if new is not None and w.new in (Insn.CALL, Insn.STUB) else ""
+        lines.append(f"    {at:#x}: {words}  site {w.site} {printable(place.function)}{to}")
+    return lines
+
+
+def _word_text(word: int | None, place: Place) -> str:
+    return f"{word:08x}" if word is not None else f"(not decided by the image: {place.call_to})"
+
+
 def render_text(p: Plan) -> str:
     """A readable plan: what each stage writes, grouped by (slot, old, new), and what separates them."""
     mode = "runtime" if p.runtime else "offline rewrite (nothing executes concurrently)"
@@ -885,6 +993,8 @@ def render_text(p: Plan) -> str:
     ]
     for req, idx in requests.items():
         lines.append(f"  {req.variant.value} {req.current.value} -> {req.target.value}: {_ranges(idx)}")
+    if p.image is not None:
+        lines.append(f"  the sites of {printable(p.image)}, each write as its address: old word -> new word")
     if not p.stages:
         lines.append("nothing to write: every site is already in its target state")
     for j, stage in enumerate(p.stages):
@@ -896,6 +1006,7 @@ def render_text(p: Plan) -> str:
             groups.setdefault((w.slot, w.old, w.new), []).append(w.site)
         for (slot, old, new), sites in groups.items():
             lines.append(f"  {slot.value}: {old.value:>4} -> {new.value:<4}  {_ranges(sorted(sites))}")
+            lines.extend(_placed_lines(p, [w for w in stage if (w.slot, w.old, w.new) == (slot, old, new)]))
     if p.settle is not None:
         lines.append(_barrier_text(p.settle).replace("barrier:", "settle:", 1))
     lines.extend(notes(p))

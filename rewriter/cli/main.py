@@ -65,7 +65,7 @@ COMMANDS: Final[dict[str, Entry]] = {
     "plan": Entry(
         "rewriter.cli.plans",
         "plan",
-        "Plan the writes (stages and barriers) that move a site from one state to another.",
+        "Plan the writes (stages and barriers) that move a site, or a vmlinux's sites (--image), to a state.",
     ),
     "check-plan": Entry(
         "rewriter.cli.plans",

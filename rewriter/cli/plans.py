@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final
 
@@ -11,12 +12,13 @@ import click
 import typer
 
 from rewriter.check import BUILTINS, MAX_ENTRIES, MAX_TASKS, assumptions
-from rewriter.cli.common import InputPath, OutputFile, check_report_output, emit
+from rewriter.cli.common import InputPath, OutputFile, check_report_output, emit, print_warnings
 from rewriter.cli.exits import findings_if
+from rewriter.cli.rewrite import Exclude, Only
 from rewriter.errors import ArgumentError, PlanFormatError
 from rewriter.generations import Generation, Variant
 from rewriter.plan import Cmodx, Route, notes
-from rewriter.prose import printable
+from rewriter.prose import counted, printable
 from rewriter.states import SiteState
 
 if TYPE_CHECKING:
@@ -39,24 +41,45 @@ class PlanFormat(enum.Enum):
     JSON = "json"
 
 
+FromState = Annotated[
+    SiteState | None,
+    typer.Option(
+        "--from",
+        help="current state: enabled or disabled (traced or not, at run time, in every generation); "
+        "mprofile and patchable also nopped, guarded, armed (and broken, offline); or give --image",
+    ),
+]
+ImageOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--image",
+        click_type=InputPath(dir_okay=False),
+        metavar="VMLINUX",
+        help="plan for the sites of this vmlinux (--only/--exclude pick them), each from its state after boot: "
+        "addresses and exact words",
+    ),
+]
+PlanGeneration = Annotated[
+    Generation | None,
+    typer.Option(
+        help="mprofile (6.1, and a 6.12 gcc 12 built: Debian 12's), patchable (6.6-6.12) or ool (6.13+, 7.2), "
+        "as scan names it; picks its default variant"
+    ),
+]
+StaleFetch = Annotated[
+    bool,
+    typer.Option("--stale-fetch", help="a CPU may run a replaced word until isync: an isync IPI before each barrier"),
+]
+
+
 def plan(
-    from_: Annotated[
-        SiteState,
-        typer.Option(
-            "--from",
-            help="current state: enabled or disabled (traced or not, at run time, in every generation); "
-            "mprofile and patchable also nopped, guarded, armed (and broken, offline)",
-        ),
-    ],
-    to: Annotated[SiteState, typer.Option("--to", help="target state")],
+    from_: FromState = None,
+    to: Annotated[SiteState | None, typer.Option("--to", help="target state [required]")] = None,
     *,
-    generation: Annotated[
-        Generation | None,
-        typer.Option(
-            help="mprofile (6.1, and a 6.12 gcc 12 built: Debian 12's), patchable (6.6-6.12) or ool (6.13+, 7.2), "
-            "as scan names it; picks its default variant"
-        ),
-    ] = None,
+    image: ImageOption = None,
+    only: Only = None,
+    exclude: Exclude = None,
+    generation: PlanGeneration = None,
     variant: Annotated[
         Variant | None, typer.Option(help="the site's variant (default: --generation's, else mprofile)")
     ] = None,
@@ -67,36 +90,90 @@ def plan(
         Cmodx | None, typer.Option(help=f"ISA rules for live patching {_default(Cmodx.V3_1.value)}")
     ] = None,
     offline: Annotated[bool, typer.Option(help="plan a file rewrite (nothing executes concurrently)")] = False,
-    stale_fetch: Annotated[
-        bool,
-        typer.Option(
-            "--stale-fetch",
-            help="a CPU may run a replaced word until isync: an isync IPI before each barrier",
-        ),
-    ] = False,
+    stale_fetch: StaleFetch = False,
     fmt: Annotated[PlanFormat, typer.Option("--format", help="the plan's format")] = PlanFormat.TEXT,
     output: OutputFile = None,
 ) -> None:
-    """Plan the writes (stages and barriers) that move a site from one state to another.
+    """Plan the writes (stages and barriers) that move a site, or a vmlinux's sites (--image), to a state.
+
+    An abstract site (--from, --generation or --variant), or the sites of a vmlinux that --only and
+    --exclude select, each from its state after boot: with their addresses and exact words.
 
     Exit 1 with the reason when no legal route exists: e.g. a runtime enable of a nopped mflr
     under --cmodx 3.0, or a state the generation's sites do not have (--from nopped on ool)."""
-    from rewriter.plan import SiteRequest, check_route_decides, render_text
+    from rewriter.plan import render_text
+
+    if to is None:
+        raise ArgumentError("missing option '--to' (the target state)")
+    check_report_output(output, [image] if image is not None else [])
+    if image is not None:
+        _refuse_with_image((("--from", from_), ("--generation", generation), ("--variant", variant)), offline)
+        p = _plan_image(image, to, (tuple(only or ()), tuple(exclude or ())), route, cmodx, stale_fetch)
+    else:
+        if only or exclude:
+            option = "--only" if only else "--exclude"
+            raise ArgumentError(f"{option} selects the sites of --image VMLINUX; give --image")
+        if from_ is None:
+            raise ArgumentError("give --from STATE (an abstract site) or --image VMLINUX (the sites of a kernel)")
+        p = _plan_abstract(_variant(generation, variant), from_, to, route, cmodx, offline, stale_fetch)
+    emit(p.to_json() if fmt is PlanFormat.JSON else render_text(p), output)
+
+
+def _plan_abstract(
+    variant: Variant,
+    from_: SiteState,
+    to: SiteState,
+    route: Route | None,
+    cmodx: Cmodx | None,
+    offline: bool,
+    stale_fetch: bool,
+) -> Plan:
+    """The plan for one abstract site (--from, --to and its variant)."""
+    from rewriter.plan import SiteRequest, check_route_decides
     from rewriter.plan import plan as make_plan
 
-    check_report_output(output)
     for option, state in (("--from", from_), ("--to", to)):
         if state is SiteState.UNKNOWN:  # a scan's word for a site it cannot read, never a plan's
             raise ArgumentError(f"{option} unknown: a site whose words are none of its states cannot be planned")
-    request = SiteRequest(_variant(generation, variant), from_, to)
+    request = SiteRequest(variant, from_, to)
     if offline and stale_fetch:
         raise ArgumentError("--stale-fetch is about CPUs running the code: an --offline plan has none")
     if offline and cmodx is not None:  # check-plan refuses it for an offline plan too
         raise ArgumentError("--cmodx is about CPUs running the code: an --offline plan has none")
     check_route_decides(request, route, cmodx or Cmodx.V3_1, runtime=not offline, stale_fetch=stale_fetch)
     # NoRoute (exit 1): no legal route, or (offline) a target only the running kernel writes
-    p = make_plan([request], route, cmodx or Cmodx.V3_1, runtime=not offline, stale_fetch=stale_fetch)
-    emit(p.to_json() if fmt is PlanFormat.JSON else render_text(p), output)
+    return make_plan([request], route, cmodx or Cmodx.V3_1, runtime=not offline, stale_fetch=stale_fetch)
+
+
+def _refuse_with_image(given: Sequence[tuple[str, object]], offline: bool) -> None:
+    """Options that describe an abstract site, which --image reads from the scan instead; and
+    --offline, since --image plans for the running kernel."""
+    options = [option for option, value in given if value is not None] + ["--offline"] * offline
+    if options:
+        raise ArgumentError(
+            f"{options[0]}: --image takes each site's variant and state after boot from the scan, and plans for the "
+            "running kernel (an offline rewrite of the file is `mcountrw apply`)"
+        )
+
+
+def _plan_image(
+    image: Path,
+    to: SiteState,
+    globs: tuple[tuple[str, ...], tuple[str, ...]],
+    route: Route | None,
+    cmodx: Cmodx | None,
+    stale_fetch: bool,
+) -> Plan:
+    """The plan for the sites of ``image`` that ``globs`` (--only, --exclude) select; what the
+    selection takes that a runtime plan does not write is said on stderr."""
+    from rewriter.imageplan import plan_image
+    from rewriter.plan import check_route
+    from rewriter.rewrite import Selection
+
+    result = plan_image(image, Selection(*globs), to, route, cmodx or Cmodx.V3_1, stale_fetch)  # NoRoute: 1
+    check_route([s.variant for s in result.plan.sites], route)
+    print_warnings(result.left_out)
+    return result.plan
 
 
 def _variant(generation: Generation | None, variant: Variant | None) -> Variant:
@@ -165,7 +242,7 @@ def check_plan(
         # check; numbers written as the states are, without commas
         sites = f" for {len(p.sites)} sites, {result.sites_checked} distinct" if len(p.sites) > 1 else ""
         proven = assumptions(result) if p.runtime else OFFLINE
-        typer.echo(f"{name}: SAFE ({result.states} states explored{sites}, {proven})")
+        typer.echo(f"{name}: SAFE ({result.states} states explored{sites}, {proven}{_placed(p)})")
         for note in notes(p):
             typer.echo(note)
     else:
@@ -174,6 +251,19 @@ def check_plan(
 
 
 OFFLINE: Final = "offline: no task runs while the image is edited"
+
+
+def _placed(p: Plan) -> str:
+    """What a SAFE line adds for a plan of an image's sites (``plan --image``): the words at their
+    addresses were proven as the abstract writes they are (check-plan re-derived each from its
+    site's place before checking)."""
+    if p.image is None:
+        return ""
+    where = "at its address" if len(p.sites) == 1 else "at their addresses"
+    return (
+        f"; {counted(len(p.sites), 'site')} of {printable(p.image)} {where}: each write's words are its kinds "
+        "there, checked as its abstract request"
+    )
 
 
 def _list_builtins(ignored: list[str]) -> None:

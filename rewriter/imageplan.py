@@ -1,0 +1,152 @@
+"""A runtime plan for the selected functions of one vmlinux: ``mcountrw plan --image``.
+
+The planner (:mod:`rewriter.plan`) moves abstract sites between states. A kernel developer asks a
+concrete question: for these functions of this vmlinux, which words at which addresses, in which
+stages, and is it safe? This module answers it from the scan: each selected site starts in the
+state boot init leaves it in (``Site.boot_state``, the scan's ``file->boot``), the sites are
+grouped by (variant, current, target), planned as the abstract requests they are, and the plan
+carries each site's :class:`~rewriter.siteplaces.Place`, from which every write is an address and
+two words. ``check-plan`` checks such a plan as its abstract requests (the words are only their
+kinds at those places, and it re-derives them) and says so.
+
+What the image decides, and what it does not:
+
+* an mprofile or patchable site's ``bl``: the kernel's enable writes ``bl ftrace_caller``
+  (``Layout.tracer``) when that is in branch range of the call slot, else a ``bl`` to the first
+  trampoline in range (``find_ftrace_tramp()``: ``ftrace_tramp_text`` once init text is freed);
+  an ops that saves regs (kprobes, livepatch) makes it ``ftrace_regs_caller`` instead, the same
+  state with another target, which the plan does not choose;
+* an ool site's ``b stub``: the stub ``ftrace_init_ool_stub()`` gives its record (``Site.call_target``);
+  the stub's own words are boot init's, never the plan's;
+* a module's addresses, and the trampoline its ``bl`` reaches, exist only once it is loaded: not
+  decided by the file, so ``--image`` reads a vmlinux;
+* ``.init.text`` is gone at run time: ``ftrace_free_init_mem()`` (init/main.c, after the initcalls)
+  drops its records when the kernel frees it, so its sites are left out, as are sites ftrace cannot
+  trace after boot (the scan says why).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Final, NamedTuple
+
+from rewriter import ppc
+from rewriter.elf.image import Image, Kind
+from rewriter.elf.symbols import code_addrs
+from rewriter.errors import ArgumentError, NothingToDo
+from rewriter.files import ScanHints, check_something_to_do, selection_text
+from rewriter.generations import LAYOUTS, Generation
+from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
+from rewriter.prose import counted
+from rewriter.rewrite import Selection
+from rewriter.siteplaces import Place
+from rewriter.sites import Scan, Site, scan
+from rewriter.states import SiteState
+
+# The section whose code the kernel frees after the initcalls, and ftrace's records with it.
+FREED_AFTER_BOOT: Final = ".init.text"
+# find_ftrace_tramp()'s trampoline for core text beyond branch range of the tracer entry; its
+# twin, ftrace_tramp_init, is dropped with init text (ftrace_free_init_tramp()).
+TRAMPOLINE: Final = "ftrace_tramp_text"
+
+
+class ImagePlan(NamedTuple):
+    plan: Plan
+    left_out: tuple[str, ...]  # what of the selection the plan leaves out, and why, one line each
+
+
+def plan_image(
+    path: Path,
+    selection: Selection,
+    target: SiteState,
+    route: Route | None = None,
+    cmodx: Cmodx = Cmodx.V3_1,
+    stale_fetch: bool = False,
+) -> ImagePlan:
+    """The runtime plan that moves the sites ``selection`` takes in the vmlinux at ``path`` from
+    their state after boot to ``target``. Raises :class:`ArgumentError` for a file that is no
+    vmlinux, :class:`NothingToDo` when the selection takes no site a runtime plan writes, and
+    :class:`~rewriter.errors.NoRoute` when a site has no legal route."""
+    image = Image.load(path)
+    if image.kind is not Kind.VMLINUX:
+        raise ArgumentError(
+            f"{path}: a {image.kind.value}, not a vmlinux: plan --image plans the sites of a running kernel's "
+            "vmlinux (a module's addresses, and the trampoline its bl reaches, are decided when it is loaded)"
+        )
+    found = scan(image)
+    selection = selection.named_in(image, found.listed)
+    check_something_to_do(image, found, selection, ScanHints())
+    kept, left_out = _plannable(selection.select(found.sites))
+    if not kept:
+        raise NothingToDo(
+            f"{path}: {selection_text(selection)}: none of the sites it selects is one the running kernel "
+            f"has: {'; '.join(left_out)}"
+        )
+    kept.sort(key=lambda s: (s.variant.value, _boot(s).value, s.addr or 0))
+    requests = [SiteRequest(s.variant, _boot(s), target) for s in kept]
+    p = plan(requests, route, cmodx, runtime=True, stale_fetch=stale_fetch)  # NoRoute: 1
+    places = _places(image, found, kept)
+    return ImagePlan(replace(p, places=places, image=str(path)), tuple(left_out))
+
+
+def _boot(site: Site) -> SiteState:
+    assert site.boot_state is not None  # _plannable kept only sites boot init accepts
+    return site.boot_state
+
+
+def _plannable(sites: Sequence[Site]) -> tuple[list[Site], list[str]]:
+    """The sites a runtime plan writes (in the running kernel's text, traceable after boot), and
+    one line per kind of site it leaves out."""
+    freed = [s for s in sites if s.section == FREED_AFTER_BOOT]
+    untraceable = [s for s in sites if s.section != FREED_AFTER_BOOT and (not s.traceable or s.boot_state is None)]
+    kept = [s for s in sites if s.section != FREED_AFTER_BOOT and s.traceable and s.boot_state is not None]
+    left_out = []
+    if freed:
+        left_out.append(
+            f"{counted(len(freed), 'selected site')} in {FREED_AFTER_BOOT} left out: the kernel frees it after the "
+            f"initcalls, and ftrace_free_init_mem() drops its records ({_names(freed)})"
+        )
+    if untraceable:
+        left_out.append(
+            f"{counted(len(untraceable), 'selected site')} left out: ftrace cannot trace them after boot "
+            f"(`mcountrw scan` says why) ({_names(untraceable)})"
+        )
+    return kept, left_out
+
+
+def _names(sites: Sequence[Site]) -> str:
+    names = sorted({s.function or f"{s.addr:#x}" for s in sites}, key=lambda n: (n.startswith("0x"), n))
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _places(image: Image, found: Scan, sites: Sequence[Site]) -> tuple[Place, ...]:
+    """Each site's place: its address, its name, and where its enabled branch goes."""
+    entries = {
+        name: code_addrs(image, [name], local_entries=True) for name in {LAYOUTS[s.variant].tracer for s in sites}
+    }
+    trampolines = code_addrs(image, [TRAMPOLINE], local_entries=True)
+    out = []
+    for s in sites:
+        assert s.addr is not None  # a vmlinux's sites have addresses
+        name = found.name_of(s) or f"{s.addr:#x}"
+        if LAYOUTS[s.variant].generation is Generation.OOL:
+            call, to = s.call_target, f"its ool stub, in {s.stub}" if s.call_target is not None else "no ool stub"
+        else:
+            call, to = _tracer_call(s.addr, LAYOUTS[s.variant].tracer, entries[LAYOUTS[s.variant].tracer], trampolines)
+        out.append(Place(s.addr, name, call, to))
+    return tuple(out)
+
+
+def _tracer_call(addr: int, tracer: str, entry: Sequence[int], trampolines: Sequence[int]) -> tuple[int | None, str]:
+    """Where the kernel's enable points the ``bl`` at ``addr``: the tracer entry in range, else
+    the first trampoline in range (ftrace_get_call_inst(), 6.1's ftrace_make_call())."""
+    if len(entry) != 1:
+        return None, f"{tracer} is not one symbol of the image (stripped?)"
+    if ppc.in_branch_range(entry[0] - addr):
+        return entry[0], tracer
+    for tramp in trampolines:
+        if ppc.in_branch_range(tramp - addr):
+            return tramp, f"{TRAMPOLINE}, which branches to ftrace_regs_caller"
+    return None, f"neither {tracer} nor {TRAMPOLINE} is within branch range"

@@ -39,7 +39,7 @@ from rewriter.errors import ArgumentError, NothingToDo
 from rewriter.files import ScanHints, check_something_to_do, selection_text
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
-from rewriter.prose import counted
+from rewriter.prose import and_more, counted, with_article
 from rewriter.rewrite import Selection
 from rewriter.siteplaces import Place
 from rewriter.sites import Scan, Site, scan
@@ -72,8 +72,8 @@ def plan_image(
     image = Image.load(path)
     if image.kind is not Kind.VMLINUX:
         raise ArgumentError(
-            f"{path}: a {image.kind.value}, not a vmlinux: plan --image plans the sites of a running kernel's "
-            "vmlinux (a module's addresses, and the trampoline its bl reaches, are decided when it is loaded)"
+            f"{path}: {with_article(image.kind.value)}, not a vmlinux: plan --image plans the sites of a running "
+            "kernel's vmlinux (a module's addresses, and the trampoline its bl reaches, are decided when it is loaded)"
         )
     found = scan(image)
     selection = selection.named_in(image, found.listed)
@@ -118,7 +118,7 @@ def _plannable(sites: Sequence[Site]) -> tuple[list[Site], list[str]]:
 
 def _names(sites: Sequence[Site]) -> str:
     names = sorted({s.function or f"{s.addr:#x}" for s in sites}, key=lambda n: (n.startswith("0x"), n))
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return ", ".join(names[:3]) + and_more(max(len(names) - 3, 0), "function")
 
 
 def _places(image: Image, found: Scan, sites: Sequence[Site]) -> tuple[Place, ...]:

@@ -15,6 +15,7 @@ from typing import Final
 import numpy as np
 import pytest
 from boot import KERNELS, boot_and_dump, make_initramfs, require_kernel
+from conftest import FIXTURES
 from typer.testing import CliRunner, Result
 
 from rewriter import ppc
@@ -241,6 +242,7 @@ def test_plan_image_bad_inputs_and_nothing_to_do(tmp_path: Path) -> None:
     module = next(require_kernel("6.1").modules_dir.rglob("nls_utf8.ko"))
     cases = [
         (["--image", str(module), "--to", "enabled"], 2, "a module, not a vmlinux"),
+        (["--image", str(FIXTURES / "bin" / "prof-le"), "--to", "enabled"], 2, "prof-le: an executable, not a vmlinux"),
         (["--image", k, "--from", "disabled", "--to", "enabled"], 2, "--from: --image takes each site's"),
         (["--image", k, "--offline", "--to", "enabled"], 2, "--offline: --image"),
         (["--only", "vfs_read", "--from", "disabled", "--to", "enabled"], 2, "--only selects the sites of --image"),

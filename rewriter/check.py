@@ -18,7 +18,9 @@ The model (one site; the plan's writes to other sites cannot affect it)
   Past the site comes the body (a quiescent point) and the return, folded into the step that
   leaves the site. ``tasks`` tasks each enter the function up to ``entries`` times, and any actor
   may move at any step, so a task may be preempted at every instruction boundary, inside the stub
-  too.
+  too. That is what the corpus kernels do, not a bound on them: powerpc's arch_ftrace_update_code()
+  (6.1, 6.12, 7.2) calls ftrace_modify_all_code() without stop_machine(), so every other CPU runs
+  while the sites are written (docs/state-machine.md, "Other CPUs keep running").
 * The patcher performs the plan: each write is a compare-and-swap (a mismatch is reported); the
   writes of a stage land in every order; ``synchronize_rcu_tasks`` completes only when no task is
   inside the site or its stub; ``isync+synchronize_rcu_tasks`` first makes every CPU

@@ -380,27 +380,32 @@ def _place_doc(p: Plan, doc: dict[str, Any]) -> None:
             write_doc.update(addr=hex_text(at), old_word=hex_text(old), new_word=hex_text(new))
 
 
-def _hex(obj: dict[str, Any], key: str, where: str, nullable: bool = False) -> int | None:
-    """``obj[key]``: hex text (``"0x60000000"``; JSON numbers lose bits past 2**53) or, where
-    ``nullable``, null."""
+def _hex(obj: dict[str, Any], key: str, where: str, nullable: bool = False, bits: int = 64) -> int | None:
+    """``obj[key]``: hex text of at most ``bits`` bits (``"0x60000000"``; JSON numbers lose bits
+    past 2**53) or, where ``nullable``, null."""
     if key not in obj:
         raise PlanFormatError(f"{where}: missing {key!r}")
     value = obj[key]
     if value is None and nullable:
         return None
-    if isinstance(value, str) and value[:2] == "0x" and value[2:] and all(c in string.hexdigits for c in value[2:]):
-        return int(value, 16)
-    kind = "hex text (0x...) or null" if nullable else "hex text (0x...)"
+    digits = value[2:] if isinstance(value, str) and value[:2] == "0x" else ""
+    if digits and all(c in string.hexdigits for c in digits) and int(digits, 16) < 1 << bits:
+        return int(digits, 16)
+    kind = f"hex text (0x...) of at most {bits} bits" + (" or null" if nullable else "")
     raise PlanFormatError(f"{where}.{key}: expected {kind}, found {_quoted(value)}")
 
 
 def _place(obj: dict[str, Any], where: str) -> Place:
-    """A site's place in a plan of an image's sites."""
+    """A site's place in a plan of an image's sites: a word-aligned call slot, and a branch target
+    a branch there reaches (an I-form branch spans +-32 MiB), so that every word is one."""
     addr = _hex(obj, "addr", where)
+    call = _hex(obj, "call", where, True)
     assert addr is not None
-    return Place(
-        addr, _field(obj, "function", str, where), _hex(obj, "call", where, True), _field(obj, "call_to", str, where)
-    )
+    if addr % ppc.INSN_SIZE or addr < ppc.INSN_SIZE * 2:
+        raise PlanFormatError(f"{where}.addr: {addr:#x} is no call slot (a word-aligned address past a site's words)")
+    if call is not None and not ppc.in_branch_range(call - addr):
+        raise PlanFormatError(f"{where}.call: {call:#x} is beyond branch range of the call slot at {addr:#x}")
+    return Place(addr, _field(obj, "function", str, where), call, _field(obj, "call_to", str, where))
 
 
 def _check_words(p: Plan, stage_docs: list[list[Any]]) -> None:
@@ -409,7 +414,8 @@ def _check_words(p: Plan, stage_docs: list[list[Any]]) -> None:
     for j, (stage, docs) in enumerate(zip(p.stages, stage_docs, strict=True)):
         for k, (w, obj) in enumerate(zip(stage, docs, strict=True)):
             where = f"stages[{j}][{k}]"
-            given = (_hex(obj, "addr", where), _hex(obj, "old_word", where, True), _hex(obj, "new_word", where, True))
+            words = (_hex(obj, key, where, True, 32) for key in ("old_word", "new_word"))
+            given = (_hex(obj, "addr", where), *words)
             for key, got, want in zip(("addr", "old_word", "new_word"), given, p.placed(w), strict=True):
                 if got != want:
                     raise PlanFormatError(

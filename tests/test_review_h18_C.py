@@ -230,6 +230,17 @@ def test_check_plan_refuses_a_plan_whose_words_are_not_its_writes(tmp_path: Path
     result = runner.invoke(app, ["check-plan", str(bad)])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and f"{bad}: stages[0][0].new_word: " in result.output
+    for key, value, said in [
+        ("call", "0x0", "sites[0].call: 0x0 is beyond branch range of the call slot at"),  # was: no file named
+        ("addr", "0x" + "f" * 5000, "sites[0].addr: expected hex text (0x...) of at most 64 bits"),
+        ("addr", "0xc00000000000000e", "sites[0].addr: 0xc00000000000000e is no call slot"),
+    ]:
+        edited = json.loads(out.read_text())
+        edited["sites"][0][key] = value
+        bad.write_text(json.dumps(edited))
+        result = runner.invoke(app, ["check-plan", str(bad)])
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert f"{bad}: {said}" in result.output and len(result.output) < 300, result.output
     del doc["sites"][0]["addr"]
     bad.write_text(json.dumps(doc))
     result = runner.invoke(app, ["check-plan", str(bad)])

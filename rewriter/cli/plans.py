@@ -14,7 +14,6 @@ import typer
 from rewriter.check import BUILTINS, MAX_ENTRIES, MAX_TASKS, assumptions
 from rewriter.cli.common import InputPath, OutputFile, check_report_output, emit, print_warnings
 from rewriter.cli.exits import findings_if
-from rewriter.cli.rewrite import Exclude, Only
 from rewriter.errors import ArgumentError, PlanFormatError
 from rewriter.generations import Generation, Variant
 from rewriter.plan import Cmodx, Route, notes
@@ -66,6 +65,18 @@ PlanGeneration = Annotated[
         "as scan names it; picks its default variant"
     ),
 ]
+ImageOnly = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--only",
+        help="with --image: function name glob to select (repeatable; ftrace's globs, any of a function's names; "
+        "default: every site)",
+    ),
+]
+ImageExclude = Annotated[
+    list[str] | None,
+    typer.Option("--exclude", help="with --image: function name glob to leave out of what --only selects (repeatable)"),
+]
 StaleFetch = Annotated[
     bool,
     typer.Option("--stale-fetch", help="a CPU may run a replaced word until isync: an isync IPI before each barrier"),
@@ -74,11 +85,11 @@ StaleFetch = Annotated[
 
 def plan(
     from_: FromState = None,
-    to: Annotated[SiteState | None, typer.Option("--to", help="target state [required]")] = None,
+    to: Annotated[SiteState | None, typer.Option("--to", help="target state (required)")] = None,
     *,
     image: ImageOption = None,
-    only: Only = None,
-    exclude: Exclude = None,
+    only: ImageOnly = None,
+    exclude: ImageExclude = None,
     generation: PlanGeneration = None,
     variant: Annotated[
         Variant | None, typer.Option(help="the site's variant (default: --generation's, else mprofile)")

@@ -75,6 +75,11 @@ def plan_image(
             f"{path}: {with_article(image.kind.value)}, not a vmlinux: plan --image plans the sites of a running "
             "kernel's vmlinux (a module's addresses, and the trampoline its bl reaches, are decided when it is loaded)"
         )
+    if image.symbols is None:  # the scan would ask for --mcount-addr or --generation, which plan has not
+        raise ArgumentError(
+            f"{path}: stripped (no .symtab): plan --image needs the vmlinux's symbols, the function names --only "
+            "selects and the ftrace_caller each bl is encoded to (Debian ships them in its -dbg package's vmlinux)"
+        )
     found = scan(image)
     selection = selection.named_in(image, found.listed)
     check_something_to_do(image, found, selection, ScanHints())

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Final
@@ -266,6 +268,12 @@ def test_plan_image_bad_inputs_and_nothing_to_do(tmp_path: Path) -> None:
         result = _plan(*args)
         assert result.exit_code == code, (args, result.output)
         assert said in result.output, (args, result.output)
+    stripped = tmp_path / "vmlinux.stripped"
+    tool = shutil.which("powerpc64le-linux-gnu-strip") or shutil.which("llvm-strip")
+    if tool is not None:  # the scan asked for --mcount-addr, an option plan does not have
+        subprocess.run([tool, "-o", str(stripped), k], check=True)
+        result = _plan("--image", str(stripped), "--to", "enabled")
+        assert result.exit_code == 2 and "stripped (no .symtab): plan --image needs" in result.output, result.output
     warned = _plan("--image", k, "--only", "vfs_read", "--only", "start_kernel", "--to", "enabled")
     assert warned.exit_code == 0
     assert "warning: 1 selected site in .init.text left out" in warned.output

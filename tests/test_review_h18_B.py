@@ -1,0 +1,105 @@
+"""Review h18, helper B: runs left half done, trees left empty, logs left where they contradict
+their file, and runs interrupted or raced.
+
+* A ``prenop`` given no signature choice over a tree with signed modules (Debian's 6.1 tree: every
+  module signed) wrote the vmlinux and the unsigned modules, then failed each signed one: the
+  tree half done. The refusal is found before the first write now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from boot import require_kernel, unsigned_module
+from conftest import invoke
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _tree_state(root: Path) -> dict[str, str]:
+    """Every file below ``root`` (and ``root`` itself if a file), by its path, with its sha256."""
+    return {str(p.relative_to(root)): _sha(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _signed_and_unsigned(tmp_path: Path) -> Path:
+    """A 6.1 tree with a signed module (Debian's nls_utf8.ko) and an unsigned one (nls_ascii.ko,
+    its signature cut off), and a modules.order."""
+    tree = tmp_path / "tree"
+    (tree / "fs").mkdir(parents=True)
+    shutil.copy(require_kernel("6.1").modules_dir / "fs/nls/nls_utf8.ko", tree / "fs/nls_utf8.ko")
+    unsigned_module("6.1", "fs/nls/nls_ascii.ko", tree / "fs/nls_ascii.ko")
+    (tree / "modules.order").write_text("kernel/fs/nls_utf8.ko\nkernel/fs/nls_ascii.ko\n")
+    return tree
+
+
+def _policy(tmp_path: Path, text: str = "default nop\n") -> Path:
+    policy = tmp_path / "p.policy"
+    policy.write_text(text)
+    return policy
+
+
+# -- 1. a signed tree without a signature choice: refused before the first write ------------------
+
+
+@pytest.mark.corpus
+def test_signed_module_without_a_signature_choice_refuses_the_run_before_any_write(tmp_path: Path) -> None:
+    """The unsigned module was nopped and logged, the signed one failed: exit 2 over a tree half
+    done. Now one line, exit 2, and the tree as it was (no file changed, no log)."""
+    tree = _signed_and_unsigned(tmp_path)
+    before = _tree_state(tree)
+    logs = tmp_path / "logs"
+    r = invoke("prenop", "--policy", _policy(tmp_path), "--in-place", "--log-dir", logs, tree)
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "fs/nls_utf8.ko: signed module" in lines[0], r.stderr
+    assert "--strip-signature" in lines[0] and "nothing written" in lines[0], lines[0]
+    assert _tree_state(tree) == before
+    assert not logs.exists()
+    # the same run with the choice given does the whole tree
+    r = invoke("prenop", "--policy", _policy(tmp_path), "--in-place", "--log-dir", logs, "--strip-signature", tree)
+    assert r.exit_code == 0, r.output
+    written = sorted(p.name for p in logs.rglob("*.jsonl"))
+    assert written == ["nls_ascii.ko.mcountrw.jsonl", "nls_utf8.ko.mcountrw.jsonl"]
+
+
+@pytest.mark.corpus
+def test_rerun_without_the_signature_choice_of_the_first_run_is_refused_before_any_write(tmp_path: Path) -> None:
+    """A tree nopped with --strip-signature, rerun under a changed policy without it: the module
+    whose original was signed (its file no longer is: the log says a signature was cut off) failed
+    after the other had been rewritten under the new policy. Refused before any write now."""
+    tree = _signed_and_unsigned(tmp_path)
+    logs = tmp_path / "logs"
+    r = invoke("prenop", "--policy", _policy(tmp_path), "--in-place", "--log-dir", logs, "--strip-signature", tree)
+    assert r.exit_code == 0, r.output
+    before = _tree_state(tree)
+    logs_before = _tree_state(logs)
+    changed = _policy(tmp_path, "default nop\nkeep utf8_*\nkeep char2uni\n")
+    r = invoke("prenop", "--policy", changed, "--in-place", "--log-dir", logs, tree)
+    assert r.exit_code == 2 and "fs/nls_utf8.ko: signed module" in r.stderr, r.output
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert _tree_state(tree) == before and _tree_state(logs) == logs_before
+
+
+@pytest.mark.corpus
+def test_dry_run_of_a_signed_tree_still_lists_each_signed_module(tmp_path: Path) -> None:
+    """A dry run writes nothing: it previews, file by file, what the run refuses."""
+    tree = _signed_and_unsigned(tmp_path)
+    r = invoke("prenop", "--policy", _policy(tmp_path), "--dry-run", "--in-place", tree)
+    assert r.exit_code == 2, r.output
+    assert "fs/nls_utf8.ko: signed module" in r.stderr and "would nop" in r.stdout, r.output
+
+
+@pytest.mark.corpus
+def test_signed_modules_the_policy_keeps_whole_need_no_signature_choice(tmp_path: Path) -> None:
+    """The check before the first write refuses only what the run would: a policy that keeps every
+    module site nops nothing in a signed module, which keeps its signature (exit 0)."""
+    tree = _signed_and_unsigned(tmp_path)
+    before = _tree_state(tree)
+    r = invoke("prenop", "--policy", _policy(tmp_path, "default nop\nkeep :mod:*\n"), "--in-place", tree)
+    assert r.exit_code == 0, r.output
+    assert "signed module" not in r.output and _tree_state(tree) == before

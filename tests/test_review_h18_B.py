@@ -4,6 +4,8 @@ their file, and runs interrupted or raced.
 * A ``prenop`` given no signature choice over a tree with signed modules (Debian's 6.1 tree: every
   module signed) wrote the vmlinux and the unsigned modules, then failed each signed one: the
   tree half done. The refusal is found before the first write now.
+* ``prenop -o OUT`` in which every file failed left OUT behind (empty, or holding only the tree's
+  other entries).
 """
 
 from __future__ import annotations
@@ -68,6 +70,15 @@ def test_signed_module_without_a_signature_choice_refuses_the_run_before_any_wri
 
 
 @pytest.mark.corpus
+def test_signed_tree_refused_with_o_leaves_no_output_tree(tmp_path: Path) -> None:
+    tree = _signed_and_unsigned(tmp_path)
+    out = tmp_path / "deep" / "out"
+    r = invoke("prenop", "--policy", _policy(tmp_path), "-o", out, tree)
+    assert r.exit_code == 2 and "signed module" in r.stderr, r.output
+    assert not (tmp_path / "deep").exists()
+
+
+@pytest.mark.corpus
 def test_rerun_without_the_signature_choice_of_the_first_run_is_refused_before_any_write(tmp_path: Path) -> None:
     """A tree nopped with --strip-signature, rerun under a changed policy without it: the module
     whose original was signed (its file no longer is: the log says a signature was cut off) failed
@@ -92,6 +103,34 @@ def test_dry_run_of_a_signed_tree_still_lists_each_signed_module(tmp_path: Path)
     r = invoke("prenop", "--policy", _policy(tmp_path), "--dry-run", "--in-place", tree)
     assert r.exit_code == 2, r.output
     assert "fs/nls_utf8.ko: signed module" in r.stderr and "would nop" in r.stdout, r.output
+
+
+# -- 2. -o OUT whose every file failed: no OUT left behind ------------------------------------------
+
+
+@pytest.mark.corpus
+def test_o_run_whose_every_file_failed_leaves_no_output_tree(tmp_path: Path) -> None:
+    """Every module fails (6.1 modules read with --generation ool): OUT was left with the tree's
+    other entries (modules.order, the directories), no module. Now no OUT, and the line says so."""
+    tree = _signed_and_unsigned(tmp_path)
+    out = tmp_path / "new" / "out"
+    policy = _policy(tmp_path)
+    r = invoke("prenop", "--policy", policy, "--strip-signature", "--generation", "ool", "-o", out, tree)
+    assert r.exit_code == 2, r.output
+    assert not (tmp_path / "new").exists()
+    assert f"nothing written to {out}: all 2 files failed" in r.stderr, r.stderr
+    assert "copied to" not in r.stdout, r.stdout
+
+
+@pytest.mark.corpus
+def test_o_run_whose_every_file_failed_leaves_an_existing_output_as_it_was(tmp_path: Path) -> None:
+    tree = _signed_and_unsigned(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier").write_text("an earlier run's\n")
+    r = invoke("prenop", "--policy", _policy(tmp_path), "--strip-signature", "--generation", "ool", "-o", out, tree)
+    assert r.exit_code == 2, r.output
+    assert _tree_state(out) == {"earlier": hashlib.sha256(b"an earlier run's\n").hexdigest()}
 
 
 @pytest.mark.corpus

@@ -45,6 +45,7 @@ from rewriter.log import (
     Base,
     Data,
     FileFacts,
+    Header,
     Known,
     Log,
     check_extent,
@@ -818,6 +819,7 @@ def _read_and_hash(path: Path) -> tuple[bytearray, str]:
 class Settled(NamedTuple):
     """The logs beside a file undone in place: ``beside`` now describes it (None: no log does)."""
 
+    log: Path  # the log of the step undone that was beside the file: removed, or replaced by its base
     beside: Path | None
     came_from: Path | None  # the archived name the base log was moved back from
 
@@ -841,8 +843,8 @@ class Undone(NamedTuple):
 @collector_paused()
 def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> Undone:
     """Restore the input bytes of the step ``log_path`` describes. Refuses a log made for another
-    file. In place with the file's own log (the default name beside it), the logs are settled too
-    (:func:`_settle_logs`), so that the log beside the file describes what it now is."""
+    file. In place, the log beside the file is settled too (:func:`_settle_beside`), so that it
+    describes what the file now is."""
     out = check_output_path(patched, output, in_place, dry_run_option=False)
     # The patched file is read and hashed in a thread (hashlib lets go of the GIL) while the log,
     # 67,000 lines for a vmlinux, is parsed.
@@ -897,18 +899,41 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
         if written is not None and written.exception() is None:  # waits for the writer thread
             written.result().discard()
         raise
-    own_log = in_place and same_place(log_path, default_log_path(patched))
-    return Undone(out, log, _settle_logs(log_path, log) if own_log else None, sha256=new_sha)
+    return Undone(out, log, _settle_beside(patched, log_path, log.header) if in_place else None, sha256=new_sha)
 
 
-def _settle_logs(log_path: Path, log: Log) -> Settled:
+def _settle_beside(patched: Path, log_path: Path, undone: Header) -> Settled | None:
+    """After an in-place undo, the log beside the file (:func:`_settle_logs`): the file's own log,
+    when it is the log undone, or, with ``--log L`` elsewhere, when it describes the step undone
+    (L's input and output: a copy of L, or the log the rewrite wrote there). It was left there,
+    describing the file as it no longer is: every later scan warned that it was ignored (changed
+    since, or undone), and an in-place rewrite refused the file for it. A log there of another
+    step (or a damaged one) is not this undo's to judge: it stays."""
+    beside = default_log_path(patched)
+    if same_place(log_path, beside):
+        return _settle_logs(log_path, undone)
+    try:
+        header = read_header(beside)
+    except LogError:
+        return None
+    if header is None or not _same_step(header, undone):
+        return None
+    return _settle_logs(beside, header)
+
+
+def _same_step(a: Header, b: Header) -> bool:
+    """Two logs of one rewrite: the same input and the same output, byte for byte."""
+    return a.input.sha256 == b.input.sha256 and a.output.sha256 == b.output.sha256
+
+
+def _settle_logs(log_path: Path, header: Header) -> Settled:
     """After an in-place undo with the file's own log: an in-place rewrite had moved the log it
     built on aside (:func:`archived_log`); it describes the file again and takes its name back,
     replacing the undone step's log. Otherwise (no base: the file is the original; a base kept
     elsewhere, ``--input-log``; or one deleted since) the undone step's log, which describes a file
     that no longer exists, is removed: left beside the file, every later scan warned of it and an
     in-place rewrite refused the file for it."""
-    base = log.header.base
+    base = header.base
     if base is not None:
         # Looked for beside the log, whatever directory the rewrite was run from.
         archived = log_path.with_name(Path(base.path).name)
@@ -918,9 +943,9 @@ def _settle_logs(log_path: Path, log: Log) -> Settled:
             right = False
         if right:
             os.replace(archived, log_path)
-            return Settled(log_path, archived)
+            return Settled(log_path, log_path, archived)
     log_path.unlink(missing_ok=True)
-    return Settled(None, None)
+    return Settled(log_path, None, None)
 
 
 @dataclass(frozen=True)

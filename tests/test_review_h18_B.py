@@ -6,6 +6,8 @@ their file, and runs interrupted or raced.
   tree half done. The refusal is found before the first write now.
 * ``prenop -o OUT`` in which every file failed left OUT behind (empty, or holding only the tree's
   other entries).
+* ``undo --in-place F --log L`` with L elsewhere left the log beside F, which described F as it no
+  longer was: every later scan warned that it was ignored.
 """
 
 from __future__ import annotations
@@ -142,3 +144,61 @@ def test_signed_modules_the_policy_keeps_whole_need_no_signature_choice(tmp_path
     r = invoke("prenop", "--policy", _policy(tmp_path, "default nop\nkeep :mod:*\n"), "--in-place", tree)
     assert r.exit_code == 0, r.output
     assert "signed module" not in r.output and _tree_state(tree) == before
+
+
+# -- 3. undo --in-place F --log L elsewhere: the log beside F settled as with F's own log ------------
+
+PROF = Path(__file__).resolve().parent.parent / "fixtures" / "bin" / "prof-le"
+
+
+def test_undo_in_place_with_a_copy_of_the_log_elsewhere_removes_the_log_beside_the_file(tmp_path: Path) -> None:
+    """The log beside F described F nopped; after the exact undo with a copy kept elsewhere it
+    stayed, and every later scan of F warned that it was ignored. Removed now, as with F's own log;
+    the copy named by --log stays."""
+    f = tmp_path / "F"
+    f.write_bytes(PROF.read_bytes())
+    assert invoke("nop", f, "--in-place").exit_code == 0
+    beside = tmp_path / "F.mcountrw.jsonl"
+    kept = tmp_path / "keep" / "L"
+    kept.parent.mkdir()
+    kept.write_bytes(beside.read_bytes())
+    r = invoke("undo", "--in-place", f, "--log", kept)
+    assert r.exit_code == 0, r.output
+    assert f.read_bytes() == PROF.read_bytes()
+    assert not beside.exists() and kept.exists()
+    assert f"removed {beside}: the step it describes is undone" in r.stderr, r.stderr
+    scan = invoke("scan", f)
+    assert scan.exit_code == 0 and "warning" not in scan.stderr, scan.output
+
+
+def test_undo_in_place_with_a_copy_of_a_chain_log_puts_the_base_log_back_beside_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "F"
+    f.write_bytes(PROF.read_bytes())
+    assert invoke("nop", f, "--in-place", "--only", "sum8").exit_code == 0
+    step1 = f.read_bytes()
+    beside = tmp_path / "F.mcountrw.jsonl"
+    first_log = beside.read_bytes()
+    assert invoke("nop", f, "--in-place").exit_code == 0
+    kept = tmp_path / "keep" / "L"
+    kept.parent.mkdir()
+    kept.write_bytes(beside.read_bytes())
+    r = invoke("undo", "--in-place", f, "--log", kept)
+    assert r.exit_code == 0, r.output
+    assert f.read_bytes() == step1 and beside.read_bytes() == first_log
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["F", "F.mcountrw.jsonl", "keep"]
+    assert invoke("undo", "--in-place", f).exit_code == 0 and f.read_bytes() == PROF.read_bytes()
+
+
+def test_undo_in_place_leaves_a_log_beside_the_file_of_another_step(tmp_path: Path) -> None:
+    """A log beside F that is not of the step undone is not this undo's to remove."""
+    f = tmp_path / "F"
+    f.write_bytes(PROF.read_bytes())
+    elsewhere = tmp_path / "L"
+    assert invoke("nop", f, "--in-place", "--log", elsewhere).exit_code == 0
+    other = tmp_path / "F.mcountrw.jsonl"
+    g = tmp_path / "G"
+    g.write_bytes(PROF.read_bytes())
+    assert invoke("nop", g, "--in-place", "--only", "sum8", "--log", other).exit_code == 0
+    r = invoke("undo", "--in-place", f, "--log", elsewhere)
+    assert r.exit_code == 0 and f.read_bytes() == PROF.read_bytes(), r.output
+    assert other.exists() and "removed" not in r.stderr, r.stderr

@@ -564,7 +564,7 @@ def undo(
     _say(f"wrote {done.output} (sha256 {done.sha256[:16]}..., {what})", err=True)
     settled = done.settled
     if settled is not None and settled.beside is None:
-        _say(f"removed {log}: the step it describes is undone", err=True)
+        _say(f"removed {settled.log}: the step it describes is undone", err=True)
     elif settled is not None:
         back = f"its own log is back at {settled.beside} (from {settled.came_from})"
         _say(f"{back}: undo with it for the step before", err=True)

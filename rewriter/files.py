@@ -131,9 +131,12 @@ def check_output_name(output: Path, compression: Compression) -> None:
     raise OutputError(f"{output}: its name says {said}, but the output is {data} like its input: {want}")
 
 
-def check_output_path(input_path: Path, output: Path | None, in_place: bool, dry_run_option: bool = True) -> Path:
+def check_output_path(
+    input_path: Path, output: Path | None, in_place: bool, dry_run_option: bool = True, stage_dir: Path | None = None
+) -> Path:
     """Where the output goes. ``dry_run_option``: the command has ``--dry-run`` (apply, nop; undo
-    has not), so the line for no output offers it."""
+    has not), so the line for no output offers it. ``stage_dir``: ``--stage-images``, which the
+    run makes, so an output in it needs no directory there yet (:func:`in_stage_dir`)."""
     if in_place:
         if output is not None and output.resolve() != input_path.resolve():
             raise OutputError(f"{output}: --in-place writes the input; do not also give -o")
@@ -150,9 +153,17 @@ def check_output_path(input_path: Path, output: Path | None, in_place: bool, dry
         raise OutputError(f"{output}: output is the input; use --in-place to rewrite it")
     if output.exists() and not output.is_file() and not output.is_dir():
         raise OutputError(f"{output}: not a regular file (a device or FIFO): the output replaces it by a rename")
-    check_replaceable(output)  # the file is replaced by a rename: the directory must be writable
+    # the file is replaced by a rename: the directory must be writable
+    check_replaceable(output, parent_made=in_stage_dir(output, stage_dir))
     check_not_immutable(output)
     return output
+
+
+def in_stage_dir(path: Path, stage_dir: Path | None) -> bool:
+    """``path`` is a file of the ``--stage-images`` directory, which the run makes (mkdir -p) before
+    it writes anything there (:func:`_stage_images`): ``--log st/x --stage-images st`` was refused,
+    "directory st does not exist", where ``--stage-images st`` alone makes st."""
+    return stage_dir is not None and os.path.abspath(path.parent) == os.path.abspath(stage_dir)
 
 
 def check_side_paths(
@@ -183,7 +194,7 @@ def check_side_paths(
     if stage_dir is not None:
         places = [(out, "-o"), (log, "the patch log"), *([(saved, "the backup")] if backup else [])]
         _check_not_a_stage_image(input_path, stage_dir, places)
-    check_replaceable(log)  # a directory, a name too long, a place that cannot be written
+    check_replaceable(log, parent_made=in_stage_dir(log, stage_dir))  # a directory, a name too long, ...
     check_not_immutable(log)
     if backup and (saved.exists() or saved.is_symlink()):
         raise OutputError(f"{saved}: exists (a backup from an earlier run?); move it away or drop --backup")
@@ -263,7 +274,8 @@ def apply_file(
         raise OutputError(f"{path}: --backup goes with --in-place (with -o the input is left as it is)")
     # A dry run with -o or --in-place checks them as the run it previews would: only a dry run
     # given neither has no output to check.
-    out = None if dry_run and output is None and not in_place else check_output_path(path, output, in_place)
+    no_output = dry_run and output is None and not in_place
+    out = None if no_output else check_output_path(path, output, in_place, stage_dir=stage_dir)
     if stage_dir is not None:
         check_stage_dir(stage_dir)
     if out is not None:
@@ -297,7 +309,7 @@ def apply_file(
         return ApplyResult(path, None, None, result, before, (), base, warnings)
     log = log_path or default_log_path(out)
     backup_path = path.with_name(path.name + ".orig") if in_place and backup else None
-    with _stage_images(stage_dir, path, result) as staged:
+    with _stage_images(stage_dir, path, result, any(in_stage_dir(p, stage_dir) for p in (out, log))) as staged:
         base = _write_outputs(image, result, options, out, log, backup_path, known, staged)
     return ApplyResult(path, out, log, result, before, tuple(p.path for p in staged), base, warnings, backup_path)
 
@@ -612,13 +624,16 @@ def check_stage_images(directory: Path, path: Path, stages: int) -> None:
 
 
 @contextmanager
-def _stage_images(directory: Path | None, path: Path, result: Rewrite) -> Iterator[list[Pending]]:
+def _stage_images(
+    directory: Path | None, path: Path, result: Rewrite, holds_outputs: bool = False
+) -> Iterator[list[Pending]]:
     """The stage images of ``result`` written beside their places in ``directory`` (made if need
-    be), complete and read back but not renamed into place: the caller publishes them with its
-    output (:func:`_write_outputs`). If it does not (a failure, an interruption), every one is
-    removed, and so is the directory if this made it: a refused run leaves nothing behind."""
+    be, first: ``holds_outputs``, the output or the log goes there too), complete and read back but
+    not renamed into place: the caller publishes them with its output (:func:`_write_outputs`). If
+    it does not (a failure, an interruption), every one is removed, and so is the directory if this
+    made it: a refused run leaves nothing behind."""
     staged: list[Pending] = []
-    if directory is None or not result.stages:  # records only: no directory made for nothing
+    if directory is None or not (result.stages or holds_outputs):  # records only: no directory made for nothing
         yield staged
         return
     made = not directory.exists()

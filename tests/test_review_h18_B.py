@@ -8,6 +8,8 @@ their file, and runs interrupted or raced.
   other entries).
 * ``undo --in-place F --log L`` with L elsewhere left the log beside F, which described F as it no
   longer was: every later scan warned that it was ignored.
+* ``nop F --log st/x --stage-images st`` with st not made yet was refused ("directory st does not
+  exist"), where ``--stage-images st`` alone makes st.
 """
 
 from __future__ import annotations
@@ -202,3 +204,43 @@ def test_undo_in_place_leaves_a_log_beside_the_file_of_another_step(tmp_path: Pa
     r = invoke("undo", "--in-place", f, "--log", elsewhere)
     assert r.exit_code == 0 and f.read_bytes() == PROF.read_bytes(), r.output
     assert other.exists() and "removed" not in r.stderr, r.stderr
+
+
+# -- 4. --log st/x --stage-images st, st not made yet -----------------------------------------------
+
+
+def test_log_in_the_stage_images_directory_not_made_yet_is_written_there(tmp_path: Path) -> None:
+    """`--stage-images st` alone makes st; with `--log st/x` too it was refused, "directory st does
+    not exist". The run makes st first now; the log undoes the output."""
+    f = tmp_path / "F"
+    f.write_bytes(PROF.read_bytes())
+    st = tmp_path / "st"
+    r = invoke("nop", f, "-o", tmp_path / "G", "--log", st / "x", "--stage-images", st)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in st.iterdir()) == ["F.stage1", "F.stage2", "x"]
+    r = invoke("undo", tmp_path / "G", "--log", st / "x", "-o", tmp_path / "back")
+    assert r.exit_code == 0 and (tmp_path / "back").read_bytes() == PROF.read_bytes(), r.output
+
+
+def test_output_in_the_stage_images_directory_of_a_records_only_rewrite(tmp_path: Path) -> None:
+    """A patchable object nopped by dropping records writes no word, so no stage image: st is made
+    for the output and the log all the same."""
+    src = Path(__file__).resolve().parent.parent / "fixtures" / "bin" / "patchable-le.o"
+    f = tmp_path / "P.o"
+    f.write_bytes(src.read_bytes())
+    st = tmp_path / "st"
+    r = invoke("nop", f, "--drop-records", "-o", st / "Q.o", "--log", st / "x", "--stage-images", st)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in st.iterdir()) == ["Q.o", "x"]
+
+
+def test_a_refused_run_with_its_log_in_the_stage_images_directory_makes_no_directory(tmp_path: Path) -> None:
+    f = tmp_path / "F"
+    f.write_bytes(PROF.read_bytes())
+    st = tmp_path / "st"
+    r = invoke("nop", f, "-o", tmp_path / "G", "--log", st / "x", "--stage-images", st, "--only", "no_such_fn")
+    assert r.exit_code == 1 and "nothing to do" in r.stderr, r.output
+    assert not st.exists() and not (tmp_path / "G").exists()
+    r = invoke("nop", f, "-o", tmp_path / "G", "--log", st / "sub" / "x", "--stage-images", st)
+    assert r.exit_code == 2 and f"directory {st / 'sub'} does not exist" in r.stderr, r.output
+    assert not st.exists()

@@ -244,3 +244,89 @@ def test_a_refused_run_with_its_log_in_the_stage_images_directory_makes_no_direc
     r = invoke("nop", f, "-o", tmp_path / "G", "--log", st / "sub" / "x", "--stage-images", st)
     assert r.exit_code == 2 and f"directory {st / 'sub'} does not exist" in r.stderr, r.output
     assert not st.exists()
+
+
+# -- 5. interrupted runs ----------------------------------------------------------------------------
+
+
+# A signal's handler runs as the system call it interrupted returns: each test below makes the call
+# (open, link, symlink, rename), then raises as that handler would, once.
+
+
+class _Signal(BaseException):
+    """What the CLI's handler raises (rewriter.cli.exits.Interrupted): no ``except Exception`` stops it."""
+
+
+def _then_signal(monkeypatch, name: str, when) -> None:  # type: ignore[no-untyped-def]
+    """Patch ``os.NAME`` to do its work, then raise :class:`_Signal` the first time ``when(args)``."""
+    import os
+
+    real = getattr(os, name)
+    fired = []
+
+    def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real(*args, **kwargs)
+        if not fired and when(args):
+            fired.append(args)
+            raise _Signal()
+        return out
+
+    monkeypatch.setattr(os, name, call)
+
+
+def _temporaries(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.name.endswith(".mcountrw-tmp"))
+
+
+def test_a_signal_as_a_temporary_file_is_opened_leaves_no_file(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """tempfile.mkstemp made the file inside: a prenop worker interrupted in that open left
+    `.fuse.ko.<random>.mcountrw-tmp` in the tree (the double Ctrl-C trials)."""
+    from rewriter.output import atomic_write
+
+    _then_signal(monkeypatch, "open", lambda a: str(a[0]).endswith(".mcountrw-tmp"))
+    with pytest.raises(_Signal):
+        atomic_write(tmp_path / "out", b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_signal_as_a_file_is_renamed_over_its_target_puts_the_pair_back(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The log renamed over its old one, then the signal: the rename was taken as not made, so the
+    new log was not put back, and stayed beside the old file it does not describe."""
+    from rewriter.output import commit_all, write_temp
+
+    log, f = tmp_path / "f.mcountrw.jsonl", tmp_path / "f"
+    log.write_bytes(b"old log\n")
+    f.write_bytes(b"old file\n")
+    pending = [write_temp(log, b"new log\n"), write_temp(f, b"new file\n")]
+    _then_signal(monkeypatch, "replace", lambda a: str(a[1]) == str(log))
+    with pytest.raises(_Signal):
+        commit_all(pending)
+    assert log.read_bytes() == b"old log\n" and f.read_bytes() == b"old file\n"
+    assert _temporaries(tmp_path) == []
+
+
+def test_a_signal_as_the_earlier_file_is_kept_leaves_no_link(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """commit_all keeps each target's earlier file as a hard link until the pair is in place: one
+    made as the signal came stayed (`.overlay.ko.<random>.previous.mcountrw-tmp`)."""
+    from rewriter.output import commit_all, write_temp
+
+    log, f = tmp_path / "f.mcountrw.jsonl", tmp_path / "f"
+    log.write_bytes(b"old log\n")
+    f.write_bytes(b"old file\n")
+    pending = [write_temp(log, b"new log\n"), write_temp(f, b"new file\n")]
+    _then_signal(monkeypatch, "link", lambda a: True)
+    with pytest.raises(_Signal):
+        commit_all(pending)
+    assert log.read_bytes() == b"old log\n" and f.read_bytes() == b"old file\n"
+    assert _temporaries(tmp_path) == []
+
+
+def test_a_signal_as_a_link_is_made_leaves_no_temporary_link(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """prenop -o copies a tree's links through atomic_symlink: the temporary link was made before
+    the block that removes it."""
+    from rewriter.output import atomic_symlink
+
+    _then_signal(monkeypatch, "symlink", lambda a: True)
+    with pytest.raises(_Signal):
+        atomic_symlink(tmp_path / "build", "/usr/src/linux")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

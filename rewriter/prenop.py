@@ -85,7 +85,7 @@ from rewriter.log import (
     read_header,
     render,
 )
-from rewriter.output import TMP_SUFFIX, NewFile, atomic_symlink, land, publish, stage
+from rewriter.output import TMP_SUFFIX, NewFile, Pending, atomic_symlink, land, publish, stage
 from rewriter.policy import Policy, Verb
 from rewriter.reading import not_a_file, open_regular, read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
@@ -935,13 +935,20 @@ def _compute_then_publish(batch: Sequence[Target], compute: Compute) -> list[Fil
     writing: list[tuple[int, Future[None]]] = []
     with ThreadPoolExecutor(IO_THREADS) as io:
         for t in batch:
+            staged: list[Pending] = []
             try:
                 report, outputs = compute(t)
                 staged = stage(outputs) if outputs else []
+                if staged:
+                    writing.append((len(reports), io.submit(land, staged)))
+                    staged = []  # the I/O thread's now: it lands them whole, or removes them
             except Exception as e:  # _failure re-raises what is not a per-file failure
-                report, staged = _failure(t, e), []
-            if staged:
-                writing.append((len(reports), io.submit(land, staged)))
+                report = _failure(t, e)
+            finally:
+                # Staged and not handed over: a signal (or a failure) came between; nobody would land
+                # them, and their temporary files stayed in the tree.
+                for p in staged:
+                    p.discard()
             reports.append(report)
         for i, fut in writing:
             try:

@@ -529,11 +529,18 @@ def _on_signal(parent: int, inherited: object, signum: int, frame: object) -> No
     _signalled = signum
     if os.getppid() != parent:
         raise _Orphaned(signum)
-    if callable(inherited):
-        inherited(signum, frame)
+    if not callable(inherited):
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
         return
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+    # The parent's handler may ignore the signals from here (rewriter.cli.exits.interrupt): this
+    # one's stay, which end the worker when its parent dies after (PR_SET_PDEATHSIG, a SIGTERM).
+    mine = {each: signal.getsignal(each) for each in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        inherited(signum, frame)
+    finally:
+        for each, handler in mine.items():
+            signal.signal(each, handler)
 
 
 def _run_task(fn: Callable[[Sequence[T]], list[R]], parent: int, batch: Sequence[T]) -> list[R]:

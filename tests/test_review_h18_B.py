@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -257,8 +258,6 @@ def test_a_refused_run_with_its_log_in_the_stage_images_directory_makes_no_direc
 def _new_or_old(tree: Path, logs: Path, originals: dict[str, str]) -> tuple[int, list[str]]:
     """How many files are new (their log, under ``logs``, leads from the original to them), and the
     files that are neither that nor the original without a log."""
-    import json
-
     new, bad = 0, []
     for rel, h in originals.items():
         now = _sha(tree / rel)
@@ -462,3 +461,43 @@ def test_ctrl_c_twice_during_the_writes_leaves_every_file_whole_with_its_log(tmp
         _, bad = _new_or_old(tree, logs, originals)
         temporaries = [str(p) for p in (tmp_path / str(n)).rglob("*") if "mcountrw-tmp" in p.name]
         assert not bad and not temporaries and not left, (n, bad, temporaries, left)
+
+
+@pytest.mark.corpus
+def test_sigterm_twice_while_nop_writes_a_vmlinux_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """The second signal raised again in the clean-up of the first (the temporary file removed as the
+    run unwinds) and left `.v.<random>.mcountrw-tmp` beside the vmlinux, every time (5 in 5). It is
+    spent now; the vmlinux is its original, or the new one with its log."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    v = tmp_path / "v"
+    shutil.copy(require_kernel("6.1").vmlinux, v)
+    original = _sha(v)
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "rewriter", "nop", str(v), "--in-place", "--drop-records"]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and not _temporaries(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        for _ in range(2):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            time.sleep(0.01)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode in (0, 128 + signal.SIGTERM) and "Traceback" not in err, err
+    assert _temporaries(tmp_path) == []
+    log = tmp_path / "v.mcountrw.jsonl"
+    if log.exists():  # the new one, which its log describes
+        header = json.loads(log.read_text().split("\n", 1)[0])
+        assert (header["input"]["sha256"], header["output"]["sha256"]) == (original, _sha(v))
+    else:
+        assert _sha(v) == original

@@ -848,7 +848,7 @@ class Undone(NamedTuple):
     log: Log
     settled: Settled | None
     # The file already was the log's input (undone before): nothing undone; with -o the output is
-    # a copy of it, in place nothing was written and the logs stay as they are.
+    # a copy of it, in place no file was written, and the log beside it settled (``settled``).
     already_input: bool = False
     # The sha256 of the bytes written: the log's input's, unless the file undone was stored otherwise
     # than the log's output (decompressed since): then the original content, stored as that file.
@@ -881,10 +881,13 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
     if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
         raise OutputError(f"{out}: the output would overwrite the patch log")
     _check_not_a_step_before(facts.base, log_path, ((out, f"-o {out}: is"),))
-    if already:  # undone before: a rerun, which writes the copy -o asks for and changes nothing in place
+    if already:  # undone before: a rerun, which writes the copy -o asks for and writes no file in place
         if not in_place:
             atomic_write(out, raw, patched.stat().st_mode & 0o7777)
-        return Undone(out, log, None, already_input=True)
+        # In place, the log beside the file is settled as the undo would have (an undo interrupted
+        # between the two, or one with --log elsewhere before _settle_beside): left, it contradicted
+        # the file, and the rerun said there was nothing to undo.
+        return Undone(out, log, _settle_beside(patched, log_path, facts) if in_place else None, already_input=True)
     check_extent(log, str(log_path), log.input_size(len(content)))
     try:
         original = log.revert(content, in_place=True)  # the file's bytes, read for this: not used again

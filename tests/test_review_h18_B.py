@@ -501,3 +501,21 @@ def test_sigterm_twice_while_nop_writes_a_vmlinux_leaves_no_temporary_file(tmp_p
         assert (header["input"]["sha256"], header["output"]["sha256"]) == (original, _sha(v))
     else:
         assert _sha(v) == original
+
+
+def test_undo_rerun_in_place_settles_the_log_an_interrupted_undo_left(tmp_path: Path) -> None:
+    """An undo interrupted once the original was in place, before the log beside it was removed (or
+    one with --log elsewhere before that was settled), left the file original and the log beside it
+    describing the nopped file; the rerun said there was nothing to undo and left the log, which
+    every scan warned of. The rerun settles it now, as the undo would have."""
+    f = tmp_path / "F"
+    f.write_bytes(PROF.read_bytes())
+    assert invoke("nop", f, "--in-place").exit_code == 0
+    f.write_bytes(PROF.read_bytes())  # what the interrupted undo left: the original, its log beside
+    beside = tmp_path / "F.mcountrw.jsonl"
+    r = invoke("undo", "--in-place", f)
+    assert r.exit_code == 0 and "nothing to undo" in r.stderr, r.output
+    assert f"removed {beside}: the step it describes is undone" in r.stderr, r.stderr
+    assert not beside.exists() and f.read_bytes() == PROF.read_bytes()
+    scan = invoke("scan", f)
+    assert scan.exit_code == 0 and "warning" not in scan.stderr, scan.output

@@ -881,13 +881,8 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
     if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
         raise OutputError(f"{out}: the output would overwrite the patch log")
     _check_not_a_step_before(facts.base, log_path, ((out, f"-o {out}: is"),))
-    if already:  # undone before: a rerun, which writes the copy -o asks for and writes no file in place
-        if not in_place:
-            atomic_write(out, raw, patched.stat().st_mode & 0o7777)
-        # In place, the log beside the file is settled as the undo would have (an undo interrupted
-        # between the two, or one with --log elsewhere before _settle_beside): left, it contradicted
-        # the file, and the rerun said there was nothing to undo.
-        return Undone(out, log, _settle_beside(patched, log_path, facts) if in_place else None, already_input=True)
+    if already:
+        return _undone_before(patched, out, raw, log_path, log, in_place)
     check_extent(log, str(log_path), log.input_size(len(content)))
     try:
         original = log.revert(content, in_place=True)  # the file's bytes, read for this: not used again
@@ -918,6 +913,19 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
             written.result().discard()
         raise
     return Undone(out, log, _settle_beside(patched, log_path, log.header) if in_place else None, sha256=new_sha)
+
+
+def _undone_before(
+    patched: Path, out: Path, raw: bytes | bytearray, log_path: Path, log: Log, in_place: bool
+) -> Undone:
+    """An undo rerun (the file already is the log's input): with -o the copy it asks for; in
+    place no file is written, and the log beside the file is settled as the undo would have
+    (:func:`_settle_beside`): an undo interrupted between the two (or one with ``--log``
+    elsewhere, before it settled that log) left it there contradicting the file, and the rerun
+    said there was nothing to undo and left it too."""
+    if not in_place:
+        atomic_write(out, raw, patched.stat().st_mode & 0o7777)
+    return Undone(out, log, _settle_beside(patched, log_path, log.header) if in_place else None, already_input=True)
 
 
 def _settle_beside(patched: Path, log_path: Path, undone: Header) -> Settled | None:

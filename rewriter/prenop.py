@@ -58,7 +58,7 @@ from typing import Final, NamedTuple, NoReturn
 
 from rewriter.batch import Entry, EntryKind, first_of_each, map_batches, name_named, tree_entries, tree_name
 from rewriter.edits import Append
-from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
+from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore, detect_compression
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.modname import module_name
 from rewriter.elf.release import kernel_release
@@ -1028,14 +1028,27 @@ def refuse_signed_without_choice(ts: Sequence[Target], settings: Settings) -> No
 def _may_need_a_signature_choice(t: Target, policy: Policy) -> bool:
     """Whether ``t`` is a module whose original may carry a signature (the file does, or its log
     says the run that wrote it cut one off: a rerun applies the policy to the original) and in
-    which the policy may nop a site. Reads the file, never scans it."""
-    _, content, compression = read_file(t.source)
-    if not content.endswith(MODULE_SIG_MAGIC):
+    which the policy may nop a site. Reads the file (an uncompressed one's end only, unless it is
+    signed), never scans it."""
+    if not _ends_signed(t.source):
         header = read_header(t.log)
         if header is None or not header.summary.get("signature_stripped"):
             return False
+    _, content, compression = read_file(t.source)
     image = Image(t.source, content, compression)
     return image.kind is Kind.MODULE and policy.for_file(module_name(image)).may_nop
+
+
+def _ends_signed(path: Path) -> bool:
+    """Whether the file's content (decompressed) ends in a module signature's marker. An
+    uncompressed file is not read whole for it: a build tree's modules, with their debug
+    information, are gigabytes."""
+    with path.open("rb") as fh:
+        if detect_compression(fh.read(8)) is not Compression.NONE:
+            return read_file(path)[1].endswith(MODULE_SIG_MAGIC)
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(size - len(MODULE_SIG_MAGIC), 0))
+        return fh.read() == MODULE_SIG_MAGIC
 
 
 def no_site_anywhere(reports: Sequence[FileReport]) -> bool:

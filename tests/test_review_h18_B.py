@@ -80,6 +80,20 @@ def test_signed_module_without_a_signature_choice_refuses_the_run_before_any_wri
 
 
 @pytest.mark.corpus
+def test_a_signed_compressed_module_is_found_before_any_write_too(tmp_path: Path) -> None:
+    """The signature of a .ko.xz is inside the compressed data (modules_install signs, then
+    compresses): the check decompresses it, where an uncompressed module's end is read alone."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    shutil.copy(require_kernel("6.12").modules_dir / "fs/nls/nls_utf8.ko.xz", tree / "nls_utf8.ko.xz")
+    unsigned_module("6.1", "fs/nls/nls_ascii.ko", tree / "nls_ascii.ko")
+    before = _tree_state(tree)
+    r = invoke("prenop", "--policy", _policy(tmp_path), "--in-place", tree)
+    assert r.exit_code == 2 and "nls_utf8.ko.xz: signed module" in r.stderr, r.output
+    assert _tree_state(tree) == before
+
+
+@pytest.mark.corpus
 def test_signed_tree_refused_with_o_leaves_no_output_tree(tmp_path: Path) -> None:
     tree = _signed_and_unsigned(tmp_path)
     out = tmp_path / "deep" / "out"

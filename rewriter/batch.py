@@ -13,7 +13,7 @@ import os
 import signal
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -349,7 +349,7 @@ def map_batches(
     from concurrent.futures import as_completed
 
     with worker_pool(min(jobs, len(batches)), quiet_workers) as pool:
-        task = partial(_run_task, fn)
+        task = partial(_run_task, fn, os.getpid())
         futures = {pool.submit(task, batch): b for b, batch in enumerate(batches)}
         for done in as_completed(futures):
             yield futures[done], done.result()
@@ -374,13 +374,45 @@ def worker_pool(jobs: int, quiet_workers: bool = True) -> Iterator[ProcessPoolEx
         # share what the parent loaded, and their parent is this process (_end_with_parent).
         fork = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=jobs, initializer=start, mp_context=fork) as pool:
-            yield pool
+            try:
+                yield pool
+            except BaseException:
+                _stop_workers(pool)
+                raise
     except BrokenProcessPool:
         # A worker killed from outside: out of memory, or SIGBUS from a file truncated while
         # mapped. Which file it held is lost with it.
         raise RewriteError("a worker died (out of memory, or a file truncated while it was read?)") from None
     finally:
         gc.unfreeze()
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """The run is unwinding (a signal sent to this process alone: ``kill PID``, ``timeout``,
+    ``systemctl stop``; or an error): the batches not yet started are cancelled, and each worker
+    is sent SIGTERM, so that a task it runs unwinds as this process does (the files it published
+    stay whole, each with its log; its temporary files go) and one that waits for work ends. The
+    pool's shutdown ran every batch left instead: a SIGTERM to a prenop of a tree wrote the rest
+    of the tree (15 s more over 130 modules), and then the run said it was interrupted."""
+    import multiprocessing
+
+    workers = multiprocessing.active_children()  # this process's only children are the pool's
+    pool.shutdown(wait=False, cancel_futures=True)
+    for child in workers:
+        if child.pid is not None:
+            with suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGTERM)
+    # Waited for: a shutdown that does not wait forgets the pool's threads, and the later one that
+    # should (the pool's ``with``) returned at once, the run ending while its workers still wrote.
+    # A further Ctrl-C or SIGTERM meanwhile is spent: the workers are stopping already (they spend
+    # theirs too: _on_signal), and a run that ended first said it was over while they still wrote.
+    for child in workers:
+        while True:
+            try:
+                child.join()
+                break
+            except BaseException:  # the signal's exception, raised by the parent's handler
+                continue
 
 
 def chunks_of(items: Sequence[T], jobs: int) -> list[Sequence[T]]:
@@ -455,13 +487,14 @@ def _render_chunk(
 def _start_worker(parent: int, quiet: bool) -> None:
     """A worker ends with its parent (:func:`_end_with_parent`); a ``quiet`` one just stops on
     Ctrl-C, which reaches the whole process group, and the parent reports it once. One that writes
-    keeps the parent's handlers, but a SIGTERM that finds the parent gone unwinds its task (no
-    temporary file is left) and ends the process (:func:`_on_sigterm`)."""
+    unwinds its task on the parent's handlers (no temporary file is left), and ends at once when it
+    has no task, or once the task has unwound when the parent is gone (:func:`_on_signal`)."""
     if quiet:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     else:
-        signal.signal(signal.SIGTERM, partial(_on_sigterm, parent, signal.getsignal(signal.SIGTERM)))
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, partial(_on_signal, parent, signal.getsignal(signum)))
     _end_with_parent(parent)
 
 
@@ -476,31 +509,62 @@ class _Orphaned(BaseException):
 
 
 _in_task = False  # in a worker: whether _run_task is running a task
+_signalled = 0  # in a worker: the signal that is unwinding (or unwound) its task; 0: none yet
+_stopped: BaseException | None = None  # in a worker: what that signal raised
 
 
-def _on_sigterm(parent: int, inherited: object, signum: int, frame: object) -> None:
-    if os.getppid() == parent:  # sent to the process group, the parent alive: as the parent does
-        if callable(inherited):
-            inherited(signum, frame)
-            return
+def _on_signal(parent: int, inherited: object, signum: int, frame: object) -> None:
+    """SIGINT or SIGTERM in a worker that writes. Waiting for work there is nothing to unwind: it
+    ends (the parent's handler raised there, outside any task). In a task, the parent alive
+    (Ctrl-C to the process group, or the parent's :func:`_stop_workers`): the parent's handler
+    unwinds it; the parent gone: :class:`_Orphaned`. Only the first: a second (the group's Ctrl-C,
+    then the parent's SIGTERM) raised again in the clean-up of the first, which stopped halfway
+    and left the temporary files of the file being landed (``.ko.<random>.mcountrw-tmp`` and its
+    log's); :func:`_run_task` ends the worker after the unwinding if the parent is gone by then."""
+    global _signalled
+    if not _in_task:
+        os._exit(128 + signum)
+    if _signalled:
+        return
+    _signalled = signum
+    if os.getppid() != parent:
+        raise _Orphaned(signum)
+    if not callable(inherited):
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
-    if not _in_task:  # waiting for work: nothing to unwind
-        os._exit(128 + signum)
-    raise _Orphaned(signum)
+    # The parent's handler may ignore the signals from here (rewriter.cli.exits.interrupt): this
+    # one's stay, which end the worker when its parent dies after (PR_SET_PDEATHSIG, a SIGTERM).
+    mine = {each: signal.getsignal(each) for each in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        inherited(signum, frame)
+    finally:
+        for each, handler in mine.items():
+            signal.signal(each, handler)
 
 
-def _run_task(fn: Callable[[Sequence[T]], list[R]], batch: Sequence[T]) -> list[R]:
-    """``fn(batch)`` in a worker; ends the worker once an orphaned task has unwound."""
-    global _in_task
+def _run_task(fn: Callable[[Sequence[T]], list[R]], parent: int, batch: Sequence[T]) -> list[R]:
+    """``fn(batch)`` in a worker; ends the worker once an orphaned task has unwound. Once a signal
+    has unwound a task, the batches already queued to this worker are not started: each raises
+    that signal's exception again (the run is over; the worker ran each of them in full, the
+    signal spent on the first)."""
+    global _in_task, _stopped
+    if _stopped is not None:
+        raise _stopped
     _in_task = True
     try:
         return fn(batch)
     except _Orphaned as e:
         os._exit(128 + e.signum)
+    except Exception:
+        raise
+    except BaseException as e:  # a signal's (rewriter.cli.exits.Interrupted)
+        _stopped = e
+        raise
     finally:
         _in_task = False
+        if _signalled and os.getppid() != parent:  # its death signal came as the task unwound
+            os._exit(128 + _signalled)
 
 
 _PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h

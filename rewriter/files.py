@@ -45,6 +45,7 @@ from rewriter.log import (
     Base,
     Data,
     FileFacts,
+    Header,
     Known,
     Log,
     check_extent,
@@ -130,9 +131,12 @@ def check_output_name(output: Path, compression: Compression) -> None:
     raise OutputError(f"{output}: its name says {said}, but the output is {data} like its input: {want}")
 
 
-def check_output_path(input_path: Path, output: Path | None, in_place: bool, dry_run_option: bool = True) -> Path:
+def check_output_path(
+    input_path: Path, output: Path | None, in_place: bool, dry_run_option: bool = True, stage_dir: Path | None = None
+) -> Path:
     """Where the output goes. ``dry_run_option``: the command has ``--dry-run`` (apply, nop; undo
-    has not), so the line for no output offers it."""
+    has not), so the line for no output offers it. ``stage_dir``: ``--stage-images``, which the
+    run makes, so an output in it needs no directory there yet (:func:`in_stage_dir`)."""
     if in_place:
         if output is not None and output.resolve() != input_path.resolve():
             raise OutputError(f"{output}: --in-place writes the input; do not also give -o")
@@ -149,9 +153,17 @@ def check_output_path(input_path: Path, output: Path | None, in_place: bool, dry
         raise OutputError(f"{output}: output is the input; use --in-place to rewrite it")
     if output.exists() and not output.is_file() and not output.is_dir():
         raise OutputError(f"{output}: not a regular file (a device or FIFO): the output replaces it by a rename")
-    check_replaceable(output)  # the file is replaced by a rename: the directory must be writable
+    # the file is replaced by a rename: the directory must be writable
+    check_replaceable(output, parent_made=in_stage_dir(output, stage_dir))
     check_not_immutable(output)
     return output
+
+
+def in_stage_dir(path: Path, stage_dir: Path | None) -> bool:
+    """``path`` is a file of the ``--stage-images`` directory, which the run makes (mkdir -p) before
+    it writes anything there (:func:`_stage_images`): ``--log st/x --stage-images st`` was refused,
+    "directory st does not exist", where ``--stage-images st`` alone makes st."""
+    return stage_dir is not None and os.path.abspath(path.parent) == os.path.abspath(stage_dir)
 
 
 def check_side_paths(
@@ -182,7 +194,7 @@ def check_side_paths(
     if stage_dir is not None:
         places = [(out, "-o"), (log, "the patch log"), *([(saved, "the backup")] if backup else [])]
         _check_not_a_stage_image(input_path, stage_dir, places)
-    check_replaceable(log)  # a directory, a name too long, a place that cannot be written
+    check_replaceable(log, parent_made=in_stage_dir(log, stage_dir))  # a directory, a name too long, ...
     check_not_immutable(log)
     if backup and (saved.exists() or saved.is_symlink()):
         raise OutputError(f"{saved}: exists (a backup from an earlier run?); move it away or drop --backup")
@@ -262,7 +274,8 @@ def apply_file(
         raise OutputError(f"{path}: --backup goes with --in-place (with -o the input is left as it is)")
     # A dry run with -o or --in-place checks them as the run it previews would: only a dry run
     # given neither has no output to check.
-    out = None if dry_run and output is None and not in_place else check_output_path(path, output, in_place)
+    no_output = dry_run and output is None and not in_place
+    out = None if no_output else check_output_path(path, output, in_place, stage_dir=stage_dir)
     if stage_dir is not None:
         check_stage_dir(stage_dir)
     if out is not None:
@@ -296,7 +309,7 @@ def apply_file(
         return ApplyResult(path, None, None, result, before, (), base, warnings)
     log = log_path or default_log_path(out)
     backup_path = path.with_name(path.name + ".orig") if in_place and backup else None
-    with _stage_images(stage_dir, path, result) as staged:
+    with _stage_images(stage_dir, path, result, any(in_stage_dir(p, stage_dir) for p in (out, log))) as staged:
         base = _write_outputs(image, result, options, out, log, backup_path, known, staged)
     return ApplyResult(path, out, log, result, before, tuple(p.path for p in staged), base, warnings, backup_path)
 
@@ -611,13 +624,16 @@ def check_stage_images(directory: Path, path: Path, stages: int) -> None:
 
 
 @contextmanager
-def _stage_images(directory: Path | None, path: Path, result: Rewrite) -> Iterator[list[Pending]]:
+def _stage_images(
+    directory: Path | None, path: Path, result: Rewrite, holds_outputs: bool = False
+) -> Iterator[list[Pending]]:
     """The stage images of ``result`` written beside their places in ``directory`` (made if need
-    be), complete and read back but not renamed into place: the caller publishes them with its
-    output (:func:`_write_outputs`). If it does not (a failure, an interruption), every one is
-    removed, and so is the directory if this made it: a refused run leaves nothing behind."""
+    be, first: ``holds_outputs``, the output or the log goes there too), complete and read back but
+    not renamed into place: the caller publishes them with its output (:func:`_write_outputs`). If
+    it does not (a failure, an interruption), every one is removed, and so is the directory if this
+    made it: a refused run leaves nothing behind."""
     staged: list[Pending] = []
-    if directory is None or not result.stages:  # records only: no directory made for nothing
+    if directory is None or not (result.stages or holds_outputs):  # records only: no directory made for nothing
         yield staged
         return
     made = not directory.exists()
@@ -818,6 +834,7 @@ def _read_and_hash(path: Path) -> tuple[bytearray, str]:
 class Settled(NamedTuple):
     """The logs beside a file undone in place: ``beside`` now describes it (None: no log does)."""
 
+    log: Path  # the log of the step undone that was beside the file: removed, or replaced by its base
     beside: Path | None
     came_from: Path | None  # the archived name the base log was moved back from
 
@@ -831,7 +848,7 @@ class Undone(NamedTuple):
     log: Log
     settled: Settled | None
     # The file already was the log's input (undone before): nothing undone; with -o the output is
-    # a copy of it, in place nothing was written and the logs stay as they are.
+    # a copy of it, in place no file was written, and the log beside it settled (``settled``).
     already_input: bool = False
     # The sha256 of the bytes written: the log's input's, unless the file undone was stored otherwise
     # than the log's output (decompressed since): then the original content, stored as that file.
@@ -841,8 +858,8 @@ class Undone(NamedTuple):
 @collector_paused()
 def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> Undone:
     """Restore the input bytes of the step ``log_path`` describes. Refuses a log made for another
-    file. In place with the file's own log (the default name beside it), the logs are settled too
-    (:func:`_settle_logs`), so that the log beside the file describes what it now is."""
+    file. In place, the log beside the file is settled too (:func:`_settle_beside`), so that it
+    describes what the file now is."""
     out = check_output_path(patched, output, in_place, dry_run_option=False)
     # The patched file is read and hashed in a thread (hashlib lets go of the GIL) while the log,
     # 67,000 lines for a vmlinux, is parsed.
@@ -864,10 +881,8 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
     if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
         raise OutputError(f"{out}: the output would overwrite the patch log")
     _check_not_a_step_before(facts.base, log_path, ((out, f"-o {out}: is"),))
-    if already:  # undone before: a rerun, which writes the copy -o asks for and changes nothing in place
-        if not in_place:
-            atomic_write(out, raw, patched.stat().st_mode & 0o7777)
-        return Undone(out, log, None, already_input=True)
+    if already:
+        return _undone_before(patched, out, raw, log_path, log, in_place)
     check_extent(log, str(log_path), log.input_size(len(content)))
     try:
         original = log.revert(content, in_place=True)  # the file's bytes, read for this: not used again
@@ -897,18 +912,54 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
         if written is not None and written.exception() is None:  # waits for the writer thread
             written.result().discard()
         raise
-    own_log = in_place and same_place(log_path, default_log_path(patched))
-    return Undone(out, log, _settle_logs(log_path, log) if own_log else None, sha256=new_sha)
+    return Undone(out, log, _settle_beside(patched, log_path, log.header) if in_place else None, sha256=new_sha)
 
 
-def _settle_logs(log_path: Path, log: Log) -> Settled:
+def _undone_before(
+    patched: Path, out: Path, raw: bytes | bytearray, log_path: Path, log: Log, in_place: bool
+) -> Undone:
+    """An undo rerun (the file already is the log's input): with -o the copy it asks for; in
+    place no file is written, and the log beside the file is settled as the undo would have
+    (:func:`_settle_beside`): an undo interrupted between the two (or one with ``--log``
+    elsewhere, before it settled that log) left it there contradicting the file, and the rerun
+    said there was nothing to undo and left it too."""
+    if not in_place:
+        atomic_write(out, raw, patched.stat().st_mode & 0o7777)
+    return Undone(out, log, _settle_beside(patched, log_path, log.header) if in_place else None, already_input=True)
+
+
+def _settle_beside(patched: Path, log_path: Path, undone: Header) -> Settled | None:
+    """After an in-place undo, the log beside the file (:func:`_settle_logs`): the file's own log,
+    when it is the log undone, or, with ``--log L`` elsewhere, when it describes the step undone
+    (L's input and output: a copy of L, or the log the rewrite wrote there). It was left there,
+    describing the file as it no longer is: every later scan warned that it was ignored (changed
+    since, or undone), and an in-place rewrite refused the file for it. A log there of another
+    step (or a damaged one) is not this undo's to judge: it stays."""
+    beside = default_log_path(patched)
+    if same_place(log_path, beside):
+        return _settle_logs(log_path, undone)
+    try:
+        header = read_header(beside)
+    except LogError:
+        return None
+    if header is None or not _same_step(header, undone):
+        return None
+    return _settle_logs(beside, header)
+
+
+def _same_step(a: Header, b: Header) -> bool:
+    """Two logs of one rewrite: the same input and the same output, byte for byte."""
+    return a.input.sha256 == b.input.sha256 and a.output.sha256 == b.output.sha256
+
+
+def _settle_logs(log_path: Path, header: Header) -> Settled:
     """After an in-place undo with the file's own log: an in-place rewrite had moved the log it
     built on aside (:func:`archived_log`); it describes the file again and takes its name back,
     replacing the undone step's log. Otherwise (no base: the file is the original; a base kept
     elsewhere, ``--input-log``; or one deleted since) the undone step's log, which describes a file
     that no longer exists, is removed: left beside the file, every later scan warned of it and an
     in-place rewrite refused the file for it."""
-    base = log.header.base
+    base = header.base
     if base is not None:
         # Looked for beside the log, whatever directory the rewrite was run from.
         archived = log_path.with_name(Path(base.path).name)
@@ -918,9 +969,9 @@ def _settle_logs(log_path: Path, log: Log) -> Settled:
             right = False
         if right:
             os.replace(archived, log_path)
-            return Settled(log_path, archived)
+            return Settled(log_path, log_path, archived)
     log_path.unlink(missing_ok=True)
-    return Settled(None, None)
+    return Settled(log_path, None, None)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ import os
 import secrets
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -74,12 +73,14 @@ def atomic_write(
 def atomic_symlink(path: Path, target: str) -> None:
     """Replace ``path`` with a symbolic link to ``target``: made beside it under a temporary name
     and renamed over it, as every output is, so that ``path`` is never missing."""
-    temp = path.with_name(f"{_temp_prefix(path)}{secrets.token_hex(6)}{TMP_SUFFIX}")
-    os.symlink(target, temp)
+    temp = _temp_name(path, path.parent if str(path.parent) else Path("."))
     try:
+        os.symlink(target, temp)  # inside: a signal handled as it returns leaves no link behind
         os.replace(temp, path)
+    except FileExistsError:
+        raise  # the random name was another's: not ours to remove
     except BaseException:
-        temp.unlink(missing_ok=True)
+        _remove_quietly(temp)
         raise
 
 
@@ -249,7 +250,7 @@ def _write(
     if mode is None:
         mode = 0o644 if before is None else before.st_mode & 0o7777
     try:
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TMP_SUFFIX, dir=directory)
+        fd, tmp = _create_temp(path, directory)
     except OSError as e:
         raise OutputError(f"{path}: cannot write here ({e.strerror})") from None
     written = None
@@ -272,6 +273,30 @@ def _write(
         _remove_quietly(tmp)
         raise
     return Pending(path, tmp, durable, synced=sync, written=written)
+
+
+_TEMP_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _temp_name(path: Path, directory: Path, what: str = "") -> str:
+    """A new temporary name beside ``path``: ``.<name>.<random><what>.mcountrw-tmp``."""
+    return os.path.join(str(directory), f"{_temp_prefix(path)}{secrets.token_hex(6)}{what}{TMP_SUFFIX}")
+
+
+def _create_temp(path: Path, directory: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path``, open for reading and writing, mode 0600. Named before
+    it is made, so that an interruption just after the ``open`` removes it: a signal's handler runs
+    as the system call returns, and ``tempfile.mkstemp`` made the file inside, where Ctrl-C left it
+    behind (``.ext4.ko.<random>.mcountrw-tmp``, a prenop's worker interrupted in its ``open``)."""
+    while True:
+        tmp = _temp_name(path, directory)
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o600), tmp
+        except FileExistsError:
+            continue  # another's: never removed
+        except BaseException:  # an error (nothing made: O_EXCL) or a signal once it was made
+            _remove_quietly(tmp)
+            raise
 
 
 def _keep_owner(fd: int, before: os.stat_result) -> None:
@@ -309,6 +334,12 @@ def commit(pending: Pending) -> None:
     except OSError as e:
         pending.discard()
         raise OutputError(f"{pending.path}: {e.strerror or e}") from None
+    except BaseException:
+        # A signal handled as the rename returned: whether it was made, the file system says. Taken
+        # for not made, the file renamed was not put back (commit_all): a new log stayed beside the
+        # old file it does not describe.
+        pending.committed = not os.path.lexists(pending.tmp)
+        raise
     pending.committed = True
     if pending.durable:
         _fsync_dir(pending.path.parent if str(pending.path.parent) else Path("."))
@@ -350,11 +381,14 @@ def _keep(path: Path) -> str | None:
         return _ABSENT
     except OSError:
         return None
-    name = os.path.join(str(path.parent), f"{_temp_prefix(path)}{secrets.token_hex(6)}.previous{TMP_SUFFIX}")
+    name = _temp_name(path, path.parent, ".previous")
     try:
         os.link(path, name, follow_symlinks=False)
     except OSError:
         return None
+    except BaseException:  # a signal handled as the link returned: the link made goes
+        _remove_quietly(name)
+        raise
     return name
 
 

@@ -151,6 +151,12 @@ class FilePolicy:
     default: Verb
     rules_last_first: tuple[tuple[int, Rule], ...]
 
+    @property
+    def may_nop(self) -> bool:
+        """Whether any site of the file could be nopped: the default, or a rule that can match in
+        it, says nop. False: the policy keeps the whole file, whatever its sites are."""
+        return self.default is Verb.NOP or any(r.verb is Verb.NOP for _, r in self.rules_last_first)
+
     def decide(self, function: str | None, section: str) -> tuple[Verb, int | None]:
         """(verdict, index of the deciding rule, or None when the default decides)."""
         name = function or ""

@@ -40,7 +40,8 @@ new trailer; ``prenop --undo`` and ``--verify`` still recognise "the log's outpu
 trailer" for them.)
 
 Failures are per file: each failed file is reported with one line and left untouched; the others
-are still done.
+are still done. A refusal the run's settings decide alike for many files is found before the first
+write instead (:func:`refuse_signed_without_choice`): the tree is left as it was, not half done.
 """
 
 from __future__ import annotations
@@ -57,10 +58,11 @@ from typing import Final, NamedTuple, NoReturn
 
 from rewriter.batch import Entry, EntryKind, first_of_each, map_batches, name_named, tree_entries, tree_name
 from rewriter.edits import Append
-from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore
+from rewriter.elf.compress import MODULE_SUFFIXES, Compression, Restore, detect_compression
 from rewriter.elf.image import Image, Kind
+from rewriter.elf.modname import module_name
 from rewriter.elf.release import kernel_release
-from rewriter.elf.signature import TrailerError, parse_trailer
+from rewriter.elf.signature import MODULE_SIG_MAGIC, TrailerError, parse_trailer
 from rewriter.errors import LogError, OtherRelease, RewriteError, WordMismatch
 from rewriter.files import (
     ScanHints,
@@ -83,7 +85,7 @@ from rewriter.log import (
     read_header,
     render,
 )
-from rewriter.output import TMP_SUFFIX, NewFile, atomic_symlink, land, publish, stage
+from rewriter.output import TMP_SUFFIX, NewFile, Pending, atomic_symlink, land, publish, stage
 from rewriter.policy import Policy, Verb
 from rewriter.reading import not_a_file, open_regular, read_regular
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite, target_state
@@ -508,22 +510,42 @@ def _original_file(t: Target, log: Log, original: bytes, compression: Compressio
     return bytes(raw)
 
 
+class _Decided(NamedTuple):
+    """One file read and decided (:func:`_decide`): what :func:`prenop_target` rewrites."""
+
+    current: bytes  # the file's content as it is (decompressed)
+    compression: Compression
+    facts: Header | None  # its log's header, if it has a log
+    orig: _Original
+    image: Image  # the original
+    sc: Scan
+    chosen: list[Site]  # the sites the policy nops
+    rules: frozenset[int]
+
+
+def _decide(t: Target, settings: Settings) -> _Decided:
+    """Read ``t``, go back to its original by its log, scan that and decide every site with the
+    policy; raise what refuses the file."""
+    raw, current, compression = read_file(t.source)
+    facts = read_header(t.log)
+    orig = _original_of(t, raw, current, facts, settings.replace_stale_logs)
+    image = Image(t.source, orig.content, compression)
+    sc = scan(image, settings.hints.mcount_addr, settings.hints.generation)
+    refuse_contradicted_generation(image, sc)
+    _refuse_other_release(sc, settings.kernels)
+    if not orig.was_output and sc.records.zeroed:
+        _refuse_nopped_without_log(t, facts, sc.records.zeroed)
+    chosen, rules = _policy_choice(settings.policy, sc)
+    return _Decided(current, compression, facts, orig, image, sc, chosen, rules)
+
+
 def prenop_target(t: Target, settings: Settings, signer: Signer | None) -> tuple[FileReport, tuple[NewFile, ...]]:
     """Decide and rewrite one file in memory; return its report and what to write (see
     :func:`rewriter.output.publish`), in the order it must be published: the log before the
     file it undoes."""
-    raw, current, compression = read_file(t.source)
-    facts = read_header(t.log)
-    orig = _original_of(t, raw, current, facts, settings.replace_stale_logs)
+    current, compression, facts, orig, image, sc, chosen, rules = _decide(t, settings)
     original, was_output = orig.content, orig.was_output
-    image = Image(t.source, original, compression)
-    sc = scan(image, settings.hints.mcount_addr, settings.hints.generation)
-    refuse_contradicted_generation(image, sc)
-    _refuse_other_release(sc, settings.kernels)
     kernel_locs = settings.kernels.locs_for(sc.release)
-    if not was_output and sc.records.zeroed:
-        _refuse_nopped_without_log(t, facts, sc.records.zeroed)
-    chosen, rules = _policy_choice(settings.policy, sc)
     sign = signer is not None and image.kind is Kind.MODULE
     _check_signed(t, image, chosen, settings.strip_signature or sign)
     options = replace(
@@ -913,13 +935,20 @@ def _compute_then_publish(batch: Sequence[Target], compute: Compute) -> list[Fil
     writing: list[tuple[int, Future[None]]] = []
     with ThreadPoolExecutor(IO_THREADS) as io:
         for t in batch:
+            staged: list[Pending] = []
             try:
                 report, outputs = compute(t)
                 staged = stage(outputs) if outputs else []
+                if staged:
+                    writing.append((len(reports), io.submit(land, staged)))
+                    staged = []  # the I/O thread's now: it lands them whole, or removes them
             except Exception as e:  # _failure re-raises what is not a per-file failure
-                report, staged = _failure(t, e), []
-            if staged:
-                writing.append((len(reports), io.submit(land, staged)))
+                report = _failure(t, e)
+            finally:
+                # Staged and not handed over: a signal (or a failure) came between; nobody would land
+                # them, and their temporary files stayed in the tree.
+                for p in staged:
+                    p.discard()
             reports.append(report)
         for i, fut in writing:
             try:
@@ -962,10 +991,64 @@ def run(
     """Pre-nop every target; reports in the order of ``ts``. The modules are held to the loop of
     the vmlinux of their release named with them (:func:`_run_kernels`), and refused when none is."""
     settings = replace(settings, kernels=_run_kernels(ts, settings))
+    refuse_signed_without_choice(ts, settings)
     reports = _map(partial(_prenop_batch, settings=settings), ts, jobs, tick)
     if settings.dry_run or no_site_anywhere(reports):
         return reports
     return _copy_bare(ts, reports)
+
+
+def refuse_signed_without_choice(ts: Sequence[Target], settings: Settings) -> None:
+    """Before the first write of a run given no signature choice (neither ``--strip-signature`` nor
+    ``--sign-key``): refuse the run if a signed module would be nopped (PrenopError, exit 2, nothing
+    written). Found file by file, each such module failed once the vmlinux and the other modules
+    had been written: a signed tree (Debian's: ``modules_install`` signs every module) was left
+    half done, and only a rerun with the option did the rest. A module is decided here only when
+    its original may be signed and the policy may nop in it (:func:`_may_need_a_signature_choice`),
+    and the first refused ends the check; a module that fails otherwise fails in its turn, with its
+    own line. A dry run lists each such module instead (it writes nothing)."""
+    if settings.strip_signature or settings.signing is not None or settings.dry_run:
+        return
+    for t in ts:
+        try:
+            if not _may_need_a_signature_choice(t, settings.policy):
+                continue
+            d = _decide(t, settings)
+        except (RewriteError, OSError, ValueError, IndexError, OverflowError):
+            continue  # the run reports it in its turn
+        try:
+            _check_signed(t, d.image, d.chosen, resolved=False)
+        except RewriteError as e:
+            raise PrenopError(
+                f"{e}; the run is refused before its first write, as every signed module it nops would be "
+                "(nothing written)"
+            ) from None
+
+
+def _may_need_a_signature_choice(t: Target, policy: Policy) -> bool:
+    """Whether ``t`` is a module whose original may carry a signature (the file does, or its log
+    says the run that wrote it cut one off: a rerun applies the policy to the original) and in
+    which the policy may nop a site. Reads the file (an uncompressed one's end only, unless it is
+    signed), never scans it."""
+    if not _ends_signed(t.source):
+        header = read_header(t.log)
+        if header is None or not header.summary.get("signature_stripped"):
+            return False
+    _, content, compression = read_file(t.source)
+    image = Image(t.source, content, compression)
+    return image.kind is Kind.MODULE and policy.for_file(module_name(image)).may_nop
+
+
+def _ends_signed(path: Path) -> bool:
+    """Whether the file's content (decompressed) ends in a module signature's marker. An
+    uncompressed file is not read whole for it: a build tree's modules, with their debug
+    information, are gigabytes."""
+    with path.open("rb") as fh:
+        if detect_compression(fh.read(8)) is not Compression.NONE:
+            return read_file(path)[1].endswith(MODULE_SIG_MAGIC)
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(size - len(MODULE_SIG_MAGIC), 0))
+        return fh.read() == MODULE_SIG_MAGIC
 
 
 def no_site_anywhere(reports: Sequence[FileReport]) -> bool:

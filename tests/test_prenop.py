@@ -243,16 +243,20 @@ def test_a_stale_log_is_refused_unless_the_file_is_declared_new(corpus, tmp_path
     assert code == 0 and _row(out, "nopped")[0] == "1", out
 
 
-def test_signed_modules_need_a_signature_choice_and_only_they_fail(corpus, tmp_path: Path) -> None:
+def test_signed_modules_need_a_signature_choice_and_the_run_is_refused_before_any_write(corpus, tmp_path: Path) -> None:
+    """Only the signed module would fail, but the unsigned one is not written either: the run is
+    refused before its first write (it nopped the unsigned one and left the tree half done)."""
     tree = _small_tree(corpus, tmp_path / "tree", ("fs/binfmt_misc.ko",))
     fake = tmp_path / "tree/unsigned.ko"
     image = Image.load(tree / "fs/binfmt_misc.ko")
     fake.write_bytes(bytes(image.data[: image.elf_end]))
+    unsigned = _sha(fake)
     code, out = _cli("prenop", "--policy", KEEP_CORE, "--in-place", "--log-dir", tmp_path / "logs", tree)
     assert code == 2, out
     assert "binfmt_misc.ko: signed module" in out and "--sign-key/--sign-cert" in out
-    assert _row(out, "nopped")[0] == "1" and _row(out, "failed")[0] == "1"
+    assert "nothing written" in out and not (tmp_path / "logs").exists()
     assert _sha(tree / "fs/binfmt_misc.ko") == _sha(corpus.modules_dir / "fs/binfmt_misc.ko")
+    assert _sha(fake) == unsigned
 
 
 @pytest.mark.parametrize("kind", [Compression.XZ, Compression.GZIP, Compression.ZSTD])

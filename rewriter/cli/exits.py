@@ -170,4 +170,10 @@ def bad_input_if(errors: Sequence[str]) -> None:
 
 
 def interrupt(signum: int, frame: object) -> NoReturn:
+    """SIGINT and SIGTERM unwind the run as an exception; the later ones are spent (ignored) while
+    it unwinds: its clean-up removes the temporary files of what it was writing, and a second
+    Ctrl-C raised again in it and left them (`nop --in-place` of a vmlinux: ``.v.<random>.mcountrw-tmp``
+    beside it). SIGKILL still ends a run at once, leaving them."""
+    for each in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(each, signal.SIG_IGN)
     raise Interrupted(signum)

@@ -224,13 +224,12 @@ def prenop(
     settings = _settings(mode, args)
     _check_written(mode, args, inputs, report)
     _check_some_log(mode, ts)
-    with _locked(mode, args, wait) as made:
+    with _locked(mode, args, wait):
         n = workers(jobs)
         start = time.monotonic()
         reports = _execute(mode, ts, settings, n)
         copied = _copy_others(mode, inputs, reports)
         seconds = time.monotonic() - start
-        _remove_if_nothing_done(mode, reports, made)
     _finish(mode, args, settings, inputs, reports, copied, report)
     _print_time(seconds, n)
     _exit(mode, reports, copied)
@@ -268,12 +267,23 @@ def _exit(mode: Mode, reports: Sequence[FileReport], copied: Copied) -> None:
 def _copy_others(mode: Mode, inputs: Inputs, reports: Sequence[FileReport]) -> Copied:
     """-o of a tree: the entries that are no module copied as they are (``rewriter.prenop.copy_others``),
     so that OUT is the whole tree; not by a dry run, nor by a run that found nothing to do (it
-    writes nothing, :func:`_nothing_to_do_text`)."""
+    writes nothing, :func:`_nothing_to_do_text`), nor by one whose every file failed (OUT would
+    hold the tree's other entries and none of its modules; :func:`_locked` then removes the OUT it
+    made)."""
     from rewriter.prenop import Copied, copy_others
 
     if MODES[mode].dry_run or not inputs.copies or _nothing_to_do_text(mode, reports) is not None:
         return Copied(0, 0, ())
+    if _all_failed(reports):
+        return Copied(0, 0, ())
     return copy_others(inputs.copies)
+
+
+def _all_failed(reports: Sequence[FileReport]) -> bool:
+    """Every file of the run failed: it wrote none."""
+    from rewriter.prenop import Status
+
+    return bool(reports) and all(r.status is Status.FAILED for r in reports)
 
 
 def _print_copies(mode: Mode, args: _Args, inputs: Inputs, copied: Copied) -> None:
@@ -360,12 +370,14 @@ _REMAKES: Final = 10
 
 
 @contextlib.contextmanager
-def _locked(mode: Mode, args: _Args, wait: bool) -> Iterator[list[Path]]:
+def _locked(mode: Mode, args: _Args, wait: bool) -> Iterator[None]:
     """Make the output tree (:func:`_output_tree`) and hold the locks of the run
-    (:func:`_locked_paths`) for the ``with`` block, which gets the directories made (for a run that
-    finds nothing to do to remove: it writes nothing). A run that does not get them (another run
-    holds one and there is no ``--wait``, or it is interrupted while it waits) removes the
-    directories it made, so that a run refused for a lock leaves no directory behind either. The
+    (:func:`_locked_paths`) for the ``with`` block; then remove the directories made that are
+    still empty (:func:`_remove_empty`): a command that wrote nothing leaves nothing behind,
+    however it ended (nothing to do, every file failed, refused before its first write,
+    interrupted). It left an empty OUT, "by design", when every file failed. A run that does not
+    get the locks (another run holds one and there is no ``--wait``, or it is interrupted while it
+    waits) removes them too, so that a run refused for a lock leaves no directory behind either. The
     tree is made before the locks are taken, not after: every path is then locked in the one
     order of ``rewriter.lock``, and two runs that would both create the tree meet at its lock.
     A run that waited on a tree another run made, and then removed when it was refused
@@ -385,7 +397,10 @@ def _locked(mode: Mode, args: _Args, wait: bool) -> Iterator[list[Path]]:
                 raise
         else:
             raise ArgumentError(f"{tree}: removed {_REMAKES} times while this run waited to lock it")
-        yield made
+        try:
+            yield
+        finally:
+            _remove_empty(made)
 
 
 def _output_tree(mode: Mode, args: _Args) -> Path | None:
@@ -431,22 +446,12 @@ def _make_tree(tree: Path | None) -> list[Path]:
     return missing
 
 
-def _remove_if_nothing_done(mode: Mode, reports: Sequence[FileReport], made: Sequence[Path]) -> None:
-    """A run with nothing to do writes nothing (:func:`_nothing_to_do_text`), not even the output
-    tree it made: it exited 1 and left an empty OUT (with a copy of each file, before
-    ``rewriter.prenop.no_site_anywhere``)."""
-    if _nothing_to_do_text(mode, reports) is not None:
-        _remove_empty(made)
-
-
 def _remove_empty(made: Sequence[Path]) -> None:
     """Remove the directories ``made`` (outermost first) that are still empty, innermost first.
     Only empty ones: another run that found the tree just made and took it over (it holds its
     lock) may have written into it. A run that waited (``--wait``) on the lock of a tree removed
     here finds, once it has the lock, that the path names nothing (``rewriter.lock``'s check of
-    the locked inode): it makes the tree again and locks the new one (:func:`_locked`). Only a
-    run refused for a lock, or one that found nothing to do, removes its tree, not one whose
-    files all failed."""
+    the locked inode): it makes the tree again and locks the new one (:func:`_locked`)."""
     for d in reversed(made):
         try:
             d.rmdir()
@@ -568,6 +573,9 @@ def _incomplete_output(mode: Mode, args: _Args, reports: Sequence[FileReport]) -
     failed = [r for r in reports if r.status is Status.FAILED]
     if takes.dry_run or args.output is None or not failed:
         return ""
+    if _all_failed(reports):
+        every = "the one file" if len(failed) == 1 else f"all {len(failed):,} files"
+        return f"nothing written to {args.output}: {every} failed (the lines above); an OUT this run made is removed"
     return (
         f"{args.output} is incomplete: {counted(len(failed), 'file')} failed and "
         f"{'is' if len(failed) == 1 else 'are'} not written there (the lines above; a copy an earlier run "

@@ -557,14 +557,22 @@ def undo(
     base = done.log.header.base
     if done.already_input:
         _print_already_undone(patched, log, done)
+        if done.settled is not None:  # in place: the log beside it settled as the undo would have
+            _print_settled(done, log)
         return
     what = "the original" if base is None else "the input of the step undone, not the original"
     if done.sha256 != done.log.header.input.sha256:  # the file undone was stored otherwise (decompressed)
         what = f"{what}'s content, stored as {patched} was, not the log's {done.log.header.input.sha256[:16]}..."
     _say(f"wrote {done.output} (sha256 {done.sha256[:16]}..., {what})", err=True)
+    _print_settled(done, log)
+
+
+def _print_settled(done: Undone, log: Path) -> None:
+    """What became of the log beside the file undone in place, and where the step before's is."""
+    base = done.log.header.base
     settled = done.settled
     if settled is not None and settled.beside is None:
-        _say(f"removed {log}: the step it describes is undone", err=True)
+        _say(f"removed {settled.log}: the step it describes is undone", err=True)
     elif settled is not None:
         back = f"its own log is back at {settled.beside} (from {settled.came_from})"
         _say(f"{back}: undo with it for the step before", err=True)

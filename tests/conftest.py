@@ -173,3 +173,34 @@ def policy_file(directory: Path, text: str) -> Path:
     path = directory / "p.policy"
     path.write_text(text)
     return path
+
+
+SCAN_COLUMNS = ("call slot", "section", "variant", "file->boot", "file->load", "rec", "traceable", "function")
+
+
+def scan_table(text: str) -> list[dict[str, str]]:
+    """The site rows of every table in scan's text output, each as {column header: cell}, read
+    by where the header line puts each column (the call slot is right-aligned; the function runs
+    to the end of the row, less a ``  [stub area]`` after it, which is ``"[stub area]"``). A row
+    has the columns its table shows, and ``"every site"``: the text of the line above the table
+    that says the columns it drops (the same for every site), or ``""``."""
+    rows: list[dict[str, str]] = []
+    lines = text.splitlines()
+    for n, header in enumerate(lines):
+        if not header.lstrip().startswith("call slot"):
+            continue
+        every = lines[n - 1].removeprefix("  every site: ") if lines[n - 1].startswith("  every site: ") else ""
+        names = [c for c in SCAN_COLUMNS if f"  {c}" in header or header.lstrip().startswith(c)]
+        starts = [header.index(c) for c in names]
+        slot_end = header.index("call slot") + len("call slot")
+        for line in lines[n + 1 :]:
+            if not line.startswith("  ") or line.startswith("  ... "):
+                break
+            row = {"every site": every, "call slot": line[:slot_end].strip()}
+            for c, start, end in zip(names[1:], starts[1:], [*starts[2:], None], strict=True):
+                row[c] = line[start:end].strip() if end is not None else line[start:]
+            if "[stub area]" in header and "  [" in row["function"]:
+                row["function"], stub = row["function"].rsplit("  [", 1)
+                row["[stub area]"] = "[" + stub
+            rows.append(row)
+    return rows

@@ -421,8 +421,10 @@ def _after_all(totals: Totals) -> str:
 
 def table_lines(result: Scan, limit: int | None) -> list[str]:
     """A summary line, notes (why sites are untraceable, ool stubs), then one aligned line per
-    site (``limit`` lines at most). The state column is ``file->boot`` (a module's ``file->load``): a patchable site's
-    ``nopped->disabled`` is traceable, although its file words are two nops."""
+    site (``limit`` lines at most), the function last; a column the same for every site is said
+    once, in an ``every site:`` line above the table (:func:`_site_rows`). The state column is
+    ``file->boot`` (a module's ``file->load``): a patchable site's ``nopped->disabled`` is
+    traceable, although its file words are two nops."""
     return _table(result, limit)[0]
 
 
@@ -435,48 +437,120 @@ def _table(result: Scan, limit: int | None) -> tuple[list[str], Totals]:
     lines = [_head(result, totals), *_notes(result, boot, why)]
     shown = result.sites if limit is None else result.sites[:limit]
     if shown:
-        state = "file->load" if result.kind is Kind.MODULE else "file->boot"  # a module's init runs as it loads
-        rows = [("call slot", "section", "variant", state, "rec", "traceable", "function")]
-        rows += [_cells(site, untraceable(site, boot), result.listed.get(site.place)) for site in shown]
-        lines += _aligned(rows)
+        lines += _site_rows(result, boot, why, shown)
     if len(shown) < len(result.sites):
         lines.append(f"  ... {len(result.sites) - len(shown)} more (use --all, --format json or csv)")
     return lines, totals
 
 
-Row = tuple[str, str, str, str, str, str, str]
+Row = tuple[str, str, str, str, str, str, str, str]
+"""One site's cells: call slot, section, variant, file->boot state, rec, traceable, function, stub."""
 
-_MIN_WIDTHS: Final = (20, 12, 12, 19, 5, 13)
-"""The narrowest each column but the last (the function) is printed: one image's table keeps its
-columns at these widths unless a cell is longer (e.g. the section of a ``-ffunction-sections``
-object), and then the whole column widens with it."""
+_HEADERS: Final[Row] = ("call slot", "section", "variant", "file->boot", "rec", "traceable", "function", "[stub area]")
+_LOAD_HEADERS: Final[Row] = (
+    "call slot",
+    "section",
+    "variant",
+    "file->load",
+    "rec",
+    "traceable",
+    "function",
+    "[stub area]",
+)
+_SLOT, _SECTION, _VARIANT, _STATE, _REC, _TRACEABLE, _FUNCTION, _STUB = range(len(_HEADERS))
+_REC_SAID: Final = {"rec": "recorded", "UNREC": "unrecorded (UNREC)", "LOG": "known only from the patch log (LOG)"}
+
+
+def _site_rows(result: Scan, boot: Boot, why: Counter[Untraceable | None], shown: Sequence[Site]) -> list[str]:
+    """The ``every site:`` line, then the column headers and one row per shown site.
+
+    A table must read on an 80-column terminal, where the function (what a developer looks for)
+    comes last, as in ``objdump -t``, ``readelf -s`` and ``perf report``. So a column whose cell
+    is the same for every site of the image (not only the rows shown: a pristine kernel's
+    variant, state and record) is dropped and said once, in the ``every site:`` line; and a
+    module's or object's section is in its call slot (``.text+0x14``)."""
+    header = _LOAD_HEADERS if result.kind is Kind.MODULE else _HEADERS  # a module's init runs as it loads
+    same = _same_for_every_site(result, why)
+    said = [_every_site_text(i, value, header[_STATE]) for i, value in sorted(same.items()) if value]
+    kept = [i for i in range(_FUNCTION) if i not in same]
+    rows = [_cells(site, untraceable(site, boot), result.listed.get(site.place)) for site in shown]
+    lines = [f"  every site: {', '.join(said)}"] if said else []
+    return lines + _aligned([header, *rows], kept, with_stub=_STUB not in same)
+
+
+def _same_for_every_site(result: Scan, why: Counter[Untraceable | None]) -> dict[int, str]:
+    """The optional columns whose cell is one value for every site of the image, by column; ``""``
+    for one the ``every site:`` line need not name: a relocatable file's section (its call slots
+    name it), and the stub of an image whose sites have none (not ool; an ool site without one
+    says so in its state, ``NO-STUB``)."""
+    sites = result.sites
+    values = {
+        _SECTION: {s.section for s in sites} if result.kind in _LINKED else {""},
+        _VARIANT: {s.variant.value for s in sites},
+        _STATE: {_state_cell(s) for s in sites},
+        _REC: {_rec_cell(s) for s in sites},
+        _TRACEABLE: {_traceable_cell(reason) for reason in why},
+        _STUB: {f"[{s.stub}]" if s.stub else "" for s in sites},
+    }
+    return {i: cells.pop() for i, cells in values.items() if len(cells) == 1}
+
+
+def _every_site_text(column: int, value: str, state: str) -> str:
+    """How the ``every site:`` line says a column's one value."""
+    if column == _SECTION:
+        return f"in {value}"
+    if column == _STATE:
+        return f"{state} {value}"
+    if column == _REC:
+        return _REC_SAID[value]
+    if column == _TRACEABLE:
+        return "traceable" if value == "yes" else f"not traceable ({value.removeprefix('NO ')})"
+    if column == _STUB:
+        return f"ool stub in {value.strip('[]')}"
+    return f"variant {value}"
 
 
 def _cells(site: Site, reason: Untraceable | None, listed: str | None = None) -> Row:
-    """One site's row: call slot, section, variant, file->boot state, record, traceable, function.
-    ``listed``: for a site in no function, the name ftrace lists it under (``Scan.listed``: a weak
-    body within reach of the symbol before it), which set_ftrace_filter and policies match."""
+    """One site's row: call slot, section, variant, file->boot state, record, traceable, function,
+    stub. ``listed``: for a site in no function, the name ftrace lists it under (``Scan.listed``:
+    a weak body within reach of the symbol before it), which set_ftrace_filter and policies match."""
     function = site.function or ("?" if listed is None else f"? (listed as {listed})")
     return (
         site.place_text,
         site.section,
         site.variant.value,
-        f"{site.state.value}->{_boot_text(site) if site.boot_state else _boot_text(site).upper()}",
-        "LOG" if site.source is Source.LOG else "rec" if site.recorded else "UNREC",
-        "yes" if reason is None else f"NO {reason.value}",
-        function + (f"  [{site.stub}]" if site.stub else ""),
+        _state_cell(site),
+        _rec_cell(site),
+        _traceable_cell(reason),
+        function,
+        f"[{site.stub}]" if site.stub else "",
     )
 
 
-def _aligned(rows: Sequence[Row]) -> list[str]:
-    """The rows as lines, each column as wide as its widest cell (at least :data:`_MIN_WIDTHS`):
-    the call slot right-aligned, the rest left-aligned, the function last and unpadded."""
-    widths = [max(low, *(len(row[i]) for row in rows)) for i, low in enumerate(_MIN_WIDTHS)]
-    place, section, variant, states, rec, trace = widths
-    return [
-        f"  {r[0]:>{place}}  {r[1]:<{section}} {r[2]:<{variant}} {r[3]:<{states}} {r[4]:<{rec}} {r[5]:<{trace}} {r[6]}"
-        for r in rows
-    ]
+def _state_cell(site: Site) -> str:
+    """``file->boot``: the state in the file, and after boot init (in capitals when init fails it)."""
+    return f"{site.state.value}->{_boot_text(site) if site.boot_state else _boot_text(site).upper()}"
+
+
+def _rec_cell(site: Site) -> str:
+    return "LOG" if site.source is Source.LOG else "rec" if site.recorded else "UNREC"
+
+
+def _traceable_cell(reason: Untraceable | None) -> str:
+    return "yes" if reason is None else f"NO {reason.value}"
+
+
+def _aligned(rows: Sequence[Row], kept: Sequence[int], with_stub: bool) -> list[str]:
+    """The ``kept`` columns of the rows, then the function (last and unpadded, so that a long
+    name runs past), then the stub area when it differs between sites; each column as wide as
+    its widest cell, the call slot right-aligned, the rest left-aligned."""
+    widths = {i: max(len(row[i]) for row in rows) for i in kept}
+    lines = []
+    for row in rows:
+        cells = [f"{row[i]:>{widths[i]}}" if i == _SLOT else f"{row[i]:<{widths[i]}}" for i in kept]
+        tail = f"{row[_FUNCTION]}  {row[_STUB]}" if with_stub and row[_STUB] else row[_FUNCTION]
+        lines.append("  " + "  ".join([*cells, tail]).rstrip())
+    return lines
 
 
 def _head(result: Scan, totals: Totals) -> str:

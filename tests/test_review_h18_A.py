@@ -1,0 +1,145 @@
+"""Review h18, helper A: the text a kernel developer reads at an 80-column terminal (scan's
+table, the reason texts, every command's text output)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from boot import require_kernel
+from conftest import FIXTURES, invoke, scan_table
+
+# -- scan's table at 80 columns --------------------------------------------------------------
+
+
+def _table_and_json(*args: object) -> tuple[str, list[dict[str, Any]]]:
+    table = invoke("scan", "--all", *args)
+    assert table.exit_code == 0, table.output
+    doc = invoke("scan", "--format", "json", *args)
+    assert doc.exit_code == 0, doc.output
+    return table.stdout, json.loads(doc.stdout)["images"]
+
+
+def _said(row: dict[str, str], column: str, every: str) -> str | None:
+    """A dropped column's one value, as the ``every site:`` line says it (None if it does not)."""
+    for part in row["every site"].split(", "):
+        if part.startswith(every):
+            return part.removeprefix(every)
+    return row.get(column)
+
+
+def _boot_cell(site: dict[str, Any], cell: str) -> bool:
+    state, boot = cell.split("->")
+    if site["boot_state"] is not None:
+        return (state, boot) == (site["state"], site["boot_state"])
+    return state == site["state"] and boot in ("REFUSED", "NO-STUB")
+
+
+def _assert_every_fact_kept(table: str, images: list[dict[str, Any]]) -> None:
+    """Each site of the JSON, in order, is a row of the table that says (in its cells, or in the
+    ``every site:`` line for a column the table drops) its call slot, section, variant, states,
+    record, whether it is traceable, its function and its stub area."""
+    rows = scan_table(table)
+    sites = [(image, s) for image in images for s in image["sites"]]
+    assert len(rows) == len(sites) > 0
+    for row, (image, site) in zip(rows, sites, strict=True):
+        linked = site["address"] is not None
+        slot = f"{site['address']:#x}" if linked else f"{site['section']}+{site['offset']:#x}"
+        assert row["call slot"] == slot, row
+        if linked:
+            assert _said(row, "section", "in ") == site["section"], row
+        variant = _said(row, "variant", "variant ")
+        assert variant == site["variant"], row
+        state = "file->load" if image["kind"] == "module" else "file->boot"
+        assert _boot_cell(site, _said(row, state, f"{state} ") or ""), row
+        rec = "LOG" if site["source"] == "log" else "rec" if site["recorded"] else "UNREC"
+        said = {"recorded": "rec", "unrecorded (UNREC)": "UNREC", "known only from the patch log (LOG)": "LOG"}
+        every = set(row["every site"].split(", "))
+        assert row.get("rec", next((v for k, v in said.items() if k in every), None)) == rec, row
+        traceable = row.get("traceable") or ("yes" if "traceable" in every else "NO")
+        assert traceable.startswith("yes" if site["traceable"] else "NO"), row
+        function = site["function"] or ("?" if site["listed_as"] is None else f"? (listed as {site['listed_as']})")
+        assert row["function"] == function, row
+        stub = row.get("[stub area]") or _said(row, "[stub area]", "ool stub in ") or ""
+        assert stub.strip("[]") == (site["stub"] or ""), row
+
+
+def _header_and_rows(table: str) -> list[tuple[str, list[str]]]:
+    """(column header line, its rows) of each table in the text."""
+    lines = table.splitlines()
+    out = []
+    for n, line in enumerate(lines):
+        if line.lstrip().startswith("call slot"):
+            rows = []
+            for row in lines[n + 1 :]:
+                if not row.startswith("  ") or row.startswith("  ... "):
+                    break
+                rows.append(row)
+            out.append((line, rows))
+    return out
+
+
+def _assert_reads_at_80_columns(table: str, function_by: int) -> None:
+    """The function (what a developer looks for) starts by column ``function_by`` of every row,
+    so that a name of 80 - ``function_by`` characters ends by column 80 (an ool stub area may
+    run past it, after the name)."""
+    for header, rows in _header_and_rows(table):
+        start = header.index("function")
+        assert start <= function_by, header
+        for row in rows:
+            assert row[start - 2 : start] == "  " and row[start] != " ", (header, row)
+
+
+@pytest.mark.parametrize(
+    ("name", "function_by"),
+    [("prof-le", 48), ("std-le", 48), ("std-le.o", 48), ("patchable-le.o", 48), ("ool-be.o", 48),
+     ("anom-unrecorded", 56), ("anom-broken", 56)],
+)  # fmt: skip
+def test_the_scan_table_of_a_fixture_keeps_every_fact_and_reads_at_80_columns(name: str, function_by: int) -> None:
+    """The table ran to the function at column 86 (94 with a kernel's addresses), past an
+    80-column terminal: each row wrapped. The function now comes by column 48, and the columns
+    the same for every site (variant, states, record...) are said once, above the table; no fact
+    of the JSON is lost (mprofile-std's variant included). Where states, records and reasons
+    differ between sites, by column 56."""
+    table, images = _table_and_json(FIXTURES / "bin" / name)
+    _assert_every_fact_kept(table, images)
+    _assert_reads_at_80_columns(table, function_by=function_by)
+
+
+def test_a_rewritten_images_table_keeps_its_log_sites_and_reads_at_80_columns(tmp_path: Path) -> None:
+    """Sites from a patch log (LOG), beside sites the image shows: states, records and reasons
+    differ between rows, so those columns stay, and the function still starts by column 56."""
+    out = tmp_path / "prog.nop"
+    done = invoke("nop", FIXTURES / "bin" / "prof-le", "--exclude", "leaf_add", "--drop-records", "-o", out)
+    assert done.exit_code == 0, done.output
+    table, images = _table_and_json(out)
+    assert {r["rec"] for r in scan_table(table)} == {"rec", "LOG"}
+    _assert_every_fact_kept(table, images)
+    _assert_reads_at_80_columns(table, function_by=56)
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("kernel", ["6.1", "6.12", "7.2"])
+def test_a_corpus_kernels_table_keeps_every_fact_and_reads_at_80_columns(kernel: str) -> None:
+    """`scan <6.12 vmlinux>` printed rows like ``0xc00000000000faec  .text  patchable
+    nopped->disabled  rec  yes  __traceiter_initcall_level``: the function at column 94. Now by
+    column 48 on all three generations (--all: every row), every site's facts kept."""
+    table, images = _table_and_json(require_kernel(kernel).vmlinux)
+    _assert_every_fact_kept(table, images)
+    _assert_reads_at_80_columns(table, function_by=48)
+    default = invoke("scan", require_kernel(kernel).vmlinux).stdout
+    assert len(scan_table(default)) == 20 and "every site: variant " in default
+
+
+@pytest.mark.corpus
+def test_a_module_trees_tables_keep_every_fact_and_close_with_the_total() -> None:
+    """Several modules: a table each, the function by column 24 (a module's call slot names its
+    section), and the total line after the last."""
+    tree = require_kernel("6.12").modules_dir / "fs" / "nls"
+    table, images = _table_and_json(tree)
+    _assert_every_fact_kept(table, images)
+    _assert_reads_at_80_columns(table, function_by=24)
+    assert len(_header_and_rows(table)) == sum(1 for i in images if i["sites"]) > 1
+    assert table.splitlines()[-1].startswith(f"total: {len(images)} images, ")

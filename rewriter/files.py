@@ -67,7 +67,7 @@ from rewriter.output import (
     same_place,
     write_temp,
 )
-from rewriter.prose import counted, with_article
+from rewriter.prose import agreeing, counted, with_article
 from rewriter.reading import file_at, read_regular, read_regular_mutable
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
 from rewriter.sites import (
@@ -752,7 +752,7 @@ def check_something_to_do(
         return
     missing = unmatched_selection(sites, selection)
     if missing:
-        verb = "matches" if len(missing) == 1 else "match"
+        verb = agreeing(len(missing), "matches", "match")
         extra = [*record_not_slot(sites, selection), *_unrecorded_hint(image, found, sites, log_aside)]
         said = "".join(f"; {h}" for h in extra)
         raise NothingToDo(f"{image.path}: {', '.join(missing)}: {verb} none of its {counted(len(sites), 'site')}{said}")

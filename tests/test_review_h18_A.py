@@ -4,12 +4,16 @@ table, the reason texts, every command's text output)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from boot import require_kernel
 from conftest import FIXTURES, invoke, scan_table
+
+from rewriter.boot import WHY, Untraceable, why_text
+from rewriter.prose import agreeing
 
 # -- scan's table at 80 columns --------------------------------------------------------------
 
@@ -143,3 +147,50 @@ def test_a_module_trees_tables_keep_every_fact_and_close_with_the_total() -> Non
     _assert_reads_at_80_columns(table, function_by=24)
     assert len(_header_and_rows(table)) == sum(1 for i in images if i["sites"]) > 1
     assert table.splitlines()[-1].startswith(f"total: {len(images)} images, ")
+
+
+# -- counted reasons agree with their count ---------------------------------------------------
+
+
+def test_one_unrecorded_site_is_it_not_them() -> None:
+    """`scan` of a program with one unrecorded site said "1 unrecorded: no kernel record: ftrace
+    never patches them"."""
+    table = invoke("scan", FIXTURES / "bin" / "anom-unrecorded").stdout
+    assert "  not traceable: 1 unrecorded: no kernel record: ftrace never patches it\n" in table
+
+
+@pytest.mark.parametrize("reason", list(Untraceable))
+def test_every_reason_text_agrees_with_one_site_and_with_several(reason: Untraceable) -> None:
+    """Each reason is said of one site in the singular, of several in the plural: one table,
+    one helper (``prose.agreeing``) that picks."""
+    one, many = why_text(reason, 1), why_text(reason, 2)
+    assert (one, many) == (agreeing(1, *WHY[reason]), agreeing(2, *WHY[reason]))
+    assert not re.search(r"\b(them|their|they|bodies|functions)\b", one), one
+    assert why_text(reason, 0) == many
+
+
+@pytest.mark.corpus
+def test_a_modules_one_init_site_drops_its_record_not_theirs(tmp_path: Path) -> None:
+    """nls_utf8 has one traceable init site: the note said "1 of the traceable sites is in init
+    sections: ... drops their records"."""
+    from boot import unsigned_module
+
+    ko = unsigned_module("6.12", "fs/nls/nls_utf8.ko*", tmp_path / "nls_utf8.ko")
+    (note,) = [line for line in invoke("scan", ko).stdout.splitlines() if line.startswith("  init text: ")]
+    assert note.startswith("  init text: 1 of the traceable sites is in init sections: "), note
+    assert "drops its record (ftrace_free_mem() in do_init_module())" in note, note
+
+
+def test_policy_checks_one_nopped_site_and_one_module_in_the_singular() -> None:
+    """`policy check`'s warning said "the vmlinux: nop on 1 site drops their records" and "1
+    module: nop on 2 sites ... prenop refuses them"."""
+    from rewriter.generations import Generation
+    from rewriter.locs import ZERO_ADJUSTED, Locs
+    from rewriter.policy import SiteFacts, Tally, parse
+
+    t = Tally(parse("default keep\nnop *_slow\n", "p"))
+    t.add_file("m", [SiteFacts("a_slow", ".text"), SiteFacts("b_slow", ".text")], Generation.PATCHABLE)
+    t.add_file(None, [SiteFacts("e_slow", ".text")], Generation.PATCHABLE, Locs.ADJUSTS_FIRST)
+    vmlinux, module = [w for w in t.warnings() if ZERO_ADJUSTED in w]
+    assert vmlinux.startswith("the vmlinux: nop on 1 site drops its record, but "), vmlinux
+    assert module.startswith("1 module: nop on 2 sites drops their records, ") and module.endswith("refuses it")

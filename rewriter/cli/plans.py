@@ -16,7 +16,7 @@ from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, PlanFormatError
 from rewriter.generations import Generation, Variant
 from rewriter.plan import Cmodx, Route, notes
-from rewriter.prose import printable
+from rewriter.prose import agreeing, printable
 from rewriter.states import SiteState
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def _check_offline_options(
     options = (("--tasks", tasks), ("--entries", entries), ("--stale-fetch", stale_fetch or None), ("--cmodx", cmodx))
     given = [option for option, value in options if value is not None]
     if given:
-        verb = "does" if len(given) == 1 else "do"
+        verb = agreeing(len(given), "does", "do")
         raise ArgumentError(
             f"{name}: an offline plan is checked with no task running: {', '.join(given)} {verb} not apply"
         )

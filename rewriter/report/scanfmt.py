@@ -84,11 +84,11 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 
 from rewriter import arrays
-from rewriter.boot import WHY, Boot, Untraceable, boot_of, init_only, untraceable, why_counts
+from rewriter.boot import Boot, Untraceable, boot_of, init_only, untraceable, why_counts, why_text
 from rewriter.elf.image import Kind, index_name
 from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation, Variant
-from rewriter.prose import counted, printable
+from rewriter.prose import Said, agreeing, counted, printable
 from rewriter.records import nonzero_records
 from rewriter.sites import NOT_BUILT_FOR_FTRACE, Scan, Site, Source, lacks_stub, override_text, summary
 
@@ -584,11 +584,8 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
     logged = _by_source(result.sites)[Source.LOG]
     log = None if result.log is None else printable(str(result.log))
     if log is not None and logged:
-        its, they = ("its", "it") if logged == 1 else ("their", "them")
         out.append(
-            f"  LOG: {counted(logged, 'site')} known only from the patch log {log} (an earlier rewrite "
-            f"dropped {its} record{'s' if logged > 1 else ''}, and {its} words call nothing: no scan of the file "
-            f"finds {they})"
+            f"  LOG: {counted(logged, 'site')} known only from the patch log {log} {agreeing(logged, *_UNFOUND)}"
         )
     elif log is not None:
         out.append(f"  LOG: the patch log {log} was read; the file itself shows every site it names")
@@ -608,11 +605,12 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
         out.append("  no function symbols: sites are unnamed" + _blind(result.generation, result.weak_max_offset))
     for reason in Untraceable:
         if why[reason]:
-            out.append(f"  not traceable: {why[reason]} {reason.value}: {WHY[reason]}")
+            out.append(f"  not traceable: {why[reason]} {reason.value}: {why_text(reason, why[reason])}")
     init = _traceable_in_init(result, boot) if why[None] else 0
     if init:
-        verb = "is" if init == 1 else "are"
-        out.append(f"  init text: {init} of the traceable sites {verb} {_INIT_ONLY[result.kind is Kind.MODULE]}")
+        out.append(
+            f"  init text: {init} of the traceable sites {agreeing(init, *_INIT_ONLY[result.kind is Kind.MODULE])}"
+        )
     stubs = stubs_json(result)
     if stubs:
         out.append("  " + _stubs_line(stubs, result.records.count, boot.stub_unknown, result.not_loaded is not None))
@@ -632,11 +630,10 @@ def _zeroed_text(zeroed: int, linked: bool) -> str:
     records (the sites behind them, nopped, call nothing and only its log names them), or, in a
     linked image, the linker's padding between the objects' record tables (why the kernel's
     ftrace_process_locs() skips a zero: "Some architecture linkers will pad between ...")."""
-    hold = "holds" if zeroed == 1 else "hold"
     return (
-        f"{counted(zeroed, 'record slot')} {hold} 0: what a rewrite that drops records leaves (mcountrw nop "
-        "--drop-records, prenop), whose patch log names the sites it nopped (none was read: "
-        "--log, --log-dir)" + (", or the linker's padding between record tables" if linked else "")
+        f"{counted(zeroed, 'record slot')} {agreeing(zeroed, 'holds', 'hold')} 0: what a rewrite that drops "
+        "records leaves (mcountrw nop --drop-records, prenop), whose patch log names the sites it nopped "
+        "(none was read: --log, --log-dir)" + (", or the linker's padding between record tables" if linked else "")
     )
 
 
@@ -658,11 +655,24 @@ def _load_lines(result: Scan, boot: Boot) -> list[str]:
     return out
 
 
+_UNFOUND: Final = Said(
+    "(an earlier rewrite dropped its record, and its words call nothing: no scan of the file finds it)",
+    "(an earlier rewrite dropped their records, and their words call nothing: no scan of the file finds them)",
+)
+
 _INIT_ONLY: Final = {
-    False: "in init sections: traced while the kernel boots, until it frees init memory and drops their "
-    "records (ftrace_free_init_mem()); available_filter_functions never lists them",
-    True: "in init sections: traced while the module initialises, until the loader frees its init memory "
-    "and drops their records (ftrace_free_mem() in do_init_module())",
+    False: Said(
+        "is in init sections: traced while the kernel boots, until it frees init memory and drops its record "
+        "(ftrace_free_init_mem()); available_filter_functions never lists it",
+        "are in init sections: traced while the kernel boots, until it frees init memory and drops their records "
+        "(ftrace_free_init_mem()); available_filter_functions never lists them",
+    ),
+    True: Said(
+        "is in init sections: traced while the module initialises, until the loader frees its init memory and "
+        "drops its record (ftrace_free_mem() in do_init_module())",
+        "are in init sections: traced while the module initialises, until the loader frees its init memory and "
+        "drops their records (ftrace_free_mem() in do_init_module())",
+    ),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +195,37 @@ def test_policy_checks_one_nopped_site_and_one_module_in_the_singular() -> None:
     vmlinux, module = [w for w in t.warnings() if ZERO_ADJUSTED in w]
     assert vmlinux.startswith("the vmlinux: nop on 1 site drops its record, but "), vmlinux
     assert module.startswith("1 module: nop on 2 sites drops their records, ") and module.endswith("refuses it")
+
+
+# -- a =2,2 build under --generation ----------------------------------------------------------
+
+_NOPS_BEFORE = ("records at nops just before a function's entry", "-fpatchable-function-entry=M,N, N > 0")
+
+
+@pytest.mark.parametrize("endian", ["powerpc64", "powerpc64le"])
+@pytest.mark.parametrize("kind", ["program", "object"])
+@pytest.mark.parametrize("given", [None, "ool", "patchable", "mprofile"])
+def test_a_2_2_build_is_refused_whatever_generation_is_given(
+    tmp_path: Path, endian: str, kind: str, given: str | None
+) -> None:
+    """``-fpatchable-function-entry=2,2`` puts both nops before the entry: no kernel's layout.
+    Without --generation (and with patchable) scan refused it by name; ``--generation ool`` read
+    its records in ool's one-word layout, which reaches no entry, and listed every site as an
+    ool weak body (``--generation mprofile``: an ftrace bug at boot). The layout is the build's:
+    one line, exit 2, under every --generation, naming the option the contents contradict."""
+    from boot import require_tool
+    from conftest import assert_one_line
+
+    cc = require_tool(f"{endian}-linux-gnu-gcc")
+    src, out = tmp_path / "f.c", tmp_path / ("f" if kind == "program" else "f.o")
+    src.write_text("int g;\nint f(int x) { return g + x; }\nint h(int y) { return y * 3; }\nvoid _start(void) { }\n")
+    link = ["-nostdlib", "-static", "-Wl,-e,_start"] if kind == "program" else ["-c"]
+    subprocess.run(
+        [cc, "-O2", "-fno-pie", "-fpatchable-function-entry=2,2", *link, str(src), "-o", str(out)], check=True
+    )
+    option = [] if given is None else ["--generation", given]
+    line = assert_one_line(invoke("scan", *option, out), 2, "error", *_NOPS_BEFORE)
+    assert (f"--generation {given} reads the {given} layout, not this one" in line) is (given in ("ool", "mprofile"))
+    nopped = tmp_path / "f.nop"
+    assert_one_line(invoke("nop", *option, out, "-o", nopped), 2, "error", *_NOPS_BEFORE)
+    assert not nopped.exists()

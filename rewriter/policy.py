@@ -446,18 +446,18 @@ class Tally:
         for m in self.module_nops:
             if kernels.refuse(m.release):
                 by_release.setdefault(m.release, []).append(m)
-        one = len(kernels.known) == 1
-        theirs = "the vmlinux is" if one else "the vmlinux images are"
+        theirs = agreeing(len(kernels.known), "the vmlinux is", "the vmlinux images are")
+        loads = agreeing(len(kernels.known), "not the kernel that loads", "none loads")
         lines = []
         for release, modules in by_release.items():  # one line per release: each names what it was built for
             more = len(modules) - 1
-            them = "them" if more else "it"
+            them = agreeing(len(modules), "it", "them")
             # The table above counted their sites as the policy decides them; prenop writes none.
             sites = counted(sum(m.sites for m in modules), "site")
             lines.append(
                 f"module {modules[0].name}{and_more(more, 'module')}: built for {release} (its vermagic), and "
-                f"{theirs} {kernels.releases()}: {'not the kernel that loads' if one else 'none loads'} {them}; "
-                f"prenop refuses {them} (the counts above include {'their' if more else 'its'} {sites})"
+                f"{theirs} {kernels.releases()}: {loads} {them}; "
+                f"prenop refuses {them} (the counts above include {agreeing(len(modules), 'its', 'their')} {sites})"
             )
         return lines
 

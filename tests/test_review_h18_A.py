@@ -229,3 +229,26 @@ def test_a_2_2_build_is_refused_whatever_generation_is_given(
     nopped = tmp_path / "f.nop"
     assert_one_line(invoke("nop", *option, out, "-o", nopped), 2, "error", *_NOPS_BEFORE)
     assert not nopped.exists()
+
+
+# -- policy check's rule table at 80 columns --------------------------------------------------
+
+
+def _rule_rows(output: str) -> list[str]:
+    lines = output.splitlines()
+    start = next(n for n, line in enumerate(lines) if line.split()[:2] == ["line", "rule"])
+    end = next(n for n, line in enumerate(lines) if line.startswith("result: "))
+    return lines[start:end]
+
+
+def test_policy_checks_rule_rows_fit_80_columns_with_their_first_example() -> None:
+    """The default rule's row named four examples and ran to column 94 on a test program (150 on
+    a kernel): each rule's row wrapped. The examples now stop where the row reaches column 80,
+    ``...`` saying some were left out; the first is always there."""
+    done = invoke("policy", "check", Path(__file__).parent.parent / "examples" / "keep-core.policy",
+                  FIXTURES / "bin" / "prof-le")  # fmt: skip
+    assert done.exit_code == 1, done.output  # two rules match nothing
+    rows = _rule_rows(done.stdout)
+    assert all(len(row) <= 80 for row in rows), rows
+    default = next(row for row in rows if "default nop" in row)
+    assert default.endswith(", ...") and "fp_mix, " in default, default

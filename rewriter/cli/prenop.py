@@ -1314,11 +1314,12 @@ def _check_lines(policy_file: Path, rules: Policy, tally: Tally) -> list[str]:
     for use in tally.uses():
         line = str(use.rule.line) if use.rule else ""
         text = str(use.rule) if use.rule else f"default {rules.default.value}"
-        rows.append((line, text, str(use.matched), str(use.decided), ", ".join(use.examples)))
+        rows.append((line, text, str(use.matched), str(use.decided), *use.examples))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    room = _TERMINAL - 2 - sum(widths) - 2 * len(widths)
     for r in rows:
-        cells = (r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]), r[3].rjust(widths[3]), r[4])
-        lines.append("  " + "  ".join(cells).rstrip())
+        cells = (r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]), r[3].rjust(widths[3]))
+        lines.append("  " + "  ".join((*cells, _fitting(r[4:], room))).rstrip())
     keep, nop = tally.verdicts[pol.Verb.KEEP], tally.verdicts[pol.Verb.NOP]
     not_traceable = ", ".join(f"{n} {why}" for why, n in sorted(tally.kept_untraceable.items()))
     init = f", {tally.kept_init} of them in init sections, traced until the kernel frees them"
@@ -1332,6 +1333,22 @@ def _check_lines(policy_file: Path, rules: Policy, tally: Tally) -> list[str]:
         meaning = "the records are dropped" if g is None else pol.NOP_MEANS[g]
         lines.append(f"  nop on {'unknown' if g is None else g.value} ({counted(n, 'site')}): {meaning}")
     return lines
+
+
+_TERMINAL: Final = 80  # the columns a table's rows fit in, a few examples more or less
+
+
+def _fitting(examples: Sequence[str], room: int) -> str:
+    """The first of ``examples`` (always), then as many more as fit in ``room`` columns, with
+    ``...`` when some are left out: a rule's row read at an 80-column terminal, where the default
+    rule's four examples ran to column 150 and wrapped."""
+    said = list(examples[:1])
+    for n, name in enumerate(examples[1:], start=2):
+        more = ["..."] if n < len(examples) else []
+        if len(", ".join([*said, name, *more])) > room:
+            return ", ".join([*said, "..."])
+        said.append(name)
+    return ", ".join(said)
 
 
 def _gen_key(item: tuple[Generation | None, int]) -> str:

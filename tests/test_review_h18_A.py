@@ -252,3 +252,32 @@ def test_policy_checks_rule_rows_fit_80_columns_with_their_first_example() -> No
     assert all(len(row) <= 80 for row in rows), rows
     default = next(row for row in rows if "default nop" in row)
     assert default.endswith(", ...") and "fp_mix, " in default, default
+
+
+# -- the same fact named the same way in every command ----------------------------------------
+
+
+@pytest.mark.corpus
+def test_diff_counts_names_as_names_not_as_functions(tmp_path: Path) -> None:
+    """nls_ascii has three functions with sites (scan lists three, audit counts three), and one
+    has an alias (init_module): diff said "Functions with sites: 4 in both". It counts names."""
+    from boot import unsigned_module
+
+    a = unsigned_module("6.12", "fs/nls/nls_ascii.ko*", tmp_path / "a.ko")
+    b = tmp_path / "b.ko"
+    assert invoke("nop", a, "--only", "uni2char", "--drop-records", "-o", b).exit_code == 0
+    functions = {r["function"] for r in scan_table(invoke("scan", a).stdout)}
+    assert len(functions) == 3
+    text = invoke("diff", a, b).stdout
+    assert "Functions with sites:" not in text
+    assert "Function names with sites (a function's aliases are names of it): 4 in both, " in text, text
+
+
+def test_audits_records_row_says_skipped_as_scan_does() -> None:
+    """scan's head says "N skipped" of the records the kernel skips outside kernel text; the
+    audit's table said only "outside kernel text" of them, which on a kernel with the older loop
+    (6.1: it skips none, such a record is unmatched) reads as a count of all records there."""
+    scan = invoke("scan", FIXTURES / "bin" / "prof-le").stdout
+    audit = invoke("audit", FIXTURES / "bin" / "prof-le").stdout
+    assert "(0 skipped, 0 unmatched)" in scan.splitlines()[0]
+    assert "| records (unmatched, duplicate, skipped: outside kernel text) / zeroed slots | 6 (0, 0, 0) / 0 |" in audit

@@ -85,9 +85,8 @@ def test_scan_table_marks_what_the_kernel_cannot_trace() -> None:
     assert "(1 broken->refused, 1 enabled->disabled, 1 enabled->enabled), 0 traceable after boot" in broken[0]
     assert broken[1].startswith("  FTRACE OFF after boot: 1 recorded site with words ftrace_init_nop() refuses")
     row = next(r for r in scan_table("\n".join(broken)) if r["function"] == "broken_fn")
-    assert (row["file->boot"], row["traceable"]) == ("broken->REFUSED", "NO refused") and "recorded" in row[
-        "every site"
-    ]
+    assert (row["file->boot"], row["traceable"]) == ("broken->REFUSED", "NO refused")
+    assert "recorded" in row["every site"].split(", ")
     image = json.loads(mcountrw("scan", "--format", "json", str(FIXTURES / "bin" / "anom-broken")).stdout)["images"][0]
     assert [s["boot_state"] for s in image["sites"]] == ["disabled", None, "enabled"]
     assert not any(s["traceable"] for s in image["sites"]) and image["summary"]["ftrace_off"]

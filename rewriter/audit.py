@@ -679,7 +679,7 @@ def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anom
             )
         )  # fmt: skip
     if result.records.zeroed:
-        msg = f"{counted(result.records.zeroed, 'zeroed entry', 'zeroed entries')} in {_table_names(result)}"
+        msg = f"{counted(result.records.zeroed, 'zeroed slot')} in {_table_names(result)}"  # as scan says
         if result.zero_records_fail:  # a patchable kernel older than the 2025 loop (rewriter.locs)
             out.append(Anomaly(AnomalyKind.ZEROED_RECORDS, Severity.ERROR, f"{msg}: {ZERO_ADJUSTED}: FTRACE OFF"))
         else:

@@ -281,3 +281,13 @@ def test_audits_records_row_says_skipped_as_scan_does() -> None:
     audit = invoke("audit", FIXTURES / "bin" / "prof-le").stdout
     assert "(0 skipped, 0 unmatched)" in scan.splitlines()[0]
     assert "| records (unmatched, duplicate, skipped: outside kernel text) / zeroed slots | 6 (0, 0, 0) / 0 |" in audit
+
+
+def test_audits_zeroed_records_are_slots_as_scan_says(tmp_path: Path) -> None:
+    """A table whose records were dropped: scan says "6 zeroed slots" (its note "6 record slots
+    hold 0"), the audit's table "zeroed slots"; its anomaly said "6 zeroed entries"."""
+    out = tmp_path / "prog.nop"
+    assert invoke("nop", FIXTURES / "bin" / "prof-le", "--drop-records", "-o", out).exit_code == 0
+    assert "6 zeroed slots" in invoke("scan", out).stdout.splitlines()[0]
+    audit = invoke("audit", out).stdout
+    assert "`zeroed-records`: 6 zeroed slots in __mcount_loc" in audit and "entries" not in audit, audit

@@ -65,6 +65,7 @@ from rewriter.heap import collector_paused
 from rewriter.known import Moment, Origin, RelaEntry, SiteLine, Touched, lines_after
 from rewriter.locs import ZERO_ADJUSTED, Locs, zero_records_fail
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, check_route, plan
+from rewriter.prose import and_more
 from rewriter.recordedits import RelaTables, Taken, drop_records, restore_records
 from rewriter.records import RECORD_SIZE, record_section
 from rewriter.sites import Scan, Site, Source, place_text, scan
@@ -558,7 +559,7 @@ def _check_boot_rule(
     bad = refused_at_boot(image, todo, gone, goals)
     if bad:
         s, goal = bad[0], goals[bad[0].variant]
-        more = f" (and {len(bad) - 1} more sites)" if len(bad) > 1 else ""
+        more = and_more(len(bad) - 1, "site")
         raise PlanRejected(
             f"{image.path}: {s.place_text} ({s.function or '?'}){more}: would hold {goal.value} "
             f"({_words_text(s.variant, goal)}) at a recorded place, but the kernel's boot-time ftrace_init_nop "
@@ -570,7 +571,7 @@ def _check_boot_rule(
         # "nothing to change" would write a copy as broken as its input, and say it succeeded.
         broken = [s for s in selected if s.recorded and s.state is not LAYOUTS[s.variant].built]
         if broken:
-            s, more = broken[0], f" (and {len(broken) - 1} more sites)" if len(broken) > 1 else ""
+            s, more = broken[0], and_more(len(broken) - 1, "site")
             raise PlanRejected(
                 f"{image.path}: {s.place_text} ({s.function or '?'}){more}: already holds {s.state.value} "
                 f"({_words_text(s.variant, s.state)}) at a recorded place, which the kernel's boot-time "
@@ -625,7 +626,7 @@ def _check_r0_dead(image: Image, scan: Scan, taken: Sequence[Site]) -> Mapping[s
     live = [(s, v) for s, v in zip(taken, verdicts, strict=True) if v.verdict is flow.Verdict.LIVE]
     if not live:
         return dict(Counter(v.verdict.value for v in verdicts))
-    (s, v), more = live[0], f" (and {len(live) - 1} more sites)" if len(live) > 1 else ""
+    (s, v), more = live[0], and_more(len(live) - 1, "site")
     why = "" if v.why is None else v.why.value
     at = "" if v.evidence is None else f" (at {place_text(image, v.evidence)})"
     raise PlanRejected(

@@ -291,3 +291,16 @@ def test_audits_zeroed_records_are_slots_as_scan_says(tmp_path: Path) -> None:
     assert "6 zeroed slots" in invoke("scan", out).stdout.splitlines()[0]
     audit = invoke("audit", out).stdout
     assert "`zeroed-records`: 6 zeroed slots in __mcount_loc" in audit and "entries" not in audit, audit
+
+
+@pytest.mark.corpus
+def test_a_refused_rewrite_of_two_sites_says_1_more_site(tmp_path: Path) -> None:
+    """Two sites a 6.12 module's init would refuse: the line said "(and 1 more sites)"."""
+    from boot import unsigned_module
+    from conftest import assert_one_line
+
+    ko = unsigned_module("6.12", "fs/nls/nls_ascii.ko*", tmp_path / "a.ko")
+    out = tmp_path / "b.ko"
+    done = invoke("apply", ko, "--to", "disabled", "--only", "uni2char", "--only", "char2uni", "-o", out)
+    line = assert_one_line(done, 2, "error", "would hold disabled (mflr r0; nop) at a recorded place")
+    assert ".text+0x14 (uni2char) (and 1 more site): " in line, line

@@ -65,7 +65,7 @@ from rewriter.heap import collector_paused
 from rewriter.known import Moment, Origin, RelaEntry, SiteLine, Touched, lines_after
 from rewriter.locs import ZERO_ADJUSTED, Locs, zero_records_fail
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, check_route, plan
-from rewriter.prose import and_more
+from rewriter.prose import agreeing, and_more, counted
 from rewriter.recordedits import RelaTables, Taken, drop_records, restore_records
 from rewriter.records import RECORD_SIZE, record_section
 from rewriter.sites import Scan, Site, Source, place_text, scan
@@ -799,9 +799,11 @@ def _stub_counts(
         areas = scan(Image.from_bytes(image.path, bytes(content)), generation=Generation.OOL).stubs
     short = [a for a in areas if not a.covers]
     if short:
+        want = short[0].used + short[0].need
         raise ImageError(
-            f"{image.path}: {short[0].name}: {short[0].stub_count} stubs, {short[0].used + short[0].need} records want "
-            "one: ftrace_init_ool_stub would fail (ftrace bug)"
+            f"{image.path}: {short[0].name}: {counted(short[0].stub_count, 'stub')}, "
+            f"{counted(want, 'record')} {agreeing(want, 'wants', 'want')} one: ftrace_init_ool_stub would fail "
+            "(ftrace bug)"
         )
     counts = [tuple(StubCount(a.name, a.stub_count, a.used) for a in s) for s in (before.stubs, areas)]
     return counts[0], counts[1]
@@ -843,7 +845,8 @@ def _read_back(
             found.append(insn_kind(int.from_bytes(content[at : at + 4], order), True, True))
         raise InternalError(
             f"{site.place_text} ({site.function or '?'}): read back {lay.state_of(tuple(found)).value}, "
-            f"planned {goals[site.variant].value} ({len(bad)} sites differ)"
+            f"planned {goals[site.variant].value} "
+            f"({counted(len(bad), 'site')} {agreeing(len(bad), 'differs', 'differ')})"
         )
 
 

@@ -304,3 +304,25 @@ def test_a_refused_rewrite_of_two_sites_says_1_more_site(tmp_path: Path) -> None
     done = invoke("apply", ko, "--to", "disabled", "--only", "uni2char", "--only", "char2uni", "-o", out)
     line = assert_one_line(done, 2, "error", "would hold disabled (mflr r0; nop) at a recorded place")
     assert ".text+0x14 (uni2char) (and 1 more site): " in line, line
+
+
+def _one_function(tmp_path: Path, entry: str) -> Path:
+    from boot import require_tool
+
+    cc = require_tool("powerpc64le-linux-gnu-gcc")
+    src, obj = tmp_path / "one.c", tmp_path / f"one-{entry}.o"
+    src.write_text("int f(int x) { return x + 1; }\n")
+    subprocess.run([cc, "-O2", f"-fpatchable-function-entry={entry}", "-c", str(src), "-o", str(obj)], check=True)
+    return obj
+
+
+def test_an_object_of_one_record_is_said_in_the_singular(tmp_path: Path) -> None:
+    """An ool object of one function: its stubs note said "serve 1 of 1 records"; the same
+    patchable, its one record dropped and read without the log: "its 1 records are all zeroed"."""
+    ool = invoke("scan", _one_function(tmp_path, "1")).stdout
+    assert "ool stubs: .stubs, carved out at load, one per table entry (1): serve 1 of 1 record\n" in ool, ool
+    nopped = tmp_path / "one.nop.o"
+    assert invoke("nop", _one_function(tmp_path, "2"), "--drop-records", "-o", nopped).exit_code == 0
+    Path(f"{nopped}.mcountrw.jsonl").unlink()
+    again = invoke("nop", nopped, "-o", tmp_path / "again.o")
+    assert again.exit_code == 1 and "no ftrace call site found: its 1 record is zeroed (--drop-records)" in again.stderr

@@ -713,7 +713,7 @@ def _stubs_line(stubs: Sequence[dict[str, Any]], records: int, unknown: int = 0,
         carved = "never carved (the loader refuses the module)" if refused else "carved out at load"
         return (
             f"ool stubs: .stubs, {carved}, one per table entry ({stubs[0]['count']}): "
-            f"serve {stubs[0]['used']} of {records} records"
+            f"serve {stubs[0]['used']} of {counted(records, 'record')}"
         )
     sizes = {a["stub_size"] for a in stubs}
     size = f" ({sizes.pop()} B each)" if len(sizes) == 1 else ""

@@ -496,18 +496,18 @@ def _same_for_every_site(result: Scan, why: Counter[Untraceable | None]) -> dict
 
 
 def _every_site_text(column: int, value: str, state: str) -> str:
-    """How the ``every site:`` line says a column's one value."""
-    if column == _SECTION:
-        return f"in {value}"
-    if column == _STATE:
-        return f"{state} {value}"
-    if column == _REC:
-        return _REC_SAID[value]
-    if column == _TRACEABLE:
-        return "traceable" if value == "yes" else f"not traceable ({value.removeprefix('NO ')})"
-    if column == _STUB:
-        return f"ool stub in {value.strip('[]')}"
-    return f"variant {value}"
+    """How the ``every site:`` line says a column's one value (``state``: the state column's header)."""
+    return _EVERY_SITE[column](value, state)
+
+
+_EVERY_SITE: Final[Mapping[int, Callable[[str, str], str]]] = {
+    _SECTION: lambda value, _: f"in {value}",
+    _VARIANT: lambda value, _: f"variant {value}",
+    _STATE: lambda value, state: f"{state} {value}",
+    _REC: lambda value, _: _REC_SAID[value],
+    _TRACEABLE: lambda value, _: "traceable" if value == "yes" else f"not traceable ({value.removeprefix('NO ')})",
+    _STUB: lambda value, _: f"ool stub in {value.strip('[]')}",
+}
 
 
 def _cells(site: Site, reason: Untraceable | None, listed: str | None = None) -> Row:

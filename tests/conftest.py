@@ -178,18 +178,29 @@ def policy_file(directory: Path, text: str) -> Path:
 SCAN_COLUMNS = ("call slot", "section", "variant", "file->boot", "file->load", "rec", "traceable", "function")
 
 
+def _every_site(above: list[str]) -> str:
+    """The ``every site:`` line (and its continuations, indented under its first phrase) that
+    ends right above a table's header, joined into one text; ``""`` when there is none."""
+    n = len(above)
+    while n and above[n - 1].startswith(" " * len("  every site: ")):
+        n -= 1
+    if not n or not above[n - 1].startswith("  every site: "):
+        return ""
+    return " ".join(line.strip() for line in above[n - 1 :]).removeprefix("every site: ")
+
+
 def scan_table(text: str) -> list[dict[str, str]]:
     """The site rows of every table in scan's text output, each as {column header: cell}, read
     by where the header line puts each column (the call slot is right-aligned; the function runs
     to the end of the row, less a ``  [stub area]`` after it, which is ``"[stub area]"``). A row
-    has the columns its table shows, and ``"every site"``: the text of the line above the table
-    that says the columns it drops (the same for every site), or ``""``."""
+    has the columns its table shows, and ``"every site"``: the text of the lines above the table
+    that say the columns it drops (the same for every site), or ``""``."""
     rows: list[dict[str, str]] = []
     lines = text.splitlines()
     for n, header in enumerate(lines):
         if not header.lstrip().startswith("call slot"):
             continue
-        every = lines[n - 1].removeprefix("  every site: ") if lines[n - 1].startswith("  every site: ") else ""
+        every = _every_site(lines[:n])
         names = [c for c in SCAN_COLUMNS if f"  {c}" in header or header.lstrip().startswith(c)]
         starts = [header.index(c) for c in names]
         slot_end = header.index("call slot") + len("call slot")

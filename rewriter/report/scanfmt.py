@@ -474,8 +474,7 @@ def _site_rows(result: Scan, boot: Boot, why: Counter[Untraceable | None], shown
     said = [_every_site_text(i, value, header[_STATE]) for i, value in sorted(same.items()) if value]
     kept = [i for i in range(_FUNCTION) if i not in same]
     rows = [_cells(site, untraceable(site, boot), result.listed.get(site.place)) for site in shown]
-    lines = [f"  every site: {', '.join(said)}"] if said else []
-    return lines + _aligned([header, *rows], kept, with_stub=_STUB not in same)
+    return _every_site_lines(said) + _aligned([header, *rows], kept, with_stub=_STUB not in same)
 
 
 def _same_for_every_site(result: Scan, why: Counter[Untraceable | None]) -> dict[int, str]:
@@ -493,6 +492,25 @@ def _same_for_every_site(result: Scan, why: Counter[Untraceable | None]) -> dict
         _STUB: {f"[{s.stub}]" if s.stub else "" for s in sites},
     }
     return {i: cells.pop() for i, cells in values.items() if len(cells) == 1}
+
+
+_EVERY: Final = "  every site: "
+_WIDTH: Final = 80  # the terminal the table is laid out for
+
+
+def _every_site_lines(said: Sequence[str]) -> list[str]:
+    """The ``every site:`` line, its phrases packed into lines of at most 80 columns (a phrase
+    is never split; a continuation starts under the first phrase); none when nothing is said."""
+    lines: list[str] = []
+    for phrase in said:
+        if lines and len(lines[-1]) + len(", ") + len(phrase) < _WIDTH:  # and room for a comma after it
+            lines[-1] += f", {phrase}"
+        elif lines:
+            lines[-1] += ","
+            lines.append(" " * len(_EVERY) + phrase)
+        else:
+            lines.append(_EVERY + phrase)
+    return lines
 
 
 def _every_site_text(column: int, value: str, state: str) -> str:

@@ -171,7 +171,7 @@ RULES: Final[Mapping[AnomalyKind, AnomalyRule]] = {
     ),
     AnomalyKind.ZEROED_RECORDS: AnomalyRule(
         Severity.NOTE,
-        "zeroed entries in a record table (__mcount_loc, __patchable_function_entries)",
+        "zeroed slots in a record table (__mcount_loc, __patchable_function_entries)",
         "Dropped records (ftrace_process_locs skips zero entries): the sites they named are out of "
         "ftrace's reach on purpose. An error on a patchable vmlinux whose ftrace_process_locs() has the "
         "loop from before 2025 (rewriter.locs): it adds 4 before it tests for zero, and ftrace is off at "

@@ -38,7 +38,7 @@ from rewriter.kernels import Kernel, Kernels
 from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, zero_records_fail
 from rewriter.log import logged
 from rewriter.ppc.table import Table, build_table
-from rewriter.prose import counted
+from rewriter.prose import agreeing, counted
 from rewriter.records import unread_why
 from rewriter.rewrite import target_state
 from rewriter.sites import (
@@ -614,7 +614,7 @@ def _stub_anomalies(stubs: Sequence[StubArea]) -> list[Anomaly]:
     for area in stubs:
         if area.overflows:
             msg = (
-                f"{area.name}: {area.size} bytes, but ftrace_init_ool_stub() writes {area.used} stubs of "
+                f"{area.name}: {area.size} bytes, but ftrace_init_ool_stub() writes {counted(area.used, 'stub')} of "
                 f"{area.stub_size} bytes there ({area.used * area.stub_size}; it reads the count word, never the "
                 "area's size): the last run past the area, over whatever follows it"
             )
@@ -622,7 +622,8 @@ def _stub_anomalies(stubs: Sequence[StubArea]) -> list[Anomaly]:
         if area.covers:
             continue
         msg = (
-            f"{area.name}: {area.stub_count} stubs, {area.used + area.need} records want one here, "
+            f"{area.name}: {counted(area.stub_count, 'stub')}, {counted(area.used + area.need, 'record')} "
+            f"{agreeing(area.used + area.need, 'wants', 'want')} one here, "
             f"none for {counted(area.need, 'record')} (past ftrace_ool_stub_*_count or out of branch range): "
             "ftrace_init_ool_stub() returns -EINVAL and ftrace_bug() turns function tracing off"
         )
@@ -679,7 +680,7 @@ def _record_anomalies(image: Image, result: Scan, printer: Printer) -> list[Anom
             )
         )  # fmt: skip
     if result.records.zeroed:
-        msg = f"{counted(result.records.zeroed, 'zeroed entry', 'zeroed entries')} in {_table_names(result)}"
+        msg = f"{counted(result.records.zeroed, 'zeroed slot')} in {_table_names(result)}"  # as scan says
         if result.zero_records_fail:  # a patchable kernel older than the 2025 loop (rewriter.locs)
             out.append(Anomaly(AnomalyKind.ZEROED_RECORDS, Severity.ERROR, f"{msg}: {ZERO_ADJUSTED}: FTRACE OFF"))
         else:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from operator import attrgetter
 from typing import Final, NamedTuple
 
 from rewriter.elf.image import Kind
 from rewriter.generations import Generation, Variant
 from rewriter.locs import ZERO_ADJUSTED
-from rewriter.prose import counted
+from rewriter.prose import Said, agreeing, counted
 from rewriter.sites import Scan, Site, changed_at_init, lacks_stub
 
 
@@ -47,24 +47,64 @@ class Untraceable(enum.Enum):
     UNALLOCATED = "unallocated"
 
 
-WHY: Final = {
-    Untraceable.NOT_LOADED: "the kernel refuses to load their module (see above)",
-    Untraceable.UNRECORDED: "no kernel record: ftrace never patches them",
-    Untraceable.REFUSED: "their words are not what ftrace_init_nop() expects: ftrace bug, ftrace off for the boot",
-    Untraceable.NO_STUB: "no ool stub left for them (past their area's count, or out of branch range): "
-    "ftrace_init_ool_stub() fails, ftrace bug, ftrace off for the boot",
-    Untraceable.DUPLICATE: "recorded more than once: the second record finds the words the first changed: "
-    "ftrace bug, ftrace off (at boot; ool: when first traced)",
-    Untraceable.WEAK_BODY: "in no sized function, the bodies of overridden weak functions: "
-    "the kernel marks them FTRACE_FL_DISABLED, being more than FTRACE_MCOUNT_MAX_OFFSET past a symbol",
-    Untraceable.FTRACE_OFF: "ftrace is off for the whole boot (see above)",
-    Untraceable.STUB_UNKNOWN: "whether ftrace_init_ool_stub() gives them a stub cannot be known: the symbol table "
-    "lacks the stub area the kernel would take it from, or its *_count word (the kernel, linked with the names, "
-    "gives one or fails: ftrace off for the boot)",
-    Untraceable.UNALLOCATED: "in a module section without SHF_ALLOC, which the loader never places: their records name "
-    "its temporary copy, outside the module, and ftrace_module_enable() never enables them (it stops at the first "
-    "such record of a page: the module's records that sort after it there stay disabled too)",
+_STUB_AREA_UNNAMED: Final = (
+    "the symbol table lacks the stub area the kernel would take it from, or its *_count word (the kernel, linked "
+    "with the names, gives one or fails: ftrace off for the boot)"
+)
+_PAGE_STOPS: Final = (
+    "(it stops at the first such record of a page: the module's records that sort after it there stay disabled too)"
+)
+
+
+WHY: Final[Mapping[Untraceable, Said]] = {
+    Untraceable.NOT_LOADED: Said(
+        "the kernel refuses to load its module (see above)", "the kernel refuses to load their module (see above)"
+    ),
+    Untraceable.UNRECORDED: Said(
+        "no kernel record: ftrace never patches it", "no kernel record: ftrace never patches them"
+    ),
+    Untraceable.REFUSED: Said(
+        "its words are not what ftrace_init_nop() expects: ftrace bug, ftrace off for the boot",
+        "their words are not what ftrace_init_nop() expects: ftrace bug, ftrace off for the boot",
+    ),
+    Untraceable.NO_STUB: Said(
+        "no ool stub left for it (past its area's count, or out of branch range): "
+        "ftrace_init_ool_stub() fails, ftrace bug, ftrace off for the boot",
+        "no ool stub left for them (past their area's count, or out of branch range): "
+        "ftrace_init_ool_stub() fails, ftrace bug, ftrace off for the boot",
+    ),
+    Untraceable.DUPLICATE: Said(
+        "recorded more than once: the second record finds the words the first changed: "
+        "ftrace bug, ftrace off (at boot; ool: when first traced)",
+        "recorded more than once: the second record finds the words the first changed: "
+        "ftrace bug, ftrace off (at boot; ool: when first traced)",
+    ),
+    Untraceable.WEAK_BODY: Said(
+        "in no sized function, the body of an overridden weak function: "
+        "the kernel marks it FTRACE_FL_DISABLED, being more than FTRACE_MCOUNT_MAX_OFFSET past a symbol",
+        "in no sized function, the bodies of overridden weak functions: "
+        "the kernel marks them FTRACE_FL_DISABLED, being more than FTRACE_MCOUNT_MAX_OFFSET past a symbol",
+    ),
+    Untraceable.FTRACE_OFF: Said(
+        "ftrace is off for the whole boot (see above)", "ftrace is off for the whole boot (see above)"
+    ),
+    Untraceable.STUB_UNKNOWN: Said(
+        "whether ftrace_init_ool_stub() gives it a stub cannot be known: " + _STUB_AREA_UNNAMED,
+        "whether ftrace_init_ool_stub() gives them a stub cannot be known: " + _STUB_AREA_UNNAMED,
+    ),
+    Untraceable.UNALLOCATED: Said(
+        "in a module section without SHF_ALLOC, which the loader never places: its record names "
+        "that section's temporary copy, outside the module, and ftrace_module_enable() never enables it " + _PAGE_STOPS,
+        "in a module section without SHF_ALLOC, which the loader never places: their records name "
+        "that section's temporary copy, outside the module, and ftrace_module_enable() never enables them "
+        + _PAGE_STOPS,
+    ),
 }
+
+
+def why_text(reason: Untraceable, sites: int) -> str:
+    """Why ``sites`` sites are not traceable for ``reason``, in the number that agrees with it."""
+    return agreeing(sites, *WHY[reason])
 
 
 class Boot(NamedTuple):

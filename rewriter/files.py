@@ -68,7 +68,7 @@ from rewriter.output import (
     same_place,
     write_temp,
 )
-from rewriter.prose import counted, with_article
+from rewriter.prose import agreeing, counted, with_article
 from rewriter.reading import file_at, read_regular, read_regular_mutable
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
 from rewriter.sites import (
@@ -692,9 +692,8 @@ def no_site_cause(
     earlier = _earlier_rewrite(image, log_aside, log_hint)
     zeroed = found.records.zeroed
     if zeroed and not found.records.count:
-        return (
-            f"its {zeroed} records are all zeroed (--drop-records) and its words show no site of their own: {earlier}"
-        )
+        records = agreeing(zeroed, "its 1 record is zeroed", f"its {zeroed} records are all zeroed")
+        return f"{records} (--drop-records) and its words show no site of their own: {earlier}"
     if image.symbols is None and image.type != S.ET_REL and not hints.given:
         return (
             "a stripped image (no .symtab): pass --mcount-addr with _mcount's address from System.map (mprofile), "
@@ -768,7 +767,7 @@ def check_something_to_do(
         return
     missing = unmatched_selection(sites, selection)
     if missing:
-        verb = "matches" if len(missing) == 1 else "match"
+        verb = agreeing(len(missing), "matches", "match")
         extra = [*record_not_slot(sites, selection), *_unrecorded_hint(image, found, sites, log_aside)]
         said = "".join(f"; {h}" for h in extra)
         raise NothingToDo(f"{image.path}: {', '.join(missing)}: {verb} none of its {counted(len(sites), 'site')}{said}")
@@ -1060,7 +1059,7 @@ def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
         if container is not None:
             return VerifyResult(False, container)
         return VerifyResult(
-            True, f"{patched} differs from {original} exactly as {log_path} says ({len(log.edits)} edits)"
+            True, f"{patched} differs from {original} exactly as {log_path} says ({counted(len(log.edits), 'edit')})"
         )
     if _sha256(got) == log.header.input.content_sha256:
         what = "the original" if log.header.base is None else "the input of the step it describes"

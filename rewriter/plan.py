@@ -64,7 +64,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 from rewriter import ppc
 from rewriter.errors import ArgumentError, NoRoute, PlanFormatError, PlanRejected
 from rewriter.generations import LAYOUTS, Variant, state_rejection, steps_from
-from rewriter.prose import counted, json_problem, printable
+from rewriter.prose import agreeing, counted, json_problem, printable
 from rewriter.siteplaces import Place, PlacedWrite, hex_text, placed
 from rewriter.states import S_WRITES, Insn, SiteState, Slot, Step, words_text
 
@@ -933,7 +933,7 @@ def _ranges(indices: Sequence[int]) -> str:
         parts.append(str(start) if start == prev else f"{start}-{prev}")
         if i is not None:
             start = prev = i
-    return ("site " if len(indices) == 1 else "sites ") + ", ".join(parts)
+    return agreeing(len(indices), "site ", "sites ") + ", ".join(parts)
 
 
 def _barrier_text(b: Barrier) -> str:

@@ -59,7 +59,7 @@ from rewriter.generations import Generation
 from rewriter.globs import ftrace_glob
 from rewriter.kernels import Kernel, Kernels
 from rewriter.locs import ZERO_ADJUSTED, Locs, loop_for_modules, unchecked_drops, zero_records_fail
-from rewriter.prose import and_more, counted, printable
+from rewriter.prose import agreeing, and_more, counted, printable
 from rewriter.reading import read_regular_text
 
 
@@ -411,7 +411,7 @@ class Tally:
             if self.matched[i] == 0:
                 out.append(f"{self.policy.name}:{rule.line}: `{rule}` matches nothing")
             elif self.decided[i] == 0:
-                which = "it" if self.matched[i] == 1 else "every one of them"
+                which = agreeing(self.matched[i], "it", "every one of them")
                 out.append(f"{self.policy.name}:{rule.line}: `{rule}` matches {counted(self.matched[i], 'site')}, "
                            f"but later rules decide {which}")  # fmt: skip
         return out + self._refused()
@@ -422,15 +422,17 @@ class Tally:
         out = []
         vmlinux = sum(n for g, loop, n in self.vmlinux_nops if zero_records_fail(g, loop))
         if vmlinux:
-            out.append(f"the vmlinux: nop on {counted(vmlinux, 'site')} drops their records, but {ZERO_ADJUSTED}; "
+            drops = agreeing(vmlinux, "its record", "their records")
+            out.append(f"the vmlinux: nop on {counted(vmlinux, 'site')} drops {drops}, but {ZERO_ADJUSTED}; "
                        "prenop refuses it")  # fmt: skip
         kernels = Kernels(tuple(self.kernels))
         held = [(m.nopped, m.generation, kernels.locs_for(m.release)) for m in self.module_nops]
         modules = [n for n, generation, loop in held if n and zero_records_fail(generation, loop)]
         if modules:
             files, sites = counted(len(modules), "module"), counted(sum(modules), "site")
-            out.append(f"{files}: nop on {sites} drops their records, but the vmlinux's is the older loop "
-                       f"({ZERO_ADJUSTED}); prenop refuses them")  # fmt: skip
+            drops = agreeing(sum(modules), "its record", "their records")
+            out.append(f"{files}: nop on {sites} drops {drops}, but the vmlinux's is the older loop "
+                       f"({ZERO_ADJUSTED}); prenop refuses {agreeing(len(modules), 'it', 'them')}")  # fmt: skip
         return out + self._other_release()
 
     def unchecked(self) -> tuple[int, int]:
@@ -450,18 +452,18 @@ class Tally:
         for m in self.module_nops:
             if kernels.refuse(m.release):
                 by_release.setdefault(m.release, []).append(m)
-        one = len(kernels.known) == 1
-        theirs = "the vmlinux is" if one else "the vmlinux images are"
+        theirs = agreeing(len(kernels.known), "the vmlinux is", "the vmlinux images are")
+        loads = agreeing(len(kernels.known), "not the kernel that loads", "none loads")
         lines = []
         for release, modules in by_release.items():  # one line per release: each names what it was built for
             more = len(modules) - 1
-            them = "them" if more else "it"
+            them = agreeing(len(modules), "it", "them")
             # The table above counted their sites as the policy decides them; prenop writes none.
             sites = counted(sum(m.sites for m in modules), "site")
             lines.append(
                 f"module {modules[0].name}{and_more(more, 'module')}: built for {release} (its vermagic), and "
-                f"{theirs} {kernels.releases()}: {'not the kernel that loads' if one else 'none loads'} {them}; "
-                f"prenop refuses {them} (the counts above include {'their' if more else 'its'} {sites})"
+                f"{theirs} {kernels.releases()}: {loads} {them}; "
+                f"prenop refuses {them} (the counts above include {agreeing(len(modules), 'its', 'their')} {sites})"
             )
         return lines
 

@@ -4,12 +4,27 @@ as sentences. No imports, so that any layer (``rewriter.errors`` too) may use it
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
+
+
+class Said(NamedTuple):
+    """A text said of one thing, and of none or several: ``agreeing(n, *said)`` picks."""
+
+    one: str
+    many: str
+
+
+def agreeing(n: int, one: str, many: str) -> str:
+    """``one`` said of a single thing, ``many`` of none or several: the words of a sentence that
+    change with the number of what it counts (``it``/``them``, ``is``/``are``, a whole clause).
+    The one place that decides which; a caller never writes ``if n == 1``."""
+    return one if n == 1 else many
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``1 site``, ``0 sites``, ``2 sites``; ``plural`` for a noun that takes more than an s
     (``1 entry``, ``2 entries``)."""
-    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
+    return f"{n} {agreeing(n, noun, plural or noun + 's')}"
 
 
 def and_more(n: int, noun: str) -> str:

@@ -65,6 +65,7 @@ from rewriter.heap import collector_paused
 from rewriter.known import Moment, Origin, RelaEntry, SiteLine, Touched, lines_after
 from rewriter.locs import ZERO_ADJUSTED, Locs, zero_records_fail
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, Write, check_route, plan
+from rewriter.prose import agreeing, and_more, counted
 from rewriter.recordedits import RelaTables, Taken, drop_records, restore_records
 from rewriter.records import RECORD_SIZE, record_section
 from rewriter.sites import Scan, Site, Source, place_text, scan
@@ -558,7 +559,7 @@ def _check_boot_rule(
     bad = refused_at_boot(image, todo, gone, goals)
     if bad:
         s, goal = bad[0], goals[bad[0].variant]
-        more = f" (and {len(bad) - 1} more sites)" if len(bad) > 1 else ""
+        more = and_more(len(bad) - 1, "site")
         raise PlanRejected(
             f"{image.path}: {s.place_text} ({s.function or '?'}){more}: would hold {goal.value} "
             f"({_words_text(s.variant, goal)}) at a recorded place, but the kernel's boot-time ftrace_init_nop "
@@ -570,7 +571,7 @@ def _check_boot_rule(
         # "nothing to change" would write a copy as broken as its input, and say it succeeded.
         broken = [s for s in selected if s.recorded and s.state is not LAYOUTS[s.variant].built]
         if broken:
-            s, more = broken[0], f" (and {len(broken) - 1} more sites)" if len(broken) > 1 else ""
+            s, more = broken[0], and_more(len(broken) - 1, "site")
             raise PlanRejected(
                 f"{image.path}: {s.place_text} ({s.function or '?'}){more}: already holds {s.state.value} "
                 f"({_words_text(s.variant, s.state)}) at a recorded place, which the kernel's boot-time "
@@ -625,7 +626,7 @@ def _check_r0_dead(image: Image, scan: Scan, taken: Sequence[Site]) -> Mapping[s
     live = [(s, v) for s, v in zip(taken, verdicts, strict=True) if v.verdict is flow.Verdict.LIVE]
     if not live:
         return dict(Counter(v.verdict.value for v in verdicts))
-    (s, v), more = live[0], f" (and {len(live) - 1} more sites)" if len(live) > 1 else ""
+    (s, v), more = live[0], and_more(len(live) - 1, "site")
     why = "" if v.why is None else v.why.value
     at = "" if v.evidence is None else f" (at {place_text(image, v.evidence)})"
     raise PlanRejected(
@@ -798,9 +799,11 @@ def _stub_counts(
         areas = scan(Image.from_bytes(image.path, bytes(content)), generation=Generation.OOL).stubs
     short = [a for a in areas if not a.covers]
     if short:
+        want = short[0].used + short[0].need
         raise ImageError(
-            f"{image.path}: {short[0].name}: {short[0].stub_count} stubs, {short[0].used + short[0].need} records want "
-            "one: ftrace_init_ool_stub would fail (ftrace bug)"
+            f"{image.path}: {short[0].name}: {counted(short[0].stub_count, 'stub')}, "
+            f"{counted(want, 'record')} {agreeing(want, 'wants', 'want')} one: ftrace_init_ool_stub would fail "
+            "(ftrace bug)"
         )
     counts = [tuple(StubCount(a.name, a.stub_count, a.used) for a in s) for s in (before.stubs, areas)]
     return counts[0], counts[1]
@@ -842,7 +845,8 @@ def _read_back(
             found.append(insn_kind(int.from_bytes(content[at : at + 4], order), True, True))
         raise InternalError(
             f"{site.place_text} ({site.function or '?'}): read back {lay.state_of(tuple(found)).value}, "
-            f"planned {goals[site.variant].value} ({len(bad)} sites differ)"
+            f"planned {goals[site.variant].value} "
+            f"({counted(len(bad), 'site')} {agreeing(len(bad), 'differs', 'differ')})"
         )
 
 

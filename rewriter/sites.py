@@ -377,23 +377,22 @@ def _check_no_nops_before_entries(
     first N nops before its symbol. No ppc64 kernel builds so (patchable is ``=2``, ool ``=1``);
     read as one of them, such sites got another layout's words and a weak-body reason. A weak body
     the kernel disables is in no function too, but it is a whole function, longer than the site
-    (at least a `blr` more): the next one starts later. Not under a ``--generation`` the image
-    contradicts (``overridden``, :func:`_skips_layout_checks`)."""
-    if _skips_layout_checks(overridden, generation) or generation not in _NOP_BUILT:
-        return
-    if not len(funcs) or not len(records):
+    (at least a `blr` more): the next one starts later. The words are read in the layout the image
+    shows (:func:`_layout_shown`), whatever ``--generation`` says."""
+    shown = _layout_shown(overridden, generation)
+    if shown not in _NOP_BUILT or not len(funcs) or not len(records):
         return
     outside = records[funcs.containing(records) < 0]
     if not len(outside):
         return  # the usual case, in one look-up: every record is inside a function
-    span = ppc.INSN_SIZE * len(LAYOUTS[default_variant(generation)].slots)
+    span = ppc.INSN_SIZE * len(LAYOUTS[default_variant(shown)].slots)
     nxt = funcs.start[np.minimum(np.searchsorted(funcs.start, outside, side="right"), len(funcs.start) - 1)]
     hit = outside[(nxt > outside) & (nxt <= outside + np.uint64(span))]
     if len(hit):
         raise image.error(
             f"{counted(len(hit), 'record')} at nops just before a function's entry ({place_text(image, int(hit[0]))}): "
             "built with -fpatchable-function-entry=M,N, N > 0, a layout of no ppc64 kernel generation "
-            "(mprofile; patchable =2; ool =1)"
+            "(mprofile; patchable =2; ool =1)" + _not_given_either(overridden, generation)
         )
 
 
@@ -412,8 +411,8 @@ def _check_not_classic_pg(
     has it too: ``MPROFILE_KERNEL`` needs a compiler that passes gcc-check-mprofile-kernel.sh, and
     clang has no ``-mprofile-kernel`` (nor, in clang 14, ``-fpatchable-function-entry`` on ppc64),
     so a clang-built ppc64le kernel calls _mcount after the prologue. Not under a ``--generation``
-    the image contradicts (:func:`_skips_layout_checks`)."""
-    if _skips_layout_checks(overridden, generation) or generation is not Generation.MPROFILE:
+    the image shows another layout for (:func:`_layout_shown`)."""
+    if _layout_shown(overridden, generation) is not Generation.MPROFILE:
         return
     places = arrays.distinct(np.concatenate([calls, records]).astype(np.uint64))
     if is_classic_pg(text, places):
@@ -421,19 +420,28 @@ def _check_not_classic_pg(
             f"{counted(len(places), 'call')} to _mcount after the prologue, no `mflr r0` before them: classic -pg "
             "(a ppc64 kernel's built ELFv1, or by a compiler without -mprofile-kernel such as clang; patched by "
             "arch/powerpc/kernel/trace/ftrace_64_pg.c), a layout mcountrw does not read (it reads -mprofile-kernel, "
-            "patchable and ool sites)"
+            "patchable and ool sites)" + _not_given_either(overridden, generation)
         )
 
 
-def _skips_layout_checks(overridden: Detect | None, given: Generation | None) -> bool:
-    """Whether a ``--generation`` the image contradicts skips the refusals of layouts no kernel
-    builds (classic ``-pg``, ``-fpatchable-function-entry=M,N``): they read the words as the forced
-    generation would have them, so they named a build the file never had (6.1's vmlinux read as
-    patchable: "built with -fpatchable-function-entry=M,N, N > 0"; a patchable object read as
-    mprofile: "classic -pg", with no call to _mcount in it) and exit 2, where every other
-    contradicted --generation obeys and says what it overrode (``override_text``). Not one the
-    contents fit as well (:attr:`Detect.also`, which a rewrite obeys): the checks stand there."""
-    return overridden is not None and overridden.also is not given
+def _layout_shown(overridden: Detect | None, given: Generation | None) -> Generation | None:
+    """The generation whose layout the refusals of layouts no kernel builds (classic ``-pg``,
+    ``-fpatchable-function-entry=M,N``) read the words in: the one the image's contents say,
+    when ``--generation`` gave another (``overridden``), else ``given``. Read in the forced
+    generation's layout they named a build the file never had (6.1's vmlinux read as patchable:
+    "built with -fpatchable-function-entry=M,N, N > 0"; a patchable object read as mprofile:
+    "classic -pg"), and missed one it had: a ``=2,2`` build's two nops before each entry, read in
+    ool's one-word layout, reach no entry, so ``--generation ool`` read its records as weak bodies.
+    A layout is the build's, and the option cannot change it: the file is refused, or not, as it
+    is without the option."""
+    return overridden.generation if overridden is not None else given
+
+
+def _not_given_either(overridden: Detect | None, given: Generation | None) -> str:
+    """What a refusal of a layout adds under a ``--generation`` the contents contradict."""
+    if overridden is None or given is None:
+        return ""
+    return f"; --generation {given.value} reads the {given.value} layout, not this one"
 
 
 def override_text(result: Scan, verb: str = "overrides") -> str | None:

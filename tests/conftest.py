@@ -173,3 +173,45 @@ def policy_file(directory: Path, text: str) -> Path:
     path = directory / "p.policy"
     path.write_text(text)
     return path
+
+
+SCAN_COLUMNS = ("call slot", "section", "variant", "file->boot", "file->load", "rec", "traceable", "function")
+
+
+def _every_site(above: list[str]) -> str:
+    """The ``every site:`` line (and its continuations, indented under its first phrase) that
+    ends right above a table's header, joined into one text; ``""`` when there is none."""
+    n = len(above)
+    while n and above[n - 1].startswith(" " * len("  every site: ")):
+        n -= 1
+    if not n or not above[n - 1].startswith("  every site: "):
+        return ""
+    return " ".join(line.strip() for line in above[n - 1 :]).removeprefix("every site: ")
+
+
+def scan_table(text: str) -> list[dict[str, str]]:
+    """The site rows of every table in scan's text output, each as {column header: cell}, read
+    by where the header line puts each column (the call slot is right-aligned; the function runs
+    to the end of the row, less a ``  [stub area]`` after it, which is ``"[stub area]"``). A row
+    has the columns its table shows, and ``"every site"``: the text of the lines above the table
+    that say the columns it drops (the same for every site), or ``""``."""
+    rows: list[dict[str, str]] = []
+    lines = text.splitlines()
+    for n, header in enumerate(lines):
+        if not header.lstrip().startswith("call slot"):
+            continue
+        every = _every_site(lines[:n])
+        names = [c for c in SCAN_COLUMNS if f"  {c}" in header or header.lstrip().startswith(c)]
+        starts = [header.index(c) for c in names]
+        slot_end = header.index("call slot") + len("call slot")
+        for line in lines[n + 1 :]:
+            if not line.startswith("  ") or line.startswith("  ... "):
+                break
+            row = {"every site": every, "call slot": line[:slot_end].strip()}
+            for c, start, end in zip(names[1:], starts[1:], [*starts[2:], None], strict=True):
+                row[c] = line[start:end].strip() if end is not None else line[start:]
+            if "[stub area]" in header and "  [" in row["function"]:
+                row["function"], stub = row["function"].rsplit("  [", 1)
+                row["[stub area]"] = "[" + stub
+            rows.append(row)
+    return rows

@@ -55,7 +55,7 @@ def test_nop_with_dropped_records_leaves_one_note_naming_its_table(
     assert n and got.counts.unrecorded == n and got.counts.by_state == {state: n}
     drops = (AnomalyKind.UNRECORDED, AnomalyKind.ZEROED_RECORDS)  # (patchable-le.o has seeded others)
     assert [(a.kind, a.severity, a.message) for a in got.anomalies if a.kind in drops] == [
-        (AnomalyKind.ZEROED_RECORDS, Severity.NOTE, f"{n} zeroed entries in {table}")
+        (AnomalyKind.ZEROED_RECORDS, Severity.NOTE, f"{n} zeroed slots in {table}")
     ]
 
 
@@ -87,7 +87,7 @@ def test_pre_nopped_ool_module_audit_lists_no_site(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("- **")]
     n = _sites(BIN / "ool-le.o")
-    assert lines == [f"- **note** `zeroed-records`: {n} zeroed entries in __patchable_function_entries"]
+    assert lines == [f"- **note** `zeroed-records`: {n} zeroed slots in __patchable_function_entries"]
 
 
 def _sites(path: Path) -> int:

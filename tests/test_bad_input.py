@@ -34,7 +34,7 @@ import pytest
 import zstandard
 from boot import require_tool
 from click.testing import Result
-from conftest import FIXTURES, ROOT, invoke, mini_vmlinux
+from conftest import FIXTURES, ROOT, invoke, mini_vmlinux, scan_table
 from conftest import assert_one_line as one_error_line
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
@@ -802,9 +802,9 @@ def test_names_from_the_file_are_printed_escaped(tmp_path: Path) -> None:
     table = mcountrw("scan", str(path))
     assert table.returncode == 0, table.stderr
     assert not any(c in table.stdout for c in "\x1b\t"), table.stdout
-    rows = [line for line in table.stdout.splitlines() if "patchable" in line and "rec" in line]
-    assert [row.split()[-1] for row in rows].count(shown) == 1, table.stdout
-    assert all(".te\\tt" in row for row in rows if "+0x" in row), table.stdout
+    rows = scan_table(table.stdout)
+    assert [row["function"] for row in rows].count(shown) == 1, table.stdout
+    assert rows and all(row["call slot"].startswith(".te\\tt+0x") for row in rows), table.stdout
     sites = json.loads(mcountrw("scan", "--format", "json", str(path)).stdout)["images"][0]["sites"]
     assert shown in [s["function"] for s in sites] and "static_helper" in [s["function"] for s in sites]
     assert {s["section"] for s in sites} == {".te\\tt"}

@@ -253,9 +253,9 @@ def test_a_tally_warns_where_prenop_would_refuse_to_drop_records(loop: Locs, ref
     said = [w for w in t.warnings() if ZERO_ADJUSTED in w]
     if refused:
         assert said == [
-            f"the vmlinux: nop on 1 site drops their records, but {ZERO_ADJUSTED}; prenop refuses it",
+            f"the vmlinux: nop on 1 site drops its record, but {ZERO_ADJUSTED}; prenop refuses it",
             f"1 module: nop on 2 sites drops their records, but the vmlinux's is the older loop ({ZERO_ADJUSTED}); "
-            "prenop refuses them",
+            "prenop refuses it",
         ]
     else:
         assert said == []

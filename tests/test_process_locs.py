@@ -193,7 +193,7 @@ def test_prenop_holds_the_modules_to_the_loop_of_the_vmlinux_named_with_them(tmp
         if older:
             assert proc.returncode == 2 and "read in the vmlinux named with it" in said, said
             assert checked.returncode == 1 and len(warned) == 2, checked.stdout
-            assert warned[1].startswith("warning: 1 module: nop on ") and "prenop refuses them" in warned[1]
+            assert warned[1].startswith("warning: 1 module: nop on ") and "prenop refuses it" in warned[1]
         else:
             assert proc.returncode == 0 and "read in the vmlinux" not in said, said
             assert checked.returncode == 0 and not warned, checked.stdout

@@ -17,7 +17,7 @@ from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, PlanFormatError
 from rewriter.generations import Generation, Variant
 from rewriter.plan import Cmodx, Route, notes
-from rewriter.prose import counted, printable
+from rewriter.prose import agreeing, counted, printable
 from rewriter.states import SiteState
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ def _placed(p: Plan) -> str:
     site's place before checking)."""
     if p.image is None:
         return ""
-    where = "at its address" if len(p.sites) == 1 else "at their addresses"
+    where = agreeing(len(p.sites), "at its address", "at their addresses")
     return (
         f"; {counted(len(p.sites), 'site')} of {printable(p.image)} {where}: each write's words are its kinds "
         "there, checked as its abstract request"
@@ -295,7 +295,7 @@ def _check_offline_options(
     options = (("--tasks", tasks), ("--entries", entries), ("--stale-fetch", stale_fetch or None), ("--cmodx", cmodx))
     given = [option for option, value in options if value is not None]
     if given:
-        verb = "does" if len(given) == 1 else "do"
+        verb = agreeing(len(given), "does", "do")
         raise ArgumentError(
             f"{name}: an offline plan is checked with no task running: {', '.join(given)} {verb} not apply"
         )

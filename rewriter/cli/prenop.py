@@ -39,7 +39,7 @@ from rewriter.cli.rewrite import CheckR0, say_waiting
 from rewriter.errors import ArgumentError, NothingToDo, OutputError
 from rewriter.lock import Gone, hold
 from rewriter.output import Place, Places
-from rewriter.prose import and_more, counted, printable
+from rewriter.prose import agreeing, and_more, counted, printable
 from rewriter.sign import HASHES
 
 if TYPE_CHECKING:
@@ -491,7 +491,7 @@ def _check_some_log(mode: Mode, ts: Sequence[Target]) -> None:
 
 def _no_log_text(mode: Mode, files: int, first: str, named: str | None = None) -> str:
     verb = "undo" if mode in (Mode.UNDO, Mode.UNDO_DRY_RUN) else "verify"
-    which = f"for {first}" if files == 1 else f"for any of the {files} files (first: {first})"
+    which = agreeing(files, f"for {first}", f"for any of the {files} files (first: {first})")
     if named is not None:
         return f"no patch log found {which} where the run looks: nothing to {verb}; {named}"
     return (
@@ -550,7 +550,7 @@ def _rule_warnings(settings: Settings | None, reports: Sequence[FileReport]) -> 
         return []
     used = frozenset().union(*(r.rules for r in decided))
     failed = len(reports) - len(decided)
-    where = "this file" if len(decided) == 1 else f"these {len(decided)} files"
+    where = agreeing(len(decided), "this file", f"these {len(decided)} files")
     if failed:
         where = f"the {counted(len(decided), 'file')} decided ({failed:,} failed: their sites were not decided)"
     p = settings.policy
@@ -578,7 +578,7 @@ def _incomplete_output(mode: Mode, args: _Args, reports: Sequence[FileReport]) -
         return f"nothing written to {args.output}: {every} failed (the lines above); an OUT this run made is removed"
     return (
         f"{args.output} is incomplete: {counted(len(failed), 'file')} failed and "
-        f"{'is' if len(failed) == 1 else 'are'} not written there (the lines above; a copy an earlier run "
+        f"{agreeing(len(failed), 'is', 'are')} not written there (the lines above; a copy an earlier run "
         f"wrote is left as it was); first: {failed[0].rel}"
     )
 
@@ -904,7 +904,7 @@ def _execute(mode: Mode, ts: Sequence[Target], settings: Settings | None, jobs: 
 
 
 def _any_of(files: int) -> str:
-    return "the one file" if files == 1 else f"any of the {files} files"
+    return agreeing(files, "the one file", f"any of the {files} files")
 
 
 def _header(mode: Mode, args: _Args, settings: Settings | None, files: int) -> str:
@@ -1021,8 +1021,8 @@ def _notes(reports: Sequence[FileReport], mode: Mode) -> list[str]:
         sites = sum(r.left_recorded for r in left)
         out.append(
             f"warning: {counted(sites, 'site')} in {counted(len(left), 'file')} that the policy nops kept "
-            f"{'its record' if sites == 1 else 'their records'}: the kernel will still patch "
-            f"{'it' if sites == 1 else 'them'} (docs/prenop.md). First: {left[0].rel}"
+            f"{agreeing(sites, 'its record', 'their records')}: the kernel will still patch "
+            f"{agreeing(sites, 'it', 'them')} (docs/prenop.md). First: {left[0].rel}"
         )
     out += _unchecked_warning(reports)
     unplaced = [r for r in reports if r.unplaced_records]
@@ -1030,8 +1030,8 @@ def _notes(reports: Sequence[FileReport], mode: Mode) -> list[str]:
         records = sum(r.unplaced_records for r in unplaced)
         out.append(
             f"warning: {counted(records, 'record')} in {counted(len(unplaced), 'file')} "
-            f"{'points' if records == 1 else 'point'} at no site mcountrw recognises, and "
-            f"{'was' if records == 1 else 'were'} left alone. First: {unplaced[0].rel}"
+            f"{agreeing(records, 'points', 'point')} at no site mcountrw recognises, and "
+            f"{agreeing(records, 'was', 'were')} left alone. First: {unplaced[0].rel}"
         )
     done = [r for r in reports if r.status is not Status.FAILED]
     bare = [r for r in done if r.no_sites]
@@ -1092,17 +1092,17 @@ def _nothing_to_nop(done: Sequence[FileReport], failed: int, dry_run: bool) -> s
     line = "nothing to nop: " + _nothing_changed(len(done), failed, state).removeprefix("nothing changed: ")
     copy = "would be copied" if dry_run else "copied"
     if copied == len(done):
-        return f"{line}; {copy} to the output as {'it is' if copied == 1 else 'they are'}"
-    return f"{line}; {copied:,} of them {copy} to the output as they are"
+        return f"{line}; {copy} to the output as {agreeing(copied, 'it is', 'they are')}"
+    return f"{line}; {copied:,} of them {copy} to the output as {agreeing(copied, 'it is', 'they are')}"
 
 
 def _nothing_changed(done: int, failed: int, state: tuple[str, str]) -> str:
     """The closing line of a run that changed no file (``state``: what the files are, said of one
     file and of several): with files that failed, it must not read as if every file were fine."""
-    said = state[0] if done == 1 else state[1]
+    said = agreeing(done, *state)
     if not failed:
-        return f"nothing changed: {'the file' if done == 1 else f'all {done:,} files'} {said}"
-    files = "file" if done == 1 else "files"
+        return f"nothing changed: {agreeing(done, 'the file', f'all {done:,} files')} {said}"
+    files = agreeing(done, "file", "files")
     return f"nothing changed: the {done:,} {files} that did not fail {said}; {failed:,} failed (errors on stderr)"
 
 
@@ -1322,11 +1322,12 @@ def _check_lines(policy_file: Path, rules: Policy, tally: Tally) -> list[str]:
     for use in tally.uses():
         line = str(use.rule.line) if use.rule else ""
         text = str(use.rule) if use.rule else f"default {rules.default.value}"
-        rows.append((line, text, str(use.matched), str(use.decided), ", ".join(use.examples)))
+        rows.append((line, text, str(use.matched), str(use.decided), *use.examples))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    room = _TERMINAL - 2 - sum(widths) - 2 * len(widths)
     for r in rows:
-        cells = (r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]), r[3].rjust(widths[3]), r[4])
-        lines.append("  " + "  ".join(cells).rstrip())
+        cells = (r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]), r[3].rjust(widths[3]))
+        lines.append("  " + "  ".join((*cells, _fitting(r[4:], room))).rstrip())
     keep, nop = tally.verdicts[pol.Verb.KEEP], tally.verdicts[pol.Verb.NOP]
     not_traceable = ", ".join(f"{n} {why}" for why, n in sorted(tally.kept_untraceable.items()))
     init = f", {tally.kept_init} of them in init sections, traced until the kernel frees them"
@@ -1340,6 +1341,22 @@ def _check_lines(policy_file: Path, rules: Policy, tally: Tally) -> list[str]:
         meaning = "the records are dropped" if g is None else pol.NOP_MEANS[g]
         lines.append(f"  nop on {'unknown' if g is None else g.value} ({counted(n, 'site')}): {meaning}")
     return lines
+
+
+_TERMINAL: Final = 80  # the columns a table's rows fit in, a few examples more or less
+
+
+def _fitting(examples: Sequence[str], room: int) -> str:
+    """The first of ``examples`` (always), then as many more as fit in ``room`` columns, with
+    ``...`` when some are left out: a rule's row read at an 80-column terminal, where the default
+    rule's four examples ran to column 150 and wrapped."""
+    said = list(examples[:1])
+    for n, name in enumerate(examples[1:], start=2):
+        more = ["..."] if n < len(examples) else []
+        if len(", ".join([*said, name, *more])) > room:
+            return ", ".join([*said, "..."])
+        said.append(name)
+    return ", ".join(said)
 
 
 def _gen_key(item: tuple[Generation | None, int]) -> str:

@@ -14,7 +14,7 @@ from rewriter.errors import ArgumentError, LogError, NothingToDo
 from rewriter.generations import Generation
 from rewriter.lock import hold
 from rewriter.plan import Route
-from rewriter.prose import counted, printable
+from rewriter.prose import agreeing, counted, printable
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -290,7 +290,7 @@ def _print_applied(image: Path, options: Options, result: ApplyResult, writing: 
     if refused:
         _say(
             f"mcountrw: warning: {image}: {counted(refused, 'recorded site')} "
-            f"now {'holds' if refused == 1 else 'hold'} {options.target.value} words, which the kernel's "
+            f"now {agreeing(refused, 'holds', 'hold')} {options.target.value} words, which the kernel's "
             "ftrace_init_nop() refuses: ftrace bug at boot or load, ftrace off (--keep-records: a negative control)",
             err=True,
         )
@@ -429,9 +429,9 @@ def _print_already(image: Path, target: str, result: ApplyResult, writing: _Writ
         written = ""
     stage = f"; no stage image written to {writing.stage_dir}" if writing.stage_dir is not None else ""
     n = result.rewrite.unchanged
-    already = f"the 1 selected site is already {target}" if n == 1 else f"all {n} selected sites are already {target}"
+    already = agreeing(n, f"the 1 selected site is already {target}", f"all {n} selected sites are already {target}")
     if dropped:
-        already += ", its record dropped" if n == 1 else ", their records dropped"
+        already += agreeing(n, ", its record dropped", ", their records dropped")
     _say(
         f"{image}: nothing to change: {already}{hidden}{written}{stage}",
         err=True,

@@ -136,7 +136,7 @@ def _counts_rows(img: ImageAudit) -> list[tuple[str, object]]:
         ("records in weak-function bodies", weak_bodies_text(img)),
         ("sites in .init.text / .exit.text", f"{c.init_sites} / {c.exit_sites}"),
         (
-            "records (unmatched, duplicate, outside kernel text) / zeroed slots",
+            "records (unmatched, duplicate, skipped: outside kernel text) / zeroed slots",
             f"{c.records} ({c.unmatched_records}, {c.duplicate_records}, {c.skipped_records}) / {c.zeroed_records}",
         ),
     ]
@@ -264,7 +264,8 @@ def _diff_functions(d: ImageDiff, limit: int | None) -> list[str]:
         return [f"Generation {_gen(d, 0)} -> {_gen(d, 1)}.{built}", "", _pairing(d)]
     n = d.function_counts()
     out = [
-        f"Generation {_gen(d, 0)} -> {_gen(d, 1)}.{built} Functions with sites: {d.common_functions} in both, "
+        f"Generation {_gen(d, 0)} -> {_gen(d, 1)}.{built} Function names with sites (a function's aliases are "
+        f"names of it): {d.common_functions} in both, "
         f"{n['added']} added, {n['removed']} removed, {n['generation']} changed generation, "
         f"{n['section']} moved between sections."
     ]

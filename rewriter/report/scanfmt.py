@@ -84,11 +84,11 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 
 from rewriter import arrays
-from rewriter.boot import WHY, Boot, Untraceable, boot_of, init_only, untraceable, why_counts
+from rewriter.boot import Boot, Untraceable, boot_of, init_only, untraceable, why_counts, why_text
 from rewriter.elf.image import Kind, index_name
 from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation, Variant
-from rewriter.prose import counted, printable
+from rewriter.prose import Said, agreeing, counted, printable
 from rewriter.records import nonzero_records
 from rewriter.sites import NOT_BUILT_FOR_FTRACE, Scan, Site, Source, lacks_stub, override_text, summary
 
@@ -421,8 +421,10 @@ def _after_all(totals: Totals) -> str:
 
 def table_lines(result: Scan, limit: int | None) -> list[str]:
     """A summary line, notes (why sites are untraceable, ool stubs), then one aligned line per
-    site (``limit`` lines at most). The state column is ``file->boot`` (a module's ``file->load``): a patchable site's
-    ``nopped->disabled`` is traceable, although its file words are two nops."""
+    site (``limit`` lines at most), the function last; a column the same for every site is said
+    once, in an ``every site:`` line above the table (:func:`_site_rows`). The state column is
+    ``file->boot`` (a module's ``file->load``): a patchable site's ``nopped->disabled`` is
+    traceable, although its file words are two nops."""
     return _table(result, limit)[0]
 
 
@@ -435,48 +437,138 @@ def _table(result: Scan, limit: int | None) -> tuple[list[str], Totals]:
     lines = [_head(result, totals), *_notes(result, boot, why)]
     shown = result.sites if limit is None else result.sites[:limit]
     if shown:
-        state = "file->load" if result.kind is Kind.MODULE else "file->boot"  # a module's init runs as it loads
-        rows = [("call slot", "section", "variant", state, "rec", "traceable", "function")]
-        rows += [_cells(site, untraceable(site, boot), result.listed.get(site.place)) for site in shown]
-        lines += _aligned(rows)
+        lines += _site_rows(result, boot, why, shown)
     if len(shown) < len(result.sites):
         lines.append(f"  ... {len(result.sites) - len(shown)} more (use --all, --format json or csv)")
     return lines, totals
 
 
-Row = tuple[str, str, str, str, str, str, str]
+Row = tuple[str, str, str, str, str, str, str, str]
+"""One site's cells: call slot, section, variant, file->boot state, rec, traceable, function, stub."""
 
-_MIN_WIDTHS: Final = (20, 12, 12, 19, 5, 13)
-"""The narrowest each column but the last (the function) is printed: one image's table keeps its
-columns at these widths unless a cell is longer (e.g. the section of a ``-ffunction-sections``
-object), and then the whole column widens with it."""
+_HEADERS: Final[Row] = ("call slot", "section", "variant", "file->boot", "rec", "traceable", "function", "[stub area]")
+_LOAD_HEADERS: Final[Row] = (
+    "call slot",
+    "section",
+    "variant",
+    "file->load",
+    "rec",
+    "traceable",
+    "function",
+    "[stub area]",
+)
+_SLOT, _SECTION, _VARIANT, _STATE, _REC, _TRACEABLE, _FUNCTION, _STUB = range(len(_HEADERS))
+_REC_SAID: Final = {"rec": "recorded", "UNREC": "unrecorded (UNREC)", "LOG": "known only from the patch log (LOG)"}
+
+
+def _site_rows(result: Scan, boot: Boot, why: Counter[Untraceable | None], shown: Sequence[Site]) -> list[str]:
+    """The ``every site:`` line, then the column headers and one row per shown site.
+
+    A table must read on an 80-column terminal, where the function (what a developer looks for)
+    comes last, as in ``objdump -t``, ``readelf -s`` and ``perf report``. So a column whose cell
+    is the same for every site of the image (not only the rows shown: a pristine kernel's
+    variant, state and record) is dropped and said once, in the ``every site:`` line; and a
+    module's or object's section is in its call slot (``.text+0x14``)."""
+    header = _LOAD_HEADERS if result.kind is Kind.MODULE else _HEADERS  # a module's init runs as it loads
+    same = _same_for_every_site(result, why)
+    said = [_every_site_text(i, value, header[_STATE]) for i, value in sorted(same.items()) if value]
+    kept = [i for i in range(_FUNCTION) if i not in same]
+    rows = [_cells(site, untraceable(site, boot), result.listed.get(site.place)) for site in shown]
+    return _every_site_lines(said) + _aligned([header, *rows], kept, with_stub=_STUB not in same)
+
+
+def _same_for_every_site(result: Scan, why: Counter[Untraceable | None]) -> dict[int, str]:
+    """The optional columns whose cell is one value for every site of the image, by column; ``""``
+    for one the ``every site:`` line need not name: a relocatable file's section (its call slots
+    name it), and the stub of an image whose sites have none (not ool; an ool site without one
+    says so in its state, ``NO-STUB``)."""
+    sites = result.sites
+    values = {
+        _SECTION: {s.section for s in sites} if result.kind in _LINKED else {""},
+        _VARIANT: {s.variant.value for s in sites},
+        _STATE: {_state_cell(s) for s in sites},
+        _REC: {_rec_cell(s) for s in sites},
+        _TRACEABLE: {_traceable_cell(reason) for reason in why},
+        _STUB: {f"[{s.stub}]" if s.stub else "" for s in sites},
+    }
+    return {i: cells.pop() for i, cells in values.items() if len(cells) == 1}
+
+
+_EVERY: Final = "  every site: "
+_WIDTH: Final = 80  # the terminal the table is laid out for
+
+
+def _every_site_lines(said: Sequence[str]) -> list[str]:
+    """The ``every site:`` line, its phrases packed into lines of at most 80 columns (a phrase
+    is never split; a continuation starts under the first phrase); none when nothing is said."""
+    lines: list[str] = []
+    for phrase in said:
+        if lines and len(lines[-1]) + len(", ") + len(phrase) < _WIDTH:  # and room for a comma after it
+            lines[-1] += f", {phrase}"
+        elif lines:
+            lines[-1] += ","
+            lines.append(" " * len(_EVERY) + phrase)
+        else:
+            lines.append(_EVERY + phrase)
+    return lines
+
+
+def _every_site_text(column: int, value: str, state: str) -> str:
+    """How the ``every site:`` line says a column's one value (``state``: the state column's header)."""
+    return _EVERY_SITE[column](value, state)
+
+
+_EVERY_SITE: Final[Mapping[int, Callable[[str, str], str]]] = {
+    _SECTION: lambda value, _: f"in {value}",
+    _VARIANT: lambda value, _: f"variant {value}",
+    _STATE: lambda value, state: f"{state} {value}",
+    _REC: lambda value, _: _REC_SAID[value],
+    _TRACEABLE: lambda value, _: "traceable" if value == "yes" else f"not traceable ({value.removeprefix('NO ')})",
+    _STUB: lambda value, _: f"ool stub in {value.strip('[]')}",
+}
 
 
 def _cells(site: Site, reason: Untraceable | None, listed: str | None = None) -> Row:
-    """One site's row: call slot, section, variant, file->boot state, record, traceable, function.
-    ``listed``: for a site in no function, the name ftrace lists it under (``Scan.listed``: a weak
-    body within reach of the symbol before it), which set_ftrace_filter and policies match."""
+    """One site's row: call slot, section, variant, file->boot state, record, traceable, function,
+    stub. ``listed``: for a site in no function, the name ftrace lists it under (``Scan.listed``:
+    a weak body within reach of the symbol before it), which set_ftrace_filter and policies match."""
     function = site.function or ("?" if listed is None else f"? (listed as {listed})")
     return (
         site.place_text,
         site.section,
         site.variant.value,
-        f"{site.state.value}->{_boot_text(site) if site.boot_state else _boot_text(site).upper()}",
-        "LOG" if site.source is Source.LOG else "rec" if site.recorded else "UNREC",
-        "yes" if reason is None else f"NO {reason.value}",
-        function + (f"  [{site.stub}]" if site.stub else ""),
+        _state_cell(site),
+        _rec_cell(site),
+        _traceable_cell(reason),
+        function,
+        f"[{site.stub}]" if site.stub else "",
     )
 
 
-def _aligned(rows: Sequence[Row]) -> list[str]:
-    """The rows as lines, each column as wide as its widest cell (at least :data:`_MIN_WIDTHS`):
-    the call slot right-aligned, the rest left-aligned, the function last and unpadded."""
-    widths = [max(low, *(len(row[i]) for row in rows)) for i, low in enumerate(_MIN_WIDTHS)]
-    place, section, variant, states, rec, trace = widths
-    return [
-        f"  {r[0]:>{place}}  {r[1]:<{section}} {r[2]:<{variant}} {r[3]:<{states}} {r[4]:<{rec}} {r[5]:<{trace}} {r[6]}"
-        for r in rows
-    ]
+def _state_cell(site: Site) -> str:
+    """``file->boot``: the state in the file, and after boot init (in capitals when init fails it)."""
+    return f"{site.state.value}->{_boot_text(site) if site.boot_state else _boot_text(site).upper()}"
+
+
+def _rec_cell(site: Site) -> str:
+    return "LOG" if site.source is Source.LOG else "rec" if site.recorded else "UNREC"
+
+
+def _traceable_cell(reason: Untraceable | None) -> str:
+    return "yes" if reason is None else f"NO {reason.value}"
+
+
+def _aligned(rows: Sequence[Row], kept: Sequence[int], with_stub: bool) -> list[str]:
+    """The ``kept`` columns of the rows, then the function (last and unpadded, so that a long
+    name runs past), then the stub area when it differs between sites; each column as wide as
+    its widest cell, the call slot right-aligned, the rest left-aligned."""
+    widths = {i: max(len(row[i]) for row in rows) for i in kept}
+    lines = []
+    for row in rows:
+        cells = [f"{row[i]:>{widths[i]}}" if i == _SLOT else f"{row[i]:<{widths[i]}}" for i in kept]
+        tail = f"{row[_FUNCTION]}  {row[_STUB]}" if with_stub and row[_STUB] else row[_FUNCTION]
+        lines.append("  " + "  ".join([*cells, tail]).rstrip())
+    return lines
 
 
 def _head(result: Scan, totals: Totals) -> str:
@@ -510,11 +602,8 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
     logged = _by_source(result.sites)[Source.LOG]
     log = None if result.log is None else printable(str(result.log))
     if log is not None and logged:
-        its, they = ("its", "it") if logged == 1 else ("their", "them")
         out.append(
-            f"  LOG: {counted(logged, 'site')} known only from the patch log {log} (an earlier rewrite "
-            f"dropped {its} record{'s' if logged > 1 else ''}, and {its} words call nothing: no scan of the file "
-            f"finds {they})"
+            f"  LOG: {counted(logged, 'site')} known only from the patch log {log} {agreeing(logged, *_UNFOUND)}"
         )
     elif log is not None:
         out.append(f"  LOG: the patch log {log} was read; the file itself shows every site it names")
@@ -534,11 +623,12 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
         out.append("  no function symbols: sites are unnamed" + _blind(result.generation, result.weak_max_offset))
     for reason in Untraceable:
         if why[reason]:
-            out.append(f"  not traceable: {why[reason]} {reason.value}: {WHY[reason]}")
+            out.append(f"  not traceable: {why[reason]} {reason.value}: {why_text(reason, why[reason])}")
     init = _traceable_in_init(result, boot) if why[None] else 0
     if init:
-        verb = "is" if init == 1 else "are"
-        out.append(f"  init text: {init} of the traceable sites {verb} {_INIT_ONLY[result.kind is Kind.MODULE]}")
+        out.append(
+            f"  init text: {init} of the traceable sites {agreeing(init, *_INIT_ONLY[result.kind is Kind.MODULE])}"
+        )
     stubs = stubs_json(result)
     if stubs:
         out.append("  " + _stubs_line(stubs, result.records.count, boot.stub_unknown, result.not_loaded is not None))
@@ -558,11 +648,10 @@ def _zeroed_text(zeroed: int, linked: bool) -> str:
     records (the sites behind them, nopped, call nothing and only its log names them), or, in a
     linked image, the linker's padding between the objects' record tables (why the kernel's
     ftrace_process_locs() skips a zero: "Some architecture linkers will pad between ...")."""
-    hold = "holds" if zeroed == 1 else "hold"
     return (
-        f"{counted(zeroed, 'record slot')} {hold} 0: what a rewrite that drops records leaves (mcountrw nop "
-        "--drop-records, prenop), whose patch log names the sites it nopped (none was read: "
-        "--log, --log-dir)" + (", or the linker's padding between record tables" if linked else "")
+        f"{counted(zeroed, 'record slot')} {agreeing(zeroed, 'holds', 'hold')} 0: what a rewrite that drops "
+        "records leaves (mcountrw nop --drop-records, prenop), whose patch log names the sites it nopped "
+        "(none was read: --log, --log-dir)" + (", or the linker's padding between record tables" if linked else "")
     )
 
 
@@ -584,11 +673,24 @@ def _load_lines(result: Scan, boot: Boot) -> list[str]:
     return out
 
 
+_UNFOUND: Final = Said(
+    "(an earlier rewrite dropped its record, and its words call nothing: no scan of the file finds it)",
+    "(an earlier rewrite dropped their records, and their words call nothing: no scan of the file finds them)",
+)
+
 _INIT_ONLY: Final = {
-    False: "in init sections: traced while the kernel boots, until it frees init memory and drops their "
-    "records (ftrace_free_init_mem()); available_filter_functions never lists them",
-    True: "in init sections: traced while the module initialises, until the loader frees its init memory "
-    "and drops their records (ftrace_free_mem() in do_init_module())",
+    False: Said(
+        "is in init sections: traced while the kernel boots, until it frees init memory and drops its record "
+        "(ftrace_free_init_mem()); available_filter_functions never lists it",
+        "are in init sections: traced while the kernel boots, until it frees init memory and drops their records "
+        "(ftrace_free_init_mem()); available_filter_functions never lists them",
+    ),
+    True: Said(
+        "is in init sections: traced while the module initialises, until the loader frees its init memory and "
+        "drops its record (ftrace_free_mem() in do_init_module())",
+        "are in init sections: traced while the module initialises, until the loader frees its init memory and "
+        "drops their records (ftrace_free_mem() in do_init_module())",
+    ),
 }
 
 
@@ -629,7 +731,7 @@ def _stubs_line(stubs: Sequence[dict[str, Any]], records: int, unknown: int = 0,
         carved = "never carved (the loader refuses the module)" if refused else "carved out at load"
         return (
             f"ool stubs: .stubs, {carved}, one per table entry ({stubs[0]['count']}): "
-            f"serve {stubs[0]['used']} of {records} records"
+            f"serve {stubs[0]['used']} of {counted(records, 'record')}"
         )
     sizes = {a["stub_size"] for a in stubs}
     size = f" ({sizes.pop()} B each)" if len(sizes) == 1 else ""

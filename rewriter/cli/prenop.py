@@ -574,7 +574,7 @@ def _incomplete_output(mode: Mode, args: _Args, reports: Sequence[FileReport]) -
     if takes.dry_run or args.output is None or not failed:
         return ""
     if _all_failed(reports):
-        every = "the one file" if len(failed) == 1 else f"all {len(failed):,} files"
+        every = agreeing(len(failed), "the one file", f"all {len(failed):,} files")
         return f"nothing written to {args.output}: {every} failed (the lines above); an OUT this run made is removed"
     return (
         f"{args.output} is incomplete: {counted(len(failed), 'file')} failed and "

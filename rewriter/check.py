@@ -619,8 +619,9 @@ def check(
         if limit < MAX_STATES:
             raise  # the whole plan's bound: check_all names it
         raise ArgumentError(
-            f"site {site} ({len(ops)} writes) takes more than {MAX_STATES:,} states to check at {tasks} tasks x "
-            f"{entries} entries: check it with fewer --tasks or --entries, or give one site fewer writes"
+            f"site {site} ({counted(len(ops), 'write')}) takes more than {MAX_STATES:,} states to check at "
+            f"{tasks} tasks x {entries} entries: check it with fewer --tasks or --entries, or give one site "
+            "fewer writes"
         ) from None
     except _TooManyMoves:
         raise _too_many_moves(site, ops, tasks, entries) from None

@@ -404,10 +404,10 @@ def test_a_check_past_its_state_bound_stops_and_says_which_site(monkeypatch: pyt
     ool site: 1.4 million states, 1 GB). Past ``MAX_STATES`` the check stops with one line; here
     the bound is lowered so that a built-in plan passes it."""
     monkeypatch.setattr(checker, "MAX_STATES", 1000)
-    with pytest.raises(ArgumentError, match=r"site 0 \(1 writes\) takes more than 1,000 states .* 3 tasks x 4 entries"):
+    with pytest.raises(ArgumentError, match=r"site 0 \(1 write\) takes more than 1,000 states .* 3 tasks x 4 entries"):
         check_all(BUILTINS["ool-enable"].plan, tasks=3, entries=4, stale_fetch=True)
     refused = invoke("check-plan", "--builtin", "ool-enable", "--tasks", "3", "--entries", "4", "--stale-fetch")
-    assert_one_line(refused, 2, "error", "ool-enable: site 0 (1 writes) takes more than 1,000 states")
+    assert_one_line(refused, 2, "error", "ool-enable: site 0 (1 write) takes more than 1,000 states")
 
 
 def test_the_largest_built_in_plans_check_well_within_the_state_bound() -> None:

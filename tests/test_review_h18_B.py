@@ -22,6 +22,8 @@ import contextlib
 import hashlib
 import json
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -290,7 +292,6 @@ def _run_until_logs(tmp_path: Path, src: Path, logs_wanted: int):  # type: ignor
     """A `prenop --jobs 2` of a copy of ``src`` in its own session, once it has written
     ``logs_wanted`` logs (or ended): (the process, the tree, the logs, the originals' sha256)."""
     import os
-    import subprocess
     import sys
     import time
 
@@ -315,8 +316,6 @@ def test_sigterm_to_the_parent_alone_stops_the_workers_of_a_prenop(tmp_path: Pat
     before the run said it was interrupted. Now the workers are stopped with it: the run ends at
     once, each file old or new with its log, no temporary file, no process left."""
     import os
-    import signal
-    import subprocess
     import time
 
     proc, tree, logs, originals = _run_until_logs(tmp_path, require_kernel("6.12").modules_dir / "fs", 1)
@@ -453,23 +452,11 @@ def test_ctrl_c_twice_during_the_writes_leaves_every_file_whole_with_its_log(tmp
     second raised again in a worker's clean-up of the first, which stopped halfway: temporary files
     left in the tree, and logs left beside the original files they do not describe (3 trials in 5
     on the 6.1 fs tree). A worker spends the second now; up to three tries here."""
-    import os
-    import signal
-    import subprocess
-    import time
 
     src = require_kernel("6.1").modules_dir / "fs"
     for n in range(3):
         proc, tree, logs, originals = _run_until_logs(tmp_path / str(n), src, 15)
-        try:
-            for _ in range(2):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGINT)
-                time.sleep(0.03)
-            _, err = proc.communicate(timeout=60)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        err = _signal_twice(proc, signal.SIGINT, 0.03)
         assert proc.returncode in (0, 128 + signal.SIGINT) and "Traceback" not in err, err
         left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
         _, bad = _new_or_old(tree, logs, originals)
@@ -483,8 +470,6 @@ def test_sigterm_twice_while_nop_writes_a_vmlinux_leaves_no_temporary_file(tmp_p
     run unwinds) and left `.v.<random>.mcountrw-tmp` beside the vmlinux, every time (5 in 5). It is
     spent now; the vmlinux is its original, or the new one with its log."""
     import os
-    import signal
-    import subprocess
     import sys
     import time
 
@@ -499,14 +484,11 @@ def test_sigterm_twice_while_nop_writes_a_vmlinux_leaves_no_temporary_file(tmp_p
         deadline = time.monotonic() + 60
         while proc.poll() is None and not _temporaries(tmp_path) and time.monotonic() < deadline:
             time.sleep(0.001)
-        for _ in range(2):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            time.sleep(0.01)
-        _, err = proc.communicate(timeout=60)
-    finally:
+    except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    err = _signal_twice(proc, signal.SIGTERM, 0.01)
     assert proc.returncode in (0, 128 + signal.SIGTERM) and "Traceback" not in err, err
     assert _temporaries(tmp_path) == []
     log = tmp_path / "v.mcountrw.jsonl"
@@ -533,3 +515,20 @@ def test_undo_rerun_in_place_settles_the_log_an_interrupted_undo_left(tmp_path: 
     assert not beside.exists() and f.read_bytes() == PROF.read_bytes()
     scan = invoke("scan", f)
     assert scan.exit_code == 0 and "warning" not in scan.stderr, scan.output
+
+
+def _signal_twice(proc: subprocess.Popen[str], signum: int, gap: float) -> str:
+    """Send ``signum`` to ``proc``'s process group twice, ``gap`` seconds apart, and wait for it to
+    end; its stderr. Whatever happens, the group is killed after."""
+    import os
+    import time
+
+    try:
+        for _ in range(2):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signum)
+            time.sleep(gap)
+        return proc.communicate(timeout=60)[1]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

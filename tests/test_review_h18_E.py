@@ -1,0 +1,65 @@
+"""h18-E's review of the last hour's plan --image, prenop and scan table, as a kernel developer
+uses them from the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from rewriter.cli import app
+from rewriter.generations import Variant
+from rewriter.plan import SiteRequest, plan
+from rewriter.siteplaces import Place
+from rewriter.states import SiteState
+
+runner = CliRunner()
+
+TRACER = 0xC00000000006E270  # 6.1's ftrace_caller; the call slots below are 6.1's vfs_readv and vfs_read
+SLOTS = (0xC00000000052926C, 0xC00000000052AB4C)
+
+
+def _image_plan_doc(to: SiteState, slots: tuple[int, int] = SLOTS) -> dict[str, object]:
+    """A plan --image file of two mprofile sites at ``slots``, as plan --image writes it."""
+    request = SiteRequest(Variant.MPROFILE, SiteState.DISABLED, to)
+    p = plan([request, request], runtime=True)
+    places = tuple(
+        Place(addr, name, TRACER, "ftrace_caller") for addr, name in zip(slots, ("vfs_readv", "vfs_read"), strict=True)
+    )
+    doc: dict[str, object] = json.loads(replace(p, places=places, image="vmlinux-6.1").to_json())
+    return doc
+
+
+def test_check_plan_refuses_two_sites_at_one_address(tmp_path: Path) -> None:
+    """check-plan proves each site alone (another's writes cannot affect it): a plan edited to
+    give two sites one address, each write's words right for it, was SAFE although its one stage
+    wrote the same word twice (the second CAS would fail); so is one site's A on another's B."""
+    for to in (SiteState.ENABLED, SiteState.NOPPED):
+        good = _image_plan_doc(to)
+        ok = tmp_path / "ok.json"
+        ok.write_text(json.dumps(good))
+        assert runner.invoke(app, ["check-plan", str(ok)]).exit_code == 0
+        doc = json.loads(json.dumps(good))
+        sites, stages = doc["sites"], doc["stages"]
+        assert isinstance(sites, list) and isinstance(stages, list)
+        sites[1] = dict(sites[0], function="vfs_read")
+        stages[0][1] = dict(stages[0][0], site=1)
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(doc))
+        result = runner.invoke(app, ["check-plan", str(bad)])
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and f"{bad}: sites[1].addr: " in result.output
+        assert "a word of site 0" in result.output
+
+
+def test_check_plan_refuses_a_site_whose_words_are_anothers(tmp_path: Path) -> None:
+    """An mprofile site 4 bytes past another has its A slot on the other's B: both checked alone,
+    the file (every word re-derived from its place) was SAFE."""
+    doc = _image_plan_doc(SiteState.ENABLED, (SLOTS[0], SLOTS[0] + 4))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    result = runner.invoke(app, ["check-plan", str(bad)])
+    assert result.exit_code == 2, result.output
+    assert f"{bad}: sites[1].addr: {SLOTS[0] + 4:#x} puts its A at {SLOTS[0]:#x}, a word of site 0" in result.output

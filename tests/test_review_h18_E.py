@@ -7,6 +7,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+from boot import require_kernel
 from typer.testing import CliRunner
 
 from rewriter.cli import app
@@ -63,3 +65,17 @@ def test_check_plan_refuses_a_site_whose_words_are_anothers(tmp_path: Path) -> N
     result = runner.invoke(app, ["check-plan", str(bad)])
     assert result.exit_code == 2, result.output
     assert f"{bad}: sites[1].addr: {SLOTS[0] + 4:#x} puts its A at {SLOTS[0]:#x}, a word of site 0" in result.output
+
+
+@pytest.mark.corpus
+def test_plan_image_refuses_to_unknown_as_bad_input(tmp_path: Path) -> None:
+    """`plan --from X --to unknown` is bad input (exit 2, docs/bad-input.md); with --image it was
+    exit 1, 'no legal route: site 0: mprofile: a site in state unknown (its slots hold other
+    words) cannot be planned', of a site that is disabled; and -o is left unwritten."""
+    out = tmp_path / "p.json"
+    vmlinux = str(require_kernel("6.1").vmlinux)
+    result = runner.invoke(app, ["plan", "--image", vmlinux, "--only", "vfs_read", "--to", "unknown", "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    said = "mcountrw: error: --to unknown: a site whose words are none of its states cannot be planned\n"
+    assert result.output == said
+    assert not out.exists()

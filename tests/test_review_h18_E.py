@@ -4,6 +4,7 @@ uses them from the CLI."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from boot import require_kernel
 from typer.testing import CliRunner
 
 from rewriter.cli import app
+from rewriter.elf.image import Image
 from rewriter.generations import Variant
 from rewriter.plan import SiteRequest, plan
 from rewriter.siteplaces import Place
@@ -78,4 +80,31 @@ def test_plan_image_refuses_to_unknown_as_bad_input(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     said = "mcountrw: error: --to unknown: a site whose words are none of its states cannot be planned\n"
     assert result.output == said
+    assert not out.exists()
+
+
+@pytest.mark.corpus
+def test_prenop_o_of_a_tree_stripped_in_place_is_refused_before_its_first_write(tmp_path: Path) -> None:
+    """A signed tree prenopped --in-place --strip-signature (its logs beside its modules), then
+    taken as the input of `prenop -o OUT` without a signature choice: the module whose original
+    the log beside it says was signed is not signed now, so the check before the first write
+    passed it; the unsigned module was written to OUT, the other failed in its turn (OUT half
+    done, exit 2). Now refused before the first write, OUT not made."""
+    nls = require_kernel("6.1").modules_dir / "fs" / "nls"
+    tree, out = tmp_path / "tree", tmp_path / "out"
+    tree.mkdir()
+    shutil.copy(nls / "mac-celtic.ko", tree / "a.ko")
+    unsigned = Image.load(nls / "nls_utf8.ko")  # an unsigned module: its signature cut off
+    assert unsigned.signature is not None
+    (tree / "b.ko").write_bytes(unsigned.data[: unsigned.elf_end])
+    policy = tmp_path / "nop.policy"
+    policy.write_text("default nop\n")
+    done = runner.invoke(
+        app, ["prenop", "--policy", str(policy), str(tree / "a.ko"), "--in-place", "--strip-signature"]
+    )
+    assert done.exit_code == 0, done.output
+    result = runner.invoke(app, ["prenop", "--policy", str(policy), str(tree), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"{tree / 'a.ko'}: signed module: " in result.output
+    assert "the run is refused before its first write" in result.output
     assert not out.exists()

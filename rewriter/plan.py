@@ -412,10 +412,18 @@ def _place(obj: dict[str, Any], where: str) -> Place:
 def _places_apart(p: Plan) -> None:
     """No word is two sites': the checker proves each site alone (another's writes cannot
     affect it), which holds only of sites whose words are apart; two sites at one address would
-    be two proofs of one word's writes, certified SAFE however they clash."""
+    be two proofs of one word's writes, certified SAFE however they clash. Nor is an ool stub two
+    sites': its last word branches back to the one site it serves (one stub per record,
+    ``ftrace_init_ool_stub()``), so a second site's ``b stub`` would return into the first's function."""
     assert p.places is not None
     owner: dict[int, int] = {}
+    stubs: dict[int, int] = {}
     for i, (req, place) in enumerate(zip(p.sites, p.places, strict=True)):
+        if LAYOUTS[req.variant].stub and place.call is not None and stubs.setdefault(place.call, i) != i:
+            raise PlanFormatError(
+                f"sites[{i}].call: {place.call:#x} is the ool stub of site {stubs[place.call]}: a stub returns to "
+                "the one site it serves"
+            )
         for slot in LAYOUTS[req.variant].slots:
             at = slot_addr(place, req.variant, slot)
             if owner.setdefault(at, i) != i:

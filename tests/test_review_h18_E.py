@@ -108,3 +108,24 @@ def test_prenop_o_of_a_tree_stripped_in_place_is_refused_before_its_first_write(
     assert f"{tree / 'a.ko'}: signed module: " in result.output
     assert "the run is refused before its first write" in result.output
     assert not out.exists()
+
+
+def test_check_plan_refuses_two_ool_sites_sharing_a_stub(tmp_path: Path) -> None:
+    """An ool stub serves one record (its last word branches back to that site): a plan file whose
+    two sites' `b stub` reach one stub, each word right for its place, was SAFE."""
+    request = SiteRequest(Variant.OOL, SiteState.DISABLED, SiteState.ENABLED)
+    stub = 0xC0000000000CCE18  # 7.2's stub for vfs_read (ftrace_ool_stub_text)
+    slots = (0xC000000000800328, 0xC000000000800A28)
+    for calls, code in (((stub, stub + 24), 0), ((stub, stub), 2)):
+        places = tuple(
+            Place(addr, f"f{i}", call, "its ool stub") for i, (addr, call) in enumerate(zip(slots, calls, strict=True))
+        )
+        p = replace(plan([request, request], runtime=True), places=places, image="vmlinux-7.2")
+        path = tmp_path / "p.json"
+        path.write_text(p.to_json())
+        result = runner.invoke(app, ["check-plan", str(path)])
+        assert result.exit_code == code, result.output
+    assert result.output == (
+        f"mcountrw: error: {path}: sites[1].call: {stub:#x} is the ool stub of site 0: a stub returns to the one "
+        "site it serves\n"
+    )

@@ -65,7 +65,7 @@ from rewriter import ppc
 from rewriter.errors import ArgumentError, NoRoute, PlanFormatError, PlanRejected
 from rewriter.generations import LAYOUTS, Variant, state_rejection, steps_from
 from rewriter.prose import agreeing, counted, json_problem, printable
-from rewriter.siteplaces import Place, PlacedWrite, hex_text, placed
+from rewriter.siteplaces import Place, PlacedWrite, hex_text, placed, slot_addr
 from rewriter.states import S_WRITES, Insn, SiteState, Slot, Step, words_text
 
 
@@ -295,6 +295,7 @@ class Plan:
         if p.routed:
             _route_followed(p)
         if p.places is not None:
+            _places_apart(p)
             _check_words(p, stage_docs)
         return p
 
@@ -406,6 +407,30 @@ def _place(obj: dict[str, Any], where: str) -> Place:
     if call is not None and not ppc.in_branch_range(call - addr):
         raise PlanFormatError(f"{where}.call: {call:#x} is beyond branch range of the call slot at {addr:#x}")
     return Place(addr, _field(obj, "function", str, where), call, _field(obj, "call_to", str, where))
+
+
+def _places_apart(p: Plan) -> None:
+    """No word is two sites': the checker proves each site alone (another's writes cannot
+    affect it), which holds only of sites whose words are apart; two sites at one address would
+    be two proofs of one word's writes, certified SAFE however they clash. Nor is an ool stub two
+    sites': its last word branches back to the one site it serves (one stub per record,
+    ``ftrace_init_ool_stub()``), so a second site's ``b stub`` would return into the first's function."""
+    assert p.places is not None
+    owner: dict[int, int] = {}
+    stubs: dict[int, int] = {}
+    for i, (req, place) in enumerate(zip(p.sites, p.places, strict=True)):
+        if LAYOUTS[req.variant].stub and place.call is not None and stubs.setdefault(place.call, i) != i:
+            raise PlanFormatError(
+                f"sites[{i}].call: {place.call:#x} is the ool stub of site {stubs[place.call]}: a stub returns to "
+                "the one site it serves"
+            )
+        for slot in LAYOUTS[req.variant].slots:
+            at = slot_addr(place, req.variant, slot)
+            if owner.setdefault(at, i) != i:
+                raise PlanFormatError(
+                    f"sites[{i}].addr: {place.addr:#x} puts its {slot.value} at {at:#x}, a word of site {owner[at]}: "
+                    "check-plan proves each site alone, so no word may be two sites'"
+                )
 
 
 def _check_words(p: Plan, stage_docs: list[list[Any]]) -> None:

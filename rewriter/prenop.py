@@ -1026,17 +1026,28 @@ def refuse_signed_without_choice(ts: Sequence[Target], settings: Settings) -> No
 
 
 def _may_need_a_signature_choice(t: Target, policy: Policy) -> bool:
-    """Whether ``t`` is a module whose original may carry a signature (the file does, or its log
-    says the run that wrote it cut one off: a rerun applies the policy to the original) and in
-    which the policy may nop a site. Reads the file (an uncompressed one's end only, unless it is
-    signed), never scans it."""
-    if not _ends_signed(t.source):
-        header = read_header(t.log)
-        if header is None or not header.summary.get("signature_stripped"):
-            return False
+    """Whether ``t`` is a module whose original may carry a signature (the file does, or a log that
+    leads to its original says the run that wrote it cut one off: a rerun, or with ``-o`` a tree
+    rewritten in place, applies the policy to the original) and in which the policy may nop a
+    site. Reads the file (an uncompressed one's end only, unless it is signed), never scans it."""
+    if not _ends_signed(t.source) and not any(_stripped_by(log) for log in _logs_of_original(t)):
+        return False
     _, content, compression = read_file(t.source)
     image = Image(t.source, content, compression)
     return image.kind is Kind.MODULE and policy.for_file(module_name(image)).may_nop
+
+
+def _logs_of_original(t: Target) -> tuple[Path, ...]:
+    """The logs that may lead :func:`_decide` back to ``t``'s original: its own, and with ``-o``
+    the one beside the source (:func:`_log_beside_source`: a tree rewritten in place, the input of
+    another)."""
+    return (t.log,) if t.dest == t.source else (t.log, default_log_path(t.source))
+
+
+def _stripped_by(log: Path) -> bool:
+    """Whether the header of ``log`` says the run that wrote it cut a signature off."""
+    header = read_header(log)
+    return header is not None and bool(header.summary.get("signature_stripped"))
 
 
 def _ends_signed(path: Path) -> bool:

@@ -116,6 +116,9 @@ def plan(
 
     if to is None:
         raise ArgumentError("missing option '--to' (the target state)")
+    for option, state in (("--from", from_), ("--to", to)):
+        if state is SiteState.UNKNOWN:  # a scan's word for a site it cannot read, never a plan's (--image's too)
+            raise ArgumentError(f"{option} unknown: a site whose words are none of its states cannot be planned")
     check_report_output(output, [image] if image is not None else [])
     if image is not None:
         _refuse_with_image((("--from", from_), ("--generation", generation), ("--variant", variant)), offline)
@@ -143,9 +146,6 @@ def _plan_abstract(
     from rewriter.plan import SiteRequest, check_route_decides
     from rewriter.plan import plan as make_plan
 
-    for option, state in (("--from", from_), ("--to", to)):
-        if state is SiteState.UNKNOWN:  # a scan's word for a site it cannot read, never a plan's
-            raise ArgumentError(f"{option} unknown: a site whose words are none of its states cannot be planned")
     request = SiteRequest(variant, from_, to)
     if offline and stale_fetch:
         raise ArgumentError("--stale-fetch is about CPUs running the code: an --offline plan has none")

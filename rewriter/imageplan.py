@@ -39,7 +39,7 @@ from rewriter.errors import ArgumentError, NothingToDo
 from rewriter.files import ScanHints, check_something_to_do, selection_text
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
-from rewriter.prose import and_more, counted, with_article
+from rewriter.prose import agreeing, and_more, counted, with_article
 from rewriter.rewrite import Selection
 from rewriter.siteplaces import Place
 from rewriter.sites import Scan, Site, scan
@@ -73,7 +73,8 @@ def plan_image(
     if image.kind is not Kind.VMLINUX:
         raise ArgumentError(
             f"{path}: {with_article(image.kind.value)}, not a vmlinux: plan --image plans the sites of a running "
-            "kernel's vmlinux (a module's addresses, and the trampoline its bl reaches, are decided when it is loaded)"
+            "kernel's vmlinux (a module's addresses, and where its enabled branch goes, a trampoline or an ool "
+            "stub, are decided when it is loaded)"
         )
     if image.symbols is None:  # the scan would ask for --mcount-addr or --generation, which plan has not
         raise ArgumentError(
@@ -115,15 +116,21 @@ def _plannable(sites: Sequence[Site]) -> tuple[list[Site], list[str]]:
         )
     if untraceable:
         left_out.append(
-            f"{counted(len(untraceable), 'selected site')} left out: ftrace cannot trace them after boot "
+            f"{counted(len(untraceable), 'selected site')} left out: ftrace cannot trace "
+            f"{agreeing(len(untraceable), 'it', 'them')} after boot "
             f"(`mcountrw scan` says why) ({_names(untraceable)})"
         )
     return kept, left_out
 
 
 def _names(sites: Sequence[Site]) -> str:
-    names = sorted({s.function or f"{s.addr:#x}" for s in sites}, key=lambda n: (n.startswith("0x"), n))
-    return ", ".join(names[:3]) + and_more(max(len(names) - 3, 0), "function")
+    """Up to three of the sites' functions, and how many more; the sites in no function (weak
+    bodies, listed by address) are counted as sites, not as functions."""
+    named = sorted({s.function for s in sites if s.function})
+    unnamed = len({s.addr for s in sites if not s.function})
+    text = ", ".join(named[:3]) + and_more(max(len(named) - 3, 0), "function")
+    nowhere = f"{counted(unnamed, 'site')} in no function" if unnamed else ""
+    return "; ".join(part for part in (text, nowhere) if part)
 
 
 def _places(image: Image, found: Scan, sites: Sequence[Site]) -> tuple[Place, ...]:

@@ -265,6 +265,8 @@ class Plan:
         stale_fetch = _field(doc, "stale_fetch", bool, "plan")
         if stale_fetch and mode == "offline":  # as `plan --offline --stale-fetch` is refused
             raise PlanFormatError("stale_fetch: true is about CPUs running the code; an offline plan has none")
+        if image is not None and mode == "offline":  # as `plan --image --offline` is refused
+            raise PlanFormatError('mode: "offline" with an image: the plan of a vmlinux\'s sites is a runtime plan')
         stage_docs = [_list(stage, f"stages[{j}]") for j, stage in enumerate(_field(doc, "stages", list, "plan"))]
         stages = tuple(
             tuple(_write(w, f"stages[{j}][{k}]", image is not None) for k, w in enumerate(stage))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import stat
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -61,10 +60,10 @@ from rewriter.mcount import MCOUNT_NAMES, check_mcount_addr_alone
 from rewriter.output import (
     Pending,
     atomic_write,
-    cannot_write_in,
     check_not_immutable,
     check_replaceable,
     commit_all,
+    directory_problem,
     same_place,
     write_temp,
 )
@@ -589,24 +588,12 @@ def _check_not_a_stage_image(path: Path, directory: Path, targets: Sequence[tupl
 
 def check_stage_dir(directory: Path) -> None:
     """Before any work, as ``-o`` is checked (``output.check_replaceable``): ``--stage-images DIR``
-    is a directory the stage images can be written in, or one ``mkdir -p`` can make (the nearest
-    part of the path that is there is a directory that can be written in). A read-only place, or
-    a path under a regular file, was found by the writes at the end, after the scan and rewrite."""
-    for place in (directory, *directory.parents):
-        try:
-            is_dir = stat.S_ISDIR(os.stat(place).st_mode)
-        except (FileNotFoundError, NotADirectoryError):
-            if os.path.islink(place):  # mkdir fails on it: "File exists"
-                raise OutputError(f"--stage-images {directory}: {place} is a symlink to nothing") from None
-            continue  # not there (a part under a file is said when the file is reached)
-        except OSError as e:
-            raise OutputError(f"--stage-images {directory}: {e.strerror}") from None
-        if not is_dir:
-            part = "" if place == directory else f"{place} is "
-            raise OutputError(f"--stage-images {directory}: {part}not a directory")
-        if not os.access(place, os.W_OK | os.X_OK):
-            raise OutputError(f"--stage-images {directory}: {cannot_write_in(place)}")
-        return
+    is a directory the stage images can be written in, or one ``mkdir -p`` can make
+    (``output.directory_problem``). A read-only place, or a path under a regular file, was found
+    by the writes at the end, after the scan and rewrite."""
+    problem = directory_problem(directory)
+    if problem is not None:
+        raise OutputError(f"--stage-images {directory}: {problem}")
 
 
 def check_stage_images(directory: Path, path: Path, stages: int) -> None:

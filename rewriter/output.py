@@ -127,10 +127,35 @@ def _check_replaceable(path: Path, parent_made: bool = False) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if parent_made and not os.path.lexists(parent):
         return
+    if os.path.lexists(parent) and not parent.is_dir():  # "directory F does not exist" of a file F
+        raise OutputError(f"{path}: {parent} is not a directory")
     if not parent.is_dir():
         raise OutputError(f"{path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{path}: {cannot_write_in(parent)}")
+
+
+def directory_problem(directory: Path, writable: bool = True) -> str | None:
+    """Why the run cannot put files in ``directory``, which it makes if it is not there (``mkdir
+    -p``): a file, or a symlink to nothing, at it or at a part of its path (mkdir said only "File
+    exists", or "Not a directory"), or the nearest part that is there cannot be written in (not
+    checked if ``writable`` is False: prenop checks that file by file, naming the first). None
+    when files can go there."""
+    for place in (directory, *directory.parents):
+        try:
+            is_dir = stat.S_ISDIR(os.stat(place).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            if os.path.islink(place):  # mkdir fails on it: "File exists"
+                return f"{place} is a symlink to nothing"
+            continue  # not there (a part under a file is said when the file is reached)
+        except OSError as e:
+            return e.strerror or str(e)
+        if not is_dir:
+            return "not a directory" if place == directory else f"{place} is not a directory"
+        if writable and not os.access(place, os.W_OK | os.X_OK):
+            return cannot_write_in(place)
+        return None
+    return None
 
 
 def cannot_write_in(place: Path) -> str:

@@ -618,9 +618,8 @@ def _check_options(mode: Mode, args: _Args) -> None:
     check_mcount_addr(args.generation, args.mcount_addr)  # before the files: an option against an option
     if args.in_place and args.output is not None:
         raise ArgumentError("give either --in-place or -o OUT, not both")
-    if args.log_dir is not None and args.log_dir.exists() and not args.log_dir.is_dir():
-        raise ArgumentError(f"--log-dir {args.log_dir}: not a directory")
     writes = args.in_place or args.output is not None
+    _check_log_dir(args.log_dir, writes and takes.policy)
     if takes.output is Output.REQUIRED and not writes:
         raise ArgumentError("no output: give --in-place or -o OUT (or --dry-run)")
     if takes.output is Output.REFUSED and writes:
@@ -628,6 +627,18 @@ def _check_options(mode: Mode, args: _Args) -> None:
     # A dry run keeps --wait (the command line of the run it previews); --verify never writes.
     if takes.output is Output.REFUSED and args.wait:
         raise ArgumentError("--verify writes nothing and takes no lock: drop --wait")
+
+
+def _check_log_dir(log_dir: Path | None, written: bool) -> None:
+    """``--log-dir`` is a directory, or a path a run that writes logs can make one at (a file there,
+    or a symlink to nothing, failed file by file: "D: File exists" once per module)."""
+    from rewriter.output import directory_problem
+
+    if log_dir is not None and log_dir.exists() and not log_dir.is_dir():
+        raise ArgumentError(f"--log-dir {log_dir}: not a directory")
+    problem = directory_problem(log_dir, writable=False) if log_dir is not None and written else None
+    if problem is not None:
+        raise ArgumentError(f"--log-dir {log_dir}: {problem}")
 
 
 def _check_unused(takes: _Takes, args: _Args) -> None:
@@ -662,7 +673,24 @@ def _check_outputs(paths: Sequence[Path], output: str | None, report: Path | Non
     :func:`_check_writable`, once the files are known). ``--report`` is a report's ``-o``."""
     if output == "-" or (output is not None and _names_one_file(paths)):
         output_file(output)  # "-" refused for a tree as for a file: it is no stdout here either
+    elif output is not None:
+        _check_output_tree(Path(output))
     check_report_output(report)
+
+
+def _check_output_tree(tree: Path) -> None:
+    """``-o`` of a tree is a directory, or a path one can be made at: a file there, or a symlink to
+    nothing, was found by the mkdir before the locks ("OUT: File exists"), a file above it by the
+    first write ("OUT/x: Not a directory")."""
+    from rewriter.output import directory_problem
+
+    if tree.exists() and not tree.is_dir():
+        raise ArgumentError(
+            f"-o {tree}: not a directory (a tree is written into one: name a directory, or a path not there)"
+        )
+    problem = directory_problem(tree, writable=False)
+    if problem is not None:
+        raise ArgumentError(f"-o {tree}: {problem}")
 
 
 def _check_written(mode: Mode, args: _Args, inputs: Inputs, report: Path | None) -> None:

@@ -2,7 +2,10 @@
 
 A run that rewrites a file in place (``apply``/``nop``/``undo --in-place``) holds ``flock`` on
 that file; ``prenop`` holds it on the directories it writes (the tree it rewrites in place, the
-output tree, the log directory). A second run either waits (``wait``) or stops at once with
+output tree, the log directory). Each also holds a shared lock on every directory above those
+(:func:`above`): a one-file run inside a tree a prenop holds, or a prenop of a tree a one-file run
+writes in, meets the other's lock, while runs side by side in one directory do not (their shared
+locks do not exclude each other). A second run either waits (``wait``) or stops at once with
 :class:`Locked`, which names the holder's pid, before it has read anything. ``flock`` locks are
 released by the kernel when their holder exits, however it exits (SIGKILL included), so a lock
 can never be left behind.
@@ -94,12 +97,14 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
 
 
-def _try(fd: int, path: Path, wait: bool, waiting: Callable[[Path, int | None], None] | None) -> bool:
-    """Take the exclusive lock on ``fd``: True once held; False if it was held but its holder is
-    gone by the time we look (try again). Without ``wait``, raise :class:`Locked` naming the
-    holder if it is still there."""
+def _try(
+    fd: int, path: Path, wait: bool, waiting: Callable[[Path, int | None], None] | None, how: int = fcntl.LOCK_EX
+) -> bool:
+    """Take the lock ``how`` (exclusive, or shared) on ``fd``: True once held; False if it was held
+    but its holder is gone by the time we look (try again). Without ``wait``, raise
+    :class:`Locked` naming the holder if it is still there."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
         return True
     except OSError as e:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
@@ -112,17 +117,20 @@ def _try(fd: int, path: Path, wait: bool, waiting: Callable[[Path, int | None], 
         raise Locked(f"{path}: locked by {who} (another mcountrw run rewriting it?); pass --wait to wait for it")
     if waiting is not None:
         waiting(path, pid)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    fcntl.flock(fd, how)
     return True
 
 
-def lock_one(path: Path, wait: bool, waiting: Callable[[Path, int | None], None] | None = None) -> int:
-    """The descriptor holding the exclusive lock on the file or directory ``path`` *as it is now*
-    (see the module docstring: a file replaced while we waited is locked again)."""
+def lock_one(
+    path: Path, wait: bool, waiting: Callable[[Path, int | None], None] | None = None, how: int = fcntl.LOCK_EX
+) -> int:
+    """The descriptor holding the lock ``how`` (exclusive by default) on the file or directory
+    ``path`` *as it is now* (see the module docstring: a file replaced while we waited is locked
+    again)."""
     for _ in range(_RETRIES):
         fd = _open(path)
         try:
-            if _try(fd, path, wait, waiting) and _same_file(fd, path):
+            if _try(fd, path, wait, waiting, how) and _same_file(fd, path):
                 return fd
         except BaseException:
             os.close(fd)
@@ -131,28 +139,44 @@ def lock_one(path: Path, wait: bool, waiting: Callable[[Path, int | None], None]
     raise Locked(f"{path}: locked by another process (another mcountrw run rewriting it?); pass --wait to wait for it")
 
 
+def above(paths: Sequence[Path]) -> list[Path]:
+    """The directories above ``paths`` (their resolved names' parents, up to ``/``): a run holds
+    them shared while it writes there, so that a run holding one of them exclusively (a prenop
+    rewriting that tree, or writing it as its output or log directory) and this run keep apart,
+    while runs writing side by side in one directory do not."""
+    found: dict[Path, None] = {}
+    for p in paths:
+        found.update(dict.fromkeys(Path(os.path.realpath(p)).parents))
+    return list(found)
+
+
 @contextlib.contextmanager
 def hold(
-    paths: Sequence[Path], wait: bool = False, waiting: Callable[[Path, int | None], None] | None = None
+    paths: Sequence[Path],
+    wait: bool = False,
+    waiting: Callable[[Path, int | None], None] | None = None,
+    shared: Sequence[Path] = (),
 ) -> Iterator[None]:
-    """Hold the exclusive lock on every existing path of ``paths`` for the ``with`` block.
+    """Hold the exclusive lock on every existing path of ``paths``, and the shared lock on every
+    existing path of ``shared`` (none of ``paths``: one process's two locks on one file would
+    exclude each other), for the ``with`` block.
 
     ``waiting(path, pid)`` is called before blocking on a held lock (``wait`` only), so that the
     caller can say what it waits for."""
-    order: dict[tuple[int, int], Path] = {}
-    for p in paths:
+    order: dict[tuple[int, int], tuple[Path, int]] = {}
+    for p, how in [*((p, fcntl.LOCK_EX) for p in paths), *((p, fcntl.LOCK_SH) for p in shared)]:
         try:
             st = os.stat(p)
         except FileNotFoundError:
             continue  # nothing there to rewrite in place yet
         except OSError as e:
             raise RewriteError(f"{p}: {e.strerror}") from None
-        order.setdefault((st.st_dev, st.st_ino), p)
+        order.setdefault((st.st_dev, st.st_ino), (p, how))
     fds: list[int] = []
     try:
         # By name, not by inode: an in-place rewrite gives a file a new inode, never a new name.
-        for p in sorted(order.values(), key=lambda p: str(p.resolve())):
-            fds.append(lock_one(p, wait, waiting))
+        for p, how in sorted(order.values(), key=lambda ph: str(ph[0].resolve())):
+            fds.append(lock_one(p, wait, waiting, how))
         yield
     finally:
         for fd in fds:

@@ -37,7 +37,7 @@ from rewriter.cli.common import (
 from rewriter.cli.exits import ExitCode, bad_input_if, findings_if
 from rewriter.cli.rewrite import CheckR0, say_waiting
 from rewriter.errors import ArgumentError, NothingToDo, OutputError
-from rewriter.lock import Gone, hold
+from rewriter.lock import Gone, above, hold
 from rewriter.output import Place, Places
 from rewriter.prose import agreeing, and_more, counted, printable
 from rewriter.sign import HASHES
@@ -387,7 +387,8 @@ def _locked(mode: Mode, args: _Args, wait: bool) -> Iterator[None]:
         for _ in range(_REMAKES):
             made = _make_tree(tree)
             try:
-                stack.enter_context(hold(_locked_paths(mode, args), wait, say_waiting))
+                locked = _locked_paths(mode, args)
+                stack.enter_context(hold(locked, wait, say_waiting, above(locked)))
                 break
             except Gone as e:
                 if tree is None or e.path != tree:

@@ -12,7 +12,7 @@ from rewriter.cli.common import CallSlot, GenerationOption, McountAddr, call_slo
 from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, LogError, NothingToDo
 from rewriter.generations import Generation
-from rewriter.lock import hold
+from rewriter.lock import above, hold
 from rewriter.plan import Route
 from rewriter.prose import agreeing, counted, printable
 
@@ -127,7 +127,10 @@ InPlace = Annotated[bool, typer.Option("--in-place", help="replace the input (at
 Backup = Annotated[bool, typer.Option("--backup", help="with --in-place: keep the original as IMAGE.orig")]
 Wait = Annotated[
     bool,
-    typer.Option("--wait", help="with --in-place: wait for another run that holds the file's lock (default: exit 2)"),
+    typer.Option(
+        "--wait",
+        help="with --in-place: wait for another run that locks the file or a tree above it (default: exit 2)",
+    ),
 ]
 
 
@@ -209,7 +212,8 @@ def _run_apply(
 ) -> None:
     check_wait(image, run.wait, writing.in_place)
     # The lock is taken before anything is read (or numpy loaded): it covers the whole run.
-    with hold([image] if writing.in_place and not writing.dry_run else [], run.wait, say_waiting):
+    locked = [image] if writing.in_place and not writing.dry_run else []
+    with hold(locked, run.wait, say_waiting, above(locked)):
         from rewriter.files import apply_file
 
         try:
@@ -549,7 +553,7 @@ def undo(
 ) -> None:
     """Restore the exact original bytes (relocations, records and signature included)."""
     check_wait(patched, wait, in_place)
-    with hold([patched] if in_place else [], wait, say_waiting):
+    with hold([patched] if in_place else [], wait, say_waiting, above([patched] if in_place else [])):
         from rewriter.files import undo_file
 
         log = _log_of(patched, log)

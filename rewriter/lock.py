@@ -143,11 +143,13 @@ def above(paths: Sequence[Path]) -> list[Path]:
     """The directories above ``paths`` (their resolved names' parents, up to ``/``): a run holds
     them shared while it writes there, so that a run holding one of them exclusively (a prenop
     rewriting that tree, or writing it as its output or log directory) and this run keep apart,
-    while runs writing side by side in one directory do not."""
+    while runs writing side by side in one directory do not. A directory this process may not
+    read is left out (one mode 711 above a user's file): it cannot be opened to lock, and a run
+    that could hold it would have to read it to rewrite what is inside."""
     found: dict[Path, None] = {}
     for p in paths:
         found.update(dict.fromkeys(Path(os.path.realpath(p)).parents))
-    return list(found)
+    return [d for d in found if os.access(d, os.R_OK)]
 
 
 @contextlib.contextmanager

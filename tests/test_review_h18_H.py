@@ -153,3 +153,20 @@ def test_a_prenop_of_a_tree_a_one_file_run_rewrites_in_is_refused(place: Path) -
         code, text = _run("nop", sub / "y.ko", "--in-place", "--drop-records")  # side by side: not kept apart
         assert code == 0, text
     assert nop.wait(timeout=60) == 0, nop.communicate()
+
+
+def test_the_directories_above_leave_out_one_that_cannot_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory the user may not read (mode 711 above a user's file) cannot be opened to lock:
+    it is left out of the shared locks, rather than refusing a run that ran before."""
+    from rewriter import lock
+
+    f = tmp_path / "d" / "f"
+    f.parent.mkdir()
+    assert tmp_path / "d" in lock.above([f]) and Path("/") in lock.above([f])
+    real = os.access
+    monkeypatch.setattr(lock.os, "access", lambda p, mode: Path(p) != tmp_path and real(p, mode))
+    assert tmp_path not in lock.above([f]) and tmp_path / "d" in lock.above([f])
+    with lock.hold([], shared=lock.above([f.parent])):
+        pass

@@ -44,6 +44,12 @@ class Locked(RewriteError):
     """Another process holds the lock on a path this run would rewrite (bad input: exit 2)."""
 
 
+class Unlockable(RewriteError):
+    """A path this process cannot open or ``flock`` (a file system without flock, a directory it
+    may not read): not another run's lock. Refuses a path the run writes; a directory above one
+    (:func:`above`) is left out, as no run can hold that directory either."""
+
+
 class Gone(RewriteError):
     """A path to lock is not there any more: removed while this run looked at it or waited for
     its lock. ``path`` says which, so that a caller that made it can make it again."""
@@ -85,7 +91,7 @@ def _open(path: Path) -> int:
     except FileNotFoundError as e:
         raise Gone(path, f"{path}: {e.strerror}") from None
     except OSError as e:
-        raise RewriteError(f"{path}: {e.strerror}") from None
+        raise Unlockable(f"{path}: {e.strerror}") from None
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -108,7 +114,7 @@ def _try(
         return True
     except OSError as e:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise RewriteError(f"{path}: cannot lock it ({e.strerror})") from None
+            raise Unlockable(f"{path}: cannot lock it ({e.strerror})") from None
     pid = holder(os.fstat(fd))
     if pid is None and not wait:
         return False  # released meanwhile (or /proc/locks is not there: the retries end that)
@@ -178,7 +184,13 @@ def hold(
     try:
         # By name, not by inode: an in-place rewrite gives a file a new inode, never a new name.
         for p, how in sorted(order.values(), key=lambda ph: str(ph[0].resolve())):
-            fds.append(lock_one(p, wait, waiting, how))
+            try:
+                fds.append(lock_one(p, wait, waiting, how))
+            except (Unlockable, Gone):
+                if how == fcntl.LOCK_EX:
+                    raise
+                # A directory above (shared): one no run can lock keeps no run out, and a run
+                # refused for it (an NFS or FUSE mount without flock above the file) ran before.
         yield
     finally:
         for fd in fds:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -47,3 +48,32 @@ def test_plan_image_counts_sites_in_no_function_as_sites() -> None:
     assert "0x" not in untraceable and "more functions" not in untraceable
     freed = next(line for line in result.output.splitlines() if ".init.text left out" in line)
     assert re.search(r"\(and \d+ more functions\); \d+ sites? in no function\)$", freed), freed
+
+
+def test_a_directory_above_that_cannot_be_locked_keeps_no_run_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """h18-H made every writing run hold a shared flock on each directory above what it writes. A
+    directory whose file system has no flock (ENOLCK: an NFS mount without lockd, some FUSE) then
+    refused every run under it ('cannot lock it'), which ran before: no run can hold such a
+    directory, so it keeps no run out and is left out. The file the run writes is still refused."""
+    import errno
+    import fcntl
+
+    from rewriter import lock
+
+    target = tmp_path / "d" / "x.ko"
+    target.parent.mkdir()
+    target.write_bytes(b"x")
+    real = fcntl.flock
+
+    def no_flock_on_directories(fd: int, how: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOLCK, "No locks available")
+        real(fd, how)
+
+    monkeypatch.setattr(fcntl, "flock", no_flock_on_directories)
+    with lock.hold([target], shared=lock.above([target])):
+        pass
+    with pytest.raises(lock.Unlockable, match="cannot lock it"), lock.hold([target.parent]):
+        pass

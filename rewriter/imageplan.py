@@ -27,7 +27,7 @@ What the image decides, and what it does not:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -37,7 +37,7 @@ from rewriter.elf.image import Image, Kind
 from rewriter.elf.symbols import code_addrs
 from rewriter.errors import ArgumentError, NothingToDo
 from rewriter.files import ScanHints, check_something_to_do, selection_text
-from rewriter.generations import LAYOUTS, Generation
+from rewriter.generations import LAYOUTS, Generation, Variant
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
 from rewriter.prose import agreeing, and_more, counted, with_article
 from rewriter.rewrite import Selection
@@ -69,19 +69,7 @@ def plan_image(
     their state after boot to ``target``. Raises :class:`ArgumentError` for a file that is no
     vmlinux, :class:`NothingToDo` when the selection takes no site a runtime plan writes, and
     :class:`~rewriter.errors.NoRoute` when a site has no legal route."""
-    image = Image.load(path)
-    if image.kind is not Kind.VMLINUX:
-        raise ArgumentError(
-            f"{path}: {with_article(image.kind.value)}, not a vmlinux: plan --image plans the sites of a running "
-            "kernel's vmlinux (a module's addresses, and where its enabled branch goes, a trampoline or an ool "
-            "stub, are decided when it is loaded)"
-        )
-    if image.symbols is None:  # the scan would ask for --mcount-addr or --generation, which plan has not
-        raise ArgumentError(
-            f"{path}: stripped (no .symtab): plan --image needs the vmlinux's symbols, the function names --only "
-            "selects and the ftrace_caller each bl is encoded to (Debian ships them in its -dbg package's vmlinux)"
-        )
-    found = scan(image)
+    image, found = _scan_vmlinux(path)
     selection = selection.named_in(image, found.listed)
     check_something_to_do(image, found, selection, ScanHints())
     kept, left_out = _plannable(selection.select(found.sites))
@@ -95,6 +83,24 @@ def plan_image(
     p = plan(requests, route, cmodx, runtime=True, stale_fetch=stale_fetch)  # NoRoute: 1
     places = _places(image, found, kept)
     return ImagePlan(replace(p, places=places, image=str(path)), tuple(left_out))
+
+
+def _scan_vmlinux(path: Path) -> tuple[Image, Scan]:
+    """The vmlinux at ``path``, read and scanned once; raises :class:`ArgumentError` for a file
+    that is no vmlinux, or one without the symbols a plan of its sites names."""
+    image = Image.load(path)
+    if image.kind is not Kind.VMLINUX:
+        raise ArgumentError(
+            f"{path}: {with_article(image.kind.value)}, not a vmlinux: plan --image plans the sites of a running "
+            "kernel's vmlinux (a module's addresses, and where its enabled branch goes, a trampoline or an ool "
+            "stub, are decided when it is loaded)"
+        )
+    if image.symbols is None:  # the scan would ask for --mcount-addr or --generation, which plan has not
+        raise ArgumentError(
+            f"{path}: stripped (no .symtab): plan --image needs the vmlinux's symbols, the function names --only "
+            "selects and the ftrace_caller each bl is encoded to (Debian ships them in its -dbg package's vmlinux)"
+        )
+    return image, scan(image)
 
 
 def _boot(site: Site) -> SiteState:
@@ -133,22 +139,34 @@ def _names(sites: Sequence[Site]) -> str:
     return "; ".join(part for part in (text, nowhere) if part)
 
 
+class _Targets(NamedTuple):
+    """Where an image's enabled branches may go: each tracer entry's addresses, by name, and the
+    trampoline's."""
+
+    entries: Mapping[str, Sequence[int]]
+    trampolines: Sequence[int]
+
+
+def _targets(image: Image, variants: Iterable[Variant]) -> _Targets:
+    entries = {name: code_addrs(image, [name], local_entries=True) for name in {LAYOUTS[v].tracer for v in variants}}
+    return _Targets(entries, code_addrs(image, [TRAMPOLINE], local_entries=True))
+
+
 def _places(image: Image, found: Scan, sites: Sequence[Site]) -> tuple[Place, ...]:
     """Each site's place: its address, its name, and where its enabled branch goes."""
-    entries = {
-        name: code_addrs(image, [name], local_entries=True) for name in {LAYOUTS[s.variant].tracer for s in sites}
-    }
-    trampolines = code_addrs(image, [TRAMPOLINE], local_entries=True)
-    out = []
-    for s in sites:
-        assert s.addr is not None  # a vmlinux's sites have addresses
-        name = found.name_of(s) or f"{s.addr:#x}"
-        if LAYOUTS[s.variant].generation is Generation.OOL:
-            call, to = s.call_target, f"its ool stub, in {s.stub}" if s.call_target is not None else "no ool stub"
-        else:
-            call, to = _tracer_call(s.addr, LAYOUTS[s.variant].tracer, entries[LAYOUTS[s.variant].tracer], trampolines)
-        out.append(Place(s.addr, name, call, to))
-    return tuple(out)
+    targets = _targets(image, {s.variant for s in sites})
+    return tuple(_place(found, s, targets) for s in sites)
+
+
+def _place(found: Scan, site: Site, targets: _Targets) -> Place:
+    """``site``'s place, as plan --image writes it and check-plan holds a plan to it."""
+    assert site.addr is not None  # a vmlinux's sites have addresses
+    name = found.name_of(site) or f"{site.addr:#x}"
+    tracer = LAYOUTS[site.variant].tracer
+    if LAYOUTS[site.variant].generation is Generation.OOL:
+        stub = f"its ool stub, in {site.stub}" if site.call_target is not None else "no ool stub"
+        return Place(site.addr, name, site.call_target, stub)
+    return Place(site.addr, name, *_tracer_call(site.addr, tracer, targets.entries[tracer], targets.trampolines))
 
 
 def _tracer_call(addr: int, tracer: str, entry: Sequence[int], trampolines: Sequence[int]) -> tuple[int | None, str]:

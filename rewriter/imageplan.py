@@ -7,7 +7,8 @@ state boot init leaves it in (``Site.boot_state``, the scan's ``file->boot``), t
 grouped by (variant, current, target), planned as the abstract requests they are, and the plan
 carries each site's :class:`~rewriter.siteplaces.Place`, from which every write is an address and
 two words. ``check-plan`` checks such a plan as its abstract requests (the words are only their
-kinds at those places, and it re-derives them) and says so.
+kinds at those places, and it re-derives them) and, when the image is there, holds each site's
+place, variant and boot state to it (:func:`hold_to_image`, with the code that made them).
 
 What the image decides, and what it does not:
 
@@ -35,11 +36,11 @@ from typing import Final, NamedTuple
 from rewriter import ppc
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.symbols import code_addrs
-from rewriter.errors import ArgumentError, NothingToDo
+from rewriter.errors import ArgumentError, NothingToDo, PlanFormatError
 from rewriter.files import ScanHints, check_something_to_do, selection_text
 from rewriter.generations import LAYOUTS, Generation, Variant
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
-from rewriter.prose import agreeing, and_more, counted, with_article
+from rewriter.prose import agreeing, and_more, counted, printable, with_article
 from rewriter.rewrite import Selection
 from rewriter.siteplaces import Place
 from rewriter.sites import Scan, Site, scan
@@ -180,3 +181,50 @@ def _tracer_call(addr: int, tracer: str, entry: Sequence[int], trampolines: Sequ
         if ppc.in_branch_range(tramp - addr):
             return tramp, f"{TRAMPOLINE}, which branches to ftrace_regs_caller"
     return None, f"neither {tracer} nor {TRAMPOLINE} is within branch range"
+
+
+def hold_to_image(p: Plan, path: Path) -> None:
+    """Hold a plan of an image's sites (``plan --image``) to the vmlinux at ``path``: each site is
+    a call slot of it that plan --image would plan, of the site's variant, in the state boot init
+    leaves it in, with the place plan --image gives it (function, call, call_to). The words the
+    plan file gives are re-derived from the places when it is read (``rewriter.plan``); this
+    checks the places themselves. A plan of an image's sites starts from boot's states, as plan
+    --image writes it: a state a plan-following step left since is a plan from that state, which
+    the checker proves as an abstract one. Raises :class:`PlanFormatError` naming the first site
+    the image disagrees with, and what the image says."""
+    assert p.places is not None  # a plan that names an image gives every site its place
+    image, found = _scan_vmlinux(path)
+    slots = {s.addr: s for s in found.sites if s.addr is not None}
+    targets = _targets(image, {req.variant for req in p.sites})
+    for i, (req, place) in enumerate(zip(p.sites, p.places, strict=True)):
+        mismatch = _mismatch(req, place, slots.get(place.addr), found, targets)
+        if mismatch is not None:
+            raise PlanFormatError(f"sites[{i}] ({printable(place.function)} at {place.addr:#x}): {path} {mismatch}")
+
+
+def _mismatch(req: SiteRequest, place: Place, site: Site | None, found: Scan, targets: _Targets) -> str | None:
+    """What the image says of a plan's site, where that is not what the plan says; None if it agrees."""
+    if site is None:
+        return "has no ftrace call slot there"
+    kept, left_out = _plannable([site])
+    if not kept:
+        return f"says plan --image leaves it out: {left_out[0]}"
+    if site.variant is not req.variant:
+        return f"says its variant is {site.variant.value}, not {req.variant.value}"
+    if _boot(site) is not req.current:
+        return (
+            f"says boot leaves it {_boot(site).value}, not {req.current.value} (a plan of an image's sites starts "
+            "from the states boot leaves, as plan --image writes it)"
+        )
+    want = _place(found, site, targets)
+    for key, got, expected in zip(Place._fields, place, want, strict=True):
+        if got != expected:
+            return f"says its {key} is {_shown(expected)}, not {_shown(got)}"
+    return None
+
+
+def _shown(value: int | str | None) -> str:
+    """A place's field as a refusal quotes it: an address as hex text, a name as printable text."""
+    if value is None:
+        return "null (not decided by the image)"
+    return f"{value:#x}" if isinstance(value, int) else printable(value)

@@ -7,7 +7,8 @@ state boot init leaves it in (``Site.boot_state``, the scan's ``file->boot``), t
 grouped by (variant, current, target), planned as the abstract requests they are, and the plan
 carries each site's :class:`~rewriter.siteplaces.Place`, from which every write is an address and
 two words. ``check-plan`` checks such a plan as its abstract requests (the words are only their
-kinds at those places, and it re-derives them) and says so.
+kinds at those places, and it re-derives them) and, when the image is there, holds each site's
+place, variant and boot state to it (:func:`hold_to_image`, with the code that made them).
 
 What the image decides, and what it does not:
 
@@ -27,7 +28,7 @@ What the image decides, and what it does not:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -35,11 +36,11 @@ from typing import Final, NamedTuple
 from rewriter import ppc
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.symbols import code_addrs
-from rewriter.errors import ArgumentError, NothingToDo
+from rewriter.errors import ArgumentError, NothingToDo, PlanFormatError
 from rewriter.files import ScanHints, check_something_to_do, selection_text
-from rewriter.generations import LAYOUTS, Generation
+from rewriter.generations import LAYOUTS, Generation, Variant
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
-from rewriter.prose import agreeing, and_more, counted, with_article
+from rewriter.prose import agreeing, and_more, counted, printable, with_article
 from rewriter.rewrite import Selection
 from rewriter.siteplaces import Place
 from rewriter.sites import Scan, Site, scan
@@ -69,19 +70,7 @@ def plan_image(
     their state after boot to ``target``. Raises :class:`ArgumentError` for a file that is no
     vmlinux, :class:`NothingToDo` when the selection takes no site a runtime plan writes, and
     :class:`~rewriter.errors.NoRoute` when a site has no legal route."""
-    image = Image.load(path)
-    if image.kind is not Kind.VMLINUX:
-        raise ArgumentError(
-            f"{path}: {with_article(image.kind.value)}, not a vmlinux: plan --image plans the sites of a running "
-            "kernel's vmlinux (a module's addresses, and where its enabled branch goes, a trampoline or an ool "
-            "stub, are decided when it is loaded)"
-        )
-    if image.symbols is None:  # the scan would ask for --mcount-addr or --generation, which plan has not
-        raise ArgumentError(
-            f"{path}: stripped (no .symtab): plan --image needs the vmlinux's symbols, the function names --only "
-            "selects and the ftrace_caller each bl is encoded to (Debian ships them in its -dbg package's vmlinux)"
-        )
-    found = scan(image)
+    image, found = _scan_vmlinux(path)
     selection = selection.named_in(image, found.listed)
     check_something_to_do(image, found, selection, ScanHints())
     kept, left_out = _plannable(selection.select(found.sites))
@@ -95,6 +84,24 @@ def plan_image(
     p = plan(requests, route, cmodx, runtime=True, stale_fetch=stale_fetch)  # NoRoute: 1
     places = _places(image, found, kept)
     return ImagePlan(replace(p, places=places, image=str(path)), tuple(left_out))
+
+
+def _scan_vmlinux(path: Path) -> tuple[Image, Scan]:
+    """The vmlinux at ``path``, read and scanned once; raises :class:`ArgumentError` for a file
+    that is no vmlinux, or one without the symbols a plan of its sites names."""
+    image = Image.load(path)
+    if image.kind is not Kind.VMLINUX:
+        raise ArgumentError(
+            f"{path}: {with_article(image.kind.value)}, not a vmlinux: plan --image plans the sites of a running "
+            "kernel's vmlinux (a module's addresses, and where its enabled branch goes, a trampoline or an ool "
+            "stub, are decided when it is loaded)"
+        )
+    if image.symbols is None:  # the scan would ask for --mcount-addr or --generation, which plan has not
+        raise ArgumentError(
+            f"{path}: stripped (no .symtab): plan --image needs the vmlinux's symbols, the function names --only "
+            "selects and the ftrace_caller each bl is encoded to (Debian ships them in its -dbg package's vmlinux)"
+        )
+    return image, scan(image)
 
 
 def _boot(site: Site) -> SiteState:
@@ -133,22 +140,34 @@ def _names(sites: Sequence[Site]) -> str:
     return "; ".join(part for part in (text, nowhere) if part)
 
 
+class _Targets(NamedTuple):
+    """Where an image's enabled branches may go: each tracer entry's addresses, by name, and the
+    trampoline's."""
+
+    entries: Mapping[str, Sequence[int]]
+    trampolines: Sequence[int]
+
+
+def _targets(image: Image, variants: Iterable[Variant]) -> _Targets:
+    entries = {name: code_addrs(image, [name], local_entries=True) for name in {LAYOUTS[v].tracer for v in variants}}
+    return _Targets(entries, code_addrs(image, [TRAMPOLINE], local_entries=True))
+
+
 def _places(image: Image, found: Scan, sites: Sequence[Site]) -> tuple[Place, ...]:
     """Each site's place: its address, its name, and where its enabled branch goes."""
-    entries = {
-        name: code_addrs(image, [name], local_entries=True) for name in {LAYOUTS[s.variant].tracer for s in sites}
-    }
-    trampolines = code_addrs(image, [TRAMPOLINE], local_entries=True)
-    out = []
-    for s in sites:
-        assert s.addr is not None  # a vmlinux's sites have addresses
-        name = found.name_of(s) or f"{s.addr:#x}"
-        if LAYOUTS[s.variant].generation is Generation.OOL:
-            call, to = s.call_target, f"its ool stub, in {s.stub}" if s.call_target is not None else "no ool stub"
-        else:
-            call, to = _tracer_call(s.addr, LAYOUTS[s.variant].tracer, entries[LAYOUTS[s.variant].tracer], trampolines)
-        out.append(Place(s.addr, name, call, to))
-    return tuple(out)
+    targets = _targets(image, {s.variant for s in sites})
+    return tuple(_place(found, s, targets) for s in sites)
+
+
+def _place(found: Scan, site: Site, targets: _Targets) -> Place:
+    """``site``'s place, as plan --image writes it and check-plan holds a plan to it."""
+    assert site.addr is not None  # a vmlinux's sites have addresses
+    name = found.name_of(site) or f"{site.addr:#x}"
+    tracer = LAYOUTS[site.variant].tracer
+    if LAYOUTS[site.variant].generation is Generation.OOL:
+        stub = f"its ool stub, in {site.stub}" if site.call_target is not None else "no ool stub"
+        return Place(site.addr, name, site.call_target, stub)
+    return Place(site.addr, name, *_tracer_call(site.addr, tracer, targets.entries[tracer], targets.trampolines))
 
 
 def _tracer_call(addr: int, tracer: str, entry: Sequence[int], trampolines: Sequence[int]) -> tuple[int | None, str]:
@@ -162,3 +181,50 @@ def _tracer_call(addr: int, tracer: str, entry: Sequence[int], trampolines: Sequ
         if ppc.in_branch_range(tramp - addr):
             return tramp, f"{TRAMPOLINE}, which branches to ftrace_regs_caller"
     return None, f"neither {tracer} nor {TRAMPOLINE} is within branch range"
+
+
+def hold_to_image(p: Plan, path: Path) -> None:
+    """Hold a plan of an image's sites (``plan --image``) to the vmlinux at ``path``: each site is
+    a call slot of it that plan --image would plan, of the site's variant, in the state boot init
+    leaves it in, with the place plan --image gives it (function, call, call_to). The words the
+    plan file gives are re-derived from the places when it is read (``rewriter.plan``); this
+    checks the places themselves. A plan of an image's sites starts from boot's states, as plan
+    --image writes it: a state a plan-following step left since is a plan from that state, which
+    the checker proves as an abstract one. Raises :class:`PlanFormatError` naming the first site
+    the image disagrees with, and what the image says."""
+    assert p.places is not None  # a plan that names an image gives every site its place
+    image, found = _scan_vmlinux(path)
+    slots = {s.addr: s for s in found.sites if s.addr is not None}
+    targets = _targets(image, {req.variant for req in p.sites})
+    for i, (req, place) in enumerate(zip(p.sites, p.places, strict=True)):
+        mismatch = _mismatch(req, place, slots.get(place.addr), found, targets)
+        if mismatch is not None:
+            raise PlanFormatError(f"sites[{i}] ({printable(place.function)} at {place.addr:#x}): {path} {mismatch}")
+
+
+def _mismatch(req: SiteRequest, place: Place, site: Site | None, found: Scan, targets: _Targets) -> str | None:
+    """What the image says of a plan's site, where that is not what the plan says; None if it agrees."""
+    if site is None:
+        return "has no ftrace call slot there"
+    kept, left_out = _plannable([site])
+    if not kept:
+        return f"says plan --image leaves it out: {left_out[0]}"
+    if site.variant is not req.variant:
+        return f"says its variant is {site.variant.value}, not {req.variant.value}"
+    if _boot(site) is not req.current:
+        return (
+            f"says boot leaves it {_boot(site).value}, not {req.current.value} (a plan of an image's sites starts "
+            "from the states boot leaves, as plan --image writes it)"
+        )
+    want = _place(found, site, targets)
+    for key, got, expected in zip(Place._fields, place, want, strict=True):
+        if got != expected:
+            return f"says its {key} is {_shown(expected)}, not {_shown(got)}"
+    return None
+
+
+def _shown(value: int | str | None) -> str:
+    """A place's field as a refusal quotes it: an address as hex text, a name as printable text."""
+    if value is None:
+        return "null (not decided by the image)"
+    return f"{value:#x}" if isinstance(value, int) else printable(value)

@@ -21,6 +21,7 @@ from rewriter.prose import agreeing, counted, printable
 from rewriter.states import SiteState
 
 if TYPE_CHECKING:
+    from rewriter.check import CheckResult
     from rewriter.plan import Plan
 
 
@@ -199,6 +200,18 @@ def _variant(generation: Generation | None, variant: Variant | None) -> Variant:
     return variant
 
 
+HeldTo = Annotated[
+    Path | None,
+    typer.Option(
+        "--image",
+        click_type=InputPath(dir_okay=False),
+        metavar="VMLINUX",
+        help="a plan --image plan: hold it to this vmlinux, not to the one the plan names (default: that one, "
+        "if it is there)",
+    ),
+]
+
+
 def check_plan(
     plan_file: Annotated[
         str | None,
@@ -224,6 +237,7 @@ def check_plan(
     stale_fetch: Annotated[
         bool | None, typer.Option("--stale-fetch/--no-stale-fetch", help="a CPU may run a replaced word until isync")
     ] = None,
+    image: HeldTo = None,
 ) -> None:
     """Model-check a plan: every interleaving of tasks and writes. Exit 0 SAFE, 1 UNSAFE (trace printed)."""
     from rewriter.check import check_all, render_trace
@@ -231,7 +245,7 @@ def check_plan(
     if list_builtins:
         checking: list[tuple[str, object]] = [("PLAN.json", plan_file), ("--builtin", builtin), ("--tasks", tasks)]
         checking += [("--entries", entries), ("--cmodx", cmodx), ("--stale-fetch/--no-stale-fetch", stale_fetch)]
-        _list_builtins([option for option, value in checking if value is not None])
+        _list_builtins([option for option, value in [*checking, ("--image", image)] if value is not None])
         return
     if (plan_file is None) == (builtin is None):
         raise ArgumentError("give exactly one of PLAN.json or --builtin NAME (--list lists the built-in plans)")
@@ -242,6 +256,7 @@ def check_plan(
         name, p = _read_plan(plan_file)
     if not p.runtime:
         _check_offline_options(name, tasks, entries, stale_fetch, cmodx)
+    held = _hold_to_image(name, p, image)
     try:
         result = check_all(
             p, tasks=tasks or DEFAULT_TASKS, entries=entries or DEFAULT_ENTRIES, stale_fetch=stale_fetch, cmodx=cmodx
@@ -249,13 +264,7 @@ def check_plan(
     except ArgumentError as e:  # what about the plan could not be checked: name it
         raise ArgumentError(f"{name}: {e}") from None
     if result.safe:
-        # of a plan of many sites, how many were proven: equal ones (request and writes) are one
-        # check; numbers written as the states are, without commas
-        sites = f" for {len(p.sites)} sites, {result.sites_checked} distinct" if len(p.sites) > 1 else ""
-        proven = assumptions(result) if p.runtime else OFFLINE
-        typer.echo(f"{name}: SAFE ({result.states} states explored{sites}, {proven}{_placed(p)})")
-        for note in notes(p):
-            typer.echo(note)
+        _say_safe(name, p, result, held)
     else:
         typer.echo(f"{name}: {render_trace(result)}", nl=False)  # "UNSAFE (kind): why", then the trace
     findings_if(not result.safe)
@@ -264,17 +273,73 @@ def check_plan(
 OFFLINE: Final = "offline: no task runs while the image is edited"
 
 
-def _placed(p: Plan) -> str:
+def _say_safe(name: str, p: Plan, result: CheckResult, held: Path | None) -> None:
+    """The SAFE line, and the plan's notes under it."""
+    # of a plan of many sites, how many were proven: equal ones (request and writes) are one
+    # check; numbers written as the states are, without commas
+    sites = f" for {len(p.sites)} sites, {result.sites_checked} distinct" if len(p.sites) > 1 else ""
+    proven = assumptions(result) if p.runtime else OFFLINE
+    typer.echo(f"{name}: SAFE ({result.states} states explored{sites}, {proven}{_placed(p, held)})")
+    for note in notes(p):
+        typer.echo(note)
+
+
+def _placed(p: Plan, held: Path | None) -> str:
     """What a SAFE line adds for a plan of an image's sites (``plan --image``): the words at their
     addresses were proven as the abstract writes they are (check-plan re-derived each from its
-    site's place before checking)."""
+    site's place before checking), and whether the places were held to the image itself
+    (``held``: the file read, None if none was)."""
     if p.image is None:
         return ""
     where = agreeing(len(p.sites), "at its address", "at their addresses")
+    image = ", not held to the image (not read)" if held is None else ", held to the image"
+    if held is not None and str(held) != p.image:  # --image named it
+        image = f", held to {printable(str(held))}"
     return (
-        f"; {counted(len(p.sites), 'site')} of {printable(p.image)} {where}: each write's words are its kinds "
-        "there, checked as its abstract request"
+        f"; {counted(len(p.sites), 'site')} of {printable(p.image)} {where}{image}: each write's words are its "
+        "kinds there, checked as its abstract request"
     )
+
+
+def _hold_to_image(name: str, p: Plan, given: Path | None) -> Path | None:
+    """Hold a plan of an image's sites to its image (``--image``, else the file the plan names),
+    and return the file it was held to, None if none: a plan checked where its image is not
+    (another machine) is checked as its places say, with one note line, since a plan file is
+    often checked where it is sent."""
+    from rewriter.errors import ImageError, PlanFormatError
+    from rewriter.imageplan import hold_to_image
+
+    if p.image is None:
+        if given is not None:
+            raise ArgumentError(f"--image: {name} is a plan of abstract sites; --image holds a plan --image plan")
+        return None
+    path = given or Path(p.image)
+    if not _there(path):
+        typer.echo(
+            f"mcountrw: note: {name}: {printable(p.image)} is not here: the plan's places are not held to the image "
+            "(--image VMLINUX names where it is)",
+            err=True,
+        )
+        return None
+    try:
+        hold_to_image(p, path)
+    except PlanFormatError as e:
+        raise PlanFormatError(f"{name}: {e}") from None
+    except (ArgumentError, ImageError) as e:  # the file there is no vmlinux of sites (a module, stripped, no ELF)
+        raise ArgumentError(f"{name}: image {e}") from None
+    return path
+
+
+def _there(path: Path) -> bool:
+    """Whether a file is at ``path`` (a dangling link is none); one there but unreadable is
+    there, and reading it says why (Path.exists() raises for it on some Pythons)."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _list_builtins(ignored: list[str]) -> None:

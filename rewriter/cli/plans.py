@@ -6,7 +6,7 @@ import enum
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import click
 import typer
@@ -49,14 +49,18 @@ FromState = Annotated[
         "mprofile and patchable also nopped, guarded, armed (and broken, offline); or give --image",
     ),
 ]
+
+
+def _vmlinux_option(help_text: str) -> Any:
+    """``--image VMLINUX``: plan's (the vmlinux to plan for) and check-plan's (the one to hold to)."""
+    return typer.Option("--image", click_type=InputPath(dir_okay=False), metavar="VMLINUX", help=help_text)
+
+
 ImageOption = Annotated[
     Path | None,
-    typer.Option(
-        "--image",
-        click_type=InputPath(dir_okay=False),
-        metavar="VMLINUX",
-        help="plan for the sites of this vmlinux (--only/--exclude pick them), each from its state after boot: "
-        "addresses and exact words",
+    _vmlinux_option(
+        "plan for the sites of this vmlinux (--only/--exclude pick them), each from its state after boot: "
+        "addresses and exact words"
     ),
 ]
 PlanGeneration = Annotated[
@@ -202,12 +206,9 @@ def _variant(generation: Generation | None, variant: Variant | None) -> Variant:
 
 HeldTo = Annotated[
     Path | None,
-    typer.Option(
-        "--image",
-        click_type=InputPath(dir_okay=False),
-        metavar="VMLINUX",
-        help="a plan --image plan: hold it to this vmlinux, not to the one the plan names (default: that one, "
-        "if it is there)",
+    _vmlinux_option(
+        "a plan --image plan: hold it to this vmlinux, not to the one the plan names (default: that one, "
+        "if it is there)"
     ),
 ]
 

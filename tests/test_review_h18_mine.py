@@ -77,3 +77,19 @@ def test_a_directory_above_that_cannot_be_locked_keeps_no_run_out(
         pass
     with pytest.raises(lock.Unlockable, match="cannot lock it"), lock.hold([target.parent]):
         pass
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize(("name", "other"), [("6.12", "6.12-gcc12"), ("6.12-gcc12", "6.12")])
+def test_a_612_plan_is_held_to_its_own_build_and_refused_by_the_other(name: str, other: str, tmp_path: Path) -> None:
+    """h18-G tested the image hold on 6.1 and 7.2 only. Debian's two 6.12 builds differ in generation
+    (patchable; gcc 12's mprofile): each plan is held to its own vmlinux, and refused, one line, by
+    the other's."""
+    made = tmp_path / "p.json"
+    kernel = require_kernel(name).vmlinux
+    result = invoke("plan", "--image", kernel, "--only", "vfs_read*", "--to", "enabled", "--format", "json", "-o", made)
+    assert result.exit_code == 0, result.output
+    held = invoke("check-plan", made)
+    assert held.exit_code == 0 and "SAFE" in held.stdout and "held to the image" in held.stdout, held.output
+    refused = invoke("check-plan", made, "--image", require_kernel(other).vmlinux)
+    assert_one_line(refused, 2, "error", str(made), "sites[0]", str(require_kernel(other).vmlinux))

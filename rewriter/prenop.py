@@ -1029,10 +1029,11 @@ def _may_need_a_signature_choice(t: Target, policy: Policy) -> bool:
     """Whether ``t`` is a module whose original may carry a signature (the file does, or a log that
     leads to its original says the run that wrote it cut one off: a rerun, or with ``-o`` a tree
     rewritten in place, applies the policy to the original) and in which the policy may nop a
-    site. Reads the file (an uncompressed one's end only, unless it is signed), never scans it."""
-    if not _ends_signed(t.source) and not any(_stripped_by(log) for log in _logs_of_original(t)):
+    site. Reads the file once (an uncompressed one's end only, unless it is signed), never scans it."""
+    signed, read = _ends_signed(t.source)
+    if not signed and not any(_stripped_by(log) for log in _logs_of_original(t)):
         return False
-    _, content, compression = read_file(t.source)
+    content, compression = read if read is not None else read_file(t.source)[1:]
     image = Image(t.source, content, compression)
     return image.kind is Kind.MODULE and policy.for_file(module_name(image)).may_nop
 
@@ -1050,16 +1051,18 @@ def _stripped_by(log: Path) -> bool:
     return header is not None and bool(header.summary.get("signature_stripped"))
 
 
-def _ends_signed(path: Path) -> bool:
-    """Whether the file's content (decompressed) ends in a module signature's marker. An
+def _ends_signed(path: Path) -> tuple[bool, tuple[bytes, Compression] | None]:
+    """Whether the file's content (decompressed) ends in a module signature's marker, and the
+    content when that took reading it whole (a compressed file: not decompressed twice). An
     uncompressed file is not read whole for it: a build tree's modules, with their debug
     information, are gigabytes."""
     with path.open("rb") as fh:
         if detect_compression(fh.read(8)) is not Compression.NONE:
-            return read_file(path)[1].endswith(MODULE_SIG_MAGIC)
+            _, content, compression = read_file(path)
+            return content.endswith(MODULE_SIG_MAGIC), (content, compression)
         size = fh.seek(0, os.SEEK_END)
         fh.seek(max(size - len(MODULE_SIG_MAGIC), 0))
-        return fh.read() == MODULE_SIG_MAGIC
+        return fh.read() == MODULE_SIG_MAGIC, None
 
 
 def no_site_anywhere(reports: Sequence[FileReport]) -> bool:

@@ -65,6 +65,10 @@ class OtherRelease(ArgumentError):
         self.release = release
 
 
+class Contradicted(ArgumentError):
+    """A ``--generation`` that an image's own contents contradict (``files.refuse_contradicted_generation``)."""
+
+
 class LogError(RewriteError):
     """A patch log that is truncated, edited, or for another file."""
 

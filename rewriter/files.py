@@ -35,7 +35,16 @@ from rewriter.elf import structs as S
 from rewriter.elf.compress import SUFFIX, Compression, Restore, compression_named, decompress, detect_compression
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.release import kernel_release, releases_differ
-from rewriter.errors import ArgumentError, ImageError, LogError, NothingToDo, OutputError, RewriteError, WordMismatch
+from rewriter.errors import (
+    ArgumentError,
+    Contradicted,
+    ImageError,
+    LogError,
+    NothingToDo,
+    OutputError,
+    RewriteError,
+    WordMismatch,
+)
 from rewriter.generations import LAYOUTS, Generation
 from rewriter.heap import collector_paused
 from rewriter.known import by_place, with_log
@@ -436,7 +445,7 @@ def refuse_contradicted_generation(image: Image, found: Scan) -> None:
     if over is not None and over.also is not None and over.also is found.generation:
         return  # the words fit the given generation too (detect.Detect.also): what the option is for
     if contradiction is not None and found.generation is not None:
-        raise ArgumentError(
+        raise Contradicted(
             f"{image.path}: {contradiction}; a rewrite goes by the image's own layout (scan and audit can read it "
             f"as {found.generation.value})"
         )

@@ -234,10 +234,10 @@ def test_a_rerun_without_the_log_dir_is_told_of_log_dir_not_input_log(tmp_path: 
     policy = _policy(tmp_path)
     assert invoke("prenop", "--policy", policy, "--in-place", "--log-dir", tmp_path / "logs", tree).exit_code == 0
     result = invoke("prenop", "--policy", policy, "--in-place", tree)
-    # each file is refused (its records are zeroed and its log is elsewhere: tests/test_review_prenop.py)
+    # the run is refused (its records are zeroed and its log is elsewhere: tests/test_review_h19_B.py)
     errors = result.stderr.strip().splitlines()
-    assert result.exit_code == 2 and len(errors) == 2, result.output
-    assert all("give the --log-dir its run wrote the logs to" in line for line in errors), errors
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert "give --log-dir DIR, the directory that run wrote the logs to" in errors[0], errors
     assert "--input-log" not in result.output
 
 

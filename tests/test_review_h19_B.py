@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 from pathlib import Path
@@ -113,3 +114,62 @@ def test_a_generation_the_modules_contradict_is_refused_before_the_first_write(t
     assert "nls_ascii.ko.xz: --generation ool contradicts" in lines[0], lines
     assert "(5 modules) is refused before its first write" in lines[0], lines
     assert _state(tree) == before and not logs.exists()
+
+
+# -- an interrupted -o OUT says OUT is incomplete, and a rerun finishes it -----------------------
+
+
+def _fs_tree(tmp_path: Path) -> Path:
+    """A copy of Debian 6.12's kernel/fs (130 modules) and a modules.order."""
+    k612 = require_kernel("6.12")
+    tree = tmp_path / "kernel"
+    shutil.copytree(k612.modules_dir / "fs", tree / "fs")
+    (tree / "modules.order").write_text("kernel/fs/ext4/ext4.ko.xz\n")
+    return tree
+
+
+def test_an_interrupted_o_run_says_out_is_incomplete_and_a_rerun_finishes_it(tmp_path: Path) -> None:
+    """SIGINT to `prenop TREE -o OUT` mid-run said `no output was left half-written` and left an OUT
+    lacking most of the tree, with nothing to tell it from a finished one. The line now says OUT
+    is incomplete and to run the same command again; each file there is new with its log (no
+    temporary), and the rerun makes OUT what an uninterrupted run makes, byte for byte."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tree = _fs_tree(tmp_path)
+    policy = _policy(tmp_path)
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "rewriter", "prenop", "--policy", str(policy), "--strip-signature", "--jobs", "1",
+           "-o", str(out), str(tree)]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(out.rglob("*.jsonl"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert err.strip().splitlines() == [
+        f"mcountrw: interrupted by SIGINT: {out} is incomplete: some files of the tree are not written or copied "
+        "there yet; run the same command again to finish it (what is written is kept)"
+    ], err
+    written = list(out.rglob("*.ko.xz"))
+    assert 0 < len(written) < 130 and not [p for p in out.rglob("*") if "mcountrw-tmp" in p.name]
+    for module in written:
+        header = json.loads(Path(f"{module}.mcountrw.jsonl").read_text().split("\n", 1)[0])
+        assert header["output"]["sha256"] == hashlib.sha256(module.read_bytes()).hexdigest()
+    rerun = invoke("prenop", "--policy", policy, "--strip-signature", "-o", out, tree)
+    assert rerun.exit_code == 0, rerun.output
+    whole = tmp_path / "whole"
+    assert invoke("prenop", "--policy", policy, "--strip-signature", "-o", whole, tree).exit_code == 0
+    assert _state(out) == _state(whole)

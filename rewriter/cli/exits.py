@@ -63,10 +63,11 @@ class Interrupted(BaseException):
     into a silent exit; a BaseException so that no ``except Exception`` stops it on its way out, and
     the ``with`` blocks of an unfinished write remove its temporary files as it passes."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, left: str = "no output was left half-written") -> None:
         super().__init__(signum)
         self.signum = signum
         self.name = signal.Signals(signum).name
+        self.left = left  # what the run leaves, as its line says it (a command may say more: prenop's trees)
 
 
 def kind_of(error: Exception) -> ErrorKind:
@@ -88,7 +89,7 @@ def message_of(error: Exception, kind: ErrorKind) -> str:
 def report(error: Exception | Interrupted) -> int:
     """Print the one line for ``error`` on stderr; return its exit code."""
     if isinstance(error, Interrupted):
-        typer.echo(f"mcountrw: interrupted by {error.name}: no output was left half-written", err=True)
+        typer.echo(f"mcountrw: interrupted by {error.name}: {printable(error.left)}", err=True)
         return 128 + error.signum
     error = _as_bad_input(error)
     kind = kind_of(error)

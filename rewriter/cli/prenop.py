@@ -34,7 +34,7 @@ from rewriter.cli.common import (
     progress,
     workers,
 )
-from rewriter.cli.exits import ExitCode, bad_input_if, findings_if
+from rewriter.cli.exits import ExitCode, Interrupted, bad_input_if, findings_if
 from rewriter.cli.rewrite import CheckR0, say_waiting
 from rewriter.errors import ArgumentError, NothingToDo, OutputError
 from rewriter.lock import Gone, above, hold
@@ -224,7 +224,7 @@ def prenop(
     settings = _settings(mode, args)
     _check_written(mode, args, inputs, report)
     _check_some_log(mode, ts)
-    with _locked(mode, args, wait):
+    with _told_if_interrupted(mode, args), _locked(mode, args, wait):
         n = workers(jobs)
         start = time.monotonic()
         reports = _execute(mode, ts, settings, n)
@@ -402,6 +402,39 @@ def _locked(mode: Mode, args: _Args, wait: bool) -> Iterator[None]:
             yield
         finally:
             _remove_empty(made)
+
+
+@contextlib.contextmanager
+def _told_if_interrupted(mode: Mode, args: _Args) -> Iterator[None]:
+    """An interrupted run over several files says what it leaves (:func:`_left_by_interrupt`) in its
+    interrupt line. It said "no output was left half-written", true of each file (it is as it was,
+    or new and whole with its log), not of the tree: an ``-o OUT`` cut short was an OUT lacking
+    files, with nothing to tell it from a finished one."""
+    try:
+        yield
+    except Interrupted as e:
+        left = _left_by_interrupt(mode, args)
+        if left is None:
+            raise
+        raise Interrupted(e.signum, left) from None
+
+
+def _left_by_interrupt(mode: Mode, args: _Args) -> str | None:
+    """What an interrupted run that writes leaves, None where the usual line is true of it: a run
+    that writes nothing, or one file (written whole, or not at all), or an OUT the run made and
+    removed (still empty). Left, not removed: each file in it is its old self or new with its log,
+    and a rerun of the same command takes those as done (``unchanged``) and writes the rest."""
+    takes = MODES[mode]
+    if takes.dry_run or takes.output is Output.REFUSED or _one_file(args):
+        return None
+    again = "run the same command again to finish it (what is written is kept)"
+    if args.in_place:
+        trees = ", ".join(str(p) for p in args.paths)
+        return f"{trees} may be half done: each file is as it was or rewritten whole with its log; {again}"
+    tree = _output_tree(mode, args)
+    if tree is None or not tree.is_dir():
+        return None
+    return f"{tree} is incomplete: some files of the tree are not written or copied there yet; {again}"
 
 
 def _output_tree(mode: Mode, args: _Args) -> Path | None:

@@ -69,6 +69,7 @@ from rewriter.mcount import MCOUNT_NAMES, check_mcount_addr_alone
 from rewriter.output import (
     Pending,
     atomic_write,
+    check_landed,
     check_not_immutable,
     check_replaceable,
     commit_all,
@@ -564,6 +565,7 @@ def _write_outputs(
         for p in pending:
             p.discard()
         raise
+    check_landed([*staged, *pending])  # another run's log beside this output, or the other way round
     return base
 
 

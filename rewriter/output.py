@@ -476,13 +476,29 @@ def land(pending: Sequence[Pending]) -> None:
             p.discard()
         raise
     commit_all(pending)
-    last = pending[-1]
-    try:
-        same = os.stat(last.path)
-    except OSError as e:
-        raise OutputError(f"{last.path}: {e.strerror}") from None
-    if not last.written or (same.st_dev, same.st_ino) != last.written:
-        raise OutputError(f"{last.path}: after the rename, not the file that was written")
+    check_landed(pending)
+
+
+def check_landed(pending: Sequence[Pending]) -> None:
+    """Check that every target of one :func:`land` now is the file written (its device and inode).
+    Each target was checked but the last: two runs writing one ``-o OUT`` and its log at once (no
+    lock keeps them apart: docs/prenop.md, "One writer at a time") could leave one's log beside
+    the other's file, and the run whose file landed last said nothing. Every log lands before its
+    file, so the run whose file is renamed last checks after the last log's rename: if that log is
+    another run's, this run sees it and fails (exit 2) where it exited 0. (So for any targets
+    renamed in one order, the file last, by every run: ``files`` publishes ``nop``'s and ``apply``'s
+    log, backup and output so too.) The race is told, not prevented."""
+    for p in pending:
+        try:
+            same = os.stat(p.path)
+        except OSError as e:
+            raise OutputError(f"{p.path}: {e.strerror}") from None
+        if not p.written or (same.st_dev, same.st_ino) != p.written:
+            together = f": {' and '.join(str(o.path) for o in pending)} may not match" if len(pending) > 1 else ""
+            raise OutputError(
+                f"{p.path}: after the rename, not the file that was written (another run writing it at the same "
+                f"time?){together}; run again, alone"
+            )
 
 
 def _mkdir(path: Path) -> None:

@@ -173,3 +173,68 @@ def test_an_interrupted_o_run_says_out_is_incomplete_and_a_rerun_finishes_it(tmp
     whole = tmp_path / "whole"
     assert invoke("prenop", "--policy", policy, "--strip-signature", "-o", whole, tree).exit_code == 0
     assert _state(out) == _state(whole)
+
+
+# -- two runs writing one -o OUT at once: the one whose file lands last is told -------------------
+
+PROF = Path(__file__).resolve().parent.parent / "fixtures" / "bin" / "prof-le"
+
+
+def _another_run_lands(monkeypatch: pytest.MonkeyPatch, target_suffix: str, data: bytes) -> list[Path]:
+    """Make ``rewriter.output.commit`` act as a second run would in a close race: once this run's
+    last file is renamed into place, another file lands over this run's target ending in
+    ``target_suffix`` (as the other run's log landing between this run's two renames). Returns
+    the targets it replaced."""
+    import os
+
+    import rewriter.output as output
+
+    real = output.commit
+    replaced: list[Path] = []
+
+    def racing(pending: output.Pending) -> None:
+        real(pending)
+        if not str(pending.path).endswith(".mcountrw.jsonl") and not replaced:
+            for p in pending.path.parent.iterdir():
+                if str(p).endswith(target_suffix):
+                    theirs = p.with_name(p.name + ".theirs")
+                    theirs.write_bytes(data)
+                    os.replace(theirs, p)
+                    replaced.append(p)
+
+    monkeypatch.setattr(output, "commit", racing)
+    return replaced
+
+
+def test_nop_o_out_whose_log_another_run_replaced_meanwhile_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `nop F -o OUT` at once: only the last file renamed was checked, so the run whose OUT
+    landed last exited 0 with the other run's log beside it. Now it fails, one line naming the
+    log and saying both may not match."""
+    f = tmp_path / "F"
+    f.write_bytes(PROF.read_bytes())
+    out = tmp_path / "OUT"
+    replaced = _another_run_lands(monkeypatch, "OUT.mcountrw.jsonl", b"another run's log\n")
+    r = invoke("nop", f, "-o", out)
+    assert replaced == [tmp_path / "OUT.mcountrw.jsonl"]
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert lines[0].startswith(
+        f"mcountrw: error: {out}.mcountrw.jsonl: after the rename, not the file that was written"
+    ), lines
+    assert f"{out}.mcountrw.jsonl and {out} may not match; run again, alone" in lines[0], lines
+
+
+def test_prenop_o_out_whose_log_another_run_replaced_meanwhile_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race between two `prenop --policy P F -o OUT`: the file's line says so, exit 2."""
+    f = tmp_path / "F"
+    f.write_bytes(PROF.read_bytes())
+    out = tmp_path / "OUT"
+    replaced = _another_run_lands(monkeypatch, "OUT.mcountrw.jsonl", b"another run's log\n")
+    r = invoke("prenop", "--policy", _policy(tmp_path), "--jobs", "1", f, "-o", out)
+    assert replaced == [tmp_path / "OUT.mcountrw.jsonl"]
+    assert r.exit_code == 2 and "after the rename, not the file that was written" in r.stderr, r.output
+    assert "may not match; run again, alone" in r.stderr, r.output

@@ -1064,12 +1064,13 @@ def _whole_run_line(t: Target, e: RewriteError, modules: int) -> str:
 
 
 def _tree_of(t: Target) -> Path:
-    """The tree ``t`` was found in: its path without its name in the tree (the file itself, for a
-    file named as itself)."""
+    """The tree ``t`` was found in: its path without its name in the tree (for a file named by
+    itself, its directory; the file itself if the name is not the path's end)."""
     parts = Path(t.rel).parts
-    if len(parts) <= len(t.source.parts) and t.source.parts[-len(parts) :] == parts and t.source != Path(t.rel):
-        return Path(*t.source.parts[: -len(parts)])
-    return Path(".") if t.source == Path(t.rel) and len(parts) > 1 else t.source
+    if t.source.parts[-len(parts) :] != parts:
+        return t.source
+    head = t.source.parts[: -len(parts)]
+    return Path(*head) if head else Path(".")
 
 
 def refuse_signed_without_choice(ts: Sequence[Target], settings: Settings) -> None:

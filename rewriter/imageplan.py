@@ -23,24 +23,32 @@ What the image decides, and what it does not:
   decided by the file, so ``--image`` reads a vmlinux;
 * ``.init.text`` is gone at run time: ``ftrace_free_init_mem()`` (init/main.c, after the initcalls)
   drops its records when the kernel frees it, so its sites are left out, as are sites ftrace cannot
-  trace after boot (the scan says why).
+  trace after boot (the scan says why, :mod:`rewriter.boot`: ftrace off for the whole boot too);
+* a rewritten vmlinux is read with the patch log beside it, as ``scan`` reads it: a site whose
+  record a rewrite dropped is known only to the log, and is left out by name (no record), not lost.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Final, NamedTuple
 
 from rewriter import ppc
+from rewriter.boot import Boot, Untraceable, boot_of, untraceable, why_text
+from rewriter.elf.compress import Compression
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.symbols import code_addrs
 from rewriter.errors import ArgumentError, NothingToDo, PlanFormatError
 from rewriter.files import ScanHints, check_something_to_do, selection_text
 from rewriter.generations import LAYOUTS, Generation, Variant
+from rewriter.known import with_log
+from rewriter.log import default_log_path, load_known, log_of
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
-from rewriter.prose import agreeing, and_more, counted, printable, with_article
+from rewriter.prose import and_more, counted, printable, with_article
+from rewriter.reading import file_at, read_regular
 from rewriter.rewrite import Selection
 from rewriter.siteplaces import Place
 from rewriter.sites import Scan, Site, scan
@@ -70,10 +78,10 @@ def plan_image(
     their state after boot to ``target``. Raises :class:`ArgumentError` for a file that is no
     vmlinux, :class:`NothingToDo` when the selection takes no site a runtime plan writes, and
     :class:`~rewriter.errors.NoRoute` when a site has no legal route."""
-    image, found = _scan_vmlinux(path)
+    image, found, boot = _scan_vmlinux(path)
     selection = selection.named_in(image, found.listed)
     check_something_to_do(image, found, selection, ScanHints())
-    kept, left_out = _plannable(selection.select(found.sites))
+    kept, left_out = _plannable(selection.select(found.sites), boot)
     if not kept:
         raise NothingToDo(
             f"{path}: {selection_text(selection)}: none of the sites it selects is one the running kernel "
@@ -86,9 +94,10 @@ def plan_image(
     return ImagePlan(replace(p, places=places, image=str(path)), tuple(left_out))
 
 
-def _scan_vmlinux(path: Path) -> tuple[Image, Scan]:
-    """The vmlinux at ``path``, read and scanned once; raises :class:`ArgumentError` for a file
-    that is no vmlinux, or one without the symbols a plan of its sites names."""
+def _scan_vmlinux(path: Path) -> tuple[Image, Scan, Boot]:
+    """The vmlinux at ``path``, read and scanned once, with the sites only its patch log knows
+    (:func:`_with_its_log`), and what its boot makes of them; raises :class:`ArgumentError` for a
+    file that is no vmlinux, or one without the symbols a plan of its sites names."""
     image = Image.load(path)
     if image.kind is not Kind.VMLINUX:
         raise ArgumentError(
@@ -101,7 +110,22 @@ def _scan_vmlinux(path: Path) -> tuple[Image, Scan]:
             f"{path}: stripped (no .symtab): plan --image needs the vmlinux's symbols, the function names --only "
             "selects and the ftrace_caller each bl is encoded to (Debian ships them in its -dbg package's vmlinux)"
         )
-    return image, scan(image)
+    found = _with_its_log(image, scan(image))
+    return image, found, boot_of(found)
+
+
+def _with_its_log(image: Image, found: Scan) -> Scan:
+    """``found`` with the sites the patch log beside the file knows (a rewrite that dropped a
+    site's record left nothing in the image to find it by): so that a rewritten vmlinux's
+    dropped sites are selected and said to be left out, not silently missing. A log beside it
+    that describes another file (changed since) is not read."""
+    log = default_log_path(image.path)
+    if not file_at(log):
+        return found
+    raw = image.data if image.compression is Compression.NONE else read_regular(image.path)
+    content = None if image.compression is Compression.NONE else hashlib.sha256(image.data).hexdigest()
+    described, _warning = log_of(image.path, hashlib.sha256(raw).hexdigest(), None, content)
+    return found if described is None else with_log(found, load_known(described).sites, described)
 
 
 def _boot(site: Site) -> SiteState:
@@ -109,23 +133,30 @@ def _boot(site: Site) -> SiteState:
     return site.boot_state
 
 
-def _plannable(sites: Sequence[Site]) -> tuple[list[Site], list[str]]:
-    """The sites a runtime plan writes (in the running kernel's text, traceable after boot), and
-    one line per kind of site it leaves out."""
+def _plannable(sites: Sequence[Site], boot: Boot) -> tuple[list[Site], list[str]]:
+    """The sites a runtime plan writes (in the running kernel's text, traceable after boot: what
+    ``mcountrw scan`` says of the image, its patch log's sites and ftrace off for the boot too),
+    and one line per kind of site it leaves out."""
     freed = [s for s in sites if s.section == FREED_AFTER_BOOT]
-    untraceable = [s for s in sites if s.section != FREED_AFTER_BOOT and (not s.traceable or s.boot_state is None)]
-    kept = [s for s in sites if s.section != FREED_AFTER_BOOT and s.traceable and s.boot_state is not None]
+    why: dict[Untraceable, list[Site]] = {}
+    kept = []
+    for s in sites:
+        reason = None if s.section == FREED_AFTER_BOOT else untraceable(s, boot)
+        if reason is not None:
+            why.setdefault(reason, []).append(s)
+        elif s.section != FREED_AFTER_BOOT:
+            kept.append(s)
     left_out = []
     if freed:
         left_out.append(
             f"{counted(len(freed), 'selected site')} in {FREED_AFTER_BOOT} left out: the kernel frees it after the "
             f"initcalls, and ftrace_free_init_mem() drops its records ({_names(freed)})"
         )
-    if untraceable:
+    for reason, out in why.items():
+        # the scan's words for ftrace off point "above", at its report's verdict line: say the verdict here
+        said = f"ftrace is off for the whole boot: {boot.ftrace_off}" if reason is Untraceable.FTRACE_OFF else ""
         left_out.append(
-            f"{counted(len(untraceable), 'selected site')} left out: ftrace cannot trace "
-            f"{agreeing(len(untraceable), 'it', 'them')} after boot "
-            f"(`mcountrw scan` says why) ({_names(untraceable)})"
+            f"{counted(len(out), 'selected site')} left out: {said or why_text(reason, len(out))} ({_names(out)})"
         )
     return kept, left_out
 
@@ -193,20 +224,23 @@ def hold_to_image(p: Plan, path: Path) -> None:
     the checker proves as an abstract one. Raises :class:`PlanFormatError` naming the first site
     the image disagrees with, and what the image says."""
     assert p.places is not None  # a plan that names an image gives every site its place
-    image, found = _scan_vmlinux(path)
+    image, found, boot = _scan_vmlinux(path)
     slots = {s.addr: s for s in found.sites if s.addr is not None}
     targets = _targets(image, {req.variant for req in p.sites})
     for i, (req, place) in enumerate(zip(p.sites, p.places, strict=True)):
-        mismatch = _mismatch(req, place, slots.get(place.addr), found, targets)
+        mismatch = _mismatch(req, place, slots.get(place.addr), (found, boot), targets)
         if mismatch is not None:
             raise PlanFormatError(f"sites[{i}] ({printable(place.function)} at {place.addr:#x}): {path} {mismatch}")
 
 
-def _mismatch(req: SiteRequest, place: Place, site: Site | None, found: Scan, targets: _Targets) -> str | None:
+def _mismatch(
+    req: SiteRequest, place: Place, site: Site | None, scanned: tuple[Scan, Boot], targets: _Targets
+) -> str | None:
     """What the image says of a plan's site, where that is not what the plan says; None if it agrees."""
+    found, boot = scanned
     if site is None:
         return "has no ftrace call slot there"
-    kept, left_out = _plannable([site])
+    kept, left_out = _plannable([site], boot)
     if not kept:
         return f"says plan --image leaves it out: {left_out[0]}"
     if site.variant is not req.variant:

@@ -47,7 +47,7 @@ from rewriter.generations import LAYOUTS, Generation, Variant
 from rewriter.known import with_log
 from rewriter.log import default_log_path, load_known, log_of
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
-from rewriter.prose import and_more, counted, printable, with_article
+from rewriter.prose import agreeing, and_more, counted, printable, with_article
 from rewriter.reading import file_at, read_regular
 from rewriter.rewrite import Selection
 from rewriter.siteplaces import Place
@@ -156,7 +156,8 @@ def _plannable(sites: Sequence[Site], boot: Boot) -> tuple[list[Site], list[str]
         # the scan's words for ftrace off point "above", at its report's verdict line: say the verdict here
         said = f"ftrace is off for the whole boot: {boot.ftrace_off}" if reason is Untraceable.FTRACE_OFF else ""
         left_out.append(
-            f"{counted(len(out), 'selected site')} left out: {said or why_text(reason, len(out))} ({_names(out)})"
+            f"{counted(len(out), 'selected site')} left out: ftrace cannot trace {agreeing(len(out), 'it', 'them')} "
+            f"after boot: {said or why_text(reason, len(out))} ({_names(out)})"
         )
     return kept, left_out
 

@@ -16,7 +16,9 @@ What the image decides, and what it does not:
   (``Layout.tracer``) when that is in branch range of the call slot, else a ``bl`` to the first
   trampoline in range (``find_ftrace_tramp()``: ``ftrace_tramp_text`` once init text is freed);
   an ops that saves regs (kprobes, livepatch) makes it ``ftrace_regs_caller`` instead, the same
-  state with another target, which the plan does not choose;
+  state with another target, which the image does not decide: ``caller`` (:class:`Caller`) says;
+* on ool the entry is ``b stub`` for either caller; the kernel repoints the stub's own ``bl`` for
+  an ops that saves regs, a word the plan does not write, and says so (:func:`_stub_calls`);
 * an ool site's ``b stub``: the stub ``ftrace_init_ool_stub()`` gives its record (``Site.call_target``);
   the stub's own words are boot init's, never the plan's;
 * a module's addresses, and the trampoline its ``bl`` reaches, exist only once it is loaded: not
@@ -30,8 +32,9 @@ What the image decides, and what it does not:
 
 from __future__ import annotations
 
+import enum
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -43,7 +46,7 @@ from rewriter.elf.image import Image, Kind
 from rewriter.elf.symbols import code_addrs
 from rewriter.errors import ArgumentError, NothingToDo, PlanFormatError
 from rewriter.files import ScanHints, check_something_to_do, selection_text
-from rewriter.generations import LAYOUTS, Generation, Variant
+from rewriter.generations import LAYOUTS, Generation
 from rewriter.known import with_log
 from rewriter.log import default_log_path, load_known, log_of
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
@@ -61,9 +64,22 @@ FREED_AFTER_BOOT: Final = ".init.text"
 TRAMPOLINE: Final = "ftrace_tramp_text"
 
 
+class Caller(enum.Enum):
+    """The tracer entry the kernel's enable points an mprofile or patchable site's ``bl`` at:
+    ``FTRACE_ADDR`` (``ftrace_caller``), or ``FTRACE_REGS_ADDR`` (``ftrace_regs_caller``) for a site
+    an ops with FTRACE_OPS_FL_SAVE_REGS traces (kprobes on ftrace, livepatch):
+    ftrace_get_addr_new() gives it for a record with FTRACE_FL_REGS, and 6.1's ftrace_make_call()
+    and 6.12's and 7.2's ftrace_get_call_inst() encode it when in branch range, else the same
+    trampoline (ftrace_tramp_text branches to ftrace_regs_caller for both)."""
+
+    FTRACE_CALLER = "ftrace_caller"
+    FTRACE_REGS_CALLER = "ftrace_regs_caller"
+
+
 class ImagePlan(NamedTuple):
     plan: Plan
     left_out: tuple[str, ...]  # what of the selection the plan leaves out, and why, one line each
+    unwritten: tuple[str, ...] = ()  # words the kernel writes besides the plan's, one line each
 
 
 def plan_image(
@@ -73,11 +89,13 @@ def plan_image(
     route: Route | None = None,
     cmodx: Cmodx = Cmodx.V3_1,
     stale_fetch: bool = False,
+    caller: Caller = Caller.FTRACE_CALLER,
 ) -> ImagePlan:
     """The runtime plan that moves the sites ``selection`` takes in the vmlinux at ``path`` from
     their state after boot to ``target``. Raises :class:`ArgumentError` for a file that is no
     vmlinux, :class:`NothingToDo` when the selection takes no site a runtime plan writes, and
-    :class:`~rewriter.errors.NoRoute` when a site has no legal route."""
+    :class:`~rewriter.errors.NoRoute` when a site has no legal route. ``caller``: the tracer entry
+    each enabled ``bl`` calls (:class:`Caller`)."""
     image, found, boot = _scan_vmlinux(path)
     selection = selection.named_in(image, found.listed)
     check_something_to_do(image, found, selection, ScanHints())
@@ -90,8 +108,24 @@ def plan_image(
     kept.sort(key=lambda s: (s.variant.value, _boot(s).value, s.addr or 0))
     requests = [SiteRequest(s.variant, _boot(s), target) for s in kept]
     p = plan(requests, route, cmodx, runtime=True, stale_fetch=stale_fetch)  # NoRoute: 1
-    places = _places(image, found, kept)
-    return ImagePlan(replace(p, places=places, image=str(path)), tuple(left_out))
+    places = tuple(_place(found, s, _targets(image), caller) for s in kept)
+    return ImagePlan(replace(p, places=places, image=str(path)), tuple(left_out), _stub_calls(kept, caller))
+
+
+def _stub_calls(sites: Sequence[Site], caller: Caller) -> tuple[str, ...]:
+    """What the kernel writes for ``caller`` besides the plan's words: an ool site's entry is ``b
+    stub`` for either caller, and the stub's own ``bl`` (its second word, boot init's
+    ``bl ftrace_caller``) is what ftrace_replace_code() repoints first (7.2: MAKE_CALL writes the
+    stub's word, then the entry's; ftrace_rec_update_ops() writes the stub's ops slot too, for
+    either caller, under DYNAMIC_FTRACE_WITH_CALL_OPS)."""
+    ool = [s for s in sites if LAYOUTS[s.variant].generation is Generation.OOL]
+    if caller is Caller.FTRACE_CALLER or not ool:
+        return ()
+    return (
+        f"--caller {caller.value}: the entry word of {counted(len(ool), 'ool site')} is the same b to its stub as "
+        f"for ftrace_caller; the kernel also rewrites each stub's bl (its second word) to {caller.value}, a word "
+        "of the stub this plan does not write",
+    )
 
 
 def _scan_vmlinux(path: Path) -> tuple[Image, Scan, Boot]:
@@ -180,22 +214,17 @@ class _Targets(NamedTuple):
     trampolines: Sequence[int]
 
 
-def _targets(image: Image, variants: Iterable[Variant]) -> _Targets:
-    entries = {name: code_addrs(image, [name], local_entries=True) for name in {LAYOUTS[v].tracer for v in variants}}
+def _targets(image: Image) -> _Targets:
+    entries = {c.value: code_addrs(image, [c.value], local_entries=True) for c in Caller}
     return _Targets(entries, code_addrs(image, [TRAMPOLINE], local_entries=True))
 
 
-def _places(image: Image, found: Scan, sites: Sequence[Site]) -> tuple[Place, ...]:
-    """Each site's place: its address, its name, and where its enabled branch goes."""
-    targets = _targets(image, {s.variant for s in sites})
-    return tuple(_place(found, s, targets) for s in sites)
-
-
-def _place(found: Scan, site: Site, targets: _Targets) -> Place:
-    """``site``'s place, as plan --image writes it and check-plan holds a plan to it."""
+def _place(found: Scan, site: Site, targets: _Targets, caller: Caller) -> Place:
+    """``site``'s place, as plan --image writes it and check-plan holds a plan to it: its address,
+    its name, and where its enabled branch goes for ``caller``."""
     assert site.addr is not None  # a vmlinux's sites have addresses
     name = found.name_of(site) or f"{site.addr:#x}"
-    tracer = LAYOUTS[site.variant].tracer
+    tracer = LAYOUTS[site.variant].tracer if caller is Caller.FTRACE_CALLER else caller.value
     if LAYOUTS[site.variant].generation is Generation.OOL:
         stub = f"its ool stub, in {site.stub}" if site.call_target is not None else "no ool stub"
         return Place(site.addr, name, site.call_target, stub)
@@ -227,7 +256,7 @@ def hold_to_image(p: Plan, path: Path) -> None:
     assert p.places is not None  # a plan that names an image gives every site its place
     image, found, boot = _scan_vmlinux(path)
     slots = {s.addr: s for s in found.sites if s.addr is not None}
-    targets = _targets(image, {req.variant for req in p.sites})
+    targets = _targets(image)
     for i, (req, place) in enumerate(zip(p.sites, p.places, strict=True)):
         mismatch = _mismatch(req, place, slots.get(place.addr), (found, boot), targets)
         if mismatch is not None:
@@ -251,7 +280,11 @@ def _mismatch(
             f"says boot leaves it {_boot(site).value}, not {req.current.value} (a plan of an image's sites starts "
             "from the states boot leaves, as plan --image writes it)"
         )
-    want = _place(found, site, targets)
+    # either caller's place is the kernel's: the plan's call_to names which (a trampoline is both's)
+    wants = [_place(found, site, targets, c) for c in Caller]
+    if place in wants:
+        return None
+    want = next((w for w in wants if w.call_to == place.call_to), wants[0])
     for key, got, expected in zip(Place._fields, place, want, strict=True):
         if got != expected:
             return f"says its {key} is {_shown(expected)}, not {_shown(got)}"

@@ -10,11 +10,17 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Final
 
 import pytest
-from boot import require_kernel
+from boot import READY_MARKER, boot_and_dump, make_initramfs, require_kernel
 from conftest import assert_one_line, invoke
+
+from rewriter import ppc
+from rewriter.elf.image import Image
+from rewriter.elf.symbols import code_addrs
 
 pytestmark = pytest.mark.corpus
 
@@ -74,3 +80,115 @@ def test_plan_image_of_a_vmlinux_whose_boot_turns_ftrace_off_plans_nothing(tmp_p
     rewritten = _rewritten("6.1", tmp_path, "--only", "vfs_read", "--keep-records")
     result = invoke("plan", "--image", rewritten, "--only", "vfs_read*", "--to", "enabled")
     assert_one_line(result, 1, "nothing to do", "ftrace is off for the whole boot: 1 recorded site", "vfs_readv")
+
+
+# ---------------------------------------------------------------- --caller ftrace_regs_caller
+
+_PROBED: Final = ("vfs_read", "vfs_write")
+# kprobes on the entry of each function: KPROBES_ON_FTRACE registers kprobe_ftrace_ops, which has
+# FTRACE_OPS_FL_SAVE_REGS, so ftrace enables those sites with FTRACE_REGS_ADDR (enabled_functions: R)
+KPROBE_SCRIPT: Final = f"""#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t tracefs tracefs /sys/kernel/tracing
+T=/sys/kernel/tracing
+echo 'p:mcountrw_a {_PROBED[0]}' > $T/kprobe_events
+echo 'p:mcountrw_b {_PROBED[1]}' >> $T/kprobe_events
+echo 1 > $T/events/kprobes/enable
+echo "MCOUNTRW-TRACER rc=$?"
+echo MCOUNTRW-ENABLED-BEGIN
+cat $T/enabled_functions
+echo MCOUNTRW-ENABLED-END
+echo {READY_MARKER}
+sleep 600
+poweroff -f
+"""
+
+
+def _bl_target(image: Image, at: int, word: int) -> str:
+    """The name of the tracer entry or trampoline a `bl` at ``at`` calls."""
+    target = ppc.branch_target(at, word)
+    for name in ("ftrace_caller", "ftrace_regs_caller", "ftrace_tramp_text"):
+        if target in code_addrs(image, [name], local_entries=True):
+            return name
+    return hex(target)
+
+
+@pytest.mark.boot
+@pytest.mark.parametrize("name", ["6.1", "6.12", "7.2"])
+def test_plan_image_caller_regs_words_are_what_the_kernel_writes_for_a_kprobe(name: str, tmp_path: Path) -> None:
+    """The kernel boots under qemu with a kprobe on vfs_read and vfs_write (ftrace-based, its ops
+    saves regs): memory holds at every address of `plan --image --caller ftrace_regs_caller` the
+    plan's new word. On 6.1 and 6.12 that is a `bl ftrace_regs_caller`, not the plain plan's `bl
+    ftrace_caller`; on 7.2 the entry is the same `b stub` for both, and the kernel repointed the
+    stub's own second word to ftrace_regs_caller, as plan's warning says."""
+    from test_boot_memory import Memory, load_kernel
+
+    files, image, text, whole = load_kernel(name)
+    only = [arg for f in _PROBED for arg in ("--only", f)]
+    regs, said = _plan_json(files.vmlinux, *only, "--caller", "ftrace_regs_caller")
+    plain, _ = _plan_json(files.vmlinux, *only)
+    initrd = make_initramfs(tmp_path / "initrd.cpio", files.busybox, [], KPROBE_SCRIPT)
+    dump = boot_and_dump(files.vmlinux, "console=hvc0 panic=-1", initrd, lambda _console: [whole], timeout=120)
+    console = dump.boot.console
+    assert dump.ready and dump.boot.tracer_rc == 0 and not dump.boot.ftrace_bug, console[-3000:]
+    enabled = console.split("MCOUNTRW-ENABLED-BEGIN")[1].split("MCOUNTRW-ENABLED-END")[0]
+    assert all(re.search(rf"^{f} \(1\) +R", enabled, re.M) for f in _PROBED), enabled
+    memory = Memory(text.addr, dump.memory[whole])
+    writes = [w for stage in regs["stages"] for w in stage]
+    assert len(writes) == len(_PROBED)
+    for w, p in zip(writes, (w for stage in plain["stages"] for w in stage), strict=True):
+        at, new = int(w["addr"], 16), int(w["new_word"], 16)
+        assert memory.word(at) == new, (name, w)
+        site = regs["sites"][w["site"]]
+        if site["variant"] == "ool":
+            assert new == int(p["new_word"], 16) and "the entry word of 2 ool sites is the same b" in said
+            stub_bl = int(site["call"], 16) + ppc.INSN_SIZE
+            assert _bl_target(image, stub_bl, memory.word(stub_bl)) == "ftrace_regs_caller"
+        else:
+            assert new != int(p["new_word"], 16) and site["call_to"] == "ftrace_regs_caller"
+            assert _bl_target(image, at, new) == "ftrace_regs_caller" and not said
+
+
+@pytest.mark.parametrize("name", ["6.1", "6.12", "6.12-gcc12"])
+def test_plan_image_caller_regs_writes_bl_ftrace_regs_caller_and_check_plan_holds_it(name: str, tmp_path: Path) -> None:
+    """plan --image always wrote `bl ftrace_caller`; a site a kprobe or livepatch traces gets `bl
+    ftrace_regs_caller` (6.1: ftrace_make_call(rec, FTRACE_REGS_ADDR); 6.12:
+    ftrace_get_call_inst()). check-plan re-derives those words and holds their places to the image,
+    and still refuses a place that is neither caller's."""
+    vmlinux = require_kernel(name).vmlinux
+    image = Image.load(vmlinux)
+    doc, said = _plan_json(vmlinux, "--only", "vfs_re*", "--caller", "ftrace_regs_caller")
+    assert not said and doc["sites"]
+    for w in (w for stage in doc["stages"] for w in stage):
+        at, new = int(w["addr"], 16), int(w["new_word"], 16)
+        assert ppc.is_bl(new) and _bl_target(image, at, new) == "ftrace_regs_caller"
+        assert doc["sites"][w["site"]]["call_to"] == "ftrace_regs_caller"
+    plan_file = tmp_path / "p.json"
+    plan_file.write_text(json.dumps(doc))
+    held = invoke("check-plan", plan_file)
+    assert held.exit_code == 0 and "held to the image" in held.stdout, held.output
+    (entry,) = code_addrs(image, ["ftrace_caller"], local_entries=True)
+    doc["sites"][0]["call"] = hex(entry)  # ftrace_caller's address, named ftrace_regs_caller
+    for w in (w for stage in doc["stages"] for w in stage if w["site"] == 0):
+        w["new_word"] = hex(ppc.bl(int(w["addr"], 16), entry))
+    plan_file.write_text(json.dumps(doc))
+    refused = invoke("check-plan", plan_file)
+    (regs,) = code_addrs(image, ["ftrace_regs_caller"], local_entries=True)
+    assert_one_line(refused, 2, "error", "sites[0] (vfs_re", f"says its call is {regs:#x}, not {entry:#x}")
+
+
+def test_plan_image_caller_on_ool_says_the_entry_word_is_the_same_and_what_else_the_kernel_writes() -> None:
+    """7.2 (ool): the entry word is `b stub` for either caller; what changes is the stub's own `bl`,
+    which the plan does not write: said in one warning, not pretended."""
+    vmlinux = require_kernel("7.2").vmlinux
+    regs, said = _plan_json(vmlinux, "--only", "vfs_read", "--caller", "ftrace_regs_caller")
+    plain, quiet = _plan_json(vmlinux, "--only", "vfs_read")
+    assert regs == plain and not quiet
+    assert said.count("\n") == 1 and "the entry word of 1 ool site is the same b to its stub" in said
+    assert "each stub's bl (its second word) to ftrace_regs_caller" in said
+
+
+def test_caller_without_image_is_refused() -> None:
+    result = invoke("plan", "--from", "disabled", "--to", "enabled", "--caller", "ftrace_regs_caller")
+    assert_one_line(result, 2, "error", "--caller", "give --image")

@@ -82,6 +82,15 @@ ImageExclude = Annotated[
     list[str] | None,
     typer.Option("--exclude", help="with --image: function name glob to leave out of what --only selects (repeatable)"),
 ]
+ImageCaller = Annotated[
+    str | None,
+    typer.Option(
+        "--caller",
+        click_type=click.Choice(["ftrace_caller", "ftrace_regs_caller"]),
+        help="with --image: the tracer entry each enabled bl calls: ftrace_regs_caller is what the kernel writes "
+        f"for an ops with FTRACE_OPS_FL_SAVE_REGS (kprobes, livepatch) {_default('ftrace_caller')}",
+    ),
+]
 StaleFetch = Annotated[
     bool,
     typer.Option("--stale-fetch", help="a CPU may run a replaced word until isync: an isync IPI before each barrier"),
@@ -95,6 +104,7 @@ def plan(
     image: ImageOption = None,
     only: ImageOnly = None,
     exclude: ImageExclude = None,
+    caller: ImageCaller = None,
     generation: PlanGeneration = None,
     variant: Annotated[
         Variant | None, typer.Option(help="the site's variant (default: --generation's, else mprofile)")
@@ -127,11 +137,14 @@ def plan(
     check_report_output(output, [image] if image is not None else [])
     if image is not None:
         _refuse_with_image((("--from", from_), ("--generation", generation), ("--variant", variant)), offline)
-        p = _plan_image(image, to, (tuple(only or ()), tuple(exclude or ())), route, cmodx, stale_fetch)
+        globs = (tuple(only or ()), tuple(exclude or ()))
+        p = _plan_image(image, to, globs, route, cmodx, stale_fetch, caller or "ftrace_caller")
     else:
         if only or exclude:
             option = "--only" if only else "--exclude"
             raise ArgumentError(f"{option} selects the sites of --image VMLINUX; give --image")
+        if caller is not None:  # an abstract plan's words are kinds: `bl` calls the tracer, whichever it is
+            raise ArgumentError("--caller names the target of the bl words of --image VMLINUX's sites; give --image")
         if from_ is None:
             raise ArgumentError("give --from STATE (an abstract site) or --image VMLINUX (the sites of a kernel)")
         p = _plan_abstract(_variant(generation, variant), from_, to, route, cmodx, offline, stale_fetch)
@@ -179,16 +192,19 @@ def _plan_image(
     route: Route | None,
     cmodx: Cmodx | None,
     stale_fetch: bool,
+    caller: str,
 ) -> Plan:
     """The plan for the sites of ``image`` that ``globs`` (--only, --exclude) select; what the
-    selection takes that a runtime plan does not write is said on stderr."""
-    from rewriter.imageplan import plan_image
+    selection takes that a runtime plan does not write, and what the kernel writes besides the
+    plan's words, is said on stderr."""
+    from rewriter.imageplan import Caller, plan_image
     from rewriter.plan import check_route
     from rewriter.rewrite import Selection
 
-    result = plan_image(image, Selection(*globs), to, route, cmodx or Cmodx.V3_1, stale_fetch)  # NoRoute: 1
+    chosen = Caller(caller)
+    result = plan_image(image, Selection(*globs), to, route, cmodx or Cmodx.V3_1, stale_fetch, chosen)  # NoRoute: 1
     check_route([s.variant for s in result.plan.sites], route)
-    print_warnings(result.left_out)
+    print_warnings((*result.left_out, *result.unwritten))
     return result.plan
 
 

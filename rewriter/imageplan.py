@@ -96,10 +96,12 @@ def plan_image(
     vmlinux, :class:`NothingToDo` when the selection takes no site a runtime plan writes, and
     :class:`~rewriter.errors.NoRoute` when a site has no legal route. ``caller``: the tracer entry
     each enabled ``bl`` calls (:class:`Caller`)."""
-    image, found, boot = _scan_vmlinux(path)
+    image, found, boot, ignored = _scan_vmlinux(path)
     selection = selection.named_in(image, found.listed)
     check_something_to_do(image, found, selection, ScanHints())
     kept, left_out = _plannable(selection.select(found.sites), boot)
+    if ignored is not None:  # the sites only that log knows are not among those selected: say so first
+        left_out.insert(0, f"{ignored} (the sites it names whose records a rewrite dropped are not selected)")
     if not kept:
         raise NothingToDo(
             f"{path}: {selection_text(selection)}: none of the sites it selects is one the running kernel "
@@ -108,7 +110,8 @@ def plan_image(
     kept.sort(key=lambda s: (s.variant.value, _boot(s).value, s.addr or 0))
     requests = [SiteRequest(s.variant, _boot(s), target) for s in kept]
     p = plan(requests, route, cmodx, runtime=True, stale_fetch=stale_fetch)  # NoRoute: 1
-    places = tuple(_place(found, s, _targets(image), caller) for s in kept)
+    targets = _targets(image)
+    places = tuple(_place(found, s, targets, caller) for s in kept)
     return ImagePlan(replace(p, places=places, image=str(path)), tuple(left_out), _stub_calls(kept, caller))
 
 
@@ -128,10 +131,11 @@ def _stub_calls(sites: Sequence[Site], caller: Caller) -> tuple[str, ...]:
     )
 
 
-def _scan_vmlinux(path: Path) -> tuple[Image, Scan, Boot]:
+def _scan_vmlinux(path: Path) -> tuple[Image, Scan, Boot, str | None]:
     """The vmlinux at ``path``, read and scanned once, with the sites only its patch log knows
-    (:func:`_with_its_log`), and what its boot makes of them; raises :class:`ArgumentError` for a
-    file that is no vmlinux, or one without the symbols a plan of its sites names."""
+    (:func:`_with_its_log`), what its boot makes of them, and why the log beside it was not read
+    (None: read, or none there); raises :class:`ArgumentError` for a file that is no vmlinux, or
+    one without the symbols a plan of its sites names."""
     image = Image.load(path)
     if image.kind is not Kind.VMLINUX:
         raise ArgumentError(
@@ -144,22 +148,25 @@ def _scan_vmlinux(path: Path) -> tuple[Image, Scan, Boot]:
             f"{path}: stripped (no .symtab): plan --image needs the vmlinux's symbols, the function names --only "
             "selects and the ftrace_caller each bl is encoded to (Debian ships them in its -dbg package's vmlinux)"
         )
-    found = _with_its_log(image, scan(image))
-    return image, found, boot_of(found)
+    found, ignored = _with_its_log(image, scan(image))
+    return image, found, boot_of(found), ignored
 
 
-def _with_its_log(image: Image, found: Scan) -> Scan:
+def _with_its_log(image: Image, found: Scan) -> tuple[Scan, str | None]:
     """``found`` with the sites the patch log beside the file knows (a rewrite that dropped a
     site's record left nothing in the image to find it by): so that a rewritten vmlinux's
     dropped sites are selected and said to be left out, not silently missing. A log beside it
-    that describes another file (changed since) is not read."""
+    that does not describe the file (another file's, edited, truncated) is not read: the
+    warning ``scan`` gives for it is returned."""
     log = default_log_path(image.path)
     if not file_at(log):
-        return found
+        return found, None
     raw = image.data if image.compression is Compression.NONE else read_regular(image.path)
     content = None if image.compression is Compression.NONE else hashlib.sha256(image.data).hexdigest()
-    described, _warning = log_of(image.path, hashlib.sha256(raw).hexdigest(), None, content)
-    return found if described is None else with_log(found, load_known(described).sites, described)
+    described, warning = log_of(image.path, hashlib.sha256(raw).hexdigest(), None, content)
+    if described is None:
+        return found, warning
+    return with_log(found, load_known(described).sites, described), None
 
 
 def _boot(site: Site) -> SiteState:
@@ -254,7 +261,7 @@ def hold_to_image(p: Plan, path: Path) -> None:
     the checker proves as an abstract one. Raises :class:`PlanFormatError` naming the first site
     the image disagrees with, and what the image says."""
     assert p.places is not None  # a plan that names an image gives every site its place
-    image, found, boot = _scan_vmlinux(path)
+    image, found, boot, _ignored = _scan_vmlinux(path)  # a site only an unread log knows: "no call slot there"
     slots = {s.addr: s for s in found.sites if s.addr is not None}
     targets = _targets(image)
     for i, (req, place) in enumerate(zip(p.sites, p.places, strict=True)):

@@ -233,3 +233,17 @@ def test_check_plan_refuses_a_word_of_nine_hex_digits(image_plan: dict, tmp_path
     write["old_word"] = "0x60000000"
     bad.write_text(json.dumps(doc))
     assert invoke("check-plan", bad).exit_code == 0
+
+
+def test_plan_image_says_when_the_patch_log_beside_a_rewritten_vmlinux_is_not_read(tmp_path: Path) -> None:
+    """A log beside the file that does not describe it (here edited: its checksum fails) is not
+    read, as scan does not read it; plan --image says so, since the sites only it knows (vfs_read,
+    its record dropped) are then not selected and would vanish unsaid."""
+    rewritten = _rewritten("6.12", tmp_path, "--only", "vfs_read", "--drop-records")
+    log = tmp_path / "vmlinux.mcountrw.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join([lines[0], lines[1].rstrip("\n") + " \n", *lines[2:]]))  # JSON still, the sum not
+    doc, said = _plan_json(rewritten, "--only", "vfs_read*")
+    assert said.count("\n") == 1 and f"warning: {log}: patch log was edited or truncated" in said, said
+    assert "the sites it names whose records a rewrite dropped are not selected" in said
+    assert "vfs_read" not in {s["function"] for s in doc["sites"]} and doc["sites"]

@@ -21,6 +21,7 @@ from conftest import assert_one_line, invoke
 from rewriter import ppc
 from rewriter.elf.image import Image
 from rewriter.elf.symbols import code_addrs
+from rewriter.sites import scan
 
 pytestmark = pytest.mark.corpus
 
@@ -115,7 +116,7 @@ def _bl_target(image: Image, at: int, word: int) -> str:
 
 
 @pytest.mark.boot
-@pytest.mark.parametrize("name", ["6.1", "6.12", "7.2"])
+@pytest.mark.parametrize("name", ["6.1", "6.12", "6.12-gcc12", "7.2"])
 def test_plan_image_caller_regs_words_are_what_the_kernel_writes_for_a_kprobe(name: str, tmp_path: Path) -> None:
     """The kernel boots under qemu with a kprobe on vfs_read and vfs_write (ftrace-based, its ops
     saves regs): memory holds at every address of `plan --image --caller ftrace_regs_caller` the
@@ -247,3 +248,27 @@ def test_plan_image_says_when_the_patch_log_beside_a_rewritten_vmlinux_is_not_re
     assert said.count("\n") == 1 and f"warning: {log}: patch log was edited or truncated" in said, said
     assert "the sites it names whose records a rewrite dropped are not selected" in said
     assert "vfs_read" not in {s["function"] for s in doc["sites"]} and doc["sites"]
+
+
+@pytest.mark.boot
+@pytest.mark.parametrize("name", ["6.1", "6.12"])
+def test_plan_image_words_of_a_rewritten_vmlinux_are_what_it_writes_when_booted(name: str, tmp_path: Path) -> None:
+    """The rewritten file itself boots (vfs_read nopped, its record dropped) and its own ftrace
+    enables `vfs_*`: memory holds at every address of `plan --image REWRITTEN --only 'vfs_*'` the
+    plan's new word, and vfs_read, which the plan leaves out by name, keeps the rewrite's nops."""
+    from test_boot_memory import Memory, load_kernel
+    from test_boot_memory_enabled import APPEND, ENABLE_SCRIPT, FILTER
+
+    files, image, text, whole = load_kernel(name)
+    rewritten = _rewritten(name, tmp_path, "--only", "vfs_read", "--drop-records")
+    doc, said = _plan_json(rewritten, "--only", FILTER)
+    assert "no kernel record: ftrace never patches it (vfs_read)" in said, said
+    initrd = make_initramfs(tmp_path / "initrd.cpio", files.busybox, [], ENABLE_SCRIPT)
+    dump = boot_and_dump(rewritten, APPEND, initrd, lambda _console: [whole], timeout=120)
+    assert dump.ready and dump.boot.tracer_rc == 0 and not dump.boot.ftrace_bug, dump.boot.console[-3000:]
+    memory = Memory(text.addr, dump.memory[whole])
+    writes = [w for stage in doc["stages"] for w in stage]
+    wrong = [w for w in writes if memory.word(int(w["addr"], 16)) != int(w["new_word"], 16)]
+    assert writes and not wrong, f"{name}: {len(wrong)} of {len(writes)} writes differ: {wrong[:5]}"
+    (read,) = [s for s in scan(image).sites if s.function == "vfs_read"]
+    assert read.addr is not None and memory.word(read.addr) == ppc.NOP

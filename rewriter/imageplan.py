@@ -254,7 +254,8 @@ def _tracer_call(addr: int, tracer: str, entry: Sequence[int], trampolines: Sequ
 def hold_to_image(p: Plan, path: Path) -> None:
     """Hold a plan of an image's sites (``plan --image``) to the vmlinux at ``path``: each site is
     a call slot of it that plan --image would plan, of the site's variant, in the state boot init
-    leaves it in, with the place plan --image gives it (function, call, call_to). The words the
+    leaves it in, with the place plan --image gives it (function, call, call_to) for either
+    :class:`Caller` (an image's sites may be traced by both kinds of ops at once). The words the
     plan file gives are re-derived from the places when it is read (``rewriter.plan``); this
     checks the places themselves. A plan of an image's sites starts from boot's states, as plan
     --image writes it: a state a plan-following step left since is a plan from that state, which

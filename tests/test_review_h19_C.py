@@ -251,7 +251,7 @@ def test_plan_image_says_when_the_patch_log_beside_a_rewritten_vmlinux_is_not_re
 
 
 @pytest.mark.boot
-@pytest.mark.parametrize("name", ["6.1", "6.12"])
+@pytest.mark.parametrize("name", ["6.1", "6.12", "7.2"])
 def test_plan_image_words_of_a_rewritten_vmlinux_are_what_it_writes_when_booted(name: str, tmp_path: Path) -> None:
     """The rewritten file itself boots (vfs_read nopped, its record dropped) and its own ftrace
     enables `vfs_*`: memory holds at every address of `plan --image REWRITTEN --only 'vfs_*'` the

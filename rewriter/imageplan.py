@@ -16,7 +16,8 @@ What the image decides, and what it does not:
   (``Layout.tracer``) when that is in branch range of the call slot, else a ``bl`` to the first
   trampoline in range (``find_ftrace_tramp()``: ``ftrace_tramp_text`` once init text is freed);
   an ops that saves regs (kprobes, livepatch) makes it ``ftrace_regs_caller`` instead, the same
-  state with another target, which the image does not decide: ``caller`` (:class:`Caller`) says;
+  state with another target, which the image does not decide: ``caller`` says (6.1's
+  ftrace_make_call(), 6.12's and 7.2's ftrace_get_call_inst(): in range, else the same trampoline);
 * on ool the entry is ``b stub`` for either caller; the kernel repoints the stub's own ``bl`` for
   an ops that saves regs, a word the plan does not write, and says so (:func:`_stub_calls`);
 * an ool site's ``b stub``: the stub ``ftrace_init_ool_stub()`` gives its record (``Site.call_target``);
@@ -32,7 +33,6 @@ What the image decides, and what it does not:
 
 from __future__ import annotations
 
-import enum
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -46,7 +46,7 @@ from rewriter.elf.image import Image, Kind
 from rewriter.elf.symbols import code_addrs
 from rewriter.errors import ArgumentError, NothingToDo, PlanFormatError
 from rewriter.files import ScanHints, check_something_to_do, selection_text
-from rewriter.generations import LAYOUTS, Generation
+from rewriter.generations import LAYOUTS, Caller, Generation
 from rewriter.known import with_log
 from rewriter.log import default_log_path, load_known, log_of
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
@@ -62,18 +62,6 @@ FREED_AFTER_BOOT: Final = ".init.text"
 # find_ftrace_tramp()'s trampoline for core text beyond branch range of the tracer entry; its
 # twin, ftrace_tramp_init, is dropped with init text (ftrace_free_init_tramp()).
 TRAMPOLINE: Final = "ftrace_tramp_text"
-
-
-class Caller(enum.Enum):
-    """The tracer entry the kernel's enable points an mprofile or patchable site's ``bl`` at:
-    ``FTRACE_ADDR`` (``ftrace_caller``), or ``FTRACE_REGS_ADDR`` (``ftrace_regs_caller``) for a site
-    an ops with FTRACE_OPS_FL_SAVE_REGS traces (kprobes on ftrace, livepatch):
-    ftrace_get_addr_new() gives it for a record with FTRACE_FL_REGS, and 6.1's ftrace_make_call()
-    and 6.12's and 7.2's ftrace_get_call_inst() encode it when in branch range, else the same
-    trampoline (ftrace_tramp_text branches to ftrace_regs_caller for both)."""
-
-    FTRACE_CALLER = "ftrace_caller"
-    FTRACE_REGS_CALLER = "ftrace_regs_caller"
 
 
 class ImagePlan(NamedTuple):
@@ -95,7 +83,7 @@ def plan_image(
     their state after boot to ``target``. Raises :class:`ArgumentError` for a file that is no
     vmlinux, :class:`NothingToDo` when the selection takes no site a runtime plan writes, and
     :class:`~rewriter.errors.NoRoute` when a site has no legal route. ``caller``: the tracer entry
-    each enabled ``bl`` calls (:class:`Caller`)."""
+    each enabled ``bl`` calls (:class:`~rewriter.generations.Caller`)."""
     image, found, boot, ignored = _scan_vmlinux(path)
     selection = selection.named_in(image, found.listed)
     check_something_to_do(image, found, selection, ScanHints())
@@ -255,7 +243,7 @@ def hold_to_image(p: Plan, path: Path) -> None:
     """Hold a plan of an image's sites (``plan --image``) to the vmlinux at ``path``: each site is
     a call slot of it that plan --image would plan, of the site's variant, in the state boot init
     leaves it in, with the place plan --image gives it (function, call, call_to) for either
-    :class:`Caller` (an image's sites may be traced by both kinds of ops at once). The words the
+    :class:`~rewriter.generations.Caller` (an image's sites may be traced by both kinds of ops at once). The words the
     plan file gives are re-derived from the places when it is read (``rewriter.plan``); this
     checks the places themselves. A plan of an image's sites starts from boot's states, as plan
     --image writes it: a state a plan-following step left since is a plan from that state, which

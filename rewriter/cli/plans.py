@@ -15,7 +15,7 @@ from rewriter.check import BUILTINS, MAX_ENTRIES, MAX_TASKS, assumptions
 from rewriter.cli.common import InputPath, OutputFile, check_report_output, emit, print_warnings
 from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, PlanFormatError
-from rewriter.generations import Generation, Variant
+from rewriter.generations import Caller, Generation, Variant
 from rewriter.plan import Cmodx, Route, notes
 from rewriter.prose import agreeing, counted, printable
 from rewriter.states import SiteState
@@ -83,10 +83,9 @@ ImageExclude = Annotated[
     typer.Option("--exclude", help="with --image: function name glob to leave out of what --only selects (repeatable)"),
 ]
 ImageCaller = Annotated[
-    str | None,
+    Caller | None,
     typer.Option(
         "--caller",
-        click_type=click.Choice(["ftrace_caller", "ftrace_regs_caller"]),
         help="with --image: the tracer entry each enabled bl calls: ftrace_regs_caller is what the kernel writes "
         f"for an ops with FTRACE_OPS_FL_SAVE_REGS (kprobes, livepatch) {_default('ftrace_caller')}",
     ),
@@ -138,7 +137,7 @@ def plan(
     if image is not None:
         _refuse_with_image((("--from", from_), ("--generation", generation), ("--variant", variant)), offline)
         globs = (tuple(only or ()), tuple(exclude or ()))
-        p = _plan_image(image, to, globs, route, cmodx, stale_fetch, caller or "ftrace_caller")
+        p = _plan_image(image, to, globs, route, cmodx, stale_fetch, caller or Caller.FTRACE_CALLER)
     else:
         if only or exclude:
             option = "--only" if only else "--exclude"
@@ -192,17 +191,16 @@ def _plan_image(
     route: Route | None,
     cmodx: Cmodx | None,
     stale_fetch: bool,
-    caller: str,
+    caller: Caller,
 ) -> Plan:
     """The plan for the sites of ``image`` that ``globs`` (--only, --exclude) select; what the
     selection takes that a runtime plan does not write, and what the kernel writes besides the
     plan's words, is said on stderr."""
-    from rewriter.imageplan import Caller, plan_image
+    from rewriter.imageplan import plan_image
     from rewriter.plan import check_route
     from rewriter.rewrite import Selection
 
-    chosen = Caller(caller)
-    result = plan_image(image, Selection(*globs), to, route, cmodx or Cmodx.V3_1, stale_fetch, chosen)  # NoRoute: 1
+    result = plan_image(image, Selection(*globs), to, route, cmodx or Cmodx.V3_1, stale_fetch, caller)  # NoRoute: 1
     check_route([s.variant for s in result.plan.sites], route)
     print_warnings((*result.left_out, *result.unwritten))
     return result.plan

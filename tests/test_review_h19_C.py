@@ -115,6 +115,13 @@ def _bl_target(image: Image, at: int, word: int) -> str:
     return hex(target)
 
 
+def _data_addr(image: Image, name: str) -> int:
+    """The address of the one symbol ``name`` of ``image`` (a data object: no entries to follow)."""
+    assert image.symbols is not None
+    (i,) = image.symbols.find(name).tolist()
+    return int(image.symbols.table[i]["st_value"])
+
+
 @pytest.mark.boot
 @pytest.mark.parametrize("name", ["6.1", "6.12", "6.12-gcc12", "7.2"])
 def test_plan_image_caller_regs_words_are_what_the_kernel_writes_for_a_kprobe(name: str, tmp_path: Path) -> None:
@@ -122,7 +129,8 @@ def test_plan_image_caller_regs_words_are_what_the_kernel_writes_for_a_kprobe(na
     saves regs): memory holds at every address of `plan --image --caller ftrace_regs_caller` the
     plan's new word. On 6.1 and 6.12 that is a `bl ftrace_regs_caller`, not the plain plan's `bl
     ftrace_caller`; on 7.2 the entry is the same `b stub` for both, and the kernel repointed the
-    stub's own second word to ftrace_regs_caller, as plan's warning says."""
+    stub's own second word to ftrace_regs_caller, as plan's warning says, and wrote the kprobe's
+    ops into the stub's ops slot (DYNAMIC_FTRACE_WITH_CALL_OPS; boot init leaves ftrace_nop_ops)."""
     from test_boot_memory import Memory, load_kernel
 
     files, image, text, whole = load_kernel(name)
@@ -146,6 +154,10 @@ def test_plan_image_caller_regs_words_are_what_the_kernel_writes_for_a_kprobe(na
             assert new == int(p["new_word"], 16) and "the entry word of 2 ool sites is the same b" in said
             stub_bl = int(site["call"], 16) + ppc.INSN_SIZE
             assert _bl_target(image, stub_bl, memory.word(stub_bl)) == "ftrace_regs_caller"
+            # DYNAMIC_FTRACE_WITH_CALL_OPS: the 8 bytes before the stub hold the one ops tracing it
+            ops_slot = int(site["call"], 16) - 8
+            ops = memory.word(ops_slot + 4) << 32 | memory.word(ops_slot)
+            assert ops == _data_addr(image, "kprobe_ftrace_ops"), hex(ops)
         else:
             assert new != int(p["new_word"], 16) and site["call_to"] == "ftrace_regs_caller"
             assert _bl_target(image, at, new) == "ftrace_regs_caller" and not said

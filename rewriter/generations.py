@@ -176,6 +176,18 @@ class Layout:
 # time. Traces name the function tracer's entry; the others differ only in what the tracer saves.
 TRACER_ENTRY: Final = "ftrace_caller"
 
+
+class Caller(enum.Enum):
+    """The tracer entry the kernel's enable points a site's ``bl`` at (``plan --image --caller``):
+    ``FTRACE_ADDR`` (``ftrace_caller``, :data:`TRACER_ENTRY`), or ``FTRACE_REGS_ADDR``
+    (``ftrace_regs_caller``) for a site an ops with FTRACE_OPS_FL_SAVE_REGS traces (kprobes on
+    ftrace, livepatch): ftrace_get_addr_new() gives it for a record with FTRACE_FL_REGS. Out of
+    branch range both reach the same trampoline, which branches to ftrace_regs_caller."""
+
+    FTRACE_CALLER = TRACER_ENTRY
+    FTRACE_REGS_CALLER = "ftrace_regs_caller"
+
+
 TWO_SLOT_STATES: Final[Mapping[SiteState, tuple[Insn, ...]]] = MappingProxyType(
     {
         SiteState.ENABLED: (Insn.MFLR, Insn.CALL),

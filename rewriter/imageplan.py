@@ -16,31 +16,42 @@ What the image decides, and what it does not:
   (``Layout.tracer``) when that is in branch range of the call slot, else a ``bl`` to the first
   trampoline in range (``find_ftrace_tramp()``: ``ftrace_tramp_text`` once init text is freed);
   an ops that saves regs (kprobes, livepatch) makes it ``ftrace_regs_caller`` instead, the same
-  state with another target, which the plan does not choose;
+  state with another target, which the image does not decide: ``caller`` says (6.1's
+  ftrace_make_call(), 6.12's and 7.2's ftrace_get_call_inst(): in range, else the same trampoline);
+* on ool the entry is ``b stub`` for either caller; the kernel repoints the stub's own ``bl`` for
+  an ops that saves regs, a word the plan does not write, and says so (:func:`_stub_calls`);
 * an ool site's ``b stub``: the stub ``ftrace_init_ool_stub()`` gives its record (``Site.call_target``);
   the stub's own words are boot init's, never the plan's;
 * a module's addresses, and the trampoline its ``bl`` reaches, exist only once it is loaded: not
   decided by the file, so ``--image`` reads a vmlinux;
 * ``.init.text`` is gone at run time: ``ftrace_free_init_mem()`` (init/main.c, after the initcalls)
   drops its records when the kernel frees it, so its sites are left out, as are sites ftrace cannot
-  trace after boot (the scan says why).
+  trace after boot (the scan says why, :mod:`rewriter.boot`: ftrace off for the whole boot too);
+* a rewritten vmlinux is read with the patch log beside it, as ``scan`` reads it: a site whose
+  record a rewrite dropped is known only to the log, and is left out by name (no record), not lost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Final, NamedTuple
 
 from rewriter import ppc
+from rewriter.boot import Boot, Untraceable, boot_of, untraceable, why_text
+from rewriter.elf.compress import Compression
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.symbols import code_addrs
 from rewriter.errors import ArgumentError, NothingToDo, PlanFormatError
 from rewriter.files import ScanHints, check_something_to_do, selection_text
-from rewriter.generations import LAYOUTS, Generation, Variant
+from rewriter.generations import LAYOUTS, Caller, Generation
+from rewriter.known import with_log
+from rewriter.log import default_log_path, load_known, log_of
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
 from rewriter.prose import agreeing, and_more, counted, printable, with_article
+from rewriter.reading import file_at, read_regular
 from rewriter.rewrite import Selection
 from rewriter.siteplaces import Place
 from rewriter.sites import Scan, Site, scan
@@ -56,6 +67,7 @@ TRAMPOLINE: Final = "ftrace_tramp_text"
 class ImagePlan(NamedTuple):
     plan: Plan
     left_out: tuple[str, ...]  # what of the selection the plan leaves out, and why, one line each
+    unwritten: tuple[str, ...] = ()  # words the kernel writes besides the plan's, one line each
 
 
 def plan_image(
@@ -65,15 +77,19 @@ def plan_image(
     route: Route | None = None,
     cmodx: Cmodx = Cmodx.V3_1,
     stale_fetch: bool = False,
+    caller: Caller = Caller.FTRACE_CALLER,
 ) -> ImagePlan:
     """The runtime plan that moves the sites ``selection`` takes in the vmlinux at ``path`` from
     their state after boot to ``target``. Raises :class:`ArgumentError` for a file that is no
     vmlinux, :class:`NothingToDo` when the selection takes no site a runtime plan writes, and
-    :class:`~rewriter.errors.NoRoute` when a site has no legal route."""
-    image, found = _scan_vmlinux(path)
+    :class:`~rewriter.errors.NoRoute` when a site has no legal route. ``caller``: the tracer entry
+    each enabled ``bl`` calls (:class:`~rewriter.generations.Caller`)."""
+    image, found, boot, ignored = _scan_vmlinux(path)
     selection = selection.named_in(image, found.listed)
     check_something_to_do(image, found, selection, ScanHints())
-    kept, left_out = _plannable(selection.select(found.sites))
+    kept, left_out = _plannable(selection.select(found.sites), boot)
+    if ignored is not None:  # the sites only that log knows are not among those selected: say so first
+        left_out.insert(0, f"{ignored} (the sites it names whose records a rewrite dropped are not selected)")
     if not kept:
         raise NothingToDo(
             f"{path}: {selection_text(selection)}: none of the sites it selects is one the running kernel "
@@ -82,13 +98,32 @@ def plan_image(
     kept.sort(key=lambda s: (s.variant.value, _boot(s).value, s.addr or 0))
     requests = [SiteRequest(s.variant, _boot(s), target) for s in kept]
     p = plan(requests, route, cmodx, runtime=True, stale_fetch=stale_fetch)  # NoRoute: 1
-    places = _places(image, found, kept)
-    return ImagePlan(replace(p, places=places, image=str(path)), tuple(left_out))
+    targets = _targets(image)
+    places = tuple(_place(found, s, targets, caller) for s in kept)
+    return ImagePlan(replace(p, places=places, image=str(path)), tuple(left_out), _stub_calls(kept, caller))
 
 
-def _scan_vmlinux(path: Path) -> tuple[Image, Scan]:
-    """The vmlinux at ``path``, read and scanned once; raises :class:`ArgumentError` for a file
-    that is no vmlinux, or one without the symbols a plan of its sites names."""
+def _stub_calls(sites: Sequence[Site], caller: Caller) -> tuple[str, ...]:
+    """What the kernel writes for ``caller`` besides the plan's words: an ool site's entry is ``b
+    stub`` for either caller, and the stub's own ``bl`` (its second word, boot init's
+    ``bl ftrace_caller``) is what ftrace_replace_code() repoints first (7.2: MAKE_CALL writes the
+    stub's word, then the entry's; ftrace_rec_update_ops() writes the stub's ops slot too, for
+    either caller, under DYNAMIC_FTRACE_WITH_CALL_OPS)."""
+    ool = [s for s in sites if LAYOUTS[s.variant].generation is Generation.OOL]
+    if caller is Caller.FTRACE_CALLER or not ool:
+        return ()
+    return (
+        f"--caller {caller.value}: the entry word of {counted(len(ool), 'ool site')} is the same b to its stub as "
+        f"for ftrace_caller; the kernel also rewrites each stub's bl (its second word) to {caller.value}, a word "
+        "of the stub this plan does not write",
+    )
+
+
+def _scan_vmlinux(path: Path) -> tuple[Image, Scan, Boot, str | None]:
+    """The vmlinux at ``path``, read and scanned once, with the sites only its patch log knows
+    (:func:`_with_its_log`), what its boot makes of them, and why the log beside it was not read
+    (None: read, or none there); raises :class:`ArgumentError` for a file that is no vmlinux, or
+    one without the symbols a plan of its sites names."""
     image = Image.load(path)
     if image.kind is not Kind.VMLINUX:
         raise ArgumentError(
@@ -101,7 +136,25 @@ def _scan_vmlinux(path: Path) -> tuple[Image, Scan]:
             f"{path}: stripped (no .symtab): plan --image needs the vmlinux's symbols, the function names --only "
             "selects and the ftrace_caller each bl is encoded to (Debian ships them in its -dbg package's vmlinux)"
         )
-    return image, scan(image)
+    found, ignored = _with_its_log(image, scan(image))
+    return image, found, boot_of(found), ignored
+
+
+def _with_its_log(image: Image, found: Scan) -> tuple[Scan, str | None]:
+    """``found`` with the sites the patch log beside the file knows (a rewrite that dropped a
+    site's record left nothing in the image to find it by): so that a rewritten vmlinux's
+    dropped sites are selected and said to be left out, not silently missing. A log beside it
+    that does not describe the file (another file's, edited, truncated) is not read: the
+    warning ``scan`` gives for it is returned."""
+    log = default_log_path(image.path)
+    if not file_at(log):
+        return found, None
+    raw = image.data if image.compression is Compression.NONE else read_regular(image.path)
+    content = None if image.compression is Compression.NONE else hashlib.sha256(image.data).hexdigest()
+    described, warning = log_of(image.path, hashlib.sha256(raw).hexdigest(), None, content)
+    if described is None:
+        return found, warning
+    return with_log(found, load_known(described).sites, described), None
 
 
 def _boot(site: Site) -> SiteState:
@@ -109,23 +162,31 @@ def _boot(site: Site) -> SiteState:
     return site.boot_state
 
 
-def _plannable(sites: Sequence[Site]) -> tuple[list[Site], list[str]]:
-    """The sites a runtime plan writes (in the running kernel's text, traceable after boot), and
-    one line per kind of site it leaves out."""
+def _plannable(sites: Sequence[Site], boot: Boot) -> tuple[list[Site], list[str]]:
+    """The sites a runtime plan writes (in the running kernel's text, traceable after boot: what
+    ``mcountrw scan`` says of the image, its patch log's sites and ftrace off for the boot too),
+    and one line per kind of site it leaves out."""
     freed = [s for s in sites if s.section == FREED_AFTER_BOOT]
-    untraceable = [s for s in sites if s.section != FREED_AFTER_BOOT and (not s.traceable or s.boot_state is None)]
-    kept = [s for s in sites if s.section != FREED_AFTER_BOOT and s.traceable and s.boot_state is not None]
+    why: dict[Untraceable, list[Site]] = {}
+    kept = []
+    for s in sites:
+        reason = None if s.section == FREED_AFTER_BOOT else untraceable(s, boot)
+        if reason is not None:
+            why.setdefault(reason, []).append(s)
+        elif s.section != FREED_AFTER_BOOT:
+            kept.append(s)
     left_out = []
     if freed:
         left_out.append(
             f"{counted(len(freed), 'selected site')} in {FREED_AFTER_BOOT} left out: the kernel frees it after the "
             f"initcalls, and ftrace_free_init_mem() drops its records ({_names(freed)})"
         )
-    if untraceable:
+    for reason, out in why.items():
+        # the scan's words for ftrace off point "above", at its report's verdict line: say the verdict here
+        said = f"ftrace is off for the whole boot: {boot.ftrace_off}" if reason is Untraceable.FTRACE_OFF else ""
         left_out.append(
-            f"{counted(len(untraceable), 'selected site')} left out: ftrace cannot trace "
-            f"{agreeing(len(untraceable), 'it', 'them')} after boot "
-            f"(`mcountrw scan` says why) ({_names(untraceable)})"
+            f"{counted(len(out), 'selected site')} left out: ftrace cannot trace {agreeing(len(out), 'it', 'them')} "
+            f"after boot: {said or why_text(reason, len(out))} ({_names(out)})"
         )
     return kept, left_out
 
@@ -148,22 +209,17 @@ class _Targets(NamedTuple):
     trampolines: Sequence[int]
 
 
-def _targets(image: Image, variants: Iterable[Variant]) -> _Targets:
-    entries = {name: code_addrs(image, [name], local_entries=True) for name in {LAYOUTS[v].tracer for v in variants}}
+def _targets(image: Image) -> _Targets:
+    entries = {c.value: code_addrs(image, [c.value], local_entries=True) for c in Caller}
     return _Targets(entries, code_addrs(image, [TRAMPOLINE], local_entries=True))
 
 
-def _places(image: Image, found: Scan, sites: Sequence[Site]) -> tuple[Place, ...]:
-    """Each site's place: its address, its name, and where its enabled branch goes."""
-    targets = _targets(image, {s.variant for s in sites})
-    return tuple(_place(found, s, targets) for s in sites)
-
-
-def _place(found: Scan, site: Site, targets: _Targets) -> Place:
-    """``site``'s place, as plan --image writes it and check-plan holds a plan to it."""
+def _place(found: Scan, site: Site, targets: _Targets, caller: Caller) -> Place:
+    """``site``'s place, as plan --image writes it and check-plan holds a plan to it: its address,
+    its name, and where its enabled branch goes for ``caller``."""
     assert site.addr is not None  # a vmlinux's sites have addresses
     name = found.name_of(site) or f"{site.addr:#x}"
-    tracer = LAYOUTS[site.variant].tracer
+    tracer = LAYOUTS[site.variant].tracer if caller is Caller.FTRACE_CALLER else caller.value
     if LAYOUTS[site.variant].generation is Generation.OOL:
         stub = f"its ool stub, in {site.stub}" if site.call_target is not None else "no ool stub"
         return Place(site.addr, name, site.call_target, stub)
@@ -186,27 +242,31 @@ def _tracer_call(addr: int, tracer: str, entry: Sequence[int], trampolines: Sequ
 def hold_to_image(p: Plan, path: Path) -> None:
     """Hold a plan of an image's sites (``plan --image``) to the vmlinux at ``path``: each site is
     a call slot of it that plan --image would plan, of the site's variant, in the state boot init
-    leaves it in, with the place plan --image gives it (function, call, call_to). The words the
+    leaves it in, with the place plan --image gives it (function, call, call_to) for either
+    :class:`~rewriter.generations.Caller` (an image's sites may be traced by both kinds of ops at once). The words the
     plan file gives are re-derived from the places when it is read (``rewriter.plan``); this
     checks the places themselves. A plan of an image's sites starts from boot's states, as plan
     --image writes it: a state a plan-following step left since is a plan from that state, which
     the checker proves as an abstract one. Raises :class:`PlanFormatError` naming the first site
     the image disagrees with, and what the image says."""
     assert p.places is not None  # a plan that names an image gives every site its place
-    image, found = _scan_vmlinux(path)
+    image, found, boot, _ignored = _scan_vmlinux(path)  # a site only an unread log knows: "no call slot there"
     slots = {s.addr: s for s in found.sites if s.addr is not None}
-    targets = _targets(image, {req.variant for req in p.sites})
+    targets = _targets(image)
     for i, (req, place) in enumerate(zip(p.sites, p.places, strict=True)):
-        mismatch = _mismatch(req, place, slots.get(place.addr), found, targets)
+        mismatch = _mismatch(req, place, slots.get(place.addr), (found, boot), targets)
         if mismatch is not None:
             raise PlanFormatError(f"sites[{i}] ({printable(place.function)} at {place.addr:#x}): {path} {mismatch}")
 
 
-def _mismatch(req: SiteRequest, place: Place, site: Site | None, found: Scan, targets: _Targets) -> str | None:
+def _mismatch(
+    req: SiteRequest, place: Place, site: Site | None, scanned: tuple[Scan, Boot], targets: _Targets
+) -> str | None:
     """What the image says of a plan's site, where that is not what the plan says; None if it agrees."""
+    found, boot = scanned
     if site is None:
         return "has no ftrace call slot there"
-    kept, left_out = _plannable([site])
+    kept, left_out = _plannable([site], boot)
     if not kept:
         return f"says plan --image leaves it out: {left_out[0]}"
     if site.variant is not req.variant:
@@ -216,7 +276,11 @@ def _mismatch(req: SiteRequest, place: Place, site: Site | None, found: Scan, ta
             f"says boot leaves it {_boot(site).value}, not {req.current.value} (a plan of an image's sites starts "
             "from the states boot leaves, as plan --image writes it)"
         )
-    want = _place(found, site, targets)
+    # either caller's place is the kernel's: the plan's call_to names which (a trampoline is both's)
+    wants = [_place(found, site, targets, c) for c in Caller]
+    if place in wants:
+        return None
+    want = next((w for w in wants if w.call_to == place.call_to), wants[0])
     for key, got, expected in zip(Place._fields, place, want, strict=True):
         if got != expected:
             return f"says its {key} is {_shown(expected)}, not {_shown(got)}"

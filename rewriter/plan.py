@@ -385,16 +385,17 @@ def _place_doc(p: Plan, doc: dict[str, Any]) -> None:
 
 def _hex(obj: dict[str, Any], key: str, where: str, nullable: bool = False, bits: int = 64) -> int | None:
     """``obj[key]``: hex text of at most ``bits`` bits (``"0x60000000"``; JSON numbers lose bits
-    past 2**53) or, where ``nullable``, null."""
+    past 2**53) or, where ``nullable``, null. At most ``bits // 4`` digits, as plan writes them: a
+    word is 8 (``0x060000000`` is no word, though its value fits in one)."""
     if key not in obj:
         raise PlanFormatError(f"{where}: missing {key!r}")
     value = obj[key]
     if value is None and nullable:
         return None
     digits = value[2:] if isinstance(value, str) and value[:2] == "0x" else ""
-    if digits and all(c in string.hexdigits for c in digits) and int(digits, 16) < 1 << bits:
+    if 0 < len(digits) <= bits // 4 and all(c in string.hexdigits for c in digits):
         return int(digits, 16)
-    kind = f"hex text (0x...) of at most {bits} bits" + (" or null" if nullable else "")
+    kind = f"hex text (0x...) of at most {bits} bits ({bits // 4} digits)" + (" or null" if nullable else "")
     raise PlanFormatError(f"{where}.{key}: expected {kind}, found {_quoted(value)}")
 
 
@@ -549,13 +550,16 @@ def _site_follows(route: Route, site: int, req: SiteRequest, writes: list[tuple[
 
 
 def _field(obj: Any, key: str, kind: type, where: str) -> Any:
+    """``obj[key]`` of type ``kind``; ``where`` names ``obj`` (``"plan"``: the top level, whose
+    fields an error names alone, ``image: ...``, as every other error about them does)."""
     if not isinstance(obj, dict):
         raise PlanFormatError(f"{where}: expected an object, found {type(obj).__name__}")
     if key not in obj:
         raise PlanFormatError(f"{where}: missing {key!r}")
     value = obj[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise PlanFormatError(f"{where}.{key}: expected {kind.__name__}, found {_quoted(value)}")
+        name = key if where == "plan" else f"{where}.{key}"
+        raise PlanFormatError(f"{name}: expected {kind.__name__}, found {_quoted(value)}")
     return value
 
 

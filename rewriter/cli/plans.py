@@ -15,7 +15,7 @@ from rewriter.check import BUILTINS, MAX_ENTRIES, MAX_TASKS, assumptions
 from rewriter.cli.common import InputPath, OutputFile, check_report_output, emit, print_warnings
 from rewriter.cli.exits import findings_if
 from rewriter.errors import ArgumentError, PlanFormatError
-from rewriter.generations import Generation, Variant
+from rewriter.generations import Caller, Generation, Variant
 from rewriter.plan import Cmodx, Route, notes
 from rewriter.prose import agreeing, counted, printable
 from rewriter.states import SiteState
@@ -82,6 +82,14 @@ ImageExclude = Annotated[
     list[str] | None,
     typer.Option("--exclude", help="with --image: function name glob to leave out of what --only selects (repeatable)"),
 ]
+ImageCaller = Annotated[
+    Caller | None,
+    typer.Option(
+        "--caller",
+        help="with --image: the tracer entry each enabled bl calls: ftrace_regs_caller is what the kernel writes "
+        f"for an ops with FTRACE_OPS_FL_SAVE_REGS (kprobes, livepatch) {_default('ftrace_caller')}",
+    ),
+]
 StaleFetch = Annotated[
     bool,
     typer.Option("--stale-fetch", help="a CPU may run a replaced word until isync: an isync IPI before each barrier"),
@@ -95,6 +103,7 @@ def plan(
     image: ImageOption = None,
     only: ImageOnly = None,
     exclude: ImageExclude = None,
+    caller: ImageCaller = None,
     generation: PlanGeneration = None,
     variant: Annotated[
         Variant | None, typer.Option(help="the site's variant (default: --generation's, else mprofile)")
@@ -127,11 +136,14 @@ def plan(
     check_report_output(output, [image] if image is not None else [])
     if image is not None:
         _refuse_with_image((("--from", from_), ("--generation", generation), ("--variant", variant)), offline)
-        p = _plan_image(image, to, (tuple(only or ()), tuple(exclude or ())), route, cmodx, stale_fetch)
+        globs = (tuple(only or ()), tuple(exclude or ()))
+        p = _plan_image(image, to, globs, route, cmodx, stale_fetch, caller or Caller.FTRACE_CALLER)
     else:
         if only or exclude:
             option = "--only" if only else "--exclude"
             raise ArgumentError(f"{option} selects the sites of --image VMLINUX; give --image")
+        if caller is not None:  # an abstract plan's words are kinds: `bl` calls the tracer, whichever it is
+            raise ArgumentError("--caller names the target of the bl words of --image VMLINUX's sites; give --image")
         if from_ is None:
             raise ArgumentError("give --from STATE (an abstract site) or --image VMLINUX (the sites of a kernel)")
         p = _plan_abstract(_variant(generation, variant), from_, to, route, cmodx, offline, stale_fetch)
@@ -179,16 +191,18 @@ def _plan_image(
     route: Route | None,
     cmodx: Cmodx | None,
     stale_fetch: bool,
+    caller: Caller,
 ) -> Plan:
     """The plan for the sites of ``image`` that ``globs`` (--only, --exclude) select; what the
-    selection takes that a runtime plan does not write is said on stderr."""
+    selection takes that a runtime plan does not write, and what the kernel writes besides the
+    plan's words, is said on stderr."""
     from rewriter.imageplan import plan_image
     from rewriter.plan import check_route
     from rewriter.rewrite import Selection
 
-    result = plan_image(image, Selection(*globs), to, route, cmodx or Cmodx.V3_1, stale_fetch)  # NoRoute: 1
+    result = plan_image(image, Selection(*globs), to, route, cmodx or Cmodx.V3_1, stale_fetch, caller)  # NoRoute: 1
     check_route([s.variant for s in result.plan.sites], route)
-    print_warnings(result.left_out)
+    print_warnings((*result.left_out, *result.unwritten))
     return result.plan
 
 

@@ -33,7 +33,6 @@ What the image decides, and what it does not:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -41,17 +40,14 @@ from typing import Final, NamedTuple
 
 from rewriter import ppc
 from rewriter.boot import Boot, Untraceable, boot_of, untraceable, why_text
-from rewriter.elf.compress import Compression
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.symbols import code_addrs
 from rewriter.errors import ArgumentError, NothingToDo, PlanFormatError
 from rewriter.files import ScanHints, check_something_to_do, selection_text
 from rewriter.generations import LAYOUTS, Caller, Generation
-from rewriter.known import with_log
-from rewriter.log import default_log_path, load_known, log_of
+from rewriter.log import default_log_path, logged, logs_at
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
 from rewriter.prose import agreeing, and_more, counted, printable, with_article
-from rewriter.reading import file_at, read_regular
 from rewriter.rewrite import Selection
 from rewriter.siteplaces import Place
 from rewriter.sites import Scan, Site, scan
@@ -145,16 +141,9 @@ def _with_its_log(image: Image, found: Scan) -> tuple[Scan, str | None]:
     site's record left nothing in the image to find it by): so that a rewritten vmlinux's
     dropped sites are selected and said to be left out, not silently missing. A log beside it
     that does not describe the file (another file's, edited, truncated) is not read: the
-    warning ``scan`` gives for it is returned."""
-    log = default_log_path(image.path)
-    if not file_at(log):
-        return found, None
-    raw = image.data if image.compression is Compression.NONE else read_regular(image.path)
-    content = None if image.compression is Compression.NONE else hashlib.sha256(image.data).hexdigest()
-    described, warning = log_of(image.path, hashlib.sha256(raw).hexdigest(), None, content)
-    if described is None:
-        return found, warning
-    return with_log(found, load_known(described).sites, described), None
+    warning ``scan`` gives for it is returned (:func:`rewriter.log.logs_at`, as scan finds it)."""
+    found_logs = logs_at([(image.path, default_log_path(image.path))])  # scan's own way to the log beside a file
+    return logged(found, found_logs.logs), next(iter(found_logs.warnings), None)
 
 
 def _boot(site: Site) -> SiteState:

@@ -27,13 +27,15 @@ MAX_SHOWN = 50  # anomalies or verdicts listed per image
 
 
 def percent(part: int, whole: int) -> str:
-    """``100 %`` and ``0 %`` exactly when they are; otherwise three decimals that never round to
-    either (33,689 of 33,690 is ``99.997 %``, and one short of a million ``99.999 %``, not 100)."""
+    """``100%`` and ``0%`` exactly when they are; otherwise three decimals that never round to
+    either (33,689 of 33,690 is ``99.997%``, and one short of a million ``99.999%``, not 100). No
+    space before the sign, as English and the kernel's own messages write it; every percentage of
+    a report is made here."""
     if not whole:
         return "n/a"
     if part in (0, whole):
-        return f"{100 * part // whole} %"
-    return f"{min(max(100 * part / whole, 0.001), 99.999):.3f} %"
+        return f"{100 * part // whole}%"
+    return f"{min(max(100 * part / whole, 0.001), 99.999):.3f}%"
 
 
 def code(name: str) -> str:
@@ -72,7 +74,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]
 
 
 def safety_text(safety: Mapping[str, int]) -> str:
-    """``N safe, N live, N unknown[, N n/a] (P % decided)``: decided among the sites the question
+    """``N safe, N live, N unknown[, N n/a] (P% decided)``: decided among the sites the question
     applies to (ool sites are n/a)."""
     na = safety[Verdict.N_A.value]
     asked = safety["safe"] + safety["live"] + safety["unknown"]

@@ -62,9 +62,11 @@ def test_reports_made_in_workers_are_the_one_process_report(tmp_path: Path) -> N
     assert reports["json"] == scanfmt.scans_json_text(scans, errors) + "\n"
     assert json.loads(reports["json"]) == scanfmt.scans_json(scans, errors)
     assert reports["csv"] == scanfmt.csv_text(scans)
-    table = "".join(line + "\n" for s in scans for line in scanfmt.table_lines(s, 20))
-    totals = scanfmt.add_totals(scanfmt.table_text_totals(s, 20)[1] for s in scans)
-    assert reports["table"] == table + scanfmt.total_line(totals, len(errors)) + "\n"
+    pieces = [scanfmt.table_text_shared(s, 20) for s in scans]
+    table = "".join(text for text, _, _ in pieces)
+    shared = "".join(line + "\n" for line in scanfmt.shared_lines(notes for _, _, notes in pieces))
+    totals = scanfmt.add_totals(counts for _, counts, _ in pieces)
+    assert reports["table"] == table + shared + scanfmt.total_line(totals, len(errors)) + "\n"
 
 
 def _default_sigint(batch: Sequence[int]) -> list[tuple[int, bool]]:

@@ -368,6 +368,57 @@ def table_text_totals(result: Scan, limit: int | None) -> tuple[str, Totals]:
     return "".join(line + "\n" for line in lines), totals
 
 
+# A note that a table of several images says once, before its total line, and not under each
+# image: which one (a key of :func:`_shared_text`) and how many sites it counts in the image. Over
+# a module tree the same words under each of 3,000 modules buried what differs between them.
+SharedNote = tuple[str, int]
+
+
+def table_text_shared(result: Scan, limit: int | None) -> tuple[str, Totals, tuple[SharedNote, ...]]:
+    """:func:`table_text_totals` for one image of several: the notes that say the same of every
+    image (how records name a patchable site, why init-text sites drop out) are left out of its
+    text and handed back, for :func:`shared_lines` to say once."""
+    shared: list[SharedNote] = []
+    lines, totals = _table(result, limit, shared)
+    return "".join(line + "\n" for line in lines), totals, tuple(shared)
+
+
+def shared_lines(notes: Iterable[Sequence[SharedNote]]) -> list[str]:
+    """The notes each image handed back, said once: how many images each is true of, and the
+    sites it counts summed over them; none when no image had one."""
+    images: Counter[str] = Counter()
+    sites: Counter[str] = Counter()
+    for image in notes:
+        for key, n in image:
+            images[key] += 1
+            sites[key] += n
+    if not images:
+        return []
+    # unindented, so that it is not read as a row of the table above it
+    return ["notes on the images above:", *(_shared_text(key, images[key], sites[key]) for key in sorted(images))]
+
+
+def _shared_text(key: str, images: int, sites: int) -> str:
+    what, _, arg = key.partition(" ")
+    if what == _OFFSET_KEY:  # by variant: a run of mixed generations says which images it is true of
+        offset, variant = arg.split(" ")
+        return _offset_note(int(offset), f" of the {counted(images, variant + ' image')}")
+    module = arg == "module"
+    where = counted(images, "module" if module else "image")
+    return f"  init text: {sites} of the traceable sites, in {where}, {agreeing(sites, *_INIT_ONLY[module])}"
+
+
+_OFFSET_KEY: Final = "record-offset"
+_INIT_KEY: Final = "init"
+
+
+def _offset_note(offset: int, where: str = "") -> str:
+    return (
+        f"  records name the word {abs(offset)} bytes {'before' if offset < 0 else 'after'} each call slot{where} "
+        "(the kernel's ftrace_call_adjust() moves them onto it): `record` in --format json/csv"
+    )
+
+
 # -- the table ------------------------------------------------------------------------------
 
 
@@ -428,13 +479,14 @@ def table_lines(result: Scan, limit: int | None) -> list[str]:
     return _table(result, limit)[0]
 
 
-def _table(result: Scan, limit: int | None) -> tuple[list[str], Totals]:
+def _table(result: Scan, limit: int | None, shared: list[SharedNote] | None = None) -> tuple[list[str], Totals]:
     """:func:`table_lines`, and the counts of its summary line (made from them: the total line
-    adds up exactly what each image's summary said)."""
+    adds up exactly what each image's summary said); the notes said once for several images go
+    to ``shared`` when one is given (:func:`table_text_shared`)."""
     boot = boot_of(result)
     why = Counter(untraceable(site, boot) for site in result.sites)
     totals = image_totals(result, why[None])
-    lines = [_head(result, totals), *_notes(result, boot, why)]
+    lines = [_head(result, totals), *_notes(result, boot, why, shared)]
     shown = result.sites if limit is None else result.sites[:limit]
     if shown:
         lines += _site_rows(result, boot, why, shown)
@@ -593,7 +645,10 @@ def when_traced(result: Scan) -> str:
     return "once loaded" if result.kind is Kind.MODULE else "after boot"
 
 
-def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[str]:
+def _notes(
+    result: Scan, boot: Boot, why: Counter[Untraceable | None], shared: list[SharedNote] | None = None
+) -> list[str]:
+    """The image's notes; those said once for several images go to ``shared`` when one is given."""
     out = []
     overrode = override_text(result)
     if overrode is not None and result.generation is not None:
@@ -609,11 +664,7 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
         out.append(f"  LOG: the patch log {log} was read; the file itself shows every site it names")
     elif result.records.zeroed:  # else a nopped file read without its log was just "0 sites (no sites)"
         out.append(f"  zeroed: {_zeroed_text(result.records.zeroed, result.kind in _LINKED)}")
-    for offset in sorted({LAYOUTS[s.variant].record_offset for s in result.sites if s.record is not None} - {0}):
-        out.append(
-            f"  records name the word {abs(offset)} bytes {'before' if offset < 0 else 'after'} each call slot "
-            "(the kernel's ftrace_call_adjust() moves them onto it): `record` in --format json/csv"
-        )
+    out += _offset_notes(result, shared)
     rec = result.records
     if rec.unread and rec.unread_why:
         out.append(f"  never read: {counted(len(rec.unread), 'entry', 'entries')} {rec.unread_why}")
@@ -624,11 +675,7 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
     for reason in Untraceable:
         if why[reason]:
             out.append(f"  not traceable: {why[reason]} {reason.value}: {why_text(reason, why[reason])}")
-    init = _traceable_in_init(result, boot) if why[None] else 0
-    if init:
-        out.append(
-            f"  init text: {init} of the traceable sites {agreeing(init, *_INIT_ONLY[result.kind is Kind.MODULE])}"
-        )
+    out += _init_notes(result, boot, why, shared)
     stubs = stubs_json(result)
     if stubs:
         out.append("  " + _stubs_line(stubs, result.records.count, boot.stub_unknown, result.not_loaded is not None))
@@ -641,6 +688,31 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
 
 
 _LINKED: Final = (Kind.VMLINUX, Kind.EXECUTABLE)
+
+
+def _offset_notes(result: Scan, shared: list[SharedNote] | None) -> list[str]:
+    """Where records name the sites, when not on the call slot (patchable); to ``shared`` if given."""
+    out = []
+    offsets = {(LAYOUTS[s.variant].record_offset, s.variant.value) for s in result.sites if s.record is not None}
+    for offset, variant in sorted(o for o in offsets if o[0]):
+        if shared is None:
+            out.append(_offset_note(offset))
+        else:
+            shared.append((f"{_OFFSET_KEY} {offset} {variant}", 0))
+    return out
+
+
+def _init_notes(
+    result: Scan, boot: Boot, why: Counter[Untraceable | None], shared: list[SharedNote] | None
+) -> list[str]:
+    """How many traceable sites are in init text, and why that matters; to ``shared`` if given."""
+    init = _traceable_in_init(result, boot) if why[None] else 0
+    module = result.kind is Kind.MODULE
+    if init and shared is not None:
+        shared.append((f"{_INIT_KEY} {'module' if module else 'kernel'}", init))
+    elif init:
+        return [f"  init text: {init} of the traceable sites {agreeing(init, *_INIT_ONLY[module])}"]
+    return []
 
 
 def _zeroed_text(zeroed: int, linked: bool) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 from boot import counts, require_kernel
+from conftest import unwrapped
 from test_bad_input import assert_cli_error, mcountrw
 from test_stripped import BIN, mcount_of, strip
 
@@ -231,7 +232,7 @@ def test_an_unstripped_vmlinux_read_as_ool_is_not_told_to_be_audited_unstripped(
     (warning,) = [line for line in proc.stdout.splitlines() if "`ool-stubs-unchecked`" in line]
     assert "no ftrace_ool_stub_text or ftrace_ool_stub_text_end or ftrace_ool_stub_inittext symbol" in warning
     assert warning.endswith("every ool (6.13+) vmlinux defines them: is it one?") and "unstripped" not in warning
-    table = mcountrw("scan", vmlinux, "--generation", "ool").stdout.splitlines()
+    table = unwrapped(mcountrw("scan", vmlinux, "--generation", "ool").stdout).splitlines()
     assert "  ool stubs: this vmlinux defines no stub area (ftrace_ool_stub_text...), which every ool kernel has: " in (
         "\n".join(table[:6])
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from boot import require_kernel, unsigned_module
-from conftest import invoke
+from conftest import invoke, unwrapped
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 from test_module_kallsyms import _edit_symbol
@@ -216,7 +216,7 @@ def test_a_stripped_mprofile_vmlinux_names_its_release_and_whether_it_disables_w
     assert mcount is not None
     checks = _symbol_value(kernel.vmlinux, "ftrace_check_for_weak_functions") is not None
     assert checks == (name != "6.1")
-    table = invoke("scan", "--mcount-addr", hex(mcount), stripped).stdout
+    table = unwrapped(invoke("scan", "--mcount-addr", hex(mcount), stripped).stdout)
     assert ("weak-function bodies (which the kernel disables) cannot be told" in table) == checks, table[:600]
     doc = json.loads(invoke("audit", "--format", "json", "--mcount-addr", hex(mcount), stripped).stdout)
     (note,) = [a["message"] for a in doc["images"][0]["anomalies"] if a["kind"] == "no-symbols"]

@@ -155,9 +155,11 @@ def _total_line(totals: list[Totals | None], errors: int) -> str:
     """The table's closing line over several files, added up from the counts each worker sent
     back with its text (not parsed out of the text). Also when only one of them could be read:
     the line then says how many errors the counts leave out."""
+    from rewriter.prose import wrapped
     from rewriter.report import scanfmt
 
-    return scanfmt.total_line(scanfmt.add_totals(t for t in totals if t is not None), errors) + "\n"
+    line = scanfmt.total_line(scanfmt.add_totals(t for t in totals if t is not None), errors)
+    return "".join(part + "\n" for part in wrapped(line))
 
 
 def _render_logged(result: Scan, render: Callable[[Scan], T], logs: dict[Path, Path]) -> T:

@@ -88,7 +88,7 @@ from rewriter.boot import Boot, Untraceable, boot_of, init_only, untraceable, wh
 from rewriter.elf.image import Kind, index_name
 from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation, Variant
-from rewriter.prose import Said, agreeing, counted, printable
+from rewriter.prose import Said, agreeing, counted, packed, printable, wrapped
 from rewriter.records import nonzero_records
 from rewriter.sites import NOT_BUILT_FOR_FTRACE, Scan, Site, Source, lacks_stub, override_text, summary
 
@@ -395,7 +395,8 @@ def shared_lines(notes: Iterable[Sequence[SharedNote]]) -> list[str]:
     if not images:
         return []
     # unindented, so that it is not read as a row of the table above it
-    return ["notes on the images above:", *(_shared_text(key, images[key], sites[key]) for key in sorted(images))]
+    said = (wrapped(_shared_text(key, images[key], sites[key])) for key in sorted(images))
+    return ["notes on the images above:", *(part for note in said for part in note)]
 
 
 def _shared_text(key: str, images: int, sites: int) -> str:
@@ -486,7 +487,9 @@ def _table(result: Scan, limit: int | None, shared: list[SharedNote] | None = No
     boot = boot_of(result)
     why = Counter(untraceable(site, boot) for site in result.sites)
     totals = image_totals(result, why[None])
-    lines = [_head(result, totals), *_notes(result, boot, why, shared)]
+    # prose wrapped at 80 columns, the head line's path kept whole on its first line (grep by file name)
+    lines = wrapped(_head(result, totals), keep=len(printable(str(result.path))) + 1)
+    lines += [part for note in _notes(result, boot, why, shared) for part in wrapped(note)]
     shown = result.sites if limit is None else result.sites[:limit]
     if shown:
         lines += _site_rows(result, boot, why, shown)
@@ -547,22 +550,14 @@ def _same_for_every_site(result: Scan, why: Counter[Untraceable | None]) -> dict
 
 
 _EVERY: Final = "  every site: "
-_WIDTH: Final = 80  # the terminal the table is laid out for
 
 
 def _every_site_lines(said: Sequence[str]) -> list[str]:
     """The ``every site:`` line, its phrases packed into lines of at most 80 columns (a phrase
     is never split; a continuation starts under the first phrase); none when nothing is said."""
-    lines: list[str] = []
-    for phrase in said:
-        if lines and len(lines[-1]) + len(", ") + len(phrase) < _WIDTH:  # and room for a comma after it
-            lines[-1] += f", {phrase}"
-        elif lines:
-            lines[-1] += ","
-            lines.append(" " * len(_EVERY) + phrase)
-        else:
-            lines.append(_EVERY + phrase)
-    return lines
+    if not said:
+        return []
+    return packed(_EVERY.rstrip(), [f"{phrase}," for phrase in said[:-1]] + [said[-1]], " " * len(_EVERY))
 
 
 def _every_site_text(column: int, value: str, state: str) -> str:

@@ -149,7 +149,10 @@ def test_stripped_executable_notes_the_checks_that_need_symbols(tmp_path: Path) 
     assert "did not run: weak-body, not-at-entry" in note["message"] and "mflr-nop walk" in note["message"]
     assert img["ool_stubs_unchecked"] is None and img["ool_stubs"] == []
     proc = mcountrw("audit", str(bare))
-    assert "| records in weak-function bodies | unknown (no function symbols) |" in proc.stdout
+    assert (
+        "| recorded sites in weak-function bodies (disabled by the kernel or not) | unknown (no function symbols) |"
+        in proc.stdout
+    )
     assert "- **note** `no-symbols`: no function symbols: sites are unnamed" in proc.stdout
     assert "_Highest severity: note._" in proc.stdout and "ool stubs" not in proc.stdout
 

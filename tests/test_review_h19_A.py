@@ -4,6 +4,7 @@ counts, and percentages written as ``100%``."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -129,3 +130,21 @@ def test_the_helper_packs_words_and_never_splits_one() -> None:
     assert " ".join(line.strip() for line in lines) == text.strip()
     assert all(len(line) <= 80 for line in lines[:-1]) and lines[-1] == "      " + "x" * 100
     assert all(line.startswith("      ") for line in lines[1:])
+
+
+# -- 4. two weak-body counts, two names -------------------------------------------------------------
+
+
+def test_scan_and_audit_name_their_two_weak_body_counts_apart() -> None:
+    """6.12: scan's 261 are the weak-function bodies the kernel disables, audit's 262 every recorded
+    site in one (one is within FTRACE_MCOUNT_MAX_OFFSET of a symbol, and kept): both were said as
+    "weak-function bodies"."""
+    vmlinux = require_kernel("6.12").vmlinux
+    disabled = json.loads(invoke("scan", "--format", "json", vmlinux).stdout)["images"][0]["summary"]["untraceable"]
+    counts = json.loads(invoke("audit", "--format", "json", "--fail-on", "never", vmlinux).stdout)
+    every = counts["images"][0]["counts"]["weak_bodies"]
+    assert disabled["weak-body"] < every
+    scan = unwrapped(invoke("scan", vmlinux).stdout)
+    assert f"not traceable: {disabled['weak-body']} weak-body: weak-function bodies the kernel disables: " in scan
+    audit = invoke("audit", "--fail-on", "never", vmlinux).stdout
+    assert f"| recorded sites in weak-function bodies (disabled by the kernel or not) | {every} |" in audit

@@ -175,7 +175,7 @@ def test_audit_says_recorded_sites_in_an_unallocated_section_are_never_placed(na
     assert f"<td>{severity}</td><td>unallocated</td>" in _audit(ko, "html")[1]
     # scan's table: on mprofile the sites are `refused`, whose reason line blames their words
     # (the compiler's); a line says what refuses them (test_review_load2 boots it: that message)
-    table = invoke("scan", ko).stdout
+    table = unwrapped(invoke("scan", ko).stdout)
     placed = "NOT PLACED: .text without SHF_ALLOC" in table and "(Failed to get trampoline target)" in table
     assert placed == (name == "6.1"), table[:1500]
 
@@ -281,7 +281,7 @@ def test_a_module_record_section_without_shf_alloc_is_said_never_read(name: str,
         assert not elf.get_section_by_name(section)["sh_flags"] & SH_FLAGS.SHF_ALLOC
         entries = elf.get_section_by_name(".rela" + section).num_relocations()
     assert entries == 3
-    table = invoke("scan", ko).stdout
+    table = unwrapped(invoke("scan", ko).stdout)
     assert f"never read: {entries} entries in {section}, a section without SHF_ALLOC" in table, table
     assert "not built with" not in table
     doc = json.loads(invoke("scan", "--format", "json", ko).stdout)["images"][0]

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import pytest
 from boot import KERNELS, counts, require_kernel
+from conftest import unwrapped
 from elftools.elf.elffile import ELFFile
 from typer.testing import CliRunner
 
@@ -374,7 +375,7 @@ def test_scan_table_says_generation_and_traceable_sites(name: str) -> None:
     kernel = require_kernel(name)
     facts = vmlinux_facts(kernel.vmlinux)
     generation = kernel.kernel.generation
-    head, *notes = mcountrw("scan", str(kernel.vmlinux)).stdout.splitlines()
+    head, *notes = unwrapped(mcountrw("scan", str(kernel.vmlinux)).stdout).splitlines()
     n = len(facts.records)
     slot = CALL_SLOT_MINUS_RECORD[generation]
     traceable = sum(not kernel_disables(facts, r + slot) for r in facts.records)

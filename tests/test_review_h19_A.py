@@ -148,3 +148,19 @@ def test_scan_and_audit_name_their_two_weak_body_counts_apart() -> None:
     assert f"not traceable: {disabled['weak-body']} weak-body: weak-function bodies the kernel disables: " in scan
     audit = invoke("audit", "--fail-on", "never", vmlinux).stdout
     assert f"| recorded sites in weak-function bodies (disabled by the kernel or not) | {every} |" in audit
+
+
+def test_an_ool_module_trees_stubs_line_is_said_once_when_they_serve_every_record() -> None:
+    tree = require_kernel("7.2").modules_dir / "fs" / "nls"
+    got = invoke("scan", "--jobs", "1", tree)
+    assert got.exit_code == 0, got.output
+    text = unwrapped(got.stdout)
+    doc = json.loads(invoke("scan", "--jobs", "1", "--format", "json", tree).stdout)["images"]
+    served = [i for i in doc if i["stubs"] and i["stubs"][0]["used"] == i["records"]["count"]]
+    assert len(served) > 2
+    (line,) = [line for line in text.splitlines() if "ool stubs:" in line]
+    records = sum(i["records"]["count"] for i in served)
+    said = f"serve all {records} records of {len(served)} modules"
+    assert line == f"  ool stubs: .stubs, carved out at load, one per table entry: {said}", line
+    one = unwrapped(invoke("scan", served[0]["path"]).stdout)
+    assert "  ool stubs: .stubs, carved out at load, one per table entry (" in one

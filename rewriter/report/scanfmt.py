@@ -400,6 +400,11 @@ def shared_lines(notes: Iterable[Sequence[SharedNote]]) -> list[str]:
 
 
 def _shared_text(key: str, images: int, sites: int) -> str:
+    if key == _STUBS_KEY:
+        return (
+            f"  ool stubs: .stubs, carved out at load, one per table entry: serve all {counted(sites, 'record')} "
+            f"of {counted(images, 'module')}"
+        )
     what, _, arg = key.partition(" ")
     if what == _OFFSET_KEY:  # by variant: a run of mixed generations says which images it is true of
         offset, variant = arg.split(" ")
@@ -410,6 +415,17 @@ def _shared_text(key: str, images: int, sites: int) -> str:
 
 
 _OFFSET_KEY: Final = "record-offset"
+_STUBS_KEY: Final = "ool-stubs"  # a loaded module's .stubs that serve every record it has
+
+
+def _serves_every_record(stubs: Sequence[dict[str, Any]], result: Scan) -> bool:
+    """A module's own ``.stubs`` (one area, sized at load) that serve each of its records: the
+    ``ool stubs`` line of nearly every ool module, which a run of several says once. A module
+    the loader refuses, or whose stubs fall short, keeps its line."""
+    (area, *more) = stubs
+    return not more and area["address"] is None and result.not_loaded is None and area["used"] == result.records.count
+
+
 _INIT_KEY: Final = "init"
 
 
@@ -672,7 +688,9 @@ def _notes(
             out.append(f"  not traceable: {why[reason]} {reason.value}: {why_text(reason, why[reason])}")
     out += _init_notes(result, boot, why, shared)
     stubs = stubs_json(result)
-    if stubs:
+    if stubs and shared is not None and _serves_every_record(stubs, result):
+        shared.append((_STUBS_KEY, result.records.count))
+    elif stubs:
         out.append("  " + _stubs_line(stubs, result.records.count, boot.stub_unknown, result.not_loaded is not None))
     elif _stub_areas_missing(result):
         out.append(

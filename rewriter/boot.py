@@ -79,11 +79,13 @@ WHY: Final[Mapping[Untraceable, Said]] = {
         "recorded more than once: the second record finds the words the first changed: "
         "ftrace bug, ftrace off (at boot; ool: when first traced)",
     ),
+    # "the kernel disables": audit counts every recorded weak-function body, these and the few
+    # within FTRACE_MCOUNT_MAX_OFFSET of a symbol, which the kernel keeps (listed as that symbol)
     Untraceable.WEAK_BODY: Said(
-        "in no sized function, the body of an overridden weak function: "
-        "the kernel marks it FTRACE_FL_DISABLED, being more than FTRACE_MCOUNT_MAX_OFFSET past a symbol",
-        "in no sized function, the bodies of overridden weak functions: "
-        "the kernel marks them FTRACE_FL_DISABLED, being more than FTRACE_MCOUNT_MAX_OFFSET past a symbol",
+        "a weak-function body the kernel disables: in no sized function (an overridden weak function's "
+        "body) and more than FTRACE_MCOUNT_MAX_OFFSET past a symbol, the kernel marks it FTRACE_FL_DISABLED",
+        "weak-function bodies the kernel disables: in no sized function (overridden weak functions' "
+        "bodies) and more than FTRACE_MCOUNT_MAX_OFFSET past a symbol, the kernel marks them FTRACE_FL_DISABLED",
     ),
     Untraceable.FTRACE_OFF: Said(
         "ftrace is off for the whole boot (see above)", "ftrace is off for the whole boot (see above)"

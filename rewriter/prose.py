@@ -63,3 +63,35 @@ def json_problem(error: ValueError | RecursionError) -> str:
     if "integer string conversion" in str(error):
         return "a number with too many digits"
     return str(error)
+
+
+WIDTH = 80  # the terminal that text for people is laid out for
+HANGING = "    "  # what a wrapped line's continuations start with, past the first line's own indent
+
+
+def packed(first: str, pieces: Sequence[str], indent: str, width: int = WIDTH) -> list[str]:
+    """``first``, then ``pieces`` one space apart, packed into lines of at most ``width`` columns,
+    each after the first starting with ``indent``. A piece is never split (a line holds at least
+    one, and one longer than a line runs past it): a path, a symbol name or a table's phrase stays
+    whole, and grep finds it. A line of spaces alone (an indent) takes its first piece with no
+    space between. The one place that wraps text for people (:func:`wrapped` too)."""
+    lines = [first]
+    bare = True  # the last line holds no piece yet: the next goes on it, whatever its length
+    for piece in pieces:
+        if not bare and len(lines[-1]) + 1 + len(piece) > width:
+            lines.append(indent)
+            bare = True
+        lines[-1] += f" {piece}" if lines[-1].strip() else piece
+        bare = False
+    return lines
+
+
+def wrapped(text: str, keep: int = 0, hanging: str = HANGING, width: int = WIDTH) -> list[str]:
+    """A line of prose as lines of at most ``width`` columns, broken at spaces, its continuations
+    indented by ``hanging`` past the line's own indent. The first ``keep`` characters (a path and
+    its colon, so that grep by file name finds the line) are never broken."""
+    lead = len(text) - len(text.lstrip(" "))
+    start = max(keep, lead)
+    rest = text[start:]
+    words = (rest[1:] if start > lead and rest.startswith(" ") else rest).split(" ")
+    return packed(text[:start], words, " " * lead + hanging, width)

@@ -178,6 +178,25 @@ def policy_file(directory: Path, text: str) -> Path:
 SCAN_COLUMNS = ("call slot", "section", "variant", "file->boot", "file->load", "rec", "traceable", "function")
 
 
+def unwrapped(text: str) -> str:
+    """scan's or policy check's text with each line of prose that wrapped at 80 columns
+    (``prose.wrapped``: continuations indented 4 columns or more past the line they continue)
+    joined back into one line, as it was before wrapping; a table's rows are left as they are."""
+    out: list[str] = []
+    table = False
+    for line in text.splitlines():
+        if table and line.startswith("  ") and not line.startswith("  ... "):
+            out.append(line)
+            continue
+        table = line.lstrip().startswith("call slot")
+        lead = len(line) - len(line.lstrip(" "))
+        if out and not table and line.strip() and lead >= len(out[-1]) - len(out[-1].lstrip(" ")) + 4:
+            out[-1] += " " + line.strip()
+        else:
+            out.append(line)
+    return "".join(line + "\n" for line in out)
+
+
 def _every_site(above: list[str]) -> str:
     """The ``every site:`` line (and its continuations, indented under its first phrase) that
     ends right above a table's header, joined into one text; ``""`` when there is none."""

@@ -454,14 +454,14 @@ def test_ool_stubs_short_of_the_records_are_an_error_and_skipped_records_a_note(
 
 def test_percentages_are_whole_only_when_exact() -> None:
     assert [md.percent(n, d) for n, d in ((6, 6), (0, 6), (33_689, 33_690), (999_999, 10**6), (1, 10**6))] == [
-        "100 %",
-        "0 %",
-        "99.997 %",
-        "99.999 %",
-        "0.001 %",
+        "100%",
+        "0%",
+        "99.997%",
+        "99.999%",
+        "0.001%",
     ]
     assert md.percent(0, 0) == "n/a"
-    assert "(100 % decided)" in md.audit_markdown(audit.Audit((_audit(FIXTURES / "bin" / "prof-le"),), ()))
+    assert "(100% decided)" in md.audit_markdown(audit.Audit((_audit(FIXTURES / "bin" / "prof-le"),), ()))
 
 
 def test_fail_on_with_the_report_in_a_file_says_why_it_exits_1(tmp_path: Path) -> None:

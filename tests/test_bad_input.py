@@ -34,7 +34,7 @@ import pytest
 import zstandard
 from boot import require_tool
 from click.testing import Result
-from conftest import FIXTURES, ROOT, invoke, mini_vmlinux, scan_table
+from conftest import FIXTURES, ROOT, invoke, mini_vmlinux, scan_table, unwrapped
 from conftest import assert_one_line as one_error_line
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
@@ -652,7 +652,7 @@ def test_reports_go_into_a_fifo_and_rewrites_refuse_one(tmp_path: Path) -> None:
     proc = mcountrw("scan", str(BIN / "clean"), "-o", str(fifo))
     reader.join(timeout=30)
     assert proc.returncode == 0, proc.stderr
-    assert b"generation mprofile" in got[0]
+    assert "generation mprofile" in unwrapped(got[0].decode())
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert_cli_error(mcountrw("nop", str(BIN / "clean"), "-o", str(fifo)), str(fifo), "not a regular file")
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)

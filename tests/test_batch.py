@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, unwrapped
 
 from rewriter.batch import expand, map_batches, scan_one
+from rewriter.prose import wrapped
 from rewriter.report import scanfmt
 
 BIN = FIXTURES / "bin"
@@ -62,9 +63,12 @@ def test_reports_made_in_workers_are_the_one_process_report(tmp_path: Path) -> N
     assert reports["json"] == scanfmt.scans_json_text(scans, errors) + "\n"
     assert json.loads(reports["json"]) == scanfmt.scans_json(scans, errors)
     assert reports["csv"] == scanfmt.csv_text(scans)
-    table = "".join(line + "\n" for s in scans for line in scanfmt.table_lines(s, 20))
-    totals = scanfmt.add_totals(scanfmt.table_text_totals(s, 20)[1] for s in scans)
-    assert reports["table"] == table + scanfmt.total_line(totals, len(errors)) + "\n"
+    pieces = [scanfmt.table_text_shared(s, 20) for s in scans]
+    table = "".join(text for text, _, _ in pieces)
+    shared = "".join(line + "\n" for line in scanfmt.shared_lines(notes for _, _, notes in pieces))
+    totals = scanfmt.add_totals(counts for _, counts, _ in pieces)
+    total = "".join(line + "\n" for line in wrapped(scanfmt.total_line(totals, len(errors))))
+    assert reports["table"] == table + shared + total
 
 
 def _default_sigint(batch: Sequence[int]) -> list[tuple[int, bool]]:
@@ -96,7 +100,9 @@ def test_a_file_named_twice_or_under_two_named_directories_is_read_once(tmp_path
         [sys.executable, "-m", "rewriter", "scan", str(tmp_path / "fs"), str(sub), str(sub / "a.o")],
         capture_output=True, text=True,
     )  # fmt: skip
-    assert proc.returncode == 0 and proc.stdout.splitlines()[-1].startswith("total: 2 images, 12 sites"), proc.stdout
+    assert proc.returncode == 0 and unwrapped(proc.stdout).splitlines()[-1].startswith("total: 2 images, 12 sites"), (
+        proc.stdout
+    )
     policy = tmp_path / "p.policy"
     policy.write_text("default nop\n")
     check = subprocess.run(

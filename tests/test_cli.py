@@ -19,7 +19,7 @@ import click
 import pytest
 import typer
 from click.testing import Result
-from conftest import FIXTURES, scan_table
+from conftest import FIXTURES, scan_table, unwrapped
 from typer.models import CommandInfo
 from typer.testing import CliRunner
 
@@ -59,7 +59,7 @@ def test_scan_table_json_and_csv_agree() -> None:
     data = json.loads(mcountrw("scan", "--format", "json", str(PROF)).stdout)
     csv = mcountrw("scan", "--format", "csv", str(PROF)).stdout.splitlines()
     assert table.returncode == 0
-    assert "generation mprofile: 6 sites (6 enabled->disabled), 6 traceable after boot" in table.stdout
+    assert "generation mprofile: 6 sites (6 enabled->disabled), 6 traceable after boot" in unwrapped(table.stdout)
     assert data["images"][0]["generation"] == "mprofile"
     assert len(data["images"][0]["sites"]) == 6 == len(csv) - 1
     # The first eight columns are the old contract; new ones only ever go at the end.
@@ -76,11 +76,11 @@ def test_scan_table_json_and_csv_agree() -> None:
 def test_scan_table_marks_what_the_kernel_cannot_trace() -> None:
     """An unrecorded site stays as it is and is untraceable; a recorded site holding words the
     kernel's init refuses turns ftrace off for the whole boot, so no site is traceable."""
-    unrec = mcountrw("scan", str(FIXTURES / "bin" / "anom-unrecorded")).stdout.splitlines()
+    unrec = unwrapped(mcountrw("scan", str(FIXTURES / "bin" / "anom-unrecorded")).stdout).splitlines()
     assert "(2 enabled->disabled, 1 enabled->enabled), 2 traceable after boot" in unrec[0]
     row = next(r for r in scan_table("\n".join(unrec)) if r["function"] == "unrecorded_fn")
     assert (row["file->boot"], row["rec"], row["traceable"]) == ("enabled->enabled", "UNREC", "NO unrecorded")
-    broken = mcountrw("scan", str(FIXTURES / "bin" / "anom-broken")).stdout.splitlines()
+    broken = unwrapped(mcountrw("scan", str(FIXTURES / "bin" / "anom-broken")).stdout).splitlines()
     # init stops at broken_fn: ok_toc, after it, keeps its `mflr r0; bl _mcount`
     assert "(1 broken->refused, 1 enabled->disabled, 1 enabled->enabled), 0 traceable after boot" in broken[0]
     assert broken[1].startswith("  FTRACE OFF after boot: 1 recorded site with words ftrace_init_nop() refuses")
@@ -137,7 +137,7 @@ def test_a_duplicate_record_turns_ftrace_off_at_boot_as_the_audit_says(tmp_path:
     assert image["summary"]["untraceable"]["duplicate"] == 1
     (twice,) = image["records"]["duplicates"]
     assert [s["function"] for s in image["sites"] if s["address"] == int(twice, 16)] == ["clean_leaf"]
-    text = mcountrw("scan", str(tmp_path / "clean")).stdout
+    text = unwrapped(mcountrw("scan", str(tmp_path / "clean")).stdout)
     assert "FTRACE OFF after boot: 1 place recorded more than once" in text.splitlines()[1]
 
 
@@ -159,7 +159,7 @@ def test_a_duplicate_ool_record_leaves_the_boot_on_but_its_site_untraceable(tmp_
 
 
 def test_scan_patchable_object_names_the_first_nop_as_its_record() -> None:
-    table = mcountrw("scan", str(FIXTURES / "bin" / "patchable-le.o")).stdout
+    table = unwrapped(mcountrw("scan", str(FIXTURES / "bin" / "patchable-le.o")).stdout)
     assert "generation patchable: 6 sites (6 nopped->disabled), 6 traceable after boot" in table
     assert "records name the word 4 bytes before each call slot" in table
     image = json.loads(mcountrw("scan", "--format", "json", str(FIXTURES / "bin" / "patchable-le.o")).stdout)
@@ -179,7 +179,7 @@ def test_scan_generation_overrides_detection() -> None:
     assert len(image["records"]["unmatched"]) == 6 - len(image["sites"])
     # obeyed, and said: the JSON names what the contents say, the table says it in a line
     assert image["generation_override"] == {"detected": "mprofile", "reason": "calls to _mcount"}
-    table = mcountrw("scan", "--generation", "patchable", str(PROF)).stdout.splitlines()
+    table = unwrapped(mcountrw("scan", "--generation", "patchable", str(PROF)).stdout).splitlines()
     assert table[1] == (
         "  --generation patchable overrides what the image says: mprofile (calls to _mcount); "
         "what follows is the image read as patchable"
@@ -891,7 +891,7 @@ def test_summaries_count_in_the_singular_and_the_plural(tmp_path: Path) -> None:
     )
     assert one.exit_code == 0, one.output
     assert "changed 1 site to nopped (0 already nopped); 1 record dropped; 2 word writes in 2 stages" in one.output
-    lines = CliRunner().invoke(app, ["scan", str(out)]).output.splitlines()
+    lines = unwrapped(CliRunner().invoke(app, ["scan", str(out)]).output).splitlines()
     head = lines[0]
     assert ": 6 sites (" in head and "1 of them from the patch log" in head
     assert (

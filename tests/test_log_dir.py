@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from conftest import FIXTURES, prenop_targets
+from conftest import FIXTURES, prenop_targets, unwrapped
 from typer.testing import CliRunner
 
 from rewriter.batch import expand_named
@@ -88,8 +88,8 @@ def test_scan_table_names_the_log_it_found_under_log_dir(nopped: tuple[Path, Pat
     _, out, logs = nopped
     r = invoke("scan", out / "prof.ko", "--log-dir", logs)
     assert r.exit_code == 0, r.output
-    assert "6 sites (6 nopped->nopped, 6 of them from the patch log)" in r.stdout
-    assert f"LOG: 6 sites known only from the patch log {logs / 'prof.ko.mcountrw.jsonl'}" in r.stdout
+    assert "6 sites (6 nopped->nopped, 6 of them from the patch log)" in unwrapped(r.stdout)
+    assert f"LOG: 6 sites known only from the patch log {logs / 'prof.ko.mcountrw.jsonl'}" in unwrapped(r.stdout)
 
 
 def test_audit_with_log_dir_counts_the_logs_sites(nopped: tuple[Path, Path, Path]) -> None:

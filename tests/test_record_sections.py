@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from boot import QEMU, STANDARD_APPEND, boot, make_initramfs, module_load_script, require_kernel, require_tool
-from conftest import FIXTURES, invoke
+from conftest import FIXTURES, invoke, unwrapped
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
@@ -95,7 +95,7 @@ def test_a_module_with_two_record_sections_is_one_the_kernel_refuses(name: str, 
     assert "refuses the module (insmod: File exists)" in doc["summary"]["not_loaded"]
     assert doc["summary"]["traceable"] == 0 and doc["summary"]["untraceable"]["not-loaded"] == 6
     assert not any(s["traceable"] for s in doc["sites"])
-    shown = invoke("scan", ko).stdout
+    shown = unwrapped(invoke("scan", ko).stdout)
     assert "  NOT LOADED: more than one allocated section named __patchable_function_entries" in shown
     audit = json.loads(invoke("audit", "--format", "json", ko).stdout)
     kinds = [(a["kind"], a["severity"]) for a in audit["images"][0]["anomalies"]]
@@ -117,7 +117,7 @@ def test_an_older_kernels_module_loads_with_its_first_record_section(name: str, 
     assert doc["records"]["unread"] == [p for t in others for p in t] and doc["summary"]["traceable"] == 1
     if name.startswith("ool"):  # .stubs: one per entry of the first section (module_64.c)
         assert [(a["name"], a["count"], a["covers"]) for a in doc["stubs"]] == [(".stubs", 1, True)]
-    shown = invoke("scan", ko).stdout.splitlines()[0]
+    shown = unwrapped(invoke("scan", ko).stdout).splitlines()[0]
     assert shown.endswith("; 5 in record sections the module loader never reads")
     audit = json.loads(invoke("audit", "--format", "json", ko).stdout)
     (finding,) = [a for a in audit["images"][0]["anomalies"] if a["severity"] != "note"]

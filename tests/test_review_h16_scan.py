@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from boot import require_kernel, unsigned_module
-from conftest import invoke
+from conftest import invoke, unwrapped
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 from test_module_kallsyms import _edit_symbol
@@ -175,7 +175,7 @@ def test_audit_says_recorded_sites_in_an_unallocated_section_are_never_placed(na
     assert f"<td>{severity}</td><td>unallocated</td>" in _audit(ko, "html")[1]
     # scan's table: on mprofile the sites are `refused`, whose reason line blames their words
     # (the compiler's); a line says what refuses them (test_review_load2 boots it: that message)
-    table = invoke("scan", ko).stdout
+    table = unwrapped(invoke("scan", ko).stdout)
     placed = "NOT PLACED: .text without SHF_ALLOC" in table and "(Failed to get trampoline target)" in table
     assert placed == (name == "6.1"), table[:1500]
 
@@ -216,7 +216,7 @@ def test_a_stripped_mprofile_vmlinux_names_its_release_and_whether_it_disables_w
     assert mcount is not None
     checks = _symbol_value(kernel.vmlinux, "ftrace_check_for_weak_functions") is not None
     assert checks == (name != "6.1")
-    table = invoke("scan", "--mcount-addr", hex(mcount), stripped).stdout
+    table = unwrapped(invoke("scan", "--mcount-addr", hex(mcount), stripped).stdout)
     assert ("weak-function bodies (which the kernel disables) cannot be told" in table) == checks, table[:600]
     doc = json.loads(invoke("audit", "--format", "json", "--mcount-addr", hex(mcount), stripped).stdout)
     (note,) = [a["message"] for a in doc["images"][0]["anomalies"] if a["kind"] == "no-symbols"]
@@ -281,7 +281,7 @@ def test_a_module_record_section_without_shf_alloc_is_said_never_read(name: str,
         assert not elf.get_section_by_name(section)["sh_flags"] & SH_FLAGS.SHF_ALLOC
         entries = elf.get_section_by_name(".rela" + section).num_relocations()
     assert entries == 3
-    table = invoke("scan", ko).stdout
+    table = unwrapped(invoke("scan", ko).stdout)
     assert f"never read: {entries} entries in {section}, a section without SHF_ALLOC" in table, table
     assert "not built with" not in table
     doc = json.loads(invoke("scan", "--format", "json", ko).stdout)["images"][0]

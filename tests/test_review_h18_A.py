@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from boot import require_kernel
-from conftest import FIXTURES, invoke, scan_table
+from conftest import FIXTURES, invoke, scan_table, unwrapped
 
 from rewriter.boot import WHY, Untraceable, why_text
 from rewriter.prose import agreeing
@@ -153,7 +153,7 @@ def test_a_module_trees_tables_keep_every_fact_and_close_with_the_total() -> Non
     _assert_every_fact_kept(table, images)
     _assert_reads_at_80_columns(table, function_by=24)
     assert len(_header_and_rows(table)) == sum(1 for i in images if i["sites"]) > 1
-    assert table.splitlines()[-1].startswith(f"total: {len(images)} images, ")
+    assert unwrapped(table).splitlines()[-1].startswith(f"total: {len(images)} images, ")
 
 
 # -- counted reasons agree with their count ---------------------------------------------------
@@ -183,7 +183,7 @@ def test_a_modules_one_init_site_drops_its_record_not_theirs(tmp_path: Path) -> 
     from boot import unsigned_module
 
     ko = unsigned_module("6.12", "fs/nls/nls_utf8.ko*", tmp_path / "nls_utf8.ko")
-    (note,) = [line for line in invoke("scan", ko).stdout.splitlines() if line.startswith("  init text: ")]
+    (note,) = [line for line in unwrapped(invoke("scan", ko).stdout).splitlines() if line.startswith("  init text: ")]
     assert note.startswith("  init text: 1 of the traceable sites is in init sections: "), note
     assert "drops its record (ftrace_free_mem() in do_init_module())" in note, note
 
@@ -283,7 +283,7 @@ def test_audits_records_row_says_skipped_as_scan_does() -> None:
     """scan's head says "N skipped" of the records the kernel skips outside kernel text; the
     audit's table said only "outside kernel text" of them, which on a kernel with the older loop
     (6.1: it skips none, such a record is unmatched) reads as a count of all records there."""
-    scan = invoke("scan", FIXTURES / "bin" / "prof-le").stdout
+    scan = unwrapped(invoke("scan", FIXTURES / "bin" / "prof-le").stdout)
     audit = invoke("audit", FIXTURES / "bin" / "prof-le").stdout
     assert "(0 skipped, 0 unmatched)" in scan.splitlines()[0]
     assert "| records (unmatched, duplicate, skipped: outside kernel text) / zeroed slots | 6 (0, 0, 0) / 0 |" in audit
@@ -294,7 +294,7 @@ def test_audits_zeroed_records_are_slots_as_scan_says(tmp_path: Path) -> None:
     hold 0"), the audit's table "zeroed slots"; its anomaly said "6 zeroed entries"."""
     out = tmp_path / "prog.nop"
     assert invoke("nop", FIXTURES / "bin" / "prof-le", "--drop-records", "-o", out).exit_code == 0
-    assert "6 zeroed slots" in invoke("scan", out).stdout.splitlines()[0]
+    assert "6 zeroed slots" in unwrapped(invoke("scan", out).stdout).splitlines()[0]
     audit = invoke("audit", out).stdout
     assert "`zeroed-records`: 6 zeroed slots in __mcount_loc" in audit and "entries" not in audit, audit
 
@@ -325,7 +325,7 @@ def _one_function(tmp_path: Path, entry: str) -> Path:
 def test_an_object_of_one_record_is_said_in_the_singular(tmp_path: Path) -> None:
     """An ool object of one function: its stubs note said "serve 1 of 1 records"; the same
     patchable, its one record dropped and read without the log: "its 1 records are all zeroed"."""
-    ool = invoke("scan", _one_function(tmp_path, "1")).stdout
+    ool = unwrapped(invoke("scan", _one_function(tmp_path, "1")).stdout)
     assert "ool stubs: .stubs, carved out at load, one per table entry (1): serve 1 of 1 record\n" in ool, ool
     nopped = tmp_path / "one.nop.o"
     assert invoke("nop", _one_function(tmp_path, "2"), "--drop-records", "-o", nopped).exit_code == 0

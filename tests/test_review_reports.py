@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, invoke
+from conftest import FIXTURES, invoke, unwrapped
 
 from rewriter.diff import Change, FunctionChangeKind, diff_files
 from rewriter.elf.compress import Compression, compress
@@ -82,7 +82,7 @@ def test_the_scan_table_escapes_the_path_of_the_patch_log_it_names(tmp_path: Pat
     assert rewrite.exit_code == 0, rewrite.output
     result = invoke("scan", out)
     assert result.exit_code == 0, result.output
-    notes = [line for line in result.stdout.splitlines() if line.startswith("  LOG: ")]
+    notes = [line for line in unwrapped(result.stdout).splitlines() if line.startswith("  LOG: ")]
     assert len(notes) == 1 and "new\\nline.mcountrw.jsonl" in notes[0], result.stdout
     assert ("known only from the patch log" in notes[0]) is drop, notes
     assert not any(line.startswith("line.mcountrw.jsonl") for line in result.stdout.splitlines()), result.stdout

@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, unwrapped
 from typer.testing import CliRunner
 
 from rewriter.batch import expand, render_many, scan_one
@@ -56,9 +56,9 @@ def test_the_total_line_adds_up_the_json_counts_of_every_fixture() -> None:
     assert code == 0
     totals = _totals_of_json(BIN)
     assert totals.sites != totals.traceable and totals.unrecorded  # the counts differ: a real check
-    assert out.splitlines()[-1] == scanfmt.total_line(totals, 0)
+    assert unwrapped(out).splitlines()[-1] == scanfmt.total_line(totals, 0)
     total = "total: 23 images, 102 sites, 88 traceable after boot; 102 records, 2 sites unrecorded"
-    assert out.splitlines()[-1] == total
+    assert unwrapped(out).splitlines()[-1] == total
     assert out.count("total: ") == 1
 
 
@@ -88,8 +88,8 @@ def test_the_total_line_says_how_many_files_failed(tmp_path: Path) -> None:
     assert code == 2  # bad input
     totals = _totals_of_json(tmp_path)
     assert totals.images == 3
-    assert out.splitlines()[-1] == scanfmt.total_line(totals, 1)
-    assert out.splitlines()[-1].endswith("; 11 records, 1 site unrecorded; 1 error (on stderr)")
+    assert unwrapped(out).splitlines()[-1] == scanfmt.total_line(totals, 1)
+    assert unwrapped(out).splitlines()[-1].endswith("; 11 records, 1 site unrecorded; 1 error (on stderr)")
 
 
 def test_two_files_one_failing_still_close_with_a_total(tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_two_files_one_failing_still_close_with_a_total(tmp_path: Path) -> None:
     (tmp_path / "bad.ko").write_bytes(b"\x7fELF but nothing else")
     code, out = _scan(str(BIN / "clean.o"), str(tmp_path / "bad.ko"))
     assert code == 2
-    assert out.splitlines()[-1] == (
+    assert unwrapped(out).splitlines()[-1] == (
         "total: 1 image, 3 sites, 3 traceable after boot; 3 records, 0 sites unrecorded; 1 error (on stderr)"
     )
     code, out = _scan(str(BIN / "clean.o"), str(tmp_path / "missing.ko"))
@@ -124,7 +124,7 @@ def test_the_total_is_the_same_with_workers(tmp_path: Path) -> None:
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
     two = run("2")
-    assert two == run("1") and two.splitlines()[-1].startswith("total: 23 images, 102 sites")
+    assert two == run("1") and unwrapped(two).splitlines()[-1].startswith("total: 23 images, 102 sites")
 
 
 def test_the_total_line_counts_in_the_singular_and_says_when_sites_are_traceable() -> None:
@@ -156,11 +156,12 @@ def test_a_few_real_modules_close_with_their_totals(tmp_path: Path) -> None:
     code, out = _scan(str(tmp_path))
     assert code == 0
     assert (
-        out.splitlines()[-1] == "total: 4 images, 947 sites, 940 traceable once loaded; 947 records, 0 sites unrecorded"
+        unwrapped(out).splitlines()[-1]
+        == "total: 4 images, 947 sites, 940 traceable once loaded; 947 records, 0 sites unrecorded"
     )
-    assert out.splitlines()[-1] == scanfmt.total_line(_totals_of_json(tmp_path), 0)
+    assert unwrapped(out).splitlines()[-1] == scanfmt.total_line(_totals_of_json(tmp_path), 0)
     code, out = _scan(str(old.vmlinux), str(tmp_path / "6.12"))
     assert code == 0
-    assert out.splitlines()[-1] == (
+    assert unwrapped(out).splitlines()[-1] == (
         "total: 3 images, 39268 sites, 39003 traceable after boot or once loaded; 39268 records, 0 sites unrecorded"
     )

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import pytest
 from boot import KERNELS, counts, require_kernel
+from conftest import unwrapped
 from elftools.elf.elffile import ELFFile
 from typer.testing import CliRunner
 
@@ -374,7 +375,7 @@ def test_scan_table_says_generation_and_traceable_sites(name: str) -> None:
     kernel = require_kernel(name)
     facts = vmlinux_facts(kernel.vmlinux)
     generation = kernel.kernel.generation
-    head, *notes = mcountrw("scan", str(kernel.vmlinux)).stdout.splitlines()
+    head, *notes = unwrapped(mcountrw("scan", str(kernel.vmlinux)).stdout).splitlines()
     n = len(facts.records)
     slot = CALL_SLOT_MINUS_RECORD[generation]
     traceable = sum(not kernel_disables(facts, r + slot) for r in facts.records)
@@ -447,7 +448,7 @@ def test_a_modules_table_says_file_to_load_and_the_audit_question_says_module_lo
     # (every site's state is the same: said once, above the table)
     every = next(line for line in lines if line.startswith("  every site: "))
     assert "file->load nopped->disabled" in every and "file->boot" not in "\n".join(lines), lines[:6]
-    vmlinux = CliRunner().invoke(app, ["scan", str(require_kernel("6.12").vmlinux)]).output.splitlines()
+    vmlinux = unwrapped(CliRunner().invoke(app, ["scan", str(require_kernel("6.12").vmlinux)]).output).splitlines()
     assert any("file->boot nopped->disabled" in line for line in vmlinux[:8]), vmlinux[:8]
     audit = json.loads(CliRunner().invoke(app, ["audit", "--format", "json", str(module)]).output)
     assert "mflr r0 at boot or module load" in audit["images"][0]["mflr_nop_safety"]["question"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from boot import require_tool
-from conftest import FIXTURES, assert_one_line, invoke
+from conftest import FIXTURES, assert_one_line, invoke, unwrapped
 
 from rewriter.elf.image import Abi, Image
 from rewriter.generations import LAYOUTS, Generation
@@ -210,14 +210,14 @@ def test_a_file_with_no_sites_says_the_likely_cause(tmp_path: Path) -> None:
     src, plain = tmp_path / "plain.c", tmp_path / "plain.o"
     src.write_text("int f(int x) { return x + 1; }\n")
     subprocess.run([cc, "-O2", "-c", str(src), "-o", str(plain)], check=True)
-    lines = invoke("scan", plain).stdout.splitlines()
+    lines = unwrapped(invoke("scan", plain).stdout).splitlines()
     assert lines[0].endswith("0 sites unrecorded") and lines[1] == f"  no sites: {NOT_BUILT_FOR_FTRACE}", lines
 
 
 def test_the_no_sites_note_is_not_said_of_a_file_with_records() -> None:
     """Read as patchable, an ool object has 6 records and no site: "no records" was false there
     (its summary and FTRACE OFF line say what the records are)."""
-    lines = invoke("scan", "--generation", "patchable", FIXTURES / "bin" / "ool-le.o").stdout.splitlines()
+    lines = unwrapped(invoke("scan", "--generation", "patchable", FIXTURES / "bin" / "ool-le.o").stdout).splitlines()
     assert "6 records (0 skipped, 6 unmatched)" in lines[0] and not any("no sites:" in x for x in lines), lines
 
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, scan_table
+from conftest import FIXTURES, scan_table, unwrapped
 
 from rewriter.edits import BytesEdit, RelaEdit, RelaPut, WordWrite, apply_edits, invert_edits
 from rewriter.errors import LogError, WordMismatch
@@ -191,8 +191,8 @@ def test_scan_shows_the_sites_only_the_log_knows(nopped: Path) -> None:
     """The issue's first example: `nop` all, then `scan` said 0 sites."""
     table = mcountrw("scan", nopped)
     assert table.returncode == 0, table.stderr
-    assert "6 sites (6 nopped->nopped, 6 of them from the patch log)" in table.stdout
-    assert f"LOG: 6 sites known only from the patch log {nopped}" in table.stdout
+    assert "6 sites (6 nopped->nopped, 6 of them from the patch log)" in unwrapped(table.stdout)
+    assert f"LOG: 6 sites known only from the patch log {nopped}" in unwrapped(table.stdout)
     rows = scan_table(table.stdout)  # every site LOG: said once, above the table
     assert len(rows) == 6 and all("known only from the patch log (LOG)" in r["every site"].split(", ") for r in rows)
     doc = json.loads(mcountrw("scan", nopped, "--format", "json").stdout)["images"][0]
@@ -238,7 +238,7 @@ def test_an_explicit_log_is_read_wherever_it_is(nopped: Path, tmp_path: Path) ->
     moved = tmp_path / "elsewhere.jsonl"
     default_log_path(nopped).rename(moved)
     assert "0 sites" in mcountrw("scan", nopped).stdout
-    assert "6 of them from the patch log" in mcountrw("scan", nopped, "--log", moved).stdout
+    assert "6 of them from the patch log" in unwrapped(mcountrw("scan", nopped, "--log", moved).stdout)
     r = apply_file(nopped, None, Selection(only=("sum8",)), Options(SiteState.ENABLED), dry_run=True, input_log=moved)
     assert [s.function for s in r.rewrite.restored] == ["sum8"] and r.base is not None and r.base.path == str(moved)
 

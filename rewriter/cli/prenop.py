@@ -39,7 +39,7 @@ from rewriter.cli.rewrite import CheckR0, say_waiting
 from rewriter.errors import ArgumentError, NothingToDo, OutputError
 from rewriter.lock import Gone, above, hold
 from rewriter.output import Place, Places
-from rewriter.prose import agreeing, and_more, counted, printable
+from rewriter.prose import agreeing, and_more, counted, printable, wrapped
 from rewriter.sign import HASHES
 
 if TYPE_CHECKING:
@@ -1394,14 +1394,14 @@ def _check_lines(policy_file: Path, rules: Policy, tally: Tally) -> list[str]:
     not_traceable = ", ".join(f"{n} {why}" for why, n in sorted(tally.kept_untraceable.items()))
     init = f", {tally.kept_init} of them in init sections, traced until the kernel frees them"
     init = init if tally.kept_init else ""
-    lines.append(
+    lines += wrapped(  # prose, unlike the rows above: wrapped at 80 columns
         f"result: keep {counted(keep, 'site')} ({tally.kept_traceable} traceable {tally.when_traced}{init}"
         + (f"; not traceable anyway: {not_traceable}" if not_traceable else "")
         + f"), nop {nop} (untraceable: records dropped)"
     )
     for g, n in sorted(tally.nopped.items(), key=_gen_key):
         meaning = "the records are dropped" if g is None else pol.NOP_MEANS[g]
-        lines.append(f"  nop on {'unknown' if g is None else g.value} ({counted(n, 'site')}): {meaning}")
+        lines += wrapped(f"  nop on {'unknown' if g is None else g.value} ({counted(n, 'site')}): {meaning}")
     return lines
 
 

@@ -146,7 +146,7 @@ def _image_table(images: Sequence[ImageAudit]) -> str:
             f"<td class='ev'>{stubs}</td></tr>"
         )
     head = (
-        "<tr><th>image</th><th>generation</th><th>sites</th><th>weak-function bodies</th>"
+        "<tr><th>image</th><th>generation</th><th>sites</th><th>recorded sites in weak-function bodies</th>"
         "<th>mflr-nop question</th><th>ool stubs</th></tr>"
     )
     more = f"<p>... and {len(images) - MAX_IMAGE_ROWS} more images.</p>" if len(images) > MAX_IMAGE_ROWS else ""

@@ -88,7 +88,7 @@ from rewriter.boot import Boot, Untraceable, boot_of, init_only, untraceable, wh
 from rewriter.elf.image import Kind, index_name
 from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation, Variant
-from rewriter.prose import Said, agreeing, counted, printable
+from rewriter.prose import Said, agreeing, counted, packed, printable, wrapped
 from rewriter.records import nonzero_records
 from rewriter.sites import NOT_BUILT_FOR_FTRACE, Scan, Site, Source, lacks_stub, override_text, summary
 
@@ -368,6 +368,74 @@ def table_text_totals(result: Scan, limit: int | None) -> tuple[str, Totals]:
     return "".join(line + "\n" for line in lines), totals
 
 
+# A note that a table of several images says once, before its total line, and not under each
+# image: which one (a key of :func:`_shared_text`) and how many sites it counts in the image. Over
+# a module tree the same words under each of 3,000 modules buried what differs between them.
+SharedNote = tuple[str, int]
+
+
+def table_text_shared(result: Scan, limit: int | None) -> tuple[str, Totals, tuple[SharedNote, ...]]:
+    """:func:`table_text_totals` for one image of several: the notes that say the same of every
+    image (how records name a patchable site, why init-text sites drop out) are left out of its
+    text and handed back, for :func:`shared_lines` to say once."""
+    shared: list[SharedNote] = []
+    lines, totals = _table(result, limit, shared)
+    return "".join(line + "\n" for line in lines), totals, tuple(shared)
+
+
+def shared_lines(notes: Iterable[Sequence[SharedNote]]) -> list[str]:
+    """The notes each image handed back, said once: how many images each is true of, and the
+    sites it counts summed over them; none when no image had one."""
+    images: Counter[str] = Counter()
+    sites: Counter[str] = Counter()
+    for image in notes:
+        for key, n in image:
+            images[key] += 1
+            sites[key] += n
+    if not images:
+        return []
+    # unindented, so that it is not read as a row of the table above it
+    said = (wrapped(_shared_text(key, images[key], sites[key])) for key in sorted(images))
+    return ["notes on the images above:", *(part for note in said for part in note)]
+
+
+def _shared_text(key: str, images: int, sites: int) -> str:
+    if key == _STUBS_KEY:
+        return (
+            f"  ool stubs: .stubs, carved out at load, one per table entry: serve all {counted(sites, 'record')} "
+            f"of {counted(images, 'module')}"
+        )
+    what, _, arg = key.partition(" ")
+    if what == _OFFSET_KEY:  # by variant: a run of mixed generations says which images it is true of
+        offset, variant = arg.split(" ")
+        return _offset_note(int(offset), f" of the {counted(images, variant + ' image')}")
+    module = arg == "module"
+    where = counted(images, "module" if module else "image")
+    return f"  init text: {sites} of the traceable sites, in {where}, {agreeing(sites, *_INIT_ONLY[module])}"
+
+
+_OFFSET_KEY: Final = "record-offset"
+_STUBS_KEY: Final = "ool-stubs"  # a loaded module's .stubs that serve every record it has
+
+
+def _serves_every_record(stubs: Sequence[dict[str, Any]], result: Scan) -> bool:
+    """A module's own ``.stubs`` (one area, sized at load) that serve each of its records: the
+    ``ool stubs`` line of nearly every ool module, which a run of several says once. A module
+    the loader refuses, or whose stubs fall short, keeps its line."""
+    (area, *more) = stubs
+    return not more and area["address"] is None and result.not_loaded is None and area["used"] == result.records.count
+
+
+_INIT_KEY: Final = "init"
+
+
+def _offset_note(offset: int, where: str = "") -> str:
+    return (
+        f"  records name the word {abs(offset)} bytes {'before' if offset < 0 else 'after'} each call slot{where} "
+        "(the kernel's ftrace_call_adjust() moves them onto it): `record` in --format json/csv"
+    )
+
+
 # -- the table ------------------------------------------------------------------------------
 
 
@@ -428,13 +496,16 @@ def table_lines(result: Scan, limit: int | None) -> list[str]:
     return _table(result, limit)[0]
 
 
-def _table(result: Scan, limit: int | None) -> tuple[list[str], Totals]:
+def _table(result: Scan, limit: int | None, shared: list[SharedNote] | None = None) -> tuple[list[str], Totals]:
     """:func:`table_lines`, and the counts of its summary line (made from them: the total line
-    adds up exactly what each image's summary said)."""
+    adds up exactly what each image's summary said); the notes said once for several images go
+    to ``shared`` when one is given (:func:`table_text_shared`)."""
     boot = boot_of(result)
     why = Counter(untraceable(site, boot) for site in result.sites)
     totals = image_totals(result, why[None])
-    lines = [_head(result, totals), *_notes(result, boot, why)]
+    # prose wrapped at 80 columns, the head line's path kept whole on its first line (grep by file name)
+    lines = wrapped(_head(result, totals), keep=len(printable(str(result.path))) + 1)
+    lines += [part for note in _notes(result, boot, why, shared) for part in wrapped(note)]
     shown = result.sites if limit is None else result.sites[:limit]
     if shown:
         lines += _site_rows(result, boot, why, shown)
@@ -495,22 +566,14 @@ def _same_for_every_site(result: Scan, why: Counter[Untraceable | None]) -> dict
 
 
 _EVERY: Final = "  every site: "
-_WIDTH: Final = 80  # the terminal the table is laid out for
 
 
 def _every_site_lines(said: Sequence[str]) -> list[str]:
     """The ``every site:`` line, its phrases packed into lines of at most 80 columns (a phrase
     is never split; a continuation starts under the first phrase); none when nothing is said."""
-    lines: list[str] = []
-    for phrase in said:
-        if lines and len(lines[-1]) + len(", ") + len(phrase) < _WIDTH:  # and room for a comma after it
-            lines[-1] += f", {phrase}"
-        elif lines:
-            lines[-1] += ","
-            lines.append(" " * len(_EVERY) + phrase)
-        else:
-            lines.append(_EVERY + phrase)
-    return lines
+    if not said:
+        return []
+    return packed(_EVERY.rstrip(), [f"{phrase}," for phrase in said[:-1]] + [said[-1]], " " * len(_EVERY))
 
 
 def _every_site_text(column: int, value: str, state: str) -> str:
@@ -593,7 +656,10 @@ def when_traced(result: Scan) -> str:
     return "once loaded" if result.kind is Kind.MODULE else "after boot"
 
 
-def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[str]:
+def _notes(
+    result: Scan, boot: Boot, why: Counter[Untraceable | None], shared: list[SharedNote] | None = None
+) -> list[str]:
+    """The image's notes; those said once for several images go to ``shared`` when one is given."""
     out = []
     overrode = override_text(result)
     if overrode is not None and result.generation is not None:
@@ -609,11 +675,7 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
         out.append(f"  LOG: the patch log {log} was read; the file itself shows every site it names")
     elif result.records.zeroed:  # else a nopped file read without its log was just "0 sites (no sites)"
         out.append(f"  zeroed: {_zeroed_text(result.records.zeroed, result.kind in _LINKED)}")
-    for offset in sorted({LAYOUTS[s.variant].record_offset for s in result.sites if s.record is not None} - {0}):
-        out.append(
-            f"  records name the word {abs(offset)} bytes {'before' if offset < 0 else 'after'} each call slot "
-            "(the kernel's ftrace_call_adjust() moves them onto it): `record` in --format json/csv"
-        )
+    out += _offset_notes(result, shared)
     rec = result.records
     if rec.unread and rec.unread_why:
         out.append(f"  never read: {counted(len(rec.unread), 'entry', 'entries')} {rec.unread_why}")
@@ -624,13 +686,11 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
     for reason in Untraceable:
         if why[reason]:
             out.append(f"  not traceable: {why[reason]} {reason.value}: {why_text(reason, why[reason])}")
-    init = _traceable_in_init(result, boot) if why[None] else 0
-    if init:
-        out.append(
-            f"  init text: {init} of the traceable sites {agreeing(init, *_INIT_ONLY[result.kind is Kind.MODULE])}"
-        )
+    out += _init_notes(result, boot, why, shared)
     stubs = stubs_json(result)
-    if stubs:
+    if stubs and shared is not None and _serves_every_record(stubs, result):
+        shared.append((_STUBS_KEY, result.records.count))
+    elif stubs:
         out.append("  " + _stubs_line(stubs, result.records.count, boot.stub_unknown, result.not_loaded is not None))
     elif _stub_areas_missing(result):
         out.append(
@@ -641,6 +701,31 @@ def _notes(result: Scan, boot: Boot, why: Counter[Untraceable | None]) -> list[s
 
 
 _LINKED: Final = (Kind.VMLINUX, Kind.EXECUTABLE)
+
+
+def _offset_notes(result: Scan, shared: list[SharedNote] | None) -> list[str]:
+    """Where records name the sites, when not on the call slot (patchable); to ``shared`` if given."""
+    out = []
+    offsets = {(LAYOUTS[s.variant].record_offset, s.variant.value) for s in result.sites if s.record is not None}
+    for offset, variant in sorted(o for o in offsets if o[0]):
+        if shared is None:
+            out.append(_offset_note(offset))
+        else:
+            shared.append((f"{_OFFSET_KEY} {offset} {variant}", 0))
+    return out
+
+
+def _init_notes(
+    result: Scan, boot: Boot, why: Counter[Untraceable | None], shared: list[SharedNote] | None
+) -> list[str]:
+    """How many traceable sites are in init text, and why that matters; to ``shared`` if given."""
+    init = _traceable_in_init(result, boot) if why[None] else 0
+    module = result.kind is Kind.MODULE
+    if init and shared is not None:
+        shared.append((f"{_INIT_KEY} {'module' if module else 'kernel'}", init))
+    elif init:
+        return [f"  init text: {init} of the traceable sites {agreeing(init, *_INIT_ONLY[module])}"]
+    return []
 
 
 def _zeroed_text(zeroed: int, linked: bool) -> str:

@@ -63,7 +63,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from rewriter import ppc
 from rewriter.errors import ArgumentError, NoRoute, PlanFormatError, PlanRejected
-from rewriter.generations import LAYOUTS, Variant, state_rejection, steps_from
+from rewriter.generations import LAYOUTS, Caller, Variant, state_rejection, steps_from
 from rewriter.prose import agreeing, counted, json_problem, printable
 from rewriter.siteplaces import Place, PlacedWrite, hex_text, placed, slot_addr
 from rewriter.states import S_WRITES, Insn, SiteState, Slot, Step, words_text
@@ -177,9 +177,12 @@ class Plan:
     cmodx: Cmodx
     runtime: bool
     stale_fetch: bool = False
-    # A plan for the sites of one image (`plan --image`): each site's Place, and the image's name.
+    # A plan for the sites of one image (`plan --image`): each site's Place, the image's name, and
+    # the tracer entry its bl words call (--caller; check-plan holds every site's bl to it), which,
+    # as cmodx offline, means nothing without places.
     places: tuple[Place, ...] | None = None
     image: str | None = None
+    caller: Caller = Caller.FTRACE_CALLER
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -258,6 +261,7 @@ class Plan:
         if mode not in ("runtime", "offline"):
             raise PlanFormatError(f'mode: expected "runtime" or "offline", found {_quoted(mode)}')
         image = _image(doc)
+        caller = _caller(doc, image is not None)
         site_docs = _field(doc, "sites", list, "plan")
         sites = tuple(_site_request(s, f"sites[{i}]", image is not None) for i, s in enumerate(site_docs))
         if not sites:
@@ -293,6 +297,7 @@ class Plan:
             stale_fetch=stale_fetch,
             places=None if image is None else tuple(_place(s, f"sites[{i}]") for i, s in enumerate(site_docs)),
             image=image,
+            caller=caller,
         )
         if p.routed:
             _route_followed(p)
@@ -308,7 +313,7 @@ class Plan:
 _PLAN_KEYS: Final = frozenset(
     (
         "format", "version", "route", "cmodx", "mode", "stale_fetch", "sites", "stages", "barriers", "settle",
-        "notes", "image",
+        "notes", "image", "caller",
     )
 )  # fmt: skip
 _SITE_KEYS: Final = frozenset(("variant", "current", "target"))
@@ -369,10 +374,22 @@ def _image(doc: dict[str, Any]) -> str | None:
     return str(image)
 
 
+def _caller(doc: dict[str, Any], placed: bool) -> Caller:
+    """The tracer entry a plan of an image's sites calls from each ``bl`` (``plan --image
+    --caller``); a file made before plans said it (no ``caller``) is an ``ftrace_caller`` plan, as
+    plan --image then always made. A plan of abstract sites names none: its ``bl`` is a kind."""
+    if "caller" not in doc:
+        return Caller.FTRACE_CALLER
+    if not placed:  # as `plan --caller` without --image is refused
+        raise PlanFormatError("caller: a plan of abstract sites has no caller (it names an image's bl targets)")
+    return _enum(Caller, _field(doc, "caller", str, "plan"), "caller")
+
+
 def _place_doc(p: Plan, doc: dict[str, Any]) -> None:
-    """Add ``p``'s places to its file's ``doc``: the image, each site's place, each write's words."""
+    """Add ``p``'s places to its file's ``doc``: the image, its caller, each site's place, each write's words."""
     assert p.places is not None
     doc["image"] = p.image
+    doc["caller"] = p.caller.value
     for site, place in zip(doc["sites"], p.places, strict=True):
         site.update(
             addr=hex_text(place.addr), function=place.function, call=hex_text(place.call), call_to=place.call_to

@@ -137,7 +137,7 @@ def plan(
     if image is not None:
         _refuse_with_image((("--from", from_), ("--generation", generation), ("--variant", variant)), offline)
         globs = (tuple(only or ()), tuple(exclude or ()))
-        p = _plan_image(image, to, globs, route, cmodx, stale_fetch, caller or Caller.FTRACE_CALLER)
+        p = _plan_image(image, to, globs, route, cmodx, stale_fetch, caller)
     else:
         if only or exclude:
             option = "--only" if only else "--exclude"
@@ -191,7 +191,7 @@ def _plan_image(
     route: Route | None,
     cmodx: Cmodx | None,
     stale_fetch: bool,
-    caller: Caller,
+    caller: Caller | None,
 ) -> Plan:
     """The plan for the sites of ``image`` that ``globs`` (--only, --exclude) select; what the
     selection takes that a runtime plan does not write, and what the kernel writes besides the

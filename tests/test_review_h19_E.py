@@ -1,0 +1,128 @@
+"""h19-E: plan --image --caller, and plans of (rewritten) vmlinux files, as a stranger uses them.
+
+* A plan did not say which caller it was made for, and check-plan held a site's place to either
+  caller's: a ``--caller ftrace_regs_caller`` plan edited to one ``bl ftrace_caller`` passed. The
+  plan now records ``caller`` (a file without it is an ftrace_caller plan, as plan --image made
+  before ``--caller``), and check-plan holds every site's branch to it.
+* ``--caller`` given for a plan that writes no branch to the tracer is refused, as ``--route`` is
+  where it chooses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from boot import require_kernel
+from conftest import assert_one_line, invoke
+
+from rewriter import ppc
+from rewriter.elf.image import Image
+from rewriter.elf.symbols import code_addrs
+
+pytestmark = pytest.mark.corpus
+
+OTHER = {"ftrace_caller": "ftrace_regs_caller", "ftrace_regs_caller": "ftrace_caller"}
+
+
+def _plan_json(vmlinux: Path, *args: str) -> dict:
+    result = invoke("plan", "--image", vmlinux, "--to", "enabled", "--format", "json", *args)
+    assert result.exit_code == 0, result.output
+    doc: dict = json.loads(result.stdout)
+    return doc
+
+
+def _entry(image: Image, name: str) -> int:
+    (addr,) = code_addrs(image, [name], local_entries=True)
+    return int(addr)
+
+
+def _repoint(doc: dict, site: int, image: Image, name: str) -> dict:
+    """``doc`` with site ``site``'s bl pointed at tracer entry ``name``, its place and words edited
+    consistently (what check-plan reads from the file alone then agrees)."""
+    doc = json.loads(json.dumps(doc))
+    target = _entry(image, name)
+    doc["sites"][site].update(call=hex(target), call_to=name)
+    for w in (w for stage in doc["stages"] for w in stage if w["site"] == site):
+        if w["new_word"] is not None and ppc.is_bl(int(w["new_word"], 16)):
+            w["new_word"] = hex(ppc.bl(int(w["addr"], 16), target))
+    return doc
+
+
+@pytest.mark.parametrize(("name", "caller"), [("6.1", "ftrace_regs_caller"), ("6.12", "ftrace_caller")])
+def test_a_plan_records_its_caller_and_check_plan_holds_every_bl_to_it(name: str, caller: str, tmp_path: Path) -> None:
+    """A plan made for one caller, one of whose sites is edited to the other caller's bl (call,
+    call_to and word together), is refused in one line naming the plan's caller: it was SAFE, held
+    to the image, as either caller's place passed."""
+    vmlinux = require_kernel(name).vmlinux
+    image = Image.load(vmlinux)
+    doc = _plan_json(vmlinux, "--only", "vfs_re*", "--caller", caller)
+    assert {s["call_to"] for s in doc["sites"]} == {caller} and len(doc["sites"]) > 1
+    plan_file = tmp_path / "p.json"
+    plan_file.write_text(json.dumps(doc))
+    held = invoke("check-plan", plan_file)
+    assert held.exit_code == 0 and "held to the image" in held.stdout, held.output
+    plan_file.write_text(json.dumps(_repoint(doc, 1, image, OTHER[caller])))
+    refused = invoke("check-plan", plan_file)
+    want, got = _entry(image, caller), _entry(image, OTHER[caller])
+    said = f"says its call is {want:#x}, not {got:#x} (for the plan's caller, {caller})"
+    assert_one_line(refused, 2, "error", f"{plan_file}: sites[1] ({doc['sites'][1]['function']} at", said)
+    assert doc["caller"] == caller
+
+
+def test_a_plan_file_without_caller_is_an_ftrace_caller_plan(tmp_path: Path) -> None:
+    """A plan --image file made before plans named their caller is read as the ftrace_caller plan
+    plan --image then always made: one of ftrace_caller's words is held SAFE, one of
+    ftrace_regs_caller's (a --caller plan of the hours before) is refused, saying so."""
+    vmlinux = require_kernel("6.12").vmlinux
+    plan_file = tmp_path / "p.json"
+    for caller, code in (("ftrace_caller", 0), ("ftrace_regs_caller", 2)):
+        doc = _plan_json(vmlinux, "--only", "vfs_read", "--caller", caller)
+        del doc["caller"]
+        plan_file.write_text(json.dumps(doc))
+        result = invoke("check-plan", plan_file)
+        if code == 0:
+            assert result.exit_code == 0 and "held to the image" in result.stdout, result.output
+        else:
+            assert_one_line(result, 2, "error", "(for the plan's caller, ftrace_caller)")
+
+
+def test_check_plan_refuses_a_bad_caller_field(tmp_path: Path) -> None:
+    """``caller`` is one of the two tracer entries, a string; a plan of abstract sites has none."""
+    doc = _plan_json(require_kernel("6.1").vmlinux, "--only", "vfs_read")
+    bad = tmp_path / "bad.json"
+    for value, said in (
+        ("ftrace_regs", "caller: expected one of 'ftrace_caller', 'ftrace_regs_caller', found 'ftrace_regs'"),
+        (12, "caller: expected str, found 12"),
+    ):
+        bad.write_text(json.dumps({**doc, "caller": value}))
+        assert_one_line(invoke("check-plan", bad), 2, "error", f"{bad}: {said}")
+    abstract = invoke("plan", "--from", "disabled", "--to", "enabled", "--format", "json")
+    bad.write_text(json.dumps({**json.loads(abstract.stdout), "caller": "ftrace_caller"}))
+    assert_one_line(invoke("check-plan", bad), 2, "error", f"{bad}: caller: a plan of abstract sites has no caller")
+
+
+@pytest.mark.parametrize(
+    ("name", "target", "moves"),
+    [
+        ("6.1", "nopped", "mprofile disabled -> nopped"),
+        ("6.12", "disabled", "patchable disabled -> disabled"),
+        ("6.12", "guarded", "patchable disabled -> guarded"),
+        ("7.2", "disabled", "ool disabled -> disabled"),
+    ],
+)
+def test_caller_for_a_plan_that_writes_no_branch_to_the_tracer_is_refused(
+    name: str, target: str, moves: str, tmp_path: Path
+) -> None:
+    """``--caller`` chooses the target of the bl (ool: the stub's) a plan writes; of a plan that
+    writes none it chose nothing, and was accepted silently (and would be recorded as if it had
+    chosen). Refused, as --route is where both routes write the same; no -o file is written."""
+    out = tmp_path / "p.json"
+    vmlinux = require_kernel(name).vmlinux
+    for caller in ("ftrace_caller", "ftrace_regs_caller"):
+        result = invoke("plan", "--image", vmlinux, "--only", "vfs_read", "--to", target, "--caller", caller, "-o", out)
+        said = f"--caller {caller}: {moves} writes no branch to the tracer; there is no caller to choose"
+        assert_one_line(result, 2, "error", said)
+        assert not out.exists()
+    assert invoke("plan", "--image", vmlinux, "--only", "vfs_read", "--to", target).exit_code == 0

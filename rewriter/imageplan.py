@@ -43,7 +43,7 @@ from rewriter.boot import Boot, Untraceable, boot_of, untraceable, why_text
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.symbols import code_addrs
 from rewriter.errors import ArgumentError, NothingToDo, PlanFormatError
-from rewriter.files import ScanHints, check_something_to_do, selection_text
+from rewriter.files import ScanHints, check_something_to_do, log_set_aside, selection_text, unrecorded_hint
 from rewriter.generations import LAYOUTS, Caller, Generation
 from rewriter.log import default_log_path, logged, logs_at
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
@@ -84,10 +84,10 @@ def plan_image(
     (:func:`_check_caller_used`)."""
     image, found, boot, ignored = _scan_vmlinux(path)
     selection = selection.named_in(image, found.listed)
-    check_something_to_do(image, found, selection, ScanHints())
+    unread = _check_selection(image, found, selection, ignored)
     kept, left_out = _plannable(selection.select(found.sites), boot)
-    if ignored is not None:  # the sites only that log knows are not among those selected: say so first
-        left_out.insert(0, f"{ignored} (the sites it names whose records a rewrite dropped are not selected)")
+    if unread is not None:  # the sites only that log knows are not among those selected: say so first
+        left_out.insert(0, unread)
     if not kept:
         raise NothingToDo(
             f"{path}: {selection_text(selection)}: none of the sites it selects is one the running kernel "
@@ -117,6 +117,22 @@ def _check_caller_used(p: Plan, caller: Caller | None) -> None:
         f"--caller {caller.value}: {'; '.join(moves)} writes no branch to the tracer; there is no caller to choose "
         "(leave --caller out)"
     )
+
+
+def _check_selection(image: Image, found: Scan, selection: Selection, ignored: str | None) -> str | None:
+    """Raise :class:`NothingToDo` for a selection that matches no site of the vmlinux; return
+    what to say first of a rewritten one whose patch log is not read (``ignored``: the warning for
+    one beside it that does not describe it; else a zeroed record says a rewrite dropped sites
+    whose log is not there): the sites only that log knows are not selected. A selection that
+    matches nothing says it too, in plan's words: plan names no log (no --input-log), and a log
+    there but not read is none to undo with."""
+    hint = f"(plan --image reads it beside the file: {default_log_path(image.path).name})"
+    aside = log_set_aside(image) if ignored is not None else None
+    check_something_to_do(image, found, selection, ScanHints(), aside, hint)
+    if ignored is not None:
+        return f"{ignored} (the sites it names whose records a rewrite dropped are not selected)"
+    unrecorded = unrecorded_hint(image, found, found.sites, None, hint)
+    return f"{image.path}: {unrecorded[0]}: the sites only it names are not selected" if unrecorded else None
 
 
 def _stub_calls(sites: Sequence[Site], caller: Caller) -> tuple[str, ...]:

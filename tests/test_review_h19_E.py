@@ -126,3 +126,57 @@ def test_caller_for_a_plan_that_writes_no_branch_to_the_tracer_is_refused(
         assert_one_line(result, 2, "error", said)
         assert not out.exists()
     assert invoke("plan", "--image", vmlinux, "--only", "vfs_read", "--to", target).exit_code == 0
+
+
+# ---------------------------------------------------------------- a rewritten vmlinux whose log is not read
+
+
+def _rewritten(where: Path) -> Path:
+    """6.1's vmlinux with vfs_read nopped and its record dropped, under ``where`` with its patch log."""
+    where.mkdir()
+    out = where / "vmlinux"
+    result = invoke("nop", require_kernel("6.1").vmlinux, "-o", out, "--only", "vfs_read", "--drop-records")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _rewritten_without_log(tmp_path: Path) -> Path:
+    out = _rewritten(tmp_path / "nolog")
+    (out.parent / "vmlinux.mcountrw.jsonl").unlink()
+    return out
+
+
+def test_plan_image_of_a_rewritten_vmlinux_whose_log_was_deleted_says_what_it_cannot_select(tmp_path: Path) -> None:
+    """Without the patch log, vfs_read (nopped, its record dropped) is in no table of the file:
+    'vfs_read*' planned the other vfs_read* sites and vfs_read vanished unsaid, as it does not
+    when the log is there (left out by name) or there but edited (one warning). The zeroed
+    record says a rewrite dropped sites: one warning line says the log is not there, and where
+    plan --image looks for it."""
+    rewritten = _rewritten_without_log(tmp_path)
+    result = invoke("plan", "--image", rewritten, "--only", "vfs_read*", "--to", "enabled", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert {s["function"] for s in json.loads(result.stdout)["sites"]} >= {"vfs_readv"}
+    said = result.stderr
+    assert said.count("\n") == 1 and said.startswith(f"mcountrw: warning: {rewritten}: 1 of its records"), said
+    assert "whose patch log is not here (plan --image reads it beside the file: vmlinux.mcountrw.jsonl)" in said
+    assert said.rstrip().endswith("the sites only it names are not selected"), said
+    pristine = invoke("plan", "--image", require_kernel("6.1").vmlinux, "--only", "vfs_read*", "--to", "enabled")
+    assert pristine.exit_code == 0 and not pristine.stderr, pristine.output
+
+
+def test_plan_image_nothing_to_do_of_a_rewritten_vmlinux_names_no_option_plan_lacks(tmp_path: Path) -> None:
+    """A selection that matches nothing said 'whose patch log is not here (give it with
+    --input-log)', an option plan does not have; and with an edited log beside the file, 'its
+    patch log ... is here (`mcountrw undo ... --log ...` gives the original back)', of a log
+    plan did not read (undo refuses it too). Each now says what plan does with the log."""
+    rewritten = _rewritten_without_log(tmp_path)
+    missing = invoke("plan", "--image", rewritten, "--only", "vfs_read", "--to", "enabled")
+    line = assert_one_line(missing, 1, "nothing to do", "--only vfs_read: matches none of its 33689 sites")
+    assert "(plan --image reads it beside the file: vmlinux.mcountrw.jsonl)" in line and "--input-log" not in line
+    rewritten = _rewritten(tmp_path / "edited")
+    log = rewritten.parent / "vmlinux.mcountrw.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join([lines[0], lines[1].rstrip("\n") + " \n", *lines[2:]]))  # JSON still, the sum not
+    edited = invoke("plan", "--image", rewritten, "--only", "vfs_read", "--to", "enabled")
+    line = assert_one_line(edited, 1, "nothing to do", "the patch log beside it cannot be read", "edited or truncated")
+    assert "gives the original back" not in line

@@ -1049,6 +1049,8 @@ def render_text(p: Plan) -> str:
         lines.append(f"  {req.variant.value} {req.current.value} -> {req.target.value}: {_ranges(idx)}")
     if p.image is not None:
         lines.append(f"  the sites of {printable(p.image)}, each write as its address: old word -> new word")
+        if p.caller is not Caller.FTRACE_CALLER:  # an ool plan's words are the same: say whose plan it is
+            lines.append(f"  caller {p.caller.value}: the tracer entry each enabled bl calls (an ool stub's too)")
     if not p.stages:
         lines.append("nothing to write: every site is already in its target state")
     for j, stage in enumerate(p.stages):

@@ -180,3 +180,17 @@ def test_plan_image_nothing_to_do_of_a_rewritten_vmlinux_names_no_option_plan_la
     edited = invoke("plan", "--image", rewritten, "--only", "vfs_read", "--to", "enabled")
     line = assert_one_line(edited, 1, "nothing to do", "the patch log beside it cannot be read", "edited or truncated")
     assert "gives the original back" not in line
+
+
+def test_a_text_plan_says_its_caller_where_its_words_do_not() -> None:
+    """On ool the --caller ftrace_regs_caller plan's words are ftrace_caller's (the stub's own bl is
+    the kernel's to repoint): its text, saved with -o, was the same plan word for word, its caller
+    said only on stderr. It says its caller in one line; the default plan's text is unchanged."""
+    vmlinux = require_kernel("7.2").vmlinux
+    args = ("plan", "--image", vmlinux, "--only", "vfs_read", "--to", "enabled")
+    regs, plain = invoke(*args, "--caller", "ftrace_regs_caller"), invoke(*args)
+    assert regs.exit_code == plain.exit_code == 0, regs.output
+    extra = [line for line in regs.stdout.splitlines() if line not in plain.stdout.splitlines()]
+    assert extra == ["  caller ftrace_regs_caller: the tracer entry each enabled bl calls (an ool stub's too)"]
+    assert len(regs.stdout.splitlines()) == len(plain.stdout.splitlines()) + 1
+    assert "caller" not in plain.stdout

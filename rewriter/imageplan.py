@@ -44,7 +44,7 @@ from rewriter.elf.image import Image, Kind
 from rewriter.elf.symbols import code_addrs
 from rewriter.errors import ArgumentError, NothingToDo, PlanFormatError
 from rewriter.files import ScanHints, check_something_to_do, log_set_aside, selection_text, unrecorded_hint
-from rewriter.generations import LAYOUTS, Caller, Generation
+from rewriter.generations import LAYOUTS, TRAMPOLINE, TRAMPOLINE_CALL, Caller, Generation
 from rewriter.log import default_log_path, logged, logs_at
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
 from rewriter.prose import agreeing, and_more, counted, printable, with_article
@@ -55,9 +55,6 @@ from rewriter.states import Insn, SiteState
 
 # The section whose code the kernel frees after the initcalls, and ftrace's records with it.
 FREED_AFTER_BOOT: Final = ".init.text"
-# find_ftrace_tramp()'s trampoline for core text beyond branch range of the tracer entry; its
-# twin, ftrace_tramp_init, is dropped with init text (ftrace_free_init_tramp()).
-TRAMPOLINE: Final = "ftrace_tramp_text"
 
 
 class ImagePlan(NamedTuple):
@@ -260,7 +257,7 @@ def _tracer_call(addr: int, tracer: str, entry: Sequence[int], trampolines: Sequ
         return entry[0], tracer
     for tramp in trampolines:
         if ppc.in_branch_range(tramp - addr):
-            return tramp, f"{TRAMPOLINE}, which branches to ftrace_regs_caller"
+            return tramp, TRAMPOLINE_CALL
     return None, f"neither {tracer} nor {TRAMPOLINE} is within branch range"
 
 

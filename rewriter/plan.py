@@ -63,7 +63,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from rewriter import ppc
 from rewriter.errors import ArgumentError, NoRoute, PlanFormatError, PlanRejected
-from rewriter.generations import LAYOUTS, Caller, Variant, state_rejection, steps_from
+from rewriter.generations import LAYOUTS, TRAMPOLINE_CALL, Caller, Variant, state_rejection, steps_from
 from rewriter.prose import agreeing, counted, json_problem, printable
 from rewriter.siteplaces import Place, PlacedWrite, hex_text, placed, slot_addr
 from rewriter.states import S_WRITES, Insn, SiteState, Slot, Step, words_text
@@ -303,6 +303,7 @@ class Plan:
             _route_followed(p)
         if p.places is not None:
             _places_apart(p)
+            _calls_its_caller(p, "caller" in doc)
             _check_words(p, stage_docs)
         return p
 
@@ -451,6 +452,22 @@ def _places_apart(p: Plan) -> None:
                     f"sites[{i}].addr: {place.addr:#x} puts its {slot.value} at {at:#x}, a word of site {owner[at]}: "
                     "check-plan proves each site alone, so no word may be two sites'"
                 )
+
+
+def _calls_its_caller(p: Plan, said: bool) -> None:
+    """Every bl of a plan of an image's sites calls the plan's caller (``plan --image --caller``),
+    in range, or the trampoline either reaches: a site whose ``call_to`` names the other tracer
+    entry is another plan's (its ``call``, checked against the image only where that is there).
+    ``said``: the file names its caller (one without is an ftrace_caller plan)."""
+    assert p.places is not None
+    for i, (req, place) in enumerate(zip(p.sites, p.places, strict=True)):
+        if LAYOUTS[req.variant].stub or place.call is None or place.call_to in (p.caller.value, TRAMPOLINE_CALL):
+            continue
+        unsaid = "" if said else '; a file without "caller" is an ftrace_caller plan'
+        raise PlanFormatError(
+            f"sites[{i}].call_to: {_quoted(place.call_to)} is not the plan's caller, {p.caller.value} (each bl of a "
+            f"plan --image plan calls its caller{unsaid})"
+        )
 
 
 def _check_words(p: Plan, stage_docs: list[list[Any]]) -> None:

@@ -38,12 +38,12 @@ def _entry(image: Image, name: str) -> int:
     return int(addr)
 
 
-def _repoint(doc: dict, site: int, image: Image, name: str) -> dict:
-    """``doc`` with site ``site``'s bl pointed at tracer entry ``name``, its place and words edited
-    consistently (what check-plan reads from the file alone then agrees)."""
+def _repoint(doc: dict, site: int, image: Image, name: str, call_to: str | None = None) -> dict:
+    """``doc`` with site ``site``'s bl pointed at tracer entry ``name``, its ``call`` and words
+    edited consistently, its ``call_to`` set to ``call_to`` (None: left as it is)."""
     doc = json.loads(json.dumps(doc))
     target = _entry(image, name)
-    doc["sites"][site].update(call=hex(target), call_to=name)
+    doc["sites"][site].update(call=hex(target), call_to=call_to or doc["sites"][site]["call_to"])
     for w in (w for stage in doc["stages"] for w in stage if w["site"] == site):
         if w["new_word"] is not None and ppc.is_bl(int(w["new_word"], 16)):
             w["new_word"] = hex(ppc.bl(int(w["addr"], 16), target))
@@ -52,9 +52,10 @@ def _repoint(doc: dict, site: int, image: Image, name: str) -> dict:
 
 @pytest.mark.parametrize(("name", "caller"), [("6.1", "ftrace_regs_caller"), ("6.12", "ftrace_caller")])
 def test_a_plan_records_its_caller_and_check_plan_holds_every_bl_to_it(name: str, caller: str, tmp_path: Path) -> None:
-    """A plan made for one caller, one of whose sites is edited to the other caller's bl (call,
-    call_to and word together), is refused in one line naming the plan's caller: it was SAFE, held
-    to the image, as either caller's place passed."""
+    """A plan made for one caller, one of whose sites is edited to the other caller's bl (call
+    and word together), is refused in one line naming the plan's caller: it was SAFE, held to the
+    image, as either caller's place passed. With its call_to edited too, the file alone refuses
+    it, the image there or not (a plan checked on another machine)."""
     vmlinux = require_kernel(name).vmlinux
     image = Image.load(vmlinux)
     doc = _plan_json(vmlinux, "--only", "vfs_re*", "--caller", caller)
@@ -68,13 +69,18 @@ def test_a_plan_records_its_caller_and_check_plan_holds_every_bl_to_it(name: str
     want, got = _entry(image, caller), _entry(image, OTHER[caller])
     said = f"says its call is {want:#x}, not {got:#x} (for the plan's caller, {caller})"
     assert_one_line(refused, 2, "error", f"{plan_file}: sites[1] ({doc['sites'][1]['function']} at", said)
+    renamed = _repoint(doc, 1, image, OTHER[caller], OTHER[caller])
+    for where in (str(vmlinux), str(tmp_path / "elsewhere" / "vmlinux")):
+        plan_file.write_text(json.dumps({**renamed, "image": where}))
+        said = f"sites[1].call_to: '{OTHER[caller]}' is not the plan's caller, {caller} (each bl of a plan --image"
+        assert_one_line(invoke("check-plan", plan_file), 2, "error", f"{plan_file}: {said}")
     assert doc["caller"] == caller
 
 
 def test_a_plan_file_without_caller_is_an_ftrace_caller_plan(tmp_path: Path) -> None:
     """A plan --image file made before plans named their caller is read as the ftrace_caller plan
     plan --image then always made: one of ftrace_caller's words is held SAFE, one of
-    ftrace_regs_caller's (a --caller plan of the hours before) is refused, saying so."""
+    ftrace_regs_caller's (a --caller plan of the hours before) is refused, saying why."""
     vmlinux = require_kernel("6.12").vmlinux
     plan_file = tmp_path / "p.json"
     for caller, code in (("ftrace_caller", 0), ("ftrace_regs_caller", 2)):
@@ -85,7 +91,8 @@ def test_a_plan_file_without_caller_is_an_ftrace_caller_plan(tmp_path: Path) -> 
         if code == 0:
             assert result.exit_code == 0 and "held to the image" in result.stdout, result.output
         else:
-            assert_one_line(result, 2, "error", "(for the plan's caller, ftrace_caller)")
+            said = "sites[0].call_to: 'ftrace_regs_caller' is not the plan's caller, ftrace_caller"
+            assert_one_line(result, 2, "error", said, 'a file without "caller" is an ftrace_caller plan')
 
 
 def test_check_plan_refuses_a_bad_caller_field(tmp_path: Path) -> None:

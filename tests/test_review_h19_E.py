@@ -201,3 +201,17 @@ def test_a_text_plan_says_its_caller_where_its_words_do_not() -> None:
     assert extra == ["  caller ftrace_regs_caller: the tracer entry each enabled bl calls (an ool stub's too)"]
     assert len(regs.stdout.splitlines()) == len(plain.stdout.splitlines()) + 1
     assert "caller" not in plain.stdout
+
+
+@pytest.mark.parametrize("option", ["--only", "--exclude"])
+@pytest.mark.parametrize("command", ["plan", "nop"])
+def test_an_empty_glob_is_refused(command: str, option: str, tmp_path: Path) -> None:
+    """An empty glob matched the sites in no function ftrace does not list (their name is the
+    empty one): `plan --image 6.12 --only ''` selected the 261 weak bodies (and left them out),
+    `nop --only ''` dropped their records. It names no function: refused, no file written."""
+    out = tmp_path / "out"
+    vmlinux = require_kernel("6.12").vmlinux
+    args = ("plan", "--image", vmlinux, "--to", "enabled") if command == "plan" else ("nop", vmlinux, "--drop-records")
+    result = invoke(*args, option, "", "-o", out)
+    assert_one_line(result, 2, "error", f"{option} '': an empty glob names no function")
+    assert not list(tmp_path.iterdir())

@@ -43,7 +43,7 @@ from rewriter.boot import Boot, Untraceable, boot_of, untraceable, why_text
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.symbols import code_addrs
 from rewriter.errors import ArgumentError, NothingToDo, PlanFormatError
-from rewriter.files import ScanHints, check_something_to_do, log_set_aside, selection_text, unrecorded_hint
+from rewriter.files import LogAside, ScanHints, check_something_to_do, log_set_aside, selection_text, unrecorded_hint
 from rewriter.generations import LAYOUTS, TRAMPOLINE, TRAMPOLINE_CALL, Caller, Generation
 from rewriter.log import default_log_path, logged, logs_at
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
@@ -55,6 +55,7 @@ from rewriter.states import Insn, SiteState
 
 # The section whose code the kernel frees after the initcalls, and ftrace's records with it.
 FREED_AFTER_BOOT: Final = ".init.text"
+NO_SLOT: Final = "has no ftrace call slot there"
 
 
 class ImagePlan(NamedTuple):
@@ -123,13 +124,18 @@ def _check_selection(image: Image, found: Scan, selection: Selection, ignored: s
     whose log is not there): the sites only that log knows are not selected. A selection that
     matches nothing says it too, in plan's words: plan names no log (no --input-log), and a log
     there but not read is none to undo with."""
-    hint = f"(plan --image reads it beside the file: {default_log_path(image.path).name})"
-    aside = log_set_aside(image) if ignored is not None else None
-    check_something_to_do(image, found, selection, ScanHints(), aside, hint)
+    check_something_to_do(image, found, selection, ScanHints(), *_log_hint(image, ignored))
     if ignored is not None:
         return f"{ignored} (the sites it names whose records a rewrite dropped are not selected)"
-    unrecorded = unrecorded_hint(image, found, found.sites, None, hint)
+    unrecorded = unrecorded_hint(image, found, found.sites, *_log_hint(image, None))
     return f"{image.path}: {unrecorded[0]}: the sites only it names are not selected" if unrecorded else None
+
+
+def _log_hint(image: Image, ignored: str | None) -> tuple[LogAside | None, str]:
+    """Why the log beside a rewritten vmlinux is not read (``ignored``: there, but it does not
+    describe the file), and where plan --image and check-plan look for it (they name no log)."""
+    aside = log_set_aside(image) if ignored is not None else None
+    return aside, f"(plan --image and check-plan look for it beside the file: {default_log_path(image.path).name})"
 
 
 def _stub_calls(sites: Sequence[Site], caller: Caller) -> tuple[str, ...]:
@@ -273,11 +279,14 @@ def hold_to_image(p: Plan, path: Path) -> None:
     the checker proves as an abstract one. Raises :class:`PlanFormatError` naming the first site
     the image disagrees with, and what the image says."""
     assert p.places is not None  # a plan that names an image gives every site its place
-    image, found, boot, _ignored = _scan_vmlinux(path)  # a site only an unread log knows: "no call slot there"
+    image, found, boot, ignored = _scan_vmlinux(path)  # a site only an unread log knows: "no call slot there"
     slots = {s.addr: s for s in found.sites if s.addr is not None}
     targets = _targets(image)
     for i, (req, place) in enumerate(zip(p.sites, p.places, strict=True)):
         mismatch = _mismatch(req, place, slots.get(place.addr), (found, boot), (targets, p.caller))
+        if mismatch == NO_SLOT:  # a rewritten file whose log is not read: its dropped sites are in no table
+            hints = unrecorded_hint(image, found, found.sites, *_log_hint(image, ignored))
+            mismatch += "".join(f" ({h})" for h in hints)
         if mismatch is not None:
             raise PlanFormatError(f"sites[{i}] ({printable(place.function)} at {place.addr:#x}): {path} {mismatch}")
 
@@ -289,7 +298,7 @@ def _mismatch(
     found, boot = scanned
     targets, caller = calls
     if site is None:
-        return "has no ftrace call slot there"
+        return NO_SLOT
     kept, left_out = _plannable([site], boot)
     if not kept:
         return f"says plan --image leaves it out: {left_out[0]}"

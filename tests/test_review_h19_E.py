@@ -138,6 +138,9 @@ def test_caller_for_a_plan_that_writes_no_branch_to_the_tracer_is_refused(
 # ---------------------------------------------------------------- a rewritten vmlinux whose log is not read
 
 
+LOOKS = "(plan --image and check-plan look for it beside the file: vmlinux.mcountrw.jsonl)"
+
+
 def _rewritten(where: Path) -> Path:
     """6.1's vmlinux with vfs_read nopped and its record dropped, under ``where`` with its patch log."""
     where.mkdir()
@@ -165,7 +168,7 @@ def test_plan_image_of_a_rewritten_vmlinux_whose_log_was_deleted_says_what_it_ca
     assert {s["function"] for s in json.loads(result.stdout)["sites"]} >= {"vfs_readv"}
     said = result.stderr
     assert said.count("\n") == 1 and said.startswith(f"mcountrw: warning: {rewritten}: 1 of its records"), said
-    assert "whose patch log is not here (plan --image reads it beside the file: vmlinux.mcountrw.jsonl)" in said
+    assert f"whose patch log is not here {LOOKS}" in said
     assert said.rstrip().endswith("the sites only it names are not selected"), said
     pristine = invoke("plan", "--image", require_kernel("6.1").vmlinux, "--only", "vfs_read*", "--to", "enabled")
     assert pristine.exit_code == 0 and not pristine.stderr, pristine.output
@@ -179,7 +182,7 @@ def test_plan_image_nothing_to_do_of_a_rewritten_vmlinux_names_no_option_plan_la
     rewritten = _rewritten_without_log(tmp_path)
     missing = invoke("plan", "--image", rewritten, "--only", "vfs_read", "--to", "enabled")
     line = assert_one_line(missing, 1, "nothing to do", "--only vfs_read: matches none of its 33689 sites")
-    assert "(plan --image reads it beside the file: vmlinux.mcountrw.jsonl)" in line and "--input-log" not in line
+    assert LOOKS in line and "--input-log" not in line
     rewritten = _rewritten(tmp_path / "edited")
     log = rewritten.parent / "vmlinux.mcountrw.jsonl"
     lines = log.read_text().splitlines(keepends=True)
@@ -215,3 +218,19 @@ def test_an_empty_glob_is_refused(command: str, option: str, tmp_path: Path) -> 
     result = invoke(*args, option, "", "-o", out)
     assert_one_line(result, 2, "error", f"{option} '': an empty glob names no function")
     assert not list(tmp_path.iterdir())
+
+
+def test_check_plan_held_to_a_rewritten_vmlinux_without_its_log_says_why_a_site_is_not_there(tmp_path: Path) -> None:
+    """A plan of 6.1's vfs_read*, held to a copy whose vfs_read record a rewrite dropped and whose
+    log is gone: vfs_read is in no table of that file, and check-plan said only 'has no ftrace call
+    slot there'; it adds what the file shows, a zeroed record, and where the log is looked for."""
+    plan_file = tmp_path / "p.json"
+    made = invoke("plan", "--image", require_kernel("6.1").vmlinux, "--only", "vfs_read*", "--to", "enabled",
+                  "--format", "json", "-o", plan_file)  # fmt: skip
+    assert made.exit_code == 0, made.output
+    rewritten = _rewritten_without_log(tmp_path)
+    line = assert_one_line(invoke("check-plan", plan_file, "--image", rewritten), 2, "error", "(vfs_read at 0x")
+    assert line.endswith(
+        f"{rewritten} has no ftrace call slot there (1 of its records are zeroed: its sites were nopped by an earlier "
+        f"rewrite whose patch log is not here {LOOKS})"
+    ), line

@@ -234,3 +234,18 @@ def test_check_plan_held_to_a_rewritten_vmlinux_without_its_log_says_why_a_site_
         f"{rewritten} has no ftrace call slot there (1 of its records are zeroed: its sites were nopped by an earlier "
         f"rewrite whose patch log is not here {LOOKS})"
     ), line
+
+
+def test_check_plans_safe_line_says_the_caller_it_held_the_plan_to(tmp_path: Path) -> None:
+    """The SAFE line of a --caller ftrace_regs_caller plan read as the ftrace_caller plan's (on ool
+    word for word the same): it names the caller its places were held to; the default's is as it was."""
+    vmlinux = require_kernel("7.2").vmlinux
+    plan_file = tmp_path / "p.json"
+    lines = []
+    for caller in ("ftrace_regs_caller", "ftrace_caller"):
+        plan_file.write_text(json.dumps(_plan_json(vmlinux, "--only", "vfs_read", "--caller", caller)))
+        result = invoke("check-plan", plan_file)
+        assert result.exit_code == 0, result.output
+        lines.append(result.stdout)
+    assert f"1 site of {vmlinux} at its address for ftrace_regs_caller, held to the image: " in lines[0]
+    assert f"1 site of {vmlinux} at its address, held to the image: " in lines[1]

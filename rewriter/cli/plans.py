@@ -310,9 +310,11 @@ def _placed(p: Plan, held: Path | None) -> str:
     image = ", not held to the image (not read)" if held is None else ", held to the image"
     if held is not None and str(held) != p.image:  # --image named it
         image = f", held to {printable(str(held))}"
+    # the caller each bl was held to, where it is not the default (an ool plan's words do not show it)
+    caller = f" for {p.caller.value}" if p.caller is not Caller.FTRACE_CALLER else ""
     return (
-        f"; {counted(len(p.sites), 'site')} of {printable(p.image)} {where}{image}: each write's words are its "
-        "kinds there, checked as its abstract request"
+        f"; {counted(len(p.sites), 'site')} of {printable(p.image)} {where}{caller}{image}: each write's words are "
+        "its kinds there, checked as its abstract request"
     )
 
 

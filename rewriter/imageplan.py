@@ -104,9 +104,11 @@ def plan_image(
 
 def _check_caller_used(p: Plan, caller: Caller | None) -> None:
     """``--caller`` names the target of the branches to the tracer a plan writes (or finds, to
-    disable one): of a plan with none (``--to nopped``, ``--to disabled`` from boot's states) it
-    would be recorded, and read, as if it had chosen words: refused, as ``--route`` is where both
-    routes write the same."""
+    disable one): of a plan with none it would be recorded, and read, as if it had chosen words.
+    Boot leaves no site it keeps calling the tracer, so a ``--to`` without a branch (nopped,
+    guarded, disabled) never has one, whatever the kernel: refused as the option pairs that never
+    change a plan are (``--offline --cmodx``, ``--route`` over one-word sites), where a ``--route``
+    that leaves some selected sites' writes as they were is kept (``apply`` keeps it)."""
     branches = (Insn.CALL, Insn.STUB)
     if caller is None or any(w.old in branches or w.new in branches for stage in p.stages for w in stage):
         return

@@ -4,8 +4,9 @@
   caller's: a ``--caller ftrace_regs_caller`` plan edited to one ``bl ftrace_caller`` passed. The
   plan now records ``caller`` (a file without it is an ftrace_caller plan, as plan --image made
   before ``--caller``), and check-plan holds every site's branch to it.
-* ``--caller`` given for a plan that writes no branch to the tracer is refused, as ``--route`` is
-  where it chooses nothing.
+* ``--caller`` given for a plan that writes no branch to the tracer is refused: it never has one.
+* A rewritten vmlinux whose patch log is gone or not read: plan and check-plan say what that hides.
+* An empty glob is refused; the text plan and check-plan's SAFE line name a non-default caller.
 """
 
 from __future__ import annotations

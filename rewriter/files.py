@@ -487,6 +487,12 @@ def _input_log(image: Image, explicit: Path | None) -> tuple[Known | None, LogAs
     return None, LogAside(foreign or warning, damaged=False)
 
 
+def log_set_aside(image: Image) -> LogAside | None:
+    """Why the patch log beside ``image`` is not read, as a rewrite of it would judge it (None:
+    read, or none there)."""
+    return _input_log(image, None)[1]
+
+
 def _check_archivable(path: Path, known: Known | None) -> None:
     """Before the work: the log beside the file, which an in-place rewrite with the default log
     moves aside (:func:`archived_log`), can take its archived name, 13 characters longer. A file
@@ -726,14 +732,16 @@ def _earlier_rewrite(image: Image, log_aside: LogAside | None, log_hint: str = I
     return f"its sites were nopped by an earlier rewrite whose patch log is not here {log_hint}"
 
 
-def _unrecorded_hint(image: Image, found: Scan, sites: Sequence[Site], log_aside: LogAside | None) -> list[str]:
+def unrecorded_hint(
+    image: Image, found: Scan, sites: Sequence[Site], log_aside: LogAside | None, log_hint: str = INPUT_LOG_HINT
+) -> list[str]:
     """For a selection that matches nothing in a file with zeroed records and no log read: the
     functions asked for may be among the sites only that log knows (``v61.nop`` copied without its
     log: 33,689 records zeroed, 1 site left to match)."""
     zeroed = found.records.zeroed
     if not zeroed or any(s.source is Source.LOG for s in sites):
         return []
-    return [f"{zeroed} of its records are zeroed: {_earlier_rewrite(image, log_aside)}"]
+    return [f"{zeroed} of its records are zeroed: {_earlier_rewrite(image, log_aside, log_hint)}"]
 
 
 def unmatched_selection(sites: Sequence[Site], selection: Selection) -> list[str]:
@@ -752,21 +760,26 @@ def unmatched_selection(sites: Sequence[Site], selection: Selection) -> list[str
 
 
 def check_something_to_do(
-    image: Image, found: Scan, selection: Selection, hints: ScanHints, log_aside: LogAside | None = None
+    image: Image,
+    found: Scan,
+    selection: Selection,
+    hints: ScanHints,
+    log_aside: LogAside | None = None,
+    log_hint: str = INPUT_LOG_HINT,
 ) -> None:
     """Raise :class:`NothingToDo` if the file has no site at all, or ``selection`` matches none
     (or one of its parts matches none: a mistyped ``--exclude`` would otherwise change the very
-    function it meant to spare)."""
+    function it meant to spare). ``log_hint``: how the command is given an earlier rewrite's log."""
     sites = known_sites(image, found)
     if not sites:
-        cause = no_site_cause(image, found, hints, log_aside)
+        cause = no_site_cause(image, found, hints, log_aside, log_hint)
         raise NothingToDo(f"{image.path}: no ftrace call site found: {cause}")
     if selection.everything:
         return
     missing = unmatched_selection(sites, selection)
     if missing:
         verb = agreeing(len(missing), "matches", "match")
-        extra = [*record_not_slot(sites, selection), *_unrecorded_hint(image, found, sites, log_aside)]
+        extra = [*record_not_slot(sites, selection), *unrecorded_hint(image, found, sites, log_aside, log_hint)]
         said = "".join(f"; {h}" for h in extra)
         raise NothingToDo(f"{image.path}: {', '.join(missing)}: {verb} none of its {counted(len(sites), 'site')}{said}")
     if not any(selection.matches(s) for s in sites):

@@ -188,6 +188,13 @@ class Caller(enum.Enum):
     FTRACE_REGS_CALLER = "ftrace_regs_caller"
 
 
+# find_ftrace_tramp()'s trampoline for core text beyond branch range of the tracer entry; its
+# twin, ftrace_tramp_init, is dropped with init text (ftrace_free_init_tramp()). A bl to it is
+# either caller's: it branches to ftrace_regs_caller.
+TRAMPOLINE: Final = "ftrace_tramp_text"
+TRAMPOLINE_CALL: Final = f"{TRAMPOLINE}, which branches to ftrace_regs_caller"
+
+
 TWO_SLOT_STATES: Final[Mapping[SiteState, tuple[Insn, ...]]] = MappingProxyType(
     {
         SiteState.ENABLED: (Insn.MFLR, Insn.CALL),

@@ -43,21 +43,19 @@ from rewriter.boot import Boot, Untraceable, boot_of, untraceable, why_text
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.symbols import code_addrs
 from rewriter.errors import ArgumentError, NothingToDo, PlanFormatError
-from rewriter.files import ScanHints, check_something_to_do, selection_text
-from rewriter.generations import LAYOUTS, Caller, Generation
+from rewriter.files import LogAside, ScanHints, check_something_to_do, log_set_aside, selection_text, unrecorded_hint
+from rewriter.generations import LAYOUTS, TRAMPOLINE, TRAMPOLINE_CALL, Caller, Generation
 from rewriter.log import default_log_path, logged, logs_at
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
 from rewriter.prose import agreeing, and_more, counted, printable, with_article
 from rewriter.rewrite import Selection
 from rewriter.siteplaces import Place
 from rewriter.sites import Scan, Site, scan
-from rewriter.states import SiteState
+from rewriter.states import Insn, SiteState
 
 # The section whose code the kernel frees after the initcalls, and ftrace's records with it.
 FREED_AFTER_BOOT: Final = ".init.text"
-# find_ftrace_tramp()'s trampoline for core text beyond branch range of the tracer entry; its
-# twin, ftrace_tramp_init, is dropped with init text (ftrace_free_init_tramp()).
-TRAMPOLINE: Final = "ftrace_tramp_text"
+NO_SLOT: Final = "has no ftrace call slot there"
 
 
 class ImagePlan(NamedTuple):
@@ -73,19 +71,21 @@ def plan_image(
     route: Route | None = None,
     cmodx: Cmodx = Cmodx.V3_1,
     stale_fetch: bool = False,
-    caller: Caller = Caller.FTRACE_CALLER,
+    caller: Caller | None = None,
 ) -> ImagePlan:
     """The runtime plan that moves the sites ``selection`` takes in the vmlinux at ``path`` from
     their state after boot to ``target``. Raises :class:`ArgumentError` for a file that is no
     vmlinux, :class:`NothingToDo` when the selection takes no site a runtime plan writes, and
     :class:`~rewriter.errors.NoRoute` when a site has no legal route. ``caller``: the tracer entry
-    each enabled ``bl`` calls (:class:`~rewriter.generations.Caller`)."""
+    each enabled ``bl`` calls (:class:`~rewriter.generations.Caller`; None: not given,
+    ``ftrace_caller``); given for a plan that writes no branch to the tracer, it is refused
+    (:func:`_check_caller_used`)."""
     image, found, boot, ignored = _scan_vmlinux(path)
     selection = selection.named_in(image, found.listed)
-    check_something_to_do(image, found, selection, ScanHints())
+    unread = _check_selection(image, found, selection, ignored)
     kept, left_out = _plannable(selection.select(found.sites), boot)
-    if ignored is not None:  # the sites only that log knows are not among those selected: say so first
-        left_out.insert(0, f"{ignored} (the sites it names whose records a rewrite dropped are not selected)")
+    if unread is not None:  # the sites only that log knows are not among those selected: say so first
+        left_out.insert(0, unread)
     if not kept:
         raise NothingToDo(
             f"{path}: {selection_text(selection)}: none of the sites it selects is one the running kernel "
@@ -94,9 +94,50 @@ def plan_image(
     kept.sort(key=lambda s: (s.variant.value, _boot(s).value, s.addr or 0))
     requests = [SiteRequest(s.variant, _boot(s), target) for s in kept]
     p = plan(requests, route, cmodx, runtime=True, stale_fetch=stale_fetch)  # NoRoute: 1
+    _check_caller_used(p, caller)
+    caller = caller or Caller.FTRACE_CALLER
     targets = _targets(image)
     places = tuple(_place(found, s, targets, caller) for s in kept)
-    return ImagePlan(replace(p, places=places, image=str(path)), tuple(left_out), _stub_calls(kept, caller))
+    placed = replace(p, places=places, image=str(path), caller=caller)
+    return ImagePlan(placed, tuple(left_out), _stub_calls(kept, caller))
+
+
+def _check_caller_used(p: Plan, caller: Caller | None) -> None:
+    """``--caller`` names the target of the branches to the tracer a plan writes (or finds, to
+    disable one): of a plan with none it would be recorded, and read, as if it had chosen words.
+    Boot leaves no site it keeps calling the tracer, so a ``--to`` without a branch (nopped,
+    guarded, disabled) never has one, whatever the kernel: refused as the option pairs that never
+    change a plan are (``--offline --cmodx``, ``--route`` over one-word sites), where a ``--route``
+    that leaves some selected sites' writes as they were is kept (``apply`` keeps it)."""
+    branches = (Insn.CALL, Insn.STUB)
+    if caller is None or any(w.old in branches or w.new in branches for stage in p.stages for w in stage):
+        return
+    moves = sorted({f"{r.variant.value} {r.current.value} -> {r.target.value}" for r in p.sites})
+    raise ArgumentError(
+        f"--caller {caller.value}: {'; '.join(moves)} writes no branch to the tracer; there is no caller to choose "
+        "(leave --caller out)"
+    )
+
+
+def _check_selection(image: Image, found: Scan, selection: Selection, ignored: str | None) -> str | None:
+    """Raise :class:`NothingToDo` for a selection that matches no site of the vmlinux; return
+    what to say first of a rewritten one whose patch log is not read (``ignored``: the warning for
+    one beside it that does not describe it; else a zeroed record says a rewrite dropped sites
+    whose log is not there): the sites only that log knows are not selected. A selection that
+    matches nothing says it too, in plan's words: plan names no log (no --input-log), and a log
+    there but not read is none to undo with."""
+    check_something_to_do(image, found, selection, ScanHints(), *_log_hint(image, ignored))
+    if ignored is not None:
+        return f"{ignored} (the sites it names whose records a rewrite dropped are not selected)"
+    unrecorded = unrecorded_hint(image, found, found.sites, *_log_hint(image, None))
+    return f"{image.path}: {unrecorded[0]}: the sites only it names are not selected" if unrecorded else None
+
+
+def _log_hint(image: Image, ignored: str | None) -> tuple[LogAside | None, str]:
+    """Why the log beside a rewritten vmlinux is not read (``ignored``: there, but it does not
+    describe the file), and where plan --image and check-plan look for it (they name no log)."""
+    aside = log_set_aside(image) if ignored is not None else None
+    return aside, f"(plan --image and check-plan look for it beside the file: {default_log_path(image.path).name})"
 
 
 def _stub_calls(sites: Sequence[Site], caller: Caller) -> tuple[str, ...]:
@@ -224,37 +265,42 @@ def _tracer_call(addr: int, tracer: str, entry: Sequence[int], trampolines: Sequ
         return entry[0], tracer
     for tramp in trampolines:
         if ppc.in_branch_range(tramp - addr):
-            return tramp, f"{TRAMPOLINE}, which branches to ftrace_regs_caller"
+            return tramp, TRAMPOLINE_CALL
     return None, f"neither {tracer} nor {TRAMPOLINE} is within branch range"
 
 
 def hold_to_image(p: Plan, path: Path) -> None:
     """Hold a plan of an image's sites (``plan --image``) to the vmlinux at ``path``: each site is
     a call slot of it that plan --image would plan, of the site's variant, in the state boot init
-    leaves it in, with the place plan --image gives it (function, call, call_to) for either
-    :class:`~rewriter.generations.Caller` (an image's sites may be traced by both kinds of ops at once). The words the
-    plan file gives are re-derived from the places when it is read (``rewriter.plan``); this
-    checks the places themselves. A plan of an image's sites starts from boot's states, as plan
+    leaves it in, with the place plan --image gives it (function, call, call_to) for the plan's
+    :class:`~rewriter.generations.Caller` (``caller``: a plan made for one caller is not the other's,
+    though an image's sites may be traced by both kinds of ops at once). The words the plan file
+    gives are re-derived from the places when it is read (``rewriter.plan``); this checks the
+    places themselves. A plan of an image's sites starts from boot's states, as plan
     --image writes it: a state a plan-following step left since is a plan from that state, which
     the checker proves as an abstract one. Raises :class:`PlanFormatError` naming the first site
     the image disagrees with, and what the image says."""
     assert p.places is not None  # a plan that names an image gives every site its place
-    image, found, boot, _ignored = _scan_vmlinux(path)  # a site only an unread log knows: "no call slot there"
+    image, found, boot, ignored = _scan_vmlinux(path)  # a site only an unread log knows: "no call slot there"
     slots = {s.addr: s for s in found.sites if s.addr is not None}
     targets = _targets(image)
     for i, (req, place) in enumerate(zip(p.sites, p.places, strict=True)):
-        mismatch = _mismatch(req, place, slots.get(place.addr), (found, boot), targets)
+        mismatch = _mismatch(req, place, slots.get(place.addr), (found, boot), (targets, p.caller))
+        if mismatch == NO_SLOT:  # a rewritten file whose log is not read: its dropped sites are in no table
+            hints = unrecorded_hint(image, found, found.sites, *_log_hint(image, ignored))
+            mismatch += "".join(f" ({h})" for h in hints)
         if mismatch is not None:
             raise PlanFormatError(f"sites[{i}] ({printable(place.function)} at {place.addr:#x}): {path} {mismatch}")
 
 
 def _mismatch(
-    req: SiteRequest, place: Place, site: Site | None, scanned: tuple[Scan, Boot], targets: _Targets
+    req: SiteRequest, place: Place, site: Site | None, scanned: tuple[Scan, Boot], calls: tuple[_Targets, Caller]
 ) -> str | None:
     """What the image says of a plan's site, where that is not what the plan says; None if it agrees."""
     found, boot = scanned
+    targets, caller = calls
     if site is None:
-        return "has no ftrace call slot there"
+        return NO_SLOT
     kept, left_out = _plannable([site], boot)
     if not kept:
         return f"says plan --image leaves it out: {left_out[0]}"
@@ -265,14 +311,12 @@ def _mismatch(
             f"says boot leaves it {_boot(site).value}, not {req.current.value} (a plan of an image's sites starts "
             "from the states boot leaves, as plan --image writes it)"
         )
-    # either caller's place is the kernel's: the plan's call_to names which (a trampoline is both's)
-    wants = [_place(found, site, targets, c) for c in Caller]
-    if place in wants:
-        return None
-    want = next((w for w in wants if w.call_to == place.call_to), wants[0])
+    # the plan's caller decides every site's bl (a trampoline is both callers'; an ool b stub too)
+    want = _place(found, site, targets, caller)
     for key, got, expected in zip(Place._fields, place, want, strict=True):
         if got != expected:
-            return f"says its {key} is {_shown(expected)}, not {_shown(got)}"
+            branch = f" (for the plan's caller, {caller.value})" if key in ("call", "call_to") else ""
+            return f"says its {key} is {_shown(expected)}, not {_shown(got)}{branch}"
     return None
 
 

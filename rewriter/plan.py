@@ -63,7 +63,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from rewriter import ppc
 from rewriter.errors import ArgumentError, NoRoute, PlanFormatError, PlanRejected
-from rewriter.generations import LAYOUTS, Variant, state_rejection, steps_from
+from rewriter.generations import LAYOUTS, TRAMPOLINE_CALL, Caller, Variant, state_rejection, steps_from
 from rewriter.prose import agreeing, counted, json_problem, printable
 from rewriter.siteplaces import Place, PlacedWrite, hex_text, placed, slot_addr
 from rewriter.states import S_WRITES, Insn, SiteState, Slot, Step, words_text
@@ -177,9 +177,12 @@ class Plan:
     cmodx: Cmodx
     runtime: bool
     stale_fetch: bool = False
-    # A plan for the sites of one image (`plan --image`): each site's Place, and the image's name.
+    # A plan for the sites of one image (`plan --image`): each site's Place, the image's name, and
+    # the tracer entry its bl words call (--caller; check-plan holds every site's bl to it), which,
+    # as cmodx offline, means nothing without places.
     places: tuple[Place, ...] | None = None
     image: str | None = None
+    caller: Caller = Caller.FTRACE_CALLER
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -258,6 +261,7 @@ class Plan:
         if mode not in ("runtime", "offline"):
             raise PlanFormatError(f'mode: expected "runtime" or "offline", found {_quoted(mode)}')
         image = _image(doc)
+        caller = _caller(doc, image is not None)
         site_docs = _field(doc, "sites", list, "plan")
         sites = tuple(_site_request(s, f"sites[{i}]", image is not None) for i, s in enumerate(site_docs))
         if not sites:
@@ -293,11 +297,13 @@ class Plan:
             stale_fetch=stale_fetch,
             places=None if image is None else tuple(_place(s, f"sites[{i}]") for i, s in enumerate(site_docs)),
             image=image,
+            caller=caller,
         )
         if p.routed:
             _route_followed(p)
         if p.places is not None:
             _places_apart(p)
+            _calls_its_caller(p, "caller" in doc)
             _check_words(p, stage_docs)
         return p
 
@@ -308,7 +314,7 @@ class Plan:
 _PLAN_KEYS: Final = frozenset(
     (
         "format", "version", "route", "cmodx", "mode", "stale_fetch", "sites", "stages", "barriers", "settle",
-        "notes", "image",
+        "notes", "image", "caller",
     )
 )  # fmt: skip
 _SITE_KEYS: Final = frozenset(("variant", "current", "target"))
@@ -369,10 +375,22 @@ def _image(doc: dict[str, Any]) -> str | None:
     return str(image)
 
 
+def _caller(doc: dict[str, Any], placed: bool) -> Caller:
+    """The tracer entry a plan of an image's sites calls from each ``bl`` (``plan --image
+    --caller``); a file made before plans said it (no ``caller``) is an ``ftrace_caller`` plan, as
+    plan --image then always made. A plan of abstract sites names none: its ``bl`` is a kind."""
+    if "caller" not in doc:
+        return Caller.FTRACE_CALLER
+    if not placed:  # as `plan --caller` without --image is refused
+        raise PlanFormatError("caller: a plan of abstract sites has no caller (it names an image's bl targets)")
+    return _enum(Caller, _field(doc, "caller", str, "plan"), "caller")
+
+
 def _place_doc(p: Plan, doc: dict[str, Any]) -> None:
-    """Add ``p``'s places to its file's ``doc``: the image, each site's place, each write's words."""
+    """Add ``p``'s places to its file's ``doc``: the image, its caller, each site's place, each write's words."""
     assert p.places is not None
     doc["image"] = p.image
+    doc["caller"] = p.caller.value
     for site, place in zip(doc["sites"], p.places, strict=True):
         site.update(
             addr=hex_text(place.addr), function=place.function, call=hex_text(place.call), call_to=place.call_to
@@ -434,6 +452,22 @@ def _places_apart(p: Plan) -> None:
                     f"sites[{i}].addr: {place.addr:#x} puts its {slot.value} at {at:#x}, a word of site {owner[at]}: "
                     "check-plan proves each site alone, so no word may be two sites'"
                 )
+
+
+def _calls_its_caller(p: Plan, said: bool) -> None:
+    """Every bl of a plan of an image's sites calls the plan's caller (``plan --image --caller``),
+    in range, or the trampoline either reaches: a site whose ``call_to`` names the other tracer
+    entry is another plan's (its ``call``, checked against the image only where that is there).
+    ``said``: the file names its caller (one without is an ftrace_caller plan)."""
+    assert p.places is not None
+    for i, (req, place) in enumerate(zip(p.sites, p.places, strict=True)):
+        if LAYOUTS[req.variant].stub or place.call is None or place.call_to in (p.caller.value, TRAMPOLINE_CALL):
+            continue
+        unsaid = "" if said else '; a file without "caller" is an ftrace_caller plan'
+        raise PlanFormatError(
+            f"sites[{i}].call_to: {_quoted(place.call_to)} is not the plan's caller, {p.caller.value} (each bl of a "
+            f"plan --image plan calls its caller{unsaid})"
+        )
 
 
 def _check_words(p: Plan, stage_docs: list[list[Any]]) -> None:
@@ -1032,6 +1066,8 @@ def render_text(p: Plan) -> str:
         lines.append(f"  {req.variant.value} {req.current.value} -> {req.target.value}: {_ranges(idx)}")
     if p.image is not None:
         lines.append(f"  the sites of {printable(p.image)}, each write as its address: old word -> new word")
+        if p.caller is not Caller.FTRACE_CALLER:  # an ool plan's words are the same: say whose plan it is
+            lines.append(f"  caller {p.caller.value}: the tracer entry each enabled bl calls (an ool stub's too)")
     if not p.stages:
         lines.append("nothing to write: every site is already in its target state")
     for j, stage in enumerate(p.stages):

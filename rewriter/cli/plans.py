@@ -137,7 +137,7 @@ def plan(
     if image is not None:
         _refuse_with_image((("--from", from_), ("--generation", generation), ("--variant", variant)), offline)
         globs = (tuple(only or ()), tuple(exclude or ()))
-        p = _plan_image(image, to, globs, route, cmodx, stale_fetch, caller or Caller.FTRACE_CALLER)
+        p = _plan_image(image, to, globs, route, cmodx, stale_fetch, caller)
     else:
         if only or exclude:
             option = "--only" if only else "--exclude"
@@ -191,7 +191,7 @@ def _plan_image(
     route: Route | None,
     cmodx: Cmodx | None,
     stale_fetch: bool,
-    caller: Caller,
+    caller: Caller | None,
 ) -> Plan:
     """The plan for the sites of ``image`` that ``globs`` (--only, --exclude) select; what the
     selection takes that a runtime plan does not write, and what the kernel writes besides the
@@ -310,9 +310,11 @@ def _placed(p: Plan, held: Path | None) -> str:
     image = ", not held to the image (not read)" if held is None else ", held to the image"
     if held is not None and str(held) != p.image:  # --image named it
         image = f", held to {printable(str(held))}"
+    # the caller each bl was held to, where it is not the default (an ool plan's words do not show it)
+    caller = f" for {p.caller.value}" if p.caller is not Caller.FTRACE_CALLER else ""
     return (
-        f"; {counted(len(p.sites), 'site')} of {printable(p.image)} {where}{image}: each write's words are its "
-        "kinds there, checked as its abstract request"
+        f"; {counted(len(p.sites), 'site')} of {printable(p.image)} {where}{caller}{image}: each write's words are "
+        "its kinds there, checked as its abstract request"
     )
 
 

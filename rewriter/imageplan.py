@@ -80,6 +80,7 @@ def plan_image(
     each enabled ``bl`` calls (:class:`~rewriter.generations.Caller`; None: not given,
     ``ftrace_caller``); given for a plan that writes no branch to the tracer, it is refused
     (:func:`_check_caller_used`)."""
+    _check_caller_used(target, caller)  # before the image is read: a bad pair of options, whatever the image
     image, found, boot, ignored = _scan_vmlinux(path)
     selection = selection.named_in(image, found.listed)
     unread = _check_selection(image, found, selection, ignored)
@@ -94,7 +95,6 @@ def plan_image(
     kept.sort(key=lambda s: (s.variant.value, _boot(s).value, s.addr or 0))
     requests = [SiteRequest(s.variant, _boot(s), target) for s in kept]
     p = plan(requests, route, cmodx, runtime=True, stale_fetch=stale_fetch)  # NoRoute: 1
-    _check_caller_used(p, caller)
     caller = caller or Caller.FTRACE_CALLER
     targets = _targets(image)
     places = tuple(_place(found, s, targets, caller) for s in kept)
@@ -102,19 +102,20 @@ def plan_image(
     return ImagePlan(placed, tuple(left_out), _stub_calls(kept, caller))
 
 
-def _check_caller_used(p: Plan, caller: Caller | None) -> None:
-    """``--caller`` names the target of the branches to the tracer a plan writes (or finds, to
-    disable one): of a plan with none it would be recorded, and read, as if it had chosen words.
-    Boot leaves no site it keeps calling the tracer, so a ``--to`` without a branch (nopped,
-    guarded, disabled) never has one, whatever the kernel: refused as the option pairs that never
-    change a plan are (``--offline --cmodx``, ``--route`` over one-word sites), where a ``--route``
-    that leaves some selected sites' writes as they were is kept (``apply`` keeps it)."""
+def _check_caller_used(target: SiteState, caller: Caller | None) -> None:
+    """``--caller`` names the target of the branches to the tracer a plan writes: of a plan with
+    none it would be recorded, and read, as if it had chosen words. A ``--to`` whose words hold no
+    branch to the tracer in any layout (nopped, guarded, disabled) never writes one, and boot
+    leaves no site it keeps calling the tracer, so no such plan finds one to take away either:
+    refused before the image is read (a selection that matches nothing said "nothing to do",
+    exit 1, first), as the option pairs that never change a plan are (``--offline --cmodx``,
+    ``--route`` over one-word sites), where a ``--route`` that leaves some selected sites' writes
+    as they were is kept (``apply`` keeps it)."""
     branches = (Insn.CALL, Insn.STUB)
-    if caller is None or any(w.old in branches or w.new in branches for stage in p.stages for w in stage):
+    if caller is None or any(w in branches for lay in LAYOUTS.values() for w in lay.states.get(target, ())):
         return
-    moves = sorted({f"{r.variant.value} {r.current.value} -> {r.target.value}" for r in p.sites})
     raise ArgumentError(
-        f"--caller {caller.value}: {'; '.join(moves)} writes no branch to the tracer; there is no caller to choose "
+        f"--caller {caller.value}: --to {target.value} writes no branch to the tracer; there is no caller to choose "
         "(leave --caller out)"
     )
 

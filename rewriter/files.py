@@ -741,7 +741,13 @@ def unrecorded_hint(
     zeroed = found.records.zeroed
     if not zeroed or any(s.source is Source.LOG for s in sites):
         return []
-    return [f"{zeroed} of its records are zeroed: {_earlier_rewrite(image, log_aside, log_hint)}"]
+    return [f"{zeroed_records(zeroed)}: {_earlier_rewrite(image, log_aside, log_hint)}"]
+
+
+def zeroed_records(zeroed: int) -> str:
+    """``N of its records are zeroed``, in agreement with N (a rewrite that dropped one record
+    left "1 of its records are zeroed"): the one wording of a file's zeroed record slots."""
+    return f"{zeroed} of its records {agreeing(zeroed, 'is', 'are')} zeroed"
 
 
 def unmatched_selection(sites: Sequence[Site], selection: Selection) -> list[str]:

@@ -71,6 +71,7 @@ from rewriter.files import (
     not_the_output_file,
     read_file,
     refuse_contradicted_generation,
+    zeroed_records,
 )
 from rewriter.kernels import Kernel, Kernels
 from rewriter.locs import Locs, loop_for_modules, unchecked_drops
@@ -648,9 +649,9 @@ def _refuse_nopped_without_log(t: Target, facts: Header | None, zeroed: int) -> 
     whose = "no patch log at" if facts is None else "it is not the output of"
     named = log_by_name(t) if facts is None else None
     if named is not None:
-        raise PrenopError(f"{t.source}: {zeroed} of its records are zeroed, and {whose} {t.log}; {named}")
+        raise PrenopError(f"{t.source}: {zeroed_records(zeroed)}, and {whose} {t.log}; {named}")
     text = (
-        f"{t.source}: {zeroed} of its records are zeroed, as a rewrite leaves them, and {whose} {t.log}: "
+        f"{t.source}: {zeroed_records(zeroed)}, as a rewrite leaves them, and {whose} {t.log}: "
         "the sites that rewrite nopped cannot be seen to apply the policy to them; give the --log-dir "
         "its run wrote the logs to, naming the same tree (logs are named by the path below it), or start "
         "from the original file"
@@ -801,9 +802,9 @@ def _rewritten_without_log(t: Target) -> str | None:
         return None
     named = log_by_name(t)
     if named is not None:
-        return f"{t.source}: no patch log at {t.log}, yet {zeroed} of its records are zeroed; {named}"
+        return f"{t.source}: no patch log at {t.log}, yet {zeroed_records(zeroed)}; {named}"
     return (
-        f"{t.source}: no patch log at {t.log}, yet {zeroed} of its records are zeroed, as a rewrite leaves "
+        f"{t.source}: no patch log at {t.log}, yet {zeroed_records(zeroed)}, as a rewrite leaves "
         "them (logs are named by the path below the tree the run was given: name the same tree)"
     )
 
@@ -1054,7 +1055,7 @@ def _whole_run_line(t: Target, e: RewriteError, modules: int) -> str:
     if isinstance(e, RewrittenWithoutLog):
         return (
             f"{tree}: rewritten by an earlier run whose patch logs are not where this run looks ({t.source}: "
-            f"{e.zeroed} of its records are zeroed, as a rewrite leaves them, and no patch log at {t.log}): "
+            f"{zeroed_records(e.zeroed)}, as a rewrite leaves them, and no patch log at {t.log}): "
             "give --log-dir DIR, the directory that run wrote the logs to, naming the same tree (logs are named "
             f"by the path below it), or start from the original tree; {refused}"
         )

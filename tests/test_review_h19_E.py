@@ -231,7 +231,7 @@ def test_check_plan_held_to_a_rewritten_vmlinux_without_its_log_says_why_a_site_
     rewritten = _rewritten_without_log(tmp_path)
     line = assert_one_line(invoke("check-plan", plan_file, "--image", rewritten), 2, "error", "(vfs_read at 0x")
     assert line.endswith(
-        f"{rewritten} has no ftrace call slot there (1 of its records are zeroed: its sites were nopped by an earlier "
+        f"{rewritten} has no ftrace call slot there (1 of its records is zeroed: its sites were nopped by an earlier "
         f"rewrite whose patch log is not here {LOOKS})"
     ), line
 

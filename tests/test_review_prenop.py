@@ -141,7 +141,7 @@ def test_a_tree_nopped_before_is_refused_without_its_logs_not_taken_as_matching(
     # refused in one line for the whole tree, before its first write (tests/test_review_h19_B.py)
     errors = again.stderr.strip().splitlines()
     assert again.exit_code == 2 and len(errors) == 1, again.output
-    assert "records are zeroed, as a rewrite leaves them" in errors[0] and "--log-dir" in errors[0], errors
+    assert "zeroed, as a rewrite leaves them" in errors[0] and "--log-dir" in errors[0], errors
     assert "already match" not in again.output
     assert (tree / "kernel" / "a.ko").read_bytes() == nopped
     assert not list(tree.rglob("*.jsonl"))
@@ -161,7 +161,7 @@ def test_policy_check_over_a_tree_nopped_before_says_its_logs_are_missing(tmp_pa
     blind = invoke("policy", "check", tmp_path / "all.policy", tree)
     assert blind.exit_code == 1, blind.output
     warning = [line for line in blind.stdout.splitlines() if line.startswith("warning: ")]
-    assert len(warning) == 1 and "1 of its records are zeroed" in warning[0] and "(and 1 more file)" in warning[0]
+    assert len(warning) == 1 and "1 of its records is zeroed" in warning[0] and "(and 1 more file)" in warning[0]
     assert "--log-dir" in warning[0]
     seeing = invoke("policy", "check", "--log-dir", logs, tmp_path / "all.policy", tree)
     assert seeing.exit_code == 0 and "12 sites" in seeing.stdout.splitlines()[0], seeing.output

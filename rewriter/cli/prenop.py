@@ -37,6 +37,7 @@ from rewriter.cli.common import (
 from rewriter.cli.exits import ExitCode, Interrupted, bad_input_if, findings_if
 from rewriter.cli.rewrite import CheckR0, say_waiting
 from rewriter.errors import ArgumentError, NothingToDo, OutputError
+from rewriter.files import zeroed_records
 from rewriter.lock import Gone, above, hold
 from rewriter.output import Place, Places
 from rewriter.prose import agreeing, and_more, counted, printable, wrapped
@@ -1309,7 +1310,7 @@ def _unlogged_warning(unlogged: Sequence[tuple[Path, int]]) -> list[str]:
     (first, zeroed), more = unlogged[0], len(unlogged) - 1
     others = and_more(more, "file")
     return [
-        f"{first}: {zeroed} of its records are zeroed, as a rewrite leaves them, and no patch log describes "
+        f"{first}: {zeroed_records(zeroed)}, as a rewrite leaves them, and no patch log describes "
         f"it{others}: the sites that rewrite nopped are not counted; give the --log-dir its run wrote the logs to"
     ]
 

@@ -1067,9 +1067,27 @@ def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
             "not its output: undone since, or never rewritten",
             already_input=True,
         )
+    return VerifyResult(False, _mismatch(original, patched, orig, got, expected))
+
+
+def _mismatch(original: Path, patched: Path, orig: bytes, got: bytes, expected: bytes) -> str:
+    """How ``got`` (PATCHED's ELF) differs from ``expected`` (the log replayed on ORIGINAL): its
+    size, or how many bytes and the first, with what the log does there. "offset 0x100000 holds
+    69, the log says 68" read as a write the log made, of a byte the log never touches; and one
+    byte named hid thousands more."""
     if len(expected) != len(got):
-        return VerifyResult(False, f"{patched}: size {len(got)}, the log says {len(expected)}")
-    first = int(np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(expected, np.uint8))[0])
-    return VerifyResult(
-        False, f"{patched}: offset {first:#x} holds {got[first]:02x}, the log says {expected[first]:02x}"
+        return (
+            f"{patched}: its ELF is {counted(len(got), 'byte')}, where the log replayed on {original} makes "
+            f"{counted(len(expected), 'byte')}: not the file the log made (another file, or one changed since)"
+        )
+    differ = np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(expected, np.uint8))
+    first, n = int(differ[0]), len(differ)
+    if orig[first] == expected[first]:
+        there = "as the original does (the log leaves that byte as it was)"
+    else:
+        there = f"a byte the log writes (the original holds {orig[first]:02x})"
+    return (
+        f"{patched}: {counted(n, 'byte')} {agreeing(n, 'differs', 'differ')} from what the log makes of "
+        f"{original}; {agreeing(n, 'it is', 'the first is')} at offset {first:#x}: {got[first]:02x} where the "
+        f"log's output holds {expected[first]:02x}, {there}"
     )

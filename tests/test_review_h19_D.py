@@ -49,3 +49,48 @@ def test_diff_with_the_log_has_no_zeroed_line_and_names_the_log(tmp_path: Path) 
     assert pair["zeroed"] == [0, 3] and pair["logs"] == [None, str(log)]
     same = CliRunner().invoke(app, ["diff", str(src), str(src)])
     assert same.exit_code == 0 and "Zeroed records" not in same.output
+
+
+# -- verify: what a mismatch says ----------------------------------------------------------
+
+
+def _verify(original: Path, patched: Path, log: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["verify", str(original), str(patched), "--log", str(log)])
+    return result.exit_code, result.output
+
+
+def test_verify_mismatch_counts_the_bytes_and_says_what_the_log_does_at_the_first(tmp_path: Path) -> None:
+    """Verify said "offset 0x100000 holds 69, the log says 68" for a byte the log never writes: read as a write
+    of the log's, and one offset named hid how many bytes differ."""
+    src, out, log = _nopped_without_log(tmp_path)
+    made = out.read_bytes()
+    first_write = int(json.loads(log.read_text().splitlines()[1])["offset"], 16)
+    # a byte the log leaves alone, past every write: the original's last byte
+    untouched = bytearray(made)
+    untouched[-1] ^= 1
+    (tmp_path / "untouched").write_bytes(untouched)
+    code, text = _verify(src, tmp_path / "untouched", log)
+    assert code == 1, text
+    assert f"1 byte differs from what the log makes of {src}; it is at offset {len(made) - 1:#x}: " in text, text
+    assert "as the original does (the log leaves that byte as it was)" in text, text
+    # a word the log writes put back as it was, and a byte past every write changed too
+    undone = bytearray(made)
+    undone[first_write : first_write + 4] = src.read_bytes()[first_write : first_write + 4]
+    undone[-1] ^= 1
+    (tmp_path / "undone").write_bytes(undone)
+    n = sum(x != y for x, y in zip(undone, made, strict=True))
+    code, text = _verify(src, tmp_path / "undone", log)
+    assert code == 1 and n > 1, text
+    assert f"{n} bytes differ from what the log makes of {src}; the first is at offset " in text, text
+    assert "a byte the log writes (the original holds " in text, text
+
+
+def test_verify_of_a_file_of_another_size_says_it_is_not_the_logs_output(tmp_path: Path) -> None:
+    src, out, log = _nopped_without_log(tmp_path)
+    longer = tmp_path / "longer"
+    longer.write_bytes(out.read_bytes() + b"\0")
+    code, text = _verify(src, longer, log)
+    size = out.stat().st_size
+    assert code == 1, text
+    assert f"{longer}: its ELF is {size + 1} bytes, where the log replayed on {src} makes {size} bytes: " in text, text
+    assert "not the file the log made" in text, text

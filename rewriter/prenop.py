@@ -103,9 +103,10 @@ class RewrittenWithoutLog(PrenopError):
     """A file an earlier rewrite wrote (its records zeroed) with no patch log where the run looks
     (:func:`_refuse_nopped_without_log`); over a tree, most often a rerun not given its ``--log-dir``."""
 
-    def __init__(self, message: str, zeroed: int) -> None:
+    def __init__(self, message: str, zeroed: int, beside: Path | None = None) -> None:
         super().__init__(message)
         self.zeroed = zeroed
+        self.beside = beside  # with --log-dir: a patch log beside the file (:func:`_log_beside`)
 
 
 class Status(enum.Enum):
@@ -649,13 +650,38 @@ def _refuse_nopped_without_log(t: Target, facts: Header | None, zeroed: int) -> 
     named = log_by_name(t) if facts is None else None
     if named is not None:
         raise PrenopError(f"{t.source}: {zeroed} of its records are zeroed, and {whose} {t.log}; {named}")
+    beside = _log_beside(t) if facts is None else None
     text = (
         f"{t.source}: {zeroed} of its records are zeroed, as a rewrite leaves them, and {whose} {t.log}: "
-        "the sites that rewrite nopped cannot be seen to apply the policy to them; give the --log-dir "
-        "its run wrote the logs to, naming the same tree (logs are named by the path below it), or start "
-        "from the original file"
+        "the sites that rewrite nopped cannot be seen to apply the policy to them; "
+        + (
+            "give the --log-dir its run wrote the logs to, naming the same tree (logs are named by the path below "
+            "it), or start from the original file"
+            if beside is None
+            else _DROP_LOG_DIR.format(beside=beside, what="file")
+        )
     )
-    raise RewrittenWithoutLog(text, zeroed) if facts is None else PrenopError(text)
+    raise RewrittenWithoutLog(text, zeroed, beside) if facts is None else PrenopError(text)
+
+
+_DROP_LOG_DIR: Final = (
+    "its patch log is beside it ({beside}), where a run given no --log-dir writes it: drop --log-dir, or "
+    "start from the original {what}"
+)
+
+
+def _log_beside(t: Target) -> Path | None:
+    """With ``--log-dir``: the patch log beside ``t.source``, where a run given none writes it, if one
+    is there. A rerun of ``--in-place`` that added a ``--log-dir`` the first run was not given was
+    told to give the --log-dir that run wrote the logs to: it wrote them beside the files. Only a
+    hint: a log that cannot be read there is left to the rest of the run."""
+    path = default_log_path(t.source)
+    if path == t.log:
+        return None
+    try:
+        return None if read_header(path) is None else path
+    except RewriteError:
+        return None
 
 
 def log_by_name(t: Target) -> str | None:
@@ -1052,11 +1078,16 @@ def _whole_run_line(t: Target, e: RewriteError, modules: int) -> str:
     tree = _tree_of(t)
     refused = f"the run ({counted(modules, 'module')}) is refused before its first write (nothing written)"
     if isinstance(e, RewrittenWithoutLog):
+        fix = (
+            "give --log-dir DIR, the directory that run wrote the logs to, naming the same tree (logs are named "
+            "by the path below it), or start from the original tree"
+            if e.beside is None
+            else _DROP_LOG_DIR.format(beside=e.beside, what="tree")
+        )
         return (
             f"{tree}: rewritten by an earlier run whose patch logs are not where this run looks ({t.source}: "
             f"{e.zeroed} of its records are zeroed, as a rewrite leaves them, and no patch log at {t.log}): "
-            "give --log-dir DIR, the directory that run wrote the logs to, naming the same tree (logs are named "
-            f"by the path below it), or start from the original tree; {refused}"
+            f"{fix}; {refused}"
         )
     if isinstance(e, OtherRelease):
         return f"{e}; {refused}: name the vmlinux of {e.release or 'its release'}, or the modules of the vmlinux named"

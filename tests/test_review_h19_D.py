@@ -4,15 +4,23 @@
   sites as removed and their functions as removed functions (a 6.12 vmlinux against its prenop'ed
   copy: 38710 sites, 38247 functions), and said nothing of the zeroed record slots that explain
   it, which ``scan`` of the same file names. Now the pair says so, and JSON has ``zeroed``/``logs``.
+* ``verify`` said "offset X holds 69, the log says 68" of the first differing byte, one the log
+  never writes too, and nothing of how many more differ.
+* A rerun of ``prenop --in-place`` given a ``--log-dir`` its first run was not given (the logs are
+  beside the files) was told to "give --log-dir DIR, the directory that run wrote the logs to",
+  which it had just done; now it is told the log is beside the file and to drop ``--log-dir``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
-from conftest import FIXTURES
+import pytest
+from boot import require_kernel
+from conftest import FIXTURES, invoke
 from typer.testing import CliRunner
 
 from rewriter.cli import app
@@ -94,3 +102,56 @@ def test_verify_of_a_file_of_another_size_says_it_is_not_the_logs_output(tmp_pat
     assert code == 1, text
     assert f"{longer}: its ELF is {size + 1} bytes, where the log replayed on {src} makes {size} bytes: " in text, text
     assert "not the file the log made" in text, text
+
+
+# -- prenop: a rerun given a --log-dir the first run was not given ---------------------------------
+
+
+def _state(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+@pytest.mark.corpus
+def test_a_rerun_given_a_log_dir_the_first_run_was_not_is_told_to_drop_it(tmp_path: Path) -> None:
+    k612 = require_kernel("6.12")
+    tree = tmp_path / "kernel"
+    (tree / "fs" / "nls").mkdir(parents=True)
+    for name in ("nls_ascii.ko.xz", "nls_cp437.ko.xz", "nls_utf8.ko.xz"):
+        shutil.copy(k612.modules_dir / "fs/nls" / name, tree / "fs" / "nls")
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    first = invoke("prenop", "--policy", policy, "--in-place", "--strip-signature", tree)
+    assert first.exit_code == 0, first.output
+    before = _state(tree)
+    logs = tmp_path / "logs"
+    again = invoke("prenop", "--policy", policy, "--in-place", "--strip-signature", "--log-dir", logs, tree)
+    (line,) = again.stderr.strip().splitlines()
+    assert again.exit_code == 2 and not again.stdout, again.output
+    beside = tree / "fs/nls/nls_ascii.ko.xz.mcountrw.jsonl"
+    assert line.startswith(f"mcountrw: error: {tree}: rewritten by an earlier run whose patch logs are not"), line
+    assert f"its patch log is beside it ({beside}), where a run given no --log-dir writes it: drop --log-dir" in line
+    assert "give --log-dir DIR" not in line and "(3 modules) is refused before its first write" in line, line
+    assert _state(tree) == before and not logs.exists()
+    # what the line says to do finishes the run: nothing to change
+    done = invoke("prenop", "--policy", policy, "--in-place", "--strip-signature", tree)
+    assert done.exit_code == 0 and "nothing changed" in done.stdout, done.output
+    assert _state(tree) == before
+
+
+@pytest.mark.corpus
+def test_a_vmlinux_rerun_given_a_log_dir_the_first_run_was_not_is_told_to_drop_it(tmp_path: Path) -> None:
+    vmlinux = tmp_path / "vmlinux"
+    shutil.copy(require_kernel("6.12").vmlinux, vmlinux)
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\nkeep vfs_*\n")
+    assert invoke("prenop", "--policy", policy, "--in-place", vmlinux).exit_code == 0
+    before = _state(tmp_path)
+    again = invoke("prenop", "--policy", policy, "--in-place", "--log-dir", tmp_path / "logs", vmlinux)
+    assert again.exit_code == 2, again.output
+    (line,) = again.stderr.strip().splitlines()
+    assert line.startswith(f"mcountrw: error: {vmlinux}: "), line
+    assert f"its patch log is beside it ({vmlinux}.mcountrw.jsonl), where a run given no --log-dir" in line, line
+    assert "give the --log-dir its run wrote" not in line, line
+    assert _state(tmp_path) == before

@@ -1037,7 +1037,9 @@ def run(
 
 
 SAMPLE: Final = 4
-"""How many modules with sites :func:`refuse_whole_run` decides before the first write."""
+"""How many modules the policy nops sites of :func:`refuse_whole_run` decides before the first write."""
+READ_AT_MOST: Final = 4 * SAMPLE
+"""How many modules with sites it reads at most to find them (a policy that keeps most modules whole)."""
 
 
 def refuse_whole_run(ts: Sequence[Target], settings: Settings) -> None:
@@ -1050,26 +1052,29 @@ def refuse_whole_run(ts: Sequence[Target], settings: Settings) -> None:
     one that passed is a stray, and fails alone). Each was found file by file: one error line per
     module, thousands over a tree, after the vmlinux and whatever else passed had been written. A
     module the policy leaves whole has no log and is the original, and one with no site shows
-    nothing: neither refuses, and the next is decided (only modules with sites are counted).
+    nothing: neither refuses, and the next is decided (only modules the policy nops sites of are
+    counted: a rerun whose policy keeps the tree's first modules whole was not refused, and said
+    one line per module; at most :data:`READ_AT_MOST` modules with sites are read to find them).
     Pristine files of the run's release pass, so a first run is never refused here; what this
     costs is :data:`SAMPLE` modules read and scanned twice (5 ms on Debian 6.12's tree). A failure
     of another kind, or a module past the sample, fails in its turn with its own line."""
     modules = [t for t in ts if t.source.name.endswith(MODULE_SUFFIXES)]
-    decided = 0
+    decided = passed = 0  # modules the policy nops sites of; modules with sites that passed
     for t in modules:
-        if decided >= SAMPLE:
+        if decided >= SAMPLE or passed >= READ_AT_MOST:
             return
         try:
             d = _decide(t, settings)
         except RewrittenWithoutLog as e:
             raise PrenopError(_whole_run_line(t, e, len(modules))) from None
         except (OtherRelease, Contradicted) as e:
-            if decided:
+            if passed:
                 continue  # a module of the run passed: a stray one, reported in its turn
             raise PrenopError(_whole_run_line(t, e, len(modules))) from None
         except (RewriteError, OSError, ValueError, IndexError, OverflowError):
             continue  # the run reports it in its turn
-        decided += bool(d.sc.sites)
+        passed += bool(d.sc.sites)
+        decided += bool(d.chosen)
 
 
 def _whole_run_line(t: Target, e: RewriteError, modules: int) -> str:

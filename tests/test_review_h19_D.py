@@ -155,3 +155,32 @@ def test_a_vmlinux_rerun_given_a_log_dir_the_first_run_was_not_is_told_to_drop_i
     assert f"its patch log is beside it ({vmlinux}.mcountrw.jsonl), where a run given no --log-dir" in line, line
     assert "give the --log-dir its run wrote" not in line, line
     assert _state(tmp_path) == before
+
+
+@pytest.mark.corpus
+def test_a_rerun_whose_policy_keeps_the_first_modules_whole_is_still_refused_once(tmp_path: Path) -> None:
+    """The check before the first write counted the modules the policy keeps whole among the
+    four it decides, though they show nothing (no log, the original): a rerun without its
+    --log-dir whose policy keeps the tree's first four modules was not refused, and said one
+    error line for every module after them (40 over a tree of 45)."""
+    k612 = require_kernel("6.12")
+    tree = tmp_path / "kernel"
+    (tree / "fs" / "nls").mkdir(parents=True)
+    kept = ["nls_ascii", "nls_cp437", "nls_cp850", "nls_cp852"]
+    for name in [*kept, "nls_iso8859-1", "nls_utf8"]:
+        shutil.copy(k612.modules_dir / "fs/nls" / f"{name}.ko.xz", tree / "fs" / "nls")
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n" + "".join(f"keep :mod:{m}\n" for m in kept))
+    logs = tmp_path / "logs"
+    first = invoke("prenop", "--policy", policy, "--in-place", "--log-dir", logs, "--strip-signature", tree)
+    assert first.exit_code == 0, first.output
+    assert sorted(p.name for p in logs.rglob("*.jsonl")) == [
+        "nls_iso8859-1.ko.xz.mcountrw.jsonl", "nls_utf8.ko.xz.mcountrw.jsonl"
+    ]  # fmt: skip
+    before = _state(tree)
+    again = invoke("prenop", "--policy", policy, "--in-place", "--strip-signature", tree)
+    (line,) = again.stderr.strip().splitlines()
+    assert again.exit_code == 2 and not again.stdout, again.output
+    assert line.startswith(f"mcountrw: error: {tree}: rewritten by an earlier run whose patch logs are not"), line
+    assert "nls_iso8859-1.ko.xz: " in line and "the run (6 modules) is refused before its first write" in line, line
+    assert _state(tree) == before

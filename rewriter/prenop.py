@@ -1044,37 +1044,42 @@ READ_AT_MOST: Final = 4 * SAMPLE
 
 def refuse_whole_run(ts: Sequence[Target], settings: Settings) -> None:
     """Before the first write (and before a dry run's first file): decide the run's first modules,
-    up to :data:`SAMPLE` with sites, and refuse the whole run in one line (PrenopError, exit 2,
-    nothing written) when one is rewritten by an earlier run whose logs are not where this one
-    looks (a rerun of ``--in-place --log-dir L`` without ``--log-dir``), or when the first is built
-    for another release than the run's vmlinux or read against a ``--generation`` its contents
-    contradict (the run's arguments, not the module, are wrong: a module of another release after
-    one that passed is a stray, and fails alone). Each was found file by file: one error line per
-    module, thousands over a tree, after the vmlinux and whatever else passed had been written. A
-    module the policy leaves whole has no log and is the original, and one with no site shows
-    nothing: neither refuses, and the next is decided (only modules the policy nops sites of are
-    counted: a rerun whose policy keeps the tree's first modules whole was not refused, and said
-    one line per module; at most :data:`READ_AT_MOST` modules with sites are read to find them).
-    Pristine files of the run's release pass, so a first run is never refused here; what this
-    costs is :data:`SAMPLE` modules read and scanned twice (5 ms on Debian 6.12's tree). A failure
-    of another kind, or a module past the sample, fails in its turn with its own line."""
+    up to :data:`SAMPLE` the policy nops sites of, and refuse the whole run in one line
+    (PrenopError, exit 2, nothing written) when one is rewritten by an earlier run whose logs are
+    not where this one looks (a rerun of ``--in-place --log-dir L`` without ``--log-dir``), or when
+    those read are all built for another release than the run's vmlinux or read against a
+    ``--generation`` their contents contradict (the run's arguments, not the modules, are wrong).
+    One that fails so beside one that passes is a stray, and fails alone, before or after it: a
+    tree whose first module was a stray was refused whole, told to name that module's vmlinux.
+    Each was found file by file: one error line per module, thousands over a tree, after the
+    vmlinux and whatever else passed had been written. A module the policy leaves whole has no log
+    and is the original, and one with no site shows nothing: neither refuses, and the next is
+    decided (only modules the policy nops sites of are counted: a rerun whose policy keeps the
+    tree's first modules whole was not refused, and said one line per module; at most
+    :data:`READ_AT_MOST` modules with sites are read to find them). Pristine files of the run's
+    release pass, so a first run is never refused here; what this costs is :data:`SAMPLE` modules
+    read and scanned twice (5 ms on Debian 6.12's tree). A failure of another kind, or a module
+    past the sample, fails in its turn with its own line."""
     modules = [t for t in ts if t.source.name.endswith(MODULE_SUFFIXES)]
-    decided = passed = 0  # modules the policy nops sites of; modules with sites that passed
+    decided = passed = agreed = 0  # the policy nops sites of; with sites, passed; passed at all
+    wrong: list[tuple[Target, RewriteError]] = []  # of another release, or contradicting --generation
     for t in modules:
-        if decided >= SAMPLE or passed >= READ_AT_MOST:
-            return
+        if decided >= SAMPLE or passed >= READ_AT_MOST or len(wrong) >= SAMPLE:
+            break
         try:
             d = _decide(t, settings)
         except RewrittenWithoutLog as e:
             raise PrenopError(_whole_run_line(t, e, len(modules))) from None
         except (OtherRelease, Contradicted) as e:
-            if passed:
-                continue  # a module of the run passed: a stray one, reported in its turn
-            raise PrenopError(_whole_run_line(t, e, len(modules))) from None
+            wrong.append((t, e))
+            continue
         except (RewriteError, OSError, ValueError, IndexError, OverflowError):
             continue  # the run reports it in its turn
+        agreed += 1
         passed += bool(d.sc.sites)
         decided += bool(d.chosen)
+    if wrong and not agreed:
+        raise PrenopError(_whole_run_line(*wrong[0], len(modules)))
 
 
 def _whole_run_line(t: Target, e: RewriteError, modules: int) -> str:

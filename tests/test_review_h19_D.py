@@ -184,3 +184,36 @@ def test_a_rerun_whose_policy_keeps_the_first_modules_whole_is_still_refused_onc
     assert line.startswith(f"mcountrw: error: {tree}: rewritten by an earlier run whose patch logs are not"), line
     assert "nls_iso8859-1.ko.xz: " in line and "the run (6 modules) is refused before its first write" in line, line
     assert _state(tree) == before
+
+
+@pytest.mark.corpus
+def test_a_stray_module_of_another_release_sorted_first_fails_alone(tmp_path: Path) -> None:
+    """One 6.1 module sorted before a 6.12 tree's modules, run with the 6.12 vmlinux: the whole run
+    was refused on it, told to "name the vmlinux of 6.1.0-50-powerpc64le, or the modules of the
+    vmlinux named", though every other module is the vmlinux's. A stray after a module that passed
+    failed alone; before one, it fails alone too. A tree all of another release is still refused."""
+    k612, k61 = require_kernel("6.12"), require_kernel("6.1")
+    tree = tmp_path / "kernel"
+    (tree / "fs" / "nls").mkdir(parents=True)
+    for name in ("nls_ascii.ko.xz", "nls_cp437.ko.xz", "nls_utf8.ko.xz"):
+        shutil.copy(k612.modules_dir / "fs/nls" / name, tree / "fs" / "nls")
+    (tree / "arch").mkdir()
+    stray = tree / "arch" / "aaa_stray.ko"
+    shutil.copy(k61.modules_dir / "fs/nls/nls_utf8.ko", stray)
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    args = ["prenop", "--policy", policy, "--dry-run", "--strip-signature", k612.vmlinux, tree]
+    run = invoke(*args)
+    (line,) = run.stderr.strip().splitlines()
+    assert run.exit_code == 2, run.output
+    assert line.startswith(f"mcountrw: error: {stray}: built for 6.1.0-50-powerpc64le (its vermagic)"), line
+    assert "refused before its first write" not in line and "name the vmlinux of" not in line, line
+    # the others were decided: the vmlinux and the three 6.12 modules
+    assert any(x.split()[:3] == ["would", "nop", "4"] for x in run.stdout.splitlines()), run.output
+    # the same tree with no module of the vmlinux's release: refused whole, as before
+    for name in ("nls_ascii.ko.xz", "nls_cp437.ko.xz", "nls_utf8.ko.xz"):
+        (tree / "fs" / "nls" / name).unlink()
+    shutil.copy(k61.modules_dir / "fs/nls/nls_ascii.ko", tree / "fs" / "nls")
+    whole = invoke(*args)
+    (line,) = whole.stderr.strip().splitlines()
+    assert whole.exit_code == 2 and "the run (2 modules) is refused before its first write" in line, whole.output

@@ -852,6 +852,20 @@ class Undone(NamedTuple):
     sha256: str = ""
 
 
+def _size_note(patched: Path, size: int, output: int) -> str:
+    """What the size of a file that is not its log's output suggests: cut short, or (as long as the
+    output) changed since the rewrite, which verify shows byte by byte; "for another file" alone
+    read as the wrong log for a file edited after its rewrite."""
+    if size < output:
+        return f"; {patched} is {size} bytes, its output {output}: truncated?"
+    if size == output:
+        return (
+            f"; {patched} is as long as its output: changed since the rewrite? `mcountrw verify ORIGINAL {patched}` "
+            "counts the bytes that differ"
+        )
+    return ""
+
+
 @collector_paused()
 def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> Undone:
     """Restore the input bytes of the step ``log_path`` describes. Refuses a log made for another
@@ -872,9 +886,10 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
     content_sha = raw_sha if content is raw else _sha256(content)
     already = facts.made_from(raw_sha, content_sha) and not facts.describes(raw_sha, content_sha)
     if not already and not facts.describes(raw_sha, content_sha):
-        size = facts.output.size
-        cut = f"; {patched} is {len(raw)} bytes, its output {size}: truncated?" if len(raw) < size else ""
-        raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output{cut})")
+        raise LogError(
+            f"{log_path}: this log is for another file (sha256 of {patched} does not match its output"
+            f"{_size_note(patched, len(raw), facts.output.size)})"
+        )
     if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
         raise OutputError(f"{out}: the output would overwrite the patch log")
     _check_not_a_step_before(facts.base, log_path, ((out, f"-o {out}: is"),))

@@ -6,6 +6,7 @@
   it, which ``scan`` of the same file names. Now the pair says so, and JSON has ``zeroed``/``logs``.
 * ``verify`` said "offset X holds 69, the log says 68" of the first differing byte, one the log
   never writes too, and nothing of how many more differ.
+* ``undo`` of a file changed after its rewrite said only "this log is for another file".
 * A rerun of ``prenop --in-place`` given a ``--log-dir`` its first run was not given (the logs are
   beside the files) was told to "give --log-dir DIR, the directory that run wrote the logs to",
   which it had just done; now it is told the log is beside the file and to drop ``--log-dir``.
@@ -102,6 +103,23 @@ def test_verify_of_a_file_of_another_size_says_it_is_not_the_logs_output(tmp_pat
     assert code == 1, text
     assert f"{longer}: its ELF is {size + 1} bytes, where the log replayed on {src} makes {size} bytes: " in text, text
     assert "not the file the log made" in text, text
+
+
+def test_undo_of_a_file_changed_since_its_rewrite_says_so_not_only_another_file(tmp_path: Path) -> None:
+    """undo of a rewritten file one byte of which changed since said only "this log is for another
+    file", of the log written beside it for it; a file as long as the log's output is said to be
+    that, with verify to count the bytes. Nothing is written."""
+    out = tmp_path / "clean.nop"
+    assert CliRunner().invoke(app, ["nop", str(FIXTURES / "bin" / "clean"), "-o", str(out)]).exit_code == 0
+    changed = bytearray(out.read_bytes())
+    changed[-1] ^= 1
+    out.write_bytes(changed)
+    back = tmp_path / "back"
+    result = CliRunner().invoke(app, ["undo", str(out), "-o", str(back)])
+    (line,) = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and not back.exists(), result.output
+    assert line.startswith(f"mcountrw: error: {out}.mcountrw.jsonl: this log is for another file"), line
+    assert f"{out} is as long as its output: changed since the rewrite? `mcountrw verify ORIGINAL {out}`" in line
 
 
 # -- prenop: a rerun given a --log-dir the first run was not given ---------------------------------

@@ -7,6 +7,8 @@
 * ``verify`` said "offset X holds 69, the log says 68" of the first differing byte, one the log
   never writes too, and nothing of how many more differ.
 * ``undo`` of a file changed after its rewrite said only "this log is for another file".
+* An interrupted ``prenop --undo --in-place`` said the tree "may be half done", each file "as it was
+  or rewritten whole with its log": the words of a run that rewrites.
 * A rerun of ``prenop --in-place`` given a ``--log-dir`` its first run was not given (the logs are
   beside the files) was told to "give --log-dir DIR, the directory that run wrote the logs to",
   which it had just done; now it is told the log is beside the file and to drop ``--log-dir``.
@@ -235,3 +237,52 @@ def test_a_stray_module_of_another_release_sorted_first_fails_alone(tmp_path: Pa
     whole = invoke(*args)
     (line,) = whole.stderr.strip().splitlines()
     assert whole.exit_code == 2 and "the run (2 modules) is refused before its first write" in line, whole.output
+
+
+@pytest.mark.corpus
+def test_an_interrupted_undo_in_place_says_the_tree_may_be_half_undone(tmp_path: Path) -> None:
+    """SIGINT to `prenop --undo --in-place T` said "T may be half done: each file is as it was or
+    rewritten whole with its log", the line of a run that rewrites; an undo puts files back: each
+    is still rewritten (its log kept) or its original. The rerun finishes the undo."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    k612 = require_kernel("6.12")
+    tree = tmp_path / "kernel"
+    shutil.copytree(k612.modules_dir / "fs", tree / "fs")
+    pristine = _state(tree)
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    assert invoke("prenop", "--policy", policy, "--in-place", "--strip-signature", tree).exit_code == 0
+    modules = sorted(tree.rglob("*.ko.xz"))
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "rewriter", "prenop", "--undo", "--in-place", "--jobs", "1", str(tree)]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(root)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        first = modules[0]
+        key = str(first.relative_to(tree))
+        while proc.poll() is None and time.monotonic() < deadline:
+            if hashlib.sha256(first.read_bytes()).hexdigest() == pristine[key]:
+                break
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    if proc.returncode == 0:
+        pytest.skip("the undo finished before the interrupt reached it")
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert err.strip().splitlines() == [
+        f"mcountrw: interrupted by SIGINT: {tree} may be half undone: each file is still rewritten, with its log, "
+        "or its original; run the same command again to finish it (what is written is kept)"
+    ], err
+    again = invoke("prenop", "--undo", "--in-place", tree)
+    assert again.exit_code == 0, again.output
+    assert {k: v for k, v in _state(tree).items() if not k.endswith(".jsonl")} == pristine

@@ -1082,14 +1082,14 @@ def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
             "not its output: undone since, or never rewritten",
             already_input=True,
         )
-    return VerifyResult(False, _mismatch(original, patched, orig, got, expected))
+    return VerifyResult(False, replay_mismatch(original, patched, orig, got, expected))
 
 
-def _mismatch(original: Path, patched: Path, orig: bytes, got: bytes, expected: bytes) -> str:
+def replay_mismatch(original: Path, patched: Path, orig: bytes, got: bytes, expected: bytes) -> str:
     """How ``got`` (PATCHED's ELF) differs from ``expected`` (the log replayed on ORIGINAL): its
     size, or how many bytes and the first, with what the log does there. "offset 0x100000 holds
     69, the log says 68" read as a write the log made, of a byte the log never touches; and one
-    byte named hid thousands more."""
+    byte named hid thousands more. Also ``prenop --verify --against``'s."""
     if len(expected) != len(got):
         return (
             f"{patched}: its ELF is {counted(len(got), 'byte')}, where the log replayed on {original} makes "

@@ -71,6 +71,7 @@ from rewriter.files import (
     not_the_output_file,
     read_file,
     refuse_contradicted_generation,
+    replay_mismatch,
 )
 from rewriter.kernels import Kernel, Kernels
 from rewriter.locs import Locs, loop_for_modules, unchecked_drops
@@ -834,6 +835,23 @@ def _rewritten_without_log(t: Target) -> str | None:
     )
 
 
+def _how_it_differs(t: Target, content: bytes, facts: Header) -> str:
+    """With ``--against``: how ``content`` (``t.source``'s) differs from what its log makes of the
+    pristine file (:func:`rewriter.files.replay_mismatch`: the bytes that differ, the first and what
+    the log does there), where "is not the output of LOG" was all it said. Empty without one, or
+    when the pristine file is not the log's input (said in its turn) or the log cannot be replayed."""
+    if t.original is None:
+        return ""
+    try:
+        original = read_file(t.original)[1]
+        if _sha(original) != facts.input.content_sha256:
+            return ""
+        expected = bytes(load(t.log).replay(original))
+    except RewriteError:
+        return ""
+    return "; " + replay_mismatch(t.original, t.source, original, content, expected)
+
+
 def verify_target(t: Target) -> FileReport:
     """With ``t.original``: the difference between it and the file is exactly the log's edits.
     Without: the file is exactly the log's output, and undoing the log gives exactly its input.
@@ -858,7 +876,7 @@ def verify_target(t: Target) -> FileReport:
         message = f"{t.source} already is the original (the input of {t.log}), not its output: undone since?"
         return report._replace(status=Status.ORIGINAL, nopped=0, message=message)
     if output is None:
-        return _mismatch(report, f"{t.source} is not the output of {t.log}")
+        return _mismatch(report, f"{t.source} is not the output of {t.log}{_how_it_differs(t, content, facts)}")
     # A pristine file that cannot be read is bad input (failed, exit 2), not a finding: read outside the try.
     original = None if t.original is None else read_file(t.original)[1]
     try:

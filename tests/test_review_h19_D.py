@@ -286,3 +286,36 @@ def test_an_interrupted_undo_in_place_says_the_tree_may_be_half_undone(tmp_path:
     again = invoke("prenop", "--undo", "--in-place", tree)
     assert again.exit_code == 0, again.output
     assert {k: v for k, v in _state(tree).items() if not k.endswith(".jsonl")} == pristine
+
+
+@pytest.mark.corpus
+def test_prenop_verify_against_the_pristine_tree_says_how_a_module_differs(tmp_path: Path) -> None:
+    """`prenop --verify --against TREE OUT` of a module changed after the run said only "M is not the
+    output of LOG"; it now says how many bytes differ from what the log makes of the pristine
+    module, and the first, as `verify` does."""
+    import lzma
+
+    k612 = require_kernel("6.12")
+    tree = tmp_path / "kernel"
+    (tree / "fs" / "nls").mkdir(parents=True)
+    for name in ("nls_ascii.ko.xz", "nls_utf8.ko.xz"):
+        shutil.copy(k612.modules_dir / "fs/nls" / name, tree / "fs" / "nls")
+    policy = tmp_path / "p.policy"
+    policy.write_text("default nop\n")
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    args = ("--policy", policy, "--strip-signature", "--log-dir", logs, "-o", out, tree)
+    assert invoke("prenop", *args).exit_code == 0
+    module = out / "fs" / "nls" / "nls_utf8.ko.xz"
+    content = bytearray(lzma.decompress(module.read_bytes()))
+    content[-1] ^= 1  # past every edit of the log
+    module.write_bytes(lzma.compress(bytes(content), check=lzma.CHECK_CRC32))
+    result = invoke("prenop", "--verify", "--log-dir", logs, "--against", tree, out)
+    assert result.exit_code == 1, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("MISMATCH: ")]
+    pristine = tree / "fs" / "nls" / "nls_utf8.ko.xz"
+    assert f"{module} is not the output of {logs / 'fs/nls/nls_utf8.ko.xz.mcountrw.jsonl'}; " in line, line
+    assert (
+        f"{module}: 1 byte differs from what the log makes of {pristine}; it is at offset {len(content) - 1:#x}: "
+        in line
+    )
+    assert "as the original does (the log leaves that byte as it was)" in line, line

@@ -126,6 +126,17 @@ class ImageDiff:
     # A, B: why ftrace is off after boot (or the module is not loaded), None when it is on: a
     # record made twice or an ool area one stub short changes no site's words, and all of them
     boot: tuple[str | None, str | None] = (None, None)
+    # A, B: zeroed record slots, and the patch log read for the side (None: none). Zeroed slots with
+    # no log are most likely a rewrite's dropped records: the sites it nopped call nothing and no
+    # scan finds them, so here they read as removed sites (and removed functions) unless told.
+    zeroed: tuple[int, int] = (0, 0)
+    logs: tuple[Path | None, Path | None] = (None, None)
+
+    @property
+    def unlogged_zeroed(self) -> tuple[int, int]:
+        """A, B: the zeroed record slots of a side read without a patch log (0 on a side with one)."""
+        a, b = (n if log is None else 0 for n, log in zip(self.zeroed, self.logs, strict=True))
+        return a, b
 
     @property
     def rebuilt(self) -> bool:
@@ -316,6 +327,8 @@ def diff_scans(
         sides,
         (_build(scan_a), _build(scan_b)),
         (_boot_off(scan_a), _boot_off(scan_b)),
+        (scan_a.records.zeroed, scan_b.records.zeroed),
+        (scan_a.log, scan_b.log),
     )
 
 

@@ -871,6 +871,20 @@ class Undone(NamedTuple):
     sha256: str = ""
 
 
+def _size_note(patched: Path, size: int, output: int) -> str:
+    """What the size of a file that is not its log's output suggests: cut short, or (as long as the
+    output) changed since the rewrite, which verify shows byte by byte; "for another file" alone
+    read as the wrong log for a file edited after its rewrite."""
+    if size < output:
+        return f"; {patched} is {size} bytes, its output {output}: truncated?"
+    if size == output:
+        return (
+            f"; {patched} is as long as its output: changed since the rewrite? `mcountrw verify ORIGINAL {patched}` "
+            "counts the bytes that differ"
+        )
+    return ""
+
+
 @collector_paused()
 def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool = False) -> Undone:
     """Restore the input bytes of the step ``log_path`` describes. Refuses a log made for another
@@ -891,9 +905,10 @@ def undo_file(patched: Path, log_path: Path, output: Path | None, in_place: bool
     content_sha = raw_sha if content is raw else _sha256(content)
     already = facts.made_from(raw_sha, content_sha) and not facts.describes(raw_sha, content_sha)
     if not already and not facts.describes(raw_sha, content_sha):
-        size = facts.output.size
-        cut = f"; {patched} is {len(raw)} bytes, its output {size}: truncated?" if len(raw) < size else ""
-        raise LogError(f"{log_path}: this log is for another file (sha256 of {patched} does not match its output{cut})")
+        raise LogError(
+            f"{log_path}: this log is for another file (sha256 of {patched} does not match its output"
+            f"{_size_note(patched, len(raw), facts.output.size)})"
+        )
     if out == log_path or (out.exists() and out.resolve() == log_path.resolve()):
         raise OutputError(f"{out}: the output would overwrite the patch log")
     _check_not_a_step_before(facts.base, log_path, ((out, f"-o {out}: is"),))
@@ -1086,9 +1101,27 @@ def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
             "not its output: undone since, or never rewritten",
             already_input=True,
         )
+    return VerifyResult(False, replay_mismatch(original, patched, orig, got, expected))
+
+
+def replay_mismatch(original: Path, patched: Path, orig: bytes, got: bytes, expected: bytes) -> str:
+    """How ``got`` (PATCHED's ELF) differs from ``expected`` (the log replayed on ORIGINAL): its
+    size, or how many bytes and the first, with what the log does there. "offset 0x100000 holds
+    69, the log says 68" read as a write the log made, of a byte the log never touches; and one
+    byte named hid thousands more. Also ``prenop --verify --against``'s."""
     if len(expected) != len(got):
-        return VerifyResult(False, f"{patched}: size {len(got)}, the log says {len(expected)}")
-    first = int(np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(expected, np.uint8))[0])
-    return VerifyResult(
-        False, f"{patched}: offset {first:#x} holds {got[first]:02x}, the log says {expected[first]:02x}"
+        return (
+            f"{patched}: its ELF is {counted(len(got), 'byte')}, where the log replayed on {original} makes "
+            f"{counted(len(expected), 'byte')}: not the file the log made (another file, or one changed since)"
+        )
+    differ = np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(expected, np.uint8))
+    first, n = int(differ[0]), len(differ)
+    if orig[first] == expected[first]:
+        there = "as the original does (the log leaves that byte as it was)"
+    else:
+        there = f"a byte the log writes (the original holds {orig[first]:02x})"
+    return (
+        f"{patched}: {counted(n, 'byte')} {agreeing(n, 'differs', 'differ')} from what the log makes of "
+        f"{original}; {agreeing(n, 'it is', 'the first is')} at offset {first:#x}: {got[first]:02x} where the "
+        f"log's output holds {expected[first]:02x}, {there}"
     )

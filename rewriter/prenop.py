@@ -71,6 +71,7 @@ from rewriter.files import (
     not_the_output_file,
     read_file,
     refuse_contradicted_generation,
+    replay_mismatch,
     zeroed_records,
 )
 from rewriter.kernels import Kernel, Kernels
@@ -104,9 +105,10 @@ class RewrittenWithoutLog(PrenopError):
     """A file an earlier rewrite wrote (its records zeroed) with no patch log where the run looks
     (:func:`_refuse_nopped_without_log`); over a tree, most often a rerun not given its ``--log-dir``."""
 
-    def __init__(self, message: str, zeroed: int) -> None:
+    def __init__(self, message: str, zeroed: int, beside: Path | None = None) -> None:
         super().__init__(message)
         self.zeroed = zeroed
+        self.beside = beside  # with --log-dir: a patch log beside the file (:func:`_log_beside`)
 
 
 class Status(enum.Enum):
@@ -650,13 +652,38 @@ def _refuse_nopped_without_log(t: Target, facts: Header | None, zeroed: int) -> 
     named = log_by_name(t) if facts is None else None
     if named is not None:
         raise PrenopError(f"{t.source}: {zeroed_records(zeroed)}, and {whose} {t.log}; {named}")
+    beside = _log_beside(t) if facts is None else None
     text = (
         f"{t.source}: {zeroed_records(zeroed)}, as a rewrite leaves them, and {whose} {t.log}: "
-        "the sites that rewrite nopped cannot be seen to apply the policy to them; give the --log-dir "
-        "its run wrote the logs to, naming the same tree (logs are named by the path below it), or start "
-        "from the original file"
+        "the sites that rewrite nopped cannot be seen to apply the policy to them; "
+        + (
+            "give the --log-dir its run wrote the logs to, naming the same tree (logs are named by the path below "
+            "it), or start from the original file"
+            if beside is None
+            else _DROP_LOG_DIR.format(beside=beside, what="file")
+        )
     )
-    raise RewrittenWithoutLog(text, zeroed) if facts is None else PrenopError(text)
+    raise RewrittenWithoutLog(text, zeroed, beside) if facts is None else PrenopError(text)
+
+
+_DROP_LOG_DIR: Final = (
+    "its patch log is beside it ({beside}), where a run given no --log-dir writes it: drop --log-dir, or "
+    "start from the original {what}"
+)
+
+
+def _log_beside(t: Target) -> Path | None:
+    """With ``--log-dir``: the patch log beside ``t.source``, where a run given none writes it, if one
+    is there. A rerun of ``--in-place`` that added a ``--log-dir`` the first run was not given was
+    told to give the --log-dir that run wrote the logs to: it wrote them beside the files. Only a
+    hint: a log that cannot be read there is left to the rest of the run."""
+    path = default_log_path(t.source)
+    if path == t.log:
+        return None
+    try:
+        return None if read_header(path) is None else path
+    except RewriteError:
+        return None
 
 
 def log_by_name(t: Target) -> str | None:
@@ -809,6 +836,23 @@ def _rewritten_without_log(t: Target) -> str | None:
     )
 
 
+def _how_it_differs(t: Target, content: bytes, facts: Header) -> str:
+    """With ``--against``: how ``content`` (``t.source``'s) differs from what its log makes of the
+    pristine file (:func:`rewriter.files.replay_mismatch`: the bytes that differ, the first and what
+    the log does there), where "is not the output of LOG" was all it said. Empty without one, or
+    when the pristine file is not the log's input (said in its turn) or the log cannot be replayed."""
+    if t.original is None:
+        return ""
+    try:
+        original = read_file(t.original)[1]
+        if _sha(original) != facts.input.content_sha256:
+            return ""
+        expected = bytes(load(t.log).replay(original))
+    except RewriteError:
+        return ""
+    return "; " + replay_mismatch(t.original, t.source, original, content, expected)
+
+
 def verify_target(t: Target) -> FileReport:
     """With ``t.original``: the difference between it and the file is exactly the log's edits.
     Without: the file is exactly the log's output, and undoing the log gives exactly its input.
@@ -833,7 +877,7 @@ def verify_target(t: Target) -> FileReport:
         message = f"{t.source} already is the original (the input of {t.log}), not its output: undone since?"
         return report._replace(status=Status.ORIGINAL, nopped=0, message=message)
     if output is None:
-        return _mismatch(report, f"{t.source} is not the output of {t.log}")
+        return _mismatch(report, f"{t.source} is not the output of {t.log}{_how_it_differs(t, content, facts)}")
     # A pristine file that cannot be read is bad input (failed, exit 2), not a finding: read outside the try.
     original = None if t.original is None else read_file(t.original)[1]
     try:
@@ -1012,39 +1056,49 @@ def run(
 
 
 SAMPLE: Final = 4
-"""How many modules with sites :func:`refuse_whole_run` decides before the first write."""
+"""How many modules the policy nops sites of :func:`refuse_whole_run` decides before the first write."""
+READ_AT_MOST: Final = 4 * SAMPLE
+"""How many modules with sites it reads at most to find them (a policy that keeps most modules whole)."""
 
 
 def refuse_whole_run(ts: Sequence[Target], settings: Settings) -> None:
     """Before the first write (and before a dry run's first file): decide the run's first modules,
-    up to :data:`SAMPLE` with sites, and refuse the whole run in one line (PrenopError, exit 2,
-    nothing written) when one is rewritten by an earlier run whose logs are not where this one
-    looks (a rerun of ``--in-place --log-dir L`` without ``--log-dir``), or when the first is built
-    for another release than the run's vmlinux or read against a ``--generation`` its contents
-    contradict (the run's arguments, not the module, are wrong: a module of another release after
-    one that passed is a stray, and fails alone). Each was found file by file: one error line per
-    module, thousands over a tree, after the vmlinux and whatever else passed had been written. A
-    module the policy leaves whole has no log and is the original, and one with no site shows
-    nothing: neither refuses, and the next is decided (only modules with sites are counted).
-    Pristine files of the run's release pass, so a first run is never refused here; what this
-    costs is :data:`SAMPLE` modules read and scanned twice (5 ms on Debian 6.12's tree). A failure
-    of another kind, or a module past the sample, fails in its turn with its own line."""
+    up to :data:`SAMPLE` the policy nops sites of, and refuse the whole run in one line
+    (PrenopError, exit 2, nothing written) when one is rewritten by an earlier run whose logs are
+    not where this one looks (a rerun of ``--in-place --log-dir L`` without ``--log-dir``), or when
+    those read are all built for another release than the run's vmlinux or read against a
+    ``--generation`` their contents contradict (the run's arguments, not the modules, are wrong).
+    One that fails so beside one that passes is a stray, and fails alone, before or after it: a
+    tree whose first module was a stray was refused whole, told to name that module's vmlinux.
+    Each was found file by file: one error line per module, thousands over a tree, after the
+    vmlinux and whatever else passed had been written. A module the policy leaves whole has no log
+    and is the original, and one with no site shows nothing: neither refuses, and the next is
+    decided (only modules the policy nops sites of are counted: a rerun whose policy keeps the
+    tree's first modules whole was not refused, and said one line per module; at most
+    :data:`READ_AT_MOST` modules with sites are read to find them). Pristine files of the run's
+    release pass, so a first run is never refused here; what this costs is :data:`SAMPLE` modules
+    read and scanned twice (5 ms on Debian 6.12's tree). A failure of another kind, or a module
+    past the sample, fails in its turn with its own line."""
     modules = [t for t in ts if t.source.name.endswith(MODULE_SUFFIXES)]
-    decided = 0
+    decided = passed = agreed = 0  # the policy nops sites of; with sites, passed; passed at all
+    wrong: list[tuple[Target, RewriteError]] = []  # of another release, or contradicting --generation
     for t in modules:
-        if decided >= SAMPLE:
-            return
+        if decided >= SAMPLE or passed >= READ_AT_MOST or len(wrong) >= SAMPLE:
+            break
         try:
             d = _decide(t, settings)
         except RewrittenWithoutLog as e:
             raise PrenopError(_whole_run_line(t, e, len(modules))) from None
         except (OtherRelease, Contradicted) as e:
-            if decided:
-                continue  # a module of the run passed: a stray one, reported in its turn
-            raise PrenopError(_whole_run_line(t, e, len(modules))) from None
+            wrong.append((t, e))
+            continue
         except (RewriteError, OSError, ValueError, IndexError, OverflowError):
             continue  # the run reports it in its turn
-        decided += bool(d.sc.sites)
+        agreed += 1
+        passed += bool(d.sc.sites)
+        decided += bool(d.chosen)
+    if wrong and not agreed:
+        raise PrenopError(_whole_run_line(*wrong[0], len(modules)))
 
 
 def _whole_run_line(t: Target, e: RewriteError, modules: int) -> str:
@@ -1053,11 +1107,16 @@ def _whole_run_line(t: Target, e: RewriteError, modules: int) -> str:
     tree = _tree_of(t)
     refused = f"the run ({counted(modules, 'module')}) is refused before its first write (nothing written)"
     if isinstance(e, RewrittenWithoutLog):
+        fix = (
+            "give --log-dir DIR, the directory that run wrote the logs to, naming the same tree (logs are named "
+            "by the path below it), or start from the original tree"
+            if e.beside is None
+            else _DROP_LOG_DIR.format(beside=e.beside, what="tree")
+        )
         return (
             f"{tree}: rewritten by an earlier run whose patch logs are not where this run looks ({t.source}: "
             f"{zeroed_records(e.zeroed)}, as a rewrite leaves them, and no patch log at {t.log}): "
-            "give --log-dir DIR, the directory that run wrote the logs to, naming the same tree (logs are named "
-            f"by the path below it), or start from the original tree; {refused}"
+            f"{fix}; {refused}"
         )
     if isinstance(e, OtherRelease):
         return f"{e}; {refused}: name the vmlinux of {e.release or 'its release'}, or the modules of the vmlinux named"

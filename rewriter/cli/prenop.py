@@ -431,6 +431,8 @@ def _left_by_interrupt(mode: Mode, args: _Args) -> str | None:
     again = "run the same command again to finish it (what is written is kept)"
     if args.in_place:
         trees = ", ".join(str(p) for p in args.paths)
+        if mode is Mode.UNDO:  # "as it was or rewritten whole with its log" said of files being put back
+            return f"{trees} may be half undone: each file is still rewritten, with its log, or its original; {again}"
         return f"{trees} may be half done: each file is as it was or rewritten whole with its log; {again}"
     tree = _output_tree(mode, args)
     if tree is None or not tree.is_dir():

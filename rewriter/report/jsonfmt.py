@@ -19,7 +19,7 @@ from rewriter.audit import (
     roll_up,
     summarise,
 )
-from rewriter.diff import Diff, Unpaired
+from rewriter.diff import Diff, ImageDiff, Unpaired
 from rewriter.flow import Verdict
 from rewriter.generations import Generation
 from rewriter.sites import Site
@@ -368,7 +368,8 @@ def _unpaired_json(alone: Unpaired, side: str) -> dict[str, Any]:
 def diff_json(diff: Diff) -> dict[str, Any]:
     """``{"format": "mcountrw-diff/1", "images": [{"a", "b", "generations": [a, b], "builds": [a, b],
     "pairing",
-    "unnamed": [a, b], "unchanged", "relocated", "records": [a, b], "boot": [a, b], "changes": [{"change", "function",
+    "unnamed": [a, b], "unchanged", "relocated", "records": [a, b], "zeroed": [a, b], "logs": [a, b], "boot": [a, b],
+    "changes": [{"change", "function",
     "before", "after", "detail", "follows"}], "functions": {"common", "counts": {kind: n}, "changes": [{"change",
     "function", "before", "after"}]}}], "only_a", "only_b", "unpaired": [{"path", "side", "generation",
     "sites", "functions"}], "errors"}``; ``unpaired``: each file of ``only_a`` (side ``a``) and
@@ -381,47 +382,54 @@ def diff_json(diff: Diff) -> dict[str, Any]:
     (``little-endian elfv2``); when they differ, the pair has changed whatever its sites say.
     ``boot``: why ftrace is off after each side's boot (or its module not loaded), null when on;
     when they differ, the pair has changed (a record made twice changes no site's words).
+    ``zeroed``: each side's zeroed record slots, ``logs``: the patch log read for each side (null:
+    none); zeroed slots on a side with no log are most likely a rewrite's dropped records, whose
+    nopped sites no scan finds: they read as removed (the markdown says so above the pair).
     ``follows``: for a site in no function (``function`` null: a weak body), the symbol it follows,
     kallsyms' name for it, by which it was paired (both sides of a pair follow the same one); null
     for a site in a function, or one with no symbol before it (paired by place)."""
     return {
         "format": "mcountrw-diff/1",
-        "images": [
-            {
-                "a": str(d.a),
-                "b": str(d.b),
-                "generations": [g.value if g is not None else None for g in d.generations],
-                "builds": list(d.builds),
-                "pairing": d.pairing.value,
-                "unnamed": list(d.unnamed),
-                "unchanged": d.unchanged,
-                "relocated": d.relocated,
-                "records": list(d.records),
-                "boot": list(d.boot),
-                "changes": [
-                    {
-                        "change": c.change.value,
-                        "function": c.function,
-                        "before": _site_ref(c.before),
-                        "after": _site_ref(c.after),
-                        "detail": c.detail,
-                        "follows": c.follows,
-                    }
-                    for c in d.changes
-                ],
-                "functions": {
-                    "common": d.common_functions,
-                    "counts": d.function_counts(),
-                    "changes": [
-                        {"change": f.change.value, "function": f.function, "before": f.before, "after": f.after}
-                        for f in d.functions
-                    ],
-                },
-            }
-            for d in diff.images
-        ],
+        "images": [_image_diff_json(d) for d in diff.images],
         "only_a": [str(u.path) for u in diff.only_a],
         "only_b": [str(u.path) for u in diff.only_b],
         "unpaired": [_unpaired_json(u, "a") for u in diff.only_a] + [_unpaired_json(u, "b") for u in diff.only_b],
         "errors": list(diff.errors),
+    }
+
+
+def _image_diff_json(d: ImageDiff) -> dict[str, Any]:
+    """One pair of :func:`diff_json`."""
+    return {
+        "a": str(d.a),
+        "b": str(d.b),
+        "generations": [g.value if g is not None else None for g in d.generations],
+        "builds": list(d.builds),
+        "pairing": d.pairing.value,
+        "unnamed": list(d.unnamed),
+        "unchanged": d.unchanged,
+        "relocated": d.relocated,
+        "records": list(d.records),
+        "zeroed": list(d.zeroed),
+        "logs": [None if log is None else str(log) for log in d.logs],
+        "boot": list(d.boot),
+        "changes": [
+            {
+                "change": c.change.value,
+                "function": c.function,
+                "before": _site_ref(c.before),
+                "after": _site_ref(c.after),
+                "detail": c.detail,
+                "follows": c.follows,
+            }
+            for c in d.changes
+        ],
+        "functions": {
+            "common": d.common_functions,
+            "counts": d.function_counts(),
+            "changes": [
+                {"change": f.change.value, "function": f.function, "before": f.before, "after": f.after}
+                for f in d.functions
+            ],
+        },
     }

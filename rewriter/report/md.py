@@ -309,6 +309,25 @@ def _changed_function(change: SiteChange) -> str:
     return "?" if change.follows is None else f"? (after {change.follows})"
 
 
+def _zeroed_lines(d: ImageDiff) -> list[str]:
+    """What zeroed record slots on a side read without its patch log mean for the pair: a rewrite
+    that dropped records left them, and the sites it nopped, which call nothing and which only its
+    log names, read as removed (a 6.12 vmlinux against its prenop'ed copy: 38710 sites and 38247
+    functions "removed", said with nothing else, where the functions are all there)."""
+    zeroed = zip("AB", d.unlogged_zeroed, strict=True)
+    sides = [f"{side}: {counted(n, 'zeroed record slot')}" for side, n in zeroed if n]
+    if not sides:
+        return []
+    return [
+        f"**Zeroed records, no patch log read:** {'; '.join(sides)}, what a rewrite that drops records leaves "
+        "(mcountrw nop --drop-records, prenop; in a vmlinux also the linker's padding between record tables). "
+        "The sites it nopped call nothing and only its patch log names them, so here they read as removed "
+        "sites, and a function whose every site it nopped as a removed function: give the log (--log, "
+        "--log-dir) to compare them.",
+        "",
+    ]
+
+
 def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
     """Changes per image pair; ``limit`` changes listed per pair (None: all)."""
     out = ["# mcountrw diff", ""]
@@ -330,7 +349,7 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
         ):
             continue
         counts = Counter(c.change.value for c in d.changes)
-        out += ["", f"## {code(str(d.a))} -> {code(str(d.b))}", "", *_diff_functions(d, limit), ""]
+        out += ["", f"## {code(str(d.a))} -> {code(str(d.b))}", "", *_zeroed_lines(d), *_diff_functions(d, limit), ""]
         # Across generations a pair compares by what boot makes of it: its words always differ.
         across = d.generations[0] is not d.generations[1]
         same, words = ("the same at boot", "; the words each generation's own") if across else ("unchanged", "")

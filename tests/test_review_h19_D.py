@@ -265,10 +265,10 @@ def test_an_interrupted_undo_in_place_says_the_tree_may_be_half_undone(tmp_path:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        first = modules[0]
-        key = str(first.relative_to(tree))
+        # the first module put back (renamed into place: a new inode), whichever the run takes first
+        inodes = {m: m.stat().st_ino for m in modules}
         while proc.poll() is None and time.monotonic() < deadline:
-            if hashlib.sha256(first.read_bytes()).hexdigest() == pristine[key]:
+            if any(m.stat().st_ino != ino for m, ino in inodes.items()):
                 break
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGINT)
@@ -276,8 +276,7 @@ def test_an_interrupted_undo_in_place_says_the_tree_may_be_half_undone(tmp_path:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-    if proc.returncode == 0:
-        pytest.skip("the undo finished before the interrupt reached it")
+    # 130 modules one at a time: the interrupt comes after the first of them, long before the last
     assert proc.returncode == 128 + signal.SIGINT, err
     assert err.strip().splitlines() == [
         f"mcountrw: interrupted by SIGINT: {tree} may be half undone: each file is still rewritten, with its log, "

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +234,27 @@ def scan_table(text: str) -> list[dict[str, str]]:
                 row["[stub area]"] = "[" + stub
             rows.append(row)
     return rows
+
+
+def interrupted_when(args: Sequence[str], ready: Callable[[], bool], seconds: float = 60) -> tuple[int, str]:
+    """Run ``mcountrw ARGS`` from this checkout as a user would (its own process group), send
+    the group SIGINT once ``ready()`` holds (or the run ends, or ``seconds`` pass, whichever is
+    first), and return its exit code and stderr. A Ctrl-C at a terminal reaches the whole group."""
+    import os
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "rewriter", *args], env=dict(os.environ, PYTHONPATH=str(root)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + seconds
+        while proc.poll() is None and time.monotonic() < deadline and not ready():
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=seconds)
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, err

@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import shutil
 from pathlib import Path
 
 import pytest
 from boot import require_kernel
-from conftest import invoke
+from conftest import interrupted_when, invoke
 
 pytestmark = pytest.mark.corpus
 
@@ -134,31 +133,14 @@ def test_an_interrupted_o_run_says_out_is_incomplete_and_a_rerun_finishes_it(tmp
     is incomplete and to run the same command again; each file there is new with its log (no
     temporary), and the rerun makes OUT what an uninterrupted run makes, byte for byte."""
     import json
-    import os
     import signal
-    import subprocess
-    import sys
-    import time
 
     tree = _fs_tree(tmp_path)
     policy = _policy(tmp_path)
     out = tmp_path / "out"
-    root = Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, "-m", "rewriter", "prenop", "--policy", str(policy), "--strip-signature", "--jobs", "1",
-           "-o", str(out), str(tree)]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(root))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while len(list(out.rglob("*.jsonl"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 128 + signal.SIGINT, err
+    args = ["prenop", "--policy", str(policy), "--strip-signature", "--jobs", "1", "-o", str(out), str(tree)]
+    code, err = interrupted_when(args, lambda: len(list(out.rglob("*.jsonl"))) >= 3)
+    assert code == 128 + signal.SIGINT, err
     assert err.strip().splitlines() == [
         f"mcountrw: interrupted by SIGINT: {out} is incomplete: some files of the tree are not written or copied "
         "there yet; run the same command again to finish it (what is written is kept)"

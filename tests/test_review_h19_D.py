@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from boot import require_kernel
-from conftest import FIXTURES, invoke
+from conftest import FIXTURES, interrupted_when, invoke
 from typer.testing import CliRunner
 
 from rewriter.cli import app
@@ -244,12 +244,7 @@ def test_an_interrupted_undo_in_place_says_the_tree_may_be_half_undone(tmp_path:
     """SIGINT to `prenop --undo --in-place T` said "T may be half done: each file is as it was or
     rewritten whole with its log", the line of a run that rewrites; an undo puts files back: each
     is still rewritten (its log kept) or its original. The rerun finishes the undo."""
-    import contextlib
-    import os
     import signal
-    import subprocess
-    import sys
-    import time
 
     k612 = require_kernel("6.12")
     tree = tmp_path / "kernel"
@@ -259,25 +254,14 @@ def test_an_interrupted_undo_in_place_says_the_tree_may_be_half_undone(tmp_path:
     policy.write_text("default nop\n")
     assert invoke("prenop", "--policy", policy, "--in-place", "--strip-signature", tree).exit_code == 0
     modules = sorted(tree.rglob("*.ko.xz"))
-    root = Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, "-m", "rewriter", "prenop", "--undo", "--in-place", "--jobs", "1", str(tree)]
-    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(root)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        # the first module put back (renamed into place: a new inode), whichever the run takes first
-        inodes = {m: m.stat().st_ino for m in modules}
-        while proc.poll() is None and time.monotonic() < deadline:
-            if any(m.stat().st_ino != ino for m, ino in inodes.items()):
-                break
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    # the first module put back (renamed into place: a new inode), whichever the run takes first
+    inodes = {m: m.stat().st_ino for m in modules}
+    code, err = interrupted_when(
+        ["prenop", "--undo", "--in-place", "--jobs", "1", str(tree)],
+        lambda: any(m.stat().st_ino != ino for m, ino in inodes.items()),
+    )
     # 130 modules one at a time: the interrupt comes after the first of them, long before the last
-    assert proc.returncode == 128 + signal.SIGINT, err
+    assert code == 128 + signal.SIGINT, err
     assert err.strip().splitlines() == [
         f"mcountrw: interrupted by SIGINT: {tree} may be half undone: each file is still rewritten, with its log, "
         "or its original; run the same command again to finish it (what is written is kept)"

@@ -573,7 +573,7 @@ def diff_paths(
     images: list[ImageDiff] = []
     alone: tuple[list[Unpaired], list[Unpaired]] = ([], [])
     errors: list[str] = []
-    task = partial(_diff_pairs, generations=generations, logs=dict(logs or {}))
+    task = partial(_diff_pairs, generations=generations, logs=dict(logs or {}), mcount_addrs=mcount_addrs)
     for (left, _), (done, lines) in zip(tasks, map_chunks(task, tasks, jobs), strict=True):
         if isinstance(done, ImageDiff):
             images.append(done)
@@ -587,7 +587,10 @@ _Done = tuple[ImageDiff | Unpaired | None, tuple[str, ...]]
 
 
 def _diff_pairs(
-    pairs: Sequence[tuple[Path | None, Path | None]], generations: Generations, logs: Mapping[Path, Path]
+    pairs: Sequence[tuple[Path | None, Path | None]],
+    generations: Generations,
+    logs: Mapping[Path, Path],
+    mcount_addrs: McountAddrs = (None, None),
 ) -> list[_Done]:
     """:func:`diff_files` of each pair, in a worker: the diff, or the one-line errors of a pair
     that could not be compared (one per bad file; the tree's other pairs go on). A pair with one
@@ -595,7 +598,7 @@ def _diff_pairs(
     out: list[_Done] = []
     for a, b in pairs:
         try:
-            out.append((_compared(a, b, generations, logs), ()))
+            out.append((_compared(a, b, generations, logs, mcount_addrs), ()))
         except PairUnreadable as e:
             out.append((None, e.lines))
         except RewriteError as e:
@@ -604,20 +607,28 @@ def _diff_pairs(
 
 
 def _compared(
-    a: Path | None, b: Path | None, generations: Generations, logs: Mapping[Path, Path]
+    a: Path | None,
+    b: Path | None,
+    generations: Generations,
+    logs: Mapping[Path, Path],
+    mcount_addrs: McountAddrs = (None, None),
 ) -> ImageDiff | Unpaired:
+    """One task of a tree diff; ``mcount_addrs`` reach each side's files as ``scan --mcount-addr``
+    reaches a tree's (a stripped 6.1 vmlinux among them; they were dropped for trees)."""
     if b is None and a is not None:
-        return _unpaired(a, generations[0], logs)
+        return _unpaired(a, generations[0], logs, mcount_addrs[0])
     if a is None and b is not None:
-        return _unpaired(b, generations[1], logs)
+        return _unpaired(b, generations[1], logs, mcount_addrs[1])
     assert a is not None and b is not None  # a task names at least one file
-    return diff_files(a, b, generations, logs)
+    return diff_files(a, b, generations, logs, mcount_addrs)
 
 
-def _unpaired(path: Path, generation: Generation | None, logs: Mapping[Path, Path]) -> Unpaired:
+def _unpaired(
+    path: Path, generation: Generation | None, logs: Mapping[Path, Path], mcount_addr: int | None = None
+) -> Unpaired:
     """A file of one tree alone: its generation, sites, and the functions they are in."""
     image = Image.load(path)
     # names that print alike are two names here too (the one side is both sides of the union)
-    result, _ = _distinct_names((logged(scan(image, None, generation), logs),) * 2, (_strtab(image),) * 2)
+    result, _ = _distinct_names((logged(scan(image, mcount_addr, generation), logs),) * 2, (_strtab(image),) * 2)
     functions = {s.function for s in result.sites if s.function}
     return Unpaired(path, result.generation, len(result.sites), len(functions))

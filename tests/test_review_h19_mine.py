@@ -1,0 +1,39 @@
+"""Fixes of my own review (session 19), each failing on the commit before it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from conftest import invoke
+from test_stripped import BIN, mcount_of, strip
+
+from rewriter.elf.image import Image
+from rewriter.sites import scan
+
+
+def _bare(tmp_path: Path) -> Path:
+    """``clean``, stripped, its __mcount_loc renamed: only --mcount-addr finds its sites."""
+    data = bytearray(strip(BIN / "clean", tmp_path / "stripped").read_bytes())
+    at = data.index(b"__mcount_loc\0")
+    data[at : at + 2] = b"XX"
+    bare = tmp_path / "bare"
+    bare.write_bytes(bytes(data))
+    return bare
+
+
+def test_diff_of_two_trees_takes_mcount_addr_to_their_files(tmp_path: Path) -> None:
+    """`diff A B --mcount-addr ADDR` of two directories passed the address to a two-file diff
+    only: each pair of a tree's stripped files failed, saying to give the --mcount-addr given."""
+    bare = _bare(tmp_path)
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+        shutil.copy(bare, tmp_path / side / "prog")
+    mcount = hex(mcount_of(BIN / "clean"))
+    sites = len(scan(Image.load(BIN / "clean")).sites)
+    result = invoke("diff", tmp_path / "a", tmp_path / "b", "--mcount-addr", mcount, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert "error" not in result.stderr, result.stderr
+    (pair,) = json.loads(result.stdout)["images"]
+    assert pair["unchanged"] == sites and pair["changes"] == []

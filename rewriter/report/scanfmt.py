@@ -84,7 +84,7 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 
 from rewriter import arrays
-from rewriter.boot import Boot, Untraceable, boot_of, init_only, untraceable, why_counts, why_text
+from rewriter.boot import Boot, Untraceable, boot_of, init_only, said_text, untraceable, why_counts
 from rewriter.elf.image import Kind, index_name
 from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation, Variant
@@ -685,7 +685,7 @@ def _notes(
         out.append("  no function symbols: sites are unnamed" + _blind(result.generation, result.weak_max_offset))
     for reason in Untraceable:
         if why[reason]:
-            out.append(f"  not traceable: {why[reason]} {reason.value}: {why_text(reason, why[reason])}")
+            out.append(f"  not traceable: {said_text(reason, why[reason])}")
     out += _init_notes(result, boot, why, shared)
     stubs = stubs_json(result)
     if stubs and shared is not None and _serves_every_record(stubs, result):

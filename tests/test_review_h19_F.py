@@ -46,3 +46,18 @@ def test_the_612_weak_bodies_are_one_sentence_with_the_json_key_and_the_kernels_
         "function and more than FTRACE_MCOUNT_MAX_OFFSET past a symbol, so the kernel marks their records "
         "FTRACE_FL_DISABLED"
     ]
+
+
+# -- 3. what a stranger reads: every line true -------------------------------------------------------
+
+
+def test_the_shared_stubs_note_of_ool_objects_calls_them_objects() -> None:
+    """`scan fixtures/bin/*` said the .stubs of ool-be.o, ool-le.o and ool-fs-le.o "serve all 18
+    records of 3 modules": they are objects (kind "object" in the head line and the JSON)."""
+    objects = [BIN / "ool-be.o", BIN / "ool-le.o", BIN / "ool-fs-le.o"]
+    doc = json.loads(invoke("scan", "--jobs", "1", "--format", "json", *objects).stdout)
+    assert {image["kind"] for image in doc["images"]} == {"object"}
+    records = sum(image["records"]["count"] for image in doc["images"])
+    notes = unwrapped(invoke("scan", "--jobs", "1", *objects).stdout)
+    assert f"serve all {records} records of 3 objects\n" in notes, notes
+    assert "module" not in notes.split("notes on the images above:")[1], notes

@@ -400,12 +400,12 @@ def shared_lines(notes: Iterable[Sequence[SharedNote]]) -> list[str]:
 
 
 def _shared_text(key: str, images: int, sites: int) -> str:
-    if key == _STUBS_KEY:
+    what, _, arg = key.partition(" ")
+    if what == _STUBS_KEY:  # by kind: an object's .stubs is its module's to be (ool-le.o is no module)
         return (
             f"  ool stubs: .stubs, carved out at load, one per table entry: serve all {counted(sites, 'record')} "
-            f"of {counted(images, 'module')}"
+            f"of {counted(images, arg)}"
         )
-    what, _, arg = key.partition(" ")
     if what == _OFFSET_KEY:  # by variant: a run of mixed generations says which images it is true of
         offset, variant = arg.split(" ")
         return _offset_note(int(offset), f" of the {counted(images, variant + ' image')}")
@@ -415,7 +415,7 @@ def _shared_text(key: str, images: int, sites: int) -> str:
 
 
 _OFFSET_KEY: Final = "record-offset"
-_STUBS_KEY: Final = "ool-stubs"  # a loaded module's .stubs that serve every record it has
+_STUBS_KEY: Final = "ool-stubs"  # a module's (or object's) .stubs that serve every record it has
 
 
 def _serves_every_record(stubs: Sequence[dict[str, Any]], result: Scan) -> bool:
@@ -689,7 +689,7 @@ def _notes(
     out += _init_notes(result, boot, why, shared)
     stubs = stubs_json(result)
     if stubs and shared is not None and _serves_every_record(stubs, result):
-        shared.append((_STUBS_KEY, result.records.count))
+        shared.append((f"{_STUBS_KEY} {result.kind.value}", result.records.count))
     elif stubs:
         out.append("  " + _stubs_line(stubs, result.records.count, boot.stub_unknown, result.not_loaded is not None))
     elif _stub_areas_missing(result):

@@ -5,14 +5,69 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 from boot import require_kernel
-from conftest import FIXTURES, invoke, unwrapped
+from conftest import FIXTURES, invoke, scan_table, unwrapped
 
 from rewriter.boot import Untraceable
 
 BIN = FIXTURES / "bin"
+
+
+# -- 1. a rewritten image's table fits 80 columns -----------------------------------------------------
+
+
+def _function_column(table: str) -> int:
+    header = next(line for line in table.splitlines() if line.lstrip().startswith("call slot"))
+    return header.index("function")
+
+
+def _assert_rows_say_the_json(table: str, sites: list[dict[str, Any]]) -> None:
+    """Each row (scan_table: a state said for its traceable cell is in its column; one said for
+    every site is in the ``every site:`` line) says its site's state in the file and after boot,
+    its record mark and its function, as the JSON does."""
+    rows = scan_table(table)
+    assert len(rows) == len(sites) > 0
+    for row, site in zip(rows, sites, strict=True):
+        boot = site["boot_state"] or "REFUSED"
+        every = dict(part.split(" ", 1) for part in row["every site"].split(", ") if " " in part)
+        assert row.get("file->boot", every.get("file->boot")) == f"{site['state']}->{boot}", (row, site)
+        assert row["rec"] == ("LOG" if site["source"] == "log" else "rec" if site["recorded"] else "UNREC"), row
+        assert row["traceable"].startswith("yes" if site["traceable"] else "NO"), row
+        assert row["function"] == (site["function"] or row["function"]), row
+
+
+def test_a_rewritten_programs_states_are_said_once_for_each_traceable_cell(tmp_path: Path) -> None:
+    """The rows of a rewritten program said "nopped->nopped  LOG  NO unrecorded" on each LOG site,
+    the function at column 50: the state follows from the traceable cell, said once above."""
+    out = tmp_path / "prog.nop"
+    done = invoke("nop", BIN / "prof-le", "--exclude", "leaf_add", "--drop-records", "-o", out)
+    assert done.exit_code == 0, done.output
+    table = invoke("scan", out).stdout
+    sites = json.loads(invoke("scan", "--format", "json", out).stdout)["images"][0]["sites"]
+    assert "  every site with traceable NO unrecorded: file->boot nopped->nopped\n" in table, table
+    assert "  every site with traceable yes: file->boot enabled->disabled\n" in table, table
+    assert _function_column(table) <= 36, table
+    _assert_rows_say_the_json(table, sites)
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("kernel", ["6.1", "6.12", "7.2"])
+def test_a_rewritten_kernels_table_fits_80_columns(kernel: str, tmp_path: Path) -> None:
+    """`nop VMLINUX --only 'vfs_*' --drop-records`, then `scan --all`: the function started at
+    column 72 (``0xc00000000046df8c  .text       nopped->nopped    LOG  NO unrecorded  vfs_fadvise``),
+    where an unrewritten kernel's starts by 48; now by 54, every row's facts kept."""
+    out = tmp_path / "vmlinux.nop"
+    done = invoke("nop", require_kernel(kernel).vmlinux, "--only", "vfs_*", "--drop-records", "-o", out)
+    assert done.exit_code == 0, done.output
+    table = invoke("scan", "--all", out).stdout
+    sites = json.loads(invoke("scan", "--format", "json", out).stdout)["images"][0]["sites"]
+    assert _function_column(table) <= 54, table[:3000]
+    assert all(len(line) <= 80 for line in table.splitlines() if line.startswith("  every site")), table[:3000]
+    _assert_rows_say_the_json(table, sites)
 
 
 # -- 2. a reason a site is not traceable reads as one sentence ---------------------------------------

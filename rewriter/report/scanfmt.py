@@ -539,13 +539,45 @@ def _site_rows(result: Scan, boot: Boot, why: Counter[Untraceable | None], shown
     comes last, as in ``objdump -t``, ``readelf -s`` and ``perf report``. So a column whose cell
     is the same for every site of the image (not only the rows shown: a pristine kernel's
     variant, state and record) is dropped and said once, in the ``every site:`` line; and a
-    module's or object's section is in its call slot (``.text+0x14``)."""
+    module's or object's section is in its call slot (``.text+0x14``). A state column that is the
+    same for every site of one ``traceable`` cell (a rewritten kernel's: ``nopped->nopped`` for
+    each ``NO unrecorded`` site, ``nopped->disabled`` for the others) is said once per cell, in an
+    ``every site with traceable ...:`` line (:func:`_state_by_reason`)."""
     header = _LOAD_HEADERS if result.kind is Kind.MODULE else _HEADERS  # a module's init runs as it loads
     same = _same_for_every_site(result, why)
     said = [_every_site_text(i, value, header[_STATE]) for i, value in sorted(same.items()) if value]
-    kept = [i for i in range(_FUNCTION) if i not in same]
+    by_reason = {} if _STATE in same or _TRACEABLE in same else _state_by_reason(result, boot)
+    kept = [i for i in range(_FUNCTION) if i not in same and not (i == _STATE and by_reason)]
     rows = [_cells(site, untraceable(site, boot), result.listed.get(site.place)) for site in shown]
-    return _every_site_lines(said) + _aligned([header, *rows], kept, with_stub=_STUB not in same)
+    lines = _every_site_lines(said) + _by_reason_lines(by_reason, rows, header[_STATE])
+    return lines + _aligned([header, *rows], kept, with_stub=_STUB not in same)
+
+
+def _state_by_reason(result: Scan, boot: Boot) -> dict[str, str]:
+    """{traceable cell: state cell} when each traceable cell's sites hold one state, else {}. A
+    rewritten kernel's table ran its function to column 72 (``nopped->nopped  LOG  NO unrecorded``
+    beside ``nopped->disabled  rec  yes``): its states follow from why a site is not traceable."""
+    states: dict[str, str] = {}
+    for site in result.sites:
+        state = _state_cell(site)
+        if states.setdefault(_traceable_cell(untraceable(site, boot)), state) != state:
+            return {}
+    return states
+
+
+def _by_reason_lines(by_reason: Mapping[str, str], rows: Sequence[Row], header: str) -> list[str]:
+    """``every site with traceable yes or NO weak-body: file->boot nopped->disabled``: the state of
+    each traceable cell of the rows shown (``header``: the state column's), the cells of one state
+    said together, in the order the rows first show them; packed as the ``every site:`` line is."""
+    said: dict[str, list[str]] = {}
+    for cell in dict.fromkeys(row[_TRACEABLE] for row in rows) if by_reason else ():
+        said.setdefault(by_reason[cell], []).append(cell)
+    intro = _EVERY.rstrip(": ") + " with traceable"
+    return [
+        line
+        for state, cells in said.items()
+        for line in packed(f"{intro} {' or '.join(cells)}:", [header, state], " " * len(_EVERY))
+    ]
 
 
 def _same_for_every_site(result: Scan, why: Counter[Untraceable | None]) -> dict[int, str]:

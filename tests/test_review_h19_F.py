@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from boot import require_kernel
+from boot import require_kernel, require_tool
 from conftest import FIXTURES, invoke, scan_table, unwrapped
 
 from rewriter.boot import Untraceable
@@ -116,3 +117,22 @@ def test_the_shared_stubs_note_of_ool_objects_calls_them_objects() -> None:
     notes = unwrapped(invoke("scan", "--jobs", "1", *objects).stdout)
     assert f"serve all {records} records of 3 objects\n" in notes, notes
     assert "module" not in notes.split("notes on the images above:")[1], notes
+
+
+def test_a_file_of_data_alone_is_not_said_to_lack_ftrace_flags(tmp_path: Path) -> None:
+    """6.12's cast_common.ko and tuner-types.ko hold tables alone; scan guessed "not built with -pg
+    -mprofile-kernel or -fpatchable-function-entry?" of them, which they were. A file with no
+    function symbol says so; one with functions and no site keeps the guess."""
+    cc = require_tool("powerpc64le-linux-gnu-gcc")
+    tables, plain = tmp_path / "tables.o", tmp_path / "plain.o"
+    for out, code in ((tables, "const int table[4] = {1, 2, 3, 4};\n"), (plain, "int f(int x) { return x + 1; }\n")):
+        src = out.with_suffix(".c")
+        src.write_text(code)
+        subprocess.run([cc, "-O2", "-c", str(src), "-o", str(out)], check=True)
+    said = unwrapped(invoke("scan", tables).stdout).splitlines()
+    assert (
+        said[1]
+        == "  no sites: the file has no function symbol (data alone, or stripped), so nothing for ftrace to trace"
+    )
+    assert not any("-pg" in line for line in said), said
+    assert "not built with -pg -mprofile-kernel" in unwrapped(invoke("scan", plain).stdout)

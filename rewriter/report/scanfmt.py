@@ -712,7 +712,7 @@ def _notes(
     if rec.unread and rec.unread_why:
         out.append(f"  never read: {counted(len(rec.unread), 'entry', 'entries')} {rec.unread_why}")
     elif not result.sites and not rec.count and not rec.zeroed and boot.not_loaded is None:  # else said above
-        out.append(f"  no sites: {NOT_BUILT_FOR_FTRACE}")
+        out.append(f"  no sites: {NOT_BUILT_FOR_FTRACE if len(result.functions) else _NO_FUNCTION}")
     if result.unnamed:
         out.append("  no function symbols: sites are unnamed" + _blind(result.generation, result.weak_max_offset))
     for reason in Untraceable:
@@ -733,6 +733,9 @@ def _notes(
 
 
 _LINKED: Final = (Kind.VMLINUX, Kind.EXECUTABLE)
+# Why a file with no function symbol has no site: 6.12's cast_common.ko and tuner-types.ko hold
+# tables alone, which NOT_BUILT_FOR_FTRACE's "not built with -pg ...?" wrongly blamed on the build.
+_NO_FUNCTION: Final = "the file has no function symbol (data alone, or stripped), so nothing for ftrace to trace"
 
 
 def _offset_notes(result: Scan, shared: list[SharedNote] | None) -> list[str]:

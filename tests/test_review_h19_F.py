@@ -136,3 +136,14 @@ def test_a_file_of_data_alone_is_not_said_to_lack_ftrace_flags(tmp_path: Path) -
     )
     assert not any("-pg" in line for line in said), said
     assert "not built with -pg -mprofile-kernel" in unwrapped(invoke("scan", plain).stdout)
+
+
+def test_a_file_with_nothing_to_count_says_so_once() -> None:
+    """A module with no site and no record read "generation none: 0 sites (no sites), 0 traceable
+    once loaded; 0 records (0 skipped, 0 unmatched), 0 zeroed slots, 0 sites unrecorded": seven
+    ways of saying nothing, four lines under each of 6.12's 21 such modules."""
+    module = require_kernel("6.12").modules_dir / "crypto" / "cast_common.ko.xz"
+    doc = json.loads(invoke("scan", "--format", "json", module).stdout)["images"][0]
+    assert (doc["generation"], doc["sites"], doc["records"]["count"], doc["records"]["zeroed"]) == (None, [], 0, 0)
+    head = unwrapped(invoke("scan", module).stdout).splitlines()[0]
+    assert head == f"{module}: module, little-endian elfv2: no sites and no records", head

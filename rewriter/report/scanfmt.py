@@ -668,6 +668,11 @@ def _aligned(rows: Sequence[Row], kept: Sequence[int], with_stub: bool) -> list[
 
 def _head(result: Scan, totals: Totals) -> str:
     generation = generation_of(result)
+    if generation is None and not result.records.unread:
+        # nothing to count: "0 sites (no sites), 0 traceable ...; 0 records (0 skipped, 0 unmatched), 0 zeroed
+        # slots, 0 sites unrecorded" said it seven times, four lines under each of a tree's 21 such modules
+        kind = f"{result.kind.value}, {result.endian}-endian {result.abi.value}"
+        return f"{printable(str(result.path))}: {kind}: no sites and no records"
     pairs = Counter(f"{s.state.value}->{_boot_text(s)}" for s in result.sites)
     states = ", ".join(f"{n} {k}" for k, n in sorted(pairs.items())) or "no sites"
     rec = result.records

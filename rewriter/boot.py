@@ -160,10 +160,10 @@ SAID: Final[Mapping[Untraceable, Said]] = {
 }
 
 
-def said_text(reason: Untraceable, sites: int) -> str:
+def said_text(reason: Untraceable, sites: int, where: str = "") -> str:
     """scan's sentence for ``sites`` sites not traceable for ``reason``: ``N sites (KEY) are ..., so ...``,
-    KEY the JSON's ``summary.untraceable`` key."""
-    return f"{counted(sites, 'site')} ({reason.value}) {agreeing(sites, *SAID[reason])}"
+    KEY the JSON's ``summary.untraceable`` key; ``where`` (``, in 51 modules,``) follows the key."""
+    return f"{counted(sites, 'site')} ({reason.value}){where} {agreeing(sites, *SAID[reason])}"
 
 
 def why_text(reason: Untraceable, sites: int) -> str:

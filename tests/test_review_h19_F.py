@@ -147,3 +147,28 @@ def test_a_file_with_nothing_to_count_says_so_once() -> None:
     assert (doc["generation"], doc["sites"], doc["records"]["count"], doc["records"]["zeroed"]) == (None, [], 0, 0)
     head = unwrapped(invoke("scan", module).stdout).splitlines()[0]
     assert head == f"{module}: module, little-endian elfv2: no sites and no records", head
+
+
+def test_a_prenopped_trees_log_and_unrecorded_notes_are_said_once(tmp_path: Path) -> None:
+    """`scan --log-dir LOGS TREE` of a prenopped tree said under each module why no scan finds its
+    LOG sites and that its unrecorded sites are never patched, the same words 3 lines each; the
+    module keeps its LOG line (its log's path), and the why is said once, the counts summed."""
+    fixtures = {BIN / "prof-le": "leaf_add", BIN / "std-le": "std_leaf"}  # one site of each kept
+    logs = tmp_path / "logs"
+    (tmp_path / "tree").mkdir()
+    logs.mkdir()
+    for fixture, kept in fixtures.items():
+        out = tmp_path / "tree" / fixture.name
+        log = logs / f"{fixture.name}.mcountrw.jsonl"
+        done = invoke("nop", fixture, "--exclude", kept, "--drop-records", "-o", out, "--log", log)
+        assert done.exit_code == 0, done.output
+    table = unwrapped(invoke("scan", "--jobs", "1", "--log-dir", logs, tmp_path / "tree").stdout)
+    doc = json.loads(invoke("scan", "--jobs", "1", "--format", "json", "--log-dir", logs, tmp_path / "tree").stdout)
+    logged = sum(1 for image in doc["images"] for site in image["sites"] if site["source"] == "log")
+    assert logged > 2 and table.count("no scan of the file finds") == 1, table
+    assert table.count("ftrace never patches") == 1, table
+    shared = table.split("notes on the images above:\n")[1]
+    assert f"  LOG: {logged} sites, in 2 executables, are known only from their patch logs (" in shared, shared
+    assert f"  not traceable: {logged} sites (unrecorded), in 2 executables, have no kernel record" in shared
+    for fixture in fixtures:
+        assert f"known only from the patch log {logs / fixture.name}.mcountrw.jsonl\n" in table, table

@@ -406,6 +406,14 @@ def _shared_text(key: str, images: int, sites: int) -> str:
             f"  ool stubs: .stubs, carved out at load, one per table entry: serve all {counted(sites, 'record')} "
             f"of {counted(images, arg)}"
         )
+    if what == _UNTRACEABLE_KEY:
+        reason, kind = arg.split(" ")
+        return f"  not traceable: {said_text(Untraceable(reason), sites, f', in {counted(images, kind)},')}"
+    if what == _LOG_KEY:
+        known = (
+            f"{agreeing(sites, 'is', 'are')} known only from {agreeing(images, 'its patch log', 'their patch logs')}"
+        )
+        return f"  LOG: {counted(sites, 'site')}, in {counted(images, arg)}, {known} {agreeing(sites, *_UNFOUND)}"
     if what == _OFFSET_KEY:  # by variant: a run of mixed generations says which images it is true of
         offset, variant = arg.split(" ")
         return _offset_note(int(offset), f" of the {counted(images, variant + ' image')}")
@@ -415,6 +423,8 @@ def _shared_text(key: str, images: int, sites: int) -> str:
 
 
 _OFFSET_KEY: Final = "record-offset"
+_UNTRACEABLE_KEY: Final = "untraceable"  # sites not traceable for one of _SHARED_REASONS
+_LOG_KEY: Final = "log"  # sites known only from the image's patch log
 _STUBS_KEY: Final = "ool-stubs"  # a module's (or object's) .stubs that serve every record it has
 
 
@@ -702,15 +712,10 @@ def _notes(
     if overrode is not None and result.generation is not None:
         out.append(f"  {overrode}; what follows is the image read as {result.generation.value}")
     out += _load_lines(result, boot)
-    logged = _by_source(result.sites)[Source.LOG]
-    log = None if result.log is None else printable(str(result.log))
-    if log is not None and logged:
-        out.append(
-            f"  LOG: {counted(logged, 'site')} known only from the patch log {log} {agreeing(logged, *_UNFOUND)}"
-        )
-    elif log is not None:
-        out.append(f"  LOG: the patch log {log} was read; the file itself shows every site it names")
-    elif result.records.zeroed:  # else a nopped file read without its log was just "0 sites (no sites)"
+    out += _log_notes(result, shared)
+    if (
+        result.log is None and result.records.zeroed
+    ):  # else a nopped file read without its log was just "0 sites (no sites)"
         out.append(f"  zeroed: {_zeroed_text(result.records.zeroed, result.kind in _LINKED)}")
     out += _offset_notes(result, shared)
     rec = result.records
@@ -720,9 +725,7 @@ def _notes(
         out.append(f"  no sites: {NOT_BUILT_FOR_FTRACE if len(result.functions) else _NO_FUNCTION}")
     if result.unnamed:
         out.append("  no function symbols: sites are unnamed" + _blind(result.generation, result.weak_max_offset))
-    for reason in Untraceable:
-        if why[reason]:
-            out.append(f"  not traceable: {said_text(reason, why[reason])}")
+    out += _untraceable_notes(result, why, shared)
     out += _init_notes(result, boot, why, shared)
     stubs = stubs_json(result)
     if stubs and shared is not None and _serves_every_record(stubs, result):
@@ -741,6 +744,38 @@ _LINKED: Final = (Kind.VMLINUX, Kind.EXECUTABLE)
 # Why a file with no function symbol has no site: 6.12's cast_common.ko and tuner-types.ko hold
 # tables alone, which NOT_BUILT_FOR_FTRACE's "not built with -pg ...?" wrongly blamed on the build.
 _NO_FUNCTION: Final = "the file has no function symbol (data alone, or stripped), so nothing for ftrace to trace"
+
+
+def _log_notes(result: Scan, shared: list[SharedNote] | None) -> list[str]:
+    """The patch log read, and how many sites only it knows; why no scan finds them goes to
+    ``shared`` when given (it was said under each of a prenopped tree's modules)."""
+    if result.log is None:
+        return []
+    log = printable(str(result.log))
+    logged = _by_source(result.sites)[Source.LOG]
+    if not logged:
+        return [f"  LOG: the patch log {log} was read; the file itself shows every site it names"]
+    if shared is not None:
+        shared.append((f"{_LOG_KEY} {result.kind.value}", logged))
+        return [f"  LOG: {counted(logged, 'site')} known only from the patch log {log}"]
+    return [f"  LOG: {counted(logged, 'site')} known only from the patch log {log} {agreeing(logged, *_UNFOUND)}"]
+
+
+# The reasons a tree's images share (a prenopped tree's unrecorded sites, kvm.ko's weak bodies): the
+# others name the image's own NOT LOADED or FTRACE OFF line ("see above"), and stay under it.
+_SHARED_REASONS: Final = (Untraceable.UNRECORDED, Untraceable.WEAK_BODY)
+
+
+def _untraceable_notes(result: Scan, why: Counter[Untraceable | None], shared: list[SharedNote] | None) -> list[str]:
+    """Why sites are not traceable, a sentence for each reason; to ``shared`` if given, for the
+    reasons that need nothing of the image."""
+    out = []
+    for reason in (r for r in Untraceable if why[r]):
+        if shared is not None and reason in _SHARED_REASONS:
+            shared.append((f"{_UNTRACEABLE_KEY} {reason.value} {result.kind.value}", why[reason]))
+        else:
+            out.append(f"  not traceable: {said_text(reason, why[reason])}")
+    return out
 
 
 def _offset_notes(result: Scan, shared: list[SharedNote] | None) -> list[str]:

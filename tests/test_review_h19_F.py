@@ -172,3 +172,14 @@ def test_a_prenopped_trees_log_and_unrecorded_notes_are_said_once(tmp_path: Path
     assert f"  not traceable: {logged} sites (unrecorded), in 2 executables, have no kernel record" in shared
     for fixture in fixtures:
         assert f"known only from the patch log {logs / fixture.name}.mcountrw.jsonl\n" in table, table
+
+
+def test_the_weak_bodies_of_several_kernels_are_said_once_in_words() -> None:
+    """`scan` of the 6.12 and 7.2 vmlinux said the weak-body sentence under each; said once, it
+    counts them "in 2 vmlinux images" (a kind's plural, not "2 vmlinuxs")."""
+    kernels = [require_kernel("6.12").vmlinux, require_kernel("7.2").vmlinux]
+    doc = json.loads(invoke("scan", "--jobs", "1", "--format", "json", *kernels).stdout)
+    weak = sum(image["summary"]["untraceable"]["weak-body"] for image in doc["images"])
+    table = unwrapped(invoke("scan", "--jobs", "1", *kernels).stdout)
+    assert table.count("(weak-body)") == 1, table
+    assert f"  not traceable: {weak} sites (weak-body), in 2 vmlinux images, are weak-function bodies" in table

@@ -408,18 +408,23 @@ def _shared_text(key: str, images: int, sites: int) -> str:
         )
     if what == _UNTRACEABLE_KEY:
         reason, kind = arg.split(" ")
-        return f"  not traceable: {said_text(Untraceable(reason), sites, f', in {counted(images, kind)},')}"
+        return f"  not traceable: {said_text(Untraceable(reason), sites, f', in {_images(images, kind)},')}"
     if what == _LOG_KEY:
         known = (
             f"{agreeing(sites, 'is', 'are')} known only from {agreeing(images, 'its patch log', 'their patch logs')}"
         )
-        return f"  LOG: {counted(sites, 'site')}, in {counted(images, arg)}, {known} {agreeing(sites, *_UNFOUND)}"
+        return f"  LOG: {counted(sites, 'site')}, in {_images(images, arg)}, {known} {agreeing(sites, *_UNFOUND)}"
     if what == _OFFSET_KEY:  # by variant: a run of mixed generations says which images it is true of
         offset, variant = arg.split(" ")
         return _offset_note(int(offset), f" of the {counted(images, variant + ' image')}")
     module = arg == "module"
     where = counted(images, "module" if module else "image")
     return f"  init text: {sites} of the traceable sites, in {where}, {agreeing(sites, *_INIT_ONLY[module])}"
+
+
+def _images(n: int, kind: str) -> str:
+    """``2 modules``, ``1 object``: ``n`` images of one kind (a ``Kind`` value); ``2 vmlinux images``."""
+    return counted(n, "vmlinux image") if kind == Kind.VMLINUX.value else counted(n, kind)
 
 
 _OFFSET_KEY: Final = "record-offset"

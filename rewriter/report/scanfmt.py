@@ -376,8 +376,9 @@ SharedNote = tuple[str, int]
 
 def table_text_shared(result: Scan, limit: int | None) -> tuple[str, Totals, tuple[SharedNote, ...]]:
     """:func:`table_text_totals` for one image of several: the notes that say the same of every
-    image (how records name a patchable site, why init-text sites drop out) are left out of its
-    text and handed back, for :func:`shared_lines` to say once."""
+    image (how records name a patchable site, why init-text sites drop out, why no scan finds LOG
+    sites, unrecorded and weak-body sites) are left out of its text and handed back, for
+    :func:`shared_lines` to say once."""
     shared: list[SharedNote] = []
     lines, totals = _table(result, limit, shared)
     return "".join(line + "\n" for line in lines), totals, tuple(shared)
@@ -718,9 +719,8 @@ def _notes(
         out.append(f"  {overrode}; what follows is the image read as {result.generation.value}")
     out += _load_lines(result, boot)
     out += _log_notes(result, shared)
-    if (
-        result.log is None and result.records.zeroed
-    ):  # else a nopped file read without its log was just "0 sites (no sites)"
+    # else a nopped file read without its log was just "0 sites (no sites)"
+    if result.log is None and result.records.zeroed:
         out.append(f"  zeroed: {_zeroed_text(result.records.zeroed, result.kind in _LINKED)}")
     out += _offset_notes(result, shared)
     rec = result.records

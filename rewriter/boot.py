@@ -104,6 +104,68 @@ WHY: Final[Mapping[Untraceable, Said]] = {
 }
 
 
+_UNNAMED_SAID: Final = (
+    "the symbol table lacks the stub area the kernel would take it from, or its *_count word (the kernel, linked "
+    "with the names, gives one or fails, and ftrace is off for the boot)"
+)
+_STOPS_SAID: Final = (
+    "(it stops at the first such record of a page, and the module's records that sort after it there stay disabled too)"
+)
+# scan's note says each reason as one sentence, "N sites (KEY) ARE ..., so ...": WHY's "FACT: CONSEQUENCE"
+# after "not traceable: N KEY:" read as three labels in a row. WHY stays plan --image's clause after "after boot:".
+SAID: Final[Mapping[Untraceable, Said]] = {
+    Untraceable.NOT_LOADED: Said(
+        "is in a module the kernel refuses to load (see above)",
+        "are in a module the kernel refuses to load (see above)",
+    ),
+    Untraceable.UNRECORDED: Said(
+        "has no kernel record, so ftrace never patches it", "have no kernel record, so ftrace never patches them"
+    ),
+    Untraceable.REFUSED: Said(
+        "holds words ftrace_init_nop() does not expect, so init fails it (ftrace bug) and ftrace is off for the boot",
+        "hold words ftrace_init_nop() does not expect, so init fails them (ftrace bug) and ftrace is off for the boot",
+    ),
+    Untraceable.NO_STUB: Said(
+        "gets no ool stub (past its area's count, or out of branch range), so ftrace_init_ool_stub() fails "
+        "(ftrace bug) and ftrace is off for the boot",
+        "get no ool stub (past their area's count, or out of branch range), so ftrace_init_ool_stub() fails "
+        "(ftrace bug) and ftrace is off for the boot",
+    ),
+    Untraceable.DUPLICATE: Said(
+        "is recorded more than once, and the second record finds the words the first changed, so ftrace fails "
+        "it (ftrace bug) and is off from then on (at boot, or on ool when first traced)",
+        "are recorded more than once, and the second record finds the words the first changed, so ftrace fails "
+        "them (ftrace bug) and is off from then on (at boot, or on ool when first traced)",
+    ),
+    Untraceable.WEAK_BODY: Said(
+        "is a weak-function body the kernel disables, in no sized function and more than "
+        "FTRACE_MCOUNT_MAX_OFFSET past a symbol, so the kernel marks its record FTRACE_FL_DISABLED",
+        "are weak-function bodies the kernel disables, in no sized function and more than "
+        "FTRACE_MCOUNT_MAX_OFFSET past a symbol, so the kernel marks their records FTRACE_FL_DISABLED",
+    ),
+    Untraceable.FTRACE_OFF: Said(
+        "cannot be traced, as ftrace is off for the whole boot (see above)",
+        "cannot be traced, as ftrace is off for the whole boot (see above)",
+    ),
+    Untraceable.STUB_UNKNOWN: Said(
+        "may get no stub from ftrace_init_ool_stub(), which cannot be known, as " + _UNNAMED_SAID,
+        "may get no stub from ftrace_init_ool_stub(), which cannot be known, as " + _UNNAMED_SAID,
+    ),
+    Untraceable.UNALLOCATED: Said(
+        "is in a module section without SHF_ALLOC, which the loader never places, so its record names that "
+        "section's temporary copy, outside the module, and ftrace_module_enable() never enables it " + _STOPS_SAID,
+        "are in a module section without SHF_ALLOC, which the loader never places, so their records name that "
+        "section's temporary copy, outside the module, and ftrace_module_enable() never enables them " + _STOPS_SAID,
+    ),
+}
+
+
+def said_text(reason: Untraceable, sites: int, where: str = "") -> str:
+    """scan's sentence for ``sites`` sites not traceable for ``reason``: ``N sites (KEY) are ..., so ...``,
+    KEY the JSON's ``summary.untraceable`` key; ``where`` (``, in 51 modules,``) follows the key."""
+    return f"{counted(sites, 'site')} ({reason.value}){where} {agreeing(sites, *SAID[reason])}"
+
+
 def why_text(reason: Untraceable, sites: int) -> str:
     """Why ``sites`` sites are not traceable for ``reason``, in the number that agrees with it."""
     return agreeing(sites, *WHY[reason])

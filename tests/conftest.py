@@ -197,15 +197,28 @@ def unwrapped(text: str) -> str:
     return "".join(line + "\n" for line in out)
 
 
-def _every_site(above: list[str]) -> str:
-    """The ``every site:`` line (and its continuations, indented under its first phrase) that
-    ends right above a table's header, joined into one text; ``""`` when there is none."""
+def _said_above(above: list[str]) -> tuple[str, dict[str, tuple[str, str]]]:
+    """The ``every site:`` line (its continuations indented under its first phrase) that ends right
+    above a table's header, as one text (``""`` when there is none), and the ``every site with
+    traceable A or B: file->boot X`` lines after it, as {traceable cell: (state column, X)}."""
     n = len(above)
-    while n and above[n - 1].startswith(" " * len("  every site: ")):
+    while n and (above[n - 1].startswith(" " * len("  every site: ")) or above[n - 1].startswith("  every site")):
         n -= 1
-    if not n or not above[n - 1].startswith("  every site: "):
-        return ""
-    return " ".join(line.strip() for line in above[n - 1 :]).removeprefix("every site: ")
+    logical: list[str] = []
+    for line in above[n:]:
+        if line.startswith("  every site"):
+            logical.append(line.strip())
+        else:
+            logical[-1] += " " + line.strip()
+    every, by_reason = "", {}
+    for line in logical:
+        if line.startswith("every site: "):
+            every = line.removeprefix("every site: ")
+        else:  # every site with traceable yes or NO weak-body: file->boot nopped->disabled
+            cells, _, said = line.removeprefix("every site with traceable ").rpartition(": ")
+            column, state = said.split(" ")
+            by_reason.update({cell: (column, state) for cell in cells.split(" or ")})
+    return every, by_reason
 
 
 def scan_table(text: str) -> list[dict[str, str]]:
@@ -213,13 +226,15 @@ def scan_table(text: str) -> list[dict[str, str]]:
     by where the header line puts each column (the call slot is right-aligned; the function runs
     to the end of the row, less a ``  [stub area]`` after it, which is ``"[stub area]"``). A row
     has the columns its table shows, and ``"every site"``: the text of the lines above the table
-    that say the columns it drops (the same for every site), or ``""``."""
+    that say the columns it drops (the same for every site), or ``""``; a state said for its
+    traceable cell (``every site with traceable NO unrecorded: file->boot nopped->nopped``) is
+    in its column, as if the table showed it."""
     rows: list[dict[str, str]] = []
     lines = text.splitlines()
     for n, header in enumerate(lines):
         if not header.lstrip().startswith("call slot"):
             continue
-        every = _every_site(lines[:n])
+        every, by_reason = _said_above(lines[:n])
         names = [c for c in SCAN_COLUMNS if f"  {c}" in header or header.lstrip().startswith(c)]
         starts = [header.index(c) for c in names]
         slot_end = header.index("call slot") + len("call slot")
@@ -229,6 +244,9 @@ def scan_table(text: str) -> list[dict[str, str]]:
             row = {"every site": every, "call slot": line[:slot_end].strip()}
             for c, start, end in zip(names[1:], starts[1:], [*starts[2:], None], strict=True):
                 row[c] = line[start:end].strip() if end is not None else line[start:]
+            if row.get("traceable") in by_reason:  # the state its traceable cell's line says
+                column, state = by_reason[row["traceable"]]
+                row[column] = state
             if "[stub area]" in header and "  [" in row["function"]:
                 row["function"], stub = row["function"].rsplit("  [", 1)
                 row["[stub area]"] = "[" + stub

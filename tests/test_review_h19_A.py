@@ -145,7 +145,10 @@ def test_scan_and_audit_name_their_two_weak_body_counts_apart() -> None:
     every = counts["images"][0]["counts"]["weak_bodies"]
     assert disabled["weak-body"] < every
     scan = unwrapped(invoke("scan", vmlinux).stdout)
-    assert f"not traceable: {disabled['weak-body']} weak-body: weak-function bodies the kernel disables: " in scan
+    assert (
+        f"not traceable: {disabled['weak-body']} sites (weak-body) are weak-function bodies the kernel disables, "
+        in scan
+    )
     audit = invoke("audit", "--fail-on", "never", vmlinux).stdout
     assert f"| recorded sites in weak-function bodies (disabled by the kernel or not) | {every} |" in audit
 

@@ -211,7 +211,7 @@ def test_a_file_with_no_sites_says_the_likely_cause(tmp_path: Path) -> None:
     src.write_text("int f(int x) { return x + 1; }\n")
     subprocess.run([cc, "-O2", "-c", str(src), "-o", str(plain)], check=True)
     lines = unwrapped(invoke("scan", plain).stdout).splitlines()
-    assert lines[0].endswith("0 sites unrecorded") and lines[1] == f"  no sites: {NOT_BUILT_FOR_FTRACE}", lines
+    assert lines[0].endswith(": no sites and no records") and lines[1] == f"  no sites: {NOT_BUILT_FOR_FTRACE}", lines
 
 
 def test_the_no_sites_note_is_not_said_of_a_file_with_records() -> None:

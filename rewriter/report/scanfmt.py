@@ -84,7 +84,7 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 
 from rewriter import arrays
-from rewriter.boot import Boot, Untraceable, boot_of, init_only, untraceable, why_counts, why_text
+from rewriter.boot import Boot, Untraceable, boot_of, init_only, said_text, untraceable, why_counts
 from rewriter.elf.image import Kind, index_name
 from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation, Variant
@@ -376,8 +376,9 @@ SharedNote = tuple[str, int]
 
 def table_text_shared(result: Scan, limit: int | None) -> tuple[str, Totals, tuple[SharedNote, ...]]:
     """:func:`table_text_totals` for one image of several: the notes that say the same of every
-    image (how records name a patchable site, why init-text sites drop out) are left out of its
-    text and handed back, for :func:`shared_lines` to say once."""
+    image (how records name a patchable site, why init-text sites drop out, why no scan finds LOG
+    sites, unrecorded and weak-body sites) are left out of its text and handed back, for
+    :func:`shared_lines` to say once."""
     shared: list[SharedNote] = []
     lines, totals = _table(result, limit, shared)
     return "".join(line + "\n" for line in lines), totals, tuple(shared)
@@ -400,12 +401,20 @@ def shared_lines(notes: Iterable[Sequence[SharedNote]]) -> list[str]:
 
 
 def _shared_text(key: str, images: int, sites: int) -> str:
-    if key == _STUBS_KEY:
+    what, _, arg = key.partition(" ")
+    if what == _STUBS_KEY:  # by kind: an object's .stubs is its module's to be (ool-le.o is no module)
         return (
             f"  ool stubs: .stubs, carved out at load, one per table entry: serve all {counted(sites, 'record')} "
-            f"of {counted(images, 'module')}"
+            f"of {counted(images, arg)}"
         )
-    what, _, arg = key.partition(" ")
+    if what == _UNTRACEABLE_KEY:
+        reason, kind = arg.split(" ")
+        return f"  not traceable: {said_text(Untraceable(reason), sites, f', in {_images(images, kind)},')}"
+    if what == _LOG_KEY:
+        known = (
+            f"{agreeing(sites, 'is', 'are')} known only from {agreeing(images, 'its patch log', 'their patch logs')}"
+        )
+        return f"  LOG: {counted(sites, 'site')}, in {_images(images, arg)}, {known} {agreeing(sites, *_UNFOUND)}"
     if what == _OFFSET_KEY:  # by variant: a run of mixed generations says which images it is true of
         offset, variant = arg.split(" ")
         return _offset_note(int(offset), f" of the {counted(images, variant + ' image')}")
@@ -414,8 +423,15 @@ def _shared_text(key: str, images: int, sites: int) -> str:
     return f"  init text: {sites} of the traceable sites, in {where}, {agreeing(sites, *_INIT_ONLY[module])}"
 
 
+def _images(n: int, kind: str) -> str:
+    """``2 modules``, ``1 object``: ``n`` images of one kind (a ``Kind`` value); ``2 vmlinux images``."""
+    return counted(n, "vmlinux image") if kind == Kind.VMLINUX.value else counted(n, kind)
+
+
 _OFFSET_KEY: Final = "record-offset"
-_STUBS_KEY: Final = "ool-stubs"  # a loaded module's .stubs that serve every record it has
+_UNTRACEABLE_KEY: Final = "untraceable"  # sites not traceable for one of _SHARED_REASONS
+_LOG_KEY: Final = "log"  # sites known only from the image's patch log
+_STUBS_KEY: Final = "ool-stubs"  # a module's (or object's) .stubs that serve every record it has
 
 
 def _serves_every_record(stubs: Sequence[dict[str, Any]], result: Scan) -> bool:
@@ -539,13 +555,45 @@ def _site_rows(result: Scan, boot: Boot, why: Counter[Untraceable | None], shown
     comes last, as in ``objdump -t``, ``readelf -s`` and ``perf report``. So a column whose cell
     is the same for every site of the image (not only the rows shown: a pristine kernel's
     variant, state and record) is dropped and said once, in the ``every site:`` line; and a
-    module's or object's section is in its call slot (``.text+0x14``)."""
+    module's or object's section is in its call slot (``.text+0x14``). A state column that is the
+    same for every site of one ``traceable`` cell (a rewritten kernel's: ``nopped->nopped`` for
+    each ``NO unrecorded`` site, ``nopped->disabled`` for the others) is said once per cell, in an
+    ``every site with traceable ...:`` line (:func:`_state_by_reason`)."""
     header = _LOAD_HEADERS if result.kind is Kind.MODULE else _HEADERS  # a module's init runs as it loads
     same = _same_for_every_site(result, why)
     said = [_every_site_text(i, value, header[_STATE]) for i, value in sorted(same.items()) if value]
-    kept = [i for i in range(_FUNCTION) if i not in same]
+    by_reason = {} if _STATE in same or _TRACEABLE in same else _state_by_reason(result, boot)
+    kept = [i for i in range(_FUNCTION) if i not in same and not (i == _STATE and by_reason)]
     rows = [_cells(site, untraceable(site, boot), result.listed.get(site.place)) for site in shown]
-    return _every_site_lines(said) + _aligned([header, *rows], kept, with_stub=_STUB not in same)
+    lines = _every_site_lines(said) + _by_reason_lines(by_reason, rows, header[_STATE])
+    return lines + _aligned([header, *rows], kept, with_stub=_STUB not in same)
+
+
+def _state_by_reason(result: Scan, boot: Boot) -> dict[str, str]:
+    """{traceable cell: state cell} when each traceable cell's sites hold one state, else {}. A
+    rewritten kernel's table ran its function to column 72 (``nopped->nopped  LOG  NO unrecorded``
+    beside ``nopped->disabled  rec  yes``): its states follow from why a site is not traceable."""
+    states: dict[str, str] = {}
+    for site in result.sites:
+        state = _state_cell(site)
+        if states.setdefault(_traceable_cell(untraceable(site, boot)), state) != state:
+            return {}
+    return states
+
+
+def _by_reason_lines(by_reason: Mapping[str, str], rows: Sequence[Row], header: str) -> list[str]:
+    """``every site with traceable yes or NO weak-body: file->boot nopped->disabled``: the state of
+    each traceable cell of the rows shown (``header``: the state column's), the cells of one state
+    said together, in the order the rows first show them; packed as the ``every site:`` line is."""
+    said: dict[str, list[str]] = {}
+    for cell in dict.fromkeys(row[_TRACEABLE] for row in rows) if by_reason else ():
+        said.setdefault(by_reason[cell], []).append(cell)
+    intro = _EVERY.rstrip(": ") + " with traceable"
+    return [
+        line
+        for state, cells in said.items()
+        for line in packed(f"{intro} {' or '.join(cells)}:", [header, state], " " * len(_EVERY))
+    ]
 
 
 def _same_for_every_site(result: Scan, why: Counter[Untraceable | None]) -> dict[int, str]:
@@ -636,6 +684,11 @@ def _aligned(rows: Sequence[Row], kept: Sequence[int], with_stub: bool) -> list[
 
 def _head(result: Scan, totals: Totals) -> str:
     generation = generation_of(result)
+    if generation is None and not result.records.unread:
+        # nothing to count: "0 sites (no sites), 0 traceable ...; 0 records (0 skipped, 0 unmatched), 0 zeroed
+        # slots, 0 sites unrecorded" said it seven times, four lines under each of a tree's 21 such modules
+        kind = f"{result.kind.value}, {result.endian}-endian {result.abi.value}"
+        return f"{printable(str(result.path))}: {kind}: no sites and no records"
     pairs = Counter(f"{s.state.value}->{_boot_text(s)}" for s in result.sites)
     states = ", ".join(f"{n} {k}" for k, n in sorted(pairs.items())) or "no sites"
     rec = result.records
@@ -665,31 +718,23 @@ def _notes(
     if overrode is not None and result.generation is not None:
         out.append(f"  {overrode}; what follows is the image read as {result.generation.value}")
     out += _load_lines(result, boot)
-    logged = _by_source(result.sites)[Source.LOG]
-    log = None if result.log is None else printable(str(result.log))
-    if log is not None and logged:
-        out.append(
-            f"  LOG: {counted(logged, 'site')} known only from the patch log {log} {agreeing(logged, *_UNFOUND)}"
-        )
-    elif log is not None:
-        out.append(f"  LOG: the patch log {log} was read; the file itself shows every site it names")
-    elif result.records.zeroed:  # else a nopped file read without its log was just "0 sites (no sites)"
+    out += _log_notes(result, shared)
+    # else a nopped file read without its log was just "0 sites (no sites)"
+    if result.log is None and result.records.zeroed:
         out.append(f"  zeroed: {_zeroed_text(result.records.zeroed, result.kind in _LINKED)}")
     out += _offset_notes(result, shared)
     rec = result.records
     if rec.unread and rec.unread_why:
         out.append(f"  never read: {counted(len(rec.unread), 'entry', 'entries')} {rec.unread_why}")
     elif not result.sites and not rec.count and not rec.zeroed and boot.not_loaded is None:  # else said above
-        out.append(f"  no sites: {NOT_BUILT_FOR_FTRACE}")
+        out.append(f"  no sites: {NOT_BUILT_FOR_FTRACE if len(result.functions) else _NO_FUNCTION}")
     if result.unnamed:
         out.append("  no function symbols: sites are unnamed" + _blind(result.generation, result.weak_max_offset))
-    for reason in Untraceable:
-        if why[reason]:
-            out.append(f"  not traceable: {why[reason]} {reason.value}: {why_text(reason, why[reason])}")
+    out += _untraceable_notes(result, why, shared)
     out += _init_notes(result, boot, why, shared)
     stubs = stubs_json(result)
     if stubs and shared is not None and _serves_every_record(stubs, result):
-        shared.append((_STUBS_KEY, result.records.count))
+        shared.append((f"{_STUBS_KEY} {result.kind.value}", result.records.count))
     elif stubs:
         out.append("  " + _stubs_line(stubs, result.records.count, boot.stub_unknown, result.not_loaded is not None))
     elif _stub_areas_missing(result):
@@ -701,6 +746,41 @@ def _notes(
 
 
 _LINKED: Final = (Kind.VMLINUX, Kind.EXECUTABLE)
+# Why a file with no function symbol has no site: 6.12's cast_common.ko and tuner-types.ko hold
+# tables alone, which NOT_BUILT_FOR_FTRACE's "not built with -pg ...?" wrongly blamed on the build.
+_NO_FUNCTION: Final = "the file has no function symbol (data alone, or stripped), so nothing for ftrace to trace"
+
+
+def _log_notes(result: Scan, shared: list[SharedNote] | None) -> list[str]:
+    """The patch log read, and how many sites only it knows; why no scan finds them goes to
+    ``shared`` when given (it was said under each of a prenopped tree's modules)."""
+    if result.log is None:
+        return []
+    log = printable(str(result.log))
+    logged = _by_source(result.sites)[Source.LOG]
+    if not logged:
+        return [f"  LOG: the patch log {log} was read; the file itself shows every site it names"]
+    if shared is not None:
+        shared.append((f"{_LOG_KEY} {result.kind.value}", logged))
+        return [f"  LOG: {counted(logged, 'site')} known only from the patch log {log}"]
+    return [f"  LOG: {counted(logged, 'site')} known only from the patch log {log} {agreeing(logged, *_UNFOUND)}"]
+
+
+# The reasons a tree's images share (a prenopped tree's unrecorded sites, kvm.ko's weak bodies): the
+# others name the image's own NOT LOADED or FTRACE OFF line ("see above"), and stay under it.
+_SHARED_REASONS: Final = (Untraceable.UNRECORDED, Untraceable.WEAK_BODY)
+
+
+def _untraceable_notes(result: Scan, why: Counter[Untraceable | None], shared: list[SharedNote] | None) -> list[str]:
+    """Why sites are not traceable, a sentence for each reason; to ``shared`` if given, for the
+    reasons that need nothing of the image."""
+    out = []
+    for reason in (r for r in Untraceable if why[r]):
+        if shared is not None and reason in _SHARED_REASONS:
+            shared.append((f"{_UNTRACEABLE_KEY} {reason.value} {result.kind.value}", why[reason]))
+        else:
+            out.append(f"  not traceable: {said_text(reason, why[reason])}")
+    return out
 
 
 def _offset_notes(result: Scan, shared: list[SharedNote] | None) -> list[str]:

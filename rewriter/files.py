@@ -81,10 +81,10 @@ from rewriter.prose import agreeing, counted, with_article
 from rewriter.reading import file_at, read_regular, read_regular_mutable
 from rewriter.rewrite import Options, Rewrite, Selection, rewrite
 from rewriter.sites import (
-    NOT_BUILT_FOR_FTRACE,
     Scan,
     Site,
     Source,
+    no_site_guess,
     override_text,
     scan,
     section_place_text,
@@ -714,7 +714,7 @@ def no_site_cause(
         )
     if _defines_mcount(image, found):
         return f"_mcount is there but nothing calls it and there are no records: {earlier}"
-    return NOT_BUILT_FOR_FTRACE
+    return no_site_guess(found)
 
 
 def _earlier_rewrite(image: Image, log_aside: LogAside | None, log_hint: str = INPUT_LOG_HINT) -> str:

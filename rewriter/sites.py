@@ -467,6 +467,16 @@ NOT_BUILT_FOR_FTRACE: Final = (
 )
 """Why a file shows no site, when nothing says otherwise (``files.no_site_cause``, scan's note)."""
 
+NO_FUNCTION_SYMBOL: Final = "the file has no function symbol (data alone, or stripped), so nothing for ftrace to trace"
+"""Why a file with no function symbol shows no site: 6.12's cast_common.ko and tuner-types.ko hold
+tables alone, which :data:`NOT_BUILT_FOR_FTRACE`'s "not built with -pg ...?" wrongly blamed on the build."""
+
+
+def no_site_guess(found: Scan) -> str:
+    """The likeliest reason a file with nothing else to say for it shows no site: no function
+    to trace, or else a build without ftrace's flags (scan's note and nop's "nothing to do" agree)."""
+    return NOT_BUILT_FOR_FTRACE if len(found.functions) else NO_FUNCTION_SYMBOL
+
 
 def _scan_relocatable(image: Image, generation: Generation | None, text: CodeView | None) -> Scan:
     """:func:`scan` of a relocatable file: its calls come from relocations, its records name

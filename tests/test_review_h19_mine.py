@@ -6,7 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import invoke
+from boot import require_kernel
+from conftest import assert_one_line, invoke
 from test_stripped import BIN, mcount_of, strip
 
 from rewriter.elf.image import Image
@@ -37,3 +38,14 @@ def test_diff_of_two_trees_takes_mcount_addr_to_their_files(tmp_path: Path) -> N
     assert "error" not in result.stderr, result.stderr
     (pair,) = json.loads(result.stdout)["images"]
     assert pair["unchanged"] == sites and pair["changes"] == []
+
+
+def test_nop_of_a_module_of_data_alone_says_it_has_no_function(tmp_path: Path) -> None:
+    """6.12's nls_ucs2_utils.ko holds tables alone: scan says it has no function symbol
+    (7e688d0), and nop said "not built with -pg -mprofile-kernel or -fpatchable-function-entry?"
+    of it, which it was. Both now give the one reason (sites.no_site_guess)."""
+    module = require_kernel("6.12").modules_dir / "fs/nls/nls_ucs2_utils.ko.xz"
+    out = tmp_path / "out.ko.xz"
+    result = invoke("nop", module, "-o", out)
+    assert_one_line(result, 1, "nothing to do", "no ftrace call site found: the file has no function symbol")
+    assert "-fpatchable-function-entry?" not in result.stderr and not out.exists()

@@ -90,7 +90,7 @@ from rewriter.elf.symbols import split_place
 from rewriter.generations import LAYOUTS, Generation, Variant
 from rewriter.prose import Said, agreeing, counted, packed, printable, wrapped
 from rewriter.records import nonzero_records
-from rewriter.sites import NOT_BUILT_FOR_FTRACE, Scan, Site, Source, lacks_stub, override_text, summary
+from rewriter.sites import Scan, Site, Source, lacks_stub, no_site_guess, override_text, summary
 
 REFUSED: Final = "refused"  # boot_state null, in counts and in the table
 NO_STUB: Final = "no-stub"  # boot_state null for want of an ool stub (sites.lacks_stub)
@@ -727,7 +727,7 @@ def _notes(
     if rec.unread and rec.unread_why:
         out.append(f"  never read: {counted(len(rec.unread), 'entry', 'entries')} {rec.unread_why}")
     elif not result.sites and not rec.count and not rec.zeroed and boot.not_loaded is None:  # else said above
-        out.append(f"  no sites: {NOT_BUILT_FOR_FTRACE if len(result.functions) else _NO_FUNCTION}")
+        out.append(f"  no sites: {no_site_guess(result)}")
     if result.unnamed:
         out.append("  no function symbols: sites are unnamed" + _blind(result.generation, result.weak_max_offset))
     out += _untraceable_notes(result, why, shared)
@@ -746,9 +746,6 @@ def _notes(
 
 
 _LINKED: Final = (Kind.VMLINUX, Kind.EXECUTABLE)
-# Why a file with no function symbol has no site: 6.12's cast_common.ko and tuner-types.ko hold
-# tables alone, which NOT_BUILT_FOR_FTRACE's "not built with -pg ...?" wrongly blamed on the build.
-_NO_FUNCTION: Final = "the file has no function symbol (data alone, or stripped), so nothing for ftrace to trace"
 
 
 def _log_notes(result: Scan, shared: list[SharedNote] | None) -> list[str]:

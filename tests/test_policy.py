@@ -155,13 +155,14 @@ def test_decision_is_the_last_matching_rule_by_plain_fnmatch(rules, default, fun
 
 @pytest.mark.corpus
 @pytest.mark.slow
-def test_policy_check_counts_each_rule_over_the_corpus(corpus, tmp_path: Path) -> None:
+def test_policy_check_counts_each_rule_over_the_corpus(corpus, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(EXAMPLES.parent)  # the policy named as docs/prenop.md names it: its header wraps there
     result = CliRunner().invoke(
-        app, ["policy", "check", str(EXAMPLES / "keep-core.policy"), str(corpus.vmlinux), str(corpus.modules_dir)]
+        app, ["policy", "check", "examples/keep-core.policy", str(corpus.vmlinux), str(corpus.modules_dir)]
     )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert "3127 files (mprofile 3104, 23 with no sites), 190967 sites" in lines[0]
+    assert "3127 files (mprofile 3104, 23 with no sites), 190967 sites" in unwrapped(result.output).splitlines()[0]
     row = next(line for line in lines if "keep do_one_initcall" in line).split()
     assert row[-3:] == ["2", "2", "do_one_initcall"]  # its own site and the weak body 6.1 lists under its name
     ext4 = next(line for line in lines if "keep :mod:ext4" in line).split()
@@ -175,7 +176,7 @@ def test_policy_check_counts_each_rule_over_the_corpus(corpus, tmp_path: Path) -
     )
     # docs/prenop.md shows this run: it must stay what the command prints
     shown = (EXAMPLES.parent / "docs" / "prenop.md").read_text().split("On the corpus:\n\n```\n", 1)[1]
-    assert shown.split("```", 1)[0] == result.output.replace(f"{EXAMPLES.parent}/", "")
+    assert shown.split("```", 1)[0] == result.output
 
 
 @pytest.mark.corpus
@@ -199,7 +200,7 @@ def test_policy_check_on_patchable_and_ool_kernels(name: str, generation: Genera
     init = sum(s.section == ".init.text" for s in sites)
     weak_kept = sum(not s.traceable and s.section != ".init.text" for s in sites)
     assert (len(sites), init) == (counts(name).records, counts(name).init_text) and weak_kept > 200
-    assert f"1 file ({generation.value} 1), {len(sites)} sites" in lines[0]
+    assert f"1 file ({generation.value} 1), {len(sites)} sites" in unwrapped(result.output).splitlines()[0]
     assert next(line for line in lines if "nop :section:.init.text" in line).split()[3:5] == [f"{init}"] * 2
     assert next(line for line in lines if "keep do_one_initcall" in line).split()[3:6] == ["1", "1", "do_one_initcall"]
     kept = len(sites) - init
@@ -217,7 +218,7 @@ def test_policy_check_warns_about_a_rule_that_matches_nothing(corpus, tmp_path: 
     policy.write_text("default nop\nkeep do_one_initcall\nkeep :mod:no_such_module\n")
     result = CliRunner().invoke(app, ["policy", "check", str(policy), str(corpus.vmlinux)])
     assert result.exit_code == 1
-    assert f"warning: {policy}:3: `keep :mod:no_such_module` matches nothing" in result.output
+    assert f"warning: {policy}:3: `keep :mod:no_such_module` matches nothing" in unwrapped(result.output)
 
 
 def test_policy_check_of_a_prenopped_tree_judges_kept_sites_as_prenop_would_leave_them(tmp_path: Path) -> None:
@@ -281,7 +282,7 @@ def test_policy_check_says_when_generation_overrides_the_images() -> None:
     policy = Path(__file__).parent.parent / "examples" / "keep-core.policy"
     args = ["policy", "check", str(policy), str(bins / "prof-le.o"), str(bins / "prof-be.o"), "--generation", "ool"]
     result = CliRunner().invoke(app, args)
-    notes = [line for line in result.output.splitlines() if line.startswith("note: ")]
+    notes = [line for line in unwrapped(result.output).splitlines() if line.startswith("note: ")]
     assert notes == [
         f"note: {bins / 'prof-le.o'}: --generation ool overrides what the image says: mprofile (calls to _mcount) "
         "(and 1 more file)"

@@ -1241,7 +1241,7 @@ def policy_check(
             left = kernel_left_out(kernel, ("not checked", "check the policy against it"))
             typer.echo(f"mcountrw: warning: {printable(left)}", err=True)
     tally = pol.Tally(rules)
-    overridden: list[str] = []
+    overridden: list[tuple[str, str]] = []
     unlogged: list[tuple[Path, int]] = []
     logs = logs_for(found, log, log_dir)
     errors += _tally_files(tally, files, workers(jobs), generation, mcount_addr, logs, (overridden, unlogged))
@@ -1251,11 +1251,12 @@ def policy_check(
     typer.echo("\n".join(_check_lines(policy_file, rules, tally)))
     if overridden:  # as scan and audit say it: the table is of the images read as --generation says
         more = and_more(len(overridden) - 1, "file")
-        typer.echo(f"note: {overridden[0]}{more}")
+        (path, said) = overridden[0]
+        typer.echo("\n".join(wrapped(f"note: {path}: {said}{more}", keep=len(f"note: {path}:"))))
     _note_unchecked(tally)
     warnings = tally.warnings() + _unlogged_warning(unlogged)
-    for w in warnings:
-        typer.echo(f"warning: {w}")
+    for w in warnings:  # prose, wrapped as the result: line is; a path in it stays whole
+        typer.echo("\n".join(wrapped(f"warning: {w}")))
     bad_input_if(errors)
     findings_if(bool(warnings))
 
@@ -1278,11 +1279,12 @@ def _note_unchecked(tally: Tally) -> None:
 
     modules, sites = tally.unchecked()
     if modules:
-        typer.echo(
+        note = (
             f"note: nop on {counted(sites, 'site')} of {counted(modules, 'patchable module')} drops their records "
             f"with no patchable vmlinux named whose loop was read: {UNCHECKED_RISK}; name its vmlinux to check "
             "(prenop warns of it)"
         )
+        typer.echo("\n".join(wrapped(note)))
 
 
 def _policy_inputs(present: Sequence[Path], log_dir: Path | None) -> Inputs:
@@ -1333,7 +1335,7 @@ def _tally_files(
     generation: Generation | None,
     mcount_addr: int | None,
     logs: Mapping[Path, Path],
-    notes: tuple[list[str], list[tuple[Path, int]]],
+    notes: tuple[list[tuple[str, str]], list[tuple[Path, int]]],
 ) -> list[str]:
     """Scan ``files`` and count what the policy decides for each site (with the sites of their
     patch logs, ``logs``); the lines of the files that could not be scanned. Adds to ``notes``
@@ -1356,7 +1358,7 @@ def _tally_files(
             sc = logged(outcome.scan, logs)
             overrode = override_text(sc)
             if overrode is not None:
-                notes[0].append(f"{outcome.path}: {overrode}")
+                notes[0].append((str(outcome.path), overrode))  # the path kept whole when wrapped
             if sc.records.zeroed and not any(s.source is Source.LOG for s in sc.sites):
                 notes[1].append((outcome.path, sc.records.zeroed))
             boot = boot_of(sc)
@@ -1379,10 +1381,12 @@ def _check_lines(policy_file: Path, rules: Policy, tally: Tally) -> list[str]:
     gens = [f"{g.value} {n}" for g, n in sorted(tally.generations.items(), key=_gen_key) if g is not None]
     if tally.generations[None]:
         gens.append(f"{tally.generations[None]} with no sites")
-    lines = [
-        f"policy {policy_file}: default {rules.default.value}, {counted(len(rules.rules), 'rule')}; "
-        f"{counted(tally.files, 'file')} ({', '.join(gens)}), {counted(total, 'site')}"
-    ]
+    head = f"policy {policy_file}:"  # kept whole on the first line, as scan keeps its PATH:, for grep
+    lines = wrapped(
+        f"{head} default {rules.default.value}, {counted(len(rules.rules), 'rule')}; "
+        f"{counted(tally.files, 'file')} ({', '.join(gens)}), {counted(total, 'site')}",
+        keep=len(head),
+    )
     rows: list[tuple[str, ...]] = [("line", "rule", "matches", "decides", "examples")]
     for use in tally.uses():
         line = str(use.rule.line) if use.rule else ""

@@ -1,0 +1,38 @@
+"""Review h19-H: policy check, prenop and diff text as a kernel developer reads them at an
+80-column terminal, and what prenop --verify and verify say of a file that cannot be read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from boot import require_kernel
+from conftest import invoke, unwrapped
+
+POLICY = Path(__file__).parent.parent / "examples" / "keep-core.policy"
+
+
+def _past_80(text: str, *whole: str) -> list[str]:
+    """The lines of ``text`` longer than 80 columns but those that hold one of ``whole`` (a path,
+    which wrapping keeps whole), its label and one word more at most: a wrapped line's first piece."""
+    long = [line for line in text.splitlines() if len(line) > 80]
+    return [line for line in long if not any(w in line and len(line.replace(w, "").split()) <= 3 for w in whole)]
+
+
+# -- 1. policy check ----------------------------------------------------------------------------------
+
+
+def test_policy_checks_header_note_and_warnings_fit_80_columns(tmp_path: Path) -> None:
+    """The 'policy PATH: default ..., N files (...), M sites' header ran to column 114 on 6.12's
+    tree (more with an absolute path), its note: and warning: lines too; they wrap as the result:
+    line does, the policy's path kept whole on the first line."""
+    nls = require_kernel("6.12").modules_dir / "fs" / "nls"
+    policy = tmp_path / ("a-policy-named-at-some-length-" * 2 + ".policy")
+    policy.write_text(POLICY.read_text() + "keep nosuch_fn\n")
+    result = invoke("policy", "check", policy, nls, "--generation", "patchable")
+    assert result.exit_code == 1, result.output
+    assert _past_80(result.output, str(policy)) == [], result.output
+    lines = unwrapped(result.output).splitlines()
+    assert lines[0].startswith(f"policy {policy}: default nop, 4 rules; ") and lines[0].endswith(" sites"), lines[0]
+    assert result.output.splitlines()[0].startswith(f"policy {policy}: ")
+    assert f"warning: {policy}:12: `keep nosuch_fn` matches nothing" in lines, result.output
+    assert any(line.startswith("note: nop on ") and line.endswith("(prenop warns of it)") for line in lines)

@@ -1071,7 +1071,7 @@ def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
     try:
         raw, got, compression = read_file(patched)
     except ImageError as e:  # e.g. one flipped byte in a .ko.xz: its check fails
-        return VerifyResult(False, str(e))
+        return VerifyResult(False, unreadable_output(e, log_path))
     if _sha256(orig) != log.header.input.content_sha256:
         swapped = _swapped_note(orig, got, patched, log)
         why = f"{original} is not the file this log was made from (sha256 differs){swapped}"
@@ -1102,6 +1102,14 @@ def verify_files(original: Path, patched: Path, log_path: Path) -> VerifyResult:
             already_input=True,
         )
     return VerifyResult(False, replay_mismatch(original, patched, orig, got, expected))
+
+
+def unreadable_output(error: ImageError, log_path: Path) -> str:
+    """What verify and ``prenop --verify`` say of a file a patch log describes that cannot be read
+    (its xz check fails, it is cut short): a finding, MISMATCH and exit 1, not bad input, since the
+    log says what the file should be and the log's output reads whole. ORIGINAL, or the pristine
+    file of ``--against``, that cannot be read is bad input (exit 2): nothing can be checked."""
+    return f"{error}: not the output of {log_path}, which reads whole (damaged since it was written?)"
 
 
 def replay_mismatch(original: Path, patched: Path, orig: bytes, got: bytes, expected: bytes) -> str:

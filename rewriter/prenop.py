@@ -63,7 +63,7 @@ from rewriter.elf.image import Image, Kind
 from rewriter.elf.modname import module_name
 from rewriter.elf.release import kernel_release
 from rewriter.elf.signature import MODULE_SIG_MAGIC, TrailerError, parse_trailer
-from rewriter.errors import Contradicted, LogError, OtherRelease, RewriteError, WordMismatch
+from rewriter.errors import Contradicted, ImageError, LogError, OtherRelease, RewriteError, WordMismatch
 from rewriter.files import (
     ScanHints,
     known_sites,
@@ -72,6 +72,7 @@ from rewriter.files import (
     read_file,
     refuse_contradicted_generation,
     replay_mismatch,
+    unreadable_output,
     zeroed_records,
 )
 from rewriter.kernels import Kernel, Kernels
@@ -866,9 +867,12 @@ def verify_target(t: Target) -> FileReport:
         if rewritten is not None:
             return FileReport(t.rel, Status.MISMATCH, message=rewritten)
         return FileReport(t.rel, Status.NO_LOG)
-    raw, content, compression = read_file(t.source)
-    output = _as_output(content, facts)
     report = FileReport(t.rel, Status.VERIFIED, facts.kind.value, facts.sites_touched)
+    try:
+        raw, content, compression = read_file(t.source)
+    except ImageError as e:  # a finding, as verify says it: the log says what the file should be
+        return _mismatch(report, unreadable_output(e, t.log))
+    output = _as_output(content, facts)
     container = None if output is not content else not_the_output_file(t.source, raw, compression, facts.output)
     if container is not None:
         return _mismatch(report, container)

@@ -36,3 +36,35 @@ def test_policy_checks_header_note_and_warnings_fit_80_columns(tmp_path: Path) -
     assert result.output.splitlines()[0].startswith(f"policy {policy}: ")
     assert f"warning: {policy}:12: `keep nosuch_fn` matches nothing" in lines, result.output
     assert any(line.startswith("note: nop on ") and line.endswith("(prenop warns of it)") for line in lines)
+
+
+# -- 3. a corrupt module its log describes ---------------------------------------------------------
+
+
+def test_a_corrupt_module_its_log_describes_is_a_mismatch_for_verify_and_prenop_verify(tmp_path: Path) -> None:
+    """prenop --verify of a tree with one .ko.xz cut short said 'failed' (exit 2, bad input) where
+    `verify ORIGINAL F` said MISMATCH (exit 1). The log says what the file should be, and the log's
+    output reads whole: both say MISMATCH, exit 1, in the same words. ORIGINAL cut short is bad
+    input (exit 2): nothing can be checked against it."""
+    nls = require_kernel("6.12").modules_dir / "fs" / "nls"
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for name in ("nls_cp437.ko.xz", "nls_iso8859-1.ko.xz"):
+        (src / name).write_bytes((nls / name).read_bytes())
+    made = invoke("prenop", "--policy", POLICY, "--strip-signature", "-o", out, src)
+    assert made.exit_code == 0, made.output
+    cut = out / "nls_cp437.ko.xz"
+    cut.write_bytes(cut.read_bytes()[:1000])
+    log = out / "nls_cp437.ko.xz.mcountrw.jsonl"
+    said = f"{cut}: truncated xz data: not the output of {log}, which reads whole"
+    single = invoke("verify", src / "nls_cp437.ko.xz", cut)
+    assert single.exit_code == 1 and said in single.output, single.output
+    for extra in ([], ["--against", src]):
+        tree = invoke("prenop", "--verify", *extra, out)
+        assert tree.exit_code == 1, tree.output
+        assert "mismatch      1" in tree.output and "verified      1" in tree.output, tree.output
+        assert "failed" not in tree.output and said in tree.output, tree.output
+    original = tmp_path / "cut-original.ko.xz"
+    original.write_bytes((src / "nls_iso8859-1.ko.xz").read_bytes()[:1000])
+    bad = invoke("verify", original, out / "nls_iso8859-1.ko.xz")
+    assert bad.exit_code == 2 and f"mcountrw: error: {original}: truncated xz data" in bad.output, bad.output

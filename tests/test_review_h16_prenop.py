@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from boot import require_kernel
-from conftest import invoke
+from conftest import invoke, unwrapped
 
 NLS_UTF8 = "fs/nls/nls_utf8.ko.xz"
 
@@ -140,7 +140,8 @@ def test_policy_check_notes_the_unchecked_drops_prenop_warns_of(tmp_path: Path) 
     notes = [line for line in alone.stdout.splitlines() if line.startswith("note: ")]
     assert len(notes) == 1 and notes[0].startswith("note: nop on 3 sites of 1 patchable module drops"), alone.stdout
     ran = invoke("prenop", "--policy", policy, module, "--dry-run", "--strip-signature")
-    assert ran.exit_code == 0 and "warning: 3 records dropped from 1 patchable module" in ran.stdout, ran.output
+    assert ran.exit_code == 0, ran.output
+    assert "warning: 3 records would be dropped from 1 patchable module" in ran.stdout, ran.output  # a dry run
     both = invoke("policy", "check", policy, k612.vmlinux, module)
     assert not [line for line in both.stdout.splitlines() if line.startswith("note: ")], both.stdout
 
@@ -166,4 +167,4 @@ def _one_file_named_twice(tmp_path: Path, named: Path, link: Path, out: Path) ->
     done = invoke("prenop", "--policy", policy, named, link, "-o", out, "--strip-signature")
     assert done.exit_code == 0, done.output
     check = invoke("policy", "check", policy, named, link)
-    assert "; 1 file (patchable 1), 3 sites" in check.stdout.splitlines()[0], check.output
+    assert "; 1 file (patchable 1), 3 sites" in unwrapped(check.stdout).splitlines()[0], check.output

@@ -68,3 +68,26 @@ def test_a_corrupt_module_its_log_describes_is_a_mismatch_for_verify_and_prenop_
     original.write_bytes((src / "nls_iso8859-1.ko.xz").read_bytes()[:1000])
     bad = invoke("verify", original, out / "nls_iso8859-1.ko.xz")
     assert bad.exit_code == 2 and f"mcountrw: error: {original}: truncated xz data" in bad.output, bad.output
+
+
+# -- 2. prenop's words ----------------------------------------------------------------------------------
+
+
+def test_a_dry_runs_warning_says_records_would_be_dropped(tmp_path: Path) -> None:
+    """prenop --dry-run over patchable modules with no vmlinux said '153 records dropped from 51
+    patchable modules ...' beside 'module signatures: 51 would be stripped' and 'nothing written':
+    it drops nothing. It says they would be dropped; the run that drops them says 'dropped'."""
+    nls = require_kernel("6.12").modules_dir / "fs" / "nls"
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("nls_cp437.ko.xz", "nls_iso8859-1.ko.xz"):
+        (src / name).write_bytes((nls / name).read_bytes())
+    args = ("prenop", "--policy", POLICY, "--strip-signature")
+    dry = invoke(*args, "--dry-run", src)
+    assert dry.exit_code == 0, dry.output
+    assert "warning: 6 records would be dropped from 2 patchable modules with no patchable vmlinux" in unwrapped(
+        dry.stdout
+    ), dry.output
+    assert "records dropped" not in dry.stdout and not any(src.glob("*.mcountrw.jsonl"))
+    ran = invoke(*args, "-o", tmp_path / "out", src)
+    assert ran.exit_code == 0 and "warning: 6 records dropped from 2 patchable modules" in ran.stdout, ran.output

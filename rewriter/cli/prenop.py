@@ -1057,7 +1057,7 @@ def _summary(reports: Sequence[FileReport], logs_only: bool, dry_run: bool, undo
     return lines
 
 
-def _unchecked_warning(reports: Sequence[FileReport]) -> list[str]:
+def _unchecked_warning(reports: Sequence[FileReport], dry_run: bool) -> list[str]:
     """One line for the patchable modules whose records were dropped with no kernel's loop to hold
     them to (``rewriter.locs.unchecked_drops``): prenop checks them only against a vmlinux in its run."""
     unchecked = [r for r in reports if r.unchecked]
@@ -1067,8 +1067,10 @@ def _unchecked_warning(reports: Sequence[FileReport]) -> list[str]:
 
     records = counted(sum(r.unchecked for r in unchecked), "record")
     modules = counted(len(unchecked), "patchable module")
+    # in the tense of what the run did, as the signatures line is: a dry run drops nothing
+    dropped = "would be dropped" if dry_run else "dropped"
     return [
-        f"warning: {records} dropped from {modules} with no patchable vmlinux in the run whose loop was read: "
+        f"warning: {records} {dropped} from {modules} with no patchable vmlinux in the run whose loop was read: "
         f"{UNCHECKED_RISK}; name its vmlinux in the run to check (docs/prenop.md). "
         f"First: {unchecked[0].rel}"
     ]
@@ -1089,7 +1091,7 @@ def _notes(reports: Sequence[FileReport], mode: Mode) -> list[str]:
             f"{agreeing(sites, 'its record', 'their records')}: the kernel will still patch "
             f"{agreeing(sites, 'it', 'them')} (docs/prenop.md). First: {left[0].rel}"
         )
-    out += _unchecked_warning(reports)
+    out += _unchecked_warning(reports, MODES[mode].dry_run)
     unplaced = [r for r in reports if r.unplaced_records]
     if unplaced:
         records = sum(r.unplaced_records for r in unplaced)

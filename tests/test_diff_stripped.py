@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from boot import counts, require_kernel, require_tool
+from conftest import unwrapped
 from test_diff import _nop_sites
 from test_stripped import BIN, strip
 from typer.testing import CliRunner
@@ -61,7 +62,7 @@ def test_markdown_says_the_pair_was_matched_by_place_and_why(tmp_path: Path) -> 
     bare = strip(BIN / "clean", tmp_path / "clean")
     result = CliRunner().invoke(app, ["diff", str(BIN / "clean"), str(bare)])
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = unwrapped(result.output).splitlines()  # prose wraps at 80 columns
     assert lines[2] == "**1 image pair, 0 site changes, 0 function changes**; 0 files only in A, 0 files only in B."
     assert "**Paired by place: B has sites but no function symbols (stripped).**" in lines[8]
     assert "functions are not compared" in lines[8]

@@ -91,3 +91,21 @@ def test_a_dry_runs_warning_says_records_would_be_dropped(tmp_path: Path) -> Non
     assert "records dropped" not in dry.stdout and not any(src.glob("*.mcountrw.jsonl"))
     ran = invoke(*args, "-o", tmp_path / "out", src)
     assert ran.exit_code == 0 and "warning: 6 records dropped from 2 patchable modules" in ran.stdout, ran.output
+
+
+# -- 4. diff's prose -----------------------------------------------------------------------------------
+
+
+def test_diffs_generation_and_sites_lines_wrap_at_80_columns() -> None:
+    """diff of 6.1 against 6.12 said 'Generation mprofile -> patchable. Function names with sites
+    ...' in one line of 185 columns and 'Sites: ...' in 150; both are prose, wrapped as scan's is,
+    with the same words (table rows and JSON are not wrapped)."""
+    a = next((require_kernel("6.1").modules_dir / "fs" / "nls").glob("nls_cp437.ko*"))
+    b = require_kernel("6.12").modules_dir / "fs" / "nls" / "nls_cp437.ko.xz"
+    result = invoke("diff", a, b)
+    assert result.exit_code == 1, result.output
+    prose = [line for line in unwrapped(result.output).splitlines() if line.startswith(("Generation ", "Sites: "))]
+    assert len(prose) == 2 and prose[0].endswith("4 changed generation, 0 moved between sections."), prose
+    assert prose[1].startswith("Sites: no changes; 3 the same at boot") and prose[1].endswith("records 3 -> 3."), prose
+    printed = [line for line in result.output.splitlines() if line.startswith(("Generation ", "Sites: ", "    "))]
+    assert len(printed) > 2 and all(len(line) <= 80 for line in printed), result.output

@@ -19,7 +19,7 @@ from rewriter.diff import Diff, FunctionChangeKind, ImageDiff, Pairing, SiteChan
 from rewriter.elf.image import Kind
 from rewriter.flow import Verdict
 from rewriter.generations import Generation
-from rewriter.prose import counted, printable
+from rewriter.prose import counted, printable, wrapped
 from rewriter.stubs import StubArea
 
 DETAIL_ALL_BELOW = 20  # images: show every image's section when there are fewer than this
@@ -271,12 +271,12 @@ def _diff_functions(d: ImageDiff, limit: int | None) -> list[str]:
     if d.pairing is Pairing.PLACE:
         return [f"Generation {_gen(d, 0)} -> {_gen(d, 1)}.{built}", "", _pairing(d)]
     n = d.function_counts()
-    out = [
+    out = wrapped(  # prose, wrapped at 80 columns as scan's is (a Markdown paragraph still)
         f"Generation {_gen(d, 0)} -> {_gen(d, 1)}.{built} Function names with sites (a function's aliases are "
         f"names of it): {d.common_functions} in both, "
         f"{n['added']} added, {n['removed']} removed, {n['generation']} changed generation, "
         f"{n['section']} moved between sections."
-    ]
+    )
     rows = list(d.functions)
     if n["generation"] and n["generation"] == d.common_functions:
         out.append(f"Every function in both changed generation ({_gen(d, 0)} -> {_gen(d, 1)}).")
@@ -353,7 +353,7 @@ def diff_markdown(diff: Diff, limit: int | None = 200) -> str:
         # Across generations a pair compares by what boot makes of it: its words always differ.
         across = d.generations[0] is not d.generations[1]
         same, words = ("the same at boot", "; the words each generation's own") if across else ("unchanged", "")
-        out.append(
+        out += wrapped(
             f"Sites: {_tally(dict(sorted(counts.items()))) if counts else 'no changes'}; {d.unchanged} {same} "
             f"({d.relocated} relocated "
             f"with their function{words}); records {d.records[0]} -> {d.records[1]}."

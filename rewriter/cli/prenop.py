@@ -40,7 +40,7 @@ from rewriter.errors import ArgumentError, NothingToDo, OutputError
 from rewriter.files import zeroed_records
 from rewriter.lock import Gone, above, hold
 from rewriter.output import Place, Places
-from rewriter.prose import agreeing, and_more, counted, printable, wrapped
+from rewriter.prose import WIDTH, agreeing, and_more, counted, printable, wrapped
 from rewriter.sign import HASHES
 
 if TYPE_CHECKING:
@@ -1395,7 +1395,7 @@ def _check_lines(policy_file: Path, rules: Policy, tally: Tally) -> list[str]:
         text = str(use.rule) if use.rule else f"default {rules.default.value}"
         rows.append((line, text, str(use.matched), str(use.decided), *use.examples))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    room = _TERMINAL - 2 - sum(widths) - 2 * len(widths)
+    room = WIDTH - 2 - sum(widths) - 2 * len(widths)
     for r in rows:
         cells = (r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]), r[3].rjust(widths[3]))
         lines.append("  " + "  ".join((*cells, _fitting(r[4:], room))).rstrip())
@@ -1412,9 +1412,6 @@ def _check_lines(policy_file: Path, rules: Policy, tally: Tally) -> list[str]:
         meaning = "the records are dropped" if g is None else pol.NOP_MEANS[g]
         lines += wrapped(f"  nop on {'unknown' if g is None else g.value} ({counted(n, 'site')}): {meaning}")
     return lines
-
-
-_TERMINAL: Final = 80  # the columns a table's rows fit in, a few examples more or less
 
 
 def _fitting(examples: Sequence[str], room: int) -> str:

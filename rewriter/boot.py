@@ -47,63 +47,6 @@ class Untraceable(enum.Enum):
     UNALLOCATED = "unallocated"
 
 
-_STUB_AREA_UNNAMED: Final = (
-    "the symbol table lacks the stub area the kernel would take it from, or its *_count word (the kernel, linked "
-    "with the names, gives one or fails: ftrace off for the boot)"
-)
-_PAGE_STOPS: Final = (
-    "(it stops at the first such record of a page: the module's records that sort after it there stay disabled too)"
-)
-
-
-WHY: Final[Mapping[Untraceable, Said]] = {
-    Untraceable.NOT_LOADED: Said(
-        "the kernel refuses to load its module (see above)", "the kernel refuses to load their module (see above)"
-    ),
-    Untraceable.UNRECORDED: Said(
-        "no kernel record: ftrace never patches it", "no kernel record: ftrace never patches them"
-    ),
-    Untraceable.REFUSED: Said(
-        "its words are not what ftrace_init_nop() expects: ftrace bug, ftrace off for the boot",
-        "their words are not what ftrace_init_nop() expects: ftrace bug, ftrace off for the boot",
-    ),
-    Untraceable.NO_STUB: Said(
-        "no ool stub left for it (past its area's count, or out of branch range): "
-        "ftrace_init_ool_stub() fails, ftrace bug, ftrace off for the boot",
-        "no ool stub left for them (past their area's count, or out of branch range): "
-        "ftrace_init_ool_stub() fails, ftrace bug, ftrace off for the boot",
-    ),
-    Untraceable.DUPLICATE: Said(
-        "recorded more than once: the second record finds the words the first changed: "
-        "ftrace bug, ftrace off (at boot; ool: when first traced)",
-        "recorded more than once: the second record finds the words the first changed: "
-        "ftrace bug, ftrace off (at boot; ool: when first traced)",
-    ),
-    # "the kernel disables": audit counts every recorded weak-function body, these and the few
-    # within FTRACE_MCOUNT_MAX_OFFSET of a symbol, which the kernel keeps (listed as that symbol)
-    Untraceable.WEAK_BODY: Said(
-        "a weak-function body the kernel disables: in no sized function (an overridden weak function's "
-        "body) and more than FTRACE_MCOUNT_MAX_OFFSET past a symbol, the kernel marks it FTRACE_FL_DISABLED",
-        "weak-function bodies the kernel disables: in no sized function (overridden weak functions' "
-        "bodies) and more than FTRACE_MCOUNT_MAX_OFFSET past a symbol, the kernel marks them FTRACE_FL_DISABLED",
-    ),
-    Untraceable.FTRACE_OFF: Said(
-        "ftrace is off for the whole boot (see above)", "ftrace is off for the whole boot (see above)"
-    ),
-    Untraceable.STUB_UNKNOWN: Said(
-        "whether ftrace_init_ool_stub() gives it a stub cannot be known: " + _STUB_AREA_UNNAMED,
-        "whether ftrace_init_ool_stub() gives them a stub cannot be known: " + _STUB_AREA_UNNAMED,
-    ),
-    Untraceable.UNALLOCATED: Said(
-        "in a module section without SHF_ALLOC, which the loader never places: its record names "
-        "that section's temporary copy, outside the module, and ftrace_module_enable() never enables it " + _PAGE_STOPS,
-        "in a module section without SHF_ALLOC, which the loader never places: their records name "
-        "that section's temporary copy, outside the module, and ftrace_module_enable() never enables them "
-        + _PAGE_STOPS,
-    ),
-}
-
-
 _UNNAMED_SAID: Final = (
     "the symbol table lacks the stub area the kernel would take it from, or its *_count word (the kernel, linked "
     "with the names, gives one or fails, and ftrace is off for the boot)"
@@ -111,8 +54,9 @@ _UNNAMED_SAID: Final = (
 _STOPS_SAID: Final = (
     "(it stops at the first such record of a page, and the module's records that sort after it there stay disabled too)"
 )
-# scan's note says each reason as one sentence, "N sites (KEY) ARE ..., so ...": WHY's "FACT: CONSEQUENCE"
-# after "not traceable: N KEY:" read as three labels in a row. WHY stays plan --image's clause after "after boot:".
+# Each reason as the rest of one sentence, "N sites (KEY) ARE ..., so ...": scan's "not traceable:" notes
+# and plan --image's left-out lines ("... left out: they are ..."); a "FACT: CONSEQUENCE" form after
+# "not traceable: N KEY:" read as three labels in a row.
 SAID: Final[Mapping[Untraceable, Said]] = {
     Untraceable.NOT_LOADED: Said(
         "is in a module the kernel refuses to load (see above)",
@@ -166,9 +110,10 @@ def said_text(reason: Untraceable, sites: int, where: str = "") -> str:
     return f"{counted(sites, 'site')} ({reason.value}){where} {agreeing(sites, *SAID[reason])}"
 
 
-def why_text(reason: Untraceable, sites: int) -> str:
-    """Why ``sites`` sites are not traceable for ``reason``, in the number that agrees with it."""
-    return agreeing(sites, *WHY[reason])
+def they_text(reason: Untraceable, sites: int) -> str:
+    """``sites`` sites not traceable for ``reason``, as a clause after a colon: ``they are ...``
+    (``it has ...``), the words of :func:`said_text` with a pronoun for the count."""
+    return f"{agreeing(sites, 'it', 'they')} {agreeing(sites, *SAID[reason])}"
 
 
 class Boot(NamedTuple):

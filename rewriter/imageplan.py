@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 from rewriter import ppc
-from rewriter.boot import Boot, Untraceable, boot_of, untraceable, why_text
+from rewriter.boot import Boot, Untraceable, boot_of, they_text, untraceable
 from rewriter.elf.image import Image, Kind
 from rewriter.elf.symbols import code_addrs
 from rewriter.errors import ArgumentError, NothingToDo, PlanFormatError
@@ -47,7 +47,7 @@ from rewriter.files import LogAside, ScanHints, check_something_to_do, log_set_a
 from rewriter.generations import LAYOUTS, TRAMPOLINE, TRAMPOLINE_CALL, Caller, Generation
 from rewriter.log import default_log_path, logged, logs_at
 from rewriter.plan import Cmodx, Plan, Route, SiteRequest, plan
-from rewriter.prose import agreeing, and_more, counted, printable, with_article
+from rewriter.prose import and_more, counted, printable, with_article
 from rewriter.rewrite import Selection
 from rewriter.siteplaces import Place
 from rewriter.sites import Scan, Site, scan
@@ -213,11 +213,12 @@ def _plannable(sites: Sequence[Site], boot: Boot) -> tuple[list[Site], list[str]
             f"initcalls, and ftrace_free_init_mem() drops its records ({_names(freed)})"
         )
     for reason, out in why.items():
-        # the scan's words for ftrace off point "above", at its report's verdict line: say the verdict here
+        # scan's words, as its notes say them (boot.SAID); for ftrace off they point "above", at its
+        # report's verdict line: say the verdict here
         said = f"ftrace is off for the whole boot: {boot.ftrace_off}" if reason is Untraceable.FTRACE_OFF else ""
         left_out.append(
-            f"{counted(len(out), 'selected site')} left out: ftrace cannot trace {agreeing(len(out), 'it', 'them')} "
-            f"after boot: {said or why_text(reason, len(out))} ({_names(out)})"
+            f"{counted(len(out), 'selected site')} left out ({reason.value}): {said or they_text(reason, len(out))} "
+            f"({_names(out)})"
         )
     return kept, left_out
 

@@ -14,7 +14,7 @@ import pytest
 from boot import require_kernel
 from conftest import FIXTURES, invoke, scan_table, unwrapped
 
-from rewriter.boot import WHY, Untraceable, why_text
+from rewriter.boot import SAID, Untraceable, they_text
 from rewriter.prose import agreeing
 
 # -- scan's table at 80 columns --------------------------------------------------------------
@@ -170,10 +170,10 @@ def test_one_unrecorded_site_is_it_not_them() -> None:
 def test_every_reason_text_agrees_with_one_site_and_with_several(reason: Untraceable) -> None:
     """Each reason is said of one site in the singular, of several in the plural: one table,
     one helper (``prose.agreeing``) that picks."""
-    one, many = why_text(reason, 1), why_text(reason, 2)
-    assert (one, many) == (agreeing(1, *WHY[reason]), agreeing(2, *WHY[reason]))
+    one, many = they_text(reason, 1), they_text(reason, 2)
+    assert (one, many) == (f"it {agreeing(1, *SAID[reason])}", f"they {agreeing(2, *SAID[reason])}")
     assert not re.search(r"\b(them|their|they|bodies|functions)\b", one), one
-    assert why_text(reason, 0) == many
+    assert they_text(reason, 0) == many
 
 
 @pytest.mark.corpus

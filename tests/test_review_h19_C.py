@@ -51,7 +51,7 @@ def test_plan_image_of_a_rewritten_vmlinux_says_its_dropped_sites_are_left_out(n
     words plan --image gives them in the file as built. Before, vfs_read vanished unsaid."""
     rewritten = _rewritten(name, tmp_path, "--only", "vfs_read", "--drop-records")
     doc, said = _plan_json(rewritten, "--only", "vfs_read*")
-    left_out = "1 selected site left out: ftrace cannot trace it after boot: no kernel record: ftrace never patches it"
+    left_out = "1 selected site left out (unrecorded): it has no kernel record, so ftrace never patches it"
     assert f"{left_out} (vfs_read)" in said, said
     original, _ = _plan_json(require_kernel(name).vmlinux, "--only", "vfs_read*")
     kept = [s for s in original["sites"] if s["function"] != "vfs_read"]
@@ -71,7 +71,8 @@ def test_plan_image_of_a_rewritten_vmlinux_says_its_dropped_sites_are_left_out(n
 def test_plan_image_of_a_vmlinux_whose_dropped_sites_are_all_it_selects_is_nothing_to_do(tmp_path: Path) -> None:
     rewritten = _rewritten("6.1", tmp_path, "--only", "vfs_read*", "--drop-records")
     result = invoke("plan", "--image", rewritten, "--only", "vfs_read*", "--to", "enabled")
-    assert_one_line(result, 1, "nothing to do", "no kernel record: ftrace never patches them", "vfs_readv")
+    said = "left out (unrecorded): they have no kernel record, so ftrace never patches them"
+    assert_one_line(result, 1, "nothing to do", said, "vfs_readv")
 
 
 def test_plan_image_of_a_vmlinux_whose_boot_turns_ftrace_off_plans_nothing(tmp_path: Path) -> None:
@@ -274,7 +275,7 @@ def test_plan_image_words_of_a_rewritten_vmlinux_are_what_it_writes_when_booted(
     files, image, text, whole = load_kernel(name)
     rewritten = _rewritten(name, tmp_path, "--only", "vfs_read", "--drop-records")
     doc, said = _plan_json(rewritten, "--only", FILTER)
-    assert "no kernel record: ftrace never patches it (vfs_read)" in said, said
+    assert "it has no kernel record, so ftrace never patches it (vfs_read)" in said, said
     initrd = make_initramfs(tmp_path / "initrd.cpio", files.busybox, [], ENABLE_SCRIPT)
     dump = boot_and_dump(rewritten, APPEND, initrd, lambda _console: [whole], timeout=120)
     assert dump.ready and dump.boot.tracer_rc == 0 and not dump.boot.ftrace_bug, dump.boot.console[-3000:]

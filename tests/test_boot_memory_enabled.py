@@ -38,12 +38,14 @@ pytestmark = [pytest.mark.boot, pytest.mark.corpus]
 
 FILTER: Final = "vfs_*"
 APPEND: Final = "console=hvc0 panic=-1"  # no ftrace= : the init script enables the tracer itself
-ENABLE_SCRIPT: Final = f"""#!/bin/sh
+# An init script's start: what a script needs to reach the tracing files ($T)
+TRACING_INIT: Final = """#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t tracefs tracefs /sys/kernel/tracing
 T=/sys/kernel/tracing
-echo '{FILTER}' > $T/set_ftrace_filter
+"""
+ENABLE_SCRIPT: Final = f"""{TRACING_INIT}echo '{FILTER}' > $T/set_ftrace_filter
 echo function > $T/current_tracer
 echo "MCOUNTRW-TRACER rc=$?"
 echo "MCOUNTRW-FILTERED $(wc -l < $T/set_ftrace_filter)"

@@ -17,6 +17,7 @@ from typing import Final
 import pytest
 from boot import READY_MARKER, boot_and_dump, make_initramfs, require_kernel
 from conftest import assert_one_line, invoke
+from test_boot_memory_enabled import TRACING_INIT
 
 from rewriter import ppc
 from rewriter.elf.image import Image
@@ -89,12 +90,7 @@ def test_plan_image_of_a_vmlinux_whose_boot_turns_ftrace_off_plans_nothing(tmp_p
 _PROBED: Final = ("vfs_read", "vfs_write")
 # kprobes on the entry of each function: KPROBES_ON_FTRACE registers kprobe_ftrace_ops, which has
 # FTRACE_OPS_FL_SAVE_REGS, so ftrace enables those sites with FTRACE_REGS_ADDR (enabled_functions: R)
-KPROBE_SCRIPT: Final = f"""#!/bin/sh
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t tracefs tracefs /sys/kernel/tracing
-T=/sys/kernel/tracing
-echo 'p:mcountrw_a {_PROBED[0]}' > $T/kprobe_events
+KPROBE_SCRIPT: Final = f"""{TRACING_INIT}echo 'p:mcountrw_a {_PROBED[0]}' > $T/kprobe_events
 echo 'p:mcountrw_b {_PROBED[1]}' >> $T/kprobe_events
 echo 1 > $T/events/kprobes/enable
 echo "MCOUNTRW-TRACER rc=$?"

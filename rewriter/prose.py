@@ -73,16 +73,17 @@ def packed(first: str, pieces: Sequence[str], indent: str, width: int = WIDTH) -
     """``first``, then ``pieces`` one space apart, packed into lines of at most ``width`` columns,
     each after the first starting with ``indent``. A piece is never split (a line holds at least
     one, and one longer than a line runs past it): a path, a symbol name or a table's phrase stays
-    whole, and grep finds it. A line of spaces alone (an indent) takes its first piece with no
+    whole, and grep finds it. A line's first piece that ends in a colon (a label) takes the next
+    piece with it. A line of spaces alone (an indent) takes its first piece with no
     space between. The one place that wraps text for people (:func:`wrapped` too)."""
     lines = [first]
-    bare = True  # the last line holds no piece yet: the next goes on it, whatever its length
+    bare = True  # the last line holds no piece yet, or a label alone: the next goes on it, whatever its length
     for piece in pieces:
         if not bare and len(lines[-1]) + 1 + len(piece) > width:
             lines.append(indent)
-            bare = True
         lines[-1] += f" {piece}" if lines[-1].strip() else piece
-        bare = False
+        # a label ("warning:") left alone at a line's end, its path on the next, reads as two things
+        bare = not lines[-1].strip() or (lines[-1].strip() == piece and piece.endswith(":"))
     return lines
 
 

@@ -11,6 +11,7 @@ from conftest import assert_one_line, invoke
 from test_stripped import BIN, mcount_of, strip
 
 from rewriter.elf.image import Image
+from rewriter.prose import WIDTH, wrapped
 from rewriter.sites import scan
 
 
@@ -49,3 +50,15 @@ def test_nop_of_a_module_of_data_alone_says_it_has_no_function(tmp_path: Path) -
     result = invoke("nop", module, "-o", out)
     assert_one_line(result, 1, "nothing to do", "no ftrace call site found: the file has no function symbol")
     assert "-fpatchable-function-entry?" not in result.stderr and not out.exists()
+
+
+def test_a_label_is_not_left_alone_at_the_end_of_a_wrapped_line() -> None:
+    """policy check's `warning: PATH: ...` with a long PATH wrapped as `warning:` alone, the path
+    on the next line: a reader (and tests/test_review_prenop.py, in a deep pytest directory) found no
+    line that starts `warning: ` and names the file. A label takes the next piece with it."""
+    path = "/tmp/" + "d" * 70 + "/a.ko:"
+    lines = wrapped(f"warning: {path} 1 of its records is zeroed, as a rewrite leaves them")
+    assert lines[0] == f"warning: {path}", lines
+    assert all(len(line) <= WIDTH for line in lines[1:]) and lines[1].startswith("    1 of its"), lines
+    # a label that fits with what follows is wrapped as any piece is
+    assert wrapped("result: " + "word " * 30)[0].startswith("result: word word")

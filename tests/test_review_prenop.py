@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from boot import require_tool
-from conftest import _MINI_LDS, FIXTURES, invoke, mini_vmlinux, policy_file
+from conftest import _MINI_LDS, FIXTURES, invoke, mini_vmlinux, policy_file, unwrapped
 
 from rewriter.elf.image import Image
 from rewriter.sites import scan
@@ -160,11 +160,11 @@ def test_policy_check_over_a_tree_nopped_before_says_its_logs_are_missing(tmp_pa
     (tmp_path / "all.policy").write_text("default nop\n")
     blind = invoke("policy", "check", tmp_path / "all.policy", tree)
     assert blind.exit_code == 1, blind.output
-    warning = [line for line in blind.stdout.splitlines() if line.startswith("warning: ")]
+    warning = [line for line in unwrapped(blind.stdout).splitlines() if line.startswith("warning: ")]
     assert len(warning) == 1 and "1 of its records is zeroed" in warning[0] and "(and 1 more file)" in warning[0]
     assert "--log-dir" in warning[0]
     seeing = invoke("policy", "check", "--log-dir", logs, tmp_path / "all.policy", tree)
-    assert seeing.exit_code == 0 and "12 sites" in seeing.stdout.splitlines()[0], seeing.output
+    assert seeing.exit_code == 0 and "12 sites" in unwrapped(seeing.stdout).splitlines()[0], seeing.output
 
 
 def test_an_output_tree_of_a_tree_nopped_in_place_applies_the_policy_to_the_original(tmp_path: Path) -> None:
